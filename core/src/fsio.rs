@@ -1,0 +1,124 @@
+//! File helpers every writer and reader shares: atomic writes (temp file + fsync + rename) and JSONL reading
+//! whose errors name the file, the line and the field.
+use crate::{Error, Result};
+use serde::de::DeserializeOwned;
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+/// Writes `bytes` to `path` atomically: a crash leaves either the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// Like [`write_atomic`], with the content produced by a closure writing into the temp file.
+pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        fill(&mut f)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// A JSONL line that could not be read; the reader goes on with the next line.
+#[derive(Debug)]
+pub struct LineError {
+    pub line: usize,
+    pub error: Error,
+}
+
+/// Reads a JSONL file of `T`. With `expect_version`, every line must carry that `schema_version`.
+/// Bad lines are returned (with line number and field), never silently dropped; I/O errors fail the whole read.
+pub fn read_jsonl<T: DeserializeOwned>(path: &Path, expect_version: Option<u32>) -> Result<(Vec<T>, Vec<LineError>)> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let name = path.display().to_string();
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| Error::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_line(&name, i + 1, &line, expect_version) {
+            Ok(v) => ok.push(v),
+            Err(error) => bad.push(LineError { line: i + 1, error }),
+        }
+    }
+    Ok((ok, bad))
+}
+
+/// Like [`read_jsonl`] but the first bad line is an error.
+pub fn read_jsonl_strict<T: DeserializeOwned>(path: &Path, expect_version: Option<u32>) -> Result<Vec<T>> {
+    let (ok, mut bad) = read_jsonl(path, expect_version)?;
+    if bad.is_empty() { Ok(ok) } else { Err(bad.remove(0).error) }
+}
+
+fn parse_line<T: DeserializeOwned>(file: &str, line: usize, text: &str, expect_version: Option<u32>) -> Result<T> {
+    let field_err = |field: &str, msg: String| Error::Field { file: file.into(), line, field: field.into(), msg };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| field_err("-", format!("not JSON: {e}")))?;
+    if let Some(v) = expect_version {
+        match value.get("schema_version").and_then(|x| x.as_u64()) {
+            Some(got) if got == v as u64 => {}
+            Some(got) => return Err(field_err("schema_version", format!("{got} is not the supported version {v}"))),
+            None => return Err(field_err("schema_version", "missing".into())),
+        }
+    }
+    serde_json::from_value(value).map_err(|e| {
+        let msg = e.to_string();
+        // serde names the field in its message (`missing field `x``, `unknown field `y``); lift it out.
+        let field = msg.split('`').nth(1).unwrap_or("-").to_string();
+        field_err(&field, msg)
+    })
+}
+
+/// Writes records as JSONL, atomically.
+pub fn write_jsonl<T: serde::Serialize>(path: &Path, records: &[T]) -> Result<()> {
+    write_atomic_with(path, |f| {
+        let mut w = std::io::BufWriter::new(f);
+        for r in records {
+            serde_json::to_writer(&mut w, r).map_err(std::io::Error::other)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()
+    })
+}
+
+/// SHA-256 of a file, hex (audit manifests, pinned data files).
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::{Sample, SCHEMA_VERSION};
+
+    #[test]
+    fn atomic_write_and_jsonl_errors_name_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.jsonl");
+        std::fs::write(&p, "{\"schema_version\":1,\"run_id\":\"r\"}\nnot json\n{\"schema_version\":9}\n").unwrap();
+        let (ok, bad) = read_jsonl::<Sample>(&p, Some(SCHEMA_VERSION)).unwrap();
+        assert!(ok.is_empty());
+        assert_eq!(bad.len(), 3);
+        assert!(bad[0].error.to_string().contains(":1: field `case_id`"), "{}", bad[0].error);
+        assert_eq!(bad[1].line, 2);
+        assert!(bad[2].error.to_string().contains("field `schema_version`"));
+        write_atomic(&p, b"x").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"x");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left behind");
+    }
+}

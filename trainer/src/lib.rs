@@ -1,0 +1,1 @@
+//! Batch assembly, losses (PPO/GSPO/segment-GSPO, SFT, distillation), AdamW, checkpoints, training loop
