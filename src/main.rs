@@ -1,4 +1,64 @@
-//! The `spar` command line: argument parsing and wiring only.
+//! The `spar` command line: argument parsing and wiring only. Each subcommand lives in `src/cmd/<name>.rs`
+//! with its own `Args` and `run`.
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(name = "spar", version, about = "Post-training RL for clinical consultation (Baichuan-M3: SPAR + Fact-Aware RL) on Qwen3 / Qwen3-MoE")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Per-token log-probs of given token sequences (reference-policy pre-computation).
+    Logprobs(cmd::logprobs::Args),
+    /// Chat-templated generation (greedy or sampled).
+    Generate(cmd::generate::Args),
+    /// Play consultations and write trajectories (parquet + transcripts).
+    Rollout(cmd::rollout::Args),
+    /// OpenAI-compatible HTTP API over the built-in engine.
+    Serve(cmd::serve::Args),
+    /// Score finished trajectories offline (rubrics, SPAR, Fact-Aware).
+    Score(cmd::score::Args),
+    /// RL training (SPAR + Fact-Aware GRPO/GSPO/PPO) from a recipe.
+    Train(cmd::train::Args),
+    /// Supervised fine-tuning.
+    Sft(cmd::sft::Args),
+    /// Export a checkpoint to HF format (safetensors + config.json).
+    Export(cmd::export::Args),
+    /// Plot a run's metrics (PNG/SVG).
+    Plot(cmd::plot::Args),
+    /// Evaluate a policy (consultation eval, HealthBench runner, hallucination rate).
+    Eval(cmd::eval::Args),
+    /// Cases and knowledge base: generate, validate, import, export.
+    Data(cmd::data::Args),
+    /// Benchmarks (speed and memory; GPU figures come from the GPU machine).
+    Bench(cmd::bench::Args),
+}
+
 fn main() {
-    println!("spar {}", env!("CARGO_PKG_VERSION"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPAR_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Logprobs(a) => cmd::logprobs::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Rollout(a) => cmd::rollout::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Score(a) => cmd::score::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Sft(a) => cmd::sft::run(a),
+        Command::Export(a) => cmd::export::run(a),
+        Command::Plot(a) => cmd::plot::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Data(a) => cmd::data::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

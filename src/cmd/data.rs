@@ -1,0 +1,8 @@
+//! `spar data` (being built; see docs/architecture.md for its owner).
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`spar data` is not built yet")
+}

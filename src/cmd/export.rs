@@ -1,0 +1,8 @@
+//! `spar export` (being built; see docs/architecture.md for its owner).
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`spar export` is not built yet")
+}

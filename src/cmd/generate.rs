@@ -1,0 +1,8 @@
+//! `spar generate` (being built; see docs/architecture.md for its owner).
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`spar generate` is not built yet")
+}

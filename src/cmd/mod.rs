@@ -1,0 +1,13 @@
+//! One module per subcommand; each owns its `Args` (clap) and `run`.
+pub mod bench;
+pub mod data;
+pub mod eval;
+pub mod export;
+pub mod generate;
+pub mod logprobs;
+pub mod plot;
+pub mod rollout;
+pub mod score;
+pub mod serve;
+pub mod sft;
+pub mod train;

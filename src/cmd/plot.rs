@@ -1,0 +1,8 @@
+//! `spar plot` (being built; see docs/architecture.md for its owner).
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`spar plot` is not built yet")
+}

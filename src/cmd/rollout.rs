@@ -1,0 +1,8 @@
+//! `spar rollout` (being built; see docs/architecture.md for its owner).
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`spar rollout` is not built yet")
+}
