@@ -209,4 +209,9 @@ pub struct Scored {
     pub steps: Vec<StepScore>,
     #[serde(default)]
     pub drop_reason: Option<String>,
+    /// Every reward component's contribution, by name, so that ablations can be analysed from the file alone
+    /// (e.g. `fact_term` = lambda * R_fact, `step_penalty_mean`, `length_bonus`, `mu_raw`, `sigma_raw`,
+    /// `judge_failures`). Names are documented in `spar_rewards::components`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub components: std::collections::BTreeMap<String, f64>,
 }

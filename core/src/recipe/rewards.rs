@@ -12,11 +12,13 @@ pub struct JudgeConfig {
     pub endpoint: Option<EndpointConfig>,
     /// On a judge failure after retries: "fail_sample" (sample leaves its group) | "unmet" | "met" | "skip_item".
     pub on_failure: String,
+    /// Most judge calls in flight per pipeline (the LLM client has its own limit per endpoint too).
+    pub concurrency: usize,
 }
 
 impl Default for JudgeConfig {
     fn default() -> Self {
-        JudgeConfig { kind: "rule".into(), endpoint: None, on_failure: "fail_sample".into() }
+        JudgeConfig { kind: "rule".into(), endpoint: None, on_failure: "fail_sample".into(), concurrency: 64 }
     }
 }
 
@@ -24,6 +26,7 @@ impl JudgeConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         check(["rule", "llm"].contains(&self.kind.as_str()), "kind", "must be rule or llm")?;
         check(self.kind != "llm" || self.endpoint.is_some(), "endpoint", "the llm judge needs an endpoint")?;
+        check(self.concurrency >= 1, "concurrency", "must be >= 1")?;
         check(["fail_sample", "unmet", "met", "skip_item"].contains(&self.on_failure.as_str()), "on_failure", "must be fail_sample, unmet, met or skip_item")
     }
 }
@@ -66,6 +69,14 @@ pub struct SparConfig {
     /// M2 length bonus 4/sqrt(|o|) when the group's rubric scores clear `length_bonus_threshold` (0 = off).
     pub length_bonus: f64,
     pub length_bonus_threshold: f64,
+    /// Repetition detector: a reply repeats an earlier one when their word-trigram Jaccard similarity, or the
+    /// share of its sentences found verbatim earlier, reaches this.
+    pub repetition_threshold: f64,
+    /// Rigid-phrasing detector: stock phrases (lower case) that mark a templated reply. Also flagged: a reply
+    /// opening with the same first words as two earlier replies.
+    pub rigid_phrases: Vec<String>,
+    /// What the judge-based step detector asks about each step (a failure the step must not show).
+    pub judge_criterion: String,
 }
 
 impl Default for SparConfig {
@@ -85,6 +96,23 @@ impl Default for SparConfig {
             dapo_filter: false,
             length_bonus: 0.0,
             length_bonus_threshold: 0.5,
+            repetition_threshold: 0.6,
+            rigid_phrases: [
+                "as an ai",
+                "i am not a doctor",
+                "i'm not a doctor",
+                "i understand your concern",
+                "thank you for sharing",
+                "it is important to note",
+                "please consult a healthcare professional",
+                "i hope this helps",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            judge_criterion: "The reply repeats what was already said, asks something the patient already answered, \
+                              ignores an alarming symptom, or is unsafe"
+                .into(),
         }
     }
 }
@@ -96,6 +124,11 @@ impl SparConfig {
         }
         check(self.sigma_floor >= 0.0, "sigma_floor", "must be >= 0")?;
         check(self.adv_clip > 0.0, "adv_clip", "must be > 0")?;
+        check(self.repetition_threshold > 0.0 && self.repetition_threshold <= 1.0, "repetition_threshold", "must be in (0, 1]")?;
+        let known = ["repetition", "redundant_question", "red_flag", "rigid_phrasing", "judge"];
+        for d in &self.detectors {
+            check(known.contains(&d.as_str()), "detectors", "each must be repetition, redundant_question, red_flag, rigid_phrasing or judge")?;
+        }
         check(["population", "sample"].contains(&self.std.as_str()), "std", "must be population or sample")
     }
 }
@@ -126,6 +159,8 @@ pub struct FactConfig {
     pub cache: String,
     pub cache_path: Option<PathBuf>,
     pub redis_url: Option<String>,
+    /// eps of Eq. 12 (keeps R_fact finite when every saliency is 0).
+    pub eps: f64,
 }
 
 impl Default for FactConfig {
@@ -146,6 +181,7 @@ impl Default for FactConfig {
             cache: "sqlite".into(),
             cache_path: None,
             redis_url: None,
+            eps: 1e-8,
         }
     }
 }
@@ -159,7 +195,10 @@ impl FactConfig {
         check(["lexical", "minilm", "openai"].contains(&self.encoder.as_str()), "encoder", "must be lexical, minilm or openai")?;
         check(["sqlite", "redis", "memory", "off"].contains(&self.cache.as_str()), "cache", "must be sqlite, redis, memory or off")?;
         check(self.cache != "redis" || self.redis_url.is_some(), "redis_url", "the redis cache needs redis_url")?;
-        check((0.0..=1.0).contains(&self.cluster_threshold), "cluster_threshold", "must be in [0, 1]")
+        check((0.0..=1.0).contains(&self.cluster_threshold), "cluster_threshold", "must be in [0, 1]")?;
+        check((0.0..=1.0).contains(&self.cache_threshold), "cache_threshold", "must be in [0, 1]")?;
+        check(self.kappa > 0.0, "kappa", "must be > 0")?;
+        check(self.eps > 0.0, "eps", "must be > 0")
     }
 }
 
@@ -171,6 +210,55 @@ pub struct RewardsSection {
     pub fact: FactConfig,
     /// Dynamic rubrics (admission / exit of mined failure modes).
     pub dynamic_rubrics: DynamicRubricConfig,
+    /// Stage rewards G_k (also the gate scores V_k).
+    pub stages: StageRewardConfig,
+}
+
+/// Knobs of the stage rewards G_k (method.md section 2; SCAN-bench style scoring).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StageRewardConfig {
+    /// Inquiry: weight multiplier of red flags relative to their own `weight` in the coverage sum.
+    pub red_flag_weight: f64,
+    /// DDX rank discount of the true diagnosis at rank r: "log" (1/log2(r+1)) | "reciprocal" (1/r).
+    pub ddx_discount: String,
+    /// DDX: entries beyond this rank are ignored (a long list cannot buy coverage).
+    pub ddx_max_len: usize,
+    /// Hierarchical ICD-10 credit: same code, same 3-character category, same chapter.
+    pub icd_exact: f64,
+    pub icd_category: f64,
+    pub icd_chapter: f64,
+    /// Lab weighted F1: weight of an essential test, an optional test, and a recommended test matching neither.
+    pub lab_essential_weight: f64,
+    pub lab_optional_weight: f64,
+    pub lab_extra_weight: f64,
+}
+
+impl Default for StageRewardConfig {
+    fn default() -> Self {
+        StageRewardConfig {
+            red_flag_weight: 1.0,
+            ddx_discount: "log".into(),
+            ddx_max_len: 10,
+            icd_exact: 1.0,
+            icd_category: 0.5,
+            icd_chapter: 0.2,
+            lab_essential_weight: 2.0,
+            lab_optional_weight: 1.0,
+            lab_extra_weight: 1.0,
+        }
+    }
+}
+
+impl StageRewardConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        check(["log", "reciprocal"].contains(&self.ddx_discount.as_str()), "ddx_discount", "must be log or reciprocal")?;
+        check(self.ddx_max_len >= 1, "ddx_max_len", "must be >= 1")?;
+        check((0.0..=1.0).contains(&self.icd_exact) && (0.0..=1.0).contains(&self.icd_category) && (0.0..=1.0).contains(&self.icd_chapter), "icd_exact", "ICD-10 credits must be in [0, 1]")?;
+        check(self.icd_exact >= self.icd_category && self.icd_category >= self.icd_chapter, "icd_category", "credits must satisfy exact >= category >= chapter")?;
+        check(self.lab_essential_weight > 0.0 && self.lab_optional_weight >= 0.0 && self.lab_extra_weight >= 0.0, "lab_essential_weight", "lab weights must be >= 0 (essential > 0)")?;
+        check(self.red_flag_weight >= 0.0, "red_flag_weight", "must be >= 0")
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -182,11 +270,17 @@ pub struct DynamicRubricConfig {
     /// Retire it when its rate stays below `exit_rate` for `exit_epochs` epochs.
     pub exit_rate: f64,
     pub exit_epochs: u32,
+    /// Candidate failure modes (JSONL of rubric items with negative points); None: none are mined.
+    pub candidates: Option<PathBuf>,
+    /// A response counts as high-scoring (where failure modes are looked for) when its core R_task >= this.
+    pub high_score: f64,
+    /// Fewest high-scoring responses an epoch needs before a rate is trusted for admission or exit.
+    pub min_observations: u32,
 }
 
 impl Default for DynamicRubricConfig {
     fn default() -> Self {
-        DynamicRubricConfig { enabled: false, admit_rate: 0.2, exit_rate: 0.01, exit_epochs: 3 }
+        DynamicRubricConfig { enabled: false, admit_rate: 0.2, exit_rate: 0.01, exit_epochs: 3, candidates: None, high_score: 0.8, min_observations: 10 }
     }
 }
 
@@ -195,6 +289,7 @@ impl RewardsSection {
         self.judge.validate().map_err(|(k, m)| (format!("judge.{k}"), m))?;
         self.spar.validate().map_err(|(k, m)| (format!("spar.{k}"), m))?;
         self.fact.validate().map_err(|(k, m)| (format!("fact.{k}"), m))?;
+        self.stages.validate().map_err(|(k, m)| (format!("stages.{k}"), m))?;
         check(self.dynamic_rubrics.admit_rate > self.dynamic_rubrics.exit_rate, "dynamic_rubrics.admit_rate", "must be > exit_rate")
     }
 }
