@@ -1,8 +1,272 @@
-//! `spar data` (being built; see docs/architecture.md for its owner).
+//! `spar data`: generate, validate, import, export and summarise cases (the logic lives in `spar-data`).
+use anyhow::{Context, bail};
+use spar_data::cases::{self, Format};
+use spar_data::splits::{Split, Splits};
+use spar_data::{expert, generate, verl, wire};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`spar data` is not built yet")
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Generate synthetic cases from the disease table: writes DIR/cases.jsonl and DIR/splits.json.
+    Generate {
+        /// Number of cases (cycles through the disease table).
+        #[arg(long, default_value_t = generate::SHIPPED_PER_DISEASE * generate::diseases().len())]
+        n: usize,
+        #[arg(long, default_value_t = generate::SHIPPED_SEED)]
+        seed: u64,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Validate a case file or folder (every problem, with file, line/row and field) and its splits.
+    Validate {
+        /// Case file (.jsonl / .parquet) or folder; default: the shipped cases.
+        #[arg(long = "in", alias = "input")]
+        input: Option<PathBuf>,
+        /// Split file; default: splits.json next to the cases, if present.
+        #[arg(long)]
+        splits: Option<PathBuf>,
+    },
+    /// Import verl-style parquet (prompt, reward_model, extra_info, data_source) as cases, or as RL prompt
+    /// records when the rows carry no case.
+    ImportVerl {
+        #[arg(long = "in", alias = "input")]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Convert between JSONL and parquet (by extension) for cases, samples or scored records.
+    Export {
+        #[arg(long = "in", alias = "input")]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// What the file holds.
+        #[arg(long, value_enum, default_value_t = Kind::Cases)]
+        kind: Kind,
+    },
+    /// Cases per department and per split.
+    Stats {
+        #[arg(long = "in", alias = "input")]
+        input: Option<PathBuf>,
+        #[arg(long)]
+        splits: Option<PathBuf>,
+    },
+    /// Write the scripted expert's gold consultations (JSONL: case_id, split, turns) for SFT.
+    Expert {
+        #[arg(long = "in", alias = "input")]
+        input: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Only this split (train, validation, test); default: every case.
+        #[arg(long)]
+        split: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Kind {
+    Cases,
+    Samples,
+    Scored,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Command::Generate { n, seed, out } => {
+            let (cases, splits) = generate::write_dataset(&out, n, seed)?;
+            println!(
+                "wrote {} cases ({} diagnoses) to {}; splits: train {}, validation {}, test {}",
+                cases.len(),
+                cases
+                    .iter()
+                    .map(|c| &c.diagnosis.icd10)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len(),
+                out.join("cases.jsonl").display(),
+                splits.train.len(),
+                splits.validation.len(),
+                splits.test.len()
+            );
+        }
+        Command::Validate { input, splits } => validate(
+            &input.unwrap_or_else(generate::shipped_dir),
+            splits.as_deref(),
+        )?,
+        Command::ImportVerl { input, out } => {
+            let got = verl::import_verl(&input)?;
+            match (got.cases.is_empty(), got.prompts.is_empty()) {
+                (_, true) => {
+                    cases::write_cases(&out, &got.cases)?;
+                    println!("imported {} cases into {}", got.cases.len(), out.display());
+                }
+                (true, false) => {
+                    if Format::of(&out)? != Format::Jsonl {
+                        bail!(
+                            "{}: rows without a case become RL prompt records, written as JSONL",
+                            out.display()
+                        );
+                    }
+                    spar_core::fsio::write_jsonl(&out, &got.prompts)?;
+                    println!(
+                        "{} rows carry no case: wrote {} RL prompt records to {}",
+                        got.prompts.len(),
+                        got.prompts.len(),
+                        out.display()
+                    );
+                }
+                (false, false) => bail!(
+                    "{}: {} rows carry a case and {} do not; split the file so each output holds one kind",
+                    input.display(),
+                    got.cases.len(),
+                    got.prompts.len()
+                ),
+            }
+        }
+        Command::Export { input, out, kind } => {
+            let n = match kind {
+                Kind::Cases => {
+                    let c = cases::load_cases(&input)?;
+                    cases::write_cases(&out, &c)?;
+                    c.len()
+                }
+                Kind::Samples => {
+                    let s = wire::read_samples(&input)?;
+                    wire::write_samples(&out, &s)?;
+                    s.len()
+                }
+                Kind::Scored => {
+                    let s = wire::read_scored(&input)?;
+                    wire::write_scored(&out, &s)?;
+                    s.len()
+                }
+            };
+            println!("wrote {n} records to {}", out.display());
+        }
+        Command::Stats { input, splits } => stats(
+            &input.unwrap_or_else(generate::shipped_dir),
+            splits.as_deref(),
+        )?,
+        Command::Expert { input, out, split } => {
+            let input = input.unwrap_or_else(generate::shipped_dir);
+            let all = cases::load_cases(&input)?;
+            let splits = find_splits(&input, None)?;
+            let chosen = match split.as_deref() {
+                None => all,
+                Some(s) => {
+                    let s = Split::parse(s)
+                        .with_context(|| format!("`{s}` is not train, validation or test"))?;
+                    let sp = splits
+                        .as_ref()
+                        .map(|(_, sp)| sp)
+                        .context("no splits.json next to the cases")?;
+                    sp.select(&all, s)
+                }
+            };
+            let records = expert::gold_transcripts(&chosen, splits.as_ref().map(|(_, sp)| sp));
+            spar_core::fsio::write_jsonl(&out, &records)?;
+            println!(
+                "wrote {} gold consultations to {}",
+                records.len(),
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The split file to use: `explicit`, else `splits.json` beside the cases when it exists.
+fn find_splits(cases: &Path, explicit: Option<&Path>) -> anyhow::Result<Option<(PathBuf, Splits)>> {
+    let default = if cases.is_dir() {
+        cases.join("splits.json")
+    } else {
+        cases.with_file_name("splits.json")
+    };
+    let path = explicit.map(Path::to_path_buf).unwrap_or(default);
+    if explicit.is_none() && !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some((path.clone(), Splits::load(&path)?)))
+}
+
+fn validate(input: &Path, splits: Option<&Path>) -> anyhow::Result<()> {
+    let files = if input.is_dir() {
+        cases::case_files(input)?
+    } else {
+        vec![input.to_path_buf()]
+    };
+    let mut problems = Vec::new();
+    let mut all = Vec::new();
+    for f in &files {
+        let read = match Format::of(f)? {
+            Format::Jsonl => cases::read_cases_jsonl(f),
+            Format::Parquet => cases::read_cases_parquet(f),
+        };
+        match read {
+            Ok(c) => {
+                problems.extend(cases::case_problems(&f.display().to_string(), &c));
+                all.extend(c);
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    if let Some((path, sp)) = find_splits(input, splits)? {
+        if let Err(e) = sp.check(&path.display().to_string(), &all) {
+            problems.push(e);
+        }
+    }
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    if !problems.is_empty() {
+        bail!("{} problem(s) in {}", problems.len(), input.display());
+    }
+    println!("{} cases in {} file(s): all valid", all.len(), files.len());
+    Ok(())
+}
+
+fn stats(input: &Path, splits: Option<&Path>) -> anyhow::Result<()> {
+    let all = cases::load_cases(input)?;
+    let sp = find_splits(input, splits)?;
+    let mut table: BTreeMap<&str, [usize; 4]> = BTreeMap::new();
+    for c in &all {
+        let row = table.entry(c.department.as_str()).or_default();
+        row[0] += 1;
+        if let Some(s) = sp.as_ref().and_then(|(_, sp)| sp.split_of(&c.id)) {
+            row[1 + s as usize] += 1;
+        }
+    }
+    println!(
+        "{:<24} {:>6} {:>6} {:>10} {:>6}",
+        "department", "cases", "train", "validation", "test"
+    );
+    let mut tot = [0usize; 4];
+    for (dept, r) in &table {
+        println!(
+            "{dept:<24} {:>6} {:>6} {:>10} {:>6}",
+            r[0], r[1], r[2], r[3]
+        );
+        for (t, x) in tot.iter_mut().zip(r) {
+            *t += x;
+        }
+    }
+    println!(
+        "{:<24} {:>6} {:>6} {:>10} {:>6}",
+        "total", tot[0], tot[1], tot[2], tot[3]
+    );
+    let dx: std::collections::BTreeSet<&str> =
+        all.iter().map(|c| c.diagnosis.icd10.as_str()).collect();
+    println!(
+        "{} departments, {} distinct diagnoses",
+        table.len(),
+        dx.len()
+    );
+    Ok(())
 }

@@ -1,0 +1,322 @@
+//! The scripted expert: the doctor's side of an exemplary consultation of a `Case`, in the stage grammar of
+//! `spar_core::grammar`. Gold transcripts for SFT and tests, and a turn-by-turn policy a rollout environment can
+//! drive (given the dialogue so far, the next doctor utterance).
+//!
+//! Inquiry asks one short question per checklist item (critical items and red flags first when the turn budget
+//! is short), each phrased with one of the item's keywords, never repeating a topic already covered; then says
+//! `<ready/>`; then gives the differential, the tests (essential + a few optional) and the final diagnosis.
+use spar_core::case::{Case, InquiryItem, RedFlag};
+use spar_core::grammar::{self, NamedDx};
+use spar_core::sample::{Role, Turn};
+use spar_core::stage::Stage;
+
+/// Knobs of the scripted expert.
+#[derive(Clone, Debug)]
+pub struct ExpertOptions {
+    /// Inquiry turn limit, the `<ready/>` turn included (method.md section 9: 12).
+    pub inquiry_turns: usize,
+    /// How many optional tests to add after the essential ones.
+    pub optional_tests: usize,
+    /// How many differential entries follow the diagnosis in `<ddx>`.
+    pub ddx_alternatives: usize,
+}
+
+impl Default for ExpertOptions {
+    fn default() -> Self {
+        ExpertOptions {
+            inquiry_turns: Stage::Inquiry.default_turn_limit() as usize,
+            optional_tests: 1,
+            ddx_alternatives: 4,
+        }
+    }
+}
+
+/// One planned inquiry question and the checklist item it covers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Question {
+    /// `inquiry_items[i].id` or `red_flags[i].id`.
+    pub item_id: String,
+    pub text: String,
+    /// The item's keywords (a doctor turn containing one of them covers the item).
+    pub keywords: Vec<String>,
+    /// What the case says the patient answers.
+    pub answer: String,
+    pub critical: bool,
+}
+
+/// The reply that ends inquiry.
+pub const READY_REPLY: &str = "Thank you, I have what I need. <ready/>";
+
+/// The scripted expert for one case.
+#[derive(Clone, Debug)]
+pub struct Expert {
+    case: Case,
+    opts: ExpertOptions,
+    plan: Vec<Question>,
+}
+
+fn covers(text: &str, keywords: &[String]) -> bool {
+    let t = text.to_lowercase();
+    keywords
+        .iter()
+        .any(|k| !k.trim().is_empty() && t.contains(&k.to_lowercase()))
+}
+
+/// A short question from the item's own words when the case carries no phrasing of its own: it always contains
+/// a keyword, so keyword-based inquiry scoring credits it.
+fn fallback_question(topic: &str, keywords: &[String]) -> String {
+    let kw = keywords
+        .first()
+        .map(|k| k.trim().to_string())
+        .unwrap_or_else(|| topic.to_string());
+    if covers(topic, keywords) {
+        format!("Can you tell me about the {topic}?")
+    } else {
+        format!("Tell me about the {topic}: any {kw}?")
+    }
+}
+
+fn item_question(case: &Case, it: &InquiryItem) -> Question {
+    let text = crate::generate::question_for(case, &it.id)
+        .filter(|q| covers(q, &it.keywords))
+        .unwrap_or_else(|| fallback_question(&it.topic, &it.keywords));
+    Question {
+        item_id: it.id.clone(),
+        text,
+        keywords: it.keywords.clone(),
+        answer: it.answer.clone(),
+        critical: it.critical,
+    }
+}
+
+fn flag_question(case: &Case, rf: &RedFlag) -> Question {
+    let text = crate::generate::question_for(case, &rf.id)
+        .filter(|q| covers(q, &rf.keywords))
+        .unwrap_or_else(|| fallback_question(&rf.description.to_lowercase(), &rf.keywords));
+    Question {
+        item_id: rf.id.clone(),
+        text,
+        keywords: rf.keywords.clone(),
+        answer: rf.answer.clone(),
+        critical: true,
+    }
+}
+
+impl Expert {
+    pub fn new(case: &Case) -> Expert {
+        Expert::with_options(case, ExpertOptions::default())
+    }
+
+    pub fn with_options(case: &Case, opts: ExpertOptions) -> Expert {
+        let plan = plan_questions(case, opts.inquiry_turns.saturating_sub(1));
+        Expert {
+            case: case.clone(),
+            opts,
+            plan,
+        }
+    }
+
+    pub fn case(&self) -> &Case {
+        &self.case
+    }
+
+    /// The inquiry questions in the order they are asked.
+    pub fn questions(&self) -> &[Question] {
+        &self.plan
+    }
+
+    /// The next inquiry reply given the dialogue so far: the first planned question whose item no earlier doctor
+    /// turn covers, or [`READY_REPLY`] when all are covered or the turn budget has one turn left.
+    pub fn next_inquiry(&self, dialogue: &[Turn]) -> String {
+        let asked: Vec<&str> = dialogue
+            .iter()
+            .filter(|t| t.role == Role::Assistant)
+            .map(|t| t.text.as_str())
+            .collect();
+        if asked.iter().any(|t| grammar::inquiry_done(t))
+            || asked.len() + 1 >= self.opts.inquiry_turns
+        {
+            return READY_REPLY.to_string();
+        }
+        self.plan
+            .iter()
+            .find(|q| !asked.iter().any(|a| covers(a, &q.keywords)))
+            .map(|q| q.text.clone())
+            .unwrap_or_else(|| READY_REPLY.to_string())
+    }
+
+    /// The ranked differential: the diagnosis first, then the case's differential.
+    pub fn ddx(&self) -> Vec<NamedDx> {
+        std::iter::once(&self.case.diagnosis)
+            .chain(
+                self.case
+                    .differential
+                    .iter()
+                    .take(self.opts.ddx_alternatives),
+            )
+            .map(|d| NamedDx {
+                name: d.name.clone(),
+                icd10: Some(d.icd10.clone()),
+            })
+            .collect()
+    }
+
+    /// The recommended tests: every essential test, then the first `optional_tests` optional ones.
+    pub fn tests(&self) -> Vec<String> {
+        let t = &self.case.tests;
+        t.essential
+            .iter()
+            .chain(t.optional.iter().take(self.opts.optional_tests))
+            .map(|x| x.name.clone())
+            .collect()
+    }
+
+    /// The doctor's reply for one stage, given the dialogue so far.
+    pub fn reply(&self, stage: Stage, dialogue: &[Turn]) -> String {
+        match stage {
+            Stage::Inquiry => self.next_inquiry(dialogue),
+            Stage::Ddx => grammar::render_ddx(&self.ddx()),
+            Stage::Lab => grammar::render_tests(&self.tests()),
+            Stage::Diag => {
+                let d = &self.case.diagnosis;
+                grammar::render_diagnosis(&NamedDx {
+                    name: d.name.clone(),
+                    icd10: Some(d.icd10.clone()),
+                })
+            }
+        }
+    }
+
+    /// The next doctor utterance, the stage inferred from the dialogue (see [`infer_stage`]).
+    pub fn next_utterance(&self, dialogue: &[Turn]) -> (Stage, String) {
+        let stage = infer_stage(dialogue);
+        (stage, self.reply(stage, dialogue))
+    }
+
+    /// The patient's answer to a planned question (the case's answer for the item the question covers).
+    pub fn answer_to(&self, question: &str) -> Option<&str> {
+        self.plan
+            .iter()
+            .find(|q| q.text == question)
+            .map(|q| q.answer.as_str())
+    }
+
+    /// A whole gold consultation: patient opening, the inquiry, `<ready/>`, then each stage instruction
+    /// (`Stage::default_instruction`) and the expert's reply. Every turn carries its stage.
+    pub fn transcript(&self) -> Vec<Turn> {
+        let mut d = Vec::new();
+        let push = |d: &mut Vec<Turn>, role, text: String, stage| {
+            d.push(Turn {
+                role,
+                text,
+                stage: Some(stage),
+            })
+        };
+        push(&mut d, Role::User, opening(&self.case), Stage::Inquiry);
+        loop {
+            let q = self.next_inquiry(&d);
+            let ready = grammar::inquiry_done(&q);
+            let answer = self.answer_to(&q).map(str::to_string);
+            push(&mut d, Role::Assistant, q, Stage::Inquiry);
+            match answer {
+                Some(a) if !ready => push(&mut d, Role::User, a, Stage::Inquiry),
+                _ => break,
+            }
+        }
+        for stage in [Stage::Ddx, Stage::Lab, Stage::Diag] {
+            push(
+                &mut d,
+                Role::User,
+                stage.default_instruction().to_string(),
+                stage,
+            );
+            let r = self.reply(stage, &d);
+            push(&mut d, Role::Assistant, r, stage);
+        }
+        d
+    }
+}
+
+/// The patient's first words: the chief complaint.
+pub fn opening(case: &Case) -> String {
+    let cc = case.chief_complaint.trim().trim_end_matches('.');
+    let mut c = cc.chars();
+    match c.next() {
+        Some(f) => format!("Hello doctor. {}{}.", f.to_uppercase(), c.as_str()),
+        None => "Hello doctor.".into(),
+    }
+}
+
+/// Which stage the next doctor reply belongs to: the `stage` of the last user turn when set, else the stage whose
+/// tag the last user turn asks for (`<diagnosis>`, `<tests>`, `<ddx>`), else Inquiry.
+pub fn infer_stage(dialogue: &[Turn]) -> Stage {
+    let Some(last) = dialogue.iter().rev().find(|t| t.role == Role::User) else {
+        return Stage::Inquiry;
+    };
+    if let Some(s) = last.stage {
+        return s;
+    }
+    let t = last.text.to_ascii_lowercase();
+    if t.contains("<diagnosis>") {
+        Stage::Diag
+    } else if t.contains("<tests>") {
+        Stage::Lab
+    } else if t.contains("<ddx>") {
+        Stage::Ddx
+    } else {
+        Stage::Inquiry
+    }
+}
+
+/// Picks at most `budget` questions: every critical item and red flag first, then the rest by weight; asked in
+/// the case's order (history items, then red flags). Items whose keywords an earlier question already covers
+/// are skipped, so no topic is asked twice.
+fn plan_questions(case: &Case, budget: usize) -> Vec<Question> {
+    let mut all: Vec<(f32, Question)> = Vec::new();
+    for it in &case.inquiry_items {
+        let rank = if it.critical { 100.0 } else { 0.0 } + it.weight;
+        all.push((rank, item_question(case, it)));
+    }
+    for rf in &case.red_flags {
+        all.push((50.0 + rf.weight, flag_question(case, rf)));
+    }
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    order.sort_by(|&a, &b| all[b].0.total_cmp(&all[a].0).then(a.cmp(&b)));
+    let mut keep: Vec<usize> = order.into_iter().take(budget).collect();
+    keep.sort();
+    let mut plan: Vec<Question> = Vec::new();
+    for i in keep {
+        let q = &all[i].1;
+        if plan.iter().any(|p| covers(&p.text, &q.keywords)) {
+            continue;
+        }
+        plan.push(q.clone());
+    }
+    plan
+}
+
+/// One gold consultation as written by `spar data expert` (JSONL, one per line): SFT input.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldTranscript {
+    pub case_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<crate::splits::Split>,
+    /// The whole consultation; doctor turns are `assistant`, every turn carries its stage.
+    pub turns: Vec<Turn>,
+}
+
+/// Gold consultations of `cases`, split labels taken from `splits` when given.
+pub fn gold_transcripts(
+    cases: &[Case],
+    splits: Option<&crate::splits::Splits>,
+) -> Vec<GoldTranscript> {
+    cases
+        .iter()
+        .map(|c| GoldTranscript {
+            case_id: c.id.clone(),
+            split: splits.and_then(|s| s.split_of(&c.id)),
+            turns: Expert::new(c).transcript(),
+        })
+        .collect()
+}

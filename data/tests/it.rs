@@ -1,0 +1,10 @@
+//! The one integration-test binary of spar-data; one module per area under `tests/it/`.
+mod it {
+    mod case_io;
+    pub mod common;
+    mod expert;
+    mod generate;
+    mod shipped;
+    mod verl;
+    mod wire_io;
+}
