@@ -242,13 +242,13 @@ pub(crate) fn read_jsonl_records<T: serde::de::DeserializeOwned>(
 /// Reads a parquet case file without validating values; errors name the 1-based row and the field path.
 pub fn read_cases_parquet(path: &Path) -> Result<Vec<Case>> {
     let pq = ParquetRows::open(path)?;
-    if let Some(v) = pq.metadata.get(CASE_SCHEMA_KEY) {
-        if v.trim() != CASE_SCHEMA_VERSION.to_string() {
-            return Err(Error::invalid(
-                &pq.file,
-                format!("{CASE_SCHEMA_KEY} {v} is not the supported version {CASE_SCHEMA_VERSION}"),
-            ));
-        }
+    if let Some(v) = pq.metadata.get(CASE_SCHEMA_KEY)
+        && v.trim() != CASE_SCHEMA_VERSION.to_string()
+    {
+        return Err(Error::invalid(
+            &pq.file,
+            format!("{CASE_SCHEMA_KEY} {v} is not the supported version {CASE_SCHEMA_VERSION}"),
+        ));
     }
     pq.require_columns(&case_schema())?;
     pq.json_rows()?

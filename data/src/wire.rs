@@ -137,13 +137,13 @@ fn check_versions(file: &str, records: &[(u32, usize)]) -> Result<()> {
 /// Reads a wire-format parquet file: version in metadata (when present) and in every row, required columns.
 fn read_wire_parquet<T: DeserializeOwned>(path: &Path, schema: &Schema) -> Result<Vec<T>> {
     let pq = ParquetRows::open(path)?;
-    if let Some(v) = pq.metadata.get(SCHEMA_VERSION_KEY) {
-        if v.trim() != SCHEMA_VERSION.to_string() {
-            return Err(Error::invalid(
-                &pq.file,
-                format!("{SCHEMA_VERSION_KEY} {v} is not the supported version {SCHEMA_VERSION}"),
-            ));
-        }
+    if let Some(v) = pq.metadata.get(SCHEMA_VERSION_KEY)
+        && v.trim() != SCHEMA_VERSION.to_string()
+    {
+        return Err(Error::invalid(
+            &pq.file,
+            format!("{SCHEMA_VERSION_KEY} {v} is not the supported version {SCHEMA_VERSION}"),
+        ));
     }
     pq.require_columns(schema)?;
     let mut out = Vec::new();

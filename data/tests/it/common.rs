@@ -69,7 +69,11 @@ pub fn scored(idx: u32) -> Scored {
                 explanation: "timeout".into(),
             },
         ],
-        stage_score: if idx % 2 == 0 { Some(0.75) } else { None },
+        stage_score: if idx.is_multiple_of(2) {
+            Some(0.75)
+        } else {
+            None
+        },
         claims: vec![ClaimRecord {
             text: "Troponin rises within hours.".into(),
             label: ClaimLabel::Supported,

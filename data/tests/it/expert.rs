@@ -167,3 +167,41 @@ fn cases_from_elsewhere_get_keyword_questions() {
     }
     check_transcript(&c);
 }
+
+#[test]
+fn gold_transcripts_meet_the_generated_rubric_rules_and_no_negative_ones() {
+    let cases = spar_data::load_cases(&spar_data::generate::shipped_dir()).unwrap();
+    for c in &cases {
+        let t = Expert::new(c).transcript();
+        let said = |stage: Option<Stage>| -> String {
+            t.iter()
+                .filter(|x| x.role == Role::Assistant && (stage.is_none() || x.stage == stage))
+                .map(|x| x.text.to_lowercase())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        for item in &c.rubric {
+            let Some(rule) = &item.rule else { continue };
+            let text = said(rule.stage);
+            let met = rule.any.iter().any(|k| text.contains(k.as_str()));
+            if item.points < 0 {
+                assert!(
+                    !met,
+                    "{}: the gold transcript meets the negative item `{}`",
+                    c.id, item.criterion
+                );
+            }
+        }
+        // The generator's own three items: correct diagnosis, first essential test, allergy question.
+        for item in &c.rubric[..3] {
+            let rule = item.rule.as_ref().unwrap();
+            let text = said(rule.stage);
+            assert!(
+                rule.any.iter().any(|k| text.contains(k.as_str())),
+                "{}: gold misses `{}`",
+                c.id,
+                item.criterion
+            );
+        }
+    }
+}
