@@ -7,8 +7,16 @@ pub struct Args {
 }
 
 #[derive(clap::Subcommand)]
-enum Bench {}
+enum Bench {
+    /// LLM-judge throughput against a loopback fake server with fixed latency.
+    Judge(super::bench_judge::BenchJudgeArgs),
+    /// Forward tokens/s of a random Qwen3 / Qwen3-MoE model of a real shape.
+    Forward(super::bench_forward::Args),
+}
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    match args.what {}
+    match args.what {
+        Bench::Judge(a) => super::bench_judge::run(a),
+        Bench::Forward(a) => super::bench_forward::run(a),
+    }
 }

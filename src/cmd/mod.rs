@@ -1,5 +1,7 @@
 //! One module per subcommand; each owns its `Args` (clap) and `run`.
 pub mod bench;
+pub mod bench_forward;
+pub mod bench_judge;
 pub mod data;
 pub mod eval;
 pub mod export;
