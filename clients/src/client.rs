@@ -329,15 +329,17 @@ impl OpenAiClient {
                     .await
                     .expect("the semaphore is never closed");
                 inner.stats.attempt();
-                self.attempt(&method, &url, body.as_deref(), &parse).await
+                let sent = Instant::now();
+                let r = self.attempt(&method, &url, body.as_deref(), &parse).await;
+                (r, sent.elapsed())
             };
             let failure = match outcome {
-                Ok(v) => {
-                    inner.stats.success(started.elapsed());
+                (Ok(v), took) => {
+                    inner.stats.success(took, started.elapsed());
                     guard.done = true;
                     return Ok(v);
                 }
-                Err(f) => f,
+                (Err(f), _) => f,
             };
             if failure.timeout {
                 inner.stats.timeout();

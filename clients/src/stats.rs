@@ -1,4 +1,4 @@
-//! Counters of one client: requests, attempts, retries, failures, timeouts, tokens and call latency.
+//! Counters of one client: requests, attempts, retries, failures, timeouts, tokens and latencies.
 use serde::Serialize;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +10,9 @@ const BUCKETS_PER_OCTAVE: f64 = 8.0;
 const BUCKETS: usize = 8 * 40;
 
 /// A snapshot of a client's counters (`OpenAiClient::stats`). A request is one logical call; it may take
-/// several attempts. Latency is per successful call, retries and backoff included: what the caller waited.
+/// several attempts. `latency_*` is the endpoint's speed: one successful attempt, from sending the request to
+/// reading the reply. `call_*` is what callers waited: the queue for a concurrency permit, retries and backoff
+/// included.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ClientStats {
     pub requests: u64,
@@ -32,6 +34,8 @@ pub struct ClientStats {
     pub latency_p90_s: f64,
     pub latency_p99_s: f64,
     pub latency_max_s: f64,
+    pub call_mean_s: f64,
+    pub call_max_s: f64,
 }
 
 #[derive(Default)]
@@ -46,6 +50,7 @@ pub(crate) struct StatsCell {
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
     latency: Mutex<Latency>,
+    calls: Mutex<(f64, f64)>,
 }
 
 struct Latency {
@@ -111,11 +116,14 @@ impl StatsCell {
     pub(crate) fn cancelled(&self) {
         self.cancelled.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn success(&self, latency: Duration) {
+    pub(crate) fn success(&self, attempt: Duration, call: Duration) {
         self.latency
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .record(latency);
+            .record(attempt);
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.0 += call.as_secs_f64();
+        calls.1 = calls.1.max(call.as_secs_f64());
         self.successes.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn tokens(&self, prompt: u64, completion: u64) {
@@ -126,6 +134,7 @@ impl StatsCell {
 
     pub(crate) fn snapshot(&self) -> ClientStats {
         let lat = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let (call_sum_s, call_max_s) = *self.calls.lock().unwrap_or_else(|e| e.into_inner());
         let successes = self.successes.load(Ordering::Relaxed);
         let failures = self.failures.load(Ordering::Relaxed);
         let cancelled = self.cancelled.load(Ordering::Relaxed);
@@ -150,6 +159,12 @@ impl StatsCell {
             latency_p90_s: lat.quantile(0.9),
             latency_p99_s: lat.quantile(0.99),
             latency_max_s: lat.max_s,
+            call_mean_s: if successes > 0 {
+                call_sum_s / successes as f64
+            } else {
+                0.0
+            },
+            call_max_s,
         }
     }
 }
@@ -163,7 +178,7 @@ mod tests {
         let cell = StatsCell::default();
         for ms in 1..=100u64 {
             cell.request();
-            cell.success(Duration::from_millis(ms));
+            cell.success(Duration::from_millis(ms), Duration::from_millis(2 * ms));
         }
         let s = cell.snapshot();
         assert_eq!((s.requests, s.successes, s.in_flight), (100, 100, 0));
@@ -179,6 +194,8 @@ mod tests {
             s.latency_p99_s
         );
         assert_eq!(s.latency_max_s, 0.1);
+        assert!((s.call_mean_s - 0.101).abs() < 1e-9);
+        assert_eq!(s.call_max_s, 0.2);
     }
 
     #[test]

@@ -97,10 +97,15 @@ impl std::fmt::Display for JudgeBenchReport {
             "  in flight   {} max at the server",
             self.server_max_in_flight
         )?;
+        writeln!(
+            f,
+            "  endpoint    p50 {:.3} s, p99 {:.3} s, max {:.3} s per request",
+            self.client.latency_p50_s, self.client.latency_p99_s, self.client.latency_max_s
+        )?;
         write!(
             f,
-            "  latency     p50 {:.3} s, p99 {:.3} s, max {:.3} s",
-            self.client.latency_p50_s, self.client.latency_p99_s, self.client.latency_max_s
+            "  callers     {:.2} s mean, {:.2} s max wait (queue for the {} permits included)",
+            self.client.call_mean_s, self.client.call_max_s, self.concurrency
         )
     }
 }
