@@ -6,11 +6,13 @@
 //! - [`generate`]: the synthetic case generator over the disease table; the shipped cases are in `data/cases/`
 //! - [`expert`]: the scripted expert (gold consultations, turn-by-turn doctor policy)
 //! - [`verl`]: import of verl-style RL parquet
+//! - [`recipe`]: the train / eval cases a recipe's `[data]` section selects
 pub mod cases;
 pub mod expert;
 pub mod generate;
 pub mod kb;
 mod parquet_io;
+pub mod recipe;
 pub mod splits;
 pub mod verl;
 pub mod wire;

@@ -4,6 +4,7 @@ mod it {
     pub mod common;
     mod expert;
     mod generate;
+    mod recipe;
     mod shipped;
     mod verl;
     mod wire_io;

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 pub struct DataSection {
     /// Cases file or folder (JSONL or parquet). Default: the shipped cases.
     pub cases: Option<PathBuf>,
+    /// Split file (`splits.json`: case ids per split). Default: `splits.json` next to the cases.
+    pub splits: Option<PathBuf>,
     /// Which split trains: "train" | "validation" | "test".
     pub train_split: String,
     pub eval_split: String,
@@ -21,7 +23,7 @@ pub struct DataSection {
 
 impl Default for DataSection {
     fn default() -> Self {
-        DataSection { cases: None, train_split: "train".into(), eval_split: "validation".into(), max_cases: 0, knowledge_base: None, redact_on_ingest: true }
+        DataSection { cases: None, splits: None, train_split: "train".into(), eval_split: "validation".into(), max_cases: 0, knowledge_base: None, redact_on_ingest: true }
     }
 }
 

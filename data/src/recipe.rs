@@ -1,0 +1,57 @@
+//! Cases as a recipe's `[data]` section asks for them: the training split and the evaluation split.
+use crate::splits::{Split, load_split};
+use spar_core::recipe::DataSection;
+use spar_core::{Case, Error, Result};
+use std::path::{Path, PathBuf};
+
+/// The case file or folder the section names (relative paths resolve against `base`, the recipe's folder),
+/// or the shipped cases.
+pub fn cases_path(section: &DataSection, base: Option<&Path>) -> PathBuf {
+    match &section.cases {
+        Some(p) => resolve(p, base),
+        None => crate::generate::shipped_dir(),
+    }
+}
+
+fn resolve(p: &Path, base: Option<&Path>) -> PathBuf {
+    match base {
+        Some(b) if p.is_relative() => b.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+fn split_named(name: &str, key: &str) -> Result<Split> {
+    Split::parse(name).ok_or_else(|| Error::Recipe {
+        file: "-".into(),
+        key: format!("data.{key}"),
+        msg: format!("`{name}` is not train, validation or test"),
+    })
+}
+
+/// The cases of `split`, at most `max_cases` of them (0 = all), in file order.
+pub fn split_cases(section: &DataSection, base: Option<&Path>, split: Split) -> Result<Vec<Case>> {
+    let splits = section.splits.as_deref().map(|p| resolve(p, base));
+    let mut cases = load_split(&cases_path(section, base), splits.as_deref(), split)?;
+    if section.max_cases > 0 {
+        cases.truncate(section.max_cases);
+    }
+    Ok(cases)
+}
+
+/// The cases to train on (`data.train_split`).
+pub fn train_cases(section: &DataSection, base: Option<&Path>) -> Result<Vec<Case>> {
+    split_cases(
+        section,
+        base,
+        split_named(&section.train_split, "train_split")?,
+    )
+}
+
+/// The cases to evaluate on (`data.eval_split`).
+pub fn eval_cases(section: &DataSection, base: Option<&Path>) -> Result<Vec<Case>> {
+    split_cases(
+        section,
+        base,
+        split_named(&section.eval_split, "eval_split")?,
+    )
+}
