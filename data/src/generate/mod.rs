@@ -284,7 +284,16 @@ pub fn case_from(
             "social",
             "smoking and alcohol",
             &["smoke", "alcohol", "drink"],
-            format!("{}.", capitalize(&social.join("; "))),
+            format!(
+                "{}.",
+                capitalize(
+                    &social
+                        .iter()
+                        .map(|s| first_person(s))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            ),
             1.0,
         ));
     } else {
@@ -309,9 +318,9 @@ pub fn case_from(
             "family history",
             &["family", "relatives"],
             join_answer(
-                &family,
+                &family.iter().map(|f| format!("my {f}")).collect::<Vec<_>>(),
                 "Nothing runs in the family that I know of.",
-                "Yes: ",
+                "Yes, ",
             ),
             1.0,
         ));
@@ -448,6 +457,25 @@ pub fn case_from(
         rubric,
         source: source.to_string(),
     })
+}
+
+/// The patient's own words for a social-history entry ("smokes 10 a day" -> "I smoke 10 a day").
+fn first_person(s: &str) -> String {
+    const SUBJECT: &[(&str, &str)] = &[
+        ("never smoked", "I've never smoked"),
+        ("ex-smoker", "I'm an ex-smoker"),
+        ("smokes", "I smoke"),
+        ("smoked", "I smoked"),
+        ("drinks", "I drink"),
+        ("does not", "I don't"),
+        ("works", "I work"),
+        ("drives", "I drive"),
+        ("retired", "I'm retired"),
+    ];
+    SUBJECT
+        .iter()
+        .find_map(|(third, first)| s.strip_prefix(third).map(|rest| format!("{first}{rest}")))
+        .unwrap_or_else(|| s.to_string())
 }
 
 fn capitalize(s: &str) -> String {
