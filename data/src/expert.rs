@@ -268,31 +268,44 @@ pub fn infer_stage(dialogue: &[Turn]) -> Stage {
     }
 }
 
-/// Picks at most `budget` questions: every critical item and red flag first, then the rest by weight; asked in
-/// the case's order (history items, then red flags). Items whose keywords an earlier question already covers
-/// are skipped, so no topic is asked twice.
+/// Picks at most `budget` questions: every critical item and red flag first, then the rest by weight. They are
+/// asked the way a clinician orders them: the important history items (critical or weight >= 2, in the case's
+/// order), then the red flags, then the routine items. Items whose keywords an earlier question already covers
+/// are skipped, so no topic is asked twice (the turn goes to the next item instead).
 fn plan_questions(case: &Case, budget: usize) -> Vec<Question> {
-    let mut all: Vec<(f32, Question)> = Vec::new();
-    for it in &case.inquiry_items {
+    // (priority for the budget, position in the asking order, question)
+    let mut all: Vec<(f32, usize, Question)> = Vec::new();
+    let n = case.inquiry_items.len();
+    for (i, it) in case.inquiry_items.iter().enumerate() {
         let rank = if it.critical { 100.0 } else { 0.0 } + it.weight;
-        all.push((rank, item_question(case, it)));
+        let pos = if it.critical || it.weight >= 2.0 {
+            i
+        } else {
+            2 * n + i
+        };
+        all.push((rank, pos, item_question(case, it)));
     }
-    for rf in &case.red_flags {
-        all.push((50.0 + rf.weight, flag_question(case, rf)));
+    for (i, rf) in case.red_flags.iter().enumerate() {
+        all.push((50.0 + rf.weight, n + i, flag_question(case, rf)));
     }
     let mut order: Vec<usize> = (0..all.len()).collect();
     order.sort_by(|&a, &b| all[b].0.total_cmp(&all[a].0).then(a.cmp(&b)));
-    let mut keep: Vec<usize> = order.into_iter().take(budget).collect();
-    keep.sort();
-    let mut plan: Vec<Question> = Vec::new();
-    for i in keep {
-        let q = &all[i].1;
-        if plan.iter().any(|p| covers(&p.text, &q.keywords)) {
-            continue;
+    // Fill the budget in priority order, skipping items an already chosen question covers, so a covered item
+    // does not waste a turn.
+    let mut keep: Vec<usize> = Vec::new();
+    for i in order {
+        if keep.len() == budget {
+            break;
         }
-        plan.push(q.clone());
+        if !keep
+            .iter()
+            .any(|&j| covers(&all[j].2.text, &all[i].2.keywords))
+        {
+            keep.push(i);
+        }
     }
-    plan
+    keep.sort_by_key(|&i| all[i].1);
+    keep.into_iter().map(|i| all[i].2.clone()).collect()
 }
 
 /// One gold consultation as written by `spar data expert` (JSONL, one per line): SFT input.

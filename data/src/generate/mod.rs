@@ -42,14 +42,28 @@ const COMORBIDITY_MEDS: &[(&str, &str)] = &[
     ("coronary artery disease", "aspirin 75 mg daily"),
 ];
 
-const ALLERGIES: &[(&str, &str)] = &[
+/// Drug allergies: the allergen, what an adult patient says, what a parent says (`{them}` = him / her).
+const ALLERGIES: &[(&str, &str, &str)] = &[
     (
         "penicillin",
         "I'm allergic to penicillin; it gives me a rash.",
+        "Yes, penicillin gave {them} a rash.",
     ),
-    ("sulfonamides", "Sulfa drugs give me hives."),
-    ("ibuprofen", "Ibuprofen makes my lips swell."),
-    ("codeine", "Codeine makes me vomit badly."),
+    (
+        "sulfonamides",
+        "Sulfa drugs give me hives.",
+        "Yes, sulfa drugs gave {them} hives.",
+    ),
+    (
+        "ibuprofen",
+        "Ibuprofen makes my lips swell.",
+        "Yes, ibuprofen made {them} swell up.",
+    ),
+    (
+        "codeine",
+        "Codeine makes me vomit badly.",
+        "Yes, codeine made {them} vomit badly.",
+    ),
 ];
 
 const SMOKING: &[&str] = &[
@@ -73,7 +87,7 @@ const WORK: &[&str] = &[
 
 /// The phrasing of the generator's own checklist items (not in the table).
 const COMMON_QUESTIONS: &[(&str, &str)] = &[
-    ("allergies", "Do you have any allergies to medicines?"),
+    ("allergies", "Do you have any drug allergies?"),
     ("medications", "Which medicines do you take regularly?"),
     ("past_history", "Do you have any other medical conditions?"),
     ("social", "Do you smoke or drink alcohol?"),
@@ -82,14 +96,28 @@ const COMMON_QUESTIONS: &[(&str, &str)] = &[
     ("exposure", "Is anyone at home sick, or does anyone smoke?"),
 ];
 
+/// The same, asked of a parent.
+const CHILD_QUESTIONS: &[(&str, &str)] = &[
+    ("allergies", "Does your child have any drug allergies?"),
+    ("medications", "Does your child take any regular medicines?"),
+];
+
 /// The question the generator wrote for checklist item `item_id` of `case`, if the case came from the table.
 pub fn question_for(case: &Case, item_id: &str) -> Option<String> {
-    if let Some((_, q)) = COMMON_QUESTIONS.iter().find(|(id, _)| *id == item_id) {
+    let disease = diseases().iter().find(|d| d.icd10 == case.diagnosis.icd10);
+    let asked_of_parent = if disease.is_some_and(|d| d.child) {
+        CHILD_QUESTIONS
+    } else {
+        &[]
+    };
+    if let Some((_, q)) = asked_of_parent
+        .iter()
+        .chain(COMMON_QUESTIONS)
+        .find(|(id, _)| *id == item_id)
+    {
         return Some(q.to_string());
     }
-    let d = diseases()
-        .iter()
-        .find(|d| d.icd10 == case.diagnosis.icd10)?;
+    let d = disease?;
     d.history.iter().chain(d.red_flags.iter()).find_map(|row| {
         let f: Vec<&str> = row.split('|').map(str::trim).collect();
         (f.len() == 5 && slug(f[0]) == item_id).then(|| f[1].to_string())
@@ -126,16 +154,17 @@ impl Patient {
             (Sex::Female, true) => "girl",
             (Sex::Male, true) => "boy",
         };
-        let kid = if self.sex == Sex::Female {
-            "daughter"
+        let (kid, them) = if self.sex == Sex::Female {
+            ("daughter", "her")
         } else {
-            "son"
+            ("son", "him")
         };
         s.replace("{dur}", &self.dur)
             .replace("{age}", &self.age.to_string())
             .replace("{side}", self.side)
             .replace("{person}", person)
             .replace("{child}", kid)
+            .replace("{them}", them)
     }
 }
 
@@ -261,7 +290,7 @@ pub fn case_from(
         "drug allergies",
         &["allerg"],
         allergy
-            .map(|a| a.1.to_string())
+            .map(|a| if d.child { fill(a.2) } else { a.1.to_string() })
             .unwrap_or_else(|| "No, no allergies that I know of.".into()),
         2.0,
     ));
@@ -269,7 +298,15 @@ pub fn case_from(
         "medications",
         "regular medicines",
         &["medicine", "medication", "tablets", "pills"],
-        join_answer(&meds, "I don't take any regular medicines.", "I take "),
+        join_answer(
+            &meds,
+            if d.child {
+                "No regular medicines."
+            } else {
+                "I don't take any regular medicines."
+            },
+            "I take ",
+        ),
         1.0,
     ));
     if !d.child {

@@ -205,3 +205,15 @@ fn gold_transcripts_meet_the_generated_rubric_rules_and_no_negative_ones() {
         }
     }
 }
+
+/// `cargo test -p spar-data -- --ignored --nocapture show_a_transcript` prints one gold consultation.
+#[test]
+#[ignore = "prints a transcript for reading"]
+fn show_a_transcript() {
+    let cases = spar_data::load_cases(&spar_data::generate::shipped_dir()).unwrap();
+    let id = std::env::var("CASE").unwrap_or_else(|_| cases[0].id.clone());
+    let c = cases.iter().find(|c| c.id == id).unwrap();
+    for t in Expert::new(c).transcript() {
+        println!("[{:?} {:?}] {}", t.stage.unwrap(), t.role, t.text);
+    }
+}
