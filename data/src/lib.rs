@@ -7,6 +7,7 @@
 //! - [`expert`]: the scripted expert (gold consultations, turn-by-turn doctor policy)
 //! - [`verl`]: import of verl-style RL parquet
 //! - [`recipe`]: the train / eval cases a recipe's `[data]` section selects
+pub mod audit;
 pub mod cases;
 pub mod expert;
 pub mod generate;

@@ -1,0 +1,494 @@
+//! The audit manifest every run writes into its run directory (`audit.json`): which data went in (with
+//! SHA-256), which configuration (the recipe with secret-looking values removed), which code (crate version,
+//! git commit / describe), who ran it where and when, and how it ended.
+//!
+//! Run and data directories are created owner-only (0700) because they can hold patient text; the manifest is
+//! written atomically and owner-only (0600). [`find_secret_leaks`] checks that no secret environment value
+//! (API keys, tokens) ended up in a file.
+use serde::{Deserialize, Serialize};
+use spar_core::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Version of the `audit.json` layout.
+pub const AUDIT_SCHEMA_VERSION: u32 = 1;
+/// File name of the manifest inside a run directory.
+pub const AUDIT_FILE: &str = "audit.json";
+/// What replaces a removed secret value in the recorded configuration.
+pub const REDACTED: &str = "<redacted>";
+
+/// One input data file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFile {
+    /// As given by the caller.
+    pub path: String,
+    /// Absolute path, when it could be resolved.
+    pub absolute: Option<String>,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// The code that ran.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeVersion {
+    /// spar-data's crate version (all workspace crates share it).
+    pub crate_version: String,
+    /// `git rev-parse HEAD`, when the run starts inside a git checkout.
+    pub git_commit: Option<String>,
+    /// `git describe --always --dirty --tags`.
+    pub git_describe: Option<String>,
+}
+
+/// The manifest. `start` writes it with `finished_at = None`; `finish` writes it again with the outcome.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditManifest {
+    pub schema_version: u32,
+    pub run_dir: String,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// "running" until `finish` sets the caller's outcome ("ok", "failed: <reason>", ...).
+    pub outcome: String,
+    pub user: String,
+    pub uid: Option<u32>,
+    pub host: String,
+    pub pid: u32,
+    /// The command line, with secret-looking arguments replaced.
+    pub command: Vec<String>,
+    pub code: CodeVersion,
+    /// The recipe as JSON (parsed from its TOML), secret-looking values replaced by `<redacted>`.
+    pub config: serde_json::Value,
+    /// Dotted paths of the config values that were redacted.
+    pub redacted_keys: Vec<String>,
+    pub data_files: Vec<DataFile>,
+}
+
+impl AuditManifest {
+    /// Creates `run_dir` (0700), hashes `data_files`, records the recipe (TOML text; an empty string records
+    /// an empty config) and writes `run_dir/audit.json`. Errors name the file that could not be read.
+    pub fn start(run_dir: &Path, recipe_toml: &str, data_files: &[PathBuf]) -> Result<Self> {
+        create_private_dir(run_dir)?;
+        let mut config: serde_json::Value = if recipe_toml.trim().is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            let table: toml::Table = toml::from_str(recipe_toml).map_err(|e| {
+                Error::invalid(
+                    format!("{} (recipe)", run_dir.display()),
+                    format!("recipe is not valid TOML: {e}"),
+                )
+            })?;
+            serde_json::to_value(table).map_err(|e| Error::Other(format!("recipe to JSON: {e}")))?
+        };
+        let secrets = secret_env_values();
+        let redacted_keys = scrub_secrets(&mut config, &secrets);
+        let mut files = Vec::with_capacity(data_files.len());
+        for p in data_files {
+            files.push(describe_file(p)?);
+        }
+        let (user, uid) = current_user();
+        let command = std::env::args().map(|a| scrub_arg(&a, &secrets)).collect();
+        let manifest = AuditManifest {
+            schema_version: AUDIT_SCHEMA_VERSION,
+            run_dir: run_dir.display().to_string(),
+            started_at: rfc3339_now(),
+            finished_at: None,
+            outcome: "running".into(),
+            user,
+            uid,
+            host: hostname(),
+            pid: std::process::id(),
+            command,
+            code: code_version(),
+            config,
+            redacted_keys,
+            data_files: files,
+        };
+        manifest.write()?;
+        Ok(manifest)
+    }
+
+    /// Adds an input discovered after `start` (e.g. a file a stage opens later) and rewrites the manifest.
+    pub fn add_data_file(&mut self, path: &Path) -> Result<()> {
+        self.data_files.push(describe_file(path)?);
+        self.write()
+    }
+
+    /// Records the end time and outcome and rewrites the manifest.
+    pub fn finish(mut self, outcome: &str) -> Result<Self> {
+        self.finished_at = Some(rfc3339_now());
+        self.outcome = scrub_arg(outcome, &secret_env_values());
+        self.write()?;
+        Ok(self)
+    }
+
+    /// `run_dir/audit.json`.
+    pub fn path(&self) -> PathBuf {
+        Path::new(&self.run_dir).join(AUDIT_FILE)
+    }
+
+    /// Reads a manifest back.
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::invalid(path.display(), e.to_string()))
+    }
+
+    fn write(&self) -> Result<()> {
+        let path = self.path();
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::Other(format!("audit manifest to JSON: {e}")))?;
+        spar_core::fsio::write_atomic(&path, &json)?;
+        set_mode(&path, 0o600)
+    }
+}
+
+fn describe_file(p: &Path) -> Result<DataFile> {
+    let meta = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+    Ok(DataFile {
+        path: p.display().to_string(),
+        absolute: std::fs::canonicalize(p)
+            .ok()
+            .map(|a| a.display().to_string()),
+        bytes: meta.len(),
+        sha256: spar_core::fsio::sha256_file(p)?,
+    })
+}
+
+/// Creates `dir` and any missing parents owner-only (0700), and tightens `dir` itself to 0700 if it existed.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(dir, e))?;
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    set_mode(dir, 0o700)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(path, e))?;
+    }
+    let _ = (path, mode);
+    Ok(())
+}
+
+/// True for config keys and environment variable names that hold secrets: a segment (split on `_ - .`) is
+/// secret, token, password, apikey, credential(s), auth, bearer, cookie ..., or the name contains api_key /
+/// access_key / private_key. Names ending in `_env` (they name a variable, not a value) are not secrets;
+/// neither are look-alikes such as `max_new_tokens` or `tokenizer`.
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    let segs: Vec<&str> = k.split(['_', '-', '.']).filter(|s| !s.is_empty()).collect();
+    if segs.last() == Some(&"env") || segs.last() == Some(&"var") {
+        return false;
+    }
+    // Secret wherever they appear in the name.
+    const ANYWHERE: &[&str] = &[
+        "secret",
+        "secrets",
+        "password",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "apikey",
+        "credential",
+        "credentials",
+        "bearer",
+        "privatekey",
+    ];
+    // Secret only as the last word: `hf_token` is, `pad_token_id` and `token_budget` are not.
+    const LAST: &[&str] = &[
+        "token",
+        "auth",
+        "authorization",
+        "cookie",
+        "pat",
+        "dsn",
+        "key",
+    ];
+    let last_is = |set: &[&str]| segs.last().is_some_and(|s| set.contains(s));
+    let key_last = segs.last() == Some(&"key")
+        && segs.len() >= 2
+        && [
+            "api",
+            "access",
+            "private",
+            "secret",
+            "signing",
+            "encryption",
+        ]
+        .contains(&segs[segs.len() - 2]);
+    segs.iter().any(|s| ANYWHERE.contains(s))
+        || (last_is(LAST) && segs.last() != Some(&"key"))
+        || key_last
+        || [
+            "api_key",
+            "apikey",
+            "access_key",
+            "private_key",
+            "secret_key",
+            "client_secret",
+        ]
+        .iter()
+        .any(|p| k.contains(p))
+        || k.replace(['-', '.'], "_").contains("api_key")
+}
+
+/// True for string values that look like credentials whatever their key ("sk-...", "ghp_...", "Bearer ...").
+fn looks_like_secret_value(v: &str) -> bool {
+    let v = v.trim();
+    let prefixed = [
+        "sk-",
+        "sk_",
+        "ghp_",
+        "gho_",
+        "github_pat_",
+        "xoxb-",
+        "xoxp-",
+        "hf_",
+        "AKIA",
+        "glpat-",
+    ]
+    .iter()
+    .any(|p| v.starts_with(p) && v.len() >= p.len() + 16 && !v.contains(char::is_whitespace));
+    prefixed || v.to_ascii_lowercase().starts_with("bearer ")
+}
+
+/// Environment variables whose names look secret and whose values are long enough to matter (>= 8 chars):
+/// `(name, value)`. Values are used only for comparison and never written anywhere.
+pub fn secret_env_values() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, v)| is_secret_key(k) && v.len() >= 8)
+        .collect()
+}
+
+/// Replaces secret values in a JSON config in place; returns the dotted paths replaced.
+pub fn scrub_secrets(
+    value: &mut serde_json::Value,
+    secret_env: &[(String, String)],
+) -> Vec<String> {
+    let mut removed = Vec::new();
+    scrub_at(value, "", secret_env, &mut removed);
+    removed
+}
+
+fn scrub_at(
+    v: &mut serde_json::Value,
+    path: &str,
+    env: &[(String, String)],
+    removed: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                if is_secret_key(k) && !child.is_null() && !matches!(child, Value::Bool(_)) {
+                    *child = Value::String(REDACTED.into());
+                    removed.push(p);
+                } else {
+                    scrub_at(child, &p, env, removed);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter_mut().enumerate() {
+                scrub_at(child, &format!("{path}[{i}]"), env, removed);
+            }
+        }
+        Value::String(s) => {
+            if looks_like_secret_value(s) || env.iter().any(|(_, val)| s.contains(val.as_str())) {
+                *v = Value::String(REDACTED.into());
+                removed.push(path.to_string());
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A command-line argument with secret values replaced (`--api-key=sk-...`, a bare secret env value).
+fn scrub_arg(arg: &str, env: &[(String, String)]) -> String {
+    if let Some((k, _)) = arg.split_once('=')
+        && is_secret_key(k.trim_start_matches('-'))
+    {
+        return format!("{k}={REDACTED}");
+    }
+    let mut out = arg.to_string();
+    for (_, val) in env {
+        if out.contains(val.as_str()) {
+            out = out.replace(val.as_str(), REDACTED);
+        }
+    }
+    if looks_like_secret_value(&out) {
+        REDACTED.to_string()
+    } else {
+        out
+    }
+}
+
+/// Names of secret environment variables (see [`secret_env_values`]) whose values occur in the file at
+/// `path`. Empty means clean. The values themselves are never returned or logged.
+pub fn find_secret_leaks(path: &Path) -> Result<Vec<String>> {
+    find_secret_leaks_with(path, &secret_env_values())
+}
+
+/// Like [`find_secret_leaks`] with an explicit `(name, value)` list (tests, or secrets not in the environment).
+pub fn find_secret_leaks_with(path: &Path, secrets: &[(String, String)]) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut names: Vec<String> = secrets
+        .iter()
+        .filter(|(_, v)| !v.is_empty() && text.contains(v.as_str()))
+        .map(|(k, _)| k.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+fn current_user() -> (String, Option<u32>) {
+    let name = ["USER", "LOGNAME", "USERNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+    // Linux: the real uid is the first number of the "Uid:" line.
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        });
+    let name = name.unwrap_or_else(|| {
+        uid.map(|u| format!("uid {u}"))
+            .unwrap_or_else(|| "unknown".into())
+    });
+    (name, uid)
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn git(args: &[&str], dir: &Path) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Crate version plus git commit/describe of the working directory's checkout, or of the source tree this
+/// crate was built from.
+pub fn code_version() -> CodeVersion {
+    let dirs = [
+        std::env::current_dir().ok(),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
+    ];
+    for d in dirs.into_iter().flatten() {
+        if let Some(commit) = git(&["rev-parse", "HEAD"], &d) {
+            return CodeVersion {
+                crate_version: env!("CARGO_PKG_VERSION").into(),
+                git_commit: Some(commit),
+                git_describe: git(&["describe", "--always", "--dirty", "--tags"], &d),
+            };
+        }
+    }
+    CodeVersion {
+        crate_version: env!("CARGO_PKG_VERSION").into(),
+        git_commit: None,
+        git_describe: None,
+    }
+}
+
+/// Now as RFC 3339 UTC with milliseconds ("2026-11-25T19:24:31.123Z").
+pub fn rfc3339_now() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(d.as_secs() as i64, d.subsec_millis())
+}
+
+fn rfc3339(secs: i64, millis: u32) -> String {
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = if month <= 2 { y + 1 } else { y };
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_instants() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(rfc3339(1_795_634_671, 0), "2026-11-25T19:24:31.000Z");
+    }
+
+    #[test]
+    fn secret_keys() {
+        for k in [
+            "api_key",
+            "OPENAI_API_KEY",
+            "hf_token",
+            "password",
+            "db-password",
+            "client_secret",
+            "Authorization",
+        ] {
+            assert!(is_secret_key(k), "{k}");
+        }
+        for k in [
+            "max_new_tokens",
+            "tokenizer",
+            "api_key_env",
+            "model",
+            "pad_token_id",
+            "stop_token_ids",
+        ] {
+            assert!(!is_secret_key(k), "{k}");
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Drug-drug interactions from the ANSM thesaurus (`interactions.json.gz`): rules between substances or
+//! classes, with ANSM's four severity levels, and the substance index that puts substances in classes.
+use serde::{Deserialize, Serialize};
+use spar_core::{Error, Result};
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::Path;
+
+/// ANSM severity, strongest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// "Contre-indication".
+    Contraindicated,
+    /// "Association déconseillée".
+    NotRecommended,
+    /// "Précaution d'emploi".
+    Precaution,
+    /// "A prendre en compte".
+    TakeIntoAccount,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Contraindicated => "contraindicated",
+            Severity::NotRecommended => "not recommended",
+            Severity::Precaution => "precaution for use",
+            Severity::TakeIntoAccount => "to be taken into account",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Substance {
+    /// Folded French name (the thesaurus key).
+    pub fr: String,
+    /// English INN (or the French name where no translation was made).
+    pub en: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub classes: Vec<String>,
+    #[serde(default)]
+    pub rxnorm: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ClassEntry {
+    pub fr: String,
+    #[serde(default)]
+    pub en_aliases: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Rule {
+    /// Substance or class (folded French).
+    pub a: String,
+    pub b: String,
+    pub severity: Severity,
+    #[serde(default)]
+    pub levels: Vec<Severity>,
+    /// ANSM's mechanism text (French).
+    pub mechanism_fr: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct File {
+    source: String,
+    substances: Vec<Substance>,
+    classes: Vec<ClassEntry>,
+    rules: Vec<Rule>,
+}
+
+/// An interaction found between two named drugs.
+#[derive(Clone, Debug)]
+pub struct Interaction {
+    pub severity: Severity,
+    /// "ddi:<a>|<b>" (the thesaurus entries that matched, French).
+    pub fact_id: String,
+    pub rule_a: String,
+    pub rule_b: String,
+    pub mechanism_fr: String,
+    pub source: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Interactions {
+    pub source: String,
+    pub substances: Vec<Substance>,
+    pub classes: Vec<ClassEntry>,
+    rules: Vec<Rule>,
+    /// (a, b) -> rule indices.
+    index: HashMap<(String, String), Vec<usize>>,
+    by_fr: HashMap<String, usize>,
+}
+
+impl Interactions {
+    pub fn load(path: &Path) -> Result<(Self, Vec<u8>)> {
+        let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_string(&mut text)
+            .map_err(|e| {
+                Error::invalid(
+                    path.display(),
+                    format!("not gzip-compressed UTF-8 JSON: {e}"),
+                )
+            })?;
+        let f: File = serde_json::from_str(&text)
+            .map_err(|e| Error::invalid(path.display(), e.to_string()))?;
+        let mut out = Interactions {
+            source: f.source,
+            substances: f.substances,
+            classes: f.classes,
+            rules: f.rules,
+            ..Default::default()
+        };
+        for (i, r) in out.rules.iter().enumerate() {
+            out.index
+                .entry((r.a.clone(), r.b.clone()))
+                .or_default()
+                .push(i);
+        }
+        for (i, s) in out.substances.iter().enumerate() {
+            out.by_fr.insert(s.fr.clone(), i);
+        }
+        Ok((out, raw))
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn substance(&self, fr: &str) -> Option<&Substance> {
+        self.by_fr.get(fr).map(|&i| &self.substances[i])
+    }
+
+    /// The thesaurus keys a substance answers to: itself and its classes.
+    fn keys_of_substance(&self, fr: &str) -> HashSet<String> {
+        let mut keys = HashSet::from([fr.to_string()]);
+        if let Some(s) = self.substance(fr) {
+            keys.extend(s.classes.iter().cloned());
+        }
+        keys
+    }
+
+    /// The strongest interaction between two sets of thesaurus keys (substance names and classes).
+    pub fn between_keys(&self, a: &HashSet<String>, b: &HashSet<String>) -> Option<Interaction> {
+        let mut best: Option<Interaction> = None;
+        for ka in a {
+            for kb in b {
+                for (x, y) in [(ka, kb), (kb, ka)] {
+                    for &i in self
+                        .index
+                        .get(&(x.clone(), y.clone()))
+                        .into_iter()
+                        .flatten()
+                    {
+                        let r = &self.rules[i];
+                        if best.as_ref().is_none_or(|bst| r.severity < bst.severity) {
+                            best = Some(Interaction {
+                                severity: r.severity,
+                                fact_id: format!("ddi:{}|{}", r.a, r.b),
+                                rule_a: r.a.clone(),
+                                rule_b: r.b.clone(),
+                                mechanism_fr: r.mechanism_fr.clone(),
+                                source: self.source.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    /// Keys for a substance given by folded French name, or a class name.
+    pub fn keys(&self, fr_or_class: &str) -> HashSet<String> {
+        if self.by_fr.contains_key(fr_or_class) {
+            self.keys_of_substance(fr_or_class)
+        } else {
+            HashSet::from([fr_or_class.to_string()])
+        }
+    }
+}
