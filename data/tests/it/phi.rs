@@ -1,13 +1,20 @@
 //! PHI redaction measured on the hand-labelled set `tests/phi_labelled.jsonl`: span precision / recall (a
 //! predicted span counts when it overlaps a gold span), typed accuracy, and clinical text that must survive
-//! untouched. The numbers are printed (`cargo test -p spar-data phi -- --nocapture`) and held above floors
-//! set a little under what was measured when the set was written.
+//! untouched. The numbers are printed (`cargo test -p spar-data phi -- --nocapture`).
+//!
+//! The set has two parts. "dev" lines (no `split` field) were written first and the patterns were then fixed
+//! for the misses they showed, so their scores are in-sample. "holdout" lines were written afterwards and no
+//! pattern was changed for them: their scores are the honest estimate. Floors sit a little under what was
+//! measured.
 use serde::Deserialize;
 use spar_core::phi::{PhiKind, Redactor};
 
 #[derive(Deserialize)]
 struct Line {
     text: String,
+    /// "holdout" or absent (dev).
+    #[serde(default)]
+    split: Option<String>,
     phi: Vec<GoldRaw>,
     #[serde(default)]
     keep: Vec<String>,
@@ -53,14 +60,16 @@ fn gold_spans(line: &Line) -> Vec<(usize, usize, PhiKind)> {
     out
 }
 
+/// Floors for the held-out part (measured values minus a margin; see the module doc).
+const HOLDOUT_PRECISION: f64 = 0.95; // measured 1.000 (31 gold spans)
+const HOLDOUT_RECALL: f64 = 0.85; // measured 0.903
+
 fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
     a.0 < b.1 && b.0 < a.1
 }
 
-#[test]
-fn labelled_set_precision_recall() {
-    let lines = load();
-    assert!(lines.len() >= 80, "labelled set has {} lines", lines.len());
+/// (precision, recall) of one part of the set; prints its numbers and misses.
+fn score(part: &str, lines: &[&Line]) -> (f64, f64) {
     let r = Redactor::default();
     let mut s = Score {
         tp: 0,
@@ -71,7 +80,7 @@ fn labelled_set_precision_recall() {
     };
     let mut misses = Vec::new();
     let mut kept_broken = Vec::new();
-    for line in &lines {
+    for line in lines {
         let gold = gold_spans(line);
         let red = r.redact(&line.text);
         for p in &red.spans {
@@ -121,7 +130,7 @@ fn labelled_set_precision_recall() {
     let f1 = 2.0 * precision * recall / (precision + recall).max(1e-9);
     let type_acc = s.typed_ok as f64 / s.matched.max(1) as f64;
     println!(
-        "PHI labelled set: {} lines, {} gold spans: precision {precision:.3}, recall {recall:.3}, F1 {f1:.3}, type accuracy {type_acc:.3}, clinical strings destroyed {}",
+        "PHI labelled set ({part}): {} lines, {} gold spans: precision {precision:.3}, recall {recall:.3}, F1 {f1:.3}, type accuracy {type_acc:.3}, clinical strings destroyed {}",
         lines.len(),
         s.tp + s.fn_,
         kept_broken.len()
@@ -131,11 +140,33 @@ fn labelled_set_precision_recall() {
     }
     assert!(
         kept_broken.is_empty(),
-        "clinical content destroyed:\n{}",
+        "{part}: clinical content destroyed:\n{}",
         kept_broken.join("\n")
     );
-    assert!(precision >= 0.90, "precision {precision:.3}");
-    assert!(recall >= 0.90, "recall {recall:.3}");
+    (precision, recall)
+}
+
+#[test]
+fn labelled_set_precision_recall() {
+    let lines = load();
+    assert!(lines.len() >= 80, "labelled set has {} lines", lines.len());
+    let dev: Vec<&Line> = lines.iter().filter(|l| l.split.is_none()).collect();
+    let holdout: Vec<&Line> = lines
+        .iter()
+        .filter(|l| l.split.as_deref() == Some("holdout"))
+        .collect();
+    assert_eq!(
+        dev.len() + holdout.len(),
+        lines.len(),
+        "unknown split value"
+    );
+    let (p, r) = score("dev", &dev);
+    assert!(p >= 0.95 && r >= 0.95, "dev precision {p:.3} recall {r:.3}");
+    let (p, r) = score("holdout", &holdout);
+    assert!(
+        p >= HOLDOUT_PRECISION && r >= HOLDOUT_RECALL,
+        "holdout precision {p:.3} recall {r:.3}"
+    );
 }
 
 #[test]
