@@ -204,6 +204,7 @@ fn validate(input: &Path, splits: Option<&Path>) -> anyhow::Result<()> {
     };
     let mut problems = Vec::new();
     let mut all = Vec::new();
+    let mut origin: std::collections::HashMap<String, PathBuf> = std::collections::HashMap::new();
     for f in &files {
         let read = match Format::of(f)? {
             Format::Jsonl => cases::read_cases_jsonl(f),
@@ -212,6 +213,23 @@ fn validate(input: &Path, splits: Option<&Path>) -> anyhow::Result<()> {
         match read {
             Ok(c) => {
                 problems.extend(cases::case_problems(&f.display().to_string(), &c));
+                for (i, case) in c.iter().enumerate() {
+                    match origin.get(&case.id) {
+                        Some(prev) if prev != f => problems.push(spar_core::Error::Field {
+                            file: f.display().to_string(),
+                            line: i + 1,
+                            field: "id".into(),
+                            msg: format!(
+                                "case id `{}` also appears in {}",
+                                case.id,
+                                prev.display()
+                            ),
+                        }),
+                        _ => {
+                            origin.insert(case.id.clone(), f.clone());
+                        }
+                    }
+                }
                 all.extend(c);
             }
             Err(e) => problems.push(e),
