@@ -1,0 +1,11 @@
+//! spar-rewards integration tests (one binary; modules under `tests/it/`).
+mod it {
+    pub mod fact;
+    pub mod fixtures;
+    pub mod http_judge;
+    pub mod pipeline;
+    pub mod redis;
+    pub mod score_file;
+    pub mod stage;
+    pub mod steps;
+}
