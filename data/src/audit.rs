@@ -308,11 +308,12 @@ fn scrub_at(
                 scrub_at(child, &format!("{path}[{i}]"), env, removed);
             }
         }
-        Value::String(s) => {
-            if looks_like_secret_value(s) || env.iter().any(|(_, val)| s.contains(val.as_str())) {
-                *v = Value::String(REDACTED.into());
-                removed.push(path.to_string());
-            }
+        Value::String(s)
+            if looks_like_secret_value(s)
+                || env.iter().any(|(_, val)| s.contains(val.as_str())) =>
+        {
+            *v = Value::String(REDACTED.into());
+            removed.push(path.to_string());
         }
         _ => {}
     }

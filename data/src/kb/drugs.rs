@@ -82,6 +82,14 @@ impl Drug {
     }
 }
 
+/// (inherited from class, contraindications, cautions, safe_in) of one drug or class.
+type StatementLists<'a> = (
+    Option<&'a str>,
+    &'a [ConditionRef],
+    &'a [ConditionRef],
+    &'a [ConditionRef],
+);
+
 /// The parsed `drugs.toml`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -184,7 +192,7 @@ impl DrugTable {
                 }
                 let limits = [dose.max_single, dose.max_daily, dose.max_weekly];
                 if limits.iter().all(Option::is_none)
-                    || limits.iter().flatten().any(|v| !(*v > 0.0))
+                    || limits.iter().flatten().any(|v| v.is_nan() || *v <= 0.0)
                 {
                     return Err(bad(
                         format!("{owner}.doses"),
@@ -207,12 +215,8 @@ impl DrugTable {
     /// Statements about `drug` for `condition`, its wider conditions (a contraindication in pregnancy covers
     /// the third trimester) and its narrower ones (reported with their own condition name).
     pub fn findings(&self, drug: &Drug, condition: &str) -> Vec<ConditionFinding> {
-        let mut sources: Vec<(
-            Option<&str>,
-            &[ConditionRef],
-            &[ConditionRef],
-            &[ConditionRef],
-        )> = vec![(None, &drug.contraindications, &drug.cautions, &drug.safe_in)];
+        let mut sources: Vec<StatementLists> =
+            vec![(None, &drug.contraindications, &drug.cautions, &drug.safe_in)];
         for c in &drug.classes {
             if let Some(cls) = self.classes.iter().find(|x| &x.id == c) {
                 sources.push((

@@ -46,7 +46,11 @@ impl Labs {
         let f: File = serde_json::from_slice(&raw)
             .map_err(|e| Error::invalid(path.display(), e.to_string()))?;
         for l in &f.labs {
-            if l.ranges.is_empty() || l.ranges.iter().any(|r| !(r.low <= r.high)) {
+            if l.ranges.is_empty()
+                || l.ranges
+                    .iter()
+                    .any(|r| r.low.is_nan() || r.high.is_nan() || r.low > r.high)
+            {
                 return Err(Error::Field {
                     file: path.display().to_string(),
                     line: 0,

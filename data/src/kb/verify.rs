@@ -756,10 +756,7 @@ fn dose_claim(kb: &KnowledgeBase, c: &Claim, drugs: &[Mention<DrugRef>]) -> Opti
     let mut fact = None;
     for (qi, q) in qs.iter().enumerate() {
         // Quantities of another drug named before this one belong to that drug.
-        if let Some(owner) = drugs
-            .iter()
-            .filter(|d| c.byte_of(d.start) <= q.start)
-            .last()
+        if let Some(owner) = drugs.iter().rfind(|d| c.byte_of(d.start) <= q.start)
             && owner.start != subject.start
             && owner.value != subject.value
         {
