@@ -763,8 +763,9 @@ fn dose_claim(kb: &KnowledgeBase, c: &Claim, drugs: &[Mention<DrugRef>]) -> Opti
             continue;
         }
         let next = qs.get(qi + 1).map(|n| n.start).unwrap_or(c.folded.len());
-        let after = &c.folded[q.end..next.min(q.end + 60).max(q.end)];
-        let before = &c.folded[q.start.saturating_sub(40)..q.start];
+        let after = &c.folded[q.end..char_floor(c.folded, next.min(q.end + 60)).max(q.end)];
+        let before =
+            &c.folded[char_ceil(c.folded, q.start.saturating_sub(40)).min(q.start)..q.start];
         let mut freq = frequency(after);
         if freq == Frequency::Single && (PER_DAY.is_match(before) || before.contains("daily")) {
             freq = Frequency::DailyTotal;
@@ -892,6 +893,24 @@ fn dose_claim(kb: &KnowledgeBase, c: &Claim, drugs: &[Mention<DrugRef>]) -> Opti
     };
     let (fid, src) = fact.unwrap();
     Some(verdict(label, evidence.join("; "), Some(&fid), Some(&src)))
+}
+
+/// The largest char boundary at or before `i` (claims may hold non-ASCII text next to a dose).
+fn char_floor(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// The smallest char boundary at or after `i`.
+fn char_ceil(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    i
 }
 
 fn worst(

@@ -333,3 +333,21 @@ fn undecidable_claims_are_uncertain() {
         ("Vitamin B12 deficiency causes anaemia.", U),
     ]);
 }
+
+#[test]
+fn odd_input_never_panics() {
+    let long = "paracetamol 1 g ".repeat(200);
+    for claim in [
+        "对乙酰氨基酚 paracetamol 1 g 每天四次，最大剂量每日4 g，患者说明书说明书说明书说明书",
+        "paracetamol 1 g — ñandú été 😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀 per day",
+        "ibuprofen 99999999999999999999999 mg",
+        "ibuprofen 0 mg",
+        "normal potassium is 3.5-",
+        "J18. is the code",
+        ".......",
+        long.as_str(),
+    ] {
+        let v = KB.verify_claim(claim);
+        assert!(!v.evidence.is_empty(), "{claim:?}");
+    }
+}
