@@ -77,7 +77,9 @@ pub fn canonical_unit(u: &str) -> String {
         "mm[hg]" | "mmhg" => "mmhg".into(),
         "cel" | "°c" | "c" | "degc" | "degreesc" | "celsius" => "cel".into(),
         "°f" | "f" | "degf" | "fahrenheit" => "degf".into(),
-        "/min" | "bpm" | "beats/min" | "breaths/min" | "/minute" | "perminute" => "/min".into(),
+        // "beats per minute" leaves "beats" as the unit word.
+        "/min" | "bpm" | "beats/min" | "breaths/min" | "/minute" | "perminute" | "beats"
+        | "breaths" | "min" => "/min".into(),
         "10*3/ul" | "x10^9/l" | "10^9/l" | "x109/l" | "109/l" | "k/ul" | "/nl" | "thousand/ul" => {
             "10*3/ul".into()
         }

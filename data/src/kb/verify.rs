@@ -107,11 +107,14 @@ pub(super) fn verify(kb: &KnowledgeBase, claim: &str) -> ClaimVerdict {
         }
     };
     if !drugs.is_empty() {
-        let conds = kb.cond_lex.find(&c.toks);
-        if !conds.is_empty() && keep(condition_claim(kb, &c, &drugs, &conds)) {
+        // Two different drugs: an interaction claim first ("warfarin should not be combined with NSAIDs due to
+        // bleeding risk" is about the pair, not about bleeding).
+        let two_drugs = drugs.iter().any(|m| m.value != drugs[0].value);
+        if two_drugs && keep(interaction_claim(kb, &c, &drugs)) {
             return best.unwrap();
         }
-        if drugs.len() >= 2 && keep(interaction_claim(kb, &c, &drugs)) {
+        let conds = kb.cond_lex.find(&c.toks);
+        if !conds.is_empty() && keep(condition_claim(kb, &c, &drugs, &conds)) {
             return best.unwrap();
         }
         if keep(dose_claim(kb, &c, &drugs)) {

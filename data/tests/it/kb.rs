@@ -164,6 +164,7 @@ fn dose_claims_with_units() {
         ("Metformin 500 mg twice daily with meals.", S),
         ("Metformin 5000 mg daily.", R),
         ("Lisinopril 10 mg once daily for hypertension.", S),
+        ("Levofloxacin 750 mg twice daily.", R),
         ("Amlodipine 50 mg once daily.", R),
         ("Amlodipine 5 mg once daily.", S),
         ("Colchicine 500 mcg twice daily.", S),
@@ -276,6 +277,8 @@ fn interaction_claims() {
         ("Simvastatin does not interact with clarithromycin.", R),
         ("Ibuprofen interacts with lithium.", S),
         ("NSAIDs interact with methotrexate.", S),
+        // About the pair, not about bleeding as a condition.
+        ("Warfarin should not be combined with NSAIDs due to bleeding risk.", S),
         ("Sildenafil should not be combined with nitroglycerin.", S),
         // The thesaurus lists nothing: absence is not proof.
         ("Amoxicillin and paracetamol can be taken together.", U),
@@ -319,6 +322,7 @@ fn lab_reference_range_claims() {
         ("Normal hemoglobin in men is 8-10 g/dL.", R),
         ("Normal TSH is 0.4-4.5 mIU/L.", S),
         ("Normal heart rate is 60-100 bpm.", S),
+        ("Normal adult resting heart rate is between 60 and 100 beats per minute.", S),
         // A unit the table cannot convert is not guessed.
         ("Normal potassium is 3.5-5.0 mg/dL.", U),
     ]);
