@@ -278,7 +278,10 @@ fn interaction_claims() {
         ("Ibuprofen interacts with lithium.", S),
         ("NSAIDs interact with methotrexate.", S),
         // About the pair, not about bleeding as a condition.
-        ("Warfarin should not be combined with NSAIDs due to bleeding risk.", S),
+        (
+            "Warfarin should not be combined with NSAIDs due to bleeding risk.",
+            S,
+        ),
         ("Sildenafil should not be combined with nitroglycerin.", S),
         // The thesaurus lists nothing: absence is not proof.
         ("Amoxicillin and paracetamol can be taken together.", U),
@@ -322,7 +325,10 @@ fn lab_reference_range_claims() {
         ("Normal hemoglobin in men is 8-10 g/dL.", R),
         ("Normal TSH is 0.4-4.5 mIU/L.", S),
         ("Normal heart rate is 60-100 bpm.", S),
-        ("Normal adult resting heart rate is between 60 and 100 beats per minute.", S),
+        (
+            "Normal adult resting heart rate is between 60 and 100 beats per minute.",
+            S,
+        ),
         // A unit the table cannot convert is not guessed.
         ("Normal potassium is 3.5-5.0 mg/dL.", U),
     ]);
