@@ -43,16 +43,22 @@ pub fn extractor(cfg: &FactConfig) -> Result<Arc<dyn ClaimExtractor>> {
     }
 }
 
-/// The fact verifier `[rewards.fact] verifier` names.
-pub fn verifier(cfg: &FactConfig) -> Result<Arc<dyn FactVerifier>> {
+/// The fact verifier `[rewards.fact] verifier` names; `kb` is the knowledge base to use (None: the shipped one).
+pub fn verifier(cfg: &FactConfig, kb: Option<Arc<spar_data::kb::KnowledgeBase>>) -> Result<Arc<dyn FactVerifier>> {
+    let kb_verifier = || -> Result<Arc<dyn FactVerifier>> {
+        match &kb {
+            Some(kb) => Ok(Arc::new(crate::kb::KbVerifier::new(kb.clone()))),
+            None => crate::kb::shipped_verifier(),
+        }
+    };
     let llm = || -> Result<Arc<dyn FactVerifier>> {
         let ep = cfg.endpoint.as_ref().ok_or_else(|| recipe_err("fact.endpoint", "the llm verifier needs an endpoint"))?;
         Ok(Arc::new(spar_clients::LlmFactVerifier::new(client(ep)?)))
     };
     match cfg.verifier.as_str() {
-        "kb" => crate::kb::shipped_verifier(),
+        "kb" => kb_verifier(),
         "llm" => llm(),
-        "kb+llm" => Ok(Arc::new(ChainVerifier::new(crate::kb::shipped_verifier()?, llm()?))),
+        "kb+llm" => Ok(Arc::new(ChainVerifier::new(kb_verifier()?, llm()?))),
         k => Err(recipe_err("fact.verifier", format!("unknown verifier `{k}`"))),
     }
 }

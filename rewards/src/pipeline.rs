@@ -28,6 +28,9 @@ pub struct Injected {
     pub encoder: Option<Arc<dyn Encoder>>,
     pub stage_scorer: Option<Arc<dyn StageScorer>>,
     pub cache_backend: Option<Arc<dyn crate::fact::CacheBackend>>,
+    /// The knowledge base for the "kb" verifiers and ICD-10 chapter matches (None: the shipped one is loaded
+    /// when a "kb" verifier is configured). `spar` passes the recipe's `[data] knowledge_base` here.
+    pub knowledge_base: Option<Arc<spar_data::kb::KnowledgeBase>>,
 }
 
 /// Counters over everything a pipeline scored; every drop is counted with its reason.
@@ -100,19 +103,25 @@ impl RewardPipeline {
     pub async fn new(cfg: &RewardsSection, inj: Injected) -> Result<RewardPipeline> {
         cfg.validate().map_err(|(k, m)| recipe_err(&k, m))?;
         let limit = Arc::new(Semaphore::new(cfg.judge.concurrency));
-        let judge = match inj.judge {
+        let judge = match inj.judge.clone() {
             Some(j) => j,
             None => crate::models::judge(&cfg.judge)?,
         };
         let on_failure = OnFailure::parse(&cfg.judge.on_failure).ok_or_else(|| recipe_err("judge.on_failure", "unknown policy"))?;
-        let step_judge = match (inj.step_judge, &cfg.spar.judge_endpoint) {
+        let step_judge = match (inj.step_judge.clone(), &cfg.spar.judge_endpoint) {
             (Some(j), _) => Some(j),
             (None, Some(ep)) => Some(crate::models::llm_judge(ep)?),
             (None, None) => None,
         };
         let steps = StepVerifier::new(&cfg.spar, step_judge).map_err(|m| recipe_err("spar.detectors", m))?;
-        let facts = build_facts(&cfg.fact, &inj.extractor, &inj.verifier, &inj.encoder, inj.cache_backend.clone(), limit.clone()).await?;
-        let stage_scorer = inj.stage_scorer.unwrap_or_else(|| Arc::new(ClinicalStageScorer::new(cfg.stages.clone())));
+        let facts = build_facts(&cfg.fact, &inj, limit.clone()).await?;
+        let stage_scorer = inj.stage_scorer.clone().unwrap_or_else(|| {
+            let s = ClinicalStageScorer::new(cfg.stages.clone());
+            Arc::new(match &inj.knowledge_base {
+                Some(kb) => s.with_knowledge_base(kb.clone()),
+                None => s,
+            })
+        });
         let dynamic = if cfg.dynamic_rubrics.enabled {
             let state = match &cfg.dynamic_rubrics.candidates {
                 Some(p) => DynamicRubrics::from_candidates_file(p)?,
@@ -386,14 +395,8 @@ pub fn reason_kind(reason: &str) -> String {
     reason.split(':').next().unwrap_or(reason).trim().to_string()
 }
 
-async fn build_facts(
-    cfg: &FactConfig,
-    extractor: &Option<Arc<dyn ClaimExtractor>>,
-    verifier: &Option<Arc<dyn FactVerifier>>,
-    encoder: &Option<Arc<dyn Encoder>>,
-    backend: Option<Arc<dyn crate::fact::CacheBackend>>,
-    limit: Arc<Semaphore>,
-) -> Result<FactChecker> {
+async fn build_facts(cfg: &FactConfig, inj: &Injected, limit: Arc<Semaphore>) -> Result<FactChecker> {
+    let (extractor, verifier, encoder, backend) = (&inj.extractor, &inj.verifier, &inj.encoder, inj.cache_backend.clone());
     let mode = FactMode::parse(&cfg.mode).ok_or_else(|| recipe_err("fact.mode", "unknown mode"))?;
     let off = mode == FactMode::Off;
     let extractor = match extractor {
@@ -404,7 +407,7 @@ async fn build_facts(
     let verifier = match verifier {
         Some(x) => x.clone(),
         None if off => Arc::new(crate::models::Unavailable("fact mode is off".into())),
-        None => crate::models::verifier(cfg)?,
+        None => crate::models::verifier(cfg, inj.knowledge_base.clone())?,
     };
     let encoder = match encoder {
         Some(x) => x.clone(),

@@ -9,16 +9,33 @@ use spar_core::recipe::StageRewardConfig;
 use spar_core::sample::{Role, Turn};
 use spar_core::traits::{StageScore, StageScorer};
 use spar_core::{Case, Stage};
+use spar_data::kb::KnowledgeBase;
+use std::sync::Arc;
 
 /// The built-in clinical stage scorer.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct ClinicalStageScorer {
     pub cfg: StageRewardConfig,
+    /// ICD-10-CM tree for chapter matches; without one, the chapter ranges of [`icd10_chapter`] are used.
+    kb: Option<Arc<KnowledgeBase>>,
 }
 
 impl ClinicalStageScorer {
     pub fn new(cfg: StageRewardConfig) -> Self {
-        ClinicalStageScorer { cfg }
+        ClinicalStageScorer { cfg, kb: None }
+    }
+
+    /// Uses the knowledge base's ICD-10-CM tree for chapter matches.
+    pub fn with_knowledge_base(mut self, kb: Arc<KnowledgeBase>) -> Self {
+        self.kb = Some(kb);
+        self
+    }
+
+    fn chapter(&self, code: &str) -> Option<String> {
+        match &self.kb {
+            Some(kb) => kb.icd10_chapter(code).map(String::from).or_else(|| icd10_chapter(code).map(|c| c.to_string())),
+            None => icd10_chapter(code).map(|c| c.to_string()),
+        }
     }
 
     /// Hierarchical ICD-10 credit of `code` against the true `truth`: exact code, same 3-character category,
@@ -29,7 +46,7 @@ impl ClinicalStageScorer {
             self.cfg.icd_exact
         } else if c.get(..3).is_some() && c.get(..3) == t.get(..3) {
             self.cfg.icd_category
-        } else if icd10_chapter(&c).is_some() && icd10_chapter(&c) == icd10_chapter(&t) {
+        } else if self.chapter(&c).is_some() && self.chapter(&c) == self.chapter(&t) {
             self.cfg.icd_chapter
         } else {
             0.0
@@ -159,7 +176,8 @@ fn test_matches(rec: &str, t: &TestItem) -> bool {
     })
 }
 
-/// ICD-10 chapter (1-22) of a dotted or undotted code, by the WHO / CM block ranges.
+/// ICD-10 chapter (1-22) of a dotted or undotted code, by the ICD-10-CM chapter ranges (used when no
+/// knowledge base is loaded; the knowledge base's tree is authoritative).
 pub fn icd10_chapter(code: &str) -> Option<u8> {
     let c = normalize_icd10(code);
     let letter = c.chars().next()?;

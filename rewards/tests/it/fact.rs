@@ -174,3 +174,24 @@ async fn verifier_failures_are_counted_not_scored() {
     assert!(out[0].drop_reason.as_deref().is_some_and(|d| d.starts_with("fact_check_failed")));
     assert_eq!(p.metrics().fact_failures, 3);
 }
+
+#[tokio::test]
+async fn kb_verifier_through_the_pipeline() {
+    let kb = spar_rewards::kb::KbVerifier::new(Arc::new(spar_data::kb::KnowledgeBase::load_default().unwrap()));
+    assert!(kb.id().contains("|kb-"), "{}", kb.id());
+    let reply = "<diagnosis>Pneumonia (J18.9)</diagnosis> The maximum daily dose of paracetamol is 4 g. \
+                 Adults can take 10 g of paracetamol per day. J18.9 is pneumonia, unspecified organism.";
+    let mut cfg = fact_cfg("gate");
+    cfg.fact.verifier = "kb".into();
+    let p = RewardPipeline::new(&cfg, Injected::default()).await.unwrap();
+    let g = vec![
+        sample("k", 0, &[Stage::Diag], &[(Role::User, "Final diagnosis?"), (Role::Assistant, reply)], 0),
+        sample("k", 1, &[Stage::Diag], &[(Role::User, "Final diagnosis?"), (Role::Assistant, "<diagnosis>Pneumonia (J18.9)</diagnosis>")], 0),
+    ];
+    let out = p.score_group(&case(), &g).await;
+    let labels: Vec<(String, ClaimLabel)> = out[0].claims.iter().map(|c| (c.text.clone(), c.label)).collect();
+    eprintln!("{labels:?}");
+    assert_eq!(labels.iter().map(|l| l.1).collect::<Vec<_>>(), vec![ClaimLabel::Supported, ClaimLabel::Refuted, ClaimLabel::Supported]);
+    assert!(out[0].claims.iter().all(|c| c.source.is_some()));
+    assert!(out[0].r_fact < 0.0 && out[0].reward < 1.0);
+}
