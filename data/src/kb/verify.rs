@@ -712,15 +712,14 @@ fn dose_claim(kb: &KnowledgeBase, c: &Claim, drugs: &[Mention<DrugRef>]) -> Opti
     if qs.is_empty() {
         return None;
     }
-    let subject = drugs.iter().find(|d| d.value.drug.is_some())?;
-    let drug = &kb.drugs.drugs[subject.value.drug?];
-    let name = &drug.name;
+    let dosed: Vec<&Mention<DrugRef>> = drugs.iter().filter(|d| d.value.drug.is_some()).collect();
+    let first = &kb.drugs.drugs[dosed.first()?.value.drug?].name;
     if c.folded.contains("/kg") || c.has_any(&["per kg", "per kilogram", "mg/kg"]) {
         return Some(uncertain(format!(
-            "{name}: weight-based doses are not in the knowledge base"
+            "{first}: weight-based doses are not in the knowledge base"
         )));
     }
-    if c.has_any(&[
+    const PAEDIATRIC: &[&str] = &[
         "child",
         "children",
         "infant",
@@ -730,27 +729,13 @@ fn dose_claim(kb: &KnowledgeBase, c: &Claim, drugs: &[Mention<DrugRef>]) -> Opti
         "neonate",
         "neonates",
         "baby",
-    ]) {
+    ];
+    if c.has_any(PAEDIATRIC) {
         return Some(uncertain(format!(
-            "{name}: the knowledge base holds adult doses only"
-        )));
-    }
-    if drug.doses.is_empty() {
-        return Some(uncertain(format!(
-            "{name}: no dose limit in the knowledge base (no fixed adult maximum)"
+            "{first}: the knowledge base holds adult doses only"
         )));
     }
     let route = route_of(c);
-    let limits: Vec<&super::DoseLimit> = match route {
-        Some(r) => drug.doses.iter().filter(|d| d.route == r).collect(),
-        None => drug.doses.iter().collect(),
-    };
-    if limits.is_empty() {
-        return Some(uncertain(format!(
-            "{name}: no {} dose limit in the knowledge base",
-            route.unwrap_or("?")
-        )));
-    }
     let limit_claim = c.has_any(LIMIT_CUES);
     // Negation outside the limit phrases ("should not take 8 g a day") turns a regimen into a warning.
     let negated = !limit_claim && c.negated();
@@ -758,11 +743,28 @@ fn dose_claim(kb: &KnowledgeBase, c: &Claim, drugs: &[Mention<DrugRef>]) -> Opti
     let mut evidence = Vec::new();
     let mut fact = None;
     for (qi, q) in qs.iter().enumerate() {
-        // Quantities of another drug named before this one belong to that drug.
-        if let Some(owner) = drugs.iter().rfind(|d| c.byte_of(d.start) <= q.start)
-            && owner.start != subject.start
-            && owner.value != subject.value
-        {
+        // A quantity belongs to the nearest drug name, before or after it ("500 mg of ibuprofen and 1 g of
+        // paracetamol").
+        let owner = nearest_drug(c, &dosed, q);
+        let drug = &kb.drugs.drugs[owner.value.drug.expect("dosed mentions name a drug")];
+        let name = &drug.name;
+        if drug.doses.is_empty() {
+            labels.push(ClaimLabel::Uncertain);
+            evidence.push(format!(
+                "{name}: no dose limit in the knowledge base (no fixed adult maximum)"
+            ));
+            continue;
+        }
+        let limits: Vec<&super::DoseLimit> = match route {
+            Some(r) => drug.doses.iter().filter(|d| d.route == r).collect(),
+            None => drug.doses.iter().collect(),
+        };
+        if limits.is_empty() {
+            labels.push(ClaimLabel::Uncertain);
+            evidence.push(format!(
+                "{name}: no {} dose limit in the knowledge base",
+                route.unwrap_or("?")
+            ));
             continue;
         }
         let next = qs.get(qi + 1).map(|n| n.start).unwrap_or(c.folded.len());
@@ -894,8 +896,43 @@ fn dose_claim(kb: &KnowledgeBase, c: &Claim, drugs: &[Mention<DrugRef>]) -> Opti
     } else {
         ClaimLabel::Uncertain
     };
-    let (fid, src) = fact.unwrap();
-    Some(verdict(label, evidence.join("; "), Some(&fid), Some(&src)))
+    let (fid, src) = fact.unzip();
+    Some(verdict(
+        label,
+        evidence.join("; "),
+        fid.as_deref(),
+        src.as_deref(),
+    ))
+}
+
+/// The drug mention closest to a quantity, measured in bytes to the nearer edge of each.
+fn nearest_drug<'m>(
+    c: &Claim,
+    dosed: &[&'m Mention<DrugRef>],
+    q: &Quantity,
+) -> &'m Mention<DrugRef> {
+    let distance = |m: &Mention<DrugRef>| {
+        let start = c.byte_of(m.start);
+        let end = c.byte_of(m.end - 1) + c.toks[m.end - 1].len();
+        if end <= q.start {
+            q.start - end
+        } else if start >= q.end {
+            // "1 g of paracetamol" binds to the drug after; otherwise the drug before wins a tie
+            // ("paracetamol 1 g, ibuprofen 400 mg").
+            if c.folded[q.end..start].trim() == "of" {
+                0
+            } else {
+                start - q.end + 1
+            }
+        } else {
+            0
+        }
+    };
+    dosed
+        .iter()
+        .copied()
+        .min_by_key(|m| distance(m))
+        .expect("at least one dosed drug")
 }
 
 /// The largest char boundary at or before `i` (claims may hold non-ASCII text next to a dose).

@@ -196,6 +196,12 @@ fn unit_and_number_traps() {
         ("Tamsulosin 400 micrograms daily.", S),
         ("Tamsulosin 400 mg daily.", R),
         ("Paracetamol 1,000 mg every 6 hours.", S),
+        // Each amount belongs to the drug it is written next to.
+        ("Take 400 mg of ibuprofen and 1 g of paracetamol.", S),
+        (
+            "Take 400 mg of ibuprofen and 8 g of paracetamol per day.",
+            R,
+        ),
     ]);
     assert_ne!(
         label("Citalopram 20 mg daily."),
