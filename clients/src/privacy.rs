@@ -52,7 +52,8 @@ mod interim {
     static RULES: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
         [
             (r"(?i)\b[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}\b", "[EMAIL]"),
-            (r"(?i)\bhttps?://\S+", "[URL]"),
+            // Not across quotes or brackets: outgoing text is often JSON, whose structure must survive.
+            (r#"(?i)\bhttps?://[^\s"'<>()\[\]{}\\]+"#, "[URL]"),
             (r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b", "[IP]"),
             (r"\b\d{3}-\d{2}-\d{4}\b", "[SSN]"),
             (r"(?i)\b(?:mrn|medical record(?: number)?|account(?: number)?|acct|member id|policy(?: number)?)\s*[:#]?\s*[a-z0-9-]*\d[a-z0-9-]*", "[ID]"),

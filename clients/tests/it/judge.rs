@@ -191,3 +191,30 @@ async fn id_names_model_and_templates() {
         format!("llm-judge/fake-model/{}", LlmJudge::template_hash())
     );
 }
+
+#[test]
+fn redaction_keeps_the_data_block_parseable() {
+    let r = req(
+        5,
+        "See \"https://portal.example.com/r?id=5\" (or call 555-123-4567, mail jo@example.org), MRN: 0012345.",
+    );
+    let messages = LlmJudge::messages(&r);
+    let redacted: Vec<ChatMessage> = messages
+        .iter()
+        .map(|m| ChatMessage {
+            role: m.role.clone(),
+            content: spar_clients::privacy::redact(&m.content),
+        })
+        .collect();
+    let (_, data) = split_prompt(&redacted);
+    let v: serde_json::Value =
+        serde_json::from_str(data.trim()).expect("the redacted data block is still JSON");
+    let response = v["response"].as_str().unwrap();
+    assert!(
+        !response.contains("555-123-4567")
+            && !response.contains("portal.example.com")
+            && !response.contains("jo@"),
+        "{response}"
+    );
+    assert!(response.contains("See"));
+}
