@@ -67,14 +67,24 @@ pub fn mean_std(xs: &[f64], kind: StdKind) -> (f64, f64) {
         StdKind::Population => n,
         StdKind::Sample => n - 1.0,
     };
-    let sigma = if denom > 0.0 { (ss / denom).sqrt() } else { 0.0 };
+    let sigma = if denom > 0.0 {
+        (ss / denom).sqrt()
+    } else {
+        0.0
+    };
     (mu, sigma)
 }
 
 /// gamma_j of Eq. 7: 1 with no violation, else the smallest lambda_v among the step's violation types (only the
 /// most severe counts). Types without a lambda are ignored (they are logged but do not penalize).
-pub fn step_gamma<S: AsRef<str>>(violations: &[S], lambdas: &std::collections::BTreeMap<String, f64>) -> f64 {
-    violations.iter().filter_map(|v| lambdas.get(v.as_ref()).copied()).fold(1.0, f64::min)
+pub fn step_gamma<S: AsRef<str>>(
+    violations: &[S],
+    lambdas: &std::collections::BTreeMap<String, f64>,
+) -> f64 {
+    violations
+        .iter()
+        .filter_map(|v| lambdas.get(v.as_ref()).copied())
+        .fold(1.0, f64::min)
 }
 
 /// The penalized reward of a step: R - (1 - gamma)|R|. Equals gamma * R for R >= 0 (Eq. 8) and never raises a
@@ -92,14 +102,27 @@ fn clip(a: f64, c: f64) -> f64 {
 pub fn spar(rewards: &[f64], gammas: &[Vec<f64>], p: &AdvantageParams) -> Vec<Vec<f64>> {
     let (mu, sigma) = mean_std(rewards, p.std);
     let d = sigma.max(p.sigma_floor);
-    rewards.iter().zip(gammas).map(|(&r, g)| g.iter().map(|&gj| clip((penalize(r, gj) - mu) / safe(d), p.adv_clip)).collect()).collect()
+    rewards
+        .iter()
+        .zip(gammas)
+        .map(|(&r, g)| {
+            g.iter()
+                .map(|&gj| clip((penalize(r, gj) - mu) / safe(d), p.adv_clip))
+                .collect()
+        })
+        .collect()
 }
 
 /// Plain GRPO: one advantage (R - mu) / max(sigma, floor) per trajectory; step penalties are ignored.
 pub fn grpo(rewards: &[f64], gammas: &[Vec<f64>], p: &AdvantageParams) -> Vec<Vec<f64>> {
     let (mu, sigma) = mean_std(rewards, p.std);
     let d = sigma.max(p.sigma_floor);
-    spread(rewards.iter().map(|&r| clip((r - mu) / safe(d), p.adv_clip)), gammas)
+    spread(
+        rewards
+            .iter()
+            .map(|&r| clip((r - mu) / safe(d), p.adv_clip)),
+        gammas,
+    )
 }
 
 /// The trajectory-level penalty of the "global penalty" ablation: the most severe step's gamma anywhere in the
@@ -110,8 +133,16 @@ pub fn global_gamma(gammas: &[f64]) -> f64 {
 
 /// GRPO + global penalty (the ablation SPAR is compared with): every step's penalty is folded into the
 /// trajectory reward R' = R - (1 - min_j gamma_j)|R|, and GRPO runs on R' (so the baseline moves with penalties).
-pub fn grpo_global_penalty(rewards: &[f64], gammas: &[Vec<f64>], p: &AdvantageParams) -> Vec<Vec<f64>> {
-    let penalized: Vec<f64> = rewards.iter().zip(gammas).map(|(&r, g)| penalize(r, global_gamma(g))).collect();
+pub fn grpo_global_penalty(
+    rewards: &[f64],
+    gammas: &[Vec<f64>],
+    p: &AdvantageParams,
+) -> Vec<Vec<f64>> {
+    let penalized: Vec<f64> = rewards
+        .iter()
+        .zip(gammas)
+        .map(|(&r, g)| penalize(r, global_gamma(g)))
+        .collect();
     grpo(&penalized, gammas, p)
 }
 
@@ -125,7 +156,13 @@ pub fn mean_only(rewards: &[f64], gammas: &[Vec<f64>], p: &AdvantageParams) -> V
 pub fn rloo(rewards: &[f64], gammas: &[Vec<f64>], p: &AdvantageParams) -> Vec<Vec<f64>> {
     let n = rewards.len();
     let total: f64 = rewards.iter().sum();
-    let adv = rewards.iter().map(|&r| if n > 1 { clip(r - (total - r) / (n - 1) as f64, p.adv_clip) } else { 0.0 });
+    let adv = rewards.iter().map(|&r| {
+        if n > 1 {
+            clip(r - (total - r) / (n - 1) as f64, p.adv_clip)
+        } else {
+            0.0
+        }
+    });
     spread(adv, gammas)
 }
 
@@ -152,9 +189,24 @@ pub fn all_zero(advantages: &[Vec<f64>]) -> bool {
 /// M2 length bonus for a response of `sampled_tokens` tokens: `weight * 4 / sqrt(|o|)`, granted only when every
 /// rubric score of the group clears `threshold` (shorter answers win only among answers that are all good).
 /// Returns one bonus per sample (all 0 when `weight` is 0 or the group does not qualify).
-pub fn length_bonus(rubric_scores: &[f64], sampled_tokens: &[usize], weight: f64, threshold: f64) -> Vec<f64> {
-    let qualifies = weight > 0.0 && !rubric_scores.is_empty() && rubric_scores.iter().all(|&s| s >= threshold);
-    sampled_tokens.iter().map(|&n| if qualifies && n > 0 { weight * 4.0 / (n as f64).sqrt() } else { 0.0 }).collect()
+pub fn length_bonus(
+    rubric_scores: &[f64],
+    sampled_tokens: &[usize],
+    weight: f64,
+    threshold: f64,
+) -> Vec<f64> {
+    let qualifies =
+        weight > 0.0 && !rubric_scores.is_empty() && rubric_scores.iter().all(|&s| s >= threshold);
+    sampled_tokens
+        .iter()
+        .map(|&n| {
+            if qualifies && n > 0 {
+                weight * 4.0 / (n as f64).sqrt()
+            } else {
+                0.0
+            }
+        })
+        .collect()
 }
 
 fn safe(d: f64) -> f64 {
@@ -164,7 +216,10 @@ fn safe(d: f64) -> f64 {
 }
 
 fn spread(per_traj: impl Iterator<Item = f64>, gammas: &[Vec<f64>]) -> Vec<Vec<f64>> {
-    per_traj.zip(gammas).map(|(a, g)| vec![a; g.len()]).collect()
+    per_traj
+        .zip(gammas)
+        .map(|(a, g)| vec![a; g.len()])
+        .collect()
 }
 
 #[cfg(test)]
@@ -172,7 +227,12 @@ mod tests {
     use super::*;
 
     fn p(est: Estimator, std: StdKind) -> AdvantageParams {
-        AdvantageParams { estimator: est, std, sigma_floor: 0.05, adv_clip: 5.0 }
+        AdvantageParams {
+            estimator: est,
+            std,
+            sigma_floor: 0.05,
+            adv_clip: 5.0,
+        }
     }
 
     fn close(a: f64, b: f64) {
@@ -181,7 +241,11 @@ mod tests {
 
     #[test]
     fn eq7_gamma_is_the_most_severe_lambda() {
-        let l: std::collections::BTreeMap<String, f64> = [("repetition".to_string(), 0.1), ("rigid_phrasing".to_string(), 0.9)].into();
+        let l: std::collections::BTreeMap<String, f64> = [
+            ("repetition".to_string(), 0.1),
+            ("rigid_phrasing".to_string(), 0.9),
+        ]
+        .into();
         close(step_gamma::<&str>(&[], &l), 1.0);
         close(step_gamma(&["rigid_phrasing"], &l), 0.9);
         close(step_gamma(&["rigid_phrasing", "repetition"], &l), 0.1);
@@ -220,14 +284,21 @@ mod tests {
         close(a[1][0], -5.0); // clipped, not -inf
         assert!(!all_zero(&a));
         let a = grpo(&r, &g, &p(Estimator::Grpo, StdKind::Population));
-        assert!(all_zero(&a), "plain GRPO ignores penalties: identical rewards give no signal");
+        assert!(
+            all_zero(&a),
+            "plain GRPO ignores penalties: identical rewards give no signal"
+        );
     }
 
     #[test]
     fn negative_reward_is_never_raised_by_a_penalty() {
         close(penalize(-0.4, 0.5), -0.6);
         close(penalize(0.4, 0.5), 0.2);
-        let a = spar(&[-0.4, 0.4], &[vec![1.0, 0.5], vec![1.0]], &p(Estimator::Spar, StdKind::Population));
+        let a = spar(
+            &[-0.4, 0.4],
+            &[vec![1.0, 0.5], vec![1.0]],
+            &p(Estimator::Spar, StdKind::Population),
+        );
         // mu = 0, sigma = 0.4: step 1 of sample 0 is -0.6 / 0.4 = -1.5 (below its unpenalized -1).
         close(a[0][0], -1.0);
         close(a[0][1], -1.5);
@@ -239,10 +310,23 @@ mod tests {
         let r = [1.0, 0.0];
         let g = vec![vec![0.5, 1.0], vec![1.0]];
         // GRPO: mu 0.5, sigma 0.5: +1 on every step of sample 0.
-        assert_eq!(grpo(&r, &g, &p(Estimator::Grpo, StdKind::Population)), vec![vec![1.0, 1.0], vec![-1.0]]);
+        assert_eq!(
+            grpo(&r, &g, &p(Estimator::Grpo, StdKind::Population)),
+            vec![vec![1.0, 1.0], vec![-1.0]]
+        );
         // Global penalty: R' = [0.5, 0]; mu 0.25, sigma 0.25.
-        assert_eq!(grpo_global_penalty(&r, &g, &p(Estimator::GrpoGlobalPenalty, StdKind::Population)), vec![vec![1.0, 1.0], vec![-1.0]]);
-        assert_eq!(mean_only(&r, &g, &p(Estimator::MeanOnly, StdKind::Population)), vec![vec![0.5, 0.5], vec![-0.5]]);
+        assert_eq!(
+            grpo_global_penalty(
+                &r,
+                &g,
+                &p(Estimator::GrpoGlobalPenalty, StdKind::Population)
+            ),
+            vec![vec![1.0, 1.0], vec![-1.0]]
+        );
+        assert_eq!(
+            mean_only(&r, &g, &p(Estimator::MeanOnly, StdKind::Population)),
+            vec![vec![0.5, 0.5], vec![-0.5]]
+        );
         let r3 = [1.0, 0.0, 0.5];
         let g3 = vec![vec![1.0]; 3];
         let a = rloo(&r3, &g3, &p(Estimator::Rloo, StdKind::Population));
@@ -253,8 +337,14 @@ mod tests {
 
     #[test]
     fn length_bonus_only_when_every_score_clears() {
-        assert_eq!(length_bonus(&[0.9, 0.7], &[16, 100], 1.0, 0.5), vec![1.0, 0.4]);
-        assert_eq!(length_bonus(&[0.9, 0.4], &[16, 100], 1.0, 0.5), vec![0.0, 0.0]);
+        assert_eq!(
+            length_bonus(&[0.9, 0.7], &[16, 100], 1.0, 0.5),
+            vec![1.0, 0.4]
+        );
+        assert_eq!(
+            length_bonus(&[0.9, 0.4], &[16, 100], 1.0, 0.5),
+            vec![0.0, 0.0]
+        );
         assert_eq!(length_bonus(&[0.9], &[16], 0.0, 0.5), vec![0.0]);
     }
 }

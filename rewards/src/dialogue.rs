@@ -36,7 +36,11 @@ impl Dialogue {
             match t.role {
                 Role::Assistant => {
                     t.text = strip_think(&t.text).trim().to_string();
-                    exchanges.push(Exchange { user: std::mem::take(&mut last_user), reply: t.text.clone(), stage: t.stage });
+                    exchanges.push(Exchange {
+                        user: std::mem::take(&mut last_user),
+                        reply: t.text.clone(),
+                        stage: t.stage,
+                    });
                 }
                 Role::User => last_user = t.text.clone(),
                 Role::System => {}
@@ -44,7 +48,11 @@ impl Dialogue {
             turns.push(t);
         }
         if exchanges.len() < s.steps.len() {
-            return Err(format!("{} steps but only {} doctor turns", s.steps.len(), exchanges.len()));
+            return Err(format!(
+                "{} steps but only {} doctor turns",
+                s.steps.len(),
+                exchanges.len()
+            ));
         }
         let first_step = exchanges.len() - s.steps.len();
         for (j, span) in s.steps.iter().enumerate() {
@@ -52,7 +60,11 @@ impl Dialogue {
             // The span's stage is authoritative: turns written without a stage still get one.
             ex.stage = Some(span.stage);
         }
-        Ok(Dialogue { turns, exchanges, first_step })
+        Ok(Dialogue {
+            turns,
+            exchanges,
+            first_step,
+        })
     }
 
     /// The replies of the sample's steps.
@@ -62,11 +74,17 @@ impl Dialogue {
 
     /// The sampled doctor text, steps joined by blank lines: what is judged and fact-checked.
     pub fn sampled_text(&self) -> String {
-        self.step_replies().map(|e| e.reply.as_str()).collect::<Vec<_>>().join("\n\n")
+        self.step_replies()
+            .map(|e| e.reply.as_str())
+            .collect::<Vec<_>>()
+            .join("\n\n")
     }
 
     /// The sampled replies of one stage.
     pub fn stage_replies(&self, stage: Stage) -> Vec<String> {
-        self.step_replies().filter(|e| e.stage == Some(stage)).map(|e| e.reply.clone()).collect()
+        self.step_replies()
+            .filter(|e| e.stage == Some(stage))
+            .map(|e| e.reply.clone())
+            .collect()
     }
 }

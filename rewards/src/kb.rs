@@ -1,8 +1,8 @@
 //! The shipped medical knowledge base (`spar_data::kb`) as a [`FactVerifier`], and the ICD-10 hierarchy the
 //! stage rewards use when a knowledge base is at hand.
 use async_trait::async_trait;
-use spar_core::traits::{ClaimVerdict, FactVerifier};
 use spar_core::Result;
+use spar_core::traits::{ClaimVerdict, FactVerifier};
 use spar_data::kb::KnowledgeBase;
 use std::path::Path;
 use std::sync::Arc;
@@ -42,5 +42,7 @@ impl FactVerifier for KbVerifier {
 
 /// The verifier over the shipped knowledge base (`$SPAR_KB_DIR`, else spar-data's `kb/`).
 pub fn shipped_verifier() -> Result<Arc<dyn FactVerifier>> {
-    Ok(Arc::new(KbVerifier::new(Arc::new(KnowledgeBase::load_default()?))))
+    Ok(Arc::new(KbVerifier::new(Arc::new(
+        KnowledgeBase::load_default()?,
+    ))))
 }

@@ -25,7 +25,7 @@ pub mod steps;
 pub mod text;
 pub mod tokens;
 
-pub use advantage::{estimate, AdvantageParams, StdKind};
+pub use advantage::{AdvantageParams, StdKind, estimate};
 pub use pipeline::{Injected, PipelineMetrics, RewardPipeline};
 pub use stage::ClinicalStageScorer;
 pub use tokens::token_advantages;

@@ -1,6 +1,9 @@
 //! The external models a recipe names, built from their config: built-in offline ones here, OpenAI-compatible
 //! ones from `spar-clients`. The binary injects what needs libtorch (the MiniLM encoder) through `Injected`.
-use crate::fact::{CacheBackend, ChainVerifier, LexicalEncoder, MemoryBackend, NoBackend, RedisBackend, RuleClaimExtractor, SqliteBackend};
+use crate::fact::{
+    CacheBackend, ChainVerifier, LexicalEncoder, MemoryBackend, NoBackend, RedisBackend,
+    RuleClaimExtractor, SqliteBackend,
+};
 use crate::rubric::RuleJudge;
 use async_trait::async_trait;
 use spar_core::recipe::{EndpointConfig, FactConfig, JudgeConfig};
@@ -10,7 +13,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 fn recipe_err(key: &str, msg: impl Into<String>) -> Error {
-    Error::Recipe { file: "[rewards]".into(), key: key.into(), msg: msg.into() }
+    Error::Recipe {
+        file: "[rewards]".into(),
+        key: key.into(),
+        msg: msg.into(),
+    }
 }
 
 fn client(ep: &EndpointConfig) -> Result<spar_clients::OpenAiClient> {
@@ -26,7 +33,11 @@ pub fn llm_judge(ep: &EndpointConfig) -> Result<Arc<dyn Judge>> {
 pub fn judge(cfg: &JudgeConfig) -> Result<Arc<dyn Judge>> {
     match cfg.kind.as_str() {
         "rule" => Ok(Arc::new(RuleJudge)),
-        "llm" => llm_judge(cfg.endpoint.as_ref().ok_or_else(|| recipe_err("judge.endpoint", "the llm judge needs an endpoint"))?),
+        "llm" => llm_judge(
+            cfg.endpoint
+                .as_ref()
+                .ok_or_else(|| recipe_err("judge.endpoint", "the llm judge needs an endpoint"))?,
+        ),
         k => Err(recipe_err("judge.kind", format!("unknown judge `{k}`"))),
     }
 }
@@ -36,15 +47,23 @@ pub fn extractor(cfg: &FactConfig) -> Result<Arc<dyn ClaimExtractor>> {
     match cfg.extractor.as_str() {
         "rule" => Ok(Arc::new(RuleClaimExtractor)),
         "llm" => {
-            let ep = cfg.endpoint.as_ref().ok_or_else(|| recipe_err("fact.endpoint", "the llm extractor needs an endpoint"))?;
+            let ep = cfg.endpoint.as_ref().ok_or_else(|| {
+                recipe_err("fact.endpoint", "the llm extractor needs an endpoint")
+            })?;
             Ok(Arc::new(spar_clients::LlmClaimExtractor::new(client(ep)?)))
         }
-        k => Err(recipe_err("fact.extractor", format!("unknown extractor `{k}`"))),
+        k => Err(recipe_err(
+            "fact.extractor",
+            format!("unknown extractor `{k}`"),
+        )),
     }
 }
 
 /// The fact verifier `[rewards.fact] verifier` names; `kb` is the knowledge base to use (None: the shipped one).
-pub fn verifier(cfg: &FactConfig, kb: Option<Arc<spar_data::kb::KnowledgeBase>>) -> Result<Arc<dyn FactVerifier>> {
+pub fn verifier(
+    cfg: &FactConfig,
+    kb: Option<Arc<spar_data::kb::KnowledgeBase>>,
+) -> Result<Arc<dyn FactVerifier>> {
     let kb_verifier = || -> Result<Arc<dyn FactVerifier>> {
         match &kb {
             Some(kb) => Ok(Arc::new(crate::kb::KbVerifier::new(kb.clone()))),
@@ -52,14 +71,20 @@ pub fn verifier(cfg: &FactConfig, kb: Option<Arc<spar_data::kb::KnowledgeBase>>)
         }
     };
     let llm = || -> Result<Arc<dyn FactVerifier>> {
-        let ep = cfg.endpoint.as_ref().ok_or_else(|| recipe_err("fact.endpoint", "the llm verifier needs an endpoint"))?;
+        let ep = cfg
+            .endpoint
+            .as_ref()
+            .ok_or_else(|| recipe_err("fact.endpoint", "the llm verifier needs an endpoint"))?;
         Ok(Arc::new(spar_clients::LlmFactVerifier::new(client(ep)?)))
     };
     match cfg.verifier.as_str() {
         "kb" => kb_verifier(),
         "llm" => llm(),
         "kb+llm" => Ok(Arc::new(ChainVerifier::new(kb_verifier()?, llm()?))),
-        k => Err(recipe_err("fact.verifier", format!("unknown verifier `{k}`"))),
+        k => Err(recipe_err(
+            "fact.verifier",
+            format!("unknown verifier `{k}`"),
+        )),
     }
 }
 
@@ -68,11 +93,25 @@ pub async fn encoder(cfg: &FactConfig) -> Result<Arc<dyn Encoder>> {
     match cfg.encoder.as_str() {
         "lexical" => Ok(Arc::new(LexicalEncoder::default())),
         "openai" => {
-            let ep = cfg.encoder_endpoint.as_ref().or(cfg.endpoint.as_ref()).ok_or_else(|| recipe_err("fact.encoder_endpoint", "the openai encoder needs an endpoint"))?;
+            let ep = cfg
+                .encoder_endpoint
+                .as_ref()
+                .or(cfg.endpoint.as_ref())
+                .ok_or_else(|| {
+                    recipe_err(
+                        "fact.encoder_endpoint",
+                        "the openai encoder needs an endpoint",
+                    )
+                })?;
             // Probes the server once for the embedding dimension.
-            Ok(Arc::new(spar_clients::OpenAiEncoder::from_endpoint(ep).await?))
+            Ok(Arc::new(
+                spar_clients::OpenAiEncoder::from_endpoint(ep).await?,
+            ))
         }
-        "minilm" => Err(recipe_err("fact.encoder", "the minilm encoder needs libtorch: it is provided by the `spar` binary, not by spar-rewards alone")),
+        "minilm" => Err(recipe_err(
+            "fact.encoder",
+            "the minilm encoder needs libtorch: it is provided by the `spar` binary, not by spar-rewards alone",
+        )),
         k => Err(recipe_err("fact.encoder", format!("unknown encoder `{k}`"))),
     }
 }
@@ -91,8 +130,17 @@ pub fn default_cache_path() -> PathBuf {
 /// The claim-cache store `[rewards.fact] cache` names.
 pub async fn cache_backend(cfg: &FactConfig) -> Result<Arc<dyn CacheBackend>> {
     Ok(match cfg.cache.as_str() {
-        "sqlite" => Arc::new(SqliteBackend::open(&cfg.cache_path.clone().unwrap_or_else(default_cache_path))?),
-        "redis" => Arc::new(RedisBackend::connect(cfg.redis_url.as_deref().ok_or_else(|| recipe_err("fact.redis_url", "the redis cache needs redis_url"))?).await?),
+        "sqlite" => Arc::new(SqliteBackend::open(
+            &cfg.cache_path.clone().unwrap_or_else(default_cache_path),
+        )?),
+        "redis" => {
+            Arc::new(
+                RedisBackend::connect(cfg.redis_url.as_deref().ok_or_else(|| {
+                    recipe_err("fact.redis_url", "the redis cache needs redis_url")
+                })?)
+                .await?,
+            )
+        }
         "memory" => Arc::new(MemoryBackend::default()),
         "off" => Arc::new(NoBackend),
         k => return Err(recipe_err("fact.cache", format!("unknown cache `{k}`"))),

@@ -10,7 +10,7 @@ use crate::stage::ClinicalStageScorer;
 use crate::steps::StepVerifier;
 use serde::{Deserialize, Serialize};
 use spar_core::recipe::{FactConfig, RewardsSection};
-use spar_core::sample::{StepScore, SCHEMA_VERSION};
+use spar_core::sample::{SCHEMA_VERSION, StepScore};
 use spar_core::traits::{ClaimExtractor, Encoder, FactVerifier, Judge, StageScorer};
 use spar_core::{Case, Error, Result, Sample, Scored, Stage};
 use std::collections::BTreeMap;
@@ -68,7 +68,12 @@ impl SampleReward {
     fn dropped(reason: String, n_steps: usize) -> SampleReward {
         SampleReward {
             r_task: 0.0,
-            rubric: RubricOutcome { verdicts: vec![], score: None, failures: 0, failed: None },
+            rubric: RubricOutcome {
+                verdicts: vec![],
+                score: None,
+                failures: 0,
+                failed: None,
+            },
             stage_score: None,
             fact: FactOutcome::default(),
             lambda: 0.0,
@@ -95,7 +100,11 @@ pub struct RewardPipeline {
 }
 
 fn recipe_err(key: &str, msg: impl Into<String>) -> Error {
-    Error::Recipe { file: "[rewards]".into(), key: key.into(), msg: msg.into() }
+    Error::Recipe {
+        file: "[rewards]".into(),
+        key: key.into(),
+        msg: msg.into(),
+    }
 }
 
 impl RewardPipeline {
@@ -107,13 +116,15 @@ impl RewardPipeline {
             Some(j) => j,
             None => crate::models::judge(&cfg.judge)?,
         };
-        let on_failure = OnFailure::parse(&cfg.judge.on_failure).ok_or_else(|| recipe_err("judge.on_failure", "unknown policy"))?;
+        let on_failure = OnFailure::parse(&cfg.judge.on_failure)
+            .ok_or_else(|| recipe_err("judge.on_failure", "unknown policy"))?;
         let step_judge = match (inj.step_judge.clone(), &cfg.spar.judge_endpoint) {
             (Some(j), _) => Some(j),
             (None, Some(ep)) => Some(crate::models::llm_judge(ep)?),
             (None, None) => None,
         };
-        let steps = StepVerifier::new(&cfg.spar, step_judge).map_err(|m| recipe_err("spar.detectors", m))?;
+        let steps = StepVerifier::new(&cfg.spar, step_judge)
+            .map_err(|m| recipe_err("spar.detectors", m))?;
         let facts = build_facts(&cfg.fact, &inj, limit.clone()).await?;
         let stage_scorer = inj.stage_scorer.clone().unwrap_or_else(|| {
             let s = ClinicalStageScorer::new(cfg.stages.clone());
@@ -168,12 +179,19 @@ impl RewardPipeline {
 
     /// The dynamic rubric state, for checkpoints (None when dynamic rubrics are off).
     pub fn dynamic_rubrics(&self) -> Option<DynamicRubrics> {
-        self.dynamic.as_ref().map(|d| d.lock().expect("dynamic rubric lock").clone())
+        self.dynamic
+            .as_ref()
+            .map(|d| d.lock().expect("dynamic rubric lock").clone())
     }
 
     /// Restores the dynamic rubric state from a checkpoint.
     pub fn restore_dynamic_rubrics(&self, state: DynamicRubrics) -> Result<()> {
-        let d = self.dynamic.as_ref().ok_or_else(|| recipe_err("dynamic_rubrics.enabled", "a checkpoint holds dynamic rubrics but they are off"))?;
+        let d = self.dynamic.as_ref().ok_or_else(|| {
+            recipe_err(
+                "dynamic_rubrics.enabled",
+                "a checkpoint holds dynamic rubrics but they are off",
+            )
+        })?;
         *d.lock().expect("dynamic rubric lock") = state;
         Ok(())
     }
@@ -182,7 +200,10 @@ impl RewardPipeline {
     pub fn end_epoch(&self) -> Vec<Transition> {
         match &self.dynamic {
             Some(d) => {
-                let t = d.lock().expect("dynamic rubric lock").end_epoch(&self.cfg.dynamic_rubrics);
+                let t = d
+                    .lock()
+                    .expect("dynamic rubric lock")
+                    .end_epoch(&self.cfg.dynamic_rubrics);
                 for x in &t {
                     tracing::info!("dynamic rubric: {x:?}");
                 }
@@ -195,7 +216,8 @@ impl RewardPipeline {
     /// Scores one group (same case, same stage, same prefix): rewards, step violations and advantages.
     /// Returns one `Scored` per sample, in order; samples that left the group carry a `drop_reason`.
     pub async fn score_group(&self, case: &Case, samples: &[Sample]) -> Vec<Scored> {
-        let rewards: Vec<SampleReward> = futures::future::join_all(samples.iter().map(|s| self.score_sample(case, s))).await;
+        let rewards: Vec<SampleReward> =
+            futures::future::join_all(samples.iter().map(|s| self.score_sample(case, s))).await;
         self.finish_group(samples, rewards)
     }
 
@@ -205,10 +227,19 @@ impl RewardPipeline {
             return SampleReward::dropped(format!("invalid_sample: field `{field}`: {msg}"), n);
         }
         if s.case_id != case.id {
-            return SampleReward::dropped(format!("invalid_sample: case_id `{}` scored against case `{}`", s.case_id, case.id), n);
+            return SampleReward::dropped(
+                format!(
+                    "invalid_sample: case_id `{}` scored against case `{}`",
+                    s.case_id, case.id
+                ),
+                n,
+            );
         }
         if s.end_reason.is_failure() {
-            let name = serde_json::to_value(s.end_reason).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            let name = serde_json::to_value(s.end_reason)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
             return SampleReward::dropped(format!("end_reason: {name}"), n);
         }
         let dialogue = match Dialogue::from_sample(s) {
@@ -216,7 +247,11 @@ impl RewardPipeline {
             Err(m) => return SampleReward::dropped(format!("invalid_sample: {m}"), n),
         };
         let text = dialogue.sampled_text();
-        let (task, steps, fact) = futures::join!(self.task_part(case, s, &dialogue, &text), self.steps.verify(case, &dialogue), self.facts.check(&text, &dialogue.turns));
+        let (task, steps, fact) = futures::join!(
+            self.task_part(case, s, &dialogue, &text),
+            self.steps.verify(case, &dialogue),
+            self.facts.check(&text, &dialogue.turns)
+        );
         let (r_task, rubric, stage_score, mut components) = task;
         components.insert(C::STEP_JUDGE_FAILURES.into(), steps.judge_failures as f64);
         let mut drop = rubric.failed.as_ref().map(|m| format!("judge_failed: {m}"));
@@ -226,20 +261,38 @@ impl RewardPipeline {
                 if self.on_failure == OnFailure::FailSample {
                     drop.get_or_insert_with(|| format!("fact_check_failed: {e}"));
                 }
-                FactOutcome { failures: 1, first_failure: Some(e.to_string()), ..Default::default() }
+                FactOutcome {
+                    failures: 1,
+                    first_failure: Some(e.to_string()),
+                    ..Default::default()
+                }
             }
         };
         if fact.failures > 0 && self.on_failure == OnFailure::FailSample {
-            drop.get_or_insert_with(|| format!("fact_check_failed: {}", fact.first_failure.as_deref().unwrap_or("-")));
+            drop.get_or_insert_with(|| {
+                format!(
+                    "fact_check_failed: {}",
+                    fact.first_failure.as_deref().unwrap_or("-")
+                )
+            });
         }
         let mode = FactMode::parse(&self.cfg.fact.mode).unwrap_or(FactMode::Off);
         let lambda = match mode {
-            FactMode::Gate => crate::fact::gate_lambda(r_task, self.cfg.fact.kappa, self.cfg.fact.tau_min, self.cfg.fact.tau_max),
+            FactMode::Gate => crate::fact::gate_lambda(
+                r_task,
+                self.cfg.fact.kappa,
+                self.cfg.fact.tau_min,
+                self.cfg.fact.tau_max,
+            ),
             FactMode::Naive => self.cfg.fact.alpha,
             FactMode::Off => 0.0,
         };
         let reward = r_task + lambda * fact.r_fact;
-        let gammas: Vec<f64> = steps.per_step.iter().map(|v| advantage::step_gamma(v, &self.cfg.spar.lambdas)).collect();
+        let gammas: Vec<f64> = steps
+            .per_step
+            .iter()
+            .map(|v| advantage::step_gamma(v, &self.cfg.spar.lambdas))
+            .collect();
         components.insert(C::R_TASK.into(), r_task);
         components.insert(C::LAMBDA.into(), lambda);
         components.insert(C::R_FACT.into(), fact.r_fact);
@@ -248,17 +301,39 @@ impl RewardPipeline {
         components.insert(C::FACT_FAILURES.into(), fact.failures as f64);
         components.insert(C::CLAIMS_VERIFIED.into(), fact.verified as f64);
         components.insert(C::CLAIMS_CACHED.into(), fact.cache_hits as f64);
-        components.insert(C::VIOLATED_STEPS.into(), steps.per_step.iter().filter(|v| !v.is_empty()).count() as f64);
-        SampleReward { r_task, rubric, stage_score, fact, lambda, reward, violations: steps.per_step, gammas, components, drop }
+        components.insert(
+            C::VIOLATED_STEPS.into(),
+            steps.per_step.iter().filter(|v| !v.is_empty()).count() as f64,
+        );
+        SampleReward {
+            r_task,
+            rubric,
+            stage_score,
+            fact,
+            lambda,
+            reward,
+            violations: steps.per_step,
+            gammas,
+            components,
+            drop,
+        }
     }
 
     /// R_task of Eq. 14's slot: the stage score G_k for a segment, Eq. 1 for a whole episode.
-    async fn task_part(&self, case: &Case, s: &Sample, d: &Dialogue, text: &str) -> (f64, RubricOutcome, Option<f64>, BTreeMap<String, f64>) {
+    async fn task_part(
+        &self,
+        case: &Case,
+        s: &Sample,
+        d: &Dialogue,
+        text: &str,
+    ) -> (f64, RubricOutcome, Option<f64>, BTreeMap<String, f64>) {
         let mut comp = BTreeMap::new();
         let mut stage_scores = Vec::new();
         let mut unparsed = 0.0;
         for &stage in &s.stages {
-            let g = self.stage_scorer.score(case, stage, &d.stage_replies(stage), &d.turns);
+            let g = self
+                .stage_scorer
+                .score(case, stage, &d.stage_replies(stage), &d.turns);
             if !g.parsed {
                 unparsed = 1.0;
             }
@@ -266,29 +341,54 @@ impl RewardPipeline {
             stage_scores.push((stage, g.score));
         }
         comp.insert(C::STAGE_UNPARSED.into(), unparsed);
-        let empty = RubricOutcome { verdicts: vec![], score: None, failures: 0, failed: None };
+        let empty = RubricOutcome {
+            verdicts: vec![],
+            score: None,
+            failures: 0,
+            failed: None,
+        };
         if let [(_, g)] = stage_scores[..] {
             return (g, empty, Some(g), comp);
         }
-        let mean_g = if stage_scores.is_empty() { 0.0 } else { stage_scores.iter().map(|x| x.1).sum::<f64>() / stage_scores.len() as f64 };
-        let active = self.dynamic.as_ref().map(|d| d.lock().expect("dynamic rubric lock").active_items()).unwrap_or_default();
+        let mean_g = if stage_scores.is_empty() {
+            0.0
+        } else {
+            stage_scores.iter().map(|x| x.1).sum::<f64>() / stage_scores.len() as f64
+        };
+        let active = self
+            .dynamic
+            .as_ref()
+            .map(|d| d.lock().expect("dynamic rubric lock").active_items())
+            .unwrap_or_default();
         let mut items = case.rubric.clone();
         items.extend(active.iter().cloned());
         let outcome = self.rubric.verify(&d.turns, text, &items).await;
         let core = crate::rubric::rubric_score(
-            outcome.verdicts.iter().take(case.rubric.len()).filter_map(|v| v.met.map(|m| (v.points, m))),
+            outcome
+                .verdicts
+                .iter()
+                .take(case.rubric.len())
+                .filter_map(|v| v.met.map(|m| (v.points, m))),
         );
         if let Some(c) = core {
             comp.insert(C::R_TASK_CORE.into(), c);
         }
-        self.observe_dynamic(d, text, core, &outcome, case.rubric.len()).await;
+        self.observe_dynamic(d, text, core, &outcome, case.rubric.len())
+            .await;
         // A case without a rubric is scored by the mean of its stages' scores (documented fallback).
         let r_task = outcome.score.unwrap_or(mean_g);
         (r_task, outcome, None, comp)
     }
 
     /// Feeds a high-scoring response's verdicts on the watched failure modes to the dynamic rubric state.
-    async fn observe_dynamic(&self, d: &Dialogue, text: &str, core: Option<f64>, outcome: &RubricOutcome, n_core: usize) {
+    async fn observe_dynamic(
+        &self,
+        d: &Dialogue,
+        text: &str,
+        core: Option<f64>,
+        outcome: &RubricOutcome,
+        n_core: usize,
+    ) {
         let Some(dynamic) = &self.dynamic else { return };
         if core.is_none_or(|c| c < self.cfg.dynamic_rubrics.high_score) {
             return;
@@ -297,11 +397,22 @@ impl RewardPipeline {
             let s = dynamic.lock().expect("dynamic rubric lock");
             (s.active_items(), s.watched_items())
         };
-        let mut seen: Vec<(String, bool)> = outcome.verdicts[n_core..].iter().filter_map(|v| v.met.map(|m| (v.criterion.clone(), m))).collect();
-        let inactive: Vec<_> = watched.into_iter().filter(|w| !active.iter().any(|a| a.criterion == w.criterion)).collect();
+        let mut seen: Vec<(String, bool)> = outcome.verdicts[n_core..]
+            .iter()
+            .filter_map(|v| v.met.map(|m| (v.criterion.clone(), m)))
+            .collect();
+        let inactive: Vec<_> = watched
+            .into_iter()
+            .filter(|w| !active.iter().any(|a| a.criterion == w.criterion))
+            .collect();
         if !inactive.is_empty() {
             let extra = self.rubric.verify(&d.turns, text, &inactive).await;
-            seen.extend(extra.verdicts.into_iter().filter_map(|v| v.met.map(|m| (v.criterion, m))));
+            seen.extend(
+                extra
+                    .verdicts
+                    .into_iter()
+                    .filter_map(|v| v.met.map(|m| (v.criterion, m))),
+            );
         }
         let mut s = dynamic.lock().expect("dynamic rubric lock");
         for (criterion, violated) in seen {
@@ -314,11 +425,23 @@ impl RewardPipeline {
         let mut group_drop = None;
         let mut adv_of: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
         if alive.len() < 2 {
-            group_drop = Some(format!("group_too_small: {} of {} samples left", alive.len(), rs.len()));
+            group_drop = Some(format!(
+                "group_too_small: {} of {} samples left",
+                alive.len(),
+                rs.len()
+            ));
         } else {
             let scores: Vec<f64> = alive.iter().map(|&i| rs[i].r_task).collect();
-            let tokens: Vec<usize> = alive.iter().map(|&i| samples[i].loss_mask.iter().filter(|&&m| m == 1).count()).collect();
-            let bonus = advantage::length_bonus(&scores, &tokens, self.cfg.spar.length_bonus, self.cfg.spar.length_bonus_threshold);
+            let tokens: Vec<usize> = alive
+                .iter()
+                .map(|&i| samples[i].loss_mask.iter().filter(|&&m| m == 1).count())
+                .collect();
+            let bonus = advantage::length_bonus(
+                &scores,
+                &tokens,
+                self.cfg.spar.length_bonus,
+                self.cfg.spar.length_bonus_threshold,
+            );
             for (k, &i) in alive.iter().enumerate() {
                 rs[i].reward += bonus[k];
                 rs[i].components.insert(C::LENGTH_BONUS.into(), bonus[k]);
@@ -332,7 +455,12 @@ impl RewardPipeline {
             }
             for (k, &i) in alive.iter().enumerate() {
                 let r = rs[i].reward;
-                let pen: f64 = rs[i].gammas.iter().map(|&g| r - advantage::penalize(r, g)).sum::<f64>() / rs[i].gammas.len().max(1) as f64;
+                let pen: f64 = rs[i]
+                    .gammas
+                    .iter()
+                    .map(|&g| r - advantage::penalize(r, g))
+                    .sum::<f64>()
+                    / rs[i].gammas.len().max(1) as f64;
                 let c = &mut rs[i].components;
                 c.insert(C::MU_RAW.into(), mu);
                 c.insert(C::SIGMA_RAW.into(), sigma);
@@ -353,20 +481,32 @@ impl RewardPipeline {
                 *m.dropped_samples.entry(reason_kind(d)).or_default() += 1;
             }
             m.judge_failures += r.rubric.failures as u64;
-            m.step_judge_failures += r.components.get(C::STEP_JUDGE_FAILURES).copied().unwrap_or(0.0) as u64;
+            m.step_judge_failures += r
+                .components
+                .get(C::STEP_JUDGE_FAILURES)
+                .copied()
+                .unwrap_or(0.0) as u64;
             m.fact_failures += r.fact.failures as u64;
             m.stage_unparsed += r.components.get(C::STAGE_UNPARSED).copied().unwrap_or(0.0) as u64;
             m.claims += r.fact.claims.len() as u64;
             for v in r.violations.iter().flatten() {
                 *m.violations.entry(v.clone()).or_default() += 1;
             }
-            let advs = if drop.is_none() { adv_of.remove(&i) } else { None };
+            let advs = if drop.is_none() {
+                adv_of.remove(&i)
+            } else {
+                None
+            };
             let steps = r
                 .violations
                 .iter()
                 .zip(&r.gammas)
                 .enumerate()
-                .map(|(j, (v, &g))| StepScore { violations: v.clone(), gamma: g, advantage: advs.as_ref().map_or(0.0, |a| a[j]) })
+                .map(|(j, (v, &g))| StepScore {
+                    violations: v.clone(),
+                    gamma: g,
+                    advantage: advs.as_ref().map_or(0.0, |a| a[j]),
+                })
                 .collect();
             out.push(Scored {
                 schema_version: SCHEMA_VERSION,
@@ -392,11 +532,25 @@ impl RewardPipeline {
 
 /// The reason's kind: the text before the first ':' ("judge_failed: ..." -> "judge_failed").
 pub fn reason_kind(reason: &str) -> String {
-    reason.split(':').next().unwrap_or(reason).trim().to_string()
+    reason
+        .split(':')
+        .next()
+        .unwrap_or(reason)
+        .trim()
+        .to_string()
 }
 
-async fn build_facts(cfg: &FactConfig, inj: &Injected, limit: Arc<Semaphore>) -> Result<FactChecker> {
-    let (extractor, verifier, encoder, backend) = (&inj.extractor, &inj.verifier, &inj.encoder, inj.cache_backend.clone());
+async fn build_facts(
+    cfg: &FactConfig,
+    inj: &Injected,
+    limit: Arc<Semaphore>,
+) -> Result<FactChecker> {
+    let (extractor, verifier, encoder, backend) = (
+        &inj.extractor,
+        &inj.verifier,
+        &inj.encoder,
+        inj.cache_backend.clone(),
+    );
     let mode = FactMode::parse(&cfg.mode).ok_or_else(|| recipe_err("fact.mode", "unknown mode"))?;
     let off = mode == FactMode::Off;
     let extractor = match extractor {
@@ -419,11 +573,26 @@ async fn build_facts(cfg: &FactConfig, inj: &Injected, limit: Arc<Semaphore>) ->
         None if off => Arc::new(crate::fact::NoBackend),
         None => crate::models::cache_backend(cfg).await?,
     };
-    let cache = crate::fact::ClaimCache::open(backend, &verifier.id(), &encoder.id(), cfg.cache_threshold).await?;
-    Ok(FactChecker { extractor, verifier, encoder, cache: Arc::new(cache), mode, cluster_threshold: cfg.cluster_threshold, eps: cfg.eps, limit })
+    let cache =
+        crate::fact::ClaimCache::open(backend, &verifier.id(), &encoder.id(), cfg.cache_threshold)
+            .await?;
+    Ok(FactChecker {
+        extractor,
+        verifier,
+        encoder,
+        cache: Arc::new(cache),
+        mode,
+        cluster_threshold: cfg.cluster_threshold,
+        eps: cfg.eps,
+        limit,
+    })
 }
 
 /// Stages a sample covers, for logs.
 pub fn stage_names(stages: &[Stage]) -> String {
-    stages.iter().map(|s| s.name()).collect::<Vec<_>>().join("+")
+    stages
+        .iter()
+        .map(|s| s.name())
+        .collect::<Vec<_>>()
+        .join("+")
 }

@@ -5,7 +5,7 @@
 use crate::fact::CacheStats;
 use crate::pipeline::{PipelineMetrics, RewardPipeline};
 use serde::{Deserialize, Serialize};
-use spar_core::sample::{Sample, SCHEMA_VERSION};
+use spar_core::sample::{SCHEMA_VERSION, Sample};
 use spar_core::{Case, Error, Result, Scored};
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,16 +20,31 @@ pub struct BadRecord {
 
 /// Reads samples from `.jsonl` (line by line: bad lines are returned, the rest read on) or `.parquet`.
 pub fn read_samples(path: &Path) -> Result<(Vec<Sample>, Vec<BadRecord>)> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match ext.as_str() {
         "jsonl" | "json" => {
             let (ok, bad) = spar_core::fsio::read_jsonl::<Sample>(path, Some(SCHEMA_VERSION))?;
-            Ok((ok, bad.into_iter().map(|b| BadRecord { line: b.line, error: b.error.to_string() }).collect()))
+            Ok((
+                ok,
+                bad.into_iter()
+                    .map(|b| BadRecord {
+                        line: b.line,
+                        error: b.error.to_string(),
+                    })
+                    .collect(),
+            ))
         }
         // Parquet is written by spar's own writers, which check every record; a bad row fails the whole file
         // with its row number and field.
         "parquet" => Ok((spar_data::wire::read_samples(path)?, vec![])),
-        _ => Err(Error::invalid(path.display(), "expected a .jsonl or .parquet file of samples")),
+        _ => Err(Error::invalid(
+            path.display(),
+            "expected a .jsonl or .parquet file of samples",
+        )),
     }
 }
 
@@ -58,7 +73,10 @@ pub fn group_samples(samples: Vec<Sample>) -> Vec<Vec<Sample>> {
         }
         groups.entry(s.group_id.clone()).or_default().push(s);
     }
-    order.into_iter().map(|g| groups.remove(&g).unwrap_or_default()).collect()
+    order
+        .into_iter()
+        .map(|g| groups.remove(&g).unwrap_or_default())
+        .collect()
 }
 
 /// A `Scored` for a sample that could not be scored at all (unknown case, mixed group), so that it is not lost.
@@ -76,7 +94,15 @@ pub fn unscorable(s: &Sample, reason: String) -> Scored {
         r_fact: 0.0,
         lambda: 0.0,
         reward: 0.0,
-        steps: s.steps.iter().map(|_| spar_core::sample::StepScore { violations: vec![], gamma: 1.0, advantage: 0.0 }).collect(),
+        steps: s
+            .steps
+            .iter()
+            .map(|_| spar_core::sample::StepScore {
+                violations: vec![],
+                gamma: 1.0,
+                advantage: 0.0,
+            })
+            .collect(),
         drop_reason: Some(reason),
         components: Default::default(),
     }
@@ -95,12 +121,23 @@ pub async fn score_groups(
     let jobs = groups.into_iter().map(|g| async move {
         let case_id = g.first().map(|s| s.case_id.clone()).unwrap_or_default();
         let out = if let Some(s) = g.iter().find(|s| s.case_id != case_id) {
-            let why = format!("mixed_group: group `{}` holds cases `{case_id}` and `{}`", s.group_id, s.case_id);
+            let why = format!(
+                "mixed_group: group `{}` holds cases `{case_id}` and `{}`",
+                s.group_id, s.case_id
+            );
             g.iter().map(|s| unscorable(s, why.clone())).collect()
         } else {
             match cases.get(&case_id) {
                 Some(case) => pipeline.score_group(case, &g).await,
-                None => g.iter().map(|s| unscorable(s, format!("unknown_case: `{case_id}` is not in the cases file"))).collect(),
+                None => g
+                    .iter()
+                    .map(|s| {
+                        unscorable(
+                            s,
+                            format!("unknown_case: `{case_id}` is not in the cases file"),
+                        )
+                    })
+                    .collect(),
             }
         };
         (g.len(), out)
@@ -115,15 +152,28 @@ pub async fn score_groups(
 }
 
 /// Summarises a run.
-pub fn report(pipeline: &RewardPipeline, scored: &[Scored], groups: usize, bad: Vec<BadRecord>) -> ScoreReport {
-    let kept: Vec<f64> = scored.iter().filter(|s| s.drop_reason.is_none()).map(|s| s.reward).collect();
+pub fn report(
+    pipeline: &RewardPipeline,
+    scored: &[Scored],
+    groups: usize,
+    bad: Vec<BadRecord>,
+) -> ScoreReport {
+    let kept: Vec<f64> = scored
+        .iter()
+        .filter(|s| s.drop_reason.is_none())
+        .map(|s| s.reward)
+        .collect();
     let cache = pipeline.cache_stats();
     ScoreReport {
         samples: scored.len(),
         groups,
         bad_records: bad,
         dropped: scored.len() - kept.len(),
-        mean_reward: if kept.is_empty() { 0.0 } else { kept.iter().sum::<f64>() / kept.len() as f64 },
+        mean_reward: if kept.is_empty() {
+            0.0
+        } else {
+            kept.iter().sum::<f64>() / kept.len() as f64
+        },
         cache_hit_rate: cache.hit_rate(),
         cache,
         cache_backend: pipeline.cache_backend().to_string(),

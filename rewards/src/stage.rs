@@ -4,7 +4,9 @@
 use crate::text::{contains_phrase, is_question, normalize, sentences};
 use serde_json::json;
 use spar_core::case::{Diagnosis, TestItem};
-use spar_core::grammar::{normalize_icd10, parse_ddx, parse_diagnosis, parse_tests, strip_think, NamedDx};
+use spar_core::grammar::{
+    NamedDx, normalize_icd10, parse_ddx, parse_diagnosis, parse_tests, strip_think,
+};
 use spar_core::recipe::StageRewardConfig;
 use spar_core::sample::{Role, Turn};
 use spar_core::traits::{StageScore, StageScorer};
@@ -33,7 +35,10 @@ impl ClinicalStageScorer {
 
     fn chapter(&self, code: &str) -> Option<String> {
         match &self.kb {
-            Some(kb) => kb.icd10_chapter(code).map(String::from).or_else(|| icd10_chapter(code).map(|c| c.to_string())),
+            Some(kb) => kb
+                .icd10_chapter(code)
+                .map(String::from)
+                .or_else(|| icd10_chapter(code).map(|c| c.to_string())),
             None => icd10_chapter(code).map(|c| c.to_string()),
         }
     }
@@ -56,7 +61,10 @@ impl ClinicalStageScorer {
     /// Credit of a named diagnosis: the better of its code's hierarchical credit and a name match (the same
     /// name after normalisation earns exact credit; one name inside the other, category credit).
     pub fn dx_credit(&self, dx: &NamedDx, truth: &Diagnosis) -> f64 {
-        let by_code = dx.icd10.as_deref().map_or(0.0, |c| self.icd_credit(c, &truth.icd10));
+        let by_code = dx
+            .icd10
+            .as_deref()
+            .map_or(0.0, |c| self.icd_credit(c, &truth.icd10));
         let (a, b) = (normalize(&dx.name), normalize(&truth.name));
         let by_name = if a == b {
             self.cfg.icd_exact
@@ -77,15 +85,36 @@ impl ClinicalStageScorer {
 
     fn inquiry(&self, case: &Case, replies: &[String], dialogue: &[Turn]) -> StageScore {
         let mut questions: Vec<String> = Vec::new();
-        let doctor = dialogue.iter().filter(|t| t.role == Role::Assistant).map(|t| t.text.as_str()).chain(replies.iter().map(String::as_str));
+        let doctor = dialogue
+            .iter()
+            .filter(|t| t.role == Role::Assistant)
+            .map(|t| t.text.as_str())
+            .chain(replies.iter().map(String::as_str));
         for text in doctor {
-            questions.extend(sentences(&strip_think(text)).into_iter().filter(|s| is_question(s)));
+            questions.extend(
+                sentences(&strip_think(text))
+                    .into_iter()
+                    .filter(|s| is_question(s)),
+            );
         }
-        let asked = |kw: &[String]| questions.iter().any(|q| kw.iter().any(|k| contains_phrase(q, k)));
+        let asked = |kw: &[String]| {
+            questions
+                .iter()
+                .any(|q| kw.iter().any(|k| contains_phrase(q, k)))
+        };
         let (mut got, mut total) = (0.0, 0.0);
         let (mut covered, mut missed) = (Vec::new(), Vec::new());
-        let items = case.inquiry_items.iter().map(|i| (&i.id, &i.keywords, i.weight as f64));
-        let flags = case.red_flags.iter().map(|f| (&f.id, &f.keywords, f.weight as f64 * self.cfg.red_flag_weight));
+        let items = case
+            .inquiry_items
+            .iter()
+            .map(|i| (&i.id, &i.keywords, i.weight as f64));
+        let flags = case.red_flags.iter().map(|f| {
+            (
+                &f.id,
+                &f.keywords,
+                f.weight as f64 * self.cfg.red_flag_weight,
+            )
+        });
         for (id, kw, w) in items.chain(flags) {
             total += w;
             if asked(kw) {
@@ -96,11 +125,17 @@ impl ClinicalStageScorer {
             }
         }
         let score = if total > 0.0 { got / total } else { 0.0 };
-        StageScore { score, parsed: true, details: json!({"covered": covered, "missed": missed}) }
+        StageScore {
+            score,
+            parsed: true,
+            details: json!({"covered": covered, "missed": missed}),
+        }
     }
 
     fn ddx(&self, case: &Case, replies: &[String]) -> StageScore {
-        let Some(list) = last_parse(replies, parse_ddx) else { return unparsed("ddx") };
+        let Some(list) = last_parse(replies, parse_ddx) else {
+            return unparsed("ddx");
+        };
         let mut best = (0.0, None);
         for (r, dx) in list.iter().take(self.cfg.ddx_max_len).enumerate() {
             let s = self.dx_credit(dx, &case.diagnosis) * self.discount(r + 1);
@@ -108,22 +143,37 @@ impl ClinicalStageScorer {
                 best = (s, Some(r + 1));
             }
         }
-        StageScore { score: best.0, parsed: true, details: json!({"rank": best.1, "listed": list.len()}) }
+        StageScore {
+            score: best.0,
+            parsed: true,
+            details: json!({"rank": best.1, "listed": list.len()}),
+        }
     }
 
     fn lab(&self, case: &Case, replies: &[String]) -> StageScore {
-        let Some(recs) = last_parse(replies, parse_tests) else { return unparsed("tests") };
+        let Some(recs) = last_parse(replies, parse_tests) else {
+            return unparsed("tests");
+        };
         let gold: Vec<(&TestItem, f64)> = case
             .tests
             .essential
             .iter()
             .map(|t| (t, self.cfg.lab_essential_weight))
-            .chain(case.tests.optional.iter().map(|t| (t, self.cfg.lab_optional_weight)))
+            .chain(
+                case.tests
+                    .optional
+                    .iter()
+                    .map(|t| (t, self.cfg.lab_optional_weight)),
+            )
             .collect();
         let mut used = vec![false; gold.len()];
         let (mut tp, mut extra, mut extras) = (0.0, 0.0, Vec::new());
         for rec in &recs {
-            match gold.iter().enumerate().find(|(g, (t, _))| !used[*g] && test_matches(rec, t)) {
+            match gold
+                .iter()
+                .enumerate()
+                .find(|(g, (t, _))| !used[*g] && test_matches(rec, t))
+            {
                 Some((g, (_, w))) => {
                     used[g] = true;
                     tp += w;
@@ -135,22 +185,55 @@ impl ClinicalStageScorer {
             }
         }
         let gold_total: f64 = gold.iter().map(|(_, w)| w).sum();
-        let precision = if tp + extra > 0.0 { tp / (tp + extra) } else { 0.0 };
-        let recall = if gold_total > 0.0 { tp / gold_total } else { 0.0 };
-        let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
-        let missed: Vec<&str> = gold.iter().zip(&used).filter(|(_, u)| !**u).map(|((t, _), _)| t.name.as_str()).collect();
-        StageScore { score: f1, parsed: true, details: json!({"precision": precision, "recall": recall, "extra": extras, "missed": missed}) }
+        let precision = if tp + extra > 0.0 {
+            tp / (tp + extra)
+        } else {
+            0.0
+        };
+        let recall = if gold_total > 0.0 {
+            tp / gold_total
+        } else {
+            0.0
+        };
+        let f1 = if precision + recall > 0.0 {
+            2.0 * precision * recall / (precision + recall)
+        } else {
+            0.0
+        };
+        let missed: Vec<&str> = gold
+            .iter()
+            .zip(&used)
+            .filter(|(_, u)| !**u)
+            .map(|((t, _), _)| t.name.as_str())
+            .collect();
+        StageScore {
+            score: f1,
+            parsed: true,
+            details: json!({"precision": precision, "recall": recall, "extra": extras, "missed": missed}),
+        }
     }
 
     fn diag(&self, case: &Case, replies: &[String]) -> StageScore {
-        let Some(dx) = last_parse(replies, parse_diagnosis) else { return unparsed("diagnosis") };
+        let Some(dx) = last_parse(replies, parse_diagnosis) else {
+            return unparsed("diagnosis");
+        };
         let score = self.dx_credit(&dx, &case.diagnosis);
-        StageScore { score, parsed: true, details: json!({"named": dx.name, "icd10": dx.icd10}) }
+        StageScore {
+            score,
+            parsed: true,
+            details: json!({"named": dx.name, "icd10": dx.icd10}),
+        }
     }
 }
 
 impl StageScorer for ClinicalStageScorer {
-    fn score(&self, case: &Case, stage: Stage, doctor_replies: &[String], dialogue: &[Turn]) -> StageScore {
+    fn score(
+        &self,
+        case: &Case,
+        stage: Stage,
+        doctor_replies: &[String],
+        dialogue: &[Turn],
+    ) -> StageScore {
         match stage {
             Stage::Inquiry => self.inquiry(case, doctor_replies, dialogue),
             Stage::Ddx => self.ddx(case, doctor_replies),
@@ -166,7 +249,11 @@ fn last_parse<T, E>(replies: &[String], parse: impl Fn(&str) -> Result<T, E>) ->
 }
 
 fn unparsed(tag: &str) -> StageScore {
-    StageScore { score: 0.0, parsed: false, details: json!({"error": format!("no parseable <{tag}> block")}) }
+    StageScore {
+        score: 0.0,
+        parsed: false,
+        details: json!({"error": format!("no parseable <{tag}> block")}),
+    }
 }
 
 fn test_matches(rec: &str, t: &TestItem) -> bool {

@@ -6,7 +6,10 @@ use std::collections::HashSet;
 pub fn normalize(s: &str) -> String {
     let lower = s.to_lowercase();
     let collapsed: Vec<&str> = lower.split_whitespace().collect();
-    collapsed.join(" ").trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace()).to_string()
+    collapsed
+        .join(" ")
+        .trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace())
+        .to_string()
 }
 
 /// Lower-case word tokens (letters, digits, apostrophes inside words).
@@ -19,7 +22,9 @@ pub fn words(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// True when `phrase` occurs in `text` on word boundaries, case-insensitively ("er" does not match "fever").
+/// True when `phrase` occurs in `text` starting at a word boundary, case-insensitively. The end is open, so
+/// that case keywords and rule phrases may be stems ("allerg" matches "allergic", "radiat" matches
+/// "radiates") while "er" still does not match inside "fever".
 pub fn contains_phrase(text: &str, phrase: &str) -> bool {
     let t = text.to_lowercase();
     let p = phrase.trim().to_lowercase();
@@ -30,10 +35,8 @@ pub fn contains_phrase(text: &str, phrase: &str) -> bool {
     let mut from = 0;
     while let Some(off) = t[from..].find(&p) {
         let start = from + off;
-        let end = start + p.len();
         let before_ok = t[..start].chars().next_back().is_none_or(|c| !is_word(c) || !p.starts_with(is_word));
-        let after_ok = t[end..].chars().next().is_none_or(|c| !is_word(c) || !p.ends_with(is_word));
-        if before_ok && after_ok {
+        if before_ok {
             return true;
         }
         from = start + t[start..].chars().next().map_or(1, char::len_utf8);
@@ -53,7 +56,10 @@ pub fn sentences(text: &str) -> Vec<String> {
         }
         cur.push(c);
         let next = chars.get(i + 1).copied();
-        let decimal = c == '.' && i > 0 && chars[i - 1].is_ascii_digit() && next.is_some_and(|n| n.is_ascii_digit());
+        let decimal = c == '.'
+            && i > 0
+            && chars[i - 1].is_ascii_digit()
+            && next.is_some_and(|n| n.is_ascii_digit());
         if matches!(c, '.' | '!' | '?' | ';') && !decimal && next.is_none_or(char::is_whitespace) {
             push_sentence(&mut out, &mut cur);
         }
@@ -82,7 +88,11 @@ pub fn trigrams(text: &str) -> HashSet<String> {
 /// Jaccard similarity of two sets (0 when both are empty).
 pub fn jaccard(a: &HashSet<String>, b: &HashSet<String>) -> f64 {
     let union = a.union(b).count();
-    if union == 0 { 0.0 } else { a.intersection(b).count() as f64 / union as f64 }
+    if union == 0 {
+        0.0
+    } else {
+        a.intersection(b).count() as f64 / union as f64
+    }
 }
 
 /// 64-bit FNV-1a: a stable hash (std's hasher is randomly seeded per process, useless for persisted features).
@@ -108,10 +118,12 @@ pub fn is_question(sentence: &str) -> bool {
         return true;
     }
     const OPENERS: [&str; 22] = [
-        "do", "does", "did", "have", "has", "had", "are", "is", "was", "were", "can", "could", "how", "when", "what",
-        "where", "which", "who", "why", "any", "tell", "describe",
+        "do", "does", "did", "have", "has", "had", "are", "is", "was", "were", "can", "could",
+        "how", "when", "what", "where", "which", "who", "why", "any", "tell", "describe",
     ];
-    words(sentence).first().is_some_and(|w| OPENERS.contains(&w.as_str()))
+    words(sentence)
+        .first()
+        .is_some_and(|w| OPENERS.contains(&w.as_str()))
 }
 
 #[cfg(test)]
@@ -122,6 +134,7 @@ mod tests {
     fn phrases_respect_word_boundaries() {
         assert!(contains_phrase("Any FEVER lately?", "fever"));
         assert!(!contains_phrase("fever", "er"));
+        assert!(contains_phrase("Any allergies?", "allerg"), "stems match at a word start");
         assert!(contains_phrase("blood pressure 120/80", "blood pressure"));
         assert!(contains_phrase("ÉCG done", "écg"));
         assert!(!contains_phrase("", "x"));
@@ -129,8 +142,14 @@ mod tests {
 
     #[test]
     fn sentences_keep_decimals() {
-        assert_eq!(sentences("Take 2.5 mg daily. Any fever?\nOk"), vec!["Take 2.5 mg daily.", "Any fever?", "Ok"]);
-        assert_eq!(normalize("  Hello,   World. "), "hello,   world".replace("   ", " "));
+        assert_eq!(
+            sentences("Take 2.5 mg daily. Any fever?\nOk"),
+            vec!["Take 2.5 mg daily.", "Any fever?", "Ok"]
+        );
+        assert_eq!(
+            normalize("  Hello,   World. "),
+            "hello,   world".replace("   ", " ")
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@ use spar_core::{Sample, Scored};
 /// step j (its half-open span) gets A_j and id j; tokens outside every step get 0 and -1. A dropped sample
 /// (`drop_reason` set) gets 0 and -1 everywhere: it carries no signal and is not trained on.
 pub fn token_advantages(sample: &Sample, scored: &Scored) -> Result<(Vec<f32>, Vec<i32>), String> {
-    if (sample.group_id.as_str(), sample.sample_idx) != (scored.group_id.as_str(), scored.sample_idx) {
+    if (sample.group_id.as_str(), sample.sample_idx)
+        != (scored.group_id.as_str(), scored.sample_idx)
+    {
         return Err(format!(
             "scored record is for {}#{}, sample is {}#{}",
             scored.group_id, scored.sample_idx, sample.group_id, sample.sample_idx
@@ -18,11 +20,18 @@ pub fn token_advantages(sample: &Sample, scored: &Scored) -> Result<(Vec<f32>, V
         return Ok((adv, ids));
     }
     if scored.steps.len() != sample.steps.len() {
-        return Err(format!("{} scored steps for {} sample steps", scored.steps.len(), sample.steps.len()));
+        return Err(format!(
+            "{} scored steps for {} sample steps",
+            scored.steps.len(),
+            sample.steps.len()
+        ));
     }
     for (j, (span, step)) in sample.steps.iter().zip(&scored.steps).enumerate() {
         if span.start > span.end || span.end > t {
-            return Err(format!("step {j} [{}, {}) is outside the {t} tokens", span.start, span.end));
+            return Err(format!(
+                "step {j} [{}, {}) is outside the {t} tokens",
+                span.start, span.end
+            ));
         }
         adv[span.start..span.end].fill(step.advantage as f32);
         ids[span.start..span.end].fill(j as i32);

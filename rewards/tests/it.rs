@@ -1,5 +1,6 @@
 //! spar-rewards integration tests (one binary; modules under `tests/it/`).
 mod it {
+    pub mod expert;
     pub mod fact;
     pub mod fixtures;
     pub mod http_judge;

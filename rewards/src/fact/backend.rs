@@ -40,14 +40,29 @@ impl CacheBackend for MemoryBackend {
         "memory"
     }
     async fn get(&self, ns: &str, key: &str) -> Result<Option<CacheEntry>> {
-        Ok(self.map.lock().expect("memory cache lock").get(&(ns.to_string(), key.to_string())).cloned())
+        Ok(self
+            .map
+            .lock()
+            .expect("memory cache lock")
+            .get(&(ns.to_string(), key.to_string()))
+            .cloned())
     }
     async fn put(&self, ns: &str, key: &str, entry: &CacheEntry) -> Result<()> {
-        self.map.lock().expect("memory cache lock").insert((ns.to_string(), key.to_string()), entry.clone());
+        self.map
+            .lock()
+            .expect("memory cache lock")
+            .insert((ns.to_string(), key.to_string()), entry.clone());
         Ok(())
     }
     async fn load_all(&self, ns: &str) -> Result<Vec<(String, CacheEntry)>> {
-        Ok(self.map.lock().expect("memory cache lock").iter().filter(|((n, _), _)| n == ns).map(|((_, k), e)| (k.clone(), e.clone())).collect())
+        Ok(self
+            .map
+            .lock()
+            .expect("memory cache lock")
+            .iter()
+            .filter(|((n, _), _)| n == ns)
+            .map(|((_, k), e)| (k.clone(), e.clone()))
+            .collect())
     }
 }
 
@@ -84,24 +99,42 @@ impl SqliteBackend {
         }
         let err = |e: rusqlite::Error| Error::invalid(path.display(), format!("claim cache: {e}"));
         let conn = rusqlite::Connection::open(path).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS claims (
                 ns TEXT NOT NULL, key TEXT NOT NULL, claim TEXT NOT NULL, verdict TEXT NOT NULL,
                 encoder TEXT NOT NULL, embedding BLOB NOT NULL, PRIMARY KEY (ns, key))",
         )
         .map_err(err)?;
-        Ok(SqliteBackend { path: path.to_path_buf(), conn: Mutex::new(conn) })
+        Ok(SqliteBackend {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> Error {
         Error::invalid(self.path.display(), format!("claim cache: {e}"))
     }
 
-    fn row(&self, claim: String, verdict: String, encoder: String, blob: Vec<u8>) -> Result<CacheEntry> {
+    fn row(
+        &self,
+        claim: String,
+        verdict: String,
+        encoder: String,
+        blob: Vec<u8>,
+    ) -> Result<CacheEntry> {
         let verdict = serde_json::from_str(&verdict).map_err(|e| self.err(e))?;
-        let embedding = blob.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        Ok(CacheEntry { claim, verdict, encoder, embedding })
+        let embedding = blob
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok(CacheEntry {
+            claim,
+            verdict,
+            encoder,
+            embedding,
+        })
     }
 }
 
@@ -114,16 +147,29 @@ impl CacheBackend for SqliteBackend {
         use rusqlite::OptionalExtension;
         let conn = self.conn.lock().expect("sqlite cache lock");
         let r = conn
-            .query_row("SELECT claim, verdict, encoder, embedding FROM claims WHERE ns = ?1 AND key = ?2", [ns, key], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Vec<u8>>(3)?))
-            })
+            .query_row(
+                "SELECT claim, verdict, encoder, embedding FROM claims WHERE ns = ?1 AND key = ?2",
+                [ns, key],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                    ))
+                },
+            )
             .optional()
             .map_err(|e| self.err(e))?;
         r.map(|(c, v, e, b)| self.row(c, v, e, b)).transpose()
     }
     async fn put(&self, ns: &str, key: &str, entry: &CacheEntry) -> Result<()> {
         let verdict = serde_json::to_string(&entry.verdict).map_err(|e| self.err(e))?;
-        let blob: Vec<u8> = entry.embedding.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let blob: Vec<u8> = entry
+            .embedding
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         let conn = self.conn.lock().expect("sqlite cache lock");
         conn.execute(
             "INSERT OR REPLACE INTO claims (ns, key, claim, verdict, encoder, embedding) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -134,9 +180,19 @@ impl CacheBackend for SqliteBackend {
     }
     async fn load_all(&self, ns: &str) -> Result<Vec<(String, CacheEntry)>> {
         let conn = self.conn.lock().expect("sqlite cache lock");
-        let mut stmt = conn.prepare("SELECT key, claim, verdict, encoder, embedding FROM claims WHERE ns = ?1").map_err(|e| self.err(e))?;
+        let mut stmt = conn
+            .prepare("SELECT key, claim, verdict, encoder, embedding FROM claims WHERE ns = ?1")
+            .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([ns], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, Vec<u8>>(4)?)))
+            .query_map([ns], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for r in rows {
@@ -155,10 +211,18 @@ pub struct RedisBackend {
 
 impl RedisBackend {
     pub async fn connect(url: &str) -> Result<RedisBackend> {
-        let err = |e: redis::RedisError| Error::external("claim cache (redis)", format!("{url}: {e}"), true);
+        let err = |e: redis::RedisError| {
+            Error::external("claim cache (redis)", format!("{url}: {e}"), true)
+        };
         let client = redis::Client::open(url).map_err(err)?;
-        let conn = client.get_multiplexed_async_connection().await.map_err(err)?;
-        Ok(RedisBackend { url: url.to_string(), conn })
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(err)?;
+        Ok(RedisBackend {
+            url: url.to_string(),
+            conn,
+        })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> Error {
@@ -177,18 +241,36 @@ impl CacheBackend for RedisBackend {
     }
     async fn get(&self, ns: &str, key: &str) -> Result<Option<CacheEntry>> {
         let mut con = self.conn.clone();
-        let v: Option<String> = redis::cmd("HGET").arg(Self::hash(ns)).arg(key).query_async(&mut con).await.map_err(|e| self.err(e))?;
-        v.map(|s| serde_json::from_str(&s).map_err(|e| self.err(e))).transpose()
+        let v: Option<String> = redis::cmd("HGET")
+            .arg(Self::hash(ns))
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| self.err(e))?;
+        v.map(|s| serde_json::from_str(&s).map_err(|e| self.err(e)))
+            .transpose()
     }
     async fn put(&self, ns: &str, key: &str, entry: &CacheEntry) -> Result<()> {
         let mut con = self.conn.clone();
         let json = serde_json::to_string(entry).map_err(|e| self.err(e))?;
-        let _: i64 = redis::cmd("HSET").arg(Self::hash(ns)).arg(key).arg(json).query_async(&mut con).await.map_err(|e| self.err(e))?;
+        let _: i64 = redis::cmd("HSET")
+            .arg(Self::hash(ns))
+            .arg(key)
+            .arg(json)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
     async fn load_all(&self, ns: &str) -> Result<Vec<(String, CacheEntry)>> {
         let mut con = self.conn.clone();
-        let all: HashMap<String, String> = redis::cmd("HGETALL").arg(Self::hash(ns)).query_async(&mut con).await.map_err(|e| self.err(e))?;
-        all.into_iter().map(|(k, v)| Ok((k, serde_json::from_str(&v).map_err(|e| self.err(e))?))).collect()
+        let all: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(Self::hash(ns))
+            .query_async(&mut con)
+            .await
+            .map_err(|e| self.err(e))?;
+        all.into_iter()
+            .map(|(k, v)| Ok((k, serde_json::from_str(&v).map_err(|e| self.err(e))?)))
+            .collect()
     }
 }

@@ -31,7 +31,11 @@ pub struct CacheStats {
 
 impl CacheStats {
     pub fn hit_rate(&self) -> f64 {
-        if self.lookups == 0 { 0.0 } else { (self.exact_hits + self.semantic_hits) as f64 / self.lookups as f64 }
+        if self.lookups == 0 {
+            0.0
+        } else {
+            (self.exact_hits + self.semantic_hits) as f64 / self.lookups as f64
+        }
     }
 }
 
@@ -64,15 +68,31 @@ pub struct ClaimCache {
 
 impl ClaimCache {
     /// Opens the cache for `verifier_id`; semantic hits compare only entries embedded by `encoder_id`.
-    pub async fn open(backend: Arc<dyn CacheBackend>, verifier_id: &str, encoder_id: &str, threshold: f64) -> spar_core::Result<ClaimCache> {
+    pub async fn open(
+        backend: Arc<dyn CacheBackend>,
+        verifier_id: &str,
+        encoder_id: &str,
+        threshold: f64,
+    ) -> spar_core::Result<ClaimCache> {
         let namespace = sha256_hex(verifier_id)[..16].to_string();
         let entries = backend.load_all(&namespace).await?;
         let index = entries
             .into_iter()
             .filter(|(_, e)| e.encoder == encoder_id)
-            .map(|(_, e)| Indexed { signature: Signature::of(&e.claim), embedding: e.embedding, verdict: e.verdict })
+            .map(|(_, e)| Indexed {
+                signature: Signature::of(&e.claim),
+                embedding: e.embedding,
+                verdict: e.verdict,
+            })
             .collect();
-        Ok(ClaimCache { backend, namespace, encoder_id: encoder_id.to_string(), threshold, index: RwLock::new(index), counters: Counters::default() })
+        Ok(ClaimCache {
+            backend,
+            namespace,
+            encoder_id: encoder_id.to_string(),
+            threshold,
+            index: RwLock::new(index),
+            counters: Counters::default(),
+        })
     }
 
     pub fn namespace(&self) -> &str {
@@ -122,12 +142,25 @@ impl ClaimCache {
 
     /// Stores a fresh verdict (backend errors are logged and counted, not raised).
     pub async fn insert(&self, claim: &str, embedding: &[f32], verdict: &ClaimVerdict) {
-        let entry = CacheEntry { claim: claim.to_string(), verdict: verdict.clone(), encoder: self.encoder_id.clone(), embedding: embedding.to_vec() };
-        if let Err(e) = self.backend.put(&self.namespace, &normalize(claim), &entry).await {
+        let entry = CacheEntry {
+            claim: claim.to_string(),
+            verdict: verdict.clone(),
+            encoder: self.encoder_id.clone(),
+            embedding: embedding.to_vec(),
+        };
+        if let Err(e) = self
+            .backend
+            .put(&self.namespace, &normalize(claim), &entry)
+            .await
+        {
             self.counters.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("claim cache ({}) write failed: {e}", self.backend.name());
         }
-        self.index.write().expect("cache index lock").push(Indexed { signature: Signature::of(claim), embedding: embedding.to_vec(), verdict: verdict.clone() });
+        self.index.write().expect("cache index lock").push(Indexed {
+            signature: Signature::of(claim),
+            embedding: embedding.to_vec(),
+            verdict: verdict.clone(),
+        });
     }
 
     pub fn stats(&self) -> CacheStats {

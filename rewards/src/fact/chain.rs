@@ -1,8 +1,8 @@
 //! Verifier composition: the knowledge base first, an LLM verifier for what it cannot settle ("kb+llm").
 use async_trait::async_trait;
+use spar_core::Result;
 use spar_core::sample::ClaimLabel;
 use spar_core::traits::{ClaimVerdict, FactVerifier};
-use spar_core::Result;
 use std::sync::Arc;
 
 /// Asks `first`; when it answers Uncertain (or fails), asks `then`.

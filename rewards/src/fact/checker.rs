@@ -5,9 +5,9 @@ use super::guard::Signature;
 use super::reward::{cluster, naive_fact, r_fact, saliency};
 use crate::text::sentences;
 use futures::StreamExt;
+use spar_core::Result;
 use spar_core::sample::{ClaimLabel, ClaimRecord, Turn};
 use spar_core::traits::{ClaimExtractor, ClaimVerdict, Encoder, FactVerifier};
-use spar_core::Result;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -85,7 +85,10 @@ impl FactChecker {
             let (claim, e) = (claims[i].clone(), claim_emb[i].clone());
             async move { (i, self.label(&claim, &e).await) }
         });
-        let results: Vec<(usize, Labelled)> = futures::stream::iter(jobs).buffered(reps.len().max(1)).collect().await;
+        let results: Vec<(usize, Labelled)> = futures::stream::iter(jobs)
+            .buffered(reps.len().max(1))
+            .collect()
+            .await;
         let mut out = FactOutcome::default();
         let mut verdict: Vec<Option<ClaimVerdict>> = vec![None; claims.len()];
         let mut failure: Vec<Option<String>> = vec![None; claims.len()];
@@ -110,20 +113,32 @@ impl FactChecker {
         let (mut weights, mut flags) = (Vec::new(), Vec::new());
         for (i, claim) in claims.iter().enumerate() {
             let r = rep[i];
-            let w = if r == i { saliency(&claim_emb[i], sent_emb) } else { 0.0 };
+            let w = if r == i {
+                saliency(&claim_emb[i], sent_emb)
+            } else {
+                0.0
+            };
             let record = match (&verdict[r], &failure[r]) {
                 (Some(v), _) => {
                     if r == i {
                         weights.push(w);
                         flags.push(flawed(v));
                     }
-                    ClaimRecord { text: claim.clone(), label: v.label, saliency: w, source: v.source.clone() }
+                    ClaimRecord {
+                        text: claim.clone(),
+                        label: v.label,
+                        saliency: w,
+                        source: v.source.clone(),
+                    }
                 }
                 (None, msg) => ClaimRecord {
                     text: claim.clone(),
                     label: ClaimLabel::Uncertain,
                     saliency: 0.0,
-                    source: Some(format!("verification failed (not counted): {}", msg.as_deref().unwrap_or("-"))),
+                    source: Some(format!(
+                        "verification failed (not counted): {}",
+                        msg.as_deref().unwrap_or("-")
+                    )),
                 },
             };
             out.claims.push(record);
@@ -140,7 +155,12 @@ impl FactChecker {
         if let Some((v, _)) = self.cache.lookup(claim, embedding).await {
             return Labelled::Cached(v);
         }
-        let _permit = self.limit.clone().acquire_owned().await.expect("verifier semaphore is never closed");
+        let _permit = self
+            .limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("verifier semaphore is never closed");
         match self.verifier.verify(claim).await {
             Ok(v) => {
                 self.cache.insert(claim, embedding, &v).await;

@@ -3,8 +3,8 @@
 //! neural encoder (MiniLM in the binary, or `/v1/embeddings`) for real runs.
 use crate::text::{fnv1a, words};
 use async_trait::async_trait;
-use spar_core::traits::Encoder;
 use spar_core::Result;
+use spar_core::traits::Encoder;
 
 /// Hashed char-n-gram + word TF vectors. Word features weigh 1, each of a word's character trigrams (with
 /// boundary marks, `#fever#` -> `#fe`, `fev`, ...) weighs `1 / n_trigrams`, so that a word contributes equally
@@ -64,7 +64,10 @@ impl Encoder for LexicalEncoder {
 
 /// Cosine similarity; inputs are L2-normalised, so this is the dot product (0 for a zero vector).
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64) * (*y as f64))
+        .sum()
 }
 
 #[cfg(test)]
@@ -75,7 +78,10 @@ mod tests {
     fn deterministic_normalised_and_sensible() {
         let e = LexicalEncoder::default();
         let a = e.embed_one("Amoxicillin treats community-acquired pneumonia");
-        assert_eq!(a, e.embed_one("Amoxicillin treats community-acquired pneumonia"));
+        assert_eq!(
+            a,
+            e.embed_one("Amoxicillin treats community-acquired pneumonia")
+        );
         assert!((cosine(&a, &a) - 1.0).abs() < 1e-6);
         let b = e.embed_one("amoxicillin treats community acquired pneumonia.");
         let c = e.embed_one("Metformin lowers blood glucose");

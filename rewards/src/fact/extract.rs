@@ -3,10 +3,10 @@
 use crate::text::{is_question, normalize, sentences, words};
 use async_trait::async_trait;
 use regex::Regex;
+use spar_core::Result;
 use spar_core::grammar::strip_think;
 use spar_core::sample::Turn;
 use spar_core::traits::ClaimExtractor;
-use spar_core::Result;
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
@@ -17,44 +17,144 @@ use std::sync::LazyLock;
 #[derive(Clone, Debug, Default)]
 pub struct RuleClaimExtractor;
 
-const PERSONAL: &[&str] = &["i", "i'm", "i'd", "i'll", "we", "we'll", "let's", "you", "you're", "your", "you'll", "please", "thank", "thanks"];
+const PERSONAL: &[&str] = &[
+    "i", "i'm", "i'd", "i'll", "we", "we'll", "let's", "you", "you're", "your", "you'll", "please",
+    "thank", "thanks",
+];
 const PRONOUN_SUBJECTS: &[&str] = &["it", "this", "these", "they", "that", "those"];
 const CLAIM_VERBS: &[&str] = &[
-    "cure", "cures", "is", "are", "was", "were", "cause", "causes", "caused", "treat", "treats", "treated", "reduce", "reduces", "increase",
-    "increases", "indicated", "contraindicated", "recommended", "associated", "can", "may", "should", "requires", "require",
-    "lowers", "lower", "raises", "prevents", "prevent", "leads", "lead", "results", "presents", "affects", "interacts",
+    "cure",
+    "cures",
+    "is",
+    "are",
+    "was",
+    "were",
+    "cause",
+    "causes",
+    "caused",
+    "treat",
+    "treats",
+    "treated",
+    "reduce",
+    "reduces",
+    "increase",
+    "increases",
+    "indicated",
+    "contraindicated",
+    "recommended",
+    "associated",
+    "can",
+    "may",
+    "should",
+    "requires",
+    "require",
+    "lowers",
+    "lower",
+    "raises",
+    "prevents",
+    "prevent",
+    "leads",
+    "lead",
+    "results",
+    "presents",
+    "affects",
+    "interacts",
 ];
 const MEDICAL_WORDS: &[&str] = &[
-    "pneumonia", "asthma", "diabetes", "hypertension", "stroke", "infarction", "sepsis", "disease", "infection", "syndrome", "symptom", "symptoms", "diagnosis", "treatment", "therapy", "drug", "dose",
-    "medication", "antibiotic", "antibiotics", "vaccine", "virus", "bacteria", "bacterial", "viral", "blood", "pressure",
-    "heart", "lung", "liver", "kidney", "brain", "cancer", "tumor", "tumour", "pain", "fever", "cough", "pregnancy",
-    "patients", "risk", "insulin", "glucose", "cholesterol", "surgery", "chronic", "acute", "mg", "first-line",
-    "clinical", "test", "x-ray", "ecg", "mri", "ct",
+    "pneumonia",
+    "asthma",
+    "diabetes",
+    "hypertension",
+    "stroke",
+    "infarction",
+    "sepsis",
+    "disease",
+    "infection",
+    "syndrome",
+    "symptom",
+    "symptoms",
+    "diagnosis",
+    "treatment",
+    "therapy",
+    "drug",
+    "dose",
+    "medication",
+    "antibiotic",
+    "antibiotics",
+    "vaccine",
+    "virus",
+    "bacteria",
+    "bacterial",
+    "viral",
+    "blood",
+    "pressure",
+    "heart",
+    "lung",
+    "liver",
+    "kidney",
+    "brain",
+    "cancer",
+    "tumor",
+    "tumour",
+    "pain",
+    "fever",
+    "cough",
+    "pregnancy",
+    "patients",
+    "risk",
+    "insulin",
+    "glucose",
+    "cholesterol",
+    "surgery",
+    "chronic",
+    "acute",
+    "mg",
+    "first-line",
+    "clinical",
+    "test",
+    "x-ray",
+    "ecg",
+    "mri",
+    "ct",
 ];
 const MEDICAL_SUFFIXES: &[&str] = &[
-    "itis", "osis", "emia", "aemia", "pathy", "ectomy", "cillin", "mycin", "pril", "olol", "sartan", "statin", "prazole",
-    "oma", "algia", "ine", "azole", "mab",
+    "itis", "osis", "emia", "aemia", "pathy", "ectomy", "cillin", "mycin", "pril", "olol",
+    "sartan", "statin", "prazole", "oma", "algia", "ine", "azole", "mab",
 ];
 
-static TAGGED: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?is)<(ddx|tests|diagnosis)>.*?(</(ddx|tests|diagnosis)>|$)|<ready/>").unwrap());
-static CLAUSE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r",\s+(?:and|but|while|whereas|so)\s+").unwrap());
+static TAGGED: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?is)<(ddx|tests|diagnosis)>.*?(</(ddx|tests|diagnosis)>|$)|<ready/>").unwrap()
+});
+static CLAUSE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r",\s+(?:and|but|while|whereas|so)\s+").unwrap());
 
 fn is_medical(ws: &[String], raw: &str) -> bool {
-    ws.iter().any(|w| MEDICAL_WORDS.contains(&w.as_str()) || MEDICAL_SUFFIXES.iter().any(|s| w.len() > s.len() + 2 && w.ends_with(s)))
-        || raw.chars().any(|c| c.is_ascii_digit())
+    ws.iter().any(|w| {
+        MEDICAL_WORDS.contains(&w.as_str())
+            || MEDICAL_SUFFIXES
+                .iter()
+                .any(|s| w.len() > s.len() + 2 && w.ends_with(s))
+    }) || raw.chars().any(|c| c.is_ascii_digit())
 }
 
 /// Subject of a claim: the words before its first claim verb (None if it starts with the verb).
 fn subject(claim: &str) -> Option<String> {
     let ws: Vec<&str> = claim.split_whitespace().collect();
-    let k = ws.iter().position(|w| CLAIM_VERBS.contains(&w.to_lowercase().trim_matches(|c: char| !c.is_alphanumeric())))?;
+    let k = ws.iter().position(|w| {
+        CLAIM_VERBS.contains(
+            &w.to_lowercase()
+                .trim_matches(|c: char| !c.is_alphanumeric()),
+        )
+    })?;
     (k > 0).then(|| ws[..k].join(" "))
 }
 
 /// The prose of a reply: thinking and stage-output blocks (`<ddx>`, `<tests>`, `<diagnosis>`, `<ready/>`)
 /// removed. Claims are extracted from it and its sentences weigh claims (Eq. 11).
 pub fn prose(response: &str) -> String {
-    TAGGED.replace_all(&strip_think(response), "\n").into_owned()
+    TAGGED
+        .replace_all(&strip_think(response), "\n")
+        .into_owned()
 }
 
 /// The synchronous core of [`RuleClaimExtractor`].
@@ -70,7 +170,10 @@ pub fn extract_claims(response: &str) -> Vec<String> {
         for clause in CLAUSE.split(&sentence) {
             let clause = clause.trim().trim_end_matches(['.', '!', ';', ',']).trim();
             let ws = words(clause);
-            if ws.len() < 3 || ws.iter().any(|w| PERSONAL.contains(&w.as_str())) || !ws.iter().any(|w| CLAIM_VERBS.contains(&w.as_str())) {
+            if ws.len() < 3
+                || ws.iter().any(|w| PERSONAL.contains(&w.as_str()))
+                || !ws.iter().any(|w| CLAIM_VERBS.contains(&w.as_str()))
+            {
                 continue;
             }
             let mut claim = clause.to_string();
@@ -124,6 +227,9 @@ mod tests {
                 "smoking increases the risk of pneumonia",
             ]
         );
-        assert!(extract_claims("It is contraindicated in pregnancy.").is_empty(), "unresolvable pronoun is dropped");
+        assert!(
+            extract_claims("It is contraindicated in pregnancy.").is_empty(),
+            "unresolvable pronoun is dropped"
+        );
     }
 }

@@ -5,9 +5,13 @@ use crate::text::words;
 use regex::Regex;
 use std::sync::LazyLock;
 
-static NUMBER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(\d+(?:[.,]\d+)*)\s*(%|[A-Za-zµμ]+(?:/[A-Za-z0-9]+)?)?").unwrap());
+static NUMBER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(\d+(?:[.,]\d+)*)\s*(%|[A-Za-zµμ]+(?:/[A-Za-z0-9]+)?)?").unwrap()
+});
 
-const NEGATIONS: [&str; 10] = ["not", "no", "never", "without", "none", "neither", "nor", "cannot", "nothing", "nobody"];
+const NEGATIONS: [&str; 10] = [
+    "not", "no", "never", "without", "none", "neither", "nor", "cannot", "nothing", "nobody",
+];
 
 /// The negation cues and number-with-unit mentions of a claim, sorted (order does not matter, count does).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -43,7 +47,10 @@ impl Signature {
             })
             .collect();
         quantities.sort();
-        Signature { negations, quantities }
+        Signature {
+            negations,
+            quantities,
+        }
     }
 }
 
@@ -58,8 +65,17 @@ mod tests {
         let c = Signature::of("Warfarin isn't contraindicated in pregnancy");
         assert_ne!(a, b);
         assert_ne!(b, c, "different cues count as different wording; safe side");
-        assert_ne!(Signature::of("Give 5 mg daily"), Signature::of("Give 50 mg daily"));
-        assert_ne!(Signature::of("Give 5 mg daily"), Signature::of("Give 5 g daily"));
-        assert_eq!(Signature::of("Give 5mg daily"), Signature::of("give 5 MG daily."));
+        assert_ne!(
+            Signature::of("Give 5 mg daily"),
+            Signature::of("Give 50 mg daily")
+        );
+        assert_ne!(
+            Signature::of("Give 5 mg daily"),
+            Signature::of("Give 5 g daily")
+        );
+        assert_eq!(
+            Signature::of("Give 5mg daily"),
+            Signature::of("give 5 MG daily.")
+        );
     }
 }

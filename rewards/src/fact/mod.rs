@@ -9,11 +9,13 @@ pub mod extract;
 pub mod guard;
 pub mod reward;
 
-pub use backend::{CacheBackend, CacheEntry, MemoryBackend, NoBackend, RedisBackend, SqliteBackend};
+pub use backend::{
+    CacheBackend, CacheEntry, MemoryBackend, NoBackend, RedisBackend, SqliteBackend,
+};
 pub use cache::{CacheStats, ClaimCache, Hit};
 pub use chain::ChainVerifier;
 pub use checker::{FactChecker, FactMode, FactOutcome};
-pub use encoder::{cosine, LexicalEncoder};
+pub use encoder::{LexicalEncoder, cosine};
 pub use extract::RuleClaimExtractor;
 pub use guard::Signature;
 pub use reward::{cluster, gate_lambda, naive_fact, r_fact, saliency};

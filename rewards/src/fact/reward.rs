@@ -10,7 +10,9 @@ pub fn cluster(embeddings: &[Vec<f32>], signatures: &[Signature], threshold: f64
     let mut reps: Vec<usize> = Vec::new();
     let mut of = Vec::with_capacity(embeddings.len());
     for i in 0..embeddings.len() {
-        match reps.iter().find(|&&r| signatures[r] == signatures[i] && cosine(&embeddings[r], &embeddings[i]) >= threshold) {
+        match reps.iter().find(|&&r| {
+            signatures[r] == signatures[i] && cosine(&embeddings[r], &embeddings[i]) >= threshold
+        }) {
             Some(&r) => of.push(r),
             None => {
                 reps.push(i);
@@ -23,13 +25,21 @@ pub fn cluster(embeddings: &[Vec<f32>], signatures: &[Signature], threshold: f64
 
 /// Eq. 11: w(c*) = max_j cos(E(c*), E(s_j)) over the response's sentences (floored at 0; 0 without sentences).
 pub fn saliency(claim: &[f32], sentences: &[Vec<f32>]) -> f64 {
-    sentences.iter().map(|s| cosine(claim, s)).fold(0.0, f64::max)
+    sentences
+        .iter()
+        .map(|s| cosine(claim, s))
+        .fold(0.0, f64::max)
 }
 
 /// Eq. 12: R_fact = - sum_k w_k I_k / (sum_k w_k + eps), over cluster representatives, I_k = 1 when the
 /// representative is Refuted or Uncertain. In [-1, 0]; 0 without claims.
 pub fn r_fact(weights: &[f64], flawed: &[bool], eps: f64) -> f64 {
-    let num: f64 = weights.iter().zip(flawed).filter(|(_, f)| **f).map(|(w, _)| w).sum();
+    let num: f64 = weights
+        .iter()
+        .zip(flawed)
+        .filter(|(_, f)| **f)
+        .map(|(w, _)| w)
+        .sum();
     let den: f64 = weights.iter().sum::<f64>() + eps;
     if num == 0.0 { 0.0 } else { -num / den }
 }
@@ -44,7 +54,11 @@ pub fn gate_lambda(r_task: f64, kappa: f64, tau_min: f64, tau_max: f64) -> f64 {
 
 /// Eq. 9's fact term: -N_flawed / N_total (0 without claims); the naive reward is R_task + alpha * this.
 pub fn naive_fact(flawed: &[bool]) -> f64 {
-    if flawed.is_empty() { 0.0 } else { -(flawed.iter().filter(|f| **f).count() as f64) / flawed.len() as f64 }
+    if flawed.is_empty() {
+        0.0
+    } else {
+        -(flawed.iter().filter(|f| **f).count() as f64) / flawed.len() as f64
+    }
 }
 
 #[cfg(test)]
@@ -59,22 +73,43 @@ mod tests {
     fn eq13_14_gate_below_inside_above() {
         // mu = 0.85, Delta = 0.2, kappa = 10: lambda = sigmoid(50 (R - 0.85)).
         close(gate_lambda(0.85, 10.0, 0.75, 0.95), 0.5);
-        close(gate_lambda(0.95, 10.0, 0.75, 0.95), 1.0 / (1.0 + (-5.0f64).exp())); // 0.993307
-        close(gate_lambda(0.75, 10.0, 0.75, 0.95), 1.0 / (1.0 + 5.0f64.exp())); // 0.006693
-        close(gate_lambda(0.5, 10.0, 0.75, 0.95), 1.0 / (1.0 + 17.5f64.exp())); // below the zone: ~2.5e-8
-        close(gate_lambda(0.9, 10.0, 0.75, 0.95), 1.0 / (1.0 + (-2.5f64).exp())); // inside: 0.924142
+        close(
+            gate_lambda(0.95, 10.0, 0.75, 0.95),
+            1.0 / (1.0 + (-5.0f64).exp()),
+        ); // 0.993307
+        close(
+            gate_lambda(0.75, 10.0, 0.75, 0.95),
+            1.0 / (1.0 + 5.0f64.exp()),
+        ); // 0.006693
+        close(
+            gate_lambda(0.5, 10.0, 0.75, 0.95),
+            1.0 / (1.0 + 17.5f64.exp()),
+        ); // below the zone: ~2.5e-8
+        close(
+            gate_lambda(0.9, 10.0, 0.75, 0.95),
+            1.0 / (1.0 + (-2.5f64).exp()),
+        ); // inside: 0.924142
         assert!(gate_lambda(1.0, 10.0, 0.75, 0.95) > 0.9994);
         // R = R_task + lambda R_fact with R_task = 0.9, R_fact = -0.5: 0.9 - 0.462071 = 0.437929.
-        close(0.9 + gate_lambda(0.9, 10.0, 0.75, 0.95) * -0.5, 0.9 - 0.5 / (1.0 + (-2.5f64).exp()));
+        close(
+            0.9 + gate_lambda(0.9, 10.0, 0.75, 0.95) * -0.5,
+            0.9 - 0.5 / (1.0 + (-2.5f64).exp()),
+        );
     }
 
     #[test]
     fn eq11_12_by_hand() {
         // Two representatives: saliencies 0.8 (Refuted) and 0.2 (Supported): R_fact = -0.8 / (1.0 + eps).
-        close(r_fact(&[0.8, 0.2], &[true, false], 1e-8), -0.8 / (1.0 + 1e-8));
+        close(
+            r_fact(&[0.8, 0.2], &[true, false], 1e-8),
+            -0.8 / (1.0 + 1e-8),
+        );
         close(r_fact(&[0.0, 0.0], &[true, true], 1e-8), 0.0);
         close(r_fact(&[], &[], 1e-8), 0.0);
-        close(r_fact(&[0.5, 0.5], &[true, true], 1e-8), -1.0 / (1.0 + 1e-8));
+        close(
+            r_fact(&[0.5, 0.5], &[true, true], 1e-8),
+            -1.0 / (1.0 + 1e-8),
+        );
         let s = [vec![1.0f32, 0.0], vec![0.6, 0.8]];
         // f32 embeddings: 0.6^2 + 0.8^2 is 1 only to f32 precision.
         assert!((saliency(&[0.6, 0.8], &s) - 1.0).abs() < 1e-6);
@@ -85,8 +120,18 @@ mod tests {
 
     #[test]
     fn eq10_clusters_respect_negation() {
-        let e = vec![vec![1.0f32, 0.0], vec![0.99, 0.141], vec![0.0, 1.0], vec![1.0, 0.0]];
-        let s = vec![Signature::of("a"), Signature::of("a"), Signature::of("b"), Signature::of("not a")];
+        let e = vec![
+            vec![1.0f32, 0.0],
+            vec![0.99, 0.141],
+            vec![0.0, 1.0],
+            vec![1.0, 0.0],
+        ];
+        let s = vec![
+            Signature::of("a"),
+            Signature::of("a"),
+            Signature::of("b"),
+            Signature::of("not a"),
+        ];
         assert_eq!(cluster(&e, &s, 0.9), vec![0, 0, 2, 3]);
     }
 }

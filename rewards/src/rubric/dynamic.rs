@@ -59,14 +59,30 @@ impl DynamicRubrics {
     pub fn new(candidates: Vec<RubricItem>) -> Result<Self> {
         for (i, c) in candidates.iter().enumerate() {
             if c.points >= 0 || c.points < -10 {
-                return Err(Error::Other(format!("dynamic rubric candidate {i} (`{}`): points {} must be in [-10, -1]", c.criterion, c.points)));
+                return Err(Error::Other(format!(
+                    "dynamic rubric candidate {i} (`{}`): points {} must be in [-10, -1]",
+                    c.criterion, c.points
+                )));
             }
         }
         let items = candidates
             .into_iter()
-            .map(|item| DynamicItem { item, active: false, admitted_epoch: None, retired_epoch: None, quiet_epochs: 0, observed: 0, violated: 0, history: vec![] })
+            .map(|item| DynamicItem {
+                item,
+                active: false,
+                admitted_epoch: None,
+                retired_epoch: None,
+                quiet_epochs: 0,
+                observed: 0,
+                violated: 0,
+                history: vec![],
+            })
             .collect();
-        Ok(DynamicRubrics { version: STATE_VERSION, epoch: 0, items })
+        Ok(DynamicRubrics {
+            version: STATE_VERSION,
+            epoch: 0,
+            items,
+        })
     }
 
     /// Reads candidates from a JSONL file of rubric items (errors name the line).
@@ -77,7 +93,11 @@ impl DynamicRubrics {
 
     /// The items in the dynamic set now.
     pub fn active_items(&self) -> Vec<RubricItem> {
-        self.items.iter().filter(|d| d.active).map(|d| d.item.clone()).collect()
+        self.items
+            .iter()
+            .filter(|d| d.active)
+            .map(|d| d.item.clone())
+            .collect()
     }
 
     /// Every watched item (active or not): what is judged on a high-scoring response.
@@ -88,7 +108,11 @@ impl DynamicRubrics {
     /// Records one high-scoring response's verdict on the item with this criterion (`violated`: the failure
     /// mode was present). Unknown criteria are ignored.
     pub fn observe(&mut self, criterion: &str, violated: bool) {
-        if let Some(d) = self.items.iter_mut().find(|d| d.item.criterion == criterion) {
+        if let Some(d) = self
+            .items
+            .iter_mut()
+            .find(|d| d.item.criterion == criterion)
+        {
             d.observed += 1;
             d.violated += u32::from(violated);
         }
@@ -100,21 +124,35 @@ impl DynamicRubrics {
         let epoch = self.epoch + 1;
         let mut out = Vec::new();
         for d in &mut self.items {
-            d.history.push(EpochRate { epoch, observed: d.observed, violated: d.violated });
+            d.history.push(EpochRate {
+                epoch,
+                observed: d.observed,
+                violated: d.violated,
+            });
             if d.observed >= cfg.min_observations.max(1) {
                 let rate = d.violated as f64 / d.observed as f64;
                 if !d.active && rate > cfg.admit_rate {
                     d.active = true;
                     d.admitted_epoch = Some(epoch);
                     d.quiet_epochs = 0;
-                    out.push(Transition::Admitted { criterion: d.item.criterion.clone(), epoch });
+                    out.push(Transition::Admitted {
+                        criterion: d.item.criterion.clone(),
+                        epoch,
+                    });
                 } else if d.active {
-                    d.quiet_epochs = if rate <= cfg.exit_rate { d.quiet_epochs + 1 } else { 0 };
+                    d.quiet_epochs = if rate <= cfg.exit_rate {
+                        d.quiet_epochs + 1
+                    } else {
+                        0
+                    };
                     if d.quiet_epochs >= cfg.exit_epochs {
                         d.active = false;
                         d.retired_epoch = Some(epoch);
                         d.quiet_epochs = 0;
-                        out.push(Transition::Retired { criterion: d.item.criterion.clone(), epoch });
+                        out.push(Transition::Retired {
+                            criterion: d.item.criterion.clone(),
+                            epoch,
+                        });
                     }
                 }
             }
@@ -134,9 +172,16 @@ impl DynamicRubrics {
     /// Loads a saved state; rejects another version.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let s: DynamicRubrics = serde_json::from_str(&text).map_err(|e| Error::invalid(path.display(), e.to_string()))?;
+        let s: DynamicRubrics = serde_json::from_str(&text)
+            .map_err(|e| Error::invalid(path.display(), e.to_string()))?;
         if s.version != STATE_VERSION {
-            return Err(Error::invalid(path.display(), format!("dynamic rubric state version {} is not {STATE_VERSION}", s.version)));
+            return Err(Error::invalid(
+                path.display(),
+                format!(
+                    "dynamic rubric state version {} is not {STATE_VERSION}",
+                    s.version
+                ),
+            ));
         }
         Ok(s)
     }
@@ -147,19 +192,39 @@ mod tests {
     use super::*;
 
     fn item(c: &str) -> RubricItem {
-        RubricItem { criterion: c.into(), points: -3, tags: vec![], rule: None }
+        RubricItem {
+            criterion: c.into(),
+            points: -3,
+            tags: vec![],
+            rule: None,
+        }
     }
 
     #[test]
     fn admission_exit_and_round_trip() {
-        let cfg = DynamicRubricConfig { enabled: true, admit_rate: 0.2, exit_rate: 0.01, exit_epochs: 2, candidates: None, high_score: 0.8, min_observations: 5 };
-        let mut s = DynamicRubrics::new(vec![item("repeats questions"), item("templated")]).unwrap();
+        let cfg = DynamicRubricConfig {
+            enabled: true,
+            admit_rate: 0.2,
+            exit_rate: 0.01,
+            exit_epochs: 2,
+            candidates: None,
+            high_score: 0.8,
+            min_observations: 5,
+        };
+        let mut s =
+            DynamicRubrics::new(vec![item("repeats questions"), item("templated")]).unwrap();
         for i in 0..10 {
             s.observe("repeats questions", i < 3); // 30% > 20%
             s.observe("templated", i < 2); // 20%, not above
         }
         let t = s.end_epoch(&cfg);
-        assert_eq!(t, vec![Transition::Admitted { criterion: "repeats questions".into(), epoch: 1 }]);
+        assert_eq!(
+            t,
+            vec![Transition::Admitted {
+                criterion: "repeats questions".into(),
+                epoch: 1
+            }]
+        );
         assert_eq!(s.active_items().len(), 1);
         // Too few observations: nothing changes, the quiet streak does not grow.
         s.observe("repeats questions", false);
@@ -176,12 +241,27 @@ mod tests {
         s.observe("repeats questions", false);
         s.save(&p).unwrap();
         let mut s = DynamicRubrics::load(&p).unwrap();
-        assert_eq!(s.items[0].observed, 1, "mid-epoch counts survive a checkpoint");
+        assert_eq!(
+            s.items[0].observed, 1,
+            "mid-epoch counts survive a checkpoint"
+        );
         for _ in 0..4 {
             s.observe("repeats questions", false);
         }
-        assert_eq!(s.end_epoch(&cfg), vec![Transition::Retired { criterion: "repeats questions".into(), epoch: 4 }]);
+        assert_eq!(
+            s.end_epoch(&cfg),
+            vec![Transition::Retired {
+                criterion: "repeats questions".into(),
+                epoch: 4
+            }]
+        );
         assert!(s.active_items().is_empty());
-        assert!(DynamicRubrics::new(vec![RubricItem { points: 2, ..item("x") }]).is_err());
+        assert!(
+            DynamicRubrics::new(vec![RubricItem {
+                points: 2,
+                ..item("x")
+            }])
+            .is_err()
+        );
     }
 }

@@ -43,8 +43,14 @@ mod tests {
         // Met: 5 and -7 -> (5 - 7 + 9) / 17 = 7/17.
         let r = rubric_score([(5, true), (3, false), (-7, true), (-2, false)]).unwrap();
         assert!((r - 7.0 / 17.0).abs() < 1e-12);
-        assert_eq!(rubric_score([(5, true), (3, true), (-7, false), (-2, false)]), Some(1.0));
-        assert_eq!(rubric_score([(5, false), (3, false), (-7, true), (-2, true)]), Some(0.0));
+        assert_eq!(
+            rubric_score([(5, true), (3, true), (-7, false), (-2, false)]),
+            Some(1.0)
+        );
+        assert_eq!(
+            rubric_score([(5, false), (3, false), (-7, true), (-2, true)]),
+            Some(0.0)
+        );
         // Only negative items, none met: perfect.
         assert_eq!(rubric_score([(-4, false)]), Some(1.0));
         assert_eq!(rubric_score([]), None);
@@ -53,8 +59,14 @@ mod tests {
     #[test]
     fn healthbench_formula_differs_from_eq1() {
         // (5 - 7) / 8 clipped to 0; Eq. 1 would give (5 - 7 + 9) / 17.
-        assert_eq!(healthbench_score([(5, true), (3, false), (-7, true), (-2, false)]), Some(0.0));
-        assert_eq!(healthbench_score([(5, true), (3, false), (-2, false)]), Some(5.0 / 8.0));
+        assert_eq!(
+            healthbench_score([(5, true), (3, false), (-7, true), (-2, false)]),
+            Some(0.0)
+        );
+        assert_eq!(
+            healthbench_score([(5, true), (3, false), (-2, false)]),
+            Some(5.0 / 8.0)
+        );
         assert_eq!(healthbench_score([(-2, true)]), None);
     }
 }

@@ -57,7 +57,11 @@ pub struct RubricVerifier {
 impl RubricVerifier {
     /// `limit` bounds the judge calls in flight across everything sharing it.
     pub fn new(judge: Arc<dyn Judge>, on_failure: OnFailure, limit: Arc<Semaphore>) -> Self {
-        RubricVerifier { judge, on_failure, limit }
+        RubricVerifier {
+            judge,
+            on_failure,
+            limit,
+        }
     }
 
     pub fn judge_id(&self) -> String {
@@ -65,18 +69,33 @@ impl RubricVerifier {
     }
 
     /// Judges every item against `response` (the doctor's text, thinking removed) within `conversation`.
-    pub async fn verify(&self, conversation: &[Turn], response: &str, items: &[RubricItem]) -> RubricOutcome {
+    pub async fn verify(
+        &self,
+        conversation: &[Turn],
+        response: &str,
+        items: &[RubricItem],
+    ) -> RubricOutcome {
         let calls = items.iter().map(|item| {
-            let req = JudgeRequest { conversation: conversation.to_vec(), response: response.to_string(), item: item.clone() };
+            let req = JudgeRequest {
+                conversation: conversation.to_vec(),
+                response: response.to_string(),
+                item: item.clone(),
+            };
             let judge = self.judge.clone();
             let limit = self.limit.clone();
             async move {
-                let _permit = limit.acquire_owned().await.expect("judge semaphore is never closed");
+                let _permit = limit
+                    .acquire_owned()
+                    .await
+                    .expect("judge semaphore is never closed");
                 judge.judge(&req).await
             }
         });
         // `buffered` keeps rubric order; the semaphore is the real bound.
-        let results: Vec<_> = futures::stream::iter(calls).buffered(items.len().max(1)).collect().await;
+        let results: Vec<_> = futures::stream::iter(calls)
+            .buffered(items.len().max(1))
+            .collect()
+            .await;
         let mut verdicts = Vec::with_capacity(items.len());
         let mut scored = Vec::with_capacity(items.len());
         let mut failures = 0;
@@ -85,23 +104,40 @@ impl RubricVerifier {
             match res {
                 Ok(v) => {
                     scored.push((item.points, v.met));
-                    verdicts.push(ItemVerdict { criterion: item.criterion.clone(), points: item.points, met: Some(v.met), explanation: v.explanation });
+                    verdicts.push(ItemVerdict {
+                        criterion: item.criterion.clone(),
+                        points: item.points,
+                        met: Some(v.met),
+                        explanation: v.explanation,
+                    });
                 }
                 Err(e) => {
                     failures += 1;
                     let msg = e.to_string();
                     match self.on_failure {
                         OnFailure::FailSample => {
-                            failed.get_or_insert_with(|| format!("judge failed on `{}`: {msg}", item.criterion));
+                            failed.get_or_insert_with(|| {
+                                format!("judge failed on `{}`: {msg}", item.criterion)
+                            });
                         }
                         OnFailure::Unmet => scored.push((item.points, false)),
                         OnFailure::Met => scored.push((item.points, true)),
                         OnFailure::SkipItem => {}
                     }
-                    verdicts.push(ItemVerdict { criterion: item.criterion.clone(), points: item.points, met: None, explanation: format!("judge failed: {msg}") });
+                    verdicts.push(ItemVerdict {
+                        criterion: item.criterion.clone(),
+                        points: item.points,
+                        met: None,
+                        explanation: format!("judge failed: {msg}"),
+                    });
                 }
             }
         }
-        RubricOutcome { verdicts, score: rubric_score(scored), failures, failed }
+        RubricOutcome {
+            verdicts,
+            score: rubric_score(scored),
+            failures,
+            failed,
+        }
     }
 }

@@ -29,37 +29,90 @@ pub fn repetition(v: &StepView, threshold: f64) -> bool {
         return false;
     }
     let tri = trigrams(v.reply);
-    if v.earlier_replies.iter().any(|e| jaccard(&tri, &trigrams(e)) >= threshold) {
+    if v.earlier_replies
+        .iter()
+        .any(|e| jaccard(&tri, &trigrams(e)) >= threshold)
+    {
         return true;
     }
-    let said: HashSet<String> = v.earlier_replies.iter().flat_map(|e| sentences(e)).map(|s| normalize(&s)).collect();
-    let mine: Vec<String> = sentences(v.reply).into_iter().filter(|s| words(s).len() >= 4).map(|s| normalize(&s)).collect();
-    !mine.is_empty() && mine.iter().filter(|s| said.contains(*s)).count() as f64 / mine.len() as f64 >= threshold
+    let said: HashSet<String> = v
+        .earlier_replies
+        .iter()
+        .flat_map(|e| sentences(e))
+        .map(|s| normalize(&s))
+        .collect();
+    let mine: Vec<String> = sentences(v.reply)
+        .into_iter()
+        .filter(|s| words(s).len() >= 4)
+        .map(|s| normalize(&s))
+        .collect();
+    !mine.is_empty()
+        && mine.iter().filter(|s| said.contains(*s)).count() as f64 / mine.len() as f64 >= threshold
 }
 
 /// The topics (inquiry items and red flags of the case) a question sentence asks about.
 fn topics<'c>(case: &'c Case, sentence: &str) -> Vec<&'c str> {
-    let items = case.inquiry_items.iter().filter(|i| i.keywords.iter().any(|k| contains_phrase(sentence, k))).map(|i| i.id.as_str());
-    let flags = case.red_flags.iter().filter(|f| f.keywords.iter().any(|k| contains_phrase(sentence, k))).map(|f| f.id.as_str());
+    let items = case
+        .inquiry_items
+        .iter()
+        .filter(|i| i.keywords.iter().any(|k| contains_phrase(sentence, k)))
+        .map(|i| i.id.as_str());
+    let flags = case
+        .red_flags
+        .iter()
+        .filter(|f| f.keywords.iter().any(|k| contains_phrase(sentence, k)))
+        .map(|f| f.id.as_str());
     items.chain(flags).collect()
 }
 
 /// The reply asks again about something already asked: a question whose topics (the case's inquiry items and
 /// red flags, by keyword) were all asked in earlier doctor replies. A question touching anything new is fine.
 pub fn redundant_question(v: &StepView, case: &Case) -> bool {
-    let asked: HashSet<&str> = v.earlier_replies.iter().flat_map(|r| sentences(r)).filter(|s| is_question(s)).flat_map(|s| topics(case, &s)).collect();
-    sentences(v.reply).iter().filter(|s| is_question(s)).any(|s| {
-        let t = topics(case, s);
-        !t.is_empty() && t.iter().all(|x| asked.contains(x))
-    })
+    let asked: HashSet<&str> = v
+        .earlier_replies
+        .iter()
+        .flat_map(|r| sentences(r))
+        .filter(|s| is_question(s))
+        .flat_map(|s| topics(case, &s))
+        .collect();
+    sentences(v.reply)
+        .iter()
+        .filter(|s| is_question(s))
+        .any(|s| {
+            let t = topics(case, s);
+            !t.is_empty() && t.iter().all(|x| asked.contains(x))
+        })
 }
 
 const ACKNOWLEDGE: [&str; 18] = [
-    "urgent", "urgently", "emergency", "immediately", "right away", "as soon as possible", "911", "ambulance",
-    "serious", "concerning", "worrying", "alarming", "red flag", "seek care", "seek medical", "go to the",
-    "emergency department", "do not wait",
+    "urgent",
+    "urgently",
+    "emergency",
+    "immediately",
+    "right away",
+    "as soon as possible",
+    "911",
+    "ambulance",
+    "serious",
+    "concerning",
+    "worrying",
+    "alarming",
+    "red flag",
+    "seek care",
+    "seek medical",
+    "go to the",
+    "emergency department",
+    "do not wait",
 ];
-const REASSURE: [&str; 7] = ["nothing to worry", "not serious", "no need to see", "no need to worry", "just rest", "wait and see", "nothing serious"];
+const REASSURE: [&str; 7] = [
+    "nothing to worry",
+    "not serious",
+    "no need to see",
+    "no need to worry",
+    "just rest",
+    "wait and see",
+    "nothing serious",
+];
 
 fn reveals(case: &Case, text: &str) -> bool {
     let t = normalize(text);
@@ -90,5 +143,9 @@ pub fn rigid_phrasing(v: &StepView, phrases: &[String]) -> bool {
         return false;
     }
     let open = &w[..4];
-    v.earlier_replies.iter().filter(|e| words(e).get(..4) == Some(open)).count() >= 2
+    v.earlier_replies
+        .iter()
+        .filter(|e| words(e).get(..4) == Some(open))
+        .count()
+        >= 2
 }

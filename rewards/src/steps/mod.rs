@@ -4,11 +4,11 @@ pub mod detectors;
 
 use crate::dialogue::Dialogue;
 use detectors::StepView;
+use spar_core::Case;
 use spar_core::case::RubricItem;
 use spar_core::recipe::SparConfig;
 use spar_core::sample::Turn;
 use spar_core::traits::{Judge, JudgeRequest};
-use spar_core::Case;
 use std::sync::Arc;
 
 /// Violations of every step of one sample.
@@ -33,7 +33,10 @@ impl StepVerifier {
         if cfg.detectors.iter().any(|d| d == detectors::JUDGE) && judge.is_none() {
             return Err("the judge step detector is enabled but no step judge is configured (rewards.spar.judge_endpoint)".into());
         }
-        Ok(StepVerifier { cfg: cfg.clone(), judge })
+        Ok(StepVerifier {
+            cfg: cfg.clone(),
+            judge,
+        })
     }
 
     fn on(&self, name: &str) -> bool {
@@ -46,9 +49,16 @@ impl StepVerifier {
         let users: Vec<String> = dialogue.exchanges.iter().map(|e| e.user.clone()).collect();
         let mut per_step = Vec::new();
         for i in dialogue.first_step..dialogue.exchanges.len() {
-            let v = StepView { user: &users[i], reply: &replies[i], earlier_replies: &replies[..i], earlier_user: &users[..i] };
+            let v = StepView {
+                user: &users[i],
+                reply: &replies[i],
+                earlier_replies: &replies[..i],
+                earlier_user: &users[..i],
+            };
             let mut found = Vec::new();
-            if self.on(detectors::REPETITION) && detectors::repetition(&v, self.cfg.repetition_threshold) {
+            if self.on(detectors::REPETITION)
+                && detectors::repetition(&v, self.cfg.repetition_threshold)
+            {
                 found.push(detectors::REPETITION.to_string());
             }
             if self.on(detectors::REDUNDANT_QUESTION) && detectors::redundant_question(&v, case) {
@@ -57,21 +67,41 @@ impl StepVerifier {
             if self.on(detectors::RED_FLAG) && detectors::red_flag(&v, case) {
                 found.push(detectors::RED_FLAG.to_string());
             }
-            if self.on(detectors::RIGID_PHRASING) && detectors::rigid_phrasing(&v, &self.cfg.rigid_phrases) {
+            if self.on(detectors::RIGID_PHRASING)
+                && detectors::rigid_phrasing(&v, &self.cfg.rigid_phrases)
+            {
                 found.push(detectors::RIGID_PHRASING.to_string());
             }
             per_step.push(found);
         }
         let mut judge_failures = 0;
         if let (true, Some(judge)) = (self.on(detectors::JUDGE), &self.judge) {
-            let item = RubricItem { criterion: self.cfg.judge_criterion.clone(), points: -1, tags: vec!["step".into()], rule: None };
+            let item = RubricItem {
+                criterion: self.cfg.judge_criterion.clone(),
+                points: -1,
+                tags: vec!["step".into()],
+                rule: None,
+            };
             let calls = (dialogue.first_step..dialogue.exchanges.len()).map(|i| {
-                let conversation: Vec<Turn> = dialogue.turns.iter().take(turn_index_of_exchange(dialogue, i)).cloned().collect();
-                let req = JudgeRequest { conversation, response: replies[i].clone(), item: item.clone() };
+                let conversation: Vec<Turn> = dialogue
+                    .turns
+                    .iter()
+                    .take(turn_index_of_exchange(dialogue, i))
+                    .cloned()
+                    .collect();
+                let req = JudgeRequest {
+                    conversation,
+                    response: replies[i].clone(),
+                    item: item.clone(),
+                };
                 let judge = judge.clone();
                 async move { judge.judge(&req).await }
             });
-            for (j, r) in futures::future::join_all(calls).await.into_iter().enumerate() {
+            for (j, r) in futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .enumerate()
+            {
                 match r {
                     Ok(v) if v.met => per_step[j].push(detectors::JUDGE.to_string()),
                     Ok(_) => {}
@@ -86,11 +116,19 @@ impl StepVerifier {
             v.sort();
             v.dedup();
         }
-        StepViolations { per_step, judge_failures }
+        StepViolations {
+            per_step,
+            judge_failures,
+        }
     }
 }
 
 /// Index in `dialogue.turns` of the assistant turn of exchange `i` (the judge sees the dialogue before it).
 fn turn_index_of_exchange(d: &Dialogue, i: usize) -> usize {
-    d.turns.iter().enumerate().filter(|(_, t)| t.role == spar_core::sample::Role::Assistant).nth(i).map_or(d.turns.len(), |(k, _)| k)
+    d.turns
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.role == spar_core::sample::Role::Assistant)
+        .nth(i)
+        .map_or(d.turns.len(), |(k, _)| k)
 }

@@ -1,14 +1,14 @@
 //! The Fact-Aware side: claim cache levels and guards, persistence, R_fact and the gate through the pipeline.
 use super::fixtures::{case, close, sample};
 use async_trait::async_trait;
+use spar_core::Stage;
 use spar_core::recipe::RewardsSection;
 use spar_core::sample::{ClaimLabel, Role};
 use spar_core::traits::{ClaimVerdict, FactVerifier};
-use spar_core::Stage;
-use spar_rewards::fact::{gate_lambda, ClaimCache, Hit, MemoryBackend, SqliteBackend};
+use spar_rewards::fact::{ClaimCache, Hit, MemoryBackend, SqliteBackend, gate_lambda};
 use spar_rewards::{Injected, RewardPipeline};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Labels by keyword and counts its calls.
 #[derive(Default)]
@@ -31,26 +31,75 @@ impl FactVerifier for CountingVerifier {
         } else {
             ClaimLabel::Uncertain
         };
-        Ok(ClaimVerdict { label, evidence: String::new(), source: Some("test".into()) })
+        Ok(ClaimVerdict {
+            label,
+            evidence: String::new(),
+            source: Some("test".into()),
+        })
     }
 }
 
 fn verdict(label: ClaimLabel) -> ClaimVerdict {
-    ClaimVerdict { label, evidence: String::new(), source: None }
+    ClaimVerdict {
+        label,
+        evidence: String::new(),
+        source: None,
+    }
 }
 
 #[tokio::test]
 async fn cache_levels_and_semantic_guards() {
-    let cache = ClaimCache::open(Arc::new(MemoryBackend::default()), "v1", "enc", 0.9).await.unwrap();
+    let cache = ClaimCache::open(Arc::new(MemoryBackend::default()), "v1", "enc", 0.9)
+        .await
+        .unwrap();
     let e = vec![0.6f32, 0.8];
-    cache.insert("Give 5 mg of warfarin daily", &e, &verdict(ClaimLabel::Supported)).await;
-    assert_eq!(cache.lookup("give 5 mg of warfarin daily.", &[0.0, 1.0]).await.map(|x| x.1), Some(Hit::Exact));
-    assert_eq!(cache.lookup("Give 5 mg warfarin every day", &[0.6, 0.8]).await.map(|x| x.1), Some(Hit::Semantic));
-    assert!(cache.lookup("Give 50 mg of warfarin daily", &e).await.is_none(), "numbers must match");
-    assert!(cache.lookup("Do not give 5 mg of warfarin daily", &e).await.is_none(), "negations must match");
-    assert!(cache.lookup("Give 5 mg warfarin every day", &[1.0, 0.0]).await.is_none(), "below the threshold");
+    cache
+        .insert(
+            "Give 5 mg of warfarin daily",
+            &e,
+            &verdict(ClaimLabel::Supported),
+        )
+        .await;
+    assert_eq!(
+        cache
+            .lookup("give 5 mg of warfarin daily.", &[0.0, 1.0])
+            .await
+            .map(|x| x.1),
+        Some(Hit::Exact)
+    );
+    assert_eq!(
+        cache
+            .lookup("Give 5 mg warfarin every day", &[0.6, 0.8])
+            .await
+            .map(|x| x.1),
+        Some(Hit::Semantic)
+    );
+    assert!(
+        cache
+            .lookup("Give 50 mg of warfarin daily", &e)
+            .await
+            .is_none(),
+        "numbers must match"
+    );
+    assert!(
+        cache
+            .lookup("Do not give 5 mg of warfarin daily", &e)
+            .await
+            .is_none(),
+        "negations must match"
+    );
+    assert!(
+        cache
+            .lookup("Give 5 mg warfarin every day", &[1.0, 0.0])
+            .await
+            .is_none(),
+        "below the threshold"
+    );
     let s = cache.stats();
-    assert_eq!((s.lookups, s.exact_hits, s.semantic_hits, s.misses), (5, 1, 1, 3));
+    assert_eq!(
+        (s.lookups, s.exact_hits, s.semantic_hits, s.misses),
+        (5, 1, 1, 3)
+    );
     close(s.hit_rate(), 0.4);
 }
 
@@ -60,18 +109,54 @@ async fn sqlite_cache_persists_and_keys_on_verifier_id() {
     let path = dir.path().join("c/claims.sqlite");
     {
         let b = Arc::new(SqliteBackend::open(&path).unwrap());
-        let cache = ClaimCache::open(b, "judge-A|tmpl-1|kb-1", "enc", 0.9).await.unwrap();
-        cache.insert("Metformin lowers blood glucose", &[1.0, 0.0], &verdict(ClaimLabel::Supported)).await;
+        let cache = ClaimCache::open(b, "judge-A|tmpl-1|kb-1", "enc", 0.9)
+            .await
+            .unwrap();
+        cache
+            .insert(
+                "Metformin lowers blood glucose",
+                &[1.0, 0.0],
+                &verdict(ClaimLabel::Supported),
+            )
+            .await;
     }
     let b = Arc::new(SqliteBackend::open(&path).unwrap());
-    let cache = ClaimCache::open(b.clone(), "judge-A|tmpl-1|kb-1", "enc", 0.9).await.unwrap();
-    let (v, hit) = cache.lookup("metformin lowers blood glucose", &[0.0, 1.0]).await.unwrap();
+    let cache = ClaimCache::open(b.clone(), "judge-A|tmpl-1|kb-1", "enc", 0.9)
+        .await
+        .unwrap();
+    let (v, hit) = cache
+        .lookup("metformin lowers blood glucose", &[0.0, 1.0])
+        .await
+        .unwrap();
     assert_eq!((v.label, hit), (ClaimLabel::Supported, Hit::Exact));
-    assert_eq!(cache.lookup("Metformin lowers blood glucose levels", &[1.0, 0.0]).await.map(|x| x.1), Some(Hit::Semantic), "the semantic index is rebuilt from disk");
-    let other_kb = ClaimCache::open(b.clone(), "judge-A|tmpl-1|kb-2", "enc", 0.9).await.unwrap();
-    assert!(other_kb.lookup("Metformin lowers blood glucose", &[1.0, 0.0]).await.is_none(), "a new KB version invalidates verdicts");
-    let other_enc = ClaimCache::open(b, "judge-A|tmpl-1|kb-1", "enc2", 0.9).await.unwrap();
-    assert!(other_enc.lookup("Metformin lowers blood sugar", &[1.0, 0.0]).await.is_none(), "embeddings of another encoder are not compared");
+    assert_eq!(
+        cache
+            .lookup("Metformin lowers blood glucose levels", &[1.0, 0.0])
+            .await
+            .map(|x| x.1),
+        Some(Hit::Semantic),
+        "the semantic index is rebuilt from disk"
+    );
+    let other_kb = ClaimCache::open(b.clone(), "judge-A|tmpl-1|kb-2", "enc", 0.9)
+        .await
+        .unwrap();
+    assert!(
+        other_kb
+            .lookup("Metformin lowers blood glucose", &[1.0, 0.0])
+            .await
+            .is_none(),
+        "a new KB version invalidates verdicts"
+    );
+    let other_enc = ClaimCache::open(b, "judge-A|tmpl-1|kb-1", "enc2", 0.9)
+        .await
+        .unwrap();
+    assert!(
+        other_enc
+            .lookup("Metformin lowers blood sugar", &[1.0, 0.0])
+            .await
+            .is_none(),
+        "embeddings of another encoder are not compared"
+    );
 }
 
 fn fact_cfg(mode: &str) -> RewardsSection {
@@ -86,14 +171,31 @@ const REPLY: &str = "<diagnosis>Pneumonia (J18.9)</diagnosis> Amoxicillin is a f
                      Pneumonia causes fever.";
 
 fn group() -> Vec<spar_core::Sample> {
-    let mk = |i, reply: &str| sample("f", i, &[Stage::Diag], &[(Role::User, "Final diagnosis?"), (Role::Assistant, reply)], 0);
-    vec![mk(0, REPLY), mk(1, "<think>Garlic cures pneumonia.</think><diagnosis>Pneumonia (J18.9)</diagnosis>")]
+    let mk = |i, reply: &str| {
+        sample(
+            "f",
+            i,
+            &[Stage::Diag],
+            &[(Role::User, "Final diagnosis?"), (Role::Assistant, reply)],
+            0,
+        )
+    };
+    vec![
+        mk(0, REPLY),
+        mk(
+            1,
+            "<think>Garlic cures pneumonia.</think><diagnosis>Pneumonia (J18.9)</diagnosis>",
+        ),
+    ]
 }
 
 #[tokio::test]
 async fn gate_mode_denoises_weighs_and_gates() {
     let v = Arc::new(CountingVerifier::default());
-    let inj = Injected { verifier: Some(v.clone()), ..Default::default() };
+    let inj = Injected {
+        verifier: Some(v.clone()),
+        ..Default::default()
+    };
     let p = RewardPipeline::new(&fact_cfg("gate"), inj).await.unwrap();
     let out = p.score_group(&case(), &group()).await;
     let s = &out[0];
@@ -115,7 +217,11 @@ async fn gate_mode_denoises_weighs_and_gates() {
     // Every claim is a sentence of the reply: saliency 1 for each representative (Eq. 11), so Eq. 12 gives
     // -1 / 3 (one flawed of three representatives).
     for i in [0, 2, 3] {
-        assert!((s.claims[i].saliency - 1.0).abs() < 1e-6, "{:?}", s.claims[i]);
+        assert!(
+            (s.claims[i].saliency - 1.0).abs() < 1e-6,
+            "{:?}",
+            s.claims[i]
+        );
     }
     let r_fact = -1.0 / (3.0 + 1e-8);
     assert!((s.r_fact - r_fact).abs() < 1e-6);
@@ -139,7 +245,10 @@ async fn gate_mode_denoises_weighs_and_gates() {
 
 #[tokio::test]
 async fn naive_mode_counts_every_claim() {
-    let inj = Injected { verifier: Some(Arc::new(CountingVerifier::default())), ..Default::default() };
+    let inj = Injected {
+        verifier: Some(Arc::new(CountingVerifier::default())),
+        ..Default::default()
+    };
     let p = RewardPipeline::new(&fact_cfg("naive"), inj).await.unwrap();
     let out = p.score_group(&case(), &group()).await;
     // Eq. 9: 1 flawed of 4 claims, alpha 0.5: R = 1 - 0.5 * 1/4.
@@ -162,36 +271,91 @@ async fn verifier_failures_are_counted_not_scored() {
     }
     let mut c = fact_cfg("gate");
     c.judge.on_failure = "unmet".into();
-    let p = RewardPipeline::new(&c, Injected { verifier: Some(Arc::new(Failing)), ..Default::default() }).await.unwrap();
+    let p = RewardPipeline::new(
+        &c,
+        Injected {
+            verifier: Some(Arc::new(Failing)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let out = p.score_group(&case(), &group()).await;
     assert!(out[0].drop_reason.is_none());
     close(out[0].r_fact, 0.0);
     close(out[0].components["fact_failures"], 3.0);
-    assert!(out[0].claims.iter().all(|c| c.source.as_deref().is_some_and(|s| s.starts_with("verification failed"))));
+    assert!(out[0].claims.iter().all(|c| {
+        c.source
+            .as_deref()
+            .is_some_and(|s| s.starts_with("verification failed"))
+    }));
     c.judge.on_failure = "fail_sample".into();
-    let p = RewardPipeline::new(&c, Injected { verifier: Some(Arc::new(Failing)), ..Default::default() }).await.unwrap();
+    let p = RewardPipeline::new(
+        &c,
+        Injected {
+            verifier: Some(Arc::new(Failing)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let out = p.score_group(&case(), &group()).await;
-    assert!(out[0].drop_reason.as_deref().is_some_and(|d| d.starts_with("fact_check_failed")));
+    assert!(
+        out[0]
+            .drop_reason
+            .as_deref()
+            .is_some_and(|d| d.starts_with("fact_check_failed"))
+    );
     assert_eq!(p.metrics().fact_failures, 3);
 }
 
 #[tokio::test]
 async fn kb_verifier_through_the_pipeline() {
-    let kb = spar_rewards::kb::KbVerifier::new(Arc::new(spar_data::kb::KnowledgeBase::load_default().unwrap()));
+    let kb = spar_rewards::kb::KbVerifier::new(Arc::new(
+        spar_data::kb::KnowledgeBase::load_default().unwrap(),
+    ));
     assert!(kb.id().contains("|kb-"), "{}", kb.id());
     let reply = "<diagnosis>Pneumonia (J18.9)</diagnosis> The maximum daily dose of paracetamol is 4 g. \
                  Adults can take 10 g of paracetamol per day. J18.9 is pneumonia, unspecified organism.";
     let mut cfg = fact_cfg("gate");
     cfg.fact.verifier = "kb".into();
-    let p = RewardPipeline::new(&cfg, Injected::default()).await.unwrap();
+    let p = RewardPipeline::new(&cfg, Injected::default())
+        .await
+        .unwrap();
     let g = vec![
-        sample("k", 0, &[Stage::Diag], &[(Role::User, "Final diagnosis?"), (Role::Assistant, reply)], 0),
-        sample("k", 1, &[Stage::Diag], &[(Role::User, "Final diagnosis?"), (Role::Assistant, "<diagnosis>Pneumonia (J18.9)</diagnosis>")], 0),
+        sample(
+            "k",
+            0,
+            &[Stage::Diag],
+            &[(Role::User, "Final diagnosis?"), (Role::Assistant, reply)],
+            0,
+        ),
+        sample(
+            "k",
+            1,
+            &[Stage::Diag],
+            &[
+                (Role::User, "Final diagnosis?"),
+                (Role::Assistant, "<diagnosis>Pneumonia (J18.9)</diagnosis>"),
+            ],
+            0,
+        ),
     ];
     let out = p.score_group(&case(), &g).await;
-    let labels: Vec<(String, ClaimLabel)> = out[0].claims.iter().map(|c| (c.text.clone(), c.label)).collect();
+    let labels: Vec<(String, ClaimLabel)> = out[0]
+        .claims
+        .iter()
+        .map(|c| (c.text.clone(), c.label))
+        .collect();
     eprintln!("{labels:?}");
-    assert_eq!(labels.iter().map(|l| l.1).collect::<Vec<_>>(), vec![ClaimLabel::Supported, ClaimLabel::Refuted, ClaimLabel::Supported]);
+    assert_eq!(
+        labels.iter().map(|l| l.1).collect::<Vec<_>>(),
+        vec![
+            ClaimLabel::Supported,
+            ClaimLabel::Refuted,
+            ClaimLabel::Supported
+        ]
+    );
     assert!(out[0].claims.iter().all(|c| c.source.is_some()));
     assert!(out[0].r_fact < 0.0 && out[0].reward < 1.0);
 }

@@ -4,11 +4,19 @@ use spar_core::sample::*;
 use spar_core::{Case, Sample, Stage};
 
 pub fn rule(any: &[&str]) -> Option<RuleCheck> {
-    Some(RuleCheck { any: any.iter().map(|s| s.to_string()).collect(), ..Default::default() })
+    Some(RuleCheck {
+        any: any.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
 }
 
 pub fn item(criterion: &str, points: i32, any: &[&str]) -> RubricItem {
-    RubricItem { criterion: criterion.into(), points, tags: vec![], rule: rule(any) }
+    RubricItem {
+        criterion: criterion.into(),
+        points,
+        tags: vec![],
+        rule: rule(any),
+    }
 }
 
 pub fn case() -> Case {
@@ -20,11 +28,18 @@ pub fn case() -> Case {
         weight: w,
         critical: false,
     };
-    let test = |n: &str, aliases: &[&str]| TestItem { name: n.into(), aliases: aliases.iter().map(|s| s.to_string()).collect(), loinc: None };
+    let test = |n: &str, aliases: &[&str]| TestItem {
+        name: n.into(),
+        aliases: aliases.iter().map(|s| s.to_string()).collect(),
+        loinc: None,
+    };
     Case {
         id: "resp-0001".into(),
         department: "respiratory".into(),
-        demographics: Demographics { age: 54, sex: Sex::Male },
+        demographics: Demographics {
+            age: 54,
+            sex: Sex::Male,
+        },
         chief_complaint: "cough and fever for 3 days".into(),
         hpi: "Productive cough, fever up to 39 C.".into(),
         past_history: vec![],
@@ -33,7 +48,11 @@ pub fn case() -> Case {
         family_history: vec![],
         social_history: vec!["smokes".into()],
         exam_findings: vec![],
-        inquiry_items: vec![inq("fever", &["fever", "temperature"], 2.0), inq("smoking", &["smoke", "smoking"], 1.0), inq("allergy", &["allergy", "allergic"], 3.0)],
+        inquiry_items: vec![
+            inq("fever", &["fever", "temperature"], 2.0),
+            inq("smoking", &["smoke", "smoking"], 1.0),
+            inq("allergy", &["allergy", "allergic"], 3.0),
+        ],
         red_flags: vec![RedFlag {
             id: "hemoptysis".into(),
             description: "coughing blood".into(),
@@ -42,13 +61,29 @@ pub fn case() -> Case {
             answer: "Yes, there was some blood when I coughed this morning.".into(),
             weight: 2.0,
         }],
-        diagnosis: Diagnosis { name: "Pneumonia, unspecified organism".into(), icd10: "J18.9".into() },
-        differential: vec![Diagnosis { name: "Acute bronchitis".into(), icd10: "J20.9".into() }],
-        tests: Tests { essential: vec![test("Chest X-ray", &["cxr"]), test("Complete blood count", &["cbc"])], optional: vec![test("Sputum culture", &[])] },
+        diagnosis: Diagnosis {
+            name: "Pneumonia, unspecified organism".into(),
+            icd10: "J18.9".into(),
+        },
+        differential: vec![Diagnosis {
+            name: "Acute bronchitis".into(),
+            icd10: "J20.9".into(),
+        }],
+        tests: Tests {
+            essential: vec![
+                test("Chest X-ray", &["cxr"]),
+                test("Complete blood count", &["cbc"]),
+            ],
+            optional: vec![test("Sputum culture", &[])],
+        },
         rubric: vec![
             item("Asks about penicillin allergy", 5, &["allergy", "allergic"]),
             item("Asks about smoking", 3, &["smoke", "smoking"]),
-            item("Prescribes antibiotics without an exam", -7, &["prescribe amoxicillin"]),
+            item(
+                "Prescribes antibiotics without an exam",
+                -7,
+                &["prescribe amoxicillin"],
+            ),
             item("Dismisses the symptoms", -2, &["nothing to worry"]),
         ],
         source: "test".into(),
@@ -57,7 +92,13 @@ pub fn case() -> Case {
 
 /// A sample whose turns are `(role, text)`; every assistant turn is a sampled step of `stage` (the first
 /// `prefix_replies` assistant turns are prefix, not steps). Token ids are one per word plus template tokens.
-pub fn sample(group: &str, idx: u32, stages: &[Stage], turns: &[(Role, &str)], prefix_replies: usize) -> Sample {
+pub fn sample(
+    group: &str,
+    idx: u32,
+    stages: &[Stage],
+    turns: &[(Role, &str)],
+    prefix_replies: usize,
+) -> Sample {
     let (mut ids, mut mask, mut steps, mut lp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut out_turns = Vec::new();
     let mut seen_replies = 0;
@@ -78,7 +119,11 @@ pub fn sample(group: &str, idx: u32, stages: &[Stage], turns: &[(Role, &str)], p
         }
         if *role == Role::Assistant {
             if sampled {
-                steps.push(StepSpan { stage: stages[stages.len() - 1], start, end: ids.len() });
+                steps.push(StepSpan {
+                    stage: stages[stages.len() - 1],
+                    start,
+                    end: ids.len(),
+                });
             }
             seen_replies += 1;
         }

@@ -1,11 +1,11 @@
 //! Scoring through the LLM judge of spar-clients against its loopback fake server with injected latency,
 //! errors and malformed JSON: scoring completes, every failure is counted, no sample is lost.
 use super::fixtures::{case, sample};
-use spar_clients::testing::{responders, FakeServer, FakeServerConfig, Scripted};
+use spar_clients::testing::{FakeServer, FakeServerConfig, Scripted, responders};
+use spar_core::Stage;
 use spar_core::case::RubricItem;
 use spar_core::recipe::RewardsSection;
 use spar_core::sample::Role;
-use spar_core::Stage;
 use spar_rewards::{Injected, RewardPipeline};
 use std::time::Duration;
 
@@ -24,7 +24,14 @@ fn groups(n: usize) -> Vec<Vec<spar_core::Sample>> {
 
 fn llm_case() -> spar_core::Case {
     let mut c = case();
-    c.rubric = (0..5).map(|i| RubricItem { criterion: format!("criterion {i}"), points: if i == 4 { -3 } else { 2 + i }, tags: vec![], rule: None }).collect();
+    c.rubric = (0..5)
+        .map(|i| RubricItem {
+            criterion: format!("criterion {i}"),
+            points: if i == 4 { -3 } else { 2 + i },
+            tags: vec![],
+            rule: None,
+        })
+        .collect();
     c
 }
 
@@ -40,7 +47,12 @@ async fn failures_are_counted_and_nothing_is_lost() {
     })
     .await
     .unwrap();
-    server.script([Scripted::Malformed, Scripted::Malformed, Scripted::Status(500), Scripted::Json(serde_json::json!({"nonsense": true}))]);
+    server.script([
+        Scripted::Malformed,
+        Scripted::Malformed,
+        Scripted::Status(500),
+        Scripted::Json(serde_json::json!({"nonsense": true})),
+    ]);
     for policy in ["fail_sample", "unmet"] {
         let mut cfg = RewardsSection::default();
         cfg.fact.mode = "off".into();
@@ -50,7 +62,9 @@ async fn failures_are_counted_and_nothing_is_lost() {
         ep.timeout_s = 5.0;
         cfg.judge.endpoint = Some(ep);
         cfg.judge.on_failure = policy.into();
-        let p = RewardPipeline::new(&cfg, Injected::default()).await.unwrap();
+        let p = RewardPipeline::new(&cfg, Injected::default())
+            .await
+            .unwrap();
         let k = llm_case();
         let mut out = Vec::new();
         let gs = groups(10);
@@ -59,17 +73,38 @@ async fn failures_are_counted_and_nothing_is_lost() {
         }
         assert_eq!(out.len(), 40, "{policy}: one record per sample");
         let m = p.metrics();
-        let unjudged: usize = out.iter().map(|s| s.rubric.iter().filter(|v| v.met.is_none()).count()).sum();
-        assert_eq!(m.judge_failures as usize, unjudged, "{policy}: every failed item is counted");
-        assert!(unjudged > 0, "{policy}: 15% errors with one retry leave some items unjudged");
+        let unjudged: usize = out
+            .iter()
+            .map(|s| s.rubric.iter().filter(|v| v.met.is_none()).count())
+            .sum();
+        assert_eq!(
+            m.judge_failures as usize, unjudged,
+            "{policy}: every failed item is counted"
+        );
+        assert!(
+            unjudged > 0,
+            "{policy}: 15% errors with one retry leave some items unjudged"
+        );
         assert!(unjudged < 200 / 2, "{policy}: retries recover most items");
         let dropped = out.iter().filter(|s| s.drop_reason.is_some()).count();
         assert_eq!(dropped as u64, m.dropped_samples.values().sum::<u64>());
         if policy == "unmet" {
-            assert!(out.iter().all(|s| s.drop_reason.is_none() || s.drop_reason.as_deref().unwrap().starts_with("group_too_small")));
+            assert!(out.iter().all(|s| {
+                s.drop_reason.is_none()
+                    || s.drop_reason
+                        .as_deref()
+                        .unwrap()
+                        .starts_with("group_too_small")
+            }));
         } else {
-            let with_failure = out.iter().filter(|s| s.rubric.iter().any(|v| v.met.is_none())).count();
-            assert_eq!(m.dropped_samples.get("judge_failed").copied().unwrap_or(0) as usize, with_failure);
+            let with_failure = out
+                .iter()
+                .filter(|s| s.rubric.iter().any(|v| v.met.is_none()))
+                .count();
+            assert_eq!(
+                m.dropped_samples.get("judge_failed").copied().unwrap_or(0) as usize,
+                with_failure
+            );
         }
         for s in out.iter().filter(|s| s.drop_reason.is_none()) {
             assert!((0.0..=1.0).contains(&s.r_task));
