@@ -156,3 +156,85 @@ fn prefix(e: Error, at: &str) -> Error {
         other => other,
     }
 }
+
+#[derive(Serialize)]
+struct OutRewardModel {
+    style: &'static str,
+    ground_truth: String,
+}
+
+#[derive(Serialize)]
+struct OutExtra<'a> {
+    index: i64,
+    case_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    split: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct OutRow<'a> {
+    data_source: &'static str,
+    prompt: Vec<ChatMessage>,
+    ability: &'static str,
+    reward_model: OutRewardModel,
+    extra_info: OutExtra<'a>,
+}
+
+/// `data_source` of rows written by [`export_verl`].
+pub const SPAR_DATA_SOURCE: &str = "spar/consultation";
+
+fn verl_schema() -> arrow::datatypes::SchemaRef {
+    use crate::parquet_io::{list, strukt, utf8};
+    use arrow::datatypes::{DataType, Field, Schema};
+    std::sync::Arc::new(Schema::new(vec![
+        utf8("data_source"),
+        list("prompt", strukt(vec![utf8("role"), utf8("content")])),
+        utf8("ability"),
+        Field::new(
+            "reward_model",
+            strukt(vec![utf8("style"), utf8("ground_truth")]),
+            false,
+        ),
+        Field::new(
+            "extra_info",
+            strukt(vec![
+                Field::new("index", DataType::Int64, false),
+                utf8("case_id"),
+                Field::new("split", DataType::Utf8, true),
+            ]),
+            false,
+        ),
+    ]))
+}
+
+/// Writes cases as a verl RL parquet: the prompt is the patient's opening line, `reward_model.ground_truth` the
+/// whole case as JSON (so [`import_verl`] gets the cases back), `extra_info` the index, case id and split.
+pub fn export_verl(
+    path: &Path,
+    cases: &[Case],
+    splits: Option<&crate::splits::Splits>,
+) -> Result<()> {
+    crate::cases::validate_cases(&path.display().to_string(), cases)?;
+    let rows: Vec<OutRow> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| OutRow {
+            data_source: SPAR_DATA_SOURCE,
+            prompt: vec![ChatMessage {
+                role: "user".into(),
+                content: crate::expert::opening(c),
+            }],
+            ability: "medicine",
+            reward_model: OutRewardModel {
+                style: "rule",
+                ground_truth: serde_json::to_string(c).expect("a Case always serializes"),
+            },
+            extra_info: OutExtra {
+                index: i as i64,
+                case_id: &c.id,
+                split: splits.and_then(|s| s.split_of(&c.id)).map(|s| s.name()),
+            },
+        })
+        .collect();
+    crate::parquet_io::write_parquet(path, verl_schema(), &rows, &[])
+}

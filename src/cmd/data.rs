@@ -42,6 +42,16 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write cases as verl RL parquet (prompt = the patient's opening, reward_model.ground_truth = the case).
+    ExportVerl {
+        #[arg(long = "in", alias = "input")]
+        input: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Only this split (train, validation, test); default: every case.
+        #[arg(long)]
+        split: Option<String>,
+    },
     /// Convert between JSONL and parquet (by extension) for cases, samples or scored records.
     Export {
         #[arg(long = "in", alias = "input")]
@@ -154,23 +164,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             &input.unwrap_or_else(generate::shipped_dir),
             splits.as_deref(),
         )?,
+        Command::ExportVerl { input, out, split } => {
+            let (chosen, splits) = chosen_cases(input, split.as_deref())?;
+            verl::export_verl(&out, &chosen, splits.as_ref())?;
+            println!(
+                "wrote {} cases as verl rows to {}",
+                chosen.len(),
+                out.display()
+            );
+        }
         Command::Expert { input, out, split } => {
-            let input = input.unwrap_or_else(generate::shipped_dir);
-            let all = cases::load_cases(&input)?;
-            let splits = find_splits(&input, None)?;
-            let chosen = match split.as_deref() {
-                None => all,
-                Some(s) => {
-                    let s = Split::parse(s)
-                        .with_context(|| format!("`{s}` is not train, validation or test"))?;
-                    let sp = splits
-                        .as_ref()
-                        .map(|(_, sp)| sp)
-                        .context("no splits.json next to the cases")?;
-                    sp.select(&all, s)
-                }
-            };
-            let records = expert::gold_transcripts(&chosen, splits.as_ref().map(|(_, sp)| sp));
+            let (chosen, splits) = chosen_cases(input, split.as_deref())?;
+            let records = expert::gold_transcripts(&chosen, splits.as_ref());
             spar_core::fsio::write_jsonl(&out, &records)?;
             println!(
                 "wrote {} gold consultations to {}",
@@ -180,6 +185,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The cases of `input` (default: the shipped cases), only those of `split` when given, and their split file.
+fn chosen_cases(
+    input: Option<PathBuf>,
+    split: Option<&str>,
+) -> anyhow::Result<(Vec<spar_core::Case>, Option<Splits>)> {
+    let input = input.unwrap_or_else(generate::shipped_dir);
+    let all = cases::load_cases(&input)?;
+    let splits = find_splits(&input, None)?.map(|(_, sp)| sp);
+    let chosen = match split {
+        None => all,
+        Some(s) => {
+            let s = Split::parse(s)
+                .with_context(|| format!("`{s}` is not train, validation or test"))?;
+            splits
+                .as_ref()
+                .context("no splits.json next to the cases")?
+                .select(&all, s)
+        }
+    };
+    Ok((chosen, splits))
 }
 
 /// The split file to use: `explicit`, else `splits.json` beside the cases when it exists.
@@ -235,10 +262,10 @@ fn validate(input: &Path, splits: Option<&Path>) -> anyhow::Result<()> {
             Err(e) => problems.push(e),
         }
     }
-    if let Some((path, sp)) = find_splits(input, splits)? {
-        if let Err(e) = sp.check(&path.display().to_string(), &all) {
-            problems.push(e);
-        }
+    if let Some((path, sp)) = find_splits(input, splits)?
+        && let Err(e) = sp.check(&path.display().to_string(), &all)
+    {
+        problems.push(e);
     }
     for p in &problems {
         eprintln!("{p}");

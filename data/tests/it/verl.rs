@@ -137,3 +137,31 @@ fn verl_file_written_by_pyarrow() {
     let got = import_verl(&d.path().join("cases.parquet")).unwrap();
     assert_eq!(got.cases, some_cases(1));
 }
+
+#[test]
+fn export_then_import_gives_the_cases_back() {
+    let d = tmp();
+    let cases = some_cases(12);
+    let splits = spar_data::Splits::build(&cases, &[cases[0].diagnosis.icd10.clone()], 0.5, 1);
+    let p = d.path().join("verl.parquet");
+    spar_data::verl::export_verl(&p, &cases, Some(&splits)).unwrap();
+    let got = import_verl(&p).unwrap();
+    assert!(got.prompts.is_empty());
+    assert_eq!(got.cases, cases);
+    let Some(py) = python() else { return };
+    let out = run_python(
+        &py,
+        "import sys, pyarrow.parquet as pq\n\
+         t = pq.read_table(sys.argv[1])\n\
+         print(t.column_names)\n\
+         r = t.slice(0, 1).to_pylist()[0]\n\
+         print(r['prompt'][0]['role'], r['reward_model']['style'], r['extra_info']['split'], r['extra_info']['index'])",
+        &[p.to_str().unwrap()],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "['data_source', 'prompt', 'ability', 'reward_model', 'extra_info']"
+    );
+    assert_eq!(lines[1], "user rule test 0");
+}
