@@ -1,1 +1,27 @@
-//! Batch assembly, losses (PPO/GSPO/segment-GSPO, SFT, distillation), AdamW, checkpoints, training loop
+//! spar-trainer: the learner side of spar.
+//!
+//! - [`batch`]: `Sample` + `Scored` -> training items -> micro-batches (dynamic token budget, packing)
+//! - [`policy_loss`], [`agg`]: PPO-clip / GSPO / segment-level GSPO (SPAR), dual clip, TIS, KL, entropy; the
+//!   four aggregation modes
+//! - [`distill`]: SFT cross-entropy, Clip-Forward-KL, on-policy reverse-KL distillation
+//! - [`gae`]: value head + GAE (the one advantage estimator outside spar-rewards)
+//! - [`adamw`], [`schedule`]: AdamW with savable state and fp32 masters; warmup + constant / cosine
+//! - [`learner`]: one optimisation step (pi_old pass, accumulation, clipping, NaN/Inf guard)
+//! - [`checkpoint`], [`rng`]: atomic checkpoints, keep-last-N, exact resume
+//! - [`run`]: `spar train`, the whole loop (tokenizer, SFT, colocated RL, evaluation, plots); [`qwen3`]: the
+//!   [`policy::Policy`] impl for spar-model
+//! - [`metrics`], [`tfevent`], [`plot`]: JSONL + TensorBoard metrics, PNG/SVG curves
+pub mod adamw;
+pub mod agg;
+pub mod batch;
+pub mod checkpoint;
+pub mod distill;
+pub mod gae;
+pub mod learner;
+pub mod metrics;
+pub mod plot;
+pub mod policy;
+pub mod policy_loss;
+pub mod rng;
+pub mod schedule;
+pub mod tfevent;

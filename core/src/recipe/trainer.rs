@@ -52,6 +52,14 @@ pub struct TrainerSection {
     pub sft_lr: f64,
     /// Evaluate on held-out cases every N steps (0 = only at start and end).
     pub eval_every: usize,
+    /// Transcripts per SFT step.
+    pub sft_batch: usize,
+    /// Train a byte-level BPE of this size on the case text (tiny CPU demo; 0 = the model's own tokenizer).
+    pub bpe_vocab_size: usize,
+    /// Pack several samples into one row (block-diagonal attention) instead of padding.
+    pub pack_sequences: bool,
+    /// MoE load-balancing loss coefficient (None: the model config's `router_aux_loss_coef`).
+    pub aux_loss_coef: Option<f64>,
 }
 
 impl Default for TrainerSection {
@@ -89,6 +97,10 @@ impl Default for TrainerSection {
             sft_steps: 0,
             sft_lr: 1e-4,
             eval_every: 0,
+            sft_batch: 16,
+            bpe_vocab_size: 0,
+            pack_sequences: false,
+            aux_loss_coef: None,
         }
     }
 }
@@ -104,6 +116,10 @@ impl TrainerSection {
         check(["constant", "cosine"].contains(&self.schedule.as_str()), "schedule", "must be constant or cosine")?;
         check(self.micro_batch >= 1, "micro_batch", "must be >= 1")?;
         check(self.keep_last >= 1, "keep_last", "must be >= 1")?;
+        check(self.sft_batch >= 1, "sft_batch", "must be >= 1")?;
+        check(self.ppo_epochs >= 1, "ppo_epochs", "must be >= 1")?;
+        check(self.tis_cap == 0.0 || self.tis_cap >= 1.0, "tis_cap", "must be 0 (off) or >= 1")?;
+        check(self.bpe_vocab_size == 0 || self.bpe_vocab_size >= 300, "bpe_vocab_size", "must be 0 or >= 300 (bytes + special tokens)")?;
         check(self.l_max >= 1, "l_max", "must be >= 1")
     }
 }

@@ -1,0 +1,185 @@
+//! AdamW over tensors, with state that can be saved (tch's `nn::AdamW` cannot export its moments).
+//! Parameters in bf16 get fp32 master copies; moments are fp32; the update happens on the master and is copied
+//! back, so low-precision compute never accumulates rounding in the weights. Matches `torch.optim.AdamW`.
+use anyhow::{Context, Result};
+use std::path::Path;
+use tch::{nn::VarStore, Kind, Tensor};
+
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+    }
+}
+
+struct ParamState {
+    name: String,
+    param: Tensor,
+    /// fp32 copy of a low-precision parameter; None when the parameter is fp32 itself.
+    master: Option<Tensor>,
+    m: Tensor,
+    v: Tensor,
+}
+
+pub struct AdamW {
+    pub config: AdamWConfig,
+    /// Optimizer steps taken (bias correction uses it).
+    pub step: u64,
+    params: Vec<ParamState>,
+}
+
+impl AdamW {
+    /// Every trainable variable of `vs`, in name order (the order is part of the saved state).
+    pub fn new(vs: &VarStore, config: AdamWConfig) -> Self {
+        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let params = named
+            .into_iter()
+            .map(|(name, param)| {
+                let master = (param.kind() != Kind::Float).then(|| param.detach().to_kind(Kind::Float));
+                let m = Tensor::zeros(param.size(), (Kind::Float, param.device()));
+                let v = m.zeros_like();
+                ParamState { name, param, master, m, v }
+            })
+            .collect();
+        AdamW { config, step: 0, params }
+    }
+
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            p.param.zero_grad();
+        }
+    }
+
+    /// Gradients in fp32 (zeros where a parameter got none).
+    fn grads(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|p| {
+                let g = p.param.grad();
+                if g.defined() { g.to_kind(Kind::Float) } else { p.m.zeros_like() }
+            })
+            .collect()
+    }
+
+    /// Global L2 norm of all gradients.
+    pub fn grad_norm(&self) -> f64 {
+        let mut total = 0.0;
+        for p in &self.params {
+            let g = p.param.grad();
+            if g.defined() {
+                total += g.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[]);
+            }
+        }
+        total.sqrt()
+    }
+
+    /// Scales every gradient so the global norm is at most `max_norm` (0 = off); returns the norm before.
+    /// A non-finite norm is returned untouched so the caller can skip the step.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+        let norm = self.grad_norm();
+        if max_norm > 0.0 && norm.is_finite() && norm > max_norm {
+            let scale = max_norm / (norm + 1e-6);
+            tch::no_grad(|| {
+                for p in &mut self.params {
+                    let mut g = p.param.grad();
+                    if g.defined() {
+                        let _ = g.g_mul_scalar_(scale);
+                    }
+                }
+            });
+        }
+        norm
+    }
+
+    /// One AdamW update with learning rate `lr`.
+    pub fn step(&mut self, lr: f64) {
+        self.step += 1;
+        let c = self.config;
+        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
+        let grads = self.grads();
+        tch::no_grad(|| {
+            for (p, g) in self.params.iter_mut().zip(grads) {
+                let mut target = match &p.master {
+                    Some(m) => m.shallow_clone(),
+                    None => p.param.shallow_clone(),
+                };
+                if c.weight_decay != 0.0 {
+                    let _ = target.g_mul_scalar_(1.0 - lr * c.weight_decay);
+                }
+                let _ = p.m.g_mul_scalar_(c.beta1);
+                let _ = p.m.g_add_(&(&g * (1.0 - c.beta1)));
+                let _ = p.v.g_mul_scalar_(c.beta2);
+                let _ = p.v.g_add_(&(&g * &g * (1.0 - c.beta2)));
+                let denom = p.v.sqrt() / bc2.sqrt() + c.eps;
+                let _ = target.g_sub_(&(&p.m / denom * (lr / bc1)));
+                if p.master.is_some() {
+                    p.param.copy_(&target.to_kind(p.param.kind()));
+                }
+            }
+        });
+    }
+
+    /// Moments, master weights and the step counter as named tensors.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("step".to_string(), Tensor::from_slice(&[self.step as i64]))];
+        for p in &self.params {
+            out.push((format!("m.{}", p.name), p.m.to_device(tch::Device::Cpu)));
+            out.push((format!("v.{}", p.name), p.v.to_device(tch::Device::Cpu)));
+            if let Some(master) = &p.master {
+                out.push((format!("master.{}", p.name), master.to_device(tch::Device::Cpu)));
+            }
+        }
+        out
+    }
+
+    /// Writes the state as safetensors (the caller makes it atomic).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let named = self.state_tensors();
+        Tensor::write_safetensors(&named, path).with_context(|| format!("writing optimizer state {}", path.display()))
+    }
+
+    /// Restores a state written by [`AdamW::save`] for the same set of parameters.
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        let named: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
+            .with_context(|| format!("reading optimizer state {}", path.display()))?
+            .into_iter()
+            .collect();
+        let get = |k: &str| named.get(k).with_context(|| format!("{}: optimizer state has no tensor `{k}`", path.display()));
+        self.step = get("step")?.int64_value(&[0]) as u64;
+        tch::no_grad(|| -> Result<()> {
+            for p in &mut self.params {
+                let ctx = |k: &str| format!("{}: optimizer tensor `{k}` does not fit the model", path.display());
+                let k = format!("m.{}", p.name);
+                p.m.f_copy_(get(&k)?).with_context(|| ctx(&k))?;
+                let k = format!("v.{}", p.name);
+                p.v.f_copy_(get(&k)?).with_context(|| ctx(&k))?;
+                if let Some(master) = &mut p.master {
+                    let k = format!("master.{}", p.name);
+                    master.f_copy_(get(&k)?).with_context(|| ctx(&k))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Re-reads master weights from the parameters (after the model's weights were loaded from a checkpoint
+    /// without optimizer state).
+    pub fn sync_master_from_params(&mut self) {
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                if let Some(master) = &mut p.master {
+                    master.copy_(&p.param.to_kind(Kind::Float));
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,128 @@
+//! Checkpoints: model weights, optimizer state, LR schedule position, RNG state, data position, the segmented
+//! pipeline's stage pools, dynamic rubric state and the claim-cache reference. A checkpoint is a folder written
+//! under a temporary name and renamed into place, so a crash never leaves half of one; `latest` names the newest;
+//! only the last N are kept.
+use crate::adamw::AdamW;
+use crate::policy::Policy;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const STATE_FORMAT_VERSION: u32 = 1;
+
+/// A reproducible RNG position: ChaCha8 seed and word position (see [`crate::rng`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RngState {
+    pub seed: u64,
+    /// Word position as a decimal string (u128 does not fit JSON numbers).
+    pub word_pos: String,
+}
+
+/// Everything besides tensors that a resumed run needs to continue exactly.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub format_version: u32,
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// Which phase the run is in ("sft", "rl", "done") and how many units of it are done.
+    pub phase: String,
+    pub phase_step: usize,
+    pub rng: RngState,
+    /// Position in the training data (e.g. next case index, epoch).
+    pub data_position: serde_json::Value,
+    /// Segmented pipeline stage pools D_k (rollout's serialised state).
+    pub stage_pools: serde_json::Value,
+    /// Dynamic rubric admission / exit state (rewards' serialised state).
+    pub dynamic_rubrics: serde_json::Value,
+    /// Where the claim cache lives and its version key (the cache itself is not copied).
+    pub claim_cache: Option<String>,
+    pub bad_steps_total: usize,
+    /// Anything else a loop needs (e.g. the best evaluation so far).
+    #[serde(default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The folder name of the checkpoint taken after `step` optimizer steps.
+pub fn checkpoint_name(step: usize) -> String {
+    format!("step-{step:08}")
+}
+
+/// Writes a checkpoint under `root` and prunes older ones beyond `keep_last`. Returns its folder.
+pub fn save(root: &Path, policy: &dyn Policy, adamw: &AdamW, state: &TrainerState, keep_last: usize) -> Result<PathBuf> {
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let name = checkpoint_name(state.step);
+    let tmp = root.join(format!(".{name}.{}.tmp", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(tmp.join("model"))?;
+    policy.save_weights(&tmp.join("model"))?;
+    adamw.save(&tmp.join("optimizer.safetensors"))?;
+    let mut st = state.clone();
+    st.format_version = STATE_FORMAT_VERSION;
+    std::fs::write(tmp.join("trainer_state.json"), serde_json::to_vec_pretty(&st)?)?;
+    let dst = root.join(&name);
+    if dst.exists() {
+        std::fs::remove_dir_all(&dst).with_context(|| format!("replacing {}", dst.display()))?;
+    }
+    std::fs::rename(&tmp, &dst).with_context(|| format!("moving checkpoint into {}", dst.display()))?;
+    spar_core::fsio::write_atomic(&root.join("latest"), name.as_bytes())?;
+    prune(root, keep_last)?;
+    Ok(dst)
+}
+
+/// Checkpoint folders under `root`, oldest first.
+pub fn list(root: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(root) else { return Ok(out) };
+    for e in rd {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()) {
+            if e.path().join("trainer_state.json").exists() {
+                out.push((n, e.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn prune(root: &Path, keep_last: usize) -> Result<()> {
+    let all = list(root)?;
+    let n = all.len().saturating_sub(keep_last.max(1));
+    for (_, p) in all.into_iter().take(n) {
+        std::fs::remove_dir_all(&p).with_context(|| format!("removing old checkpoint {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// The newest checkpoint under `root` (by `latest`, else by name), if any.
+pub fn latest(root: &Path) -> Result<Option<PathBuf>> {
+    if let Ok(name) = std::fs::read_to_string(root.join("latest")) {
+        let p = root.join(name.trim());
+        if p.join("trainer_state.json").exists() {
+            return Ok(Some(p));
+        }
+    }
+    Ok(list(root)?.pop().map(|(_, p)| p))
+}
+
+/// Reads a checkpoint's trainer state.
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
+    let p = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let st: TrainerState = serde_json::from_str(&text).with_context(|| format!("{}: not a trainer state", p.display()))?;
+    if st.format_version != STATE_FORMAT_VERSION {
+        bail!("{}: format_version {} is not the supported {STATE_FORMAT_VERSION}", p.display(), st.format_version);
+    }
+    Ok(st)
+}
+
+/// Restores weights and optimizer state from `dir` and returns the trainer state.
+pub fn load(dir: &Path, policy: &mut dyn Policy, adamw: &mut AdamW) -> Result<TrainerState> {
+    let st = read_state(dir)?;
+    policy.load_weights(&dir.join("model"))?;
+    adamw.load(&dir.join("optimizer.safetensors"))?;
+    Ok(st)
+}

@@ -1,0 +1,195 @@
+//! One optimisation step on a batch of trained items: pi_old recomputed by a no-grad forward before the first
+//! update, then `ppo_epochs` passes of gradient accumulation over micro-batches, global grad-norm clipping,
+//! a NaN/Inf guard (skip the step, count it, stop after too many in a row) and the AdamW update.
+use crate::adamw::AdamW;
+use crate::agg::{AggMode, Aggregator};
+use crate::batch::{collate, plan_micro_batches, totals, MicroBatch, TrainItem};
+use crate::distill;
+use crate::policy::{Policy, PolicyInput, PolicyOutput};
+use crate::policy_loss::{policy_loss, LossStats, PolicyLossConfig, PolicyLossInput};
+use crate::schedule::LrSchedule;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+/// How a batch is cut and accumulated.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchingConfig {
+    pub micro_batch: usize,
+    pub token_budget: usize,
+    pub pack: bool,
+    pub agg: AggMode,
+    pub l_max: usize,
+}
+
+/// Optimizer-side state of a run: what a checkpoint must hold besides the weights.
+pub struct Learner {
+    pub adamw: AdamW,
+    pub schedule: LrSchedule,
+    /// Optimizer steps taken (skipped steps are not counted).
+    pub step: usize,
+    pub grad_clip: f64,
+    pub max_bad_steps: usize,
+    pub bad_in_a_row: usize,
+    pub bad_total: usize,
+    /// MoE load-balancing loss coefficient (0 = off).
+    pub aux_loss_coef: f64,
+}
+
+/// What one optimisation step did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StepReport {
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub skipped: bool,
+    pub tokens: usize,
+    pub micro_batches: usize,
+    pub stats: LossStats,
+}
+
+impl Learner {
+    /// Clips, checks and applies accumulated gradients; `loss` is the accumulated loss value.
+    fn apply(&mut self, loss: f64) -> Result<(f64, f64, bool)> {
+        let norm = self.adamw.clip_grad_norm(self.grad_clip);
+        let lr = self.schedule.lr(self.step);
+        if !loss.is_finite() || !norm.is_finite() {
+            self.bad_in_a_row += 1;
+            self.bad_total += 1;
+            self.adamw.zero_grad();
+            tracing::warn!(step = self.step, loss, grad_norm = norm, "non-finite loss or gradient: step skipped");
+            if self.bad_in_a_row > self.max_bad_steps {
+                bail!("{} non-finite steps in a row (trainer.max_bad_steps = {}): stopping", self.bad_in_a_row, self.max_bad_steps);
+            }
+            return Ok((norm, lr, true));
+        }
+        self.bad_in_a_row = 0;
+        self.adamw.step(lr);
+        self.adamw.zero_grad();
+        self.step += 1;
+        Ok((norm, lr, false))
+    }
+}
+
+fn forward_mb(policy: &dyn Policy, mb: &MicroBatch) -> Result<PolicyOutput> {
+    policy.forward(&PolicyInput {
+        input_ids: &mb.input_ids,
+        attention_mask: &mb.attention_mask,
+        position_ids: &mb.position_ids,
+        packed_seq_ids: mb.packed_seq_ids.as_ref(),
+        forced_experts: mb.forced_experts.as_ref(),
+    })
+}
+
+/// Per-token log-probs of the targets and per-token entropy, from one log-softmax.
+pub fn logprobs_and_entropy(logits: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
+    let logp_all = logits.log_softmax(-1, crate::agg::float_kind(logits));
+    let logp = logp_all.gather(-1, &targets.unsqueeze(-1), false).squeeze_dim(-1);
+    let entropy = -(logp_all.exp() * &logp_all).sum_dim_intlist([-1i64].as_slice(), false, crate::agg::float_kind(logits));
+    (logp, entropy)
+}
+
+/// Collates the planned micro-batches.
+pub fn micro_batches(items: &[TrainItem], cfg: &BatchingConfig, device: Device) -> Result<Vec<MicroBatch>> {
+    plan_micro_batches(items, cfg.micro_batch, cfg.token_budget, cfg.pack)
+        .into_iter()
+        .map(|idx| {
+            let refs: Vec<&TrainItem> = idx.iter().map(|&i| &items[i]).collect();
+            collate(&refs, cfg.pack, device)
+        })
+        .collect()
+}
+
+/// Fills `old_logp` (and `ref_logp` from `reference`) with no-grad forwards.
+pub fn fill_old_logprobs(policy: &dyn Policy, reference: Option<&dyn Policy>, mbs: &mut [MicroBatch]) -> Result<()> {
+    tch::no_grad(|| -> Result<()> {
+        for mb in mbs.iter_mut() {
+            let out = forward_mb(policy, mb)?;
+            mb.old_logp = Some(crate::policy_loss::gather_logprobs(&out.logits, &mb.targets));
+            if let Some(r) = reference {
+                let out = forward_mb(r, mb)?;
+                mb.ref_logp = Some(crate::policy_loss::gather_logprobs(&out.logits, &mb.targets));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// RL update(s) on `items`: `ppo_epochs` optimizer steps over the same batch, pi_old fixed from before the first.
+pub fn rl_update(
+    policy: &dyn Policy,
+    reference: Option<&dyn Policy>,
+    learner: &mut Learner,
+    items: &[TrainItem],
+    loss_cfg: &PolicyLossConfig,
+    batching: &BatchingConfig,
+    ppo_epochs: usize,
+    device: Device,
+) -> Result<Vec<StepReport>> {
+    let mut mbs = micro_batches(items, batching, device)?;
+    fill_old_logprobs(policy, reference, &mut mbs)?;
+    let (total_tokens, total_seqs) = totals(items);
+    let agg = Aggregator { mode: batching.agg, l_max: batching.l_max as f64, total_tokens, total_seqs };
+    let mut reports = Vec::new();
+    for _ in 0..ppo_epochs.max(1) {
+        learner.adamw.zero_grad();
+        let mut loss_sum = 0.0;
+        let mut stats = LossStats::default();
+        for mb in &mbs {
+            let fwd = forward_mb(policy, mb)?;
+            let (logp, entropy) = logprobs_and_entropy(&fwd.logits, &mb.targets);
+            let old = mb.old_logp.as_ref().expect("filled above");
+            let out = policy_loss(
+                loss_cfg,
+                &agg,
+                &PolicyLossInput {
+                    logp: &logp,
+                    old_logp: old,
+                    rollout_logp: &mb.rollout_logp,
+                    ref_logp: mb.ref_logp.as_ref(),
+                    entropy: Some(&entropy),
+                    advantages: &mb.advantages,
+                    mask: &mb.mask,
+                    seq_ids: &mb.seq_ids,
+                    n_seqs: mb.n_seqs,
+                    seg_ids: &mb.seg_ids,
+                    n_segs: mb.n_segs,
+                },
+            );
+            let mut loss = out.loss;
+            if let (Some(aux), true) = (&fwd.aux_loss, learner.aux_loss_coef != 0.0) {
+                loss = loss + aux * (learner.aux_loss_coef * mb.n_seqs as f64 / total_seqs.max(1.0));
+            }
+            loss_sum += loss.double_value(&[]);
+            stats.add(&out.stats);
+            policy.backward(&loss, &fwd)?;
+        }
+        let (grad_norm, lr, skipped) = learner.apply(loss_sum)?;
+        reports.push(StepReport { loss: loss_sum, grad_norm, lr, skipped, tokens: mbs.iter().map(|m| m.tokens).sum(), micro_batches: mbs.len(), stats });
+    }
+    Ok(reports)
+}
+
+/// One supervised step (cross-entropy on masked tokens, token-mean) over `items`.
+pub fn sft_update(policy: &dyn Policy, learner: &mut Learner, items: &[TrainItem], batching: &BatchingConfig, device: Device) -> Result<StepReport> {
+    let mbs = micro_batches(items, batching, device)?;
+    let (total_tokens, total_seqs) = totals(items);
+    let agg = Aggregator { mode: batching.agg, l_max: batching.l_max as f64, total_tokens, total_seqs };
+    learner.adamw.zero_grad();
+    let mut loss_sum = 0.0;
+    let mut stats = LossStats::default();
+    for mb in &mbs {
+        let fwd = forward_mb(policy, mb)?;
+        let (logp, entropy) = logprobs_and_entropy(&fwd.logits, &mb.targets);
+        let mut loss = distill::sft_loss(&logp, &mb.mask, &mb.seq_ids, mb.n_seqs, &agg);
+        if let (Some(aux), true) = (&fwd.aux_loss, learner.aux_loss_coef != 0.0) {
+            loss = loss + aux * (learner.aux_loss_coef * mb.n_seqs as f64 / total_seqs.max(1.0));
+        }
+        stats.tokens += mb.mask.sum(Kind::Double).double_value(&[]);
+        stats.entropy_sum += (entropy.detach() * &mb.mask).sum(Kind::Double).double_value(&[]);
+        loss_sum += loss.double_value(&[]);
+        policy.backward(&loss, &fwd)?;
+    }
+    let (grad_norm, lr, skipped) = learner.apply(loss_sum)?;
+    Ok(StepReport { loss: loss_sum, grad_norm, lr, skipped, tokens: mbs.iter().map(|m| m.tokens).sum(), micro_batches: mbs.len(), stats })
+}

@@ -1,0 +1,272 @@
+//! Policy-gradient losses: PPO-clip (token ratio), GSPO (sequence ratio) and segment-level GSPO for SPAR (one
+//! ratio per step z_j, method.md section 9), all with asymmetric clipping, optional dual clip, truncated
+//! importance sampling against the rollout engine's log-probs, KL to a reference and an entropy bonus.
+//!
+//! Every tensor is target-aligned `[B, T]`: position t holds the log-prob of token t+1 of the row.
+use crate::agg::Aggregator;
+use anyhow::{bail, Result};
+use tch::{Kind, Tensor};
+
+/// Log-ratios are clamped to this before `exp`, so one wild token cannot overflow the loss.
+pub const LOG_RATIO_CLAMP: f64 = 20.0;
+
+/// Which tokens share one importance ratio.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RatioLevel {
+    /// PPO: one ratio per token.
+    Token,
+    /// GSPO: one ratio per sequence, exp(mean token log-ratio).
+    Sequence,
+    /// SPAR: one ratio per step (segment) z_j, exp(mean log-ratio over the step's sampled tokens).
+    Segment,
+}
+
+impl RatioLevel {
+    /// From recipe key `trainer.policy_loss`.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "ppo" => RatioLevel::Token,
+            "gspo" => RatioLevel::Sequence,
+            "segment_gspo" => RatioLevel::Segment,
+            other => bail!("`{other}` is not a policy-gradient loss (ppo, gspo, segment_gspo)"),
+        })
+    }
+}
+
+/// KL estimators of log(pi/pi_ref) from samples of pi (Schulman's k1, k2, k3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KlEstimator {
+    K1,
+    K2,
+    K3,
+}
+
+impl KlEstimator {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "k1" => KlEstimator::K1,
+            "k2" => KlEstimator::K2,
+            "k3" => KlEstimator::K3,
+            other => bail!("unknown KL estimator `{other}`"),
+        })
+    }
+
+    /// Per-token estimate from `logp` (policy) and `ref_logp` (reference).
+    pub fn estimate(self, logp: &Tensor, ref_logp: &Tensor) -> Tensor {
+        let d = (logp - ref_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP);
+        match self {
+            KlEstimator::K1 => d,
+            KlEstimator::K2 => d.square() * 0.5,
+            // k3 = r - 1 - log r with r = pi_ref / pi: unbiased and always >= 0.
+            KlEstimator::K3 => {
+                let neg = -&d;
+                neg.exp() - neg - 1.0
+            }
+        }
+    }
+}
+
+/// Knobs of the policy loss (from `[trainer]`).
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyLossConfig {
+    pub level: RatioLevel,
+    pub eps_low: f64,
+    pub eps_high: f64,
+    /// Dual-clip constant c > 1 (0 = off): for A < 0 the loss is at most -c * A.
+    pub dual_clip: f64,
+    /// Truncated IS cap C on pi_old / pi_rollout per token (0 = off).
+    pub tis_cap: f64,
+    pub kl_coef: f64,
+    pub kl_estimator: KlEstimator,
+    pub entropy_coef: f64,
+}
+
+/// One micro-batch's inputs to the policy loss, target-aligned `[B, T]`.
+pub struct PolicyLossInput<'a> {
+    /// log pi_theta of each target token (carries the gradient).
+    pub logp: &'a Tensor,
+    /// log pi_old (recomputed by the trainer before the first update on the batch).
+    pub old_logp: &'a Tensor,
+    /// log pi_rollout (the engine's, for the mismatch correction).
+    pub rollout_logp: &'a Tensor,
+    pub ref_logp: Option<&'a Tensor>,
+    /// Per-token entropy of pi_theta (carries gradient), when the entropy bonus is on.
+    pub entropy: Option<&'a Tensor>,
+    /// Per-token advantage: A_j spread over step j's tokens.
+    pub advantages: &'a Tensor,
+    /// 1.0 on trained tokens.
+    pub mask: &'a Tensor,
+    /// Sample index of each token in this micro-batch (-1 on padding).
+    pub seq_ids: &'a Tensor,
+    pub n_seqs: usize,
+    /// Step (segment) index of each token in this micro-batch (-1 outside every step).
+    pub seg_ids: &'a Tensor,
+    pub n_segs: usize,
+}
+
+/// The loss and its diagnostics. Statistics are sums over this micro-batch's counted tokens (`tokens`), so
+/// micro-batches add up; divide by `tokens` to report.
+#[derive(Debug)]
+pub struct PolicyLossOutput {
+    pub loss: Tensor,
+    pub stats: LossStats,
+}
+
+/// Sums over tokens (and extrema), to be added across micro-batches and normalised once.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct LossStats {
+    pub tokens: f64,
+    pub pg_loss: f64,
+    pub clipped_low: f64,
+    pub clipped_high: f64,
+    pub ratio_sum: f64,
+    pub kl_sum: f64,
+    pub entropy_sum: f64,
+    pub mismatch_sum: f64,
+    pub mismatch_max: f64,
+    pub tis_truncated: f64,
+    /// Tokens dropped from the loss because a log-prob was not finite.
+    pub non_finite: f64,
+    /// Sampled tokens outside every step (segment GSPO cannot train them).
+    pub outside_steps: f64,
+}
+
+impl LossStats {
+    pub fn add(&mut self, o: &LossStats) {
+        self.tokens += o.tokens;
+        self.pg_loss += o.pg_loss;
+        self.clipped_low += o.clipped_low;
+        self.clipped_high += o.clipped_high;
+        self.ratio_sum += o.ratio_sum;
+        self.kl_sum += o.kl_sum;
+        self.entropy_sum += o.entropy_sum;
+        self.mismatch_sum += o.mismatch_sum;
+        self.mismatch_max = self.mismatch_max.max(o.mismatch_max);
+        self.tis_truncated += o.tis_truncated;
+        self.non_finite += o.non_finite;
+        self.outside_steps += o.outside_steps;
+    }
+
+    /// Per-token means for logging.
+    pub fn means(&self) -> Vec<(&'static str, f64)> {
+        let n = self.tokens.max(1.0);
+        vec![
+            ("clip_frac_low", self.clipped_low / n),
+            ("clip_frac_high", self.clipped_high / n),
+            ("clip_frac", (self.clipped_low + self.clipped_high) / n),
+            ("ratio_mean", self.ratio_sum / n),
+            ("kl", self.kl_sum / n),
+            ("entropy", self.entropy_sum / n),
+            ("mismatch_mean", self.mismatch_sum / n),
+            ("mismatch_max", self.mismatch_max),
+            ("tis_truncated_frac", self.tis_truncated / n),
+            ("non_finite_tokens", self.non_finite),
+            ("tokens_outside_steps", self.outside_steps),
+        ]
+    }
+}
+
+fn sum_f64(t: &Tensor) -> f64 {
+    t.sum(Kind::Double).double_value(&[])
+}
+
+/// Mean of `values` over groups `ids` (`0..n`, -1 ignored) under `mask`, gathered back to every token.
+fn group_mean_per_token(values: &Tensor, mask: &Tensor, ids: &Tensor, n: usize) -> Tensor {
+    let (sums, counts) = crate::agg::per_seq(values, mask, ids, n.max(1));
+    let means = sums / counts.clamp_min(1.0);
+    let flat = means.index_select(0, &ids.clamp_min(0).reshape([-1]));
+    flat.reshape(values.size())
+}
+
+/// The clipped policy-gradient loss (+ KL and entropy terms), aggregated by `agg`.
+pub fn policy_loss(cfg: &PolicyLossConfig, agg: &Aggregator, x: &PolicyLossInput) -> PolicyLossOutput {
+    let finite = x.logp.isfinite().logical_and(&x.old_logp.isfinite()).logical_and(&x.rollout_logp.isfinite());
+    let sampled = x.mask.gt(0.0);
+    let non_finite = sum_f64(&sampled.logical_and(&finite.logical_not()).to_kind(Kind::Float));
+    let mut keep = sampled.logical_and(&finite);
+    let zeros = x.logp.zeros_like();
+    let logp = x.logp.where_self(&finite, &zeros);
+    let old = x.old_logp.where_self(&finite, &zeros).detach();
+    let rollout = x.rollout_logp.where_self(&finite, &zeros).detach();
+    let mut outside_steps = 0.0;
+    if cfg.level == RatioLevel::Segment {
+        let in_step = x.seg_ids.ge(0);
+        outside_steps = sum_f64(&keep.logical_and(&in_step.logical_not()).to_kind(Kind::Float));
+        keep = keep.logical_and(&in_step);
+    }
+    let mask = keep.to_kind(Kind::Float);
+
+    let log_ratio_tok = (&logp - &old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP) * &mask;
+    let log_ratio = match cfg.level {
+        RatioLevel::Token => log_ratio_tok,
+        RatioLevel::Sequence => group_mean_per_token(&log_ratio_tok, &mask, x.seq_ids, x.n_seqs),
+        RatioLevel::Segment => group_mean_per_token(&log_ratio_tok, &mask, x.seg_ids, x.n_segs),
+    };
+    let ratio = log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp();
+    let adv = x.advantages.detach();
+    let clipped = ratio.clamp(1.0 - cfg.eps_low, 1.0 + cfg.eps_high);
+    let l1 = -&adv * &ratio;
+    let l2 = -&adv * &clipped;
+    let mut pg = l1.maximum(&l2);
+    if cfg.dual_clip > 1.0 {
+        let l3 = -&adv * cfg.dual_clip;
+        let capped = pg.minimum(&l3);
+        pg = capped.where_self(&adv.lt(0.0), &pg);
+    }
+
+    // Truncated importance sampling: pi_old / pi_rollout, capped at C, per token; no gradient.
+    let diff = (&old - &rollout) * &mask;
+    let mismatch = diff.abs();
+    let mut tis_truncated = 0.0;
+    if cfg.tis_cap > 0.0 {
+        let w_raw = diff.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp();
+        tis_truncated = sum_f64(&(w_raw.gt(cfg.tis_cap).to_kind(Kind::Float) * &mask));
+        pg = pg * w_raw.clamp_max(cfg.tis_cap);
+    }
+
+    let mut loss = agg.apply(&pg, &mask, x.seq_ids, x.n_seqs);
+    let mut kl_sum = 0.0;
+    if let Some(ref_logp) = x.ref_logp {
+        let kl = cfg.kl_estimator.estimate(&logp, &ref_logp.where_self(&finite, &zeros).detach());
+        kl_sum = sum_f64(&(kl.detach() * &mask));
+        if cfg.kl_coef != 0.0 {
+            loss = loss + agg.apply(&kl, &mask, x.seq_ids, x.n_seqs) * cfg.kl_coef;
+        }
+    }
+    let mut entropy_sum = 0.0;
+    if let Some(ent) = x.entropy {
+        entropy_sum = sum_f64(&(ent.detach() * &mask));
+        if cfg.entropy_coef != 0.0 {
+            loss = loss - agg.apply(ent, &mask, x.seq_ids, x.n_seqs) * cfg.entropy_coef;
+        }
+    }
+
+    let ratio_d = ratio.detach();
+    let stats = LossStats {
+        tokens: sum_f64(&mask),
+        pg_loss: sum_f64(&(pg.detach() * &mask)),
+        clipped_low: sum_f64(&(ratio_d.lt(1.0 - cfg.eps_low).logical_and(&adv.lt(0.0)).to_kind(Kind::Float) * &mask)),
+        clipped_high: sum_f64(&(ratio_d.gt(1.0 + cfg.eps_high).logical_and(&adv.gt(0.0)).to_kind(Kind::Float) * &mask)),
+        ratio_sum: sum_f64(&(&ratio_d * &mask)),
+        kl_sum,
+        entropy_sum,
+        mismatch_sum: sum_f64(&mismatch),
+        mismatch_max: mismatch.max().double_value(&[]),
+        tis_truncated,
+        non_finite,
+        outside_steps,
+    };
+    PolicyLossOutput { loss, stats }
+}
+
+/// Per-token entropy of the categorical distribution given by `logits` ([B, T, V] -> [B, T]).
+pub fn entropy_from_logits(logits: &Tensor) -> Tensor {
+    let logp = logits.log_softmax(-1, crate::agg::float_kind(logits));
+    -(logp.exp() * &logp).sum_dim_intlist([-1i64].as_slice(), false, crate::agg::float_kind(logits))
+}
+
+/// Log-prob of each target under `logits` ([B, T, V], [B, T] int64 -> [B, T]); float32 whatever the model dtype.
+pub fn gather_logprobs(logits: &Tensor, targets: &Tensor) -> Tensor {
+    let logp = logits.log_softmax(-1, crate::agg::float_kind(logits));
+    logp.gather(-1, &targets.unsqueeze(-1), false).squeeze_dim(-1)
+}

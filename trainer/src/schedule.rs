@@ -1,0 +1,47 @@
+//! Learning-rate schedule: linear warmup, then constant or cosine decay to `min_ratio * lr`.
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Decay {
+    Constant,
+    Cosine,
+}
+
+/// Stateless in the step: a resumed run only needs the step counter to get the same rate.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct LrSchedule {
+    pub base_lr: f64,
+    pub warmup_steps: usize,
+    pub total_steps: usize,
+    pub decay: Decay,
+    /// Cosine floor as a fraction of `base_lr`.
+    pub min_ratio: f64,
+}
+
+impl LrSchedule {
+    pub fn new(base_lr: f64, warmup_steps: usize, total_steps: usize, decay: &str) -> Result<Self> {
+        let decay = match decay {
+            "constant" => Decay::Constant,
+            "cosine" => Decay::Cosine,
+            other => bail!("unknown schedule `{other}` (constant or cosine)"),
+        };
+        Ok(LrSchedule { base_lr, warmup_steps, total_steps, decay, min_ratio: 0.0 })
+    }
+
+    /// Learning rate of optimizer step `step` (0-based).
+    pub fn lr(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.base_lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        match self.decay {
+            Decay::Constant => self.base_lr,
+            Decay::Cosine => {
+                let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
+                let p = ((step - self.warmup_steps) as f64 / span).min(1.0);
+                let c = 0.5 * (1.0 + (std::f64::consts::PI * p).cos());
+                self.base_lr * (self.min_ratio + (1.0 - self.min_ratio) * c)
+            }
+        }
+    }
+}

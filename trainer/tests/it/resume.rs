@@ -1,0 +1,96 @@
+//! A run stopped at step k and resumed from its checkpoint gives exactly the losses and weights of the
+//! uninterrupted run (CPU).
+use super::common::{sample_with_steps, scored_for, TinyLm};
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use spar_trainer::adamw::{AdamW, AdamWConfig};
+use spar_trainer::agg::AggMode;
+use spar_trainer::batch::{assemble, TrainItem};
+use spar_trainer::checkpoint::{self, TrainerState};
+use spar_trainer::learner::{rl_update, BatchingConfig, Learner};
+use spar_trainer::policy::Policy;
+use spar_trainer::policy_loss::*;
+use spar_trainer::rng::{new_rng, restore_rng, save_rng};
+use spar_trainer::schedule::LrSchedule;
+use tch::{Device, Kind};
+
+fn pool() -> Vec<TrainItem> {
+    let samples: Vec<_> = (0..8).map(|i| sample_with_steps("g", i, 17, 2, 3, 2, i as u64 + 100)).collect();
+    let scored: Vec<_> = samples.iter().enumerate().map(|(i, s)| scored_for(s, &[0.3 * i as f64 - 1.0, 1.0 - 0.2 * i as f64])).collect();
+    assemble(&samples, &scored, "pool").unwrap().0
+}
+
+fn learner(model: &TinyLm) -> Learner {
+    Learner {
+        adamw: AdamW::new(&model.vs, AdamWConfig { weight_decay: 0.01, ..Default::default() }),
+        schedule: LrSchedule::new(1e-2, 2, 6, "cosine").unwrap(),
+        step: 0,
+        grad_clip: 1.0,
+        max_bad_steps: 3,
+        bad_in_a_row: 0,
+        bad_total: 0,
+        aux_loss_coef: 0.0,
+    }
+}
+
+fn run_steps(model: &TinyLm, l: &mut Learner, rng: &mut ChaCha8Rng, items: &[TrainItem], n: usize) -> Vec<f64> {
+    let cfg = PolicyLossConfig { level: RatioLevel::Segment, eps_low: 0.2, eps_high: 0.28, dual_clip: 3.0, tis_cap: 2.0, kl_coef: 0.0, kl_estimator: KlEstimator::K3, entropy_coef: 0.001 };
+    let batching = BatchingConfig { micro_batch: 2, token_budget: 0, pack: false, agg: AggMode::SeqMeanTokenMean, l_max: 32 };
+    let mut losses = Vec::new();
+    for _ in 0..n {
+        let mut idx: Vec<usize> = (0..items.len()).collect();
+        idx.shuffle(rng);
+        let batch: Vec<TrainItem> = idx[..4].iter().map(|&i| items[i].clone()).collect();
+        for r in rl_update(model, None, l, &batch, &cfg, &batching, 2, Device::Cpu).unwrap() {
+            losses.push(r.loss);
+        }
+    }
+    losses
+}
+
+#[test]
+fn killed_and_resumed_run_matches_uninterrupted() {
+    let items = pool();
+    let seed = 42;
+    let full_model = TinyLm::new(17, 8, Kind::Float, 3);
+    let mut l = learner(&full_model);
+    let mut rng = new_rng(seed);
+    let full = run_steps(&full_model, &mut l, &mut rng, &items, 6);
+
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = {
+        let model = TinyLm::new(17, 8, Kind::Float, 3);
+        let mut l = learner(&model);
+        let mut rng = new_rng(seed);
+        let first = run_steps(&model, &mut l, &mut rng, &items, 3);
+        assert_eq!(first, full[..6].to_vec());
+        let st = TrainerState { step: l.step, phase: "rl".into(), phase_step: 3, rng: save_rng(seed, &rng), ..Default::default() };
+        checkpoint::save(dir.path(), &model, &l.adamw, &st, 2).unwrap()
+        // The "killed" process drops everything here.
+    };
+    assert_eq!(checkpoint::latest(dir.path()).unwrap().unwrap(), ckpt);
+    let mut model = TinyLm::new(17, 8, Kind::Float, 99);
+    let mut l = learner(&model);
+    let st = checkpoint::load(&ckpt, &mut model, &mut l.adamw).unwrap();
+    l.step = st.step;
+    let mut rng = restore_rng(&st.rng).unwrap();
+    let rest = run_steps(&model, &mut l, &mut rng, &items, 3);
+    assert_eq!(rest, full[6..].to_vec(), "losses after resume");
+    for (name, w) in full_model.var_store().variables() {
+        assert!(w.equal(&model.var_store().variables()[&name]), "weight {name} differs");
+    }
+}
+
+#[test]
+fn keep_last_prunes_old_checkpoints() {
+    let model = TinyLm::new(5, 4, Kind::Float, 1);
+    let l = learner(&model);
+    let dir = tempfile::tempdir().unwrap();
+    for step in 1..=4 {
+        let st = TrainerState { step, ..Default::default() };
+        checkpoint::save(dir.path(), &model, &l.adamw, &st, 2).unwrap();
+    }
+    let left: Vec<usize> = checkpoint::list(dir.path()).unwrap().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(left, vec![3, 4]);
+    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+}
