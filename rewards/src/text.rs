@@ -35,7 +35,10 @@ pub fn contains_phrase(text: &str, phrase: &str) -> bool {
     let mut from = 0;
     while let Some(off) = t[from..].find(&p) {
         let start = from + off;
-        let before_ok = t[..start].chars().next_back().is_none_or(|c| !is_word(c) || !p.starts_with(is_word));
+        let before_ok = t[..start]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !is_word(c) || !p.starts_with(is_word));
         if before_ok {
             return true;
         }
@@ -134,7 +137,10 @@ mod tests {
     fn phrases_respect_word_boundaries() {
         assert!(contains_phrase("Any FEVER lately?", "fever"));
         assert!(!contains_phrase("fever", "er"));
-        assert!(contains_phrase("Any allergies?", "allerg"), "stems match at a word start");
+        assert!(
+            contains_phrase("Any allergies?", "allerg"),
+            "stems match at a word start"
+        );
         assert!(contains_phrase("blood pressure 120/80", "blood pressure"));
         assert!(contains_phrase("ÉCG done", "écg"));
         assert!(!contains_phrase("", "x"));

@@ -1,8 +1,126 @@
-//! `spar score` (being built; see docs/architecture.md for its owner).
+//! `spar score`: scores finished trajectories offline with the recipe's `[rewards]` section and writes, per
+//! trajectory, R_task with every rubric verdict, claims with labels, R_fact, the gate lambda, the final reward,
+//! and per step the violations, gamma and advantage (plus every component's contribution).
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use spar_core::Case;
+use spar_core::recipe::{Recipe, RewardsSection};
+use spar_data::kb::KnowledgeBase;
+use spar_rewards::pipeline::{Injected, RewardPipeline};
+use spar_rewards::score::{group_samples, read_samples, report, score_groups};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Recipe with a `[rewards]` section (and optionally `[data]` naming the cases); defaults apply without one.
+    #[arg(long, alias = "rewards")]
+    pub recipe: Option<PathBuf>,
+    /// Trajectories: `.jsonl` or `.parquet` of samples.
+    #[arg(long = "in", alias = "input")]
+    pub input: PathBuf,
+    /// Scored records: `.jsonl` (or `.parquet`), written atomically.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Cases the trajectories were rolled out on (file or folder); default: the recipe's `[data] cases`.
+    #[arg(long)]
+    pub cases: Option<PathBuf>,
+    /// Recipe overrides, `key.path=value` (repeatable), e.g. `--set rewards.spar.estimator="grpo"`.
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// Groups scored at once.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Also write the run report (counts, drops by reason, cache hit rate) as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`spar score` is not built yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let recipe = match &args.recipe {
+        Some(p) => Recipe::load(p, &args.set)?,
+        None => Recipe::from_toml_str("", "(defaults)", &args.set)?,
+    };
+    let rewards: RewardsSection = recipe.rewards.clone().unwrap_or_default();
+    let cases_path = match (
+        &args.cases,
+        recipe.data.as_ref().and_then(|d| d.cases.as_ref()),
+    ) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => recipe.resolve(p),
+        (None, None) => {
+            anyhow::bail!("no cases: pass --cases FILE or set [data] cases in the recipe")
+        }
+    };
+    let cases: HashMap<String, Case> = spar_data::load_cases(&cases_path)
+        .with_context(|| format!("reading cases {}", cases_path.display()))?
+        .into_iter()
+        .map(|c| (c.id.clone(), c))
+        .collect();
+    let (samples, bad) = read_samples(&args.input)?;
+    for b in &bad {
+        eprintln!(
+            "warning: {}: line {}: skipped: {}",
+            args.input.display(),
+            b.line,
+            b.error
+        );
+    }
+    let n = samples.len();
+    let groups = group_samples(samples);
+    let n_groups = groups.len();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (scored, rep) = rt.block_on(async {
+        let mut inj = Injected::default();
+        if let Some(kb) = recipe.data.as_ref().and_then(|d| d.knowledge_base.as_ref()) {
+            let kb = recipe.resolve(kb);
+            inj.knowledge_base =
+                Some(Arc::new(KnowledgeBase::load(&kb).with_context(|| {
+                    format!("knowledge base {}", kb.display())
+                })?));
+        }
+        let pipeline = RewardPipeline::new(&rewards, inj).await?;
+        let bar = ProgressBar::new(n as u64);
+        bar.set_style(ProgressStyle::with_template(
+            "scoring {bar:40} {pos}/{len} samples {elapsed_precise} eta {eta}",
+        )?);
+        let scored = score_groups(&pipeline, &cases, groups, args.parallel, |k| {
+            bar.inc(k as u64)
+        })
+        .await;
+        bar.finish_and_clear();
+        let rep = report(&pipeline, &scored, n_groups, bad);
+        anyhow::Ok((scored, rep))
+    })?;
+    spar_data::wire::write_scored(&args.out, &scored)?;
+    if let Some(p) = &args.report {
+        spar_core::fsio::write_atomic(p, &serde_json::to_vec_pretty(&rep)?)?;
+    }
+    eprintln!(
+        "scored {} samples in {} groups -> {} ({} dropped, {} bad input lines); mean R {:.4}; claim cache ({}) hit rate {:.1}% ({} exact, {} semantic of {} lookups)",
+        rep.samples,
+        rep.groups,
+        args.out.display(),
+        rep.dropped,
+        rep.bad_records.len(),
+        rep.mean_reward,
+        rep.cache_backend,
+        100.0 * rep.cache_hit_rate,
+        rep.cache.exact_hits,
+        rep.cache.semantic_hits,
+        rep.cache.lookups
+    );
+    for (reason, k) in &rep.metrics.dropped_samples {
+        eprintln!("  dropped {k} samples: {reason}");
+    }
+    if rep.metrics.judge_failures + rep.metrics.fact_failures + rep.metrics.stage_unparsed > 0 {
+        eprintln!(
+            "  judge failures {}, fact-check failures {}, unparseable stage outputs {}",
+            rep.metrics.judge_failures, rep.metrics.fact_failures, rep.metrics.stage_unparsed
+        );
+    }
+    Ok(())
 }

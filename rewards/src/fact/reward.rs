@@ -23,12 +23,14 @@ pub fn cluster(embeddings: &[Vec<f32>], signatures: &[Signature], threshold: f64
     of
 }
 
-/// Eq. 11: w(c*) = max_j cos(E(c*), E(s_j)) over the response's sentences (floored at 0; 0 without sentences).
+/// Eq. 11: w(c*) = max_j cos(E(c*), E(s_j)) over the response's sentences, in [0, 1] (0 without sentences;
+/// the clamp at 1 absorbs f32 rounding of identical texts).
 pub fn saliency(claim: &[f32], sentences: &[Vec<f32>]) -> f64 {
     sentences
         .iter()
         .map(|s| cosine(claim, s))
         .fold(0.0, f64::max)
+        .min(1.0)
 }
 
 /// Eq. 12: R_fact = - sum_k w_k I_k / (sum_k w_k + eps), over cluster representatives, I_k = 1 when the

@@ -1,11 +1,11 @@
 //! The shipped cases and the scripted expert's gold consultations through the default pipeline (rule judge on
 //! the cases' rule rubrics, knowledge-base verifier, lexical encoder): gold beats degraded consultations.
-use spar_core::grammar::{render_diagnosis, NamedDx};
+use spar_core::grammar::{NamedDx, render_diagnosis};
 use spar_core::recipe::RewardsSection;
 use spar_core::sample::*;
 use spar_core::{Case, Sample, Stage};
 use spar_data::expert::Expert;
-use spar_rewards::{token_advantages, Injected, RewardPipeline};
+use spar_rewards::{Injected, RewardPipeline, token_advantages};
 
 /// A whole-episode sample of `turns`: every assistant turn is a sampled step (one fake token per word).
 pub fn episode(case: &Case, group: &str, idx: u32, turns: Vec<Turn>) -> Sample {
@@ -23,7 +23,11 @@ pub fn episode(case: &Case, group: &str, idx: u32, turns: Vec<Turn>) -> Sample {
             lp.push(if sampled { -1.0 } else { 0.0 });
         }
         if sampled {
-            steps.push(StepSpan { stage: t.stage.unwrap_or(Stage::Inquiry), start, end: ids.len() });
+            steps.push(StepSpan {
+                stage: t.stage.unwrap_or(Stage::Inquiry),
+                start,
+                end: ids.len(),
+            });
         }
     }
     Sample {
@@ -54,33 +58,69 @@ pub fn degraded(gold: &[Turn]) -> Vec<Turn> {
         t.insert(q + 3, answer);
     }
     let last = t.len() - 1;
-    t[last].text = render_diagnosis(&NamedDx { name: "Tension-type headache".into(), icd10: Some("G44.209".into()) });
+    t[last].text = render_diagnosis(&NamedDx {
+        name: "Tension-type headache".into(),
+        icd10: Some("G44.209".into()),
+    });
     t
 }
 
 pub fn shipped_cases(n: usize) -> Vec<Case> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/cases/cases.jsonl");
-    spar_data::load_cases(&path).unwrap().into_iter().filter(|c| !c.diagnosis.icd10.starts_with('G')).take(n).collect()
+    spar_data::load_cases(&path)
+        .unwrap()
+        .into_iter()
+        .filter(|c| !c.diagnosis.icd10.starts_with('G'))
+        .take(n)
+        .collect()
 }
 
 #[tokio::test]
 async fn gold_consultations_beat_degraded_ones() {
     let mut cfg = RewardsSection::default();
     cfg.fact.cache = "memory".into();
-    let p = RewardPipeline::new(&cfg, Injected::default()).await.unwrap();
+    let p = RewardPipeline::new(&cfg, Injected::default())
+        .await
+        .unwrap();
     for case in shipped_cases(3) {
         let gold = Expert::new(&case).transcript();
-        let g = vec![episode(&case, &case.id, 0, gold.clone()), episode(&case, &case.id, 1, degraded(&gold))];
+        let g = vec![
+            episode(&case, &case.id, 0, gold.clone()),
+            episode(&case, &case.id, 1, degraded(&gold)),
+        ];
         let out = p.score_group(&case, &g).await;
-        assert!(out.iter().all(|s| s.drop_reason.is_none()), "{:?}", out.iter().map(|s| &s.drop_reason).collect::<Vec<_>>());
-        assert!(out[0].r_task > out[1].r_task, "{}: gold {} vs degraded {}", case.id, out[0].r_task, out[1].r_task);
+        assert!(
+            out.iter().all(|s| s.drop_reason.is_none()),
+            "{:?}",
+            out.iter().map(|s| &s.drop_reason).collect::<Vec<_>>()
+        );
+        assert!(
+            out[0].r_task > out[1].r_task,
+            "{}: gold {} vs degraded {}",
+            case.id,
+            out[0].r_task,
+            out[1].r_task
+        );
         assert!(out[0].reward > out[1].reward);
-        assert!(out[0].components["g_diag"] == 1.0 && out[1].components["g_diag"] == 0.0, "{:?}", out[0].components);
-        assert!(out[1].steps[1].violations.contains(&"repetition".to_string()), "{:?}", out[1].steps[1]);
+        assert!(
+            out[0].components["g_diag"] == 1.0 && out[1].components["g_diag"] == 0.0,
+            "{:?}",
+            out[0].components
+        );
+        assert!(
+            out[1].steps[1]
+                .violations
+                .contains(&"repetition".to_string()),
+            "{:?}",
+            out[1].steps[1]
+        );
         assert!(out[1].steps[1].gamma < 1.0);
         assert!(out[0].steps.iter().all(|s| s.advantage > 0.0));
         let (adv, ids) = token_advantages(&g[1], &out[1]).unwrap();
         assert_eq!(adv.len(), g[1].token_ids.len());
-        assert_eq!(ids.iter().filter(|&&i| i == 1).count(), g[1].steps[1].end - g[1].steps[1].start);
+        assert_eq!(
+            ids.iter().filter(|&&i| i == 1).count(),
+            g[1].steps[1].end - g[1].steps[1].start
+        );
     }
 }
