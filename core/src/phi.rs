@@ -34,6 +34,7 @@ pub enum PhiKind {
 }
 
 impl PhiKind {
+    /// Every kind, in declaration order.
     pub const ALL: [PhiKind; 15] = [
         PhiKind::Name,
         PhiKind::Date,
@@ -153,6 +154,7 @@ pub fn redact(text: &str) -> String {
 }
 
 impl Redactor {
+    /// A redactor with these options (known names are compiled here, once).
     pub fn new(opts: RedactorOptions) -> Self {
         let names: Vec<String> = opts
             .known_names
@@ -168,6 +170,7 @@ impl Redactor {
         Redactor { opts, known }
     }
 
+    /// The options this redactor was built with.
     pub fn options(&self) -> &RedactorOptions {
         &self.opts
     }

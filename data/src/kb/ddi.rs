@@ -31,6 +31,7 @@ impl Severity {
     }
 }
 
+/// A substance of the thesaurus index.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Substance {
     /// Folded French name (the thesaurus key).
@@ -45,6 +46,7 @@ pub struct Substance {
     pub rxnorm: Option<String>,
 }
 
+/// A thesaurus class (French name) and the English names claims use for it.
 #[derive(Clone, Debug, Deserialize)]
 pub struct ClassEntry {
     pub fr: String,
@@ -52,6 +54,7 @@ pub struct ClassEntry {
     pub en_aliases: Vec<String>,
 }
 
+/// One thesaurus entry: `a` + `b` (substances or classes) and what ANSM says about the pair.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Rule {
     /// Substance or class (folded French).
@@ -84,6 +87,7 @@ pub struct Interaction {
     pub source: String,
 }
 
+/// The loaded thesaurus with an index by (a, b).
 #[derive(Debug, Default)]
 pub struct Interactions {
     pub source: String,
@@ -96,6 +100,7 @@ pub struct Interactions {
 }
 
 impl Interactions {
+    /// Reads `interactions.json.gz`; returns the raw bytes too (they enter the version hash).
     pub fn load(path: &Path) -> Result<(Self, Vec<u8>)> {
         let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let mut text = String::new();
@@ -128,10 +133,12 @@ impl Interactions {
         Ok((out, raw))
     }
 
+    /// Number of thesaurus entries.
     pub fn rule_count(&self) -> usize {
         self.rules.len()
     }
 
+    /// A substance by folded French name.
     pub fn substance(&self, fr: &str) -> Option<&Substance> {
         self.by_fr.get(fr).map(|&i| &self.substances[i])
     }

@@ -54,6 +54,7 @@ pub struct DoseLimit {
     pub note: Option<String>,
 }
 
+/// A hand-written drug entry.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Drug {
@@ -77,6 +78,7 @@ pub struct Drug {
 }
 
 impl Drug {
+    /// Given once a week (methotrexate).
     pub fn is_weekly(&self) -> bool {
         self.schedule.as_deref() == Some("weekly")
     }
@@ -123,6 +125,7 @@ pub struct ConditionFinding {
 }
 
 impl DrugTable {
+    /// Reads and checks `drugs.toml`; returns the raw bytes too (they enter the version hash).
     pub fn load(path: &Path) -> Result<(Self, Vec<u8>)> {
         let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let text = std::str::from_utf8(&raw)
@@ -204,10 +207,12 @@ impl DrugTable {
         Ok(())
     }
 
+    /// A drug by its INN (`name`), not by alias.
     pub fn drug(&self, name: &str) -> Option<&Drug> {
         self.drugs.iter().find(|d| d.name == name)
     }
 
+    /// A condition by id.
     pub fn condition(&self, id: &str) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.id == id)
     }

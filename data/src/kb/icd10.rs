@@ -47,6 +47,7 @@ pub fn key(code: &str) -> String {
 }
 
 impl Icd10 {
+    /// Reads `icd10cm.tsv.gz`; returns the raw bytes too (they enter the version hash).
     pub fn load(path: &Path) -> Result<(Self, Vec<u8>)> {
         let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let mut text = String::new();
@@ -84,10 +85,12 @@ impl Icd10 {
         Ok((icd, raw))
     }
 
+    /// Number of nodes (chapters, blocks, categories, codes).
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
 
+    /// True when no node was loaded.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
@@ -102,6 +105,7 @@ impl Icd10 {
         self.node(code).is_some_and(|n| !n.is_chapter())
     }
 
+    /// The parent node (code -> category -> block -> chapter).
     pub fn parent(&self, code: &str) -> Option<&Icd10Node> {
         self.node(code).and_then(|n| {
             if n.parent.is_empty() {
@@ -123,6 +127,7 @@ impl Icd10 {
         out
     }
 
+    /// The chapter a code belongs to.
     pub fn chapter(&self, code: &str) -> Option<&Icd10Node> {
         let n = self.node(code)?;
         if n.is_chapter() {

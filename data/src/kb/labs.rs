@@ -4,6 +4,7 @@ use serde::Deserialize;
 use spar_core::{Error, Result};
 use std::path::Path;
 
+/// One reference interval; the first variant whose selectors match the patient applies.
 #[derive(Clone, Debug, Deserialize)]
 pub struct RangeVariant {
     /// "M" | "F"; absent: anyone.
@@ -17,6 +18,7 @@ pub struct RangeVariant {
     pub unit: String,
 }
 
+/// An analyte (or vital sign) with its reference intervals.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Lab {
     pub loinc: String,
@@ -34,6 +36,7 @@ struct File {
     labs: Vec<Lab>,
 }
 
+/// The loaded `labs.json`.
 #[derive(Debug, Default)]
 pub struct Labs {
     pub source: String,
@@ -41,6 +44,7 @@ pub struct Labs {
 }
 
 impl Labs {
+    /// Reads `labs.json`; returns the raw bytes too (they enter the version hash).
     pub fn load(path: &Path) -> Result<(Self, Vec<u8>)> {
         let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let f: File = serde_json::from_slice(&raw)
