@@ -1,0 +1,123 @@
+//! NVRTC compilation and launching through cudarc (libraries opened at run time, so this crate builds and runs
+//! without CUDA). Kernels run on the legacy default stream, the stream tch issues torch work on, so they are
+//! ordered with torch's kernels without extra synchronisation.
+
+use anyhow::{Result, anyhow};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+const SOURCE: &str = r#"
+// bf16 handled as raw bits: NVRTC then needs no CUDA headers.
+__device__ __forceinline__ float bf16_to_f32(unsigned short b) { return __uint_as_float(((unsigned int)b) << 16); }
+__device__ __forceinline__ unsigned short f32_to_bf16(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u); // NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1u);                                                  // round to nearest even
+    return (unsigned short)(u >> 16);
+}
+
+__device__ __forceinline__ float block_sum(float v, float* shared) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    int nw = (blockDim.x + 31) >> 5;
+    v = (threadIdx.x < nw) ? shared[threadIdx.x] : 0.0f;
+    if (warp == 0) for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x == 0) shared[0] = v;
+    __syncthreads();
+    return shared[0];
+}
+
+extern "C" __global__ void rms_norm_f32(const float* x, const float* w, float* y, int h, float eps) {
+    __shared__ float shared[32];
+    const float* row = x + (size_t)blockIdx.x * h;
+    float* out = y + (size_t)blockIdx.x * h;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < h; i += blockDim.x) { float v = row[i]; ss += v * v; }
+    float r = rsqrtf(block_sum(ss, shared) / (float)h + eps);
+    for (int i = threadIdx.x; i < h; i += blockDim.x) out[i] = w[i] * (row[i] * r);
+}
+
+extern "C" __global__ void rms_norm_bf16(const unsigned short* x, const unsigned short* w, unsigned short* y, int h, float eps) {
+    __shared__ float shared[32];
+    const unsigned short* row = x + (size_t)blockIdx.x * h;
+    unsigned short* out = y + (size_t)blockIdx.x * h;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < h; i += blockDim.x) { float v = bf16_to_f32(row[i]); ss += v * v; }
+    float r = rsqrtf(block_sum(ss, shared) / (float)h + eps);
+    for (int i = threadIdx.x; i < h; i += blockDim.x) {
+        // torch: (x_f32 * r).to(bf16), then weight * that in bf16 (computed in f32, rounded once)
+        float n = bf16_to_f32(f32_to_bf16(bf16_to_f32(row[i]) * r));
+        out[i] = f32_to_bf16(bf16_to_f32(w[i]) * n);
+    }
+}
+"#;
+
+/// Compiled kernels of one device.
+pub struct Kernels {
+    _ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    functions: HashMap<&'static str, CudaFunction>,
+}
+
+impl Kernels {
+    fn build(ordinal: usize) -> Result<Self> {
+        let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("CUDA context {ordinal}: {e:?}"))?;
+        let ptx = cudarc::nvrtc::compile_ptx(SOURCE).map_err(|e| anyhow!("NVRTC: {e:?}"))?;
+        let module = ctx.load_module(ptx).map_err(|e| anyhow!("loading PTX: {e:?}"))?;
+        let mut functions = HashMap::new();
+        for name in ["rms_norm_f32", "rms_norm_bf16"] {
+            functions.insert(name, module.load_function(name).map_err(|e| anyhow!("{name}: {e:?}"))?);
+        }
+        Ok(Kernels { stream: ctx.default_stream(), _ctx: ctx, _module: module, functions })
+    }
+
+    /// Launches `name` with one 256-thread block per row: args `ptrs...`, `h`, `eps`.
+    pub fn launch_rows(&self, name: &str, rows: u32, ptrs: &[u64], h: i32, eps: f32) -> Result<()> {
+        let f = self.functions.get(name).ok_or_else(|| anyhow!("no kernel {name}"))?;
+        let cfg = LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let mut b = self.stream.launch_builder(f);
+        for p in ptrs {
+            b.arg(p);
+        }
+        b.arg(&h);
+        b.arg(&eps);
+        // SAFETY: pointers come from live contiguous torch tensors of the sizes the kernel indexes; the launch is
+        // on the legacy default stream, after the torch work that produced them.
+        unsafe { b.launch(cfg) }.map_err(|e| anyhow!("launching {name}: {e:?}"))?;
+        Ok(())
+    }
+}
+
+static KERNELS: OnceLock<Mutex<HashMap<usize, Option<Arc<Kernels>>>>> = OnceLock::new();
+
+/// The kernels of CUDA device `ordinal`, compiled on first use; None (logged once) when NVRTC or the driver
+/// is unavailable.
+pub fn kernels(ordinal: usize) -> Option<Arc<Kernels>> {
+    let map = KERNELS.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut m = map.lock().ok()?;
+    m.entry(ordinal)
+        .or_insert_with(|| match Kernels::build(ordinal) {
+            Ok(k) => Some(Arc::new(k)),
+            Err(e) => {
+                eprintln!("spar-kernels: fused kernels unavailable on cuda:{ordinal}, using torch ops ({e:#})");
+                None
+            }
+        })
+        .clone()
+}
+
+/// False when `SPAR_KERNELS=off` (forces the torch fallbacks, e.g. to compare).
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SPAR_KERNELS").map(|v| v != "off" && v != "0").unwrap_or(true))
+}
+
+/// Whether autograd records operations right now (false inside `tch::no_grad`).
+pub fn grad_enabled() -> Result<bool> {
+    let probe = tch::Tensor::f_zeros([1], (tch::Kind::Float, tch::Device::Cpu))?.f_set_requires_grad(true)?;
+    Ok(probe.f_mul_scalar(1.0)?.requires_grad())
+}

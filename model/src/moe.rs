@@ -1,0 +1,131 @@
+//! The sparse MoE block of Qwen3-MoE with experts stacked into two tensors and routing kept on the device.
+//!
+//! Routing follows transformers' `Qwen3MoeTopKRouter`: router logits in the model dtype, softmax in float32,
+//! top-k of the probabilities, optional renormalisation (`norm_topk_prob`), weights cast back to the model
+//! dtype. Compute: the `N*k` (token, expert) pairs are sorted by expert, each expert's rows are multiplied in
+//! one grouped GEMM (`torch._grouped_mm`, offsets computed on the device), and the results are un-permuted
+//! and summed over k. No step reads anything back to the host.
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+/// Result of one MoE block.
+pub struct MoeOutput {
+    /// `[N, H]`.
+    pub hidden: Tensor,
+    /// `[N, E]` router logits in the model dtype (for the aux loss).
+    pub router_logits: Tensor,
+    /// `[N, k]` int64 chosen experts, in descending probability order (or as forced).
+    pub experts: Tensor,
+}
+
+/// Stacked expert weights of one MoE layer.
+#[derive(Debug)]
+pub struct MoeWeights {
+    /// `[E, H]` (HF `mlp.gate.weight`).
+    pub router: Tensor,
+    /// `[E, 2I, H]`: rows `0..I` are HF `experts.e.gate_proj.weight`, rows `I..2I` `experts.e.up_proj.weight`.
+    pub gate_up: Tensor,
+    /// `[E, H, I]` (HF `experts.e.down_proj.weight`).
+    pub down: Tensor,
+}
+
+/// Runs the MoE block on `x: [N, H]`. `forced: [N, k]` int64 replaces the top-k choice (routing replay); the
+/// routing weights are then the router probabilities of the forced experts.
+pub fn moe_forward(w: &MoeWeights, x: &Tensor, k: i64, norm_topk_prob: bool, forced: Option<&Tensor>) -> Result<MoeOutput> {
+    let kind = x.kind();
+    let n = x.size()[0];
+    let e = w.router.size()[0];
+    let router_logits = x.f_linear(&w.router, None::<Tensor>)?;
+    let probs = router_logits.f_softmax(-1, Kind::Float)?;
+    let (top_v, top_i) = match forced {
+        Some(f) => (probs.f_gather(1, f, false)?, f.shallow_clone()),
+        None => probs.f_topk(k, -1, true, true)?,
+    };
+    let top_v = if norm_topk_prob { top_v.f_div(&top_v.f_sum_dim_intlist(-1, true, Kind::Float)?)? } else { top_v };
+    let weights = top_v.f_to_kind(kind)?;
+
+    let flat = top_i.f_reshape([-1])?;
+    let order = flat.f_argsort_stable(true, 0, false)?;
+    let sorted_experts = flat.f_index_select(0, &order)?;
+    let token_of = order.f_floor_divide_scalar(k)?;
+    let xs = x.f_index_select(0, &token_of)?;
+    let inter = w.down.size()[2];
+    let h = x.size()[1];
+
+    let elt = kind.elt_size_in_bytes() as i64;
+    let aligned = (h * elt) % 16 == 0 && (inter * elt) % 16 == 0;
+    let (gu, act, ys);
+    if aligned {
+        let counts = Tensor::f_zeros([e], (Kind::Int64, x.device()))?.f_scatter_add(0, &flat, &flat.f_ones_like()?)?;
+        let offs = counts.f_cumsum(0, Kind::Int)?;
+        gu = xs.f_internal_grouped_mm(&w.gate_up.f_transpose(1, 2)?, Some(&offs), None::<&Tensor>, None::<Kind>)?;
+        act = gu.f_narrow(1, 0, inter)?.f_silu()?.f_mul(&gu.f_narrow(1, inter, inter)?)?;
+        ys = act.f_internal_grouped_mm(&w.down.f_transpose(1, 2)?, Some(&offs), None::<&Tensor>, None::<Kind>)?;
+    } else {
+        // Grouped GEMM needs 16-byte aligned rows; odd tiny shapes gather each pair's expert weights instead.
+        let wgu = w.gate_up.f_index_select(0, &sorted_experts)?;
+        gu = xs.f_unsqueeze(1)?.f_bmm(&wgu.f_transpose(1, 2)?)?.f_squeeze_dim(1)?;
+        act = gu.f_narrow(1, 0, inter)?.f_silu()?.f_mul(&gu.f_narrow(1, inter, inter)?)?;
+        let wd = w.down.f_index_select(0, &sorted_experts)?;
+        ys = act.f_unsqueeze(1)?.f_bmm(&wd.f_transpose(1, 2)?)?.f_squeeze_dim(1)?;
+    }
+    let w_sorted = weights.f_reshape([-1])?.f_index_select(0, &order)?.f_unsqueeze(-1)?;
+    let ys = ys.f_mul(&w_sorted)?;
+    // Undo the sort: inverse permutation by scatter (no second sort), then sum each token's k outputs.
+    let arange = Tensor::f_arange(n * k, (Kind::Int64, x.device()))?;
+    let inv = order.f_zeros_like()?.f_scatter(0, &order, &arange)?;
+    let hidden = ys.f_index_select(0, &inv)?.f_view([n, k, h])?.f_sum_dim_intlist(1, false, kind)?;
+    Ok(MoeOutput { hidden, router_logits, experts: top_i })
+}
+
+/// Switch-Transformer load-balancing loss over all MoE layers, as transformers' `load_balancing_loss_func`
+/// without an attention mask: `E * sum_e f_e * P_e` with `f_e` the fraction of top-k slots routed to expert e
+/// and `P_e` the mean router probability of e, both over all tokens of all layers.
+pub fn aux_load_balancing_loss(router_logits: &[Tensor], num_experts: usize, k: usize) -> Tensor {
+    aux_load_balancing_loss_masked(router_logits, num_experts, k, None)
+        .unwrap_or_else(|e| panic!("aux_load_balancing_loss: {e}"))
+}
+
+/// [`aux_load_balancing_loss`] counting only tokens where `mask` (`[B, T]` or `[B*T]`, 1 = real) is 1.
+/// Returns 0 (float32 scalar on the CPU) when there are no router logits.
+pub fn aux_load_balancing_loss_masked(
+    router_logits: &[Tensor],
+    num_experts: usize,
+    k: usize,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let Some(first) = router_logits.first() else {
+        return Ok(Tensor::f_zeros([], (Kind::Float, tch::Device::Cpu))?);
+    };
+    let dev = first.device();
+    let e = num_experts as i64;
+    let mut tokens = Tensor::f_zeros([e], (Kind::Float, dev))?;
+    let mut probs_sum = Tensor::f_zeros([e], (Kind::Float, dev))?;
+    let mut rows = Tensor::f_zeros([], (Kind::Float, dev))?;
+    let flat_mask = match mask {
+        Some(m) => Some(m.f_reshape([-1])?.f_to_kind(Kind::Float)?.f_to_device(dev)?),
+        None => None,
+    };
+    for logits in router_logits {
+        let p = logits.f_softmax(-1, Kind::Float)?;
+        let (_, sel) = p.f_topk(k as i64, -1, true, true)?;
+        let sel = sel.f_reshape([-1])?;
+        match &flat_mask {
+            None => {
+                tokens = tokens.f_scatter_add(0, &sel, &sel.f_ones_like()?.f_to_kind(Kind::Float)?)?;
+                probs_sum = probs_sum.f_add(&p.f_sum_dim_intlist(0, false, Kind::Float)?)?;
+                rows = rows.f_add_scalar(p.size()[0] as f64)?;
+            }
+            Some(m) => {
+                let mk = m.f_repeat_interleave_self_int(k as i64, None, None)?;
+                tokens = tokens.f_scatter_add(0, &sel, &mk)?;
+                probs_sum = probs_sum.f_add(&p.f_mul(&m.f_unsqueeze(-1)?)?.f_sum_dim_intlist(0, false, Kind::Float)?)?;
+                rows = rows.f_add(&m.f_sum(Kind::Float)?)?;
+            }
+        }
+    }
+    let f = tokens.f_div(&rows)?;
+    let pm = probs_sum.f_div(&rows)?;
+    Ok(f.f_mul(&pm)?.f_sum(Kind::Float)?.f_mul_scalar(num_experts as f64)?)
+}

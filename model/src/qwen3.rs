@@ -1,0 +1,686 @@
+//! Qwen3 / Qwen3-MoE decoder in tch, numerically following transformers' `Qwen3ForCausalLM` /
+//! `Qwen3MoeForCausalLM`: pre-norm blocks, q/k RMSNorm per head before RoPE, GQA attention through SDPA,
+//! SwiGLU MLP or the stacked-expert MoE block, final RMSNorm and (optionally tied) LM head.
+
+use crate::cache::KvCache;
+use crate::config::Qwen3Config;
+use crate::moe::{MoeWeights, moe_forward};
+use crate::rope::{Rope, apply_rotary};
+use anyhow::{Context, Result, bail, ensure};
+use spar_kernels::rms_norm;
+use std::path::Path;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// Inputs of one forward pass. Build with [`ForwardInput::new`] and the builder methods.
+pub struct ForwardInput<'a> {
+    /// `[B, T]` int64 token ids.
+    pub input_ids: &'a Tensor,
+    /// `[B, T]` RoPE positions. None: derived — from the cache lengths (`len + 0..T` per row), else restarting
+    /// at each new `seq_ids` value, else `cumsum(attention_mask) - 1` (so left padding starts real tokens at 0),
+    /// else `0..T`.
+    pub position_ids: Option<&'a Tensor>,
+    /// `[B, T]` 1 = real token, 0 = padding (left or right). Padding keys are never attended to.
+    pub attention_mask: Option<&'a Tensor>,
+    /// `[B, T]` packed sequences: a token attends only to earlier tokens with the same id. Ids of one row must
+    /// be contiguous runs (one sequence after another).
+    pub seq_ids: Option<&'a Tensor>,
+    /// Incremental decoding: row i appends to slot `select_slots[i]` (or slot i).
+    pub cache: Option<&'a mut KvCache>,
+    /// `[B, T, n_moe_layers, k]` int64 expert choices to use instead of the router's top-k (routing replay).
+    pub forced_experts: Option<&'a Tensor>,
+}
+
+impl<'a> ForwardInput<'a> {
+    /// Plain causal forward of `input_ids` (`[B, T]` int64).
+    pub fn new(input_ids: &'a Tensor) -> Self {
+        ForwardInput { input_ids, position_ids: None, attention_mask: None, seq_ids: None, cache: None, forced_experts: None }
+    }
+    /// Sets explicit RoPE positions `[B, T]`.
+    pub fn positions(mut self, p: &'a Tensor) -> Self {
+        self.position_ids = Some(p);
+        self
+    }
+    /// Sets the padding mask `[B, T]` (1 = real token).
+    pub fn mask(mut self, m: &'a Tensor) -> Self {
+        self.attention_mask = Some(m);
+        self
+    }
+    /// Sets packed-sequence ids `[B, T]`.
+    pub fn seq_ids(mut self, s: &'a Tensor) -> Self {
+        self.seq_ids = Some(s);
+        self
+    }
+    /// Decodes against a KV cache.
+    pub fn cache(mut self, c: &'a mut KvCache) -> Self {
+        self.cache = Some(c);
+        self
+    }
+    /// Replays expert choices `[B, T, n_moe_layers, k]`.
+    pub fn forced_experts(mut self, f: &'a Tensor) -> Self {
+        self.forced_experts = Some(f);
+        self
+    }
+}
+
+/// Outputs of one forward pass.
+pub struct ForwardOutput {
+    /// `[B, T, vocab]` in the model dtype.
+    pub logits: Tensor,
+    /// Per MoE layer `[B*T, num_experts]` router logits (model dtype), for the aux loss.
+    pub router_logits: Vec<Tensor>,
+    /// `[B, T, n_moe_layers, k]` int64 experts chosen (or forced); None for dense models.
+    pub routed_experts: Option<Tensor>,
+    /// With activation checkpointing: what [`Qwen3Model::backward`] needs to recompute the layers.
+    pub(crate) tape: Option<CheckpointTape>,
+}
+
+impl ForwardOutput {
+    /// Whether this output was produced with activation checkpointing (then call [`Qwen3Model::backward`]
+    /// rather than `loss.backward()`).
+    pub fn is_checkpointed(&self) -> bool {
+        self.tape.is_some()
+    }
+}
+
+/// Saved layer inputs of a checkpointed forward (see [`Qwen3Model::backward`]).
+pub(crate) struct CheckpointTape {
+    embed_out: Tensor,
+    steps: Vec<TapeStep>,
+    cos: Tensor,
+    sin: Tensor,
+    attn: AttnMask,
+}
+
+struct TapeStep {
+    layer: usize,
+    input: Tensor,
+    out_leaf: Tensor,
+    router_leaf: Option<Tensor>,
+    experts: Option<Tensor>,
+}
+
+struct Attention {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    q_norm: Tensor,
+    k_norm: Tensor,
+}
+
+enum Mlp {
+    Dense { gate: Tensor, up: Tensor, down: Tensor },
+    Moe { weights: MoeWeights, index: usize },
+}
+
+struct Layer {
+    index: usize,
+    input_ln: Tensor,
+    post_ln: Tensor,
+    attn: Attention,
+    mlp: Mlp,
+}
+
+/// How queries see keys in one forward.
+enum AttnMask {
+    /// Plain causal attention over the batch's own tokens (SDPA `is_causal`, flash-eligible).
+    Causal,
+    /// Explicit boolean mask `[B, 1, Tq, Tk]`, true = may attend.
+    Mask(Tensor),
+}
+
+impl Clone for AttnMask {
+    fn clone(&self) -> Self {
+        match self {
+            AttnMask::Causal => AttnMask::Causal,
+            AttnMask::Mask(m) => AttnMask::Mask(m.shallow_clone()),
+        }
+    }
+}
+
+/// Where a cached forward writes and reads.
+struct CachePlan {
+    slot_idx: Tensor,
+    write_pos: Tensor,
+    read_len: i64,
+    contiguous_from: Option<i64>,
+    slot_list: Tensor,
+}
+
+/// A Qwen3 / Qwen3-MoE causal LM. Parameters live in `vs` under transformers' names (`model.layers.3.self_attn
+/// .q_proj.weight`, ...), except the experts of MoE layers, stacked as transformers 5.x keeps them in memory:
+/// `model.layers.L.mlp.experts.gate_up_proj` `[E, 2I, H]` and `model.layers.L.mlp.experts.down_proj` `[E, H, I]`.
+pub struct Qwen3Model {
+    pub config: Qwen3Config,
+    pub vs: VarStore,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Option<Tensor>,
+    rope: Rope,
+    kind: Kind,
+    device: Device,
+    checkpointing: bool,
+}
+
+/// Shape of every parameter in `vs`, by name (the VarStore layout described on [`Qwen3Model`]).
+pub fn param_shapes(c: &Qwen3Config) -> Vec<(String, Vec<i64>)> {
+    let h = c.hidden_size as i64;
+    let (nh, nkv, d) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
+    let mut v = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size as i64, h])];
+    for l in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        v.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        v.push((format!("{p}.self_attn.q_proj.weight"), vec![nh * d, h]));
+        v.push((format!("{p}.self_attn.k_proj.weight"), vec![nkv * d, h]));
+        v.push((format!("{p}.self_attn.v_proj.weight"), vec![nkv * d, h]));
+        v.push((format!("{p}.self_attn.o_proj.weight"), vec![h, nh * d]));
+        v.push((format!("{p}.self_attn.q_norm.weight"), vec![d]));
+        v.push((format!("{p}.self_attn.k_norm.weight"), vec![d]));
+        if c.is_moe_layer(l) {
+            let (e, i) = (c.num_experts as i64, c.moe_intermediate_size as i64);
+            v.push((format!("{p}.mlp.gate.weight"), vec![e, h]));
+            v.push((format!("{p}.mlp.experts.gate_up_proj"), vec![e, 2 * i, h]));
+            v.push((format!("{p}.mlp.experts.down_proj"), vec![e, h, i]));
+        } else {
+            let i = c.intermediate_size as i64;
+            v.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+            v.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+            v.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+        }
+    }
+    v.push(("model.norm.weight".to_string(), vec![h]));
+    if !c.tie_word_embeddings {
+        v.push(("lm_head.weight".to_string(), vec![c.vocab_size as i64, h]));
+    }
+    v
+}
+
+/// Registers a trainable variable under a dotted name (VarStore paths take one component per `.`).
+fn add_var(vs: &VarStore, name: &str, t: Tensor) {
+    let mut parts: Vec<&str> = name.split('.').collect();
+    let last = parts.pop().unwrap_or(name);
+    let mut p = vs.root();
+    for c in parts {
+        p = p.sub(c);
+    }
+    let _ = p.add(last, t, true);
+}
+
+fn is_norm(name: &str) -> bool {
+    name.ends_with("layernorm.weight") || name.ends_with("norm.weight")
+}
+
+impl Qwen3Model {
+    /// A model with transformers' initialisation (normal(0, 0.02) matrices, unit norms), seeded.
+    pub fn random(config: Qwen3Config, device: Device, kind: Kind, seed: i64) -> Result<Self> {
+        config.validate()?;
+        tch::manual_seed(seed);
+        let vs = VarStore::new(device);
+        {
+            let _g = tch::no_grad_guard();
+            for (name, shape) in param_shapes(&config) {
+                // Draw on the CPU in float32 so a seed gives the same weights on every device and dtype.
+                let t = if is_norm(&name) {
+                    Tensor::f_ones(shape.as_slice(), (Kind::Float, Device::Cpu))?
+                } else {
+                    Tensor::f_randn(shape.as_slice(), (Kind::Float, Device::Cpu))?.f_mul_scalar(0.02)?
+                };
+                add_var(&vs, &name, t.f_to_kind(kind)?.f_to_device(device)?);
+            }
+        }
+        Self::from_var_store(config, vs, kind)
+    }
+
+    /// Loads an HF model directory: `config.json` and `model.safetensors` or `model.safetensors.index.json`
+    /// with its shards. Errors name the file and the tensor (missing, wrong shape, truncated, wrong dtype).
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+        let vs = VarStore::new(device);
+        {
+            let _g = tch::no_grad_guard();
+            for (name, shape) in param_shapes(&config) {
+                add_var(&vs, &name, Tensor::f_empty(shape.as_slice(), (kind, device))?);
+            }
+        }
+        crate::weights::load_hf_weights(dir, &config, &vs)?;
+        Self::from_var_store(config, vs, kind)
+    }
+
+    /// Builds the model over a VarStore whose variables follow [`param_shapes`].
+    pub fn from_var_store(config: Qwen3Config, vs: VarStore, kind: Kind) -> Result<Self> {
+        let vars = vs.variables();
+        let get = |n: &str| -> Result<Tensor> {
+            vars.get(n).map(|t| t.shallow_clone()).with_context(|| format!("variable store lacks parameter `{n}`"))
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        let mut moe_index = 0;
+        for l in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let attn = Attention {
+                q: get(&format!("{p}.self_attn.q_proj.weight"))?,
+                k: get(&format!("{p}.self_attn.k_proj.weight"))?,
+                v: get(&format!("{p}.self_attn.v_proj.weight"))?,
+                o: get(&format!("{p}.self_attn.o_proj.weight"))?,
+                q_norm: get(&format!("{p}.self_attn.q_norm.weight"))?,
+                k_norm: get(&format!("{p}.self_attn.k_norm.weight"))?,
+            };
+            let mlp = if config.is_moe_layer(l) {
+                let weights = MoeWeights {
+                    router: get(&format!("{p}.mlp.gate.weight"))?,
+                    gate_up: get(&format!("{p}.mlp.experts.gate_up_proj"))?,
+                    down: get(&format!("{p}.mlp.experts.down_proj"))?,
+                };
+                moe_index += 1;
+                Mlp::Moe { weights, index: moe_index - 1 }
+            } else {
+                Mlp::Dense {
+                    gate: get(&format!("{p}.mlp.gate_proj.weight"))?,
+                    up: get(&format!("{p}.mlp.up_proj.weight"))?,
+                    down: get(&format!("{p}.mlp.down_proj.weight"))?,
+                }
+            };
+            layers.push(Layer {
+                index: l,
+                input_ln: get(&format!("{p}.input_layernorm.weight"))?,
+                post_ln: get(&format!("{p}.post_attention_layernorm.weight"))?,
+                attn,
+                mlp,
+            });
+        }
+        let device = vs.device();
+        let lm_head = if config.tie_word_embeddings { None } else { Some(get("lm_head.weight")?) };
+        Ok(Qwen3Model {
+            embed: get("model.embed_tokens.weight")?,
+            norm: get("model.norm.weight")?,
+            lm_head,
+            rope: Rope::new(&config, device)?,
+            layers,
+            config,
+            vs,
+            kind,
+            device,
+            checkpointing: false,
+        })
+    }
+
+    /// Writes `config.json` and the weights under HF names (per-expert tensors un-stacked) as safetensors
+    /// (sharded with an index above 5 GB), each file atomically.
+    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        crate::weights::save_hf(self, dir)
+    }
+
+    /// Device of the parameters.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Dtype of the parameters and activations.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Turns activation checkpointing on or off. When on, a forward with autograd enabled keeps only each
+    /// layer's input; [`Qwen3Model::backward`] recomputes every layer (with the same expert choices) while
+    /// back-propagating.
+    pub fn set_activation_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
+    }
+
+    /// Whether activation checkpointing is on.
+    pub fn activation_checkpointing(&self) -> bool {
+        self.checkpointing
+    }
+
+    /// The token embedding matrix `[vocab, H]` (also the LM head when tied).
+    pub fn embed_weight(&self) -> &Tensor {
+        &self.embed
+    }
+
+    /// Runs the model.
+    pub fn forward(&self, input: ForwardInput<'_>) -> Result<ForwardOutput> {
+        let ForwardInput { input_ids, position_ids, attention_mask, seq_ids, mut cache, forced_experts } = input;
+        let size = input_ids.size();
+        ensure!(size.len() == 2, "input_ids must be [B, T], got {size:?}");
+        ensure!(input_ids.kind() == Kind::Int64, "input_ids must be int64, got {:?}", input_ids.kind());
+        let (b, t) = (size[0], size[1]);
+        ensure!(b > 0 && t > 0, "input_ids is empty ({size:?})");
+        for (name, x) in [("position_ids", position_ids), ("attention_mask", attention_mask), ("seq_ids", seq_ids)] {
+            if let Some(x) = x {
+                ensure!(x.size() == size, "{name} must have the shape of input_ids {size:?}, got {:?}", x.size());
+            }
+        }
+        let n_moe = self.config.moe_layers().len() as i64;
+        let k = self.config.num_experts_per_tok as i64;
+        if let Some(f) = forced_experts {
+            ensure!(n_moe > 0, "forced_experts given but the model has no MoE layers");
+            ensure!(f.size() == [b, t, n_moe, k], "forced_experts must be [B, T, n_moe_layers, k] = {:?}, got {:?}", [b, t, n_moe, k], f.size());
+            ensure!(f.kind() == Kind::Int64, "forced_experts must be int64");
+            if f.device() == Device::Cpu {
+                let (lo, hi) = (f.f_min()?.int64_value(&[]), f.f_max()?.int64_value(&[]));
+                ensure!(lo >= 0 && hi < self.config.num_experts as i64, "forced_experts holds expert ids outside 0..{}", self.config.num_experts);
+            }
+        }
+        let dev = self.device;
+        let ids = input_ids.f_to_device(dev)?;
+
+        // Cache bookkeeping (host lengths) and the attention mask.
+        let mut plan = None;
+        let mut new_lens = Vec::new();
+        let (positions, attn) = if let Some(cache) = cache.as_deref_mut() {
+            ensure!(seq_ids.is_none(), "seq_ids (packed sequences) cannot be combined with a KV cache");
+            ensure!(cache.device() == dev, "KV cache is on {:?}, model on {dev:?}", cache.device());
+            let slots = cache.row_slots(b as usize)?;
+            let valid: Vec<i64> = match attention_mask {
+                None => vec![t; b as usize],
+                Some(m) => {
+                    // One small read of the mask: appends must be right-padded (valid prefix per row).
+                    let m = m.f_to_device(Device::Cpu)?.f_to_kind(Kind::Int64)?;
+                    let flat: Vec<i64> = Vec::<i64>::try_from(m.f_reshape([-1])?)?;
+                    flat.chunks(t as usize)
+                        .enumerate()
+                        .map(|(r, row)| {
+                            let n = row.iter().take_while(|x| **x != 0).count();
+                            ensure!(row[n..].iter().all(|x| *x == 0), "with a KV cache attention_mask must be right padding (row {r} has a 0 before a 1)");
+                            Ok(n as i64)
+                        })
+                        .collect::<Result<_>>()?
+                }
+            };
+            let lens: Vec<i64> = slots.iter().map(|s| cache.len(*s) as i64).collect();
+            let read_len = lens.iter().map(|l| l + t).max().unwrap_or(t);
+            ensure!(
+                read_len as usize <= cache.max_len(),
+                "KV cache overflow: a slot would hold {read_len} tokens, max_len is {}",
+                cache.max_len()
+            );
+            let lens_t = Tensor::from_slice(&lens).f_to_device(dev)?;
+            let valid_t = Tensor::from_slice(&valid).f_to_device(dev)?;
+            let ar = Tensor::f_arange(t, (Kind::Int64, dev))?;
+            let write_pos = lens_t.f_unsqueeze(1)?.f_add(&ar.f_unsqueeze(0)?)?; // [B, T]
+            let keys = Tensor::f_arange(read_len, (Kind::Int64, dev))?.f_view([1, 1, read_len])?;
+            let qpos = write_pos.f_unsqueeze(-1)?; // [B, T, 1]
+            let end = lens_t.f_add(&valid_t)?.f_view([b, 1, 1])?;
+            let m = keys.f_le_tensor(&qpos)?.f_logical_and(&keys.f_lt_tensor(&end)?)?.f_logical_or(&keys.f_eq_tensor(&qpos)?)?;
+            let contiguous_from = slots.windows(2).all(|w| w[1] == w[0] + 1).then(|| slots[0] as i64);
+            let slot_list = Tensor::from_slice(&slots.iter().map(|s| *s as i64).collect::<Vec<_>>()).f_to_device(dev)?;
+            plan = Some(CachePlan { slot_idx: slot_list.f_unsqueeze(1)?, write_pos: write_pos.shallow_clone(), read_len, contiguous_from, slot_list });
+            new_lens = slots.iter().zip(lens.iter().zip(&valid)).map(|(s, (l, v))| (*s, (l + v) as usize)).collect();
+            let pos = match position_ids {
+                Some(p) => p.f_to_device(dev)?,
+                None => write_pos,
+            };
+            (pos, AttnMask::Mask(m.f_unsqueeze(1)?))
+        } else {
+            let pos = match (position_ids, seq_ids, attention_mask) {
+                (Some(p), _, _) => p.f_to_device(dev)?,
+                (None, Some(s), _) => positions_from_seq_ids(&s.f_to_device(dev)?)?,
+                (None, None, Some(m)) => m.f_to_device(dev)?.f_to_kind(Kind::Int64)?.f_cumsum(1, Kind::Int64)?.f_sub_scalar(1)?.f_clamp_min(0)?,
+                (None, None, None) => Tensor::f_arange(t, (Kind::Int64, dev))?.f_unsqueeze(0)?.f_expand([b, t], false)?,
+            };
+            let attn = if seq_ids.is_none() && attention_mask.is_none() {
+                AttnMask::Causal
+            } else {
+                let ar = Tensor::f_arange(t, (Kind::Int64, dev))?;
+                let causal = ar.f_view([1, t])?.f_le_tensor(&ar.f_view([t, 1])?)?.f_unsqueeze(0)?; // [1, Tq, Tk]
+                let mut m = causal;
+                if let Some(s) = seq_ids {
+                    let s = s.f_to_device(dev)?;
+                    m = m.f_logical_and(&s.f_unsqueeze(2)?.f_eq_tensor(&s.f_unsqueeze(1)?)?)?;
+                }
+                if let Some(am) = attention_mask {
+                    let key_ok = am.f_to_device(dev)?.f_ne(0)?.f_unsqueeze(1)?; // [B, 1, Tk]
+                    m = m.f_logical_and(&key_ok)?;
+                }
+                // Padding queries would see no key at all (NaN rows); let every query see itself.
+                let eye = Tensor::f_eye(t, (Kind::Bool, dev))?.f_unsqueeze(0)?;
+                AttnMask::Mask(m.f_logical_or(&eye)?.f_unsqueeze(1)?)
+            };
+            (pos, attn)
+        };
+        let (cos, sin) = self.rope.cos_sin(&positions, self.kind)?;
+        let forced_flat = match forced_experts {
+            Some(f) => Some(f.f_to_device(dev)?.f_reshape([b * t, n_moe, k])?),
+            None => None,
+        };
+
+        let checkpoint = self.checkpointing && cache.is_none() && grad_enabled()?;
+        let mut router_logits = Vec::new();
+        let mut experts = Vec::new();
+        let (hidden, tape) = if checkpoint {
+            let embed_out = ids.f_embedding_as(&self.embed, self.pad_idx())?;
+            let embed_leaf = embed_out.f_detach()?.f_set_requires_grad(true)?;
+            let mut x = embed_leaf.shallow_clone();
+            let mut steps = Vec::with_capacity(self.layers.len());
+            for (l, layer) in self.layers.iter().enumerate() {
+                let forced = self.forced_for(layer, forced_flat.as_ref())?;
+                let (out, moe) = tch::no_grad(|| self.layer_forward(layer, &x, &cos, &sin, &attn, None, forced.as_ref()))?;
+                let out_leaf = out.f_detach()?.f_set_requires_grad(true)?;
+                let (router_leaf, chosen) = match moe {
+                    Some((rl, ex)) => {
+                        let leaf = rl.f_detach()?.f_set_requires_grad(true)?;
+                        router_logits.push(leaf.shallow_clone());
+                        experts.push(ex.shallow_clone());
+                        (Some(leaf), Some(ex))
+                    }
+                    None => (None, None),
+                };
+                steps.push(TapeStep { layer: l, input: x, out_leaf: out_leaf.shallow_clone(), router_leaf, experts: chosen });
+                x = out_leaf;
+            }
+            let tape = CheckpointTape { embed_out, steps, cos: cos.shallow_clone(), sin: sin.shallow_clone(), attn: attn.clone() };
+            (x, Some(tape))
+        } else {
+            let mut x = ids.f_embedding_as(&self.embed, self.pad_idx())?;
+            for layer in &self.layers {
+                let forced = self.forced_for(layer, forced_flat.as_ref())?;
+                let cache_step = match (cache.as_deref_mut(), plan.as_ref()) {
+                    (Some(c), Some(p)) => Some((c, p)),
+                    _ => None,
+                };
+                let (out, moe) = self.layer_forward(layer, &x, &cos, &sin, &attn, cache_step, forced.as_ref())?;
+                if let Some((rl, ex)) = moe {
+                    router_logits.push(rl);
+                    experts.push(ex);
+                }
+                x = out;
+            }
+            (x, None)
+        };
+        if let Some(c) = cache {
+            for (s, l) in new_lens {
+                c.set_len(s, l);
+            }
+        }
+        let logits = self.head(&hidden)?;
+        let routed_experts = if experts.is_empty() {
+            None
+        } else {
+            Some(Tensor::f_stack(&experts, 1)?.f_view([b, t, n_moe, k])?)
+        };
+        Ok(ForwardOutput { logits, router_logits, routed_experts, tape })
+    }
+
+    /// Back-propagates `loss` (a scalar computed from `out`) into the parameters' `.grad`. Without
+    /// checkpointing this is `loss.backward()`. With it, after `loss.backward()` fills the gradients of the
+    /// last hidden state and the router logits, each layer is recomputed from its saved input (same forced
+    /// experts) and its gradient pushed through, last layer first, then the embedding.
+    pub fn backward(&self, loss: &Tensor, out: &ForwardOutput) -> Result<()> {
+        loss.f_backward()?;
+        let Some(tape) = &out.tape else { return Ok(()) };
+        let mut upstream: Option<Tensor> = None; // grad of the current step's output, once known
+        for step in tape.steps.iter().rev() {
+            let g_out = match upstream.take() {
+                Some(g) => Some(g),
+                None => defined_grad(&step.out_leaf),
+            };
+            let g_router = step.router_leaf.as_ref().and_then(defined_grad);
+            if g_out.is_none() && g_router.is_none() {
+                continue;
+            }
+            let input = step.input.f_detach()?.f_set_requires_grad(true)?;
+            let layer = &self.layers[step.layer];
+            let (y, moe) = self.layer_forward(layer, &input, &tape.cos, &tape.sin, &tape.attn, None, step.experts.as_ref())?;
+            let mut surrogate = Tensor::f_zeros([], (Kind::Float, self.device))?;
+            if let Some(g) = &g_out {
+                surrogate = surrogate.f_add(&y.f_mul(g)?.f_sum(Kind::Float)?)?;
+            }
+            if let (Some(g), Some((rl, _))) = (&g_router, &moe) {
+                surrogate = surrogate.f_add(&rl.f_mul(g)?.f_sum(Kind::Float)?)?;
+            }
+            surrogate.f_backward()?;
+            upstream = defined_grad(&input);
+        }
+        if let Some(g) = upstream {
+            tape.embed_out.f_mul(&g)?.f_sum(Kind::Float)?.f_backward()?;
+        }
+        Ok(())
+    }
+
+    fn pad_idx(&self) -> i64 {
+        self.config.pad_token_id.map(|p| p as i64).filter(|p| (*p as usize) < self.config.vocab_size).unwrap_or(-1)
+    }
+
+    fn forced_for(&self, layer: &Layer, forced: Option<&Tensor>) -> Result<Option<Tensor>> {
+        match (&layer.mlp, forced) {
+            (Mlp::Moe { index, .. }, Some(f)) => Ok(Some(f.f_select(1, *index as i64)?)),
+            _ => Ok(None),
+        }
+    }
+
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let x = rms_norm(x, &self.norm, self.config.rms_norm_eps)?;
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Ok(x.f_linear(w, None::<Tensor>)?)
+    }
+
+    /// One decoder layer; returns the new hidden state and, for MoE layers, (router logits, chosen experts).
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        attn: &AttnMask,
+        cache: Option<(&mut KvCache, &CachePlan)>,
+        forced: Option<&Tensor>,
+    ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+        let eps = self.config.rms_norm_eps;
+        let (b, t, h) = x.size3()?;
+        let h_in = rms_norm(x, &layer.input_ln, eps)?;
+        let a = self.attention(layer, &h_in, cos, sin, attn, cache)?;
+        let x = x.f_add(&a)?;
+        let h2 = rms_norm(&x, &layer.post_ln, eps)?;
+        match &layer.mlp {
+            Mlp::Dense { gate, up, down } => {
+                let y = h2.f_linear(gate, None::<Tensor>)?.f_silu()?.f_mul(&h2.f_linear(up, None::<Tensor>)?)?.f_linear(down, None::<Tensor>)?;
+                Ok((x.f_add(&y)?, None))
+            }
+            Mlp::Moe { weights, .. } => {
+                let flat = h2.f_reshape([b * t, h])?;
+                let o = moe_forward(weights, &flat, self.config.num_experts_per_tok as i64, self.config.norm_topk_prob, forced)?;
+                Ok((x.f_add(&o.hidden.f_view([b, t, h])?)?, Some((o.router_logits, o.experts))))
+            }
+        }
+    }
+
+    fn attention(&self, layer: &Layer, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &AttnMask, cache: Option<(&mut KvCache, &CachePlan)>) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t, _) = x.size3()?;
+        let (nh, nkv, d) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
+        let eps = c.rms_norm_eps;
+        let a = &layer.attn;
+        let q = rms_norm(&x.f_linear(&a.q, None::<Tensor>)?.f_view([b, t, nh, d])?, &a.q_norm, eps)?.f_transpose(1, 2)?;
+        let k = rms_norm(&x.f_linear(&a.k, None::<Tensor>)?.f_view([b, t, nkv, d])?, &a.k_norm, eps)?.f_transpose(1, 2)?;
+        let v = x.f_linear(&a.v, None::<Tensor>)?.f_view([b, t, nkv, d])?.f_transpose(1, 2)?;
+        let q = apply_rotary(&q, cos, sin)?;
+        let mut k = apply_rotary(&k, cos, sin)?;
+        let mut v = v;
+        if let Some((cache, plan)) = cache {
+            let li = layer.index;
+            let idx = [Some(plan.slot_idx.shallow_clone()), Some(plan.write_pos.shallow_clone())];
+            let _g = tch::no_grad_guard();
+            let _ = cache.k[li].f_index_put_(&idx, &k.f_transpose(1, 2)?.f_detach()?, false)?;
+            let _ = cache.v[li].f_index_put_(&idx, &v.f_transpose(1, 2)?.f_detach()?, false)?;
+            let read = |c: &Tensor| -> Result<Tensor> {
+                let rows = match plan.contiguous_from {
+                    Some(s) => c.f_narrow(0, s, b)?,
+                    None => c.f_index_select(0, &plan.slot_list)?,
+                };
+                Ok(rows.f_narrow(1, 0, plan.read_len)?.f_transpose(1, 2)?)
+            };
+            k = read(&cache.k[li])?;
+            v = read(&cache.v[li])?;
+        }
+        let n_rep = nh / nkv;
+        let (attn_mask, is_causal) = match mask {
+            AttnMask::Causal => (None, true),
+            AttnMask::Mask(m) => (Some(m), false),
+        };
+        // With an explicit mask on CUDA the memory-efficient kernel runs; expanding KV heads keeps it eligible.
+        let (k, v, gqa) = if n_rep > 1 && attn_mask.is_some() && self.device.is_cuda() {
+            (repeat_kv(&k, n_rep)?, repeat_kv(&v, n_rep)?, false)
+        } else {
+            (k, v, n_rep > 1)
+        };
+        let o = Tensor::f_scaled_dot_product_attention(&q, &k, &v, attn_mask, 0.0, is_causal, None, gqa)?;
+        Ok(o.f_transpose(1, 2)?.f_reshape([b, t, nh * d])?.f_linear(&a.o, None::<Tensor>)?)
+    }
+}
+
+trait EmbeddingExt {
+    fn f_embedding_as(&self, weight: &Tensor, pad: i64) -> Result<Tensor>;
+}
+
+impl EmbeddingExt for Tensor {
+    fn f_embedding_as(&self, weight: &Tensor, pad: i64) -> Result<Tensor> {
+        Ok(Tensor::f_embedding(weight, self, pad, false, false)?)
+    }
+}
+
+fn repeat_kv(x: &Tensor, n_rep: i64) -> Result<Tensor> {
+    let (b, h, t, d) = x.size4()?;
+    Ok(x.f_unsqueeze(2)?.f_expand([b, h, n_rep, t, d], false)?.f_reshape([b, h * n_rep, t, d])?)
+}
+
+fn defined_grad(t: &Tensor) -> Option<Tensor> {
+    let g = t.grad();
+    g.defined().then_some(g)
+}
+
+/// Whether autograd records operations right now (false inside `tch::no_grad`).
+fn grad_enabled() -> Result<bool> {
+    let probe = Tensor::f_zeros([1], (Kind::Float, Device::Cpu))?.f_set_requires_grad(true)?;
+    Ok(probe.f_mul_scalar(1.0)?.requires_grad())
+}
+
+/// Positions restarting at 0 wherever `seq_ids` changes along a row: `t - start(t)`, computed on the device.
+pub fn positions_from_seq_ids(seq_ids: &Tensor) -> Result<Tensor> {
+    let (b, t) = seq_ids.size2()?;
+    let dev = seq_ids.device();
+    let ar = Tensor::f_arange(t, (Kind::Int64, dev))?.f_unsqueeze(0)?.f_expand([b, t], false)?;
+    let prev = Tensor::f_cat(&[&seq_ids.f_narrow(1, 0, 1)?, &seq_ids.f_narrow(1, 0, t - 1)?], 1)?;
+    let starts = seq_ids.f_ne_tensor(&prev)?;
+    let start_idx = ar.f_mul(&starts.f_to_kind(Kind::Int64)?)?; // index where a run starts, else 0
+    let (run_start, _) = start_idx.f_cummax(1)?;
+    Ok(ar.f_sub(&run_start)?)
+}
+
+/// Per-token log-probabilities: `log_softmax(logits)[.., targets]`, computed in float32. `logits: [B, T, V]`,
+/// `targets: [B, T]` int64 → `[B, T]` float32.
+pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Tensor {
+    try_token_logprobs(logits, targets).unwrap_or_else(|e| panic!("token_logprobs: {e:#}"))
+}
+
+/// Fallible [`token_logprobs`].
+pub fn try_token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let ls = logits.size();
+    if ls.len() != 3 || targets.size() != ls[..2] {
+        bail!("token_logprobs: logits {:?} and targets {:?} do not match ([B, T, V] and [B, T])", ls, targets.size());
+    }
+    let lp = logits.f_log_softmax(-1, Kind::Float)?;
+    Ok(lp.f_gather(-1, &targets.f_to_device(logits.device())?.f_unsqueeze(-1)?, false)?.f_squeeze_dim(-1)?)
+}

@@ -1,0 +1,361 @@
+//! HF safetensors checkpoints: loading (single file or sharded index, per-expert or stacked expert tensors)
+//! into the model's VarStore, and saving back under HF names.
+//!
+//! The safetensors header is parsed here rather than through `VarStore::read_safetensors` so that shards
+//! load one tensor at a time (no whole-shard buffer) and every failure names the file and the tensor.
+
+use crate::config::Qwen3Config;
+use crate::qwen3::{Qwen3Model, param_shapes};
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+use tch::{Kind, Tensor};
+
+/// Largest shard `save_hf` writes before starting a new one (transformers' default `max_shard_size`).
+pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
+
+/// Where an HF tensor lands in the VarStore.
+#[derive(Clone, Debug)]
+struct Target {
+    var: String,
+    /// Expert index within a stacked `[E, ..]` variable.
+    expert: Option<i64>,
+    /// Row range within the (expert's) matrix: gate rows `0..I`, up rows `I..2I` of `gate_up_proj`.
+    rows: Option<(i64, i64)>,
+    shape: Vec<i64>,
+}
+
+/// Expected HF tensors of a config: per-expert names for MoE layers (the hub layout).
+fn hf_targets(c: &Qwen3Config) -> Vec<(String, Target)> {
+    let mut out = Vec::new();
+    for (var, shape) in param_shapes(c) {
+        if let Some(prefix) = var.strip_suffix(".gate_up_proj") {
+            let (e, i2, h) = (shape[0], shape[1], shape[2]);
+            let i = i2 / 2;
+            for x in 0..e {
+                for (name, rows) in [("gate_proj", (0, i)), ("up_proj", (i, i))] {
+                    out.push((
+                        format!("{prefix}.{x}.{name}.weight"),
+                        Target { var: var.clone(), expert: Some(x), rows: Some(rows), shape: vec![i, h] },
+                    ));
+                }
+            }
+        } else if let Some(prefix) = var.strip_suffix(".down_proj").filter(|p| p.ends_with(".experts")) {
+            for x in 0..shape[0] {
+                out.push((
+                    format!("{prefix}.{x}.down_proj.weight"),
+                    Target { var: var.clone(), expert: Some(x), rows: None, shape: vec![shape[1], shape[2]] },
+                ));
+            }
+        } else {
+            out.push((var.clone(), Target { var, expert: None, rows: None, shape }));
+        }
+    }
+    out
+}
+
+/// One tensor entry of a safetensors header.
+struct Entry {
+    dtype: String,
+    shape: Vec<i64>,
+    start: u64,
+    end: u64,
+}
+
+/// Parses the header of a safetensors file, checking every tensor's byte range against the file length.
+fn read_header(path: &Path) -> Result<(std::fs::File, u64, BTreeMap<String, Entry>)> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file_len = f.metadata()?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).map_err(|_| anyhow!("{}: truncated file (no safetensors header)", path.display()))?;
+    let n = u64::from_le_bytes(n);
+    if 8 + n > file_len {
+        bail!("{}: truncated file (header of {n} bytes, file holds {file_len})", path.display());
+    }
+    let mut hdr = vec![0u8; n as usize];
+    f.read_exact(&mut hdr)?;
+    let v: Value = serde_json::from_slice(&hdr).with_context(|| format!("{}: safetensors header is not valid JSON", path.display()))?;
+    let obj = v.as_object().ok_or_else(|| anyhow!("{}: safetensors header is not an object", path.display()))?;
+    let data_start = 8 + n;
+    let data_len = file_len - data_start;
+    let mut entries = BTreeMap::new();
+    for (name, e) in obj {
+        if name == "__metadata__" {
+            continue;
+        }
+        let bad = || anyhow!("{}: tensor `{name}`: malformed header entry {e}", path.display());
+        let dtype = e.get("dtype").and_then(|d| d.as_str()).ok_or_else(bad)?.to_string();
+        let shape: Vec<i64> =
+            e.get("shape").and_then(|s| s.as_array()).ok_or_else(bad)?.iter().map(|x| x.as_i64().ok_or_else(bad)).collect::<Result<_>>()?;
+        let offs = e.get("data_offsets").and_then(|s| s.as_array()).ok_or_else(bad)?;
+        let (start, end) = match offs.as_slice() {
+            [a, b] => (a.as_u64().ok_or_else(bad)?, b.as_u64().ok_or_else(bad)?),
+            _ => return Err(bad()),
+        };
+        if end > data_len || start > end {
+            bail!(
+                "{}: truncated file: tensor `{name}` needs bytes {start}..{end} of the data section, which holds {data_len}",
+                path.display()
+            );
+        }
+        entries.insert(name.clone(), Entry { dtype, shape, start, end });
+    }
+    Ok((f, data_start, entries))
+}
+
+fn dtype_kind(s: &str) -> Option<Kind> {
+    match s {
+        "F32" => Some(Kind::Float),
+        "BF16" => Some(Kind::BFloat16),
+        "F16" => Some(Kind::Half),
+        "F64" => Some(Kind::Double),
+        _ => None,
+    }
+}
+
+fn kind_dtype(k: Kind) -> Result<&'static str> {
+    Ok(match k {
+        Kind::Float => "F32",
+        Kind::BFloat16 => "BF16",
+        Kind::Half => "F16",
+        Kind::Double => "F64",
+        other => bail!("cannot save parameters of dtype {other:?}"),
+    })
+}
+
+/// The checkpoint files of `dir` and, for an index, which file each tensor is listed in.
+fn checkpoint_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<(PathBuf, HashMap<String, String>)>)> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?)
+            .with_context(|| format!("{}: not valid JSON", index.display()))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| anyhow!("{}: missing field `weight_map`", index.display()))?;
+        let mut files: Vec<String> = Vec::new();
+        let mut wm = HashMap::new();
+        for (name, file) in map {
+            let file = file.as_str().ok_or_else(|| anyhow!("{}: weight_map[{name}] is not a file name", index.display()))?;
+            if !files.iter().any(|f| f == file) {
+                files.push(file.to_string());
+            }
+            wm.insert(name.clone(), file.to_string());
+        }
+        let paths = files.iter().map(|f| dir.join(f)).collect::<Vec<_>>();
+        for p in &paths {
+            if !p.exists() {
+                bail!("{}: shard {} listed in the index does not exist", index.display(), p.display());
+            }
+        }
+        return Ok((paths, Some((index, wm))));
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok((vec![single], None));
+    }
+    bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display())
+}
+
+/// Loads every expected tensor of `config` from the HF directory into the variables of `vs`.
+pub fn load_hf_weights(dir: &Path, config: &Qwen3Config, vs: &VarStore) -> Result<()> {
+    let targets: HashMap<String, Target> = hf_targets(config).into_iter().collect();
+    let vars = vs.variables();
+    // Stacked-expert variables may also come whole (transformers 5.x in-memory names).
+    let stacked: HashMap<String, Vec<i64>> =
+        param_shapes(config).into_iter().filter(|(n, _)| n.contains(".mlp.experts.")).collect();
+    let (files, index) = checkpoint_files(dir)?;
+    let mut loaded: HashSet<String> = HashSet::new();
+    let _g = tch::no_grad_guard();
+    for path in &files {
+        let (mut f, data_start, entries) = read_header(path)?;
+        if let Some((idx_path, wm)) = &index {
+            let fname = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            if let Some((name, _)) = wm.iter().find(|(n, file)| **file == fname && !entries.contains_key(*n)) {
+                bail!("{}: missing tensor `{name}` (listed for this file in {})", path.display(), idx_path.display());
+            }
+        }
+        tracing::debug!(file = %path.display(), tensors = entries.len(), "loading shard");
+        for (name, e) in &entries {
+            let (target, whole) = match (targets.get(name), stacked.get(name)) {
+                (Some(t), _) => (t.clone(), false),
+                (None, Some(shape)) => (Target { var: name.clone(), expert: None, rows: None, shape: shape.clone() }, true),
+                (None, None) => {
+                    if name.ends_with(".rotary_emb.inv_freq") || (name == "lm_head.weight" && config.tie_word_embeddings) {
+                        continue;
+                    }
+                    bail!("{}: unexpected tensor `{name}` (not part of a {} model with this config.json)", path.display(), config.model_type.as_str());
+                }
+            };
+            let Some(src_kind) = dtype_kind(&e.dtype) else {
+                bail!("{}: tensor `{name}` has dtype {}, expected a floating dtype (F32, BF16, F16)", path.display(), e.dtype);
+            };
+            if e.shape != target.shape {
+                bail!("{}: tensor `{name}` has shape {:?}, expected {:?}", path.display(), e.shape, target.shape);
+            }
+            let numel: i64 = e.shape.iter().product();
+            let nbytes = (e.end - e.start) as usize;
+            if nbytes != numel as usize * src_kind.elt_size_in_bytes() {
+                bail!("{}: tensor `{name}`: {nbytes} bytes stored for shape {:?} of {}", path.display(), e.shape, e.dtype);
+            }
+            let mut buf = vec![0u8; nbytes];
+            f.seek(SeekFrom::Start(data_start + e.start))?;
+            f.read_exact(&mut buf).with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
+            let src = Tensor::f_from_data_size(&buf, &e.shape, src_kind)?;
+            let var = vars.get(&target.var).ok_or_else(|| anyhow!("internal: no variable {}", target.var))?;
+            let mut dst = var.shallow_clone();
+            if let Some(x) = target.expert {
+                dst = dst.f_select(0, x)?;
+            }
+            if let Some((s, n)) = target.rows {
+                dst = dst.f_narrow(0, s, n)?;
+            }
+            dst.f_copy_(&src)?;
+            if whole {
+                // A stacked tensor covers every per-expert name of its variable.
+                for (n, t) in &targets {
+                    if t.var == target.var {
+                        loaded.insert(n.clone());
+                    }
+                }
+            } else {
+                loaded.insert(name.clone());
+            }
+        }
+    }
+    let mut missing: Vec<&String> = targets.keys().filter(|n| !loaded.contains(*n)).collect();
+    if !missing.is_empty() {
+        missing.sort();
+        let where_ = match &index {
+            Some((p, wm)) => match wm.get(missing[0]) {
+                Some(file) => format!("{} (the index lists it in {file})", p.display()),
+                None => p.display().to_string(),
+            },
+            None => files[0].display().to_string(),
+        };
+        bail!("{where_}: missing tensor `{}`{}", missing[0], if missing.len() > 1 { format!(" and {} more", missing.len() - 1) } else { String::new() });
+    }
+    Ok(())
+}
+
+/// One tensor to write: HF name and a producer of its contiguous CPU value.
+struct OutTensor {
+    name: String,
+    value: Tensor,
+}
+
+fn hf_tensors(model: &Qwen3Model) -> Result<Vec<OutTensor>> {
+    let vars = model.vs.variables();
+    let mut out = Vec::new();
+    for (name, target) in hf_targets(&model.config) {
+        let var = vars.get(&target.var).ok_or_else(|| anyhow!("internal: no variable {}", target.var))?;
+        let mut t = var.shallow_clone();
+        if let Some(x) = target.expert {
+            t = t.f_select(0, x)?;
+        }
+        if let Some((s, n)) = target.rows {
+            t = t.f_narrow(0, s, n)?;
+        }
+        out.push(OutTensor { name, value: t });
+    }
+    Ok(out)
+}
+
+fn write_safetensors(path: &Path, tensors: &[OutTensor]) -> Result<()> {
+    let mut header = Map::new();
+    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut off = 0usize;
+    for t in tensors {
+        let n = t.value.numel() * t.value.kind().elt_size_in_bytes();
+        header.insert(
+            t.name.clone(),
+            json!({"dtype": kind_dtype(t.value.kind())?, "shape": t.value.size(), "data_offsets": [off, off + n]}),
+        );
+        off += n;
+    }
+    let mut hdr = serde_json::to_vec(&Value::Object(header))?;
+    while hdr.len() % 8 != 0 {
+        hdr.push(b' ');
+    }
+    spar_core::fsio::write_atomic_with(path, |f| {
+        let mut w = std::io::BufWriter::with_capacity(1 << 22, f);
+        w.write_all(&(hdr.len() as u64).to_le_bytes())?;
+        w.write_all(&hdr)?;
+        for t in tensors {
+            let cpu = tch::no_grad(|| t.value.f_to_device(tch::Device::Cpu).and_then(|x| x.f_contiguous())).map_err(std::io::Error::other)?;
+            let n = cpu.numel();
+            let mut buf = vec![0u8; n * cpu.kind().elt_size_in_bytes()];
+            cpu.f_copy_data_u8(&mut buf, n).map_err(std::io::Error::other)?;
+            w.write_all(&buf)?;
+        }
+        w.flush()
+    })
+    .map_err(|e| anyhow!("writing {}: {e}", path.display()))
+}
+
+/// Saves `config.json` and the weights (HF names, per-expert tensors) into `dir`.
+pub fn save_hf(model: &Qwen3Model, dir: &Path) -> Result<()> {
+    save_hf_sharded(model, dir, MAX_SHARD_BYTES)
+}
+
+/// [`save_hf`] with an explicit shard size: above `max_shard_bytes` the weights go to
+/// `model-0000i-of-0000n.safetensors` files and `model.safetensors.index.json`.
+pub fn save_hf_sharded(model: &Qwen3Model, dir: &Path, max_shard_bytes: usize) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tensors = hf_tensors(model)?;
+    let mut shards: Vec<Vec<OutTensor>> = vec![Vec::new()];
+    let mut size = 0usize;
+    let mut total = 0usize;
+    for t in tensors {
+        let n = t.value.numel() * t.value.kind().elt_size_in_bytes();
+        if size + n > max_shard_bytes && !shards.last().is_some_and(|s| s.is_empty()) {
+            shards.push(Vec::new());
+            size = 0;
+        }
+        size += n;
+        total += n;
+        shards.last_mut().expect("one shard exists").push(t);
+    }
+    let mut written = Vec::new();
+    if shards.len() == 1 {
+        write_safetensors(&dir.join("model.safetensors"), &shards[0])?;
+        written.push("model.safetensors".to_string());
+    } else {
+        let n = shards.len();
+        let mut wm = Map::new();
+        for (i, s) in shards.iter().enumerate() {
+            let name = format!("model-{:05}-of-{:05}.safetensors", i + 1, n);
+            tracing::info!(shard = %name, "writing");
+            write_safetensors(&dir.join(&name), s)?;
+            for t in s {
+                wm.insert(t.name.clone(), json!(name));
+            }
+            written.push(name);
+        }
+        let idx = json!({"metadata": {"total_size": total}, "weight_map": wm});
+        spar_core::fsio::write_atomic(&dir.join("model.safetensors.index.json"), serde_json::to_string_pretty(&idx)?.as_bytes())?;
+        written.push("model.safetensors.index.json".into());
+    }
+    // Stale weights from an earlier save with another shard count would shadow or confuse loaders.
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_weights = name.starts_with("model") && (name.ends_with(".safetensors") || name == "model.safetensors.index.json");
+        if is_weights && !written.contains(&name) {
+            std::fs::remove_file(e.path()).with_context(|| format!("removing stale {}", e.path().display()))?;
+        }
+    }
+    let mut cfg = model.config.clone();
+    cfg.torch_dtype = Some(
+        match model.kind() {
+            Kind::BFloat16 => "bfloat16",
+            Kind::Half => "float16",
+            _ => "float32",
+        }
+        .into(),
+    );
+    spar_core::fsio::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg.to_hf_json())?.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! Self-consistency of the forward without an oracle: padding, packing, KV cache, routing replay,
+//! activation checkpointing.
+
+use crate::common::{max_abs_diff, rel_diff};
+use spar_model::{ForwardInput, KvCache, Qwen3Config, Qwen3Model, token_logprobs};
+use tch::{Device, Kind, Tensor};
+
+fn cfg(moe: bool) -> Qwen3Config {
+    let s = if moe {
+        r#"{"model_type":"qwen3_moe","vocab_size":64,"hidden_size":32,"intermediate_size":48,"num_hidden_layers":3,
+            "num_attention_heads":4,"num_key_value_heads":2,"head_dim":8,"num_experts":6,"num_experts_per_tok":2,
+            "moe_intermediate_size":16,"norm_topk_prob":true,"decoder_sparse_step":1,"mlp_only_layers":[1]}"#
+    } else {
+        r#"{"model_type":"qwen3","vocab_size":64,"hidden_size":32,"intermediate_size":48,"num_hidden_layers":2,
+            "num_attention_heads":4,"num_key_value_heads":1,"head_dim":8,"tie_word_embeddings":true}"#
+    };
+    Qwen3Config::from_json_str(s, "test").unwrap()
+}
+
+fn model(moe: bool) -> Qwen3Model {
+    let m = Qwen3Model::random(cfg(moe), Device::Cpu, Kind::Float, 7).unwrap();
+    // Bigger weights than the 0.02 default so differences are visible.
+    tch::no_grad(|| {
+        for (_, mut v) in m.vs.variables() {
+            let _ = v.f_mul_scalar_(4.0).unwrap();
+        }
+    });
+    m
+}
+
+fn ids(v: &[i64]) -> Tensor {
+    Tensor::from_slice(v).view([1, -1])
+}
+
+fn logits(m: &Qwen3Model, x: &Tensor) -> Tensor {
+    tch::no_grad(|| m.forward(ForwardInput::new(x)).unwrap().logits)
+}
+
+#[test]
+fn left_and_right_padding_equal_separate_forwards() {
+    for moe in [false, true] {
+        let m = model(moe);
+        let a = [3i64, 9, 20, 41, 5, 6];
+        let b = [7i64, 1, 33];
+        let la = logits(&m, &ids(&a));
+        let lb = logits(&m, &ids(&b));
+        // right padding
+        let x = Tensor::from_slice(&[3i64, 9, 20, 41, 5, 6, 7, 1, 33, 0, 0, 0]).view([2, 6]);
+        let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]).view([2, 6]);
+        let out = tch::no_grad(|| m.forward(ForwardInput::new(&x).mask(&mask)).unwrap());
+        assert!(max_abs_diff(&out.logits.get(0), &la.get(0)) <= 1e-5);
+        assert!(max_abs_diff(&out.logits.get(1).narrow(0, 0, 3), &lb.get(0)) <= 1e-5, "right padding (moe {moe})");
+        // left padding
+        let x = Tensor::from_slice(&[3i64, 9, 20, 41, 5, 6, 0, 0, 0, 7, 1, 33]).view([2, 6]);
+        let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1]).view([2, 6]);
+        let out = tch::no_grad(|| m.forward(ForwardInput::new(&x).mask(&mask)).unwrap());
+        assert!(out.logits.isfinite().all().int64_value(&[]) == 1, "padding rows must stay finite");
+        assert!(max_abs_diff(&out.logits.get(1).narrow(0, 3, 3), &lb.get(0)) <= 1e-5, "left padding (moe {moe})");
+    }
+}
+
+#[test]
+fn packed_sequences_equal_separate_forwards() {
+    for moe in [false, true] {
+        let m = model(moe);
+        let seqs: [&[i64]; 3] = [&[3, 9, 20, 41], &[7, 1], &[5, 5, 6]];
+        let packed: Vec<i64> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
+        let sid: Vec<i64> = seqs.iter().enumerate().flat_map(|(i, s)| std::iter::repeat_n(i as i64, s.len())).collect();
+        let (x, s) = (ids(&packed), ids(&sid));
+        let out = tch::no_grad(|| m.forward(ForwardInput::new(&x).seq_ids(&s)).unwrap());
+        let mut off = 0;
+        for seq in seqs {
+            let l = logits(&m, &ids(seq));
+            let d = max_abs_diff(&out.logits.get(0).narrow(0, off, seq.len() as i64), &l.get(0));
+            assert!(d <= 1e-5, "packed sequence at {off} differs by {d} (moe {moe})");
+            off += seq.len() as i64;
+        }
+    }
+}
+
+#[test]
+fn kv_cache_decode_matches_full_forward() {
+    for moe in [false, true] {
+        let m = model(moe);
+        let seq = [4i64, 8, 15, 16, 23, 42, 7, 9, 11, 3];
+        let full = logits(&m, &ids(&seq));
+        let mut cache = KvCache::new(&m.config, 3, 32, Device::Cpu, Kind::Float);
+        cache.select_slots(&[2]).unwrap();
+        let _g = tch::no_grad_guard();
+        let pre = m.forward(ForwardInput::new(&ids(&seq[..4])).cache(&mut cache)).unwrap();
+        assert!(max_abs_diff(&pre.logits.get(0), &full.get(0).narrow(0, 0, 4)) <= 1e-4);
+        for (i, t) in seq.iter().enumerate().skip(4) {
+            let o = m.forward(ForwardInput::new(&ids(&[*t])).cache(&mut cache)).unwrap();
+            let d = max_abs_diff(&o.logits.get(0).get(0), &full.get(0).get(i as i64));
+            assert!(d <= 1e-4, "decode step {i}: {d} (moe {moe})");
+        }
+        assert_eq!(cache.len(2), seq.len());
+        assert_eq!(cache.len(0), 0);
+    }
+}
+
+#[test]
+fn batched_cache_with_ragged_prefill_and_prefix_copy() {
+    let m = model(true);
+    let a = [4i64, 8, 15, 16, 23];
+    let b = [42i64, 7];
+    let fa = logits(&m, &ids(&[4, 8, 15, 16, 23, 30, 31]));
+    let fb = logits(&m, &ids(&[42, 7, 30, 31]));
+    let _g = tch::no_grad_guard();
+    let mut cache = KvCache::new(&m.config, 4, 16, Device::Cpu, Kind::Float);
+    cache.select_slots(&[1, 3]).unwrap();
+    let x = Tensor::from_slice(&[4i64, 8, 15, 16, 23, 42, 7, 0, 0, 0]).view([2, 5]);
+    let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 1, 0, 0, 0]).view([2, 5]);
+    m.forward(ForwardInput::new(&x).mask(&mask).cache(&mut cache)).unwrap();
+    assert_eq!((cache.len(1), cache.len(3)), (a.len(), b.len()));
+    // GRPO-style prefix reuse: slot 0 starts from slot 3's prompt.
+    cache.copy_prefix(3, 0, 2).unwrap();
+    cache.select_slots(&[1, 3, 0]).unwrap();
+    for (step, tok) in [30i64, 31].iter().enumerate() {
+        let x = Tensor::from_slice(&[*tok, *tok, *tok]).view([3, 1]);
+        let o = m.forward(ForwardInput::new(&x).cache(&mut cache)).unwrap();
+        let da = max_abs_diff(&o.logits.get(0).get(0), &fa.get(0).get(5 + step as i64));
+        let db = max_abs_diff(&o.logits.get(1).get(0), &fb.get(0).get(2 + step as i64));
+        let dc = max_abs_diff(&o.logits.get(2).get(0), &fb.get(0).get(2 + step as i64));
+        assert!(da <= 1e-4 && db <= 1e-4 && dc <= 1e-4, "step {step}: {da} {db} {dc}");
+    }
+}
+
+#[test]
+fn forced_experts_replay_routing() {
+    let m = model(true);
+    let x = ids(&[3, 9, 20, 41, 5, 6, 7]);
+    let _g = tch::no_grad_guard();
+    let out = m.forward(ForwardInput::new(&x)).unwrap();
+    let routed = out.routed_experts.as_ref().unwrap();
+    assert_eq!(routed.size(), [1, 7, 2, 2]);
+    assert_eq!(out.router_logits.len(), 2);
+    let replay = m.forward(ForwardInput::new(&x).forced_experts(routed)).unwrap();
+    assert_eq!(max_abs_diff(&replay.logits, &out.logits), 0.0);
+    assert!(replay.routed_experts.as_ref().unwrap().equal(routed));
+    // Different experts change the output: the forced choice is really used.
+    let other = (routed + 1).remainder(6);
+    let moved = m.forward(ForwardInput::new(&x).forced_experts(&other)).unwrap();
+    assert!(max_abs_diff(&moved.logits, &out.logits) > 1e-3);
+    let bad = routed + 100;
+    assert!(m.forward(ForwardInput::new(&x).forced_experts(&bad)).is_err());
+}
+
+#[test]
+fn activation_checkpointing_gives_the_same_gradients() {
+    for moe in [false, true] {
+        let mut grads = Vec::new();
+        for ck in [false, true] {
+            let mut m = model(moe);
+            m.set_activation_checkpointing(ck);
+            let x = Tensor::from_slice(&[3i64, 9, 20, 41, 5, 6, 7, 1]).view([2, 4]);
+            let y = Tensor::from_slice(&[9i64, 20, 41, 5, 6, 7, 1, 2]).view([2, 4]);
+            let out = m.forward(ForwardInput::new(&x)).unwrap();
+            let mut loss = -token_logprobs(&out.logits, &y).mean(Kind::Float);
+            if moe {
+                loss = loss + spar_model::aux_load_balancing_loss(&out.router_logits, 6, 2) * 0.5;
+            }
+            m.backward(&loss, &out).unwrap();
+            let mut v: Vec<(String, Tensor)> = m.vs.variables().into_iter().map(|(n, t)| (n, t.grad())).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            grads.push(v);
+        }
+        for ((n, a), (_, b)) in grads[0].iter().zip(&grads[1]) {
+            assert!(a.defined() && b.defined(), "{n}: missing gradient");
+            let r = rel_diff(b, a);
+            assert!(r <= 1e-5, "{n}: checkpointed gradient differs (rel {r}, moe {moe})");
+        }
+    }
+}
+
+#[test]
+fn bf16_forward_is_close_to_fp32() {
+    let m32 = model(true);
+    let mut m16 = model(true);
+    m16.vs.bfloat16();
+    let m16 = Qwen3Model::from_var_store(m16.config.clone(), m16.vs, Kind::BFloat16).unwrap();
+    let x = ids(&[3, 9, 20, 41, 5, 6, 7]);
+    let a = logits(&m32, &x);
+    let b = logits(&m16, &x);
+    assert_eq!(b.kind(), Kind::BFloat16);
+    let r = rel_diff(&b, &a);
+    assert!(r < 0.1, "bf16 logits far from fp32: rel {r}");
+}
