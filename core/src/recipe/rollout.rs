@@ -62,6 +62,9 @@ impl SimulatorConfig {
     }
 }
 
+/// The doctor's default system prompt: it states the stage grammar so that a policy knows the markers.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a careful physician in a consultation with a patient. Ask one focused question at a time. When you have enough history, say <ready/>. Follow each instruction's output format exactly.";
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RolloutSection {
@@ -90,6 +93,18 @@ pub struct RolloutSection {
     pub max_batch: usize,
     /// Write routed experts (MoE) for routing replay.
     pub record_routing: bool,
+    /// Longest token stream (prompt + every turn) of one episode; the engine's KV cache holds this many per slot.
+    /// An episode that would grow past it ends as `truncated`.
+    pub max_seq_len: usize,
+    /// KV-cache slots of the built-in engine (0: `max_batch`). Slots beyond `max_batch` keep finished
+    /// conversations cached so their next turn reuses the prefix instead of re-reading it.
+    pub kv_slots: usize,
+    /// The doctor's system prompt, the first turn of every episode (empty: none).
+    pub system_prompt: String,
+    /// Stage instructions p_k for ddx, lab, diag (empty: `Stage::default_instruction`).
+    pub instructions: Vec<String>,
+    /// Seed of episode modes, interruption snippets and per-request sampling seeds (None: the recipe seed, else 0).
+    pub seed: Option<u64>,
 }
 
 impl Default for RolloutSection {
@@ -109,11 +124,34 @@ impl Default for RolloutSection {
             enable_thinking: false,
             max_batch: 64,
             record_routing: false,
+            max_seq_len: 4096,
+            kv_slots: 0,
+            system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
+            instructions: Vec::new(),
+            seed: None,
         }
     }
 }
 
 impl RolloutSection {
+    /// The stage instruction p_k that opens `stage` (empty for Inquiry, which opens with the patient).
+    pub fn instruction(&self, stage: crate::Stage) -> String {
+        match stage.index() {
+            0 => String::new(),
+            i => self.instructions.get(i - 1).cloned().unwrap_or_else(|| stage.default_instruction().to_string()),
+        }
+    }
+
+    /// Turn limit of `stage`.
+    pub fn turn_limit(&self, stage: crate::Stage) -> u32 {
+        self.turn_limits[stage.index()]
+    }
+
+    /// KV-cache slots of the built-in engine.
+    pub fn kv_slot_count(&self) -> usize {
+        if self.kv_slots == 0 { self.max_batch } else { self.kv_slots }
+    }
+
     pub fn validate(&self) -> Result<(), (String, String)> {
         check(["builtin", "openai"].contains(&self.backend.as_str()), "backend", "must be builtin or openai")?;
         check(self.backend != "openai" || self.endpoint.is_some(), "endpoint", "the openai backend needs an endpoint")?;
@@ -126,6 +164,10 @@ impl RolloutSection {
         check(self.sampling.temperature >= 0.0, "sampling.temperature", "must be >= 0")?;
         check(self.sampling.top_p > 0.0 && self.sampling.top_p <= 1.0, "sampling.top_p", "must be in (0, 1]")?;
         check(self.max_batch >= 1, "max_batch", "must be >= 1")?;
+        check(self.max_seq_len >= 16, "max_seq_len", "must be >= 16")?;
+        check(self.kv_slots == 0 || self.kv_slots >= self.max_batch, "kv_slots", "must be 0 or >= max_batch")?;
+        check(self.instructions.is_empty() || self.instructions.len() == 3, "instructions", "give three (ddx, lab, diag) or none")?;
+        check((self.sampling.max_new_tokens as usize) < self.max_seq_len, "sampling.max_new_tokens", "must be < max_seq_len")?;
         self.simulator.validate().map_err(|(k, m)| (format!("simulator.{k}"), m))?;
         if let Some(e) = &self.endpoint {
             e.validate().map_err(|(k, m)| (format!("endpoint.{k}"), m))?;

@@ -1,0 +1,468 @@
+//! [`Rollout`]: what the trainer, `spar rollout` and `spar eval` call. It picks the segments (or whole episodes)
+//! of a round, plays G samples of each at once against the built-in engine or an external backend, gates the
+//! segments into the next stage's pool, and hands every finished sample to an optional sink the moment it ends
+//! (so reward scoring overlaps generation).
+use crate::codec::TextCodec;
+use crate::engine::{self, Engine, EngineConfig, EngineStats};
+use crate::env::{BackendTurns, Consultation, Env, EnvConfig, StageEnd, TurnGenerator, mix_seed, stage_replies};
+use crate::pipeline::{Segment, StagePools, promote};
+use crate::simulator::{Guarded, SelfPlayPatient};
+use crate::stream::ChatMl;
+use anyhow::{Context, Result, bail};
+use spar_core::case::Case;
+use spar_core::recipe::RolloutSection;
+use spar_core::sample::{EndReason, EpisodeMode, SCHEMA_VERSION, Sample};
+use spar_core::traits::{PatientSimulator, RolloutBackend, StageScorer};
+use spar_core::Stage;
+use spar_model::Qwen3Model;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// The samples that share one baseline: G continuations of one pooled prefix (segmented mode) or G whole
+/// episodes of one case with the same opening.
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub group_id: String,
+    pub case_id: String,
+    /// The stage played (None in whole-episode mode).
+    pub stage: Option<Stage>,
+    pub mode: EpisodeMode,
+    /// In `sample_idx` order, failed episodes included (their `end_reason` says so; rewards drop them).
+    pub samples: Vec<Sample>,
+    /// Gate score V_k of each sample (segmented mode; None for a failed sample or whole episodes).
+    pub gate_scores: Vec<Option<f64>>,
+    /// `(sample_idx, reason)` of every episode that ended early for a recorded reason (simulator failure,
+    /// truncation, ...).
+    pub notes: Vec<(u32, String)>,
+    /// Sample indices promoted into the next stage's pool.
+    pub promoted: Vec<u32>,
+}
+
+/// Who plays the patient.
+#[derive(Clone)]
+pub enum SimulatorChoice {
+    /// A fixed simulator (scripted, LLM over an endpoint, or any other implementation).
+    Fixed(Arc<dyn PatientSimulator>),
+    /// The policy's own generator plays the patient (self-play).
+    SelfPlay,
+}
+
+/// Throughput of the last round.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RoundStats {
+    pub episodes: u64,
+    pub generated_tokens: u64,
+    pub seconds: f64,
+    pub engine: EngineStats,
+}
+
+/// Where generation runs.
+pub enum Policy<'m> {
+    /// The built-in engine over these weights (colocated with the trainer).
+    Builtin(&'m Qwen3Model),
+    /// The external backend configured with [`Rollout::with_backend`].
+    External,
+}
+
+/// The actor. See the module documentation.
+pub struct Rollout {
+    cfg: RolloutSection,
+    cases: Vec<Arc<Case>>,
+    codec: Arc<dyn TextCodec>,
+    chat: ChatMl,
+    scorer: Arc<dyn StageScorer>,
+    simulator: SimulatorChoice,
+    backend: Option<Arc<dyn RolloutBackend>>,
+    pools: StagePools,
+    run_id: String,
+    policy_version: u64,
+    seed: u64,
+    sink: Option<UnboundedSender<Sample>>,
+    progress: Option<indicatif::ProgressBar>,
+    simulator_deadline: Duration,
+    runtime: tokio::runtime::Runtime,
+    last: RoundStats,
+}
+
+impl Rollout {
+    /// A rollout over `cases` (at least one). `scorer` gives the gate score V_k.
+    pub fn new(cfg: RolloutSection, cases: Vec<Case>, codec: Arc<dyn TextCodec>, scorer: Arc<dyn StageScorer>, simulator: SimulatorChoice, run_id: impl Into<String>) -> Result<Self> {
+        cfg.validate().map_err(|(k, m)| anyhow::anyhow!("[rollout] {k}: {m}"))?;
+        if cases.is_empty() {
+            bail!("rollout needs at least one case");
+        }
+        let chat = ChatMl::new(codec.as_ref(), cfg.enable_thinking)?;
+        let seed = cfg.seed.unwrap_or(0);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("spar-rollout").build()?;
+        Ok(Rollout {
+            cfg,
+            cases: cases.into_iter().map(Arc::new).collect(),
+            codec,
+            chat,
+            scorer,
+            simulator,
+            backend: None,
+            pools: StagePools::default(),
+            run_id: run_id.into(),
+            policy_version: 0,
+            seed,
+            sink: None,
+            progress: None,
+            simulator_deadline: Duration::from_secs(120),
+            runtime,
+            last: RoundStats::default(),
+        })
+    }
+
+    /// Generate through an external OpenAI-compatible server (token-in / token-out) instead of the built-in
+    /// engine; then call [`Rollout::collect_groups`] with [`Policy::External`].
+    pub fn with_backend(mut self, backend: Arc<dyn RolloutBackend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Every finished sample is also sent here the moment its episode ends (before its group is complete).
+    pub fn set_sample_sink(&mut self, sink: Option<UnboundedSender<Sample>>) {
+        self.sink = sink;
+    }
+
+    /// A progress bar advanced by one per finished episode; its message shows generated tokens/s.
+    pub fn set_progress(&mut self, bar: Option<indicatif::ProgressBar>) {
+        self.progress = bar;
+    }
+
+    /// Deadline of one simulator call (default 120 s); a call past it fails that episode.
+    pub fn set_simulator_deadline(&mut self, d: Duration) {
+        self.simulator_deadline = d;
+    }
+
+    /// Version stamped on every sample (the trainer bumps it after each weight update).
+    pub fn set_policy_version(&mut self, v: u64) {
+        self.policy_version = v;
+    }
+
+    /// The stage pools and case position: save them in a checkpoint.
+    pub fn pools(&self) -> &StagePools {
+        &self.pools
+    }
+
+    /// Restores pools saved by a checkpoint.
+    pub fn restore_pools(&mut self, pools: StagePools) {
+        self.pools = pools;
+    }
+
+    pub fn last_round(&self) -> RoundStats {
+        self.last
+    }
+
+    pub fn config(&self) -> &RolloutSection {
+        &self.cfg
+    }
+
+    /// Plays one round of `n_groups` groups of `group_size` samples. Segmented mode takes pooled segments first
+    /// (latest stage first) and opens fresh cases for the rest. Call from a plain thread (not inside a tokio
+    /// runtime): the built-in engine runs on this thread while the episodes run on the rollout's runtime.
+    pub fn collect_groups(&mut self, policy: Policy<'_>, n_groups: usize) -> Result<Vec<Group>> {
+        let started = Instant::now();
+        let round = self.pools.round;
+        self.pools.round += 1;
+        let mut jobs: Vec<Job> = Vec::new();
+        if self.cfg.segmented {
+            for seg in self.pools.take(n_groups) {
+                let case = self.case(&seg.case_id)?;
+                jobs.push(Job { case, stage: Some(seg.stage), start: Start::Segment(Box::new(seg.prefix)) });
+            }
+        }
+        while jobs.len() < n_groups {
+            let case = self.cases[(self.pools.next_case % self.cases.len() as u64) as usize].clone();
+            let k = self.pools.next_case;
+            self.pools.next_case += 1;
+            let u = (mix_seed(self.seed, "mode", k) >> 11) as f64 / (1u64 << 53) as f64;
+            let mode = if u < self.cfg.interruption_rate { EpisodeMode::Interrupted } else { EpisodeMode::Fresh };
+            let stage = self.cfg.segmented.then_some(Stage::Inquiry);
+            jobs.push(Job { case, stage, start: Start::Fresh { mode, snippet_seed: mix_seed(self.seed, "snippet", k) } });
+        }
+        let groups: Vec<GroupPlan> = jobs
+            .into_iter()
+            .enumerate()
+            .map(|(i, job)| {
+                let stage = job.stage.map_or("episode".to_string(), |s| s.name().to_string());
+                GroupPlan { group_id: format!("{}/r{round}/g{i}/{}/{stage}", self.run_id, job.case.id), job }
+            })
+            .collect();
+
+        let tokens = Arc::new(AtomicU64::new(0));
+        let (results, engine_stats) = match policy {
+            Policy::Builtin(model) => {
+                let (client, inbox) = engine::channel(format!("builtin:{}", self.run_id));
+                let n_moe = model.config.moe_layers().len();
+                let record = self.cfg.record_routing && n_moe > 0;
+                let ecfg = EngineConfig {
+                    max_batch: self.cfg.max_batch,
+                    kv_slots: self.cfg.kv_slot_count(),
+                    max_seq_len: self.cfg.max_seq_len,
+                    prefill_tokens: 4096,
+                    seed: mix_seed(self.seed, "engine", round),
+                    record_routing: record,
+                };
+                let mut engine = Engine::new(model, ecfg)?.with_codec(self.codec.clone());
+                let generator: Arc<dyn TurnGenerator> = Arc::new(client.clone());
+                let env = self.env(generator, Arc::new(client), record.then_some((n_moe, model.config.num_experts_per_tok)))?;
+                let fut = self.play_groups(env, groups, tokens.clone(), started);
+                let handle = self.runtime.spawn(fut);
+                let served = engine.run_until(&inbox, || handle.is_finished());
+                let stats = engine.stats;
+                // On an engine failure, dropping the engine and its inbox fails every waiting request, so the
+                // episodes finish (with that error) instead of waiting forever.
+                drop(engine);
+                drop(inbox);
+                let results = self.runtime.block_on(handle).context("rollout task panicked")?;
+                served?;
+                (results?, stats)
+            }
+            Policy::External => {
+                let backend = self.backend.clone().context("Policy::External needs Rollout::with_backend")?;
+                let env = self.env(Arc::new(BackendTurns(backend.clone())), backend, None)?;
+                let fut = self.play_groups(env, groups, tokens.clone(), started);
+                (self.runtime.block_on(fut)?, EngineStats::default())
+            }
+        };
+
+        let mut out = Vec::with_capacity(results.len());
+        for (plan_id, mut g, finals) in results {
+            let _ = plan_id;
+            if let Some(stage) = g.stage {
+                let si = stage.index();
+                self.pools.stats.groups_played[si] += 1;
+                for (s, score) in g.samples.iter().zip(&g.gate_scores) {
+                    match (s.end_reason, score) {
+                        (EndReason::GatedOut, _) => self.pools.stats.gated_out[si] += 1,
+                        (r, _) if r.is_failure() => self.pools.stats.failed[si] += 1,
+                        _ => {}
+                    }
+                }
+                if stage != Stage::Diag {
+                    let eligible: Vec<Option<f64>> =
+                        g.samples.iter().zip(&g.gate_scores).map(|(s, v)| if s.end_reason == EndReason::Done { *v } else { None }).collect();
+                    for idx in promote(&eligible, self.cfg.tau, self.cfg.top_m) {
+                        let Some(c) = finals[idx].clone() else { continue };
+                        let prefix = Consultation { stream: c.stream.as_prefix(), ..c };
+                        self.pools.push(Segment { case_id: g.case_id.clone(), stage: prefix.stage, prefix, parent_group: Some(g.group_id.clone()), parent_score: g.gate_scores[idx] });
+                        self.pools.stats.promoted[si] += 1;
+                        g.promoted.push(idx as u32);
+                    }
+                }
+            }
+            out.push(g);
+        }
+        self.last = RoundStats {
+            episodes: out.iter().map(|g| g.samples.len() as u64).sum(),
+            generated_tokens: tokens.load(Ordering::Relaxed),
+            seconds: started.elapsed().as_secs_f64(),
+            engine: engine_stats,
+        };
+        Ok(out)
+    }
+
+    fn case(&self, id: &str) -> Result<Arc<Case>> {
+        self.cases.iter().find(|c| c.id == id).cloned().with_context(|| format!("pooled segment of case {id:?}, which is not among the loaded cases"))
+    }
+
+    fn env(&self, generator: Arc<dyn TurnGenerator>, backend: Arc<dyn RolloutBackend>, routing: Option<(usize, usize)>) -> Result<Env> {
+        let sim: Arc<dyn PatientSimulator> = match &self.simulator {
+            SimulatorChoice::Fixed(s) => s.clone(),
+            SimulatorChoice::SelfPlay => Arc::new(SelfPlayPatient::new(backend, self.codec.clone(), self.cfg.sampling.clone())?),
+        };
+        let mut cfg = EnvConfig::from_section(&self.cfg);
+        cfg.track_routing = routing;
+        Ok(Env { codec: self.codec.clone(), chat: self.chat.clone(), generator, simulator: Guarded::new(sim, self.simulator_deadline), cfg })
+    }
+
+    /// The async body of a round: every sample of every group as its own task.
+    fn play_groups(&self, env: Env, groups: Vec<GroupPlan>, tokens: Arc<AtomicU64>, started: Instant) -> impl std::future::Future<Output = Result<Vec<(String, Group, Vec<Option<Consultation>>)>>> + Send + 'static {
+        let g_size = self.cfg.group_size;
+        let ctx = SampleCtx {
+            env: Arc::new(env),
+            scorer: self.scorer.clone(),
+            tau: self.cfg.tau,
+            run_id: self.run_id.clone(),
+            policy_version: self.policy_version,
+            seed: self.seed,
+            sink: self.sink.clone(),
+            progress: self.progress.clone(),
+            tokens,
+            started,
+        };
+        async move {
+            let mut tasks = Vec::new();
+            for plan in groups {
+                let ctx = ctx.clone();
+                tasks.push(tokio::spawn(async move { play_group(ctx, plan, g_size).await }));
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.context("group task panicked")??);
+            }
+            Ok(out)
+        }
+    }
+}
+
+struct Job {
+    case: Arc<Case>,
+    stage: Option<Stage>,
+    start: Start,
+}
+
+enum Start {
+    Fresh { mode: EpisodeMode, snippet_seed: u64 },
+    Segment(Box<Consultation>),
+}
+
+struct GroupPlan {
+    group_id: String,
+    job: Job,
+}
+
+#[derive(Clone)]
+struct SampleCtx {
+    env: Arc<Env>,
+    scorer: Arc<dyn StageScorer>,
+    tau: f64,
+    run_id: String,
+    policy_version: u64,
+    seed: u64,
+    sink: Option<UnboundedSender<Sample>>,
+    progress: Option<indicatif::ProgressBar>,
+    tokens: Arc<AtomicU64>,
+    started: Instant,
+}
+
+async fn play_group(ctx: SampleCtx, plan: GroupPlan, g: usize) -> Result<(String, Group, Vec<Option<Consultation>>)> {
+    let GroupPlan { group_id, job } = plan;
+    let case = job.case.clone();
+    // All G samples share one opening (same mode, same snippet).
+    let opening: Result<Consultation, String> = match job.start {
+        Start::Segment(c) => Ok(*c),
+        Start::Fresh { mode, snippet_seed } => ctx.env.open(&case, mode, snippet_seed).await,
+    };
+    let mode = opening.as_ref().map(|c| c.mode).unwrap_or(EpisodeMode::Fresh);
+    let mut tasks = Vec::new();
+    for idx in 0..g {
+        let (ctx, case, opening, group_id) = (ctx.clone(), case.clone(), opening.clone(), group_id.clone());
+        let stage = job.stage;
+        tasks.push(tokio::spawn(async move { play_sample(&ctx, &case, opening, stage, &group_id, idx as u32).await }));
+    }
+    let mut group = Group { group_id: group_id.clone(), case_id: case.id.clone(), stage: job.stage, mode, samples: vec![], gate_scores: vec![], notes: vec![], promoted: vec![] };
+    let mut finals = Vec::new();
+    for t in tasks {
+        let r = t.await.context("episode task panicked")??;
+        if let Some(n) = r.note {
+            group.notes.push((r.sample.sample_idx, n));
+        }
+        group.samples.push(r.sample);
+        group.gate_scores.push(r.gate);
+        finals.push(r.consultation);
+    }
+    Ok((group_id, group, finals))
+}
+
+struct Played {
+    sample: Sample,
+    gate: Option<f64>,
+    note: Option<String>,
+    /// The consultation after the sample (None when it cannot continue).
+    consultation: Option<Consultation>,
+}
+
+async fn play_sample(ctx: &SampleCtx, case: &Case, opening: Result<Consultation, String>, stage: Option<Stage>, group_id: &str, idx: u32) -> Result<Played> {
+    let key = format!("{group_id}#{idx}");
+    let (mut c, failure) = match opening {
+        Ok(c) => (c, None),
+        Err(reason) => {
+            let empty = Consultation {
+                case_id: case.id.clone(),
+                mode: EpisodeMode::Fresh,
+                stream: Default::default(),
+                turns: vec![],
+                sim_dialogue: vec![],
+                next_user: None,
+                next_user_from_simulator: false,
+                stage: stage.unwrap_or(Stage::Inquiry),
+            };
+            (empty, Some(reason))
+        }
+    };
+    let played_stage = c.stage;
+    let (end_reason, note, gate) = if let Some(reason) = failure {
+        (EndReason::SimulatorFailed, Some(reason), None)
+    } else if stage.is_some() {
+        match ctx.env.play_stage(case, &mut c, ctx.seed, &key).await? {
+            StageEnd::Ended { reason, detail } => {
+                let gate = (!reason.is_failure()).then(|| gate_score(ctx, case, &c, played_stage));
+                (reason, detail, gate)
+            }
+            end => {
+                let v = gate_score(ctx, case, &c, played_stage);
+                let reason = match (played_stage, end) {
+                    (Stage::Diag, StageEnd::Completed) => EndReason::Done,
+                    (Stage::Diag, _) => EndReason::MaxTurns,
+                    _ if v >= ctx.tau => EndReason::Done,
+                    _ => EndReason::GatedOut,
+                };
+                (reason, None, Some(v))
+            }
+        }
+    } else {
+        let (reason, detail) = ctx.env.play_episode(case, &mut c, ctx.seed, &key).await?;
+        (reason, detail, None)
+    };
+    if let Some(n) = &note {
+        tracing::warn!(case = %case.id, sample = idx, reason = ?end_reason, "episode ended early: {n}");
+    }
+    let stages: Vec<Stage> = match stage {
+        Some(s) => vec![s],
+        None => {
+            let mut v: Vec<Stage> = c.stream.steps.iter().map(|s| s.stage).collect();
+            v.dedup();
+            v
+        }
+    };
+    let sample = Sample {
+        schema_version: SCHEMA_VERSION,
+        run_id: ctx.run_id.clone(),
+        case_id: case.id.clone(),
+        group_id: group_id.to_string(),
+        sample_idx: idx,
+        stages,
+        mode: c.mode,
+        policy_version: ctx.policy_version,
+        end_reason,
+        token_ids: c.stream.ids.clone(),
+        loss_mask: c.stream.loss_mask.clone(),
+        rollout_logprobs: c.stream.logprobs.clone(),
+        routed_experts: c.stream.routed_experts(),
+        steps: c.stream.steps.clone(),
+        turns: c.turns.clone(),
+    };
+    if let Err((field, msg)) = sample.check() {
+        bail!("internal error: sample {key} is inconsistent: {field}: {msg}");
+    }
+    let generated: u64 = sample.loss_mask.iter().map(|&m| m as u64).sum();
+    let total = ctx.tokens.fetch_add(generated, Ordering::Relaxed) + generated;
+    if let Some(bar) = &ctx.progress {
+        bar.inc(1);
+        bar.set_message(format!("{:.0} tok/s", total as f64 / ctx.started.elapsed().as_secs_f64().max(1e-9)));
+    }
+    if let Some(sink) = &ctx.sink {
+        let _ = sink.send(sample.clone());
+    }
+    let continues = matches!(end_reason, EndReason::Done) && played_stage != Stage::Diag && c.stage != played_stage;
+    Ok(Played { sample, gate, note, consultation: continues.then_some(c) })
+}
+
+fn gate_score(ctx: &SampleCtx, case: &Case, c: &Consultation, stage: Stage) -> f64 {
+    ctx.scorer.score(case, stage, &stage_replies(&c.turns, stage), &c.turns).score
+}

@@ -1,0 +1,73 @@
+//! The async face of the engine: a cloneable [`EngineClient`] sends requests over a channel to the thread that
+//! runs [`super::Engine::run_until`]. Many episodes (tokio tasks) call it at once; the engine batches whatever
+//! is in flight.
+use super::{EngineOutput, Reply};
+use anyhow::{Result, anyhow};
+use async_trait::async_trait;
+use spar_core::traits::{GenerateOutput, GenerateRequest, RolloutBackend};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// One event of a streamed request.
+#[derive(Debug)]
+pub enum StreamEvent {
+    Token { id: u32, logprob: f32 },
+    Done(std::result::Result<EngineOutput, String>),
+}
+
+/// Sends requests to a running engine. Cheap to clone.
+#[derive(Clone)]
+pub struct EngineClient {
+    tx: mpsc::Sender<(GenerateRequest, Reply)>,
+    id: String,
+}
+
+/// The engine's end of the channel.
+pub struct EngineInbox {
+    rx: mpsc::Receiver<(GenerateRequest, Reply)>,
+}
+
+impl EngineInbox {
+    pub(crate) fn try_recv(&self) -> Option<(GenerateRequest, Reply)> {
+        self.rx.try_recv().ok()
+    }
+    pub(crate) fn recv_timeout(&self, d: Duration) -> Option<(GenerateRequest, Reply)> {
+        self.rx.recv_timeout(d).ok()
+    }
+}
+
+/// A connected client / inbox pair. `id` names the policy (shown by `RolloutBackend::id`).
+pub fn channel(id: impl Into<String>) -> (EngineClient, EngineInbox) {
+    let (tx, rx) = mpsc::channel();
+    (EngineClient { tx, id: id.into() }, EngineInbox { rx })
+}
+
+impl EngineClient {
+    /// Generates one request; resolves when it finishes.
+    pub async fn generate_one(&self, req: GenerateRequest) -> Result<EngineOutput> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx.send((req, Reply::Once(tx))).map_err(|_| anyhow!("the generation engine has stopped"))?;
+        rx.await.map_err(|_| anyhow!("the generation engine dropped the request"))?
+    }
+
+    /// Generates one request, token by token.
+    pub fn stream(&self, req: GenerateRequest) -> Result<tokio::sync::mpsc::UnboundedReceiver<StreamEvent>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.tx.send((req, Reply::Stream(tx))).map_err(|_| anyhow!("the generation engine has stopped"))?;
+        Ok(rx)
+    }
+}
+
+#[async_trait]
+impl RolloutBackend for EngineClient {
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    async fn generate(&self, reqs: Vec<GenerateRequest>) -> spar_core::Result<Vec<GenerateOutput>> {
+        let outs = futures::future::join_all(reqs.into_iter().map(|r| self.generate_one(r))).await;
+        outs.into_iter()
+            .map(|o| o.map(|o| o.output).map_err(|e| spar_core::Error::external("builtin-engine", format!("{e:#}"), false)))
+            .collect()
+    }
+}

@@ -1,0 +1,517 @@
+//! The built-in generation engine: continuous batching over a slot KV cache.
+//!
+//! Each [`Engine::step`] admits queued requests into free slots (reusing cached prefixes), prefills them, then
+//! decodes ONE token for every running sequence in a single batched forward. A finished sequence frees its slot
+//! at once and the next queued request takes it. The only device-to-host copy per decode step is the sampled
+//! tokens with their log-probs (needed to check stops); prompt prefill adds one per prefill batch.
+//!
+//! The engine borrows the model and runs on the caller's thread (tch tensors are not `Sync`); async code talks
+//! to it through [`EngineClient`], whose requests [`Engine::run_until`] drains.
+pub mod client;
+pub mod slots;
+
+pub use client::{EngineClient, EngineInbox, StreamEvent, channel};
+
+use crate::codec::TextCodec;
+use crate::sampling::{RowSampler, sample};
+use crate::stream::Routing;
+use anyhow::{Context, Result, bail};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use slots::{Placement, SlotState, place};
+use spar_core::sample::RoutedExperts;
+use spar_core::traits::{FinishReason, GenerateOutput, GenerateRequest};
+use spar_model::{ForwardInput, KvCache, Qwen3Model};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
+
+/// Engine sizes and knobs.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Most sequences decoded together.
+    pub max_batch: usize,
+    /// KV-cache slots (>= max_batch); idle slots keep finished sequences for prefix reuse.
+    pub kv_slots: usize,
+    /// Tokens per slot: prompt + generated never exceed it.
+    pub max_seq_len: usize,
+    /// Most tokens (rows x padded length) in one prefill forward; longer prompts are prefilled in chunks.
+    pub prefill_tokens: usize,
+    /// Seeds requests that carry no seed of their own.
+    pub seed: u64,
+    /// Record the experts chosen for every token (MoE routing replay).
+    pub record_routing: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { max_batch: 64, kv_slots: 64, max_seq_len: 4096, prefill_tokens: 4096, seed: 0, record_routing: false }
+    }
+}
+
+/// Counters for progress bars and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EngineStats {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    /// Prompt tokens whose KV came from the cache (not recomputed).
+    pub reused_tokens: u64,
+    pub generated_tokens: u64,
+    pub decode_steps: u64,
+    pub prefill_forwards: u64,
+}
+
+/// A finished request: the wire output plus the expert choices of its prompt (when recorded), which the
+/// environment needs to give routing replay every position of an episode.
+#[derive(Clone, Debug)]
+pub struct EngineOutput {
+    pub output: GenerateOutput,
+    pub prompt_routing: Option<Routing>,
+}
+
+/// Where a request's result goes.
+pub enum Reply {
+    /// Collected by [`Engine::generate`] at this index.
+    Collect(usize),
+    Once(tokio::sync::oneshot::Sender<Result<EngineOutput>>),
+    /// Every sampled token as it comes, then the result.
+    Stream(tokio::sync::mpsc::UnboundedSender<StreamEvent>),
+}
+
+struct Queued {
+    req: GenerateRequest,
+    reply: Reply,
+}
+
+struct Running {
+    slot: usize,
+    prompt: Vec<u32>,
+    prompt_len: usize,
+    /// Tokens of this sequence not yet in the cache (fed by the next forward).
+    pending: Vec<u32>,
+    /// Copy the first `len` tokens of `from` before prefilling (deferred until `from` has computed them).
+    copy_from: Option<(usize, usize)>,
+    out: Vec<u32>,
+    logprobs: Vec<f32>,
+    sampler: RowSampler,
+    max_new: usize,
+    stop_ids: Vec<u32>,
+    stop_strings: Vec<String>,
+    reply: Reply,
+    prefilled: bool,
+}
+
+/// The engine. See the module documentation.
+pub struct Engine<'m> {
+    model: &'m Qwen3Model,
+    cache: KvCache,
+    cfg: EngineConfig,
+    slots: Vec<SlotState>,
+    queue: VecDeque<Queued>,
+    running: Vec<Running>,
+    collected: Vec<Option<Result<EngineOutput>>>,
+    tick: u64,
+    seeds: ChaCha8Rng,
+    codec: Option<Arc<dyn TextCodec>>,
+    routing_shape: Option<(usize, usize)>,
+    pub stats: EngineStats,
+}
+
+impl<'m> Engine<'m> {
+    /// Allocates the KV cache (`kv_slots x max_seq_len`) in the model's dtype on the model's device.
+    pub fn new(model: &'m Qwen3Model, cfg: EngineConfig) -> Result<Self> {
+        if cfg.max_batch == 0 || cfg.kv_slots < cfg.max_batch {
+            bail!("engine: max_batch must be >= 1 and kv_slots >= max_batch (got {} and {})", cfg.max_batch, cfg.kv_slots);
+        }
+        let cache = KvCache::try_new(&model.config, cfg.kv_slots, cfg.max_seq_len, model.device(), model.kind())
+            .with_context(|| format!("allocating the engine's KV cache ({} slots x {} tokens)", cfg.kv_slots, cfg.max_seq_len))?;
+        let n_moe = model.config.moe_layers().len();
+        let routing_shape = (cfg.record_routing && n_moe > 0).then_some((n_moe, model.config.num_experts_per_tok));
+        Ok(Engine {
+            model,
+            cache,
+            slots: vec![SlotState::default(); cfg.kv_slots],
+            queue: VecDeque::new(),
+            running: Vec::new(),
+            collected: Vec::new(),
+            tick: 0,
+            seeds: ChaCha8Rng::seed_from_u64(cfg.seed),
+            codec: None,
+            routing_shape,
+            stats: EngineStats::default(),
+            cfg,
+        })
+    }
+
+    /// Gives the engine a tokenizer, needed for requests with stop strings.
+    pub fn with_codec(mut self, codec: Arc<dyn TextCodec>) -> Self {
+        self.codec = Some(codec);
+        self
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Queues a request.
+    pub fn submit(&mut self, req: GenerateRequest, reply: Reply) {
+        self.queue.push_back(Queued { req, reply });
+    }
+
+    /// Whether anything is queued or running.
+    pub fn has_work(&self) -> bool {
+        !self.queue.is_empty() || !self.running.is_empty()
+    }
+
+    /// Generates every request to completion (continuous batching within the set); outputs in request order.
+    pub fn generate(&mut self, reqs: Vec<GenerateRequest>) -> Result<Vec<EngineOutput>> {
+        let base = self.collected.len();
+        for (i, r) in reqs.into_iter().enumerate() {
+            self.collected.push(None);
+            self.submit(r, Reply::Collect(base + i));
+        }
+        while self.has_work() {
+            self.step()?;
+        }
+        let outs: Vec<Option<Result<EngineOutput>>> = self.collected.drain(base..).collect();
+        outs.into_iter().map(|o| o.expect("every collected request finished")).collect()
+    }
+
+    /// Serves requests arriving through `inbox` until `done()` is true and no work is left.
+    pub fn run_until(&mut self, inbox: &EngineInbox, done: impl Fn() -> bool) -> Result<()> {
+        loop {
+            while let Some((req, reply)) = inbox.try_recv() {
+                self.submit(req, reply);
+            }
+            if self.has_work() {
+                self.step()?;
+            } else if done() {
+                return Ok(());
+            } else if let Some((req, reply)) = inbox.recv_timeout(std::time::Duration::from_millis(2)) {
+                self.submit(req, reply);
+            }
+        }
+    }
+
+    /// One scheduling round: admit, prefill the newcomers, decode one token for every running sequence.
+    /// A failed forward fails the requests involved (their replies get the error) and is returned.
+    pub fn step(&mut self) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        self.tick += 1;
+        self.admit();
+        let result = self.prefill_and_decode();
+        if let Err(e) = &result {
+            let msg = format!("{e:#}");
+            for r in std::mem::take(&mut self.running) {
+                self.slots[r.slot] = SlotState::default();
+                self.cache.reset(r.slot);
+                self.respond(r.reply, Err(anyhow::anyhow!("engine forward failed: {msg}")));
+            }
+        }
+        result
+    }
+
+    fn admit(&mut self) {
+        while self.running.len() < self.cfg.max_batch {
+            let Some(Queued { req, reply }) = self.queue.pop_front() else { break };
+            self.stats.requests += 1;
+            let prompt = req.prompt_ids.clone();
+            if prompt.is_empty() {
+                self.respond(reply, Err(anyhow::anyhow!("empty prompt")));
+                continue;
+            }
+            if prompt.len() >= self.cfg.max_seq_len {
+                let msg = format!("prompt of {} tokens does not fit max_seq_len {}", prompt.len(), self.cfg.max_seq_len);
+                self.respond(reply, Err(anyhow::anyhow!(msg)));
+                continue;
+            }
+            let vocab = self.model.config.vocab_size as u32;
+            if let Some(bad) = prompt.iter().find(|&&t| t >= vocab) {
+                self.respond(reply, Err(anyhow::anyhow!("prompt token id {bad} is outside the vocabulary ({vocab})")));
+                continue;
+            }
+            let placement = place(&self.slots, &prompt).expect("kv_slots >= max_batch leaves an idle slot");
+            let (slot, reused, copy_from) = match placement {
+                Placement::InPlace { slot, keep } => {
+                    // copy_prefix onto itself only sets the length: truncation.
+                    let keep = keep.min(self.cache.len(slot));
+                    let _ = self.cache.copy_prefix(slot, slot, keep);
+                    self.truncate_slot(slot, keep);
+                    (slot, keep, None)
+                }
+                Placement::CopyFrom { slot, from, len } => (slot, len, Some((from, len))),
+            };
+            self.stats.prompt_tokens += prompt.len() as u64;
+            self.stats.reused_tokens += reused as u64;
+            let st = &mut self.slots[slot];
+            st.busy = true;
+            st.last_used = self.tick;
+            // The slot's tokens are what it will hold once prefilled: later arrivals may plan copies from it.
+            st.tokens = prompt.clone();
+            let seed = req.sampling.seed.unwrap_or_else(|| self.seeds.random());
+            let max_new = (req.sampling.max_new_tokens as usize).min(self.cfg.max_seq_len - prompt.len());
+            self.running.push(Running {
+                slot,
+                prompt_len: prompt.len(),
+                pending: prompt[reused..].to_vec(),
+                copy_from,
+                out: Vec::new(),
+                logprobs: Vec::new(),
+                sampler: RowSampler::new(&req.sampling, seed),
+                max_new,
+                stop_ids: req.sampling.stop_token_ids.clone(),
+                stop_strings: req.sampling.stop_strings.clone(),
+                reply,
+                prefilled: false,
+                prompt,
+            });
+        }
+    }
+
+    fn truncate_slot(&mut self, slot: usize, keep: usize) {
+        let st = &mut self.slots[slot];
+        st.tokens.truncate(keep);
+        if let Some((l, k)) = self.routing_shape {
+            st.routing.truncate(keep * l * k);
+        }
+    }
+
+    fn prefill_and_decode(&mut self) -> Result<()> {
+        // Wave 1: sequences whose prefix is already in place; wave 2: those copying from a slot wave 1 fills.
+        for wave in 0..2 {
+            let mut ready = Vec::new();
+            for i in 0..self.running.len() {
+                let r = &self.running[i];
+                if r.prefilled {
+                    continue;
+                }
+                if let Some((from, len)) = r.copy_from {
+                    let shared = slots::common_prefix(&self.slots[from].tokens, &r.prompt);
+                    let avail = len.min(self.cache.len(from)).min(shared);
+                    if avail < len && wave == 0 {
+                        continue; // `from` is prefilled in this wave
+                    }
+                    let to = r.slot;
+                    self.cache.copy_prefix(from, to, avail)?;
+                    self.slots[to].routing = match self.routing_shape {
+                        Some((l, k)) => self.slots[from].routing[..avail * l * k].to_vec(),
+                        None => Vec::new(),
+                    };
+                    let r = &mut self.running[i];
+                    r.pending = r.prompt[avail..].to_vec();
+                    r.copy_from = None;
+                    self.stats.reused_tokens -= (len - avail) as u64;
+                }
+                ready.push(i);
+            }
+            if !ready.is_empty() {
+                self.prefill(&ready)?;
+            }
+        }
+        let rows: Vec<usize> = (0..self.running.len()).filter(|&i| self.running[i].prefilled && self.running[i].pending.len() == 1).collect();
+        if !rows.is_empty() {
+            self.decode(&rows)?;
+        }
+        self.retire();
+        Ok(())
+    }
+
+    /// Feeds the pending tokens of `rows` (right-padded into batches of at most `prefill_tokens`), then samples
+    /// each row's first new token from the logits at its last real position.
+    fn prefill(&mut self, rows: &[usize]) -> Result<()> {
+        let chunk = self.cfg.prefill_tokens.max(1);
+        // Very long prompts first go through alone in chunks; their last chunk joins a normal batch.
+        for &i in rows {
+            while self.running[i].pending.len() > chunk {
+                let piece: Vec<u32> = self.running[i].pending.drain(..chunk).collect();
+                self.forward(&[(i, piece)], false)?;
+            }
+        }
+        let mut order: Vec<usize> = rows.to_vec();
+        order.sort_by_key(|&i| self.running[i].pending.len());
+        let mut start = 0;
+        while start < order.len() {
+            let mut end = start + 1;
+            while end < order.len() && (end + 1 - start) * self.running[order[end]].pending.len() <= chunk {
+                end += 1;
+            }
+            let batch: Vec<(usize, Vec<u32>)> = order[start..end].iter().map(|&i| (i, std::mem::take(&mut self.running[i].pending))).collect();
+            let logits = self.forward(&batch, true)?.expect("logits requested");
+            let idx: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
+            self.sample_rows(&idx, &logits)?;
+            for &i in &idx {
+                self.running[i].prefilled = true;
+            }
+            self.stats.prefill_forwards += 1;
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn decode(&mut self, rows: &[usize]) -> Result<()> {
+        let batch: Vec<(usize, Vec<u32>)> = rows.iter().map(|&i| (i, std::mem::take(&mut self.running[i].pending))).collect();
+        let logits = self.forward(&batch, true)?.expect("logits requested");
+        self.sample_rows(rows, &logits)?;
+        self.stats.decode_steps += 1;
+        Ok(())
+    }
+
+    /// One cached forward of `rows` (running index, tokens to append). Returns the logits of each row's last
+    /// real token, `[rows, V]`, when asked.
+    fn forward(&mut self, rows: &[(usize, Vec<u32>)], want_logits: bool) -> Result<Option<Tensor>> {
+        let t = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
+        let b = rows.len();
+        let mut ids = vec![0i64; b * t];
+        let mut mask = vec![0i64; b * t];
+        let ragged = rows.iter().any(|(_, p)| p.len() != t);
+        for (r, (_, p)) in rows.iter().enumerate() {
+            for (j, &tok) in p.iter().enumerate() {
+                ids[r * t + j] = tok as i64;
+                mask[r * t + j] = 1;
+            }
+        }
+        let dev = self.model.device();
+        let ids_t = Tensor::from_slice(&ids).view([b as i64, t as i64]).to_device(dev);
+        let mask_t = ragged.then(|| Tensor::from_slice(&mask).view([b as i64, t as i64]).to_device(dev));
+        let slot_list: Vec<usize> = rows.iter().map(|(i, _)| self.running[*i].slot).collect();
+        self.cache.select_slots(&slot_list)?;
+        let mut input = ForwardInput::new(&ids_t).cache(&mut self.cache);
+        if let Some(m) = &mask_t {
+            input = input.mask(m);
+        }
+        let out = self.model.forward(input)?;
+        if let (Some((l, k)), Some(re)) = (self.routing_shape, &out.routed_experts) {
+            let flat: Vec<i64> = Vec::<i64>::try_from(re.to_device(Device::Cpu).reshape([-1]))?;
+            for (r, (_, p)) in rows.iter().enumerate() {
+                let per = l * k;
+                let row = &flat[r * t * per..(r * t + p.len()) * per];
+                self.slots[slot_list[r]].routing.extend(row.iter().map(|&e| e as u16));
+            }
+        }
+        if !want_logits {
+            return Ok(None);
+        }
+        let logits = if t == 1 {
+            out.logits.squeeze_dim(1)
+        } else {
+            let last: Vec<i64> = rows.iter().map(|(_, p)| p.len() as i64 - 1).collect();
+            let row_idx = Tensor::arange(b as i64, (Kind::Int64, dev));
+            let pos_idx = Tensor::from_slice(&last).to_device(dev);
+            out.logits.index(&[Some(row_idx), Some(pos_idx)])
+        };
+        Ok(Some(logits))
+    }
+
+    fn sample_rows(&mut self, rows: &[usize], logits: &Tensor) -> Result<()> {
+        let picked = {
+            let mut samplers: Vec<&mut RowSampler> = Vec::with_capacity(rows.len());
+            // Disjoint mutable borrows of the rows' samplers, in `rows` order.
+            let mut by_index: Vec<Option<&mut RowSampler>> = self.running.iter_mut().map(|r| Some(&mut r.sampler)).collect();
+            for &i in rows {
+                samplers.push(by_index[i].take().expect("rows are distinct"));
+            }
+            sample(logits, &mut samplers)
+        };
+        for (n, &i) in rows.iter().enumerate() {
+            let (tok, lp) = (picked.tokens[n], picked.logprobs[n]);
+            let r = &mut self.running[i];
+            r.out.push(tok);
+            r.logprobs.push(lp);
+            r.pending = vec![tok];
+            self.slots[r.slot].tokens.push(tok);
+            if let Reply::Stream(tx) = &r.reply {
+                let _ = tx.send(StreamEvent::Token { id: tok, logprob: lp });
+            }
+        }
+        self.stats.generated_tokens += rows.len() as u64;
+        Ok(())
+    }
+
+    /// Finishes sequences that hit a stop or their length limit and frees their slots.
+    fn retire(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            let finish = self.finish_reason(i);
+            let Some(finish) = finish else {
+                i += 1;
+                continue;
+            };
+            let r = self.running.swap_remove(i);
+            // The last sampled token was never fed: the slot holds everything before it.
+            let cached = self.cache.len(r.slot);
+            self.truncate_slot(r.slot, cached);
+            let st = &mut self.slots[r.slot];
+            st.busy = false;
+            st.last_used = self.tick;
+            let out = self.output_of(&r, finish);
+            self.respond(r.reply, Ok(out));
+        }
+    }
+
+    fn finish_reason(&self, i: usize) -> Option<FinishReason> {
+        let r = &self.running[i];
+        if !r.prefilled {
+            return None;
+        }
+        let last = *r.out.last()?;
+        if r.stop_ids.contains(&last) {
+            return Some(FinishReason::Stop);
+        }
+        if !r.stop_strings.is_empty() {
+            if let Some(codec) = &self.codec {
+                // Only the tail can complete a stop string that was not there one token ago.
+                let longest = r.stop_strings.iter().map(|s| s.len()).max().unwrap_or(0);
+                let from = r.out.len().saturating_sub(longest + 2);
+                if let Ok(text) = codec.decode(&r.out[from..]) {
+                    if r.stop_strings.iter().any(|s| !s.is_empty() && text.contains(s.as_str())) {
+                        return Some(FinishReason::Stop);
+                    }
+                }
+            }
+        }
+        if r.out.len() >= r.max_new || self.cache.len(r.slot) + 1 >= self.cfg.max_seq_len {
+            return Some(FinishReason::Length);
+        }
+        None
+    }
+
+    fn output_of(&self, r: &Running, finish: FinishReason) -> EngineOutput {
+        let (routed_experts, prompt_routing) = match self.routing_shape {
+            Some((layers, k)) => {
+                let per = layers * k;
+                let all = &self.slots[r.slot].routing;
+                let prompt = all.get(..r.prompt_len * per).map(|p| Routing { layers, k, ids: p.to_vec() });
+                // Generated token g is fed (and routed) at position prompt_len + g; the last one never is, and its
+                // routing influences no log-prob, so it repeats the one before it.
+                let mut gen_ids: Vec<u16> = all.get(r.prompt_len * per..).unwrap_or(&[]).to_vec();
+                gen_ids.truncate((r.out.len().saturating_sub(1)) * per);
+                while gen_ids.len() < r.out.len() * per {
+                    let prev = if gen_ids.len() >= per { gen_ids[gen_ids.len() - per..].to_vec() } else { all.get(all.len().saturating_sub(per)..).unwrap_or(&[]).to_vec() };
+                    if prev.len() != per {
+                        break;
+                    }
+                    gen_ids.extend(prev);
+                }
+                let gen_ids = (gen_ids.len() == r.out.len() * per).then_some(RoutedExperts { layers, k, ids: gen_ids });
+                (gen_ids, prompt)
+            }
+            None => (None, None),
+        };
+        EngineOutput {
+            output: GenerateOutput { token_ids: r.out.clone(), logprobs: r.logprobs.clone(), finish, routed_experts },
+            prompt_routing,
+        }
+    }
+
+    fn respond(&mut self, reply: Reply, result: Result<EngineOutput>) {
+        match reply {
+            Reply::Collect(i) => self.collected[i] = Some(result),
+            Reply::Once(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Stream(tx) => {
+                let _ = tx.send(StreamEvent::Done(result.map_err(|e| format!("{e:#}"))));
+            }
+        }
+    }
+}

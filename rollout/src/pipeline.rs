@@ -1,0 +1,88 @@
+//! The segmented pipeline (method.md section 2): (case, stage) segments, one pool per stage, the gated
+//! transition, and the choice of which segments the next batch plays (mixing stages of different cases).
+//! [`StagePools`] is plain data: a checkpoint saves it and a resumed run continues the same curriculum.
+use crate::env::Consultation;
+use serde::{Deserialize, Serialize};
+use spar_core::Stage;
+use std::collections::VecDeque;
+
+/// A (case, stage) unit waiting to be played: the pooled prefix x_k (the consultation so far, its earlier
+/// stages' outputs included) and the stage to play next.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    pub case_id: String,
+    pub stage: Stage,
+    pub prefix: Consultation,
+    /// The group whose sample this segment continues (None for a fresh case).
+    pub parent_group: Option<String>,
+    /// Gate score V_{k-1} of the parent sample.
+    pub parent_score: Option<f64>,
+}
+
+/// Counters of the pipeline, per stage (index = `Stage::index`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PipelineStats {
+    pub groups_played: [u64; 4],
+    pub promoted: [u64; 4],
+    pub gated_out: [u64; 4],
+    pub failed: [u64; 4],
+}
+
+/// The per-stage pools D_k (Inquiry's pool holds nothing: fresh cases start there on demand) and the position
+/// in the case list.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StagePools {
+    pub pools: [VecDeque<Segment>; 4],
+    /// Index of the next case to open, counted over epochs (case = cases[next_case % n]).
+    pub next_case: u64,
+    /// Collection rounds played so far.
+    pub round: u64,
+    pub stats: PipelineStats,
+}
+
+impl StagePools {
+    /// Segments waiting per stage.
+    pub fn sizes(&self) -> [usize; 4] {
+        [0, 1, 2, 3].map(|i| self.pools[i].len())
+    }
+
+    pub fn push(&mut self, seg: Segment) {
+        self.pools[seg.stage.index()].push_back(seg);
+    }
+
+    /// Takes up to `n` pooled segments for the next batch, latest stage first (so a case's pipeline drains
+    /// and batch t mixes Inq(T_t) with DDX(T_{t-1}), ...). The caller opens fresh cases for the rest.
+    pub fn take(&mut self, n: usize) -> Vec<Segment> {
+        let mut out = Vec::new();
+        for stage in [Stage::Diag, Stage::Lab, Stage::Ddx] {
+            while out.len() < n {
+                match self.pools[stage.index()].pop_front() {
+                    Some(s) => out.push(s),
+                    None => break,
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The gate of Eqs. 5-6 with top-m promotion: of the samples whose score reaches `tau`, the `top_m` best
+/// (ties: lowest sample index) go on. `scores[i]` is sample i's V_k, None for a sample that failed.
+pub fn promote(scores: &[Option<f64>], tau: f64, top_m: usize) -> Vec<usize> {
+    let mut passing: Vec<(usize, f64)> = scores.iter().enumerate().filter_map(|(i, s)| s.filter(|v| *v >= tau).map(|v| (i, v))).collect();
+    passing.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    passing.into_iter().take(top_m).map(|(i, _)| i).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_keeps_the_best_passing_lowest_index_on_ties() {
+        assert_eq!(promote(&[Some(0.5), Some(0.9), Some(0.9), None, Some(0.7)], 0.6, 1), vec![1]);
+        assert_eq!(promote(&[Some(0.5), Some(0.9), Some(0.9), None, Some(0.7)], 0.6, 2), vec![1, 2]);
+        assert_eq!(promote(&[Some(0.5), Some(0.59), None], 0.6, 1), Vec::<usize>::new());
+        assert_eq!(promote(&[Some(0.6)], 0.6, 3), vec![0]);
+    }
+}

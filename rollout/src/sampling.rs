@@ -1,0 +1,183 @@
+//! Batched token sampling on the device: temperature, top-k, top-p, min-p and greedy, one row per sequence.
+//!
+//! Every row draws from its own seeded stream (one uniform per token, from the request's ChaCha RNG), and the
+//! token is picked by inverse-CDF over the filtered distribution. A request's samples therefore depend only
+//! on its seed and its logits, never on which other sequences share the batch, and the device needs a single
+//! `[B]` upload of uniforms per step instead of a per-row generator.
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use spar_core::traits::SamplingParams;
+use tch::{Device, Kind, Tensor};
+
+/// A request's sampling state: its knobs and its random stream.
+#[derive(Clone, Debug)]
+pub struct RowSampler {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: u32,
+    pub min_p: f32,
+    rng: ChaCha8Rng,
+}
+
+impl RowSampler {
+    pub fn new(p: &SamplingParams, seed: u64) -> Self {
+        RowSampler { temperature: p.temperature, top_p: p.top_p, top_k: p.top_k, min_p: p.min_p, rng: ChaCha8Rng::seed_from_u64(seed) }
+    }
+
+    pub fn greedy(&self) -> bool {
+        self.temperature <= 0.0
+    }
+
+    fn next_uniform(&mut self) -> f32 {
+        // In [0, 1): a target of exactly the total mass would fall past the last token.
+        self.rng.random::<f32>()
+    }
+}
+
+/// The token chosen for each row and its log-prob under the unmodified policy (log_softmax of the raw logits:
+/// the policy's own log pi, what the trainer's forward recomputes).
+pub struct Sampled {
+    pub tokens: Vec<u32>,
+    pub logprobs: Vec<f32>,
+}
+
+/// Samples one token per row of `logits` (`[B, V]`, any float kind) with `rows[i]`'s knobs and RNG.
+/// One device-to-host copy per call.
+pub fn sample(logits: &Tensor, rows: &mut [&mut RowSampler]) -> Sampled {
+    let (b, v) = logits.size2().expect("logits must be [B, V]");
+    assert_eq!(b as usize, rows.len(), "one sampler per logits row");
+    let device = logits.device();
+    let logits = logits.to_kind(Kind::Float);
+    let logp = logits.log_softmax(-1, Kind::Float);
+    let argmax = logits.argmax(-1, false);
+    let tokens = if rows.iter().all(|r| r.greedy()) {
+        argmax
+    } else {
+        let sampled = sample_stochastic(&logits, rows, device, v);
+        let greedy: Vec<bool> = rows.iter().map(|r| r.greedy()).collect();
+        if greedy.iter().any(|&g| g) {
+            argmax.where_self(&Tensor::from_slice(&greedy).to_device(device), &sampled)
+        } else {
+            sampled
+        }
+    };
+    let lp = logp.gather(-1, &tokens.unsqueeze(-1), false).squeeze_dim(-1);
+    // Token ids < 2^24 are exact in f64, and so is every f32: one transfer carries both.
+    let both = Tensor::stack(&[tokens.to_kind(Kind::Double), lp.to_kind(Kind::Double)], 0).to_device(Device::Cpu);
+    let flat: Vec<f64> = Vec::<f64>::try_from(both.reshape([-1])).expect("sampled tensor to host");
+    let (t, l) = flat.split_at(b as usize);
+    Sampled { tokens: t.iter().map(|&x| x as u32).collect(), logprobs: l.iter().map(|&x| x as f32).collect() }
+}
+
+fn column(values: Vec<f32>, device: Device) -> Tensor {
+    Tensor::from_slice(&values).to_device(device).unsqueeze(-1)
+}
+
+fn sample_stochastic(logits: &Tensor, rows: &mut [&mut RowSampler], device: Device, v: i64) -> Tensor {
+    let temps = column(rows.iter().map(|r| if r.greedy() { 1.0 } else { r.temperature }).collect(), device);
+    let mut probs = (logits / temps).softmax(-1, Kind::Float);
+    if rows.iter().any(|r| r.min_p > 0.0) {
+        let min_p = column(rows.iter().map(|r| r.min_p.max(0.0)).collect(), device);
+        let (maxp, _) = probs.max_dim(-1, true);
+        let keep = probs.ge_tensor(&(maxp * min_p));
+        probs = probs.where_self(&keep, &probs.zeros_like());
+    }
+    let uniforms = column(rows.iter_mut().map(|r| r.next_uniform()).collect(), device);
+    let needs_sort = rows.iter().any(|r| r.top_k > 0 || r.top_p < 1.0);
+    if needs_sort {
+        let (sorted, order) = probs.sort(-1, true);
+        let ks = rows.iter().map(|r| if r.top_k == 0 { v } else { (r.top_k as i64).min(v) }).collect::<Vec<i64>>();
+        let ks = Tensor::from_slice(&ks).to_device(device).unsqueeze(-1);
+        let rank = Tensor::arange(v, (Kind::Int64, device)).unsqueeze(0);
+        let mut keep = rank.lt_tensor(&ks);
+        if rows.iter().any(|r| r.top_p < 1.0) {
+            let top_p = column(rows.iter().map(|r| r.top_p).collect(), device);
+            let cum = sorted.cumsum(-1, Kind::Float);
+            let total = cum.select(-1, v - 1).unsqueeze(-1);
+            // Keep a token while the mass before it is below top_p: the most likely token always stays.
+            keep = keep.logical_and(&(cum - &sorted).lt_tensor(&(total * top_p)));
+        }
+        let kept = sorted.where_self(&keep, &sorted.zeros_like());
+        let pos = inverse_cdf(&kept, &uniforms, v);
+        order.gather(-1, &pos.unsqueeze(-1), false).squeeze_dim(-1)
+    } else {
+        inverse_cdf(&probs, &uniforms, v)
+    }
+}
+
+/// Index of the first position whose cumulative mass exceeds `u * total` (never a zero-mass position).
+fn inverse_cdf(probs: &Tensor, uniforms: &Tensor, v: i64) -> Tensor {
+    let cum = probs.cumsum(-1, Kind::Float);
+    let target = cum.select(-1, v - 1).unsqueeze(-1) * uniforms;
+    cum.le_tensor(&target).sum_dim_intlist([-1i64].as_slice(), false, Kind::Int64).clamp_max(v - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f32, top_p: f32, top_k: u32, min_p: f32) -> SamplingParams {
+        SamplingParams { temperature, top_p, top_k, min_p, ..Default::default() }
+    }
+
+    #[test]
+    fn greedy_picks_argmax_with_policy_logprob() {
+        let logits = Tensor::from_slice(&[0.0f32, 2.0, 1.0, 0.5, 3.0, 0.0]).reshape([2, 3]);
+        let mut a = RowSampler::new(&params(0.0, 1.0, 0, 0.0), 1);
+        let mut b = RowSampler::new(&params(0.0, 1.0, 0, 0.0), 2);
+        let s = sample(&logits, &mut [&mut a, &mut b]);
+        assert_eq!(s.tokens, vec![1, 1]);
+        let lp = logits.log_softmax(-1, Kind::Float);
+        assert!((s.logprobs[0] - lp.double_value(&[0, 1]) as f32).abs() < 1e-6);
+    }
+
+    #[test]
+    fn top_k_one_and_tiny_top_p_are_greedy() {
+        let logits = Tensor::from_slice(&[0.1f32, 0.3, 0.2, 0.0]).reshape([1, 4]);
+        for p in [params(1.0, 1.0, 1, 0.0), params(1.0, 1e-4, 0, 0.0), params(1.0, 1.0, 0, 0.99)] {
+            for seed in 0..20 {
+                let mut r = RowSampler::new(&p, seed);
+                assert_eq!(sample(&logits, &mut [&mut r]).tokens, vec![1], "{p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn same_seed_same_tokens_whatever_the_batch() {
+        let logits = Tensor::randn([3, 50], (Kind::Float, Device::Cpu));
+        let p = params(1.0, 0.9, 20, 0.0);
+        let run = |rows: &[usize]| {
+            let mut samplers: Vec<RowSampler> = rows.iter().map(|&r| RowSampler::new(&p, 100 + r as u64)).collect();
+            let idx = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>());
+            let sub = logits.index_select(0, &idx);
+            let mut out = vec![];
+            for _ in 0..10 {
+                let mut refs: Vec<&mut RowSampler> = samplers.iter_mut().collect();
+                out.push(sample(&sub, &mut refs).tokens);
+            }
+            out
+        };
+        let alone: Vec<u32> = run(&[1]).into_iter().map(|t| t[0]).collect();
+        let batched: Vec<u32> = run(&[0, 1, 2]).into_iter().map(|t| t[1]).collect();
+        assert_eq!(alone, batched);
+    }
+
+    #[test]
+    fn frequencies_follow_the_tempered_distribution() {
+        let logits = Tensor::from_slice(&[0.0f32, (2.0f32).ln(), (3.0f32).ln(), -1e9]).reshape([1, 4]);
+        let mut r = RowSampler::new(&params(1.0, 1.0, 0, 0.0), 7);
+        let mut counts = [0usize; 4];
+        for _ in 0..3000 {
+            counts[sample(&logits, &mut [&mut r]).tokens[0] as usize] += 1;
+        }
+        assert_eq!(counts[3], 0);
+        let f: Vec<f64> = counts.iter().map(|&c| c as f64 / 3000.0).collect();
+        assert!((f[0] - 1.0 / 6.0).abs() < 0.03 && (f[1] - 2.0 / 6.0).abs() < 0.03 && (f[2] - 0.5).abs() < 0.03, "{f:?}");
+        // top_p 0.6 keeps tokens 2 (mass before it 0) and 1 (0.5 before it), drops 0 (0.83 before it).
+        let mut r = RowSampler::new(&params(1.0, 0.6, 0, 0.0), 7);
+        for _ in 0..200 {
+            let t = sample(&logits, &mut [&mut r]).tokens[0];
+            assert!(t == 1 || t == 2, "{t}");
+        }
+    }
+}

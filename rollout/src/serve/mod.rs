@@ -1,0 +1,130 @@
+//! `spar serve`: the built-in engine behind an OpenAI-compatible HTTP API (`/v1/chat/completions`,
+//! `/v1/completions`, `/v1/models`), with log-probs, streaming (server-sent events), Qwen3's reasoning split
+//! (`reasoning_content`, as vLLM's qwen3 parser returns it), loopback binding by default and an optional
+//! bearer token. Token ids in and out (`prompt` as ids, `return_token_ids`) serve the rollout backend switch.
+pub mod api;
+mod handlers;
+
+use crate::codec::TextCodec;
+use crate::engine::{self, Engine, EngineClient, EngineConfig};
+use anyhow::{Context, Result};
+use spar_model::Qwen3Model;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Renders chat messages to the prompt text (the model's own chat template).
+pub trait ChatRenderer: Send + Sync {
+    fn render(&self, messages: &serde_json::Value, tools: Option<&serde_json::Value>, enable_thinking: bool) -> Result<String>;
+}
+
+impl ChatRenderer for spar_model::ChatTemplate {
+    fn render(&self, messages: &serde_json::Value, tools: Option<&serde_json::Value>, enable_thinking: bool) -> Result<String> {
+        spar_model::ChatTemplate::render(self, messages, tools, true, enable_thinking)
+    }
+}
+
+/// Plain ChatML (`<|im_start|>role\ncontent<|im_end|>\n` + generation prompt), Qwen3's thinking switch
+/// included: for tokenizers that ship no template (the tiny CPU-demo tokenizer, tests).
+pub struct ChatMlRenderer;
+
+impl ChatRenderer for ChatMlRenderer {
+    fn render(&self, messages: &serde_json::Value, tools: Option<&serde_json::Value>, enable_thinking: bool) -> Result<String> {
+        if tools.is_some_and(|t| !t.as_array().is_some_and(|a| a.is_empty())) {
+            anyhow::bail!("this model has no chat template with tool support");
+        }
+        let list = messages.as_array().context("`messages` must be an array")?;
+        let mut s = String::new();
+        for (i, m) in list.iter().enumerate() {
+            let role = m.get("role").and_then(|r| r.as_str()).with_context(|| format!("messages[{i}].role is missing"))?;
+            let content = match m.get("content") {
+                Some(serde_json::Value::String(c)) => c.clone(),
+                Some(serde_json::Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(|t| t.as_str())).collect::<Vec<_>>().join(""),
+                Some(serde_json::Value::Null) | None => String::new(),
+                Some(_) => anyhow::bail!("messages[{i}].content must be a string or a list of text parts"),
+            };
+            s.push_str(&format!("<|im_start|>{role}\n{content}<|im_end|>\n"));
+        }
+        s.push_str("<|im_start|>assistant\n");
+        if !enable_thinking {
+            s.push_str("<think>\n\n</think>\n\n");
+        }
+        Ok(s)
+    }
+}
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub host: String,
+    pub port: u16,
+    /// The id `/v1/models` lists (requests naming another model are still served: one model per server).
+    pub model_name: String,
+    /// Bearer token every request must carry (None: no auth).
+    pub api_key: Option<String>,
+    pub engine: EngineConfig,
+    /// `max_tokens` when a request gives none.
+    pub default_max_tokens: u32,
+}
+
+pub(crate) struct ServeState {
+    pub client: EngineClient,
+    pub codec: Arc<dyn TextCodec>,
+    pub renderer: Arc<dyn ChatRenderer>,
+    pub model_name: String,
+    pub api_key: Option<String>,
+    pub max_seq_len: usize,
+    pub default_max_tokens: u32,
+    pub eos: Vec<u32>,
+    pub vocab: usize,
+}
+
+/// Serves until `stop` is set (or the listener fails). `ready` receives the bound address (port 0 picks a free
+/// one). The engine runs on the calling thread; HTTP on a small tokio runtime.
+pub fn serve(model: &Qwen3Model, codec: Arc<dyn TextCodec>, renderer: Arc<dyn ChatRenderer>, opts: ServeOptions, stop: Arc<AtomicBool>, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("spar-serve").build()?;
+    let addr: SocketAddr = format!("{}:{}", opts.host, opts.port).parse().with_context(|| format!("bad listen address {}:{}", opts.host, opts.port))?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!("serving on {addr}, reachable beyond this machine{}", if opts.api_key.is_none() { " WITHOUT a bearer token" } else { "" });
+    }
+    let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("binding {addr}"))?;
+    let bound = listener.local_addr()?;
+    let (client, inbox) = engine::channel(opts.model_name.clone());
+    let mut eos: Vec<u32> = ["<|im_end|>", "<|endoftext|>"].iter().filter_map(|t| codec.token_id(t)).collect();
+    eos.dedup();
+    let state = Arc::new(ServeState {
+        client,
+        codec: codec.clone(),
+        renderer,
+        model_name: opts.model_name.clone(),
+        api_key: opts.api_key.clone(),
+        max_seq_len: opts.engine.max_seq_len,
+        default_max_tokens: opts.default_max_tokens,
+        eos,
+        vocab: model.config.vocab_size,
+    });
+    let app = handlers::router(state);
+    let stop_http = stop.clone();
+    let server = rt.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                while !stop_http.load(Ordering::Relaxed) {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            })
+            .await
+    });
+    let mut engine = Engine::new(model, opts.engine)?.with_codec(codec);
+    tracing::info!("spar serve: listening on http://{bound}/v1 (model {})", opts.model_name);
+    ready(bound);
+    // A failed forward fails the requests in it; the server goes on.
+    loop {
+        match engine.run_until(&inbox, || stop.load(Ordering::Relaxed)) {
+            Ok(()) => break,
+            Err(e) => tracing::error!("engine step failed: {e:#}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(server).context("HTTP server task")?.context("HTTP server")?;
+    Ok(())
+}

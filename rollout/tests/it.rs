@@ -1,0 +1,8 @@
+//! Integration tests of spar-rollout (one binary; modules under `tests/it/`).
+mod it {
+    pub mod common;
+    pub mod consult;
+    pub mod engine;
+    pub mod failures;
+    pub mod serve;
+}
