@@ -1,38 +1,105 @@
 //! `[eval]`: `spar eval`. Owner: eval.
+//!
+//! The evaluation simulator, judge and fact checker are configured here, apart from the training ones
+//! (method.md section 9, "Evaluation hygiene"): an `[eval]` section that leaves them out gets the built-in
+//! offline ones, never the training endpoints by accident.
 use super::check;
-use super::EndpointConfig;
+use super::{EndpointConfig, FactConfig};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvalSection {
-    /// "validation" | "test" | "train".
+    /// "validation" | "test" | "train". The test split holds out whole diagnoses; the CPU demo reports on
+    /// validation (a tiny model cannot name a diagnosis it never saw).
     pub split: String,
     /// Evaluate at most this many cases (0 = all).
     pub max_cases: usize,
     /// Episodes per case.
     pub samples_per_case: usize,
+    /// Consultations (and HealthBench examples) played at once.
+    pub concurrency: usize,
     /// Policy as an OpenAI-compatible endpoint instead of the local model.
     pub policy_endpoint: Option<EndpointConfig>,
     /// Evaluation simulator and judge are configured apart from the training ones (method.md section 9).
     pub simulator: Option<super::SimulatorConfig>,
     pub judge: Option<super::JudgeConfig>,
+    /// Claim extractor and fact verifier for the hallucination rate H (None: rule extractor + knowledge base).
+    pub facts: Option<FactConfig>,
+    /// Measure the hallucination rate of consultations.
+    pub hallucination: bool,
     /// HealthBench JSONL to run (conversation + rubrics), if any.
     pub healthbench: Option<PathBuf>,
+    /// Where HealthBench's [0, 1] clip applies: "mean" (as HealthBench) | "example" (each example first).
+    pub healthbench_clip: String,
+    /// Bootstrap resamples for score standard deviations (0 = none).
+    pub bootstrap: usize,
+    /// Seed of the bootstrap and of sampled generation.
+    pub seed: u64,
     pub temperature: f32,
     pub max_new_tokens: u32,
+    /// Phrases that count as escalation in the red-flag assessment (empty: the built-in list).
+    pub escalation_terms: Vec<String>,
 }
 
 impl Default for EvalSection {
     fn default() -> Self {
-        EvalSection { split: "validation".into(), max_cases: 0, samples_per_case: 1, policy_endpoint: None, simulator: None, judge: None, healthbench: None, temperature: 0.0, max_new_tokens: 256 }
+        EvalSection {
+            split: "validation".into(),
+            max_cases: 0,
+            samples_per_case: 1,
+            concurrency: 8,
+            policy_endpoint: None,
+            simulator: None,
+            judge: None,
+            facts: None,
+            hallucination: true,
+            healthbench: None,
+            healthbench_clip: "mean".into(),
+            bootstrap: 1000,
+            seed: 0,
+            temperature: 0.0,
+            max_new_tokens: 256,
+            escalation_terms: Vec::new(),
+        }
     }
 }
 
 impl EvalSection {
     pub fn validate(&self) -> Result<(), (String, String)> {
-        check(["train", "validation", "test"].contains(&self.split.as_str()), "split", "must be train, validation or test")?;
-        check(self.samples_per_case >= 1, "samples_per_case", "must be >= 1")
+        check(
+            ["train", "validation", "test"].contains(&self.split.as_str()),
+            "split",
+            "must be train, validation or test",
+        )?;
+        check(
+            self.samples_per_case >= 1,
+            "samples_per_case",
+            "must be >= 1",
+        )?;
+        check(self.concurrency >= 1, "concurrency", "must be >= 1")?;
+        check(
+            ["mean", "example"].contains(&self.healthbench_clip.as_str()),
+            "healthbench_clip",
+            "must be mean or example",
+        )?;
+        check(self.temperature >= 0.0, "temperature", "must be >= 0")?;
+        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")?;
+        if let Some(e) = &self.policy_endpoint {
+            e.validate()
+                .map_err(|(k, m)| (format!("policy_endpoint.{k}"), m))?;
+        }
+        if let Some(s) = &self.simulator {
+            s.validate()
+                .map_err(|(k, m)| (format!("simulator.{k}"), m))?;
+        }
+        if let Some(j) = &self.judge {
+            j.validate().map_err(|(k, m)| (format!("judge.{k}"), m))?;
+        }
+        if let Some(f) = &self.facts {
+            f.validate().map_err(|(k, m)| (format!("facts.{k}"), m))?;
+        }
+        Ok(())
     }
 }

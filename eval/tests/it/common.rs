@@ -1,0 +1,79 @@
+//! Test doubles shared by the integration tests.
+use async_trait::async_trait;
+use spar_core::sample::Turn;
+use spar_core::traits::{Judge, JudgeRequest, JudgeVerdict};
+use spar_eval::{ChatPolicy, PolicyReply};
+
+/// Always answers the same text.
+pub struct FixedPolicy {
+    text: String,
+}
+
+impl FixedPolicy {
+    pub fn new(text: &str) -> Self {
+        FixedPolicy { text: text.into() }
+    }
+}
+
+#[async_trait]
+impl ChatPolicy for FixedPolicy {
+    fn id(&self) -> String {
+        "fixed".into()
+    }
+    async fn reply(&self, _conversation: &[Turn]) -> spar_core::Result<PolicyReply> {
+        Ok(PolicyReply::new(self.text.clone()))
+    }
+}
+
+/// Marks a criterion met when the criterion contains `key` and the response contains the paired phrase.
+pub struct KeywordJudge {
+    rules: Vec<(String, String)>,
+    fail_on: Option<String>,
+}
+
+impl KeywordJudge {
+    pub fn new(rules: &[(&str, &str)]) -> Self {
+        KeywordJudge {
+            rules: rules
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            fail_on: None,
+        }
+    }
+
+    /// Fails (as an endpoint would after retries) on criteria containing `key`.
+    pub fn failing_on(mut self, key: &str) -> Self {
+        self.fail_on = Some(key.into());
+        self
+    }
+}
+
+#[async_trait]
+impl Judge for KeywordJudge {
+    fn id(&self) -> String {
+        "keyword-judge".into()
+    }
+    async fn judge(&self, req: &JudgeRequest) -> spar_core::Result<JudgeVerdict> {
+        let criterion = req.item.criterion.to_lowercase();
+        if self
+            .fail_on
+            .as_ref()
+            .is_some_and(|k| criterion.contains(k.as_str()))
+        {
+            return Err(spar_core::Error::external(
+                "keyword-judge",
+                "gave up after retries",
+                true,
+            ));
+        }
+        let response = req.response.to_lowercase();
+        let met = self.rules.iter().any(|(k, phrase)| {
+            criterion.contains(k.as_str()) && response.contains(phrase.as_str())
+        });
+        Ok(JudgeVerdict {
+            met,
+            explanation: String::new(),
+        })
+    }
+}
