@@ -1,8 +1,38 @@
-//! `spar export` (being built; see docs/architecture.md for its owner).
+//! `spar export --checkpoint C --out DIR`: a checkpoint's policy as an HF folder (safetensors + config.json,
+//! plus the run's tokenizer files when there are any) that transformers loads directly.
+use anyhow::Context;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// A checkpoint folder (`RUN/checkpoints/step-N`), a run folder (its latest checkpoint) or an HF folder.
+    #[arg(long, alias = "in")]
+    pub checkpoint: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`spar export` is not built yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut ckpt = args.checkpoint.clone();
+    if ckpt.join("checkpoints").is_dir() {
+        ckpt = spar_trainer::checkpoint::latest(&ckpt.join("checkpoints"))?.with_context(|| format!("{}: no checkpoint in this run", args.checkpoint.display()))?;
+    }
+    let model_dir = if ckpt.join("model").join("config.json").exists() { ckpt.join("model") } else { ckpt.clone() };
+    let model = spar_model::Qwen3Model::load(&model_dir, tch::Device::Cpu, tch::Kind::Float).with_context(|| format!("loading {}", model_dir.display()))?;
+    model.save_hf(&args.out)?;
+    // Tokenizer: next to the weights, or the run's trained tokenizer (RUN/tokenizer) for a checkpoint.
+    let run_dir = ckpt.parent().and_then(|p| p.parent()).map(|p| p.to_path_buf());
+    let candidates = [Some(model_dir.clone()), run_dir.map(|r| r.join("tokenizer"))];
+    for dir in candidates.into_iter().flatten() {
+        if dir.join("tokenizer.json").exists() {
+            for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+                if dir.join(f).exists() {
+                    std::fs::copy(dir.join(f), args.out.join(f)).with_context(|| format!("copying {f}"))?;
+                }
+            }
+            break;
+        }
+    }
+    eprintln!("exported {} -> {}", ckpt.display(), args.out.display());
+    Ok(())
 }

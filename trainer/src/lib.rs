@@ -22,6 +22,8 @@ pub mod metrics;
 pub mod plot;
 pub mod policy;
 pub mod policy_loss;
+pub mod qwen3;
 pub mod rng;
+pub mod run;
 pub mod schedule;
 pub mod tfevent;

@@ -23,7 +23,7 @@ fn one_and_two_steps_by_hand() {
 #[test]
 fn bf16_params_get_fp32_masters_and_state_round_trips() {
     let mut vs = nn::VarStore::new(Device::Cpu);
-    vs.root().var("w", &[4], nn::Init::Const(1.0));
+    let _ = vs.root().var("w", &[4], nn::Init::Const(1.0));
     vs.bfloat16();
     let p = vs.variables()["w"].shallow_clone();
     let mut opt = AdamW::new(&vs, AdamWConfig::default());

@@ -15,9 +15,9 @@ impl TinyLm {
         tch::manual_seed(seed);
         let mut vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
-        root.randn("emb", &[vocab, dim], 0.0, 0.5);
-        root.randn("w1", &[dim, dim], 0.0, 0.5);
-        root.randn("w2", &[dim, vocab], 0.0, 0.5);
+        let _ = root.randn("emb", &[vocab, dim], 0.0, 0.5);
+        let _ = root.randn("w1", &[dim, dim], 0.0, 0.5);
+        let _ = root.randn("w2", &[dim, vocab], 0.0, 0.5);
         if kind == Kind::Double {
             vs.double();
         }

@@ -1,0 +1,55 @@
+//! [`Policy`] for spar-model's Qwen3 / Qwen3-MoE: training forward (packing, routing replay), the MoE
+//! load-balancing loss, activation-checkpointed backward, and HF-format weights in checkpoints.
+use crate::policy::{Policy, PolicyInput, PolicyOutput};
+use anyhow::Result;
+use spar_model::{ForwardInput, Qwen3Model};
+use std::path::Path;
+use tch::{Tensor, nn::VarStore};
+
+impl Policy for Qwen3Model {
+    fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+    fn var_store_mut(&mut self) -> &mut VarStore {
+        &mut self.vs
+    }
+    fn forward(&self, input: &PolicyInput) -> Result<PolicyOutput> {
+        let mut fi = ForwardInput::new(input.input_ids).positions(input.position_ids).mask(input.attention_mask);
+        if let Some(s) = input.packed_seq_ids {
+            fi = fi.seq_ids(s);
+        }
+        if let Some(f) = input.forced_experts {
+            fi = fi.forced_experts(f);
+        }
+        let out = Qwen3Model::forward(self, fi)?;
+        let aux_loss = (!out.router_logits.is_empty())
+            .then(|| spar_model::aux_load_balancing_loss(&out.router_logits, self.config.num_experts, self.config.num_experts_per_tok));
+        let logits = out.logits.shallow_clone();
+        Ok(PolicyOutput {
+            logits,
+            aux_loss,
+            handle: Some(Box::new(out)),
+        })
+    }
+    fn backward(&self, loss: &Tensor, out: &PolicyOutput) -> Result<()> {
+        match out.handle.as_ref().and_then(|h| h.downcast_ref::<spar_model::ForwardOutput>()) {
+            Some(fo) => Qwen3Model::backward(self, loss, fo),
+            None => Ok(loss.f_backward()?),
+        }
+    }
+    fn save_weights(&self, dir: &Path) -> Result<()> {
+        self.save_hf(dir)
+    }
+    fn load_weights(&mut self, dir: &Path) -> Result<()> {
+        // Weights are written by save_hf in transformers' layout; Qwen3Model::load reads that layout back.
+        let loaded = Qwen3Model::load(dir, self.device(), self.kind())?;
+        tch::no_grad(|| -> Result<()> {
+            let src = loaded.vs.variables();
+            for (name, mut dst) in self.vs.variables() {
+                let s = src.get(&name).ok_or_else(|| anyhow::anyhow!("{}: no tensor for `{name}`", dir.display()))?;
+                dst.f_copy_(s)?;
+            }
+            Ok(())
+        })
+    }
+}
