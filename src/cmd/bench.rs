@@ -12,11 +12,14 @@ enum Bench {
     Judge(super::bench_judge::BenchJudgeArgs),
     /// Forward tokens/s of a random Qwen3 / Qwen3-MoE model of a real shape.
     Forward(super::bench_forward::Args),
+    /// Decode tokens/s of the built-in engine at several batch sizes.
+    Decode(super::bench_decode::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
         Bench::Judge(a) => super::bench_judge::run(a),
         Bench::Forward(a) => super::bench_forward::run(a),
+        Bench::Decode(a) => super::bench_decode::run(a),
     }
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand; each owns its `Args` (clap) and `run`.
 pub mod bench;
+pub mod bench_decode;
 pub mod bench_forward;
 pub mod bench_judge;
 pub mod data;
