@@ -208,8 +208,10 @@ impl OpenAiClient {
     /// redacts.
     pub async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse> {
         let mut req = req.clone();
-        for m in &mut req.messages {
-            m.content = self.outgoing(&m.content);
+        if self.inner.redact {
+            for m in &mut req.messages {
+                m.content = privacy::redact_prompt(&m.content);
+            }
         }
         let mut body =
             serde_json::to_value(&req).map_err(|e| Error::Other(format!("chat request: {e}")))?;

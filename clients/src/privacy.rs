@@ -2,6 +2,7 @@
 //! leaving the machine"). Loopback means 127.0.0.0/8, `::1` (also IPv4-mapped) and the name `localhost`;
 //! a private-network address is not loopback, since the data still leaves the machine.
 use reqwest::Url;
+use serde_json::Value;
 use std::net::{IpAddr, Ipv6Addr};
 
 /// True when `url`'s host is on loopback. An unparseable URL is not loopback (it is redacted, the safe side).
@@ -36,41 +37,48 @@ pub fn should_redact(redact_phi: bool, base_url: &str) -> bool {
     redact_phi && !is_loopback_url(base_url)
 }
 
-/// Redacts PHI from one outgoing or logged text.
-///
-/// Interim: `spar_core::phi` (owned by the data work) is being written; until it lands this applies the
-/// identifier patterns below, and then becomes a call to it.
+/// Redacts PHI from one outgoing or logged text (`spar_core::phi`, all identifier kinds).
 pub fn redact(text: &str) -> String {
-    interim::redact(text)
+    spar_core::phi::redact(text)
 }
 
-mod interim {
-    use regex::Regex;
-    use std::sync::LazyLock;
+/// Redacts a prompt that may hold fenced JSON data blocks (`prompt::data_block`): inside a block every JSON
+/// string value is redacted on its own and the block re-written, so the redactor can never eat a quote or an
+/// escape and break the JSON; the text around blocks is redacted as plain text.
+pub fn redact_prompt(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("<<<DATA ") {
+        let after = &rest[start + "<<<DATA ".len()..];
+        let Some(id_len) = after.find(">>>\n") else {
+            break;
+        };
+        let id = &after[..id_len];
+        let body_at = start + "<<<DATA ".len() + id_len + ">>>\n".len();
+        let close = format!("\n<<<END DATA {id}>>>");
+        let Some(body_len) = rest[body_at..].find(&close) else {
+            break;
+        };
+        let body = &rest[body_at..body_at + body_len];
+        let Ok(value) = serde_json::from_str::<Value>(body) else {
+            break;
+        };
+        out.push_str(&redact(&rest[..start]));
+        out.push_str(&crate::prompt::data_block(id, &redact_strings(value)));
+        rest = &rest[body_at + body_len + close.len()..];
+    }
+    out.push_str(&redact(rest));
+    out
+}
 
-    /// (pattern, replacement), applied in order: structured identifiers before the looser number patterns.
-    static RULES: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
-        [
-            (r"(?i)\b[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}\b", "[EMAIL]"),
-            // Not across quotes or brackets: outgoing text is often JSON, whose structure must survive.
-            (r#"(?i)\bhttps?://[^\s"'<>()\[\]{}\\]+"#, "[URL]"),
-            (r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b", "[IP]"),
-            (r"\b\d{3}-\d{2}-\d{4}\b", "[SSN]"),
-            (r"(?i)\b(?:mrn|medical record(?: number)?|account(?: number)?|acct|member id|policy(?: number)?)\s*[:#]?\s*[a-z0-9-]*\d[a-z0-9-]*", "[ID]"),
-            (r"(?:\+?1[ .-]?)?\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b", "[PHONE]"),
-            (r"\b\d{4}-\d{2}-\d{2}\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b", "[DATE]"),
-        ]
-        .into_iter()
-        .map(|(p, r)| (Regex::new(p).expect("valid regex"), r))
-        .collect()
-    });
-
-    pub(super) fn redact(text: &str) -> String {
-        let mut out = text.to_string();
-        for (re, with) in RULES.iter() {
-            out = re.replace_all(&out, *with).into_owned();
+fn redact_strings(v: Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(redact(&s)),
+        Value::Array(a) => Value::Array(a.into_iter().map(redact_strings).collect()),
+        Value::Object(o) => {
+            Value::Object(o.into_iter().map(|(k, v)| (k, redact_strings(v))).collect())
         }
-        out
+        other => other,
     }
 }
 

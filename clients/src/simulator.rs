@@ -87,7 +87,8 @@ pub struct LlmPatientSimulator {
 /// The case as the patient knows it: no diagnosis, differential, tests or rubric.
 pub fn persona(case: &Case) -> Value {
     json!({
-        "age": case.demographics.age,
+        // A string, so that PHI redaction sees "93 years old" (ages over 89 are identifiers).
+        "age": format!("{} years old", case.demographics.age),
         "sex": match case.demographics.sex { Sex::Female => "female", Sex::Male => "male" },
         "main_complaint": case.chief_complaint,
         "story_of_the_illness": case.hpi,

@@ -203,7 +203,7 @@ fn redaction_keeps_the_data_block_parseable() {
         .iter()
         .map(|m| ChatMessage {
             role: m.role.clone(),
-            content: spar_clients::privacy::redact(&m.content),
+            content: spar_clients::privacy::redact_prompt(&m.content),
         })
         .collect();
     let (_, data) = split_prompt(&redacted);
