@@ -3,7 +3,9 @@
 //! ordered with torch's kernels without extra synchronisation.
 
 use anyhow::{Result, anyhow};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -65,20 +67,40 @@ pub struct Kernels {
 
 impl Kernels {
     fn build(ordinal: usize) -> Result<Self> {
-        let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("CUDA context {ordinal}: {e:?}"))?;
+        let ctx =
+            CudaContext::new(ordinal).map_err(|e| anyhow!("CUDA context {ordinal}: {e:?}"))?;
         let ptx = cudarc::nvrtc::compile_ptx(SOURCE).map_err(|e| anyhow!("NVRTC: {e:?}"))?;
-        let module = ctx.load_module(ptx).map_err(|e| anyhow!("loading PTX: {e:?}"))?;
+        let module = ctx
+            .load_module(ptx)
+            .map_err(|e| anyhow!("loading PTX: {e:?}"))?;
         let mut functions = HashMap::new();
         for name in ["rms_norm_f32", "rms_norm_bf16"] {
-            functions.insert(name, module.load_function(name).map_err(|e| anyhow!("{name}: {e:?}"))?);
+            functions.insert(
+                name,
+                module
+                    .load_function(name)
+                    .map_err(|e| anyhow!("{name}: {e:?}"))?,
+            );
         }
-        Ok(Kernels { stream: ctx.default_stream(), _ctx: ctx, _module: module, functions })
+        Ok(Kernels {
+            stream: ctx.default_stream(),
+            _ctx: ctx,
+            _module: module,
+            functions,
+        })
     }
 
     /// Launches `name` with one 256-thread block per row: args `ptrs...`, `h`, `eps`.
     pub fn launch_rows(&self, name: &str, rows: u32, ptrs: &[u64], h: i32, eps: f32) -> Result<()> {
-        let f = self.functions.get(name).ok_or_else(|| anyhow!("no kernel {name}"))?;
-        let cfg = LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let f = self
+            .functions
+            .get(name)
+            .ok_or_else(|| anyhow!("no kernel {name}"))?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let mut b = self.stream.launch_builder(f);
         for p in ptrs {
             b.arg(p);
@@ -113,11 +135,16 @@ pub fn kernels(ordinal: usize) -> Option<Arc<Kernels>> {
 /// False when `SPAR_KERNELS=off` (forces the torch fallbacks, e.g. to compare).
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SPAR_KERNELS").map(|v| v != "off" && v != "0").unwrap_or(true))
+    *ON.get_or_init(|| {
+        std::env::var("SPAR_KERNELS")
+            .map(|v| v != "off" && v != "0")
+            .unwrap_or(true)
+    })
 }
 
 /// Whether autograd records operations right now (false inside `tch::no_grad`).
 pub fn grad_enabled() -> Result<bool> {
-    let probe = tch::Tensor::f_zeros([1], (tch::Kind::Float, tch::Device::Cpu))?.f_set_requires_grad(true)?;
+    let probe = tch::Tensor::f_zeros([1], (tch::Kind::Float, tch::Device::Cpu))?
+        .f_set_requires_grad(true)?;
     Ok(probe.f_mul_scalar(1.0)?.requires_grad())
 }

@@ -19,16 +19,25 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 pub fn rms_norm_torch(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let kind = x.kind();
     let xf = x.f_to_kind(Kind::Float)?;
-    let var = xf.f_pow_tensor_scalar(2)?.f_mean_dim(-1, true, None::<Kind>)?;
-    let normed = xf.f_mul(&var.f_add_scalar(eps)?.f_rsqrt()?)?.f_to_kind(kind)?;
+    let var = xf
+        .f_pow_tensor_scalar(2)?
+        .f_mean_dim(-1, true, None::<Kind>)?;
+    let normed = xf
+        .f_mul(&var.f_add_scalar(eps)?.f_rsqrt()?)?
+        .f_to_kind(kind)?;
     Ok(weight.f_mul(&normed)?)
 }
 
 /// The fused CUDA kernel, or `None` where it does not apply (CPU, autograd needed, dtype, disabled, no NVRTC).
 pub fn fused(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>> {
-    let tch::Device::Cuda(ordinal) = x.device() else { return Ok(None) };
+    let tch::Device::Cuda(ordinal) = x.device() else {
+        return Ok(None);
+    };
     let kind = x.kind();
-    if !matches!(kind, Kind::Float | Kind::BFloat16) || weight.kind() != kind || weight.device() != x.device() {
+    if !matches!(kind, Kind::Float | Kind::BFloat16)
+        || weight.kind() != kind
+        || weight.device() != x.device()
+    {
         return Ok(None);
     }
     let h = *x.size().last().unwrap_or(&0);
@@ -38,7 +47,9 @@ pub fn fused(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>> {
     if (x.requires_grad() || weight.requires_grad()) && grad_enabled()? {
         return Ok(None);
     }
-    let Some(k) = cuda::kernels(ordinal) else { return Ok(None) };
+    let Some(k) = cuda::kernels(ordinal) else {
+        return Ok(None);
+    };
     let x = x.f_contiguous()?;
     let w = weight.f_contiguous()?;
     let out = x.f_empty_like()?;
@@ -46,7 +57,21 @@ pub fn fused(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>> {
     if rows == 0 {
         return Ok(Some(out));
     }
-    let name = if kind == Kind::Float { "rms_norm_f32" } else { "rms_norm_bf16" };
-    k.launch_rows(name, rows, &[x.data_ptr() as u64, w.data_ptr() as u64, out.data_ptr() as u64], h as i32, eps as f32)?;
+    let name = if kind == Kind::Float {
+        "rms_norm_f32"
+    } else {
+        "rms_norm_bf16"
+    };
+    k.launch_rows(
+        name,
+        rows,
+        &[
+            x.data_ptr() as u64,
+            w.data_ptr() as u64,
+            out.data_ptr() as u64,
+        ],
+        h as i32,
+        eps as f32,
+    )?;
     Ok(Some(out))
 }

@@ -10,15 +10,21 @@ fn rms_norm_cpu_matches_formula() {
     let w = Tensor::randn([64], (Kind::Float, Device::Cpu));
     let y = rms_norm(&x, &w, 1e-6).unwrap();
     let xd = x.to_kind(Kind::Double);
-    let want = &w.to_kind(Kind::Double) * (&xd / (xd.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Double) + 1e-6).sqrt());
-    let d = (y.to_kind(Kind::Double) - want).abs().max().double_value(&[]);
+    let want = &w.to_kind(Kind::Double)
+        * (&xd / (xd.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Double) + 1e-6).sqrt());
+    let d = (y.to_kind(Kind::Double) - want)
+        .abs()
+        .max()
+        .double_value(&[]);
     assert!(d < 1e-5, "{d}");
 }
 
 #[test]
 fn fused_rms_norm_matches_torch_on_gpu() {
     if !tch::Cuda::is_available() {
-        eprintln!("SKIP: no CUDA device visible to libtorch; the fused RMSNorm kernel is tested on the GPU machine");
+        eprintln!(
+            "SKIP: no CUDA device visible to libtorch; the fused RMSNorm kernel is tested on the GPU machine"
+        );
         return;
     }
     let dev = Device::Cuda(0);
@@ -27,10 +33,19 @@ fn fused_rms_norm_matches_torch_on_gpu() {
         for h in [128i64, 1000, 2048, 5120] {
             let x = Tensor::randn([7, 33, h], (Kind::Float, dev)).to_kind(kind) * 3.0;
             let w = (Tensor::randn([h], (Kind::Float, dev)) * 0.1 + 1.0).to_kind(kind);
-            let fused = spar_kernels::rms_norm::fused(&x, &w, 1e-6).unwrap().expect("fused kernel should apply on CUDA under no_grad");
+            let fused = spar_kernels::rms_norm::fused(&x, &w, 1e-6)
+                .unwrap()
+                .expect("fused kernel should apply on CUDA under no_grad");
             let torch = rms_norm_torch(&x, &w, 1e-6).unwrap();
-            let d = (fused.to_kind(Kind::Float) - torch.to_kind(Kind::Float)).abs().max().double_value(&[]);
-            let same = fused.eq_tensor(&torch).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+            let d = (fused.to_kind(Kind::Float) - torch.to_kind(Kind::Float))
+                .abs()
+                .max()
+                .double_value(&[]);
+            let same = fused
+                .eq_tensor(&torch)
+                .to_kind(Kind::Float)
+                .mean(Kind::Float)
+                .double_value(&[]);
             // fp32: summation order only; bf16: at most one rounding step (2^-7 relative) apart.
             let tol = rel * torch.to_kind(Kind::Float).abs().max().double_value(&[]);
             eprintln!("{kind:?} h={h}: max abs diff {d:.2e}, bit-identical fraction {same:.4}");

@@ -22,7 +22,13 @@ pub struct KvCache {
 
 impl KvCache {
     /// Allocates the cache. Panics only if the allocation itself fails; use [`KvCache::try_new`] to handle that.
-    pub fn new(config: &Qwen3Config, slots: usize, max_len: usize, device: Device, kind: Kind) -> Self {
+    pub fn new(
+        config: &Qwen3Config,
+        slots: usize,
+        max_len: usize,
+        device: Device,
+        kind: Kind,
+    ) -> Self {
         match Self::try_new(config, slots, max_len, device, kind) {
             Ok(c) => c,
             Err(e) => panic!("allocating KV cache ({slots} slots x {max_len} tokens): {e:#}"),
@@ -30,18 +36,38 @@ impl KvCache {
     }
 
     /// Allocates the cache, returning an error (e.g. out of memory) instead of panicking.
-    pub fn try_new(config: &Qwen3Config, slots: usize, max_len: usize, device: Device, kind: Kind) -> Result<Self> {
+    pub fn try_new(
+        config: &Qwen3Config,
+        slots: usize,
+        max_len: usize,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
         if slots == 0 || max_len == 0 {
-            bail!("KV cache needs at least one slot and max_len > 0 (got {slots} slots, max_len {max_len})");
+            bail!(
+                "KV cache needs at least one slot and max_len > 0 (got {slots} slots, max_len {max_len})"
+            );
         }
-        let shape = [slots as i64, max_len as i64, config.num_key_value_heads as i64, config.head_dim as i64];
+        let shape = [
+            slots as i64,
+            max_len as i64,
+            config.num_key_value_heads as i64,
+            config.head_dim as i64,
+        ];
         let mut k = Vec::with_capacity(config.num_hidden_layers);
         let mut v = Vec::with_capacity(config.num_hidden_layers);
         for _ in 0..config.num_hidden_layers {
             k.push(Tensor::f_zeros(shape, (kind, device))?);
             v.push(Tensor::f_zeros(shape, (kind, device))?);
         }
-        Ok(KvCache { k, v, lens: vec![0; slots], max_len, selected: None, device })
+        Ok(KvCache {
+            k,
+            v,
+            lens: vec![0; slots],
+            max_len,
+            selected: None,
+            device,
+        })
     }
 
     /// Number of slots.
@@ -79,13 +105,18 @@ impl KvCache {
             bail!("copy_prefix: slot out of range (from {from}, to {to}, {n} slots)");
         }
         if len > self.lens[from] {
-            bail!("copy_prefix: slot {from} holds {} tokens, asked to copy {len}", self.lens[from]);
+            bail!(
+                "copy_prefix: slot {from} holds {} tokens, asked to copy {len}",
+                self.lens[from]
+            );
         }
         if from != to && len > 0 {
             let _g = tch::no_grad_guard();
             for t in self.k.iter_mut().chain(self.v.iter_mut()) {
                 let src = t.f_select(0, from as i64)?.f_narrow(0, 0, len as i64)?;
-                t.f_select(0, to as i64)?.f_narrow(0, 0, len as i64)?.f_copy_(&src)?;
+                t.f_select(0, to as i64)?
+                    .f_narrow(0, 0, len as i64)?
+                    .f_copy_(&src)?;
             }
         }
         self.lens[to] = len;
@@ -97,7 +128,10 @@ impl KvCache {
     pub fn select_slots(&mut self, slots: &[usize]) -> Result<()> {
         for (i, s) in slots.iter().enumerate() {
             if *s >= self.slots() {
-                bail!("select_slots: slot {s} out of range ({} slots)", self.slots());
+                bail!(
+                    "select_slots: slot {s} out of range ({} slots)",
+                    self.slots()
+                );
             }
             if slots[..i].contains(s) {
                 bail!("select_slots: slot {s} listed twice");
@@ -111,9 +145,15 @@ impl KvCache {
     pub(crate) fn row_slots(&self, batch: usize) -> Result<Vec<usize>> {
         match &self.selected {
             Some(s) if s.len() == batch => Ok(s.clone()),
-            Some(s) => bail!("KV cache: {} slots selected but the batch has {batch} rows", s.len()),
+            Some(s) => bail!(
+                "KV cache: {} slots selected but the batch has {batch} rows",
+                s.len()
+            ),
             None if batch <= self.slots() => Ok((0..batch).collect()),
-            None => bail!("KV cache has {} slots but the batch has {batch} rows", self.slots()),
+            None => bail!(
+                "KV cache has {} slots but the batch has {batch} rows",
+                self.slots()
+            ),
         }
     }
 

@@ -36,16 +36,26 @@ impl ChatTemplate {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Option<Value> = if cfg_path.exists() {
-            let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
-            Some(serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", cfg_path.display()))?)
+            let text = std::fs::read_to_string(&cfg_path)
+                .with_context(|| format!("reading {}", cfg_path.display()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not valid JSON", cfg_path.display()))?,
+            )
         } else {
             None
         };
         let jinja = dir.join("chat_template.jinja");
         let source = if jinja.exists() {
-            std::fs::read_to_string(&jinja).with_context(|| format!("reading {}", jinja.display()))?
+            std::fs::read_to_string(&jinja)
+                .with_context(|| format!("reading {}", jinja.display()))?
         } else {
-            let cfg = cfg.as_ref().ok_or_else(|| anyhow!("{}: no chat_template.jinja and no tokenizer_config.json", dir.display()))?;
+            let cfg = cfg.as_ref().ok_or_else(|| {
+                anyhow!(
+                    "{}: no chat_template.jinja and no tokenizer_config.json",
+                    dir.display()
+                )
+            })?;
             match cfg.get("chat_template") {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Array(list)) => list
@@ -53,8 +63,18 @@ impl ChatTemplate {
                     .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
                     .and_then(|t| t.get("template").and_then(|s| s.as_str()))
                     .map(str::to_string)
-                    .ok_or_else(|| anyhow!("{}: field `chat_template` has no template named \"default\"", cfg_path.display()))?,
-                _ => return Err(anyhow!("{}: missing field `chat_template`", cfg_path.display())),
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "{}: field `chat_template` has no template named \"default\"",
+                            cfg_path.display()
+                        )
+                    })?,
+                _ => {
+                    return Err(anyhow!(
+                        "{}: missing field `chat_template`",
+                        cfg_path.display()
+                    ));
+                }
             }
         };
         let mut special = Vec::new();
@@ -62,7 +82,10 @@ impl ChatTemplate {
             for key in ["bos_token", "eos_token", "pad_token", "unk_token"] {
                 let text = match cfg.get(key) {
                     Some(Value::String(s)) => Some(s.clone()),
-                    Some(Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+                    Some(Value::Object(o)) => o
+                        .get("content")
+                        .and_then(|c| c.as_str())
+                        .map(str::to_string),
                     _ => None,
                 };
                 if let Some(t) = text {
@@ -70,7 +93,8 @@ impl ChatTemplate {
                 }
             }
         }
-        Self::from_source(&source, special).with_context(|| format!("chat template of {}", dir.display()))
+        Self::from_source(&source, special)
+            .with_context(|| format!("chat template of {}", dir.display()))
     }
 
     /// Compiles a template source; `special` are extra variables (`eos_token`, ...) passed to every render.
@@ -79,18 +103,27 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<JValue, Error> { Err(Error::new(ErrorKind::InvalidOperation, msg)) });
+        env.add_function("raise_exception", |msg: String| -> Result<JValue, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
         env.add_function("strftime_now", |fmt: String| -> Result<JValue, Error> {
             Ok(JValue::from(chrono::Utc::now().format(&fmt).to_string()))
         });
         env.add_filter("tojson", tojson_filter);
-        env.add_template_owned("chat", source.to_string()).map_err(|e| anyhow!("compiling: {e:#}"))?;
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| anyhow!("compiling: {e:#}"))?;
         Ok(ChatTemplate { env, special })
     }
 
     /// Renders `messages` (a JSON list of `{role, content, ...}`), with optional `tools` (a JSON list), the
     /// generation prompt, and `enable_thinking` (Qwen3: false emits an empty think block after the prompt).
-    pub fn render(&self, messages: &Value, tools: Option<&Value>, add_generation_prompt: bool, enable_thinking: bool) -> Result<String> {
+    pub fn render(
+        &self,
+        messages: &Value,
+        tools: Option<&Value>,
+        add_generation_prompt: bool,
+        enable_thinking: bool,
+    ) -> Result<String> {
         let tmpl = self.env.get_template("chat").map_err(|e| anyhow!("{e}"))?;
         let mut ctx = serde_json::Map::new();
         for (k, v) in &self.special {
@@ -98,7 +131,10 @@ impl ChatTemplate {
         }
         ctx.insert("messages".into(), messages.clone());
         ctx.insert("tools".into(), tools.cloned().unwrap_or(Value::Null));
-        ctx.insert("add_generation_prompt".into(), Value::Bool(add_generation_prompt));
+        ctx.insert(
+            "add_generation_prompt".into(),
+            Value::Bool(add_generation_prompt),
+        );
         ctx.insert("enable_thinking".into(), Value::Bool(enable_thinking));
         tmpl.render(JValue::from_serialize(&ctx)).map_err(|e| {
             let mut msg = format!("rendering chat template: {e}");
@@ -124,8 +160,18 @@ fn tojson_filter(v: JValue, kwargs: Kwargs) -> Result<JValue, Error> {
     Ok(JValue::from_safe_string(out))
 }
 
-fn write_json(v: &JValue, indent: Option<usize>, sort: bool, level: usize, out: &mut String) -> Result<(), Error> {
-    let (item_sep, key_sep) = if indent.is_some() { (",", ": ") } else { (", ", ": ") };
+fn write_json(
+    v: &JValue,
+    indent: Option<usize>,
+    sort: bool,
+    level: usize,
+    out: &mut String,
+) -> Result<(), Error> {
+    let (item_sep, key_sep) = if indent.is_some() {
+        (",", ": ")
+    } else {
+        (", ", ": ")
+    };
     let newline = |out: &mut String, lvl: usize| {
         if let Some(n) = indent {
             out.push('\n');
@@ -139,7 +185,8 @@ fn write_json(v: &JValue, indent: Option<usize>, sort: bool, level: usize, out: 
             if v.is_integer() {
                 out.push_str(&v.to_string());
             } else {
-                let f: f64 = f64::try_from(v.clone()).map_err(|_| Error::new(ErrorKind::InvalidOperation, "tojson: bad number"))?;
+                let f: f64 = f64::try_from(v.clone())
+                    .map_err(|_| Error::new(ErrorKind::InvalidOperation, "tojson: bad number"))?;
                 out.push_str(&py_float(f));
             }
         }
@@ -194,14 +241,22 @@ fn py_float(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let a = f.abs();
     if a != 0.0 && !(1e-4..1e16).contains(&a) {
         // Rust: 1e-5 / 1e16; Python: 1e-05 / 1e+16.
         let s = format!("{f:e}");
         let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
-        let (sign, digits) = if let Some(d) = e.strip_prefix('-') { ("-", d) } else { ("+", e) };
+        let (sign, digits) = if let Some(d) = e.strip_prefix('-') {
+            ("-", d)
+        } else {
+            ("+", e)
+        };
         return format!("{m}e{sign}{digits:0>2}");
     }
     let s = format!("{f}");
@@ -238,7 +293,10 @@ mod tests {
         let r = env
             .render_str("{{ x | tojson }}", minijinja::context! { x => serde_json::json!({"a": [1, 2.5, "é<b>&'\"\n"], "b": null, "c": 1e-7, "d": true}) })
             .unwrap();
-        assert_eq!(r, r#"{"a": [1, 2.5, "é<b>&'\"\n"], "b": null, "c": 1e-07, "d": true}"#);
+        assert_eq!(
+            r,
+            r#"{"a": [1, 2.5, "é<b>&'\"\n"], "b": null, "c": 1e-07, "d": true}"#
+        );
     }
 
     #[test]
@@ -246,6 +304,9 @@ mod tests {
         let t = ChatTemplate::from_source(QWEN3_CHAT_TEMPLATE, vec![]).unwrap();
         let m = serde_json::json!([{"role": "user", "content": "hi"}]);
         let s = t.render(&m, None, true, false).unwrap();
-        assert_eq!(s, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
+        assert_eq!(
+            s,
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        );
     }
 }

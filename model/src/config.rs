@@ -46,7 +46,12 @@ pub enum RopeScaling {
         truncate: bool,
     },
     /// `llama3`: frequency-band dependent scaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: usize },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
 }
 
 /// Every config.json field that changes what a Qwen3 / Qwen3-MoE model computes.
@@ -117,20 +122,28 @@ const IGNORED_KEYS: &[&str] = &[
 impl Qwen3Config {
     /// Reads and validates a config.json.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::from_json_str(&text, &path.display().to_string())
     }
 
     /// Parses config.json text; `origin` names the file in errors.
     pub fn from_json_str(s: &str, origin: &str) -> Result<Self> {
-        let v: Value = serde_json::from_str(s).with_context(|| format!("{origin}: not valid JSON"))?;
+        let v: Value =
+            serde_json::from_str(s).with_context(|| format!("{origin}: not valid JSON"))?;
         Self::from_json_value(&v, origin)
     }
 
     /// Parses an already-decoded config.json object.
     pub fn from_json_value(v: &Value, origin: &str) -> Result<Self> {
-        let obj = v.as_object().ok_or_else(|| anyhow!("{origin}: config must be a JSON object"))?;
-        let mut r = Reader { obj, origin, used: Vec::new() };
+        let obj = v
+            .as_object()
+            .ok_or_else(|| anyhow!("{origin}: config must be a JSON object"))?;
+        let mut r = Reader {
+            obj,
+            origin,
+            used: Vec::new(),
+        };
         let model_type = match r.str("model_type")?.as_deref() {
             Some("qwen3") => ModelType::Qwen3,
             Some("qwen3_moe") => ModelType::Qwen3Moe,
@@ -145,7 +158,9 @@ impl Qwen3Config {
         let intermediate_size = r.req_usize("intermediate_size")?;
         let num_hidden_layers = r.req_usize("num_hidden_layers")?;
         let num_attention_heads = r.req_usize("num_attention_heads")?;
-        let num_key_value_heads = r.usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads = r
+            .usize("num_key_value_heads")?
+            .unwrap_or(num_attention_heads);
         let head_dim = match r.usize("head_dim")? {
             Some(h) => h,
             None => hidden_size / num_attention_heads.max(1),
@@ -175,16 +190,33 @@ impl Qwen3Config {
                 ("num_experts_per_tok", num_experts_per_tok.is_some()),
                 ("moe_intermediate_size", moe_intermediate_size.is_some()),
                 ("decoder_sparse_step", decoder_sparse_step.is_some()),
-                ("mlp_only_layers", mlp_only_layers.as_ref().is_some_and(|l| !l.is_empty())),
+                (
+                    "mlp_only_layers",
+                    mlp_only_layers.as_ref().is_some_and(|l| !l.is_empty()),
+                ),
             ] {
                 if present {
-                    bail!("{origin}: field `{k}` is a MoE field but model_type is \"qwen3\" (use \"qwen3_moe\")");
+                    bail!(
+                        "{origin}: field `{k}` is a MoE field but model_type is \"qwen3\" (use \"qwen3_moe\")"
+                    );
                 }
             }
         }
-        let num_experts = if moe { num_experts_raw.unwrap_or(128) } else { 0 };
-        let num_experts_per_tok = if moe { num_experts_per_tok.unwrap_or(8) } else { 0 };
-        let moe_intermediate_size = if moe { moe_intermediate_size.unwrap_or(768) } else { 0 };
+        let num_experts = if moe {
+            num_experts_raw.unwrap_or(128)
+        } else {
+            0
+        };
+        let num_experts_per_tok = if moe {
+            num_experts_per_tok.unwrap_or(8)
+        } else {
+            0
+        };
+        let moe_intermediate_size = if moe {
+            moe_intermediate_size.unwrap_or(768)
+        } else {
+            0
+        };
         let norm_topk_prob = norm_topk_prob.unwrap_or(false);
         let decoder_sparse_step = decoder_sparse_step.unwrap_or(1);
         let mlp_only_layers = mlp_only_layers.unwrap_or_default();
@@ -197,7 +229,9 @@ impl Qwen3Config {
             bail!("{origin}: field `hidden_act`: unsupported activation {act:?} (only \"silu\")");
         }
         if r.bool("attention_bias")?.unwrap_or(false) {
-            bail!("{origin}: field `attention_bias`: true is not supported (Qwen3 has no attention biases)");
+            bail!(
+                "{origin}: field `attention_bias`: true is not supported (Qwen3 has no attention biases)"
+            );
         }
         if let Some(p) = r.f64("attention_dropout")?
             && p != 0.0
@@ -206,14 +240,20 @@ impl Qwen3Config {
         }
         let sliding = r.bool("use_sliding_window")?.unwrap_or(false);
         if sliding {
-            bail!("{origin}: field `use_sliding_window`: true is not supported (full attention only)");
+            bail!(
+                "{origin}: field `use_sliding_window`: true is not supported (full attention only)"
+            );
         }
         r.mark("sliding_window"); // only read by transformers when use_sliding_window is true
         if let Some(lt) = r.take("layer_types") {
-            let arr = lt.as_array().ok_or_else(|| anyhow!("{origin}: field `layer_types` must be a list"))?;
+            let arr = lt
+                .as_array()
+                .ok_or_else(|| anyhow!("{origin}: field `layer_types` must be a list"))?;
             for (i, t) in arr.iter().enumerate() {
                 if t.as_str() != Some("full_attention") {
-                    bail!("{origin}: field `layer_types[{i}]`: {t} is not supported (only \"full_attention\")");
+                    bail!(
+                        "{origin}: field `layer_types[{i}]`: {t} is not supported (only \"full_attention\")"
+                    );
                 }
             }
         }
@@ -225,14 +265,21 @@ impl Qwen3Config {
 
         let bos_token_id = r.opt_u32("bos_token_id")?;
         let pad_token_id = r.opt_u32("pad_token_id")?;
-        let eos_token_id = match r.take("eos_token_id") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|x| x.as_u64().map(|n| n as u32).ok_or_else(|| anyhow!("{origin}: field `eos_token_id`: {x} is not a token id")))
-                .collect::<Result<_>>()?,
-            Some(x) => vec![x.as_u64().ok_or_else(|| anyhow!("{origin}: field `eos_token_id`: {x} is not a token id"))? as u32],
-        };
+        let eos_token_id =
+            match r.take("eos_token_id") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|x| {
+                        x.as_u64().map(|n| n as u32).ok_or_else(|| {
+                            anyhow!("{origin}: field `eos_token_id`: {x} is not a token id")
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+                Some(x) => vec![x.as_u64().ok_or_else(|| {
+                    anyhow!("{origin}: field `eos_token_id`: {x} is not a token id")
+                })? as u32],
+            };
         let dt_a = r.str("torch_dtype")?;
         let dt_b = r.str("dtype")?;
         let torch_dtype = dt_b.or(dt_a);
@@ -241,7 +288,10 @@ impl Qwen3Config {
             r.mark(k);
         }
         if let Some(k) = obj.keys().find(|k| !r.used.iter().any(|u| u == *k)) {
-            bail!("{origin}: unknown field `{k}` in a {} config (spar does not know how it changes the model)", model_type.as_str());
+            bail!(
+                "{origin}: unknown field `{k}` in a {} config (spar does not know how it changes the model)",
+                model_type.as_str()
+            );
         }
 
         let c = Qwen3Config {
@@ -276,7 +326,13 @@ impl Qwen3Config {
 
     /// Checks the relations between fields (divisibility, ranges).
     pub fn validate(&self) -> Result<()> {
-        let nz = |v: usize, f: &str| if v == 0 { Err(anyhow!("field `{f}` must be > 0")) } else { Ok(()) };
+        let nz = |v: usize, f: &str| {
+            if v == 0 {
+                Err(anyhow!("field `{f}` must be > 0"))
+            } else {
+                Ok(())
+            }
+        };
         nz(self.vocab_size, "vocab_size")?;
         nz(self.hidden_size, "hidden_size")?;
         nz(self.num_hidden_layers, "num_hidden_layers")?;
@@ -284,7 +340,10 @@ impl Qwen3Config {
         nz(self.num_key_value_heads, "num_key_value_heads")?;
         nz(self.head_dim, "head_dim")?;
         if self.head_dim % 2 != 0 {
-            bail!("field `head_dim` must be even for RoPE, got {}", self.head_dim);
+            bail!(
+                "field `head_dim` must be even for RoPE, got {}",
+                self.head_dim
+            );
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             bail!(
@@ -299,10 +358,21 @@ impl Qwen3Config {
             nz(self.moe_intermediate_size, "moe_intermediate_size")?;
             nz(self.decoder_sparse_step, "decoder_sparse_step")?;
             if self.num_experts_per_tok > self.num_experts {
-                bail!("field `num_experts_per_tok` ({}) exceeds `num_experts` ({})", self.num_experts_per_tok, self.num_experts);
+                bail!(
+                    "field `num_experts_per_tok` ({}) exceeds `num_experts` ({})",
+                    self.num_experts_per_tok,
+                    self.num_experts
+                );
             }
-            if let Some(l) = self.mlp_only_layers.iter().find(|l| **l >= self.num_hidden_layers) {
-                bail!("field `mlp_only_layers`: layer {l} >= num_hidden_layers ({})", self.num_hidden_layers);
+            if let Some(l) = self
+                .mlp_only_layers
+                .iter()
+                .find(|l| **l >= self.num_hidden_layers)
+            {
+                bail!(
+                    "field `mlp_only_layers`: layer {l} >= num_hidden_layers ({})",
+                    self.num_hidden_layers
+                );
             }
         }
         if self.rms_norm_eps <= 0.0 {
@@ -326,7 +396,9 @@ impl Qwen3Config {
     /// Indices of the MoE layers, in order; position `m` in this list is the MoE-layer index used by
     /// `router_logits`, `routed_experts` and `forced_experts`.
     pub fn moe_layers(&self) -> Vec<usize> {
-        (0..self.num_hidden_layers).filter(|l| self.is_moe_layer(*l)).collect()
+        (0..self.num_hidden_layers)
+            .filter(|l| self.is_moe_layer(*l))
+            .collect()
     }
 
     /// config.json for export, in transformers 4.x key conventions (`rope_theta`, `rope_scaling`,
@@ -336,36 +408,70 @@ impl Qwen3Config {
     pub fn to_hf_json(&self) -> Value {
         let moe = self.model_type == ModelType::Qwen3Moe;
         let mut m = Map::new();
-        let arch = if moe { "Qwen3MoeForCausalLM" } else { "Qwen3ForCausalLM" };
+        let arch = if moe {
+            "Qwen3MoeForCausalLM"
+        } else {
+            "Qwen3ForCausalLM"
+        };
         m.insert("architectures".into(), json!([arch]));
         m.insert("model_type".into(), json!(self.model_type.as_str()));
         m.insert("vocab_size".into(), json!(self.vocab_size));
         m.insert("hidden_size".into(), json!(self.hidden_size));
         m.insert("intermediate_size".into(), json!(self.intermediate_size));
         m.insert("num_hidden_layers".into(), json!(self.num_hidden_layers));
-        m.insert("num_attention_heads".into(), json!(self.num_attention_heads));
-        m.insert("num_key_value_heads".into(), json!(self.num_key_value_heads));
+        m.insert(
+            "num_attention_heads".into(),
+            json!(self.num_attention_heads),
+        );
+        m.insert(
+            "num_key_value_heads".into(),
+            json!(self.num_key_value_heads),
+        );
         m.insert("head_dim".into(), json!(self.head_dim));
         m.insert("hidden_act".into(), json!("silu"));
         m.insert("attention_bias".into(), json!(false));
         m.insert("attention_dropout".into(), json!(0.0));
         m.insert("rms_norm_eps".into(), json!(self.rms_norm_eps));
         m.insert("rope_theta".into(), json!(self.rope_theta));
-        m.insert("rope_scaling".into(), self.rope_scaling.as_ref().map(rope_scaling_json).unwrap_or(Value::Null));
-        m.insert("max_position_embeddings".into(), json!(self.max_position_embeddings));
-        m.insert("tie_word_embeddings".into(), json!(self.tie_word_embeddings));
+        m.insert(
+            "rope_scaling".into(),
+            self.rope_scaling
+                .as_ref()
+                .map(rope_scaling_json)
+                .unwrap_or(Value::Null),
+        );
+        m.insert(
+            "max_position_embeddings".into(),
+            json!(self.max_position_embeddings),
+        );
+        m.insert(
+            "tie_word_embeddings".into(),
+            json!(self.tie_word_embeddings),
+        );
         m.insert("use_sliding_window".into(), json!(false));
         m.insert("sliding_window".into(), Value::Null);
         m.insert("use_cache".into(), json!(true));
         m.insert("initializer_range".into(), json!(0.02));
         if moe {
             m.insert("num_experts".into(), json!(self.num_experts));
-            m.insert("num_experts_per_tok".into(), json!(self.num_experts_per_tok));
-            m.insert("moe_intermediate_size".into(), json!(self.moe_intermediate_size));
+            m.insert(
+                "num_experts_per_tok".into(),
+                json!(self.num_experts_per_tok),
+            );
+            m.insert(
+                "moe_intermediate_size".into(),
+                json!(self.moe_intermediate_size),
+            );
             m.insert("norm_topk_prob".into(), json!(self.norm_topk_prob));
-            m.insert("decoder_sparse_step".into(), json!(self.decoder_sparse_step));
+            m.insert(
+                "decoder_sparse_step".into(),
+                json!(self.decoder_sparse_step),
+            );
             m.insert("mlp_only_layers".into(), json!(self.mlp_only_layers));
-            m.insert("router_aux_loss_coef".into(), json!(self.router_aux_loss_coef));
+            m.insert(
+                "router_aux_loss_coef".into(),
+                json!(self.router_aux_loss_coef),
+            );
             m.insert("output_router_logits".into(), json!(false));
         }
         m.insert("bos_token_id".into(), json!(self.bos_token_id));
@@ -386,14 +492,17 @@ impl Qwen3Config {
 
     /// Parses a random-init config given as a TOML table (the recipe's `[model.init]`), same keys as config.json.
     pub fn from_toml_table(t: &toml::Table, origin: &str) -> Result<Self> {
-        let v = serde_json::to_value(t).with_context(|| format!("{origin}: converting TOML to JSON"))?;
+        let v = serde_json::to_value(t)
+            .with_context(|| format!("{origin}: converting TOML to JSON"))?;
         Self::from_json_value(&v, origin)
     }
 }
 
 fn rope_scaling_json(s: &RopeScaling) -> Value {
     match s {
-        RopeScaling::Linear { factor } => json!({"rope_type": "linear", "type": "linear", "factor": factor}),
+        RopeScaling::Linear { factor } => {
+            json!({"rope_type": "linear", "type": "linear", "factor": factor})
+        }
         RopeScaling::Yarn {
             factor,
             original_max_position_embeddings,
@@ -408,7 +517,10 @@ fn rope_scaling_json(s: &RopeScaling) -> Value {
             m.insert("rope_type".into(), json!("yarn"));
             m.insert("type".into(), json!("yarn"));
             m.insert("factor".into(), json!(factor));
-            m.insert("original_max_position_embeddings".into(), json!(original_max_position_embeddings));
+            m.insert(
+                "original_max_position_embeddings".into(),
+                json!(original_max_position_embeddings),
+            );
             if let Some(a) = attention_factor {
                 m.insert("attention_factor".into(), json!(a));
             }
@@ -425,7 +537,12 @@ fn rope_scaling_json(s: &RopeScaling) -> Value {
             }
             Value::Object(m)
         }
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => json!({
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => json!({
             "rope_type": "llama3", "type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
             "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings
         }),
@@ -453,18 +570,32 @@ fn parse_rope(r: &mut Reader<'_>, max_pos: usize) -> Result<(f64, Option<RopeSca
     let Some(dict) = dict else {
         return Ok((top_theta.unwrap_or(10000.0), None));
     };
-    let mut obj = dict.as_object().ok_or_else(|| anyhow!("{origin}: field `{field}` must be an object"))?.clone();
+    let mut obj = dict
+        .as_object()
+        .ok_or_else(|| anyhow!("{origin}: field `{field}` must be an object"))?
+        .clone();
     if let Some(inner) = obj.get("full_attention").cloned() {
         if obj.len() != 1 {
-            let other = obj.keys().find(|k| *k != "full_attention").cloned().unwrap_or_default();
-            bail!("{origin}: field `{field}.{other}`: per-layer-type RoPE other than full_attention is not supported");
+            let other = obj
+                .keys()
+                .find(|k| *k != "full_attention")
+                .cloned()
+                .unwrap_or_default();
+            bail!(
+                "{origin}: field `{field}.{other}`: per-layer-type RoPE other than full_attention is not supported"
+            );
         }
-        obj = inner.as_object().ok_or_else(|| anyhow!("{origin}: field `{field}.full_attention` must be an object"))?.clone();
+        obj = inner
+            .as_object()
+            .ok_or_else(|| anyhow!("{origin}: field `{field}.full_attention` must be an object"))?
+            .clone();
     }
     let num = |k: &str| -> Result<Option<f64>> {
         match obj.get(k) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| anyhow!("{origin}: field `{field}.{k}`: expected a number, got {v}")),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+                anyhow!("{origin}: field `{field}.{k}`: expected a number, got {v}")
+            }),
         }
     };
     let theta = num("rope_theta")?.or(top_theta).unwrap_or(10000.0);
@@ -492,23 +623,33 @@ fn parse_rope(r: &mut Reader<'_>, max_pos: usize) -> Result<(f64, Option<RopeSca
             "mscale_all_dim",
             "truncate",
         ],
-        "llama3" => &["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"],
+        "llama3" => &[
+            "factor",
+            "low_freq_factor",
+            "high_freq_factor",
+            "original_max_position_embeddings",
+        ],
         other => bail!(
             "{origin}: field `{field}.rope_type`: {other:?} is not supported (supported: default, linear, yarn, llama3; \
              dynamic and longrope change frequencies with sequence length)"
         ),
     };
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !["rope_type", "type", "rope_theta", "partial_rotary_factor"].contains(&k.as_str()) && !known.contains(&k.as_str()))
-    {
+    if let Some(k) = obj.keys().find(|k| {
+        !["rope_type", "type", "rope_theta", "partial_rotary_factor"].contains(&k.as_str())
+            && !known.contains(&k.as_str())
+    }) {
         bail!("{origin}: unknown field `{field}.{k}` for rope_type {kind:?}");
     }
-    let req = |k: &str| -> Result<f64> { num(k)?.ok_or_else(|| anyhow!("{origin}: missing field `{field}.{k}` for rope_type {kind:?}")) };
+    let req = |k: &str| -> Result<f64> {
+        num(k)?
+            .ok_or_else(|| anyhow!("{origin}: missing field `{field}.{k}` for rope_type {kind:?}"))
+    };
     let orig = |num_v: Option<f64>| num_v.map(|x| x as usize).unwrap_or(max_pos);
     let scaling = match kind.as_str() {
         "default" => None,
-        "linear" => Some(RopeScaling::Linear { factor: req("factor")? }),
+        "linear" => Some(RopeScaling::Linear {
+            factor: req("factor")?,
+        }),
         "yarn" => {
             let original_max_position_embeddings = orig(num("original_max_position_embeddings")?);
             let factor = match num("factor")? {
@@ -517,7 +658,9 @@ fn parse_rope(r: &mut Reader<'_>, max_pos: usize) -> Result<(f64, Option<RopeSca
             };
             let truncate = match obj.get("truncate") {
                 None | Some(Value::Null) => true,
-                Some(v) => v.as_bool().ok_or_else(|| anyhow!("{origin}: field `{field}.truncate` must be a bool"))?,
+                Some(v) => v
+                    .as_bool()
+                    .ok_or_else(|| anyhow!("{origin}: field `{field}.truncate` must be a bool"))?,
             };
             Some(RopeScaling::Yarn {
                 factor,
@@ -560,14 +703,17 @@ impl Reader<'_> {
     fn usize(&mut self, k: &str) -> Result<Option<usize>> {
         match self.take(k) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| anyhow!("{}: field `{k}`: expected a non-negative integer, got {v}", self.origin)),
+            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+                anyhow!(
+                    "{}: field `{k}`: expected a non-negative integer, got {v}",
+                    self.origin
+                )
+            }),
         }
     }
     fn req_usize(&mut self, k: &str) -> Result<usize> {
-        self.usize(k)?.ok_or_else(|| anyhow!("{}: missing field `{k}`", self.origin))
+        self.usize(k)?
+            .ok_or_else(|| anyhow!("{}: missing field `{k}`", self.origin))
     }
     fn opt_u32(&mut self, k: &str) -> Result<Option<u32>> {
         Ok(self.usize(k)?.map(|n| n as u32))
@@ -575,13 +721,18 @@ impl Reader<'_> {
     fn f64(&mut self, k: &str) -> Result<Option<f64>> {
         match self.take(k) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| anyhow!("{}: field `{k}`: expected a number, got {v}", self.origin)),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| anyhow!("{}: field `{k}`: expected a number, got {v}", self.origin)),
         }
     }
     fn bool(&mut self, k: &str) -> Result<Option<bool>> {
         match self.take(k) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| anyhow!("{}: field `{k}`: expected true/false, got {v}", self.origin)),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+                anyhow!("{}: field `{k}`: expected true/false, got {v}", self.origin)
+            }),
         }
     }
     fn str(&mut self, k: &str) -> Result<Option<String>> {
@@ -598,10 +749,17 @@ impl Reader<'_> {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|x| x.as_u64().map(|n| n as usize).ok_or_else(|| anyhow!("{}: field `{k}`: {x} is not a layer index", self.origin)))
+                .map(|x| {
+                    x.as_u64().map(|n| n as usize).ok_or_else(|| {
+                        anyhow!("{}: field `{k}`: {x} is not a layer index", self.origin)
+                    })
+                })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
-            Some(v) => Err(anyhow!("{}: field `{k}`: expected a list, got {v}", self.origin)),
+            Some(v) => Err(anyhow!(
+                "{}: field `{k}`: expected a list, got {v}",
+                self.origin
+            )),
         }
     }
 }
@@ -628,7 +786,10 @@ mod tests {
         o.remove("rope_scaling");
         o.remove("num_experts");
         o.remove("torch_dtype");
-        o.insert("rope_parameters".into(), json!({"rope_type": "default", "rope_theta": 1000000.0}));
+        o.insert(
+            "rope_parameters".into(),
+            json!({"rope_type": "default", "rope_theta": 1000000.0}),
+        );
         o.insert("num_local_experts".into(), json!(128));
         o.insert("dtype".into(), json!("bfloat16"));
         let b = Qwen3Config::from_json_value(&v, "v5").unwrap();
@@ -642,21 +803,41 @@ mod tests {
     #[test]
     fn unknown_field_is_named() {
         let s = V4_MOE.replace("\"use_cache\":true", "\"use_cache\":true,\"sparse_foo\":3");
-        let e = Qwen3Config::from_json_str(&s, "x/config.json").unwrap_err().to_string();
-        assert!(e.contains("sparse_foo") && e.contains("x/config.json"), "{e}");
+        let e = Qwen3Config::from_json_str(&s, "x/config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sparse_foo") && e.contains("x/config.json"),
+            "{e}"
+        );
         let s = V4_MOE.replace("qwen3_moe", "llama");
         let e = format!("{:#}", Qwen3Config::from_json_str(&s, "c").unwrap_err());
         assert!(e.contains("model_type") && e.contains("llama"), "{e}");
-        let s = V4_MOE.replace("\"rope_scaling\":null", r#""rope_scaling":{"type":"dynamic","factor":2.0}"#);
+        let s = V4_MOE.replace(
+            "\"rope_scaling\":null",
+            r#""rope_scaling":{"type":"dynamic","factor":2.0}"#,
+        );
         let e = format!("{:#}", Qwen3Config::from_json_str(&s, "c").unwrap_err());
-        assert!(e.contains("rope_scaling.rope_type") && e.contains("dynamic"), "{e}");
-        let s = V4_MOE.replace("\"use_sliding_window\":false", "\"use_sliding_window\":true");
-        assert!(format!("{:#}", Qwen3Config::from_json_str(&s, "c").unwrap_err()).contains("use_sliding_window"));
+        assert!(
+            e.contains("rope_scaling.rope_type") && e.contains("dynamic"),
+            "{e}"
+        );
+        let s = V4_MOE.replace(
+            "\"use_sliding_window\":false",
+            "\"use_sliding_window\":true",
+        );
+        assert!(
+            format!("{:#}", Qwen3Config::from_json_str(&s, "c").unwrap_err())
+                .contains("use_sliding_window")
+        );
     }
 
     #[test]
     fn sparse_step_and_mlp_only_layers() {
-        let s = V4_MOE.replace("\"decoder_sparse_step\":1,\"mlp_only_layers\":[]", "\"decoder_sparse_step\":2,\"mlp_only_layers\":[3]");
+        let s = V4_MOE.replace(
+            "\"decoder_sparse_step\":1,\"mlp_only_layers\":[]",
+            "\"decoder_sparse_step\":2,\"mlp_only_layers\":[3]",
+        );
         let c = Qwen3Config::from_json_str(&s, "c").unwrap();
         assert!(!c.is_moe_layer(0) && c.is_moe_layer(1) && !c.is_moe_layer(3) && c.is_moe_layer(5));
     }
@@ -668,7 +849,14 @@ mod tests {
             r#""rope_scaling":{"rope_type":"yarn","factor":4.0,"original_max_position_embeddings":32768}"#,
         );
         let c = Qwen3Config::from_json_str(&s, "c").unwrap();
-        assert!(matches!(c.rope_scaling, Some(RopeScaling::Yarn { factor: 4.0, original_max_position_embeddings: 32768, .. })));
+        assert!(matches!(
+            c.rope_scaling,
+            Some(RopeScaling::Yarn {
+                factor: 4.0,
+                original_max_position_embeddings: 32768,
+                ..
+            })
+        ));
         let back = Qwen3Config::from_json_value(&c.to_hf_json(), "rt").unwrap();
         assert_eq!(c, back);
     }

@@ -23,7 +23,14 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens: 256, stop_ids: Vec::new(), seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 256,
+            stop_ids: Vec::new(),
+            seed: 0,
+        }
     }
 }
 
@@ -47,12 +54,18 @@ pub fn generate(model: &Qwen3Model, prompt: &[u32], params: &SamplingParams) -> 
     let _g = tch::no_grad_guard();
     let ids: Vec<i64> = prompt.iter().map(|t| *t as i64).collect();
     let mut input = Tensor::from_slice(&ids).f_view([1, -1])?.f_to_device(dev)?;
-    let mut out = Generation { tokens: Vec::new(), logprobs: Vec::new(), stopped: false };
+    let mut out = Generation {
+        tokens: Vec::new(),
+        logprobs: Vec::new(),
+        stopped: false,
+    };
     for _ in 0..params.max_new_tokens {
         let o = model.forward(ForwardInput::new(&input).cache(&mut cache))?;
         let last = o.logits.f_select(1, -1)?.f_to_kind(Kind::Float)?; // [1, V]
         let next = choose(&last, params)?;
-        let lp = last.f_log_softmax(-1, Kind::Float)?.f_gather(1, &next, false)?;
+        let lp = last
+            .f_log_softmax(-1, Kind::Float)?
+            .f_gather(1, &next, false)?;
         // One host read per token: a single-sequence loop must see the token to stop on it.
         let tok = next.int64_value(&[0, 0]) as u32;
         out.tokens.push(tok);

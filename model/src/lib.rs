@@ -18,8 +18,11 @@ pub use cache::KvCache;
 pub use chat::ChatTemplate;
 pub use config::{ModelType, Qwen3Config, RopeScaling};
 pub use moe::{aux_load_balancing_loss, aux_load_balancing_loss_masked};
+pub use qwen3::{
+    ForwardInput, ForwardOutput, Qwen3Model, positions_from_seq_ids, token_logprobs,
+    try_token_logprobs,
+};
 pub use tokenizer::{Tokenizer, train_bpe};
-pub use qwen3::{ForwardInput, ForwardOutput, Qwen3Model, positions_from_seq_ids, token_logprobs, try_token_logprobs};
 
 /// Parses the recipe's `dtype` string ("fp32" | "bf16", also "float32" / "bfloat16").
 pub fn parse_kind(s: &str) -> anyhow::Result<tch::Kind> {
@@ -36,7 +39,10 @@ pub fn parse_device(s: &str) -> anyhow::Result<tch::Device> {
         "cpu" => Ok(tch::Device::Cpu),
         "cuda" => Ok(tch::Device::Cuda(0)),
         "auto" => Ok(tch::Device::cuda_if_available()),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(n) => Ok(tch::Device::Cuda(n)),
             None => anyhow::bail!("unknown device {other:?} (expected cpu, cuda, cuda:N or auto)"),
         },

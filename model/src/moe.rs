@@ -32,7 +32,13 @@ pub struct MoeWeights {
 
 /// Runs the MoE block on `x: [N, H]`. `forced: [N, k]` int64 replaces the top-k choice (routing replay); the
 /// routing weights are then the router probabilities of the forced experts.
-pub fn moe_forward(w: &MoeWeights, x: &Tensor, k: i64, norm_topk_prob: bool, forced: Option<&Tensor>) -> Result<MoeOutput> {
+pub fn moe_forward(
+    w: &MoeWeights,
+    x: &Tensor,
+    k: i64,
+    norm_topk_prob: bool,
+    forced: Option<&Tensor>,
+) -> Result<MoeOutput> {
     let kind = x.kind();
     let n = x.size()[0];
     let e = w.router.size()[0];
@@ -42,7 +48,11 @@ pub fn moe_forward(w: &MoeWeights, x: &Tensor, k: i64, norm_topk_prob: bool, for
         Some(f) => (probs.f_gather(1, f, false)?, f.shallow_clone()),
         None => probs.f_topk(k, -1, true, true)?,
     };
-    let top_v = if norm_topk_prob { top_v.f_div(&top_v.f_sum_dim_intlist(-1, true, Kind::Float)?)? } else { top_v };
+    let top_v = if norm_topk_prob {
+        top_v.f_div(&top_v.f_sum_dim_intlist(-1, true, Kind::Float)?)?
+    } else {
+        top_v
+    };
     let weights = top_v.f_to_kind(kind)?;
 
     let flat = top_i.f_reshape([-1])?;
@@ -57,26 +67,62 @@ pub fn moe_forward(w: &MoeWeights, x: &Tensor, k: i64, norm_topk_prob: bool, for
     let aligned = (h * elt) % 16 == 0 && (inter * elt) % 16 == 0;
     let (gu, act, ys);
     if aligned {
-        let counts = Tensor::f_zeros([e], (Kind::Int64, x.device()))?.f_scatter_add(0, &flat, &flat.f_ones_like()?)?;
+        let counts = Tensor::f_zeros([e], (Kind::Int64, x.device()))?.f_scatter_add(
+            0,
+            &flat,
+            &flat.f_ones_like()?,
+        )?;
         let offs = counts.f_cumsum(0, Kind::Int)?;
-        gu = xs.f_internal_grouped_mm(&w.gate_up.f_transpose(1, 2)?, Some(&offs), None::<&Tensor>, None::<Kind>)?;
-        act = gu.f_narrow(1, 0, inter)?.f_silu()?.f_mul(&gu.f_narrow(1, inter, inter)?)?;
-        ys = act.f_internal_grouped_mm(&w.down.f_transpose(1, 2)?, Some(&offs), None::<&Tensor>, None::<Kind>)?;
+        gu = xs.f_internal_grouped_mm(
+            &w.gate_up.f_transpose(1, 2)?,
+            Some(&offs),
+            None::<&Tensor>,
+            None::<Kind>,
+        )?;
+        act = gu
+            .f_narrow(1, 0, inter)?
+            .f_silu()?
+            .f_mul(&gu.f_narrow(1, inter, inter)?)?;
+        ys = act.f_internal_grouped_mm(
+            &w.down.f_transpose(1, 2)?,
+            Some(&offs),
+            None::<&Tensor>,
+            None::<Kind>,
+        )?;
     } else {
         // Grouped GEMM needs 16-byte aligned rows; odd tiny shapes gather each pair's expert weights instead.
         let wgu = w.gate_up.f_index_select(0, &sorted_experts)?;
-        gu = xs.f_unsqueeze(1)?.f_bmm(&wgu.f_transpose(1, 2)?)?.f_squeeze_dim(1)?;
-        act = gu.f_narrow(1, 0, inter)?.f_silu()?.f_mul(&gu.f_narrow(1, inter, inter)?)?;
+        gu = xs
+            .f_unsqueeze(1)?
+            .f_bmm(&wgu.f_transpose(1, 2)?)?
+            .f_squeeze_dim(1)?;
+        act = gu
+            .f_narrow(1, 0, inter)?
+            .f_silu()?
+            .f_mul(&gu.f_narrow(1, inter, inter)?)?;
         let wd = w.down.f_index_select(0, &sorted_experts)?;
-        ys = act.f_unsqueeze(1)?.f_bmm(&wd.f_transpose(1, 2)?)?.f_squeeze_dim(1)?;
+        ys = act
+            .f_unsqueeze(1)?
+            .f_bmm(&wd.f_transpose(1, 2)?)?
+            .f_squeeze_dim(1)?;
     }
-    let w_sorted = weights.f_reshape([-1])?.f_index_select(0, &order)?.f_unsqueeze(-1)?;
+    let w_sorted = weights
+        .f_reshape([-1])?
+        .f_index_select(0, &order)?
+        .f_unsqueeze(-1)?;
     let ys = ys.f_mul(&w_sorted)?;
     // Undo the sort: inverse permutation by scatter (no second sort), then sum each token's k outputs.
     let arange = Tensor::f_arange(n * k, (Kind::Int64, x.device()))?;
     let inv = order.f_zeros_like()?.f_scatter(0, &order, &arange)?;
-    let hidden = ys.f_index_select(0, &inv)?.f_view([n, k, h])?.f_sum_dim_intlist(1, false, kind)?;
-    Ok(MoeOutput { hidden, router_logits, experts: top_i })
+    let hidden = ys
+        .f_index_select(0, &inv)?
+        .f_view([n, k, h])?
+        .f_sum_dim_intlist(1, false, kind)?;
+    Ok(MoeOutput {
+        hidden,
+        router_logits,
+        experts: top_i,
+    })
 }
 
 /// Switch-Transformer load-balancing loss over all MoE layers, as transformers' `load_balancing_loss_func`
@@ -104,7 +150,11 @@ pub fn aux_load_balancing_loss_masked(
     let mut probs_sum = Tensor::f_zeros([e], (Kind::Float, dev))?;
     let mut rows = Tensor::f_zeros([], (Kind::Float, dev))?;
     let flat_mask = match mask {
-        Some(m) => Some(m.f_reshape([-1])?.f_to_kind(Kind::Float)?.f_to_device(dev)?),
+        Some(m) => Some(
+            m.f_reshape([-1])?
+                .f_to_kind(Kind::Float)?
+                .f_to_device(dev)?,
+        ),
         None => None,
     };
     for logits in router_logits {
@@ -113,19 +163,26 @@ pub fn aux_load_balancing_loss_masked(
         let sel = sel.f_reshape([-1])?;
         match &flat_mask {
             None => {
-                tokens = tokens.f_scatter_add(0, &sel, &sel.f_ones_like()?.f_to_kind(Kind::Float)?)?;
+                tokens =
+                    tokens.f_scatter_add(0, &sel, &sel.f_ones_like()?.f_to_kind(Kind::Float)?)?;
                 probs_sum = probs_sum.f_add(&p.f_sum_dim_intlist(0, false, Kind::Float)?)?;
                 rows = rows.f_add_scalar(p.size()[0] as f64)?;
             }
             Some(m) => {
                 let mk = m.f_repeat_interleave_self_int(k as i64, None, None)?;
                 tokens = tokens.f_scatter_add(0, &sel, &mk)?;
-                probs_sum = probs_sum.f_add(&p.f_mul(&m.f_unsqueeze(-1)?)?.f_sum_dim_intlist(0, false, Kind::Float)?)?;
+                probs_sum = probs_sum.f_add(&p.f_mul(&m.f_unsqueeze(-1)?)?.f_sum_dim_intlist(
+                    0,
+                    false,
+                    Kind::Float,
+                )?)?;
                 rows = rows.f_add(&m.f_sum(Kind::Float)?)?;
             }
         }
     }
     let f = tokens.f_div(&rows)?;
     let pm = probs_sum.f_div(&rows)?;
-    Ok(f.f_mul(&pm)?.f_sum(Kind::Float)?.f_mul_scalar(num_experts as f64)?)
+    Ok(f.f_mul(&pm)?
+        .f_sum(Kind::Float)?
+        .f_mul_scalar(num_experts as f64)?)
 }

@@ -34,7 +34,14 @@ pub struct ForwardInput<'a> {
 impl<'a> ForwardInput<'a> {
     /// Plain causal forward of `input_ids` (`[B, T]` int64).
     pub fn new(input_ids: &'a Tensor) -> Self {
-        ForwardInput { input_ids, position_ids: None, attention_mask: None, seq_ids: None, cache: None, forced_experts: None }
+        ForwardInput {
+            input_ids,
+            position_ids: None,
+            attention_mask: None,
+            seq_ids: None,
+            cache: None,
+            forced_experts: None,
+        }
     }
     /// Sets explicit RoPE positions `[B, T]`.
     pub fn positions(mut self, p: &'a Tensor) -> Self {
@@ -110,8 +117,15 @@ struct Attention {
 }
 
 enum Mlp {
-    Dense { gate: Tensor, up: Tensor, down: Tensor },
-    Moe { weights: MoeWeights, index: usize },
+    Dense {
+        gate: Tensor,
+        up: Tensor,
+        down: Tensor,
+    },
+    Moe {
+        weights: MoeWeights,
+        index: usize,
+    },
 }
 
 struct Layer {
@@ -167,8 +181,15 @@ pub struct Qwen3Model {
 /// Shape of every parameter in `vs`, by name (the VarStore layout described on [`Qwen3Model`]).
 pub fn param_shapes(c: &Qwen3Config) -> Vec<(String, Vec<i64>)> {
     let h = c.hidden_size as i64;
-    let (nh, nkv, d) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
-    let mut v = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size as i64, h])];
+    let (nh, nkv, d) = (
+        c.num_attention_heads as i64,
+        c.num_key_value_heads as i64,
+        c.head_dim as i64,
+    );
+    let mut v = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![c.vocab_size as i64, h],
+    )];
     for l in 0..c.num_hidden_layers {
         let p = format!("model.layers.{l}");
         v.push((format!("{p}.input_layernorm.weight"), vec![h]));
@@ -226,7 +247,8 @@ impl Qwen3Model {
                 let t = if is_norm(&name) {
                     Tensor::f_ones(shape.as_slice(), (Kind::Float, Device::Cpu))?
                 } else {
-                    Tensor::f_randn(shape.as_slice(), (Kind::Float, Device::Cpu))?.f_mul_scalar(0.02)?
+                    Tensor::f_randn(shape.as_slice(), (Kind::Float, Device::Cpu))?
+                        .f_mul_scalar(0.02)?
                 };
                 add_var(&vs, &name, t.f_to_kind(kind)?.f_to_device(device)?);
             }
@@ -242,7 +264,11 @@ impl Qwen3Model {
         {
             let _g = tch::no_grad_guard();
             for (name, shape) in param_shapes(&config) {
-                add_var(&vs, &name, Tensor::f_empty(shape.as_slice(), (kind, device))?);
+                add_var(
+                    &vs,
+                    &name,
+                    Tensor::f_empty(shape.as_slice(), (kind, device))?,
+                );
             }
         }
         crate::weights::load_hf_weights(dir, &config, &vs)?;
@@ -253,7 +279,9 @@ impl Qwen3Model {
     pub fn from_var_store(config: Qwen3Config, vs: VarStore, kind: Kind) -> Result<Self> {
         let vars = vs.variables();
         let get = |n: &str| -> Result<Tensor> {
-            vars.get(n).map(|t| t.shallow_clone()).with_context(|| format!("variable store lacks parameter `{n}`"))
+            vars.get(n)
+                .map(|t| t.shallow_clone())
+                .with_context(|| format!("variable store lacks parameter `{n}`"))
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         let mut moe_index = 0;
@@ -274,7 +302,10 @@ impl Qwen3Model {
                     down: get(&format!("{p}.mlp.experts.down_proj"))?,
                 };
                 moe_index += 1;
-                Mlp::Moe { weights, index: moe_index - 1 }
+                Mlp::Moe {
+                    weights,
+                    index: moe_index - 1,
+                }
             } else {
                 Mlp::Dense {
                     gate: get(&format!("{p}.mlp.gate_proj.weight"))?,
@@ -291,7 +322,11 @@ impl Qwen3Model {
             });
         }
         let device = vs.device();
-        let lm_head = if config.tie_word_embeddings { None } else { Some(get("lm_head.weight")?) };
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(get("lm_head.weight")?)
+        };
         Ok(Qwen3Model {
             embed: get("model.embed_tokens.weight")?,
             norm: get("model.norm.weight")?,
@@ -341,26 +376,57 @@ impl Qwen3Model {
 
     /// Runs the model.
     pub fn forward(&self, input: ForwardInput<'_>) -> Result<ForwardOutput> {
-        let ForwardInput { input_ids, position_ids, attention_mask, seq_ids, mut cache, forced_experts } = input;
+        let ForwardInput {
+            input_ids,
+            position_ids,
+            attention_mask,
+            seq_ids,
+            mut cache,
+            forced_experts,
+        } = input;
         let size = input_ids.size();
         ensure!(size.len() == 2, "input_ids must be [B, T], got {size:?}");
-        ensure!(input_ids.kind() == Kind::Int64, "input_ids must be int64, got {:?}", input_ids.kind());
+        ensure!(
+            input_ids.kind() == Kind::Int64,
+            "input_ids must be int64, got {:?}",
+            input_ids.kind()
+        );
         let (b, t) = (size[0], size[1]);
         ensure!(b > 0 && t > 0, "input_ids is empty ({size:?})");
-        for (name, x) in [("position_ids", position_ids), ("attention_mask", attention_mask), ("seq_ids", seq_ids)] {
+        for (name, x) in [
+            ("position_ids", position_ids),
+            ("attention_mask", attention_mask),
+            ("seq_ids", seq_ids),
+        ] {
             if let Some(x) = x {
-                ensure!(x.size() == size, "{name} must have the shape of input_ids {size:?}, got {:?}", x.size());
+                ensure!(
+                    x.size() == size,
+                    "{name} must have the shape of input_ids {size:?}, got {:?}",
+                    x.size()
+                );
             }
         }
         let n_moe = self.config.moe_layers().len() as i64;
         let k = self.config.num_experts_per_tok as i64;
         if let Some(f) = forced_experts {
-            ensure!(n_moe > 0, "forced_experts given but the model has no MoE layers");
-            ensure!(f.size() == [b, t, n_moe, k], "forced_experts must be [B, T, n_moe_layers, k] = {:?}, got {:?}", [b, t, n_moe, k], f.size());
+            ensure!(
+                n_moe > 0,
+                "forced_experts given but the model has no MoE layers"
+            );
+            ensure!(
+                f.size() == [b, t, n_moe, k],
+                "forced_experts must be [B, T, n_moe_layers, k] = {:?}, got {:?}",
+                [b, t, n_moe, k],
+                f.size()
+            );
             ensure!(f.kind() == Kind::Int64, "forced_experts must be int64");
             if f.device() == Device::Cpu {
                 let (lo, hi) = (f.f_min()?.int64_value(&[]), f.f_max()?.int64_value(&[]));
-                ensure!(lo >= 0 && hi < self.config.num_experts as i64, "forced_experts holds expert ids outside 0..{}", self.config.num_experts);
+                ensure!(
+                    lo >= 0 && hi < self.config.num_experts as i64,
+                    "forced_experts holds expert ids outside 0..{}",
+                    self.config.num_experts
+                );
             }
         }
         let dev = self.device;
@@ -370,8 +436,15 @@ impl Qwen3Model {
         let mut plan = None;
         let mut new_lens = Vec::new();
         let (positions, attn) = if let Some(cache) = cache.as_deref_mut() {
-            ensure!(seq_ids.is_none(), "seq_ids (packed sequences) cannot be combined with a KV cache");
-            ensure!(cache.device() == dev, "KV cache is on {:?}, model on {dev:?}", cache.device());
+            ensure!(
+                seq_ids.is_none(),
+                "seq_ids (packed sequences) cannot be combined with a KV cache"
+            );
+            ensure!(
+                cache.device() == dev,
+                "KV cache is on {:?}, model on {dev:?}",
+                cache.device()
+            );
             let slots = cache.row_slots(b as usize)?;
             let valid: Vec<i64> = match attention_mask {
                 None => vec![t; b as usize],
@@ -403,11 +476,29 @@ impl Qwen3Model {
             let keys = Tensor::f_arange(read_len, (Kind::Int64, dev))?.f_view([1, 1, read_len])?;
             let qpos = write_pos.f_unsqueeze(-1)?; // [B, T, 1]
             let end = lens_t.f_add(&valid_t)?.f_view([b, 1, 1])?;
-            let m = keys.f_le_tensor(&qpos)?.f_logical_and(&keys.f_lt_tensor(&end)?)?.f_logical_or(&keys.f_eq_tensor(&qpos)?)?;
-            let contiguous_from = slots.windows(2).all(|w| w[1] == w[0] + 1).then(|| slots[0] as i64);
-            let slot_list = Tensor::from_slice(&slots.iter().map(|s| *s as i64).collect::<Vec<_>>()).f_to_device(dev)?;
-            plan = Some(CachePlan { slot_idx: slot_list.f_unsqueeze(1)?, write_pos: write_pos.shallow_clone(), read_len, contiguous_from, slot_list });
-            new_lens = slots.iter().zip(lens.iter().zip(&valid)).map(|(s, (l, v))| (*s, (l + v) as usize)).collect();
+            let m = keys
+                .f_le_tensor(&qpos)?
+                .f_logical_and(&keys.f_lt_tensor(&end)?)?
+                .f_logical_or(&keys.f_eq_tensor(&qpos)?)?;
+            let contiguous_from = slots
+                .windows(2)
+                .all(|w| w[1] == w[0] + 1)
+                .then(|| slots[0] as i64);
+            let slot_list =
+                Tensor::from_slice(&slots.iter().map(|s| *s as i64).collect::<Vec<_>>())
+                    .f_to_device(dev)?;
+            plan = Some(CachePlan {
+                slot_idx: slot_list.f_unsqueeze(1)?,
+                write_pos: write_pos.shallow_clone(),
+                read_len,
+                contiguous_from,
+                slot_list,
+            });
+            new_lens = slots
+                .iter()
+                .zip(lens.iter().zip(&valid))
+                .map(|(s, (l, v))| (*s, (l + v) as usize))
+                .collect();
             let pos = match position_ids {
                 Some(p) => p.f_to_device(dev)?,
                 None => write_pos,
@@ -417,14 +508,24 @@ impl Qwen3Model {
             let pos = match (position_ids, seq_ids, attention_mask) {
                 (Some(p), _, _) => p.f_to_device(dev)?,
                 (None, Some(s), _) => positions_from_seq_ids(&s.f_to_device(dev)?)?,
-                (None, None, Some(m)) => m.f_to_device(dev)?.f_to_kind(Kind::Int64)?.f_cumsum(1, Kind::Int64)?.f_sub_scalar(1)?.f_clamp_min(0)?,
-                (None, None, None) => Tensor::f_arange(t, (Kind::Int64, dev))?.f_unsqueeze(0)?.f_expand([b, t], false)?,
+                (None, None, Some(m)) => m
+                    .f_to_device(dev)?
+                    .f_to_kind(Kind::Int64)?
+                    .f_cumsum(1, Kind::Int64)?
+                    .f_sub_scalar(1)?
+                    .f_clamp_min(0)?,
+                (None, None, None) => Tensor::f_arange(t, (Kind::Int64, dev))?
+                    .f_unsqueeze(0)?
+                    .f_expand([b, t], false)?,
             };
             let attn = if seq_ids.is_none() && attention_mask.is_none() {
                 AttnMask::Causal
             } else {
                 let ar = Tensor::f_arange(t, (Kind::Int64, dev))?;
-                let causal = ar.f_view([1, t])?.f_le_tensor(&ar.f_view([t, 1])?)?.f_unsqueeze(0)?; // [1, Tq, Tk]
+                let causal = ar
+                    .f_view([1, t])?
+                    .f_le_tensor(&ar.f_view([t, 1])?)?
+                    .f_unsqueeze(0)?; // [1, Tq, Tk]
                 let mut m = causal;
                 if let Some(s) = seq_ids {
                     let s = s.f_to_device(dev)?;
@@ -456,7 +557,9 @@ impl Qwen3Model {
             let mut steps = Vec::with_capacity(self.layers.len());
             for (l, layer) in self.layers.iter().enumerate() {
                 let forced = self.forced_for(layer, forced_flat.as_ref())?;
-                let (out, moe) = tch::no_grad(|| self.layer_forward(layer, &x, &cos, &sin, &attn, None, forced.as_ref()))?;
+                let (out, moe) = tch::no_grad(|| {
+                    self.layer_forward(layer, &x, &cos, &sin, &attn, None, forced.as_ref())
+                })?;
                 let out_leaf = out.f_detach()?.f_set_requires_grad(true)?;
                 let (router_leaf, chosen) = match moe {
                     Some((rl, ex)) => {
@@ -467,10 +570,22 @@ impl Qwen3Model {
                     }
                     None => (None, None),
                 };
-                steps.push(TapeStep { layer: l, input: x, out_leaf: out_leaf.shallow_clone(), router_leaf, experts: chosen });
+                steps.push(TapeStep {
+                    layer: l,
+                    input: x,
+                    out_leaf: out_leaf.shallow_clone(),
+                    router_leaf,
+                    experts: chosen,
+                });
                 x = out_leaf;
             }
-            let tape = CheckpointTape { embed_out, steps, cos: cos.shallow_clone(), sin: sin.shallow_clone(), attn: attn.clone() };
+            let tape = CheckpointTape {
+                embed_out,
+                steps,
+                cos: cos.shallow_clone(),
+                sin: sin.shallow_clone(),
+                attn: attn.clone(),
+            };
             (x, Some(tape))
         } else {
             let mut x = ids.f_embedding_as(&self.embed, self.pad_idx())?;
@@ -480,7 +595,8 @@ impl Qwen3Model {
                     (Some(c), Some(p)) => Some((c, p)),
                     _ => None,
                 };
-                let (out, moe) = self.layer_forward(layer, &x, &cos, &sin, &attn, cache_step, forced.as_ref())?;
+                let (out, moe) =
+                    self.layer_forward(layer, &x, &cos, &sin, &attn, cache_step, forced.as_ref())?;
                 if let Some((rl, ex)) = moe {
                     router_logits.push(rl);
                     experts.push(ex);
@@ -500,7 +616,12 @@ impl Qwen3Model {
         } else {
             Some(Tensor::f_stack(&experts, 1)?.f_view([b, t, n_moe, k])?)
         };
-        Ok(ForwardOutput { logits, router_logits, routed_experts, tape })
+        Ok(ForwardOutput {
+            logits,
+            router_logits,
+            routed_experts,
+            tape,
+        })
     }
 
     /// Back-propagates `loss` (a scalar computed from `out`) into the parameters' `.grad`. Without
@@ -522,7 +643,15 @@ impl Qwen3Model {
             }
             let input = step.input.f_detach()?.f_set_requires_grad(true)?;
             let layer = &self.layers[step.layer];
-            let (y, moe) = self.layer_forward(layer, &input, &tape.cos, &tape.sin, &tape.attn, None, step.experts.as_ref())?;
+            let (y, moe) = self.layer_forward(
+                layer,
+                &input,
+                &tape.cos,
+                &tape.sin,
+                &tape.attn,
+                None,
+                step.experts.as_ref(),
+            )?;
             let mut surrogate = Tensor::f_zeros([], (Kind::Float, self.device))?;
             if let Some(g) = &g_out {
                 surrogate = surrogate.f_add(&y.f_mul(g)?.f_sum(Kind::Float)?)?;
@@ -540,7 +669,11 @@ impl Qwen3Model {
     }
 
     fn pad_idx(&self) -> i64 {
-        self.config.pad_token_id.map(|p| p as i64).filter(|p| (*p as usize) < self.config.vocab_size).unwrap_or(-1)
+        self.config
+            .pad_token_id
+            .map(|p| p as i64)
+            .filter(|p| (*p as usize) < self.config.vocab_size)
+            .unwrap_or(-1)
     }
 
     fn forced_for(&self, layer: &Layer, forced: Option<&Tensor>) -> Result<Option<Tensor>> {
@@ -576,32 +709,73 @@ impl Qwen3Model {
         let h2 = rms_norm(&x, &layer.post_ln, eps)?;
         match &layer.mlp {
             Mlp::Dense { gate, up, down } => {
-                let y = h2.f_linear(gate, None::<Tensor>)?.f_silu()?.f_mul(&h2.f_linear(up, None::<Tensor>)?)?.f_linear(down, None::<Tensor>)?;
+                let y = h2
+                    .f_linear(gate, None::<Tensor>)?
+                    .f_silu()?
+                    .f_mul(&h2.f_linear(up, None::<Tensor>)?)?
+                    .f_linear(down, None::<Tensor>)?;
                 Ok((x.f_add(&y)?, None))
             }
             Mlp::Moe { weights, .. } => {
                 let flat = h2.f_reshape([b * t, h])?;
-                let o = moe_forward(weights, &flat, self.config.num_experts_per_tok as i64, self.config.norm_topk_prob, forced)?;
-                Ok((x.f_add(&o.hidden.f_view([b, t, h])?)?, Some((o.router_logits, o.experts))))
+                let o = moe_forward(
+                    weights,
+                    &flat,
+                    self.config.num_experts_per_tok as i64,
+                    self.config.norm_topk_prob,
+                    forced,
+                )?;
+                Ok((
+                    x.f_add(&o.hidden.f_view([b, t, h])?)?,
+                    Some((o.router_logits, o.experts)),
+                ))
             }
         }
     }
 
-    fn attention(&self, layer: &Layer, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &AttnMask, cache: Option<(&mut KvCache, &CachePlan)>) -> Result<Tensor> {
+    fn attention(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &AttnMask,
+        cache: Option<(&mut KvCache, &CachePlan)>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let (b, t, _) = x.size3()?;
-        let (nh, nkv, d) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
+        let (nh, nkv, d) = (
+            c.num_attention_heads as i64,
+            c.num_key_value_heads as i64,
+            c.head_dim as i64,
+        );
         let eps = c.rms_norm_eps;
         let a = &layer.attn;
-        let q = rms_norm(&x.f_linear(&a.q, None::<Tensor>)?.f_view([b, t, nh, d])?, &a.q_norm, eps)?.f_transpose(1, 2)?;
-        let k = rms_norm(&x.f_linear(&a.k, None::<Tensor>)?.f_view([b, t, nkv, d])?, &a.k_norm, eps)?.f_transpose(1, 2)?;
-        let v = x.f_linear(&a.v, None::<Tensor>)?.f_view([b, t, nkv, d])?.f_transpose(1, 2)?;
+        let q = rms_norm(
+            &x.f_linear(&a.q, None::<Tensor>)?.f_view([b, t, nh, d])?,
+            &a.q_norm,
+            eps,
+        )?
+        .f_transpose(1, 2)?;
+        let k = rms_norm(
+            &x.f_linear(&a.k, None::<Tensor>)?.f_view([b, t, nkv, d])?,
+            &a.k_norm,
+            eps,
+        )?
+        .f_transpose(1, 2)?;
+        let v = x
+            .f_linear(&a.v, None::<Tensor>)?
+            .f_view([b, t, nkv, d])?
+            .f_transpose(1, 2)?;
         let q = apply_rotary(&q, cos, sin)?;
         let mut k = apply_rotary(&k, cos, sin)?;
         let mut v = v;
         if let Some((cache, plan)) = cache {
             let li = layer.index;
-            let idx = [Some(plan.slot_idx.shallow_clone()), Some(plan.write_pos.shallow_clone())];
+            let idx = [
+                Some(plan.slot_idx.shallow_clone()),
+                Some(plan.write_pos.shallow_clone()),
+            ];
             let _g = tch::no_grad_guard();
             let _ = cache.k[li].f_index_put_(&idx, &k.f_transpose(1, 2)?.f_detach()?, false)?;
             let _ = cache.v[li].f_index_put_(&idx, &v.f_transpose(1, 2)?.f_detach()?, false)?;
@@ -626,8 +800,12 @@ impl Qwen3Model {
         } else {
             (k, v, n_rep > 1)
         };
-        let o = Tensor::f_scaled_dot_product_attention(&q, &k, &v, attn_mask, 0.0, is_causal, None, gqa)?;
-        Ok(o.f_transpose(1, 2)?.f_reshape([b, t, nh * d])?.f_linear(&a.o, None::<Tensor>)?)
+        let o = Tensor::f_scaled_dot_product_attention(
+            &q, &k, &v, attn_mask, 0.0, is_causal, None, gqa,
+        )?;
+        Ok(o.f_transpose(1, 2)?
+            .f_reshape([b, t, nh * d])?
+            .f_linear(&a.o, None::<Tensor>)?)
     }
 }
 
@@ -643,7 +821,9 @@ impl EmbeddingExt for Tensor {
 
 fn repeat_kv(x: &Tensor, n_rep: i64) -> Result<Tensor> {
     let (b, h, t, d) = x.size4()?;
-    Ok(x.f_unsqueeze(2)?.f_expand([b, h, n_rep, t, d], false)?.f_reshape([b, h * n_rep, t, d])?)
+    Ok(x.f_unsqueeze(2)?
+        .f_expand([b, h, n_rep, t, d], false)?
+        .f_reshape([b, h * n_rep, t, d])?)
 }
 
 fn defined_grad(t: &Tensor) -> Option<Tensor> {
@@ -661,8 +841,13 @@ fn grad_enabled() -> Result<bool> {
 pub fn positions_from_seq_ids(seq_ids: &Tensor) -> Result<Tensor> {
     let (b, t) = seq_ids.size2()?;
     let dev = seq_ids.device();
-    let ar = Tensor::f_arange(t, (Kind::Int64, dev))?.f_unsqueeze(0)?.f_expand([b, t], false)?;
-    let prev = Tensor::f_cat(&[&seq_ids.f_narrow(1, 0, 1)?, &seq_ids.f_narrow(1, 0, t - 1)?], 1)?;
+    let ar = Tensor::f_arange(t, (Kind::Int64, dev))?
+        .f_unsqueeze(0)?
+        .f_expand([b, t], false)?;
+    let prev = Tensor::f_cat(
+        &[&seq_ids.f_narrow(1, 0, 1)?, &seq_ids.f_narrow(1, 0, t - 1)?],
+        1,
+    )?;
     let starts = seq_ids.f_ne_tensor(&prev)?;
     let start_idx = ar.f_mul(&starts.f_to_kind(Kind::Int64)?)?; // index where a run starts, else 0
     let (run_start, _) = start_idx.f_cummax(1)?;
@@ -679,8 +864,18 @@ pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Tensor {
 pub fn try_token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let ls = logits.size();
     if ls.len() != 3 || targets.size() != ls[..2] {
-        bail!("token_logprobs: logits {:?} and targets {:?} do not match ([B, T, V] and [B, T])", ls, targets.size());
+        bail!(
+            "token_logprobs: logits {:?} and targets {:?} do not match ([B, T, V] and [B, T])",
+            ls,
+            targets.size()
+        );
     }
     let lp = logits.f_log_softmax(-1, Kind::Float)?;
-    Ok(lp.f_gather(-1, &targets.f_to_device(logits.device())?.f_unsqueeze(-1)?, false)?.f_squeeze_dim(-1)?)
+    Ok(lp
+        .f_gather(
+            -1,
+            &targets.f_to_device(logits.device())?.f_unsqueeze(-1)?,
+            false,
+        )?
+        .f_squeeze_dim(-1)?)
 }

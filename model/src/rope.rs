@@ -18,7 +18,9 @@ impl Rope {
     pub fn new(config: &Qwen3Config, device: Device) -> Result<Self> {
         let dim = config.head_dim as i64;
         let base = config.rope_theta;
-        let exps = Tensor::f_arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu))?.f_to_kind(Kind::Float)?.f_div_scalar(dim as f64)?;
+        let exps = Tensor::f_arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu))?
+            .f_to_kind(Kind::Float)?
+            .f_div_scalar(dim as f64)?;
         let pos_freqs = Tensor::f_pow_scalar(base, &exps)?;
         let default_inv = pos_freqs.f_reciprocal()?;
         let (inv_freq, attention_scaling) = match &config.rope_scaling {
@@ -34,16 +36,29 @@ impl Rope {
                 mscale_all_dim,
                 truncate,
             }) => {
-                let get_mscale = |scale: f64, m: f64| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
+                let get_mscale = |scale: f64, m: f64| {
+                    if scale <= 1.0 {
+                        1.0
+                    } else {
+                        0.1 * m * scale.ln() + 1.0
+                    }
+                };
                 let att = match attention_factor {
                     Some(a) => *a,
                     None => match (mscale, mscale_all_dim) {
-                        (Some(m), Some(ma)) if *m != 0.0 && *ma != 0.0 => get_mscale(*factor, *m) / get_mscale(*factor, *ma),
+                        (Some(m), Some(ma)) if *m != 0.0 && *ma != 0.0 => {
+                            get_mscale(*factor, *m) / get_mscale(*factor, *ma)
+                        }
                         _ => get_mscale(*factor, 1.0),
                     },
                 };
                 let d = dim as f64;
-                let corr = |rot: f64| (d * ((*original_max_position_embeddings as f64) / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln());
+                let corr = |rot: f64| {
+                    (d * ((*original_max_position_embeddings as f64)
+                        / (rot * 2.0 * std::f64::consts::PI))
+                        .ln())
+                        / (2.0 * base.ln())
+                };
                 let (mut low, mut high) = (corr(*beta_fast), corr(*beta_slow));
                 if *truncate {
                     low = low.floor();
@@ -60,28 +75,54 @@ impl Rope {
                 let inv_interp = pos_freqs.f_mul_scalar(*factor)?.f_reciprocal()?;
                 let inv_extra = pos_freqs.f_reciprocal()?;
                 let one_minus = extra_factor.f_neg()?.f_add_scalar(1.0)?;
-                let inv = inv_interp.f_mul(&one_minus)?.f_add(&inv_extra.f_mul(&extra_factor)?)?;
+                let inv = inv_interp
+                    .f_mul(&one_minus)?
+                    .f_add(&inv_extra.f_mul(&extra_factor)?)?;
                 (inv, att)
             }
-            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
                 let old = *original_max_position_embeddings as f64;
                 let low_wl = old / low_freq_factor;
                 let high_wl = old / high_freq_factor;
-                let wavelen = default_inv.f_reciprocal()?.f_mul_scalar(2.0 * std::f64::consts::PI)?;
+                let wavelen = default_inv
+                    .f_reciprocal()?
+                    .f_mul_scalar(2.0 * std::f64::consts::PI)?;
                 let scaled = default_inv.f_div_scalar(*factor)?;
                 let llama = scaled.f_where_self(&wavelen.f_gt(low_wl)?, &default_inv)?;
-                let smooth = wavelen.f_reciprocal()?.f_mul_scalar(old)?.f_sub_scalar(*low_freq_factor)?.f_div_scalar(high_freq_factor - low_freq_factor)?;
-                let smoothed = smooth.f_neg()?.f_add_scalar(1.0)?.f_mul(&llama)?.f_div_scalar(*factor)?.f_add(&smooth.f_mul(&llama)?)?;
-                let medium = wavelen.f_ge(high_wl)?.f_logical_and(&wavelen.f_le(low_wl)?)?;
+                let smooth = wavelen
+                    .f_reciprocal()?
+                    .f_mul_scalar(old)?
+                    .f_sub_scalar(*low_freq_factor)?
+                    .f_div_scalar(high_freq_factor - low_freq_factor)?;
+                let smoothed = smooth
+                    .f_neg()?
+                    .f_add_scalar(1.0)?
+                    .f_mul(&llama)?
+                    .f_div_scalar(*factor)?
+                    .f_add(&smooth.f_mul(&llama)?)?;
+                let medium = wavelen
+                    .f_ge(high_wl)?
+                    .f_logical_and(&wavelen.f_le(low_wl)?)?;
                 (smoothed.f_where_self(&medium, &llama)?, 1.0)
             }
         };
-        Ok(Rope { inv_freq: inv_freq.f_to_device(device)?, attention_scaling })
+        Ok(Rope {
+            inv_freq: inv_freq.f_to_device(device)?,
+            attention_scaling,
+        })
     }
 
     /// `(cos, sin)`, each `[B, T, head_dim]` in `kind`, for integer positions `[B, T]`.
     pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> Result<(Tensor, Tensor)> {
-        let freqs = positions.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?.f_mul(&self.inv_freq)?;
+        let freqs = positions
+            .f_to_kind(Kind::Float)?
+            .f_unsqueeze(-1)?
+            .f_mul(&self.inv_freq)?;
         let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
         let (mut cos, mut sin) = (emb.f_cos()?, emb.f_sin()?);
         if self.attention_scaling != 1.0 {

@@ -14,7 +14,11 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("vocab_size", &self.vocab_size()).field("eos", &self.eos).field("pad", &self.pad).finish()
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("eos", &self.eos)
+            .field("pad", &self.pad)
+            .finish()
     }
 }
 
@@ -22,15 +26,21 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?))
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| {
+        format!("{}: not valid JSON", path.display())
+    })?))
 }
 
 /// A special-token entry of tokenizer_config.json: a string or `{"content": ...}` (older AddedToken dumps).
 fn token_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        Value::Object(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
         _ => None,
     }
 }
@@ -38,7 +48,11 @@ fn token_text(v: &Value) -> Option<String> {
 fn ids_of(v: &Value) -> Vec<u32> {
     match v {
         Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Value::Array(a) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -46,9 +60,17 @@ fn ids_of(v: &Value) -> Vec<u32> {
 impl Tokenizer {
     /// Loads a `tokenizer.json` alone (no eos/pad metadata beyond `<|im_end|>` / `<|endoftext|>` if present).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        let mut t = Tokenizer { inner, eos: Vec::new(), pad: None };
-        t.eos = ["<|im_end|>", "<|endoftext|>"].iter().filter_map(|s| t.token_id(s)).collect();
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let mut t = Tokenizer {
+            inner,
+            eos: Vec::new(),
+            pad: None,
+        };
+        t.eos = ["<|im_end|>", "<|endoftext|>"]
+            .iter()
+            .filter_map(|s| t.token_id(s))
+            .collect();
         t.pad = t.token_id("<|endoftext|>");
         Ok(t)
     }
@@ -57,12 +79,22 @@ impl Tokenizer {
     /// `generation_config.json` and `config.json` (`eos_token_id`, `pad_token_id`).
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        let mut t = Tokenizer { inner, eos: Vec::new(), pad: None };
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let mut t = Tokenizer {
+            inner,
+            eos: Vec::new(),
+            pad: None,
+        };
         let mut eos = Vec::new();
         if let Some(tc) = read_json(&dir.join("tokenizer_config.json"))? {
             if let Some(s) = tc.get("eos_token").and_then(token_text) {
-                let id = t.token_id(&s).ok_or_else(|| anyhow!("{}: eos_token {s:?} is not in tokenizer.json", dir.join("tokenizer_config.json").display()))?;
+                let id = t.token_id(&s).ok_or_else(|| {
+                    anyhow!(
+                        "{}: eos_token {s:?} is not in tokenizer.json",
+                        dir.join("tokenizer_config.json").display()
+                    )
+                })?;
                 eos.push(id);
             }
             if let Some(s) = tc.get("pad_token").and_then(token_text) {
@@ -75,14 +107,20 @@ impl Tokenizer {
                     eos.extend(ids_of(e));
                 }
                 if t.pad.is_none() {
-                    t.pad = v.get("pad_token_id").and_then(|p| p.as_u64()).map(|p| p as u32);
+                    t.pad = v
+                        .get("pad_token_id")
+                        .and_then(|p| p.as_u64())
+                        .map(|p| p as u32);
                 }
             }
         }
         let mut seen = std::collections::HashSet::new();
         eos.retain(|x| seen.insert(*x));
         if eos.is_empty() {
-            eos = ["<|im_end|>", "<|endoftext|>"].iter().filter_map(|s| t.token_id(s)).collect();
+            eos = ["<|im_end|>", "<|endoftext|>"]
+                .iter()
+                .filter_map(|s| t.token_id(s))
+                .collect();
         }
         t.eos = eos;
         Ok(t)
@@ -91,13 +129,18 @@ impl Tokenizer {
     /// Token ids of `text`. No special tokens are added; special tokens written in the text
     /// (`<|im_start|>`, ...) are recognised as such, as transformers does.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| anyhow!("tokenizer: {e}"))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenizer: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|e| anyhow!("tokenizer: {e}"))
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| anyhow!("tokenizer: {e}"))
     }
 
     /// Id of a token string (regular or added), if it exists.
@@ -161,16 +204,21 @@ pub const QWEN3_SPECIAL_TOKENS: &[&str] = &[
 /// visible in decoded text). Writes `tokenizer.json` and a `tokenizer_config.json` carrying the Qwen3 chat
 /// template into `out_dir` (atomically) and returns the loaded tokenizer.
 pub fn train_bpe(texts: &[String], vocab_size: usize, out_dir: &Path) -> Result<Tokenizer> {
-    use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
     use tokenizers::models::TrainerWrapper;
+    use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
     use tokenizers::{AddedToken, DecoderWrapper, ModelWrapper, PreTokenizerWrapper};
 
     let n_special = QWEN3_SPECIAL_TOKENS.len();
-    anyhow::ensure!(vocab_size > 256 + n_special, "train_bpe: vocab_size {vocab_size} must exceed 256 bytes + {n_special} special tokens");
+    anyhow::ensure!(
+        vocab_size > 256 + n_special,
+        "train_bpe: vocab_size {vocab_size} must exceed 256 bytes + {n_special} special tokens"
+    );
     anyhow::ensure!(!texts.is_empty(), "train_bpe: no training text");
     let mut tok = tokenizers::Tokenizer::new(ModelWrapper::BPE(BPE::default()));
-    tok.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true))));
+    tok.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+        false, true, true,
+    ))));
     tok.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
     let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
         .vocab_size(vocab_size - n_special)
@@ -179,10 +227,19 @@ pub fn train_bpe(texts: &[String], vocab_size: usize, out_dir: &Path) -> Result<
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build()
         .into();
-    tok.train(&mut trainer, texts.iter()).map_err(|e| anyhow!("train_bpe: {e}"))?;
+    tok.train(&mut trainer, texts.iter())
+        .map_err(|e| anyhow!("train_bpe: {e}"))?;
     // One at a time so ids follow Qwen3's order whether a token is special or a plain added token.
     for s in QWEN3_SPECIAL_TOKENS {
-        let special = !matches!(*s, "<tool_call>" | "</tool_call>" | "<tool_response>" | "</tool_response>" | "<think>" | "</think>");
+        let special = !matches!(
+            *s,
+            "<tool_call>"
+                | "</tool_call>"
+                | "<tool_response>"
+                | "</tool_response>"
+                | "<think>"
+                | "</think>"
+        );
         if special {
             tok.add_special_tokens(&[AddedToken::from(*s, true)]);
         } else {
@@ -190,7 +247,9 @@ pub fn train_bpe(texts: &[String], vocab_size: usize, out_dir: &Path) -> Result<
         }
     }
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let json = tok.to_string(true).map_err(|e| anyhow!("train_bpe: serialising: {e}"))?;
+    let json = tok
+        .to_string(true)
+        .map_err(|e| anyhow!("train_bpe: serialising: {e}"))?;
     spar_core::fsio::write_atomic(&out_dir.join("tokenizer.json"), json.as_bytes())?;
     let cfg = serde_json::json!({
         "tokenizer_class": "Qwen2Tokenizer",
@@ -205,6 +264,9 @@ pub fn train_bpe(texts: &[String], vocab_size: usize, out_dir: &Path) -> Result<
         "model_max_length": 131072,
         "chat_template": crate::chat::QWEN3_CHAT_TEMPLATE,
     });
-    spar_core::fsio::write_atomic(&out_dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    spar_core::fsio::write_atomic(
+        &out_dir.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
     Tokenizer::from_dir(out_dir)
 }

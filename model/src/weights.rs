@@ -39,19 +39,40 @@ fn hf_targets(c: &Qwen3Config) -> Vec<(String, Target)> {
                 for (name, rows) in [("gate_proj", (0, i)), ("up_proj", (i, i))] {
                     out.push((
                         format!("{prefix}.{x}.{name}.weight"),
-                        Target { var: var.clone(), expert: Some(x), rows: Some(rows), shape: vec![i, h] },
+                        Target {
+                            var: var.clone(),
+                            expert: Some(x),
+                            rows: Some(rows),
+                            shape: vec![i, h],
+                        },
                     ));
                 }
             }
-        } else if let Some(prefix) = var.strip_suffix(".down_proj").filter(|p| p.ends_with(".experts")) {
+        } else if let Some(prefix) = var
+            .strip_suffix(".down_proj")
+            .filter(|p| p.ends_with(".experts"))
+        {
             for x in 0..shape[0] {
                 out.push((
                     format!("{prefix}.{x}.down_proj.weight"),
-                    Target { var: var.clone(), expert: Some(x), rows: None, shape: vec![shape[1], shape[2]] },
+                    Target {
+                        var: var.clone(),
+                        expert: Some(x),
+                        rows: None,
+                        shape: vec![shape[1], shape[2]],
+                    },
                 ));
             }
         } else {
-            out.push((var.clone(), Target { var, expert: None, rows: None, shape }));
+            out.push((
+                var.clone(),
+                Target {
+                    var,
+                    expert: None,
+                    rows: None,
+                    shape,
+                },
+            ));
         }
     }
     out
@@ -70,15 +91,22 @@ fn read_header(path: &Path) -> Result<(std::fs::File, u64, BTreeMap<String, Entr
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let file_len = f.metadata()?.len();
     let mut n = [0u8; 8];
-    f.read_exact(&mut n).map_err(|_| anyhow!("{}: truncated file (no safetensors header)", path.display()))?;
+    f.read_exact(&mut n)
+        .map_err(|_| anyhow!("{}: truncated file (no safetensors header)", path.display()))?;
     let n = u64::from_le_bytes(n);
     if 8 + n > file_len {
-        bail!("{}: truncated file (header of {n} bytes, file holds {file_len})", path.display());
+        bail!(
+            "{}: truncated file (header of {n} bytes, file holds {file_len})",
+            path.display()
+        );
     }
     let mut hdr = vec![0u8; n as usize];
     f.read_exact(&mut hdr)?;
-    let v: Value = serde_json::from_slice(&hdr).with_context(|| format!("{}: safetensors header is not valid JSON", path.display()))?;
-    let obj = v.as_object().ok_or_else(|| anyhow!("{}: safetensors header is not an object", path.display()))?;
+    let v: Value = serde_json::from_slice(&hdr)
+        .with_context(|| format!("{}: safetensors header is not valid JSON", path.display()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| anyhow!("{}: safetensors header is not an object", path.display()))?;
     let data_start = 8 + n;
     let data_len = file_len - data_start;
     let mut entries = BTreeMap::new();
@@ -86,11 +114,28 @@ fn read_header(path: &Path) -> Result<(std::fs::File, u64, BTreeMap<String, Entr
         if name == "__metadata__" {
             continue;
         }
-        let bad = || anyhow!("{}: tensor `{name}`: malformed header entry {e}", path.display());
-        let dtype = e.get("dtype").and_then(|d| d.as_str()).ok_or_else(bad)?.to_string();
-        let shape: Vec<i64> =
-            e.get("shape").and_then(|s| s.as_array()).ok_or_else(bad)?.iter().map(|x| x.as_i64().ok_or_else(bad)).collect::<Result<_>>()?;
-        let offs = e.get("data_offsets").and_then(|s| s.as_array()).ok_or_else(bad)?;
+        let bad = || {
+            anyhow!(
+                "{}: tensor `{name}`: malformed header entry {e}",
+                path.display()
+            )
+        };
+        let dtype = e
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .ok_or_else(bad)?
+            .to_string();
+        let shape: Vec<i64> = e
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .ok_or_else(bad)?
+            .iter()
+            .map(|x| x.as_i64().ok_or_else(bad))
+            .collect::<Result<_>>()?;
+        let offs = e
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .ok_or_else(bad)?;
         let (start, end) = match offs.as_slice() {
             [a, b] => (a.as_u64().ok_or_else(bad)?, b.as_u64().ok_or_else(bad)?),
             _ => return Err(bad()),
@@ -101,7 +146,15 @@ fn read_header(path: &Path) -> Result<(std::fs::File, u64, BTreeMap<String, Entr
                 path.display()
             );
         }
-        entries.insert(name.clone(), Entry { dtype, shape, start, end });
+        entries.insert(
+            name.clone(),
+            Entry {
+                dtype,
+                shape,
+                start,
+                end,
+            },
+        );
     }
     Ok((f, data_start, entries))
 }
@@ -127,11 +180,16 @@ fn kind_dtype(k: Kind) -> Result<&'static str> {
 }
 
 /// The checkpoint files of `dir` and, for an index, which file each tensor is listed in.
-fn checkpoint_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<(PathBuf, HashMap<String, String>)>)> {
+fn checkpoint_files(
+    dir: &Path,
+) -> Result<(Vec<PathBuf>, Option<(PathBuf, HashMap<String, String>)>)> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?)
-            .with_context(|| format!("{}: not valid JSON", index.display()))?;
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(&index)
+                .with_context(|| format!("reading {}", index.display()))?,
+        )
+        .with_context(|| format!("{}: not valid JSON", index.display()))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -139,7 +197,9 @@ fn checkpoint_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<(PathBuf, HashMa
         let mut files: Vec<String> = Vec::new();
         let mut wm = HashMap::new();
         for (name, file) in map {
-            let file = file.as_str().ok_or_else(|| anyhow!("{}: weight_map[{name}] is not a file name", index.display()))?;
+            let file = file.as_str().ok_or_else(|| {
+                anyhow!("{}: weight_map[{name}] is not a file name", index.display())
+            })?;
             if !files.iter().any(|f| f == file) {
                 files.push(file.to_string());
             }
@@ -148,7 +208,11 @@ fn checkpoint_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<(PathBuf, HashMa
         let paths = files.iter().map(|f| dir.join(f)).collect::<Vec<_>>();
         for p in &paths {
             if !p.exists() {
-                bail!("{}: shard {} listed in the index does not exist", index.display(), p.display());
+                bail!(
+                    "{}: shard {} listed in the index does not exist",
+                    index.display(),
+                    p.display()
+                );
             }
         }
         return Ok((paths, Some((index, wm))));
@@ -157,7 +221,10 @@ fn checkpoint_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<(PathBuf, HashMa
     if single.exists() {
         return Ok((vec![single], None));
     }
-    bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display())
+    bail!(
+        "{}: no model.safetensors or model.safetensors.index.json",
+        dir.display()
+    )
 }
 
 /// Loads every expected tensor of `config` from the HF directory into the variables of `vs`.
@@ -165,47 +232,90 @@ pub fn load_hf_weights(dir: &Path, config: &Qwen3Config, vs: &VarStore) -> Resul
     let targets: HashMap<String, Target> = hf_targets(config).into_iter().collect();
     let vars = vs.variables();
     // Stacked-expert variables may also come whole (transformers 5.x in-memory names).
-    let stacked: HashMap<String, Vec<i64>> =
-        param_shapes(config).into_iter().filter(|(n, _)| n.contains(".mlp.experts.")).collect();
+    let stacked: HashMap<String, Vec<i64>> = param_shapes(config)
+        .into_iter()
+        .filter(|(n, _)| n.contains(".mlp.experts."))
+        .collect();
     let (files, index) = checkpoint_files(dir)?;
     let mut loaded: HashSet<String> = HashSet::new();
     let _g = tch::no_grad_guard();
     for path in &files {
         let (mut f, data_start, entries) = read_header(path)?;
         if let Some((idx_path, wm)) = &index {
-            let fname = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            if let Some((name, _)) = wm.iter().find(|(n, file)| **file == fname && !entries.contains_key(*n)) {
-                bail!("{}: missing tensor `{name}` (listed for this file in {})", path.display(), idx_path.display());
+            let fname = path
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if let Some((name, _)) = wm
+                .iter()
+                .find(|(n, file)| **file == fname && !entries.contains_key(*n))
+            {
+                bail!(
+                    "{}: missing tensor `{name}` (listed for this file in {})",
+                    path.display(),
+                    idx_path.display()
+                );
             }
         }
         tracing::debug!(file = %path.display(), tensors = entries.len(), "loading shard");
         for (name, e) in &entries {
             let (target, whole) = match (targets.get(name), stacked.get(name)) {
                 (Some(t), _) => (t.clone(), false),
-                (None, Some(shape)) => (Target { var: name.clone(), expert: None, rows: None, shape: shape.clone() }, true),
+                (None, Some(shape)) => (
+                    Target {
+                        var: name.clone(),
+                        expert: None,
+                        rows: None,
+                        shape: shape.clone(),
+                    },
+                    true,
+                ),
                 (None, None) => {
-                    if name.ends_with(".rotary_emb.inv_freq") || (name == "lm_head.weight" && config.tie_word_embeddings) {
+                    if name.ends_with(".rotary_emb.inv_freq")
+                        || (name == "lm_head.weight" && config.tie_word_embeddings)
+                    {
                         continue;
                     }
-                    bail!("{}: unexpected tensor `{name}` (not part of a {} model with this config.json)", path.display(), config.model_type.as_str());
+                    bail!(
+                        "{}: unexpected tensor `{name}` (not part of a {} model with this config.json)",
+                        path.display(),
+                        config.model_type.as_str()
+                    );
                 }
             };
             let Some(src_kind) = dtype_kind(&e.dtype) else {
-                bail!("{}: tensor `{name}` has dtype {}, expected a floating dtype (F32, BF16, F16)", path.display(), e.dtype);
+                bail!(
+                    "{}: tensor `{name}` has dtype {}, expected a floating dtype (F32, BF16, F16)",
+                    path.display(),
+                    e.dtype
+                );
             };
             if e.shape != target.shape {
-                bail!("{}: tensor `{name}` has shape {:?}, expected {:?}", path.display(), e.shape, target.shape);
+                bail!(
+                    "{}: tensor `{name}` has shape {:?}, expected {:?}",
+                    path.display(),
+                    e.shape,
+                    target.shape
+                );
             }
             let numel: i64 = e.shape.iter().product();
             let nbytes = (e.end - e.start) as usize;
             if nbytes != numel as usize * src_kind.elt_size_in_bytes() {
-                bail!("{}: tensor `{name}`: {nbytes} bytes stored for shape {:?} of {}", path.display(), e.shape, e.dtype);
+                bail!(
+                    "{}: tensor `{name}`: {nbytes} bytes stored for shape {:?} of {}",
+                    path.display(),
+                    e.shape,
+                    e.dtype
+                );
             }
             let mut buf = vec![0u8; nbytes];
             f.seek(SeekFrom::Start(data_start + e.start))?;
-            f.read_exact(&mut buf).with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
+            f.read_exact(&mut buf)
+                .with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
             let src = Tensor::f_from_data_size(&buf, &e.shape, src_kind)?;
-            let var = vars.get(&target.var).ok_or_else(|| anyhow!("internal: no variable {}", target.var))?;
+            let var = vars
+                .get(&target.var)
+                .ok_or_else(|| anyhow!("internal: no variable {}", target.var))?;
             let mut dst = var.shallow_clone();
             if let Some(x) = target.expert {
                 dst = dst.f_select(0, x)?;
@@ -236,7 +346,15 @@ pub fn load_hf_weights(dir: &Path, config: &Qwen3Config, vs: &VarStore) -> Resul
             },
             None => files[0].display().to_string(),
         };
-        bail!("{where_}: missing tensor `{}`{}", missing[0], if missing.len() > 1 { format!(" and {} more", missing.len() - 1) } else { String::new() });
+        bail!(
+            "{where_}: missing tensor `{}`{}",
+            missing[0],
+            if missing.len() > 1 {
+                format!(" and {} more", missing.len() - 1)
+            } else {
+                String::new()
+            }
+        );
     }
     Ok(())
 }
@@ -251,7 +369,9 @@ fn hf_tensors(model: &Qwen3Model) -> Result<Vec<OutTensor>> {
     let vars = model.vs.variables();
     let mut out = Vec::new();
     for (name, target) in hf_targets(&model.config) {
-        let var = vars.get(&target.var).ok_or_else(|| anyhow!("internal: no variable {}", target.var))?;
+        let var = vars
+            .get(&target.var)
+            .ok_or_else(|| anyhow!("internal: no variable {}", target.var))?;
         let mut t = var.shallow_clone();
         if let Some(x) = target.expert {
             t = t.f_select(0, x)?;
@@ -285,10 +405,16 @@ fn write_safetensors(path: &Path, tensors: &[OutTensor]) -> Result<()> {
         w.write_all(&(hdr.len() as u64).to_le_bytes())?;
         w.write_all(&hdr)?;
         for t in tensors {
-            let cpu = tch::no_grad(|| t.value.f_to_device(tch::Device::Cpu).and_then(|x| x.f_contiguous())).map_err(std::io::Error::other)?;
+            let cpu = tch::no_grad(|| {
+                t.value
+                    .f_to_device(tch::Device::Cpu)
+                    .and_then(|x| x.f_contiguous())
+            })
+            .map_err(std::io::Error::other)?;
             let n = cpu.numel();
             let mut buf = vec![0u8; n * cpu.kind().elt_size_in_bytes()];
-            cpu.f_copy_data_u8(&mut buf, n).map_err(std::io::Error::other)?;
+            cpu.f_copy_data_u8(&mut buf, n)
+                .map_err(std::io::Error::other)?;
             w.write_all(&buf)?;
         }
         w.flush()
@@ -336,15 +462,20 @@ pub fn save_hf_sharded(model: &Qwen3Model, dir: &Path, max_shard_bytes: usize) -
             written.push(name);
         }
         let idx = json!({"metadata": {"total_size": total}, "weight_map": wm});
-        spar_core::fsio::write_atomic(&dir.join("model.safetensors.index.json"), serde_json::to_string_pretty(&idx)?.as_bytes())?;
+        spar_core::fsio::write_atomic(
+            &dir.join("model.safetensors.index.json"),
+            serde_json::to_string_pretty(&idx)?.as_bytes(),
+        )?;
         written.push("model.safetensors.index.json".into());
     }
     // Stale weights from an earlier save with another shard count would shadow or confuse loaders.
     for e in std::fs::read_dir(dir)?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let is_weights = name.starts_with("model") && (name.ends_with(".safetensors") || name == "model.safetensors.index.json");
+        let is_weights = name.starts_with("model")
+            && (name.ends_with(".safetensors") || name == "model.safetensors.index.json");
         if is_weights && !written.contains(&name) {
-            std::fs::remove_file(e.path()).with_context(|| format!("removing stale {}", e.path().display()))?;
+            std::fs::remove_file(e.path())
+                .with_context(|| format!("removing stale {}", e.path().display()))?;
         }
     }
     let mut cfg = model.config.clone();
@@ -356,6 +487,9 @@ pub fn save_hf_sharded(model: &Qwen3Model, dir: &Path, max_shard_bytes: usize) -
         }
         .into(),
     );
-    spar_core::fsio::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg.to_hf_json())?.as_bytes())?;
+    spar_core::fsio::write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&cfg.to_hf_json())?.as_bytes(),
+    )?;
     Ok(())
 }

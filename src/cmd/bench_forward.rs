@@ -41,14 +41,18 @@ pub struct Args {
 /// The config.json of a named shape (the published Qwen3 configs), with `layers` decoder layers.
 pub fn shape_config(shape: &str, layers: Option<usize>) -> Result<Qwen3Config> {
     let mut v = match shape {
-        "qwen3-0.6b" => json!({"model_type": "qwen3", "vocab_size": 151936, "hidden_size": 1024, "intermediate_size": 3072,
+        "qwen3-0.6b" => {
+            json!({"model_type": "qwen3", "vocab_size": 151936, "hidden_size": 1024, "intermediate_size": 3072,
             "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
-            "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true, "max_position_embeddings": 40960}),
-        "qwen3-30b-a3b" => json!({"model_type": "qwen3_moe", "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144,
+            "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true, "max_position_embeddings": 40960})
+        }
+        "qwen3-30b-a3b" => {
+            json!({"model_type": "qwen3_moe", "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144,
             "num_hidden_layers": 48, "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
             "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": false, "max_position_embeddings": 40960,
             "num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768, "norm_topk_prob": true,
-            "decoder_sparse_step": 1, "mlp_only_layers": [], "router_aux_loss_coef": 0.001}),
+            "decoder_sparse_step": 1, "mlp_only_layers": [], "router_aux_loss_coef": 0.001})
+        }
         other => bail!("unknown --shape {other:?} (qwen3-0.6b or qwen3-30b-a3b)"),
     };
     if let Some(l) = layers {
@@ -66,7 +70,10 @@ fn sync(d: Device) {
 pub fn run(args: Args) -> Result<()> {
     let device = parse_device(&args.device)?;
     if device.is_cuda() && !tch::Cuda::is_available() {
-        bail!("--device {} but CUDA is not available to libtorch", args.device);
+        bail!(
+            "--device {} but CUDA is not available to libtorch",
+            args.device
+        );
     }
     let kind = parse_kind(&args.dtype)?;
     let config = shape_config(&args.shape, args.layers)?;
@@ -78,7 +85,11 @@ pub fn run(args: Args) -> Result<()> {
     model.set_activation_checkpointing(args.checkpointing);
     eprintln!("random init: {:.1}s", t0.elapsed().as_secs_f64());
     tch::manual_seed(1);
-    let ids = Tensor::randint(config.vocab_size as i64, [args.batch, args.seq], (Kind::Int64, device));
+    let ids = Tensor::randint(
+        config.vocab_size as i64,
+        [args.batch, args.seq],
+        (Kind::Int64, device),
+    );
     let step = || -> Result<()> {
         if args.backward {
             let out = model.forward(ForwardInput::new(&ids))?;

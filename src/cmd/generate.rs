@@ -47,21 +47,39 @@ pub fn run(args: Args) -> Result<()> {
     let tok = Tokenizer::from_dir(&args.model)?;
     let template = ChatTemplate::from_dir(&args.model).ok();
     let path = &args.prompts;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
     let bar = ProgressBar::new(lines.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} prompts {elapsed}/{eta}").expect("static template"));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} prompts {elapsed}/{eta}")
+            .expect("static template"),
+    );
     let mut out = String::new();
     for (n, (i, line)) in lines.iter().enumerate() {
         let ln = i + 1;
-        let v: Value = serde_json::from_str(line).with_context(|| format!("{}:{ln}: not valid JSON", path.display()))?;
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{ln}: not valid JSON", path.display()))?;
         let prompt = if let Some(m) = v.get("messages") {
-            let t = template.as_ref().ok_or_else(|| anyhow!("{}: the model directory has no chat template", args.model.display()))?;
-            t.render(m, v.get("tools"), true, args.enable_thinking).with_context(|| format!("{}:{ln}", path.display()))?
+            let t = template.as_ref().ok_or_else(|| {
+                anyhow!(
+                    "{}: the model directory has no chat template",
+                    args.model.display()
+                )
+            })?;
+            t.render(m, v.get("tools"), true, args.enable_thinking)
+                .with_context(|| format!("{}:{ln}", path.display()))?
         } else if let Some(p) = v.get("prompt").and_then(|p| p.as_str()) {
             p.to_string()
         } else {
-            bail!("{}:{ln}: missing field `messages` (or `prompt`)", path.display());
+            bail!(
+                "{}:{ln}: missing field `messages` (or `prompt`)",
+                path.display()
+            );
         };
         let ids = tok.encode(&prompt)?;
         let params = SamplingParams {

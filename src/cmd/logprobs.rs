@@ -3,7 +3,9 @@
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
-use spar_model::{ForwardInput, Qwen3Model, Tokenizer, parse_device, parse_kind, try_token_logprobs};
+use spar_model::{
+    ForwardInput, Qwen3Model, Tokenizer, parse_device, parse_kind, try_token_logprobs,
+};
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
@@ -36,33 +38,50 @@ struct Item {
 
 fn read_items(args: &Args, tok: &mut Option<Tokenizer>, vocab: usize) -> Result<Vec<Item>> {
     let path = &args.input;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut items = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let ln = i + 1;
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(line).with_context(|| format!("{}:{ln}: not valid JSON", path.display()))?;
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{ln}: not valid JSON", path.display()))?;
         let ids: Vec<i64> = if let Some(ids) = v.get("token_ids") {
-            let arr = ids.as_array().ok_or_else(|| anyhow!("{}:{ln}: field `token_ids` must be a list", path.display()))?;
+            let arr = ids.as_array().ok_or_else(|| {
+                anyhow!("{}:{ln}: field `token_ids` must be a list", path.display())
+            })?;
             arr.iter()
                 .map(|x| x.as_u64().filter(|t| (*t as usize) < vocab).map(|t| t as i64))
                 .collect::<Option<_>>()
                 .ok_or_else(|| anyhow!("{}:{ln}: field `token_ids` holds a value that is not a token id below vocab_size {vocab}", path.display()))?
         } else if let Some(t) = v.get("text") {
-            let t = t.as_str().ok_or_else(|| anyhow!("{}:{ln}: field `text` must be a string", path.display()))?;
+            let t = t
+                .as_str()
+                .ok_or_else(|| anyhow!("{}:{ln}: field `text` must be a string", path.display()))?;
             if tok.is_none() {
                 *tok = Some(Tokenizer::from_dir(&args.model)?);
             }
-            tok.as_ref().expect("loaded above").encode(t)?.into_iter().map(|x| x as i64).collect()
+            tok.as_ref()
+                .expect("loaded above")
+                .encode(t)?
+                .into_iter()
+                .map(|x| x as i64)
+                .collect()
         } else {
-            bail!("{}:{ln}: missing field `token_ids` (or `text`)", path.display());
+            bail!(
+                "{}:{ln}: missing field `token_ids` (or `text`)",
+                path.display()
+            );
         };
         if ids.is_empty() {
             bail!("{}:{ln}: empty sequence", path.display());
         }
-        items.push(Item { id: v.get("id").cloned(), ids });
+        items.push(Item {
+            id: v.get("id").cloned(),
+            ids,
+        });
     }
     Ok(items)
 }
@@ -74,7 +93,10 @@ pub fn run(args: Args) -> Result<()> {
     let mut tok = None;
     let items = read_items(&args, &mut tok, model.config.vocab_size)?;
     let bar = ProgressBar::new(items.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} sequences {elapsed}/{eta}").expect("static template"));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} sequences {elapsed}/{eta}")
+            .expect("static template"),
+    );
     let _g = tch::no_grad_guard();
     let mut out = String::new();
     for (chunk_i, chunk) in items.chunks(args.batch_size.max(1)).enumerate() {
@@ -83,14 +105,22 @@ pub fn run(args: Args) -> Result<()> {
         let mut mask = vec![0i64; chunk.len() * t];
         for (r, it) in chunk.iter().enumerate() {
             ids[r * t..r * t + it.ids.len()].copy_from_slice(&it.ids);
-            mask[r * t..r * t + it.ids.len()].iter_mut().for_each(|m| *m = 1);
+            mask[r * t..r * t + it.ids.len()]
+                .iter_mut()
+                .for_each(|m| *m = 1);
         }
-        let x = Tensor::from_slice(&ids).view([chunk.len() as i64, t as i64]).to_device(device);
-        let m = Tensor::from_slice(&mask).view([chunk.len() as i64, t as i64]).to_device(device);
+        let x = Tensor::from_slice(&ids)
+            .view([chunk.len() as i64, t as i64])
+            .to_device(device);
+        let m = Tensor::from_slice(&mask)
+            .view([chunk.len() as i64, t as i64])
+            .to_device(device);
         let o = model.forward(ForwardInput::new(&x).mask(&m))?;
         let lp = if t > 1 {
             let logits = o.logits.narrow(1, 0, t as i64 - 1);
-            try_token_logprobs(&logits, &x.narrow(1, 1, t as i64 - 1))?.to_kind(Kind::Float).to_device(tch::Device::Cpu)
+            try_token_logprobs(&logits, &x.narrow(1, 1, t as i64 - 1))?
+                .to_kind(Kind::Float)
+                .to_device(tch::Device::Cpu)
         } else {
             Tensor::zeros([chunk.len() as i64, 0], (Kind::Float, tch::Device::Cpu))
         };
@@ -98,7 +128,11 @@ pub fn run(args: Args) -> Result<()> {
         for (r, it) in chunk.iter().enumerate() {
             let n = it.ids.len();
             let mut lps: Vec<Value> = vec![Value::Null];
-            lps.extend(flat[r * (t - 1)..r * (t - 1) + n - 1].iter().map(|x| json!(x)));
+            lps.extend(
+                flat[r * (t - 1)..r * (t - 1) + n - 1]
+                    .iter()
+                    .map(|x| json!(x)),
+            );
             let mut line = json!({"index": chunk_i * args.batch_size.max(1) + r, "token_ids": it.ids, "logprobs": lps});
             if let Some(id) = &it.id {
                 line["id"] = id.clone();
@@ -110,6 +144,10 @@ pub fn run(args: Args) -> Result<()> {
     }
     bar.finish_and_clear();
     spar_core::fsio::write_atomic(&args.out, out.as_bytes())?;
-    eprintln!("wrote log-probs of {} sequences to {}", items.len(), args.out.display());
+    eprintln!(
+        "wrote log-probs of {} sequences to {}",
+        items.len(),
+        args.out.display()
+    );
     Ok(())
 }

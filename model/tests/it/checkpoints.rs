@@ -60,9 +60,15 @@ fn bad_checkpoints_name_file_and_tensor() {
     let d = tmp.path();
 
     m.save_hf(d).unwrap();
-    rewrite(d, |t| t.retain(|(n, _)| n != "model.layers.1.mlp.experts.2.up_proj.weight"));
+    rewrite(d, |t| {
+        t.retain(|(n, _)| n != "model.layers.1.mlp.experts.2.up_proj.weight")
+    });
     let e = err_of(d);
-    assert!(e.contains("missing tensor `model.layers.1.mlp.experts.2.up_proj.weight`") && e.contains("model.safetensors"), "{e}");
+    assert!(
+        e.contains("missing tensor `model.layers.1.mlp.experts.2.up_proj.weight`")
+            && e.contains("model.safetensors"),
+        "{e}"
+    );
 
     m.save_hf(d).unwrap();
     rewrite(d, |t| {
@@ -73,7 +79,12 @@ fn bad_checkpoints_name_file_and_tensor() {
         }
     });
     let e = err_of(d);
-    assert!(e.contains("model.layers.0.self_attn.k_proj.weight") && e.contains("shape [4, 16]") && e.contains("model.safetensors"), "{e}");
+    assert!(
+        e.contains("model.layers.0.self_attn.k_proj.weight")
+            && e.contains("shape [4, 16]")
+            && e.contains("model.safetensors"),
+        "{e}"
+    );
 
     m.save_hf(d).unwrap();
     rewrite(d, |t| {
@@ -84,31 +95,57 @@ fn bad_checkpoints_name_file_and_tensor() {
         }
     });
     let e = err_of(d);
-    assert!(e.contains("model.norm.weight") && e.contains("dtype I64") && e.contains("model.safetensors"), "{e}");
+    assert!(
+        e.contains("model.norm.weight")
+            && e.contains("dtype I64")
+            && e.contains("model.safetensors"),
+        "{e}"
+    );
 
     m.save_hf(d).unwrap();
     let p = d.join("model.safetensors");
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() - 100]).unwrap();
     let e = err_of(d);
-    assert!(e.contains("truncated") && e.contains("model.safetensors") && e.contains('`'), "{e}");
+    assert!(
+        e.contains("truncated") && e.contains("model.safetensors") && e.contains('`'),
+        "{e}"
+    );
 
     m.save_hf(d).unwrap();
-    rewrite(d, |t| t.push(("model.layers.0.mlp.shared_expert.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)))));
+    rewrite(d, |t| {
+        t.push((
+            "model.layers.0.mlp.shared_expert.weight".into(),
+            Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+        ))
+    });
     let e = err_of(d);
-    assert!(e.contains("unexpected tensor `model.layers.0.mlp.shared_expert.weight`"), "{e}");
+    assert!(
+        e.contains("unexpected tensor `model.layers.0.mlp.shared_expert.weight`"),
+        "{e}"
+    );
 
     // Sharded: the index names a shard that lacks the tensor.
     save_hf_sharded(&m, d, 4000).unwrap();
     let idx = d.join("model.safetensors.index.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&idx).unwrap()).unwrap();
-    let first = v["weight_map"]["model.embed_tokens.weight"].as_str().unwrap().to_string();
-    let other = v["weight_map"]["model.norm.weight"].as_str().unwrap().to_string();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&idx).unwrap()).unwrap();
+    let first = v["weight_map"]["model.embed_tokens.weight"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = v["weight_map"]["model.norm.weight"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_ne!(first, other);
     v["weight_map"]["model.norm.weight"] = serde_json::json!(first.clone());
     std::fs::write(&idx, v.to_string()).unwrap();
     let e = err_of(d);
-    assert!(e.contains(&first) && e.contains("missing tensor `model.norm.weight`"), "{e}");
+    assert!(
+        e.contains(&first) && e.contains("missing tensor `model.norm.weight`"),
+        "{e}"
+    );
 
     std::fs::write(d.join("config.json"), r#"{"model_type":"qwen3","vocab_size":32,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":2,"num_attention_heads":2,"flash_mode":true}"#).unwrap();
     let e = err_of(d);

