@@ -245,7 +245,7 @@ impl Rollout {
                 }
                 if stage != Stage::Diag {
                     let eligible: Vec<Option<f64>> =
-                        g.samples.iter().zip(&g.gate_scores).map(|(s, v)| if s.end_reason == EndReason::Done { *v } else { None }).collect();
+                        g.samples.iter().zip(&g.gate_scores).map(|(s, v)| if matches!(s.end_reason, EndReason::Done | EndReason::Truncated) { *v } else { None }).collect();
                     for idx in promote(&eligible, self.cfg.tau, self.cfg.top_m) {
                         let Some(c) = finals[idx].clone() else { continue };
                         let prefix = Consultation { stream: c.stream.as_prefix(), ..c };
@@ -391,6 +391,7 @@ async fn play_sample(ctx: &SampleCtx, case: &Case, opening: Result<Consultation,
                 next_user: None,
                 next_user_from_simulator: false,
                 stage: stage.unwrap_or(Stage::Inquiry),
+                truncated_replies: 0,
             };
             (empty, Some(reason))
         }
@@ -410,6 +411,7 @@ async fn play_sample(ctx: &SampleCtx, case: &Case, opening: Result<Consultation,
                     (Stage::Diag, StageEnd::Completed) => EndReason::Done,
                     (Stage::Diag, _) => EndReason::MaxTurns,
                     _ if v >= ctx.tau => EndReason::Done,
+                    // Stage output below tau: the segment does not continue.
                     _ => EndReason::GatedOut,
                 };
                 (reason, None, Some(v))
@@ -418,6 +420,13 @@ async fn play_sample(ctx: &SampleCtx, case: &Case, opening: Result<Consultation,
     } else {
         let (reason, detail) = ctx.env.play_episode(case, &mut c, ctx.seed, &key).await?;
         (reason, detail, None)
+    };
+    // A reply cut at max_new_tokens is scored as it stands and flagged (a gated-out segment stays gated out).
+    let (end_reason, note) = match end_reason {
+        EndReason::Done | EndReason::MaxTurns if c.truncated_replies > 0 => {
+            (EndReason::Truncated, note.or_else(|| Some(format!("{} replies reached max_new_tokens", c.truncated_replies))))
+        }
+        r => (r, note),
     };
     if let Some(n) = &note {
         tracing::warn!(case = %case.id, sample = idx, reason = ?end_reason, "episode ended early: {n}");
@@ -459,7 +468,7 @@ async fn play_sample(ctx: &SampleCtx, case: &Case, opening: Result<Consultation,
     if let Some(sink) = &ctx.sink {
         let _ = sink.send(sample.clone());
     }
-    let continues = matches!(end_reason, EndReason::Done) && played_stage != Stage::Diag && c.stage != played_stage;
+    let continues = matches!(end_reason, EndReason::Done | EndReason::Truncated) && played_stage != Stage::Diag && c.stage != played_stage;
     Ok(Played { sample, gate, note, consultation: continues.then_some(c) })
 }
 

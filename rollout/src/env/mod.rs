@@ -104,6 +104,10 @@ pub struct Consultation {
     pub next_user_from_simulator: bool,
     /// The stage played next.
     pub stage: Stage,
+    /// Replies cut at `max_new_tokens` so far: the consultation goes on (the reply is closed by the template and
+    /// scored as it stands); the sample is flagged `truncated`.
+    #[serde(default)]
+    pub truncated_replies: u32,
 }
 
 /// How a stage ended.
@@ -187,7 +191,7 @@ impl Env {
                 return Ok(StageEnd::Ended { reason: EndReason::Truncated, detail: Some("the token stream reached max_seq_len".into()) });
             };
             if finish == FinishReason::Length {
-                return Ok(StageEnd::Ended { reason: EndReason::Truncated, detail: Some("the reply reached max_new_tokens".into()) });
+                c.truncated_replies += 1;
             }
             if grammar::parse_diagnosis(&text).is_ok() {
                 return Ok(if stage == Stage::Diag {

@@ -77,6 +77,7 @@ impl Env {
             next_user: Some(next_user),
             next_user_from_simulator: heard,
             stage: Stage::Inquiry,
+            truncated_replies: 0,
         })
     }
 }

@@ -35,6 +35,7 @@ fn tiny_model_plays_all_four_stages_and_logprobs_match_a_fresh_pass() {
         streamed += 1;
     }
     assert_eq!(streamed, 6, "every sample reaches the sink");
+    let mut checked = 0;
     for g in &groups {
         assert_eq!(g.samples.len(), 3);
         // One opening per group.
@@ -42,9 +43,10 @@ fn tiny_model_plays_all_four_stages_and_logprobs_match_a_fresh_pass() {
         assert!(openings.windows(2).all(|w| w[0] == w[1]));
         for s in &g.samples {
             s.check().unwrap();
-            if s.end_reason == EndReason::SimulatorEnded || s.end_reason == EndReason::Truncated {
+            if s.end_reason == EndReason::SimulatorEnded {
                 continue;
             }
+            checked += 1;
             // A random model reaches Diag through the turn limits.
             assert_eq!(s.stages, vec![Stage::Inquiry, Stage::Ddx, Stage::Lab, Stage::Diag], "{:?}", s.end_reason);
             let full = full_forward_logprobs(&model, &s.token_ids);
@@ -61,6 +63,7 @@ fn tiny_model_plays_all_four_stages_and_logprobs_match_a_fresh_pass() {
             assert_eq!(sampled, s.steps.iter().map(|st| st.end - st.start).sum::<usize>());
         }
     }
+    assert!(checked >= 3, "most episodes of a random model reach Diag through the turn limits");
     assert!(r.last_round().generated_tokens > 0);
 }
 
