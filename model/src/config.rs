@@ -339,13 +339,16 @@ impl Qwen3Config {
         nz(self.num_attention_heads, "num_attention_heads")?;
         nz(self.num_key_value_heads, "num_key_value_heads")?;
         nz(self.head_dim, "head_dim")?;
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             bail!(
                 "field `head_dim` must be even for RoPE, got {}",
                 self.head_dim
             );
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             bail!(
                 "field `num_key_value_heads` ({}) must divide `num_attention_heads` ({})",
                 self.num_key_value_heads,
@@ -390,7 +393,7 @@ impl Qwen3Config {
         self.model_type == ModelType::Qwen3Moe
             && self.num_experts > 0
             && !self.mlp_only_layers.contains(&layer)
-            && (layer + 1) % self.decoder_sparse_step == 0
+            && (layer + 1).is_multiple_of(self.decoder_sparse_step)
     }
 
     /// Indices of the MoE layers, in order; position `m` in this list is the MoE-layer index used by

@@ -179,10 +179,11 @@ fn kind_dtype(k: Kind) -> Result<&'static str> {
     })
 }
 
+/// Shards and, for an index, the index path and its `weight_map` (tensor -> file name).
+type CheckpointFiles = (Vec<PathBuf>, Option<(PathBuf, HashMap<String, String>)>);
+
 /// The checkpoint files of `dir` and, for an index, which file each tensor is listed in.
-fn checkpoint_files(
-    dir: &Path,
-) -> Result<(Vec<PathBuf>, Option<(PathBuf, HashMap<String, String>)>)> {
+fn checkpoint_files(dir: &Path) -> Result<CheckpointFiles> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let v: Value = serde_json::from_str(

@@ -192,7 +192,7 @@ fn activation_checkpointing_gives_the_same_gradients() {
             let out = m.forward(ForwardInput::new(&x)).unwrap();
             let mut loss = -token_logprobs(&out.logits, &y).mean(Kind::Float);
             if moe {
-                loss = loss + spar_model::aux_load_balancing_loss(&out.router_logits, 6, 2) * 0.5;
+                loss += spar_model::aux_load_balancing_loss(&out.router_logits, 6, 2) * 0.5;
             }
             m.backward(&loss, &out).unwrap();
             let mut v: Vec<(String, Tensor)> =

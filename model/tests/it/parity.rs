@@ -48,7 +48,7 @@ fn check_grads(checkpointing: bool) {
                 "{name}: aux loss {} vs {aux_ref}",
                 aux.double_value(&[])
             );
-            loss = loss + aux * 0.1;
+            loss += aux * 0.1;
         }
         assert!(
             (loss.double_value(&[]) - meta["loss"].as_f64().unwrap()).abs() <= 1e-4,
