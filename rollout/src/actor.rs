@@ -4,16 +4,18 @@
 //! (so reward scoring overlaps generation).
 use crate::codec::TextCodec;
 use crate::engine::{self, Engine, EngineConfig, EngineStats};
-use crate::env::{BackendTurns, Consultation, Env, EnvConfig, StageEnd, TurnGenerator, mix_seed, stage_replies};
+use crate::env::{
+    BackendTurns, Consultation, Env, EnvConfig, StageEnd, TurnGenerator, mix_seed, stage_replies,
+};
 use crate::pipeline::{Segment, StagePools, promote};
 use crate::simulator::{Guarded, SelfPlayPatient};
 use crate::stream::ChatMl;
 use anyhow::{Context, Result, bail};
+use spar_core::Stage;
 use spar_core::case::Case;
 use spar_core::recipe::RolloutSection;
 use spar_core::sample::{EndReason, EpisodeMode, SCHEMA_VERSION, Sample};
 use spar_core::traits::{PatientSimulator, RolloutBackend, StageScorer};
-use spar_core::Stage;
 use spar_model::Qwen3Model;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,14 +90,26 @@ pub struct Rollout {
 
 impl Rollout {
     /// A rollout over `cases` (at least one). `scorer` gives the gate score V_k.
-    pub fn new(cfg: RolloutSection, cases: Vec<Case>, codec: Arc<dyn TextCodec>, scorer: Arc<dyn StageScorer>, simulator: SimulatorChoice, run_id: impl Into<String>) -> Result<Self> {
-        cfg.validate().map_err(|(k, m)| anyhow::anyhow!("[rollout] {k}: {m}"))?;
+    pub fn new(
+        cfg: RolloutSection,
+        cases: Vec<Case>,
+        codec: Arc<dyn TextCodec>,
+        scorer: Arc<dyn StageScorer>,
+        simulator: SimulatorChoice,
+        run_id: impl Into<String>,
+    ) -> Result<Self> {
+        cfg.validate()
+            .map_err(|(k, m)| anyhow::anyhow!("[rollout] {k}: {m}"))?;
         if cases.is_empty() {
             bail!("rollout needs at least one case");
         }
         let chat = ChatMl::new(codec.as_ref(), cfg.enable_thinking)?;
         let seed = cfg.seed.unwrap_or(0);
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("spar-rollout").build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("spar-rollout")
+            .build()?;
         Ok(Rollout {
             cfg,
             cases: cases.into_iter().map(Arc::new).collect(),
@@ -172,24 +186,45 @@ impl Rollout {
         if self.cfg.segmented {
             for seg in self.pools.take(n_groups) {
                 let case = self.case(&seg.case_id)?;
-                jobs.push(Job { case, stage: Some(seg.stage), start: Start::Segment(Box::new(seg.prefix)) });
+                jobs.push(Job {
+                    case,
+                    stage: Some(seg.stage),
+                    start: Start::Segment(Box::new(seg.prefix)),
+                });
             }
         }
         while jobs.len() < n_groups {
-            let case = self.cases[(self.pools.next_case % self.cases.len() as u64) as usize].clone();
+            let case =
+                self.cases[(self.pools.next_case % self.cases.len() as u64) as usize].clone();
             let k = self.pools.next_case;
             self.pools.next_case += 1;
             let u = (mix_seed(self.seed, "mode", k) >> 11) as f64 / (1u64 << 53) as f64;
-            let mode = if u < self.cfg.interruption_rate { EpisodeMode::Interrupted } else { EpisodeMode::Fresh };
+            let mode = if u < self.cfg.interruption_rate {
+                EpisodeMode::Interrupted
+            } else {
+                EpisodeMode::Fresh
+            };
             let stage = self.cfg.segmented.then_some(Stage::Inquiry);
-            jobs.push(Job { case, stage, start: Start::Fresh { mode, snippet_seed: mix_seed(self.seed, "snippet", k) } });
+            jobs.push(Job {
+                case,
+                stage,
+                start: Start::Fresh {
+                    mode,
+                    snippet_seed: mix_seed(self.seed, "snippet", k),
+                },
+            });
         }
         let groups: Vec<GroupPlan> = jobs
             .into_iter()
             .enumerate()
             .map(|(i, job)| {
-                let stage = job.stage.map_or("episode".to_string(), |s| s.name().to_string());
-                GroupPlan { group_id: format!("{}/r{round}/g{i}/{}/{stage}", self.run_id, job.case.id), job }
+                let stage = job
+                    .stage
+                    .map_or("episode".to_string(), |s| s.name().to_string());
+                GroupPlan {
+                    group_id: format!("{}/r{round}/g{i}/{}/{stage}", self.run_id, job.case.id),
+                    job,
+                }
             })
             .collect();
 
@@ -209,7 +244,11 @@ impl Rollout {
                 };
                 let mut engine = Engine::new(model, ecfg)?.with_codec(self.codec.clone());
                 let generator: Arc<dyn TurnGenerator> = Arc::new(client.clone());
-                let env = self.env(generator, Arc::new(client), record.then_some((n_moe, model.config.num_experts_per_tok)))?;
+                let env = self.env(
+                    generator,
+                    Arc::new(client),
+                    record.then_some((n_moe, model.config.num_experts_per_tok)),
+                )?;
                 let fut = self.play_groups(env, groups, tokens.clone(), started);
                 let handle = self.runtime.spawn(fut);
                 let served = engine.run_until(&inbox, || handle.is_finished());
@@ -218,12 +257,18 @@ impl Rollout {
                 // episodes finish (with that error) instead of waiting forever.
                 drop(engine);
                 drop(inbox);
-                let results = self.runtime.block_on(handle).context("rollout task panicked")?;
+                let results = self
+                    .runtime
+                    .block_on(handle)
+                    .context("rollout task panicked")?;
                 served?;
                 (results?, stats)
             }
             Policy::External => {
-                let backend = self.backend.clone().context("Policy::External needs Rollout::with_backend")?;
+                let backend = self
+                    .backend
+                    .clone()
+                    .context("Policy::External needs Rollout::with_backend")?;
                 let env = self.env(Arc::new(BackendTurns(backend.clone())), backend, None)?;
                 let fut = self.play_groups(env, groups, tokens.clone(), started);
                 (self.runtime.block_on(fut)?, EngineStats::default())
@@ -244,12 +289,33 @@ impl Rollout {
                     }
                 }
                 if stage != Stage::Diag {
-                    let eligible: Vec<Option<f64>> =
-                        g.samples.iter().zip(&g.gate_scores).map(|(s, v)| if matches!(s.end_reason, EndReason::Done | EndReason::Truncated) { *v } else { None }).collect();
+                    let eligible: Vec<Option<f64>> = g
+                        .samples
+                        .iter()
+                        .zip(&g.gate_scores)
+                        .map(|(s, v)| {
+                            if matches!(s.end_reason, EndReason::Done | EndReason::Truncated) {
+                                *v
+                            } else {
+                                None
+                            }
+                        })
+                        .collect();
                     for idx in promote(&eligible, self.cfg.tau, self.cfg.top_m) {
-                        let Some(c) = finals[idx].clone() else { continue };
-                        let prefix = Consultation { stream: c.stream.as_prefix(), ..c };
-                        self.pools.push(Segment { case_id: g.case_id.clone(), stage: prefix.stage, prefix, parent_group: Some(g.group_id.clone()), parent_score: g.gate_scores[idx] });
+                        let Some(c) = finals[idx].clone() else {
+                            continue;
+                        };
+                        let prefix = Consultation {
+                            stream: c.stream.as_prefix(),
+                            ..c
+                        };
+                        self.pools.push(Segment {
+                            case_id: g.case_id.clone(),
+                            stage: prefix.stage,
+                            prefix,
+                            parent_group: Some(g.group_id.clone()),
+                            parent_score: g.gate_scores[idx],
+                        });
                         self.pools.stats.promoted[si] += 1;
                         g.promoted.push(idx as u32);
                     }
@@ -267,21 +333,48 @@ impl Rollout {
     }
 
     fn case(&self, id: &str) -> Result<Arc<Case>> {
-        self.cases.iter().find(|c| c.id == id).cloned().with_context(|| format!("pooled segment of case {id:?}, which is not among the loaded cases"))
+        self.cases
+            .iter()
+            .find(|c| c.id == id)
+            .cloned()
+            .with_context(|| {
+                format!("pooled segment of case {id:?}, which is not among the loaded cases")
+            })
     }
 
-    fn env(&self, generator: Arc<dyn TurnGenerator>, backend: Arc<dyn RolloutBackend>, routing: Option<(usize, usize)>) -> Result<Env> {
+    fn env(
+        &self,
+        generator: Arc<dyn TurnGenerator>,
+        backend: Arc<dyn RolloutBackend>,
+        routing: Option<(usize, usize)>,
+    ) -> Result<Env> {
         let sim: Arc<dyn PatientSimulator> = match &self.simulator {
             SimulatorChoice::Fixed(s) => s.clone(),
-            SimulatorChoice::SelfPlay => Arc::new(SelfPlayPatient::new(backend, self.codec.clone(), self.cfg.sampling.clone())?),
+            SimulatorChoice::SelfPlay => Arc::new(SelfPlayPatient::new(
+                backend,
+                self.codec.clone(),
+                self.cfg.sampling.clone(),
+            )?),
         };
         let mut cfg = EnvConfig::from_section(&self.cfg);
         cfg.track_routing = routing;
-        Ok(Env { codec: self.codec.clone(), chat: self.chat.clone(), generator, simulator: Guarded::new(sim, self.simulator_deadline), cfg })
+        Ok(Env {
+            codec: self.codec.clone(),
+            chat: self.chat.clone(),
+            generator,
+            simulator: Guarded::new(sim, self.simulator_deadline),
+            cfg,
+        })
     }
 
     /// The async body of a round: every sample of every group as its own task.
-    fn play_groups(&self, env: Env, groups: Vec<GroupPlan>, tokens: Arc<AtomicU64>, started: Instant) -> impl std::future::Future<Output = Result<Vec<(String, Group, Vec<Option<Consultation>>)>>> + Send + 'static {
+    fn play_groups(
+        &self,
+        env: Env,
+        groups: Vec<GroupPlan>,
+        tokens: Arc<AtomicU64>,
+        started: Instant,
+    ) -> impl std::future::Future<Output = Result<Vec<PlayedGroup>>> + Send + 'static {
         let g_size = self.cfg.group_size;
         let ctx = SampleCtx {
             env: Arc::new(env),
@@ -299,7 +392,9 @@ impl Rollout {
             let mut tasks = Vec::new();
             for plan in groups {
                 let ctx = ctx.clone();
-                tasks.push(tokio::spawn(async move { play_group(ctx, plan, g_size).await }));
+                tasks.push(tokio::spawn(
+                    async move { play_group(ctx, plan, g_size).await },
+                ));
             }
             let mut out = Vec::new();
             for t in tasks {
@@ -310,6 +405,9 @@ impl Rollout {
     }
 }
 
+/// A played group: its id, the group, and each sample's consultation when it may continue.
+type PlayedGroup = (String, Group, Vec<Option<Consultation>>);
+
 struct Job {
     case: Arc<Case>,
     stage: Option<Stage>,
@@ -317,7 +415,10 @@ struct Job {
 }
 
 enum Start {
-    Fresh { mode: EpisodeMode, snippet_seed: u64 },
+    Fresh {
+        mode: EpisodeMode,
+        snippet_seed: u64,
+    },
     Segment(Box<Consultation>),
 }
 
@@ -340,7 +441,7 @@ struct SampleCtx {
     started: Instant,
 }
 
-async fn play_group(ctx: SampleCtx, plan: GroupPlan, g: usize) -> Result<(String, Group, Vec<Option<Consultation>>)> {
+async fn play_group(ctx: SampleCtx, plan: GroupPlan, g: usize) -> Result<PlayedGroup> {
     let GroupPlan { group_id, job } = plan;
     let case = job.case.clone();
     // All G samples share one opening (same mode, same snippet).
@@ -348,14 +449,29 @@ async fn play_group(ctx: SampleCtx, plan: GroupPlan, g: usize) -> Result<(String
         Start::Segment(c) => Ok(*c),
         Start::Fresh { mode, snippet_seed } => ctx.env.open(&case, mode, snippet_seed).await,
     };
-    let mode = opening.as_ref().map(|c| c.mode).unwrap_or(EpisodeMode::Fresh);
+    let mode = opening
+        .as_ref()
+        .map(|c| c.mode)
+        .unwrap_or(EpisodeMode::Fresh);
     let mut tasks = Vec::new();
     for idx in 0..g {
-        let (ctx, case, opening, group_id) = (ctx.clone(), case.clone(), opening.clone(), group_id.clone());
+        let (ctx, case, opening, group_id) =
+            (ctx.clone(), case.clone(), opening.clone(), group_id.clone());
         let stage = job.stage;
-        tasks.push(tokio::spawn(async move { play_sample(&ctx, &case, opening, stage, &group_id, idx as u32).await }));
+        tasks.push(tokio::spawn(async move {
+            play_sample(&ctx, &case, opening, stage, &group_id, idx as u32).await
+        }));
     }
-    let mut group = Group { group_id: group_id.clone(), case_id: case.id.clone(), stage: job.stage, mode, samples: vec![], gate_scores: vec![], notes: vec![], promoted: vec![] };
+    let mut group = Group {
+        group_id: group_id.clone(),
+        case_id: case.id.clone(),
+        stage: job.stage,
+        mode,
+        samples: vec![],
+        gate_scores: vec![],
+        notes: vec![],
+        promoted: vec![],
+    };
     let mut finals = Vec::new();
     for t in tasks {
         let r = t.await.context("episode task panicked")??;
@@ -377,7 +493,14 @@ struct Played {
     consultation: Option<Consultation>,
 }
 
-async fn play_sample(ctx: &SampleCtx, case: &Case, opening: Result<Consultation, String>, stage: Option<Stage>, group_id: &str, idx: u32) -> Result<Played> {
+async fn play_sample(
+    ctx: &SampleCtx,
+    case: &Case,
+    opening: Result<Consultation, String>,
+    stage: Option<Stage>,
+    group_id: &str,
+    idx: u32,
+) -> Result<Played> {
     let key = format!("{group_id}#{idx}");
     let (mut c, failure) = match opening {
         Ok(c) => (c, None),
@@ -423,9 +546,15 @@ async fn play_sample(ctx: &SampleCtx, case: &Case, opening: Result<Consultation,
     };
     // A reply cut at max_new_tokens is scored as it stands and flagged (a gated-out segment stays gated out).
     let (end_reason, note) = match end_reason {
-        EndReason::Done | EndReason::MaxTurns if c.truncated_replies > 0 => {
-            (EndReason::Truncated, note.or_else(|| Some(format!("{} replies reached max_new_tokens", c.truncated_replies))))
-        }
+        EndReason::Done | EndReason::MaxTurns if c.truncated_replies > 0 => (
+            EndReason::Truncated,
+            note.or_else(|| {
+                Some(format!(
+                    "{} replies reached max_new_tokens",
+                    c.truncated_replies
+                ))
+            }),
+        ),
         r => (r, note),
     };
     if let Some(n) = &note {
@@ -463,15 +592,27 @@ async fn play_sample(ctx: &SampleCtx, case: &Case, opening: Result<Consultation,
     let total = ctx.tokens.fetch_add(generated, Ordering::Relaxed) + generated;
     if let Some(bar) = &ctx.progress {
         bar.inc(1);
-        bar.set_message(format!("{:.0} tok/s", total as f64 / ctx.started.elapsed().as_secs_f64().max(1e-9)));
+        bar.set_message(format!(
+            "{:.0} tok/s",
+            total as f64 / ctx.started.elapsed().as_secs_f64().max(1e-9)
+        ));
     }
     if let Some(sink) = &ctx.sink {
         let _ = sink.send(sample.clone());
     }
-    let continues = matches!(end_reason, EndReason::Done | EndReason::Truncated) && played_stage != Stage::Diag && c.stage != played_stage;
-    Ok(Played { sample, gate, note, consultation: continues.then_some(c) })
+    let continues = matches!(end_reason, EndReason::Done | EndReason::Truncated)
+        && played_stage != Stage::Diag
+        && c.stage != played_stage;
+    Ok(Played {
+        sample,
+        gate,
+        note,
+        consultation: continues.then_some(c),
+    })
 }
 
 fn gate_score(ctx: &SampleCtx, case: &Case, c: &Consultation, stage: Stage) -> f64 {
-    ctx.scorer.score(case, stage, &stage_replies(&c.turns, stage), &c.turns).score
+    ctx.scorer
+        .score(case, stage, &stage_replies(&c.turns, stage), &c.turns)
+        .score
 }

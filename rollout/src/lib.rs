@@ -13,12 +13,12 @@ pub mod actor;
 pub mod codec;
 pub mod engine;
 pub mod env;
+pub mod output;
 pub mod pipeline;
 pub mod sampling;
+pub mod serve;
 pub mod simulator;
 pub mod stream;
-pub mod output;
-pub mod serve;
 pub mod testing;
 
 pub use actor::{Group, Policy, Rollout, RoundStats, SimulatorChoice};

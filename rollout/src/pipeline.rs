@@ -69,7 +69,11 @@ impl StagePools {
 /// The gate of Eqs. 5-6 with top-m promotion: of the samples whose score reaches `tau`, the `top_m` best
 /// (ties: lowest sample index) go on. `scores[i]` is sample i's V_k, None for a sample that failed.
 pub fn promote(scores: &[Option<f64>], tau: f64, top_m: usize) -> Vec<usize> {
-    let mut passing: Vec<(usize, f64)> = scores.iter().enumerate().filter_map(|(i, s)| s.filter(|v| *v >= tau).map(|v| (i, v))).collect();
+    let mut passing: Vec<(usize, f64)> = scores
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.filter(|v| *v >= tau).map(|v| (i, v)))
+        .collect();
     passing.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     passing.into_iter().take(top_m).map(|(i, _)| i).collect()
 }
@@ -80,9 +84,18 @@ mod tests {
 
     #[test]
     fn gate_keeps_the_best_passing_lowest_index_on_ties() {
-        assert_eq!(promote(&[Some(0.5), Some(0.9), Some(0.9), None, Some(0.7)], 0.6, 1), vec![1]);
-        assert_eq!(promote(&[Some(0.5), Some(0.9), Some(0.9), None, Some(0.7)], 0.6, 2), vec![1, 2]);
-        assert_eq!(promote(&[Some(0.5), Some(0.59), None], 0.6, 1), Vec::<usize>::new());
+        assert_eq!(
+            promote(&[Some(0.5), Some(0.9), Some(0.9), None, Some(0.7)], 0.6, 1),
+            vec![1]
+        );
+        assert_eq!(
+            promote(&[Some(0.5), Some(0.9), Some(0.9), None, Some(0.7)], 0.6, 2),
+            vec![1, 2]
+        );
+        assert_eq!(
+            promote(&[Some(0.5), Some(0.59), None], 0.6, 1),
+            Vec::<usize>::new()
+        );
         assert_eq!(promote(&[Some(0.6)], 0.6, 3), vec![0]);
     }
 }

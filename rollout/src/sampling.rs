@@ -21,7 +21,13 @@ pub struct RowSampler {
 
 impl RowSampler {
     pub fn new(p: &SamplingParams, seed: u64) -> Self {
-        RowSampler { temperature: p.temperature, top_p: p.top_p, top_k: p.top_k, min_p: p.min_p, rng: ChaCha8Rng::seed_from_u64(seed) }
+        RowSampler {
+            temperature: p.temperature,
+            top_p: p.top_p,
+            top_k: p.top_k,
+            min_p: p.min_p,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
     }
 
     pub fn greedy(&self) -> bool {
@@ -61,20 +67,36 @@ pub fn sample(logits: &Tensor, rows: &mut [&mut RowSampler]) -> Sampled {
             sampled
         }
     };
-    let lp = logp.gather(-1, &tokens.unsqueeze(-1), false).squeeze_dim(-1);
+    let lp = logp
+        .gather(-1, &tokens.unsqueeze(-1), false)
+        .squeeze_dim(-1);
     // Token ids < 2^24 are exact in f64, and so is every f32: one transfer carries both.
-    let both = Tensor::stack(&[tokens.to_kind(Kind::Double), lp.to_kind(Kind::Double)], 0).to_device(Device::Cpu);
+    let both = Tensor::stack(&[tokens.to_kind(Kind::Double), lp.to_kind(Kind::Double)], 0)
+        .to_device(Device::Cpu);
     let flat: Vec<f64> = Vec::<f64>::try_from(both.reshape([-1])).expect("sampled tensor to host");
     let (t, l) = flat.split_at(b as usize);
-    Sampled { tokens: t.iter().map(|&x| x as u32).collect(), logprobs: l.iter().map(|&x| x as f32).collect() }
+    Sampled {
+        tokens: t.iter().map(|&x| x as u32).collect(),
+        logprobs: l.iter().map(|&x| x as f32).collect(),
+    }
 }
 
 fn column(values: Vec<f32>, device: Device) -> Tensor {
     Tensor::from_slice(&values).to_device(device).unsqueeze(-1)
 }
 
-fn sample_stochastic(logits: &Tensor, rows: &mut [&mut RowSampler], device: Device, v: i64) -> Tensor {
-    let temps = column(rows.iter().map(|r| if r.greedy() { 1.0 } else { r.temperature }).collect(), device);
+fn sample_stochastic(
+    logits: &Tensor,
+    rows: &mut [&mut RowSampler],
+    device: Device,
+    v: i64,
+) -> Tensor {
+    let temps = column(
+        rows.iter()
+            .map(|r| if r.greedy() { 1.0 } else { r.temperature })
+            .collect(),
+        device,
+    );
     let mut probs = (logits / temps).softmax(-1, Kind::Float);
     if rows.iter().any(|r| r.min_p > 0.0) {
         let min_p = column(rows.iter().map(|r| r.min_p.max(0.0)).collect(), device);
@@ -86,7 +108,16 @@ fn sample_stochastic(logits: &Tensor, rows: &mut [&mut RowSampler], device: Devi
     let needs_sort = rows.iter().any(|r| r.top_k > 0 || r.top_p < 1.0);
     if needs_sort {
         let (sorted, order) = probs.sort(-1, true);
-        let ks = rows.iter().map(|r| if r.top_k == 0 { v } else { (r.top_k as i64).min(v) }).collect::<Vec<i64>>();
+        let ks = rows
+            .iter()
+            .map(|r| {
+                if r.top_k == 0 {
+                    v
+                } else {
+                    (r.top_k as i64).min(v)
+                }
+            })
+            .collect::<Vec<i64>>();
         let ks = Tensor::from_slice(&ks).to_device(device).unsqueeze(-1);
         let rank = Tensor::arange(v, (Kind::Int64, device)).unsqueeze(0);
         let mut keep = rank.lt_tensor(&ks);
@@ -109,7 +140,9 @@ fn sample_stochastic(logits: &Tensor, rows: &mut [&mut RowSampler], device: Devi
 fn inverse_cdf(probs: &Tensor, uniforms: &Tensor, v: i64) -> Tensor {
     let cum = probs.cumsum(-1, Kind::Float);
     let target = cum.select(-1, v - 1).unsqueeze(-1) * uniforms;
-    cum.le_tensor(&target).sum_dim_intlist([-1i64].as_slice(), false, Kind::Int64).clamp_max(v - 1)
+    cum.le_tensor(&target)
+        .sum_dim_intlist([-1i64].as_slice(), false, Kind::Int64)
+        .clamp_max(v - 1)
 }
 
 #[cfg(test)]
@@ -117,7 +150,13 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32, top_p: f32, top_k: u32, min_p: f32) -> SamplingParams {
-        SamplingParams { temperature, top_p, top_k, min_p, ..Default::default() }
+        SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -134,7 +173,11 @@ mod tests {
     #[test]
     fn top_k_one_and_tiny_top_p_are_greedy() {
         let logits = Tensor::from_slice(&[0.1f32, 0.3, 0.2, 0.0]).reshape([1, 4]);
-        for p in [params(1.0, 1.0, 1, 0.0), params(1.0, 1e-4, 0, 0.0), params(1.0, 1.0, 0, 0.99)] {
+        for p in [
+            params(1.0, 1.0, 1, 0.0),
+            params(1.0, 1e-4, 0, 0.0),
+            params(1.0, 1.0, 0, 0.99),
+        ] {
             for seed in 0..20 {
                 let mut r = RowSampler::new(&p, seed);
                 assert_eq!(sample(&logits, &mut [&mut r]).tokens, vec![1], "{p:?}");
@@ -147,7 +190,10 @@ mod tests {
         let logits = Tensor::randn([3, 50], (Kind::Float, Device::Cpu));
         let p = params(1.0, 0.9, 20, 0.0);
         let run = |rows: &[usize]| {
-            let mut samplers: Vec<RowSampler> = rows.iter().map(|&r| RowSampler::new(&p, 100 + r as u64)).collect();
+            let mut samplers: Vec<RowSampler> = rows
+                .iter()
+                .map(|&r| RowSampler::new(&p, 100 + r as u64))
+                .collect();
             let idx = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>());
             let sub = logits.index_select(0, &idx);
             let mut out = vec![];
@@ -164,7 +210,8 @@ mod tests {
 
     #[test]
     fn frequencies_follow_the_tempered_distribution() {
-        let logits = Tensor::from_slice(&[0.0f32, (2.0f32).ln(), (3.0f32).ln(), -1e9]).reshape([1, 4]);
+        let logits =
+            Tensor::from_slice(&[0.0f32, (2.0f32).ln(), (3.0f32).ln(), -1e9]).reshape([1, 4]);
         let mut r = RowSampler::new(&params(1.0, 1.0, 0, 0.0), 7);
         let mut counts = [0usize; 4];
         for _ in 0..3000 {
@@ -172,7 +219,12 @@ mod tests {
         }
         assert_eq!(counts[3], 0);
         let f: Vec<f64> = counts.iter().map(|&c| c as f64 / 3000.0).collect();
-        assert!((f[0] - 1.0 / 6.0).abs() < 0.03 && (f[1] - 2.0 / 6.0).abs() < 0.03 && (f[2] - 0.5).abs() < 0.03, "{f:?}");
+        assert!(
+            (f[0] - 1.0 / 6.0).abs() < 0.03
+                && (f[1] - 2.0 / 6.0).abs() < 0.03
+                && (f[2] - 0.5).abs() < 0.03,
+            "{f:?}"
+        );
         // top_p 0.6 keeps tokens 2 (mass before it 0) and 1 (0.5 before it), drops 0 (0.83 before it).
         let mut r = RowSampler::new(&params(1.0, 0.6, 0, 0.0), 7);
         for _ in 0..200 {

@@ -25,14 +25,24 @@ pub struct ChatMl {
 
 impl ChatMl {
     pub fn new(codec: &dyn TextCodec, enable_thinking: bool) -> anyhow::Result<Self> {
-        let id = |t: &str| codec.token_id(t).with_context(|| format!("the tokenizer has no `{t}` token (a ChatML / Qwen3 vocabulary is needed)"));
+        let id = |t: &str| {
+            codec.token_id(t).with_context(|| {
+                format!("the tokenizer has no `{t}` token (a ChatML / Qwen3 vocabulary is needed)")
+            })
+        };
         let im_start = id("<|im_start|>")?;
         let im_end = id("<|im_end|>")?;
         if !enable_thinking {
             id("<think>")?;
             id("</think>")?;
         }
-        Ok(ChatMl { im_start, im_end, endoftext: codec.token_id("<|endoftext|>"), newline: codec.encode("\n")?, enable_thinking })
+        Ok(ChatMl {
+            im_start,
+            im_end,
+            endoftext: codec.token_id("<|endoftext|>"),
+            newline: codec.encode("\n")?,
+            enable_thinking,
+        })
     }
 
     /// Tokens that end a doctor reply.
@@ -50,8 +60,14 @@ impl ChatMl {
     /// A user turn followed by the generation prompt (and the empty think block when thinking is off):
     /// everything the doctor's next reply is conditioned on, as the template would render it.
     pub fn user_then_prompt(&self, codec: &dyn TextCodec, text: &str) -> anyhow::Result<Vec<u32>> {
-        let think = if self.enable_thinking { "" } else { "<think>\n\n</think>\n\n" };
-        codec.encode(&format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n{think}"))
+        let think = if self.enable_thinking {
+            ""
+        } else {
+            "<think>\n\n</think>\n\n"
+        };
+        codec.encode(&format!(
+            "<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n{think}"
+        ))
     }
 
     /// A whole earlier assistant turn written by someone else (an injected snippet): never sampled, mask 0.
@@ -78,7 +94,9 @@ impl ChatMl {
     /// The reply's visible text: the stop token dropped, `<think>` removed, trimmed.
     pub fn reply_text(&self, codec: &dyn TextCodec, sampled: &[u32]) -> anyhow::Result<String> {
         let body = match sampled.last() {
-            Some(&t) if t == self.im_end || Some(t) == self.endoftext => &sampled[..sampled.len() - 1],
+            Some(&t) if t == self.im_end || Some(t) == self.endoftext => {
+                &sampled[..sampled.len() - 1]
+            }
             _ => sampled,
         };
         let raw = codec.decode(body)?;
@@ -128,9 +146,19 @@ impl TokenStream {
     }
 
     /// Appends a doctor reply's sampled tokens (mask 1) and records its step span.
-    pub fn push_sampled(&mut self, stage: Stage, ids: &[u32], logprobs: &[f32], routing: Option<&Routing>) -> anyhow::Result<StepSpan> {
+    pub fn push_sampled(
+        &mut self,
+        stage: Stage,
+        ids: &[u32],
+        logprobs: &[f32],
+        routing: Option<&Routing>,
+    ) -> anyhow::Result<StepSpan> {
         if ids.len() != logprobs.len() {
-            bail!("{} sampled tokens but {} log-probs", ids.len(), logprobs.len());
+            bail!(
+                "{} sampled tokens but {} log-probs",
+                ids.len(),
+                logprobs.len()
+            );
         }
         let start = self.ids.len();
         self.ids.extend_from_slice(ids);
@@ -138,18 +166,30 @@ impl TokenStream {
         self.logprobs.extend_from_slice(logprobs);
         if let (Some(r), Some(new)) = (&mut self.routed, routing) {
             let per = r.layers * r.k;
-            if new.layers == r.layers && new.k == r.k && new.ids.len() == ids.len() * per && r.ids.len() == start * per {
+            if new.layers == r.layers
+                && new.k == r.k
+                && new.ids.len() == ids.len() * per
+                && r.ids.len() == start * per
+            {
                 r.ids.extend_from_slice(&new.ids);
             }
         }
-        let span = StepSpan { stage, start, end: self.ids.len() };
+        let span = StepSpan {
+            stage,
+            start,
+            end: self.ids.len(),
+        };
         self.steps.push(span);
         Ok(span)
     }
 
     /// Starts tracking MoE routing (`layers` MoE layers, top-`k`).
     pub fn track_routing(&mut self, layers: usize, k: usize) {
-        self.routed = Some(Routing { layers, k, ids: Vec::new() });
+        self.routed = Some(Routing {
+            layers,
+            k,
+            ids: Vec::new(),
+        });
     }
 
     /// The engine's expert choices for every position of the prompt it was just given (the whole stream so
@@ -157,7 +197,10 @@ impl TokenStream {
     pub fn set_prompt_routing(&mut self, prompt: &Routing) {
         if let Some(r) = &mut self.routed {
             let per = r.layers * r.k;
-            if prompt.layers == r.layers && prompt.k == r.k && prompt.ids.len() <= self.ids.len() * per {
+            if prompt.layers == r.layers
+                && prompt.k == r.k
+                && prompt.ids.len() <= self.ids.len() * per
+            {
                 r.ids = prompt.ids.clone();
             }
         }
@@ -178,7 +221,11 @@ impl TokenStream {
         while ids.len() < self.ids.len() * per {
             ids.extend_from_slice(&last);
         }
-        Some(RoutedExperts { layers: r.layers, k: r.k, ids })
+        Some(RoutedExperts {
+            layers: r.layers,
+            k: r.k,
+            ids,
+        })
     }
 
     /// A copy whose loss mask, log-probs and steps are cleared: the pooled prefix a later stage continues from
@@ -202,9 +249,18 @@ mod tests {
     fn mask_logprobs_and_steps_line_up() {
         let mut s = TokenStream::new();
         s.push_context(&[1, 2, 3]);
-        let span = s.push_sampled(Stage::Inquiry, &[7, 8], &[-0.5, -0.25], None).unwrap();
+        let span = s
+            .push_sampled(Stage::Inquiry, &[7, 8], &[-0.5, -0.25], None)
+            .unwrap();
         s.push_context(&[9]);
-        assert_eq!(span, StepSpan { stage: Stage::Inquiry, start: 3, end: 5 });
+        assert_eq!(
+            span,
+            StepSpan {
+                stage: Stage::Inquiry,
+                start: 3,
+                end: 5
+            }
+        );
         assert_eq!(s.loss_mask, vec![0, 0, 0, 1, 1, 0]);
         assert_eq!(s.logprobs, vec![0.0, 0.0, 0.0, -0.5, -0.25, 0.0]);
         let p = s.as_prefix();
@@ -217,13 +273,40 @@ mod tests {
         let mut s = TokenStream::new();
         s.track_routing(2, 1);
         s.push_context(&[1, 2]);
-        s.set_prompt_routing(&Routing { layers: 2, k: 1, ids: vec![3, 4, 5, 6] });
-        s.push_sampled(Stage::Inquiry, &[7], &[-1.0], Some(&Routing { layers: 2, k: 1, ids: vec![0, 1] })).unwrap();
+        s.set_prompt_routing(&Routing {
+            layers: 2,
+            k: 1,
+            ids: vec![3, 4, 5, 6],
+        });
+        s.push_sampled(
+            Stage::Inquiry,
+            &[7],
+            &[-1.0],
+            Some(&Routing {
+                layers: 2,
+                k: 1,
+                ids: vec![0, 1],
+            }),
+        )
+        .unwrap();
         s.push_context(&[8]);
-        assert_eq!(s.routed_experts().unwrap().ids, vec![3, 4, 5, 6, 0, 1, 0, 1]);
+        assert_eq!(
+            s.routed_experts().unwrap().ids,
+            vec![3, 4, 5, 6, 0, 1, 0, 1]
+        );
         // A reply whose prompt routing never arrived leaves a hole: no routing at all.
         s.push_context(&[9]);
-        s.push_sampled(Stage::Inquiry, &[7], &[-1.0], Some(&Routing { layers: 2, k: 1, ids: vec![0, 1] })).unwrap();
+        s.push_sampled(
+            Stage::Inquiry,
+            &[7],
+            &[-1.0],
+            Some(&Routing {
+                layers: 2,
+                k: 1,
+                ids: vec![0, 1],
+            }),
+        )
+        .unwrap();
         assert!(s.routed_experts().is_none());
     }
 }

@@ -1,18 +1,23 @@
 //! Small fixtures for tests of rollout and of the crates that consume it (trainer, eval): a case, a
 //! character-level ChatML codec, and stage scorers with known answers.
 use crate::codec::TextCodec;
-use spar_core::case::{Case, Demographics, Diagnosis, InquiryItem, RubricItem, Sex, TestItem, Tests};
+use spar_core::Stage;
+use spar_core::case::{
+    Case, Demographics, Diagnosis, InquiryItem, RubricItem, Sex, TestItem, Tests,
+};
 use spar_core::grammar;
 use spar_core::sample::Turn;
 use spar_core::traits::{StageScore, StageScorer};
-use spar_core::Stage;
 
 /// A small, valid respiratory case.
 pub fn tiny_case() -> Case {
     Case {
         id: "resp-0001".into(),
         department: "respiratory".into(),
-        demographics: Demographics { age: 54, sex: Sex::Male },
+        demographics: Demographics {
+            age: 54,
+            sex: Sex::Male,
+        },
         chief_complaint: "Cough and fever for 3 days".into(),
         hpi: "Productive cough with yellow sputum, fever up to 39 C.".into(),
         past_history: vec![],
@@ -40,16 +45,41 @@ pub fn tiny_case() -> Case {
             },
         ],
         red_flags: vec![],
-        diagnosis: Diagnosis { name: "Pneumonia, unspecified organism".into(), icd10: "J18.9".into() },
-        differential: vec![Diagnosis { name: "Acute bronchitis".into(), icd10: "J20.9".into() }],
-        tests: Tests { essential: vec![TestItem { name: "Chest X-ray".into(), aliases: vec!["cxr".into()], loinc: None }], optional: vec![] },
-        rubric: vec![RubricItem { criterion: "Asks about penicillin allergy".into(), points: 5, tags: vec![], rule: None }],
+        diagnosis: Diagnosis {
+            name: "Pneumonia, unspecified organism".into(),
+            icd10: "J18.9".into(),
+        },
+        differential: vec![Diagnosis {
+            name: "Acute bronchitis".into(),
+            icd10: "J20.9".into(),
+        }],
+        tests: Tests {
+            essential: vec![TestItem {
+                name: "Chest X-ray".into(),
+                aliases: vec!["cxr".into()],
+                loinc: None,
+            }],
+            optional: vec![],
+        },
+        rubric: vec![RubricItem {
+            criterion: "Asks about penicillin allergy".into(),
+            points: 5,
+            tags: vec![],
+            rule: None,
+        }],
         source: "test".into(),
     }
 }
 
 /// Special tokens of [`CharCodec`], ids 0.. in this order; characters are `256 + byte`.
-pub const CHAR_CODEC_SPECIALS: [&str; 6] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<ready/>"];
+pub const CHAR_CODEC_SPECIALS: [&str; 6] = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<think>",
+    "</think>",
+    "<ready/>",
+];
 
 /// A byte-level codec with ChatML special tokens: every byte is one token, each special token one id. Exact
 /// round trips, no merges: the environment's bookkeeping can be checked token by token.
@@ -95,7 +125,10 @@ impl TextCodec for CharCodec {
     }
 
     fn token_id(&self, token: &str) -> Option<u32> {
-        CHAR_CODEC_SPECIALS.iter().position(|s| *s == token).map(|i| i as u32)
+        CHAR_CODEC_SPECIALS
+            .iter()
+            .position(|s| *s == token)
+            .map(|i| i as u32)
     }
 }
 
@@ -105,14 +138,24 @@ impl TextCodec for CharCodec {
 pub struct ParseScorer;
 
 impl StageScorer for ParseScorer {
-    fn score(&self, _case: &Case, stage: Stage, doctor_replies: &[String], _dialogue: &[Turn]) -> StageScore {
+    fn score(
+        &self,
+        _case: &Case,
+        stage: Stage,
+        doctor_replies: &[String],
+        _dialogue: &[Turn],
+    ) -> StageScore {
         let parsed = doctor_replies.iter().any(|r| match stage {
             Stage::Inquiry => grammar::inquiry_done(r),
             Stage::Ddx => grammar::parse_ddx(r).is_ok(),
             Stage::Lab => grammar::parse_tests(r).is_ok(),
             Stage::Diag => grammar::parse_diagnosis(r).is_ok(),
         });
-        StageScore { score: if parsed { 1.0 } else { 0.0 }, parsed, details: serde_json::Value::Null }
+        StageScore {
+            score: if parsed { 1.0 } else { 0.0 },
+            parsed,
+            details: serde_json::Value::Null,
+        }
     }
 }
 

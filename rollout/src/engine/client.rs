@@ -46,14 +46,22 @@ impl EngineClient {
     /// Generates one request; resolves when it finishes.
     pub async fn generate_one(&self, req: GenerateRequest) -> Result<EngineOutput> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx.send((req, Reply::Once(tx))).map_err(|_| anyhow!("the generation engine has stopped"))?;
-        rx.await.map_err(|_| anyhow!("the generation engine dropped the request"))?
+        self.tx
+            .send((req, Reply::Once(tx)))
+            .map_err(|_| anyhow!("the generation engine has stopped"))?;
+        rx.await
+            .map_err(|_| anyhow!("the generation engine dropped the request"))?
     }
 
     /// Generates one request, token by token.
-    pub fn stream(&self, req: GenerateRequest) -> Result<tokio::sync::mpsc::UnboundedReceiver<StreamEvent>> {
+    pub fn stream(
+        &self,
+        req: GenerateRequest,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<StreamEvent>> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.tx.send((req, Reply::Stream(tx))).map_err(|_| anyhow!("the generation engine has stopped"))?;
+        self.tx
+            .send((req, Reply::Stream(tx)))
+            .map_err(|_| anyhow!("the generation engine has stopped"))?;
         Ok(rx)
     }
 }
@@ -67,7 +75,11 @@ impl RolloutBackend for EngineClient {
     async fn generate(&self, reqs: Vec<GenerateRequest>) -> spar_core::Result<Vec<GenerateOutput>> {
         let outs = futures::future::join_all(reqs.into_iter().map(|r| self.generate_one(r))).await;
         outs.into_iter()
-            .map(|o| o.map(|o| o.output).map_err(|e| spar_core::Error::external("builtin-engine", format!("{e:#}"), false)))
+            .map(|o| {
+                o.map(|o| o.output).map_err(|e| {
+                    spar_core::Error::external("builtin-engine", format!("{e:#}"), false)
+                })
+            })
             .collect()
     }
 }

@@ -45,7 +45,14 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_batch: 64, kv_slots: 64, max_seq_len: 4096, prefill_tokens: 4096, seed: 0, record_routing: false }
+        EngineConfig {
+            max_batch: 64,
+            kv_slots: 64,
+            max_seq_len: 4096,
+            prefill_tokens: 4096,
+            seed: 0,
+            record_routing: false,
+        }
     }
 }
 
@@ -121,12 +128,28 @@ impl<'m> Engine<'m> {
     /// Allocates the KV cache (`kv_slots x max_seq_len`) in the model's dtype on the model's device.
     pub fn new(model: &'m Qwen3Model, cfg: EngineConfig) -> Result<Self> {
         if cfg.max_batch == 0 || cfg.kv_slots < cfg.max_batch {
-            bail!("engine: max_batch must be >= 1 and kv_slots >= max_batch (got {} and {})", cfg.max_batch, cfg.kv_slots);
+            bail!(
+                "engine: max_batch must be >= 1 and kv_slots >= max_batch (got {} and {})",
+                cfg.max_batch,
+                cfg.kv_slots
+            );
         }
-        let cache = KvCache::try_new(&model.config, cfg.kv_slots, cfg.max_seq_len, model.device(), model.kind())
-            .with_context(|| format!("allocating the engine's KV cache ({} slots x {} tokens)", cfg.kv_slots, cfg.max_seq_len))?;
+        let cache = KvCache::try_new(
+            &model.config,
+            cfg.kv_slots,
+            cfg.max_seq_len,
+            model.device(),
+            model.kind(),
+        )
+        .with_context(|| {
+            format!(
+                "allocating the engine's KV cache ({} slots x {} tokens)",
+                cfg.kv_slots, cfg.max_seq_len
+            )
+        })?;
         let n_moe = model.config.moe_layers().len();
-        let routing_shape = (cfg.record_routing && n_moe > 0).then_some((n_moe, model.config.num_experts_per_tok));
+        let routing_shape =
+            (cfg.record_routing && n_moe > 0).then_some((n_moe, model.config.num_experts_per_tok));
         Ok(Engine {
             model,
             cache,
@@ -174,7 +197,9 @@ impl<'m> Engine<'m> {
             self.step()?;
         }
         let outs: Vec<Option<Result<EngineOutput>>> = self.collected.drain(base..).collect();
-        outs.into_iter().map(|o| o.expect("every collected request finished")).collect()
+        outs.into_iter()
+            .map(|o| o.expect("every collected request finished"))
+            .collect()
     }
 
     /// Serves requests arriving through `inbox` until `done()` is true and no work is left.
@@ -187,7 +212,9 @@ impl<'m> Engine<'m> {
                 self.step()?;
             } else if done() {
                 return Ok(());
-            } else if let Some((req, reply)) = inbox.recv_timeout(std::time::Duration::from_millis(2)) {
+            } else if let Some((req, reply)) =
+                inbox.recv_timeout(std::time::Duration::from_millis(2))
+            {
                 self.submit(req, reply);
             }
         }
@@ -205,7 +232,10 @@ impl<'m> Engine<'m> {
             for r in std::mem::take(&mut self.running) {
                 self.slots[r.slot] = SlotState::default();
                 self.cache.reset(r.slot);
-                self.respond(r.reply, Err(anyhow::anyhow!("engine forward failed: {msg}")));
+                self.respond(
+                    r.reply,
+                    Err(anyhow::anyhow!("engine forward failed: {msg}")),
+                );
             }
         }
         result
@@ -213,7 +243,9 @@ impl<'m> Engine<'m> {
 
     fn admit(&mut self) {
         while self.running.len() < self.cfg.max_batch {
-            let Some(Queued { req, reply }) = self.queue.pop_front() else { break };
+            let Some(Queued { req, reply }) = self.queue.pop_front() else {
+                break;
+            };
             self.stats.requests += 1;
             let prompt = req.prompt_ids.clone();
             if prompt.is_empty() {
@@ -221,16 +253,26 @@ impl<'m> Engine<'m> {
                 continue;
             }
             if prompt.len() >= self.cfg.max_seq_len {
-                let msg = format!("prompt of {} tokens does not fit max_seq_len {}", prompt.len(), self.cfg.max_seq_len);
+                let msg = format!(
+                    "prompt of {} tokens does not fit max_seq_len {}",
+                    prompt.len(),
+                    self.cfg.max_seq_len
+                );
                 self.respond(reply, Err(anyhow::anyhow!(msg)));
                 continue;
             }
             let vocab = self.model.config.vocab_size as u32;
             if let Some(bad) = prompt.iter().find(|&&t| t >= vocab) {
-                self.respond(reply, Err(anyhow::anyhow!("prompt token id {bad} is outside the vocabulary ({vocab})")));
+                self.respond(
+                    reply,
+                    Err(anyhow::anyhow!(
+                        "prompt token id {bad} is outside the vocabulary ({vocab})"
+                    )),
+                );
                 continue;
             }
-            let placement = place(&self.slots, &prompt).expect("kv_slots >= max_batch leaves an idle slot");
+            let placement =
+                place(&self.slots, &prompt).expect("kv_slots >= max_batch leaves an idle slot");
             let (slot, reused, copy_from) = match placement {
                 Placement::InPlace { slot, keep } => {
                     // copy_prefix onto itself only sets the length: truncation.
@@ -249,7 +291,8 @@ impl<'m> Engine<'m> {
             // The slot's tokens are what it will hold once prefilled: later arrivals may plan copies from it.
             st.tokens = prompt.clone();
             let seed = req.sampling.seed.unwrap_or_else(|| self.seeds.random());
-            let max_new = (req.sampling.max_new_tokens as usize).min(self.cfg.max_seq_len - prompt.len());
+            let max_new =
+                (req.sampling.max_new_tokens as usize).min(self.cfg.max_seq_len - prompt.len());
             self.running.push(Running {
                 slot,
                 prompt_len: prompt.len(),
@@ -308,7 +351,9 @@ impl<'m> Engine<'m> {
                 self.prefill(&ready)?;
             }
         }
-        let rows: Vec<usize> = (0..self.running.len()).filter(|&i| self.running[i].prefilled && self.running[i].pending.len() == 1).collect();
+        let rows: Vec<usize> = (0..self.running.len())
+            .filter(|&i| self.running[i].prefilled && self.running[i].pending.len() == 1)
+            .collect();
         if !rows.is_empty() {
             self.decode(&rows)?;
         }
@@ -332,10 +377,15 @@ impl<'m> Engine<'m> {
         let mut start = 0;
         while start < order.len() {
             let mut end = start + 1;
-            while end < order.len() && (end + 1 - start) * self.running[order[end]].pending.len() <= chunk {
+            while end < order.len()
+                && (end + 1 - start) * self.running[order[end]].pending.len() <= chunk
+            {
                 end += 1;
             }
-            let batch: Vec<(usize, Vec<u32>)> = order[start..end].iter().map(|&i| (i, std::mem::take(&mut self.running[i].pending))).collect();
+            let batch: Vec<(usize, Vec<u32>)> = order[start..end]
+                .iter()
+                .map(|&i| (i, std::mem::take(&mut self.running[i].pending)))
+                .collect();
             let logits = self.forward(&batch, true)?.expect("logits requested");
             let idx: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
             self.sample_rows(&idx, &logits)?;
@@ -349,7 +399,10 @@ impl<'m> Engine<'m> {
     }
 
     fn decode(&mut self, rows: &[usize]) -> Result<()> {
-        let batch: Vec<(usize, Vec<u32>)> = rows.iter().map(|&i| (i, std::mem::take(&mut self.running[i].pending))).collect();
+        let batch: Vec<(usize, Vec<u32>)> = rows
+            .iter()
+            .map(|&i| (i, std::mem::take(&mut self.running[i].pending)))
+            .collect();
         let logits = self.forward(&batch, true)?.expect("logits requested");
         self.sample_rows(rows, &logits)?;
         self.stats.decode_steps += 1;
@@ -371,8 +424,14 @@ impl<'m> Engine<'m> {
             }
         }
         let dev = self.model.device();
-        let ids_t = Tensor::from_slice(&ids).view([b as i64, t as i64]).to_device(dev);
-        let mask_t = ragged.then(|| Tensor::from_slice(&mask).view([b as i64, t as i64]).to_device(dev));
+        let ids_t = Tensor::from_slice(&ids)
+            .view([b as i64, t as i64])
+            .to_device(dev);
+        let mask_t = ragged.then(|| {
+            Tensor::from_slice(&mask)
+                .view([b as i64, t as i64])
+                .to_device(dev)
+        });
         let slot_list: Vec<usize> = rows.iter().map(|(i, _)| self.running[*i].slot).collect();
         self.cache.select_slots(&slot_list)?;
         let mut input = ForwardInput::new(&ids_t).cache(&mut self.cache);
@@ -385,7 +444,9 @@ impl<'m> Engine<'m> {
             for (r, (_, p)) in rows.iter().enumerate() {
                 let per = l * k;
                 let row = &flat[r * t * per..(r * t + p.len()) * per];
-                self.slots[slot_list[r]].routing.extend(row.iter().map(|&e| e as u16));
+                self.slots[slot_list[r]]
+                    .routing
+                    .extend(row.iter().map(|&e| e as u16));
             }
         }
         if !want_logits {
@@ -406,7 +467,11 @@ impl<'m> Engine<'m> {
         let picked = {
             let mut samplers: Vec<&mut RowSampler> = Vec::with_capacity(rows.len());
             // Disjoint mutable borrows of the rows' samplers, in `rows` order.
-            let mut by_index: Vec<Option<&mut RowSampler>> = self.running.iter_mut().map(|r| Some(&mut r.sampler)).collect();
+            let mut by_index: Vec<Option<&mut RowSampler>> = self
+                .running
+                .iter_mut()
+                .map(|r| Some(&mut r.sampler))
+                .collect();
             for &i in rows {
                 samplers.push(by_index[i].take().expect("rows are distinct"));
             }
@@ -420,7 +485,10 @@ impl<'m> Engine<'m> {
             r.pending = vec![tok];
             self.slots[r.slot].tokens.push(tok);
             if let Reply::Stream(tx) = &r.reply {
-                let _ = tx.send(StreamEvent::Token { id: tok, logprob: lp });
+                let _ = tx.send(StreamEvent::Token {
+                    id: tok,
+                    logprob: lp,
+                });
             }
         }
         self.stats.generated_tokens += rows.len() as u64;
@@ -457,16 +525,16 @@ impl<'m> Engine<'m> {
         if r.stop_ids.contains(&last) {
             return Some(FinishReason::Stop);
         }
-        if !r.stop_strings.is_empty() {
-            if let Some(codec) = &self.codec {
-                // Only the tail can complete a stop string that was not there one token ago.
-                let longest = r.stop_strings.iter().map(|s| s.len()).max().unwrap_or(0);
-                let from = r.out.len().saturating_sub(longest + 2);
-                if let Ok(text) = codec.decode(&r.out[from..]) {
-                    if r.stop_strings.iter().any(|s| !s.is_empty() && text.contains(s.as_str())) {
-                        return Some(FinishReason::Stop);
-                    }
-                }
+        if let (false, Some(codec)) = (r.stop_strings.is_empty(), &self.codec) {
+            // Only the tail can complete a stop string that was not there one token ago.
+            let longest = r.stop_strings.iter().map(|s| s.len()).max().unwrap_or(0);
+            let from = r.out.len().saturating_sub(longest + 2);
+            if let Ok(text) = codec.decode(&r.out[from..])
+                && r.stop_strings
+                    .iter()
+                    .any(|s| !s.is_empty() && text.contains(s.as_str()))
+            {
+                return Some(FinishReason::Stop);
             }
         }
         if r.out.len() >= r.max_new || self.cache.len(r.slot) + 1 >= self.cfg.max_seq_len {
@@ -480,25 +548,44 @@ impl<'m> Engine<'m> {
             Some((layers, k)) => {
                 let per = layers * k;
                 let all = &self.slots[r.slot].routing;
-                let prompt = all.get(..r.prompt_len * per).map(|p| Routing { layers, k, ids: p.to_vec() });
+                let prompt = all.get(..r.prompt_len * per).map(|p| Routing {
+                    layers,
+                    k,
+                    ids: p.to_vec(),
+                });
                 // Generated token g is fed (and routed) at position prompt_len + g; the last one never is, and its
                 // routing influences no log-prob, so it repeats the one before it.
                 let mut gen_ids: Vec<u16> = all.get(r.prompt_len * per..).unwrap_or(&[]).to_vec();
                 gen_ids.truncate((r.out.len().saturating_sub(1)) * per);
                 while gen_ids.len() < r.out.len() * per {
-                    let prev = if gen_ids.len() >= per { gen_ids[gen_ids.len() - per..].to_vec() } else { all.get(all.len().saturating_sub(per)..).unwrap_or(&[]).to_vec() };
+                    let prev = if gen_ids.len() >= per {
+                        gen_ids[gen_ids.len() - per..].to_vec()
+                    } else {
+                        all.get(all.len().saturating_sub(per)..)
+                            .unwrap_or(&[])
+                            .to_vec()
+                    };
                     if prev.len() != per {
                         break;
                     }
                     gen_ids.extend(prev);
                 }
-                let gen_ids = (gen_ids.len() == r.out.len() * per).then_some(RoutedExperts { layers, k, ids: gen_ids });
+                let gen_ids = (gen_ids.len() == r.out.len() * per).then_some(RoutedExperts {
+                    layers,
+                    k,
+                    ids: gen_ids,
+                });
                 (gen_ids, prompt)
             }
             None => (None, None),
         };
         EngineOutput {
-            output: GenerateOutput { token_ids: r.out.clone(), logprobs: r.logprobs.clone(), finish, routed_experts },
+            output: GenerateOutput {
+                token_ids: r.out.clone(),
+                logprobs: r.logprobs.clone(),
+                finish,
+                routed_experts,
+            },
             prompt_routing,
         }
     }

@@ -9,12 +9,12 @@ use crate::stream::{ChatMl, TokenStream};
 use anyhow::Result;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use spar_core::Stage;
 use spar_core::case::Case;
 use spar_core::grammar;
 use spar_core::recipe::RolloutSection;
 use spar_core::sample::{EndReason, EpisodeMode, Role, Turn};
 use spar_core::traits::{FinishReason, GenerateRequest, RolloutBackend, SamplingParams};
-use spar_core::Stage;
 use std::sync::Arc;
 
 /// Generates one doctor turn. The built-in engine also reports the prompt's expert choices (routing replay);
@@ -45,8 +45,14 @@ impl TurnGenerator for BackendTurns {
     }
     async fn generate_turn(&self, req: GenerateRequest) -> Result<EngineOutput> {
         let out = self.0.generate(vec![req]).await?;
-        let output = out.into_iter().next().ok_or_else(|| anyhow::anyhow!("backend {} returned no output", self.0.id()))?;
-        Ok(EngineOutput { output, prompt_routing: None })
+        let output = out
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("backend {} returned no output", self.0.id()))?;
+        Ok(EngineOutput {
+            output,
+            prompt_routing: None,
+        })
     }
 }
 
@@ -118,7 +124,10 @@ pub enum StageEnd {
     /// The stage's turn limit was reached without it.
     Limit,
     /// The consultation is over (diagnosis given, simulator ended or failed, truncated).
-    Ended { reason: EndReason, detail: Option<String> },
+    Ended {
+        reason: EndReason,
+        detail: Option<String>,
+    },
 }
 
 /// Deterministic 64-bit mix of a string and numbers (FNV-1a then splitmix): per-request seeds.
@@ -135,13 +144,28 @@ pub fn mix_seed(base: u64, key: &str, n: u64) -> u64 {
 
 impl Env {
     /// One step: the user turn, then one sampled doctor reply. Returns the reply's text and how it finished.
-    async fn step(&self, c: &mut Consultation, stage: Stage, user: &str, from_patient: bool, seed: u64) -> Result<Option<(String, FinishReason)>> {
+    async fn step(
+        &self,
+        c: &mut Consultation,
+        stage: Stage,
+        user: &str,
+        from_patient: bool,
+        seed: u64,
+    ) -> Result<Option<(String, FinishReason)>> {
         let codec = self.codec.as_ref();
         let prompt = self.chat.user_then_prompt(codec, user)?;
         c.stream.push_context(&prompt);
-        c.turns.push(Turn { role: Role::User, text: user.to_string(), stage: Some(stage) });
+        c.turns.push(Turn {
+            role: Role::User,
+            text: user.to_string(),
+            stage: Some(stage),
+        });
         if from_patient {
-            c.sim_dialogue.push(Turn { role: Role::User, text: user.to_string(), stage: Some(stage) });
+            c.sim_dialogue.push(Turn {
+                role: Role::User,
+                text: user.to_string(),
+                stage: Some(stage),
+            });
         }
         // Room for at least one token and the template's closing `<|im_end|>`.
         let room = self.cfg.max_seq_len.saturating_sub(c.stream.len() + 1);
@@ -156,18 +180,38 @@ impl Env {
                 sampling.stop_token_ids.push(s);
             }
         }
-        let generated = self.generator.generate_turn(GenerateRequest { prompt_ids: c.stream.ids.clone(), sampling }).await?;
+        let generated = self
+            .generator
+            .generate_turn(GenerateRequest {
+                prompt_ids: c.stream.ids.clone(),
+                sampling,
+            })
+            .await?;
         let out = generated.output;
         if let Some(r) = &generated.prompt_routing {
             c.stream.set_prompt_routing(r);
         }
-        let routing = out.routed_experts.as_ref().map(|r| crate::stream::Routing { layers: r.layers, k: r.k, ids: r.ids.clone() });
-        c.stream.push_sampled(stage, &out.token_ids, &out.logprobs, routing.as_ref())?;
-        c.stream.push_context(&self.chat.close_reply(&out.token_ids));
+        let routing = out.routed_experts.as_ref().map(|r| crate::stream::Routing {
+            layers: r.layers,
+            k: r.k,
+            ids: r.ids.clone(),
+        });
+        c.stream
+            .push_sampled(stage, &out.token_ids, &out.logprobs, routing.as_ref())?;
+        c.stream
+            .push_context(&self.chat.close_reply(&out.token_ids));
         let text = self.chat.reply_text(codec, &out.token_ids)?;
-        c.turns.push(Turn { role: Role::Assistant, text: text.clone(), stage: Some(stage) });
+        c.turns.push(Turn {
+            role: Role::Assistant,
+            text: text.clone(),
+            stage: Some(stage),
+        });
         if stage == Stage::Inquiry {
-            c.sim_dialogue.push(Turn { role: Role::Assistant, text: text.clone(), stage: Some(stage) });
+            c.sim_dialogue.push(Turn {
+                role: Role::Assistant,
+                text: text.clone(),
+                stage: Some(stage),
+            });
         }
         Ok(Some((text, out.finish)))
     }
@@ -175,20 +219,32 @@ impl Env {
     /// Plays `c.stage` to its end: the tagged output, the turn limit, or the end of the consultation. On return
     /// `c.stage` is the next stage to play (unchanged when the consultation ended or the last stage finished).
     /// `seed_key` makes every request's sampling seed distinct and reproducible.
-    pub async fn play_stage(&self, case: &Case, c: &mut Consultation, seed: u64, seed_key: &str) -> Result<StageEnd> {
+    pub async fn play_stage(
+        &self,
+        case: &Case,
+        c: &mut Consultation,
+        seed: u64,
+        seed_key: &str,
+    ) -> Result<StageEnd> {
         let stage = c.stage;
         let limit = self.cfg.turn_limits[stage.index()].max(1);
         for turn in 0..limit {
             let (user, from_patient) = match c.next_user.take() {
                 Some(u) if stage == Stage::Inquiry => (u, c.next_user_from_simulator),
                 _ if stage == Stage::Inquiry => {
-                    return Ok(StageEnd::Ended { reason: EndReason::SimulatorFailed, detail: Some("inquiry step without a patient utterance".into()) });
+                    return Ok(StageEnd::Ended {
+                        reason: EndReason::SimulatorFailed,
+                        detail: Some("inquiry step without a patient utterance".into()),
+                    });
                 }
                 _ => (self.cfg.instructions[stage.index()].clone(), false),
             };
             let seed = mix_seed(seed, seed_key, c.turns.len() as u64);
             let Some((text, finish)) = self.step(c, stage, &user, from_patient, seed).await? else {
-                return Ok(StageEnd::Ended { reason: EndReason::Truncated, detail: Some("the token stream reached max_seq_len".into()) });
+                return Ok(StageEnd::Ended {
+                    reason: EndReason::Truncated,
+                    detail: Some("the token stream reached max_seq_len".into()),
+                });
             };
             if finish == FinishReason::Length {
                 c.truncated_replies += 1;
@@ -197,7 +253,10 @@ impl Env {
                 return Ok(if stage == Stage::Diag {
                     StageEnd::Completed
                 } else {
-                    StageEnd::Ended { reason: EndReason::Done, detail: Some(format!("diagnosis given during {stage}")) }
+                    StageEnd::Ended {
+                        reason: EndReason::Done,
+                        detail: Some(format!("diagnosis given during {stage}")),
+                    }
                 });
             }
             let done = match stage {
@@ -212,12 +271,24 @@ impl Env {
             }
             if stage == Stage::Inquiry && turn + 1 < limit {
                 match self.simulator.reply(case, &c.sim_dialogue, &text).await {
-                    Err(reason) => return Ok(StageEnd::Ended { reason: EndReason::SimulatorFailed, detail: Some(reason) }),
+                    Err(reason) => {
+                        return Ok(StageEnd::Ended {
+                            reason: EndReason::SimulatorFailed,
+                            detail: Some(reason),
+                        });
+                    }
                     Ok(r) if r.end => {
                         if !r.text.is_empty() {
-                            c.turns.push(Turn { role: Role::User, text: r.text.clone(), stage: Some(stage) });
+                            c.turns.push(Turn {
+                                role: Role::User,
+                                text: r.text.clone(),
+                                stage: Some(stage),
+                            });
                         }
-                        return Ok(StageEnd::Ended { reason: EndReason::SimulatorEnded, detail: None });
+                        return Ok(StageEnd::Ended {
+                            reason: EndReason::SimulatorEnded,
+                            detail: None,
+                        });
                     }
                     Ok(r) => {
                         c.next_user = Some(r.text);
@@ -239,7 +310,13 @@ impl Env {
     }
 
     /// Plays every remaining stage (whole-episode mode). Returns the end reason and its detail.
-    pub async fn play_episode(&self, case: &Case, c: &mut Consultation, seed: u64, seed_key: &str) -> Result<(EndReason, Option<String>)> {
+    pub async fn play_episode(
+        &self,
+        case: &Case,
+        c: &mut Consultation,
+        seed: u64,
+        seed_key: &str,
+    ) -> Result<(EndReason, Option<String>)> {
         loop {
             let stage = c.stage;
             match self.play_stage(case, c, seed, seed_key).await? {
@@ -254,5 +331,9 @@ impl Env {
 
 /// The doctor's replies of one stage, in order (what the stage scorer reads).
 pub fn stage_replies(turns: &[Turn], stage: Stage) -> Vec<String> {
-    turns.iter().filter(|t| t.role == Role::Assistant && t.stage == Some(stage)).map(|t| t.text.clone()).collect()
+    turns
+        .iter()
+        .filter(|t| t.role == Role::Assistant && t.stage == Some(stage))
+        .map(|t| t.text.clone())
+        .collect()
 }

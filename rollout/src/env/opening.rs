@@ -6,9 +6,9 @@ use crate::stream::TokenStream;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use spar_core::Stage;
 use spar_core::case::Case;
 use spar_core::sample::{EpisodeMode, Role, Turn};
-use spar_core::Stage;
 
 /// Questions a patient interrupts with; `{topic}` is an inquiry topic of the case.
 const PATIENT_QUESTIONS: &[&str] = &[
@@ -23,15 +23,33 @@ const PATIENT_QUESTIONS: &[&str] = &[
 /// patient turn ending in a question of the patient's own.
 pub fn snippet(case: &Case, seed: u64) -> Vec<Turn> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut turns = vec![Turn { role: Role::User, text: ScriptedPatient::opening_line(case), stage: Some(Stage::Inquiry) }];
+    let mut turns = vec![Turn {
+        role: Role::User,
+        text: ScriptedPatient::opening_line(case),
+        stage: Some(Stage::Inquiry),
+    }];
     let n = rng.random_range(1..=2usize).min(case.inquiry_items.len());
     let picked: Vec<_> = case.inquiry_items.choose_multiple(&mut rng, n).collect();
     for item in &picked {
-        turns.push(Turn { role: Role::Assistant, text: format!("Can you tell me about {}?", item.topic), stage: Some(Stage::Inquiry) });
-        turns.push(Turn { role: Role::User, text: item.answer.clone(), stage: Some(Stage::Inquiry) });
+        turns.push(Turn {
+            role: Role::Assistant,
+            text: format!("Can you tell me about {}?", item.topic),
+            stage: Some(Stage::Inquiry),
+        });
+        turns.push(Turn {
+            role: Role::User,
+            text: item.answer.clone(),
+            stage: Some(Stage::Inquiry),
+        });
     }
-    let topic = picked.first().map(|i| i.topic.as_str()).unwrap_or("symptoms");
-    let q = PATIENT_QUESTIONS.choose(&mut rng).expect("non-empty").replace("{topic}", topic);
+    let topic = picked
+        .first()
+        .map(|i| i.topic.as_str())
+        .unwrap_or("symptoms");
+    let q = PATIENT_QUESTIONS
+        .choose(&mut rng)
+        .expect("non-empty")
+        .replace("{topic}", topic);
     let last = turns.last_mut().expect("at least the opening");
     last.text = format!("{} {q}", last.text);
     turns
@@ -39,7 +57,12 @@ pub fn snippet(case: &Case, seed: u64) -> Vec<Turn> {
 
 impl Env {
     /// A consultation of `case` ready to play Inquiry. `seed` picks the snippet of an interrupted episode.
-    pub async fn open(&self, case: &Case, mode: EpisodeMode, seed: u64) -> Result<Consultation, String> {
+    pub async fn open(
+        &self,
+        case: &Case,
+        mode: EpisodeMode,
+        seed: u64,
+    ) -> Result<Consultation, String> {
         let codec = self.codec.as_ref();
         let fail = |e: anyhow::Error| format!("rendering the opening: {e:#}");
         let mut stream = TokenStream::new();
@@ -48,8 +71,17 @@ impl Env {
         }
         let mut turns = Vec::new();
         if !self.cfg.system_prompt.is_empty() {
-            stream.push_context(&self.chat.system(codec, &self.cfg.system_prompt).map_err(fail)?);
-            turns.push(Turn { role: Role::System, text: self.cfg.system_prompt.clone(), stage: None });
+            stream.push_context(
+                &self
+                    .chat
+                    .system(codec, &self.cfg.system_prompt)
+                    .map_err(fail)?,
+            );
+            turns.push(Turn {
+                role: Role::System,
+                text: self.cfg.system_prompt.clone(),
+                stage: None,
+            });
         }
         let (next_user, heard, sim_dialogue) = match mode {
             EpisodeMode::Fresh => (self.simulator.opening(case).await?, true, Vec::new()),
@@ -93,7 +125,14 @@ mod tests {
             let s = snippet(&case, seed);
             assert!(s.len() >= 3 && s.len() % 2 == 1);
             for (i, t) in s.iter().enumerate() {
-                assert_eq!(t.role, if i % 2 == 0 { Role::User } else { Role::Assistant });
+                assert_eq!(
+                    t.role,
+                    if i % 2 == 0 {
+                        Role::User
+                    } else {
+                        Role::Assistant
+                    }
+                );
             }
             assert!(s.last().unwrap().text.ends_with('?'));
             assert!(!s.iter().any(|t| t.text.contains(&case.diagnosis.name)));

@@ -31,8 +31,18 @@ struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let kind = if self.0 == StatusCode::UNAUTHORIZED { "authentication_error" } else if self.0.is_client_error() { "invalid_request_error" } else { "server_error" };
-        (self.0, Json(json!({"error": {"message": self.1, "type": kind, "param": null, "code": self.0.as_u16()}}))).into_response()
+        let kind = if self.0 == StatusCode::UNAUTHORIZED {
+            "authentication_error"
+        } else if self.0.is_client_error() {
+            "invalid_request_error"
+        } else {
+            "server_error"
+        };
+        (
+            self.0,
+            Json(json!({"error": {"message": self.1, "type": kind, "param": null, "code": self.0.as_u16()}})),
+        )
+            .into_response()
     }
 }
 
@@ -45,30 +55,62 @@ fn internal(e: anyhow::Error) -> ApiError {
 }
 
 fn authorize(st: &ServeState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(key) = &st.api_key else { return Ok(()) };
-    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let Some(key) = &st.api_key else {
+        return Ok(());
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
     // Constant-time comparison: the token must not leak through response timing.
-    let ok = given.len() == key.len() && given.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if ok { Ok(()) } else { Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into())) }
+    let ok = given.len() == key.len()
+        && given
+            .bytes()
+            .zip(key.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        ))
+    }
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn request_id(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{prefix}-{:x}{:04x}", now(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{:x}{:04x}",
+        now(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 async fn models(State(st): St, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     authorize(&st, &headers)?;
-    Ok(Json(json!({"object": "list", "data": [{"id": st.model_name, "object": "model", "created": 0, "owned_by": "spar", "max_model_len": st.max_seq_len}]})))
+    Ok(Json(
+        json!({"object": "list", "data": [{"id": st.model_name, "object": "model", "created": 0, "owned_by": "spar", "max_model_len": st.max_seq_len}]}),
+    ))
 }
 
 /// The engine's sampling parameters for one request.
-fn sampling(st: &ServeState, f: &SamplingFields, max_tokens: Option<u32>, prompt_len: usize) -> Result<SamplingParams, ApiError> {
+fn sampling(
+    st: &ServeState,
+    f: &SamplingFields,
+    max_tokens: Option<u32>,
+    prompt_len: usize,
+) -> Result<SamplingParams, ApiError> {
     let temperature = f.temperature.unwrap_or(1.0);
     if !(0.0..=100.0).contains(&temperature) {
         return Err(bad("temperature must be in [0, 100]"));
@@ -82,19 +124,28 @@ fn sampling(st: &ServeState, f: &SamplingFields, max_tokens: Option<u32>, prompt
         return Err(bad("min_p must be in [0, 1]"));
     }
     if prompt_len >= st.max_seq_len {
-        return Err(bad(format!("the prompt has {prompt_len} tokens; this server's context is {} tokens", st.max_seq_len)));
+        return Err(bad(format!(
+            "the prompt has {prompt_len} tokens; this server's context is {} tokens",
+            st.max_seq_len
+        )));
     }
     let room = (st.max_seq_len - prompt_len) as u32;
     let max_new = max_tokens.unwrap_or(st.default_max_tokens.min(room));
     if max_new == 0 || max_new > room {
-        return Err(bad(format!("max_tokens {max_new} must be in 1..={room} for a prompt of {prompt_len} tokens (context {})", st.max_seq_len)));
+        return Err(bad(format!(
+            "max_tokens {max_new} must be in 1..={room} for a prompt of {prompt_len} tokens (context {})",
+            st.max_seq_len
+        )));
     }
     let mut stop_token_ids = f.stop_token_ids.clone();
     if !f.ignore_eos {
         stop_token_ids.extend(st.eos.iter().copied());
     }
     if let Some(bad_id) = stop_token_ids.iter().find(|&&t| t as usize >= st.vocab) {
-        return Err(bad(format!("stop_token_ids holds {bad_id}, outside the vocabulary ({})", st.vocab)));
+        return Err(bad(format!(
+            "stop_token_ids holds {bad_id}, outside the vocabulary ({})",
+            st.vocab
+        )));
     }
     Ok(SamplingParams {
         temperature,
@@ -109,7 +160,11 @@ fn sampling(st: &ServeState, f: &SamplingFields, max_tokens: Option<u32>, prompt
 }
 
 /// The visible text of an output: the stop token dropped, cut before the first stop string.
-fn output_text(st: &ServeState, out: &EngineOutput, params: &SamplingParams) -> Result<String, ApiError> {
+fn output_text(
+    st: &ServeState,
+    out: &EngineOutput,
+    params: &SamplingParams,
+) -> Result<String, ApiError> {
     let ids = visible_ids(&out.output.token_ids, out.output.finish, params);
     let text = st.codec.decode(ids).map_err(internal)?;
     Ok(cut_at_stop(text, &params.stop_strings))
@@ -117,13 +172,20 @@ fn output_text(st: &ServeState, out: &EngineOutput, params: &SamplingParams) -> 
 
 fn visible_ids<'a>(ids: &'a [u32], finish: FinishReason, params: &SamplingParams) -> &'a [u32] {
     match ids.last() {
-        Some(t) if finish == FinishReason::Stop && params.stop_token_ids.contains(t) => &ids[..ids.len() - 1],
+        Some(t) if finish == FinishReason::Stop && params.stop_token_ids.contains(t) => {
+            &ids[..ids.len() - 1]
+        }
         _ => ids,
     }
 }
 
 fn cut_at_stop(mut text: String, stops: &[String]) -> String {
-    if let Some(cut) = stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
+    if let Some(cut) = stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+    {
         text.truncate(cut);
     }
     text
@@ -139,8 +201,16 @@ fn finish_name(f: FinishReason) -> &'static str {
 /// Splits Qwen3 output into (reasoning, content), as vLLM's qwen3 reasoning parser does.
 fn split_reasoning(text: &str, thinking: bool) -> (Option<String>, String) {
     if let Some(end) = text.find("</think>") {
-        let reasoning = text[..end].trim_start().strip_prefix("<think>").unwrap_or(&text[..end]).trim().to_string();
-        return (Some(reasoning), text[end + "</think>".len()..].trim_start().to_string());
+        let reasoning = text[..end]
+            .trim_start()
+            .strip_prefix("<think>")
+            .unwrap_or(&text[..end])
+            .trim()
+            .to_string();
+        return (
+            Some(reasoning),
+            text[end + "</think>".len()..].trim_start().to_string(),
+        );
     }
     match text.trim_start().strip_prefix("<think>") {
         Some(r) if thinking => (Some(r.to_string()), String::new()),
@@ -149,10 +219,21 @@ fn split_reasoning(text: &str, thinking: bool) -> (Option<String>, String) {
 }
 
 fn token_strings(st: &ServeState, ids: &[u32], as_ids: bool) -> Vec<String> {
-    ids.iter().map(|&t| if as_ids { format!("token_id:{t}") } else { st.codec.decode(&[t]).unwrap_or_default() }).collect()
+    ids.iter()
+        .map(|&t| {
+            if as_ids {
+                format!("token_id:{t}")
+            } else {
+                st.codec.decode(&[t]).unwrap_or_default()
+            }
+        })
+        .collect()
 }
 
-async fn run_all(st: &ServeState, reqs: Vec<GenerateRequest>) -> Result<Vec<EngineOutput>, ApiError> {
+async fn run_all(
+    st: &ServeState,
+    reqs: Vec<GenerateRequest>,
+) -> Result<Vec<EngineOutput>, ApiError> {
     let outs = futures::future::join_all(reqs.into_iter().map(|r| st.client.generate_one(r))).await;
     outs.into_iter().map(|o| o.map_err(internal)).collect()
 }
@@ -167,7 +248,11 @@ fn with_n(params: &SamplingParams, n: u32) -> Vec<SamplingParams> {
         .collect()
 }
 
-async fn completions(State(st): St, headers: HeaderMap, Json(req): Json<CompletionRequest>) -> Result<Response, ApiError> {
+async fn completions(
+    State(st): St,
+    headers: HeaderMap,
+    Json(req): Json<CompletionRequest>,
+) -> Result<Response, ApiError> {
     authorize(&st, &headers)?;
     if req.echo {
         return Err(bad("echo is not supported"));
@@ -175,7 +260,11 @@ async fn completions(State(st): St, headers: HeaderMap, Json(req): Json<Completi
     // `logprobs: N` returns each sampled token's log-prob; alternatives (`top_logprobs`) are not computed.
     let prompts: Vec<Vec<u32>> = match &req.prompt {
         Prompt::Text(t) => vec![st.codec.encode(t).map_err(internal)?],
-        Prompt::Texts(ts) => ts.iter().map(|t| st.codec.encode(t)).collect::<anyhow::Result<_>>().map_err(internal)?,
+        Prompt::Texts(ts) => ts
+            .iter()
+            .map(|t| st.codec.encode(t))
+            .collect::<anyhow::Result<_>>()
+            .map_err(internal)?,
         Prompt::Tokens(ids) => vec![ids.clone()],
         Prompt::TokenBatch(b) => b.clone(),
     };
@@ -183,7 +272,10 @@ async fn completions(State(st): St, headers: HeaderMap, Json(req): Json<Completi
         return Err(bad("empty prompt"));
     }
     if let Some(t) = prompts.iter().flatten().find(|&&t| t as usize >= st.vocab) {
-        return Err(bad(format!("prompt token id {t} is outside the vocabulary ({})", st.vocab)));
+        return Err(bad(format!(
+            "prompt token id {t} is outside the vocabulary ({})",
+            st.vocab
+        )));
     }
     let n = req.sampling.n.unwrap_or(1);
     let mut reqs = Vec::new();
@@ -192,7 +284,10 @@ async fn completions(State(st): St, headers: HeaderMap, Json(req): Json<Completi
         let params = sampling(&st, &req.sampling, req.max_tokens, p.len())?;
         for sp in with_n(&params, n) {
             params_of.push(sp.clone());
-            reqs.push(GenerateRequest { prompt_ids: p.clone(), sampling: sp });
+            reqs.push(GenerateRequest {
+                prompt_ids: p.clone(),
+                sampling: sp,
+            });
         }
     }
     let id = request_id("cmpl");
@@ -205,13 +300,21 @@ async fn completions(State(st): St, headers: HeaderMap, Json(req): Json<Completi
         let params = params_of.remove(0);
         let rx = st.client.stream(reqs.remove(0)).map_err(internal)?;
         let st2 = st.clone();
-        let make = move |delta_ids: &[u32], delta: String, lps: &[f32], finish: Option<FinishReason>| {
+        let make = move |delta_ids: &[u32],
+                         delta: String,
+                         lps: &[f32],
+                         finish: Option<FinishReason>| {
             let logprobs = want_lp.then(|| json!({"tokens": token_strings(&st2, delta_ids, req.return_tokens_as_token_ids), "token_logprobs": lps, "top_logprobs": null, "text_offset": []}));
             json!({"id": id, "object": "text_completion", "created": now(), "model": model,
                    "choices": [{"index": 0, "text": delta, "logprobs": logprobs, "finish_reason": finish.map(finish_name), "token_ids": req.return_token_ids.then_some(delta_ids)}]})
         };
         return Ok(sse(st.clone(), rx, params, move |ev| match ev {
-            Delta::Text { ids, text, logprobs, .. } => vec![make(&ids, text, &logprobs, None)],
+            Delta::Text {
+                ids,
+                text,
+                logprobs,
+                ..
+            } => vec![make(&ids, text, &logprobs, None)],
             Delta::Finish(f) => vec![make(&[], String::new(), &[], Some(f))],
         }));
     }
@@ -241,7 +344,11 @@ async fn completions(State(st): St, headers: HeaderMap, Json(req): Json<Completi
 }
 
 fn enable_thinking(req: &ChatRequest) -> bool {
-    req.chat_template_kwargs.as_ref().and_then(|k| k.get("enable_thinking")).and_then(|v| v.as_bool()).unwrap_or(true)
+    req.chat_template_kwargs
+        .as_ref()
+        .and_then(|k| k.get("enable_thinking"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true)
 }
 
 fn chat_logprobs(st: &ServeState, ids: &[u32], lps: &[f32]) -> Value {
@@ -256,12 +363,24 @@ fn chat_logprobs(st: &ServeState, ids: &[u32], lps: &[f32]) -> Value {
     json!({"content": content})
 }
 
-async fn chat(State(st): St, headers: HeaderMap, Json(req): Json<ChatRequest>) -> Result<Response, ApiError> {
+async fn chat(
+    State(st): St,
+    headers: HeaderMap,
+    Json(req): Json<ChatRequest>,
+) -> Result<Response, ApiError> {
     authorize(&st, &headers)?;
     let thinking = enable_thinking(&req);
-    let text = st.renderer.render(&req.messages, req.tools.as_ref(), thinking).map_err(|e| bad(format!("rendering the chat template: {e:#}")))?;
+    let text = st
+        .renderer
+        .render(&req.messages, req.tools.as_ref(), thinking)
+        .map_err(|e| bad(format!("rendering the chat template: {e:#}")))?;
     let prompt = st.codec.encode(&text).map_err(internal)?;
-    let params = sampling(&st, &req.sampling, req.max_completion_tokens.or(req.max_tokens), prompt.len())?;
+    let params = sampling(
+        &st,
+        &req.sampling,
+        req.max_completion_tokens.or(req.max_tokens),
+        prompt.len(),
+    )?;
     let id = request_id("chatcmpl");
     let model = req.model.clone().unwrap_or_else(|| st.model_name.clone());
     let n = req.sampling.n.unwrap_or(1);
@@ -269,7 +388,13 @@ async fn chat(State(st): St, headers: HeaderMap, Json(req): Json<ChatRequest>) -
         if n != 1 {
             return Err(bad("streaming supports n = 1"));
         }
-        let rx = st.client.stream(GenerateRequest { prompt_ids: prompt.clone(), sampling: params.clone() }).map_err(internal)?;
+        let rx = st
+            .client
+            .stream(GenerateRequest {
+                prompt_ids: prompt.clone(),
+                sampling: params.clone(),
+            })
+            .map_err(internal)?;
         let st2 = st.clone();
         let want_lp = req.logprobs;
         let chunk = move |delta: Value, lp: Option<Value>, finish: Option<FinishReason>| {
@@ -283,17 +408,27 @@ async fn chat(State(st): St, headers: HeaderMap, Json(req): Json<ChatRequest>) -
             let mut out = Vec::new();
             if !started {
                 started = true;
-                out.push(chunk(json!({"role": "assistant", "content": ""}), None, None));
+                out.push(chunk(
+                    json!({"role": "assistant", "content": ""}),
+                    None,
+                    None,
+                ));
             }
             match ev {
-                Delta::Text { ids, logprobs, full, .. } => {
+                Delta::Text {
+                    ids,
+                    logprobs,
+                    full,
+                    ..
+                } => {
                     let (reasoning, content) = split_reasoning(&full, thinking);
                     let mut delta = serde_json::Map::new();
-                    if let Some(r) = reasoning {
-                        if r.len() > reasoning_sent && r.is_char_boundary(reasoning_sent) {
-                            delta.insert("reasoning_content".into(), json!(r[reasoning_sent..]));
-                            reasoning_sent = r.len();
-                        }
+                    if let Some(r) = reasoning
+                        && r.len() > reasoning_sent
+                        && r.is_char_boundary(reasoning_sent)
+                    {
+                        delta.insert("reasoning_content".into(), json!(r[reasoning_sent..]));
+                        reasoning_sent = r.len();
                     }
                     if content.len() > content_sent && content.is_char_boundary(content_sent) {
                         delta.insert("content".into(), json!(content[content_sent..]));
@@ -309,7 +444,13 @@ async fn chat(State(st): St, headers: HeaderMap, Json(req): Json<ChatRequest>) -
             out
         }));
     }
-    let reqs: Vec<GenerateRequest> = with_n(&params, n).into_iter().map(|sp| GenerateRequest { prompt_ids: prompt.clone(), sampling: sp }).collect();
+    let reqs: Vec<GenerateRequest> = with_n(&params, n)
+        .into_iter()
+        .map(|sp| GenerateRequest {
+            prompt_ids: prompt.clone(),
+            sampling: sp,
+        })
+        .collect();
     let outs = run_all(&st, reqs).await?;
     let mut choices = Vec::new();
     let mut completion_tokens = 0;
@@ -339,14 +480,24 @@ async fn chat(State(st): St, headers: HeaderMap, Json(req): Json<ChatRequest>) -
 /// What a stream reports between events: new tokens (with the full visible text so far and its new part), or
 /// the end.
 enum Delta {
-    Text { ids: Vec<u32>, logprobs: Vec<f32>, text: String, full: String },
+    Text {
+        ids: Vec<u32>,
+        logprobs: Vec<f32>,
+        text: String,
+        full: String,
+    },
     Finish(FinishReason),
 }
 
 /// Server-sent events over a streamed request. Text is decoded from all tokens so far and only complete
 /// characters are sent (a token may end inside a UTF-8 sequence); stop tokens and anything from a stop string
 /// on are not shown.
-fn sse(st: Arc<ServeState>, rx: tokio::sync::mpsc::UnboundedReceiver<StreamEvent>, params: SamplingParams, to_json: impl FnMut(Delta) -> Vec<Value> + Send + 'static) -> Response {
+fn sse(
+    st: Arc<ServeState>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<StreamEvent>,
+    params: SamplingParams,
+    to_json: impl FnMut(Delta) -> Vec<Value> + Send + 'static,
+) -> Response {
     struct S {
         rx: tokio::sync::mpsc::UnboundedReceiver<StreamEvent>,
         ids: Vec<u32>,
@@ -356,7 +507,15 @@ fn sse(st: Arc<ServeState>, rx: tokio::sync::mpsc::UnboundedReceiver<StreamEvent
         done: bool,
         to_json: Box<dyn FnMut(Delta) -> Vec<Value> + Send>,
     }
-    let init = S { rx, ids: vec![], pending_ids: vec![], pending_lp: vec![], sent: 0, done: false, to_json: Box::new(to_json) };
+    let init = S {
+        rx,
+        ids: vec![],
+        pending_ids: vec![],
+        pending_lp: vec![],
+        sent: 0,
+        done: false,
+        to_json: Box::new(to_json),
+    };
     let stream = futures::stream::unfold(init, move |mut s| {
         let st = st.clone();
         let params = params.clone();
@@ -375,22 +534,40 @@ fn sse(st: Arc<ServeState>, rx: tokio::sync::mpsc::UnboundedReceiver<StreamEvent
                         s.pending_lp.push(logprob);
                     }
                     let visible = visible_ids(&s.ids, FinishReason::Stop, &params);
-                    let full = cut_at_stop(st.codec.decode(visible).unwrap_or_default(), &params.stop_strings);
+                    let full = cut_at_stop(
+                        st.codec.decode(visible).unwrap_or_default(),
+                        &params.stop_strings,
+                    );
                     let complete = full.trim_end_matches('\u{FFFD}');
-                    if complete.len() > s.sent || !s.pending_ids.is_empty() && !full.ends_with('\u{FFFD}') {
+                    if complete.len() > s.sent
+                        || !s.pending_ids.is_empty() && !full.ends_with('\u{FFFD}')
+                    {
                         let text = complete.get(s.sent..).unwrap_or("").to_string();
                         s.sent = complete.len();
-                        events = (s.to_json)(Delta::Text { ids: std::mem::take(&mut s.pending_ids), logprobs: std::mem::take(&mut s.pending_lp), text, full: complete.to_string() });
+                        events = (s.to_json)(Delta::Text {
+                            ids: std::mem::take(&mut s.pending_ids),
+                            logprobs: std::mem::take(&mut s.pending_lp),
+                            text,
+                            full: complete.to_string(),
+                        });
                     }
                 }
                 Some(StreamEvent::Done(Ok(out))) => {
                     // Whatever was held back (an incomplete character at the very end) goes out now.
                     let visible = visible_ids(&s.ids, out.output.finish, &params);
-                    let full = cut_at_stop(st.codec.decode(visible).unwrap_or_default(), &params.stop_strings);
+                    let full = cut_at_stop(
+                        st.codec.decode(visible).unwrap_or_default(),
+                        &params.stop_strings,
+                    );
                     if full.len() > s.sent || !s.pending_ids.is_empty() {
                         let text = full.get(s.sent..).unwrap_or("").to_string();
                         s.sent = full.len();
-                        events = (s.to_json)(Delta::Text { ids: std::mem::take(&mut s.pending_ids), logprobs: std::mem::take(&mut s.pending_lp), text, full });
+                        events = (s.to_json)(Delta::Text {
+                            ids: std::mem::take(&mut s.pending_ids),
+                            logprobs: std::mem::take(&mut s.pending_lp),
+                            text,
+                            full,
+                        });
                     }
                     events.extend((s.to_json)(Delta::Finish(out.output.finish)));
                     s.done = true;
@@ -402,7 +579,9 @@ fn sse(st: Arc<ServeState>, rx: tokio::sync::mpsc::UnboundedReceiver<StreamEvent
                 None => s.done = true,
             }
             for e in events {
-                out_events.push(Ok::<Event, Infallible>(Event::default().data(e.to_string())));
+                out_events.push(Ok::<Event, Infallible>(
+                    Event::default().data(e.to_string()),
+                ));
             }
             if s.done {
                 out_events.push(Ok(Event::default().data("[DONE]")));
@@ -420,9 +599,18 @@ mod tests {
 
     #[test]
     fn reasoning_split_follows_the_qwen3_parser() {
-        assert_eq!(split_reasoning("<think>\nhmm\n</think>\n\nHello", true), (Some("hmm".into()), "Hello".into()));
-        assert_eq!(split_reasoning("<think>\n\n</think>\n\nHi", false), (Some(String::new()), "Hi".into()));
-        assert_eq!(split_reasoning("<think>still thinking", true), (Some("still thinking".into()), String::new()));
+        assert_eq!(
+            split_reasoning("<think>\nhmm\n</think>\n\nHello", true),
+            (Some("hmm".into()), "Hello".into())
+        );
+        assert_eq!(
+            split_reasoning("<think>\n\n</think>\n\nHi", false),
+            (Some(String::new()), "Hi".into())
+        );
+        assert_eq!(
+            split_reasoning("<think>still thinking", true),
+            (Some("still thinking".into()), String::new())
+        );
         assert_eq!(split_reasoning("plain", true), (None, "plain".into()));
         assert_eq!(cut_at_stop("abc STOP def".into(), &["STOP".into()]), "abc ");
     }

@@ -15,11 +15,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Renders chat messages to the prompt text (the model's own chat template).
 pub trait ChatRenderer: Send + Sync {
-    fn render(&self, messages: &serde_json::Value, tools: Option<&serde_json::Value>, enable_thinking: bool) -> Result<String>;
+    fn render(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        enable_thinking: bool,
+    ) -> Result<String>;
 }
 
 impl ChatRenderer for spar_model::ChatTemplate {
-    fn render(&self, messages: &serde_json::Value, tools: Option<&serde_json::Value>, enable_thinking: bool) -> Result<String> {
+    fn render(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        enable_thinking: bool,
+    ) -> Result<String> {
         spar_model::ChatTemplate::render(self, messages, tools, true, enable_thinking)
     }
 }
@@ -29,19 +39,33 @@ impl ChatRenderer for spar_model::ChatTemplate {
 pub struct ChatMlRenderer;
 
 impl ChatRenderer for ChatMlRenderer {
-    fn render(&self, messages: &serde_json::Value, tools: Option<&serde_json::Value>, enable_thinking: bool) -> Result<String> {
+    fn render(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        enable_thinking: bool,
+    ) -> Result<String> {
         if tools.is_some_and(|t| !t.as_array().is_some_and(|a| a.is_empty())) {
             anyhow::bail!("this model has no chat template with tool support");
         }
         let list = messages.as_array().context("`messages` must be an array")?;
         let mut s = String::new();
         for (i, m) in list.iter().enumerate() {
-            let role = m.get("role").and_then(|r| r.as_str()).with_context(|| format!("messages[{i}].role is missing"))?;
+            let role = m
+                .get("role")
+                .and_then(|r| r.as_str())
+                .with_context(|| format!("messages[{i}].role is missing"))?;
             let content = match m.get("content") {
                 Some(serde_json::Value::String(c)) => c.clone(),
-                Some(serde_json::Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(|t| t.as_str())).collect::<Vec<_>>().join(""),
+                Some(serde_json::Value::Array(parts)) => parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(""),
                 Some(serde_json::Value::Null) | None => String::new(),
-                Some(_) => anyhow::bail!("messages[{i}].content must be a string or a list of text parts"),
+                Some(_) => {
+                    anyhow::bail!("messages[{i}].content must be a string or a list of text parts")
+                }
             };
             s.push_str(&format!("<|im_start|>{role}\n{content}<|im_end|>\n"));
         }
@@ -81,16 +105,41 @@ pub(crate) struct ServeState {
 
 /// Serves until `stop` is set (or the listener fails). `ready` receives the bound address (port 0 picks a free
 /// one). The engine runs on the calling thread; HTTP on a small tokio runtime.
-pub fn serve(model: &Qwen3Model, codec: Arc<dyn TextCodec>, renderer: Arc<dyn ChatRenderer>, opts: ServeOptions, stop: Arc<AtomicBool>, ready: impl FnOnce(SocketAddr)) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("spar-serve").build()?;
-    let addr: SocketAddr = format!("{}:{}", opts.host, opts.port).parse().with_context(|| format!("bad listen address {}:{}", opts.host, opts.port))?;
+pub fn serve(
+    model: &Qwen3Model,
+    codec: Arc<dyn TextCodec>,
+    renderer: Arc<dyn ChatRenderer>,
+    opts: ServeOptions,
+    stop: Arc<AtomicBool>,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("spar-serve")
+        .build()?;
+    let addr: SocketAddr = format!("{}:{}", opts.host, opts.port)
+        .parse()
+        .with_context(|| format!("bad listen address {}:{}", opts.host, opts.port))?;
     if !addr.ip().is_loopback() {
-        tracing::warn!("serving on {addr}, reachable beyond this machine{}", if opts.api_key.is_none() { " WITHOUT a bearer token" } else { "" });
+        tracing::warn!(
+            "serving on {addr}, reachable beyond this machine{}",
+            if opts.api_key.is_none() {
+                " WITHOUT a bearer token"
+            } else {
+                ""
+            }
+        );
     }
-    let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("binding {addr}"))?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
     let (client, inbox) = engine::channel(opts.model_name.clone());
-    let mut eos: Vec<u32> = ["<|im_end|>", "<|endoftext|>"].iter().filter_map(|t| codec.token_id(t)).collect();
+    let mut eos: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
+        .iter()
+        .filter_map(|t| codec.token_id(t))
+        .collect();
     eos.dedup();
     let state = Arc::new(ServeState {
         client,
@@ -115,7 +164,10 @@ pub fn serve(model: &Qwen3Model, codec: Arc<dyn TextCodec>, renderer: Arc<dyn Ch
             .await
     });
     let mut engine = Engine::new(model, opts.engine)?.with_codec(codec);
-    tracing::info!("spar serve: listening on http://{bound}/v1 (model {})", opts.model_name);
+    tracing::info!(
+        "spar serve: listening on http://{bound}/v1 (model {})",
+        opts.model_name
+    );
     ready(bound);
     // A failed forward fails the requests in it; the server goes on.
     loop {
@@ -125,6 +177,8 @@ pub fn serve(model: &Qwen3Model, codec: Arc<dyn TextCodec>, renderer: Arc<dyn Ch
         }
     }
     stop.store(true, Ordering::Relaxed);
-    rt.block_on(server).context("HTTP server task")?.context("HTTP server")?;
+    rt.block_on(server)
+        .context("HTTP server task")?
+        .context("HTTP server")?;
     Ok(())
 }

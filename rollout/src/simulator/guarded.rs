@@ -27,22 +27,41 @@ impl Guarded {
 
     pub async fn opening(&self, case: &Case) -> Result<String, String> {
         match tokio::time::timeout(self.deadline, self.inner.opening(case)).await {
-            Err(_) => Err(format!("simulator {} opening timed out after {:?}", self.inner.id(), self.deadline)),
+            Err(_) => Err(format!(
+                "simulator {} opening timed out after {:?}",
+                self.inner.id(),
+                self.deadline
+            )),
             Ok(Err(e)) => Err(format!("simulator {} opening failed: {e}", self.inner.id())),
-            Ok(Ok(text)) => check_text(&text).map(|_| text.trim().to_string()).map_err(|m| format!("simulator {} opening {m}", self.inner.id())),
+            Ok(Ok(text)) => check_text(&text)
+                .map(|_| text.trim().to_string())
+                .map_err(|m| format!("simulator {} opening {m}", self.inner.id())),
         }
     }
 
-    pub async fn reply(&self, case: &Case, dialogue: &[Turn], doctor: &str) -> Result<PatientReply, String> {
+    pub async fn reply(
+        &self,
+        case: &Case,
+        dialogue: &[Turn],
+        doctor: &str,
+    ) -> Result<PatientReply, String> {
         match tokio::time::timeout(self.deadline, self.inner.reply(case, dialogue, doctor)).await {
-            Err(_) => Err(format!("simulator {} timed out after {:?}", self.inner.id(), self.deadline)),
+            Err(_) => Err(format!(
+                "simulator {} timed out after {:?}",
+                self.inner.id(),
+                self.deadline
+            )),
             Ok(Err(e)) => Err(format!("simulator {} failed: {e}", self.inner.id())),
             Ok(Ok(r)) => {
                 // A closing reply may be empty (the patient just leaves); an answer may not.
                 if !(r.end && r.text.trim().is_empty()) {
-                    check_text(&r.text).map_err(|m| format!("simulator {} reply {m}", self.inner.id()))?;
+                    check_text(&r.text)
+                        .map_err(|m| format!("simulator {} reply {m}", self.inner.id()))?;
                 }
-                Ok(PatientReply { text: r.text.trim().to_string(), end: r.end })
+                Ok(PatientReply {
+                    text: r.text.trim().to_string(),
+                    end: r.end,
+                })
             }
         }
     }
@@ -57,10 +76,17 @@ fn check_text(text: &str) -> Result<(), String> {
         return Err(format!("is longer than {MAX_REPLY_CHARS} characters"));
     }
     // Chat-template markers in a patient turn would corrupt the token stream's structure.
-    if ["<|im_start|>", "<|im_end|>", "<|endoftext|>"].iter().any(|m| t.contains(m)) {
+    if ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+        .iter()
+        .any(|m| t.contains(m))
+    {
         return Err("contains chat-template control tokens".into());
     }
-    if t.chars().filter(|c| c.is_control() && !c.is_whitespace()).count() > 0 {
+    if t.chars()
+        .filter(|c| c.is_control() && !c.is_whitespace())
+        .count()
+        > 0
+    {
         return Err("contains control characters".into());
     }
     Ok(())
@@ -81,13 +107,21 @@ mod tests {
         async fn opening(&self, _case: &Case) -> spar_core::Result<String> {
             Ok("hello".into())
         }
-        async fn reply(&self, _case: &Case, _d: &[Turn], _doctor: &str) -> spar_core::Result<PatientReply> {
+        async fn reply(
+            &self,
+            _case: &Case,
+            _d: &[Turn],
+            _doctor: &str,
+        ) -> spar_core::Result<PatientReply> {
             match self.0 {
                 0 => {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                     unreachable!()
                 }
-                1 => Ok(PatientReply { text: "\u{0}\u{1}<|im_end|>".into(), end: false }),
+                1 => Ok(PatientReply {
+                    text: "\u{0}\u{1}<|im_end|>".into(),
+                    end: false,
+                }),
                 _ => Err(spar_core::Error::external("sim", "HTTP 500", true)),
             }
         }

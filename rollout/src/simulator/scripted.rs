@@ -13,13 +13,88 @@ pub const GOODBYE: &str = "Thank you, doctor.";
 
 /// Topics every record has, with the words that ask about them.
 const TOPICS: &[(Topic, &[&str])] = &[
-    (Topic::Complaint, &["what brings you", "how can i help", "what seems to be", "what is wrong", "what's wrong", "what's the problem", "what is the problem", "tell me more", "describe", "symptom", "how long", "when did"]),
-    (Topic::Medications, &["medication", "medicine", "taking any", "drug", "pill", "prescri", "supplement"]),
+    (
+        Topic::Complaint,
+        &[
+            "what brings you",
+            "how can i help",
+            "what seems to be",
+            "what is wrong",
+            "what's wrong",
+            "what's the problem",
+            "what is the problem",
+            "tell me more",
+            "describe",
+            "symptom",
+            "how long",
+            "when did",
+        ],
+    ),
+    (
+        Topic::Medications,
+        &[
+            "medication",
+            "medicine",
+            "taking any",
+            "drug",
+            "pill",
+            "prescri",
+            "supplement",
+        ],
+    ),
     (Topic::Allergies, &["allerg"]),
-    (Topic::Past, &["past medical", "medical history", "previous", "conditions", "illness", "surger", "chronic", "been diagnosed", "hospital"]),
-    (Topic::Family, &["family", "parents", "mother", "father", "sibling", "relatives"]),
-    (Topic::Social, &["smok", "alcohol", "drink", "occupation", "work", "job", "live with", "exercise", "recreational"]),
-    (Topic::Exam, &["examine", "examination", "exam ", "listen to", "check your", "vital", "blood pressure", "look at"]),
+    (
+        Topic::Past,
+        &[
+            "past medical",
+            "medical history",
+            "previous",
+            "conditions",
+            "illness",
+            "surger",
+            "chronic",
+            "been diagnosed",
+            "hospital",
+        ],
+    ),
+    (
+        Topic::Family,
+        &[
+            "family",
+            "parents",
+            "mother",
+            "father",
+            "sibling",
+            "relatives",
+        ],
+    ),
+    (
+        Topic::Social,
+        &[
+            "smok",
+            "alcohol",
+            "drink",
+            "occupation",
+            "work",
+            "job",
+            "live with",
+            "exercise",
+            "recreational",
+        ],
+    ),
+    (
+        Topic::Exam,
+        &[
+            "examine",
+            "examination",
+            "exam ",
+            "listen to",
+            "check your",
+            "vital",
+            "blood pressure",
+            "look at",
+        ],
+    ),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,14 +119,20 @@ impl ScriptedPatient {
 
     /// The patient's opening line.
     pub fn opening_line(case: &Case) -> String {
-        format!("Hello doctor. I've come because of {}.", lowercase_first(case.chief_complaint.trim().trim_end_matches('.')))
+        format!(
+            "Hello doctor. I've come because of {}.",
+            lowercase_first(case.chief_complaint.trim().trim_end_matches('.'))
+        )
     }
 
     /// The patient's answer to a doctor reply (thinking and tags ignored).
     pub fn answer(case: &Case, doctor: &str) -> PatientReply {
         let said = grammar::strip_think(doctor);
         if grammar::parse_diagnosis(&said).is_ok() {
-            return PatientReply { text: GOODBYE.to_string(), end: true };
+            return PatientReply {
+                text: GOODBYE.to_string(),
+                end: true,
+            };
         }
         let q = said.to_lowercase();
         let mut parts: Vec<String> = Vec::new();
@@ -76,24 +157,52 @@ impl ScriptedPatient {
                 add(&topic_answer(case, *topic));
             }
         }
-        let text = if parts.is_empty() { DONT_KNOW.to_string() } else { parts.join(" ") };
-        PatientReply { text: without_diagnosis(case, text), end: false }
+        let text = if parts.is_empty() {
+            DONT_KNOW.to_string()
+        } else {
+            parts.join(" ")
+        };
+        PatientReply {
+            text: without_diagnosis(case, text),
+            end: false,
+        }
     }
 }
 
 fn topic_answer(case: &Case, topic: Topic) -> String {
-    let list = |items: &[String], none: &str| if items.is_empty() { none.to_string() } else { format!("{}.", items.join("; ")) };
+    let list = |items: &[String], none: &str| {
+        if items.is_empty() {
+            none.to_string()
+        } else {
+            format!("{}.", items.join("; "))
+        }
+    };
     match topic {
-        Topic::Complaint => format!("{}. {}", capitalise(case.chief_complaint.trim().trim_end_matches('.')), case.hpi.trim()),
+        Topic::Complaint => format!(
+            "{}. {}",
+            capitalise(case.chief_complaint.trim().trim_end_matches('.')),
+            case.hpi.trim()
+        ),
         Topic::Medications => list(&case.medications, "I'm not taking any medications."),
         Topic::Allergies => {
-            if case.allergies.is_empty() { "I have no known allergies.".into() } else { format!("I'm allergic to {}.", case.allergies.join(" and ")) }
+            if case.allergies.is_empty() {
+                "I have no known allergies.".into()
+            } else {
+                format!("I'm allergic to {}.", case.allergies.join(" and "))
+            }
         }
-        Topic::Past => list(&case.past_history, "Nothing significant in my past medical history."),
+        Topic::Past => list(
+            &case.past_history,
+            "Nothing significant in my past medical history.",
+        ),
         Topic::Family => list(&case.family_history, "Nothing that I know of in my family."),
         Topic::Social => list(&case.social_history, "Nothing special about my habits."),
         Topic::Exam => {
-            if case.exam_findings.is_empty() { "Go ahead, doctor.".into() } else { format!("(On examination: {}.)", case.exam_findings.join("; ")) }
+            if case.exam_findings.is_empty() {
+                "Go ahead, doctor.".into()
+            } else {
+                format!("(On examination: {}.)", case.exam_findings.join("; "))
+            }
         }
     }
 }
@@ -104,7 +213,13 @@ fn mentions(text: &str, keyword: &str) -> bool {
     if k.is_empty() {
         return false;
     }
-    text.match_indices(&k).any(|(i, _)| i == 0 || !text[..i].chars().next_back().is_some_and(|c| c.is_alphanumeric()))
+    text.match_indices(&k).any(|(i, _)| {
+        i == 0
+            || !text[..i]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_alphanumeric())
+    })
 }
 
 /// The patient does not know its diagnosis: any answer that would name it is replaced.
@@ -122,7 +237,9 @@ fn without_diagnosis(case: &Case, text: String) -> String {
 fn lowercase_first(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
-        Some(f) if c.clone().next().is_some_and(|n| n.is_lowercase()) => f.to_lowercase().chain(c).collect(),
+        Some(f) if c.clone().next().is_some_and(|n| n.is_lowercase()) => {
+            f.to_lowercase().chain(c).collect()
+        }
         Some(f) => std::iter::once(f).chain(c).collect(),
         None => String::new(),
     }
@@ -146,7 +263,12 @@ impl PatientSimulator for ScriptedPatient {
         Ok(Self::opening_line(case))
     }
 
-    async fn reply(&self, case: &Case, _dialogue: &[Turn], doctor: &str) -> spar_core::Result<PatientReply> {
+    async fn reply(
+        &self,
+        case: &Case,
+        _dialogue: &[Turn],
+        doctor: &str,
+    ) -> spar_core::Result<PatientReply> {
         Ok(Self::answer(case, doctor))
     }
 }
@@ -160,13 +282,26 @@ mod tests {
     fn answers_from_the_record_only() {
         let c = tiny_case();
         let r = ScriptedPatient::answer(&c, "Do you have a fever? Any allergies?");
-        assert!(r.text.contains("39") && r.text.contains("penicillin"), "{}", r.text);
+        assert!(
+            r.text.contains("39") && r.text.contains("penicillin"),
+            "{}",
+            r.text
+        );
         assert!(!r.end);
-        assert_eq!(ScriptedPatient::answer(&c, "What's your favourite colour?").text, DONT_KNOW);
+        assert_eq!(
+            ScriptedPatient::answer(&c, "What's your favourite colour?").text,
+            DONT_KNOW
+        );
         // "ear" must not match inside "year".
-        assert_eq!(ScriptedPatient::answer(&c, "Which year were you born in?").text, DONT_KNOW);
+        assert_eq!(
+            ScriptedPatient::answer(&c, "Which year were you born in?").text,
+            DONT_KNOW
+        );
         // Asking about thinking text is ignored.
-        assert_eq!(ScriptedPatient::answer(&c, "<think>fever?</think>Hello.").text, DONT_KNOW);
+        assert_eq!(
+            ScriptedPatient::answer(&c, "<think>fever?</think>Hello.").text,
+            DONT_KNOW
+        );
     }
 
     #[test]
@@ -174,7 +309,13 @@ mod tests {
         let mut c = tiny_case();
         c.inquiry_items[0].answer = format!("The other doctor said {}.", c.diagnosis.name);
         let r = ScriptedPatient::answer(&c, "Any fever?");
-        assert!(!r.text.to_lowercase().contains(&c.diagnosis.name.to_lowercase()), "{}", r.text);
+        assert!(
+            !r.text
+                .to_lowercase()
+                .contains(&c.diagnosis.name.to_lowercase()),
+            "{}",
+            r.text
+        );
         let r = ScriptedPatient::answer(&c, "<diagnosis>Pneumonia (J18.9)</diagnosis>");
         assert!(r.end && r.text == GOODBYE);
         assert!(ScriptedPatient::opening_line(&c).contains("cough and fever"));

@@ -60,7 +60,11 @@ impl ScriptedDoctor {
         if last_user.contains("final diagnosis") {
             return "<diagnosis>Pneumonia (J18.9)</diagnosis>".into();
         }
-        if prompt.matches("<|im_start|>assistant\n").count() >= 2 { "Thank you. <ready/>".into() } else { "Do you have a fever?".into() }
+        if prompt.matches("<|im_start|>assistant\n").count() >= 2 {
+            "Thank you. <ready/>".into()
+        } else {
+            "Do you have a fever?".into()
+        }
     }
 }
 
@@ -74,9 +78,17 @@ impl RolloutBackend for ScriptedDoctor {
             .into_iter()
             .map(|r| {
                 let prompt = self.codec.decode(&r.prompt_ids).unwrap();
-                let mut ids = self.codec.encode(&self.reply(&prompt, r.sampling.seed.unwrap_or(0))).unwrap();
+                let mut ids = self
+                    .codec
+                    .encode(&self.reply(&prompt, r.sampling.seed.unwrap_or(0)))
+                    .unwrap();
                 ids.push(self.codec.token_id("<|im_end|>").unwrap());
-                GenerateOutput { logprobs: vec![-0.5; ids.len()], token_ids: ids, finish: FinishReason::Stop, routed_experts: None }
+                GenerateOutput {
+                    logprobs: vec![-0.5; ids.len()],
+                    token_ids: ids,
+                    finish: FinishReason::Stop,
+                    routed_experts: None,
+                }
             })
             .collect())
     }

@@ -9,7 +9,16 @@ use spar_rollout::{Policy, Rollout, SimulatorChoice, StagePools};
 use std::sync::Arc;
 
 fn section(segmented: bool) -> RolloutSection {
-    let mut s = RolloutSection { segmented, group_size: 3, groups_per_step: 2, max_batch: 4, kv_slots: 8, max_seq_len: 2048, turn_limits: [2, 1, 1, 1], ..Default::default() };
+    let mut s = RolloutSection {
+        segmented,
+        group_size: 3,
+        groups_per_step: 2,
+        max_batch: 4,
+        kv_slots: 8,
+        max_seq_len: 2048,
+        turn_limits: [2, 1, 1, 1],
+        ..Default::default()
+    };
     s.sampling.max_new_tokens = 12;
     s.interruption_rate = 0.5;
     s.system_prompt = "Be brief.".into();
@@ -19,7 +28,15 @@ fn section(segmented: bool) -> RolloutSection {
 fn rollout(cfg: RolloutSection) -> Rollout {
     let mut second = tiny_case();
     second.id = "resp-0002".into();
-    Rollout::new(cfg, vec![tiny_case(), second], Arc::new(CharCodec), Arc::new(ParseScorer), SimulatorChoice::Fixed(Arc::new(ScriptedPatient)), "test").unwrap()
+    Rollout::new(
+        cfg,
+        vec![tiny_case(), second],
+        Arc::new(CharCodec),
+        Arc::new(ParseScorer),
+        SimulatorChoice::Fixed(Arc::new(ScriptedPatient)),
+        "test",
+    )
+    .unwrap()
 }
 
 #[test]
@@ -39,7 +56,20 @@ fn tiny_model_plays_all_four_stages_and_logprobs_match_a_fresh_pass() {
     for g in &groups {
         assert_eq!(g.samples.len(), 3);
         // One opening per group.
-        let openings: Vec<_> = g.samples.iter().map(|s| (s.mode, s.turns.iter().take(3).map(|t| t.text.clone()).collect::<Vec<_>>())).collect();
+        let openings: Vec<_> = g
+            .samples
+            .iter()
+            .map(|s| {
+                (
+                    s.mode,
+                    s.turns
+                        .iter()
+                        .take(3)
+                        .map(|t| t.text.clone())
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
         assert!(openings.windows(2).all(|w| w[0] == w[1]));
         for s in &g.samples {
             s.check().unwrap();
@@ -48,28 +78,46 @@ fn tiny_model_plays_all_four_stages_and_logprobs_match_a_fresh_pass() {
             }
             checked += 1;
             // A random model reaches Diag through the turn limits.
-            assert_eq!(s.stages, vec![Stage::Inquiry, Stage::Ddx, Stage::Lab, Stage::Diag], "{:?}", s.end_reason);
+            assert_eq!(
+                s.stages,
+                vec![Stage::Inquiry, Stage::Ddx, Stage::Lab, Stage::Diag],
+                "{:?}",
+                s.end_reason
+            );
             let full = full_forward_logprobs(&model, &s.token_ids);
             let mut sampled = 0;
             for (i, (&m, &lp)) in s.loss_mask.iter().zip(&s.rollout_logprobs).enumerate() {
                 if m == 1 {
                     sampled += 1;
-                    assert!((lp - full[i]).abs() < 1e-4, "token {i}: rollout {lp} vs fresh {}", full[i]);
+                    assert!(
+                        (lp - full[i]).abs() < 1e-4,
+                        "token {i}: rollout {lp} vs fresh {}",
+                        full[i]
+                    );
                     assert!(s.steps.iter().any(|st| st.start <= i && i < st.end));
                 } else {
                     assert_eq!(lp, 0.0);
                 }
             }
-            assert_eq!(sampled, s.steps.iter().map(|st| st.end - st.start).sum::<usize>());
+            assert_eq!(
+                sampled,
+                s.steps.iter().map(|st| st.end - st.start).sum::<usize>()
+            );
         }
     }
-    assert!(checked >= 3, "most episodes of a random model reach Diag through the turn limits");
+    assert!(
+        checked >= 3,
+        "most episodes of a random model reach Diag through the turn limits"
+    );
     assert!(r.last_round().generated_tokens > 0);
 }
 
 #[test]
 fn segmented_pipeline_gates_promotes_and_mixes_stages() {
-    let mut r = rollout(section(true)).with_backend(Arc::new(ScriptedDoctor { codec: CharCodec, fail_odd_ddx: true }));
+    let mut r = rollout(section(true)).with_backend(Arc::new(ScriptedDoctor {
+        codec: CharCodec,
+        fail_odd_ddx: true,
+    }));
     let mut all = Vec::new();
     let mut promoted_to: Vec<Stage> = Vec::new();
     for round in 0..4 {
@@ -83,10 +131,17 @@ fn segmented_pipeline_gates_promotes_and_mixes_stages() {
         }
         let got: Vec<Stage> = groups.iter().map(|g| g.stage.unwrap()).collect();
         assert_eq!(got, want, "round {round}");
-        promoted_to = groups.iter().filter(|g| !g.promoted.is_empty()).map(|g| g.stage.unwrap().next().unwrap()).collect();
+        promoted_to = groups
+            .iter()
+            .filter(|g| !g.promoted.is_empty())
+            .map(|g| g.stage.unwrap().next().unwrap())
+            .collect();
         all.extend(groups);
     }
-    assert!(all.iter().any(|g| g.stage == Some(Stage::Diag)), "some case reaches Diag");
+    assert!(
+        all.iter().any(|g| g.stage == Some(Stage::Diag)),
+        "some case reaches Diag"
+    );
     for g in &all {
         let stage = g.stage.unwrap();
         for (s, v) in g.samples.iter().zip(&g.gate_scores) {
@@ -109,8 +164,18 @@ fn segmented_pipeline_gates_promotes_and_mixes_stages() {
             assert_eq!(g.samples[*p as usize].end_reason, EndReason::Done);
         }
     }
-    assert!(all.iter().any(|g| g.samples.iter().any(|s| s.end_reason == EndReason::GatedOut)), "some DDX samples fail the gate");
-    assert!(all.iter().filter(|g| g.stage == Some(Stage::Diag)).all(|g| g.samples.iter().all(|s| s.end_reason == EndReason::Done)));
+    assert!(
+        all.iter().any(|g| g
+            .samples
+            .iter()
+            .any(|s| s.end_reason == EndReason::GatedOut)),
+        "some DDX samples fail the gate"
+    );
+    assert!(
+        all.iter()
+            .filter(|g| g.stage == Some(Stage::Diag))
+            .all(|g| g.samples.iter().all(|s| s.end_reason == EndReason::Done))
+    );
     // Pools are plain data: a checkpoint round trip restores them exactly.
     let saved = serde_json::to_string(r.pools()).unwrap();
     let back: StagePools = serde_json::from_str(&saved).unwrap();

@@ -4,18 +4,35 @@ use spar_core::traits::{FinishReason, GenerateRequest, SamplingParams};
 use spar_rollout::engine::{Engine, EngineConfig};
 
 fn req(prompt: Vec<u32>, max_new: u32, temperature: f32, seed: u64) -> GenerateRequest {
-    GenerateRequest { prompt_ids: prompt, sampling: SamplingParams { temperature, max_new_tokens: max_new, seed: Some(seed), ..Default::default() } }
+    GenerateRequest {
+        prompt_ids: prompt,
+        sampling: SamplingParams {
+            temperature,
+            max_new_tokens: max_new,
+            seed: Some(seed),
+            ..Default::default()
+        },
+    }
 }
 
 fn prompt(len: usize, salt: u32) -> Vec<u32> {
-    (0..len as u32).map(|i| 256 + (i * 7 + salt * 13) % 200).collect()
+    (0..len as u32)
+        .map(|i| 256 + (i * 7 + salt * 13) % 200)
+        .collect()
 }
 
 #[test]
 fn logprobs_match_a_full_forward_under_continuous_batching() {
     let model = tiny_model(false);
     // 2 rows at a time over 4 slots: later requests wait for a slot, then reuse cached prefixes.
-    let cfg = EngineConfig { max_batch: 2, kv_slots: 4, max_seq_len: 256, prefill_tokens: 16, seed: 1, record_routing: false };
+    let cfg = EngineConfig {
+        max_batch: 2,
+        kv_slots: 4,
+        max_seq_len: 256,
+        prefill_tokens: 16,
+        seed: 1,
+        record_routing: false,
+    };
     let mut engine = Engine::new(&model, cfg).unwrap();
     let shared = prompt(20, 1);
     let mut reqs = vec![req(prompt(5, 2), 12, 1.0, 1), req(prompt(33, 3), 7, 1.0, 2)];
@@ -23,7 +40,11 @@ fn logprobs_match_a_full_forward_under_continuous_batching() {
         reqs.push(req(shared.clone(), 9, 1.0, 10 + s));
     }
     let outs = engine.generate(reqs.clone()).unwrap();
-    assert!(engine.stats.reused_tokens > 0, "the group's shared prompt must be reused: {:?}", engine.stats);
+    assert!(
+        engine.stats.reused_tokens > 0,
+        "the group's shared prompt must be reused: {:?}",
+        engine.stats
+    );
     for (r, o) in reqs.iter().zip(&outs) {
         let o = &o.output;
         assert_eq!(o.finish, FinishReason::Length);
@@ -33,7 +54,10 @@ fn logprobs_match_a_full_forward_under_continuous_batching() {
         let full = full_forward_logprobs(&model, &all);
         for (i, lp) in o.logprobs.iter().enumerate() {
             let want = full[r.prompt_ids.len() + i];
-            assert!((lp - want).abs() < 1e-4, "token {i}: engine {lp} vs full forward {want}");
+            assert!(
+                (lp - want).abs() < 1e-4,
+                "token {i}: engine {lp} vs full forward {want}"
+            );
         }
     }
     // The next turn of a conversation finds its history cached.
@@ -43,18 +67,35 @@ fn logprobs_match_a_full_forward_under_continuous_batching() {
     let before = engine.stats.reused_tokens;
     let again = engine.generate(vec![req(next.clone(), 3, 0.0, 0)]).unwrap();
     assert!(engine.stats.reused_tokens - before >= (reqs[1].prompt_ids.len() + 6) as u64);
-    let full = full_forward_logprobs(&model, &[next.clone(), again[0].output.token_ids.clone()].concat());
+    let full = full_forward_logprobs(
+        &model,
+        &[next.clone(), again[0].output.token_ids.clone()].concat(),
+    );
     assert!((again[0].output.logprobs[0] - full[next.len()]).abs() < 1e-4);
 }
 
 #[test]
 fn seeds_reproduce_whatever_shares_the_batch() {
     let model = tiny_model(false);
-    let cfg = EngineConfig { max_batch: 8, kv_slots: 8, max_seq_len: 128, prefill_tokens: 64, seed: 5, record_routing: false };
-    let alone = Engine::new(&model, cfg.clone()).unwrap().generate(vec![req(prompt(6, 4), 10, 0.8, 42)]).unwrap();
+    let cfg = EngineConfig {
+        max_batch: 8,
+        kv_slots: 8,
+        max_seq_len: 128,
+        prefill_tokens: 64,
+        seed: 5,
+        record_routing: false,
+    };
+    let alone = Engine::new(&model, cfg.clone())
+        .unwrap()
+        .generate(vec![req(prompt(6, 4), 10, 0.8, 42)])
+        .unwrap();
     let crowd = Engine::new(&model, cfg)
         .unwrap()
-        .generate(vec![req(prompt(9, 1), 10, 1.0, 1), req(prompt(6, 4), 10, 0.8, 42), req(prompt(3, 2), 4, 1.0, 2)])
+        .generate(vec![
+            req(prompt(9, 1), 10, 1.0, 1),
+            req(prompt(6, 4), 10, 0.8, 42),
+            req(prompt(3, 2), 4, 1.0, 2),
+        ])
         .unwrap();
     assert_eq!(alone[0].output.token_ids, crowd[1].output.token_ids);
 }
@@ -62,14 +103,29 @@ fn seeds_reproduce_whatever_shares_the_batch() {
 #[test]
 fn greedy_stops_on_stop_tokens_and_records_moe_routing() {
     let model = tiny_model(true);
-    let cfg = EngineConfig { max_batch: 4, kv_slots: 4, max_seq_len: 128, prefill_tokens: 64, seed: 0, record_routing: true };
+    let cfg = EngineConfig {
+        max_batch: 4,
+        kv_slots: 4,
+        max_seq_len: 128,
+        prefill_tokens: 64,
+        seed: 0,
+        record_routing: true,
+    };
     let mut engine = Engine::new(&model, cfg).unwrap();
     let p = prompt(7, 5);
-    let free = engine.generate(vec![req(p.clone(), 6, 0.0, 0)]).unwrap().remove(0).output;
+    let free = engine
+        .generate(vec![req(p.clone(), 6, 0.0, 0)])
+        .unwrap()
+        .remove(0)
+        .output;
     // Stop on the third greedy token: generation ends there, the stop token included.
     let mut r = req(p.clone(), 6, 0.0, 0);
     r.sampling.stop_token_ids = vec![free.token_ids[2]];
-    let first_hit = free.token_ids.iter().position(|t| *t == free.token_ids[2]).unwrap();
+    let first_hit = free
+        .token_ids
+        .iter()
+        .position(|t| *t == free.token_ids[2])
+        .unwrap();
     let out = engine.generate(vec![r]).unwrap().remove(0);
     assert_eq!(out.output.finish, FinishReason::Stop);
     assert_eq!(out.output.token_ids, free.token_ids[..=first_hit].to_vec());
@@ -77,7 +133,8 @@ fn greedy_stops_on_stop_tokens_and_records_moe_routing() {
     let routed = out.output.routed_experts.expect("MoE routing recorded");
     let prompt_routing = out.prompt_routing.expect("prompt routing recorded");
     let all: Vec<u32> = [p.clone(), out.output.token_ids.clone()].concat();
-    let t = tch::Tensor::from_slice(&all.iter().map(|&x| x as i64).collect::<Vec<_>>()).unsqueeze(0);
+    let t =
+        tch::Tensor::from_slice(&all.iter().map(|&x| x as i64).collect::<Vec<_>>()).unsqueeze(0);
     let full = tch::no_grad(|| model.forward(spar_model::ForwardInput::new(&t)).unwrap());
     let re = Vec::<i64>::try_from(full.routed_experts.unwrap().reshape([-1])).unwrap();
     let per = routed.layers * routed.k;

@@ -18,7 +18,14 @@ fn serve_answers_the_openai_client() {
         port: 0,
         model_name: "tiny".into(),
         api_key: Some("sekret".into()),
-        engine: EngineConfig { max_batch: 4, kv_slots: 4, max_seq_len: 512, prefill_tokens: 512, seed: 0, record_routing: false },
+        engine: EngineConfig {
+            max_batch: 4,
+            kv_slots: 4,
+            max_seq_len: 512,
+            prefill_tokens: 512,
+            seed: 0,
+            record_routing: false,
+        },
         default_max_tokens: 16,
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -27,13 +34,30 @@ fn serve_answers_the_openai_client() {
     let stop2 = stop.clone();
     let driver = std::thread::spawn(move || {
         let addr: std::net::SocketAddr = rx.recv().unwrap();
-        let out = std::process::Command::new(python).arg(script).arg(format!("http://{addr}/v1")).arg("sekret").output().unwrap();
+        let out = std::process::Command::new(python)
+            .arg(script)
+            .arg(format!("http://{addr}/v1"))
+            .arg("sekret")
+            .output()
+            .unwrap();
         stop2.store(true, Ordering::Relaxed);
         out
     });
-    serve(&model, Arc::new(CharCodec), Arc::new(ChatMlRenderer), opts, stop, move |addr| tx.send(addr).unwrap()).unwrap();
+    serve(
+        &model,
+        Arc::new(CharCodec),
+        Arc::new(ChatMlRenderer),
+        opts,
+        stop,
+        move |addr| tx.send(addr).unwrap(),
+    )
+    .unwrap();
     let out = driver.join().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("openai client OK"), "{text}");
 }

@@ -1,0 +1,120 @@
+//! `spar bench decode`: decode tokens/s of the built-in rollout engine (continuous batching over the slot KV
+//! cache) on a random model of a real shape, at several batch sizes: B prompts of `--prompt` random tokens,
+//! `--new` greedy tokens each, no stop tokens. `rollout/bench/decode_hf.py` times transformers' `generate` on
+//! the same config for comparison (run both in the same session on the same GPU).
+use anyhow::{Result, bail};
+use serde_json::json;
+use spar_core::traits::{GenerateRequest, SamplingParams};
+use spar_model::{Qwen3Model, parse_device, parse_kind};
+use spar_rollout::engine::{Engine, EngineConfig};
+use std::time::Instant;
+use tch::Device;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// qwen3-0.6b | qwen3-30b-a3b
+    #[arg(long, default_value = "qwen3-0.6b")]
+    shape: String,
+    /// Decoder layers (default: the shape's own count).
+    #[arg(long)]
+    layers: Option<usize>,
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Batch sizes, comma-separated.
+    #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
+    batch: Vec<usize>,
+    /// Prompt tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    prompt: usize,
+    /// New tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    new: u32,
+    /// Timed repetitions per batch size (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+}
+
+fn sync(d: Device) {
+    if let Device::Cuda(i) = d {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    if device.is_cuda() && !tch::Cuda::is_available() {
+        bail!(
+            "--device {} but CUDA is not available to libtorch",
+            args.device
+        );
+    }
+    let kind = parse_kind(&args.dtype)?;
+    let config = super::bench_forward::shape_config(&args.shape, args.layers)?;
+    let vocab = config.vocab_size as u64;
+    let model = Qwen3Model::random(config, device, kind, 0)?;
+    let max_b = args.batch.iter().copied().max().unwrap_or(1);
+    let cfg = EngineConfig {
+        max_batch: max_b,
+        kv_slots: max_b,
+        max_seq_len: args.prompt + args.new as usize + 8,
+        prefill_tokens: 16384,
+        seed: 0,
+        record_routing: false,
+    };
+    let mut engine = Engine::new(&model, cfg)?;
+    let mut salt = 0u64;
+    let mut requests = |b: usize, new: u32| -> Vec<GenerateRequest> {
+        (0..b)
+            .map(|_| {
+                salt += 1;
+                // Distinct random prompts: no prefix reuse flatters the numbers.
+                let prompt = (0..args.prompt as u64)
+                    .map(|i| ((i * 2654435761 + salt * 40503) % (vocab - 1000)) as u32 + 10)
+                    .collect();
+                GenerateRequest {
+                    prompt_ids: prompt,
+                    sampling: SamplingParams {
+                        temperature: 0.0,
+                        max_new_tokens: new,
+                        ..Default::default()
+                    },
+                }
+            })
+            .collect()
+    };
+    // Warm-up: allocator, kernels, every batch shape's first launch.
+    for &b in &args.batch {
+        engine.generate(requests(b, 4))?;
+    }
+    sync(device);
+    for &b in &args.batch {
+        let mut best = f64::INFINITY;
+        let mut best_decode = f64::INFINITY;
+        for _ in 0..args.iters.max(1) {
+            let reqs = requests(b, args.new);
+            let before = engine.stats;
+            sync(device);
+            let t0 = Instant::now();
+            let outs = engine.generate(reqs)?;
+            sync(device);
+            let dt = t0.elapsed().as_secs_f64();
+            let generated: usize = outs.iter().map(|o| o.output.token_ids.len()).sum();
+            if generated != b * args.new as usize {
+                bail!("expected {} tokens, got {generated}", b * args.new as usize);
+            }
+            let steps = engine.stats.decode_steps - before.decode_steps;
+            best = best.min(dt);
+            best_decode = best_decode.min(dt / steps.max(1) as f64);
+        }
+        let toks = (b * args.new as usize) as f64;
+        println!(
+            "{}",
+            json!({"bench": "decode", "engine": "spar", "shape": args.shape, "dtype": args.dtype, "device": format!("{device:?}"),
+                   "batch": b, "prompt": args.prompt, "new_tokens": args.new, "seconds": best, "tokens_per_s": toks / best,
+                   "ms_per_step": best_decode * 1e3})
+        );
+    }
+    Ok(())
+}
