@@ -15,6 +15,7 @@ pub mod endpoint;
 pub mod facts;
 pub mod hallucination;
 pub mod healthbench;
+pub mod local;
 pub mod policy;
 mod progress;
 pub mod report;
@@ -24,5 +25,6 @@ pub use consultation::{ConsultationConfig, EpisodeRecord, EvalEnv, evaluate_cons
 pub use endpoint::EndpointPolicy;
 pub use facts::FactChecker;
 pub use healthbench::{HealthBenchConfig, load_healthbench, run_healthbench};
-pub use policy::{ChatPolicy, PolicyReply};
+pub use local::{BackendPolicy, LocalPolicyConfig, evaluate_local, with_builtin_engine};
+pub use policy::{ChatPolicy, ExpertPolicy, PolicyReply};
 pub use report::{Comparison, EvalReport, EvalSetup, compare};

@@ -1,10 +1,13 @@
 //! Playing one consultation and scoring it.
 //!
-//! The protocol is the training environment's (method.md section 9): the simulator opens, the doctor takes the
-//! history until it says `<ready/>`, the patient ends it, or the Inquiry turn limit; then each of DDX, Lab and Diag
-//! opens with its stage instruction p_k and ends when the doctor's reply parses for that stage, or at the stage's
-//! turn limit (the instruction is repeated). Conversation text is kept as the policy wrote it; the simulator and the
-//! scorers never see `<think>` blocks.
+//! The protocol is the training environment's (method.md section 9, `spar_rollout::env`): the simulator opens,
+//! the doctor takes the history until it says `<ready/>`, the patient ends it, or the Inquiry turn limit; then each
+//! of DDX, Lab and Diag opens with its stage instruction p_k and ends when the doctor's reply parses for that
+//! stage, or at the stage's turn limit (the instruction is repeated). A final diagnosis given before the Diag
+//! stage ends the consultation, as in training. Two differences, both to measure rather than to train: a reply cut
+//! at the token limit is scored as it stands and the consultation goes on (flagged), and a patient who ends the
+//! history early still gets the stage instructions. Conversation text is kept as the policy wrote it; the
+//! simulator and the scorers never see `<think>` blocks.
 use super::{ConsultationConfig, EpisodeEnd, EpisodeRecord, EvalEnv};
 use crate::facts::FactCheck;
 use crate::policy::ChatPolicy;
@@ -87,7 +90,7 @@ async fn play(
     }
     let limit = cfg.turn_limits[0].max(1);
     for t in 0..limit {
-        let reply = match policy.reply(&p.conversation).await {
+        let reply = match policy.reply_in_case(case, &p.conversation).await {
             Ok(r) => r,
             Err(e) => return fail(p, EpisodeEnd::PolicyFailed, e),
         };
@@ -128,7 +131,7 @@ async fn play(
                 cfg.instructions[stage.index()].clone(),
                 stage,
             ));
-            let reply = match policy.reply(&p.conversation).await {
+            let reply = match policy.reply_in_case(case, &p.conversation).await {
                 Ok(r) => r,
                 Err(e) => return fail(p, EpisodeEnd::PolicyFailed, e),
             };

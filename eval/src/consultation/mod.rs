@@ -12,15 +12,10 @@ use crate::facts::FactChecker;
 use crate::safety::EpisodeSafety;
 use serde::{Deserialize, Serialize};
 use spar_core::Stage;
+use spar_core::recipe::RolloutSection;
 use spar_core::sample::Turn;
 use spar_core::traits::{PatientSimulator, StageScore, StageScorer};
 use std::collections::{BTreeMap, BTreeSet};
-
-/// The doctor's system prompt when the caller gives none. It states the stage grammar of `spar_core::grammar`.
-pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a careful physician consulting a patient. Take the history by asking focused questions, \
-one topic at a time, and screen for warning signs. When you have enough information, say <ready/>. Then answer each \
-instruction that follows: a ranked differential diagnosis in <ddx>, recommended tests in <tests>, and the final \
-diagnosis in <diagnosis> with its ICD-10 code.";
 
 /// How consultations are run and assessed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -44,9 +39,27 @@ impl Default for ConsultationConfig {
             turn_limits: [12, 2, 2, 2],
             samples_per_case: 1,
             concurrency: 8,
-            system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
-            instructions: Stage::ALL.map(|s| s.default_instruction().to_string()),
+            system_prompt: spar_core::recipe::DEFAULT_SYSTEM_PROMPT.into(),
+            instructions: Stage::ALL.map(|s| {
+                if s == Stage::Inquiry {
+                    String::new()
+                } else {
+                    s.default_instruction().to_string()
+                }
+            }),
             escalation_terms: crate::safety::default_escalation_terms(),
+        }
+    }
+}
+
+impl ConsultationConfig {
+    /// The protocol training used: system prompt, stage instructions and turn limits of `[rollout]`.
+    pub fn from_rollout(rollout: &RolloutSection) -> Self {
+        ConsultationConfig {
+            turn_limits: rollout.turn_limits,
+            system_prompt: rollout.system_prompt.clone(),
+            instructions: Stage::ALL.map(|s| rollout.instruction(s)),
+            ..Default::default()
         }
     }
 }
@@ -73,6 +86,9 @@ pub enum EpisodeEnd {
     InquiryLimit,
     /// The simulated patient ended history taking; the later stages were still played.
     PatientEnded,
+    /// The doctor gave its final diagnosis before the Diag stage, which ends the consultation (as in training);
+    /// the stages not reached score 0, the diagnosis is scored.
+    DiagnosedEarly,
     /// The policy failed (endpoint error after retries): not scored.
     PolicyFailed,
     /// The simulator failed: not scored.
@@ -89,6 +105,7 @@ impl EpisodeEnd {
             EpisodeEnd::Done => "done",
             EpisodeEnd::InquiryLimit => "inquiry_limit",
             EpisodeEnd::PatientEnded => "patient_ended",
+            EpisodeEnd::DiagnosedEarly => "diagnosed_early",
             EpisodeEnd::PolicyFailed => "policy_failed",
             EpisodeEnd::SimulatorFailed => "simulator_failed",
         }

@@ -59,6 +59,7 @@ fn record(
             acuity,
             flags,
             escalated,
+            essential_tests_ordered: false,
         },
         claims: Some(claims),
         fact_check_failures: 0,
