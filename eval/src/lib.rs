@@ -19,6 +19,7 @@ pub mod local;
 pub mod policy;
 mod progress;
 pub mod report;
+pub mod run;
 pub mod safety;
 
 pub use consultation::{ConsultationConfig, EpisodeRecord, EvalEnv, evaluate_consultations};

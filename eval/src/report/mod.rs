@@ -15,6 +15,13 @@ use spar_core::fsio::{write_atomic, write_jsonl};
 use spar_core::sample::Turn;
 use std::path::{Path, PathBuf};
 
+/// `runs/<kind>/<UTC time>`: where `spar eval` writes when no `--out` is given.
+pub fn default_out_dir(kind: &str) -> PathBuf {
+    PathBuf::from("runs")
+        .join(kind)
+        .join(chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string())
+}
+
 /// Version of `report.json`; `read` rejects any other.
 pub const REPORT_SCHEMA_VERSION: u32 = 1;
 
