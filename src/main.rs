@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 #[derive(Parser)]
-#[command(name = "spar", version, about = "Post-training RL for clinical consultation (Baichuan-M3: SPAR + Fact-Aware RL) on Qwen3 / Qwen3-MoE")]
+#[command(
+    name = "spar",
+    version,
+    about = "Post-training RL for clinical consultation (Baichuan-M3: SPAR + Fact-Aware RL) on Qwen3 / Qwen3-MoE"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,8 +44,12 @@ enum Command {
 }
 
 fn main() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SPAR_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("SPAR_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Logprobs(a) => cmd::logprobs::run(a),

@@ -13,24 +13,46 @@ fn root() -> PathBuf {
 
 fn ok(cmd: &mut Command) {
     let out = cmd.output().expect("spar runs");
-    assert!(out.status.success(), "{:?} failed:\n{}\n{}", cmd, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{:?} failed:\n{}\n{}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A few-step run of the tiny demo: tokenizer, SFT, one RL round, evaluation, plots, checkpoints.
 fn tiny_run(out: &Path) {
-    ok(spar().args(["train", "--recipe"]).arg(root().join("recipes/tiny-cpu.toml")).arg("--out").arg(out).args([
-        "--set", "trainer.sft_steps=3",
-        "--set", "trainer.steps=1",
-        "--set", "trainer.sft_batch=4",
-        "--set", "rollout.groups_per_step=1",
-        "--set", "rollout.group_size=2",
-        "--set", "rollout.sampling.max_new_tokens=16",
-        "--set", "rollout.turn_limits=[2, 1, 1, 1]",
-        "--set", "eval.max_cases=1",
-        "--set", "eval.max_new_tokens=16",
-        "--set", "data.max_cases=4",
-        "--set", "trainer.bpe_vocab_size=400",
-    ]));
+    ok(spar()
+        .args(["train", "--recipe"])
+        .arg(root().join("recipes/tiny-cpu.toml"))
+        .arg("--out")
+        .arg(out)
+        .args([
+            "--set",
+            "trainer.sft_steps=3",
+            "--set",
+            "trainer.steps=1",
+            "--set",
+            "trainer.sft_batch=4",
+            "--set",
+            "rollout.groups_per_step=1",
+            "--set",
+            "rollout.group_size=2",
+            "--set",
+            "rollout.sampling.max_new_tokens=16",
+            "--set",
+            "rollout.turn_limits=[2, 1, 1, 1]",
+            "--set",
+            "eval.max_cases=1",
+            "--set",
+            "eval.max_new_tokens=16",
+            "--set",
+            "data.max_cases=4",
+            "--set",
+            "trainer.bpe_vocab_size=400",
+        ]));
 }
 
 #[test]
@@ -38,25 +60,63 @@ fn few_step_demo_run_then_contract_path_from_files() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     tiny_run(&run);
-    for f in ["metrics.jsonl", "comparison.json", "transcripts/before.md", "transcripts/after.md", "final/config.json", "final/model.safetensors", "tokenizer/tokenizer.json", "checkpoints/latest"] {
+    for f in [
+        "metrics.jsonl",
+        "comparison.json",
+        "transcripts/before.md",
+        "transcripts/after.md",
+        "final/config.json",
+        "final/model.safetensors",
+        "tokenizer/tokenizer.json",
+        "checkpoints/latest",
+    ] {
         assert!(run.join(f).exists(), "{f} missing");
     }
     assert!(std::fs::read_dir(run.join("plots")).unwrap().count() >= 2);
-    let cmp: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("comparison.json")).unwrap()).unwrap();
+    let cmp: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("comparison.json")).unwrap()).unwrap();
     assert!(cmp["after_rl"]["reward_mean"].as_f64().is_some(), "{cmp}");
 
     // Contract: samples written by `spar rollout`, scored by `spar score`, one trainer step, all from files.
-    let samples = dir.path().join("samples.jsonl");
+    let rollout_dir = dir.path().join("rollout");
+    let samples = rollout_dir.join("samples.parquet");
     let scored = dir.path().join("scored.jsonl");
-    ok(spar().args(["rollout", "--recipe"]).arg(root().join("recipes/tiny-cpu.toml")).arg("--model").arg(run.join("final")).arg("--out").arg(&samples).args([
-        "--groups", "1",
-        "--set", "rollout.group_size=2",
-        "--set", "rollout.sampling.max_new_tokens=16",
-        "--set", "data.max_cases=4",
-    ]));
-    ok(spar().args(["score", "--recipe"]).arg(root().join("recipes/tiny-cpu.toml")).arg("--in").arg(&samples).arg("--out").arg(&scored));
+    ok(spar()
+        .args(["rollout", "--recipe"])
+        .arg(root().join("recipes/tiny-cpu.toml"))
+        .arg("--model")
+        .arg(run.join("final"))
+        .arg("--out")
+        .arg(&rollout_dir)
+        .args([
+            "--groups",
+            "1",
+            "--set",
+            "rollout.group_size=2",
+            "--set",
+            "rollout.sampling.max_new_tokens=16",
+            "--set",
+            "data.max_cases=4",
+        ]));
+    ok(spar()
+        .args(["score", "--recipe"])
+        .arg(root().join("recipes/tiny-cpu.toml"))
+        .arg("--in")
+        .arg(&samples)
+        .arg("--out")
+        .arg(&scored));
     let step = dir.path().join("step");
-    ok(spar().args(["train", "--recipe"]).arg(root().join("recipes/tiny-cpu.toml")).arg("--in").arg(&samples).arg("--rewards").arg(&scored).arg("--model").arg(run.join("final")).arg("--out").arg(&step));
+    ok(spar()
+        .args(["train", "--recipe"])
+        .arg(root().join("recipes/tiny-cpu.toml"))
+        .arg("--in")
+        .arg(&samples)
+        .arg("--rewards")
+        .arg(&scored)
+        .arg("--model")
+        .arg(run.join("final"))
+        .arg("--out")
+        .arg(&step));
     assert!(step.join("checkpoints/latest").exists());
     let line = std::fs::read_to_string(step.join("metrics.jsonl")).unwrap();
     let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
@@ -64,8 +124,21 @@ fn few_step_demo_run_then_contract_path_from_files() {
 
     // Export round trip: the exported folder loads back in spar with identical weights.
     let exported = dir.path().join("export");
-    ok(spar().args(["export", "--checkpoint"]).arg(&step).arg("--out").arg(&exported));
-    let a = std::fs::read(step.join("checkpoints").join(std::fs::read_to_string(step.join("checkpoints/latest")).unwrap().trim()).join("model/model.safetensors")).unwrap();
+    ok(spar()
+        .args(["export", "--checkpoint"])
+        .arg(&step)
+        .arg("--out")
+        .arg(&exported));
+    let a = std::fs::read(
+        step.join("checkpoints")
+            .join(
+                std::fs::read_to_string(step.join("checkpoints/latest"))
+                    .unwrap()
+                    .trim(),
+            )
+            .join("model/model.safetensors"),
+    )
+    .unwrap();
     let b = std::fs::read(exported.join("model.safetensors")).unwrap();
     assert_eq!(a, b, "exported weights differ from the checkpoint's");
 }

@@ -159,7 +159,8 @@ pub struct FieldProblem {
     pub msg: String,
 }
 
-static ICD10: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$").unwrap());
+static ICD10: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$").unwrap());
 
 /// True for a syntactically valid dotted ICD-10-CM code.
 pub fn is_icd10(code: &str) -> bool {
@@ -170,7 +171,12 @@ impl Case {
     /// Checks the case; returns every problem found (field path + message), not just the first.
     pub fn validate(&self) -> Vec<FieldProblem> {
         let mut p = Vec::new();
-        let mut bad = |field: String, msg: &str| p.push(FieldProblem { field, msg: msg.to_string() });
+        let mut bad = |field: String, msg: &str| {
+            p.push(FieldProblem {
+                field,
+                msg: msg.to_string(),
+            })
+        };
         if self.id.trim().is_empty() {
             bad("id".into(), "must not be empty");
         }
@@ -188,20 +194,32 @@ impl Case {
         }
         for (i, it) in self.inquiry_items.iter().enumerate() {
             if it.keywords.is_empty() {
-                bad(format!("inquiry_items[{i}].keywords"), "needs at least one keyword");
+                bad(
+                    format!("inquiry_items[{i}].keywords"),
+                    "needs at least one keyword",
+                );
             }
             if !(it.weight > 0.0 && it.weight.is_finite()) {
-                bad(format!("inquiry_items[{i}].weight"), "must be a positive number");
+                bad(
+                    format!("inquiry_items[{i}].weight"),
+                    "must be a positive number",
+                );
             }
         }
         for (i, r) in self.red_flags.iter().enumerate() {
             if r.keywords.is_empty() {
-                bad(format!("red_flags[{i}].keywords"), "needs at least one keyword");
+                bad(
+                    format!("red_flags[{i}].keywords"),
+                    "needs at least one keyword",
+                );
             }
         }
         let mut code = |field: String, c: &str| {
             if !is_icd10(c) || normalize_icd10(c) != c {
-                p.push(FieldProblem { field, msg: format!("`{c}` is not a dotted ICD-10 code like J18.9") });
+                p.push(FieldProblem {
+                    field,
+                    msg: format!("`{c}` is not a dotted ICD-10 code like J18.9"),
+                });
             }
         };
         code("diagnosis.icd10".into(), &self.diagnosis.icd10);
@@ -209,15 +227,24 @@ impl Case {
             code(format!("differential[{i}].icd10"), &d.icd10);
         }
         if self.tests.essential.is_empty() {
-            p.push(FieldProblem { field: "tests.essential".into(), msg: "needs at least one test".into() });
+            p.push(FieldProblem {
+                field: "tests.essential".into(),
+                msg: "needs at least one test".into(),
+            });
         }
         for (i, r) in self.rubric.iter().enumerate() {
             if !(-10..=10).contains(&r.points) || r.points == 0 {
-                p.push(FieldProblem { field: format!("rubric[{i}].points"), msg: format!("{} is not a non-zero integer in [-10, 10]", r.points) });
+                p.push(FieldProblem {
+                    field: format!("rubric[{i}].points"),
+                    msg: format!("{} is not a non-zero integer in [-10, 10]", r.points),
+                });
             }
             if let Some(Some(re)) = r.rule.as_ref().map(|r| r.regex.as_ref()) {
                 if let Err(e) = Regex::new(re) {
-                    p.push(FieldProblem { field: format!("rubric[{i}].rule.regex"), msg: e.to_string() });
+                    p.push(FieldProblem {
+                        field: format!("rubric[{i}].rule.regex"),
+                        msg: e.to_string(),
+                    });
                 }
             }
         }
@@ -233,7 +260,10 @@ pub(crate) mod tests {
         Case {
             id: "resp-0001".into(),
             department: "respiratory".into(),
-            demographics: Demographics { age: 54, sex: Sex::Male },
+            demographics: Demographics {
+                age: 54,
+                sex: Sex::Male,
+            },
             chief_complaint: "cough and fever for 3 days".into(),
             hpi: "Productive cough with yellow sputum, fever up to 39 C.".into(),
             past_history: vec![],
@@ -251,10 +281,28 @@ pub(crate) mod tests {
                 critical: false,
             }],
             red_flags: vec![],
-            diagnosis: Diagnosis { name: "Pneumonia, unspecified organism".into(), icd10: "J18.9".into() },
-            differential: vec![Diagnosis { name: "Acute bronchitis".into(), icd10: "J20.9".into() }],
-            tests: Tests { essential: vec![TestItem { name: "Chest X-ray".into(), aliases: vec!["cxr".into()], loinc: None }], optional: vec![] },
-            rubric: vec![RubricItem { criterion: "Asks about penicillin allergy".into(), points: 5, tags: vec![], rule: None }],
+            diagnosis: Diagnosis {
+                name: "Pneumonia, unspecified organism".into(),
+                icd10: "J18.9".into(),
+            },
+            differential: vec![Diagnosis {
+                name: "Acute bronchitis".into(),
+                icd10: "J20.9".into(),
+            }],
+            tests: Tests {
+                essential: vec![TestItem {
+                    name: "Chest X-ray".into(),
+                    aliases: vec!["cxr".into()],
+                    loinc: None,
+                }],
+                optional: vec![],
+            },
+            rubric: vec![RubricItem {
+                criterion: "Asks about penicillin allergy".into(),
+                points: 5,
+                tags: vec![],
+                rule: None,
+            }],
             source: "test".into(),
         }
     }
@@ -275,7 +323,10 @@ pub(crate) mod tests {
 
     #[test]
     fn healthbench_items_parse_as_is() {
-        let r: RubricItem = serde_json::from_str(r#"{"criterion":"Advises emergency care","points":-7,"tags":["axis:accuracy"]}"#).unwrap();
+        let r: RubricItem = serde_json::from_str(
+            r#"{"criterion":"Advises emergency care","points":-7,"tags":["axis:accuracy"]}"#,
+        )
+        .unwrap();
         assert_eq!(r.points, -7);
     }
 }

@@ -4,19 +4,35 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A record in a file has a bad or missing field (`line` is 1-based; 0 when the format has no lines).
     #[error("{file}:{line}: field `{field}`: {msg}")]
-    Field { file: String, line: usize, field: String, msg: String },
+    Field {
+        file: String,
+        line: usize,
+        field: String,
+        msg: String,
+    },
     /// A whole file is unusable (wrong format, unknown schema version, truncated ...).
     #[error("{file}: {msg}")]
     Invalid { file: String, msg: String },
     /// A recipe key is unknown, has the wrong type, or fails validation.
     #[error("recipe {file}: `{key}`: {msg}")]
-    Recipe { file: String, key: String, msg: String },
+    Recipe {
+        file: String,
+        key: String,
+        msg: String,
+    },
     /// A call to an external model (judge, simulator, verifier, endpoint) failed.
     #[error("{service}: {msg}")]
-    External { service: String, msg: String, retryable: bool },
+    External {
+        service: String,
+        msg: String,
+        retryable: bool,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -25,12 +41,22 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn invalid(file: impl std::fmt::Display, msg: impl Into<String>) -> Self {
-        Error::Invalid { file: file.to_string(), msg: msg.into() }
+        Error::Invalid {
+            file: file.to_string(),
+            msg: msg.into(),
+        }
     }
     pub fn external(service: impl Into<String>, msg: impl Into<String>, retryable: bool) -> Self {
-        Error::External { service: service.into(), msg: msg.into(), retryable }
+        Error::External {
+            service: service.into(),
+            msg: msg.into(),
+            retryable,
+        }
     }
 }

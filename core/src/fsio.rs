@@ -11,10 +11,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Like [`write_atomic`], with the content produced by a closure writing into the temp file.
-pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -38,7 +47,10 @@ pub struct LineError {
 
 /// Reads a JSONL file of `T`. With `expect_version`, every line must carry that `schema_version`.
 /// Bad lines are returned (with line number and field), never silently dropped; I/O errors fail the whole read.
-pub fn read_jsonl<T: DeserializeOwned>(path: &Path, expect_version: Option<u32>) -> Result<(Vec<T>, Vec<LineError>)> {
+pub fn read_jsonl<T: DeserializeOwned>(
+    path: &Path,
+    expect_version: Option<u32>,
+) -> Result<(Vec<T>, Vec<LineError>)> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let name = path.display().to_string();
     let mut ok = Vec::new();
@@ -57,18 +69,41 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path, expect_version: Option<u32>)
 }
 
 /// Like [`read_jsonl`] but the first bad line is an error.
-pub fn read_jsonl_strict<T: DeserializeOwned>(path: &Path, expect_version: Option<u32>) -> Result<Vec<T>> {
+pub fn read_jsonl_strict<T: DeserializeOwned>(
+    path: &Path,
+    expect_version: Option<u32>,
+) -> Result<Vec<T>> {
     let (ok, mut bad) = read_jsonl(path, expect_version)?;
-    if bad.is_empty() { Ok(ok) } else { Err(bad.remove(0).error) }
+    if bad.is_empty() {
+        Ok(ok)
+    } else {
+        Err(bad.remove(0).error)
+    }
 }
 
-fn parse_line<T: DeserializeOwned>(file: &str, line: usize, text: &str, expect_version: Option<u32>) -> Result<T> {
-    let field_err = |field: &str, msg: String| Error::Field { file: file.into(), line, field: field.into(), msg };
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| field_err("-", format!("not JSON: {e}")))?;
+fn parse_line<T: DeserializeOwned>(
+    file: &str,
+    line: usize,
+    text: &str,
+    expect_version: Option<u32>,
+) -> Result<T> {
+    let field_err = |field: &str, msg: String| Error::Field {
+        file: file.into(),
+        line,
+        field: field.into(),
+        msg,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| field_err("-", format!("not JSON: {e}")))?;
     if let Some(v) = expect_version {
         match value.get("schema_version").and_then(|x| x.as_u64()) {
             Some(got) if got == v as u64 => {}
-            Some(got) => return Err(field_err("schema_version", format!("{got} is not the supported version {v}"))),
+            Some(got) => {
+                return Err(field_err(
+                    "schema_version",
+                    format!("{got} is not the supported version {v}"),
+                ));
+            }
             None => return Err(field_err("schema_version", "missing".into())),
         }
     }
@@ -104,21 +139,33 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::{Sample, SCHEMA_VERSION};
+    use crate::sample::{SCHEMA_VERSION, Sample};
 
     #[test]
     fn atomic_write_and_jsonl_errors_name_line_and_field() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.jsonl");
-        std::fs::write(&p, "{\"schema_version\":1,\"run_id\":\"r\"}\nnot json\n{\"schema_version\":9}\n").unwrap();
+        std::fs::write(
+            &p,
+            "{\"schema_version\":1,\"run_id\":\"r\"}\nnot json\n{\"schema_version\":9}\n",
+        )
+        .unwrap();
         let (ok, bad) = read_jsonl::<Sample>(&p, Some(SCHEMA_VERSION)).unwrap();
         assert!(ok.is_empty());
         assert_eq!(bad.len(), 3);
-        assert!(bad[0].error.to_string().contains(":1: field `case_id`"), "{}", bad[0].error);
+        assert!(
+            bad[0].error.to_string().contains(":1: field `case_id`"),
+            "{}",
+            bad[0].error
+        );
         assert_eq!(bad[1].line, 2);
         assert!(bad[2].error.to_string().contains("field `schema_version`"));
         write_atomic(&p, b"x").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"x");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left behind");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left behind"
+        );
     }
 }

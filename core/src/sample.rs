@@ -27,7 +27,11 @@ pub struct Turn {
 
 impl Turn {
     pub fn new(role: Role, text: impl Into<String>) -> Self {
-        Turn { role, text: text.into(), stage: None }
+        Turn {
+            role,
+            text: text.into(),
+            stage: None,
+        }
     }
 }
 
@@ -109,13 +113,28 @@ impl Sample {
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         let t = self.token_ids.len();
         if self.schema_version != SCHEMA_VERSION {
-            return Err(("schema_version", format!("{} is not the supported version {SCHEMA_VERSION}", self.schema_version)));
+            return Err((
+                "schema_version",
+                format!(
+                    "{} is not the supported version {SCHEMA_VERSION}",
+                    self.schema_version
+                ),
+            ));
         }
         if self.loss_mask.len() != t {
-            return Err(("loss_mask", format!("length {} != token_ids length {t}", self.loss_mask.len())));
+            return Err((
+                "loss_mask",
+                format!("length {} != token_ids length {t}", self.loss_mask.len()),
+            ));
         }
         if self.rollout_logprobs.len() != t {
-            return Err(("rollout_logprobs", format!("length {} != token_ids length {t}", self.rollout_logprobs.len())));
+            return Err((
+                "rollout_logprobs",
+                format!(
+                    "length {} != token_ids length {t}",
+                    self.rollout_logprobs.len()
+                ),
+            ));
         }
         if let Some(b) = self.loss_mask.iter().find(|&&m| m > 1) {
             return Err(("loss_mask", format!("value {b} is not 0 or 1")));
@@ -123,13 +142,22 @@ impl Sample {
         let mut prev = 0;
         for (i, s) in self.steps.iter().enumerate() {
             if s.start > s.end || s.end > t || s.start < prev {
-                return Err(("steps", format!("step {i} [{}, {}) is out of order or out of range (T = {t})", s.start, s.end)));
+                return Err((
+                    "steps",
+                    format!(
+                        "step {i} [{}, {}) is out of order or out of range (T = {t})",
+                        s.start, s.end
+                    ),
+                ));
             }
             prev = s.end;
         }
         if let Some(r) = &self.routed_experts {
             if r.ids.len() != t * r.layers * r.k {
-                return Err(("routed_experts", format!("{} ids != T*layers*k = {}", r.ids.len(), t * r.layers * r.k)));
+                return Err((
+                    "routed_experts",
+                    format!("{} ids != T*layers*k = {}", r.ids.len(), t * r.layers * r.k),
+                ));
             }
         }
         Ok(())

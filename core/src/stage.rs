@@ -35,7 +35,9 @@ impl Stage {
     }
 
     pub fn parse(s: &str) -> Option<Stage> {
-        Stage::ALL.into_iter().find(|st| st.name().eq_ignore_ascii_case(s.trim()))
+        Stage::ALL
+            .into_iter()
+            .find(|st| st.name().eq_ignore_ascii_case(s.trim()))
     }
 
     /// Default turn limit of the stage (method.md section 9: Inquiry 12, others 2).
@@ -51,9 +53,15 @@ impl Stage {
     pub fn default_instruction(self) -> &'static str {
         match self {
             Stage::Inquiry => "",
-            Stage::Ddx => "Now give your differential diagnosis, most likely first, as <ddx> with one numbered line per diagnosis: name (ICD-10 code) </ddx>.",
-            Stage::Lab => "Which examinations or tests do you recommend? List them as <tests> with one line per test starting with '- ' </tests>.",
-            Stage::Diag => "Give your final diagnosis as <diagnosis>name (ICD-10 code)</diagnosis>.",
+            Stage::Ddx => {
+                "Now give your differential diagnosis, most likely first, as <ddx> with one numbered line per diagnosis: name (ICD-10 code) </ddx>."
+            }
+            Stage::Lab => {
+                "Which examinations or tests do you recommend? List them as <tests> with one line per test starting with '- ' </tests>."
+            }
+            Stage::Diag => {
+                "Give your final diagnosis as <diagnosis>name (ICD-10 code)</diagnosis>."
+            }
         }
     }
 }

@@ -91,7 +91,13 @@ pub struct StageScore {
 pub trait StageScorer: Send + Sync {
     /// `doctor_replies` are the doctor's replies of this stage (thinking stripped by the scorer); `dialogue` is
     /// the whole consultation so far (Inquiry coverage looks at every question asked).
-    fn score(&self, case: &Case, stage: Stage, doctor_replies: &[String], dialogue: &[Turn]) -> StageScore;
+    fn score(
+        &self,
+        case: &Case,
+        stage: Stage,
+        doctor_replies: &[String],
+        dialogue: &[Turn],
+    ) -> StageScore;
 }
 
 /// Sampling knobs, per request.
@@ -112,7 +118,16 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, min_p: 0.0, max_new_tokens: 256, seed: None, stop_token_ids: vec![], stop_strings: vec![] }
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            max_new_tokens: 256,
+            seed: None,
+            stop_token_ids: vec![],
+            stop_strings: vec![],
+        }
     }
 }
 

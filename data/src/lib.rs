@@ -21,4 +21,7 @@ pub mod wire;
 pub use cases::{Format, load_cases, read_cases, write_cases};
 pub use expert::Expert;
 pub use splits::{Split, Splits, load_split};
-pub use wire::{read_samples, read_scored, write_samples, write_samples_parquet, write_scored, write_scored_parquet};
+pub use wire::{
+    read_samples, read_scored, write_samples, write_samples_parquet, write_scored,
+    write_scored_parquet,
+};

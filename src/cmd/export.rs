@@ -15,19 +15,37 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut ckpt = args.checkpoint.clone();
     if ckpt.join("checkpoints").is_dir() {
-        ckpt = spar_trainer::checkpoint::latest(&ckpt.join("checkpoints"))?.with_context(|| format!("{}: no checkpoint in this run", args.checkpoint.display()))?;
+        ckpt = spar_trainer::checkpoint::latest(&ckpt.join("checkpoints"))?
+            .with_context(|| format!("{}: no checkpoint in this run", args.checkpoint.display()))?;
     }
-    let model_dir = if ckpt.join("model").join("config.json").exists() { ckpt.join("model") } else { ckpt.clone() };
-    let model = spar_model::Qwen3Model::load(&model_dir, tch::Device::Cpu, tch::Kind::Float).with_context(|| format!("loading {}", model_dir.display()))?;
+    let model_dir = if ckpt.join("model").join("config.json").exists() {
+        ckpt.join("model")
+    } else {
+        ckpt.clone()
+    };
+    let model = spar_model::Qwen3Model::load(&model_dir, tch::Device::Cpu, tch::Kind::Float)
+        .with_context(|| format!("loading {}", model_dir.display()))?;
     model.save_hf(&args.out)?;
     // Tokenizer: next to the weights, or the run's trained tokenizer (RUN/tokenizer) for a checkpoint.
-    let run_dir = ckpt.parent().and_then(|p| p.parent()).map(|p| p.to_path_buf());
-    let candidates = [Some(model_dir.clone()), run_dir.map(|r| r.join("tokenizer"))];
+    let run_dir = ckpt
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.to_path_buf());
+    let candidates = [
+        Some(model_dir.clone()),
+        run_dir.map(|r| r.join("tokenizer")),
+    ];
     for dir in candidates.into_iter().flatten() {
         if dir.join("tokenizer.json").exists() {
-            for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+            for f in [
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "generation_config.json",
+            ] {
                 if dir.join(f).exists() {
-                    std::fs::copy(dir.join(f), args.out.join(f)).with_context(|| format!("copying {f}"))?;
+                    std::fs::copy(dir.join(f), args.out.join(f))
+                        .with_context(|| format!("copying {f}"))?;
                 }
             }
             break;

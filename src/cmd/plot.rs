@@ -12,6 +12,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let files = spar_trainer::plot::plot_run(&args.run_dir, &args.only)?;
-    eprintln!("wrote {} files under {}", files.len(), args.run_dir.join("plots").display());
+    eprintln!(
+        "wrote {} files under {}",
+        files.len(),
+        args.run_dir.join("plots").display()
+    );
     Ok(())
 }

@@ -49,9 +49,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     ) {
         (Some(p), _) => p.clone(),
         (None, Some(p)) => recipe.resolve(p),
-        (None, None) => {
-            anyhow::bail!("no cases: pass --cases FILE or set [data] cases in the recipe")
-        }
+        // No cases named anywhere: the shipped cases, as every other command defaults to.
+        (None, None) => spar_data::recipe::cases_path(&Default::default(), None),
     };
     let cases: HashMap<String, Case> = spar_data::load_cases(&cases_path)
         .with_context(|| format!("reading cases {}", cases_path.display()))?

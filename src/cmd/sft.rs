@@ -23,5 +23,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     sets.push("trainer.steps=0".into());
     let recipe = spar_core::recipe::Recipe::load(&args.recipe, &sets)?;
-    spar_trainer::run::run(&recipe, &spar_trainer::run::RunOptions { resume: args.resume, out_dir: args.out })
+    spar_trainer::run::run(
+        &recipe,
+        &spar_trainer::run::RunOptions {
+            resume: args.resume,
+            out_dir: args.out,
+        },
+    )
 }

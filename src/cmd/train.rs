@@ -35,10 +35,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Parsing, overrides and validation of every section happen here, before any heavy work.
     let recipe = spar_core::recipe::Recipe::load(&args.recipe, &sets)?;
     if let (Some(samples), Some(scored), Some(model)) = (&args.input, &args.rewards, &args.model) {
-        let out = args.out.clone().ok_or_else(|| anyhow::anyhow!("--in needs --out (where the checkpoint goes)"))?;
+        let out = args
+            .out
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--in needs --out (where the checkpoint goes)"))?;
         let rep = spar_trainer::run::offline_step(&recipe, samples, scored, model, &out)?;
-        eprintln!("one step: loss {:.6}, grad norm {:.4}, {} tokens, skipped {}", rep.loss, rep.grad_norm, rep.tokens, rep.skipped);
+        eprintln!(
+            "one step: loss {:.6}, grad norm {:.4}, {} tokens, skipped {}",
+            rep.loss, rep.grad_norm, rep.tokens, rep.skipped
+        );
         return Ok(());
     }
-    spar_trainer::run::run(&recipe, &spar_trainer::run::RunOptions { resume: args.resume, out_dir: args.out })
+    spar_trainer::run::run(
+        &recipe,
+        &spar_trainer::run::RunOptions {
+            resume: args.resume,
+            out_dir: args.out,
+        },
+    )
 }

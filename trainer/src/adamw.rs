@@ -3,7 +3,7 @@
 //! back, so low-precision compute never accumulates rounding in the weights. Matches `torch.optim.AdamW`.
 use anyhow::{Context, Result};
 use std::path::Path;
-use tch::{nn::VarStore, Kind, Tensor};
+use tch::{Kind, Tensor, nn::VarStore};
 
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWConfig {
@@ -15,7 +15,12 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
     }
 }
 
@@ -38,18 +43,33 @@ pub struct AdamW {
 impl AdamW {
     /// Every trainable variable of `vs`, in name order (the order is part of the saved state).
     pub fn new(vs: &VarStore, config: AdamWConfig) -> Self {
-        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut named: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let params = named
             .into_iter()
             .map(|(name, param)| {
-                let master = (param.kind() != Kind::Float).then(|| param.detach().to_kind(Kind::Float));
+                let master =
+                    (param.kind() != Kind::Float).then(|| param.detach().to_kind(Kind::Float));
                 let m = Tensor::zeros(param.size(), (Kind::Float, param.device()));
                 let v = m.zeros_like();
-                ParamState { name, param, master, m, v }
+                ParamState {
+                    name,
+                    param,
+                    master,
+                    m,
+                    v,
+                }
             })
             .collect();
-        AdamW { config, step: 0, params }
+        AdamW {
+            config,
+            step: 0,
+            params,
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -64,7 +84,11 @@ impl AdamW {
             .iter()
             .map(|p| {
                 let g = p.param.grad();
-                if g.defined() { g.to_kind(Kind::Float) } else { p.m.zeros_like() }
+                if g.defined() {
+                    g.to_kind(Kind::Float)
+                } else {
+                    p.m.zeros_like()
+                }
             })
             .collect()
     }
@@ -75,7 +99,11 @@ impl AdamW {
         for p in &self.params {
             let g = p.param.grad();
             if g.defined() {
-                total += g.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[]);
+                total += g
+                    .to_kind(Kind::Double)
+                    .square()
+                    .sum(Kind::Double)
+                    .double_value(&[]);
             }
         }
         total.sqrt()
@@ -135,7 +163,10 @@ impl AdamW {
             out.push((format!("m.{}", p.name), p.m.to_device(tch::Device::Cpu)));
             out.push((format!("v.{}", p.name), p.v.to_device(tch::Device::Cpu)));
             if let Some(master) = &p.master {
-                out.push((format!("master.{}", p.name), master.to_device(tch::Device::Cpu)));
+                out.push((
+                    format!("master.{}", p.name),
+                    master.to_device(tch::Device::Cpu),
+                ));
             }
         }
         out
@@ -144,7 +175,8 @@ impl AdamW {
     /// Writes the state as safetensors (the caller makes it atomic).
     pub fn save(&self, path: &Path) -> Result<()> {
         let named = self.state_tensors();
-        Tensor::write_safetensors(&named, path).with_context(|| format!("writing optimizer state {}", path.display()))
+        Tensor::write_safetensors(&named, path)
+            .with_context(|| format!("writing optimizer state {}", path.display()))
     }
 
     /// Restores a state written by [`AdamW::save`] for the same set of parameters.
@@ -153,11 +185,20 @@ impl AdamW {
             .with_context(|| format!("reading optimizer state {}", path.display()))?
             .into_iter()
             .collect();
-        let get = |k: &str| named.get(k).with_context(|| format!("{}: optimizer state has no tensor `{k}`", path.display()));
+        let get = |k: &str| {
+            named
+                .get(k)
+                .with_context(|| format!("{}: optimizer state has no tensor `{k}`", path.display()))
+        };
         self.step = get("step")?.int64_value(&[0]) as u64;
         tch::no_grad(|| -> Result<()> {
             for p in &mut self.params {
-                let ctx = |k: &str| format!("{}: optimizer tensor `{k}` does not fit the model", path.display());
+                let ctx = |k: &str| {
+                    format!(
+                        "{}: optimizer tensor `{k}` does not fit the model",
+                        path.display()
+                    )
+                };
                 let k = format!("m.{}", p.name);
                 p.m.f_copy_(get(&k)?).with_context(|| ctx(&k))?;
                 let k = format!("v.{}", p.name);

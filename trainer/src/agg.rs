@@ -1,7 +1,7 @@
 //! Loss aggregation over tokens and sequences (verl's four modes), written so that gradient accumulation over
 //! micro-batches gives exactly the loss of the whole mini-batch: each micro-batch divides by the mini-batch's
 //! token and sequence counts, never by its own.
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use tch::{Kind, Tensor};
 
 /// How per-token losses become one scalar (recipe key `trainer.loss_agg`).
@@ -45,7 +45,12 @@ impl Aggregator {
     pub fn local(mode: AggMode, l_max: usize, mask: &Tensor, seq_ids: &Tensor) -> Self {
         let total_tokens = mask.sum(Kind::Double).double_value(&[]);
         let total_seqs = count_seqs(mask, seq_ids) as f64;
-        Aggregator { mode, l_max: l_max as f64, total_tokens, total_seqs }
+        Aggregator {
+            mode,
+            l_max: l_max as f64,
+            total_tokens,
+            total_seqs,
+        }
     }
 
     /// Aggregates `loss` ([B, T] per token) under `mask` ([B, T], 0/1 float). `seq_ids` ([B, T] int64) names the
@@ -79,8 +84,14 @@ pub fn per_seq(values: &Tensor, mask: &Tensor, seq_ids: &Tensor, n: usize) -> (T
     let opts = (k, values.device());
     let valid = seq_ids.ge(0);
     let idx = seq_ids.clamp_min(0).reshape([-1]);
-    let v = values.where_self(&valid, &values.zeros_like()).reshape([-1]).to_kind(k);
-    let m = mask.where_self(&valid, &mask.zeros_like()).reshape([-1]).to_kind(k);
+    let v = values
+        .where_self(&valid, &values.zeros_like())
+        .reshape([-1])
+        .to_kind(k);
+    let m = mask
+        .where_self(&valid, &mask.zeros_like())
+        .reshape([-1])
+        .to_kind(k);
     let sums = Tensor::zeros([n as i64], opts).index_add(0, &idx, &v);
     let counts = Tensor::zeros([n as i64], opts).index_add(0, &idx, &m);
     (sums, counts)
@@ -98,5 +109,9 @@ pub fn count_seqs(mask: &Tensor, seq_ids: &Tensor) -> usize {
 
 /// float64 stays float64 (gradient checks); everything else computes in float32.
 pub fn float_kind(t: &Tensor) -> Kind {
-    if t.kind() == Kind::Double { Kind::Double } else { Kind::Float }
+    if t.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
 }

@@ -2,7 +2,7 @@
 //! spreads each step's advantage A_j (computed by spar-rewards) over the step's sampled tokens and never
 //! recomputes it. Arrays are position-aligned: entry p concerns the prediction of token p+1 from position p,
 //! so packing several samples into one row is a plain concatenation.
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use spar_core::{Sample, Scored};
 use std::collections::HashMap;
 use tch::{Device, Tensor};
@@ -51,12 +51,28 @@ pub struct AssemblyReport {
 
 /// Builds training items from samples and their scores (joined on group_id + sample_idx). `origin` names the
 /// input in errors.
-pub fn assemble(samples: &[Sample], scored: &[Scored], origin: &str) -> Result<(Vec<TrainItem>, AssemblyReport)> {
-    let by_key: HashMap<(&str, u32), &Scored> = scored.iter().map(|s| ((s.group_id.as_str(), s.sample_idx), s)).collect();
-    let mut report = AssemblyReport { samples: samples.len(), ..Default::default() };
+pub fn assemble(
+    samples: &[Sample],
+    scored: &[Scored],
+    origin: &str,
+) -> Result<(Vec<TrainItem>, AssemblyReport)> {
+    let by_key: HashMap<(&str, u32), &Scored> = scored
+        .iter()
+        .map(|s| ((s.group_id.as_str(), s.sample_idx), s))
+        .collect();
+    let mut report = AssemblyReport {
+        samples: samples.len(),
+        ..Default::default()
+    };
     let mut items = Vec::new();
     for s in samples {
-        s.check().map_err(|(field, msg)| anyhow::anyhow!("{origin}: sample {}/{}: field `{field}`: {msg}", s.group_id, s.sample_idx))?;
+        s.check().map_err(|(field, msg)| {
+            anyhow::anyhow!(
+                "{origin}: sample {}/{}: field `{field}`: {msg}",
+                s.group_id,
+                s.sample_idx
+            )
+        })?;
         let Some(sc) = by_key.get(&(s.group_id.as_str(), s.sample_idx)) else {
             report.missing_scored += 1;
             continue;
@@ -65,7 +81,8 @@ pub fn assemble(samples: &[Sample], scored: &[Scored], origin: &str) -> Result<(
             report.dropped_by_rewards += 1;
             continue;
         }
-        let item = item_from(s, sc).with_context(|| format!("{origin}: sample {}/{}", s.group_id, s.sample_idx))?;
+        let item = item_from(s, sc)
+            .with_context(|| format!("{origin}: sample {}/{}", s.group_id, s.sample_idx))?;
         if item.trained_tokens() == 0 {
             report.no_trained_tokens += 1;
             continue;
@@ -78,7 +95,11 @@ pub fn assemble(samples: &[Sample], scored: &[Scored], origin: &str) -> Result<(
 /// One item; advantages come from `scored.steps[j].advantage`.
 pub fn item_from(s: &Sample, sc: &Scored) -> Result<TrainItem> {
     if sc.steps.len() != s.steps.len() {
-        bail!("field `steps`: the sample has {} steps but its score has {}", s.steps.len(), sc.steps.len());
+        bail!(
+            "field `steps`: the sample has {} steps but its score has {}",
+            s.steps.len(),
+            sc.steps.len()
+        );
     }
     let t = s.token_ids.len();
     if t < 2 {
@@ -109,7 +130,10 @@ pub fn item_from(s: &Sample, sc: &Scored) -> Result<TrainItem> {
             }
         }
     }
-    let routed = s.routed_experts.as_ref().map(|r| (r.layers, r.k, r.ids.iter().map(|&x| x as i64).collect()));
+    let routed = s
+        .routed_experts
+        .as_ref()
+        .map(|r| (r.layers, r.k, r.ids.iter().map(|&x| x as i64).collect()));
     Ok(TrainItem {
         group_id: s.group_id.clone(),
         sample_idx: s.sample_idx,
@@ -128,10 +152,18 @@ pub fn item_from(s: &Sample, sc: &Scored) -> Result<TrainItem> {
 /// Splits items into micro-batches: `micro_batch` items each, or (with `token_budget` > 0) as many as fit
 /// the budget, counting padded tokens (`pack` off) or real tokens (`pack` on). Longest first, so padding waste
 /// stays small. An item longer than the budget gets a micro-batch of its own.
-pub fn plan_micro_batches(items: &[TrainItem], micro_batch: usize, token_budget: usize, pack: bool) -> Vec<Vec<usize>> {
+pub fn plan_micro_batches(
+    items: &[TrainItem],
+    micro_batch: usize,
+    token_budget: usize,
+    pack: bool,
+) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..items.len()).collect();
     if token_budget == 0 {
-        return order.chunks(micro_batch.max(1)).map(|c| c.to_vec()).collect();
+        return order
+            .chunks(micro_batch.max(1))
+            .map(|c| c.to_vec())
+            .collect();
     }
     order.sort_by(|&a, &b| items[b].len().cmp(&items[a].len()).then(a.cmp(&b)));
     let mut out: Vec<Vec<usize>> = Vec::new();
@@ -140,7 +172,11 @@ pub fn plan_micro_batches(items: &[TrainItem], micro_batch: usize, token_budget:
     let mut cur_sum = 0;
     for i in order {
         let l = items[i].len();
-        let cost = if pack { cur_sum + l } else { cur_max.max(l) * (cur.len() + 1) };
+        let cost = if pack {
+            cur_sum + l
+        } else {
+            cur_max.max(l) * (cur.len() + 1)
+        };
         if !cur.is_empty() && cost > token_budget {
             out.push(std::mem::take(&mut cur));
             cur_max = 0;
@@ -184,8 +220,16 @@ pub struct MicroBatch {
 
 /// Puts `items` into tensors on `device`. `pack`: concatenate all items into one row.
 pub fn collate(items: &[&TrainItem], pack: bool, device: Device) -> Result<MicroBatch> {
-    let rows: Vec<Vec<usize>> = if pack { vec![(0..items.len()).collect()] } else { (0..items.len()).map(|i| vec![i]).collect() };
-    let l = rows.iter().map(|r| r.iter().map(|&i| items[i].len()).sum::<usize>()).max().unwrap_or(0);
+    let rows: Vec<Vec<usize>> = if pack {
+        vec![(0..items.len()).collect()]
+    } else {
+        (0..items.len()).map(|i| vec![i]).collect()
+    };
+    let l = rows
+        .iter()
+        .map(|r| r.iter().map(|&i| items[i].len()).sum::<usize>())
+        .max()
+        .unwrap_or(0);
     let n = rows.len() * l;
     let mut ids = vec![0i64; n];
     let mut attn = vec![0i64; n];
@@ -197,7 +241,9 @@ pub fn collate(items: &[&TrainItem], pack: bool, device: Device) -> Result<Micro
     let mut seq = vec![-1i64; n];
     let mut seg = vec![-1i64; n];
     let mut rlp = vec![0f32; n];
-    let routed_shape = items.first().and_then(|it| it.routed.as_ref().map(|(layers, k, _)| (*layers, *k)));
+    let routed_shape = items
+        .first()
+        .and_then(|it| it.routed.as_ref().map(|(layers, k, _)| (*layers, *k)));
     let mut routed = routed_shape.map(|(layers, k)| vec![0i64; n * layers * k]);
     let mut seg_base = 0i64;
     for (r, row) in rows.iter().enumerate() {
@@ -214,7 +260,11 @@ pub fn collate(items: &[&TrainItem], pack: bool, device: Device) -> Result<Micro
                 mask[o] = it.mask[p];
                 adv[o] = it.advantages[p];
                 seq[o] = i as i64;
-                seg[o] = if it.step_ids[p] >= 0 { seg_base + it.step_ids[p] } else { -1 };
+                seg[o] = if it.step_ids[p] >= 0 {
+                    seg_base + it.step_ids[p]
+                } else {
+                    -1
+                };
                 rlp[o] = it.rollout_logp[p];
             }
             match (&mut routed, &it.routed, routed_shape) {
@@ -223,7 +273,11 @@ pub fn collate(items: &[&TrainItem], pack: bool, device: Device) -> Result<Micro
                     dst[off * w..(off + it.len()) * w].copy_from_slice(src);
                 }
                 (None, None, None) => {}
-                _ => bail!("sample {}/{}: routed experts missing or of another shape than the batch's", it.group_id, it.sample_idx),
+                _ => bail!(
+                    "sample {}/{}: routed experts missing or of another shape than the batch's",
+                    it.group_id,
+                    it.sample_idx
+                ),
             }
             seg_base += it.n_steps as i64;
             off += it.len();
@@ -233,7 +287,11 @@ pub fn collate(items: &[&TrainItem], pack: bool, device: Device) -> Result<Micro
     let t_i = |v: &[i64]| Tensor::from_slice(v).reshape(shape).to_device(device);
     let t_f = |v: &[f32]| Tensor::from_slice(v).reshape(shape).to_device(device);
     let forced_experts = match (routed, routed_shape) {
-        (Some(v), Some((layers, k))) => Some(Tensor::from_slice(&v).reshape([shape[0], shape[1], layers as i64, k as i64]).to_device(device)),
+        (Some(v), Some((layers, k))) => Some(
+            Tensor::from_slice(&v)
+                .reshape([shape[0], shape[1], layers as i64, k as i64])
+                .to_device(device),
+        ),
         _ => None,
     };
     Ok(MicroBatch {

@@ -4,7 +4,7 @@
 //! only the last N are kept.
 use crate::adamw::AdamW;
 use crate::policy::Policy;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -48,7 +48,13 @@ pub fn checkpoint_name(step: usize) -> String {
 }
 
 /// Writes a checkpoint under `root` and prunes older ones beyond `keep_last`. Returns its folder.
-pub fn save(root: &Path, policy: &dyn Policy, adamw: &AdamW, state: &TrainerState, keep_last: usize) -> Result<PathBuf> {
+pub fn save(
+    root: &Path,
+    policy: &dyn Policy,
+    adamw: &AdamW,
+    state: &TrainerState,
+    keep_last: usize,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let name = checkpoint_name(state.step);
     let tmp = root.join(format!(".{name}.{}.tmp", std::process::id()));
@@ -60,12 +66,16 @@ pub fn save(root: &Path, policy: &dyn Policy, adamw: &AdamW, state: &TrainerStat
     adamw.save(&tmp.join("optimizer.safetensors"))?;
     let mut st = state.clone();
     st.format_version = STATE_FORMAT_VERSION;
-    std::fs::write(tmp.join("trainer_state.json"), serde_json::to_vec_pretty(&st)?)?;
+    std::fs::write(
+        tmp.join("trainer_state.json"),
+        serde_json::to_vec_pretty(&st)?,
+    )?;
     let dst = root.join(&name);
     if dst.exists() {
         std::fs::remove_dir_all(&dst).with_context(|| format!("replacing {}", dst.display()))?;
     }
-    std::fs::rename(&tmp, &dst).with_context(|| format!("moving checkpoint into {}", dst.display()))?;
+    std::fs::rename(&tmp, &dst)
+        .with_context(|| format!("moving checkpoint into {}", dst.display()))?;
     spar_core::fsio::write_atomic(&root.join("latest"), name.as_bytes())?;
     prune(root, keep_last)?;
     Ok(dst)
@@ -74,11 +84,16 @@ pub fn save(root: &Path, policy: &dyn Policy, adamw: &AdamW, state: &TrainerStat
 /// Checkpoint folders under `root`, oldest first.
 pub fn list(root: &Path) -> Result<Vec<(usize, PathBuf)>> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(root) else { return Ok(out) };
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return Ok(out);
+    };
     for e in rd {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()) {
+        if let Some(n) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<usize>().ok())
+        {
             if e.path().join("trainer_state.json").exists() {
                 out.push((n, e.path()));
             }
@@ -92,7 +107,8 @@ fn prune(root: &Path, keep_last: usize) -> Result<()> {
     let all = list(root)?;
     let n = all.len().saturating_sub(keep_last.max(1));
     for (_, p) in all.into_iter().take(n) {
-        std::fs::remove_dir_all(&p).with_context(|| format!("removing old checkpoint {}", p.display()))?;
+        std::fs::remove_dir_all(&p)
+            .with_context(|| format!("removing old checkpoint {}", p.display()))?;
     }
     Ok(())
 }
@@ -112,9 +128,14 @@ pub fn latest(root: &Path) -> Result<Option<PathBuf>> {
 pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let p = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    let st: TrainerState = serde_json::from_str(&text).with_context(|| format!("{}: not a trainer state", p.display()))?;
+    let st: TrainerState = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a trainer state", p.display()))?;
     if st.format_version != STATE_FORMAT_VERSION {
-        bail!("{}: format_version {} is not the supported {STATE_FORMAT_VERSION}", p.display(), st.format_version);
+        bail!(
+            "{}: format_version {} is not the supported {STATE_FORMAT_VERSION}",
+            p.display(),
+            st.format_version
+        );
     }
     Ok(st)
 }

@@ -4,15 +4,31 @@ use crate::agg::Aggregator;
 use tch::Tensor;
 
 /// Cross-entropy on the masked (expert) tokens: -log pi_theta(a|s), aggregated.
-pub fn sft_loss(logp: &Tensor, mask: &Tensor, seq_ids: &Tensor, n_seqs: usize, agg: &Aggregator) -> Tensor {
+pub fn sft_loss(
+    logp: &Tensor,
+    mask: &Tensor,
+    seq_ids: &Tensor,
+    n_seqs: usize,
+    agg: &Aggregator,
+) -> Tensor {
     agg.apply(&(-logp), mask, seq_ids, n_seqs)
 }
 
 /// Clip-Forward-KL (M3): L = E[ 1(log pi_theta(a|s) < log pi_t(a|s)) * (-log pi_theta(a|s)) ] on teacher-sampled
 /// tokens. Tokens the student already rates at least as high as the teacher give no gradient, so the student
 /// is pulled up to the teacher but never pushed past it into over-confidence.
-pub fn clip_forward_kl(logp: &Tensor, teacher_logp: &Tensor, mask: &Tensor, seq_ids: &Tensor, n_seqs: usize, agg: &Aggregator) -> Tensor {
-    let below = logp.detach().lt_tensor(teacher_logp).to_kind(tch::Kind::Float);
+pub fn clip_forward_kl(
+    logp: &Tensor,
+    teacher_logp: &Tensor,
+    mask: &Tensor,
+    seq_ids: &Tensor,
+    n_seqs: usize,
+    agg: &Aggregator,
+) -> Tensor {
+    let below = logp
+        .detach()
+        .lt_tensor(teacher_logp)
+        .to_kind(tch::Kind::Float);
     agg.apply(&(-logp * below), mask, seq_ids, n_seqs)
 }
 

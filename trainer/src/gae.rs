@@ -1,6 +1,6 @@
 //! PPO with a value head: generalised advantage estimation. The one estimator that lives in the trainer (it
 //! needs the critic); every other estimator is spar-rewards'.
-use tch::{nn, Kind, Tensor};
+use tch::{Kind, Tensor, nn};
 
 /// GAE over one trajectory of per-token rewards and values (value after the last token is 0).
 /// Returns (advantages, returns).
@@ -28,19 +28,34 @@ pub struct ValueHead {
 impl ValueHead {
     pub fn new(dim: i64, device: tch::Device) -> Self {
         let vs = nn::VarStore::new(device);
-        let cfg = nn::LinearConfig { ws_init: nn::Init::Const(0.0), ..Default::default() };
+        let cfg = nn::LinearConfig {
+            ws_init: nn::Init::Const(0.0),
+            ..Default::default()
+        };
         let linear = nn::linear(vs.root() / "value_head", dim, 1, cfg);
         ValueHead { vs, linear }
     }
 
     pub fn values(&self, features: &Tensor) -> anyhow::Result<Tensor> {
-        Ok(features.to_kind(Kind::Float).f_linear(&self.linear.ws, self.linear.bs.as_ref())?.squeeze_dim(-1))
+        Ok(features
+            .to_kind(Kind::Float)
+            .f_linear(&self.linear.ws, self.linear.bs.as_ref())?
+            .squeeze_dim(-1))
     }
 
     /// Clipped value loss (PPO): max((v - R)^2, (clip(v, v_old +- eps) - R)^2) / 2, masked mean.
-    pub fn loss(values: &Tensor, old_values: &Tensor, returns: &Tensor, mask: &Tensor, clip: f64) -> Tensor {
+    pub fn loss(
+        values: &Tensor,
+        old_values: &Tensor,
+        returns: &Tensor,
+        mask: &Tensor,
+        clip: f64,
+    ) -> Tensor {
         let clipped = old_values + (values - old_values).clamp(-clip, clip);
-        let l = (values - returns).square().maximum(&(clipped - returns).square()) * 0.5;
+        let l = (values - returns)
+            .square()
+            .maximum(&(clipped - returns).square())
+            * 0.5;
         (l * mask).sum(Kind::Float) / mask.sum(Kind::Float).clamp_min(1.0)
     }
 }

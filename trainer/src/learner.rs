@@ -3,12 +3,12 @@
 //! a NaN/Inf guard (skip the step, count it, stop after too many in a row) and the AdamW update.
 use crate::adamw::AdamW;
 use crate::agg::{AggMode, Aggregator};
-use crate::batch::{collate, plan_micro_batches, totals, MicroBatch, TrainItem};
+use crate::batch::{MicroBatch, TrainItem, collate, plan_micro_batches, totals};
 use crate::distill;
 use crate::policy::{Policy, PolicyInput, PolicyOutput};
-use crate::policy_loss::{policy_loss, LossStats, PolicyLossConfig, PolicyLossInput};
+use crate::policy_loss::{LossStats, PolicyLossConfig, PolicyLossInput, policy_loss};
 use crate::schedule::LrSchedule;
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -57,9 +57,18 @@ impl Learner {
             self.bad_in_a_row += 1;
             self.bad_total += 1;
             self.adamw.zero_grad();
-            tracing::warn!(step = self.step, loss, grad_norm = norm, "non-finite loss or gradient: step skipped");
+            tracing::warn!(
+                step = self.step,
+                loss,
+                grad_norm = norm,
+                "non-finite loss or gradient: step skipped"
+            );
             if self.bad_in_a_row > self.max_bad_steps {
-                bail!("{} non-finite steps in a row (trainer.max_bad_steps = {}): stopping", self.bad_in_a_row, self.max_bad_steps);
+                bail!(
+                    "{} non-finite steps in a row (trainer.max_bad_steps = {}): stopping",
+                    self.bad_in_a_row,
+                    self.max_bad_steps
+                );
             }
             return Ok((norm, lr, true));
         }
@@ -84,13 +93,23 @@ fn forward_mb(policy: &dyn Policy, mb: &MicroBatch) -> Result<PolicyOutput> {
 /// Per-token log-probs of the targets and per-token entropy, from one log-softmax.
 pub fn logprobs_and_entropy(logits: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
     let logp_all = logits.log_softmax(-1, crate::agg::float_kind(logits));
-    let logp = logp_all.gather(-1, &targets.unsqueeze(-1), false).squeeze_dim(-1);
-    let entropy = -(logp_all.exp() * &logp_all).sum_dim_intlist([-1i64].as_slice(), false, crate::agg::float_kind(logits));
+    let logp = logp_all
+        .gather(-1, &targets.unsqueeze(-1), false)
+        .squeeze_dim(-1);
+    let entropy = -(logp_all.exp() * &logp_all).sum_dim_intlist(
+        [-1i64].as_slice(),
+        false,
+        crate::agg::float_kind(logits),
+    );
     (logp, entropy)
 }
 
 /// Collates the planned micro-batches.
-pub fn micro_batches(items: &[TrainItem], cfg: &BatchingConfig, device: Device) -> Result<Vec<MicroBatch>> {
+pub fn micro_batches(
+    items: &[TrainItem],
+    cfg: &BatchingConfig,
+    device: Device,
+) -> Result<Vec<MicroBatch>> {
     plan_micro_batches(items, cfg.micro_batch, cfg.token_budget, cfg.pack)
         .into_iter()
         .map(|idx| {
@@ -101,14 +120,24 @@ pub fn micro_batches(items: &[TrainItem], cfg: &BatchingConfig, device: Device) 
 }
 
 /// Fills `old_logp` (and `ref_logp` from `reference`) with no-grad forwards.
-pub fn fill_old_logprobs(policy: &dyn Policy, reference: Option<&dyn Policy>, mbs: &mut [MicroBatch]) -> Result<()> {
+pub fn fill_old_logprobs(
+    policy: &dyn Policy,
+    reference: Option<&dyn Policy>,
+    mbs: &mut [MicroBatch],
+) -> Result<()> {
     tch::no_grad(|| -> Result<()> {
         for mb in mbs.iter_mut() {
             let out = forward_mb(policy, mb)?;
-            mb.old_logp = Some(crate::policy_loss::gather_logprobs(&out.logits, &mb.targets));
+            mb.old_logp = Some(crate::policy_loss::gather_logprobs(
+                &out.logits,
+                &mb.targets,
+            ));
             if let Some(r) = reference {
                 let out = forward_mb(r, mb)?;
-                mb.ref_logp = Some(crate::policy_loss::gather_logprobs(&out.logits, &mb.targets));
+                mb.ref_logp = Some(crate::policy_loss::gather_logprobs(
+                    &out.logits,
+                    &mb.targets,
+                ));
             }
         }
         Ok(())
@@ -129,7 +158,12 @@ pub fn rl_update(
     let mut mbs = micro_batches(items, batching, device)?;
     fill_old_logprobs(policy, reference, &mut mbs)?;
     let (total_tokens, total_seqs) = totals(items);
-    let agg = Aggregator { mode: batching.agg, l_max: batching.l_max as f64, total_tokens, total_seqs };
+    let agg = Aggregator {
+        mode: batching.agg,
+        l_max: batching.l_max as f64,
+        total_tokens,
+        total_seqs,
+    };
     let mut reports = Vec::new();
     for _ in 0..ppo_epochs.max(1) {
         learner.adamw.zero_grad();
@@ -158,23 +192,43 @@ pub fn rl_update(
             );
             let mut loss = out.loss;
             if let (Some(aux), true) = (&fwd.aux_loss, learner.aux_loss_coef != 0.0) {
-                loss = loss + aux * (learner.aux_loss_coef * mb.n_seqs as f64 / total_seqs.max(1.0));
+                loss =
+                    loss + aux * (learner.aux_loss_coef * mb.n_seqs as f64 / total_seqs.max(1.0));
             }
             loss_sum += loss.double_value(&[]);
             stats.add(&out.stats);
             policy.backward(&loss, &fwd)?;
         }
         let (grad_norm, lr, skipped) = learner.apply(loss_sum)?;
-        reports.push(StepReport { loss: loss_sum, grad_norm, lr, skipped, tokens: mbs.iter().map(|m| m.tokens).sum(), micro_batches: mbs.len(), stats });
+        reports.push(StepReport {
+            loss: loss_sum,
+            grad_norm,
+            lr,
+            skipped,
+            tokens: mbs.iter().map(|m| m.tokens).sum(),
+            micro_batches: mbs.len(),
+            stats,
+        });
     }
     Ok(reports)
 }
 
 /// One supervised step (cross-entropy on masked tokens, token-mean) over `items`.
-pub fn sft_update(policy: &dyn Policy, learner: &mut Learner, items: &[TrainItem], batching: &BatchingConfig, device: Device) -> Result<StepReport> {
+pub fn sft_update(
+    policy: &dyn Policy,
+    learner: &mut Learner,
+    items: &[TrainItem],
+    batching: &BatchingConfig,
+    device: Device,
+) -> Result<StepReport> {
     let mbs = micro_batches(items, batching, device)?;
     let (total_tokens, total_seqs) = totals(items);
-    let agg = Aggregator { mode: batching.agg, l_max: batching.l_max as f64, total_tokens, total_seqs };
+    let agg = Aggregator {
+        mode: batching.agg,
+        l_max: batching.l_max as f64,
+        total_tokens,
+        total_seqs,
+    };
     learner.adamw.zero_grad();
     let mut loss_sum = 0.0;
     let mut stats = LossStats::default();
@@ -186,10 +240,20 @@ pub fn sft_update(policy: &dyn Policy, learner: &mut Learner, items: &[TrainItem
             loss = loss + aux * (learner.aux_loss_coef * mb.n_seqs as f64 / total_seqs.max(1.0));
         }
         stats.tokens += mb.mask.sum(Kind::Double).double_value(&[]);
-        stats.entropy_sum += (entropy.detach() * &mb.mask).sum(Kind::Double).double_value(&[]);
+        stats.entropy_sum += (entropy.detach() * &mb.mask)
+            .sum(Kind::Double)
+            .double_value(&[]);
         loss_sum += loss.double_value(&[]);
         policy.backward(&loss, &fwd)?;
     }
     let (grad_norm, lr, skipped) = learner.apply(loss_sum)?;
-    Ok(StepReport { loss: loss_sum, grad_norm, lr, skipped, tokens: mbs.iter().map(|m| m.tokens).sum(), micro_batches: mbs.len(), stats })
+    Ok(StepReport {
+        loss: loss_sum,
+        grad_norm,
+        lr,
+        skipped,
+        tokens: mbs.iter().map(|m| m.tokens).sum(),
+        micro_batches: mbs.len(),
+        stats,
+    })
 }

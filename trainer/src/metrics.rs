@@ -22,7 +22,12 @@ impl MetricsLogger {
                 let text = std::fs::read_to_string(&path)?;
                 let kept: String = text
                     .lines()
-                    .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v.get("step")?.as_u64()).is_some_and(|s| s as usize <= step))
+                    .filter(|l| {
+                        serde_json::from_str::<serde_json::Value>(l)
+                            .ok()
+                            .and_then(|v| v.get("step")?.as_u64())
+                            .is_some_and(|s| s as usize <= step)
+                    })
                     .map(|l| format!("{l}\n"))
                     .collect();
                 spar_core::fsio::write_atomic(&path, kept.as_bytes())?;
@@ -32,7 +37,11 @@ impl MetricsLogger {
                 let _ = std::fs::remove_file(&path);
             }
         }
-        let jsonl = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let jsonl = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
         let tb = EventWriter::create(&run_dir.join("tb"))?;
         Ok(MetricsLogger { jsonl, tb, path })
     }
@@ -40,11 +49,19 @@ impl MetricsLogger {
     pub fn log(&mut self, step: usize, scalars: &[(String, f64)]) -> Result<()> {
         let mut obj = serde_json::Map::new();
         obj.insert("step".into(), step.into());
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         obj.insert("time".into(), t.into());
         for (k, v) in scalars {
             // JSON has no NaN: non-finite values are written as null and still reach TensorBoard.
-            obj.insert(k.clone(), serde_json::Number::from_f64(*v).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null));
+            obj.insert(
+                k.clone(),
+                serde_json::Number::from_f64(*v)
+                    .map(serde_json::Value::Number)
+                    .unwrap_or(serde_json::Value::Null),
+            );
         }
         writeln!(self.jsonl, "{}", serde_json::Value::Object(obj))?;
         self.jsonl.flush()?;
@@ -55,14 +72,18 @@ impl MetricsLogger {
 
 /// Reads `metrics.jsonl` into (key -> [(step, value)]), skipping nulls.
 pub fn read_series(path: &Path) -> Result<std::collections::BTreeMap<String, Vec<(f64, f64)>>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
-        let Some(step) = v.get("step").and_then(|s| s.as_f64()) else { continue };
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        let Some(step) = v.get("step").and_then(|s| s.as_f64()) else {
+            continue;
+        };
         if let Some(obj) = v.as_object() {
             for (k, x) in obj {
                 if k == "step" || k == "time" {

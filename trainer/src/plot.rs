@@ -1,6 +1,6 @@
 //! `spar plot RUN_DIR`: one line chart per metric of `metrics.jsonl`, as PNG and SVG under `RUN_DIR/plots/`.
 use crate::metrics::read_series;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -20,18 +20,35 @@ pub fn plot_run(run_dir: &Path, only: &[String]) -> Result<Vec<PathBuf>> {
         let stem = key.replace(['/', ' ', ':'], "_");
         let png = out_dir.join(format!("{stem}.png"));
         let svg = out_dir.join(format!("{stem}.svg"));
-        draw(BitMapBackend::new(&png, (720, 420)).into_drawing_area(), key, points).with_context(|| format!("drawing {}", png.display()))?;
-        draw(SVGBackend::new(&svg, (720, 420)).into_drawing_area(), key, points).with_context(|| format!("drawing {}", svg.display()))?;
+        draw(
+            BitMapBackend::new(&png, (720, 420)).into_drawing_area(),
+            key,
+            points,
+        )
+        .with_context(|| format!("drawing {}", png.display()))?;
+        draw(
+            SVGBackend::new(&svg, (720, 420)).into_drawing_area(),
+            key,
+            points,
+        )
+        .with_context(|| format!("drawing {}", svg.display()))?;
         written.push(png);
         written.push(svg);
     }
     if written.is_empty() {
-        bail!("{}: no metric to plot", run_dir.join("metrics.jsonl").display());
+        bail!(
+            "{}: no metric to plot",
+            run_dir.join("metrics.jsonl").display()
+        );
     }
     Ok(written)
 }
 
-fn draw<DB: DrawingBackend>(area: DrawingArea<DB, plotters::coord::Shift>, title: &str, points: &[(f64, f64)]) -> Result<()>
+fn draw<DB: DrawingBackend>(
+    area: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    points: &[(f64, f64)],
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -46,10 +63,22 @@ where
         .y_label_area_size(64)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(err)?;
-    chart.configure_mesh().x_desc("step").light_line_style(RGBColor(235, 235, 235)).draw().map_err(err)?;
-    chart.draw_series(LineSeries::new(points.iter().copied(), BLUE.stroke_width(2))).map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(
+            points.iter().copied(),
+            BLUE.stroke_width(2),
+        ))
+        .map_err(err)?;
     if points.len() <= 60 {
-        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, BLUE.filled()))).map_err(err)?;
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 3, BLUE.filled())))
+            .map_err(err)?;
     }
     area.present().map_err(err)?;
     Ok(())

@@ -1,7 +1,7 @@
 //! What the trainer needs from a model: its variables and a forward to logits. Implemented for spar-model's
 //! Qwen3 / Qwen3-MoE (see [`crate::qwen3`]); tests implement it for tiny models.
 use anyhow::Result;
-use tch::{nn::VarStore, Tensor};
+use tch::{Tensor, nn::VarStore};
 
 /// Inputs of one training forward (row layout of [`crate::batch::MicroBatch`]).
 pub struct PolicyInput<'a> {
@@ -50,5 +50,6 @@ pub fn save_var_store(vs: &VarStore, dir: &std::path::Path) -> Result<()> {
 
 pub fn load_var_store(vs: &mut VarStore, dir: &std::path::Path) -> Result<()> {
     let p = dir.join("model.safetensors");
-    vs.load(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    vs.load(&p)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
 }

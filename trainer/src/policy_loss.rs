@@ -4,7 +4,7 @@
 //!
 //! Every tensor is target-aligned `[B, T]`: position t holds the log-prob of token t+1 of the row.
 use crate::agg::Aggregator;
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use tch::{Kind, Tensor};
 
 /// Log-ratios are clamped to this before `exp`, so one wild token cannot overflow the loss.
@@ -179,10 +179,22 @@ fn group_mean_per_token(values: &Tensor, mask: &Tensor, ids: &Tensor, n: usize) 
 }
 
 /// The clipped policy-gradient loss (+ KL and entropy terms), aggregated by `agg`.
-pub fn policy_loss(cfg: &PolicyLossConfig, agg: &Aggregator, x: &PolicyLossInput) -> PolicyLossOutput {
-    let finite = x.logp.isfinite().logical_and(&x.old_logp.isfinite()).logical_and(&x.rollout_logp.isfinite());
+pub fn policy_loss(
+    cfg: &PolicyLossConfig,
+    agg: &Aggregator,
+    x: &PolicyLossInput,
+) -> PolicyLossOutput {
+    let finite = x
+        .logp
+        .isfinite()
+        .logical_and(&x.old_logp.isfinite())
+        .logical_and(&x.rollout_logp.isfinite());
     let sampled = x.mask.gt(0.0);
-    let non_finite = sum_f64(&sampled.logical_and(&finite.logical_not()).to_kind(Kind::Float));
+    let non_finite = sum_f64(
+        &sampled
+            .logical_and(&finite.logical_not())
+            .to_kind(Kind::Float),
+    );
     let mut keep = sampled.logical_and(&finite);
     let zeros = x.logp.zeros_like();
     let logp = x.logp.where_self(&finite, &zeros);
@@ -191,7 +203,11 @@ pub fn policy_loss(cfg: &PolicyLossConfig, agg: &Aggregator, x: &PolicyLossInput
     let mut outside_steps = 0.0;
     if cfg.level == RatioLevel::Segment {
         let in_step = x.seg_ids.ge(0);
-        outside_steps = sum_f64(&keep.logical_and(&in_step.logical_not()).to_kind(Kind::Float));
+        outside_steps = sum_f64(
+            &keep
+                .logical_and(&in_step.logical_not())
+                .to_kind(Kind::Float),
+        );
         keep = keep.logical_and(&in_step);
     }
     let mask = keep.to_kind(Kind::Float);
@@ -227,7 +243,9 @@ pub fn policy_loss(cfg: &PolicyLossConfig, agg: &Aggregator, x: &PolicyLossInput
     let mut loss = agg.apply(&pg, &mask, x.seq_ids, x.n_seqs);
     let mut kl_sum = 0.0;
     if let Some(ref_logp) = x.ref_logp {
-        let kl = cfg.kl_estimator.estimate(&logp, &ref_logp.where_self(&finite, &zeros).detach());
+        let kl = cfg
+            .kl_estimator
+            .estimate(&logp, &ref_logp.where_self(&finite, &zeros).detach());
         kl_sum = sum_f64(&(kl.detach() * &mask));
         if cfg.kl_coef != 0.0 {
             loss = loss + agg.apply(&kl, &mask, x.seq_ids, x.n_seqs) * cfg.kl_coef;
@@ -245,8 +263,20 @@ pub fn policy_loss(cfg: &PolicyLossConfig, agg: &Aggregator, x: &PolicyLossInput
     let stats = LossStats {
         tokens: sum_f64(&mask),
         pg_loss: sum_f64(&(pg.detach() * &mask)),
-        clipped_low: sum_f64(&(ratio_d.lt(1.0 - cfg.eps_low).logical_and(&adv.lt(0.0)).to_kind(Kind::Float) * &mask)),
-        clipped_high: sum_f64(&(ratio_d.gt(1.0 + cfg.eps_high).logical_and(&adv.gt(0.0)).to_kind(Kind::Float) * &mask)),
+        clipped_low: sum_f64(
+            &(ratio_d
+                .lt(1.0 - cfg.eps_low)
+                .logical_and(&adv.lt(0.0))
+                .to_kind(Kind::Float)
+                * &mask),
+        ),
+        clipped_high: sum_f64(
+            &(ratio_d
+                .gt(1.0 + cfg.eps_high)
+                .logical_and(&adv.gt(0.0))
+                .to_kind(Kind::Float)
+                * &mask),
+        ),
         ratio_sum: sum_f64(&(&ratio_d * &mask)),
         kl_sum,
         entropy_sum,
@@ -268,5 +298,6 @@ pub fn entropy_from_logits(logits: &Tensor) -> Tensor {
 /// Log-prob of each target under `logits` ([B, T, V], [B, T] int64 -> [B, T]); float32 whatever the model dtype.
 pub fn gather_logprobs(logits: &Tensor, targets: &Tensor) -> Tensor {
     let logp = logits.log_softmax(-1, crate::agg::float_kind(logits));
-    logp.gather(-1, &targets.unsqueeze(-1), false).squeeze_dim(-1)
+    logp.gather(-1, &targets.unsqueeze(-1), false)
+        .squeeze_dim(-1)
 }

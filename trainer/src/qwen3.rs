@@ -14,7 +14,9 @@ impl Policy for Qwen3Model {
         &mut self.vs
     }
     fn forward(&self, input: &PolicyInput) -> Result<PolicyOutput> {
-        let mut fi = ForwardInput::new(input.input_ids).positions(input.position_ids).mask(input.attention_mask);
+        let mut fi = ForwardInput::new(input.input_ids)
+            .positions(input.position_ids)
+            .mask(input.attention_mask);
         if let Some(s) = input.packed_seq_ids {
             fi = fi.seq_ids(s);
         }
@@ -22,8 +24,13 @@ impl Policy for Qwen3Model {
             fi = fi.forced_experts(f);
         }
         let out = Qwen3Model::forward(self, fi)?;
-        let aux_loss = (!out.router_logits.is_empty())
-            .then(|| spar_model::aux_load_balancing_loss(&out.router_logits, self.config.num_experts, self.config.num_experts_per_tok));
+        let aux_loss = (!out.router_logits.is_empty()).then(|| {
+            spar_model::aux_load_balancing_loss(
+                &out.router_logits,
+                self.config.num_experts,
+                self.config.num_experts_per_tok,
+            )
+        });
         let logits = out.logits.shallow_clone();
         Ok(PolicyOutput {
             logits,
@@ -32,7 +39,11 @@ impl Policy for Qwen3Model {
         })
     }
     fn backward(&self, loss: &Tensor, out: &PolicyOutput) -> Result<()> {
-        match out.handle.as_ref().and_then(|h| h.downcast_ref::<spar_model::ForwardOutput>()) {
+        match out
+            .handle
+            .as_ref()
+            .and_then(|h| h.downcast_ref::<spar_model::ForwardOutput>())
+        {
             Some(fo) => Qwen3Model::backward(self, loss, fo),
             None => Ok(loss.f_backward()?),
         }
@@ -46,7 +57,9 @@ impl Policy for Qwen3Model {
         tch::no_grad(|| -> Result<()> {
             let src = loaded.vs.variables();
             for (name, mut dst) in self.vs.variables() {
-                let s = src.get(&name).ok_or_else(|| anyhow::anyhow!("{}: no tensor for `{name}`", dir.display()))?;
+                let s = src
+                    .get(&name)
+                    .ok_or_else(|| anyhow::anyhow!("{}: no tensor for `{name}`", dir.display()))?;
                 dst.f_copy_(s)?;
             }
             Ok(())

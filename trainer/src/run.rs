@@ -38,7 +38,10 @@ pub struct RunOptions {
 
 fn bar(len: u64, what: &str) -> ProgressBar {
     let b = ProgressBar::new(len);
-    b.set_style(ProgressStyle::with_template("{prefix:>6} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    b.set_style(
+        ProgressStyle::with_template("{prefix:>6} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     b.set_prefix(what.to_string());
     b
 }
@@ -62,8 +65,15 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
     let tr = recipe.require(&recipe.trainer, "trainer")?.clone();
     let eval_sec = recipe.eval.clone().unwrap_or_default();
     let seed = recipe.seed.unwrap_or(0);
-    let base = recipe.source.as_ref().and_then(|p| p.parent()).map(Path::to_path_buf);
-    let out = opts.out_dir.clone().unwrap_or_else(|| recipe.resolve(&tr.out_dir));
+    let base = recipe
+        .source
+        .as_ref()
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf);
+    let out = opts
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| recipe.resolve(&tr.out_dir));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let device = spar_model::parse_device(&model_sec.device)?;
     let kind = spar_model::parse_kind(&model_sec.dtype)?;
@@ -128,7 +138,9 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             }
         }
         (Some(p), _) => Tokenizer::from_dir(&recipe.resolve(p))?,
-        (None, _) => bail!("recipe: `model.init` needs `trainer.bpe_vocab_size` > 0 (no tokenizer to go with a random model)"),
+        (None, _) => bail!(
+            "recipe: `model.init` needs `trainer.bpe_vocab_size` > 0 (no tokenizer to go with a random model)"
+        ),
     });
     let mut model = match (&model_sec.path, &model_sec.init) {
         (Some(p), _) => Qwen3Model::load(&recipe.resolve(p), device, kind)?,
@@ -141,35 +153,47 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
         (None, None) => bail!("recipe: `model` needs `path` or `init`"),
     };
     model.set_activation_checkpointing(model_sec.activation_checkpointing);
-    let aux_coef = tr.aux_loss_coef.unwrap_or(model.config.router_aux_loss_coef);
+    let aux_coef = tr
+        .aux_loss_coef
+        .unwrap_or(model.config.router_aux_loss_coef);
     let codec: Arc<dyn TextCodec> = tokenizer.clone();
     let chat = ChatMl::new(codec.as_ref(), rollout_sec.enable_thinking)?;
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let pipeline = rt.block_on(spar_rewards::RewardPipeline::new(&rewards_sec, spar_rewards::Injected::default()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let pipeline = rt.block_on(spar_rewards::RewardPipeline::new(
+        &rewards_sec,
+        spar_rewards::Injected::default(),
+    ))?;
     let scorer = pipeline.stage_scorer();
-    let by_id: HashMap<String, Case> = train_cases.iter().chain(eval_cases.iter()).map(|c| (c.id.clone(), c.clone())).collect();
+    let by_id: HashMap<String, Case> = train_cases
+        .iter()
+        .chain(eval_cases.iter())
+        .map(|c| (c.id.clone(), c.clone()))
+        .collect();
 
-    let new_learner = |model: &Qwen3Model, lr: f64, steps: usize, warmup: usize| -> Result<Learner> {
-        Ok(Learner {
-            adamw: AdamW::new(
-                &model.vs,
-                AdamWConfig {
-                    beta1: tr.betas[0],
-                    beta2: tr.betas[1],
-                    eps: 1e-8,
-                    weight_decay: tr.weight_decay,
-                },
-            ),
-            schedule: LrSchedule::new(lr, warmup, steps, &tr.schedule)?,
-            step: 0,
-            grad_clip: tr.grad_clip,
-            max_bad_steps: tr.max_bad_steps,
-            bad_in_a_row: 0,
-            bad_total: 0,
-            aux_loss_coef: aux_coef,
-        })
-    };
+    let new_learner =
+        |model: &Qwen3Model, lr: f64, steps: usize, warmup: usize| -> Result<Learner> {
+            Ok(Learner {
+                adamw: AdamW::new(
+                    &model.vs,
+                    AdamWConfig {
+                        beta1: tr.betas[0],
+                        beta2: tr.betas[1],
+                        eps: 1e-8,
+                        weight_decay: tr.weight_decay,
+                    },
+                ),
+                schedule: LrSchedule::new(lr, warmup, steps, &tr.schedule)?,
+                step: 0,
+                grad_clip: tr.grad_clip,
+                max_bad_steps: tr.max_bad_steps,
+                bad_in_a_row: 0,
+                bad_total: 0,
+                aux_loss_coef: aux_coef,
+            })
+        };
 
     // Resume point.
     let ckpt_root = out.join("checkpoints");
@@ -185,7 +209,10 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
                 state = checkpoint::read_state(&dir)?;
                 resume_dir = Some(dir);
             }
-            None => eprintln!("[train] --resume: no checkpoint under {}; starting fresh", ckpt_root.display()),
+            None => eprintln!(
+                "[train] --resume: no checkpoint under {}; starting fresh",
+                ckpt_root.display()
+            ),
         }
     }
     let mut metrics = MetricsLogger::open(&out, resume_dir.as_ref().map(|_| state.step))?;
@@ -193,17 +220,31 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
     let mut global_step = state.step;
 
     // Phase 1: SFT on scripted expert consultations.
-    let mut learner = new_learner(&model, tr.sft_lr, tr.sft_steps, tr.warmup_steps.min(tr.sft_steps / 10))?;
+    let mut learner = new_learner(
+        &model,
+        tr.sft_lr,
+        tr.sft_steps,
+        tr.warmup_steps.min(tr.sft_steps / 10),
+    )?;
     if state.phase == "sft" {
         if let Some(dir) = &resume_dir {
             checkpoint::load(dir, &mut model, &mut learner.adamw)?;
             learner.step = state.phase_step;
         }
-        let items = sft_items(&train_cases, codec.as_ref(), &chat, &rollout_sec.system_prompt, rollout_sec.max_seq_len)?;
+        let items = sft_items(
+            &train_cases,
+            codec.as_ref(),
+            &chat,
+            &rollout_sec.system_prompt,
+            rollout_sec.max_seq_len,
+        )?;
         let pb = bar(tr.sft_steps as u64, "sft");
         pb.set_position(state.phase_step as u64);
         for s in state.phase_step..tr.sft_steps {
-            let batch: Vec<TrainItem> = items.choose_multiple(&mut rng, tr.sft_batch.min(items.len())).cloned().collect();
+            let batch: Vec<TrainItem> = items
+                .choose_multiple(&mut rng, tr.sft_batch.min(items.len()))
+                .cloned()
+                .collect();
             let rep = sft_update(&model, &mut learner, &batch, &sft_batching, device)?;
             global_step += 1;
             pb.inc(1);
@@ -214,14 +255,21 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
                     ("sft/loss".into(), rep.loss),
                     ("sft/grad_norm".into(), rep.grad_norm),
                     ("sft/lr".into(), rep.lr),
-                    ("sft/entropy".into(), rep.stats.entropy_sum / rep.stats.tokens.max(1.0)),
+                    (
+                        "sft/entropy".into(),
+                        rep.stats.entropy_sum / rep.stats.tokens.max(1.0),
+                    ),
                 ],
             )?;
             let done = s + 1;
             if done == tr.sft_steps || (tr.save_every > 0 && done % (tr.save_every * 10) == 0) {
                 state = TrainerState {
                     step: global_step,
-                    phase: if done == tr.sft_steps { "rl".into() } else { "sft".into() },
+                    phase: if done == tr.sft_steps {
+                        "rl".into()
+                    } else {
+                        "sft".into()
+                    },
                     phase_step: if done == tr.sft_steps { 0 } else { done },
                     rng: save_rng(seed, &rng),
                     ..state
@@ -240,14 +288,22 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
         train_cases.clone(),
         codec.clone(),
         scorer.clone(),
-        SimulatorChoice::Fixed(Arc::new(spar_rollout::simulator::scripted::ScriptedPatient::new())),
-        format!("{}-s{seed}", recipe.name.clone().unwrap_or_else(|| "run".into())),
+        SimulatorChoice::Fixed(Arc::new(
+            spar_rollout::simulator::scripted::ScriptedPatient::new(),
+        )),
+        format!(
+            "{}-s{seed}",
+            recipe.name.clone().unwrap_or_else(|| "run".into())
+        ),
     )?;
     if let Some(dir) = &resume_dir {
         checkpoint::load(dir, &mut model, &mut learner.adamw)?;
         learner.step = state.phase_step;
         if !state.stage_pools.is_null() {
-            rollout.restore_pools(serde_json::from_value(state.stage_pools.clone()).context("checkpoint stage_pools")?);
+            rollout.restore_pools(
+                serde_json::from_value(state.stage_pools.clone())
+                    .context("checkpoint stage_pools")?,
+            );
         }
     }
     let before = match state.extra.get("eval_before") {
@@ -279,14 +335,17 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
         for s in state.phase_step..tr.steps {
             let t0 = std::time::Instant::now();
             rollout.set_policy_version(s as u64);
-            let groups = rollout.collect_groups(spar_rollout::actor::Policy::Builtin(&model), rollout_sec.groups_per_step)?;
+            let groups = rollout.collect_groups(
+                spar_rollout::actor::Policy::Builtin(&model),
+                rollout_sec.groups_per_step,
+            )?;
             let gen_s = t0.elapsed().as_secs_f64();
             let mut samples: Vec<Sample> = Vec::new();
             let mut scored: Vec<Scored> = Vec::new();
             for g in &groups {
-                let case = by_id
-                    .get(&g.case_id)
-                    .with_context(|| format!("group {} names unknown case {}", g.group_id, g.case_id))?;
+                let case = by_id.get(&g.case_id).with_context(|| {
+                    format!("group {} names unknown case {}", g.group_id, g.case_id)
+                })?;
                 scored.extend(rt.block_on(pipeline.score_group(case, &g.samples)));
                 samples.extend(g.samples.iter().cloned());
             }
@@ -294,12 +353,22 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             let mut scalars = round_metrics(&samples, &scored);
             scalars.push((
                 "rl/samples_dropped".into(),
-                (report.dropped_by_rewards + report.missing_scored + report.no_trained_tokens) as f64,
+                (report.dropped_by_rewards + report.missing_scored + report.no_trained_tokens)
+                    as f64,
             ));
             if items.is_empty() {
                 tracing::warn!(round = s, "no trainable samples this round");
             } else {
-                for rep in rl_update(&model, None, &mut learner, &items, &loss_cfg, &batching, tr.ppo_epochs, device)? {
+                for rep in rl_update(
+                    &model,
+                    None,
+                    &mut learner,
+                    &items,
+                    &loss_cfg,
+                    &batching,
+                    tr.ppo_epochs,
+                    device,
+                )? {
                     scalars.push(("rl/loss".into(), rep.loss));
                     scalars.push(("rl/grad_norm".into(), rep.grad_norm));
                     scalars.push(("rl/lr".into(), rep.lr));
@@ -309,23 +378,41 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
                     }
                 }
             }
-            let tokens: usize = samples.iter().map(|x| x.loss_mask.iter().filter(|&&m| m == 1).count()).sum();
-            scalars.push(("rl/gen_tokens_per_s".into(), tokens as f64 / gen_s.max(1e-9)));
+            let tokens: usize = samples
+                .iter()
+                .map(|x| x.loss_mask.iter().filter(|&&m| m == 1).count())
+                .sum();
+            scalars.push((
+                "rl/gen_tokens_per_s".into(),
+                tokens as f64 / gen_s.max(1e-9),
+            ));
             scalars.push(("rl/step_seconds".into(), t0.elapsed().as_secs_f64()));
             global_step += 1;
             metrics.log(global_step, &scalars)?;
-            let reward = scalars.iter().find(|(k, _)| k == "rl/reward_mean").map(|x| x.1).unwrap_or(f64::NAN);
+            let reward = scalars
+                .iter()
+                .find(|(k, _)| k == "rl/reward_mean")
+                .map(|x| x.1)
+                .unwrap_or(f64::NAN);
             pb.inc(1);
             pb.set_message(format!("reward {reward:.3}"));
             let done = s + 1;
             if done == tr.steps || (tr.save_every > 0 && done % tr.save_every == 0) {
                 state = TrainerState {
                     step: global_step,
-                    phase: if done == tr.steps { "done".into() } else { "rl".into() },
+                    phase: if done == tr.steps {
+                        "done".into()
+                    } else {
+                        "rl".into()
+                    },
                     phase_step: done,
                     rng: save_rng(seed, &rng),
                     stage_pools: serde_json::to_value(rollout.pools())?,
-                    claim_cache: Some(format!("{} ({})", rewards_sec.fact.cache, pipeline.cache_backend())),
+                    claim_cache: Some(format!(
+                        "{} ({})",
+                        rewards_sec.fact.cache,
+                        pipeline.cache_backend()
+                    )),
                     bad_steps_total: learner.bad_total,
                     ..state
                 };
@@ -351,10 +438,21 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
     std::fs::write(out.join("transcripts/after.md"), transcripts)?;
     log_eval(&mut metrics, global_step + 1, &after)?;
     let comparison = serde_json::json!({ "seed": seed, "before_rl": before, "after_rl": after });
-    spar_core::fsio::write_atomic(&out.join("comparison.json"), serde_json::to_string_pretty(&comparison)?.as_bytes())?;
+    spar_core::fsio::write_atomic(
+        &out.join("comparison.json"),
+        serde_json::to_string_pretty(&comparison)?.as_bytes(),
+    )?;
     model.save_hf(&out.join("final"))?;
-    std::fs::copy(out.join("tokenizer/tokenizer.json"), out.join("final/tokenizer.json")).ok();
-    std::fs::copy(out.join("tokenizer/tokenizer_config.json"), out.join("final/tokenizer_config.json")).ok();
+    std::fs::copy(
+        out.join("tokenizer/tokenizer.json"),
+        out.join("final/tokenizer.json"),
+    )
+    .ok();
+    std::fs::copy(
+        out.join("tokenizer/tokenizer_config.json"),
+        out.join("final/tokenizer_config.json"),
+    )
+    .ok();
     let plots = crate::plot::plot_run(&out, &[])?;
     eprintln!(
         "[train] held-out ({} cases) before RL: reward {:.3}, stages {:?}",
@@ -392,9 +490,21 @@ fn log_eval(metrics: &mut MetricsLogger, step: usize, s: &EvalSummary) -> Result
 fn round_metrics(samples: &[Sample], scored: &[Scored]) -> Vec<(String, f64)> {
     let mut out = Vec::new();
     let kept: Vec<&Scored> = scored.iter().filter(|s| s.drop_reason.is_none()).collect();
-    let mean = |xs: &[f64]| if xs.is_empty() { f64::NAN } else { xs.iter().sum::<f64>() / xs.len() as f64 };
-    out.push(("rl/reward_mean".into(), mean(&kept.iter().map(|s| s.reward).collect::<Vec<_>>())));
-    out.push(("rl/r_fact_mean".into(), mean(&kept.iter().map(|s| s.r_fact).collect::<Vec<_>>())));
+    let mean = |xs: &[f64]| {
+        if xs.is_empty() {
+            f64::NAN
+        } else {
+            xs.iter().sum::<f64>() / xs.len() as f64
+        }
+    };
+    out.push((
+        "rl/reward_mean".into(),
+        mean(&kept.iter().map(|s| s.reward).collect::<Vec<_>>()),
+    ));
+    out.push((
+        "rl/r_fact_mean".into(),
+        mean(&kept.iter().map(|s| s.r_fact).collect::<Vec<_>>()),
+    ));
     let stage_of: HashMap<(&str, u32), Stage> = samples
         .iter()
         .filter_map(|s| Some(((s.group_id.as_str(), s.sample_idx), *s.stages.first()?)))
@@ -409,17 +519,26 @@ fn round_metrics(samples: &[Sample], scored: &[Scored]) -> Vec<(String, f64)> {
             out.push((format!("rl/G_{}", st.name()), mean(&g)));
         }
     }
-    let steps: Vec<&spar_core::sample::StepScore> = kept.iter().flat_map(|s| s.steps.iter()).collect();
+    let steps: Vec<&spar_core::sample::StepScore> =
+        kept.iter().flat_map(|s| s.steps.iter()).collect();
     out.push((
         "rl/violation_rate".into(),
-        steps.iter().filter(|s| !s.violations.is_empty()).count() as f64 / steps.len().max(1) as f64,
+        steps.iter().filter(|s| !s.violations.is_empty()).count() as f64
+            / steps.len().max(1) as f64,
     ));
     let claims: Vec<_> = kept.iter().flat_map(|s| s.claims.iter()).collect();
     out.push((
         "rl/hallucination_rate".into(),
-        claims.iter().map(|c| c.label.hallucination_weight()).sum::<f64>() / claims.len().max(1) as f64,
+        claims
+            .iter()
+            .map(|c| c.label.hallucination_weight())
+            .sum::<f64>()
+            / claims.len().max(1) as f64,
     ));
-    out.push(("rl/dropped_groups_samples".into(), (scored.len() - kept.len()) as f64));
+    out.push((
+        "rl/dropped_groups_samples".into(),
+        (scored.len() - kept.len()) as f64,
+    ));
     out
 }
 
@@ -451,7 +570,9 @@ fn evaluate(
         cases.to_vec(),
         codec,
         scorer.clone(),
-        SimulatorChoice::Fixed(Arc::new(spar_rollout::simulator::scripted::ScriptedPatient::new())),
+        SimulatorChoice::Fixed(Arc::new(
+            spar_rollout::simulator::scripted::ScriptedPatient::new(),
+        )),
         "eval",
     )?;
     let pb = bar(cases.len() as u64 * 2, "eval");
@@ -466,7 +587,9 @@ fn evaluate(
     let (mut parsed, mut scored_stages) = (0usize, 0usize);
     let (mut hall, mut nclaims) = (0.0, 0usize);
     for g in &groups {
-        let case = by_id.get(&g.case_id).with_context(|| format!("unknown case {}", g.case_id))?;
+        let case = by_id
+            .get(&g.case_id)
+            .with_context(|| format!("unknown case {}", g.case_id))?;
         let s0 = &g.samples[0];
         let sc = rt.block_on(pipeline.score_group(case, &g.samples));
         let reward = sc.first().map(|s| s.reward).unwrap_or(0.0);
@@ -524,7 +647,13 @@ fn corpus(cases: &[Case]) -> Vec<String> {
 
 /// SFT items: each scripted expert consultation as one token stream, rendered the way the rollout renders an
 /// episode (system, user turn + generation prompt, reply + `<|im_end|>`, ...); loss on the doctor's tokens.
-pub fn sft_items(cases: &[Case], codec: &dyn TextCodec, chat: &ChatMl, system_prompt: &str, max_len: usize) -> Result<Vec<TrainItem>> {
+pub fn sft_items(
+    cases: &[Case],
+    codec: &dyn TextCodec,
+    chat: &ChatMl,
+    system_prompt: &str,
+    max_len: usize,
+) -> Result<Vec<TrainItem>> {
     let mut items = Vec::new();
     for c in cases {
         let turns: Vec<Turn> = spar_data::Expert::new(c).transcript();
@@ -539,7 +668,12 @@ pub fn sft_items(cases: &[Case], codec: &dyn TextCodec, chat: &ChatMl, system_pr
         }
         for t in &turns {
             match t.role {
-                Role::User => push(chat.user_then_prompt(codec, &t.text)?, 0, &mut ids, &mut mask),
+                Role::User => push(
+                    chat.user_then_prompt(codec, &t.text)?,
+                    0,
+                    &mut ids,
+                    &mut mask,
+                ),
                 Role::Assistant => {
                     let mut r = codec.encode(&t.text)?;
                     r.push(chat.im_end);
@@ -578,7 +712,10 @@ pub fn sft_items(cases: &[Case], codec: &dyn TextCodec, chat: &ChatMl, system_pr
         });
     }
     if items.is_empty() {
-        bail!("no SFT transcripts could be built from {} cases", cases.len());
+        bail!(
+            "no SFT transcripts could be built from {} cases",
+            cases.len()
+        );
     }
     Ok(items)
 }
@@ -586,16 +723,33 @@ pub fn sft_items(cases: &[Case], codec: &dyn TextCodec, chat: &ChatMl, system_pr
 /// One trainer step from files: samples (from `spar rollout`) and their scores (from `spar score`) train the
 /// policy in `model_dir` once with the recipe's loss; the result is a checkpoint under `out/checkpoints` plus
 /// `out/metrics.jsonl`. This is the contract path rollout -> rewards -> trainer with nothing hand-built between.
-pub fn offline_step(recipe: &Recipe, samples_path: &Path, scored_path: &Path, model_dir: &Path, out: &Path) -> Result<crate::learner::StepReport> {
+pub fn offline_step(
+    recipe: &Recipe,
+    samples_path: &Path,
+    scored_path: &Path,
+    model_dir: &Path,
+    out: &Path,
+) -> Result<crate::learner::StepReport> {
     let tr = recipe.trainer.clone().unwrap_or_default();
     let model_sec = recipe.model.clone().unwrap_or_default();
-    let device = spar_model::parse_device(if model_sec.device == "auto" { "cpu" } else { &model_sec.device })?;
+    let device = spar_model::parse_device(if model_sec.device == "auto" {
+        "cpu"
+    } else {
+        &model_sec.device
+    })?;
     let kind = spar_model::parse_kind(&model_sec.dtype)?;
     let samples = spar_data::read_samples(samples_path)?;
     let scored = spar_data::read_scored(scored_path)?;
-    let (items, report) = assemble(&samples, &scored, &format!("{} + {}", samples_path.display(), scored_path.display()))?;
+    let (items, report) = assemble(
+        &samples,
+        &scored,
+        &format!("{} + {}", samples_path.display(), scored_path.display()),
+    )?;
     if items.is_empty() {
-        bail!("{}: no trainable sample ({report:?})", samples_path.display());
+        bail!(
+            "{}: no trainable sample ({report:?})",
+            samples_path.display()
+        );
     }
     let model = Qwen3Model::load(model_dir, device, kind)?;
     let loss_cfg = PolicyLossConfig {
@@ -631,16 +785,33 @@ pub fn offline_step(recipe: &Recipe, samples_path: &Path, scored_path: &Path, mo
         max_bad_steps: tr.max_bad_steps,
         bad_in_a_row: 0,
         bad_total: 0,
-        aux_loss_coef: tr.aux_loss_coef.unwrap_or(model.config.router_aux_loss_coef),
+        aux_loss_coef: tr
+            .aux_loss_coef
+            .unwrap_or(model.config.router_aux_loss_coef),
     };
-    let rep = rl_update(&model, None, &mut learner, &items, &loss_cfg, &batching, 1, device)?.remove(0);
+    let rep = rl_update(
+        &model,
+        None,
+        &mut learner,
+        &items,
+        &loss_cfg,
+        &batching,
+        1,
+        device,
+    )?
+    .remove(0);
     let mut metrics = MetricsLogger::open(out, None)?;
     let mut scalars = vec![
         ("rl/loss".to_string(), rep.loss),
         ("rl/grad_norm".into(), rep.grad_norm),
         ("rl/samples".into(), items.len() as f64),
     ];
-    scalars.extend(rep.stats.means().into_iter().map(|(k, v)| (format!("rl/{k}"), v)));
+    scalars.extend(
+        rep.stats
+            .means()
+            .into_iter()
+            .map(|(k, v)| (format!("rl/{k}"), v)),
+    );
     metrics.log(1, &scalars)?;
     let state = TrainerState {
         step: learner.step,
@@ -648,6 +819,12 @@ pub fn offline_step(recipe: &Recipe, samples_path: &Path, scored_path: &Path, mo
         phase_step: 1,
         ..Default::default()
     };
-    checkpoint::save(&out.join("checkpoints"), &model, &learner.adamw, &state, tr.keep_last)?;
+    checkpoint::save(
+        &out.join("checkpoints"),
+        &model,
+        &learner.adamw,
+        &state,
+        tr.keep_last,
+    )?;
     Ok(rep)
 }

@@ -1,5 +1,5 @@
 //! Learning-rate schedule: linear warmup, then constant or cosine decay to `min_ratio * lr`.
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,7 +26,13 @@ impl LrSchedule {
             "cosine" => Decay::Cosine,
             other => bail!("unknown schedule `{other}` (constant or cosine)"),
         };
-        Ok(LrSchedule { base_lr, warmup_steps, total_steps, decay, min_ratio: 0.0 })
+        Ok(LrSchedule {
+            base_lr,
+            warmup_steps,
+            total_steps,
+            decay,
+            min_ratio: 0.0,
+        })
     }
 
     /// Learning rate of optimizer step `step` (0-based).

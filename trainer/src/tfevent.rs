@@ -13,7 +13,11 @@ pub fn crc32c(data: &[u8]) -> u32 {
         for (i, e) in t.iter_mut().enumerate() {
             let mut c = i as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0x82F6_3B78 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0x82F6_3B78 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
             *e = c;
         }
@@ -80,16 +84,27 @@ pub struct EventWriter {
 }
 
 fn now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl EventWriter {
     /// Creates a new event file in `dir` (TensorBoard reads every event file of a folder).
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let path = dir.join(format!("events.out.tfevents.{}.spar.{}", now() as u64, std::process::id()));
-        let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        let mut w = EventWriter { file: std::io::BufWriter::new(f), path };
+        let path = dir.join(format!(
+            "events.out.tfevents.{}.spar.{}",
+            now() as u64,
+            std::process::id()
+        ));
+        let f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut w = EventWriter {
+            file: std::io::BufWriter::new(f),
+            path,
+        };
         let first = event(now(), 0, |e| bytes_field(3, b"brain.Event:2", e));
         w.record(&first)?;
         Ok(w)

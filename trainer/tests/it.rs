@@ -1,8 +1,8 @@
 //! spar-trainer integration tests (one binary; modules under tests/it/).
 mod it {
-    pub mod common;
     mod adamw;
     mod batch;
+    pub mod common;
     mod gradcheck;
     mod loss;
     mod metrics;

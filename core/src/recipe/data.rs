@@ -23,14 +23,30 @@ pub struct DataSection {
 
 impl Default for DataSection {
     fn default() -> Self {
-        DataSection { cases: None, splits: None, train_split: "train".into(), eval_split: "validation".into(), max_cases: 0, knowledge_base: None, redact_on_ingest: true }
+        DataSection {
+            cases: None,
+            splits: None,
+            train_split: "train".into(),
+            eval_split: "validation".into(),
+            max_cases: 0,
+            knowledge_base: None,
+            redact_on_ingest: true,
+        }
     }
 }
 
 impl DataSection {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let ok = |s: &str| ["train", "validation", "test"].contains(&s);
-        check(ok(&self.train_split), "train_split", "must be train, validation or test")?;
-        check(ok(&self.eval_split), "eval_split", "must be train, validation or test")
+        check(
+            ok(&self.train_split),
+            "train_split",
+            "must be train, validation or test",
+        )?;
+        check(
+            ok(&self.eval_split),
+            "eval_split",
+            "must be train, validation or test",
+        )
     }
 }

@@ -19,16 +19,31 @@ pub struct DistributedSection {
 
 impl Default for DistributedSection {
     fn default() -> Self {
-        DistributedSection { data_parallel: 1, tensor_parallel: 1, expert_parallel: 1, pipeline_parallel: 1, backend: "nccl".into() }
+        DistributedSection {
+            data_parallel: 1,
+            tensor_parallel: 1,
+            expert_parallel: 1,
+            pipeline_parallel: 1,
+            backend: "nccl".into(),
+        }
     }
 }
 
 impl DistributedSection {
     pub fn validate(&self) -> Result<(), (String, String)> {
-        for (k, v) in [("data_parallel", self.data_parallel), ("tensor_parallel", self.tensor_parallel), ("expert_parallel", self.expert_parallel), ("pipeline_parallel", self.pipeline_parallel)] {
+        for (k, v) in [
+            ("data_parallel", self.data_parallel),
+            ("tensor_parallel", self.tensor_parallel),
+            ("expert_parallel", self.expert_parallel),
+            ("pipeline_parallel", self.pipeline_parallel),
+        ] {
             check(v >= 1, k, "must be >= 1")?;
         }
-        check(["nccl", "gloo"].contains(&self.backend.as_str()), "backend", "must be nccl or gloo")
+        check(
+            ["nccl", "gloo"].contains(&self.backend.as_str()),
+            "backend",
+            "must be nccl or gloo",
+        )
     }
 
     pub fn world_size(&self) -> usize {

@@ -59,20 +59,34 @@ impl Recipe {
             msg: e.to_string(),
         })?;
         for ov in overrides {
-            apply_override(&mut value, ov).map_err(|msg| Error::Recipe { file: file.into(), key: ov.clone(), msg })?;
+            apply_override(&mut value, ov).map_err(|msg| Error::Recipe {
+                file: file.into(),
+                key: ov.clone(),
+                msg,
+            })?;
         }
-        let recipe: Recipe = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| Error::Recipe {
+        let recipe: Recipe =
+            serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
+                Error::Recipe {
+                    file: file.into(),
+                    key: e.path().to_string(),
+                    msg: e.inner().to_string(),
+                }
+            })?;
+        recipe.validate().map_err(|(key, msg)| Error::Recipe {
             file: file.into(),
-            key: e.path().to_string(),
-            msg: e.inner().to_string(),
+            key,
+            msg,
         })?;
-        recipe.validate().map_err(|(key, msg)| Error::Recipe { file: file.into(), key, msg })?;
         Ok(recipe)
     }
 
     /// Checks values (ranges, consistency) of every present section; returns the key path and why.
     pub fn validate(&self) -> std::result::Result<(), (String, String)> {
-        fn prefixed(sec: &str, r: std::result::Result<(), (String, String)>) -> std::result::Result<(), (String, String)> {
+        fn prefixed(
+            sec: &str,
+            r: std::result::Result<(), (String, String)>,
+        ) -> std::result::Result<(), (String, String)> {
             r.map_err(|(k, m)| (format!("{sec}.{k}"), m))
         }
         if let Some(s) = &self.model {
@@ -110,7 +124,11 @@ impl Recipe {
     /// The section or a clear error naming it, for commands that need it.
     pub fn require<'a, T>(&self, section: &'a Option<T>, name: &str) -> Result<&'a T> {
         section.as_ref().ok_or_else(|| Error::Recipe {
-            file: self.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            file: self
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             key: name.into(),
             msg: "this command needs this section".into(),
         })
@@ -129,8 +147,12 @@ fn apply_override(root: &mut toml::Table, ov: &str) -> std::result::Result<(), S
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
     let mut table = root;
     for p in &parts[..parts.len() - 1] {
-        let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
-        table = entry.as_table_mut().ok_or_else(|| format!("`{p}` is not a table"))?;
+        let entry = table
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` is not a table"))?;
     }
     table.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
@@ -138,7 +160,11 @@ fn apply_override(root: &mut toml::Table, ov: &str) -> std::result::Result<(), S
 
 /// Range check helper for section validators.
 pub(crate) fn check(cond: bool, key: &str, msg: &str) -> std::result::Result<(), (String, String)> {
-    if cond { Ok(()) } else { Err((key.to_string(), msg.to_string())) }
+    if cond {
+        Ok(())
+    } else {
+        Err((key.to_string(), msg.to_string()))
+    }
 }
 
 #[cfg(test)]
@@ -147,17 +173,26 @@ mod tests {
 
     #[test]
     fn unknown_key_names_its_path() {
-        let e = Recipe::from_toml_str("[trainer]\nlr = 1e-5\nlrr = 3\n", "r.toml", &[]).unwrap_err().to_string();
+        let e = Recipe::from_toml_str("[trainer]\nlr = 1e-5\nlrr = 3\n", "r.toml", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("trainer.lrr") || e.contains("lrr"), "{e}");
         assert!(e.contains("r.toml"), "{e}");
     }
 
     #[test]
     fn overrides_apply_before_validation() {
-        let r = Recipe::from_toml_str("[trainer]\nlr = 1e-5\n", "r.toml", &["trainer.lr=0.001".into(), "name=\"x\"".into()]).unwrap();
+        let r = Recipe::from_toml_str(
+            "[trainer]\nlr = 1e-5\n",
+            "r.toml",
+            &["trainer.lr=0.001".into(), "name=\"x\"".into()],
+        )
+        .unwrap();
         assert_eq!(r.trainer.unwrap().lr, 0.001);
         assert_eq!(r.name.as_deref(), Some("x"));
-        let e = Recipe::from_toml_str("", "r.toml", &["trainer.lr=-1".into()]).unwrap_err().to_string();
+        let e = Recipe::from_toml_str("", "r.toml", &["trainer.lr=-1".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("trainer.lr"), "{e}");
     }
 

@@ -21,15 +21,38 @@ pub struct ModelSection {
 
 impl Default for ModelSection {
     fn default() -> Self {
-        ModelSection { path: None, dtype: "fp32".into(), device: "auto".into(), activation_checkpointing: false, reference: None, init: None }
+        ModelSection {
+            path: None,
+            dtype: "fp32".into(),
+            device: "auto".into(),
+            activation_checkpointing: false,
+            reference: None,
+            init: None,
+        }
     }
 }
 
 impl ModelSection {
     pub fn validate(&self) -> Result<(), (String, String)> {
-        check(["fp32", "bf16"].contains(&self.dtype.as_str()), "dtype", "must be \"fp32\" or \"bf16\"")?;
+        check(
+            ["fp32", "bf16"].contains(&self.dtype.as_str()),
+            "dtype",
+            "must be \"fp32\" or \"bf16\"",
+        )?;
         let d = self.device.as_str();
-        check(d == "cpu" || d == "auto" || d == "cuda" || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()), "device", "must be cpu, cuda, cuda:N or auto")?;
-        check(self.path.is_some() || self.init.is_some(), "path", "give a model directory (path) or a random-init config (init)")
+        check(
+            d == "cpu"
+                || d == "auto"
+                || d == "cuda"
+                || d.strip_prefix("cuda:")
+                    .is_some_and(|n| n.parse::<usize>().is_ok()),
+            "device",
+            "must be cpu, cuda, cuda:N or auto",
+        )?;
+        check(
+            self.path.is_some() || self.init.is_some(),
+            "path",
+            "give a model directory (path) or a random-init config (init)",
+        )
     }
 }

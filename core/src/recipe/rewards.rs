@@ -1,5 +1,5 @@
 //! `[rewards]`: rubric judge, SPAR step penalties and advantage estimators, Fact-Aware reward. Owner: rewards.
-use super::{check, EndpointConfig};
+use super::{EndpointConfig, check};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,16 +18,33 @@ pub struct JudgeConfig {
 
 impl Default for JudgeConfig {
     fn default() -> Self {
-        JudgeConfig { kind: "rule".into(), endpoint: None, on_failure: "fail_sample".into(), concurrency: 64 }
+        JudgeConfig {
+            kind: "rule".into(),
+            endpoint: None,
+            on_failure: "fail_sample".into(),
+            concurrency: 64,
+        }
     }
 }
 
 impl JudgeConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
-        check(["rule", "llm"].contains(&self.kind.as_str()), "kind", "must be rule or llm")?;
-        check(self.kind != "llm" || self.endpoint.is_some(), "endpoint", "the llm judge needs an endpoint")?;
+        check(
+            ["rule", "llm"].contains(&self.kind.as_str()),
+            "kind",
+            "must be rule or llm",
+        )?;
+        check(
+            self.kind != "llm" || self.endpoint.is_some(),
+            "endpoint",
+            "the llm judge needs an endpoint",
+        )?;
         check(self.concurrency >= 1, "concurrency", "must be >= 1")?;
-        check(["fail_sample", "unmet", "met", "skip_item"].contains(&self.on_failure.as_str()), "on_failure", "must be fail_sample, unmet, met or skip_item")
+        check(
+            ["fail_sample", "unmet", "met", "skip_item"].contains(&self.on_failure.as_str()),
+            "on_failure",
+            "must be fail_sample, unmet, met or skip_item",
+        )
     }
 }
 
@@ -81,10 +98,16 @@ pub struct SparConfig {
 
 impl Default for SparConfig {
     fn default() -> Self {
-        let lambdas = [("repetition", 0.1), ("redundant_question", 0.3), ("red_flag", 0.2), ("rigid_phrasing", 0.9), ("judge", 0.5)]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let lambdas = [
+            ("repetition", 0.1),
+            ("redundant_question", 0.3),
+            ("red_flag", 0.2),
+            ("rigid_phrasing", 0.9),
+            ("judge", 0.5),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         SparConfig {
             estimator: Estimator::Spar,
             lambdas,
@@ -120,16 +143,38 @@ impl Default for SparConfig {
 impl SparConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         for (k, v) in &self.lambdas {
-            check(*v > 0.0 && *v < 1.0, &format!("lambdas.{k}"), "lambda must be in (0, 1)")?;
+            check(
+                *v > 0.0 && *v < 1.0,
+                &format!("lambdas.{k}"),
+                "lambda must be in (0, 1)",
+            )?;
         }
         check(self.sigma_floor >= 0.0, "sigma_floor", "must be >= 0")?;
         check(self.adv_clip > 0.0, "adv_clip", "must be > 0")?;
-        check(self.repetition_threshold > 0.0 && self.repetition_threshold <= 1.0, "repetition_threshold", "must be in (0, 1]")?;
-        let known = ["repetition", "redundant_question", "red_flag", "rigid_phrasing", "judge"];
+        check(
+            self.repetition_threshold > 0.0 && self.repetition_threshold <= 1.0,
+            "repetition_threshold",
+            "must be in (0, 1]",
+        )?;
+        let known = [
+            "repetition",
+            "redundant_question",
+            "red_flag",
+            "rigid_phrasing",
+            "judge",
+        ];
         for d in &self.detectors {
-            check(known.contains(&d.as_str()), "detectors", "each must be repetition, redundant_question, red_flag, rigid_phrasing or judge")?;
+            check(
+                known.contains(&d.as_str()),
+                "detectors",
+                "each must be repetition, redundant_question, red_flag, rigid_phrasing or judge",
+            )?;
         }
-        check(["population", "sample"].contains(&self.std.as_str()), "std", "must be population or sample")
+        check(
+            ["population", "sample"].contains(&self.std.as_str()),
+            "std",
+            "must be population or sample",
+        )
     }
 }
 
@@ -188,15 +233,47 @@ impl Default for FactConfig {
 
 impl FactConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
-        check(["gate", "naive", "off"].contains(&self.mode.as_str()), "mode", "must be gate, naive or off")?;
+        check(
+            ["gate", "naive", "off"].contains(&self.mode.as_str()),
+            "mode",
+            "must be gate, naive or off",
+        )?;
         check(self.tau_max > self.tau_min, "tau_max", "must be > tau_min")?;
-        check(["rule", "llm"].contains(&self.extractor.as_str()), "extractor", "must be rule or llm")?;
-        check(["kb", "llm", "kb+llm"].contains(&self.verifier.as_str()), "verifier", "must be kb, llm or kb+llm")?;
-        check(["lexical", "minilm", "openai"].contains(&self.encoder.as_str()), "encoder", "must be lexical, minilm or openai")?;
-        check(["sqlite", "redis", "memory", "off"].contains(&self.cache.as_str()), "cache", "must be sqlite, redis, memory or off")?;
-        check(self.cache != "redis" || self.redis_url.is_some(), "redis_url", "the redis cache needs redis_url")?;
-        check((0.0..=1.0).contains(&self.cluster_threshold), "cluster_threshold", "must be in [0, 1]")?;
-        check((0.0..=1.0).contains(&self.cache_threshold), "cache_threshold", "must be in [0, 1]")?;
+        check(
+            ["rule", "llm"].contains(&self.extractor.as_str()),
+            "extractor",
+            "must be rule or llm",
+        )?;
+        check(
+            ["kb", "llm", "kb+llm"].contains(&self.verifier.as_str()),
+            "verifier",
+            "must be kb, llm or kb+llm",
+        )?;
+        check(
+            ["lexical", "minilm", "openai"].contains(&self.encoder.as_str()),
+            "encoder",
+            "must be lexical, minilm or openai",
+        )?;
+        check(
+            ["sqlite", "redis", "memory", "off"].contains(&self.cache.as_str()),
+            "cache",
+            "must be sqlite, redis, memory or off",
+        )?;
+        check(
+            self.cache != "redis" || self.redis_url.is_some(),
+            "redis_url",
+            "the redis cache needs redis_url",
+        )?;
+        check(
+            (0.0..=1.0).contains(&self.cluster_threshold),
+            "cluster_threshold",
+            "must be in [0, 1]",
+        )?;
+        check(
+            (0.0..=1.0).contains(&self.cache_threshold),
+            "cache_threshold",
+            "must be in [0, 1]",
+        )?;
         check(self.kappa > 0.0, "kappa", "must be > 0")?;
         check(self.eps > 0.0, "eps", "must be > 0")
     }
@@ -252,12 +329,36 @@ impl Default for StageRewardConfig {
 
 impl StageRewardConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
-        check(["log", "reciprocal"].contains(&self.ddx_discount.as_str()), "ddx_discount", "must be log or reciprocal")?;
+        check(
+            ["log", "reciprocal"].contains(&self.ddx_discount.as_str()),
+            "ddx_discount",
+            "must be log or reciprocal",
+        )?;
         check(self.ddx_max_len >= 1, "ddx_max_len", "must be >= 1")?;
-        check((0.0..=1.0).contains(&self.icd_exact) && (0.0..=1.0).contains(&self.icd_category) && (0.0..=1.0).contains(&self.icd_chapter), "icd_exact", "ICD-10 credits must be in [0, 1]")?;
-        check(self.icd_exact >= self.icd_category && self.icd_category >= self.icd_chapter, "icd_category", "credits must satisfy exact >= category >= chapter")?;
-        check(self.lab_essential_weight > 0.0 && self.lab_optional_weight >= 0.0 && self.lab_extra_weight >= 0.0, "lab_essential_weight", "lab weights must be >= 0 (essential > 0)")?;
-        check(self.red_flag_weight >= 0.0, "red_flag_weight", "must be >= 0")
+        check(
+            (0.0..=1.0).contains(&self.icd_exact)
+                && (0.0..=1.0).contains(&self.icd_category)
+                && (0.0..=1.0).contains(&self.icd_chapter),
+            "icd_exact",
+            "ICD-10 credits must be in [0, 1]",
+        )?;
+        check(
+            self.icd_exact >= self.icd_category && self.icd_category >= self.icd_chapter,
+            "icd_category",
+            "credits must satisfy exact >= category >= chapter",
+        )?;
+        check(
+            self.lab_essential_weight > 0.0
+                && self.lab_optional_weight >= 0.0
+                && self.lab_extra_weight >= 0.0,
+            "lab_essential_weight",
+            "lab weights must be >= 0 (essential > 0)",
+        )?;
+        check(
+            self.red_flag_weight >= 0.0,
+            "red_flag_weight",
+            "must be >= 0",
+        )
     }
 }
 
@@ -280,16 +381,36 @@ pub struct DynamicRubricConfig {
 
 impl Default for DynamicRubricConfig {
     fn default() -> Self {
-        DynamicRubricConfig { enabled: false, admit_rate: 0.2, exit_rate: 0.01, exit_epochs: 3, candidates: None, high_score: 0.8, min_observations: 10 }
+        DynamicRubricConfig {
+            enabled: false,
+            admit_rate: 0.2,
+            exit_rate: 0.01,
+            exit_epochs: 3,
+            candidates: None,
+            high_score: 0.8,
+            min_observations: 10,
+        }
     }
 }
 
 impl RewardsSection {
     pub fn validate(&self) -> Result<(), (String, String)> {
-        self.judge.validate().map_err(|(k, m)| (format!("judge.{k}"), m))?;
-        self.spar.validate().map_err(|(k, m)| (format!("spar.{k}"), m))?;
-        self.fact.validate().map_err(|(k, m)| (format!("fact.{k}"), m))?;
-        self.stages.validate().map_err(|(k, m)| (format!("stages.{k}"), m))?;
-        check(self.dynamic_rubrics.admit_rate > self.dynamic_rubrics.exit_rate, "dynamic_rubrics.admit_rate", "must be > exit_rate")
+        self.judge
+            .validate()
+            .map_err(|(k, m)| (format!("judge.{k}"), m))?;
+        self.spar
+            .validate()
+            .map_err(|(k, m)| (format!("spar.{k}"), m))?;
+        self.fact
+            .validate()
+            .map_err(|(k, m)| (format!("fact.{k}"), m))?;
+        self.stages
+            .validate()
+            .map_err(|(k, m)| (format!("stages.{k}"), m))?;
+        check(
+            self.dynamic_rubrics.admit_rate > self.dynamic_rubrics.exit_rate,
+            "dynamic_rubrics.admit_rate",
+            "must be > exit_rate",
+        )
     }
 }

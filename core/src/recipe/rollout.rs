@@ -22,13 +22,25 @@ pub struct EndpointConfig {
 
 impl Default for EndpointConfig {
     fn default() -> Self {
-        EndpointConfig { base_url: "http://127.0.0.1:8000/v1".into(), model: "default".into(), api_key_env: None, timeout_s: 60.0, max_retries: 3, concurrency: 64, redact_phi: true }
+        EndpointConfig {
+            base_url: "http://127.0.0.1:8000/v1".into(),
+            model: "default".into(),
+            api_key_env: None,
+            timeout_s: 60.0,
+            max_retries: 3,
+            concurrency: 64,
+            redact_phi: true,
+        }
     }
 }
 
 impl EndpointConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
-        check(self.base_url.starts_with("http://") || self.base_url.starts_with("https://"), "base_url", "must start with http:// or https://")?;
+        check(
+            self.base_url.starts_with("http://") || self.base_url.starts_with("https://"),
+            "base_url",
+            "must start with http:// or https://",
+        )?;
         check(self.timeout_s > 0.0, "timeout_s", "must be > 0")?;
         check(self.concurrency >= 1, "concurrency", "must be >= 1")
     }
@@ -47,16 +59,29 @@ pub struct SimulatorConfig {
 
 impl Default for SimulatorConfig {
     fn default() -> Self {
-        SimulatorConfig { kind: "scripted".into(), endpoint: None, factual_check: true }
+        SimulatorConfig {
+            kind: "scripted".into(),
+            endpoint: None,
+            factual_check: true,
+        }
     }
 }
 
 impl SimulatorConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
-        check(["scripted", "llm", "self"].contains(&self.kind.as_str()), "kind", "must be scripted, llm or self")?;
-        check(self.kind != "llm" || self.endpoint.is_some(), "endpoint", "the llm simulator needs an endpoint")?;
+        check(
+            ["scripted", "llm", "self"].contains(&self.kind.as_str()),
+            "kind",
+            "must be scripted, llm or self",
+        )?;
+        check(
+            self.kind != "llm" || self.endpoint.is_some(),
+            "endpoint",
+            "the llm simulator needs an endpoint",
+        )?;
         if let Some(e) = &self.endpoint {
-            e.validate().map_err(|(k, m)| (format!("endpoint.{k}"), m))?;
+            e.validate()
+                .map_err(|(k, m)| (format!("endpoint.{k}"), m))?;
         }
         Ok(())
     }
@@ -138,7 +163,11 @@ impl RolloutSection {
     pub fn instruction(&self, stage: crate::Stage) -> String {
         match stage.index() {
             0 => String::new(),
-            i => self.instructions.get(i - 1).cloned().unwrap_or_else(|| stage.default_instruction().to_string()),
+            i => self
+                .instructions
+                .get(i - 1)
+                .cloned()
+                .unwrap_or_else(|| stage.default_instruction().to_string()),
         }
     }
 
@@ -149,28 +178,75 @@ impl RolloutSection {
 
     /// KV-cache slots of the built-in engine.
     pub fn kv_slot_count(&self) -> usize {
-        if self.kv_slots == 0 { self.max_batch } else { self.kv_slots }
+        if self.kv_slots == 0 {
+            self.max_batch
+        } else {
+            self.kv_slots
+        }
     }
 
     pub fn validate(&self) -> Result<(), (String, String)> {
-        check(["builtin", "openai"].contains(&self.backend.as_str()), "backend", "must be builtin or openai")?;
-        check(self.backend != "openai" || self.endpoint.is_some(), "endpoint", "the openai backend needs an endpoint")?;
-        check(self.group_size >= 2, "group_size", "must be >= 2 (a group needs a baseline)")?;
+        check(
+            ["builtin", "openai"].contains(&self.backend.as_str()),
+            "backend",
+            "must be builtin or openai",
+        )?;
+        check(
+            self.backend != "openai" || self.endpoint.is_some(),
+            "endpoint",
+            "the openai backend needs an endpoint",
+        )?;
+        check(
+            self.group_size >= 2,
+            "group_size",
+            "must be >= 2 (a group needs a baseline)",
+        )?;
         check(self.groups_per_step >= 1, "groups_per_step", "must be >= 1")?;
-        check((0.0..=1.0).contains(&self.interruption_rate), "interruption_rate", "must be in [0, 1]")?;
+        check(
+            (0.0..=1.0).contains(&self.interruption_rate),
+            "interruption_rate",
+            "must be in [0, 1]",
+        )?;
         check((0.0..=1.0).contains(&self.tau), "tau", "must be in [0, 1]")?;
         check(self.top_m >= 1, "top_m", "must be >= 1")?;
-        check(self.turn_limits.iter().all(|&t| t >= 1), "turn_limits", "every limit must be >= 1")?;
-        check(self.sampling.temperature >= 0.0, "sampling.temperature", "must be >= 0")?;
-        check(self.sampling.top_p > 0.0 && self.sampling.top_p <= 1.0, "sampling.top_p", "must be in (0, 1]")?;
+        check(
+            self.turn_limits.iter().all(|&t| t >= 1),
+            "turn_limits",
+            "every limit must be >= 1",
+        )?;
+        check(
+            self.sampling.temperature >= 0.0,
+            "sampling.temperature",
+            "must be >= 0",
+        )?;
+        check(
+            self.sampling.top_p > 0.0 && self.sampling.top_p <= 1.0,
+            "sampling.top_p",
+            "must be in (0, 1]",
+        )?;
         check(self.max_batch >= 1, "max_batch", "must be >= 1")?;
         check(self.max_seq_len >= 16, "max_seq_len", "must be >= 16")?;
-        check(self.kv_slots == 0 || self.kv_slots >= self.max_batch, "kv_slots", "must be 0 or >= max_batch")?;
-        check(self.instructions.is_empty() || self.instructions.len() == 3, "instructions", "give three (ddx, lab, diag) or none")?;
-        check((self.sampling.max_new_tokens as usize) < self.max_seq_len, "sampling.max_new_tokens", "must be < max_seq_len")?;
-        self.simulator.validate().map_err(|(k, m)| (format!("simulator.{k}"), m))?;
+        check(
+            self.kv_slots == 0 || self.kv_slots >= self.max_batch,
+            "kv_slots",
+            "must be 0 or >= max_batch",
+        )?;
+        check(
+            self.instructions.is_empty() || self.instructions.len() == 3,
+            "instructions",
+            "give three (ddx, lab, diag) or none",
+        )?;
+        check(
+            (self.sampling.max_new_tokens as usize) < self.max_seq_len,
+            "sampling.max_new_tokens",
+            "must be < max_seq_len",
+        )?;
+        self.simulator
+            .validate()
+            .map_err(|(k, m)| (format!("simulator.{k}"), m))?;
         if let Some(e) = &self.endpoint {
-            e.validate().map_err(|(k, m)| (format!("endpoint.{k}"), m))?;
+            e.validate()
+                .map_err(|(k, m)| (format!("endpoint.{k}"), m))?;
         }
         Ok(())
     }

@@ -107,19 +107,57 @@ impl Default for TrainerSection {
 
 impl TrainerSection {
     pub fn validate(&self) -> Result<(), (String, String)> {
-        check(["segment_gspo", "gspo", "ppo", "sft", "distill"].contains(&self.policy_loss.as_str()), "policy_loss", "must be segment_gspo, gspo, ppo, sft or distill")?;
-        check(self.eps_low >= 0.0 && self.eps_high >= 0.0, "eps_low", "clip ranges must be >= 0")?;
-        check(self.dual_clip == 0.0 || self.dual_clip > 1.0, "dual_clip", "must be 0 (off) or > 1")?;
-        check(["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"].contains(&self.loss_agg.as_str()), "loss_agg", "must be token-mean, seq-mean-token-sum, seq-mean-token-mean or seq-mean-token-sum-norm")?;
-        check(["k1", "k2", "k3"].contains(&self.kl_estimator.as_str()), "kl_estimator", "must be k1, k2 or k3")?;
+        check(
+            ["segment_gspo", "gspo", "ppo", "sft", "distill"].contains(&self.policy_loss.as_str()),
+            "policy_loss",
+            "must be segment_gspo, gspo, ppo, sft or distill",
+        )?;
+        check(
+            self.eps_low >= 0.0 && self.eps_high >= 0.0,
+            "eps_low",
+            "clip ranges must be >= 0",
+        )?;
+        check(
+            self.dual_clip == 0.0 || self.dual_clip > 1.0,
+            "dual_clip",
+            "must be 0 (off) or > 1",
+        )?;
+        check(
+            [
+                "token-mean",
+                "seq-mean-token-sum",
+                "seq-mean-token-mean",
+                "seq-mean-token-sum-norm",
+            ]
+            .contains(&self.loss_agg.as_str()),
+            "loss_agg",
+            "must be token-mean, seq-mean-token-sum, seq-mean-token-mean or seq-mean-token-sum-norm",
+        )?;
+        check(
+            ["k1", "k2", "k3"].contains(&self.kl_estimator.as_str()),
+            "kl_estimator",
+            "must be k1, k2 or k3",
+        )?;
         check(self.lr > 0.0 && self.lr.is_finite(), "lr", "must be > 0")?;
-        check(["constant", "cosine"].contains(&self.schedule.as_str()), "schedule", "must be constant or cosine")?;
+        check(
+            ["constant", "cosine"].contains(&self.schedule.as_str()),
+            "schedule",
+            "must be constant or cosine",
+        )?;
         check(self.micro_batch >= 1, "micro_batch", "must be >= 1")?;
         check(self.keep_last >= 1, "keep_last", "must be >= 1")?;
         check(self.sft_batch >= 1, "sft_batch", "must be >= 1")?;
         check(self.ppo_epochs >= 1, "ppo_epochs", "must be >= 1")?;
-        check(self.tis_cap == 0.0 || self.tis_cap >= 1.0, "tis_cap", "must be 0 (off) or >= 1")?;
-        check(self.bpe_vocab_size == 0 || self.bpe_vocab_size >= 300, "bpe_vocab_size", "must be 0 or >= 300 (bytes + special tokens)")?;
+        check(
+            self.tis_cap == 0.0 || self.tis_cap >= 1.0,
+            "tis_cap",
+            "must be 0 (off) or >= 1",
+        )?;
+        check(
+            self.bpe_vocab_size == 0 || self.bpe_vocab_size >= 300,
+            "bpe_vocab_size",
+            "must be 0 or >= 300 (bytes + special tokens)",
+        )?;
         check(self.l_max >= 1, "l_max", "must be >= 1")
     }
 }

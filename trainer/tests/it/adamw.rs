@@ -1,17 +1,29 @@
 //! AdamW against a hand-computed update; schedule values.
 use spar_trainer::adamw::{AdamW, AdamWConfig};
 use spar_trainer::schedule::LrSchedule;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor, nn};
 
 #[test]
 fn one_and_two_steps_by_hand() {
     let vs = nn::VarStore::new(Device::Cpu);
     let p = vs.root().var("p", &[1], nn::Init::Const(1.0));
-    let mut opt = AdamW::new(&vs, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 });
+    let mut opt = AdamW::new(
+        &vs,
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        },
+    );
     (&p * 0.5).sum(Kind::Float).backward();
     opt.step(0.1);
     // p = 1 * (1 - 0.1 * 0.01) - 0.1 * (0.05 / 0.1) / (sqrt(0.00025 / 0.001) + 1e-8) = 0.999 - 0.1
-    assert!((p.double_value(&[0]) - 0.899).abs() < 1e-6, "{}", p.double_value(&[0]));
+    assert!(
+        (p.double_value(&[0]) - 0.899).abs() < 1e-6,
+        "{}",
+        p.double_value(&[0])
+    );
     opt.zero_grad();
     (&p * 0.5).sum(Kind::Float).backward();
     opt.step(0.1);
@@ -28,7 +40,9 @@ fn bf16_params_get_fp32_masters_and_state_round_trips() {
     let p = vs.variables()["w"].shallow_clone();
     let mut opt = AdamW::new(&vs, AdamWConfig::default());
     for _ in 0..3 {
-        (p.to_kind(Kind::Float) * Tensor::from_slice(&[1.0f32, -1.0, 0.5, 2.0])).sum(Kind::Float).backward();
+        (p.to_kind(Kind::Float) * Tensor::from_slice(&[1.0f32, -1.0, 0.5, 2.0]))
+            .sum(Kind::Float)
+            .backward();
         opt.step(1e-3);
         opt.zero_grad();
     }
@@ -50,7 +64,9 @@ fn grad_clip_scales_to_max_norm() {
     let vs = nn::VarStore::new(Device::Cpu);
     let p = vs.root().var("p", &[2], nn::Init::Const(0.0));
     let mut opt = AdamW::new(&vs, AdamWConfig::default());
-    (&p * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float).backward();
+    (&p * Tensor::from_slice(&[3.0f32, 4.0]))
+        .sum(Kind::Float)
+        .backward();
     let before = opt.clip_grad_norm(1.0);
     assert!((before - 5.0).abs() < 1e-6);
     assert!((opt.grad_norm() - 1.0).abs() < 1e-5);

@@ -10,7 +10,10 @@ fn advantages_spread_over_each_steps_tokens() {
     let it = item_from(&s, &sc).unwrap();
     // Tokens: [p p r r r p p r r r]; position-aligned arrays predict token p+1.
     assert_eq!(it.mask, vec![0., 1., 1., 1., 0., 0., 1., 1., 1., 0.]);
-    assert_eq!(it.advantages, vec![0., 1.5, 1.5, 1.5, 0., 0., -0.25, -0.25, -0.25, 0.]);
+    assert_eq!(
+        it.advantages,
+        vec![0., 1.5, 1.5, 1.5, 0., 0., -0.25, -0.25, -0.25, 0.]
+    );
     assert_eq!(it.step_ids, vec![-1, 0, 0, 0, -1, -1, 1, 1, 1, -1]);
     assert_eq!(it.targets[..9], it.input_ids[1..]);
     assert_eq!(it.rollout_logp[1], -2.0);
@@ -28,7 +31,10 @@ fn dropped_and_unscored_samples_are_counted() {
     assert_eq!(rep.dropped_by_rewards, 1);
     assert_eq!(rep.missing_scored, 1);
     // A score with another number of steps than its sample is an error naming the field.
-    let e = format!("{:#}", assemble(&[a.clone()], &[scored_for(&a, &[1.0, 2.0])], "in.jsonl").unwrap_err());
+    let e = format!(
+        "{:#}",
+        assemble(&[a.clone()], &[scored_for(&a, &[1.0, 2.0])], "in.jsonl").unwrap_err()
+    );
     assert!(e.contains("in.jsonl") && e.contains("steps"), "{e}");
 }
 
@@ -53,7 +59,10 @@ fn token_budget_and_packing() {
     }
     let refs: Vec<&TrainItem> = items.iter().collect();
     let mb = collate(&refs, true, Device::Cpu).unwrap();
-    assert_eq!(mb.input_ids.size(), vec![1, items.iter().map(|i| i.len() as i64).sum::<i64>()]);
+    assert_eq!(
+        mb.input_ids.size(),
+        vec![1, items.iter().map(|i| i.len() as i64).sum::<i64>()]
+    );
     assert_eq!(mb.n_segs, 5);
     // Positions restart per packed sample.
     assert_eq!(mb.position_ids.int64_value(&[0, 4]), 0);

@@ -1,7 +1,7 @@
 //! A tiny language model for tests that need a real forward and backward without spar-model: embeddings, one
 //! causal mixing layer (prefix mean) and an output projection.
 use spar_trainer::policy::{Policy, PolicyInput, PolicyOutput};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor, nn};
 
 pub struct TinyLm {
     pub vs: nn::VarStore,
@@ -22,7 +22,12 @@ impl TinyLm {
             vs.double();
         }
         let vars = vs.variables();
-        TinyLm { emb: vars["emb"].shallow_clone(), w1: vars["w1"].shallow_clone(), w2: vars["w2"].shallow_clone(), vs }
+        TinyLm {
+            emb: vars["emb"].shallow_clone(),
+            w1: vars["w1"].shallow_clone(),
+            w2: vars["w2"].shallow_clone(),
+            vs,
+        }
     }
 }
 
@@ -34,22 +39,41 @@ impl Policy for TinyLm {
         &mut self.vs
     }
     fn forward(&self, input: &PolicyInput) -> anyhow::Result<PolicyOutput> {
-        let h = self.emb.f_index_select(0, &input.input_ids.reshape([-1]))?.reshape([input.input_ids.size()[0], input.input_ids.size()[1], -1]);
+        let h = self
+            .emb
+            .f_index_select(0, &input.input_ids.reshape([-1]))?
+            .reshape([input.input_ids.size()[0], input.input_ids.size()[1], -1]);
         // Causal prefix mean: position t sees tokens 0..=t of its row.
         let t = h.size()[1];
         let counts = Tensor::arange_start(1, t + 1, (h.kind(), Device::Cpu)).reshape([1, t, 1]);
         let mixed = h.cumsum(1, h.kind()) / counts;
         let logits = (mixed.matmul(&self.w1)).tanh().matmul(&self.w2);
-        Ok(PolicyOutput { logits, aux_loss: None, handle: None })
+        Ok(PolicyOutput {
+            logits,
+            aux_loss: None,
+            handle: None,
+        })
     }
 }
 
 /// A random sample with `steps` doctor replies of `reply_len` tokens after `prompt_len` prompt tokens each.
-pub fn sample_with_steps(group: &str, idx: u32, vocab: u32, prompt_len: usize, reply_len: usize, steps: usize, seed: u64) -> spar_core::Sample {
+pub fn sample_with_steps(
+    group: &str,
+    idx: u32,
+    vocab: u32,
+    prompt_len: usize,
+    reply_len: usize,
+    steps: usize,
+    seed: u64,
+) -> spar_core::Sample {
     use spar_core::sample::*;
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((state >> 33) % vocab as u64) as u32
     };
     let mut token_ids = Vec::new();
@@ -65,9 +89,16 @@ pub fn sample_with_steps(group: &str, idx: u32, vocab: u32, prompt_len: usize, r
             token_ids.push(next());
             loss_mask.push(1);
         }
-        spans.push(StepSpan { stage: spar_core::Stage::Inquiry, start, end: token_ids.len() });
+        spans.push(StepSpan {
+            stage: spar_core::Stage::Inquiry,
+            start,
+            end: token_ids.len(),
+        });
     }
-    let rollout_logprobs = loss_mask.iter().map(|&m| if m == 1 { -2.0 } else { 0.0 }).collect();
+    let rollout_logprobs = loss_mask
+        .iter()
+        .map(|&m| if m == 1 { -2.0 } else { 0.0 })
+        .collect();
     Sample {
         schema_version: SCHEMA_VERSION,
         run_id: "test".into(),
@@ -103,7 +134,14 @@ pub fn scored_for(s: &spar_core::Sample, advantages: &[f64]) -> spar_core::Score
         r_fact: 0.0,
         lambda: 0.0,
         reward: 0.5,
-        steps: advantages.iter().map(|&a| StepScore { violations: vec![], gamma: 1.0, advantage: a }).collect(),
+        steps: advantages
+            .iter()
+            .map(|&a| StepScore {
+                violations: vec![],
+                gamma: 1.0,
+                advantage: a,
+            })
+            .collect(),
         drop_reason: None,
         components: Default::default(),
     }

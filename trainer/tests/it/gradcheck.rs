@@ -1,6 +1,6 @@
 //! Gradient of the SPAR (segment-level GSPO) loss against central finite differences, on a tiny model in
 //! float64, through the real batch assembly and forward.
-use super::common::{sample_with_steps, scored_for, TinyLm};
+use super::common::{TinyLm, sample_with_steps, scored_for};
 use spar_trainer::agg::{AggMode, Aggregator};
 use spar_trainer::batch::{assemble, collate, totals};
 use spar_trainer::learner::logprobs_and_entropy;
@@ -8,9 +8,21 @@ use spar_trainer::policy::{Policy, PolicyInput};
 use spar_trainer::policy_loss::*;
 use tch::{Device, Kind, Tensor};
 
-fn loss_of(model: &TinyLm, mb: &spar_trainer::batch::MicroBatch, old: &Tensor, agg: &Aggregator, c: &PolicyLossConfig) -> Tensor {
+fn loss_of(
+    model: &TinyLm,
+    mb: &spar_trainer::batch::MicroBatch,
+    old: &Tensor,
+    agg: &Aggregator,
+    c: &PolicyLossConfig,
+) -> Tensor {
     let out = model
-        .forward(&PolicyInput { input_ids: &mb.input_ids, attention_mask: &mb.attention_mask, position_ids: &mb.position_ids, packed_seq_ids: None, forced_experts: None })
+        .forward(&PolicyInput {
+            input_ids: &mb.input_ids,
+            attention_mask: &mb.attention_mask,
+            position_ids: &mb.position_ids,
+            packed_seq_ids: None,
+            forced_experts: None,
+        })
         .unwrap();
     let (logp, entropy) = logprobs_and_entropy(&out.logits, &mb.targets);
     let rollout = mb.rollout_logp.to_kind(Kind::Double);
@@ -37,8 +49,14 @@ fn loss_of(model: &TinyLm, mb: &spar_trainer::batch::MicroBatch, old: &Tensor, a
 #[test]
 fn spar_loss_gradient_matches_finite_differences() {
     let model = TinyLm::new(13, 6, Kind::Double, 7);
-    let samples = vec![sample_with_steps("g", 0, 13, 3, 4, 3, 1), sample_with_steps("g", 1, 13, 2, 3, 2, 2)];
-    let scored = vec![scored_for(&samples[0], &[0.7, -1.3, 0.4]), scored_for(&samples[1], &[-0.5, 1.1])];
+    let samples = vec![
+        sample_with_steps("g", 0, 13, 3, 4, 3, 1),
+        sample_with_steps("g", 1, 13, 2, 3, 2, 2),
+    ];
+    let scored = vec![
+        scored_for(&samples[0], &[0.7, -1.3, 0.4]),
+        scored_for(&samples[1], &[-0.5, 1.1]),
+    ];
     let (items, _) = assemble(&samples, &scored, "test").unwrap();
     let refs: Vec<_> = items.iter().collect();
     let mb = collate(&refs, false, Device::Cpu).unwrap();
@@ -50,13 +68,41 @@ fn spar_loss_gradient_matches_finite_differences() {
                 let _ = v.shallow_clone().g_add_(&(v.randn_like() * 0.05));
             }
         });
-        let out = tch::no_grad(|| other.forward(&PolicyInput { input_ids: &mb.input_ids, attention_mask: &mb.attention_mask, position_ids: &mb.position_ids, packed_seq_ids: None, forced_experts: None }).unwrap());
+        let out = tch::no_grad(|| {
+            other
+                .forward(&PolicyInput {
+                    input_ids: &mb.input_ids,
+                    attention_mask: &mb.attention_mask,
+                    position_ids: &mb.position_ids,
+                    packed_seq_ids: None,
+                    forced_experts: None,
+                })
+                .unwrap()
+        });
         logprobs_and_entropy(&out.logits, &mb.targets).0
     };
     let (tok, seqs) = totals(&items);
-    let c = PolicyLossConfig { level: RatioLevel::Segment, eps_low: 5.0, eps_high: 5.0, dual_clip: 0.0, tis_cap: 2.0, kl_coef: 0.0, kl_estimator: KlEstimator::K3, entropy_coef: 0.01 };
-    for mode in [AggMode::TokenMean, AggMode::SeqMeanTokenMean, AggMode::SeqMeanTokenSumNorm] {
-        let agg = Aggregator { mode, l_max: 16.0, total_tokens: tok, total_seqs: seqs };
+    let c = PolicyLossConfig {
+        level: RatioLevel::Segment,
+        eps_low: 5.0,
+        eps_high: 5.0,
+        dual_clip: 0.0,
+        tis_cap: 2.0,
+        kl_coef: 0.0,
+        kl_estimator: KlEstimator::K3,
+        entropy_coef: 0.01,
+    };
+    for mode in [
+        AggMode::TokenMean,
+        AggMode::SeqMeanTokenMean,
+        AggMode::SeqMeanTokenSumNorm,
+    ] {
+        let agg = Aggregator {
+            mode,
+            l_max: 16.0,
+            total_tokens: tok,
+            total_seqs: seqs,
+        };
         for (_, v) in model.vs.variables() {
             let mut v = v;
             v.zero_grad();
@@ -80,7 +126,10 @@ fn spar_loss_gradient_matches_finite_differences() {
                 at(orig);
                 let g = grad.reshape([-1]).double_value(&[i]);
                 let tol = 1e-6 + 1e-5 * fd.abs().max(g.abs());
-                assert!((fd - g).abs() <= tol, "{mode:?} {name}[{i}]: autograd {g} vs finite difference {fd}");
+                assert!(
+                    (fd - g).abs() <= tol,
+                    "{mode:?} {name}[{i}]: autograd {g} vs finite difference {fd}"
+                );
                 checked += 1;
             }
         }

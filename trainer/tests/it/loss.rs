@@ -4,7 +4,9 @@ use spar_trainer::policy_loss::*;
 use tch::{Kind, Tensor};
 
 fn t2(v: &[f64], cols: i64) -> Tensor {
-    Tensor::from_slice(v).reshape([-1, cols]).to_kind(Kind::Double)
+    Tensor::from_slice(v)
+        .reshape([-1, cols])
+        .to_kind(Kind::Double)
 }
 fn i2(v: &[i64], cols: i64) -> Tensor {
     Tensor::from_slice(v).reshape([-1, cols])
@@ -13,7 +15,12 @@ fn close(a: f64, b: f64) {
     assert!((a - b).abs() < 1e-9, "{a} != {b}");
 }
 fn agg(mode: AggMode, l_max: usize, tokens: f64, seqs: f64) -> Aggregator {
-    Aggregator { mode, l_max: l_max as f64, total_tokens: tokens, total_seqs: seqs }
+    Aggregator {
+        mode,
+        l_max: l_max as f64,
+        total_tokens: tokens,
+        total_seqs: seqs,
+    }
 }
 
 #[test]
@@ -21,7 +28,11 @@ fn aggregation_modes_by_hand() {
     let loss = t2(&[1., 2., 3., 4., 5., 0.], 3);
     let mask = t2(&[1., 1., 1., 1., 1., 0.], 3);
     let seq = i2(&[0, 0, 0, 1, 1, -1], 3);
-    let v = |m, l| agg(m, l, 5.0, 2.0).apply(&loss, &mask, &seq, 2).double_value(&[]);
+    let v = |m, l| {
+        agg(m, l, 5.0, 2.0)
+            .apply(&loss, &mask, &seq, 2)
+            .double_value(&[])
+    };
     close(v(AggMode::TokenMean, 1), 3.0);
     close(v(AggMode::SeqMeanTokenSum, 1), 7.5);
     close(v(AggMode::SeqMeanTokenMean, 1), 3.25);
@@ -30,19 +41,52 @@ fn aggregation_modes_by_hand() {
     let loss_p = t2(&[1., 2., 3., 4., 5.], 5);
     let mask_p = t2(&[1.; 5], 5);
     let seq_p = i2(&[0, 0, 0, 1, 1], 5);
-    close(agg(AggMode::SeqMeanTokenMean, 1, 5.0, 2.0).apply(&loss_p, &mask_p, &seq_p, 2).double_value(&[]), 3.25);
+    close(
+        agg(AggMode::SeqMeanTokenMean, 1, 5.0, 2.0)
+            .apply(&loss_p, &mask_p, &seq_p, 2)
+            .double_value(&[]),
+        3.25,
+    );
     // Micro-batches with the mini-batch's denominators add up to the whole.
-    for mode in [AggMode::TokenMean, AggMode::SeqMeanTokenSum, AggMode::SeqMeanTokenMean, AggMode::SeqMeanTokenSumNorm] {
+    for mode in [
+        AggMode::TokenMean,
+        AggMode::SeqMeanTokenSum,
+        AggMode::SeqMeanTokenMean,
+        AggMode::SeqMeanTokenSumNorm,
+    ] {
         let a = agg(mode, 4, 5.0, 2.0);
         let whole = a.apply(&loss, &mask, &seq, 2).double_value(&[]);
-        let first = a.apply(&loss.narrow(0, 0, 1), &mask.narrow(0, 0, 1), &i2(&[0, 0, 0], 3), 1).double_value(&[]);
-        let second = a.apply(&loss.narrow(0, 1, 1), &mask.narrow(0, 1, 1), &i2(&[0, 0, -1], 3), 1).double_value(&[]);
+        let first = a
+            .apply(
+                &loss.narrow(0, 0, 1),
+                &mask.narrow(0, 0, 1),
+                &i2(&[0, 0, 0], 3),
+                1,
+            )
+            .double_value(&[]);
+        let second = a
+            .apply(
+                &loss.narrow(0, 1, 1),
+                &mask.narrow(0, 1, 1),
+                &i2(&[0, 0, -1], 3),
+                1,
+            )
+            .double_value(&[]);
         close(first + second, whole);
     }
 }
 
 fn cfg(level: RatioLevel, eps_low: f64, eps_high: f64) -> PolicyLossConfig {
-    PolicyLossConfig { level, eps_low, eps_high, dual_clip: 0.0, tis_cap: 0.0, kl_coef: 0.0, kl_estimator: KlEstimator::K3, entropy_coef: 0.0 }
+    PolicyLossConfig {
+        level,
+        eps_low,
+        eps_high,
+        dual_clip: 0.0,
+        tis_cap: 0.0,
+        kl_coef: 0.0,
+        kl_estimator: KlEstimator::K3,
+        entropy_coef: 0.0,
+    }
 }
 
 struct Case {
@@ -110,7 +154,10 @@ fn ppo_clip_both_sides() {
 fn dual_clip_caps_negative_advantage() {
     let x = tokens(&[2.0], &[-1.0]);
     let mut c = cfg(RatioLevel::Token, 0.2, 0.2);
-    close(run(&c, &x, AggMode::TokenMean).loss.double_value(&[]), 2f64.exp());
+    close(
+        run(&c, &x, AggMode::TokenMean).loss.double_value(&[]),
+        2f64.exp(),
+    );
     c.dual_clip = 3.0;
     close(run(&c, &x, AggMode::TokenMean).loss.double_value(&[]), 3.0);
 }
@@ -129,17 +176,37 @@ fn segment_ratio_is_one_per_step() {
     };
     let (s0, s1) = (0.3f64.exp(), (-0.1f64).exp());
     let wide = cfg(RatioLevel::Segment, 10.0, 10.0);
-    close(run(&wide, &x, AggMode::TokenMean).loss.double_value(&[]), (-2.0 * s0 + 2.0 * s1) / 3.0);
-    close(run(&wide, &x, AggMode::SeqMeanTokenSum).loss.double_value(&[]), -2.0 * s0 + 2.0 * s1);
+    close(
+        run(&wide, &x, AggMode::TokenMean).loss.double_value(&[]),
+        (-2.0 * s0 + 2.0 * s1) / 3.0,
+    );
+    close(
+        run(&wide, &x, AggMode::SeqMeanTokenSum)
+            .loss
+            .double_value(&[]),
+        -2.0 * s0 + 2.0 * s1,
+    );
     // GSPO's default ranges: s_0 = e^0.3 > 1 + 4e-4 with A > 0 -> clipped; s_1 = e^-0.1 < 1 - 3e-4 with A < 0 -> clipped.
     let gspo = cfg(RatioLevel::Segment, 3e-4, 4e-4);
     let out = run(&gspo, &x, AggMode::TokenMean);
-    close(out.loss.double_value(&[]), (-2.0 * 1.0004 + 2.0 * (1.0 - 3e-4)) / 3.0);
+    close(
+        out.loss.double_value(&[]),
+        (-2.0 * 1.0004 + 2.0 * (1.0 - 3e-4)) / 3.0,
+    );
     close(out.stats.clipped_high, 2.0);
     close(out.stats.clipped_low, 1.0);
     // Sequence-level GSPO: one ratio for all three tokens.
     let s = (0.5f64 / 3.0).exp();
-    close(run(&cfg(RatioLevel::Sequence, 10.0, 10.0), &x, AggMode::TokenMean).loss.double_value(&[]), (-2.0 * s + 2.0 * s) / 3.0);
+    close(
+        run(
+            &cfg(RatioLevel::Sequence, 10.0, 10.0),
+            &x,
+            AggMode::TokenMean,
+        )
+        .loss
+        .double_value(&[]),
+        (-2.0 * s + 2.0 * s) / 3.0,
+    );
 }
 
 #[test]
@@ -152,7 +219,19 @@ fn truncated_importance_weight_and_mismatch() {
     let out = policy_loss(
         &c,
         &a,
-        &PolicyLossInput { logp: &x.logp, old_logp: &x.old, rollout_logp: &rollout, ref_logp: None, entropy: None, advantages: &x.adv, mask: &x.mask, seq_ids: &x.seq, n_seqs: 1, seg_ids: &x.seg, n_segs: 2 },
+        &PolicyLossInput {
+            logp: &x.logp,
+            old_logp: &x.old,
+            rollout_logp: &rollout,
+            ref_logp: None,
+            entropy: None,
+            advantages: &x.adv,
+            mask: &x.mask,
+            seq_ids: &x.seq,
+            n_seqs: 1,
+            seg_ids: &x.seg,
+            n_segs: 2,
+        },
     );
     // Weights min(3, 2) = 2 and min(0.5, 2) = 0.5; ratio 1.
     close(out.loss.double_value(&[]), (-2.0 - 0.5) / 2.0);
@@ -166,8 +245,14 @@ fn kl_estimators_by_hand() {
     let logp = Tensor::from_slice(&[0.5f64]);
     let r = Tensor::from_slice(&[0.0f64]);
     close(KlEstimator::K1.estimate(&logp, &r).double_value(&[0]), 0.5);
-    close(KlEstimator::K2.estimate(&logp, &r).double_value(&[0]), 0.125);
-    close(KlEstimator::K3.estimate(&logp, &r).double_value(&[0]), (-0.5f64).exp() + 0.5 - 1.0);
+    close(
+        KlEstimator::K2.estimate(&logp, &r).double_value(&[0]),
+        0.125,
+    );
+    close(
+        KlEstimator::K3.estimate(&logp, &r).double_value(&[0]),
+        (-0.5f64).exp() + 0.5 - 1.0,
+    );
 }
 
 #[test]
@@ -183,7 +268,19 @@ fn kl_and_entropy_terms_enter_the_loss() {
     let out = policy_loss(
         &c,
         &a,
-        &PolicyLossInput { logp: &x.logp, old_logp: &x.old, rollout_logp: &x.old, ref_logp: Some(&reference), entropy: Some(&ent), advantages: &x.adv, mask: &x.mask, seq_ids: &x.seq, n_seqs: 1, seg_ids: &x.seg, n_segs: 2 },
+        &PolicyLossInput {
+            logp: &x.logp,
+            old_logp: &x.old,
+            rollout_logp: &x.old,
+            ref_logp: Some(&reference),
+            entropy: Some(&ent),
+            advantages: &x.adv,
+            mask: &x.mask,
+            seq_ids: &x.seq,
+            n_seqs: 1,
+            seg_ids: &x.seg,
+            n_segs: 2,
+        },
     );
     close(out.loss.double_value(&[]), 0.1 * 0.5 - 0.01 * 1.5);
 }
@@ -192,7 +289,11 @@ fn kl_and_entropy_terms_enter_the_loss() {
 fn non_finite_logprobs_are_masked_and_counted() {
     let mut x = tokens(&[0.0, 0.0, 0.0], &[1.0, 1.0, 1.0]);
     x.logp = t2(&[-1.0, f64::NEG_INFINITY, f64::NAN], 3);
-    let out = run(&cfg(RatioLevel::Token, 0.2, 0.2), &x, AggMode::SeqMeanTokenSum);
+    let out = run(
+        &cfg(RatioLevel::Token, 0.2, 0.2),
+        &x,
+        AggMode::SeqMeanTokenSum,
+    );
     close(out.stats.non_finite, 2.0);
     let v = out.loss.double_value(&[]);
     assert!(v.is_finite(), "{v}");
@@ -207,5 +308,8 @@ fn clip_forward_kl_only_pulls_up() {
     let mask = t2(&[1.0, 1.0], 2);
     let seq = i2(&[0, 0], 2);
     let a = Aggregator::local(AggMode::TokenMean, 1, &mask, &seq);
-    close(clip_forward_kl(&logp, &teacher, &mask, &seq, 1, &a).double_value(&[]), 2.0 / 2.0);
+    close(
+        clip_forward_kl(&logp, &teacher, &mask, &seq, 1, &a).double_value(&[]),
+        2.0 / 2.0,
+    );
 }

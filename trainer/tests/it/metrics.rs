@@ -1,5 +1,5 @@
 //! Metrics JSONL, TensorBoard event framing, plots.
-use spar_trainer::metrics::{read_series, MetricsLogger};
+use spar_trainer::metrics::{MetricsLogger, read_series};
 use spar_trainer::tfevent::crc32c;
 
 fn masked(c: u32) -> u32 {
@@ -11,20 +11,38 @@ fn jsonl_tensorboard_and_plots() {
     let dir = tempfile::tempdir().unwrap();
     let mut m = MetricsLogger::open(dir.path(), None).unwrap();
     for s in 0..5 {
-        m.log(s, &[("train/loss".into(), 1.0 / (s as f64 + 1.0)), ("eval/reward".into(), s as f64 * 0.1)]).unwrap();
+        m.log(
+            s,
+            &[
+                ("train/loss".into(), 1.0 / (s as f64 + 1.0)),
+                ("eval/reward".into(), s as f64 * 0.1),
+            ],
+        )
+        .unwrap();
     }
     drop(m);
     let series = read_series(&dir.path().join("metrics.jsonl")).unwrap();
     assert_eq!(series["train/loss"].len(), 5);
     // Every TFRecord frame's two checksums verify, and the scalar tags are in the payloads.
-    let tb = std::fs::read_dir(dir.path().join("tb")).unwrap().next().unwrap().unwrap().path();
+    let tb = std::fs::read_dir(dir.path().join("tb"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let bytes = std::fs::read(&tb).unwrap();
     let (mut off, mut records, mut saw_tag) = (0, 0, false);
     while off < bytes.len() {
         let len = u64::from_le_bytes(bytes[off..off + 8].try_into().unwrap()) as usize;
-        assert_eq!(u32::from_le_bytes(bytes[off + 8..off + 12].try_into().unwrap()), masked(crc32c(&bytes[off..off + 8])));
+        assert_eq!(
+            u32::from_le_bytes(bytes[off + 8..off + 12].try_into().unwrap()),
+            masked(crc32c(&bytes[off..off + 8]))
+        );
         let data = &bytes[off + 12..off + 12 + len];
-        assert_eq!(u32::from_le_bytes(bytes[off + 12 + len..off + 16 + len].try_into().unwrap()), masked(crc32c(data)));
+        assert_eq!(
+            u32::from_le_bytes(bytes[off + 12 + len..off + 16 + len].try_into().unwrap()),
+            masked(crc32c(data))
+        );
         saw_tag |= data.windows(10).any(|w| w == b"train/loss");
         off += 16 + len;
         records += 1;
@@ -33,7 +51,10 @@ fn jsonl_tensorboard_and_plots() {
     assert!(saw_tag);
     // Resuming at step 2 drops later lines.
     drop(MetricsLogger::open(dir.path(), Some(2)).unwrap());
-    assert_eq!(read_series(&dir.path().join("metrics.jsonl")).unwrap()["train/loss"].len(), 3);
+    assert_eq!(
+        read_series(&dir.path().join("metrics.jsonl")).unwrap()["train/loss"].len(),
+        3
+    );
     let files = spar_trainer::plot::plot_run(dir.path(), &[]).unwrap();
     assert_eq!(files.len(), 4);
     for f in files {
@@ -42,6 +63,10 @@ fn jsonl_tensorboard_and_plots() {
             std::fs::create_dir_all(&keep).unwrap();
             std::fs::copy(&f, std::path::Path::new(&keep).join(f.file_name().unwrap())).unwrap();
         }
-        assert!(std::fs::metadata(&f).unwrap().len() > 500, "{}", f.display());
+        assert!(
+            std::fs::metadata(&f).unwrap().len() > 500,
+            "{}",
+            f.display()
+        );
     }
 }

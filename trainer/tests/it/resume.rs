@@ -1,13 +1,13 @@
 //! A run stopped at step k and resumed from its checkpoint gives exactly the losses and weights of the
 //! uninterrupted run (CPU).
-use super::common::{sample_with_steps, scored_for, TinyLm};
+use super::common::{TinyLm, sample_with_steps, scored_for};
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use spar_trainer::adamw::{AdamW, AdamWConfig};
 use spar_trainer::agg::AggMode;
-use spar_trainer::batch::{assemble, TrainItem};
+use spar_trainer::batch::{TrainItem, assemble};
 use spar_trainer::checkpoint::{self, TrainerState};
-use spar_trainer::learner::{rl_update, BatchingConfig, Learner};
+use spar_trainer::learner::{BatchingConfig, Learner, rl_update};
 use spar_trainer::policy::Policy;
 use spar_trainer::policy_loss::*;
 use spar_trainer::rng::{new_rng, restore_rng, save_rng};
@@ -15,14 +15,26 @@ use spar_trainer::schedule::LrSchedule;
 use tch::{Device, Kind};
 
 fn pool() -> Vec<TrainItem> {
-    let samples: Vec<_> = (0..8).map(|i| sample_with_steps("g", i, 17, 2, 3, 2, i as u64 + 100)).collect();
-    let scored: Vec<_> = samples.iter().enumerate().map(|(i, s)| scored_for(s, &[0.3 * i as f64 - 1.0, 1.0 - 0.2 * i as f64])).collect();
+    let samples: Vec<_> = (0..8)
+        .map(|i| sample_with_steps("g", i, 17, 2, 3, 2, i as u64 + 100))
+        .collect();
+    let scored: Vec<_> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| scored_for(s, &[0.3 * i as f64 - 1.0, 1.0 - 0.2 * i as f64]))
+        .collect();
     assemble(&samples, &scored, "pool").unwrap().0
 }
 
 fn learner(model: &TinyLm) -> Learner {
     Learner {
-        adamw: AdamW::new(&model.vs, AdamWConfig { weight_decay: 0.01, ..Default::default() }),
+        adamw: AdamW::new(
+            &model.vs,
+            AdamWConfig {
+                weight_decay: 0.01,
+                ..Default::default()
+            },
+        ),
         schedule: LrSchedule::new(1e-2, 2, 6, "cosine").unwrap(),
         step: 0,
         grad_clip: 1.0,
@@ -33,9 +45,30 @@ fn learner(model: &TinyLm) -> Learner {
     }
 }
 
-fn run_steps(model: &TinyLm, l: &mut Learner, rng: &mut ChaCha8Rng, items: &[TrainItem], n: usize) -> Vec<f64> {
-    let cfg = PolicyLossConfig { level: RatioLevel::Segment, eps_low: 0.2, eps_high: 0.28, dual_clip: 3.0, tis_cap: 2.0, kl_coef: 0.0, kl_estimator: KlEstimator::K3, entropy_coef: 0.001 };
-    let batching = BatchingConfig { micro_batch: 2, token_budget: 0, pack: false, agg: AggMode::SeqMeanTokenMean, l_max: 32 };
+fn run_steps(
+    model: &TinyLm,
+    l: &mut Learner,
+    rng: &mut ChaCha8Rng,
+    items: &[TrainItem],
+    n: usize,
+) -> Vec<f64> {
+    let cfg = PolicyLossConfig {
+        level: RatioLevel::Segment,
+        eps_low: 0.2,
+        eps_high: 0.28,
+        dual_clip: 3.0,
+        tis_cap: 2.0,
+        kl_coef: 0.0,
+        kl_estimator: KlEstimator::K3,
+        entropy_coef: 0.001,
+    };
+    let batching = BatchingConfig {
+        micro_batch: 2,
+        token_budget: 0,
+        pack: false,
+        agg: AggMode::SeqMeanTokenMean,
+        l_max: 32,
+    };
     let mut losses = Vec::new();
     for _ in 0..n {
         let mut idx: Vec<usize> = (0..items.len()).collect();
@@ -64,7 +97,13 @@ fn killed_and_resumed_run_matches_uninterrupted() {
         let mut rng = new_rng(seed);
         let first = run_steps(&model, &mut l, &mut rng, &items, 3);
         assert_eq!(first, full[..6].to_vec());
-        let st = TrainerState { step: l.step, phase: "rl".into(), phase_step: 3, rng: save_rng(seed, &rng), ..Default::default() };
+        let st = TrainerState {
+            step: l.step,
+            phase: "rl".into(),
+            phase_step: 3,
+            rng: save_rng(seed, &rng),
+            ..Default::default()
+        };
         checkpoint::save(dir.path(), &model, &l.adamw, &st, 2).unwrap()
         // The "killed" process drops everything here.
     };
@@ -77,7 +116,10 @@ fn killed_and_resumed_run_matches_uninterrupted() {
     let rest = run_steps(&model, &mut l, &mut rng, &items, 3);
     assert_eq!(rest, full[6..].to_vec(), "losses after resume");
     for (name, w) in full_model.var_store().variables() {
-        assert!(w.equal(&model.var_store().variables()[&name]), "weight {name} differs");
+        assert!(
+            w.equal(&model.var_store().variables()[&name]),
+            "weight {name} differs"
+        );
     }
 }
 
@@ -87,10 +129,23 @@ fn keep_last_prunes_old_checkpoints() {
     let l = learner(&model);
     let dir = tempfile::tempdir().unwrap();
     for step in 1..=4 {
-        let st = TrainerState { step, ..Default::default() };
+        let st = TrainerState {
+            step,
+            ..Default::default()
+        };
         checkpoint::save(dir.path(), &model, &l.adamw, &st, 2).unwrap();
     }
-    let left: Vec<usize> = checkpoint::list(dir.path()).unwrap().into_iter().map(|(n, _)| n).collect();
+    let left: Vec<usize> = checkpoint::list(dir.path())
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     assert_eq!(left, vec![3, 4]);
-    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp"))
+    );
 }
