@@ -60,6 +60,10 @@ fn few_step_demo_run_then_contract_path_from_files() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     tiny_run(&run);
+    let audit: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("audit.json")).expect("audit.json missing"))
+            .unwrap();
+    assert_eq!(audit["outcome"], "ok", "{audit}");
     for f in [
         "metrics.jsonl",
         "comparison.json",

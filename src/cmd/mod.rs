@@ -1,4 +1,5 @@
 //! One module per subcommand; each owns its `Args` (clap) and `run`.
+mod audit;
 pub mod bench;
 pub mod bench_decode;
 pub mod bench_forward;

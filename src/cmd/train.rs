@@ -46,11 +46,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    spar_trainer::run::run(
-        &recipe,
-        &spar_trainer::run::RunOptions {
-            resume: args.resume,
-            out_dir: args.out,
-        },
-    )
+    let run_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| recipe.resolve(&recipe.trainer.clone().unwrap_or_default().out_dir));
+    let data_files = super::audit::recipe_data_files(&recipe);
+    super::audit::audited(&run_dir, &recipe, &data_files, || {
+        spar_trainer::run::run(
+            &recipe,
+            &spar_trainer::run::RunOptions {
+                resume: args.resume,
+                out_dir: args.out.clone(),
+            },
+        )
+    })
 }
