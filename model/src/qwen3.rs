@@ -238,6 +238,10 @@ impl Qwen3Model {
     /// A model with transformers' initialisation (normal(0, 0.02) matrices, unit norms), seeded.
     pub fn random(config: Qwen3Config, device: Device, kind: Kind, seed: i64) -> Result<Self> {
         config.validate()?;
+        // libtorch has one global generator: hold it from seeding to the last draw so that concurrent callers
+        // (threads, parallel tests) cannot interleave their draws and break "same seed, same weights".
+        static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _rng = GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(seed);
         let vs = VarStore::new(device);
         {
