@@ -5,10 +5,9 @@
 use anyhow::{Result, bail};
 use serde_json::json;
 use spar_core::traits::{GenerateRequest, SamplingParams};
-use spar_model::{Qwen3Model, parse_device, parse_kind};
+use spar_model::{Qwen3Model, parse_kind};
 use spar_rollout::engine::{Engine, EngineConfig};
 use std::time::Instant;
-use tch::Device;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,20 +35,8 @@ pub struct Args {
     iters: usize,
 }
 
-fn sync(d: Device) {
-    if let Device::Cuda(i) = d {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
 pub fn run(args: Args) -> Result<()> {
-    let device = parse_device(&args.device)?;
-    if device.is_cuda() && !tch::Cuda::is_available() {
-        bail!(
-            "--device {} but CUDA is not available to libtorch",
-            args.device
-        );
-    }
+    let device = super::bench_forward::bench_device(&args.device)?;
     let kind = parse_kind(&args.dtype)?;
     let config = super::bench_forward::shape_config(&args.shape, args.layers)?;
     let vocab = config.vocab_size as u64;
@@ -88,17 +75,17 @@ pub fn run(args: Args) -> Result<()> {
     for &b in &args.batch {
         engine.generate(requests(b, 4))?;
     }
-    sync(device);
+    super::bench_forward::sync(device);
     for &b in &args.batch {
         let mut best = f64::INFINITY;
         let mut best_decode = f64::INFINITY;
         for _ in 0..args.iters.max(1) {
             let reqs = requests(b, args.new);
             let before = engine.stats;
-            sync(device);
+            super::bench_forward::sync(device);
             let t0 = Instant::now();
             let outs = engine.generate(reqs)?;
-            sync(device);
+            super::bench_forward::sync(device);
             let dt = t0.elapsed().as_secs_f64();
             let generated: usize = outs.iter().map(|o| o.output.token_ids.len()).sum();
             if generated != b * args.new as usize {

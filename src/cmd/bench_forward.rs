@@ -61,20 +61,24 @@ pub fn shape_config(shape: &str, layers: Option<usize>) -> Result<Qwen3Config> {
     Qwen3Config::from_json_value(&v, shape)
 }
 
-fn sync(d: Device) {
+/// Waits for queued GPU work so wall-clock timings cover it.
+pub(super) fn sync(d: Device) {
     if let Device::Cuda(i) = d {
         tch::Cuda::synchronize(i as i64);
     }
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let device = parse_device(&args.device)?;
+/// Parses `--device`, refusing CUDA when libtorch has none (a benchmark on the wrong device is worse than none).
+pub(super) fn bench_device(name: &str) -> Result<Device> {
+    let device = parse_device(name)?;
     if device.is_cuda() && !tch::Cuda::is_available() {
-        bail!(
-            "--device {} but CUDA is not available to libtorch",
-            args.device
-        );
+        bail!("--device {name} but CUDA is not available to libtorch");
     }
+    Ok(device)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let device = bench_device(&args.device)?;
     let kind = parse_kind(&args.dtype)?;
     let config = shape_config(&args.shape, args.layers)?;
     if args.print_config {

@@ -95,27 +95,13 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             eval_cases.len()
         );
     }
-    let loss_cfg = PolicyLossConfig {
-        level: if tr.policy_loss == "sft" || tr.policy_loss == "distill" {
-            RatioLevel::Segment
-        } else {
-            RatioLevel::parse(&tr.policy_loss)?
-        },
-        eps_low: tr.eps_low,
-        eps_high: tr.eps_high,
-        dual_clip: tr.dual_clip,
-        tis_cap: tr.tis_cap,
-        kl_coef: tr.kl_coef,
-        kl_estimator: KlEstimator::parse(&tr.kl_estimator)?,
-        entropy_coef: tr.entropy_coef,
+    let level = if tr.policy_loss == "sft" || tr.policy_loss == "distill" {
+        RatioLevel::Segment
+    } else {
+        RatioLevel::parse(&tr.policy_loss)?
     };
-    let batching = BatchingConfig {
-        micro_batch: tr.micro_batch,
-        token_budget: tr.token_budget,
-        pack: tr.pack_sequences,
-        agg: AggMode::parse(&tr.loss_agg)?,
-        l_max: tr.l_max,
-    };
+    let loss_cfg = policy_loss_config(&tr, level)?;
+    let batching = batching_config(&tr)?;
     let sft_batching = BatchingConfig {
         agg: AggMode::TokenMean,
         ..batching
@@ -647,6 +633,34 @@ fn corpus(cases: &[Case]) -> Vec<String> {
 
 /// SFT items: each scripted expert consultation as one token stream, rendered the way the rollout renders an
 /// episode (system, user turn + generation prompt, reply + `<|im_end|>`, ...); loss on the doctor's tokens.
+/// The policy-loss knobs of the `[trainer]` section, at the given ratio level.
+fn policy_loss_config(
+    tr: &spar_core::recipe::TrainerSection,
+    level: RatioLevel,
+) -> Result<PolicyLossConfig> {
+    Ok(PolicyLossConfig {
+        level,
+        eps_low: tr.eps_low,
+        eps_high: tr.eps_high,
+        dual_clip: tr.dual_clip,
+        tis_cap: tr.tis_cap,
+        kl_coef: tr.kl_coef,
+        kl_estimator: KlEstimator::parse(&tr.kl_estimator)?,
+        entropy_coef: tr.entropy_coef,
+    })
+}
+
+/// The batching knobs of the `[trainer]` section.
+fn batching_config(tr: &spar_core::recipe::TrainerSection) -> Result<BatchingConfig> {
+    Ok(BatchingConfig {
+        micro_batch: tr.micro_batch,
+        token_budget: tr.token_budget,
+        pack: tr.pack_sequences,
+        agg: AggMode::parse(&tr.loss_agg)?,
+        l_max: tr.l_max,
+    })
+}
+
 pub fn sft_items(
     cases: &[Case],
     codec: &dyn TextCodec,
@@ -752,23 +766,8 @@ pub fn offline_step(
         );
     }
     let model = Qwen3Model::load(model_dir, device, kind)?;
-    let loss_cfg = PolicyLossConfig {
-        level: RatioLevel::parse(&tr.policy_loss)?,
-        eps_low: tr.eps_low,
-        eps_high: tr.eps_high,
-        dual_clip: tr.dual_clip,
-        tis_cap: tr.tis_cap,
-        kl_coef: tr.kl_coef,
-        kl_estimator: KlEstimator::parse(&tr.kl_estimator)?,
-        entropy_coef: tr.entropy_coef,
-    };
-    let batching = BatchingConfig {
-        micro_batch: tr.micro_batch,
-        token_budget: tr.token_budget,
-        pack: tr.pack_sequences,
-        agg: AggMode::parse(&tr.loss_agg)?,
-        l_max: tr.l_max,
-    };
+    let loss_cfg = policy_loss_config(&tr, RatioLevel::parse(&tr.policy_loss)?)?;
+    let batching = batching_config(&tr)?;
     let mut learner = Learner {
         adamw: AdamW::new(
             &model.vs,
