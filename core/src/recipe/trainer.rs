@@ -45,7 +45,9 @@ pub struct TrainerSection {
     pub save_every: usize,
     pub keep_last: usize,
     pub log_every: usize,
-    /// One-step off-policy: generate batch t+1 while learning on batch t.
+    /// One-step off-policy: round t+1's rollout is generated with the weights of round t, before round t's
+    /// update lands (staleness 1, samples stamped with that policy version); pi_old is recomputed by the
+    /// trainer and the engine's log-probs drive the truncated-IS mismatch correction.
     pub off_policy_one_step: bool,
     /// SFT steps on scripted expert consultations before RL (the demo pipeline).
     pub sft_steps: usize,
@@ -60,6 +62,71 @@ pub struct TrainerSection {
     pub pack_sequences: bool,
     /// MoE load-balancing loss coefficient (None: the model config's `router_aux_loss_coef`).
     pub aux_loss_coef: Option<f64>,
+    /// Teachers of the distillation stages (`[trainer.distill]`): offline Clip-Forward-KL when
+    /// `policy_loss = "distill"`, on-policy reverse KL added to the RL advantages otherwise.
+    pub distill: DistillConfig,
+    /// Critic and GAE knobs (`[trainer.gae]`), used when `rewards.spar.estimator = "gae"`.
+    pub gae: GaeConfig,
+}
+
+/// `[trainer.distill]`: the M3 distillation stages (method.md section 7).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistillConfig {
+    /// Teacher policies: HF model folders (config.json + safetensors) sharing the student's tokenizer.
+    /// Offline (`policy_loss = "distill"`): round t's prompts are answered by teacher t mod n and the student
+    /// trains on those tokens with Clip-Forward-KL. On-policy (any RL loss): every teacher scores the student's
+    /// sampled tokens and the reverse-KL advantage, averaged over teachers, is added to the task advantage.
+    pub teachers: Vec<PathBuf>,
+    /// Weight of the on-policy reverse-KL advantage coef * mean_t(log pi_t - log pi_old).
+    pub coef: f64,
+    /// Weight of the task advantage (from spar-rewards) in on-policy distillation; 0 = pure distillation.
+    pub task_coef: f64,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        DistillConfig {
+            teachers: Vec::new(),
+            coef: 1.0,
+            task_coef: 1.0,
+        }
+    }
+}
+
+/// `[trainer.gae]`: PPO with a value head (the one estimator that lives in the trainer).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GaeConfig {
+    /// Discount per sampled token.
+    pub gamma: f64,
+    /// GAE lambda (1 = Monte-Carlo returns, 0 = one-step TD).
+    pub lambda: f64,
+    /// Weight of the value loss in the total loss.
+    pub vf_coef: f64,
+    /// Clip range of the value update around the old value (PPO's clipped value loss).
+    pub value_clip: f64,
+    /// Learning rate of the value head (its own AdamW, constant schedule).
+    pub critic_lr: f64,
+    /// Normalise the advantages over the batch's trained tokens (mean 0, std 1).
+    pub whiten: bool,
+    /// Let the value loss train the policy's layers too (one shared trunk, as in PPO's shared actor-critic);
+    /// off: the value head reads the policy's output detached and only the head learns from the value loss.
+    pub shared_trunk: bool,
+}
+
+impl Default for GaeConfig {
+    fn default() -> Self {
+        GaeConfig {
+            gamma: 1.0,
+            lambda: 0.95,
+            vf_coef: 0.5,
+            value_clip: 0.2,
+            critic_lr: 1e-4,
+            whiten: true,
+            shared_trunk: false,
+        }
+    }
 }
 
 impl Default for TrainerSection {
@@ -101,6 +168,8 @@ impl Default for TrainerSection {
             bpe_vocab_size: 0,
             pack_sequences: false,
             aux_loss_coef: None,
+            distill: DistillConfig::default(),
+            gae: GaeConfig::default(),
         }
     }
 }
@@ -158,6 +227,67 @@ impl TrainerSection {
             "bpe_vocab_size",
             "must be 0 or >= 300 (bytes + special tokens)",
         )?;
-        check(self.l_max >= 1, "l_max", "must be >= 1")
+        check(self.l_max >= 1, "l_max", "must be >= 1")?;
+        check(
+            self.policy_loss != "distill" || !self.distill.teachers.is_empty(),
+            "distill.teachers",
+            "policy_loss = \"distill\" needs at least one teacher",
+        )?;
+        check(
+            self.distill.coef.is_finite() && self.distill.coef >= 0.0,
+            "distill.coef",
+            "must be >= 0",
+        )?;
+        check(
+            self.distill.task_coef.is_finite() && self.distill.task_coef >= 0.0,
+            "distill.task_coef",
+            "must be >= 0",
+        )?;
+        let g = &self.gae;
+        check(
+            (0.0..=1.0).contains(&g.gamma),
+            "gae.gamma",
+            "must be in [0, 1]",
+        )?;
+        check(
+            (0.0..=1.0).contains(&g.lambda),
+            "gae.lambda",
+            "must be in [0, 1]",
+        )?;
+        check(g.vf_coef >= 0.0, "gae.vf_coef", "must be >= 0")?;
+        check(g.value_clip > 0.0, "gae.value_clip", "must be > 0")?;
+        check(
+            g.critic_lr > 0.0 && g.critic_lr.is_finite(),
+            "gae.critic_lr",
+            "must be > 0",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::recipe::Recipe;
+
+    #[test]
+    fn nested_distill_and_gae_keys_parse_and_unknown_ones_are_named() {
+        let r = Recipe::from_toml_str(
+            "[trainer]\npolicy_loss = \"distill\"\n[trainer.distill]\nteachers = [\"t1\", \"t2\"]\ncoef = 0.5\n\
+             [trainer.gae]\nlambda = 1.0\n",
+            "r.toml",
+            &[],
+        )
+        .unwrap();
+        let tr = r.trainer.unwrap();
+        assert_eq!(tr.distill.teachers.len(), 2);
+        assert_eq!(tr.distill.coef, 0.5);
+        assert_eq!(tr.gae.lambda, 1.0);
+        let e = Recipe::from_toml_str("[trainer.gae]\nlamda = 1.0\n", "r.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trainer.gae.lamda"), "{e}");
+        let e = Recipe::from_toml_str("[trainer]\npolicy_loss = \"distill\"\n", "r.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trainer.distill.teachers"), "{e}");
     }
 }
