@@ -101,6 +101,23 @@ pub fn item_from(s: &Sample, sc: &Scored) -> Result<TrainItem> {
             sc.steps.len()
         );
     }
+    for (j, score) in sc.steps.iter().enumerate() {
+        if !score.advantage.is_finite() {
+            bail!("field `steps[{j}].advantage` is not finite");
+        }
+    }
+    let mut item = item_unscored(s)?;
+    for (p, &j) in item.step_ids.iter().enumerate() {
+        if j >= 0 {
+            item.advantages[p] = sc.steps[j as usize].advantage as f32;
+        }
+    }
+    item.reward = sc.reward;
+    Ok(item)
+}
+
+/// One item without a score (advantages 0, reward 0): distillation trains on tokens, not rewards.
+pub fn item_unscored(s: &Sample) -> Result<TrainItem> {
     let t = s.token_ids.len();
     if t < 2 {
         bail!("field `token_ids`: a sample needs at least 2 tokens");
@@ -112,20 +129,15 @@ pub fn item_from(s: &Sample, sc: &Scored) -> Result<TrainItem> {
     let mut targets = vec![0i64; t];
     let mut mask = vec![0f32; t];
     let mut rollout_logp = vec![0f32; t];
-    let mut advantages = vec![0f32; t];
     let mut step_ids = vec![-1i64; t];
     for p in 0..t - 1 {
         targets[p] = input_ids[p + 1];
         mask[p] = s.loss_mask[p + 1] as f32;
         rollout_logp[p] = s.rollout_logprobs[p + 1];
     }
-    for (j, (span, score)) in s.steps.iter().zip(&sc.steps).enumerate() {
-        if !score.advantage.is_finite() {
-            bail!("field `steps[{j}].advantage` is not finite");
-        }
-        for tok in span.start.max(1)..span.end {
+    for (j, span) in s.steps.iter().enumerate() {
+        for tok in span.start.max(1)..span.end.min(t) {
             if s.loss_mask[tok] == 1 {
-                advantages[tok - 1] = score.advantage as f32;
                 step_ids[tok - 1] = j as i64;
             }
         }
@@ -140,13 +152,24 @@ pub fn item_from(s: &Sample, sc: &Scored) -> Result<TrainItem> {
         input_ids,
         targets,
         mask,
-        advantages,
+        advantages: vec![0f32; t],
         step_ids,
         n_steps: s.steps.len(),
         rollout_logp,
         routed,
-        reward: sc.reward,
+        reward: 0.0,
     })
+}
+
+/// Routing replay switch (`trainer.routing_replay`): on, the training forward is forced onto the experts the
+/// rollout engine chose for each position (R3); off, the recorded choices are dropped and the trainer routes
+/// afresh.
+pub fn set_routing_replay(items: &mut [TrainItem], on: bool) {
+    if !on {
+        for it in items {
+            it.routed = None;
+        }
+    }
 }
 
 /// Splits items into micro-batches: `micro_batch` items each, or (with `token_budget` > 0) as many as fit

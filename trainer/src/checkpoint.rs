@@ -55,6 +55,19 @@ pub fn save(
     state: &TrainerState,
     keep_last: usize,
 ) -> Result<PathBuf> {
+    save_with(root, policy, adamw, state, keep_last, &|_| Ok(()))
+}
+
+/// [`save`], with `extra(dir)` writing more files (e.g. the critic) into the checkpoint folder before it is
+/// renamed into place, so they are as atomic as the rest.
+pub fn save_with(
+    root: &Path,
+    policy: &dyn Policy,
+    adamw: &AdamW,
+    state: &TrainerState,
+    keep_last: usize,
+    extra: &dyn Fn(&Path) -> Result<()>,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let name = checkpoint_name(state.step);
     let tmp = root.join(format!(".{name}.{}.tmp", std::process::id()));
@@ -64,6 +77,7 @@ pub fn save(
     std::fs::create_dir_all(tmp.join("model"))?;
     policy.save_weights(&tmp.join("model"))?;
     adamw.save(&tmp.join("optimizer.safetensors"))?;
+    extra(&tmp)?;
     let mut st = state.clone();
     st.format_version = STATE_FORMAT_VERSION;
     std::fs::write(

@@ -46,11 +46,14 @@ pub struct StepReport {
     pub tokens: usize,
     pub micro_batches: usize,
     pub stats: LossStats,
+    /// Metrics of the optional parts (critic, distillation teachers), already averaged, by metric name.
+    #[serde(default)]
+    pub extra: std::collections::BTreeMap<String, f64>,
 }
 
 impl Learner {
     /// Clips, checks and applies accumulated gradients; `loss` is the accumulated loss value.
-    fn apply(&mut self, loss: f64) -> Result<(f64, f64, bool)> {
+    pub(crate) fn apply(&mut self, loss: f64) -> Result<(f64, f64, bool)> {
         let norm = self.adamw.clip_grad_norm(self.grad_clip);
         let lr = self.schedule.lr(self.step);
         if !loss.is_finite() || !norm.is_finite() {
@@ -80,7 +83,7 @@ impl Learner {
     }
 }
 
-fn forward_mb(policy: &dyn Policy, mb: &MicroBatch) -> Result<PolicyOutput> {
+pub(crate) fn forward_mb(policy: &dyn Policy, mb: &MicroBatch) -> Result<PolicyOutput> {
     policy.forward(&PolicyInput {
         input_ids: &mb.input_ids,
         attention_mask: &mb.attention_mask,
@@ -145,6 +148,7 @@ pub fn fill_old_logprobs(
 }
 
 /// RL update(s) on `items`: `ppo_epochs` optimizer steps over the same batch, pi_old fixed from before the first.
+#[allow(clippy::too_many_arguments)]
 pub fn rl_update(
     policy: &dyn Policy,
     reference: Option<&dyn Policy>,
@@ -155,9 +159,195 @@ pub fn rl_update(
     ppo_epochs: usize,
     device: Device,
 ) -> Result<Vec<StepReport>> {
+    rl_update_with(
+        policy,
+        reference,
+        learner,
+        items,
+        loss_cfg,
+        batching,
+        ppo_epochs,
+        device,
+        &mut RlExtras::none(),
+    )
+}
+
+/// What an RL update may add to the clipped policy loss.
+pub struct RlExtras<'a> {
+    /// On-policy distillation: teachers (name, policy) that score the student's sampled tokens. Each token's
+    /// advantage becomes `task_coef * A + distill_coef * mean_t(log pi_t - log pi_old)` (reverse KL, sampled
+    /// from the student).
+    pub teachers: Vec<(String, &'a dyn Policy)>,
+    pub distill_coef: f64,
+    pub task_coef: f64,
+    /// PPO with a value head: the critic and each item's token rewards (target-aligned, from
+    /// [`crate::gae::token_rewards`]). With a critic the items' own advantages are ignored; GAE's replace them
+    /// (the reverse-KL term of distillation, if any, is added to the token rewards).
+    pub critic: Option<(&'a mut crate::critic::Critic, &'a [Vec<f32>])>,
+}
+
+impl RlExtras<'_> {
+    /// Nothing beyond the policy loss.
+    pub fn none() -> Self {
+        RlExtras {
+            teachers: Vec::new(),
+            distill_coef: 0.0,
+            task_coef: 1.0,
+            critic: None,
+        }
+    }
+}
+
+/// The no-grad pass before the first update: pi_old, the reference, the old values of the critic, and the
+/// teachers' reverse-KL term folded into the advantages. Returns (old values per micro-batch, per-teacher sums of
+/// log pi_old - log pi_t over trained tokens).
+fn old_pass(
+    policy: &dyn Policy,
+    reference: Option<&dyn Policy>,
+    mbs: &mut [MicroBatch],
+    extras: &RlExtras,
+) -> Result<(Vec<Tensor>, Vec<f64>)> {
+    let mut old_values = Vec::new();
+    let mut teacher_kl = vec![0.0; extras.teachers.len()];
+    tch::no_grad(|| -> Result<()> {
+        for mb in mbs.iter_mut() {
+            let out = forward_mb(policy, mb)?;
+            let old = crate::policy_loss::gather_logprobs(&out.logits, &mb.targets);
+            if let Some((critic, _)) = &extras.critic {
+                old_values.push(critic.head.values(&out.logits)?);
+            }
+            drop(out);
+            if let Some(r) = reference {
+                let out = forward_mb(r, mb)?;
+                mb.ref_logp = Some(crate::policy_loss::gather_logprobs(
+                    &out.logits,
+                    &mb.targets,
+                ));
+            }
+            if !extras.teachers.is_empty() {
+                let zeros = old.zeros_like();
+                let student = old.where_self(&old.isfinite(), &zeros);
+                let mut per_teacher = Vec::new();
+                for (i, (_, t)) in extras.teachers.iter().enumerate() {
+                    // A teacher routes its own experts: the rollout's routing belongs to the student.
+                    let out = t.forward(&PolicyInput {
+                        input_ids: &mb.input_ids,
+                        attention_mask: &mb.attention_mask,
+                        position_ids: &mb.position_ids,
+                        packed_seq_ids: mb.packed_seq_ids.as_ref(),
+                        forced_experts: None,
+                    })?;
+                    let lp = crate::policy_loss::gather_logprobs(&out.logits, &mb.targets);
+                    // A non-finite log-prob carries no signal: the token gets no distillation term.
+                    let ok = lp.isfinite().logical_and(&old.isfinite());
+                    let lp = lp.where_self(&ok, &student);
+                    teacher_kl[i] += ((&student - &lp) * &mb.mask)
+                        .sum(Kind::Double)
+                        .double_value(&[]);
+                    per_teacher.push(lp);
+                }
+                let kl_adv =
+                    distill::reverse_kl_advantage(&student, &per_teacher, extras.distill_coef)
+                        * &mb.mask;
+                mb.advantages = &mb.advantages * extras.task_coef + kl_adv;
+            }
+            mb.old_logp = Some(old);
+        }
+        Ok(())
+    })?;
+    Ok((old_values, teacher_kl))
+}
+
+/// [`rl_update`] with distillation teachers and / or a critic (see [`RlExtras`]).
+#[allow(clippy::too_many_arguments)]
+pub fn rl_update_with(
+    policy: &dyn Policy,
+    reference: Option<&dyn Policy>,
+    learner: &mut Learner,
+    items: &[TrainItem],
+    loss_cfg: &PolicyLossConfig,
+    batching: &BatchingConfig,
+    ppo_epochs: usize,
+    device: Device,
+    extras: &mut RlExtras,
+) -> Result<Vec<StepReport>> {
+    // With a critic, the token rewards travel in the advantage slot until GAE replaces them.
+    let with_rewards: Vec<TrainItem>;
+    let items = match &extras.critic {
+        Some((_, rewards)) => {
+            if rewards.len() != items.len() {
+                bail!(
+                    "{} token-reward lists for {} items",
+                    rewards.len(),
+                    items.len()
+                );
+            }
+            with_rewards = items
+                .iter()
+                .zip(rewards.iter())
+                .map(|(it, r)| {
+                    if r.len() != it.len() {
+                        bail!(
+                            "item {}/{}: {} token rewards for {} tokens",
+                            it.group_id,
+                            it.sample_idx,
+                            r.len(),
+                            it.len()
+                        );
+                    }
+                    let mut it = it.clone();
+                    it.advantages = r.clone();
+                    Ok(it)
+                })
+                .collect::<Result<_>>()?;
+            &with_rewards[..]
+        }
+        None => items,
+    };
     let mut mbs = micro_batches(items, batching, device)?;
-    fill_old_logprobs(policy, reference, &mut mbs)?;
+    let (old_values, teacher_kl) = old_pass(policy, reference, &mut mbs, extras)?;
     let (total_tokens, total_seqs) = totals(items);
+    let mut fixed = std::collections::BTreeMap::new();
+    for ((name, _), kl) in extras.teachers.iter().zip(&teacher_kl) {
+        fixed.insert(
+            format!("distill/reverse_kl/{name}"),
+            kl / total_tokens.max(1.0),
+        );
+    }
+    let mut returns = Vec::new();
+    if let Some((critic, _)) = &extras.critic {
+        let mut advs = Vec::new();
+        for (mb, v) in mbs.iter().zip(&old_values) {
+            let (a, r) = crate::gae::gae_masked(
+                &mb.advantages,
+                v,
+                &mb.mask,
+                &mb.seq_ids,
+                critic.cfg.gamma,
+                critic.cfg.lambda,
+            )?;
+            advs.push(a);
+            returns.push(r);
+        }
+        let n = total_tokens.max(1.0);
+        let sum = |ts: &[Tensor]| -> f64 {
+            ts.iter()
+                .zip(&mbs)
+                .map(|(t, mb)| (t * &mb.mask).sum(Kind::Double).double_value(&[]))
+                .sum::<f64>()
+                / n
+        };
+        fixed.insert("critic/values_mean".into(), sum(&old_values));
+        fixed.insert("critic/returns_mean".into(), sum(&returns));
+        fixed.insert("critic/advantages_mean_raw".into(), sum(&advs));
+        if critic.cfg.whiten {
+            let masks: Vec<&Tensor> = mbs.iter().map(|m| &m.mask).collect();
+            crate::gae::whiten(&mut advs, &masks);
+        }
+        for (mb, a) in mbs.iter_mut().zip(advs) {
+            mb.advantages = a;
+        }
+    }
     let agg = Aggregator {
         mode: batching.agg,
         l_max: batching.l_max as f64,
@@ -167,9 +357,13 @@ pub fn rl_update(
     let mut reports = Vec::new();
     for _ in 0..ppo_epochs.max(1) {
         learner.adamw.zero_grad();
+        if let Some((critic, _)) = &mut extras.critic {
+            critic.adamw.zero_grad();
+        }
         let mut loss_sum = 0.0;
+        let (mut vloss_sum, mut vclip) = (0.0, 0.0);
         let mut stats = LossStats::default();
-        for mb in &mbs {
+        for (i, mb) in mbs.iter().enumerate() {
             let fwd = forward_mb(policy, mb)?;
             let (logp, entropy) = logprobs_and_entropy(&fwd.logits, &mb.targets);
             let old = mb.old_logp.as_ref().expect("filled above");
@@ -195,11 +389,41 @@ pub fn rl_update(
                 loss =
                     loss + aux * (learner.aux_loss_coef * mb.n_seqs as f64 / total_seqs.max(1.0));
             }
+            if let Some((critic, _)) = &extras.critic {
+                let v = critic.values(&fwd.logits)?;
+                let per_tok = crate::gae::ValueHead::per_token_loss(
+                    &v,
+                    &old_values[i],
+                    &returns[i],
+                    critic.cfg.value_clip,
+                );
+                // Divided by the whole mini-batch's token count, so accumulation gives the batch's mean.
+                let vloss = (per_tok * &mb.mask).sum(Kind::Float) / total_tokens.max(1.0);
+                vloss_sum += vloss.double_value(&[]);
+                vclip += ((&v - &old_values[i])
+                    .abs()
+                    .gt(critic.cfg.value_clip)
+                    .to_kind(Kind::Float)
+                    * &mb.mask)
+                    .sum(Kind::Double)
+                    .double_value(&[]);
+                loss = loss + vloss * critic.cfg.vf_coef;
+            }
             loss_sum += loss.double_value(&[]);
             stats.add(&out.stats);
             policy.backward(&loss, &fwd)?;
         }
         let (grad_norm, lr, skipped) = learner.apply(loss_sum)?;
+        let mut extra = fixed.clone();
+        if let Some((critic, _)) = &mut extras.critic {
+            let cs = critic.step(skipped);
+            extra.insert("critic/value_loss".into(), vloss_sum);
+            extra.insert(
+                "critic/value_clip_frac".into(),
+                vclip / total_tokens.max(1.0),
+            );
+            extra.insert("critic/grad_norm".into(), cs.grad_norm);
+        }
         reports.push(StepReport {
             loss: loss_sum,
             grad_norm,
@@ -208,6 +432,7 @@ pub fn rl_update(
             tokens: mbs.iter().map(|m| m.tokens).sum(),
             micro_batches: mbs.len(),
             stats,
+            extra,
         });
     }
     Ok(reports)
@@ -255,5 +480,6 @@ pub fn sft_update(
         tokens: mbs.iter().map(|m| m.tokens).sum(),
         micro_batches: mbs.len(),
         stats,
+        extra: Default::default(),
     })
 }

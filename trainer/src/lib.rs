@@ -4,7 +4,9 @@
 //! - [`policy_loss`], [`agg`]: PPO-clip / GSPO / segment-level GSPO (SPAR), dual clip, TIS, KL, entropy; the
 //!   four aggregation modes
 //! - [`distill`]: SFT cross-entropy, Clip-Forward-KL, on-policy reverse-KL distillation
-//! - [`gae`]: value head + GAE (the one advantage estimator outside spar-rewards)
+//! - [`distill_loop`]: the offline distillation phase (teachers answer, the student learns by Clip-Forward-KL)
+//! - [`gae`], [`critic`]: value head + GAE (the one advantage estimator outside spar-rewards)
+//! - [`off_policy`]: colocated vs one-step off-policy round scheduling
 //! - [`adamw`], [`schedule`]: AdamW with savable state and fp32 masters; warmup + constant / cosine
 //! - [`learner`]: one optimisation step (pi_old pass, accumulation, clipping, NaN/Inf guard)
 //! - [`checkpoint`], [`rng`]: atomic checkpoints, keep-last-N, exact resume
@@ -15,10 +17,13 @@ pub mod adamw;
 pub mod agg;
 pub mod batch;
 pub mod checkpoint;
+pub mod critic;
 pub mod distill;
+pub mod distill_loop;
 pub mod gae;
 pub mod learner;
 pub mod metrics;
+pub mod off_policy;
 pub mod plot;
 pub mod policy;
 pub mod policy_loss;
