@@ -233,6 +233,18 @@ fn re(p: &str) -> Regex {
 const MONTHS_EN: &str = r"jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?";
 const MONTHS_OTHER: &str = r"janvier|f[ée]vrier|mars|avril|mai|juin|juillet|ao[ûu]t|septembre|octobre|novembre|d[ée]cembre|januar|februar|m[äa]rz|juni|juli|oktober|dezember|enero|febrero|marzo|abril|mayo|junio|julio|agosto|septiembre|setiembre|octubre|noviembre|diciembre|gennaio|febbraio|aprile|maggio|giugno|luglio|settembre|ottobre|dicembre";
 
+/// What may follow a URL's scheme or host in running text. A URL stops at white space, quotes, a backslash (a JSON
+/// escape such as `\"` or `\n`), angle brackets, braces, square brackets, `|`, `^` and backticks, so a URL inside a
+/// JSON string, a markdown link or a table cell never swallows the delimiters around it. Parentheses are kept only
+/// when balanced ("wiki/Foo_(bar)"), so "(see https://x.org/a)" keeps its closing parenthesis. The last character
+/// is not sentence punctuation (`.,;:!?`): "visit www.x.com/a." ends before the full stop.
+static URL_TAIL: LazyLock<String> = LazyLock::new(|| {
+    const CHAR: &str = r#"[^\s<>"'\\`(){}\[\]|^]"#;
+    const LAST: &str = r#"[^\s<>"'\\`(){}\[\]|^.,;:!?]"#;
+    let group = format!(r"\({CHAR}*\)");
+    format!(r"(?:(?:{CHAR}|{group})*(?:{LAST}|{group}))?")
+});
+
 struct Pattern {
     re: Regex,
     kind: PhiKind,
@@ -254,12 +266,15 @@ static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
             0,
         ),
         p(
-            r#"(?i)\b(?:https?://|ftp://|www\.)[^\s<>"'\]\)]+"#,
+            &format!(r"(?i)\b(?:https?://|ftp://|www\.){}", *URL_TAIL),
             PhiKind::Url,
             0,
         ),
         p(
-            r"(?i)\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|org|net|edu|gov|io|co\.uk|de|fr|cn)/[^\s<>]*",
+            &format!(
+                r"(?i)\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|org|net|edu|gov|io|co\.uk|de|fr|cn)/{}",
+                *URL_TAIL
+            ),
             PhiKind::Url,
             0,
         ),
@@ -683,8 +698,16 @@ fn trim_name(text: &str, start: usize, end: usize) -> (usize, usize) {
     }
 }
 
+/// Drops trailing punctuation and space; a closing parenthesis only when it has no opening one in the span (a URL
+/// such as "wiki/Foo_(bar)" keeps it).
 fn trim_span(text: &str, start: usize, mut end: usize) -> (usize, usize) {
-    while end > start && text[..end].ends_with(['.', ',', ';', ':', ')', ' ', '-']) {
+    while end > start {
+        let span = &text[start..end];
+        let unbalanced =
+            span.ends_with(')') && span.matches(')').count() > span.matches('(').count();
+        if !(span.ends_with(['.', ',', ';', ':', ' ', '-']) || unbalanced) {
+            break;
+        }
         end -= 1;
     }
     (start, end)
@@ -802,5 +825,81 @@ mod tests {
             "Dr. Smith on [DATE]"
         );
         assert_eq!(PhiKind::parse("[phone]"), Some(PhiKind::Phone));
+    }
+
+    /// URLs in the layouts that used to swallow their delimiters: inside JSON strings (quote, escaped quote,
+    /// escaped newline, backslash), in parentheses, in markdown links, and before sentence punctuation.
+    #[test]
+    fn urls_stop_at_their_delimiters() {
+        for (text, want) in [
+            (
+                r#"{"note":"portal https://portal.example.org/p/123","n":1}"#,
+                r#"{"note":"portal [URL]","n":1}"#,
+            ),
+            (
+                r#"{"note":"see \"https://x.example.org/a?id=7\" now"}"#,
+                r#"{"note":"see \"[URL]\" now"}"#,
+            ),
+            (
+                r#"{"u":"mychart.example.com/patient/42","b":[1,2]}"#,
+                r#"{"u":"[URL]","b":[1,2]}"#,
+            ),
+            (
+                r#"["www.clinic.com/x\nnext line"]"#,
+                r#"["[URL]\nnext line"]"#,
+            ),
+            (
+                r"C:\\share\\https://h.example.org\\f",
+                r"C:\\share\\[URL]\\f",
+            ),
+            (
+                "Results (https://lab.example.com/r?id=77) attached.",
+                "Results ([URL]) attached.",
+            ),
+            (
+                "See https://en.wikipedia.org/wiki/Foo_(bar) for more.",
+                "See [URL] for more.",
+            ),
+            (
+                "[portal](https://mychart.example.org/login)",
+                "[portal]([URL])",
+            ),
+            ("Visit www.clinic-portal.com/login.", "Visit [URL]."),
+            ("Is it https://a.example.org/x?", "Is it [URL]?"),
+            ("Go to https://a.example.org/x!", "Go to [URL]!"),
+            ("https://a.example.org/x, then call", "[URL], then call"),
+            ("at https://a.example.org/x; then", "at [URL]; then"),
+            ("link: `https://a.example.org/x`", "link: `[URL]`"),
+            ("| https://a.example.org/x | row |", "| [URL] | row |"),
+            ("'http://a.example.net/q=1'", "'[URL]'"),
+            ("<https://a.example.org/x>", "<[URL]>"),
+            ("{https://a.example.org/x}", "{[URL]}"),
+            (
+                "query https://a.example.org/s?q=a,b;c=d ok",
+                "query [URL] ok",
+            ),
+        ] {
+            assert_eq!(redact(text), want, "{text}");
+        }
+    }
+
+    /// Redacting JSON text keeps it JSON, and every string comes out as if redacted on its own.
+    #[test]
+    fn redacted_json_stays_json() {
+        let value = serde_json::json!({
+            "a": "portal https://portal.example.org/p/123\" and more",
+            "b": "line one www.clinic.com/visits/9\nline two",
+            "c": ["(https://lab.example.com/r?id=77)", "end with www.x.com/a\\"],
+            "d": "mychart.example.com/patient/42",
+        });
+        let text = serde_json::to_string(&value).unwrap();
+        let out = redact(&text);
+        let back: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("redaction broke the JSON: {e}\n{out}"));
+        assert_eq!(back["a"], redact(value["a"].as_str().unwrap()));
+        assert_eq!(back["b"], "line one [URL]\nline two");
+        assert_eq!(back["c"][0], "([URL])");
+        assert_eq!(back["c"][1], "end with [URL]\\");
+        assert_eq!(back["d"], "[URL]");
     }
 }
