@@ -1,0 +1,133 @@
+//! One RL round of `spar train`, in two halves so the one-step off-policy schedule can put generation of round
+//! t+1 before the update of round t: [`play_round`] (engine + reward pipeline -> samples and scores) and
+//! [`learn_round`] (batch assembly, routing replay switch, GAE critic or spar-rewards advantages, on-policy
+//! distillation teachers, the PPO-style update).
+use crate::batch::{assemble, set_routing_replay};
+use crate::critic::Critic;
+use crate::learner::{BatchingConfig, Learner, RlExtras, rl_update_with};
+use crate::policy_loss::PolicyLossConfig;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use spar_core::{Case, Sample, Scored};
+use spar_model::Qwen3Model;
+use spar_rollout::Rollout;
+use std::collections::HashMap;
+use tch::Device;
+
+/// A generated and scored round, waiting to be learned (saved in checkpoints in one-step off-policy mode).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PlayedRound {
+    pub samples: Vec<Sample>,
+    pub scored: Vec<Scored>,
+    /// Wall time of generation, for tokens/s.
+    pub gen_seconds: f64,
+}
+
+/// Plays `groups` groups with `model`'s current weights, samples stamped `version`, and scores every group.
+pub fn play_round(
+    rollout: &mut Rollout,
+    model: &Qwen3Model,
+    version: u64,
+    groups: usize,
+    pipeline: &spar_rewards::RewardPipeline,
+    rt: &tokio::runtime::Runtime,
+    cases: &HashMap<String, Case>,
+) -> Result<PlayedRound> {
+    let t0 = std::time::Instant::now();
+    rollout.set_policy_version(version);
+    let played = rollout.collect_groups(spar_rollout::actor::Policy::Builtin(model), groups)?;
+    let gen_seconds = t0.elapsed().as_secs_f64();
+    let mut round = PlayedRound {
+        gen_seconds,
+        ..Default::default()
+    };
+    for g in &played {
+        let case = cases
+            .get(&g.case_id)
+            .with_context(|| format!("group {} names unknown case {}", g.group_id, g.case_id))?;
+        round
+            .scored
+            .extend(rt.block_on(pipeline.score_group(case, &g.samples)));
+        round.samples.extend(g.samples.iter().cloned());
+    }
+    Ok(round)
+}
+
+/// The learner's side of a round's knobs.
+pub struct LearnConfig<'a> {
+    pub loss: &'a PolicyLossConfig,
+    pub batching: &'a BatchingConfig,
+    pub ppo_epochs: usize,
+    pub routing_replay: bool,
+    pub distill_coef: f64,
+    pub task_coef: f64,
+    pub device: Device,
+}
+
+/// Learns one played round at learner version `version` (RL rounds applied so far). Returns the round's
+/// metrics: loss, clip fractions, ratio, mismatch, ..., `rl/policy_lag` (learner version minus the samples'
+/// mean policy version: 0 colocated, 1 in one-step off-policy mode), the critic's and each teacher's.
+pub fn learn_round(
+    model: &Qwen3Model,
+    learner: &mut Learner,
+    round: &PlayedRound,
+    version: u64,
+    cfg: &LearnConfig,
+    teachers: &[(String, Qwen3Model)],
+    critic: Option<&mut Critic>,
+) -> Result<Vec<(String, f64)>> {
+    let (mut items, report) = assemble(&round.samples, &round.scored, "rollout round")?;
+    let mut scalars = vec![(
+        "rl/samples_dropped".to_string(),
+        (report.dropped_by_rewards + report.missing_scored + report.no_trained_tokens) as f64,
+    )];
+    if !round.samples.is_empty() {
+        let mean_version = round
+            .samples
+            .iter()
+            .map(|s| s.policy_version as f64)
+            .sum::<f64>()
+            / round.samples.len() as f64;
+        scalars.push(("rl/policy_lag".into(), version as f64 - mean_version));
+    }
+    if items.is_empty() {
+        tracing::warn!(version, "no trainable samples this round");
+        return Ok(scalars);
+    }
+    set_routing_replay(&mut items, cfg.routing_replay);
+    let rewards;
+    let mut extras = RlExtras {
+        teachers: teachers
+            .iter()
+            .map(|(n, m)| (n.clone(), m as &dyn crate::policy::Policy))
+            .collect(),
+        distill_coef: cfg.distill_coef,
+        task_coef: cfg.task_coef,
+        critic: None,
+    };
+    if let Some(c) = critic {
+        rewards = crate::gae::token_rewards_for_items(&items, &round.samples, &round.scored)?;
+        extras.critic = Some((c, &rewards));
+    }
+    for rep in rl_update_with(
+        model,
+        None,
+        learner,
+        &items,
+        cfg.loss,
+        cfg.batching,
+        cfg.ppo_epochs,
+        cfg.device,
+        &mut extras,
+    )? {
+        scalars.push(("rl/loss".into(), rep.loss));
+        scalars.push(("rl/grad_norm".into(), rep.grad_norm));
+        scalars.push(("rl/lr".into(), rep.lr));
+        scalars.push(("rl/skipped".into(), rep.skipped as u8 as f64));
+        for (k, v) in rep.stats.means() {
+            scalars.push((format!("rl/{k}"), v));
+        }
+        scalars.extend(rep.extra);
+    }
+    Ok(scalars)
+}
