@@ -5,6 +5,20 @@
 //! Run and data directories are created owner-only (0700) because they can hold patient text; the manifest is
 //! written atomically and owner-only (0600). [`find_secret_leaks`] checks that no secret environment value
 //! (API keys, tokens) ended up in a file.
+//!
+//! Commands other than `spar train` describe themselves with an [`AuditSpec`] ([`AuditManifest::begin`]): a run
+//! that writes a folder keeps `audit.json` in it, a run that writes one file keeps `<file>.audit.json` next to it;
+//! model inputs are recorded per file ([`inputs`]).
+mod inputs;
+mod run;
+
+pub use inputs::{
+    FULL_HASH_MAX_BYTES, HashCoverage, ModelFile, ModelInput, describe_model, hash_file,
+};
+pub use run::{
+    AuditSpec, Output, OutputKind, create_private_parents, flags_from_args, manifest_next_to,
+};
+
 use serde::{Deserialize, Serialize};
 use spar_core::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -37,6 +51,10 @@ pub struct CodeVersion {
     pub git_commit: Option<String>,
     /// `git describe --always --dirty --tags`.
     pub git_describe: Option<String>,
+    /// `git describe` of the tree the binary was built from, when the build exported `SPAR_BUILD_GIT_DESCRIBE`
+    /// (the fields above are read from the source checkout at run time and may have moved on since the build).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_describe: Option<String>,
 }
 
 /// The manifest. `start` writes it with `finished_at = None`; `finish` writes it again with the outcome.
@@ -61,35 +79,77 @@ pub struct AuditManifest {
     /// Dotted paths of the config values that were redacted.
     pub redacted_keys: Vec<String>,
     pub data_files: Vec<DataFile>,
+    /// What ran ("spar rollout", ...); None for manifests written through [`AuditManifest::start`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// The command's flags as JSON, secret-looking values replaced (their paths are in `redacted_keys` as
+    /// `flags.<name>`).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub flags: serde_json::Value,
+    /// Model folders or files read, file by file with sizes and hashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelInput>,
+    /// What the run writes (made owner-only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<Output>,
+    /// Where this manifest is, when not `run_dir/audit.json` (a file output's `<file>.audit.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
 }
 
 impl AuditManifest {
     /// Creates `run_dir` (0700), hashes `data_files`, records the recipe (TOML text; an empty string records
     /// an empty config) and writes `run_dir/audit.json`. Errors name the file that could not be read.
     pub fn start(run_dir: &Path, recipe_toml: &str, data_files: &[PathBuf]) -> Result<Self> {
-        create_private_dir(run_dir)?;
-        let mut config: serde_json::Value = if recipe_toml.trim().is_empty() {
+        let spec = AuditSpec {
+            manifest: run_dir.join(AUDIT_FILE),
+            run_dir: run_dir.to_path_buf(),
+            outputs: vec![(run_dir.to_path_buf(), OutputKind::Dir)],
+            recipe_toml: recipe_toml.to_string(),
+            data_files: data_files.to_vec(),
+            ..Default::default()
+        };
+        Self::begin(&spec)
+    }
+
+    /// Prepares the outputs of `spec` owner-only, hashes its data files and models, records the recipe and
+    /// flags without secrets, and writes the manifest where `spec` says. Errors name the file that could not be
+    /// read.
+    pub fn begin(spec: &AuditSpec) -> Result<Self> {
+        run::prepare_outputs(&spec.outputs)?;
+        let mut config: serde_json::Value = if spec.recipe_toml.trim().is_empty() {
             serde_json::Value::Object(Default::default())
         } else {
-            let table: toml::Table = toml::from_str(recipe_toml).map_err(|e| {
+            let table: toml::Table = toml::from_str(&spec.recipe_toml).map_err(|e| {
                 Error::invalid(
-                    format!("{} (recipe)", run_dir.display()),
+                    format!("{} (recipe)", spec.run_dir.display()),
                     format!("recipe is not valid TOML: {e}"),
                 )
             })?;
             serde_json::to_value(table).map_err(|e| Error::Other(format!("recipe to JSON: {e}")))?
         };
         let secrets = secret_env_values();
-        let redacted_keys = scrub_secrets(&mut config, &secrets);
-        let mut files = Vec::with_capacity(data_files.len());
-        for p in data_files {
+        let mut redacted_keys = scrub_secrets(&mut config, &secrets);
+        let mut flags = spec.flags.clone();
+        redacted_keys.extend(
+            scrub_secrets(&mut flags, &secrets)
+                .into_iter()
+                .map(|k| format!("flags.{k}")),
+        );
+        let mut files = Vec::with_capacity(spec.data_files.len());
+        for p in &spec.data_files {
             files.push(describe_file(p)?);
         }
+        let mut models = Vec::with_capacity(spec.models.len());
+        for p in &spec.models {
+            models.push(describe_model(p)?);
+        }
         let (user, uid) = current_user();
-        let command = std::env::args().map(|a| scrub_arg(&a, &secrets)).collect();
+        let args: Vec<String> = std::env::args().collect();
+        let default_manifest = spec.run_dir.join(AUDIT_FILE);
         let manifest = AuditManifest {
             schema_version: AUDIT_SCHEMA_VERSION,
-            run_dir: run_dir.display().to_string(),
+            run_dir: spec.run_dir.display().to_string(),
             started_at: rfc3339_now(),
             finished_at: None,
             outcome: "running".into(),
@@ -97,11 +157,24 @@ impl AuditManifest {
             uid,
             host: hostname(),
             pid: std::process::id(),
-            command,
+            command: scrub_command(&args, &secrets),
             code: code_version(),
             config,
             redacted_keys,
             data_files: files,
+            task: spec.task.clone(),
+            flags,
+            models,
+            outputs: spec
+                .outputs
+                .iter()
+                .map(|(p, kind)| Output {
+                    path: p.display().to_string(),
+                    kind: *kind,
+                })
+                .collect(),
+            manifest: (spec.manifest != default_manifest)
+                .then(|| spec.manifest.display().to_string()),
         };
         manifest.write()?;
         Ok(manifest)
@@ -113,17 +186,23 @@ impl AuditManifest {
         self.write()
     }
 
-    /// Records the end time and outcome and rewrites the manifest.
+    /// Records the end time and outcome and rewrites the manifest, then makes the outputs owner-only (files
+    /// 0600, folders inside an output folder 0700). The outcome is recorded with secrets and PHI removed (an
+    /// error message can quote a line of case text).
     pub fn finish(mut self, outcome: &str) -> Result<Self> {
         self.finished_at = Some(rfc3339_now());
-        self.outcome = scrub_arg(outcome, &secret_env_values());
+        self.outcome = spar_core::phi::redact(&scrub_arg(outcome, &secret_env_values()));
         self.write()?;
+        run::seal_outputs(&self.outputs)?;
         Ok(self)
     }
 
-    /// `run_dir/audit.json`.
+    /// Where the manifest is: `manifest` when set, else `run_dir/audit.json`.
     pub fn path(&self) -> PathBuf {
-        Path::new(&self.run_dir).join(AUDIT_FILE)
+        match &self.manifest {
+            Some(m) => PathBuf::from(m),
+            None => Path::new(&self.run_dir).join(AUDIT_FILE),
+        }
     }
 
     /// Reads a manifest back.
@@ -310,6 +389,8 @@ fn scrub_at(
         }
         Value::String(s)
             if looks_like_secret_value(s)
+                || s.split_once('=')
+                    .is_some_and(|(k, _)| is_secret_key(k.trim()))
                 || env.iter().any(|(_, val)| s.contains(val.as_str())) =>
         {
             *v = Value::String(REDACTED.into());
@@ -337,6 +418,24 @@ fn scrub_arg(arg: &str, env: &[(String, String)]) -> String {
     } else {
         out
     }
+}
+
+/// A command line with secrets replaced: `--key=value` and `--set a.api_key=...` by key, the argument after a
+/// secret-looking flag (`--api-key VALUE`), values of secret environment variables and credential-looking values.
+pub fn scrub_command(args: &[String], env: &[(String, String)]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut after_secret_flag = false;
+    for a in args {
+        if after_secret_flag && !a.starts_with("--") {
+            out.push(REDACTED.to_string());
+        } else {
+            out.push(scrub_arg(a, env));
+        }
+        after_secret_flag = a
+            .strip_prefix("--")
+            .is_some_and(|f| !f.contains('=') && is_secret_key(f));
+    }
+    out
 }
 
 /// Names of secret environment variables (see [`secret_env_values`]) whose values occur in the file at
@@ -404,26 +503,21 @@ fn git(args: &[&str], dir: &Path) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-/// Crate version plus git commit/describe of the working directory's checkout, or of the source tree this
-/// crate was built from.
+/// Crate version, the build's `git describe` when the build recorded it (`SPAR_BUILD_GIT_DESCRIBE`), and git
+/// commit / describe of the source checkout this crate was built from, read at run time. The working directory's
+/// repository is not consulted: it is the user's project, not spar's code.
 pub fn code_version() -> CodeVersion {
-    let dirs = [
-        std::env::current_dir().ok(),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
-    ];
-    for d in dirs.into_iter().flatten() {
-        if let Some(commit) = git(&["rev-parse", "HEAD"], &d) {
-            return CodeVersion {
-                crate_version: env!("CARGO_PKG_VERSION").into(),
-                git_commit: Some(commit),
-                git_describe: git(&["describe", "--always", "--dirty", "--tags"], &d),
-            };
-        }
-    }
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let commit = git(&["rev-parse", "HEAD"], &src);
     CodeVersion {
         crate_version: env!("CARGO_PKG_VERSION").into(),
-        git_commit: None,
-        git_describe: None,
+        git_describe: commit
+            .as_ref()
+            .and_then(|_| git(&["describe", "--always", "--dirty", "--tags"], &src)),
+        git_commit: commit,
+        build_describe: option_env!("SPAR_BUILD_GIT_DESCRIBE")
+            .filter(|s| !s.is_empty())
+            .map(String::from),
     }
 }
 
@@ -491,5 +585,112 @@ mod tests {
         ] {
             assert!(!is_secret_key(k), "{k}");
         }
+    }
+
+    #[cfg(unix)]
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// A run with one output file: the manifest sits next to it, missing folders are created owner-only, the
+    /// recipe and flags are recorded without the keys they carry, and the outcome without PHI.
+    #[cfg(unix)]
+    #[test]
+    fn file_output_manifest_keeps_secrets_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("in.jsonl");
+        std::fs::write(&data, b"{}\n").unwrap();
+        let model = dir.path().join("m");
+        std::fs::create_dir(&model).unwrap();
+        std::fs::write(model.join("config.json"), b"{}").unwrap();
+        let out = dir.path().join("new/deeper/out.jsonl");
+        let key = "sk-live-abcdefghijklmnopqrstuvwxyz012345";
+        let mut spec = AuditSpec::for_file("spar score", &out)
+            .with_recipe(format!(
+                "[rewards.judge.endpoint]\nbase_url = \"https://j.example.org/v1\"\nmodel = \"j\"\napi_key = \"{key}\"\napi_key_env = \"JUDGE_KEY\"\n"
+            ))
+            .with_data([data.clone()])
+            .with_model(&model);
+        spec.flags = flags_from_args(&[
+            "score".into(),
+            "--set".into(),
+            format!("rewards.judge.endpoint.api_key={key}"),
+            "--api-key".into(),
+            "plainsecretvalue".into(),
+            "--out".into(),
+            out.display().to_string(),
+        ]);
+        let m = AuditManifest::begin(&spec).unwrap();
+        let path = dir.path().join("new/deeper/out.jsonl.audit.json");
+        assert_eq!(m.path(), path);
+        assert!(path.is_file());
+        assert_eq!(mode(&dir.path().join("new")), 0o700);
+        assert_eq!(mode(&dir.path().join("new/deeper")), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(m.task.as_deref(), Some("spar score"));
+        assert_eq!(m.models[0].files[0].name, "config.json");
+        assert_eq!(m.data_files[0].bytes, 3);
+        assert_eq!(m.flags["out"], out.display().to_string());
+        assert_eq!(
+            m.config["rewards"]["judge"]["endpoint"]["api_key_env"],
+            "JUDGE_KEY"
+        );
+        let mut keys = m.redacted_keys.clone();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "flags.api-key",
+                "flags.set",
+                "rewards.judge.endpoint.api_key"
+            ]
+        );
+        std::fs::write(&out, b"result\n").unwrap();
+        let done = m
+            .finish("failed: cases.jsonl:3: patient John Smith, DOB 03/14/1962")
+            .unwrap();
+        assert!(
+            !done.outcome.contains("John Smith") && !done.outcome.contains("1962"),
+            "{}",
+            done.outcome
+        );
+        assert_eq!(mode(&out), 0o600);
+        let text = std::fs::read_to_string(&path).unwrap();
+        for leaked in [key, "plainsecretvalue"] {
+            assert!(!text.contains(leaked), "{leaked} in {text}");
+        }
+        assert_eq!(AuditManifest::read(&path).unwrap(), done);
+        // `--api-key VALUE` as two arguments: the value goes too.
+        let cmd = scrub_command(
+            &[
+                "spar".into(),
+                "--api-key".into(),
+                "plainsecretvalue".into(),
+                "--out".into(),
+                "o".into(),
+            ],
+            &[],
+        );
+        assert_eq!(cmd, ["spar", "--api-key", REDACTED, "--out", "o"]);
+    }
+
+    /// A run folder: created 0700, and folders the run makes inside it are tightened when it ends.
+    #[cfg(unix)]
+    #[test]
+    fn dir_output_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("runs/eval-1");
+        let m = AuditManifest::begin(&AuditSpec::for_dir("spar eval", &run)).unwrap();
+        assert_eq!(m.path(), run.join(AUDIT_FILE));
+        assert!(m.manifest.is_none());
+        assert_eq!(mode(&run), 0o700);
+        std::fs::create_dir_all(run.join("charts/inner")).unwrap();
+        std::fs::set_permissions(run.join("charts"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        m.finish("ok").unwrap();
+        assert_eq!(mode(&run.join("charts")), 0o700);
+        assert_eq!(mode(&run.join("charts/inner")), 0o700);
     }
 }
