@@ -1,8 +1,13 @@
 //! Slot-based KV cache for incremental decoding and continuous batching.
 //!
-//! Each layer holds `k, v: [slots, max_len, n_kv_heads, head_dim]` (token-major so one `index_put_` writes a
+//! Each layer holds `k, v: [slots, max_len + 1, n_kv_heads, head_dim]` (token-major so one `index_put_` writes a
 //! whole `[B, T, n_kv, D]` projection). Slot lengths live on the host: the engine knows how many tokens it
 //! feeds, so positions and masks are built without reading anything back from the device.
+//!
+//! Two details serve the CUDA-graph decode path ([`crate::graph_decode`]): position `max_len` of every slot is
+//! a scratch column that padding rows of a fixed-size graph batch write into (never read as real data), and
+//! callers' slot numbers are logical: a graph batch of `N` rows reads physical slots `0..N` as one strided view,
+//! so the cache can move a sequence to a low physical slot (swapping contents) without its caller noticing.
 
 use crate::config::Qwen3Config;
 use anyhow::{Result, bail};
@@ -14,6 +19,9 @@ pub struct KvCache {
     pub(crate) k: Vec<Tensor>,
     pub(crate) v: Vec<Tensor>,
     lens: Vec<usize>,
+    /// Logical slot (what callers name) -> physical row of `k`/`v`, and its inverse.
+    phys: Vec<usize>,
+    owner: Vec<usize>,
     max_len: usize,
     /// Row i of the next forward's batch reads and appends slot `selected[i]`; None = rows map to 0..B.
     selected: Option<Vec<usize>>,
@@ -50,7 +58,7 @@ impl KvCache {
         }
         let shape = [
             slots as i64,
-            max_len as i64,
+            max_len as i64 + 1,
             config.num_key_value_heads as i64,
             config.head_dim as i64,
         ];
@@ -64,6 +72,8 @@ impl KvCache {
             k,
             v,
             lens: vec![0; slots],
+            phys: (0..slots).collect(),
+            owner: (0..slots).collect(),
             max_len,
             selected: None,
             device,
@@ -112,9 +122,10 @@ impl KvCache {
         }
         if from != to && len > 0 {
             let _g = tch::no_grad_guard();
+            let (pf, pt) = (self.phys[from] as i64, self.phys[to] as i64);
             for t in self.k.iter_mut().chain(self.v.iter_mut()) {
-                let src = t.f_select(0, from as i64)?.f_narrow(0, 0, len as i64)?;
-                t.f_select(0, to as i64)?
+                let src = t.f_select(0, pf)?.f_narrow(0, 0, len as i64)?;
+                t.f_select(0, pt)?
                     .f_narrow(0, 0, len as i64)?
                     .f_copy_(&src)?;
             }
@@ -155,6 +166,61 @@ impl KvCache {
                 self.slots()
             ),
         }
+    }
+
+    /// The physical row of logical `slot`.
+    pub(crate) fn physical(&self, slot: usize) -> usize {
+        self.phys[slot]
+    }
+
+    /// Moves the logical `slots` into physical rows `0..bound` (swapping contents with whatever sequences
+    /// sat there), so that a graph batch of `bound` rows covers them. Cheap when nothing has to move.
+    pub(crate) fn gather_low(&mut self, slots: &[usize], bound: usize) -> Result<()> {
+        if bound > self.slots() {
+            bail!("gather_low: {bound} rows asked of a cache of {} slots", self.slots());
+        }
+        let mut taken = vec![false; bound];
+        for &s in slots {
+            if self.phys[s] < bound {
+                taken[self.phys[s]] = true;
+            }
+        }
+        let mut free = (0..bound).filter(|p| !taken[*p]);
+        for &s in slots {
+            let hi = self.phys[s];
+            if hi < bound {
+                continue;
+            }
+            let Some(lo) = free.next() else {
+                bail!("gather_low: {} slots do not fit {bound} rows", slots.len());
+            };
+            let other = self.owner[lo];
+            let n = self.lens[s].max(self.lens[other]).min(self.max_len) as i64;
+            if n > 0 {
+                let _g = tch::no_grad_guard();
+                let dev = self.device;
+                let from = Tensor::from_slice(&[hi as i64, lo as i64]).f_to_device(dev)?;
+                let to = Tensor::from_slice(&[lo as i64, hi as i64]).f_to_device(dev)?;
+                for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+                    let mut window = t.f_narrow(1, 0, n)?;
+                    let rows = window.f_index_select(0, &from)?;
+                    let _ = window.f_index_copy_(0, &to, &rows)?;
+                }
+            }
+            self.phys.swap(s, other);
+            self.owner.swap(hi, lo);
+        }
+        Ok(())
+    }
+
+    /// Keys and values of `layer`, `[slots, max_len + 1, n_kv_heads, head_dim]`, physical row order.
+    pub(crate) fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
+        (&self.k[layer], &self.v[layer])
+    }
+
+    /// Identity of the storage (graphs captured over this cache are only valid for it).
+    pub(crate) fn storage_id(&self) -> usize {
+        self.k.first().map(|t| t.data_ptr() as usize).unwrap_or(0)
     }
 
     pub(crate) fn set_len(&mut self, slot: usize, len: usize) {

@@ -107,16 +107,16 @@ struct TapeStep {
     experts: Option<Tensor>,
 }
 
-struct Attention {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    q_norm: Tensor,
-    k_norm: Tensor,
+pub(crate) struct Attention {
+    pub(crate) q: Tensor,
+    pub(crate) k: Tensor,
+    pub(crate) v: Tensor,
+    pub(crate) o: Tensor,
+    pub(crate) q_norm: Tensor,
+    pub(crate) k_norm: Tensor,
 }
 
-enum Mlp {
+pub(crate) enum Mlp {
     Dense {
         gate: Tensor,
         up: Tensor,
@@ -128,12 +128,12 @@ enum Mlp {
     },
 }
 
-struct Layer {
-    index: usize,
-    input_ln: Tensor,
-    post_ln: Tensor,
-    attn: Attention,
-    mlp: Mlp,
+pub(crate) struct Layer {
+    pub(crate) index: usize,
+    pub(crate) input_ln: Tensor,
+    pub(crate) post_ln: Tensor,
+    pub(crate) attn: Attention,
+    pub(crate) mlp: Mlp,
 }
 
 /// How queries see keys in one forward.
@@ -168,11 +168,11 @@ struct CachePlan {
 pub struct Qwen3Model {
     pub config: Qwen3Config,
     pub vs: VarStore,
-    embed: Tensor,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    lm_head: Option<Tensor>,
-    rope: Rope,
+    pub(crate) embed: Tensor,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: Tensor,
+    pub(crate) lm_head: Option<Tensor>,
+    pub(crate) rope: Rope,
     kind: Kind,
     device: Device,
     checkpointing: bool,
@@ -484,13 +484,12 @@ impl Qwen3Model {
                 .f_le_tensor(&qpos)?
                 .f_logical_and(&keys.f_lt_tensor(&end)?)?
                 .f_logical_or(&keys.f_eq_tensor(&qpos)?)?;
-            let contiguous_from = slots
+            let phys: Vec<i64> = slots.iter().map(|s| cache.physical(*s) as i64).collect();
+            let contiguous_from = phys
                 .windows(2)
                 .all(|w| w[1] == w[0] + 1)
-                .then(|| slots[0] as i64);
-            let slot_list =
-                Tensor::from_slice(&slots.iter().map(|s| *s as i64).collect::<Vec<_>>())
-                    .f_to_device(dev)?;
+                .then(|| phys[0]);
+            let slot_list = Tensor::from_slice(&phys).f_to_device(dev)?;
             plan = Some(CachePlan {
                 slot_idx: slot_list.f_unsqueeze(1)?,
                 write_pos: write_pos.shallow_clone(),
@@ -672,7 +671,7 @@ impl Qwen3Model {
         Ok(())
     }
 
-    fn pad_idx(&self) -> i64 {
+    pub(crate) fn pad_idx(&self) -> i64 {
         self.config
             .pad_token_id
             .map(|p| p as i64)

@@ -4,6 +4,8 @@
 mod checkpoints;
 #[path = "it/common.rs"]
 mod common;
+#[path = "it/graph_decode.rs"]
+mod graph_decode;
 #[path = "it/internal.rs"]
 mod internal;
 #[path = "it/parity.rs"]

@@ -1,7 +1,8 @@
 //! `spar bench decode`: decode tokens/s of the built-in rollout engine (continuous batching over the slot KV
 //! cache) on a random model of a real shape, at several batch sizes: B prompts of `--prompt` random tokens,
 //! `--new` greedy tokens each, no stop tokens. `rollout/bench/decode_hf.py` times transformers' `generate` on
-//! the same config for comparison (run both in the same session on the same GPU).
+//! the same config for comparison (run both in the same session on the same GPU). On CUDA both decode paths are
+//! timed: `eager` (one tch forward per step) and `graph` (each step replayed from a captured CUDA graph).
 use anyhow::{Result, bail};
 use serde_json::json;
 use spar_core::traits::{GenerateRequest, SamplingParams};
@@ -33,6 +34,9 @@ pub struct Args {
     /// Timed repetitions per batch size (the best is reported).
     #[arg(long, default_value_t = 3)]
     iters: usize,
+    /// Decode paths to time: eager, graph or both (graph needs CUDA and is skipped elsewhere).
+    #[arg(long, default_value = "both")]
+    paths: String,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -71,7 +75,18 @@ pub fn run(args: Args) -> Result<()> {
             })
             .collect()
     };
-    // Warm-up: allocator, kernels, every batch shape's first launch.
+    let paths: Vec<&str> = match args.paths.as_str() {
+        "both" if device.is_cuda() => vec!["eager", "graph"],
+        "both" | "eager" => vec!["eager"],
+        "graph" => vec!["graph"],
+        other => bail!("--paths {other:?}: expected eager, graph or both"),
+    };
+    for path in paths {
+        engine.set_cuda_graphs(path == "graph");
+        if path == "graph" && engine.graph_stats().is_none() {
+            bail!("the CUDA-graph decode path is not available here (needs CUDA and a build with the shim)");
+        }
+    // Warm-up: allocator, kernels, every batch shape's first launch (and, for graphs, the captures).
     for &b in &args.batch {
         engine.generate(requests(b, 4))?;
     }
@@ -98,10 +113,12 @@ pub fn run(args: Args) -> Result<()> {
         let toks = (b * args.new as usize) as f64;
         println!(
             "{}",
-            json!({"bench": "decode", "engine": "spar", "shape": args.shape, "dtype": args.dtype, "device": format!("{device:?}"),
-                   "batch": b, "prompt": args.prompt, "new_tokens": args.new, "seconds": best, "tokens_per_s": toks / best,
-                   "ms_per_step": best_decode * 1e3})
+            json!({"bench": "decode", "engine": "spar", "path": path, "shape": args.shape, "dtype": args.dtype,
+                   "device": format!("{device:?}"), "batch": b, "prompt": args.prompt, "new_tokens": args.new,
+                   "seconds": best, "tokens_per_s": toks / best, "ms_per_step": best_decode * 1e3,
+                   "graph_stats": engine.graph_stats().map(|s| json!({"captures": s.captures, "replays": s.replays, "fallbacks": s.fallbacks}))})
         );
+    }
     }
     Ok(())
 }

@@ -1,5 +1,9 @@
 //! `spar bench forward`: forward (and optionally forward + backward) tokens/s of spar's Qwen3 on a random model
 //! of a real shape. `model/bench/forward_hf.py` measures transformers on the same config for comparison.
+//!
+//! With `--parity-dir DIR` it instead writes the inputs of a bf16 parity check against transformers
+//! (`scripts/gpu-parity.sh`): a random model saved in HF format (bf16 weights, so the fp32 and bf16 runs of both
+//! implementations use identical weights), seeded input ids, and spar's fp32 and bf16 logits.
 
 use anyhow::{Result, bail};
 use serde_json::json;
@@ -36,6 +40,15 @@ pub struct Args {
     /// Also print the config as config.json (for forward_hf.py --config).
     #[arg(long)]
     print_config: bool,
+    /// A config.json to use instead of --shape (tiny configs for CPU checks).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Write a parity case (HF model dir, inputs, spar's fp32 and bf16 logits) into this folder and exit.
+    #[arg(long)]
+    parity_dir: Option<std::path::PathBuf>,
+    /// With --parity-dir: multiply every random weight (norms too) by this factor.
+    #[arg(long, default_value_t = 1.0)]
+    init_scale: f64,
 }
 
 /// The config.json of a named shape (the published Qwen3 configs), with `layers` decoder layers.
@@ -80,7 +93,13 @@ pub(super) fn bench_device(name: &str) -> Result<Device> {
 pub fn run(args: Args) -> Result<()> {
     let device = bench_device(&args.device)?;
     let kind = parse_kind(&args.dtype)?;
-    let config = shape_config(&args.shape, args.layers)?;
+    let config = match &args.config {
+        Some(path) => Qwen3Config::from_file(path)?,
+        None => shape_config(&args.shape, args.layers)?,
+    };
+    if let Some(dir) = &args.parity_dir {
+        return write_parity_case(&args, config, device, dir);
+    }
     if args.print_config {
         println!("{}", serde_json::to_string_pretty(&config.to_hf_json())?);
     }
@@ -128,5 +147,54 @@ pub fn run(args: Args) -> Result<()> {
         "checkpointing": args.checkpointing, "iters": args.iters, "seconds": secs, "tokens_per_s": tokens / secs,
     });
     println!("{report}");
+    Ok(())
+}
+
+/// See the module documentation: the spar half of `scripts/gpu-parity.sh`.
+fn write_parity_case(
+    args: &Args,
+    config: Qwen3Config,
+    device: Device,
+    dir: &std::path::Path,
+) -> Result<()> {
+    use anyhow::Context;
+    let model_dir = dir.join("model");
+    std::fs::create_dir_all(&model_dir)
+        .with_context(|| format!("creating {}", model_dir.display()))?;
+    {
+        let m = Qwen3Model::random(config.clone(), device, Kind::BFloat16, 0)?;
+        if args.init_scale != 1.0 {
+            tch::no_grad(|| -> Result<()> {
+                for (_, mut v) in m.vs.variables() {
+                    let _ = v.f_mul_scalar_(args.init_scale)?;
+                }
+                Ok(())
+            })?;
+        }
+        m.save_hf(&model_dir)?;
+    }
+    tch::manual_seed(1);
+    let ids = Tensor::randint(
+        config.vocab_size as i64,
+        [args.batch, args.seq],
+        (Kind::Int64, Device::Cpu),
+    );
+    Tensor::write_safetensors(&[("input_ids", &ids)], dir.join("inputs.safetensors"))?;
+    let mut report = serde_json::Map::new();
+    for (name, kind) in [("fp32", Kind::Float), ("bf16", Kind::BFloat16)] {
+        let m = Qwen3Model::load(&model_dir, device, kind)?;
+        let logits = tch::no_grad(|| -> Result<Tensor> {
+            let out = m.forward(ForwardInput::new(&ids.to_device(device)))?;
+            Ok(out.logits.to_kind(Kind::Float).to_device(Device::Cpu))
+        })?;
+        let path = dir.join(format!("spar_{name}.safetensors"));
+        Tensor::write_safetensors(&[("logits", &logits)], &path)?;
+        report.insert(name.into(), json!(path.display().to_string()));
+    }
+    println!(
+        "{}",
+        json!({"parity_case": dir.display().to_string(), "layers": config.num_hidden_layers,
+               "batch": args.batch, "seq": args.seq, "device": format!("{device:?}"), "logits": report})
+    );
     Ok(())
 }

@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 use slots::{Placement, SlotState, place};
 use spar_core::sample::RoutedExperts;
 use spar_core::traits::{FinishReason, GenerateOutput, GenerateRequest};
-use spar_model::{ForwardInput, KvCache, Qwen3Model};
+use spar_model::{ForwardInput, GraphDecoder, GraphStats, KvCache, Qwen3Model};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -121,6 +121,8 @@ pub struct Engine<'m> {
     seeds: ChaCha8Rng,
     codec: Option<Arc<dyn TextCodec>>,
     routing_shape: Option<(usize, usize)>,
+    /// CUDA-graph decode steps (CUDA only; None: every step runs the eager forward).
+    graphs: Option<GraphDecoder>,
     pub stats: EngineStats,
 }
 
@@ -150,8 +152,10 @@ impl<'m> Engine<'m> {
         let n_moe = model.config.moe_layers().len();
         let routing_shape =
             (cfg.record_routing && n_moe > 0).then_some((n_moe, model.config.num_experts_per_tok));
+        let graphs = GraphDecoder::new(model, &cache, cfg.max_batch);
         Ok(Engine {
             model,
+            graphs,
             cache,
             slots: vec![SlotState::default(); cfg.kv_slots],
             queue: VecDeque::new(),
@@ -174,6 +178,21 @@ impl<'m> Engine<'m> {
 
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
+    }
+
+    /// Turns CUDA-graph decode steps on (where the device and build allow, see [`GraphDecoder::new`]) or off.
+    /// On by default on CUDA; `SPAR_CUDA_GRAPHS=0` turns it off.
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        self.graphs = if on {
+            GraphDecoder::new(self.model, &self.cache, self.cfg.max_batch)
+        } else {
+            None
+        };
+    }
+
+    /// Counters of the CUDA-graph decode path; None when it is off.
+    pub fn graph_stats(&self) -> Option<GraphStats> {
+        self.graphs.as_ref().map(|g| g.stats)
     }
 
     /// Queues a request.
@@ -399,6 +418,27 @@ impl<'m> Engine<'m> {
     }
 
     fn decode(&mut self, rows: &[usize]) -> Result<()> {
+        if let Some(graphs) = self.graphs.as_mut() {
+            let feed: Vec<(usize, u32)> = rows
+                .iter()
+                .map(|&i| (self.running[i].slot, self.running[i].pending[0]))
+                .collect();
+            if let Some(out) = graphs.decode(self.model, &mut self.cache, &feed)? {
+                if let (Some((l, k)), Some(re)) = (self.routing_shape, &out.routed_experts) {
+                    let flat: Vec<i64> = Vec::<i64>::try_from(re.to_device(Device::Cpu).reshape([-1]))?;
+                    for (r, (slot, _)) in feed.iter().enumerate() {
+                        let row = &flat[r * l * k..(r + 1) * l * k];
+                        self.slots[*slot].routing.extend(row.iter().map(|&e| e as u16));
+                    }
+                }
+                for &i in rows {
+                    self.running[i].pending.clear();
+                }
+                self.sample_rows(rows, &out.logits)?;
+                self.stats.decode_steps += 1;
+                return Ok(());
+            }
+        }
         let batch: Vec<(usize, Vec<u32>)> = rows
             .iter()
             .map(|&i| (i, std::mem::take(&mut self.running[i].pending)))

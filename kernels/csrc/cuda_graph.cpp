@@ -1,0 +1,139 @@
+// CUDA graphs for tch: a C ABI over libtorch's at::cuda::CUDAGraph (tch binds neither graphs nor streams).
+//
+// Capture must not run on the legacy default stream (where tch issues all work), so capture_begin moves the
+// thread's current torch stream to a pool stream and capture_end moves it back. Torch ops issued through tch
+// between the two are recorded into the graph; their allocations come from the graph's private memory pool, so
+// the tensors they return stay valid (same addresses) for every replay while the graph lives. Replay launches
+// on the current stream, i.e. the default stream outside capture: ordered with all other tch work.
+//
+// Every entry point catches C++ exceptions and reports them through `err` (a NUL-terminated message).
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cstring>
+#include <exception>
+#include <string>
+
+namespace {
+
+struct SparGraph {
+  at::cuda::CUDAGraph graph;
+  c10::DeviceIndex device = 0;
+  bool capturing = false;
+};
+
+void set_err(char* err, size_t len, const std::string& msg) {
+  if (err == nullptr || len == 0) return;
+  size_t n = msg.size() < len - 1 ? msg.size() : len - 1;
+  std::memcpy(err, msg.data(), n);
+  err[n] = '\0';
+}
+
+template <typename F>
+int guarded(char* err, size_t len, F&& f) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    set_err(err, len, e.what());
+  } catch (...) {
+    set_err(err, len, "unknown C++ exception");
+  }
+  return 1;
+}
+
+void enter_side_stream(c10::DeviceIndex device) {
+  c10::cuda::set_device(device);
+  // Work already queued on the default stream (static inputs, the KV cache) must be done before the side
+  // stream starts; a full sync is the simplest fence and capture is rare.
+  c10::cuda::device_synchronize();
+  c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, device));
+}
+
+void leave_side_stream(c10::DeviceIndex device) {
+  c10::cuda::device_synchronize();
+  c10::cuda::setCurrentCUDAStream(c10::cuda::getDefaultCUDAStream(device));
+}
+
+}  // namespace
+
+extern "C" {
+
+void* spar_cuda_graph_new(char* err, size_t len) {
+  SparGraph* g = nullptr;
+  guarded(err, len, [&] { g = new SparGraph(); });
+  return g;
+}
+
+void spar_cuda_graph_drop(void* g) {
+  try {
+    delete static_cast<SparGraph*>(g);
+  } catch (...) {
+  }
+}
+
+// Runs subsequent torch work of this thread on a pool stream of `device` (warm-up before capture: cuBLAS
+// workspaces and lazily initialised kernels must exist before they can be captured).
+int spar_cuda_side_stream_enter(int device, char* err, size_t len) {
+  return guarded(err, len, [&] { enter_side_stream(static_cast<c10::DeviceIndex>(device)); });
+}
+
+int spar_cuda_side_stream_leave(int device, char* err, size_t len) {
+  return guarded(err, len, [&] { leave_side_stream(static_cast<c10::DeviceIndex>(device)); });
+}
+
+// `pool_a, pool_b`: the memory pool to allocate from, shared with the graph that reported it through
+// spar_cuda_graph_pool; {0, 0} gives the graph a private pool.
+int spar_cuda_graph_capture_begin(void* gp, int device, unsigned long long pool_a,
+                                  unsigned long long pool_b, char* err, size_t len) {
+  auto* g = static_cast<SparGraph*>(gp);
+  return guarded(err, len, [&] {
+    g->device = static_cast<c10::DeviceIndex>(device);
+    enter_side_stream(g->device);
+    try {
+      g->graph.capture_begin({pool_a, pool_b});
+    } catch (...) {
+      leave_side_stream(g->device);
+      throw;
+    }
+    g->capturing = true;
+  });
+}
+
+// Ends the capture and instantiates the graph. Also the way out of a capture whose body failed: the stream is
+// restored whatever happens, and the error (an invalidated capture) is reported.
+int spar_cuda_graph_capture_end(void* gp, char* err, size_t len) {
+  auto* g = static_cast<SparGraph*>(gp);
+  if (!g->capturing) {
+    set_err(err, len, "capture_end without capture_begin");
+    return 1;
+  }
+  g->capturing = false;
+  int rc = guarded(err, len, [&] { g->graph.capture_end(); });
+  char err2[512];
+  int rc2 = guarded(err2, sizeof err2, [&] { leave_side_stream(g->device); });
+  if (rc == 0 && rc2 != 0) {
+    set_err(err, len, err2);
+    return 1;
+  }
+  return rc;
+}
+
+int spar_cuda_graph_pool(void* gp, unsigned long long* pool_a, unsigned long long* pool_b, char* err,
+                         size_t len) {
+  auto* g = static_cast<SparGraph*>(gp);
+  return guarded(err, len, [&] {
+    auto id = g->graph.pool();
+    *pool_a = id.first;
+    *pool_b = id.second;
+  });
+}
+
+int spar_cuda_graph_replay(void* gp, char* err, size_t len) {
+  auto* g = static_cast<SparGraph*>(gp);
+  return guarded(err, len, [&] { g->graph.replay(); });
+}
+
+}  // extern "C"

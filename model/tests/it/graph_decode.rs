@@ -1,0 +1,130 @@
+//! CUDA-graph decode steps against eager decode (GPU only; skips with a printed reason elsewhere).
+
+use crate::common::max_abs_diff;
+use spar_model::{ForwardInput, GraphDecoder, KvCache, Qwen3Config, Qwen3Model};
+use tch::{Device, Kind, Tensor};
+
+fn cfg(moe: bool) -> Qwen3Config {
+    let s = if moe {
+        r#"{"model_type":"qwen3_moe","vocab_size":128,"hidden_size":64,"intermediate_size":96,"num_hidden_layers":3,
+            "num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,"num_experts":8,"num_experts_per_tok":2,
+            "moe_intermediate_size":32,"norm_topk_prob":true,"decoder_sparse_step":1,"mlp_only_layers":[1]}"#
+    } else {
+        r#"{"model_type":"qwen3","vocab_size":128,"hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,
+            "num_attention_heads":8,"num_key_value_heads":2,"head_dim":16,"tie_word_embeddings":true}"#
+    };
+    Qwen3Config::from_json_str(s, "test").unwrap()
+}
+
+fn model(moe: bool, kind: Kind) -> Qwen3Model {
+    let m = Qwen3Model::random(cfg(moe), Device::Cuda(0), kind, 11).unwrap();
+    // Larger than the 0.02 init so logits spread and greedy choices are not near-ties.
+    tch::no_grad(|| {
+        for (_, mut v) in m.vs.variables() {
+            let _ = v.f_mul_scalar_(4.0).unwrap();
+        }
+    });
+    m
+}
+
+fn prefill(m: &Qwen3Model, cache: &mut KvCache, slot: usize, prompt: &[i64]) -> i64 {
+    cache.select_slots(&[slot]).unwrap();
+    let ids = Tensor::from_slice(prompt).view([1, -1]).to_device(m.device());
+    let out = m.forward(ForwardInput::new(&ids).cache(cache)).unwrap();
+    out.logits.select(1, -1).argmax(-1, false).int64_value(&[0])
+}
+
+#[test]
+fn graph_decode_matches_eager_decode_on_gpu() {
+    if !tch::Cuda::is_available() || !spar_kernels::cuda_graph::available() {
+        eprintln!(
+            "SKIP: graph decode needs a CUDA device and a build with the CUDA-graph shim (cuda {}, shim {})",
+            tch::Cuda::is_available(),
+            spar_kernels::cuda_graph::available()
+        );
+        return;
+    }
+    let _g = tch::no_grad_guard();
+    // (moe, dtype, tolerance on logits relative to their largest magnitude)
+    for (moe, kind, tol) in [
+        (false, Kind::Float, 1e-4),
+        (true, Kind::Float, 1e-4),
+        (false, Kind::BFloat16, 3e-2),
+        (true, Kind::BFloat16, 3e-2),
+    ] {
+        let m = model(moe, kind);
+        let (slots, max_len) = (8, 160);
+        let mut eager = KvCache::new(&m.config, slots, max_len, m.device(), kind);
+        let mut graph = KvCache::new(&m.config, slots, max_len, m.device(), kind);
+        let mut dec = GraphDecoder::new(&m, &graph, 4).expect("graph decoder on CUDA");
+        // Scattered slots (the decoder must move them to rows 0..R) and ragged prompt lengths; a sequence
+        // leaves half-way so the batch changes bucket, and lengths cross a key block (128).
+        let mut rows: Vec<(usize, i64)> = Vec::new();
+        for (slot, len) in [(5usize, 124usize), (2, 9), (7, 3)] {
+            let prompt: Vec<i64> = (0..len as i64).map(|i| (i * 37 + slot as i64) % 128).collect();
+            let a = prefill(&m, &mut eager, slot, &prompt);
+            let b = prefill(&m, &mut graph, slot, &prompt);
+            assert_eq!(a, b);
+            rows.push((slot, a));
+        }
+        let mut worst = 0.0f64;
+        for step in 0..16 {
+            if step == 8 {
+                rows.remove(1);
+            }
+            let slot_list: Vec<usize> = rows.iter().map(|r| r.0).collect();
+            eager.select_slots(&slot_list).unwrap();
+            let ids = Tensor::from_slice(&rows.iter().map(|r| r.1).collect::<Vec<_>>())
+                .view([-1, 1])
+                .to_device(m.device());
+            let e = m.forward(ForwardInput::new(&ids).cache(&mut eager)).unwrap();
+            let el = e.logits.squeeze_dim(1).to_kind(Kind::Float);
+            let feed: Vec<(usize, u32)> = rows.iter().map(|r| (r.0, r.1 as u32)).collect();
+            let g = dec
+                .decode(&m, &mut graph, &feed)
+                .unwrap()
+                .expect("graph path should take this step");
+            let gl = g.logits.to_kind(Kind::Float);
+            let scale = el.abs().max().double_value(&[]);
+            let rel = max_abs_diff(&gl, &el) / scale;
+            worst = worst.max(rel);
+            assert!(
+                rel <= tol,
+                "moe {moe} {kind:?} step {step}: graph logits differ from eager by {rel:.2e} (relative)"
+            );
+            let le = el.log_softmax(-1, Kind::Float);
+            let lg = gl.log_softmax(-1, Kind::Float);
+            let next = el.argmax(-1, false);
+            if kind == Kind::Float {
+                assert!(
+                    next.equal(&gl.argmax(-1, false)),
+                    "moe {moe} step {step}: greedy tokens differ"
+                );
+            }
+            let lp_diff = max_abs_diff(
+                &le.gather(-1, &next.unsqueeze(-1), false),
+                &lg.gather(-1, &next.unsqueeze(-1), false),
+            );
+            assert!(lp_diff <= 50.0 * tol, "moe {moe} {kind:?} step {step}: logprob diff {lp_diff}");
+            if moe {
+                let (ge, ee) = (g.routed_experts.unwrap(), e.routed_experts.unwrap());
+                if kind == Kind::Float {
+                    assert!(ge.equal(&ee), "moe step {step}: graph chose other experts");
+                }
+            }
+            let next: Vec<i64> = Vec::<i64>::try_from(next.to_device(Device::Cpu)).unwrap();
+            for (r, t) in rows.iter_mut().zip(next) {
+                r.1 = t;
+            }
+            for r in &rows {
+                assert_eq!(eager.len(r.0), graph.len(r.0), "lengths diverged");
+            }
+        }
+        eprintln!(
+            "moe {moe} {kind:?}: worst relative logits diff {worst:.2e}; stats {:?}",
+            dec.stats
+        );
+        assert_eq!(dec.stats.replays, 16);
+        assert!(dec.stats.captures >= 3, "buckets 4 and 2 and two key windows");
+    }
+}
