@@ -2,7 +2,9 @@
 mod it {
     mod common;
     mod consultation;
+    mod endpoint;
     mod hallucination;
     mod healthbench;
+    mod healthbench_e2e;
     mod report;
 }

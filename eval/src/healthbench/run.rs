@@ -65,13 +65,33 @@ pub struct HealthBenchSummary {
 }
 
 /// The judge's view of a criterion: HealthBench points are integers in the published files; a fractional value
-/// is rounded for the prompt only (scoring uses the exact value).
+/// is rounded for the prompt only (scoring uses the exact value). The sign survives rounding: the judge asks a
+/// negative criterion the other way round ("is the undesirable behaviour present?"), so -0.4 must not become 0
+/// and be asked as a desirable one.
 fn as_rubric_item(criterion: &str, points: f64, tags: &[String]) -> RubricItem {
+    let rounded = points.round() as i32;
+    let points = match rounded {
+        0 if points < 0.0 => -1,
+        0 if points > 0.0 => 1,
+        p => p,
+    };
     RubricItem {
         criterion: criterion.to_string(),
-        points: points.round() as i32,
+        points,
         tags: tags.to_vec(),
         rule: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn judge_points_keep_their_sign() {
+        let p = |x: f64| super::as_rubric_item("c", x, &[]).points;
+        assert_eq!(
+            (p(-0.4), p(0.4), p(-7.0), p(2.6), p(0.0)),
+            (-1, 1, -7, 3, 0)
+        );
     }
 }
 

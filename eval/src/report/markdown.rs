@@ -62,6 +62,33 @@ fn group_table(out: &mut String, title: &str, groups: &BTreeMap<String, GroupSum
     }
 }
 
+/// Consultations whose policy or simulator failed (after the client's retries): left out of every mean, listed
+/// here with the reason so an outage is told apart from a bad model. Reasons are PHI-redacted: an endpoint's
+/// error body can quote the conversation.
+fn failed_table(out: &mut String, episodes: &[crate::EpisodeRecord]) {
+    let failed: Vec<_> = episodes.iter().filter(|e| e.end.is_failure()).collect();
+    if failed.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n### Failed consultations\n\n{} consultation(s) could not be played to the end and are not scored.\n",
+        failed.len()
+    );
+    let _ = writeln!(out, "| case | end | sample | reason |\n|---|---|---:|---|");
+    for e in failed {
+        let reason = e.error.as_deref().unwrap_or("-");
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            cell(&e.case_id),
+            e.end.name(),
+            e.sample_idx,
+            cell(&spar_core::phi::redact(reason))
+        );
+    }
+}
+
 pub(super) fn report(r: &EvalReport, dir: &Path, charts: &[PathBuf]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# spar evaluation: {}\n", cell(&r.policy));
@@ -143,6 +170,7 @@ pub(super) fn report(r: &EvalReport, dir: &Path, charts: &[PathBuf]) -> String {
             "departments",
             "scores per department",
         );
+        failed_table(&mut out, &r.episodes);
         let _ = writeln!(out, "\n### How consultations ended\n");
         let ends: Vec<String> = c
             .end_reasons
