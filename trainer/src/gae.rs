@@ -167,9 +167,12 @@ impl ValueHead {
     /// A zero-initialised head (every value starts at 0) over `dim` features.
     pub fn new(dim: i64, device: tch::Device) -> Self {
         let vs = nn::VarStore::new(device);
+        // Zero weight and bias: every value starts at 0, and no draw from torch's global generator (a resumed
+        // run must not depend on it).
         let cfg = nn::LinearConfig {
             ws_init: nn::Init::Const(0.0),
-            ..Default::default()
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
         };
         let linear = nn::linear(vs.root() / "value_head", dim, 1, cfg);
         ValueHead { vs, linear }

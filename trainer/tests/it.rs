@@ -3,8 +3,11 @@ mod it {
     mod adamw;
     mod batch;
     pub mod common;
+    mod distill;
+    mod gae;
     mod gradcheck;
     mod loss;
     mod metrics;
     mod resume;
+    mod rounds;
 }

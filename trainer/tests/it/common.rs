@@ -11,13 +11,28 @@ pub struct TinyLm {
 }
 
 impl TinyLm {
+    /// Weights drawn from a seeded ChaCha stream, not torch's global generator, so tests running in parallel
+    /// cannot disturb each other's "same seed, same weights".
     pub fn new(vocab: i64, dim: i64, kind: Kind, seed: i64) -> Self {
-        tch::manual_seed(seed);
+        use rand::Rng;
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed as u64);
+        let mut randn = |shape: [i64; 2], std: f64| -> Tensor {
+            let n = (shape[0] * shape[1]) as usize;
+            let v: Vec<f32> = (0..n)
+                .map(|_| {
+                    // Box-Muller.
+                    let u1: f64 = rng.random::<f64>().max(1e-12);
+                    let u2: f64 = rng.random();
+                    (std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+                })
+                .collect();
+            Tensor::from_slice(&v).reshape(shape)
+        };
         let mut vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
-        let _ = root.randn("emb", &[vocab, dim], 0.0, 0.5);
-        let _ = root.randn("w1", &[dim, dim], 0.0, 0.5);
-        let _ = root.randn("w2", &[dim, vocab], 0.0, 0.5);
+        let _ = root.var_copy("emb", &randn([vocab, dim], 0.5));
+        let _ = root.var_copy("w1", &randn([dim, dim], 0.5));
+        let _ = root.var_copy("w2", &randn([dim, vocab], 0.5));
         if kind == Kind::Double {
             vs.double();
         }
@@ -28,6 +43,20 @@ impl TinyLm {
             w2: vars["w2"].shallow_clone(),
             vs,
         }
+    }
+}
+
+/// A learner with AdamW (no weight decay), constant `lr`, grad clip 1.
+pub fn learner(vs: &nn::VarStore, lr: f64) -> spar_trainer::learner::Learner {
+    spar_trainer::learner::Learner {
+        adamw: spar_trainer::adamw::AdamW::new(vs, Default::default()),
+        schedule: spar_trainer::schedule::LrSchedule::new(lr, 0, 1000, "constant").unwrap(),
+        step: 0,
+        grad_clip: 1.0,
+        max_bad_steps: 3,
+        bad_in_a_row: 0,
+        bad_total: 0,
+        aux_loss_coef: 0.0,
     }
 }
 

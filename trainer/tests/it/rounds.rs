@@ -1,0 +1,199 @@
+//! RL rounds: the one-step off-policy schedule (trained samples lag the learner by one version) and the
+//! routing replay switch (with it, the training forward uses the rollout's experts).
+use super::common::{learner, sample_with_steps, scored_for};
+use spar_core::sample::RoutedExperts;
+use spar_model::{Qwen3Config, Qwen3Model};
+use spar_trainer::agg::AggMode;
+use spar_trainer::batch::{assemble, set_routing_replay};
+use spar_trainer::learner::{BatchingConfig, fill_old_logprobs, micro_batches};
+use spar_trainer::off_policy::RoundScheduler;
+use spar_trainer::policy::{Policy, PolicyInput};
+use spar_trainer::policy_loss::{KlEstimator, PolicyLossConfig, RatioLevel};
+use spar_trainer::rl_round::{LearnConfig, PlayedRound, learn_round};
+use tch::{Device, Kind, Tensor};
+
+/// Runs `total` rounds; the "learner" applies one update per round. Returns (versions generated, (learner
+/// version, version of the batch learned) per round).
+fn schedule(one_step: bool, total: usize) -> (Vec<u64>, Vec<(u64, u64)>) {
+    let mut sched = RoundScheduler::new(one_step, None);
+    let mut generated = Vec::new();
+    let mut learned = Vec::new();
+    let mut learner_version = 0u64;
+    for round in 0..total {
+        let batch = sched
+            .next(round, total, |v| {
+                // The generator sees the weights as they are now: before this round's update.
+                assert_eq!(v, learner_version);
+                generated.push(v);
+                Ok(v)
+            })
+            .unwrap();
+        learned.push((learner_version, batch));
+        learner_version += 1; // the update
+    }
+    (generated, learned)
+}
+
+#[test]
+fn one_step_off_policy_learns_batches_one_version_behind() {
+    let (generated, learned) = schedule(true, 5);
+    // Round 0 has nothing generated ahead; after that every batch comes from the previous round's weights.
+    assert_eq!(generated, vec![0, 0, 1, 2, 3]);
+    let lags: Vec<u64> = learned.iter().map(|(l, b)| l - b).collect();
+    assert_eq!(lags, vec![0, 1, 1, 1, 1]);
+    let (generated, learned) = schedule(false, 5);
+    assert_eq!(generated, vec![0, 1, 2, 3, 4]);
+    assert!(learned.iter().all(|(l, b)| l == b));
+    // A batch saved ahead by a checkpoint is learned first after resume.
+    let mut sched = RoundScheduler::new(true, Some(41u64));
+    assert_eq!(sched.next(3, 6, |v| Ok(v)).unwrap(), 41);
+    assert_eq!(sched.pending(), Some(&3));
+}
+
+fn tiny_moe() -> Qwen3Model {
+    let c = Qwen3Config::from_json_str(
+        r#"{"model_type":"qwen3_moe","vocab_size":17,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":2,
+            "num_attention_heads":2,"num_key_value_heads":1,"head_dim":8,"num_experts":4,"num_experts_per_tok":2,
+            "moe_intermediate_size":8,"norm_topk_prob":true,"decoder_sparse_step":1,"tie_word_embeddings":true}"#,
+        "test",
+    )
+    .unwrap();
+    let m = Qwen3Model::random(c, Device::Cpu, Kind::Float, 5).unwrap();
+    // Larger than the 0.02 default, so that the choice of experts visibly changes the log-probs.
+    tch::no_grad(|| {
+        for (_, mut v) in m.vs.variables() {
+            let _ = v.f_mul_scalar_(4.0).unwrap();
+        }
+    });
+    m
+}
+
+/// Log-probs of each target of `ids` ([1, T]) with the given forced experts ([1, T, layers, k]).
+fn logprobs(m: &Qwen3Model, ids: &[i64], forced: Option<&Tensor>) -> Vec<f32> {
+    let t = ids.len() as i64;
+    let x = Tensor::from_slice(ids).reshape([1, t]);
+    let out = tch::no_grad(|| {
+        Policy::forward(
+            m,
+            &PolicyInput {
+                input_ids: &x,
+                attention_mask: &Tensor::ones([1, t], (Kind::Int64, Device::Cpu)),
+                position_ids: &Tensor::arange(t, (Kind::Int64, Device::Cpu)).reshape([1, t]),
+                packed_seq_ids: None,
+                forced_experts: forced,
+            },
+        )
+        .unwrap()
+    });
+    let tgt = Tensor::from_slice(&ids[1..]).reshape([1, t - 1, 1]);
+    let lp = out
+        .logits
+        .log_softmax(-1, Kind::Float)
+        .narrow(1, 0, t - 1)
+        .gather(-1, &tgt, false)
+        .reshape([-1]);
+    Vec::<f32>::try_from(lp).unwrap()
+}
+
+#[test]
+fn routing_replay_trains_with_the_rollouts_experts_and_the_switch_drops_them() {
+    let model = tiny_moe();
+    // Samples whose "engine" routed every position to experts (3, 2) in both layers, which the router would
+    // not choose everywhere, and recorded its log-probs under that routing. Policy version 2, learner at 3.
+    let mut samples = Vec::new();
+    let mut forced_lp = Vec::new();
+    for i in 0..3u32 {
+        let mut s = sample_with_steps("g", i, 17, 2, 3, 2, 70 + i as u64);
+        let t = s.token_ids.len();
+        let ids: Vec<u16> = (0..t * 2).flat_map(|_| [3u16, 2]).collect();
+        s.routed_experts = Some(RoutedExperts {
+            layers: 2,
+            k: 2,
+            ids: ids.clone(),
+        });
+        s.policy_version = 2;
+        let forced = Tensor::from_slice(&ids.iter().map(|&x| x as i64).collect::<Vec<_>>())
+            .reshape([1, t as i64, 2, 2]);
+        let tok: Vec<i64> = s.token_ids.iter().map(|&x| x as i64).collect();
+        let lp = logprobs(&model, &tok, Some(&forced));
+        let free = logprobs(&model, &tok, None);
+        let diff = lp
+            .iter()
+            .zip(&free)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff > 1e-3,
+            "forced experts must change the log-probs ({diff})"
+        );
+        for p in 1..t {
+            s.rollout_logprobs[p] = if s.loss_mask[p] == 1 { lp[p - 1] } else { 0.0 };
+        }
+        forced_lp.push(lp);
+        samples.push(s);
+    }
+    let scored: Vec<_> = samples
+        .iter()
+        .map(|s| scored_for(s, &[0.5, -0.5]))
+        .collect();
+    let batching = BatchingConfig {
+        micro_batch: 2,
+        token_budget: 0,
+        pack: false,
+        agg: AggMode::TokenMean,
+        l_max: 16,
+    };
+
+    // pi_old from the trainer's forward equals the forced forward with replay, the free one without.
+    let (mut items, _) = assemble(&samples, &scored, "replay").unwrap();
+    let mut mbs = micro_batches(&items, &batching, Device::Cpu).unwrap();
+    fill_old_logprobs(&model, None, &mut mbs).unwrap();
+    let old = mbs[0].old_logp.as_ref().unwrap().get(0);
+    let want = Tensor::from_slice(&forced_lp[0]);
+    let n = want.size()[0];
+    assert!(
+        old.narrow(0, 0, n).allclose(&want, 1e-5, 1e-5, false),
+        "with replay, pi_old must use the rollout's experts"
+    );
+    set_routing_replay(&mut items, false);
+    assert!(items.iter().all(|it| it.routed.is_none()));
+
+    // Through a whole learn round: with replay the engine's log-probs (taken under those experts) match the
+    // trainer's pi_old; without it they do not.
+    let loss = PolicyLossConfig {
+        level: RatioLevel::Segment,
+        eps_low: 0.2,
+        eps_high: 0.28,
+        dual_clip: 0.0,
+        tis_cap: 2.0,
+        kl_coef: 0.0,
+        kl_estimator: KlEstimator::K3,
+        entropy_coef: 0.0,
+    };
+    let round = PlayedRound {
+        samples,
+        scored,
+        gen_seconds: 1.0,
+    };
+    let mismatch = |replay: bool| {
+        let m = tiny_moe();
+        let mut l = learner(&m.vs, 1e-3);
+        let cfg = LearnConfig {
+            loss: &loss,
+            batching: &batching,
+            ppo_epochs: 1,
+            routing_replay: replay,
+            distill_coef: 0.0,
+            task_coef: 1.0,
+            device: Device::Cpu,
+        };
+        let out = learn_round(&m, &mut l, &round, 3, &cfg, &[], None).unwrap();
+        let get = |k: &str| out.iter().find(|(n, _)| n == k).unwrap().1;
+        assert_eq!(get("rl/policy_lag"), 1.0);
+        get("rl/mismatch_mean")
+    };
+    let (on, off) = (mismatch(true), mismatch(false));
+    eprintln!("mean |log pi_old - log pi_rollout|: replay {on:.2e}, no replay {off:.2e}");
+    assert!(on < 1e-5, "{on}");
+    assert!(off > 1e-3, "{off}");
+}
