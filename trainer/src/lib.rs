@@ -6,7 +6,7 @@
 //! - [`distill`]: SFT cross-entropy, Clip-Forward-KL, on-policy reverse-KL distillation
 //! - [`distill_loop`]: the offline distillation phase (teachers answer, the student learns by Clip-Forward-KL)
 //! - [`gae`], [`critic`]: value head + GAE (the one advantage estimator outside spar-rewards)
-//! - [`off_policy`]: colocated vs one-step off-policy round scheduling
+//! - [`off_policy`]: colocated vs one-step off-policy round scheduling; [`rl_round`]: one RL round (play, learn)
 //! - [`adamw`], [`schedule`]: AdamW with savable state and fp32 masters; warmup + constant / cosine
 //! - [`learner`]: one optimisation step (pi_old pass, accumulation, clipping, NaN/Inf guard)
 //! - [`checkpoint`], [`rng`]: atomic checkpoints, keep-last-N, exact resume
@@ -28,6 +28,7 @@ pub mod plot;
 pub mod policy;
 pub mod policy_loss;
 pub mod qwen3;
+pub mod rl_round;
 pub mod rng;
 pub mod run;
 pub mod schedule;
