@@ -470,6 +470,14 @@ fn current_user() -> (String, Option<u32>) {
                 .find(|l| l.starts_with("Uid:"))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         });
+    // No USER in the environment (containers, cron): the account name of the uid from /etc/passwd.
+    let name = name.or_else(|| {
+        let uid = uid?;
+        std::fs::read_to_string("/etc/passwd").ok()?.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[0].to_string())
+        })
+    });
     let name = name.unwrap_or_else(|| {
         uid.map(|u| format!("uid {u}"))
             .unwrap_or_else(|| "unknown".into())

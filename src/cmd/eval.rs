@@ -91,14 +91,22 @@ fn endpoint(
 
 pub fn run(args: Args) -> Result<()> {
     if let Some(files) = &args.compare {
-        return compare(
-            &files[0],
-            &files[1],
-            &args.labels,
-            args.out
-                .clone()
-                .unwrap_or_else(|| spar_eval::report::default_out_dir("compare")),
-        );
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| spar_eval::report::default_out_dir("compare"));
+        let reports = files.iter().map(|f| {
+            if f.is_dir() {
+                f.join("report.json")
+            } else {
+                f.clone()
+            }
+        });
+        let spec =
+            spar_data::audit::AuditSpec::for_dir("spar eval --compare", &out).with_data(reports);
+        return super::audit::run_audited(spec, || {
+            compare(&files[0], &files[1], &args.labels, out.clone())
+        });
     }
     let recipe = match &args.recipe {
         Some(p) => Recipe::load(p, &args.set)?,
@@ -228,14 +236,56 @@ pub fn run(args: Args) -> Result<()> {
             "model".into()
         }
     });
+    let mut data_files = Vec::new();
+    if !plan.cases.is_empty() {
+        data_files.extend(super::audit::case_data_files(&data, base.as_deref()));
+    }
+    if let Some(h) = &eval.healthbench {
+        data_files.push(h.clone());
+    }
+    if eval.hallucination
+        && !plan.cases.is_empty()
+        && let Some(kb) = recipe.data.as_ref().and_then(|d| d.knowledge_base.as_ref())
+    {
+        data_files.extend(super::audit::files_of(&recipe.resolve(kb)));
+    }
+    let mut spec = spar_data::audit::AuditSpec::for_dir("spar eval", &out)
+        .with_recipe(super::audit::recipe_toml(&recipe))
+        .with_data(data_files);
+    if which == "model"
+        && let Some(dir) = args.model.clone().or_else(|| {
+            recipe
+                .model
+                .as_ref()
+                .and_then(|m| m.path.as_ref())
+                .map(|p| recipe.resolve(p))
+        })
+        && dir.exists()
+    {
+        spec = spec.with_model(&dir);
+    }
+    super::audit::run_audited(spec, || {
+        evaluate(&args, &recipe, &eval, &plan, &models, &which, &out)
+    })
+}
+
+fn evaluate(
+    args: &Args,
+    recipe: &Recipe,
+    eval: &EvalSection,
+    plan: &EvalPlan,
+    models: &spar_eval::run::EvalModels,
+    which: &str,
+    out: &Path,
+) -> Result<()> {
     let rt = || {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("starting the async runtime")
     };
-    let report = match which.as_str() {
-        "expert" => rt()?.block_on(run_eval(&ExpertPolicy::default(), &plan, &models)),
+    let report = match which {
+        "expert" => rt()?.block_on(run_eval(&ExpertPolicy::default(), plan, models)),
         "endpoint" => {
             let ep = eval.policy_endpoint.as_ref().context("--policy endpoint needs --endpoint URL --endpoint-model NAME or [eval.policy_endpoint]")?;
             let rt = rt()?;
@@ -246,12 +296,12 @@ pub fn run(args: Args) -> Result<()> {
                     eval.max_new_tokens,
                     Some(eval.seed),
                 );
-                anyhow::Ok(run_eval(&policy, &plan, &models).await)
+                anyhow::Ok(run_eval(&policy, plan, models).await)
             })?
         }
-        _ => local(&args, &recipe, &eval, &plan, &models)?,
+        _ => local(args, recipe, eval, plan, models)?,
     };
-    let files = report.write(&out)?;
+    let files = report.write(out)?;
     print_summary(&report);
     eprintln!(
         "report: {} ({} charts)",

@@ -23,7 +23,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         ckpt.clone()
     };
-    let model = spar_model::Qwen3Model::load(&model_dir, tch::Device::Cpu, tch::Kind::Float)
+    let spec =
+        spar_data::audit::AuditSpec::for_dir("spar export", &args.out).with_model(&model_dir);
+    super::audit::run_audited(spec, || export(&args, &ckpt, &model_dir))
+}
+
+fn export(args: &Args, ckpt: &std::path::Path, model_dir: &std::path::Path) -> anyhow::Result<()> {
+    let model = spar_model::Qwen3Model::load(model_dir, tch::Device::Cpu, tch::Kind::Float)
         .with_context(|| format!("loading {}", model_dir.display()))?;
     model.save_hf(&args.out)?;
     // Tokenizer: next to the weights, or the run's trained tokenizer (RUN/tokenizer) for a checkpoint.
@@ -32,7 +38,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .and_then(|p| p.parent())
         .map(|p| p.to_path_buf());
     let candidates = [
-        Some(model_dir.clone()),
+        Some(model_dir.to_path_buf()),
         run_dir.map(|r| r.join("tokenizer")),
     ];
     for dir in candidates.into_iter().flatten() {

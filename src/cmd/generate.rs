@@ -42,6 +42,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // Generations printed to stdout have no output location to keep a manifest next to.
+    let Some(out) = args.out.clone() else {
+        return generate_all(&args);
+    };
+    let spec = spar_data::audit::AuditSpec::for_file("spar generate", &out)
+        .with_data([args.prompts.clone()])
+        .with_model(&args.model);
+    super::audit::run_audited(spec, || generate_all(&args))
+}
+
+fn generate_all(args: &Args) -> Result<()> {
     let device = parse_device(&args.device)?;
     let model = Qwen3Model::load(&args.model, device, parse_kind(&args.dtype)?)?;
     let tok = Tokenizer::from_dir(&args.model)?;

@@ -87,11 +87,18 @@ fn read_items(args: &Args, tok: &mut Option<Tokenizer>, vocab: usize) -> Result<
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let spec = spar_data::audit::AuditSpec::for_file("spar logprobs", &args.out)
+        .with_data([args.input.clone()])
+        .with_model(&args.model);
+    super::audit::run_audited(spec, || logprobs(&args))
+}
+
+fn logprobs(args: &Args) -> Result<()> {
     let device = parse_device(&args.device)?;
     let kind = parse_kind(&args.dtype)?;
     let model = Qwen3Model::load(&args.model, device, kind)?;
     let mut tok = None;
-    let items = read_items(&args, &mut tok, model.config.vocab_size)?;
+    let items = read_items(args, &mut tok, model.config.vocab_size)?;
     let bar = ProgressBar::new(items.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} sequences {elapsed}/{eta}")

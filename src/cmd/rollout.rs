@@ -54,12 +54,31 @@ pub fn run(args: Args) -> Result<()> {
         .model
         .clone()
         .or_else(|| model_sec.path.as_ref().map(|p| recipe.resolve(p)));
-    let device = parse_device(&model_sec.device)?;
-    let kind = parse_kind(&model_sec.dtype)?;
     let model_dir = model_dir
         .context("no model: give --model DIR or [model] path (the tokenizer comes from it)")?;
+    let mut spec = spar_data::audit::AuditSpec::for_dir("spar rollout", &args.out)
+        .with_recipe(super::audit::recipe_toml(&recipe))
+        .with_data(super::audit::case_data_files(&data, base.as_deref()));
+    if model_dir.exists() {
+        spec = spec.with_model(&model_dir);
+    }
+    super::audit::run_audited(spec, || {
+        play(&args, &recipe, cfg, &model_sec, cases, &model_dir)
+    })
+}
+
+fn play(
+    args: &Args,
+    recipe: &Recipe,
+    cfg: RolloutSection,
+    model_sec: &spar_core::recipe::ModelSection,
+    cases: Vec<spar_core::Case>,
+    model_dir: &std::path::Path,
+) -> Result<()> {
+    let device = parse_device(&model_sec.device)?;
+    let kind = parse_kind(&model_sec.dtype)?;
     let tokenizer = Arc::new(
-        Tokenizer::from_dir(&model_dir)
+        Tokenizer::from_dir(model_dir)
             .with_context(|| format!("tokenizer of {}", model_dir.display()))?,
     );
     let model = if cfg.backend == "builtin" {
@@ -70,7 +89,7 @@ pub fn run(args: Args) -> Result<()> {
                 kind,
                 0,
             )?,
-            _ => Qwen3Model::load(&model_dir, device, kind)?,
+            _ => Qwen3Model::load(model_dir, device, kind)?,
         })
     } else {
         None

@@ -52,7 +52,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // No cases named anywhere: the shipped cases, as every other command defaults to.
         (None, None) => spar_data::recipe::cases_path(&Default::default(), None),
     };
-    let cases: HashMap<String, Case> = spar_data::load_cases(&cases_path)
+    let mut data_files = vec![args.input.clone()];
+    data_files.extend(if cases_path.is_dir() {
+        super::audit::files_of(&cases_path)
+    } else {
+        vec![cases_path.clone()]
+    });
+    if let Some(kb) = recipe.data.as_ref().and_then(|d| d.knowledge_base.as_ref()) {
+        data_files.extend(super::audit::files_of(&recipe.resolve(kb)));
+    }
+    let mut spec = spar_data::audit::AuditSpec::for_file("spar score", &args.out)
+        .with_recipe(super::audit::recipe_toml(&recipe))
+        .with_data(data_files);
+    if let Some(r) = &args.report {
+        spec = spec.with_output_file(r);
+    }
+    super::audit::run_audited(spec, || score(&args, &recipe, rewards, &cases_path))
+}
+
+fn score(
+    args: &Args,
+    recipe: &Recipe,
+    rewards: RewardsSection,
+    cases_path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let cases: HashMap<String, Case> = spar_data::load_cases(cases_path)
         .with_context(|| format!("reading cases {}", cases_path.display()))?
         .into_iter()
         .map(|c| (c.id.clone(), c))

@@ -23,11 +23,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     sets.push("trainer.steps=0".into());
     let recipe = spar_core::recipe::Recipe::load(&args.recipe, &sets)?;
-    spar_trainer::run::run(
-        &recipe,
-        &spar_trainer::run::RunOptions {
-            resume: args.resume,
-            out_dir: args.out,
-        },
-    )
+    // The run folder `spar_trainer::run::run` writes into.
+    let run_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| recipe.resolve(&recipe.trainer.clone().unwrap_or_default().out_dir));
+    let data_files = super::audit::recipe_data_files(&recipe);
+    let mut spec = spar_data::audit::AuditSpec::for_dir("spar sft", &run_dir)
+        .with_recipe(super::audit::recipe_toml(&recipe))
+        .with_data(data_files);
+    if let Some(p) = recipe.model.as_ref().and_then(|m| m.path.as_ref()) {
+        let p = recipe.resolve(p);
+        if p.exists() {
+            spec = spec.with_model(&p);
+        }
+    }
+    super::audit::run_audited(spec, || {
+        spar_trainer::run::run(
+            &recipe,
+            &spar_trainer::run::RunOptions {
+                resume: args.resume,
+                out_dir: args.out.clone(),
+            },
+        )
+    })
 }
