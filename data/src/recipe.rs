@@ -31,7 +31,26 @@ fn split_named(name: &str, key: &str) -> Result<Split> {
 /// The cases of `split`, at most `max_cases` of them (0 = all), in file order.
 pub fn split_cases(section: &DataSection, base: Option<&Path>, split: Split) -> Result<Vec<Case>> {
     let splits = section.splits.as_deref().map(|p| resolve(p, base));
-    let mut cases = load_split(&cases_path(section, base), splits.as_deref(), split)?;
+    let path = cases_path(section, base);
+    let mut cases = load_split(&path, splits.as_deref(), split)?;
+    if !section.departments.is_empty() {
+        for d in &section.departments {
+            if !cases.iter().any(|c| &c.department == d) {
+                let mut known: Vec<&str> = cases.iter().map(|c| c.department.as_str()).collect();
+                known.sort_unstable();
+                known.dedup();
+                return Err(Error::Recipe {
+                    file: path.display().to_string(),
+                    key: "data.departments".into(),
+                    msg: format!(
+                        "no {split:?} case of department `{d}` (departments there: {})",
+                        known.join(", ")
+                    ),
+                });
+            }
+        }
+        cases.retain(|c| section.departments.contains(&c.department));
+    }
     if section.max_cases > 0 {
         cases.truncate(section.max_cases);
     }

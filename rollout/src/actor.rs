@@ -5,7 +5,8 @@
 use crate::codec::TextCodec;
 use crate::engine::{self, Engine, EngineConfig, EngineStats};
 use crate::env::{
-    BackendTurns, Consultation, Env, EnvConfig, StageEnd, TurnGenerator, mix_seed, stage_replies,
+    BackendTurns, Consultation, Env, EnvConfig, ScriptedDoctor, ScriptedTurns, StageEnd,
+    TurnGenerator, mix_seed, stage_replies,
 };
 use crate::pipeline::{Segment, StagePools, promote};
 use crate::simulator::{Guarded, SelfPlayPatient};
@@ -66,6 +67,9 @@ pub enum Policy<'m> {
     Builtin(&'m Qwen3Model),
     /// The external backend configured with [`Rollout::with_backend`].
     External,
+    /// A scripted doctor (the expert of `spar-data`): gold consultations in the rollout's own environment and
+    /// token stream (SFT data, evaluation ceilings). Needs a fixed simulator.
+    Scripted(Arc<dyn ScriptedDoctor>),
 }
 
 /// The actor. See the module documentation.
@@ -246,7 +250,7 @@ impl Rollout {
                 let generator: Arc<dyn TurnGenerator> = Arc::new(client.clone());
                 let env = self.env(
                     generator,
-                    Arc::new(client),
+                    Some(Arc::new(client)),
                     record.then_some((n_moe, model.config.num_experts_per_tok)),
                 )?;
                 let fut = self.play_groups(env, groups, tokens.clone(), started);
@@ -269,7 +273,17 @@ impl Rollout {
                     .backend
                     .clone()
                     .context("Policy::External needs Rollout::with_backend")?;
-                let env = self.env(Arc::new(BackendTurns(backend.clone())), backend, None)?;
+                let env = self.env(Arc::new(BackendTurns(backend.clone())), Some(backend), None)?;
+                let fut = self.play_groups(env, groups, tokens.clone(), started);
+                (self.runtime.block_on(fut)?, EngineStats::default())
+            }
+            Policy::Scripted(doctor) => {
+                let generator = Arc::new(ScriptedTurns {
+                    doctor,
+                    codec: self.codec.clone(),
+                    im_end: self.chat.im_end,
+                });
+                let env = self.env(generator, None, None)?;
                 let fut = self.play_groups(env, groups, tokens.clone(), started);
                 (self.runtime.block_on(fut)?, EngineStats::default())
             }
@@ -345,16 +359,21 @@ impl Rollout {
     fn env(
         &self,
         generator: Arc<dyn TurnGenerator>,
-        backend: Arc<dyn RolloutBackend>,
+        backend: Option<Arc<dyn RolloutBackend>>,
         routing: Option<(usize, usize)>,
     ) -> Result<Env> {
-        let sim: Arc<dyn PatientSimulator> = match &self.simulator {
-            SimulatorChoice::Fixed(s) => s.clone(),
-            SimulatorChoice::SelfPlay => Arc::new(SelfPlayPatient::new(
+        let sim: Arc<dyn PatientSimulator> = match (&self.simulator, backend) {
+            (SimulatorChoice::Fixed(s), _) => s.clone(),
+            (SimulatorChoice::SelfPlay, Some(backend)) => Arc::new(SelfPlayPatient::new(
                 backend,
                 self.codec.clone(),
                 self.cfg.sampling.clone(),
             )?),
+            (SimulatorChoice::SelfPlay, None) => {
+                anyhow::bail!(
+                    "self-play needs a model to play the patient; a scripted doctor has none"
+                )
+            }
         };
         let mut cfg = EnvConfig::from_section(&self.cfg);
         cfg.track_routing = routing;

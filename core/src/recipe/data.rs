@@ -15,6 +15,9 @@ pub struct DataSection {
     pub eval_split: String,
     /// Use at most this many cases (0 = all).
     pub max_cases: usize,
+    /// Keep only the cases of these departments (`Case::department`; empty = every department). A small run
+    /// learns a few departments well instead of every one badly (the CPU demo).
+    pub departments: Vec<String>,
     /// Knowledge-base file; default: the shipped one.
     pub knowledge_base: Option<PathBuf>,
     /// Redact PHI when cases are ingested.
@@ -29,6 +32,7 @@ impl Default for DataSection {
             train_split: "train".into(),
             eval_split: "validation".into(),
             max_cases: 0,
+            departments: Vec::new(),
             knowledge_base: None,
             redact_on_ingest: true,
         }

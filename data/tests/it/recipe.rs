@@ -42,3 +42,33 @@ fn relative_paths_resolve_against_the_recipe_folder() {
     .to_string();
     assert!(e.contains("nope.json"), "{e}");
 }
+
+#[test]
+fn departments_keep_only_their_cases_and_a_wrong_name_is_named() {
+    let s = DataSection {
+        departments: vec!["cardiology".into(), "respiratory".into()],
+        ..DataSection::default()
+    };
+    let train = train_cases(&s, None).unwrap();
+    let val = eval_cases(&s, None).unwrap();
+    assert_eq!((train.len(), val.len()), (18, 6));
+    assert!(
+        train
+            .iter()
+            .chain(&val)
+            .all(|c| c.department == "cardiology" || c.department == "respiratory")
+    );
+    let e = train_cases(
+        &DataSection {
+            departments: vec!["cardiolgy".into()],
+            ..DataSection::default()
+        },
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("data.departments") && e.contains("cardiolgy") && e.contains("cardiology"),
+        "{e}"
+    );
+}

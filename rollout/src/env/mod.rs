@@ -1,6 +1,9 @@
 //! The consultation environment: stages Inquiry -> DDX -> Lab -> Diag played step by step (one user turn, the
 //! patient's or the stage instruction, plus one doctor reply) on one append-only token stream.
 pub mod opening;
+mod scripted_doctor;
+
+pub use scripted_doctor::{ExpertDoctor, ScriptedDoctor, ScriptedTurns};
 
 use crate::codec::TextCodec;
 use crate::engine::{EngineClient, EngineOutput};
@@ -23,6 +26,18 @@ use std::sync::Arc;
 pub trait TurnGenerator: Send + Sync {
     fn id(&self) -> String;
     async fn generate_turn(&self, req: GenerateRequest) -> Result<EngineOutput>;
+
+    /// The same, for a generator that reads the consultation itself (a scripted doctor needs the case and the
+    /// dialogue, not token ids). Models ignore both.
+    async fn generate_in_case(
+        &self,
+        case: &Case,
+        dialogue: &[Turn],
+        req: GenerateRequest,
+    ) -> Result<EngineOutput> {
+        let _ = (case, dialogue);
+        self.generate_turn(req).await
+    }
 }
 
 #[async_trait]
@@ -146,6 +161,7 @@ impl Env {
     /// One step: the user turn, then one sampled doctor reply. Returns the reply's text and how it finished.
     async fn step(
         &self,
+        case: &Case,
         c: &mut Consultation,
         stage: Stage,
         user: &str,
@@ -182,10 +198,14 @@ impl Env {
         }
         let generated = self
             .generator
-            .generate_turn(GenerateRequest {
-                prompt_ids: c.stream.ids.clone(),
-                sampling,
-            })
+            .generate_in_case(
+                case,
+                &c.turns,
+                GenerateRequest {
+                    prompt_ids: c.stream.ids.clone(),
+                    sampling,
+                },
+            )
             .await?;
         let out = generated.output;
         if let Some(r) = &generated.prompt_routing {
@@ -240,7 +260,8 @@ impl Env {
                 _ => (self.cfg.instructions[stage.index()].clone(), false),
             };
             let seed = mix_seed(seed, seed_key, c.turns.len() as u64);
-            let Some((text, finish)) = self.step(c, stage, &user, from_patient, seed).await? else {
+            let Some((text, finish)) = self.step(case, c, stage, &user, from_patient, seed).await?
+            else {
                 return Ok(StageEnd::Ended {
                     reason: EndReason::Truncated,
                     detail: Some("the token stream reached max_seq_len".into()),
