@@ -97,7 +97,7 @@ fn sampled_sha256(path: &Path, len: u64) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-fn walk(root: &Path, dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok())
@@ -111,7 +111,7 @@ fn walk(root: &Path, dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result
     for p in entries {
         if p.is_dir() {
             if depth < MAX_DEPTH {
-                walk(root, &p, depth + 1, out)?;
+                walk(&p, depth + 1, out)?;
             }
         } else if p.is_file() {
             out.push(p);
@@ -124,7 +124,7 @@ fn walk(root: &Path, dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result
 pub fn describe_model(path: &Path) -> Result<ModelInput> {
     let mut files = Vec::new();
     if path.is_dir() {
-        walk(path, path, 0, &mut files)?;
+        walk(path, 0, &mut files)?;
     } else {
         std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         files.push(path.to_path_buf());

@@ -83,18 +83,6 @@ fn as_rubric_item(criterion: &str, points: f64, tags: &[String]) -> RubricItem {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn judge_points_keep_their_sign() {
-        let p = |x: f64| super::as_rubric_item("c", x, &[]).points;
-        assert_eq!(
-            (p(-0.4), p(0.4), p(-7.0), p(2.6), p(0.0)),
-            (-1, 1, -7, 3, 0)
-        );
-    }
-}
-
 async fn run_example(policy: &dyn ChatPolicy, judge: &dyn Judge, ex: &HbExample) -> ExampleResult {
     let conversation = ex.conversation();
     let mut result = ExampleResult {
@@ -198,4 +186,16 @@ pub async fn run_healthbench(
         scores: aggregate(&scores, &cfg.aggregate),
     };
     (summary, results)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn judge_points_keep_their_sign() {
+        let p = |x: f64| super::as_rubric_item("c", x, &[]).points;
+        assert_eq!(
+            (p(-0.4), p(0.4), p(-7.0), p(2.6), p(0.0)),
+            (-1, 1, -7, 3, 0)
+        );
+    }
 }

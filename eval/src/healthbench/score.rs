@@ -55,7 +55,12 @@ pub fn ratio<'a>(items: impl IntoIterator<Item = &'a GradedCriterion> + Clone) -
     if possible <= 0.0 {
         return None;
     }
-    let achieved: f64 = items.into_iter().filter(|c| c.met).map(|c| c.points).sum();
+    // Summing no items gives -0.0 (Rust's float sum starts there), which reports print as "-0.000".
+    let achieved: f64 = items
+        .into_iter()
+        .filter(|c| c.met)
+        .map(|c| c.points)
+        .fold(0.0, |a, b| a + b);
     Some(achieved / possible)
 }
 

@@ -235,6 +235,10 @@ async fn healthbench_over_endpoints_scores_as_healthbench_defines() {
     assert!(md.contains("**Overall: 0.404 ±"), "{md}");
     assert!(md.contains("| emergency_referrals | 0.208 ±"), "{md}");
     assert!(md.contains("| accuracy | 0.556 ±"), "{md}");
+    assert!(
+        md.contains("| context_awareness | 0.000 ±"),
+        "no criterion met is 0, not -0: {md}"
+    );
     let lines = std::fs::read_to_string(files.healthbench_results.as_ref().unwrap()).unwrap();
     let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
     assert_eq!(first["prompt_id"], "hb-chest");

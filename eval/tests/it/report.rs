@@ -9,6 +9,7 @@ use spar_eval::safety::{Acuity, EpisodeSafety, FlagOutcome};
 use spar_eval::{EpisodeRecord, EvalReport, EvalSetup, compare};
 use std::collections::BTreeMap;
 
+#[allow(clippy::too_many_arguments)]
 fn record(
     case: &str,
     dept: &str,
