@@ -145,6 +145,7 @@ impl AuditManifest {
             models.push(describe_model(p)?);
         }
         let (user, uid) = current_user();
+        let code = code_version();
         let args: Vec<String> = std::env::args().collect();
         let default_manifest = spec.run_dir.join(AUDIT_FILE);
         let manifest = AuditManifest {
@@ -158,7 +159,14 @@ impl AuditManifest {
             host: hostname(),
             pid: std::process::id(),
             command: scrub_command(&args, &secrets),
-            code: code_version(),
+            code: CodeVersion {
+                build_describe: spec
+                    .build_describe
+                    .clone()
+                    .filter(|d| !d.is_empty())
+                    .or(code.build_describe),
+                ..code
+            },
             config,
             redacted_keys,
             data_files: files,
@@ -473,10 +481,13 @@ fn current_user() -> (String, Option<u32>) {
     // No USER in the environment (containers, cron): the account name of the uid from /etc/passwd.
     let name = name.or_else(|| {
         let uid = uid?;
-        std::fs::read_to_string("/etc/passwd").ok()?.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 2 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[0].to_string())
-        })
+        std::fs::read_to_string("/etc/passwd")
+            .ok()?
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[0].to_string())
+            })
     });
     let name = name.unwrap_or_else(|| {
         uid.map(|u| format!("uid {u}"))

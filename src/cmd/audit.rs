@@ -69,6 +69,8 @@ pub fn run_audited<T>(
     // records that error as the outcome) rather than failing here before any manifest is written.
     spec.data_files.retain(|p| p.exists());
     spec.models.retain(|p| p.exists());
+    // Set when the build script exports it; spar-data's own copy only sees an exported shell variable.
+    spec.build_describe = option_env!("SPAR_BUILD_GIT_DESCRIBE").map(String::from);
     let manifest = AuditManifest::begin(&spec.with_process_flags())?;
     let result = work();
     let outcome = match &result {

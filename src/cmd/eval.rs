@@ -243,11 +243,14 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(h) = &eval.healthbench {
         data_files.push(h.clone());
     }
-    if eval.hallucination
-        && !plan.cases.is_empty()
-        && let Some(kb) = recipe.data.as_ref().and_then(|d| d.knowledge_base.as_ref())
-    {
-        data_files.extend(super::audit::files_of(&recipe.resolve(kb)));
+    // The knowledge base H is verified against: the recipe's, else the shipped one (when the verifier is "kb").
+    let verifier = eval.facts.clone().unwrap_or_default().verifier;
+    if eval.hallucination && !plan.cases.is_empty() && verifier == "kb" {
+        let kb = match recipe.data.as_ref().and_then(|d| d.knowledge_base.as_ref()) {
+            Some(kb) => recipe.resolve(kb),
+            None => spar_data::kb::KnowledgeBase::default_dir(),
+        };
+        data_files.extend(super::audit::files_of(&kb));
     }
     let mut spec = spar_data::audit::AuditSpec::for_dir("spar eval", &out)
         .with_recipe(super::audit::recipe_toml(&recipe))

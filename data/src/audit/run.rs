@@ -39,6 +39,9 @@ pub struct AuditSpec {
     pub data_files: Vec<PathBuf>,
     /// Model folders or files; see [`super::inputs`] for what is hashed.
     pub models: Vec<PathBuf>,
+    /// `git describe` of the build, when the binary knows it (a build script's `SPAR_BUILD_GIT_DESCRIBE`); it
+    /// replaces the one spar-data was compiled with.
+    pub build_describe: Option<String>,
 }
 
 impl AuditSpec {
