@@ -17,12 +17,11 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::IndexedRandom;
 use spar_core::recipe::Recipe;
-use spar_core::sample::{Role, Turn};
+use spar_core::sample::Role;
 use spar_core::{Case, Sample, Scored, Stage};
 use spar_model::{Qwen3Config, Qwen3Model, Tokenizer};
 use spar_rollout::codec::TextCodec;
-use spar_rollout::stream::ChatMl;
-use spar_rollout::{Rollout, SimulatorChoice};
+use spar_rollout::{Policy, Rollout, SimulatorChoice};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,7 +46,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 /// Per-stage scores and reward of one evaluation pass.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct EvalSummary {
     pub episodes: usize,
     pub reward_mean: f64,
@@ -106,6 +105,9 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
         agg: AggMode::TokenMean,
         ..batching
     };
+    let offline_distill = tr.policy_loss == "distill";
+    let use_gae = rewards_sec.spar.estimator == spar_core::recipe::Estimator::Gae;
+    check_rl_knobs(&tr, &rollout_sec, &rewards_sec, offline_distill, use_gae)?;
 
     // Tokenizer and policy.
     let tokenizer: Arc<Tokenizer> = Arc::new(match (&model_sec.path, tr.bpe_vocab_size) {
@@ -124,6 +126,20 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             }
         }
         (Some(p), _) => Tokenizer::from_dir(&recipe.resolve(p))?,
+        // A random-init student distilled from teachers speaks the teachers' tokenizer; a copy goes into the
+        // run folder like a trained BPE would (and from there into `final/`).
+        (None, _) if !tr.distill.teachers.is_empty() => {
+            let src = recipe.resolve(&tr.distill.teachers[0]);
+            let dir = out.join("tokenizer");
+            std::fs::create_dir_all(&dir)?;
+            for f in ["tokenizer.json", "tokenizer_config.json"] {
+                if src.join(f).exists() {
+                    std::fs::copy(src.join(f), dir.join(f))
+                        .with_context(|| format!("copying {}", src.join(f).display()))?;
+                }
+            }
+            Tokenizer::from_dir(&dir)?
+        }
         (None, _) => bail!(
             "recipe: `model.init` needs `trainer.bpe_vocab_size` > 0 (no tokenizer to go with a random model)"
         ),
@@ -143,7 +159,6 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
         .aux_loss_coef
         .unwrap_or(model.config.router_aux_loss_coef);
     let codec: Arc<dyn TextCodec> = tokenizer.clone();
-    let chat = ChatMl::new(codec.as_ref(), rollout_sec.enable_thinking)?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -205,6 +220,44 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
     let mut rng = restore_rng(&state.rng)?;
     let mut global_step = state.step;
 
+    // No SFT asked for: straight to the RL (or distillation) phase.
+    if state.phase == "sft" && tr.sft_steps == 0 {
+        state.phase = "rl".into();
+        state.phase_step = 0;
+    }
+
+    let held_out = HeldOut {
+        cases: &eval_cases,
+        rollout_sec: &rollout_sec,
+        eval_sec: &eval_sec,
+        codec: codec.clone(),
+        scorer: scorer.clone(),
+        pipeline: &pipeline,
+        rt: &rt,
+        by_id: &by_id,
+        seed,
+    };
+    // The expert's score on the same held-out consultations is the ceiling; the untrained model's is the floor.
+    let expert_ceiling = held_out
+        .run(Policy::Scripted(Arc::new(
+            spar_rollout::env::ExpertDoctor::with_inquiry_turns(
+                rollout_sec.turn_limits[0] as usize,
+            ),
+        )))?
+        .0;
+    let initial = match state.extra.get("eval_initial") {
+        Some(v) => serde_json::from_value::<EvalSummary>(v.clone())?,
+        None => {
+            let (summary, transcripts) = held_out.run(Policy::Builtin(&model))?;
+            std::fs::create_dir_all(out.join("transcripts"))?;
+            std::fs::write(out.join("transcripts/initial.md"), transcripts)?;
+            state
+                .extra
+                .insert("eval_initial".into(), serde_json::to_value(&summary)?);
+            summary
+        }
+    };
+
     // Phase 1: SFT on scripted expert consultations.
     let mut learner = new_learner(
         &model,
@@ -217,13 +270,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             checkpoint::load(dir, &mut model, &mut learner.adamw)?;
             learner.step = state.phase_step;
         }
-        let items = sft_items(
-            &train_cases,
-            codec.as_ref(),
-            &chat,
-            &rollout_sec.system_prompt,
-            rollout_sec.max_seq_len,
-        )?;
+        let items = sft_items(&train_cases, codec.clone(), &rollout_sec, scorer.clone())?;
         let pb = bar(tr.sft_steps as u64, "sft");
         pb.set_position(state.phase_step as u64);
         for s in state.phase_step..tr.sft_steps {
@@ -282,6 +329,32 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             recipe.name.clone().unwrap_or_else(|| "run".into())
         ),
     )?;
+    let teacher_dirs: Vec<PathBuf> = tr
+        .distill
+        .teachers
+        .iter()
+        .map(|p| recipe.resolve(p))
+        .collect();
+    let student_tokenizer = match (&model_sec.path, tr.bpe_vocab_size) {
+        (Some(p), 0) => recipe.resolve(p).join("tokenizer.json"),
+        _ => out.join("tokenizer/tokenizer.json"),
+    };
+    let teachers = crate::distill_loop::load_teachers(
+        &teacher_dirs,
+        device,
+        kind,
+        model.config.vocab_size,
+        Some(student_tokenizer.as_path()).filter(|p| p.exists()),
+    )?;
+    let mut critic = use_gae.then(|| {
+        crate::critic::Critic::new(
+            model.config.vocab_size as i64,
+            device,
+            tr.gae.clone(),
+            tr.grad_clip,
+        )
+    });
+    let mut pending_round: Option<crate::rl_round::PlayedRound> = None;
     if let Some(dir) = &resume_dir {
         checkpoint::load(dir, &mut model, &mut learner.adamw)?;
         learner.step = state.phase_step;
@@ -291,97 +364,108 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
                     .context("checkpoint stage_pools")?,
             );
         }
+        if let Some(c) = &mut critic {
+            // A checkpoint from the end of SFT has no critic yet; one taken during RL must.
+            if dir.join("critic").exists() || state.phase_step > 0 {
+                c.load(dir)?;
+            }
+        }
+        if let Some(v) = state.extra.get("pending_round") {
+            pending_round =
+                Some(serde_json::from_value(v.clone()).context("checkpoint pending_round")?);
+        }
     }
     let before = match state.extra.get("eval_before") {
-        Some(v) => serde_json::from_value::<serde_json::Value>(v.clone())?,
+        Some(v) => serde_json::from_value::<EvalSummary>(v.clone())?,
         None => {
-            let (summary, transcripts) = evaluate(
-                &model,
-                &eval_cases,
-                &rollout_sec,
-                &eval_sec,
-                codec.clone(),
-                scorer.clone(),
-                &pipeline,
-                &rt,
-                &by_id,
-                seed,
-            )?;
+            let (summary, transcripts) = held_out.run(Policy::Builtin(&model))?;
             std::fs::create_dir_all(out.join("transcripts"))?;
             std::fs::write(out.join("transcripts/before.md"), transcripts)?;
             log_eval(&mut metrics, global_step, &summary)?;
-            let v = serde_json::to_value(&summary)?;
-            state.extra.insert("eval_before".into(), v.clone());
-            v
+            state
+                .extra
+                .insert("eval_before".into(), serde_json::to_value(&summary)?);
+            summary
         }
     };
     if state.phase == "rl" {
-        let pb = bar(tr.steps as u64, "rl");
+        let pb = bar(
+            tr.steps as u64,
+            if offline_distill { "distill" } else { "rl" },
+        );
         pb.set_position(state.phase_step as u64);
+        let learn_cfg = crate::rl_round::LearnConfig {
+            loss: &loss_cfg,
+            batching: &batching,
+            ppo_epochs: tr.ppo_epochs,
+            routing_replay: tr.routing_replay,
+            distill_coef: tr.distill.coef,
+            task_coef: tr.distill.task_coef,
+            device,
+        };
+        let mut rounds =
+            crate::off_policy::RoundScheduler::new(tr.off_policy_one_step, pending_round.take());
         for s in state.phase_step..tr.steps {
             let t0 = std::time::Instant::now();
-            rollout.set_policy_version(s as u64);
-            let groups = rollout.collect_groups(
-                spar_rollout::actor::Policy::Builtin(&model),
-                rollout_sec.groups_per_step,
-            )?;
-            let gen_s = t0.elapsed().as_secs_f64();
-            let mut samples: Vec<Sample> = Vec::new();
-            let mut scored: Vec<Scored> = Vec::new();
-            for g in &groups {
-                let case = by_id.get(&g.case_id).with_context(|| {
-                    format!("group {} names unknown case {}", g.group_id, g.case_id)
-                })?;
-                scored.extend(rt.block_on(pipeline.score_group(case, &g.samples)));
-                samples.extend(g.samples.iter().cloned());
-            }
-            let (items, report) = assemble(&samples, &scored, "rollout round")?;
-            let mut scalars = round_metrics(&samples, &scored);
-            scalars.push((
-                "rl/samples_dropped".into(),
-                (report.dropped_by_rewards + report.missing_scored + report.no_trained_tokens)
-                    as f64,
-            ));
-            if items.is_empty() {
-                tracing::warn!(round = s, "no trainable samples this round");
-            } else {
-                for rep in rl_update(
+            let mut scalars = if offline_distill {
+                crate::distill_loop::offline_round(
                     &model,
-                    None,
+                    &teachers,
+                    &mut rollout,
                     &mut learner,
-                    &items,
-                    &loss_cfg,
-                    &batching,
-                    tr.ppo_epochs,
+                    &sft_batching,
+                    rollout_sec.groups_per_step,
+                    s,
                     device,
-                )? {
-                    scalars.push(("rl/loss".into(), rep.loss));
-                    scalars.push(("rl/grad_norm".into(), rep.grad_norm));
-                    scalars.push(("rl/lr".into(), rep.lr));
-                    scalars.push(("rl/skipped".into(), rep.skipped as u8 as f64));
-                    for (k, v) in rep.stats.means() {
-                        scalars.push((format!("rl/{k}"), v));
-                    }
-                }
-            }
-            let tokens: usize = samples
-                .iter()
-                .map(|x| x.loss_mask.iter().filter(|&&m| m == 1).count())
-                .sum();
-            scalars.push((
-                "rl/gen_tokens_per_s".into(),
-                tokens as f64 / gen_s.max(1e-9),
-            ));
+                )?
+            } else {
+                let round = rounds.next(s, tr.steps, |version| {
+                    crate::rl_round::play_round(
+                        &mut rollout,
+                        &model,
+                        version,
+                        rollout_sec.groups_per_step,
+                        &pipeline,
+                        &rt,
+                        &by_id,
+                    )
+                })?;
+                let mut scalars = round_metrics(&round.samples, &round.scored);
+                scalars.extend(crate::rl_round::learn_round(
+                    &model,
+                    &mut learner,
+                    &round,
+                    s as u64,
+                    &learn_cfg,
+                    &teachers,
+                    critic.as_mut(),
+                )?);
+                let tokens: usize = round
+                    .samples
+                    .iter()
+                    .map(|x| x.loss_mask.iter().filter(|&&m| m == 1).count())
+                    .sum();
+                scalars.push((
+                    "rl/gen_tokens_per_s".into(),
+                    tokens as f64 / round.gen_seconds.max(1e-9),
+                ));
+                scalars
+            };
             scalars.push(("rl/step_seconds".into(), t0.elapsed().as_secs_f64()));
             global_step += 1;
             metrics.log(global_step, &scalars)?;
-            let reward = scalars
+            let (shown, value) = if offline_distill {
+                ("forward KL", "distill/forward_kl")
+            } else {
+                ("reward", "rl/reward_mean")
+            };
+            let value = scalars
                 .iter()
-                .find(|(k, _)| k == "rl/reward_mean")
+                .find(|(k, _)| k == value)
                 .map(|x| x.1)
                 .unwrap_or(f64::NAN);
             pb.inc(1);
-            pb.set_message(format!("reward {reward:.3}"));
+            pb.set_message(format!("{shown} {value:.3}"));
             let done = s + 1;
             if done == tr.steps || (tr.save_every > 0 && done % tr.save_every == 0) {
                 state = TrainerState {
@@ -402,28 +486,46 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
                     bad_steps_total: learner.bad_total,
                     ..state
                 };
-                checkpoint::save(&ckpt_root, &model, &learner.adamw, &state, tr.keep_last)?;
+                // One-step off-policy: the round generated ahead is part of the state (its pools moved on).
+                match rounds.pending() {
+                    Some(p) => {
+                        state
+                            .extra
+                            .insert("pending_round".into(), serde_json::to_value(p)?);
+                    }
+                    None => {
+                        state.extra.remove("pending_round");
+                    }
+                }
+                let save_critic = |dir: &Path| match &critic {
+                    Some(c) => c.save(dir),
+                    None => Ok(()),
+                };
+                checkpoint::save_with(
+                    &ckpt_root,
+                    &model,
+                    &learner.adamw,
+                    &state,
+                    tr.keep_last,
+                    &save_critic,
+                )?;
             }
         }
         pb.finish();
     }
 
-    let (after, transcripts) = evaluate(
-        &model,
-        &eval_cases,
-        &rollout_sec,
-        &eval_sec,
-        codec.clone(),
-        scorer.clone(),
-        &pipeline,
-        &rt,
-        &by_id,
-        seed,
-    )?;
+    let (after, transcripts) = held_out.run(Policy::Builtin(&model))?;
     std::fs::create_dir_all(out.join("transcripts"))?;
     std::fs::write(out.join("transcripts/after.md"), transcripts)?;
     log_eval(&mut metrics, global_step + 1, &after)?;
-    let comparison = serde_json::json!({ "seed": seed, "before_rl": before, "after_rl": after });
+    let comparison = serde_json::json!({
+        "seed": seed,
+        "eval_cases": eval_cases.len(),
+        "initial": initial,
+        "before_rl": before,
+        "after_rl": after,
+        "expert": expert_ceiling,
+    });
     spar_core::fsio::write_atomic(
         &out.join("comparison.json"),
         serde_json::to_string_pretty(&comparison)?.as_bytes(),
@@ -441,17 +543,21 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
     .ok();
     let plots = crate::plot::plot_run(&out, &[])?;
     eprintln!(
-        "[train] held-out ({} cases) before RL: reward {:.3}, stages {:?}",
-        eval_cases.len(),
-        before["reward_mean"].as_f64().unwrap_or(f64::NAN),
-        before["stage_means"]
+        "[train] held-out ({} cases, greedy)   reward  inquiry  ddx    lab    diag",
+        eval_cases.len()
     );
-    eprintln!(
-        "[train] held-out ({} cases) after RL:  reward {:.3}, stages {:.3?}",
-        eval_cases.len(),
-        after.reward_mean,
-        after.stage_means
-    );
+    for (label, e) in [
+        ("initial (random)", &initial),
+        ("after SFT", &before),
+        ("after RL", &after),
+        ("scripted expert", &expert_ceiling),
+    ] {
+        let g = e.stage_means;
+        eprintln!(
+            "[train]   {label:<24} {:.3}   {:.3}    {:.3}  {:.3}  {:.3}",
+            e.reward_mean, g[0], g[1], g[2], g[3]
+        );
+    }
     eprintln!(
         "[train] wrote {} (comparison.json, transcripts/, {} plot files, final/)",
         out.display(),
@@ -528,22 +634,37 @@ fn round_metrics(samples: &[Sample], scored: &[Scored]) -> Vec<(String, f64)> {
     out
 }
 
-/// Greedy whole consultations on the evaluation cases with the scripted patient; stage scores from the stage
-/// scorer, the final reward from the reward pipeline. Returns the summary and the transcripts (markdown).
-#[allow(clippy::too_many_arguments)]
-fn evaluate(
-    model: &Qwen3Model,
-    cases: &[Case],
-    rollout_sec: &spar_core::recipe::RolloutSection,
-    eval_sec: &spar_core::recipe::EvalSection,
+/// The held-out evaluation: greedy whole consultations on the evaluation cases with the scripted patient; stage
+/// scores from the stage scorer, the final reward from the reward pipeline. Any policy: the model at each phase,
+/// or the scripted expert (the ceiling the simulator and scorers allow).
+struct HeldOut<'a> {
+    cases: &'a [Case],
+    rollout_sec: &'a spar_core::recipe::RolloutSection,
+    eval_sec: &'a spar_core::recipe::EvalSection,
     codec: Arc<dyn TextCodec>,
     scorer: Arc<dyn spar_core::traits::StageScorer>,
-    pipeline: &spar_rewards::RewardPipeline,
-    rt: &tokio::runtime::Runtime,
-    by_id: &HashMap<String, Case>,
+    pipeline: &'a spar_rewards::RewardPipeline,
+    rt: &'a tokio::runtime::Runtime,
+    by_id: &'a HashMap<String, Case>,
     seed: u64,
-) -> Result<(EvalSummary, String)> {
-    let mut cfg = rollout_sec.clone();
+}
+
+impl HeldOut<'_> {
+    /// Returns the summary and the transcripts (markdown).
+    fn run(&self, policy: Policy<'_>) -> Result<(EvalSummary, String)> {
+        let HeldOut {
+            cases,
+            rollout_sec,
+            eval_sec,
+            codec,
+            scorer,
+            pipeline,
+            rt,
+            by_id,
+            seed,
+        } = self;
+        let (codec, scorer, seed) = (codec.clone(), scorer.clone(), *seed);
+    let mut cfg = (*rollout_sec).clone();
     cfg.segmented = false;
     cfg.interruption_rate = 0.0;
     // The rollout needs G >= 2 for a baseline; evaluation reads sample 0 of each (greedy, so both agree).
@@ -563,7 +684,7 @@ fn evaluate(
     )?;
     let pb = bar(cases.len() as u64 * 2, "eval");
     ro.set_progress(Some(pb.clone()));
-    let groups = ro.collect_groups(spar_rollout::actor::Policy::Builtin(model), cases.len())?;
+    let groups = ro.collect_groups(policy, cases.len())?;
     pb.finish();
     let mut summary = EvalSummary {
         episodes: groups.len(),
@@ -616,6 +737,7 @@ fn evaluate(
     summary.parsed_rate = parsed as f64 / scored_stages.max(1) as f64;
     summary.hallucination_rate = hall / nclaims.max(1) as f64;
     Ok((summary, md))
+    }
 }
 
 /// Text for the demo tokenizer: every scripted expert consultation of the training cases, plus case text.
@@ -626,13 +748,41 @@ fn corpus(cases: &[Case]) -> Vec<String> {
             texts.push(t.text);
         }
         texts.push(serde_json::to_string(c).unwrap_or_default());
+        texts.push(spar_rollout::simulator::scripted::ScriptedPatient::opening_line(c));
     }
     texts.push(spar_core::recipe::DEFAULT_SYSTEM_PROMPT.to_string());
     texts
 }
 
-/// SFT items: each scripted expert consultation as one token stream, rendered the way the rollout renders an
-/// episode (system, user turn + generation prompt, reply + `<|im_end|>`, ...); loss on the doctor's tokens.
+/// Cross-section checks of the RL knobs, before any heavy work.
+fn check_rl_knobs(
+    tr: &spar_core::recipe::TrainerSection,
+    rollout_sec: &spar_core::recipe::RolloutSection,
+    rewards_sec: &spar_core::recipe::RewardsSection,
+    offline_distill: bool,
+    use_gae: bool,
+) -> Result<()> {
+    if use_gae && rewards_sec.spar.dapo_filter {
+        bail!(
+            "recipe: rewards.spar.estimator = \"gae\" leaves every spar-rewards advantage at 0, so \
+             rewards.spar.dapo_filter would drop every group; turn the filter off"
+        );
+    }
+    if tr.routing_replay && !rollout_sec.record_routing {
+        bail!(
+            "recipe: trainer.routing_replay needs rollout.record_routing = true (the engine must record the \
+             experts it chose)"
+        );
+    }
+    if offline_distill && tr.off_policy_one_step {
+        bail!(
+            "recipe: trainer.off_policy_one_step applies to RL rounds; offline distillation \
+             (policy_loss = \"distill\") generates with the teachers"
+        );
+    }
+    Ok(())
+}
+
 /// The policy-loss knobs of the `[trainer]` section, at the given ratio level.
 fn policy_loss_config(
     tr: &spar_core::recipe::TrainerSection,
@@ -661,58 +811,54 @@ fn batching_config(tr: &spar_core::recipe::TrainerSection) -> Result<BatchingCon
     })
 }
 
+/// SFT items: the scripted expert's consultation of each case, played in the rollout's own environment (the
+/// simulator's opening and answers, the recipe's stage instructions, turn limits and chat template), so the
+/// token stream the policy learns from is exactly the one it later generates into. Loss on the doctor's tokens.
 pub fn sft_items(
     cases: &[Case],
-    codec: &dyn TextCodec,
-    chat: &ChatMl,
-    system_prompt: &str,
-    max_len: usize,
+    codec: Arc<dyn TextCodec>,
+    rollout_sec: &spar_core::recipe::RolloutSection,
+    scorer: Arc<dyn spar_core::traits::StageScorer>,
 ) -> Result<Vec<TrainItem>> {
+    let mut cfg = rollout_sec.clone();
+    cfg.segmented = false;
+    cfg.interruption_rate = 0.0;
+    // The expert is deterministic: both samples of a group are the same; the second only satisfies G >= 2.
+    cfg.group_size = 2;
+    // Gold replies (a full differential, every test) are longer than a sampled reply may be; the limit is
+    // the model's context, not the sampling budget.
+    cfg.sampling.max_new_tokens = cfg.max_seq_len.saturating_sub(1) as u32;
+    let doctor = spar_rollout::env::ExpertDoctor::with_inquiry_turns(cfg.turn_limits[0] as usize);
+    let mut ro = Rollout::new(
+        cfg,
+        cases.to_vec(),
+        codec,
+        scorer,
+        SimulatorChoice::Fixed(Arc::new(
+            spar_rollout::simulator::scripted::ScriptedPatient::new(),
+        )),
+        "sft",
+    )?;
+    let groups = ro.collect_groups(
+        spar_rollout::actor::Policy::Scripted(Arc::new(doctor)),
+        cases.len(),
+    )?;
     let mut items = Vec::new();
-    for c in cases {
-        let turns: Vec<Turn> = spar_data::Expert::new(c).transcript();
-        let mut ids: Vec<u32> = Vec::new();
-        let mut mask: Vec<u8> = Vec::new();
-        let push = |toks: Vec<u32>, m: u8, ids: &mut Vec<u32>, mask: &mut Vec<u8>| {
-            mask.extend(std::iter::repeat_n(m, toks.len()));
-            ids.extend(toks);
-        };
-        if !system_prompt.is_empty() {
-            push(chat.system(codec, system_prompt)?, 0, &mut ids, &mut mask);
-        }
-        for t in &turns {
-            match t.role {
-                Role::User => push(
-                    chat.user_then_prompt(codec, &t.text)?,
-                    0,
-                    &mut ids,
-                    &mut mask,
-                ),
-                Role::Assistant => {
-                    let mut r = codec.encode(&t.text)?;
-                    r.push(chat.im_end);
-                    let close = chat.close_reply(&r);
-                    push(r, 1, &mut ids, &mut mask);
-                    push(close, 0, &mut ids, &mut mask);
-                }
-                Role::System => {}
-            }
-        }
-        ids.truncate(max_len);
-        mask.truncate(max_len);
-        let t = ids.len();
-        if t < 2 {
+    for g in &groups {
+        let Some(s) = g.samples.first() else { continue };
+        let t = s.token_ids.len();
+        if t < 2 || s.end_reason.is_failure() {
             continue;
         }
-        let input_ids: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
+        let input_ids: Vec<i64> = s.token_ids.iter().map(|&x| x as i64).collect();
         let mut targets = vec![0i64; t];
         let mut m = vec![0f32; t];
         for p in 0..t - 1 {
             targets[p] = input_ids[p + 1];
-            m[p] = mask[p + 1] as f32;
+            m[p] = s.loss_mask[p + 1] as f32;
         }
         items.push(TrainItem {
-            group_id: format!("sft/{}", c.id),
+            group_id: format!("sft/{}", s.case_id),
             sample_idx: 0,
             input_ids,
             targets,
@@ -727,7 +873,7 @@ pub fn sft_items(
     }
     if items.is_empty() {
         bail!(
-            "no SFT transcripts could be built from {} cases",
+            "no SFT consultation could be played from {} cases",
             cases.len()
         );
     }
