@@ -393,12 +393,22 @@ impl<'m> Engine<'m> {
         }
         let mut order: Vec<usize> = rows.to_vec();
         order.sort_by_key(|&i| self.running[i].pending.len());
+        // Rows are right-padded to the batch's longest pending run, and the cache reads `held + padded length`
+        // for every row: a row holding a long conversation must not join a batch whose padding would run past
+        // max_seq_len.
+        let held = |r: &Running| r.prompt_len - r.pending.len();
         let mut start = 0;
         while start < order.len() {
             let mut end = start + 1;
-            while end < order.len()
-                && (end + 1 - start) * self.running[order[end]].pending.len() <= chunk
-            {
+            let mut most_held = held(&self.running[order[start]]);
+            while end < order.len() {
+                let next = &self.running[order[end]];
+                let t = next.pending.len();
+                let most = most_held.max(held(next));
+                if (end + 1 - start) * t > chunk || most + t > self.cfg.max_seq_len {
+                    break;
+                }
+                most_held = most;
                 end += 1;
             }
             let batch: Vec<(usize, Vec<u32>)> = order[start..end]
@@ -425,10 +435,13 @@ impl<'m> Engine<'m> {
                 .collect();
             if let Some(out) = graphs.decode(self.model, &mut self.cache, &feed)? {
                 if let (Some((l, k)), Some(re)) = (self.routing_shape, &out.routed_experts) {
-                    let flat: Vec<i64> = Vec::<i64>::try_from(re.to_device(Device::Cpu).reshape([-1]))?;
+                    let flat: Vec<i64> =
+                        Vec::<i64>::try_from(re.to_device(Device::Cpu).reshape([-1]))?;
                     for (r, (slot, _)) in feed.iter().enumerate() {
                         let row = &flat[r * l * k..(r + 1) * l * k];
-                        self.slots[*slot].routing.extend(row.iter().map(|&e| e as u16));
+                        self.slots[*slot]
+                            .routing
+                            .extend(row.iter().map(|&e| e as u16));
                     }
                 }
                 for &i in rows {

@@ -149,3 +149,36 @@ fn greedy_stops_on_stop_tokens_and_records_moe_routing() {
         assert_eq!(a, b, "position/layer {pos}");
     }
 }
+
+#[test]
+fn a_long_cached_conversation_and_a_fresh_long_prompt_share_a_prefill_without_overflow() {
+    // Row A continues a conversation whose history (100 tokens) is cached and appends 2; row B is a fresh
+    // 60-token prompt. Padded together, A would read 100 + 60 > max_seq_len: the engine must batch them apart.
+    let model = tiny_model(false);
+    let cfg = EngineConfig {
+        max_batch: 4,
+        kv_slots: 4,
+        max_seq_len: 128,
+        prefill_tokens: 512,
+        seed: 3,
+        record_routing: false,
+    };
+    let mut engine = Engine::new(&model, cfg).unwrap();
+    let history = prompt(100, 5);
+    engine
+        .generate(vec![req(history.clone(), 1, 0.0, 0)])
+        .unwrap();
+    let mut next = history.clone();
+    next.extend(prompt(2, 6));
+    let outs = engine
+        .generate(vec![
+            req(next.clone(), 4, 0.0, 0),
+            req(prompt(60, 7), 4, 0.0, 0),
+        ])
+        .unwrap();
+    assert!(engine.stats.reused_tokens >= 100, "{:?}", engine.stats);
+    for (p, o) in [&next, &prompt(60, 7)].into_iter().zip(&outs) {
+        let full = full_forward_logprobs(&model, &[p.clone(), o.output.token_ids.clone()].concat());
+        assert!((o.output.logprobs[0] - full[p.len()]).abs() < 1e-4);
+    }
+}
