@@ -410,10 +410,12 @@ fn scrub_at(
 
 /// A command-line argument with secret values replaced (`--api-key=sk-...`, a bare secret env value).
 fn scrub_arg(arg: &str, env: &[(String, String)]) -> String {
-    if let Some((k, _)) = arg.split_once('=')
-        && is_secret_key(k.trim_start_matches('-'))
-    {
-        return format!("{k}={REDACTED}");
+    // `--api-key=X`, `a.api_key=X` and `--set=a.api_key=X`: everything after a secret-looking key goes.
+    let parts: Vec<&str> = arg.split('=').collect();
+    for i in 0..parts.len().saturating_sub(1) {
+        if is_secret_key(parts[i].trim_start_matches('-')) {
+            return format!("{}={REDACTED}", parts[..=i].join("="));
+        }
     }
     let mut out = arg.to_string();
     for (_, val) in env {
@@ -692,6 +694,11 @@ mod tests {
             &[],
         );
         assert_eq!(cmd, ["spar", "--api-key", REDACTED, "--out", "o"]);
+        let cmd = scrub_command(
+            &["--set=x.api_key=abc123".into(), "x.hf_token=abc".into()],
+            &[],
+        );
+        assert_eq!(cmd, ["--set=x.api_key=<redacted>", "x.hf_token=<redacted>"]);
     }
 
     /// A run folder: created 0700, and folders the run makes inside it are tightened when it ends.
