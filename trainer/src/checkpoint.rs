@@ -107,10 +107,9 @@ pub fn list(root: &Path) -> Result<Vec<(usize, PathBuf)>> {
         if let Some(n) = name
             .strip_prefix("step-")
             .and_then(|s| s.parse::<usize>().ok())
+            && e.path().join("trainer_state.json").exists()
         {
-            if e.path().join("trainer_state.json").exists() {
-                out.push((n, e.path()));
-            }
+            out.push((n, e.path()));
         }
     }
     out.sort();

@@ -13,6 +13,9 @@
 //! - [`run`]: `spar train`, the whole loop (tokenizer, SFT, colocated RL, evaluation, plots); [`qwen3`]: the
 //!   [`policy::Policy`] impl for spar-model
 //! - [`metrics`], [`tfevent`], [`plot`]: JSONL + TensorBoard metrics, PNG/SVG curves
+// `a = a + b` stays out of place on purpose: tch's `+=` on a Tensor is the in-place `add_`, which breaks autograd
+// when the tensor was saved for backward.
+#![allow(clippy::assign_op_pattern)]
 pub mod adamw;
 pub mod agg;
 pub mod batch;

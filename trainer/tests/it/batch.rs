@@ -33,7 +33,12 @@ fn dropped_and_unscored_samples_are_counted() {
     // A score with another number of steps than its sample is an error naming the field.
     let e = format!(
         "{:#}",
-        assemble(&[a.clone()], &[scored_for(&a, &[1.0, 2.0])], "in.jsonl").unwrap_err()
+        assemble(
+            std::slice::from_ref(&a),
+            &[scored_for(&a, &[1.0, 2.0])],
+            "in.jsonl"
+        )
+        .unwrap_err()
     );
     assert!(e.contains("in.jsonl") && e.contains("steps"), "{e}");
 }

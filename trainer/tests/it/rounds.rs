@@ -18,8 +18,9 @@ fn schedule(one_step: bool, total: usize) -> (Vec<u64>, Vec<(u64, u64)>) {
     let mut sched = RoundScheduler::new(one_step, None);
     let mut generated = Vec::new();
     let mut learned = Vec::new();
-    let mut learner_version = 0u64;
     for round in 0..total {
+        // One update per round: the weights have had `round` updates when the round starts.
+        let learner_version = round as u64;
         let batch = sched
             .next(round, total, |v| {
                 // The generator sees the weights as they are now: before this round's update.
@@ -29,7 +30,6 @@ fn schedule(one_step: bool, total: usize) -> (Vec<u64>, Vec<(u64, u64)>) {
             })
             .unwrap();
         learned.push((learner_version, batch));
-        learner_version += 1; // the update
     }
     (generated, learned)
 }
@@ -46,7 +46,7 @@ fn one_step_off_policy_learns_batches_one_version_behind() {
     assert!(learned.iter().all(|(l, b)| l == b));
     // A batch saved ahead by a checkpoint is learned first after resume.
     let mut sched = RoundScheduler::new(true, Some(41u64));
-    assert_eq!(sched.next(3, 6, |v| Ok(v)).unwrap(), 41);
+    assert_eq!(sched.next(3, 6, Ok).unwrap(), 41);
     assert_eq!(sched.pending(), Some(&3));
 }
 
