@@ -116,7 +116,7 @@ impl AuditManifest {
     /// flags without secrets, and writes the manifest where `spec` says. Errors name the file that could not be
     /// read.
     pub fn begin(spec: &AuditSpec) -> Result<Self> {
-        run::prepare_outputs(&spec.outputs)?;
+        let outputs = run::prepare_outputs(&spec.outputs)?;
         let mut config: serde_json::Value = if spec.recipe_toml.trim().is_empty() {
             serde_json::Value::Object(Default::default())
         } else {
@@ -173,14 +173,7 @@ impl AuditManifest {
             task: spec.task.clone(),
             flags,
             models,
-            outputs: spec
-                .outputs
-                .iter()
-                .map(|(p, kind)| Output {
-                    path: p.display().to_string(),
-                    kind: *kind,
-                })
-                .collect(),
+            outputs,
             manifest: (spec.manifest != default_manifest)
                 .then(|| spec.manifest.display().to_string()),
         };
@@ -718,5 +711,20 @@ mod tests {
         m.finish("ok").unwrap();
         assert_eq!(mode(&run.join("charts")), 0o700);
         assert_eq!(mode(&run.join("charts/inner")), 0o700);
+        // Running again into it (an earlier run folder: it has audit.json) tightens it again.
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        AuditManifest::begin(&AuditSpec::for_dir("spar eval", &run)).unwrap();
+        assert_eq!(mode(&run), 0o700);
+
+        // A folder the user already had, with other things in it (`--out .`), keeps its modes.
+        let mine = dir.path().join("results");
+        std::fs::create_dir_all(mine.join("old")).unwrap();
+        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(mine.join("old"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let m = AuditManifest::begin(&AuditSpec::for_dir("spar eval", &mine)).unwrap();
+        assert!(!m.outputs[0].owned);
+        m.finish("ok").unwrap();
+        assert_eq!((mode(&mine), mode(&mine.join("old"))), (0o755, 0o755));
+        assert_eq!(mode(&mine.join(AUDIT_FILE)), 0o600);
     }
 }

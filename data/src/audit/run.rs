@@ -20,6 +20,15 @@ pub enum OutputKind {
 pub struct Output {
     pub path: String,
     pub kind: OutputKind,
+    /// The run owns this folder (spar created it, or it was empty, or it is an earlier spar run folder with an
+    /// `audit.json`): it is made 0700 and its subfolders are tightened at the end. A folder the user already
+    /// had (`--out .`, a shared results folder) keeps its modes.
+    #[serde(default = "owned_default")]
+    pub owned: bool,
+}
+
+fn owned_default() -> bool {
+    true
 }
 
 /// Everything a run's manifest records at its start.
@@ -132,15 +141,40 @@ pub fn create_private_parents(file: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Makes outputs owner-only before the run writes them.
-pub(super) fn prepare_outputs(outputs: &[(PathBuf, OutputKind)]) -> Result<()> {
-    for (p, kind) in outputs {
-        match kind {
-            OutputKind::Dir => super::create_private_dir(p)?,
-            OutputKind::File => create_private_parents(p)?,
-        }
+/// True when a run may treat the existing or future folder `dir` as its own (see [`Output::owned`]).
+fn owns_dir(dir: &Path) -> bool {
+    match std::fs::read_dir(dir) {
+        Err(_) => true,
+        Ok(mut entries) => entries.next().is_none() || dir.join(super::AUDIT_FILE).is_file(),
     }
-    Ok(())
+}
+
+/// Makes outputs owner-only before the run writes them; returns them as recorded.
+pub(super) fn prepare_outputs(outputs: &[(PathBuf, OutputKind)]) -> Result<Vec<Output>> {
+    let mut out = Vec::with_capacity(outputs.len());
+    for (p, kind) in outputs {
+        let owned = match kind {
+            OutputKind::Dir => {
+                let owned = owns_dir(p);
+                if owned {
+                    super::create_private_dir(p)?;
+                } else {
+                    std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
+                }
+                owned
+            }
+            OutputKind::File => {
+                create_private_parents(p)?;
+                true
+            }
+        };
+        out.push(Output {
+            path: p.display().to_string(),
+            kind: *kind,
+            owned,
+        });
+    }
+    Ok(out)
 }
 
 /// After the run: output files 0600, folders inside an output folder 0700 (the run may have created them with
@@ -150,7 +184,7 @@ pub(super) fn seal_outputs(outputs: &[Output]) -> Result<()> {
         let p = Path::new(&o.path);
         match o.kind {
             OutputKind::File if p.is_file() => super::set_mode(p, 0o600)?,
-            OutputKind::Dir if p.is_dir() => seal_dir(p)?,
+            OutputKind::Dir if p.is_dir() && o.owned => seal_dir(p)?,
             _ => {}
         }
     }
