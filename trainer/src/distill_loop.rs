@@ -207,3 +207,70 @@ pub fn offline_round(
     scalars.extend(rep.extra);
     Ok(scalars)
 }
+
+/// Training items of a teacher-samples file (`trainer.distill.teacher_samples`): every non-failed sample with
+/// sampled tokens; its `rollout_logprobs` are taken as the teacher's log-probs.
+pub fn teacher_sample_items(path: &Path, student_vocab: usize) -> Result<Vec<TrainItem>> {
+    let samples = spar_data::read_samples(path)?;
+    let mut items = Vec::new();
+    for s in &samples {
+        if s.end_reason.is_failure() {
+            continue;
+        }
+        if let Some(&t) = s.token_ids.iter().find(|&&t| t as usize >= student_vocab) {
+            bail!(
+                "{}: sample {}/{}: field `token_ids` holds {t}, outside the student's vocabulary of {student_vocab} \
+                 (were the samples made with another tokenizer?)",
+                path.display(),
+                s.group_id,
+                s.sample_idx
+            );
+        }
+        let it = item_unscored(s).with_context(|| {
+            format!("{}: sample {}/{}", path.display(), s.group_id, s.sample_idx)
+        })?;
+        if it.trained_tokens() > 0 {
+            items.push(it);
+        }
+    }
+    if items.is_empty() {
+        bail!(
+            "{}: no sample with sampled tokens to distill from ({} read)",
+            path.display(),
+            samples.len()
+        );
+    }
+    Ok(items)
+}
+
+/// One round of offline distillation from a file: `n` items drawn without replacement from `pool` with `rng`
+/// (the run's RNG, saved in checkpoints, so a resumed run draws the same batches), one Clip-Forward-KL step.
+pub fn offline_round_from_pool(
+    student: &dyn Policy,
+    learner: &mut Learner,
+    pool: &[TrainItem],
+    rng: &mut rand_chacha::ChaCha8Rng,
+    n: usize,
+    batching: &BatchingConfig,
+    device: Device,
+) -> Result<Vec<(String, f64)>> {
+    use rand::seq::IndexedRandom;
+    let batch: Vec<TrainItem> = pool
+        .choose_multiple(rng, n.min(pool.len()))
+        .cloned()
+        .collect();
+    let rep = distill_update(student, learner, &batch, batching, device)?;
+    let mut scalars = vec![
+        ("distill/samples".to_string(), batch.len() as f64),
+        ("distill/loss".into(), rep.loss),
+        ("distill/grad_norm".into(), rep.grad_norm),
+        ("distill/lr".into(), rep.lr),
+        ("distill/skipped".into(), rep.skipped as u8 as f64),
+        (
+            "distill/entropy".into(),
+            rep.stats.entropy_sum / rep.stats.tokens.max(1.0),
+        ),
+    ];
+    scalars.extend(rep.extra);
+    Ok(scalars)
+}

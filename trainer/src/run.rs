@@ -315,7 +315,18 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
     }
 
     // Phase 2: RL with SPAR advantages and the Fact-Aware reward.
-    let mut learner = new_learner(&model, tr.lr, tr.steps, tr.warmup_steps)?;
+    // The schedule counts optimizer steps: `ppo_epochs` per RL round (one per offline distillation round).
+    let opt_steps_per_round = if tr.policy_loss == "distill" {
+        1
+    } else {
+        tr.ppo_epochs.max(1)
+    };
+    let mut learner = new_learner(
+        &model,
+        tr.lr,
+        tr.steps * opt_steps_per_round,
+        tr.warmup_steps,
+    )?;
     let mut rollout = Rollout::new(
         rollout_sec.clone(),
         train_cases.clone(),
@@ -346,6 +357,14 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
         model.config.vocab_size,
         Some(student_tokenizer.as_path()).filter(|p| p.exists()),
     )?;
+    // Offline distillation from a file of teacher samples replaces live teachers.
+    let teacher_pool = match &tr.distill.teacher_samples {
+        Some(p) if offline_distill => Some(crate::distill_loop::teacher_sample_items(
+            &recipe.resolve(p),
+            model.config.vocab_size,
+        )?),
+        _ => None,
+    };
     let mut critic = use_gae.then(|| {
         crate::critic::Critic::new(
             model.config.vocab_size as i64,
@@ -357,7 +376,12 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
     let mut pending_round: Option<crate::rl_round::PlayedRound> = None;
     if let Some(dir) = &resume_dir {
         checkpoint::load(dir, &mut model, &mut learner.adamw)?;
-        learner.step = state.phase_step;
+        // Optimizer steps taken (skipped ones are not counted), as saved; older checkpoints had one per round.
+        learner.step = state
+            .extra
+            .get("learner_step")
+            .and_then(|v| v.as_u64())
+            .map_or(state.phase_step, |v| v as usize);
         if !state.stage_pools.is_null() {
             rollout.restore_pools(
                 serde_json::from_value(state.stage_pools.clone())
@@ -407,7 +431,17 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             crate::off_policy::RoundScheduler::new(tr.off_policy_one_step, pending_round.take());
         for s in state.phase_step..tr.steps {
             let t0 = std::time::Instant::now();
-            let mut scalars = if offline_distill {
+            let mut scalars = if let (true, Some(pool)) = (offline_distill, &teacher_pool) {
+                crate::distill_loop::offline_round_from_pool(
+                    &model,
+                    &mut learner,
+                    pool,
+                    &mut rng,
+                    rollout_sec.groups_per_step * rollout_sec.group_size,
+                    &sft_batching,
+                    device,
+                )?
+            } else if offline_distill {
                 crate::distill_loop::offline_round(
                     &model,
                     &teachers,
@@ -486,6 +520,9 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
                     bad_steps_total: learner.bad_total,
                     ..state
                 };
+                state
+                    .extra
+                    .insert("learner_step".into(), learner.step.into());
                 // One-step off-policy: the round generated ahead is part of the state (its pools moved on).
                 match rounds.pending() {
                     Some(p) => {
@@ -664,79 +701,79 @@ impl HeldOut<'_> {
             seed,
         } = self;
         let (codec, scorer, seed) = (codec.clone(), scorer.clone(), *seed);
-    let mut cfg = (*rollout_sec).clone();
-    cfg.segmented = false;
-    cfg.interruption_rate = 0.0;
-    // The rollout needs G >= 2 for a baseline; evaluation reads sample 0 of each (greedy, so both agree).
-    cfg.group_size = 2;
-    cfg.sampling.temperature = eval_sec.temperature;
-    cfg.sampling.max_new_tokens = eval_sec.max_new_tokens;
-    cfg.seed = Some(seed);
-    let mut ro = Rollout::new(
-        cfg,
-        cases.to_vec(),
-        codec,
-        scorer.clone(),
-        SimulatorChoice::Fixed(Arc::new(
-            spar_rollout::simulator::scripted::ScriptedPatient::new(),
-        )),
-        "eval",
-    )?;
-    let pb = bar(cases.len() as u64 * 2, "eval");
-    ro.set_progress(Some(pb.clone()));
-    let groups = ro.collect_groups(policy, cases.len())?;
-    pb.finish();
-    let mut summary = EvalSummary {
-        episodes: groups.len(),
-        ..Default::default()
-    };
-    let mut md = String::from("# Held-out consultations (greedy, scripted patient)\n\n");
-    let (mut parsed, mut scored_stages) = (0usize, 0usize);
-    let (mut hall, mut nclaims) = (0.0, 0usize);
-    for g in &groups {
-        let case = by_id
-            .get(&g.case_id)
-            .with_context(|| format!("unknown case {}", g.case_id))?;
-        let s0 = &g.samples[0];
-        let sc = rt.block_on(pipeline.score_group(case, &g.samples));
-        let reward = sc.first().map(|s| s.reward).unwrap_or(0.0);
-        summary.reward_mean += reward;
-        for c in sc.first().map(|s| s.claims.as_slice()).unwrap_or(&[]) {
-            hall += c.label.hallucination_weight();
-            nclaims += 1;
+        let mut cfg = (*rollout_sec).clone();
+        cfg.segmented = false;
+        cfg.interruption_rate = 0.0;
+        // The rollout needs G >= 2 for a baseline; evaluation reads sample 0 of each (greedy, so both agree).
+        cfg.group_size = 2;
+        cfg.sampling.temperature = eval_sec.temperature;
+        cfg.sampling.max_new_tokens = eval_sec.max_new_tokens;
+        cfg.seed = Some(seed);
+        let mut ro = Rollout::new(
+            cfg,
+            cases.to_vec(),
+            codec,
+            scorer.clone(),
+            SimulatorChoice::Fixed(Arc::new(
+                spar_rollout::simulator::scripted::ScriptedPatient::new(),
+            )),
+            "eval",
+        )?;
+        let pb = bar(cases.len() as u64 * 2, "eval");
+        ro.set_progress(Some(pb.clone()));
+        let groups = ro.collect_groups(policy, cases.len())?;
+        pb.finish();
+        let mut summary = EvalSummary {
+            episodes: groups.len(),
+            ..Default::default()
+        };
+        let mut md = String::from("# Held-out consultations (greedy, scripted patient)\n\n");
+        let (mut parsed, mut scored_stages) = (0usize, 0usize);
+        let (mut hall, mut nclaims) = (0.0, 0usize);
+        for g in &groups {
+            let case = by_id
+                .get(&g.case_id)
+                .with_context(|| format!("unknown case {}", g.case_id))?;
+            let s0 = &g.samples[0];
+            let sc = rt.block_on(pipeline.score_group(case, &g.samples));
+            let reward = sc.first().map(|s| s.reward).unwrap_or(0.0);
+            summary.reward_mean += reward;
+            for c in sc.first().map(|s| s.claims.as_slice()).unwrap_or(&[]) {
+                hall += c.label.hallucination_weight();
+                nclaims += 1;
+            }
+            md.push_str(&format!("## case {} (reward {reward:.3})\n\n", g.case_id));
+            for st in Stage::ALL {
+                let replies = spar_rollout::env::stage_replies(&s0.turns, st);
+                let score = scorer.score(case, st, &replies, &s0.turns);
+                summary.stage_means[st.index()] += score.score;
+                parsed += score.parsed as usize;
+                scored_stages += 1;
+                md.push_str(&format!(
+                    "- {}: {:.3}{}\n",
+                    st.name(),
+                    score.score,
+                    if score.parsed { "" } else { " (unparsed)" }
+                ));
+            }
+            md.push('\n');
+            for t in &s0.turns {
+                let who = match t.role {
+                    Role::System => continue,
+                    Role::User => "patient / instruction",
+                    Role::Assistant => "doctor",
+                };
+                md.push_str(&format!("**{who}**: {}\n\n", t.text.replace('\n', " ")));
+            }
         }
-        md.push_str(&format!("## case {} (reward {reward:.3})\n\n", g.case_id));
-        for st in Stage::ALL {
-            let replies = spar_rollout::env::stage_replies(&s0.turns, st);
-            let score = scorer.score(case, st, &replies, &s0.turns);
-            summary.stage_means[st.index()] += score.score;
-            parsed += score.parsed as usize;
-            scored_stages += 1;
-            md.push_str(&format!(
-                "- {}: {:.3}{}\n",
-                st.name(),
-                score.score,
-                if score.parsed { "" } else { " (unparsed)" }
-            ));
+        let n = groups.len().max(1) as f64;
+        summary.reward_mean /= n;
+        for v in &mut summary.stage_means {
+            *v /= n;
         }
-        md.push('\n');
-        for t in &s0.turns {
-            let who = match t.role {
-                Role::System => continue,
-                Role::User => "patient / instruction",
-                Role::Assistant => "doctor",
-            };
-            md.push_str(&format!("**{who}**: {}\n\n", t.text.replace('\n', " ")));
-        }
-    }
-    let n = groups.len().max(1) as f64;
-    summary.reward_mean /= n;
-    for v in &mut summary.stage_means {
-        *v /= n;
-    }
-    summary.parsed_rate = parsed as f64 / scored_stages.max(1) as f64;
-    summary.hallucination_rate = hall / nclaims.max(1) as f64;
-    Ok((summary, md))
+        summary.parsed_rate = parsed as f64 / scored_stages.max(1) as f64;
+        summary.hallucination_rate = hall / nclaims.max(1) as f64;
+        Ok((summary, md))
     }
 }
 

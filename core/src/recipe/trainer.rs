@@ -82,6 +82,10 @@ pub struct DistillConfig {
     pub coef: f64,
     /// Weight of the task advantage (from spar-rewards) in on-policy distillation; 0 = pure distillation.
     pub task_coef: f64,
+    /// Offline distillation from a file instead of live teachers: samples (parquet or JSONL, e.g. written by
+    /// `spar rollout --model TEACHER`) whose sampled tokens and `rollout_logprobs` are the teacher's. Each round
+    /// draws `rollout.groups_per_step * rollout.group_size` of them.
+    pub teacher_samples: Option<PathBuf>,
 }
 
 impl Default for DistillConfig {
@@ -90,6 +94,7 @@ impl Default for DistillConfig {
             teachers: Vec::new(),
             coef: 1.0,
             task_coef: 1.0,
+            teacher_samples: None,
         }
     }
 }
@@ -229,9 +234,11 @@ impl TrainerSection {
         )?;
         check(self.l_max >= 1, "l_max", "must be >= 1")?;
         check(
-            self.policy_loss != "distill" || !self.distill.teachers.is_empty(),
+            self.policy_loss != "distill"
+                || !self.distill.teachers.is_empty()
+                || self.distill.teacher_samples.is_some(),
             "distill.teachers",
-            "policy_loss = \"distill\" needs at least one teacher",
+            "policy_loss = \"distill\" needs at least one teacher (or distill.teacher_samples)",
         )?;
         check(
             self.distill.coef.is_finite() && self.distill.coef >= 0.0,

@@ -309,3 +309,84 @@ fn on_policy_distillation_advantage_is_the_mean_teacher_log_ratio() {
         rep.loss
     );
 }
+
+#[test]
+fn offline_distillation_from_a_teacher_samples_file() {
+    // Teacher samples written as the Sample wire format (what `spar rollout --model TEACHER` writes), read back
+    // by the trainer and learned in rounds drawn from the file with the run's RNG.
+    use spar_core::sample::*;
+    let teacher = TinyLm::new(VOCAB, 16, Kind::Float, 31);
+    let student = TinyLm::new(VOCAB, 16, Kind::Float, 32);
+    let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(8);
+    let seqs = sample(&teacher, 48, &mut rng);
+    let held_out = sample(&teacher, 32, &mut rng);
+    let samples: Vec<Sample> = items(&seqs, &teacher)
+        .into_iter()
+        .zip(&seqs)
+        .map(|(it, s)| {
+            let t = s.len();
+            let mut lp = vec![0f32; t];
+            lp[1..t].copy_from_slice(&it.rollout_logp[..t - 1]);
+            Sample {
+                schema_version: SCHEMA_VERSION,
+                run_id: "teacher".into(),
+                case_id: "c".into(),
+                group_id: "g".into(),
+                sample_idx: it.sample_idx,
+                stages: vec![spar_core::Stage::Inquiry],
+                mode: EpisodeMode::Fresh,
+                policy_version: 0,
+                end_reason: EndReason::Done,
+                token_ids: s.iter().map(|&x| x as u32).collect(),
+                loss_mask: (0..t).map(|p| (p >= PROMPT) as u8).collect(),
+                rollout_logprobs: lp,
+                routed_experts: None,
+                steps: vec![StepSpan {
+                    stage: spar_core::Stage::Inquiry,
+                    start: PROMPT,
+                    end: t,
+                }],
+                turns: vec![],
+            }
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("teacher.jsonl");
+    spar_data::write_samples(&path, &samples).unwrap();
+    let pool = spar_trainer::distill_loop::teacher_sample_items(&path, VOCAB as usize).unwrap();
+    assert_eq!(pool.len(), 48);
+    // The file's log-probs are the teacher's, position-aligned like the items built in memory.
+    assert_eq!(
+        pool[3].rollout_logp,
+        items(&seqs[3..4], &teacher)[0].rollout_logp
+    );
+    let err = spar_trainer::distill_loop::teacher_sample_items(&path, 5)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("token_ids") && err.contains("teacher.jsonl"),
+        "{err}"
+    );
+
+    let before = reverse_kl(&student, &teacher, &held_out);
+    let mut l = learner(&student.vs, 3e-2);
+    let mut draw = spar_trainer::rng::new_rng(0);
+    for _ in 0..40 {
+        let m = spar_trainer::distill_loop::offline_round_from_pool(
+            &student,
+            &mut l,
+            &pool,
+            &mut draw,
+            16,
+            &batching(),
+            Device::Cpu,
+        )
+        .unwrap();
+        assert!(m.iter().any(|(k, _)| k == "distill/forward_kl"));
+    }
+    let after = reverse_kl(&student, &teacher, &held_out);
+    eprintln!(
+        "offline distillation from a file: held-out KL(student||teacher) {before:.4} -> {after:.4}"
+    );
+    assert!(after < 0.5 * before, "KL {before} -> {after}");
+}
