@@ -130,6 +130,13 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
         // run folder like a trained BPE would (and from there into `final/`).
         (None, _) if !tr.distill.teachers.is_empty() => {
             let src = recipe.resolve(&tr.distill.teachers[0]);
+            if !src.join("tokenizer.json").exists() {
+                bail!(
+                    "recipe: trainer.distill.teachers[0] = {}: no tokenizer.json there (a random-init student \
+                     takes the first teacher's tokenizer; is the teacher's run finished?)",
+                    src.display()
+                );
+            }
             let dir = out.join("tokenizer");
             std::fs::create_dir_all(&dir)?;
             for f in ["tokenizer.json", "tokenizer_config.json"] {
