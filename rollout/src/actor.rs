@@ -93,6 +93,13 @@ pub struct Rollout {
 }
 
 impl Rollout {
+    /// One sample per case instead of a group (greedy evaluation, scripted plays): no group baseline is needed
+    /// there, and a second identical sample would only double the work. Training rounds keep `group_size`.
+    pub fn single_sample(mut self) -> Self {
+        self.cfg.group_size = 1;
+        self
+    }
+
     /// A rollout over `cases` (at least one). `scorer` gives the gate score V_k.
     pub fn new(
         cfg: RolloutSection,

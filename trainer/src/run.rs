@@ -711,8 +711,11 @@ impl HeldOut<'_> {
         let mut cfg = (*rollout_sec).clone();
         cfg.segmented = false;
         cfg.interruption_rate = 0.0;
-        // The rollout needs G >= 2 for a baseline; evaluation reads sample 0 of each (greedy, so both agree).
-        cfg.group_size = 2;
+        // One greedy sample per case, `eval.concurrency` consultations in flight: a batch's composition moves
+        // float sums and so near-tie argmaxes, and concurrency 1 makes two evaluations of the same weights agree
+        // exactly (the recipe's choice between speed and a noise-free before/after comparison).
+        cfg.max_batch = eval_sec.concurrency.max(1);
+        cfg.kv_slots = 0;
         cfg.sampling.temperature = eval_sec.temperature;
         cfg.sampling.max_new_tokens = eval_sec.max_new_tokens;
         cfg.seed = Some(seed);
@@ -725,8 +728,9 @@ impl HeldOut<'_> {
                 spar_rollout::simulator::scripted::ScriptedPatient::new(),
             )),
             "eval",
-        )?;
-        let pb = bar(cases.len() as u64 * 2, "eval");
+        )?
+        .single_sample();
+        let pb = bar(cases.len() as u64, "eval");
         ro.set_progress(Some(pb.clone()));
         let groups = ro.collect_groups(policy, cases.len())?;
         pb.finish();
@@ -867,8 +871,6 @@ pub fn sft_items(
     let mut cfg = rollout_sec.clone();
     cfg.segmented = false;
     cfg.interruption_rate = 0.0;
-    // The expert is deterministic: both samples of a group are the same; the second only satisfies G >= 2.
-    cfg.group_size = 2;
     // Gold replies (a full differential, every test) are longer than a sampled reply may be; the limit is
     // the model's context, not the sampling budget.
     cfg.sampling.max_new_tokens = cfg.max_seq_len.saturating_sub(1) as u32;
@@ -882,7 +884,8 @@ pub fn sft_items(
             spar_rollout::simulator::scripted::ScriptedPatient::new(),
         )),
         "sft",
-    )?;
+    )?
+    .single_sample();
     let groups = ro.collect_groups(
         spar_rollout::actor::Policy::Scripted(Arc::new(doctor)),
         cases.len(),

@@ -77,8 +77,8 @@ impl ChatRenderer for ChatMlRenderer {
     }
 }
 
-/// Server settings.
-#[derive(Clone, Debug)]
+/// Server settings. `Debug` shows whether a bearer token is set, never the token.
+#[derive(Clone)]
 pub struct ServeOptions {
     pub host: String,
     pub port: u16,
@@ -89,6 +89,19 @@ pub struct ServeOptions {
     pub engine: EngineConfig,
     /// `max_tokens` when a request gives none.
     pub default_max_tokens: u32,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("model_name", &self.model_name)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("engine", &self.engine)
+            .field("default_max_tokens", &self.default_max_tokens)
+            .finish()
+    }
 }
 
 pub(crate) struct ServeState {
@@ -181,4 +194,24 @@ pub fn serve(
         .context("HTTP server task")?
         .context("HTTP server")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_never_prints_the_bearer_token() {
+        let o = super::ServeOptions {
+            host: "127.0.0.1".into(),
+            port: 0,
+            model_name: "m".into(),
+            api_key: Some("sk-very-secret".into()),
+            engine: Default::default(),
+            default_max_tokens: 16,
+        };
+        let d = format!("{o:?}");
+        assert!(
+            !d.contains("sk-very-secret") && d.contains("<redacted>"),
+            "{d}"
+        );
+    }
 }
