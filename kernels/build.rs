@@ -30,11 +30,17 @@ fn main() {
     // The pip wheel keeps the CUDA runtime headers in nvidia/cu13 (cu12 for older wheels) next to torch.
     let cuda_include = ["cu13", "cu12", "cuda_runtime"]
         .iter()
-        .filter_map(|v| torch.parent().map(|sp| sp.join("nvidia").join(v).join("include")))
+        .filter_map(|v| {
+            torch
+                .parent()
+                .map(|sp| sp.join("nvidia").join(v).join("include"))
+        })
         .find(|p| p.join("cuda_runtime_api.h").exists());
     let (true, Some(cuda_include)) = (include.join("ATen/cuda/CUDAGraph.h").exists(), cuda_include)
     else {
-        println!("cargo:warning=torch CUDA headers not found: building without the CUDA-graph shim");
+        println!(
+            "cargo:warning=torch CUDA headers not found: building without the CUDA-graph shim"
+        );
         return;
     };
     // The runtime wheel lacks `crt/` (host_config.h, host_defines.h: host-compiler macros only); triton, a
@@ -48,7 +54,11 @@ fn main() {
         return;
     }
     let mut build = cc::Build::new();
-    build.cpp(true).file("csrc/cuda_graph.cpp").include(&include).include(&cuda_include);
+    build
+        .cpp(true)
+        .file("csrc/cuda_graph.cpp")
+        .include(&include)
+        .include(&cuda_include);
     if let Some(crt) = crt {
         build.include(crt);
     }

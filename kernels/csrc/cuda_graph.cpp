@@ -12,6 +12,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <dlfcn.h>
+
 #include <cstring>
 #include <exception>
 #include <string>
@@ -50,6 +52,23 @@ void enter_side_stream(c10::DeviceIndex device) {
   // stream starts; a full sync is the simplest fence and capture is rare.
   c10::cuda::device_synchronize();
   c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, device));
+}
+
+// Ends a capture left open on `stream` (its body failed mid-way) and drops what was recorded. The runtime is
+// looked up at run time (libtorch_cuda loaded it) so that this file needs no link against libcudart.
+void force_end_capture(cudaStream_t stream) {
+  using IsCapturing = cudaError_t (*)(cudaStream_t, cudaStreamCaptureStatus*);
+  using EndCapture = cudaError_t (*)(cudaStream_t, cudaGraph_t*);
+  using Destroy = cudaError_t (*)(cudaGraph_t);
+  auto is_capturing = reinterpret_cast<IsCapturing>(dlsym(RTLD_DEFAULT, "cudaStreamIsCapturing"));
+  auto end_capture = reinterpret_cast<EndCapture>(dlsym(RTLD_DEFAULT, "cudaStreamEndCapture"));
+  auto destroy = reinterpret_cast<Destroy>(dlsym(RTLD_DEFAULT, "cudaGraphDestroy"));
+  if (is_capturing == nullptr || end_capture == nullptr) return;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (is_capturing(stream, &status) != cudaSuccess || status == cudaStreamCaptureStatusNone) return;
+  cudaGraph_t graph = nullptr;
+  end_capture(stream, &graph);
+  if (graph != nullptr && destroy != nullptr) destroy(graph);
 }
 
 void leave_side_stream(c10::DeviceIndex device) {
@@ -93,7 +112,9 @@ int spar_cuda_graph_capture_begin(void* gp, int device, unsigned long long pool_
     g->device = static_cast<c10::DeviceIndex>(device);
     enter_side_stream(g->device);
     try {
-      g->graph.capture_begin({pool_a, pool_b});
+      // Thread-local mode: other threads (a trainer, tests running in parallel) may keep using CUDA while
+      // this thread captures; only this thread's unsafe calls are checked.
+      g->graph.capture_begin({pool_a, pool_b}, cudaStreamCaptureModeThreadLocal);
     } catch (...) {
       leave_side_stream(g->device);
       throw;
@@ -112,6 +133,12 @@ int spar_cuda_graph_capture_end(void* gp, char* err, size_t len) {
   }
   g->capturing = false;
   int rc = guarded(err, len, [&] { g->graph.capture_end(); });
+  if (rc != 0) {
+    try {
+      force_end_capture(c10::cuda::getCurrentCUDAStream(g->device).stream());
+    } catch (...) {
+    }
+  }
   char err2[512];
   int rc2 = guarded(err2, sizeof err2, [&] { leave_side_stream(g->device); });
   if (rc == 0 && rc2 != 0) {
@@ -119,6 +146,16 @@ int spar_cuda_graph_capture_end(void* gp, char* err, size_t len) {
     return 1;
   }
   return rc;
+}
+
+// The raw cudaStream_t torch issues work on for `device` right now (null: the legacy default stream). Kernels
+// launched outside torch (NVRTC) go there so that they are ordered with torch's work and can be captured.
+void* spar_cuda_current_stream(int device) {
+  try {
+    return static_cast<void*>(c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream());
+  } catch (...) {
+    return nullptr;
+  }
 }
 
 int spar_cuda_graph_pool(void* gp, unsigned long long* pool_a, unsigned long long* pool_b, char* err,

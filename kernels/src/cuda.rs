@@ -1,12 +1,13 @@
 //! NVRTC compilation and launching through cudarc (libraries opened at run time, so this crate builds and runs
-//! without CUDA). Kernels run on the legacy default stream, the stream tch issues torch work on, so they are
-//! ordered with torch's kernels without extra synchronisation.
+//! without CUDA). Kernels run on torch's current stream (the legacy default stream tch uses, or the capture
+//! stream while a CUDA graph records), so they are ordered with torch's kernels without extra synchronisation.
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg, sys,
 };
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::sync::{Arc, Mutex, OnceLock};
 
 const SOURCE: &str = r#"
@@ -59,6 +60,7 @@ extern "C" __global__ void rms_norm_bf16(const unsigned short* x, const unsigned
 
 /// Compiled kernels of one device.
 pub struct Kernels {
+    ordinal: usize,
     _ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
@@ -69,12 +71,22 @@ impl Kernels {
     fn build(ordinal: usize) -> Result<Self> {
         let ctx =
             CudaContext::new(ordinal).map_err(|e| anyhow!("CUDA context {ordinal}: {e:?}"))?;
-        let ptx = cudarc::nvrtc::compile_ptx(SOURCE).map_err(|e| anyhow!("NVRTC: {e:?}"))?;
+        let source = format!("{SOURCE}\n{}", include_str!("decode_kernels.cu"));
+        let ptx = cudarc::nvrtc::compile_ptx(source).map_err(|e| anyhow!("NVRTC: {e:?}"))?;
         let module = ctx
             .load_module(ptx)
             .map_err(|e| anyhow!("loading PTX: {e:?}"))?;
         let mut functions = HashMap::new();
-        for name in ["rms_norm_f32", "rms_norm_bf16"] {
+        for name in [
+            "rms_norm_f32",
+            "rms_norm_bf16",
+            "qk_norm_rope_store_f32",
+            "qk_norm_rope_store_bf16",
+            "add_rms_norm_f32",
+            "add_rms_norm_bf16",
+            "silu_mul_f32",
+            "silu_mul_bf16",
+        ] {
             functions.insert(
                 name,
                 module
@@ -83,11 +95,56 @@ impl Kernels {
             );
         }
         Ok(Kernels {
+            ordinal,
             stream: ctx.default_stream(),
             _ctx: ctx,
             _module: module,
             functions,
         })
+    }
+
+    /// Launches `name` with `grid` blocks of `block` threads on torch's current stream (the legacy default
+    /// stream in a build without the CUDA-graph shim). `args` must match the kernel's parameters in order.
+    pub fn launch(&self, name: &str, grid: u32, block: u32, args: &[Arg]) -> Result<()> {
+        let f = self
+            .functions
+            .get(name)
+            .ok_or_else(|| anyhow!("no kernel {name}"))?;
+        let stream =
+            crate::cuda_graph::current_stream(self.ordinal).unwrap_or(std::ptr::null_mut());
+        self._ctx
+            .bind_to_thread()
+            .map_err(|e| anyhow!("binding the CUDA context: {e:?}"))?;
+        let mut params: Vec<*mut c_void> = args
+            .iter()
+            .map(|a| match a {
+                Arg::Ptr(p) => p as *const u64 as *mut c_void,
+                Arg::I32(v) => v as *const i32 as *mut c_void,
+                Arg::I64(v) => v as *const i64 as *mut c_void,
+                Arg::F32(v) => v as *const f32 as *mut c_void,
+            })
+            .collect();
+        // SAFETY: `params` point into `args`, alive for the call; the caller passes device pointers of live
+        // tensors sized for the kernel and values of the kernel's parameter types.
+        let rc = unsafe {
+            sys::cuLaunchKernel(
+                f.cu_function(),
+                grid,
+                1,
+                1,
+                block,
+                1,
+                1,
+                0,
+                stream as sys::CUstream,
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != sys::CUresult::CUDA_SUCCESS {
+            bail!("launching {name}: {rc:?}");
+        }
+        Ok(())
     }
 
     /// Launches `name` with one 256-thread block per row: args `ptrs...`, `h`, `eps`.
@@ -101,17 +158,59 @@ impl Kernels {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(f);
-        for p in ptrs {
-            b.arg(p);
+        let Some(stream) = crate::cuda_graph::current_stream(self.ordinal) else {
+            let mut b = self.stream.launch_builder(f);
+            for p in ptrs {
+                b.arg(p);
+            }
+            b.arg(&h);
+            b.arg(&eps);
+            // SAFETY: pointers come from live contiguous torch tensors of the sizes the kernel indexes; the
+            // launch is on the legacy default stream, after the torch work that produced them.
+            unsafe { b.launch(cfg) }.map_err(|e| anyhow!("launching {name}: {e:?}"))?;
+            return Ok(());
+        };
+        self._ctx
+            .bind_to_thread()
+            .map_err(|e| anyhow!("binding the CUDA context: {e:?}"))?;
+        let mut args: Vec<*mut c_void> = ptrs
+            .iter()
+            .map(|p| p as *const u64 as *mut c_void)
+            .collect();
+        args.push(&h as *const i32 as *mut c_void);
+        args.push(&eps as *const f32 as *mut c_void);
+        // SAFETY: as above; `args` point at live locals of the types the kernel declares, and the stream is
+        // torch's current stream of this device (same primary context).
+        let rc = unsafe {
+            sys::cuLaunchKernel(
+                f.cu_function(),
+                cfg.grid_dim.0,
+                1,
+                1,
+                cfg.block_dim.0,
+                1,
+                1,
+                0,
+                stream as sys::CUstream,
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != sys::CUresult::CUDA_SUCCESS {
+            bail!("launching {name}: {rc:?}");
         }
-        b.arg(&h);
-        b.arg(&eps);
-        // SAFETY: pointers come from live contiguous torch tensors of the sizes the kernel indexes; the launch is
-        // on the legacy default stream, after the torch work that produced them.
-        unsafe { b.launch(cfg) }.map_err(|e| anyhow!("launching {name}: {e:?}"))?;
         Ok(())
     }
+}
+
+/// One kernel argument for [`Kernels::launch`].
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    /// A device pointer.
+    Ptr(u64),
+    I32(i32),
+    I64(i64),
+    F32(f32),
 }
 
 static KERNELS: OnceLock<Mutex<HashMap<usize, Option<Arc<Kernels>>>>> = OnceLock::new();

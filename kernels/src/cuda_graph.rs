@@ -7,10 +7,14 @@
 //! hold fresh values after every [`CudaGraph::replay`]. Inputs are tensors allocated before capture and
 //! overwritten in place (`copy_`) before each replay.
 //!
-//! Rules for a closure (violations invalidate the capture, which is then reported as an error):
-//! no host synchronisation (`.to_device(Cpu)`, `int64_value`, `nonzero`, ...), no host-to-device copies from
-//! host memory, no NVRTC kernels of [`crate::cuda`] (they launch on the legacy stream), and only shapes that
-//! do not depend on tensor values.
+//! Rules for a closure: no host synchronisation (`.to_device(Cpu)`, `int64_value`, `nonzero`, ...), no
+//! host-to-device copies from pageable host memory, and only shapes that do not depend on tensor values. An op
+//! torch refuses during capture (its checks, e.g. that pageable copy) is just an error. A host synchronisation
+//! instead invalidates the capture, and torch 2.11 then leaves its CUDA random generator in capture mode (later
+//! random ops on that device fail): never synchronise in a body. Capture runs in thread-local mode, so other
+//! threads may keep using CUDA meanwhile, except torch's CUDA random generator, which a capture claims. The
+//! NVRTC kernels of [`crate::cuda`] launch on torch's current stream ([`current_stream`]), so they are
+//! captured like torch's own.
 
 use anyhow::{Result, bail};
 use std::ffi::{CStr, c_char, c_void};
@@ -29,10 +33,32 @@ unsafe extern "C" {
         err: *mut c_char,
         len: usize,
     ) -> i32;
-    fn spar_cuda_graph_pool(g: *mut c_void, a: *mut u64, b: *mut u64, err: *mut c_char, len: usize)
-    -> i32;
+    fn spar_cuda_graph_pool(
+        g: *mut c_void,
+        a: *mut u64,
+        b: *mut u64,
+        err: *mut c_char,
+        len: usize,
+    ) -> i32;
     fn spar_cuda_graph_capture_end(g: *mut c_void, err: *mut c_char, len: usize) -> i32;
     fn spar_cuda_graph_replay(g: *mut c_void, err: *mut c_char, len: usize) -> i32;
+    fn spar_cuda_current_stream(device: i32) -> *mut c_void;
+}
+
+/// The raw `cudaStream_t` torch currently issues work on for `device` (null: the legacy default stream), or
+/// None in a build without the shim. Kernels launched outside torch go there to be ordered with torch's work
+/// and recorded by a capture in progress.
+pub fn current_stream(device: usize) -> Option<*mut c_void> {
+    #[cfg(spar_cuda_graph)]
+    {
+        // SAFETY: reads torch's thread-local current stream; never throws across the boundary.
+        Some(unsafe { spar_cuda_current_stream(device as i32) })
+    }
+    #[cfg(not(spar_cuda_graph))]
+    {
+        let _ = device;
+        None
+    }
 }
 
 /// Whether this build carries the CUDA-graph shim (it needs libtorch's CUDA headers at build time). A CUDA
@@ -88,10 +114,15 @@ impl CudaGraph {
             checked("capture_begin", |e, l| unsafe {
                 spar_cuda_graph_capture_begin(ptr, device as i32, a, b, e, l)
             })?;
-            let out = body();
+            // A panicking body must still end the capture, or the stream stays unusable.
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
             let end = checked("capture_end", |e, l| unsafe {
                 spar_cuda_graph_capture_end(ptr, e, l)
             });
+            let out = match out {
+                Ok(o) => o,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
             let out = match (out, end) {
                 (Ok(o), Ok(())) => o,
                 (Err(e), _) => return Err(e.context("while capturing a CUDA graph")),
@@ -102,7 +133,9 @@ impl CudaGraph {
         #[cfg(not(spar_cuda_graph))]
         {
             let _ = (device, pool, body);
-            bail!("this build has no CUDA-graph support (libtorch CUDA headers were missing at build time)")
+            bail!(
+                "this build has no CUDA-graph support (libtorch CUDA headers were missing at build time)"
+            )
         }
     }
 

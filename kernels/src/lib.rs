@@ -7,6 +7,7 @@
 
 pub mod cuda;
 pub mod cuda_graph;
+pub mod decode_ops;
 pub mod rms_norm;
 
 pub use rms_norm::{rms_norm, rms_norm_torch};

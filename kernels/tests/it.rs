@@ -19,8 +19,13 @@ fn rms_norm_cpu_matches_formula() {
     assert!(d < 1e-5, "{d}");
 }
 
+/// GPU tests run one at a time: a CUDA-graph capture registers torch's global CUDA generator, so a random op
+/// on another test thread during capture fails.
+static GPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn fused_rms_norm_matches_torch_on_gpu() {
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
     if !tch::Cuda::is_available() {
         eprintln!(
             "SKIP: no CUDA device visible to libtorch; the fused RMSNorm kernel is tested on the GPU machine"
@@ -57,6 +62,7 @@ fn fused_rms_norm_matches_torch_on_gpu() {
 #[test]
 fn cuda_graph_replays_captured_torch_work_on_gpu() {
     use spar_kernels::cuda_graph::{self, CudaGraph};
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
     if !tch::Cuda::is_available() || !cuda_graph::available() {
         eprintln!(
             "SKIP: CUDA graphs need a CUDA device and a build with the shim (cuda {}, shim {})",
@@ -80,14 +86,26 @@ fn cuda_graph_replays_captured_torch_work_on_gpu() {
         graph.replay().unwrap();
         let want = input.matmul(&w).relu() * 2.0 + 1.0;
         let d = (&y - &want).abs().max().double_value(&[]);
-        assert!(d < 1e-3, "replay {i}: graph output differs from eager by {d}");
+        assert!(
+            d < 1e-3,
+            "replay {i}: graph output differs from eager by {d}"
+        );
         graph2.replay().unwrap();
         let d2 = (&y2 - (&input + 5.0)).abs().max().double_value(&[]);
         assert!(d2 == 0.0, "replay {i}: second graph differs by {d2}");
     }
-    // A body that breaks capture rules (a host read) is an error, and the stream is usable afterwards.
-    let bad = CudaGraph::capture(0, None, || Ok(x.sum(Kind::Float).double_value(&[])));
-    assert!(bad.is_err(), "a host sync inside capture must fail");
+    // A body that torch refuses during capture (a copy from pageable host memory) is an error, and the
+    // stream is usable afterwards. (Host syncs instead invalidate the capture, which torch does not recover
+    // its CUDA generator from: see cuda_graph's module documentation.)
+    let bad = CudaGraph::capture(0, None, || {
+        let host = Tensor::from_slice(&[1.0f32, 2.0]);
+        Ok(host.f_to_device(dev)?)
+    });
+    assert!(
+        bad.is_err(),
+        "a pageable host-to-device copy inside capture must fail"
+    );
+    let _ = Tensor::randn([4], (Kind::Float, dev)); // the CUDA generator still works
     let after = (&x * 1.0).sum(Kind::Float).double_value(&[]);
     assert!(after.is_finite());
 }

@@ -177,7 +177,10 @@ impl KvCache {
     /// sat there), so that a graph batch of `bound` rows covers them. Cheap when nothing has to move.
     pub(crate) fn gather_low(&mut self, slots: &[usize], bound: usize) -> Result<()> {
         if bound > self.slots() {
-            bail!("gather_low: {bound} rows asked of a cache of {} slots", self.slots());
+            bail!(
+                "gather_low: {bound} rows asked of a cache of {} slots",
+                self.slots()
+            );
         }
         let mut taken = vec![false; bound];
         for &s in slots {

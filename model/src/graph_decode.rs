@@ -14,26 +14,26 @@
 //!   one host-to-device copy before each replay; logits and chosen experts land in static outputs.
 //!
 //! Graphs of all shapes share one memory pool (only one runs at a time). The math is the eager forward's
-//! (same ops, same order), with two differences that change rounding only: RMSNorm is the torch composition
-//! (the NVRTC kernel launches on the legacy stream, which capture forbids) and the query heads sharing a KV
-//! head are folded into the query-length axis of one attention call (no repeated keys).
+//! (same ops, same order; the fused RMSNorm kernel launches on the capture stream), except that the query
+//! heads sharing a KV head are folded into the query-length axis of one attention call (no repeated keys) and
+//! the key mask is additive: both change summation order only.
 //!
 //! Sampling stays outside the graph: the engine samples from the returned logits as it does after an eager
 //! forward. Anything the graph path cannot take (CPU, a build without the shim, more rows than the largest
 //! bucket, a failed capture) makes [`GraphDecoder::decode`] return `None` and the caller runs the eager forward.
 
 use crate::cache::KvCache;
-use crate::moe::moe_forward;
+use crate::moe::moe_forward_with;
 use crate::qwen3::{Mlp, Qwen3Model};
 use crate::rope::apply_rotary;
 use anyhow::{Context, Result};
 use spar_kernels::cuda_graph::{self, CudaGraph, GraphPool};
-use spar_kernels::rms_norm_torch;
+use spar_kernels::{decode_ops, rms_norm};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 /// Attention key windows are multiples of this many positions (fewer graphs, a little masked work).
-pub const KEY_BLOCK: usize = 128;
+pub const KEY_BLOCK: usize = 32;
 
 /// Counters, for benchmarks and logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,8 +61,72 @@ struct Bucket {
     experts: Option<Tensor>,
 }
 
+/// One layer's projections concatenated so that one GEMM computes q, k and v (and one the MLP's gate and up).
+/// The model's own parameters are re-pointed into these buffers (same values, shared memory), so in-place
+/// weight updates (optimizer steps, weight sync) reach the graphs; [`fused_intact`] notices if anything
+/// re-pointed them since (then the buffers are rebuilt and the graphs recaptured).
+struct FusedLayer {
+    qkv: Tensor,
+    gate_up: Option<Tensor>,
+}
+
+/// Builds the fused buffers and re-points the model's q/k/v (and dense gate/up) parameters into them.
+fn fuse_weights(model: &Qwen3Model) -> Result<Vec<FusedLayer>> {
+    let _g = tch::no_grad_guard();
+    let point = |var: &Tensor, fused: &Tensor, start: i64, len: i64| -> Result<()> {
+        let mut v = var.shallow_clone();
+        v.f_set_data(&fused.f_narrow(0, start, len)?)?;
+        Ok(())
+    };
+    let mut out = Vec::with_capacity(model.layers.len());
+    for layer in &model.layers {
+        let a = &layer.attn;
+        let (nq, nk) = (a.q.size()[0], a.k.size()[0]);
+        let qkv = Tensor::f_cat(&[&a.q, &a.k, &a.v], 0)?;
+        point(&a.q, &qkv, 0, nq)?;
+        point(&a.k, &qkv, nq, nk)?;
+        point(&a.v, &qkv, nq + nk, nk)?;
+        let gate_up = match &layer.mlp {
+            Mlp::Dense { gate, up, .. } => {
+                let ni = gate.size()[0];
+                let gu = Tensor::f_cat(&[gate, up], 0)?;
+                point(gate, &gu, 0, ni)?;
+                point(up, &gu, ni, ni)?;
+                Some(gu)
+            }
+            Mlp::Moe { .. } => None,
+        };
+        out.push(FusedLayer { qkv, gate_up });
+    }
+    Ok(out)
+}
+
+/// Whether the model's parameters still live inside the fused buffers.
+fn fused_intact(model: &Qwen3Model, fused: &[FusedLayer]) -> bool {
+    let at = |var: &Tensor, buf: &Tensor, row: i64| {
+        let elt = buf.kind().elt_size_in_bytes() as i64;
+        let row_bytes = buf.size().get(1).copied().unwrap_or(0) * elt;
+        var.data_ptr() as i64 == buf.data_ptr() as i64 + row * row_bytes && var.kind() == buf.kind()
+    };
+    fused.len() == model.layers.len()
+        && model.layers.iter().zip(fused).all(|(layer, f)| {
+            let a = &layer.attn;
+            let (nq, nk) = (a.q.size()[0], a.k.size()[0]);
+            let attn_ok = at(&a.q, &f.qkv, 0) && at(&a.k, &f.qkv, nq) && at(&a.v, &f.qkv, nq + nk);
+            let mlp_ok = match (&layer.mlp, &f.gate_up) {
+                (Mlp::Dense { gate, up, .. }, Some(gu)) => {
+                    at(gate, gu, 0) && at(up, gu, gate.size()[0])
+                }
+                (Mlp::Moe { .. }, None) => true,
+                _ => false,
+            };
+            attn_ok && mlp_ok
+        })
+}
+
 /// Captured decode graphs over one model and one KV cache. See the module documentation.
 pub struct GraphDecoder {
+    fused: Vec<FusedLayer>,
     ordinal: usize,
     buckets: Vec<usize>,
     inputs: HashMap<usize, Bucket>,
@@ -71,6 +135,8 @@ pub struct GraphDecoder {
     cache_id: usize,
     /// Set when a capture failed: the path then stays off (the error is logged once).
     broken: bool,
+    /// MoE experts through `_grouped_mm` (cleared when it cannot be captured).
+    grouped: bool,
     pub stats: GraphStats,
 }
 
@@ -91,6 +157,7 @@ impl GraphDecoder {
             .collect();
         buckets.push(top);
         Some(GraphDecoder {
+            fused: Vec::new(),
             ordinal,
             buckets,
             inputs: HashMap::new(),
@@ -98,6 +165,7 @@ impl GraphDecoder {
             pool: None,
             cache_id: cache.storage_id(),
             broken: false,
+            grouped: true,
             stats: GraphStats::default(),
         })
     }
@@ -136,6 +204,11 @@ impl GraphDecoder {
         if cache.storage_id() != self.cache_id {
             self.graphs.clear();
             self.cache_id = cache.storage_id();
+        }
+        if !fused_intact(model, &self.fused) {
+            // First step, or someone replaced the parameters' storage (e.g. a dtype change): refuse and re-fuse.
+            self.graphs.clear();
+            self.fused = fuse_weights(model)?;
         }
         let _g = tch::no_grad_guard();
         let slots: Vec<usize> = rows.iter().map(|(s, _)| *s).collect();
@@ -185,10 +258,19 @@ impl GraphDecoder {
         self.stats.replays += 1;
 
         let bucket = &self.inputs[&r];
-        let idx = Tensor::from_slice(&phys).f_to_device(model.device())?;
-        let logits = bucket.logits.f_index_select(0, &idx)?;
+        let in_order = phys.iter().enumerate().all(|(i, p)| *p == i as i64);
+        let pick = |t: &Tensor| -> Result<Tensor> {
+            if in_order {
+                // Rows already in graph order: a copy of the leading rows (no gather, no index upload).
+                Ok(t.f_narrow(0, 0, b as i64)?.f_detach_copy()?)
+            } else {
+                let idx = Tensor::from_slice(&phys).f_to_device(model.device())?;
+                Ok(t.f_index_select(0, &idx)?)
+            }
+        };
+        let logits = pick(&bucket.logits)?;
         let routed_experts = match &bucket.experts {
-            Some(e) => Some(e.f_index_select(0, &idx)?.f_unsqueeze(1)?),
+            Some(e) => Some(pick(e)?.f_unsqueeze(1)?),
             None => None,
         };
         for (slot, _) in rows {
@@ -211,16 +293,15 @@ impl GraphDecoder {
             logits: Tensor::f_zeros([r, c.vocab_size as i64], (model.kind(), dev))?,
             experts: (n_moe > 0)
                 .then(|| {
-                    Tensor::f_zeros(
-                        [r, n_moe, c.num_experts_per_tok as i64],
-                        (Kind::Int64, dev),
-                    )
+                    Tensor::f_zeros([r, n_moe, c.num_experts_per_tok as i64], (Kind::Int64, dev))
                 })
                 .transpose()?,
         })
     }
 
-    /// Warms the step up on a side stream (cuBLAS workspaces, lazy kernels), then captures it.
+    /// Warms the step up on a side stream (cuBLAS workspaces, lazy kernels), then captures it. MoE models try
+    /// `_grouped_mm` first; a torch build that cannot capture it (its fp32 fallback copies from the host) gets
+    /// the gathered-weights expert path, and the choice sticks.
     fn capture(
         &mut self,
         model: &Qwen3Model,
@@ -228,12 +309,36 @@ impl GraphDecoder {
         r: usize,
         keys: usize,
     ) -> Result<CudaGraph> {
+        let first = self.capture_with(model, cache, r, keys, self.grouped);
+        match first {
+            Err(e) if self.grouped && !model.config.moe_layers().is_empty() => {
+                tracing::info!(
+                    "grouped-GEMM experts not capturable, using gathered weights: {e:#}"
+                );
+                self.grouped = false;
+                self.capture_with(model, cache, r, keys, false)
+            }
+            other => other,
+        }
+    }
+
+    fn capture_with(
+        &mut self,
+        model: &Qwen3Model,
+        cache: &KvCache,
+        r: usize,
+        keys: usize,
+        grouped: bool,
+    ) -> Result<CudaGraph> {
         let bucket = &self.inputs[&r];
+        let fused = &self.fused;
         // The warm-up runs the real step once: it writes the same keys and values the replay will write.
-        cuda_graph::on_side_stream(self.ordinal, || step_into(model, cache, bucket, r, keys))
-            .context("warming up the decode step")?;
+        cuda_graph::on_side_stream(self.ordinal, || {
+            step_into(model, fused, cache, bucket, r, keys, grouped)
+        })
+        .context("warming up the decode step")?;
         let (graph, ()) = CudaGraph::capture(self.ordinal, self.pool, || {
-            step_into(model, cache, bucket, r, keys)
+            step_into(model, fused, cache, bucket, r, keys, grouped)
         })
         .with_context(|| format!("capturing the decode step ({r} rows, {keys} keys)"))?;
         if self.pool.is_none() {
@@ -253,12 +358,22 @@ fn enabled_by_env() -> bool {
 /// inputs and writing its static outputs. Graph-safe: no host reads, no host-to-device copies, shapes fixed.
 fn step_into(
     model: &Qwen3Model,
+    fused: &[FusedLayer],
     cache: &KvCache,
     bucket: &Bucket,
     r: usize,
     keys: usize,
+    grouped: bool,
 ) -> Result<()> {
-    let (logits, experts) = decode_step(model, cache, &bucket.inputs, r as i64, keys as i64)?;
+    let (logits, experts) = decode_step(
+        model,
+        fused,
+        cache,
+        &bucket.inputs,
+        r as i64,
+        keys as i64,
+        grouped,
+    )?;
     bucket.logits.shallow_clone().f_copy_(&logits)?;
     if let (Some(dst), Some(src)) = (&bucket.experts, experts) {
         dst.shallow_clone().f_copy_(&src)?;
@@ -267,13 +382,16 @@ fn step_into(
 }
 
 /// The decode forward over static shapes. `inputs`: `[3, r]` (ids, write positions, key lengths).
-/// Returns logits `[r, V]` and, for MoE models, experts `[r, n_moe, k]`.
-pub(crate) fn decode_step(
+/// Returns logits `[r, V]` and, for MoE models, experts `[r, n_moe, k]`. `grouped`: MoE experts through
+/// `_grouped_mm` (else per-pair gathered weights, which every torch build can capture).
+fn decode_step(
     model: &Qwen3Model,
+    fused: &[FusedLayer],
     cache: &KvCache,
     inputs: &Tensor,
     r: i64,
     keys: i64,
+    grouped: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let c = &model.config;
     let dev = model.device();
@@ -293,9 +411,12 @@ pub(crate) fn decode_step(
     let key_len = inputs.f_select(0, 2)?;
 
     let (cos, sin) = model.rope.cos_sin(&pos.f_view([r, 1])?, kind)?; // [r, 1, D]
-    let mask = Tensor::f_arange(keys, (Kind::Int64, dev))?
+    // Additive mask, built once per step (a boolean mask would be converted in every layer's attention).
+    let hidden = Tensor::f_arange(keys, (Kind::Int64, dev))?
         .f_view([1, 1, 1, keys])?
-        .f_lt_tensor(&key_len.f_view([r, 1, 1, 1])?)?; // [r, 1, 1, keys]
+        .f_ge_tensor(&key_len.f_view([r, 1, 1, 1])?)?; // [r, 1, 1, keys]
+    let mask =
+        Tensor::f_zeros([r, 1, 1, keys], (kind, dev))?.f_masked_fill(&hidden, f64::NEG_INFINITY)?;
     // Row j of the graph is physical slot j: flat index of (slot j, position pos[j]) in a [slots * width] view.
     let write_at = Tensor::f_arange(r, (Kind::Int64, dev))?
         .f_mul_scalar(width)?
@@ -303,33 +424,59 @@ pub(crate) fn decode_step(
 
     let mut x = Tensor::f_embedding(&model.embed, &ids, model.pad_idx(), false, false)?; // [r, 1, H]
     let mut experts = Vec::new();
-    for layer in &model.layers {
+    // The input norm of each layer is fused with the residual add that ends the layer before it.
+    let mut hin = match model.layers.first() {
+        Some(l) => rms_norm(&x, &l.input_ln, eps)?,
+        None => rms_norm(&x, &model.norm, eps)?,
+    };
+    for (li, (layer, fl)) in model.layers.iter().zip(fused).enumerate() {
         let a = &layer.attn;
-        let hin = rms_norm_torch(&x, &layer.input_ln, eps)?;
-        let q = rms_norm_torch(
-            &hin.f_linear(&a.q, None::<Tensor>)?.f_view([r, 1, nh, d])?,
-            &a.q_norm,
-            eps,
-        )?
-        .f_transpose(1, 2)?;
-        let k = rms_norm_torch(
-            &hin.f_linear(&a.k, None::<Tensor>)?.f_view([r, 1, nkv, d])?,
-            &a.k_norm,
-            eps,
-        )?
-        .f_transpose(1, 2)?;
-        let v = hin.f_linear(&a.v, None::<Tensor>)?.f_view([r, nkv, d])?;
-        let q = apply_rotary(&q, &cos, &sin)?; // [r, nh, 1, D]
-        let k = apply_rotary(&k, &cos, &sin)?.f_reshape([r, nkv, d])?;
         let (kc, vc) = cache.layer(layer.index);
-        let _ = kc
-            .f_view([slots * width, nkv, d])?
-            .f_index_copy_(0, &write_at, &k)?;
-        let _ = vc
-            .f_view([slots * width, nkv, d])?
-            .f_index_copy_(0, &write_at, &v)?;
-        let kr = kc.f_narrow(0, 0, r)?.f_narrow(1, 0, keys)?.f_transpose(1, 2)?; // [r, nkv, keys, D]
-        let vr = vc.f_narrow(0, 0, r)?.f_narrow(1, 0, keys)?.f_transpose(1, 2)?;
+        let qkv = hin.f_linear(&fl.qkv, None::<Tensor>)?; // [r, 1, (nh + 2 nkv) D]
+        let fused = decode_ops::qk_norm_rope_store(
+            &qkv,
+            &a.q_norm,
+            &a.k_norm,
+            &cos,
+            &sin,
+            &write_at,
+            kc,
+            vc,
+            (nh, nkv, d),
+            eps,
+        )?;
+        let q = match fused {
+            Some(q) => q, // [r, nh, D]
+            None => {
+                let ql = qkv.f_narrow(-1, 0, nh * d)?;
+                let kl = qkv.f_narrow(-1, nh * d, nkv * d)?;
+                let vl = qkv.f_narrow(-1, (nh + nkv) * d, nkv * d)?;
+                let q =
+                    rms_norm(&ql.f_reshape([r, 1, nh, d])?, &a.q_norm, eps)?.f_transpose(1, 2)?;
+                let k =
+                    rms_norm(&kl.f_reshape([r, 1, nkv, d])?, &a.k_norm, eps)?.f_transpose(1, 2)?;
+                // Queries and keys rotate together (one set of RoPE kernels instead of two).
+                let qk = apply_rotary(&Tensor::f_cat(&[&q, &k], 1)?, &cos, &sin)?; // [r, nh + nkv, 1, D]
+                let k = qk.f_narrow(1, nh, nkv)?.f_reshape([r, nkv, d])?;
+                let _ = kc
+                    .f_view([slots * width, nkv, d])?
+                    .f_index_copy_(0, &write_at, &k)?;
+                let _ = vc.f_view([slots * width, nkv, d])?.f_index_copy_(
+                    0,
+                    &write_at,
+                    &vl.f_reshape([r, nkv, d])?,
+                )?;
+                qk.f_narrow(1, 0, nh)?
+            }
+        };
+        let kr = kc
+            .f_narrow(0, 0, r)?
+            .f_narrow(1, 0, keys)?
+            .f_transpose(1, 2)?; // [r, nkv, keys, D]
+        let vr = vc
+            .f_narrow(0, 0, r)?
+            .f_narrow(1, 0, keys)?
+            .f_transpose(1, 2)?;
         // Query heads n*n_rep..(n+1)*n_rep share KV head n: fold them into the query axis of KV head n.
         let qg = q.f_reshape([r, nkv, n_rep, d])?;
         let o = Tensor::f_scaled_dot_product_attention(
@@ -342,32 +489,42 @@ pub(crate) fn decode_step(
             None,
             false,
         )?; // [r, nkv, n_rep, D]
-        let o = o.f_reshape([r, 1, nh * d])?.f_linear(&a.o, None::<Tensor>)?;
-        x = x.f_add(&o)?;
-        let h2 = rms_norm_torch(&x, &layer.post_ln, eps)?;
+        let o = o
+            .f_reshape([r, 1, nh * d])?
+            .f_linear(&a.o, None::<Tensor>)?;
+        let (x1, h2) = decode_ops::add_rms_norm(&x, &o, &layer.post_ln, eps)?;
         let y = match &layer.mlp {
-            Mlp::Dense { gate, up, down } => h2
-                .f_linear(gate, None::<Tensor>)?
-                .f_silu()?
-                .f_mul(&h2.f_linear(up, None::<Tensor>)?)?
-                .f_linear(down, None::<Tensor>)?,
+            Mlp::Dense { down, .. } => {
+                let gu = fl
+                    .gate_up
+                    .as_ref()
+                    .context("dense layer without fused gate_up")?;
+                decode_ops::silu_mul_packed(&h2.f_linear(gu, None::<Tensor>)?)?
+                    .f_linear(down, None::<Tensor>)?
+            }
             Mlp::Moe { weights, .. } => {
-                let o = moe_forward(
+                let o = moe_forward_with(
                     weights,
                     &h2.f_reshape([r, h])?,
                     c.num_experts_per_tok as i64,
                     c.norm_topk_prob,
                     None,
+                    grouped,
                 )?;
                 experts.push(o.experts);
                 o.hidden.f_view([r, 1, h])?
             }
         };
-        x = x.f_add(&y)?;
+        let next_norm = match model.layers.get(li + 1) {
+            Some(next) => &next.input_ln,
+            None => &model.norm,
+        };
+        let (x2, hn) = decode_ops::add_rms_norm(&x1, &y, next_norm, eps)?;
+        x = x2;
+        hin = hn;
     }
-    let xn = rms_norm_torch(&x, &model.norm, eps)?;
     let w = model.lm_head.as_ref().unwrap_or(&model.embed);
-    let logits = xn.f_linear(w, None::<Tensor>)?.f_view([r, -1])?;
+    let logits = hin.f_linear(w, None::<Tensor>)?.f_view([r, -1])?;
     let experts = if experts.is_empty() {
         None
     } else {

@@ -39,6 +39,20 @@ pub fn moe_forward(
     norm_topk_prob: bool,
     forced: Option<&Tensor>,
 ) -> Result<MoeOutput> {
+    moe_forward_with(w, x, k, norm_topk_prob, forced, true)
+}
+
+/// [`moe_forward`] with the grouped GEMM allowed or not (`grouped = false` always gathers each pair's expert
+/// weights: slower, but free of the host copies some `_grouped_mm` fallbacks make, so a CUDA graph can
+/// capture it).
+pub fn moe_forward_with(
+    w: &MoeWeights,
+    x: &Tensor,
+    k: i64,
+    norm_topk_prob: bool,
+    forced: Option<&Tensor>,
+    grouped: bool,
+) -> Result<MoeOutput> {
     let kind = x.kind();
     let n = x.size()[0];
     let e = w.router.size()[0];
@@ -64,7 +78,7 @@ pub fn moe_forward(
     let h = x.size()[1];
 
     let elt = kind.elt_size_in_bytes() as i64;
-    let aligned = (h * elt) % 16 == 0 && (inter * elt) % 16 == 0;
+    let aligned = grouped && (h * elt) % 16 == 0 && (inter * elt) % 16 == 0;
     let (gu, act, ys);
     if aligned {
         let counts = Tensor::f_zeros([e], (Kind::Int64, x.device()))?.f_scatter_add(

@@ -485,10 +485,7 @@ impl Qwen3Model {
                 .f_logical_and(&keys.f_lt_tensor(&end)?)?
                 .f_logical_or(&keys.f_eq_tensor(&qpos)?)?;
             let phys: Vec<i64> = slots.iter().map(|s| cache.physical(*s) as i64).collect();
-            let contiguous_from = phys
-                .windows(2)
-                .all(|w| w[1] == w[0] + 1)
-                .then(|| phys[0]);
+            let contiguous_from = phys.windows(2).all(|w| w[1] == w[0] + 1).then(|| phys[0]);
             let slot_list = Tensor::from_slice(&phys).f_to_device(dev)?;
             plan = Some(CachePlan {
                 slot_idx: slot_list.f_unsqueeze(1)?,

@@ -84,41 +84,43 @@ pub fn run(args: Args) -> Result<()> {
     for path in paths {
         engine.set_cuda_graphs(path == "graph");
         if path == "graph" && engine.graph_stats().is_none() {
-            bail!("the CUDA-graph decode path is not available here (needs CUDA and a build with the shim)");
+            bail!(
+                "the CUDA-graph decode path is not available here (needs CUDA and a build with the shim)"
+            );
         }
-    // Warm-up: allocator, kernels, every batch shape's first launch (and, for graphs, the captures).
-    for &b in &args.batch {
-        engine.generate(requests(b, 4))?;
-    }
-    super::bench_forward::sync(device);
-    for &b in &args.batch {
-        let mut best = f64::INFINITY;
-        let mut best_decode = f64::INFINITY;
-        for _ in 0..args.iters.max(1) {
-            let reqs = requests(b, args.new);
-            let before = engine.stats;
-            super::bench_forward::sync(device);
-            let t0 = Instant::now();
-            let outs = engine.generate(reqs)?;
-            super::bench_forward::sync(device);
-            let dt = t0.elapsed().as_secs_f64();
-            let generated: usize = outs.iter().map(|o| o.output.token_ids.len()).sum();
-            if generated != b * args.new as usize {
-                bail!("expected {} tokens, got {generated}", b * args.new as usize);
+        // Warm-up: allocator, kernels, every batch shape's first launch (and, for graphs, the captures).
+        for &b in &args.batch {
+            engine.generate(requests(b, 4))?;
+        }
+        super::bench_forward::sync(device);
+        for &b in &args.batch {
+            let mut best = f64::INFINITY;
+            let mut best_decode = f64::INFINITY;
+            for _ in 0..args.iters.max(1) {
+                let reqs = requests(b, args.new);
+                let before = engine.stats;
+                super::bench_forward::sync(device);
+                let t0 = Instant::now();
+                let outs = engine.generate(reqs)?;
+                super::bench_forward::sync(device);
+                let dt = t0.elapsed().as_secs_f64();
+                let generated: usize = outs.iter().map(|o| o.output.token_ids.len()).sum();
+                if generated != b * args.new as usize {
+                    bail!("expected {} tokens, got {generated}", b * args.new as usize);
+                }
+                let steps = engine.stats.decode_steps - before.decode_steps;
+                best = best.min(dt);
+                best_decode = best_decode.min(dt / steps.max(1) as f64);
             }
-            let steps = engine.stats.decode_steps - before.decode_steps;
-            best = best.min(dt);
-            best_decode = best_decode.min(dt / steps.max(1) as f64);
-        }
-        let toks = (b * args.new as usize) as f64;
-        println!(
-            "{}",
-            json!({"bench": "decode", "engine": "spar", "path": path, "shape": args.shape, "dtype": args.dtype,
+            let toks = (b * args.new as usize) as f64;
+            println!(
+                "{}",
+                json!({"bench": "decode", "engine": "spar", "path": path, "shape": args.shape, "dtype": args.dtype,
                    "device": format!("{device:?}"), "batch": b, "prompt": args.prompt, "new_tokens": args.new,
                    "seconds": best, "tokens_per_s": toks / best, "ms_per_step": best_decode * 1e3,
                    "graph_stats": engine.graph_stats().map(|s| json!({"captures": s.captures, "replays": s.replays, "fallbacks": s.fallbacks}))})
-        );
-    }
+            );
+        }
     }
     Ok(())
 }

@@ -49,6 +49,13 @@ pub struct Args {
     /// With --parity-dir: multiply every random weight (norms too) by this factor.
     #[arg(long, default_value_t = 1.0)]
     init_scale: f64,
+    /// With --parity-dir: seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    /// With --parity-dir: dtype of the saved weights (bf16: both dtypes run identical weights; fp32: the bf16
+    /// runs also see the rounding of the weights, as a model trained in fp32 and served in bf16 does).
+    #[arg(long, default_value = "bf16")]
+    weights_dtype: String,
 }
 
 /// The config.json of a named shape (the published Qwen3 configs), with `layers` decoder layers.
@@ -162,7 +169,12 @@ fn write_parity_case(
     std::fs::create_dir_all(&model_dir)
         .with_context(|| format!("creating {}", model_dir.display()))?;
     {
-        let m = Qwen3Model::random(config.clone(), device, Kind::BFloat16, 0)?;
+        let m = Qwen3Model::random(
+            config.clone(),
+            device,
+            parse_kind(&args.weights_dtype)?,
+            args.seed,
+        )?;
         if args.init_scale != 1.0 {
             tch::no_grad(|| -> Result<()> {
                 for (_, mut v) in m.vs.variables() {

@@ -29,7 +29,9 @@ fn model(moe: bool, kind: Kind) -> Qwen3Model {
 
 fn prefill(m: &Qwen3Model, cache: &mut KvCache, slot: usize, prompt: &[i64]) -> i64 {
     cache.select_slots(&[slot]).unwrap();
-    let ids = Tensor::from_slice(prompt).view([1, -1]).to_device(m.device());
+    let ids = Tensor::from_slice(prompt)
+        .view([1, -1])
+        .to_device(m.device());
     let out = m.forward(ForwardInput::new(&ids).cache(cache)).unwrap();
     out.logits.select(1, -1).argmax(-1, false).int64_value(&[0])
 }
@@ -45,12 +47,14 @@ fn graph_decode_matches_eager_decode_on_gpu() {
         return;
     }
     let _g = tch::no_grad_guard();
-    // (moe, dtype, tolerance on logits relative to their largest magnitude)
-    for (moe, kind, tol) in [
-        (false, Kind::Float, 1e-4),
-        (true, Kind::Float, 1e-4),
-        (false, Kind::BFloat16, 3e-2),
-        (true, Kind::BFloat16, 3e-2),
+    // (moe, dtype, tolerance on logits relative to their largest magnitude, on chosen-token log-probs). fp32:
+    // summation order only. bf16: the attention kernel differs (folded GQA, longer masked key window) and
+    // rounding differences grow through the x4 random layers (and can flip a near-tied expert choice).
+    for (moe, kind, tol, lp_tol) in [
+        (false, Kind::Float, 1e-4, 1e-3),
+        (true, Kind::Float, 1e-4, 1e-3),
+        (false, Kind::BFloat16, 1e-1, 0.25),
+        (true, Kind::BFloat16, 1e-1, 0.25),
     ] {
         let m = model(moe, kind);
         let (slots, max_len) = (8, 160);
@@ -61,7 +65,9 @@ fn graph_decode_matches_eager_decode_on_gpu() {
         // leaves half-way so the batch changes bucket, and lengths cross a key block (128).
         let mut rows: Vec<(usize, i64)> = Vec::new();
         for (slot, len) in [(5usize, 124usize), (2, 9), (7, 3)] {
-            let prompt: Vec<i64> = (0..len as i64).map(|i| (i * 37 + slot as i64) % 128).collect();
+            let prompt: Vec<i64> = (0..len as i64)
+                .map(|i| (i * 37 + slot as i64) % 128)
+                .collect();
             let a = prefill(&m, &mut eager, slot, &prompt);
             let b = prefill(&m, &mut graph, slot, &prompt);
             assert_eq!(a, b);
@@ -77,7 +83,9 @@ fn graph_decode_matches_eager_decode_on_gpu() {
             let ids = Tensor::from_slice(&rows.iter().map(|r| r.1).collect::<Vec<_>>())
                 .view([-1, 1])
                 .to_device(m.device());
-            let e = m.forward(ForwardInput::new(&ids).cache(&mut eager)).unwrap();
+            let e = m
+                .forward(ForwardInput::new(&ids).cache(&mut eager))
+                .unwrap();
             let el = e.logits.squeeze_dim(1).to_kind(Kind::Float);
             let feed: Vec<(usize, u32)> = rows.iter().map(|r| (r.0, r.1 as u32)).collect();
             let g = dec
@@ -105,7 +113,10 @@ fn graph_decode_matches_eager_decode_on_gpu() {
                 &le.gather(-1, &next.unsqueeze(-1), false),
                 &lg.gather(-1, &next.unsqueeze(-1), false),
             );
-            assert!(lp_diff <= 50.0 * tol, "moe {moe} {kind:?} step {step}: logprob diff {lp_diff}");
+            assert!(
+                lp_diff <= lp_tol,
+                "moe {moe} {kind:?} step {step}: logprob diff {lp_diff}"
+            );
             if moe {
                 let (ge, ee) = (g.routed_experts.unwrap(), e.routed_experts.unwrap());
                 if kind == Kind::Float {
@@ -125,6 +136,9 @@ fn graph_decode_matches_eager_decode_on_gpu() {
             dec.stats
         );
         assert_eq!(dec.stats.replays, 16);
-        assert!(dec.stats.captures >= 3, "buckets 4 and 2 and two key windows");
+        assert!(
+            dec.stats.captures >= 3,
+            "buckets 4 and 2 and two key windows"
+        );
     }
 }
