@@ -319,6 +319,11 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
         }
         pb.finish();
         resume_dir = None;
+        // Resumed with `sft_steps` at or below the checkpoint's position: SFT is done.
+        if state.phase == "sft" {
+            state.phase = "rl".into();
+            state.phase_step = 0;
+        }
     }
 
     // Phase 2: RL with SPAR advantages and the Fact-Aware reward.
