@@ -277,7 +277,14 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             checkpoint::load(dir, &mut model, &mut learner.adamw)?;
             learner.step = state.phase_step;
         }
-        let items = sft_items(&train_cases, codec.clone(), &rollout_sec, scorer.clone())?;
+        let sft_cases = sft_subset(&train_cases, tr.sft_fraction);
+        eprintln!(
+            "[train] SFT on {} of {} training cases (trainer.sft_fraction = {}); RL plays all of them",
+            sft_cases.len(),
+            train_cases.len(),
+            tr.sft_fraction
+        );
+        let items = sft_items(&sft_cases, codec.clone(), &rollout_sec, scorer.clone())?;
         let pb = bar(tr.sft_steps as u64, "sft");
         pb.set_position(state.phase_step as u64);
         for s in state.phase_step..tr.sft_steps {
@@ -590,7 +597,15 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
         out.join("final/tokenizer_config.json"),
     )
     .ok();
-    let plots = crate::plot::plot_run(&out, &[])?;
+    // The run's results are on disk by now: a machine without fonts loses the charts, not the run.
+    let plots = crate::plot::plot_run(&out, &[]).unwrap_or_else(|e| {
+        eprintln!(
+            "[train] warning: no plots ({e:#}); `spar plot {}` draws them once a font is installed \
+             (e.g. apt-get install fonts-dejavu-core)",
+            out.display()
+        );
+        Vec::new()
+    });
     eprintln!(
         "[train] held-out ({} cases, greedy)   reward  inquiry  ddx    lab    diag",
         eval_cases.len()
@@ -862,6 +877,27 @@ fn batching_config(tr: &spar_core::recipe::TrainerSection) -> Result<BatchingCon
         agg: AggMode::parse(&tr.loss_agg)?,
         l_max: tr.l_max,
     })
+}
+
+/// The first `round(n * fraction)` cases (at least one) of each diagnosis, in file order: every diagnosis is
+/// taught, and the rest are patients only RL meets.
+pub fn sft_subset(cases: &[Case], fraction: f64) -> Vec<Case> {
+    let mut per_dx: HashMap<&str, usize> = HashMap::new();
+    for c in cases {
+        *per_dx.entry(c.diagnosis.icd10.as_str()).or_default() += 1;
+    }
+    let mut taken: HashMap<&str, usize> = HashMap::new();
+    cases
+        .iter()
+        .filter(|c| {
+            let dx = c.diagnosis.icd10.as_str();
+            let keep = ((per_dx[dx] as f64 * fraction).round() as usize).max(1);
+            let t = taken.entry(dx).or_default();
+            *t += 1;
+            *t <= keep
+        })
+        .cloned()
+        .collect()
 }
 
 /// SFT items: the scripted expert's consultation of each case, played in the rollout's own environment (the

@@ -10,4 +10,5 @@ mod it {
     mod metrics;
     mod resume;
     mod rounds;
+    mod sft_subset;
 }

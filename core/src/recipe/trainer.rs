@@ -56,6 +56,10 @@ pub struct TrainerSection {
     pub eval_every: usize,
     /// Transcripts per SFT step.
     pub sft_batch: usize,
+    /// Share of the training cases SFT sees (per diagnosis, in file order; at least one case each). RL plays
+    /// all of them: below 1, RL meets patients the SFT model never memorised, so its reward has room to move
+    /// (with 1, a small SFT model recites its training cases and RL on them only overfits).
+    pub sft_fraction: f64,
     /// Train a byte-level BPE of this size on the case text (tiny CPU demo; 0 = the model's own tokenizer).
     pub bpe_vocab_size: usize,
     /// Pack several samples into one row (block-diagonal attention) instead of padding.
@@ -170,6 +174,7 @@ impl Default for TrainerSection {
             sft_lr: 1e-4,
             eval_every: 0,
             sft_batch: 16,
+            sft_fraction: 1.0,
             bpe_vocab_size: 0,
             pack_sequences: false,
             aux_loss_coef: None,
@@ -181,6 +186,11 @@ impl Default for TrainerSection {
 
 impl TrainerSection {
     pub fn validate(&self) -> Result<(), (String, String)> {
+        check(
+            self.sft_fraction > 0.0 && self.sft_fraction <= 1.0,
+            "sft_fraction",
+            "must be in (0, 1]",
+        )?;
         check(
             ["segment_gspo", "gspo", "ppo", "sft", "distill"].contains(&self.policy_loss.as_str()),
             "policy_loss",
