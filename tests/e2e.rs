@@ -67,6 +67,7 @@ fn few_step_demo_run_then_contract_path_from_files() {
     for f in [
         "metrics.jsonl",
         "comparison.json",
+        "transcripts/initial.md",
         "transcripts/before.md",
         "transcripts/after.md",
         "final/config.json",
@@ -79,7 +80,9 @@ fn few_step_demo_run_then_contract_path_from_files() {
     assert!(std::fs::read_dir(run.join("plots")).unwrap().count() >= 2);
     let cmp: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("comparison.json")).unwrap()).unwrap();
-    assert!(cmp["after_rl"]["reward_mean"].as_f64().is_some(), "{cmp}");
+    for phase in ["initial", "before_rl", "after_rl", "expert"] {
+        assert!(cmp[phase]["reward_mean"].as_f64().is_some(), "{phase}: {cmp}");
+    }
 
     // Contract: samples written by `spar rollout`, scored by `spar score`, one trainer step, all from files.
     let rollout_dir = dir.path().join("rollout");
