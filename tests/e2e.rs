@@ -81,7 +81,10 @@ fn few_step_demo_run_then_contract_path_from_files() {
     let cmp: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("comparison.json")).unwrap()).unwrap();
     for phase in ["initial", "before_rl", "after_rl", "expert"] {
-        assert!(cmp[phase]["reward_mean"].as_f64().is_some(), "{phase}: {cmp}");
+        assert!(
+            cmp[phase]["reward_mean"].as_f64().is_some(),
+            "{phase}: {cmp}"
+        );
     }
 
     // Contract: samples written by `spar rollout`, scored by `spar score`, one trainer step, all from files.

@@ -239,13 +239,13 @@ impl Case {
                     msg: format!("{} is not a non-zero integer in [-10, 10]", r.points),
                 });
             }
-            if let Some(Some(re)) = r.rule.as_ref().map(|r| r.regex.as_ref()) {
-                if let Err(e) = Regex::new(re) {
-                    p.push(FieldProblem {
-                        field: format!("rubric[{i}].rule.regex"),
-                        msg: e.to_string(),
-                    });
-                }
+            if let Some(Some(re)) = r.rule.as_ref().map(|r| r.regex.as_ref())
+                && let Err(e) = Regex::new(re)
+            {
+                p.push(FieldProblem {
+                    field: format!("rubric[{i}].rule.regex"),
+                    msg: e.to_string(),
+                });
             }
         }
         p

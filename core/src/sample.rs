@@ -152,13 +152,13 @@ impl Sample {
             }
             prev = s.end;
         }
-        if let Some(r) = &self.routed_experts {
-            if r.ids.len() != t * r.layers * r.k {
-                return Err((
-                    "routed_experts",
-                    format!("{} ids != T*layers*k = {}", r.ids.len(), t * r.layers * r.k),
-                ));
-            }
+        if let Some(r) = &self.routed_experts
+            && r.ids.len() != t * r.layers * r.k
+        {
+            return Err((
+                "routed_experts",
+                format!("{} ids != T*layers*k = {}", r.ids.len(), t * r.layers * r.k),
+            ));
         }
         Ok(())
     }
