@@ -2,7 +2,7 @@
 # The CPU demo over several seeds and variants at once on a many-core host (the GPU machine's 16 Xeon cores, GPU
 # unused): each run pinned to its own 2 cores with taskset, as on the 2-core machines the demo targets. The
 # figures "on 2-core slices of a Xeon host" in docs/training.md come from this script (the runs below are the last
-# matrix: SPAR and plain GRPO, seeds 0-2, sft_fraction 0.67). Expects dist/spar.gz (stripped release build) and
+# matrix: SPAR and plain GRPO over seeds 0-2 with the recipe as it stands, two runs at sft_fraction 0.34). Expects dist/spar.gz (stripped release build) and
 # dist/lib/ carried, as scripts/gpu-session.sh does; results land in $OUT (summary, tables, runs.tgz).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/runs
