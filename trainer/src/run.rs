@@ -729,8 +729,6 @@ impl HeldOut<'_> {
         } = self;
         let (codec, scorer, seed) = (codec.clone(), scorer.clone(), *seed);
         let mut cfg = (*rollout_sec).clone();
-        cfg.segmented = false;
-        cfg.interruption_rate = 0.0;
         // One greedy sample per case, `eval.concurrency` consultations in flight: a batch's composition moves
         // float sums and so near-tie argmaxes, and concurrency 1 makes two evaluations of the same weights agree
         // exactly (the recipe's choice between speed and a noise-free before/after comparison).
@@ -739,17 +737,7 @@ impl HeldOut<'_> {
         cfg.sampling.temperature = eval_sec.temperature;
         cfg.sampling.max_new_tokens = eval_sec.max_new_tokens;
         cfg.seed = Some(seed);
-        let mut ro = Rollout::new(
-            cfg,
-            cases.to_vec(),
-            codec,
-            scorer.clone(),
-            SimulatorChoice::Fixed(Arc::new(
-                spar_rollout::simulator::scripted::ScriptedPatient::new(),
-            )),
-            "eval",
-        )?
-        .single_sample();
+        let mut ro = whole_episodes_once(cfg, cases, codec, scorer.clone(), "eval")?;
         let pb = bar(cases.len() as u64, "eval");
         ro.set_progress(Some(pb.clone()));
         let groups = ro.collect_groups(policy, cases.len())?;
@@ -879,6 +867,30 @@ fn batching_config(tr: &spar_core::recipe::TrainerSection) -> Result<BatchingCon
     })
 }
 
+/// A rollout that plays every case once as a whole episode (no segmented pipeline, no injected interruption)
+/// against the scripted patient: the held-out evaluation and the expert's SFT consultations.
+fn whole_episodes_once(
+    mut cfg: spar_core::recipe::RolloutSection,
+    cases: &[Case],
+    codec: Arc<dyn TextCodec>,
+    scorer: Arc<dyn spar_core::traits::StageScorer>,
+    run_id: &str,
+) -> Result<Rollout> {
+    cfg.segmented = false;
+    cfg.interruption_rate = 0.0;
+    Ok(Rollout::new(
+        cfg,
+        cases.to_vec(),
+        codec,
+        scorer,
+        SimulatorChoice::Fixed(Arc::new(
+            spar_rollout::simulator::scripted::ScriptedPatient::new(),
+        )),
+        run_id,
+    )?
+    .single_sample())
+}
+
 /// The first `round(n * fraction)` cases (at least one) of each diagnosis, in file order: every diagnosis is
 /// taught, and the rest are patients only RL meets.
 pub fn sft_subset(cases: &[Case], fraction: f64) -> Vec<Case> {
@@ -910,23 +922,11 @@ pub fn sft_items(
     scorer: Arc<dyn spar_core::traits::StageScorer>,
 ) -> Result<Vec<TrainItem>> {
     let mut cfg = rollout_sec.clone();
-    cfg.segmented = false;
-    cfg.interruption_rate = 0.0;
     // Gold replies (a full differential, every test) are longer than a sampled reply may be; the limit is
     // the model's context, not the sampling budget.
     cfg.sampling.max_new_tokens = cfg.max_seq_len.saturating_sub(1) as u32;
     let doctor = spar_rollout::env::ExpertDoctor::with_inquiry_turns(cfg.turn_limits[0] as usize);
-    let mut ro = Rollout::new(
-        cfg,
-        cases.to_vec(),
-        codec,
-        scorer,
-        SimulatorChoice::Fixed(Arc::new(
-            spar_rollout::simulator::scripted::ScriptedPatient::new(),
-        )),
-        "sft",
-    )?
-    .single_sample();
+    let mut ro = whole_episodes_once(cfg, cases, codec, scorer, "sft")?;
     let groups = ro.collect_groups(
         spar_rollout::actor::Policy::Scripted(Arc::new(doctor)),
         cases.len(),
