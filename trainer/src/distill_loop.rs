@@ -5,14 +5,10 @@
 //!
 //! On-policy distillation (reverse KL on the student's own samples + the task reward) is part of the RL round:
 //! see [`crate::learner::RlExtras`].
-use crate::agg::Aggregator;
-use crate::batch::{TrainItem, item_unscored, totals};
+use crate::batch::{TrainItem, item_unscored};
 use crate::distill;
-use crate::learner::{
-    BatchingConfig, Learner, StepReport, forward_mb, logprobs_and_entropy, micro_batches,
-};
+use crate::learner::{BatchingConfig, Learner, StepReport, supervised_step};
 use crate::policy::Policy;
-use crate::policy_loss::LossStats;
 use anyhow::{Context, Result, bail};
 use spar_model::Qwen3Model;
 use spar_rollout::Rollout;
@@ -82,63 +78,39 @@ pub fn distill_update(
     batching: &BatchingConfig,
     device: Device,
 ) -> Result<StepReport> {
-    let mbs = micro_batches(items, batching, device)?;
-    let (total_tokens, total_seqs) = totals(items);
-    let agg = Aggregator {
-        mode: batching.agg,
-        l_max: batching.l_max as f64,
-        total_tokens,
-        total_seqs,
-    };
-    learner.adamw.zero_grad();
-    let mut loss_sum = 0.0;
     let (mut fkl, mut active, mut non_finite) = (0.0, 0.0, 0.0);
-    let mut stats = LossStats::default();
-    for mb in &mbs {
-        let fwd = forward_mb(student, mb)?;
-        let (logp, entropy) = logprobs_and_entropy(&fwd.logits, &mb.targets);
-        let teacher = &mb.rollout_logp;
-        let finite = logp.isfinite().logical_and(&teacher.isfinite());
-        let mask = &mb.mask * finite.to_kind(Kind::Float);
-        non_finite += (&mb.mask - &mask).sum(Kind::Double).double_value(&[]);
-        let zeros = logp.zeros_like();
-        let logp = logp.where_self(&finite, &zeros);
-        let teacher = teacher.where_self(&finite, &zeros);
-        let mut loss =
-            distill::clip_forward_kl(&logp, &teacher, &mask, &mb.seq_ids, mb.n_seqs, &agg);
-        if let (Some(aux), true) = (&fwd.aux_loss, learner.aux_loss_coef != 0.0) {
-            loss = loss + aux * (learner.aux_loss_coef * mb.n_seqs as f64 / total_seqs.max(1.0));
-        }
-        let ld = logp.detach();
-        fkl += ((&teacher - &ld) * &mask)
-            .sum(Kind::Double)
-            .double_value(&[]);
-        active += (ld.lt_tensor(&teacher).to_kind(Kind::Float) * &mask)
-            .sum(Kind::Double)
-            .double_value(&[]);
-        stats.tokens += mask.sum(Kind::Double).double_value(&[]);
-        stats.entropy_sum += (entropy.detach() * &mask)
-            .sum(Kind::Double)
-            .double_value(&[]);
-        loss_sum += loss.double_value(&[]);
-        student.backward(&loss, &fwd)?;
-    }
-    stats.non_finite = non_finite;
-    let (grad_norm, lr, skipped) = learner.apply(loss_sum)?;
-    let n = stats.tokens.max(1.0);
-    let mut extra = std::collections::BTreeMap::new();
-    extra.insert("distill/forward_kl".to_string(), fkl / n);
-    extra.insert("distill/active_frac".to_string(), active / n);
-    Ok(StepReport {
-        loss: loss_sum,
-        grad_norm,
-        lr,
-        skipped,
-        tokens: mbs.iter().map(|m| m.tokens).sum(),
-        micro_batches: mbs.len(),
-        stats,
-        extra,
-    })
+    let mut rep = supervised_step(
+        student,
+        learner,
+        items,
+        batching,
+        device,
+        |mb, logp, agg| {
+            let teacher = &mb.rollout_logp;
+            let finite = logp.isfinite().logical_and(&teacher.isfinite());
+            let mask = &mb.mask * finite.to_kind(Kind::Float);
+            non_finite += (&mb.mask - &mask).sum(Kind::Double).double_value(&[]);
+            let zeros = logp.zeros_like();
+            let logp = logp.where_self(&finite, &zeros);
+            let teacher = teacher.where_self(&finite, &zeros);
+            let loss =
+                distill::clip_forward_kl(&logp, &teacher, &mask, &mb.seq_ids, mb.n_seqs, agg);
+            let ld = logp.detach();
+            fkl += ((&teacher - &ld) * &mask)
+                .sum(Kind::Double)
+                .double_value(&[]);
+            active += (ld.lt_tensor(&teacher).to_kind(Kind::Float) * &mask)
+                .sum(Kind::Double)
+                .double_value(&[]);
+            (loss, mask)
+        },
+    )?;
+    rep.stats.non_finite = non_finite;
+    let n = rep.stats.tokens.max(1.0);
+    rep.extra.insert("distill/forward_kl".to_string(), fkl / n);
+    rep.extra
+        .insert("distill/active_frac".to_string(), active / n);
+    Ok(rep)
 }
 
 /// One round of the offline phase: teacher `round mod n` plays `groups` groups of the rollout (its samples

@@ -446,6 +446,24 @@ pub fn sft_update(
     batching: &BatchingConfig,
     device: Device,
 ) -> Result<StepReport> {
+    supervised_step(policy, learner, items, batching, device, |mb, logp, agg| {
+        let loss = distill::sft_loss(logp, &mb.mask, &mb.seq_ids, mb.n_seqs, agg);
+        (loss, mb.mask.shallow_clone())
+    })
+}
+
+/// The frame of a step whose loss needs no pi_old (SFT, offline distillation): micro-batches, the aggregator
+/// over the whole batch, forward, the router aux loss, entropy statistics, backward, one optimizer step.
+/// `token_loss(micro_batch, logp, aggregator)` gives the micro-batch's loss and the mask of the tokens it trains
+/// (the statistics count those).
+pub(crate) fn supervised_step(
+    policy: &dyn Policy,
+    learner: &mut Learner,
+    items: &[TrainItem],
+    batching: &BatchingConfig,
+    device: Device,
+    mut token_loss: impl FnMut(&MicroBatch, &Tensor, &Aggregator) -> (Tensor, Tensor),
+) -> Result<StepReport> {
     let mbs = micro_batches(items, batching, device)?;
     let (total_tokens, total_seqs) = totals(items);
     let agg = Aggregator {
@@ -460,12 +478,12 @@ pub fn sft_update(
     for mb in &mbs {
         let fwd = forward_mb(policy, mb)?;
         let (logp, entropy) = logprobs_and_entropy(&fwd.logits, &mb.targets);
-        let mut loss = distill::sft_loss(&logp, &mb.mask, &mb.seq_ids, mb.n_seqs, &agg);
+        let (mut loss, mask) = token_loss(mb, &logp, &agg);
         if let (Some(aux), true) = (&fwd.aux_loss, learner.aux_loss_coef != 0.0) {
             loss = loss + aux * (learner.aux_loss_coef * mb.n_seqs as f64 / total_seqs.max(1.0));
         }
-        stats.tokens += mb.mask.sum(Kind::Double).double_value(&[]);
-        stats.entropy_sum += (entropy.detach() * &mb.mask)
+        stats.tokens += mask.sum(Kind::Double).double_value(&[]);
+        stats.entropy_sum += (entropy.detach() * &mask)
             .sum(Kind::Double)
             .double_value(&[]);
         loss_sum += loss.double_value(&[]);
