@@ -5,7 +5,8 @@
 //! `choices[0].logprobs.tokens` as `token_id:<id>`, vLLM's `return_tokens_as_token_ids`) and each one's
 //! log-prob (`choices[0].logprobs.token_logprobs`). The client asks for both. The log-probs must be the
 //! model's own, before temperature and top-p/k (vLLM's default `--logprobs-mode raw_logprobs`), since they are
-//! the rollout log pi of the mismatch correction.
+//! the rollout log pi of the mismatch correction. A request with `sampling.top_logprobs` > 0 also gets the
+//! alternatives, read from `choices[0].logprobs.top_logprobs` keyed `token_id:<id>`.
 use crate::client::OpenAiClient;
 use crate::wire::CompletionRequest;
 use async_trait::async_trait;
@@ -60,6 +61,7 @@ impl OpenAiRolloutBackend {
         Ok(GenerateOutput {
             token_ids: resp.token_ids,
             logprobs,
+            top_logprobs: resp.top_logprobs,
             finish: resp.finish,
             routed_experts: None,
         })

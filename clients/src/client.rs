@@ -230,9 +230,10 @@ impl OpenAiClient {
         self.check_token_prompts_allowed()?;
         let body = completion_body(self.model(), req);
         let want = req.logprobs;
+        let top = req.sampling.top_logprobs;
         let resp = self
             .send(Method::POST, "completions", Some(body), move |b| {
-                parse_completion(b, want)
+                parse_completion(b, want, top)
             })
             .await?;
         self.count_usage(resp.usage);

@@ -209,7 +209,7 @@ pub(crate) fn parse_chat(body: &[u8]) -> Result<ChatResponse, String> {
 pub struct CompletionRequest {
     pub prompt_ids: Vec<u32>,
     pub sampling: SamplingParams,
-    /// Ask for the sampled tokens' log-probs.
+    /// Ask for the sampled tokens' log-probs (and, when `sampling.top_logprobs` > 0, the most likely tokens').
     pub logprobs: bool,
 }
 
@@ -219,6 +219,9 @@ pub struct CompletionResponse {
     pub token_ids: Vec<u32>,
     /// One per token of `token_ids` when the request asked for log-probs.
     pub logprobs: Option<Vec<f32>>,
+    /// Per token of `token_ids`, the `sampling.top_logprobs` most likely (token id, log-prob), most likely
+    /// first, when the request asked for log-probs and alternatives; else empty.
+    pub top_logprobs: Vec<Vec<(u32, f32)>>,
     pub text: String,
     pub finish: FinishReason,
     pub usage: Option<Usage>,
@@ -254,8 +257,8 @@ pub(crate) fn completion_body(model: &str, req: &CompletionRequest) -> Value {
         b.insert("include_stop_str_in_output".into(), true.into());
     }
     if req.logprobs {
-        // 1, not 0: some servers only return log-probs for a positive count.
-        b.insert("logprobs".into(), 1.into());
+        // At least 1, not 0: some servers only return log-probs for a positive count.
+        b.insert("logprobs".into(), s.top_logprobs.max(1).into());
     }
     b.insert("return_token_ids".into(), true.into());
     b.insert("return_tokens_as_token_ids".into(), true.into());
@@ -282,20 +285,29 @@ struct RawCompletionChoice {
     logprobs: Option<RawCompletionLogprobs>,
 }
 
+/// `choices[0].logprobs.top_logprobs`: per token an object from token to log-prob (null where a server has
+/// none for that token).
+type RawTopLogprobs = Vec<Option<std::collections::HashMap<String, Option<f32>>>>;
+
 #[derive(Deserialize)]
 struct RawCompletionLogprobs {
     #[serde(default)]
     tokens: Option<Vec<String>>,
     #[serde(default)]
     token_logprobs: Option<Vec<Option<f32>>>,
+    /// Per token, `{"token_id:<id>": logprob}` (the request sets `return_tokens_as_token_ids`).
+    #[serde(default)]
+    top_logprobs: Option<RawTopLogprobs>,
 }
 
 /// Reads a token-in / token-out completion body. Token ids come from `choices[0].token_ids` or, failing that,
 /// from `choices[0].logprobs.tokens` written as `token_id:<id>`; anything else is an error, since decoding
-/// text back to ids would not give the sampled tokens.
+/// text back to ids would not give the sampled tokens. `want_top` > 0 reads that many alternatives per token
+/// from `choices[0].logprobs.top_logprobs` (keys `token_id:<id>`).
 pub(crate) fn parse_completion(
     body: &[u8],
     want_logprobs: bool,
+    want_top: u32,
 ) -> Result<CompletionResponse, String> {
     let raw: RawCompletion =
         serde_json::from_slice(body).map_err(|e| format!("completion body: {e}"))?;
@@ -304,9 +316,9 @@ pub(crate) fn parse_completion(
         .into_iter()
         .next()
         .ok_or("completion has no choices")?;
-    let (tokens, token_logprobs) = match choice.logprobs {
-        Some(l) => (l.tokens, l.token_logprobs),
-        None => (None, None),
+    let (tokens, token_logprobs, top) = match choice.logprobs {
+        Some(l) => (l.tokens, l.token_logprobs, l.top_logprobs),
+        None => (None, None, None),
     };
     let token_ids = match (choice.token_ids, tokens) {
         (Some(ids), _) => ids,
@@ -347,6 +359,11 @@ pub(crate) fn parse_completion(
     } else {
         None
     };
+    let top_logprobs = if want_logprobs && want_top > 0 {
+        parse_top_logprobs(top, token_ids.len(), want_top as usize)?
+    } else {
+        Vec::new()
+    };
     let finish = match choice.finish_reason.as_deref() {
         Some("stop") => FinishReason::Stop,
         Some("length") => FinishReason::Length,
@@ -359,10 +376,49 @@ pub(crate) fn parse_completion(
     Ok(CompletionResponse {
         token_ids,
         logprobs,
+        top_logprobs,
         text: choice.text.unwrap_or_default(),
         finish,
         usage: raw.usage,
     })
+}
+
+/// The `k` most likely alternatives of each of `n` tokens, ranked here: vLLM's objects also hold the sampled
+/// token, so they may have k + 1 entries, and JSON object order is not a ranking every server keeps.
+fn parse_top_logprobs(
+    raw: Option<RawTopLogprobs>,
+    n: usize,
+    k: usize,
+) -> Result<Vec<Vec<(u32, f32)>>, String> {
+    let raw = raw.ok_or(
+        "the request asked for top log-probs and choices[0].logprobs.top_logprobs is missing",
+    )?;
+    if raw.len() != n {
+        return Err(format!(
+            "{} top log-prob entries for {n} generated tokens",
+            raw.len()
+        ));
+    }
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let m = m.ok_or_else(|| format!("choices[0].logprobs.top_logprobs[{i}] is null"))?;
+            let mut alts = m
+                .into_iter()
+                .map(|(key, lp)| {
+                    let id = key
+                        .strip_prefix("token_id:")
+                        .and_then(|n| n.parse::<u32>().ok())
+                        .ok_or_else(|| format!("choices[0].logprobs.top_logprobs[{i}] has key {key:?}, not `token_id:<id>`: serve with return_tokens_as_token_ids"))?;
+                    // JSON has no -inf: a null (or vLLM's -9999) log-prob is a token ruled out.
+                    Ok((id, lp.unwrap_or(f32::NEG_INFINITY)))
+                })
+                .collect::<Result<Vec<(u32, f32)>, String>>()?;
+            alts.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            alts.truncate(k);
+            Ok(alts)
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -451,45 +507,86 @@ mod tests {
 
     #[test]
     fn completion_token_ids_both_styles() {
-        let a = parse_completion(br#"{"choices":[{"text":"x","token_ids":[5,6],"finish_reason":"length","logprobs":{"token_logprobs":[-0.5,-1.0]}}]}"#, true).unwrap();
+        let a = parse_completion(br#"{"choices":[{"text":"x","token_ids":[5,6],"finish_reason":"length","logprobs":{"token_logprobs":[-0.5,-1.0]}}]}"#, true, 0).unwrap();
         assert_eq!(a.token_ids, vec![5, 6]);
         assert_eq!(a.logprobs, Some(vec![-0.5, -1.0]));
         assert_eq!(a.finish, FinishReason::Length);
-        let b = parse_completion(br#"{"choices":[{"finish_reason":"stop","logprobs":{"tokens":["token_id:7","token_id:151645"],"token_logprobs":[-0.1,-0.2]}}]}"#, true).unwrap();
+        let b = parse_completion(br#"{"choices":[{"finish_reason":"stop","logprobs":{"tokens":["token_id:7","token_id:151645"],"token_logprobs":[-0.1,-0.2]}}]}"#, true, 0).unwrap();
         assert_eq!(b.token_ids, vec![7, 151645]);
         assert_eq!(b.finish, FinishReason::Stop);
+        assert!(b.top_logprobs.is_empty());
+    }
+
+    #[test]
+    fn completion_top_logprobs_ranked_by_id_key() {
+        // vLLM adds the sampled token to the top-k object: 2 asked, 3 given for the first token.
+        let body = br#"{"choices":[{"token_ids":[5,6],"finish_reason":"length","logprobs":{"token_logprobs":[-2.0,-0.1],
+            "top_logprobs":[{"token_id:9":-0.5,"token_id:5":-2.0,"token_id:8":-1.0},{"token_id:6":-0.1,"token_id:1":-3.0}]}}]}"#;
+        let r = parse_completion(body, true, 2).unwrap();
+        assert_eq!(
+            r.top_logprobs,
+            vec![vec![(9, -0.5), (8, -1.0)], vec![(6, -0.1), (1, -3.0)]]
+        );
+        assert!(
+            parse_completion(body, true, 0)
+                .unwrap()
+                .top_logprobs
+                .is_empty()
+        );
+        let text_keys = br#"{"choices":[{"token_ids":[5],"finish_reason":"length","logprobs":{"token_logprobs":[-2.0],"top_logprobs":[{"a":-0.5}]}}]}"#;
+        assert!(
+            parse_completion(text_keys, true, 1)
+                .unwrap_err()
+                .contains("token_id:")
+        );
+        let missing = br#"{"choices":[{"token_ids":[5],"finish_reason":"length","logprobs":{"token_logprobs":[-2.0]}}]}"#;
+        assert!(
+            parse_completion(missing, true, 1)
+                .unwrap_err()
+                .contains("top_logprobs")
+        );
+        let s = SamplingParams {
+            top_logprobs: 4,
+            ..Default::default()
+        };
+        let req = CompletionRequest {
+            prompt_ids: vec![1],
+            sampling: s,
+            logprobs: true,
+        };
+        assert_eq!(completion_body("m", &req)["logprobs"], 4);
     }
 
     #[test]
     fn completion_rejects_what_cannot_be_trained_on() {
         let no_ids = br#"{"choices":[{"text":"x","finish_reason":"stop"}]}"#;
         assert!(
-            parse_completion(no_ids, false)
+            parse_completion(no_ids, false, 0)
                 .unwrap_err()
                 .contains("no token ids")
         );
         let short = br#"{"choices":[{"token_ids":[1,2],"finish_reason":"stop","logprobs":{"token_logprobs":[-0.5]}}]}"#;
         assert!(
-            parse_completion(short, true)
+            parse_completion(short, true, 0)
                 .unwrap_err()
                 .contains("1 log-probs for 2")
         );
         let null_lp = br#"{"choices":[{"token_ids":[1],"finish_reason":"stop","logprobs":{"token_logprobs":[null]}}]}"#;
         assert!(
-            parse_completion(null_lp, true)
+            parse_completion(null_lp, true, 0)
                 .unwrap_err()
                 .contains("null")
         );
         let text_token =
             br#"{"choices":[{"finish_reason":"stop","logprobs":{"tokens":["hello"]}}]}"#;
         assert!(
-            parse_completion(text_token, false)
+            parse_completion(text_token, false, 0)
                 .unwrap_err()
                 .contains("token_id:")
         );
         let abort = br#"{"choices":[{"token_ids":[1],"finish_reason":"abort"}]}"#;
         assert!(
-            parse_completion(abort, false)
+            parse_completion(abort, false, 0)
                 .unwrap_err()
                 .contains("abort")
         );

@@ -114,6 +114,9 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     pub stop_token_ids: Vec<u32>,
     pub stop_strings: Vec<String>,
+    /// Also return, per generated token, the log-probs of this many most likely tokens
+    /// ([`GenerateOutput::top_logprobs`]); 0 = off, and then nothing extra is computed.
+    pub top_logprobs: u32,
 }
 
 impl Default for SamplingParams {
@@ -127,6 +130,7 @@ impl Default for SamplingParams {
             seed: None,
             stop_token_ids: vec![],
             stop_strings: vec![],
+            top_logprobs: 0,
         }
     }
 }
@@ -152,6 +156,10 @@ pub struct GenerateOutput {
     /// Log-prob of each generated token under the sampling distribution's model (before temperature etc.
     /// are applied: the policy's own log pi).
     pub logprobs: Vec<f32>,
+    /// Per generated token, the `sampling.top_logprobs` most likely tokens and their log-probs under the same
+    /// distribution as `logprobs` (the policy's own log pi), most likely first; empty when not requested.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_logprobs: Vec<Vec<(u32, f32)>>,
     pub finish: FinishReason,
     /// For MoE policies: the experts chosen for the generated tokens (routing replay).
     pub routed_experts: Option<RoutedExperts>,

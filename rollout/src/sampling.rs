@@ -4,6 +4,10 @@
 //! token is picked by inverse-CDF over the filtered distribution. A request's samples therefore depend only
 //! on its seed and its logits, never on which other sequences share the batch, and the device needs a single
 //! `[B]` upload of uniforms per step instead of a per-row generator.
+//!
+//! Rows that ask for `top_logprobs` also get their k most likely tokens under the same log-softmax that gives
+//! the sampled token's log-prob; they ride the same device-to-host copy, and a batch where no row asks pays
+//! nothing for them.
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use spar_core::traits::SamplingParams;
@@ -16,6 +20,8 @@ pub struct RowSampler {
     pub top_p: f32,
     pub top_k: u32,
     pub min_p: f32,
+    /// How many most likely tokens to report per step (0 = off).
+    pub top_logprobs: u32,
     rng: ChaCha8Rng,
 }
 
@@ -26,6 +32,7 @@ impl RowSampler {
             top_p: p.top_p,
             top_k: p.top_k,
             min_p: p.min_p,
+            top_logprobs: p.top_logprobs,
             rng: ChaCha8Rng::seed_from_u64(seed),
         }
     }
@@ -45,6 +52,9 @@ impl RowSampler {
 pub struct Sampled {
     pub tokens: Vec<u32>,
     pub logprobs: Vec<f32>,
+    /// Per row, its `top_logprobs` most likely (token, log-prob) under the same log pi, most likely first;
+    /// empty for rows that asked for none.
+    pub top: Vec<Vec<(u32, f32)>>,
 }
 
 /// Samples one token per row of `logits` (`[B, V]`, any float kind) with `rows[i]`'s knobs and RNG.
@@ -70,14 +80,60 @@ pub fn sample(logits: &Tensor, rows: &mut [&mut RowSampler]) -> Sampled {
     let lp = logp
         .gather(-1, &tokens.unsqueeze(-1), false)
         .squeeze_dim(-1);
-    // Token ids < 2^24 are exact in f64, and so is every f32: one transfer carries both.
-    let both = Tensor::stack(&[tokens.to_kind(Kind::Double), lp.to_kind(Kind::Double)], 0)
-        .to_device(Device::Cpu);
-    let flat: Vec<f64> = Vec::<f64>::try_from(both.reshape([-1])).expect("sampled tensor to host");
-    let (t, l) = flat.split_at(b as usize);
+    // Token ids < 2^24 are exact in f64, and so is every f32: one transfer carries tokens, log-probs and the
+    // top-k of the rows that asked (ids then values, `[asking rows, k]` each).
+    let mut parts = vec![tokens.to_kind(Kind::Double), lp.to_kind(Kind::Double)];
+    let top = TopRequest::of(rows, v);
+    if let Some(t) = &top {
+        let asked = if t.rows.len() == rows.len() {
+            logp
+        } else {
+            let idx: Vec<i64> = t.rows.iter().map(|&r| r as i64).collect();
+            logp.index_select(0, &Tensor::from_slice(&idx).to_device(device))
+        };
+        let (values, ids) = asked.topk(t.k, -1, true, true);
+        parts.push(ids.to_kind(Kind::Double).reshape([-1]));
+        parts.push(values.to_kind(Kind::Double).reshape([-1]));
+    }
+    let flat: Vec<f64> = Vec::<f64>::try_from(Tensor::cat(&parts, 0).to_device(Device::Cpu))
+        .expect("sampled tensor to host");
+    let (t, rest) = flat.split_at(b as usize);
+    let (l, rest) = rest.split_at(b as usize);
+    let mut per_row = vec![Vec::new(); b as usize];
+    if let Some(top) = top {
+        let k = top.k as usize;
+        let (ids, values) = rest.split_at(top.rows.len() * k);
+        for (n, &r) in top.rows.iter().enumerate() {
+            let want = (rows[r].top_logprobs as usize).min(k);
+            per_row[r] = (0..want)
+                .map(|j| (ids[n * k + j] as u32, values[n * k + j] as f32))
+                .collect();
+        }
+    }
     Sampled {
         tokens: t.iter().map(|&x| x as u32).collect(),
         logprobs: l.iter().map(|&x| x as f32).collect(),
+        top: per_row,
+    }
+}
+
+/// The rows of a batch that want top log-probs and the largest k among them (at most the vocabulary).
+struct TopRequest {
+    rows: Vec<usize>,
+    k: i64,
+}
+
+impl TopRequest {
+    fn of(rows: &[&mut RowSampler], v: i64) -> Option<Self> {
+        let asking: Vec<usize> = (0..rows.len())
+            .filter(|&i| rows[i].top_logprobs > 0)
+            .collect();
+        let k = asking
+            .iter()
+            .map(|&i| rows[i].top_logprobs as i64)
+            .max()?
+            .min(v);
+        Some(TopRequest { rows: asking, k })
     }
 }
 
@@ -168,6 +224,43 @@ mod tests {
         assert_eq!(s.tokens, vec![1, 1]);
         let lp = logits.log_softmax(-1, Kind::Float);
         assert!((s.logprobs[0] - lp.double_value(&[0, 1]) as f32).abs() < 1e-6);
+    }
+
+    #[test]
+    fn top_logprobs_only_for_rows_that_ask_sorted_and_consistent() {
+        let logits =
+            Tensor::from_slice(&[0.0f32, 2.0, 1.0, 0.5, 3.0, 0.0, 1.0, 1.5, -1.0]).reshape([3, 3]);
+        let mut asks = params(0.0, 1.0, 0, 0.0);
+        asks.top_logprobs = 2;
+        let mut wide = params(1.0, 1.0, 0, 0.0);
+        wide.top_logprobs = 50;
+        let mut a = RowSampler::new(&asks, 1);
+        let mut b = RowSampler::new(&params(0.0, 1.0, 0, 0.0), 2);
+        let mut c = RowSampler::new(&wide, 3);
+        let s = sample(&logits, &mut [&mut a, &mut b, &mut c]);
+        let lp = logits.log_softmax(-1, Kind::Float);
+        assert!(s.top[1].is_empty());
+        assert_eq!(s.top[0].iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(s.top[0][0], (s.tokens[0], s.logprobs[0]));
+        // k beyond the vocabulary gives the whole vocabulary, most likely first.
+        assert_eq!(
+            s.top[2].iter().map(|t| t.0).collect::<Vec<_>>(),
+            vec![1, 0, 2]
+        );
+        for (row, top) in [(0i64, &s.top[0]), (2, &s.top[2])] {
+            for &(id, l) in top {
+                assert!((l - lp.double_value(&[row, id as i64]) as f32).abs() < 1e-6);
+            }
+        }
+        let none = sample(
+            &logits,
+            &mut [
+                &mut b,
+                &mut RowSampler::new(&params(1.0, 1.0, 0, 0.0), 4),
+                &mut RowSampler::new(&params(1.0, 1.0, 0, 0.0), 5),
+            ],
+        );
+        assert!(none.top.iter().all(|t| t.is_empty()));
     }
 
     #[test]

@@ -11,7 +11,12 @@ use std::time::Duration;
 /// One event of a streamed request.
 #[derive(Debug)]
 pub enum StreamEvent {
-    Token { id: u32, logprob: f32 },
+    /// A sampled token, its log-prob and, when the request asked, the most likely tokens with theirs.
+    Token {
+        id: u32,
+        logprob: f32,
+        top_logprobs: Vec<(u32, f32)>,
+    },
     Done(std::result::Result<EngineOutput, String>),
 }
 

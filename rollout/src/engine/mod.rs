@@ -3,7 +3,9 @@
 //! Each [`Engine::step`] admits queued requests into free slots (reusing cached prefixes), prefills them, then
 //! decodes ONE token for every running sequence in a single batched forward. A finished sequence frees its slot
 //! at once and the next queued request takes it. The only device-to-host copy per decode step is the sampled
-//! tokens with their log-probs (needed to check stops); prompt prefill adds one per prefill batch.
+//! tokens with their log-probs (needed to check stops) and the top log-probs of the rows that asked for them;
+//! prompt prefill adds one per prefill batch. Prefill and decode, eager or CUDA graph, all sample through
+//! [`crate::sampling::sample`].
 //!
 //! The engine borrows the model and runs on the caller's thread (tch tensors are not `Sync`); async code talks
 //! to it through [`EngineClient`], whose requests [`Engine::run_until`] drains.
@@ -100,6 +102,8 @@ struct Running {
     copy_from: Option<(usize, usize)>,
     out: Vec<u32>,
     logprobs: Vec<f32>,
+    /// Per generated token, when the request asked for top log-probs.
+    top_logprobs: Vec<Vec<(u32, f32)>>,
     sampler: RowSampler,
     max_new: usize,
     stop_ids: Vec<u32>,
@@ -319,6 +323,7 @@ impl<'m> Engine<'m> {
                 copy_from,
                 out: Vec::new(),
                 logprobs: Vec::new(),
+                top_logprobs: Vec::new(),
                 sampler: RowSampler::new(&req.sampling, seed),
                 max_new,
                 stop_ids: req.sampling.stop_token_ids.clone(),
@@ -530,8 +535,10 @@ impl<'m> Engine<'m> {
             }
             sample(logits, &mut samplers)
         };
+        let mut tops = picked.top.into_iter();
         for (n, &i) in rows.iter().enumerate() {
             let (tok, lp) = (picked.tokens[n], picked.logprobs[n]);
+            let top = tops.next().unwrap_or_default();
             let r = &mut self.running[i];
             r.out.push(tok);
             r.logprobs.push(lp);
@@ -541,7 +548,11 @@ impl<'m> Engine<'m> {
                 let _ = tx.send(StreamEvent::Token {
                     id: tok,
                     logprob: lp,
+                    top_logprobs: top.clone(),
                 });
+            }
+            if r.sampler.top_logprobs > 0 {
+                r.top_logprobs.push(top);
             }
         }
         self.stats.generated_tokens += rows.len() as u64;
@@ -636,6 +647,7 @@ impl<'m> Engine<'m> {
             output: GenerateOutput {
                 token_ids: r.out.clone(),
                 logprobs: r.logprobs.clone(),
+                top_logprobs: r.top_logprobs.clone(),
                 finish,
                 routed_experts,
             },

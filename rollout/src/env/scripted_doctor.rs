@@ -68,6 +68,8 @@ impl TurnGenerator for ScriptedTurns {
                 token_ids,
                 finish,
                 routed_experts: None,
+                // A scripted reply has no distribution to rank.
+                top_logprobs: Vec::new(),
             },
             prompt_routing: None,
         })

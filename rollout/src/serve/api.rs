@@ -58,7 +58,8 @@ pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: Prompt,
     pub max_tokens: Option<u32>,
-    /// Number of top log-probs per token (0 = just the sampled token's).
+    /// Return each sampled token's log-prob and, for N > 0, the N most likely tokens' (`top_logprobs`, at most
+    /// 20); absent: no log-probs.
     pub logprobs: Option<u32>,
     #[serde(default)]
     pub echo: bool,
@@ -79,8 +80,10 @@ pub struct ChatRequest {
     pub tools: Option<Value>,
     pub max_tokens: Option<u32>,
     pub max_completion_tokens: Option<u32>,
+    /// Return each sampled token's log-prob.
     #[serde(default)]
     pub logprobs: bool,
+    /// Also return this many most likely tokens per position (0..=20; needs `logprobs: true`).
     pub top_logprobs: Option<u32>,
     pub chat_template_kwargs: Option<Value>,
     #[serde(default)]

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde::Serialize;
 use serde_json::{Value, json};
 use spar_core::traits::{FinishReason, GenerateRequest, SamplingParams};
 use std::convert::Infallible;
@@ -26,32 +27,52 @@ pub(crate) fn router(state: Arc<ServeState>) -> Router {
         .with_state(state)
 }
 
-/// An OpenAI-style error response.
-struct ApiError(StatusCode, String);
+/// An OpenAI-style error response; `param` names the offending request field when there is one.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    param: Option<&'static str>,
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let kind = if self.0 == StatusCode::UNAUTHORIZED {
+        let kind = if self.status == StatusCode::UNAUTHORIZED {
             "authentication_error"
-        } else if self.0.is_client_error() {
+        } else if self.status.is_client_error() {
             "invalid_request_error"
         } else {
             "server_error"
         };
         (
-            self.0,
-            Json(json!({"error": {"message": self.1, "type": kind, "param": null, "code": self.0.as_u16()}})),
+            self.status,
+            Json(json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": self.status.as_u16()}})),
         )
             .into_response()
     }
 }
 
+fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        message: message.into(),
+        param: None,
+    }
+}
+
 fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, msg.into())
+    error(StatusCode::BAD_REQUEST, msg)
+}
+
+/// A 400 about one request field.
+fn bad_param(param: &'static str, msg: impl Into<String>) -> ApiError {
+    ApiError {
+        param: Some(param),
+        ..bad(msg)
+    }
 }
 
 fn internal(e: anyhow::Error) -> ApiError {
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
 }
 
 fn authorize(st: &ServeState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -73,9 +94,9 @@ fn authorize(st: &ServeState, headers: &HeaderMap) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError(
+        Err(error(
             StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token".into(),
+            "missing or wrong bearer token",
         ))
     }
 }
@@ -110,6 +131,7 @@ fn sampling(
     f: &SamplingFields,
     max_tokens: Option<u32>,
     prompt_len: usize,
+    top_logprobs: u32,
 ) -> Result<SamplingParams, ApiError> {
     let temperature = f.temperature.unwrap_or(1.0);
     if !(0.0..=100.0).contains(&temperature) {
@@ -156,7 +178,28 @@ fn sampling(
         seed: f.seed,
         stop_token_ids,
         stop_strings: f.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+        top_logprobs,
     })
+}
+
+/// Most alternatives per token a request may ask for: OpenAI's chat limit (its legacy `/completions` allows 5;
+/// spar allows 20 there too, as vLLM does).
+pub(crate) const MAX_TOP_LOGPROBS: u32 = 20;
+
+fn top_count(field: &'static str, n: u32) -> Result<u32, ApiError> {
+    if n > MAX_TOP_LOGPROBS {
+        return Err(bad_param(
+            field,
+            format!("{field} must be in 0..={MAX_TOP_LOGPROBS} (got {n})"),
+        ));
+    }
+    Ok(n)
+}
+
+/// A log-prob as JSON can carry it: JSON has no infinity (a token the model rules out has log-prob -inf), so,
+/// as vLLM does, -9999 stands for it.
+fn finite(lp: f32) -> f32 {
+    if lp.is_finite() { lp } else { -9999.0 }
 }
 
 /// The visible text of an output: the stop token dropped, cut before the first stop string.
@@ -218,16 +261,102 @@ fn split_reasoning(text: &str, thinking: bool) -> (Option<String>, String) {
     }
 }
 
+fn token_string(st: &ServeState, t: u32, as_ids: bool) -> String {
+    if as_ids {
+        format!("token_id:{t}")
+    } else {
+        st.codec.decode(&[t]).unwrap_or_default()
+    }
+}
+
 fn token_strings(st: &ServeState, ids: &[u32], as_ids: bool) -> Vec<String> {
-    ids.iter()
-        .map(|&t| {
-            if as_ids {
-                format!("token_id:{t}")
-            } else {
-                st.codec.decode(&[t]).unwrap_or_default()
-            }
-        })
-        .collect()
+    ids.iter().map(|&t| token_string(st, t, as_ids)).collect()
+}
+
+/// `choices[].logprobs` of `/v1/completions` (the legacy format). Typed rather than a `Value` because each
+/// `top_logprobs` entry is a JSON object from token text to log-prob whose order carries the ranking, and
+/// serde_json's `Map` sorts its keys.
+#[derive(Serialize)]
+struct LegacyLogprobs {
+    tokens: Vec<String>,
+    token_logprobs: Vec<f32>,
+    /// Null unless the request asked for `logprobs: N` with N > 0.
+    top_logprobs: Option<Vec<RankedMap>>,
+    text_offset: Vec<usize>,
+}
+
+/// A JSON object written in the order of its entries (most likely first).
+struct RankedMap(Vec<(String, f32)>);
+
+impl Serialize for RankedMap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+/// Legacy log-probs of `ids`. Two alternatives can decode to the same text (pieces of one UTF-8 character);
+/// the object keeps the more likely one, so it may hold fewer than N keys (`return_tokens_as_token_ids`
+/// keeps them all apart).
+fn legacy_logprobs(
+    st: &ServeState,
+    ids: &[u32],
+    lps: &[f32],
+    tops: Option<&[Vec<(u32, f32)>]>,
+    as_ids: bool,
+) -> LegacyLogprobs {
+    let top_logprobs = tops.map(|tops| {
+        tops.iter()
+            .map(|alts| {
+                let mut seen = std::collections::HashSet::new();
+                RankedMap(
+                    alts.iter()
+                        .map(|&(t, lp)| (token_string(st, t, as_ids), finite(lp)))
+                        .filter(|(k, _)| seen.insert(k.clone()))
+                        .collect(),
+                )
+            })
+            .collect()
+    });
+    LegacyLogprobs {
+        tokens: token_strings(st, ids, as_ids),
+        token_logprobs: lps.iter().map(|&l| finite(l)).collect(),
+        top_logprobs,
+        text_offset: vec![],
+    }
+}
+
+/// `choices[]` of `/v1/completions` (typed: it carries [`LegacyLogprobs`]).
+#[derive(Serialize)]
+struct CompletionChoice<'a> {
+    index: usize,
+    text: String,
+    logprobs: Option<LegacyLogprobs>,
+    finish_reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_ids: Option<&'a [u32]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_token_ids: Option<&'a [u32]>,
+}
+
+/// A `/v1/completions` response or stream chunk.
+#[derive(Serialize)]
+struct CompletionBody<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: Vec<CompletionChoice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Value>,
+}
+
+fn to_json_string(body: &impl Serialize) -> String {
+    serde_json::to_string(body).expect("response bodies are plain data")
 }
 
 async fn run_all(
@@ -255,9 +384,10 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers)?;
     if req.echo {
-        return Err(bad("echo is not supported"));
+        return Err(bad_param("echo", "echo is not supported"));
     }
-    // `logprobs: N` returns each sampled token's log-prob; alternatives (`top_logprobs`) are not computed.
+    // `logprobs: N`: each sampled token's log-prob, and for N > 0 the N most likely tokens with theirs.
+    let top = top_count("logprobs", req.logprobs.unwrap_or(0))?;
     let prompts: Vec<Vec<u32>> = match &req.prompt {
         Prompt::Text(t) => vec![st.codec.encode(t).map_err(internal)?],
         Prompt::Texts(ts) => ts
@@ -281,7 +411,7 @@ async fn completions(
     let mut reqs = Vec::new();
     let mut params_of = Vec::new();
     for p in &prompts {
-        let params = sampling(&st, &req.sampling, req.max_tokens, p.len())?;
+        let params = sampling(&st, &req.sampling, req.max_tokens, p.len(), top)?;
         for sp in with_n(&params, n) {
             params_of.push(sp.clone());
             reqs.push(GenerateRequest {
@@ -293,6 +423,7 @@ async fn completions(
     let id = request_id("cmpl");
     let model = req.model.clone().unwrap_or_else(|| st.model_name.clone());
     let want_lp = req.logprobs.is_some();
+    let as_ids = req.return_tokens_as_token_ids;
     if req.sampling.stream {
         if reqs.len() != 1 {
             return Err(bad("streaming supports one prompt and n = 1"));
@@ -300,22 +431,39 @@ async fn completions(
         let params = params_of.remove(0);
         let rx = st.client.stream(reqs.remove(0)).map_err(internal)?;
         let st2 = st.clone();
+        let return_ids = req.return_token_ids;
         let make = move |delta_ids: &[u32],
                          delta: String,
                          lps: &[f32],
+                         tops: &[Vec<(u32, f32)>],
                          finish: Option<FinishReason>| {
-            let logprobs = want_lp.then(|| json!({"tokens": token_strings(&st2, delta_ids, req.return_tokens_as_token_ids), "token_logprobs": lps, "top_logprobs": null, "text_offset": []}));
-            json!({"id": id, "object": "text_completion", "created": now(), "model": model,
-                   "choices": [{"index": 0, "text": delta, "logprobs": logprobs, "finish_reason": finish.map(finish_name), "token_ids": req.return_token_ids.then_some(delta_ids)}]})
+            let logprobs = want_lp
+                .then(|| legacy_logprobs(&st2, delta_ids, lps, (top > 0).then_some(tops), as_ids));
+            to_json_string(&CompletionBody {
+                id: &id,
+                object: "text_completion",
+                created: now(),
+                model: &model,
+                choices: vec![CompletionChoice {
+                    index: 0,
+                    text: delta,
+                    logprobs,
+                    finish_reason: finish.map(finish_name),
+                    token_ids: return_ids.then_some(delta_ids),
+                    prompt_token_ids: None,
+                }],
+                usage: None,
+            })
         };
         return Ok(sse(st.clone(), rx, params, move |ev| match ev {
             Delta::Text {
                 ids,
                 text,
                 logprobs,
+                top_logprobs,
                 ..
-            } => vec![make(&ids, text, &logprobs, None)],
-            Delta::Finish(f) => vec![make(&[], String::new(), &[], Some(f))],
+            } => vec![make(&ids, text, &logprobs, &top_logprobs, None)],
+            Delta::Finish(f) => vec![make(&[], String::new(), &[], &[], Some(f))],
         }));
     }
     let outs = run_all(&st, reqs).await?;
@@ -327,20 +475,37 @@ async fn completions(
             params.stop_strings.clear();
         }
         let text = output_text(&st, out, &params)?;
-        let ids = &out.output.token_ids;
-        prompt_tokens += prompts[i / n.max(1) as usize].len();
-        completion_tokens += ids.len();
-        let logprobs = want_lp.then(|| json!({"tokens": token_strings(&st, ids, req.return_tokens_as_token_ids), "token_logprobs": out.output.logprobs, "top_logprobs": null, "text_offset": []}));
-        let mut c = json!({"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish_name(out.output.finish)});
-        if req.return_token_ids {
-            c["token_ids"] = json!(ids);
-            c["prompt_token_ids"] = json!(prompts[i / n.max(1) as usize]);
-        }
-        choices.push(c);
+        let o = &out.output;
+        let prompt = &prompts[i / n.max(1) as usize];
+        prompt_tokens += prompt.len();
+        completion_tokens += o.token_ids.len();
+        let tops = (top > 0).then_some(o.top_logprobs.as_slice());
+        choices.push(CompletionChoice {
+            index: i,
+            text,
+            logprobs: want_lp
+                .then(|| legacy_logprobs(&st, &o.token_ids, &o.logprobs, tops, as_ids)),
+            finish_reason: Some(finish_name(o.finish)),
+            token_ids: req.return_token_ids.then_some(o.token_ids.as_slice()),
+            prompt_token_ids: req.return_token_ids.then_some(prompt.as_slice()),
+        });
     }
-    Ok(Json(json!({"id": id, "object": "text_completion", "created": now(), "model": model, "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}}))
-    .into_response())
+    let body = CompletionBody {
+        id: &id,
+        object: "text_completion",
+        created: now(),
+        model: &model,
+        choices,
+        usage: Some(
+            json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                           "total_tokens": prompt_tokens + completion_tokens}),
+        ),
+    };
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        to_json_string(&body),
+    )
+        .into_response())
 }
 
 fn enable_thinking(req: &ChatRequest) -> bool {
@@ -351,16 +516,40 @@ fn enable_thinking(req: &ChatRequest) -> bool {
         .unwrap_or(true)
 }
 
-fn chat_logprobs(st: &ServeState, ids: &[u32], lps: &[f32]) -> Value {
+/// `choices[].logprobs` of a chat completion: per token its text, log-prob, UTF-8 bytes and `top_logprobs`
+/// (the same fields for each alternative, most likely first; `[]` when not asked for).
+fn chat_logprobs(st: &ServeState, ids: &[u32], lps: &[f32], tops: &[Vec<(u32, f32)>]) -> Value {
+    let entry = |t: u32, lp: f32| {
+        let s = st.codec.decode(&[t]).unwrap_or_default();
+        json!({"token": s, "logprob": finite(lp), "bytes": s.as_bytes()})
+    };
     let content: Vec<Value> = ids
         .iter()
         .zip(lps)
-        .map(|(&t, &lp)| {
-            let s = st.codec.decode(&[t]).unwrap_or_default();
-            json!({"token": s, "logprob": lp, "bytes": s.as_bytes(), "top_logprobs": []})
+        .enumerate()
+        .map(|(i, (&t, &lp))| {
+            let mut e = entry(t, lp);
+            let alts: Vec<Value> = tops
+                .get(i)
+                .map(|a| a.iter().map(|&(t, lp)| entry(t, lp)).collect())
+                .unwrap_or_default();
+            e["top_logprobs"] = Value::Array(alts);
+            e
         })
         .collect();
     json!({"content": content})
+}
+
+/// `top_logprobs` of a chat request, checked as OpenAI does: at most 20, and only with `logprobs: true`.
+fn chat_top_count(req: &ChatRequest) -> Result<u32, ApiError> {
+    let n = req.top_logprobs.unwrap_or(0);
+    if n > 0 && !req.logprobs {
+        return Err(bad_param(
+            "top_logprobs",
+            "top_logprobs requires logprobs: true",
+        ));
+    }
+    top_count("top_logprobs", n)
 }
 
 async fn chat(
@@ -369,6 +558,7 @@ async fn chat(
     Json(req): Json<ChatRequest>,
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers)?;
+    let top = chat_top_count(&req)?;
     let thinking = enable_thinking(&req);
     let text = st
         .renderer
@@ -380,6 +570,7 @@ async fn chat(
         &req.sampling,
         req.max_completion_tokens.or(req.max_tokens),
         prompt.len(),
+        top,
     )?;
     let id = request_id("chatcmpl");
     let model = req.model.clone().unwrap_or_else(|| st.model_name.clone());
@@ -400,6 +591,7 @@ async fn chat(
         let chunk = move |delta: Value, lp: Option<Value>, finish: Option<FinishReason>| {
             json!({"id": id, "object": "chat.completion.chunk", "created": now(), "model": model,
                    "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish.map(finish_name)}]})
+            .to_string()
         };
         let mut started = false;
         let mut reasoning_sent = 0usize;
@@ -418,6 +610,7 @@ async fn chat(
                 Delta::Text {
                     ids,
                     logprobs,
+                    top_logprobs,
                     full,
                     ..
                 } => {
@@ -434,7 +627,7 @@ async fn chat(
                         delta.insert("content".into(), json!(content[content_sent..]));
                         content_sent = content.len();
                     }
-                    let lp = want_lp.then(|| chat_logprobs(&st2, &ids, &logprobs));
+                    let lp = want_lp.then(|| chat_logprobs(&st2, &ids, &logprobs, &top_logprobs));
                     if !delta.is_empty() || lp.is_some() {
                         out.push(chunk(Value::Object(delta), lp, None));
                     }
@@ -463,7 +656,7 @@ async fn chat(
             message["reasoning_content"] = json!(r);
         }
         let mut c = json!({"index": i, "message": message, "finish_reason": finish_name(out.output.finish),
-                           "logprobs": req.logprobs.then(|| chat_logprobs(&st, &out.output.token_ids, &out.output.logprobs))});
+                           "logprobs": req.logprobs.then(|| chat_logprobs(&st, &out.output.token_ids, &out.output.logprobs, &out.output.top_logprobs))});
         if req.return_token_ids {
             c["token_ids"] = json!(out.output.token_ids);
         }
@@ -483,6 +676,8 @@ enum Delta {
     Text {
         ids: Vec<u32>,
         logprobs: Vec<f32>,
+        /// Per token of `ids`; empty lists when the request asked for no alternatives.
+        top_logprobs: Vec<Vec<(u32, f32)>>,
         text: String,
         full: String,
     },
@@ -491,27 +686,29 @@ enum Delta {
 
 /// Server-sent events over a streamed request. Text is decoded from all tokens so far and only complete
 /// characters are sent (a token may end inside a UTF-8 sequence); stop tokens and anything from a stop string
-/// on are not shown.
+/// on are not shown. `to_json` turns each delta into the JSON text of its events.
 fn sse(
     st: Arc<ServeState>,
     rx: tokio::sync::mpsc::UnboundedReceiver<StreamEvent>,
     params: SamplingParams,
-    to_json: impl FnMut(Delta) -> Vec<Value> + Send + 'static,
+    to_json: impl FnMut(Delta) -> Vec<String> + Send + 'static,
 ) -> Response {
     struct S {
         rx: tokio::sync::mpsc::UnboundedReceiver<StreamEvent>,
         ids: Vec<u32>,
         pending_ids: Vec<u32>,
         pending_lp: Vec<f32>,
+        pending_top: Vec<Vec<(u32, f32)>>,
         sent: usize,
         done: bool,
-        to_json: Box<dyn FnMut(Delta) -> Vec<Value> + Send>,
+        to_json: Box<dyn FnMut(Delta) -> Vec<String> + Send>,
     }
     let init = S {
         rx,
         ids: vec![],
         pending_ids: vec![],
         pending_lp: vec![],
+        pending_top: vec![],
         sent: 0,
         done: false,
         to_json: Box::new(to_json),
@@ -524,14 +721,19 @@ fn sse(
                 return None;
             }
             let ev = s.rx.recv().await;
-            let mut events: Vec<Value> = Vec::new();
+            let mut events: Vec<String> = Vec::new();
             let mut out_events = Vec::new();
             match ev {
-                Some(StreamEvent::Token { id, logprob }) => {
+                Some(StreamEvent::Token {
+                    id,
+                    logprob,
+                    top_logprobs,
+                }) => {
                     s.ids.push(id);
                     if !params.stop_token_ids.contains(&id) {
                         s.pending_ids.push(id);
                         s.pending_lp.push(logprob);
+                        s.pending_top.push(top_logprobs);
                     }
                     let visible = visible_ids(&s.ids, FinishReason::Stop, &params);
                     let full = cut_at_stop(
@@ -547,6 +749,7 @@ fn sse(
                         events = (s.to_json)(Delta::Text {
                             ids: std::mem::take(&mut s.pending_ids),
                             logprobs: std::mem::take(&mut s.pending_lp),
+                            top_logprobs: std::mem::take(&mut s.pending_top),
                             text,
                             full: complete.to_string(),
                         });
@@ -565,6 +768,7 @@ fn sse(
                         events = (s.to_json)(Delta::Text {
                             ids: std::mem::take(&mut s.pending_ids),
                             logprobs: std::mem::take(&mut s.pending_lp),
+                            top_logprobs: std::mem::take(&mut s.pending_top),
                             text,
                             full,
                         });
@@ -573,15 +777,14 @@ fn sse(
                     s.done = true;
                 }
                 Some(StreamEvent::Done(Err(e))) => {
-                    events = vec![json!({"error": {"message": e, "type": "server_error"}})];
+                    events =
+                        vec![json!({"error": {"message": e, "type": "server_error"}}).to_string()];
                     s.done = true;
                 }
                 None => s.done = true,
             }
             for e in events {
-                out_events.push(Ok::<Event, Infallible>(
-                    Event::default().data(e.to_string()),
-                ));
+                out_events.push(Ok::<Event, Infallible>(Event::default().data(e)));
             }
             if s.done {
                 out_events.push(Ok(Event::default().data("[DONE]")));

@@ -1,5 +1,6 @@
 //! `spar serve`: the built-in engine behind an OpenAI-compatible HTTP API (`/v1/chat/completions`,
-//! `/v1/completions`, `/v1/models`), with log-probs, streaming (server-sent events), Qwen3's reasoning split
+//! `/v1/completions`, `/v1/models`), with log-probs (and the most likely alternatives: chat `top_logprobs`,
+//! legacy `logprobs: N`), streaming (server-sent events), Qwen3's reasoning split
 //! (`reasoning_content`, as vLLM's qwen3 parser returns it), loopback binding by default and an optional
 //! bearer token. Token ids in and out (`prompt` as ids, `return_token_ids`) serve the rollout backend switch.
 pub mod api;

@@ -182,3 +182,80 @@ fn a_long_cached_conversation_and_a_fresh_long_prompt_share_a_prefill_without_ov
         assert!((o.output.logprobs[0] - full[p.len()]).abs() < 1e-4);
     }
 }
+
+/// Log-softmax of one full forward of `ids`, `[T, V]` flattened: row t is the distribution of token t + 1.
+fn full_forward_log_softmax(model: &spar_model::Qwen3Model, ids: &[u32]) -> (Vec<f32>, usize) {
+    let _g = tch::no_grad_guard();
+    let t =
+        tch::Tensor::from_slice(&ids.iter().map(|&x| x as i64).collect::<Vec<_>>()).unsqueeze(0);
+    let out = model.forward(spar_model::ForwardInput::new(&t)).unwrap();
+    let v = out.logits.size()[2] as usize;
+    let lp = out
+        .logits
+        .to_kind(tch::Kind::Float)
+        .log_softmax(-1, tch::Kind::Float)
+        .reshape([-1]);
+    (Vec::<f32>::try_from(lp).unwrap(), v)
+}
+
+#[test]
+fn top_logprobs_rank_the_policy_distribution_for_the_rows_that_ask() {
+    let model = tiny_model(false);
+    let cfg = EngineConfig {
+        max_batch: 3,
+        kv_slots: 4,
+        max_seq_len: 128,
+        prefill_tokens: 64,
+        seed: 2,
+        record_routing: false,
+    };
+    let mut engine = Engine::new(&model, cfg).unwrap();
+    // One greedy row, one sampled row, one that asks for nothing, decoded in the same batches.
+    let mut greedy = req(prompt(9, 3), 6, 0.0, 0);
+    greedy.sampling.top_logprobs = 5;
+    let mut sampled = req(prompt(5, 8), 6, 1.0, 7);
+    sampled.sampling.top_logprobs = 3;
+    let plain = req(prompt(7, 1), 6, 1.0, 8);
+    let outs = engine
+        .generate(vec![greedy.clone(), sampled.clone(), plain])
+        .unwrap();
+    assert!(outs[2].output.top_logprobs.is_empty());
+    for (r, o) in [(&greedy, &outs[0].output), (&sampled, &outs[1].output)] {
+        let k = r.sampling.top_logprobs as usize;
+        assert_eq!(o.top_logprobs.len(), o.token_ids.len());
+        let all = [r.prompt_ids.clone(), o.token_ids.clone()].concat();
+        let (rows, v) = full_forward_log_softmax(&model, &all);
+        // Entry 0 comes from the prefill's logits, the rest from decode steps.
+        for (i, top) in o.top_logprobs.iter().enumerate() {
+            let pos = r.prompt_ids.len() - 1 + i;
+            let row = &rows[pos * v..(pos + 1) * v];
+            assert_eq!(top.len(), k, "token {i}");
+            assert!(top.windows(2).all(|w| w[0].1 >= w[1].1), "sorted: {top:?}");
+            for &(id, lp) in top {
+                assert!(
+                    (lp - row[id as usize]).abs() < 1e-4,
+                    "token {i}, alternative {id}: engine {lp} vs full forward {}",
+                    row[id as usize]
+                );
+            }
+            // A true top-k: no token left out is more likely than the last one kept (up to float noise).
+            let last = top[k - 1].1;
+            for (id, &l) in row.iter().enumerate() {
+                assert!(
+                    top.iter().any(|&(t, _)| t as usize == id) || l <= last + 1e-4,
+                    "token {i}: {id} ({l}) is missing from {top:?}"
+                );
+            }
+            let (tok, lp) = (o.token_ids[i], o.logprobs[i]);
+            if r.sampling.temperature == 0.0 {
+                assert_eq!(top[0], (tok, lp), "greedy: the sampled token leads");
+            } else {
+                assert!(lp <= top[0].1);
+                assert!(
+                    top.contains(&(tok, lp)) || lp <= last,
+                    "token {i}: {tok} {lp} vs {top:?}"
+                );
+            }
+        }
+    }
+}
