@@ -206,6 +206,7 @@ fn old_pass(
     reference: Option<&dyn Policy>,
     mbs: &mut [MicroBatch],
     extras: &RlExtras,
+    loss_cfg: &PolicyLossConfig,
 ) -> Result<(Vec<Tensor>, Vec<f64>)> {
     let mut old_values = Vec::new();
     let mut teacher_kl = vec![0.0; extras.teachers.len()];
@@ -250,6 +251,18 @@ fn old_pass(
                     distill::reverse_kl_advantage(&student, &per_teacher, extras.distill_coef)
                         * &mb.mask;
                 mb.advantages = &mb.advantages * extras.task_coef + kl_adv;
+            }
+            if let (true, Some(ref_lp)) = (loss_cfg.kl_in_reward, &mb.ref_logp) {
+                // KL in the reward: each token's reward (a critic's token reward, else its advantage) pays
+                // kl_coef * KL_t, pi_old against the reference; tokens without finite log-probs pay nothing.
+                let ok = old.isfinite().logical_and(&ref_lp.isfinite());
+                let zeros = old.zeros_like();
+                let kl = loss_cfg.kl_estimator.estimate(
+                    &old.where_self(&ok, &zeros),
+                    &ref_lp.where_self(&ok, &zeros),
+                ) * ok.to_kind(Kind::Float)
+                    * &mb.mask;
+                mb.advantages = &mb.advantages - kl * loss_cfg.kl_coef;
             }
             mb.old_logp = Some(old);
         }
@@ -305,7 +318,7 @@ pub fn rl_update_with(
         None => items,
     };
     let mut mbs = micro_batches(items, batching, device)?;
-    let (old_values, teacher_kl) = old_pass(policy, reference, &mut mbs, extras)?;
+    let (old_values, teacher_kl) = old_pass(policy, reference, &mut mbs, extras, loss_cfg)?;
     let (total_tokens, total_seqs) = totals(items);
     let mut fixed = std::collections::BTreeMap::new();
     for ((name, _), kl) in extras.teachers.iter().zip(&teacher_kl) {

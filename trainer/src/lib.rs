@@ -31,6 +31,7 @@ pub mod plot;
 pub mod policy;
 pub mod policy_loss;
 pub mod qwen3;
+pub mod reference;
 pub mod rl_round;
 pub mod rng;
 pub mod run;

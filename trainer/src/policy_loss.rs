@@ -76,8 +76,12 @@ pub struct PolicyLossConfig {
     pub dual_clip: f64,
     /// Truncated IS cap C on pi_old / pi_rollout per token (0 = off).
     pub tis_cap: f64,
+    /// Weight of the KL to the reference policy (needs reference log-probs; see `kl_in_reward`).
     pub kl_coef: f64,
     pub kl_estimator: KlEstimator,
+    /// The KL penalty `-kl_coef * KL_t` joins each token's reward (folded into the advantages before the update,
+    /// see `learner::rl_update_with`) instead of being a loss term.
+    pub kl_in_reward: bool,
     pub entropy_coef: f64,
 }
 
@@ -247,7 +251,7 @@ pub fn policy_loss(
             .kl_estimator
             .estimate(&logp, &ref_logp.where_self(&finite, &zeros).detach());
         kl_sum = sum_f64(&(kl.detach() * &mask));
-        if cfg.kl_coef != 0.0 {
+        if cfg.kl_coef != 0.0 && !cfg.kl_in_reward {
             loss = loss + agg.apply(&kl, &mask, x.seq_ids, x.n_seqs) * cfg.kl_coef;
         }
     }

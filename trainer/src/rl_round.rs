@@ -64,7 +64,8 @@ pub struct LearnConfig<'a> {
     pub device: Device,
 }
 
-/// Learns one played round at learner version `version` (RL rounds applied so far). Returns the round's
+/// Learns one played round at learner version `version` (RL rounds applied so far), with the KL term against
+/// `reference` when one is given (`trainer.kl_coef`). Returns the round's
 /// metrics: loss, clip fractions, ratio, mismatch, ..., `rl/policy_lag` (learner version minus the samples'
 /// mean policy version: 0 colocated, 1 in one-step off-policy mode), the critic's and each teacher's.
 pub fn learn_round(
@@ -74,6 +75,7 @@ pub fn learn_round(
     version: u64,
     cfg: &LearnConfig,
     teachers: &[(String, Qwen3Model)],
+    reference: Option<&Qwen3Model>,
     critic: Option<&mut Critic>,
 ) -> Result<Vec<(String, f64)>> {
     let (mut items, report) = assemble(&round.samples, &round.scored, "rollout round")?;
@@ -111,7 +113,7 @@ pub fn learn_round(
     }
     for rep in rl_update_with(
         model,
-        None,
+        reference.map(|r| r as &dyn crate::policy::Policy),
         learner,
         &items,
         cfg.loss,

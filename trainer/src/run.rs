@@ -431,6 +431,22 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             summary
         }
     };
+    // KL to a frozen reference (`trainer.kl_coef`): `[model] reference`, else the policy entering RL.
+    let reference = if tr.kl_coef != 0.0 && state.phase == "rl" {
+        let configured = model_sec.reference.as_ref().map(|p| recipe.resolve(p));
+        if configured.is_none() && state.phase_step > 0 && !out.join("reference").exists() {
+            eprintln!(
+                "[train] warning: resuming RL with no saved KL reference; the reference is the resumed policy"
+            );
+        }
+        Some(crate::reference::load_or_snapshot(
+            &model,
+            configured.as_deref(),
+            &out,
+        )?)
+    } else {
+        None
+    };
     if state.phase == "rl" {
         let pb = bar(
             tr.steps as u64,
@@ -491,6 +507,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
                     s as u64,
                     &learn_cfg,
                     &teachers,
+                    reference.as_ref(),
                     critic.as_mut(),
                 )?);
                 let tokens: usize = round
@@ -852,6 +869,7 @@ fn policy_loss_config(
         tis_cap: tr.tis_cap,
         kl_coef: tr.kl_coef,
         kl_estimator: KlEstimator::parse(&tr.kl_estimator)?,
+        kl_in_reward: tr.kl_in_reward,
         entropy_coef: tr.entropy_coef,
     })
 }

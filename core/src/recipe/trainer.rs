@@ -16,9 +16,11 @@ pub struct TrainerSection {
     pub loss_agg: String,
     /// l_max of seq-mean-token-sum-norm.
     pub l_max: usize,
+    /// Weight of the KL to the reference policy (`[model] reference`, else the policy entering RL); 0 = off.
     pub kl_coef: f64,
     /// "k1" | "k2" | "k3".
     pub kl_estimator: String,
+    /// The KL joins each token's reward (GAE's token rewards, else the token's advantage) instead of the loss.
     pub kl_in_reward: bool,
     pub entropy_coef: f64,
     /// Truncated importance sampling cap C for the rollout/train mismatch (0 = off).
@@ -221,6 +223,11 @@ impl TrainerSection {
             ["k1", "k2", "k3"].contains(&self.kl_estimator.as_str()),
             "kl_estimator",
             "must be k1, k2 or k3",
+        )?;
+        check(
+            !self.kl_in_reward || self.kl_coef != 0.0,
+            "kl_in_reward",
+            "needs kl_coef != 0 (the weight of the KL penalty in the reward)",
         )?;
         check(self.lr > 0.0 && self.lr.is_finite(), "lr", "must be > 0")?;
         check(

@@ -200,6 +200,7 @@ fn on_policy_reverse_kl_moves_the_student_toward_the_teacher() {
         tis_cap: 2.0,
         kl_coef: 0.0,
         kl_estimator: KlEstimator::K3,
+        kl_in_reward: false,
         entropy_coef: 0.0,
     };
     let mut seen = Vec::new();
@@ -272,6 +273,7 @@ fn on_policy_distillation_advantage_is_the_mean_teacher_log_ratio() {
         tis_cap: 0.0,
         kl_coef: 0.0,
         kl_estimator: KlEstimator::K1,
+        kl_in_reward: false,
         entropy_coef: 0.0,
     };
     let mut with_adv = batch.clone();

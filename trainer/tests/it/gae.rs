@@ -120,6 +120,7 @@ fn ppo() -> (PolicyLossConfig, BatchingConfig) {
             tis_cap: 2.0,
             kl_coef: 0.0,
             kl_estimator: KlEstimator::K3,
+            kl_in_reward: false,
             entropy_coef: 0.0,
         },
         BatchingConfig {

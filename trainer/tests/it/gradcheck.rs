@@ -90,6 +90,7 @@ fn spar_loss_gradient_matches_finite_differences() {
         tis_cap: 2.0,
         kl_coef: 0.0,
         kl_estimator: KlEstimator::K3,
+        kl_in_reward: false,
         entropy_coef: 0.01,
     };
     for mode in [

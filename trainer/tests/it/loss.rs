@@ -85,6 +85,7 @@ fn cfg(level: RatioLevel, eps_low: f64, eps_high: f64) -> PolicyLossConfig {
         tis_cap: 0.0,
         kl_coef: 0.0,
         kl_estimator: KlEstimator::K3,
+        kl_in_reward: false,
         entropy_coef: 0.0,
     }
 }

@@ -60,6 +60,7 @@ fn run_steps(
         tis_cap: 2.0,
         kl_coef: 0.0,
         kl_estimator: KlEstimator::K3,
+        kl_in_reward: false,
         entropy_coef: 0.001,
     };
     let batching = BatchingConfig {

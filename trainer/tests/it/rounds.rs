@@ -168,6 +168,7 @@ fn routing_replay_trains_with_the_rollouts_experts_and_the_switch_drops_them() {
         tis_cap: 2.0,
         kl_coef: 0.0,
         kl_estimator: KlEstimator::K3,
+        kl_in_reward: false,
         entropy_coef: 0.0,
     };
     let round = PlayedRound {
@@ -187,7 +188,7 @@ fn routing_replay_trains_with_the_rollouts_experts_and_the_switch_drops_them() {
             task_coef: 1.0,
             device: Device::Cpu,
         };
-        let out = learn_round(&m, &mut l, &round, 3, &cfg, &[], None).unwrap();
+        let out = learn_round(&m, &mut l, &round, 3, &cfg, &[], None, None).unwrap();
         let get = |k: &str| out.iter().find(|(n, _)| n == k).unwrap().1;
         assert_eq!(get("rl/policy_lag"), 1.0);
         get("rl/mismatch_mean")
@@ -196,4 +197,85 @@ fn routing_replay_trains_with_the_rollouts_experts_and_the_switch_drops_them() {
     eprintln!("mean |log pi_old - log pi_rollout|: replay {on:.2e}, no replay {off:.2e}");
     assert!(on < 1e-5, "{on}");
     assert!(off > 1e-3, "{off}");
+}
+
+/// The KL term against a frozen reference, as a loss and in the reward. At the first epoch pi = pi_old, so the
+/// policy term is -mean(A) and both modes add kl_coef * mean(KL) to the loss: as an aggregated term, or by
+/// lowering every token's advantage by kl_coef * KL_t. A reference equal to the policy costs nothing; without
+/// a reference nothing is reported.
+#[test]
+fn kl_to_the_reference_costs_kl_coef_times_kl_as_a_loss_or_in_the_reward() {
+    let samples: Vec<_> = (0..4u32)
+        .map(|i| sample_with_steps("g", i, 17, 2, 3, 2, 90 + i as u64))
+        .collect();
+    let scored: Vec<_> = samples
+        .iter()
+        .map(|s| scored_for(s, &[0.5, -0.25]))
+        .collect();
+    let round = PlayedRound {
+        samples,
+        scored,
+        gen_seconds: 1.0,
+    };
+    let batching = BatchingConfig {
+        micro_batch: 4,
+        token_budget: 0,
+        pack: false,
+        agg: AggMode::TokenMean,
+        l_max: 16,
+    };
+    let loss_cfg = |kl_coef: f64, kl_in_reward: bool| PolicyLossConfig {
+        level: RatioLevel::Token,
+        eps_low: 0.2,
+        eps_high: 0.28,
+        dual_clip: 0.0,
+        tis_cap: 0.0,
+        kl_coef,
+        kl_estimator: KlEstimator::K3,
+        kl_in_reward,
+        entropy_coef: 0.0,
+    };
+    // A reference that differs from the policy: the same shape, another seed.
+    let other = Qwen3Model::random(tiny_moe().config.clone(), Device::Cpu, Kind::Float, 9).unwrap();
+    let run = |cfg: &PolicyLossConfig, reference: Option<&Qwen3Model>| {
+        let m = tiny_moe();
+        let mut l = learner(&m.vs, 1e-3);
+        let lc = LearnConfig {
+            loss: cfg,
+            batching: &batching,
+            ppo_epochs: 1,
+            routing_replay: false,
+            distill_coef: 0.0,
+            task_coef: 1.0,
+            device: Device::Cpu,
+        };
+        let out = learn_round(&m, &mut l, &round, 0, &lc, &[], reference, None).unwrap();
+        let get = |k: &str| out.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+        (get("rl/loss").unwrap(), get("rl/kl"))
+    };
+    let (base, kl_none) = run(&loss_cfg(0.0, false), None);
+    assert!(
+        kl_none.is_none_or(|k| k == 0.0),
+        "no reference, no KL: {kl_none:?}"
+    );
+    let beta = 0.5;
+    let (as_loss, kl) = run(&loss_cfg(beta, false), Some(&other));
+    let kl = kl.expect("rl/kl with a reference");
+    let (in_reward, kl2) = run(&loss_cfg(beta, true), Some(&other));
+    eprintln!(
+        "loss {base:.5}, KL {kl:.5}; with KL as a loss {as_loss:.5}, in the reward {in_reward:.5}"
+    );
+    assert!(kl > 1e-3, "a different reference must show a KL: {kl}");
+    assert!((kl2.unwrap() - kl).abs() < 1e-6);
+    assert!(
+        (as_loss - (base + beta * kl)).abs() < 1e-4,
+        "{as_loss} vs {base} + {beta} * {kl}"
+    );
+    assert!(
+        (in_reward - (base + beta * kl)).abs() < 1e-4,
+        "{in_reward} vs {base} + {beta} * {kl}"
+    );
+    let same = tiny_moe();
+    let (_, kl_same) = run(&loss_cfg(beta, false), Some(&same));
+    assert!(kl_same.unwrap().abs() < 1e-6, "{kl_same:?}");
 }
