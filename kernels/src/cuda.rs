@@ -72,7 +72,23 @@ impl Kernels {
         let ctx =
             CudaContext::new(ordinal).map_err(|e| anyhow!("CUDA context {ordinal}: {e:?}"))?;
         let source = format!("{SOURCE}\n{}", include_str!("decode_kernels.cu"));
-        let ptx = cudarc::nvrtc::compile_ptx(source).map_err(|e| anyhow!("NVRTC: {e:?}"))?;
+        // PTX for the device's own compute capability: the decode-attention kernel's asynchronous copies need
+        // sm_80 or newer (older targets compile a synchronous fallback).
+        let cc = |a| {
+            ctx.attribute(a)
+                .map_err(|e| anyhow!("device attribute: {e:?}"))
+        };
+        let major = cc(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = cc(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        let opts = cudarc::nvrtc::CompileOptions {
+            options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
+            ..Default::default()
+        };
+        let ptx = match cudarc::nvrtc::compile_ptx_with_opts(&source, opts) {
+            Ok(p) => p,
+            // An NVRTC older than the device: its default target, which every driver still runs.
+            Err(_) => cudarc::nvrtc::compile_ptx(source).map_err(|e| anyhow!("NVRTC: {e:?}"))?,
+        };
         let module = ctx
             .load_module(ptx)
             .map_err(|e| anyhow!("loading PTX: {e:?}"))?;
@@ -86,6 +102,40 @@ impl Kernels {
             "add_rms_norm_bf16",
             "silu_mul_f32",
             "silu_mul_bf16",
+            "decode_attention_f32_d32_h1",
+            "decode_attention_f32_d32_h2",
+            "decode_attention_f32_d32_h4",
+            "decode_attention_f32_d64_h1",
+            "decode_attention_f32_d64_h2",
+            "decode_attention_f32_d64_h4",
+            "decode_attention_f32_d128_h1",
+            "decode_attention_f32_d128_h2",
+            "decode_attention_f32_d128_h4",
+            "decode_attention_f32_d256_h1",
+            "decode_attention_f32_d256_h2",
+            "decode_attention_f32_d256_h4",
+            "decode_attention_bf16_d32_h1",
+            "decode_attention_bf16_d32_h2",
+            "decode_attention_bf16_d32_h4",
+            "decode_attention_bf16_d64_h1",
+            "decode_attention_bf16_d64_h2",
+            "decode_attention_bf16_d64_h4",
+            "decode_attention_bf16_d128_h1",
+            "decode_attention_bf16_d128_h2",
+            "decode_attention_bf16_d128_h4",
+            "decode_attention_bf16_d256_h1",
+            "decode_attention_bf16_d256_h2",
+            "decode_attention_bf16_d256_h4",
+            "decode_attention_async_bf16_d64_h1",
+            "decode_attention_async_bf16_d64_h2",
+            "decode_attention_async_bf16_d64_h4",
+            "decode_attention_async_bf16_d128_h1",
+            "decode_attention_async_bf16_d128_h2",
+            "decode_attention_async_bf16_d128_h4",
+            "greedy_pick_f32",
+            "greedy_pick_bf16",
+            "decode_attention_combine_f32",
+            "decode_attention_combine_bf16",
         ] {
             functions.insert(
                 name,

@@ -115,3 +115,399 @@ extern "C" __global__ void silu_mul_bf16(const unsigned short* g, const unsigned
                                          long long n, int cols, int stride) {
     silu_mul<unsigned short>(g, u, o, n, cols, stride);
 }
+
+// Decode attention over the KV cache (one query position per row). One block of DA_WARPS warps per (row, KV head,
+// group of up to H query heads sharing it, split of the keys); each warp walks every DA_WARPS-th run of U
+// keys of its split with an online softmax: the loads of all U keys are issued before any is used (enough bytes
+// in flight to stream the cache), their U dot products reduce across the warp together (independent shuffles
+// overlap) and the running max rescales once per run, not once per key. The warps' partial (max, sum,
+// accumulator) then merge through shared memory. Rows read only their own key_len keys, so a short row in a long key window costs nothing. Lane
+// `l` owns elements [l E, (l + 1) E) of the head (D = 32 E), loaded as 8- or 16-byte vectors where E allows.
+// Caches: [rows, width, nkv, D] contiguous from row 0 (graph row j = slot j); q and out: [rows, nh, D].
+// With one split the block writes the output; with several (few rows over many keys: split-K, so that every SM
+// has work) each block writes its unnormalised partial to ws_acc [rows, nh, splits, D] and (max, sum) to ws_ml
+// [rows, nh, splits, 2], and decode_attention_combine merges them.
+#define DA_WARPS 8
+#define DA_NEG_INF __int_as_float(0xff800000)
+template <typename T, int E, bool V> struct Lane {
+    static __device__ __forceinline__ void ld(const T* p, float* o) {
+#pragma unroll
+        for (int e = 0; e < E; ++e) o[e] = Io<T>::ld(p + e);
+    }
+};
+template <int E> struct Lane<unsigned short, E, true> {
+    static __device__ __forceinline__ void ld(const unsigned short* p, float* o) {
+#pragma unroll
+        for (int e = 0; e < E / 4; ++e) {
+            uint2 w = __ldg(reinterpret_cast<const uint2*>(p) + e);
+            o[4 * e] = bf16_to_f32((unsigned short)(w.x & 0xffffu));
+            o[4 * e + 1] = bf16_to_f32((unsigned short)(w.x >> 16));
+            o[4 * e + 2] = bf16_to_f32((unsigned short)(w.y & 0xffffu));
+            o[4 * e + 3] = bf16_to_f32((unsigned short)(w.y >> 16));
+        }
+    }
+};
+template <int E> struct Lane<float, E, true> {
+    static __device__ __forceinline__ void ld(const float* p, float* o) {
+#pragma unroll
+        for (int e = 0; e < E / 4; ++e) {
+            float4 w = __ldg(reinterpret_cast<const float4*>(p) + e);
+            o[4 * e] = w.x; o[4 * e + 1] = w.y; o[4 * e + 2] = w.z; o[4 * e + 3] = w.w;
+        }
+    }
+};
+
+// Folds a run of n <= U keys (scores from qv . k, values v) into the warp's online softmax state (m, l, acc)
+// for H query heads: the U dot products reduce across the warp together (independent shuffles overlap) and the
+// running max rescales once per run, not once per key.
+template <int E, int H, int U>
+__device__ __forceinline__ void attend_run(const float (&qv)[H][E], const float (&kv)[U][E],
+                                           const float (&vv)[U][E], int n, float (&m)[H], float (&l)[H],
+                                           float (&acc)[H][E]) {
+    float sc[H][U];
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            float d = 0.0f;
+#pragma unroll
+            for (int e = 0; e < E; ++e) d = fmaf(qv[h][e], kv[u][e], d);
+            sc[h][u] = d;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+#pragma unroll
+        for (int h = 0; h < H; ++h) {
+#pragma unroll
+            for (int u = 0; u < U; ++u) sc[h][u] += __shfl_xor_sync(0xffffffffu, sc[h][u], o);
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+        float mx = m[h];
+#pragma unroll
+        for (int u = 0; u < U; ++u) if (u < n) mx = fmaxf(mx, sc[h][u]);
+        float corr = expf(m[h] - mx);
+        l[h] *= corr;
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[h][e] *= corr;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (u < n) {
+                float p = expf(sc[h][u] - mx);
+                l[h] += p;
+#pragma unroll
+                for (int e = 0; e < E; ++e) acc[h][e] = fmaf(p, vv[u][e], acc[h][e]);
+            }
+        }
+        m[h] = mx;
+    }
+}
+
+// Where a block's work lies: (row, KV head g, first query head h0, split) from blockIdx.x; keys [begin, end).
+struct DaBlock {
+    int row, g, h0, begin, end, split;
+    __device__ DaBlock(const long long* key_len, int nh, int nkv, int splits, int span, int heads) {
+        int n_rep = nh / nkv;
+        int chunks = n_rep / heads;
+        int blk = blockIdx.x;
+        split = blk % splits; blk /= splits;
+        int c = blk % chunks; blk /= chunks;
+        g = blk % nkv;
+        row = blk / nkv;
+        h0 = g * n_rep + c * heads;
+        begin = split * span;
+        end = min((int)key_len[row], begin + span);
+    }
+};
+
+// Loads the block's H query rows (pre-scaled) and clears the softmax state.
+template <typename T, int E, int H>
+__device__ __forceinline__ void attend_begin(const T* q, const DaBlock& b, int nh, float scale, int lane,
+                                             float (&qv)[H][E], float (&m)[H], float (&l)[H],
+                                             float (&acc)[H][E]) {
+    typedef Lane<T, E, (E % 4) == 0> L;
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+        L::ld(q + ((size_t)b.row * nh + b.h0 + h) * (32 * E) + lane * E, qv[h]);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            qv[h][e] *= scale;
+            acc[h][e] = 0.0f;
+        }
+        m[h] = DA_NEG_INF;
+        l[h] = 0.0f;
+    }
+}
+
+// Merges the warps' states through shared memory (s_acc: DA_WARPS x H x D floats) and writes the output (one
+// split) or the split's unnormalised partial (several).
+template <typename T, int E, int H>
+__device__ __forceinline__ void attend_end(const DaBlock& b, int nh, int splits, T* out, float* ws_acc,
+                                           float* ws_ml, float* s_acc, const float (&m)[H],
+                                           const float (&l)[H], const float (&acc)[H][E]) {
+    constexpr int D = 32 * E;
+    __shared__ float s_m[DA_WARPS][H];
+    __shared__ float s_l[DA_WARPS][H];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+#pragma unroll
+        for (int e = 0; e < E; ++e) s_acc[(warp * H + h) * D + lane * E + e] = acc[h][e];
+        if (lane == 0) { s_m[warp][h] = m[h]; s_l[warp][h] = l[h]; }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < H * D; i += blockDim.x) {
+        int h = i / D, j = i % D;
+        float mx = DA_NEG_INF;
+        for (int w = 0; w < DA_WARPS; ++w) mx = fmaxf(mx, s_m[w][h]);
+        float num = 0.0f, den = 0.0f;
+        for (int w = 0; w < DA_WARPS; ++w) {
+            float wgt = s_m[w][h] == DA_NEG_INF ? 0.0f : expf(s_m[w][h] - mx);
+            num = fmaf(s_acc[(w * H + h) * D + j], wgt, num);
+            den = fmaf(s_l[w][h], wgt, den);
+        }
+        size_t head = (size_t)b.row * nh + b.h0 + h;
+        if (splits == 1) {
+            Io<T>::st(out + head * D + j, den > 0.0f ? num / den : 0.0f);
+        } else {
+            size_t part = head * splits + b.split;
+            ws_acc[part * D + j] = num;
+            if (j == 0) { ws_ml[2 * part] = mx; ws_ml[2 * part + 1] = den; }
+        }
+    }
+}
+
+// Register-streaming variant (any dtype, D = 32 E): each warp loads its runs of U keys straight into registers.
+template <typename T, int E, int H>
+__device__ void decode_attention(const T* q, const T* kc, const T* vc, const long long* key_len, T* out,
+                                 int nh, int nkv, int width, float scale, int splits, int span, float* ws_acc,
+                                 float* ws_ml) {
+    constexpr int D = 32 * E;
+    // Keys per run: 4, or 2 for the widest heads (registers: U x E floats each of keys and values).
+    constexpr int U = E >= 8 ? 2 : 4;
+    typedef Lane<T, E, (E % 4) == 0> L;
+    __shared__ float s_acc[DA_WARPS * H * D];
+    DaBlock b(key_len, nh, nkv, splits, span, H);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float qv[H][E], acc[H][E], m[H], l[H];
+    attend_begin<T, E, H>(q, b, nh, scale, lane, qv, m, l, acc);
+    size_t base = (size_t)b.row * width;
+    for (int t0 = b.begin + warp * U; t0 < b.end; t0 += DA_WARPS * U) {
+        int n = min(U, b.end - t0);  // warp-uniform
+        float kv[U][E], vv[U][E];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (u < n) {
+                size_t at = ((base + t0 + u) * nkv + b.g) * D + lane * E;
+                L::ld(kc + at, kv[u]);
+                L::ld(vc + at, vv[u]);
+            }
+        }
+        attend_run<E, H, U>(qv, kv, vv, n, m, l, acc);
+    }
+    attend_end<T, E, H>(b, nh, splits, out, ws_acc, ws_ml, s_acc, m, l, acc);
+}
+
+// Asynchronous-copy variant (bf16, D = 64 or 128): the block copies tiles of DA_TILE keys (K and V) into
+// shared memory with cp.async, two tiles in flight, and its warps attend from there. No registers hold data
+// in flight, so the copies of a whole tile are outstanding at once: the cache streams near bandwidth where the
+// register variant stalls on each warp's loads.
+#define DA_TILE 32
+// cp.async needs sm_80; PTX for older targets copies synchronously (same results, no overlap).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+#if __CUDA_ARCH__ >= 800
+    unsigned int d = (unsigned int)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+#else
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+// E bf16 values from shared memory (8-byte loads; __ldg is for global memory only).
+template <int E> __device__ __forceinline__ void lds_bf16(const unsigned short* p, float* o) {
+#pragma unroll
+    for (int e = 0; e < E / 2; ++e) {
+        unsigned int w = reinterpret_cast<const unsigned int*>(p)[e];
+        o[2 * e] = bf16_to_f32((unsigned short)(w & 0xffffu));
+        o[2 * e + 1] = bf16_to_f32((unsigned short)(w >> 16));
+    }
+}
+
+template <int E, int H>
+__device__ void decode_attention_async(const unsigned short* q, const unsigned short* kc,
+                                       const unsigned short* vc, const long long* key_len, unsigned short* out,
+                                       int nh, int nkv, int width, float scale, int splits, int span,
+                                       float* ws_acc, float* ws_ml) {
+    constexpr int D = 32 * E;
+    constexpr int U = DA_TILE / DA_WARPS;
+    constexpr int ROW_CHUNKS = D / 8;  // 16-byte pieces of one key's row
+    // Two stages of (K, V) tiles; reused for the warps' merge once the keys are done.
+    __shared__ __align__(16) unsigned short tiles[2][2][DA_TILE][D];
+    static_assert(sizeof(tiles) >= DA_WARPS * H * D * sizeof(float), "merge buffer fits the tiles");
+    DaBlock b(key_len, nh, nkv, splits, span, H);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float qv[H][E], acc[H][E], m[H], l[H];
+    attend_begin<unsigned short, E, H>(q, b, nh, scale, lane, qv, m, l, acc);
+    size_t base = (size_t)b.row * width;
+    int ntiles = b.end > b.begin ? (b.end - b.begin + DA_TILE - 1) / DA_TILE : 0;
+    auto issue = [&](int tile, int stage) {
+        int t0 = b.begin + tile * DA_TILE;
+        for (int c = threadIdx.x; c < 2 * DA_TILE * ROW_CHUNKS; c += blockDim.x) {
+            int which = c / (DA_TILE * ROW_CHUNKS), rem = c % (DA_TILE * ROW_CHUNKS);
+            int key = rem / ROW_CHUNKS, part = rem % ROW_CHUNKS;
+            if (t0 + key < b.end) {
+                const unsigned short* src = (which ? vc : kc) + ((base + t0 + key) * nkv + b.g) * D + part * 8;
+                cp_async16(&tiles[stage][which][key][part * 8], src);
+            }
+        }
+        cp_async_commit();
+    };
+    if (ntiles > 0) issue(0, 0);
+    for (int i = 0; i < ntiles; ++i) {
+        int stage = i & 1;
+        if (i + 1 < ntiles) {
+            issue(i + 1, stage ^ 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        int first = warp * U;
+        int n = min(U, b.end - (b.begin + i * DA_TILE + first));  // warp-uniform, may be <= 0
+        if (n > 0) {
+            float kv[U][E], vv[U][E];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                if (u < n) {
+                    lds_bf16<E>(&tiles[stage][0][first + u][lane * E], kv[u]);
+                    lds_bf16<E>(&tiles[stage][1][first + u][lane * E], vv[u]);
+                }
+            }
+            attend_run<E, H, U>(qv, kv, vv, n, m, l, acc);
+        }
+        __syncthreads();  // the next issue overwrites this stage
+    }
+    attend_end<unsigned short, E, H>(b, nh, splits, out, ws_acc, ws_ml, reinterpret_cast<float*>(tiles), m, l,
+                                     acc);
+}
+
+// Merges the splits of decode_attention: one block per (row, head), one thread per element.
+template <typename T>
+__device__ void decode_attention_combine(const float* ws_acc, const float* ws_ml, T* out, int splits, int d) {
+    size_t head = blockIdx.x;
+    int j = threadIdx.x;
+    if (j >= d) return;
+    float mx = DA_NEG_INF;
+    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, ws_ml[2 * (head * splits + s)]);
+    float num = 0.0f, den = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+        size_t part = head * splits + s;
+        float m = ws_ml[2 * part];
+        float wgt = m == DA_NEG_INF ? 0.0f : expf(m - mx);
+        num = fmaf(ws_acc[part * d + j], wgt, num);
+        den = fmaf(ws_ml[2 * part + 1], wgt, den);
+    }
+    Io<T>::st(out + head * d + j, den > 0.0f ? num / den : 0.0f);
+}
+
+#define DECODE_ATTENTION(NAME, T, E, H) \
+    extern "C" __global__ void NAME(const T* q, const T* kc, const T* vc, const long long* kl, T* o, int nh, \
+                                    int nkv, int width, float scale, int splits, int span, float* wa, \
+                                    float* wm) { \
+        decode_attention<T, E, H>(q, kc, vc, kl, o, nh, nkv, width, scale, splits, span, wa, wm); \
+    }
+// Query heads per block H = 1, 2 or 4 (the largest that divides the group, up to 4: no idle head lanes).
+#define DECODE_ATTENTION_HEADS(T, SUF, E, D) \
+    DECODE_ATTENTION(decode_attention_##SUF##_d##D##_h1, T, E, 1) \
+    DECODE_ATTENTION(decode_attention_##SUF##_d##D##_h2, T, E, 2) \
+    DECODE_ATTENTION(decode_attention_##SUF##_d##D##_h4, T, E, 4)
+DECODE_ATTENTION_HEADS(float, f32, 1, 32)
+DECODE_ATTENTION_HEADS(float, f32, 2, 64)
+DECODE_ATTENTION_HEADS(float, f32, 4, 128)
+DECODE_ATTENTION_HEADS(float, f32, 8, 256)
+DECODE_ATTENTION_HEADS(unsigned short, bf16, 1, 32)
+DECODE_ATTENTION_HEADS(unsigned short, bf16, 2, 64)
+DECODE_ATTENTION_HEADS(unsigned short, bf16, 4, 128)
+DECODE_ATTENTION_HEADS(unsigned short, bf16, 8, 256)
+#define DECODE_ATTENTION_ASYNC(NAME, E, H) \
+    extern "C" __global__ void NAME(const unsigned short* q, const unsigned short* kc, const unsigned short* vc, \
+                                    const long long* kl, unsigned short* o, int nh, int nkv, int width, \
+                                    float scale, int splits, int span, float* wa, float* wm) { \
+        decode_attention_async<E, H>(q, kc, vc, kl, o, nh, nkv, width, scale, splits, span, wa, wm); \
+    }
+DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d64_h1, 2, 1)
+DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d64_h2, 2, 2)
+DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d64_h4, 2, 4)
+DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d128_h1, 4, 1)
+DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d128_h2, 4, 2)
+DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d128_h4, 4, 4)
+extern "C" __global__ void decode_attention_combine_f32(const float* wa, const float* wm, float* o, int splits,
+                                                        int d) {
+    decode_attention_combine<float>(wa, wm, o, splits, d);
+}
+extern "C" __global__ void decode_attention_combine_bf16(const float* wa, const float* wm, unsigned short* o,
+                                                         int splits, int d) {
+    decode_attention_combine<unsigned short>(wa, wm, o, splits, d);
+}
+
+// Greedy pick per row of logits [rows, v]: out[row] = the first index of the row's maximum, out[rows + row] =
+// its log-prob, -log(sum exp(x - max)) (torch's log_softmax of the maximum, fp32). One block per row; the
+// second pass re-reads the row from L2.
+template <typename T>
+__device__ void greedy_pick(const T* logits, int v, double* out) {
+    __shared__ float s_val[32];
+    __shared__ int s_idx[32];
+    __shared__ float shared[32];
+    const T* x = logits + (size_t)blockIdx.x * v;
+    float best = DA_NEG_INF;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < v; i += blockDim.x) {
+        float a = Io<T>::ld(x + i);
+        if (a > best) { best = a; bi = i; }  // i grows: the first maximum of this thread's stripe
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ob > best || (ob == best && oi < bi)) { best = ob; bi = oi; }
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) { s_val[warp] = best; s_idx[warp] = bi; }
+    __syncthreads();
+    if (warp == 0) {
+        int nw = (blockDim.x + 31) >> 5;
+        best = lane < nw ? s_val[lane] : DA_NEG_INF;
+        bi = lane < nw ? s_idx[lane] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ob = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ob > best || (ob == best && oi < bi)) { best = ob; bi = oi; }
+        }
+        if (lane == 0) { s_val[0] = best; s_idx[0] = bi; }
+    }
+    __syncthreads();
+    best = s_val[0];
+    bi = s_idx[0];
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < v; i += blockDim.x) sum += expf(Io<T>::ld(x + i) - best);
+    sum = block_sum(sum, shared);
+    if (threadIdx.x == 0) {
+        out[blockIdx.x] = (double)bi;
+        out[gridDim.x + blockIdx.x] = (double)(-logf(sum));
+    }
+}
+extern "C" __global__ void greedy_pick_f32(const float* x, int v, double* out) { greedy_pick<float>(x, v, out); }
+extern "C" __global__ void greedy_pick_bf16(const unsigned short* x, int v, double* out) {
+    greedy_pick<unsigned short>(x, v, out);
+}

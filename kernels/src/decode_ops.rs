@@ -168,3 +168,220 @@ pub fn silu_mul_packed(gate_up: &Tensor) -> Result<Tensor> {
     let u = gate_up.f_narrow(-1, i, i)?;
     Ok(g.f_silu()?.f_mul(&u)?)
 }
+
+/// Attention of one query position per row over the KV cache, for decode: `q: [r, nh, d]`, caches
+/// `[rows >= r, width, nkv, d]` (graph row `j` reads slot `j`), `key_len: [r]` int64 (row `j` attends to its first
+/// `key_len[j]` positions: at least 1, at most `max_keys`), scale `1 / sqrt(d)`. Returns `[r, nh, d]`, or None
+/// where the kernel does not apply (not CUDA / fp32 / bf16, `d` not 32, 64, 128 or 256, `nh` not a multiple of
+/// `nkv`, or `SPAR_DECODE_ATTENTION=sdpa`); the caller then runs SDPA with a key mask, which computes the same.
+/// bf16 caches with heads of 64 or 128 stream through shared memory with asynchronous copies; other shapes,
+/// and every shape under `SPAR_DECODE_ATTENTION=registers`, through registers.
+/// Few rows over many keys split the keys over several blocks (split-K) so that the whole GPU streams the cache.
+pub fn decode_attention(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    key_len: &Tensor,
+    nkv: i64,
+    max_keys: i64,
+) -> Result<Option<Tensor>> {
+    let (r, nh) = (
+        q.size().first().copied().unwrap_or(0),
+        q.size().get(1).copied().unwrap_or(0),
+    );
+    let n_rep = if nkv > 0 { (nh / nkv).max(1) } else { 1 };
+    let blocks = r * nkv.max(1) * (n_rep / heads_per_block(n_rep));
+    // Enough blocks to fill an H100-class GPU (`SPAR_DECODE_ATTENTION_BLOCKS`, default 256); never a split of
+    // fewer than 64 keys.
+    let target = split_target_blocks();
+    let splits = ((target + blocks - 1) / blocks.max(1)).clamp(1, ((max_keys + 63) / 64).max(1));
+    let prefer_async = attention_mode() == AttentionMode::Auto;
+    decode_attention_split(
+        q,
+        k_cache,
+        v_cache,
+        key_len,
+        nkv,
+        max_keys,
+        splits,
+        prefer_async,
+    )
+}
+
+/// [`decode_attention`] with the keys split over exactly `splits` blocks per (row, KV head, head group), through
+/// the asynchronous-copy kernel where it applies and `prefer_async`, else the register kernel.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_attention_split(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    key_len: &Tensor,
+    nkv: i64,
+    max_keys: i64,
+    splits: i64,
+    prefer_async: bool,
+) -> Result<Option<Tensor>> {
+    let Some((ordinal, suffix)) = fused_target(&[q, k_cache, v_cache])? else {
+        return Ok(None);
+    };
+    let (qs, cs) = (q.size(), k_cache.size());
+    let (r, nh, d) = match qs.as_slice() {
+        [r, nh, d] => (*r, *nh, *d),
+        _ => return Ok(None),
+    };
+    if attention_mode() == AttentionMode::Sdpa
+        || cs.len() != 4
+        || cs[0] < r
+        || cs[2] != nkv
+        || cs[3] != d
+        || v_cache.size() != cs
+        || nkv <= 0
+        || nh % nkv != 0
+        || ![32, 64, 128, 256].contains(&d)
+        || key_len.kind() != Kind::Int64
+        || !key_len.is_contiguous()
+        || key_len.numel() as i64 != r
+        || key_len.device() != q.device()
+        || splits < 1
+        || max_keys < 1
+        || max_keys > cs[1]
+    {
+        return Ok(None);
+    }
+    let Some(kern) = cuda::kernels(ordinal) else {
+        return Ok(None);
+    };
+    let out = q.f_empty_like()?;
+    let heads = heads_per_block(nh / nkv);
+    let chunks = nh / nkv / heads;
+    // Each split a whole number of the block's 16-key strides (4 warps x 4 keys).
+    let span = ((max_keys + splits - 1) / splits + 31) / 32 * 32;
+    let splits = (max_keys + span - 1) / span;
+    let (ws_acc, ws_ml) = if splits > 1 {
+        let f32_on = (Kind::Float, q.device());
+        (
+            Some(Tensor::f_empty([r, nh, splits, d], f32_on)?),
+            Some(Tensor::f_empty([r, nh, splits, 2], f32_on)?),
+        )
+    } else {
+        (None, None)
+    };
+    // cp.async copies 16-byte pieces: the caches must be 16-byte aligned (rows are, at 2 d bytes).
+    let aligned = [k_cache, v_cache]
+        .iter()
+        .all(|t| (t.data_ptr() as usize).is_multiple_of(16));
+    let name = if prefer_async && suffix == "bf16" && (d == 64 || d == 128) && aligned {
+        format!("decode_attention_async_bf16_d{d}_h{heads}")
+    } else {
+        format!("decode_attention_{suffix}_d{d}_h{heads}")
+    };
+    let p = |t: &Tensor| Arg::Ptr(t.data_ptr() as u64);
+    let ws = |t: &Option<Tensor>| Arg::Ptr(t.as_ref().map_or(0, |t| t.data_ptr() as u64));
+    kern.launch(
+        &name,
+        (r * nkv * chunks * splits) as u32,
+        256,
+        &[
+            p(q),
+            p(k_cache),
+            p(v_cache),
+            p(key_len),
+            p(&out),
+            Arg::I32(nh as i32),
+            Arg::I32(nkv as i32),
+            Arg::I32(cs[1] as i32),
+            Arg::F32(1.0 / (d as f32).sqrt()),
+            Arg::I32(splits as i32),
+            Arg::I32(span as i32),
+            ws(&ws_acc),
+            ws(&ws_ml),
+        ],
+    )?;
+    if let (Some(acc), Some(ml)) = (&ws_acc, &ws_ml) {
+        kern.launch(
+            &format!("decode_attention_combine_{suffix}"),
+            (r * nh) as u32,
+            d as u32,
+            &[
+                p(acc),
+                p(ml),
+                p(&out),
+                Arg::I32(splits as i32),
+                Arg::I32(d as i32),
+            ],
+        )?;
+    }
+    Ok(Some(out))
+}
+
+fn split_target_blocks() -> i64 {
+    static TARGET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *TARGET.get_or_init(|| {
+        std::env::var("SPAR_DECODE_ATTENTION_BLOCKS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(256)
+    })
+}
+
+/// Query heads one block serves: the largest of 4, 2, 1 that divides the heads sharing a KV head (no idle lanes).
+fn heads_per_block(n_rep: i64) -> i64 {
+    [4, 2, 1].into_iter().find(|h| n_rep % h == 0).unwrap_or(1)
+}
+
+/// Greedy choice of every row of `logits: [r, v]` (CUDA, fp32 or bf16, contiguous) written into `out: [2, r]`
+/// float64: row `i`'s token id (the first maximum, as `argmax`) at `out[0][i]`, its log-prob under
+/// `log_softmax` in fp32 at `out[1][i]`. Ids below 2^53 are exact in f64, so one host copy carries both. Returns
+/// false (nothing written) where the kernel does not apply.
+pub fn greedy_pick_into(logits: &Tensor, out: &Tensor) -> Result<bool> {
+    let Some((ordinal, suffix)) = fused_target(&[logits])? else {
+        return Ok(false);
+    };
+    let (r, v) = match logits.size().as_slice() {
+        [r, v] => (*r, *v),
+        _ => return Ok(false),
+    };
+    if r == 0
+        || v == 0
+        || out.kind() != Kind::Double
+        || out.size() != [2, r]
+        || !out.is_contiguous()
+        || out.device() != logits.device()
+    {
+        return Ok(false);
+    }
+    let Some(kern) = cuda::kernels(ordinal) else {
+        return Ok(false);
+    };
+    kern.launch(
+        &format!("greedy_pick_{suffix}"),
+        r as u32,
+        1024,
+        &[
+            Arg::Ptr(logits.data_ptr() as u64),
+            Arg::I32(v as i32),
+            Arg::Ptr(out.data_ptr() as u64),
+        ],
+    )?;
+    Ok(true)
+}
+
+/// Which decode attention runs (`SPAR_DECODE_ATTENTION`): `sdpa` (torch, the caller's fallback), `registers`
+/// (the register-streaming kernel everywhere), or by default the asynchronous-copy kernel where it applies (bf16,
+/// head size 64 or 128) and the register kernel elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AttentionMode {
+    Sdpa,
+    Registers,
+    Auto,
+}
+
+fn attention_mode() -> AttentionMode {
+    static MODE: std::sync::OnceLock<AttentionMode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("SPAR_DECODE_ATTENTION").as_deref() {
+        Ok("sdpa") => AttentionMode::Sdpa,
+        Ok("registers") => AttentionMode::Registers,
+        _ => AttentionMode::Auto,
+    })
+}

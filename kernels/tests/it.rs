@@ -109,3 +109,126 @@ fn cuda_graph_replays_captured_torch_work_on_gpu() {
     let after = (&x * 1.0).sum(Kind::Float).double_value(&[]);
     assert!(after.is_finite());
 }
+
+/// The decode-attention kernel against SDPA with a key-length mask (its torch fallback), over head sizes,
+/// grouped-query ratios that fill one, several and a partial group of four query heads, and rows of lengths
+/// from 1 to the whole cache width.
+#[test]
+fn decode_attention_matches_masked_sdpa_on_gpu() {
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    if !tch::Cuda::is_available() {
+        eprintln!(
+            "SKIP: no CUDA device visible to libtorch; decode attention is tested on the GPU machine"
+        );
+        return;
+    }
+    let dev = Device::Cuda(0);
+    let _g = tch::no_grad_guard();
+    let (r, slots, width) = (5i64, 7i64, 300i64);
+    let lens = [1i64, 300, 67, 130, 2];
+    for (kind, tol) in [(Kind::Float, 2e-5), (Kind::BFloat16, 2e-2)] {
+        for (nh, nkv, d) in [
+            (16i64, 8i64, 128i64),
+            (32, 4, 128),
+            (64, 4, 64),
+            (4, 4, 32),
+            (12, 2, 256),
+        ] {
+            let q = Tensor::randn([r, nh, d], (Kind::Float, dev)).to_kind(kind);
+            let kc = Tensor::randn([slots, width, nkv, d], (Kind::Float, dev)).to_kind(kind);
+            let vc = Tensor::randn([slots, width, nkv, d], (Kind::Float, dev)).to_kind(kind);
+            let key_len = Tensor::from_slice(&lens).to_device(dev);
+            // One block per head group (the output written directly), and the keys split over 2 and 3 blocks.
+            // Heads per block: 2 (16/8; 12/2 in three groups), 4 (32/4; 64/4 in four groups), 1 (4/4; 6/2 in three).
+            // Both kernels: asynchronous copies (bf16, d 64 / 128; the register kernel elsewhere) and registers.
+            let got: Vec<(i64, bool, Tensor)> = [1, 2, 3]
+                .iter()
+                .flat_map(|&splits| [(splits, true), (splits, false)])
+                .map(|(splits, prefer_async)| {
+                    let out = spar_kernels::decode_ops::decode_attention_split(
+                        &q,
+                        &kc,
+                        &vc,
+                        &key_len,
+                        nkv,
+                        width,
+                        splits,
+                        prefer_async,
+                    )
+                    .unwrap()
+                    .expect("the kernel applies on CUDA under no_grad");
+                    (splits, prefer_async, out)
+                })
+                .collect();
+            let n_rep = nh / nkv;
+            let k = kc.narrow(0, 0, r).transpose(1, 2); // [r, nkv, width, d]
+            let v = vc.narrow(0, 0, r).transpose(1, 2);
+            let hidden = Tensor::arange(width, (Kind::Int64, dev))
+                .view([1, 1, 1, width])
+                .ge_tensor(&key_len.view([r, 1, 1, 1]));
+            let mask = Tensor::zeros([r, 1, 1, width], (kind, dev))
+                .masked_fill(&hidden, f64::NEG_INFINITY);
+            let want = Tensor::scaled_dot_product_attention(
+                &q.reshape([r, nkv, n_rep, d]),
+                &k,
+                &v,
+                Some(&mask),
+                0.0,
+                false,
+                None,
+                false,
+            )
+            .reshape([r, nh, d]);
+            for (splits, prefer_async, got) in &got {
+                let diff = (got.to_kind(Kind::Float) - want.to_kind(Kind::Float))
+                    .abs()
+                    .max()
+                    .double_value(&[]);
+                let what = format!(
+                    "{kind:?} nh={nh} nkv={nkv} d={d} splits={splits} async={prefer_async}"
+                );
+                eprintln!("{what}: max abs diff {diff:.2e}");
+                assert!(diff <= tol, "{what}: kernel differs from SDPA by {diff}");
+            }
+        }
+    }
+}
+
+/// The in-graph greedy pick against torch: the first maximum (as `argmax`, ties included) and its fp32
+/// log-softmax log-prob.
+#[test]
+fn greedy_pick_matches_argmax_and_log_softmax_on_gpu() {
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    if !tch::Cuda::is_available() {
+        eprintln!(
+            "SKIP: no CUDA device visible to libtorch; the greedy pick is tested on the GPU machine"
+        );
+        return;
+    }
+    let dev = Device::Cuda(0);
+    let _g = tch::no_grad_guard();
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let (r, v) = (6i64, 151_936i64);
+        let x = (Tensor::randn([r, v], (Kind::Float, dev)) * 3.0).to_kind(kind);
+        // Row 1: two equal maxima; the first one wins, as with argmax.
+        let _ = x.get(1).narrow(0, 70_000, 1).fill_(50.0);
+        let _ = x.get(1).narrow(0, 90_000, 1).fill_(50.0);
+        let out = Tensor::zeros([2, r], (Kind::Double, dev));
+        assert!(spar_kernels::decode_ops::greedy_pick_into(&x, &out).unwrap());
+        let xf = x.to_kind(Kind::Float);
+        let ids = xf.argmax(-1, false);
+        let lp = xf
+            .log_softmax(-1, Kind::Float)
+            .gather(-1, &ids.unsqueeze(-1), false)
+            .squeeze_dim(-1);
+        let got_ids = out.get(0).to_kind(Kind::Int64);
+        assert!(got_ids.equal(&ids), "{kind:?}: {got_ids:?} vs {ids:?}");
+        assert_eq!(got_ids.int64_value(&[1]), 70_000);
+        let d = (out.get(1).to_kind(Kind::Float) - lp)
+            .abs()
+            .max()
+            .double_value(&[]);
+        eprintln!("{kind:?}: greedy log-prob max abs diff {d:.2e}");
+        assert!(d < 1e-4, "{kind:?}: log-probs differ by {d}");
+    }
+}

@@ -14,9 +14,11 @@
 //!   one host-to-device copy before each replay; logits and chosen experts land in static outputs.
 //!
 //! Graphs of all shapes share one memory pool (only one runs at a time). The math is the eager forward's
-//! (same ops, same order; the fused RMSNorm kernel launches on the capture stream), except that the query
-//! heads sharing a KV head are folded into the query-length axis of one attention call (no repeated keys) and
-//! the key mask is additive: both change summation order only.
+//! (same ops, same order; the fused kernels launch on the capture stream), except attention: the decode
+//! attention kernel ([`decode_ops::decode_attention`]: each row reads only its own keys, query heads sharing
+//! a KV head read them once, split-K when few rows leave SMs idle) or, where it does not apply, SDPA with the
+//! query heads of a KV head folded into its query axis and an additive key mask. Both change summation order
+//! only.
 //!
 //! Sampling stays outside the graph: the engine samples from the returned logits as it does after an eager
 //! forward. Anything the graph path cannot take (CPU, a build without the shim, more rows than the largest
@@ -48,8 +50,12 @@ pub struct GraphStats {
 
 /// Output of one graph decode step, rows in the order they were given.
 pub struct GraphDecodeOutput {
-    /// `[b, vocab]` logits in the model dtype (a fresh tensor, not overwritten by the next replay).
-    pub logits: Tensor,
+    /// `[b, vocab]` logits in the model dtype (a fresh tensor, not overwritten by the next replay); None when
+    /// the caller asked for the greedy choices only.
+    pub logits: Option<Tensor>,
+    /// Each row's greedy token and its log-prob (fp32 log-softmax), computed inside the graph; filled when the
+    /// caller asked for no logits (then one small host copy replaces the sampling ops).
+    pub greedy: Option<Vec<(u32, f32)>>,
     /// `[b, 1, n_moe_layers, k]` int64 chosen experts (MoE models only).
     pub routed_experts: Option<Tensor>,
 }
@@ -58,6 +64,8 @@ struct Bucket {
     /// `[3, R]` int64: token ids, write positions, key lengths (padding rows: 0, `max_len`, 1).
     inputs: Tensor,
     logits: Tensor,
+    /// `[2, R]` float64: greedy token id and its log-prob per row.
+    greedy: Tensor,
     experts: Option<Tensor>,
 }
 
@@ -175,14 +183,16 @@ impl GraphDecoder {
         &self.buckets
     }
 
-    /// Appends one token to each `(slot, token)` row and returns the logits of the next position, or None when
-    /// the graph path cannot take this step (the caller then runs the eager forward; nothing was changed).
-    /// Slots must be distinct. Advances the slots' lengths like a cached forward does.
+    /// Appends one token to each `(slot, token)` row and returns the logits of the next position (or, when
+    /// `want_logits` is false, only each row's greedy token and log-prob), or None when the graph path cannot
+    /// take this step (the caller then runs the eager forward; nothing was changed). Slots must be distinct.
+    /// Advances the slots' lengths like a cached forward does.
     pub fn decode(
         &mut self,
         model: &Qwen3Model,
         cache: &mut KvCache,
         rows: &[(usize, u32)],
+        want_logits: bool,
     ) -> Result<Option<GraphDecodeOutput>> {
         let b = rows.len();
         let bucket = self.buckets.iter().copied().find(|r| *r >= b);
@@ -268,7 +278,17 @@ impl GraphDecoder {
                 Ok(t.f_index_select(0, &idx)?)
             }
         };
-        let logits = pick(&bucket.logits)?;
+        let (logits, greedy) = if want_logits {
+            (Some(pick(&bucket.logits)?), None)
+        } else {
+            // One host copy of the [2, R] choices; rows picked on the host.
+            let host = Vec::<f64>::try_from(bucket.greedy.f_to_device(Device::Cpu)?.f_view([-1])?)?;
+            let picked = phys
+                .iter()
+                .map(|&p| (host[p as usize] as u32, host[r + p as usize] as f32))
+                .collect();
+            (None, Some(picked))
+        };
         let routed_experts = match &bucket.experts {
             Some(e) => Some(pick(e)?.f_unsqueeze(1)?),
             None => None,
@@ -279,6 +299,7 @@ impl GraphDecoder {
         }
         Ok(Some(GraphDecodeOutput {
             logits,
+            greedy,
             routed_experts,
         }))
     }
@@ -291,6 +312,7 @@ impl GraphDecoder {
         Ok(Bucket {
             inputs: Tensor::f_zeros([3, r], (Kind::Int64, dev))?,
             logits: Tensor::f_zeros([r, c.vocab_size as i64], (model.kind(), dev))?,
+            greedy: Tensor::f_zeros([2, r], (Kind::Double, dev))?,
             experts: (n_moe > 0)
                 .then(|| {
                     Tensor::f_zeros([r, n_moe, c.num_experts_per_tok as i64], (Kind::Int64, dev))
@@ -375,6 +397,20 @@ fn step_into(
         grouped,
     )?;
     bucket.logits.shallow_clone().f_copy_(&logits)?;
+    // The greedy choice rides in the graph (a few microseconds): a greedy batch then needs no sampling ops.
+    if !decode_ops::greedy_pick_into(&bucket.logits, &bucket.greedy)? {
+        let lf = bucket.logits.f_to_kind(Kind::Float)?;
+        let ids = lf.f_argmax(-1, false)?;
+        let lp = lf
+            .f_log_softmax(-1, Kind::Float)?
+            .f_gather(-1, &ids.f_unsqueeze(-1)?, false)?
+            .f_squeeze_dim(-1)?;
+        let both = Tensor::f_stack(
+            &[ids.f_to_kind(Kind::Double)?, lp.f_to_kind(Kind::Double)?],
+            0,
+        )?;
+        bucket.greedy.shallow_clone().f_copy_(&both)?;
+    }
     if let (Some(dst), Some(src)) = (&bucket.experts, experts) {
         dst.shallow_clone().f_copy_(&src)?;
     }
@@ -477,18 +513,23 @@ fn decode_step(
             .f_narrow(0, 0, r)?
             .f_narrow(1, 0, keys)?
             .f_transpose(1, 2)?;
-        // Query heads n*n_rep..(n+1)*n_rep share KV head n: fold them into the query axis of KV head n.
-        let qg = q.f_reshape([r, nkv, n_rep, d])?;
-        let o = Tensor::f_scaled_dot_product_attention(
-            &qg,
-            &kr,
-            &vr,
-            Some(&mask),
-            0.0,
-            false,
-            None,
-            false,
-        )?; // [r, nkv, n_rep, D]
+        let o = match decode_ops::decode_attention(&q, kc, vc, &key_len, nkv, keys)? {
+            Some(o) => o, // [r, nh, D], each row over its own key_len keys only
+            None => {
+                // Query heads n*n_rep..(n+1)*n_rep share KV head n: fold them into the query axis of KV head n.
+                let qg = q.f_reshape([r, nkv, n_rep, d])?;
+                Tensor::f_scaled_dot_product_attention(
+                    &qg,
+                    &kr,
+                    &vr,
+                    Some(&mask),
+                    0.0,
+                    false,
+                    None,
+                    false,
+                )? // [r, nkv, n_rep, D]
+            }
+        };
         let o = o
             .f_reshape([r, 1, nh * d])?
             .f_linear(&a.o, None::<Tensor>)?;

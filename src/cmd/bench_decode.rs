@@ -2,7 +2,8 @@
 //! cache) on a random model of a real shape, at several batch sizes: B prompts of `--prompt` random tokens,
 //! `--new` greedy tokens each, no stop tokens. `rollout/bench/decode_hf.py` times transformers' `generate` on
 //! the same config for comparison (run both in the same session on the same GPU). On CUDA both decode paths are
-//! timed: `eager` (one tch forward per step) and `graph` (each step replayed from a captured CUDA graph).
+//! timed: `eager` (one tch forward per step) and `graph` (each step replayed from a captured CUDA graph). `--ragged`
+//! spreads the prompt lengths as in a rollout batch (the decode-attention kernel reads each row's own keys only).
 use anyhow::{Result, bail};
 use serde_json::json;
 use spar_core::traits::{GenerateRequest, SamplingParams};
@@ -34,6 +35,10 @@ pub struct Args {
     /// Timed repetitions per batch size (the best is reported).
     #[arg(long, default_value_t = 3)]
     iters: usize,
+    /// Ragged batch: prompt lengths spread evenly from a quarter of `--prompt` to `--prompt` (as rows of a rollout
+    /// batch are), instead of all `--prompt` long.
+    #[arg(long)]
+    ragged: bool,
     /// Decode paths to time: eager, graph or both (graph needs CUDA and is skipped elsewhere).
     #[arg(long, default_value = "both")]
     paths: String,
@@ -58,10 +63,16 @@ pub fn run(args: Args) -> Result<()> {
     let mut salt = 0u64;
     let mut requests = |b: usize, new: u32| -> Vec<GenerateRequest> {
         (0..b)
-            .map(|_| {
+            .map(|i| {
                 salt += 1;
+                let len = if args.ragged && b > 1 {
+                    let lo = (args.prompt / 4).max(1);
+                    lo + (args.prompt - lo) * i / (b - 1)
+                } else {
+                    args.prompt
+                };
                 // Distinct random prompts: no prefix reuse flatters the numbers.
-                let prompt = (0..args.prompt as u64)
+                let prompt = (0..len as u64)
                     .map(|i| ((i * 2654435761 + salt * 40503) % (vocab - 1000)) as u32 + 10)
                     .collect();
                 GenerateRequest {
@@ -116,7 +127,7 @@ pub fn run(args: Args) -> Result<()> {
             println!(
                 "{}",
                 json!({"bench": "decode", "engine": "spar", "path": path, "shape": args.shape, "dtype": args.dtype,
-                   "device": format!("{device:?}"), "batch": b, "prompt": args.prompt, "new_tokens": args.new,
+                   "device": format!("{device:?}"), "batch": b, "prompt": args.prompt, "ragged": args.ragged, "new_tokens": args.new,
                    "seconds": best, "tokens_per_s": toks / best, "ms_per_step": best_decode * 1e3,
                    "graph_stats": engine.graph_stats().map(|s| json!({"captures": s.captures, "replays": s.replays, "fallbacks": s.fallbacks}))})
             );

@@ -11,7 +11,7 @@ fn cfg(moe: bool) -> Qwen3Config {
             "moe_intermediate_size":32,"norm_topk_prob":true,"decoder_sparse_step":1,"mlp_only_layers":[1]}"#
     } else {
         r#"{"model_type":"qwen3","vocab_size":128,"hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,
-            "num_attention_heads":8,"num_key_value_heads":2,"head_dim":16,"tie_word_embeddings":true}"#
+            "num_attention_heads":8,"num_key_value_heads":2,"head_dim":32,"tie_word_embeddings":true}"#
     };
     Qwen3Config::from_json_str(s, "test").unwrap()
 }
@@ -88,11 +88,52 @@ fn graph_decode_matches_eager_decode_on_gpu() {
                 .unwrap();
             let el = e.logits.squeeze_dim(1).to_kind(Kind::Float);
             let feed: Vec<(usize, u32)> = rows.iter().map(|r| (r.0, r.1 as u32)).collect();
+            // Every third step asks for the in-graph greedy choices only (what a greedy batch uses).
+            let greedy_only = step % 3 == 2;
             let g = dec
-                .decode(&m, &mut graph, &feed)
+                .decode(&m, &mut graph, &feed, !greedy_only)
                 .unwrap()
                 .expect("graph path should take this step");
-            let gl = g.logits.to_kind(Kind::Float);
+            if greedy_only {
+                let picked = g
+                    .greedy
+                    .as_ref()
+                    .expect("greedy choices when no logits are asked");
+                assert!(g.logits.is_none());
+                let le = el.log_softmax(-1, Kind::Float);
+                let next = el.argmax(-1, false);
+                let want_lp = le.gather(-1, &next.unsqueeze(-1), false).squeeze_dim(-1);
+                let want: Vec<i64> = Vec::<i64>::try_from(next.to_device(Device::Cpu)).unwrap();
+                let want_lp: Vec<f32> =
+                    Vec::<f32>::try_from(want_lp.to_device(Device::Cpu)).unwrap();
+                for (r, ((tok, lp), (wt, wlp))) in
+                    picked.iter().zip(want.iter().zip(&want_lp)).enumerate()
+                {
+                    if kind == Kind::Float {
+                        assert_eq!(
+                            *tok as i64, *wt,
+                            "moe {moe} step {step} row {r}: greedy token"
+                        );
+                    }
+                    if *tok as i64 == *wt {
+                        assert!(
+                            (lp - wlp).abs() as f64 <= lp_tol,
+                            "moe {moe} {kind:?} step {step} row {r}: greedy logprob {lp} vs {wlp}"
+                        );
+                    }
+                }
+                if moe {
+                    let (ge, ee) = (g.routed_experts.unwrap(), e.routed_experts.unwrap());
+                    if kind == Kind::Float {
+                        assert!(ge.equal(&ee), "moe step {step}: graph chose other experts");
+                    }
+                }
+                for (r, t) in rows.iter_mut().zip(want) {
+                    r.1 = t;
+                }
+                continue;
+            }
+            let gl = g.logits.expect("logits when asked").to_kind(Kind::Float);
             let scale = el.abs().max().double_value(&[]);
             let rel = max_abs_diff(&gl, &el) / scale;
             worst = worst.max(rel);

@@ -15,7 +15,7 @@ pub mod slots;
 pub use client::{EngineClient, EngineInbox, StreamEvent, channel};
 
 use crate::codec::TextCodec;
-use crate::sampling::{RowSampler, sample};
+use crate::sampling::{RowSampler, Sampled, sample};
 use crate::stream::Routing;
 use anyhow::{Context, Result, bail};
 use rand::{Rng, SeedableRng};
@@ -438,7 +438,12 @@ impl<'m> Engine<'m> {
                 .iter()
                 .map(|&i| (self.running[i].slot, self.running[i].pending[0]))
                 .collect();
-            if let Some(out) = graphs.decode(self.model, &mut self.cache, &feed)? {
+            // A greedy batch without top log-probs takes the graph's own greedy choices (no sampling ops).
+            let want_logits = rows.iter().any(|&i| {
+                let s = &self.running[i].sampler;
+                !s.greedy() || s.top_logprobs > 0
+            });
+            if let Some(out) = graphs.decode(self.model, &mut self.cache, &feed, want_logits)? {
                 if let (Some((l, k)), Some(re)) = (self.routing_shape, &out.routed_experts) {
                     let flat: Vec<i64> =
                         Vec::<i64>::try_from(re.to_device(Device::Cpu).reshape([-1]))?;
@@ -452,7 +457,23 @@ impl<'m> Engine<'m> {
                 for &i in rows {
                     self.running[i].pending.clear();
                 }
-                self.sample_rows(rows, &out.logits)?;
+                match (out.greedy, out.logits) {
+                    (Some(picked), _) => {
+                        let (tokens, logprobs) = picked.into_iter().unzip();
+                        self.push_sampled(
+                            rows,
+                            Sampled {
+                                tokens,
+                                logprobs,
+                                top: Vec::new(),
+                            },
+                        );
+                    }
+                    (None, Some(logits)) => self.sample_rows(rows, &logits)?,
+                    (None, None) => {
+                        bail!("graph decode returned neither logits nor greedy choices")
+                    }
+                }
                 self.stats.decode_steps += 1;
                 return Ok(());
             }
@@ -535,6 +556,12 @@ impl<'m> Engine<'m> {
             }
             sample(logits, &mut samplers)
         };
+        self.push_sampled(rows, picked);
+        Ok(())
+    }
+
+    /// Appends each row's chosen token (and log-probs) to its output and its slot, and streams it.
+    fn push_sampled(&mut self, rows: &[usize], picked: Sampled) {
         let mut tops = picked.top.into_iter();
         for (n, &i) in rows.iter().enumerate() {
             let (tok, lp) = (picked.tokens[n], picked.logprobs[n]);
@@ -556,7 +583,6 @@ impl<'m> Engine<'m> {
             }
         }
         self.stats.generated_tokens += rows.len() as u64;
-        Ok(())
     }
 
     /// Finishes sequences that hit a stop or their length limit and frees their slots.
