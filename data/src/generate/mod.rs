@@ -19,7 +19,7 @@ pub const GENERATOR_VERSION: &str = "1";
 /// Seed of the shipped cases in `data/cases/`.
 pub const SHIPPED_SEED: u64 = 7;
 /// Cases per diagnosis in the shipped set.
-pub const SHIPPED_PER_DISEASE: usize = 4;
+pub const SHIPPED_PER_DISEASE: usize = 10;
 /// Fraction of each non-test diagnosis's cases that goes to validation.
 pub const VALIDATION_FRACTION: f64 = 0.25;
 

@@ -7,7 +7,7 @@ fn default_section_gives_shipped_train_and_validation() {
     let s = DataSection::default();
     let train = train_cases(&s, None).unwrap();
     let val = eval_cases(&s, None).unwrap();
-    assert_eq!((train.len(), val.len()), (120, 40));
+    assert_eq!((train.len(), val.len()), (280, 120));
     let capped = DataSection {
         max_cases: 5,
         ..DataSection::default()
@@ -51,7 +51,7 @@ fn departments_keep_only_their_cases_and_a_wrong_name_is_named() {
     };
     let train = train_cases(&s, None).unwrap();
     let val = eval_cases(&s, None).unwrap();
-    assert_eq!((train.len(), val.len()), (18, 6));
+    assert_eq!((train.len(), val.len()), (42, 18));
     assert!(
         train
             .iter()
