@@ -62,10 +62,12 @@ pub struct LearnConfig<'a> {
     pub distill_coef: f64,
     pub task_coef: f64,
     pub device: Device,
+    /// The frozen KL reference (`trainer.kl_coef`), if any.
+    pub reference: Option<&'a Qwen3Model>,
 }
 
 /// Learns one played round at learner version `version` (RL rounds applied so far), with the KL term against
-/// `reference` when one is given (`trainer.kl_coef`). Returns the round's
+/// `cfg.reference` when one is given (`trainer.kl_coef`). Returns the round's
 /// metrics: loss, clip fractions, ratio, mismatch, ..., `rl/policy_lag` (learner version minus the samples'
 /// mean policy version: 0 colocated, 1 in one-step off-policy mode), the critic's and each teacher's.
 pub fn learn_round(
@@ -75,7 +77,6 @@ pub fn learn_round(
     version: u64,
     cfg: &LearnConfig,
     teachers: &[(String, Qwen3Model)],
-    reference: Option<&Qwen3Model>,
     critic: Option<&mut Critic>,
 ) -> Result<Vec<(String, f64)>> {
     let (mut items, report) = assemble(&round.samples, &round.scored, "rollout round")?;
@@ -113,7 +114,7 @@ pub fn learn_round(
     }
     for rep in rl_update_with(
         model,
-        reference.map(|r| r as &dyn crate::policy::Policy),
+        cfg.reference.map(|r| r as &dyn crate::policy::Policy),
         learner,
         &items,
         cfg.loss,

@@ -461,6 +461,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             distill_coef: tr.distill.coef,
             task_coef: tr.distill.task_coef,
             device,
+            reference: reference.as_ref(),
         };
         let mut rounds =
             crate::off_policy::RoundScheduler::new(tr.off_policy_one_step, pending_round.take());
@@ -507,7 +508,6 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
                     s as u64,
                     &learn_cfg,
                     &teachers,
-                    reference.as_ref(),
                     critic.as_mut(),
                 )?);
                 let tokens: usize = round

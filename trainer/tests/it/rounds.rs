@@ -187,8 +187,9 @@ fn routing_replay_trains_with_the_rollouts_experts_and_the_switch_drops_them() {
             distill_coef: 0.0,
             task_coef: 1.0,
             device: Device::Cpu,
+            reference: None,
         };
-        let out = learn_round(&m, &mut l, &round, 3, &cfg, &[], None, None).unwrap();
+        let out = learn_round(&m, &mut l, &round, 3, &cfg, &[], None).unwrap();
         let get = |k: &str| out.iter().find(|(n, _)| n == k).unwrap().1;
         assert_eq!(get("rl/policy_lag"), 1.0);
         get("rl/mismatch_mean")
@@ -248,8 +249,9 @@ fn kl_to_the_reference_costs_kl_coef_times_kl_as_a_loss_or_in_the_reward() {
             distill_coef: 0.0,
             task_coef: 1.0,
             device: Device::Cpu,
+            reference,
         };
-        let out = learn_round(&m, &mut l, &round, 0, &lc, &[], reference, None).unwrap();
+        let out = learn_round(&m, &mut l, &round, 0, &lc, &[], None).unwrap();
         let get = |k: &str| out.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
         (get("rl/loss").unwrap(), get("rl/kl"))
     };
