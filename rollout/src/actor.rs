@@ -583,8 +583,15 @@ async fn play_sample(
         ),
         r => (r, note),
     };
+    // A failed simulator or judge is the infrastructure's problem: a warning. A policy that stops early, runs out
+    // of tokens or gives its diagnosis during the lab stage is what RL is there to train away: recorded in the
+    // sample's end reason and metrics, logged at debug level (a random-init evaluation would print every episode).
     if let Some(n) = &note {
-        tracing::warn!(case = %case.id, sample = idx, reason = ?end_reason, "episode ended early: {n}");
+        if end_reason.is_failure() {
+            tracing::warn!(case = %case.id, sample = idx, reason = ?end_reason, "episode ended early: {n}");
+        } else {
+            tracing::debug!(case = %case.id, sample = idx, reason = ?end_reason, "episode ended early: {n}");
+        }
     }
     let stages: Vec<Stage> = match stage {
         Some(s) => vec![s],
