@@ -22,7 +22,8 @@ fn ok(cmd: &mut Command) {
     );
 }
 
-/// A few-step run of the tiny demo: tokenizer, SFT, one RL round, evaluation, plots, checkpoints.
+/// A few-step run of the tiny demo: tokenizer, SFT, one RL round (with a KL term to the SFT policy), evaluation,
+/// plots, checkpoints.
 fn tiny_run(out: &Path) {
     ok(spar()
         .args(["train", "--recipe"])
@@ -52,6 +53,8 @@ fn tiny_run(out: &Path) {
             "data.max_cases=4",
             "--set",
             "trainer.bpe_vocab_size=400",
+            "--set",
+            "trainer.kl_coef=0.05",
         ]));
 }
 
@@ -74,9 +77,13 @@ fn few_step_demo_run_then_contract_path_from_files() {
         "final/model.safetensors",
         "tokenizer/tokenizer.json",
         "checkpoints/latest",
+        // The KL reference: the policy as RL started, kept for a resume.
+        "reference/config.json",
+        "reference/model.safetensors",
     ] {
         assert!(run.join(f).exists(), "{f} missing");
     }
+
     assert!(std::fs::read_dir(run.join("plots")).unwrap().count() >= 2);
     let cmp: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("comparison.json")).unwrap()).unwrap();

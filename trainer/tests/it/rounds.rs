@@ -281,3 +281,43 @@ fn kl_to_the_reference_costs_kl_coef_times_kl_as_a_loss_or_in_the_reward() {
     let (_, kl_same) = run(&loss_cfg(beta, false), Some(&same));
     assert!(kl_same.unwrap().abs() < 1e-6, "{kl_same:?}");
 }
+
+/// The default KL reference is the policy as RL starts, written once to `OUT/reference`: a later call (a resumed
+/// run, whose policy has moved on) loads that snapshot instead of taking a new one.
+#[test]
+fn the_kl_reference_is_snapshotted_once_and_reloaded_on_resume() {
+    let out = tempfile::tempdir().unwrap();
+    let policy = tiny_moe();
+    let reference = spar_trainer::reference::load_or_snapshot(&policy, None, out.path()).unwrap();
+    assert!(out.path().join("reference/config.json").exists());
+    assert!(!out.path().join("reference.tmp").exists());
+    let ids = [1i64, 4, 7, 2, 9];
+    assert_eq!(
+        logprobs(&reference, &ids, None),
+        logprobs(&policy, &ids, None)
+    );
+    // The policy trains on; the reference must not follow.
+    tch::no_grad(|| {
+        for (_, mut v) in policy.vs.variables() {
+            let _ = v.f_mul_scalar_(1.5).unwrap();
+        }
+    });
+    let again = spar_trainer::reference::load_or_snapshot(&policy, None, out.path()).unwrap();
+    assert_eq!(
+        logprobs(&again, &ids, None),
+        logprobs(&reference, &ids, None)
+    );
+    assert_ne!(logprobs(&again, &ids, None), logprobs(&policy, &ids, None));
+    // A configured reference folder is used as it is.
+    let configured = spar_trainer::reference::load_or_snapshot(
+        &tiny_moe(),
+        Some(&out.path().join("reference")),
+        &out.path().join("elsewhere"),
+    )
+    .unwrap();
+    assert_eq!(
+        logprobs(&configured, &ids, None),
+        logprobs(&reference, &ids, None)
+    );
+    assert!(!out.path().join("elsewhere/reference").exists());
+}
