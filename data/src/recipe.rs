@@ -66,6 +66,35 @@ pub fn train_cases(section: &DataSection, base: Option<&Path>) -> Result<Vec<Cas
     )
 }
 
+/// Seed of the fresh RL-only patients (`data.rl_extra_per_diagnosis`): not the shipped cases' seed, so no
+/// patient repeats a shipped one.
+pub const RL_EXTRA_SEED: u64 = crate::generate::SHIPPED_SEED + 1000;
+
+/// `data.rl_extra_per_diagnosis` fresh synthetic patients for each diagnosis of `train` that the generator's
+/// disease table has (ids `<disease>-1007-<n>`). Empty when the key is 0; an error naming the key when none of the
+/// training diagnoses is in the table (cases from elsewhere).
+pub fn rl_extra_cases(section: &DataSection, train: &[Case]) -> Result<Vec<Case>> {
+    let k = section.rl_extra_per_diagnosis;
+    if k == 0 {
+        return Ok(Vec::new());
+    }
+    let wanted: std::collections::HashSet<&str> =
+        train.iter().map(|c| c.diagnosis.icd10.as_str()).collect();
+    let table = crate::generate::diseases().len();
+    let extra: Vec<Case> = crate::generate::generate(k * table, RL_EXTRA_SEED)?
+        .into_iter()
+        .filter(|c| wanted.contains(c.diagnosis.icd10.as_str()))
+        .collect();
+    if extra.is_empty() {
+        return Err(Error::Recipe {
+            file: "-".into(),
+            key: "data.rl_extra_per_diagnosis".into(),
+            msg: "the case generator's disease table has none of the training diagnoses".into(),
+        });
+    }
+    Ok(extra)
+}
+
 /// The cases to evaluate on (`data.eval_split`).
 pub fn eval_cases(section: &DataSection, base: Option<&Path>) -> Result<Vec<Case>> {
     split_cases(

@@ -175,8 +175,17 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
         spar_rewards::Injected::default(),
     ))?;
     let scorer = pipeline.stage_scorer();
+    let rl_extra = spar_data::recipe::rl_extra_cases(&data_sec, &train_cases)?;
+    if !rl_extra.is_empty() {
+        eprintln!(
+            "[train] RL also plays {} fresh synthetic patients (data.rl_extra_per_diagnosis = {})",
+            rl_extra.len(),
+            data_sec.rl_extra_per_diagnosis
+        );
+    }
     let by_id: HashMap<String, Case> = train_cases
         .iter()
+        .chain(rl_extra.iter())
         .chain(eval_cases.iter())
         .map(|c| (c.id.clone(), c.clone()))
         .collect();
@@ -348,7 +357,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
     )?;
     let mut rollout = Rollout::new(
         rollout_sec.clone(),
-        train_cases.clone(),
+        train_cases.iter().chain(&rl_extra).cloned().collect(),
         codec.clone(),
         scorer.clone(),
         SimulatorChoice::Fixed(Arc::new(

@@ -18,6 +18,10 @@ pub struct DataSection {
     /// Keep only the cases of these departments (`Case::department`; empty = every department). A small run
     /// learns a few departments well instead of every one badly (the CPU demo).
     pub departments: Vec<String>,
+    /// RL also plays this many fresh synthetic patients per training diagnosis (0 = none): new patients from the
+    /// case generator's disease table under their own seed, never in SFT, evaluation or the shipped splits. RL then
+    /// meets patients its SFT model has not memorised, as held-out patients are.
+    pub rl_extra_per_diagnosis: usize,
     /// Knowledge-base file; default: the shipped one.
     pub knowledge_base: Option<PathBuf>,
     /// Redact PHI when cases are ingested.
@@ -33,6 +37,7 @@ impl Default for DataSection {
             eval_split: "validation".into(),
             max_cases: 0,
             departments: Vec::new(),
+            rl_extra_per_diagnosis: 0,
             knowledge_base: None,
             redact_on_ingest: true,
         }

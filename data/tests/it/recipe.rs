@@ -72,3 +72,43 @@ fn departments_keep_only_their_cases_and_a_wrong_name_is_named() {
         "{e}"
     );
 }
+
+#[test]
+fn rl_extra_patients_are_fresh_and_of_the_training_diagnoses() {
+    use spar_data::recipe::rl_extra_cases;
+    let s = DataSection {
+        departments: vec!["cardiology".into(), "respiratory".into()],
+        ..DataSection::default()
+    };
+    let train = train_cases(&s, None).unwrap();
+    assert!(rl_extra_cases(&s, &train).unwrap().is_empty());
+    let with = DataSection {
+        rl_extra_per_diagnosis: 3,
+        ..s.clone()
+    };
+    let extra = rl_extra_cases(&with, &train).unwrap();
+    let mut per: std::collections::HashMap<&str, usize> = Default::default();
+    for c in &extra {
+        *per.entry(c.diagnosis.icd10.as_str()).or_default() += 1;
+    }
+    let train_dx: std::collections::HashSet<&str> =
+        train.iter().map(|c| c.diagnosis.icd10.as_str()).collect();
+    assert_eq!(per.len(), train_dx.len(), "{per:?}");
+    assert!(per.values().all(|&n| n == 3), "{per:?}");
+    // New patients: no id of the shipped set, none equal to a shipped patient.
+    let shipped = spar_data::load_cases(&spar_data::generate::shipped_dir()).unwrap();
+    let ids: std::collections::HashSet<&str> = shipped.iter().map(|c| c.id.as_str()).collect();
+    assert!(extra.iter().all(|c| !ids.contains(c.id.as_str())));
+    assert!(extra.iter().all(|c| {
+        !shipped.iter().any(|s| {
+            s.demographics == c.demographics
+                && s.past_history == c.past_history
+                && s.social_history == c.social_history
+        })
+    }));
+    // Cases from elsewhere: no diagnosis of the table, a clear error naming the key.
+    let mut foreign = train[0].clone();
+    foreign.diagnosis.icd10 = "Z99.89".into();
+    let e = rl_extra_cases(&with, &[foreign]).unwrap_err().to_string();
+    assert!(e.contains("data.rl_extra_per_diagnosis"), "{e}");
+}
