@@ -254,7 +254,7 @@ pub fn decode_attention_split(
     let out = q.f_empty_like()?;
     let heads = heads_per_block(nh / nkv);
     let chunks = nh / nkv / heads;
-    // Each split a whole number of the block's 16-key strides (4 warps x 4 keys).
+    // Each split a whole number of the block's 32-key strides (8 warps x 4 keys; the cp.async tile).
     let span = ((max_keys + splits - 1) / splits + 31) / 32 * 32;
     let splits = (max_keys + span - 1) / span;
     let (ws_acc, ws_ml) = if splits > 1 {
@@ -314,6 +314,8 @@ pub fn decode_attention_split(
     Ok(Some(out))
 }
 
+/// Blocks the split-K heuristic aims for (`SPAR_DECODE_ATTENTION_BLOCKS`, default 256: about two per SM of an
+/// H100), a tuning knob for other GPUs.
 fn split_target_blocks() -> i64 {
     static TARGET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     *TARGET.get_or_init(|| {
