@@ -85,6 +85,24 @@ pub struct PolicyLossConfig {
     pub entropy_coef: f64,
 }
 
+impl PolicyLossConfig {
+    /// The clipped ratio objective alone at `level`: no dual clip, no truncated IS, no KL, no entropy term (a
+    /// base to set the others on with `..`).
+    pub fn clipped(level: RatioLevel, eps_low: f64, eps_high: f64) -> Self {
+        PolicyLossConfig {
+            level,
+            eps_low,
+            eps_high,
+            dual_clip: 0.0,
+            tis_cap: 0.0,
+            kl_coef: 0.0,
+            kl_estimator: KlEstimator::K3,
+            kl_in_reward: false,
+            entropy_coef: 0.0,
+        }
+    }
+}
+
 /// One micro-batch's inputs to the policy loss, target-aligned `[B, T]`.
 pub struct PolicyLossInput<'a> {
     /// log pi_theta of each target token (carries the gradient).

@@ -193,15 +193,8 @@ fn on_policy_reverse_kl_moves_the_student_toward_the_teacher() {
     let before = reverse_kl(&student, &teacher, &held_out);
     let mut l = learner(&student.vs, 3e-2);
     let cfg = PolicyLossConfig {
-        level: RatioLevel::Token,
-        eps_low: 0.2,
-        eps_high: 0.28,
-        dual_clip: 0.0,
         tis_cap: 2.0,
-        kl_coef: 0.0,
-        kl_estimator: KlEstimator::K3,
-        kl_in_reward: false,
-        entropy_coef: 0.0,
+        ..PolicyLossConfig::clipped(RatioLevel::Token, 0.2, 0.28)
     };
     let mut seen = Vec::new();
     for _ in 0..40 {
@@ -266,15 +259,8 @@ fn on_policy_distillation_advantage_is_the_mean_teacher_log_ratio() {
     let want2 = (&ls - &l2).mean(Kind::Double).double_value(&[]);
     let mut l = learner(&s.vs, 1e-3);
     let cfg = PolicyLossConfig {
-        level: RatioLevel::Token,
-        eps_low: 0.2,
-        eps_high: 0.2,
-        dual_clip: 0.0,
-        tis_cap: 0.0,
-        kl_coef: 0.0,
         kl_estimator: KlEstimator::K1,
-        kl_in_reward: false,
-        entropy_coef: 0.0,
+        ..PolicyLossConfig::clipped(RatioLevel::Token, 0.2, 0.2)
     };
     let mut with_adv = batch.clone();
     for it in &mut with_adv {

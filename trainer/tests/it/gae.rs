@@ -9,7 +9,7 @@ use spar_trainer::critic::Critic;
 use spar_trainer::gae::{gae, gae_masked, token_rewards, token_rewards_for_items};
 use spar_trainer::learner::{BatchingConfig, Learner, RlExtras, rl_update_with};
 use spar_trainer::policy::Policy;
-use spar_trainer::policy_loss::{KlEstimator, PolicyLossConfig, RatioLevel};
+use spar_trainer::policy_loss::{PolicyLossConfig, RatioLevel};
 use tch::{Device, Kind, Tensor};
 
 fn close(a: &[f64], b: &[f64]) -> bool {
@@ -113,15 +113,8 @@ fn gae_cfg() -> GaeConfig {
 fn ppo() -> (PolicyLossConfig, BatchingConfig) {
     (
         PolicyLossConfig {
-            level: RatioLevel::Token,
-            eps_low: 0.2,
-            eps_high: 0.28,
-            dual_clip: 0.0,
             tis_cap: 2.0,
-            kl_coef: 0.0,
-            kl_estimator: KlEstimator::K3,
-            kl_in_reward: false,
-            entropy_coef: 0.0,
+            ..PolicyLossConfig::clipped(RatioLevel::Token, 0.2, 0.28)
         },
         BatchingConfig {
             micro_batch: 4,

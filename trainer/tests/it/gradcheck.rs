@@ -83,15 +83,9 @@ fn spar_loss_gradient_matches_finite_differences() {
     };
     let (tok, seqs) = totals(&items);
     let c = PolicyLossConfig {
-        level: RatioLevel::Segment,
-        eps_low: 5.0,
-        eps_high: 5.0,
-        dual_clip: 0.0,
         tis_cap: 2.0,
-        kl_coef: 0.0,
-        kl_estimator: KlEstimator::K3,
-        kl_in_reward: false,
         entropy_coef: 0.01,
+        ..PolicyLossConfig::clipped(RatioLevel::Segment, 5.0, 5.0)
     };
     for mode in [
         AggMode::TokenMean,

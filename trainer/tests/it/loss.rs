@@ -76,20 +76,6 @@ fn aggregation_modes_by_hand() {
     }
 }
 
-fn cfg(level: RatioLevel, eps_low: f64, eps_high: f64) -> PolicyLossConfig {
-    PolicyLossConfig {
-        level,
-        eps_low,
-        eps_high,
-        dual_clip: 0.0,
-        tis_cap: 0.0,
-        kl_coef: 0.0,
-        kl_estimator: KlEstimator::K3,
-        kl_in_reward: false,
-        entropy_coef: 0.0,
-    }
-}
-
 struct Case {
     logp: Tensor,
     old: Tensor,
@@ -141,12 +127,20 @@ fn ppo_clip_both_sides() {
     // Token 0: ratio e^0.5, A = +1 -> clipped high: -1.2. Token 1: ratio e^-0.5, A = -1 -> clipped low: 0.8.
     // Token 2: ratio e^0.5, A = -1 -> not clipped (pessimistic side): e^0.5. Token 3: ratio e^-0.5, A = +1 -> -e^-0.5.
     let x = tokens(&[0.5, -0.5, 0.5, -0.5], &[1.0, -1.0, -1.0, 1.0]);
-    let out = run(&cfg(RatioLevel::Token, 0.2, 0.2), &x, AggMode::TokenMean);
+    let out = run(
+        &PolicyLossConfig::clipped(RatioLevel::Token, 0.2, 0.2),
+        &x,
+        AggMode::TokenMean,
+    );
     close(out.loss.double_value(&[]), (-1.2 + 0.8 + e - h) / 4.0);
     close(out.stats.clipped_high, 1.0);
     close(out.stats.clipped_low, 1.0);
     // Asymmetric: eps_high = 0.7 no longer clips token 0.
-    let out = run(&cfg(RatioLevel::Token, 0.2, 0.7), &x, AggMode::TokenMean);
+    let out = run(
+        &PolicyLossConfig::clipped(RatioLevel::Token, 0.2, 0.7),
+        &x,
+        AggMode::TokenMean,
+    );
     close(out.loss.double_value(&[]), (-e + 0.8 + e - h) / 4.0);
     close(out.stats.clipped_high, 0.0);
 }
@@ -154,7 +148,7 @@ fn ppo_clip_both_sides() {
 #[test]
 fn dual_clip_caps_negative_advantage() {
     let x = tokens(&[2.0], &[-1.0]);
-    let mut c = cfg(RatioLevel::Token, 0.2, 0.2);
+    let mut c = PolicyLossConfig::clipped(RatioLevel::Token, 0.2, 0.2);
     close(
         run(&c, &x, AggMode::TokenMean).loss.double_value(&[]),
         2f64.exp(),
@@ -176,7 +170,7 @@ fn segment_ratio_is_one_per_step() {
         n_segs: 2,
     };
     let (s0, s1) = (0.3f64.exp(), (-0.1f64).exp());
-    let wide = cfg(RatioLevel::Segment, 10.0, 10.0);
+    let wide = PolicyLossConfig::clipped(RatioLevel::Segment, 10.0, 10.0);
     close(
         run(&wide, &x, AggMode::TokenMean).loss.double_value(&[]),
         (-2.0 * s0 + 2.0 * s1) / 3.0,
@@ -188,7 +182,7 @@ fn segment_ratio_is_one_per_step() {
         -2.0 * s0 + 2.0 * s1,
     );
     // GSPO's default ranges: s_0 = e^0.3 > 1 + 4e-4 with A > 0 -> clipped; s_1 = e^-0.1 < 1 - 3e-4 with A < 0 -> clipped.
-    let gspo = cfg(RatioLevel::Segment, 3e-4, 4e-4);
+    let gspo = PolicyLossConfig::clipped(RatioLevel::Segment, 3e-4, 4e-4);
     let out = run(&gspo, &x, AggMode::TokenMean);
     close(
         out.loss.double_value(&[]),
@@ -200,7 +194,7 @@ fn segment_ratio_is_one_per_step() {
     let s = (0.5f64 / 3.0).exp();
     close(
         run(
-            &cfg(RatioLevel::Sequence, 10.0, 10.0),
+            &PolicyLossConfig::clipped(RatioLevel::Sequence, 10.0, 10.0),
             &x,
             AggMode::TokenMean,
         )
@@ -214,7 +208,7 @@ fn segment_ratio_is_one_per_step() {
 fn truncated_importance_weight_and_mismatch() {
     let x = tokens(&[0.0, 0.0], &[1.0, 1.0]);
     let rollout = t2(&[-1.0 - 3f64.ln(), -1.0 - 0.5f64.ln()], 2);
-    let mut c = cfg(RatioLevel::Token, 0.2, 0.2);
+    let mut c = PolicyLossConfig::clipped(RatioLevel::Token, 0.2, 0.2);
     c.tis_cap = 2.0;
     let a = Aggregator::local(AggMode::TokenMean, 1, &x.mask, &x.seq);
     let out = policy_loss(
@@ -261,7 +255,7 @@ fn kl_and_entropy_terms_enter_the_loss() {
     let x = tokens(&[0.0, 0.0], &[0.0, 0.0]);
     let reference = t2(&[-1.5, -1.5], 2);
     let ent = t2(&[2.0, 1.0], 2);
-    let mut c = cfg(RatioLevel::Token, 0.2, 0.2);
+    let mut c = PolicyLossConfig::clipped(RatioLevel::Token, 0.2, 0.2);
     c.kl_coef = 0.1;
     c.kl_estimator = KlEstimator::K1;
     c.entropy_coef = 0.01;
@@ -291,7 +285,7 @@ fn non_finite_logprobs_are_masked_and_counted() {
     let mut x = tokens(&[0.0, 0.0, 0.0], &[1.0, 1.0, 1.0]);
     x.logp = t2(&[-1.0, f64::NEG_INFINITY, f64::NAN], 3);
     let out = run(
-        &cfg(RatioLevel::Token, 0.2, 0.2),
+        &PolicyLossConfig::clipped(RatioLevel::Token, 0.2, 0.2),
         &x,
         AggMode::SeqMeanTokenSum,
     );

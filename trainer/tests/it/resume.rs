@@ -53,15 +53,10 @@ fn run_steps(
     n: usize,
 ) -> Vec<f64> {
     let cfg = PolicyLossConfig {
-        level: RatioLevel::Segment,
-        eps_low: 0.2,
-        eps_high: 0.28,
         dual_clip: 3.0,
         tis_cap: 2.0,
-        kl_coef: 0.0,
-        kl_estimator: KlEstimator::K3,
-        kl_in_reward: false,
         entropy_coef: 0.001,
+        ..PolicyLossConfig::clipped(RatioLevel::Segment, 0.2, 0.28)
     };
     let batching = BatchingConfig {
         micro_batch: 2,

@@ -8,7 +8,7 @@ use spar_trainer::batch::{assemble, set_routing_replay};
 use spar_trainer::learner::{BatchingConfig, fill_old_logprobs, micro_batches};
 use spar_trainer::off_policy::RoundScheduler;
 use spar_trainer::policy::{Policy, PolicyInput};
-use spar_trainer::policy_loss::{KlEstimator, PolicyLossConfig, RatioLevel};
+use spar_trainer::policy_loss::{PolicyLossConfig, RatioLevel};
 use spar_trainer::rl_round::{LearnConfig, PlayedRound, learn_round};
 use tch::{Device, Kind, Tensor};
 
@@ -161,15 +161,8 @@ fn routing_replay_trains_with_the_rollouts_experts_and_the_switch_drops_them() {
     // Through a whole learn round: with replay the engine's log-probs (taken under those experts) match the
     // trainer's pi_old; without it they do not.
     let loss = PolicyLossConfig {
-        level: RatioLevel::Segment,
-        eps_low: 0.2,
-        eps_high: 0.28,
-        dual_clip: 0.0,
         tis_cap: 2.0,
-        kl_coef: 0.0,
-        kl_estimator: KlEstimator::K3,
-        kl_in_reward: false,
-        entropy_coef: 0.0,
+        ..PolicyLossConfig::clipped(RatioLevel::Segment, 0.2, 0.28)
     };
     let round = PlayedRound {
         samples,
@@ -226,15 +219,9 @@ fn kl_to_the_reference_costs_kl_coef_times_kl_as_a_loss_or_in_the_reward() {
         l_max: 16,
     };
     let loss_cfg = |kl_coef: f64, kl_in_reward: bool| PolicyLossConfig {
-        level: RatioLevel::Token,
-        eps_low: 0.2,
-        eps_high: 0.28,
-        dual_clip: 0.0,
-        tis_cap: 0.0,
         kl_coef,
-        kl_estimator: KlEstimator::K3,
         kl_in_reward,
-        entropy_coef: 0.0,
+        ..PolicyLossConfig::clipped(RatioLevel::Token, 0.2, 0.28)
     };
     // A reference that differs from the policy: the same shape, another seed.
     let other = Qwen3Model::random(tiny_moe().config.clone(), Device::Cpu, Kind::Float, 9).unwrap();
