@@ -261,18 +261,9 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             ),
         )))?
         .0;
-    let initial = match state.extra.get("eval_initial") {
-        Some(v) => serde_json::from_value::<EvalSummary>(v.clone())?,
-        None => {
-            let (summary, transcripts) = held_out.run(Policy::Builtin(&model))?;
-            std::fs::create_dir_all(out.join("transcripts"))?;
-            std::fs::write(out.join("transcripts/initial.md"), transcripts)?;
-            state
-                .extra
-                .insert("eval_initial".into(), serde_json::to_value(&summary)?);
-            summary
-        }
-    };
+    let initial = evaluated_once(&mut state, "eval_initial", || {
+        held_out.run_and_write(&model, &out, "initial")
+    })?;
 
     // Phase 1: SFT on scripted expert consultations.
     let mut learner = new_learner(
@@ -427,19 +418,11 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
                 Some(serde_json::from_value(v.clone()).context("checkpoint pending_round")?);
         }
     }
-    let before = match state.extra.get("eval_before") {
-        Some(v) => serde_json::from_value::<EvalSummary>(v.clone())?,
-        None => {
-            let (summary, transcripts) = held_out.run(Policy::Builtin(&model))?;
-            std::fs::create_dir_all(out.join("transcripts"))?;
-            std::fs::write(out.join("transcripts/before.md"), transcripts)?;
-            log_eval(&mut metrics, global_step, &summary)?;
-            state
-                .extra
-                .insert("eval_before".into(), serde_json::to_value(&summary)?);
-            summary
-        }
-    };
+    let before = evaluated_once(&mut state, "eval_before", || {
+        let summary = held_out.run_and_write(&model, &out, "before")?;
+        log_eval(&mut metrics, global_step, &summary)?;
+        Ok(summary)
+    })?;
     // KL to a frozen reference (`trainer.kl_coef`): `[model] reference`, else the policy entering RL.
     let reference = if tr.kl_coef != 0.0 && state.phase == "rl" {
         let configured = model_sec.reference.as_ref().map(|p| recipe.resolve(p));
@@ -596,9 +579,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
         pb.finish();
     }
 
-    let (after, transcripts) = held_out.run(Policy::Builtin(&model))?;
-    std::fs::create_dir_all(out.join("transcripts"))?;
-    std::fs::write(out.join("transcripts/after.md"), transcripts)?;
+    let after = held_out.run_and_write(&model, &out, "after")?;
     log_eval(&mut metrics, global_step + 1, &after)?;
     let comparison = serde_json::json!({
         "seed": seed,
@@ -739,7 +720,34 @@ struct HeldOut<'a> {
     seed: u64,
 }
 
+/// A held-out evaluation run once per training run: a resumed run takes the summary its checkpoint state kept
+/// under `key` instead of evaluating again, a fresh one runs `eval` and keeps its summary there.
+fn evaluated_once(
+    state: &mut TrainerState,
+    key: &str,
+    eval: impl FnOnce() -> Result<EvalSummary>,
+) -> Result<EvalSummary> {
+    if let Some(v) = state.extra.get(key) {
+        return Ok(serde_json::from_value(v.clone())?);
+    }
+    let summary = eval()?;
+    state
+        .extra
+        .insert(key.into(), serde_json::to_value(&summary)?);
+    Ok(summary)
+}
+
 impl HeldOut<'_> {
+    /// Evaluates `model` and writes the transcripts to `OUT/transcripts/<name>.md` (atomically).
+    fn run_and_write(&self, model: &Qwen3Model, out: &Path, name: &str) -> Result<EvalSummary> {
+        let (summary, transcripts) = self.run(Policy::Builtin(model))?;
+        spar_core::fsio::write_atomic(
+            &out.join("transcripts").join(format!("{name}.md")),
+            transcripts.as_bytes(),
+        )?;
+        Ok(summary)
+    }
+
     /// Returns the summary and the transcripts (markdown).
     fn run(&self, policy: Policy<'_>) -> Result<(EvalSummary, String)> {
         let HeldOut {
