@@ -20,8 +20,9 @@
 //! query heads of a KV head folded into its query axis and an additive key mask. Both change summation order
 //! only.
 //!
-//! Sampling stays outside the graph: the engine samples from the returned logits as it does after an eager
-//! forward. Anything the graph path cannot take (CPU, a build without the shim, more rows than the largest
+//! Sampling stays outside the graph (the engine samples from the returned logits as it does after an eager
+//! forward), except the greedy choice: every replay also writes each row's first argmax and its log-prob, and a
+//! caller whose rows are all greedy takes those instead of the logits. Anything the graph path cannot take (CPU, a build without the shim, more rows than the largest
 //! bucket, a failed capture) makes [`GraphDecoder::decode`] return `None` and the caller runs the eager forward.
 
 use crate::cache::KvCache;
@@ -48,14 +49,18 @@ pub struct GraphStats {
     pub fallbacks: u64,
 }
 
+/// What a graph decode step hands back to choose the next tokens from, rows in the order they were given.
+pub enum NextTokens {
+    /// `[b, vocab]` logits in the model dtype (a fresh tensor, not overwritten by the next replay).
+    Logits(Tensor),
+    /// Each row's greedy token and its log-prob (fp32 log-softmax), computed inside the graph: one small host
+    /// copy instead of the logits and the sampling ops.
+    Greedy(Vec<(u32, f32)>),
+}
+
 /// Output of one graph decode step, rows in the order they were given.
 pub struct GraphDecodeOutput {
-    /// `[b, vocab]` logits in the model dtype (a fresh tensor, not overwritten by the next replay); None when
-    /// the caller asked for the greedy choices only.
-    pub logits: Option<Tensor>,
-    /// Each row's greedy token and its log-prob (fp32 log-softmax), computed inside the graph; filled when the
-    /// caller asked for no logits (then one small host copy replaces the sampling ops).
-    pub greedy: Option<Vec<(u32, f32)>>,
+    pub next: NextTokens,
     /// `[b, 1, n_moe_layers, k]` int64 chosen experts (MoE models only).
     pub routed_experts: Option<Tensor>,
 }
@@ -278,8 +283,8 @@ impl GraphDecoder {
                 Ok(t.f_index_select(0, &idx)?)
             }
         };
-        let (logits, greedy) = if want_logits {
-            (Some(pick(&bucket.logits)?), None)
+        let next = if want_logits {
+            NextTokens::Logits(pick(&bucket.logits)?)
         } else {
             // One host copy of the [2, R] choices; rows picked on the host.
             let host = Vec::<f64>::try_from(bucket.greedy.f_to_device(Device::Cpu)?.f_view([-1])?)?;
@@ -287,7 +292,7 @@ impl GraphDecoder {
                 .iter()
                 .map(|&p| (host[p as usize] as u32, host[r + p as usize] as f32))
                 .collect();
-            (None, Some(picked))
+            NextTokens::Greedy(picked)
         };
         let routed_experts = match &bucket.experts {
             Some(e) => Some(pick(e)?.f_unsqueeze(1)?),
@@ -298,8 +303,7 @@ impl GraphDecoder {
             cache.set_len(*slot, len + 1);
         }
         Ok(Some(GraphDecodeOutput {
-            logits,
-            greedy,
+            next,
             routed_experts,
         }))
     }

@@ -18,7 +18,7 @@ pub mod weights;
 pub use cache::KvCache;
 pub use chat::ChatTemplate;
 pub use config::{ModelType, Qwen3Config, RopeScaling};
-pub use graph_decode::{GraphDecodeOutput, GraphDecoder, GraphStats};
+pub use graph_decode::{GraphDecodeOutput, GraphDecoder, GraphStats, NextTokens};
 pub use moe::{aux_load_balancing_loss, aux_load_balancing_loss_masked};
 pub use qwen3::{
     ForwardInput, ForwardOutput, Qwen3Model, positions_from_seq_ids, token_logprobs,

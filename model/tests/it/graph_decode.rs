@@ -1,7 +1,7 @@
 //! CUDA-graph decode steps against eager decode (GPU only; skips with a printed reason elsewhere).
 
 use crate::common::max_abs_diff;
-use spar_model::{ForwardInput, GraphDecoder, KvCache, Qwen3Config, Qwen3Model};
+use spar_model::{ForwardInput, GraphDecoder, KvCache, NextTokens, Qwen3Config, Qwen3Model};
 use tch::{Device, Kind, Tensor};
 
 fn cfg(moe: bool) -> Qwen3Config {
@@ -95,11 +95,9 @@ fn graph_decode_matches_eager_decode_on_gpu() {
                 .unwrap()
                 .expect("graph path should take this step");
             if greedy_only {
-                let picked = g
-                    .greedy
-                    .as_ref()
-                    .expect("greedy choices when no logits are asked");
-                assert!(g.logits.is_none());
+                let NextTokens::Greedy(picked) = &g.next else {
+                    panic!("greedy choices, not logits, when no logits are asked");
+                };
                 let le = el.log_softmax(-1, Kind::Float);
                 let next = el.argmax(-1, false);
                 let want_lp = le.gather(-1, &next.unsqueeze(-1), false).squeeze_dim(-1);
@@ -133,7 +131,10 @@ fn graph_decode_matches_eager_decode_on_gpu() {
                 }
                 continue;
             }
-            let gl = g.logits.expect("logits when asked").to_kind(Kind::Float);
+            let NextTokens::Logits(gl) = &g.next else {
+                panic!("logits when asked");
+            };
+            let gl = gl.to_kind(Kind::Float);
             let scale = el.abs().max().double_value(&[]);
             let rel = max_abs_diff(&gl, &el) / scale;
             worst = worst.max(rel);

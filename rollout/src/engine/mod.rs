@@ -5,7 +5,8 @@
 //! at once and the next queued request takes it. The only device-to-host copy per decode step is the sampled
 //! tokens with their log-probs (needed to check stops) and the top log-probs of the rows that asked for them;
 //! prompt prefill adds one per prefill batch. Prefill and decode, eager or CUDA graph, all sample through
-//! [`crate::sampling::sample`].
+//! [`crate::sampling::sample`], except a CUDA-graph step whose rows are all greedy: it takes the graph's own
+//! greedy choices ([`spar_model::NextTokens::Greedy`]).
 //!
 //! The engine borrows the model and runs on the caller's thread (tch tensors are not `Sync`); async code talks
 //! to it through [`EngineClient`], whose requests [`Engine::run_until`] drains.
@@ -23,7 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use slots::{Placement, SlotState, place};
 use spar_core::sample::RoutedExperts;
 use spar_core::traits::{FinishReason, GenerateOutput, GenerateRequest};
-use spar_model::{ForwardInput, GraphDecoder, GraphStats, KvCache, Qwen3Model};
+use spar_model::{ForwardInput, GraphDecoder, GraphStats, KvCache, NextTokens, Qwen3Model};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -457,8 +458,8 @@ impl<'m> Engine<'m> {
                 for &i in rows {
                     self.running[i].pending.clear();
                 }
-                match (out.greedy, out.logits) {
-                    (Some(picked), _) => {
+                match out.next {
+                    NextTokens::Greedy(picked) => {
                         let (tokens, logprobs) = picked.into_iter().unzip();
                         self.push_sampled(
                             rows,
@@ -469,10 +470,7 @@ impl<'m> Engine<'m> {
                             },
                         );
                     }
-                    (None, Some(logits)) => self.sample_rows(rows, &logits)?,
-                    (None, None) => {
-                        bail!("graph decode returned neither logits nor greedy choices")
-                    }
+                    NextTokens::Logits(logits) => self.sample_rows(rows, &logits)?,
                 }
                 self.stats.decode_steps += 1;
                 return Ok(());
