@@ -186,6 +186,11 @@ impl Rollout {
         &self.cfg
     }
 
+    /// How many cases this rollout plays from.
+    pub fn case_count(&self) -> usize {
+        self.cases.len()
+    }
+
     /// Plays one round of `n_groups` groups of `group_size` samples. Segmented mode takes pooled segments first
     /// (latest stage first) and opens fresh cases for the rest. Call from a plain thread (not inside a tokio
     /// runtime): the built-in engine runs on this thread while the episodes run on the rollout's runtime.

@@ -6,14 +6,19 @@ use spar_core::recipe::{DataSection, Recipe};
 use spar_data::audit::{AuditManifest, AuditSpec};
 use std::path::{Path, PathBuf};
 
-/// The data files a recipe reads: its cases (a file, or every case file of a folder) and split file.
+/// The data files a recipe reads: its cases (a file, or every case file of a folder), split file, and the
+/// knowledge base's files when it names one.
 pub fn recipe_data_files(recipe: &Recipe) -> Vec<PathBuf> {
     let base = recipe
         .source
         .as_ref()
         .and_then(|p| p.parent().map(Path::to_path_buf));
     let section = recipe.data.clone().unwrap_or_default();
-    case_data_files(&section, base.as_deref())
+    let mut files = case_data_files(&section, base.as_deref());
+    if let Some(kb) = &section.knowledge_base {
+        files.extend(files_of(&recipe.resolve(kb)));
+    }
+    files
 }
 
 /// The case files (and split file, when there is one) a `[data]` section points at.
@@ -79,25 +84,6 @@ pub fn run_audited<T>(
     };
     manifest.finish(&outcome)?;
     result
-}
-
-/// `spar train`'s manifest: the run folder, the recipe and its data files.
-pub fn audited<T>(
-    run_dir: &Path,
-    recipe: &Recipe,
-    data_files: &[PathBuf],
-    work: impl FnOnce() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let mut spec = AuditSpec::for_dir("spar train", run_dir)
-        .with_recipe(recipe_toml(recipe))
-        .with_data(data_files.iter().cloned());
-    if let Some(p) = recipe.model.as_ref().and_then(|m| m.path.as_ref()) {
-        let p = recipe.resolve(p);
-        if p.exists() {
-            spec = spec.with_model(&p);
-        }
-    }
-    run_audited(spec, work)
 }
 
 #[cfg(test)]
@@ -251,11 +237,10 @@ mod tests {
         std::fs::write(&input, "not json\n").unwrap();
         let out = dir.path().join("new/scored.jsonl");
         let args = crate::cmd::score::Args {
-            recipe: None,
+            recipe: Default::default(),
             input,
             out: out.clone(),
             cases: Some(dir.path().join("no-such-cases.jsonl")),
-            set: vec![],
             parallel: 1,
             report: None,
         };

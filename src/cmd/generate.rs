@@ -1,31 +1,38 @@
 //! `spar generate`: chat-templated generation from a model directory, one prompt at a time (the
 //! high-throughput engine is `spar rollout`).
 
+use super::common::{DeviceArgs, RecipeArgs};
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use spar_model::generate::{SamplingParams, generate};
-use spar_model::{ChatTemplate, Qwen3Model, Tokenizer, parse_device, parse_kind};
+use spar_model::{ChatTemplate, Qwen3Model, Tokenizer};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// HF model directory (config.json, safetensors, tokenizer.json, chat template).
-    #[arg(long)]
-    model: PathBuf,
+    /// `--model DIR` (an HF folder: config.json, safetensors, tokenizer.json, chat template), or the recipe's
+    /// `[model]`; `--recipe`'s `[model]` gives the device and dtype, its `[rollout.sampling]` the sampling
+    /// defaults.
+    #[command(flatten)]
+    recipe: RecipeArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// JSONL prompts: {"messages": [...], "tools"?: [...], "id"?} (chat-templated) or {"prompt": "raw text"}.
-    #[arg(long = "prompts", visible_aliases = ["in", "input"])]
+    #[arg(long = "in", aliases = ["prompts", "input"])]
     prompts: PathBuf,
     /// JSONL output ({"index", "id"?, "text", "token_ids", "logprobs", "finish_reason"}); stdout if omitted.
     #[arg(long)]
     out: Option<PathBuf>,
-    #[arg(long, default_value_t = 256)]
-    max_new_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f64,
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f64,
+    /// Default: the recipe's `rollout.sampling.max_new_tokens`, else 256.
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// 0 = greedy. Default: the recipe's `rollout.sampling.temperature`, else 0.
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Default: the recipe's `rollout.sampling.top_p`, else 1.
+    #[arg(long)]
+    top_p: Option<f64>,
     /// 0 = off.
     #[arg(long, default_value_t = 0)]
     top_k: usize,
@@ -35,10 +42,6 @@ pub struct Args {
     /// Qwen3 thinking mode (false adds the empty think block to the generation prompt).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     enable_thinking: bool,
-    #[arg(long, default_value = "fp32")]
-    dtype: String,
-    #[arg(long, default_value = "auto")]
-    device: String,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -46,17 +49,38 @@ pub fn run(args: Args) -> Result<()> {
     let Some(out) = args.out.clone() else {
         return generate_all(&args);
     };
+    let dir = args.recipe.model_choice(&args.device)?.dir;
     let spec = spar_data::audit::AuditSpec::for_file("spar generate", &out)
         .with_data([args.prompts.clone()])
-        .with_model(&args.model);
+        .with_model(&dir);
     super::audit::run_audited(spec, || generate_all(&args))
 }
 
 fn generate_all(args: &Args) -> Result<()> {
-    let device = parse_device(&args.device)?;
-    let model = Qwen3Model::load(&args.model, device, parse_kind(&args.dtype)?)?;
-    let tok = Tokenizer::from_dir(&args.model)?;
-    let template = ChatTemplate::from_dir(&args.model).ok();
+    let choice = args.recipe.model_choice(&args.device)?;
+    let dir = &choice.dir;
+    let recipe_sampling = choice
+        .builder
+        .recipe()
+        .rollout
+        .as_ref()
+        .map(|r| r.sampling.clone());
+    let temperature = args.temperature.unwrap_or_else(|| {
+        recipe_sampling
+            .as_ref()
+            .map_or(0.0, |s| s.temperature as f64)
+    });
+    let top_p = args
+        .top_p
+        .unwrap_or_else(|| recipe_sampling.as_ref().map_or(1.0, |s| s.top_p as f64));
+    let max_new_tokens = args.max_new_tokens.unwrap_or_else(|| {
+        recipe_sampling
+            .as_ref()
+            .map_or(256, |s| s.max_new_tokens as usize)
+    });
+    let model = Qwen3Model::load(dir, choice.device, choice.kind)?;
+    let tok = Tokenizer::from_dir(dir)?;
+    let template = ChatTemplate::from_dir(dir).ok();
     let path = &args.prompts;
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -79,7 +103,7 @@ fn generate_all(args: &Args) -> Result<()> {
             let t = template.as_ref().ok_or_else(|| {
                 anyhow!(
                     "{}: the model directory has no chat template",
-                    args.model.display()
+                    dir.display()
                 )
             })?;
             t.render(m, v.get("tools"), true, args.enable_thinking)
@@ -94,10 +118,10 @@ fn generate_all(args: &Args) -> Result<()> {
         };
         let ids = tok.encode(&prompt)?;
         let params = SamplingParams {
-            temperature: args.temperature,
-            top_p: args.top_p,
+            temperature,
+            top_p,
             top_k: args.top_k,
-            max_new_tokens: args.max_new_tokens,
+            max_new_tokens,
             stop_ids: tok.eos_ids(),
             seed: args.seed + n as u64,
         };

@@ -1,31 +1,27 @@
 //! `spar logprobs`: per-token log-probabilities of given token sequences (or texts) under a model directory.
 
+use super::common::{DeviceArgs, RecipeArgs};
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
-use spar_model::{
-    ForwardInput, Qwen3Model, Tokenizer, parse_device, parse_kind, try_token_logprobs,
-};
+use spar_model::{ForwardInput, Qwen3Model, Tokenizer, try_token_logprobs};
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// HF model directory (config.json, safetensors; tokenizer.json for "text" inputs).
-    #[arg(long)]
-    model: PathBuf,
+    /// `--model DIR` (an HF folder: config.json, safetensors; tokenizer.json for "text" inputs), or the
+    /// recipe's `[model]`, which also gives the device and dtype.
+    #[command(flatten)]
+    recipe: RecipeArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// JSONL input: one {"token_ids": [...]} or {"text": "..."} per line (an "id" field is copied through).
-    #[arg(long = "input", visible_alias = "in")]
+    #[arg(long = "in", alias = "input")]
     input: PathBuf,
     /// JSONL output: {"index", "id"?, "token_ids", "logprobs"} per line; logprobs[0] is null (no context).
     #[arg(long)]
     out: PathBuf,
-    /// fp32 or bf16.
-    #[arg(long, default_value = "fp32")]
-    dtype: String,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
     /// Sequences per forward (right-padded).
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
@@ -36,7 +32,12 @@ struct Item {
     ids: Vec<i64>,
 }
 
-fn read_items(args: &Args, tok: &mut Option<Tokenizer>, vocab: usize) -> Result<Vec<Item>> {
+fn read_items(
+    args: &Args,
+    model_dir: &std::path::Path,
+    tok: &mut Option<Tokenizer>,
+    vocab: usize,
+) -> Result<Vec<Item>> {
     let path = &args.input;
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -61,7 +62,7 @@ fn read_items(args: &Args, tok: &mut Option<Tokenizer>, vocab: usize) -> Result<
                 .as_str()
                 .ok_or_else(|| anyhow!("{}:{ln}: field `text` must be a string", path.display()))?;
             if tok.is_none() {
-                *tok = Some(Tokenizer::from_dir(&args.model)?);
+                *tok = Some(Tokenizer::from_dir(model_dir)?);
             }
             tok.as_ref()
                 .expect("loaded above")
@@ -87,18 +88,18 @@ fn read_items(args: &Args, tok: &mut Option<Tokenizer>, vocab: usize) -> Result<
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let dir = args.recipe.model_choice(&args.device)?.dir;
     let spec = spar_data::audit::AuditSpec::for_file("spar logprobs", &args.out)
         .with_data([args.input.clone()])
-        .with_model(&args.model);
+        .with_model(&dir);
     super::audit::run_audited(spec, || logprobs(&args))
 }
 
 fn logprobs(args: &Args) -> Result<()> {
-    let device = parse_device(&args.device)?;
-    let kind = parse_kind(&args.dtype)?;
-    let model = Qwen3Model::load(&args.model, device, kind)?;
+    let choice = args.recipe.model_choice(&args.device)?;
+    let model = Qwen3Model::load(&choice.dir, choice.device, choice.kind)?;
     let mut tok = None;
-    let items = read_items(args, &mut tok, model.config.vocab_size)?;
+    let items = read_items(args, &choice.dir, &mut tok, model.config.vocab_size)?;
     let bar = ProgressBar::new(items.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} sequences {elapsed}/{eta}")
@@ -118,10 +119,10 @@ fn logprobs(args: &Args) -> Result<()> {
         }
         let x = Tensor::from_slice(&ids)
             .view([chunk.len() as i64, t as i64])
-            .to_device(device);
+            .to_device(choice.device);
         let m = Tensor::from_slice(&mask)
             .view([chunk.len() as i64, t as i64])
-            .to_device(device);
+            .to_device(choice.device);
         let o = model.forward(ForwardInput::new(&x).mask(&m))?;
         let lp = if t > 1 {
             let logits = o.logits.narrow(1, 0, t as i64 - 1);

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_decode;
 pub mod bench_forward;
 pub mod bench_judge;
+pub mod common;
 pub mod data;
 pub mod eval;
 pub mod export;

@@ -1,31 +1,22 @@
-//! `spar rollout --recipe R.toml --out DIR`: plays consultations with the recipe's policy, simulator and
+//! `spar rollout --recipe R.toml --out DIR`: plays consultations with the recipe's policy, simulator, backend and
 //! pipeline, and writes `DIR/samples.parquet` (schema: docs/trajectories.md), one markdown transcript per group
 //! in `DIR/transcripts/`, and `DIR/summary.json`.
+use super::common::RecipeArgs;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use spar_core::recipe::{Recipe, RolloutSection, StageRewardConfig};
-use spar_core::traits::{PatientSimulator, RolloutBackend};
-use spar_model::{Qwen3Config, Qwen3Model, Tokenizer, parse_device, parse_kind};
+use spar_app::Builder;
 use spar_rollout::output::{Summary, write_run};
-use spar_rollout::simulator::ScriptedPatient;
-use spar_rollout::{Policy, Rollout, SimulatorChoice};
+use spar_rollout::{Policy, Rollout};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    pub recipe: PathBuf,
-    /// Recipe override `key.path=value` (repeatable).
-    #[arg(long = "set")]
-    pub set: Vec<String>,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
     /// Output folder.
     #[arg(long, alias = "output")]
     pub out: PathBuf,
-    /// Policy model directory (overrides `[model] path`; with an external backend, only its tokenizer is used).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Case file or folder (overrides `[data] cases`).
+    /// Case file or folder (replaces `[data] cases`).
     #[arg(long = "in", alias = "input", alias = "cases")]
     pub input: Option<PathBuf>,
     /// Rounds to play.
@@ -36,93 +27,55 @@ pub struct Args {
     pub groups: Option<usize>,
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let recipe = Recipe::load(&args.recipe, &args.set)?;
-    let cfg: RolloutSection = recipe.rollout.clone().unwrap_or_default();
-    let model_sec = recipe.model.clone().unwrap_or_default();
-    let base = recipe
-        .source
-        .as_ref()
-        .and_then(|p| p.parent())
-        .map(|p| p.to_path_buf());
-    let mut data = recipe.data.clone().unwrap_or_default();
+pub fn run(mut args: Args) -> Result<()> {
     if let Some(i) = &args.input {
-        data.cases = Some(i.clone());
+        let p = super::common::absolute(i)?;
+        args.recipe.set.push(format!(
+            "data.cases={}",
+            super::common::toml_string(&p.display().to_string())
+        ));
     }
-    let cases = spar_data::recipe::train_cases(&data, base.as_deref())?;
-    let model_dir = args
+    let builder = args.recipe.builder()?;
+    let recipe = builder.recipe();
+    let model_dir = recipe
         .model
-        .clone()
-        .or_else(|| model_sec.path.as_ref().map(|p| recipe.resolve(p)));
-    let model_dir = model_dir
+        .as_ref()
+        .and_then(|m| m.path.as_ref())
+        .map(|p| recipe.resolve(p))
         .context("no model: give --model DIR or [model] path (the tokenizer comes from it)")?;
     let mut spec = spar_data::audit::AuditSpec::for_dir("spar rollout", &args.out)
-        .with_recipe(super::audit::recipe_toml(&recipe))
-        .with_data(super::audit::case_data_files(&data, base.as_deref()));
+        .with_recipe(super::audit::recipe_toml(recipe))
+        .with_data(super::audit::recipe_data_files(recipe));
     if model_dir.exists() {
         spec = spec.with_model(&model_dir);
     }
-    super::audit::run_audited(spec, || {
-        play(&args, &recipe, cfg, &model_sec, cases, &model_dir)
-    })
+    super::audit::run_audited(spec, || play(&args, &builder, &model_dir))
 }
 
-fn play(
-    args: &Args,
-    recipe: &Recipe,
-    cfg: RolloutSection,
-    model_sec: &spar_core::recipe::ModelSection,
-    cases: Vec<spar_core::Case>,
-    model_dir: &std::path::Path,
-) -> Result<()> {
-    let device = parse_device(&model_sec.device)?;
-    let kind = parse_kind(&model_sec.dtype)?;
-    let tokenizer = Arc::new(
-        Tokenizer::from_dir(model_dir)
-            .with_context(|| format!("tokenizer of {}", model_dir.display()))?,
-    );
-    let model = if cfg.backend == "builtin" {
-        Some(match &model_sec.init {
-            Some(init) if !model_dir.join("config.json").exists() => Qwen3Model::random(
-                Qwen3Config::from_toml_table(init, "[model] init")?,
-                device,
-                kind,
-                0,
-            )?,
-            _ => Qwen3Model::load(model_dir, device, kind)?,
-        })
-    } else {
-        None
+fn play(args: &Args, builder: &Builder, model_dir: &std::path::Path) -> Result<()> {
+    let cfg = builder.rollout_section();
+    let cases = builder.cases()?.train;
+    let external = cfg.backend == "openai";
+    let tokenizer = builder.tokenizer(model_dir)?;
+    // With an external backend only the tokenizer is needed: the server holds the weights.
+    let model = match external {
+        true => None,
+        false => Some(builder.saved_model(model_dir)?),
     };
-    let stages: StageRewardConfig = recipe
-        .rewards
-        .as_ref()
-        .map(|r| r.stages.clone())
-        .unwrap_or_default();
-    let scorer = Arc::new(spar_rewards::ClinicalStageScorer::new(stages));
-    let simulator = match cfg.simulator.kind.as_str() {
-        "llm" => SimulatorChoice::Fixed(Arc::new(spar_clients::LlmPatientSimulator::from_config(
-            &cfg.simulator,
-        )?) as Arc<dyn PatientSimulator>),
-        "self" => SimulatorChoice::SelfPlay,
-        _ => SimulatorChoice::Fixed(Arc::new(ScriptedPatient)),
-    };
-    let run_id = recipe.name.clone().unwrap_or_else(|| "rollout".into());
+    let run_id = builder
+        .recipe()
+        .name
+        .clone()
+        .unwrap_or_else(|| "rollout".into());
     let groups_per_round = args.groups.unwrap_or(cfg.groups_per_step);
-    let mut cfg = cfg;
-    if cfg.seed.is_none() {
-        cfg.seed = recipe.seed;
-    }
-    let mut rollout = Rollout::new(cfg.clone(), cases, tokenizer, scorer, simulator, run_id)?;
-    if cfg.backend == "openai" {
-        let ep = cfg
-            .endpoint
-            .as_ref()
-            .context("[rollout] backend = \"openai\" needs [rollout.endpoint]")?;
-        rollout = rollout.with_backend(Arc::new(spar_clients::OpenAiRolloutBackend::from_endpoint(
-            ep,
-        )?) as Arc<dyn RolloutBackend>);
-    }
+    let mut rollout: Rollout = builder.rollout(
+        cfg.clone(),
+        cases,
+        tokenizer,
+        builder.stage_scorer()?,
+        builder.simulator()?,
+        run_id,
+    )?;
     let total = (args.rounds * groups_per_round * cfg.group_size) as u64;
     let bar = ProgressBar::new(total);
     bar.set_style(ProgressStyle::with_template(
@@ -132,11 +85,11 @@ fn play(
     let started = std::time::Instant::now();
     let mut groups = Vec::new();
     for _ in 0..args.rounds {
-        let policy = match &model {
+        let p = match &model {
             Some(m) => Policy::Builtin(m),
             None => Policy::External,
         };
-        groups.extend(rollout.collect_groups(policy, groups_per_round)?);
+        groups.extend(rollout.collect_groups(p, groups_per_round)?);
     }
     bar.finish();
     let secs = started.elapsed().as_secs_f64();

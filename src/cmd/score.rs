@@ -1,34 +1,30 @@
 //! `spar score`: scores finished trajectories offline with the recipe's `[rewards]` section and writes, per
 //! trajectory, R_task with every rubric verdict, claims with labels, R_fact, the gate lambda, the final reward,
 //! and per step the violations, gamma and advantage (plus every component's contribution).
+use super::common::RecipeArgs;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use spar_app::Builder;
 use spar_core::Case;
-use spar_core::recipe::{Recipe, RewardsSection};
-use spar_data::kb::KnowledgeBase;
-use spar_rewards::pipeline::{Injected, RewardPipeline};
 use spar_rewards::score::{group_samples, read_samples, report, score_groups};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Recipe with a `[rewards]` section (and optionally `[data]` naming the cases); defaults apply without one.
-    #[arg(long, alias = "rewards")]
-    pub recipe: Option<PathBuf>,
+    /// `--recipe` (its `[rewards]` section, and `[data]` for the cases and knowledge base; defaults apply
+    /// without one), `--set`, `--model` (unused here).
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
     /// Trajectories: `.jsonl` or `.parquet` of samples.
     #[arg(long = "in", alias = "input")]
     pub input: PathBuf,
     /// Scored records: `.jsonl` (or `.parquet`), written atomically.
     #[arg(long)]
     pub out: PathBuf,
-    /// Cases the trajectories were rolled out on (file or folder); default: the recipe's `[data] cases`.
+    /// Cases the trajectories were rolled out on (file or folder; replaces `[data] cases`).
     #[arg(long)]
     pub cases: Option<PathBuf>,
-    /// Recipe overrides, `key.path=value` (repeatable), e.g. `--set rewards.spar.estimator="grpo"`.
-    #[arg(long = "set")]
-    pub set: Vec<String>,
     /// Groups scored at once.
     #[arg(long, default_value_t = 8)]
     pub parallel: usize,
@@ -37,45 +33,37 @@ pub struct Args {
     pub report: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let recipe = match &args.recipe {
-        Some(p) => Recipe::load(p, &args.set)?,
-        None => Recipe::from_toml_str("", "(defaults)", &args.set)?,
-    };
-    let rewards: RewardsSection = recipe.rewards.clone().unwrap_or_default();
-    let cases_path = match (
-        &args.cases,
-        recipe.data.as_ref().and_then(|d| d.cases.as_ref()),
-    ) {
-        (Some(p), _) => p.clone(),
-        (None, Some(p)) => recipe.resolve(p),
-        // No cases named anywhere: the shipped cases, as every other command defaults to.
-        (None, None) => spar_data::recipe::cases_path(&Default::default(), None),
-    };
+pub fn run(mut args: Args) -> anyhow::Result<()> {
+    if let Some(c) = &args.cases {
+        let p = super::common::absolute(c)?;
+        args.recipe.set.push(format!(
+            "data.cases={}",
+            super::common::toml_string(&p.display().to_string())
+        ));
+    }
+    let builder = args.recipe.builder()?;
+    let recipe = builder.recipe();
+    let data = recipe.data.clone().unwrap_or_default();
+    let cases_path = spar_data::recipe::cases_path(&data, builder.base().as_deref());
     let mut data_files = vec![args.input.clone()];
     data_files.extend(if cases_path.is_dir() {
         super::audit::files_of(&cases_path)
     } else {
         vec![cases_path.clone()]
     });
-    if let Some(kb) = recipe.data.as_ref().and_then(|d| d.knowledge_base.as_ref()) {
+    if let Some(kb) = &data.knowledge_base {
         data_files.extend(super::audit::files_of(&recipe.resolve(kb)));
     }
     let mut spec = spar_data::audit::AuditSpec::for_file("spar score", &args.out)
-        .with_recipe(super::audit::recipe_toml(&recipe))
+        .with_recipe(super::audit::recipe_toml(recipe))
         .with_data(data_files);
     if let Some(r) = &args.report {
         spec = spec.with_output_file(r);
     }
-    super::audit::run_audited(spec, || score(&args, &recipe, rewards, &cases_path))
+    super::audit::run_audited(spec, || score(&args, &builder, &cases_path))
 }
 
-fn score(
-    args: &Args,
-    recipe: &Recipe,
-    rewards: RewardsSection,
-    cases_path: &std::path::Path,
-) -> anyhow::Result<()> {
+fn score(args: &Args, builder: &Builder, cases_path: &std::path::Path) -> anyhow::Result<()> {
     let cases: HashMap<String, Case> = spar_data::load_cases(cases_path)
         .with_context(|| format!("reading cases {}", cases_path.display()))?
         .into_iter()
@@ -97,15 +85,7 @@ fn score(
         .enable_all()
         .build()?;
     let (scored, rep) = rt.block_on(async {
-        let mut inj = Injected::default();
-        if let Some(kb) = recipe.data.as_ref().and_then(|d| d.knowledge_base.as_ref()) {
-            let kb = recipe.resolve(kb);
-            inj.knowledge_base =
-                Some(Arc::new(KnowledgeBase::load(&kb).with_context(|| {
-                    format!("knowledge base {}", kb.display())
-                })?));
-        }
-        let pipeline = RewardPipeline::new(&rewards, inj).await?;
+        let pipeline = builder.reward_pipeline().await?;
         let bar = ProgressBar::new(n as u64);
         bar.set_style(ProgressStyle::with_template(
             "scoring {bar:40} {pos}/{len} samples {elapsed_precise} eta {eta}",

@@ -1,19 +1,22 @@
 //! `spar serve --model DIR`: the built-in engine as an OpenAI-compatible HTTP API (`/v1/chat/completions`,
 //! `/v1/completions`, `/v1/models`), on loopback unless `--host` says otherwise, with an optional bearer token
 //! read from an environment variable.
+use super::common::{DeviceArgs, RecipeArgs};
 use anyhow::{Context, Result};
-use spar_model::{ChatTemplate, Qwen3Model, Tokenizer, parse_device, parse_kind};
+use spar_model::{ChatTemplate, Qwen3Model, Tokenizer};
 use spar_rollout::engine::EngineConfig;
 use spar_rollout::serve::{ChatMlRenderer, ChatRenderer, ServeOptions, serve};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// HF model directory (config.json, safetensors, tokenizer.json, chat template).
-    #[arg(long)]
-    pub model: PathBuf,
+    /// `--model DIR` (an HF folder: config.json, safetensors, tokenizer.json, chat template), or the recipe's
+    /// `[model]`; `--recipe`'s `[model]` also gives the device and dtype.
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     #[arg(long, default_value_t = 8000)]
@@ -24,10 +27,6 @@ pub struct Args {
     /// Environment variable holding the bearer token clients must send (default: none, no auth).
     #[arg(long)]
     pub api_key_env: Option<String>,
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    #[arg(long, default_value = "bf16")]
-    pub dtype: String,
     /// Most sequences decoded at once.
     #[arg(long, default_value_t = 64)]
     pub max_batch: usize,
@@ -45,16 +44,16 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let device = parse_device(&args.device)?;
-    let kind = parse_kind(&args.dtype)?;
-    let model = Qwen3Model::load(&args.model, device, kind)?;
-    let tokenizer = Arc::new(Tokenizer::from_dir(&args.model)?);
-    let renderer: Arc<dyn ChatRenderer> = match ChatTemplate::from_dir(&args.model) {
+    let choice = args.recipe.model_choice(&args.device)?;
+    let dir = &choice.dir;
+    let model = Qwen3Model::load(dir, choice.device, choice.kind)?;
+    let tokenizer = Arc::new(Tokenizer::from_dir(dir)?);
+    let renderer: Arc<dyn ChatRenderer> = match ChatTemplate::from_dir(dir) {
         Ok(t) => Arc::new(t),
         Err(e) => {
             tracing::warn!(
                 "no chat template in {} ({e:#}); rendering plain ChatML",
-                args.model.display()
+                dir.display()
             );
             Arc::new(ChatMlRenderer)
         }
@@ -67,8 +66,7 @@ pub fn run(args: Args) -> Result<()> {
         None => None,
     };
     let name = args.served_model_name.clone().unwrap_or_else(|| {
-        args.model
-            .file_name()
+        dir.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "spar".into())
     });

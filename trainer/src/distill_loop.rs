@@ -180,12 +180,16 @@ pub fn offline_round(
     Ok(scalars)
 }
 
-/// Training items of a teacher-samples file (`trainer.distill.teacher_samples`): every non-failed sample with
-/// sampled tokens; its `rollout_logprobs` are taken as the teacher's log-probs.
-pub fn teacher_sample_items(path: &Path, student_vocab: usize) -> Result<Vec<TrainItem>> {
-    let samples = spar_data::read_samples(path)?;
+/// Training items of a teacher-samples file (`trainer.distill.teacher_samples`, read by the caller; `origin`
+/// names it in errors): every non-failed sample with sampled tokens; its `rollout_logprobs` are taken as the
+/// teacher's log-probs.
+pub fn teacher_sample_items(
+    samples: &[spar_core::Sample],
+    origin: &str,
+    student_vocab: usize,
+) -> Result<Vec<TrainItem>> {
     let mut items = Vec::new();
-    for s in &samples {
+    for s in samples {
         if s.end_reason.is_failure() {
             continue;
         }
@@ -193,14 +197,13 @@ pub fn teacher_sample_items(path: &Path, student_vocab: usize) -> Result<Vec<Tra
             bail!(
                 "{}: sample {}/{}: field `token_ids` holds {t}, outside the student's vocabulary of {student_vocab} \
                  (were the samples made with another tokenizer?)",
-                path.display(),
+                origin,
                 s.group_id,
                 s.sample_idx
             );
         }
-        let it = item_unscored(s).with_context(|| {
-            format!("{}: sample {}/{}", path.display(), s.group_id, s.sample_idx)
-        })?;
+        let it = item_unscored(s)
+            .with_context(|| format!("{}: sample {}/{}", origin, s.group_id, s.sample_idx))?;
         if it.trained_tokens() > 0 {
             items.push(it);
         }
@@ -208,7 +211,7 @@ pub fn teacher_sample_items(path: &Path, student_vocab: usize) -> Result<Vec<Tra
     if items.is_empty() {
         bail!(
             "{}: no sample with sampled tokens to distill from ({} read)",
-            path.display(),
+            origin,
             samples.len()
         );
     }

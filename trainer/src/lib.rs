@@ -10,7 +10,10 @@
 //! - [`adamw`], [`schedule`]: AdamW with savable state and fp32 masters; warmup + constant / cosine
 //! - [`learner`]: one optimisation step (pi_old pass, accumulation, clipping, NaN/Inf guard)
 //! - [`checkpoint`], [`rng`]: atomic checkpoints, keep-last-N, exact resume
-//! - [`run`]: `spar train`, the whole loop (tokenizer, SFT, colocated RL, evaluation, plots); [`qwen3`]: the
+//! - [`run`]: `spar train` over [`parts::TrainParts`] (built by spar-app from the recipe): held-out
+//!   evaluations around [`sft_phase`] and [`rl_phase`], results in [`report`]; [`session`]: the run folder,
+//!   resume point and checkpoints that ask each part ([`session::Checkpointed`]) for its state;
+//!   [`offline_step`]: one step from files; [`knobs`]: `[trainer]` as learner configs; [`qwen3`]: the
 //!   [`policy::Policy`] impl for spar-model
 //! - [`metrics`], [`tfevent`], [`plot`]: JSONL + TensorBoard metrics, PNG/SVG curves
 // `a = a + b` stays out of place on purpose: tch's `+=` on a Tensor is the in-place `add_`, which breaks autograd
@@ -24,16 +27,24 @@ pub mod critic;
 pub mod distill;
 pub mod distill_loop;
 pub mod gae;
+pub mod knobs;
 pub mod learner;
 pub mod metrics;
 pub mod off_policy;
+pub mod offline_step;
+pub mod parts;
 pub mod plot;
 pub mod policy;
 pub mod policy_loss;
+pub mod progress;
 pub mod qwen3;
 pub mod reference;
+pub mod report;
+pub mod rl_phase;
 pub mod rl_round;
 pub mod rng;
 pub mod run;
 pub mod schedule;
+pub mod session;
+pub mod sft_phase;
 pub mod tfevent;

@@ -5,12 +5,13 @@
 use crate::batch::{assemble, set_routing_replay};
 use crate::critic::Critic;
 use crate::learner::{BatchingConfig, Learner, RlExtras, rl_update_with};
+use crate::parts::Generation;
 use crate::policy_loss::PolicyLossConfig;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use spar_core::{Case, Sample, Scored};
 use spar_model::Qwen3Model;
-use spar_rollout::Rollout;
+use spar_rollout::{Policy, Rollout};
 use std::collections::HashMap;
 use tch::Device;
 
@@ -23,10 +24,25 @@ pub struct PlayedRound {
     pub gen_seconds: f64,
 }
 
-/// Plays `groups` groups with `model`'s current weights, samples stamped `version`, and scores every group.
+impl PlayedRound {
+    /// Sampled tokens per second of generation.
+    pub fn gen_tokens_per_s(&self) -> f64 {
+        let tokens: usize = self
+            .samples
+            .iter()
+            .map(|x| x.loss_mask.iter().filter(|&&m| m == 1).count())
+            .sum();
+        tokens as f64 / self.gen_seconds.max(1e-9)
+    }
+}
+
+/// Plays `groups` groups (with `model`'s current weights on the built-in engine, or through the rollout's
+/// external backend), samples stamped `version`, and scores every group.
+#[allow(clippy::too_many_arguments)]
 pub fn play_round(
     rollout: &mut Rollout,
     model: &Qwen3Model,
+    generation: Generation,
     version: u64,
     groups: usize,
     pipeline: &spar_rewards::RewardPipeline,
@@ -35,7 +51,11 @@ pub fn play_round(
 ) -> Result<PlayedRound> {
     let t0 = std::time::Instant::now();
     rollout.set_policy_version(version);
-    let played = rollout.collect_groups(spar_rollout::actor::Policy::Builtin(model), groups)?;
+    let policy = match generation {
+        Generation::Builtin => Policy::Builtin(model),
+        Generation::External => Policy::External,
+    };
+    let played = rollout.collect_groups(policy, groups)?;
     let gen_seconds = t0.elapsed().as_secs_f64();
     let mut round = PlayedRound {
         gen_seconds,

@@ -341,14 +341,17 @@ fn offline_distillation_from_a_teacher_samples_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("teacher.jsonl");
     spar_data::write_samples(&path, &samples).unwrap();
-    let pool = spar_trainer::distill_loop::teacher_sample_items(&path, VOCAB as usize).unwrap();
+    let read = spar_data::read_samples(&path).unwrap();
+    let origin = path.display().to_string();
+    let pool =
+        spar_trainer::distill_loop::teacher_sample_items(&read, &origin, VOCAB as usize).unwrap();
     assert_eq!(pool.len(), 48);
     // The file's log-probs are the teacher's, position-aligned like the items built in memory.
     assert_eq!(
         pool[3].rollout_logp,
         items(&seqs[3..4], &teacher)[0].rollout_logp
     );
-    let err = spar_trainer::distill_loop::teacher_sample_items(&path, 5)
+    let err = spar_trainer::distill_loop::teacher_sample_items(&read, &origin, 5)
         .unwrap_err()
         .to_string();
     assert!(

@@ -1,6 +1,6 @@
 //! `trainer.sft_fraction`: SFT sees a per-diagnosis share of the training cases, RL all of them.
 use spar_core::recipe::DataSection;
-use spar_trainer::run::sft_subset;
+use spar_trainer::sft_phase::sft_subset;
 use std::collections::HashMap;
 
 #[test]

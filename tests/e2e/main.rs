@@ -1,17 +1,19 @@
-//! End-to-end tests of the spar binary: a few-step run of the demo recipe, and the contract path
-//! rollout fixture -> `spar score` -> one trainer step, from files.
+//! End-to-end tests of the spar binary: a few-step run of the demo recipe, the contract path
+//! rollout fixture -> `spar score` -> one trainer step, from files, and one recipe honoured by every command.
+mod recipe_honoured;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn spar() -> Command {
+pub(crate) fn spar() -> Command {
     Command::new(env!("CARGO_BIN_EXE_spar"))
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn ok(cmd: &mut Command) {
+pub(crate) fn ok(cmd: &mut Command) {
     let out = cmd.output().expect("spar runs");
     assert!(
         out.status.success(),
@@ -128,7 +130,7 @@ fn few_step_demo_run_then_contract_path_from_files() {
         .arg(root().join("recipes/tiny-cpu.toml"))
         .arg("--in")
         .arg(&samples)
-        .arg("--rewards")
+        .arg("--scored")
         .arg(&scored)
         .arg("--model")
         .arg(run.join("final"))

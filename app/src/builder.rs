@@ -1,0 +1,332 @@
+//! [`Builder`]: one recipe -> the parts of a run, the same way for every command.
+use crate::cases::CaseSet;
+use crate::external;
+use crate::policy;
+use anyhow::{Context, Result};
+use spar_core::Case;
+use spar_core::recipe::{Recipe, RolloutSection};
+use spar_core::traits::StageScorer;
+use spar_data::kb::KnowledgeBase;
+use spar_rewards::{ClinicalStageScorer, RewardPipeline};
+use spar_rollout::codec::TextCodec;
+use spar_rollout::env::{ExpertDoctor, ScriptedDoctor};
+use spar_rollout::{Rollout, SimulatorChoice};
+use spar_trainer::parts::{Generation, TrainParts};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Turns a recipe (already loaded, `--set` and the common flags applied) into the parts a command needs.
+pub struct Builder {
+    recipe: Recipe,
+}
+
+impl Builder {
+    pub fn new(recipe: Recipe) -> Builder {
+        Builder { recipe }
+    }
+
+    pub fn recipe(&self) -> &Recipe {
+        &self.recipe
+    }
+
+    /// The recipe's seed (0 when it sets none).
+    pub fn seed(&self) -> u64 {
+        self.recipe.seed.unwrap_or(0)
+    }
+
+    /// The folder relative paths in the recipe resolve against.
+    pub fn base(&self) -> Option<PathBuf> {
+        self.recipe
+            .source
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(Path::to_path_buf)
+    }
+
+    /// `[rollout]` with the recipe seed filled in where the section sets none (`rollout.seed`: "None: the recipe
+    /// seed, else 0"), as every command plays it.
+    pub fn rollout_section(&self) -> RolloutSection {
+        let mut cfg = self.recipe.rollout.clone().unwrap_or_default();
+        if cfg.seed.is_none() {
+            cfg.seed = Some(self.seed());
+        }
+        cfg
+    }
+
+    /// The cases `[data]` names, split for training, RL and evaluation.
+    pub fn cases(&self) -> Result<CaseSet> {
+        CaseSet::load(&self.recipe, self.base().as_deref())
+    }
+
+    /// The knowledge base `[data] knowledge_base` names (None: the shipped one, which the libraries load
+    /// themselves where they need it).
+    pub fn knowledge_base(&self) -> Result<Option<Arc<KnowledgeBase>>> {
+        let Some(p) = self
+            .recipe
+            .data
+            .as_ref()
+            .and_then(|d| d.knowledge_base.as_ref())
+        else {
+            return Ok(None);
+        };
+        let p = self.recipe.resolve(p);
+        Ok(Some(Arc::new(KnowledgeBase::load(&p).with_context(
+            || format!("recipe: data.knowledge_base = {}", p.display()),
+        )?)))
+    }
+
+    /// The stage scorer of `[rewards.stages]` (G_k and the gate's V_k), with the recipe's knowledge base for
+    /// ICD-10 hierarchy matches when it names one.
+    pub fn stage_scorer(&self) -> Result<Arc<dyn StageScorer>> {
+        let stages = self
+            .recipe
+            .rewards
+            .as_ref()
+            .map(|r| r.stages.clone())
+            .unwrap_or_default();
+        let scorer = ClinicalStageScorer::new(stages);
+        Ok(Arc::new(match self.knowledge_base()? {
+            Some(kb) => scorer.with_knowledge_base(kb),
+            None => scorer,
+        }))
+    }
+
+    /// The reward pipeline of `[rewards]` with its external models injected (LLM judges, extractor, verifier
+    /// and encoder over their endpoints) and the recipe's knowledge base. Build it on the runtime that will
+    /// score with it: its clients and cache connections live there.
+    pub async fn reward_pipeline(&self) -> Result<RewardPipeline> {
+        let rewards = self.recipe.rewards.clone().unwrap_or_default();
+        let injected = external::reward_models(&rewards, self.knowledge_base()?).await?;
+        Ok(RewardPipeline::new(&rewards, injected).await?)
+    }
+
+    /// Who plays the patient in rollouts (`[rollout.simulator]`).
+    pub fn simulator(&self) -> Result<SimulatorChoice> {
+        external::simulator(&self.rollout_section().simulator, "rollout.simulator")
+    }
+
+    /// Who plays the patient in evaluations (`[eval.simulator]`; default: the scripted patient). The policy
+    /// cannot play its own evaluation patient.
+    pub fn eval_simulator(&self) -> Result<SimulatorChoice> {
+        let cfg = self
+            .recipe
+            .eval
+            .as_ref()
+            .and_then(|e| e.simulator.clone())
+            .unwrap_or_default();
+        if cfg.kind == "self" {
+            anyhow::bail!(
+                "recipe: eval.simulator.kind = \"self\": the policy cannot play its own evaluation patient; use \
+                 scripted or llm"
+            );
+        }
+        external::simulator(&cfg, "eval.simulator")
+    }
+
+    /// A patient simulator for scripted doctors (SFT consultations): the recipe's when it is a fixed one, the
+    /// scripted patient under self-play (a scripted doctor has no engine to lend the patient).
+    pub fn fixed_simulator(&self) -> Result<SimulatorChoice> {
+        Ok(match self.simulator()? {
+            SimulatorChoice::SelfPlay => {
+                SimulatorChoice::Fixed(Arc::new(spar_rollout::simulator::ScriptedPatient))
+            }
+            fixed => fixed,
+        })
+    }
+
+    /// A rollout of `cfg` over `cases`: the recipe's rollout backend when `[rollout] backend = "openai"`.
+    pub fn rollout(
+        &self,
+        cfg: RolloutSection,
+        cases: Vec<Case>,
+        codec: Arc<dyn TextCodec>,
+        scorer: Arc<dyn StageScorer>,
+        simulator: SimulatorChoice,
+        run_id: impl Into<String>,
+    ) -> Result<Rollout> {
+        let backend = external::rollout_backend(&cfg)?;
+        let rollout = Rollout::new(cfg, cases, codec, scorer, simulator, run_id)?;
+        Ok(match backend {
+            Some(b) => rollout.with_backend(b),
+            None => rollout,
+        })
+    }
+
+    /// The tokenizer of the model folder `model_dir`.
+    pub fn tokenizer(&self, model_dir: &Path) -> Result<Arc<spar_model::Tokenizer>> {
+        policy::tokenizer(model_dir)
+    }
+
+    /// The weights in `model_dir` on `[model]`'s device and dtype, for commands that play or serve them.
+    pub fn saved_model(&self, model_dir: &Path) -> Result<spar_model::Qwen3Model> {
+        policy::saved_model(&self.recipe, model_dir)
+    }
+
+    /// Everything `spar train` needs, for the run folder `out`.
+    pub fn train_parts(&self, out: &Path, resume: bool) -> Result<TrainParts> {
+        let recipe = &self.recipe;
+        let tr = recipe.require(&recipe.trainer, "trainer")?.clone();
+        let model_sec = recipe.require(&recipe.model, "model")?.clone();
+        let seed = self.seed();
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        tch::manual_seed(seed as i64);
+        // Everything cheap is checked before anything heavy starts.
+        let cases = self.cases()?;
+        cases.require_train_and_eval()?;
+        let mut policy = policy::training_policy(recipe, out, resume, &cases.train)?;
+        policy
+            .model
+            .set_activation_checkpointing(model_sec.activation_checkpointing);
+        let codec: Arc<dyn TextCodec> = policy.tokenizer.clone();
+        let runtime = Arc::new(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        );
+        let rewards = Arc::new(runtime.block_on(self.reward_pipeline())?);
+        let scorer = rewards.stage_scorer();
+        if !cases.rl_extra.is_empty() {
+            eprintln!(
+                "[train] RL also plays {} fresh synthetic patients (data.rl_extra_per_diagnosis = {})",
+                cases.rl_extra.len(),
+                recipe.data.as_ref().map_or(0, |d| d.rl_extra_per_diagnosis)
+            );
+        }
+        let rollout_sec = self.rollout_section();
+        let run_name = recipe.name.clone().unwrap_or_else(|| "run".into());
+        let rl_rollout = self.rollout(
+            rollout_sec.clone(),
+            cases.rl_cases(),
+            codec.clone(),
+            scorer.clone(),
+            self.simulator()?,
+            format!("{run_name}-s{seed}"),
+        )?;
+        let generation = if rollout_sec.backend == "openai" {
+            eprintln!(
+                "[train] RL rounds generate through {} (rollout.backend = \"openai\"): spar does not refresh that \
+                 server's weights, so every round after the first is off-policy; the truncated importance weight \
+                 (trainer.tis_cap) corrects for it",
+                rollout_sec
+                    .endpoint
+                    .as_ref()
+                    .map_or("the endpoint", |e| e.base_url.as_str())
+            );
+            Generation::External
+        } else {
+            Generation::Builtin
+        };
+        // SFT: the scripted expert's consultations as whole episodes; gold replies (a full differential, every
+        // test) are longer than a sampled reply may be, so the limit is the model's context.
+        let mut sft_cfg = whole_episodes(rollout_sec.clone());
+        sft_cfg.sampling.max_new_tokens = sft_cfg.max_seq_len.saturating_sub(1) as u32;
+        let sft_cases = spar_trainer::sft_phase::sft_subset(&cases.train, tr.sft_fraction);
+        let sft_rollout = Rollout::new(
+            sft_cfg,
+            sft_cases,
+            codec.clone(),
+            scorer.clone(),
+            self.fixed_simulator()?,
+            "sft",
+        )?
+        .single_sample();
+        let expert: Arc<dyn ScriptedDoctor> = Arc::new(ExpertDoctor::with_inquiry_turns(
+            rollout_sec.turn_limits[0] as usize,
+        ));
+        let evaluator = crate::held_out::HeldOut::new(
+            self,
+            cases.eval.clone(),
+            cases.by_id(),
+            codec.clone(),
+            rewards.clone(),
+            runtime.clone(),
+        )?;
+        let teacher_dirs: Vec<PathBuf> = tr
+            .distill
+            .teachers
+            .iter()
+            .map(|p| recipe.resolve(p))
+            .collect();
+        let student_tokenizer = policy.tokenizer_dir.join("tokenizer.json");
+        let teachers = spar_trainer::distill_loop::load_teachers(
+            &teacher_dirs,
+            policy.model.device(),
+            policy.model.kind(),
+            policy.model.config.vocab_size,
+            Some(student_tokenizer.as_path()).filter(|p| p.exists()),
+        )?;
+        let teacher_samples = match &tr.distill.teacher_samples {
+            Some(p) if tr.policy_loss == "distill" => {
+                let p = recipe.resolve(p);
+                let samples = spar_data::read_samples(&p).with_context(|| {
+                    format!("recipe: trainer.distill.teacher_samples = {}", p.display())
+                })?;
+                Some((samples, p.display().to_string()))
+            }
+            _ => None,
+        };
+        Ok(TrainParts {
+            recipe: recipe.clone(),
+            out: out.to_path_buf(),
+            resume,
+            model: policy.model,
+            tokenizer_dir: policy.tokenizer_dir,
+            train_cases: cases.train.len(),
+            sft_rollout,
+            sft_teacher: expert.clone(),
+            rl_rollout,
+            generation,
+            rewards,
+            runtime,
+            cases_by_id: cases.by_id(),
+            evaluator: Box::new(evaluator),
+            expert,
+            teachers,
+            teacher_samples,
+            reference_dir: model_sec.reference.as_ref().map(|p| recipe.resolve(p)),
+        })
+    }
+}
+
+/// `cfg` for whole episodes: no segmented pipeline, no injected interruption (SFT plays, evaluations).
+pub fn whole_episodes(mut cfg: RolloutSection) -> RolloutSection {
+    cfg.segmented = false;
+    cfg.interruption_rate = 0.0;
+    cfg
+}
+
+/// One trainer step from files (`spar train --in SAMPLES --scored SCORED --model DIR --out OUT`): the samples
+/// of `spar rollout` and the scores of `spar score` train the recipe's `[model] path` once with its loss.
+pub fn offline_step(
+    builder: &Builder,
+    samples_path: &Path,
+    scored_path: &Path,
+    out: &Path,
+) -> Result<spar_trainer::learner::StepReport> {
+    let recipe = builder.recipe();
+    let tr = recipe.trainer.clone().unwrap_or_default();
+    let model_sec = recipe.require(&recipe.model, "model")?;
+    let model_dir = recipe.resolve(
+        model_sec
+            .path
+            .as_ref()
+            .context("one step from files needs --model DIR (or [model] path)")?,
+    );
+    // The contract path runs where the files are: "auto" means the CPU here, not the first GPU.
+    let mut cpu_default = model_sec.clone();
+    if cpu_default.device == "auto" {
+        cpu_default.device = "cpu".into();
+    }
+    let (device, kind) = crate::policy::device_and_kind(&cpu_default)?;
+    let samples = spar_data::read_samples(samples_path)?;
+    let scored = spar_data::read_scored(scored_path)?;
+    let model = spar_model::Qwen3Model::load(&model_dir, device, kind)?;
+    spar_trainer::offline_step::offline_step(
+        &tr,
+        &model,
+        &samples,
+        &scored,
+        &format!("{} + {}", samples_path.display(), scored_path.display()),
+        out,
+    )
+}

@@ -1,0 +1,149 @@
+//! The external models a recipe names over an OpenAI-compatible endpoint, built from `spar-clients` and handed
+//! to the libraries as `spar-core` trait objects. Offline implementations (rule judge, rule extractor,
+//! knowledge-base verifier, lexical encoder, scripted patient) are the libraries' own; only what talks HTTP is
+//! built here.
+use anyhow::{Context, Result};
+use spar_clients::{
+    LlmClaimExtractor, LlmFactVerifier, LlmJudge, LlmPatientSimulator, OpenAiClient, OpenAiEncoder,
+    OpenAiRolloutBackend,
+};
+use spar_core::recipe::{
+    EndpointConfig, FactConfig, RewardsSection, RolloutSection, SimulatorConfig,
+};
+use spar_core::traits::{
+    ClaimExtractor, Encoder, FactVerifier, Judge, PatientSimulator, RolloutBackend,
+};
+use spar_data::kb::KnowledgeBase;
+use spar_rewards::Injected;
+use spar_rollout::SimulatorChoice;
+use std::sync::Arc;
+
+fn client(ep: &EndpointConfig, what: &str) -> Result<OpenAiClient> {
+    OpenAiClient::new(ep).with_context(|| format!("{what}: endpoint {}", ep.base_url))
+}
+
+/// An LLM judge on `ep` (rubric items, step detectors, HealthBench criteria).
+pub fn llm_judge(ep: &EndpointConfig, what: &str) -> Result<Arc<dyn Judge>> {
+    Ok(Arc::new(LlmJudge::new(client(ep, what)?)))
+}
+
+/// The external models of `[rewards]` that need an endpoint, as the reward pipeline's injections; the offline
+/// ones stay `None` and the pipeline builds them itself. `kb` is the recipe's knowledge base (`[data]
+/// knowledge_base`; None: the shipped one) for the "kb" verifiers and the stage scorer's ICD-10 hierarchy.
+pub async fn reward_models(
+    rewards: &RewardsSection,
+    kb: Option<Arc<KnowledgeBase>>,
+) -> Result<Injected> {
+    let mut inj = Injected {
+        knowledge_base: kb.clone(),
+        ..Default::default()
+    };
+    if rewards.judge.kind == "llm" {
+        let ep = rewards
+            .judge
+            .endpoint
+            .as_ref()
+            .context("recipe: rewards.judge.kind = \"llm\" needs rewards.judge.endpoint")?;
+        inj.judge = Some(llm_judge(ep, "rewards.judge")?);
+    }
+    if let Some(ep) = &rewards.spar.judge_endpoint {
+        inj.step_judge = Some(llm_judge(ep, "rewards.spar.judge_endpoint")?);
+    }
+    let fact = &rewards.fact;
+    if fact.mode != "off" {
+        inj.extractor = claim_extractor(fact)?;
+        inj.verifier = fact_verifier(fact, kb)?;
+        inj.encoder = encoder(fact).await?;
+    }
+    Ok(inj)
+}
+
+/// The LLM claim extractor when `[.. fact] extractor = "llm"` (None: the rule extractor, built by rewards).
+pub fn claim_extractor(fact: &FactConfig) -> Result<Option<Arc<dyn ClaimExtractor>>> {
+    if fact.extractor != "llm" {
+        return Ok(None);
+    }
+    let ep = fact
+        .endpoint
+        .as_ref()
+        .context("recipe: fact.extractor = \"llm\" needs fact.endpoint")?;
+    Ok(Some(Arc::new(LlmClaimExtractor::new(client(
+        ep,
+        "fact.extractor",
+    )?))))
+}
+
+/// The fact verifier `[.. fact] verifier` names when it needs an endpoint ("llm", or "kb+llm" chained after the
+/// knowledge base); None for "kb", which rewards builds over `kb`.
+pub fn fact_verifier(
+    fact: &FactConfig,
+    kb: Option<Arc<KnowledgeBase>>,
+) -> Result<Option<Arc<dyn FactVerifier>>> {
+    let llm = || -> Result<Arc<dyn FactVerifier>> {
+        let ep = fact
+            .endpoint
+            .as_ref()
+            .context("recipe: an llm fact verifier needs fact.endpoint")?;
+        Ok(Arc::new(LlmFactVerifier::new(client(ep, "fact.verifier")?)))
+    };
+    let kb_verifier = || -> Result<Arc<dyn FactVerifier>> {
+        Ok(match &kb {
+            Some(kb) => Arc::new(spar_rewards::kb::KbVerifier::new(kb.clone())),
+            None => spar_rewards::kb::shipped_verifier()?,
+        })
+    };
+    Ok(match fact.verifier.as_str() {
+        "llm" => Some(llm()?),
+        "kb+llm" => Some(Arc::new(spar_rewards::fact::ChainVerifier::new(
+            kb_verifier()?,
+            llm()?,
+        ))),
+        _ => None,
+    })
+}
+
+/// The embeddings encoder when `[.. fact] encoder = "openai"` (probes the server once for its dimension).
+pub async fn encoder(fact: &FactConfig) -> Result<Option<Arc<dyn Encoder>>> {
+    if fact.encoder != "openai" {
+        return Ok(None);
+    }
+    let ep = fact
+        .encoder_endpoint
+        .as_ref()
+        .or(fact.endpoint.as_ref())
+        .context(
+            "recipe: fact.encoder = \"openai\" needs fact.encoder_endpoint (or fact.endpoint)",
+        )?;
+    Ok(Some(Arc::new(
+        OpenAiEncoder::from_endpoint(ep)
+            .await
+            .with_context(|| format!("fact.encoder: endpoint {}", ep.base_url))?,
+    )))
+}
+
+/// The patient simulator a `[rollout.simulator]` / `[eval.simulator]` section names.
+pub fn simulator(cfg: &SimulatorConfig, key: &str) -> Result<SimulatorChoice> {
+    Ok(match cfg.kind.as_str() {
+        "llm" => SimulatorChoice::Fixed(Arc::new(
+            LlmPatientSimulator::from_config(cfg)
+                .with_context(|| format!("{key}: llm simulator"))?,
+        ) as Arc<dyn PatientSimulator>),
+        "self" => SimulatorChoice::SelfPlay,
+        _ => SimulatorChoice::Fixed(Arc::new(spar_rollout::simulator::ScriptedPatient)),
+    })
+}
+
+/// The external rollout backend of `[rollout] backend = "openai"` (None: the built-in engine).
+pub fn rollout_backend(rollout: &RolloutSection) -> Result<Option<Arc<dyn RolloutBackend>>> {
+    if rollout.backend != "openai" {
+        return Ok(None);
+    }
+    let ep = rollout
+        .endpoint
+        .as_ref()
+        .context("recipe: rollout.backend = \"openai\" needs rollout.endpoint")?;
+    Ok(Some(Arc::new(
+        OpenAiRolloutBackend::from_endpoint(ep)
+            .with_context(|| format!("rollout.endpoint {}", ep.base_url))?,
+    )))
+}

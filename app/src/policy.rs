@@ -1,0 +1,139 @@
+//! The policy a recipe names: device and dtype from `[model]`, the tokenizer (the model's own, a teacher's, or
+//! the CPU demo's BPE trained on the case text) and the weights (loaded, or random-init from `[model] init`).
+use anyhow::{Context, Result, bail};
+use spar_core::Case;
+use spar_core::recipe::{ModelSection, Recipe};
+use spar_model::{Qwen3Config, Qwen3Model, Tokenizer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::{Device, Kind};
+
+/// Device and dtype of `[model]` ("auto": CUDA 0 when available).
+pub fn device_and_kind(model: &ModelSection) -> Result<(Device, Kind)> {
+    Ok((
+        spar_model::parse_device(&model.device)?,
+        spar_model::parse_kind(&model.dtype)?,
+    ))
+}
+
+/// A policy and the tokenizer it speaks.
+pub struct PolicyParts {
+    pub tokenizer: Arc<Tokenizer>,
+    /// The folder whose `tokenizer.json` (and `tokenizer_config.json`) ship with the trained model.
+    pub tokenizer_dir: PathBuf,
+    pub model: Qwen3Model,
+}
+
+/// The tokenizer and policy a training run starts from, with the run folder `out`:
+/// - `trainer.bpe_vocab_size > 0` (the CPU demo): a BPE trained on the training cases' text, kept in
+///   `out/tokenizer` (reloaded on `--resume`), and a random-init model of that vocabulary;
+/// - `[model] path`: the model's own tokenizer and weights;
+/// - `[model] init` with distillation teachers: the first teacher's tokenizer, copied to `out/tokenizer`.
+pub fn training_policy(
+    recipe: &Recipe,
+    out: &Path,
+    resume: bool,
+    train_cases: &[Case],
+) -> Result<PolicyParts> {
+    let model_sec = recipe.require(&recipe.model, "model")?;
+    let tr = recipe.trainer.clone().unwrap_or_default();
+    let (device, kind) = device_and_kind(model_sec)?;
+    let seed = recipe.seed.unwrap_or(0);
+    let (tokenizer, tokenizer_dir) = match (&model_sec.path, tr.bpe_vocab_size) {
+        (_, n) if n > 0 => {
+            let dir = out.join("tokenizer");
+            let tok = if resume && dir.join("tokenizer.json").exists() {
+                Tokenizer::from_dir(&dir)?
+            } else {
+                let texts = case_corpus(train_cases);
+                eprintln!(
+                    "[train] BPE tokenizer ({n} tokens) on {} texts from {} training cases",
+                    texts.len(),
+                    train_cases.len()
+                );
+                spar_model::train_bpe(&texts, n, &dir)?
+            };
+            (tok, dir)
+        }
+        (Some(p), _) => {
+            let dir = recipe.resolve(p);
+            (Tokenizer::from_dir(&dir)?, dir)
+        }
+        // A random-init student distilled from teachers speaks the teachers' tokenizer; a copy goes into the
+        // run folder like a trained BPE would (and from there into `final/`).
+        (None, _) if !tr.distill.teachers.is_empty() => {
+            let src = recipe.resolve(&tr.distill.teachers[0]);
+            if !src.join("tokenizer.json").exists() {
+                bail!(
+                    "recipe: trainer.distill.teachers[0] = {}: no tokenizer.json there (a random-init student \
+                     takes the first teacher's tokenizer; is the teacher's run finished?)",
+                    src.display()
+                );
+            }
+            let dir = out.join("tokenizer");
+            std::fs::create_dir_all(&dir)?;
+            for f in ["tokenizer.json", "tokenizer_config.json"] {
+                if src.join(f).exists() {
+                    std::fs::copy(src.join(f), dir.join(f))
+                        .with_context(|| format!("copying {}", src.join(f).display()))?;
+                }
+            }
+            (Tokenizer::from_dir(&dir)?, dir)
+        }
+        (None, _) => bail!(
+            "recipe: `model.init` needs `trainer.bpe_vocab_size` > 0 (no tokenizer to go with a random model)"
+        ),
+    };
+    let model = match (&model_sec.path, &model_sec.init) {
+        (Some(p), _) => Qwen3Model::load(&recipe.resolve(p), device, kind)?,
+        (None, Some(init)) => {
+            let mut json = serde_json::to_value(init)?;
+            json["vocab_size"] = tokenizer.vocab_size().into();
+            let config = Qwen3Config::from_json_str(&json.to_string(), "recipe model.init")?;
+            Qwen3Model::random(config, device, kind, seed as i64)?
+        }
+        (None, None) => bail!("recipe: `model` needs `path` or `init`"),
+    };
+    Ok(PolicyParts {
+        tokenizer: Arc::new(tokenizer),
+        tokenizer_dir,
+        model,
+    })
+}
+
+/// The tokenizer of the model folder `model_dir`.
+pub fn tokenizer(model_dir: &Path) -> Result<Arc<Tokenizer>> {
+    Ok(Arc::new(Tokenizer::from_dir(model_dir).with_context(
+        || format!("tokenizer of {}", model_dir.display()),
+    )?))
+}
+
+/// The weights in `model_dir` on `[model]`'s device and dtype, for commands that play or serve them (or, when
+/// the folder has no `config.json` and the recipe gives `[model] init`, a random-init model of that shape).
+pub fn saved_model(recipe: &Recipe, model_dir: &Path) -> Result<Qwen3Model> {
+    let model_sec = recipe.model.clone().unwrap_or_default();
+    let (device, kind) = device_and_kind(&model_sec)?;
+    Ok(match &model_sec.init {
+        Some(init) if !model_dir.join("config.json").exists() => Qwen3Model::random(
+            Qwen3Config::from_toml_table(init, "[model] init")?,
+            device,
+            kind,
+            recipe.seed.unwrap_or(0) as i64,
+        )?,
+        _ => Qwen3Model::load(model_dir, device, kind)?,
+    })
+}
+
+/// Text for the demo tokenizer: every scripted expert consultation of the training cases, plus case text.
+fn case_corpus(cases: &[Case]) -> Vec<String> {
+    let mut texts = Vec::new();
+    for c in cases {
+        for t in spar_data::Expert::new(c).transcript() {
+            texts.push(t.text);
+        }
+        texts.push(serde_json::to_string(c).unwrap_or_default());
+        texts.push(spar_rollout::simulator::scripted::ScriptedPatient::opening_line(c));
+    }
+    texts.push(spar_core::recipe::DEFAULT_SYSTEM_PROMPT.to_string());
+    texts
+}

@@ -1,0 +1,74 @@
+//! The `[trainer]` section as the learner's configuration structs.
+use crate::adamw::{AdamW, AdamWConfig};
+use crate::agg::AggMode;
+use crate::learner::{BatchingConfig, Learner};
+use crate::policy_loss::{KlEstimator, PolicyLossConfig, RatioLevel};
+use crate::schedule::LrSchedule;
+use anyhow::Result;
+use spar_core::recipe::TrainerSection;
+use spar_model::Qwen3Model;
+
+/// The policy-loss knobs at the given ratio level.
+pub fn policy_loss_config(tr: &TrainerSection, level: RatioLevel) -> Result<PolicyLossConfig> {
+    Ok(PolicyLossConfig {
+        level,
+        eps_low: tr.eps_low,
+        eps_high: tr.eps_high,
+        dual_clip: tr.dual_clip,
+        tis_cap: tr.tis_cap,
+        kl_coef: tr.kl_coef,
+        kl_estimator: KlEstimator::parse(&tr.kl_estimator)?,
+        kl_in_reward: tr.kl_in_reward,
+        entropy_coef: tr.entropy_coef,
+    })
+}
+
+/// The ratio level of `policy_loss` (SFT and offline distillation use the segment level for their rounds).
+pub fn ratio_level(tr: &TrainerSection) -> Result<RatioLevel> {
+    if tr.policy_loss == "sft" || tr.policy_loss == "distill" {
+        Ok(RatioLevel::Segment)
+    } else {
+        RatioLevel::parse(&tr.policy_loss)
+    }
+}
+
+/// The batching knobs of RL updates.
+pub fn batching_config(tr: &TrainerSection) -> Result<BatchingConfig> {
+    Ok(BatchingConfig {
+        micro_batch: tr.micro_batch,
+        token_budget: tr.token_budget,
+        pack: tr.pack_sequences,
+        agg: AggMode::parse(&tr.loss_agg)?,
+        l_max: tr.l_max,
+    })
+}
+
+/// A fresh learner (AdamW over `model`'s parameters, the LR schedule over `steps` optimizer steps).
+pub fn new_learner(
+    tr: &TrainerSection,
+    model: &Qwen3Model,
+    lr: f64,
+    steps: usize,
+    warmup: usize,
+) -> Result<Learner> {
+    Ok(Learner {
+        adamw: AdamW::new(
+            &model.vs,
+            AdamWConfig {
+                beta1: tr.betas[0],
+                beta2: tr.betas[1],
+                eps: 1e-8,
+                weight_decay: tr.weight_decay,
+            },
+        ),
+        schedule: LrSchedule::new(lr, warmup, steps, &tr.schedule)?,
+        step: 0,
+        grad_clip: tr.grad_clip,
+        max_bad_steps: tr.max_bad_steps,
+        bad_in_a_row: 0,
+        bad_total: 0,
+        aux_loss_coef: tr
+            .aux_loss_coef
+            .unwrap_or(model.config.router_aux_loss_coef),
+    })
+}

@@ -1,0 +1,147 @@
+//! What a training run reports: per-round and held-out metrics, and the run's results on disk (the held-out
+//! comparison, the trained model in HF format, plots, the table printed at the end).
+use crate::parts::EvalSummary;
+use crate::session::Session;
+use anyhow::Result;
+use spar_core::{Sample, Scored, Stage};
+use spar_model::Qwen3Model;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The held-out evaluations of one run.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct HeldOutTable {
+    pub initial: EvalSummary,
+    pub before_rl: EvalSummary,
+    pub after_rl: EvalSummary,
+    pub expert: EvalSummary,
+}
+
+/// Logs a held-out evaluation (`eval/reward`, `eval/G_<stage>`, ...) at the session's current step + `offset`.
+pub fn log_eval(session: &mut Session, offset: usize, s: &EvalSummary) -> Result<()> {
+    let mut v = vec![
+        ("eval/reward".to_string(), s.reward_mean),
+        ("eval/parsed_rate".into(), s.parsed_rate),
+        ("eval/hallucination_rate".into(), s.hallucination_rate),
+    ];
+    for st in Stage::ALL {
+        v.push((format!("eval/G_{}", st.name()), s.stage_means[st.index()]));
+    }
+    let step = session.global_step + offset;
+    session.metrics.log(step, &v)
+}
+
+/// Writes the run's results: `comparison.json`, `final/` (HF weights + the tokenizer), plots; prints the
+/// held-out table.
+pub fn write_results(
+    out: &Path,
+    seed: u64,
+    eval_cases: usize,
+    table: &HeldOutTable,
+    model: &Qwen3Model,
+    tokenizer_dir: &Path,
+) -> Result<()> {
+    let comparison = serde_json::json!({
+        "seed": seed,
+        "eval_cases": eval_cases,
+        "initial": table.initial,
+        "before_rl": table.before_rl,
+        "after_rl": table.after_rl,
+        "expert": table.expert,
+    });
+    spar_core::fsio::write_atomic(
+        &out.join("comparison.json"),
+        serde_json::to_string_pretty(&comparison)?.as_bytes(),
+    )?;
+    model.save_hf(&out.join("final"))?;
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        // The tokenizer config is optional (a trained BPE has none).
+        std::fs::copy(tokenizer_dir.join(f), out.join("final").join(f)).ok();
+    }
+    // The run's results are on disk by now: a machine without fonts loses the charts, not the run.
+    let plots = crate::plot::plot_run(out, &[]).unwrap_or_else(|e| {
+        eprintln!(
+            "[train] warning: no plots ({e:#}); `spar plot {}` draws them once a font is installed \
+             (e.g. apt-get install fonts-dejavu-core)",
+            out.display()
+        );
+        Vec::new()
+    });
+    eprintln!(
+        "[train] held-out ({eval_cases} cases, greedy)   reward  inquiry  ddx    lab    diag"
+    );
+    for (label, e) in [
+        ("initial (random)", &table.initial),
+        ("after SFT", &table.before_rl),
+        ("after RL", &table.after_rl),
+        ("scripted expert", &table.expert),
+    ] {
+        let g = e.stage_means;
+        eprintln!(
+            "[train]   {label:<24} {:.3}   {:.3}    {:.3}  {:.3}  {:.3}",
+            e.reward_mean, g[0], g[1], g[2], g[3]
+        );
+    }
+    eprintln!(
+        "[train] wrote {} (comparison.json, transcripts/, {} plot files, final/)",
+        out.display(),
+        plots.len()
+    );
+    Ok(())
+}
+
+/// Reward, per-stage score, violation and hallucination rates of one round.
+pub fn round_metrics(samples: &[Sample], scored: &[Scored]) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    let kept: Vec<&Scored> = scored.iter().filter(|s| s.drop_reason.is_none()).collect();
+    let mean = |xs: &[f64]| {
+        if xs.is_empty() {
+            f64::NAN
+        } else {
+            xs.iter().sum::<f64>() / xs.len() as f64
+        }
+    };
+    out.push((
+        "rl/reward_mean".into(),
+        mean(&kept.iter().map(|s| s.reward).collect::<Vec<_>>()),
+    ));
+    out.push((
+        "rl/r_fact_mean".into(),
+        mean(&kept.iter().map(|s| s.r_fact).collect::<Vec<_>>()),
+    ));
+    let stage_of: HashMap<(&str, u32), Stage> = samples
+        .iter()
+        .filter_map(|s| Some(((s.group_id.as_str(), s.sample_idx), *s.stages.first()?)))
+        .collect();
+    for st in Stage::ALL {
+        let g: Vec<f64> = kept
+            .iter()
+            .filter(|s| stage_of.get(&(s.group_id.as_str(), s.sample_idx)) == Some(&st))
+            .filter_map(|s| s.stage_score)
+            .collect();
+        if !g.is_empty() {
+            out.push((format!("rl/G_{}", st.name()), mean(&g)));
+        }
+    }
+    let steps: Vec<&spar_core::sample::StepScore> =
+        kept.iter().flat_map(|s| s.steps.iter()).collect();
+    out.push((
+        "rl/violation_rate".into(),
+        steps.iter().filter(|s| !s.violations.is_empty()).count() as f64
+            / steps.len().max(1) as f64,
+    ));
+    let claims: Vec<_> = kept.iter().flat_map(|s| s.claims.iter()).collect();
+    out.push((
+        "rl/hallucination_rate".into(),
+        claims
+            .iter()
+            .map(|c| c.label.hallucination_weight())
+            .sum::<f64>()
+            / claims.len().max(1) as f64,
+    ));
+    out.push((
+        "rl/dropped_groups_samples".into(),
+        (scored.len() - kept.len()) as f64,
+    ));
+    out
+}

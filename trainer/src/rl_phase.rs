@@ -1,0 +1,260 @@
+//! Phase 2 of `spar train`: RL rounds with SPAR advantages and the Fact-Aware reward (colocated or one-step
+//! off-policy), or the distillation variants (offline from teachers or a teacher-samples file). Each round plays
+//! or reads a batch, learns it, logs it, and checkpoints every `save_every` rounds.
+use crate::batch::TrainItem;
+use crate::checkpoint::{self, TrainerState};
+use crate::critic::Critic;
+use crate::learner::{BatchingConfig, Learner};
+use crate::off_policy::RoundScheduler;
+use crate::parts::Generation;
+use crate::progress::bar;
+use crate::report::round_metrics;
+use crate::rl_round::{LearnConfig, PlayedRound, learn_round, play_round};
+use crate::session::{Checkpointed, Session};
+use anyhow::{Context, Result};
+use spar_core::Case;
+use spar_core::recipe::TrainerSection;
+use spar_model::Qwen3Model;
+use spar_rewards::RewardPipeline;
+use spar_rollout::Rollout;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// What the RL phase plays and learns with (borrowed from the run's parts).
+pub struct RlInputs<'a> {
+    pub rollout: &'a mut Rollout,
+    pub generation: Generation,
+    pub rewards: &'a RewardPipeline,
+    pub cases: &'a HashMap<String, Case>,
+    pub teachers: &'a [(String, Qwen3Model)],
+    /// Offline distillation from a file: its training items.
+    pub teacher_pool: Option<&'a [TrainItem]>,
+    pub runtime: &'a tokio::runtime::Runtime,
+}
+
+/// The RL phase's learner-side state besides the model (restored from a checkpoint, saved into the next).
+pub struct RlState {
+    pub learner: Learner,
+    pub critic: Option<Critic>,
+    pub pending: Option<PlayedRound>,
+}
+
+impl RlState {
+    /// A fresh learner for `tr.steps` rounds (and a critic with GAE), or the one of the checkpoint the session
+    /// resumes from (which also restores `rollout`'s stage pools).
+    pub fn start(
+        session: &mut Session,
+        tr: &TrainerSection,
+        model: &mut Qwen3Model,
+        rollout: &mut Rollout,
+        use_gae: bool,
+    ) -> Result<RlState> {
+        // The schedule counts optimizer steps: `ppo_epochs` per RL round (one per offline distillation round).
+        let per_round = if tr.policy_loss == "distill" {
+            1
+        } else {
+            tr.ppo_epochs.max(1)
+        };
+        let learner =
+            crate::knobs::new_learner(tr, model, tr.lr, tr.steps * per_round, tr.warmup_steps)?;
+        let critic = use_gae.then(|| {
+            Critic::new(
+                model.config.vocab_size as i64,
+                model.device(),
+                tr.gae.clone(),
+                tr.grad_clip,
+            )
+        });
+        let mut st = RlState {
+            learner,
+            critic,
+            pending: None,
+        };
+        if let Some(dir) = session.resume_dir.take() {
+            st.restore(&dir, &session.state, model, rollout)?;
+        }
+        Ok(st)
+    }
+
+    fn restore(
+        &mut self,
+        dir: &Path,
+        state: &TrainerState,
+        model: &mut Qwen3Model,
+        rollout: &mut Rollout,
+    ) -> Result<()> {
+        checkpoint::load(dir, model, &mut self.learner.adamw)?;
+        // Optimizer steps taken (skipped ones are not counted), as saved; older checkpoints had one per round.
+        self.learner.step = state
+            .extra
+            .get("learner_step")
+            .and_then(|v| v.as_u64())
+            .map_or(state.phase_step, |v| v as usize);
+        if !state.stage_pools.is_null() {
+            rollout.restore_pools(
+                serde_json::from_value(state.stage_pools.clone())
+                    .context("checkpoint stage_pools")?,
+            );
+        }
+        if let Some(c) = &mut self.critic {
+            // A checkpoint from the end of SFT has no critic yet; one taken during RL must.
+            if dir.join("critic").exists() || state.phase_step > 0 {
+                c.load(dir)?;
+            }
+        }
+        if let Some(v) = state.extra.get("pending_round") {
+            self.pending =
+                Some(serde_json::from_value(v.clone()).context("checkpoint pending_round")?);
+        }
+        Ok(())
+    }
+}
+
+/// Runs the RL rounds from the session's position to `tr.steps`.
+pub fn run(
+    session: &mut Session,
+    tr: &TrainerSection,
+    model: &Qwen3Model,
+    st: &mut RlState,
+    inputs: RlInputs<'_>,
+    learn: &LearnConfig,
+    sft_batching: &BatchingConfig,
+) -> Result<()> {
+    let Some(start) = session.in_phase("rl") else {
+        return Ok(());
+    };
+    let distill = tr.policy_loss == "distill";
+    let RlInputs {
+        rollout,
+        generation,
+        rewards,
+        cases,
+        teachers,
+        teacher_pool,
+        runtime,
+    } = inputs;
+    let groups = rollout.config().groups_per_step;
+    let pb = bar(tr.steps as u64, if distill { "distill" } else { "rl" });
+    pb.set_position(start as u64);
+    let mut rounds = RoundScheduler::new(tr.off_policy_one_step, st.pending.take());
+    for s in start..tr.steps {
+        let t0 = std::time::Instant::now();
+        let mut scalars = match (distill, teacher_pool) {
+            (true, Some(pool)) => crate::distill_loop::offline_round_from_pool(
+                model,
+                &mut st.learner,
+                pool,
+                &mut session.rng,
+                groups * rollout.config().group_size,
+                sft_batching,
+                model.device(),
+            )?,
+            (true, None) => crate::distill_loop::offline_round(
+                model,
+                teachers,
+                rollout,
+                &mut st.learner,
+                sft_batching,
+                groups,
+                s,
+                model.device(),
+            )?,
+            (false, _) => {
+                let round = rounds.next(s, tr.steps, |version| {
+                    play_round(
+                        rollout, model, generation, version, groups, rewards, runtime, cases,
+                    )
+                })?;
+                let mut scalars = round_metrics(&round.samples, &round.scored);
+                scalars.extend(learn_round(
+                    model,
+                    &mut st.learner,
+                    &round,
+                    s as u64,
+                    learn,
+                    teachers,
+                    st.critic.as_mut(),
+                )?);
+                scalars.push(("rl/gen_tokens_per_s".into(), round.gen_tokens_per_s()));
+                scalars
+            }
+        };
+        scalars.push(("rl/step_seconds".into(), t0.elapsed().as_secs_f64()));
+        session.global_step += 1;
+        session.log(&scalars)?;
+        let shown = if distill {
+            ("forward KL", "distill/forward_kl")
+        } else {
+            ("reward", "rl/reward_mean")
+        };
+        let value = scalars
+            .iter()
+            .find(|(k, _)| k == shown.1)
+            .map_or(f64::NAN, |x| x.1);
+        pb.inc(1);
+        pb.set_message(format!("{} {value:.3}", shown.0));
+        let done = s + 1;
+        if done == tr.steps || (tr.save_every > 0 && done % tr.save_every == 0) {
+            let phase = if done == tr.steps { "done" } else { "rl" };
+            let mut parts: Vec<&dyn Checkpointed> = vec![&*rollout, rewards, &st.learner, &rounds];
+            if let Some(c) = &st.critic {
+                parts.push(c);
+            }
+            session.checkpoint(phase, done, model, &st.learner.adamw, &parts)?;
+        }
+    }
+    pb.finish();
+    Ok(())
+}
+
+impl Checkpointed for Rollout {
+    fn save_state(&self, state: &mut TrainerState) -> Result<()> {
+        state.stage_pools = serde_json::to_value(self.pools())?;
+        Ok(())
+    }
+}
+
+impl Checkpointed for RewardPipeline {
+    fn save_state(&self, state: &mut TrainerState) -> Result<()> {
+        state.claim_cache = Some(format!(
+            "{} ({})",
+            self.config().fact.cache,
+            self.cache_backend()
+        ));
+        Ok(())
+    }
+}
+
+impl Checkpointed for Learner {
+    fn save_state(&self, state: &mut TrainerState) -> Result<()> {
+        state.bad_steps_total = self.bad_total;
+        state.extra.insert("learner_step".into(), self.step.into());
+        Ok(())
+    }
+}
+
+impl Checkpointed for Critic {
+    fn save_state(&self, _state: &mut TrainerState) -> Result<()> {
+        Ok(())
+    }
+    fn save_files(&self, dir: &Path) -> Result<()> {
+        self.save(dir)
+    }
+}
+
+/// One-step off-policy: the round generated ahead is part of the state (its pools moved on).
+impl Checkpointed for RoundScheduler<PlayedRound> {
+    fn save_state(&self, state: &mut TrainerState) -> Result<()> {
+        match self.pending() {
+            Some(p) => {
+                state
+                    .extra
+                    .insert("pending_round".into(), serde_json::to_value(p)?);
+            }
+            None => {
+                state.extra.remove("pending_round");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,150 @@
+//! A training run's folder and bookkeeping across phases: the resume point, the metrics log, the run's random
+//! stream, the global step, and checkpoints that ask each part for its own state.
+use crate::adamw::AdamW;
+use crate::checkpoint::{self, TrainerState};
+use crate::metrics::MetricsLogger;
+use crate::rng::{new_rng, restore_rng, save_rng};
+use anyhow::{Context, Result};
+use rand_chacha::ChaCha8Rng;
+use spar_model::Qwen3Model;
+use std::path::{Path, PathBuf};
+
+/// A part of the run with state beyond the model and optimizer (rollout pools, the critic, a round generated
+/// ahead): a checkpoint asks it to write its state, a resume to read it back.
+pub trait Checkpointed {
+    /// Puts this part's JSON state into `state`.
+    fn save_state(&self, state: &mut TrainerState) -> Result<()>;
+    /// Writes this part's files (tensors) into the checkpoint folder `dir` before it is renamed into place.
+    fn save_files(&self, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The run folder and what every phase shares.
+pub struct Session {
+    pub out: PathBuf,
+    pub seed: u64,
+    /// The state as of the last checkpoint (or the resumed one).
+    pub state: TrainerState,
+    /// The checkpoint this run resumed from, until the phase it belongs to has loaded it.
+    pub resume_dir: Option<PathBuf>,
+    pub metrics: MetricsLogger,
+    pub rng: ChaCha8Rng,
+    /// Optimizer steps of every phase so far (the x axis of metrics).
+    pub global_step: usize,
+    keep_last: usize,
+}
+
+impl Session {
+    /// Opens the run folder `out`; with `resume`, at the newest checkpoint there (a fresh start when none).
+    pub fn open(out: &Path, seed: u64, resume: bool, keep_last: usize) -> Result<Session> {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let mut state = TrainerState {
+            phase: "sft".into(),
+            rng: save_rng(seed, &new_rng(seed)),
+            ..Default::default()
+        };
+        let mut resume_dir = None;
+        if resume {
+            match checkpoint::latest(&out.join("checkpoints"))? {
+                Some(dir) => {
+                    state = checkpoint::read_state(&dir)?;
+                    eprintln!(
+                        "[train] resuming from {} (phase {}, step {})",
+                        dir.display(),
+                        state.phase,
+                        state.step
+                    );
+                    resume_dir = Some(dir);
+                }
+                None => eprintln!(
+                    "[train] --resume: no checkpoint under {}; starting fresh",
+                    out.join("checkpoints").display()
+                ),
+            }
+        }
+        let metrics = MetricsLogger::open(out, resume_dir.as_ref().map(|_| state.step))?;
+        let rng = restore_rng(&state.rng)?;
+        Ok(Session {
+            out: out.to_path_buf(),
+            seed,
+            global_step: state.step,
+            state,
+            resume_dir,
+            metrics,
+            rng,
+            keep_last,
+        })
+    }
+
+    /// A held-out evaluation made once per run: a resumed run takes the summary its checkpoint state kept under
+    /// `key`; a fresh one runs `eval` and keeps its summary there.
+    pub fn once<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &mut self,
+        key: &str,
+        eval: impl FnOnce(&mut Session) -> Result<T>,
+    ) -> Result<T> {
+        if let Some(v) = self.state.extra.get(key) {
+            return Ok(serde_json::from_value(v.clone())?);
+        }
+        let value = eval(self)?;
+        self.state
+            .extra
+            .insert(key.into(), serde_json::to_value(&value)?);
+        Ok(value)
+    }
+
+    /// Logs scalars at the current global step.
+    pub fn log(&mut self, scalars: &[(String, f64)]) -> Result<()> {
+        self.metrics.log(self.global_step, scalars)
+    }
+
+    /// Checkpoints the run at `phase` / `phase_step`: model and optimizer, the run's RNG, then every part's own
+    /// state. Atomic: a crash leaves the previous checkpoint as `latest`.
+    pub fn checkpoint(
+        &mut self,
+        phase: &str,
+        phase_step: usize,
+        model: &Qwen3Model,
+        adamw: &AdamW,
+        parts: &[&dyn Checkpointed],
+    ) -> Result<()> {
+        let mut state = TrainerState {
+            step: self.global_step,
+            phase: phase.into(),
+            phase_step,
+            rng: save_rng(self.seed, &self.rng),
+            ..self.state.clone()
+        };
+        for p in parts {
+            p.save_state(&mut state)?;
+        }
+        let files = |dir: &Path| -> Result<()> {
+            for p in parts {
+                p.save_files(dir)?;
+            }
+            Ok(())
+        };
+        checkpoint::save_with(
+            &self.out.join("checkpoints"),
+            model,
+            adamw,
+            &state,
+            self.keep_last,
+            &files,
+        )?;
+        self.state = state;
+        Ok(())
+    }
+
+    /// The run's tokens of one phase: `(phase, first step to do)` when the state is in `phase`.
+    pub fn in_phase(&self, phase: &str) -> Option<usize> {
+        (self.state.phase == phase).then_some(self.state.phase_step)
+    }
+
+    /// Moves the run to the start of `phase`.
+    pub fn enter(&mut self, phase: &str) {
+        self.state.phase = phase.into();
+        self.state.phase_step = 0;
+    }
+}
