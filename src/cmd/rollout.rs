@@ -3,9 +3,11 @@
 //! in `DIR/transcripts/`, and `DIR/summary.json`.
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use spar_core::recipe::{Recipe, RolloutSection, StageRewardConfig};
+use spar_core::recipe::{
+    Recipe, RolloutBackendKind, RolloutSection, SimulatorKind, StageRewardConfig,
+};
 use spar_core::traits::{PatientSimulator, RolloutBackend};
-use spar_model::{Qwen3Config, Qwen3Model, Tokenizer, parse_device, parse_kind};
+use spar_model::{Qwen3Config, Qwen3Model, Tokenizer, parse_device};
 use spar_rollout::output::{Summary, write_run};
 use spar_rollout::simulator::ScriptedPatient;
 use spar_rollout::{Policy, Rollout, SimulatorChoice};
@@ -76,13 +78,13 @@ fn play(
     model_dir: &std::path::Path,
 ) -> Result<()> {
     let device = parse_device(&model_sec.device)?;
-    let kind = parse_kind(&model_sec.dtype)?;
+    let kind = spar_model::dtype_kind(model_sec.dtype);
     let tokenizer = Arc::new(
         Tokenizer::from_dir(model_dir)
             .with_context(|| format!("tokenizer of {}", model_dir.display()))?,
     );
-    let model = if cfg.backend == "builtin" {
-        Some(match &model_sec.init {
+    let model = match cfg.backend {
+        RolloutBackendKind::Builtin => Some(match &model_sec.init {
             Some(init) if !model_dir.join("config.json").exists() => Qwen3Model::random(
                 Qwen3Config::from_toml_table(init, "[model] init")?,
                 device,
@@ -90,9 +92,8 @@ fn play(
                 0,
             )?,
             _ => Qwen3Model::load(model_dir, device, kind)?,
-        })
-    } else {
-        None
+        }),
+        RolloutBackendKind::Openai => None,
     };
     let stages: StageRewardConfig = recipe
         .rewards
@@ -100,12 +101,12 @@ fn play(
         .map(|r| r.stages.clone())
         .unwrap_or_default();
     let scorer = Arc::new(spar_rewards::ClinicalStageScorer::new(stages));
-    let simulator = match cfg.simulator.kind.as_str() {
-        "llm" => SimulatorChoice::Fixed(Arc::new(spar_clients::LlmPatientSimulator::from_config(
-            &cfg.simulator,
-        )?) as Arc<dyn PatientSimulator>),
-        "self" => SimulatorChoice::SelfPlay,
-        _ => SimulatorChoice::Fixed(Arc::new(ScriptedPatient)),
+    let simulator = match cfg.simulator.kind {
+        SimulatorKind::Llm => SimulatorChoice::Fixed(Arc::new(
+            spar_clients::LlmPatientSimulator::from_config(&cfg.simulator)?,
+        ) as Arc<dyn PatientSimulator>),
+        SimulatorKind::SelfPlay => SimulatorChoice::SelfPlay,
+        SimulatorKind::Scripted => SimulatorChoice::Fixed(Arc::new(ScriptedPatient)),
     };
     let run_id = recipe.name.clone().unwrap_or_else(|| "rollout".into());
     let groups_per_round = args.groups.unwrap_or(cfg.groups_per_step);
@@ -114,7 +115,7 @@ fn play(
         cfg.seed = recipe.seed;
     }
     let mut rollout = Rollout::new(cfg.clone(), cases, tokenizer, scorer, simulator, run_id)?;
-    if cfg.backend == "openai" {
+    if cfg.backend == RolloutBackendKind::Openai {
         let ep = cfg
             .endpoint
             .as_ref()

@@ -16,7 +16,7 @@ use crate::schedule::LrSchedule;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::IndexedRandom;
-use spar_core::recipe::Recipe;
+use spar_core::recipe::{PolicyLoss, Recipe};
 use spar_core::sample::Role;
 use spar_core::{Case, Sample, Scored, Stage};
 use spar_model::{Qwen3Config, Qwen3Model, Tokenizer};
@@ -75,7 +75,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
         .unwrap_or_else(|| recipe.resolve(&tr.out_dir));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let device = spar_model::parse_device(&model_sec.device)?;
-    let kind = spar_model::parse_kind(&model_sec.dtype)?;
+    let kind = spar_model::dtype_kind(model_sec.dtype);
     tch::manual_seed(seed as i64);
 
     // Everything cheap is checked before anything heavy starts.
@@ -94,20 +94,16 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             eval_cases.len()
         );
     }
-    let level = if tr.policy_loss == "sft" || tr.policy_loss == "distill" {
-        RatioLevel::Segment
-    } else {
-        RatioLevel::parse(&tr.policy_loss)?
-    };
+    // sft and distill have no importance ratio of their own; their RL-shaped knobs use SPAR's.
+    let level = RatioLevel::of(tr.policy_loss).unwrap_or(RatioLevel::Segment);
     let loss_cfg = policy_loss_config(&tr, level)?;
     let batching = batching_config(&tr)?;
     let sft_batching = BatchingConfig {
         agg: AggMode::TokenMean,
         ..batching
     };
-    let offline_distill = tr.policy_loss == "distill";
+    let offline_distill = tr.policy_loss == PolicyLoss::Distill;
     let use_gae = rewards_sec.spar.estimator == spar_core::recipe::Estimator::Gae;
-    check_rl_knobs(&tr, &rollout_sec, &rewards_sec, offline_distill, use_gae)?;
 
     // Tokenizer and policy.
     let tokenizer: Arc<Tokenizer> = Arc::new(match (&model_sec.path, tr.bpe_vocab_size) {
@@ -202,7 +198,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
                         weight_decay: tr.weight_decay,
                     },
                 ),
-                schedule: LrSchedule::new(lr, warmup, steps, &tr.schedule)?,
+                schedule: LrSchedule::new(lr, warmup, steps, tr.schedule),
                 step: 0,
                 grad_clip: tr.grad_clip,
                 max_bad_steps: tr.max_bad_steps,
@@ -335,7 +331,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
 
     // Phase 2: RL with SPAR advantages and the Fact-Aware reward.
     // The schedule counts optimizer steps: `ppo_epochs` per RL round (one per offline distillation round).
-    let opt_steps_per_round = if tr.policy_loss == "distill" {
+    let opt_steps_per_round = if tr.policy_loss == PolicyLoss::Distill {
         1
     } else {
         tr.ppo_epochs.max(1)
@@ -844,35 +840,6 @@ fn corpus(cases: &[Case]) -> Vec<String> {
     texts
 }
 
-/// Cross-section checks of the RL knobs, before any heavy work.
-fn check_rl_knobs(
-    tr: &spar_core::recipe::TrainerSection,
-    rollout_sec: &spar_core::recipe::RolloutSection,
-    rewards_sec: &spar_core::recipe::RewardsSection,
-    offline_distill: bool,
-    use_gae: bool,
-) -> Result<()> {
-    if use_gae && rewards_sec.spar.dapo_filter {
-        bail!(
-            "recipe: rewards.spar.estimator = \"gae\" leaves every spar-rewards advantage at 0, so \
-             rewards.spar.dapo_filter would drop every group; turn the filter off"
-        );
-    }
-    if tr.routing_replay && !rollout_sec.record_routing {
-        bail!(
-            "recipe: trainer.routing_replay needs rollout.record_routing = true (the engine must record the \
-             experts it chose)"
-        );
-    }
-    if offline_distill && tr.off_policy_one_step {
-        bail!(
-            "recipe: trainer.off_policy_one_step applies to RL rounds; offline distillation \
-             (policy_loss = \"distill\") generates with the teachers"
-        );
-    }
-    Ok(())
-}
-
 /// The policy-loss knobs of the `[trainer]` section, at the given ratio level.
 fn policy_loss_config(
     tr: &spar_core::recipe::TrainerSection,
@@ -885,7 +852,7 @@ fn policy_loss_config(
         dual_clip: tr.dual_clip,
         tis_cap: tr.tis_cap,
         kl_coef: tr.kl_coef,
-        kl_estimator: KlEstimator::parse(&tr.kl_estimator)?,
+        kl_estimator: tr.kl_estimator.into(),
         kl_in_reward: tr.kl_in_reward,
         entropy_coef: tr.entropy_coef,
     })
@@ -897,7 +864,7 @@ fn batching_config(tr: &spar_core::recipe::TrainerSection) -> Result<BatchingCon
         micro_batch: tr.micro_batch,
         token_budget: tr.token_budget,
         pack: tr.pack_sequences,
-        agg: AggMode::parse(&tr.loss_agg)?,
+        agg: tr.loss_agg,
         l_max: tr.l_max,
     })
 }
@@ -1020,7 +987,7 @@ pub fn offline_step(
     } else {
         &model_sec.device
     })?;
-    let kind = spar_model::parse_kind(&model_sec.dtype)?;
+    let kind = spar_model::dtype_kind(model_sec.dtype);
     let samples = spar_data::read_samples(samples_path)?;
     let scored = spar_data::read_scored(scored_path)?;
     let (items, report) = assemble(
@@ -1035,7 +1002,14 @@ pub fn offline_step(
         );
     }
     let model = Qwen3Model::load(model_dir, device, kind)?;
-    let loss_cfg = policy_loss_config(&tr, RatioLevel::parse(&tr.policy_loss)?)?;
+    let level = RatioLevel::of(tr.policy_loss).with_context(|| {
+        format!(
+            "trainer.policy_loss = \"{}\" has no importance ratio; a trainer step from files needs ppo, gspo or \
+             segment_gspo",
+            tr.policy_loss
+        )
+    })?;
+    let loss_cfg = policy_loss_config(&tr, level)?;
     let batching = batching_config(&tr)?;
     let mut learner = Learner {
         adamw: AdamW::new(
@@ -1047,7 +1021,7 @@ pub fn offline_step(
                 weight_decay: tr.weight_decay,
             },
         ),
-        schedule: LrSchedule::new(tr.lr, 0, 1, "constant")?,
+        schedule: LrSchedule::new(tr.lr, 0, 1, spar_core::recipe::LrDecay::Constant),
         step: 0,
         grad_clip: tr.grad_clip,
         max_bad_steps: tr.max_bad_steps,
