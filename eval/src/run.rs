@@ -2,7 +2,7 @@
 //! training ones), the cases, and the consultation + HealthBench runs gathered into one [`EvalReport`].
 use crate::consultation::{ConsultationConfig, EvalEnv, evaluate_consultations};
 use crate::facts::FactChecker;
-use crate::healthbench::score::{AggregateOptions, ClipMode};
+use crate::healthbench::score::AggregateOptions;
 use crate::healthbench::{HbExample, HealthBenchConfig, run_healthbench};
 use crate::policy::ChatPolicy;
 use crate::report::{EvalReport, EvalSetup};

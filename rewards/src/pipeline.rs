@@ -578,7 +578,7 @@ async fn build_facts(
         verifier,
         encoder,
         cache: Arc::new(cache),
-        mode,
+        mode: cfg.mode,
         cluster_threshold: cfg.cluster_threshold,
         eps: cfg.eps,
         limit,

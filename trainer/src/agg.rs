@@ -1,7 +1,6 @@
 //! Loss aggregation over tokens and sequences (verl's four modes), written so that gradient accumulation over
 //! micro-batches gives exactly the loss of the whole mini-batch: each micro-batch divides by the mini-batch's
 //! token and sequence counts, never by its own.
-use anyhow::{Result, bail};
 use tch::{Kind, Tensor};
 
 /// How per-token losses become one scalar: recipe key `trainer.loss_agg`, matched here exhaustively.

@@ -5,7 +5,6 @@
 //! Every tensor is target-aligned `[B, T]`: position t holds the log-prob of token t+1 of the row.
 use crate::agg::Aggregator;
 use spar_core::recipe::PolicyLoss;
-use anyhow::{Result, bail};
 use tch::{Kind, Tensor};
 
 /// Log-ratios are clamped to this before `exp`, so one wild token cannot overflow the loss.

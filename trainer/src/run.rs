@@ -10,7 +10,7 @@ use crate::batch::{TrainItem, assemble};
 use crate::checkpoint::{self, TrainerState};
 use crate::learner::{BatchingConfig, Learner, rl_update, sft_update};
 use crate::metrics::MetricsLogger;
-use crate::policy_loss::{KlEstimator, PolicyLossConfig, RatioLevel};
+use crate::policy_loss::{PolicyLossConfig, RatioLevel};
 use crate::rng::{new_rng, restore_rng, save_rng};
 use crate::schedule::LrSchedule;
 use anyhow::{Context, Result, bail};

@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 recipe_enum! {
-    /// Where HealthBench's [0, 1] clip applies.
+    /// Where HealthBench's [0, 1] clip applies (default: as HealthBench).
+    #[derive(Default)]
     pub enum HealthBenchClip {
         /// Clip the mean over examples, as HealthBench (simple-evals) does.
+        #[default]
         Mean = "mean",
         /// Clip each example's score before averaging.
         Example = "example",
