@@ -4,7 +4,7 @@ use crate::external;
 use crate::policy;
 use anyhow::{Context, Result};
 use spar_core::Case;
-use spar_core::recipe::{Recipe, RolloutSection};
+use spar_core::recipe::{PolicyLoss, Recipe, RolloutBackendKind, RolloutSection, SimulatorKind};
 use spar_core::traits::StageScorer;
 use spar_data::kb::KnowledgeBase;
 use spar_rewards::{ClinicalStageScorer, RewardPipeline};
@@ -114,7 +114,7 @@ impl Builder {
             .as_ref()
             .and_then(|e| e.simulator.clone())
             .unwrap_or_default();
-        if cfg.kind == "self" {
+        if cfg.kind == SimulatorKind::SelfPlay {
             anyhow::bail!(
                 "recipe: eval.simulator.kind = \"self\": the policy cannot play its own evaluation patient; use \
                  scripted or llm"
@@ -202,7 +202,7 @@ impl Builder {
             self.simulator()?,
             format!("{run_name}-s{seed}"),
         )?;
-        let generation = if rollout_sec.backend == "openai" {
+        let generation = if rollout_sec.backend == RolloutBackendKind::Openai {
             eprintln!(
                 "[train] RL rounds generate through {} (rollout.backend = \"openai\"): spar does not refresh that \
                  server's weights, so every round after the first is off-policy; the truncated importance weight \
@@ -256,7 +256,7 @@ impl Builder {
             Some(student_tokenizer.as_path()).filter(|p| p.exists()),
         )?;
         let teacher_samples = match &tr.distill.teacher_samples {
-            Some(p) if tr.policy_loss == "distill" => {
+            Some(p) if tr.policy_loss == PolicyLoss::Distill => {
                 let p = recipe.resolve(p);
                 let samples = spar_data::read_samples(&p).with_context(|| {
                     format!("recipe: trainer.distill.teacher_samples = {}", p.display())

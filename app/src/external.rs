@@ -8,7 +8,8 @@ use spar_clients::{
     OpenAiRolloutBackend,
 };
 use spar_core::recipe::{
-    EndpointConfig, FactConfig, RewardsSection, RolloutSection, SimulatorConfig,
+    EncoderKind, EndpointConfig, ExtractorKind, FactConfig, FactMode, JudgeKind, RewardsSection,
+    RolloutBackendKind, RolloutSection, SimulatorConfig, SimulatorKind, VerifierKind,
 };
 use spar_core::traits::{
     ClaimExtractor, Encoder, FactVerifier, Judge, PatientSimulator, RolloutBackend,
@@ -38,7 +39,7 @@ pub async fn reward_models(
         knowledge_base: kb.clone(),
         ..Default::default()
     };
-    if rewards.judge.kind == "llm" {
+    if rewards.judge.kind == JudgeKind::Llm {
         let ep = rewards
             .judge
             .endpoint
@@ -50,7 +51,7 @@ pub async fn reward_models(
         inj.step_judge = Some(llm_judge(ep, "rewards.spar.judge_endpoint")?);
     }
     let fact = &rewards.fact;
-    if fact.mode != "off" {
+    if fact.mode != FactMode::Off {
         inj.extractor = claim_extractor(fact)?;
         inj.verifier = fact_verifier(fact, kb)?;
         inj.encoder = encoder(fact).await?;
@@ -60,7 +61,7 @@ pub async fn reward_models(
 
 /// The LLM claim extractor when `[.. fact] extractor = "llm"` (None: the rule extractor, built by rewards).
 pub fn claim_extractor(fact: &FactConfig) -> Result<Option<Arc<dyn ClaimExtractor>>> {
-    if fact.extractor != "llm" {
+    if fact.extractor != ExtractorKind::Llm {
         return Ok(None);
     }
     let ep = fact
@@ -92,19 +93,19 @@ pub fn fact_verifier(
             None => spar_rewards::kb::shipped_verifier()?,
         })
     };
-    Ok(match fact.verifier.as_str() {
-        "llm" => Some(llm()?),
-        "kb+llm" => Some(Arc::new(spar_rewards::fact::ChainVerifier::new(
+    Ok(match fact.verifier {
+        VerifierKind::Llm => Some(llm()?),
+        VerifierKind::KbLlm => Some(Arc::new(spar_rewards::fact::ChainVerifier::new(
             kb_verifier()?,
             llm()?,
         ))),
-        _ => None,
+        VerifierKind::Kb => None,
     })
 }
 
 /// The embeddings encoder when `[.. fact] encoder = "openai"` (probes the server once for its dimension).
 pub async fn encoder(fact: &FactConfig) -> Result<Option<Arc<dyn Encoder>>> {
-    if fact.encoder != "openai" {
+    if fact.encoder != EncoderKind::Openai {
         return Ok(None);
     }
     let ep = fact
@@ -123,19 +124,21 @@ pub async fn encoder(fact: &FactConfig) -> Result<Option<Arc<dyn Encoder>>> {
 
 /// The patient simulator a `[rollout.simulator]` / `[eval.simulator]` section names.
 pub fn simulator(cfg: &SimulatorConfig, key: &str) -> Result<SimulatorChoice> {
-    Ok(match cfg.kind.as_str() {
-        "llm" => SimulatorChoice::Fixed(Arc::new(
+    Ok(match cfg.kind {
+        SimulatorKind::Llm => SimulatorChoice::Fixed(Arc::new(
             LlmPatientSimulator::from_config(cfg)
                 .with_context(|| format!("{key}: llm simulator"))?,
         ) as Arc<dyn PatientSimulator>),
-        "self" => SimulatorChoice::SelfPlay,
-        _ => SimulatorChoice::Fixed(Arc::new(spar_rollout::simulator::ScriptedPatient)),
+        SimulatorKind::SelfPlay => SimulatorChoice::SelfPlay,
+        SimulatorKind::Scripted => {
+            SimulatorChoice::Fixed(Arc::new(spar_rollout::simulator::ScriptedPatient))
+        }
     })
 }
 
 /// The external rollout backend of `[rollout] backend = "openai"` (None: the built-in engine).
 pub fn rollout_backend(rollout: &RolloutSection) -> Result<Option<Arc<dyn RolloutBackend>>> {
-    if rollout.backend != "openai" {
+    if rollout.backend != RolloutBackendKind::Openai {
         return Ok(None);
     }
     let ep = rollout

@@ -12,7 +12,7 @@ use tch::{Device, Kind};
 pub fn device_and_kind(model: &ModelSection) -> Result<(Device, Kind)> {
     Ok((
         spar_model::parse_device(&model.device)?,
-        spar_model::parse_kind(&model.dtype)?,
+        spar_model::dtype_kind(model.dtype),
     ))
 }
 

@@ -20,14 +20,6 @@ fn resolve(p: &Path, base: Option<&Path>) -> PathBuf {
     }
 }
 
-fn split_named(name: &str, key: &str) -> Result<Split> {
-    Split::parse(name).ok_or_else(|| Error::Recipe {
-        file: "-".into(),
-        key: format!("data.{key}"),
-        msg: format!("`{name}` is not train, validation or test"),
-    })
-}
-
 /// The cases of `split`, at most `max_cases` of them (0 = all), in file order.
 pub fn split_cases(section: &DataSection, base: Option<&Path>, split: Split) -> Result<Vec<Case>> {
     let splits = section.splits.as_deref().map(|p| resolve(p, base));
@@ -59,11 +51,7 @@ pub fn split_cases(section: &DataSection, base: Option<&Path>, split: Split) -> 
 
 /// The cases to train on (`data.train_split`).
 pub fn train_cases(section: &DataSection, base: Option<&Path>) -> Result<Vec<Case>> {
-    split_cases(
-        section,
-        base,
-        split_named(&section.train_split, "train_split")?,
-    )
+    split_cases(section, base, section.train_split)
 }
 
 /// Seed of the fresh RL-only patients (`data.rl_extra_per_diagnosis`): not the shipped cases' seed, so no
@@ -97,9 +85,5 @@ pub fn rl_extra_cases(section: &DataSection, train: &[Case]) -> Result<Vec<Case>
 
 /// The cases to evaluate on (`data.eval_split`).
 pub fn eval_cases(section: &DataSection, base: Option<&Path>) -> Result<Vec<Case>> {
-    split_cases(
-        section,
-        base,
-        split_named(&section.eval_split, "eval_split")?,
-    )
+    split_cases(section, base, section.eval_split)
 }

@@ -8,36 +8,9 @@ use spar_core::{Case, Error, Result};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
-/// Which split a case belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Split {
-    Train,
-    Validation,
-    Test,
-}
-
-impl Split {
-    pub const ALL: [Split; 3] = [Split::Train, Split::Validation, Split::Test];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Validation => "validation",
-            Split::Test => "test",
-        }
-    }
-
-    /// Parses `train`, `validation` (or `val`, `valid`) and `test`.
-    pub fn parse(s: &str) -> Option<Split> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "train" => Some(Split::Train),
-            "validation" | "val" | "valid" => Some(Split::Validation),
-            "test" => Some(Split::Test),
-            _ => None,
-        }
-    }
-}
+/// Which split a case belongs to: the recipe's split type (`data.train_split`, `eval.split`), also the lists of
+/// `splits.json`.
+pub use spar_core::recipe::Split;
 
 /// The split file (`splits.json`): case ids per split and the held-out diagnoses that define the test split.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 //! training ones), the cases, and the consultation + HealthBench runs gathered into one [`EvalReport`].
 use crate::consultation::{ConsultationConfig, EvalEnv, evaluate_consultations};
 use crate::facts::FactChecker;
-use crate::healthbench::score::{AggregateOptions, ClipMode};
+use crate::healthbench::score::AggregateOptions;
 use crate::healthbench::{HbExample, HealthBenchConfig, run_healthbench};
 use crate::policy::ChatPolicy;
 use crate::report::{EvalReport, EvalSetup};
@@ -10,7 +10,8 @@ use anyhow::{Context, Result, bail};
 use spar_core::Case;
 use spar_core::grammar::normalize_icd10;
 use spar_core::recipe::{
-    EvalSection, FactConfig, JudgeConfig, Recipe, SimulatorConfig, StageRewardConfig,
+    EvalSection, FactConfig, JudgeConfig, JudgeKind, Recipe, SimulatorConfig, SimulatorKind,
+    StageRewardConfig,
 };
 use spar_core::traits::{ClaimExtractor, FactVerifier, Judge, PatientSimulator};
 use std::collections::BTreeSet;
@@ -30,13 +31,12 @@ pub struct EvalModels {
 /// The evaluation simulator `[eval.simulator]` names (default: the scripted patient).
 pub fn simulator(cfg: Option<&SimulatorConfig>) -> Result<Arc<dyn PatientSimulator>> {
     let cfg = cfg.cloned().unwrap_or_default();
-    Ok(match cfg.kind.as_str() {
-        "scripted" => Arc::new(spar_rollout::simulator::ScriptedPatient),
-        "llm" => Arc::new(spar_clients::LlmPatientSimulator::from_config(&cfg)?),
-        "self" => bail!(
+    Ok(match cfg.kind {
+        SimulatorKind::Scripted => Arc::new(spar_rollout::simulator::ScriptedPatient),
+        SimulatorKind::Llm => Arc::new(spar_clients::LlmPatientSimulator::from_config(&cfg)?),
+        SimulatorKind::SelfPlay => bail!(
             "[eval.simulator] kind = \"self\": the policy cannot play its own evaluation patient; use scripted or llm"
         ),
-        k => bail!("[eval.simulator] kind: unknown simulator `{k}`"),
     })
 }
 
@@ -75,7 +75,7 @@ pub fn eval_models(recipe: &Recipe, eval: &EvalSection, need_judge: bool) -> Res
     };
     let judge = if need_judge {
         let jc: JudgeConfig = eval.judge.clone().context("HealthBench needs a judge: set [eval.judge] kind = \"llm\" with an endpoint, or give --judge-endpoint")?;
-        if jc.kind != "llm" {
+        if jc.kind != JudgeKind::Llm {
             bail!(
                 "[eval.judge] kind = \"{}\": HealthBench criteria are free text and need kind = \"llm\"",
                 jc.kind
@@ -121,7 +121,7 @@ impl EvalPlan {
         HealthBenchConfig {
             concurrency: eval.concurrency,
             aggregate: AggregateOptions {
-                clip: ClipMode::parse(&eval.healthbench_clip).unwrap_or_default(),
+                clip: eval.healthbench_clip,
                 bootstrap: eval.bootstrap,
                 seed: eval.seed,
             },

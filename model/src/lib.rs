@@ -26,7 +26,16 @@ pub use qwen3::{
 };
 pub use tokenizer::{Tokenizer, train_bpe};
 
-/// Parses the recipe's `dtype` string ("fp32" | "bf16", also "float32" / "bfloat16").
+/// The tensor kind of the recipe's `model.dtype`.
+pub fn dtype_kind(dtype: spar_core::recipe::Dtype) -> tch::Kind {
+    match dtype {
+        spar_core::recipe::Dtype::Fp32 => tch::Kind::Float,
+        spar_core::recipe::Dtype::Bf16 => tch::Kind::BFloat16,
+    }
+}
+
+/// Parses a command-line `--dtype` ("fp32" | "bf16", also "float32" / "f32" / "bfloat16"); recipes use
+/// [`dtype_kind`].
 pub fn parse_kind(s: &str) -> anyhow::Result<tch::Kind> {
     match s {
         "fp32" | "float32" | "f32" => Ok(tch::Kind::Float),

@@ -4,27 +4,8 @@
 //! Conventions (method.md section 9): `rewards[i]` is sample i's unpenalized reward R (SPAR's R_global);
 //! `gammas[i][j]` is gamma_j of step j of sample i (Eq. 7). The result holds one advantage per step of each
 //! sample; estimators that give one advantage per trajectory repeat it over the trajectory's steps.
+pub use spar_core::recipe::StdKind;
 use spar_core::recipe::{Estimator, SparConfig};
-
-/// How the spread of a group is measured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StdKind {
-    /// Divide by G (the default).
-    Population,
-    /// Divide by G - 1 (0 for a group of one).
-    Sample,
-}
-
-impl StdKind {
-    /// Parses the recipe's `spar.std` value ("population" | "sample").
-    pub fn parse(s: &str) -> Option<StdKind> {
-        match s {
-            "population" => Some(StdKind::Population),
-            "sample" => Some(StdKind::Sample),
-            _ => None,
-        }
-    }
-}
 
 /// Knobs every estimator shares, lifted out of [`SparConfig`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,7 +23,7 @@ impl AdvantageParams {
     pub fn from_config(c: &SparConfig) -> AdvantageParams {
         AdvantageParams {
             estimator: c.estimator,
-            std: StdKind::parse(&c.std).unwrap_or(StdKind::Population),
+            std: c.std,
             sigma_floor: c.sigma_floor,
             adv_clip: c.adv_clip,
         }

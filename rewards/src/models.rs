@@ -6,7 +6,10 @@ use crate::fact::{
 };
 use crate::rubric::RuleJudge;
 use async_trait::async_trait;
-use spar_core::recipe::{EndpointConfig, FactConfig, JudgeConfig};
+use spar_core::recipe::{
+    ClaimCacheKind, EncoderKind, EndpointConfig, ExtractorKind, FactConfig, JudgeConfig, JudgeKind,
+    VerifierKind,
+};
 use spar_core::traits::{ClaimExtractor, ClaimVerdict, Encoder, FactVerifier, Judge};
 use spar_core::{Error, Result};
 use std::path::PathBuf;
@@ -31,31 +34,26 @@ pub fn llm_judge(ep: &EndpointConfig) -> Result<Arc<dyn Judge>> {
 
 /// The rubric judge `[rewards.judge]` names.
 pub fn judge(cfg: &JudgeConfig) -> Result<Arc<dyn Judge>> {
-    match cfg.kind.as_str() {
-        "rule" => Ok(Arc::new(RuleJudge)),
-        "llm" => llm_judge(
+    match cfg.kind {
+        JudgeKind::Rule => Ok(Arc::new(RuleJudge)),
+        JudgeKind::Llm => llm_judge(
             cfg.endpoint
                 .as_ref()
                 .ok_or_else(|| recipe_err("judge.endpoint", "the llm judge needs an endpoint"))?,
         ),
-        k => Err(recipe_err("judge.kind", format!("unknown judge `{k}`"))),
     }
 }
 
 /// The claim extractor `[rewards.fact] extractor` names.
 pub fn extractor(cfg: &FactConfig) -> Result<Arc<dyn ClaimExtractor>> {
-    match cfg.extractor.as_str() {
-        "rule" => Ok(Arc::new(RuleClaimExtractor)),
-        "llm" => {
+    match cfg.extractor {
+        ExtractorKind::Rule => Ok(Arc::new(RuleClaimExtractor)),
+        ExtractorKind::Llm => {
             let ep = cfg.endpoint.as_ref().ok_or_else(|| {
                 recipe_err("fact.endpoint", "the llm extractor needs an endpoint")
             })?;
             Ok(Arc::new(spar_clients::LlmClaimExtractor::new(client(ep)?)))
         }
-        k => Err(recipe_err(
-            "fact.extractor",
-            format!("unknown extractor `{k}`"),
-        )),
     }
 }
 
@@ -77,22 +75,18 @@ pub fn verifier(
             .ok_or_else(|| recipe_err("fact.endpoint", "the llm verifier needs an endpoint"))?;
         Ok(Arc::new(spar_clients::LlmFactVerifier::new(client(ep)?)))
     };
-    match cfg.verifier.as_str() {
-        "kb" => kb_verifier(),
-        "llm" => llm(),
-        "kb+llm" => Ok(Arc::new(ChainVerifier::new(kb_verifier()?, llm()?))),
-        k => Err(recipe_err(
-            "fact.verifier",
-            format!("unknown verifier `{k}`"),
-        )),
+    match cfg.verifier {
+        VerifierKind::Kb => kb_verifier(),
+        VerifierKind::Llm => llm(),
+        VerifierKind::KbLlm => Ok(Arc::new(ChainVerifier::new(kb_verifier()?, llm()?))),
     }
 }
 
 /// The encoder `[rewards.fact] encoder` names ("minilm" needs libtorch: the binary injects it).
 pub async fn encoder(cfg: &FactConfig) -> Result<Arc<dyn Encoder>> {
-    match cfg.encoder.as_str() {
-        "lexical" => Ok(Arc::new(LexicalEncoder::default())),
-        "openai" => {
+    match cfg.encoder {
+        EncoderKind::Lexical => Ok(Arc::new(LexicalEncoder::default())),
+        EncoderKind::Openai => {
             let ep = cfg
                 .encoder_endpoint
                 .as_ref()
@@ -108,11 +102,10 @@ pub async fn encoder(cfg: &FactConfig) -> Result<Arc<dyn Encoder>> {
                 spar_clients::OpenAiEncoder::from_endpoint(ep).await?,
             ))
         }
-        "minilm" => Err(recipe_err(
+        EncoderKind::Minilm => Err(recipe_err(
             "fact.encoder",
             "the minilm encoder needs libtorch: it is provided by the `spar` binary, not by spar-rewards alone",
         )),
-        k => Err(recipe_err("fact.encoder", format!("unknown encoder `{k}`"))),
     }
 }
 
@@ -129,11 +122,11 @@ pub fn default_cache_path() -> PathBuf {
 
 /// The claim-cache store `[rewards.fact] cache` names.
 pub async fn cache_backend(cfg: &FactConfig) -> Result<Arc<dyn CacheBackend>> {
-    Ok(match cfg.cache.as_str() {
-        "sqlite" => Arc::new(SqliteBackend::open(
+    Ok(match cfg.cache {
+        ClaimCacheKind::Sqlite => Arc::new(SqliteBackend::open(
             &cfg.cache_path.clone().unwrap_or_else(default_cache_path),
         )?),
-        "redis" => {
+        ClaimCacheKind::Redis => {
             Arc::new(
                 RedisBackend::connect(cfg.redis_url.as_deref().ok_or_else(|| {
                     recipe_err("fact.redis_url", "the redis cache needs redis_url")
@@ -141,9 +134,8 @@ pub async fn cache_backend(cfg: &FactConfig) -> Result<Arc<dyn CacheBackend>> {
                 .await?,
             )
         }
-        "memory" => Arc::new(MemoryBackend::default()),
-        "off" => Arc::new(NoBackend),
-        k => return Err(recipe_err("fact.cache", format!("unknown cache `{k}`"))),
+        ClaimCacheKind::Memory => Arc::new(MemoryBackend::default()),
+        ClaimCacheKind::Off => Arc::new(NoBackend),
     })
 }
 

@@ -116,8 +116,7 @@ impl RewardPipeline {
             Some(j) => j,
             None => crate::models::judge(&cfg.judge)?,
         };
-        let on_failure = OnFailure::parse(&cfg.judge.on_failure)
-            .ok_or_else(|| recipe_err("judge.on_failure", "unknown policy"))?;
+        let on_failure = cfg.judge.on_failure;
         let step_judge = match (inj.step_judge.clone(), &cfg.spar.judge_endpoint) {
             (Some(j), _) => Some(j),
             (None, Some(ep)) => Some(crate::models::llm_judge(ep)?),
@@ -276,8 +275,7 @@ impl RewardPipeline {
                 )
             });
         }
-        let mode = FactMode::parse(&self.cfg.fact.mode).unwrap_or(FactMode::Off);
-        let lambda = match mode {
+        let lambda = match self.cfg.fact.mode {
             FactMode::Gate => crate::fact::gate_lambda(
                 r_task,
                 self.cfg.fact.kappa,
@@ -551,8 +549,7 @@ async fn build_facts(
         &inj.encoder,
         inj.cache_backend.clone(),
     );
-    let mode = FactMode::parse(&cfg.mode).ok_or_else(|| recipe_err("fact.mode", "unknown mode"))?;
-    let off = mode == FactMode::Off;
+    let off = cfg.mode == FactMode::Off;
     let extractor = match extractor {
         Some(x) => x.clone(),
         None if off => Arc::new(crate::fact::RuleClaimExtractor),
@@ -581,7 +578,7 @@ async fn build_facts(
         verifier,
         encoder,
         cache: Arc::new(cache),
-        mode,
+        mode: cfg.mode,
         cluster_threshold: cfg.cluster_threshold,
         eps: cfg.eps,
         limit,

@@ -7,7 +7,7 @@ use spar_core::case::{Diagnosis, TestItem};
 use spar_core::grammar::{
     NamedDx, normalize_icd10, parse_ddx, parse_diagnosis, parse_tests, strip_think,
 };
-use spar_core::recipe::StageRewardConfig;
+use spar_core::recipe::{DdxDiscount, StageRewardConfig};
 use spar_core::sample::{Role, Turn};
 use spar_core::traits::{StageScore, StageScorer};
 use spar_core::{Case, Stage};
@@ -77,9 +77,9 @@ impl ClinicalStageScorer {
     }
 
     fn discount(&self, rank: usize) -> f64 {
-        match self.cfg.ddx_discount.as_str() {
-            "reciprocal" => 1.0 / rank as f64,
-            _ => 1.0 / ((rank + 1) as f64).log2(),
+        match self.cfg.ddx_discount {
+            DdxDiscount::Reciprocal => 1.0 / rank as f64,
+            DdxDiscount::Log => 1.0 / ((rank + 1) as f64).log2(),
         }
     }
 

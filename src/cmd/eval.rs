@@ -2,14 +2,16 @@
 //! consultations on held-out cases, the hallucination rate and, given a file, HealthBench; writes `report.md`,
 //! `report.json` and charts. `spar eval --compare A B` compares two reports. See docs/eval.md.
 use anyhow::{Context, Result, bail};
-use spar_core::recipe::{EndpointConfig, EvalSection, JudgeConfig, Recipe};
+use spar_core::recipe::{
+    EndpointConfig, EvalSection, JudgeConfig, JudgeKind, Recipe, VerifierKind,
+};
 use spar_core::traits::SamplingParams;
 use spar_data::splits::Split;
 use spar_eval::run::{EvalPlan, diagnoses, eval_models, run_eval};
 use spar_eval::{
     ConsultationConfig, EndpointPolicy, EvalReport, EvalSetup, ExpertPolicy, LocalPolicyConfig,
 };
-use spar_model::{Qwen3Config, Qwen3Model, Tokenizer, parse_device, parse_kind};
+use spar_model::{Qwen3Config, Qwen3Model, Tokenizer, parse_device};
 use spar_rollout::engine::EngineConfig;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -125,16 +127,13 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(s) = &args.splits {
         data.splits = Some(s.clone());
     }
-    let split_name = args.split.clone().unwrap_or_else(|| {
-        if recipe.eval.is_some() {
-            eval.split.clone()
-        } else {
-            data.eval_split.clone()
-        }
-    });
-    let split = Split::parse(&split_name)
-        .with_context(|| format!("--split `{split_name}` is not train, validation or test"))?;
-    eval.split = split.name().to_string();
+    let split = match &args.split {
+        Some(name) => Split::parse(name)
+            .with_context(|| format!("--split `{name}` is not train, validation or test"))?,
+        None if recipe.eval.is_some() => eval.split,
+        None => data.eval_split,
+    };
+    eval.split = split;
     if let Some(n) = args.max_cases {
         eval.max_cases = n;
     }
@@ -151,7 +150,7 @@ pub fn run(args: Args) -> Result<()> {
             "--judge-endpoint",
         )?;
         eval.judge = Some(JudgeConfig {
-            kind: "llm".into(),
+            kind: JudgeKind::Llm,
             endpoint: Some(ep),
             ..Default::default()
         });
@@ -244,8 +243,11 @@ pub fn run(args: Args) -> Result<()> {
         data_files.push(h.clone());
     }
     // The knowledge base H is verified against: the recipe's, else the shipped one (when the verifier is "kb").
-    let verifier = eval.facts.clone().unwrap_or_default().verifier;
-    if eval.hallucination && !plan.cases.is_empty() && verifier == "kb" {
+    let uses_kb = match eval.facts.clone().unwrap_or_default().verifier {
+        VerifierKind::Kb | VerifierKind::KbLlm => true,
+        VerifierKind::Llm => false,
+    };
+    if eval.hallucination && !plan.cases.is_empty() && uses_kb {
         let kb = match recipe.data.as_ref().and_then(|d| d.knowledge_base.as_ref()) {
             Some(kb) => recipe.resolve(kb),
             None => spar_data::kb::KnowledgeBase::default_dir(),
@@ -330,7 +332,7 @@ fn local(
             "no policy: give --model DIR (a checkpoint), --endpoint URL, or --policy expert",
         )?;
     let device = parse_device(&model_sec.device)?;
-    let kind = parse_kind(&model_sec.dtype)?;
+    let kind = spar_model::dtype_kind(model_sec.dtype);
     let tokenizer = Arc::new(
         Tokenizer::from_dir(&dir).with_context(|| format!("tokenizer of {}", dir.display()))?,
     );

@@ -55,7 +55,7 @@ pub fn run(mut args: Args) -> Result<()> {
 fn play(args: &Args, builder: &Builder, model_dir: &std::path::Path) -> Result<()> {
     let cfg = builder.rollout_section();
     let cases = builder.cases()?.train;
-    let external = cfg.backend == "openai";
+    let external = cfg.backend == spar_core::recipe::RolloutBackendKind::Openai;
     let tokenizer = builder.tokenizer(model_dir)?;
     // With an external backend only the tokenizer is needed: the server holds the weights.
     let model = match external {

@@ -1,33 +1,10 @@
 //! Loss aggregation over tokens and sequences (verl's four modes), written so that gradient accumulation over
 //! micro-batches gives exactly the loss of the whole mini-batch: each micro-batch divides by the mini-batch's
 //! token and sequence counts, never by its own.
-use anyhow::{Result, bail};
 use tch::{Kind, Tensor};
 
-/// How per-token losses become one scalar (recipe key `trainer.loss_agg`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AggMode {
-    /// Sum over every unmasked token of the mini-batch / number of such tokens.
-    TokenMean,
-    /// Mean over sequences of the per-sequence token sum.
-    SeqMeanTokenSum,
-    /// Mean over sequences of the per-sequence token mean.
-    SeqMeanTokenMean,
-    /// Mean over sequences of (token sum / l_max), l_max a constant (Dr. GRPO, Baichuan-M2).
-    SeqMeanTokenSumNorm,
-}
-
-impl AggMode {
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "token-mean" => AggMode::TokenMean,
-            "seq-mean-token-sum" => AggMode::SeqMeanTokenSum,
-            "seq-mean-token-mean" => AggMode::SeqMeanTokenMean,
-            "seq-mean-token-sum-norm" => AggMode::SeqMeanTokenSumNorm,
-            other => bail!("unknown loss aggregation `{other}`"),
-        })
-    }
-}
+/// How per-token losses become one scalar: recipe key `trainer.loss_agg`, matched here exhaustively.
+pub use spar_core::recipe::LossAgg as AggMode;
 
 /// Aggregation with the denominators of the whole mini-batch.
 #[derive(Clone, Copy, Debug)]

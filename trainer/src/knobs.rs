@@ -1,8 +1,7 @@
 //! The `[trainer]` section as the learner's configuration structs.
 use crate::adamw::{AdamW, AdamWConfig};
-use crate::agg::AggMode;
 use crate::learner::{BatchingConfig, Learner};
-use crate::policy_loss::{KlEstimator, PolicyLossConfig, RatioLevel};
+use crate::policy_loss::{PolicyLossConfig, RatioLevel};
 use crate::schedule::LrSchedule;
 use anyhow::Result;
 use spar_core::recipe::TrainerSection;
@@ -17,19 +16,16 @@ pub fn policy_loss_config(tr: &TrainerSection, level: RatioLevel) -> Result<Poli
         dual_clip: tr.dual_clip,
         tis_cap: tr.tis_cap,
         kl_coef: tr.kl_coef,
-        kl_estimator: KlEstimator::parse(&tr.kl_estimator)?,
+        kl_estimator: tr.kl_estimator.into(),
         kl_in_reward: tr.kl_in_reward,
         entropy_coef: tr.entropy_coef,
     })
 }
 
-/// The ratio level of `policy_loss` (SFT and offline distillation use the segment level for their rounds).
-pub fn ratio_level(tr: &TrainerSection) -> Result<RatioLevel> {
-    if tr.policy_loss == "sft" || tr.policy_loss == "distill" {
-        Ok(RatioLevel::Segment)
-    } else {
-        RatioLevel::parse(&tr.policy_loss)
-    }
+/// The ratio level of `policy_loss`. SFT and distillation have no importance ratio of their own; their
+/// RL-shaped knobs use SPAR's segment level.
+pub fn ratio_level(tr: &TrainerSection) -> RatioLevel {
+    RatioLevel::of(tr.policy_loss).unwrap_or(RatioLevel::Segment)
 }
 
 /// The batching knobs of RL updates.
@@ -38,7 +34,7 @@ pub fn batching_config(tr: &TrainerSection) -> Result<BatchingConfig> {
         micro_batch: tr.micro_batch,
         token_budget: tr.token_budget,
         pack: tr.pack_sequences,
-        agg: AggMode::parse(&tr.loss_agg)?,
+        agg: tr.loss_agg,
         l_max: tr.l_max,
     })
 }
@@ -61,7 +57,7 @@ pub fn new_learner(
                 weight_decay: tr.weight_decay,
             },
         ),
-        schedule: LrSchedule::new(lr, warmup, steps, &tr.schedule)?,
+        schedule: LrSchedule::new(lr, warmup, steps, tr.schedule),
         step: 0,
         grad_clip: tr.grad_clip,
         max_bad_steps: tr.max_bad_steps,

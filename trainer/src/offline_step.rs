@@ -8,7 +8,7 @@ use crate::knobs::{batching_config, new_learner, policy_loss_config};
 use crate::learner::{StepReport, rl_update};
 use crate::metrics::MetricsLogger;
 use crate::policy_loss::RatioLevel;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use spar_core::recipe::TrainerSection;
 use spar_core::{Sample, Scored};
 use spar_model::Qwen3Model;
@@ -27,10 +27,16 @@ pub fn offline_step(
     if items.is_empty() {
         bail!("{origin}: no trainable sample ({report:?})");
     }
-    let loss_cfg = policy_loss_config(tr, RatioLevel::parse(&tr.policy_loss)?)?;
+    let level = RatioLevel::of(tr.policy_loss).with_context(|| {
+        format!(
+            "trainer.policy_loss = \"{}\": one step from files needs an RL loss",
+            tr.policy_loss
+        )
+    })?;
+    let loss_cfg = policy_loss_config(tr, level)?;
     let batching = batching_config(tr)?;
     let mut constant = tr.clone();
-    constant.schedule = "constant".into();
+    constant.schedule = spar_core::recipe::LrDecay::Constant;
     let mut learner = new_learner(&constant, model, tr.lr, 1, 0)?;
     let rep = rl_update(
         model,

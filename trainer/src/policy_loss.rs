@@ -4,7 +4,7 @@
 //!
 //! Every tensor is target-aligned `[B, T]`: position t holds the log-prob of token t+1 of the row.
 use crate::agg::Aggregator;
-use anyhow::{Result, bail};
+use spar_core::recipe::PolicyLoss;
 use tch::{Kind, Tensor};
 
 /// Log-ratios are clamped to this before `exp`, so one wild token cannot overflow the loss.
@@ -22,14 +22,15 @@ pub enum RatioLevel {
 }
 
 impl RatioLevel {
-    /// From recipe key `trainer.policy_loss`.
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "ppo" => RatioLevel::Token,
-            "gspo" => RatioLevel::Sequence,
-            "segment_gspo" => RatioLevel::Segment,
-            other => bail!("`{other}` is not a policy-gradient loss (ppo, gspo, segment_gspo)"),
-        })
+    /// The ratio level of recipe key `trainer.policy_loss`; None for `sft` and `distill`, which have no
+    /// importance ratio of their own.
+    pub fn of(loss: PolicyLoss) -> Option<Self> {
+        match loss {
+            PolicyLoss::Ppo => Some(RatioLevel::Token),
+            PolicyLoss::Gspo => Some(RatioLevel::Sequence),
+            PolicyLoss::SegmentGspo => Some(RatioLevel::Segment),
+            PolicyLoss::Sft | PolicyLoss::Distill => None,
+        }
     }
 }
 
@@ -41,16 +42,18 @@ pub enum KlEstimator {
     K3,
 }
 
-impl KlEstimator {
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "k1" => KlEstimator::K1,
-            "k2" => KlEstimator::K2,
-            "k3" => KlEstimator::K3,
-            other => bail!("unknown KL estimator `{other}`"),
-        })
+impl From<spar_core::recipe::KlEstimator> for KlEstimator {
+    /// Recipe key `trainer.kl_estimator`.
+    fn from(k: spar_core::recipe::KlEstimator) -> Self {
+        match k {
+            spar_core::recipe::KlEstimator::K1 => KlEstimator::K1,
+            spar_core::recipe::KlEstimator::K2 => KlEstimator::K2,
+            spar_core::recipe::KlEstimator::K3 => KlEstimator::K3,
+        }
     }
+}
 
+impl KlEstimator {
     /// Per-token estimate from `logp` (policy) and `ref_logp` (reference).
     pub fn estimate(self, logp: &Tensor, ref_logp: &Tensor) -> Tensor {
         let d = (logp - ref_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP);

@@ -13,6 +13,7 @@ use crate::rl_round::{LearnConfig, PlayedRound, learn_round, play_round};
 use crate::session::{Checkpointed, Session};
 use anyhow::{Context, Result};
 use spar_core::Case;
+use spar_core::recipe::PolicyLoss;
 use spar_core::recipe::TrainerSection;
 use spar_model::Qwen3Model;
 use spar_rewards::RewardPipeline;
@@ -50,7 +51,7 @@ impl RlState {
         use_gae: bool,
     ) -> Result<RlState> {
         // The schedule counts optimizer steps: `ppo_epochs` per RL round (one per offline distillation round).
-        let per_round = if tr.policy_loss == "distill" {
+        let per_round = if tr.policy_loss == PolicyLoss::Distill {
             1
         } else {
             tr.ppo_epochs.max(1)
@@ -123,7 +124,7 @@ pub fn run(
     let Some(start) = session.in_phase("rl") else {
         return Ok(());
     };
-    let distill = tr.policy_loss == "distill";
+    let distill = tr.policy_loss == PolicyLoss::Distill;
     let RlInputs {
         rollout,
         generation,

@@ -10,6 +10,7 @@ use crate::rl_phase::{RlInputs, RlState};
 use crate::rl_round::LearnConfig;
 use crate::session::Session;
 use anyhow::Result;
+use spar_core::recipe::PolicyLoss;
 use spar_model::Qwen3Model;
 use spar_rollout::Policy;
 
@@ -37,7 +38,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
     } = parts;
     let tr = recipe.require(&recipe.trainer, "trainer")?.clone();
     let seed = recipe.seed.unwrap_or(0);
-    let loss_cfg = policy_loss_config(&tr, ratio_level(&tr)?)?;
+    let loss_cfg = policy_loss_config(&tr, ratio_level(&tr))?;
     let batching = batching_config(&tr)?;
     let use_gae = rewards.config().spar.estimator == spar_core::recipe::Estimator::Gae;
 
@@ -87,7 +88,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
         None
     };
     let teacher_pool = match &teacher_samples {
-        Some((samples, origin)) if tr.policy_loss == "distill" => Some(
+        Some((samples, origin)) if tr.policy_loss == PolicyLoss::Distill => Some(
             crate::distill_loop::teacher_sample_items(samples, origin, model.config.vocab_size)?,
         ),
         _ => None,

@@ -1,12 +1,6 @@
 //! Learning-rate schedule: linear warmup, then constant or cosine decay to `min_ratio * lr`.
-use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Decay {
-    Constant,
-    Cosine,
-}
+pub use spar_core::recipe::LrDecay as Decay;
 
 /// Stateless in the step: a resumed run only needs the step counter to get the same rate.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
@@ -20,19 +14,15 @@ pub struct LrSchedule {
 }
 
 impl LrSchedule {
-    pub fn new(base_lr: f64, warmup_steps: usize, total_steps: usize, decay: &str) -> Result<Self> {
-        let decay = match decay {
-            "constant" => Decay::Constant,
-            "cosine" => Decay::Cosine,
-            other => bail!("unknown schedule `{other}` (constant or cosine)"),
-        };
-        Ok(LrSchedule {
+    /// Warmup over `warmup_steps`, then `decay` (recipe key `trainer.schedule`) until `total_steps`.
+    pub fn new(base_lr: f64, warmup_steps: usize, total_steps: usize, decay: Decay) -> Self {
+        LrSchedule {
             base_lr,
             warmup_steps,
             total_steps,
             decay,
             min_ratio: 0.0,
-        })
+        }
     }
 
     /// Learning rate of optimizer step `step` (0-based).

@@ -179,7 +179,7 @@ async fn echoing_the_doctor_is_not_a_leak_and_a_diagnosis_ends_the_consultation(
 #[tokio::test]
 async fn from_config_needs_an_endpoint() {
     let mut cfg = spar_core::recipe::SimulatorConfig {
-        kind: "llm".into(),
+        kind: spar_core::recipe::SimulatorKind::Llm,
         ..Default::default()
     };
     assert!(

@@ -1,7 +1,32 @@
 //! `[data]`: cases, splits, the knowledge base. Owner: data.
-use super::check;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+
+recipe_enum! {
+    /// Which split a case belongs to (`data.train_split`, `data.eval_split`, `eval.split`; the lists of
+    /// `splits.json`).
+    pub enum Split {
+        /// Training cases (the same diagnoses as validation, other patients).
+        Train = "train",
+        /// Held-out patients of the training diagnoses.
+        Validation = "validation",
+        /// Held-out diagnoses: no test diagnosis appears in train or validation.
+        Test = "test",
+    }
+}
+
+impl Split {
+    /// Parses a command-line split name: `train`, `validation` (or `val`, `valid`) and `test`, any case.
+    /// Recipes accept only the exact spellings.
+    pub fn parse(s: &str) -> Option<Split> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "train" => Some(Split::Train),
+            "validation" | "val" | "valid" => Some(Split::Validation),
+            "test" => Some(Split::Test),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -10,9 +35,10 @@ pub struct DataSection {
     pub cases: Option<PathBuf>,
     /// Split file (`splits.json`: case ids per split). Default: `splits.json` next to the cases.
     pub splits: Option<PathBuf>,
-    /// Which split trains: "train" | "validation" | "test".
-    pub train_split: String,
-    pub eval_split: String,
+    /// Which split trains.
+    pub train_split: Split,
+    /// Which split `spar eval` and the held-out evaluations of `spar train` use when `[eval] split` is absent.
+    pub eval_split: Split,
     /// Use at most this many cases (0 = all).
     pub max_cases: usize,
     /// Keep only the cases of these departments (`Case::department`; empty = every department). A small run
@@ -33,8 +59,8 @@ impl Default for DataSection {
         DataSection {
             cases: None,
             splits: None,
-            train_split: "train".into(),
-            eval_split: "validation".into(),
+            train_split: Split::Train,
+            eval_split: Split::Validation,
             max_cases: 0,
             departments: Vec::new(),
             rl_extra_per_diagnosis: 0,
@@ -45,17 +71,8 @@ impl Default for DataSection {
 }
 
 impl DataSection {
+    /// Every value is checked by its type; kept so that each section has a validator.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        let ok = |s: &str| ["train", "validation", "test"].contains(&s);
-        check(
-            ok(&self.train_split),
-            "train_split",
-            "must be train, validation or test",
-        )?;
-        check(
-            ok(&self.eval_split),
-            "eval_split",
-            "must be train, validation or test",
-        )
+        Ok(())
     }
 }

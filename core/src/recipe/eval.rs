@@ -8,12 +8,24 @@ use super::{EndpointConfig, FactConfig};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+recipe_enum! {
+    /// Where HealthBench's [0, 1] clip applies (default: as HealthBench).
+    #[derive(Default)]
+    pub enum HealthBenchClip {
+        /// Clip the mean over examples, as HealthBench (simple-evals) does.
+        #[default]
+        Mean = "mean",
+        /// Clip each example's score before averaging.
+        Example = "example",
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvalSection {
-    /// "validation" | "test" | "train". The test split holds out whole diagnoses; the CPU demo reports on
+    /// The split evaluated. The test split holds out whole diagnoses; the CPU demo reports on
     /// validation (a tiny model cannot name a diagnosis it never saw).
-    pub split: String,
+    pub split: super::Split,
     /// Evaluate at most this many cases (0 = all).
     pub max_cases: usize,
     /// Episodes per case.
@@ -31,8 +43,8 @@ pub struct EvalSection {
     pub hallucination: bool,
     /// HealthBench JSONL to run (conversation + rubrics), if any.
     pub healthbench: Option<PathBuf>,
-    /// Where HealthBench's [0, 1] clip applies: "mean" (as HealthBench) | "example" (each example first).
-    pub healthbench_clip: String,
+    /// Where HealthBench's [0, 1] clip applies.
+    pub healthbench_clip: HealthBenchClip,
     /// Bootstrap resamples for score standard deviations (0 = none).
     pub bootstrap: usize,
     /// Seed of the bootstrap and of sampled generation.
@@ -46,7 +58,7 @@ pub struct EvalSection {
 impl Default for EvalSection {
     fn default() -> Self {
         EvalSection {
-            split: "validation".into(),
+            split: super::Split::Validation,
             max_cases: 0,
             samples_per_case: 1,
             concurrency: 8,
@@ -56,7 +68,7 @@ impl Default for EvalSection {
             facts: None,
             hallucination: true,
             healthbench: None,
-            healthbench_clip: "mean".into(),
+            healthbench_clip: HealthBenchClip::Mean,
             bootstrap: 1000,
             seed: 0,
             temperature: 0.0,
@@ -69,21 +81,11 @@ impl Default for EvalSection {
 impl EvalSection {
     pub fn validate(&self) -> Result<(), (String, String)> {
         check(
-            ["train", "validation", "test"].contains(&self.split.as_str()),
-            "split",
-            "must be train, validation or test",
-        )?;
-        check(
             self.samples_per_case >= 1,
             "samples_per_case",
             "must be >= 1",
         )?;
         check(self.concurrency >= 1, "concurrency", "must be >= 1")?;
-        check(
-            ["mean", "example"].contains(&self.healthbench_clip.as_str()),
-            "healthbench_clip",
-            "must be mean or example",
-        )?;
         check(self.temperature >= 0.0, "temperature", "must be >= 0")?;
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")?;
         if let Some(e) = &self.policy_endpoint {
@@ -93,6 +95,11 @@ impl EvalSection {
         if let Some(s) = &self.simulator {
             s.validate()
                 .map_err(|(k, m)| (format!("simulator.{k}"), m))?;
+            check(
+                s.kind != super::SimulatorKind::SelfPlay,
+                "simulator.kind",
+                "must be scripted or llm: the policy cannot play its own evaluation patient",
+            )?;
         }
         if let Some(j) = &self.judge {
             j.validate().map_err(|(k, m)| (format!("judge.{k}"), m))?;

@@ -5,6 +5,43 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Defines an enum-valued recipe key: a serde enum whose TOML spelling is the string after each variant, with
+/// `ALL` (every variant, in order), `name()` (the TOML spelling, for logs and audit output) and `Display`.
+/// An unknown value is a deserialisation error ("unknown variant `x`, expected one of ...") that `Recipe::load`
+/// reports with the dotted key.
+macro_rules! recipe_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $spelling:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $( $(#[$vmeta])* #[serde(rename = $spelling)] $variant, )+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: [$name; [$($spelling),+].len()] = [$($name::$variant),+];
+
+            /// The value as the recipe spells it.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $spelling, )+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
 mod data;
 mod distributed;
 mod eval;
@@ -13,10 +50,10 @@ mod rewards;
 mod rollout;
 mod trainer;
 
-pub use data::DataSection;
-pub use distributed::DistributedSection;
-pub use eval::EvalSection;
-pub use model::ModelSection;
+pub use data::{DataSection, Split};
+pub use distributed::{DistributedBackend, DistributedSection};
+pub use eval::{EvalSection, HealthBenchClip};
+pub use model::{Dtype, ModelSection};
 pub use rewards::*;
 pub use rollout::*;
 pub use trainer::*;
@@ -81,7 +118,8 @@ impl Recipe {
         Ok(recipe)
     }
 
-    /// Checks values (ranges, consistency) of every present section; returns the key path and why.
+    /// Checks values (ranges, consistency) of every present section, then the checks that span sections;
+    /// returns the key path and why (a cross-section message names every key involved).
     pub fn validate(&self) -> std::result::Result<(), (String, String)> {
         fn prefixed(
             sec: &str,
@@ -109,6 +147,41 @@ impl Recipe {
         }
         if let Some(s) = &self.distributed {
             prefixed("distributed", s.validate())?;
+        }
+        self.validate_across_sections()
+    }
+
+    /// Checks between sections. They apply to training recipes (with `[trainer]`); an absent `[rollout]` or
+    /// `[rewards]` counts as its defaults, as `spar train` reads it.
+    fn validate_across_sections(&self) -> std::result::Result<(), (String, String)> {
+        let Some(tr) = &self.trainer else {
+            return Ok(());
+        };
+        let record_routing = self.rollout.as_ref().is_some_and(|r| r.record_routing);
+        check(
+            !tr.routing_replay || record_routing,
+            "trainer.routing_replay",
+            "needs rollout.record_routing = true (the engine must record the experts it chose)",
+        )?;
+        check(
+            !(tr.off_policy_one_step && tr.policy_loss == PolicyLoss::Distill),
+            "trainer.off_policy_one_step",
+            "applies to RL rounds; offline distillation (trainer.policy_loss = \"distill\") generates with \
+             the teachers",
+        )?;
+        if let Some(model) = &self.model {
+            check(
+                tr.bpe_vocab_size == 0 || model.path.is_none(),
+                "trainer.bpe_vocab_size",
+                "must be 0 when model.path names a model: a pretrained model trains with its own tokenizer \
+                 (a new BPE is only for a random-init model.init)",
+            )?;
+            check(
+                model.path.is_some() || tr.bpe_vocab_size > 0 || !tr.distill.teachers.is_empty(),
+                "model.init",
+                "needs trainer.bpe_vocab_size > 0 or trainer.distill.teachers (a random model needs a \
+                 tokenizer: a new BPE, or the first teacher's)",
+            )?;
         }
         Ok(())
     }
@@ -196,14 +269,179 @@ mod tests {
         assert!(e.contains("trainer.lr"), "{e}");
     }
 
+    /// Every shipped recipe loads, and re-serialised it loads again to the same recipe (serialising the
+    /// reloaded one gives the same text).
     #[test]
     fn shipped_recipes_load() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
+        let mut n = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let p = entry.unwrap().path();
             if p.extension().is_some_and(|e| e == "toml") {
-                Recipe::load(&p, &[]).unwrap_or_else(|e| panic!("{e}"));
+                let r = Recipe::load(&p, &[]).unwrap_or_else(|e| panic!("{e}"));
+                let text = toml::to_string(&r).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                let again = Recipe::from_toml_str(&text, &p.display().to_string(), &[])
+                    .unwrap_or_else(|e| panic!("re-serialised {e}\n{text}"));
+                assert_eq!(toml::to_string(&again).unwrap(), text, "{}", p.display());
+                n += 1;
             }
         }
+        assert!(n >= 10, "only {n} recipes in {}", dir.display());
+    }
+
+    fn error_of(text: &str) -> String {
+        Recipe::from_toml_str(text, "r.toml", &[])
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn unknown_enum_value_names_the_key_and_the_allowed_values() {
+        let e = error_of("[trainer]\nloss_agg = \"token-sum\"\n");
+        assert!(e.contains("trainer.loss_agg"), "{e}");
+        assert!(
+            e.contains("token-sum") && e.contains("seq-mean-token-sum-norm"),
+            "{e}"
+        );
+        let e = error_of("[rewards.fact]\nverifier = \"kb+web\"\n");
+        assert!(e.contains("rewards.fact.verifier"), "{e}");
+        assert!(e.contains("`kb+llm`") && e.contains("`kb`"), "{e}");
+        let e = error_of("[model]\ndtype = \"fp16\"\ninit = {}\n");
+        assert!(e.contains("model.dtype") && e.contains("bf16"), "{e}");
+        let e = error_of("[rollout.simulator]\nkind = \"human\"\n");
+        assert!(
+            e.contains("rollout.simulator.kind") && e.contains("`self`"),
+            "{e}"
+        );
+        let e = error_of("[rewards.spar]\ndetectors = [\"repetition\", \"rudeness\"]\n");
+        assert!(
+            e.contains("rewards.spar.detectors") && e.contains("red_flag"),
+            "{e}"
+        );
+        let e = error_of("[data]\ntrain_split = \"val\"\n");
+        assert!(
+            e.contains("data.train_split") && e.contains("validation"),
+            "{e}"
+        );
+        let e = error_of("[rewards.spar.lambdas]\nrepetiton = 0.1\n");
+        assert!(
+            e.contains("rewards.spar.lambdas.repetiton") && e.contains("repetition"),
+            "{e}"
+        );
+        // The spellings that are not plain snake case stay as they were.
+        let r = Recipe::from_toml_str(
+            "[rewards.fact]\nverifier = \"kb+llm\"\n[rewards.spar]\nestimator = \"grpo_global_penalty\"\n\
+             [trainer]\nloss_agg = \"seq-mean-token-sum-norm\"\n",
+            "r.toml",
+            &[],
+        )
+        .unwrap();
+        let rw = r.rewards.unwrap();
+        assert_eq!(rw.fact.verifier, VerifierKind::KbLlm);
+        assert_eq!(rw.fact.verifier.to_string(), "kb+llm");
+        assert_eq!(rw.spar.estimator.name(), "grpo_global_penalty");
+        assert_eq!(r.trainer.unwrap().loss_agg, LossAgg::SeqMeanTokenSumNorm);
+    }
+
+    #[test]
+    fn cross_section_checks_name_their_keys() {
+        let e = error_of("[rewards.spar]\nestimator = \"gae\"\ndapo_filter = true\n");
+        assert!(
+            e.contains("rewards.spar.dapo_filter") && e.contains("gae"),
+            "{e}"
+        );
+        let e = error_of("[trainer]\nrouting_replay = true\n");
+        assert!(
+            e.contains("trainer.routing_replay") && e.contains("rollout.record_routing"),
+            "{e}"
+        );
+        Recipe::from_toml_str(
+            "[trainer]\nrouting_replay = true\n[rollout]\nrecord_routing = true\n",
+            "r.toml",
+            &[],
+        )
+        .unwrap();
+        let e = error_of(
+            "[trainer]\npolicy_loss = \"distill\"\noff_policy_one_step = true\n\
+             [trainer.distill]\nteachers = [\"t\"]\n",
+        );
+        assert!(
+            e.contains("trainer.off_policy_one_step") && e.contains("distill"),
+            "{e}"
+        );
+        let e = error_of("[model]\npath = \"m\"\n[trainer]\nbpe_vocab_size = 1024\n");
+        assert!(
+            e.contains("trainer.bpe_vocab_size") && e.contains("model.path"),
+            "{e}"
+        );
+        let e = error_of("[model]\ninit = {}\n[trainer]\n");
+        assert!(
+            e.contains("model.init") && e.contains("trainer.bpe_vocab_size"),
+            "{e}"
+        );
+        let e = error_of("[trainer]\nkl_in_reward = true\n");
+        assert!(
+            e.contains("trainer.kl_in_reward") && e.contains("kl_coef"),
+            "{e}"
+        );
+        let e = error_of("[eval.simulator]\nkind = \"self\"\n");
+        assert!(e.contains("eval.simulator.kind"), "{e}");
+    }
+
+    #[test]
+    fn distributed_degrees_above_one_are_rejected_until_built() {
+        let e = error_of("[distributed]\ndata_parallel = 8\n");
+        assert!(e.contains("distributed.data_parallel"), "{e}");
+        assert!(e.contains("not built yet"), "{e}");
+        let e = error_of("[distributed]\nexpert_parallel = 2\n");
+        assert!(e.contains("distributed.expert_parallel"), "{e}");
+        let r = Recipe::from_toml_str(
+            "[distributed]\ndata_parallel = 1\nbackend = \"gloo\"\n",
+            "r.toml",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(r.distributed.unwrap().backend, DistributedBackend::Gloo);
+    }
+
+    #[test]
+    fn enum_names_are_their_toml_spellings() {
+        fn round_trip<T, const N: usize>(all: [T; N])
+        where
+            T: Copy
+                + PartialEq
+                + std::fmt::Debug
+                + std::fmt::Display
+                + Serialize
+                + serde::de::DeserializeOwned,
+        {
+            for v in all {
+                let text = toml::to_string(&std::collections::BTreeMap::from([("k", v)])).unwrap();
+                assert_eq!(text.trim(), format!("k = \"{v}\""));
+                let back: std::collections::BTreeMap<String, T> = toml::from_str(&text).unwrap();
+                assert_eq!(back["k"], v);
+            }
+        }
+        round_trip(Split::ALL);
+        round_trip(Dtype::ALL);
+        round_trip(DistributedBackend::ALL);
+        round_trip(HealthBenchClip::ALL);
+        round_trip(JudgeKind::ALL);
+        round_trip(OnFailure::ALL);
+        round_trip(Estimator::ALL);
+        round_trip(StdKind::ALL);
+        round_trip(StepDetector::ALL);
+        round_trip(FactMode::ALL);
+        round_trip(ExtractorKind::ALL);
+        round_trip(VerifierKind::ALL);
+        round_trip(EncoderKind::ALL);
+        round_trip(ClaimCacheKind::ALL);
+        round_trip(DdxDiscount::ALL);
+        round_trip(SimulatorKind::ALL);
+        round_trip(RolloutBackendKind::ALL);
+        round_trip(PolicyLoss::ALL);
+        round_trip(LossAgg::ALL);
+        round_trip(KlEstimator::ALL);
+        round_trip(LrDecay::ALL);
     }
 }

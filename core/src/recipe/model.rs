@@ -3,13 +3,23 @@ use super::check;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+recipe_enum! {
+    /// Floating-point type of the policy's weights and activations.
+    pub enum Dtype {
+        /// 32-bit floats (CPU runs, tests).
+        Fp32 = "fp32",
+        /// bfloat16 (GPU runs).
+        Bf16 = "bf16",
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSection {
     /// HF model directory (config.json, safetensors, tokenizer.json). None: the recipe builds one (`init`).
     pub path: Option<PathBuf>,
-    /// "fp32" | "bf16".
-    pub dtype: String,
+    /// Weight and activation type.
+    pub dtype: Dtype,
     /// "cpu" | "cuda" | "cuda:N" | "auto".
     pub device: String,
     pub activation_checkpointing: bool,
@@ -23,7 +33,7 @@ impl Default for ModelSection {
     fn default() -> Self {
         ModelSection {
             path: None,
-            dtype: "fp32".into(),
+            dtype: Dtype::Fp32,
             device: "auto".into(),
             activation_checkpointing: false,
             reference: None,
@@ -34,11 +44,6 @@ impl Default for ModelSection {
 
 impl ModelSection {
     pub fn validate(&self) -> Result<(), (String, String)> {
-        check(
-            ["fp32", "bf16"].contains(&self.dtype.as_str()),
-            "dtype",
-            "must be \"fp32\" or \"bf16\"",
-        )?;
         let d = self.device.as_str();
         check(
             d == "cpu"

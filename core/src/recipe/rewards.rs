@@ -4,14 +4,45 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// The rubric judge: "rule" (keywords / regex of each item's `rule`) or "llm" (OpenAI-compatible).
+/// The values' TOML spellings, quoted and comma-separated, for messages.
+fn names<T: std::fmt::Display>(all: &[T]) -> String {
+    let v: Vec<String> = all.iter().map(|x| format!("`{x}`")).collect();
+    v.join(", ")
+}
+
+recipe_enum! {
+    /// Which rubric judge grades the rubric items.
+    pub enum JudgeKind {
+        /// Keywords / regex of each item's `rule`, offline.
+        Rule = "rule",
+        /// An OpenAI-compatible model (`endpoint`).
+        Llm = "llm",
+    }
+}
+
+recipe_enum! {
+    /// What a rubric item counts as when its judge call still fails after retries.
+    pub enum OnFailure {
+        /// The whole sample leaves its group (it gets no advantage).
+        FailSample = "fail_sample",
+        /// The item counts as not met.
+        Unmet = "unmet",
+        /// The item counts as met.
+        Met = "met",
+        /// The item leaves the rubric of this sample (neither numerator nor denominator).
+        SkipItem = "skip_item",
+    }
+}
+
+/// The rubric judge.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JudgeConfig {
-    pub kind: String,
+    pub kind: JudgeKind,
+    /// The LLM judge's endpoint (needed by `kind = "llm"`).
     pub endpoint: Option<EndpointConfig>,
-    /// On a judge failure after retries: "fail_sample" (sample leaves its group) | "unmet" | "met" | "skip_item".
-    pub on_failure: String,
+    /// On a judge failure after retries.
+    pub on_failure: OnFailure,
     /// Most judge calls in flight per pipeline (the LLM client has its own limit per endpoint too).
     pub concurrency: usize,
 }
@@ -19,9 +50,9 @@ pub struct JudgeConfig {
 impl Default for JudgeConfig {
     fn default() -> Self {
         JudgeConfig {
-            kind: "rule".into(),
+            kind: JudgeKind::Rule,
             endpoint: None,
-            on_failure: "fail_sample".into(),
+            on_failure: OnFailure::FailSample,
             concurrency: 64,
         }
     }
@@ -30,40 +61,62 @@ impl Default for JudgeConfig {
 impl JudgeConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         check(
-            ["rule", "llm"].contains(&self.kind.as_str()),
-            "kind",
-            "must be rule or llm",
-        )?;
-        check(
-            self.kind != "llm" || self.endpoint.is_some(),
+            self.kind != JudgeKind::Llm || self.endpoint.is_some(),
             "endpoint",
             "the llm judge needs an endpoint",
         )?;
         check(self.concurrency >= 1, "concurrency", "must be >= 1")?;
-        check(
-            ["fail_sample", "unmet", "met", "skip_item"].contains(&self.on_failure.as_str()),
-            "on_failure",
-            "must be fail_sample, unmet, met or skip_item",
-        )
+        if let Some(e) = &self.endpoint {
+            e.validate()
+                .map_err(|(k, m)| (format!("endpoint.{k}"), m))?;
+        }
+        Ok(())
     }
 }
 
-/// Advantage estimator (all live in `spar-rewards`; GAE is the trainer's).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Estimator {
-    /// SPAR, Eq. 8: penalized step reward against the unpenalized group mean / std.
-    Spar,
-    /// Plain GRPO: one advantage per trajectory (mean / std), penalties ignored.
-    Grpo,
-    /// GRPO with the step penalties folded into one global penalty on the trajectory reward.
-    GrpoGlobalPenalty,
-    /// M2 style: R - group mean, no std division.
-    MeanOnly,
-    /// Leave-one-out baseline.
-    Rloo,
-    /// Value head + GAE (trainer).
-    Gae,
+recipe_enum! {
+    /// Advantage estimator (all live in `spar-rewards`; GAE is the trainer's).
+    pub enum Estimator {
+        /// SPAR, Eq. 8: penalized step reward against the unpenalized group mean / std.
+        Spar = "spar",
+        /// Plain GRPO: one advantage per trajectory (mean / std), penalties ignored.
+        Grpo = "grpo",
+        /// GRPO with the step penalties folded into one global penalty on the trajectory reward.
+        GrpoGlobalPenalty = "grpo_global_penalty",
+        /// M2 style: R - group mean, no std division.
+        MeanOnly = "mean_only",
+        /// Leave-one-out baseline.
+        Rloo = "rloo",
+        /// Value head + GAE (trainer).
+        Gae = "gae",
+    }
+}
+
+recipe_enum! {
+    /// Denominator of the group standard deviation of the advantage estimators.
+    pub enum StdKind {
+        /// Divide by G (the group's own spread).
+        Population = "population",
+        /// Divide by G - 1 (unbiased variance).
+        Sample = "sample",
+    }
+}
+
+recipe_enum! {
+    /// A step detector of SPAR's step verifier; its name is also the violation type it reports (the keys of
+    /// `spar.lambdas`).
+    pub enum StepDetector {
+        /// A reply repeats an earlier one (`repetition_threshold`).
+        Repetition = "repetition",
+        /// The doctor asks something the patient already answered.
+        RedundantQuestion = "redundant_question",
+        /// An alarming symptom the patient reported goes unaddressed.
+        RedFlag = "red_flag",
+        /// A templated reply (`rigid_phrases`, or the same opening as two earlier replies).
+        RigidPhrasing = "rigid_phrasing",
+        /// The judge at `judge_endpoint`, asked `judge_criterion` about each step.
+        Judge = "judge",
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -75,10 +128,10 @@ pub struct SparConfig {
     pub sigma_floor: f64,
     /// |A_j| is clipped to this.
     pub adv_clip: f64,
-    /// "population" (divide by G) | "sample" (G - 1).
-    pub std: String,
-    /// Which built-in step detectors run: repetition, redundant_question, red_flag, rigid_phrasing; and "judge".
-    pub detectors: Vec<String>,
+    /// Denominator of the group standard deviation.
+    pub std: StdKind,
+    /// Which step detectors run.
+    pub detectors: Vec<StepDetector>,
     /// Judge endpoint for the judge-based step detector.
     pub judge_endpoint: Option<EndpointConfig>,
     /// DAPO dynamic sampling: drop groups whose advantages are all 0.
@@ -113,8 +166,13 @@ impl Default for SparConfig {
             lambdas,
             sigma_floor: 0.05,
             adv_clip: 5.0,
-            std: "population".into(),
-            detectors: vec!["repetition".into(), "redundant_question".into(), "red_flag".into(), "rigid_phrasing".into()],
+            std: StdKind::Population,
+            detectors: vec![
+                StepDetector::Repetition,
+                StepDetector::RedundantQuestion,
+                StepDetector::RedFlag,
+                StepDetector::RigidPhrasing,
+            ],
             judge_endpoint: None,
             dapo_filter: false,
             length_bonus: 0.0,
@@ -144,6 +202,14 @@ impl SparConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         for (k, v) in &self.lambdas {
             check(
+                StepDetector::ALL.iter().any(|d| d.name() == k),
+                &format!("lambdas.{k}"),
+                &format!(
+                    "`{k}` is not a violation type (expected one of {})",
+                    names(&StepDetector::ALL)
+                ),
+            )?;
+            check(
                 *v > 0.0 && *v < 1.0,
                 &format!("lambdas.{k}"),
                 "lambda must be in (0, 1)",
@@ -156,52 +222,106 @@ impl SparConfig {
             "repetition_threshold",
             "must be in (0, 1]",
         )?;
-        let known = [
-            "repetition",
-            "redundant_question",
-            "red_flag",
-            "rigid_phrasing",
-            "judge",
-        ];
-        for d in &self.detectors {
-            check(
-                known.contains(&d.as_str()),
-                "detectors",
-                "each must be repetition, redundant_question, red_flag, rigid_phrasing or judge",
-            )?;
-        }
         check(
-            ["population", "sample"].contains(&self.std.as_str()),
-            "std",
-            "must be population or sample",
-        )
+            !(self.dapo_filter && self.estimator == Estimator::Gae),
+            "dapo_filter",
+            "must be false with estimator = \"gae\": that estimator leaves every spar-rewards advantage at 0 \
+             (the trainer's critic makes them), so the filter would drop every group",
+        )?;
+        if let Some(e) = &self.judge_endpoint {
+            e.validate()
+                .map_err(|(k, m)| (format!("judge_endpoint.{k}"), m))?;
+        }
+        Ok(())
+    }
+}
+
+recipe_enum! {
+    /// How the Fact-Aware reward enters the total reward.
+    pub enum FactMode {
+        /// Denoised claims and the adaptive gate (Eqs. 10-14).
+        Gate = "gate",
+        /// The naive penalty alpha * hallucination rate (Eq. 9).
+        Naive = "naive",
+        /// No fact reward (claims are not extracted).
+        Off = "off",
+    }
+}
+
+recipe_enum! {
+    /// Which claim extractor splits a reply into checkable claims.
+    pub enum ExtractorKind {
+        /// The built-in sentence / pattern extractor, offline.
+        Rule = "rule",
+        /// An OpenAI-compatible model (`endpoint`).
+        Llm = "llm",
+    }
+}
+
+recipe_enum! {
+    /// Which fact verifier checks a claim.
+    pub enum VerifierKind {
+        /// The knowledge base (`[data] knowledge_base`, else the shipped one), offline.
+        Kb = "kb",
+        /// An OpenAI-compatible model (`endpoint`).
+        Llm = "llm",
+        /// The knowledge base first, the LLM for the claims it cannot settle.
+        KbLlm = "kb+llm",
+    }
+}
+
+recipe_enum! {
+    /// Which sentence encoder embeds claims (clustering, semantic cache).
+    pub enum EncoderKind {
+        /// Built-in lexical hashing encoder, offline.
+        Lexical = "lexical",
+        /// The shipped all-MiniLM-L6-v2 (needs libtorch: the binary provides it).
+        Minilm = "minilm",
+        /// An OpenAI-compatible embeddings endpoint (`encoder_endpoint`).
+        Openai = "openai",
+    }
+}
+
+recipe_enum! {
+    /// Where verified claims are cached.
+    pub enum ClaimCacheKind {
+        /// A SQLite file at `cache_path`.
+        Sqlite = "sqlite",
+        /// A Redis server at `redis_url`.
+        Redis = "redis",
+        /// In memory, for one process.
+        Memory = "memory",
+        /// No cache.
+        Off = "off",
     }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FactConfig {
-    /// "gate" (Eqs. 10-14) | "naive" (Eq. 9) | "off".
-    pub mode: String,
+    /// How the fact reward enters the total reward.
+    pub mode: FactMode,
     /// Gate (Eq. 13).
     pub kappa: f64,
     pub tau_min: f64,
     pub tau_max: f64,
     /// Naive penalty weight alpha (Eq. 9).
     pub alpha: f64,
-    /// Claim extractor: "rule" (built-in) | "llm".
-    pub extractor: String,
-    /// Verifier: "kb" (shipped knowledge base) | "llm" | "kb+llm" (knowledge base first, LLM for the rest).
-    pub verifier: String,
+    /// Claim extractor.
+    pub extractor: ExtractorKind,
+    /// Fact verifier.
+    pub verifier: VerifierKind,
+    /// Endpoint of the LLM extractor and the LLM verifier.
     pub endpoint: Option<EndpointConfig>,
-    /// Encoder: "lexical" (built-in) | "minilm" (shipped all-MiniLM-L6-v2, needs libtorch) | "openai".
-    pub encoder: String,
+    /// Claim encoder.
+    pub encoder: EncoderKind,
+    /// Endpoint of the `openai` encoder.
     pub encoder_endpoint: Option<EndpointConfig>,
     /// Cosine threshold for clustering claims (Eq. 10) and for semantic cache hits.
     pub cluster_threshold: f64,
     pub cache_threshold: f64,
-    /// Claim cache: "sqlite" (file at `cache_path`) | "redis" (url in `redis_url`) | "memory" | "off".
-    pub cache: String,
+    /// Claim cache.
+    pub cache: ClaimCacheKind,
     pub cache_path: Option<PathBuf>,
     pub redis_url: Option<String>,
     /// eps of Eq. 12 (keeps R_fact finite when every saliency is 0).
@@ -211,19 +331,19 @@ pub struct FactConfig {
 impl Default for FactConfig {
     fn default() -> Self {
         FactConfig {
-            mode: "gate".into(),
+            mode: FactMode::Gate,
             kappa: 10.0,
             tau_min: 0.75,
             tau_max: 0.95,
             alpha: 0.5,
-            extractor: "rule".into(),
-            verifier: "kb".into(),
+            extractor: ExtractorKind::Rule,
+            verifier: VerifierKind::Kb,
             endpoint: None,
-            encoder: "lexical".into(),
+            encoder: EncoderKind::Lexical,
             encoder_endpoint: None,
             cluster_threshold: 0.85,
             cache_threshold: 0.92,
-            cache: "sqlite".into(),
+            cache: ClaimCacheKind::Sqlite,
             cache_path: None,
             redis_url: None,
             eps: 1e-8,
@@ -233,34 +353,9 @@ impl Default for FactConfig {
 
 impl FactConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
-        check(
-            ["gate", "naive", "off"].contains(&self.mode.as_str()),
-            "mode",
-            "must be gate, naive or off",
-        )?;
         check(self.tau_max > self.tau_min, "tau_max", "must be > tau_min")?;
         check(
-            ["rule", "llm"].contains(&self.extractor.as_str()),
-            "extractor",
-            "must be rule or llm",
-        )?;
-        check(
-            ["kb", "llm", "kb+llm"].contains(&self.verifier.as_str()),
-            "verifier",
-            "must be kb, llm or kb+llm",
-        )?;
-        check(
-            ["lexical", "minilm", "openai"].contains(&self.encoder.as_str()),
-            "encoder",
-            "must be lexical, minilm or openai",
-        )?;
-        check(
-            ["sqlite", "redis", "memory", "off"].contains(&self.cache.as_str()),
-            "cache",
-            "must be sqlite, redis, memory or off",
-        )?;
-        check(
-            self.cache != "redis" || self.redis_url.is_some(),
+            self.cache != ClaimCacheKind::Redis || self.redis_url.is_some(),
             "redis_url",
             "the redis cache needs redis_url",
         )?;
@@ -291,14 +386,24 @@ pub struct RewardsSection {
     pub stages: StageRewardConfig,
 }
 
+recipe_enum! {
+    /// DDX rank discount of the true diagnosis at rank r (1-based).
+    pub enum DdxDiscount {
+        /// 1 / log2(r + 1), as nDCG.
+        Log = "log",
+        /// 1 / r.
+        Reciprocal = "reciprocal",
+    }
+}
+
 /// Knobs of the stage rewards G_k (method.md section 2; SCAN-bench style scoring).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StageRewardConfig {
     /// Inquiry: weight multiplier of red flags relative to their own `weight` in the coverage sum.
     pub red_flag_weight: f64,
-    /// DDX rank discount of the true diagnosis at rank r: "log" (1/log2(r+1)) | "reciprocal" (1/r).
-    pub ddx_discount: String,
+    /// DDX rank discount of the true diagnosis at rank r.
+    pub ddx_discount: DdxDiscount,
     /// DDX: entries beyond this rank are ignored (a long list cannot buy coverage).
     pub ddx_max_len: usize,
     /// Hierarchical ICD-10 credit: same code, same 3-character category, same chapter.
@@ -315,7 +420,7 @@ impl Default for StageRewardConfig {
     fn default() -> Self {
         StageRewardConfig {
             red_flag_weight: 1.0,
-            ddx_discount: "log".into(),
+            ddx_discount: DdxDiscount::Log,
             ddx_max_len: 10,
             icd_exact: 1.0,
             icd_category: 0.5,
@@ -329,11 +434,6 @@ impl Default for StageRewardConfig {
 
 impl StageRewardConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
-        check(
-            ["log", "reciprocal"].contains(&self.ddx_discount.as_str()),
-            "ddx_discount",
-            "must be log or reciprocal",
-        )?;
         check(self.ddx_max_len >= 1, "ddx_max_len", "must be >= 1")?;
         check(
             (0.0..=1.0).contains(&self.icd_exact)

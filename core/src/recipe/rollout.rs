@@ -46,12 +46,35 @@ impl EndpointConfig {
     }
 }
 
+recipe_enum! {
+    /// Which patient simulator plays the patient.
+    pub enum SimulatorKind {
+        /// Case-grounded and deterministic, offline.
+        Scripted = "scripted",
+        /// An OpenAI-compatible model (`endpoint`), guarded against leaks and contradictions.
+        Llm = "llm",
+        /// The policy's own engine plays the patient (rollout only: evaluation needs a patient apart from the
+        /// policy).
+        SelfPlay = "self",
+    }
+}
+
+recipe_enum! {
+    /// Where the policy generates during rollout.
+    pub enum RolloutBackendKind {
+        /// The built-in tch engine over `[model]`.
+        Builtin = "builtin",
+        /// An external OpenAI-compatible server (`endpoint`), token-in/token-out.
+        Openai = "openai",
+    }
+}
+
 /// Which patient simulator plays the patient.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimulatorConfig {
-    /// "scripted" (case-grounded, deterministic) | "llm" (OpenAI-compatible endpoint) | "self" (the policy's engine).
-    pub kind: String,
+    pub kind: SimulatorKind,
+    /// The LLM simulator's endpoint (needed by `kind = "llm"`).
     pub endpoint: Option<EndpointConfig>,
     /// Check each LLM reply against the case (no leakage of the diagnosis, no contradiction).
     pub factual_check: bool,
@@ -60,7 +83,7 @@ pub struct SimulatorConfig {
 impl Default for SimulatorConfig {
     fn default() -> Self {
         SimulatorConfig {
-            kind: "scripted".into(),
+            kind: SimulatorKind::Scripted,
             endpoint: None,
             factual_check: true,
         }
@@ -70,12 +93,7 @@ impl Default for SimulatorConfig {
 impl SimulatorConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         check(
-            ["scripted", "llm", "self"].contains(&self.kind.as_str()),
-            "kind",
-            "must be scripted, llm or self",
-        )?;
-        check(
-            self.kind != "llm" || self.endpoint.is_some(),
+            self.kind != SimulatorKind::Llm || self.endpoint.is_some(),
             "endpoint",
             "the llm simulator needs an endpoint",
         )?;
@@ -93,8 +111,9 @@ pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a careful physician in a consul
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RolloutSection {
-    /// "builtin" (tch engine) | "openai" (external OpenAI-compatible server, token-in/token-out).
-    pub backend: String,
+    /// Where the policy generates.
+    pub backend: RolloutBackendKind,
+    /// The `openai` backend's server.
     pub endpoint: Option<EndpointConfig>,
     /// G: samples per group (method.md section 9).
     pub group_size: usize,
@@ -135,7 +154,7 @@ pub struct RolloutSection {
 impl Default for RolloutSection {
     fn default() -> Self {
         RolloutSection {
-            backend: "builtin".into(),
+            backend: RolloutBackendKind::Builtin,
             endpoint: None,
             group_size: 8,
             groups_per_step: 4,
@@ -187,12 +206,7 @@ impl RolloutSection {
 
     pub fn validate(&self) -> Result<(), (String, String)> {
         check(
-            ["builtin", "openai"].contains(&self.backend.as_str()),
-            "backend",
-            "must be builtin or openai",
-        )?;
-        check(
-            self.backend != "openai" || self.endpoint.is_some(),
+            self.backend != RolloutBackendKind::Openai || self.endpoint.is_some(),
             "endpoint",
             "the openai backend needs an endpoint",
         )?;

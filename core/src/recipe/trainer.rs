@@ -3,23 +3,75 @@ use super::check;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+recipe_enum! {
+    /// The training objective.
+    pub enum PolicyLoss {
+        /// SPAR: clipped objective with one importance ratio per step (segment) z_j.
+        SegmentGspo = "segment_gspo",
+        /// GSPO: one importance ratio per sequence.
+        Gspo = "gspo",
+        /// PPO: token-level clipped ratio.
+        Ppo = "ppo",
+        /// Supervised fine-tuning only (`sft_steps` on scripted expert consultations, no RL).
+        Sft = "sft",
+        /// Offline distillation from teachers with Clip-Forward-KL (`[trainer.distill]`).
+        Distill = "distill",
+    }
+}
+
+recipe_enum! {
+    /// How per-token losses become one scalar (verl's four modes).
+    pub enum LossAgg {
+        /// Sum over every unmasked token of the mini-batch / number of such tokens.
+        TokenMean = "token-mean",
+        /// Mean over sequences of the per-sequence token sum.
+        SeqMeanTokenSum = "seq-mean-token-sum",
+        /// Mean over sequences of the per-sequence token mean.
+        SeqMeanTokenMean = "seq-mean-token-mean",
+        /// Mean over sequences of (token sum / `l_max`), `l_max` a constant (Dr. GRPO, Baichuan-M2).
+        SeqMeanTokenSumNorm = "seq-mean-token-sum-norm",
+    }
+}
+
+recipe_enum! {
+    /// Estimator of KL(pi || pi_ref) from samples of pi (Schulman's k1, k2, k3).
+    pub enum KlEstimator {
+        /// log(pi / pi_ref): unbiased, can be negative.
+        K1 = "k1",
+        /// (log(pi / pi_ref))^2 / 2: biased, low variance.
+        K2 = "k2",
+        /// r - 1 - log r with r = pi_ref / pi: unbiased and always >= 0.
+        K3 = "k3",
+    }
+}
+
+recipe_enum! {
+    /// Learning-rate decay after the linear warmup.
+    pub enum LrDecay {
+        /// The base rate throughout.
+        Constant = "constant",
+        /// Cosine decay to 0 at `steps`.
+        Cosine = "cosine",
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainerSection {
-    /// "segment_gspo" (SPAR) | "gspo" | "ppo" (token-level clip) | "sft" | "distill".
-    pub policy_loss: String,
+    /// The training objective.
+    pub policy_loss: PolicyLoss,
     pub eps_low: f64,
     pub eps_high: f64,
     /// Dual-clip constant c (> 1), 0 = off.
     pub dual_clip: f64,
-    /// "token-mean" | "seq-mean-token-sum" | "seq-mean-token-mean" | "seq-mean-token-sum-norm".
-    pub loss_agg: String,
+    /// How per-token losses become one scalar.
+    pub loss_agg: LossAgg,
     /// l_max of seq-mean-token-sum-norm.
     pub l_max: usize,
     /// Weight of the KL to the reference policy (`[model] reference`, else the policy entering RL); 0 = off.
     pub kl_coef: f64,
-    /// "k1" | "k2" | "k3".
-    pub kl_estimator: String,
+    /// KL estimator of the reference penalty.
+    pub kl_estimator: KlEstimator,
     /// The KL joins each token's reward (GAE's token rewards, else the token's advantage) instead of the loss.
     pub kl_in_reward: bool,
     pub entropy_coef: f64,
@@ -31,8 +83,8 @@ pub struct TrainerSection {
     pub weight_decay: f64,
     pub betas: [f64; 2],
     pub warmup_steps: usize,
-    /// "constant" | "cosine".
-    pub schedule: String,
+    /// Learning-rate decay after warmup.
+    pub schedule: LrDecay,
     pub grad_clip: f64,
     pub steps: usize,
     pub micro_batch: usize,
@@ -143,14 +195,14 @@ impl Default for GaeConfig {
 impl Default for TrainerSection {
     fn default() -> Self {
         TrainerSection {
-            policy_loss: "segment_gspo".into(),
+            policy_loss: PolicyLoss::SegmentGspo,
             eps_low: 3e-4,
             eps_high: 4e-4,
             dual_clip: 0.0,
-            loss_agg: "seq-mean-token-mean".into(),
+            loss_agg: LossAgg::SeqMeanTokenMean,
             l_max: 1024,
             kl_coef: 0.0,
-            kl_estimator: "k3".into(),
+            kl_estimator: KlEstimator::K3,
             kl_in_reward: false,
             entropy_coef: 0.0,
             tis_cap: 2.0,
@@ -159,7 +211,7 @@ impl Default for TrainerSection {
             weight_decay: 0.0,
             betas: [0.9, 0.999],
             warmup_steps: 0,
-            schedule: "constant".into(),
+            schedule: LrDecay::Constant,
             grad_clip: 1.0,
             steps: 100,
             micro_batch: 8,
@@ -194,11 +246,6 @@ impl TrainerSection {
             "must be in (0, 1]",
         )?;
         check(
-            ["segment_gspo", "gspo", "ppo", "sft", "distill"].contains(&self.policy_loss.as_str()),
-            "policy_loss",
-            "must be segment_gspo, gspo, ppo, sft or distill",
-        )?;
-        check(
             self.eps_low >= 0.0 && self.eps_high >= 0.0,
             "eps_low",
             "clip ranges must be >= 0",
@@ -209,32 +256,11 @@ impl TrainerSection {
             "must be 0 (off) or > 1",
         )?;
         check(
-            [
-                "token-mean",
-                "seq-mean-token-sum",
-                "seq-mean-token-mean",
-                "seq-mean-token-sum-norm",
-            ]
-            .contains(&self.loss_agg.as_str()),
-            "loss_agg",
-            "must be token-mean, seq-mean-token-sum, seq-mean-token-mean or seq-mean-token-sum-norm",
-        )?;
-        check(
-            ["k1", "k2", "k3"].contains(&self.kl_estimator.as_str()),
-            "kl_estimator",
-            "must be k1, k2 or k3",
-        )?;
-        check(
             !self.kl_in_reward || self.kl_coef != 0.0,
             "kl_in_reward",
             "needs kl_coef != 0 (the weight of the KL penalty in the reward)",
         )?;
         check(self.lr > 0.0 && self.lr.is_finite(), "lr", "must be > 0")?;
-        check(
-            ["constant", "cosine"].contains(&self.schedule.as_str()),
-            "schedule",
-            "must be constant or cosine",
-        )?;
         check(self.micro_batch >= 1, "micro_batch", "must be >= 1")?;
         check(self.keep_last >= 1, "keep_last", "must be >= 1")?;
         check(self.sft_batch >= 1, "sft_batch", "must be >= 1")?;
@@ -251,7 +277,7 @@ impl TrainerSection {
         )?;
         check(self.l_max >= 1, "l_max", "must be >= 1")?;
         check(
-            self.policy_loss != "distill"
+            self.policy_loss != PolicyLoss::Distill
                 || !self.distill.teachers.is_empty()
                 || self.distill.teacher_samples.is_some(),
             "distill.teachers",

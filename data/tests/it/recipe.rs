@@ -13,12 +13,6 @@ fn default_section_gives_shipped_train_and_validation() {
         ..DataSection::default()
     };
     assert_eq!(train_cases(&capped, None).unwrap(), train[..5]);
-    let bad = DataSection {
-        eval_split: "holdout".into(),
-        ..DataSection::default()
-    };
-    let e = eval_cases(&bad, None).unwrap_err().to_string();
-    assert!(e.contains("data.eval_split"), "{e}");
 }
 
 #[test]

@@ -14,26 +14,9 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Where the [0, 1] clip is applied.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClipMode {
-    /// Clip the mean over examples (HealthBench / simple-evals; the published numbers).
-    #[default]
-    Mean,
-    /// Clip each example's score, then average.
-    Example,
-}
-
-impl ClipMode {
-    pub fn parse(s: &str) -> Option<ClipMode> {
-        match s {
-            "mean" => Some(ClipMode::Mean),
-            "example" => Some(ClipMode::Example),
-            _ => None,
-        }
-    }
-}
+/// Where the [0, 1] clip is applied: recipe key `eval.healthbench_clip` (Mean, as HealthBench / simple-evals and
+/// the published numbers; or Example, each example's score clipped before the mean).
+pub use spar_core::recipe::HealthBenchClip as ClipMode;
 
 /// One graded criterion: its points, its tags and the judge's verdict.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -11,26 +11,9 @@ use spar_core::traits::{ClaimExtractor, ClaimVerdict, Encoder, FactVerifier};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
-/// How the fact term is formed (`[rewards.fact] mode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FactMode {
-    /// Eqs. 10-12 (denoised, saliency-weighted); gated by Eqs. 13-14 in the pipeline.
-    Gate,
-    /// Eq. 9: share of flawed claims, every claim counted.
-    Naive,
-    Off,
-}
-
-impl FactMode {
-    pub fn parse(s: &str) -> Option<FactMode> {
-        Some(match s {
-            "gate" => FactMode::Gate,
-            "naive" => FactMode::Naive,
-            "off" => FactMode::Off,
-            _ => return None,
-        })
-    }
-}
+/// How the fact term is formed (`[rewards.fact] mode`): Gate is Eqs. 10-12 (denoised, saliency-weighted),
+/// gated by Eqs. 13-14 in the pipeline; Naive is Eq. 9 (share of flawed claims, every claim counted).
+pub use spar_core::recipe::FactMode;
 
 /// The fact side of one response.
 #[derive(Clone, Debug, Default, PartialEq)]

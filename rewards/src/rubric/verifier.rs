@@ -9,29 +9,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 /// What to do with an item whose judge call failed after the client's retries (`[rewards.judge] on_failure`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnFailure {
-    /// The sample leaves its group (its reward is unknown).
-    FailSample,
-    /// Count the item as not met.
-    Unmet,
-    /// Count the item as met.
-    Met,
-    /// Leave the item out of Eq. 1 (numerator and denominator).
-    SkipItem,
-}
-
-impl OnFailure {
-    pub fn parse(s: &str) -> Option<OnFailure> {
-        Some(match s {
-            "fail_sample" => OnFailure::FailSample,
-            "unmet" => OnFailure::Unmet,
-            "met" => OnFailure::Met,
-            "skip_item" => OnFailure::SkipItem,
-            _ => return None,
-        })
-    }
-}
+pub use spar_core::recipe::OnFailure;
 
 /// The rubric part of a sample's score.
 #[derive(Clone, Debug, PartialEq)]

@@ -2,14 +2,15 @@
 //! whether the step shows its violation type. Deterministic and cheap; the judge-based detector is separate.
 use crate::text::{contains_phrase, is_question, jaccard, normalize, sentences, trigrams, words};
 use spar_core::Case;
+use spar_core::recipe::StepDetector;
 use std::collections::HashSet;
 
-/// Violation type names (the keys of `[rewards.spar] lambdas`).
-pub const REPETITION: &str = "repetition";
-pub const REDUNDANT_QUESTION: &str = "redundant_question";
-pub const RED_FLAG: &str = "red_flag";
-pub const RIGID_PHRASING: &str = "rigid_phrasing";
-pub const JUDGE: &str = "judge";
+/// Violation type names (the keys of `[rewards.spar] lambdas`): each detector's recipe name.
+pub const REPETITION: &str = StepDetector::Repetition.name();
+pub const REDUNDANT_QUESTION: &str = StepDetector::RedundantQuestion.name();
+pub const RED_FLAG: &str = StepDetector::RedFlag.name();
+pub const RIGID_PHRASING: &str = StepDetector::RigidPhrasing.name();
+pub const JUDGE: &str = StepDetector::Judge.name();
 
 /// What a detector sees of one step.
 #[derive(Clone, Copy, Debug)]

@@ -6,7 +6,7 @@ use crate::dialogue::Dialogue;
 use detectors::StepView;
 use spar_core::Case;
 use spar_core::case::RubricItem;
-use spar_core::recipe::SparConfig;
+use spar_core::recipe::{SparConfig, StepDetector};
 use spar_core::sample::Turn;
 use spar_core::traits::{Judge, JudgeRequest};
 use std::sync::Arc;
@@ -30,7 +30,7 @@ pub struct StepVerifier {
 impl StepVerifier {
     /// `judge` serves the "judge" detector; without one, that detector is an error at construction.
     pub fn new(cfg: &SparConfig, judge: Option<Arc<dyn Judge>>) -> Result<Self, String> {
-        if cfg.detectors.iter().any(|d| d == detectors::JUDGE) && judge.is_none() {
+        if cfg.detectors.contains(&StepDetector::Judge) && judge.is_none() {
             return Err("the judge step detector is enabled but no step judge is configured (rewards.spar.judge_endpoint)".into());
         }
         Ok(StepVerifier {
@@ -39,8 +39,8 @@ impl StepVerifier {
         })
     }
 
-    fn on(&self, name: &str) -> bool {
-        self.cfg.detectors.iter().any(|d| d == name)
+    fn on(&self, detector: StepDetector) -> bool {
+        self.cfg.detectors.contains(&detector)
     }
 
     /// The violation types of each step of `dialogue`.
@@ -56,18 +56,18 @@ impl StepVerifier {
                 earlier_user: &users[..i],
             };
             let mut found = Vec::new();
-            if self.on(detectors::REPETITION)
+            if self.on(StepDetector::Repetition)
                 && detectors::repetition(&v, self.cfg.repetition_threshold)
             {
                 found.push(detectors::REPETITION.to_string());
             }
-            if self.on(detectors::REDUNDANT_QUESTION) && detectors::redundant_question(&v, case) {
+            if self.on(StepDetector::RedundantQuestion) && detectors::redundant_question(&v, case) {
                 found.push(detectors::REDUNDANT_QUESTION.to_string());
             }
-            if self.on(detectors::RED_FLAG) && detectors::red_flag(&v, case) {
+            if self.on(StepDetector::RedFlag) && detectors::red_flag(&v, case) {
                 found.push(detectors::RED_FLAG.to_string());
             }
-            if self.on(detectors::RIGID_PHRASING)
+            if self.on(StepDetector::RigidPhrasing)
                 && detectors::rigid_phrasing(&v, &self.cfg.rigid_phrases)
             {
                 found.push(detectors::RIGID_PHRASING.to_string());
@@ -75,7 +75,7 @@ impl StepVerifier {
             per_step.push(found);
         }
         let mut judge_failures = 0;
-        if let (true, Some(judge)) = (self.on(detectors::JUDGE), &self.judge) {
+        if let (true, Some(judge)) = (self.on(StepDetector::Judge), &self.judge) {
             let item = RubricItem {
                 criterion: self.cfg.judge_criterion.clone(),
                 points: -1,

@@ -1,7 +1,7 @@
 //! The shipped cases and the scripted expert's gold consultations through the default pipeline (rule judge on
 //! the cases' rule rubrics, knowledge-base verifier, lexical encoder): gold beats degraded consultations.
 use spar_core::grammar::{NamedDx, render_diagnosis};
-use spar_core::recipe::RewardsSection;
+use spar_core::recipe::{ClaimCacheKind, RewardsSection};
 use spar_core::sample::*;
 use spar_core::{Case, Sample, Stage};
 use spar_data::expert::Expert;
@@ -78,7 +78,7 @@ pub fn shipped_cases(n: usize) -> Vec<Case> {
 #[tokio::test]
 async fn gold_consultations_beat_degraded_ones() {
     let mut cfg = RewardsSection::default();
-    cfg.fact.cache = "memory".into();
+    cfg.fact.cache = ClaimCacheKind::Memory;
     let p = RewardPipeline::new(&cfg, Injected::default())
         .await
         .unwrap();

@@ -2,7 +2,7 @@
 use super::fixtures::{case, close, sample};
 use async_trait::async_trait;
 use spar_core::Stage;
-use spar_core::recipe::RewardsSection;
+use spar_core::recipe::{ClaimCacheKind, FactMode, OnFailure, RewardsSection, VerifierKind};
 use spar_core::sample::{ClaimLabel, Role};
 use spar_core::traits::{ClaimVerdict, FactVerifier};
 use spar_rewards::fact::{ClaimCache, Hit, MemoryBackend, SqliteBackend, gate_lambda};
@@ -159,10 +159,10 @@ async fn sqlite_cache_persists_and_keys_on_verifier_id() {
     );
 }
 
-fn fact_cfg(mode: &str) -> RewardsSection {
+fn fact_cfg(mode: FactMode) -> RewardsSection {
     let mut c = RewardsSection::default();
-    c.fact.mode = mode.into();
-    c.fact.cache = "memory".into();
+    c.fact.mode = mode;
+    c.fact.cache = ClaimCacheKind::Memory;
     c
 }
 
@@ -196,7 +196,9 @@ async fn gate_mode_denoises_weighs_and_gates() {
         verifier: Some(v.clone()),
         ..Default::default()
     };
-    let p = RewardPipeline::new(&fact_cfg("gate"), inj).await.unwrap();
+    let p = RewardPipeline::new(&fact_cfg(FactMode::Gate), inj)
+        .await
+        .unwrap();
     let out = p.score_group(&case(), &group()).await;
     let s = &out[0];
     let texts: Vec<&str> = s.claims.iter().map(|c| c.text.as_str()).collect();
@@ -249,7 +251,9 @@ async fn naive_mode_counts_every_claim() {
         verifier: Some(Arc::new(CountingVerifier::default())),
         ..Default::default()
     };
-    let p = RewardPipeline::new(&fact_cfg("naive"), inj).await.unwrap();
+    let p = RewardPipeline::new(&fact_cfg(FactMode::Naive), inj)
+        .await
+        .unwrap();
     let out = p.score_group(&case(), &group()).await;
     // Eq. 9: 1 flawed of 4 claims, alpha 0.5: R = 1 - 0.5 * 1/4.
     close(out[0].r_fact, -0.25);
@@ -269,8 +273,8 @@ async fn verifier_failures_are_counted_not_scored() {
             Err(spar_core::Error::external("verifier", "HTTP 503", true))
         }
     }
-    let mut c = fact_cfg("gate");
-    c.judge.on_failure = "unmet".into();
+    let mut c = fact_cfg(FactMode::Gate);
+    c.judge.on_failure = OnFailure::Unmet;
     let p = RewardPipeline::new(
         &c,
         Injected {
@@ -289,7 +293,7 @@ async fn verifier_failures_are_counted_not_scored() {
             .as_deref()
             .is_some_and(|s| s.starts_with("verification failed"))
     }));
-    c.judge.on_failure = "fail_sample".into();
+    c.judge.on_failure = OnFailure::FailSample;
     let p = RewardPipeline::new(
         &c,
         Injected {
@@ -317,8 +321,8 @@ async fn kb_verifier_through_the_pipeline() {
     assert!(kb.id().contains("|kb-"), "{}", kb.id());
     let reply = "<diagnosis>Pneumonia (J18.9)</diagnosis> The maximum daily dose of paracetamol is 4 g. \
                  Adults can take 10 g of paracetamol per day. J18.9 is pneumonia, unspecified organism.";
-    let mut cfg = fact_cfg("gate");
-    cfg.fact.verifier = "kb".into();
+    let mut cfg = fact_cfg(FactMode::Gate);
+    cfg.fact.verifier = VerifierKind::Kb;
     let p = RewardPipeline::new(&cfg, Injected::default())
         .await
         .unwrap();

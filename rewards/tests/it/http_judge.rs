@@ -4,7 +4,7 @@ use super::fixtures::{case, sample};
 use spar_clients::testing::{FakeServer, FakeServerConfig, Scripted, responders};
 use spar_core::Stage;
 use spar_core::case::RubricItem;
-use spar_core::recipe::RewardsSection;
+use spar_core::recipe::{FactMode, JudgeKind, OnFailure, RewardsSection};
 use spar_core::sample::Role;
 use spar_rewards::{Injected, RewardPipeline};
 use std::time::Duration;
@@ -53,15 +53,15 @@ async fn failures_are_counted_and_nothing_is_lost() {
         Scripted::Status(500),
         Scripted::Json(serde_json::json!({"nonsense": true})),
     ]);
-    for policy in ["fail_sample", "unmet"] {
+    for policy in [OnFailure::FailSample, OnFailure::Unmet] {
         let mut cfg = RewardsSection::default();
-        cfg.fact.mode = "off".into();
-        cfg.judge.kind = "llm".into();
+        cfg.fact.mode = FactMode::Off;
+        cfg.judge.kind = JudgeKind::Llm;
         let mut ep = server.endpoint();
         ep.max_retries = 1;
         ep.timeout_s = 5.0;
         cfg.judge.endpoint = Some(ep);
-        cfg.judge.on_failure = policy.into();
+        cfg.judge.on_failure = policy;
         let p = RewardPipeline::new(&cfg, Injected::default())
             .await
             .unwrap();
@@ -88,7 +88,7 @@ async fn failures_are_counted_and_nothing_is_lost() {
         assert!(unjudged < 200 / 2, "{policy}: retries recover most items");
         let dropped = out.iter().filter(|s| s.drop_reason.is_some()).count();
         assert_eq!(dropped as u64, m.dropped_samples.values().sum::<u64>());
-        if policy == "unmet" {
+        if policy == OnFailure::Unmet {
             assert!(out.iter().all(|s| {
                 s.drop_reason.is_none()
                     || s.drop_reason

@@ -1,13 +1,13 @@
 //! The reward pipeline end to end on hand-built groups, with hand-computed numbers.
 use super::fixtures::{case, close, item, sample};
 use spar_core::Stage;
-use spar_core::recipe::{Estimator, RewardsSection};
+use spar_core::recipe::{Estimator, FactMode, OnFailure, RewardsSection, StdKind};
 use spar_core::sample::{EndReason, Role};
 use spar_rewards::{Injected, RewardPipeline, token_advantages};
 
 fn cfg() -> RewardsSection {
     let mut c = RewardsSection::default();
-    c.fact.mode = "off".into();
+    c.fact.mode = FactMode::Off;
     c
 }
 
@@ -127,7 +127,7 @@ async fn estimator_switch_and_sample_std() {
     let out = p.score_group(&case(), &whole_group()).await;
     close(out[1].steps[0].advantage, out[1].steps[1].advantage); // plain GRPO ignores the step penalty
     let mut c = cfg();
-    c.spar.std = "sample".into();
+    c.spar.std = StdKind::Sample;
     let p = RewardPipeline::new(&c, Injected::default()).await.unwrap();
     let out = p.score_group(&case(), &whole_group()).await;
     let r: [f64; 3] = [1.0, 12.0 / 17.0, 0.0];
@@ -180,7 +180,7 @@ async fn judge_failure_policies() {
         rule: None,
     });
     let mut c = cfg();
-    c.judge.on_failure = "fail_sample".into();
+    c.judge.on_failure = OnFailure::FailSample;
     let p = RewardPipeline::new(&c, Injected::default()).await.unwrap();
     let out = p.score_group(&k, &whole_group()).await;
     assert!(out.iter().all(|s| {
@@ -189,9 +189,13 @@ async fn judge_failure_policies() {
             .is_some_and(|d| d.starts_with("judge_failed"))
     }));
     assert_eq!(p.metrics().judge_failures, 3);
-    for (policy, expect0) in [("unmet", 17.0 / 21.0), ("met", 1.0), ("skip_item", 1.0)] {
+    for (policy, expect0) in [
+        (OnFailure::Unmet, 17.0 / 21.0),
+        (OnFailure::Met, 1.0),
+        (OnFailure::SkipItem, 1.0),
+    ] {
         let mut c = cfg();
-        c.judge.on_failure = policy.into();
+        c.judge.on_failure = policy;
         let p = RewardPipeline::new(&c, Injected::default()).await.unwrap();
         let out = p.score_group(&k, &whole_group()).await;
         assert!(out.iter().all(|s| s.drop_reason.is_none()), "{policy}");

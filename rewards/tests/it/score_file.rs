@@ -1,7 +1,7 @@
 //! `spar score`'s library half: a trajectories file with bad lines in, one scored record per good sample out.
 use super::fixtures::{case, sample};
 use spar_core::Stage;
-use spar_core::recipe::RewardsSection;
+use spar_core::recipe::{FactMode, RewardsSection};
 use spar_core::sample::Role;
 use spar_rewards::score::{group_samples, read_samples, report, score_groups};
 use spar_rewards::{Injected, RewardPipeline, token_advantages};
@@ -43,7 +43,7 @@ async fn bad_lines_are_reported_and_every_sample_is_scored() {
     let groups = group_samples(samples);
     assert_eq!(groups.len(), 2);
     let mut cfg = RewardsSection::default();
-    cfg.fact.mode = "off".into();
+    cfg.fact.mode = FactMode::Off;
     let p = RewardPipeline::new(&cfg, Injected::default())
         .await
         .unwrap();

@@ -1,7 +1,7 @@
 //! Stage rewards G_k with hand-computed numbers.
 use super::fixtures::{case, close};
 use spar_core::Stage;
-use spar_core::recipe::StageRewardConfig;
+use spar_core::recipe::{DdxDiscount, StageRewardConfig};
 use spar_core::sample::{Role, Turn};
 use spar_core::traits::StageScorer;
 use spar_rewards::ClinicalStageScorer;
@@ -49,7 +49,7 @@ fn ddx_is_rank_aware() {
         1.0 / 3f64.log2(),
     );
     let recip = ClinicalStageScorer::new(StageRewardConfig {
-        ddx_discount: "reciprocal".into(),
+        ddx_discount: DdxDiscount::Reciprocal,
         ..Default::default()
     });
     close(recip.score(&c, Stage::Ddx, &r(reply), &[]).score, 0.5);

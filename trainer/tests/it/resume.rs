@@ -35,7 +35,7 @@ fn learner(model: &TinyLm) -> Learner {
                 ..Default::default()
             },
         ),
-        schedule: LrSchedule::new(1e-2, 2, 6, "cosine").unwrap(),
+        schedule: LrSchedule::new(1e-2, 2, 6, spar_trainer::schedule::Decay::Cosine),
         step: 0,
         grad_clip: 1.0,
         max_bad_steps: 3,
