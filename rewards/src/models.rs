@@ -1,14 +1,14 @@
-//! The external models a recipe names, built from their config: built-in offline ones here, OpenAI-compatible
-//! ones from `spar-clients`. The binary injects what needs libtorch (the MiniLM encoder) through `Injected`.
+//! The offline models a recipe names (rule judge, rule claim extractor, knowledge-base verifier, lexical encoder,
+//! claim-cache stores). Models behind an endpoint are built by spar-app from `spar-clients` and reach the
+//! pipeline through `Injected`: spar-rewards builds no HTTP client.
 use crate::fact::{
-    CacheBackend, ChainVerifier, LexicalEncoder, MemoryBackend, NoBackend, RedisBackend,
-    RuleClaimExtractor, SqliteBackend,
+    CacheBackend, LexicalEncoder, MemoryBackend, NoBackend, RedisBackend, RuleClaimExtractor,
+    SqliteBackend,
 };
 use crate::rubric::RuleJudge;
 use async_trait::async_trait;
 use spar_core::recipe::{
-    ClaimCacheKind, EncoderKind, EndpointConfig, ExtractorKind, FactConfig, JudgeConfig, JudgeKind,
-    VerifierKind,
+    ClaimCacheKind, EncoderKind, ExtractorKind, FactConfig, JudgeConfig, JudgeKind, VerifierKind,
 };
 use spar_core::traits::{ClaimExtractor, ClaimVerdict, Encoder, FactVerifier, Judge};
 use spar_core::{Error, Result};
@@ -23,88 +23,70 @@ fn recipe_err(key: &str, msg: impl Into<String>) -> Error {
     }
 }
 
-fn client(ep: &EndpointConfig) -> Result<spar_clients::OpenAiClient> {
-    spar_clients::OpenAiClient::new(ep)
+/// The error for a model the recipe names over an endpoint that was not injected: spar-rewards builds no HTTP
+/// client (docs/architecture.md); spar-app's builder makes it from `spar-clients` and injects it.
+fn not_injected(key: &str, what: &str) -> Error {
+    recipe_err(
+        key,
+        format!(
+            "the {what} talks to an endpoint and must be injected (`Injected`); spar-app's Builder does that for \
+             every spar command"
+        ),
+    )
 }
 
-/// An OpenAI-compatible judge on `ep`.
-pub fn llm_judge(ep: &EndpointConfig) -> Result<Arc<dyn Judge>> {
-    Ok(Arc::new(spar_clients::LlmJudge::new(client(ep)?)))
-}
-
-/// The rubric judge `[rewards.judge]` names.
+/// The rubric judge `[rewards.judge]` names, when it is an offline one.
 pub fn judge(cfg: &JudgeConfig) -> Result<Arc<dyn Judge>> {
     match cfg.kind {
         JudgeKind::Rule => Ok(Arc::new(RuleJudge)),
-        JudgeKind::Llm => llm_judge(
-            cfg.endpoint
-                .as_ref()
-                .ok_or_else(|| recipe_err("judge.endpoint", "the llm judge needs an endpoint"))?,
-        ),
+        JudgeKind::Llm => Err(not_injected("judge.kind", "llm judge")),
     }
 }
 
-/// The claim extractor `[rewards.fact] extractor` names.
+/// The judge of the judge-based step detector (`[rewards.spar] judge_endpoint`): always injected.
+pub fn step_judge() -> Error {
+    not_injected("spar.judge_endpoint", "step-detector judge")
+}
+
+/// The claim extractor `[rewards.fact] extractor` names, when it is an offline one.
 pub fn extractor(cfg: &FactConfig) -> Result<Arc<dyn ClaimExtractor>> {
     match cfg.extractor {
         ExtractorKind::Rule => Ok(Arc::new(RuleClaimExtractor)),
-        ExtractorKind::Llm => {
-            let ep = cfg.endpoint.as_ref().ok_or_else(|| {
-                recipe_err("fact.endpoint", "the llm extractor needs an endpoint")
-            })?;
-            Ok(Arc::new(spar_clients::LlmClaimExtractor::new(client(ep)?)))
-        }
+        ExtractorKind::Llm => Err(not_injected("fact.extractor", "llm claim extractor")),
     }
 }
 
-/// The fact verifier `[rewards.fact] verifier` names; `kb` is the knowledge base to use (None: the shipped one).
+/// The knowledge-base verifier over `kb` (None: the shipped knowledge base).
+pub fn kb_verifier(kb: Option<Arc<spar_data::kb::KnowledgeBase>>) -> Result<Arc<dyn FactVerifier>> {
+    match kb {
+        Some(kb) => Ok(Arc::new(crate::kb::KbVerifier::new(kb))),
+        None => crate::kb::shipped_verifier(),
+    }
+}
+
+/// The fact verifier `[rewards.fact] verifier` names, when it is the offline one ("kb"); `kb` is the knowledge
+/// base to use (None: the shipped one).
 pub fn verifier(
     cfg: &FactConfig,
     kb: Option<Arc<spar_data::kb::KnowledgeBase>>,
 ) -> Result<Arc<dyn FactVerifier>> {
-    let kb_verifier = || -> Result<Arc<dyn FactVerifier>> {
-        match &kb {
-            Some(kb) => Ok(Arc::new(crate::kb::KbVerifier::new(kb.clone()))),
-            None => crate::kb::shipped_verifier(),
-        }
-    };
-    let llm = || -> Result<Arc<dyn FactVerifier>> {
-        let ep = cfg
-            .endpoint
-            .as_ref()
-            .ok_or_else(|| recipe_err("fact.endpoint", "the llm verifier needs an endpoint"))?;
-        Ok(Arc::new(spar_clients::LlmFactVerifier::new(client(ep)?)))
-    };
     match cfg.verifier {
-        VerifierKind::Kb => kb_verifier(),
-        VerifierKind::Llm => llm(),
-        VerifierKind::KbLlm => Ok(Arc::new(ChainVerifier::new(kb_verifier()?, llm()?))),
+        VerifierKind::Kb => kb_verifier(kb),
+        VerifierKind::Llm | VerifierKind::KbLlm => {
+            Err(not_injected("fact.verifier", "llm fact verifier"))
+        }
     }
 }
 
-/// The encoder `[rewards.fact] encoder` names ("minilm" needs libtorch: the binary injects it).
-pub async fn encoder(cfg: &FactConfig) -> Result<Arc<dyn Encoder>> {
+/// The encoder `[rewards.fact] encoder` names, when it is the offline one ("lexical").
+pub fn encoder(cfg: &FactConfig) -> Result<Arc<dyn Encoder>> {
     match cfg.encoder {
         EncoderKind::Lexical => Ok(Arc::new(LexicalEncoder::default())),
-        EncoderKind::Openai => {
-            let ep = cfg
-                .encoder_endpoint
-                .as_ref()
-                .or(cfg.endpoint.as_ref())
-                .ok_or_else(|| {
-                    recipe_err(
-                        "fact.encoder_endpoint",
-                        "the openai encoder needs an endpoint",
-                    )
-                })?;
-            // Probes the server once for the embedding dimension.
-            Ok(Arc::new(
-                spar_clients::OpenAiEncoder::from_endpoint(ep).await?,
-            ))
-        }
+        EncoderKind::Openai => Err(not_injected("fact.encoder", "openai embeddings encoder")),
         EncoderKind::Minilm => Err(recipe_err(
             "fact.encoder",
-            "the minilm encoder needs libtorch: it is provided by the `spar` binary, not by spar-rewards alone",
+            "the minilm encoder is not built yet (it needs libtorch, which spar-rewards does not link); use \
+             lexical or openai",
         )),
     }
 }

@@ -119,7 +119,7 @@ impl RewardPipeline {
         let on_failure = cfg.judge.on_failure;
         let step_judge = match (inj.step_judge.clone(), &cfg.spar.judge_endpoint) {
             (Some(j), _) => Some(j),
-            (None, Some(ep)) => Some(crate::models::llm_judge(ep)?),
+            (None, Some(_)) => return Err(crate::models::step_judge()),
             (None, None) => None,
         };
         let steps = StepVerifier::new(&cfg.spar, step_judge)
@@ -563,7 +563,7 @@ async fn build_facts(
     let encoder = match encoder {
         Some(x) => x.clone(),
         None if off => Arc::new(crate::fact::LexicalEncoder::default()),
-        None => crate::models::encoder(cfg).await?,
+        None => crate::models::encoder(cfg)?,
     };
     let backend = match backend {
         Some(b) => b,

@@ -60,11 +60,15 @@ async fn failures_are_counted_and_nothing_is_lost() {
         let mut ep = server.endpoint();
         ep.max_retries = 1;
         ep.timeout_s = 5.0;
-        cfg.judge.endpoint = Some(ep);
+        cfg.judge.endpoint = Some(ep.clone());
         cfg.judge.on_failure = policy;
-        let p = RewardPipeline::new(&cfg, Injected::default())
-            .await
-            .unwrap();
+        // spar-rewards builds no HTTP client: the LLM judge is injected, as spar-app's builder does.
+        let judge = spar_clients::LlmJudge::new(spar_clients::OpenAiClient::new(&ep).unwrap());
+        let inj = Injected {
+            judge: Some(std::sync::Arc::new(judge)),
+            ..Default::default()
+        };
+        let p = RewardPipeline::new(&cfg, inj).await.unwrap();
         let k = llm_case();
         let mut out = Vec::new();
         let gs = groups(10);
