@@ -2,15 +2,12 @@
 //! consultations on held-out cases, the hallucination rate and, given a file, HealthBench; writes `report.md`,
 //! `report.json` and charts. `spar eval --compare A B` compares two reports. See docs/eval.md.
 use anyhow::{Context, Result, bail};
-use spar_core::recipe::{EndpointConfig, EvalSection, JudgeConfig, Recipe};
-use spar_core::traits::SamplingParams;
+use spar_core::recipe::{EndpointConfig, EvalSection, JudgeConfig, Recipe, SimulatorConfig};
+use spar_core::traits::PatientSimulator;
 use spar_data::splits::Split;
 use spar_eval::run::{EvalPlan, diagnoses, eval_models, run_eval};
-use spar_eval::{
-    ConsultationConfig, EndpointPolicy, EvalReport, EvalSetup, ExpertPolicy, LocalPolicyConfig,
-};
+use spar_eval::{ConsultationConfig, EvalPolicy, EvalReport, EvalSetup};
 use spar_model::{Qwen3Config, Qwen3Model, Tokenizer, parse_device, parse_kind};
-use spar_rollout::engine::EngineConfig;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -72,6 +69,19 @@ pub struct Args {
     /// Names of the two compared reports, comma separated.
     #[arg(long, default_value = "before,after")]
     pub labels: String,
+}
+
+/// The evaluation simulator `[eval.simulator]` names (default: the scripted patient).
+fn simulator(cfg: Option<&SimulatorConfig>) -> Result<Arc<dyn PatientSimulator>> {
+    let cfg = cfg.cloned().unwrap_or_default();
+    Ok(match cfg.kind.as_str() {
+        "scripted" => Arc::new(spar_rollout::simulator::ScriptedPatient),
+        "llm" => Arc::new(spar_clients::LlmPatientSimulator::from_config(&cfg)?),
+        "self" => bail!(
+            "[eval.simulator] kind = \"self\": the policy cannot play its own evaluation patient; use scripted or llm"
+        ),
+        k => bail!("[eval.simulator] kind: unknown simulator `{k}`"),
+    })
 }
 
 fn endpoint(
@@ -200,14 +210,14 @@ pub fn run(args: Args) -> Result<()> {
     if cases.is_empty() && healthbench.is_empty() {
         bail!("nothing to evaluate: --no-consultations without --healthbench");
     }
-    let models = eval_models(&recipe, &eval, !healthbench.is_empty())?;
+    let models = eval_models(
+        &recipe,
+        &eval,
+        !healthbench.is_empty(),
+        simulator(eval.simulator.as_ref())?,
+    )?;
     let rollout = recipe.rollout.clone().unwrap_or_default();
-    let mut consultation = ConsultationConfig::from_rollout(&rollout);
-    consultation.samples_per_case = eval.samples_per_case;
-    consultation.concurrency = eval.concurrency;
-    if !eval.escalation_terms.is_empty() {
-        consultation.escalation_terms = eval.escalation_terms.clone();
-    }
+    let consultation = ConsultationConfig::new(&rollout, &eval);
     let plan = EvalPlan {
         setup: EvalSetup {
             split: (!cases.is_empty()).then(|| split.name().to_string()),
@@ -281,28 +291,17 @@ fn evaluate(
     which: &str,
     out: &Path,
 ) -> Result<()> {
-    let rt = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")
-    };
     let report = match which {
-        "expert" => rt()?.block_on(run_eval(&ExpertPolicy::default(), plan, models)),
+        "expert" => {
+            let inquiry_turns = plan.consultation.rollout.turn_limits[0] as usize;
+            run_eval(&EvalPolicy::expert(inquiry_turns), plan, models)?
+        }
         "endpoint" => {
             let ep = eval.policy_endpoint.as_ref().context("--policy endpoint needs --endpoint URL --endpoint-model NAME or [eval.policy_endpoint]")?;
-            let rt = rt()?;
-            // The client's connection pool lives in the runtime it was made in.
-            rt.block_on(async {
-                let policy = EndpointPolicy::from_endpoint(ep)?.with_sampling(
-                    eval.temperature,
-                    eval.max_new_tokens,
-                    Some(eval.seed),
-                );
-                anyhow::Ok(run_eval(&policy, plan, models).await)
-            })?
+            let chat = spar_clients::OpenAiChatBackend::from_endpoint(ep)?;
+            run_eval(&EvalPolicy::chat(Arc::new(chat)), plan, models)?
         }
-        _ => local(args, recipe, eval, plan, models)?,
+        _ => local(args, recipe, plan, models)?,
     };
     let files = report.write(out)?;
     print_summary(&report);
@@ -317,7 +316,6 @@ fn evaluate(
 fn local(
     args: &Args,
     recipe: &Recipe,
-    eval: &EvalSection,
     plan: &EvalPlan,
     models: &spar_eval::run::EvalModels,
 ) -> Result<EvalReport> {
@@ -344,44 +342,12 @@ fn local(
         _ => Qwen3Model::load(&dir, device, kind)
             .with_context(|| format!("loading {}", dir.display()))?,
     };
-    let rollout = recipe.rollout.clone().unwrap_or_default();
-    let policy = LocalPolicyConfig {
-        engine: EngineConfig {
-            max_batch: rollout.max_batch,
-            kv_slots: rollout.kv_slot_count(),
-            max_seq_len: rollout.max_seq_len,
-            seed: eval.seed,
-            ..Default::default()
-        },
-        enable_thinking: rollout.enable_thinking,
-        sampling: SamplingParams {
-            temperature: eval.temperature,
-            max_new_tokens: eval.max_new_tokens,
-            seed: Some(eval.seed),
-            ..Default::default()
-        },
-        id: dir.display().to_string(),
-    };
-    spar_eval::with_builtin_engine(
-        &model,
-        policy.engine.clone(),
-        tokenizer.clone(),
-        &policy.id,
-        |client| -> Result<EvalReport> {
-            let p = spar_eval::BackendPolicy::new(
-                Arc::new(client),
-                tokenizer.clone(),
-                policy.enable_thinking,
-                policy.sampling.clone(),
-            )?
-            .with_id(policy.id.clone());
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            Ok(rt.block_on(run_eval(&p, plan, models)))
-        },
-    )?
+    let policy = EvalPolicy::tokens(
+        dir.display().to_string(),
+        spar_rollout::Policy::Builtin(&model),
+        tokenizer,
+    );
+    run_eval(&policy, plan, models)
 }
 
 fn fmt(v: Option<f64>) -> String {

@@ -1,10 +1,11 @@
 //! Test doubles shared by the integration tests.
 use async_trait::async_trait;
 use spar_core::sample::Turn;
-use spar_core::traits::{Judge, JudgeRequest, JudgeVerdict};
-use spar_eval::{ChatPolicy, PolicyReply};
+use spar_core::traits::{
+    ChatBackend, ChatReply, Judge, JudgeRequest, JudgeVerdict, SamplingParams,
+};
 
-/// Always answers the same text.
+/// A chat model that always answers the same text.
 pub struct FixedPolicy {
     text: String,
 }
@@ -16,12 +17,15 @@ impl FixedPolicy {
 }
 
 #[async_trait]
-impl ChatPolicy for FixedPolicy {
+impl ChatBackend for FixedPolicy {
     fn id(&self) -> String {
         "fixed".into()
     }
-    async fn reply(&self, _conversation: &[Turn]) -> spar_core::Result<PolicyReply> {
-        Ok(PolicyReply::new(self.text.clone()))
+    async fn chat(&self, _: &[Turn], _: &SamplingParams) -> spar_core::Result<ChatReply> {
+        Ok(ChatReply {
+            text: self.text.clone(),
+            truncated: false,
+        })
     }
 }
 
