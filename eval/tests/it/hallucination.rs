@@ -106,7 +106,7 @@ mod through_the_report {
                 icd10: Some(case.diagnosis.icd10.clone()),
             };
             let stage = conv.last().and_then(|t| t.stage).unwrap_or(Stage::Inquiry);
-            let text = match (stage, a) {
+            match (stage, a) {
                 (Stage::Inquiry, true) => {
                     "Claim: aspirin thins the blood. Claim: garlic cures cancer. <ready/>"
                         .to_string()
@@ -148,8 +148,7 @@ mod through_the_report {
                         ""
                     }
                 ),
-            };
-            text
+            }
         }
     }
 

@@ -187,16 +187,20 @@ fn held_out_matches_the_trainers_evaluation_for_the_expert_and_a_tiny_model() {
     let model = tiny_model();
     // (policy, rollout, eval): the expert with room for its gold replies; the tiny model with short turns so the
     // test stays quick, two consultations in the engine's batch.
-    let mut expert_rollout = RolloutSection::default();
-    expert_rollout.turn_limits = [6, 2, 2, 2];
+    let expert_rollout = RolloutSection {
+        turn_limits: [6, 2, 2, 2],
+        ..Default::default()
+    };
     let expert_eval = EvalSection {
         max_new_tokens: 1024,
         concurrency: 3,
         ..Default::default()
     };
-    let mut model_rollout = RolloutSection::default();
-    model_rollout.turn_limits = [3, 1, 1, 1];
-    model_rollout.max_seq_len = 1024;
+    let model_rollout = RolloutSection {
+        turn_limits: [3, 1, 1, 1],
+        max_seq_len: 1024,
+        ..Default::default()
+    };
     let model_eval = EvalSection {
         max_new_tokens: 12,
         concurrency: 2,
