@@ -4,7 +4,10 @@ use crate::external;
 use crate::policy;
 use anyhow::{Context, Result};
 use spar_core::Case;
-use spar_core::recipe::{PolicyLoss, Recipe, RolloutBackendKind, RolloutSection, SimulatorKind};
+use spar_core::recipe::{
+    EvalSection, JudgeKind, PolicyLoss, Recipe, RolloutBackendKind, RolloutSection,
+    SimulatorConfig, SimulatorKind,
+};
 use spar_core::traits::StageScorer;
 use spar_data::kb::KnowledgeBase;
 use spar_rewards::{ClinicalStageScorer, RewardPipeline};
@@ -114,13 +117,24 @@ impl Builder {
             .as_ref()
             .and_then(|e| e.simulator.clone())
             .unwrap_or_default();
-        if cfg.kind == SimulatorKind::SelfPlay {
+        self.simulator_for(cfg, true)
+    }
+
+    fn simulator_for(&self, cfg: SimulatorConfig, evaluation: bool) -> Result<SimulatorChoice> {
+        if evaluation && cfg.kind == SimulatorKind::SelfPlay {
             anyhow::bail!(
                 "recipe: eval.simulator.kind = \"self\": the policy cannot play its own evaluation patient; use \
                  scripted or llm"
             );
         }
-        external::simulator(&cfg, "eval.simulator")
+        external::simulator(
+            &cfg,
+            if evaluation {
+                "eval.simulator"
+            } else {
+                "rollout.simulator"
+            },
+        )
     }
 
     /// A patient simulator for scripted doctors (SFT consultations): the recipe's when it is a fixed one, the
@@ -236,7 +250,6 @@ impl Builder {
         let evaluator = crate::held_out::HeldOut::new(
             self,
             cases.eval.clone(),
-            cases.by_id(),
             codec.clone(),
             rewards.clone(),
             runtime.clone(),
@@ -284,6 +297,77 @@ impl Builder {
             teachers,
             teacher_samples,
             reference_dir: model_sec.reference.as_ref().map(|p| recipe.resolve(p)),
+        })
+    }
+}
+
+impl Builder {
+    /// The evaluation's own models for the `[eval]` section `eval` (the recipe's, after command-line overrides):
+    /// its patient (`eval.simulator`), the stage scorer of `[rewards.stages]` (with the recipe's knowledge base),
+    /// the claim extractor and verifier of `eval.facts` for the hallucination rate, and the HealthBench judge
+    /// (`eval.judge`, an LLM) when `need_judge`.
+    pub fn eval_models(
+        &self,
+        eval: &EvalSection,
+        need_judge: bool,
+    ) -> Result<spar_eval::run::EvalModels> {
+        let simulator =
+            match self.simulator_for(eval.simulator.clone().unwrap_or_default(), true)? {
+                SimulatorChoice::Fixed(s) => s,
+                SimulatorChoice::SelfPlay => {
+                    unreachable!("simulator_for rejects self-play for evaluations")
+                }
+            };
+        let stages = self
+            .recipe
+            .rewards
+            .as_ref()
+            .map(|r| r.stages.clone())
+            .unwrap_or_default();
+        let scorer_id = format!(
+            "clinical(ddx_discount={}, lab_essential_weight={})",
+            stages.ddx_discount, stages.lab_essential_weight
+        );
+        let facts =
+            if eval.hallucination {
+                let fc = eval.facts.clone().unwrap_or_default();
+                let kb = self.knowledge_base()?;
+                let extractor = match external::claim_extractor(&fc)? {
+                    Some(x) => x,
+                    None => spar_rewards::models::extractor(&fc)
+                        .context("eval.facts: claim extractor")?,
+                };
+                let verifier = match external::fact_verifier(&fc, kb.clone())? {
+                    Some(v) => v,
+                    None => spar_rewards::models::verifier(&fc, kb)
+                        .context("eval.facts: fact verifier")?,
+                };
+                Some((extractor, verifier))
+            } else {
+                None
+            };
+        let judge = if need_judge {
+            let jc = eval.judge.clone().context(
+                "HealthBench needs a judge: set [eval.judge] kind = \"llm\" with an endpoint, or give --judge-endpoint",
+            )?;
+            let ep = match (jc.kind, &jc.endpoint) {
+                (JudgeKind::Llm, Some(ep)) => ep.clone(),
+                _ => anyhow::bail!(
+                    "[eval.judge] kind = \"{}\": HealthBench criteria are free text and need kind = \"llm\" with an \
+                     endpoint",
+                    jc.kind
+                ),
+            };
+            Some(external::llm_judge(&ep, "eval.judge")?)
+        } else {
+            None
+        };
+        Ok(spar_eval::run::EvalModels {
+            simulator,
+            scorer: self.stage_scorer()?,
+            scorer_id,
+            facts,
+            judge,
         })
     }
 }

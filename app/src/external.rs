@@ -150,3 +150,11 @@ pub fn rollout_backend(rollout: &RolloutSection) -> Result<Option<Arc<dyn Rollou
             .with_context(|| format!("rollout.endpoint {}", ep.base_url))?,
     )))
 }
+
+/// A policy served by an OpenAI-compatible chat endpoint (`spar eval --endpoint`, `[eval.policy_endpoint]`).
+pub fn chat_policy(ep: &EndpointConfig) -> Result<Arc<dyn spar_core::traits::ChatBackend>> {
+    Ok(Arc::new(
+        spar_clients::OpenAiChatBackend::from_endpoint(ep)
+            .with_context(|| format!("eval.policy_endpoint {}", ep.base_url))?,
+    ))
+}

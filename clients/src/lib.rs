@@ -4,13 +4,14 @@
 //!   backoff, a concurrency limit, PHI redaction for endpoints off loopback, counters ([`ClientStats`]).
 //! - Trait implementations: [`LlmJudge`] (Judge), [`LlmClaimExtractor`] (ClaimExtractor), [`LlmFactVerifier`]
 //!   (FactVerifier), [`LlmPatientSimulator`] (PatientSimulator), [`OpenAiEncoder`] (Encoder),
-//!   [`OpenAiRolloutBackend`] (RolloutBackend).
+//!   [`OpenAiRolloutBackend`] (RolloutBackend), [`OpenAiChatBackend`] (ChatBackend: a policy served as text).
 //! - `testing` (feature `test-server`): a loopback fake OpenAI server and the judge benchmark.
 //!
 //! Servers: vLLM and SGLang (the Qwen3 "qwen3" reasoning parser's `reasoning_content` is read), OpenAI's API
 //! (set `LlmOptions::enable_thinking = None` there), and `spar serve`. Token-in/token-out generation needs the
 //! generated token ids back: vLLM's `return_token_ids` or `return_tokens_as_token_ids` (see [`backend`]).
 pub mod backend;
+pub mod chat;
 pub mod client;
 pub mod consistency;
 pub mod encoder;
@@ -27,6 +28,7 @@ pub mod verifier;
 pub mod wire;
 
 pub use backend::OpenAiRolloutBackend;
+pub use chat::OpenAiChatBackend;
 pub use client::{ClientBuilder, OpenAiClient};
 pub use encoder::OpenAiEncoder;
 pub use extractor::LlmClaimExtractor;

@@ -310,7 +310,7 @@ impl PatientSimulator for LlmPatientSimulator {
                 &doctor_text.join("\n"),
             )
             .await?;
-        let diagnosed = spar_core::grammar::parse_diagnosis(doctor).is_ok();
+        let diagnosed = spar_core::grammar::ends_consultation(doctor);
         Ok(PatientReply {
             text,
             end: ended || diagnosed,

@@ -1,5 +1,8 @@
 //! The stage output grammar: how the doctor marks the end of inquiry, the differential, the tests and the final
-//! diagnosis. Defined once here; the scripted expert renders it, the stage rewards parse it.
+//! diagnosis. Defined once here: the scripted expert renders it, the stage rewards parse it, and [`completes`] /
+//! [`ends_consultation`] are the one rule by which the rollout environment (training and `spar eval` alike) moves
+//! to the next stage or ends the consultation. Other crates spell the tags through [`stage_tag`] and the
+//! `*_TAG` constants, never as literals.
 //!
 //! ```text
 //! inquiry done   <ready/>                      (anywhere in the reply)
@@ -15,12 +18,59 @@
 //! ```
 //! Tags are case-insensitive; text outside them is free; `<think>...</think>` is ignored. The ICD-10 code in
 //! parentheses is optional in `<ddx>` and `<diagnosis>`; list items may start with `1.`, `1)`, `-`, `*` or nothing.
+use crate::Stage;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use std::sync::LazyLock;
 
 /// Marker the doctor emits when history taking is complete and it is ready to assess.
 pub const INQUIRY_DONE: &str = "<ready/>";
+/// Tag of the ranked differential block, `<ddx>...</ddx>` (the DDX stage's output).
+pub const DDX_TAG: &str = "ddx";
+/// Tag of the recommended tests block, `<tests>...</tests>` (the Lab stage's output).
+pub const TESTS_TAG: &str = "tests";
+/// Tag of the final diagnosis block, `<diagnosis>...</diagnosis>` (the Diag stage's output).
+pub const DIAGNOSIS_TAG: &str = "diagnosis";
+/// Every block tag of the grammar, in stage order.
+pub const BLOCK_TAGS: [&str; 3] = [DDX_TAG, TESTS_TAG, DIAGNOSIS_TAG];
+
+/// The block tag `stage`'s output is written in; None for Inquiry, which ends with [`INQUIRY_DONE`] instead.
+pub fn stage_tag(stage: Stage) -> Option<&'static str> {
+    match stage {
+        Stage::Inquiry => None,
+        Stage::Ddx => Some(DDX_TAG),
+        Stage::Lab => Some(TESTS_TAG),
+        Stage::Diag => Some(DIAGNOSIS_TAG),
+    }
+}
+
+/// The opening form of a block tag: `open_tag(DDX_TAG)` is `<ddx>`.
+pub fn open_tag(tag: &str) -> String {
+    format!("<{tag}>")
+}
+
+/// The closing form of a block tag: `close_tag(DDX_TAG)` is `</ddx>`.
+pub fn close_tag(tag: &str) -> String {
+    format!("</{tag}>")
+}
+
+/// True when `reply` completes `stage`: Inquiry by saying [`INQUIRY_DONE`], every later stage by a block of its
+/// tag that parses. The one rule the rollout environment (training and evaluation alike) and the scripted doctors
+/// follow to move to the next stage.
+pub fn completes(stage: Stage, reply: &str) -> bool {
+    match stage {
+        Stage::Inquiry => inquiry_done(reply),
+        Stage::Ddx => parse_ddx(reply).is_ok(),
+        Stage::Lab => parse_tests(reply).is_ok(),
+        Stage::Diag => parse_diagnosis(reply).is_ok(),
+    }
+}
+
+/// True when `reply` gives the final diagnosis, which ends the consultation in whatever stage it comes (the
+/// stages not reached are not played), and which a simulated patient answers with goodbye.
+pub fn ends_consultation(reply: &str) -> bool {
+    completes(Stage::Diag, reply)
+}
 
 /// A diagnosis as named by the doctor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,8 +125,8 @@ pub fn normalize_icd10(code: &str) -> String {
 
 fn block<'a>(text: &'a str, tag: &'static str) -> Result<&'a str, GrammarError> {
     let lower = text.to_ascii_lowercase();
-    let open = format!("<{tag}>");
-    let close = format!("</{tag}>");
+    let open = open_tag(tag);
+    let close = close_tag(tag);
     let start = lower.find(&open).ok_or(GrammarError::Missing(tag))? + open.len();
     let end = lower[start..]
         .find(&close)
@@ -113,9 +163,9 @@ fn items(body: &str) -> impl Iterator<Item = &str> {
 /// Parses the ranked differential (most likely first).
 pub fn parse_ddx(text: &str) -> Result<Vec<NamedDx>, GrammarError> {
     let text = strip_think(text);
-    let list: Vec<NamedDx> = items(block(&text, "ddx")?).filter_map(parse_dx).collect();
+    let list: Vec<NamedDx> = items(block(&text, DDX_TAG)?).filter_map(parse_dx).collect();
     if list.is_empty() {
-        Err(GrammarError::Empty("ddx"))
+        Err(GrammarError::Empty(DDX_TAG))
     } else {
         Ok(list)
     }
@@ -124,7 +174,7 @@ pub fn parse_ddx(text: &str) -> Result<Vec<NamedDx>, GrammarError> {
 /// Parses the recommended tests, in the order given.
 pub fn parse_tests(text: &str) -> Result<Vec<String>, GrammarError> {
     let text = strip_think(text);
-    let list: Vec<String> = items(block(&text, "tests")?)
+    let list: Vec<String> = items(block(&text, TESTS_TAG)?)
         .map(|l| {
             BULLET
                 .replace(l, "")
@@ -135,7 +185,7 @@ pub fn parse_tests(text: &str) -> Result<Vec<String>, GrammarError> {
         .filter(|l| !l.is_empty())
         .collect();
     if list.is_empty() {
-        Err(GrammarError::Empty("tests"))
+        Err(GrammarError::Empty(TESTS_TAG))
     } else {
         Ok(list)
     }
@@ -145,14 +195,14 @@ pub fn parse_tests(text: &str) -> Result<Vec<String>, GrammarError> {
 pub fn parse_diagnosis(text: &str) -> Result<NamedDx, GrammarError> {
     let text = strip_think(text);
     parse_dx(
-        block(&text, "diagnosis")?
+        block(&text, DIAGNOSIS_TAG)?
             .lines()
             .map(str::trim)
             .collect::<Vec<_>>()
             .join(" ")
             .as_str(),
     )
-    .ok_or(GrammarError::Empty("diagnosis"))
+    .ok_or(GrammarError::Empty(DIAGNOSIS_TAG))
 }
 
 fn render_dx(d: &NamedDx) -> String {
@@ -162,22 +212,40 @@ fn render_dx(d: &NamedDx) -> String {
     }
 }
 
+/// The differential in the grammar, one numbered line per diagnosis.
 pub fn render_ddx(list: &[NamedDx]) -> String {
     let lines: Vec<String> = list
         .iter()
         .enumerate()
         .map(|(i, d)| format!("{}. {}", i + 1, render_dx(d)))
         .collect();
-    format!("<ddx>\n{}\n</ddx>", lines.join("\n"))
+    format!(
+        "{}\n{}\n{}",
+        open_tag(DDX_TAG),
+        lines.join("\n"),
+        close_tag(DDX_TAG)
+    )
 }
 
+/// The recommended tests in the grammar, one `- ` line per test.
 pub fn render_tests(list: &[String]) -> String {
     let lines: Vec<String> = list.iter().map(|t| format!("- {t}")).collect();
-    format!("<tests>\n{}\n</tests>", lines.join("\n"))
+    format!(
+        "{}\n{}\n{}",
+        open_tag(TESTS_TAG),
+        lines.join("\n"),
+        close_tag(TESTS_TAG)
+    )
 }
 
+/// The final diagnosis in the grammar.
 pub fn render_diagnosis(d: &NamedDx) -> String {
-    format!("<diagnosis>{}</diagnosis>", render_dx(d))
+    format!(
+        "{}{}{}",
+        open_tag(DIAGNOSIS_TAG),
+        render_dx(d),
+        close_tag(DIAGNOSIS_TAG)
+    )
 }
 
 #[cfg(test)]
@@ -225,6 +293,58 @@ mod tests {
             parse_tests("<tests>\n</tests>"),
             Err(GrammarError::Empty("tests"))
         );
+    }
+
+    #[test]
+    fn completes_follows_each_stage_grammar() {
+        let ddx = render_ddx(&[NamedDx {
+            name: "Migraine".into(),
+            icd10: Some("G43.909".into()),
+        }]);
+        let tests = render_tests(&["MRI brain".to_string()]);
+        let dx = render_diagnosis(&NamedDx {
+            name: "Migraine".into(),
+            icd10: None,
+        });
+        let replies = ["Thank you. <ready/>", &ddx, &tests, &dx];
+        for (i, stage) in Stage::ALL.into_iter().enumerate() {
+            for (j, reply) in replies.iter().enumerate() {
+                assert_eq!(completes(stage, reply), i == j, "{stage} <- {reply}");
+            }
+            // Thinking never completes a stage; an empty block does not either.
+            assert!(!completes(
+                stage,
+                &format!("<think>{}</think>Hmm.", replies[i])
+            ));
+            if let Some(tag) = stage_tag(stage) {
+                let empty = format!("{}\n{}", open_tag(tag), close_tag(tag));
+                assert!(!completes(stage, &empty), "{stage}: {empty}");
+            }
+        }
+        // Only a diagnosis ends the consultation, in any stage.
+        assert!(ends_consultation(&format!("Lab first. {dx}")));
+        assert!(!ends_consultation(&ddx) && !ends_consultation(&tests));
+        assert!(!ends_consultation(replies[0]));
+    }
+
+    #[test]
+    fn stage_tags_are_the_ones_the_instructions_ask_for() {
+        assert_eq!(stage_tag(Stage::Inquiry), None);
+        let tags: Vec<&str> = Stage::ALL.into_iter().filter_map(stage_tag).collect();
+        assert_eq!(tags, BLOCK_TAGS);
+        for stage in Stage::ALL {
+            let p = stage.default_instruction();
+            match stage_tag(stage) {
+                Some(tag) => {
+                    assert!(
+                        p.contains(&open_tag(tag)) && p.contains(&close_tag(tag)),
+                        "{p}"
+                    )
+                }
+                None => assert!(p.is_empty()),
+            }
+        }
+        assert!(crate::recipe::DEFAULT_SYSTEM_PROMPT.contains(INQUIRY_DONE));
     }
 
     #[test]

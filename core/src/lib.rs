@@ -4,7 +4,7 @@
 //! - [`stage`], [`grammar`]: the four clinical stages and how the doctor tags each stage's output
 //! - [`sample`]: the `Sample` / `Scored` wire formats written by rollout and rewards, read by the trainer
 //! - [`traits`]: one trait per external model (judge, claim extractor, fact verifier, patient simulator,
-//!   encoder, stage scorer, rollout backend)
+//!   encoder, stage scorer, rollout backend, chat backend)
 //! - [`recipe`]: the TOML recipe, its sections, `--set` overrides and validation
 //! - [`phi`]: PHI redaction applied before anything leaves the process or is logged
 //! - [`fsio`]: atomic writes and JSONL reading with errors that name file, line and field

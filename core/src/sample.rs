@@ -56,12 +56,18 @@ pub enum EndReason {
     SimulatorFailed,
     JudgeFailed,
     GatedOut,
+    /// The doctor's generator failed (an endpoint error after the client's retries). Only rollouts that keep
+    /// policy failures per episode record it (evaluation); training rounds fail instead.
+    PolicyFailed,
 }
 
 impl EndReason {
     /// Episodes that leave their group (method.md section 9, "Failures").
     pub fn is_failure(self) -> bool {
-        matches!(self, EndReason::SimulatorFailed | EndReason::JudgeFailed)
+        matches!(
+            self,
+            EndReason::SimulatorFailed | EndReason::JudgeFailed | EndReason::PolicyFailed
+        )
     }
 }
 

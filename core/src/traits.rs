@@ -171,3 +171,26 @@ pub trait RolloutBackend: Send + Sync {
     fn id(&self) -> String;
     async fn generate(&self, reqs: Vec<GenerateRequest>) -> Result<Vec<GenerateOutput>>;
 }
+
+/// What a [`ChatBackend`] answered.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatReply {
+    /// The visible text (thinking, when the server returns it apart, is not included).
+    pub text: String,
+    /// Generation stopped at `max_new_tokens`.
+    pub truncated: bool,
+}
+
+/// Text-in / text-out generation: a policy served by an OpenAI-compatible chat endpoint (vLLM, SGLang,
+/// `spar serve`, a hosted model), whose tokenizer spar does not know. Rollout plays it in the same environment as
+/// a token backend, encoding its replies into the episode's one token stream; HealthBench asks it directly.
+#[async_trait]
+pub trait ChatBackend: Send + Sync {
+    /// Names the model (reports, audit).
+    fn id(&self) -> String;
+    /// The next assistant message after `conversation` (system, user and assistant turns, oldest first; earlier
+    /// assistant turns without thinking). Of `sampling`, `temperature`, `top_p`, `max_new_tokens` and `seed` are
+    /// used; token ids mean nothing to a text endpoint and are ignored. Implementations must be deterministic
+    /// at temperature 0 as far as the server allows, so two evaluations of one model agree.
+    async fn chat(&self, conversation: &[Turn], sampling: &SamplingParams) -> Result<ChatReply>;
+}

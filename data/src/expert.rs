@@ -44,7 +44,7 @@ pub struct Question {
     pub critical: bool,
 }
 
-/// The reply that ends inquiry.
+/// The reply that ends inquiry: it completes Inquiry under `grammar::completes` (a data test checks it).
 pub const READY_REPLY: &str = "Thank you, I have what I need. <ready/>";
 
 /// The scripted expert for one case.
@@ -247,8 +247,9 @@ pub fn opening(case: &Case) -> String {
     }
 }
 
-/// Which stage the next doctor reply belongs to: the `stage` of the last user turn when set, else the stage whose
-/// tag the last user turn asks for (`<diagnosis>`, `<tests>`, `<ddx>`), else Inquiry.
+/// Which stage the next doctor reply belongs to: the `stage` of the last user turn when set, else the latest stage
+/// whose output tag (`grammar::stage_tag`: `<diagnosis>`, `<tests>`, `<ddx>`) the last user turn asks for, else
+/// Inquiry.
 pub fn infer_stage(dialogue: &[Turn]) -> Stage {
     let Some(last) = dialogue.iter().rev().find(|t| t.role == Role::User) else {
         return Stage::Inquiry;
@@ -257,15 +258,11 @@ pub fn infer_stage(dialogue: &[Turn]) -> Stage {
         return s;
     }
     let t = last.text.to_ascii_lowercase();
-    if t.contains("<diagnosis>") {
-        Stage::Diag
-    } else if t.contains("<tests>") {
-        Stage::Lab
-    } else if t.contains("<ddx>") {
-        Stage::Ddx
-    } else {
-        Stage::Inquiry
-    }
+    Stage::ALL
+        .into_iter()
+        .rev()
+        .find(|s| grammar::stage_tag(*s).is_some_and(|tag| t.contains(&grammar::open_tag(tag))))
+        .unwrap_or(Stage::Inquiry)
 }
 
 /// Picks at most `budget` questions: every critical item and red flag first, then the rest by weight. They are

@@ -6,5 +6,6 @@ mod it {
     mod hallucination;
     mod healthbench;
     mod healthbench_e2e;
+    mod held_out;
     mod report;
 }

@@ -5,7 +5,7 @@
 use crate::codec::TextCodec;
 use crate::engine::{self, Engine, EngineConfig, EngineStats};
 use crate::env::{
-    BackendTurns, Consultation, Env, EnvConfig, ScriptedDoctor, ScriptedTurns, StageEnd,
+    BackendTurns, ChatTurns, Consultation, Env, EnvConfig, ScriptedDoctor, ScriptedTurns, StageEnd,
     TurnGenerator, mix_seed, stage_replies,
 };
 use crate::pipeline::{Segment, StagePools, promote};
@@ -16,7 +16,7 @@ use spar_core::Stage;
 use spar_core::case::Case;
 use spar_core::recipe::RolloutSection;
 use spar_core::sample::{EndReason, EpisodeMode, SCHEMA_VERSION, Sample};
-use spar_core::traits::{PatientSimulator, RolloutBackend, StageScorer};
+use spar_core::traits::{ChatBackend, PatientSimulator, RolloutBackend, StageScorer};
 use spar_model::Qwen3Model;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,9 +36,11 @@ pub struct Group {
     pub samples: Vec<Sample>,
     /// Gate score V_k of each sample (segmented mode; None for a failed sample or whole episodes).
     pub gate_scores: Vec<Option<f64>>,
-    /// `(sample_idx, reason)` of every episode that ended early for a recorded reason (simulator failure,
-    /// truncation, ...).
+    /// `(sample_idx, reason)` of every episode that ended early for a recorded reason (simulator or policy
+    /// failure, truncation, ...).
     pub notes: Vec<(u32, String)>,
+    /// Doctor replies cut at `max_new_tokens`, per sample in `sample_idx` order (scored as they stand).
+    pub truncated_replies: Vec<u32>,
     /// Sample indices promoted into the next stage's pool.
     pub promoted: Vec<u32>,
 }
@@ -62,6 +64,7 @@ pub struct RoundStats {
 }
 
 /// Where generation runs.
+#[derive(Clone)]
 pub enum Policy<'m> {
     /// The built-in engine over these weights (colocated with the trainer).
     Builtin(&'m Qwen3Model),
@@ -70,6 +73,10 @@ pub enum Policy<'m> {
     /// A scripted doctor (the expert of `spar-data`): gold consultations in the rollout's own environment and
     /// token stream (SFT data, evaluation ceilings). Needs a fixed simulator.
     Scripted(Arc<dyn ScriptedDoctor>),
+    /// A policy served as text by a chat endpoint (`spar eval --endpoint`): its replies are encoded into the
+    /// token stream with the rollout's codec ([`crate::codec::ByteCodec`] keeps them exact). Needs a fixed
+    /// simulator.
+    Chat(Arc<dyn ChatBackend>),
 }
 
 /// The actor. See the module documentation.
@@ -89,14 +96,21 @@ pub struct Rollout {
     progress: Option<indicatif::ProgressBar>,
     simulator_deadline: Duration,
     runtime: tokio::runtime::Runtime,
+    keep_policy_failures: bool,
     last: RoundStats,
 }
 
 impl Rollout {
     /// One sample per case instead of a group (greedy evaluation, scripted plays): no group baseline is needed
     /// there, and a second identical sample would only double the work. Training rounds keep `group_size`.
-    pub fn single_sample(mut self) -> Self {
-        self.cfg.group_size = 1;
+    pub fn single_sample(self) -> Self {
+        self.with_group_size(1)
+    }
+
+    /// `n` samples per group (evaluation: samples per case), whatever `[rollout] group_size` says. Validation
+    /// asks training for at least two; evaluation may want one.
+    pub fn with_group_size(mut self, n: usize) -> Self {
+        self.cfg.group_size = n.max(1);
         self
     }
 
@@ -137,8 +151,22 @@ impl Rollout {
             progress: None,
             simulator_deadline: Duration::from_secs(120),
             runtime,
+            keep_policy_failures: false,
             last: RoundStats::default(),
         })
+    }
+
+    /// A failed generator call ends that episode with `EndReason::PolicyFailed` (its error in the group's notes)
+    /// instead of failing the round: for evaluation, where one endpoint outage must not stop the run.
+    pub fn keep_policy_failures(mut self) -> Self {
+        self.keep_policy_failures = true;
+        self
+    }
+
+    /// Runs `work` on the rollout's runtime, where its episodes ran (and where clients used in them keep their
+    /// connections): scoring and fact checking after a round. Call from a plain thread.
+    pub fn block_on<F: std::future::Future>(&self, work: F) -> F::Output {
+        self.runtime.block_on(work)
     }
 
     /// Generate through an external OpenAI-compatible server (token-in / token-out) instead of the built-in
@@ -299,6 +327,16 @@ impl Rollout {
                 let fut = self.play_groups(env, groups, tokens.clone(), started);
                 (self.runtime.block_on(fut)?, EngineStats::default())
             }
+            Policy::Chat(chat) => {
+                let generator = Arc::new(ChatTurns {
+                    chat,
+                    codec: self.codec.clone(),
+                    im_end: self.chat.im_end,
+                });
+                let env = self.env(generator, None, None)?;
+                let fut = self.play_groups(env, groups, tokens.clone(), started);
+                (self.runtime.block_on(fut)?, EngineStats::default())
+            }
         };
 
         let mut out = Vec::with_capacity(results.len());
@@ -383,12 +421,13 @@ impl Rollout {
             )?),
             (SimulatorChoice::SelfPlay, None) => {
                 anyhow::bail!(
-                    "self-play needs a model to play the patient; a scripted doctor has none"
+                    "self-play needs a model to play the patient; a scripted or chat doctor has none"
                 )
             }
         };
         let mut cfg = EnvConfig::from_section(&self.cfg);
         cfg.track_routing = routing;
+        cfg.keep_policy_failures = self.keep_policy_failures;
         Ok(Env {
             codec: self.codec.clone(),
             chat: self.chat.clone(),
@@ -501,6 +540,7 @@ async fn play_group(ctx: SampleCtx, plan: GroupPlan, g: usize) -> Result<PlayedG
         samples: vec![],
         gate_scores: vec![],
         notes: vec![],
+        truncated_replies: vec![],
         promoted: vec![],
     };
     let mut finals = Vec::new();
@@ -511,6 +551,7 @@ async fn play_group(ctx: SampleCtx, plan: GroupPlan, g: usize) -> Result<PlayedG
         }
         group.samples.push(r.sample);
         group.gate_scores.push(r.gate);
+        group.truncated_replies.push(r.truncated_replies);
         finals.push(r.consultation);
     }
     Ok((group_id, group, finals))
@@ -520,6 +561,7 @@ struct Played {
     sample: Sample,
     gate: Option<f64>,
     note: Option<String>,
+    truncated_replies: u32,
     /// The consultation after the sample (None when it cannot continue).
     consultation: Option<Consultation>,
 }
@@ -645,6 +687,7 @@ async fn play_sample(
         sample,
         gate,
         note,
+        truncated_replies: c.truncated_replies,
         consultation: continues.then_some(c),
     })
 }

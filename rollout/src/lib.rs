@@ -7,9 +7,11 @@
 //! - [`env`]: the consultation environment (stages, steps, openings, termination)
 //! - [`simulator`]: the patient simulators
 //! - [`pipeline`]: segments, per-stage pools and the gate
-//! - [`codec`]: the text <-> token interface the environment uses
+//! - [`codec`]: the text <-> token interface the environment uses, and the byte-level codec of text policies
+//! - [`chat`]: a token policy answering conversations (HealthBench), and the built-in engine served to such work
 //! - [`testing`]: fixtures for tests here and in the crates that consume rollouts
 pub mod actor;
+pub mod chat;
 pub mod codec;
 pub mod engine;
 pub mod env;
@@ -22,6 +24,6 @@ pub mod stream;
 pub mod testing;
 
 pub use actor::{Group, Policy, Rollout, RoundStats, SimulatorChoice};
-pub use codec::TextCodec;
+pub use codec::{ByteCodec, TextCodec};
 pub use engine::{Engine, EngineClient, EngineConfig, EngineOutput};
 pub use pipeline::{Segment, StagePools};

@@ -1,6 +1,5 @@
 //! Small fixtures for tests of rollout and of the crates that consume it (trainer, eval): a case, a
 //! character-level ChatML codec, and stage scorers with known answers.
-use crate::codec::TextCodec;
 use spar_core::Stage;
 use spar_core::case::{
     Case, Demographics, Diagnosis, InquiryItem, RubricItem, Sex, TestItem, Tests,
@@ -71,66 +70,8 @@ pub fn tiny_case() -> Case {
     }
 }
 
-/// Special tokens of [`CharCodec`], ids 0.. in this order; characters are `256 + byte`.
-pub const CHAR_CODEC_SPECIALS: [&str; 6] = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<think>",
-    "</think>",
-    "<ready/>",
-];
-
-/// A byte-level codec with ChatML special tokens: every byte is one token, each special token one id. Exact
-/// round trips, no merges: the environment's bookkeeping can be checked token by token.
-#[derive(Clone, Debug, Default)]
-pub struct CharCodec;
-
-impl CharCodec {
-    pub fn vocab_size() -> usize {
-        256 + 256
-    }
-}
-
-impl TextCodec for CharCodec {
-    fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        let mut out = Vec::new();
-        let mut rest = text;
-        'outer: while !rest.is_empty() {
-            for (i, s) in CHAR_CODEC_SPECIALS.iter().enumerate() {
-                if let Some(r) = rest.strip_prefix(s) {
-                    out.push(i as u32);
-                    rest = r;
-                    continue 'outer;
-                }
-            }
-            let c = rest.chars().next().expect("non-empty");
-            let mut buf = [0u8; 4];
-            out.extend(c.encode_utf8(&mut buf).bytes().map(|b| 256 + b as u32));
-            rest = &rest[c.len_utf8()..];
-        }
-        Ok(out)
-    }
-
-    fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
-        let mut bytes = Vec::new();
-        for &id in ids {
-            match id {
-                0..=5 => bytes.extend_from_slice(CHAR_CODEC_SPECIALS[id as usize].as_bytes()),
-                256..=511 => bytes.push((id - 256) as u8),
-                _ => {}
-            }
-        }
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
-    }
-
-    fn token_id(&self, token: &str) -> Option<u32> {
-        CHAR_CODEC_SPECIALS
-            .iter()
-            .position(|s| *s == token)
-            .map(|i| i as u32)
-    }
-}
+/// The byte-level ChatML codec ([`crate::codec::ByteCodec`]) under its test-fixture name.
+pub use crate::codec::{BYTE_CODEC_SPECIALS as CHAR_CODEC_SPECIALS, ByteCodec as CharCodec};
 
 /// A stage scorer that passes a stage when its tagged output parses (1.0), else 0.0. Enough to exercise the
 /// gate without the rewards crate's clinical scorer.
@@ -145,12 +86,7 @@ impl StageScorer for ParseScorer {
         doctor_replies: &[String],
         _dialogue: &[Turn],
     ) -> StageScore {
-        let parsed = doctor_replies.iter().any(|r| match stage {
-            Stage::Inquiry => grammar::inquiry_done(r),
-            Stage::Ddx => grammar::parse_ddx(r).is_ok(),
-            Stage::Lab => grammar::parse_tests(r).is_ok(),
-            Stage::Diag => grammar::parse_diagnosis(r).is_ok(),
-        });
+        let parsed = doctor_replies.iter().any(|r| grammar::completes(stage, r));
         StageScore {
             score: if parsed { 1.0 } else { 0.0 },
             parsed,
@@ -162,6 +98,7 @@ impl StageScorer for ParseScorer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::TextCodec;
 
     #[test]
     fn char_codec_round_trips_with_specials() {

@@ -102,9 +102,7 @@ mod tests {
 
     fn eval_args(out: PathBuf) -> crate::cmd::eval::Args {
         crate::cmd::eval::Args {
-            recipe: None,
-            set: vec![],
-            model: None,
+            recipe: Default::default(),
             endpoint: None,
             endpoint_model: None,
             api_key_env: None,
@@ -132,7 +130,7 @@ mod tests {
         let mut args = eval_args(out.clone());
         args.policy = Some("expert".into());
         args.max_cases = Some(2);
-        args.set = vec!["eval.seed=3".into()];
+        args.recipe.set = vec!["eval.seed=3".into()];
         crate::cmd::eval::run(args).unwrap();
         let m = AuditManifest::read(&out.join("audit.json")).unwrap();
         assert_eq!(

@@ -1,32 +1,22 @@
 //! `spar eval`: evaluates a policy (local checkpoint, OpenAI-compatible endpoint, or the scripted expert) with
 //! consultations on held-out cases, the hallucination rate and, given a file, HealthBench; writes `report.md`,
 //! `report.json` and charts. `spar eval --compare A B` compares two reports. See docs/eval.md.
+use super::common::{RecipeArgs, absolute, toml_string};
 use anyhow::{Context, Result, bail};
-use spar_core::recipe::{
-    EndpointConfig, EvalSection, JudgeConfig, JudgeKind, Recipe, VerifierKind,
-};
-use spar_core::traits::SamplingParams;
+use spar_app::Builder;
+use spar_core::recipe::{EndpointConfig, EvalSection, JudgeConfig, JudgeKind, RolloutBackendKind};
 use spar_data::splits::Split;
-use spar_eval::run::{EvalPlan, diagnoses, eval_models, run_eval};
-use spar_eval::{
-    ConsultationConfig, EndpointPolicy, EvalReport, EvalSetup, ExpertPolicy, LocalPolicyConfig,
-};
-use spar_model::{Qwen3Config, Qwen3Model, Tokenizer, parse_device};
-use spar_rollout::engine::EngineConfig;
+use spar_eval::run::{EvalPlan, diagnoses, run_eval};
+use spar_eval::{ConsultationConfig, EvalPolicy, EvalReport, EvalSetup};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Recipe (its `[eval]`, `[data]`, `[model]`, `[rollout]` and `[rewards.stages]` sections are used).
-    #[arg(long)]
-    pub recipe: Option<PathBuf>,
-    /// Recipe override `key.path=value` (repeatable), e.g. `--set eval.max_cases=20`.
-    #[arg(long = "set")]
-    pub set: Vec<String>,
-    /// Local checkpoint (HF folder) to evaluate on the built-in engine (overrides `[model] path`).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    /// `--recipe` (its `[eval]`, `[data]`, `[model]`, `[rollout]` and `[rewards.stages]` sections are used),
+    /// `--set`, and `--model`: a local checkpoint (HF folder) played by the built-in engine, or through the
+    /// recipe's rollout backend when `[rollout] backend = "openai"`.
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
     /// Evaluate an OpenAI-compatible chat endpoint instead (base URL, e.g. http://127.0.0.1:8000/v1).
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
@@ -110,23 +100,20 @@ pub fn run(args: Args) -> Result<()> {
             compare(&files[0], &files[1], &args.labels, out.clone())
         });
     }
-    let recipe = match &args.recipe {
-        Some(p) => Recipe::load(p, &args.set)?,
-        None => Recipe::from_toml_str("", "(no recipe)", &args.set)?,
-    };
-    let base = recipe
-        .source
-        .as_ref()
-        .and_then(|p| p.parent())
-        .map(Path::to_path_buf);
+    let mut flags = args.recipe.clone();
+    for (key, path) in [("data.cases", &args.cases), ("data.splits", &args.splits)] {
+        if let Some(p) = path {
+            let p = absolute(p)?;
+            flags
+                .set
+                .push(format!("{key}={}", toml_string(&p.display().to_string())));
+        }
+    }
+    let builder = flags.builder()?;
+    let recipe = builder.recipe();
+    let base = builder.base();
     let mut eval: EvalSection = recipe.eval.clone().unwrap_or_default();
-    let mut data = recipe.data.clone().unwrap_or_default();
-    if let Some(c) = &args.cases {
-        data.cases = Some(c.clone());
-    }
-    if let Some(s) = &args.splits {
-        data.splits = Some(s.clone());
-    }
+    let data = recipe.data.clone().unwrap_or_default();
     let split = match &args.split {
         Some(name) => Split::parse(name)
             .with_context(|| format!("--split `{name}` is not train, validation or test"))?,
@@ -199,14 +186,9 @@ pub fn run(args: Args) -> Result<()> {
     if cases.is_empty() && healthbench.is_empty() {
         bail!("nothing to evaluate: --no-consultations without --healthbench");
     }
-    let models = eval_models(&recipe, &eval, !healthbench.is_empty())?;
+    let models = builder.eval_models(&eval, !healthbench.is_empty())?;
     let rollout = recipe.rollout.clone().unwrap_or_default();
-    let mut consultation = ConsultationConfig::from_rollout(&rollout);
-    consultation.samples_per_case = eval.samples_per_case;
-    consultation.concurrency = eval.concurrency;
-    if !eval.escalation_terms.is_empty() {
-        consultation.escalation_terms = eval.escalation_terms.clone();
-    }
+    let consultation = ConsultationConfig::new(&rollout, &eval);
     let plan = EvalPlan {
         setup: EvalSetup {
             split: (!cases.is_empty()).then(|| split.name().to_string()),
@@ -237,74 +219,64 @@ pub fn run(args: Args) -> Result<()> {
     });
     let mut data_files = Vec::new();
     if !plan.cases.is_empty() {
-        data_files.extend(super::audit::case_data_files(&data, base.as_deref()));
+        // Cases, split file, and the recipe's knowledge base when it names one.
+        data_files.extend(super::audit::recipe_data_files(recipe));
     }
     if let Some(h) = &eval.healthbench {
         data_files.push(h.clone());
     }
-    // The knowledge base H is verified against: the recipe's, else the shipped one (when the verifier is "kb").
-    let uses_kb = match eval.facts.clone().unwrap_or_default().verifier {
-        VerifierKind::Kb | VerifierKind::KbLlm => true,
-        VerifierKind::Llm => false,
-    };
-    if eval.hallucination && !plan.cases.is_empty() && uses_kb {
-        let kb = match recipe.data.as_ref().and_then(|d| d.knowledge_base.as_ref()) {
-            Some(kb) => recipe.resolve(kb),
-            None => spar_data::kb::KnowledgeBase::default_dir(),
-        };
-        data_files.extend(super::audit::files_of(&kb));
+    // The knowledge base H is verified against when the recipe names none: the shipped one.
+    let verifier = eval.facts.clone().unwrap_or_default().verifier;
+    let recipe_kb = data.knowledge_base.is_some();
+    if eval.hallucination
+        && !plan.cases.is_empty()
+        && verifier == spar_core::recipe::VerifierKind::Kb
+        && !recipe_kb
+    {
+        data_files.extend(super::audit::files_of(
+            &spar_data::kb::KnowledgeBase::default_dir(),
+        ));
     }
     let mut spec = spar_data::audit::AuditSpec::for_dir("spar eval", &out)
-        .with_recipe(super::audit::recipe_toml(&recipe))
+        .with_recipe(super::audit::recipe_toml(recipe))
         .with_data(data_files);
     if which == "model"
-        && let Some(dir) = args.model.clone().or_else(|| {
-            recipe
-                .model
-                .as_ref()
-                .and_then(|m| m.path.as_ref())
-                .map(|p| recipe.resolve(p))
-        })
+        && let Some(dir) = recipe
+            .model
+            .as_ref()
+            .and_then(|m| m.path.as_ref())
+            .map(|p| recipe.resolve(p))
         && dir.exists()
     {
         spec = spec.with_model(&dir);
     }
     super::audit::run_audited(spec, || {
-        evaluate(&args, &recipe, &eval, &plan, &models, &which, &out)
+        evaluate(&builder, &eval, &plan, &models, &which, &out)
     })
 }
 
 fn evaluate(
-    args: &Args,
-    recipe: &Recipe,
+    builder: &Builder,
     eval: &EvalSection,
     plan: &EvalPlan,
     models: &spar_eval::run::EvalModels,
     which: &str,
     out: &Path,
 ) -> Result<()> {
-    let rt = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")
-    };
     let report = match which {
-        "expert" => rt()?.block_on(run_eval(&ExpertPolicy::default(), plan, models)),
+        "expert" => {
+            let inquiry_turns = plan.consultation.rollout.turn_limits[0] as usize;
+            run_eval(&EvalPolicy::expert(inquiry_turns), plan, models)?
+        }
         "endpoint" => {
             let ep = eval.policy_endpoint.as_ref().context("--policy endpoint needs --endpoint URL --endpoint-model NAME or [eval.policy_endpoint]")?;
-            let rt = rt()?;
-            // The client's connection pool lives in the runtime it was made in.
-            rt.block_on(async {
-                let policy = EndpointPolicy::from_endpoint(ep)?.with_sampling(
-                    eval.temperature,
-                    eval.max_new_tokens,
-                    Some(eval.seed),
-                );
-                anyhow::Ok(run_eval(&policy, plan, models).await)
-            })?
+            run_eval(
+                &EvalPolicy::chat(spar_app::external::chat_policy(ep)?),
+                plan,
+                models,
+            )?
         }
-        _ => local(args, recipe, eval, plan, models)?,
+        _ => local(builder, plan, models)?,
     };
     let files = report.write(out)?;
     print_summary(&report);
@@ -316,74 +288,40 @@ fn evaluate(
     Ok(())
 }
 
+/// The local checkpoint (`--model`, else `[model] path`): played by the built-in engine, or through the recipe's
+/// rollout backend (`[rollout] backend = "openai"`, which serves those weights) with its tokenizer.
 fn local(
-    args: &Args,
-    recipe: &Recipe,
-    eval: &EvalSection,
+    builder: &Builder,
     plan: &EvalPlan,
     models: &spar_eval::run::EvalModels,
 ) -> Result<EvalReport> {
-    let model_sec = recipe.model.clone().unwrap_or_default();
-    let dir = args
+    let recipe = builder.recipe();
+    let dir = recipe
         .model
-        .clone()
-        .or_else(|| model_sec.path.as_ref().map(|p| recipe.resolve(p)))
+        .as_ref()
+        .and_then(|m| m.path.as_ref())
+        .map(|p| recipe.resolve(p))
         .context(
             "no policy: give --model DIR (a checkpoint), --endpoint URL, or --policy expert",
         )?;
-    let device = parse_device(&model_sec.device)?;
-    let kind = spar_model::dtype_kind(model_sec.dtype);
-    let tokenizer = Arc::new(
-        Tokenizer::from_dir(&dir).with_context(|| format!("tokenizer of {}", dir.display()))?,
+    let tokenizer = builder.tokenizer(&dir)?;
+    let rollout = builder.rollout_section();
+    if rollout.backend == RolloutBackendKind::Openai {
+        let backend = spar_app::external::rollout_backend(&rollout)?
+            .context("rollout.backend = \"openai\" needs rollout.endpoint")?;
+        let policy = EvalPolicy::tokens(backend.id(), spar_rollout::Policy::External, tokenizer)
+            .with_backend(backend);
+        return run_eval(&policy, plan, models);
+    }
+    let model = builder
+        .saved_model(&dir)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    let policy = EvalPolicy::tokens(
+        dir.display().to_string(),
+        spar_rollout::Policy::Builtin(&model),
+        tokenizer,
     );
-    let model = match &model_sec.init {
-        Some(init) if !dir.join("config.json").exists() => Qwen3Model::random(
-            Qwen3Config::from_toml_table(init, "[model] init")?,
-            device,
-            kind,
-            0,
-        )?,
-        _ => Qwen3Model::load(&dir, device, kind)
-            .with_context(|| format!("loading {}", dir.display()))?,
-    };
-    let rollout = recipe.rollout.clone().unwrap_or_default();
-    let policy = LocalPolicyConfig {
-        engine: EngineConfig {
-            max_batch: rollout.max_batch,
-            kv_slots: rollout.kv_slot_count(),
-            max_seq_len: rollout.max_seq_len,
-            seed: eval.seed,
-            ..Default::default()
-        },
-        enable_thinking: rollout.enable_thinking,
-        sampling: SamplingParams {
-            temperature: eval.temperature,
-            max_new_tokens: eval.max_new_tokens,
-            seed: Some(eval.seed),
-            ..Default::default()
-        },
-        id: dir.display().to_string(),
-    };
-    spar_eval::with_builtin_engine(
-        &model,
-        policy.engine.clone(),
-        tokenizer.clone(),
-        &policy.id,
-        |client| -> Result<EvalReport> {
-            let p = spar_eval::BackendPolicy::new(
-                Arc::new(client),
-                tokenizer.clone(),
-                policy.enable_thinking,
-                policy.sampling.clone(),
-            )?
-            .with_id(policy.id.clone());
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            Ok(rt.block_on(run_eval(&p, plan, models)))
-        },
-    )?
+    run_eval(&policy, plan, models)
 }
 
 fn fmt(v: Option<f64>) -> String {

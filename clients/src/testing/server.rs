@@ -27,13 +27,26 @@ pub struct FakeReply {
     pub content: String,
     /// Sent as `message.reasoning_content`, as vLLM's qwen3 reasoning parser does.
     pub reasoning_content: Option<String>,
+    /// Answer with this scripted behaviour instead (e.g. `Status(500)`): a failure that depends on the
+    /// conversation, not on the order requests arrive in.
+    pub failure: Option<Scripted>,
+}
+
+impl FakeReply {
+    /// A reply that is this scripted behaviour (every time the responder returns it).
+    pub fn failing(failure: Scripted) -> Self {
+        FakeReply {
+            failure: Some(failure),
+            ..Default::default()
+        }
+    }
 }
 
 impl From<String> for FakeReply {
     fn from(content: String) -> Self {
         FakeReply {
             content,
-            reasoning_content: None,
+            ..Default::default()
         }
     }
 }
@@ -319,35 +332,10 @@ async fn handle(
         .unwrap_or_else(|e| e.into_inner())
         .pop_front();
     tokio::time::sleep(state.cfg.latency).await;
-    match scripted {
-        Some(Scripted::Status(code)) => {
-            return error(
-                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                "scripted error",
-            );
-        }
-        Some(Scripted::RateLimited { retry_after_s }) => {
-            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate limited");
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
-            return r;
-        }
-        Some(Scripted::Malformed) => {
-            return (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                "{\"choices\": [{\"message\": ",
-            )
-                .into_response();
-        }
-        Some(Scripted::Hang) => {
-            let mut stop = state.shutdown.clone();
-            let _ = stop.wait_for(|v| *v).await;
-            return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-        }
-        Some(Scripted::Json(v)) => return axum::Json(v).into_response(),
-        Some(Scripted::Delay(d)) => tokio::time::sleep(d).await,
-        None => {}
+    if let Some(s) = scripted
+        && let Some(response) = play_scripted(&state, s).await
+    {
+        return response;
     }
     if state.cfg.error_rate > 0.0
         && state
@@ -369,7 +357,14 @@ async fn handle(
         return error(StatusCode::BAD_REQUEST, "the body is not JSON");
     };
     let result = match path {
-        "/v1/chat/completions" => chat(&state.cfg, &req),
+        "/v1/chat/completions" => match chat(&state.cfg, &req) {
+            Ok((v, Some(failure))) => match play_scripted(&state, failure).await {
+                Some(response) => return response,
+                None => Ok(v),
+            },
+            Ok((v, None)) => Ok(v),
+            Err(e) => Err(e),
+        },
         "/v1/completions" => completion(&state.cfg, &req),
         _ => embeddings(&state.cfg, &req),
     };
@@ -379,7 +374,40 @@ async fn handle(
     }
 }
 
-fn chat(cfg: &FakeServerConfig, req: &Value) -> Result<Value, String> {
+/// Plays a scripted behaviour; None when the request is to be answered normally after it (a delay).
+async fn play_scripted(state: &ServerState, scripted: Scripted) -> Option<Response> {
+    Some(match scripted {
+        Scripted::Status(code) => error(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "scripted error",
+        ),
+        Scripted::RateLimited { retry_after_s } => {
+            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate limited");
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+            r
+        }
+        Scripted::Malformed => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"choices\": [{\"message\": ",
+        )
+            .into_response(),
+        Scripted::Hang => {
+            let mut stop = state.shutdown.clone();
+            let _ = stop.wait_for(|v| *v).await;
+            error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+        }
+        Scripted::Json(v) => axum::Json(v).into_response(),
+        Scripted::Delay(d) => {
+            tokio::time::sleep(d).await;
+            return None;
+        }
+    })
+}
+
+/// The chat completion of the responder's reply, and the failure it asks for instead (if any).
+fn chat(cfg: &FakeServerConfig, req: &Value) -> Result<(Value, Option<Scripted>), String> {
     let messages: Vec<ChatMessage> =
         serde_json::from_value(req.get("messages").cloned().unwrap_or(Value::Null))
             .map_err(|e| format!("messages: {e}"))?;
@@ -397,11 +425,14 @@ fn chat(cfg: &FakeServerConfig, req: &Value) -> Result<Value, String> {
     if req.get("logprobs").and_then(Value::as_bool) == Some(true) {
         choice["logprobs"] = json!({"content": words.iter().map(|w| json!({"token": w, "logprob": -0.1})).collect::<Vec<_>>()});
     }
-    Ok(json!({
-        "id": "chatcmpl-fake", "object": "chat.completion", "model": cfg.model,
-        "choices": [choice],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": words.len(), "total_tokens": prompt_tokens + words.len()},
-    }))
+    Ok((
+        json!({
+            "id": "chatcmpl-fake", "object": "chat.completion", "model": cfg.model,
+            "choices": [choice],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": words.len(), "total_tokens": prompt_tokens + words.len()},
+        }),
+        reply.failure,
+    ))
 }
 
 /// Deterministic generation: token i is `last prompt token + 1 + i` (mod vocab), so a test knows what comes

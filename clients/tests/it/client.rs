@@ -271,6 +271,7 @@ async fn reasoning_content_and_usage() {
     let reply = spar_clients::testing::FakeReply {
         content: "{\"met\": true}".into(),
         reasoning_content: Some("thinking".into()),
+        ..Default::default()
     };
     let s = server(FakeServerConfig {
         chat: responders::sequence(vec![reply]),

@@ -134,6 +134,11 @@ fn turn_by_turn_reproduces_the_transcript_with_any_patient() {
     }
     assert_eq!(got, gold);
     assert_eq!(infer_stage(&d[..d.len() - 1]), Stage::Diag);
+    // Without stage labels the stage is read off the tag the instruction asks for.
+    for stage in Stage::ALL {
+        let asked = vec![Turn::new(Role::User, stage.default_instruction())];
+        assert_eq!(infer_stage(&asked), stage);
+    }
 }
 
 #[test]
@@ -155,6 +160,7 @@ fn turn_budget_and_a_doctor_that_already_asked() {
         long.push(Turn::new(Role::User, "No."));
     }
     assert_eq!(e.next_inquiry(&long), READY_REPLY);
+    assert!(spar_core::grammar::completes(Stage::Inquiry, READY_REPLY));
 }
 
 #[test]

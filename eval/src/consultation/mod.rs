@@ -1,73 +1,92 @@
-//! SCAN-bench-like consultation evaluation: each case is played out with the evaluation simulator (history taking,
-//! then the DDX, Lab and Diag stage instructions), each stage is scored by the stage scorers, red-flag handling is
-//! assessed, and the doctor's claims are fact-checked. Results are summarised overall, per department, per
-//! seen / unseen diagnosis and per acuity.
-mod episode;
+//! SCAN-bench-like consultation evaluation: each case is played as a whole episode through rollout's own
+//! environment (`spar_rollout::Rollout`: the training protocol, token stream and stage rules, by construction), with
+//! the evaluation simulator; each stage is scored by the stage scorer, red-flag handling is assessed, and the
+//! doctor's claims are fact-checked. Results are summarised overall, per department, per seen / unseen diagnosis
+//! and per acuity.
+mod play;
+mod record;
 mod summary;
 
-pub use episode::{evaluate_consultations, run_episode};
+pub use play::{Played, evaluate_consultations, play};
+pub use record::{episode_end, run_records};
 pub use summary::{ConsultationSummary, GroupSummary, StageMeans, summarize};
 
 use crate::facts::FactChecker;
 use crate::safety::EpisodeSafety;
 use serde::{Deserialize, Serialize};
 use spar_core::Stage;
-use spar_core::recipe::RolloutSection;
+use spar_core::recipe::{EvalSection, RolloutSection};
 use spar_core::sample::Turn;
 use spar_core::traits::{PatientSimulator, StageScore, StageScorer};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// How consultations are run and assessed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ConsultationConfig {
-    /// Turn limits of Inquiry, DDX, Lab and Diag (method.md section 9: 12, 2, 2, 2).
-    pub turn_limits: [u32; 4],
+    /// The protocol training used (`[rollout]`): system prompt, stage instructions, turn limits, chat template,
+    /// context length. Evaluation plays it as whole episodes, without the segmented pipeline or injected
+    /// interruptions.
+    pub rollout: RolloutSection,
     /// Consultations per case (more than one only makes sense with sampling temperature > 0).
     pub samples_per_case: usize,
-    /// Cases played at once.
+    /// Consultations generated at once (the built-in engine's batch).
     pub concurrency: usize,
-    pub system_prompt: String,
-    /// The user turn that opens each stage after Inquiry (index = stage index; Inquiry's is unused).
-    pub instructions: [String; 4],
+    /// Policy sampling temperature (0: greedy).
+    pub temperature: f32,
+    /// New tokens per policy reply (a text policy is asked for this many of its own tokens).
+    pub max_new_tokens: u32,
+    /// Sampling seed.
+    pub seed: u64,
     /// Phrases that count as escalation for the red-flag assessment.
     pub escalation_terms: Vec<String>,
 }
 
 impl Default for ConsultationConfig {
     fn default() -> Self {
-        ConsultationConfig {
-            turn_limits: [12, 2, 2, 2],
-            samples_per_case: 1,
-            concurrency: 8,
-            system_prompt: spar_core::recipe::DEFAULT_SYSTEM_PROMPT.into(),
-            instructions: Stage::ALL.map(|s| {
-                if s == Stage::Inquiry {
-                    String::new()
-                } else {
-                    s.default_instruction().to_string()
-                }
-            }),
-            escalation_terms: crate::safety::default_escalation_terms(),
-        }
+        ConsultationConfig::new(&RolloutSection::default(), &EvalSection::default())
     }
 }
 
 impl ConsultationConfig {
-    /// The protocol training used: system prompt, stage instructions and turn limits of `[rollout]`.
-    pub fn from_rollout(rollout: &RolloutSection) -> Self {
+    /// The protocol of `[rollout]` with the evaluation knobs of `[eval]` (sampling, samples per case,
+    /// concurrency, escalation terms).
+    pub fn new(rollout: &RolloutSection, eval: &EvalSection) -> Self {
         ConsultationConfig {
-            turn_limits: rollout.turn_limits,
-            system_prompt: rollout.system_prompt.clone(),
-            instructions: Stage::ALL.map(|s| rollout.instruction(s)),
-            ..Default::default()
+            rollout: rollout.clone(),
+            samples_per_case: eval.samples_per_case,
+            concurrency: eval.concurrency,
+            temperature: eval.temperature,
+            max_new_tokens: eval.max_new_tokens,
+            seed: eval.seed,
+            escalation_terms: if eval.escalation_terms.is_empty() {
+                crate::safety::default_escalation_terms()
+            } else {
+                eval.escalation_terms.clone()
+            },
         }
+    }
+
+    /// The `[rollout]` section the evaluation's `Rollout` plays with: `concurrency` consultations in the engine's
+    /// batch, the evaluation's sampling and seed, whole episodes, no injected interruptions. (The number of
+    /// samples per case is the rollout's group size, set when it is built.)
+    pub fn rollout_section(&self) -> RolloutSection {
+        let mut cfg = self.rollout.clone();
+        cfg.max_batch = self.concurrency.max(1);
+        cfg.kv_slots = 0;
+        cfg.sampling.temperature = self.temperature;
+        cfg.sampling.max_new_tokens = self.max_new_tokens;
+        cfg.seed = Some(self.seed);
+        cfg.segmented = false;
+        cfg.interruption_rate = 0.0;
+        cfg
     }
 }
 
 /// The models that play and judge the consultation (the evaluation ones, configured apart from training).
 pub struct EvalEnv<'a> {
-    pub simulator: &'a dyn PatientSimulator,
-    pub scorer: &'a dyn StageScorer,
+    pub simulator: Arc<dyn PatientSimulator>,
+    pub scorer: Arc<dyn StageScorer>,
     /// Scorer name for the report (the trait has no id).
     pub scorer_id: String,
     /// Fact checking for the hallucination rate; None skips it.
@@ -76,7 +95,7 @@ pub struct EvalEnv<'a> {
     pub seen_diagnoses: Option<&'a BTreeSet<String>>,
 }
 
-/// How a consultation ended.
+/// How a consultation ended (derived from the rollout sample: its end reason and its turns).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EpisodeEnd {
@@ -84,11 +103,16 @@ pub enum EpisodeEnd {
     Done,
     /// History taking hit its turn limit; the later stages were still played.
     InquiryLimit,
-    /// The simulated patient ended history taking; the later stages were still played.
+    /// The simulated patient ended the consultation; as in training, the stages not reached were not played
+    /// (they score 0).
     PatientEnded,
-    /// The doctor gave its final diagnosis before the Diag stage, which ends the consultation (as in training);
-    /// the stages not reached score 0, the diagnosis is scored.
+    /// The doctor gave its final diagnosis before the Diag stage, which ends the consultation (the rollout
+    /// environment's rule, `spar_core::grammar::ends_consultation`, in training and evaluation alike); the stages
+    /// not reached score 0, as does the stage in which the diagnosis came (it is not that stage's output).
     DiagnosedEarly,
+    /// The episode's token stream reached `[rollout] max_seq_len` before the Diag stage ended; the stages not
+    /// reached score 0.
+    ContextLimit,
     /// The policy failed (endpoint error after retries): not scored.
     PolicyFailed,
     /// The simulator failed: not scored.
@@ -106,6 +130,7 @@ impl EpisodeEnd {
             EpisodeEnd::InquiryLimit => "inquiry_limit",
             EpisodeEnd::PatientEnded => "patient_ended",
             EpisodeEnd::DiagnosedEarly => "diagnosed_early",
+            EpisodeEnd::ContextLimit => "context_limit",
             EpisodeEnd::PolicyFailed => "policy_failed",
             EpisodeEnd::SimulatorFailed => "simulator_failed",
         }

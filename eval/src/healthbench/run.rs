@@ -7,11 +7,10 @@ use super::format::HbExample;
 use super::score::{
     AggregateOptions, ExampleScore, GradedCriterion, HealthBenchScores, aggregate, score_example,
 };
-use crate::policy::ChatPolicy;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use spar_core::case::RubricItem;
-use spar_core::traits::{Judge, JudgeRequest};
+use spar_core::traits::{ChatBackend, Judge, JudgeRequest, SamplingParams};
 
 /// Knobs of a HealthBench run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -19,6 +18,19 @@ pub struct HealthBenchConfig {
     /// Examples answered at once; each runs its criteria's judge calls at once.
     pub concurrency: usize,
     pub aggregate: AggregateOptions,
+    /// How the policy answers (temperature, `max_new_tokens`, seed).
+    #[serde(default = "default_sampling")]
+    pub sampling: SamplingParams,
+}
+
+/// Greedy, seeded, 1024 new tokens.
+fn default_sampling() -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: 1024,
+        seed: Some(0),
+        ..Default::default()
+    }
 }
 
 impl Default for HealthBenchConfig {
@@ -26,6 +38,7 @@ impl Default for HealthBenchConfig {
         HealthBenchConfig {
             concurrency: 8,
             aggregate: AggregateOptions::default(),
+            sampling: default_sampling(),
         }
     }
 }
@@ -83,7 +96,12 @@ fn as_rubric_item(criterion: &str, points: f64, tags: &[String]) -> RubricItem {
     }
 }
 
-async fn run_example(policy: &dyn ChatPolicy, judge: &dyn Judge, ex: &HbExample) -> ExampleResult {
+async fn run_example(
+    policy: &dyn ChatBackend,
+    judge: &dyn Judge,
+    ex: &HbExample,
+    sampling: &SamplingParams,
+) -> ExampleResult {
     let conversation = ex.conversation();
     let mut result = ExampleResult {
         prompt_id: ex.prompt_id.clone(),
@@ -103,7 +121,7 @@ async fn run_example(policy: &dyn ChatPolicy, judge: &dyn Judge, ex: &HbExample)
         score: None,
         error: None,
     };
-    match policy.reply(&conversation).await {
+    match policy.chat(&conversation, sampling).await {
         Ok(r) => result.response = spar_core::grammar::strip_think(&r.text).trim().to_string(),
         Err(e) => {
             result.error = Some(format!("policy: {e}"));
@@ -156,7 +174,7 @@ async fn run_example(policy: &dyn ChatPolicy, judge: &dyn Judge, ex: &HbExample)
 
 /// Answers and grades every example, then aggregates. Results come back in file order.
 pub async fn run_healthbench(
-    policy: &dyn ChatPolicy,
+    policy: &dyn ChatBackend,
     judge: &dyn Judge,
     examples: &[HbExample],
     cfg: &HealthBenchConfig,
@@ -167,7 +185,7 @@ pub async fn run_healthbench(
             .map(|(i, ex)| {
                 let bar = bar.clone();
                 async move {
-                    let r = run_example(policy, judge, ex).await;
+                    let r = run_example(policy, judge, ex, &cfg.sampling).await;
                     bar.inc(1);
                     (i, r)
                 }

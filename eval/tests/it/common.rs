@@ -1,10 +1,11 @@
 //! Test doubles shared by the integration tests.
 use async_trait::async_trait;
 use spar_core::sample::Turn;
-use spar_core::traits::{Judge, JudgeRequest, JudgeVerdict};
-use spar_eval::{ChatPolicy, PolicyReply};
+use spar_core::traits::{
+    ChatBackend, ChatReply, Judge, JudgeRequest, JudgeVerdict, SamplingParams,
+};
 
-/// Always answers the same text.
+/// A chat model that always answers the same text.
 pub struct FixedPolicy {
     text: String,
 }
@@ -16,12 +17,15 @@ impl FixedPolicy {
 }
 
 #[async_trait]
-impl ChatPolicy for FixedPolicy {
+impl ChatBackend for FixedPolicy {
     fn id(&self) -> String {
         "fixed".into()
     }
-    async fn reply(&self, _conversation: &[Turn]) -> spar_core::Result<PolicyReply> {
-        Ok(PolicyReply::new(self.text.clone()))
+    async fn chat(&self, _: &[Turn], _: &SamplingParams) -> spar_core::Result<ChatReply> {
+        Ok(ChatReply {
+            text: self.text.clone(),
+            truncated: false,
+        })
     }
 }
 
@@ -75,5 +79,30 @@ impl Judge for KeywordJudge {
             met,
             explanation: String::new(),
         })
+    }
+}
+
+/// The evaluation models `spar eval` would build for `eval` (spar-app's `Builder::eval_models`): the scripted
+/// patient, the default stage scorer, no fact checking, and the LLM judge of `eval.judge` when `judge`.
+pub fn eval_models(
+    eval: &spar_core::recipe::EvalSection,
+    judge: bool,
+) -> spar_eval::run::EvalModels {
+    let judge = judge.then(|| {
+        let ep = eval
+            .judge
+            .as_ref()
+            .and_then(|j| j.endpoint.clone())
+            .expect("the test recipe's [eval.judge] has an endpoint");
+        std::sync::Arc::new(spar_clients::LlmJudge::new(
+            spar_clients::OpenAiClient::new(&ep).unwrap(),
+        )) as std::sync::Arc<dyn spar_core::traits::Judge>
+    });
+    spar_eval::run::EvalModels {
+        simulator: std::sync::Arc::new(spar_rollout::simulator::ScriptedPatient),
+        scorer: std::sync::Arc::new(spar_rewards::ClinicalStageScorer::new(Default::default())),
+        scorer_id: "clinical(default)".into(),
+        facts: None,
+        judge,
     }
 }

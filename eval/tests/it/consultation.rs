@@ -1,18 +1,21 @@
-//! End to end on shipped validation cases: the scripted patient, the clinical stage scorers and the knowledge-base
-//! fact checker; the scripted expert as the policy scores high, a policy that never follows the protocol low.
+//! End to end on shipped validation cases, played through rollout's environment: the scripted patient, the
+//! clinical stage scorers and the knowledge-base fact checker; the scripted expert as the policy scores high, a
+//! policy that never follows the protocol low, and a diagnosis given early ends the consultation as in training.
 use super::common::FixedPolicy;
 use spar_core::Stage;
-use spar_core::grammar::normalize_icd10;
+use spar_core::grammar::{self, normalize_icd10};
+use spar_core::sample::{Role, Turn};
 use spar_data::splits::Split;
 use spar_eval::consultation::{EpisodeEnd, summarize};
 use spar_eval::{
-    ChatPolicy, ConsultationConfig, EpisodeRecord, EvalEnv, ExpertPolicy, FactChecker,
-    evaluate_consultations,
+    ConsultationConfig, EpisodeRecord, EvalEnv, EvalPolicy, FactChecker, evaluate_consultations,
 };
 use spar_rewards::ClinicalStageScorer;
 use spar_rewards::fact::RuleClaimExtractor;
+use spar_rollout::env::ScriptedDoctor;
 use spar_rollout::simulator::ScriptedPatient;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// Six validation cases from six departments (at least one with a present red flag) and the training diagnoses.
 pub fn validation_cases() -> (Vec<spar_core::Case>, BTreeSet<String>) {
@@ -35,33 +38,32 @@ pub fn validation_cases() -> (Vec<spar_core::Case>, BTreeSet<String>) {
     (picked, seen)
 }
 
-async fn run(
-    policy: &dyn ChatPolicy,
+fn run(
+    policy: &EvalPolicy<'_>,
     cases: &[spar_core::Case],
     seen: &BTreeSet<String>,
 ) -> Vec<EpisodeRecord> {
     let verifier = spar_rewards::kb::shipped_verifier().unwrap();
     let extractor = RuleClaimExtractor;
     let facts = FactChecker::new(&extractor, verifier.as_ref());
-    let scorer = ClinicalStageScorer::default();
     let env = EvalEnv {
-        simulator: &ScriptedPatient,
-        scorer: &scorer,
+        simulator: Arc::new(ScriptedPatient),
+        scorer: Arc::new(ClinicalStageScorer::default()),
         scorer_id: "clinical".into(),
         facts: Some(&facts),
         seen_diagnoses: Some(seen),
     };
-    evaluate_consultations(policy, cases, &env, &ConsultationConfig::default()).await
+    evaluate_consultations(policy, cases, &env, &ConsultationConfig::default()).unwrap()
 }
 
-#[tokio::test]
-async fn scripted_expert_scores_high_and_a_bad_policy_low() {
+#[test]
+fn scripted_expert_scores_high_and_a_bad_policy_low() {
     let (cases, seen) = validation_cases();
     assert!(
         cases.len() >= 4,
         "need shipped validation cases from several departments"
     );
-    let expert = run(&ExpertPolicy::default(), &cases, &seen).await;
+    let expert = run(&EvalPolicy::expert(12), &cases, &seen);
     let s = summarize(&expert, "rule", "kb");
     let g = &s.overall;
     assert_eq!((g.episodes, g.failed), (cases.len(), 0));
@@ -115,11 +117,12 @@ async fn scripted_expert_scores_high_and_a_bad_policy_low() {
     assert!(t.iter().any(|x| x.stage == Some(Stage::Diag)));
 
     let bad = run(
-        &FixedPolicy::new("Hmm, I am not sure. Take some rest."),
+        &EvalPolicy::chat(Arc::new(FixedPolicy::new(
+            "Hmm, I am not sure. Take some rest.",
+        ))),
         &cases,
         &seen,
-    )
-    .await;
+    );
     let b = summarize(&bad, "rule", "kb");
     let bg = &b.overall;
     assert_eq!(bg.failed, 0);
@@ -135,4 +138,53 @@ async fn scripted_expert_scores_high_and_a_bad_policy_low() {
     assert_eq!(b.parse_failures[&Stage::Diag], cases.len());
     assert_eq!(bg.red_flag_acted, Some(0.0));
     assert!(bg.composite.unwrap() < 0.05);
+}
+
+/// Says it is ready at once, then gives its final diagnosis when asked for the differential.
+struct HastyDoctor;
+
+impl ScriptedDoctor for HastyDoctor {
+    fn id(&self) -> String {
+        "hasty".into()
+    }
+    fn reply(&self, case: &spar_core::Case, dialogue: &[Turn]) -> String {
+        match dialogue
+            .iter()
+            .rev()
+            .find(|t| t.role == Role::User)
+            .and_then(|t| t.stage)
+        {
+            Some(Stage::Inquiry) | None => "I see. <ready/>".into(),
+            _ => grammar::render_diagnosis(&grammar::NamedDx {
+                name: case.diagnosis.name.clone(),
+                icd10: Some(case.diagnosis.icd10.clone()),
+            }),
+        }
+    }
+}
+
+/// The early-diagnosis rule is training's (it is the same environment): a final diagnosis during DDX ends the
+/// consultation, Lab and Diag are not played and score 0 there, the diagnosis itself is scored.
+#[test]
+fn a_diagnosis_during_ddx_ends_the_consultation_as_in_training() {
+    let (cases, seen) = validation_cases();
+    let cases = &cases[..2];
+    let policy = EvalPolicy::scripted("hasty", Arc::new(HastyDoctor));
+    let records = run(&policy, cases, &seen);
+    for r in &records {
+        assert_eq!(
+            r.end,
+            EpisodeEnd::DiagnosedEarly,
+            "{}: {:?}",
+            r.case_id,
+            r.error
+        );
+        assert!(!r.transcript.iter().any(|t| t.stage == Some(Stage::Lab)));
+        let last = r.transcript.last().unwrap();
+        assert_eq!((last.role, last.stage), (Role::Assistant, Some(Stage::Ddx)));
+        assert_eq!(r.stage(Stage::Lab), Some(0.0));
+        assert_eq!(r.inquiry_turns, 1);
+    }
+    let s = summarize(&records, "rule", "kb");
+    assert_eq!(s.end_reasons["diagnosed_early"], cases.len());
 }

@@ -1,23 +1,30 @@
-//! The policy under evaluation as an OpenAI-compatible endpoint: a fake server plays a scripted doctor (the
-//! scripted expert of `spar-data`, which recognises the case from the patient's opening words), and the report is
-//! checked. An endpoint that fails (HTTP 500, a body that is not JSON) fails that consultation with its reason; a
-//! reply that is merely nonsense is a bad answer and is scored, not failed; the run goes on either way.
-use spar_clients::ChatMessage;
+//! The policy under evaluation as an OpenAI-compatible chat endpoint, played through rollout's environment: a
+//! fake server plays a scripted doctor (the scripted expert of `spar-data`, which recognises the case from the
+//! patient's opening words), and the report is checked. An endpoint that fails (HTTP 500, a body that is not JSON)
+//! fails that consultation with its reason; a reply that is merely nonsense is a bad answer and is scored, not
+//! failed; the run goes on either way.
+use super::common::eval_models;
 use spar_clients::testing::{FakeReply, FakeServer, FakeServerConfig, Scripted};
+use spar_clients::{ChatMessage, OpenAiChatBackend};
 use spar_core::Case;
 use spar_core::recipe::{EvalSection, Recipe};
 use spar_core::sample::{Role, Turn};
-use spar_core::traits::PatientSimulator;
 use spar_data::expert::Expert;
 use spar_eval::consultation::EpisodeEnd;
-use spar_eval::run::{EvalPlan, eval_models, run_eval};
-use spar_eval::{ConsultationConfig, EndpointPolicy, EvalReport, EvalSetup};
+use spar_eval::run::{EvalPlan, run_eval};
+use spar_eval::{ConsultationConfig, EvalPolicy, EvalReport, EvalSetup};
 use spar_rollout::simulator::ScriptedPatient;
 use std::sync::Arc;
 
-/// A doctor behind HTTP: the scripted expert for the case whose opening the conversation starts with, or
-/// nonsense for the case `babble`.
-fn scripted_doctor(openings: Vec<(String, Case)>, babble: String) -> FakeServerConfig {
+/// A doctor behind HTTP: the scripted expert for the case whose opening the conversation starts with; nonsense
+/// for `babble`; HTTP 500 for `down`, a body that is not JSON for `broken` (every time: the client's retry fails
+/// too).
+fn scripted_doctor(
+    openings: Vec<(String, Case)>,
+    babble: String,
+    down: String,
+    broken: String,
+) -> FakeServerConfig {
     FakeServerConfig {
         model: "scripted-doctor".into(),
         chat: Arc::new(move |messages: &[ChatMessage]| {
@@ -40,46 +47,48 @@ fn scripted_doctor(openings: Vec<(String, Case)>, babble: String) -> FakeServerC
             if case.id == babble {
                 return FakeReply::from("Purple elephants ✓✓ {{{ lorem ipsum ]] 42");
             }
+            if case.id == down {
+                return FakeReply::failing(Scripted::Status(500));
+            }
+            if case.id == broken {
+                return FakeReply::failing(Scripted::Malformed);
+            }
             FakeReply::from(Expert::new(case).next_utterance(&dialogue).1)
         }),
         ..Default::default()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endpoint_policy_is_evaluated_and_failures_stay_per_episode() {
+// `run_eval` runs from a plain thread (it drives rollout's runtime); the fake server runs on `rt`.
+#[test]
+fn endpoint_policy_is_evaluated_and_failures_stay_per_episode() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
     let (cases, seen) = super::consultation::validation_cases();
     let cases: Vec<Case> = cases.into_iter().take(5).collect();
     assert_eq!(cases.len(), 5, "need five shipped validation cases");
-    let mut openings = Vec::new();
-    for c in &cases {
-        openings.push((ScriptedPatient.opening(c).await.unwrap(), c.clone()));
-    }
-    let srv = FakeServer::start(scripted_doctor(openings, cases[2].id.clone()))
-        .await
+    // The system prompt is the first message; the patient's opening (the scripted patient's) the first user turn.
+    let openings = cases
+        .iter()
+        .map(|c| (ScriptedPatient::opening_line(c), c.clone()))
+        .collect();
+    let srv = rt
+        .block_on(FakeServer::start(scripted_doctor(
+            openings,
+            cases[2].id.clone(),
+            cases[0].id.clone(),
+            cases[1].id.clone(),
+        )))
         .unwrap();
-    // One consultation at a time, so the scripted failures hit the first two cases: 500 twice (the call and
-    // its one retry), then a body that is not JSON twice.
-    srv.script([
-        Scripted::Status(500),
-        Scripted::Status(500),
-        Scripted::Malformed,
-        Scripted::Malformed,
-    ]);
     let mut ep = srv.endpoint();
     ep.max_retries = 1;
-    let policy = EndpointPolicy::from_endpoint(&ep).unwrap();
+    let policy = EvalPolicy::chat(Arc::new(OpenAiChatBackend::from_endpoint(&ep).unwrap()));
 
-    let recipe = Recipe::from_toml_str("", "(test)", &[]).unwrap();
     let eval = EvalSection::default();
-    let models = eval_models(&recipe, &eval, false).unwrap();
+    let models = eval_models(&eval, false);
     let plan = EvalPlan {
         cases: cases.clone(),
         seen: Some(seen),
-        consultation: ConsultationConfig {
-            concurrency: 1,
-            ..Default::default()
-        },
+        consultation: ConsultationConfig::default(),
         healthbench: vec![],
         healthbench_cfg: EvalPlan::healthbench_config(&eval),
         setup: EvalSetup {
@@ -87,7 +96,7 @@ async fn endpoint_policy_is_evaluated_and_failures_stay_per_episode() {
             ..Default::default()
         },
     };
-    let report = run_eval(&policy, &plan, &models).await;
+    let report = run_eval(&policy, &plan, &models).unwrap();
     assert!(
         report
             .policy

@@ -42,7 +42,8 @@ mod through_the_report {
     use spar_core::traits::{ClaimExtractor, ClaimVerdict, FactVerifier};
     use spar_core::{Case, Stage};
     use spar_eval::run::{EvalModels, EvalPlan, run_eval};
-    use spar_eval::{ChatPolicy, ConsultationConfig, EvalReport, EvalSetup, PolicyReply};
+    use spar_eval::{ConsultationConfig, EvalPolicy, EvalReport, EvalSetup};
+    use spar_rollout::env::ScriptedDoctor;
     use std::sync::Arc;
 
     /// Sentences that start with "Claim:" are claims.
@@ -94,26 +95,18 @@ mod through_the_report {
         first: String,
     }
 
-    #[async_trait]
-    impl ChatPolicy for ClaimPolicy {
+    impl ScriptedDoctor for ClaimPolicy {
         fn id(&self) -> String {
             "claims".into()
         }
-        async fn reply(&self, _: &[Turn]) -> spar_core::Result<PolicyReply> {
-            unreachable!("consultations call reply_in_case")
-        }
-        async fn reply_in_case(
-            &self,
-            case: &Case,
-            conv: &[Turn],
-        ) -> spar_core::Result<PolicyReply> {
+        fn reply(&self, case: &Case, conv: &[Turn]) -> String {
             let a = case.id == self.first;
             let dx = NamedDx {
                 name: case.diagnosis.name.clone(),
                 icd10: Some(case.diagnosis.icd10.clone()),
             };
             let stage = conv.last().and_then(|t| t.stage).unwrap_or(Stage::Inquiry);
-            let text = match (stage, a) {
+            match (stage, a) {
                 (Stage::Inquiry, true) => {
                     "Claim: aspirin thins the blood. Claim: garlic cures cancer. <ready/>"
                         .to_string()
@@ -155,18 +148,17 @@ mod through_the_report {
                         ""
                     }
                 ),
-            };
-            Ok(PolicyReply::new(text))
+            }
         }
     }
 
-    #[tokio::test]
-    async fn report_states_h_as_computed_by_hand() {
+    #[test]
+    fn report_states_h_as_computed_by_hand() {
         let (cases, _) = super::super::consultation::validation_cases();
         let cases: Vec<Case> = cases.into_iter().take(2).collect();
         let models = EvalModels {
             simulator: Arc::new(spar_rollout::simulator::ScriptedPatient),
-            scorer: spar_rewards::ClinicalStageScorer::default(),
+            scorer: Arc::new(spar_rewards::ClinicalStageScorer::default()),
             scorer_id: "clinical".into(),
             facts: Some((Arc::new(MarkedClaims), Arc::new(ByWord))),
             judge: None,
@@ -179,10 +171,13 @@ mod through_the_report {
             healthbench_cfg: Default::default(),
             setup: EvalSetup::default(),
         };
-        let policy = ClaimPolicy {
-            first: cases[0].id.clone(),
-        };
-        let report = run_eval(&policy, &plan, &models).await;
+        let policy = EvalPolicy::scripted(
+            "claims",
+            Arc::new(ClaimPolicy {
+                first: cases[0].id.clone(),
+            }),
+        );
+        let report = run_eval(&policy, &plan, &models).unwrap();
         assert!(
             report
                 .episodes

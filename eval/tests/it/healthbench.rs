@@ -205,6 +205,7 @@ async fn runner_grades_scores_and_counts_failures() {
             bootstrap: 0,
             ..Default::default()
         },
+        ..Default::default()
     };
     let (summary, results) = run_healthbench(&policy, &judge, &examples, &cfg).await;
     assert_eq!(results.len(), 2);

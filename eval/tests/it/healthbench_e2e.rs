@@ -2,11 +2,13 @@
 //! runs it: the shipped sample file, a policy served by a fake OpenAI-compatible endpoint, the LLM judge of
 //! `spar-clients` against a second fake endpoint, the `[eval]` recipe section, and the written report. The scores
 //! are checked against numbers worked out by hand from HealthBench's definitions.
+use super::common::eval_models;
 use spar_clients::ChatMessage;
+use spar_clients::OpenAiChatBackend;
 use spar_clients::testing::{FakeReply, FakeServer, FakeServerConfig};
 use spar_core::recipe::Recipe;
-use spar_eval::run::{EvalPlan, eval_models, run_eval};
-use spar_eval::{ConsultationConfig, EndpointPolicy, EvalReport, EvalSetup, load_healthbench};
+use spar_eval::run::{EvalPlan, run_eval};
+use spar_eval::{ConsultationConfig, EvalPolicy, EvalReport, EvalSetup, load_healthbench};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -88,22 +90,31 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn healthbench_over_endpoints_scores_as_healthbench_defines() {
-    let policy_srv = FakeServer::start(FakeServerConfig {
-        model: "fake-doctor".into(),
-        chat: Arc::new(policy_answer),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let judge_srv = FakeServer::start(FakeServerConfig {
-        model: "fake-judge".into(),
-        chat: Arc::new(judge_answer),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+/// A chat policy over the fake endpoint (built outside any runtime: `run_eval` runs its own).
+fn endpoint_policy(srv: &FakeServer) -> EvalPolicy<'static> {
+    EvalPolicy::chat(Arc::new(
+        OpenAiChatBackend::from_endpoint(&srv.endpoint()).unwrap(),
+    ))
+}
+
+// `run_eval` is called from a plain thread (it runs rollout's runtime); the fake servers run on `rt`.
+#[test]
+fn healthbench_over_endpoints_scores_as_healthbench_defines() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let policy_srv = rt
+        .block_on(FakeServer::start(FakeServerConfig {
+            model: "fake-doctor".into(),
+            chat: Arc::new(policy_answer),
+            ..Default::default()
+        }))
+        .unwrap();
+    let judge_srv = rt
+        .block_on(FakeServer::start(FakeServerConfig {
+            model: "fake-judge".into(),
+            chat: Arc::new(judge_answer),
+            ..Default::default()
+        }))
+        .unwrap();
     let examples = load_healthbench(&sample_file()).unwrap();
     assert_eq!(examples.len(), 4);
 
@@ -121,7 +132,7 @@ async fn healthbench_over_endpoints_scores_as_healthbench_defines() {
         )
         .unwrap();
         let eval = recipe.eval.clone().unwrap();
-        let models = eval_models(&recipe, &eval, true).unwrap();
+        let models = eval_models(&eval, true);
         let plan = EvalPlan {
             cases: vec![],
             seen: None,
@@ -133,8 +144,7 @@ async fn healthbench_over_endpoints_scores_as_healthbench_defines() {
                 ..Default::default()
             },
         };
-        let policy = EndpointPolicy::from_endpoint(&policy_srv.endpoint()).unwrap();
-        let report = run_eval(&policy, &plan, &models).await;
+        let report = run_eval(&endpoint_policy(&policy_srv), &plan, &models).unwrap();
         let out = dir.path().join(clip);
         let files = report.write(&out).unwrap();
         results.push((report, files, out));
@@ -253,27 +263,28 @@ async fn healthbench_over_endpoints_scores_as_healthbench_defines() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_judge_that_answers_garbage_leaves_the_example_out() {
-    let policy_srv = FakeServer::start(FakeServerConfig {
-        chat: Arc::new(policy_answer),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+#[test]
+fn a_judge_that_answers_garbage_leaves_the_example_out() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let policy_srv = rt
+        .block_on(FakeServer::start(FakeServerConfig {
+            chat: Arc::new(policy_answer),
+            ..Default::default()
+        }))
+        .unwrap();
     // Grades everything except the chest-pain example, whose verdicts are not JSON.
-    let judge_srv = FakeServer::start(FakeServerConfig {
-        chat: Arc::new(|m: &[ChatMessage]| {
-            if m.last().is_some_and(|x| x.content.contains("chest pain")) {
-                FakeReply::from("Sure! The criterion is met.")
-            } else {
-                judge_answer(m)
-            }
-        }),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let judge_srv = rt
+        .block_on(FakeServer::start(FakeServerConfig {
+            chat: Arc::new(|m: &[ChatMessage]| {
+                if m.last().is_some_and(|x| x.content.contains("chest pain")) {
+                    FakeReply::from("Sure! The criterion is met.")
+                } else {
+                    judge_answer(m)
+                }
+            }),
+            ..Default::default()
+        }))
+        .unwrap();
     let mut judge_ep = judge_srv.endpoint();
     judge_ep.max_retries = 0;
     let recipe = Recipe::from_toml_str(
@@ -287,7 +298,7 @@ async fn a_judge_that_answers_garbage_leaves_the_example_out() {
     )
     .unwrap();
     let eval = recipe.eval.clone().unwrap();
-    let models = eval_models(&recipe, &eval, true).unwrap();
+    let models = eval_models(&eval, true);
     let plan = EvalPlan {
         cases: vec![],
         seen: None,
@@ -296,8 +307,7 @@ async fn a_judge_that_answers_garbage_leaves_the_example_out() {
         healthbench_cfg: EvalPlan::healthbench_config(&eval),
         setup: EvalSetup::default(),
     };
-    let policy = EndpointPolicy::from_endpoint(&policy_srv.endpoint()).unwrap();
-    let report = run_eval(&policy, &plan, &models).await;
+    let report = run_eval(&endpoint_policy(&policy_srv), &plan, &models).unwrap();
     let hb = report.healthbench.as_ref().unwrap();
     assert_eq!((hb.examples, hb.failed), (4, 1));
     let chest = &report.healthbench_results[0];

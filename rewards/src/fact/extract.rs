@@ -4,7 +4,7 @@ use crate::text::{is_question, normalize, sentences, words};
 use async_trait::async_trait;
 use regex::Regex;
 use spar_core::Result;
-use spar_core::grammar::strip_think;
+use spar_core::grammar::{self, strip_think};
 use spar_core::sample::Turn;
 use spar_core::traits::ClaimExtractor;
 use std::collections::HashSet;
@@ -122,8 +122,14 @@ const MEDICAL_SUFFIXES: &[&str] = &[
     "sartan", "statin", "prazole", "oma", "algia", "ine", "azole", "mab",
 ];
 
+/// The stage-output blocks of `spar_core::grammar` (an unclosed one runs to the end) and its end-of-inquiry marker.
 static TAGGED: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?is)<(ddx|tests|diagnosis)>.*?(</(ddx|tests|diagnosis)>|$)|<ready/>").unwrap()
+    let tags = grammar::BLOCK_TAGS.join("|");
+    Regex::new(&format!(
+        r"(?is)<({tags})>.*?(</({tags})>|$)|{}",
+        regex::escape(grammar::INQUIRY_DONE)
+    ))
+    .unwrap()
 });
 static CLAUSE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r",\s+(?:and|but|while|whereas|so)\s+").unwrap());

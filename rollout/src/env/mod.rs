@@ -1,8 +1,10 @@
 //! The consultation environment: stages Inquiry -> DDX -> Lab -> Diag played step by step (one user turn, the
 //! patient's or the stage instruction, plus one doctor reply) on one append-only token stream.
+mod chat_turns;
 pub mod opening;
 mod scripted_doctor;
 
+pub use chat_turns::ChatTurns;
 pub use scripted_doctor::{ExpertDoctor, ScriptedDoctor, ScriptedTurns};
 
 use crate::codec::TextCodec;
@@ -82,6 +84,10 @@ pub struct EnvConfig {
     pub max_seq_len: usize,
     pub enable_thinking: bool,
     pub track_routing: Option<(usize, usize)>,
+    /// A failed generator call (an endpoint error after the client's retries) ends that episode with
+    /// `EndReason::PolicyFailed` instead of failing the round: evaluation, where one endpoint outage must not stop
+    /// the run. Off in training, where a failing policy is a broken run.
+    pub keep_policy_failures: bool,
 }
 
 impl EnvConfig {
@@ -94,6 +100,7 @@ impl EnvConfig {
             max_seq_len: s.max_seq_len,
             enable_thinking: s.enable_thinking,
             track_routing: None,
+            keep_policy_failures: false,
         }
     }
 }
@@ -131,6 +138,16 @@ pub struct Consultation {
     pub truncated_replies: u32,
 }
 
+/// What one step produced.
+enum StepResult {
+    /// The doctor replied: its visible text and how generation finished.
+    Replied(String, FinishReason),
+    /// No room left in `max_seq_len` for a reply.
+    StreamFull,
+    /// The generator failed (kept per episode, see [`EnvConfig::keep_policy_failures`]).
+    PolicyFailed(String),
+}
+
 /// How a stage ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StageEnd {
@@ -158,7 +175,7 @@ pub fn mix_seed(base: u64, key: &str, n: u64) -> u64 {
 }
 
 impl Env {
-    /// One step: the user turn, then one sampled doctor reply. Returns the reply's text and how it finished.
+    /// One step: the user turn, then one sampled doctor reply.
     async fn step(
         &self,
         case: &Case,
@@ -167,7 +184,7 @@ impl Env {
         user: &str,
         from_patient: bool,
         seed: u64,
-    ) -> Result<Option<(String, FinishReason)>> {
+    ) -> Result<StepResult> {
         let codec = self.codec.as_ref();
         let prompt = self.chat.user_then_prompt(codec, user)?;
         c.stream.push_context(&prompt);
@@ -186,7 +203,7 @@ impl Env {
         // Room for at least one token and the template's closing `<|im_end|>`.
         let room = self.cfg.max_seq_len.saturating_sub(c.stream.len() + 1);
         if room < 1 {
-            return Ok(None);
+            return Ok(StepResult::StreamFull);
         }
         let mut sampling = self.cfg.sampling.clone();
         sampling.max_new_tokens = (sampling.max_new_tokens as usize).min(room) as u32;
@@ -196,7 +213,7 @@ impl Env {
                 sampling.stop_token_ids.push(s);
             }
         }
-        let generated = self
+        let generated = match self
             .generator
             .generate_in_case(
                 case,
@@ -206,7 +223,17 @@ impl Env {
                     sampling,
                 },
             )
-            .await?;
+            .await
+        {
+            Ok(g) => g,
+            Err(e) if self.cfg.keep_policy_failures => {
+                return Ok(StepResult::PolicyFailed(format!(
+                    "{}: {e:#}",
+                    self.generator.id()
+                )));
+            }
+            Err(e) => return Err(e),
+        };
         let out = generated.output;
         if let Some(r) = &generated.prompt_routing {
             c.stream.set_prompt_routing(r);
@@ -233,7 +260,7 @@ impl Env {
                 stage: Some(stage),
             });
         }
-        Ok(Some((text, out.finish)))
+        Ok(StepResult::Replied(text, out.finish))
     }
 
     /// Plays `c.stage` to its end: the tagged output, the turn limit, or the end of the consultation. On return
@@ -260,33 +287,32 @@ impl Env {
                 _ => (self.cfg.instructions[stage.index()].clone(), false),
             };
             let seed = mix_seed(seed, seed_key, c.turns.len() as u64);
-            let Some((text, finish)) = self.step(case, c, stage, &user, from_patient, seed).await?
-            else {
-                return Ok(StageEnd::Ended {
-                    reason: EndReason::Truncated,
-                    detail: Some("the token stream reached max_seq_len".into()),
-                });
+            let (text, finish) = match self.step(case, c, stage, &user, from_patient, seed).await? {
+                StepResult::Replied(text, finish) => (text, finish),
+                StepResult::StreamFull => {
+                    return Ok(StageEnd::Ended {
+                        reason: EndReason::Truncated,
+                        detail: Some("the token stream reached max_seq_len".into()),
+                    });
+                }
+                StepResult::PolicyFailed(error) => {
+                    return Ok(StageEnd::Ended {
+                        reason: EndReason::PolicyFailed,
+                        detail: Some(error),
+                    });
+                }
             };
             if finish == FinishReason::Length {
                 c.truncated_replies += 1;
             }
-            if grammar::parse_diagnosis(&text).is_ok() {
-                return Ok(if stage == Stage::Diag {
-                    StageEnd::Completed
-                } else {
-                    StageEnd::Ended {
-                        reason: EndReason::Done,
-                        detail: Some(format!("diagnosis given during {stage}")),
-                    }
+            // A final diagnosis ends the consultation in any stage (the grammar's rule).
+            if grammar::ends_consultation(&text) && stage != Stage::Diag {
+                return Ok(StageEnd::Ended {
+                    reason: EndReason::Done,
+                    detail: Some(format!("diagnosis given during {stage}")),
                 });
             }
-            let done = match stage {
-                Stage::Inquiry => grammar::inquiry_done(&text),
-                Stage::Ddx => grammar::parse_ddx(&text).is_ok(),
-                Stage::Lab => grammar::parse_tests(&text).is_ok(),
-                Stage::Diag => false,
-            };
-            if done {
+            if grammar::completes(stage, &text) {
                 self.advance(c);
                 return Ok(StageEnd::Completed);
             }

@@ -128,7 +128,7 @@ impl ScriptedPatient {
     /// The patient's answer to a doctor reply (thinking and tags ignored).
     pub fn answer(case: &Case, doctor: &str) -> PatientReply {
         let said = grammar::strip_think(doctor);
-        if grammar::parse_diagnosis(&said).is_ok() {
+        if grammar::ends_consultation(&said) {
             return PatientReply {
                 text: GOODBYE.to_string(),
                 end: true,

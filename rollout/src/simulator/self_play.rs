@@ -82,7 +82,7 @@ impl PatientSimulator for SelfPlayPatient {
         dialogue: &[Turn],
         doctor: &str,
     ) -> spar_core::Result<PatientReply> {
-        if grammar::parse_diagnosis(doctor).is_ok() {
+        if grammar::ends_consultation(doctor) {
             return Ok(PatientReply {
                 text: crate::simulator::scripted::GOODBYE.into(),
                 end: true,

@@ -1,45 +1,42 @@
-//! The policy as a token-level generator: a local checkpoint on the built-in engine, or any
-//! [`RolloutBackend`] (e.g. `spar serve` or vLLM token-in/token-out). Conversations are laid out in the same
-//! ChatML pieces the rollout environment appends during training (`spar_rollout::stream::ChatMl`: system turn,
-//! user turn + generation prompt with the empty think block when thinking is off, the reply, `<|im_end|>`), so
-//! the checkpoint sees what it was trained on. Earlier replies are re-encoded from their text, without thinking,
-//! as a chat server would.
-use crate::policy::{ChatPolicy, PolicyReply};
+//! A token policy seen as a chat model: [`BackendChat`] answers a conversation (HealthBench's single answers) with
+//! the built-in engine or any [`RolloutBackend`], laying the conversation out in the same ChatML pieces the
+//! environment appends during a consultation ([`ChatMl`]: system turn, user turn + generation prompt with the
+//! empty think block when thinking is off, the reply, `<|im_end|>`), so the checkpoint sees what it was trained
+//! on. Earlier replies are re-encoded from their text, without thinking, as a chat server would.
+//! [`with_builtin_engine`] serves a local checkpoint to such work.
+use crate::codec::TextCodec;
+use crate::engine::{self, Engine, EngineClient, EngineConfig};
+use crate::stream::ChatMl;
 use anyhow::{Context, Result, anyhow};
 use async_trait::async_trait;
+use spar_core::grammar::strip_think;
 use spar_core::sample::{Role, Turn};
-use spar_core::traits::{FinishReason, GenerateRequest, RolloutBackend, SamplingParams};
+use spar_core::traits::{
+    ChatBackend, ChatReply, FinishReason, GenerateRequest, RolloutBackend, SamplingParams,
+};
 use spar_model::Qwen3Model;
-use spar_rollout::codec::TextCodec;
-use spar_rollout::engine::{self, Engine, EngineClient, EngineConfig};
-use spar_rollout::stream::ChatMl;
 use std::sync::Arc;
 
-/// A [`RolloutBackend`] with the model's tokenizer as a [`ChatPolicy`].
-pub struct BackendPolicy {
+/// A [`RolloutBackend`] with the model's tokenizer as a [`ChatBackend`].
+pub struct BackendChat {
     backend: Arc<dyn RolloutBackend>,
     codec: Arc<dyn TextCodec>,
     chat: ChatMl,
-    sampling: SamplingParams,
     id: String,
 }
 
-impl BackendPolicy {
-    /// `sampling.seed`, when set, is mixed with each prompt so that a sampled evaluation is reproducible and
-    /// different conversations do not share a random stream.
+impl BackendChat {
     pub fn new(
         backend: Arc<dyn RolloutBackend>,
         codec: Arc<dyn TextCodec>,
         enable_thinking: bool,
-        sampling: SamplingParams,
     ) -> Result<Self> {
         let chat = ChatMl::new(codec.as_ref(), enable_thinking)?;
         let id = backend.id();
-        Ok(BackendPolicy {
+        Ok(BackendChat {
             backend,
             codec,
             chat,
-            sampling,
             id,
         })
     }
@@ -64,7 +61,7 @@ impl BackendPolicy {
                 Role::System => ids.extend(self.chat.system(codec, &t.text)?),
                 Role::User if next_is_reply => {
                     ids.extend(self.chat.user_then_prompt(codec, &t.text)?);
-                    let reply = spar_core::grammar::strip_think(&conversation[i + 1].text);
+                    let reply = strip_think(&conversation[i + 1].text);
                     ids.extend(codec.encode(reply.trim())?);
                     ids.extend(self.chat.close_reply(&[]));
                     i += 1;
@@ -75,7 +72,7 @@ impl BackendPolicy {
                 Role::User => ids.extend(self.chat.user_turn(codec, &t.text)?),
                 Role::Assistant => ids.extend(
                     self.chat
-                        .assistant_turn(codec, spar_core::grammar::strip_think(&t.text).trim())?,
+                        .assistant_turn(codec, strip_think(&t.text).trim())?,
                 ),
             }
             i += 1;
@@ -89,6 +86,8 @@ impl BackendPolicy {
     }
 }
 
+/// FNV-1a of a seed and token ids: a sampled answer's seed depends on its prompt, so a sampled evaluation is
+/// reproducible and different conversations do not share a random stream.
 fn mix(seed: u64, ids: &[u32]) -> u64 {
     let mut h = 0xcbf29ce484222325u64 ^ seed;
     for id in ids {
@@ -98,16 +97,20 @@ fn mix(seed: u64, ids: &[u32]) -> u64 {
 }
 
 #[async_trait]
-impl ChatPolicy for BackendPolicy {
+impl ChatBackend for BackendChat {
     fn id(&self) -> String {
         self.id.clone()
     }
 
-    async fn reply(&self, conversation: &[Turn]) -> spar_core::Result<PolicyReply> {
+    async fn chat(
+        &self,
+        conversation: &[Turn],
+        sampling: &SamplingParams,
+    ) -> spar_core::Result<ChatReply> {
         let err =
             |e: anyhow::Error| spar_core::Error::external(self.id.clone(), format!("{e:#}"), false);
         let prompt_ids = self.prompt(conversation).map_err(err)?;
-        let mut sampling = self.sampling.clone();
+        let mut sampling = sampling.clone();
         sampling.seed = sampling.seed.map(|s| mix(s, &prompt_ids));
         for s in self.chat.stop_ids() {
             if !sampling.stop_token_ids.contains(&s) {
@@ -128,7 +131,7 @@ impl ChatPolicy for BackendPolicy {
             .chat
             .reply_text(self.codec.as_ref(), &out.token_ids)
             .map_err(err)?;
-        Ok(PolicyReply {
+        Ok(ChatReply {
             text,
             truncated: out.finish == FinishReason::Length,
         })
@@ -136,8 +139,8 @@ impl ChatPolicy for BackendPolicy {
 }
 
 /// Runs the built-in engine over `model` on this thread while `work` runs on a scoped thread with a client of
-/// it; returns what `work` returns. The engine batches whatever the work has in flight (many consultations at
-/// once). Engine failures fail the pending requests, so `work` finishes, and are returned.
+/// it; returns what `work` returns. The engine batches whatever the work has in flight. Engine failures fail the
+/// pending requests, so `work` finishes, and are returned.
 pub fn with_builtin_engine<R: Send>(
     model: &Qwen3Model,
     cfg: EngineConfig,
@@ -154,54 +157,8 @@ pub fn with_builtin_engine<R: Send>(
         drop(inbox);
         let out = handle
             .join()
-            .map_err(|_| anyhow!("the evaluation thread panicked"))?;
+            .map_err(|_| anyhow!("the work served by the built-in engine panicked"))?;
         served.context("the built-in engine failed")?;
         Ok(out)
     })
-}
-
-/// How a local checkpoint generates in an evaluation.
-#[derive(Clone, Debug)]
-pub struct LocalPolicyConfig {
-    pub engine: EngineConfig,
-    /// Qwen3 thinking (the template's `enable_thinking`), as in training's `[rollout] enable_thinking`.
-    pub enable_thinking: bool,
-    pub sampling: SamplingParams,
-    /// Names the policy in reports.
-    pub id: String,
-}
-
-/// Evaluates a local checkpoint on `cases`: the built-in engine on this thread, the consultations on a
-/// scoped thread with its own tokio runtime (so callers need none, and may be inside one). For the trainer's
-/// before / after evaluations.
-pub fn evaluate_local(
-    model: &Qwen3Model,
-    codec: Arc<dyn TextCodec>,
-    policy: &LocalPolicyConfig,
-    cases: &[spar_core::Case],
-    env: &crate::EvalEnv<'_>,
-    cfg: &crate::ConsultationConfig,
-) -> Result<Vec<crate::EpisodeRecord>> {
-    let codec2 = codec.clone();
-    with_builtin_engine(
-        model,
-        policy.engine.clone(),
-        codec,
-        &policy.id,
-        move |client| -> Result<Vec<crate::EpisodeRecord>> {
-            let p = BackendPolicy::new(
-                Arc::new(client),
-                codec2,
-                policy.enable_thinking,
-                policy.sampling.clone(),
-            )?
-            .with_id(policy.id.clone());
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("starting the evaluation runtime")?;
-            Ok(rt.block_on(crate::evaluate_consultations(&p, cases, env, cfg)))
-        },
-    )?
 }

@@ -1,0 +1,136 @@
+//! The held-out evaluation `spar train` runs: before training (the floor), for the scripted expert (the ceiling),
+//! after SFT and after RL. Greedy (the recipe's `[eval]` temperature) whole consultations of the evaluation cases
+//! with the evaluation patient (`[eval.simulator]`, scripted by default), one per case, played by [`crate::consultation::play`], the code `spar eval` plays
+//! with; stage scores from the stage scorer, the final reward from the reward pipeline, transcripts as markdown.
+use crate::consultation::{ConsultationConfig, play};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use spar_core::recipe::{EvalSection, RolloutSection};
+use spar_core::sample::Role;
+use spar_core::traits::{PatientSimulator, StageScorer};
+use spar_core::{Case, Stage};
+use spar_rewards::RewardPipeline;
+use spar_rollout::Policy;
+use spar_rollout::codec::TextCodec;
+use spar_rollout::env::stage_replies;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Per-stage scores and reward of one evaluation pass.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EvalSummary {
+    pub episodes: usize,
+    pub reward_mean: f64,
+    pub stage_means: [f64; 4],
+    pub parsed_rate: f64,
+    pub hallucination_rate: f64,
+}
+
+/// What the held-out evaluation plays and scores with. Any policy: the model at each phase
+/// (`Policy::Builtin`), or the scripted expert (`Policy::Scripted`).
+pub struct HeldOutEval<'a> {
+    /// The evaluation cases (one consultation each).
+    pub cases: &'a [Case],
+    /// The protocol as trained: system prompt, stage instructions, turn limits, chat template, context.
+    pub rollout: &'a RolloutSection,
+    /// Sampling (`temperature`, `max_new_tokens`) and `concurrency`: consultations in the engine's batch. A
+    /// batch's composition moves float sums and so near-tie argmaxes; concurrency 1 makes two evaluations of the
+    /// same weights agree exactly (the recipe's choice between speed and a noise-free before / after comparison).
+    pub eval: &'a EvalSection,
+    pub codec: Arc<dyn TextCodec>,
+    pub scorer: Arc<dyn StageScorer>,
+    pub pipeline: &'a RewardPipeline,
+    /// The runtime the reward pipeline was built in (its clients and caches live there).
+    pub rt: &'a tokio::runtime::Runtime,
+    /// Sampling seed of the consultations.
+    pub seed: u64,
+    /// The evaluation patient (`[eval.simulator]`; the scripted patient by default).
+    pub simulator: Arc<dyn PatientSimulator>,
+}
+
+impl HeldOutEval<'_> {
+    /// Evaluates `policy` and writes the transcripts to `OUT/transcripts/<name>.md` (atomically).
+    pub fn run_and_write(&self, policy: Policy<'_>, out: &Path, name: &str) -> Result<EvalSummary> {
+        let (summary, transcripts) = self.run(policy)?;
+        spar_core::fsio::write_atomic(
+            &out.join("transcripts").join(format!("{name}.md")),
+            transcripts.as_bytes(),
+        )?;
+        Ok(summary)
+    }
+
+    /// Returns the summary and the transcripts (markdown). Call from a plain thread (not inside a tokio runtime).
+    pub fn run(&self, policy: Policy<'_>) -> Result<(EvalSummary, String)> {
+        let mut consultation = ConsultationConfig::new(self.rollout, self.eval);
+        consultation.samples_per_case = 1;
+        consultation.seed = self.seed;
+        let played = play(
+            policy,
+            None,
+            self.cases,
+            consultation.rollout_section(),
+            1,
+            self.codec.clone(),
+            self.scorer.clone(),
+            self.simulator.clone(),
+            false,
+            Some(crate::progress::bar(self.cases.len() as u64, "eval")),
+        )?;
+        let groups = &played.groups;
+        let mut summary = EvalSummary {
+            episodes: groups.len(),
+            ..Default::default()
+        };
+        let mut md = String::from("# Held-out consultations (greedy, scripted patient)\n\n");
+        let (mut parsed, mut scored_stages) = (0usize, 0usize);
+        let (mut hall, mut nclaims) = (0.0, 0usize);
+        for g in groups {
+            let case = self
+                .cases
+                .iter()
+                .find(|c| c.id == g.case_id)
+                .with_context(|| format!("unknown case {}", g.case_id))?;
+            let s0 = &g.samples[0];
+            let sc = self
+                .rt
+                .block_on(self.pipeline.score_group(case, &g.samples));
+            let reward = sc.first().map(|s| s.reward).unwrap_or(0.0);
+            summary.reward_mean += reward;
+            for c in sc.first().map(|s| s.claims.as_slice()).unwrap_or(&[]) {
+                hall += c.label.hallucination_weight();
+                nclaims += 1;
+            }
+            md.push_str(&format!("## case {} (reward {reward:.3})\n\n", g.case_id));
+            for st in Stage::ALL {
+                let replies = stage_replies(&s0.turns, st);
+                let score = self.scorer.score(case, st, &replies, &s0.turns);
+                summary.stage_means[st.index()] += score.score;
+                parsed += score.parsed as usize;
+                scored_stages += 1;
+                md.push_str(&format!(
+                    "- {}: {:.3}{}\n",
+                    st.name(),
+                    score.score,
+                    if score.parsed { "" } else { " (unparsed)" }
+                ));
+            }
+            md.push('\n');
+            for t in &s0.turns {
+                let who = match t.role {
+                    Role::System => continue,
+                    Role::User => "patient / instruction",
+                    Role::Assistant => "doctor",
+                };
+                md.push_str(&format!("**{who}**: {}\n\n", t.text.replace('\n', " ")));
+            }
+        }
+        let n = groups.len().max(1) as f64;
+        summary.reward_mean /= n;
+        for v in &mut summary.stage_means {
+            *v /= n;
+        }
+        summary.parsed_rate = parsed as f64 / scored_stages.max(1) as f64;
+        summary.hallucination_rate = hall / nclaims.max(1) as f64;
+        Ok((summary, md))
+    }
+}
