@@ -7,7 +7,7 @@ use super::common::eval_models;
 use spar_clients::testing::{FakeReply, FakeServer, FakeServerConfig, Scripted};
 use spar_clients::{ChatMessage, OpenAiChatBackend};
 use spar_core::Case;
-use spar_core::recipe::{EvalSection, Recipe};
+use spar_core::recipe::EvalSection;
 use spar_core::sample::{Role, Turn};
 use spar_data::expert::Expert;
 use spar_eval::consultation::EpisodeEnd;
