@@ -15,6 +15,7 @@ pub mod client;
 pub mod consistency;
 pub mod encoder;
 pub mod extractor;
+pub mod fence;
 pub mod judge;
 pub mod privacy;
 pub mod prompt;
