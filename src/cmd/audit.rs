@@ -18,7 +18,10 @@ pub fn recipe_data_files(recipe: &Recipe) -> Vec<PathBuf> {
 
 /// The case files (and split file, when there is one) a `[data]` section points at.
 pub fn case_data_files(section: &DataSection, base: Option<&Path>) -> Vec<PathBuf> {
-    let cases = spar_data::recipe::cases_path(section, base);
+    // No shipped data to list: the command's own loading reports why.
+    let Ok(cases) = spar_data::recipe::cases_path(section, base) else {
+        return Vec::new();
+    };
     let mut files = if cases.is_dir() {
         spar_data::cases::case_files(&cases).unwrap_or_default()
     } else {

@@ -109,7 +109,7 @@ pub fn run(args: Args) -> Result<()> {
         });
     }
     let recipe = match &args.recipe {
-        Some(p) => Recipe::load(p, &args.set)?,
+        Some(p) => crate::recipe_arg::load(p, &args.set)?,
         None => Recipe::from_toml_str("", "(no recipe)", &args.set)?,
     };
     let base = recipe
@@ -180,7 +180,7 @@ pub fn run(args: Args) -> Result<()> {
             bail!(
                 "no cases in the {} split of {}",
                 split.name(),
-                spar_data::recipe::cases_path(&data, base.as_deref()).display()
+                spar_data::recipe::cases_path(&data, base.as_deref())?.display()
             );
         }
         cases
@@ -211,11 +211,15 @@ pub fn run(args: Args) -> Result<()> {
     let plan = EvalPlan {
         setup: EvalSetup {
             split: (!cases.is_empty()).then(|| split.name().to_string()),
-            cases: (!cases.is_empty()).then(|| {
-                spar_data::recipe::cases_path(&data, base.as_deref())
-                    .display()
-                    .to_string()
-            }),
+            cases: if cases.is_empty() {
+                None
+            } else {
+                Some(
+                    spar_data::recipe::cases_path(&data, base.as_deref())?
+                        .display()
+                        .to_string(),
+                )
+            },
             healthbench_file: eval.healthbench.as_ref().map(|p| p.display().to_string()),
             ..Default::default()
         },
@@ -248,7 +252,7 @@ pub fn run(args: Args) -> Result<()> {
     if eval.hallucination && !plan.cases.is_empty() && verifier == "kb" {
         let kb = match recipe.data.as_ref().and_then(|d| d.knowledge_base.as_ref()) {
             Some(kb) => recipe.resolve(kb),
-            None => spar_data::kb::KnowledgeBase::default_dir(),
+            None => spar_data::kb::KnowledgeBase::default_dir()?,
         };
         data_files.extend(super::audit::files_of(&kb));
     }

@@ -37,7 +37,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let recipe = Recipe::load(&args.recipe, &args.set)?;
+    let recipe = crate::recipe_arg::load(&args.recipe, &args.set)?;
     let cfg: RolloutSection = recipe.rollout.clone().unwrap_or_default();
     let model_sec = recipe.model.clone().unwrap_or_default();
     let base = recipe

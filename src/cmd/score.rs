@@ -39,7 +39,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let recipe = match &args.recipe {
-        Some(p) => Recipe::load(p, &args.set)?,
+        Some(p) => crate::recipe_arg::load(p, &args.set)?,
         None => Recipe::from_toml_str("", "(defaults)", &args.set)?,
     };
     let rewards: RewardsSection = recipe.rewards.clone().unwrap_or_default();
@@ -50,7 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (Some(p), _) => p.clone(),
         (None, Some(p)) => recipe.resolve(p),
         // No cases named anywhere: the shipped cases, as every other command defaults to.
-        (None, None) => spar_data::recipe::cases_path(&Default::default(), None),
+        (None, None) => spar_data::recipe::cases_path(&Default::default(), None)?,
     };
     let mut data_files = vec![args.input.clone()];
     data_files.extend(if cases_path.is_dir() {

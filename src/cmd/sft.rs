@@ -22,7 +22,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sets.push(format!("model.path=\"{}\"", m.display()));
     }
     sets.push("trainer.steps=0".into());
-    let recipe = spar_core::recipe::Recipe::load(&args.recipe, &sets)?;
+    let recipe = crate::recipe_arg::load(&args.recipe, &sets)?;
     // The run folder `spar_trainer::run::run` writes into.
     let run_dir = args
         .out

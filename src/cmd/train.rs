@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The TOML recipe.
+    /// The TOML recipe file, or the name of a shipped recipe (`spar data recipes` lists them).
     #[arg(long)]
     pub recipe: PathBuf,
     /// Override any recipe key: `--set trainer.lr=1e-5` (repeatable).
@@ -33,7 +33,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sets.push(format!("model.path=\"{}\"", m.display()));
     }
     // Parsing, overrides and validation of every section happen here, before any heavy work.
-    let recipe = spar_core::recipe::Recipe::load(&args.recipe, &sets)?;
+    let recipe = crate::recipe_arg::load(&args.recipe, &sets)?;
     if let (Some(samples), Some(scored), Some(model)) = (&args.input, &args.rewards, &args.model) {
         let out = args
             .out
