@@ -107,7 +107,10 @@ mod tests {
         let id = fence_id(&v);
         let text = format!("before\n{}\nafter", data_block(&id, &v));
         let (before, got_id, got, after) = next_block(&text).unwrap();
-        assert_eq!((before, got_id, after), ("before\n", id.as_str(), "\nafter"));
+        assert_eq!(
+            (before, got_id, after),
+            ("before\n", id.as_str(), "\nafter")
+        );
         assert_eq!(got, v);
         assert!(next_block("no block here").is_none());
         assert!(next_block("<<<DATA x>>>\nnot json\n<<<END DATA x>>>").is_none());
