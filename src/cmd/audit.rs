@@ -106,8 +106,8 @@ pub fn audited<T>(
 #[cfg(test)]
 mod tests {
     //! The commands as `spar` runs them (their `run(Args)`), checked for their manifest and owner-only outputs.
-    use spar_clients::testing::{FakeReply, FakeServer, FakeServerConfig, responders};
     use spar_data::audit::{AuditManifest, REDACTED};
+    use spar_testkit::{FakeReply, FakeServer, FakeServerConfig, responders};
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
 

@@ -3,7 +3,6 @@
 //! checked. An endpoint that fails (HTTP 500, a body that is not JSON) fails that consultation with its reason; a
 //! reply that is merely nonsense is a bad answer and is scored, not failed; the run goes on either way.
 use spar_clients::ChatMessage;
-use spar_clients::testing::{FakeReply, FakeServer, FakeServerConfig, Scripted};
 use spar_core::Case;
 use spar_core::recipe::{EvalSection, Recipe};
 use spar_core::sample::{Role, Turn};
@@ -13,6 +12,7 @@ use spar_eval::consultation::EpisodeEnd;
 use spar_eval::run::{EvalPlan, eval_models, run_eval};
 use spar_eval::{ConsultationConfig, EndpointPolicy, EvalReport, EvalSetup};
 use spar_rollout::simulator::ScriptedPatient;
+use spar_testkit::{FakeReply, FakeServer, FakeServerConfig, Scripted};
 use std::sync::Arc;
 
 /// A doctor behind HTTP: the scripted expert for the case whose opening the conversation starts with, or

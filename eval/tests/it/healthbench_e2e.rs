@@ -3,10 +3,10 @@
 //! `spar-clients` against a second fake endpoint, the `[eval]` recipe section, and the written report. The scores
 //! are checked against numbers worked out by hand from HealthBench's definitions.
 use spar_clients::ChatMessage;
-use spar_clients::testing::{FakeReply, FakeServer, FakeServerConfig};
 use spar_core::recipe::Recipe;
 use spar_eval::run::{EvalPlan, eval_models, run_eval};
 use spar_eval::{ConsultationConfig, EndpointPolicy, EvalReport, EvalSetup, load_healthbench};
+use spar_testkit::{FakeReply, FakeServer, FakeServerConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -196,7 +196,7 @@ async fn healthbench_over_endpoints_scores_as_healthbench_defines() {
     // saw the whole conversation (system prompt and earlier assistant turn included), thinking never graded.
     let judged = judge_srv.requests();
     assert_eq!(judged.len(), 2 * 12);
-    let prompt = |r: &spar_clients::testing::RecordedRequest| {
+    let prompt = |r: &spar_testkit::RecordedRequest| {
         r.body["messages"][1]["content"]
             .as_str()
             .unwrap_or("")
