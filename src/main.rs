@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod recipe_arg;
 
 #[derive(Parser)]
 #[command(

@@ -1,9 +1,8 @@
 //! `LlmClaimExtractor`: splits a doctor's reply into atomic medical claims (method.md section 4) over an
 //! OpenAI-compatible chat endpoint.
 use crate::client::OpenAiClient;
-use crate::prompt::{
-    LlmOptions, ask_parsed, data_block, data_rule, fence_id, hash12, json_payload, transcript,
-};
+use crate::fence::{data_block, data_rule, fence_id, hash12};
+use crate::prompt::{LlmOptions, ask_parsed, json_payload, transcript};
 use crate::wire::ChatMessage;
 use async_trait::async_trait;
 use serde::Deserialize;

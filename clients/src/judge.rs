@@ -9,9 +9,8 @@
 //! ```
 //! The judged text is data (see `prompt`): an instruction inside it cannot reach the instruction part.
 use crate::client::OpenAiClient;
-use crate::prompt::{
-    LlmOptions, ask_parsed, data_block, data_rule, fence_id, hash12, json_payload, transcript,
-};
+use crate::fence::{data_block, data_rule, fence_id, hash12};
+use crate::prompt::{LlmOptions, ask_parsed, json_payload, transcript};
 use crate::wire::ChatMessage;
 use async_trait::async_trait;
 use serde::Deserialize;

@@ -5,7 +5,8 @@
 //! - Trait implementations: [`LlmJudge`] (Judge), [`LlmClaimExtractor`] (ClaimExtractor), [`LlmFactVerifier`]
 //!   (FactVerifier), [`LlmPatientSimulator`] (PatientSimulator), [`OpenAiEncoder`] (Encoder),
 //!   [`OpenAiRolloutBackend`] (RolloutBackend), [`OpenAiChatBackend`] (ChatBackend: a policy served as text).
-//! - `testing` (feature `test-server`): a loopback fake OpenAI server and the judge benchmark.
+//!
+//! The loopback fake OpenAI server that its tests (and other crates' tests) run against is `spar-testkit`.
 //!
 //! Servers: vLLM and SGLang (the Qwen3 "qwen3" reasoning parser's `reasoning_content` is read), OpenAI's API
 //! (set `LlmOptions::enable_thinking = None` there), and `spar serve`. Token-in/token-out generation needs the
@@ -16,14 +17,13 @@ pub mod client;
 pub mod consistency;
 pub mod encoder;
 pub mod extractor;
+pub mod fence;
 pub mod judge;
 pub mod privacy;
 pub mod prompt;
 pub mod retry;
 pub mod simulator;
 pub mod stats;
-#[cfg(feature = "test-server")]
-pub mod testing;
 pub mod verifier;
 pub mod wire;
 

@@ -1,6 +1,7 @@
 //! When outgoing text is PHI-redacted: only for endpoints off this machine (method.md section 9, "Patient data
 //! leaving the machine"). Loopback means 127.0.0.0/8, `::1` (also IPv4-mapped) and the name `localhost`;
 //! a private-network address is not loopback, since the data still leaves the machine.
+use crate::fence;
 use reqwest::Url;
 use serde_json::Value;
 use std::net::{IpAddr, Ipv6Addr};
@@ -42,30 +43,16 @@ pub fn redact(text: &str) -> String {
     spar_core::phi::redact(text)
 }
 
-/// Redacts a prompt that may hold fenced JSON data blocks (`prompt::data_block`): inside a block every JSON
+/// Redacts a prompt that may hold fenced JSON data blocks (`fence::data_block`): inside a block every JSON
 /// string value is redacted on its own and the block re-written, so the redactor can never eat a quote or an
 /// escape and break the JSON; the text around blocks is redacted as plain text.
 pub fn redact_prompt(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(start) = rest.find("<<<DATA ") {
-        let after = &rest[start + "<<<DATA ".len()..];
-        let Some(id_len) = after.find(">>>\n") else {
-            break;
-        };
-        let id = &after[..id_len];
-        let body_at = start + "<<<DATA ".len() + id_len + ">>>\n".len();
-        let close = format!("\n<<<END DATA {id}>>>");
-        let Some(body_len) = rest[body_at..].find(&close) else {
-            break;
-        };
-        let body = &rest[body_at..body_at + body_len];
-        let Ok(value) = serde_json::from_str::<Value>(body) else {
-            break;
-        };
-        out.push_str(&redact(&rest[..start]));
-        out.push_str(&crate::prompt::data_block(id, &redact_strings(value)));
-        rest = &rest[body_at + body_len + close.len()..];
+    while let Some((before, id, value, after)) = fence::next_block(rest) {
+        out.push_str(&redact(before));
+        out.push_str(&fence::data_block(id, &redact_strings(value)));
+        rest = after;
     }
     out.push_str(&redact(rest));
     out

@@ -8,9 +8,8 @@
 //! leaves its group as `simulator_failed`).
 use crate::client::OpenAiClient;
 use crate::consistency::rule_violation;
-use crate::prompt::{
-    LlmOptions, ask_parsed, data_block, data_rule, fence_id, hash12, json_payload,
-};
+use crate::fence::{data_block, data_rule, fence_id, hash12};
+use crate::prompt::{LlmOptions, ask_parsed, json_payload};
 use crate::wire::ChatMessage;
 use async_trait::async_trait;
 use serde::Deserialize;

@@ -1,9 +1,8 @@
 //! `LlmFactVerifier`: labels one claim Supported / Refuted / Uncertain against established medical knowledge
 //! (method.md section 4) over an OpenAI-compatible chat endpoint.
 use crate::client::OpenAiClient;
-use crate::prompt::{
-    LlmOptions, ask_parsed, data_block, data_rule, fence_id, hash12, json_payload,
-};
+use crate::fence::{data_block, data_rule, fence_id, hash12};
+use crate::prompt::{LlmOptions, ask_parsed, json_payload};
 use crate::wire::ChatMessage;
 use async_trait::async_trait;
 use serde::Deserialize;

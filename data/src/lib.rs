@@ -3,7 +3,8 @@
 //! - [`cases`]: case IO (JSONL, parquet), validation, `load_cases` (file or folder)
 //! - [`wire`]: parquet / JSONL IO of the `Sample` and `Scored` wire formats
 //! - [`splits`]: train / validation (by case) and test (by diagnosis) splits
-//! - [`generate`]: the synthetic case generator over the disease table; the shipped cases are in `data/cases/`
+//! - [`generate`]: the synthetic case generator over the disease table
+//! - [`shipped`]: the shipped cases, knowledge base and recipes, embedded in the binary (or `$SPAR_DATA`)
 //! - [`expert`]: the scripted expert (gold consultations, turn-by-turn doctor policy)
 //! - [`verl`]: import of verl-style RL parquet
 //! - [`recipe`]: the train / eval cases a recipe's `[data]` section selects
@@ -14,6 +15,7 @@ pub mod generate;
 pub mod kb;
 mod parquet_io;
 pub mod recipe;
+pub mod shipped;
 pub mod splits;
 pub mod verl;
 pub mod wire;

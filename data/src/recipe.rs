@@ -5,11 +5,11 @@ use spar_core::{Case, Error, Result};
 use std::path::{Path, PathBuf};
 
 /// The case file or folder the section names (relative paths resolve against `base`, the recipe's folder),
-/// or the shipped cases.
-pub fn cases_path(section: &DataSection, base: Option<&Path>) -> PathBuf {
+/// or the shipped cases ([`crate::shipped::cases_dir`]; an error only when those cannot be provided).
+pub fn cases_path(section: &DataSection, base: Option<&Path>) -> Result<PathBuf> {
     match &section.cases {
-        Some(p) => resolve(p, base),
-        None => crate::generate::shipped_dir(),
+        Some(p) => Ok(resolve(p, base)),
+        None => crate::shipped::cases_dir(),
     }
 }
 
@@ -23,7 +23,7 @@ fn resolve(p: &Path, base: Option<&Path>) -> PathBuf {
 /// The cases of `split`, at most `max_cases` of them (0 = all), in file order.
 pub fn split_cases(section: &DataSection, base: Option<&Path>, split: Split) -> Result<Vec<Case>> {
     let splits = section.splits.as_deref().map(|p| resolve(p, base));
-    let path = cases_path(section, base);
+    let path = cases_path(section, base)?;
     let mut cases = load_split(&path, splits.as_deref(), split)?;
     if !section.departments.is_empty() {
         for d in &section.departments {

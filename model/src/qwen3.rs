@@ -8,7 +8,6 @@ use crate::moe::{MoeWeights, moe_forward};
 use crate::rope::{Rope, apply_rotary};
 use anyhow::{Context, Result, bail, ensure};
 use spar_kernels::rms_norm;
-use std::path::Path;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -220,7 +219,7 @@ pub fn param_shapes(c: &Qwen3Config) -> Vec<(String, Vec<i64>)> {
 }
 
 /// Registers a trainable variable under a dotted name (VarStore paths take one component per `.`).
-fn add_var(vs: &VarStore, name: &str, t: Tensor) {
+pub(crate) fn add_var(vs: &VarStore, name: &str, t: Tensor) {
     let mut parts: Vec<&str> = name.split('.').collect();
     let last = parts.pop().unwrap_or(name);
     let mut p = vs.root();
@@ -257,25 +256,6 @@ impl Qwen3Model {
                 add_var(&vs, &name, t.f_to_kind(kind)?.f_to_device(device)?);
             }
         }
-        Self::from_var_store(config, vs, kind)
-    }
-
-    /// Loads an HF model directory: `config.json` and `model.safetensors` or `model.safetensors.index.json`
-    /// with its shards. Errors name the file and the tensor (missing, wrong shape, truncated, wrong dtype).
-    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
-        let config = Qwen3Config::from_file(&dir.join("config.json"))?;
-        let vs = VarStore::new(device);
-        {
-            let _g = tch::no_grad_guard();
-            for (name, shape) in param_shapes(&config) {
-                add_var(
-                    &vs,
-                    &name,
-                    Tensor::f_empty(shape.as_slice(), (kind, device))?,
-                );
-            }
-        }
-        crate::weights::load_hf_weights(dir, &config, &vs)?;
         Self::from_var_store(config, vs, kind)
     }
 
@@ -343,12 +323,6 @@ impl Qwen3Model {
             device,
             checkpointing: false,
         })
-    }
-
-    /// Writes `config.json` and the weights under HF names (per-expert tensors un-stacked) as safetensors
-    /// (sharded with an index above 5 GB), each file atomically.
-    pub fn save_hf(&self, dir: &Path) -> Result<()> {
-        crate::weights::save_hf(self, dir)
     }
 
     /// Device of the parameters.

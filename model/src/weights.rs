@@ -1,21 +1,49 @@
 //! HF safetensors checkpoints: loading (single file or sharded index, per-expert or stacked expert tensors)
-//! into the model's VarStore, and saving back under HF names.
+//! into the model's VarStore, and saving back under HF names; [`Qwen3Model::load`] and
+//! [`Qwen3Model::save_hf`] live here, so this module depends on `qwen3` and not the other way round.
 //!
 //! The safetensors header is parsed here rather than through `VarStore::read_safetensors` so that shards
 //! load one tensor at a time (no whole-shard buffer) and every failure names the file and the tensor.
 
 use crate::config::Qwen3Config;
-use crate::qwen3::{Qwen3Model, param_shapes};
+use crate::qwen3::{Qwen3Model, add_var, param_shapes};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Largest shard `save_hf` writes before starting a new one (transformers' default `max_shard_size`).
 pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
+
+impl Qwen3Model {
+    /// Loads an HF model directory: `config.json` and `model.safetensors` or `model.safetensors.index.json`
+    /// with its shards. Errors name the file and the tensor (missing, wrong shape, truncated, wrong dtype).
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+        let vs = VarStore::new(device);
+        {
+            let _g = tch::no_grad_guard();
+            for (name, shape) in param_shapes(&config) {
+                add_var(
+                    &vs,
+                    &name,
+                    Tensor::f_empty(shape.as_slice(), (kind, device))?,
+                );
+            }
+        }
+        load_hf_weights(dir, &config, &vs)?;
+        Self::from_var_store(config, vs, kind)
+    }
+
+    /// Writes `config.json` and the weights under HF names (per-expert tensors un-stacked) as safetensors
+    /// (sharded with an index above 5 GB), each file atomically.
+    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        save_hf(self, dir)
+    }
+}
 
 /// Where an HF tensor lands in the VarStore.
 #[derive(Clone, Debug)]

@@ -1,6 +1,6 @@
 //! spar-rewards: the reward side of spar, exactly as published (Baichuan-M3 sections 3-5), every knob in the
-//! recipe's `[rewards]` section, every component's contribution logged per sample. No libtorch: advantages
-//! become tensors only at the trainer boundary ([`tokens::token_advantages`]).
+//! recipe's `[rewards]` section, every component's contribution logged per sample. No libtorch: the trainer
+//! spreads each step's advantage A_j over that step's tokens (`spar_trainer::batch`), rewards never does.
 //!
 //! - [`pipeline::RewardPipeline`]: scores one group of samples into `Scored` records (the entry point of
 //!   rollout workers, the trainer and `spar score`).
@@ -23,9 +23,7 @@ pub mod score;
 pub mod stage;
 pub mod steps;
 pub mod text;
-pub mod tokens;
 
 pub use advantage::{AdvantageParams, StdKind, estimate};
 pub use pipeline::{Injected, PipelineMetrics, RewardPipeline};
 pub use stage::ClinicalStageScorer;
-pub use tokens::token_advantages;

@@ -23,7 +23,10 @@ pub fn recipe_data_files(recipe: &Recipe) -> Vec<PathBuf> {
 
 /// The case files (and split file, when there is one) a `[data]` section points at.
 pub fn case_data_files(section: &DataSection, base: Option<&Path>) -> Vec<PathBuf> {
-    let cases = spar_data::recipe::cases_path(section, base);
+    // No shipped data to list: the command's own loading reports why.
+    let Ok(cases) = spar_data::recipe::cases_path(section, base) else {
+        return Vec::new();
+    };
     let mut files = if cases.is_dir() {
         spar_data::cases::case_files(&cases).unwrap_or_default()
     } else {
@@ -89,8 +92,8 @@ pub fn run_audited<T>(
 #[cfg(test)]
 mod tests {
     //! The commands as `spar` runs them (their `run(Args)`), checked for their manifest and owner-only outputs.
-    use spar_clients::testing::{FakeReply, FakeServer, FakeServerConfig, responders};
     use spar_data::audit::{AuditManifest, REDACTED};
+    use spar_testkit::{FakeReply, FakeServer, FakeServerConfig, responders};
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
 

@@ -8,7 +8,8 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Bench {
-    /// LLM-judge throughput against a loopback fake server with fixed latency.
+    /// LLM-judge throughput against a loopback fake server with fixed latency (feature `bench-judge`).
+    #[cfg(feature = "bench-judge")]
     Judge(super::bench_judge::BenchJudgeArgs),
     /// Forward tokens/s of a random Qwen3 / Qwen3-MoE model of a real shape.
     Forward(super::bench_forward::Args),
@@ -18,6 +19,7 @@ enum Bench {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
+        #[cfg(feature = "bench-judge")]
         Bench::Judge(a) => super::bench_judge::run(a),
         Bench::Forward(a) => super::bench_forward::run(a),
         Bench::Decode(a) => super::bench_decode::run(a),

@@ -2,9 +2,12 @@
 //! every call after a fixed latency; N trajectories x M rubric items go through `LlmJudge` at a concurrency
 //! limit, and the wall time is compared with the ideal `latency x ceil(calls / concurrency)` of a client that
 //! keeps every permit busy. Failures and retries are reported (`--error-rate` makes the server fail some).
+//!
+//! Built only with the binary's non-default `bench-judge` feature: the fake server is test support
+//! (`spar-testkit`) and stays out of the production binary.
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use spar_clients::testing::bench::{JudgeBenchOptions, run_judge_bench};
+use spar_testkit::bench::{JudgeBenchOptions, run_judge_bench};
 use std::path::PathBuf;
 use std::time::Duration;
 

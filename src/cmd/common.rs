@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 /// `--recipe`, `--set` and `--model`.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct RecipeArgs {
-    /// The TOML recipe. Commands that need only some sections run on defaults without one.
+    /// The TOML recipe file, or the name of a shipped recipe (`spar data recipes` lists them). Commands that need
+    /// only some sections run on defaults without one.
     #[arg(long)]
     pub recipe: Option<PathBuf>,
     /// Override any recipe key: `--set trainer.lr=1e-5` (repeatable; the value is TOML, else a string).
@@ -32,7 +33,7 @@ impl RecipeArgs {
             ));
         }
         Ok(match &self.recipe {
-            Some(p) => Recipe::load(p, &sets)?,
+            Some(p) => crate::recipe_arg::load(p, &sets)?,
             None => Recipe::from_toml_str("", "(no recipe)", &sets)?,
         })
     }

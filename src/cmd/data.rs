@@ -62,12 +62,17 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Kind::Cases)]
         kind: Kind,
     },
-    /// Cases per department and per split.
+    /// Cases per department and per split; without --in, the shipped cases and the knowledge base.
     Stats {
         #[arg(long = "in", alias = "input")]
         input: Option<PathBuf>,
         #[arg(long)]
         splits: Option<PathBuf>,
+    },
+    /// List the shipped recipes, or print one (`spar train --recipe NAME` runs it from any folder).
+    Recipes {
+        /// The recipe to print.
+        name: Option<String>,
     },
     /// Write the scripted expert's gold consultations (JSONL: case_id, split, turns) for SFT.
     Expert {
@@ -106,10 +111,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 splits.test.len()
             );
         }
-        Command::Validate { input, splits } => validate(
-            &input.unwrap_or_else(generate::shipped_dir),
-            splits.as_deref(),
-        )?,
+        Command::Validate { input, splits } => {
+            validate(&input_or_shipped(input)?, splits.as_deref())?
+        }
         Command::ImportVerl { input, out } => {
             let got = verl::import_verl(&input)?;
             match (got.cases.is_empty(), got.prompts.is_empty()) {
@@ -160,10 +164,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             };
             println!("wrote {n} records to {}", out.display());
         }
-        Command::Stats { input, splits } => stats(
-            &input.unwrap_or_else(generate::shipped_dir),
-            splits.as_deref(),
-        )?,
+        Command::Stats { input, splits } => {
+            let shipped = input.is_none();
+            stats(&input_or_shipped(input)?, splits.as_deref())?;
+            if shipped {
+                kb_stats()?;
+            }
+        }
+        Command::Recipes { name } => recipes(name.as_deref())?,
         Command::ExportVerl { input, out, split } => {
             let (chosen, splits) = chosen_cases(input, split.as_deref())?;
             verl::export_verl(&out, &chosen, splits.as_ref())?;
@@ -187,12 +195,56 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One line on the knowledge base `KnowledgeBase::load_default` reads.
+fn kb_stats() -> anyhow::Result<()> {
+    let kb = spar_data::kb::KnowledgeBase::load_default()?;
+    println!(
+        "knowledge base {}: version {}, {} ICD-10 codes, {} drugs, {} interaction rules, {} labs",
+        kb.dir().display(),
+        kb.version(),
+        kb.icd10_len(),
+        kb.drugs().len(),
+        kb.interaction_rule_count(),
+        kb.labs().len()
+    );
+    Ok(())
+}
+
+/// `spar data recipes [NAME]`: the shipped recipe names, or the text of one.
+fn recipes(name: Option<&str>) -> anyhow::Result<()> {
+    let names = spar_data::shipped::recipe_names()?;
+    match name {
+        None => {
+            for n in &names {
+                println!("{n}");
+            }
+        }
+        Some(n) => {
+            let path = spar_data::shipped::recipe_path(n)?.with_context(|| {
+                format!("no shipped recipe `{n}` (shipped: {})", names.join(", "))
+            })?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            print!("{text}");
+        }
+    }
+    Ok(())
+}
+
+/// `--in`, else the shipped cases' folder.
+fn input_or_shipped(input: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match input {
+        Some(p) => Ok(p),
+        None => Ok(spar_data::shipped::cases_dir()?),
+    }
+}
+
 /// The cases of `input` (default: the shipped cases), only those of `split` when given, and their split file.
 fn chosen_cases(
     input: Option<PathBuf>,
     split: Option<&str>,
 ) -> anyhow::Result<(Vec<spar_core::Case>, Option<Splits>)> {
-    let input = input.unwrap_or_else(generate::shipped_dir);
+    let input = input_or_shipped(input)?;
     let all = cases::load_cases(&input)?;
     let splits = find_splits(&input, None)?.map(|(_, sp)| sp);
     let chosen = match split {

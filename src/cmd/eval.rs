@@ -166,7 +166,7 @@ pub fn run(args: Args) -> Result<()> {
             bail!(
                 "no cases in the {} split of {}",
                 split.name(),
-                spar_data::recipe::cases_path(&data, base.as_deref()).display()
+                spar_data::recipe::cases_path(&data, base.as_deref())?.display()
             );
         }
         cases
@@ -192,11 +192,15 @@ pub fn run(args: Args) -> Result<()> {
     let plan = EvalPlan {
         setup: EvalSetup {
             split: (!cases.is_empty()).then(|| split.name().to_string()),
-            cases: (!cases.is_empty()).then(|| {
-                spar_data::recipe::cases_path(&data, base.as_deref())
-                    .display()
-                    .to_string()
-            }),
+            cases: if cases.is_empty() {
+                None
+            } else {
+                Some(
+                    spar_data::recipe::cases_path(&data, base.as_deref())?
+                        .display()
+                        .to_string(),
+                )
+            },
             healthbench_file: eval.healthbench.as_ref().map(|p| p.display().to_string()),
             ..Default::default()
         },
@@ -234,7 +238,7 @@ pub fn run(args: Args) -> Result<()> {
         && !recipe_kb
     {
         data_files.extend(super::audit::files_of(
-            &spar_data::kb::KnowledgeBase::default_dir(),
+            &spar_data::kb::KnowledgeBase::default_dir()?,
         ));
     }
     let mut spec = spar_data::audit::AuditSpec::for_dir("spar eval", &out)

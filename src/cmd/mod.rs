@@ -3,6 +3,7 @@ mod audit;
 pub mod bench;
 pub mod bench_decode;
 pub mod bench_forward;
+#[cfg(feature = "bench-judge")]
 pub mod bench_judge;
 pub mod common;
 pub mod data;

@@ -44,7 +44,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let builder = args.recipe.builder()?;
     let recipe = builder.recipe();
     let data = recipe.data.clone().unwrap_or_default();
-    let cases_path = spar_data::recipe::cases_path(&data, builder.base().as_deref());
+    let cases_path = spar_data::recipe::cases_path(&data, builder.base().as_deref())?;
     let mut data_files = vec![args.input.clone()];
     data_files.extend(if cases_path.is_dir() {
         super::audit::files_of(&cases_path)

@@ -4,7 +4,7 @@
 //! reach the server as the simulator and as the backend, and each loads the recipe's knowledge base (a missing
 //! one is an error naming `data.knowledge_base`; a real one is in the run's audit manifest).
 use crate::{ok, root, spar};
-use spar_clients::testing::{FakeServer, FakeServerConfig, responders};
+use spar_testkit::{FakeServer, FakeServerConfig, responders};
 use std::path::Path;
 use std::process::Command;
 

@@ -1,5 +1,5 @@
 //! The judge benchmark's logic, small; the full size runs with `--ignored` (or `spar bench judge`).
-use spar_clients::testing::bench::{JudgeBenchOptions, run_judge_bench};
+use spar_testkit::bench::{JudgeBenchOptions, run_judge_bench};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

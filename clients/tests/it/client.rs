@@ -1,9 +1,9 @@
 //! The HTTP client: retries and backoff, timeouts, hangs, malformed JSON, concurrency limit, auth, PHI.
 use super::common::{client, fast_retries, server};
 use futures::future::join_all;
-use spar_clients::testing::{FakeServerConfig, Scripted, responders};
 use spar_clients::{ChatMessage, ChatRequest, OpenAiClient};
 use spar_core::Error;
+use spar_testkit::{FakeServerConfig, Scripted, responders};
 use std::time::Duration;
 
 fn hello() -> ChatRequest {
@@ -268,7 +268,7 @@ async fn phi_is_redacted_only_off_loopback() {
 
 #[tokio::test]
 async fn reasoning_content_and_usage() {
-    let reply = spar_clients::testing::FakeReply {
+    let reply = spar_testkit::FakeReply {
         content: "{\"met\": true}".into(),
         reasoning_content: Some("thinking".into()),
         ..Default::default()

@@ -1,7 +1,7 @@
 //! Shared test setup.
-use spar_clients::testing::{FakeServer, FakeServerConfig};
 use spar_clients::{OpenAiClient, RetryPolicy};
 use spar_core::recipe::EndpointConfig;
+use spar_testkit::{FakeServer, FakeServerConfig};
 use std::time::Duration;
 
 /// Millisecond backoff so retry tests stay fast.

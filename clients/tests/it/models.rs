@@ -1,6 +1,5 @@
 //! Claim extractor, fact verifier, encoder and rollout backend against the fake server.
 use super::common::{client, server};
-use spar_clients::testing::{FakeServerConfig, TokenIdStyle, responders};
 use spar_clients::{
     LlmClaimExtractor, LlmFactVerifier, OpenAiClient, OpenAiEncoder, OpenAiRolloutBackend,
 };
@@ -9,6 +8,7 @@ use spar_core::traits::{
     ClaimExtractor, Encoder, FactVerifier, FinishReason, GenerateRequest, RolloutBackend,
     SamplingParams,
 };
+use spar_testkit::{FakeServerConfig, TokenIdStyle, responders};
 
 #[tokio::test]
 async fn extractor_dedups_and_skips_empty_responses() {
@@ -165,8 +165,8 @@ async fn rollout_backend_keeps_successes_and_names_the_failed_request() {
     ep.concurrency = 1;
     let b = OpenAiRolloutBackend::new(client(&ep)).unwrap();
     s.script([
-        spar_clients::testing::Scripted::Delay(std::time::Duration::ZERO),
-        spar_clients::testing::Scripted::Status(500),
+        spar_testkit::Scripted::Delay(std::time::Duration::ZERO),
+        spar_testkit::Scripted::Status(500),
     ]);
     let each = b
         .generate_each(vec![
@@ -180,8 +180,8 @@ async fn rollout_backend_keeps_successes_and_names_the_failed_request() {
         vec![true, false, true]
     );
     s.script([
-        spar_clients::testing::Scripted::Delay(std::time::Duration::ZERO),
-        spar_clients::testing::Scripted::Status(500),
+        spar_testkit::Scripted::Delay(std::time::Duration::ZERO),
+        spar_testkit::Scripted::Status(500),
     ]);
     let e = b
         .generate(vec![

@@ -1,10 +1,10 @@
 //! The LLM patient: persona, leak and contradiction checks, regenerate once then fail, end of consultation.
 use super::common::{client, server};
-use spar_clients::testing::{FakeReply, FakeServerConfig, responders};
 use spar_clients::{ChatMessage, LlmPatientSimulator, SimulatorOptions};
 use spar_core::Case;
 use spar_core::sample::{Role, Turn};
 use spar_core::traits::PatientSimulator;
+use spar_testkit::{FakeReply, FakeServerConfig, responders};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -33,7 +33,7 @@ fn patient(
     replies: Vec<&'static str>,
     consistent: bool,
     patient_calls: Arc<AtomicUsize>,
-) -> spar_clients::testing::ChatResponder {
+) -> spar_testkit::ChatResponder {
     Arc::new(move |m: &[ChatMessage]| {
         if m[0]
             .content

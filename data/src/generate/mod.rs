@@ -579,8 +579,3 @@ pub fn write_dataset(dir: &Path, n: usize, seed: u64) -> Result<(Vec<Case>, Spli
     splits.save(&dir.join("splits.json"))?;
     Ok((cases, splits))
 }
-
-/// Where the shipped cases live in the source tree (`data/cases/`).
-pub fn shipped_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("cases")
-}

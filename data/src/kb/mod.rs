@@ -76,16 +76,16 @@ pub struct KnowledgeBase {
 }
 
 impl KnowledgeBase {
-    /// The shipped knowledge base: `$SPAR_KB_DIR` if set, else `data/kb` of this crate.
+    /// The shipped knowledge base: `$SPAR_KB_DIR` if set, else the shipped one ([`crate::shipped::kb_dir`]).
     pub fn load_default() -> Result<Self> {
-        Self::load(&Self::default_dir())
+        Self::load(&Self::default_dir()?)
     }
 
-    /// Where `load_default` reads from.
-    pub fn default_dir() -> PathBuf {
+    /// Where `load_default` reads from (an error only when the shipped data cannot be provided).
+    pub fn default_dir() -> Result<PathBuf> {
         match std::env::var_os(KB_DIR_ENV) {
-            Some(d) if !d.is_empty() => PathBuf::from(d),
-            _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("kb"),
+            Some(d) if !d.is_empty() => Ok(PathBuf::from(d)),
+            _ => crate::shipped::kb_dir(),
         }
     }
 

@@ -4,7 +4,12 @@ use spar_core::sample::{
     SCHEMA_VERSION, StepScore, StepSpan, Turn,
 };
 use spar_core::{Case, Sample, Scored, Stage};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The shipped cases as checked in (`data/cases/`), not the copy embedded in the binary.
+pub fn source_cases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("cases")
+}
 
 /// A few generated cases covering several departments.
 pub fn some_cases(n: usize) -> Vec<Case> {

@@ -97,7 +97,7 @@ fn check_transcript(c: &Case) {
 
 #[test]
 fn gold_transcripts_of_all_shipped_cases() {
-    let cases = spar_data::load_cases(&spar_data::generate::shipped_dir()).unwrap();
+    let cases = spar_data::load_cases(&super::common::source_cases_dir()).unwrap();
     for c in &cases {
         check_transcript(c);
     }
@@ -176,7 +176,7 @@ fn cases_from_elsewhere_get_keyword_questions() {
 
 #[test]
 fn gold_transcripts_meet_the_generated_rubric_rules_and_no_negative_ones() {
-    let cases = spar_data::load_cases(&spar_data::generate::shipped_dir()).unwrap();
+    let cases = spar_data::load_cases(&super::common::source_cases_dir()).unwrap();
     for c in &cases {
         let t = Expert::new(c).transcript();
         let said = |stage: Option<Stage>| -> String {
@@ -216,7 +216,7 @@ fn gold_transcripts_meet_the_generated_rubric_rules_and_no_negative_ones() {
 #[test]
 #[ignore = "prints a transcript for reading"]
 fn show_a_transcript() {
-    let cases = spar_data::load_cases(&spar_data::generate::shipped_dir()).unwrap();
+    let cases = spar_data::load_cases(&super::common::source_cases_dir()).unwrap();
     let id = std::env::var("CASE").unwrap_or_else(|_| cases[0].id.clone());
     let c = cases.iter().find(|c| c.id == id).unwrap();
     for t in Expert::new(c).transcript() {

@@ -118,5 +118,10 @@ fn write_dataset_and_load_split() {
 #[ignore = "writes data/cases; run explicitly after editing the disease table"]
 fn write_shipped_cases() {
     let n = generate::SHIPPED_PER_DISEASE * diseases().len();
-    generate::write_dataset(&generate::shipped_dir(), n, generate::SHIPPED_SEED).unwrap();
+    generate::write_dataset(
+        &super::common::source_cases_dir(),
+        n,
+        generate::SHIPPED_SEED,
+    )
+    .unwrap();
 }

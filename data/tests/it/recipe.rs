@@ -90,7 +90,7 @@ fn rl_extra_patients_are_fresh_and_of_the_training_diagnoses() {
     assert_eq!(per.len(), train_dx.len(), "{per:?}");
     assert!(per.values().all(|&n| n == 3), "{per:?}");
     // New patients: no id of the shipped set, none equal to a shipped patient.
-    let shipped = spar_data::load_cases(&spar_data::generate::shipped_dir()).unwrap();
+    let shipped = spar_data::load_cases(&super::common::source_cases_dir()).unwrap();
     let ids: std::collections::HashSet<&str> = shipped.iter().map(|c| c.id.as_str()).collect();
     assert!(extra.iter().all(|c| !ids.contains(c.id.as_str())));
     assert!(extra.iter().all(|c| {

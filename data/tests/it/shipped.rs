@@ -1,6 +1,7 @@
 //! The shipped cases in `data/cases/`: valid, large and varied enough, split correctly, codes real, and exactly
 //! what the generator makes from the disease table (so table and data cannot drift apart).
-use spar_data::generate::{self, shipped_dir};
+use super::common::source_cases_dir as shipped_dir;
+use spar_data::generate;
 use spar_data::splits::{Split, Splits};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -154,6 +155,70 @@ fn cases_hold_no_identifiers() {
             "{} looks like it holds an identifier: {:?}",
             c.id,
             re.find(&text)
+        );
+    }
+}
+
+/// Every file of `data/cases/`, `data/kb/` and `recipes/` in the source tree, as (path under the repository
+/// root, bytes).
+fn source_data_files() -> BTreeMap<String, Vec<u8>> {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = BTreeMap::new();
+    for dir in [
+        spar_data::shipped::CASES_DIR,
+        spar_data::shipped::KB_DIR,
+        spar_data::shipped::RECIPES_DIR,
+    ] {
+        for entry in std::fs::read_dir(repo.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                let name = format!("{dir}/{}", path.file_name().unwrap().to_str().unwrap());
+                files.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn the_binary_embeds_exactly_the_shipped_files() {
+    let embedded: BTreeMap<String, Vec<u8>> = spar_data::shipped::embedded_files()
+        .map(|(p, b)| (p.to_string(), b.to_vec()))
+        .collect();
+    let source = source_data_files();
+    assert_eq!(
+        embedded.keys().collect::<Vec<_>>(),
+        source.keys().collect::<Vec<_>>(),
+        "shipped.rs's FILES must list every file of data/cases, data/kb and recipes"
+    );
+    for (name, bytes) in &source {
+        assert!(
+            embedded[name] == *bytes,
+            "{name} differs from its embedded copy"
+        );
+    }
+}
+
+#[test]
+fn the_written_out_copy_loads_like_the_source() {
+    let cases = spar_data::load_cases(&spar_data::shipped::cases_dir().unwrap()).unwrap();
+    assert_eq!(cases, shipped().0);
+    let kb = spar_data::kb::KnowledgeBase::load(&spar_data::shipped::kb_dir().unwrap()).unwrap();
+    let source_kb = spar_data::kb::KnowledgeBase::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kb"),
+    )
+    .unwrap();
+    assert_eq!(kb.version(), source_kb.version());
+    let names = spar_data::shipped::recipe_names().unwrap();
+    assert!(names.iter().any(|n| n == "tiny-cpu"), "{names:?}");
+    let tiny = spar_data::shipped::recipe_path("tiny-cpu.toml")
+        .unwrap()
+        .unwrap();
+    assert!(tiny.ends_with("recipes/tiny-cpu.toml"));
+    for bad in ["no-such-recipe", "../data/cases/splits", "", ".hidden"] {
+        assert!(
+            spar_data::shipped::recipe_path(bad).unwrap().is_none(),
+            "{bad}"
         );
     }
 }

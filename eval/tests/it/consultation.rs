@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 /// Six validation cases from six departments (at least one with a present red flag) and the training diagnoses.
 pub fn validation_cases() -> (Vec<spar_core::Case>, BTreeSet<String>) {
-    let dir = spar_data::generate::shipped_dir();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/cases");
     let val = spar_data::load_split(&dir, None, Split::Validation).unwrap();
     let train = spar_data::load_split(&dir, None, Split::Train).unwrap();
     let mut picked: Vec<spar_core::Case> = Vec::new();

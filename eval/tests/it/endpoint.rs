@@ -4,7 +4,6 @@
 //! fails that consultation with its reason; a reply that is merely nonsense is a bad answer and is scored, not
 //! failed; the run goes on either way.
 use super::common::eval_models;
-use spar_clients::testing::{FakeReply, FakeServer, FakeServerConfig, Scripted};
 use spar_clients::{ChatMessage, OpenAiChatBackend};
 use spar_core::Case;
 use spar_core::recipe::EvalSection;
@@ -14,6 +13,7 @@ use spar_eval::consultation::EpisodeEnd;
 use spar_eval::run::{EvalPlan, run_eval};
 use spar_eval::{ConsultationConfig, EvalPolicy, EvalReport, EvalSetup};
 use spar_rollout::simulator::ScriptedPatient;
+use spar_testkit::{FakeReply, FakeServer, FakeServerConfig, Scripted};
 use std::sync::Arc;
 
 /// A doctor behind HTTP: the scripted expert for the case whose opening the conversation starts with; nonsense

@@ -5,10 +5,10 @@
 use super::common::eval_models;
 use spar_clients::ChatMessage;
 use spar_clients::OpenAiChatBackend;
-use spar_clients::testing::{FakeReply, FakeServer, FakeServerConfig};
 use spar_core::recipe::Recipe;
 use spar_eval::run::{EvalPlan, run_eval};
 use spar_eval::{ConsultationConfig, EvalPolicy, EvalReport, EvalSetup, load_healthbench};
+use spar_testkit::{FakeReply, FakeServer, FakeServerConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -206,7 +206,7 @@ fn healthbench_over_endpoints_scores_as_healthbench_defines() {
     // saw the whole conversation (system prompt and earlier assistant turn included), thinking never graded.
     let judged = judge_srv.requests();
     assert_eq!(judged.len(), 2 * 12);
-    let prompt = |r: &spar_clients::testing::RecordedRequest| {
+    let prompt = |r: &spar_testkit::RecordedRequest| {
         r.body["messages"][1]["content"]
             .as_str()
             .unwrap_or("")

@@ -162,7 +162,7 @@ fn same(a: &EvalSummary, b: &EvalSummary) {
 
 #[test]
 fn held_out_matches_the_trainers_evaluation_for_the_expert_and_a_tiny_model() {
-    let dir = spar_data::generate::shipped_dir();
+    let dir = spar_data::shipped::cases_dir().unwrap();
     let cases: Vec<Case> = spar_data::load_split(&dir, None, Split::Validation)
         .unwrap()
         .into_iter()

@@ -5,7 +5,7 @@ use spar_core::recipe::{ClaimCacheKind, RewardsSection};
 use spar_core::sample::*;
 use spar_core::{Case, Sample, Stage};
 use spar_data::expert::Expert;
-use spar_rewards::{Injected, RewardPipeline, token_advantages};
+use spar_rewards::{Injected, RewardPipeline};
 
 /// A whole-episode sample of `turns`: every assistant turn is a sampled step (one fake token per word).
 pub fn episode(case: &Case, group: &str, idx: u32, turns: Vec<Turn>) -> Sample {
@@ -116,11 +116,5 @@ async fn gold_consultations_beat_degraded_ones() {
         );
         assert!(out[1].steps[1].gamma < 1.0);
         assert!(out[0].steps.iter().all(|s| s.advantage > 0.0));
-        let (adv, ids) = token_advantages(&g[1], &out[1]).unwrap();
-        assert_eq!(adv.len(), g[1].token_ids.len());
-        assert_eq!(
-            ids.iter().filter(|&&i| i == 1).count(),
-            g[1].steps[1].end - g[1].steps[1].start
-        );
     }
 }

@@ -1,12 +1,12 @@
 //! Scoring through the LLM judge of spar-clients against its loopback fake server with injected latency,
 //! errors and malformed JSON: scoring completes, every failure is counted, no sample is lost.
 use super::fixtures::{case, sample};
-use spar_clients::testing::{FakeServer, FakeServerConfig, Scripted, responders};
 use spar_core::Stage;
 use spar_core::case::RubricItem;
 use spar_core::recipe::{FactMode, JudgeKind, OnFailure, RewardsSection};
 use spar_core::sample::Role;
 use spar_rewards::{Injected, RewardPipeline};
+use spar_testkit::{FakeServer, FakeServerConfig, Scripted, responders};
 use std::time::Duration;
 
 fn groups(n: usize) -> Vec<Vec<spar_core::Sample>> {

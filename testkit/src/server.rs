@@ -2,7 +2,6 @@
 //! `/v1/embeddings`, `/v1/models`, with configurable latency, a random error rate, and scripted misbehaviour
 //! (HTTP errors, malformed JSON, hangs, fixed bodies) for the next requests. It records what it was sent and
 //! the most requests it had in flight at once.
-use crate::wire::ChatMessage;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -12,6 +11,7 @@ use axum::routing::{get, post};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
+use spar_clients::ChatMessage;
 use spar_core::recipe::EndpointConfig;
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! Ready-made fake chat models for `FakeServerConfig::chat`.
-use super::server::{ChatResponder, FakeReply, fnv1a};
-use crate::wire::ChatMessage;
+use crate::server::{ChatResponder, FakeReply, fnv1a};
+use spar_clients::ChatMessage;
 use std::sync::Arc;
 
 fn last_user(messages: &[ChatMessage]) -> &str {

@@ -1,11 +1,8 @@
 //! Judge throughput: N trajectories x M rubric items through `LlmJudge` against the fake server at a fixed
 //! latency, compared with the ideal `latency x ceil(calls / concurrency)` of a perfectly packed client.
-use super::{FakeServer, FakeServerConfig, responders};
-use crate::client::OpenAiClient;
-use crate::judge::LlmJudge;
-use crate::retry::RetryPolicy;
-use crate::stats::ClientStats;
+use crate::{FakeServer, FakeServerConfig, responders};
 use serde::Serialize;
+use spar_clients::{ClientStats, LlmJudge, OpenAiClient, RetryPolicy};
 use spar_core::case::RubricItem;
 use spar_core::sample::{Role, Turn};
 use spar_core::traits::{Judge, JudgeRequest};
