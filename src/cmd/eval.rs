@@ -2,7 +2,9 @@
 //! consultations on held-out cases, the hallucination rate and, given a file, HealthBench; writes `report.md`,
 //! `report.json` and charts. `spar eval --compare A B` compares two reports. See docs/eval.md.
 use anyhow::{Context, Result, bail};
-use spar_core::recipe::{EndpointConfig, EvalSection, JudgeConfig, JudgeKind, Recipe, VerifierKind};
+use spar_core::recipe::{
+    EndpointConfig, EvalSection, JudgeConfig, JudgeKind, Recipe, VerifierKind,
+};
 use spar_core::traits::SamplingParams;
 use spar_data::splits::Split;
 use spar_eval::run::{EvalPlan, diagnoses, eval_models, run_eval};

@@ -54,7 +54,6 @@ impl From<spar_core::recipe::KlEstimator> for KlEstimator {
 }
 
 impl KlEstimator {
-
     /// Per-token estimate from `logp` (policy) and `ref_logp` (reference).
     pub fn estimate(self, logp: &Tensor, ref_logp: &Tensor) -> Tensor {
         let d = (logp - ref_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP);

@@ -299,20 +299,35 @@ mod tests {
     fn unknown_enum_value_names_the_key_and_the_allowed_values() {
         let e = error_of("[trainer]\nloss_agg = \"token-sum\"\n");
         assert!(e.contains("trainer.loss_agg"), "{e}");
-        assert!(e.contains("token-sum") && e.contains("seq-mean-token-sum-norm"), "{e}");
+        assert!(
+            e.contains("token-sum") && e.contains("seq-mean-token-sum-norm"),
+            "{e}"
+        );
         let e = error_of("[rewards.fact]\nverifier = \"kb+web\"\n");
         assert!(e.contains("rewards.fact.verifier"), "{e}");
         assert!(e.contains("`kb+llm`") && e.contains("`kb`"), "{e}");
         let e = error_of("[model]\ndtype = \"fp16\"\ninit = {}\n");
         assert!(e.contains("model.dtype") && e.contains("bf16"), "{e}");
         let e = error_of("[rollout.simulator]\nkind = \"human\"\n");
-        assert!(e.contains("rollout.simulator.kind") && e.contains("`self`"), "{e}");
+        assert!(
+            e.contains("rollout.simulator.kind") && e.contains("`self`"),
+            "{e}"
+        );
         let e = error_of("[rewards.spar]\ndetectors = [\"repetition\", \"rudeness\"]\n");
-        assert!(e.contains("rewards.spar.detectors") && e.contains("red_flag"), "{e}");
+        assert!(
+            e.contains("rewards.spar.detectors") && e.contains("red_flag"),
+            "{e}"
+        );
         let e = error_of("[data]\ntrain_split = \"val\"\n");
-        assert!(e.contains("data.train_split") && e.contains("validation"), "{e}");
+        assert!(
+            e.contains("data.train_split") && e.contains("validation"),
+            "{e}"
+        );
         let e = error_of("[rewards.spar.lambdas]\nrepetiton = 0.1\n");
-        assert!(e.contains("rewards.spar.lambdas.repetiton") && e.contains("repetition"), "{e}");
+        assert!(
+            e.contains("rewards.spar.lambdas.repetiton") && e.contains("repetition"),
+            "{e}"
+        );
         // The spellings that are not plain snake case stay as they were.
         let r = Recipe::from_toml_str(
             "[rewards.fact]\nverifier = \"kb+llm\"\n[rewards.spar]\nestimator = \"grpo_global_penalty\"\n\
@@ -331,9 +346,15 @@ mod tests {
     #[test]
     fn cross_section_checks_name_their_keys() {
         let e = error_of("[rewards.spar]\nestimator = \"gae\"\ndapo_filter = true\n");
-        assert!(e.contains("rewards.spar.dapo_filter") && e.contains("gae"), "{e}");
+        assert!(
+            e.contains("rewards.spar.dapo_filter") && e.contains("gae"),
+            "{e}"
+        );
         let e = error_of("[trainer]\nrouting_replay = true\n");
-        assert!(e.contains("trainer.routing_replay") && e.contains("rollout.record_routing"), "{e}");
+        assert!(
+            e.contains("trainer.routing_replay") && e.contains("rollout.record_routing"),
+            "{e}"
+        );
         Recipe::from_toml_str(
             "[trainer]\nrouting_replay = true\n[rollout]\nrecord_routing = true\n",
             "r.toml",
@@ -344,13 +365,25 @@ mod tests {
             "[trainer]\npolicy_loss = \"distill\"\noff_policy_one_step = true\n\
              [trainer.distill]\nteachers = [\"t\"]\n",
         );
-        assert!(e.contains("trainer.off_policy_one_step") && e.contains("distill"), "{e}");
+        assert!(
+            e.contains("trainer.off_policy_one_step") && e.contains("distill"),
+            "{e}"
+        );
         let e = error_of("[model]\npath = \"m\"\n[trainer]\nbpe_vocab_size = 1024\n");
-        assert!(e.contains("trainer.bpe_vocab_size") && e.contains("model.path"), "{e}");
+        assert!(
+            e.contains("trainer.bpe_vocab_size") && e.contains("model.path"),
+            "{e}"
+        );
         let e = error_of("[model]\ninit = {}\n[trainer]\n");
-        assert!(e.contains("model.init") && e.contains("trainer.bpe_vocab_size"), "{e}");
+        assert!(
+            e.contains("model.init") && e.contains("trainer.bpe_vocab_size"),
+            "{e}"
+        );
         let e = error_of("[trainer]\nkl_in_reward = true\n");
-        assert!(e.contains("trainer.kl_in_reward") && e.contains("kl_coef"), "{e}");
+        assert!(
+            e.contains("trainer.kl_in_reward") && e.contains("kl_coef"),
+            "{e}"
+        );
         let e = error_of("[eval.simulator]\nkind = \"self\"\n");
         assert!(e.contains("eval.simulator.kind"), "{e}");
     }
@@ -375,7 +408,12 @@ mod tests {
     fn enum_names_are_their_toml_spellings() {
         fn round_trip<T, const N: usize>(all: [T; N])
         where
-            T: Copy + PartialEq + std::fmt::Debug + std::fmt::Display + Serialize + serde::de::DeserializeOwned,
+            T: Copy
+                + PartialEq
+                + std::fmt::Debug
+                + std::fmt::Display
+                + Serialize
+                + serde::de::DeserializeOwned,
         {
             for v in all {
                 let text = toml::to_string(&std::collections::BTreeMap::from([("k", v)])).unwrap();

@@ -196,7 +196,9 @@ async fn gate_mode_denoises_weighs_and_gates() {
         verifier: Some(v.clone()),
         ..Default::default()
     };
-    let p = RewardPipeline::new(&fact_cfg(FactMode::Gate), inj).await.unwrap();
+    let p = RewardPipeline::new(&fact_cfg(FactMode::Gate), inj)
+        .await
+        .unwrap();
     let out = p.score_group(&case(), &group()).await;
     let s = &out[0];
     let texts: Vec<&str> = s.claims.iter().map(|c| c.text.as_str()).collect();
@@ -249,7 +251,9 @@ async fn naive_mode_counts_every_claim() {
         verifier: Some(Arc::new(CountingVerifier::default())),
         ..Default::default()
     };
-    let p = RewardPipeline::new(&fact_cfg(FactMode::Naive), inj).await.unwrap();
+    let p = RewardPipeline::new(&fact_cfg(FactMode::Naive), inj)
+        .await
+        .unwrap();
     let out = p.score_group(&case(), &group()).await;
     // Eq. 9: 1 flawed of 4 claims, alpha 0.5: R = 1 - 0.5 * 1/4.
     close(out[0].r_fact, -0.25);

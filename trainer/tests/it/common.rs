@@ -50,7 +50,12 @@ impl TinyLm {
 pub fn learner(vs: &nn::VarStore, lr: f64) -> spar_trainer::learner::Learner {
     spar_trainer::learner::Learner {
         adamw: spar_trainer::adamw::AdamW::new(vs, Default::default()),
-        schedule: spar_trainer::schedule::LrSchedule::new(lr, 0, 1000, spar_trainer::schedule::Decay::Constant),
+        schedule: spar_trainer::schedule::LrSchedule::new(
+            lr,
+            0,
+            1000,
+            spar_trainer::schedule::Decay::Constant,
+        ),
         step: 0,
         grad_clip: 1.0,
         max_bad_steps: 3,
