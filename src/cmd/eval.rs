@@ -242,7 +242,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(h) = &eval.healthbench {
         data_files.push(h.clone());
     }
-    // The knowledge base H is verified against: the recipe's, else the shipped one (when the verifier is "kb").
+    // The knowledge base H is verified against: the recipe's, else the shipped one (when the verifier reads one).
     let uses_kb = match eval.facts.clone().unwrap_or_default().verifier {
         VerifierKind::Kb | VerifierKind::KbLlm => true,
         VerifierKind::Llm => false,
