@@ -39,6 +39,16 @@ pub fn training_policy(
     let tr = recipe.trainer.clone().unwrap_or_default();
     let (device, kind) = device_and_kind(model_sec)?;
     let seed = recipe.seed.unwrap_or(0);
+    // Training only: other commands play a trained model (`--model RUN/final`) with the demo recipe as it is.
+    if let (Some(p), n) = (&model_sec.path, tr.bpe_vocab_size)
+        && n > 0
+    {
+        bail!(
+            "recipe: trainer.bpe_vocab_size = {n} with model.path = {}: a pretrained model trains with its own \
+             tokenizer (a new BPE is only for a random-init model.init); set trainer.bpe_vocab_size = 0",
+            p.display()
+        );
+    }
     let (tokenizer, tokenizer_dir) = match (&model_sec.path, tr.bpe_vocab_size) {
         (_, n) if n > 0 => {
             let dir = out.join("tokenizer");
@@ -136,4 +146,28 @@ fn case_corpus(cases: &[Case]) -> Vec<String> {
     }
     texts.push(spar_core::recipe::DEFAULT_SYSTEM_PROMPT.to_string());
     texts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pretrained_model_never_trains_with_a_new_bpe() {
+        let recipe = Recipe::from_toml_str(
+            "[model]\npath = \"/no/such/model\"\n[trainer]\nbpe_vocab_size = 1024\n",
+            "r.toml",
+            &[],
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let e = training_policy(&recipe, dir.path(), false, &[])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("trainer.bpe_vocab_size") && e.contains("model.path"),
+            "{e}"
+        );
+    }
 }

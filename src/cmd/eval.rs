@@ -4,7 +4,9 @@
 use super::common::{RecipeArgs, absolute, toml_string};
 use anyhow::{Context, Result, bail};
 use spar_app::Builder;
-use spar_core::recipe::{EndpointConfig, EvalSection, JudgeConfig, JudgeKind, RolloutBackendKind};
+use spar_core::recipe::{
+    EndpointConfig, EvalSection, JudgeConfig, JudgeKind, RolloutBackendKind, VerifierKind,
+};
 use spar_data::splits::Split;
 use spar_eval::run::{EvalPlan, diagnoses, run_eval};
 use spar_eval::{ConsultationConfig, EvalPolicy, EvalReport, EvalSetup};
@@ -234,7 +236,7 @@ pub fn run(args: Args) -> Result<()> {
     let recipe_kb = data.knowledge_base.is_some();
     if eval.hallucination
         && !plan.cases.is_empty()
-        && verifier == spar_core::recipe::VerifierKind::Kb
+        && matches!(verifier, VerifierKind::Kb | VerifierKind::KbLlm)
         && !recipe_kb
     {
         data_files.extend(super::audit::files_of(

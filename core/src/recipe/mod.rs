@@ -171,12 +171,6 @@ impl Recipe {
         )?;
         if let Some(model) = &self.model {
             check(
-                tr.bpe_vocab_size == 0 || model.path.is_none(),
-                "trainer.bpe_vocab_size",
-                "must be 0 when model.path names a model: a pretrained model trains with its own tokenizer \
-                 (a new BPE is only for a random-init model.init)",
-            )?;
-            check(
                 model.path.is_some() || tr.bpe_vocab_size > 0 || !tr.distill.teachers.is_empty(),
                 "model.init",
                 "needs trainer.bpe_vocab_size > 0 or trainer.distill.teachers (a random model needs a \
@@ -367,11 +361,6 @@ mod tests {
         );
         assert!(
             e.contains("trainer.off_policy_one_step") && e.contains("distill"),
-            "{e}"
-        );
-        let e = error_of("[model]\npath = \"m\"\n[trainer]\nbpe_vocab_size = 1024\n");
-        assert!(
-            e.contains("trainer.bpe_vocab_size") && e.contains("model.path"),
             "{e}"
         );
         let e = error_of("[model]\ninit = {}\n[trainer]\n");
