@@ -81,17 +81,25 @@ impl Builder {
     /// The stage scorer of `[rewards.stages]` (G_k and the gate's V_k), with the recipe's knowledge base for
     /// ICD-10 hierarchy matches when it names one.
     pub fn stage_scorer(&self) -> Result<Arc<dyn StageScorer>> {
-        let stages = self
-            .recipe
+        Ok(self.stage_scorer_over(self.knowledge_base()?))
+    }
+
+    /// [`Builder::stage_scorer`] over a knowledge base already loaded.
+    fn stage_scorer_over(&self, kb: Option<Arc<KnowledgeBase>>) -> Arc<dyn StageScorer> {
+        let scorer = ClinicalStageScorer::new(self.stages());
+        Arc::new(match kb {
+            Some(kb) => scorer.with_knowledge_base(kb),
+            None => scorer,
+        })
+    }
+
+    /// `[rewards.stages]` (defaults without one).
+    fn stages(&self) -> spar_core::recipe::StageRewardConfig {
+        self.recipe
             .rewards
             .as_ref()
             .map(|r| r.stages.clone())
-            .unwrap_or_default();
-        let scorer = ClinicalStageScorer::new(stages);
-        Ok(Arc::new(match self.knowledge_base()? {
-            Some(kb) => scorer.with_knowledge_base(kb),
-            None => scorer,
-        }))
+            .unwrap_or_default()
     }
 
     /// The reward pipeline of `[rewards]` with its external models injected (LLM judges, extractor, verifier
@@ -318,34 +326,30 @@ impl Builder {
                     unreachable!("simulator_for rejects self-play for evaluations")
                 }
             };
-        let stages = self
-            .recipe
-            .rewards
-            .as_ref()
-            .map(|r| r.stages.clone())
-            .unwrap_or_default();
+        let stages = self.stages();
+        // Loaded once: the fact verifier and the stage scorer share it.
+        let kb = self.knowledge_base()?;
         let scorer_id = format!(
             "clinical(ddx_discount={}, lab_essential_weight={})",
             stages.ddx_discount, stages.lab_essential_weight
         );
-        let facts =
-            if eval.hallucination {
-                let fc = eval.facts.clone().unwrap_or_default();
-                let kb = self.knowledge_base()?;
-                let extractor = match external::claim_extractor(&fc)? {
-                    Some(x) => x,
-                    None => spar_rewards::models::extractor(&fc)
-                        .context("eval.facts: claim extractor")?,
-                };
-                let verifier = match external::fact_verifier(&fc, kb.clone())? {
-                    Some(v) => v,
-                    None => spar_rewards::models::verifier(&fc, kb)
-                        .context("eval.facts: fact verifier")?,
-                };
-                Some((extractor, verifier))
-            } else {
-                None
+        let facts = if eval.hallucination {
+            let fc = eval.facts.clone().unwrap_or_default();
+            let extractor = match external::claim_extractor(&fc)? {
+                Some(x) => x,
+                None => {
+                    spar_rewards::models::extractor(&fc).context("eval.facts: claim extractor")?
+                }
             };
+            let verifier = match external::fact_verifier(&fc, kb.clone())? {
+                Some(v) => v,
+                None => spar_rewards::models::verifier(&fc, kb.clone())
+                    .context("eval.facts: fact verifier")?,
+            };
+            Some((extractor, verifier))
+        } else {
+            None
+        };
         let judge = if need_judge {
             let jc = eval.judge.clone().context(
                 "HealthBench needs a judge: set [eval.judge] kind = \"llm\" with an endpoint, or give --judge-endpoint",
@@ -364,7 +368,7 @@ impl Builder {
         };
         Ok(spar_eval::run::EvalModels {
             simulator,
-            scorer: self.stage_scorer()?,
+            scorer: self.stage_scorer_over(kb),
             scorer_id,
             facts,
             judge,
