@@ -66,16 +66,6 @@ impl Evaluator for HeldOut {
             seed: self.seed,
             simulator: self.simulator.clone(),
         };
-        let (s, md) = held_out.run(policy)?;
-        Ok((
-            EvalSummary {
-                episodes: s.episodes,
-                reward_mean: s.reward_mean,
-                stage_means: s.stage_means,
-                parsed_rate: s.parsed_rate,
-                hallucination_rate: s.hallucination_rate,
-            },
-            md,
-        ))
+        held_out.run(policy)
     }
 }

@@ -10,6 +10,7 @@
 //! - [`fsio`]: atomic writes and JSONL reading with errors that name file, line and field
 pub mod case;
 pub mod error;
+pub mod eval_summary;
 pub mod fsio;
 pub mod grammar;
 pub mod phi;
@@ -20,5 +21,6 @@ pub mod traits;
 
 pub use case::Case;
 pub use error::{Error, Result};
+pub use eval_summary::EvalSummary;
 pub use sample::{Sample, Scored};
 pub use stage::Stage;

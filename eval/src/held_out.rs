@@ -4,7 +4,6 @@
 //! with; stage scores from the stage scorer, the final reward from the reward pipeline, transcripts as markdown.
 use crate::consultation::{ConsultationConfig, play};
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 use spar_core::recipe::{EvalSection, RolloutSection};
 use spar_core::sample::Role;
 use spar_core::traits::{PatientSimulator, StageScorer};
@@ -16,15 +15,7 @@ use spar_rollout::env::stage_replies;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Per-stage scores and reward of one evaluation pass.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct EvalSummary {
-    pub episodes: usize,
-    pub reward_mean: f64,
-    pub stage_means: [f64; 4],
-    pub parsed_rate: f64,
-    pub hallucination_rate: f64,
-}
+pub use spar_core::EvalSummary;
 
 /// What the held-out evaluation plays and scores with. Any policy: the model at each phase
 /// (`Policy::Builtin`), or the scripted expert (`Policy::Scripted`).

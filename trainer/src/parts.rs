@@ -9,16 +9,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Held-out scores of one evaluation pass: one row of the `spar train` table and of `comparison.json`.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct EvalSummary {
-    pub episodes: usize,
-    pub reward_mean: f64,
-    /// G_k means in stage order (inquiry, ddx, lab, diag).
-    pub stage_means: [f64; 4],
-    pub parsed_rate: f64,
-    pub hallucination_rate: f64,
-}
+pub use spar_core::EvalSummary;
 
 /// The held-out evaluation a training run makes before SFT, before RL and after RL, and of the scripted expert
 /// (the ceiling). spar-app provides it from spar-eval, so training and `spar eval` play and score held-out
