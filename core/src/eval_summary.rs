@@ -10,5 +10,16 @@ pub struct EvalSummary {
     /// G_k means in stage order (inquiry, ddx, lab, diag).
     pub stage_means: [f64; 4],
     pub parsed_rate: f64,
+    /// Hallucination weight per extracted claim (refuted 1, unsupported as the recipe weighs it).
     pub hallucination_rate: f64,
+    /// Claims extracted per consultation (a policy can lower its hallucination rate by stating fewer claims).
+    #[serde(default)]
+    pub claims_per_episode: f64,
+    /// Share of the doctor's steps with at least one step violation (SPAR's detectors).
+    #[serde(default)]
+    pub violation_rate: f64,
+    /// Per detector type (`repetition`, `redundant_question`, ...: every detector the recipe runs), the share of
+    /// the doctor's steps it flagged.
+    #[serde(default)]
+    pub violation_rates: std::collections::BTreeMap<String, f64>,
 }

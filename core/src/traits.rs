@@ -117,6 +117,12 @@ pub struct SamplingParams {
     /// Also return, per generated token, the log-probs of this many most likely tokens
     /// ([`GenerateOutput::top_logprobs`]); 0 = off, and then nothing extra is computed.
     pub top_logprobs: u32,
+    /// Report `logprobs` (and `top_logprobs`) under the distribution the token was drawn from,
+    /// softmax(logits / temperature), instead of the model's own softmax(logits) (vLLM's `processed_logprobs`
+    /// against its default `raw_logprobs`). Rollouts for training set it: the trainer computes pi_old and the
+    /// ratio under the sampling temperature (method.md section 9), and the mismatch correction compares like with
+    /// like. Greedy requests (temperature 0) report the model's own log-probs either way.
+    pub logprobs_at_temperature: bool,
 }
 
 impl Default for SamplingParams {
@@ -131,6 +137,7 @@ impl Default for SamplingParams {
             stop_token_ids: vec![],
             stop_strings: vec![],
             top_logprobs: 0,
+            logprobs_at_temperature: false,
         }
     }
 }
@@ -153,11 +160,11 @@ pub enum FinishReason {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GenerateOutput {
     pub token_ids: Vec<u32>,
-    /// Log-prob of each generated token under the sampling distribution's model (before temperature etc.
-    /// are applied: the policy's own log pi).
+    /// Log-prob of each generated token under the policy's own log pi (before temperature etc. are applied),
+    /// or under softmax(logits / temperature) when the request set `sampling.logprobs_at_temperature`.
     pub logprobs: Vec<f32>,
     /// Per generated token, the `sampling.top_logprobs` most likely tokens and their log-probs under the same
-    /// distribution as `logprobs` (the policy's own log pi), most likely first; empty when not requested.
+    /// distribution as `logprobs`, most likely first; empty when not requested.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_logprobs: Vec<Vec<(u32, f32)>>,
     pub finish: FinishReason,

@@ -7,7 +7,8 @@
 //!
 //! Rows that ask for `top_logprobs` also get their k most likely tokens under the same log-softmax that gives
 //! the sampled token's log-prob; they ride the same device-to-host copy, and a batch where no row asks pays
-//! nothing for them.
+//! nothing for them. That log-softmax is of the raw logits (the policy's own log pi), or of logits / T for rows
+//! that ask for `logprobs_at_temperature` (training rollouts: the distribution the token was drawn from).
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use spar_core::traits::SamplingParams;
@@ -22,6 +23,8 @@ pub struct RowSampler {
     pub min_p: f32,
     /// How many most likely tokens to report per step (0 = off).
     pub top_logprobs: u32,
+    /// Report log-probs under softmax(logits / temperature) (see `SamplingParams::logprobs_at_temperature`).
+    pub logprobs_at_temperature: bool,
     rng: ChaCha8Rng,
 }
 
@@ -33,6 +36,7 @@ impl RowSampler {
             top_k: p.top_k,
             min_p: p.min_p,
             top_logprobs: p.top_logprobs,
+            logprobs_at_temperature: p.logprobs_at_temperature,
             rng: ChaCha8Rng::seed_from_u64(seed),
         }
     }
@@ -41,14 +45,25 @@ impl RowSampler {
         self.temperature <= 0.0
     }
 
+    /// The temperature this row's log-probs are reported at: its sampling temperature when it asks for
+    /// tempered log-probs and samples, else 1 (the policy's own log pi).
+    fn logprob_temperature(&self) -> f32 {
+        if self.logprobs_at_temperature && !self.greedy() {
+            self.temperature
+        } else {
+            1.0
+        }
+    }
+
     fn next_uniform(&mut self) -> f32 {
         // In [0, 1): a target of exactly the total mass would fall past the last token.
         self.rng.random::<f32>()
     }
 }
 
-/// The token chosen for each row and its log-prob under the unmodified policy (log_softmax of the raw logits:
-/// the policy's own log pi, what the trainer's forward recomputes).
+/// The token chosen for each row and its log-prob: under the unmodified policy (log_softmax of the raw logits, the
+/// policy's own log pi), or under softmax(logits / T) for rows with `logprobs_at_temperature` (what the trainer's
+/// forward recomputes for a training rollout sampled at T).
 pub struct Sampled {
     pub tokens: Vec<u32>,
     pub logprobs: Vec<f32>,
@@ -64,7 +79,12 @@ pub fn sample(logits: &Tensor, rows: &mut [&mut RowSampler]) -> Sampled {
     assert_eq!(b as usize, rows.len(), "one sampler per logits row");
     let device = logits.device();
     let logits = logits.to_kind(Kind::Float);
-    let logp = logits.log_softmax(-1, Kind::Float);
+    let logp = if rows.iter().any(|r| r.logprob_temperature() != 1.0) {
+        let temps = column(rows.iter().map(|r| r.logprob_temperature()).collect(), device);
+        (&logits / temps).log_softmax(-1, Kind::Float)
+    } else {
+        logits.log_softmax(-1, Kind::Float)
+    };
     let argmax = logits.argmax(-1, false);
     let tokens = if rows.iter().all(|r| r.greedy()) {
         argmax
@@ -224,6 +244,28 @@ mod tests {
         assert_eq!(s.tokens, vec![1, 1]);
         let lp = logits.log_softmax(-1, Kind::Float);
         assert!((s.logprobs[0] - lp.double_value(&[0, 1]) as f32).abs() < 1e-6);
+    }
+
+    #[test]
+    fn logprobs_at_temperature_are_those_of_the_tempered_distribution() {
+        let logits = Tensor::from_slice(&[0.0f32, 2.0, 1.0, 0.5, 3.0, 0.0]).reshape([2, 3]);
+        let mut tempered = params(0.7, 1.0, 0, 0.0);
+        tempered.logprobs_at_temperature = true;
+        let mut a = RowSampler::new(&tempered, 1);
+        // The same temperature without the flag: the policy's own log pi.
+        let mut b = RowSampler::new(&params(0.7, 1.0, 0, 0.0), 2);
+        let s = sample(&logits, &mut [&mut a, &mut b]);
+        let at_t = (&logits / 0.7).log_softmax(-1, Kind::Float);
+        let raw = logits.log_softmax(-1, Kind::Float);
+        let (ta, tb) = (s.tokens[0] as i64, s.tokens[1] as i64);
+        assert!((s.logprobs[0] - at_t.double_value(&[0, ta]) as f32).abs() < 1e-6);
+        assert!((s.logprobs[1] - raw.double_value(&[1, tb]) as f32).abs() < 1e-6);
+        // Greedy rows report the policy's own log pi, flag or not.
+        let mut greedy = params(0.0, 1.0, 0, 0.0);
+        greedy.logprobs_at_temperature = true;
+        let mut g = RowSampler::new(&greedy, 3);
+        let s = sample(&logits.narrow(0, 0, 1), &mut [&mut g]);
+        assert!((s.logprobs[0] - raw.double_value(&[0, 1]) as f32).abs() < 1e-6);
     }
 
     #[test]

@@ -7,8 +7,13 @@ use anyhow::Result;
 use spar_core::recipe::TrainerSection;
 use spar_model::Qwen3Model;
 
-/// The policy-loss knobs at the given ratio level.
-pub fn policy_loss_config(tr: &TrainerSection, level: RatioLevel) -> Result<PolicyLossConfig> {
+/// The policy-loss knobs at the given ratio level, for samples drawn at `sampling_temperature` (the rollout's
+/// `sampling.temperature`; see [`crate::policy_loss::training_temperature`]).
+pub fn policy_loss_config(
+    tr: &TrainerSection,
+    level: RatioLevel,
+    sampling_temperature: f32,
+) -> Result<PolicyLossConfig> {
     Ok(PolicyLossConfig {
         level,
         eps_low: tr.eps_low,
@@ -19,6 +24,7 @@ pub fn policy_loss_config(tr: &TrainerSection, level: RatioLevel) -> Result<Poli
         kl_estimator: tr.kl_estimator.into(),
         kl_in_reward: tr.kl_in_reward,
         entropy_coef: tr.entropy_coef,
+        temperature: crate::policy_loss::training_temperature(sampling_temperature),
     })
 }
 

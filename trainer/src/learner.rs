@@ -46,6 +46,11 @@ pub struct StepReport {
     pub tokens: usize,
     pub micro_batches: usize,
     pub stats: LossStats,
+    /// The update was skipped because every advantage of the batch was 0 and no other loss term asked to
+    /// train on its own (`skipped` is then set too): the policy gradient is 0, and an optimizer step would only
+    /// replay Adam's momentum and the MoE aux loss (method.md section 9, "Rounds without signal").
+    #[serde(default)]
+    pub skipped_empty_advantage: bool,
     /// Metrics of the optional parts (critic, distillation teachers), already averaged, by metric name.
     #[serde(default)]
     pub extra: std::collections::BTreeMap<String, f64>,
@@ -93,9 +98,11 @@ pub(crate) fn forward_mb(policy: &dyn Policy, mb: &MicroBatch) -> Result<PolicyO
     })
 }
 
-/// Per-token log-probs of the targets and per-token entropy, from one log-softmax.
-pub fn logprobs_and_entropy(logits: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
-    let logp_all = logits.log_softmax(-1, crate::agg::float_kind(logits));
+/// Per-token log-probs of the targets and per-token entropy under softmax(logits / temperature), from one
+/// log-softmax.
+pub fn logprobs_and_entropy(logits: &Tensor, targets: &Tensor, temperature: f64) -> (Tensor, Tensor) {
+    let logp_all = crate::policy_loss::tempered(logits, temperature)
+        .log_softmax(-1, crate::agg::float_kind(logits));
     let logp = logp_all
         .gather(-1, &targets.unsqueeze(-1), false)
         .squeeze_dim(-1);
@@ -122,11 +129,12 @@ pub fn micro_batches(
         .collect()
 }
 
-/// Fills `old_logp` (and `ref_logp` from `reference`) with no-grad forwards.
+/// Fills `old_logp` (and `ref_logp` from `reference`) with no-grad forwards, at the sampling `temperature`.
 pub fn fill_old_logprobs(
     policy: &dyn Policy,
     reference: Option<&dyn Policy>,
     mbs: &mut [MicroBatch],
+    temperature: f64,
 ) -> Result<()> {
     tch::no_grad(|| -> Result<()> {
         for mb in mbs.iter_mut() {
@@ -134,12 +142,14 @@ pub fn fill_old_logprobs(
             mb.old_logp = Some(crate::policy_loss::gather_logprobs(
                 &out.logits,
                 &mb.targets,
+                temperature,
             ));
             if let Some(r) = reference {
                 let out = forward_mb(r, mb)?;
                 mb.ref_logp = Some(crate::policy_loss::gather_logprobs(
                     &out.logits,
                     &mb.targets,
+                    temperature,
                 ));
             }
         }
@@ -213,7 +223,8 @@ fn old_pass(
     tch::no_grad(|| -> Result<()> {
         for mb in mbs.iter_mut() {
             let out = forward_mb(policy, mb)?;
-            let old = crate::policy_loss::gather_logprobs(&out.logits, &mb.targets);
+            let temp = loss_cfg.temperature;
+            let old = crate::policy_loss::gather_logprobs(&out.logits, &mb.targets, temp);
             if let Some((critic, _)) = &extras.critic {
                 old_values.push(critic.head.values(&out.logits)?);
             }
@@ -223,6 +234,7 @@ fn old_pass(
                 mb.ref_logp = Some(crate::policy_loss::gather_logprobs(
                     &out.logits,
                     &mb.targets,
+                    temp,
                 ));
             }
             if !extras.teachers.is_empty() {
@@ -238,7 +250,7 @@ fn old_pass(
                         packed_seq_ids: mb.packed_seq_ids.as_ref(),
                         forced_experts: None,
                     })?;
-                    let lp = crate::policy_loss::gather_logprobs(&out.logits, &mb.targets);
+                    let lp = crate::policy_loss::gather_logprobs(&out.logits, &mb.targets, temp);
                     // A non-finite log-prob carries no signal: the token gets no distillation term.
                     let ok = lp.isfinite().logical_and(&old.isfinite());
                     let lp = lp.where_self(&ok, &student);
@@ -269,6 +281,23 @@ fn old_pass(
         Ok(())
     })?;
     Ok((old_values, teacher_kl))
+}
+
+/// Whether a loss term other than the advantage-weighted one trains the policy on its own: the entropy bonus,
+/// or the KL to the reference as a loss term (in the reward it is part of the advantages).
+fn trains_without_advantage(cfg: &PolicyLossConfig) -> bool {
+    cfg.entropy_coef != 0.0 || (cfg.kl_coef != 0.0 && !cfg.kl_in_reward)
+}
+
+/// Whether every trained token of the batch has advantage exactly 0.
+fn no_advantage(mbs: &[MicroBatch]) -> bool {
+    mbs.iter().all(|mb| {
+        (&mb.advantages * &mb.mask)
+            .abs()
+            .max()
+            .double_value(&[])
+            == 0.0
+    })
 }
 
 /// [`rl_update`] with distillation teachers and / or a critic (see [`RlExtras`]).
@@ -319,6 +348,21 @@ pub fn rl_update_with(
     };
     let mut mbs = micro_batches(items, batching, device)?;
     let (old_values, teacher_kl) = old_pass(policy, reference, &mut mbs, extras, loss_cfg)?;
+    if extras.critic.is_none() && !trains_without_advantage(loss_cfg) && no_advantage(&mbs) {
+        // Checked after the old pass: distillation teachers and KL in the reward fold into the advantages.
+        tracing::info!(
+            step = learner.step,
+            "every advantage of the batch is 0: policy update skipped"
+        );
+        return Ok(vec![StepReport {
+            lr: learner.schedule.lr(learner.step),
+            skipped: true,
+            skipped_empty_advantage: true,
+            tokens: mbs.iter().map(|m| m.tokens).sum(),
+            micro_batches: mbs.len(),
+            ..Default::default()
+        }]);
+    }
     let (total_tokens, total_seqs) = totals(items);
     let mut fixed = std::collections::BTreeMap::new();
     for ((name, _), kl) in extras.teachers.iter().zip(&teacher_kl) {
@@ -378,7 +422,8 @@ pub fn rl_update_with(
         let mut stats = LossStats::default();
         for (i, mb) in mbs.iter().enumerate() {
             let fwd = forward_mb(policy, mb)?;
-            let (logp, entropy) = logprobs_and_entropy(&fwd.logits, &mb.targets);
+            let (logp, entropy) =
+                logprobs_and_entropy(&fwd.logits, &mb.targets, loss_cfg.temperature);
             let old = mb.old_logp.as_ref().expect("filled above");
             let out = policy_loss(
                 loss_cfg,
@@ -445,6 +490,7 @@ pub fn rl_update_with(
             tokens: mbs.iter().map(|m| m.tokens).sum(),
             micro_batches: mbs.len(),
             stats,
+            skipped_empty_advantage: false,
             extra,
         });
     }
@@ -490,7 +536,8 @@ pub(crate) fn supervised_step(
     let mut stats = LossStats::default();
     for mb in &mbs {
         let fwd = forward_mb(policy, mb)?;
-        let (logp, entropy) = logprobs_and_entropy(&fwd.logits, &mb.targets);
+        // Supervised targets are not samples of the policy: the policy's own distribution (temperature 1).
+        let (logp, entropy) = logprobs_and_entropy(&fwd.logits, &mb.targets, 1.0);
         let (mut loss, mask) = token_loss(mb, &logp, &agg);
         if let (Some(aux), true) = (&fwd.aux_loss, learner.aux_loss_coef != 0.0) {
             loss = loss + aux * (learner.aux_loss_coef * mb.n_seqs as f64 / total_seqs.max(1.0));
@@ -511,6 +558,7 @@ pub(crate) fn supervised_step(
         tokens: mbs.iter().map(|m| m.tokens).sum(),
         micro_batches: mbs.len(),
         stats,
+        skipped_empty_advantage: false,
         extra: Default::default(),
     })
 }

@@ -14,9 +14,11 @@ use spar_core::{Sample, Scored};
 use spar_model::Qwen3Model;
 use std::path::Path;
 
-/// Trains `model` once on `samples` + `scored` (`origin` names their files in errors) with a constant LR.
+/// Trains `model` once on `samples` + `scored` (`origin` names their files in errors) with a constant LR; the
+/// samples were drawn at `sampling_temperature` (the recipe's `rollout.sampling.temperature`).
 pub fn offline_step(
     tr: &TrainerSection,
+    sampling_temperature: f32,
     model: &Qwen3Model,
     samples: &[Sample],
     scored: &[Scored],
@@ -33,7 +35,7 @@ pub fn offline_step(
             tr.policy_loss
         )
     })?;
-    let loss_cfg = policy_loss_config(tr, level)?;
+    let loss_cfg = policy_loss_config(tr, level, sampling_temperature)?;
     let batching = batching_config(tr)?;
     let mut constant = tr.clone();
     constant.schedule = spar_core::recipe::LrDecay::Constant;

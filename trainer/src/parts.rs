@@ -47,7 +47,8 @@ pub struct TrainParts {
     pub train_cases: usize,
     /// Plays the SFT consultations: whole episodes of SFT's cases, one sample each, with the recipe's simulator.
     pub sft_rollout: Rollout,
-    /// The teacher whose consultations SFT imitates (the scripted expert).
+    /// The teacher whose consultations SFT imitates: the scripted expert, or the partial expert
+    /// (`[trainer.sft_expert] partial = true`).
     pub sft_teacher: Arc<dyn ScriptedDoctor>,
     /// The RL rounds' rollout: the recipe's pipeline, simulator and backend over the RL cases.
     pub rl_rollout: Rollout,

@@ -86,6 +86,10 @@ pub struct PolicyLossConfig {
     /// see `learner::rl_update_with`) instead of being a loss term.
     pub kl_in_reward: bool,
     pub entropy_coef: f64,
+    /// The temperature T the rollout sampled at: every log-prob of the update (pi_old, pi_theta, the reference,
+    /// the entropy, the teachers') is taken from logits / T, the distribution the tokens were drawn from, as
+    /// verl does (method.md section 9). 1 = the policy's own distribution.
+    pub temperature: f64,
 }
 
 impl PolicyLossConfig {
@@ -102,7 +106,28 @@ impl PolicyLossConfig {
             kl_estimator: KlEstimator::K3,
             kl_in_reward: false,
             entropy_coef: 0.0,
+            temperature: 1.0,
         }
+    }
+}
+
+/// The temperature training log-probs are taken at for a rollout sampled at `sampling_temperature`: that
+/// temperature, or 1 for greedy rollouts (temperature 0 draws from no distribution; its log-probs are the
+/// policy's own).
+pub fn training_temperature(sampling_temperature: f32) -> f64 {
+    if sampling_temperature > 0.0 {
+        sampling_temperature as f64
+    } else {
+        1.0
+    }
+}
+
+/// `logits / temperature` (the logits themselves at temperature 1, without a copy).
+pub fn tempered(logits: &Tensor, temperature: f64) -> Tensor {
+    if temperature == 1.0 {
+        logits.shallow_clone()
+    } else {
+        logits / temperature
     }
 }
 
@@ -320,9 +345,10 @@ pub fn entropy_from_logits(logits: &Tensor) -> Tensor {
     -(logp.exp() * &logp).sum_dim_intlist([-1i64].as_slice(), false, crate::agg::float_kind(logits))
 }
 
-/// Log-prob of each target under `logits` ([B, T, V], [B, T] int64 -> [B, T]); float32 whatever the model dtype.
-pub fn gather_logprobs(logits: &Tensor, targets: &Tensor) -> Tensor {
-    let logp = logits.log_softmax(-1, crate::agg::float_kind(logits));
+/// Log-prob of each target under softmax(logits / temperature) ([B, T, V], [B, T] int64 -> [B, T]); float32
+/// whatever the model dtype.
+pub fn gather_logprobs(logits: &Tensor, targets: &Tensor, temperature: f64) -> Tensor {
+    let logp = tempered(logits, temperature).log_softmax(-1, crate::agg::float_kind(logits));
     logp.gather(-1, &targets.unsqueeze(-1), false)
         .squeeze_dim(-1)
 }

@@ -17,13 +17,28 @@ pub struct HeldOutTable {
     pub expert: EvalSummary,
 }
 
-/// Logs a held-out evaluation (`eval/reward`, `eval/G_<stage>`, ...) at the session's current step + `offset`.
+/// Writes a held-out evaluation's transcripts to `OUT/transcripts/<name>.md` (atomically).
+pub fn write_transcripts(out: &Path, name: &str, transcripts: &str) -> Result<()> {
+    spar_core::fsio::write_atomic(
+        &out.join("transcripts").join(format!("{name}.md")),
+        transcripts.as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// Logs a held-out evaluation (`eval/reward`, `eval/G_<stage>`, `eval/violation_rate/<type>`, ...) at the
+/// session's current step + `offset`.
 pub fn log_eval(session: &mut Session, offset: usize, s: &EvalSummary) -> Result<()> {
     let mut v = vec![
         ("eval/reward".to_string(), s.reward_mean),
         ("eval/parsed_rate".into(), s.parsed_rate),
         ("eval/hallucination_rate".into(), s.hallucination_rate),
+        ("eval/claims_per_episode".into(), s.claims_per_episode),
+        ("eval/violation_rate".into(), s.violation_rate),
     ];
+    for (kind, rate) in &s.violation_rates {
+        v.push((format!("eval/violation_rate/{kind}"), *rate));
+    }
     for st in Stage::ALL {
         v.push((format!("eval/G_{}", st.name()), s.stage_means[st.index()]));
     }
@@ -67,20 +82,47 @@ pub fn write_results(
         );
         Vec::new()
     });
+    // The rubric reward is the headline; the stage means are what RL optimises (G_k); then the stage mean's
+    // average, the hallucination rate per claim and the share of doctor steps with a violation.
     eprintln!(
-        "[train] held-out ({eval_cases} cases, greedy)   reward  inquiry  ddx    lab    diag"
+        "[train] held-out ({eval_cases} cases, greedy)   reward  inquiry  ddx    lab    diag   stages  halluc  viol"
     );
-    for (label, e) in [
+    let rows = [
         ("initial (random)", &table.initial),
         ("after SFT", &table.before_rl),
         ("after RL", &table.after_rl),
         ("scripted expert", &table.expert),
-    ] {
+    ];
+    for (label, e) in rows {
         let g = e.stage_means;
         eprintln!(
-            "[train]   {label:<24} {:.3}   {:.3}    {:.3}  {:.3}  {:.3}",
-            e.reward_mean, g[0], g[1], g[2], g[3]
+            "[train]   {label:<24} {:.3}   {:.3}    {:.3}  {:.3}  {:.3}  {:.3}   {:.3}   {:.3}",
+            e.reward_mean,
+            g[0],
+            g[1],
+            g[2],
+            g[3],
+            g.iter().sum::<f64>() / 4.0,
+            e.hallucination_rate,
+            e.violation_rate
         );
+    }
+    let kinds: std::collections::BTreeSet<&String> = rows
+        .iter()
+        .flat_map(|(_, e)| e.violation_rates.keys())
+        .collect();
+    if !kinds.is_empty() {
+        eprintln!("[train] held-out violation rate per doctor step, by detector:");
+        for kind in kinds {
+            let rates: Vec<String> = rows
+                .iter()
+                .map(|(label, e)| {
+                    let r = e.violation_rates.get(kind).copied().unwrap_or(0.0);
+                    format!("{label} {r:.3}")
+                })
+                .collect();
+            eprintln!("[train]   {kind:<20} {}", rates.join("  "));
+        }
     }
     eprintln!(
         "[train] wrote {} (comparison.json, transcripts/, {} plot files, final/)",

@@ -1,14 +1,16 @@
 //! Phase 2 of `spar train`: RL rounds with SPAR advantages and the Fact-Aware reward (colocated or one-step
 //! off-policy), or the distillation variants (offline from teachers or a teacher-samples file). Each round plays
-//! or reads a batch, learns it, logs it, and checkpoints every `save_every` rounds.
+//! or reads a batch and learns it; every `log_every` rounds the window's mean metrics are logged and a console
+//! line printed, every `eval_every` rounds the held-out evaluation runs (a held-out curve during RL, `eval/*`),
+//! and every `save_every` rounds the run is checkpointed.
 use crate::batch::TrainItem;
 use crate::checkpoint::{self, TrainerState};
 use crate::critic::Critic;
 use crate::learner::{BatchingConfig, Learner};
 use crate::off_policy::RoundScheduler;
-use crate::parts::Generation;
+use crate::parts::{Evaluator, Generation};
 use crate::progress::bar;
-use crate::report::round_metrics;
+use crate::report::{log_eval, round_metrics, write_transcripts};
 use crate::rl_round::{LearnConfig, PlayedRound, learn_round, play_round};
 use crate::session::{Checkpointed, Session};
 use anyhow::{Context, Result};
@@ -31,6 +33,8 @@ pub struct RlInputs<'a> {
     /// Offline distillation from a file: its training items.
     pub teacher_pool: Option<&'a [TrainItem]>,
     pub runtime: &'a tokio::runtime::Runtime,
+    /// The held-out evaluation run every `trainer.eval_every` rounds.
+    pub evaluator: &'a dyn Evaluator,
 }
 
 /// The RL phase's learner-side state besides the model (restored from a checkpoint, saved into the next).
@@ -133,11 +137,13 @@ pub fn run(
         teachers,
         teacher_pool,
         runtime,
+        evaluator,
     } = inputs;
     let groups = rollout.config().groups_per_step;
     let pb = bar(tr.steps as u64, if distill { "distill" } else { "rl" });
     pb.set_position(start as u64);
     let mut rounds = RoundScheduler::new(tr.off_policy_one_step, st.pending.take());
+    let mut window = MetricWindow::default();
     for s in start..tr.steps {
         let t0 = std::time::Instant::now();
         let mut scalars = match (distill, teacher_pool) {
@@ -182,20 +188,35 @@ pub fn run(
         };
         scalars.push(("rl/step_seconds".into(), t0.elapsed().as_secs_f64()));
         session.global_step += 1;
-        session.log(&scalars)?;
-        let shown = if distill {
-            ("forward KL", "distill/forward_kl")
-        } else {
-            ("reward", "rl/reward_mean")
-        };
-        let value = scalars
-            .iter()
-            .find(|(k, _)| k == shown.1)
-            .map_or(f64::NAN, |x| x.1);
         pb.inc(1);
-        pb.set_message(format!("{} {value:.3}", shown.0));
         let done = s + 1;
-        if done == tr.steps || (tr.save_every > 0 && done % tr.save_every == 0) {
+        let save_now = done == tr.steps || (tr.save_every > 0 && done % tr.save_every == 0);
+        window.add(&scalars);
+        // A checkpoint flushes the window: a resumed run keeps the metrics up to its checkpoint.
+        if window.rounds >= tr.log_every.max(1) || save_now {
+            let means = window.take();
+            session.log(&means)?;
+            let (label, key) = if distill {
+                ("forward KL", "distill/forward_kl")
+            } else {
+                ("reward", "rl/reward_mean")
+            };
+            let value = means.iter().find(|(k, _)| k == key).map_or(f64::NAN, |x| x.1);
+            pb.set_message(format!("{label} {value:.3}"));
+            pb.println(console_line(done, tr.steps, &means));
+        }
+        if tr.eval_every > 0 && done % tr.eval_every == 0 && done < tr.steps {
+            // The last round's evaluation is the run's "after RL" one.
+            let (summary, transcripts) = evaluator.evaluate(spar_rollout::Policy::Builtin(model))?;
+            write_transcripts(&session.out, &format!("rl-{done:04}"), &transcripts)?;
+            log_eval(session, 0, &summary)?;
+            pb.println(format!(
+                "[rl] held-out after {done} rounds: reward {:.3}, stages {}",
+                summary.reward_mean,
+                stage_list(&summary.stage_means)
+            ));
+        }
+        if save_now {
             let phase = if done == tr.steps { "done" } else { "rl" };
             let mut parts: Vec<&dyn Checkpointed> = vec![&*rollout, rewards, &st.learner, &rounds];
             if let Some(c) = &st.critic {
@@ -206,6 +227,73 @@ pub fn run(
     }
     pb.finish();
     Ok(())
+}
+
+/// The metrics of the rounds since the last log line: each key's mean over the rounds that reported it (a
+/// round's NaN, e.g. no sample of a stage, is left out of that key's mean).
+#[derive(Default)]
+struct MetricWindow {
+    rounds: usize,
+    sums: Vec<(String, f64, usize)>,
+}
+
+impl MetricWindow {
+    fn add(&mut self, scalars: &[(String, f64)]) {
+        self.rounds += 1;
+        for (k, v) in scalars {
+            let i = match self.sums.iter().position(|(n, _, _)| n == k) {
+                Some(i) => i,
+                None => {
+                    self.sums.push((k.clone(), 0.0, 0));
+                    self.sums.len() - 1
+                }
+            };
+            if v.is_finite() {
+                self.sums[i].1 += v;
+                self.sums[i].2 += 1;
+            }
+        }
+    }
+
+    /// The window's means (NaN for a key no round reported finitely), in first-reported order; the window
+    /// starts over.
+    fn take(&mut self) -> Vec<(String, f64)> {
+        self.rounds = 0;
+        std::mem::take(&mut self.sums)
+            .into_iter()
+            .map(|(k, sum, n)| (k, if n == 0 { f64::NAN } else { sum / n as f64 }))
+            .collect()
+    }
+}
+
+/// G_k means as `inquiry 0.500 ddx 0.250 ...`.
+fn stage_list(g: &[f64; 4]) -> String {
+    spar_core::Stage::ALL
+        .iter()
+        .map(|st| format!("{} {:.3}", st.name(), g[st.index()]))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The console line of a log window: reward, stage means, loss, and how many rounds skipped their update.
+fn console_line(done: usize, total: usize, means: &[(String, f64)]) -> String {
+    let get = |k: &str| means.iter().find(|(n, _)| n == k).map(|x| x.1);
+    let mut line = format!("[rl] round {done}/{total}");
+    for (label, key) in [
+        ("reward", "rl/reward_mean"),
+        ("forward KL", "distill/forward_kl"),
+        ("G_inquiry", "rl/G_inquiry"),
+        ("G_ddx", "rl/G_ddx"),
+        ("G_lab", "rl/G_lab"),
+        ("G_diag", "rl/G_diag"),
+        ("loss", "rl/loss"),
+        ("skipped (no signal)", "rl/skipped_empty_advantage"),
+    ] {
+        if let Some(v) = get(key).filter(|v| v.is_finite()) {
+            line.push_str(&format!("  {label} {v:.3}"));
+        }
+    }
+    line
 }
 
 impl Checkpointed for Rollout {

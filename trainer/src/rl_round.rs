@@ -147,6 +147,10 @@ pub fn learn_round(
         scalars.push(("rl/grad_norm".into(), rep.grad_norm));
         scalars.push(("rl/lr".into(), rep.lr));
         scalars.push(("rl/skipped".into(), rep.skipped as u8 as f64));
+        scalars.push((
+            "rl/skipped_empty_advantage".into(),
+            rep.skipped_empty_advantage as u8 as f64,
+        ));
         for (k, v) in rep.stats.means() {
             scalars.push((format!("rl/{k}"), v));
         }

@@ -38,7 +38,11 @@ pub fn run(parts: TrainParts) -> Result<()> {
     } = parts;
     let tr = recipe.require(&recipe.trainer, "trainer")?.clone();
     let seed = recipe.seed.unwrap_or(0);
-    let loss_cfg = policy_loss_config(&tr, ratio_level(&tr))?;
+    let loss_cfg = policy_loss_config(
+        &tr,
+        ratio_level(&tr),
+        rl_rollout.config().sampling.temperature,
+    )?;
     let batching = batching_config(&tr)?;
     let use_gae = rewards.config().spar.estimator == spar_core::recipe::Estimator::Gae;
 
@@ -111,6 +115,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
         teachers: &teachers,
         teacher_pool: teacher_pool.as_deref(),
         runtime: &runtime,
+        evaluator: evaluator.as_ref(),
     };
     let sft_batching = BatchingConfig {
         agg: crate::agg::AggMode::TokenMean,

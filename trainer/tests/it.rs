@@ -11,4 +11,6 @@ mod it {
     mod resume;
     mod rounds;
     mod sft_subset;
+    mod signal;
+    mod temperature;
 }

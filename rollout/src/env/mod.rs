@@ -5,7 +5,7 @@ pub mod opening;
 mod scripted_doctor;
 
 pub use chat_turns::ChatTurns;
-pub use scripted_doctor::{ExpertDoctor, ScriptedDoctor, ScriptedTurns};
+pub use scripted_doctor::{ExpertDoctor, PartialExpertDoctor, ScriptedDoctor, ScriptedTurns};
 
 use crate::codec::TextCodec;
 use crate::engine::{EngineClient, EngineOutput};
@@ -208,6 +208,9 @@ impl Env {
         let mut sampling = self.cfg.sampling.clone();
         sampling.max_new_tokens = (sampling.max_new_tokens as usize).min(room) as u32;
         sampling.seed = Some(seed);
+        // The sample's log-probs are those of the distribution its tokens were drawn from (softmax(z / T)): the
+        // trainer recomputes pi_old at the same temperature (method.md section 9).
+        sampling.logprobs_at_temperature = true;
         for s in self.chat.stop_ids() {
             if !sampling.stop_token_ids.contains(&s) {
                 sampling.stop_token_ids.push(s);

@@ -179,6 +179,8 @@ fn sampling(
         stop_token_ids,
         stop_strings: f.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
         top_logprobs,
+        // OpenAI semantics: the model's own log-probs, whatever the temperature.
+        logprobs_at_temperature: false,
     })
 }
 

@@ -147,7 +147,7 @@ fn routing_replay_trains_with_the_rollouts_experts_and_the_switch_drops_them() {
     // pi_old from the trainer's forward equals the forced forward with replay, the free one without.
     let (mut items, _) = assemble(&samples, &scored, "replay").unwrap();
     let mut mbs = micro_batches(&items, &batching, Device::Cpu).unwrap();
-    fill_old_logprobs(&model, None, &mut mbs).unwrap();
+    fill_old_logprobs(&model, None, &mut mbs, 1.0).unwrap();
     let old = mbs[0].old_logp.as_ref().unwrap().get(0);
     let want = Tensor::from_slice(&forced_lp[0]);
     let n = want.size()[0];
