@@ -12,7 +12,8 @@ use spar_core::traits::StageScorer;
 use spar_data::kb::KnowledgeBase;
 use spar_rewards::{ClinicalStageScorer, RewardPipeline};
 use spar_rollout::codec::TextCodec;
-use spar_rollout::env::{ExpertDoctor, ScriptedDoctor};
+use spar_data::expert::PartialExpertOptions;
+use spar_rollout::env::{ExpertDoctor, PartialExpertDoctor, ScriptedDoctor};
 use spar_rollout::{Rollout, SimulatorChoice};
 use spar_trainer::parts::{Generation, TrainParts};
 use std::path::{Path, PathBuf};
@@ -252,9 +253,31 @@ impl Builder {
             "sft",
         )?
         .single_sample();
-        let expert: Arc<dyn ScriptedDoctor> = Arc::new(ExpertDoctor::with_inquiry_turns(
-            rollout_sec.turn_limits[0] as usize,
-        ));
+        let inquiry_turns = rollout_sec.turn_limits[0] as usize;
+        let expert: Arc<dyn ScriptedDoctor> =
+            Arc::new(ExpertDoctor::with_inquiry_turns(inquiry_turns));
+        // SFT's teacher: the full expert, or the partial one `[trainer.sft_expert]` asks for (the held-out ceiling
+        // stays the full expert).
+        let sft_teacher: Arc<dyn ScriptedDoctor> = if tr.sft_expert.partial {
+            let e = &tr.sft_expert;
+            eprintln!(
+                "[train] SFT teacher: the partial expert (trainer.sft_expert: diagnosis at rank 1..{}, 0..{} \
+                 optional tests, essential tests dropped with p = {}, routine questions skipped with p = {})",
+                e.max_diagnosis_rank, e.max_optional_tests, e.drop_essential_test, e.skip_question
+            );
+            Arc::new(PartialExpertDoctor::with_inquiry_turns(
+                inquiry_turns,
+                PartialExpertOptions {
+                    seed,
+                    max_diagnosis_rank: e.max_diagnosis_rank,
+                    max_optional_tests: e.max_optional_tests,
+                    drop_essential_test: e.drop_essential_test,
+                    skip_question: e.skip_question,
+                },
+            ))
+        } else {
+            expert.clone()
+        };
         let evaluator = crate::held_out::HeldOut::new(
             self,
             cases.eval.clone(),
@@ -294,7 +317,7 @@ impl Builder {
             tokenizer_dir: policy.tokenizer_dir,
             train_cases: cases.train.len(),
             sft_rollout,
-            sft_teacher: expert.clone(),
+            sft_teacher,
             rl_rollout,
             generation,
             rewards,
@@ -411,6 +434,7 @@ pub fn offline_step(
     let model = spar_model::Qwen3Model::load(&model_dir, device, kind)?;
     spar_trainer::offline_step::offline_step(
         &tr,
+        builder.rollout_section().sampling.temperature,
         &model,
         &samples,
         &scored,

@@ -5,6 +5,13 @@
 //! Inquiry asks one short question per checklist item (critical items and red flags first when the turn budget
 //! is short), each phrased with one of the item's keywords, never repeating a topic already covered; then says
 //! `<ready/>`; then gives the differential, the tests (essential + a few optional) and the final diagnosis.
+//!
+//! [`PartialExpert`] is a good but imperfect teacher built on the same plan: per case (seeded) it puts the true
+//! diagnosis at a random rank of the differential, orders a random number of optional tests, drops essential
+//! tests and skips routine questions. SFT on it leaves behaviour the stage rewards pay for and the teacher never
+//! showed, so RL has something to improve on.
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use spar_core::case::{Case, InquiryItem, RedFlag};
 use spar_core::grammar::{self, NamedDx};
 use spar_core::sample::{Role, Turn};
@@ -103,6 +110,15 @@ fn flag_question(case: &Case, rf: &RedFlag) -> Question {
 }
 
 impl Expert {
+    /// The expert with a given question plan (the partial expert's, a subset of the full plan).
+    fn with_plan(case: &Case, opts: ExpertOptions, plan: Vec<Question>) -> Expert {
+        Expert {
+            case: case.clone(),
+            opts,
+            plan,
+        }
+    }
+
     pub fn new(case: &Case) -> Expert {
         Expert::with_options(case, ExpertOptions::default())
     }
@@ -204,37 +220,44 @@ impl Expert {
     /// A whole gold consultation: patient opening, the inquiry, `<ready/>`, then each stage instruction
     /// (`Stage::default_instruction`) and the expert's reply. Every turn carries its stage.
     pub fn transcript(&self) -> Vec<Turn> {
-        let mut d = Vec::new();
-        let push = |d: &mut Vec<Turn>, role, text: String, stage| {
-            d.push(Turn {
-                role,
-                text,
-                stage: Some(stage),
-            })
-        };
-        push(&mut d, Role::User, opening(&self.case), Stage::Inquiry);
-        loop {
-            let q = self.next_inquiry(&d);
-            let ready = grammar::inquiry_done(&q);
-            let answer = self.answer_to(&q).map(str::to_string);
-            push(&mut d, Role::Assistant, q, Stage::Inquiry);
-            match answer {
-                Some(a) if !ready => push(&mut d, Role::User, a, Stage::Inquiry),
-                _ => break,
-            }
-        }
-        for stage in [Stage::Ddx, Stage::Lab, Stage::Diag] {
-            push(
-                &mut d,
-                Role::User,
-                stage.default_instruction().to_string(),
-                stage,
-            );
-            let r = self.reply(stage, &d);
-            push(&mut d, Role::Assistant, r, stage);
-        }
-        d
+        play_transcript(self, |stage, d| self.reply(stage, d))
     }
+}
+
+/// A whole consultation with the scripted patient of `expert`'s case (its answers to planned questions): the
+/// opening, the inquiry until `<ready/>` (or a question the case has no answer for), then each stage instruction
+/// and `reply`'s answer. Every turn carries its stage.
+fn play_transcript(expert: &Expert, reply: impl Fn(Stage, &[Turn]) -> String) -> Vec<Turn> {
+    let mut d = Vec::new();
+    let push = |d: &mut Vec<Turn>, role, text: String, stage| {
+        d.push(Turn {
+            role,
+            text,
+            stage: Some(stage),
+        })
+    };
+    push(&mut d, Role::User, opening(expert.case()), Stage::Inquiry);
+    loop {
+        let q = reply(Stage::Inquiry, &d);
+        let ready = grammar::inquiry_done(&q);
+        let answer = expert.answer_to(&q).map(str::to_string);
+        push(&mut d, Role::Assistant, q, Stage::Inquiry);
+        match answer {
+            Some(a) if !ready => push(&mut d, Role::User, a, Stage::Inquiry),
+            _ => break,
+        }
+    }
+    for stage in [Stage::Ddx, Stage::Lab, Stage::Diag] {
+        push(
+            &mut d,
+            Role::User,
+            stage.default_instruction().to_string(),
+            stage,
+        );
+        let r = reply(stage, &d);
+        push(&mut d, Role::Assistant, r, stage);
+    }
+    d
 }
 
 /// The patient's first words: the chief complaint.
@@ -303,6 +326,171 @@ fn plan_questions(case: &Case, budget: usize) -> Vec<Question> {
     }
     keep.sort_by_key(|&i| all[i].1);
     keep.into_iter().map(|i| all[i].2.clone()).collect()
+}
+
+/// Knobs of the [`PartialExpert`] (recipe `[trainer.sft_expert]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartialExpertOptions {
+    /// Seeds every case's choices together with the case id (the recipe seed): the same seed gives the same
+    /// consultations.
+    pub seed: u64,
+    /// The true diagnosis sits at a rank drawn uniformly from 1..=this (at most the differential's length).
+    pub max_diagnosis_rank: usize,
+    /// The number of optional tests is drawn uniformly from 0..=this (at most the case's optional tests).
+    pub max_optional_tests: usize,
+    /// Each essential test is left out with this probability (one is kept when nothing else would be ordered:
+    /// an empty test list does not parse).
+    pub drop_essential_test: f64,
+    /// Each non-critical inquiry question of the plan is skipped with this probability (critical items and red
+    /// flags are always asked).
+    pub skip_question: f64,
+}
+
+impl Default for PartialExpertOptions {
+    fn default() -> Self {
+        PartialExpertOptions {
+            seed: 0,
+            max_diagnosis_rank: 3,
+            max_optional_tests: 3,
+            drop_essential_test: 0.25,
+            skip_question: 0.4,
+        }
+    }
+}
+
+/// What the partial expert drew for one case.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartialChoices {
+    /// 1-based rank of the true diagnosis in the differential.
+    pub diagnosis_rank: usize,
+    /// Optional tests ordered.
+    pub optional_tests: usize,
+    /// Essential tests left out (names).
+    pub dropped_essential: Vec<String>,
+    /// Non-critical questions of the full plan (the ones that could be skipped).
+    pub skippable_questions: usize,
+    /// Item ids of the skipped questions.
+    pub skipped_questions: Vec<String>,
+}
+
+/// A good but imperfect scripted doctor: the [`Expert`]'s consultation with per-case, seeded omissions (see
+/// [`PartialExpertOptions`]). The final diagnosis stays right; the differential ranks it lower, the test list
+/// misses some essentials, the inquiry misses some routine items.
+#[derive(Clone, Debug)]
+pub struct PartialExpert {
+    expert: Expert,
+    ddx: Vec<NamedDx>,
+    tests: Vec<String>,
+    choices: PartialChoices,
+}
+
+/// FNV-1a of `s`: a stable hash (std's hasher may change between Rust releases; the choices must not).
+fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+impl PartialExpert {
+    pub fn new(case: &Case, opts: ExpertOptions, partial: &PartialExpertOptions) -> PartialExpert {
+        let full = Expert::with_options(case, opts.clone());
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            partial.seed.wrapping_mul(0x9e3779b97f4a7c15) ^ stable_hash(&case.id),
+        );
+        // Draw order is fixed (rank, optional count, essential drops, question skips): the choices depend only
+        // on the seed and the case.
+        let mut ddx = full.ddx();
+        let max_rank = partial.max_diagnosis_rank.clamp(1, ddx.len().max(1));
+        let diagnosis_rank = rng.random_range(1..=max_rank);
+        if !ddx.is_empty() {
+            let dx = ddx.remove(0);
+            ddx.insert(diagnosis_rank - 1, dx);
+        }
+        let t = &case.tests;
+        let optional_tests = rng
+            .random_range(0..=partial.max_optional_tests)
+            .min(t.optional.len());
+        let mut kept: Vec<String> = Vec::new();
+        let mut dropped_essential = Vec::new();
+        for e in &t.essential {
+            if rng.random_bool(partial.drop_essential_test.clamp(0.0, 1.0)) {
+                dropped_essential.push(e.name.clone());
+            } else {
+                kept.push(e.name.clone());
+            }
+        }
+        if kept.is_empty() && optional_tests == 0 && !dropped_essential.is_empty() {
+            kept.push(dropped_essential.remove(0));
+        }
+        let tests: Vec<String> = kept
+            .into_iter()
+            .chain(t.optional.iter().take(optional_tests).map(|x| x.name.clone()))
+            .collect();
+        let mut plan = Vec::new();
+        let (mut skippable_questions, mut skipped_questions) = (0, Vec::new());
+        for q in full.questions() {
+            if !q.critical {
+                skippable_questions += 1;
+                if rng.random_bool(partial.skip_question.clamp(0.0, 1.0)) {
+                    skipped_questions.push(q.item_id.clone());
+                    continue;
+                }
+            }
+            plan.push(q.clone());
+        }
+        PartialExpert {
+            expert: Expert::with_plan(case, opts, plan),
+            ddx,
+            tests,
+            choices: PartialChoices {
+                diagnosis_rank,
+                optional_tests,
+                dropped_essential,
+                skippable_questions,
+                skipped_questions,
+            },
+        }
+    }
+
+    /// What was drawn for this case.
+    pub fn choices(&self) -> &PartialChoices {
+        &self.choices
+    }
+
+    /// The inquiry questions it asks, in order.
+    pub fn questions(&self) -> &[Question] {
+        self.expert.questions()
+    }
+
+    /// Its differential (the true diagnosis at rank `choices().diagnosis_rank`).
+    pub fn ddx(&self) -> &[NamedDx] {
+        &self.ddx
+    }
+
+    /// The tests it orders.
+    pub fn tests(&self) -> &[String] {
+        &self.tests
+    }
+
+    /// The doctor's reply for one stage, given the dialogue so far.
+    pub fn reply(&self, stage: Stage, dialogue: &[Turn]) -> String {
+        match stage {
+            Stage::Ddx => grammar::render_ddx(&self.ddx),
+            Stage::Lab => grammar::render_tests(&self.tests),
+            Stage::Inquiry | Stage::Diag => self.expert.reply(stage, dialogue),
+        }
+    }
+
+    /// The next doctor utterance, the stage inferred from the dialogue (see [`infer_stage`]).
+    pub fn next_utterance(&self, dialogue: &[Turn]) -> (Stage, String) {
+        let stage = infer_stage(dialogue);
+        (stage, self.reply(stage, dialogue))
+    }
+
+    /// A whole consultation as [`Expert::transcript`] plays it, with this expert's replies.
+    pub fn transcript(&self) -> Vec<Turn> {
+        play_transcript(&self.expert, |stage, d| self.reply(stage, d))
+    }
 }
 
 /// One gold consultation as written by `spar data expert` (JSONL, one per line): SFT input.

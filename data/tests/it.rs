@@ -6,6 +6,7 @@ mod it {
     mod expert;
     mod generate;
     mod kb;
+    mod partial_expert;
     mod phi;
     mod recipe;
     mod shipped;

@@ -75,6 +75,17 @@ impl HeldOutEval<'_> {
         let mut md = String::from("# Held-out consultations (greedy, scripted patient)\n\n");
         let (mut parsed, mut scored_stages) = (0usize, 0usize);
         let (mut hall, mut nclaims) = (0.0, 0usize);
+        // Doctor steps, steps with any violation, and steps flagged per detector type (every detector the recipe
+        // runs is reported, at 0 when it never fires, so rows of different evaluations line up).
+        let (mut steps, mut violated) = (0usize, 0usize);
+        let mut by_kind: std::collections::BTreeMap<String, usize> = self
+            .pipeline
+            .config()
+            .spar
+            .detectors
+            .iter()
+            .map(|k| (k.clone(), 0))
+            .collect();
         for g in groups {
             let case = self
                 .cases
@@ -90,6 +101,15 @@ impl HeldOutEval<'_> {
             for c in sc.first().map(|s| s.claims.as_slice()).unwrap_or(&[]) {
                 hall += c.label.hallucination_weight();
                 nclaims += 1;
+            }
+            for step in sc.first().map(|s| s.steps.as_slice()).unwrap_or(&[]) {
+                steps += 1;
+                violated += !step.violations.is_empty() as usize;
+                // A step counts once per type, however many times the type fired in it.
+                let kinds: std::collections::BTreeSet<&String> = step.violations.iter().collect();
+                for k in kinds {
+                    *by_kind.entry(k.clone()).or_default() += 1;
+                }
             }
             md.push_str(&format!("## case {} (reward {reward:.3})\n\n", g.case_id));
             for st in Stage::ALL {
@@ -122,6 +142,12 @@ impl HeldOutEval<'_> {
         }
         summary.parsed_rate = parsed as f64 / scored_stages.max(1) as f64;
         summary.hallucination_rate = hall / nclaims.max(1) as f64;
+        summary.claims_per_episode = nclaims as f64 / n;
+        summary.violation_rate = violated as f64 / steps.max(1) as f64;
+        summary.violation_rates = by_kind
+            .into_iter()
+            .map(|(k, c)| (k, c as f64 / steps.max(1) as f64))
+            .collect();
         Ok((summary, md))
     }
 }

@@ -8,7 +8,7 @@ use crate::env::{
     BackendTurns, ChatTurns, Consultation, Env, EnvConfig, ScriptedDoctor, ScriptedTurns, StageEnd,
     TurnGenerator, mix_seed, stage_replies,
 };
-use crate::pipeline::{Segment, StagePools, promote};
+use crate::pipeline::{Segment, StagePools, promote, promotion_candidates};
 use crate::simulator::{Guarded, SelfPlayPatient};
 use crate::stream::ChatMl;
 use anyhow::{Context, Result, bail};
@@ -353,18 +353,18 @@ impl Rollout {
                     }
                 }
                 if stage != Stage::Diag {
-                    let eligible: Vec<Option<f64>> = g
+                    // Only a sample whose consultation goes on can be promoted: `finals[i]` is None for one
+                    // that ended it early, so the best passing sample that can continue goes instead.
+                    let can_continue: Vec<bool> = g
                         .samples
                         .iter()
-                        .zip(&g.gate_scores)
-                        .map(|(s, v)| {
-                            if matches!(s.end_reason, EndReason::Done | EndReason::Truncated) {
-                                *v
-                            } else {
-                                None
-                            }
+                        .zip(&finals)
+                        .map(|(s, f)| {
+                            f.is_some()
+                                && matches!(s.end_reason, EndReason::Done | EndReason::Truncated)
                         })
                         .collect();
+                    let eligible = promotion_candidates(&g.gate_scores, &can_continue);
                     for idx in promote(&eligible, self.cfg.tau, self.cfg.top_m) {
                         let Some(c) = finals[idx].clone() else {
                             continue;

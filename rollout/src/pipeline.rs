@@ -78,9 +78,34 @@ pub fn promote(scores: &[Option<f64>], tau: f64, top_m: usize) -> Vec<usize> {
     passing.into_iter().take(top_m).map(|(i, _)| i).collect()
 }
 
+/// The gate scores [`promote`] chooses among: sample i's V_k when it can continue into the next stage
+/// (`can_continue[i]`: it finished its stage and the consultation goes on), None otherwise. A sample that ended
+/// the consultation early (a diagnosis given out of turn, the simulator ending it) cannot be promoted, so the gate
+/// passes over it to the best passing sample that can continue (method.md section 9) instead of promoting
+/// nothing.
+pub fn promotion_candidates(scores: &[Option<f64>], can_continue: &[bool]) -> Vec<Option<f64>> {
+    scores
+        .iter()
+        .zip(can_continue)
+        .map(|(s, &ok)| if ok { *s } else { None })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_best_sample_that_cannot_continue_gives_way_to_the_next_passing_one() {
+        let scores = [Some(0.7), Some(1.0), Some(0.9), Some(0.2)];
+        // Sample 1 scored best but ended the consultation: sample 2 is promoted in its place.
+        let eligible = promotion_candidates(&scores, &[true, false, true, true]);
+        assert_eq!(promote(&eligible, 0.6, 1), vec![2]);
+        assert_eq!(promote(&eligible, 0.6, 2), vec![2, 0]);
+        // No passing sample can continue: nothing is promoted.
+        let eligible = promotion_candidates(&scores, &[false, false, false, true]);
+        assert!(promote(&eligible, 0.6, 1).is_empty());
+    }
 
     #[test]
     fn gate_keeps_the_best_passing_lowest_index_on_ties() {

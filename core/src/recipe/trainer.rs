@@ -125,6 +125,38 @@ pub struct TrainerSection {
     pub distill: DistillConfig,
     /// Critic and GAE knobs (`[trainer.gae]`), used when `rewards.spar.estimator = "gae"`.
     pub gae: GaeConfig,
+    /// The teacher SFT imitates (`[trainer.sft_expert]`): the full scripted expert unless `partial = true`.
+    pub sft_expert: SftExpertConfig,
+}
+
+/// `[trainer.sft_expert]`: a good but imperfect SFT teacher, so that RL has behaviour to find that SFT never
+/// showed. Off by default (the full scripted expert). Every choice is drawn per case from the recipe seed and the
+/// case id, so a run is reproducible; the held-out ceiling stays the full expert.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SftExpertConfig {
+    /// Teach with the partial expert instead of the full one.
+    pub partial: bool,
+    /// The true diagnosis sits at a rank drawn uniformly from 1..=max_diagnosis_rank of the differential.
+    pub max_diagnosis_rank: usize,
+    /// The number of optional tests ordered is drawn uniformly from 0..=max_optional_tests.
+    pub max_optional_tests: usize,
+    /// Probability that each essential test is left out.
+    pub drop_essential_test: f64,
+    /// Probability that each non-critical inquiry question is skipped.
+    pub skip_question: f64,
+}
+
+impl Default for SftExpertConfig {
+    fn default() -> Self {
+        SftExpertConfig {
+            partial: false,
+            max_diagnosis_rank: 3,
+            max_optional_tests: 3,
+            drop_essential_test: 0.25,
+            skip_question: 0.4,
+        }
+    }
 }
 
 /// `[trainer.distill]`: the M3 distillation stages (method.md section 7).
@@ -234,6 +266,7 @@ impl Default for TrainerSection {
             aux_loss_coef: None,
             distill: DistillConfig::default(),
             gae: GaeConfig::default(),
+            sft_expert: SftExpertConfig::default(),
         }
     }
 }
@@ -293,6 +326,22 @@ impl TrainerSection {
             "distill.task_coef",
             "must be >= 0",
         )?;
+        let e = &self.sft_expert;
+        check(
+            e.max_diagnosis_rank >= 1,
+            "sft_expert.max_diagnosis_rank",
+            "must be >= 1 (1: the diagnosis always ranks first)",
+        )?;
+        check(
+            (0.0..=1.0).contains(&e.drop_essential_test),
+            "sft_expert.drop_essential_test",
+            "must be a probability in [0, 1]",
+        )?;
+        check(
+            (0.0..=1.0).contains(&e.skip_question),
+            "sft_expert.skip_question",
+            "must be a probability in [0, 1]",
+        )?;
         let g = &self.gae;
         check(
             (0.0..=1.0).contains(&g.gamma),
@@ -339,5 +388,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("trainer.distill.teachers"), "{e}");
+    }
+
+    #[test]
+    fn sft_expert_is_off_by_default_and_its_knobs_are_checked() {
+        let r = Recipe::from_toml_str("[trainer]\n", "r.toml", &[]).unwrap();
+        assert!(!r.trainer.unwrap().sft_expert.partial);
+        let r = Recipe::from_toml_str(
+            "[trainer.sft_expert]\npartial = true\nskip_question = 0.5\n",
+            "r.toml",
+            &[],
+        )
+        .unwrap();
+        let e = r.trainer.unwrap().sft_expert;
+        assert!(e.partial);
+        assert_eq!((e.skip_question, e.drop_essential_test), (0.5, 0.25));
+        let err = Recipe::from_toml_str(
+            "[trainer.sft_expert]\ndrop_essential_test = 1.5\n",
+            "r.toml",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("trainer.sft_expert.drop_essential_test"), "{err}");
     }
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use spar_core::case::Case;
 use spar_core::sample::{Role, Turn};
 use spar_core::traits::{FinishReason, GenerateOutput, GenerateRequest};
-use spar_data::expert::{Expert, ExpertOptions};
+use spar_data::expert::{Expert, ExpertOptions, PartialExpert, PartialExpertOptions};
 use std::sync::Arc;
 
 /// A doctor that follows a script (the expert of `spar-data`, a test double): its replies are played in the same
@@ -101,6 +101,39 @@ impl ScriptedDoctor for ExpertDoctor {
     }
     fn reply(&self, case: &Case, dialogue: &[Turn]) -> String {
         Expert::with_options(case, self.opts.clone())
+            .next_utterance(dialogue)
+            .1
+    }
+}
+
+/// The partial expert of `spar-data` as a [`ScriptedDoctor`]: a good but imperfect SFT teacher whose omissions
+/// are drawn per case from `partial.seed` and the case id (recipe `[trainer.sft_expert]`).
+#[derive(Clone, Debug, Default)]
+pub struct PartialExpertDoctor {
+    pub opts: ExpertOptions,
+    pub partial: PartialExpertOptions,
+}
+
+impl PartialExpertDoctor {
+    /// The partial expert with an Inquiry budget of `inquiry_turns` doctor turns (as
+    /// [`ExpertDoctor::with_inquiry_turns`]).
+    pub fn with_inquiry_turns(inquiry_turns: usize, partial: PartialExpertOptions) -> Self {
+        PartialExpertDoctor {
+            opts: ExpertOptions {
+                inquiry_turns,
+                ..ExpertOptions::default()
+            },
+            partial,
+        }
+    }
+}
+
+impl ScriptedDoctor for PartialExpertDoctor {
+    fn id(&self) -> String {
+        format!("partial-expert:{}", self.partial.seed)
+    }
+    fn reply(&self, case: &Case, dialogue: &[Turn]) -> String {
+        PartialExpert::new(case, self.opts.clone(), &self.partial)
             .next_utterance(dialogue)
             .1
     }
