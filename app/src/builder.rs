@@ -9,10 +9,10 @@ use spar_core::recipe::{
     SimulatorConfig, SimulatorKind,
 };
 use spar_core::traits::StageScorer;
+use spar_data::expert::PartialExpertOptions;
 use spar_data::kb::KnowledgeBase;
 use spar_rewards::{ClinicalStageScorer, RewardPipeline};
 use spar_rollout::codec::TextCodec;
-use spar_data::expert::PartialExpertOptions;
 use spar_rollout::env::{ExpertDoctor, PartialExpertDoctor, ScriptedDoctor};
 use spar_rollout::{Rollout, SimulatorChoice};
 use spar_trainer::parts::{Generation, TrainParts};

@@ -424,7 +424,12 @@ impl PartialExpert {
         }
         let tests: Vec<String> = kept
             .into_iter()
-            .chain(t.optional.iter().take(optional_tests).map(|x| x.name.clone()))
+            .chain(
+                t.optional
+                    .iter()
+                    .take(optional_tests)
+                    .map(|x| x.name.clone()),
+            )
             .collect();
         let mut plan = Vec::new();
         let (mut skippable_questions, mut skipped_questions) = (0, Vec::new());

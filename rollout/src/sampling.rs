@@ -80,7 +80,10 @@ pub fn sample(logits: &Tensor, rows: &mut [&mut RowSampler]) -> Sampled {
     let device = logits.device();
     let logits = logits.to_kind(Kind::Float);
     let logp = if rows.iter().any(|r| r.logprob_temperature() != 1.0) {
-        let temps = column(rows.iter().map(|r| r.logprob_temperature()).collect(), device);
+        let temps = column(
+            rows.iter().map(|r| r.logprob_temperature()).collect(),
+            device,
+        );
         (&logits / temps).log_softmax(-1, Kind::Float)
     } else {
         logits.log_softmax(-1, Kind::Float)

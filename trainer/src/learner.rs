@@ -100,7 +100,11 @@ pub(crate) fn forward_mb(policy: &dyn Policy, mb: &MicroBatch) -> Result<PolicyO
 
 /// Per-token log-probs of the targets and per-token entropy under softmax(logits / temperature), from one
 /// log-softmax.
-pub fn logprobs_and_entropy(logits: &Tensor, targets: &Tensor, temperature: f64) -> (Tensor, Tensor) {
+pub fn logprobs_and_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    temperature: f64,
+) -> (Tensor, Tensor) {
     let logp_all = crate::policy_loss::tempered(logits, temperature)
         .log_softmax(-1, crate::agg::float_kind(logits));
     let logp = logp_all
@@ -291,13 +295,8 @@ fn trains_without_advantage(cfg: &PolicyLossConfig) -> bool {
 
 /// Whether every trained token of the batch has advantage exactly 0.
 fn no_advantage(mbs: &[MicroBatch]) -> bool {
-    mbs.iter().all(|mb| {
-        (&mb.advantages * &mb.mask)
-            .abs()
-            .max()
-            .double_value(&[])
-            == 0.0
-    })
+    mbs.iter()
+        .all(|mb| (&mb.advantages * &mb.mask).abs().max().double_value(&[]) == 0.0)
 }
 
 /// [`rl_update`] with distillation teachers and / or a critic (see [`RlExtras`]).

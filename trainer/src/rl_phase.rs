@@ -201,13 +201,17 @@ pub fn run(
             } else {
                 ("reward", "rl/reward_mean")
             };
-            let value = means.iter().find(|(k, _)| k == key).map_or(f64::NAN, |x| x.1);
+            let value = means
+                .iter()
+                .find(|(k, _)| k == key)
+                .map_or(f64::NAN, |x| x.1);
             pb.set_message(format!("{label} {value:.3}"));
             pb.println(console_line(done, tr.steps, &means));
         }
         if tr.eval_every > 0 && done % tr.eval_every == 0 && done < tr.steps {
             // The last round's evaluation is the run's "after RL" one.
-            let (summary, transcripts) = evaluator.evaluate(spar_rollout::Policy::Builtin(model))?;
+            let (summary, transcripts) =
+                evaluator.evaluate(spar_rollout::Policy::Builtin(model))?;
             write_transcripts(&session.out, &format!("rl-{done:04}"), &transcripts)?;
             log_eval(session, 0, &summary)?;
             pb.println(format!(

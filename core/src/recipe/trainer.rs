@@ -410,6 +410,9 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("trainer.sft_expert.drop_essential_test"), "{err}");
+        assert!(
+            err.contains("trainer.sft_expert.drop_essential_test"),
+            "{err}"
+        );
     }
 }

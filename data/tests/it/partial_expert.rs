@@ -29,7 +29,10 @@ fn the_same_seed_gives_the_same_consultations_and_another_seed_other_ones() {
         let other = PartialExpert::new(c, ExpertOptions::default(), &partial(8));
         differs += (other.choices() != a.choices()) as usize;
     }
-    assert!(differs > 40, "only {differs} of 60 cases changed with the seed");
+    assert!(
+        differs > 40,
+        "only {differs} of 60 cases changed with the seed"
+    );
 }
 
 #[test]
@@ -64,7 +67,11 @@ fn omission_rates_are_the_configured_ones_over_the_shipped_cases() {
             );
             assert!(!p.tests().is_empty(), "{}: an empty test list", c.id);
             for d in &ch.dropped_essential {
-                assert!(!p.tests().contains(d), "{}: dropped {d} still ordered", c.id);
+                assert!(
+                    !p.tests().contains(d),
+                    "{}: dropped {d} still ordered",
+                    c.id
+                );
             }
             let full = Expert::new(c);
             for q in full.questions().iter().filter(|q| q.critical) {
@@ -90,7 +97,10 @@ fn omission_rates_are_the_configured_ones_over_the_shipped_cases() {
     let f = share(dropped, essential);
     assert!((0.19..=0.27).contains(&f), "essential tests dropped: {f}");
     let f = share(skipped, skippable);
-    assert!((f - 0.4).abs() < 0.03, "non-critical questions skipped: {f}");
+    assert!(
+        (f - 0.4).abs() < 0.03,
+        "non-critical questions skipped: {f}"
+    );
 }
 
 #[test]
@@ -105,7 +115,10 @@ fn its_transcript_follows_the_stage_grammar_and_skips_what_it_drew() {
             .unwrap()
     };
     let ddx = grammar::parse_ddx(&reply(Stage::Ddx)).unwrap();
-    assert_eq!(ddx[p.choices().diagnosis_rank - 1].icd10, Some(c.diagnosis.icd10.clone()));
+    assert_eq!(
+        ddx[p.choices().diagnosis_rank - 1].icd10,
+        Some(c.diagnosis.icd10.clone())
+    );
     assert_eq!(grammar::parse_tests(&reply(Stage::Lab)).unwrap(), p.tests());
     assert_eq!(
         grammar::parse_diagnosis(&reply(Stage::Diag)).unwrap().icd10,

@@ -95,8 +95,7 @@ fn snapshot(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 
 fn same(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> bool {
     a.len() == b.len()
-        && a
-            .iter()
+        && a.iter()
             .zip(b)
             .all(|((ka, ta), (kb, tb))| ka == kb && ta.equal(tb))
 }
@@ -109,7 +108,10 @@ fn a_round_whose_advantages_are_all_zero_takes_no_optimizer_step() {
         .map(|i| sample_with_steps("g", i, 20, 3, 4, 2, 10 + i as u64))
         .collect();
     let train = |l: &mut spar_trainer::learner::Learner, adv: f64| {
-        let scored: Vec<_> = samples.iter().map(|s| scored_for(s, &[adv, -adv])).collect();
+        let scored: Vec<_> = samples
+            .iter()
+            .map(|s| scored_for(s, &[adv, -adv]))
+            .collect();
         let (items, _) = assemble(&samples, &scored, "test").unwrap();
         rl_update(
             &model,
@@ -142,7 +144,17 @@ fn a_round_whose_advantages_are_all_zero_takes_no_optimizer_step() {
         entropy_coef: 0.01,
         ..segment_loss()
     };
-    let rep = rl_update(&model, None, &mut l, &items, &cfg, &batching(), 1, Device::Cpu).unwrap();
+    let rep = rl_update(
+        &model,
+        None,
+        &mut l,
+        &items,
+        &cfg,
+        &batching(),
+        1,
+        Device::Cpu,
+    )
+    .unwrap();
     assert!(!rep[0].skipped_empty_advantage);
     assert!(!same(&weights, &snapshot(&model.vs)));
 }
@@ -277,7 +289,11 @@ fn train_marker(placebo: bool, max_rounds: usize) -> (f64, Option<usize>, Vec<f6
         )
         .unwrap();
     }
-    (model.next_probs()[MARKER as usize], flipped_at, sampled_reward)
+    (
+        model.next_probs()[MARKER as usize],
+        flipped_at,
+        sampled_reward,
+    )
 }
 
 fn argmax(p: &[f64]) -> usize {
@@ -295,9 +311,14 @@ fn positive_control_a_rewarded_marker_token_is_learned_and_becomes_the_greedy_re
         )
     };
     assert!(p > 0.8);
-    eprintln!("positive control: p(marker) 0.25 -> {p:.3}, greedy reply flipped after {rounds} rounds");
+    eprintln!(
+        "positive control: p(marker) 0.25 -> {p:.3}, greedy reply flipped after {rounds} rounds"
+    );
     // The same rounds with the advantages' sign flipped push the marker away: the rise is the signal's.
     let (p_placebo, flipped, _) = train_marker(true, rounds.max(1));
     assert!(flipped.is_none());
-    assert!(p_placebo < 0.2, "negated advantages: p(marker) 0.25 -> {p_placebo:.3}");
+    assert!(
+        p_placebo < 0.2,
+        "negated advantages: p(marker) 0.25 -> {p_placebo:.3}"
+    );
 }
