@@ -3,15 +3,15 @@
 use spar_core::Stage;
 use spar_core::traits::StageScorer;
 use spar_data::expert::{Expert, ExpertOptions, PartialExpert, PartialExpertOptions};
-use spar_data::generate::shipped_dir;
 use spar_data::splits::{Split, Splits};
 use spar_rewards::ClinicalStageScorer;
 use spar_rollout::env::stage_replies;
 
 #[test]
 fn partial_expert_scores_below_the_full_expert_and_well_above_zero_on_held_out_cases() {
-    let cases = spar_data::load_cases(&shipped_dir()).unwrap();
-    let splits = Splits::load(&shipped_dir().join("splits.json")).unwrap();
+    let cases = spar_data::load_cases(&spar_data::shipped::cases_dir().unwrap()).unwrap();
+    let splits =
+        Splits::load(&spar_data::shipped::cases_dir().unwrap().join("splits.json")).unwrap();
     let held_out: Vec<_> = cases
         .iter()
         .filter(|c| splits.split_of(&c.id) == Some(Split::Validation))

@@ -65,6 +65,7 @@ const FILES: &[Embedded] = &[
     embed!("../../", "recipes/distill-onpolicy-tiny.toml"),
     embed!("../../", "recipes/ppo-gae-tiny.toml"),
     embed!("../../", "recipes/single-gpu-qwen3-0.6b.toml"),
+    embed!("../../", "recipes/tiny-cpu-partial.toml"),
     embed!("../../", "recipes/tiny-cpu.toml"),
 ];
 

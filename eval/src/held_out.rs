@@ -84,7 +84,7 @@ impl HeldOutEval<'_> {
             .spar
             .detectors
             .iter()
-            .map(|k| (k.clone(), 0))
+            .map(|k| (k.name().to_string(), 0))
             .collect();
         for g in groups {
             let case = self

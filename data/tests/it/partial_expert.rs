@@ -1,10 +1,10 @@
 //! The partial expert: reproducible per seed and case, and its omission rates are the configured ones over the
 //! shipped cases.
+use super::common::source_cases_dir as shipped_dir;
 use spar_core::Stage;
 use spar_core::grammar;
 use spar_core::sample::Role;
 use spar_data::expert::{Expert, ExpertOptions, PartialExpert, PartialExpertOptions};
-use spar_data::generate::shipped_dir;
 
 fn shipped() -> Vec<spar_core::Case> {
     spar_data::load_cases(&shipped_dir()).expect("shipped cases")

@@ -109,7 +109,12 @@ fn trainer_old_logprobs_equal_the_engines_rollout_logprobs_at_the_sampling_tempe
     };
     let mut learner = spar_trainer::learner::Learner {
         adamw: spar_trainer::adamw::AdamW::new(&model.vs, Default::default()),
-        schedule: spar_trainer::schedule::LrSchedule::new(1e-3, 0, 10, "constant").unwrap(),
+        schedule: spar_trainer::schedule::LrSchedule::new(
+            1e-3,
+            0,
+            10,
+            spar_trainer::schedule::Decay::Constant,
+        ),
         step: 0,
         grad_clip: 1.0,
         max_bad_steps: 3,
