@@ -5,7 +5,7 @@ use crate::text::{contains_phrase, is_question, normalize, sentences};
 use serde_json::json;
 use spar_core::case::{Diagnosis, TestItem};
 use spar_core::grammar::{
-    NamedDx, normalize_icd10, parse_ddx, parse_diagnosis, parse_tests, strip_think,
+    self, NamedDx, normalize_icd10, parse_ddx, parse_diagnosis, parse_tests, strip_think,
 };
 use spar_core::recipe::{DdxDiscount, StageRewardConfig};
 use spar_core::sample::{Role, Turn};
@@ -134,7 +134,7 @@ impl ClinicalStageScorer {
 
     fn ddx(&self, case: &Case, replies: &[String]) -> StageScore {
         let Some(list) = last_parse(replies, parse_ddx) else {
-            return unparsed("ddx");
+            return unparsed(grammar::DDX_TAG);
         };
         let mut best = (0.0, None);
         for (r, dx) in list.iter().take(self.cfg.ddx_max_len).enumerate() {
@@ -152,7 +152,7 @@ impl ClinicalStageScorer {
 
     fn lab(&self, case: &Case, replies: &[String]) -> StageScore {
         let Some(recs) = last_parse(replies, parse_tests) else {
-            return unparsed("tests");
+            return unparsed(grammar::TESTS_TAG);
         };
         let gold: Vec<(&TestItem, f64)> = case
             .tests
@@ -215,7 +215,7 @@ impl ClinicalStageScorer {
 
     fn diag(&self, case: &Case, replies: &[String]) -> StageScore {
         let Some(dx) = last_parse(replies, parse_diagnosis) else {
-            return unparsed("diagnosis");
+            return unparsed(grammar::DIAGNOSIS_TAG);
         };
         let score = self.dx_credit(&dx, &case.diagnosis);
         StageScore {
@@ -252,7 +252,7 @@ fn unparsed(tag: &str) -> StageScore {
     StageScore {
         score: 0.0,
         parsed: false,
-        details: json!({"error": format!("no parseable <{tag}> block")}),
+        details: json!({"error": format!("no parseable {} block", grammar::open_tag(tag))}),
     }
 }
 
