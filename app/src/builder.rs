@@ -265,6 +265,30 @@ impl Builder {
                  optional tests, essential tests dropped with p = {}, routine questions skipped with p = {})",
                 e.max_diagnosis_rank, e.max_optional_tests, e.drop_essential_test, e.skip_question
             );
+            // The claims are checked against the knowledge base the run's fact verifier uses: the recipe's, else
+            // the shipped one.
+            let claims = if e.claims {
+                let kb = match self.knowledge_base()? {
+                    Some(kb) => kb,
+                    None => Arc::new(KnowledgeBase::load_default()?),
+                };
+                eprintln!(
+                    "[train] SFT teacher states one ICD-10-CM claim per differential, false in {:.0}% of cases",
+                    100.0 * e.false_claim_rate
+                );
+                Some(spar_data::expert::DdxClaims {
+                    kb,
+                    false_rate: e.false_claim_rate,
+                })
+            } else {
+                None
+            };
+            if e.reask_rate > 0.0 {
+                eprintln!(
+                    "[train] SFT teacher re-asks a covered topic before a question with p = {}",
+                    e.reask_rate
+                );
+            }
             Arc::new(PartialExpertDoctor::with_inquiry_turns(
                 inquiry_turns,
                 PartialExpertOptions {
@@ -273,6 +297,8 @@ impl Builder {
                     max_optional_tests: e.max_optional_tests,
                     drop_essential_test: e.drop_essential_test,
                     skip_question: e.skip_question,
+                    reask_rate: e.reask_rate,
+                    claims,
                 },
             ))
         } else {

@@ -211,6 +211,8 @@ impl Expert {
 
     /// The patient's answer to a planned question (the case's answer for the item the question covers).
     pub fn answer_to(&self, question: &str) -> Option<&str> {
+        // A re-ask (the partial expert's) gets the same answer.
+        let question = question.strip_prefix(REASK_PREFIX).unwrap_or(question);
         self.plan
             .iter()
             .find(|q| q.text == question)
@@ -328,6 +330,30 @@ fn plan_questions(case: &Case, budget: usize) -> Vec<Question> {
     keep.into_iter().map(|i| all[i].2.clone()).collect()
 }
 
+/// The knowledge base the partial expert's differential claims come from and are checked against (recipe
+/// `trainer.sft_expert.claims`), and the share of cases whose claim is false.
+#[derive(Clone)]
+pub struct DdxClaims {
+    pub kb: std::sync::Arc<crate::kb::KnowledgeBase>,
+    /// Probability that a case's claim is false (refuted by `kb`).
+    pub false_rate: f64,
+}
+
+impl std::fmt::Debug for DdxClaims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DdxClaims")
+            .field("kb", &self.kb.version())
+            .field("false_rate", &self.false_rate)
+            .finish()
+    }
+}
+
+impl PartialEq for DdxClaims {
+    fn eq(&self, other: &Self) -> bool {
+        self.false_rate == other.false_rate && std::sync::Arc::ptr_eq(&self.kb, &other.kb)
+    }
+}
+
 /// Knobs of the [`PartialExpert`] (recipe `[trainer.sft_expert]`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PartialExpertOptions {
@@ -344,6 +370,12 @@ pub struct PartialExpertOptions {
     /// Each non-critical inquiry question of the plan is skipped with this probability (critical items and red
     /// flags are always asked).
     pub skip_question: f64,
+    /// Each planned question after the first is preceded by a re-ask of an earlier question's topic with this
+    /// probability, while the inquiry has spare turns: a redundant question that costs no planned question (so
+    /// the stage score does not charge for it; SPAR's `redundant_question` detector does).
+    pub reask_rate: f64,
+    /// One knowledge-base-decidable claim after the differential (see [`PartialExpert::ddx_claim`]); None: none.
+    pub claims: Option<DdxClaims>,
 }
 
 impl Default for PartialExpertOptions {
@@ -354,9 +386,14 @@ impl Default for PartialExpertOptions {
             max_optional_tests: 3,
             drop_essential_test: 0.25,
             skip_question: 0.4,
+            reask_rate: 0.0,
+            claims: None,
         }
     }
 }
+
+/// The phrase a re-asked question starts with.
+pub const REASK_PREFIX: &str = "Sorry, once more: ";
 
 /// What the partial expert drew for one case.
 #[derive(Clone, Debug, PartialEq)]
@@ -371,6 +408,8 @@ pub struct PartialChoices {
     pub skippable_questions: usize,
     /// Item ids of the skipped questions.
     pub skipped_questions: Vec<String>,
+    /// Item ids of the re-asked questions (in asking order).
+    pub reasked_questions: Vec<String>,
 }
 
 /// A good but imperfect scripted doctor: the [`Expert`]'s consultation with per-case, seeded omissions (see
@@ -381,7 +420,12 @@ pub struct PartialExpert {
     expert: Expert,
     ddx: Vec<NamedDx>,
     tests: Vec<String>,
+    /// The inquiry in asking order, re-asks included (`READY_REPLY` follows).
+    script: Vec<String>,
     choices: PartialChoices,
+    claims: Option<DdxClaims>,
+    /// Seeds the claim's true/false draw (a stream of its own: other choices do not depend on `claims`).
+    claim_seed: u64,
 }
 
 /// FNV-1a of `s`: a stable hash (std's hasher may change between Rust releases; the choices must not).
@@ -443,18 +487,78 @@ impl PartialExpert {
             }
             plan.push(q.clone());
         }
+        // Re-asks draw from a stream of their own, so the other choices are the same with and without them.
+        let stream = |k: u64| {
+            ChaCha8Rng::seed_from_u64(
+                partial.seed.wrapping_mul(0x9e3779b97f4a7c15) ^ stable_hash(&case.id) ^ k,
+            )
+        };
+        let mut reask_rng = stream(0x7265_6173_6b);
+        let spare = opts
+            .inquiry_turns
+            .saturating_sub(1)
+            .saturating_sub(plan.len());
+        let mut script: Vec<String> = Vec::new();
+        let mut reasked_questions = Vec::new();
+        for (i, q) in plan.iter().enumerate() {
+            if i > 0
+                && reasked_questions.len() < spare
+                && partial.reask_rate > 0.0
+                && reask_rng.random_bool(partial.reask_rate.clamp(0.0, 1.0))
+            {
+                let earlier: &Question = &plan[reask_rng.random_range(0..i)];
+                reasked_questions.push(earlier.item_id.clone());
+                script.push(format!("{REASK_PREFIX}{}", earlier.text));
+            }
+            script.push(q.text.clone());
+        }
         PartialExpert {
             expert: Expert::with_plan(case, opts, plan),
             ddx,
             tests,
+            script,
             choices: PartialChoices {
                 diagnosis_rank,
                 optional_tests,
                 dropped_essential,
                 skippable_questions,
                 skipped_questions,
+                reasked_questions,
             },
+            claims: partial.claims.clone(),
+            claim_seed: partial.seed.wrapping_mul(0x9e3779b97f4a7c15)
+                ^ stable_hash(&case.id)
+                ^ 0x636c_6169_6d,
         }
+    }
+
+    /// The claim that follows the differential (`trainer.sft_expert.claims`), and whether it is true: "<code> is
+    /// the ICD-10-CM code for <title>." with the diagnosis' code and, true, its own title (the knowledge base
+    /// supports it) or, false (with probability `false_rate`, per case), the title of a differential entry's code
+    /// (the knowledge base refutes it). Only claims the knowledge base decides as intended are made: None when
+    /// claims are off or no such claim exists for the case.
+    pub fn ddx_claim(&self) -> Option<(String, bool)> {
+        let c = self.claims.as_ref()?;
+        let case = self.expert.case();
+        let mut rng = ChaCha8Rng::seed_from_u64(self.claim_seed);
+        let truthful = !rng.random_bool(c.false_rate.clamp(0.0, 1.0));
+        let code = case.diagnosis.icd10.trim();
+        let claim = |title: &str| format!("{code} is the ICD-10-CM code for {title}.");
+        let decided = |text: &str, want: spar_core::sample::ClaimLabel| {
+            c.kb.verify_claim(text.trim_end_matches('.')).label == want
+        };
+        use spar_core::sample::ClaimLabel;
+        if truthful {
+            let text = claim(c.kb.icd10_title(code)?);
+            return decided(&text, ClaimLabel::Supported).then_some((text, true));
+        }
+        case.differential
+            .iter()
+            .filter(|d| d.icd10.trim() != code)
+            .filter_map(|d| c.kb.icd10_title(d.icd10.trim()))
+            .map(claim)
+            .find(|text| decided(text, ClaimLabel::Refuted))
+            .map(|text| (text, false))
     }
 
     /// What was drawn for this case.
@@ -480,10 +584,38 @@ impl PartialExpert {
     /// The doctor's reply for one stage, given the dialogue so far.
     pub fn reply(&self, stage: Stage, dialogue: &[Turn]) -> String {
         match stage {
-            Stage::Ddx => grammar::render_ddx(&self.ddx),
+            Stage::Inquiry => self.next_inquiry(dialogue),
+            Stage::Ddx => match self.ddx_claim() {
+                Some((claim, _)) => format!("{} {claim}", grammar::render_ddx(&self.ddx)),
+                None => grammar::render_ddx(&self.ddx),
+            },
             Stage::Lab => grammar::render_tests(&self.tests),
-            Stage::Inquiry | Stage::Diag => self.expert.reply(stage, dialogue),
+            Stage::Diag => self.expert.reply(stage, dialogue),
         }
+    }
+
+    /// The next inquiry reply: the script's next question (by the number of doctor turns so far), or
+    /// [`READY_REPLY`] when it is done or the turn budget has one turn left. Without re-asks this is the
+    /// [`Expert`]'s choice over the partial plan.
+    fn next_inquiry(&self, dialogue: &[Turn]) -> String {
+        if self.choices.reasked_questions.is_empty() {
+            return self.expert.next_inquiry(dialogue);
+        }
+        let asked = dialogue
+            .iter()
+            .filter(|t| t.role == Role::Assistant)
+            .count();
+        if dialogue
+            .iter()
+            .any(|t| t.role == Role::Assistant && grammar::inquiry_done(&t.text))
+            || asked + 1 >= self.expert.opts.inquiry_turns
+        {
+            return READY_REPLY.to_string();
+        }
+        self.script
+            .get(asked)
+            .cloned()
+            .unwrap_or_else(|| READY_REPLY.to_string())
     }
 
     /// The next doctor utterance, the stage inferred from the dialogue (see [`infer_stage`]).

@@ -9,4 +9,5 @@ mod it {
     pub mod score_file;
     pub mod stage;
     pub mod steps;
+    pub mod teachers;
 }

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod off_policy;
 pub mod offline_step;
 pub mod parts;
+pub mod placebo;
 pub mod plot;
 pub mod policy;
 pub mod policy_loss;

@@ -84,6 +84,8 @@ pub struct LearnConfig<'a> {
     pub device: Device,
     /// The frozen KL reference (`trainer.kl_coef`), if any.
     pub reference: Option<&'a Qwen3Model>,
+    /// `trainer.placebo`: the seed the step advantages are shuffled with (None: the real advantages).
+    pub placebo: Option<u64>,
 }
 
 /// Learns one played round at learner version `version` (RL rounds applied so far), with the KL term against
@@ -118,6 +120,10 @@ pub fn learn_round(
         return Ok(scalars);
     }
     set_routing_replay(&mut items, cfg.routing_replay);
+    if let Some(seed) = cfg.placebo {
+        let n = crate::placebo::shuffle_step_advantages(&mut items, seed, version);
+        scalars.push(("rl/placebo_shuffled_steps".into(), n as f64));
+    }
     let rewards;
     let mut extras = RlExtras {
         teachers: teachers

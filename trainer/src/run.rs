@@ -106,6 +106,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
         task_coef: tr.distill.task_coef,
         device: model.device(),
         reference: reference.as_ref(),
+        placebo: tr.placebo.then_some(seed),
     };
     let inputs = RlInputs {
         rollout: &mut rl_rollout,

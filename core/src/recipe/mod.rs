@@ -169,6 +169,16 @@ impl Recipe {
             "applies to RL rounds; offline distillation (trainer.policy_loss = \"distill\") generates with \
              the teachers",
         )?;
+        let gae = self
+            .rewards
+            .as_ref()
+            .is_some_and(|r| r.spar.estimator == Estimator::Gae);
+        check(
+            !(tr.placebo && gae),
+            "trainer.placebo",
+            "shuffles the step advantages spar-rewards computes; with rewards.spar.estimator = \"gae\" the \
+             critic computes them inside the update",
+        )?;
         if let Some(model) = &self.model {
             check(
                 model.path.is_some() || tr.bpe_vocab_size > 0 || !tr.distill.teachers.is_empty(),

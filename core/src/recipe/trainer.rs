@@ -127,6 +127,10 @@ pub struct TrainerSection {
     pub gae: GaeConfig,
     /// The teacher SFT imitates (`[trainer.sft_expert]`): the full scripted expert unless `partial = true`.
     pub sft_expert: SftExpertConfig,
+    /// Placebo control: each round's step advantages are shuffled across the batch's steps before the update, so
+    /// the update keeps its size and its advantage distribution but loses what made a step good. An RL run that
+    /// beats its placebo learned from the reward, not from the extra updates.
+    pub placebo: bool,
 }
 
 /// `[trainer.sft_expert]`: a good but imperfect SFT teacher, so that RL has behaviour to find that SFT never
@@ -145,6 +149,16 @@ pub struct SftExpertConfig {
     pub drop_essential_test: f64,
     /// Probability that each non-critical inquiry question is skipped.
     pub skip_question: f64,
+    /// Probability that a planned question (after the first) is preceded by a re-ask of a topic already covered:
+    /// a redundant question (SPAR's `redundant_question` step violation) the stage score does not charge for, as
+    /// re-asks only take spare turns. The SPAR-vs-GRPO ablation's teacher (0.3); 0 = off.
+    pub reask_rate: f64,
+    /// The differential carries one knowledge-base-decidable claim (the diagnosis' ICD-10-CM code and a title):
+    /// the Fact-Aware ablation's teacher.
+    pub claims: bool,
+    /// With `claims`: the share of cases whose claim is false (the title of a differential entry's code), refuted
+    /// by the knowledge base (0.3 in the ablation).
+    pub false_claim_rate: f64,
 }
 
 impl Default for SftExpertConfig {
@@ -155,6 +169,9 @@ impl Default for SftExpertConfig {
             max_optional_tests: 3,
             drop_essential_test: 0.25,
             skip_question: 0.4,
+            reask_rate: 0.0,
+            claims: false,
+            false_claim_rate: 0.0,
         }
     }
 }
@@ -267,6 +284,7 @@ impl Default for TrainerSection {
             distill: DistillConfig::default(),
             gae: GaeConfig::default(),
             sft_expert: SftExpertConfig::default(),
+            placebo: false,
         }
     }
 }
@@ -341,6 +359,26 @@ impl TrainerSection {
             (0.0..=1.0).contains(&e.skip_question),
             "sft_expert.skip_question",
             "must be a probability in [0, 1]",
+        )?;
+        for (v, key) in [
+            (e.reask_rate, "sft_expert.reask_rate"),
+            (e.false_claim_rate, "sft_expert.false_claim_rate"),
+        ] {
+            check(
+                (0.0..=1.0).contains(&v),
+                key,
+                "must be a probability in [0, 1]",
+            )?;
+        }
+        check(
+            e.partial || (e.reask_rate == 0.0 && !e.claims),
+            "sft_expert.partial",
+            "reask_rate and claims shape the partial expert: set sft_expert.partial = true",
+        )?;
+        check(
+            e.claims || e.false_claim_rate == 0.0,
+            "sft_expert.false_claim_rate",
+            "needs sft_expert.claims = true",
         )?;
         let g = &self.gae;
         check(

@@ -181,6 +181,7 @@ fn routing_replay_trains_with_the_rollouts_experts_and_the_switch_drops_them() {
             task_coef: 1.0,
             device: Device::Cpu,
             reference: None,
+            placebo: None,
         };
         let out = learn_round(&m, &mut l, &round, 3, &cfg, &[], None).unwrap();
         let get = |k: &str| out.iter().find(|(n, _)| n == k).unwrap().1;
@@ -237,6 +238,7 @@ fn kl_to_the_reference_costs_kl_coef_times_kl_as_a_loss_or_in_the_reward() {
             task_coef: 1.0,
             device: Device::Cpu,
             reference,
+            placebo: None,
         };
         let out = learn_round(&m, &mut l, &round, 0, &lc, &[], None).unwrap();
         let get = |k: &str| out.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
@@ -307,4 +309,70 @@ fn the_kl_reference_is_snapshotted_once_and_reloaded_on_resume() {
         logprobs(&reference, &ids, None)
     );
     assert!(!out.path().join("elsewhere/reference").exists());
+}
+
+/// The placebo control permutes step advantages across the batch: the same multiset of step values, every token
+/// of a step still carries one value, reproducible per seed and round, and the assignment really changes.
+#[test]
+fn placebo_permutes_step_advantages_across_the_batch() {
+    let samples: Vec<_> = (0..6u32)
+        .map(|i| sample_with_steps("g", i, 17, 2, 3, 2, 40 + i as u64))
+        .collect();
+    let scored: Vec<_> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| scored_for(s, &[i as f64 * 0.1 - 0.2, 0.3 - i as f64 * 0.05]))
+        .collect();
+    let (items, _) = spar_trainer::batch::assemble(&samples, &scored, "test").unwrap();
+    let steps = |items: &[spar_trainer::batch::TrainItem]| -> Vec<Vec<f32>> {
+        items
+            .iter()
+            .map(|it| {
+                let mut per: std::collections::BTreeMap<i64, Vec<f32>> = Default::default();
+                for p in 0..it.len() {
+                    if it.step_ids[p] >= 0 && it.mask[p] > 0.0 {
+                        per.entry(it.step_ids[p])
+                            .or_default()
+                            .push(it.advantages[p]);
+                    }
+                }
+                per.values()
+                    .map(|v| {
+                        assert!(v.iter().all(|a| *a == v[0]), "one value per step: {v:?}");
+                        v[0]
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let before = steps(&items);
+    let mut a = items.clone();
+    let n = spar_trainer::placebo::shuffle_step_advantages(&mut a, 5, 1);
+    assert_eq!(n, before.iter().map(Vec::len).sum::<usize>());
+    let after = steps(&a);
+    let sorted = |v: &[Vec<f32>]| {
+        let mut f: Vec<f32> = v.iter().flatten().copied().collect();
+        f.sort_by(f32::total_cmp);
+        f
+    };
+    assert_eq!(
+        sorted(&before),
+        sorted(&after),
+        "same multiset of advantages"
+    );
+    assert_ne!(before, after, "the assignment changes");
+    let mut b = items.clone();
+    spar_trainer::placebo::shuffle_step_advantages(&mut b, 5, 1);
+    assert_eq!(steps(&b), after, "reproducible");
+    let mut c = items.clone();
+    spar_trainer::placebo::shuffle_step_advantages(&mut c, 5, 2);
+    assert_ne!(steps(&c), after, "another round, another permutation");
+    // Tokens outside every step keep 0.
+    for it in &a {
+        for p in 0..it.len() {
+            if it.step_ids[p] < 0 {
+                assert_eq!(it.advantages[p], 0.0);
+            }
+        }
+    }
 }
