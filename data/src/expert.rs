@@ -493,7 +493,7 @@ impl PartialExpert {
                 partial.seed.wrapping_mul(0x9e3779b97f4a7c15) ^ stable_hash(&case.id) ^ k,
             )
         };
-        let mut reask_rng = stream(0x7265_6173_6b);
+        let mut reask_rng = stream(0x0072_6561_736b);
         let spare = opts
             .inquiry_turns
             .saturating_sub(1)
@@ -528,7 +528,7 @@ impl PartialExpert {
             claims: partial.claims.clone(),
             claim_seed: partial.seed.wrapping_mul(0x9e3779b97f4a7c15)
                 ^ stable_hash(&case.id)
-                ^ 0x636c_6169_6d,
+                ^ 0x0063_6c61_696d,
         }
     }
 

@@ -27,7 +27,7 @@ pub fn shuffle_step_advantages(items: &mut [TrainItem], seed: u64, round: u64) -
         }
     }
     let mut rng = ChaCha8Rng::seed_from_u64(
-        seed ^ round.wrapping_mul(0x9e3779b97f4a7c15) ^ 0x706c_6163_6562_6f,
+        seed ^ round.wrapping_mul(0x9e3779b97f4a7c15) ^ 0x0070_6c61_6365_626f,
     );
     values.shuffle(&mut rng);
     for (&(i, j), &a) in slots.iter().zip(&values) {
