@@ -7,6 +7,7 @@
 mod collectives;
 mod env;
 mod ffi;
+mod grads;
 mod group;
 mod init;
 pub mod launch;
@@ -16,6 +17,7 @@ mod store;
 
 pub use collectives::{Collectives, ReduceOp, Work};
 pub use env::{DistEnv, Launcher, first_host};
+pub use grads::{DEFAULT_BUCKET_BYTES, all_reduce_grads, any_rank, sum_over_ranks};
 pub use group::{Backend, ProcessGroup, nccl_compiled};
 pub use init::{DEFAULT_TIMEOUT, Dist, InitOptions, default_gloo, init};
 pub use local::Local;

@@ -6,6 +6,8 @@
 //! make one rank fail while the others are busy.
 use anyhow::{Context, Result, bail, ensure};
 use spar_dist::{Backend, Collectives, DistEnv, InitOptions, ReduceOp, init};
+
+mod dp_check;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 
@@ -60,7 +62,8 @@ fn run(env: &DistEnv) -> Result<usize> {
         bail!("injected failure");
     }
     std::thread::sleep(Duration::from_secs_f64(sleep));
-    check_all(dist.group.as_ref(), device)
+    let n = check_all(dist.group.as_ref(), device)?;
+    Ok(n + dp_check::dp_step_matches_union_batch(dist.group.as_ref(), device)?)
 }
 
 fn f32s(v: &[f32], d: Device) -> Tensor {
