@@ -38,8 +38,8 @@ fn loss(p: &[Tensor], seqs: &[&(Tensor, Tensor)], tokens: f64, n_seqs: f64) -> T
     for (x, y) in seqs {
         let pred = x.matmul(&p[0].tr()) + &p[1] + p[2].sum(Kind::Float);
         let per_tok = (pred - y).square().sum_dim_intlist(1, false, Kind::Float);
-        token_sum = token_sum + per_tok.sum(Kind::Float);
-        seq_sum = seq_sum + per_tok.mean(Kind::Float);
+        token_sum += per_tok.sum(Kind::Float);
+        seq_sum += per_tok.mean(Kind::Float);
     }
     token_sum / tokens + seq_sum / n_seqs
 }
