@@ -12,6 +12,8 @@ REQS=(
   "torch==2.11.0"
   "transformers==5.24.0"
   "safetensors" "numpy" "pyarrow" "openai==2.*" "tiktoken"
+  # CCCL's headers (nv/target): with them spar-dist compiles ProcessGroupNCCL in (build-time only, 3 MB).
+  "nvidia-cuda-cccl==13.0.*"
 )
 # Packages used only for the files they ship (tokenizer, ICD-10-CM, interactions, Synthea modules); their
 # declared dependencies (old pydantic, pandas, ...) would fight the oracle's, so they go in without them.

@@ -44,6 +44,8 @@ enum Command {
     Data(cmd::data::Args),
     /// Benchmarks (speed and memory; GPU figures come from the GPU machine).
     Bench(cmd::bench::Args),
+    /// Run N ranks of a command on this node (torchrun's contract, no Python): `spar launch --nproc-per-node 2 -- train --recipe R`.
+    Launch(cmd::launch::Args),
 }
 
 fn main() {
@@ -67,6 +69,7 @@ fn main() {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Data(a) => cmd::data::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Launch(a) => cmd::launch::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,98 @@
+//! The data-parallel step's collectives: global loss denominators, one decision for all ranks, and the
+//! bucketed gradient all-reduce. With each rank's loss divided by the *global* token / sequence counts, the sum
+//! of the ranks' gradients is the gradient of the union batch's loss, so N ranks take the step one process
+//! would take on the union batch (up to float summation order).
+use crate::collectives::{Collectives, ReduceOp};
+use anyhow::{Result, ensure};
+use tch::{Device, Kind, Tensor};
+
+/// Default bucket size of [`all_reduce_grads`]: big enough to amortise a collective, small enough to start
+/// sending before every gradient is flattened.
+pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
+
+/// Sums `values` (e.g. trained tokens, trained sequences, loss) over the ranks, in float64.
+pub fn sum_over_ranks(group: &dyn Collectives, values: &[f64]) -> Result<Vec<f64>> {
+    if group.world_size() == 1 || values.is_empty() {
+        return Ok(values.to_vec());
+    }
+    let mut t = Tensor::from_slice(values);
+    group.all_reduce(&mut t, ReduceOp::Sum)?.wait()?;
+    Ok(Vec::<f64>::try_from(&t)?)
+}
+
+/// True on every rank when `flag` is true on any rank (ranks must take the same branch, or the collectives of
+/// one branch wait forever for the ranks in the other).
+pub fn any_rank(group: &dyn Collectives, flag: bool) -> Result<bool> {
+    if group.world_size() == 1 {
+        return Ok(flag);
+    }
+    let mut t = Tensor::from_slice(&[flag as i64]);
+    group.all_reduce(&mut t, ReduceOp::Max)?.wait()?;
+    Ok(t.int64_value(&[0]) != 0)
+}
+
+/// Sums `grads` over the ranks in place, in flat buckets of at most `bucket_bytes` (one tensor larger than
+/// that gets a bucket of its own). Every bucket is sent before the first is waited on, so flattening the next
+/// bucket overlaps the reduction of the previous one. All ranks must pass gradients of the same shapes in the
+/// same order.
+pub fn all_reduce_grads(
+    group: &dyn Collectives,
+    grads: &[Tensor],
+    bucket_bytes: usize,
+) -> Result<()> {
+    if group.world_size() == 1 || grads.is_empty() {
+        return Ok(());
+    }
+    let _guard = tch::no_grad_guard();
+    let mut buckets: Vec<(Vec<usize>, Tensor)> = Vec::new();
+    let mut works = Vec::new();
+    for idx in plan(grads, bucket_bytes)? {
+        let flat = Tensor::cat(
+            &idx.iter()
+                .map(|&i| grads[i].reshape([-1]))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        let mut flat = flat.contiguous();
+        works.push(group.all_reduce(&mut flat, ReduceOp::Sum)?);
+        buckets.push((idx, flat));
+    }
+    for w in works {
+        w.wait()?;
+    }
+    for (idx, flat) in buckets {
+        let mut at = 0i64;
+        for i in idx {
+            let n = grads[i].numel() as i64;
+            let mut g = grads[i].shallow_clone();
+            g.copy_(&flat.narrow(0, at, n).view_as(&grads[i]));
+            at += n;
+        }
+    }
+    Ok(())
+}
+
+/// Consecutive runs of gradients of one dtype and device, each at most `bucket_bytes`.
+fn plan(grads: &[Tensor], bucket_bytes: usize) -> Result<Vec<Vec<usize>>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let (mut bytes, mut key): (usize, Option<(Kind, Device)>) = (0, None);
+    for (i, g) in grads.iter().enumerate() {
+        ensure!(
+            g.defined(),
+            "gradient {i} is undefined: run backward on every rank before the all-reduce"
+        );
+        let k = (g.kind(), g.device());
+        let size = g.numel() * g.kind().elt_size_in_bytes();
+        let fits = key == Some(k) && bytes + size <= bucket_bytes;
+        match out.last_mut() {
+            Some(b) if fits => b.push(i),
+            _ => {
+                out.push(vec![i]);
+                bytes = 0;
+            }
+        }
+        bytes += size;
+        key = Some(k);
+    }
+    Ok(out)
+}

@@ -1,0 +1,25 @@
+//! Multi-process training for spar: collectives over libtorch's own c10d (TCPStore, ProcessGroupGloo,
+//! ProcessGroupNCCL) reached through the C++ shim in `csrc/`, the rendezvous from torchrun's or Slurm's
+//! environment, and the start-up checks that make a misconfigured job fail fast with the rank named.
+//!
+//! Entry points: [`DistEnv::from_env`] then [`init`] gives a [`Dist`] whose `group` implements
+//! [`Collectives`]; without a launcher it is the one-process [`Local`] world.
+mod collectives;
+mod env;
+mod ffi;
+mod grads;
+mod group;
+mod init;
+pub mod launch;
+mod local;
+mod rendezvous;
+mod store;
+
+pub use collectives::{Collectives, ReduceOp, Work};
+pub use env::{DistEnv, Launcher, first_host};
+pub use grads::{DEFAULT_BUCKET_BYTES, all_reduce_grads, any_rank, sum_over_ranks};
+pub use group::{Backend, ProcessGroup, nccl_compiled};
+pub use init::{DEFAULT_TIMEOUT, Dist, InitOptions, default_gloo, init};
+pub use local::Local;
+pub use rendezvous::Rendezvous;
+pub use store::Store;
