@@ -150,3 +150,40 @@ fn layouts_that_cannot_run_are_refused_with_the_reason() {
         "only data parallelism is built",
     );
 }
+
+/// torchrun itself (`python -m torch.distributed.run --no-python`, the venv of scripts/bootstrap.sh or
+/// `SPAR_PYTHON`) launches two ranks of `spar train`: its agent hosts the store, the ranks connect to it.
+#[test]
+fn torchrun_launches_two_ranks_of_spar_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(std::env::var("SPAR_PYTHON").unwrap_or_else(|_| "python3".into()));
+    cmd.args([
+        "-m",
+        "torch.distributed.run",
+        "--no-python",
+        "--nproc-per-node",
+        "2",
+    ])
+    .args([
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        &port.to_string(),
+    ])
+    .arg(env!("CARGO_BIN_EXE_spar"))
+    .env("OMP_NUM_THREADS", "1");
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut probe = spar();
+    tiny(&mut probe, &run, 1);
+    args.extend(probe.get_args().map(|a| a.to_os_string()));
+    cmd.args(args);
+    ok(&mut cmd);
+    assert_eq!(metric_rows(&run, "rl/loss").len(), 1);
+    assert!(run.join("final/model.safetensors").exists());
+}
