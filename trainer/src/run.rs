@@ -201,7 +201,7 @@ fn check_data_parallel(
     groups_per_step: usize,
     world: usize,
 ) -> Result<()> {
-    if groups_per_step % world != 0 {
+    if !groups_per_step.is_multiple_of(world) {
         bail!(
             "rollout.groups_per_step = {groups_per_step} is not divisible by the {world} data-parallel ranks \
              (each rank plays groups_per_step / {world} groups per round)"
