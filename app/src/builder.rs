@@ -185,8 +185,19 @@ impl Builder {
         policy::saved_model(&self.recipe, model_dir)
     }
 
-    /// Everything `spar train` needs, for the run folder `out`.
+    /// Everything `spar train` needs, for the run folder `out`, in one process.
     pub fn train_parts(&self, out: &Path, resume: bool) -> Result<TrainParts> {
+        self.train_parts_on(out, resume, Arc::new(spar_dist::Local))
+    }
+
+    /// [`Builder::train_parts`] for one rank of the data-parallel `group`: every rank builds the same parts
+    /// from the same seed; rank 0 trains the demo BPE tokenizer into `out` and the others read it from there.
+    pub fn train_parts_on(
+        &self,
+        out: &Path,
+        resume: bool,
+        group: Arc<dyn spar_dist::Collectives>,
+    ) -> Result<TrainParts> {
         let recipe = &self.recipe;
         let tr = recipe.require(&recipe.trainer, "trainer")?.clone();
         let model_sec = recipe.require(&recipe.model, "model")?.clone();
@@ -196,7 +207,17 @@ impl Builder {
         // Everything cheap is checked before anything heavy starts.
         let cases = self.cases()?;
         cases.require_train_and_eval()?;
-        let mut policy = policy::training_policy(recipe, out, resume, &cases.train)?;
+        let mut policy = if group.world_size() == 1 {
+            policy::training_policy(recipe, out, resume, &cases.train)?
+        } else if group.rank() == 0 {
+            let p = policy::training_policy(recipe, out, resume, &cases.train)?;
+            group.barrier()?.wait()?;
+            p
+        } else {
+            // Rank 0's tokenizer, once it is on disk (`resume` = reuse the run folder's tokenizer).
+            group.barrier()?.wait()?;
+            policy::training_policy(recipe, out, true, &cases.train)?
+        };
         policy
             .model
             .set_activation_checkpointing(model_sec.activation_checkpointing);
@@ -354,6 +375,7 @@ impl Builder {
             teachers,
             teacher_samples,
             reference_dir: model_sec.reference.as_ref().map(|p| recipe.resolve(p)),
+            group,
         })
     }
 }

@@ -36,6 +36,10 @@ pub trait Collectives: Send + Sync {
     fn rank(&self) -> usize;
     /// The number of ranks.
     fn world_size(&self) -> usize;
+    /// Where this group's tensors must live (CPU for gloo and [`crate::Local`], the rank's GPU for NCCL).
+    fn device(&self) -> tch::Device {
+        tch::Device::Cpu
+    }
     /// Reduces `t` across ranks in place.
     fn all_reduce(&self, t: &mut Tensor, op: ReduceOp) -> Result<Work>;
     /// Copies `root`'s `t` into every rank's `t`.

@@ -15,9 +15,21 @@ pub fn sum_over_ranks(group: &dyn Collectives, values: &[f64]) -> Result<Vec<f64
     if group.world_size() == 1 || values.is_empty() {
         return Ok(values.to_vec());
     }
-    let mut t = Tensor::from_slice(values);
-    group.all_reduce(&mut t, ReduceOp::Sum)?.wait()?;
-    Ok(Vec::<f64>::try_from(&t)?)
+    reduce_f64(group, values, ReduceOp::Sum)
+}
+
+/// Elementwise maximum of `values` over the ranks, in float64.
+pub fn max_over_ranks(group: &dyn Collectives, values: &[f64]) -> Result<Vec<f64>> {
+    if group.world_size() == 1 || values.is_empty() {
+        return Ok(values.to_vec());
+    }
+    reduce_f64(group, values, ReduceOp::Max)
+}
+
+fn reduce_f64(group: &dyn Collectives, values: &[f64], op: ReduceOp) -> Result<Vec<f64>> {
+    let mut t = Tensor::from_slice(values).to_device(group.device());
+    group.all_reduce(&mut t, op)?.wait()?;
+    Ok(Vec::<f64>::try_from(&t.to_device(Device::Cpu))?)
 }
 
 /// True on every rank when `flag` is true on any rank (ranks must take the same branch, or the collectives of
@@ -26,9 +38,57 @@ pub fn any_rank(group: &dyn Collectives, flag: bool) -> Result<bool> {
     if group.world_size() == 1 {
         return Ok(flag);
     }
-    let mut t = Tensor::from_slice(&[flag as i64]);
+    let mut t = Tensor::from_slice(&[flag as i64]).to_device(group.device());
     group.all_reduce(&mut t, ReduceOp::Max)?.wait()?;
     Ok(t.int64_value(&[0]) != 0)
+}
+
+/// Every rank's `bytes`, in rank order, on every rank (e.g. serialized per-rank results for metrics).
+pub fn all_gather_bytes(group: &dyn Collectives, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let world = group.world_size();
+    if world == 1 {
+        return Ok(vec![bytes.to_vec()]);
+    }
+    let dev = group.device();
+    let len = Tensor::from_slice(&[bytes.len() as i64]).to_device(dev);
+    let mut lens = Tensor::zeros([world as i64], (Kind::Int64, dev));
+    group.all_gather_into_tensor(&mut lens, &len)?.wait()?;
+    let lens = Vec::<i64>::try_from(&lens.to_device(Device::Cpu))?;
+    let max = lens.iter().copied().max().unwrap_or(0).max(1);
+    let mut mine = vec![0u8; max as usize];
+    mine[..bytes.len()].copy_from_slice(bytes);
+    let mine = Tensor::from_slice(&mine).to_device(dev);
+    let mut all = Tensor::zeros([world as i64 * max], (Kind::Uint8, dev));
+    group.all_gather_into_tensor(&mut all, &mine)?.wait()?;
+    let all = Vec::<u8>::try_from(&all.to_device(Device::Cpu))?;
+    Ok(lens
+        .iter()
+        .enumerate()
+        .map(|(r, &n)| all[r * max as usize..r * max as usize + n as usize].to_vec())
+        .collect())
+}
+
+/// Copies `root`'s values of `tensors` into every rank's (in place, e.g. a model's initial weights). Tensors not
+/// on the group's device or not contiguous go through a staging copy.
+pub fn broadcast_tensors(group: &dyn Collectives, tensors: &[Tensor], root: usize) -> Result<()> {
+    if group.world_size() == 1 {
+        return Ok(());
+    }
+    let _guard = tch::no_grad_guard();
+    let dev = group.device();
+    for t in tensors {
+        let direct = t.device() == dev && t.is_contiguous();
+        let mut buf = if direct {
+            t.shallow_clone()
+        } else {
+            t.to_device(dev).contiguous()
+        };
+        group.broadcast(&mut buf, root)?.wait()?;
+        if !direct {
+            t.shallow_clone().copy_(&buf);
+        }
+    }
+    Ok(())
 }
 
 /// Sums `grads` over the ranks in place, in flat buckets of at most `bucket_bytes` (one tensor larger than

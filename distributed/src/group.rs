@@ -53,6 +53,7 @@ pub struct ProcessGroup {
     world: usize,
     timeout: Duration,
     native_avg: bool,
+    device: tch::Device,
 }
 
 impl ProcessGroup {
@@ -91,12 +92,17 @@ impl ProcessGroup {
             }
         };
         let native_avg = matches!(backend, Backend::Nccl { .. });
+        let device = match backend {
+            Backend::Nccl { device } => tch::Device::Cuda(*device),
+            Backend::Gloo { .. } => tch::Device::Cpu,
+        };
         Ok(Self {
             raw: Arc::new(Raw(raw)),
             rank,
             world,
             timeout,
             native_avg,
+            device,
         })
     }
 
@@ -126,6 +132,10 @@ impl Collectives for ProcessGroup {
 
     fn world_size(&self) -> usize {
         self.world
+    }
+
+    fn device(&self) -> tch::Device {
+        self.device
     }
 
     fn all_reduce(&self, t: &mut Tensor, op: ReduceOp) -> Result<Work> {

@@ -156,6 +156,30 @@ impl Rollout {
         })
     }
 
+    /// Rank `rank` of `world` data-parallel ranks: keeps cases `rank, rank + world, rank + 2 world, ...`, so
+    /// that in round t the ranks together open the cases one process opens with `world` times the groups (when
+    /// `world` divides the case count), mixes the rank into the seed (sampling, interruptions and snippets differ
+    /// per rank) and into the run id (group ids stay unique across ranks). `world` = 1 changes nothing.
+    pub fn shard(mut self, rank: usize, world: usize) -> Result<Self> {
+        if world <= 1 {
+            return Ok(self);
+        }
+        if rank >= world {
+            bail!("rank {rank} is outside world size {world}");
+        }
+        if self.cases.len() < world {
+            bail!(
+                "{} case(s) for {world} data-parallel ranks: every rank needs at least one (add cases or launch \
+                 fewer ranks)",
+                self.cases.len()
+            );
+        }
+        self.cases = self.cases.into_iter().skip(rank).step_by(world).collect();
+        self.seed = mix_seed(self.seed, "rank", rank as u64);
+        self.run_id = format!("{}-rank{rank}", self.run_id);
+        Ok(self)
+    }
+
     /// A failed generator call ends that episode with `EndReason::PolicyFailed` (its error in the group's notes)
     /// instead of failing the round: for evaluation, where one endpoint outage must not stop the run.
     pub fn keep_policy_failures(mut self) -> Self {

@@ -1,8 +1,13 @@
 //! `spar train --recipe R.toml`: the whole pipeline a recipe describes (SFT, then SPAR + Fact-Aware RL,
 //! evaluation before / after, checkpoints, metrics, plots). See docs/training.md.
+//!
+//! Under a launcher (`spar launch --nproc-per-node N -- train ...`, torchrun, srun) with world size N > 1 the
+//! ranks join through `spar_dist::init` (same binary and recipe checked on every rank) and train data-parallel;
+//! rank 0 writes the run folder.
 use super::common::RecipeArgs;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -40,18 +45,28 @@ pub fn run(args: Args) -> Result<()> {
     train(builder, "spar train", args.out, args.resume)
 }
 
-/// Runs the recipe's training loop into `out` (default `trainer.out_dir`), audited.
+/// Runs the recipe's training loop into `out` (default `trainer.out_dir`), audited; data-parallel when a
+/// launcher started several ranks (rank 0 alone writes the run folder and its audit manifest).
 pub fn train(
     builder: spar_app::Builder,
     command: &str,
     out: Option<PathBuf>,
     resume: bool,
 ) -> Result<()> {
+    let env = spar_dist::DistEnv::from_env()?;
+    let (builder, group): (_, Arc<dyn spar_dist::Collectives>) = if env.world_size > 1 {
+        join(builder, &env)?
+    } else {
+        (builder, Arc::new(spar_dist::Local))
+    };
     let recipe = builder.recipe();
     let out = match out {
         Some(o) => o,
         None => recipe.resolve(&recipe.require(&recipe.trainer, "trainer")?.out_dir),
     };
+    if group.rank() != 0 {
+        return spar_trainer::run::run(builder.train_parts_on(&out, resume, group)?);
+    }
     let mut spec = spar_data::audit::AuditSpec::for_dir(command, &out)
         .with_recipe(super::audit::recipe_toml(recipe))
         .with_data(super::audit::recipe_data_files(recipe));
@@ -59,6 +74,54 @@ pub fn train(
         spec = spec.with_model(&recipe.resolve(p));
     }
     super::audit::run_audited(spec, || {
-        spar_trainer::run::run(builder.train_parts(&out, resume)?)
+        spar_trainer::run::run(builder.train_parts_on(&out, resume, group)?)
     })
+}
+
+/// Joins a data-parallel job: checks `[distributed]` against the launcher's world size, puts the model on this
+/// rank's GPU (`cuda:LOCAL_RANK`) when the recipe asks for a GPU, and connects (gloo for a CPU model, the
+/// recipe's backend for a GPU one), with the binary and the recipe compared across ranks.
+fn join(
+    builder: spar_app::Builder,
+    env: &spar_dist::DistEnv,
+) -> Result<(spar_app::Builder, Arc<dyn spar_dist::Collectives>)> {
+    use spar_core::recipe::DistributedBackend;
+    let mut recipe = builder.recipe().clone();
+    let dist = recipe.distributed.clone().unwrap_or_default();
+    dist.data_parallel_for(env.world_size)
+        .map_err(anyhow::Error::msg)?;
+    let device = spar_model::parse_device(&recipe.require(&recipe.model, "model")?.device)?;
+    let backend = if device.is_cuda() {
+        if let Some(m) = recipe.model.as_mut() {
+            m.device = format!("cuda:{}", env.local_rank);
+        }
+        match dist.backend {
+            DistributedBackend::Nccl => spar_dist::Backend::Nccl {
+                device: env.local_rank,
+            },
+            DistributedBackend::Gloo => spar_dist::default_gloo(env),
+        }
+    } else {
+        spar_dist::default_gloo(env)
+    };
+    let identity = vec![
+        (
+            "binary".to_string(),
+            std::fs::read(std::env::current_exe()?)
+                .context("reading this binary to compare it across ranks")?,
+        ),
+        (
+            "recipe".to_string(),
+            super::audit::recipe_toml(&recipe).into_bytes(),
+        ),
+    ];
+    let joined = spar_dist::init(
+        env,
+        &spar_dist::InitOptions {
+            backend: Some(backend),
+            timeout: std::time::Duration::from_secs(dist.timeout_secs),
+            identity,
+        },
+    )?;
+    Ok((spar_app::Builder::new(recipe), joined.group))
 }

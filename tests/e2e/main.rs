@@ -1,5 +1,6 @@
 //! End-to-end tests of the spar binary: a few-step run of the demo recipe, the contract path
 //! rollout fixture -> `spar score` -> one trainer step, from files, and one recipe honoured by every command.
+mod data_parallel;
 mod recipe_honoured;
 
 use std::path::{Path, PathBuf};

@@ -93,6 +93,31 @@ impl AdamW {
             .collect()
     }
 
+    /// Sums every parameter's gradient over the ranks of `group` (bucketed, see
+    /// [`spar_dist::all_reduce_grads`]), so that every rank then holds the gradient of the union batch. A
+    /// parameter that got no gradient on this rank (no item, an expert nobody routed to) gets a zero one first:
+    /// every rank must send the same tensors, and [`AdamW::step`] treats a missing gradient as zero anyway.
+    pub fn all_reduce_grads(&mut self, group: &dyn spar_dist::Collectives) -> Result<()> {
+        if group.world_size() == 1 {
+            return Ok(());
+        }
+        let missing: Vec<&ParamState> = self
+            .params
+            .iter()
+            .filter(|p| !p.param.grad().defined())
+            .collect();
+        if !missing.is_empty() {
+            let zero = missing
+                .iter()
+                .map(|p| (&p.param * 0.0).sum(Kind::Float))
+                .reduce(|a, b| a + b)
+                .expect("non-empty");
+            zero.f_backward()?;
+        }
+        let grads: Vec<Tensor> = self.params.iter().map(|p| p.param.grad()).collect();
+        spar_dist::all_reduce_grads(group, &grads, spar_dist::DEFAULT_BUCKET_BYTES)
+    }
+
     /// Global L2 norm of all gradients.
     pub fn grad_norm(&self) -> f64 {
         let mut total = 0.0;

@@ -105,7 +105,10 @@ pub fn distill_update(
             (loss, mask)
         },
     )?;
-    rep.stats.non_finite = non_finite;
+    // Sums over the data-parallel ranks (the report's token count already is the union batch's).
+    let v = spar_dist::sum_over_ranks(&*learner.group, &[fkl, active, non_finite])?;
+    let (fkl, active) = (v[0], v[1]);
+    rep.stats.non_finite = v[2];
     let n = rep.stats.tokens.max(1.0);
     rep.extra.insert("distill/forward_kl".to_string(), fkl / n);
     rep.extra

@@ -1,6 +1,12 @@
 //! One optimisation step on a batch of trained items: pi_old recomputed by a no-grad forward before the first
 //! update, then `ppo_epochs` passes of gradient accumulation over micro-batches, global grad-norm clipping,
 //! a NaN/Inf guard (skip the step, count it, stop after too many in a row) and the AdamW update.
+//!
+//! Data parallel: the learner's `group` holds the ranks (a [`spar_dist::Local`] world of one without a
+//! launcher). Each rank passes its own share of the batch; token / sequence counts are summed over the ranks
+//! before any loss is divided, the all-zero-advantage skip is one decision for all ranks, and the gradients are
+//! summed over the ranks (bucketed) before clipping, so N ranks take the step one process takes on the union
+//! batch (up to float summation order). Losses and statistics in the [`StepReport`] are the union batch's.
 use crate::adamw::AdamW;
 use crate::agg::{AggMode, Aggregator};
 use crate::batch::{MicroBatch, TrainItem, collate, plan_micro_batches, totals};
@@ -10,6 +16,8 @@ use crate::policy_loss::{LossStats, PolicyLossConfig, PolicyLossInput, policy_lo
 use crate::schedule::LrSchedule;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
+use spar_dist::{Collectives, any_rank, max_over_ranks, sum_over_ranks};
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 /// How a batch is cut and accumulated.
@@ -34,6 +42,8 @@ pub struct Learner {
     pub bad_total: usize,
     /// MoE load-balancing loss coefficient (0 = off).
     pub aux_loss_coef: f64,
+    /// The data-parallel ranks this learner steps with (`Arc::new(spar_dist::Local)`: one process).
+    pub group: Arc<dyn Collectives>,
 }
 
 /// What one optimisation step did.
@@ -57,8 +67,17 @@ pub struct StepReport {
 }
 
 impl Learner {
-    /// Clips, checks and applies accumulated gradients; `loss` is the accumulated loss value.
-    pub(crate) fn apply(&mut self, loss: f64) -> Result<(f64, f64, bool)> {
+    /// Clips, checks and applies accumulated gradients; `loss` is this rank's accumulated loss value. With
+    /// several ranks, first sums the gradients and the loss over them (the norm, the clipping and the
+    /// non-finite check then see the union batch's, identically on every rank). Returns (the union batch's loss,
+    /// grad norm before clipping, lr, skipped).
+    pub(crate) fn apply(&mut self, loss: f64) -> Result<(f64, f64, f64, bool)> {
+        let loss = if self.group.world_size() > 1 {
+            self.adamw.all_reduce_grads(&*self.group)?;
+            sum_over_ranks(&*self.group, &[loss])?[0]
+        } else {
+            loss
+        };
         let norm = self.adamw.clip_grad_norm(self.grad_clip);
         let lr = self.schedule.lr(self.step);
         if !loss.is_finite() || !norm.is_finite() {
@@ -78,13 +97,65 @@ impl Learner {
                     self.max_bad_steps
                 );
             }
-            return Ok((norm, lr, true));
+            return Ok((loss, norm, lr, true));
         }
         self.bad_in_a_row = 0;
         self.adamw.step(lr);
         self.adamw.zero_grad();
         self.step += 1;
-        Ok((norm, lr, false))
+        Ok((loss, norm, lr, false))
+    }
+
+    /// The union batch's trained (tokens, sequences): [`totals`] summed over the ranks.
+    pub fn global_totals(&self, items: &[TrainItem]) -> Result<(f64, f64)> {
+        let (t, s) = totals(items);
+        let v = sum_over_ranks(&*self.group, &[t, s])?;
+        Ok((v[0], v[1]))
+    }
+
+    /// Sums `stats` over the ranks (the maximum for `mismatch_max`).
+    fn global_stats(&self, stats: &mut LossStats) -> Result<()> {
+        if self.group.world_size() == 1 {
+            return Ok(());
+        }
+        let v = sum_over_ranks(
+            &*self.group,
+            &[
+                stats.tokens,
+                stats.pg_loss,
+                stats.clipped_low,
+                stats.clipped_high,
+                stats.ratio_sum,
+                stats.kl_sum,
+                stats.entropy_sum,
+                stats.mismatch_sum,
+                stats.tis_truncated,
+                stats.non_finite,
+                stats.outside_steps,
+            ],
+        )?;
+        let max = max_over_ranks(&*self.group, &[stats.mismatch_max])?[0];
+        *stats = LossStats {
+            tokens: v[0],
+            pg_loss: v[1],
+            clipped_low: v[2],
+            clipped_high: v[3],
+            ratio_sum: v[4],
+            kl_sum: v[5],
+            entropy_sum: v[6],
+            mismatch_sum: v[7],
+            mismatch_max: max,
+            tis_truncated: v[8],
+            non_finite: v[9],
+            outside_steps: v[10],
+        };
+        Ok(())
+    }
+
+    /// The union batch's token count of `mbs` (every rank's micro-batches).
+    fn global_tokens(&self, mbs: &[MicroBatch]) -> Result<usize> {
+        let n = mbs.iter().map(|m| m.tokens).sum::<usize>() as f64;
+        Ok(sum_over_ranks(&*self.group, &[n])?[0] as usize)
     }
 }
 
@@ -345,9 +416,20 @@ pub fn rl_update_with(
         }
         None => items,
     };
+    if extras.critic.is_some() && learner.group.world_size() > 1 {
+        bail!(
+            "GAE with a value head is not built for data-parallel training (its whitening and the critic's \
+             gradients are per rank): run it in one process"
+        );
+    }
     let mut mbs = micro_batches(items, batching, device)?;
-    let (old_values, teacher_kl) = old_pass(policy, reference, &mut mbs, extras, loss_cfg)?;
-    if extras.critic.is_none() && !trains_without_advantage(loss_cfg) && no_advantage(&mbs) {
+    let (old_values, mut teacher_kl) = old_pass(policy, reference, &mut mbs, extras, loss_cfg)?;
+    // One decision for every rank: a rank whose own share has no advantage still takes part in the others'
+    // update (its gradient is zero), or their gradient all-reduce would wait for it forever.
+    if extras.critic.is_none()
+        && !trains_without_advantage(loss_cfg)
+        && !any_rank(&*learner.group, !no_advantage(&mbs))?
+    {
         // Checked after the old pass: distillation teachers and KL in the reward fold into the advantages.
         tracing::info!(
             step = learner.step,
@@ -357,12 +439,13 @@ pub fn rl_update_with(
             lr: learner.schedule.lr(learner.step),
             skipped: true,
             skipped_empty_advantage: true,
-            tokens: mbs.iter().map(|m| m.tokens).sum(),
+            tokens: learner.global_tokens(&mbs)?,
             micro_batches: mbs.len(),
             ..Default::default()
         }]);
     }
-    let (total_tokens, total_seqs) = totals(items);
+    let (total_tokens, total_seqs) = learner.global_totals(items)?;
+    teacher_kl = sum_over_ranks(&*learner.group, &teacher_kl)?;
     let mut fixed = std::collections::BTreeMap::new();
     for ((name, _), kl) in extras.teachers.iter().zip(&teacher_kl) {
         fixed.insert(
@@ -470,7 +553,8 @@ pub fn rl_update_with(
             stats.add(&out.stats);
             policy.backward(&loss, &fwd)?;
         }
-        let (grad_norm, lr, skipped) = learner.apply(loss_sum)?;
+        let (loss_sum, grad_norm, lr, skipped) = learner.apply(loss_sum)?;
+        learner.global_stats(&mut stats)?;
         let mut extra = fixed.clone();
         if let Some((critic, _)) = &mut extras.critic {
             let cs = critic.step(skipped);
@@ -486,7 +570,7 @@ pub fn rl_update_with(
             grad_norm,
             lr,
             skipped,
-            tokens: mbs.iter().map(|m| m.tokens).sum(),
+            tokens: learner.global_tokens(&mbs)?,
             micro_batches: mbs.len(),
             stats,
             skipped_empty_advantage: false,
@@ -523,7 +607,7 @@ pub(crate) fn supervised_step(
     mut token_loss: impl FnMut(&MicroBatch, &Tensor, &Aggregator) -> (Tensor, Tensor),
 ) -> Result<StepReport> {
     let mbs = micro_batches(items, batching, device)?;
-    let (total_tokens, total_seqs) = totals(items);
+    let (total_tokens, total_seqs) = learner.global_totals(items)?;
     let agg = Aggregator {
         mode: batching.agg,
         l_max: batching.l_max as f64,
@@ -548,13 +632,14 @@ pub(crate) fn supervised_step(
         loss_sum += loss.double_value(&[]);
         policy.backward(&loss, &fwd)?;
     }
-    let (grad_norm, lr, skipped) = learner.apply(loss_sum)?;
+    let (loss_sum, grad_norm, lr, skipped) = learner.apply(loss_sum)?;
+    learner.global_stats(&mut stats)?;
     Ok(StepReport {
         loss: loss_sum,
         grad_norm,
         lr,
         skipped,
-        tokens: mbs.iter().map(|m| m.tokens).sum(),
+        tokens: learner.global_tokens(&mbs)?,
         micro_batches: mbs.len(),
         stats,
         skipped_empty_advantage: false,

@@ -71,4 +71,7 @@ pub struct TrainParts {
     pub teacher_samples: Option<(Vec<spar_core::Sample>, String)>,
     /// The KL reference folder `[model] reference` (None: the policy entering RL, snapshotted to `out/reference`).
     pub reference_dir: Option<PathBuf>,
+    /// The data-parallel ranks (`spar_dist::Local` for one process): each plays and learns its share of every
+    /// round; rank 0 alone writes into `out`.
+    pub group: Arc<dyn spar_dist::Collectives>,
 }

@@ -43,7 +43,7 @@ pub fn log_eval(session: &mut Session, offset: usize, s: &EvalSummary) -> Result
         v.push((format!("eval/G_{}", st.name()), s.stage_means[st.index()]));
     }
     let step = session.global_step + offset;
-    session.metrics.log(step, &v)
+    session.log_at(step, &v)
 }
 
 /// Writes the run's results: `comparison.json`, `final/` (HF weights + the tokenizer), plots; prints the

@@ -60,8 +60,9 @@ impl RlState {
         } else {
             tr.ppo_epochs.max(1)
         };
-        let learner =
+        let mut learner =
             crate::knobs::new_learner(tr, model, tr.lr, tr.steps * per_round, tr.warmup_steps)?;
+        learner.group = session.group.clone();
         let critic = use_gae.then(|| {
             Critic::new(
                 model.config.vocab_size as i64,
@@ -139,7 +140,9 @@ pub fn run(
         runtime,
         evaluator,
     } = inputs;
-    let groups = rollout.config().groups_per_step;
+    // Data parallel: each rank plays its share of the round's groups (run.rs checked the division).
+    let (group, writer) = (session.group.clone(), session.writer());
+    let groups = rollout.config().groups_per_step / group.world_size();
     let pb = bar(tr.steps as u64, if distill { "distill" } else { "rl" });
     pb.set_position(start as u64);
     let mut rounds = RoundScheduler::new(tr.off_policy_one_step, st.pending.take());
@@ -172,7 +175,7 @@ pub fn run(
                         rollout, model, generation, version, groups, rewards, runtime, cases,
                     )
                 })?;
-                let mut scalars = round_metrics(&round.samples, &round.scored);
+                let mut scalars = union_round_metrics(&*group, &round)?;
                 scalars.extend(learn_round(
                     model,
                     &mut st.learner,
@@ -182,7 +185,9 @@ pub fn run(
                     teachers,
                     st.critic.as_mut(),
                 )?);
-                scalars.push(("rl/gen_tokens_per_s".into(), round.gen_tokens_per_s()));
+                // Every rank generates at once: the job's throughput is the sum of the ranks'.
+                let tps = spar_dist::sum_over_ranks(&*group, &[round.gen_tokens_per_s()])?[0];
+                scalars.push(("rl/gen_tokens_per_s".into(), tps));
                 scalars
             }
         };
@@ -206,9 +211,12 @@ pub fn run(
                 .find(|(k, _)| k == key)
                 .map_or(f64::NAN, |x| x.1);
             pb.set_message(format!("{label} {value:.3}"));
-            pb.println(console_line(done, tr.steps, &means));
+            if writer {
+                pb.println(console_line(done, tr.steps, &means));
+            }
         }
-        if tr.eval_every > 0 && done % tr.eval_every == 0 && done < tr.steps {
+        // Rank 0 alone evaluates; the others wait for it at the next round's first collective.
+        if writer && tr.eval_every > 0 && done % tr.eval_every == 0 && done < tr.steps {
             // The last round's evaluation is the run's "after RL" one.
             let (summary, transcripts) =
                 evaluator.evaluate(spar_rollout::Policy::Builtin(model))?;
@@ -231,6 +239,39 @@ pub fn run(
     }
     pb.finish();
     Ok(())
+}
+
+/// [`round_metrics`] over every rank's samples and scores (each rank sends its scores and the samples' ids and
+/// stages, not their tokens), so reward means are those of the whole round.
+fn union_round_metrics(
+    group: &dyn spar_dist::Collectives,
+    round: &PlayedRound,
+) -> Result<Vec<(String, f64)>> {
+    if group.world_size() == 1 {
+        return Ok(round_metrics(&round.samples, &round.scored));
+    }
+    let ids: Vec<spar_core::Sample> = round
+        .samples
+        .iter()
+        .map(|s| spar_core::Sample {
+            token_ids: Vec::new(),
+            loss_mask: Vec::new(),
+            rollout_logprobs: Vec::new(),
+            routed_experts: None,
+            steps: Vec::new(),
+            turns: Vec::new(),
+            ..s.clone()
+        })
+        .collect();
+    let bytes = serde_json::to_vec(&(ids, &round.scored))?;
+    let (mut samples, mut scored) = (Vec::new(), Vec::new());
+    for b in spar_dist::all_gather_bytes(group, &bytes)? {
+        let (s, c): (Vec<spar_core::Sample>, Vec<spar_core::Scored>) =
+            serde_json::from_slice(&b).context("a rank's round for the metrics")?;
+        samples.extend(s);
+        scored.extend(c);
+    }
+    Ok(round_metrics(&samples, &scored))
 }
 
 /// The metrics of the rounds since the last log line: each key's mean over the rounds that reported it (a

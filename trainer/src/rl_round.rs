@@ -102,20 +102,27 @@ pub fn learn_round(
     critic: Option<&mut Critic>,
 ) -> Result<Vec<(String, f64)>> {
     let (mut items, report) = assemble(&round.samples, &round.scored, "rollout round")?;
-    let mut scalars = vec![(
-        "rl/samples_dropped".to_string(),
-        (report.dropped_by_rewards + report.missing_scored + report.no_trained_tokens) as f64,
-    )];
-    if !round.samples.is_empty() {
-        let mean_version = round
-            .samples
-            .iter()
-            .map(|s| s.policy_version as f64)
-            .sum::<f64>()
-            / round.samples.len() as f64;
+    // With data-parallel ranks, `round` is this rank's share: counts are summed over the ranks, and every rank
+    // takes the same branches (each collective needs all of them).
+    let group = learner.group.clone();
+    let counts = spar_dist::sum_over_ranks(
+        &*group,
+        &[
+            (report.dropped_by_rewards + report.missing_scored + report.no_trained_tokens) as f64,
+            round.samples.len() as f64,
+            round
+                .samples
+                .iter()
+                .map(|s| s.policy_version as f64)
+                .sum::<f64>(),
+        ],
+    )?;
+    let mut scalars = vec![("rl/samples_dropped".to_string(), counts[0])];
+    if counts[1] > 0.0 {
+        let mean_version = counts[2] / counts[1];
         scalars.push(("rl/policy_lag".into(), version as f64 - mean_version));
     }
-    if items.is_empty() {
+    if !spar_dist::any_rank(&*group, !items.is_empty())? {
         tracing::warn!(version, "no trainable samples this round");
         return Ok(scalars);
     }

@@ -2,6 +2,11 @@
 //! evaluation runs first (the scripted expert's ceiling and the untrained policy), then the SFT phase, the held-out
 //! evaluation again, the RL phase (colocated or one-step off-policy RL, or distillation), the last evaluation, and
 //! the results: `comparison.json`, transcripts, plots, `final/`. Each phase resumes from the run's checkpoints.
+//!
+//! Data parallel (`parts.group` of N > 1 ranks): every rank starts from rank 0's weights (broadcast), plays
+//! `groups_per_step / N` groups per round from its own share of the cases with its own seed, and learns with
+//! global counts and all-reduced gradients (see [`crate::learner`]); round metrics cover every rank's samples.
+//! Rank 0 alone evaluates and writes metrics, checkpoints, transcripts, plots and `final/`.
 use crate::knobs::{batching_config, policy_loss_config, ratio_level};
 use crate::learner::BatchingConfig;
 use crate::parts::{EvalSummary, Evaluator, TrainParts};
@@ -9,7 +14,7 @@ use crate::report::{HeldOutTable, log_eval, write_results};
 use crate::rl_phase::{RlInputs, RlState};
 use crate::rl_round::LearnConfig;
 use crate::session::Session;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use spar_core::recipe::PolicyLoss;
 use spar_model::Qwen3Model;
 use spar_rollout::Policy;
@@ -25,7 +30,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
         train_cases,
         mut sft_rollout,
         sft_teacher,
-        mut rl_rollout,
+        rl_rollout,
         generation,
         rewards,
         runtime,
@@ -35,8 +40,11 @@ pub fn run(parts: TrainParts) -> Result<()> {
         teachers,
         teacher_samples,
         reference_dir,
+        group,
     } = parts;
     let tr = recipe.require(&recipe.trainer, "trainer")?.clone();
+    let (rank, world) = (group.rank(), group.world_size());
+    let writer = rank == 0;
     let seed = recipe.seed.unwrap_or(0);
     let loss_cfg = policy_loss_config(
         &tr,
@@ -45,16 +53,44 @@ pub fn run(parts: TrainParts) -> Result<()> {
     )?;
     let batching = batching_config(&tr)?;
     let use_gae = rewards.config().spar.estimator == spar_core::recipe::Estimator::Gae;
+    if world > 1 {
+        check_data_parallel(
+            &tr,
+            use_gae,
+            resume,
+            rl_rollout.config().groups_per_step,
+            world,
+        )?;
+        // Every rank starts from rank 0's weights (they are built from the same seed; this makes sure).
+        let mut vars: Vec<(String, tch::Tensor)> = model.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors: Vec<tch::Tensor> = vars.into_iter().map(|(_, t)| t).collect();
+        spar_dist::broadcast_tensors(&*group, &tensors, 0)?;
+        eprintln!(
+            "[train] data parallel: rank {rank} of {world}, {} of rollout.groups_per_step = {} groups per round",
+            rl_rollout.config().groups_per_step / world,
+            rl_rollout.config().groups_per_step
+        );
+    }
+    let mut rl_rollout = rl_rollout.shard(rank, world)?;
 
-    let mut session = Session::open(&out, seed, resume, tr.keep_last)?;
+    let mut session = Session::open(&out, seed, resume, tr.keep_last, group.clone())?;
     if tr.sft_steps == 0 && session.in_phase("sft").is_some() {
         session.enter("rl");
     }
+    // Held-out evaluations are rank 0's: the other ranks skip them (and wait at their next collective).
     let held_out = |s: &mut Session, model: &Qwen3Model, name: &str| -> Result<EvalSummary> {
+        if !s.writer() {
+            return Ok(EvalSummary::default());
+        }
         evaluate_and_write(evaluator.as_ref(), model, &s.out, name)
     };
     // The expert's score on the same held-out consultations is the ceiling; the untrained model's is the floor.
-    let expert_row = evaluator.evaluate(Policy::Scripted(expert))?.0;
+    let expert_row = if writer {
+        evaluator.evaluate(Policy::Scripted(expert))?.0
+    } else {
+        EvalSummary::default()
+    };
     let initial = session.once("eval_initial", |s| held_out(s, &model, "initial"))?;
 
     crate::sft_phase::run(
@@ -83,11 +119,14 @@ pub fn run(parts: TrainParts) -> Result<()> {
                 "[train] warning: resuming RL with no saved KL reference; the reference is the resumed policy"
             );
         }
-        Some(crate::reference::load_or_snapshot(
-            &model,
-            reference_dir.as_deref(),
-            &out,
-        )?)
+        // Rank 0 snapshots the reference; the others load that snapshot once it is on disk.
+        let load = || crate::reference::load_or_snapshot(&model, reference_dir.as_deref(), &out);
+        let reference = if writer { Some(load()?) } else { None };
+        group.barrier()?.wait()?;
+        match reference {
+            Some(r) => Some(r),
+            None => Some(load()?),
+        }
     } else {
         None
     };
@@ -133,6 +172,10 @@ pub fn run(parts: TrainParts) -> Result<()> {
     )?;
 
     let after = held_out(&mut session, &model, "after")?;
+    if !writer {
+        eprintln!("[train] rank {rank}: done (rank 0 writes the results)");
+        return Ok(());
+    }
     log_eval(&mut session, 1, &after)?;
     let table = HeldOutTable {
         initial,
@@ -148,6 +191,41 @@ pub fn run(parts: TrainParts) -> Result<()> {
         &model,
         &tokenizer_dir,
     )
+}
+
+/// What a data-parallel run (world size `world` > 1) cannot do yet, refused before any work starts.
+fn check_data_parallel(
+    tr: &spar_core::recipe::TrainerSection,
+    use_gae: bool,
+    resume: bool,
+    groups_per_step: usize,
+    world: usize,
+) -> Result<()> {
+    if !groups_per_step.is_multiple_of(world) {
+        bail!(
+            "rollout.groups_per_step = {groups_per_step} is not divisible by the {world} data-parallel ranks \
+             (each rank plays groups_per_step / {world} groups per round)"
+        );
+    }
+    if tr.policy_loss == PolicyLoss::Distill {
+        bail!(
+            "trainer.policy_loss = \"distill\" (offline distillation) is not built for data-parallel training: \
+             run it in one process (on-policy distillation, trainer.distill.teachers with an RL loss, is)"
+        );
+    }
+    if use_gae {
+        bail!(
+            "rewards.spar.estimator = \"gae\" is not built for data-parallel training (the value head's \
+             whitening and gradients are per rank): run it in one process"
+        );
+    }
+    if resume {
+        bail!(
+            "--resume with {world} ranks: checkpoints hold rank 0's state only (its stage pools, RNG and \
+             pending round), so a multi-process run cannot resume yet"
+        );
+    }
+    Ok(())
 }
 
 /// Evaluates `model` and writes the transcripts to `OUT/transcripts/<name>.md` (atomically).

@@ -1,13 +1,18 @@
 //! A training run's folder and bookkeeping across phases: the resume point, the metrics log, the run's random
 //! stream, the global step, and checkpoints that ask each part for its own state.
+//!
+//! With several data-parallel ranks every rank keeps a session (the same positions, RNG and step), but only
+//! rank 0 (the writer) writes metrics and checkpoints into the run folder.
 use crate::adamw::AdamW;
 use crate::checkpoint::{self, TrainerState};
 use crate::metrics::MetricsLogger;
 use crate::rng::{new_rng, restore_rng, save_rng};
 use anyhow::{Context, Result};
 use rand_chacha::ChaCha8Rng;
+use spar_dist::Collectives;
 use spar_model::Qwen3Model;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A part of the run with state beyond the model and optimizer (rollout pools, the critic, a round generated
 /// ahead): a checkpoint asks it to write its state, a resume to read it back.
@@ -28,8 +33,11 @@ pub struct Session {
     pub state: TrainerState,
     /// The checkpoint this run resumed from, until the phase it belongs to has loaded it.
     pub resume_dir: Option<PathBuf>,
-    pub metrics: MetricsLogger,
+    /// `metrics.jsonl` and TensorBoard events (rank 0 only).
+    metrics: Option<MetricsLogger>,
     pub rng: ChaCha8Rng,
+    /// The data-parallel ranks of the run ([`spar_dist::Local`]: one process).
+    pub group: Arc<dyn Collectives>,
     /// Optimizer steps of every phase so far (the x axis of metrics).
     pub global_step: usize,
     keep_last: usize,
@@ -37,7 +45,14 @@ pub struct Session {
 
 impl Session {
     /// Opens the run folder `out`; with `resume`, at the newest checkpoint there (a fresh start when none).
-    pub fn open(out: &Path, seed: u64, resume: bool, keep_last: usize) -> Result<Session> {
+    /// `group`: the data-parallel ranks; only rank 0 writes into `out`.
+    pub fn open(
+        out: &Path,
+        seed: u64,
+        resume: bool,
+        keep_last: usize,
+        group: Arc<dyn Collectives>,
+    ) -> Result<Session> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let mut state = TrainerState {
             phase: "sft".into(),
@@ -63,7 +78,14 @@ impl Session {
                 ),
             }
         }
-        let metrics = MetricsLogger::open(out, resume_dir.as_ref().map(|_| state.step))?;
+        let metrics = if group.rank() == 0 {
+            Some(MetricsLogger::open(
+                out,
+                resume_dir.as_ref().map(|_| state.step),
+            )?)
+        } else {
+            None
+        };
         let rng = restore_rng(&state.rng)?;
         Ok(Session {
             out: out.to_path_buf(),
@@ -73,6 +95,7 @@ impl Session {
             resume_dir,
             metrics,
             rng,
+            group,
             keep_last,
         })
     }
@@ -94,9 +117,22 @@ impl Session {
         Ok(value)
     }
 
-    /// Logs scalars at the current global step.
+    /// Whether this process writes the run's files (rank 0; the only process without a launcher).
+    pub fn writer(&self) -> bool {
+        self.group.rank() == 0
+    }
+
+    /// Logs scalars at the current global step (rank 0 only).
     pub fn log(&mut self, scalars: &[(String, f64)]) -> Result<()> {
-        self.metrics.log(self.global_step, scalars)
+        self.log_at(self.global_step, scalars)
+    }
+
+    /// Logs scalars at `step` (rank 0 only).
+    pub fn log_at(&mut self, step: usize, scalars: &[(String, f64)]) -> Result<()> {
+        match &mut self.metrics {
+            Some(m) => m.log(step, scalars),
+            None => Ok(()),
+        }
     }
 
     /// Checkpoints the run at `phase` / `phase_step`: model and optimizer, the run's RNG, then every part's own
@@ -118,6 +154,11 @@ impl Session {
         };
         for p in parts {
             p.save_state(&mut state)?;
+        }
+        if !self.writer() {
+            // Rank 0 writes the checkpoint; the others only keep the bookkeeping in step with it.
+            self.state = state;
+            return Ok(());
         }
         let files = |dir: &Path| -> Result<()> {
             for p in parts {

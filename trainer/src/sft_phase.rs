@@ -1,6 +1,10 @@
 //! Phase 1 of `spar train`: supervised fine-tuning on the scripted expert's consultations, played in the
 //! rollout's own environment (the simulator's opening and answers, the recipe's stage instructions, turn limits
 //! and chat template), so the token stream the policy learns from is exactly the one it later generates into.
+//!
+//! Data parallel: every rank plays the same expert consultations and draws the same batch from the same RNG,
+//! then learns its contiguous share of it (rank r of N: items `r*B/N .. (r+1)*B/N`); counts and gradients are
+//! summed over the ranks, so the step is the one-process step on the whole batch.
 use crate::agg::AggMode;
 use crate::batch::TrainItem;
 use crate::checkpoint;
@@ -38,6 +42,8 @@ pub fn run(
         tr.sft_steps,
         tr.warmup_steps.min(tr.sft_steps / 10),
     )?;
+    learner.group = session.group.clone();
+    let (rank, world) = (session.group.rank(), session.group.world_size());
     if let Some(dir) = session.resume_dir.take() {
         checkpoint::load(&dir, model, &mut learner.adamw)?;
         learner.step = start;
@@ -60,7 +66,8 @@ pub fn run(
             .choose_multiple(&mut session.rng, tr.sft_batch.min(items.len()))
             .cloned()
             .collect();
-        let rep = sft_update(model, &mut learner, &batch, &batching, model.device())?;
+        let share = &batch[rank * batch.len() / world..(rank + 1) * batch.len() / world];
+        let rep = sft_update(model, &mut learner, share, &batching, model.device())?;
         session.global_step += 1;
         pb.inc(1);
         pb.set_message(format!("loss {:.3}", rep.loss));

@@ -3,6 +3,7 @@ mod it {
     mod adamw;
     mod batch;
     pub mod common;
+    mod data_parallel;
     mod distill;
     mod gae;
     mod gradcheck;

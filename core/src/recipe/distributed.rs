@@ -1,8 +1,9 @@
 //! `[distributed]`: torchrun-style layout. Owner: trainer.
 //!
-//! Multi-process training is not built yet: every command runs one process. The section is accepted when
-//! every degree is 1 (it then describes exactly what runs) and rejected otherwise, so a recipe never believes
-//! it trains on a layout that nothing sets up.
+//! What is built: data parallelism. `spar train` launched with world size N > 1 (`spar launch --nproc-per-node N
+//! -- train ...`, torchrun, srun) runs N data-parallel ranks; `data_parallel` is then N, or 0 / 1 meaning "the
+//! launcher's world size". Tensor, expert and pipeline parallelism (and fully sharded training) are not built:
+//! their degrees above 1 are rejected, so a recipe never believes it trains on a layout that nothing sets up.
 use super::check;
 use serde::{Deserialize, Serialize};
 
@@ -19,16 +20,20 @@ recipe_enum! {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DistributedSection {
-    /// Data-parallel degree (WORLD_SIZE when launched by torchrun).
+    /// Data-parallel degree: the launcher's WORLD_SIZE, or 0 / 1 to take it from the launcher.
     pub data_parallel: usize,
-    /// Tensor-parallel degree.
+    /// Tensor-parallel degree (only 1: not built).
     pub tensor_parallel: usize,
-    /// Expert-parallel degree (MoE).
+    /// Expert-parallel degree (MoE; only 1: not built).
     pub expert_parallel: usize,
-    /// Pipeline-parallel degree.
+    /// Pipeline-parallel degree (only 1: not built).
     pub pipeline_parallel: usize,
-    /// Collective backend.
+    /// Collective backend for models on a GPU (a CPU model always reduces through gloo: NCCL has no CPU path).
     pub backend: DistributedBackend,
+    /// Bounds the rendezvous and every collective wait, in seconds. The other ranks wait at their next
+    /// collective while rank 0 alone runs a held-out evaluation or writes a checkpoint, so this must exceed
+    /// the longest of those.
+    pub timeout_secs: u64,
 }
 
 impl Default for DistributedSection {
@@ -39,15 +44,15 @@ impl Default for DistributedSection {
             expert_parallel: 1,
             pipeline_parallel: 1,
             backend: DistributedBackend::Nccl,
+            timeout_secs: 1800,
         }
     }
 }
 
 impl DistributedSection {
-    /// Each degree is >= 1, and (until multi-process training exists) exactly 1.
+    /// Tensor / expert / pipeline degrees are exactly 1 (not built); the timeout is positive.
     pub fn validate(&self) -> Result<(), (String, String)> {
         for (k, v) in [
-            ("data_parallel", self.data_parallel),
             ("tensor_parallel", self.tensor_parallel),
             ("expert_parallel", self.expert_parallel),
             ("pipeline_parallel", self.pipeline_parallel),
@@ -57,16 +62,31 @@ impl DistributedSection {
                 v == 1,
                 k,
                 &format!(
-                    "is {v}, but multi-process training is not built yet: every spar command runs one \
-                     process (leave out [distributed] or set every degree to 1)"
+                    "is {v}, but only data parallelism is built (tensor, expert and pipeline parallelism and \
+                     fully sharded training are not): set it to 1"
                 ),
             )?;
         }
+        check(self.timeout_secs > 0, "timeout_secs", "must be > 0")?;
         Ok(())
+    }
+
+    /// Checks `data_parallel` against the launcher's world size: N, or 0 / 1 (take the world size). Returns
+    /// the data-parallel degree in use.
+    pub fn data_parallel_for(&self, world_size: usize) -> Result<usize, String> {
+        match self.data_parallel {
+            0 | 1 => Ok(world_size),
+            n if n == world_size => Ok(n),
+            n => Err(format!(
+                "recipe: distributed.data_parallel = {n}, but the launcher started {world_size} rank(s): \
+                 launch {n} ranks (`spar launch --nproc-per-node {n} -- train ...`) or set data_parallel = 0 to \
+                 take the launcher's world size"
+            )),
+        }
     }
 
     /// Processes the layout asks for (data x tensor x pipeline; expert parallelism reuses those ranks).
     pub fn world_size(&self) -> usize {
-        self.data_parallel * self.tensor_parallel * self.pipeline_parallel
+        self.data_parallel.max(1) * self.tensor_parallel * self.pipeline_parallel
     }
 }

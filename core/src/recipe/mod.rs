@@ -388,12 +388,21 @@ mod tests {
     }
 
     #[test]
-    fn distributed_degrees_above_one_are_rejected_until_built() {
-        let e = error_of("[distributed]\ndata_parallel = 8\n");
-        assert!(e.contains("distributed.data_parallel"), "{e}");
-        assert!(e.contains("not built yet"), "{e}");
+    fn distributed_accepts_data_parallel_and_rejects_what_is_not_built() {
+        let r = Recipe::from_toml_str("[distributed]\ndata_parallel = 8\n", "r.toml", &[]).unwrap();
+        let d = r.distributed.unwrap();
+        assert_eq!(d.data_parallel_for(8), Ok(8));
+        let e = d.data_parallel_for(2).unwrap_err();
+        assert!(
+            e.contains("data_parallel = 8") && e.contains("2 rank(s)"),
+            "{e}"
+        );
+        assert_eq!(DistributedSection::default().data_parallel_for(4), Ok(4));
         let e = error_of("[distributed]\nexpert_parallel = 2\n");
         assert!(e.contains("distributed.expert_parallel"), "{e}");
+        assert!(e.contains("only data parallelism is built"), "{e}");
+        let e = error_of("[distributed]\ntensor_parallel = 2\n");
+        assert!(e.contains("distributed.tensor_parallel"), "{e}");
         let r = Recipe::from_toml_str(
             "[distributed]\ndata_parallel = 1\nbackend = \"gloo\"\n",
             "r.toml",

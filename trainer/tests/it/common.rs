@@ -62,6 +62,7 @@ pub fn learner(vs: &nn::VarStore, lr: f64) -> spar_trainer::learner::Learner {
         bad_in_a_row: 0,
         bad_total: 0,
         aux_loss_coef: 0.0,
+        group: std::sync::Arc::new(spar_dist::Local),
     }
 }
 

@@ -42,6 +42,7 @@ fn learner(model: &TinyLm) -> Learner {
         bad_in_a_row: 0,
         bad_total: 0,
         aux_loss_coef: 0.0,
+        group: std::sync::Arc::new(spar_dist::Local),
     }
 }
 

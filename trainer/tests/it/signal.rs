@@ -215,7 +215,11 @@ impl Policy for MarkerLm {
     }
     fn forward(&self, input: &PolicyInput) -> anyhow::Result<PolicyOutput> {
         let mut out = self.lm.forward(input)?;
-        out.logits = out.logits + &self.bias;
+        // Out of place on purpose: tch's `+=` is the in-place `add_`, which autograd may refuse here.
+        #[allow(clippy::assign_op_pattern)]
+        {
+            out.logits = out.logits + &self.bias;
+        }
         Ok(out)
     }
 }
