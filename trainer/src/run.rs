@@ -47,6 +47,11 @@ pub fn run(parts: TrainParts) -> Result<()> {
     let use_gae = rewards.config().spar.estimator == spar_core::recipe::Estimator::Gae;
 
     let mut session = Session::open(&out, seed, resume, tr.keep_last)?;
+    // Every checkpoint records the recipe its run went on under (a shared SFT checks runs against it).
+    session.state.extra.insert(
+        crate::shared_sft::RECIPE_KEY.into(),
+        serde_json::to_value(&recipe)?,
+    );
     if tr.sft_steps == 0 && session.in_phase("sft").is_some() {
         session.enter("rl");
     }

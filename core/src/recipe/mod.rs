@@ -48,6 +48,7 @@ mod eval;
 mod model;
 mod rewards;
 mod rollout;
+pub mod shared_sft;
 mod trainer;
 
 pub use data::{DataSection, Split};
