@@ -44,6 +44,8 @@ enum Command {
     Data(cmd::data::Args),
     /// Benchmarks (speed and memory; GPU figures come from the GPU machine).
     Bench(cmd::bench::Args),
+    /// Reward-design ablation: arms x seeds of `spar train` runs, a table with CIs and paired tests, curves.
+    Ablate(cmd::ablate::Args),
 }
 
 fn main() {
@@ -67,6 +69,7 @@ fn main() {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Data(a) => cmd::data::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Ablate(a) => cmd::ablate::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
