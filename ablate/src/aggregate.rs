@@ -329,7 +329,9 @@ pub fn aggregate(spec: &Spec, runs: &[RunRef]) -> Result<Report> {
             let mut by_x: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
             for s in &spec.seeds {
                 if let Some(points) = series.get(&(a.name.clone(), *s)).and_then(|m| m.get(*key)) {
-                    for (x, v) in points {
+                    // An SFT-only arm ran no RL round: its curve is the evaluation before RL (its run's
+                    // "after RL" row, logged one step later, evaluates the same weights).
+                    for (x, v) in points.iter().filter(|(x, _)| !a.sft_only || *x <= 0.0) {
                         by_x.entry(x.round() as i64).or_default().push(*v);
                     }
                 }
@@ -619,6 +621,11 @@ mod tests {
         for (i, v) in rl.iter().enumerate() {
             lines.push(serde_json::json!({"step": 3 + i, "rl/reward_mean": v}).to_string());
         }
+        // The "after RL" evaluation, logged one step past the last round.
+        lines.push(
+            serde_json::json!({"step": 3 + rl.len(), "eval/G_inquiry": 0.7, "eval/G_ddx": 0.7, "eval/G_lab": 0.7, "eval/G_diag": 0.7})
+                .to_string(),
+        );
         std::fs::write(dir.join("metrics.jsonl"), lines.join("\n")).unwrap();
     }
 
@@ -717,7 +724,13 @@ mod tests {
             .iter()
             .find(|c| c.key == "eval/stage_mean")
             .unwrap();
-        assert_eq!(ev.arms[0].1[0].x, 0.0);
+        // The SFT-only arm's curve is its evaluation before RL alone; an RL arm's goes on to its last one.
+        let xs = |arm: &str| -> Vec<f64> {
+            let (_, p) = ev.arms.iter().find(|(a, _)| a == arm).unwrap();
+            p.iter().map(|p| p.x).collect()
+        };
+        assert_eq!(xs("sft"), vec![0.0]);
+        assert_eq!(xs("up"), vec![0.0, 3.0]);
         let md = markdown(&r, "spar ablate spec.toml");
         assert!(md.contains("| up | 3 | 0.800 ["), "{md}");
         assert!(md.contains("+0.200 ["), "{md}");

@@ -54,7 +54,8 @@ where
         .draw()
         .map_err(err)?;
     for (i, (arm, points)) in c.arms.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let (r, g, b) = TAB10[i % TAB10.len()];
+        let color = RGBColor(r, g, b).to_rgba();
         if points.len() > 1 {
             let mut band: Vec<(f64, f64)> = points.iter().map(|p| (p.x, p.hi)).collect();
             band.extend(points.iter().rev().map(|p| (p.x, p.lo)));
@@ -101,6 +102,20 @@ where
     area.present().map_err(err)?;
     Ok(())
 }
+
+/// Line colours (matplotlib's tab10), one per arm in spec order.
+const TAB10: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
 
 /// Range with a margin; a flat series gets a unit-wide window.
 fn bounds(it: impl Iterator<Item = f64>) -> (f64, f64) {

@@ -147,15 +147,15 @@ mod tests {
             "trainer.sft_lr=1e-2",
             "seed=3",
             "trainer.sft_expert.partial=true",
-            "model.dtype=\"bf16\"",
+            "data.max_cases=3",
             "eval.max_cases=2",
             "trainer.warmup_steps=7",
         ]);
         assert_eq!(
             sft_invalidating_changes(&sft, &bad),
             vec![
+                "data.max_cases",
                 "eval.max_cases",
-                "model.dtype",
                 "seed",
                 "trainer.sft_expert.partial",
                 "trainer.sft_lr",
