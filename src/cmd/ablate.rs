@@ -14,7 +14,7 @@ pub struct Args {
     /// The ablation spec: a file, or the name of a shipped one (`spar data recipes` lists them: ablate-main,
     /// ablate-fact, ablate-spar).
     pub spec: PathBuf,
-    /// The ablation's folder (default: ./runs/ablate-<spec name>).
+    /// The ablation's folder (default: ./runs/<spec name>, with an `ablate-` prefix when it has none).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Runs at once (default: half the cores, at least one); each child gets cores / jobs threads.
@@ -38,13 +38,18 @@ pub fn run(args: Args) -> Result<()> {
     spec.shared.set.extend(args.set.iter().cloned());
     let out = match &args.out {
         Some(o) => std::path::absolute(o)?,
-        None => std::env::current_dir()?.join("runs").join(format!(
-            "ablate-{}",
-            spec_path
+        None => {
+            let stem = spec_path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "spec".into())
-        )),
+                .unwrap_or_else(|| "spec".into());
+            let name = if stem.starts_with("ablate-") {
+                stem
+            } else {
+                format!("ablate-{stem}")
+            };
+            std::env::current_dir()?.join("runs").join(name)
+        }
     };
     let (jobs, refs) = runner::plan(&spec, &out)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
