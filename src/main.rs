@@ -46,6 +46,8 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Run N ranks of a command on this node (torchrun's contract, no Python): `spar launch --nproc-per-node 2 -- train --recipe R`.
     Launch(cmd::launch::Args),
+    /// Reward-design ablation: arms x seeds of `spar train` runs, a table with CIs and paired tests, curves.
+    Ablate(cmd::ablate::Args),
 }
 
 fn main() {
@@ -70,6 +72,7 @@ fn main() {
         Command::Data(a) => cmd::data::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Launch(a) => cmd::launch::run(a),
+        Command::Ablate(a) => cmd::ablate::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

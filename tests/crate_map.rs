@@ -34,6 +34,8 @@ const MAP: &[(&str, Option<&[&str]>)] = &[
     ),
     // Test support (the fake OpenAI server): a dev-dependency of the others, an optional one of the binary.
     ("spar-testkit", Some(&["spar-core", "spar-clients"])),
+    // `spar ablate`: specs, child `spar train` runs, statistics and plots over their result files.
+    ("spar-ablate", Some(&["spar-core"])),
     ("spar-app", None),
     ("spar", None),
 ];
@@ -43,7 +45,13 @@ const MAP: &[(&str, Option<&[&str]>)] = &[
 const PENDING: &[(&str, &str)] = &[];
 
 /// Crates that must never link libtorch (their tests build in seconds).
-const NO_TORCH: &[&str] = &["spar-core", "spar-clients", "spar-data", "spar-rewards"];
+const NO_TORCH: &[&str] = &[
+    "spar-core",
+    "spar-clients",
+    "spar-data",
+    "spar-rewards",
+    "spar-ablate",
+];
 
 /// Every workspace crate and the names of its non-dev dependencies.
 fn workspace_dependencies() -> BTreeMap<String, BTreeSet<String>> {

@@ -5,7 +5,7 @@ use crate::policy;
 use anyhow::{Context, Result};
 use spar_core::Case;
 use spar_core::recipe::{
-    EvalSection, JudgeKind, PolicyLoss, Recipe, RolloutBackendKind, RolloutSection,
+    EvalSection, JudgeKind, PolicyLoss, Recipe, RewardsSection, RolloutBackendKind, RolloutSection,
     SimulatorConfig, SimulatorKind,
 };
 use spar_core::traits::StageScorer;
@@ -22,11 +22,25 @@ use std::sync::Arc;
 /// Turns a recipe (already loaded, `--set` and the common flags applied) into the parts a command needs.
 pub struct Builder {
     recipe: Recipe,
+    /// The `[rewards]` the held-out evaluation of `spar train` measures with, when not the recipe's own (a run
+    /// started from a shared SFT measures with the SFT run's, so runs that differ in their RL reward are measured
+    /// with one instrument).
+    eval_rewards: Option<RewardsSection>,
 }
 
 impl Builder {
     pub fn new(recipe: Recipe) -> Builder {
-        Builder { recipe }
+        Builder {
+            recipe,
+            eval_rewards: None,
+        }
+    }
+
+    /// The held-out evaluation of [`Builder::train_parts`] scores with `rewards` instead of the recipe's
+    /// `[rewards]` (RL still trains on the recipe's).
+    pub fn with_eval_rewards(mut self, rewards: RewardsSection) -> Builder {
+        self.eval_rewards = Some(rewards);
+        self
     }
 
     pub fn recipe(&self) -> &Recipe {
@@ -107,7 +121,12 @@ impl Builder {
     /// and encoder over their endpoints) and the recipe's knowledge base. Build it on the runtime that will
     /// score with it: its clients and cache connections live there.
     pub async fn reward_pipeline(&self) -> Result<RewardPipeline> {
-        let rewards = self.recipe.rewards.clone().unwrap_or_default();
+        self.reward_pipeline_for(self.recipe.rewards.clone().unwrap_or_default())
+            .await
+    }
+
+    /// The reward pipeline of the `[rewards]` section `rewards` (with this recipe's knowledge base).
+    async fn reward_pipeline_for(&self, rewards: RewardsSection) -> Result<RewardPipeline> {
         let injected = external::reward_models(&rewards, self.knowledge_base()?).await?;
         Ok(RewardPipeline::new(&rewards, injected).await?)
     }
@@ -325,11 +344,15 @@ impl Builder {
         } else {
             expert.clone()
         };
+        let eval_pipeline = match &self.eval_rewards {
+            Some(r) => Arc::new(runtime.block_on(self.reward_pipeline_for(r.clone()))?),
+            None => rewards.clone(),
+        };
         let evaluator = crate::held_out::HeldOut::new(
             self,
             cases.eval.clone(),
             codec.clone(),
-            rewards.clone(),
+            eval_pipeline,
             runtime.clone(),
         )?;
         let teacher_dirs: Vec<PathBuf> = tr

@@ -1,4 +1,5 @@
 //! One module per subcommand; each owns its `Args` (clap) and `run`.
+pub mod ablate;
 mod audit;
 pub mod bench;
 pub mod bench_decode;

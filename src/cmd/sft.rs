@@ -17,5 +17,11 @@ pub struct Args {
 
 pub fn run(mut args: Args) -> anyhow::Result<()> {
     args.recipe.set.push("trainer.steps=0".into());
-    super::train::train(args.recipe.builder()?, "spar sft", args.out, args.resume)
+    super::train::train(
+        args.recipe.builder()?,
+        "spar sft",
+        args.out,
+        args.resume,
+        None,
+    )
 }

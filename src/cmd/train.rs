@@ -6,7 +6,9 @@
 //! rank 0 writes the run folder.
 use super::common::RecipeArgs;
 use anyhow::{Context, Result};
-use std::path::PathBuf;
+use spar_core::recipe::Recipe;
+use spar_trainer::shared_sft::{self, SharedSft};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(clap::Args)]
@@ -19,6 +21,11 @@ pub struct Args {
     /// Continue from the newest checkpoint in the run folder.
     #[arg(long)]
     pub resume: bool,
+    /// Start RL from the SFT checkpoint of DIR, a finished `spar sft` (`spar train --set trainer.steps=0`) run:
+    /// a shared SFT. Only RL knobs may differ from that run's recipe; the held-out evaluations are measured with
+    /// its `[rewards]`, and the before-RL one is its own. With `--resume`, continues such a run.
+    #[arg(long, value_name = "DIR")]
+    pub from_sft: Option<PathBuf>,
     /// One trainer step from files instead of the loop: samples written by `spar rollout` ...
     #[arg(long = "in", alias = "input", requires = "scored", requires = "model")]
     pub input: Option<PathBuf>,
@@ -42,7 +49,13 @@ pub fn run(args: Args) -> Result<()> {
         );
         return Ok(());
     }
-    train(builder, "spar train", args.out, args.resume)
+    train(
+        builder,
+        "spar train",
+        args.out,
+        args.resume,
+        args.from_sft.as_deref(),
+    )
 }
 
 /// Runs the recipe's training loop into `out` (default `trainer.out_dir`), audited; data-parallel when a
@@ -52,6 +65,7 @@ pub fn train(
     command: &str,
     out: Option<PathBuf>,
     resume: bool,
+    from_sft: Option<&Path>,
 ) -> Result<()> {
     let env = spar_dist::DistEnv::from_env()?;
     let (builder, group): (_, Arc<dyn spar_dist::Collectives>) = if env.world_size > 1 {
@@ -64,9 +78,16 @@ pub fn train(
         Some(o) => o,
         None => recipe.resolve(&recipe.require(&recipe.trainer, "trainer")?.out_dir),
     };
+    if group.world_size() > 1 && (from_sft.is_some() || shared_sft::of_run(&out)?.is_some()) {
+        anyhow::bail!(
+            "--from-sft (a run from a shared SFT) is single-process for now; run it without a launcher"
+        );
+    }
     if group.rank() != 0 {
         return spar_trainer::run::run(builder.train_parts_on(&out, resume, group)?);
     }
+    let (builder, resume) = shared_sft(builder, &out, resume, from_sft)?;
+    let recipe = builder.recipe();
     let mut spec = spar_data::audit::AuditSpec::for_dir(command, &out)
         .with_recipe(super::audit::recipe_toml(recipe))
         .with_data(super::audit::recipe_data_files(recipe));
@@ -124,4 +145,87 @@ fn join(
         },
     )?;
     Ok((spar_app::Builder::new(recipe), joined.group))
+}
+
+/// A run from a shared SFT (`--from-sft DIR`, or `--resume` of a run started that way): seeds a fresh run folder
+/// from DIR's SFT-end checkpoint, refuses a recipe that changes anything SFT (or the held-out evaluation before RL)
+/// depends on, and measures the held-out evaluations with the SFT run's `[rewards]`. Returns the builder and
+/// whether to resume (always, once seeded).
+fn shared_sft(
+    builder: spar_app::Builder,
+    out: &Path,
+    resume: bool,
+    from_sft: Option<&Path>,
+) -> Result<(spar_app::Builder, bool)> {
+    let existing = shared_sft::of_run(out)?;
+    let has_checkpoint = spar_trainer::checkpoint::latest(&out.join("checkpoints"))?.is_some();
+    let (record, seed_from) = match (from_sft, existing) {
+        (None, None) => return Ok((builder, resume)),
+        (None, Some(r)) if resume => (r, None),
+        (None, Some(_)) => return Ok((builder, resume)),
+        (Some(from), Some(r)) => {
+            if std::path::absolute(from)? != r.from {
+                anyhow::bail!(
+                    "{}: started from the shared SFT {}, not {}",
+                    out.display(),
+                    r.from.display(),
+                    from.display()
+                );
+            }
+            if !resume {
+                anyhow::bail!(
+                    "{}: already started from {}; add --resume to continue it",
+                    out.display(),
+                    from.display()
+                );
+            }
+            (r, None)
+        }
+        (Some(from), None) if has_checkpoint => anyhow::bail!(
+            "{}: has checkpoints of its own SFT; --from-sft {} needs a fresh run folder",
+            out.display(),
+            from.display()
+        ),
+        (Some(from), None) => {
+            let (_, state, _) = shared_sft::read_sft_run(from)?;
+            let record = SharedSft {
+                from: std::path::absolute(from)?,
+                checkpoint: String::new(),
+                recipe: state.extra[shared_sft::RECIPE_KEY].clone(),
+            };
+            (record, Some(from))
+        }
+    };
+    let sft: Recipe = serde_json::from_value(record.recipe.clone()).with_context(|| {
+        format!(
+            "shared SFT {}: its recorded recipe does not read as a recipe",
+            record.from.display()
+        )
+    })?;
+    let bad = spar_core::recipe::shared_sft::sft_invalidating_changes(&sft, builder.recipe());
+    if !bad.is_empty() {
+        anyhow::bail!(
+            "recipe: {} differ from the shared SFT run {}'s recipe; a run from a shared SFT may change only RL \
+             knobs (spar_core::recipe::shared_sft::RL_ONLY_KEYS)",
+            bad.join(", "),
+            record.from.display()
+        );
+    }
+    let changed = spar_core::recipe::shared_sft::changed_keys(&sft, builder.recipe());
+    if let Some(from) = seed_from {
+        shared_sft::seed(from, out)?;
+    }
+    eprintln!(
+        "[train] RL from the shared SFT of {} (RL knobs changed: {}); held-out evaluations measured with its [rewards]",
+        record.from.display(),
+        if changed.is_empty() {
+            "none".to_string()
+        } else {
+            changed.join(", ")
+        }
+    );
+    Ok((
+        builder.with_eval_rewards(sft.rewards.clone().unwrap_or_default()),
+        true,
+    ))
 }

@@ -1,5 +1,7 @@
 //! End-to-end tests of the spar binary: a few-step run of the demo recipe, the contract path
-//! rollout fixture -> `spar score` -> one trainer step, from files, and one recipe honoured by every command.
+//! rollout fixture -> `spar score` -> one trainer step, from files, one recipe honoured by every command,
+//! `spar ablate` on a tiny grid (`ablate.rs`) and data-parallel runs (`data_parallel.rs`).
+mod ablate;
 mod data_parallel;
 mod recipe_honoured;
 

@@ -14,7 +14,7 @@
 //!   evaluations around [`sft_phase`] and [`rl_phase`], results in [`report`]; [`session`]: the run folder,
 //!   resume point and checkpoints that ask each part ([`session::Checkpointed`]) for its state;
 //!   [`offline_step`]: one step from files; [`knobs`]: `[trainer]` as learner configs; [`qwen3`]: the
-//!   [`policy::Policy`] impl for spar-model
+//!   [`policy::Policy`] impl for spar-model; [`shared_sft`]: RL from another run's SFT checkpoint
 //! - [`metrics`], [`tfevent`], [`plot`]: JSONL + TensorBoard metrics, PNG/SVG curves
 // `a = a + b` stays out of place on purpose: tch's `+=` on a Tensor is the in-place `add_`, which breaks autograd
 // when the tensor was saved for backward.
@@ -48,4 +48,5 @@ pub mod run;
 pub mod schedule;
 pub mod session;
 pub mod sft_phase;
+pub mod shared_sft;
 pub mod tfevent;

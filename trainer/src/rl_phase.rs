@@ -60,6 +60,14 @@ impl RlState {
         } else {
             tr.ppo_epochs.max(1)
         };
+        // A checkpoint from the end of SFT (phase rl, step 0) holds SFT's optimizer: RL starts with a fresh one
+        // over its weights, as the uninterrupted run does, so a run resumed there (or started from a shared SFT)
+        // learns exactly like one that went straight on.
+        let resume_dir = session.resume_dir.take();
+        let at_rl_start = resume_dir.is_some() && session.state.phase_step == 0;
+        if let (Some(dir), true) = (&resume_dir, at_rl_start) {
+            crate::policy::Policy::load_weights(model, &dir.join("model"))?;
+        }
         let mut learner =
             crate::knobs::new_learner(tr, model, tr.lr, tr.steps * per_round, tr.warmup_steps)?;
         learner.group = session.group.clone();
@@ -76,20 +84,25 @@ impl RlState {
             critic,
             pending: None,
         };
-        if let Some(dir) = session.resume_dir.take() {
-            st.restore(&dir, &session.state, model, rollout)?;
+        if let Some(dir) = resume_dir {
+            st.restore(&dir, &session.state, model, rollout, !at_rl_start)?;
         }
         Ok(st)
     }
 
+    /// Restores the RL state of checkpoint `dir`; the weights and optimizer too when `optimizer` (a checkpoint
+    /// taken during RL).
     fn restore(
         &mut self,
         dir: &Path,
         state: &TrainerState,
         model: &mut Qwen3Model,
         rollout: &mut Rollout,
+        optimizer: bool,
     ) -> Result<()> {
-        checkpoint::load(dir, model, &mut self.learner.adamw)?;
+        if optimizer {
+            checkpoint::load(dir, model, &mut self.learner.adamw)?;
+        }
         // Optimizer steps taken (skipped ones are not counted), as saved; older checkpoints had one per round.
         self.learner.step = state
             .extra

@@ -75,6 +75,11 @@ pub fn run(parts: TrainParts) -> Result<()> {
     let mut rl_rollout = rl_rollout.shard(rank, world)?;
 
     let mut session = Session::open(&out, seed, resume, tr.keep_last, group.clone())?;
+    // Every checkpoint records the recipe its run went on under (a shared SFT checks runs against it).
+    session.state.extra.insert(
+        crate::shared_sft::RECIPE_KEY.into(),
+        serde_json::to_value(&recipe)?,
+    );
     if tr.sft_steps == 0 && session.in_phase("sft").is_some() {
         session.enter("rl");
     }
