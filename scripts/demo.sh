@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# README command 1: the main job. A tiny end-to-end Baichuan-M3 reproduction on CPU: tokenizer, SFT on scripted
-# expert consultations, then SPAR + Fact-Aware GRPO against the scripted patient, evaluation before / after, plots.
+# README command 1: the main job. A tiny end-to-end Baichuan-M3 reproduction on CPU: tokenizer, SFT on a good but
+# imperfect scripted expert's consultations, then SPAR + Fact-Aware GRPO against the scripted patient, held-out
+# evaluation before / during / after RL next to the full expert, plots (recipes/tiny-cpu-partial.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bootstrap.sh
@@ -13,4 +14,4 @@ if ! fc-list 2>/dev/null | grep -q . && [ "$(id -u)" = 0 ] && command -v apt-get
 fi
 echo "[demo] building spar" >&2
 cargo build --bin spar
-exec ./target/debug/spar train --recipe recipes/tiny-cpu.toml "$@"
+exec ./target/debug/spar train --recipe recipes/tiny-cpu-partial.toml "$@"

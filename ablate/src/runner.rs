@@ -134,9 +134,20 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
-    /// Threads per child: its share of the cores, at least one.
+    /// Threads per child when every slot is busy: its share of the cores, at least one.
     pub fn threads(&self) -> usize {
         (self.cores / self.jobs.max(1)).max(1)
+    }
+
+    /// Threads for a child started while `runnable` runs (running ones, this one and the ones waiting for it to
+    /// finish or for a slot) could use the cores: the cores shared among those that run at once. A shared SFT
+    /// phase (one run per seed) gets several threads per run and the RL phase after it one per run, where an
+    /// even split would leave cores idle during SFT. Pinned runs keep the even split (fixed core ranges).
+    pub fn threads_for(&self, runnable: usize) -> usize {
+        if self.pin {
+            return self.threads();
+        }
+        (self.cores / runnable.clamp(1, self.jobs.max(1))).max(1)
     }
 }
 
@@ -250,10 +261,15 @@ pub fn run_all(jobs: &[Job], out: &Path, opts: &RunOptions) -> Result<Vec<Outcom
         .count();
     pb.set_position(kept as u64);
     say(format!(
-        "[ablate] {} runs ({kept} finished already), {} at once, {threads} thread(s) each{}",
+        "[ablate] {} runs ({kept} finished already), {} at once on {} cores, {}",
         jobs.len(),
         opts.jobs,
-        if opts.pin { ", pinned" } else { "" }
+        opts.cores,
+        if opts.pin {
+            format!("{threads} thread(s) each, pinned")
+        } else {
+            "the cores shared among the runs that can run".to_string()
+        }
     ));
     for (i, o) in outcome.iter().enumerate() {
         if let Some(Outcome::Failed(m)) = o {
@@ -287,6 +303,17 @@ pub fn run_all(jobs: &[Job], out: &Path, opts: &RunOptions) -> Result<Vec<Outcom
             });
             let Some(i) = ready else { break };
             let slot = free_slots.pop().expect("a free slot");
+            // Runs that could use cores now: the running ones and every job whose prerequisites are done.
+            let waiting = (0..jobs.len())
+                .filter(|&k| {
+                    outcome[k].is_none()
+                        && !running.iter().any(|r| r.idx == k)
+                        && jobs[k].deps.iter().all(|d| {
+                            matches!(outcome[*d], Some(Outcome::Kept) | Some(Outcome::Done(_)))
+                        })
+                })
+                .count();
+            let threads = opts.threads_for(running.len() + waiting);
             match start(&jobs[i], out, opts, threads, slot) {
                 Ok(child) => {
                     running.push(Running {
@@ -456,6 +483,16 @@ mod tests {
         };
         assert_eq!(o(2, 16).threads(), 8);
         assert_eq!(o(3, 2).threads(), 1);
+        // Five SFT runs on 16 cores with 16 slots: three threads each; fifteen RL runs after them: one each.
+        assert_eq!(o(16, 16).threads_for(5), 3);
+        assert_eq!(o(16, 16).threads_for(15), 1);
+        assert_eq!(o(4, 16).threads_for(15), 4);
+        assert_eq!(o(4, 16).threads_for(0), 16);
+        let pinned = RunOptions {
+            pin: true,
+            ..o(4, 16)
+        };
+        assert_eq!(pinned.threads_for(1), 4);
     }
 
     #[test]

@@ -20,7 +20,18 @@ pub struct Args {
     /// Runs at once (default: half the cores, at least one); each child gets cores / jobs threads.
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// Pin each child to its own cores (taskset; Linux only).
+    /// Cores the runs share (default: all). Unpinned runs get the cores divided among the runs that can run at
+    /// the time: a shared SFT phase several threads per run, the RL phase after it fewer.
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Run these seeds of the spec only (e.g. `--seeds 0,1,2`); each must be one of the spec's.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Compare every arm with this one instead of the spec's baseline (e.g. `--report-only --baseline placebo
+    /// --out DIR` for RL - placebo; the report is written to DIR/vs-<arm>/).
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// Pin each child to its own cores (taskset; Linux only), cores / jobs each.
     #[arg(long)]
     pub pin: bool,
     /// Aggregate the run folders that are there into the table and plots; run nothing.
@@ -36,6 +47,16 @@ pub fn run(args: Args) -> Result<()> {
     let spec_path = resolve_spec(&args.spec)?;
     let mut spec = Spec::load(&spec_path)?;
     spec.shared.set.extend(args.set.iter().cloned());
+    if !args.seeds.is_empty() {
+        if let Some(s) = args.seeds.iter().find(|s| !spec.seeds.contains(s)) {
+            bail!(
+                "--seeds: seed {s} is not one of {}'s seeds {:?}",
+                spec_path.display(),
+                spec.seeds
+            );
+        }
+        spec.seeds.retain(|s| args.seeds.contains(s));
+    }
     let out = match &args.out {
         Some(o) => std::path::absolute(o)?,
         None => {
@@ -51,12 +72,33 @@ pub fn run(args: Args) -> Result<()> {
             std::env::current_dir()?.join("runs").join(name)
         }
     };
+    let mut report_dir = out.clone();
+    if let Some(b) = &args.baseline {
+        if !spec.arms.iter().any(|a| &a.name == b) {
+            bail!(
+                "--baseline {b}: not an arm of {} (arms: {})",
+                spec_path.display(),
+                spec.arms
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if *b != spec.baseline {
+            report_dir = out.join(format!("vs-{b}"));
+        }
+        spec.baseline = b.clone();
+    }
     let (jobs, refs) = runner::plan(&spec, &out)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut failed = Vec::new();
     if !args.report_only {
         check_recipes(&spec)?;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = args
+            .cores
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
         let opts = RunOptions {
             exe: std::env::current_exe().context("locating the spar binary")?,
             jobs: args.jobs.unwrap_or((cores / 2).max(1)).max(1),
@@ -71,7 +113,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     let report = spar_ablate::aggregate::aggregate(&spec, &refs)?;
-    let plots = spar_ablate::aggregate::write(&out, &report, &command)?;
+    let plots = spar_ablate::aggregate::write(&report_dir, &report, &command)?;
     if let Some(m) = report.metrics.first() {
         eprintln!(
             "[ablate] {} (mean [95% CI]; Δ vs {}):",
@@ -92,7 +134,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     eprintln!(
         "[ablate] wrote {} and ablation.json, {} plot files",
-        out.join("ablation.md").display(),
+        report_dir.join("ablation.md").display(),
         plots.len()
     );
     if !failed.is_empty() {
