@@ -1,4 +1,5 @@
-//! `spar plot RUN_DIR`: one line chart per metric of `metrics.jsonl`, as PNG and SVG under `RUN_DIR/plots/`.
+//! `spar plot RUN_DIR`: one line chart per metric of `metrics.jsonl`, as PNG and SVG under `RUN_DIR/plots/`, and
+//! the run's dashboard (`crate::dashboard`) when every metric is drawn.
 use crate::metrics::read_series;
 use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
@@ -34,6 +35,11 @@ pub fn plot_run(run_dir: &Path, only: &[String]) -> Result<Vec<PathBuf>> {
         .with_context(|| format!("drawing {}", svg.display()))?;
         written.push(png);
         written.push(svg);
+    }
+    if only.is_empty()
+        && let Some(files) = crate::dashboard::draw_dashboard(&out_dir, &series)?
+    {
+        written.extend(files);
     }
     if written.is_empty() {
         bail!(
@@ -85,7 +91,7 @@ where
 }
 
 /// Range with a margin; a flat series gets a unit-wide window.
-fn bounds(it: impl Iterator<Item = f64>) -> (f64, f64) {
+pub(crate) fn bounds(it: impl Iterator<Item = f64>) -> (f64, f64) {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for v in it {
         lo = lo.min(v);

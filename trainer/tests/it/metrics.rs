@@ -56,7 +56,13 @@ fn jsonl_tensorboard_and_plots() {
         3
     );
     let files = spar_trainer::plot::plot_run(dir.path(), &[]).unwrap();
-    assert_eq!(files.len(), 4);
+    // Two metrics (PNG + SVG each) and the dashboard, whose held-out panel has eval/reward.
+    assert_eq!(files.len(), 6);
+    assert!(files.iter().any(|f| f.ends_with("plots/dashboard.png")));
+    assert!(files.iter().any(|f| f.ends_with("plots/dashboard.svg")));
+    // A chosen subset draws no dashboard.
+    let only = spar_trainer::plot::plot_run(dir.path(), &["train/".into()]).unwrap();
+    assert_eq!(only.len(), 2);
     for f in files {
         // SPAR_KEEP_PLOTS=DIR keeps the drawings for a human to look at.
         if let Ok(keep) = std::env::var("SPAR_KEEP_PLOTS") {

@@ -1,0 +1,263 @@
+//! RL diagnostics of one round, from its samples and scores (issue 14): how much signal the round carried and
+//! where it came from. Written to `metrics.jsonl` / TensorBoard as `rl/*` next to the update's own numbers.
+//!
+//! - `rl/zero_variance_groups` (and `/<stage>`): share of groups whose rewards R all agree, so GRPO-style
+//!   baselines give them no advantage but step penalties (SPAR);
+//! - `rl/informative_samples`: share of samples with a non-zero advantage on some step;
+//! - `rl/adv_mean|std|min|max`: over every step of every sample; `rl/penalized_steps`: share of steps with
+//!   gamma_j < 1 (a step detector fired);
+//! - `rl/stage_mix/<stage>`: share of the round's samples (segments) that play each stage;
+//! - `rl/claims_per_sample`, `rl/lambda_gt_half` (share of samples whose Fact-Aware gate lambda > 0.5),
+//!   `rl/r_fact_negative` (share with R_fact < 0: a refuted claim cost reward).
+//!
+//! With data-parallel ranks every rank holds its share of the round: [`RoundTally`] is summed (extremes maxed)
+//! over the ranks before the shares are taken, so every rank logs the whole round's numbers.
+use anyhow::Result;
+use spar_core::{Sample, Scored, Stage};
+use std::collections::BTreeMap;
+
+/// Counts and sums of one round (or one rank's share), to be reduced over ranks and turned into metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoundTally {
+    groups: f64,
+    zero_variance_groups: f64,
+    /// Per stage (`Stage::ALL` order; a group counts under its first sample's first stage).
+    stage_groups: [f64; 4],
+    stage_zero_variance: [f64; 4],
+    stage_samples: [f64; 4],
+    samples: f64,
+    informative: f64,
+    steps: f64,
+    adv_sum: f64,
+    adv_sq_sum: f64,
+    penalized_steps: f64,
+    claims: f64,
+    lambda_gt_half: f64,
+    r_fact_negative: f64,
+    /// max A and max -A (so one max-reduction gives both extremes).
+    adv_max: f64,
+    adv_neg_max: f64,
+}
+
+impl RoundTally {
+    /// Tallies `scored` (with its `samples`, for their stages). Samples without a score are not counted.
+    pub fn of(samples: &[Sample], scored: &[Scored]) -> RoundTally {
+        let mut t = RoundTally {
+            adv_max: f64::NEG_INFINITY,
+            adv_neg_max: f64::NEG_INFINITY,
+            ..Default::default()
+        };
+        let stage_of: BTreeMap<(&str, u32), Option<Stage>> = samples
+            .iter()
+            .map(|s| {
+                (
+                    (s.group_id.as_str(), s.sample_idx),
+                    s.stages.first().copied(),
+                )
+            })
+            .collect();
+        let mut groups: BTreeMap<&str, Vec<&Scored>> = BTreeMap::new();
+        for s in scored {
+            groups.entry(s.group_id.as_str()).or_default().push(s);
+        }
+        for (gid, members) in &groups {
+            let stage = members
+                .iter()
+                .find_map(|s| stage_of.get(&(*gid, s.sample_idx)).copied().flatten());
+            let lo = members
+                .iter()
+                .map(|s| s.reward)
+                .fold(f64::INFINITY, f64::min);
+            let hi = members
+                .iter()
+                .map(|s| s.reward)
+                .fold(f64::NEG_INFINITY, f64::max);
+            let flat = (hi - lo).abs() <= 1e-9;
+            t.groups += 1.0;
+            t.zero_variance_groups += flat as u8 as f64;
+            if let Some(st) = stage {
+                t.stage_groups[st.index()] += 1.0;
+                t.stage_zero_variance[st.index()] += flat as u8 as f64;
+            }
+            for s in members {
+                t.samples += 1.0;
+                if let Some(Some(st)) = stage_of.get(&(*gid, s.sample_idx)) {
+                    t.stage_samples[st.index()] += 1.0;
+                }
+                t.informative += s.steps.iter().any(|x| x.advantage != 0.0) as u8 as f64;
+                for x in &s.steps {
+                    t.steps += 1.0;
+                    t.adv_sum += x.advantage;
+                    t.adv_sq_sum += x.advantage * x.advantage;
+                    t.penalized_steps += (x.gamma < 1.0) as u8 as f64;
+                    t.adv_max = t.adv_max.max(x.advantage);
+                    t.adv_neg_max = t.adv_neg_max.max(-x.advantage);
+                }
+                t.claims += s.claims.len() as f64;
+                t.lambda_gt_half += (s.lambda > 0.5) as u8 as f64;
+                t.r_fact_negative += (s.r_fact < 0.0) as u8 as f64;
+            }
+        }
+        t
+    }
+
+    fn sums(&self) -> Vec<f64> {
+        let mut v = vec![
+            self.groups,
+            self.zero_variance_groups,
+            self.samples,
+            self.informative,
+            self.steps,
+            self.adv_sum,
+            self.adv_sq_sum,
+            self.penalized_steps,
+            self.claims,
+            self.lambda_gt_half,
+            self.r_fact_negative,
+        ];
+        v.extend(self.stage_groups);
+        v.extend(self.stage_zero_variance);
+        v.extend(self.stage_samples);
+        v
+    }
+
+    fn from_sums(v: &[f64], adv_max: f64, adv_neg_max: f64) -> RoundTally {
+        let arr = |o: usize| [v[o], v[o + 1], v[o + 2], v[o + 3]];
+        RoundTally {
+            groups: v[0],
+            zero_variance_groups: v[1],
+            samples: v[2],
+            informative: v[3],
+            steps: v[4],
+            adv_sum: v[5],
+            adv_sq_sum: v[6],
+            penalized_steps: v[7],
+            claims: v[8],
+            lambda_gt_half: v[9],
+            r_fact_negative: v[10],
+            stage_groups: arr(11),
+            stage_zero_variance: arr(15),
+            stage_samples: arr(19),
+            adv_max,
+            adv_neg_max,
+        }
+    }
+
+    /// The whole round's tally: sums over the ranks of `group` (extremes maxed). Every rank must call it.
+    pub fn over_ranks(&self, group: &dyn spar_dist::Collectives) -> Result<RoundTally> {
+        let sums = spar_dist::sum_over_ranks(group, &self.sums())?;
+        let ext = spar_dist::max_over_ranks(group, &[self.adv_max, self.adv_neg_max])?;
+        Ok(RoundTally::from_sums(&sums, ext[0], ext[1]))
+    }
+
+    /// The metrics (see the module doc); shares of an empty count are left out.
+    pub fn metrics(&self) -> Vec<(String, f64)> {
+        let mut out = Vec::new();
+        let mut share = |k: String, n: f64, d: f64| {
+            if d > 0.0 {
+                out.push((k, n / d));
+            }
+        };
+        share(
+            "rl/zero_variance_groups".into(),
+            self.zero_variance_groups,
+            self.groups,
+        );
+        for st in Stage::ALL {
+            let i = st.index();
+            share(
+                format!("rl/zero_variance_groups/{}", st.name()),
+                self.stage_zero_variance[i],
+                self.stage_groups[i],
+            );
+            share(
+                format!("rl/stage_mix/{}", st.name()),
+                self.stage_samples[i],
+                self.samples,
+            );
+        }
+        share(
+            "rl/informative_samples".into(),
+            self.informative,
+            self.samples,
+        );
+        share(
+            "rl/penalized_steps".into(),
+            self.penalized_steps,
+            self.steps,
+        );
+        share("rl/claims_per_sample".into(), self.claims, self.samples);
+        share(
+            "rl/lambda_gt_half".into(),
+            self.lambda_gt_half,
+            self.samples,
+        );
+        share(
+            "rl/r_fact_negative".into(),
+            self.r_fact_negative,
+            self.samples,
+        );
+        if self.steps > 0.0 {
+            let mean = self.adv_sum / self.steps;
+            let var = (self.adv_sq_sum / self.steps - mean * mean).max(0.0);
+            out.push(("rl/adv_mean".into(), mean));
+            out.push(("rl/adv_std".into(), var.sqrt()));
+            out.push(("rl/adv_max".into(), self.adv_max));
+            out.push(("rl/adv_min".into(), -self.adv_neg_max));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spar_core::sample::StepScore;
+
+    fn scored(group: &str, idx: u32, reward: f64, adv: &[(f64, f64)]) -> Scored {
+        let mut s: Scored = serde_json::from_value(serde_json::json!({
+            "schema_version": 1, "run_id": "r", "case_id": "c", "group_id": group, "sample_idx": idx,
+            "R_task": reward, "rubric": [], "claims": [], "R_fact": 0.0, "lambda": 0.0, "R": reward, "steps": []
+        }))
+        .unwrap();
+        s.steps = adv
+            .iter()
+            .map(|&(a, g)| StepScore {
+                violations: vec![],
+                gamma: g,
+                advantage: a,
+            })
+            .collect();
+        s
+    }
+
+    #[test]
+    fn counts_flat_groups_informative_samples_and_advantage_extremes() {
+        let sc = vec![
+            // A flat group whose one penalized step still carries an advantage (SPAR).
+            scored("g1", 0, 0.5, &[(0.0, 1.0), (-0.4, 0.5)]),
+            scored("g1", 1, 0.5, &[(0.0, 1.0)]),
+            // A group with variance.
+            scored("g2", 0, 1.0, &[(1.0, 1.0)]),
+            scored("g2", 1, 0.0, &[(-1.0, 1.0)]),
+        ];
+        let t = RoundTally::of(&[], &sc);
+        let m: BTreeMap<String, f64> = t.metrics().into_iter().collect();
+        assert_eq!(m["rl/zero_variance_groups"], 0.5);
+        assert_eq!(m["rl/informative_samples"], 0.75);
+        assert_eq!(m["rl/penalized_steps"], 0.2);
+        assert_eq!(m["rl/adv_max"], 1.0);
+        assert_eq!(m["rl/adv_min"], -1.0);
+        assert!((m["rl/adv_mean"] - (-0.4 / 5.0)).abs() < 1e-12);
+        // No samples given: no stage is known, so no per-stage share is reported.
+        assert!(!m.contains_key("rl/stage_mix/inquiry"));
+    }
+
+    #[test]
+    fn sums_round_trip_and_one_rank_reduces_to_itself() {
+        let sc = vec![scored("g", 0, 1.0, &[(0.5, 0.3)])];
+        let t = RoundTally::of(&[], &sc);
+        let back = t.over_ranks(&spar_dist::Local).unwrap();
+        assert_eq!(back, t);
+    }
+}
