@@ -198,3 +198,98 @@ fn torchrun_launches_two_ranks_of_spar_train() {
     assert_eq!(metric_rows(&run, "rl/loss").len(), 1);
     assert!(run.join("final/model.safetensors").exists());
 }
+
+/// The launcher's child with `RANK=<rank>` in its environment.
+fn rank_pid(launcher: u32, rank: usize) -> Option<u32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": the comm may hold spaces, so read after its closing parenthesis.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid != Some(launcher) {
+            continue;
+        }
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if env
+            .split(|&b| b == 0)
+            .any(|kv| kv == format!("RANK={rank}").as_bytes())
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Kill -9 one rank mid-run: the launcher stops the other rank (SIGTERM, SIGKILL after `--grace-secs`, 10 s)
+/// and exits non-zero naming the killed rank, well within 60 s. `--resume` on 2 ranks is refused (not built);
+/// one process resumes from rank 0's last checkpoint and finishes the run, one metrics row per RL round.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_rank_killed_mid_run_stops_the_job_naming_it_and_resume_finishes_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let log = dir.path().join("launch.log");
+    let mut cmd = launch2();
+    tiny(&mut cmd, &run, 6).args(["--set", "trainer.save_every=1"]);
+    let mut child = cmd
+        .stdout(std::fs::File::create(dir.path().join("launch.out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Mid-run: once the first RL round is logged (and checkpointed), before the last.
+    let start = std::time::Instant::now();
+    while !run.join("metrics.jsonl").is_file() || metric_rows(&run, "rl/loss").is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(start.elapsed().as_secs() < 600, "no RL round in 600 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = rank_pid(child.id(), 1).expect("rank 1 among the launcher's children");
+    let killed = std::time::Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    let took = killed.elapsed();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !status.success(),
+        "the launcher exited 0 after a rank was killed:\n{err}"
+    );
+    assert!(err.contains("rank 1 failed"), "{err}");
+    assert!(took.as_secs() < 60, "the job took {took:?} to stop");
+    assert!(
+        metric_rows(&run, "rl/loss").len() < 6,
+        "the run finished before the kill"
+    );
+    // Resuming on 2 ranks is refused with the reason (checkpoints hold rank 0's state only); one process
+    // resumes rank 0's checkpoint and finishes the run.
+    let mut two = launch2();
+    tiny(&mut two, &run, 6).args(["--set", "trainer.save_every=1", "--resume"]);
+    let out = two.output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot resume yet"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut one = spar();
+    tiny(&mut one, &run, 6).args(["--set", "trainer.save_every=1", "--resume"]);
+    ok(&mut one);
+    assert_eq!(metric_rows(&run, "rl/loss").len(), 6);
+    assert!(run.join("final/model.safetensors").exists());
+}

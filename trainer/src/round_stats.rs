@@ -249,8 +249,9 @@ mod tests {
         assert_eq!(m["rl/adv_max"], 1.0);
         assert_eq!(m["rl/adv_min"], -1.0);
         assert!((m["rl/adv_mean"] - (-0.4 / 5.0)).abs() < 1e-12);
-        // No samples given: no stage is known, so no per-stage share is reported.
-        assert!(!m.contains_key("rl/stage_mix/inquiry"));
+        // No samples given: no stage is known, so no group counts under a stage and no sample in the mix.
+        assert!(!m.contains_key("rl/zero_variance_groups/inquiry"));
+        assert_eq!(m["rl/stage_mix/inquiry"], 0.0);
     }
 
     #[test]

@@ -147,6 +147,10 @@ fn watch(ranks: &mut [Rank], grace: Duration) -> Result<()> {
             stop(ranks, sig, grace);
             bail!("interrupted by signal {sig}: forwarded to every rank");
         }
+        // Every rank that ended since the last poll; of several failures, one killed by a signal comes first:
+        // a rank killed (kill -9, the OOM killer) makes its peers fail in their next collective within
+        // milliseconds, and the killed one is the cause to report.
+        let mut failed: Vec<(usize, std::process::ExitStatus)> = Vec::new();
         for (i, r) in ranks.iter_mut().enumerate() {
             if done[i] {
                 continue;
@@ -156,15 +160,24 @@ fn watch(ranks: &mut [Rank], grace: Duration) -> Result<()> {
             };
             done[i] = true;
             if !status.success() {
-                let failure = RankFailure {
-                    rank: r.global,
-                    status: describe(status),
-                    tail: Vec::new(),
-                };
-                stop(ranks, libc::SIGTERM, grace);
-                let tail = ranks[i].logs.finish_tail();
-                return Err(RankFailure { tail, ..failure }.into());
+                failed.push((i, status));
             }
+        }
+        if !failed.is_empty() {
+            use std::os::unix::process::ExitStatusExt;
+            let (i, status) = failed
+                .iter()
+                .find(|(_, s)| s.signal().is_some())
+                .copied()
+                .unwrap_or(failed[0]);
+            let failure = RankFailure {
+                rank: ranks[i].global,
+                status: describe(status),
+                tail: Vec::new(),
+            };
+            stop(ranks, libc::SIGTERM, grace);
+            let tail = ranks[i].logs.finish_tail();
+            return Err(RankFailure { tail, ..failure }.into());
         }
         if done.iter().all(|d| *d) {
             for r in ranks.iter_mut() {
