@@ -254,6 +254,45 @@ mod tests {
         assert_eq!(m["rl/stage_mix/inquiry"], 0.0);
     }
 
+    fn sample(group: &str, idx: u32, stage: &str) -> Sample {
+        serde_json::from_value(serde_json::json!({
+            "schema_version": 1, "run_id": "r", "case_id": "c", "group_id": group, "sample_idx": idx,
+            "stages": [stage], "mode": "fresh", "policy_version": 0, "end_reason": "done", "token_ids": [],
+            "loss_mask": [], "rollout_logprobs": [], "steps": [], "turns": []
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn groups_and_samples_count_under_their_stage() {
+        let samples = vec![
+            sample("a", 0, "inquiry"),
+            sample("a", 1, "inquiry"),
+            sample("b", 0, "ddx"),
+            sample("b", 1, "ddx"),
+            sample("c", 0, "ddx"),
+            sample("c", 1, "ddx"),
+        ];
+        let sc = vec![
+            scored("a", 0, 0.3, &[(0.0, 1.0)]),
+            scored("a", 1, 0.3, &[(0.0, 1.0)]),
+            scored("b", 0, 1.0, &[(1.0, 1.0)]),
+            scored("b", 1, 0.0, &[(-1.0, 1.0)]),
+            scored("c", 0, 0.5, &[(0.0, 1.0)]),
+            scored("c", 1, 0.5, &[(0.0, 1.0)]),
+        ];
+        let m: BTreeMap<String, f64> = RoundTally::of(&samples, &sc)
+            .metrics()
+            .into_iter()
+            .collect();
+        assert_eq!(m["rl/zero_variance_groups/inquiry"], 1.0);
+        assert_eq!(m["rl/zero_variance_groups/ddx"], 0.5);
+        assert!(!m.contains_key("rl/zero_variance_groups/lab"));
+        assert!((m["rl/stage_mix/inquiry"] - 1.0 / 3.0).abs() < 1e-12);
+        assert!((m["rl/stage_mix/ddx"] - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(m["rl/stage_mix/lab"], 0.0);
+    }
+
     #[test]
     fn sums_round_trip_and_one_rank_reduces_to_itself() {
         let sc = vec![scored("g", 0, 1.0, &[(0.5, 0.3)])];
