@@ -294,26 +294,20 @@ pub fn run_all(jobs: &[Job], out: &Path, opts: &RunOptions) -> Result<Vec<Outcom
             }
         }
         while !free_slots.is_empty() {
-            let ready = (0..jobs.len()).find(|&i| {
-                outcome[i].is_none()
-                    && !running.iter().any(|r| r.idx == i)
-                    && jobs[i].deps.iter().all(|d| {
-                        matches!(outcome[*d], Some(Outcome::Kept) | Some(Outcome::Done(_)))
-                    })
-            });
-            let Some(i) = ready else { break };
-            let slot = free_slots.pop().expect("a free slot");
-            // Runs that could use cores now: the running ones and every job whose prerequisites are done.
-            let waiting = (0..jobs.len())
-                .filter(|&k| {
-                    outcome[k].is_none()
-                        && !running.iter().any(|r| r.idx == k)
-                        && jobs[k].deps.iter().all(|d| {
+            // Jobs not started whose prerequisites are done, in plan order.
+            let ready: Vec<usize> = (0..jobs.len())
+                .filter(|&i| {
+                    outcome[i].is_none()
+                        && !running.iter().any(|r| r.idx == i)
+                        && jobs[i].deps.iter().all(|d| {
                             matches!(outcome[*d], Some(Outcome::Kept) | Some(Outcome::Done(_)))
                         })
                 })
-                .count();
-            let threads = opts.threads_for(running.len() + waiting);
+                .collect();
+            let Some(&i) = ready.first() else { break };
+            let slot = free_slots.pop().expect("a free slot");
+            // Runs that could use cores now: the running ones and every ready one (this one included).
+            let threads = opts.threads_for(running.len() + ready.len());
             match start(&jobs[i], out, opts, threads, slot) {
                 Ok(child) => {
                     running.push(Running {

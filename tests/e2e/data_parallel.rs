@@ -123,7 +123,7 @@ fn two_rank_rl_run_finishes_with_rank_zeros_outputs() {
             "{row}"
         );
         assert!(row.get("rl/reward_mean").is_some(), "{row}");
-        // The round's diagnostics are the union's (summed over the ranks): shares within [0, 1].
+        // The round's diagnostics are the union's (every rank's scores gathered): shares within [0, 1].
         for k in ["rl/zero_variance_groups", "rl/informative_samples"] {
             assert!(
                 row[k].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)),

@@ -5,7 +5,6 @@ use crate::session::Session;
 use anyhow::Result;
 use spar_core::{Sample, Scored, Stage};
 use spar_model::Qwen3Model;
-use std::collections::HashMap;
 use std::path::Path;
 
 /// The held-out evaluations of one run.
@@ -132,7 +131,8 @@ pub fn write_results(
     Ok(())
 }
 
-/// Reward, per-stage score, violation and hallucination rates of one round.
+/// Reward, per-stage score, violation and hallucination rates of one round, and its diagnostics
+/// ([`crate::round_stats`]).
 pub fn round_metrics(samples: &[Sample], scored: &[Scored]) -> Vec<(String, f64)> {
     let mut out = Vec::new();
     let kept: Vec<&Scored> = scored.iter().filter(|s| s.drop_reason.is_none()).collect();
@@ -151,10 +151,7 @@ pub fn round_metrics(samples: &[Sample], scored: &[Scored]) -> Vec<(String, f64)
         "rl/r_fact_mean".into(),
         mean(&kept.iter().map(|s| s.r_fact).collect::<Vec<_>>()),
     ));
-    let stage_of: HashMap<(&str, u32), Stage> = samples
-        .iter()
-        .filter_map(|s| Some(((s.group_id.as_str(), s.sample_idx), *s.stages.first()?)))
-        .collect();
+    let stage_of = crate::round_stats::stage_of(samples);
     for st in Stage::ALL {
         let g: Vec<f64> = kept
             .iter()
@@ -185,5 +182,6 @@ pub fn round_metrics(samples: &[Sample], scored: &[Scored]) -> Vec<(String, f64)
         "rl/dropped_groups_samples".into(),
         (scored.len() - kept.len()) as f64,
     ));
+    out.extend(crate::round_stats::RoundTally::of(samples, scored).metrics());
     out
 }

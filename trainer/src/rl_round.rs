@@ -118,11 +118,6 @@ pub fn learn_round(
         ],
     )?;
     let mut scalars = vec![("rl/samples_dropped".to_string(), counts[0])];
-    scalars.extend(
-        crate::round_stats::RoundTally::of(&round.samples, &round.scored)
-            .over_ranks(&*group)?
-            .metrics(),
-    );
     if counts[1] > 0.0 {
         let mean_version = counts[2] / counts[1];
         scalars.push(("rl/policy_lag".into(), version as f64 - mean_version));

@@ -1,5 +1,7 @@
 //! RL diagnostics of one round, from its samples and scores (issue 14): how much signal the round carried and
-//! where it came from. Written to `metrics.jsonl` / TensorBoard as `rl/*` next to the update's own numbers.
+//! where it came from. Part of `crate::report::round_metrics` (`rl/*` in `metrics.jsonl` / TensorBoard), so with
+//! data-parallel ranks they are the whole round's: `rl_phase` gathers every rank's scores and sample stages once
+//! for all the round's metrics.
 //!
 //! - `rl/zero_variance_groups` (and `/<stage>`): share of groups whose rewards R all agree, so GRPO-style
 //!   baselines give them no advantage but step penalties (SPAR);
@@ -9,19 +11,23 @@
 //! - `rl/stage_mix/<stage>`: share of the round's samples (segments) that play each stage;
 //! - `rl/claims_per_sample`, `rl/lambda_gt_half` (share of samples whose Fact-Aware gate lambda > 0.5),
 //!   `rl/r_fact_negative` (share with R_fact < 0: a refuted claim cost reward).
-//!
-//! With data-parallel ranks every rank holds its share of the round: [`RoundTally`] is summed (extremes maxed)
-//! over the ranks before the shares are taken, so every rank logs the whole round's numbers.
-use anyhow::Result;
 use spar_core::{Sample, Scored, Stage};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-/// Counts and sums of one round (or one rank's share), to be reduced over ranks and turned into metrics.
+/// The stage each sample (group id, sample index) plays: its first one (a segment has one).
+pub(crate) fn stage_of(samples: &[Sample]) -> HashMap<(&str, u32), Stage> {
+    samples
+        .iter()
+        .filter_map(|s| Some(((s.group_id.as_str(), s.sample_idx), *s.stages.first()?)))
+        .collect()
+}
+
+/// Counts and sums of one round, turned into shares by [`RoundTally::metrics`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RoundTally {
     groups: f64,
     zero_variance_groups: f64,
-    /// Per stage (`Stage::ALL` order; a group counts under its first sample's first stage).
+    /// Per stage (`Stage::ALL` order; a group counts under its first sample's stage).
     stage_groups: [f64; 4],
     stage_zero_variance: [f64; 4],
     stage_samples: [f64; 4],
@@ -34,9 +40,8 @@ pub struct RoundTally {
     claims: f64,
     lambda_gt_half: f64,
     r_fact_negative: f64,
-    /// max A and max -A (so one max-reduction gives both extremes).
     adv_max: f64,
-    adv_neg_max: f64,
+    adv_min: f64,
 }
 
 impl RoundTally {
@@ -44,18 +49,10 @@ impl RoundTally {
     pub fn of(samples: &[Sample], scored: &[Scored]) -> RoundTally {
         let mut t = RoundTally {
             adv_max: f64::NEG_INFINITY,
-            adv_neg_max: f64::NEG_INFINITY,
+            adv_min: f64::INFINITY,
             ..Default::default()
         };
-        let stage_of: BTreeMap<(&str, u32), Option<Stage>> = samples
-            .iter()
-            .map(|s| {
-                (
-                    (s.group_id.as_str(), s.sample_idx),
-                    s.stages.first().copied(),
-                )
-            })
-            .collect();
+        let stage_of = stage_of(samples);
         let mut groups: BTreeMap<&str, Vec<&Scored>> = BTreeMap::new();
         for s in scored {
             groups.entry(s.group_id.as_str()).or_default().push(s);
@@ -63,7 +60,7 @@ impl RoundTally {
         for (gid, members) in &groups {
             let stage = members
                 .iter()
-                .find_map(|s| stage_of.get(&(*gid, s.sample_idx)).copied().flatten());
+                .find_map(|s| stage_of.get(&(*gid, s.sample_idx)).copied());
             let lo = members
                 .iter()
                 .map(|s| s.reward)
@@ -81,7 +78,7 @@ impl RoundTally {
             }
             for s in members {
                 t.samples += 1.0;
-                if let Some(Some(st)) = stage_of.get(&(*gid, s.sample_idx)) {
+                if let Some(st) = stage_of.get(&(*gid, s.sample_idx)) {
                     t.stage_samples[st.index()] += 1.0;
                 }
                 t.informative += s.steps.iter().any(|x| x.advantage != 0.0) as u8 as f64;
@@ -91,7 +88,7 @@ impl RoundTally {
                     t.adv_sq_sum += x.advantage * x.advantage;
                     t.penalized_steps += (x.gamma < 1.0) as u8 as f64;
                     t.adv_max = t.adv_max.max(x.advantage);
-                    t.adv_neg_max = t.adv_neg_max.max(-x.advantage);
+                    t.adv_min = t.adv_min.min(x.advantage);
                 }
                 t.claims += s.claims.len() as f64;
                 t.lambda_gt_half += (s.lambda > 0.5) as u8 as f64;
@@ -99,55 +96,6 @@ impl RoundTally {
             }
         }
         t
-    }
-
-    fn sums(&self) -> Vec<f64> {
-        let mut v = vec![
-            self.groups,
-            self.zero_variance_groups,
-            self.samples,
-            self.informative,
-            self.steps,
-            self.adv_sum,
-            self.adv_sq_sum,
-            self.penalized_steps,
-            self.claims,
-            self.lambda_gt_half,
-            self.r_fact_negative,
-        ];
-        v.extend(self.stage_groups);
-        v.extend(self.stage_zero_variance);
-        v.extend(self.stage_samples);
-        v
-    }
-
-    fn from_sums(v: &[f64], adv_max: f64, adv_neg_max: f64) -> RoundTally {
-        let arr = |o: usize| [v[o], v[o + 1], v[o + 2], v[o + 3]];
-        RoundTally {
-            groups: v[0],
-            zero_variance_groups: v[1],
-            samples: v[2],
-            informative: v[3],
-            steps: v[4],
-            adv_sum: v[5],
-            adv_sq_sum: v[6],
-            penalized_steps: v[7],
-            claims: v[8],
-            lambda_gt_half: v[9],
-            r_fact_negative: v[10],
-            stage_groups: arr(11),
-            stage_zero_variance: arr(15),
-            stage_samples: arr(19),
-            adv_max,
-            adv_neg_max,
-        }
-    }
-
-    /// The whole round's tally: sums over the ranks of `group` (extremes maxed). Every rank must call it.
-    pub fn over_ranks(&self, group: &dyn spar_dist::Collectives) -> Result<RoundTally> {
-        let sums = spar_dist::sum_over_ranks(group, &self.sums())?;
-        let ext = spar_dist::max_over_ranks(group, &[self.adv_max, self.adv_neg_max])?;
-        Ok(RoundTally::from_sums(&sums, ext[0], ext[1]))
     }
 
     /// The metrics (see the module doc); shares of an empty count are left out.
@@ -203,7 +151,7 @@ impl RoundTally {
             out.push(("rl/adv_mean".into(), mean));
             out.push(("rl/adv_std".into(), var.sqrt()));
             out.push(("rl/adv_max".into(), self.adv_max));
-            out.push(("rl/adv_min".into(), -self.adv_neg_max));
+            out.push(("rl/adv_min".into(), self.adv_min));
         }
         out
     }
@@ -291,13 +239,5 @@ mod tests {
         assert!((m["rl/stage_mix/inquiry"] - 1.0 / 3.0).abs() < 1e-12);
         assert!((m["rl/stage_mix/ddx"] - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(m["rl/stage_mix/lab"], 0.0);
-    }
-
-    #[test]
-    fn sums_round_trip_and_one_rank_reduces_to_itself() {
-        let sc = vec![scored("g", 0, 1.0, &[(0.5, 0.3)])];
-        let t = RoundTally::of(&[], &sc);
-        let back = t.over_ranks(&spar_dist::Local).unwrap();
-        assert_eq!(back, t);
     }
 }
