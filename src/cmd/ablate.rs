@@ -113,6 +113,19 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     let report = spar_ablate::aggregate::aggregate(&spec, &refs)?;
+    if report.runs.iter().all(|r| !r.finished) {
+        anyhow::bail!(
+            "{}: none of the {} runs of {} has finished (no <run>/comparison.json there){}",
+            out.display(),
+            report.runs.len(),
+            args.spec.display(),
+            if args.report_only {
+                "; --report-only aggregates the run folders `spar ablate` wrote into --out"
+            } else {
+                ""
+            }
+        );
+    }
     let plots = spar_ablate::aggregate::write(&report_dir, &report, &command)?;
     if let Some(m) = report.metrics.first() {
         eprintln!(

@@ -214,3 +214,22 @@ fn ablate_runs_a_tiny_grid_on_a_shared_sft_and_resumes() {
     assert!(!o.status.success());
     assert!(stderr.contains("trainer.sft_steps"), "{stderr}");
 }
+
+#[test]
+fn report_only_on_a_folder_without_finished_runs_is_an_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "");
+    let empty = tmp.path().join("nothing-here");
+    let o = spar()
+        .arg("ablate")
+        .arg(&spec)
+        .arg("--out")
+        .arg(&empty)
+        .arg("--report-only")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{stderr}");
+    assert!(stderr.contains("none of the 6 runs"), "{stderr}");
+    assert!(stderr.contains("nothing-here"), "{stderr}");
+}
