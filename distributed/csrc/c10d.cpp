@@ -193,7 +193,16 @@ void* spar_pg_gloo_new(void* s, int rank, int size, int64_t timeout_ms, const ch
   }
 }
 
-void spar_pg_free(void* g) { delete static_cast<Group*>(g); }
+// Shuts the backend down before freeing it (destroy_process_group's work): ProcessGroupNCCL otherwise warns at exit
+// that it leaked its communicators; gloo's shutdown is a no-op.
+void spar_pg_free(void* g) {
+  auto* group = static_cast<Group*>(g);
+  try {
+    group->backend->shutdown();
+  } catch (...) {
+  }
+  delete group;
+}
 
 void* spar_pg_all_reduce(void* g, at::Tensor* t, int op, char* err, size_t len) {
   return new_work(err, len, [&] {

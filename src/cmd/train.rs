@@ -68,7 +68,10 @@ pub fn train(
     from_sft: Option<&Path>,
 ) -> Result<()> {
     let env = spar_dist::DistEnv::from_env()?;
-    let (builder, group): (_, Arc<dyn spar_dist::Collectives>) = if env.world_size > 1 {
+    // torchrun's contract joins a process group even for a world of one (as `init_process_group` does), so
+    // `--nproc-per-node 1` runs the collectives' engine (NCCL on a GPU); a one-task Slurm job stays local.
+    let launched = env.world_size > 1 || env.launcher == spar_dist::Launcher::Torchrun;
+    let (builder, group): (_, Arc<dyn spar_dist::Collectives>) = if launched {
         join(builder, &env)?
     } else {
         (builder, Arc::new(spar_dist::Local))
