@@ -239,6 +239,11 @@ impl Rollout {
     }
 
     /// How many cases this rollout plays from.
+    /// Whether case `id` is among this rollout's cases (its rank's shard under data parallelism).
+    pub fn has_case(&self, id: &str) -> bool {
+        self.cases.iter().any(|c| c.id == id)
+    }
+
     pub fn case_count(&self) -> usize {
         self.cases.len()
     }

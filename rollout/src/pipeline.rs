@@ -64,6 +64,41 @@ impl StagePools {
         }
         out
     }
+
+    /// The pools of rank `rank` of `world` from the pools `saved` ranks checkpointed (a resume on another world
+    /// size): each rank keeps the pooled segments of its own cases (`owns`; case shards partition the cases, so
+    /// every segment lands on exactly one rank, in the saved order), continues the case position at its share of
+    /// the cases opened so far, and the round count at the furthest rank's; rank 0 carries the summed counters.
+    pub fn reshard(
+        saved: Vec<StagePools>,
+        owns: impl Fn(&str) -> bool,
+        rank: usize,
+        world: usize,
+    ) -> StagePools {
+        let world = world.max(1) as u64;
+        let opened: u64 = saved.iter().map(|p| p.next_case).sum();
+        let mut out = StagePools {
+            next_case: opened / world + u64::from((rank as u64) < opened % world),
+            round: saved.iter().map(|p| p.round).max().unwrap_or(0),
+            ..Default::default()
+        };
+        for part in saved {
+            if rank == 0 {
+                for i in 0..4 {
+                    out.stats.groups_played[i] += part.stats.groups_played[i];
+                    out.stats.promoted[i] += part.stats.promoted[i];
+                    out.stats.gated_out[i] += part.stats.gated_out[i];
+                    out.stats.failed[i] += part.stats.failed[i];
+                }
+            }
+            for seg in part.pools.into_iter().flatten() {
+                if owns(&seg.case_id) {
+                    out.push(seg);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The gate of Eqs. 5-6 with top-m promotion: of the samples whose score reaches `tau`, the `top_m` best
@@ -94,6 +129,74 @@ pub fn promotion_candidates(scores: &[Option<f64>], can_continue: &[bool]) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn segment(case_id: &str, stage: Stage) -> Segment {
+        Segment {
+            case_id: case_id.into(),
+            stage,
+            prefix: Consultation {
+                case_id: case_id.into(),
+                mode: spar_core::sample::EpisodeMode::Fresh,
+                stream: Default::default(),
+                turns: vec![],
+                sim_dialogue: vec![],
+                next_user: None,
+                next_user_from_simulator: false,
+                stage,
+                truncated_replies: 0,
+            },
+            parent_group: None,
+            parent_score: None,
+        }
+    }
+
+    #[test]
+    fn resharding_sends_each_segment_to_the_rank_that_owns_its_case_and_shares_the_case_position() {
+        // Two saved ranks (cases c0 c2 on rank 0, c1 c3 on rank 1), resumed on three ranks owning c<r mod 3>.
+        let mut a = StagePools {
+            next_case: 5,
+            round: 4,
+            ..Default::default()
+        };
+        a.push(segment("c0", Stage::Ddx));
+        a.push(segment("c2", Stage::Lab));
+        a.stats.groups_played = [1, 2, 3, 4];
+        let mut b = StagePools {
+            next_case: 3,
+            round: 4,
+            ..Default::default()
+        };
+        b.push(segment("c1", Stage::Ddx));
+        b.push(segment("c3", Stage::Diag));
+        b.stats.groups_played = [10, 20, 30, 40];
+        let owner = |id: &str| id[1..].parse::<usize>().unwrap() % 3;
+        let parts: Vec<StagePools> = (0..3)
+            .map(|r| StagePools::reshard(vec![a.clone(), b.clone()], |id| owner(id) == r, r, 3))
+            .collect();
+        let ids = |p: &StagePools| -> Vec<String> {
+            p.pools
+                .iter()
+                .flatten()
+                .map(|s| s.case_id.clone())
+                .collect()
+        };
+        assert_eq!(ids(&parts[0]), ["c0", "c3"]);
+        assert_eq!(ids(&parts[1]), ["c1"]);
+        assert_eq!(ids(&parts[2]), ["c2"]);
+        // Every segment kept its stage; 8 cases opened split 3 / 3 / 2; the counters only on rank 0.
+        assert_eq!(parts[0].sizes(), [0, 1, 0, 1]);
+        assert_eq!(
+            parts.iter().map(|p| p.next_case).collect::<Vec<_>>(),
+            [3, 3, 2]
+        );
+        assert!(parts.iter().all(|p| p.round == 4));
+        assert_eq!(parts[0].stats.groups_played, [11, 22, 33, 44]);
+        assert_eq!(parts[1].stats, PipelineStats::default());
+        // One rank (resume in one process) keeps everything.
+        let one = StagePools::reshard(vec![a, b], |_| true, 0, 1);
+        assert_eq!(one.sizes(), [0, 2, 1, 1]);
+        assert_eq!(one.next_case, 8);
+    }
 
     #[test]
     fn a_best_sample_that_cannot_continue_gives_way_to_the_next_passing_one() {

@@ -228,16 +228,19 @@ fn rank_pid(launcher: u32, rank: usize) -> Option<u32> {
 }
 
 /// Kill -9 one rank mid-run: the launcher stops the other rank (SIGTERM, SIGKILL after `--grace-secs`, 10 s)
-/// and exits non-zero naming the killed rank, well within 60 s. `--resume` on 2 ranks is refused (not built);
-/// one process resumes from rank 0's last checkpoint and finishes the run, one metrics row per RL round.
+/// and exits non-zero naming the killed rank, well within 60 s. `--resume` on 2 ranks continues exactly: its
+/// losses and final weights equal those of the same run left alone (each rank resumes its own stage pools and
+/// RNG; gloo sums in a fixed order, so equal means bitwise here, asserted at 1e-6). A copy of the killed run
+/// resumed in one process (resharded: one rank takes both ranks' pooled segments) finishes too. The gate is
+/// opened (tau 0) so that every round pools segments and the ranks' pools differ (each holds its own cases).
 #[cfg(target_os = "linux")]
 #[test]
-fn a_rank_killed_mid_run_stops_the_job_naming_it_and_resume_finishes_the_run() {
+fn a_rank_killed_mid_run_stops_the_job_naming_it_and_resume_continues_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let log = dir.path().join("launch.log");
     let mut cmd = launch2();
-    tiny(&mut cmd, &run, 6).args(["--set", "trainer.save_every=1"]);
+    tiny(&mut cmd, &run, 6).args(["--set", "trainer.save_every=1", "--set", "rollout.tau=0.0"]);
     let mut child = cmd
         .stdout(std::fs::File::create(dir.path().join("launch.out")).unwrap())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -278,18 +281,74 @@ fn a_rank_killed_mid_run_stops_the_job_naming_it_and_resume_finishes_the_run() {
     );
     // Resuming on 2 ranks is refused with the reason (checkpoints hold rank 0's state only); one process
     // resumes rank 0's checkpoint and finishes the run.
-    let mut two = launch2();
-    tiny(&mut two, &run, 6).args(["--set", "trainer.save_every=1", "--resume"]);
-    let out = two.output().unwrap();
-    assert!(!out.status.success());
+    let left_alone = dir.path().join("left-alone");
+    let mut full = launch2();
+    tiny(&mut full, &left_alone, 6).args([
+        "--set",
+        "trainer.save_every=1",
+        "--set",
+        "rollout.tau=0.0",
+    ]);
+    ok(&mut full);
+    let resharded = dir.path().join("resharded");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cannot resume yet"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        Command::new("cp")
+            .arg("-r")
+            .arg(&run)
+            .arg(&resharded)
+            .status()
+            .unwrap()
+            .success()
     );
+    let mut two = launch2();
+    tiny(&mut two, &run, 6).args([
+        "--set",
+        "trainer.save_every=1",
+        "--set",
+        "rollout.tau=0.0",
+        "--resume",
+    ]);
+    ok(&mut two);
+    let (a, b) = (
+        metric_rows(&left_alone, "rl/loss"),
+        metric_rows(&run, "rl/loss"),
+    );
+    assert_eq!(b.len(), 6, "{b:?}");
+    for (x, y) in a.iter().zip(&b) {
+        let step = &y["step"];
+        for k in ["rl/loss", "rl/reward_mean", "rl/grad_norm"] {
+            let (x, y) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 1e-6 * x.abs().max(1.0),
+                "step {step}: {k} resumed {y}, left alone {x}"
+            );
+        }
+    }
+    let (wa, wb) = (
+        weights(&left_alone.join("final")),
+        weights(&run.join("final")),
+    );
+    assert_eq!(wa.len(), wb.len());
+    for ((n, x), (m, y)) in wa.iter().zip(&wb) {
+        assert_eq!(n, m);
+        let d = (x - y).abs().max().double_value(&[]);
+        assert!(
+            d <= 1e-6,
+            "{n}: the resumed run differs from the one left alone by {d}"
+        );
+    }
     let mut one = spar();
-    tiny(&mut one, &run, 6).args(["--set", "trainer.save_every=1", "--resume"]);
-    ok(&mut one);
-    assert_eq!(metric_rows(&run, "rl/loss").len(), 6);
-    assert!(run.join("final/model.safetensors").exists());
+    tiny(&mut one, &resharded, 6).args([
+        "--set",
+        "trainer.save_every=1",
+        "--set",
+        "rollout.tau=0.0",
+        "--resume",
+    ]);
+    let out = one.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("from 2 rank(s) to 1"), "{err}");
+    assert_eq!(metric_rows(&resharded, "rl/loss").len(), 6);
+    assert!(resharded.join("final/model.safetensors").exists());
 }

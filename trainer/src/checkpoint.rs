@@ -2,6 +2,10 @@
 //! pipeline's stage pools, dynamic rubric state and the claim-cache reference. A checkpoint is a folder written
 //! under a temporary name and renamed into place, so a crash never leaves half of one; `latest` names the newest;
 //! only the last N are kept.
+//!
+//! A data-parallel run's checkpoint also holds every rank's own state (`ranks/rank-<r>.json`: its stage pools
+//! and pending round; the weights and optimizer are the same on every rank), so that the same world size resumes
+//! exactly and another one reshards ([`read_rank_state`]).
 use crate::adamw::AdamW;
 use crate::policy::Policy;
 use anyhow::{Context, Result, bail};
@@ -150,6 +154,88 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
             st.format_version
         );
     }
+    Ok(st)
+}
+
+/// The world size a checkpoint's state was written by (`extra.world_size`; 1 when absent).
+pub fn saved_world(state: &TrainerState) -> usize {
+    state
+        .extra
+        .get("world_size")
+        .and_then(|v| v.as_u64())
+        .map_or(1, |w| w.max(1) as usize)
+}
+
+/// Rank `rank`'s state file in checkpoint `dir`.
+pub fn rank_state_path(dir: &Path, rank: usize) -> PathBuf {
+    dir.join("ranks").join(format!("rank-{rank:05}.json"))
+}
+
+/// Writes every rank's serialised [`TrainerState`] (index = rank) into `dir/ranks/`.
+pub fn write_rank_states(dir: &Path, states: &[Vec<u8>]) -> Result<()> {
+    std::fs::create_dir_all(dir.join("ranks"))?;
+    for (rank, bytes) in states.iter().enumerate() {
+        let p = rank_state_path(dir, rank);
+        std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// The state rank `rank` of a `world`-rank run resumes from checkpoint `dir`. On the world size that wrote it:
+/// the rank's own state (rank 0's is `trainer_state.json`). On another world size (resharding): rank 0's
+/// state, which every rank shares but for its stage pools and pending round, with the stage pools of all saved
+/// ranks under `extra.stage_pools_of_ranks` for the rollout to reshard (each rank keeps its own cases'
+/// segments) and no pending round (a round generated ahead is one rank's; it is played again).
+pub fn read_rank_state(dir: &Path, rank: usize, world: usize) -> Result<TrainerState> {
+    let main = read_state(dir)?;
+    let saved = saved_world(&main);
+    let read_rank = |r: usize| -> Result<TrainerState> {
+        if r == 0 {
+            return Ok(main.clone());
+        }
+        let p = rank_state_path(dir, r);
+        let text = std::fs::read_to_string(&p).with_context(|| {
+            format!(
+                "reading {} (the checkpoint was written by {saved} ranks)",
+                p.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("{}: not a trainer state", p.display()))
+    };
+    if saved == world {
+        let mut st = read_rank(rank)?;
+        st.extra.insert("world_size".into(), world.into());
+        return Ok(st);
+    }
+    let mut pools = Vec::with_capacity(saved);
+    let mut pending = 0;
+    for r in 0..saved {
+        let st = read_rank(r)?;
+        pending += usize::from(st.extra.contains_key("pending_round"));
+        if !st.stage_pools.is_null() {
+            pools.push(st.stage_pools);
+        }
+    }
+    if rank == 0 {
+        eprintln!(
+            "[train] resharding {} from {saved} rank(s) to {world}: stage pools go to the rank that owns each \
+             case{}",
+            dir.display(),
+            if pending > 0 {
+                format!("; {pending} round(s) generated ahead are dropped and played again")
+            } else {
+                String::new()
+            }
+        );
+    }
+    let mut st = main;
+    st.stage_pools = serde_json::Value::Null;
+    st.extra.remove("pending_round");
+    st.extra.insert(
+        "stage_pools_of_ranks".into(),
+        serde_json::Value::Array(pools),
+    );
+    st.extra.insert("world_size".into(), world.into());
     Ok(st)
 }
 

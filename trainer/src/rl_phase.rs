@@ -109,7 +109,15 @@ impl RlState {
             .get("learner_step")
             .and_then(|v| v.as_u64())
             .map_or(state.phase_step, |v| v as usize);
-        if !state.stage_pools.is_null() {
+        if let Some(saved) = state.extra.get("stage_pools_of_ranks") {
+            // Another world size wrote the checkpoint: keep the pooled segments of this rank's cases.
+            let saved: Vec<spar_rollout::StagePools> =
+                serde_json::from_value(saved.clone()).context("checkpoint stage_pools_of_ranks")?;
+            let (rank, world) = (self.learner.group.rank(), self.learner.group.world_size());
+            let pools =
+                spar_rollout::StagePools::reshard(saved, |id| rollout.has_case(id), rank, world);
+            rollout.restore_pools(pools);
+        } else if !state.stage_pools.is_null() {
             rollout.restore_pools(
                 serde_json::from_value(state.stage_pools.clone())
                     .context("checkpoint stage_pools")?,

@@ -54,13 +54,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
     let batching = batching_config(&tr)?;
     let use_gae = rewards.config().spar.estimator == spar_core::recipe::Estimator::Gae;
     if world > 1 {
-        check_data_parallel(
-            &tr,
-            use_gae,
-            resume,
-            rl_rollout.config().groups_per_step,
-            world,
-        )?;
+        check_data_parallel(&tr, use_gae, rl_rollout.config().groups_per_step, world)?;
         // Every rank starts from rank 0's weights (they are built from the same seed; this makes sure).
         let mut vars: Vec<(String, tch::Tensor)> = model.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -202,7 +196,6 @@ pub fn run(parts: TrainParts) -> Result<()> {
 fn check_data_parallel(
     tr: &spar_core::recipe::TrainerSection,
     use_gae: bool,
-    resume: bool,
     groups_per_step: usize,
     world: usize,
 ) -> Result<()> {
@@ -222,12 +215,6 @@ fn check_data_parallel(
         bail!(
             "rewards.spar.estimator = \"gae\" is not built for data-parallel training (the value head's \
              whitening and gradients are per rank): run it in one process"
-        );
-    }
-    if resume {
-        bail!(
-            "--resume with {world} ranks: checkpoints hold rank 0's state only (its stage pools, RNG and \
-             pending round), so a multi-process run cannot resume yet"
         );
     }
     Ok(())

@@ -61,9 +61,11 @@ impl Session {
         };
         let mut resume_dir = None;
         if resume {
-            match checkpoint::latest(&out.join("checkpoints"))? {
+            let latest = checkpoint::latest(&out.join("checkpoints"))?;
+            same_checkpoint_on_every_rank(&*group, latest.as_deref())?;
+            match latest {
                 Some(dir) => {
-                    state = checkpoint::read_state(&dir)?;
+                    state = checkpoint::read_rank_state(&dir, group.rank(), group.world_size())?;
                     eprintln!(
                         "[train] resuming from {} (phase {}, step {})",
                         dir.display(),
@@ -152,9 +154,23 @@ impl Session {
             rng: save_rng(self.seed, &self.rng),
             ..self.state.clone()
         };
+        // Resharded pools were handed to the rollout on resume; its own pools are saved below.
+        state.extra.remove("stage_pools_of_ranks");
         for p in parts {
             p.save_state(&mut state)?;
         }
+        // Every rank's own state (stage pools, pending round) goes into the checkpoint rank 0 writes.
+        let world = self.group.world_size();
+        let rank_states = if world > 1 {
+            state.extra.insert("world_size".into(), world.into());
+            Some(spar_dist::all_gather_bytes(
+                &*self.group,
+                &serde_json::to_vec(&state)?,
+            )?)
+        } else {
+            state.extra.remove("world_size");
+            None
+        };
         if !self.writer() {
             // Rank 0 writes the checkpoint; the others only keep the bookkeeping in step with it.
             self.state = state;
@@ -163,6 +179,9 @@ impl Session {
         let files = |dir: &Path| -> Result<()> {
             for p in parts {
                 p.save_files(dir)?;
+            }
+            if let Some(states) = &rank_states {
+                checkpoint::write_rank_states(dir, states)?;
             }
             Ok(())
         };
@@ -188,4 +207,36 @@ impl Session {
         self.state.phase = phase.into();
         self.state.phase_step = 0;
     }
+}
+
+/// Fails unless every rank found the same newest checkpoint (a run folder every rank sees, as the checkpoint
+/// of a multi-node job must be on a shared filesystem).
+fn same_checkpoint_on_every_rank(group: &dyn Collectives, latest: Option<&Path>) -> Result<()> {
+    if group.world_size() == 1 {
+        return Ok(());
+    }
+    let name = latest.map_or(String::new(), |p| p.display().to_string());
+    let seen = spar_dist::all_gather_bytes(group, name.as_bytes())?;
+    let differ: Vec<String> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.as_slice() != seen[0].as_slice())
+        .map(|(r, n)| {
+            let n = String::from_utf8_lossy(n);
+            format!("rank {r}: {}", if n.is_empty() { "none" } else { &n })
+        })
+        .collect();
+    if !differ.is_empty() {
+        anyhow::bail!(
+            "--resume: the ranks see different checkpoints (rank 0: {}; {}); the run folder must be one that \
+             every rank sees",
+            if seen[0].is_empty() {
+                "none".into()
+            } else {
+                String::from_utf8_lossy(&seen[0]).into_owned()
+            },
+            differ.join(", ")
+        );
+    }
+    Ok(())
 }
