@@ -38,6 +38,9 @@ pub struct AdamW {
     /// Optimizer steps taken (bias correction uses it).
     pub step: u64,
     params: Vec<ParamState>,
+    /// ||theta_after - theta_before|| / ||theta_before|| of the last [`AdamW::step`] (over the weights it
+    /// updates: the fp32 masters where there are some), a measure of how far one step moved the model.
+    pub last_update_ratio: f64,
 }
 
 impl AdamW {
@@ -69,6 +72,7 @@ impl AdamW {
             config,
             step: 0,
             params,
+            last_update_ratio: 0.0,
         }
     }
 
@@ -159,12 +163,17 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         let grads = self.grads();
+        // Squared norms summed on the device and read once (one sync per step, not one per parameter).
+        let mut norms: Option<(Tensor, Tensor)> = None;
         tch::no_grad(|| {
             for (p, g) in self.params.iter_mut().zip(grads) {
                 let mut target = match &p.master {
                     Some(m) => m.shallow_clone(),
                     None => p.param.shallow_clone(),
                 };
+                let before_sq = target.square().sum(Kind::Double);
+                // theta_after = theta (1 - lr wd) - update, so delta = -(lr wd theta + update).
+                let decay = (c.weight_decay != 0.0).then(|| &target * (lr * c.weight_decay));
                 if c.weight_decay != 0.0 {
                     let _ = target.g_mul_scalar_(1.0 - lr * c.weight_decay);
                 }
@@ -173,11 +182,24 @@ impl AdamW {
                 let _ = p.v.g_mul_scalar_(c.beta2);
                 let _ = p.v.g_add_(&(&g * &g * (1.0 - c.beta2)));
                 let denom = p.v.sqrt() / bc2.sqrt() + c.eps;
-                let _ = target.g_sub_(&(&p.m / denom * (lr / bc1)));
+                let update = &p.m / denom * (lr / bc1);
+                let delta_sq = match &decay {
+                    Some(d) => (d + &update).square().sum(Kind::Double),
+                    None => update.square().sum(Kind::Double),
+                };
+                let _ = target.g_sub_(&update);
                 if p.master.is_some() {
                     p.param.copy_(&target.to_kind(p.param.kind()));
                 }
+                norms = Some(match norms.take() {
+                    Some((b, d)) => (b + before_sq, d + delta_sq),
+                    None => (before_sq, delta_sq),
+                });
             }
+        });
+        self.last_update_ratio = norms.map_or(0.0, |(b, d)| {
+            let (b, d) = (b.double_value(&[]), d.double_value(&[]));
+            if b > 0.0 { (d / b).sqrt() } else { 0.0 }
         });
     }
 

@@ -134,13 +134,25 @@ impl Learner {
                 stats.outside_steps,
             ],
         )?;
-        let max = max_over_ranks(&*self.group, &[stats.mismatch_max])?[0];
+        // Maxima over the ranks (the minimum as the maximum of the negation; a rank without tokens sends -inf).
+        let m = max_over_ranks(
+            &*self.group,
+            &[
+                stats.mismatch_max,
+                stats.ratio_max.unwrap_or(f64::NEG_INFINITY),
+                -stats.ratio_min.unwrap_or(f64::INFINITY),
+            ],
+        )?;
+        let max = m[0];
+        let finite = |x: f64| x.is_finite().then_some(x);
         *stats = LossStats {
             tokens: v[0],
             pg_loss: v[1],
             clipped_low: v[2],
             clipped_high: v[3],
             ratio_sum: v[4],
+            ratio_min: finite(-m[2]),
+            ratio_max: finite(m[1]),
             kl_sum: v[5],
             entropy_sum: v[6],
             mismatch_sum: v[7],
@@ -269,6 +281,8 @@ pub struct RlExtras<'a> {
     /// [`crate::gae::token_rewards`]). With a critic the items' own advantages are ignored; GAE's replace them
     /// (the reverse-KL term of distillation, if any, is added to the token rewards).
     pub critic: Option<(&'a mut crate::critic::Critic, &'a [Vec<f32>])>,
+    /// After the last epoch, one more no-grad forward to measure KL(pi_old || pi_new) (`rl/kl_old_new`).
+    pub update_kl: bool,
 }
 
 impl RlExtras<'_> {
@@ -279,27 +293,38 @@ impl RlExtras<'_> {
             distill_coef: 0.0,
             task_coef: 1.0,
             critic: None,
+            update_kl: false,
         }
     }
 }
 
 /// The no-grad pass before the first update: pi_old, the reference, the old values of the critic, and the
 /// teachers' reverse-KL term folded into the advantages. Returns (old values per micro-batch, per-teacher sums of
-/// log pi_old - log pi_t over trained tokens).
+/// log pi_old - log pi_t over trained tokens, the number of trained tokens that are pi_old's argmax).
 fn old_pass(
     policy: &dyn Policy,
     reference: Option<&dyn Policy>,
     mbs: &mut [MicroBatch],
     extras: &RlExtras,
     loss_cfg: &PolicyLossConfig,
-) -> Result<(Vec<Tensor>, Vec<f64>)> {
+) -> Result<(Vec<Tensor>, Vec<f64>, f64)> {
     let mut old_values = Vec::new();
     let mut teacher_kl = vec![0.0; extras.teachers.len()];
+    let mut greedy = 0.0;
     tch::no_grad(|| -> Result<()> {
         for mb in mbs.iter_mut() {
             let out = forward_mb(policy, mb)?;
             let temp = loss_cfg.temperature;
             let old = crate::policy_loss::gather_logprobs(&out.logits, &mb.targets, temp);
+            // A sampled token that is the policy's argmax is what greedy decoding would have emitted there.
+            greedy += (out
+                .logits
+                .argmax(-1, false)
+                .eq_tensor(&mb.targets)
+                .to_kind(Kind::Float)
+                * &mb.mask)
+                .sum(Kind::Double)
+                .double_value(&[]);
             if let Some((critic, _)) = &extras.critic {
                 old_values.push(critic.head.values(&out.logits)?);
             }
@@ -355,7 +380,25 @@ fn old_pass(
         }
         Ok(())
     })?;
-    Ok((old_values, teacher_kl))
+    Ok((old_values, teacher_kl, greedy))
+}
+
+/// Sum over trained tokens of the k3 estimate of KL(pi_old || pi_theta) (`exp(d) - 1 - d`, d = log pi_theta -
+/// log pi_old: unbiased for samples from pi_old, never negative), with the current weights; no gradient.
+fn kl_old_new_sum(policy: &dyn Policy, mbs: &[MicroBatch], temperature: f64) -> Result<f64> {
+    tch::no_grad(|| -> Result<f64> {
+        let mut sum = 0.0;
+        for mb in mbs {
+            let out = forward_mb(policy, mb)?;
+            let new = crate::policy_loss::gather_logprobs(&out.logits, &mb.targets, temperature);
+            let old = mb.old_logp.as_ref().expect("filled by the old pass");
+            let ok = new.isfinite().logical_and(&old.isfinite());
+            let d = (&new - old).where_self(&ok, &new.zeros_like());
+            let k3 = d.exp() - 1.0 - &d;
+            sum += (k3 * &mb.mask).sum(Kind::Double).double_value(&[]);
+        }
+        Ok(sum)
+    })
 }
 
 /// Whether a loss term other than the advantage-weighted one trains the policy on its own: the entropy bonus,
@@ -423,7 +466,8 @@ pub fn rl_update_with(
         );
     }
     let mut mbs = micro_batches(items, batching, device)?;
-    let (old_values, mut teacher_kl) = old_pass(policy, reference, &mut mbs, extras, loss_cfg)?;
+    let (old_values, mut teacher_kl, greedy) =
+        old_pass(policy, reference, &mut mbs, extras, loss_cfg)?;
     // One decision for every rank: a rank whose own share has no advantage still takes part in the others'
     // update (its gradient is zero), or their gradient all-reduce would wait for it forever.
     if extras.critic.is_none()
@@ -446,7 +490,12 @@ pub fn rl_update_with(
     }
     let (total_tokens, total_seqs) = learner.global_totals(items)?;
     teacher_kl = sum_over_ranks(&*learner.group, &teacher_kl)?;
+    let greedy = sum_over_ranks(&*learner.group, &[greedy])?[0];
     let mut fixed = std::collections::BTreeMap::new();
+    fixed.insert(
+        "rl/greedy_token_frac".into(),
+        greedy / total_tokens.max(1.0),
+    );
     for ((name, _), kl) in extras.teachers.iter().zip(&teacher_kl) {
         fixed.insert(
             format!("distill/reverse_kl/{name}"),
@@ -556,6 +605,12 @@ pub fn rl_update_with(
         let (loss_sum, grad_norm, lr, skipped) = learner.apply(loss_sum)?;
         learner.global_stats(&mut stats)?;
         let mut extra = fixed.clone();
+        if !skipped {
+            extra.insert(
+                "rl/update_to_weight_ratio".into(),
+                learner.adamw.last_update_ratio,
+            );
+        }
         if let Some((critic, _)) = &mut extras.critic {
             let cs = critic.step(skipped);
             extra.insert("critic/value_loss".into(), vloss_sum);
@@ -576,6 +631,14 @@ pub fn rl_update_with(
             skipped_empty_advantage: false,
             extra,
         });
+    }
+    if extras.update_kl && reports.iter().any(|r| !r.skipped) {
+        let kl = kl_old_new_sum(policy, &mbs, loss_cfg.temperature)?;
+        let kl = sum_over_ranks(&*learner.group, &[kl])?[0];
+        if let Some(last) = reports.last_mut() {
+            last.extra
+                .insert("rl/kl_old_new".into(), kl / total_tokens.max(1.0));
+        }
     }
     Ok(reports)
 }

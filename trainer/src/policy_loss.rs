@@ -170,6 +170,11 @@ pub struct LossStats {
     pub clipped_low: f64,
     pub clipped_high: f64,
     pub ratio_sum: f64,
+    /// Extrema of the ratio over counted tokens (None: no counted token yet).
+    #[serde(default)]
+    pub ratio_min: Option<f64>,
+    #[serde(default)]
+    pub ratio_max: Option<f64>,
     pub kl_sum: f64,
     pub entropy_sum: f64,
     pub mismatch_sum: f64,
@@ -188,6 +193,8 @@ impl LossStats {
         self.clipped_low += o.clipped_low;
         self.clipped_high += o.clipped_high;
         self.ratio_sum += o.ratio_sum;
+        self.ratio_min = extremum(self.ratio_min, o.ratio_min, f64::min);
+        self.ratio_max = extremum(self.ratio_max, o.ratio_max, f64::max);
         self.kl_sum += o.kl_sum;
         self.entropy_sum += o.entropy_sum;
         self.mismatch_sum += o.mismatch_sum;
@@ -200,7 +207,7 @@ impl LossStats {
     /// Per-token means for logging.
     pub fn means(&self) -> Vec<(&'static str, f64)> {
         let n = self.tokens.max(1.0);
-        vec![
+        let mut out = vec![
             ("clip_frac_low", self.clipped_low / n),
             ("clip_frac_high", self.clipped_high / n),
             ("clip_frac", (self.clipped_low + self.clipped_high) / n),
@@ -212,7 +219,19 @@ impl LossStats {
             ("tis_truncated_frac", self.tis_truncated / n),
             ("non_finite_tokens", self.non_finite),
             ("tokens_outside_steps", self.outside_steps),
-        ]
+        ];
+        out.extend(self.ratio_min.map(|v| ("ratio_min", v)));
+        out.extend(self.ratio_max.map(|v| ("ratio_max", v)));
+        out
+    }
+}
+
+/// The extremum of two optional values (`pick` = min or max).
+fn extremum(a: Option<f64>, b: Option<f64>, pick: fn(f64, f64) -> f64) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(pick(x, y)),
+        (x, None) => x,
+        (None, y) => y,
     }
 }
 
@@ -328,6 +347,8 @@ pub fn policy_loss(
                 * &mask),
         ),
         ratio_sum: sum_f64(&(&ratio_d * &mask)),
+        ratio_min: masked_extremum(&ratio_d, &mask, f64::INFINITY),
+        ratio_max: masked_extremum(&ratio_d, &mask, f64::NEG_INFINITY),
         kl_sum,
         entropy_sum,
         mismatch_sum: sum_f64(&mismatch),
@@ -337,6 +358,17 @@ pub fn policy_loss(
         outside_steps,
     };
     PolicyLossOutput { loss, stats }
+}
+
+/// The min (`fill` = +inf) or max (`fill` = -inf) of `values` where `mask` > 0; None without such a token.
+fn masked_extremum(values: &Tensor, mask: &Tensor, fill: f64) -> Option<f64> {
+    if mask.sum(Kind::Double).double_value(&[]) <= 0.0 {
+        return None;
+    }
+    let v = values
+        .to_kind(Kind::Double)
+        .masked_fill(&mask.le(0.0), fill);
+    Some(if fill > 0.0 { v.min() } else { v.max() }.double_value(&[]))
 }
 
 /// Per-token entropy of the categorical distribution given by `logits` ([B, T, V] -> [B, T]).

@@ -78,6 +78,8 @@ pub struct LearnConfig<'a> {
     pub loss: &'a PolicyLossConfig,
     pub batching: &'a BatchingConfig,
     pub ppo_epochs: usize,
+    /// `trainer.update_kl`: measure KL(pi_old || pi_new) after the update.
+    pub update_kl: bool,
     pub routing_replay: bool,
     pub distill_coef: f64,
     pub task_coef: f64,
@@ -140,6 +142,7 @@ pub fn learn_round(
         distill_coef: cfg.distill_coef,
         task_coef: cfg.task_coef,
         critic: None,
+        update_kl: cfg.update_kl,
     };
     if let Some(c) = critic {
         rewards = crate::gae::token_rewards_for_items(&items, &round.samples, &round.scored)?;

@@ -10,7 +10,13 @@
 //!   gamma_j < 1 (a step detector fired);
 //! - `rl/stage_mix/<stage>`: share of the round's samples (segments) that play each stage;
 //! - `rl/claims_per_sample`, `rl/lambda_gt_half` (share of samples whose Fact-Aware gate lambda > 0.5),
-//!   `rl/r_fact_negative` (share with R_fact < 0: a refuted claim cost reward).
+//!   `rl/r_fact_negative` (share with R_fact < 0: a refuted claim cost reward), `rl/r_fact_p10|p50|p90`
+//!   (R_fact's quantiles over the samples that stated a claim), `rl/claim_cache_hit_rate` (share of claim
+//!   lookups the claim cache answered without the verifier);
+//! - `rl/gate_pass` (of the samples of a stage before Diagnosis that finished it, the share whose stage score
+//!   reached tau, Eqs. 5-6) and `rl/gate_pass_groups` (share of such groups with a sample through the gate:
+//!   the groups that can promote one to the next stage's pool).
+use spar_core::sample::EndReason;
 use spar_core::{Sample, Scored, Stage};
 use std::collections::{BTreeMap, HashMap};
 
@@ -42,6 +48,16 @@ pub struct RoundTally {
     r_fact_negative: f64,
     adv_max: f64,
     adv_min: f64,
+    /// R_fact of every sample with at least one claim.
+    r_facts: Vec<f64>,
+    cache_hits: f64,
+    cache_lookups: f64,
+    /// Samples of Inquiry / DDX / Lab that ended Done (through the gate) or GatedOut.
+    gate_passed: f64,
+    gate_judged: f64,
+    /// Groups of those stages, and those with a sample through the gate.
+    gate_groups: f64,
+    gate_groups_passing: f64,
 }
 
 impl RoundTally {
@@ -53,6 +69,10 @@ impl RoundTally {
             ..Default::default()
         };
         let stage_of = stage_of(samples);
+        let end_of: HashMap<(&str, u32), EndReason> = samples
+            .iter()
+            .map(|s| ((s.group_id.as_str(), s.sample_idx), s.end_reason))
+            .collect();
         let mut groups: BTreeMap<&str, Vec<&Scored>> = BTreeMap::new();
         for s in scored {
             groups.entry(s.group_id.as_str()).or_default().push(s);
@@ -76,6 +96,18 @@ impl RoundTally {
                 t.stage_groups[st.index()] += 1.0;
                 t.stage_zero_variance[st.index()] += flat as u8 as f64;
             }
+            if stage.is_some_and(|st| st != Stage::Diag) {
+                let ends: Vec<EndReason> = members
+                    .iter()
+                    .filter_map(|s| end_of.get(&(*gid, s.sample_idx)).copied())
+                    .filter(|e| matches!(e, EndReason::Done | EndReason::GatedOut))
+                    .collect();
+                let passed = ends.iter().filter(|e| **e == EndReason::Done).count() as f64;
+                t.gate_passed += passed;
+                t.gate_judged += ends.len() as f64;
+                t.gate_groups += 1.0;
+                t.gate_groups_passing += (passed > 0.0) as u8 as f64;
+            }
             for s in members {
                 t.samples += 1.0;
                 if let Some(st) = stage_of.get(&(*gid, s.sample_idx)) {
@@ -91,6 +123,12 @@ impl RoundTally {
                     t.adv_min = t.adv_min.min(x.advantage);
                 }
                 t.claims += s.claims.len() as f64;
+                if !s.claims.is_empty() {
+                    t.r_facts.push(s.r_fact);
+                }
+                let comp = |k: &str| s.components.get(k).copied().unwrap_or(0.0);
+                t.cache_hits += comp("claims_cached");
+                t.cache_lookups += comp("claims_cached") + comp("claims_verified");
                 t.lambda_gt_half += (s.lambda > 0.5) as u8 as f64;
                 t.r_fact_negative += (s.r_fact < 0.0) as u8 as f64;
             }
@@ -145,6 +183,26 @@ impl RoundTally {
             self.r_fact_negative,
             self.samples,
         );
+        share(
+            "rl/claim_cache_hit_rate".into(),
+            self.cache_hits,
+            self.cache_lookups,
+        );
+        share("rl/gate_pass".into(), self.gate_passed, self.gate_judged);
+        share(
+            "rl/gate_pass_groups".into(),
+            self.gate_groups_passing,
+            self.gate_groups,
+        );
+        if !self.r_facts.is_empty() {
+            let mut v = self.r_facts.clone();
+            v.sort_by(f64::total_cmp);
+            // Nearest-rank quantile: the smallest value with at least q of the samples at or below it.
+            let q = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+            out.push(("rl/r_fact_p10".into(), q(0.1)));
+            out.push(("rl/r_fact_p50".into(), q(0.5)));
+            out.push(("rl/r_fact_p90".into(), q(0.9)));
+        }
         if self.steps > 0.0 {
             let mean = self.adv_sum / self.steps;
             let var = (self.adv_sq_sum / self.steps - mean * mean).max(0.0);
@@ -239,5 +297,47 @@ mod tests {
         assert!((m["rl/stage_mix/inquiry"] - 1.0 / 3.0).abs() < 1e-12);
         assert!((m["rl/stage_mix/ddx"] - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(m["rl/stage_mix/lab"], 0.0);
+    }
+
+    #[test]
+    fn gate_passes_cache_hits_and_r_fact_quantiles() {
+        let mut samples = vec![
+            sample("a", 0, "inquiry"),
+            sample("a", 1, "inquiry"),
+            sample("b", 0, "ddx"),
+            sample("b", 1, "ddx"),
+            sample("d", 0, "diag"),
+        ];
+        samples[1].end_reason = EndReason::GatedOut;
+        samples[2].end_reason = EndReason::GatedOut;
+        samples[3].end_reason = EndReason::GatedOut;
+        let mut sc = vec![
+            scored("a", 0, 0.3, &[(0.0, 1.0)]),
+            scored("a", 1, 0.3, &[(0.0, 1.0)]),
+            scored("b", 0, 1.0, &[(1.0, 1.0)]),
+            scored("b", 1, 0.0, &[(-1.0, 1.0)]),
+            scored("d", 0, 0.5, &[(0.0, 1.0)]),
+        ];
+        let claim: spar_core::sample::ClaimRecord = serde_json::from_value(serde_json::json!({
+            "text": "x", "label": "refuted", "saliency": 1.0
+        }))
+        .unwrap();
+        for (i, r) in [(0, -1.0), (2, -0.5), (4, 0.0)] {
+            sc[i].claims = vec![claim.clone()];
+            sc[i].r_fact = r;
+            sc[i].components.insert("claims_cached".into(), 1.0);
+            sc[i].components.insert("claims_verified".into(), 2.0);
+        }
+        let m: BTreeMap<String, f64> = RoundTally::of(&samples, &sc)
+            .metrics()
+            .into_iter()
+            .collect();
+        // Inquiry: 1 of 2 through the gate; DDX: 0 of 2; the Diagnosis group has no gate.
+        assert_eq!(m["rl/gate_pass"], 0.25);
+        assert_eq!(m["rl/gate_pass_groups"], 0.5);
+        assert!((m["rl/claim_cache_hit_rate"] - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(m["rl/r_fact_p10"], -1.0);
+        assert_eq!(m["rl/r_fact_p50"], -0.5);
+        assert_eq!(m["rl/r_fact_p90"], 0.0);
     }
 }

@@ -139,6 +139,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
         loss: &loss_cfg,
         batching: &batching,
         ppo_epochs: tr.ppo_epochs,
+        update_kl: tr.update_kl,
         routing_replay: tr.routing_replay,
         distill_coef: tr.distill.coef,
         task_coef: tr.distill.task_coef,

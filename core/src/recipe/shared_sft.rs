@@ -38,6 +38,7 @@ pub const RL_ONLY_KEYS: &[&str] = &[
     "trainer.tis_cap",
     "trainer.routing_replay",
     "trainer.ppo_epochs",
+    "trainer.update_kl",
     "trainer.off_policy_one_step",
     "trainer.out_dir",
     "trainer.save_every",

@@ -92,6 +92,9 @@ pub struct TrainerSection {
     pub token_budget: usize,
     /// PPO epochs over each rollout batch.
     pub ppo_epochs: usize,
+    /// Measure KL(pi_old || pi_new) after each RL update (`rl/kl_old_new`): one more no-grad forward over the
+    /// round's batch.
+    pub update_kl: bool,
     pub bf16: bool,
     /// Skip a step with a non-finite loss or gradient; stop after this many in a row.
     pub max_bad_steps: usize,
@@ -266,6 +269,7 @@ impl Default for TrainerSection {
             micro_batch: 8,
             token_budget: 0,
             ppo_epochs: 1,
+            update_kl: true,
             bf16: false,
             max_bad_steps: 5,
             out_dir: PathBuf::from("runs/default"),

@@ -60,6 +60,37 @@ fn bf16_params_get_fp32_masters_and_state_round_trips() {
 }
 
 #[test]
+fn update_ratio_is_the_norm_of_the_change_over_the_norm_of_the_weights() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut p = vs.root().var("p", &[3], nn::Init::Const(0.0));
+    let mut q = vs.root().var("q", &[2], nn::Init::Const(0.0));
+    tch::no_grad(|| {
+        p.copy_(&Tensor::from_slice(&[1.0f32, -2.0, 0.5]));
+        q.copy_(&Tensor::from_slice(&[3.0f32, 0.25]));
+    });
+    let mut opt = AdamW::new(
+        &vs,
+        AdamWConfig {
+            weight_decay: 0.1,
+            ..AdamWConfig::default()
+        },
+    );
+    let before = Tensor::cat(&[p.copy(), q.copy()], 0);
+    ((&p * Tensor::from_slice(&[1.0f32, 0.3, -2.0])).sum(Kind::Float)
+        + (&q * Tensor::from_slice(&[-0.7f32, 4.0])).sum(Kind::Float))
+    .backward();
+    opt.step(0.05);
+    let after = Tensor::cat(&[p.copy(), q.copy()], 0);
+    let want = (&after - &before).norm().double_value(&[]) / before.norm().double_value(&[]);
+    assert!(want > 0.0);
+    assert!(
+        (opt.last_update_ratio - want).abs() < 1e-6 * want.max(1.0),
+        "{} vs {want}",
+        opt.last_update_ratio
+    );
+}
+
+#[test]
 fn grad_clip_scales_to_max_norm() {
     let vs = nn::VarStore::new(Device::Cpu);
     let p = vs.root().var("p", &[2], nn::Init::Const(0.0));

@@ -205,6 +205,7 @@ fn on_policy_reverse_kl_moves_the_student_toward_the_teacher() {
             distill_coef: 1.0,
             task_coef: 1.0,
             critic: None,
+            update_kl: false,
         };
         let rep = rl_update_with(
             &student,
@@ -273,6 +274,7 @@ fn on_policy_distillation_advantage_is_the_mean_teacher_log_ratio() {
         distill_coef: 0.5,
         task_coef: 2.0,
         critic: None,
+        update_kl: false,
     };
     let rep = rl_update_with(
         &s,

@@ -176,6 +176,7 @@ fn routing_replay_trains_with_the_rollouts_experts_and_the_switch_drops_them() {
             loss: &loss,
             batching: &batching,
             ppo_epochs: 1,
+            update_kl: false,
             routing_replay: replay,
             distill_coef: 0.0,
             task_coef: 1.0,
@@ -233,6 +234,7 @@ fn kl_to_the_reference_costs_kl_coef_times_kl_as_a_loss_or_in_the_reward() {
             loss: cfg,
             batching: &batching,
             ppo_epochs: 1,
+            update_kl: false,
             routing_replay: false,
             distill_coef: 0.0,
             task_coef: 1.0,
@@ -269,6 +271,47 @@ fn kl_to_the_reference_costs_kl_coef_times_kl_as_a_loss_or_in_the_reward() {
     let same = tiny_moe();
     let (_, kl_same) = run(&loss_cfg(beta, false), Some(&same));
     assert!(kl_same.unwrap().abs() < 1e-6, "{kl_same:?}");
+
+    // The update's own size: KL(pi_old || pi_new) and ||d theta|| / ||theta|| are positive after a step at
+    // lr 1e-3 and 0 at lr 0; the share of sampled tokens that are pi_old's argmax is a share.
+    let diagnostics = |lr: f64| {
+        let m = tiny_moe();
+        let mut l = learner(&m.vs, lr);
+        let lc = LearnConfig {
+            loss: &loss_cfg(0.0, false),
+            batching: &batching,
+            ppo_epochs: 1,
+            update_kl: true,
+            routing_replay: false,
+            distill_coef: 0.0,
+            task_coef: 1.0,
+            device: Device::Cpu,
+            reference: None,
+            placebo: None,
+        };
+        let out = learn_round(&m, &mut l, &round, 0, &lc, &[], None).unwrap();
+        let get = |k: &str| {
+            out.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| *v)
+                .unwrap_or_else(|| panic!("{k} missing from {out:?}"))
+        };
+        (
+            get("rl/kl_old_new"),
+            get("rl/update_to_weight_ratio"),
+            get("rl/greedy_token_frac"),
+        )
+    };
+    let (kl, ratio, greedy) = diagnostics(1e-3);
+    eprintln!("kl_old_new {kl:.3e}, update/weight {ratio:.3e}, greedy tokens {greedy:.3}");
+    assert!(kl > 1e-8 && ratio > 1e-6, "{kl} {ratio}");
+    assert!((0.0..=1.0).contains(&greedy), "{greedy}");
+    let (kl0, ratio0, greedy0) = diagnostics(0.0);
+    assert!(kl0.abs() < 1e-9 && ratio0 == 0.0, "{kl0} {ratio0}");
+    assert_eq!(
+        greedy0, greedy,
+        "pi_old is the same model before the update"
+    );
 }
 
 /// The default KL reference is the policy as RL starts, written once to `OUT/reference`: a later call (a resumed
