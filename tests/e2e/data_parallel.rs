@@ -66,29 +66,57 @@ fn weights(dir: &Path) -> Vec<(String, tch::Tensor)> {
 /// Float32 sums in another order (per-rank partial sums, then the all-reduce): losses at 1e-5 relative, weights
 /// after 3 AdamW steps (lr 3e-3) at 1e-5 absolute.
 #[test]
-fn two_rank_sft_equals_one_process_sft() {
+fn sft_on_two_and_four_ranks_equals_one_process_sft() {
     let dir = tempfile::tempdir().unwrap();
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
     ok(tiny(&mut spar(), &one, 0));
     ok(tiny(&mut launch2(), &two, 0));
-    let (a, b) = (metric_rows(&one, "sft/loss"), metric_rows(&two, "sft/loss"));
+    let four = dir.path().join("four");
+    let mut launch4 = spar();
+    launch4.args(["launch", "--nproc-per-node", "4", "--"]);
+    ok(tiny(&mut launch4, &four, 0));
+    let a = metric_rows(&one, "sft/loss");
     assert_eq!(a.len(), 3);
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(&b) {
-        for k in ["sft/loss", "sft/grad_norm", "sft/entropy"] {
-            let (x, y) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
-            assert!(
-                (x - y).abs() <= 1e-5 * x.abs().max(1.0),
-                "{k}: 2 ranks {y}, one process {x}"
-            );
+    for (ranks, run) in [(2, &two), (4, &four)] {
+        let b = metric_rows(run, "sft/loss");
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            for k in ["sft/loss", "sft/grad_norm", "sft/entropy"] {
+                let (x, y) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+                assert!(
+                    (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+                    "{k}: {ranks} ranks {y}, one process {x}"
+                );
+            }
         }
     }
-    let (wa, wb) = (weights(&one.join("final")), weights(&two.join("final")));
-    assert_eq!(wa.len(), wb.len());
-    for ((n, x), (m, y)) in wa.iter().zip(&wb) {
-        assert_eq!(n, m);
-        let d = (x - y).abs().max().double_value(&[]);
-        assert!(d <= 1e-5, "{n}: 2 ranks differ from one process by {d}");
+    // Weights: at 1e-5 on 2 ranks. On 4 ranks the sums are cut once more, and Adam divides each coordinate's
+    // gradient by its own running RMS, so a coordinate whose gradient nearly cancels (a rare token's embedding
+    // row) turns a float32-ulp difference into a visible one. Measured over the 544,512 weights: 2 ranks, 19
+    // beyond 1e-6 and none beyond 1e-5 (max 8.1e-6); 4 ranks, 82 beyond 1e-6 and one beyond 1e-5 (1.5e-5).
+    // Asserted: on 2 ranks every weight within 1e-5; on 4 every weight within 1e-4 (3 steps at lr 3e-3 bound a
+    // coordinate's drift by 9e-3); on both at most 1 in 1,000 beyond 1e-6.
+    let wa = weights(&one.join("final"));
+    for (ranks, run) in [(2, &two), (4, &four)] {
+        let wb = weights(&run.join("final"));
+        assert_eq!(wa.len(), wb.len());
+        let (mut beyond, mut total) = (0i64, 0i64);
+        for ((n, x), (m, y)) in wa.iter().zip(&wb) {
+            assert_eq!(n, m);
+            let diff = (x - y).abs();
+            let d = diff.max().double_value(&[]);
+            let limit = if ranks == 2 { 1e-5 } else { 1e-4 };
+            assert!(
+                d <= limit,
+                "{n}: {ranks} ranks differ from one process by {d}"
+            );
+            beyond += diff.gt(1e-6).sum(tch::Kind::Int64).int64_value(&[]);
+            total += diff.numel() as i64;
+        }
+        assert!(
+            beyond * 1_000 <= total,
+            "{ranks} ranks: {beyond} of {total} weights differ by more than 1e-6"
+        );
     }
 }
 
@@ -240,7 +268,14 @@ fn a_rank_killed_mid_run_stops_the_job_naming_it_and_resume_continues_exactly() 
     let run = dir.path().join("run");
     let log = dir.path().join("launch.log");
     let mut cmd = launch2();
-    tiny(&mut cmd, &run, 6).args(["--set", "trainer.save_every=1", "--set", "rollout.tau=0.0"]);
+    tiny(&mut cmd, &run, 6).args([
+        "--set",
+        "trainer.save_every=1",
+        "--set",
+        "rollout.tau=0.0",
+        "--set",
+        "rollout.groups_per_step=4",
+    ]);
     let mut child = cmd
         .stdout(std::fs::File::create(dir.path().join("launch.out")).unwrap())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -290,16 +325,20 @@ fn a_rank_killed_mid_run_stops_the_job_naming_it_and_resume_continues_exactly() 
         "rollout.tau=0.0",
     ]);
     ok(&mut full);
-    let resharded = dir.path().join("resharded");
-    assert!(
-        Command::new("cp")
-            .arg("-r")
-            .arg(&run)
-            .arg(&resharded)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let copy = |name: &str| {
+        let to = dir.path().join(name);
+        assert!(
+            Command::new("cp")
+                .arg("-r")
+                .arg(&run)
+                .arg(&to)
+                .status()
+                .unwrap()
+                .success()
+        );
+        to
+    };
+    let (resharded, on_four) = (copy("resharded"), copy("on-four"));
     let mut two = launch2();
     tiny(&mut two, &run, 6).args([
         "--set",
@@ -351,4 +390,20 @@ fn a_rank_killed_mid_run_stops_the_job_naming_it_and_resume_continues_exactly() 
     assert!(err.contains("from 2 rank(s) to 1"), "{err}");
     assert_eq!(metric_rows(&resharded, "rl/loss").len(), 6);
     assert!(resharded.join("final/model.safetensors").exists());
+    let mut four = spar();
+    four.args(["launch", "--nproc-per-node", "4", "--"]);
+    tiny(&mut four, &on_four, 6).args([
+        "--set",
+        "trainer.save_every=1",
+        "--set",
+        "rollout.tau=0.0",
+        "--set",
+        "rollout.groups_per_step=4",
+        "--resume",
+    ]);
+    let out = four.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("from 2 rank(s) to 4"), "{err}");
+    assert_eq!(metric_rows(&on_four, "rl/loss").len(), 6);
 }

@@ -69,8 +69,10 @@ impl RoundTally {
             ..Default::default()
         };
         let stage_of = stage_of(samples);
+        // Segments only (one stage each): a whole consultation's Done is not a gate decision.
         let end_of: HashMap<(&str, u32), EndReason> = samples
             .iter()
+            .filter(|s| s.stages.len() == 1)
             .map(|s| ((s.group_id.as_str(), s.sample_idx), s.end_reason))
             .collect();
         let mut groups: BTreeMap<&str, Vec<&Scored>> = BTreeMap::new();

@@ -200,7 +200,8 @@ fn check_data_parallel(
     groups_per_step: usize,
     world: usize,
 ) -> Result<()> {
-    if !groups_per_step.is_multiple_of(world) {
+    // An SFT-only run (no RL rounds) plays no groups.
+    if tr.steps > 0 && !groups_per_step.is_multiple_of(world) {
         bail!(
             "rollout.groups_per_step = {groups_per_step} is not divisible by the {world} data-parallel ranks \
              (each rank plays groups_per_step / {world} groups per round)"

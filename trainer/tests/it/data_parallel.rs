@@ -1,4 +1,4 @@
-//! The data-parallel learner on real processes (gloo on loopback, launched like `spar launch`): 2 and 3 ranks,
+//! The data-parallel learner on real processes (gloo on loopback, launched like `spar launch`): 2, 3 and 4 ranks,
 //! each on its share of the same global batches, against one process on the whole batches (`spar-dp-check`).
 //!
 //! Tolerance: the ranks compute the same float32 terms as the one process, only summed in another order (per-rank
@@ -45,7 +45,7 @@ fn weights(dir: &Path) -> Vec<(String, tch::Tensor)> {
 }
 
 #[test]
-fn two_and_three_ranks_take_the_one_process_steps() {
+fn two_three_and_four_ranks_take_the_one_process_steps() {
     let dir = tempfile::tempdir().unwrap();
     let one = dir.path().join("1");
     check(&one, 1);
@@ -55,7 +55,7 @@ fn two_and_three_ranks_take_the_one_process_steps() {
     // The batch with advantages only in rank 0's share still trains; the all-zero one skips.
     assert_eq!(steps1[2]["skipped"], false);
     assert_eq!(steps1[3]["skipped_empty_advantage"], true);
-    for n in [2, 3] {
+    for n in [2, 3, 4] {
         let d = dir.path().join(n.to_string());
         check(&d, n);
         let (rn, wn) = (report(&d), weights(&d));
