@@ -15,6 +15,10 @@ pub const FACT_TERM: &str = "fact_term";
 pub const LENGTH_BONUS: &str = "length_bonus";
 /// Mean over steps of R - R_j: what step penalties took away on average (0 without violations).
 pub const STEP_PENALTY_MEAN: &str = "step_penalty_mean";
+/// Sum over the sample's steps of |A_j|, and of |A_j - A_j(no penalties)|: the advantage the step penalties
+/// account for (the same estimator run with every gamma_j = 1; 0 for plain GRPO).
+pub const ADV_ABS: &str = "adv_abs";
+pub const ADV_PENALTY_ABS: &str = "adv_penalty_abs";
 /// Steps with at least one violation.
 pub const VIOLATED_STEPS: &str = "violated_steps";
 /// Baseline of the group (mean and spread of the unpenalized R over the samples left in the group).

@@ -447,6 +447,9 @@ impl RewardPipeline {
             let rewards: Vec<f64> = alive.iter().map(|&i| rs[i].reward).collect();
             let gammas: Vec<Vec<f64>> = alive.iter().map(|&i| rs[i].gammas.clone()).collect();
             let adv = advantage::estimate(&rewards, &gammas, &self.adv);
+            // The same estimator without step penalties: what of each advantage the penalties account for.
+            let unpenalized: Vec<Vec<f64>> = gammas.iter().map(|g| vec![1.0; g.len()]).collect();
+            let adv_plain = advantage::estimate(&rewards, &unpenalized, &self.adv);
             let (mu, sigma) = advantage::mean_std(&rewards, self.adv.std);
             if self.cfg.spar.dapo_filter && advantage::all_zero(&adv) {
                 group_drop = Some("dapo_zero_advantage: every advantage in the group is 0".into());
@@ -463,6 +466,15 @@ impl RewardPipeline {
                 c.insert(C::MU_RAW.into(), mu);
                 c.insert(C::SIGMA_RAW.into(), sigma);
                 c.insert(C::STEP_PENALTY_MEAN.into(), pen);
+                c.insert(C::ADV_ABS.into(), adv[k].iter().map(|a| a.abs()).sum());
+                c.insert(
+                    C::ADV_PENALTY_ABS.into(),
+                    adv[k]
+                        .iter()
+                        .zip(&adv_plain[k])
+                        .map(|(a, b)| (a - b).abs())
+                        .sum(),
+                );
                 adv_of.insert(i, adv[k].clone());
             }
         }

@@ -9,6 +9,8 @@
 //! - `rl/adv_mean|std|min|max`: over every step of every sample; `rl/penalized_steps`: share of steps with
 //!   gamma_j < 1 (a step detector fired);
 //! - `rl/stage_mix/<stage>`: share of the round's samples (segments) that play each stage;
+//! - `rl/penalty_adv_share`: sum |A_j - A_j(no penalties)| / sum |A_j| over steps, the share of the advantage
+//!   the step penalties account for (0 for plain GRPO);
 //! - `rl/claims_per_sample`, `rl/lambda_gt_half` (share of samples whose Fact-Aware gate lambda > 0.5),
 //!   `rl/r_fact_negative` (share with R_fact < 0: a refuted claim cost reward), `rl/r_fact_p10|p50|p90`
 //!   (R_fact's quantiles over the samples that stated a claim), `rl/claim_cache_hit_rate` (share of claim
@@ -52,6 +54,8 @@ pub struct RoundTally {
     r_facts: Vec<f64>,
     cache_hits: f64,
     cache_lookups: f64,
+    adv_abs: f64,
+    adv_penalty_abs: f64,
     /// Samples of Inquiry / DDX / Lab that ended Done (through the gate) or GatedOut.
     gate_passed: f64,
     gate_judged: f64,
@@ -131,6 +135,8 @@ impl RoundTally {
                 let comp = |k: &str| s.components.get(k).copied().unwrap_or(0.0);
                 t.cache_hits += comp("claims_cached");
                 t.cache_lookups += comp("claims_cached") + comp("claims_verified");
+                t.adv_abs += comp("adv_abs");
+                t.adv_penalty_abs += comp("adv_penalty_abs");
                 t.lambda_gt_half += (s.lambda > 0.5) as u8 as f64;
                 t.r_fact_negative += (s.r_fact < 0.0) as u8 as f64;
             }
@@ -191,6 +197,11 @@ impl RoundTally {
             self.cache_lookups,
         );
         share("rl/gate_pass".into(), self.gate_passed, self.gate_judged);
+        share(
+            "rl/penalty_adv_share".into(),
+            self.adv_penalty_abs,
+            self.adv_abs,
+        );
         share(
             "rl/gate_pass_groups".into(),
             self.gate_groups_passing,
@@ -329,6 +340,8 @@ mod tests {
             sc[i].r_fact = r;
             sc[i].components.insert("claims_cached".into(), 1.0);
             sc[i].components.insert("claims_verified".into(), 2.0);
+            sc[i].components.insert("adv_abs".into(), 2.0);
+            sc[i].components.insert("adv_penalty_abs".into(), 0.5);
         }
         let m: BTreeMap<String, f64> = RoundTally::of(&samples, &sc)
             .metrics()
@@ -341,5 +354,6 @@ mod tests {
         assert_eq!(m["rl/r_fact_p10"], -1.0);
         assert_eq!(m["rl/r_fact_p50"], -0.5);
         assert_eq!(m["rl/r_fact_p90"], 0.0);
+        assert_eq!(m["rl/penalty_adv_share"], 0.25);
     }
 }

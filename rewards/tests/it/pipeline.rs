@@ -101,6 +101,13 @@ async fn whole_episode_eq1_eq7_eq8_by_hand() {
     close(out[1].components["mu_raw"], mu);
     close(out[1].components["sigma_raw"], sigma);
     close(out[1].components["step_penalty_mean"], (0.9 * r[1]) / 2.0);
+    // Of sample 1's advantage, the penalty accounts for |A_2 - (r_1 - mu) / sigma| = 0.9 r_1 / sigma.
+    close(
+        out[1].components["adv_abs"],
+        ((r[1] - mu) / sigma).abs() + ((0.1 * r[1] - mu) / sigma).abs(),
+    );
+    close(out[1].components["adv_penalty_abs"], 0.9 * r[1] / sigma);
+    close(out[0].components["adv_penalty_abs"], 0.0);
     close(out[0].components["g_diag"], 1.0);
     close(out[2].components["g_diag"], 0.2); // J20.9 vs J18.9: same chapter only
     let m = p.metrics();
@@ -115,6 +122,7 @@ async fn estimator_switch_and_sample_std() {
     let p = RewardPipeline::new(&c, Injected::default()).await.unwrap();
     let out = p.score_group(&case(), &whole_group()).await;
     close(out[1].steps[0].advantage, out[1].steps[1].advantage); // plain GRPO ignores the step penalty
+    close(out[1].components["adv_penalty_abs"], 0.0);
     let mut c = cfg();
     c.spar.std = StdKind::Sample;
     let p = RewardPipeline::new(&c, Injected::default()).await.unwrap();
