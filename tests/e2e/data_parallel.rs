@@ -255,6 +255,21 @@ fn rank_pid(launcher: u32, rank: usize) -> Option<u32> {
     None
 }
 
+/// The killed run's settings (and every resume's): a checkpoint every round; the gate opened (tau 0) so that every
+/// round pools segments and the ranks' pools differ (each holds its own cases); 4 groups per round so that 4 ranks
+/// can share them; an entropy bonus so that every round trains (the tiny model's rewards are all 0 this early, so
+/// without it every update would be skipped and the weights could not tell a right resume from a wrong one).
+const KILLED_RUN: [&str; 8] = [
+    "--set",
+    "trainer.save_every=1",
+    "--set",
+    "rollout.tau=0.0",
+    "--set",
+    "rollout.groups_per_step=4",
+    "--set",
+    "trainer.entropy_coef=0.01",
+];
+
 /// Kill -9 one rank mid-run: the launcher stops the other rank (SIGTERM, SIGKILL after `--grace-secs`, 10 s)
 /// and exits non-zero naming the killed rank, well within 60 s. `--resume` on 2 ranks continues exactly: its
 /// losses and final weights equal those of the same run left alone (each rank resumes its own stage pools and
@@ -268,14 +283,7 @@ fn a_rank_killed_mid_run_stops_the_job_naming_it_and_resume_continues_exactly() 
     let run = dir.path().join("run");
     let log = dir.path().join("launch.log");
     let mut cmd = launch2();
-    tiny(&mut cmd, &run, 6).args([
-        "--set",
-        "trainer.save_every=1",
-        "--set",
-        "rollout.tau=0.0",
-        "--set",
-        "rollout.groups_per_step=4",
-    ]);
+    tiny(&mut cmd, &run, 6).args(KILLED_RUN);
     let mut child = cmd
         .stdout(std::fs::File::create(dir.path().join("launch.out")).unwrap())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -318,13 +326,13 @@ fn a_rank_killed_mid_run_stops_the_job_naming_it_and_resume_continues_exactly() 
     // resumes rank 0's checkpoint and finishes the run.
     let left_alone = dir.path().join("left-alone");
     let mut full = launch2();
-    tiny(&mut full, &left_alone, 6).args([
-        "--set",
-        "trainer.save_every=1",
-        "--set",
-        "rollout.tau=0.0",
-    ]);
+    tiny(&mut full, &left_alone, 6).args(KILLED_RUN);
     ok(&mut full);
+    // Every round trains: the equalities below compare real updates.
+    for row in metric_rows(&left_alone, "rl/loss") {
+        assert_eq!(row["rl/skipped"].as_f64(), Some(0.0), "{row}");
+        assert!(row["rl/grad_norm"].as_f64().unwrap() > 0.0, "{row}");
+    }
     let copy = |name: &str| {
         let to = dir.path().join(name);
         assert!(
@@ -340,13 +348,7 @@ fn a_rank_killed_mid_run_stops_the_job_naming_it_and_resume_continues_exactly() 
     };
     let (resharded, on_four) = (copy("resharded"), copy("on-four"));
     let mut two = launch2();
-    tiny(&mut two, &run, 6).args([
-        "--set",
-        "trainer.save_every=1",
-        "--set",
-        "rollout.tau=0.0",
-        "--resume",
-    ]);
+    tiny(&mut two, &run, 6).args(KILLED_RUN).arg("--resume");
     ok(&mut two);
     let (a, b) = (
         metric_rows(&left_alone, "rl/loss"),
@@ -377,13 +379,9 @@ fn a_rank_killed_mid_run_stops_the_job_naming_it_and_resume_continues_exactly() 
         );
     }
     let mut one = spar();
-    tiny(&mut one, &resharded, 6).args([
-        "--set",
-        "trainer.save_every=1",
-        "--set",
-        "rollout.tau=0.0",
-        "--resume",
-    ]);
+    tiny(&mut one, &resharded, 6)
+        .args(KILLED_RUN)
+        .arg("--resume");
     let out = one.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
@@ -392,15 +390,9 @@ fn a_rank_killed_mid_run_stops_the_job_naming_it_and_resume_continues_exactly() 
     assert!(resharded.join("final/model.safetensors").exists());
     let mut four = spar();
     four.args(["launch", "--nproc-per-node", "4", "--"]);
-    tiny(&mut four, &on_four, 6).args([
-        "--set",
-        "trainer.save_every=1",
-        "--set",
-        "rollout.tau=0.0",
-        "--set",
-        "rollout.groups_per_step=4",
-        "--resume",
-    ]);
+    tiny(&mut four, &on_four, 6)
+        .args(KILLED_RUN)
+        .arg("--resume");
     let out = four.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
