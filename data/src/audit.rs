@@ -491,7 +491,8 @@ fn current_user() -> (String, Option<u32>) {
     (name, uid)
 }
 
-fn hostname() -> String {
+/// This machine's host name (HOSTNAME, else the kernel's; "unknown" when neither is readable).
+pub fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())

@@ -89,6 +89,8 @@ pub fn train(
     if group.rank() != 0 {
         return spar_trainer::run::run(builder.train_parts_on(&out, resume, group)?);
     }
+    // One writer per run folder, for the whole run (released when this returns).
+    let _lock = spar_trainer::run_lock::RunLock::acquire(&out, &spar_data::audit::hostname())?;
     let (builder, resume) = shared_sft(builder, &out, resume, from_sft)?;
     let recipe = builder.recipe();
     let mut spec = spar_data::audit::AuditSpec::for_dir(command, &out)

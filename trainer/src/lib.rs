@@ -9,7 +9,8 @@
 //! - [`off_policy`]: colocated vs one-step off-policy round scheduling; [`rl_round`]: one RL round (play, learn)
 //! - [`adamw`], [`schedule`]: AdamW with savable state and fp32 masters; warmup + constant / cosine
 //! - [`learner`]: one optimisation step (pi_old pass, accumulation, clipping, NaN/Inf guard)
-//! - [`checkpoint`], [`rng`]: atomic checkpoints, keep-last-N, exact resume
+//! - [`checkpoint`], [`rng`]: atomic checkpoints, keep-last-N, exact resume; [`run_lock`]: one run per run
+//!   folder
 //! - [`run`]: `spar train` over [`parts::TrainParts`] (built by spar-app from the recipe): held-out
 //!   evaluations around [`sft_phase`] and [`rl_phase`], results in [`report`]; [`session`]: the run folder,
 //!   resume point and checkpoints that ask each part ([`session::Checkpointed`]) for its state;
@@ -47,6 +48,7 @@ pub mod rl_round;
 pub mod rng;
 pub mod round_stats;
 pub mod run;
+pub mod run_lock;
 pub mod schedule;
 pub mod session;
 pub mod sft_phase;
