@@ -31,10 +31,12 @@ impl MetricsLogger {
                     .map(|l| format!("{l}\n"))
                     .collect();
                 spar_core::fsio::write_atomic(&path, kept.as_bytes())?;
+                crate::tfevent::cut_back(&run_dir.join("tb"), step)?;
             }
-            Some(_) => {}
+            Some(step) => crate::tfevent::cut_back(&run_dir.join("tb"), step)?,
             None => {
                 let _ = std::fs::remove_file(&path);
+                crate::tfevent::remove_events(&run_dir.join("tb"))?;
             }
         }
         let jsonl = std::fs::OpenOptions::new()

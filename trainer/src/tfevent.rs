@@ -128,12 +128,161 @@ impl EventWriter {
     }
 }
 
+/// The records of an event file (each record's event bytes), up to the first damaged one: a run killed
+/// mid-write leaves a partial record at the end, which is dropped.
+fn read_records(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at + 12 <= bytes.len() {
+        let len_bytes = &bytes[at..at + 8];
+        let len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes")) as usize;
+        let len_crc = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().expect("4 bytes"));
+        let (start, end) = (at + 12, (at + 12).saturating_add(len));
+        if masked_crc(len_bytes) != len_crc || end.saturating_add(4) > bytes.len() {
+            break;
+        }
+        let data = &bytes[start..end];
+        let crc = u32::from_le_bytes(bytes[end..end + 4].try_into().expect("4 bytes"));
+        if masked_crc(data) != crc {
+            break;
+        }
+        out.push(data);
+        at = end + 4;
+    }
+    out
+}
+
+fn read_varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The `step` of an encoded `Event` (0 when absent, as protobuf defaults it).
+fn event_step(e: &[u8]) -> Option<i64> {
+    let mut at = 0;
+    let mut step = 0i64;
+    while at < e.len() {
+        let k = read_varint(e, &mut at)?;
+        match (k >> 3, k & 7) {
+            (2, 0) => step = read_varint(e, &mut at)? as i64,
+            (_, 0) => {
+                read_varint(e, &mut at)?;
+            }
+            (_, 1) => at += 8,
+            (_, 2) => at += read_varint(e, &mut at)? as usize,
+            (_, 5) => at += 4,
+            _ => return None,
+        }
+    }
+    (at == e.len()).then_some(step)
+}
+
+/// The steps of the events in the event file `path`, in order (the file-version header counts as step 0).
+pub fn read_steps(path: &Path) -> Result<Vec<i64>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(read_records(&bytes)
+        .into_iter()
+        .filter_map(event_step)
+        .collect())
+}
+
+/// Cuts every event file in `dir` back to the events of steps <= `step` (a resumed run, as `metrics.jsonl` is
+/// cut back), rewriting a file atomically only when something goes; damaged tails are dropped too.
+pub fn cut_back(dir: &Path, step: usize) -> Result<()> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd {
+        let path = e?.path();
+        let is_events = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("events.out.tfevents."));
+        if !is_events || !path.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let records = read_records(&bytes);
+        let kept: Vec<&[u8]> = records
+            .iter()
+            .copied()
+            .filter(|r| event_step(r).is_some_and(|s| s <= step as i64))
+            .collect();
+        let whole: usize = records.iter().map(|r| r.len() + 16).sum();
+        if kept.len() == records.len() && whole == bytes.len() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        for r in kept {
+            let len = (r.len() as u64).to_le_bytes();
+            out.extend_from_slice(&len);
+            out.extend_from_slice(&masked_crc(&len).to_le_bytes());
+            out.extend_from_slice(r);
+            out.extend_from_slice(&masked_crc(r).to_le_bytes());
+        }
+        spar_core::fsio::write_atomic(&path, &out)?;
+    }
+    Ok(())
+}
+
+/// Removes the event files of `dir` (a fresh run into a used folder starts its curves afresh).
+pub fn remove_events(dir: &Path) -> Result<()> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd {
+        let path = e?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("events.out.tfevents."))
+        {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_back_keeps_the_steps_up_to_the_resume_point_and_drops_a_damaged_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = EventWriter::create(dir.path()).unwrap();
+        for step in 1..=5 {
+            a.scalars(step, &[("rl/loss", step as f64)]).unwrap();
+        }
+        let path = a.path.clone();
+        drop(a);
+        // A record cut short by a kill.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let whole = bytes.len();
+        let mut b = EventWriter::create(&dir.path().join("x")).unwrap();
+        b.scalars(6, &[("rl/loss", 6.0)]).unwrap();
+        let extra = std::fs::read(&b.path).unwrap();
+        bytes.extend_from_slice(&extra[..extra.len() - 3]);
+        std::fs::write(&path, &bytes).unwrap();
+        // The header of the second file came along whole (step 0); its step-6 record is cut short.
+        assert_eq!(read_steps(&path).unwrap(), [0, 1, 2, 3, 4, 5, 0]);
+        cut_back(dir.path(), 3).unwrap();
+        assert_eq!(read_steps(&path).unwrap(), [0, 1, 2, 3, 0]);
+        assert!(std::fs::read(&path).unwrap().len() < whole);
+        remove_events(dir.path()).unwrap();
+        assert!(!path.exists());
+    }
+
     #[test]
     fn crc32c_known_vector() {
         // RFC 3720 test vector: 32 bytes of zeros.
-        assert_eq!(super::crc32c(&[0u8; 32]), 0x8A91_36AA);
-        assert_eq!(super::crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(&[0u8; 32]), 0x8A91_36AA);
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
     }
 }
