@@ -241,7 +241,11 @@ impl Rollout {
     /// How many cases this rollout plays from.
     /// Whether case `id` is among this rollout's cases (its rank's shard under data parallelism).
     pub fn has_case(&self, id: &str) -> bool {
-        self.cases.iter().any(|c| c.id == id)
+        self.find_case(id).is_some()
+    }
+
+    fn find_case(&self, id: &str) -> Option<&Arc<Case>> {
+        self.cases.iter().find(|c| c.id == id)
     }
 
     pub fn case_count(&self) -> usize {
@@ -426,13 +430,9 @@ impl Rollout {
     }
 
     fn case(&self, id: &str) -> Result<Arc<Case>> {
-        self.cases
-            .iter()
-            .find(|c| c.id == id)
-            .cloned()
-            .with_context(|| {
-                format!("pooled segment of case {id:?}, which is not among the loaded cases")
-            })
+        self.find_case(id).cloned().with_context(|| {
+            format!("pooled segment of case {id:?}, which is not among the loaded cases")
+        })
     }
 
     fn env(

@@ -28,6 +28,18 @@ pub struct PipelineStats {
     pub failed: [u64; 4],
 }
 
+impl PipelineStats {
+    /// Adds `other`'s counters, stage by stage.
+    pub fn add(&mut self, other: &PipelineStats) {
+        for i in 0..4 {
+            self.groups_played[i] += other.groups_played[i];
+            self.promoted[i] += other.promoted[i];
+            self.gated_out[i] += other.gated_out[i];
+            self.failed[i] += other.failed[i];
+        }
+    }
+}
+
 /// The per-stage pools D_k (Inquiry's pool holds nothing: fresh cases start there on demand) and the position
 /// in the case list.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -84,12 +96,7 @@ impl StagePools {
         };
         for part in saved {
             if rank == 0 {
-                for i in 0..4 {
-                    out.stats.groups_played[i] += part.stats.groups_played[i];
-                    out.stats.promoted[i] += part.stats.promoted[i];
-                    out.stats.gated_out[i] += part.stats.gated_out[i];
-                    out.stats.failed[i] += part.stats.failed[i];
-                }
+                out.stats.add(&part.stats);
             }
             for seg in part.pools.into_iter().flatten() {
                 if owns(&seg.case_id) {

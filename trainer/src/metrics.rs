@@ -12,31 +12,34 @@ pub struct MetricsLogger {
 }
 
 impl MetricsLogger {
-    /// Opens `run_dir/metrics.jsonl`. With `resume_step`, lines past that step (written after the checkpoint
-    /// the run resumes from) are dropped, so the log matches what the resumed run will write again.
+    /// Opens `run_dir/metrics.jsonl` and a new event file in `run_dir/tb/`. With `resume_step`, lines and events
+    /// past that step (written after the checkpoint the run resumes from) are dropped, so the logs match what the
+    /// resumed run will write again; without, the old ones are removed.
     pub fn open(run_dir: &Path, resume_step: Option<usize>) -> Result<Self> {
         std::fs::create_dir_all(run_dir)?;
         let path = run_dir.join("metrics.jsonl");
+        let tb = run_dir.join("tb");
         match resume_step {
-            Some(step) if path.exists() => {
-                let text = std::fs::read_to_string(&path)?;
-                let kept: String = text
-                    .lines()
-                    .filter(|l| {
-                        serde_json::from_str::<serde_json::Value>(l)
-                            .ok()
-                            .and_then(|v| v.get("step")?.as_u64())
-                            .is_some_and(|s| s as usize <= step)
-                    })
-                    .map(|l| format!("{l}\n"))
-                    .collect();
-                spar_core::fsio::write_atomic(&path, kept.as_bytes())?;
-                crate::tfevent::cut_back(&run_dir.join("tb"), step)?;
+            Some(step) => {
+                if path.exists() {
+                    let text = std::fs::read_to_string(&path)?;
+                    let kept: String = text
+                        .lines()
+                        .filter(|l| {
+                            serde_json::from_str::<serde_json::Value>(l)
+                                .ok()
+                                .and_then(|v| v.get("step")?.as_u64())
+                                .is_some_and(|s| s as usize <= step)
+                        })
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                    spar_core::fsio::write_atomic(&path, kept.as_bytes())?;
+                }
+                crate::tfevent::cut_back(&tb, step)?;
             }
-            Some(step) => crate::tfevent::cut_back(&run_dir.join("tb"), step)?,
             None => {
                 let _ = std::fs::remove_file(&path);
-                crate::tfevent::remove_events(&run_dir.join("tb"))?;
+                crate::tfevent::remove_events(&tb)?;
             }
         }
         let jsonl = std::fs::OpenOptions::new()
@@ -44,7 +47,7 @@ impl MetricsLogger {
             .append(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        let tb = EventWriter::create(&run_dir.join("tb"))?;
+        let tb = EventWriter::create(&tb)?;
         Ok(MetricsLogger { jsonl, tb, path })
     }
 

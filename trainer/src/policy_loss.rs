@@ -329,8 +329,10 @@ pub fn policy_loss(
     }
 
     let ratio_d = ratio.detach();
+    let tokens = sum_f64(&mask);
+    let (ratio_min, ratio_max) = masked_range(&ratio_d, &mask, tokens);
     let stats = LossStats {
-        tokens: sum_f64(&mask),
+        tokens,
         pg_loss: sum_f64(&(pg.detach() * &mask)),
         clipped_low: sum_f64(
             &(ratio_d
@@ -347,8 +349,8 @@ pub fn policy_loss(
                 * &mask),
         ),
         ratio_sum: sum_f64(&(&ratio_d * &mask)),
-        ratio_min: masked_extremum(&ratio_d, &mask, f64::INFINITY),
-        ratio_max: masked_extremum(&ratio_d, &mask, f64::NEG_INFINITY),
+        ratio_min,
+        ratio_max,
         kl_sum,
         entropy_sum,
         mismatch_sum: sum_f64(&mismatch),
@@ -360,15 +362,18 @@ pub fn policy_loss(
     PolicyLossOutput { loss, stats }
 }
 
-/// The min (`fill` = +inf) or max (`fill` = -inf) of `values` where `mask` > 0; None without such a token.
-fn masked_extremum(values: &Tensor, mask: &Tensor, fill: f64) -> Option<f64> {
-    if mask.sum(Kind::Double).double_value(&[]) <= 0.0 {
-        return None;
+/// (min, max) of `values` where `mask` > 0, given the mask's sum `tokens`; None without such a token.
+fn masked_range(values: &Tensor, mask: &Tensor, tokens: f64) -> (Option<f64>, Option<f64>) {
+    if tokens <= 0.0 {
+        return (None, None);
     }
-    let v = values
-        .to_kind(Kind::Double)
-        .masked_fill(&mask.le(0.0), fill);
-    Some(if fill > 0.0 { v.min() } else { v.max() }.double_value(&[]))
+    let (v, off) = (values.to_kind(Kind::Double), mask.le(0.0));
+    let min = v.masked_fill(&off, f64::INFINITY).min().double_value(&[]);
+    let max = v
+        .masked_fill(&off, f64::NEG_INFINITY)
+        .max()
+        .double_value(&[]);
+    (Some(min), Some(max))
 }
 
 /// Per-token entropy of the categorical distribution given by `logits` ([B, T, V] -> [B, T]).

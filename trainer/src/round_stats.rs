@@ -20,6 +20,7 @@
 //!   the groups that can promote one to the next stage's pool).
 use spar_core::sample::EndReason;
 use spar_core::{Sample, Scored, Stage};
+use spar_rewards::components as C;
 use std::collections::{BTreeMap, HashMap};
 
 /// The stage each sample (group id, sample index) plays: its first one (a segment has one).
@@ -133,10 +134,10 @@ impl RoundTally {
                     t.r_facts.push(s.r_fact);
                 }
                 let comp = |k: &str| s.components.get(k).copied().unwrap_or(0.0);
-                t.cache_hits += comp("claims_cached");
-                t.cache_lookups += comp("claims_cached") + comp("claims_verified");
-                t.adv_abs += comp("adv_abs");
-                t.adv_penalty_abs += comp("adv_penalty_abs");
+                t.cache_hits += comp(C::CLAIMS_CACHED);
+                t.cache_lookups += comp(C::CLAIMS_CACHED) + comp(C::CLAIMS_VERIFIED);
+                t.adv_abs += comp(C::ADV_ABS);
+                t.adv_penalty_abs += comp(C::ADV_PENALTY_ABS);
                 t.lambda_gt_half += (s.lambda > 0.5) as u8 as f64;
                 t.r_fact_negative += (s.r_fact < 0.0) as u8 as f64;
             }

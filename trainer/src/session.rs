@@ -217,24 +217,21 @@ fn same_checkpoint_on_every_rank(group: &dyn Collectives, latest: Option<&Path>)
     }
     let name = latest.map_or(String::new(), |p| p.display().to_string());
     let seen = spar_dist::all_gather_bytes(group, name.as_bytes())?;
+    let label = |n: &[u8]| match n {
+        [] => "none".to_string(),
+        _ => String::from_utf8_lossy(n).into_owned(),
+    };
     let differ: Vec<String> = seen
         .iter()
         .enumerate()
-        .filter(|(_, n)| n.as_slice() != seen[0].as_slice())
-        .map(|(r, n)| {
-            let n = String::from_utf8_lossy(n);
-            format!("rank {r}: {}", if n.is_empty() { "none" } else { &n })
-        })
+        .filter(|(_, n)| *n != &seen[0])
+        .map(|(r, n)| format!("rank {r}: {}", label(n)))
         .collect();
     if !differ.is_empty() {
         anyhow::bail!(
             "--resume: the ranks see different checkpoints (rank 0: {}; {}); the run folder must be one that \
              every rank sees",
-            if seen[0].is_empty() {
-                "none".into()
-            } else {
-                String::from_utf8_lossy(&seen[0]).into_owned()
-            },
+            label(&seen[0]),
             differ.join(", ")
         );
     }

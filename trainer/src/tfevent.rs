@@ -77,6 +77,37 @@ fn scalar_summary(scalars: &[(&str, f64)]) -> Vec<u8> {
     s
 }
 
+/// The name every event file starts with (TensorBoard reads every such file of a folder).
+const EVENTS_PREFIX: &str = "events.out.tfevents.";
+
+/// One TFRecord: length, its masked CRC, the data, the data's masked CRC.
+fn write_record(out: &mut impl Write, data: &[u8]) -> std::io::Result<()> {
+    let len = (data.len() as u64).to_le_bytes();
+    out.write_all(&len)?;
+    out.write_all(&masked_crc(&len).to_le_bytes())?;
+    out.write_all(data)?;
+    out.write_all(&masked_crc(data).to_le_bytes())
+}
+
+/// The event files of `dir` (none when it does not exist).
+fn event_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let path = e?.path();
+        if path.is_file()
+            && path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(EVENTS_PREFIX))
+        {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
 /// Appends events to one `events.out.tfevents.*` file.
 pub struct EventWriter {
     file: std::io::BufWriter<std::fs::File>,
@@ -95,7 +126,7 @@ impl EventWriter {
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(format!(
-            "events.out.tfevents.{}.spar.{}",
+            "{EVENTS_PREFIX}{}.spar.{}",
             now() as u64,
             std::process::id()
         ));
@@ -111,12 +142,7 @@ impl EventWriter {
     }
 
     fn record(&mut self, data: &[u8]) -> Result<()> {
-        let len = (data.len() as u64).to_le_bytes();
-        self.file.write_all(&len)?;
-        self.file.write_all(&masked_crc(&len).to_le_bytes())?;
-        self.file.write_all(data)?;
-        self.file.write_all(&masked_crc(data).to_le_bytes())?;
-        Ok(())
+        Ok(write_record(&mut self.file, data)?)
     }
 
     pub fn scalars(&mut self, step: i64, scalars: &[(&str, f64)]) -> Result<()> {
@@ -197,17 +223,7 @@ pub fn read_steps(path: &Path) -> Result<Vec<i64>> {
 /// Cuts every event file in `dir` back to the events of steps <= `step` (a resumed run, as `metrics.jsonl` is
 /// cut back), rewriting a file atomically only when something goes; damaged tails are dropped too.
 pub fn cut_back(dir: &Path, step: usize) -> Result<()> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for e in rd {
-        let path = e?.path();
-        let is_events = path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("events.out.tfevents."));
-        if !is_events || !path.is_file() {
-            continue;
-        }
+    for path in event_files(dir)? {
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let records = read_records(&bytes);
         let kept: Vec<&[u8]> = records
@@ -215,17 +231,14 @@ pub fn cut_back(dir: &Path, step: usize) -> Result<()> {
             .copied()
             .filter(|r| event_step(r).is_some_and(|s| s <= step as i64))
             .collect();
+        // Each record is framed by 16 bytes (length 8, its CRC 4, the data's CRC 4).
         let whole: usize = records.iter().map(|r| r.len() + 16).sum();
         if kept.len() == records.len() && whole == bytes.len() {
             continue;
         }
         let mut out = Vec::with_capacity(bytes.len());
         for r in kept {
-            let len = (r.len() as u64).to_le_bytes();
-            out.extend_from_slice(&len);
-            out.extend_from_slice(&masked_crc(&len).to_le_bytes());
-            out.extend_from_slice(r);
-            out.extend_from_slice(&masked_crc(r).to_le_bytes());
+            write_record(&mut out, r)?;
         }
         spar_core::fsio::write_atomic(&path, &out)?;
     }
@@ -234,17 +247,8 @@ pub fn cut_back(dir: &Path, step: usize) -> Result<()> {
 
 /// Removes the event files of `dir` (a fresh run into a used folder starts its curves afresh).
 pub fn remove_events(dir: &Path) -> Result<()> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for e in rd {
-        let path = e?.path();
-        if path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("events.out.tfevents."))
-        {
-            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        }
+    for path in event_files(dir)? {
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     }
     Ok(())
 }
