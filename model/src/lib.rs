@@ -10,6 +10,7 @@ pub mod config;
 pub mod generate;
 pub mod graph_decode;
 pub mod moe;
+pub mod param_units;
 pub mod qwen3;
 pub mod rope;
 pub mod tokenizer;
@@ -20,6 +21,7 @@ pub use chat::ChatTemplate;
 pub use config::{ModelType, Qwen3Config, RopeScaling};
 pub use graph_decode::{GraphDecodeOutput, GraphDecoder, GraphStats, NextTokens};
 pub use moe::{aux_load_balancing_loss, aux_load_balancing_loss_masked};
+pub use param_units::{ParamUnits, Unit};
 pub use qwen3::{
     ForwardInput, ForwardOutput, Qwen3Model, positions_from_seq_ids, token_logprobs,
     try_token_logprobs,

@@ -5,9 +5,11 @@
 use crate::cache::KvCache;
 use crate::config::Qwen3Config;
 use crate::moe::{MoeWeights, moe_forward};
+use crate::param_units::{ParamUnits, Unit};
 use crate::rope::{Rope, apply_rotary};
 use anyhow::{Context, Result, bail, ensure};
 use spar_kernels::rms_norm;
+use std::sync::Arc;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -175,6 +177,8 @@ pub struct Qwen3Model {
     kind: Kind,
     device: Device,
     checkpointing: bool,
+    /// Fully sharded training's hooks (see [`crate::param_units`]); None: the parameters are always whole.
+    units: Option<Arc<dyn ParamUnits>>,
 }
 
 /// Shape of every parameter in `vs`, by name (the VarStore layout described on [`Qwen3Model`]).
@@ -322,6 +326,7 @@ impl Qwen3Model {
             kind,
             device,
             checkpointing: false,
+            units: None,
         })
     }
 
@@ -345,6 +350,50 @@ impl Qwen3Model {
     /// Whether activation checkpointing is on.
     pub fn activation_checkpointing(&self) -> bool {
         self.checkpointing
+    }
+
+    /// Hands the parameters to a sharding trainer (None: back to always whole). With hooks set, every forward
+    /// gathers each unit before use and releases it after, and a forward that records autograd is
+    /// activation-checkpointed (see [`crate::param_units`]).
+    pub fn set_param_units(&mut self, units: Option<Arc<dyn ParamUnits>>) {
+        self.units = units;
+    }
+
+    /// The parameter units: the root, then every decoder layer.
+    pub fn units(&self) -> Vec<Unit> {
+        std::iter::once(Unit::Root)
+            .chain((0..self.layers.len()).map(Unit::Layer))
+            .collect()
+    }
+
+    /// `unit`'s parameters by name, in name order (the order of [`ParamUnits::reduce_grads`]). The tensors are
+    /// the model's own (shallow clones: re-pointing one's data re-points the model's).
+    pub fn unit_params(&self, unit: Unit) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(name, _)| match unit {
+                Unit::Root => !name.starts_with("model.layers."),
+                Unit::Layer(l) => name.starts_with(&format!("model.layers.{l}.")),
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn gather(&self, unit: Unit) -> Result<()> {
+        match &self.units {
+            Some(u) => u.gather(unit),
+            None => Ok(()),
+        }
+    }
+
+    fn release(&self, unit: Unit) -> Result<()> {
+        match &self.units {
+            Some(u) => u.release(unit),
+            None => Ok(()),
+        }
     }
 
     /// The token embedding matrix `[vocab, H]` (also the LM head when tied).
@@ -409,6 +458,7 @@ impl Qwen3Model {
         }
         let dev = self.device;
         let ids = input_ids.f_to_device(dev)?;
+        self.gather(Unit::Root)?;
 
         // Cache bookkeeping (host lengths) and the attention mask.
         let mut plan = None;
@@ -521,7 +571,8 @@ impl Qwen3Model {
             None => None,
         };
 
-        let checkpoint = self.checkpointing && cache.is_none() && grad_enabled()?;
+        let checkpoint =
+            (self.checkpointing || self.units.is_some()) && cache.is_none() && grad_enabled()?;
         let mut router_logits = Vec::new();
         let mut experts = Vec::new();
         let (hidden, tape) = if checkpoint {
@@ -531,9 +582,11 @@ impl Qwen3Model {
             let mut steps = Vec::with_capacity(self.layers.len());
             for (l, layer) in self.layers.iter().enumerate() {
                 let forced = self.forced_for(layer, forced_flat.as_ref())?;
+                self.gather(Unit::Layer(l))?;
                 let (out, moe) = tch::no_grad(|| {
                     self.layer_forward(layer, &x, &cos, &sin, &attn, None, forced.as_ref())
                 })?;
+                self.release(Unit::Layer(l))?;
                 let out_leaf = out.f_detach()?.f_set_requires_grad(true)?;
                 let (router_leaf, chosen) = match moe {
                     Some((rl, ex)) => {
@@ -563,14 +616,16 @@ impl Qwen3Model {
             (x, Some(tape))
         } else {
             let mut x = ids.f_embedding_as(&self.embed, self.pad_idx())?;
-            for layer in &self.layers {
+            for (l, layer) in self.layers.iter().enumerate() {
                 let forced = self.forced_for(layer, forced_flat.as_ref())?;
                 let cache_step = match (cache.as_deref_mut(), plan.as_ref()) {
                     (Some(c), Some(p)) => Some((c, p)),
                     _ => None,
                 };
+                self.gather(Unit::Layer(l))?;
                 let (out, moe) =
                     self.layer_forward(layer, &x, &cos, &sin, &attn, cache_step, forced.as_ref())?;
+                self.release(Unit::Layer(l))?;
                 if let Some((rl, ex)) = moe {
                     router_logits.push(rl);
                     experts.push(ex);
@@ -585,6 +640,10 @@ impl Qwen3Model {
             }
         }
         let logits = self.head(&hidden)?;
+        if tape.is_none() {
+            // No backward follows (a checkpointed forward keeps the root whole until its backward).
+            self.release(Unit::Root)?;
+        }
         let routed_experts = if experts.is_empty() {
             None
         } else {
@@ -603,6 +662,9 @@ impl Qwen3Model {
     /// last hidden state and the router logits, each layer is recomputed from its saved input (same forced
     /// experts) and its gradient pushed through, last layer first, then the embedding.
     pub fn backward(&self, loss: &Tensor, out: &ForwardOutput) -> Result<()> {
+        if let (Some(units), Some(tape)) = (&self.units, &out.tape) {
+            return self.backward_sharded(&**units, loss, tape);
+        }
         loss.f_backward()?;
         let Some(tape) = &out.tape else { return Ok(()) };
         let mut upstream: Option<Tensor> = None; // grad of the current step's output, once known
@@ -640,6 +702,91 @@ impl Qwen3Model {
             tape.embed_out.f_mul(&g)?.f_sum(Kind::Float)?.f_backward()?;
         }
         Ok(())
+    }
+
+    /// [`Qwen3Model::backward`] under fully sharded training: the same recomputation, but every gradient is
+    /// taken with `autograd.grad` semantics (nothing accumulates in `.grad`) and handed to `units` unit by
+    /// unit, each layer gathered just before its recomputation and released after. Every unit is gathered and
+    /// reduced on every rank, even one whose share left it without gradient (collectives must match).
+    fn backward_sharded(
+        &self,
+        units: &dyn ParamUnits,
+        loss: &Tensor,
+        tape: &CheckpointTape,
+    ) -> Result<()> {
+        let root: Vec<Tensor> = self
+            .unit_params(Unit::Root)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        let last = match tape.steps.last() {
+            Some(s) => s.out_leaf.shallow_clone(),
+            None => tape.embed_out.shallow_clone(),
+        };
+        // The loss reaches the last hidden state, the router logits (aux loss) and the root's head weights.
+        let routers: Vec<(usize, Tensor)> = tape
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.router_leaf.as_ref().map(|r| (i, r.shallow_clone())))
+            .collect();
+        let mut inputs = vec![last];
+        inputs.extend(routers.iter().map(|(_, r)| r.shallow_clone()));
+        inputs.extend(root.iter().map(|t| t.shallow_clone()));
+        let mut grads = grads_of(loss, &inputs)?.into_iter();
+        let mut upstream = grads.next().flatten();
+        let mut router_grads: Vec<Option<Tensor>> = nones(tape.steps.len());
+        for (i, _) in &routers {
+            router_grads[*i] = grads.next().flatten();
+        }
+        let mut root_grads: Vec<Option<Tensor>> = grads.collect();
+        for (i, step) in tape.steps.iter().enumerate().rev() {
+            let unit = Unit::Layer(step.layer);
+            units.gather(unit)?;
+            let params: Vec<Tensor> = self.unit_params(unit).into_iter().map(|(_, t)| t).collect();
+            let g_out = upstream.take();
+            let g_router = router_grads[i].take();
+            let layer_grads = if g_out.is_none() && g_router.is_none() {
+                nones(params.len())
+            } else {
+                let input = step.input.f_detach()?.f_set_requires_grad(true)?;
+                let (y, moe) = self.layer_forward(
+                    &self.layers[step.layer],
+                    &input,
+                    &tape.cos,
+                    &tape.sin,
+                    &tape.attn,
+                    None,
+                    step.experts.as_ref(),
+                )?;
+                let mut surrogate = Tensor::f_zeros([], (Kind::Float, self.device))?;
+                if let Some(g) = &g_out {
+                    surrogate = surrogate.f_add(&y.f_mul(g)?.f_sum(Kind::Float)?)?;
+                }
+                if let (Some(g), Some((rl, _))) = (&g_router, &moe) {
+                    surrogate = surrogate.f_add(&rl.f_mul(g)?.f_sum(Kind::Float)?)?;
+                }
+                let mut inputs = vec![input];
+                inputs.extend(params.iter().map(|t| t.shallow_clone()));
+                let mut g = grads_of(&surrogate, &inputs)?;
+                upstream = g.remove(0);
+                g
+            };
+            units.reduce_grads(unit, layer_grads)?;
+            units.release(unit)?;
+        }
+        // The embedding lookup's gradient joins the root's (tied embeddings: the head's too).
+        if let Some(g) = upstream {
+            let s = tape.embed_out.f_mul(&g)?.f_sum(Kind::Float)?;
+            for (acc, g) in root_grads.iter_mut().zip(grads_of(&s, &root)?) {
+                *acc = match (acc.take(), g) {
+                    (Some(a), Some(b)) => Some(a.f_add(&b)?),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        units.reduce_grads(Unit::Root, root_grads)?;
+        units.release(Unit::Root)
     }
 
     pub(crate) fn pad_idx(&self) -> i64 {
@@ -798,6 +945,28 @@ fn repeat_kv(x: &Tensor, n_rep: i64) -> Result<Tensor> {
     Ok(x.f_unsqueeze(2)?
         .f_expand([b, h, n_rep, t, d], false)?
         .f_reshape([b, h * n_rep, t, d])?)
+}
+
+/// Gradients of scalar `y` with respect to `inputs` (None where `y` does not depend on one), without
+/// accumulating into any `.grad` (`torch.autograd.grad`).
+fn grads_of(y: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+    let wanted: Vec<usize> = (0..inputs.len())
+        .filter(|&i| inputs[i].requires_grad())
+        .collect();
+    let mut out = nones(inputs.len());
+    if !y.requires_grad() || wanted.is_empty() {
+        return Ok(out);
+    }
+    let picked: Vec<&Tensor> = wanted.iter().map(|&i| &inputs[i]).collect();
+    let grads = Tensor::f_run_backward(&[y], &picked, false, false)?;
+    for (i, g) in wanted.into_iter().zip(grads) {
+        out[i] = g.defined().then_some(g);
+    }
+    Ok(out)
+}
+
+fn nones(n: usize) -> Vec<Option<Tensor>> {
+    (0..n).map(|_| None).collect()
 }
 
 fn defined_grad(t: &Tensor) -> Option<Tensor> {

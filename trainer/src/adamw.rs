@@ -41,6 +41,9 @@ pub struct AdamW {
     /// ||theta_after - theta_before|| / ||theta_before|| of the last [`AdamW::step`] (over the weights it
     /// updates: the fp32 masters where there are some), a measure of how far one step moved the model.
     pub last_update_ratio: f64,
+    /// (||theta_before||^2, ||delta||^2) of the last step, whose ratio is `last_update_ratio`: a sharded
+    /// learner sums them over the ranks before dividing.
+    pub last_update_sums: (f64, f64),
 }
 
 impl AdamW {
@@ -52,6 +55,11 @@ impl AdamW {
             .filter(|(_, t)| t.requires_grad())
             .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
+        Self::from_named(named, config)
+    }
+
+    /// AdamW over `named` tensors (leaves that require grad), in the given order (the saved state's).
+    pub fn from_named(named: Vec<(String, Tensor)>, config: AdamWConfig) -> Self {
         let params = named
             .into_iter()
             .map(|(name, param)| {
@@ -73,6 +81,7 @@ impl AdamW {
             step: 0,
             params,
             last_update_ratio: 0.0,
+            last_update_sums: (0.0, 0.0),
         }
     }
 
@@ -122,8 +131,8 @@ impl AdamW {
         spar_dist::all_reduce_grads(group, &grads, spar_dist::DEFAULT_BUCKET_BYTES)
     }
 
-    /// Global L2 norm of all gradients.
-    pub fn grad_norm(&self) -> f64 {
+    /// Sum of the squares of all gradients (of this process's parameters: a shard's, when sharded).
+    pub fn grad_sq_sum(&self) -> f64 {
         let mut total = 0.0;
         for p in &self.params {
             let g = p.param.grad();
@@ -135,13 +144,25 @@ impl AdamW {
                     .double_value(&[]);
             }
         }
-        total.sqrt()
+        total
+    }
+
+    /// Global L2 norm of all gradients.
+    pub fn grad_norm(&self) -> f64 {
+        self.grad_sq_sum().sqrt()
     }
 
     /// Scales every gradient so the global norm is at most `max_norm` (0 = off); returns the norm before.
     /// A non-finite norm is returned untouched so the caller can skip the step.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
         let norm = self.grad_norm();
+        self.clip_to(norm, max_norm);
+        norm
+    }
+
+    /// Scales every gradient by `max_norm / norm` when `norm` (the global norm, computed by the caller, e.g.
+    /// over every rank's shard) exceeds `max_norm` (0 = off).
+    pub fn clip_to(&mut self, norm: f64, max_norm: f64) {
         if max_norm > 0.0 && norm.is_finite() && norm > max_norm {
             let scale = max_norm / (norm + 1e-6);
             tch::no_grad(|| {
@@ -153,7 +174,6 @@ impl AdamW {
                 }
             });
         }
-        norm
     }
 
     /// One AdamW update with learning rate `lr`.
@@ -197,10 +217,10 @@ impl AdamW {
                 });
             }
         });
-        self.last_update_ratio = norms.map_or(0.0, |(b, d)| {
-            let (b, d) = (b.double_value(&[]), d.double_value(&[]));
-            if b > 0.0 { (d / b).sqrt() } else { 0.0 }
+        self.last_update_sums = norms.map_or((0.0, 0.0), |(b, d)| {
+            (b.double_value(&[]), d.double_value(&[]))
         });
+        self.last_update_ratio = update_ratio(self.last_update_sums);
     }
 
     /// Moments, master weights and the step counter as named tensors.
@@ -232,6 +252,16 @@ impl AdamW {
             .with_context(|| format!("reading optimizer state {}", path.display()))?
             .into_iter()
             .collect();
+        self.load_named(&named, path)
+    }
+
+    /// Restores the state from named tensors as [`AdamW::state_tensors`] names them (`path`: where they came
+    /// from, for messages).
+    pub fn load_named(
+        &mut self,
+        named: &std::collections::HashMap<String, Tensor>,
+        path: &Path,
+    ) -> Result<()> {
         let get = |k: &str| {
             named
                 .get(k)
@@ -269,5 +299,14 @@ impl AdamW {
                 }
             }
         });
+    }
+}
+
+/// ||delta|| / ||theta_before|| from their squares (0 for an all-zero model).
+pub fn update_ratio((before_sq, delta_sq): (f64, f64)) -> f64 {
+    if before_sq > 0.0 {
+        (delta_sq / before_sq).sqrt()
+    } else {
+        0.0
     }
 }

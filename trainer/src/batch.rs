@@ -239,6 +239,9 @@ pub struct MicroBatch {
     pub ref_logp: Option<Tensor>,
     pub forced_experts: Option<Tensor>,
     pub tokens: usize,
+    /// A stand-in that trains nothing (fully sharded ranks with fewer micro-batches than another run these so
+    /// that every rank makes the same gathers and reductions); its loss is multiplied by 0.
+    pub padding: bool,
 }
 
 /// Puts `items` into tensors on `device`. `pack`: concatenate all items into one row.
@@ -334,6 +337,7 @@ pub fn collate(items: &[&TrainItem], pack: bool, device: Device) -> Result<Micro
         ref_logp: None,
         forced_experts,
         tokens: items.iter().map(|it| it.len()).sum(),
+        padding: false,
     })
 }
 

@@ -6,6 +6,11 @@
 //! A data-parallel run's checkpoint also holds every rank's own state (`ranks/rank-<r>.json`: its stage pools
 //! and pending round; the weights and optimizer are the same on every rank), so that the same world size resumes
 //! exactly and another one reshards ([`read_rank_state`]).
+//!
+//! A fully sharded run's optimizer state is sharded too: every rank writes its chunks into the checkpoint's
+//! staging folder (`optimizer/rank-<r>.safetensors`, rank 0 adds `optimizer/manifest.json`) before rank 0 moves
+//! it into place; the weights (`model/`) are whole, as the ranks hold them between updates. Either optimizer
+//! layout resumes on any world size and in either mode ([`crate::sharded::read_whole_state`]).
 use crate::adamw::AdamW;
 use crate::policy::Policy;
 use anyhow::{Context, Result, bail};
@@ -72,16 +77,45 @@ pub fn save_with(
     keep_last: usize,
     extra: &dyn Fn(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
+    let tmp = prepare_staging(root, state.step)?;
+    save_staged(root, &tmp, policy, Some(adamw), state, keep_last, extra)
+}
+
+/// The folder a checkpoint of `step` is written in before it is renamed into place (one run per folder: the
+/// run lock makes the name unique; ranks of a sharded run write their optimizer chunks into it).
+pub fn staging_dir(root: &Path, step: usize) -> PathBuf {
+    root.join(format!(".{}.tmp", checkpoint_name(step)))
+}
+
+/// Creates an empty [`staging_dir`] (a leftover of a crashed run is removed first).
+pub fn prepare_staging(root: &Path, step: usize) -> Result<PathBuf> {
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-    let name = checkpoint_name(state.step);
-    let tmp = root.join(format!(".{name}.{}.tmp", std::process::id()));
+    let tmp = staging_dir(root, step);
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    Ok(tmp)
+}
+
+/// Writes the weights, the optimizer (`None`: already in `tmp`, as a sharded run's ranks wrote it), `extra`
+/// and the state into staging folder `tmp`, then moves it into place as the checkpoint of `state.step`.
+pub fn save_staged(
+    root: &Path,
+    tmp: &Path,
+    policy: &dyn Policy,
+    adamw: Option<&AdamW>,
+    state: &TrainerState,
+    keep_last: usize,
+    extra: &dyn Fn(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let name = checkpoint_name(state.step);
     std::fs::create_dir_all(tmp.join("model"))?;
     policy.save_weights(&tmp.join("model"))?;
-    adamw.save(&tmp.join("optimizer.safetensors"))?;
-    extra(&tmp)?;
+    if let Some(adamw) = adamw {
+        adamw.save(&tmp.join("optimizer.safetensors"))?;
+    }
+    extra(tmp)?;
     let mut st = state.clone();
     st.format_version = STATE_FORMAT_VERSION;
     std::fs::write(
@@ -92,7 +126,7 @@ pub fn save_with(
     if dst.exists() {
         std::fs::remove_dir_all(&dst).with_context(|| format!("replacing {}", dst.display()))?;
     }
-    std::fs::rename(&tmp, &dst)
+    std::fs::rename(tmp, &dst)
         .with_context(|| format!("moving checkpoint into {}", dst.display()))?;
     spar_core::fsio::write_atomic(&root.join("latest"), name.as_bytes())?;
     prune(root, keep_last)?;
@@ -239,10 +273,35 @@ pub fn read_rank_state(dir: &Path, rank: usize, world: usize) -> Result<TrainerS
     Ok(st)
 }
 
-/// Restores weights and optimizer state from `dir` and returns the trainer state.
+/// Restores weights and optimizer state from `dir` and returns the trainer state. The optimizer state may be
+/// a sharded one (joined here).
 pub fn load(dir: &Path, policy: &mut dyn Policy, adamw: &mut AdamW) -> Result<TrainerState> {
     let st = read_state(dir)?;
     policy.load_weights(&dir.join("model"))?;
-    adamw.load(&dir.join("optimizer.safetensors"))?;
+    if crate::sharded::is_sharded_checkpoint(dir) {
+        adamw.load_named(&crate::sharded::read_whole_state(dir)?, dir)?;
+    } else {
+        adamw.load(&dir.join("optimizer.safetensors"))?;
+    }
+    Ok(st)
+}
+
+/// [`load`] into a learner, sharded or not: a sharded learner cuts its chunks out of either layout, for any
+/// world size the checkpoint was written with.
+pub fn load_learner(
+    dir: &Path,
+    policy: &mut dyn Policy,
+    learner: &mut crate::learner::Learner,
+) -> Result<TrainerState> {
+    let Some(sh) = learner.sharded.clone() else {
+        return load(dir, policy, &mut learner.adamw);
+    };
+    let st = read_state(dir)?;
+    policy.load_weights(&dir.join("model"))?;
+    sh.load_whole_state(
+        &mut learner.adamw,
+        &crate::sharded::read_whole_state(dir)?,
+        dir,
+    )?;
     Ok(st)
 }

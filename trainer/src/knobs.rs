@@ -73,5 +73,6 @@ pub fn new_learner(
             .aux_loss_coef
             .unwrap_or(model.config.router_aux_loss_coef),
         group: std::sync::Arc::new(spar_dist::Local),
+        sharded: None,
     })
 }

@@ -7,6 +7,10 @@
 //! before any loss is divided, the all-zero-advantage skip is one decision for all ranks, and the gradients are
 //! summed over the ranks (bucketed) before clipping, so N ranks take the step one process takes on the union
 //! batch (up to float summation order). Losses and statistics in the [`StepReport`] are the union batch's.
+//!
+//! Fully sharded (`sharded`, see [`crate::sharded`]): the same step, but the gradients arrive reduce-scattered
+//! into each rank's chunk during backward, the norm is summed over the chunks, and AdamW updates the chunks;
+//! the ranks' micro-batch counts are padded to the largest so that every rank gathers the same layers.
 use crate::adamw::AdamW;
 use crate::agg::{AggMode, Aggregator};
 use crate::batch::{MicroBatch, TrainItem, collate, plan_micro_batches, totals};
@@ -14,6 +18,7 @@ use crate::distill;
 use crate::policy::{Policy, PolicyInput, PolicyOutput};
 use crate::policy_loss::{LossStats, PolicyLossConfig, PolicyLossInput, policy_loss};
 use crate::schedule::LrSchedule;
+use crate::sharded::ShardedParams;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use spar_dist::{Collectives, any_rank, max_over_ranks, sum_over_ranks};
@@ -44,6 +49,8 @@ pub struct Learner {
     pub aux_loss_coef: f64,
     /// The data-parallel ranks this learner steps with (`Arc::new(spar_dist::Local)`: one process).
     pub group: Arc<dyn Collectives>,
+    /// Fully sharded parameters and optimizer ([`Learner::shard`]); None: every rank holds everything.
+    pub sharded: Option<Arc<ShardedParams>>,
 }
 
 /// What one optimisation step did.
@@ -72,13 +79,19 @@ impl Learner {
     /// non-finite check then see the union batch's, identically on every rank). Returns (the union batch's loss,
     /// grad norm before clipping, lr, skipped).
     pub(crate) fn apply(&mut self, loss: f64) -> Result<(f64, f64, f64, bool)> {
-        let loss = if self.group.world_size() > 1 {
-            self.adamw.all_reduce_grads(&*self.group)?;
-            sum_over_ranks(&*self.group, &[loss])?[0]
-        } else {
-            loss
+        let norm = match &self.sharded {
+            // The gradients already sit reduced in each rank's chunk; the norm is summed over the chunks.
+            Some(sh) => {
+                sh.finish_grads()?;
+                sum_over_ranks(&*self.group, &[self.adamw.grad_sq_sum()])?[0].sqrt()
+            }
+            None => {
+                self.adamw.all_reduce_grads(&*self.group)?;
+                self.adamw.grad_norm()
+            }
         };
-        let norm = self.adamw.clip_grad_norm(self.grad_clip);
+        let loss = sum_over_ranks(&*self.group, &[loss])?[0];
+        self.adamw.clip_to(norm, self.grad_clip);
         let lr = self.schedule.lr(self.step);
         if !loss.is_finite() || !norm.is_finite() {
             self.bad_in_a_row += 1;
@@ -102,8 +115,78 @@ impl Learner {
         self.bad_in_a_row = 0;
         self.adamw.step(lr);
         self.adamw.zero_grad();
+        if let Some(sh) = &self.sharded {
+            let sums = sum_over_ranks(
+                &*self.group,
+                &[self.adamw.last_update_sums.0, self.adamw.last_update_sums.1],
+            )?;
+            self.adamw.last_update_ratio = crate::adamw::update_ratio((sums[0], sums[1]));
+            // The new weights, whole again for the rollout engine (the next update reshards them).
+            sh.unshard()?;
+        }
         self.step += 1;
         Ok((loss, norm, lr, false))
+    }
+
+    /// Shards `model`'s parameters and this learner's optimizer over [`Learner::group`] (fully sharded data
+    /// parallelism, see [`crate::sharded`]): AdamW then holds this rank's chunks only. Call it on a fresh
+    /// learner, before loading a checkpoint into it.
+    pub fn shard(&mut self, model: &mut spar_model::Qwen3Model) -> Result<()> {
+        let (sh, adamw) = ShardedParams::new(model, self.group.clone(), self.adamw.config)?;
+        model.set_param_units(Some(sh.clone()));
+        self.adamw = adamw;
+        self.sharded = Some(sh);
+        Ok(())
+    }
+
+    /// Frees the whole parameters before an update's forwards (sharded; a no-op otherwise).
+    fn begin_update(&self) -> Result<()> {
+        match &self.sharded {
+            Some(sh) => sh.reshard(),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes the parameters whole again after an update that took no step (sharded; a no-op otherwise).
+    fn end_update(&self) -> Result<()> {
+        match &self.sharded {
+            Some(sh) => sh.ensure_whole(),
+            None => Ok(()),
+        }
+    }
+
+    /// Sharded: appends padding micro-batches until every rank has as many as the rank with the most (each
+    /// forward and backward gathers and reduces every layer, so the counts must match).
+    fn pad_micro_batches(
+        &self,
+        mbs: &mut Vec<MicroBatch>,
+        pack: bool,
+        device: Device,
+    ) -> Result<()> {
+        if self.sharded.is_none() || self.group.world_size() == 1 {
+            return Ok(());
+        }
+        let most = max_over_ranks(&*self.group, &[mbs.len() as f64])?[0] as usize;
+        while mbs.len() < most {
+            let item = TrainItem {
+                group_id: "padding".into(),
+                sample_idx: 0,
+                input_ids: vec![0, 0],
+                targets: vec![0, 0],
+                mask: vec![0.0, 0.0],
+                advantages: vec![0.0, 0.0],
+                step_ids: vec![-1, -1],
+                n_steps: 0,
+                rollout_logp: vec![0.0, 0.0],
+                routed: None,
+                reward: 0.0,
+            };
+            let mut mb = collate(&[&item], pack, device)?;
+            mb.padding = true;
+            mb.tokens = 0;
+            mbs.push(mb);
+        }
+        Ok(())
     }
 
     /// The union batch's trained (tokens, sequences): [`totals`] summed over the ranks.
@@ -426,6 +509,31 @@ pub fn rl_update_with(
     device: Device,
     extras: &mut RlExtras,
 ) -> Result<Vec<StepReport>> {
+    if learner.sharded.is_some() && extras.critic.is_some() {
+        bail!(
+            "GAE with a value head is not built for fully sharded training: set distributed.sharding = \"none\""
+        );
+    }
+    learner.begin_update()?;
+    let reports = rl_update_sharded_or_not(
+        policy, reference, learner, items, loss_cfg, batching, ppo_epochs, device, extras,
+    )?;
+    learner.end_update()?;
+    Ok(reports)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rl_update_sharded_or_not(
+    policy: &dyn Policy,
+    reference: Option<&dyn Policy>,
+    learner: &mut Learner,
+    items: &[TrainItem],
+    loss_cfg: &PolicyLossConfig,
+    batching: &BatchingConfig,
+    ppo_epochs: usize,
+    device: Device,
+    extras: &mut RlExtras,
+) -> Result<Vec<StepReport>> {
     // With a critic, the token rewards travel in the advantage slot until GAE replaces them.
     let with_rewards: Vec<TrainItem>;
     let items = match &extras.critic {
@@ -466,6 +574,7 @@ pub fn rl_update_with(
         );
     }
     let mut mbs = micro_batches(items, batching, device)?;
+    learner.pad_micro_batches(&mut mbs, batching.pack, device)?;
     let (old_values, mut teacher_kl, greedy) =
         old_pass(policy, reference, &mut mbs, extras, loss_cfg)?;
     // One decision for every rank: a rank whose own share has no advantage still takes part in the others'
@@ -484,7 +593,7 @@ pub fn rl_update_with(
             skipped: true,
             skipped_empty_advantage: true,
             tokens: learner.global_tokens(&mbs)?,
-            micro_batches: mbs.len(),
+            micro_batches: real_count(&mbs),
             ..Default::default()
         }]);
     }
@@ -544,6 +653,8 @@ pub fn rl_update_with(
     };
     let mut reports = Vec::new();
     for _ in 0..ppo_epochs.max(1) {
+        // Sharded: the last epoch's step left the weights whole; this epoch gathers them as it goes.
+        learner.begin_update()?;
         learner.adamw.zero_grad();
         if let Some((critic, _)) = &mut extras.critic {
             critic.adamw.zero_grad();
@@ -577,6 +688,11 @@ pub fn rl_update_with(
             if let (Some(aux), true) = (&fwd.aux_loss, learner.aux_loss_coef != 0.0) {
                 loss =
                     loss + aux * (learner.aux_loss_coef * mb.n_seqs as f64 / total_seqs.max(1.0));
+            }
+            if mb.padding {
+                // Runs the gathers and reductions of a real micro-batch and trains nothing.
+                policy.backward(&padding_loss(&fwd)?, &fwd)?;
+                continue;
             }
             if let Some((critic, _)) = &extras.critic {
                 let v = critic.values(&fwd.logits)?;
@@ -626,7 +742,7 @@ pub fn rl_update_with(
             lr,
             skipped,
             tokens: learner.global_tokens(&mbs)?,
-            micro_batches: mbs.len(),
+            micro_batches: real_count(&mbs),
             stats,
             skipped_empty_advantage: false,
             extra,
@@ -669,7 +785,9 @@ pub(crate) fn supervised_step(
     device: Device,
     mut token_loss: impl FnMut(&MicroBatch, &Tensor, &Aggregator) -> (Tensor, Tensor),
 ) -> Result<StepReport> {
-    let mbs = micro_batches(items, batching, device)?;
+    learner.begin_update()?;
+    let mut mbs = micro_batches(items, batching, device)?;
+    learner.pad_micro_batches(&mut mbs, batching.pack, device)?;
     let (total_tokens, total_seqs) = learner.global_totals(items)?;
     let agg = Aggregator {
         mode: batching.agg,
@@ -682,6 +800,10 @@ pub(crate) fn supervised_step(
     let mut stats = LossStats::default();
     for mb in &mbs {
         let fwd = forward_mb(policy, mb)?;
+        if mb.padding {
+            policy.backward(&padding_loss(&fwd)?, &fwd)?;
+            continue;
+        }
         // Supervised targets are not samples of the policy: the policy's own distribution (temperature 1).
         let (logp, entropy) = logprobs_and_entropy(&fwd.logits, &mb.targets, 1.0);
         let (mut loss, mask) = token_loss(mb, &logp, &agg);
@@ -696,6 +818,7 @@ pub(crate) fn supervised_step(
         policy.backward(&loss, &fwd)?;
     }
     let (loss_sum, grad_norm, lr, skipped) = learner.apply(loss_sum)?;
+    learner.end_update()?;
     learner.global_stats(&mut stats)?;
     Ok(StepReport {
         loss: loss_sum,
@@ -703,9 +826,20 @@ pub(crate) fn supervised_step(
         lr,
         skipped,
         tokens: learner.global_tokens(&mbs)?,
-        micro_batches: mbs.len(),
+        micro_batches: real_count(&mbs),
         stats,
         skipped_empty_advantage: false,
         extra: Default::default(),
     })
+}
+
+/// Micro-batches that train something (not sharded padding).
+fn real_count(mbs: &[MicroBatch]) -> usize {
+    mbs.iter().filter(|m| !m.padding).count()
+}
+
+/// A padding micro-batch's loss: 0, but with the graph of a real forward, so its backward gathers and reduces
+/// every unit (with zero gradients) as the other ranks' real micro-batches do.
+fn padding_loss(fwd: &PolicyOutput) -> Result<Tensor> {
+    Ok(fwd.logits.f_sum(Kind::Float)?.f_mul_scalar(0.0)?)
 }

@@ -52,5 +52,6 @@ pub mod run_lock;
 pub mod schedule;
 pub mod session;
 pub mod sft_phase;
+pub mod sharded;
 pub mod shared_sft;
 pub mod tfevent;

@@ -71,6 +71,9 @@ impl RlState {
         let mut learner =
             crate::knobs::new_learner(tr, model, tr.lr, tr.steps * per_round, tr.warmup_steps)?;
         learner.group = session.group.clone();
+        if session.sharded {
+            learner.shard(model)?;
+        }
         let critic = use_gae.then(|| {
             Critic::new(
                 model.config.vocab_size as i64,
@@ -101,7 +104,7 @@ impl RlState {
         optimizer: bool,
     ) -> Result<()> {
         if optimizer {
-            checkpoint::load(dir, model, &mut self.learner.adamw)?;
+            checkpoint::load_learner(dir, model, &mut self.learner)?;
         }
         // Optimizer steps taken (skipped ones are not counted), as saved; older checkpoints had one per round.
         self.learner.step = state
@@ -255,7 +258,7 @@ pub fn run(
             if let Some(c) = &st.critic {
                 parts.push(c);
             }
-            session.checkpoint(phase, done, model, &st.learner.adamw, &parts)?;
+            session.checkpoint(phase, done, model, &st.learner, &parts)?;
         }
     }
     pb.finish();

@@ -53,8 +53,20 @@ pub fn run(parts: TrainParts) -> Result<()> {
     )?;
     let batching = batching_config(&tr)?;
     let use_gae = rewards.config().spar.estimator == spar_core::recipe::Estimator::Gae;
-    if world > 1 {
+    let sharded = recipe
+        .distributed
+        .as_ref()
+        .is_some_and(|d| d.sharding == spar_core::recipe::Sharding::Full);
+    if world > 1 || sharded {
         check_data_parallel(&tr, use_gae, rl_rollout.config().groups_per_step, world)?;
+    }
+    if sharded {
+        eprintln!(
+            "[train] fully sharded over {world} rank(s): parameters, gradients, fp32 masters and Adam moments \
+             1/{world} per rank during updates"
+        );
+    }
+    if world > 1 {
         // Every rank starts from rank 0's weights (they are built from the same seed; this makes sure).
         let mut vars: Vec<(String, tch::Tensor)> = model.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -69,6 +81,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
     let mut rl_rollout = rl_rollout.shard(rank, world)?;
 
     let mut session = Session::open(&out, seed, resume, tr.keep_last, group.clone())?;
+    session.sharded = sharded;
     // Every checkpoint records the recipe its run went on under (a shared SFT checks runs against it).
     session.state.extra.insert(
         crate::shared_sft::RECIPE_KEY.into(),
@@ -210,13 +223,14 @@ fn check_data_parallel(
     if tr.policy_loss == PolicyLoss::Distill {
         bail!(
             "trainer.policy_loss = \"distill\" (offline distillation) is not built for data-parallel training: \
-             run it in one process (on-policy distillation, trainer.distill.teachers with an RL loss, is)"
+             run it in one process without sharding (on-policy distillation, trainer.distill.teachers with an \
+             RL loss, is)"
         );
     }
     if use_gae {
         bail!(
             "rewards.spar.estimator = \"gae\" is not built for data-parallel training (the value head's \
-             whitening and gradients are per rank): run it in one process"
+             whitening and gradients are per rank): run it in one process without sharding"
         );
     }
     Ok(())

@@ -3,11 +3,11 @@
 //!
 //! With several data-parallel ranks every rank keeps a session (the same positions, RNG and step), but only
 //! rank 0 (the writer) writes metrics and checkpoints into the run folder.
-use crate::adamw::AdamW;
 use crate::checkpoint::{self, TrainerState};
+use crate::learner::Learner;
 use crate::metrics::MetricsLogger;
 use crate::rng::{new_rng, restore_rng, save_rng};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use rand_chacha::ChaCha8Rng;
 use spar_dist::Collectives;
 use spar_model::Qwen3Model;
@@ -40,6 +40,8 @@ pub struct Session {
     pub group: Arc<dyn Collectives>,
     /// Optimizer steps of every phase so far (the x axis of metrics).
     pub global_step: usize,
+    /// Learners shard parameters and optimizer over `group` (`[distributed] sharding = "full"`).
+    pub sharded: bool,
     keep_last: usize,
 }
 
@@ -98,6 +100,7 @@ impl Session {
             metrics,
             rng,
             group,
+            sharded: false,
             keep_last,
         })
     }
@@ -144,7 +147,7 @@ impl Session {
         phase: &str,
         phase_step: usize,
         model: &Qwen3Model,
-        adamw: &AdamW,
+        learner: &Learner,
         parts: &[&dyn Checkpointed],
     ) -> Result<()> {
         let mut state = TrainerState {
@@ -171,6 +174,30 @@ impl Session {
             state.extra.remove("world_size");
             None
         };
+        let root = self.out.join("checkpoints");
+        // Sharded: every rank writes its optimizer chunks into the staging folder rank 0 prepared (a run folder
+        // every rank sees, as resuming needs anyway); any rank's failure stops all of them here.
+        let staged = match &learner.sharded {
+            Some(sh) => {
+                let tmp = checkpoint::staging_dir(&root, state.step);
+                if self.writer() {
+                    checkpoint::prepare_staging(&root, state.step)?;
+                }
+                self.group.barrier()?.wait()?;
+                let wrote = sh.save_shard(&tmp.join("optimizer"), &learner.adamw);
+                if spar_dist::any_rank(&*self.group, wrote.is_err())? {
+                    wrote.with_context(|| {
+                        format!("writing this rank's optimizer shard into {}", tmp.display())
+                    })?;
+                    bail!(
+                        "another rank failed to write its optimizer shard into {}",
+                        tmp.display()
+                    );
+                }
+                Some(tmp)
+            }
+            None => None,
+        };
         if !self.writer() {
             // Rank 0 writes the checkpoint; the others only keep the bookkeeping in step with it.
             self.state = state;
@@ -185,14 +212,14 @@ impl Session {
             }
             Ok(())
         };
-        checkpoint::save_with(
-            &self.out.join("checkpoints"),
-            model,
-            adamw,
-            &state,
-            self.keep_last,
-            &files,
-        )?;
+        match staged {
+            Some(tmp) => {
+                checkpoint::save_staged(&root, &tmp, model, None, &state, self.keep_last, &files)?
+            }
+            None => {
+                checkpoint::save_with(&root, model, &learner.adamw, &state, self.keep_last, &files)?
+            }
+        };
         self.state = state;
         Ok(())
     }

@@ -43,9 +43,12 @@ pub fn run(
         tr.warmup_steps.min(tr.sft_steps / 10),
     )?;
     learner.group = session.group.clone();
+    if session.sharded {
+        learner.shard(model)?;
+    }
     let (rank, world) = (session.group.rank(), session.group.world_size());
     if let Some(dir) = session.resume_dir.take() {
-        checkpoint::load(&dir, model, &mut learner.adamw)?;
+        checkpoint::load_learner(&dir, model, &mut learner)?;
         learner.step = start;
     }
     let batching = BatchingConfig {
@@ -82,9 +85,9 @@ pub fn run(
         ])?;
         let done = s + 1;
         if done == tr.sft_steps {
-            session.checkpoint("rl", 0, model, &learner.adamw, &[])?;
+            session.checkpoint("rl", 0, model, &learner, &[])?;
         } else if tr.save_every > 0 && done % (tr.save_every * 10) == 0 {
-            session.checkpoint("sft", done, model, &learner.adamw, &[])?;
+            session.checkpoint("sft", done, model, &learner, &[])?;
         }
     }
     pb.finish();

@@ -1,9 +1,11 @@
 //! `[distributed]`: torchrun-style layout. Owner: trainer.
 //!
-//! What is built: data parallelism. `spar train` launched with world size N > 1 (`spar launch --nproc-per-node N
-//! -- train ...`, torchrun, srun) runs N data-parallel ranks; `data_parallel` is then N, or 0 / 1 meaning "the
-//! launcher's world size". Tensor, expert and pipeline parallelism (and fully sharded training) are not built:
-//! their degrees above 1 are rejected, so a recipe never believes it trains on a layout that nothing sets up.
+//! What is built: data parallelism, plain or fully sharded. `spar train` launched with world size N > 1 (`spar
+//! launch --nproc-per-node N -- train ...`, torchrun, srun) runs N data-parallel ranks; `data_parallel` is then
+//! N, or 0 / 1 meaning "the launcher's world size". `sharding = "full"` shards parameters, gradients, fp32
+//! masters and Adam moments over those ranks (FSDP / ZeRO-3). Tensor, expert and pipeline parallelism are not
+//! built: their degrees above 1 are rejected, so a recipe never believes it trains on a layout that nothing sets
+//! up.
 use super::check;
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +16,18 @@ recipe_enum! {
         Nccl = "nccl",
         /// Gloo (CPU).
         Gloo = "gloo",
+    }
+}
+
+recipe_enum! {
+    /// How the data-parallel ranks hold the model and optimizer (FSDP's sharding strategies).
+    pub enum Sharding {
+        /// Every rank holds everything; gradients are all-reduced (DDP, FSDP's NO_SHARD).
+        None = "none",
+        /// Parameters, gradients, fp32 masters and Adam moments sharded over the ranks; layers gathered as the
+        /// forward and the (activation-checkpointed) backward use them, gradients reduce-scattered (FSDP's
+        /// FULL_SHARD, ZeRO-3).
+        Full = "full",
     }
 }
 
@@ -30,6 +44,8 @@ pub struct DistributedSection {
     pub pipeline_parallel: usize,
     /// Collective backend for models on a GPU (a CPU model always reduces through gloo: NCCL has no CPU path).
     pub backend: DistributedBackend,
+    /// Plain data parallelism or fully sharded (`"none"` | `"full"`); also valid on one rank.
+    pub sharding: Sharding,
     /// Bounds the rendezvous and every collective wait, in seconds. The other ranks wait at their next
     /// collective while rank 0 alone runs a held-out evaluation or writes a checkpoint, so this must exceed
     /// the longest of those.
@@ -44,6 +60,7 @@ impl Default for DistributedSection {
             expert_parallel: 1,
             pipeline_parallel: 1,
             backend: DistributedBackend::Nccl,
+            sharding: Sharding::None,
             timeout_secs: 1800,
         }
     }
@@ -62,8 +79,8 @@ impl DistributedSection {
                 v == 1,
                 k,
                 &format!(
-                    "is {v}, but only data parallelism is built (tensor, expert and pipeline parallelism and \
-                     fully sharded training are not): set it to 1"
+                    "is {v}, but only data parallelism (plain or fully sharded) is built (tensor, expert and \
+                     pipeline parallelism are not): set it to 1"
                 ),
             )?;
         }

@@ -52,7 +52,7 @@ pub mod shared_sft;
 mod trainer;
 
 pub use data::{DataSection, Split};
-pub use distributed::{DistributedBackend, DistributedSection};
+pub use distributed::{DistributedBackend, DistributedSection, Sharding};
 pub use eval::{EvalSection, HealthBenchClip};
 pub use model::{Dtype, ModelSection};
 pub use rewards::*;

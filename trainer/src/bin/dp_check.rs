@@ -1,18 +1,25 @@
-//! `spar-dp-check --out DIR`: the data-parallel learner on real ranks against one process on the union batch.
+//! `spar-dp-check --out DIR [--sharded] [--stop-after K | --resume]`: the data-parallel learner (plain or
+//! fully sharded) on real ranks against one process on the union batch.
 //!
 //! Without a launcher it is one process on the whole batch; under `spar launch` / torchrun each rank takes the
 //! items `i` with `i % world == rank` of the same global batches (so shares differ in size). Every rank builds
-//! the same tiny random Qwen3-MoE and runs: two PPO epochs of an RL update, an RL update whose advantages are 0
-//! outside rank 0's share (no rank may skip), one whose advantages are all 0 (every rank skips), and an SFT step.
-//! Rank 0 writes `DIR/report.json` (losses, grad norms, token counts, skips) and `DIR/weights.safetensors`; the
-//! trainer's `data_parallel` test compares those of 1, 2 and 3 ranks.
+//! the same tiny random Qwen3-MoE and runs four updates: two PPO epochs of an RL update, an RL update whose
+//! advantages are 0 outside rank 0's share (no rank may skip), one whose advantages are all 0 (every rank skips),
+//! and an SFT step. Rank 0 writes `DIR/report.json` (losses, grad norms, token counts, skips) and
+//! `DIR/weights.safetensors`; the trainer's `data_parallel` test compares those of 1 to 4 ranks.
+//!
+//! `--stop-after K` checkpoints the run after K updates into `DIR/checkpoints` (through the trainer's
+//! `Session`, sharded optimizer state included) and stops; `--resume` loads that checkpoint, on whatever world
+//! size and mode it is launched with, and runs the remaining updates.
 use anyhow::{Context, Result, bail};
 use rand::{Rng, SeedableRng};
 use spar_core::recipe::{LossAgg, TrainerSection};
 use spar_model::{Qwen3Config, Qwen3Model};
 use spar_trainer::batch::TrainItem;
+use spar_trainer::checkpoint;
 use spar_trainer::knobs::{batching_config, new_learner, policy_loss_config, ratio_level};
 use spar_trainer::learner::{StepReport, rl_update, sft_update};
+use spar_trainer::session::Session;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tch::{Device, Kind};
@@ -82,10 +89,19 @@ fn report(rep: &StepReport) -> serde_json::Value {
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let mut out: Option<PathBuf> = None;
+    let (mut sharded, mut resume, mut stop_after) = (false, false, None::<usize>);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--out" => out = Some(args.next().context("--out needs a folder")?.into()),
-            other => bail!("unknown argument {other:?} (usage: spar-dp-check --out DIR)"),
+            "--sharded" => sharded = true,
+            "--resume" => resume = true,
+            "--stop-after" => {
+                stop_after = Some(args.next().context("--stop-after needs a count")?.parse()?)
+            }
+            other => bail!(
+                "unknown argument {other:?} (usage: spar-dp-check --out DIR [--sharded] [--stop-after K | \
+                 --resume])"
+            ),
         }
     }
     let out = out.context("--out DIR is required")?;
@@ -108,7 +124,7 @@ fn main() -> Result<()> {
             .collect()
     };
 
-    let model = Qwen3Model::random(
+    let mut model = Qwen3Model::random(
         Qwen3Config::from_json_str(CONFIG, "dp-check config")?,
         Device::Cpu,
         Kind::Float,
@@ -125,62 +141,78 @@ fn main() -> Result<()> {
     let batching = batching_config(&tr)?;
     let mut learner = new_learner(&tr, &model, tr.lr, 100, 0)?;
     learner.group = group.clone();
-    let mut reports = Vec::new();
-    // Two PPO epochs on one batch (the second sees moved weights and Adam moments).
-    let a = batch(1, 7, |_| 1.0);
-    for rep in rl_update(
-        &model,
-        None,
-        &mut learner,
-        &share(&a),
-        &loss_cfg,
-        &batching,
-        2,
-        Device::Cpu,
-    )? {
-        reports.push(report(&rep));
+    if sharded {
+        learner.shard(&mut model)?;
     }
-    // Advantages only on items 0 and 6 (rank 0's share with 2 or 3 ranks): every rank must still step.
-    let b = batch(2, 7, |i| (i % 6 == 0) as u8 as f32);
-    for rep in rl_update(
-        &model,
-        None,
-        &mut learner,
-        &share(&b),
-        &loss_cfg,
-        &batching,
-        1,
-        Device::Cpu,
-    )? {
-        reports.push(report(&rep));
+    let mut session = Session::open(&out, 0, resume, 2, group.clone())?;
+    session.sharded = sharded;
+    let mut first = 0;
+    if resume {
+        let dir = session
+            .resume_dir
+            .take()
+            .context("--resume: no checkpoint under DIR/checkpoints")?;
+        let st = checkpoint::load_learner(&dir, &mut model, &mut learner)?;
+        learner.step = st.extra["learner_step"].as_u64().context("learner_step")? as usize;
+        first = st.phase_step;
     }
-    // No advantage anywhere: every rank skips.
-    let c = batch(3, 7, |_| 0.0);
-    for rep in rl_update(
-        &model,
-        None,
-        &mut learner,
-        &share(&c),
-        &loss_cfg,
-        &batching,
-        1,
-        Device::Cpu,
-    )? {
-        reports.push(report(&rep));
-    }
-    // One supervised step (token-mean, as `spar train`'s SFT phase).
     let sft_batching = spar_trainer::learner::BatchingConfig {
         agg: LossAgg::TokenMean,
         ..batching
     };
-    let d = batch(4, 5, |_| 0.0);
-    reports.push(report(&sft_update(
-        &model,
-        &mut learner,
-        &share(&d),
-        &sft_batching,
-        Device::Cpu,
-    )?));
+    let mut reports = Vec::new();
+    for update in first..4 {
+        if stop_after == Some(update) {
+            session.global_step = learner.step;
+            session.checkpoint("rl", update, &model, &learner, &[&learner])?;
+            eprintln!("dp-check: rank {rank} of {world} checkpointed after {update} updates");
+            return Ok(());
+        }
+        let steps = match update {
+            // Two PPO epochs on one batch (the second sees moved weights and Adam moments).
+            0 => rl_update(
+                &model,
+                None,
+                &mut learner,
+                &share(&batch(1, 7, |_| 1.0)),
+                &loss_cfg,
+                &batching,
+                2,
+                Device::Cpu,
+            )?,
+            // Advantages only on items 0 and 6 (rank 0's share with 2 or 3 ranks): every rank must still step.
+            1 => rl_update(
+                &model,
+                None,
+                &mut learner,
+                &share(&batch(2, 7, |i| (i % 6 == 0) as u8 as f32)),
+                &loss_cfg,
+                &batching,
+                1,
+                Device::Cpu,
+            )?,
+            // No advantage anywhere: every rank skips.
+            2 => rl_update(
+                &model,
+                None,
+                &mut learner,
+                &share(&batch(3, 7, |_| 0.0)),
+                &loss_cfg,
+                &batching,
+                1,
+                Device::Cpu,
+            )?,
+            // One supervised step (token-mean, as `spar train`'s SFT phase).
+            _ => vec![sft_update(
+                &model,
+                &mut learner,
+                &share(&batch(4, 5, |_| 0.0)),
+                &sft_batching,
+                Device::Cpu,
+            )?],
+        };
+        reports.extend(steps.iter().map(report));
+    }
     if rank == 0 {
         std::fs::create_dir_all(&out)?;
         std::fs::write(

@@ -1,5 +1,6 @@
 //! The data-parallel learner on real processes (gloo on loopback, launched like `spar launch`): 2, 3 and 4 ranks,
-//! each on its share of the same global batches, against one process on the whole batches (`spar-dp-check`).
+//! each on its share of the same global batches, against one process on the whole batches (`spar-dp-check`);
+//! plain and fully sharded, and sharded checkpoints resumed on other world sizes and in the other mode.
 //!
 //! Tolerance: the ranks compute the same float32 terms as the one process, only summed in another order (per-rank
 //! partial sums, then the all-reduce), so each reduced quantity differs by a few float32 ulps (relative ~1e-7 per
@@ -11,14 +12,19 @@ use std::path::Path;
 use std::time::Duration;
 
 fn check(out: &Path, n: usize) {
+    run(out, n, &[]);
+}
+
+fn run(out: &Path, n: usize, extra: &[&str]) {
     let program = env!("CARGO_BIN_EXE_spar-dp-check");
-    let args = vec!["--out".to_string(), out.display().to_string()];
+    let mut args = vec!["--out".to_string(), out.display().to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
     if n == 1 {
         let st = std::process::Command::new(program)
             .args(&args)
             .status()
             .unwrap();
-        assert!(st.success(), "one-process dp-check failed");
+        assert!(st.success(), "one-process dp-check {extra:?} failed");
         return;
     }
     launch(&LaunchSpec {
@@ -88,4 +94,109 @@ fn two_three_and_four_ranks_take_the_one_process_steps() {
     }
     // The steps had a gradient (the comparison is not between two untouched models).
     assert!(steps1[0]["grad_norm"].as_f64().unwrap() > 0.0);
+}
+
+/// Compares `dir`'s reported steps (from `first` on in the one-process run) and final weights with the
+/// one-process run's, at the tolerances of the module documentation. Returns the largest weight difference.
+fn assert_same_as_one(label: &str, one: &Path, dir: &Path, first: usize) -> f64 {
+    let (r1, w1) = (report(one), weights(one));
+    let (rn, wn) = (report(dir), weights(dir));
+    let steps1 = &r1["steps"].as_array().unwrap()[first..];
+    let stepsn = rn["steps"].as_array().unwrap();
+    assert_eq!(steps1.len(), stepsn.len(), "{label}: step count");
+    for (i, (a, b)) in steps1.iter().zip(stepsn).enumerate() {
+        for k in ["skipped", "skipped_empty_advantage", "tokens"] {
+            assert_eq!(a[k], b[k], "{label}, step {i}: {k}");
+        }
+        for k in ["loss", "grad_norm", "entropy", "stat_tokens", "clipped"] {
+            let (x, y) = (a[k].as_f64().unwrap(), b[k].as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+                "{label}, step {i}: {k} {y} vs one process {x}"
+            );
+        }
+    }
+    assert_eq!(w1.len(), wn.len());
+    let mut worst = 0.0f64;
+    for ((name, a), (name_n, b)) in w1.iter().zip(&wn) {
+        assert_eq!(name, name_n);
+        let d = (a - b).abs().max().double_value(&[]);
+        worst = worst.max(d);
+        assert!(d <= 1e-5, "{label}: {name} differs by {d}");
+    }
+    eprintln!("{label}: largest weight difference {worst:e}");
+    worst
+}
+
+/// Fully sharded (FSDP / ZeRO-3) on 1 to 4 ranks takes the one plain process's steps: the reduce-scatter sums
+/// the same terms as the all-reduce, and AdamW is elementwise, so each rank's chunk moves as the same slice of
+/// the whole model would. Three ranks get 2, 1 and 1 micro-batches, so two of them run padding micro-batches.
+#[test]
+fn fully_sharded_on_one_to_four_ranks_takes_the_one_process_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("plain-1");
+    check(&one, 1);
+    for n in [1, 2, 3, 4] {
+        let d = dir.path().join(format!("sharded-{n}"));
+        run(&d, n, &["--sharded"]);
+        assert_eq!(report(&d)["world"], n);
+        assert_same_as_one(&format!("sharded on {n} ranks"), &one, &d, 0);
+    }
+}
+
+/// A 2-rank sharded checkpoint (every rank's optimizer chunks plus the manifest) resumes on 1 rank sharded, on
+/// 4 ranks sharded and in one plain process, each then taking the steps the uninterrupted one-process run took.
+/// Were the moments or masters cut wrongly, Adam's next updates would differ by ~lr = 1e-3, far above 1e-5.
+#[test]
+fn sharded_checkpoint_resumes_on_other_world_sizes_and_unsharded() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("plain-1");
+    check(&one, 1);
+    let saved = dir.path().join("saved");
+    run(&saved, 2, &["--sharded", "--stop-after", "2"]);
+    let ckpt = saved.join("checkpoints").join("step-00000003");
+    let opt = ckpt.join("optimizer");
+    for f in ["manifest.json", "rank-0.safetensors", "rank-1.safetensors"] {
+        assert!(opt.join(f).exists(), "{f} missing in {}", opt.display());
+    }
+    assert!(!ckpt.join("optimizer.safetensors").exists());
+    // The checkpoint's weights are whole: the merged model an export reads.
+    let merged = tch::Tensor::read_safetensors(ckpt.join("model").join("model.safetensors"))
+        .unwrap_or_else(|_| {
+            let p = std::fs::read_dir(ckpt.join("model"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                .unwrap();
+            tch::Tensor::read_safetensors(p).unwrap()
+        });
+    assert!(merged.iter().all(|(_, t)| t.numel() > 1 || t.dim() == 0));
+    for (label, n, sharded) in [
+        ("1 rank sharded", 1, true),
+        ("4 ranks sharded", 4, true),
+        ("1 plain process", 1, false),
+    ] {
+        let d = dir.path().join(label.replace(' ', "-"));
+        copy_dir(&saved, &d);
+        let mut args = vec!["--resume"];
+        if sharded {
+            args.push("--sharded");
+        }
+        run(&d, n, &args);
+        // Updates 0 and 1 took 3 steps; the resumed run reports the rest.
+        assert_same_as_one(&format!("resumed on {label}"), &one, &d, 3);
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
 }

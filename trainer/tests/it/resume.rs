@@ -43,6 +43,7 @@ fn learner(model: &TinyLm) -> Learner {
         bad_total: 0,
         aux_loss_coef: 0.0,
         group: std::sync::Arc::new(spar_dist::Local),
+        sharded: None,
     }
 }
 

@@ -122,6 +122,7 @@ fn trainer_old_logprobs_equal_the_engines_rollout_logprobs_at_the_sampling_tempe
         bad_total: 0,
         aux_loss_coef: 0.0,
         group: std::sync::Arc::new(spar_dist::Local),
+        sharded: None,
     };
     let rep = rl_update(
         &model,
