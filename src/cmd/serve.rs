@@ -57,10 +57,13 @@ pub struct Args {
     /// Longest prompt in tokens (default: the context, --max-model-len - 1).
     #[arg(long)]
     pub limit_prompt_tokens: Option<usize>,
-    /// Most sequences (prompts x n) in flight over all requests; a request that does not fit gets a 429
-    /// (default 4 x --max-batch).
+    /// Most sequences (prompts x n) in flight over all requests (default 4 x --max-batch); a request that
+    /// does not fit waits up to --limit-queue-wait-ms, then gets a 429.
     #[arg(long)]
     pub limit_in_flight: Option<usize>,
+    /// How long a request waits for room under --limit-in-flight before its 429 (default 30000; 0: none).
+    #[arg(long)]
+    pub limit_queue_wait_ms: Option<u64>,
     /// Largest request body in bytes (default 4 MiB).
     #[arg(long)]
     pub limit_body_bytes: Option<usize>,
@@ -101,6 +104,7 @@ impl Args {
             max_tokens: self.limit_max_tokens.unwrap_or(d.max_tokens),
             max_prompt_tokens: self.limit_prompt_tokens.unwrap_or(d.max_prompt_tokens),
             max_in_flight_sequences: self.limit_in_flight.unwrap_or(d.max_in_flight_sequences),
+            max_queue_wait_ms: self.limit_queue_wait_ms.unwrap_or(d.max_queue_wait_ms),
             max_body_bytes: self.limit_body_bytes.unwrap_or(d.max_body_bytes),
         }
     }

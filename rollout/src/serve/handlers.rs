@@ -64,6 +64,7 @@ async fn models(State(st): St) -> Json<Value> {
         "max_tokens": st.limits.max_tokens,
         "max_prompt_tokens": st.limits.max_prompt_tokens,
         "max_in_flight_sequences": st.limits.max_in_flight_sequences,
+        "max_queue_wait_ms": st.limits.max_queue_wait_ms,
         "max_body_bytes": st.limits.max_body_bytes,
         "max_temperature": params::MAX_TEMPERATURE,
         "max_top_logprobs": params::MAX_TOP_LOGPROBS,
@@ -115,8 +116,8 @@ fn check_prompt_len(st: &ServeState, field: &str, len: usize) -> Result<(), ApiE
 }
 
 /// Takes `seqs` sequences of the in-flight limit for a request: a 400 when the request alone is larger than
-/// the limit (it could never run), a 429 when it does not fit now.
-fn admit(st: &ServeState, seqs: usize) -> Result<InFlightPermit, ApiError> {
+/// the limit (it could never run), a 429 when it does not fit within the queue wait.
+async fn admit(st: &ServeState, seqs: usize) -> Result<InFlightPermit, ApiError> {
     let max = st.limits.max_in_flight_sequences;
     if seqs > max {
         return Err(bad_param(
@@ -126,12 +127,14 @@ fn admit(st: &ServeState, seqs: usize) -> Result<InFlightPermit, ApiError> {
             ),
         ));
     }
-    st.in_flight.try_take(seqs).ok_or_else(|| {
+    let wait = std::time::Duration::from_millis(st.limits.max_queue_wait_ms);
+    st.in_flight.take(seqs, wait).await.ok_or_else(|| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
-                "the server is at its limit of {max} sequences in flight ({} now); retry later",
-                st.in_flight.current()
+                "the server is at its limit of {max} sequences in flight ({} now, waited {} ms); retry later",
+                st.in_flight.current(),
+                st.limits.max_queue_wait_ms
             ),
         )
     })
@@ -457,7 +460,7 @@ async fn completions(
     let want_lp = req.logprobs.is_some();
     let as_ids = req.return_tokens_as_token_ids;
     // Held until the response is complete (or the client has gone): dropping it frees the sequences.
-    let permit = admit(&st, reqs.len())?;
+    let permit = admit(&st, reqs.len()).await?;
     if req.sampling.stream {
         let params = params_of.remove(0);
         let rx = st.client.stream(reqs.remove(0)).map_err(internal)?;
@@ -601,7 +604,7 @@ async fn chat(State(st): St, Json(req): Json<ChatRequest>) -> Result<Response, A
     let params = sampling(&st, &req.sampling, max_tokens, prompt.len(), top)?;
     let id = request_id("chatcmpl");
     let model = req.model.clone().unwrap_or_else(|| st.model_name.clone());
-    let permit = admit(&st, n as usize)?;
+    let permit = admit(&st, n as usize).await?;
     if req.sampling.stream {
         let rx = st
             .client

@@ -5,11 +5,12 @@ use crate::engine::EngineConfig;
 use anyhow::{Result, bail};
 use serde::Serialize;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Per-request and server-wide limits. A request above a per-request limit gets a 400 naming the parameter;
-/// one that would take the server over `max_in_flight_sequences` gets a 429 at once (with `Retry-After`), not a
-/// place in an unbounded queue.
+/// one that would take the server over `max_in_flight_sequences` waits for room up to `max_queue_wait_ms`, then
+/// gets a 429 (with `Retry-After`): a bounded wait, not a place in an unbounded engine queue.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ServeLimits {
     /// Most choices per request (`n`).
@@ -21,13 +22,16 @@ pub struct ServeLimits {
     pub max_prompt_tokens: usize,
     /// Most sequences (one per prompt and choice: prompts x n) in flight over all requests, running or queued.
     pub max_in_flight_sequences: usize,
+    /// How long a request waits for room under `max_in_flight_sequences` before its 429 (0: none).
+    pub max_queue_wait_ms: u64,
     /// Largest request body in bytes (413 above).
     pub max_body_bytes: usize,
 }
 
 impl ServeLimits {
     /// Defaults for an engine: `n` up to 16 (and the in-flight bound), prompts and `max_tokens` up to the
-    /// context, 4 x `max_batch` sequences in flight (a batch running, three waiting), 4 MiB bodies.
+    /// context, 4 x `max_batch` sequences in flight (a batch running, three waiting) and up to 30 s of waiting
+    /// for room (rollout clients send bursts larger than a batch), 4 MiB bodies.
     pub fn for_engine(cfg: &EngineConfig) -> Self {
         let in_flight = 4 * cfg.max_batch.max(1);
         let context = cfg.max_seq_len.saturating_sub(1).max(1);
@@ -36,6 +40,7 @@ impl ServeLimits {
             max_tokens: context.min(u32::MAX as usize) as u32,
             max_prompt_tokens: context,
             max_in_flight_sequences: in_flight,
+            max_queue_wait_ms: 30_000,
             max_body_bytes: 4 << 20,
         }
     }
@@ -92,6 +97,19 @@ impl InFlight {
     pub(crate) fn try_take(&self, seqs: usize) -> Option<InFlightPermit> {
         let n = u32::try_from(seqs).ok()?;
         self.sem.clone().try_acquire_many_owned(n).ok()
+    }
+
+    /// Takes `seqs` sequences, waiting up to `wait` for them (first come, first served: the semaphore is
+    /// fair); None when they did not fit in time.
+    pub(crate) async fn take(&self, seqs: usize, wait: Duration) -> Option<InFlightPermit> {
+        if let Some(p) = self.try_take(seqs) {
+            return Some(p);
+        }
+        let n = u32::try_from(seqs).ok()?;
+        tokio::time::timeout(wait, self.sem.clone().acquire_many_owned(n))
+            .await
+            .ok()?
+            .ok()
     }
 
     /// Sequences in flight now.

@@ -1,6 +1,7 @@
 //! `spar serve` hardening, work: the limits on `n`, `max_tokens`, prompt length and sequences in flight are
-//! reported by `/v1/models` and enforced (400 naming the parameter, 429 when the server is full), and a
-//! request whose client disconnects stops generating (the engine's `cancelled` count, `GET /stats`).
+//! reported by `/v1/models` and enforced (400 naming the parameter; a bounded wait, then 429, when the server
+//! is full), and a request whose client disconnects stops generating (the engine's `cancelled` count,
+//! `GET /stats`).
 use super::serve::{http, options, post_json, send, stats, with_options};
 use serde_json::{Value, json};
 use spar_rollout::engine::EngineConfig;
@@ -78,6 +79,7 @@ fn serve_reports_and_enforces_its_limits() {
         assert_eq!(limits["max_tokens"], 8, "{models}");
         assert_eq!(limits["max_prompt_tokens"], 20, "{models}");
         assert_eq!(limits["max_in_flight_sequences"], 16, "{models}");
+        assert_eq!(limits["max_queue_wait_ms"], 30_000, "{models}");
         assert!(limits["max_body_bytes"].as_u64().is_some(), "{models}");
         let cmpl = |body: Value| post_json(addr, "/v1/completions", None, &body);
         let refused = [
@@ -119,37 +121,38 @@ fn serve_reports_and_enforces_its_limits() {
 }
 
 #[test]
-fn serve_answers_429_when_the_sequences_in_flight_are_at_the_limit() {
+fn serve_waits_a_bounded_time_for_room_then_answers_429() {
     let mut opts = options(None, long_engine());
     opts.limits.max_n = 1;
     opts.limits.max_in_flight_sequences = 1;
+    opts.limits.max_queue_wait_ms = 500;
     with_options(opts, |addr| {
+        // 4000 tokens of the tiny model take seconds: the one sequence in flight stays taken meanwhile.
         let first = start_stream(addr, 4000);
-        let r = post_json(
-            addr,
-            "/v1/completions",
-            None,
-            &json!({"prompt": "hi", "max_tokens": 2}),
-        );
+        let small = json!({"prompt": "hi", "max_tokens": 2});
+        let t = Instant::now();
+        let r = post_json(addr, "/v1/completions", None, &small);
         assert_eq!(r.status, 429, "{}", r.body);
+        assert!(
+            t.elapsed() >= Duration::from_millis(450),
+            "answered after {:?}, without waiting",
+            t.elapsed()
+        );
         assert_eq!(r.json()["error"]["type"], "rate_limit_error", "{}", r.body);
         assert!(
             r.headers.to_ascii_lowercase().contains("retry-after: 1"),
             "{}",
             r.headers
         );
-        // The first client leaves: its sequence is released and the next request is served.
+        // A request that waits while the first client leaves gets the room and is served.
+        let waiting = std::thread::spawn(move || post_json(addr, "/v1/completions", None, &small));
+        std::thread::sleep(Duration::from_millis(100));
         drop(first);
-        wait_for_stats(addr, "the sequence to be released", |s| {
+        let r = waiting.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        wait_for_stats(addr, "the sequences to be released", |s| {
             s["in_flight_sequences"] == 0
         });
-        let r = post_json(
-            addr,
-            "/v1/completions",
-            None,
-            &json!({"prompt": "hi", "max_tokens": 2}),
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
     })
     .unwrap();
 }
