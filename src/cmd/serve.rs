@@ -70,10 +70,11 @@ pub struct Args {
 }
 
 /// The bearer token in `var`: an unset or empty variable is an error naming it (an empty token would leave the
-/// server open while the flag reads as if auth were on).
+/// server open while the flag reads as if auth were on). Surrounding whitespace is dropped: HTTP strips it from
+/// header values, so a token that kept it could never match.
 fn api_key_from_env(var: &str) -> Result<String> {
     match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => Ok(v),
+        Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
         Ok(_) => bail!("--api-key-env {var}: the variable is empty; set it to the bearer token"),
         Err(std::env::VarError::NotPresent) => {
             bail!("--api-key-env {var}: the variable is not set; set it to the bearer token")

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 /// Checks the auth settings against the listen address before anything is bound or loaded, and returns the
 /// line to log, which says truthfully whether requests need a token:
-/// - an empty token is refused (it would read as "auth on" and accept nobody, or, compared naively, anybody);
+/// - an empty (or blank) token is refused: it would read as "auth on" and accept nobody, or, compared naively,
+///   anybody;
 /// - off loopback (any address but 127.0.0.0/8 and ::1, 0.0.0.0 included) a token is required unless
 ///   `insecure_no_auth` says serving to the network without one is meant;
 /// - a token together with `insecure_no_auth` is a contradiction, refused.
@@ -23,7 +24,7 @@ pub fn check_auth(
 ) -> Result<String> {
     let loopback = addr.ip().is_loopback();
     match (api_key, insecure_no_auth) {
-        (Some(""), _) => {
+        (Some(k), _) if k.trim().is_empty() => {
             bail!("the bearer token is empty: set a non-empty token, or leave auth off")
         }
         (Some(_), true) => bail!("--insecure-no-auth with a bearer token: choose one"),
@@ -112,6 +113,7 @@ mod tests {
         );
         assert!(check_auth(any, Some(""), false).is_err());
         assert!(check_auth(lo, Some(""), false).is_err());
+        assert!(check_auth(lo, Some("  "), false).is_err());
         assert!(check_auth(lo, Some("k"), true).is_err());
         assert!(
             check_auth(lo, None, false)
