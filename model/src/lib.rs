@@ -46,18 +46,51 @@ pub fn parse_kind(s: &str) -> anyhow::Result<tch::Kind> {
     }
 }
 
-/// Parses a device string: "cpu", "cuda", "cuda:N" or "auto" (CUDA 0 when available, else CPU).
+/// Parses a device string: "cpu", "cuda", "cuda:N" or "auto" (CUDA 0 when available, else CPU). A CUDA device
+/// that this machine (or this libtorch build) does not have is an error here, with the devices there are,
+/// rather than a C++ backtrace from libtorch at the first tensor put on it.
 pub fn parse_device(s: &str) -> anyhow::Result<tch::Device> {
-    match s {
-        "cpu" => Ok(tch::Device::Cpu),
-        "cuda" => Ok(tch::Device::Cuda(0)),
-        "auto" => Ok(tch::Device::cuda_if_available()),
+    let device = match s {
+        "cpu" => tch::Device::Cpu,
+        "cuda" => tch::Device::Cuda(0),
+        "auto" => tch::Device::cuda_if_available(),
         other => match other
             .strip_prefix("cuda:")
             .and_then(|n| n.parse::<usize>().ok())
         {
-            Some(n) => Ok(tch::Device::Cuda(n)),
+            Some(n) => tch::Device::Cuda(n),
             None => anyhow::bail!("unknown device {other:?} (expected cpu, cuda, cuda:N or auto)"),
         },
+    };
+    if let tch::Device::Cuda(n) = device {
+        let count = if tch::Cuda::is_available() {
+            tch::Cuda::device_count().max(0) as usize
+        } else {
+            0
+        };
+        match count {
+            0 => anyhow::bail!(
+                "device {s:?}: CUDA is not available here (no GPU visible, or libtorch built without CUDA); \
+                 use cpu or auto"
+            ),
+            c if n >= c => anyhow::bail!(
+                "device {s:?}: there is no CUDA device {n} (this machine has {c}: cuda:0..cuda:{})",
+                c - 1
+            ),
+            _ => {}
+        }
+    }
+    Ok(device)
+}
+
+#[cfg(test)]
+mod device_tests {
+    #[test]
+    fn a_cuda_device_that_is_not_there_is_a_clear_error() {
+        assert_eq!(super::parse_device("cpu").unwrap(), tch::Device::Cpu);
+        // No machine has 4096 GPUs: refused with the device named, on CPU-only machines too.
+        let e = super::parse_device("cuda:4096").unwrap_err().to_string();
+        assert!(e.contains("cuda:4096"), "{e}");
+        assert!(super::parse_device("gpu").is_err());
     }
 }

@@ -5,4 +5,6 @@ mod it {
     pub mod engine;
     pub mod failures;
     pub mod serve;
+    pub mod serve_errors;
+    pub mod serve_limits;
 }

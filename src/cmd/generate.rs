@@ -27,11 +27,11 @@ pub struct Args {
     /// Default: the recipe's `rollout.sampling.max_new_tokens`, else 256.
     #[arg(long)]
     max_new_tokens: Option<usize>,
-    /// 0 = greedy. Default: the recipe's `rollout.sampling.temperature`, else 0.
-    #[arg(long)]
+    /// 0 = greedy, at most 2. Default: the recipe's `rollout.sampling.temperature`, else 0.
+    #[arg(long, value_parser = temperature_arg, allow_negative_numbers = true)]
     temperature: Option<f64>,
-    /// Default: the recipe's `rollout.sampling.top_p`, else 1.
-    #[arg(long)]
+    /// In (0, 1]. Default: the recipe's `rollout.sampling.top_p`, else 1.
+    #[arg(long, value_parser = top_p_arg, allow_negative_numbers = true)]
     top_p: Option<f64>,
     /// 0 = off.
     #[arg(long, default_value_t = 0)]
@@ -42,6 +42,22 @@ pub struct Args {
     /// Qwen3 thinking mode (false adds the empty think block to the generation prompt).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     enable_thinking: bool,
+}
+
+/// `--temperature`, in the range `spar serve` accepts (a NaN or negative value would reach the sampler).
+fn temperature_arg(s: &str) -> std::result::Result<f64, String> {
+    let t: f64 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    spar_rollout::serve::params::check_temperature(t)
+}
+
+/// `--top-p`, in (0, 1] (0 would keep no token; libtorch would fail with a backtrace).
+fn top_p_arg(s: &str) -> std::result::Result<f64, String> {
+    let p: f64 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    spar_rollout::serve::params::check_top_p(p)
 }
 
 pub fn run(args: Args) -> Result<()> {

@@ -1,11 +1,14 @@
 //! `spar serve --model DIR`: the built-in engine as an OpenAI-compatible HTTP API (`/v1/chat/completions`,
-//! `/v1/completions`, `/v1/models`), on loopback unless `--host` says otherwise, with an optional bearer token
-//! read from an environment variable.
+//! `/v1/completions`, `/v1/models`), on loopback unless `--host` says otherwise, with a bearer token read from
+//! an environment variable (required off loopback unless `--insecure-no-auth`) and limits on what a request
+//! may ask for.
 use super::common::{DeviceArgs, RecipeArgs};
-use anyhow::{Context, Result};
+use anyhow::{Result, bail};
 use spar_model::{ChatTemplate, Qwen3Model, Tokenizer};
 use spar_rollout::engine::EngineConfig;
-use spar_rollout::serve::{ChatMlRenderer, ChatRenderer, ServeOptions, serve};
+use spar_rollout::serve::{
+    ChatMlRenderer, ChatRenderer, ServeLimits, ServeOptions, check_auth, listen_address, serve,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -24,9 +27,13 @@ pub struct Args {
     /// Model id reported by /v1/models (default: the directory name).
     #[arg(long)]
     pub served_model_name: Option<String>,
-    /// Environment variable holding the bearer token clients must send (default: none, no auth).
+    /// Environment variable holding the bearer token clients must send (set and non-empty). Default: no auth,
+    /// which only loopback allows.
     #[arg(long)]
     pub api_key_env: Option<String>,
+    /// Serve off loopback without a bearer token, on purpose (anyone who can reach the port can use it).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
     /// Most sequences decoded at once.
     #[arg(long, default_value_t = 64)]
     pub max_batch: usize,
@@ -41,9 +48,84 @@ pub struct Args {
     pub default_max_tokens: u32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Most choices (`n`) per request (default 16, at most --limit-in-flight).
+    #[arg(long)]
+    pub limit_n: Option<u32>,
+    /// Most `max_tokens` per request (default: the context, --max-model-len - 1).
+    #[arg(long)]
+    pub limit_max_tokens: Option<u32>,
+    /// Longest prompt in tokens (default: the context, --max-model-len - 1).
+    #[arg(long)]
+    pub limit_prompt_tokens: Option<usize>,
+    /// Most sequences (prompts x n) in flight over all requests (default 4 x --max-batch); a request that
+    /// does not fit waits up to --limit-queue-wait-ms, then gets a 429.
+    #[arg(long)]
+    pub limit_in_flight: Option<usize>,
+    /// How long a request waits for room under --limit-in-flight before its 429 (default 30000; 0: none).
+    #[arg(long)]
+    pub limit_queue_wait_ms: Option<u64>,
+    /// Largest request body in bytes (default 4 MiB).
+    #[arg(long)]
+    pub limit_body_bytes: Option<usize>,
+}
+
+/// The bearer token in `var`: an unset or empty variable is an error naming it (an empty token would leave the
+/// server open while the flag reads as if auth were on). Surrounding whitespace is dropped: HTTP strips it from
+/// header values, so a token that kept it could never match.
+fn api_key_from_env(var: &str) -> Result<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+        Ok(_) => bail!("--api-key-env {var}: the variable is empty; set it to the bearer token"),
+        Err(std::env::VarError::NotPresent) => {
+            bail!("--api-key-env {var}: the variable is not set; set it to the bearer token")
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            bail!("--api-key-env {var}: the variable is not valid UTF-8")
+        }
+    }
+}
+
+impl Args {
+    fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            max_batch: self.max_batch,
+            kv_slots: self.kv_slots.unwrap_or(2 * self.max_batch),
+            max_seq_len: self.max_model_len,
+            prefill_tokens: 8192,
+            seed: self.seed,
+            record_routing: false,
+        }
+    }
+
+    /// The defaults for the engine, with the `--limit-*` flags over them.
+    fn limits(&self, engine: &EngineConfig) -> ServeLimits {
+        let d = ServeLimits::for_engine(engine);
+        ServeLimits {
+            max_n: self.limit_n.unwrap_or(d.max_n),
+            max_tokens: self.limit_max_tokens.unwrap_or(d.max_tokens),
+            max_prompt_tokens: self.limit_prompt_tokens.unwrap_or(d.max_prompt_tokens),
+            max_in_flight_sequences: self.limit_in_flight.unwrap_or(d.max_in_flight_sequences),
+            max_queue_wait_ms: self.limit_queue_wait_ms.unwrap_or(d.max_queue_wait_ms),
+            max_body_bytes: self.limit_body_bytes.unwrap_or(d.max_body_bytes),
+        }
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // Settings first: a refused token, address or limit must not wait for a model to load.
+    let api_key = args
+        .api_key_env
+        .as_deref()
+        .map(api_key_from_env)
+        .transpose()?;
+    check_auth(
+        listen_address(&args.host, args.port)?,
+        api_key.as_deref(),
+        args.insecure_no_auth,
+    )?;
+    let engine = args.engine();
+    let limits = args.limits(&engine);
+    limits.validate(&engine)?;
     let choice = args.recipe.model_choice(&args.device)?;
     let dir = &choice.dir;
     let model = Qwen3Model::load(dir, choice.device, choice.kind)?;
@@ -58,13 +140,6 @@ pub fn run(args: Args) -> Result<()> {
             Arc::new(ChatMlRenderer)
         }
     };
-    let api_key = match &args.api_key_env {
-        Some(var) => Some(
-            std::env::var(var)
-                .with_context(|| format!("--api-key-env {var}: the variable is not set"))?,
-        ),
-        None => None,
-    };
     let name = args.served_model_name.clone().unwrap_or_else(|| {
         dir.file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -75,15 +150,10 @@ pub fn run(args: Args) -> Result<()> {
         port: args.port,
         model_name: name,
         api_key,
-        engine: EngineConfig {
-            max_batch: args.max_batch,
-            kv_slots: args.kv_slots.unwrap_or(2 * args.max_batch),
-            max_seq_len: args.max_model_len,
-            prefill_tokens: 8192,
-            seed: args.seed,
-            record_routing: false,
-        },
+        insecure_no_auth: args.insecure_no_auth,
+        engine,
         default_max_tokens: args.default_max_tokens,
+        limits,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let on_signal = stop.clone();

@@ -1,9 +1,11 @@
 //! End-to-end tests of the spar binary: a few-step run of the demo recipe, the contract path
 //! rollout fixture -> `spar score` -> one trainer step, from files, one recipe honoured by every command,
-//! `spar ablate` on a tiny grid (`ablate.rs`) and data-parallel runs (`data_parallel.rs`).
+//! `spar ablate` on a tiny grid (`ablate.rs`), data-parallel runs (`data_parallel.rs`) and the settings
+//! `spar serve` and `spar generate` refuse at start (`serve_flags.rs`).
 mod ablate;
 mod data_parallel;
 mod recipe_honoured;
+mod serve_flags;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -10,9 +10,11 @@
 //!
 //! The engine borrows the model and runs on the caller's thread (tch tensors are not `Sync`); async code talks
 //! to it through [`EngineClient`], whose requests [`Engine::run_until`] drains.
+mod cancel;
 pub mod client;
 pub mod slots;
 
+pub use cancel::{EngineLoad, LoadSink};
 pub use client::{EngineClient, EngineInbox, StreamEvent, channel};
 
 use crate::codec::TextCodec;
@@ -60,7 +62,7 @@ impl Default for EngineConfig {
 }
 
 /// Counters for progress bars and benchmarks.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct EngineStats {
     pub requests: u64,
     pub prompt_tokens: u64,
@@ -69,6 +71,8 @@ pub struct EngineStats {
     pub generated_tokens: u64,
     pub decode_steps: u64,
     pub prefill_forwards: u64,
+    /// Requests dropped because their caller went away (queued or mid-generation).
+    pub cancelled: u64,
 }
 
 /// A finished request: the wire output plus the expert choices of its prompt (when recorded), which the
@@ -128,6 +132,8 @@ pub struct Engine<'m> {
     routing_shape: Option<(usize, usize)>,
     /// CUDA-graph decode steps (CUDA only; None: every step runs the eager forward).
     graphs: Option<GraphDecoder>,
+    /// Where [`Engine::run_until`] publishes its load (None: nowhere).
+    load_sink: Option<LoadSink>,
     pub stats: EngineStats,
 }
 
@@ -171,6 +177,7 @@ impl<'m> Engine<'m> {
             codec: None,
             routing_shape,
             stats: EngineStats::default(),
+            load_sink: None,
             cfg,
         })
     }
@@ -226,14 +233,17 @@ impl<'m> Engine<'m> {
             .collect()
     }
 
-    /// Serves requests arriving through `inbox` until `done()` is true and no work is left.
+    /// Serves requests arriving through `inbox` until `done()` is true and no work is left. Requests whose
+    /// caller has gone away are dropped (see `cancel.rs`); the load is published after every step.
     pub fn run_until(&mut self, inbox: &EngineInbox, done: impl Fn() -> bool) -> Result<()> {
         loop {
             while let Some((req, reply)) = inbox.try_recv() {
                 self.submit(req, reply);
             }
             if self.has_work() {
-                self.step()?;
+                let stepped = self.step();
+                self.publish_load();
+                stepped?;
             } else if done() {
                 return Ok(());
             } else if let Some((req, reply)) =
@@ -249,6 +259,7 @@ impl<'m> Engine<'m> {
     pub fn step(&mut self) -> Result<()> {
         let _guard = tch::no_grad_guard();
         self.tick += 1;
+        self.drop_cancelled();
         self.admit();
         let result = self.prefill_and_decode();
         if let Err(e) = &result {
@@ -593,12 +604,7 @@ impl<'m> Engine<'m> {
                 continue;
             };
             let r = self.running.swap_remove(i);
-            // The last sampled token was never fed: the slot holds everything before it.
-            let cached = self.cache.len(r.slot);
-            self.truncate_slot(r.slot, cached);
-            let st = &mut self.slots[r.slot];
-            st.busy = false;
-            st.last_used = self.tick;
+            self.release_slot(r.slot);
             let out = self.output_of(&r, finish);
             self.respond(r.reply, Ok(out));
         }

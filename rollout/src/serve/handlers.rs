@@ -1,11 +1,15 @@
 //! HTTP handlers of `spar serve`.
 use super::ServeState;
 use super::api::{ChatRequest, CompletionRequest, Prompt, SamplingFields};
+use super::auth::require_bearer;
+use super::errors::{ApiError, bad, bad_param, internal, json_errors, not_found};
+use super::limits::InFlightPermit;
+use super::params;
 use crate::engine::{EngineOutput, StreamEvent};
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,86 +23,22 @@ use std::time::{SystemTime, UNIX_EPOCH};
 type St = State<Arc<ServeState>>;
 
 pub(crate) fn router(state: Arc<ServeState>) -> Router {
+    let body_limit = state.limits.max_body_bytes;
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
-        .route("/health", get(|| async { "ok" }))
-        .with_state(state)
-}
-
-/// An OpenAI-style error response; `param` names the offending request field when there is one.
-struct ApiError {
-    status: StatusCode,
-    message: String,
-    param: Option<&'static str>,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let kind = if self.status == StatusCode::UNAUTHORIZED {
-            "authentication_error"
-        } else if self.status.is_client_error() {
-            "invalid_request_error"
-        } else {
-            "server_error"
-        };
-        (
-            self.status,
-            Json(json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": self.status.as_u16()}})),
-        )
-            .into_response()
-    }
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
-    ApiError {
-        status,
-        message: message.into(),
-        param: None,
-    }
-}
-
-fn bad(msg: impl Into<String>) -> ApiError {
-    error(StatusCode::BAD_REQUEST, msg)
-}
-
-/// A 400 about one request field.
-fn bad_param(param: &'static str, msg: impl Into<String>) -> ApiError {
-    ApiError {
-        param: Some(param),
-        ..bad(msg)
-    }
-}
-
-fn internal(e: anyhow::Error) -> ApiError {
-    error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
-}
-
-fn authorize(st: &ServeState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(key) = &st.api_key else {
-        return Ok(());
-    };
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Constant-time comparison: the token must not leak through response timing.
-    let ok = given.len() == key.len()
-        && given
-            .bytes()
-            .zip(key.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if ok {
-        Ok(())
-    } else {
-        Err(error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token",
+        .route("/stats", get(stats))
+        // Only matched routes ask for the token: an unknown route is a 404 either way.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_bearer,
         ))
-    }
+        .route("/health", get(|| async { "ok" }))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(json_errors))
+        .with_state(state)
 }
 
 fn now() -> u64 {
@@ -118,61 +58,151 @@ fn request_id(prefix: &str) -> String {
     )
 }
 
-async fn models(State(st): St, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    authorize(&st, &headers)?;
-    Ok(Json(
-        json!({"object": "list", "data": [{"id": st.model_name, "object": "model", "created": 0, "owned_by": "spar", "max_model_len": st.max_seq_len}]}),
-    ))
+async fn models(State(st): St) -> Json<Value> {
+    let limits = json!({
+        "max_n": st.limits.max_n,
+        "max_tokens": st.limits.max_tokens,
+        "max_prompt_tokens": st.limits.max_prompt_tokens,
+        "max_in_flight_sequences": st.limits.max_in_flight_sequences,
+        "max_queue_wait_ms": st.limits.max_queue_wait_ms,
+        "max_body_bytes": st.limits.max_body_bytes,
+        "max_temperature": params::MAX_TEMPERATURE,
+        "max_top_logprobs": params::MAX_TOP_LOGPROBS,
+    });
+    Json(
+        json!({"object": "list", "data": [{"id": st.model_name, "object": "model", "created": 0, "owned_by": "spar",
+                                           "max_model_len": st.max_seq_len, "spar_limits": limits}]}),
+    )
 }
 
-/// The engine's sampling parameters for one request.
+/// `GET /stats`: the engine's counters (requests, tokens, `cancelled`), what it runs and queues now, and the
+/// sequences in flight against the limit.
+async fn stats(State(st): St) -> Json<Value> {
+    let load = *st.load.lock().unwrap_or_else(|e| e.into_inner());
+    Json(
+        json!({"engine": load.stats, "running": load.running, "queued": load.queued,
+                "in_flight_sequences": st.in_flight.current(),
+                "max_in_flight_sequences": st.limits.max_in_flight_sequences}),
+    )
+}
+
+/// `n` of a request, checked against the limit (streaming allows only 1).
+fn choices(st: &ServeState, f: &SamplingFields) -> Result<u32, ApiError> {
+    let n = f.n.unwrap_or(1);
+    if n == 0 || n > st.limits.max_n {
+        return Err(bad_param(
+            "n",
+            format!("n must be in 1..={} (got {n})", st.limits.max_n),
+        ));
+    }
+    if f.stream && n != 1 {
+        return Err(bad_param("n", "streaming supports n = 1"));
+    }
+    Ok(n)
+}
+
+/// Checks one prompt's length against the limit; `field` is the request field it came from.
+fn check_prompt_len(st: &ServeState, field: &str, len: usize) -> Result<(), ApiError> {
+    if len > st.limits.max_prompt_tokens {
+        return Err(bad_param(
+            field,
+            format!(
+                "the prompt has {len} tokens; this server takes at most {}",
+                st.limits.max_prompt_tokens
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Takes `seqs` sequences of the in-flight limit for a request: a 400 when the request alone is larger than
+/// the limit (it could never run), a 429 when it does not fit within the queue wait.
+async fn admit(st: &ServeState, seqs: usize) -> Result<InFlightPermit, ApiError> {
+    let max = st.limits.max_in_flight_sequences;
+    if seqs > max {
+        return Err(bad_param(
+            "prompt",
+            format!(
+                "the request asks for {seqs} sequences (prompts x n); this server runs at most {max} at once"
+            ),
+        ));
+    }
+    let wait = std::time::Duration::from_millis(st.limits.max_queue_wait_ms);
+    st.in_flight.take(seqs, wait).await.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "the server is at its limit of {max} sequences in flight ({} now, waited {} ms); retry later",
+                st.in_flight.current(),
+                st.limits.max_queue_wait_ms
+            ),
+        )
+    })
+}
+
+/// `max_tokens` of a request with the field it came from (chat: `max_completion_tokens` wins over the
+/// deprecated `max_tokens`).
+type MaxTokens = (Option<u32>, &'static str);
+
+/// The engine's sampling parameters for one request, every field checked (a 400 naming it otherwise).
 fn sampling(
     st: &ServeState,
     f: &SamplingFields,
-    max_tokens: Option<u32>,
+    (max_tokens, max_field): MaxTokens,
     prompt_len: usize,
     top_logprobs: u32,
 ) -> Result<SamplingParams, ApiError> {
-    let temperature = f.temperature.unwrap_or(1.0);
-    if !(0.0..=100.0).contains(&temperature) {
-        return Err(bad("temperature must be in [0, 100]"));
-    }
-    let top_p = f.top_p.unwrap_or(1.0);
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(bad("top_p must be in (0, 1]"));
-    }
-    let min_p = f.min_p.unwrap_or(0.0);
-    if !(0.0..=1.0).contains(&min_p) {
-        return Err(bad("min_p must be in [0, 1]"));
-    }
+    let temperature = params::check_temperature(f.temperature.unwrap_or(1.0) as f64)
+        .map_err(|m| bad_param("temperature", m))? as f32;
+    let top_p = params::check_top_p(f.top_p.unwrap_or(1.0) as f64)
+        .map_err(|m| bad_param("top_p", m))? as f32;
+    let min_p = params::check_min_p(f.min_p.unwrap_or(0.0) as f64)
+        .map_err(|m| bad_param("min_p", m))? as f32;
+    let top_k = params::check_top_k(f.top_k.unwrap_or(0)).map_err(|m| bad_param("top_k", m))?;
     if prompt_len >= st.max_seq_len {
         return Err(bad(format!(
             "the prompt has {prompt_len} tokens; this server's context is {} tokens",
             st.max_seq_len
         )));
     }
-    let room = (st.max_seq_len - prompt_len) as u32;
-    let max_new = max_tokens.unwrap_or(st.default_max_tokens.min(room));
-    if max_new == 0 || max_new > room {
-        return Err(bad(format!(
-            "max_tokens {max_new} must be in 1..={room} for a prompt of {prompt_len} tokens (context {})",
-            st.max_seq_len
-        )));
+    let room = (st.max_seq_len - prompt_len).min(u32::MAX as usize) as u32;
+    let cap = st.limits.max_tokens.min(room);
+    let max_new = max_tokens.unwrap_or(st.default_max_tokens.min(cap));
+    if max_new == 0 || max_new > st.limits.max_tokens {
+        return Err(bad_param(
+            max_field,
+            format!(
+                "{max_field} must be in 1..={} (got {max_new})",
+                st.limits.max_tokens
+            ),
+        ));
+    }
+    if max_new > room {
+        return Err(bad_param(
+            max_field,
+            format!(
+                "{max_field} {max_new} does not fit: a prompt of {prompt_len} tokens leaves {room} of the {}-token context",
+                st.max_seq_len
+            ),
+        ));
     }
     let mut stop_token_ids = f.stop_token_ids.clone();
     if !f.ignore_eos {
         stop_token_ids.extend(st.eos.iter().copied());
     }
     if let Some(bad_id) = stop_token_ids.iter().find(|&&t| t as usize >= st.vocab) {
-        return Err(bad(format!(
-            "stop_token_ids holds {bad_id}, outside the vocabulary ({})",
-            st.vocab
-        )));
+        return Err(bad_param(
+            "stop_token_ids",
+            format!(
+                "stop_token_ids holds {bad_id}, outside the vocabulary ({})",
+                st.vocab
+            ),
+        ));
     }
     Ok(SamplingParams {
         temperature,
         top_p,
-        top_k: f.top_k.filter(|&k| k > 0).map(|k| k as u32).unwrap_or(0),
+        top_k,
         min_p,
         max_new_tokens: max_new,
         seed: f.seed,
@@ -184,18 +214,8 @@ fn sampling(
     })
 }
 
-/// Most alternatives per token a request may ask for: OpenAI's chat limit (its legacy `/completions` allows 5;
-/// spar allows 20 there too, as vLLM does).
-pub(crate) const MAX_TOP_LOGPROBS: u32 = 20;
-
 fn top_count(field: &'static str, n: u32) -> Result<u32, ApiError> {
-    if n > MAX_TOP_LOGPROBS {
-        return Err(bad_param(
-            field,
-            format!("{field} must be in 0..={MAX_TOP_LOGPROBS} (got {n})"),
-        ));
-    }
-    Ok(n)
+    params::check_top_logprobs(field, n).map_err(|m| bad_param(field, m))
 }
 
 /// A log-prob as JSON can carry it: JSON has no infinity (a token the model rules out has log-prob -inf), so,
@@ -370,7 +390,7 @@ async fn run_all(
 }
 
 fn with_n(params: &SamplingParams, n: u32) -> Vec<SamplingParams> {
-    (0..n.max(1))
+    (0..n)
         .map(|i| {
             let mut p = params.clone();
             p.seed = params.seed.map(|s| s.wrapping_add(i as u64));
@@ -381,10 +401,8 @@ fn with_n(params: &SamplingParams, n: u32) -> Vec<SamplingParams> {
 
 async fn completions(
     State(st): St,
-    headers: HeaderMap,
     Json(req): Json<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    authorize(&st, &headers)?;
     if req.echo {
         return Err(bad_param("echo", "echo is not supported"));
     }
@@ -400,20 +418,35 @@ async fn completions(
         Prompt::Tokens(ids) => vec![ids.clone()],
         Prompt::TokenBatch(b) => b.clone(),
     };
-    if prompts.iter().any(|p| p.is_empty()) {
-        return Err(bad("empty prompt"));
+    if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
+        return Err(bad_param("prompt", "empty prompt"));
     }
     if let Some(t) = prompts.iter().flatten().find(|&&t| t as usize >= st.vocab) {
-        return Err(bad(format!(
-            "prompt token id {t} is outside the vocabulary ({})",
-            st.vocab
-        )));
+        return Err(bad_param(
+            "prompt",
+            format!(
+                "prompt token id {t} is outside the vocabulary ({})",
+                st.vocab
+            ),
+        ));
     }
-    let n = req.sampling.n.unwrap_or(1);
+    let n = choices(&st, &req.sampling)?;
+    if req.sampling.stream && prompts.len() != 1 {
+        return Err(bad_param("prompt", "streaming supports one prompt"));
+    }
+    for p in &prompts {
+        check_prompt_len(&st, "prompt", p.len())?;
+    }
     let mut reqs = Vec::new();
     let mut params_of = Vec::new();
     for p in &prompts {
-        let params = sampling(&st, &req.sampling, req.max_tokens, p.len(), top)?;
+        let params = sampling(
+            &st,
+            &req.sampling,
+            (req.max_tokens, "max_tokens"),
+            p.len(),
+            top,
+        )?;
         for sp in with_n(&params, n) {
             params_of.push(sp.clone());
             reqs.push(GenerateRequest {
@@ -426,10 +459,9 @@ async fn completions(
     let model = req.model.clone().unwrap_or_else(|| st.model_name.clone());
     let want_lp = req.logprobs.is_some();
     let as_ids = req.return_tokens_as_token_ids;
+    // Held until the response is complete (or the client has gone): dropping it frees the sequences.
+    let permit = admit(&st, reqs.len()).await?;
     if req.sampling.stream {
-        if reqs.len() != 1 {
-            return Err(bad("streaming supports one prompt and n = 1"));
-        }
         let params = params_of.remove(0);
         let rx = st.client.stream(reqs.remove(0)).map_err(internal)?;
         let st2 = st.clone();
@@ -457,7 +489,7 @@ async fn completions(
                 usage: None,
             })
         };
-        return Ok(sse(st.clone(), rx, params, move |ev| match ev {
+        return Ok(sse(st.clone(), rx, params, permit, move |ev| match ev {
             Delta::Text {
                 ids,
                 text,
@@ -469,6 +501,7 @@ async fn completions(
         }));
     }
     let outs = run_all(&st, reqs).await?;
+    drop(permit);
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion_tokens) = (0usize, 0usize);
     for (i, (out, params)) in outs.iter().zip(&params_of).enumerate() {
@@ -478,7 +511,7 @@ async fn completions(
         }
         let text = output_text(&st, out, &params)?;
         let o = &out.output;
-        let prompt = &prompts[i / n.max(1) as usize];
+        let prompt = &prompts[i / n as usize];
         prompt_tokens += prompt.len();
         completion_tokens += o.token_ids.len();
         let tops = (top > 0).then_some(o.top_logprobs.as_slice());
@@ -554,33 +587,25 @@ fn chat_top_count(req: &ChatRequest) -> Result<u32, ApiError> {
     top_count("top_logprobs", n)
 }
 
-async fn chat(
-    State(st): St,
-    headers: HeaderMap,
-    Json(req): Json<ChatRequest>,
-) -> Result<Response, ApiError> {
-    authorize(&st, &headers)?;
+async fn chat(State(st): St, Json(req): Json<ChatRequest>) -> Result<Response, ApiError> {
     let top = chat_top_count(&req)?;
+    let n = choices(&st, &req.sampling)?;
     let thinking = enable_thinking(&req);
     let text = st
         .renderer
         .render(&req.messages, req.tools.as_ref(), thinking)
-        .map_err(|e| bad(format!("rendering the chat template: {e:#}")))?;
+        .map_err(|e| bad_param("messages", format!("rendering the chat template: {e:#}")))?;
     let prompt = st.codec.encode(&text).map_err(internal)?;
-    let params = sampling(
-        &st,
-        &req.sampling,
-        req.max_completion_tokens.or(req.max_tokens),
-        prompt.len(),
-        top,
-    )?;
+    check_prompt_len(&st, "messages", prompt.len())?;
+    let max_tokens = match req.max_completion_tokens {
+        Some(m) => (Some(m), "max_completion_tokens"),
+        None => (req.max_tokens, "max_tokens"),
+    };
+    let params = sampling(&st, &req.sampling, max_tokens, prompt.len(), top)?;
     let id = request_id("chatcmpl");
     let model = req.model.clone().unwrap_or_else(|| st.model_name.clone());
-    let n = req.sampling.n.unwrap_or(1);
+    let permit = admit(&st, n as usize).await?;
     if req.sampling.stream {
-        if n != 1 {
-            return Err(bad("streaming supports n = 1"));
-        }
         let rx = st
             .client
             .stream(GenerateRequest {
@@ -598,7 +623,7 @@ async fn chat(
         let mut started = false;
         let mut reasoning_sent = 0usize;
         let mut content_sent = 0usize;
-        return Ok(sse(st.clone(), rx, params, move |ev| {
+        return Ok(sse(st.clone(), rx, params, permit, move |ev| {
             let mut out = Vec::new();
             if !started {
                 started = true;
@@ -647,6 +672,7 @@ async fn chat(
         })
         .collect();
     let outs = run_all(&st, reqs).await?;
+    drop(permit);
     let mut choices = Vec::new();
     let mut completion_tokens = 0;
     for (i, out) in outs.iter().enumerate() {
@@ -688,15 +714,18 @@ enum Delta {
 
 /// Server-sent events over a streamed request. Text is decoded from all tokens so far and only complete
 /// characters are sent (a token may end inside a UTF-8 sequence); stop tokens and anything from a stop string
-/// on are not shown. `to_json` turns each delta into the JSON text of its events.
+/// on are not shown. `to_json` turns each delta into the JSON text of its events. When the client disconnects,
+/// hyper drops the stream, and with it `rx` (the engine then cancels the request) and the in-flight `permit`.
 fn sse(
     st: Arc<ServeState>,
     rx: tokio::sync::mpsc::UnboundedReceiver<StreamEvent>,
     params: SamplingParams,
+    permit: InFlightPermit,
     to_json: impl FnMut(Delta) -> Vec<String> + Send + 'static,
 ) -> Response {
     struct S {
         rx: tokio::sync::mpsc::UnboundedReceiver<StreamEvent>,
+        permit: Option<InFlightPermit>,
         ids: Vec<u32>,
         pending_ids: Vec<u32>,
         pending_lp: Vec<f32>,
@@ -707,6 +736,7 @@ fn sse(
     }
     let init = S {
         rx,
+        permit: Some(permit),
         ids: vec![],
         pending_ids: vec![],
         pending_lp: vec![],
@@ -779,8 +809,10 @@ fn sse(
                     s.done = true;
                 }
                 Some(StreamEvent::Done(Err(e))) => {
-                    events =
-                        vec![json!({"error": {"message": e, "type": "server_error"}}).to_string()];
+                    events = vec![
+                        json!({"error": {"message": e, "type": "server_error", "param": null, "code": 500}})
+                            .to_string(),
+                    ];
                     s.done = true;
                 }
                 None => s.done = true,
@@ -790,6 +822,7 @@ fn sse(
             }
             if s.done {
                 out_events.push(Ok(Event::default().data("[DONE]")));
+                s.permit = None;
             }
             Some((futures::stream::iter(out_events), s))
         }

@@ -2,12 +2,21 @@
 //! `/v1/completions`, `/v1/models`), with log-probs (and the most likely alternatives: chat `top_logprobs`,
 //! legacy `logprobs: N`), streaming (server-sent events), Qwen3's reasoning split
 //! (`reasoning_content`, as vLLM's qwen3 parser returns it), loopback binding by default and an optional
-//! bearer token. Token ids in and out (`prompt` as ids, `return_token_ids`) serve the rollout backend switch.
+//! bearer token (required off loopback, `auth.rs`), limits on the work a request asks for (`limits.rs`),
+//! OpenAI-style errors for every failure (`errors.rs`), and requests whose client disconnects cancelled in the
+//! engine. Token ids in and out (`prompt` as ids, `return_token_ids`) serve the rollout backend switch.
 pub mod api;
+mod auth;
+mod errors;
 mod handlers;
+mod limits;
+pub mod params;
+
+pub use auth::check_auth;
+pub use limits::ServeLimits;
 
 use crate::codec::TextCodec;
-use crate::engine::{self, Engine, EngineClient, EngineConfig};
+use crate::engine::{self, Engine, EngineClient, EngineConfig, LoadSink};
 use anyhow::{Context, Result};
 use spar_model::Qwen3Model;
 use std::net::SocketAddr;
@@ -85,11 +94,15 @@ pub struct ServeOptions {
     pub port: u16,
     /// The id `/v1/models` lists (requests naming another model are still served: one model per server).
     pub model_name: String,
-    /// Bearer token every request must carry (None: no auth).
+    /// Bearer token every request must carry (None: no auth; refused off loopback unless
+    /// `insecure_no_auth`, see [`check_auth`]).
     pub api_key: Option<String>,
+    /// Serve beyond loopback without a token, on purpose.
+    pub insecure_no_auth: bool,
     pub engine: EngineConfig,
     /// `max_tokens` when a request gives none.
     pub default_max_tokens: u32,
+    pub limits: ServeLimits,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -99,8 +112,10 @@ impl std::fmt::Debug for ServeOptions {
             .field("port", &self.port)
             .field("model_name", &self.model_name)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("insecure_no_auth", &self.insecure_no_auth)
             .field("engine", &self.engine)
             .field("default_max_tokens", &self.default_max_tokens)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -115,10 +130,16 @@ pub(crate) struct ServeState {
     pub default_max_tokens: u32,
     pub eos: Vec<u32>,
     pub vocab: usize,
+    pub limits: ServeLimits,
+    /// Sequences of the requests being served, against `limits.max_in_flight_sequences`.
+    pub in_flight: limits::InFlight,
+    /// The engine's counters and load, published by the engine thread after every step (`GET /stats`).
+    pub load: LoadSink,
 }
 
 /// Serves until `stop` is set (or the listener fails). `ready` receives the bound address (port 0 picks a free
-/// one). The engine runs on the calling thread; HTTP on a small tokio runtime.
+/// one). The engine runs on the calling thread; HTTP on a small tokio runtime. Fails before binding when the
+/// auth settings or the limits are refused ([`check_auth`], [`ServeLimits::validate`]).
 pub fn serve(
     model: &Qwen3Model,
     codec: Arc<dyn TextCodec>,
@@ -127,29 +148,20 @@ pub fn serve(
     stop: Arc<AtomicBool>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
+    let addr = listen_address(&opts.host, opts.port)?;
+    check_auth(addr, opts.api_key.as_deref(), opts.insecure_no_auth)?;
+    opts.limits.validate(&opts.engine)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("spar-serve")
         .build()?;
-    let addr: SocketAddr = format!("{}:{}", opts.host, opts.port)
-        .parse()
-        .with_context(|| format!("bad listen address {}:{}", opts.host, opts.port))?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(
-            "serving on {addr}, reachable beyond this machine{}",
-            if opts.api_key.is_none() {
-                " WITHOUT a bearer token"
-            } else {
-                ""
-            }
-        );
-    }
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(addr))
         .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
     let (client, inbox) = engine::channel(opts.model_name.clone());
+    let load = LoadSink::default();
     let mut eos: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
         .iter()
         .filter_map(|t| codec.token_id(t))
@@ -165,6 +177,9 @@ pub fn serve(
         default_max_tokens: opts.default_max_tokens,
         eos,
         vocab: model.config.vocab_size,
+        in_flight: limits::InFlight::new(opts.limits.max_in_flight_sequences),
+        limits: opts.limits.clone(),
+        load: load.clone(),
     });
     let app = handlers::router(state);
     let stop_http = stop.clone();
@@ -177,11 +192,20 @@ pub fn serve(
             })
             .await
     });
-    let mut engine = Engine::new(model, opts.engine)?.with_codec(codec);
+    let mut engine = Engine::new(model, opts.engine)?
+        .with_codec(codec)
+        .with_load_sink(load);
     tracing::info!(
         "spar serve: listening on http://{bound}/v1 (model {})",
         opts.model_name
     );
+    // Off loopback this is a warning whichever way auth is: the operator should know the model is exposed.
+    let auth_line = check_auth(bound, opts.api_key.as_deref(), opts.insecure_no_auth)?;
+    if bound.ip().is_loopback() {
+        tracing::info!("{auth_line}");
+    } else {
+        tracing::warn!("{auth_line}");
+    }
     ready(bound);
     // A failed forward fails the requests in it; the server goes on.
     loop {
@@ -197,6 +221,14 @@ pub fn serve(
     Ok(())
 }
 
+/// The socket address of `--host` and `--port` (an IP address: a name would hide which interface is bound).
+pub fn listen_address(host: &str, port: u16) -> Result<SocketAddr> {
+    let ip: std::net::IpAddr = host.parse().with_context(|| {
+        format!("--host {host}: not an IP address (e.g. 127.0.0.1, 0.0.0.0, ::1)")
+    })?;
+    Ok(SocketAddr::new(ip, port))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -206,8 +238,10 @@ mod tests {
             port: 0,
             model_name: "m".into(),
             api_key: Some("sk-very-secret".into()),
+            insecure_no_auth: false,
             engine: Default::default(),
             default_max_tokens: 16,
+            limits: super::ServeLimits::for_engine(&Default::default()),
         };
         let d = format!("{o:?}");
         assert!(

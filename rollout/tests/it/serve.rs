@@ -1,15 +1,18 @@
 //! `spar serve` answers the official `openai` Python client (skipped without $SPAR_PYTHON), and spar's own
-//! external rollout backend gets the engine's tokens, log-probs and top log-probs through it.
+//! external rollout backend gets the engine's tokens, log-probs and top log-probs through it. The server
+//! fixture and a raw HTTP helper here serve the hardening tests too (`serve_errors.rs`, `serve_limits.rs`).
 use super::common::tiny_model;
 use spar_core::recipe::EndpointConfig;
 use spar_core::traits::{GenerateRequest, RolloutBackend, SamplingParams};
 use spar_rollout::TextCodec;
 use spar_rollout::engine::{Engine, EngineConfig};
-use spar_rollout::serve::{ChatMlRenderer, ServeOptions, serve};
+use spar_rollout::serve::{ChatMlRenderer, ServeLimits, ServeOptions, serve};
 use spar_rollout::testing::CharCodec;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 fn engine_config() -> EngineConfig {
     EngineConfig {
@@ -22,43 +25,144 @@ fn engine_config() -> EngineConfig {
     }
 }
 
+/// The fixture's server settings: loopback, the tiny engine, default limits.
+pub fn options(api_key: Option<&str>, engine: EngineConfig) -> ServeOptions {
+    ServeOptions {
+        host: "127.0.0.1".into(),
+        port: 0,
+        model_name: "tiny".into(),
+        api_key: api_key.map(String::from),
+        insecure_no_auth: false,
+        limits: ServeLimits::for_engine(&engine),
+        engine,
+        default_max_tokens: 16,
+    }
+}
+
 /// Serves the tiny model until `driver` (run on its own thread with the bound address) returns.
 fn with_server<T: Send + 'static>(
     api_key: Option<&str>,
     driver: impl FnOnce(SocketAddr) -> T + Send + 'static,
 ) -> T {
+    with_options(options(api_key, engine_config()), driver).unwrap()
+}
+
+/// Serves the tiny model with `opts` until `driver` returns; Err when the server refuses to start (the
+/// driver then never runs).
+pub fn with_options<T: Send + 'static>(
+    opts: ServeOptions,
+    driver: impl FnOnce(SocketAddr) -> T + Send + 'static,
+) -> anyhow::Result<T> {
     let model = tiny_model(false);
-    let opts = ServeOptions {
-        host: "127.0.0.1".into(),
-        port: 0,
-        model_name: "tiny".into(),
-        api_key: api_key.map(String::from),
-        engine: engine_config(),
-        default_max_tokens: 16,
-    };
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::channel();
     let stop2 = stop.clone();
     let driver = std::thread::spawn(move || {
-        let addr: SocketAddr = rx.recv().unwrap();
+        // No address: the server refused to start.
+        let addr: SocketAddr = rx.recv().ok()?;
         // Stop the server even when the driver panics, so the test fails instead of hanging.
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver(addr)));
         stop2.store(true, Ordering::Relaxed);
-        out
+        Some(out)
     });
-    serve(
+    let served = serve(
         &model,
         Arc::new(CharCodec),
         Arc::new(ChatMlRenderer),
         opts,
         stop,
         move |addr| tx.send(addr).unwrap(),
-    )
-    .unwrap();
-    match driver.join().unwrap() {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
+    );
+    // A refused start drops `tx`: the driver thread's recv fails and it ends without running the driver.
+    served?;
+    match driver.join() {
+        Ok(Some(Ok(v))) => Ok(v),
+        Ok(None) => anyhow::bail!("the server stopped before it was ready"),
+        Ok(Some(Err(panic))) | Err(panic) => std::panic::resume_unwind(panic),
     }
+}
+
+/// A response read by [`http`]: status, raw header block (names as sent) and body.
+pub struct Reply {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Reply {
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// Opens a connection to `addr` and sends one HTTP/1.1 request (`Connection: close`) without reading.
+pub fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    s
+}
+
+/// One plain HTTP/1.1 exchange, so that tests control every header and byte (and see axum's own answers).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut s = send(addr, method, path, headers, body);
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {raw}"));
+    Reply {
+        status,
+        headers: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// POSTs `body` as JSON with the bearer token `key` (when given).
+pub fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    key: Option<&str>,
+    body: &serde_json::Value,
+) -> Reply {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    http(addr, "POST", path, &headers, body.to_string().as_bytes())
+}
+
+/// `GET /stats` of the server at `addr` (no token).
+pub fn stats(addr: SocketAddr) -> serde_json::Value {
+    http(addr, "GET", "/stats", &[], b"").json()
 }
 
 #[test]
