@@ -252,6 +252,13 @@ void* spar_pg_barrier(void* g, char* err, size_t len) {
 int spar_work_wait(void* w, int64_t timeout_ms, char* err, size_t len) {
   try {
     auto& work = static_cast<Work*>(w)->work;
+    // No timeout (<= 0): NCCL's wait only orders the current CUDA stream after the collective and returns at
+    // once; a timeout would make it block this thread until the GPU finished (ProcessGroupNCCL's blocking
+    // wait), stalling every launch behind it. NCCL's watchdog enforces the group's own timeout instead.
+    if (timeout_ms <= 0) {
+      work->wait();
+      return 0;
+    }
     if (!work->wait(ms(timeout_ms))) {
       spar::set_err(err, len, "timed out after " + std::to_string(timeout_ms) + " ms");
       return 1;

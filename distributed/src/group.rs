@@ -53,6 +53,8 @@ pub struct ProcessGroup {
     world: usize,
     timeout: Duration,
     native_avg: bool,
+    /// NCCL: a wait orders the current CUDA stream instead of blocking the host (see `work`).
+    stream_wait: bool,
     device: tch::Device,
 }
 
@@ -102,6 +104,7 @@ impl ProcessGroup {
             world,
             timeout,
             native_avg,
+            stream_wait: matches!(backend, Backend::Nccl { .. }),
             device,
         })
     }
@@ -113,7 +116,14 @@ impl ProcessGroup {
     ) -> Result<Work> {
         let g = self.raw.0;
         let w = RawWork(ffi::object(what, |e, l| f(g, e, l))?);
-        let t = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);
+        // Gloo: wait on this thread with the group's timeout. NCCL: 0, the wait orders the current CUDA stream
+        // after the collective without blocking the host (results read on the host, e.g. a loss copied to the
+        // CPU, still wait for it); the group's timeout is then NCCL's watchdog's (set at creation).
+        let t = if self.stream_wait {
+            0
+        } else {
+            i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX)
+        };
         // The group must outlive its work: the closure holds it.
         let group = self.raw.clone();
         Ok(Work::pending(what, move || {

@@ -8,6 +8,7 @@
 //
 // Every entry point catches C++ exceptions and reports them through `err` (a NUL-terminated message).
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -171,6 +172,23 @@ int spar_cuda_graph_pool(void* gp, unsigned long long* pool_a, unsigned long lon
 int spar_cuda_graph_replay(void* gp, char* err, size_t len) {
   auto* g = static_cast<SparGraph*>(gp);
   return guarded(err, len, [&] { g->graph.replay(); });
+}
+
+// Peak bytes allocated and reserved by torch's caching allocator on `device` since the last reset (what
+// torch.cuda.max_memory_allocated / max_memory_reserved report). Returns 0 on success.
+int spar_cuda_peak_memory(int device, long long* allocated, long long* reserved, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    *allocated = stats.allocated_bytes[agg].peak;
+    *reserved = stats.reserved_bytes[agg].peak;
+  });
+}
+
+int spar_cuda_reset_peak_memory(int device, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+  });
 }
 
 }  // extern "C"

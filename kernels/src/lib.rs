@@ -7,6 +7,7 @@
 
 pub mod cuda;
 pub mod cuda_graph;
+pub mod cuda_memory;
 pub mod decode_ops;
 pub mod rms_norm;
 

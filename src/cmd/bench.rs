@@ -15,6 +15,8 @@ enum Bench {
     Forward(super::bench_forward::Args),
     /// Decode tokens/s of the built-in engine at several batch sizes.
     Decode(super::bench_decode::Args),
+    /// The learner's training step (plain or fully sharded): tokens/s and peak GPU memory.
+    Train(super::bench_train::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -23,5 +25,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Bench::Judge(a) => super::bench_judge::run(a),
         Bench::Forward(a) => super::bench_forward::run(a),
         Bench::Decode(a) => super::bench_decode::run(a),
+        Bench::Train(a) => super::bench_train::run(a),
     }
 }

@@ -1,6 +1,7 @@
-//! `spar launch --nproc-per-node 2 -- train`: two gloo ranks on loopback. SFT on 2 ranks equals SFT in one process
-//! (every rank draws the same batch and learns its half, with global counts and summed gradients); a run with RL
-//! rounds finishes with rank 0's outputs; layouts that cannot run are refused with the reason.
+//! `spar launch --nproc-per-node 2 -- train`: two gloo ranks on loopback. SFT on 2 and 4 ranks, plain and fully
+//! sharded, equals SFT in one process (every rank draws the same batch and learns its half, with global counts
+//! and summed gradients); a fully sharded run with RL rounds finishes with rank 0's outputs and a sharded
+//! checkpoint; layouts that cannot run are refused with the reason.
 use super::{ok, root, spar};
 use std::path::Path;
 use std::process::Command;
@@ -75,9 +76,11 @@ fn sft_on_two_and_four_ranks_equals_one_process_sft() {
     let mut launch4 = spar();
     launch4.args(["launch", "--nproc-per-node", "4", "--"]);
     ok(tiny(&mut launch4, &four, 0));
+    let sharded = dir.path().join("two-sharded");
+    ok(tiny(&mut launch2(), &sharded, 0).args(["--set", "distributed.sharding=\"full\""]));
     let a = metric_rows(&one, "sft/loss");
     assert_eq!(a.len(), 3);
-    for (ranks, run) in [(2, &two), (4, &four)] {
+    for (ranks, run) in [(2, &two), (4, &four), (2, &sharded)] {
         let b = metric_rows(run, "sft/loss");
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(&b) {
@@ -97,7 +100,7 @@ fn sft_on_two_and_four_ranks_equals_one_process_sft() {
     // Asserted: on 2 ranks every weight within 1e-5; on 4 every weight within 1e-4 (3 steps at lr 3e-3 bound a
     // coordinate's drift by 9e-3); on both at most 1 in 1,000 beyond 1e-6.
     let wa = weights(&one.join("final"));
-    for (ranks, run) in [(2, &two), (4, &four)] {
+    for (ranks, run) in [(2, &two), (4, &four), (2, &sharded)] {
         let wb = weights(&run.join("final"));
         assert_eq!(wa.len(), wb.len());
         let (mut beyond, mut total) = (0i64, 0i64);
@@ -121,10 +124,20 @@ fn sft_on_two_and_four_ranks_equals_one_process_sft() {
 }
 
 #[test]
-fn two_rank_rl_run_finishes_with_rank_zeros_outputs() {
+fn two_rank_fully_sharded_rl_run_finishes_with_rank_zeros_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    ok(tiny(&mut launch2(), &run, 2));
+    ok(tiny(&mut launch2(), &run, 2).args(["--set", "distributed.sharding=\"full\""]));
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    let ckpt = run.join("checkpoints").join(latest.trim());
+    for f in [
+        "optimizer/manifest.json",
+        "optimizer/rank-0.safetensors",
+        "optimizer/rank-1.safetensors",
+        "model/model.safetensors",
+    ] {
+        assert!(ckpt.join(f).exists(), "{f} missing in {}", ckpt.display());
+    }
     for f in [
         "audit.json",
         "metrics.jsonl",
@@ -186,7 +199,7 @@ fn layouts_that_cannot_run_are_refused_with_the_reason() {
     );
     fails(
         &["--set", "distributed.expert_parallel=2"],
-        "only data parallelism is built",
+        "only data parallelism (plain or fully sharded) is built",
     );
 }
 

@@ -405,7 +405,10 @@ mod tests {
         assert_eq!(DistributedSection::default().data_parallel_for(4), Ok(4));
         let e = error_of("[distributed]\nexpert_parallel = 2\n");
         assert!(e.contains("distributed.expert_parallel"), "{e}");
-        assert!(e.contains("only data parallelism is built"), "{e}");
+        assert!(
+            e.contains("only data parallelism (plain or fully sharded)"),
+            "{e}"
+        );
         let e = error_of("[distributed]\ntensor_parallel = 2\n");
         assert!(e.contains("distributed.tensor_parallel"), "{e}");
         let r = Recipe::from_toml_str(
@@ -415,6 +418,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.distributed.unwrap().backend, DistributedBackend::Gloo);
+        let r =
+            Recipe::from_toml_str("[distributed]\nsharding = \"full\"\n", "r.toml", &[]).unwrap();
+        assert_eq!(r.distributed.unwrap().sharding, Sharding::Full);
+        let e = error_of("[distributed]\nsharding = \"zero2\"\n");
+        assert!(e.contains("sharding"), "{e}");
     }
 
     #[test]
@@ -438,6 +446,7 @@ mod tests {
         round_trip(Split::ALL);
         round_trip(Dtype::ALL);
         round_trip(DistributedBackend::ALL);
+        round_trip(Sharding::ALL);
         round_trip(HealthBenchClip::ALL);
         round_trip(JudgeKind::ALL);
         round_trip(OnFailure::ALL);

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The fully sharded learner on the lent GPU (world size 1): `spar bench train` on the Qwen3-0.6B shape, plain
+# (without and with activation checkpointing), sharded in one process, and sharded through `spar launch
+# --nproc-per-node 1` (ProcessGroupNCCL: the real all-gathers and reduce-scatters); then a short `spar train` of
+# the tiny recipe sharded through NCCL (SKIP_TRAIN=1 skips it); then transformers' step on the same shape and batch
+# (model/bench/train_hf.py; SKIP_HF=1 skips it). Expects dist/spar.gz (stripped build) and dist/lib/ carried.
+# Writes to $OUT: bench.jsonl (one line per configuration), bench.txt, train.txt, train.jsonl, env.txt.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+. scripts/gpu-env.sh
+export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH"
+gunzip -c dist/spar.gz > /tmp/spar && chmod +x /tmp/spar
+(nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv) > "$OUT/env.txt" 2>&1
+B=(bench train --shape qwen3-0.6b --dtype bf16 --batch ${BATCH:-8} --micro-batch ${MICRO:-2} --seq ${SEQ:-1024}
+   --warmup 2 --iters ${ITERS:-5})
+for cfg in "" "--checkpointing" "--sharded"; do
+  timeout 200 /tmp/spar "${B[@]}" $cfg 2>>"$OUT/bench.txt" | tail -1 >> "$OUT/bench.jsonl"
+done
+timeout 200 /tmp/spar launch --nproc-per-node 1 -- "${B[@]}" --sharded 2>>"$OUT/bench.txt" \
+  | sed 's/^\[rank 0\] //' | tail -1 >> "$OUT/bench.jsonl"
+if [ -z "${SKIP_TRAIN:-}" ]; then
+run=(train --recipe recipes/tiny-cpu.toml --set 'model.device="cuda"' --set trainer.sft_steps=${SFT_STEPS:-20}
+     --set trainer.steps=${STEPS:-3} --set eval.max_cases=${EVAL_CASES:-2} --set 'distributed.sharding="full"'
+     --set 'distributed.backend="nccl"' --set "data.cases=\"$PWD/data/cases/cases.jsonl\"")
+timeout "${LIMIT:-200}" /tmp/spar launch --nproc-per-node 1 -- "${run[@]}" --out /tmp/sharded > "$OUT/train.txt" 2>&1
+echo "train rc=$?" >> "$OUT/train.txt"; cp /tmp/sharded/metrics.jsonl "$OUT/train.jsonl" 2>/dev/null
+ls -R /tmp/sharded/checkpoints | head -30 >> "$OUT/train.txt"
+fi
+# transformers' step on the same shape and batch (fp32 weights + bf16 autocast, as TRL / Trainer with bf16=True).
+if [ -z "${SKIP_HF:-}" ]; then
+  for cfg in "" "--gradient-checkpointing"; do
+    (cd model/bench && timeout 200 python3 train_hf.py --batch ${BATCH:-8} --micro-batch ${MICRO:-2} \
+      --seq ${SEQ:-1024} --iters ${ITERS:-5} $cfg 2>>"$OUT/bench.txt" | tail -1 >> "$OUT/bench.jsonl")
+  done
+fi

@@ -1,0 +1,157 @@
+//! `spar bench train`: the learner's training step (forward, backward, gradient clipping, AdamW with fp32
+//! masters: exactly what `spar train`'s SFT phase runs per step) on a random model of a real shape, plain or
+//! fully sharded, with tokens/s and the peak GPU memory. Under `spar launch` / torchrun it joins the process
+//! group (NCCL on `cuda:LOCAL_RANK`, gloo on CPU), so `--nproc-per-node 1 ... --sharded` measures the sharded
+//! path's overhead through real collectives on one GPU.
+use super::bench_forward::{bench_device, shape_config, sync};
+use anyhow::Result;
+use serde_json::json;
+use spar_core::recipe::{LossAgg, TrainerSection};
+use spar_model::{Qwen3Config, Qwen3Model, parse_kind};
+use spar_trainer::batch::TrainItem;
+use spar_trainer::knobs::{batching_config, new_learner};
+use spar_trainer::learner::{BatchingConfig, sft_update};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::Device;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// qwen3-0.6b | qwen3-30b-a3b
+    #[arg(long, default_value = "qwen3-0.6b")]
+    shape: String,
+    /// Decoder layers (default: the shape's own count).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// A config.json to use instead of --shape (tiny configs for CPU checks).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// Sequences per step (one micro-batch of --micro-batch sequences at a time).
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 1)]
+    micro_batch: usize,
+    #[arg(long, default_value_t = 1024)]
+    seq: usize,
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Recompute layers in backward (always on when sharded).
+    #[arg(long)]
+    checkpointing: bool,
+    /// Fully sharded parameters, gradients and optimizer over the launched ranks.
+    #[arg(long)]
+    sharded: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let env = spar_dist::DistEnv::from_env()?;
+    let launched = env.world_size > 1 || env.launcher == spar_dist::Launcher::Torchrun;
+    let mut device = bench_device(&args.device)?;
+    let group: Arc<dyn spar_dist::Collectives> = if launched {
+        let backend = if device.is_cuda() {
+            device = Device::Cuda(env.local_rank);
+            spar_dist::Backend::Nccl {
+                device: env.local_rank,
+            }
+        } else {
+            spar_dist::default_gloo(&env)
+        };
+        spar_dist::init(
+            &env,
+            &spar_dist::InitOptions {
+                backend: Some(backend),
+                ..Default::default()
+            },
+        )?
+        .group
+    } else {
+        Arc::new(spar_dist::Local)
+    };
+    let (rank, world) = (group.rank(), group.world_size());
+    let kind = parse_kind(&args.dtype)?;
+    let config = match &args.config {
+        Some(path) => Qwen3Config::from_file(path)?,
+        None => shape_config(&args.shape, args.layers)?,
+    };
+    let mut model = Qwen3Model::random(config.clone(), device, kind, 0)?;
+    model.set_activation_checkpointing(args.checkpointing);
+    let tr = TrainerSection {
+        micro_batch: args.micro_batch,
+        token_budget: 0,
+        ..Default::default()
+    };
+    let batching = BatchingConfig {
+        agg: LossAgg::TokenMean,
+        ..batching_config(&tr)?
+    };
+    let mut learner = new_learner(&tr, &model, 1e-5, 1000, 0)?;
+    learner.group = group.clone();
+    if args.sharded {
+        learner.shard(&mut model)?;
+    }
+    // This rank's share of a global batch of `batch` sequences, every token trained.
+    let vocab = config.vocab_size as i64;
+    let items: Vec<TrainItem> = (0..args.batch)
+        .filter(|i| i % world == rank)
+        .map(|i| {
+            let ids: Vec<i64> = (0..args.seq)
+                .map(|p| ((i * 7919 + p * 104_729) as i64) % vocab)
+                .collect();
+            let mut targets = ids[1..].to_vec();
+            targets.push(0);
+            let n = ids.len();
+            TrainItem {
+                group_id: format!("b{i}"),
+                sample_idx: 0,
+                input_ids: ids,
+                targets,
+                mask: vec![1.0; n],
+                advantages: vec![0.0; n],
+                step_ids: vec![-1; n],
+                n_steps: 0,
+                rollout_logp: vec![0.0; n],
+                routed: None,
+                reward: 0.0,
+            }
+        })
+        .collect();
+    for _ in 0..args.warmup {
+        sft_update(&model, &mut learner, &items, &batching, device)?;
+    }
+    sync(device);
+    if let Device::Cuda(d) = device {
+        spar_kernels::cuda_memory::reset_peak_memory(d)?;
+    }
+    let t = Instant::now();
+    let mut loss = 0.0;
+    for _ in 0..args.iters {
+        loss = sft_update(&model, &mut learner, &items, &batching, device)?.loss;
+    }
+    sync(device);
+    let secs = t.elapsed().as_secs_f64();
+    let peak = match device {
+        Device::Cuda(d) => Some(spar_kernels::cuda_memory::peak_memory(d)?),
+        _ => None,
+    };
+    let tokens = (args.batch * args.seq * args.iters) as f64;
+    if rank == 0 {
+        let report = json!({
+            "engine": "spar", "bench": "train",
+            "shape": if args.config.is_some() { "config" } else { args.shape.as_str() }, "layers": config.num_hidden_layers,
+            "dtype": args.dtype, "batch": args.batch, "micro_batch": args.micro_batch, "seq": args.seq,
+            "device": format!("{device:?}"), "world_size": world, "sharded": args.sharded,
+            "checkpointing": args.checkpointing || args.sharded, "iters": args.iters,
+            "seconds_per_step": secs / args.iters as f64, "tokens_per_s": tokens / secs, "loss": loss,
+            "peak_allocated_gib": peak.map(|p| p.0 as f64 / (1u64 << 30) as f64),
+            "peak_reserved_gib": peak.map(|p| p.1 as f64 / (1u64 << 30) as f64),
+        });
+        println!("{report}");
+    }
+    Ok(())
+}
