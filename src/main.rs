@@ -50,7 +50,20 @@ enum Command {
     Ablate(cmd::ablate::Args),
 }
 
+/// Makes every file and folder this process creates owner-only (0600 / 0700, docs/privacy.md). spar's own writers
+/// set modes explicitly (`spar_core::fsio`), but libtorch's checkpoint save, TensorBoard events, plots and SQLite
+/// create files with the process umask, and a run killed before its audit manifest seals the folder would leave
+/// them readable by everyone.
+fn owner_only_umask() {
+    #[cfg(unix)]
+    // SAFETY: umask only swaps the process's creation mask; it cannot fail and touches no memory.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 fn main() {
+    owner_only_umask();
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("SPAR_LOG").unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
