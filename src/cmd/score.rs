@@ -64,11 +64,18 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
 }
 
 fn score(args: &Args, builder: &Builder, cases_path: &std::path::Path) -> anyhow::Result<()> {
-    let cases: HashMap<String, Case> = spar_data::load_cases(cases_path)
-        .with_context(|| format!("reading cases {}", cases_path.display()))?
-        .into_iter()
-        .map(|c| (c.id.clone(), c))
-        .collect();
+    let mut cases = spar_data::load_cases(cases_path)
+        .with_context(|| format!("reading cases {}", cases_path.display()))?;
+    // The same ingest rule as every recipe-driven command (`spar_data::recipe::split_cases`).
+    if builder
+        .recipe()
+        .data
+        .as_ref()
+        .is_none_or(|d| d.redact_on_ingest)
+    {
+        spar_data::redact::redact_cases(&mut cases);
+    }
+    let cases: HashMap<String, Case> = cases.into_iter().map(|c| (c.id.clone(), c)).collect();
     let (samples, bad) = read_samples(&args.input)?;
     for b in &bad {
         eprintln!(
