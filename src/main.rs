@@ -42,6 +42,8 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Cases and knowledge base: generate, validate, import, export.
     Data(cmd::data::Args),
+    /// Print a text file (or `-`: standard input) with PHI replaced by placeholders, as ingest redacts cases.
+    Redact(cmd::redact::Args),
     /// Benchmarks (speed and memory; GPU figures come from the GPU machine).
     Bench(cmd::bench::Args),
     /// Run N ranks of a command on this node (torchrun's contract, no Python): `spar launch --nproc-per-node 2 -- train --recipe R`.
@@ -83,6 +85,7 @@ fn main() {
         Command::Plot(a) => cmd::plot::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Data(a) => cmd::data::run(a),
+        Command::Redact(a) => cmd::redact::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Launch(a) => cmd::launch::run(a),
         Command::Ablate(a) => cmd::ablate::run(a),
