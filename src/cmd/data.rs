@@ -82,7 +82,8 @@ enum Command {
         /// The recipe to print.
         name: Option<String>,
     },
-    /// Write the scripted expert's gold consultations (JSONL: case_id, split, turns) for SFT.
+    /// Write the scripted expert's gold consultations (JSONL: case_id, split, turns) for SFT, from PHI-redacted
+    /// cases unless --no-redact, with an audit manifest next to the file (OUT.audit.json).
     Expert {
         #[arg(long = "in", alias = "input")]
         input: Option<PathBuf>,
@@ -91,6 +92,9 @@ enum Command {
         /// Only this split (train, validation, test); default: every case.
         #[arg(long)]
         split: Option<String>,
+        /// Quote the cases as the file has them (like `[data] redact_on_ingest = false`).
+        #[arg(long)]
+        no_redact: bool,
     },
 }
 
@@ -205,15 +209,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 out.display()
             );
         }
-        Command::Expert { input, out, split } => {
-            let (chosen, splits) = chosen_cases(input, split.as_deref())?;
-            let records = expert::gold_transcripts(&chosen, splits.as_ref());
-            spar_core::fsio::write_jsonl(&out, &records)?;
-            println!(
-                "wrote {} gold consultations to {}",
-                records.len(),
-                out.display()
-            );
+        Command::Expert {
+            input,
+            out,
+            split,
+            no_redact,
+        } => {
+            // The gold consultations quote every answer of every case: a training set like any other output, so it
+            // gets a manifest of what it was made from.
+            let source = input_or_shipped(input)?;
+            let spec = spar_data::audit::AuditSpec::for_file("spar data expert", &out)
+                .with_data(super::audit::files_of(&source));
+            super::audit::run_audited(spec, || {
+                let (mut chosen, splits) = chosen_cases(Some(source.clone()), split.as_deref())?;
+                if !no_redact {
+                    redact::redact_cases(&mut chosen);
+                }
+                let records = expert::gold_transcripts(&chosen, splits.as_ref());
+                spar_core::fsio::write_jsonl(&out, &records)?;
+                println!(
+                    "wrote {} gold consultations to {}",
+                    records.len(),
+                    out.display()
+                );
+                Ok(())
+            })?;
         }
     }
     Ok(())

@@ -276,3 +276,36 @@ fn import_verl_redacts_unless_told_not_to() {
         .arg(&raw));
     assert!(std::fs::read_to_string(&raw).unwrap().contains("Okonkwo"));
 }
+
+/// `spar data expert` writes gold consultations from redacted cases (unless `--no-redact`), owner-only, with an
+/// audit manifest next to them.
+#[test]
+fn gold_consultations_are_redacted_and_audited() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    planted_dataset(&data);
+    let gold = d.path().join("gold.jsonl");
+    ok(spar()
+        .args(["data", "expert", "--split", "train", "--in"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&gold));
+    let text = std::fs::read_to_string(&gold).unwrap();
+    for n in NEEDLES {
+        assert!(!text.contains(n), "{n} in gold.jsonl");
+    }
+    let manifest = d.path().join("gold.jsonl.audit.json");
+    let audit: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(audit["outcome"], "ok", "{audit}");
+    assert_eq!(audit["task"], "spar data expert");
+    #[cfg(unix)]
+    assert_eq!((mode(&gold), mode(&manifest)), (0o600, 0o600));
+    let raw = d.path().join("raw.jsonl");
+    ok(spar()
+        .args(["data", "expert", "--no-redact", "--split", "train", "--in"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&raw));
+    assert!(std::fs::read_to_string(&raw).unwrap().contains("Okonkwo"));
+}
