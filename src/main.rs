@@ -42,6 +42,8 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Cases and knowledge base: generate, validate, import, export.
     Data(cmd::data::Args),
+    /// Print a text file (or `-`: standard input) with PHI replaced by placeholders, as ingest redacts cases.
+    Redact(cmd::redact::Args),
     /// Benchmarks (speed and memory; GPU figures come from the GPU machine).
     Bench(cmd::bench::Args),
     /// Run N ranks of a command on this node (torchrun's contract, no Python): `spar launch --nproc-per-node 2 -- train --recipe R`.
@@ -50,7 +52,20 @@ enum Command {
     Ablate(cmd::ablate::Args),
 }
 
+/// Makes every file and folder this process creates owner-only (0600 / 0700, docs/privacy.md). spar's own writers
+/// set modes explicitly (`spar_core::fsio`), but libtorch's checkpoint save, TensorBoard events, plots and SQLite
+/// create files with the process umask, and a run killed before its audit manifest seals the folder would leave
+/// them readable by everyone.
+fn owner_only_umask() {
+    #[cfg(unix)]
+    // SAFETY: umask only swaps the process's creation mask; it cannot fail and touches no memory.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 fn main() {
+    owner_only_umask();
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("SPAR_LOG").unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
@@ -70,6 +85,7 @@ fn main() {
         Command::Plot(a) => cmd::plot::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Data(a) => cmd::data::run(a),
+        Command::Redact(a) => cmd::redact::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Launch(a) => cmd::launch::run(a),
         Command::Ablate(a) => cmd::ablate::run(a),

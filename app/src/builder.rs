@@ -5,8 +5,8 @@ use crate::policy;
 use anyhow::{Context, Result};
 use spar_core::Case;
 use spar_core::recipe::{
-    EvalSection, JudgeKind, PolicyLoss, Recipe, RewardsSection, RolloutBackendKind, RolloutSection,
-    SimulatorConfig, SimulatorKind,
+    ClaimCacheKind, EvalSection, FactMode, JudgeKind, PolicyLoss, Recipe, RewardsSection,
+    RolloutBackendKind, RolloutSection, SimulatorConfig, SimulatorKind,
 };
 use spar_core::traits::StageScorer;
 use spar_data::expert::PartialExpertOptions;
@@ -18,6 +18,9 @@ use spar_rollout::{Rollout, SimulatorChoice};
 use spar_trainer::parts::{Generation, TrainParts};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// File name of the SQLite claim cache inside a run or output folder (when the recipe names no `cache_path`).
+pub const CLAIM_CACHE_FILE: &str = "claims.sqlite";
 
 /// Turns a recipe (already loaded, `--set` and the common flags applied) into the parts a command needs.
 pub struct Builder {
@@ -118,17 +121,55 @@ impl Builder {
     }
 
     /// The reward pipeline of `[rewards]` with its external models injected (LLM judges, extractor, verifier
-    /// and encoder over their endpoints) and the recipe's knowledge base. Build it on the runtime that will
-    /// score with it: its clients and cache connections live there.
-    pub async fn reward_pipeline(&self) -> Result<RewardPipeline> {
-        self.reward_pipeline_for(self.recipe.rewards.clone().unwrap_or_default())
+    /// and encoder over their endpoints) and the recipe's knowledge base; a SQLite claim cache goes where
+    /// [`Builder::claim_cache_path`] says for the output folder `out`. Build it on the runtime that will score
+    /// with it: its clients and cache connections live there.
+    pub async fn reward_pipeline(&self, out: Option<&Path>) -> Result<RewardPipeline> {
+        self.reward_pipeline_for(self.recipe.rewards.clone().unwrap_or_default(), out)
             .await
     }
 
     /// The reward pipeline of the `[rewards]` section `rewards` (with this recipe's knowledge base).
-    async fn reward_pipeline_for(&self, rewards: RewardsSection) -> Result<RewardPipeline> {
+    async fn reward_pipeline_for(
+        &self,
+        mut rewards: RewardsSection,
+        out: Option<&Path>,
+    ) -> Result<RewardPipeline> {
+        match self.claim_cache_path(&rewards, out) {
+            Some(p) => rewards.fact.cache_path = Some(p),
+            None if rewards.fact.cache == ClaimCacheKind::Sqlite => {
+                rewards.fact.cache = ClaimCacheKind::Memory
+            }
+            None => {}
+        }
         let injected = external::reward_models(&rewards, self.knowledge_base()?).await?;
         Ok(RewardPipeline::new(&rewards, injected).await?)
+    }
+
+    /// Where the SQLite claim cache of `rewards` lives for a command writing into the folder `out`: the
+    /// recipe's `rewards.fact.cache_path` (relative to the recipe's folder), else `out/claims.sqlite`, so verdicts
+    /// about one run's consultations stay in that run's owner-only folder and its audit manifest names them.
+    /// None for other cache kinds, and for a SQLite cache with neither (the cache then lives in memory: no
+    /// file outside a folder the user chose).
+    pub fn claim_cache_path(
+        &self,
+        rewards: &RewardsSection,
+        out: Option<&Path>,
+    ) -> Option<PathBuf> {
+        if rewards.fact.cache != ClaimCacheKind::Sqlite || rewards.fact.mode == FactMode::Off {
+            return None;
+        }
+        match (&rewards.fact.cache_path, out) {
+            (Some(p), _) => Some(self.recipe.resolve(p)),
+            (None, Some(dir)) => Some(dir.join(CLAIM_CACHE_FILE)),
+            (None, None) => None,
+        }
+    }
+
+    /// The claim cache file the recipe's `[rewards]` writes for the output folder `out`, if any (for the audit
+    /// manifest).
+    pub fn recipe_claim_cache(&self, out: Option<&Path>) -> Option<PathBuf> {
+        self.claim_cache_path(&self.recipe.rewards.clone().unwrap_or_default(), out)
     }
 
     /// Who plays the patient in rollouts (`[rollout.simulator]`).
@@ -246,7 +287,7 @@ impl Builder {
                 .enable_all()
                 .build()?,
         );
-        let rewards = Arc::new(runtime.block_on(self.reward_pipeline())?);
+        let rewards = Arc::new(runtime.block_on(self.reward_pipeline(Some(out)))?);
         let scorer = rewards.stage_scorer();
         if !cases.rl_extra.is_empty() {
             eprintln!(
@@ -345,7 +386,7 @@ impl Builder {
             expert.clone()
         };
         let eval_pipeline = match &self.eval_rewards {
-            Some(r) => Arc::new(runtime.block_on(self.reward_pipeline_for(r.clone()))?),
+            Some(r) => Arc::new(runtime.block_on(self.reward_pipeline_for(r.clone(), Some(out)))?),
             None => rewards.clone(),
         };
         let evaluator = crate::held_out::HeldOut::new(
@@ -512,4 +553,46 @@ pub fn offline_step(
         &format!("{} + {}", samples_path.display(), scored_path.display()),
         out,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SQLite claim cache goes where the recipe says (relative to the recipe's folder), else into the output
+    /// folder, else nowhere on disk; never into a shared home cache.
+    #[test]
+    fn claim_cache_lives_in_the_run_folder_unless_the_recipe_names_a_path() {
+        let recipe = |extra: &str| {
+            let mut r = Recipe::from_toml_str(
+                &format!("[rewards.fact]\ncache = \"sqlite\"\n{extra}"),
+                "/recipes/r.toml",
+                &[],
+            )
+            .unwrap();
+            r.source = Some("/recipes/r.toml".into());
+            Builder::new(r)
+        };
+        let b = recipe("");
+        let run = Path::new("/runs/a");
+        assert_eq!(
+            b.recipe_claim_cache(Some(run)),
+            Some(run.join(CLAIM_CACHE_FILE))
+        );
+        assert_eq!(b.recipe_claim_cache(None), None);
+        let b = recipe("cache_path = \"data/claims.sqlite\"");
+        assert_eq!(
+            b.recipe_claim_cache(Some(run)),
+            Some(PathBuf::from("/recipes/data/claims.sqlite"))
+        );
+        let b = recipe("cache_path = \"/shared/claims.sqlite\"");
+        assert_eq!(
+            b.recipe_claim_cache(None),
+            Some(PathBuf::from("/shared/claims.sqlite"))
+        );
+        let mem = Builder::new(
+            Recipe::from_toml_str("[rewards.fact]\ncache = \"memory\"\n", "r.toml", &[]).unwrap(),
+        );
+        assert_eq!(mem.recipe_claim_cache(Some(run)), None);
+    }
 }

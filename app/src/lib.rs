@@ -16,6 +16,6 @@ pub mod external;
 mod held_out;
 mod policy;
 
-pub use builder::{Builder, offline_step, whole_episodes};
+pub use builder::{Builder, CLAIM_CACHE_FILE, offline_step, whole_episodes};
 pub use cases::CaseSet;
 pub use policy::{PolicyParts, device_and_kind};

@@ -135,6 +135,10 @@ pub fn saved_model(recipe: &Recipe, model_dir: &Path) -> Result<Qwen3Model> {
 }
 
 /// Text for the demo tokenizer: every scripted expert consultation of the training cases, plus case text.
+/// The demo BPE's training text: the cases' consultations, JSON and opening lines, PHI-redacted whatever
+/// `[data] redact_on_ingest` says. A BPE's vocabulary is plain text shipped in `final/tokenizer.json`: trained on
+/// raw text it turns a frequent patient name or MRN into a token anyone can read; redacted, it learns the
+/// placeholders instead. (With ingest redaction on the cases are already redacted and this changes nothing.)
 fn case_corpus(cases: &[Case]) -> Vec<String> {
     let mut texts = Vec::new();
     for c in cases {
@@ -144,6 +148,7 @@ fn case_corpus(cases: &[Case]) -> Vec<String> {
         texts.push(serde_json::to_string(c).unwrap_or_default());
         texts.push(spar_rollout::simulator::scripted::ScriptedPatient::opening_line(c));
     }
+    let mut texts: Vec<String> = texts.iter().map(|t| spar_core::phi::redact(t)).collect();
     texts.push(spar_core::recipe::DEFAULT_SYSTEM_PROMPT.to_string());
     texts
 }
@@ -151,6 +156,26 @@ fn case_corpus(cases: &[Case]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The demo tokenizer never learns a patient's identifiers, even from cases read with
+    /// `redact_on_ingest = false`.
+    #[test]
+    fn bpe_corpus_is_redacted() {
+        let mut c = spar_data::generate::generate(1, 3).unwrap().remove(0);
+        c.hpi = "My name is Margaret Okonkwo, MRN: A-7782341, margaret.okonkwo@example.org".into();
+        c.inquiry_items[0].answer = "call me at (617) 555-0142, DOB 03/14/1962".into();
+        let texts = case_corpus(std::slice::from_ref(&c)).join("\n");
+        for ident in [
+            "Okonkwo",
+            "7782341",
+            "example.org",
+            "555-0142",
+            "03/14/1962",
+        ] {
+            assert!(!texts.contains(ident), "{ident} in the BPE corpus");
+        }
+        assert!(texts.contains("[NAME]") && texts.contains("[PHONE]"));
+    }
 
     #[test]
     fn a_pretrained_model_never_trains_with_a_new_bpe() {

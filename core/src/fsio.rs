@@ -6,6 +6,8 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 
 /// Writes `bytes` to `path` atomically: a crash leaves either the old file or the new one, never half of one.
+/// The file is owner-only (0600) and missing parent folders are created owner-only (0700): what spar writes can
+/// hold patient text (docs/privacy.md).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |f| f.write_all(bytes))
 }
@@ -19,14 +21,14 @@ pub fn write_atomic_with(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    create_private_dirs(dir)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = create_private_file(&tmp)?;
         fill(&mut f)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -36,6 +38,42 @@ pub fn write_atomic_with(
         return Err(Error::io(path, e));
     }
     Ok(())
+}
+
+/// Creates `dir` and its missing parents owner-only (0700). Folders that exist keep their mode: writing a file
+/// into the working directory or a shared results folder must not change that folder.
+pub fn create_private_dirs(dir: &Path) -> Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(dir, e))
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// Creates (or truncates) `path` for writing, owner-only (0600) whatever the umask; a file that existed is
+/// tightened to 0600 too.
+pub fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        opts.mode(0o600);
+        let f = opts.open(path)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        Ok(f)
+    }
+    #[cfg(not(unix))]
+    opts.open(path)
 }
 
 /// A JSONL line that could not be read; the reader goes on with the next line.
@@ -140,6 +178,30 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 mod tests {
     use super::*;
     use crate::sample::{SCHEMA_VERSION, Sample};
+
+    /// Files written atomically are 0600 and the folders created for them 0700, whatever the umask; an
+    /// existing parent folder keeps its mode.
+    #[cfg(unix)]
+    #[test]
+    fn atomic_writes_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let f = d.path().join("a/b/out.json");
+        write_atomic(&f, b"{}").unwrap();
+        assert_eq!(mode(&f), 0o600);
+        assert_eq!(
+            (mode(&d.path().join("a")), mode(&d.path().join("a/b"))),
+            (0o700, 0o700)
+        );
+        assert_eq!(mode(d.path()), 0o755, "an existing folder keeps its mode");
+        let g = d.path().join("old.txt");
+        std::fs::write(&g, "x").unwrap();
+        std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomic(&g, b"y").unwrap();
+        assert_eq!(mode(&g), 0o600, "a replaced file is owner-only too");
+    }
 
     #[test]
     fn atomic_write_and_jsonl_errors_name_line_and_field() {

@@ -95,6 +95,9 @@ pub struct AuditManifest {
     /// Where this manifest is, when not `run_dir/audit.json` (a file output's `<file>.audit.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<String>,
+    /// The SQLite claim cache the run used (redacted claims from its consultations), when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_cache: Option<String>,
 }
 
 impl AuditManifest {
@@ -176,6 +179,7 @@ impl AuditManifest {
             outputs,
             manifest: (spec.manifest != default_manifest)
                 .then(|| spec.manifest.display().to_string()),
+            claim_cache: spec.claim_cache.as_ref().map(|p| p.display().to_string()),
         };
         manifest.write()?;
         Ok(manifest)

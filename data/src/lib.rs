@@ -7,7 +7,8 @@
 //! - [`shipped`]: the shipped cases, knowledge base and recipes, embedded in the binary (or `$SPAR_DATA`)
 //! - [`expert`]: the scripted expert (gold consultations, turn-by-turn doctor policy)
 //! - [`verl`]: import of verl-style RL parquet
-//! - [`recipe`]: the train / eval cases a recipe's `[data]` section selects
+//! - [`recipe`]: the train / eval cases a recipe's `[data]` section selects (redacted when `redact_on_ingest`)
+//! - [`redact`]: PHI redaction of imported cases and RL prompts (`[data] redact_on_ingest`)
 pub mod audit;
 pub mod cases;
 pub mod expert;
@@ -15,6 +16,7 @@ pub mod generate;
 pub mod kb;
 mod parquet_io;
 pub mod recipe;
+pub mod redact;
 pub mod shipped;
 pub mod splits;
 pub mod verl;

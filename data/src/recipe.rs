@@ -20,11 +20,16 @@ fn resolve(p: &Path, base: Option<&Path>) -> PathBuf {
     }
 }
 
-/// The cases of `split`, at most `max_cases` of them (0 = all), in file order.
+/// The cases of `split`, at most `max_cases` of them (0 = all), in file order. With `redact_on_ingest` (the
+/// default) their free text is redacted here, the one place every command's cases come through
+/// ([`crate::redact::redact_case`]); off keeps the text as the file has it, on the user's word.
 pub fn split_cases(section: &DataSection, base: Option<&Path>, split: Split) -> Result<Vec<Case>> {
     let splits = section.splits.as_deref().map(|p| resolve(p, base));
     let path = cases_path(section, base)?;
     let mut cases = load_split(&path, splits.as_deref(), split)?;
+    if section.redact_on_ingest {
+        crate::redact::redact_cases(&mut cases);
+    }
     if !section.departments.is_empty() {
         for d in &section.departments {
             if !cases.iter().any(|c| &c.department == d) {

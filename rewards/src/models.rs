@@ -12,7 +12,6 @@ use spar_core::recipe::{
 };
 use spar_core::traits::{ClaimExtractor, ClaimVerdict, Encoder, FactVerifier, Judge};
 use spar_core::{Error, Result};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 fn recipe_err(key: &str, msg: impl Into<String>) -> Error {
@@ -91,23 +90,16 @@ pub fn encoder(cfg: &FactConfig) -> Result<Arc<dyn Encoder>> {
     }
 }
 
-/// Default location of the SQLite claim cache: `$SPAR_CACHE_DIR`, else `$XDG_CACHE_HOME/spar`, else
-/// `~/.cache/spar`, file `claims.sqlite`.
-pub fn default_cache_path() -> PathBuf {
-    let dir = std::env::var_os("SPAR_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("spar")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/spar")))
-        .unwrap_or_else(|| PathBuf::from(".spar-cache"));
-    dir.join("claims.sqlite")
-}
-
 /// The claim-cache store `[rewards.fact] cache` names.
 pub async fn cache_backend(cfg: &FactConfig) -> Result<Arc<dyn CacheBackend>> {
     Ok(match cfg.cache {
-        ClaimCacheKind::Sqlite => Arc::new(SqliteBackend::open(
-            &cfg.cache_path.clone().unwrap_or_else(default_cache_path),
-        )?),
+        // No path: in memory. The file's home is the run's folder, which only the caller knows (spar-app's
+        // Builder fills `cache_path` in); a shared default such as ~/.cache would collect claims of every run
+        // outside any folder the user chose for them.
+        ClaimCacheKind::Sqlite => match &cfg.cache_path {
+            Some(p) => Arc::new(SqliteBackend::open(p)?),
+            None => Arc::new(MemoryBackend::default()),
+        },
         ClaimCacheKind::Redis => {
             Arc::new(
                 RedisBackend::connect(cfg.redis_url.as_deref().ok_or_else(|| {

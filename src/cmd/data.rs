@@ -2,7 +2,7 @@
 use anyhow::{Context, bail};
 use spar_data::cases::{self, Format};
 use spar_data::splits::{Split, Splits};
-use spar_data::{expert, generate, verl, wire};
+use spar_data::{expert, generate, redact, verl, wire};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -35,12 +35,16 @@ enum Command {
         splits: Option<PathBuf>,
     },
     /// Import verl-style parquet (prompt, reward_model, extra_info, data_source) as cases, or as RL prompt
-    /// records when the rows carry no case.
+    /// records when the rows carry no case. Free text is PHI-redacted unless --no-redact.
     ImportVerl {
         #[arg(long = "in", alias = "input")]
         input: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Keep the text as the file has it (like `[data] redact_on_ingest = false`): only for data that is
+        /// already de-identified or that stays where it may hold PHI.
+        #[arg(long)]
+        no_redact: bool,
     },
     /// Write cases as verl RL parquet (prompt = the patient's opening, reward_model.ground_truth = the case).
     ExportVerl {
@@ -52,7 +56,8 @@ enum Command {
         #[arg(long)]
         split: Option<String>,
     },
-    /// Convert between JSONL and parquet (by extension) for cases, samples or scored records.
+    /// Convert between JSONL and parquet (by extension) for cases, samples or scored records. Cases are
+    /// PHI-redacted on the way (an import from elsewhere) unless --no-redact.
     Export {
         #[arg(long = "in", alias = "input")]
         input: PathBuf,
@@ -61,6 +66,9 @@ enum Command {
         /// What the file holds.
         #[arg(long, value_enum, default_value_t = Kind::Cases)]
         kind: Kind,
+        /// Keep case text as the file has it (like `[data] redact_on_ingest = false`).
+        #[arg(long)]
+        no_redact: bool,
     },
     /// Cases per department and per split; without --in, the shipped cases and the knowledge base.
     Stats {
@@ -74,7 +82,8 @@ enum Command {
         /// The recipe to print.
         name: Option<String>,
     },
-    /// Write the scripted expert's gold consultations (JSONL: case_id, split, turns) for SFT.
+    /// Write the scripted expert's gold consultations (JSONL: case_id, split, turns) for SFT, from PHI-redacted
+    /// cases unless --no-redact, with an audit manifest next to the file (OUT.audit.json).
     Expert {
         #[arg(long = "in", alias = "input")]
         input: Option<PathBuf>,
@@ -83,6 +92,9 @@ enum Command {
         /// Only this split (train, validation, test); default: every case.
         #[arg(long)]
         split: Option<String>,
+        /// Quote the cases as the file has them (like `[data] redact_on_ingest = false`).
+        #[arg(long)]
+        no_redact: bool,
     },
 }
 
@@ -114,8 +126,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Validate { input, splits } => {
             validate(&input_or_shipped(input)?, splits.as_deref())?
         }
-        Command::ImportVerl { input, out } => {
-            let got = verl::import_verl(&input)?;
+        Command::ImportVerl {
+            input,
+            out,
+            no_redact,
+        } => {
+            let mut got = verl::import_verl(&input)?;
+            if !no_redact {
+                redact::redact_cases(&mut got.cases);
+                got.prompts.iter_mut().for_each(redact::redact_prompt);
+            }
             match (got.cases.is_empty(), got.prompts.is_empty()) {
                 (_, true) => {
                     cases::write_cases(&out, &got.cases)?;
@@ -144,10 +164,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ),
             }
         }
-        Command::Export { input, out, kind } => {
+        Command::Export {
+            input,
+            out,
+            kind,
+            no_redact,
+        } => {
             let n = match kind {
                 Kind::Cases => {
-                    let c = cases::load_cases(&input)?;
+                    let mut c = cases::load_cases(&input)?;
+                    if !no_redact {
+                        redact::redact_cases(&mut c);
+                    }
                     cases::write_cases(&out, &c)?;
                     c.len()
                 }
@@ -181,15 +209,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 out.display()
             );
         }
-        Command::Expert { input, out, split } => {
-            let (chosen, splits) = chosen_cases(input, split.as_deref())?;
-            let records = expert::gold_transcripts(&chosen, splits.as_ref());
-            spar_core::fsio::write_jsonl(&out, &records)?;
-            println!(
-                "wrote {} gold consultations to {}",
-                records.len(),
-                out.display()
-            );
+        Command::Expert {
+            input,
+            out,
+            split,
+            no_redact,
+        } => {
+            // The gold consultations quote every answer of every case: a training set like any other output, so it
+            // gets a manifest of what it was made from.
+            let source = input_or_shipped(input)?;
+            let spec = spar_data::audit::AuditSpec::for_file("spar data expert", &out)
+                .with_data(super::audit::files_of(&source));
+            super::audit::run_audited(spec, || {
+                let (mut chosen, splits) = chosen_cases(Some(source.clone()), split.as_deref())?;
+                if !no_redact {
+                    redact::redact_cases(&mut chosen);
+                }
+                let records = expert::gold_transcripts(&chosen, splits.as_ref());
+                spar_core::fsio::write_jsonl(&out, &records)?;
+                println!(
+                    "wrote {} gold consultations to {}",
+                    records.len(),
+                    out.display()
+                );
+                Ok(())
+            })?;
         }
     }
     Ok(())

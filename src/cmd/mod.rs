@@ -15,6 +15,7 @@ pub mod generate;
 pub mod launch;
 pub mod logprobs;
 pub mod plot;
+pub mod redact;
 pub mod rollout;
 pub mod score;
 pub mod serve;

@@ -56,19 +56,35 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     }
     let mut spec = spar_data::audit::AuditSpec::for_file("spar score", &args.out)
         .with_recipe(super::audit::recipe_toml(recipe))
-        .with_data(data_files);
+        .with_data(data_files)
+        .with_claim_cache(builder.recipe_claim_cache(Some(&out_folder(&args.out))));
     if let Some(r) = &args.report {
         spec = spec.with_output_file(r);
     }
     super::audit::run_audited(spec, || score(&args, &builder, &cases_path))
 }
 
+/// The folder the scored file goes to: the claim cache's default home (the data folder of this run).
+fn out_folder(out: &std::path::Path) -> std::path::PathBuf {
+    match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => ".".into(),
+    }
+}
+
 fn score(args: &Args, builder: &Builder, cases_path: &std::path::Path) -> anyhow::Result<()> {
-    let cases: HashMap<String, Case> = spar_data::load_cases(cases_path)
-        .with_context(|| format!("reading cases {}", cases_path.display()))?
-        .into_iter()
-        .map(|c| (c.id.clone(), c))
-        .collect();
+    let mut cases = spar_data::load_cases(cases_path)
+        .with_context(|| format!("reading cases {}", cases_path.display()))?;
+    // The same ingest rule as every recipe-driven command (`spar_data::recipe::split_cases`).
+    if builder
+        .recipe()
+        .data
+        .as_ref()
+        .is_none_or(|d| d.redact_on_ingest)
+    {
+        spar_data::redact::redact_cases(&mut cases);
+    }
+    let cases: HashMap<String, Case> = cases.into_iter().map(|c| (c.id.clone(), c)).collect();
     let (samples, bad) = read_samples(&args.input)?;
     for b in &bad {
         eprintln!(
@@ -85,7 +101,9 @@ fn score(args: &Args, builder: &Builder, cases_path: &std::path::Path) -> anyhow
         .enable_all()
         .build()?;
     let (scored, rep) = rt.block_on(async {
-        let pipeline = builder.reward_pipeline().await?;
+        let pipeline = builder
+            .reward_pipeline(Some(&out_folder(&args.out)))
+            .await?;
         let bar = ProgressBar::new(n as u64);
         bar.set_style(ProgressStyle::with_template(
             "scoring {bar:40} {pos}/{len} samples {elapsed_precise} eta {eta}",

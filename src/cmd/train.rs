@@ -95,7 +95,8 @@ pub fn train(
     let recipe = builder.recipe();
     let mut spec = spar_data::audit::AuditSpec::for_dir(command, &out)
         .with_recipe(super::audit::recipe_toml(recipe))
-        .with_data(super::audit::recipe_data_files(recipe));
+        .with_data(super::audit::recipe_data_files(recipe))
+        .with_claim_cache(builder.recipe_claim_cache(Some(&out)));
     if let Some(p) = recipe.model.as_ref().and_then(|m| m.path.as_ref()) {
         spec = spec.with_model(&recipe.resolve(p));
     }

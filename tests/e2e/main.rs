@@ -1,9 +1,11 @@
 //! End-to-end tests of the spar binary: a few-step run of the demo recipe, the contract path
 //! rollout fixture -> `spar score` -> one trainer step, from files, one recipe honoured by every command,
 //! `spar ablate` on a tiny grid (`ablate.rs`), data-parallel runs (`data_parallel.rs`) and the settings
-//! `spar serve` and `spar generate` refuse at start (`serve_flags.rs`).
+//! `spar serve` and `spar generate` refuse at start (`serve_flags.rs`), and PHI planted in a case kept out of
+//! every file a run writes (`phi.rs`).
 mod ablate;
 mod data_parallel;
+mod phi;
 mod recipe_honoured;
 mod serve_flags;
 

@@ -322,6 +322,8 @@ pub struct FactConfig {
     pub cache_threshold: f64,
     /// Claim cache.
     pub cache: ClaimCacheKind,
+    /// The SQLite cache file (relative paths against the recipe's folder). Default: `claims.sqlite` in the
+    /// command's output folder (the run folder of `spar train`); in memory for a command without one.
     pub cache_path: Option<PathBuf>,
     pub redis_url: Option<String>,
     /// eps of Eq. 12 (keeps R_fact finite when every saliency is 0).

@@ -51,6 +51,8 @@ pub struct AuditSpec {
     /// `git describe` of the build, when the binary knows it (a build script's `SPAR_BUILD_GIT_DESCRIBE`); it
     /// replaces the one spar-data was compiled with.
     pub build_describe: Option<String>,
+    /// The SQLite claim cache the run reads and writes, when it has one (see [`AuditSpec::with_claim_cache`]).
+    pub claim_cache: Option<PathBuf>,
 }
 
 impl AuditSpec {
@@ -81,6 +83,17 @@ impl AuditSpec {
     /// Adds another output file (e.g. an optional report), sealed 0600 at the end like the main one.
     pub fn with_output_file(mut self, file: &Path) -> Self {
         self.outputs.push((file.to_path_buf(), OutputKind::File));
+        self
+    }
+
+    /// Names the run's SQLite claim cache: recorded as `claim_cache` and kept as an output file (sealed 0600 at
+    /// the end), because it holds (redacted) claims from the run's consultations and may live outside the run
+    /// folder when the recipe's `rewards.fact.cache_path` says so.
+    pub fn with_claim_cache(mut self, path: Option<PathBuf>) -> Self {
+        if let Some(p) = path {
+            self.outputs.push((p.clone(), OutputKind::File));
+            self.claim_cache = Some(p);
+        }
         self
     }
 
@@ -177,8 +190,8 @@ pub(super) fn prepare_outputs(outputs: &[(PathBuf, OutputKind)]) -> Result<Vec<O
     Ok(out)
 }
 
-/// After the run: output files 0600, folders inside an output folder 0700 (the run may have created them with
-/// the default umask). Missing outputs (a run that failed early) are skipped.
+/// After the run: output files and the files inside an owned output folder 0600, folders inside it 0700 (the
+/// run may have created them with the default umask). Missing outputs (a run that failed early) are skipped.
 pub(super) fn seal_outputs(outputs: &[Output]) -> Result<()> {
     for o in outputs {
         let p = Path::new(&o.path);
@@ -199,6 +212,9 @@ fn seal_dir(dir: &Path) -> Result<()> {
         let meta = std::fs::symlink_metadata(&p).map_err(|e| Error::io(&p, e))?;
         if meta.is_dir() {
             seal_dir(&p)?;
+        } else if meta.is_file() {
+            // Files made by writers spar does not control (libtorch's save, TensorBoard, plots) follow the umask.
+            super::set_mode(&p, 0o600)?;
         }
     }
     Ok(())

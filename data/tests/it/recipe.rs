@@ -106,3 +106,89 @@ fn rl_extra_patients_are_fresh_and_of_the_training_diagnoses() {
     let e = rl_extra_cases(&with, &[foreign]).unwrap_err().to_string();
     assert!(e.contains("data.rl_extra_per_diagnosis"), "{e}");
 }
+
+/// A fake patient's identifiers, in the places a real record would carry them.
+const PLANTED: &str = "My name is Margaret Okonkwo, MRN: A-7782341, e-mail margaret.okonkwo@example.org, \
+                       phone (617) 555-0142, DOB 03/14/1962.";
+
+/// `redact_on_ingest` (default on) redacts the cases a recipe reads; off keeps them as the file has them.
+#[test]
+fn redact_on_ingest_redacts_the_cases_and_off_keeps_them_raw() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("cases");
+    let (mut cases, splits) = spar_data::generate::write_dataset(&dir, 48, 1).unwrap();
+    let planted = cases
+        .iter_mut()
+        .find(|c| splits.train.contains(&c.id))
+        .unwrap();
+    planted.hpi = format!("{} {PLANTED}", planted.hpi);
+    planted.inquiry_items[0].answer = PLANTED.into();
+    let id = planted.id.clone();
+    spar_data::write_cases(&dir.join("cases.jsonl"), &cases).unwrap();
+    let on = DataSection {
+        cases: Some(dir.clone()),
+        ..DataSection::default()
+    };
+    assert!(on.redact_on_ingest, "on by default");
+    let got = train_cases(&on, None).unwrap();
+    let text = serde_json::to_string(&got).unwrap();
+    for ident in [
+        "Margaret",
+        "Okonkwo",
+        "7782341",
+        "example.org",
+        "555-0142",
+        "03/14/1962",
+    ] {
+        assert!(!text.contains(ident), "{ident} survived ingest");
+    }
+    let c = got.iter().find(|c| c.id == id).unwrap();
+    assert!(
+        c.hpi.contains("[NAME]") && c.hpi.contains("[MRN]"),
+        "{}",
+        c.hpi
+    );
+    let off = DataSection {
+        redact_on_ingest: false,
+        ..on
+    };
+    let raw = train_cases(&off, None).unwrap();
+    assert!(raw.iter().any(|c| c.hpi.contains(PLANTED)));
+}
+
+/// The shipped cases are synthetic and hold no identifier: redaction on ingest leaves them exactly as they are
+/// (a pattern that fired on clinical text would change what the demo trains on).
+#[test]
+fn redaction_leaves_the_shipped_cases_unchanged() {
+    let raw = DataSection {
+        redact_on_ingest: false,
+        ..DataSection::default()
+    };
+    for split in [
+        spar_core::recipe::Split::Train,
+        spar_core::recipe::Split::Validation,
+        spar_core::recipe::Split::Test,
+    ] {
+        let a = spar_data::recipe::split_cases(&raw, None, split).unwrap();
+        let b = spar_data::recipe::split_cases(&DataSection::default(), None, split).unwrap();
+        let changed: Vec<String> = a
+            .iter()
+            .zip(&b)
+            .filter(|(x, y)| x != y)
+            .map(|(x, y)| {
+                format!(
+                    "{}: {} -> {}",
+                    x.id,
+                    serde_json::to_string(x).unwrap(),
+                    serde_json::to_string(y).unwrap()
+                )
+            })
+            .collect();
+        assert!(
+            changed.is_empty(),
+            "{} changed:\n{}",
+            changed.len(),
+            changed[..changed.len().min(3)].join("\n")
+        );
+    }
+}

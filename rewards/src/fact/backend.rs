@@ -93,10 +93,14 @@ pub struct SqliteBackend {
 }
 
 impl SqliteBackend {
+    /// Opens (or creates) the cache file at `path`, owner-only: missing folders 0700, the file 0600 (SQLite
+    /// gives its `-wal` and `-shm` files the database file's mode). An existing file is tightened to 0600: its
+    /// claims came from consultations.
     pub fn open(path: &Path) -> Result<SqliteBackend> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            spar_core::fsio::create_private_dirs(dir)?;
         }
+        owner_only(path)?;
         let err = |e: rusqlite::Error| Error::invalid(path.display(), format!("claim cache: {e}"));
         let conn = rusqlite::Connection::open(path).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -136,6 +140,30 @@ impl SqliteBackend {
             embedding,
         })
     }
+}
+
+/// Creates `path` empty with mode 0600 before SQLite opens it (SQLite would create it with the umask's mode), or
+/// tightens an existing file and its `-wal` / `-shm` companions to 0600.
+fn owner_only(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        for suffix in ["", "-wal", "-shm"] {
+            let p = PathBuf::from(format!("{}{suffix}", path.display()));
+            if p.exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| Error::io(&p, e))?;
+            }
+        }
+    }
+    let _ = path;
+    Ok(())
 }
 
 #[async_trait]

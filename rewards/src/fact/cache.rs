@@ -2,6 +2,11 @@
 //! nearest neighbour over embeddings whose negations and numbers-with-units match (section 9). Entries live in
 //! a namespace derived from the verifier id, which carries model id, prompt-template hash and knowledge-base
 //! version: changing any of them starts an empty namespace instead of reusing stale verdicts.
+//!
+//! No raw patient text is stored: a claim is PHI-redacted (`spar_core::phi`) before it becomes a key or an entry,
+//! in memory and in every backend, because a cache file outlives the run and may be shared between runs. Lookups
+//! redact the same way, so a claim that differs from a cached one only in an identifier ("born 03/14/1962" /
+//! "born 05/01/1970") shares its verdict: a knowledge-base verdict never depends on who the patient is.
 use super::backend::{CacheBackend, CacheEntry};
 use super::encoder::cosine;
 use super::guard::Signature;
@@ -106,6 +111,7 @@ impl ClaimCache {
     /// Looks `claim` up: exact first, then the nearest guarded neighbour at cosine >= threshold.
     pub async fn lookup(&self, claim: &str, embedding: &[f32]) -> Option<(ClaimVerdict, Hit)> {
         self.counters.lookups.fetch_add(1, Ordering::Relaxed);
+        let claim = &spar_core::phi::redact(claim);
         match self.backend.get(&self.namespace, &normalize(claim)).await {
             Ok(Some(e)) => {
                 self.counters.exact.fetch_add(1, Ordering::Relaxed);
@@ -140,8 +146,9 @@ impl ClaimCache {
         }
     }
 
-    /// Stores a fresh verdict (backend errors are logged and counted, not raised).
+    /// Stores a fresh verdict under the redacted claim (backend errors are logged and counted, not raised).
     pub async fn insert(&self, claim: &str, embedding: &[f32], verdict: &ClaimVerdict) {
+        let claim = &spar_core::phi::redact(claim);
         let entry = CacheEntry {
             claim: claim.to_string(),
             verdict: verdict.clone(),

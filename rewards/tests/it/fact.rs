@@ -103,6 +103,65 @@ async fn cache_levels_and_semantic_guards() {
     close(s.hit_rate(), 0.4);
 }
 
+/// The claim cache stores no raw patient text: keys and claims are redacted before any backend sees them, and a
+/// lookup of the raw claim still finds its verdict. The SQLite file and the folders made for it are owner-only.
+#[tokio::test]
+async fn claim_cache_stores_no_patient_text_and_is_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new/c/claims.sqlite");
+    let claim = "Margaret Okonkwo (MRN: A-7782341, born 03/14/1962) has type 2 diabetes";
+    {
+        let b = Arc::new(SqliteBackend::open(&path).unwrap());
+        let cache = ClaimCache::open(b, "kb-1", "enc", 0.9).await.unwrap();
+        cache
+            .insert(claim, &[1.0, 0.0], &verdict(ClaimLabel::Supported))
+            .await;
+        let (v, hit) = cache.lookup(claim, &[0.0, 1.0]).await.unwrap();
+        assert_eq!((v.label, hit), (ClaimLabel::Supported, Hit::Exact));
+    }
+    let mut bytes = Vec::new();
+    for f in std::fs::read_dir(path.parent().unwrap()).unwrap() {
+        bytes.extend(std::fs::read(f.unwrap().path()).unwrap());
+    }
+    for ident in ["Okonkwo", "Margaret", "7782341", "03/14/1962"] {
+        assert!(
+            !bytes.windows(ident.len()).any(|w| w == ident.as_bytes()),
+            "{ident} stored in the claim cache"
+        );
+    }
+    assert!(
+        bytes.windows(6).any(|w| w == b"[NAME]"),
+        "the redacted claim is stored"
+    );
+    let mem = Arc::new(MemoryBackend::default());
+    let cache = ClaimCache::open(mem.clone(), "kb-1", "enc", 0.9)
+        .await
+        .unwrap();
+    cache
+        .insert(claim, &[1.0, 0.0], &verdict(ClaimLabel::Supported))
+        .await;
+    let stored = spar_rewards::fact::CacheBackend::load_all(mem.as_ref(), cache.namespace())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(
+        !stored[0].0.contains("okonkwo") && !stored[0].1.claim.contains("Okonkwo"),
+        "{stored:?}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("new")), 0o700);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        // An existing world-readable cache is tightened when opened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(SqliteBackend::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+    }
+}
+
 #[tokio::test]
 async fn sqlite_cache_persists_and_keys_on_verifier_id() {
     let dir = tempfile::tempdir().unwrap();
