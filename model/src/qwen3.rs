@@ -677,24 +677,8 @@ impl Qwen3Model {
             if g_out.is_none() && g_router.is_none() {
                 continue;
             }
-            let input = step.input.f_detach()?.f_set_requires_grad(true)?;
-            let layer = &self.layers[step.layer];
-            let (y, moe) = self.layer_forward(
-                layer,
-                &input,
-                &tape.cos,
-                &tape.sin,
-                &tape.attn,
-                None,
-                step.experts.as_ref(),
-            )?;
-            let mut surrogate = Tensor::f_zeros([], (Kind::Float, self.device))?;
-            if let Some(g) = &g_out {
-                surrogate = surrogate.f_add(&y.f_mul(g)?.f_sum(Kind::Float)?)?;
-            }
-            if let (Some(g), Some((rl, _))) = (&g_router, &moe) {
-                surrogate = surrogate.f_add(&rl.f_mul(g)?.f_sum(Kind::Float)?)?;
-            }
+            let (input, surrogate) =
+                self.recompute(tape, step, g_out.as_ref(), g_router.as_ref())?;
             surrogate.f_backward()?;
             upstream = defined_grad(&input);
         }
@@ -702,6 +686,36 @@ impl Qwen3Model {
             tape.embed_out.f_mul(&g)?.f_sum(Kind::Float)?.f_backward()?;
         }
         Ok(())
+    }
+
+    /// Recomputes a checkpointed layer from its saved input (same expert choices) and returns that input (now a
+    /// leaf that requires grad) and the scalar whose gradient is the layer's vector-Jacobian product with
+    /// `g_out` (its output's gradient) and `g_router` (its router logits').
+    fn recompute(
+        &self,
+        tape: &CheckpointTape,
+        step: &TapeStep,
+        g_out: Option<&Tensor>,
+        g_router: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let input = step.input.f_detach()?.f_set_requires_grad(true)?;
+        let (y, moe) = self.layer_forward(
+            &self.layers[step.layer],
+            &input,
+            &tape.cos,
+            &tape.sin,
+            &tape.attn,
+            None,
+            step.experts.as_ref(),
+        )?;
+        let mut surrogate = Tensor::f_zeros([], (Kind::Float, self.device))?;
+        if let Some(g) = g_out {
+            surrogate = surrogate.f_add(&y.f_mul(g)?.f_sum(Kind::Float)?)?;
+        }
+        if let (Some(g), Some((rl, _))) = (g_router, &moe) {
+            surrogate = surrogate.f_add(&rl.f_mul(g)?.f_sum(Kind::Float)?)?;
+        }
+        Ok((input, surrogate))
     }
 
     /// [`Qwen3Model::backward`] under fully sharded training: the same recomputation, but every gradient is
@@ -749,23 +763,8 @@ impl Qwen3Model {
             let layer_grads = if g_out.is_none() && g_router.is_none() {
                 nones(params.len())
             } else {
-                let input = step.input.f_detach()?.f_set_requires_grad(true)?;
-                let (y, moe) = self.layer_forward(
-                    &self.layers[step.layer],
-                    &input,
-                    &tape.cos,
-                    &tape.sin,
-                    &tape.attn,
-                    None,
-                    step.experts.as_ref(),
-                )?;
-                let mut surrogate = Tensor::f_zeros([], (Kind::Float, self.device))?;
-                if let Some(g) = &g_out {
-                    surrogate = surrogate.f_add(&y.f_mul(g)?.f_sum(Kind::Float)?)?;
-                }
-                if let (Some(g), Some((rl, _))) = (&g_router, &moe) {
-                    surrogate = surrogate.f_add(&rl.f_mul(g)?.f_sum(Kind::Float)?)?;
-                }
+                let (input, surrogate) =
+                    self.recompute(tape, step, g_out.as_ref(), g_router.as_ref())?;
                 let mut inputs = vec![input];
                 inputs.extend(params.iter().map(|t| t.shallow_clone()));
                 let mut g = grads_of(&surrogate, &inputs)?;
