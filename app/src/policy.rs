@@ -104,11 +104,28 @@ pub fn training_policy(
         }
         (None, None) => bail!("recipe: `model` needs `path` or `init`"),
     };
+    check_vocabulary(&tokenizer, &model, &tokenizer_dir)?;
     Ok(PolicyParts {
         tokenizer: Arc::new(tokenizer),
         tokenizer_dir,
         model,
     })
+}
+
+/// Refuses a tokenizer with more tokens than the model has embedding rows (`config.json` `vocab_size`): its
+/// high ids would index past the embedding (an error deep in a forward, or worse, a silently wrong model when a
+/// tokenizer of another model is picked up). Fewer tokens than rows is normal (Qwen3 pads its embedding).
+fn check_vocabulary(tokenizer: &Tokenizer, model: &Qwen3Model, dir: &Path) -> Result<()> {
+    let (tokens, rows) = (tokenizer.vocab_size(), model.config.vocab_size);
+    if tokens > rows {
+        bail!(
+            "{}: the tokenizer has {tokens} tokens but the model's embedding has {rows} rows (config.json \
+             vocab_size): ids above {} would index past it; use the tokenizer the model was trained with",
+            dir.display(),
+            rows.saturating_sub(1)
+        );
+    }
+    Ok(())
 }
 
 /// The tokenizer of the model folder `model_dir`.
@@ -175,6 +192,42 @@ mod tests {
             assert!(!texts.contains(ident), "{ident} in the BPE corpus");
         }
         assert!(texts.contains("[NAME]") && texts.contains("[PHONE]"));
+    }
+
+    /// A model folder whose tokenizer has more tokens than the embedding has rows is refused at load, naming
+    /// both sizes.
+    #[test]
+    fn a_tokenizer_larger_than_the_embedding_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let texts: Vec<String> = (0..200)
+            .map(|i| format!("patient {i} reports chest pain and fever number {}", i * 7))
+            .collect();
+        let tok = spar_model::train_bpe(&texts, 300, dir.path()).unwrap();
+        assert!(tok.vocab_size() > 64);
+        let config = spar_model::Qwen3Config::from_json_str(
+            r#"{"model_type": "qwen3", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,
+            "max_position_embeddings": 64, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": true}"#,
+            "test",
+        )
+        .unwrap();
+        Qwen3Model::random(config, tch::Device::Cpu, tch::Kind::Float, 0)
+            .unwrap()
+            .save_hf(dir.path())
+            .unwrap();
+        let recipe = Recipe::from_toml_str(
+            &format!("[model]\npath = {:?}\n", dir.path().display().to_string()),
+            "r.toml",
+            &[],
+        )
+        .unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let e = training_policy(&recipe, out.path(), false, &[])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("has 64 rows") && e.contains("tokens"), "{e}");
     }
 
     #[test]
