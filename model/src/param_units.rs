@@ -19,6 +19,14 @@ pub enum Unit {
 }
 
 impl Unit {
+    /// Position in [`crate::Qwen3Model::units`] order: the root 0, layer `l` at `l + 1`.
+    pub fn index(&self) -> usize {
+        match self {
+            Unit::Root => 0,
+            Unit::Layer(l) => l + 1,
+        }
+    }
+
     /// A stable name for files and messages (`root`, `layers.3`).
     pub fn name(&self) -> String {
         match self {

@@ -179,6 +179,9 @@ pub struct Qwen3Model {
     checkpointing: bool,
     /// Fully sharded training's hooks (see [`crate::param_units`]); None: the parameters are always whole.
     units: Option<Arc<dyn ParamUnits>>,
+    /// With `units`: each unit's parameters in [`Qwen3Model::unit_params`] order, looked up once (backward
+    /// hands every unit's gradients over in this order).
+    unit_tensors: Vec<Vec<Tensor>>,
 }
 
 /// Shape of every parameter in `vs`, by name (the VarStore layout described on [`Qwen3Model`]).
@@ -327,6 +330,7 @@ impl Qwen3Model {
             device,
             checkpointing: false,
             units: None,
+            unit_tensors: Vec::new(),
         })
     }
 
@@ -356,6 +360,14 @@ impl Qwen3Model {
     /// gathers each unit before use and releases it after, and a forward that records autograd is
     /// activation-checkpointed (see [`crate::param_units`]).
     pub fn set_param_units(&mut self, units: Option<Arc<dyn ParamUnits>>) {
+        self.unit_tensors = match &units {
+            Some(_) => self
+                .units()
+                .into_iter()
+                .map(|u| self.unit_params(u).into_iter().map(|(_, t)| t).collect())
+                .collect(),
+            None => Vec::new(),
+        };
         self.units = units;
     }
 
@@ -728,11 +740,7 @@ impl Qwen3Model {
         loss: &Tensor,
         tape: &CheckpointTape,
     ) -> Result<()> {
-        let root: Vec<Tensor> = self
-            .unit_params(Unit::Root)
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect();
+        let root = &self.unit_tensors[Unit::Root.index()];
         let last = match tape.steps.last() {
             Some(s) => s.out_leaf.shallow_clone(),
             None => tape.embed_out.shallow_clone(),
@@ -757,7 +765,7 @@ impl Qwen3Model {
         for (i, step) in tape.steps.iter().enumerate().rev() {
             let unit = Unit::Layer(step.layer);
             units.gather(unit)?;
-            let params: Vec<Tensor> = self.unit_params(unit).into_iter().map(|(_, t)| t).collect();
+            let params = &self.unit_tensors[unit.index()];
             let g_out = upstream.take();
             let g_router = router_grads[i].take();
             let layer_grads = if g_out.is_none() && g_router.is_none() {
@@ -777,7 +785,7 @@ impl Qwen3Model {
         // The embedding lookup's gradient joins the root's (tied embeddings: the head's too).
         if let Some(g) = upstream {
             let s = tape.embed_out.f_mul(&g)?.f_sum(Kind::Float)?;
-            for (acc, g) in root_grads.iter_mut().zip(grads_of(&s, &root)?) {
+            for (acc, g) in root_grads.iter_mut().zip(grads_of(&s, root)?) {
                 *acc = match (acc.take(), g) {
                     (Some(a), Some(b)) => Some(a.f_add(&b)?),
                     (a, b) => a.or(b),

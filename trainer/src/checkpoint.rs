@@ -276,14 +276,7 @@ pub fn read_rank_state(dir: &Path, rank: usize, world: usize) -> Result<TrainerS
 /// Restores weights and optimizer state from `dir` and returns the trainer state. The optimizer state may be
 /// a sharded one (joined here).
 pub fn load(dir: &Path, policy: &mut dyn Policy, adamw: &mut AdamW) -> Result<TrainerState> {
-    let st = read_state(dir)?;
-    policy.load_weights(&dir.join("model"))?;
-    if crate::sharded::is_sharded_checkpoint(dir) {
-        adamw.load_named(&crate::sharded::read_whole_state(dir)?, dir)?;
-    } else {
-        adamw.load(&dir.join("optimizer.safetensors"))?;
-    }
-    Ok(st)
+    load_with(dir, policy, adamw, None)
 }
 
 /// [`load`] into a learner, sharded or not: a sharded learner cuts its chunks out of either layout, for any
@@ -293,15 +286,24 @@ pub fn load_learner(
     policy: &mut dyn Policy,
     learner: &mut crate::learner::Learner,
 ) -> Result<TrainerState> {
-    let Some(sh) = learner.sharded.clone() else {
-        return load(dir, policy, &mut learner.adamw);
-    };
+    let sharded = learner.sharded.clone();
+    load_with(dir, policy, &mut learner.adamw, sharded.as_deref())
+}
+
+fn load_with(
+    dir: &Path,
+    policy: &mut dyn Policy,
+    adamw: &mut AdamW,
+    sharded: Option<&crate::sharded::ShardedParams>,
+) -> Result<TrainerState> {
     let st = read_state(dir)?;
     policy.load_weights(&dir.join("model"))?;
-    sh.load_whole_state(
-        &mut learner.adamw,
-        &crate::sharded::read_whole_state(dir)?,
-        dir,
-    )?;
+    match sharded {
+        Some(sh) => sh.load_whole_state(adamw, &crate::sharded::read_whole_state(dir)?, dir)?,
+        None if crate::sharded::is_sharded_checkpoint(dir) => {
+            adamw.load_named(&crate::sharded::read_whole_state(dir)?, dir)?
+        }
+        None => adamw.load(&dir.join("optimizer.safetensors"))?,
+    }
     Ok(st)
 }

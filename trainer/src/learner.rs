@@ -103,6 +103,8 @@ impl Learner {
                 grad_norm = norm,
                 "non-finite loss or gradient: step skipped"
             );
+            // Sharded: the masters did not move; the weights are made whole again as after a step.
+            self.end_update()?;
             if self.bad_in_a_row > self.max_bad_steps {
                 bail!(
                     "{} non-finite steps in a row (trainer.max_bad_steps = {}): stopping",
@@ -147,7 +149,8 @@ impl Learner {
         }
     }
 
-    /// Makes the parameters whole again after an update that took no step (sharded; a no-op otherwise).
+    /// Makes the parameters whole again when an update ends without a step (sharded; a no-op otherwise). After
+    /// a step [`Learner::apply`] re-gathers them from the moved masters.
     fn end_update(&self) -> Result<()> {
         match &self.sharded {
             Some(sh) => sh.ensure_whole(),
@@ -515,25 +518,6 @@ pub fn rl_update_with(
         );
     }
     learner.begin_update()?;
-    let reports = rl_update_sharded_or_not(
-        policy, reference, learner, items, loss_cfg, batching, ppo_epochs, device, extras,
-    )?;
-    learner.end_update()?;
-    Ok(reports)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn rl_update_sharded_or_not(
-    policy: &dyn Policy,
-    reference: Option<&dyn Policy>,
-    learner: &mut Learner,
-    items: &[TrainItem],
-    loss_cfg: &PolicyLossConfig,
-    batching: &BatchingConfig,
-    ppo_epochs: usize,
-    device: Device,
-    extras: &mut RlExtras,
-) -> Result<Vec<StepReport>> {
     // With a critic, the token rewards travel in the advantage slot until GAE replaces them.
     let with_rewards: Vec<TrainItem>;
     let items = match &extras.critic {
@@ -588,6 +572,7 @@ fn rl_update_sharded_or_not(
             step = learner.step,
             "every advantage of the batch is 0: policy update skipped"
         );
+        learner.end_update()?;
         return Ok(vec![StepReport {
             lr: learner.schedule.lr(learner.step),
             skipped: true,
@@ -818,7 +803,6 @@ pub(crate) fn supervised_step(
         policy.backward(&loss, &fwd)?;
     }
     let (loss_sum, grad_norm, lr, skipped) = learner.apply(loss_sum)?;
-    learner.end_update()?;
     learner.global_stats(&mut stats)?;
     Ok(StepReport {
         loss: loss_sum,

@@ -74,13 +74,6 @@ pub struct ShardedParams {
 /// Reductions in flight at once: one layer's reduce-scatter overlaps the next layer's recomputation.
 const MAX_IN_FLIGHT: usize = 2;
 
-fn index(unit: Unit) -> usize {
-    match unit {
-        Unit::Root => 0,
-        Unit::Layer(l) => l + 1,
-    }
-}
-
 impl ShardedParams {
     /// Shards `model`'s (whole, identical on every rank) parameters over `group` and returns the sharder with
     /// an AdamW over this rank's chunks. The model stays whole until the first [`ShardedParams::reshard`].
@@ -300,7 +293,7 @@ impl ShardedParams {
 
 impl ParamUnits for ShardedParams {
     fn gather(&self, unit: Unit) -> Result<()> {
-        let i = index(unit);
+        let i = unit.index();
         let mut st = self.state();
         if st.pinned || st.resident[i] {
             return Ok(());
@@ -311,7 +304,7 @@ impl ParamUnits for ShardedParams {
     }
 
     fn release(&self, unit: Unit) -> Result<()> {
-        let i = index(unit);
+        let i = unit.index();
         let mut st = self.state();
         if st.pinned || !st.resident[i] {
             return Ok(());
@@ -322,7 +315,7 @@ impl ParamUnits for ShardedParams {
     }
 
     fn reduce_grads(&self, unit: Unit, grads: Vec<Option<Tensor>>) -> Result<()> {
-        let i = index(unit);
+        let i = unit.index();
         let mut st = self.state();
         let u = &st.units[i];
         ensure!(

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-fn engine_config() -> EngineConfig {
+/// The tiny engine every serve test runs.
+pub fn engine_config() -> EngineConfig {
     EngineConfig {
         max_batch: 4,
         kv_slots: 4,

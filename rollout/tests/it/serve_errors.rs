@@ -2,20 +2,8 @@
 //! plain-text rejections included), sampling parameters out of range are 400s naming the parameter, and the
 //! auth rules hold at start (no token off loopback without `--insecure-no-auth`, no empty token) and per
 //! request (401 before the body is even parsed).
-use super::serve::{Reply, http, options, post_json, with_options};
+use super::serve::{Reply, engine_config, http, options, post_json, with_options};
 use serde_json::json;
-use spar_rollout::engine::EngineConfig;
-
-fn engine() -> EngineConfig {
-    EngineConfig {
-        max_batch: 4,
-        kv_slots: 4,
-        max_seq_len: 512,
-        prefill_tokens: 512,
-        seed: 0,
-        record_routing: false,
-    }
-}
 
 /// Asserts `r` is an OpenAI error: status `status`, `{"error": {"message", "type", "param", "code"}}` with a
 /// message, the status as `code` and `param` as given.
@@ -40,7 +28,7 @@ fn openai_error(r: &Reply, status: u16, param: Option<&str>) {
 
 #[test]
 fn serve_answers_every_error_with_an_openai_json_body() {
-    let mut opts = options(Some("sekret"), engine());
+    let mut opts = options(Some("sekret"), engine_config());
     opts.limits.max_body_bytes = 2048;
     with_options(opts, |addr| {
         let key = [("Authorization", "Bearer sekret")];
@@ -147,7 +135,7 @@ fn serve_answers_every_error_with_an_openai_json_body() {
 
 #[test]
 fn serve_refuses_sampling_parameters_out_of_range() {
-    with_options(options(None, engine()), |addr| {
+    with_options(options(None, engine_config()), |addr| {
         let cmpl = |extra: serde_json::Value| {
             let mut body = json!({"prompt": "hello", "max_tokens": 2});
             for (k, v) in extra.as_object().unwrap() {
@@ -219,7 +207,7 @@ fn serve_refuses_sampling_parameters_out_of_range() {
 
 #[test]
 fn serve_refuses_to_start_off_loopback_without_a_token() {
-    let mut open = options(None, engine());
+    let mut open = options(None, engine_config());
     open.host = "0.0.0.0".into();
     let e = with_options(open.clone(), |_| ()).unwrap_err().to_string();
     assert!(
@@ -227,7 +215,7 @@ fn serve_refuses_to_start_off_loopback_without_a_token() {
         "{e}"
     );
     // An empty token is no token, on loopback too.
-    let e = with_options(options(Some(""), engine()), |_| ())
+    let e = with_options(options(Some(""), engine_config()), |_| ())
         .unwrap_err()
         .to_string();
     assert!(e.contains("empty"), "{e}");
