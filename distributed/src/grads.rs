@@ -2,7 +2,7 @@
 //! bucketed gradient all-reduce. With each rank's loss divided by the *global* token / sequence counts, the sum
 //! of the ranks' gradients is the gradient of the union batch's loss, so N ranks take the step one process
 //! would take on the union batch (up to float summation order).
-use crate::collectives::{Collectives, ReduceOp};
+use crate::collectives::{Collectives, ReduceOp, Work};
 use anyhow::{Result, ensure};
 use tch::{Device, Kind, Tensor};
 
@@ -100,12 +100,25 @@ pub fn all_reduce_grads(
     grads: &[Tensor],
     bucket_bytes: usize,
 ) -> Result<()> {
+    start_all_reduce_grads(group, grads, bucket_bytes)?.finish()
+}
+
+/// [`all_reduce_grads`] without the wait: the buckets are flattened and their all-reduces started; the sums
+/// reach `grads` at [`PendingGradSum::finish`]. Meanwhile the caller may go on (e.g. back-propagate the layers
+/// before these), as long as it does not write these gradients.
+pub fn start_all_reduce_grads(
+    group: &dyn Collectives,
+    grads: &[Tensor],
+    bucket_bytes: usize,
+) -> Result<PendingGradSum> {
+    let mut pending = PendingGradSum {
+        grads: grads.iter().map(|g| g.shallow_clone()).collect(),
+        buckets: Vec::new(),
+    };
     if group.world_size() == 1 || grads.is_empty() {
-        return Ok(());
+        return Ok(pending);
     }
     let _guard = tch::no_grad_guard();
-    let mut buckets: Vec<(Vec<usize>, Tensor)> = Vec::new();
-    let mut works = Vec::new();
     for idx in plan(grads, bucket_bytes)? {
         let flat = Tensor::cat(
             &idx.iter()
@@ -114,22 +127,38 @@ pub fn all_reduce_grads(
             0,
         );
         let mut flat = flat.contiguous();
-        works.push(group.all_reduce(&mut flat, ReduceOp::Sum)?);
-        buckets.push((idx, flat));
+        let work = group.all_reduce(&mut flat, ReduceOp::Sum)?;
+        pending.buckets.push((idx, flat, work));
     }
-    for w in works {
-        w.wait()?;
-    }
-    for (idx, flat) in buckets {
-        let mut at = 0i64;
-        for i in idx {
-            let n = grads[i].numel() as i64;
-            let mut g = grads[i].shallow_clone();
-            g.copy_(&flat.narrow(0, at, n).view_as(&grads[i]));
-            at += n;
+    Ok(pending)
+}
+
+/// Gradient all-reduces in flight (see [`start_all_reduce_grads`]).
+pub struct PendingGradSum {
+    grads: Vec<Tensor>,
+    buckets: Vec<(Vec<usize>, Tensor, Work)>,
+}
+
+impl PendingGradSum {
+    /// Waits for every bucket and copies the sums back into the gradients.
+    pub fn finish(self) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let mut done = Vec::with_capacity(self.buckets.len());
+        for (idx, flat, work) in self.buckets {
+            work.wait()?;
+            done.push((idx, flat));
         }
+        for (idx, flat) in done {
+            let mut at = 0i64;
+            for i in idx {
+                let n = self.grads[i].numel() as i64;
+                let mut g = self.grads[i].shallow_clone();
+                g.copy_(&flat.narrow(0, at, n).view_as(&self.grads[i]));
+                at += n;
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Consecutive runs of gradients of one dtype and device, each at most `bucket_bytes`.

@@ -18,8 +18,8 @@ mod store;
 pub use collectives::{Collectives, ReduceOp, Work};
 pub use env::{DistEnv, Launcher, first_host};
 pub use grads::{
-    DEFAULT_BUCKET_BYTES, all_gather_bytes, all_reduce_grads, any_rank, broadcast_tensors,
-    max_over_ranks, sum_over_ranks,
+    DEFAULT_BUCKET_BYTES, PendingGradSum, all_gather_bytes, all_reduce_grads, any_rank,
+    broadcast_tensors, max_over_ranks, start_all_reduce_grads, sum_over_ranks,
 };
 pub use group::{Backend, ProcessGroup, nccl_compiled};
 pub use init::{DEFAULT_TIMEOUT, Dist, InitOptions, default_gloo, init};

@@ -48,3 +48,12 @@ pub trait ParamUnits: Send + Sync {
     /// (None: the parameter got none, e.g. an expert no token was routed to).
     fn reduce_grads(&self, unit: Unit, grads: Vec<Option<Tensor>>) -> Result<()>;
 }
+
+/// What a data-parallel trainer does as backward finishes each unit (see [`crate::Qwen3Model::set_grads_ready`]).
+/// Backward calls it once per unit, last layer first and the root last, on every backward with autograd,
+/// including for a unit that got no gradient (ranks must issue the same collectives).
+pub trait GradsReady: Send + Sync {
+    /// Backward has accumulated all of this backward's gradients of `unit`'s parameters into their `.grad`
+    /// (`params` in [`crate::Qwen3Model::unit_params`] order; a `.grad` may be undefined).
+    fn ready(&self, unit: Unit, params: &[Tensor]) -> Result<()>;
+}

@@ -5,7 +5,7 @@
 use crate::cache::KvCache;
 use crate::config::Qwen3Config;
 use crate::moe::{MoeWeights, moe_forward};
-use crate::param_units::{ParamUnits, Unit};
+use crate::param_units::{GradsReady, ParamUnits, Unit};
 use crate::rope::{Rope, apply_rotary};
 use anyhow::{Context, Result, bail, ensure};
 use spar_kernels::rms_norm;
@@ -79,19 +79,22 @@ pub struct ForwardOutput {
     pub router_logits: Vec<Tensor>,
     /// `[B, T, n_moe_layers, k]` int64 experts chosen (or forced); None for dense models.
     pub routed_experts: Option<Tensor>,
-    /// With activation checkpointing: what [`Qwen3Model::backward`] needs to recompute the layers.
+    /// With activation checkpointing: what [`Qwen3Model::backward`] needs to recompute the layers; with
+    /// [`Qwen3Model::set_grads_ready`]: each layer's graph, cut at the layer boundaries.
     pub(crate) tape: Option<CheckpointTape>,
 }
 
 impl ForwardOutput {
-    /// Whether this output was produced with activation checkpointing (then call [`Qwen3Model::backward`]
-    /// rather than `loss.backward()`).
+    /// Whether this output's backward goes layer by layer (activation checkpointing, or a gradient hook set):
+    /// then call [`Qwen3Model::backward`] rather than `loss.backward()`.
     pub fn is_checkpointed(&self) -> bool {
         self.tape.is_some()
     }
 }
 
-/// Saved layer inputs of a checkpointed forward (see [`Qwen3Model::backward`]).
+/// A forward cut at the layer boundaries (see [`Qwen3Model::backward`]): each layer's input and output are
+/// separate leaves, so backward runs one layer at a time. A checkpointed forward saves only the inputs and
+/// recomputes each layer; a staged one (gradient hook set, no checkpointing) keeps each layer's graph.
 pub(crate) struct CheckpointTape {
     embed_out: Tensor,
     steps: Vec<TapeStep>,
@@ -106,6 +109,8 @@ struct TapeStep {
     out_leaf: Tensor,
     router_leaf: Option<Tensor>,
     experts: Option<Tensor>,
+    /// Staged (not checkpointed): the layer's output and router logits with their graph.
+    kept: Option<(Tensor, Option<Tensor>)>,
 }
 
 pub(crate) struct Attention {
@@ -179,8 +184,10 @@ pub struct Qwen3Model {
     checkpointing: bool,
     /// Fully sharded training's hooks (see [`crate::param_units`]); None: the parameters are always whole.
     units: Option<Arc<dyn ParamUnits>>,
-    /// With `units`: each unit's parameters in [`Qwen3Model::unit_params`] order, looked up once (backward
-    /// hands every unit's gradients over in this order).
+    /// Plain data parallelism's hook (see [`crate::param_units::GradsReady`]); None: backward says nothing.
+    grads_ready: Option<Arc<dyn GradsReady>>,
+    /// With `units` or `grads_ready`: each unit's parameters in [`Qwen3Model::unit_params`] order, looked up
+    /// once (backward hands every unit's gradients over in this order).
     unit_tensors: Vec<Vec<Tensor>>,
 }
 
@@ -330,6 +337,7 @@ impl Qwen3Model {
             device,
             checkpointing: false,
             units: None,
+            grads_ready: None,
             unit_tensors: Vec::new(),
         })
     }
@@ -360,15 +368,36 @@ impl Qwen3Model {
     /// gathers each unit before use and releases it after, and a forward that records autograd is
     /// activation-checkpointed (see [`crate::param_units`]).
     pub fn set_param_units(&mut self, units: Option<Arc<dyn ParamUnits>>) {
-        self.unit_tensors = match &units {
-            Some(_) => self
-                .units()
+        self.units = units;
+        self.cache_unit_tensors();
+    }
+
+    /// Sets the hook that backward tells as it finishes each unit's gradients (plain data parallelism, see
+    /// [`crate::param_units::GradsReady`]; None: off). With a hook set, a forward that records autograd and is
+    /// not checkpointed is staged: cut into one graph per layer, so that backward runs a layer at a time and
+    /// can call the hook between layers (same memory and arithmetic as one graph).
+    pub fn set_grads_ready(&mut self, hook: Option<Arc<dyn GradsReady>>) {
+        self.grads_ready = hook;
+        self.cache_unit_tensors();
+    }
+
+    fn cache_unit_tensors(&mut self) {
+        self.unit_tensors = if self.units.is_some() || self.grads_ready.is_some() {
+            self.units()
                 .into_iter()
                 .map(|u| self.unit_params(u).into_iter().map(|(_, t)| t).collect())
-                .collect(),
-            None => Vec::new(),
+                .collect()
+        } else {
+            Vec::new()
         };
-        self.units = units;
+    }
+
+    /// Tells the gradient hook (if any) that this backward is done with `unit`.
+    fn grads_done(&self, unit: Unit) -> Result<()> {
+        match &self.grads_ready {
+            Some(h) => h.ready(unit, &self.unit_tensors[unit.index()]),
+            None => Ok(()),
+        }
     }
 
     /// The parameter units: the root, then every decoder layer.
@@ -583,11 +612,12 @@ impl Qwen3Model {
             None => None,
         };
 
-        let checkpoint =
-            (self.checkpointing || self.units.is_some()) && cache.is_none() && grad_enabled()?;
+        let autograd = cache.is_none() && grad_enabled()?;
+        let checkpoint = (self.checkpointing || self.units.is_some()) && autograd;
+        let staged = !checkpoint && self.grads_ready.is_some() && autograd;
         let mut router_logits = Vec::new();
         let mut experts = Vec::new();
-        let (hidden, tape) = if checkpoint {
+        let (hidden, tape) = if checkpoint || staged {
             let embed_out = ids.f_embedding_as(&self.embed, self.pad_idx())?;
             let embed_leaf = embed_out.f_detach()?.f_set_requires_grad(true)?;
             let mut x = embed_leaf.shallow_clone();
@@ -595,19 +625,23 @@ impl Qwen3Model {
             for (l, layer) in self.layers.iter().enumerate() {
                 let forced = self.forced_for(layer, forced_flat.as_ref())?;
                 self.gather(Unit::Layer(l))?;
-                let (out, moe) = tch::no_grad(|| {
-                    self.layer_forward(layer, &x, &cos, &sin, &attn, None, forced.as_ref())
-                })?;
+                let (out, moe) = if checkpoint {
+                    tch::no_grad(|| {
+                        self.layer_forward(layer, &x, &cos, &sin, &attn, None, forced.as_ref())
+                    })?
+                } else {
+                    self.layer_forward(layer, &x, &cos, &sin, &attn, None, forced.as_ref())?
+                };
                 self.release(Unit::Layer(l))?;
                 let out_leaf = out.f_detach()?.f_set_requires_grad(true)?;
-                let (router_leaf, chosen) = match moe {
+                let (router_leaf, chosen, router_graph) = match moe {
                     Some((rl, ex)) => {
                         let leaf = rl.f_detach()?.f_set_requires_grad(true)?;
                         router_logits.push(leaf.shallow_clone());
                         experts.push(ex.shallow_clone());
-                        (Some(leaf), Some(ex))
+                        (Some(leaf), Some(ex), Some(rl))
                     }
-                    None => (None, None),
+                    None => (None, None, None),
                 };
                 steps.push(TapeStep {
                     layer: l,
@@ -615,6 +649,7 @@ impl Qwen3Model {
                     out_leaf: out_leaf.shallow_clone(),
                     router_leaf,
                     experts: chosen,
+                    kept: staged.then_some((out, router_graph)),
                 });
                 x = out_leaf;
             }
@@ -672,7 +707,9 @@ impl Qwen3Model {
     /// Back-propagates `loss` (a scalar computed from `out`) into the parameters' `.grad`. Without
     /// checkpointing this is `loss.backward()`. With it, after `loss.backward()` fills the gradients of the
     /// last hidden state and the router logits, each layer is recomputed from its saved input (same forced
-    /// experts) and its gradient pushed through, last layer first, then the embedding.
+    /// experts) and its gradient pushed through, last layer first, then the embedding. A staged forward (see
+    /// [`Qwen3Model::set_grads_ready`]) goes the same way through its kept graphs, and the hook hears of each
+    /// unit as soon as its gradients are complete.
     pub fn backward(&self, loss: &Tensor, out: &ForwardOutput) -> Result<()> {
         if let (Some(units), Some(tape)) = (&self.units, &out.tape) {
             return self.backward_sharded(&**units, loss, tape);
@@ -686,18 +723,23 @@ impl Qwen3Model {
                 None => defined_grad(&step.out_leaf),
             };
             let g_router = step.router_leaf.as_ref().and_then(defined_grad);
-            if g_out.is_none() && g_router.is_none() {
-                continue;
+            if g_out.is_some() || g_router.is_some() {
+                let (input, surrogate) = match &step.kept {
+                    Some((y, rl)) => (
+                        step.input.shallow_clone(),
+                        vjp_surrogate(y, rl.as_ref(), g_out.as_ref(), g_router.as_ref())?,
+                    ),
+                    None => self.recompute(tape, step, g_out.as_ref(), g_router.as_ref())?,
+                };
+                surrogate.f_backward()?;
+                upstream = defined_grad(&input);
             }
-            let (input, surrogate) =
-                self.recompute(tape, step, g_out.as_ref(), g_router.as_ref())?;
-            surrogate.f_backward()?;
-            upstream = defined_grad(&input);
+            self.grads_done(Unit::Layer(step.layer))?;
         }
         if let Some(g) = upstream {
             tape.embed_out.f_mul(&g)?.f_sum(Kind::Float)?.f_backward()?;
         }
-        Ok(())
+        self.grads_done(Unit::Root)
     }
 
     /// Recomputes a checkpointed layer from its saved input (same expert choices) and returns that input (now a
@@ -720,14 +762,8 @@ impl Qwen3Model {
             None,
             step.experts.as_ref(),
         )?;
-        let mut surrogate = Tensor::f_zeros([], (Kind::Float, self.device))?;
-        if let Some(g) = g_out {
-            surrogate = surrogate.f_add(&y.f_mul(g)?.f_sum(Kind::Float)?)?;
-        }
-        if let (Some(g), Some((rl, _))) = (g_router, &moe) {
-            surrogate = surrogate.f_add(&rl.f_mul(g)?.f_sum(Kind::Float)?)?;
-        }
-        Ok((input, surrogate))
+        let rl = moe.map(|(rl, _)| rl);
+        Ok((input, vjp_surrogate(&y, rl.as_ref(), g_out, g_router)?))
     }
 
     /// [`Qwen3Model::backward`] under fully sharded training: the same recomputation, but every gradient is
@@ -970,6 +1006,23 @@ fn grads_of(y: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         out[i] = g.defined().then_some(g);
     }
     Ok(out)
+}
+
+/// The scalar whose gradient is a layer's vector-Jacobian product: `sum(y * g_out) + sum(router * g_router)`.
+fn vjp_surrogate(
+    y: &Tensor,
+    router: Option<&Tensor>,
+    g_out: Option<&Tensor>,
+    g_router: Option<&Tensor>,
+) -> Result<Tensor> {
+    let mut surrogate = Tensor::f_zeros([], (Kind::Float, y.device()))?;
+    if let Some(g) = g_out {
+        surrogate = surrogate.f_add(&y.f_mul(g)?.f_sum(Kind::Float)?)?;
+    }
+    if let (Some(g), Some(rl)) = (g_router, router) {
+        surrogate = surrogate.f_add(&rl.f_mul(g)?.f_sum(Kind::Float)?)?;
+    }
+    Ok(surrogate)
 }
 
 fn nones(n: usize) -> Vec<Option<Tensor>> {

@@ -74,5 +74,6 @@ pub fn new_learner(
             .unwrap_or(model.config.router_aux_loss_coef),
         group: std::sync::Arc::new(spar_dist::Local),
         sharded: None,
+        grad_sum: None,
     })
 }

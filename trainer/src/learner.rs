@@ -7,6 +7,7 @@
 //! before any loss is divided, the all-zero-advantage skip is one decision for all ranks, and the gradients are
 //! summed over the ranks (bucketed) before clipping, so N ranks take the step one process takes on the union
 //! batch (up to float summation order). Losses and statistics in the [`StepReport`] are the union batch's.
+//! With a Qwen3 policy the sum overlaps the last micro-batch's backward (see [`crate::grad_sum`]).
 //!
 //! Fully sharded (`sharded`, see [`crate::sharded`]): the same step, but the gradients arrive reduce-scattered
 //! into each rank's chunk during backward, the norm is summed over the chunks, and AdamW updates the chunks;
@@ -15,6 +16,7 @@ use crate::adamw::AdamW;
 use crate::agg::{AggMode, Aggregator};
 use crate::batch::{MicroBatch, TrainItem, collate, plan_micro_batches, totals};
 use crate::distill;
+use crate::grad_sum::OverlappedGradSum;
 use crate::policy::{Policy, PolicyInput, PolicyOutput};
 use crate::policy_loss::{LossStats, PolicyLossConfig, PolicyLossInput, policy_loss};
 use crate::schedule::LrSchedule;
@@ -51,6 +53,9 @@ pub struct Learner {
     pub group: Arc<dyn Collectives>,
     /// Fully sharded parameters and optimizer ([`Learner::shard`]); None: every rank holds everything.
     pub sharded: Option<Arc<ShardedParams>>,
+    /// Plain data parallelism's gradient sum overlapped with backward ([`Learner::join`]); None: summed after
+    /// backward, in one go.
+    pub grad_sum: Option<Arc<OverlappedGradSum>>,
 }
 
 /// What one optimisation step did.
@@ -86,7 +91,10 @@ impl Learner {
                 sum_over_ranks(&*self.group, &[self.adamw.grad_sq_sum()])?[0].sqrt()
             }
             None => {
-                self.adamw.all_reduce_grads(&*self.group)?;
+                match &self.grad_sum {
+                    Some(sum) => sum.finish()?,
+                    None => self.adamw.all_reduce_grads(&*self.group)?,
+                }
                 self.adamw.grad_norm()
             }
         };
@@ -128,6 +136,32 @@ impl Learner {
         }
         self.step += 1;
         Ok((loss, norm, lr, false))
+    }
+
+    /// Makes this learner step with `group`: fully sharded ([`Learner::shard`]) when `sharded`, otherwise plain
+    /// data parallel with the gradient sum overlapped with `model`'s backward (with more than one rank).
+    pub fn join(
+        &mut self,
+        group: Arc<dyn Collectives>,
+        model: &mut spar_model::Qwen3Model,
+        sharded: bool,
+    ) -> Result<()> {
+        self.group = group;
+        if sharded {
+            self.shard(model)
+        } else {
+            if self.group.world_size() > 1 {
+                self.grad_sum = Some(OverlappedGradSum::install(model, self.group.clone()));
+            }
+            Ok(())
+        }
+    }
+
+    /// The coming backward is the update's last: the overlapped gradient sum starts as it goes.
+    fn last_backward(&self) {
+        if let Some(sum) = &self.grad_sum {
+            sum.arm();
+        }
     }
 
     /// Shards `model`'s parameters and this learner's optimizer over [`Learner::group`] (fully sharded data
@@ -701,6 +735,9 @@ pub fn rl_update_with(
             }
             loss_sum += loss.double_value(&[]);
             stats.add(&out.stats);
+            if i + 1 == mbs.len() {
+                learner.last_backward();
+            }
             policy.backward(&loss, &fwd)?;
         }
         let (loss_sum, grad_norm, lr, skipped) = learner.apply(loss_sum)?;
@@ -783,7 +820,7 @@ pub(crate) fn supervised_step(
     learner.adamw.zero_grad();
     let mut loss_sum = 0.0;
     let mut stats = LossStats::default();
-    for mb in &mbs {
+    for (i, mb) in mbs.iter().enumerate() {
         let fwd = forward_mb(policy, mb)?;
         if mb.padding {
             policy.backward(&padding_loss(&fwd)?, &fwd)?;
@@ -800,6 +837,9 @@ pub(crate) fn supervised_step(
             .sum(Kind::Double)
             .double_value(&[]);
         loss_sum += loss.double_value(&[]);
+        if i + 1 == mbs.len() {
+            learner.last_backward();
+        }
         policy.backward(&loss, &fwd)?;
     }
     let (loss_sum, grad_norm, lr, skipped) = learner.apply(loss_sum)?;

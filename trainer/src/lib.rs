@@ -29,6 +29,7 @@ pub mod dashboard;
 pub mod distill;
 pub mod distill_loop;
 pub mod gae;
+pub mod grad_sum;
 pub mod knobs;
 pub mod learner;
 pub mod metrics;

@@ -70,10 +70,7 @@ impl RlState {
         }
         let mut learner =
             crate::knobs::new_learner(tr, model, tr.lr, tr.steps * per_round, tr.warmup_steps)?;
-        learner.group = session.group.clone();
-        if session.sharded {
-            learner.shard(model)?;
-        }
+        learner.join(session.group.clone(), model, session.sharded)?;
         let critic = use_gae.then(|| {
             Critic::new(
                 model.config.vocab_size as i64,

@@ -42,10 +42,7 @@ pub fn run(
         tr.sft_steps,
         tr.warmup_steps.min(tr.sft_steps / 10),
     )?;
-    learner.group = session.group.clone();
-    if session.sharded {
-        learner.shard(model)?;
-    }
+    learner.join(session.group.clone(), model, session.sharded)?;
     let (rank, world) = (session.group.rank(), session.group.world_size());
     if let Some(dir) = session.resume_dir.take() {
         checkpoint::load_learner(&dir, model, &mut learner)?;

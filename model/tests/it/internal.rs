@@ -180,36 +180,71 @@ fn forced_experts_replay_routing() {
     );
 }
 
+/// Records the units a backward reports, and whether each parameter's gradient was already there.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<(String, bool)>>);
+
+impl spar_model::GradsReady for Recorder {
+    fn ready(&self, unit: spar_model::Unit, params: &[Tensor]) -> anyhow::Result<()> {
+        let all = params.iter().all(|p| p.grad().defined());
+        self.0.lock().unwrap().push((unit.name(), all));
+        Ok(())
+    }
+}
+
+/// Plain backward, activation-checkpointed backward and the staged backward of a model with a gradient hook
+/// give the same gradients; the hook hears every unit once, last layer first and the root last, each with its
+/// gradients in place.
 #[test]
-fn activation_checkpointing_gives_the_same_gradients() {
+fn checkpointed_and_staged_backward_give_the_same_gradients() {
     for moe in [false, true] {
         let mut grads = Vec::new();
-        for ck in [false, true] {
+        for variant in ["plain", "checkpointed", "staged", "checkpointed+hook"] {
             let mut m = model(moe);
-            m.set_activation_checkpointing(ck);
+            m.set_activation_checkpointing(variant.starts_with("checkpointed"));
+            let hook = std::sync::Arc::new(Recorder::default());
+            if variant.contains("staged") || variant.contains("hook") {
+                m.set_grads_ready(Some(hook.clone()));
+            }
             let x = Tensor::from_slice(&[3i64, 9, 20, 41, 5, 6, 7, 1]).view([2, 4]);
             let y = Tensor::from_slice(&[9i64, 20, 41, 5, 6, 7, 1, 2]).view([2, 4]);
             let out = m.forward(ForwardInput::new(&x)).unwrap();
+            assert_eq!(out.is_checkpointed(), variant != "plain", "{variant}");
             let mut loss = -token_logprobs(&out.logits, &y).mean(Kind::Float);
             if moe {
                 loss += spar_model::aux_load_balancing_loss(&out.router_logits, 6, 2) * 0.5;
             }
             m.backward(&loss, &out).unwrap();
+            let heard = hook.0.lock().unwrap().clone();
+            if variant == "plain" || variant == "checkpointed" {
+                assert!(heard.is_empty());
+            } else {
+                let layers = m.config.num_hidden_layers;
+                let mut want: Vec<String> =
+                    (0..layers).rev().map(|l| format!("layers.{l}")).collect();
+                want.push("root".into());
+                let names: Vec<String> = heard.iter().map(|(n, _)| n.clone()).collect();
+                assert_eq!(names, want, "{variant}");
+                assert!(heard.iter().all(|(_, g)| *g), "{variant}: {heard:?}");
+            }
             let mut v: Vec<(String, Tensor)> =
                 m.vs.variables()
                     .into_iter()
                     .map(|(n, t)| (n, t.grad()))
                     .collect();
             v.sort_by(|a, b| a.0.cmp(&b.0));
-            grads.push(v);
+            grads.push((variant, v));
         }
-        for ((n, a), (_, b)) in grads[0].iter().zip(&grads[1]) {
-            assert!(a.defined() && b.defined(), "{n}: missing gradient");
-            let r = rel_diff(b, a);
-            assert!(
-                r <= 1e-4,
-                "{n}: checkpointed gradient differs (rel {r}, moe {moe})"
-            );
+        let (_, reference) = &grads[0];
+        for (variant, g) in &grads[1..] {
+            for ((n, a), (_, b)) in reference.iter().zip(g) {
+                assert!(a.defined() && b.defined(), "{n}: missing gradient");
+                let r = rel_diff(b, a);
+                assert!(
+                    r <= 1e-4,
+                    "{n}: {variant} gradient differs (rel {r}, moe {moe})"
+                );
+            }
         }
     }
 }

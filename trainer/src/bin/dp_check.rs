@@ -1,12 +1,15 @@
-//! `spar-dp-check --out DIR [--sharded] [--stop-after K | --resume]`: the data-parallel learner (plain or
-//! fully sharded) on real ranks against one process on the union batch.
+//! `spar-dp-check --out DIR [--sharded] [--checkpointing] [--stop-after K | --resume]`: the data-parallel
+//! learner (plain or fully sharded, optionally activation-checkpointed) on real ranks against one process on the
+//! union batch.
 //!
 //! Without a launcher it is one process on the whole batch; under `spar launch` / torchrun each rank takes the
 //! items `i` with `i % world == rank` of the same global batches (so shares differ in size). Every rank builds
 //! the same tiny random Qwen3-MoE and runs four updates: two PPO epochs of an RL update, an RL update whose
 //! advantages are 0 outside rank 0's share (no rank may skip), one whose advantages are all 0 (every rank skips),
 //! and an SFT step. Rank 0 writes `DIR/report.json` (losses, grad norms, token counts, skips) and
-//! `DIR/weights.safetensors`; the trainer's `data_parallel` test compares those of 1 to 4 ranks.
+//! `DIR/weights.safetensors`; the trainer's `data_parallel` test compares those of 1 to 4 ranks. The report
+//! also counts the plain learner's gradient reductions started during backward (`overlapped_units`) and in all
+//! (`reduced_units`), on rank 0.
 //!
 //! `--stop-after K` checkpoints the run after K updates into `DIR/checkpoints` (through the trainer's
 //! `Session`, sharded optimizer state included) and stops; `--resume` loads that checkpoint, on whatever world
@@ -90,17 +93,19 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let mut out: Option<PathBuf> = None;
     let (mut sharded, mut resume, mut stop_after) = (false, false, None::<usize>);
+    let mut checkpointing = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--out" => out = Some(args.next().context("--out needs a folder")?.into()),
             "--sharded" => sharded = true,
+            "--checkpointing" => checkpointing = true,
             "--resume" => resume = true,
             "--stop-after" => {
                 stop_after = Some(args.next().context("--stop-after needs a count")?.parse()?)
             }
             other => bail!(
-                "unknown argument {other:?} (usage: spar-dp-check --out DIR [--sharded] [--stop-after K | \
-                 --resume])"
+                "unknown argument {other:?} (usage: spar-dp-check --out DIR [--sharded] [--checkpointing] \
+                 [--stop-after K | --resume])"
             ),
         }
     }
@@ -130,6 +135,7 @@ fn main() -> Result<()> {
         Kind::Float,
         7,
     )?;
+    model.set_activation_checkpointing(checkpointing);
     let tr = TrainerSection {
         micro_batch: 2,
         loss_agg: LossAgg::SeqMeanTokenMean,
@@ -140,10 +146,7 @@ fn main() -> Result<()> {
     let loss_cfg = policy_loss_config(&tr, ratio_level(&tr), 1.0)?;
     let batching = batching_config(&tr)?;
     let mut learner = new_learner(&tr, &model, tr.lr, 100, 0)?;
-    learner.group = group.clone();
-    if sharded {
-        learner.shard(&mut model)?;
-    }
+    learner.join(group.clone(), &mut model, sharded)?;
     let mut session = Session::open(&out, 0, resume, 2, group.clone())?;
     session.sharded = sharded;
     let mut first = 0;
@@ -213,11 +216,18 @@ fn main() -> Result<()> {
         };
         reports.extend(steps.iter().map(report));
     }
+    let overlap = learner
+        .grad_sum
+        .as_ref()
+        .map_or((0, 0), |s| s.overlap_counts());
     if rank == 0 {
         std::fs::create_dir_all(&out)?;
         std::fs::write(
             out.join("report.json"),
-            serde_json::to_string_pretty(&serde_json::json!({ "world": world, "steps": reports }))?,
+            serde_json::to_string_pretty(&serde_json::json!({
+                "world": world, "steps": reports,
+                "overlapped_units": overlap.0, "reduced_units": overlap.1,
+            }))?,
         )?;
         model.vs.save(out.join("weights.safetensors"))?;
     }

@@ -64,6 +64,7 @@ pub fn learner(vs: &nn::VarStore, lr: f64) -> spar_trainer::learner::Learner {
         aux_loss_coef: 0.0,
         group: std::sync::Arc::new(spar_dist::Local),
         sharded: None,
+        grad_sum: None,
     }
 }
 

@@ -66,9 +66,24 @@ fn two_three_and_four_ranks_take_the_one_process_steps() {
         check(&d, n);
         assert_eq!(report(&d)["world"], n);
         assert_same_as_one(&format!("{n} ranks"), &one, &d, 0);
+        assert_sum_overlapped(&d);
     }
+    // Activation-checkpointed (backward recomputes each layer) on 2 ranks: the same steps.
+    let d = dir.path().join("2-checkpointed");
+    run(&d, 2, &["--checkpointing"]);
+    assert_same_as_one("2 ranks, checkpointed", &one, &d, 0);
+    assert_sum_overlapped(&d);
     // The steps had a gradient (the comparison is not between two untouched models).
     assert!(steps1[0]["grad_norm"].as_f64().unwrap() > 0.0);
+}
+
+/// Every step's gradient sum was started unit by unit during the last backward: 4 stepping updates (one of
+/// them with two PPO epochs) x 3 units (root and two layers), none left for after backward.
+fn assert_sum_overlapped(dir: &Path) {
+    let r = report(dir);
+    let (overlapped, reduced) = (&r["overlapped_units"], &r["reduced_units"]);
+    assert_eq!(reduced, 4 * 3, "{}", dir.display());
+    assert_eq!(overlapped, reduced, "{}", dir.display());
 }
 
 /// Compares `dir`'s reported steps (from `first` on in the one-process run) and final weights with the

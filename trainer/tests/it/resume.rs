@@ -44,6 +44,7 @@ fn learner(model: &TinyLm) -> Learner {
         aux_loss_coef: 0.0,
         group: std::sync::Arc::new(spar_dist::Local),
         sharded: None,
+        grad_sum: None,
     }
 }
 

@@ -123,6 +123,7 @@ fn trainer_old_logprobs_equal_the_engines_rollout_logprobs_at_the_sampling_tempe
         aux_loss_coef: 0.0,
         group: std::sync::Arc::new(spar_dist::Local),
         sharded: None,
+        grad_sum: None,
     };
     let rep = rl_update(
         &model,
