@@ -7,6 +7,7 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -82,9 +83,82 @@ void* new_work(char* err, size_t len, F&& f) {
   }
 }
 
+// all_to_all_single into a new tensor of sum(out_splits) rows (the other dims as `in`'s), waited for: gloo
+// blocks this thread with the group's timeout; NCCL orders the current CUDA stream after the collective.
+at::Tensor all_to_all_rows(c10d::Backend* pg, const at::Tensor& in, std::vector<int64_t> out_splits,
+                           std::vector<int64_t> in_splits) {
+  int64_t rows = 0;
+  for (auto r : out_splits) rows += r;
+  auto sizes = in.sizes().vec();
+  sizes[0] = rows;
+  auto out = at::empty(sizes, in.options());
+  auto input = in.contiguous();
+  pg->alltoall_base(out, input, out_splits, in_splits, c10d::AllToAllOptions())->wait();
+  return out;
+}
+
+// all_to_all_single as an autograd function (expert parallelism's dispatch and combine): the gradient of a
+// row exchange is the reverse exchange of the rows' gradients (splits swapped). The group must outlive the
+// graph (Rust keeps it alive for the run).
+struct AllToAllRows : public torch::autograd::Function<AllToAllRows> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& in, int64_t pg,
+                            std::vector<int64_t> out_splits, std::vector<int64_t> in_splits) {
+    ctx->saved_data["pg"] = pg;
+    ctx->saved_data["out_splits"] = out_splits;
+    ctx->saved_data["in_splits"] = in_splits;
+    ctx->saved_data["sizes"] = in.sizes().vec();
+    return all_to_all_rows(reinterpret_cast<c10d::Backend*>(pg), in, out_splits, in_splits);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto* pg = reinterpret_cast<c10d::Backend*>(ctx->saved_data["pg"].toInt());
+    auto out_splits = ctx->saved_data["out_splits"].toIntVector();
+    auto in_splits = ctx->saved_data["in_splits"].toIntVector();
+    auto g = grads[0];
+    if (!g.defined()) {
+      // Every rank must still take part in the exchange: send zeros.
+      auto sizes = ctx->saved_data["sizes"].toIntVector();
+      int64_t rows = 0;
+      for (auto r : out_splits) rows += r;
+      sizes[0] = rows;
+      g = at::zeros(sizes, grads[0].options());
+    }
+    return {all_to_all_rows(pg, g, in_splits, out_splits), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace
 
 extern "C" {
+
+// A view of store `s` with every key under `prefix` (a subgroup's own namespace), freed by spar_store_free.
+void* spar_store_prefixed(void* s, const char* prefix, char* err, size_t len) {
+  try {
+    auto* base = static_cast<Store*>(s);
+    auto* out = new Store{};
+    out->port = base->port;
+    out->store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), base->store);
+    return out;
+  } catch (...) {
+    report(err, len);
+    return nullptr;
+  }
+}
+
+// Differentiable all_to_all_single of `in`'s rows (see AllToAllRows): returns a new tensor, or null with `err`.
+at::Tensor* spar_pg_all_to_all_autograd(void* g, at::Tensor* in, const int64_t* out_splits, size_t n_out,
+                                        const int64_t* in_splits, size_t n_in, char* err, size_t len) {
+  try {
+    std::vector<int64_t> os(out_splits, out_splits + n_out);
+    std::vector<int64_t> is(in_splits, in_splits + n_in);
+    auto pg = reinterpret_cast<int64_t>(static_cast<Group*>(g)->backend.get());
+    return new at::Tensor(AllToAllRows::apply(*in, pg, os, is));
+  } catch (...) {
+    report(err, len);
+    return nullptr;
+  }
+}
 
 void* spar_store_new(const char* host, uint16_t port, int is_server, int64_t world_size, int64_t timeout_ms,
                      const char* prefix, char* err, size_t len) {

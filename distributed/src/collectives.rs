@@ -60,6 +60,16 @@ pub trait Collectives: Send + Sync {
     ) -> Result<Work>;
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<Work>;
+    /// [`Collectives::all_to_all_single`] of `input`'s rows into a new tensor (`out_splits` rows from each
+    /// rank), as an autograd op: its backward sends the rows' gradients back the reverse way (expert
+    /// parallelism's dispatch and combine). Done when it returns (gloo) or ordered on the current CUDA stream
+    /// (NCCL). Every rank must call it, also when sending or receiving no rows.
+    fn all_to_all_rows(
+        &self,
+        input: &Tensor,
+        out_splits: &[i64],
+        in_splits: &[i64],
+    ) -> Result<Tensor>;
 }
 
 /// What finishes a collective: the c10d work (absent for work done at once) and a step to run after it, e.g.
@@ -175,5 +185,31 @@ pub(crate) fn check_splits(
             "all_to_all_single: {name} splits {s:?} sum to {sum}, but {name} has {rows} rows"
         );
     }
+    Ok(())
+}
+
+/// `all_to_all_rows`' splits: one per rank, none negative, the input's adding up to its `rows`.
+pub(crate) fn check_row_splits(
+    rows: i64,
+    out_splits: &[i64],
+    in_splits: &[i64],
+    world: usize,
+) -> Result<()> {
+    for (name, s) in [("out", out_splits), ("input", in_splits)] {
+        ensure!(
+            s.len() == world,
+            "all_to_all_rows: {} {name} splits for {world} ranks",
+            s.len()
+        );
+        ensure!(
+            s.iter().all(|&x| x >= 0),
+            "all_to_all_rows: negative {name} split in {s:?}"
+        );
+    }
+    let sum: i64 = in_splits.iter().sum();
+    ensure!(
+        sum == rows,
+        "all_to_all_rows: input splits {in_splits:?} sum to {sum}, but the input has {rows} rows"
+    );
     Ok(())
 }

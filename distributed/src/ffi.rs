@@ -126,6 +126,22 @@ unsafe extern "C" {
         err: *mut c_char,
         len: usize,
     ) -> *mut c_void;
+    pub(crate) fn spar_pg_all_to_all_autograd(
+        g: *mut c_void,
+        input: RawTensor,
+        out_splits: *const i64,
+        n_out: usize,
+        in_splits: *const i64,
+        n_in: usize,
+        err: *mut c_char,
+        len: usize,
+    ) -> *mut c_void;
+    pub(crate) fn spar_store_prefixed(
+        s: *mut c_void,
+        prefix: *const c_char,
+        err: *mut c_char,
+        len: usize,
+    ) -> *mut c_void;
     pub(crate) fn spar_pg_barrier(g: *mut c_void, err: *mut c_char, len: usize) -> *mut c_void;
     pub(crate) fn spar_work_wait(
         w: *mut c_void,

@@ -1,6 +1,7 @@
 //! A c10d process group (ProcessGroupGloo on CPU, ProcessGroupNCCL on GPU) behind [`Collectives`].
 use crate::collectives::{
-    Collectives, ReduceOp, Work, check_contiguous, check_pair, check_ratio, check_splits,
+    Collectives, ReduceOp, Work, check_contiguous, check_pair, check_ratio, check_row_splits,
+    check_splits,
 };
 use crate::ffi;
 use crate::store::Store;
@@ -253,6 +254,39 @@ impl Collectives for ProcessGroup {
                 l,
             )
         })
+    }
+
+    fn all_to_all_rows(
+        &self,
+        input: &Tensor,
+        out_splits: &[i64],
+        in_splits: &[i64],
+    ) -> Result<Tensor> {
+        ensure!(
+            !input.size().is_empty(),
+            "all_to_all_rows: a scalar has no rows"
+        );
+        ensure!(
+            input.device() == self.device,
+            "all_to_all_rows: input on {:?}, the group's device is {:?}",
+            input.device(),
+            self.device
+        );
+        check_row_splits(input.size()[0], out_splits, in_splits, self.world)?;
+        let (g, i) = (self.raw.0, ffi::raw(input));
+        let out = ffi::object("all_to_all_rows", |e, l| unsafe {
+            ffi::spar_pg_all_to_all_autograd(
+                g,
+                i,
+                out_splits.as_ptr(),
+                out_splits.len(),
+                in_splits.as_ptr(),
+                in_splits.len(),
+                e,
+                l,
+            )
+        })?;
+        Ok(unsafe { Tensor::from_ptr(out as *mut _) })
     }
 
     fn barrier(&self) -> Result<Work> {

@@ -67,6 +67,20 @@ impl Store {
         })
     }
 
+    /// A view of this store with every key under `prefix` (a subgroup's own namespace).
+    pub fn prefixed(&self, prefix: &str) -> Result<Self> {
+        let p = cstr(prefix)?;
+        let raw = ffi::object("PrefixStore", |e, l| unsafe {
+            ffi::spar_store_prefixed(self.raw, p.as_ptr(), e, l)
+        })?;
+        Ok(Self {
+            raw,
+            addr: self.addr.clone(),
+            port: self.port,
+            timeout: self.timeout,
+        })
+    }
+
     /// The port the store listens on (server) or connects to (client).
     pub fn port(&self) -> u16 {
         self.port

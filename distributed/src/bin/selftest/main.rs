@@ -66,6 +66,20 @@ fn run(env: &DistEnv) -> Result<usize> {
     Ok(n + dp_check::dp_step_matches_union_batch(dist.group.as_ref(), device)?)
 }
 
+fn close_all(what: &str, got: &Tensor, want: &Tensor) -> Result<()> {
+    ensure!(
+        got.size() == want.size(),
+        "{what}: shape {:?}, expected {:?}",
+        got.size(),
+        want.size()
+    );
+    if got.numel() > 0 {
+        let d = (got - want).abs().max().double_value(&[]);
+        ensure!(d <= 1e-6, "{what}: differs by {d}");
+    }
+    Ok(())
+}
+
 fn f32s(v: &[f32], d: Device) -> Tensor {
     Tensor::from_slice(v).to_device(d)
 }
@@ -167,6 +181,26 @@ fn check_all(g: &dyn Collectives, d: Device) -> Result<usize> {
         })
         .collect();
     expect("all_to_all_single(splits)", &out, &want)?;
+    n += 2;
+
+    // The differentiable row exchange, the same unequal splits: values as above, and the gradient of
+    // 0.5 * sum(out^2) sent back is each input row's own value.
+    let input = input.set_requires_grad(true);
+    let out = g.all_to_all_rows(&input, &out_splits, &in_splits)?;
+    expect("all_to_all_rows", &out, &want)?;
+    (&out * &out * 0.5).sum(Kind::Float).backward();
+    close_all("all_to_all_rows backward", &input.grad(), &input.detach())?;
+    // Zero rows to some ranks (rank r sends (r + s) % 2 rows to s): every rank still takes part.
+    let sends: Vec<i64> = (0..w).map(|s| ((me + s) % 2) as i64).collect();
+    let x = Tensor::full([sends.iter().sum::<i64>(), 3], r as f64, (Kind::Float, d))
+        .set_requires_grad(true);
+    let y = g.all_to_all_rows(&x, &sends, &sends)?;
+    (&y * 2.0).sum(Kind::Float).backward();
+    close_all(
+        "all_to_all_rows backward (empty splits)",
+        &x.grad(),
+        &x.detach().full_like(2.0),
+    )?;
     n += 2;
 
     g.barrier()?.wait()?;
