@@ -421,6 +421,7 @@ impl Builder {
             _ => None,
         };
         Ok(TrainParts {
+            expert_group: None,
             recipe: recipe.clone(),
             out: out.to_path_buf(),
             resume,

@@ -42,6 +42,51 @@ pub struct Dist {
     pub store: Option<Arc<Store>>,
     /// The collectives (a [`Local`] world of one without a launcher).
     pub group: Arc<dyn Collectives>,
+    /// The backend and timeout the group was created with (subgroups use the same).
+    backend: Option<(Backend, Duration)>,
+}
+
+impl Dist {
+    /// A process group over the ranks `members` (global ranks, this one among them), for collectives among
+    /// them only, e.g. an expert-parallel group. Only the members call this, each with the same `members` and
+    /// `name`; the group rendezvouses under its own key prefix `name/` of the job's store. `members` equal to
+    /// the whole world gives the job's group itself.
+    pub fn subgroup(&self, name: &str, members: &[usize]) -> Result<Arc<dyn Collectives>> {
+        let (rank, world) = (self.env.rank, self.env.world_size);
+        anyhow::ensure!(
+            members.iter().all(|&m| m < world),
+            "subgroup {name}: members {members:?} outside world size {world}"
+        );
+        let Some(me) = members.iter().position(|&m| m == rank) else {
+            anyhow::bail!("subgroup {name}: rank {rank} is not among its members {members:?}");
+        };
+        if members.len() == world && members.iter().enumerate().all(|(i, &m)| i == m) {
+            return Ok(self.group.clone());
+        }
+        let (Some(store), Some((backend, timeout))) = (&self.store, &self.backend) else {
+            anyhow::bail!("subgroup {name}: a world of one has no subgroups");
+        };
+        let store = store.prefixed(&format!("{name}/"))?;
+        let group = ProcessGroup::new(&store, me, members.len(), backend, *timeout)
+            .with_context(|| format!("subgroup {name} (rank {rank}, members {members:?})"))?;
+        Ok(Arc::new(group))
+    }
+
+    /// This rank's expert-parallel group: consecutive blocks of `size` ranks (ranks 0..size, size..2*size, ...),
+    /// so that a block sits on one node when `size` divides the ranks per node. `size` must divide the world.
+    pub fn expert_group(&self, size: usize) -> Result<Arc<dyn Collectives>> {
+        let world = self.env.world_size;
+        anyhow::ensure!(
+            size >= 1 && world.is_multiple_of(size),
+            "expert parallel {size} does not divide the world size {world}"
+        );
+        if size == 1 {
+            return Ok(Arc::new(Local));
+        }
+        let block = self.env.rank / size;
+        let members: Vec<usize> = (block * size..(block + 1) * size).collect();
+        self.subgroup(&format!("expert{block}"), &members)
+    }
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -66,6 +111,7 @@ pub fn init(env: &DistEnv, opts: &InitOptions) -> Result<Dist> {
             env: env.clone(),
             store: None,
             group: Arc::new(Local),
+            backend: None,
         });
     }
     let (rank, world) = (env.rank, env.world_size);
@@ -92,5 +138,6 @@ pub fn init(env: &DistEnv, opts: &InitOptions) -> Result<Dist> {
         env: env.clone(),
         store: Some(Arc::new(store)),
         group: Arc::new(group),
+        backend: Some((backend, opts.timeout)),
     })
 }

@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod chat;
 pub mod config;
+pub mod expert_parallel;
 pub mod generate;
 pub mod graph_decode;
 pub mod moe;
@@ -19,6 +20,7 @@ pub mod weights;
 pub use cache::KvCache;
 pub use chat::ChatTemplate;
 pub use config::{ModelType, Qwen3Config, RopeScaling};
+pub use expert_parallel::ExpertExchange;
 pub use graph_decode::{GraphDecodeOutput, GraphDecoder, GraphStats, NextTokens};
 pub use moe::{aux_load_balancing_loss, aux_load_balancing_loss_masked};
 pub use param_units::{GradsReady, ParamUnits, Unit};

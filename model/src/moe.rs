@@ -53,9 +53,30 @@ pub fn moe_forward_with(
     forced: Option<&Tensor>,
     grouped: bool,
 ) -> Result<MoeOutput> {
-    let kind = x.kind();
-    let n = x.size()[0];
+    let (router_logits, top_i, weights) = route(w, x, k, norm_topk_prob, forced)?;
     let e = w.router.size()[0];
+    let flat = top_i.f_reshape([-1])?;
+    let order = flat.f_argsort_stable(true, 0, false)?;
+    let sorted_experts = flat.f_index_select(0, &order)?;
+    let xs = x.f_index_select(0, &order.f_floor_divide_scalar(k)?)?;
+    let counts = expert_counts(&flat, e)?;
+    let ys = expert_ffn(&w.gate_up, &w.down, &xs, &sorted_experts, &counts, grouped)?;
+    Ok(MoeOutput {
+        hidden: combine(&ys, &order, &weights, k)?,
+        router_logits,
+        experts: top_i,
+    })
+}
+
+/// The router: `[N, E]` logits, the `[N, k]` chosen (or forced) experts and their `[N, k]` weights in the model
+/// dtype.
+pub(crate) fn route(
+    w: &MoeWeights,
+    x: &Tensor,
+    k: i64,
+    norm_topk_prob: bool,
+    forced: Option<&Tensor>,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let router_logits = x.f_linear(&w.router, None::<Tensor>)?;
     let probs = router_logits.f_softmax(-1, Kind::Float)?;
     let (top_v, top_i) = match forced {
@@ -67,76 +88,94 @@ pub fn moe_forward_with(
     } else {
         top_v
     };
-    let weights = top_v.f_to_kind(kind)?;
+    Ok((router_logits, top_i, top_v.f_to_kind(x.kind())?))
+}
 
-    let flat = top_i.f_reshape([-1])?;
-    let order = flat.f_argsort_stable(true, 0, false)?;
-    let sorted_experts = flat.f_index_select(0, &order)?;
-    let token_of = order.f_floor_divide_scalar(k)?;
-    let xs = x.f_index_select(0, &token_of)?;
-    let inter = w.down.size()[2];
-    let h = x.size()[1];
-
-    let elt = kind.elt_size_in_bytes() as i64;
-    let aligned = grouped && (h * elt) % 16 == 0 && (inter * elt) % 16 == 0;
-    let (gu, act, ys);
-    if aligned {
-        let counts = Tensor::f_zeros([e], (Kind::Int64, x.device()))?.f_scatter_add(
+/// Rows per expert: `[E]` int64 counts of `experts` (any shape, values in `0..e`).
+pub(crate) fn expert_counts(experts: &Tensor, e: i64) -> Result<Tensor> {
+    let flat = experts.f_reshape([-1])?;
+    Ok(
+        Tensor::f_zeros([e], (Kind::Int64, flat.device()))?.f_scatter_add(
             0,
             &flat,
             &flat.f_ones_like()?,
-        )?;
+        )?,
+    )
+}
+
+/// The experts' SwiGLU on rows sorted by expert: `xs: [R, H]`, `sorted_experts: [R]` (indices into the
+/// stacks `gate_up: [E, 2I, H]`, `down: [E, H, I]`), `counts: [E]` rows per expert. One grouped GEMM per
+/// projection when the shapes allow it, else each row's expert weights gathered.
+pub(crate) fn expert_ffn(
+    gate_up: &Tensor,
+    down: &Tensor,
+    xs: &Tensor,
+    sorted_experts: &Tensor,
+    counts: &Tensor,
+    grouped: bool,
+) -> Result<Tensor> {
+    let kind = xs.kind();
+    let inter = down.size()[2];
+    let h = xs.size()[1];
+    let elt = kind.elt_size_in_bytes() as i64;
+    let aligned = grouped && (h * elt) % 16 == 0 && (inter * elt) % 16 == 0;
+    if aligned {
         let offs = counts.f_cumsum(0, Kind::Int)?;
-        gu = xs.f_internal_grouped_mm(
-            &w.gate_up.f_transpose(1, 2)?,
+        let gu = xs.f_internal_grouped_mm(
+            &gate_up.f_transpose(1, 2)?,
             Some(&offs),
             None::<&Tensor>,
             None::<Kind>,
         )?;
-        act = gu
+        let act = gu
             .f_narrow(1, 0, inter)?
             .f_silu()?
             .f_mul(&gu.f_narrow(1, inter, inter)?)?;
-        ys = act.f_internal_grouped_mm(
-            &w.down.f_transpose(1, 2)?,
+        Ok(act.f_internal_grouped_mm(
+            &down.f_transpose(1, 2)?,
             Some(&offs),
             None::<&Tensor>,
             None::<Kind>,
-        )?;
+        )?)
     } else {
         // Grouped GEMM needs 16-byte aligned rows; odd tiny shapes gather each pair's expert weights instead.
-        let wgu = w.gate_up.f_index_select(0, &sorted_experts)?;
-        gu = xs
+        let wgu = gate_up.f_index_select(0, sorted_experts)?;
+        let gu = xs
             .f_unsqueeze(1)?
             .f_bmm(&wgu.f_transpose(1, 2)?)?
             .f_squeeze_dim(1)?;
-        act = gu
+        let act = gu
             .f_narrow(1, 0, inter)?
             .f_silu()?
             .f_mul(&gu.f_narrow(1, inter, inter)?)?;
-        let wd = w.down.f_index_select(0, &sorted_experts)?;
-        ys = act
+        let wd = down.f_index_select(0, sorted_experts)?;
+        Ok(act
             .f_unsqueeze(1)?
             .f_bmm(&wd.f_transpose(1, 2)?)?
-            .f_squeeze_dim(1)?;
+            .f_squeeze_dim(1)?)
     }
+}
+
+/// The block's output from the expert rows `ys: [N*k, H]` sorted by `order`: each row times its routing
+/// weight, the sort undone (inverse permutation by scatter, no second sort), each token's k rows summed.
+pub(crate) fn combine(ys: &Tensor, order: &Tensor, weights: &Tensor, k: i64) -> Result<Tensor> {
+    let (nk, h) = ys.size2()?;
     let w_sorted = weights
         .f_reshape([-1])?
-        .f_index_select(0, &order)?
+        .f_index_select(0, order)?
         .f_unsqueeze(-1)?;
     let ys = ys.f_mul(&w_sorted)?;
-    // Undo the sort: inverse permutation by scatter (no second sort), then sum each token's k outputs.
-    let arange = Tensor::f_arange(n * k, (Kind::Int64, x.device()))?;
-    let inv = order.f_zeros_like()?.f_scatter(0, &order, &arange)?;
-    let hidden = ys
-        .f_index_select(0, &inv)?
-        .f_view([n, k, h])?
-        .f_sum_dim_intlist(1, false, kind)?;
-    Ok(MoeOutput {
-        hidden,
-        router_logits,
-        experts: top_i,
-    })
+    Ok(ys
+        .f_index_select(0, &inverse_permutation(order)?)?
+        .f_view([nk / k, k, h])?
+        .f_sum_dim_intlist(1, false, ys.kind())?)
+}
+
+/// The inverse of permutation `order` (`inv[order[i]] = i`), by scatter.
+pub(crate) fn inverse_permutation(order: &Tensor) -> Result<Tensor> {
+    let n = order.size()[0];
+    let arange = Tensor::f_arange(n, (Kind::Int64, order.device()))?;
+    Ok(order.f_zeros_like()?.f_scatter(0, order, &arange)?)
 }
 
 /// Switch-Transformer load-balancing loss over all MoE layers, as transformers' `load_balancing_loss_func`

@@ -4,6 +4,7 @@
 
 use crate::cache::KvCache;
 use crate::config::Qwen3Config;
+use crate::expert_parallel::{ExpertExchange, moe_forward_expert_parallel};
 use crate::moe::{MoeWeights, moe_forward};
 use crate::param_units::{GradsReady, ParamUnits, Unit};
 use crate::rope::{Rope, apply_rotary};
@@ -186,6 +187,8 @@ pub struct Qwen3Model {
     units: Option<Arc<dyn ParamUnits>>,
     /// Plain data parallelism's hook (see [`crate::param_units::GradsReady`]); None: backward says nothing.
     grads_ready: Option<Arc<dyn GradsReady>>,
+    /// Expert parallelism's group (see [`crate::expert_parallel`]); None: every rank computes every expert.
+    expert_parallel: Option<Arc<dyn ExpertExchange>>,
     /// With `units` or `grads_ready`: each unit's parameters in [`Qwen3Model::unit_params`] order, looked up
     /// once (backward hands every unit's gradients over in this order).
     unit_tensors: Vec<Vec<Tensor>>,
@@ -338,6 +341,7 @@ impl Qwen3Model {
             checkpointing: false,
             units: None,
             grads_ready: None,
+            expert_parallel: None,
             unit_tensors: Vec::new(),
         })
     }
@@ -379,6 +383,26 @@ impl Qwen3Model {
     pub fn set_grads_ready(&mut self, hook: Option<Arc<dyn GradsReady>>) {
         self.grads_ready = hook;
         self.cache_unit_tensors();
+    }
+
+    /// Divides the MoE layers' experts among `group`'s ranks for the forwards that record autograd without a KV
+    /// cache (training's; see [`crate::expert_parallel`]); None: off. Every rank of the group must then run
+    /// those forwards, and their backwards, in step. Decoding and no-grad forwards use the whole experts.
+    pub fn set_expert_parallel(&mut self, group: Option<Arc<dyn ExpertExchange>>) -> Result<()> {
+        if let Some(g) = &group {
+            let e = self.config.num_experts;
+            anyhow::ensure!(
+                self.layers.iter().any(|l| matches!(l.mlp, Mlp::Moe { .. })),
+                "expert parallelism needs a MoE model; this one has no MoE layer"
+            );
+            anyhow::ensure!(
+                g.size() >= 1 && e.is_multiple_of(g.size()),
+                "expert parallelism: {e} experts do not divide among {} ranks",
+                g.size()
+            );
+        }
+        self.expert_parallel = group;
+        Ok(())
     }
 
     fn cache_unit_tensors(&mut self) {
@@ -627,10 +651,19 @@ impl Qwen3Model {
                 self.gather(Unit::Layer(l))?;
                 let (out, moe) = if checkpoint {
                     tch::no_grad(|| {
-                        self.layer_forward(layer, &x, &cos, &sin, &attn, None, forced.as_ref())
+                        self.layer_forward(
+                            layer,
+                            &x,
+                            &cos,
+                            &sin,
+                            &attn,
+                            None,
+                            forced.as_ref(),
+                            true,
+                        )
                     })?
                 } else {
-                    self.layer_forward(layer, &x, &cos, &sin, &attn, None, forced.as_ref())?
+                    self.layer_forward(layer, &x, &cos, &sin, &attn, None, forced.as_ref(), true)?
                 };
                 self.release(Unit::Layer(l))?;
                 let out_leaf = out.f_detach()?.f_set_requires_grad(true)?;
@@ -670,8 +703,16 @@ impl Qwen3Model {
                     _ => None,
                 };
                 self.gather(Unit::Layer(l))?;
-                let (out, moe) =
-                    self.layer_forward(layer, &x, &cos, &sin, &attn, cache_step, forced.as_ref())?;
+                let (out, moe) = self.layer_forward(
+                    layer,
+                    &x,
+                    &cos,
+                    &sin,
+                    &attn,
+                    cache_step,
+                    forced.as_ref(),
+                    autograd,
+                )?;
                 self.release(Unit::Layer(l))?;
                 if let Some((rl, ex)) = moe {
                     router_logits.push(rl);
@@ -761,6 +802,7 @@ impl Qwen3Model {
             &tape.attn,
             None,
             step.experts.as_ref(),
+            true,
         )?;
         let rl = moe.map(|(rl, _)| rl);
         Ok((input, vjp_surrogate(&y, rl.as_ref(), g_out, g_router)?))
@@ -864,6 +906,7 @@ impl Qwen3Model {
         attn: &AttnMask,
         cache: Option<(&mut KvCache, &CachePlan)>,
         forced: Option<&Tensor>,
+        training: bool,
     ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
         let eps = self.config.rms_norm_eps;
         let (b, t, h) = x.size3()?;
@@ -882,13 +925,16 @@ impl Qwen3Model {
             }
             Mlp::Moe { weights, .. } => {
                 let flat = h2.f_reshape([b * t, h])?;
-                let o = moe_forward(
-                    weights,
-                    &flat,
+                let (k, norm) = (
                     self.config.num_experts_per_tok as i64,
                     self.config.norm_topk_prob,
-                    forced,
-                )?;
+                );
+                let o = match (&self.expert_parallel, training) {
+                    (Some(ep), true) => {
+                        moe_forward_expert_parallel(weights, &flat, k, norm, forced, true, &**ep)?
+                    }
+                    _ => moe_forward(weights, &flat, k, norm, forced)?,
+                };
                 Ok((
                     x.f_add(&o.hidden.f_view([b, t, h])?)?,
                     Some((o.router_logits, o.experts)),

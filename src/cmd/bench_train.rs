@@ -91,7 +91,7 @@ pub fn run(args: Args) -> Result<()> {
         ..batching_config(&tr)?
     };
     let mut learner = new_learner(&tr, &model, 1e-5, 1000, 0)?;
-    learner.join(group.clone(), &mut model, args.sharded)?;
+    learner.join(group.clone(), &mut model, args.sharded, None)?;
     // This rank's share of a global batch of `batch` sequences, every token trained.
     let vocab = config.vocab_size as i64;
     let items: Vec<TrainItem> = (0..args.batch)

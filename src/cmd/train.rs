@@ -71,10 +71,15 @@ pub fn train(
     // torchrun's contract joins a process group even for a world of one (as `init_process_group` does), so
     // `--nproc-per-node 1` runs the collectives' engine (NCCL on a GPU); a one-task Slurm job stays local.
     let launched = env.world_size > 1 || env.launcher == spar_dist::Launcher::Torchrun;
-    let (builder, group): (_, Arc<dyn spar_dist::Collectives>) = if launched {
+    let (builder, group, experts): (_, Arc<dyn spar_dist::Collectives>, _) = if launched {
         join(builder, &env)?
     } else {
-        (builder, Arc::new(spar_dist::Local))
+        (builder, Arc::new(spar_dist::Local), None)
+    };
+    let parts = |builder: &spar_app::Builder, out: &Path, resume: bool, group| {
+        let mut parts = builder.train_parts_on(out, resume, group)?;
+        parts.expert_group = experts.clone();
+        anyhow::Ok(parts)
     };
     let recipe = builder.recipe();
     let out = match out {
@@ -87,7 +92,7 @@ pub fn train(
         );
     }
     if group.rank() != 0 {
-        return spar_trainer::run::run(builder.train_parts_on(&out, resume, group)?);
+        return spar_trainer::run::run(parts(&builder, &out, resume, group)?);
     }
     // One writer per run folder, for the whole run (released when this returns).
     let _lock = spar_trainer::run_lock::RunLock::acquire(&out, &spar_data::audit::hostname())?;
@@ -101,17 +106,23 @@ pub fn train(
         spec = spec.with_model(&recipe.resolve(p));
     }
     super::audit::run_audited(spec, || {
-        spar_trainer::run::run(builder.train_parts_on(&out, resume, group)?)
+        spar_trainer::run::run(parts(&builder, &out, resume, group)?)
     })
 }
 
 /// Joins a data-parallel job: checks `[distributed]` against the launcher's world size, puts the model on this
 /// rank's GPU (`cuda:LOCAL_RANK`) when the recipe asks for a GPU, and connects (gloo for a CPU model, the
-/// recipe's backend for a GPU one), with the binary and the recipe compared across ranks.
+/// recipe's backend for a GPU one), with the binary and the recipe compared across ranks. Returns the group
+/// and, with `distributed.expert_parallel` above 1, this rank's expert-parallel group.
+#[allow(clippy::type_complexity)]
 fn join(
     builder: spar_app::Builder,
     env: &spar_dist::DistEnv,
-) -> Result<(spar_app::Builder, Arc<dyn spar_dist::Collectives>)> {
+) -> Result<(
+    spar_app::Builder,
+    Arc<dyn spar_dist::Collectives>,
+    Option<Arc<dyn spar_dist::Collectives>>,
+)> {
     use spar_core::recipe::DistributedBackend;
     let mut recipe = builder.recipe().clone();
     let dist = recipe.distributed.clone().unwrap_or_default();
@@ -150,7 +161,15 @@ fn join(
             identity,
         },
     )?;
-    Ok((spar_app::Builder::new(recipe), joined.group))
+    let experts = match dist.expert_parallel {
+        0 | 1 => None,
+        p => Some(joined.expert_group(p)?),
+    };
+    Ok((
+        spar_app::Builder::new(recipe),
+        joined.group.clone(),
+        experts,
+    ))
 }
 
 /// A run from a shared SFT (`--from-sft DIR`, or `--resume` of a run started that way): seeds a fresh run folder

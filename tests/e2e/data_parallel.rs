@@ -123,11 +123,24 @@ fn sft_on_two_and_four_ranks_equals_one_process_sft() {
     }
 }
 
+/// `spar train` on two ranks, fully sharded and expert parallel (the tiny MoE's 4 experts, 2 per rank):
+/// the recipe's layout reaches the learner, and the run finishes with rank 0's outputs. (That these layouts take
+/// the one-process steps is the trainer's `data_parallel` tests.)
 #[test]
-fn two_rank_fully_sharded_rl_run_finishes_with_rank_zeros_outputs() {
+fn two_rank_fully_sharded_expert_parallel_rl_run_finishes_with_rank_zeros_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    ok(tiny(&mut launch2(), &run, 2).args(["--set", "distributed.sharding=\"full\""]));
+    let out = tiny(&mut launch2(), &run, 2)
+        .args(["--set", "distributed.sharding=\"full\""])
+        .args(["--set", "distributed.expert_parallel=2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("expert parallel: rank 0's MoE layers compute 1/2 of the experts"),
+        "{err}"
+    );
     let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
     let ckpt = run.join("checkpoints").join(latest.trim());
     for f in [
@@ -198,8 +211,12 @@ fn layouts_that_cannot_run_are_refused_with_the_reason() {
         "distributed.data_parallel = 4, but the launcher started 2 rank(s)",
     );
     fails(
-        &["--set", "distributed.expert_parallel=2"],
-        "only data parallelism (plain or fully sharded) is built",
+        &["--set", "distributed.tensor_parallel=2"],
+        "tensor and pipeline parallelism are not",
+    );
+    fails(
+        &["--set", "distributed.expert_parallel=4"],
+        "distributed.expert_parallel = 4 does not divide the 2 rank(s)",
     );
 }
 

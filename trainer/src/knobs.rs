@@ -75,5 +75,6 @@ pub fn new_learner(
         group: std::sync::Arc::new(spar_dist::Local),
         sharded: None,
         grad_sum: None,
+        expert_parallel: false,
     })
 }

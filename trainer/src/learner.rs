@@ -56,6 +56,9 @@ pub struct Learner {
     /// Plain data parallelism's gradient sum overlapped with backward ([`Learner::join`]); None: summed after
     /// backward, in one go.
     pub grad_sum: Option<Arc<OverlappedGradSum>>,
+    /// The model's MoE layers divide their experts among an expert-parallel group ([`Learner::join`]): the
+    /// ranks' micro-batch counts are padded to the largest, as when sharded.
+    pub expert_parallel: bool,
 }
 
 /// What one optimisation step did.
@@ -139,14 +142,22 @@ impl Learner {
     }
 
     /// Makes this learner step with `group`: fully sharded ([`Learner::shard`]) when `sharded`, otherwise plain
-    /// data parallel with the gradient sum overlapped with `model`'s backward (with more than one rank).
+    /// data parallel with the gradient sum overlapped with `model`'s backward (with more than one rank). With
+    /// `experts` (a group of more than one rank, inside `group`), the model's training forwards divide the
+    /// experts among its ranks (see [`spar_model::expert_parallel`]); the expert gradients then arise on their
+    /// owners only, and the sum over `group` that follows gives every rank the whole gradient.
     pub fn join(
         &mut self,
         group: Arc<dyn Collectives>,
         model: &mut spar_model::Qwen3Model,
         sharded: bool,
+        experts: Option<Arc<dyn Collectives>>,
     ) -> Result<()> {
         self.group = group;
+        if let Some(eg) = experts.filter(|g| g.world_size() > 1) {
+            model.set_expert_parallel(Some(Arc::new(crate::expert_parallel::ExpertGroup(eg))))?;
+            self.expert_parallel = true;
+        }
         if sharded {
             self.shard(model)
         } else {
@@ -192,15 +203,17 @@ impl Learner {
         }
     }
 
-    /// Sharded: appends padding micro-batches until every rank has as many as the rank with the most (each
-    /// forward and backward gathers and reduces every layer, so the counts must match).
+    /// Sharded or expert parallel: appends padding micro-batches until every rank has as many as the rank with
+    /// the most (each forward and backward gathers and reduces every layer, or exchanges every MoE layer's
+    /// rows, so the counts must match).
     fn pad_micro_batches(
         &self,
         mbs: &mut Vec<MicroBatch>,
         pack: bool,
         device: Device,
     ) -> Result<()> {
-        if self.sharded.is_none() || self.group.world_size() == 1 {
+        let lockstep = self.sharded.is_some() || self.expert_parallel;
+        if !lockstep || self.group.world_size() == 1 {
             return Ok(());
         }
         let most = max_over_ranks(&*self.group, &[mbs.len() as f64])?[0] as usize;
@@ -682,6 +695,9 @@ pub fn rl_update_with(
         let (mut vloss_sum, mut vclip) = (0.0, 0.0);
         let mut stats = LossStats::default();
         for (i, mb) in mbs.iter().enumerate() {
+            if i + 1 == mbs.len() {
+                learner.last_backward();
+            }
             let fwd = forward_mb(policy, mb)?;
             let (logp, entropy) =
                 logprobs_and_entropy(&fwd.logits, &mb.targets, loss_cfg.temperature);
@@ -735,9 +751,6 @@ pub fn rl_update_with(
             }
             loss_sum += loss.double_value(&[]);
             stats.add(&out.stats);
-            if i + 1 == mbs.len() {
-                learner.last_backward();
-            }
             policy.backward(&loss, &fwd)?;
         }
         let (loss_sum, grad_norm, lr, skipped) = learner.apply(loss_sum)?;
@@ -821,6 +834,10 @@ pub(crate) fn supervised_step(
     let mut loss_sum = 0.0;
     let mut stats = LossStats::default();
     for (i, mb) in mbs.iter().enumerate() {
+        if i + 1 == mbs.len() {
+            // Padding micro-batches included: every rank must start the same reductions at the same point.
+            learner.last_backward();
+        }
         let fwd = forward_mb(policy, mb)?;
         if mb.padding {
             policy.backward(&padding_loss(&fwd)?, &fwd)?;
@@ -837,9 +854,6 @@ pub(crate) fn supervised_step(
             .sum(Kind::Double)
             .double_value(&[]);
         loss_sum += loss.double_value(&[]);
-        if i + 1 == mbs.len() {
-            learner.last_backward();
-        }
         policy.backward(&loss, &fwd)?;
     }
     let (loss_sum, grad_norm, lr, skipped) = learner.apply(loss_sum)?;

@@ -28,6 +28,7 @@ pub mod critic;
 pub mod dashboard;
 pub mod distill;
 pub mod distill_loop;
+pub mod expert_parallel;
 pub mod gae;
 pub mod grad_sum;
 pub mod knobs;

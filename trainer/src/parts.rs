@@ -74,4 +74,7 @@ pub struct TrainParts {
     /// The data-parallel ranks (`spar_dist::Local` for one process): each plays and learns its share of every
     /// round; rank 0 alone writes into `out`.
     pub group: Arc<dyn spar_dist::Collectives>,
+    /// This rank's expert-parallel group (`[distributed] expert_parallel` ranks inside `group`); None: every
+    /// rank computes every expert.
+    pub expert_group: Option<Arc<dyn spar_dist::Collectives>>,
 }

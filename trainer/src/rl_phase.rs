@@ -70,7 +70,12 @@ impl RlState {
         }
         let mut learner =
             crate::knobs::new_learner(tr, model, tr.lr, tr.steps * per_round, tr.warmup_steps)?;
-        learner.join(session.group.clone(), model, session.sharded)?;
+        learner.join(
+            session.group.clone(),
+            model,
+            session.sharded,
+            session.expert_group.clone(),
+        )?;
         let critic = use_gae.then(|| {
             Critic::new(
                 model.config.vocab_size as i64,

@@ -41,6 +41,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
         teacher_samples,
         reference_dir,
         group,
+        expert_group,
     } = parts;
     let tr = recipe.require(&recipe.trainer, "trainer")?.clone();
     let (rank, world) = (group.rank(), group.world_size());
@@ -82,6 +83,13 @@ pub fn run(parts: TrainParts) -> Result<()> {
 
     let mut session = Session::open(&out, seed, resume, tr.keep_last, group.clone())?;
     session.sharded = sharded;
+    if let Some(eg) = expert_group.as_ref().filter(|g| g.world_size() > 1) {
+        eprintln!(
+            "[train] expert parallel: rank {rank}'s MoE layers compute 1/{} of the experts in training forwards",
+            eg.world_size()
+        );
+    }
+    session.expert_group = expert_group;
     // Every checkpoint records the recipe its run went on under (a shared SFT checks runs against it).
     session.state.extra.insert(
         crate::shared_sft::RECIPE_KEY.into(),

@@ -42,6 +42,8 @@ pub struct Session {
     pub global_step: usize,
     /// Learners shard parameters and optimizer over `group` (`[distributed] sharding = "full"`).
     pub sharded: bool,
+    /// The expert-parallel group of this rank (`[distributed] expert_parallel`); None: off.
+    pub expert_group: Option<Arc<dyn Collectives>>,
     keep_last: usize,
 }
 
@@ -101,6 +103,7 @@ impl Session {
             rng,
             group,
             sharded: false,
+            expert_group: None,
             keep_last,
         })
     }

@@ -42,7 +42,12 @@ pub fn run(
         tr.sft_steps,
         tr.warmup_steps.min(tr.sft_steps / 10),
     )?;
-    learner.join(session.group.clone(), model, session.sharded)?;
+    learner.join(
+        session.group.clone(),
+        model,
+        session.sharded,
+        session.expert_group.clone(),
+    )?;
     let (rank, world) = (session.group.rank(), session.group.world_size());
     if let Some(dir) = session.resume_dir.take() {
         checkpoint::load_learner(&dir, model, &mut learner)?;

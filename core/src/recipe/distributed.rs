@@ -3,9 +3,11 @@
 //! What is built: data parallelism, plain or fully sharded. `spar train` launched with world size N > 1 (`spar
 //! launch --nproc-per-node N -- train ...`, torchrun, srun) runs N data-parallel ranks; `data_parallel` is then
 //! N, or 0 / 1 meaning "the launcher's world size". `sharding = "full"` shards parameters, gradients, fp32
-//! masters and Adam moments over those ranks (FSDP / ZeRO-3). Tensor, expert and pipeline parallelism are not
-//! built: their degrees above 1 are rejected, so a recipe never believes it trains on a layout that nothing sets
-//! up.
+//! masters and Adam moments over those ranks (FSDP / ZeRO-3). `expert_parallel = P` divides each MoE layer's
+//! experts among consecutive blocks of P of those ranks (expert parallelism inside data parallelism, as in
+//! DeepSpeed-MoE and Megatron: P must divide the world size and the expert count). Tensor and pipeline
+//! parallelism are not built: their degrees above 1 are rejected, so a recipe never believes it trains on a
+//! layout that nothing sets up.
 use super::check;
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +40,8 @@ pub struct DistributedSection {
     pub data_parallel: usize,
     /// Tensor-parallel degree (only 1: not built).
     pub tensor_parallel: usize,
-    /// Expert-parallel degree (MoE; only 1: not built).
+    /// Expert-parallel degree (MoE): each MoE layer's experts divided among blocks of this many data-parallel
+    /// ranks in training forwards; 1: every rank computes every expert.
     pub expert_parallel: usize,
     /// Pipeline-parallel degree (only 1: not built).
     pub pipeline_parallel: usize,
@@ -67,11 +70,12 @@ impl Default for DistributedSection {
 }
 
 impl DistributedSection {
-    /// Tensor / expert / pipeline degrees are exactly 1 (not built); the timeout is positive.
+    /// Tensor / pipeline degrees are exactly 1 (not built); the expert degree is at least 1; the timeout is
+    /// positive.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        check(self.expert_parallel >= 1, "expert_parallel", "must be >= 1")?;
         for (k, v) in [
             ("tensor_parallel", self.tensor_parallel),
-            ("expert_parallel", self.expert_parallel),
             ("pipeline_parallel", self.pipeline_parallel),
         ] {
             check(v >= 1, k, "must be >= 1")?;
@@ -79,8 +83,8 @@ impl DistributedSection {
                 v == 1,
                 k,
                 &format!(
-                    "is {v}, but only data parallelism (plain or fully sharded) is built (tensor, expert and \
-                     pipeline parallelism are not): set it to 1"
+                    "is {v}, but only data parallelism (plain or fully sharded) and expert parallelism are \
+                     built (tensor and pipeline parallelism are not): set it to 1"
                 ),
             )?;
         }
@@ -91,6 +95,13 @@ impl DistributedSection {
     /// Checks `data_parallel` against the launcher's world size: N, or 0 / 1 (take the world size). Returns
     /// the data-parallel degree in use.
     pub fn data_parallel_for(&self, world_size: usize) -> Result<usize, String> {
+        let ep = self.expert_parallel.max(1);
+        if !world_size.is_multiple_of(ep) {
+            return Err(format!(
+                "recipe: distributed.expert_parallel = {ep} does not divide the {world_size} rank(s) the \
+                 launcher started: expert-parallel groups are blocks of {ep} data-parallel ranks"
+            ));
+        }
         match self.data_parallel {
             0 | 1 => Ok(world_size),
             n if n == world_size => Ok(n),

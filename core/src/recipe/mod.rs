@@ -403,12 +403,15 @@ mod tests {
             "{e}"
         );
         assert_eq!(DistributedSection::default().data_parallel_for(4), Ok(4));
-        let e = error_of("[distributed]\nexpert_parallel = 2\n");
+        let e = error_of("[distributed]\nexpert_parallel = 0\n");
         assert!(e.contains("distributed.expert_parallel"), "{e}");
-        assert!(
-            e.contains("only data parallelism (plain or fully sharded)"),
-            "{e}"
-        );
+        let ep4 = DistributedSection {
+            expert_parallel: 4,
+            ..Default::default()
+        };
+        assert_eq!(ep4.data_parallel_for(8), Ok(8));
+        let e = ep4.data_parallel_for(2).unwrap_err();
+        assert!(e.contains("expert_parallel = 4 does not divide"), "{e}");
         let e = error_of("[distributed]\ntensor_parallel = 2\n");
         assert!(e.contains("distributed.tensor_parallel"), "{e}");
         let r = Recipe::from_toml_str(

@@ -1,6 +1,8 @@
-//! `spar-dp-check --out DIR [--sharded] [--checkpointing] [--stop-after K | --resume]`: the data-parallel
-//! learner (plain or fully sharded, optionally activation-checkpointed) on real ranks against one process on the
-//! union batch.
+//! `spar-dp-check --out DIR [--sharded] [--checkpointing] [--expert-parallel P] [--one-expert]
+//! [--stop-after K | --resume]`: the data-parallel learner (plain or fully sharded, optionally
+//! activation-checkpointed, optionally with the MoE experts divided among groups of P ranks) on real ranks
+//! against one process on the union batch. `--one-expert` replays a routing that sends every token to experts 0
+//! and 1 (the most uneven load: the ranks owning the other experts receive no rows).
 //!
 //! Without a launcher it is one process on the whole batch; under `spar launch` / torchrun each rank takes the
 //! items `i` with `i % world == rank` of the same global batches (so shares differ in size). Every rank builds
@@ -93,39 +95,55 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let mut out: Option<PathBuf> = None;
     let (mut sharded, mut resume, mut stop_after) = (false, false, None::<usize>);
-    let mut checkpointing = false;
+    let (mut checkpointing, mut expert_parallel, mut one_expert) = (false, 1usize, false);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--out" => out = Some(args.next().context("--out needs a folder")?.into()),
             "--sharded" => sharded = true,
             "--checkpointing" => checkpointing = true,
+            "--one-expert" => one_expert = true,
+            "--expert-parallel" => {
+                expert_parallel = args
+                    .next()
+                    .context("--expert-parallel needs a group size")?
+                    .parse()?
+            }
             "--resume" => resume = true,
             "--stop-after" => {
                 stop_after = Some(args.next().context("--stop-after needs a count")?.parse()?)
             }
             other => bail!(
                 "unknown argument {other:?} (usage: spar-dp-check --out DIR [--sharded] [--checkpointing] \
-                 [--stop-after K | --resume])"
+                 [--expert-parallel P] [--one-expert] [--stop-after K | --resume])"
             ),
         }
     }
     let out = out.context("--out DIR is required")?;
     let env = spar_dist::DistEnv::from_env()?;
-    let group: Arc<dyn spar_dist::Collectives> = spar_dist::init(
+    let dist = spar_dist::init(
         &env,
         &spar_dist::InitOptions {
             timeout: std::time::Duration::from_secs(60),
             ..Default::default()
         },
-    )?
-    .group;
+    )?;
+    let group: Arc<dyn spar_dist::Collectives> = dist.group.clone();
+    let experts = dist.expert_group(expert_parallel)?;
     let (rank, world) = (group.rank(), group.world_size());
     let share = |items: &[TrainItem]| -> Vec<TrainItem> {
         items
             .iter()
             .enumerate()
             .filter(|(i, _)| i % world == rank)
-            .map(|(_, it)| it.clone())
+            .map(|(_, it)| {
+                let mut it = it.clone();
+                if one_expert {
+                    // Routing replay: every token of both MoE layers to experts 0 and 1.
+                    let t = it.input_ids.len();
+                    it.routed = Some((2, 2, [0i64, 1].repeat(t * 2)));
+                }
+                it
+            })
             .collect()
     };
 
@@ -146,7 +164,7 @@ fn main() -> Result<()> {
     let loss_cfg = policy_loss_config(&tr, ratio_level(&tr), 1.0)?;
     let batching = batching_config(&tr)?;
     let mut learner = new_learner(&tr, &model, tr.lr, 100, 0)?;
-    learner.join(group.clone(), &mut model, sharded)?;
+    learner.join(group.clone(), &mut model, sharded, Some(experts))?;
     let mut session = Session::open(&out, 0, resume, 2, group.clone())?;
     session.sharded = sharded;
     let mut first = 0;

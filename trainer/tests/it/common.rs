@@ -65,6 +65,7 @@ pub fn learner(vs: &nn::VarStore, lr: f64) -> spar_trainer::learner::Learner {
         group: std::sync::Arc::new(spar_dist::Local),
         sharded: None,
         grad_sum: None,
+        expert_parallel: false,
     }
 }
 

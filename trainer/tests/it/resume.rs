@@ -45,6 +45,7 @@ fn learner(model: &TinyLm) -> Learner {
         group: std::sync::Arc::new(spar_dist::Local),
         sharded: None,
         grad_sum: None,
+        expert_parallel: false,
     }
 }
 

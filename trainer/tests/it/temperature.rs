@@ -124,6 +124,7 @@ fn trainer_old_logprobs_equal_the_engines_rollout_logprobs_at_the_sampling_tempe
         group: std::sync::Arc::new(spar_dist::Local),
         sharded: None,
         grad_sum: None,
+        expert_parallel: false,
     };
     let rep = rl_update(
         &model,
