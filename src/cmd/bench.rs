@@ -17,6 +17,8 @@ enum Bench {
     Decode(super::bench_decode::Args),
     /// The learner's training step (plain or fully sharded): tokens/s and peak GPU memory.
     Train(super::bench_train::Args),
+    /// One GRPO iteration (generate, score, learn) on TRL's GRPO workload, phase by phase.
+    Grpo(super::bench_grpo::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -26,5 +28,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Bench::Forward(a) => super::bench_forward::run(a),
         Bench::Decode(a) => super::bench_decode::run(a),
         Bench::Train(a) => super::bench_train::run(a),
+        Bench::Grpo(a) => super::bench_grpo::run(a),
     }
 }

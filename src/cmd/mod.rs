@@ -4,6 +4,7 @@ mod audit;
 pub mod bench;
 pub mod bench_decode;
 pub mod bench_forward;
+pub mod bench_grpo;
 #[cfg(feature = "bench-judge")]
 pub mod bench_judge;
 pub mod bench_train;

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One GRPO iteration on TRL's workload (Qwen3-0.6B shape, 8 prompts x 8 completions, 128-token prompts, 256 new
+# tokens, DAPO loss), spar and TRL in the same call, interleaved: spar, TRL, spar (GPU timings drift between
+# calls). Expects dist/spar.gz, dist/lib/ and the TRL wheels (.whl/: trl, datasets, dill, multiprocess) carried.
+# Writes to $OUT: grpo.jsonl (spar's per-iteration lines, TRL's per-step and summary lines), grpo.txt, env.txt.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+. scripts/gpu-env.sh
+export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH"
+gunzip -c dist/spar.gz > /tmp/spar && chmod +x /tmp/spar
+(nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv; python3 -c 'import torch, transformers;
+print(torch.__version__, transformers.__version__)') > "$OUT/env.txt" 2>&1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  >> "$OUT/env.txt" 2>&1
+W=(--prompts ${PROMPTS:-8} --group ${GROUP:-8} --prompt-len ${PROMPT_LEN:-128} --new ${NEW:-256}
+   --micro-batch ${MICRO:-8})
+spar() { timeout 300 /tmp/spar bench grpo "${W[@]}" --warmup 1 --iters ${ITERS:-3} "$@" 2>>"$OUT/grpo.txt" \
+  | grep '^{' >> "$OUT/grpo.jsonl"; }
+spar
+(cd model/bench && PYTHONPATH=/tmp/site timeout 400 python3 grpo_trl.py "${W[@]}" --warmup 1 --iters ${ITERS:-3} \
+  2>>"$OUT/grpo.txt" | grep '^{' >> "$OUT/grpo.jsonl")
+spar
+[ -n "${CKPT:-}" ] && spar --checkpointing
+true

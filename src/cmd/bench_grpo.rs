@@ -1,0 +1,231 @@
+//! `spar bench grpo`: one full GRPO iteration on TRL's GRPO workload, timed phase by phase: generation of P
+//! prompts x G completions (exactly `--prompt-len` random tokens each, up to `--new` new tokens, temperature 1,
+//! the built-in engine with CUDA-graph decode), a rule reward (the share of even token ids, as
+//! `model/bench/grpo_trl.py`), group-normalised advantages, and the learner's update with the DAPO loss
+//! (token-level ratio clipped to [0.8, 1.28], token-mean over the batch, no KL), one AdamW step. The same call
+//! should run `grpo_trl.py` with the same flags for the comparison.
+use super::bench_forward::{bench_device, shape_config, sync};
+use anyhow::{Result, bail};
+use serde_json::json;
+use spar_core::recipe::{LossAgg, TrainerSection};
+use spar_core::traits::{GenerateRequest, SamplingParams};
+use spar_model::{Qwen3Model, parse_kind};
+use spar_rollout::engine::{Engine, EngineConfig};
+use spar_trainer::batch::TrainItem;
+use spar_trainer::knobs::{batching_config, new_learner};
+use spar_trainer::learner::rl_update;
+use spar_trainer::policy_loss::{PolicyLossConfig, RatioLevel};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// qwen3-0.6b | qwen3-30b-a3b
+    #[arg(long, default_value = "qwen3-0.6b")]
+    shape: String,
+    /// Decoder layers (default: the shape's own count).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// A config.json to use instead of --shape (tiny configs for CPU checks).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Prompts per iteration.
+    #[arg(long, default_value_t = 8)]
+    prompts: usize,
+    /// Completions per prompt (the GRPO group).
+    #[arg(long, default_value_t = 8)]
+    group: usize,
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    /// Maximum new tokens per completion.
+    #[arg(long, default_value_t = 256)]
+    new: u32,
+    /// Sequences per micro-batch of the update.
+    #[arg(long, default_value_t = 8)]
+    micro_batch: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Decode with CUDA graphs (on CUDA).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    graphs: bool,
+    /// Recompute layers in backward.
+    #[arg(long)]
+    checkpointing: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.prompts == 0 || args.group < 2 || args.new == 0 {
+        bail!("--prompts must be >= 1, --group >= 2 and --new >= 1");
+    }
+    let device = bench_device(&args.device)?;
+    let kind = parse_kind(&args.dtype)?;
+    let config = match &args.config {
+        Some(path) => spar_model::Qwen3Config::from_file(path)?,
+        None => shape_config(&args.shape, args.layers)?,
+    };
+    if config.vocab_size < 1100 {
+        bail!(
+            "bench grpo draws prompt tokens from 10 .. vocab - 1000: vocab_size {} is too small",
+            config.vocab_size
+        );
+    }
+    let vocab = config.vocab_size as u64;
+    let mut model = Qwen3Model::random(config, device, kind, 0)?;
+    model.set_activation_checkpointing(args.checkpointing);
+    let tr = TrainerSection {
+        micro_batch: args.micro_batch,
+        token_budget: 0,
+        loss_agg: LossAgg::TokenMean,
+        ..Default::default()
+    };
+    let batching = batching_config(&tr)?;
+    let loss_cfg = PolicyLossConfig::clipped(RatioLevel::Token, 0.2, 0.28);
+    let mut learner = new_learner(&tr, &model, 1e-6, 1000, 0)?;
+    let batch = args.prompts * args.group;
+    let mut engine = Engine::new(
+        &model,
+        EngineConfig {
+            max_batch: batch,
+            kv_slots: batch,
+            max_seq_len: args.prompt_len + args.new as usize + 8,
+            prefill_tokens: 16384,
+            seed: 0,
+            record_routing: false,
+        },
+    )?;
+    engine.set_cuda_graphs(args.graphs && device.is_cuda());
+    let mut salt = 0u64;
+    for it in 0..args.warmup + args.iters {
+        // Distinct random prompts each iteration, G requests per prompt.
+        let prompts: Vec<Vec<u32>> = (0..args.prompts)
+            .map(|_| {
+                salt += 1;
+                (0..args.prompt_len as u64)
+                    .map(|i| ((i * 2654435761 + salt * 40503) % (vocab - 1000)) as u32 + 10)
+                    .collect()
+            })
+            .collect();
+        let reqs: Vec<GenerateRequest> = prompts
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p, args.group))
+            .map(|p| GenerateRequest {
+                prompt_ids: p.clone(),
+                sampling: SamplingParams {
+                    temperature: 1.0,
+                    max_new_tokens: args.new,
+                    ..Default::default()
+                },
+            })
+            .collect();
+        sync(device);
+        let t0 = Instant::now();
+        let outs = engine.generate(reqs)?;
+        sync(device);
+        let t_gen = t0.elapsed().as_secs_f64();
+
+        let t1 = Instant::now();
+        let rewards: Vec<f64> = outs
+            .iter()
+            .map(|o| {
+                let ids = &o.output.token_ids;
+                ids.iter().filter(|&&t| t % 2 == 0).count() as f64 / ids.len().max(1) as f64
+            })
+            .collect();
+        let mut items = Vec::with_capacity(batch);
+        for (g, chunk) in rewards.chunks(args.group).enumerate() {
+            let mean = chunk.iter().sum::<f64>() / chunk.len() as f64;
+            let std = (chunk.iter().map(|r| (r - mean).powi(2)).sum::<f64>()
+                / (chunk.len() - 1) as f64)
+                .sqrt();
+            for (j, r) in chunk.iter().enumerate() {
+                let out = &outs[g * args.group + j].output;
+                let adv = ((r - mean) / (std + 1e-4)) as f32;
+                items.push(item(&prompts[g], out, adv, g, j));
+            }
+        }
+        let t_score = t1.elapsed().as_secs_f64();
+
+        let t2 = Instant::now();
+        let reports = rl_update(
+            &model,
+            None,
+            &mut learner,
+            &items,
+            &loss_cfg,
+            &batching,
+            1,
+            device,
+        )?;
+        sync(device);
+        let t_learn = t2.elapsed().as_secs_f64();
+        let generated: usize = outs.iter().map(|o| o.output.token_ids.len()).sum();
+        let tokens: usize = items.iter().map(|i| i.input_ids.len()).sum();
+        println!(
+            "{}",
+            json!({"bench": "grpo", "engine": "spar", "shape": args.shape, "layers": args.layers,
+               "dtype": args.dtype, "device": format!("{device:?}"), "iteration": it,
+               "warmup": it < args.warmup, "prompts": args.prompts, "group": args.group,
+               "prompt_len": args.prompt_len, "new_tokens": args.new, "micro_batch": args.micro_batch,
+               "generated_tokens": generated, "trained_tokens": tokens,
+               "seconds": t_gen + t_score + t_learn, "generate_s": t_gen, "score_s": t_score,
+               "learn_s": t_learn, "generate_tokens_per_s": generated as f64 / t_gen,
+               "loss": reports.last().map(|r| r.loss), "grad_norm": reports.last().map(|r| r.grad_norm),
+               "peak_gib": peak_gib(device)?})
+        );
+    }
+    Ok(())
+}
+
+/// Peak allocated GPU memory so far, in GiB (None on the CPU).
+fn peak_gib(device: tch::Device) -> Result<Option<f64>> {
+    Ok(match device {
+        tch::Device::Cuda(d) => {
+            Some(spar_kernels::cuda_memory::peak_memory(d)?.0 as f64 / (1u64 << 30) as f64)
+        }
+        _ => None,
+    })
+}
+
+/// The learner's item for one completion: prompt and completion, trained on the completion's tokens with one
+/// advantage (one GRPO step), the engine's log-probs as the rollout's.
+fn item(
+    prompt: &[u32],
+    out: &spar_core::traits::GenerateOutput,
+    adv: f32,
+    g: usize,
+    j: usize,
+) -> TrainItem {
+    let ids: Vec<i64> = prompt
+        .iter()
+        .chain(&out.token_ids)
+        .map(|&t| t as i64)
+        .collect();
+    let n = ids.len();
+    let p = prompt.len();
+    let mut targets = ids[1..].to_vec();
+    targets.push(0);
+    // Position i predicts token i + 1: the completion's tokens are predicted from positions p-1 .. n-2.
+    let trained = |i: usize| i + 1 >= p && i + 1 < n;
+    let mut rollout_logp = vec![0.0f32; n];
+    for (k, lp) in out.logprobs.iter().enumerate() {
+        rollout_logp[p - 1 + k] = *lp;
+    }
+    TrainItem {
+        group_id: format!("p{g}"),
+        sample_idx: j as u32,
+        input_ids: ids,
+        targets,
+        mask: (0..n).map(|i| trained(i) as u8 as f32).collect(),
+        advantages: (0..n).map(|i| if trained(i) { adv } else { 0.0 }).collect(),
+        step_ids: (0..n).map(|i| if trained(i) { 0 } else { -1 }).collect(),
+        n_steps: 1,
+        rollout_logp,
+        routed: None,
+        reward: 0.0,
+    }
+}

@@ -1,0 +1,54 @@
+//! The benchmark commands run end to end on a tiny config on the CPU (their figures come from the GPU; here only
+//! that they run and report what they claim).
+use crate::spar;
+
+const TINY: &str = r#"{"model_type": "qwen3", "vocab_size": 1200, "hidden_size": 32, "intermediate_size": 64,
+  "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+  "max_position_embeddings": 256, "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true}"#;
+
+/// `spar bench grpo`: every iteration generates P x G full completions, trains on all of them and takes a step.
+#[test]
+fn bench_grpo_runs_an_iteration_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, TINY).unwrap();
+    let out = spar()
+        .args([
+            "bench", "grpo", "--device", "cpu", "--dtype", "fp32", "--config",
+        ])
+        .arg(&config)
+        .args([
+            "--prompts",
+            "2",
+            "--group",
+            "3",
+            "--prompt-len",
+            "5",
+            "--new",
+            "7",
+        ])
+        .args(["--micro-batch", "4", "--warmup", "1", "--iters", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["iteration"], i, "{l}");
+        assert_eq!(l["warmup"], i == 0, "{l}");
+        assert_eq!(l["generated_tokens"], 2 * 3 * 7, "{l}");
+        assert_eq!(l["trained_tokens"], 2 * 3 * (5 + 7), "{l}");
+        assert!(l["grad_norm"].as_f64().is_some_and(|g| g > 0.0), "{l}");
+        let parts = ["generate_s", "score_s", "learn_s"].map(|k| l[k].as_f64().unwrap());
+        let total = l["seconds"].as_f64().unwrap();
+        assert!((parts.iter().sum::<f64>() - total).abs() < 1e-9, "{l}");
+    }
+}
