@@ -188,6 +188,27 @@ fn two_rank_fully_sharded_expert_parallel_rl_run_finishes_with_rank_zeros_output
             row["rl/adv_min"].as_f64() <= row["rl/adv_max"].as_f64(),
             "{row}"
         );
+        // The round's time line: playing (generation + scoring), the old log-prob pass, learning, the rest.
+        let t = |k: &str| {
+            row[k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{k} missing: {row}"))
+        };
+        for k in [
+            "time/generate_s",
+            "time/score_s",
+            "time/old_logprob_s",
+            "time/other_s",
+        ] {
+            assert!(t(k) >= 0.0, "{k}: {row}");
+        }
+        assert!(
+            t("time/generate_s") + t("time/score_s") <= t("time/play_s") + 1e-6,
+            "{row}"
+        );
+        assert!(t("time/old_logprob_s") <= t("time/learn_s"), "{row}");
+        let parts = t("time/play_s") + t("time/learn_s") + t("time/other_s");
+        assert!((parts - t("rl/step_seconds")).abs() < 1e-6, "{row}");
     }
 }
 

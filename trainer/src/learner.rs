@@ -606,8 +606,11 @@ pub fn rl_update_with(
     }
     let mut mbs = micro_batches(items, batching, device)?;
     learner.pad_micro_batches(&mut mbs, batching.pack, device)?;
+    let t_old = std::time::Instant::now();
     let (old_values, mut teacher_kl, greedy) =
         old_pass(policy, reference, &mut mbs, extras, loss_cfg)?;
+    // The old pass reads its results on the host, so the GPU work is inside this interval.
+    let old_pass_seconds = t_old.elapsed().as_secs_f64();
     // One decision for every rank: a rank whose own share has no advantage still takes part in the others'
     // update (its gradient is zero), or their gradient all-reduce would wait for it forever.
     if extras.critic.is_none()
@@ -633,6 +636,7 @@ pub fn rl_update_with(
     teacher_kl = sum_over_ranks(&*learner.group, &teacher_kl)?;
     let greedy = sum_over_ranks(&*learner.group, &[greedy])?[0];
     let mut fixed = std::collections::BTreeMap::new();
+    fixed.insert("time/old_logprob_s".into(), old_pass_seconds);
     fixed.insert(
         "rl/greedy_token_frac".into(),
         greedy / total_tokens.max(1.0),

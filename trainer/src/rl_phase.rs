@@ -196,12 +196,15 @@ pub fn run(
                 model.device(),
             )?,
             (false, _) => {
+                let t_play = std::time::Instant::now();
                 let round = rounds.next(s, tr.steps, |version| {
                     play_round(
                         rollout, model, generation, version, groups, rewards, runtime, cases,
                     )
                 })?;
+                let play_seconds = t_play.elapsed().as_secs_f64();
                 let mut scalars = union_round_metrics(&*group, &round)?;
+                let t_learn = std::time::Instant::now();
                 scalars.extend(learn_round(
                     model,
                     &mut st.learner,
@@ -211,13 +214,28 @@ pub fn run(
                     teachers,
                     st.critic.as_mut(),
                 )?);
+                // The round's time line (this rank's): playing (generation, then scoring) and learning; the
+                // rest of the step (metrics, collectives waiting for other ranks) is `time/other_s`.
+                scalars.push(("time/play_s".into(), play_seconds));
+                scalars.push(("time/generate_s".into(), round.gen_seconds));
+                scalars.push(("time/score_s".into(), round.score_seconds));
+                scalars.push(("time/learn_s".into(), t_learn.elapsed().as_secs_f64()));
                 // Every rank generates at once: the job's throughput is the sum of the ranks'.
                 let tps = spar_dist::sum_over_ranks(&*group, &[round.gen_tokens_per_s()])?[0];
                 scalars.push(("rl/gen_tokens_per_s".into(), tps));
                 scalars
             }
         };
-        scalars.push(("rl/step_seconds".into(), t0.elapsed().as_secs_f64()));
+        let step_seconds = t0.elapsed().as_secs_f64();
+        let timed: f64 = scalars
+            .iter()
+            .filter(|(k, _)| k == "time/play_s" || k == "time/learn_s")
+            .map(|(_, v)| v)
+            .sum();
+        if timed > 0.0 {
+            scalars.push(("time/other_s".into(), (step_seconds - timed).max(0.0)));
+        }
+        scalars.push(("rl/step_seconds".into(), step_seconds));
         session.global_step += 1;
         pb.inc(1);
         let done = s + 1;

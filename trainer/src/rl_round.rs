@@ -22,6 +22,9 @@ pub struct PlayedRound {
     pub scored: Vec<Scored>,
     /// Wall time of generation, for tokens/s.
     pub gen_seconds: f64,
+    /// Wall time of scoring (rewards, claims, judges) after generation.
+    #[serde(default)]
+    pub score_seconds: f64,
 }
 
 impl PlayedRound {
@@ -57,6 +60,7 @@ pub fn play_round(
     };
     let played = rollout.collect_groups(policy, groups)?;
     let gen_seconds = t0.elapsed().as_secs_f64();
+    let t1 = std::time::Instant::now();
     let mut round = PlayedRound {
         gen_seconds,
         ..Default::default()
@@ -70,6 +74,7 @@ pub fn play_round(
             .extend(rt.block_on(pipeline.score_group(case, &g.samples)));
         round.samples.extend(g.samples.iter().cloned());
     }
+    round.score_seconds = t1.elapsed().as_secs_f64();
     Ok(round)
 }
 

@@ -168,6 +168,7 @@ fn routing_replay_trains_with_the_rollouts_experts_and_the_switch_drops_them() {
         samples,
         scored,
         gen_seconds: 1.0,
+        score_seconds: 0.0,
     };
     let mismatch = |replay: bool| {
         let m = tiny_moe();
@@ -212,6 +213,7 @@ fn kl_to_the_reference_costs_kl_coef_times_kl_as_a_loss_or_in_the_reward() {
         samples,
         scored,
         gen_seconds: 1.0,
+        score_seconds: 0.0,
     };
     let batching = BatchingConfig {
         micro_batch: 4,
