@@ -264,3 +264,62 @@ pub fn read_scored(path: &Path) -> Result<Vec<Scored>> {
         Format::Parquet => read_wire_parquet(path, &scored_schema()),
     }
 }
+
+/// Samples as one Arrow record batch of [`sample_schema`]: what actors send to learners over Arrow Flight
+/// (`spar_dist::flight`). Every sample must pass `Sample::check`.
+pub fn samples_to_batch(samples: &[Sample]) -> Result<arrow::record_batch::RecordBatch> {
+    const WHAT: &str = "sample batch";
+    check_samples(WHAT, samples)?;
+    let schema = sample_schema();
+    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+        .with_strict_mode(true)
+        .with_batch_size(samples.len().max(1))
+        .build_decoder()
+        .map_err(|e| Error::invalid(WHAT, format!("arrow decoder: {e}")))?;
+    decoder
+        .serialize(samples)
+        .map_err(|e| Error::invalid(WHAT, format!("samples do not fit the schema: {e}")))?;
+    Ok(decoder
+        .flush()
+        .map_err(|e| Error::invalid(WHAT, format!("arrow: {e}")))?
+        .unwrap_or_else(|| arrow::record_batch::RecordBatch::new_empty(schema)))
+}
+
+/// The samples of a record batch that arrived from `from` (named in errors, e.g. an actor): each row's
+/// `schema_version` and fields checked as when reading a file, and every sample checked.
+pub fn samples_from_batch(
+    batch: &arrow::record_batch::RecordBatch,
+    from: &str,
+) -> Result<Vec<Sample>> {
+    let mut w = arrow::json::ArrayWriter::new(Vec::new());
+    w.write(batch)
+        .and_then(|_| w.finish())
+        .map_err(|e| Error::invalid(from, format!("arrow -> json: {e}")))?;
+    let buf = w.into_inner();
+    if buf.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&buf)
+        .map_err(|e| Error::invalid(from, format!("arrow -> json: {e}")))?;
+    let samples = rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            if row.get("schema_version").and_then(|v| v.as_u64()) != Some(SCHEMA_VERSION as u64) {
+                return Err(Error::Field {
+                    file: from.into(),
+                    line: i + 1,
+                    field: "schema_version".into(),
+                    msg: format!(
+                        "{} is not the supported version {SCHEMA_VERSION}",
+                        row.get("schema_version")
+                            .unwrap_or(&serde_json::Value::Null)
+                    ),
+                });
+            }
+            from_row(from, i + 1, row)
+        })
+        .collect::<Result<Vec<Sample>>>()?;
+    check_samples(from, &samples)?;
+    Ok(samples)
+}

@@ -3,10 +3,12 @@
 //! environment, and the start-up checks that make a misconfigured job fail fast with the rank named.
 //!
 //! Entry points: [`DistEnv::from_env`] then [`init`] gives a [`Dist`] whose `group` implements
-//! [`Collectives`]; without a launcher it is the one-process [`Local`] world.
+//! [`Collectives`]; without a launcher it is the one-process [`Local`] world. [`flight`] moves record batches
+//! (samples) from actors to learners over Arrow Flight.
 mod collectives;
 mod env;
 mod ffi;
+pub mod flight;
 mod grads;
 mod group;
 mod init;

@@ -199,3 +199,46 @@ fn pyarrow_reads_sample_parquet_as_typed_columns() {
         "None [{'stage': 'inquiry', 'start': 3, 'end': 6}]"
     );
 }
+
+/// Samples as Arrow record batches (what actors send to learners over Flight): the round trip keeps every
+/// field; a row of another schema version is refused naming the sender, the row and the field.
+#[test]
+fn samples_round_trip_as_record_batches() {
+    let samples = vec![sample(0, true), sample(1, false), sample(2, true)];
+    let batch = wire::samples_to_batch(&samples).unwrap();
+    assert_eq!(batch.num_rows(), 3);
+    assert_eq!(batch.schema(), sample_schema());
+    assert_eq!(
+        wire::samples_from_batch(&batch, "actor 1").unwrap(),
+        samples
+    );
+    assert!(
+        wire::samples_from_batch(&wire::samples_to_batch(&[]).unwrap(), "actor 1")
+            .unwrap()
+            .is_empty()
+    );
+    let mut future = samples.clone();
+    future[1].schema_version = 99;
+    assert!(wire::samples_to_batch(&future).is_err());
+    // A sender on another version: its rows are refused on arrival, naming it.
+    let cols: Vec<arrow::array::ArrayRef> = batch
+        .columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if batch.schema().field(i).name() == "schema_version" {
+                std::sync::Arc::new(arrow::array::UInt32Array::from(vec![1u32, 7, 1])) as _
+            } else {
+                c.clone()
+            }
+        })
+        .collect();
+    let other = arrow::record_batch::RecordBatch::try_new(batch.schema(), cols).unwrap();
+    let e = wire::samples_from_batch(&other, "actor 1")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("actor 1") && e.contains("schema_version") && e.contains('2'),
+        "{e}"
+    );
+}
