@@ -17,6 +17,8 @@ enum Bench {
     Decode(super::bench_decode::Args),
     /// The learner's training step (plain or fully sharded): tokens/s and peak GPU memory.
     Train(super::bench_train::Args),
+    /// Per-token log-probs + entropy of the LM head, fused chunked op vs whole logits: time and peak GPU memory.
+    Logprob(super::bench_logprob::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -26,5 +28,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Bench::Forward(a) => super::bench_forward::run(a),
         Bench::Decode(a) => super::bench_decode::run(a),
         Bench::Train(a) => super::bench_train::run(a),
+        Bench::Logprob(a) => super::bench_logprob::run(a),
     }
 }

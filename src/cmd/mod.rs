@@ -6,6 +6,7 @@ pub mod bench_decode;
 pub mod bench_forward;
 #[cfg(feature = "bench-judge")]
 pub mod bench_judge;
+pub mod bench_logprob;
 pub mod bench_train;
 pub mod common;
 pub mod data;
