@@ -39,6 +39,10 @@ pub struct LogprobOptions {
     /// Tokens per chunk of the fused path; 0: [`auto_chunk`].
     pub chunk: usize,
     pub path: LogprobPath,
+    /// Fused path on CUDA: the epilogue kernels of spar-kernels (one pass over each chunk's logits) rather than
+    /// ATen ops; they run only after a first-use check against the ATen ops on the device ([`kernels_verified`])
+    /// and not with `SPAR_KERNELS=off`.
+    pub kernels: bool,
 }
 
 impl Default for LogprobOptions {
@@ -49,6 +53,7 @@ impl Default for LogprobOptions {
             argmax: false,
             chunk: 0,
             path: LogprobPath::Auto,
+            kernels: true,
         }
     }
 }
@@ -75,6 +80,11 @@ impl LogprobOptions {
     }
     pub fn path(mut self, path: LogprobPath) -> Self {
         self.path = path;
+        self
+    }
+    /// See [`LogprobOptions::kernels`].
+    pub fn kernels(mut self, on: bool) -> Self {
+        self.kernels = on;
         self
     }
 }
@@ -151,6 +161,7 @@ pub fn head_logprobs(
         0 => auto_chunk(ws[0]),
         c => c,
     };
+    let kernels = opts.kernels && spar_kernels::cuda::enabled() && kernels_verified(weight)?;
     let out = spar_kernels::fused_logprob::fused_linear_logprob(
         &h,
         weight,
@@ -159,6 +170,7 @@ pub fn head_logprobs(
         chunk,
         opts.entropy,
         opts.argmax,
+        kernels,
     )?;
     let back = |x: Tensor| x.f_reshape(shape.as_slice());
     Ok(TokenLogprobs {
@@ -166,6 +178,97 @@ pub fn head_logprobs(
         entropy: out.entropy.map(back).transpose()?,
         argmax: out.argmax.map(back).transpose()?,
     })
+}
+
+/// Whether the fused op's CUDA epilogue kernels may run with `weight`'s device and dtype: checked once per
+/// (device, dtype) against the ATen ops on a small problem (log-probs, entropy, argmax and the gradient of a
+/// loss using both w.r.t. the hidden states, at temperature 0.7, chunks that do not divide the tokens). A
+/// mismatch (a kernel bug, an unexpected device) turns them off for the process with a warning; the ATen ops
+/// compute the same thing. Always false off CUDA.
+pub fn kernels_verified(weight: &Tensor) -> Result<bool> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static CHECKED: Mutex<Option<HashMap<(i64, Kind), bool>>> = Mutex::new(None);
+    let tch::Device::Cuda(d) = weight.device() else {
+        return Ok(false);
+    };
+    if !matches!(weight.kind(), Kind::Float | Kind::BFloat16) {
+        return Ok(false);
+    }
+    let key = (d as i64, weight.kind());
+    let mut guard = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    let map = guard.get_or_insert_with(HashMap::new);
+    if let Some(ok) = map.get(&key) {
+        return Ok(*ok);
+    }
+    let (ok, report) = tch::with_grad(|| check_kernels(weight))?;
+    if !ok {
+        eprintln!(
+            "spar-model: the fused log-prob CUDA kernels disagree with the ATen ops on cuda:{d} ({:?}: {report}); \
+             using the ATen ops",
+            weight.kind()
+        );
+    }
+    map.insert(key, ok);
+    Ok(ok)
+}
+
+/// One comparison of the kernel and ATen epilogues; (agree, what was measured).
+fn check_kernels(weight: &Tensor) -> Result<(bool, String)> {
+    let (v, h) = (weight.size()[0], weight.size()[1]);
+    let dev = weight.device();
+    let n = 37i64;
+    let w = weight.f_detach()?;
+    // Hidden states with the scale of the weight's rows inverted: logits of order a few units.
+    let scale = 3.0
+        / (w.f_to_kind(Kind::Float)?
+            .f_square()?
+            .f_mean(Kind::Float)?
+            .double_value(&[])
+            * h as f64)
+            .sqrt()
+            .max(1e-6);
+    // Deterministic inputs: the check must not draw from torch's generators (a run's random stream).
+    let base = Tensor::f_arange(n * h, (Kind::Float, dev))?
+        .f_mul_scalar(0.7311)?
+        .f_sin()?
+        .f_mul_scalar(scale * 2.0f64.sqrt())?
+        .f_reshape([n, h])?;
+    let targets = Tensor::f_arange(n, (Kind::Int64, dev))?
+        .f_mul_scalar(7919)?
+        .f_remainder(v)?;
+    let wts = Tensor::f_linspace(-1.0, 2.0, n, (Kind::Float, dev))?;
+    let run = |kernels: bool| -> Result<Vec<Tensor>> {
+        let x = base.f_to_kind(w.kind())?.f_set_requires_grad(true)?;
+        let o = spar_kernels::fused_logprob::fused_linear_logprob(
+            &x, &w, &targets, 0.7, 16, true, true, kernels,
+        )?;
+        let ent = o.entropy.expect("asked for");
+        o.logp
+            .f_mul(&wts)?
+            .f_sum(Kind::Float)?
+            .f_add(&ent.f_mul(&wts.f_flip([0])?)?.f_sum(Kind::Float)?)?
+            .f_backward()?;
+        Ok(vec![
+            o.logp.f_detach()?,
+            ent.f_detach()?,
+            x.grad(),
+            o.argmax.expect("asked for"),
+        ])
+    };
+    let (k, a) = (run(true)?, run(false)?);
+    let rel = |x: &Tensor, y: &Tensor| -> Result<f64> {
+        let (x, y) = (x.f_to_kind(Kind::Double)?, y.f_to_kind(Kind::Double)?);
+        let d = x.f_sub(&y)?.f_abs()?.f_max()?.double_value(&[]);
+        Ok(d / y.f_abs()?.f_max()?.double_value(&[]).max(1e-30))
+    };
+    let (lp, ent, gh) = (rel(&k[0], &a[0])?, rel(&k[1], &a[1])?, rel(&k[2], &a[2])?);
+    let same_argmax = k[3].f_eq_tensor(&a[3])?.f_all()?.int64_value(&[]) != 0;
+    let report = format!(
+        "relative differences: log-probs {lp:.2e}, entropy {ent:.2e}, grad hidden {gh:.2e}; argmax equal {same_argmax}"
+    );
+    let ok = lp <= 1e-4 && ent <= 1e-3 && gh <= 2e-2 && same_argmax && lp.is_finite();
+    Ok((ok, report))
 }
 
 /// The naive [`head_logprobs`]: the whole logits `hidden @ weight^T`, then [`logits_logprobs`].

@@ -27,8 +27,9 @@ pub struct Args {
     /// Tokens per chunk of the fused op, comma-separated (0: the automatic choice).
     #[arg(long, default_value = "0", value_delimiter = ',')]
     chunk: Vec<usize>,
-    /// Which paths to run: fused, naive or both.
-    #[arg(long, default_value = "fused,naive", value_delimiter = ',')]
+    /// Which paths to run: fused (with the CUDA epilogue kernels where they apply), fused-aten (ATen ops for
+    /// the per-chunk epilogue), naive (whole logits).
+    #[arg(long, default_value = "fused,fused-aten,naive", value_delimiter = ',')]
     paths: Vec<String>,
     #[arg(long, default_value_t = 1.0)]
     temperature: f64,
@@ -69,11 +70,38 @@ fn inputs(n: usize, args: &Args, kind: Kind, device: Device) -> Result<Inputs> {
     })
 }
 
-fn options(args: &Args, path: LogprobPath, chunk: usize) -> LogprobOptions {
+/// A path of `--paths`: the implementation and, for the fused one, whether the CUDA epilogue kernels run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Variant {
+    path: LogprobPath,
+    kernels: bool,
+}
+
+impl Variant {
+    fn parse(name: &str) -> Result<Self> {
+        let (path, kernels) = match name {
+            "fused" => (LogprobPath::Fused, true),
+            "fused-aten" => (LogprobPath::Fused, false),
+            "naive" => (LogprobPath::Naive, false),
+            other => bail!("unknown --paths entry {other:?} (fused, fused-aten or naive)"),
+        };
+        Ok(Variant { path, kernels })
+    }
+    fn name(&self) -> &'static str {
+        match (self.path, self.kernels) {
+            (LogprobPath::Naive, _) => "naive",
+            (_, true) => "fused",
+            (_, false) => "fused-aten",
+        }
+    }
+}
+
+fn options(args: &Args, variant: Variant, chunk: usize) -> LogprobOptions {
     LogprobOptions::at(args.temperature)
         .with_entropy()
         .chunk(chunk)
-        .path(path)
+        .path(variant.path)
+        .kernels(variant.kernels)
 }
 
 /// The learner's use of the outputs: a token-mean log-prob loss, plus an entropy bonus with `--entropy-grad`
@@ -137,18 +165,12 @@ fn measure(
 }
 
 /// One (tokens, chunk, path) row; an error (e.g. out of memory) is reported in the row, not raised.
-fn row(
-    args: &Args,
-    n: usize,
-    chunk: usize,
-    path: LogprobPath,
-    kind: Kind,
-    device: Device,
-) -> Value {
+fn row(args: &Args, n: usize, chunk: usize, variant: Variant, kind: Kind, device: Device) -> Value {
+    let naive = variant.path == LogprobPath::Naive;
     let mut r = json!({
-        "engine": "spar", "bench": "logprob", "path": format!("{path:?}").to_lowercase(), "tokens": n,
+        "engine": "spar", "bench": "logprob", "path": variant.name(), "tokens": n,
         "hidden": args.hidden, "vocab": args.vocab, "dtype": args.dtype, "device": format!("{device:?}"),
-        "chunk": if path == LogprobPath::Naive { Value::Null } else { json!(chunk) },
+        "chunk": if naive { Value::Null } else { json!(chunk) },
         "temperature": args.temperature, "entropy_grad": args.entropy_grad, "iters": args.iters,
     });
     let res = (|| -> Result<()> {
@@ -156,7 +178,7 @@ fn row(
         // What exists before the op: hidden, weight and their gradients.
         let elem = x.hidden.kind().elt_size_in_bytes() as u64;
         r["inputs_gib"] = json!(gib(2 * elem * ((n + args.vocab) * args.hidden) as u64));
-        let opts = options(args, path, chunk);
+        let opts = options(args, variant, chunk);
         let (fwd, fwd_peak) = measure(device, args.warmup, args.iters, || forward_only(&x, &opts))?;
         r["forward_seconds"] = json!(fwd);
         r["forward_peak_allocated_gib"] = json!(fwd_peak.map(|p| gib(p.0)));
@@ -179,12 +201,12 @@ fn row(
     r
 }
 
-/// Fused vs naive on this device at `n` tokens: max relative differences of log-probs, entropy and both
-/// gradients.
-fn parity(args: &Args, n: usize, kind: Kind, device: Device) -> Result<Value> {
-    let run = |path| -> Result<Vec<Tensor>> {
+/// `variant` vs naive on this device at `n` tokens: max relative differences of log-probs, entropy and both
+/// gradients (chunks of 100 tokens, so the chunking is exercised).
+fn parity(args: &Args, n: usize, variant: Variant, kind: Kind, device: Device) -> Result<Value> {
+    let run = |v: Variant| -> Result<Vec<Tensor>> {
         let x = inputs(n, args, kind, device)?;
-        let opts = options(args, path, args.chunk.first().copied().unwrap_or(0));
+        let opts = options(args, v, 100);
         let o = head_logprobs(&x.hidden, &x.weight, &x.targets, &opts)?;
         let ent = o.entropy.as_ref().expect("asked for");
         // Uneven per-token weights on both outputs, so every gradient term is exercised.
@@ -202,14 +224,14 @@ fn parity(args: &Args, n: usize, kind: Kind, device: Device) -> Result<Value> {
             x.weight.grad(),
         ])
     };
-    let (f, b) = (run(LogprobPath::Fused)?, run(LogprobPath::Naive)?);
+    let (f, b) = (run(variant)?, run(Variant::parse("naive")?)?);
     let rel = |a: &Tensor, b: &Tensor| -> Result<f64> {
         let (a, b) = (a.f_to_kind(Kind::Double)?, b.f_to_kind(Kind::Double)?);
         let d = a.f_sub(&b)?.f_abs()?.f_max()?.double_value(&[]);
         Ok(d / b.f_abs()?.f_max()?.double_value(&[]).max(1e-30))
     };
     Ok(json!({
-        "engine": "spar", "bench": "logprob_parity", "tokens": n, "hidden": args.hidden, "vocab": args.vocab,
+        "engine": "spar", "bench": "logprob_parity", "path": variant.name(), "tokens": n, "hidden": args.hidden, "vocab": args.vocab,
         "dtype": args.dtype, "device": format!("{device:?}"), "temperature": args.temperature,
         "logp_rel": rel(&f[0], &b[0])?, "entropy_rel": rel(&f[1], &b[1])?,
         "grad_hidden_rel": rel(&f[2], &b[2])?, "grad_weight_rel": rel(&f[3], &b[3])?,
@@ -219,56 +241,74 @@ fn parity(args: &Args, n: usize, kind: Kind, device: Device) -> Result<Value> {
 pub fn run(args: Args) -> Result<()> {
     let device = bench_device(&args.device)?;
     let kind = parse_kind(&args.dtype)?;
-    let mut paths = Vec::new();
-    for p in &args.paths {
-        paths.push(match p.as_str() {
-            "fused" => LogprobPath::Fused,
-            "naive" => LogprobPath::Naive,
-            other => bail!("unknown --paths entry {other:?} (fused or naive)"),
-        });
-    }
-    if paths.contains(&LogprobPath::Fused) && !spar_kernels::fused_logprob::available() {
+    let variants = args
+        .paths
+        .iter()
+        .map(|p| Variant::parse(p))
+        .collect::<Result<Vec<_>>>()?;
+    let fused: Vec<Variant> = variants
+        .iter()
+        .copied()
+        .filter(|v| v.path == LogprobPath::Fused)
+        .collect();
+    if !fused.is_empty() && !spar_kernels::fused_logprob::available() {
         bail!(
             "this build has no fused log-prob op (libtorch's C++ headers were missing at build time)"
         );
     }
-    if args.parity_tokens > 0 && paths.len() == 2 {
-        println!("{}", parity(&args, args.parity_tokens, kind, device)?);
+    if fused.iter().any(|v| v.kernels) && device.is_cuda() {
+        // The first-use check of the epilogue kernels against the ATen ops (what training relies on).
+        let w = Tensor::f_randn(
+            [args.vocab as i64, args.hidden as i64],
+            (Kind::Float, device),
+        )?
+        .f_mul_scalar(1.0 / (args.hidden as f64).sqrt())?
+        .f_to_kind(kind)?;
+        let ok = spar_model::token_logprobs::kernels_verified(&w)?;
+        println!(
+            "{}",
+            json!({"engine": "spar", "bench": "logprob_kernels_check", "dtype": args.dtype,
+                   "device": format!("{device:?}"), "kernels_verified": ok})
+        );
+    }
+    if args.parity_tokens > 0 && variants.iter().any(|v| v.path == LogprobPath::Naive) {
+        for v in &fused {
+            println!("{}", parity(&args, args.parity_tokens, *v, kind, device)?);
+        }
     }
     for &n in &args.tokens {
         let mut naive: Option<Value> = None;
-        if paths.contains(&LogprobPath::Naive) {
-            let r = row(&args, n, 0, LogprobPath::Naive, kind, device);
+        if variants.iter().any(|v| v.path == LogprobPath::Naive) {
+            let r = row(&args, n, 0, Variant::parse("naive")?, kind, device);
             println!("{r}");
             naive = Some(r);
         }
-        if !paths.contains(&LogprobPath::Fused) {
-            continue;
-        }
         for &c in &args.chunk {
-            let chunk = if c == 0 {
-                auto_chunk(args.vocab as i64)
-            } else {
-                c
-            };
-            let r = row(&args, n, chunk, LogprobPath::Fused, kind, device);
-            println!("{r}");
-            if let Some(nv) = &naive {
-                let ratio = |k: &str| match (r[k].as_f64(), nv[k].as_f64()) {
-                    (Some(a), Some(b)) if b > 0.0 => json!(a / b),
-                    _ => Value::Null,
+            for &variant in &fused {
+                let chunk = if c == 0 {
+                    auto_chunk(args.vocab as i64)
+                } else {
+                    c
                 };
-                println!(
-                    "{}",
-                    json!({
-                        "engine": "spar", "bench": "logprob_vs_naive", "tokens": n, "chunk": chunk,
-                        "dtype": args.dtype, "device": format!("{device:?}"),
-                        "peak_memory_ratio": ratio("peak_allocated_gib"),
-                        "time_ratio": ratio("seconds_per_step"),
-                        "forward_time_ratio": ratio("forward_seconds"),
-                        "naive_error": nv.get("error"),
-                    })
-                );
+                let r = row(&args, n, chunk, variant, kind, device);
+                println!("{r}");
+                if let Some(nv) = &naive {
+                    let ratio = |k: &str| match (r[k].as_f64(), nv[k].as_f64()) {
+                        (Some(a), Some(b)) if b > 0.0 => json!(a / b),
+                        _ => Value::Null,
+                    };
+                    println!(
+                        "{}",
+                        json!({
+                            "engine": "spar", "bench": "logprob_vs_naive", "path": variant.name(), "tokens": n, "chunk": chunk,
+                            "dtype": args.dtype, "device": format!("{device:?}"),
+                            "peak_memory_ratio": ratio("peak_allocated_gib"),
+                            "time_ratio": ratio("seconds_per_step"),
+                            "forward_time_ratio": ratio("forward_seconds"),
+                            "naive_error": nv.get("error"),
+                        })
+                    );
+                }
             }
         }
     }
