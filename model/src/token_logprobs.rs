@@ -516,6 +516,23 @@ mod tests {
         // bf16: the same bf16 logits per chunk; the gradients differ by bf16 rounding of the per-chunk weight
         // gradient (fused: float32 sum of the chunks' bf16 products; naive: one bf16 product).
         compare(Kind::BFloat16, 0.7, 5, 2e-2);
+        // Against float64 on the same (bf16-valued) inputs, the fused weight gradient is no worse than the
+        // naive one.
+        let x = inputs(37, 24, 101, Kind::BFloat16, 7);
+        let x64 = (
+            x.0.to_kind(Kind::Double),
+            x.1.to_kind(Kind::Double),
+            x.2.shallow_clone(),
+        );
+        let f = run(&x, 0.7, LogprobPath::Fused, 5);
+        let n = run(&x, 0.7, LogprobPath::Naive, 0);
+        let r = run(&x64, 0.7, LogprobPath::Naive, 0);
+        let (ef, en) = (rel(&f.grad_w, &r.grad_w), rel(&n.grad_w, &r.grad_w));
+        let (hf, hn) = (rel(&f.grad_h, &r.grad_h), rel(&n.grad_h, &r.grad_h));
+        eprintln!(
+            "bf16 vs float64: grad weight fused {ef:.3e}, naive {en:.3e}; grad hidden fused {hf:.3e}, naive {hn:.3e}"
+        );
+        assert!(ef <= en * 1.5 + 1e-3 && hf <= hn * 1.5 + 1e-3);
     }
 
     #[test]
