@@ -90,7 +90,8 @@ __device__ void lp_fwd(const T* logits, const long long* targets, int v, float t
             float ls = logf(acc.s);
             float l = acc.m + ls;
             long long t = targets[row];
-            float zt = Io<T>::ld(x + t);
+            // A target outside the vocabulary reads nothing and gives NaN (ATen's gather would raise).
+            float zt = (t >= 0 && t < v) ? Io<T>::ld(x + t) : __int_as_float(0x7fc00000);
             if (temp != 1.0f) zt = zt / temp;
             logp[row] = (zt - acc.m) - ls;
             lse[row] = l;
