@@ -1,5 +1,8 @@
 // 1. The torch link fixes shared by every libtorch package (rpath, --no-as-needed libtorch_cuda).
-// 2. The CUDA-graph shim (csrc/cuda_graph.cpp) compiled against the C++ headers the torch wheel ships. When
+// 2. The torch-ops shim (csrc/fused_logprob.cpp: the fused LM-head log-prob autograd function), compiled
+//    against libtorch's C++ headers alone (CPU and CUDA through ATen); without them `fused_logprob::available()`
+//    is false and the model uses its plain tch path.
+// 3. The CUDA-graph shim (csrc/cuda_graph.cpp) compiled against the C++ headers the torch wheel ships. When
 //    the headers are missing (a libtorch without CUDA headers) the crate builds without it and
 //    `cuda_graph::available()` says so; everything else falls back to eager execution.
 mod torch_link {
@@ -14,6 +17,51 @@ mod torch_link {
 
 fn main() {
     torch_link::emit();
+    torch_ops();
+    cuda_graph();
+}
+
+/// The fused log-prob autograd function: needs only libtorch's headers (no CUDA headers).
+fn torch_ops() {
+    println!("cargo:rerun-if-changed=csrc/fused_logprob.cpp");
+    println!("cargo:rerun-if-env-changed=SPAR_NO_TORCH_OPS");
+    println!("cargo::rustc-check-cfg=cfg(spar_torch_ops)");
+    if std::env::var_os("SPAR_NO_TORCH_OPS").is_some() {
+        println!("cargo:warning=SPAR_NO_TORCH_OPS set: building without the fused log-prob shim");
+        return;
+    }
+    let Some(lib) = torch_link::lib_dir() else {
+        println!("cargo:warning=torch not found: building without the fused log-prob shim");
+        return;
+    };
+    let include = lib.parent().map(|p| p.join("include")).unwrap_or_default();
+    if !include
+        .join("torch/csrc/autograd/custom_function.h")
+        .exists()
+    {
+        println!(
+            "cargo:warning=libtorch C++ headers not found: building without the fused log-prob shim"
+        );
+        return;
+    }
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/fused_logprob.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .opt_level(2)
+        .warnings(false)
+        .compile("spar_torch_ops");
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    for l in ["torch_cpu", "c10"] {
+        println!("cargo:rustc-link-lib=dylib={l}");
+    }
+    println!("cargo:rustc-cfg=spar_torch_ops");
+}
+
+fn cuda_graph() {
     println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
     println!("cargo:rerun-if-env-changed=SPAR_NO_CUDA_GRAPH");
     println!("cargo::rustc-check-cfg=cfg(spar_cuda_graph)");

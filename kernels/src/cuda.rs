@@ -58,6 +58,15 @@ extern "C" __global__ void rms_norm_bf16(const unsigned short* x, const unsigned
 }
 "#;
 
+/// The CUDA source of every kernel of the module.
+pub fn module_source() -> String {
+    format!(
+        "{SOURCE}\n{}\n{}",
+        include_str!("decode_kernels.cu"),
+        include_str!("logprob_kernels.cu")
+    )
+}
+
 /// Compiled kernels of one device.
 pub struct Kernels {
     ordinal: usize,
@@ -71,7 +80,7 @@ impl Kernels {
     fn build(ordinal: usize) -> Result<Self> {
         let ctx =
             CudaContext::new(ordinal).map_err(|e| anyhow!("CUDA context {ordinal}: {e:?}"))?;
-        let source = format!("{SOURCE}\n{}", include_str!("decode_kernels.cu"));
+        let source = module_source();
         // PTX for the device's own compute capability: the decode-attention kernel's asynchronous copies need
         // sm_80 or newer (older targets compile a synchronous fallback).
         let cc = |a| {
@@ -136,6 +145,10 @@ impl Kernels {
             "greedy_pick_bf16",
             "decode_attention_combine_f32",
             "decode_attention_combine_bf16",
+            "lp_fwd_f32",
+            "lp_fwd_bf16",
+            "lp_bwd_f32",
+            "lp_bwd_bf16",
         ] {
             functions.insert(
                 name,
@@ -296,4 +309,23 @@ pub fn grad_enabled() -> Result<bool> {
     let probe = tch::Tensor::f_zeros([1], (tch::Kind::Float, tch::Device::Cpu))?
         .f_set_requires_grad(true)?;
     Ok(probe.f_mul_scalar(1.0)?.requires_grad())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The module compiles with NVRTC (which needs no GPU): a syntax error in one kernel would otherwise only
+    /// show on the GPU machine, and take every fused kernel down with it.
+    #[test]
+    fn nvrtc_compiles_the_kernel_module() {
+        let source = super::module_source();
+        let opts = cudarc::nvrtc::CompileOptions {
+            options: vec!["--gpu-architecture=compute_90".into()],
+            ..Default::default()
+        };
+        match std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx_with_opts(&source, opts)) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("NVRTC rejects the kernel module: {e:?}"),
+            Err(_) => eprintln!("SKIP: NVRTC is not loadable here"),
+        }
+    }
 }

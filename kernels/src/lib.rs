@@ -9,6 +9,7 @@ pub mod cuda;
 pub mod cuda_graph;
 pub mod cuda_memory;
 pub mod decode_ops;
+pub mod fused_logprob;
 pub mod rms_norm;
 
 pub use rms_norm::{rms_norm, rms_norm_torch};

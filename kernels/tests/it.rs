@@ -232,3 +232,102 @@ fn greedy_pick_matches_argmax_and_log_softmax_on_gpu() {
         assert!(d < 1e-4, "{kind:?}: log-probs differ by {d}");
     }
 }
+
+/// The fused LM-head log-prob at the real vocabulary: the CUDA epilogue kernels against the ATen epilogue and
+/// against the whole-logits composition (log-probs, entropy, argmax, gradients w.r.t. hidden and weight through
+/// both outputs), float32 and bf16, temperature 0.7, chunks that do not divide the tokens. On the CPU the ATen
+/// epilogue alone runs (the kernels need CUDA), checked against the composition.
+#[test]
+fn fused_logprob_kernels_match_aten_and_whole_logits() {
+    use spar_kernels::fused_logprob::{available, fused_linear_logprob};
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    if !available() {
+        eprintln!("SKIP: no fused log-prob shim in this build");
+        return;
+    }
+    let cuda = tch::Cuda::is_available();
+    let dev = if cuda { Device::Cuda(0) } else { Device::Cpu };
+    let chunk = if cuda { 128 } else { 7 };
+    let (n, h, v) = if cuda {
+        (300, 256, 151_936)
+    } else {
+        (45, 16, 301)
+    };
+    let temp = 0.7;
+    for kind in [Kind::Float, Kind::BFloat16] {
+        tch::manual_seed(5);
+        let hidden0 = (Tensor::randn([n, h], (Kind::Float, dev)) * 2.0).to_kind(kind);
+        let weight0 = (Tensor::randn([v, h], (Kind::Float, dev)) / (h as f64).sqrt()).to_kind(kind);
+        let targets = Tensor::randint(v, [n], (Kind::Int64, dev));
+        let w1 = Tensor::linspace(-1.0, 2.0, n, (Kind::Float, dev));
+        let w2 = Tensor::linspace(0.5, -0.7, n, (Kind::Float, dev));
+        // (logp, entropy, argmax, grad hidden, grad weight) of one path.
+        let run = |path: &str| -> Vec<Tensor> {
+            let hd = hidden0.detach().copy().set_requires_grad(true);
+            let wt = weight0.detach().copy().set_requires_grad(true);
+            let (lp, ent, am) = if path == "whole" {
+                let z = hd.linear(&wt, None::<Tensor>).to_kind(Kind::Float) / temp;
+                let all = z.log_softmax(-1, Kind::Float);
+                let lp = all
+                    .gather(-1, &targets.unsqueeze(-1), false)
+                    .squeeze_dim(-1);
+                let ent =
+                    -(all.exp() * &all).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
+                (lp, ent, all.argmax(-1, false))
+            } else {
+                let o = fused_linear_logprob(
+                    &hd,
+                    &wt,
+                    &targets,
+                    temp,
+                    chunk,
+                    true,
+                    true,
+                    path == "kernels",
+                )
+                .unwrap();
+                (o.logp, o.entropy.unwrap(), o.argmax.unwrap())
+            };
+            ((&lp * &w1).sum(Kind::Float) + (&ent * &w2).sum(Kind::Float)).backward();
+            vec![lp.detach(), ent.detach(), am, hd.grad(), wt.grad()]
+        };
+        let rel = |a: &Tensor, b: &Tensor| {
+            let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+            (&a - &b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1e-30)
+        };
+        let whole = run("whole");
+        let mut paths = vec!["aten"];
+        if cuda {
+            paths.push("kernels");
+        }
+        // bf16: the gradients are rounded to bf16 (dz, then the products); the fused weight gradient sums the
+        // chunks in float32.
+        let (tol_out, tol_grad) = if kind == Kind::Float {
+            (1e-5, 1e-4)
+        } else {
+            (1e-3, 3e-2)
+        };
+        for p in paths {
+            let got = run(p);
+            let names = ["logp", "entropy", "grad hidden", "grad weight"];
+            for (i, what) in [(0, names[0]), (1, names[1]), (3, names[2]), (4, names[3])] {
+                let r = rel(&got[i], &whole[i]);
+                eprintln!("{kind:?} {p}: {what} relative difference {r:.3e}");
+                let tol = if i < 3 { tol_out } else { tol_grad };
+                assert!(
+                    r <= tol,
+                    "{kind:?} {p}: {what} differs by {r:e} (tolerance {tol:e})"
+                );
+            }
+            let same = got[2]
+                .eq_tensor(&whole[2])
+                .to_kind(Kind::Float)
+                .mean(Kind::Float)
+                .double_value(&[]);
+            assert!(
+                same >= 0.99,
+                "{kind:?} {p}: argmax agrees on {same} of the tokens"
+            );
+        }
+    }
+}

@@ -14,6 +14,7 @@ pub mod moe;
 pub mod param_units;
 pub mod qwen3;
 pub mod rope;
+pub mod token_logprobs;
 pub mod tokenizer;
 pub mod weights;
 
@@ -24,8 +25,9 @@ pub use expert_parallel::ExpertExchange;
 pub use graph_decode::{GraphDecodeOutput, GraphDecoder, GraphStats, NextTokens};
 pub use moe::{aux_load_balancing_loss, aux_load_balancing_loss_masked};
 pub use param_units::{GradsReady, ParamUnits, Unit};
-pub use qwen3::{
-    ForwardInput, ForwardOutput, Qwen3Model, positions_from_seq_ids, token_logprobs,
+pub use qwen3::{ForwardInput, ForwardOutput, Qwen3Model, positions_from_seq_ids};
+pub use token_logprobs::{
+    LmHead, LogprobOptions, LogprobPath, TokenLogprobs, head_logprobs, token_logprobs,
     try_token_logprobs,
 };
 pub use tokenizer::{Tokenizer, train_bpe};

@@ -8,7 +8,8 @@ use crate::expert_parallel::{ExpertExchange, moe_forward_expert_parallel};
 use crate::moe::{MoeWeights, moe_forward};
 use crate::param_units::{GradsReady, ParamUnits, Unit};
 use crate::rope::{Rope, apply_rotary};
-use anyhow::{Context, Result, bail, ensure};
+use crate::token_logprobs::LmHead;
+use anyhow::{Context, Result, ensure};
 use spar_kernels::rms_norm;
 use std::sync::Arc;
 use tch::nn::VarStore;
@@ -31,6 +32,9 @@ pub struct ForwardInput<'a> {
     pub cache: Option<&'a mut KvCache>,
     /// `[B, T, n_moe_layers, k]` int64 expert choices to use instead of the router's top-k (routing replay).
     pub forced_experts: Option<&'a Tensor>,
+    /// Stop before the vocabulary projection: the output's `hidden` holds the final normalised hidden states
+    /// and `logits` is empty (`[B, T, 0]`); see [`crate::token_logprobs`].
+    pub hidden_only: bool,
 }
 
 impl<'a> ForwardInput<'a> {
@@ -43,6 +47,7 @@ impl<'a> ForwardInput<'a> {
             seq_ids: None,
             cache: None,
             forced_experts: None,
+            hidden_only: false,
         }
     }
     /// Sets explicit RoPE positions `[B, T]`.
@@ -70,12 +75,21 @@ impl<'a> ForwardInput<'a> {
         self.forced_experts = Some(f);
         self
     }
+    /// Returns the final normalised hidden states instead of the logits (see [`ForwardInput::hidden_only`]).
+    pub fn hidden_only(mut self) -> Self {
+        self.hidden_only = true;
+        self
+    }
 }
 
 /// Outputs of one forward pass.
 pub struct ForwardOutput {
-    /// `[B, T, vocab]` in the model dtype.
+    /// `[B, T, vocab]` in the model dtype; `[B, T, 0]` with [`ForwardInput::hidden_only`].
     pub logits: Tensor,
+    /// With [`ForwardInput::hidden_only`]: [`LmHead::Hidden`], the `[B, T, H]` final hidden states after the last
+    /// RMSNorm and the head's weight (a copy when parameter units released it after this forward); None
+    /// otherwise.
+    pub head: Option<LmHead>,
     /// Per MoE layer `[B*T, num_experts]` router logits (model dtype), for the aux loss.
     pub router_logits: Vec<Tensor>,
     /// `[B, T, n_moe_layers, k]` int64 experts chosen (or forced); None for dense models.
@@ -475,6 +489,7 @@ impl Qwen3Model {
             seq_ids,
             mut cache,
             forced_experts,
+            hidden_only,
         } = input;
         let size = input_ids.size();
         ensure!(size.len() == 2, "input_ids must be [B, T], got {size:?}");
@@ -727,7 +742,24 @@ impl Qwen3Model {
                 c.set_len(s, l);
             }
         }
-        let logits = self.head(&hidden)?;
+        let (logits, head) = if hidden_only {
+            let normed = rms_norm(&hidden, &self.norm, self.config.rms_norm_eps)?;
+            let empty = Tensor::f_empty([b, t, 0], (self.kind, dev))?;
+            let w = self.lm_head_weight();
+            // Released units lose their storage: keep a copy of the head for the caller.
+            let weight = if self.units.is_some() && tape.is_none() {
+                w.f_detach()?.copy()
+            } else {
+                w.shallow_clone()
+            };
+            let head = LmHead::Hidden {
+                hidden: normed,
+                weight,
+            };
+            (empty, Some(head))
+        } else {
+            (self.head(&hidden)?, None)
+        };
         if tape.is_none() {
             // No backward follows (a checkpointed forward keeps the root whole until its backward).
             self.release(Unit::Root)?;
@@ -739,6 +771,7 @@ impl Qwen3Model {
         };
         Ok(ForwardOutput {
             logits,
+            head,
             router_logits,
             routed_experts,
             tape,
@@ -891,8 +924,12 @@ impl Qwen3Model {
 
     fn head(&self, x: &Tensor) -> Result<Tensor> {
         let x = rms_norm(x, &self.norm, self.config.rms_norm_eps)?;
-        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(x.f_linear(w, None::<Tensor>)?)
+        Ok(x.f_linear(self.lm_head_weight(), None::<Tensor>)?)
+    }
+
+    /// The LM head's weight `[vocab, H]` (the embedding when tied): logits = normalised hidden @ weight^T.
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
     /// One decoder layer; returns the new hidden state and, for MoE layers, (router logits, chosen experts).
@@ -1101,30 +1138,4 @@ pub fn positions_from_seq_ids(seq_ids: &Tensor) -> Result<Tensor> {
     let start_idx = ar.f_mul(&starts.f_to_kind(Kind::Int64)?)?; // index where a run starts, else 0
     let (run_start, _) = start_idx.f_cummax(1)?;
     Ok(ar.f_sub(&run_start)?)
-}
-
-/// Per-token log-probabilities: `log_softmax(logits)[.., targets]`, computed in float32. `logits: [B, T, V]`,
-/// `targets: [B, T]` int64 → `[B, T]` float32.
-pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Tensor {
-    try_token_logprobs(logits, targets).unwrap_or_else(|e| panic!("token_logprobs: {e:#}"))
-}
-
-/// Fallible [`token_logprobs`].
-pub fn try_token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let ls = logits.size();
-    if ls.len() != 3 || targets.size() != ls[..2] {
-        bail!(
-            "token_logprobs: logits {:?} and targets {:?} do not match ([B, T, V] and [B, T])",
-            ls,
-            targets.size()
-        );
-    }
-    let lp = logits.f_log_softmax(-1, Kind::Float)?;
-    Ok(lp
-        .f_gather(
-            -1,
-            &targets.f_to_device(logits.device())?.f_unsqueeze(-1)?,
-            false,
-        )?
-        .f_squeeze_dim(-1)?)
 }

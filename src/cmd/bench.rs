@@ -19,6 +19,8 @@ enum Bench {
     Train(super::bench_train::Args),
     /// One GRPO iteration (generate, score, learn) on TRL's GRPO workload, phase by phase.
     Grpo(super::bench_grpo::Args),
+    /// Per-token log-probs + entropy of the LM head, fused chunked op vs whole logits: time and peak GPU memory.
+    Logprob(super::bench_logprob::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -29,5 +31,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Bench::Decode(a) => super::bench_decode::run(a),
         Bench::Train(a) => super::bench_train::run(a),
         Bench::Grpo(a) => super::bench_grpo::run(a),
+        Bench::Logprob(a) => super::bench_logprob::run(a),
     }
 }

@@ -4,7 +4,7 @@ use super::common::{DeviceArgs, RecipeArgs};
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
-use spar_model::{ForwardInput, Qwen3Model, Tokenizer, try_token_logprobs};
+use spar_model::{ForwardInput, LmHead, LogprobOptions, Qwen3Model, Tokenizer, head_logprobs};
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
@@ -123,12 +123,22 @@ fn logprobs(args: &Args) -> Result<()> {
         let m = Tensor::from_slice(&mask)
             .view([chunk.len() as i64, t as i64])
             .to_device(choice.device);
-        let o = model.forward(ForwardInput::new(&x).mask(&m))?;
+        // The final hidden states and the fused chunked head: no [tokens x vocab] logits.
+        let o = model.forward(ForwardInput::new(&x).mask(&m).hidden_only())?;
         let lp = if t > 1 {
-            let logits = o.logits.narrow(1, 0, t as i64 - 1);
-            try_token_logprobs(&logits, &x.narrow(1, 1, t as i64 - 1))?
-                .to_kind(Kind::Float)
-                .to_device(tch::Device::Cpu)
+            let Some(LmHead::Hidden { hidden, weight }) = &o.head else {
+                anyhow::bail!("the model returned no hidden states");
+            };
+            let hidden = hidden.narrow(1, 0, t as i64 - 1);
+            head_logprobs(
+                &hidden,
+                weight,
+                &x.narrow(1, 1, t as i64 - 1),
+                &LogprobOptions::default(),
+            )?
+            .logp
+            .to_kind(Kind::Float)
+            .to_device(tch::Device::Cpu)
         } else {
             Tensor::zeros([chunk.len() as i64, 0], (Kind::Float, tch::Device::Cpu))
         };

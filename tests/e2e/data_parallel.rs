@@ -65,7 +65,7 @@ fn weights(dir: &Path) -> Vec<(String, tch::Tensor)> {
 }
 
 /// Float32 sums in another order (per-rank partial sums, then the all-reduce): losses at 1e-5 relative, weights
-/// after 3 AdamW steps (lr 3e-3) at 1e-5 absolute.
+/// after 3 AdamW steps (lr 3e-3) at 2e-5 absolute on 2 ranks (see below).
 #[test]
 fn sft_on_two_and_four_ranks_equals_one_process_sft() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,12 +93,15 @@ fn sft_on_two_and_four_ranks_equals_one_process_sft() {
             }
         }
     }
-    // Weights: at 1e-5 on 2 ranks. On 4 ranks the sums are cut once more, and Adam divides each coordinate's
+    // Weights: at 2e-5 on 2 ranks. On 4 ranks the sums are cut once more, and Adam divides each coordinate's
     // gradient by its own running RMS, so a coordinate whose gradient nearly cancels (a rare token's embedding
-    // row) turns a float32-ulp difference into a visible one. Measured over the 544,512 weights: 2 ranks, 19
-    // beyond 1e-6 and none beyond 1e-5 (max 8.1e-6); 4 ranks, 82 beyond 1e-6 and one beyond 1e-5 (1.5e-5).
-    // Asserted: on 2 ranks every weight within 1e-5; on 4 every weight within 1e-4 (3 steps at lr 3e-3 bound a
-    // coordinate's drift by 9e-3); on both at most 1 in 1,000 beyond 1e-6.
+    // row) turns a float32-ulp difference into a visible one. Measured over the 544,512 weights with the
+    // whole-logits log-softmax (`SPAR_KERNELS=off`): 2 ranks, 19 beyond 1e-6 and none beyond 1e-5 (max 8.1e-6);
+    // 4 ranks, 82 beyond 1e-6 and one beyond 1e-5 (1.5e-5). With the fused chunked log-probs (the default; its
+    // rounding differs at the float32 ulp): 2 ranks, 19 beyond 1e-6, max 1.27e-5 (the same layer-0 k_proj
+    // coordinate as the 8.1e-6 above); 4 ranks, 99 beyond 1e-6, max 1.7e-5. Asserted: on 2 ranks every weight
+    // within 2e-5; on 4 every weight within 1e-4 (3 steps at lr 3e-3 bound a coordinate's drift by 9e-3); on both
+    // at most 1 in 1,000 beyond 1e-6.
     let wa = weights(&one.join("final"));
     for (ranks, run) in [(2, &two), (4, &four), (2, &sharded)] {
         let wb = weights(&run.join("final"));
@@ -108,7 +111,7 @@ fn sft_on_two_and_four_ranks_equals_one_process_sft() {
             assert_eq!(n, m);
             let diff = (x - y).abs();
             let d = diff.max().double_value(&[]);
-            let limit = if ranks == 2 { 1e-5 } else { 1e-4 };
+            let limit = if ranks == 2 { 2e-5 } else { 1e-4 };
             assert!(
                 d <= limit,
                 "{n}: {ranks} ranks differ from one process by {d}"

@@ -169,3 +169,119 @@ fn few_step_demo_run_then_contract_path_from_files() {
     let b = std::fs::read(exported.join("model.safetensors")).unwrap();
     assert_eq!(a, b, "exported weights differ from the checkpoint's");
 }
+
+/// `spar bench logprob` on the CPU, small: every path and chunk gives a line, the parity line says fused and
+/// naive agree, and no row failed.
+#[test]
+fn bench_logprob_smoke_on_cpu() {
+    let out = spar()
+        .args([
+            "bench",
+            "logprob",
+            "--device",
+            "cpu",
+            "--dtype",
+            "fp32",
+            "--tokens",
+            "64",
+            "--hidden",
+            "16",
+            "--vocab",
+            "300",
+            "--chunk",
+            "0,7",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--temperature",
+            "0.7",
+            "--entropy-grad",
+            "--parity-tokens",
+            "50",
+        ])
+        .output()
+        .expect("spar runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let count = |b: &str| lines.iter().filter(|l| l["bench"] == b).count();
+    // naive once, fused and fused-aten per chunk; one comparison per fused row; parity per fused path.
+    assert_eq!(count("logprob"), 5, "{stdout}");
+    assert_eq!(count("logprob_vs_naive"), 4, "{stdout}");
+    assert_eq!(count("logprob_parity"), 2, "{stdout}");
+    for l in &lines {
+        assert!(l.get("error").is_none(), "{l}");
+        if l["bench"] == "logprob" {
+            assert!(l["seconds_per_step"].as_f64().unwrap() > 0.0, "{l}");
+        }
+        if l["bench"] == "logprob_parity" {
+            for k in [
+                "logp_rel",
+                "entropy_rel",
+                "grad_hidden_rel",
+                "grad_weight_rel",
+            ] {
+                assert!(l[k].as_f64().unwrap() <= 1e-5, "{k}: {l}");
+            }
+        }
+    }
+}
+
+/// `spar logprobs` (final hidden states and the fused chunked head) against the whole-logits log-softmax of the
+/// same model, sequences of different lengths padded into one batch.
+#[test]
+fn logprobs_command_matches_the_whole_logits_log_softmax() {
+    use spar_model::{ForwardInput, Qwen3Config, Qwen3Model, token_logprobs};
+    let dir = tempfile::tempdir().unwrap();
+    let c = Qwen3Config::from_json_str(
+        r#"{"model_type":"qwen3","vocab_size":97,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":2,
+            "num_attention_heads":2,"num_key_value_heads":1,"head_dim":8,"tie_word_embeddings":false}"#,
+        "test",
+    )
+    .unwrap();
+    let m = Qwen3Model::random(c, tch::Device::Cpu, tch::Kind::Float, 5).unwrap();
+    let model_dir = dir.path().join("model");
+    m.save_hf(&model_dir).unwrap();
+    let seqs: Vec<Vec<i64>> = vec![vec![3, 17, 42, 8, 96, 1, 5], vec![60, 2, 33]];
+    let input = dir.path().join("in.jsonl");
+    let lines: Vec<String> = seqs
+        .iter()
+        .map(|s| serde_json::json!({ "token_ids": s }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let out = dir.path().join("out.jsonl");
+    ok(spar()
+        .args(["logprobs", "--device", "cpu", "--dtype", "fp32", "--model"])
+        .arg(&model_dir)
+        .arg("--in")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out));
+    let got: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), seqs.len());
+    for (s, g) in seqs.iter().zip(&got) {
+        let n = s.len() as i64;
+        let x = tch::Tensor::from_slice(s).view([1, n]);
+        let logits = tch::no_grad(|| m.forward(ForwardInput::new(&x)).unwrap().logits);
+        let want = token_logprobs(&logits.narrow(1, 0, n - 1), &x.narrow(1, 1, n - 1));
+        let want: Vec<f32> = Vec::<f32>::try_from(want.reshape([-1])).unwrap();
+        let lps = g["logprobs"].as_array().unwrap();
+        assert!(lps[0].is_null());
+        for (i, w) in want.iter().enumerate() {
+            let v = lps[i + 1].as_f64().unwrap() as f32;
+            assert!((v - w).abs() <= 1e-5, "token {}: {v} vs {w}", i + 1);
+        }
+    }
+}

@@ -24,6 +24,7 @@ use crate::sharded::ShardedParams;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use spar_dist::{Collectives, any_rank, max_over_ranks, sum_over_ranks};
+use spar_model::LogprobOptions;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
@@ -315,23 +316,30 @@ pub(crate) fn forward_mb(policy: &dyn Policy, mb: &MicroBatch) -> Result<PolicyO
 }
 
 /// Per-token log-probs of the targets and per-token entropy under softmax(logits / temperature), from one
-/// log-softmax.
+/// log-softmax of whole logits (see `spar_model::token_logprobs`; the learner itself goes through
+/// [`PolicyOutput::token_logprobs`], fused when the policy returns hidden states).
 pub fn logprobs_and_entropy(
     logits: &Tensor,
     targets: &Tensor,
     temperature: f64,
 ) -> (Tensor, Tensor) {
-    let logp_all = crate::policy_loss::tempered(logits, temperature)
-        .log_softmax(-1, crate::agg::float_kind(logits));
-    let logp = logp_all
-        .gather(-1, &targets.unsqueeze(-1), false)
-        .squeeze_dim(-1);
-    let entropy = -(logp_all.exp() * &logp_all).sum_dim_intlist(
-        [-1i64].as_slice(),
-        false,
-        crate::agg::float_kind(logits),
-    );
-    (logp, entropy)
+    let out = spar_model::token_logprobs::logits_logprobs(
+        logits,
+        targets,
+        &LogprobOptions::at(temperature).with_entropy(),
+    )
+    .unwrap_or_else(|e| panic!("logprobs_and_entropy: {e:#}"));
+    (out.logp, out.entropy.expect("asked for"))
+}
+
+/// Log-probs and entropy of a forward's output (both carry gradient).
+fn output_logprobs_and_entropy(
+    out: &PolicyOutput,
+    targets: &Tensor,
+    temperature: f64,
+) -> Result<(Tensor, Tensor)> {
+    let o = out.token_logprobs(targets, &LogprobOptions::at(temperature).with_entropy())?;
+    Ok((o.logp, o.entropy.expect("asked for")))
 }
 
 /// Collates the planned micro-batches.
@@ -359,18 +367,11 @@ pub fn fill_old_logprobs(
     tch::no_grad(|| -> Result<()> {
         for mb in mbs.iter_mut() {
             let out = forward_mb(policy, mb)?;
-            mb.old_logp = Some(crate::policy_loss::gather_logprobs(
-                &out.logits,
-                &mb.targets,
-                temperature,
-            ));
+            mb.old_logp = Some(out.logprobs(&mb.targets, temperature)?);
+            drop(out);
             if let Some(r) = reference {
                 let out = forward_mb(r, mb)?;
-                mb.ref_logp = Some(crate::policy_loss::gather_logprobs(
-                    &out.logits,
-                    &mb.targets,
-                    temperature,
-                ));
+                mb.ref_logp = Some(out.logprobs(&mb.targets, temperature)?);
             }
         }
         Ok(())
@@ -448,27 +449,24 @@ fn old_pass(
         for mb in mbs.iter_mut() {
             let out = forward_mb(policy, mb)?;
             let temp = loss_cfg.temperature;
-            let old = crate::policy_loss::gather_logprobs(&out.logits, &mb.targets, temp);
+            let lp = out.token_logprobs(&mb.targets, &LogprobOptions::at(temp).with_argmax())?;
+            let old = lp.logp;
             // A sampled token that is the policy's argmax is what greedy decoding would have emitted there.
-            greedy += (out
-                .logits
-                .argmax(-1, false)
+            greedy += (lp
+                .argmax
+                .expect("asked for")
                 .eq_tensor(&mb.targets)
                 .to_kind(Kind::Float)
                 * &mb.mask)
                 .sum(Kind::Double)
                 .double_value(&[]);
             if let Some((critic, _)) = &extras.critic {
-                old_values.push(critic.head.values(&out.logits)?);
+                old_values.push(critic.head.values(&out.logits()?)?);
             }
             drop(out);
             if let Some(r) = reference {
                 let out = forward_mb(r, mb)?;
-                mb.ref_logp = Some(crate::policy_loss::gather_logprobs(
-                    &out.logits,
-                    &mb.targets,
-                    temp,
-                ));
+                mb.ref_logp = Some(out.logprobs(&mb.targets, temp)?);
             }
             if !extras.teachers.is_empty() {
                 let zeros = old.zeros_like();
@@ -483,7 +481,7 @@ fn old_pass(
                         packed_seq_ids: mb.packed_seq_ids.as_ref(),
                         forced_experts: None,
                     })?;
-                    let lp = crate::policy_loss::gather_logprobs(&out.logits, &mb.targets, temp);
+                    let lp = out.logprobs(&mb.targets, temp)?;
                     // A non-finite log-prob carries no signal: the token gets no distillation term.
                     let ok = lp.isfinite().logical_and(&old.isfinite());
                     let lp = lp.where_self(&ok, &student);
@@ -523,7 +521,7 @@ fn kl_old_new_sum(policy: &dyn Policy, mbs: &[MicroBatch], temperature: f64) -> 
         let mut sum = 0.0;
         for mb in mbs {
             let out = forward_mb(policy, mb)?;
-            let new = crate::policy_loss::gather_logprobs(&out.logits, &mb.targets, temperature);
+            let new = out.logprobs(&mb.targets, temperature)?;
             let old = mb.old_logp.as_ref().expect("filled by the old pass");
             let ok = new.isfinite().logical_and(&old.isfinite());
             let d = (&new - old).where_self(&ok, &new.zeros_like());
@@ -704,7 +702,7 @@ pub fn rl_update_with(
             }
             let fwd = forward_mb(policy, mb)?;
             let (logp, entropy) =
-                logprobs_and_entropy(&fwd.logits, &mb.targets, loss_cfg.temperature);
+                output_logprobs_and_entropy(&fwd, &mb.targets, loss_cfg.temperature)?;
             let old = mb.old_logp.as_ref().expect("filled above");
             let out = policy_loss(
                 loss_cfg,
@@ -734,7 +732,7 @@ pub fn rl_update_with(
                 continue;
             }
             if let Some((critic, _)) = &extras.critic {
-                let v = critic.values(&fwd.logits)?;
+                let v = critic.values(&fwd.logits()?)?;
                 let per_tok = crate::gae::ValueHead::per_token_loss(
                     &v,
                     &old_values[i],
@@ -848,7 +846,7 @@ pub(crate) fn supervised_step(
             continue;
         }
         // Supervised targets are not samples of the policy: the policy's own distribution (temperature 1).
-        let (logp, entropy) = logprobs_and_entropy(&fwd.logits, &mb.targets, 1.0);
+        let (logp, entropy) = output_logprobs_and_entropy(&fwd, &mb.targets, 1.0)?;
         let (mut loss, mask) = token_loss(mb, &logp, &agg);
         if let (Some(aux), true) = (&fwd.aux_loss, learner.aux_loss_coef != 0.0) {
             loss = loss + aux * (learner.aux_loss_coef * mb.n_seqs as f64 / total_seqs.max(1.0));
@@ -883,5 +881,5 @@ fn real_count(mbs: &[MicroBatch]) -> usize {
 /// A padding micro-batch's loss: 0, but with the graph of a real forward, so its backward gathers and reduces
 /// every unit (with zero gradients) as the other ranks' real micro-batches do.
 fn padding_loss(fwd: &PolicyOutput) -> Result<Tensor> {
-    Ok(fwd.logits.f_sum(Kind::Float)?.f_mul_scalar(0.0)?)
+    fwd.head.zero_loss()
 }

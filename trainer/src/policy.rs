@@ -1,6 +1,9 @@
-//! What the trainer needs from a model: its variables and a forward to logits. Implemented for spar-model's
-//! Qwen3 / Qwen3-MoE (see [`crate::qwen3`]); tests implement it for tiny models.
+//! What the trainer needs from a model: its variables and a forward to the LM head's output (logits, or the
+//! final hidden states with the head's weight, whose per-token log-probs are then computed by the fused chunked
+//! op without whole logits: `spar_model::token_logprobs`). Implemented for spar-model's Qwen3 / Qwen3-MoE (see
+//! [`crate::qwen3`]); tests implement it for tiny models.
 use anyhow::Result;
+use spar_model::{LmHead, LogprobOptions, TokenLogprobs};
 use tch::{Tensor, nn::VarStore};
 
 /// Inputs of one training forward (row layout of [`crate::batch::MicroBatch`]).
@@ -15,8 +18,8 @@ pub struct PolicyInput<'a> {
 }
 
 pub struct PolicyOutput {
-    /// `[B, T, vocab]`.
-    pub logits: Tensor,
+    /// The LM head's output: `[B, T, vocab]` logits, or hidden states and the head's weight.
+    pub head: LmHead,
     /// MoE load-balancing loss of this forward (None for dense models).
     pub aux_loss: Option<Tensor>,
     /// Whatever the model needs to run its own backward (e.g. an activation-checkpointing tape).
@@ -38,6 +41,36 @@ pub trait Policy {
     /// Reads weights written by [`Policy::save_weights`].
     fn load_weights(&mut self, dir: &std::path::Path) -> Result<()> {
         load_var_store(self.var_store_mut(), dir)
+    }
+}
+
+impl PolicyOutput {
+    /// An output of logits `[B, T, vocab]` and nothing else.
+    pub fn from_logits(logits: Tensor) -> Self {
+        PolicyOutput {
+            head: LmHead::Logits(logits),
+            aux_loss: None,
+            handle: None,
+        }
+    }
+
+    /// Per-token log-probs of `targets` `[B, T]` under softmax(logits / temperature), float32 `[B, T]`.
+    pub fn logprobs(&self, targets: &Tensor, temperature: f64) -> Result<Tensor> {
+        Ok(self
+            .head
+            .logprobs(targets, &LogprobOptions::at(temperature))?
+            .logp)
+    }
+
+    /// Log-probs, entropy (both carry gradient) and, with `argmax`, each position's most likely token.
+    pub fn token_logprobs(&self, targets: &Tensor, opts: &LogprobOptions) -> Result<TokenLogprobs> {
+        self.head.logprobs(targets, opts)
+    }
+
+    /// The logits `[B, T, vocab]`, computed whole from the hidden states when the policy returned those (for a
+    /// value head over the logits).
+    pub fn logits(&self) -> Result<Tensor> {
+        self.head.logits()
     }
 }
 

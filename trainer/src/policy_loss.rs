@@ -122,15 +122,6 @@ pub fn training_temperature(sampling_temperature: f32) -> f64 {
     }
 }
 
-/// `logits / temperature` (the logits themselves at temperature 1, without a copy).
-pub fn tempered(logits: &Tensor, temperature: f64) -> Tensor {
-    if temperature == 1.0 {
-        logits.shallow_clone()
-    } else {
-        logits / temperature
-    }
-}
-
 /// One micro-batch's inputs to the policy loss, target-aligned `[B, T]`.
 pub struct PolicyLossInput<'a> {
     /// log pi_theta of each target token (carries the gradient).
@@ -376,16 +367,14 @@ fn masked_range(values: &Tensor, mask: &Tensor, tokens: f64) -> (Option<f64>, Op
     (Some(min), Some(max))
 }
 
-/// Per-token entropy of the categorical distribution given by `logits` ([B, T, V] -> [B, T]).
-pub fn entropy_from_logits(logits: &Tensor) -> Tensor {
-    let logp = logits.log_softmax(-1, crate::agg::float_kind(logits));
-    -(logp.exp() * &logp).sum_dim_intlist([-1i64].as_slice(), false, crate::agg::float_kind(logits))
-}
-
 /// Log-prob of each target under softmax(logits / temperature) ([B, T, V], [B, T] int64 -> [B, T]); float32
-/// whatever the model dtype.
+/// whatever the model dtype (float64 for double logits). See `spar_model::token_logprobs`.
 pub fn gather_logprobs(logits: &Tensor, targets: &Tensor, temperature: f64) -> Tensor {
-    let logp = tempered(logits, temperature).log_softmax(-1, crate::agg::float_kind(logits));
-    logp.gather(-1, &targets.unsqueeze(-1), false)
-        .squeeze_dim(-1)
+    spar_model::token_logprobs::logits_logprobs(
+        logits,
+        targets,
+        &spar_model::LogprobOptions::at(temperature),
+    )
+    .unwrap_or_else(|e| panic!("gather_logprobs: {e:#}"))
+    .logp
 }

@@ -14,16 +14,18 @@ impl Policy for Qwen3Model {
         &mut self.vs
     }
     fn forward(&self, input: &PolicyInput) -> Result<PolicyOutput> {
+        // The final hidden states, not the logits: log-probs come from the fused chunked head.
         let mut fi = ForwardInput::new(input.input_ids)
             .positions(input.position_ids)
-            .mask(input.attention_mask);
+            .mask(input.attention_mask)
+            .hidden_only();
         if let Some(s) = input.packed_seq_ids {
             fi = fi.seq_ids(s);
         }
         if let Some(f) = input.forced_experts {
             fi = fi.forced_experts(f);
         }
-        let out = Qwen3Model::forward(self, fi)?;
+        let mut out = Qwen3Model::forward(self, fi)?;
         let aux_loss = (!out.router_logits.is_empty()).then(|| {
             spar_model::aux_load_balancing_loss(
                 &out.router_logits,
@@ -31,9 +33,12 @@ impl Policy for Qwen3Model {
                 self.config.num_experts_per_tok,
             )
         });
-        let logits = out.logits.shallow_clone();
+        let head = out
+            .head
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the model returned no hidden states"))?;
         Ok(PolicyOutput {
-            logits,
+            head,
             aux_loss,
             handle: Some(Box::new(out)),
         })

@@ -5,6 +5,7 @@ mod it {
     pub mod common;
     mod data_parallel;
     mod distill;
+    mod fused_logprobs;
     mod gae;
     mod gradcheck;
     mod loss;

@@ -526,6 +526,10 @@ impl<'m> Engine<'m> {
         if let Some(m) = &mask_t {
             input = input.mask(m);
         }
+        if t > 1 {
+            // Prefill: the head runs on each row's last position only (not [B, T, vocab] logits).
+            input = input.hidden_only();
+        }
         let out = self.model.forward(input)?;
         if let (Some((l, k)), Some(re)) = (self.routing_shape, &out.routed_experts) {
             let flat: Vec<i64> = Vec::<i64>::try_from(re.to_device(Device::Cpu).reshape([-1]))?;
@@ -546,7 +550,12 @@ impl<'m> Engine<'m> {
             let last: Vec<i64> = rows.iter().map(|(_, p)| p.len() as i64 - 1).collect();
             let row_idx = Tensor::arange(b as i64, (Kind::Int64, dev));
             let pos_idx = Tensor::from_slice(&last).to_device(dev);
-            out.logits.index(&[Some(row_idx), Some(pos_idx)])
+            let Some(spar_model::LmHead::Hidden { hidden, weight }) = &out.head else {
+                bail!("the model returned no hidden states for a prefill");
+            };
+            hidden
+                .index(&[Some(row_idx), Some(pos_idx)])
+                .f_linear(weight, None::<Tensor>)?
         };
         Ok(Some(logits))
     }

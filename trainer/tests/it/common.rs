@@ -86,11 +86,7 @@ impl Policy for TinyLm {
         let counts = Tensor::arange_start(1, t + 1, (h.kind(), Device::Cpu)).reshape([1, t, 1]);
         let mixed = h.cumsum(1, h.kind()) / counts;
         let logits = (mixed.matmul(&self.w1)).tanh().matmul(&self.w2);
-        Ok(PolicyOutput {
-            logits,
-            aux_loss: None,
-            handle: None,
-        })
+        Ok(PolicyOutput::from_logits(logits))
     }
 }
 

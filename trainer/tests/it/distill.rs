@@ -67,7 +67,8 @@ fn forward(m: &dyn Policy, ids: &Tensor) -> Tensor {
         forced_experts: None,
     })
     .unwrap()
-    .logits
+    .logits()
+    .unwrap()
     .log_softmax(-1, Kind::Float)
 }
 

@@ -24,7 +24,7 @@ fn loss_of(
             forced_experts: None,
         })
         .unwrap();
-    let (logp, entropy) = logprobs_and_entropy(&out.logits, &mb.targets, 1.0);
+    let (logp, entropy) = logprobs_and_entropy(&out.logits().unwrap(), &mb.targets, 1.0);
     let rollout = mb.rollout_logp.to_kind(Kind::Double);
     policy_loss(
         c,
@@ -79,7 +79,7 @@ fn spar_loss_gradient_matches_finite_differences() {
                 })
                 .unwrap()
         });
-        logprobs_and_entropy(&out.logits, &mb.targets, 1.0).0
+        logprobs_and_entropy(&out.logits().unwrap(), &mb.targets, 1.0).0
     };
     let (tok, seqs) = totals(&items);
     let c = PolicyLossConfig {

@@ -87,7 +87,8 @@ fn logprobs(m: &Qwen3Model, ids: &[i64], forced: Option<&Tensor>) -> Vec<f32> {
     });
     let tgt = Tensor::from_slice(&ids[1..]).reshape([1, t - 1, 1]);
     let lp = out
-        .logits
+        .logits()
+        .unwrap()
         .log_softmax(-1, Kind::Float)
         .narrow(1, 0, t - 1)
         .gather(-1, &tgt, false)

@@ -43,7 +43,7 @@ fn sequence_logprob(policy: &dyn Policy, s: &Sample) -> f64 {
         })
     })
     .unwrap();
-    (gather_logprobs(&out.logits, &mb.targets, 1.0) * &mb.mask)
+    (gather_logprobs(&out.logits().unwrap(), &mb.targets, 1.0) * &mb.mask)
         .sum(Kind::Double)
         .double_value(&[])
 }
@@ -203,7 +203,7 @@ fn next_logits(p: &dyn Policy) -> Tensor {
             forced_experts: None,
         })
         .unwrap();
-    out.logits.get(0).get(n - 1)
+    out.logits().unwrap().get(0).get(n - 1)
 }
 
 impl Policy for MarkerLm {
@@ -214,13 +214,9 @@ impl Policy for MarkerLm {
         &mut self.lm.vs
     }
     fn forward(&self, input: &PolicyInput) -> anyhow::Result<PolicyOutput> {
-        let mut out = self.lm.forward(input)?;
+        let out = self.lm.forward(input)?;
         // Out of place on purpose: tch's `+=` is the in-place `add_`, which autograd may refuse here.
-        #[allow(clippy::assign_op_pattern)]
-        {
-            out.logits = out.logits + &self.bias;
-        }
-        Ok(out)
+        Ok(PolicyOutput::from_logits(out.logits()? + &self.bias))
     }
 }
 
