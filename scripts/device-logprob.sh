@@ -12,6 +12,8 @@ gunzip -c dist/spar.gz > /tmp/spar && chmod +x /tmp/spar
 (nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv) > "$OUT/env.txt" 2>&1
 B=(bench logprob --device cuda --dtype bf16 --hidden 1024 --vocab 151936 --warmup 1 --iters ${ITERS:-5})
 run() { timeout 250 /tmp/spar "${B[@]}" "$@" 2>>"$OUT/logprob.txt" | tee -a "$OUT/logprob.jsonl"; }
-run --tokens 4096,16384 --chunk 0
+# Without the epilogue kernels first: their figures survive a kernel fault in the later runs.
+run --tokens 4096,16384 --chunk 0 --paths naive,fused-aten
+run --tokens 4096,16384 --chunk 0 --paths naive,fused
 run --tokens 4096,16384 --chunk 0 --entropy-grad --temperature 0.7 --parity-tokens 2048
-run --tokens 16384 --chunk 512,2048,4096 --paths fused,fused-aten --parity-tokens 0
+run --tokens 16384 --chunk 512,2048,4096 --paths fused-aten,fused --parity-tokens 0

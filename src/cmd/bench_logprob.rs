@@ -29,7 +29,7 @@ pub struct Args {
     chunk: Vec<usize>,
     /// Which paths to run: fused (with the CUDA epilogue kernels where they apply), fused-aten (ATen ops for
     /// the per-chunk epilogue), naive (whole logits).
-    #[arg(long, default_value = "fused,fused-aten,naive", value_delimiter = ',')]
+    #[arg(long, default_value = "naive,fused-aten,fused", value_delimiter = ',')]
     paths: Vec<String>,
     #[arg(long, default_value_t = 1.0)]
     temperature: f64,
