@@ -94,6 +94,7 @@ fn few_step_demo_run_then_contract_path_from_files() {
     }
 
     assert!(std::fs::read_dir(run.join("plots")).unwrap().count() >= 2);
+    run_folder_is_not_written_over(&run, dir.path());
     let cmp: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("comparison.json")).unwrap()).unwrap();
     for phase in ["initial", "before_rl", "after_rl", "expert"] {
@@ -167,4 +168,64 @@ fn few_step_demo_run_then_contract_path_from_files() {
     .unwrap();
     let b = std::fs::read(exported.join("model.safetensors")).unwrap();
     assert_eq!(a, b, "exported weights differ from the checkpoint's");
+}
+
+/// A finished run's folder: a second fresh `spar train` is refused naming it; any run is refused while another
+/// process holds its lock; its checkpoints carry checksums and `spar export` of the folder names the checkpoint
+/// it exports and exports exactly its weights.
+fn run_folder_is_not_written_over(run: &Path, scratch: &Path) {
+    let train = |extra: &[&str]| {
+        let out = spar()
+            .args(["train", "--recipe"])
+            .arg(root().join("recipes/tiny-cpu.toml"))
+            .arg("--out")
+            .arg(run)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} was not refused");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = train(&[]);
+    assert!(
+        err.contains(&format!(
+            "run folder {} holds a finished run",
+            run.display()
+        )) && err.contains("--overwrite"),
+        "{err}"
+    );
+    std::fs::write(
+        run.join(".lock"),
+        r#"{"pid": 1, "host": "elsewhere", "started": 1}"#,
+    )
+    .unwrap();
+    let err = train(&["--resume"]);
+    assert!(err.contains("is in use by pid 1 on elsewhere"), "{err}");
+    std::fs::remove_file(run.join(".lock")).unwrap();
+    assert!(
+        std::fs::read_dir(run).unwrap().count() > 3,
+        "nothing was removed"
+    );
+
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    let ckpt = run.join("checkpoints").join(latest.trim());
+    assert!(ckpt.join("checksums.sha256").is_file());
+    let exported = scratch.join("export-run");
+    let out = spar()
+        .args(["export", "--checkpoint"])
+        .arg(run)
+        .arg("--out")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("checkpoint {}", ckpt.display())),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(ckpt.join("model/model.safetensors")).unwrap(),
+        std::fs::read(exported.join("model.safetensors")).unwrap()
+    );
 }

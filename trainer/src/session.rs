@@ -63,15 +63,25 @@ impl Session {
         };
         let mut resume_dir = None;
         if resume {
-            let latest = checkpoint::latest(&out.join("checkpoints"))?;
+            // The newest checkpoint whose checksums hold: a damaged newer one is named and passed over.
+            let root = out.join("checkpoints");
+            let latest = crate::resume_point::newest_intact(&root)
+                .context("--resume (--overwrite starts the run afresh)")?
+                .map(|(dir, _)| dir);
             same_checkpoint_on_every_rank(&*group, latest.as_deref())?;
             match latest {
                 Some(dir) => {
                     state = checkpoint::read_rank_state(&dir, group.rank(), group.world_size())?;
+                    if group.rank() == 0 {
+                        crate::resume_point::set_aside_newer(&root, &dir)?;
+                    }
                     eprintln!(
-                        "[train] resuming from {} (phase {}, step {})",
+                        "[train] resuming from {} (phase {}, phase step {}, global step {}); metrics and \
+                         TensorBoard events after step {} are dropped",
                         dir.display(),
                         state.phase,
+                        state.phase_step,
+                        state.step,
                         state.step
                     );
                     resume_dir = Some(dir);
