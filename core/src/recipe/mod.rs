@@ -259,6 +259,19 @@ mod tests {
     }
 
     #[test]
+    fn zero_new_tokens_is_refused_naming_the_key() {
+        let e = Recipe::from_toml_str("", "r.toml", &["rollout.sampling.max_new_tokens=0".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("r.toml")
+                && e.contains("rollout.sampling.max_new_tokens")
+                && e.contains(">= 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn overrides_apply_before_validation() {
         let r = Recipe::from_toml_str(
             "[trainer]\nlr = 1e-5\n",
