@@ -342,6 +342,16 @@ pub fn load_hf_weights(dir: &Path, config: &Qwen3Config, vs: &VarStore) -> Resul
             f.read_exact(&mut buf)
                 .with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
             let src = Tensor::f_from_data_size(&buf, &e.shape, src_kind)?;
+            // NaN / Inf weights make every reply garbage ("!!!!") without any error: refused here. A sum is
+            // non-finite exactly when some element is (weights are far from overflowing it in f64).
+            if !src.f_sum(Kind::Double)?.double_value(&[]).is_finite() {
+                let bad = src.f_isfinite()?.f_logical_not()?.f_sum(Kind::Int64)?;
+                bail!(
+                    "{}: tensor `{name}` holds {} non-finite values (NaN or Inf): the weights are damaged",
+                    path.display(),
+                    bad.int64_value(&[])
+                );
+            }
             let var = vars
                 .get(&target.var)
                 .ok_or_else(|| anyhow!("internal: no variable {}", target.var))?;
