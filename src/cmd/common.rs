@@ -22,10 +22,12 @@ pub struct RecipeArgs {
 }
 
 impl RecipeArgs {
-    /// The recipe with `--set` applied, then `--model` (as an absolute path, so it does not resolve against
-    /// the recipe's folder), validated.
+    /// The recipe with `--set` applied, then `--model`, validated. Paths given on the command line (`--model`,
+    /// a `--set` of a path key) are made absolute against the working directory first, so they do not resolve
+    /// against the recipe's folder (`spar_core::recipe::paths`).
     pub fn load(&self) -> Result<Recipe> {
-        let mut sets = self.set.clone();
+        let cwd = std::env::current_dir()?;
+        let mut sets = spar_core::recipe::paths::overrides_from_cwd(&self.set, &cwd);
         if let Some(m) = &self.model {
             sets.push(format!(
                 "model.path={}",

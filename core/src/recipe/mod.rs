@@ -46,6 +46,7 @@ mod data;
 mod distributed;
 mod eval;
 mod model;
+pub mod paths;
 mod rewards;
 mod rollout;
 pub mod shared_sft;
