@@ -11,7 +11,7 @@ fn corpus() -> PathBuf {
 
 /// Reads `path` with the reader of its kind (the folder it is in); the error's text, or None on success.
 fn read(kind: &str, path: &Path) -> Option<String> {
-    let err = match kind {
+    match kind {
         "recipes" => Recipe::load(path, &[]).err().map(|e| e.to_string()),
         "cases" => spar_data::cases::read_cases(path)
             .err()
@@ -20,8 +20,7 @@ fn read(kind: &str, path: &Path) -> Option<String> {
             .err()
             .map(|e| e.to_string()),
         other => panic!("unknown corpus folder {other}"),
-    };
-    err
+    }
 }
 
 #[test]
@@ -29,7 +28,10 @@ fn every_bad_input_is_an_error_naming_the_file_and_the_field() {
     let list = std::fs::read_to_string(corpus().join("expected.tsv")).unwrap();
     let mut failures = Vec::new();
     let mut n = 0;
-    for line in list.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in list
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let (file, want) = line.split_once('\t').expect("file<TAB>substring");
         let path = corpus().join(file);
         let kind = file.split('/').next().unwrap_or_default();
