@@ -29,6 +29,8 @@ impl RecipeArgs {
         let cwd = std::env::current_dir()?;
         let mut sets = spar_core::recipe::paths::overrides_from_cwd(&self.set, &cwd);
         if let Some(m) = &self.model {
+            // Said as such here, before a loader reports the first file it misses inside the folder.
+            spar_core::Error::must_exist(m).map_err(|e| anyhow::anyhow!("--model: {e}"))?;
             sets.push(format!(
                 "model.path={}",
                 toml_string(&absolute(m)?.display().to_string())
@@ -103,5 +105,20 @@ impl RecipeArgs {
             device,
             kind,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_model_folder_is_not_found() {
+        let args = RecipeArgs {
+            model: Some(PathBuf::from("/nonexistent/model")),
+            ..Default::default()
+        };
+        let e = args.load().unwrap_err().to_string();
+        assert_eq!(e, "--model: not found: /nonexistent/model");
     }
 }

@@ -90,3 +90,11 @@ fn jsonl_tensorboard_and_plots() {
         );
     }
 }
+
+#[test]
+fn a_run_without_metrics_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("metrics.jsonl");
+    let e = read_series(&p).unwrap_err().to_string();
+    assert_eq!(e, format!("not found: {}", p.display()));
+}
