@@ -122,7 +122,8 @@ fn read_header(path: &Path) -> Result<(std::fs::File, u64, BTreeMap<String, Entr
     f.read_exact(&mut n)
         .map_err(|_| anyhow!("{}: truncated file (no safetensors header)", path.display()))?;
     let n = u64::from_le_bytes(n);
-    if 8 + n > file_len {
+    // `n` is read from the file: compared without `8 + n`, which a damaged length would overflow.
+    if n > file_len.saturating_sub(8) {
         bail!(
             "{}: truncated file (header of {n} bytes, file holds {file_len})",
             path.display()

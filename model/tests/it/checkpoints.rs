@@ -93,6 +93,24 @@ fn non_finite_weights_are_refused_at_load_and_nan_logits_at_generation() {
     );
 }
 
+/// A header length past the end of the file, up to u64::MAX, is a truncated file, not an arithmetic overflow.
+#[test]
+fn a_huge_header_length_is_a_truncated_file() {
+    let m = tiny();
+    let tmp = tempfile::tempdir().unwrap();
+    m.save_hf(tmp.path()).unwrap();
+    for n in [u64::MAX, u64::MAX - 7, 1 << 40] {
+        let mut bytes = n.to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"{}");
+        std::fs::write(tmp.path().join("model.safetensors"), &bytes).unwrap();
+        let e = err_of(tmp.path());
+        assert!(
+            e.contains("model.safetensors: truncated file (header of"),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn bad_checkpoints_name_file_and_tensor() {
     let m = tiny();
