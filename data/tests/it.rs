@@ -5,6 +5,7 @@ mod it {
     mod case_io;
     pub mod common;
     mod expert;
+    mod fuzz;
     mod generate;
     mod kb;
     mod partial_expert;
