@@ -8,6 +8,9 @@ use std::path::Path;
 
 const ROUNDS: usize = 300;
 
+/// A reader under test: the error's text, or None when the input read.
+type Reader = fn(&Path) -> Option<String>;
+
 fn mutate(rng: &mut ChaCha8Rng, good: &[u8]) -> Vec<u8> {
     let mut b = good.to_vec();
     for _ in 0..rng.random_range(1..4) {
@@ -71,7 +74,7 @@ fn mutated_recipes_cases_and_samples_never_panic_and_errors_name_the_file() {
     let mut failures = Vec::new();
     let mut errors = 0;
     for round in 0..ROUNDS {
-        let inputs: [(&str, Vec<u8>, fn(&Path) -> Option<String>); 3] = [
+        let inputs: [(&str, Vec<u8>, Reader); 3] = [
             ("recipe.toml", mutate(&mut rng, &recipe), |p| {
                 Recipe::load(p, &[]).err().map(|e| e.to_string())
             }),
