@@ -304,4 +304,19 @@ fn run_folder_is_not_written_over(run: &Path, scratch: &Path) {
     ] {
         assert!(!run.join(gone).exists(), "{gone} survived --overwrite");
     }
+    // That failed run (no checkpoint) is replaced by the next fresh run without a flag, which says so.
+    let out = spar()
+        .args(["train", "--recipe"])
+        .arg(root().join("recipes/tiny-cpu.toml"))
+        .arg("--out")
+        .arg(run)
+        .args(["--set", "data.cases=/nonexistent/again.jsonl"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds a run that failed before its first checkpoint")
+            && err.contains("not found: /nonexistent/again.jsonl"),
+        "{err}"
+    );
 }
