@@ -22,9 +22,10 @@ pub enum Verified {
 /// Writes `dir/checksums.sha256` over every file under `dir` (the manifest itself excluded), replacing an old
 /// one (a checkpoint copied and then changed, as a shared SFT seed is, is sealed again).
 pub fn write_manifest(dir: &Path) -> Result<()> {
+    let rels = files(dir)?;
+    let paths: Vec<PathBuf> = rels.iter().map(|r| dir.join(r)).collect();
     let mut text = String::new();
-    for rel in files(dir)? {
-        let hash = sha256_file(&dir.join(&rel))?;
+    for (rel, hash) in rels.iter().zip(sha256_files(&paths)?) {
         text.push_str(&format!("{hash}  {}\n", rel.display()));
     }
     spar_core::fsio::write_atomic(&dir.join(MANIFEST), text.as_bytes())?;
@@ -39,6 +40,7 @@ pub fn verify(dir: &Path) -> Result<Verified> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Verified::Unchecked),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    let mut listed = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let Some((want, rel)) = line.split_once("  ") else {
             bail!("{} line {}: not `<sha256>  <file>`", path.display(), i + 1);
@@ -47,8 +49,11 @@ pub fn verify(dir: &Path) -> Result<Verified> {
         if !file.is_file() {
             bail!("{} is missing (listed in {MANIFEST})", file.display());
         }
-        let got = sha256_file(&file)?;
-        if got != want {
+        listed.push((file, want));
+    }
+    let paths: Vec<PathBuf> = listed.iter().map(|(f, _)| f.clone()).collect();
+    for ((file, want), got) in listed.iter().zip(sha256_files(&paths)?) {
+        if got != *want {
             bail!(
                 "{} does not match its checksum in {MANIFEST} (sha256 {got}, recorded {want})",
                 file.display()
@@ -77,6 +82,41 @@ fn files(dir: &Path) -> Result<Vec<PathBuf>> {
     walk(dir, Path::new(""), &mut out)?;
     out.sort();
     Ok(out)
+}
+
+/// The SHA-256 of each file, hashed on up to as many threads as there are cores (a checkpoint's weight shards
+/// and optimizer files are GBs each; one thread hashes about 1-2 GB/s).
+fn sha256_files(paths: &[PathBuf]) -> Result<Vec<String>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(paths.len())
+        .max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: Vec<std::sync::Mutex<Option<Result<String>>>> =
+        paths.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(p) = paths.get(i) else { break };
+                    let h = sha256_file(p);
+                    if let Ok(mut slot) = done[i].lock() {
+                        *slot = Some(h);
+                    }
+                }
+            });
+        }
+    });
+    done.into_iter()
+        .zip(paths)
+        .map(|(slot, p)| {
+            slot.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err(anyhow::anyhow!("{}: not hashed", p.display())))
+        })
+        .collect()
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
