@@ -46,7 +46,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// Opens the run folder `out`; with `resume`, at the newest checkpoint there (a fresh start when none).
+    /// Opens the run folder `out`; with `resume`, at the newest intact checkpoint there (`crate::resume_point`;
+    /// a fresh start when there is none).
     /// `group`: the data-parallel ranks; only rank 0 writes into `out`.
     pub fn open(
         out: &Path,
