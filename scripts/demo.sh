@@ -5,13 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bootstrap.sh
-# Charts need one system font; a bare Debian/Ubuntu image has none.
-if ! fc-list 2>/dev/null | grep -q . && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "[demo] installing a font for the charts (fonts-dejavu-core)" >&2
-  (apt-get install -y -qq fonts-dejavu-core fontconfig >/dev/null 2>&1 \
-    || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq fonts-dejavu-core fontconfig >/dev/null 2>&1)) \
-    || echo "[demo] no font installable here: the run goes on without charts" >&2
-fi
+# Charts need no system font: their text is set in a font compiled into spar (spar-plot-text).
 echo "[demo] building spar" >&2
 cargo build --bin spar
 exec ./target/debug/spar train --recipe recipes/tiny-cpu-partial.toml "$@"

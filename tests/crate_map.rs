@@ -8,6 +8,8 @@ use std::process::Command;
 /// Which workspace crates each workspace crate may depend on. `None`: anything (the binary and its builder).
 const MAP: &[(&str, Option<&[&str]>)] = &[
     ("spar-core", Some(&[])),
+    // Chart text from a compiled-in font, for every crate that draws charts.
+    ("spar-plot-text", Some(&[])),
     ("spar-clients", Some(&["spar-core"])),
     ("spar-data", Some(&["spar-core"])),
     ("spar-rewards", Some(&["spar-core", "spar-data"])),
@@ -26,16 +28,23 @@ const MAP: &[(&str, Option<&[&str]>)] = &[
             "spar-rollout",
             "spar-rewards",
             "spar-dist",
+            "spar-plot-text",
         ]),
     ),
     (
         "spar-eval",
-        Some(&["spar-core", "spar-data", "spar-rewards", "spar-rollout"]),
+        Some(&[
+            "spar-core",
+            "spar-data",
+            "spar-rewards",
+            "spar-rollout",
+            "spar-plot-text",
+        ]),
     ),
     // Test support (the fake OpenAI server): a dev-dependency of the others, an optional one of the binary.
     ("spar-testkit", Some(&["spar-core", "spar-clients"])),
     // `spar ablate`: specs, child `spar train` runs, statistics and plots over their result files.
-    ("spar-ablate", Some(&["spar-core"])),
+    ("spar-ablate", Some(&["spar-core", "spar-plot-text"])),
     ("spar-app", None),
     ("spar", None),
 ];
@@ -51,6 +60,7 @@ const NO_TORCH: &[&str] = &[
     "spar-data",
     "spar-rewards",
     "spar-ablate",
+    "spar-plot-text",
 ];
 
 /// Every workspace crate and the names of its non-dev dependencies.

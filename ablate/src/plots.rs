@@ -1,8 +1,10 @@
 //! The ablation's curves: per metric one chart, one line per arm (the mean over seeds) with its 95% bootstrap
-//! band, as PNG and SVG (plotters, drawn like spar-trainer's run plots: same sizes, mesh and margins).
+//! band, as PNG and SVG (plotters, drawn like spar-trainer's run plots: same sizes, mesh and margins; text in the
+//! compiled-in font of `spar-plot-text`, so no system font is needed).
 use crate::aggregate::{Curve, CurvePoint};
 use anyhow::{Context, Result};
 use plotters::prelude::*;
+use spar_plot_text::TextBackend;
 use std::path::{Path, PathBuf};
 
 /// Draws every curve with at least one arm into `dir` (`<key>.png` / `.svg`, `/` as `_`). Returns the files.
@@ -13,10 +15,16 @@ pub fn draw_curves(dir: &Path, curves: &[Curve]) -> Result<Vec<PathBuf>> {
         let stem = c.key.replace(['/', ' ', ':'], "_");
         let png = dir.join(format!("{stem}.png"));
         let svg = dir.join(format!("{stem}.svg"));
-        draw(BitMapBackend::new(&png, (820, 460)).into_drawing_area(), c)
-            .with_context(|| format!("drawing {}", png.display()))?;
-        draw(SVGBackend::new(&svg, (820, 460)).into_drawing_area(), c)
-            .with_context(|| format!("drawing {}", svg.display()))?;
+        draw(
+            TextBackend::raster(BitMapBackend::new(&png, (820, 460))).into_drawing_area(),
+            c,
+        )
+        .with_context(|| format!("drawing {}", png.display()))?;
+        draw(
+            TextBackend::vector(SVGBackend::new(&svg, (820, 460))).into_drawing_area(),
+            c,
+        )
+        .with_context(|| format!("drawing {}", svg.display()))?;
         written.push(png);
         written.push(svg);
     }

@@ -376,6 +376,10 @@ fn start(job: &Job, out: &Path, opts: &RunOptions, threads: usize, slot: usize) 
     let mut args = job.args.clone();
     if has_checkpoint(&job.dir) {
         args.push("--resume".into());
+    } else if std::fs::read_dir(&job.dir).is_ok_and(|mut rd| rd.next().is_some()) {
+        // A run of ours stopped before its first checkpoint: nothing to resume, and `spar train` refuses a
+        // folder that holds a run unless told to replace it.
+        args.push("--overwrite".into());
     }
     spar_core::fsio::write_atomic(
         &cmd_file(out, job),

@@ -3,6 +3,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A path the user named does not exist (said as such, before any format is guessed from its name).
+    #[error("not found: {}", path.display())]
+    NotFound { path: PathBuf },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -40,10 +43,25 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An IO error on `path`; a missing file is [`Error::NotFound`].
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            return Error::NotFound { path: path.into() };
+        }
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+    /// `Err(NotFound)` unless `path` exists: readers call it before choosing a format by extension, so a typo
+    /// in a path is reported as such, not as an unknown extension.
+    pub fn must_exist(path: &std::path::Path) -> Result<()> {
+        if path.exists() {
+            Ok(())
+        } else {
+            Err(Error::NotFound {
+                path: path.to_path_buf(),
+            })
         }
     }
     pub fn invalid(file: impl std::fmt::Display, msg: impl Into<String>) -> Self {

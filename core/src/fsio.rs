@@ -84,7 +84,8 @@ pub struct LineError {
 }
 
 /// Reads a JSONL file of `T`. With `expect_version`, every line must carry that `schema_version`.
-/// Bad lines are returned (with line number and field), never silently dropped; I/O errors fail the whole read.
+/// Bad lines are returned (with line number and field), never silently dropped; I/O errors and a line of
+/// another schema version (a file of another format version) fail the whole read.
 pub fn read_jsonl<T: DeserializeOwned>(
     path: &Path,
     expect_version: Option<u32>,
@@ -100,6 +101,7 @@ pub fn read_jsonl<T: DeserializeOwned>(
         }
         match parse_line(&name, i + 1, &line, expect_version) {
             Ok(v) => ok.push(v),
+            Err(error @ Error::Invalid { .. }) => return Err(error),
             Err(error) => bad.push(LineError { line: i + 1, error }),
         }
     }
@@ -136,21 +138,50 @@ fn parse_line<T: DeserializeOwned>(
     if let Some(v) = expect_version {
         match value.get("schema_version").and_then(|x| x.as_u64()) {
             Some(got) if got == v as u64 => {}
+            // Another format version is the whole file's problem (as parquet's schema key is), not one line's.
             Some(got) => {
-                return Err(field_err(
-                    "schema_version",
-                    format!("{got} is not the supported version {v}"),
+                return Err(Error::invalid(
+                    file,
+                    format!("line {line}: schema_version {got} is not the supported version {v}"),
                 ));
             }
             None => return Err(field_err("schema_version", "missing".into())),
         }
     }
-    serde_json::from_value(value).map_err(|e| {
-        let msg = e.to_string();
-        // serde names the field in its message (`missing field `x``, `unknown field `y``); lift it out.
-        let field = msg.split('`').nth(1).unwrap_or("-").to_string();
-        field_err(&field, msg)
+    from_value_at(file, line, value)
+}
+
+/// Deserializes one JSON record (line or row `line` of `file`) into `T`; the error names the dotted field path
+/// (`turns[2].role`), not the bad value.
+pub fn from_value_at<T: DeserializeOwned>(
+    file: &str,
+    line: usize,
+    value: serde_json::Value,
+) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let msg = e.inner().to_string();
+        Error::Field {
+            file: file.to_string(),
+            line,
+            field: field_path(&e.path().to_string(), &msg),
+            msg,
+        }
     })
+}
+
+/// The field a serde error is about: its path, with a missing field's own name lifted in (serde reports it at
+/// its parent's path).
+pub fn field_path(path: &str, msg: &str) -> String {
+    let parent = if path == "." { "" } else { path };
+    match msg
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
+        Some(name) if parent.is_empty() => name.to_string(),
+        Some(name) => format!("{parent}.{name}"),
+        None if parent.is_empty() => "-".into(),
+        None => parent.to_string(),
+    }
 }
 
 /// Writes records as JSONL, atomically.
@@ -209,7 +240,7 @@ mod tests {
         let p = dir.path().join("s.jsonl");
         std::fs::write(
             &p,
-            "{\"schema_version\":1,\"run_id\":\"r\"}\nnot json\n{\"schema_version\":9}\n",
+            "{\"schema_version\":1,\"run_id\":\"r\"}\nnot json\n{\"run_id\":\"r\"}\n",
         )
         .unwrap();
         let (ok, bad) = read_jsonl::<Sample>(&p, Some(SCHEMA_VERSION)).unwrap();
@@ -221,7 +252,21 @@ mod tests {
             bad[0].error
         );
         assert_eq!(bad[1].line, 2);
-        assert!(bad[2].error.to_string().contains("field `schema_version`"));
+        assert!(
+            bad[2]
+                .error
+                .to_string()
+                .contains("field `schema_version`: missing")
+        );
+        // Another schema version is the file's error, as parquet's is, not a skipped line.
+        std::fs::write(&p, "{\"schema_version\":1}\n{\"schema_version\":9}\n").unwrap();
+        let err = read_jsonl::<Sample>(&p, Some(SCHEMA_VERSION))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("s.jsonl: line 2: schema_version 9 is not the supported version"),
+            "{err}"
+        );
         write_atomic(&p, b"x").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"x");
         assert_eq!(
@@ -229,5 +274,47 @@ mod tests {
             1,
             "no temp file left behind"
         );
+    }
+
+    #[test]
+    fn a_bad_nested_value_names_its_field_path_not_the_value() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Rec {
+            turns: Vec<Turn>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Turn {
+            role: Role,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Role {
+            User,
+            Assistant,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cases.jsonl");
+        std::fs::write(
+            &p,
+            "{\"turns\":[]}\n\n{\"turns\":[{\"role\":\"user\"},{\"role\":\"assistant\"},{\"role\":\"bogus\"}]}\n\
+             {\"turns\":[{}]}\n",
+        )
+        .unwrap();
+        let (ok, bad) = read_jsonl::<Rec>(&p, None).unwrap();
+        assert_eq!(ok.len(), 1);
+        let msgs: Vec<String> = bad.iter().map(|b| b.error.to_string()).collect();
+        assert!(
+            msgs[0].contains("cases.jsonl:3: field `turns[2].role`: unknown variant `bogus`"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[1].contains(":4: field `turns[0].role`: missing"),
+            "{msgs:?}"
+        );
+        let gone = dir.path().join("nope.jsonl");
+        let err = read_jsonl::<Rec>(&gone, None).unwrap_err().to_string();
+        assert_eq!(err, format!("not found: {}", gone.display()));
     }
 }

@@ -349,9 +349,17 @@ fn looks_like_secret_value(v: &str) -> bool {
 /// Environment variables whose names look secret and whose values are long enough to matter (>= 8 chars):
 /// `(name, value)`. Values are used only for comparison and never written anywhere.
 pub fn secret_env_values() -> Vec<(String, String)> {
-    std::env::vars()
-        .filter(|(k, v)| is_secret_key(k) && v.len() >= 8)
-        .collect()
+    secret_values_of(std::env::vars())
+}
+
+/// [`secret_env_values`] of the variables `vars`. The shell's `PWD` / `OLDPWD` are working directories
+/// ("print working directory"), not passwords: taken for secrets, every path under the working directory in a
+/// manifest would read `<redacted>`.
+fn secret_values_of(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    vars.filter(|(k, v)| {
+        !matches!(k.as_str(), "PWD" | "OLDPWD") && is_secret_key(k) && v.len() >= 8
+    })
+    .collect()
 }
 
 /// Replaces secret values in a JSON config in place; returns the dotted paths replaced.
@@ -731,5 +739,23 @@ mod tests {
         m.finish("ok").unwrap();
         assert_eq!((mode(&mine), mode(&mine.join("old"))), (0o755, 0o755));
         assert_eq!(mode(&mine.join(AUDIT_FILE)), 0o600);
+    }
+
+    #[test]
+    fn the_working_directory_is_not_a_secret() {
+        let vars = [
+            ("PWD", "/home/someone/project"),
+            ("OLDPWD", "/home/someone/elsewhere"),
+            ("DB_PWD", "hunter2hunter2"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let secrets = secret_values_of(vars.into_iter());
+        assert_eq!(secrets.len(), 1, "{secrets:?}");
+        assert_eq!(secrets[0].0, "DB_PWD");
+        let cmd = scrub_command(
+            &["--out".into(), "/home/someone/project/runs/a".into()],
+            &secrets,
+        );
+        assert_eq!(cmd[1], "/home/someone/project/runs/a");
     }
 }

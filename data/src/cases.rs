@@ -260,6 +260,7 @@ pub fn read_cases_parquet(path: &Path) -> Result<Vec<Case>> {
 
 /// Reads one case file (by extension) and validates every case.
 pub fn read_cases(path: &Path) -> Result<Vec<Case>> {
+    Error::must_exist(path)?;
     let cases = match Format::of(path)? {
         Format::Jsonl => read_cases_jsonl(path)?,
         Format::Parquet => read_cases_parquet(path)?,
@@ -292,6 +293,7 @@ pub fn case_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Loads cases from a file or from every case file of a folder, validated, ids unique across files.
 pub fn load_cases(path: &Path) -> Result<Vec<Case>> {
+    Error::must_exist(path)?;
     if !path.is_dir() {
         return read_cases(path);
     }

@@ -194,30 +194,12 @@ pub fn from_row<T: DeserializeOwned>(
     row: usize,
     value: serde_json::Value,
 ) -> Result<T> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let msg = e.inner().to_string();
-        Error::Field {
-            file: file.to_string(),
-            line: row,
-            field: field_of(&path, &msg),
-            msg,
-        }
-    })
+    spar_core::fsio::from_value_at(file, row, value)
 }
 
 /// serde reports a missing field at its parent's path; lift the field's own name into the path.
 pub(crate) fn field_of(path: &str, msg: &str) -> String {
-    let parent = if path == "." { "" } else { path };
-    match msg
-        .strip_prefix("missing field `")
-        .and_then(|r| r.split('`').next())
-    {
-        Some(name) if parent.is_empty() => name.to_string(),
-        Some(name) => format!("{parent}.{name}"),
-        None if parent.is_empty() => "-".into(),
-        None => parent.to_string(),
-    }
+    spar_core::fsio::field_path(path, msg)
 }
 
 #[cfg(test)]

@@ -222,6 +222,7 @@ pub fn write_samples(path: &Path, samples: &[Sample]) -> Result<()> {
 /// Reads samples from `.parquet` or `.jsonl` (by extension); rejects other versions, missing fields and
 /// samples failing `Sample::check`, naming file, row/line and field.
 pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
+    spar_core::Error::must_exist(path)?;
     let samples: Vec<Sample> = match Format::of(path)? {
         Format::Jsonl => read_wire_jsonl(path)?,
         Format::Parquet => read_wire_parquet(path, &sample_schema())?,
@@ -259,6 +260,7 @@ pub fn write_scored(path: &Path, scored: &[Scored]) -> Result<()> {
 /// Reads scored records from `.parquet` or `.jsonl` (by extension); rejects other versions and missing fields,
 /// naming file, row/line and field.
 pub fn read_scored(path: &Path) -> Result<Vec<Scored>> {
+    spar_core::Error::must_exist(path)?;
     match Format::of(path)? {
         Format::Jsonl => read_wire_jsonl(path),
         Format::Parquet => read_wire_parquet(path, &scored_schema()),

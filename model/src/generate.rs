@@ -68,8 +68,17 @@ pub fn generate(model: &Qwen3Model, prompt: &[u32], params: &SamplingParams) -> 
             .f_gather(1, &next, false)?;
         // One host read per token: a single-sequence loop must see the token to stop on it.
         let tok = next.int64_value(&[0, 0]) as u32;
+        let lp = lp.double_value(&[0, 0]);
+        // NaN logits (weights or activations gone non-finite, e.g. an overflowing dtype) would still "choose"
+        // a token, the same one every step: an error instead of a reply of garbage.
+        ensure!(
+            !lp.is_nan(),
+            "generate: the model's logits are not finite (NaN) at generated token {}; its weights or activations \
+             overflowed (try --dtype f32) or are damaged",
+            out.tokens.len() + 1
+        );
         out.tokens.push(tok);
-        out.logprobs.push(lp.double_value(&[0, 0]) as f32);
+        out.logprobs.push(lp as f32);
         if params.stop_ids.contains(&tok) {
             out.stopped = true;
             break;

@@ -122,7 +122,8 @@ fn read_header(path: &Path) -> Result<(std::fs::File, u64, BTreeMap<String, Entr
     f.read_exact(&mut n)
         .map_err(|_| anyhow!("{}: truncated file (no safetensors header)", path.display()))?;
     let n = u64::from_le_bytes(n);
-    if 8 + n > file_len {
+    // `n` is read from the file: compared without `8 + n`, which a damaged length would overflow.
+    if n > file_len.saturating_sub(8) {
         bail!(
             "{}: truncated file (header of {n} bytes, file holds {file_len})",
             path.display()
@@ -342,6 +343,16 @@ pub fn load_hf_weights(dir: &Path, config: &Qwen3Config, vs: &VarStore) -> Resul
             f.read_exact(&mut buf)
                 .with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
             let src = Tensor::f_from_data_size(&buf, &e.shape, src_kind)?;
+            // NaN / Inf weights make every reply garbage ("!!!!") without any error: refused here. A sum is
+            // non-finite exactly when some element is (weights are far from overflowing it in f64).
+            if !src.f_sum(Kind::Double)?.double_value(&[]).is_finite() {
+                let bad = src.f_isfinite()?.f_logical_not()?.f_sum(Kind::Int64)?;
+                bail!(
+                    "{}: tensor `{name}` holds {} non-finite values (NaN or Inf): the weights are damaged",
+                    path.display(),
+                    bad.int64_value(&[])
+                );
+            }
             let var = vars
                 .get(&target.var)
                 .ok_or_else(|| anyhow!("internal: no variable {}", target.var))?;

@@ -20,6 +20,7 @@ pub struct BadRecord {
 
 /// Reads samples from `.jsonl` (line by line: bad lines are returned, the rest read on) or `.parquet`.
 pub fn read_samples(path: &Path) -> Result<(Vec<Sample>, Vec<BadRecord>)> {
+    Error::must_exist(path)?;
     let ext = path
         .extension()
         .and_then(|e| e.to_str())

@@ -22,11 +22,15 @@ pub struct RecipeArgs {
 }
 
 impl RecipeArgs {
-    /// The recipe with `--set` applied, then `--model` (as an absolute path, so it does not resolve against
-    /// the recipe's folder), validated.
+    /// The recipe with `--set` applied, then `--model`, validated. Paths given on the command line (`--model`,
+    /// a `--set` of a path key) are made absolute against the working directory first, so they do not resolve
+    /// against the recipe's folder (`spar_core::recipe::paths`).
     pub fn load(&self) -> Result<Recipe> {
-        let mut sets = self.set.clone();
+        let cwd = std::env::current_dir()?;
+        let mut sets = spar_core::recipe::paths::overrides_from_cwd(&self.set, &cwd);
         if let Some(m) = &self.model {
+            // Said as such here, before a loader reports the first file it misses inside the folder.
+            spar_core::Error::must_exist(m).map_err(|e| anyhow::anyhow!("--model: {e}"))?;
             sets.push(format!(
                 "model.path={}",
                 toml_string(&absolute(m)?.display().to_string())
@@ -101,5 +105,20 @@ impl RecipeArgs {
             device,
             kind,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_model_folder_is_not_found() {
+        let args = RecipeArgs {
+            model: Some(PathBuf::from("/nonexistent/model")),
+            ..Default::default()
+        };
+        let e = args.load().unwrap_err().to_string();
+        assert_eq!(e, "--model: not found: /nonexistent/model");
     }
 }

@@ -291,6 +291,12 @@ fn evaluate(
         files.markdown.display(),
         files.charts.len()
     );
+    if let Some(why) = report.nothing_scored() {
+        bail!(
+            "{why}: nothing was scored (each failure is recorded in {})",
+            files.json.display()
+        );
+    }
     Ok(())
 }
 

@@ -14,9 +14,26 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut ckpt = args.checkpoint.clone();
+    if !ckpt.exists() {
+        anyhow::bail!("--checkpoint: not found: {}", ckpt.display());
+    }
+    // A run folder: its newest intact checkpoint (a damaged newer one is named and passed over). A checkpoint
+    // folder: checked against its checksums, so what is exported is what the run wrote.
     if ckpt.join("checkpoints").is_dir() {
-        ckpt = spar_trainer::checkpoint::latest(&ckpt.join("checkpoints"))?
+        let (dir, st) = spar_trainer::resume_point::newest_intact(&ckpt.join("checkpoints"))
+            .with_context(|| format!("--checkpoint {}", args.checkpoint.display()))?
             .with_context(|| format!("{}: no checkpoint in this run", args.checkpoint.display()))?;
+        eprintln!(
+            "[export] {}: checkpoint {} (phase {}, step {})",
+            args.checkpoint.display(),
+            dir.display(),
+            st.phase,
+            st.step
+        );
+        ckpt = dir;
+    } else if ckpt.join("trainer_state.json").exists() {
+        spar_trainer::resume_point::check(&ckpt)
+            .with_context(|| format!("--checkpoint {}", ckpt.display()))?;
     }
     let model_dir = if ckpt.join("model").join("config.json").exists() {
         ckpt.join("model")

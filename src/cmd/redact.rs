@@ -48,8 +48,8 @@ fn read_input(input: &std::path::Path) -> anyhow::Result<String> {
             .context("reading standard input")?;
         "standard input".to_string()
     } else {
-        bytes =
-            std::fs::read(input).with_context(|| format!("{}: cannot read", input.display()))?;
+        // A missing file is "not found: PATH" (spar_core::Error::io), any other failure names the file.
+        bytes = std::fs::read(input).map_err(|e| spar_core::Error::io(input, e))?;
         input.display().to_string()
     };
     String::from_utf8(bytes).map_err(|e| {

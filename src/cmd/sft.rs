@@ -13,6 +13,9 @@ pub struct Args {
     /// Continue from the newest checkpoint in the run folder.
     #[arg(long)]
     pub resume: bool,
+    /// Delete the earlier run in the run folder and start afresh.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
 }
 
 pub fn run(mut args: Args) -> anyhow::Result<()> {
@@ -21,7 +24,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         args.recipe.builder()?,
         "spar sft",
         args.out,
-        args.resume,
+        super::train::Start::of(args.resume, args.overwrite),
         None,
     )
 }

@@ -21,6 +21,10 @@ pub struct Args {
     /// Continue from the newest checkpoint in the run folder.
     #[arg(long)]
     pub resume: bool,
+    /// Delete the earlier run in the run folder and start afresh (without it, a folder that holds a run is
+    /// refused unless --resume is given).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Start RL from the SFT checkpoint of DIR, a finished `spar sft` (`spar train --set trainer.steps=0`) run:
     /// a shared SFT. Only RL knobs may differ from that run's recipe; the held-out evaluations are measured with
     /// its `[rewards]`, and the before-RL one is its own. With `--resume`, continues such a run.
@@ -53,9 +57,31 @@ pub fn run(args: Args) -> Result<()> {
         builder,
         "spar train",
         args.out,
-        args.resume,
+        Start::of(args.resume, args.overwrite),
         args.from_sft.as_deref(),
     )
+}
+
+/// How a run treats what its folder holds already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// An empty or new folder; another run's folder is refused.
+    Fresh,
+    /// Continue from the newest intact checkpoint (`--resume`).
+    Resume,
+    /// Delete the earlier run first (`--overwrite`).
+    Overwrite,
+}
+
+impl Start {
+    /// From the `--resume` / `--overwrite` flags (clap keeps them apart).
+    pub fn of(resume: bool, overwrite: bool) -> Start {
+        match (resume, overwrite) {
+            (true, _) => Start::Resume,
+            (false, true) => Start::Overwrite,
+            (false, false) => Start::Fresh,
+        }
+    }
 }
 
 /// Runs the recipe's training loop into `out` (default `trainer.out_dir`), audited; data-parallel when a
@@ -64,9 +90,10 @@ pub fn train(
     builder: spar_app::Builder,
     command: &str,
     out: Option<PathBuf>,
-    resume: bool,
+    start: Start,
     from_sft: Option<&Path>,
 ) -> Result<()> {
+    let resume = start == Start::Resume;
     let env = spar_dist::DistEnv::from_env()?;
     // torchrun's contract joins a process group even for a world of one (as `init_process_group` does), so
     // `--nproc-per-node 1` runs the collectives' engine (NCCL on a GPU); a one-task Slurm job stays local.
@@ -96,6 +123,10 @@ pub fn train(
     }
     // One writer per run folder, for the whole run (released when this returns).
     let _lock = spar_trainer::run_lock::RunLock::acquire(&out, &spar_data::audit::hostname())?;
+    // Under the lock: a fresh run never writes over another run's folder (--overwrite empties it first).
+    if !resume {
+        spar_trainer::run_folder::prepare_fresh(&out, start == Start::Overwrite)?;
+    }
     let (builder, resume) = shared_sft(builder, &out, resume, from_sft)?;
     let recipe = builder.recipe();
     let mut spec = spar_data::audit::AuditSpec::for_dir(command, &out)

@@ -168,6 +168,158 @@ fn few_step_demo_run_then_contract_path_from_files() {
     .unwrap();
     let b = std::fs::read(exported.join("model.safetensors")).unwrap();
     assert_eq!(a, b, "exported weights differ from the checkpoint's");
+
+    // Last: it damages and then deletes the run.
+    run_folder_is_not_written_over(&run, dir.path());
+}
+
+/// A finished run's folder: a second fresh `spar train` is refused naming it; any run is refused while another
+/// process holds its lock; its checkpoints carry checksums and `spar export` of the folder names the checkpoint
+/// it exports and exports exactly its weights.
+fn run_folder_is_not_written_over(run: &Path, scratch: &Path) {
+    let train = |extra: &[&str]| {
+        let out = spar()
+            .args(["train", "--recipe"])
+            .arg(root().join("recipes/tiny-cpu.toml"))
+            .arg("--out")
+            .arg(run)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} was not refused");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = train(&[]);
+    assert!(
+        err.contains(&format!(
+            "run folder {} holds a finished run",
+            run.display()
+        )) && err.contains("--overwrite"),
+        "{err}"
+    );
+    std::fs::write(
+        run.join(".lock"),
+        r#"{"pid": 1, "host": "elsewhere", "started": 1}"#,
+    )
+    .unwrap();
+    let err = train(&["--resume"]);
+    assert!(err.contains("is in use by pid 1 on elsewhere"), "{err}");
+    std::fs::remove_file(run.join(".lock")).unwrap();
+    assert!(
+        std::fs::read_dir(run).unwrap().count() > 3,
+        "nothing was removed"
+    );
+
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    let ckpt = run.join("checkpoints").join(latest.trim());
+    assert!(ckpt.join("checksums.sha256").is_file());
+    let exported = scratch.join("export-run");
+    let out = spar()
+        .args(["export", "--checkpoint"])
+        .arg(run)
+        .arg("--out")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("checkpoint {}", ckpt.display())),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(ckpt.join("model/model.safetensors")).unwrap(),
+        std::fs::read(exported.join("model.safetensors")).unwrap()
+    );
+
+    // A damaged newest checkpoint (one byte of its weights changed) is named and passed over: the export is the
+    // checkpoint before it, and says so.
+    let mut all: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("step-")
+        })
+        .collect();
+    all.sort();
+    assert!(all.len() >= 2, "{all:?}");
+    let (older, newest) = (&all[all.len() - 2], &all[all.len() - 1]);
+    assert_eq!(newest, &ckpt);
+    let w = newest.join("model/model.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x55;
+    std::fs::write(&w, &bytes).unwrap();
+    let exported = scratch.join("export-fallback");
+    let out = spar()
+        .args(["export", "--checkpoint"])
+        .arg(run)
+        .arg("--out")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("checkpoint {} is damaged", newest.display()))
+            && err.contains("model.safetensors does not match its checksum")
+            && err.contains(&format!("checkpoint {} (phase", older.display())),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(older.join("model/model.safetensors")).unwrap(),
+        std::fs::read(exported.join("model.safetensors")).unwrap()
+    );
+
+    // --overwrite deletes the earlier run before anything else (this run then stops at its missing cases file,
+    // said as such).
+    let out = spar()
+        .args(["train", "--recipe"])
+        .arg(root().join("recipes/tiny-cpu.toml"))
+        .arg("--out")
+        .arg(run)
+        .args([
+            "--overwrite",
+            "--set",
+            "data.cases=/nonexistent/cases.jsonl",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("deleting the earlier run")
+            && err.contains("not found: /nonexistent/cases.jsonl"),
+        "{err}"
+    );
+    for gone in [
+        "checkpoints",
+        "final",
+        "metrics.jsonl",
+        "comparison.json",
+        "tb",
+        "plots",
+    ] {
+        assert!(!run.join(gone).exists(), "{gone} survived --overwrite");
+    }
+    // That failed run (no checkpoint) is replaced by the next fresh run without a flag, which says so.
+    let out = spar()
+        .args(["train", "--recipe"])
+        .arg(root().join("recipes/tiny-cpu.toml"))
+        .arg("--out")
+        .arg(run)
+        .args(["--set", "data.cases=/nonexistent/again.jsonl"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds a run that failed before its first checkpoint")
+            && err.contains("not found: /nonexistent/again.jsonl"),
+        "{err}"
+    );
 }
 
 /// `spar bench logprob` on the CPU, small: every path and chunk gives a line, the parity line says fused and

@@ -51,10 +51,13 @@ fn serve_refuses_bad_auth_and_limit_settings_at_start() {
 
 #[test]
 fn sampling_defaults_and_devices_out_of_range_are_clear_errors() {
+    // An empty model folder: `generate --model` reports a folder that is not there before anything else.
+    let model = tempfile::tempdir().unwrap();
+    let model = model.path().to_str().unwrap().to_string();
     let base = [
         "generate",
         "--model",
-        "/nonexistent/spar-model",
+        &model,
         "--in",
         "/nonexistent/p.jsonl",
     ];
@@ -71,13 +74,7 @@ fn sampling_defaults_and_devices_out_of_range_are_clear_errors() {
     }
     for cmd in ["generate", "serve"] {
         let args: Vec<&str> = if cmd == "serve" {
-            vec![
-                "serve",
-                "--model",
-                "/nonexistent/spar-model",
-                "--device",
-                "cuda:4096",
-            ]
+            vec!["serve", "--model", &model, "--device", "cuda:4096"]
         } else {
             with(&["--device", "cuda:4096"])
         };

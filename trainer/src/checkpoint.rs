@@ -122,14 +122,17 @@ pub fn save_staged(
         tmp.join("trainer_state.json"),
         serde_json::to_vec_pretty(&st)?,
     )?;
+    // Last: the checksums of everything above, so a checkpoint with a manifest was complete when it moved.
+    crate::checksums::write_manifest(tmp)?;
     let dst = root.join(&name);
     if dst.exists() {
         std::fs::remove_dir_all(&dst).with_context(|| format!("replacing {}", dst.display()))?;
     }
     std::fs::rename(tmp, &dst)
         .with_context(|| format!("moving checkpoint into {}", dst.display()))?;
+    // `latest` only once the folder it names is in place (atomic write), and pruning never takes that folder.
     spar_core::fsio::write_atomic(&root.join("latest"), name.as_bytes())?;
-    prune(root, keep_last)?;
+    prune(root, keep_last, &dst)?;
     Ok(dst)
 }
 
@@ -154,17 +157,23 @@ pub fn list(root: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(out)
 }
 
-fn prune(root: &Path, keep_last: usize) -> Result<()> {
-    let all = list(root)?;
-    let n = all.len().saturating_sub(keep_last.max(1));
-    for (_, p) in all.into_iter().take(n) {
+/// Removes the oldest checkpoints beyond `keep_last`, never `current` (the one `latest` names: a folder that
+/// holds a higher-numbered checkpoint, however it got there, must not make the run prune its own newest).
+fn prune(root: &Path, keep_last: usize, current: &Path) -> Result<()> {
+    let others: Vec<_> = list(root)?
+        .into_iter()
+        .filter(|(_, p)| p != current)
+        .collect();
+    let n = (others.len() + 1).saturating_sub(keep_last.max(1));
+    for (_, p) in others.into_iter().take(n) {
         std::fs::remove_dir_all(&p)
             .with_context(|| format!("removing old checkpoint {}", p.display()))?;
     }
     Ok(())
 }
 
-/// The newest checkpoint under `root` (by `latest`, else by name), if any.
+/// The newest checkpoint under `root` (by `latest`, else by name), if any, unchecked: whether a run has
+/// checkpoints. What a resume or an export reads is [`newest_intact`].
 pub fn latest(root: &Path) -> Result<Option<PathBuf>> {
     if let Ok(name) = std::fs::read_to_string(root.join("latest")) {
         let p = root.join(name.trim());

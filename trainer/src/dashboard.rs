@@ -52,12 +52,13 @@ pub fn draw_dashboard(dir: &Path, series: &Series) -> Result<Option<[PathBuf; 2]
     let png = dir.join("dashboard.png");
     let svg = dir.join("dashboard.svg");
     draw(
-        BitMapBackend::new(&png, (1500, 860)).into_drawing_area(),
+        spar_plot_text::TextBackend::raster(BitMapBackend::new(&png, (1500, 860)))
+            .into_drawing_area(),
         series,
     )
     .with_context(|| format!("drawing {}", png.display()))?;
     draw(
-        SVGBackend::new(&svg, (1500, 860)).into_drawing_area(),
+        spar_plot_text::TextBackend::vector(SVGBackend::new(&svg, (1500, 860))).into_drawing_area(),
         series,
     )
     .with_context(|| format!("drawing {}", svg.display()))?;

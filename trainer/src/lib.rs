@@ -9,8 +9,10 @@
 //! - [`off_policy`]: colocated vs one-step off-policy round scheduling; [`rl_round`]: one RL round (play, learn)
 //! - [`adamw`], [`schedule`]: AdamW with savable state and fp32 masters; warmup + constant / cosine
 //! - [`learner`]: one optimisation step (pi_old pass, accumulation, clipping, NaN/Inf guard)
-//! - [`checkpoint`], [`rng`]: atomic checkpoints, keep-last-N, exact resume; [`run_lock`]: one run per run
-//!   folder
+//! - [`checkpoint`], [`rng`]: atomic checkpoints, keep-last-N, exact resume; [`checksums`]: each checkpoint's
+//!   SHA-256 manifest; [`resume_point`]: the newest intact checkpoint, which
+//!   resume and export read; [`run_lock`]: one run per run folder; [`run_folder`]: a
+//!   fresh run refuses a folder that holds another run unless told to replace it
 //! - [`run`]: `spar train` over [`parts::TrainParts`] (built by spar-app from the recipe): held-out
 //!   evaluations around [`sft_phase`] and [`rl_phase`], results in [`report`]; [`session`]: the run folder,
 //!   resume point and checkpoints that ask each part ([`session::Checkpointed`]) for its state;
@@ -24,6 +26,7 @@ pub mod adamw;
 pub mod agg;
 pub mod batch;
 pub mod checkpoint;
+pub mod checksums;
 pub mod critic;
 pub mod dashboard;
 pub mod distill;
@@ -45,11 +48,13 @@ pub mod progress;
 pub mod qwen3;
 pub mod reference;
 pub mod report;
+pub mod resume_point;
 pub mod rl_phase;
 pub mod rl_round;
 pub mod rng;
 pub mod round_stats;
 pub mod run;
+pub mod run_folder;
 pub mod run_lock;
 pub mod schedule;
 pub mod session;

@@ -77,8 +77,7 @@ impl MetricsLogger {
 
 /// Reads `metrics.jsonl` into (key -> [(step, value)]), skipping nulls.
 pub fn read_series(path: &Path) -> Result<std::collections::BTreeMap<String, Vec<(f64, f64)>>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| spar_core::Error::io(path, e))?;
     let mut out: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

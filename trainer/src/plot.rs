@@ -1,8 +1,10 @@
 //! `spar plot RUN_DIR`: one line chart per metric of `metrics.jsonl`, as PNG and SVG under `RUN_DIR/plots/`, and
-//! the run's dashboard (`crate::dashboard`) when every metric is drawn.
+//! the run's dashboard (`crate::dashboard`) when every metric is drawn. Text is set in the font compiled into
+//! `spar-plot-text`, so plots render on a machine without system fonts (the GPU machine has none).
 use crate::metrics::read_series;
 use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
+use spar_plot_text::TextBackend;
 use std::path::{Path, PathBuf};
 
 /// Draws every series (or those whose key starts with one of `only`, when given). Returns the files written.
@@ -22,13 +24,13 @@ pub fn plot_run(run_dir: &Path, only: &[String]) -> Result<Vec<PathBuf>> {
         let png = out_dir.join(format!("{stem}.png"));
         let svg = out_dir.join(format!("{stem}.svg"));
         draw(
-            BitMapBackend::new(&png, (720, 420)).into_drawing_area(),
+            TextBackend::raster(BitMapBackend::new(&png, (720, 420))).into_drawing_area(),
             key,
             points,
         )
         .with_context(|| format!("drawing {}", png.display()))?;
         draw(
-            SVGBackend::new(&svg, (720, 420)).into_drawing_area(),
+            TextBackend::vector(SVGBackend::new(&svg, (720, 420))).into_drawing_area(),
             key,
             points,
         )
@@ -105,4 +107,33 @@ pub(crate) fn bounds(it: impl Iterator<Item = f64>) -> (f64, f64) {
     }
     let m = (hi - lo) * 0.05;
     (lo - m, hi + m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The title is drawn (dark pixels in the band above the chart) with no system font: plotters is built
+    /// without its fontconfig-backed `ttf` feature, so only the compiled-in font can set it.
+    #[test]
+    fn a_plot_sets_its_text_without_system_fonts() {
+        let (w, h) = (720u32, 420u32);
+        let mut buf = vec![0u8; (w * h * 3) as usize];
+        {
+            let area = TextBackend::raster(BitMapBackend::with_buffer(&mut buf, (w, h)))
+                .into_drawing_area();
+            draw(
+                area,
+                "rl/reward_mean",
+                &[(0.0, 0.1), (1.0, 0.4), (2.0, 0.3)],
+            )
+            .unwrap();
+        }
+        // The caption band: the top 40 rows, where nothing but the title is drawn.
+        let dark = buf[..(40 * w * 3) as usize]
+            .chunks(3)
+            .filter(|p| p.iter().all(|&c| c < 128))
+            .count();
+        assert!(dark > 50, "{dark} dark pixels in the title band");
+    }
 }

@@ -48,7 +48,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// Opens the run folder `out`; with `resume`, at the newest checkpoint there (a fresh start when none).
+    /// Opens the run folder `out`; with `resume`, at the newest intact checkpoint there (`crate::resume_point`;
+    /// a fresh start when there is none).
     /// `group`: the data-parallel ranks; only rank 0 writes into `out`.
     pub fn open(
         out: &Path,
@@ -65,15 +66,29 @@ impl Session {
         };
         let mut resume_dir = None;
         if resume {
-            let latest = checkpoint::latest(&out.join("checkpoints"))?;
-            same_checkpoint_on_every_rank(&*group, latest.as_deref())?;
+            // The newest checkpoint whose checksums hold (a damaged newer one is named and passed over), chosen
+            // by rank 0 alone: every rank hashing the same weights would read them world-size times over.
+            let root = out.join("checkpoints");
+            let mine = match group.rank() {
+                0 => crate::resume_point::newest_intact(&root)
+                    .context("--resume (--overwrite starts the run afresh)")
+                    .map(|found| found.map(|(dir, _)| dir)),
+                _ => Ok(None),
+            };
+            let latest = rank0_choice(&*group, mine)?;
             match latest {
                 Some(dir) => {
                     state = checkpoint::read_rank_state(&dir, group.rank(), group.world_size())?;
+                    if group.rank() == 0 {
+                        crate::resume_point::set_aside_newer(&root, &dir)?;
+                    }
                     eprintln!(
-                        "[train] resuming from {} (phase {}, step {})",
+                        "[train] resuming from {} (phase {}, phase step {}, global step {}); metrics and \
+                         TensorBoard events after step {} are dropped",
                         dir.display(),
                         state.phase,
+                        state.phase_step,
+                        state.step,
                         state.step
                     );
                     resume_dir = Some(dir);
@@ -239,31 +254,41 @@ impl Session {
     }
 }
 
-/// Fails unless every rank found the same newest checkpoint (a run folder every rank sees, as the checkpoint
-/// of a multi-node job must be on a shared filesystem).
-fn same_checkpoint_on_every_rank(group: &dyn Collectives, latest: Option<&Path>) -> Result<()> {
+/// Rank 0's resume point, handed to every rank (its error too, so that no rank waits for the others), each
+/// rank checking that it sees that checkpoint: the run folder of a multi-node job must be on a filesystem every
+/// rank sees.
+fn rank0_choice(group: &dyn Collectives, mine: Result<Option<PathBuf>>) -> Result<Option<PathBuf>> {
     if group.world_size() == 1 {
-        return Ok(());
+        return mine;
     }
-    let name = latest.map_or(String::new(), |p| p.display().to_string());
-    let seen = spar_dist::all_gather_bytes(group, name.as_bytes())?;
-    let label = |n: &[u8]| match n {
-        [] => "none".to_string(),
-        _ => String::from_utf8_lossy(n).into_owned(),
+    // Rank 0 sends `ok:<path>` (empty path: no checkpoint) or `err:<message>`; the others send nothing.
+    let sent = match (&mine, group.rank()) {
+        (Ok(p), 0) => format!(
+            "ok:{}",
+            p.as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
+        ),
+        (Err(e), 0) => format!("err:{e:#}"),
+        _ => String::new(),
     };
-    let differ: Vec<String> = seen
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| *n != &seen[0])
-        .map(|(r, n)| format!("rank {r}: {}", label(n)))
-        .collect();
-    if !differ.is_empty() {
-        anyhow::bail!(
-            "--resume: the ranks see different checkpoints (rank 0: {}; {}); the run folder must be one that \
-             every rank sees",
-            label(&seen[0]),
-            differ.join(", ")
+    let seen = spar_dist::all_gather_bytes(group, sent.as_bytes())?;
+    let chosen = String::from_utf8_lossy(&seen[0]).into_owned();
+    if let Some(msg) = chosen.strip_prefix("err:") {
+        mine?;
+        bail!("rank 0 could not choose a checkpoint to resume: {msg}");
+    }
+    let path = chosen.strip_prefix("ok:").unwrap_or_default();
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let dir = PathBuf::from(path);
+    if !dir.join("trainer_state.json").is_file() {
+        bail!(
+            "--resume: rank {} does not see {} (rank 0's newest intact checkpoint); the run folder must be one \
+             that every rank sees",
+            group.rank(),
+            dir.display()
         );
     }
-    Ok(())
+    Ok(Some(dir))
 }

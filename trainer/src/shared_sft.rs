@@ -34,10 +34,9 @@ pub struct SharedSft {
 
 /// The shared-SFT record of `out`'s newest checkpoint (None: no checkpoint, or a run with its own SFT).
 pub fn of_run(out: &Path) -> Result<Option<SharedSft>> {
-    let Some(dir) = checkpoint::latest(&out.join("checkpoints"))? else {
+    let Some((dir, state)) = crate::resume_point::newest_state(&out.join("checkpoints"))? else {
         return Ok(None);
     };
-    let state = checkpoint::read_state(&dir)?;
     state
         .extra
         .get(SHARED_SFT_KEY)
@@ -51,13 +50,14 @@ pub fn of_run(out: &Path) -> Result<Option<SharedSft>> {
 /// The SFT run's record as [`seed`] would take it: its SFT-end checkpoint, state and before-RL evaluation.
 /// Errors say why `sft` is not a finished SFT run.
 pub fn read_sft_run(sft: &Path) -> Result<(PathBuf, TrainerState, serde_json::Value)> {
-    let dir = checkpoint::latest(&sft.join("checkpoints"))?.with_context(|| {
-        format!(
-            "shared SFT {}: no checkpoint (run `spar train` there with trainer.steps=0 and trainer.sft_steps > 0)",
-            sft.display()
-        )
-    })?;
-    let state = checkpoint::read_state(&dir)?;
+    let (dir, state) = crate::resume_point::newest_intact(&sft.join("checkpoints"))
+        .with_context(|| format!("shared SFT {}", sft.display()))?
+        .with_context(|| {
+            format!(
+                "shared SFT {}: no checkpoint (run `spar train` there with trainer.steps=0 and trainer.sft_steps > 0)",
+                sft.display()
+            )
+        })?;
     if state.phase != "rl" || state.phase_step != 0 {
         bail!(
             "shared SFT {}: its newest checkpoint {} is phase {} step {}, not the end of SFT (phase rl step 0); \
@@ -143,6 +143,8 @@ pub fn seed(sft: &Path, out: &Path) -> Result<SharedSft> {
         tmp.join("trainer_state.json"),
         serde_json::to_vec_pretty(&state)?,
     )?;
+    // Its state changed: sealed again, so the copy's checksums hold.
+    crate::checksums::write_manifest(&tmp)?;
     let dst = root.join(&name);
     if dst.exists() {
         std::fs::remove_dir_all(&dst)?;

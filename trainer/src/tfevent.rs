@@ -125,13 +125,29 @@ impl EventWriter {
     /// Creates a new event file in `dir` (TensorBoard reads every event file of a folder).
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let path = dir.join(format!(
+        // Never over an existing file: a writer opened again in the same second by the same process (a resume in
+        // one process) would otherwise truncate the events kept so far. A suffix makes the name new.
+        let base = format!(
             "{EVENTS_PREFIX}{}.spar.{}",
             now() as u64,
             std::process::id()
-        ));
-        let f =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        );
+        let mut n = 0;
+        let (f, path) = loop {
+            let path = dir.join(match n {
+                0 => base.clone(),
+                n => format!("{base}.{n}"),
+            });
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(f) => break (f, path),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+            }
+        };
         let mut w = EventWriter {
             file: std::io::BufWriter::new(f),
             path,

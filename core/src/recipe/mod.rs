@@ -46,6 +46,7 @@ mod data;
 mod distributed;
 mod eval;
 mod model;
+pub mod paths;
 mod rewards;
 mod rollout;
 pub mod shared_sft;
@@ -256,6 +257,19 @@ mod tests {
             .to_string();
         assert!(e.contains("trainer.lrr") || e.contains("lrr"), "{e}");
         assert!(e.contains("r.toml"), "{e}");
+    }
+
+    #[test]
+    fn zero_new_tokens_is_refused_naming_the_key() {
+        let e = Recipe::from_toml_str("", "r.toml", &["rollout.sampling.max_new_tokens=0".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("r.toml")
+                && e.contains("rollout.sampling.max_new_tokens")
+                && e.contains(">= 1"),
+            "{e}"
+        );
     }
 
     #[test]

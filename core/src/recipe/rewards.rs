@@ -509,8 +509,20 @@ impl RewardsSection {
         self.stages
             .validate()
             .map_err(|(k, m)| (format!("stages.{k}"), m))?;
+        // Rates are shares of responses: a rate above 1 would never admit (or never retire) a failure mode.
+        let d = &self.dynamic_rubrics;
         check(
-            self.dynamic_rubrics.admit_rate > self.dynamic_rubrics.exit_rate,
+            (0.0..=1.0).contains(&d.admit_rate),
+            "dynamic_rubrics.admit_rate",
+            "must be in [0, 1]",
+        )?;
+        check(
+            (0.0..=1.0).contains(&d.exit_rate),
+            "dynamic_rubrics.exit_rate",
+            "must be in [0, 1]",
+        )?;
+        check(
+            d.admit_rate > d.exit_rate,
             "dynamic_rubrics.admit_rate",
             "must be > exit_rate",
         )

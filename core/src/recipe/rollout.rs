@@ -250,6 +250,12 @@ impl RolloutSection {
             "instructions",
             "give three (ddx, lab, diag) or none",
         )?;
+        // Zero new tokens would make every reply empty: episodes that end at once and train on nothing.
+        check(
+            self.sampling.max_new_tokens >= 1,
+            "sampling.max_new_tokens",
+            "must be >= 1",
+        )?;
         check(
             (self.sampling.max_new_tokens as usize) < self.max_seq_len,
             "sampling.max_new_tokens",

@@ -178,3 +178,18 @@ fn parquet_columns_are_nested_types_for_pyarrow() {
     assert_eq!(lines[2], "1");
     assert!(lines[3].starts_with("5 "), "{out}");
 }
+
+/// A path that does not exist is reported as such, whatever its extension (not as an unknown format).
+#[test]
+fn a_missing_case_path_is_not_found_not_an_unknown_extension() {
+    let d = tempfile::tempdir().unwrap();
+    for name in ["cases", "cases.txt", "cases.jsonl", "folder/"] {
+        let p = d.path().join(name);
+        for e in [
+            spar_data::cases::load_cases(&p).unwrap_err().to_string(),
+            spar_data::cases::read_cases(&p).unwrap_err().to_string(),
+        ] {
+            assert_eq!(e, format!("not found: {}", p.display()));
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Report charts: grouped bar charts, each written as a PNG and an SVG side by side. Every chart in a report is a
 //! [`BarChart`]: stage scores, departments, acuity strata, HealthBench themes and axes, before / after comparisons.
-pub mod text;
+/// The chart text (a compiled-in font): `spar-plot-text`.
+pub use spar_plot_text as text;
 
 use anyhow::{Context, Result, anyhow};
 use plotters::coord::Shift;

@@ -104,6 +104,34 @@ impl EvalReport {
         self
     }
 
+    /// Why the report scored nothing, when it did not: every consultation failed (policy or simulator), or every
+    /// HealthBench answer did. `spar eval` then exits non-zero, since a report of failures only is no result.
+    pub fn nothing_scored(&self) -> Option<String> {
+        let mut why = Vec::new();
+        if let Some(c) = &self.consultation
+            && c.overall.episodes > 0
+            && c.overall.failed == c.overall.episodes
+        {
+            let reasons: Vec<String> = c
+                .end_reasons
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect();
+            why.push(format!(
+                "all {} consultations failed ({})",
+                c.overall.episodes,
+                reasons.join(", ")
+            ));
+        }
+        if let Some(h) = &self.healthbench
+            && h.examples > 0
+            && h.failed == h.examples
+        {
+            why.push(format!("all {} HealthBench answers failed", h.examples));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+
     /// Adds HealthBench results.
     pub fn with_healthbench(
         mut self,

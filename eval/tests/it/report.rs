@@ -131,6 +131,22 @@ fn close(a: Option<f64>, b: f64) -> bool {
 }
 
 #[test]
+fn a_report_whose_every_consultation_failed_says_so() {
+    let some = EvalReport::new("p", EvalSetup::default()).with_consultations(records(0.0));
+    assert_eq!(some.nothing_scored(), None);
+    let failed: Vec<EpisodeRecord> = records(0.0)
+        .into_iter()
+        .filter(|r| r.end == EpisodeEnd::PolicyFailed)
+        .collect();
+    let none = EvalReport::new("p", EvalSetup::default()).with_consultations(failed);
+    let why = none.nothing_scored().expect("all failed");
+    assert!(
+        why.contains("all 1 consultations failed") && why.contains("policy_failed: 1"),
+        "{why}"
+    );
+}
+
+#[test]
 fn summary_matches_hand_computation() {
     let r = EvalReport::new("policy-a", EvalSetup::default()).with_consultations(records(0.0));
     let c = r.consultation.as_ref().unwrap();

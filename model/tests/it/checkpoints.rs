@@ -53,6 +53,64 @@ fn rewrite(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) {
     Tensor::write_safetensors(&t, &p).unwrap();
 }
 
+/// NaN weights are refused at load naming the tensor; NaN logits at generation are an error, not "!!!!".
+#[test]
+fn non_finite_weights_are_refused_at_load_and_nan_logits_at_generation() {
+    let m = tiny();
+    let tmp = tempfile::tempdir().unwrap();
+    m.save_hf(tmp.path()).unwrap();
+    rewrite(tmp.path(), |t| {
+        let (_, w) = t
+            .iter_mut()
+            .find(|(n, _)| n == "model.norm.weight")
+            .unwrap();
+        let _ = w.get(3).fill_(f64::NAN);
+    });
+    let e = err_of(tmp.path());
+    assert!(
+        e.contains("model.safetensors: tensor `model.norm.weight` holds 1 non-finite values"),
+        "{e}"
+    );
+
+    let m = tiny();
+    tch::no_grad(|| {
+        for (name, mut v) in m.vs.variables() {
+            if name.contains("norm") {
+                let _ = v.fill_(f64::NAN);
+            }
+        }
+    });
+    let params = spar_model::generate::SamplingParams {
+        max_new_tokens: 4,
+        ..Default::default()
+    };
+    let e = spar_model::generate::generate(&m, &[1, 2, 3], &params)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("logits are not finite (NaN) at generated token 1"),
+        "{e}"
+    );
+}
+
+/// A header length past the end of the file, up to u64::MAX, is a truncated file, not an arithmetic overflow.
+#[test]
+fn a_huge_header_length_is_a_truncated_file() {
+    let m = tiny();
+    let tmp = tempfile::tempdir().unwrap();
+    m.save_hf(tmp.path()).unwrap();
+    for n in [u64::MAX, u64::MAX - 7, 1 << 40] {
+        let mut bytes = n.to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"{}");
+        std::fs::write(tmp.path().join("model.safetensors"), &bytes).unwrap();
+        let e = err_of(tmp.path());
+        assert!(
+            e.contains("model.safetensors: truncated file (header of"),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn bad_checkpoints_name_file_and_tensor() {
     let m = tiny();

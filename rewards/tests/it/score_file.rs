@@ -29,17 +29,27 @@ async fn bad_lines_are_reported_and_every_sample_is_scored() {
     orphan.case_id = "nope-0001".into();
     let mut wrong_version = serde_json::to_value(&good[0]).unwrap();
     wrong_version["schema_version"] = 99.into();
-    let mut f = std::fs::File::create(&path).unwrap();
-    writeln!(f, "{}", serde_json::to_string(&good[0]).unwrap()).unwrap();
-    writeln!(f, "{{not json").unwrap();
-    writeln!(f, "{}", serde_json::to_string(&good[1]).unwrap()).unwrap();
-    writeln!(f, "{wrong_version}").unwrap();
-    writeln!(f, "{}", serde_json::to_string(&orphan).unwrap()).unwrap();
-    drop(f);
-
+    let write = |with_wrong_version: bool| {
+        let mut f = std::fs::File::create(&path).unwrap();
+        writeln!(f, "{}", serde_json::to_string(&good[0]).unwrap()).unwrap();
+        writeln!(f, "{{not json").unwrap();
+        writeln!(f, "{}", serde_json::to_string(&good[1]).unwrap()).unwrap();
+        if with_wrong_version {
+            writeln!(f, "{wrong_version}").unwrap();
+        }
+        writeln!(f, "{}", serde_json::to_string(&orphan).unwrap()).unwrap();
+    };
+    // A line of another schema version is the file's error (as parquet's is), not a skipped line.
+    write(true);
+    let e = read_samples(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("traj.jsonl: line 4: schema_version 99 is not the supported version"),
+        "{e}"
+    );
+    write(false);
     let (samples, bad) = read_samples(&path).unwrap();
-    assert_eq!(bad.iter().map(|b| b.line).collect::<Vec<_>>(), vec![2, 4]);
-    assert!(bad[1].error.contains("schema_version"), "{}", bad[1].error);
+    assert_eq!(bad.iter().map(|b| b.line).collect::<Vec<_>>(), vec![2]);
+    assert!(bad[0].error.contains("not JSON"), "{}", bad[0].error);
     let groups = group_samples(samples);
     assert_eq!(groups.len(), 2);
     let mut cfg = RewardsSection::default();
@@ -64,7 +74,7 @@ async fn bad_lines_are_reported_and_every_sample_is_scored() {
     );
     assert!(scored[0].steps[0].advantage > 0.0 && scored[1].steps[0].advantage < 0.0);
     let rep = report(&p, &scored, 2, bad);
-    assert_eq!((rep.samples, rep.dropped, rep.bad_records.len()), (3, 1, 2));
+    assert_eq!((rep.samples, rep.dropped, rep.bad_records.len()), (3, 1, 1));
 
     // The written file reads back (data's wire IO) and feeds the trainer boundary.
     let out = dir.path().join("scored.jsonl");

@@ -73,6 +73,9 @@ pub struct EngineStats {
     pub prefill_forwards: u64,
     /// Requests dropped because their caller went away (queued or mid-generation).
     pub cancelled: u64,
+    /// Tokens chosen from non-finite (NaN) logits: the model's weights or activations are not finite; the first
+    /// one is warned about.
+    pub non_finite_tokens: u64,
 }
 
 /// A finished request: the wire output plus the expert choices of its prompt (when recorded), which the
@@ -583,6 +586,15 @@ impl<'m> Engine<'m> {
         let mut tops = picked.top.into_iter();
         for (n, &i) in rows.iter().enumerate() {
             let (tok, lp) = (picked.tokens[n], picked.logprobs[n]);
+            if lp.is_nan() {
+                if self.stats.non_finite_tokens == 0 {
+                    eprintln!(
+                        "[engine] warning: the model's logits are not finite (NaN); its replies are garbage. The \
+                         weights or activations overflowed (try dtype f32) or are damaged"
+                    );
+                }
+                self.stats.non_finite_tokens += 1;
+            }
             let top = tops.next().unwrap_or_default();
             let r = &mut self.running[i];
             r.out.push(tok);

@@ -259,3 +259,28 @@ fn top_logprobs_rank_the_policy_distribution_for_the_rows_that_ask() {
         }
     }
 }
+
+/// A model whose logits are NaN (its weights gone non-finite) is counted and warned about, not served silently.
+#[test]
+fn nan_logits_are_counted_not_served_silently() {
+    let model = tiny_model(false);
+    tch::no_grad(|| {
+        for (name, mut v) in model.vs.variables() {
+            if name.contains("norm") {
+                let _ = v.fill_(f64::NAN);
+            }
+        }
+    });
+    let cfg = EngineConfig {
+        max_batch: 2,
+        kv_slots: 2,
+        max_seq_len: 64,
+        prefill_tokens: 16,
+        seed: 1,
+        record_routing: false,
+    };
+    let mut engine = Engine::new(&model, cfg).unwrap();
+    let outs = engine.generate(vec![req(prompt(5, 2), 4, 0.0, 1)]).unwrap();
+    assert!(outs[0].output.logprobs.iter().all(|lp| lp.is_nan()));
+    assert_eq!(engine.stats.non_finite_tokens, 4, "{:?}", engine.stats);
+}

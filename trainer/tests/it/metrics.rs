@@ -49,11 +49,25 @@ fn jsonl_tensorboard_and_plots() {
     }
     assert_eq!(records, 6, "file_version event + 5 scalar events");
     assert!(saw_tag);
-    // Resuming at step 2 drops later lines.
-    drop(MetricsLogger::open(dir.path(), Some(2)).unwrap());
+    // Resuming at step 2 drops later lines, and later TensorBoard events (cut in place; the resumed run writes a
+    // new event file), so the steps a killed run logged after its checkpoint are not shown twice.
+    let mut resumed = MetricsLogger::open(dir.path(), Some(2)).unwrap();
     assert_eq!(
         read_series(&dir.path().join("metrics.jsonl")).unwrap()["train/loss"].len(),
         3
+    );
+    resumed.log(3, &[("train/loss".into(), 0.5)]).unwrap();
+    drop(resumed);
+    let mut steps = Vec::new();
+    for e in std::fs::read_dir(dir.path().join("tb")).unwrap() {
+        steps.extend(spar_trainer::tfevent::read_steps(&e.unwrap().path()).unwrap());
+    }
+    steps.retain(|&s| s > 0);
+    steps.sort();
+    assert_eq!(
+        steps,
+        vec![1, 2, 3],
+        "each step once in TensorBoard after the resume"
     );
     let files = spar_trainer::plot::plot_run(dir.path(), &[]).unwrap();
     // Two metrics (PNG + SVG each) and the dashboard, whose held-out panel has eval/reward.
@@ -75,4 +89,12 @@ fn jsonl_tensorboard_and_plots() {
             f.display()
         );
     }
+}
+
+#[test]
+fn a_run_without_metrics_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("metrics.jsonl");
+    let e = read_series(&p).unwrap_err().to_string();
+    assert_eq!(e, format!("not found: {}", p.display()));
 }

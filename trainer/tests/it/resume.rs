@@ -149,3 +149,67 @@ fn keep_last_prunes_old_checkpoints() {
             .ends_with(".tmp"))
     );
 }
+
+/// `latest` names a checkpoint that exists even when the folder holds a higher-numbered one (a stale or
+/// damaged one): pruning keeps the checkpoint just written.
+#[test]
+fn pruning_never_takes_the_checkpoint_latest_names() {
+    let model = TinyLm::new(5, 4, Kind::Float, 1);
+    let l = learner(&model);
+    let dir = tempfile::tempdir().unwrap();
+    let st = |step| TrainerState {
+        step,
+        ..Default::default()
+    };
+    checkpoint::save(dir.path(), &model, &l.adamw, &st(9), 1).unwrap();
+    let ckpt = checkpoint::save(dir.path(), &model, &l.adamw, &st(2), 1).unwrap();
+    let latest = std::fs::read_to_string(dir.path().join("latest")).unwrap();
+    assert_eq!(dir.path().join(latest.trim()), ckpt);
+    assert!(ckpt.join("trainer_state.json").exists());
+}
+
+/// A damaged newest checkpoint is passed over for the newest intact one, which a resume then continues (the
+/// damaged one moved aside); when none is intact the error names each.
+#[test]
+fn resume_falls_back_from_a_damaged_checkpoint_to_the_newest_intact_one() {
+    use spar_trainer::resume_point::{newest_intact, set_aside_newer};
+    let model = TinyLm::new(5, 4, Kind::Float, 1);
+    let l = learner(&model);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut saved = Vec::new();
+    for step in [2, 4] {
+        let st = TrainerState {
+            step,
+            phase: "rl".into(),
+            ..Default::default()
+        };
+        saved.push(checkpoint::save(root, &model, &l.adamw, &st, 3).unwrap());
+    }
+    assert!(saved[1].join(spar_trainer::checksums::MANIFEST).exists());
+    let (found, st) = newest_intact(root).unwrap().unwrap();
+    assert_eq!((found, st.step), (saved[1].clone(), 4));
+
+    // One byte of step 4's optimizer state flipped: step 2 is taken.
+    let opt = saved[1].join("optimizer.safetensors");
+    let mut bytes = std::fs::read(&opt).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&opt, &bytes).unwrap();
+    let (found, st) = newest_intact(root).unwrap().unwrap();
+    assert_eq!((found.clone(), st.step), (saved[0].clone(), 2));
+    set_aside_newer(root, &found).unwrap();
+    assert!(!saved[1].exists() && root.join(".damaged-step-00000004").is_dir());
+    assert_eq!(
+        std::fs::read_to_string(root.join("latest")).unwrap(),
+        "step-00000002"
+    );
+
+    // Step 2 missing its weights too: no intact checkpoint, an error naming it.
+    std::fs::remove_file(saved[0].join("model/model.safetensors")).unwrap();
+    let err = newest_intact(root).unwrap_err().to_string();
+    assert!(
+        err.contains("no intact checkpoint") && err.contains("step-00000002"),
+        "{err}"
+    );
+}

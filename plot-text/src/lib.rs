@@ -1,7 +1,9 @@
-//! Chart text that renders the same on every machine. plotters' `ttf` feature finds fonts through fontconfig, so a
-//! machine without system fonts (a bare CI image) fails on the first axis label. [`TextBackend`] wraps a plotters
-//! backend and lays out (and, for bitmaps, rasterizes) text with a DejaVu Sans subset compiled into the binary
-//! (`assets/fonts`, licence alongside). SVG keeps real `<text>` elements; only their measurement uses the font.
+//! spar-plot-text: chart text that renders the same on every machine, system fonts or none (the GPU machine has
+//! none). plotters' `ttf` feature finds fonts through fontconfig, so a machine without system fonts fails on the
+//! first axis label; the workspace builds plotters without it. [`TextBackend`] wraps a plotters backend and lays
+//! out (and, for bitmaps, rasterizes) text with a DejaVu Sans subset compiled into the binary (`assets/fonts`,
+//! licence alongside). SVG keeps real `<text>` elements; only their measurement uses the font. Every chart of spar
+//! (eval's charts, the trainer's metric plots and dashboard, spar ablate's curves) draws through it.
 use ab_glyph::{Font, FontRef, PxScale, ScaleFont, point};
 use plotters_backend::text_anchor::{HPos, VPos};
 use plotters_backend::{
@@ -11,14 +13,12 @@ use plotters_backend::{
 use std::sync::LazyLock;
 
 static REGULAR: LazyLock<FontRef<'static>> = LazyLock::new(|| {
-    FontRef::try_from_slice(include_bytes!("../../assets/fonts/DejaVuSans-subset.ttf"))
+    FontRef::try_from_slice(include_bytes!("../assets/fonts/DejaVuSans-subset.ttf"))
         .expect("bundled font parses")
 });
 static BOLD: LazyLock<FontRef<'static>> = LazyLock::new(|| {
-    FontRef::try_from_slice(include_bytes!(
-        "../../assets/fonts/DejaVuSans-Bold-subset.ttf"
-    ))
-    .expect("bundled font parses")
+    FontRef::try_from_slice(include_bytes!("../assets/fonts/DejaVuSans-Bold-subset.ttf"))
+        .expect("bundled font parses")
 });
 
 fn font_for(style: FontStyle) -> &'static FontRef<'static> {
