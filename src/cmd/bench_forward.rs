@@ -210,3 +210,32 @@ fn write_parity_case(
     );
     Ok(())
 }
+
+/// The model a training benchmark builds: a random model of a real shape (or a config file), its dtype and
+/// device. Shared by `spar bench train` and `spar bench grpo`.
+#[derive(clap::Args)]
+pub struct BenchModel {
+    /// qwen3-0.6b | qwen3-30b-a3b
+    #[arg(long, default_value = "qwen3-0.6b")]
+    pub shape: String,
+    /// Decoder layers (default: the shape's own count).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// A config.json to use instead of --shape (tiny configs for CPU checks).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "bf16")]
+    pub dtype: String,
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+}
+
+impl BenchModel {
+    /// The model's config: `--config`, else the shape with `--layers`.
+    pub fn qwen3_config(&self) -> Result<Qwen3Config> {
+        match &self.config {
+            Some(path) => Qwen3Config::from_file(path),
+            None => shape_config(&self.shape, self.layers),
+        }
+    }
+}

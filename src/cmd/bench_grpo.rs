@@ -4,7 +4,7 @@
 //! `model/bench/grpo_trl.py`), group-normalised advantages, and the learner's update with the DAPO loss
 //! (token-level ratio clipped to [0.8, 1.28], token-mean over the batch, no KL), one AdamW step. The same call
 //! should run `grpo_trl.py` with the same flags for the comparison.
-use super::bench_forward::{bench_device, shape_config, sync};
+use super::bench_forward::{BenchModel, bench_device, sync};
 use anyhow::{Result, bail};
 use serde_json::json;
 use spar_core::recipe::{LossAgg, TrainerSection};
@@ -19,19 +19,8 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// qwen3-0.6b | qwen3-30b-a3b
-    #[arg(long, default_value = "qwen3-0.6b")]
-    shape: String,
-    /// Decoder layers (default: the shape's own count).
-    #[arg(long)]
-    layers: Option<usize>,
-    /// A config.json to use instead of --shape (tiny configs for CPU checks).
-    #[arg(long)]
-    config: Option<std::path::PathBuf>,
-    #[arg(long, default_value = "bf16")]
-    dtype: String,
-    #[arg(long, default_value = "cuda")]
-    device: String,
+    #[command(flatten)]
+    model: BenchModel,
     /// Prompts per iteration.
     #[arg(long, default_value_t = 8)]
     prompts: usize,
@@ -62,12 +51,9 @@ pub fn run(args: Args) -> Result<()> {
     if args.prompts == 0 || args.group < 2 || args.new == 0 {
         bail!("--prompts must be >= 1, --group >= 2 and --new >= 1");
     }
-    let device = bench_device(&args.device)?;
-    let kind = parse_kind(&args.dtype)?;
-    let config = match &args.config {
-        Some(path) => spar_model::Qwen3Config::from_file(path)?,
-        None => shape_config(&args.shape, args.layers)?,
-    };
+    let device = bench_device(&args.model.device)?;
+    let kind = parse_kind(&args.model.dtype)?;
+    let config = args.model.qwen3_config()?;
     if config.vocab_size < 1100 {
         bail!(
             "bench grpo draws prompt tokens from 10 .. vocab - 1000: vocab_size {} is too small",
@@ -167,8 +153,8 @@ pub fn run(args: Args) -> Result<()> {
         let tokens: usize = items.iter().map(|i| i.input_ids.len()).sum();
         println!(
             "{}",
-            json!({"bench": "grpo", "engine": "spar", "shape": args.shape, "layers": args.layers,
-               "dtype": args.dtype, "device": format!("{device:?}"), "iteration": it,
+            json!({"bench": "grpo", "engine": "spar", "shape": args.model.shape,
+               "layers": args.model.layers, "dtype": args.model.dtype, "device": format!("{device:?}"), "iteration": it,
                "warmup": it < args.warmup, "prompts": args.prompts, "group": args.group,
                "prompt_len": args.prompt_len, "new_tokens": args.new, "micro_batch": args.micro_batch,
                "generated_tokens": generated, "trained_tokens": tokens,

@@ -3,11 +3,11 @@
 //! fully sharded, with tokens/s and the peak GPU memory. Under `spar launch` / torchrun it joins the process
 //! group (NCCL on `cuda:LOCAL_RANK`, gloo on CPU), so `--nproc-per-node 1 ... --sharded` measures the sharded
 //! path's overhead through real collectives on one GPU.
-use super::bench_forward::{bench_device, shape_config, sync};
+use super::bench_forward::{BenchModel, bench_device, sync};
 use anyhow::Result;
 use serde_json::json;
 use spar_core::recipe::{LossAgg, TrainerSection};
-use spar_model::{Qwen3Config, Qwen3Model, parse_kind};
+use spar_model::{Qwen3Model, parse_kind};
 use spar_trainer::batch::TrainItem;
 use spar_trainer::knobs::{batching_config, new_learner};
 use spar_trainer::learner::{BatchingConfig, sft_update};
@@ -17,17 +17,8 @@ use tch::Device;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// qwen3-0.6b | qwen3-30b-a3b
-    #[arg(long, default_value = "qwen3-0.6b")]
-    shape: String,
-    /// Decoder layers (default: the shape's own count).
-    #[arg(long)]
-    layers: Option<usize>,
-    /// A config.json to use instead of --shape (tiny configs for CPU checks).
-    #[arg(long)]
-    config: Option<std::path::PathBuf>,
-    #[arg(long, default_value = "bf16")]
-    dtype: String,
+    #[command(flatten)]
+    model: BenchModel,
     /// Sequences per step (one micro-batch of --micro-batch sequences at a time).
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -35,8 +26,6 @@ pub struct Args {
     micro_batch: usize,
     #[arg(long, default_value_t = 1024)]
     seq: usize,
-    #[arg(long, default_value = "cuda")]
-    device: String,
     #[arg(long, default_value_t = 2)]
     warmup: usize,
     #[arg(long, default_value_t = 5)]
@@ -52,7 +41,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let env = spar_dist::DistEnv::from_env()?;
     let launched = env.world_size > 1 || env.launcher == spar_dist::Launcher::Torchrun;
-    let mut device = bench_device(&args.device)?;
+    let mut device = bench_device(&args.model.device)?;
     let group: Arc<dyn spar_dist::Collectives> = if launched {
         let backend = if device.is_cuda() {
             device = Device::Cuda(env.local_rank);
@@ -74,11 +63,8 @@ pub fn run(args: Args) -> Result<()> {
         Arc::new(spar_dist::Local)
     };
     let (rank, world) = (group.rank(), group.world_size());
-    let kind = parse_kind(&args.dtype)?;
-    let config = match &args.config {
-        Some(path) => Qwen3Config::from_file(path)?,
-        None => shape_config(&args.shape, args.layers)?,
-    };
+    let kind = parse_kind(&args.model.dtype)?;
+    let config = args.model.qwen3_config()?;
     let mut model = Qwen3Model::random(config.clone(), device, kind, 0)?;
     model.set_activation_checkpointing(args.checkpointing);
     let tr = TrainerSection {
@@ -140,8 +126,8 @@ pub fn run(args: Args) -> Result<()> {
     if rank == 0 {
         let report = json!({
             "engine": "spar", "bench": "train",
-            "shape": if args.config.is_some() { "config" } else { args.shape.as_str() }, "layers": config.num_hidden_layers,
-            "dtype": args.dtype, "batch": args.batch, "micro_batch": args.micro_batch, "seq": args.seq,
+            "shape": if args.model.config.is_some() { "config" } else { args.model.shape.as_str() }, "layers": config.num_hidden_layers,
+            "dtype": args.model.dtype, "batch": args.batch, "micro_batch": args.micro_batch, "seq": args.seq,
             "device": format!("{device:?}"), "world_size": world, "sharded": args.sharded,
             "checkpointing": args.checkpointing || args.sharded, "iters": args.iters,
             "seconds_per_step": secs / args.iters as f64, "tokens_per_s": tokens / secs, "loss": loss,
