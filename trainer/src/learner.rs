@@ -342,6 +342,13 @@ fn output_logprobs_and_entropy(
     Ok((o.logp, o.entropy.expect("asked for")))
 }
 
+/// The number of `mb`'s trained tokens that are `argmax` (the policy's greedy choice).
+fn greedy_tokens(argmax: &Tensor, mb: &MicroBatch) -> f64 {
+    (argmax.eq_tensor(&mb.targets).to_kind(Kind::Float) * &mb.mask)
+        .sum(Kind::Double)
+        .double_value(&[])
+}
+
 /// Collates the planned micro-batches.
 pub fn micro_batches(
     items: &[TrainItem],
@@ -434,32 +441,35 @@ impl RlExtras<'_> {
 
 /// The no-grad pass before the first update: pi_old, the reference, the old values of the critic, and the
 /// teachers' reverse-KL term folded into the advantages. Returns (old values per micro-batch, per-teacher sums of
-/// log pi_old - log pi_t over trained tokens, the number of trained tokens that are pi_old's argmax).
+/// log pi_old - log pi_t over trained tokens, the number of trained tokens that are pi_old's argmax). Without
+/// `with_policy` only the reference's log-probs are taken (pi_old then comes from the update's own forward, see
+/// [`old_from_update`]).
 fn old_pass(
     policy: &dyn Policy,
     reference: Option<&dyn Policy>,
     mbs: &mut [MicroBatch],
     extras: &RlExtras,
     loss_cfg: &PolicyLossConfig,
+    with_policy: bool,
 ) -> Result<(Vec<Tensor>, Vec<f64>, f64)> {
     let mut old_values = Vec::new();
     let mut teacher_kl = vec![0.0; extras.teachers.len()];
     let mut greedy = 0.0;
     tch::no_grad(|| -> Result<()> {
         for mb in mbs.iter_mut() {
-            let out = forward_mb(policy, mb)?;
             let temp = loss_cfg.temperature;
+            if !with_policy {
+                if let Some(r) = reference {
+                    let out = forward_mb(r, mb)?;
+                    mb.ref_logp = Some(out.logprobs(&mb.targets, temp)?);
+                }
+                continue;
+            }
+            let out = forward_mb(policy, mb)?;
             let lp = out.token_logprobs(&mb.targets, &LogprobOptions::at(temp).with_argmax())?;
             let old = lp.logp;
             // A sampled token that is the policy's argmax is what greedy decoding would have emitted there.
-            greedy += (lp
-                .argmax
-                .expect("asked for")
-                .eq_tensor(&mb.targets)
-                .to_kind(Kind::Float)
-                * &mb.mask)
-                .sum(Kind::Double)
-                .double_value(&[]);
+            greedy += greedy_tokens(&lp.argmax.expect("asked for"), mb);
             if let Some((critic, _)) = &extras.critic {
                 old_values.push(critic.head.values(&out.logits()?)?);
             }
@@ -512,6 +522,23 @@ fn old_pass(
         Ok(())
     })?;
     Ok((old_values, teacher_kl, greedy))
+}
+
+/// Whether pi_old can be the update forward's own log-probs, detached, instead of a no-grad forward over the
+/// batch before it: with one epoch the update's weights are pi_old's, so the values are the same (the ratio is
+/// exactly 1 and its gradient the policy gradient), and one forward over the batch is saved. Not when something
+/// needs pi_old before the update: distillation teachers and KL in the reward fold it into the advantages, a
+/// critic's old values come from the same pass.
+fn old_from_update(
+    ppo_epochs: usize,
+    has_reference: bool,
+    loss_cfg: &PolicyLossConfig,
+    extras: &RlExtras,
+) -> bool {
+    ppo_epochs <= 1
+        && extras.critic.is_none()
+        && extras.teachers.is_empty()
+        && !(loss_cfg.kl_in_reward && has_reference)
 }
 
 /// Sum over trained tokens of the k3 estimate of KL(pi_old || pi_theta) (`exp(d) - 1 - d`, d = log pi_theta -
@@ -604,9 +631,10 @@ pub fn rl_update_with(
     }
     let mut mbs = micro_batches(items, batching, device)?;
     learner.pad_micro_batches(&mut mbs, batching.pack, device)?;
+    let from_update = old_from_update(ppo_epochs, reference.is_some(), loss_cfg, extras);
     let t_old = std::time::Instant::now();
     let (old_values, mut teacher_kl, greedy) =
-        old_pass(policy, reference, &mut mbs, extras, loss_cfg)?;
+        old_pass(policy, reference, &mut mbs, extras, loss_cfg, !from_update)?;
     // The old pass reads its results on the host, so the GPU work is inside this interval.
     let old_pass_seconds = t_old.elapsed().as_secs_f64();
     // One decision for every rank: a rank whose own share has no advantage still takes part in the others'
@@ -696,20 +724,38 @@ pub fn rl_update_with(
         let mut loss_sum = 0.0;
         let (mut vloss_sum, mut vclip) = (0.0, 0.0);
         let mut stats = LossStats::default();
+        let (n_mbs, mut olds, mut greedy_now) = (mbs.len(), Vec::new(), 0.0);
         for (i, mb) in mbs.iter().enumerate() {
-            if i + 1 == mbs.len() {
+            if i + 1 == n_mbs {
                 learner.last_backward();
             }
             let fwd = forward_mb(policy, mb)?;
-            let (logp, entropy) =
-                output_logprobs_and_entropy(&fwd, &mb.targets, loss_cfg.temperature)?;
-            let old = mb.old_logp.as_ref().expect("filled above");
+            let (logp, entropy, old) = match &mb.old_logp {
+                Some(old) => {
+                    let (logp, entropy) =
+                        output_logprobs_and_entropy(&fwd, &mb.targets, loss_cfg.temperature)?;
+                    (logp, entropy, old.shallow_clone())
+                }
+                None => {
+                    // pi_old is this forward's own log-probs (the same weights), detached.
+                    let opts = LogprobOptions::at(loss_cfg.temperature)
+                        .with_entropy()
+                        .with_argmax();
+                    let o = fwd.token_logprobs(&mb.targets, &opts)?;
+                    if !mb.padding {
+                        greedy_now += greedy_tokens(&o.argmax.expect("asked for"), mb);
+                    }
+                    let old = o.logp.detach();
+                    olds.push((i, old.shallow_clone()));
+                    (o.logp, o.entropy.expect("asked for"), old)
+                }
+            };
             let out = policy_loss(
                 loss_cfg,
                 &agg,
                 &PolicyLossInput {
                     logp: &logp,
-                    old_logp: old,
+                    old_logp: &old,
                     rollout_logp: &mb.rollout_logp,
                     ref_logp: mb.ref_logp.as_ref(),
                     entropy: Some(&entropy),
@@ -757,6 +803,17 @@ pub fn rl_update_with(
         }
         let (loss_sum, grad_norm, lr, skipped) = learner.apply(loss_sum)?;
         learner.global_stats(&mut stats)?;
+        if from_update {
+            let greedy = sum_over_ranks(&*learner.group, &[greedy_now])?[0];
+            fixed.insert(
+                "rl/greedy_token_frac".into(),
+                greedy / total_tokens.max(1.0),
+            );
+        }
+        // KL(pi_old || pi_new) after the update reads pi_old.
+        for (i, old) in olds {
+            mbs[i].old_logp = Some(old);
+        }
         let mut extra = fixed.clone();
         if !skipped {
             extra.insert(

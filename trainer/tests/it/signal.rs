@@ -322,3 +322,58 @@ fn positive_control_a_rewarded_marker_token_is_learned_and_becomes_the_greedy_re
         "negated advantages: p(marker) 0.25 -> {p_placebo:.3}"
     );
 }
+
+/// A one-epoch update takes pi_old from its own forward (detached) instead of a no-grad pass before it: its
+/// report (loss, grad norm, clipping, ratio, greedy share) is the first epoch of a two-epoch update, which
+/// still runs the separate pass, on the same weights and batch. Tolerance: the same float32 ops in the same
+/// order on the CPU, so 1e-6 relative.
+#[test]
+fn a_one_epoch_update_takes_pi_old_from_its_own_forward() {
+    let samples: Vec<Sample> = (0..4)
+        .map(|i| sample_with_steps("g", i, 20, 3, 4, 2, 11 + i as u64))
+        .collect();
+    let scored: Vec<_> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| scored_for(s, &[0.5 - i as f64 * 0.3, 0.2 * i as f64 - 0.4]))
+        .collect();
+    let (items, _) = assemble(&samples, &scored, "test").unwrap();
+    let mut reports = Vec::new();
+    for epochs in [1, 2] {
+        let model = TinyLm::new(20, 8, Kind::Float, 4);
+        let mut l = learner(&model.vs, 1e-2);
+        let loss = PolicyLossConfig {
+            entropy_coef: 0.01,
+            ..PolicyLossConfig::clipped(RatioLevel::Token, 0.2, 0.28)
+        };
+        let rep = rl_update(
+            &model,
+            None,
+            &mut l,
+            &items,
+            &loss,
+            &batching(),
+            epochs,
+            Device::Cpu,
+        )
+        .unwrap();
+        reports.push(rep[0].clone());
+    }
+    let (one, two) = (&reports[0], &reports[1]);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(1.0);
+    assert!(close(one.loss, two.loss), "{} vs {}", one.loss, two.loss);
+    assert!(one.grad_norm > 0.0 && close(one.grad_norm, two.grad_norm));
+    assert_eq!(one.stats.tokens, two.stats.tokens);
+    assert!(close(one.stats.ratio_sum, two.stats.ratio_sum));
+    assert_eq!(
+        one.stats.ratio_sum, one.stats.tokens,
+        "pi_old = pi_theta: every ratio 1"
+    );
+    let greedy = |r: &spar_trainer::learner::StepReport| r.extra["rl/greedy_token_frac"];
+    assert!(
+        close(greedy(one), greedy(two)),
+        "{} vs {}",
+        greedy(one),
+        greedy(two)
+    );
+}
