@@ -664,21 +664,14 @@ impl Qwen3Model {
             for (l, layer) in self.layers.iter().enumerate() {
                 let forced = self.forced_for(layer, forced_flat.as_ref())?;
                 self.gather(Unit::Layer(l))?;
+                let run = || {
+                    self.layer_forward(layer, &x, &cos, &sin, &attn, None, forced.as_ref(), true)
+                };
+                // Checkpointed: keep no graph (backward recomputes the layer); staged: keep this layer's.
                 let (out, moe) = if checkpoint {
-                    tch::no_grad(|| {
-                        self.layer_forward(
-                            layer,
-                            &x,
-                            &cos,
-                            &sin,
-                            &attn,
-                            None,
-                            forced.as_ref(),
-                            true,
-                        )
-                    })?
+                    tch::no_grad(run)?
                 } else {
-                    self.layer_forward(layer, &x, &cos, &sin, &attn, None, forced.as_ref(), true)?
+                    run()?
                 };
                 self.release(Unit::Layer(l))?;
                 let out_leaf = out.f_detach()?.f_set_requires_grad(true)?;

@@ -114,19 +114,12 @@ impl AdamW {
         if group.world_size() == 1 {
             return Ok(());
         }
-        let missing: Vec<&ParamState> = self
+        let params: Vec<Tensor> = self
             .params
             .iter()
-            .filter(|p| !p.param.grad().defined())
+            .map(|p| p.param.shallow_clone())
             .collect();
-        if !missing.is_empty() {
-            let zero = missing
-                .iter()
-                .map(|p| (&p.param * 0.0).sum(Kind::Float))
-                .reduce(|a, b| a + b)
-                .expect("non-empty");
-            zero.f_backward()?;
-        }
+        crate::grad_sum::define_missing_grads(&params)?;
         let grads: Vec<Tensor> = self.params.iter().map(|p| p.param.grad()).collect();
         spar_dist::all_reduce_grads(group, &grads, spar_dist::DEFAULT_BUCKET_BYTES)
     }

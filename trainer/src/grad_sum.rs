@@ -106,7 +106,7 @@ impl OverlappedGradSum {
 impl GradsReady for OverlappedGradSum {
     fn ready(&self, unit: Unit, params: &[Tensor]) -> Result<()> {
         let mut st = self.lock();
-        if !st.armed || self.group.world_size() == 1 {
+        if !st.armed {
             return Ok(());
         }
         let i = unit.index();
@@ -132,7 +132,7 @@ fn backward_rank(unit: Unit) -> i64 {
 
 /// Gives a zero `.grad` to each parameter that has none (e.g. an expert no token of this rank was routed to):
 /// every rank must send the same tensors.
-fn define_missing_grads(params: &[Tensor]) -> Result<()> {
+pub(crate) fn define_missing_grads(params: &[Tensor]) -> Result<()> {
     let zero = params
         .iter()
         .filter(|p| !p.grad().defined())

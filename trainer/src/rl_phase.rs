@@ -175,6 +175,8 @@ pub fn run(
     let mut window = MetricWindow::default();
     for s in start..tr.steps {
         let t0 = std::time::Instant::now();
+        // Seconds of the step the round's time line accounts for (playing and learning).
+        let mut timed = 0.0;
         let mut scalars = match (distill, teacher_pool) {
             (true, Some(pool)) => crate::distill_loop::offline_round_from_pool(
                 model,
@@ -219,7 +221,9 @@ pub fn run(
                 scalars.push(("time/play_s".into(), play_seconds));
                 scalars.push(("time/generate_s".into(), round.gen_seconds));
                 scalars.push(("time/score_s".into(), round.score_seconds));
-                scalars.push(("time/learn_s".into(), t_learn.elapsed().as_secs_f64()));
+                let learn_seconds = t_learn.elapsed().as_secs_f64();
+                scalars.push(("time/learn_s".into(), learn_seconds));
+                timed = play_seconds + learn_seconds;
                 // Every rank generates at once: the job's throughput is the sum of the ranks'.
                 let tps = spar_dist::sum_over_ranks(&*group, &[round.gen_tokens_per_s()])?[0];
                 scalars.push(("rl/gen_tokens_per_s".into(), tps));
@@ -227,11 +231,6 @@ pub fn run(
             }
         };
         let step_seconds = t0.elapsed().as_secs_f64();
-        let timed: f64 = scalars
-            .iter()
-            .filter(|(k, _)| k == "time/play_s" || k == "time/learn_s")
-            .map(|(_, v)| v)
-            .sum();
         if timed > 0.0 {
             scalars.push(("time/other_s".into(), (step_seconds - timed).max(0.0)));
         }
