@@ -422,6 +422,7 @@ impl Builder {
         };
         Ok(TrainParts {
             expert_group: None,
+            actors: None,
             recipe: recipe.clone(),
             out: out.to_path_buf(),
             resume,

@@ -2,11 +2,13 @@
 //! batches), with back-pressure.
 //!
 //! The learner runs an [`Inbox`]: a Flight server whose `DoPut` decodes each incoming stream into record batches
-//! and hands them to a bounded queue. When the queue is full, `DoPut` stops reading, gRPC's flow control stops the
-//! sender, and an actor's [`send_batches`] waits: a learner that falls behind slows its actors instead of
-//! buffering without bound. Each put names its sender (the Flight descriptor's path), so the learner can count
-//! what came from whom. What the batches hold (the Sample schema) is the caller's: this module moves record
-//! batches only.
+//! and hands the whole put (one [`Delivery`]) to a bounded queue. When the queue is full, `DoPut` waits before
+//! acknowledging, and an actor's [`send_batches`] waits with it: a learner that falls behind slows its actors
+//! instead of buffering without bound. Each put names its sender (the Flight descriptor's path) and may carry
+//! application metadata (the first message's `app_metadata`: e.g. which round the batches belong to). What the
+//! batches and the metadata hold (the Sample schema, a round's envelope) is the caller's: this module moves them
+//! only. A put is delivered whole: Flight splits a large batch into several messages, and a put of no rows
+//! still arrives (with its metadata).
 use anyhow::{Context, Result};
 use arrow::record_batch::RecordBatch;
 use arrow_flight::decode::FlightRecordBatchStream;
@@ -24,11 +26,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
-/// One record batch as it arrived, with the sender's name.
+/// One put as it arrived: the sender's name, its metadata and its record batches in order.
 #[derive(Debug)]
 pub struct Delivery {
     pub sender: String,
-    pub batch: RecordBatch,
+    pub metadata: bytes::Bytes,
+    pub batches: Vec<RecordBatch>,
 }
 
 /// The learner's end: a Flight server and the bounded queue of what it received.
@@ -40,7 +43,7 @@ pub struct Inbox {
 
 impl Inbox {
     /// Starts a Flight server on `bind` (port 0: any free port) on `rt`, keeping at most `capacity` received
-    /// batches; a `DoPut` waits while the queue is full.
+    /// puts; a `DoPut` waits while the queue is full.
     pub fn serve(rt: &tokio::runtime::Runtime, bind: SocketAddr, capacity: usize) -> Result<Self> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let (stop, stopped) = oneshot::channel::<()>();
@@ -73,7 +76,7 @@ impl Inbox {
         self.addr
     }
 
-    /// The next batch, waiting at most `timeout` (None: nothing arrived in time). Call from outside the runtime.
+    /// The next put, waiting at most `timeout` (None: nothing arrived in time). Call from outside the runtime.
     pub fn recv_timeout(
         &mut self,
         rt: &tokio::runtime::Runtime,
@@ -87,17 +90,20 @@ impl Inbox {
         })
     }
 
-    /// The next batch (None once the server is gone).
+    /// The next put (None once the server is gone).
     pub async fn recv(&mut self) -> Option<Delivery> {
         self.rx.recv().await
     }
 }
 
-/// Sends `batches` to the inbox at `addr` in one `DoPut` named `sender`; returns once the learner has taken
-/// every batch into its queue (so it waits while the queue is full). Returns the rows acknowledged.
+/// Sends `batches` of `schema` (with `metadata`) to the inbox at `addr` in one `DoPut` named `sender`; returns
+/// once the learner has taken the put into its queue (so it waits while the queue is full). Returns the rows
+/// acknowledged. The schema message always goes first, so a put of no batches still carries its metadata.
 pub async fn send_batches(
     addr: SocketAddr,
     sender: &str,
+    metadata: bytes::Bytes,
+    schema: arrow::datatypes::SchemaRef,
     batches: Vec<RecordBatch>,
 ) -> Result<usize> {
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
@@ -107,6 +113,8 @@ pub async fn send_batches(
     let mut client = arrow_flight::FlightClient::new(channel);
     let data = FlightDataEncoderBuilder::new()
         .with_flight_descriptor(Some(FlightDescriptor::new_path(vec![sender.to_string()])))
+        .with_metadata(metadata)
+        .with_schema(schema)
         .build(futures::stream::iter(batches.into_iter().map(Ok)));
     let acks: Vec<PutResult> = client
         .do_put(data)
@@ -149,29 +157,40 @@ impl FlightService for SampleService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        // The first message carries the descriptor (the sender's name); the decoder drops it, so note it here.
-        let sender = Arc::new(Mutex::new(String::new()));
-        let seen = sender.clone();
+        // The first message carries the descriptor (the sender's name) and the put's metadata; the decoder
+        // drops both, so note them here.
+        let head = Arc::new(Mutex::new((String::new(), bytes::Bytes::new())));
+        let seen = head.clone();
+        let mut first = true;
         let data = request.into_inner().map(move |m| {
             let m = m.map_err(arrow_flight::error::FlightError::from)?;
+            let mut h = seen.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(d) = &m.flight_descriptor {
-                *seen.lock().unwrap_or_else(|e| e.into_inner()) = d.path.join("/");
+                h.0 = d.path.join("/");
+            }
+            if std::mem::take(&mut first) {
+                h.1 = m.app_metadata.clone();
             }
             Ok(m)
         });
-        let mut batches = FlightRecordBatchStream::new_from_flight_data(data);
-        let mut rows = 0u64;
-        while let Some(batch) = batches.next().await {
+        let mut stream = FlightRecordBatchStream::new_from_flight_data(data);
+        let (mut rows, mut batches) = (0u64, Vec::new());
+        while let Some(batch) = stream.next().await {
             let batch =
                 batch.map_err(|e| Status::invalid_argument(format!("bad record batch: {e}")))?;
             rows += batch.num_rows() as u64;
-            let sender = sender.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            // Waits while the learner's queue is full: back-pressure to the sender.
-            self.tx
-                .send(Delivery { sender, batch })
-                .await
-                .map_err(|_| Status::unavailable("the learner's sample inbox is closed"))?;
+            batches.push(batch);
         }
+        let (sender, metadata) = head.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Waits while the learner's queue is full: back-pressure to the sender.
+        self.tx
+            .send(Delivery {
+                sender,
+                metadata,
+                batches,
+            })
+            .await
+            .map_err(|_| Status::unavailable("the learner's sample inbox is closed"))?;
         let ack = PutResult {
             app_metadata: rows.to_le_bytes().to_vec().into(),
         };

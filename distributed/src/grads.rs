@@ -162,7 +162,7 @@ impl PendingGradSum {
 }
 
 /// Consecutive runs of gradients of one dtype and device, each at most `bucket_bytes`.
-fn plan(grads: &[Tensor], bucket_bytes: usize) -> Result<Vec<Vec<usize>>> {
+pub(crate) fn plan(grads: &[Tensor], bucket_bytes: usize) -> Result<Vec<Vec<usize>>> {
     let mut out: Vec<Vec<usize>> = Vec::new();
     let (mut bytes, mut key): (usize, Option<(Kind, Device)>) = (0, None);
     for (i, g) in grads.iter().enumerate() {

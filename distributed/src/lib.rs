@@ -4,7 +4,7 @@
 //!
 //! Entry points: [`DistEnv::from_env`] then [`init`] gives a [`Dist`] whose `group` implements
 //! [`Collectives`]; without a launcher it is the one-process [`Local`] world. [`flight`] moves record batches
-//! (samples) from actors to learners over Arrow Flight.
+//! (samples) from actors to learners over Arrow Flight; [`broadcast_weights`] moves a learner's weights to them.
 mod collectives;
 mod env;
 mod ffi;
@@ -16,6 +16,7 @@ pub mod launch;
 mod local;
 mod rendezvous;
 mod store;
+mod weights;
 
 pub use collectives::{Collectives, ReduceOp, Work};
 pub use env::{DistEnv, Launcher, first_host};
@@ -28,3 +29,4 @@ pub use init::{DEFAULT_TIMEOUT, Dist, InitOptions, default_gloo, init};
 pub use local::Local;
 pub use rendezvous::Rendezvous;
 pub use store::Store;
+pub use weights::{PendingWeights, broadcast_weights, start_broadcast_weights, tensor_bytes};

@@ -98,28 +98,39 @@ pub fn train(
     // torchrun's contract joins a process group even for a world of one (as `init_process_group` does), so
     // `--nproc-per-node 1` runs the collectives' engine (NCCL on a GPU); a one-task Slurm job stays local.
     let launched = env.world_size > 1 || env.launcher == spar_dist::Launcher::Torchrun;
-    let (builder, group, experts): (_, Arc<dyn spar_dist::Collectives>, _) = if launched {
+    let (builder, job) = if launched {
         join(builder, &env)?
     } else {
-        (builder, Arc::new(spar_dist::Local), None)
+        (builder, Job::local())
     };
-    let parts = |builder: &spar_app::Builder, out: &Path, resume: bool, group| {
-        let mut parts = builder.train_parts_on(out, resume, group)?;
-        parts.expert_group = experts.clone();
+    // Every rank builds its parts over the whole job (rank 0's tokenizer is read by all, actors included);
+    // learners then train over the learners' group.
+    let parts = |builder: &spar_app::Builder, out: &Path, resume: bool| {
+        let mut parts = builder.train_parts_on(out, resume, job.world.clone())?;
+        parts.group = job.learners.clone();
+        parts.expert_group = job.experts.clone();
+        parts.actors = job.actors.clone();
         anyhow::Ok(parts)
     };
+    let group = job.learners.clone();
     let recipe = builder.recipe();
     let out = match out {
         Some(o) => o,
         None => recipe.resolve(&recipe.require(&recipe.trainer, "trainer")?.out_dir),
     };
-    if group.world_size() > 1 && (from_sft.is_some() || shared_sft::of_run(&out)?.is_some()) {
+    if job.world.world_size() > 1 && (from_sft.is_some() || shared_sft::of_run(&out)?.is_some()) {
         anyhow::bail!(
             "--from-sft (a run from a shared SFT) is single-process for now; run it without a launcher"
         );
     }
+    if let Some(link) = job.actors.as_ref().filter(|l| l.is_actor()) {
+        if from_sft.is_some() || shared_sft::of_run(&out)?.is_some() {
+            anyhow::bail!("--from-sft (a run from a shared SFT) is single-process for now");
+        }
+        return spar_trainer::actor_loop::run(parts(&builder, &out, resume)?, link.clone());
+    }
     if group.rank() != 0 {
-        return spar_trainer::run::run(parts(&builder, &out, resume, group)?);
+        return spar_trainer::run::run(parts(&builder, &out, resume)?);
     }
     // One writer per run folder, for the whole run (released when this returns).
     let _lock = spar_trainer::run_lock::RunLock::acquire(&out, &spar_data::audit::hostname())?;
@@ -137,26 +148,46 @@ pub fn train(
         spec = spec.with_model(&recipe.resolve(p));
     }
     super::audit::run_audited(spec, || {
-        spar_trainer::run::run(parts(&builder, &out, resume, group)?)
+        spar_trainer::run::run(parts(&builder, &out, resume)?)
     })
 }
 
-/// Joins a data-parallel job: checks `[distributed]` against the launcher's world size, puts the model on this
+/// The groups a rank of the job trains with.
+struct Job {
+    /// Every rank of the job.
+    world: Arc<dyn spar_dist::Collectives>,
+    /// The learner ranks (the whole job without actors): data parallelism, sharding, checkpoints.
+    learners: Arc<dyn spar_dist::Collectives>,
+    /// This learner's expert-parallel group (`distributed.expert_parallel` above 1).
+    experts: Option<Arc<dyn spar_dist::Collectives>>,
+    /// Actors apart from learners (`distributed.actors` above 0).
+    actors: Option<spar_trainer::actor_layout::ActorLink>,
+}
+
+impl Job {
+    fn local() -> Job {
+        let one: Arc<dyn spar_dist::Collectives> = Arc::new(spar_dist::Local);
+        Job {
+            world: one.clone(),
+            learners: one,
+            experts: None,
+            actors: None,
+        }
+    }
+}
+
+/// Joins a multi-process job: checks `[distributed]` against the launcher's world size, puts the model on this
 /// rank's GPU (`cuda:LOCAL_RANK`) when the recipe asks for a GPU, and connects (gloo for a CPU model, the
-/// recipe's backend for a GPU one), with the binary and the recipe compared across ranks. Returns the group
-/// and, with `distributed.expert_parallel` above 1, this rank's expert-parallel group.
-#[allow(clippy::type_complexity)]
-fn join(
-    builder: spar_app::Builder,
-    env: &spar_dist::DistEnv,
-) -> Result<(
-    spar_app::Builder,
-    Arc<dyn spar_dist::Collectives>,
-    Option<Arc<dyn spar_dist::Collectives>>,
-)> {
+/// recipe's backend for a GPU one), with the binary and the recipe compared across ranks. With
+/// `distributed.actors = A` the last A ranks are actors and the learners get a group of their own; with
+/// `distributed.expert_parallel` above 1 each learner gets its expert-parallel group.
+fn join(builder: spar_app::Builder, env: &spar_dist::DistEnv) -> Result<(spar_app::Builder, Job)> {
     use spar_core::recipe::DistributedBackend;
     let mut recipe = builder.recipe().clone();
     let dist = recipe.distributed.clone().unwrap_or_default();
+    let learners = dist
+        .learners_for(env.world_size)
+        .map_err(anyhow::Error::msg)?;
     dist.data_parallel_for(env.world_size)
         .map_err(anyhow::Error::msg)?;
     let device = spar_model::parse_device(&recipe.require(&recipe.model, "model")?.device)?;
@@ -184,23 +215,75 @@ fn join(
             super::audit::recipe_toml(&recipe).into_bytes(),
         ),
     ];
+    let timeout = std::time::Duration::from_secs(dist.timeout_secs);
     let joined = spar_dist::init(
         env,
         &spar_dist::InitOptions {
             backend: Some(backend),
-            timeout: std::time::Duration::from_secs(dist.timeout_secs),
+            timeout,
             identity,
         },
     )?;
+    let world = joined.group.clone();
+    let is_actor = env.rank >= learners;
+    let learner_group: Arc<dyn spar_dist::Collectives> = match (dist.actors, is_actor) {
+        (0, _) => world.clone(),
+        // An actor trains with nobody.
+        (_, true) => Arc::new(spar_dist::Local),
+        _ if learners == 1 => Arc::new(spar_dist::Local),
+        _ => joined.subgroup("learners", &(0..learners).collect::<Vec<_>>())?,
+    };
+    // Expert-parallel blocks are consecutive learner ranks (P divides the learners, checked above).
     let experts = match dist.expert_parallel {
         0 | 1 => None,
+        _ if is_actor => None,
         p => Some(joined.expert_group(p)?),
     };
+    let actors = (dist.actors > 0).then(|| {
+        let on_loopback = env.master_addr == "localhost" || env.master_addr.starts_with("127.");
+        spar_trainer::actor_layout::ActorLink {
+            world: world.clone(),
+            learners,
+            actors: dist.actors,
+            max_policy_lag: dist.max_policy_lag,
+            timeout,
+            bind_host: if on_loopback { "127.0.0.1" } else { "0.0.0.0" }.into(),
+            advertise_host: if on_loopback {
+                "127.0.0.1".into()
+            } else {
+                spar_data::audit::hostname()
+            },
+            wire: Arc::new(ArrowSamples),
+        }
+    });
     Ok((
         spar_app::Builder::new(recipe),
-        joined.group.clone(),
-        experts,
+        Job {
+            world,
+            learners: learner_group,
+            experts,
+            actors,
+        },
     ))
+}
+
+/// Samples as record batches of `spar_data::wire`'s Sample schema (what actors send learners).
+struct ArrowSamples;
+
+impl spar_trainer::actor_layout::SampleWire for ArrowSamples {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        spar_data::wire::sample_schema()
+    }
+    fn encode(&self, samples: &[spar_core::Sample]) -> Result<arrow::record_batch::RecordBatch> {
+        Ok(spar_data::wire::samples_to_batch(samples)?)
+    }
+    fn decode(
+        &self,
+        batch: &arrow::record_batch::RecordBatch,
+        from: &str,
+    ) -> Result<Vec<spar_core::Sample>> {
+        Ok(spar_data::wire::samples_from_batch(batch, from)?)
+    }
 }
 
 /// A run from a shared SFT (`--from-sft DIR`, or `--resume` of a run started that way): seeds a fresh run folder

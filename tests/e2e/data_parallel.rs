@@ -8,7 +8,7 @@ use std::process::Command;
 
 /// The tiny demo at a few steps; the MoE load-balancing loss is off because it is computed per micro-batch
 /// (its value depends on how the batch is cut, in one process as on several ranks).
-fn tiny<'a>(cmd: &'a mut Command, out: &Path, rl_steps: usize) -> &'a mut Command {
+pub(crate) fn tiny<'a>(cmd: &'a mut Command, out: &Path, rl_steps: usize) -> &'a mut Command {
     cmd.args(["train", "--recipe"])
         .arg(root().join("recipes/tiny-cpu.toml"))
         .arg("--out")
@@ -43,13 +43,13 @@ fn tiny<'a>(cmd: &'a mut Command, out: &Path, rl_steps: usize) -> &'a mut Comman
         ])
 }
 
-fn launch2() -> Command {
+pub(crate) fn launch2() -> Command {
     let mut c = spar();
     c.args(["launch", "--nproc-per-node", "2", "--"]);
     c
 }
 
-fn metric_rows(run: &Path, key: &str) -> Vec<serde_json::Value> {
+pub(crate) fn metric_rows(run: &Path, key: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -58,7 +58,7 @@ fn metric_rows(run: &Path, key: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn weights(dir: &Path) -> Vec<(String, tch::Tensor)> {
+pub(crate) fn weights(dir: &Path) -> Vec<(String, tch::Tensor)> {
     let mut w = tch::Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
     w.sort_by(|a, b| a.0.cmp(&b.0));
     w
@@ -240,7 +240,7 @@ fn layouts_that_cannot_run_are_refused_with_the_reason() {
     );
     fails(
         &["--set", "distributed.expert_parallel=4"],
-        "distributed.expert_parallel = 4 does not divide the 2 rank(s)",
+        "distributed.expert_parallel = 4 does not divide the 2 learner rank(s)",
     );
 }
 
@@ -282,7 +282,7 @@ fn torchrun_launches_two_ranks_of_spar_train() {
 }
 
 /// The launcher's child with `RANK=<rank>` in its environment.
-fn rank_pid(launcher: u32, rank: usize) -> Option<u32> {
+pub(crate) fn rank_pid(launcher: u32, rank: usize) -> Option<u32> {
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -313,7 +313,7 @@ fn rank_pid(launcher: u32, rank: usize) -> Option<u32> {
 /// round pools segments and the ranks' pools differ (each holds its own cases); 4 groups per round so that 4 ranks
 /// can share them; an entropy bonus so that every round trains (the tiny model's rewards are all 0 this early, so
 /// without it every update would be skipped and the weights could not tell a right resume from a wrong one).
-const KILLED_RUN: [&str; 8] = [
+pub(crate) const KILLED_RUN: [&str; 8] = [
     "--set",
     "trainer.save_every=1",
     "--set",

@@ -1,9 +1,11 @@
 //! End-to-end tests of the spar binary: a few-step run of the demo recipe, the contract path
 //! rollout fixture -> `spar score` -> one trainer step, from files, one recipe honoured by every command,
-//! `spar ablate` on a tiny grid (`ablate.rs`), data-parallel runs (`data_parallel.rs`) and the settings
+//! `spar ablate` on a tiny grid (`ablate.rs`), data-parallel runs (`data_parallel.rs`), actors apart from
+//! learners (`actors.rs`) and the settings
 //! `spar serve` and `spar generate` refuse at start (`serve_flags.rs`), and PHI planted in a case kept out of
 //! every file a run writes (`phi.rs`), and the benchmark commands on a tiny config (`bench.rs`).
 mod ablate;
+mod actors;
 mod bench;
 mod data_parallel;
 mod phi;

@@ -1,6 +1,8 @@
 //! One picture of a run (`plots/dashboard.png|svg`, drawn with the per-metric plots): RL reward, the RL rounds'
 //! stage scores, the held-out curve, the share of zero-variance groups, the KL term with the rollout/trainer
-//! log-prob mismatch, and entropy, on one x axis (the run's step: SFT steps, then RL rounds).
+//! log-prob mismatch, entropy, the round's time line (colocated: playing and learning; actors apart: the
+//! learner's waiting, learning and weight sending next to the actors' busy seconds) and generation throughput,
+//! on one x axis (the run's step: SFT steps, then RL rounds).
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 use std::collections::BTreeMap;
@@ -9,7 +11,7 @@ use std::path::{Path, PathBuf};
 type Series = BTreeMap<String, Vec<(f64, f64)>>;
 
 /// Panels: title and the metric keys drawn in it.
-const PANELS: [(&str, &[&str]); 6] = [
+const PANELS: [(&str, &[&str]); 8] = [
     ("RL reward (mean R)", &["rl/reward_mean"]),
     (
         "RL stage scores G_k",
@@ -31,6 +33,17 @@ const PANELS: [(&str, &[&str]); 6] = [
         &["rl/kl", "rl/mismatch_mean"],
     ),
     ("entropy (nats/token)", &["rl/entropy"]),
+    (
+        "round time line (s)",
+        &[
+            "time/play_s",
+            "time/learner_wait_s",
+            "time/learn_s",
+            "time/publish_s",
+            "time/actor_busy_s",
+        ],
+    ),
+    ("generated tokens/s", &["rl/gen_tokens_per_s"]),
 ];
 
 const COLORS: [RGBColor; 5] = [
@@ -52,13 +65,13 @@ pub fn draw_dashboard(dir: &Path, series: &Series) -> Result<Option<[PathBuf; 2]
     let png = dir.join("dashboard.png");
     let svg = dir.join("dashboard.svg");
     draw(
-        spar_plot_text::TextBackend::raster(BitMapBackend::new(&png, (1500, 860)))
+        spar_plot_text::TextBackend::raster(BitMapBackend::new(&png, (1900, 860)))
             .into_drawing_area(),
         series,
     )
     .with_context(|| format!("drawing {}", png.display()))?;
     draw(
-        spar_plot_text::TextBackend::vector(SVGBackend::new(&svg, (1500, 860))).into_drawing_area(),
+        spar_plot_text::TextBackend::vector(SVGBackend::new(&svg, (1900, 860))).into_drawing_area(),
         series,
     )
     .with_context(|| format!("drawing {}", svg.display()))?;
@@ -82,7 +95,7 @@ where
         .flatten()
         .map(|p| p.0);
     let (x0, x1) = crate::plot::bounds(xs);
-    for ((title, keys), cell) in PANELS.iter().zip(area.split_evenly((2, 3))) {
+    for ((title, keys), cell) in PANELS.iter().zip(area.split_evenly((2, 4))) {
         let lines: Vec<(&str, &Vec<(f64, f64)>)> = keys
             .iter()
             .filter_map(|k| series.get(*k).filter(|p| !p.is_empty()).map(|p| (*k, p)))

@@ -7,6 +7,8 @@
 //! - [`distill_loop`]: the offline distillation phase (teachers answer, the student learns by Clip-Forward-KL)
 //! - [`gae`], [`critic`]: value head + GAE (the one advantage estimator outside spar-rewards)
 //! - [`off_policy`]: colocated vs one-step off-policy round scheduling; [`rl_round`]: one RL round (play, learn)
+//! - [`actor_layout`]: actors apart from learners (who is what, the schedule, what travels); [`actor_feed`]: a
+//!   learner's end (Flight inbox, weight refreshes, rounds received ahead); [`actor_loop`]: an actor's process
 //! - [`adamw`], [`schedule`]: AdamW with savable state and fp32 masters; warmup + constant / cosine
 //! - [`learner`]: one optimisation step (pi_old pass, accumulation, clipping, NaN/Inf guard)
 //! - [`checkpoint`], [`rng`]: atomic checkpoints, keep-last-N, exact resume; [`checksums`]: each checkpoint's
@@ -22,6 +24,9 @@
 // `a = a + b` stays out of place on purpose: tch's `+=` on a Tensor is the in-place `add_`, which breaks autograd
 // when the tensor was saved for backward.
 #![allow(clippy::assign_op_pattern)]
+pub mod actor_feed;
+pub mod actor_layout;
+pub mod actor_loop;
 pub mod adamw;
 pub mod agg;
 pub mod batch;

@@ -77,4 +77,6 @@ pub struct TrainParts {
     /// This rank's expert-parallel group (`[distributed] expert_parallel` ranks inside `group`); None: every
     /// rank computes every expert.
     pub expert_group: Option<Arc<dyn spar_dist::Collectives>>,
+    /// Actors apart from learners (`[distributed] actors`): this rank's place among them; None: colocated.
+    pub actors: Option<crate::actor_layout::ActorLink>,
 }

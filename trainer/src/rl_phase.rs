@@ -3,6 +3,8 @@
 //! or reads a batch and learns it; every `log_every` rounds the window's mean metrics are logged and a console
 //! line printed, every `eval_every` rounds the held-out evaluation runs (a held-out curve during RL, `eval/*`),
 //! and every `save_every` rounds the run is checkpointed.
+use crate::actor_feed::ActorFeed;
+use crate::actor_layout::ActorLink;
 use crate::batch::TrainItem;
 use crate::checkpoint::{self, TrainerState};
 use crate::critic::Critic;
@@ -35,6 +37,8 @@ pub struct RlInputs<'a> {
     pub runtime: &'a tokio::runtime::Runtime,
     /// The held-out evaluation run every `trainer.eval_every` rounds.
     pub evaluator: &'a dyn Evaluator,
+    /// Actors apart (`[distributed] actors`): the rounds come from them instead of `rollout`.
+    pub actors: Option<ActorLink>,
 }
 
 /// The RL phase's learner-side state besides the model (restored from a checkpoint, saved into the next).
@@ -152,9 +156,6 @@ pub fn run(
     learn: &LearnConfig,
     sft_batching: &BatchingConfig,
 ) -> Result<()> {
-    let Some(start) = session.in_phase("rl") else {
-        return Ok(());
-    };
     let distill = tr.policy_loss == PolicyLoss::Distill;
     let RlInputs {
         rollout,
@@ -165,7 +166,20 @@ pub fn run(
         teacher_pool,
         runtime,
         evaluator,
+        actors,
     } = inputs;
+    // With actors, every learner takes part in the start-up exchange even when no round is left (a resumed run
+    // that had finished RL), so that the actors learn there is nothing to play and exit.
+    let mut feed = match actors {
+        Some(link) => {
+            let at = session.in_phase("rl").unwrap_or(tr.steps);
+            Some(ActorFeed::start(link, tr.steps, at, &session.state, model)?)
+        }
+        None => None,
+    };
+    let Some(start) = session.in_phase("rl") else {
+        return Ok(());
+    };
     // Data parallel: each rank plays its share of the round's groups (run.rs checked the division).
     let (group, writer) = (session.group.clone(), session.writer());
     let groups = rollout.config().groups_per_step / group.world_size();
@@ -199,11 +213,21 @@ pub fn run(
             )?,
             (false, _) => {
                 let t_play = std::time::Instant::now();
-                let round = rounds.next(s, tr.steps, |version| {
-                    play_round(
-                        rollout, model, generation, version, groups, rewards, runtime, cases,
-                    )
-                })?;
+                let (round, arrival) = match &mut feed {
+                    Some(f) => {
+                        let (round, arrival) = f.round(s)?;
+                        (round, Some(arrival))
+                    }
+                    None => (
+                        rounds.next(s, tr.steps, |version| {
+                            play_round(
+                                rollout, model, generation, version, groups, rewards, runtime,
+                                cases,
+                            )
+                        })?,
+                        None,
+                    ),
+                };
                 let play_seconds = t_play.elapsed().as_secs_f64();
                 let mut scalars = union_round_metrics(&*group, &round)?;
                 let t_learn = std::time::Instant::now();
@@ -216,14 +240,30 @@ pub fn run(
                     teachers,
                     st.critic.as_mut(),
                 )?);
+                let learn_seconds = t_learn.elapsed().as_secs_f64();
                 // The round's time line (this rank's): playing (generation, then scoring) and learning; the
-                // rest of the step (metrics, collectives waiting for other ranks) is `time/other_s`.
-                scalars.push(("time/play_s".into(), play_seconds));
+                // rest of the step (metrics, collectives waiting for other ranks) is `time/other_s`. With actors
+                // the learner plays nothing: it waits for its actors' round (idle), learns (busy) and sends the
+                // new weights; the actors' busy seconds are theirs, in parallel with both.
+                match (&mut feed, arrival) {
+                    (Some(f), Some(arrival)) => {
+                        let publish_seconds = f.updated(s as u64 + 1)?;
+                        scalars.push(("time/learner_wait_s".into(), arrival.wait_seconds));
+                        scalars.push(("time/actor_busy_s".into(), arrival.actor_busy_seconds));
+                        scalars.push(("time/publish_s".into(), publish_seconds));
+                        let stale =
+                            spar_dist::sum_over_ranks(&*group, &[arrival.stale_dropped as f64])?[0];
+                        scalars.push(("rl/samples_stale_dropped".into(), stale));
+                        timed = play_seconds + learn_seconds + publish_seconds;
+                    }
+                    _ => {
+                        scalars.push(("time/play_s".into(), play_seconds));
+                        timed = play_seconds + learn_seconds;
+                    }
+                }
                 scalars.push(("time/generate_s".into(), round.gen_seconds));
                 scalars.push(("time/score_s".into(), round.score_seconds));
-                let learn_seconds = t_learn.elapsed().as_secs_f64();
                 scalars.push(("time/learn_s".into(), learn_seconds));
-                timed = play_seconds + learn_seconds;
                 // Every rank generates at once: the job's throughput is the sum of the ranks'.
                 let tps = spar_dist::sum_over_ranks(&*group, &[round.gen_tokens_per_s()])?[0];
                 scalars.push(("rl/gen_tokens_per_s".into(), tps));
@@ -273,14 +313,24 @@ pub fn run(
         }
         if save_now {
             let phase = if done == tr.steps { "done" } else { "rl" };
+            // The rounds the actors are playing ahead belong to this checkpoint (with their pools after them).
+            if let Some(f) = &mut feed {
+                f.receive_ahead(done)?;
+            }
             let mut parts: Vec<&dyn Checkpointed> = vec![&*rollout, rewards, &st.learner, &rounds];
             if let Some(c) = &st.critic {
                 parts.push(c);
+            }
+            if let Some(f) = &feed {
+                parts.push(f);
             }
             session.checkpoint(phase, done, model, &st.learner, &parts)?;
         }
     }
     pb.finish();
+    if let Some(f) = &mut feed {
+        f.finish_refresh()?;
+    }
     Ok(())
 }
 

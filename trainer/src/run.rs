@@ -42,6 +42,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
         reference_dir,
         group,
         expert_group,
+        actors,
     } = parts;
     let tr = recipe.require(&recipe.trainer, "trainer")?.clone();
     let (rank, world) = (group.rank(), group.world_size());
@@ -60,6 +61,9 @@ pub fn run(parts: TrainParts) -> Result<()> {
         .is_some_and(|d| d.sharding == spar_core::recipe::Sharding::Full);
     if world > 1 || sharded {
         check_data_parallel(&tr, use_gae, rl_rollout.config().groups_per_step, world)?;
+    }
+    if let Some(link) = &actors {
+        check_actors(&tr, generation, rl_rollout.config().groups_per_step, link)?;
     }
     if sharded {
         eprintln!(
@@ -177,6 +181,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
         teacher_pool: teacher_pool.as_deref(),
         runtime: &runtime,
         evaluator: evaluator.as_ref(),
+        actors,
     };
     let sft_batching = BatchingConfig {
         agg: crate::agg::AggMode::TokenMean,
@@ -239,6 +244,41 @@ fn check_data_parallel(
         bail!(
             "rewards.spar.estimator = \"gae\" is not built for data-parallel training (the value head's \
              whitening and gradients are per rank): run it in one process without sharding"
+        );
+    }
+    Ok(())
+}
+
+/// What actors apart from learners cannot do, refused before any work starts.
+fn check_actors(
+    tr: &spar_core::recipe::TrainerSection,
+    generation: crate::parts::Generation,
+    groups_per_step: usize,
+    link: &crate::actor_layout::ActorLink,
+) -> Result<()> {
+    let a = link.actors;
+    if tr.steps > 0 && !groups_per_step.is_multiple_of(a) {
+        bail!(
+            "rollout.groups_per_step = {groups_per_step} is not divisible by distributed.actors = {a} (each actor \
+             plays groups_per_step / {a} groups per round)"
+        );
+    }
+    if tr.off_policy_one_step {
+        bail!(
+            "trainer.off_policy_one_step with distributed.actors: the actors' schedule is \
+             distributed.max_policy_lag (1 is the one-step off-policy schedule, run concurrently); drop \
+             off_policy_one_step"
+        );
+    }
+    if tr.policy_loss == PolicyLoss::Distill {
+        bail!(
+            "trainer.policy_loss = \"distill\" (offline distillation) plays no RL rounds: run it without actors"
+        );
+    }
+    if generation != crate::parts::Generation::Builtin {
+        bail!(
+            "distributed.actors: actors generate with the built-in engine; [rollout] backend = \"openai\" \
+             already plays apart from the learner (run without actors)"
         );
     }
     Ok(())

@@ -8,6 +8,12 @@
 //! DeepSpeed-MoE and Megatron: P must divide the world size and the expert count). Tensor and pipeline
 //! parallelism are not built: their degrees above 1 are rejected, so a recipe never believes it trains on a
 //! layout that nothing sets up.
+//!
+//! Actors apart from learners: `actors = A` makes the launcher's last A ranks actors (they only play and score
+//! consultations with the newest weights they were sent) and the first `WORLD_SIZE - A` ranks learners (they
+//! only train, data-parallel among themselves). `max_policy_lag = s` lets actors play up to s policy versions
+//! ahead of the learner (s = 0: on-policy, actors and learners take turns; s = 1: round t+1 is generated while
+//! round t is learned).
 use super::check;
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +55,13 @@ pub struct DistributedSection {
     pub backend: DistributedBackend,
     /// Plain data parallelism or fully sharded (`"none"` | `"full"`); also valid on one rank.
     pub sharding: Sharding,
+    /// Ranks that only play and score RL rounds (the launcher's last `actors` ranks); 0: every rank plays its
+    /// share and learns it (colocated).
+    pub actors: usize,
+    /// With actors: how many policy versions a learned sample may lag the learner. Actors play this many rounds
+    /// ahead (0: on-policy, no overlap; 1: generation of round t+1 overlaps learning on round t); a sample
+    /// older than this is dropped and counted (`rl/samples_stale_dropped`).
+    pub max_policy_lag: usize,
     /// Bounds the rendezvous and every collective wait, in seconds. The other ranks wait at their next
     /// collective while rank 0 alone runs a held-out evaluation or writes a checkpoint, so this must exceed
     /// the longest of those.
@@ -64,6 +77,8 @@ impl Default for DistributedSection {
             pipeline_parallel: 1,
             backend: DistributedBackend::Nccl,
             sharding: Sharding::None,
+            actors: 0,
+            max_policy_lag: 0,
             timeout_secs: 1800,
         }
     }
@@ -95,11 +110,12 @@ impl DistributedSection {
     /// Checks `data_parallel` against the launcher's world size: N, or 0 / 1 (take the world size). Returns
     /// the data-parallel degree in use.
     pub fn data_parallel_for(&self, world_size: usize) -> Result<usize, String> {
+        let world_size = self.learners_for(world_size)?;
         let ep = self.expert_parallel.max(1);
         if !world_size.is_multiple_of(ep) {
             return Err(format!(
-                "recipe: distributed.expert_parallel = {ep} does not divide the {world_size} rank(s) the \
-                 launcher started: expert-parallel groups are blocks of {ep} data-parallel ranks"
+                "recipe: distributed.expert_parallel = {ep} does not divide the {world_size} learner rank(s): \
+                 expert-parallel groups are blocks of {ep} data-parallel ranks"
             ));
         }
         match self.data_parallel {
@@ -113,8 +129,34 @@ impl DistributedSection {
         }
     }
 
-    /// Processes the layout asks for (data x tensor x pipeline; expert parallelism reuses those ranks).
+    /// Learner ranks among the launcher's `world_size`: all of them without actors, else the first
+    /// `world_size - actors`, which must be at least one and divide the actors evenly (actor a sends its rounds to
+    /// learner a mod learners, so every learner learns the same number of groups).
+    pub fn learners_for(&self, world_size: usize) -> Result<usize, String> {
+        let a = self.actors;
+        if a == 0 {
+            return Ok(world_size);
+        }
+        if world_size <= a {
+            return Err(format!(
+                "recipe: distributed.actors = {a}, but the launcher started {world_size} rank(s): launch at least \
+                 {} (the first WORLD_SIZE - {a} ranks learn, the last {a} play)",
+                a + 1
+            ));
+        }
+        let learners = world_size - a;
+        if !a.is_multiple_of(learners) {
+            return Err(format!(
+                "recipe: distributed.actors = {a} is not a multiple of the {learners} learner rank(s) ({world_size} \
+                 launched - {a} actors): each learner takes the rounds of the same number of actors"
+            ));
+        }
+        Ok(learners)
+    }
+
+    /// Processes the layout asks for (data x tensor x pipeline learners, expert parallelism reusing those ranks,
+    /// plus the actors).
     pub fn world_size(&self) -> usize {
-        self.data_parallel.max(1) * self.tensor_parallel * self.pipeline_parallel
+        self.data_parallel.max(1) * self.tensor_parallel * self.pipeline_parallel + self.actors
     }
 }

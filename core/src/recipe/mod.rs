@@ -426,6 +426,17 @@ mod tests {
         assert_eq!(ep4.data_parallel_for(8), Ok(8));
         let e = ep4.data_parallel_for(2).unwrap_err();
         assert!(e.contains("expert_parallel = 4 does not divide"), "{e}");
+        let apart = DistributedSection {
+            actors: 2,
+            ..Default::default()
+        };
+        assert_eq!(apart.learners_for(3), Ok(1));
+        assert_eq!(apart.data_parallel_for(4), Ok(2));
+        assert_eq!(apart.world_size(), 3);
+        let e = apart.learners_for(2).unwrap_err();
+        assert!(e.contains("actors = 2") && e.contains("at least 3"), "{e}");
+        let e = apart.learners_for(5).unwrap_err();
+        assert!(e.contains("not a multiple of the 3 learner"), "{e}");
         let e = error_of("[distributed]\ntensor_parallel = 2\n");
         assert!(e.contains("distributed.tensor_parallel"), "{e}");
         let r = Recipe::from_toml_str(

@@ -214,5 +214,40 @@ fn check_all(g: &dyn Collectives, d: Device) -> Result<usize> {
         "a wrongly sized all_gather output was accepted"
     );
     n += 1;
+
+    // The weight refresh to actors: mixed dtypes in several buckets (64-byte buckets), root 0. The root may change
+    // its weights once the broadcast has started (its buckets are copies): receivers get the values at the start.
+    let shapes: [(&[i64], Kind, f64); 3] = [
+        (&[3, 4], Kind::Float, 1.0),
+        (&[5], Kind::BFloat16, 2.0),
+        (&[30], Kind::Float, -3.0),
+    ];
+    // Rank q holds base * (q + offset); rank 0's values are base * offset.
+    let held = |q: f32| -> Vec<Tensor> {
+        shapes
+            .iter()
+            .map(|(shape, kind, off)| {
+                let n: i64 = shape.iter().product();
+                (Tensor::arange(n, (Kind::Float, d)) * (q as f64 + off))
+                    .view(*shape)
+                    .to_kind(*kind)
+            })
+            .collect()
+    };
+    let weights = held(r);
+    let pending = spar_dist::start_broadcast_weights(g, &weights, 0, 7, 64)?;
+    if g.rank() == 0 {
+        let _guard = tch::no_grad_guard();
+        for t in &weights {
+            let _ = t.shallow_clone().fill_(-1.0);
+        }
+    }
+    pending.finish()?;
+    if g.rank() != 0 {
+        for (k, (t, want)) in weights.iter().zip(held(0.0)).enumerate() {
+            close_all(&format!("broadcast_weights tensor {k}"), t, &want)?;
+        }
+    }
+    n += 1;
     Ok(n)
 }
