@@ -30,12 +30,17 @@ pub struct Args {
     /// Seconds ranks get to exit after SIGTERM before SIGKILL.
     #[arg(long = "grace-secs", default_value_t = 10.0)]
     pub grace_secs: f64,
+    /// Start every rank again, up to this many times, when one fails (torchrun's --max-restarts; one node). The
+    /// rank command must continue from its checkpoints: `train ... --resume`.
+    #[arg(long = "max-restarts", alias = "max_restarts", default_value_t = 0)]
+    pub max_restarts: usize,
     /// The rank's command line, after `--` (e.g. `train --recipe R.toml`).
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let own = args.program.is_none();
     let program = match args.program {
         Some(p) => p,
         None => std::env::current_exe()?,
@@ -44,6 +49,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.grace_secs.is_finite() && args.grace_secs >= 0.0,
         "--grace-secs must be a non-negative number of seconds"
     );
+    // A restarted `spar train` without --resume would refuse its own run folder (or, with --overwrite, wipe it).
+    if own
+        && args.max_restarts > 0
+        && args.command.first().is_some_and(|c| c == "train")
+        && !args.command.iter().any(|a| a == "--resume")
+    {
+        anyhow::bail!(
+            "--max-restarts {} starts the job again after a failure: give `train` --resume so that it goes on \
+             from its last checkpoint (a fresh folder starts fresh with --resume too)",
+            args.max_restarts
+        );
+    }
     spar_dist::launch::launch(&spar_dist::launch::LaunchSpec {
         nproc_per_node: args.nproc_per_node,
         nnodes: args.nnodes,
@@ -53,5 +70,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         program,
         args: args.command,
         grace: Duration::from_secs_f64(args.grace_secs),
+        max_restarts: args.max_restarts,
     })
 }

@@ -101,14 +101,33 @@ fn with_lag_one_the_actors_play_ahead_and_take_the_one_step_off_policy_steps() {
     assert_eq!(lags(&apart), vec![0.0, 1.0, 1.0]);
 }
 
+/// The cluster recipe's layout at small scale: learners fully sharded and expert parallel (the tiny MoE's 4
+/// experts, 2 per learner), plus actors.
 #[test]
-fn two_learners_and_two_actors_take_the_two_rank_data_parallel_steps() {
+fn two_sharded_expert_parallel_learners_and_two_actors_take_the_two_rank_steps() {
     let dir = tempfile::tempdir().unwrap();
     let (colocated, apart) = (dir.path().join("colocated"), dir.path().join("apart"));
-    ok(tiny(&mut launch(2), &colocated, ROUNDS).args(KILLED_RUN));
-    ok(tiny(&mut launch(4), &apart, ROUNDS)
+    let layout = [
+        "--set",
+        "distributed.sharding=\"full\"",
+        "--set",
+        "distributed.expert_parallel=2",
+    ];
+    ok(tiny(&mut launch(2), &colocated, ROUNDS)
         .args(KILLED_RUN)
-        .args(["--set", "distributed.actors=2"]));
+        .args(layout));
+    let out = tiny(&mut launch(4), &apart, ROUNDS)
+        .args(KILLED_RUN)
+        .args(layout)
+        .args(["--set", "distributed.actors=2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("expert parallel: rank 0's MoE layers compute 1/2 of the experts"),
+        "{err}"
+    );
     same_steps(&colocated, &apart, "2 learners + 2 actors vs 2 ranks");
 }
 
@@ -151,10 +170,47 @@ fn actor_layouts_that_cannot_run_are_refused_with_the_reason() {
     );
 }
 
+/// Spawns `cmd` with its output in `dir`, waits for its first RL round, kill -9s rank `rank` (found among the
+/// launcher's children). Returns the launcher's child and its stderr log.
+#[cfg(target_os = "linux")]
+fn kill_mid_run(
+    cmd: &mut Command,
+    run: &Path,
+    dir: &Path,
+    rank: usize,
+) -> (std::process::Child, std::path::PathBuf) {
+    let log = dir.join("launch.log");
+    let mut child = cmd
+        .stdout(std::fs::File::create(dir.join("launch.out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !run.join("metrics.jsonl").is_file() || metric_rows(run, "rl/loss").is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(start.elapsed().as_secs() < 600, "no RL round in 600 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = rank_pid(child.id(), rank).expect("the rank among the launcher's children");
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    (child, log)
+}
+
 /// Kill -9 the actor mid-run (lag 1, so a round played ahead is in flight): the launcher stops the learner and
 /// exits non-zero naming the actor's rank; `--resume` goes on from the last checkpoint (which kept the round
 /// received ahead and the actor's pools after it) and finishes with exactly the steps of the run left alone: no
-/// round lost, none learned twice.
+/// round lost, none learned twice. Under `spar launch --max-restarts 1` the same kill restarts the job by
+/// itself (every rank, from the last checkpoint), with the same result.
 #[cfg(target_os = "linux")]
 #[test]
 fn an_actor_killed_mid_run_stops_the_job_and_resume_neither_loses_nor_repeats_a_round() {
@@ -167,44 +223,23 @@ fn an_actor_killed_mid_run_stops_the_job_and_resume_neither_loses_nor_repeats_a_
         "--set",
         "distributed.max_policy_lag=1",
     ];
-    let log = dir.path().join("launch.log");
     let mut cmd = launch(2);
     tiny(&mut cmd, &run, LONG).args(KILLED_RUN).args(apart);
-    let mut child = cmd
-        .stdout(std::fs::File::create(dir.path().join("launch.out")).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !run.join("metrics.jsonl").is_file() || metric_rows(&run, "rl/loss").is_empty() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        assert!(start.elapsed().as_secs() < 600, "no RL round in 600 s");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let pid = rank_pid(child.id(), 1).expect("the actor (rank 1) among the launcher's children");
     let killed = std::time::Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let (mut child, log) = kill_mid_run(&mut cmd, &run, dir.path(), 1);
     let status = child.wait().unwrap();
     let err = std::fs::read_to_string(&log).unwrap();
     assert!(!status.success(), "the launcher exited 0:\n{err}");
     assert!(err.contains("rank 1 failed"), "{err}");
     assert!(
-        killed.elapsed().as_secs() < 60,
+        killed.elapsed().as_secs() < 120,
         "the job took {:?} to stop",
         killed.elapsed()
     );
-    let before = metric_rows(&run, "rl/loss").len();
-    assert!(before < LONG, "the run finished before the kill");
+    assert!(
+        metric_rows(&run, "rl/loss").len() < LONG,
+        "the run finished before the kill"
+    );
     ok(tiny(&mut launch(2), &run, LONG)
         .args(KILLED_RUN)
         .args(apart)
@@ -216,6 +251,38 @@ fn an_actor_killed_mid_run_stops_the_job_and_resume_neither_loses_nor_repeats_a_
         &left_alone,
         &run,
         LONG,
-        "killed actor and resumed vs left alone",
+        "killed actor, resumed, vs left alone",
+    );
+
+    // The launcher restarts the job itself.
+    let restarted = dir.path().join("restarted");
+    let sub = dir.path().join("restart-logs");
+    std::fs::create_dir_all(&sub).unwrap();
+    let mut cmd = spar();
+    cmd.args([
+        "launch",
+        "--max-restarts",
+        "1",
+        "--nproc-per-node",
+        "2",
+        "--",
+    ]);
+    tiny(&mut cmd, &restarted, LONG)
+        .args(KILLED_RUN)
+        .args(apart)
+        .arg("--resume");
+    let (mut child, log) = kill_mid_run(&mut cmd, &restarted, &sub, 1);
+    let status = child.wait().unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("restarting every rank (attempt 1 of --max-restarts 1)"),
+        "{err}"
+    );
+    same_steps_of(
+        &left_alone,
+        &restarted,
+        LONG,
+        "killed actor, restarted by the launcher, vs left alone",
     );
 }

@@ -1,7 +1,9 @@
 //! `spar launch`: torchrun's job without Python. The launcher of node 0 hosts the rendezvous store (as
 //! torchrun's agent does); every launcher spawns its node's ranks with the torchrun environment contract
 //! (plus NCCL_NVLS_ENABLE=0), prefixes their output with `[rank k]`, forwards SIGINT/SIGTERM, and when one rank
-//! fails stops the others and reports that rank's error.
+//! fails stops the others and reports that rank's error. With `max_restarts` (torchrun's `--max-restarts`) a
+//! failed job is started again, every rank at once, with TORCHELASTIC_RESTART_COUNT counting the attempts (the
+//! ranks rendezvous under a fresh store prefix); `spar train --resume` then goes on from its last checkpoint.
 mod logs;
 mod signals;
 
@@ -30,6 +32,8 @@ pub struct LaunchSpec {
     pub args: Vec<String>,
     /// How long ranks get to exit after SIGTERM before SIGKILL.
     pub grace: Duration,
+    /// How many times a failed job is started again (single node only).
+    pub max_restarts: usize,
 }
 
 /// How the job ended when it did not succeed.
@@ -78,6 +82,11 @@ pub fn launch(spec: &LaunchSpec) -> Result<()> {
         spec.nnodes == 1 || spec.master_port != 0,
         "--master-port is required with several nodes"
     );
+    ensure!(
+        spec.nnodes == 1 || spec.max_restarts == 0,
+        "--max-restarts restarts one node's ranks; across nodes the launchers would have to agree on the restart, \
+         which is not built: run under torchrun (its agents coordinate restarts) or restart the job yourself"
+    );
     let world = spec.nnodes * spec.nproc_per_node;
     // Node 0's launcher hosts the store for the whole job, like torchrun's agent: it outlives every rank, so a
     // rank that dies does not take the rendezvous down with it.
@@ -93,6 +102,32 @@ pub fn launch(spec: &LaunchSpec) -> Result<()> {
     let port = store.as_ref().map_or(spec.master_port, Store::port);
     signals::install();
     let run_id = format!("spar-{}", std::process::id());
+    let mut attempt = 0;
+    let result = loop {
+        let mut ranks = spawn(spec, world, port, &run_id, attempt)?;
+        match watch(&mut ranks, spec.grace) {
+            Err(e) if attempt < spec.max_restarts && e.downcast_ref::<RankFailure>().is_some() => {
+                attempt += 1;
+                eprintln!(
+                    "[launch] {e:#}\n[launch] restarting every rank (attempt {attempt} of --max-restarts {})",
+                    spec.max_restarts
+                );
+            }
+            done => break done,
+        }
+    };
+    drop(store);
+    result
+}
+
+/// Starts this node's ranks for attempt `attempt` (TORCHELASTIC_RESTART_COUNT).
+fn spawn(
+    spec: &LaunchSpec,
+    world: usize,
+    port: u16,
+    run_id: &str,
+    attempt: usize,
+) -> Result<Vec<Rank>> {
     let mut ranks = Vec::with_capacity(spec.nproc_per_node);
     for local in 0..spec.nproc_per_node {
         let global = spec.node_rank * spec.nproc_per_node + local;
@@ -106,8 +141,8 @@ pub fn launch(spec: &LaunchSpec) -> Result<()> {
             .env("MASTER_ADDR", &spec.master_addr)
             .env("MASTER_PORT", port.to_string())
             .env("TORCHELASTIC_USE_AGENT_STORE", "True")
-            .env("TORCHELASTIC_RESTART_COUNT", "0")
-            .env("TORCHELASTIC_RUN_ID", &run_id)
+            .env("TORCHELASTIC_RESTART_COUNT", attempt.to_string())
+            .env("TORCHELASTIC_RUN_ID", run_id)
             // NVLink multicast stays off in everything spar launches.
             .env("NCCL_NVLS_ENABLE", "0")
             .stdin(Stdio::null())
@@ -134,9 +169,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<()> {
             logs,
         });
     }
-    let result = watch(&mut ranks, spec.grace);
-    drop(store);
-    result
+    Ok(ranks)
 }
 
 /// Polls the ranks until all exit 0, one fails, or a signal arrives.

@@ -16,6 +16,7 @@ fn spec(n: usize, args: &[&str]) -> LaunchSpec {
         program: env!("CARGO_BIN_EXE_spar-dist-selftest").into(),
         args: args.iter().map(|s| s.to_string()).collect(),
         grace: Duration::from_secs(3),
+        max_restarts: 0,
     }
 }
 
@@ -43,6 +44,41 @@ fn a_failing_rank_stops_the_others_and_is_named() {
         failure.tail.iter().any(|l| l.contains("injected failure")),
         "{failure}"
     );
+}
+
+#[test]
+fn with_max_restarts_a_failed_job_starts_again_until_the_limit() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Rank 1 fails in the first attempt only: one restart, every rank again, and the job succeeds.
+    let args = [
+        "--fail-rank",
+        "1",
+        "--fail-attempts",
+        "1",
+        "--timeout-secs",
+        "60",
+    ];
+    launch(&LaunchSpec {
+        max_restarts: 1,
+        ..spec(2, &args)
+    })
+    .unwrap();
+    // Failing in the first two attempts exhausts one restart: the second failure is reported.
+    let args = [
+        "--fail-rank",
+        "1",
+        "--fail-attempts",
+        "2",
+        "--timeout-secs",
+        "60",
+    ];
+    let err = launch(&LaunchSpec {
+        max_restarts: 1,
+        ..spec(2, &args)
+    })
+    .unwrap_err();
+    let failure = err.downcast_ref::<RankFailure>().expect("a rank failure");
+    assert_eq!(failure.rank, 1, "{failure}");
 }
 
 #[test]

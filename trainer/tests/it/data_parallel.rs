@@ -36,6 +36,7 @@ fn run(out: &Path, n: usize, extra: &[&str]) {
         program: program.into(),
         args,
         grace: Duration::from_secs(3),
+        max_restarts: 0,
     })
     .unwrap();
 }

@@ -35,7 +35,7 @@ fn run(env: &DistEnv) -> Result<usize> {
     let mut opts = InitOptions::default();
     let mut args = std::env::args().skip(1);
     let mut device = Device::Cpu;
-    let (mut fail_rank, mut sleep) = (None, 0.0);
+    let (mut fail_rank, mut sleep, mut fail_attempts) = (None, 0.0, u32::MAX);
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -53,12 +53,14 @@ fn run(env: &DistEnv) -> Result<usize> {
             "--identity" => opts.identity.push(("recipe".into(), value()?.into_bytes())),
             "--fail-rank" => fail_rank = Some(value()?.parse::<usize>()?),
             "--sleep-secs" => sleep = value()?.parse::<f64>()?,
+            // --fail-rank fails only in the launcher's first K attempts (TORCHELASTIC_RESTART_COUNT < K).
+            "--fail-attempts" => fail_attempts = value()?.parse::<u32>()?,
             _ => bail!("unknown argument {a}"),
         }
     }
     let dist = init(env, &opts)?;
     println!("rank {} joined", env.rank);
-    if fail_rank == Some(env.rank) {
+    if fail_rank == Some(env.rank) && env.restart_count < fail_attempts {
         bail!("injected failure");
     }
     std::thread::sleep(Duration::from_secs_f64(sleep));
