@@ -121,7 +121,10 @@ fn mutate_bytes(rng: &mut ChaCha8Rng, good: &[u8]) -> Vec<u8> {
     let at = rng.random_range(0..b.len());
     match rng.random_range(0..5) {
         0 => b[at] ^= 1 << rng.random_range(0..8),
-        1 => b.insert(at, b"{}[]\":,-e\\\x00"[rng.random_range(0..12)]),
+        1 => {
+            const BYTES: &[u8] = b"{}[]\":,-e\\\x00";
+            b.insert(at, BYTES[rng.random_range(0..BYTES.len())])
+        }
         2 => {
             b.remove(at);
         }
