@@ -45,9 +45,12 @@ pub struct Imported {
     pub rows: usize,
 }
 
+/// A file's rows with their 1-based line (JSONL) or element (JSON array) numbers.
+type Rows = Vec<(usize, Value)>;
+
 /// The rows of a file: a JSON array's elements, or one JSON value per non-blank line. A line that is not JSON
 /// is a row error (the other lines still import); a file that cannot be read at all is an error.
-fn rows(path: &Path) -> Result<(Vec<(usize, Value)>, Vec<Error>)> {
+fn rows(path: &Path) -> Result<(Rows, Vec<Error>)> {
     Error::must_exist(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let file = path.display().to_string();
