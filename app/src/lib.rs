@@ -18,4 +18,4 @@ mod policy;
 
 pub use builder::{Builder, CLAIM_CACHE_FILE, offline_step, whole_episodes};
 pub use cases::CaseSet;
-pub use policy::{PolicyParts, device_and_kind};
+pub use policy::{PolicyParts, check_vocabulary, device_and_kind};

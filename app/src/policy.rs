@@ -115,7 +115,8 @@ pub fn training_policy(
 /// Refuses a tokenizer with more tokens than the model has embedding rows (`config.json` `vocab_size`): its
 /// high ids would index past the embedding (an error deep in a forward, or worse, a silently wrong model when a
 /// tokenizer of another model is picked up). Fewer tokens than rows is normal (Qwen3 pads its embedding).
-fn check_vocabulary(tokenizer: &Tokenizer, model: &Qwen3Model, dir: &Path) -> Result<()> {
+/// Every command that loads a model with a tokenizer calls it (train, rollout, eval, serve, generate).
+pub fn check_vocabulary(tokenizer: &Tokenizer, model: &Qwen3Model, dir: &Path) -> Result<()> {
     let (tokens, rows) = (tokenizer.vocab_size(), model.config.vocab_size);
     if tokens > rows {
         bail!(

@@ -120,6 +120,10 @@ pub struct TestItem {
     /// LOINC code where one exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loinc: Option<String>,
+    /// What the test showed for this patient, where the source records it (imported OSCE cases: "Acetylcholine
+    /// receptor antibodies: present (elevated)"); the shipped synthetic cases have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
 }
 
 /// A rubric item, HealthBench-compatible (`criterion` + integer `points` in [-10, 10]).
@@ -294,6 +298,7 @@ pub(crate) mod tests {
                     name: "Chest X-ray".into(),
                     aliases: vec!["cxr".into()],
                     loinc: None,
+                    result: None,
                 }],
                 optional: vec![],
             },

@@ -43,6 +43,7 @@ fn test_item() -> DataType {
         utf8("name"),
         list("aliases", DataType::Utf8),
         Field::new("loinc", DataType::Utf8, true),
+        Field::new("result", DataType::Utf8, true),
     ])
 }
 
@@ -237,6 +238,59 @@ pub(crate) fn read_jsonl_records<T: serde::de::DeserializeOwned>(
         out.push(from_row(&file, i + 1, value)?);
     }
     Ok(out)
+}
+
+/// Every problem of a JSONL case file, with the cases that read: a line that is not JSON or not a case is
+/// reported and the lines after it are still read, then every case is validated (and ids checked for
+/// duplicates), each problem on its own line number. `spar data validate` uses it to report a whole file at once.
+pub fn check_cases_jsonl(path: &Path) -> Result<(Vec<Case>, Vec<Error>)> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let (mut cases, mut problems) = (Vec::new(), Vec::new());
+    let mut seen = std::collections::HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(Error::Field {
+                    file: file.clone(),
+                    line: n,
+                    field: "-".into(),
+                    msg: format!("not JSON: {e}"),
+                });
+                continue;
+            }
+        };
+        let case: Case = match from_row(&file, n, value) {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
+        };
+        for p in case.validate() {
+            problems.push(Error::Field {
+                file: file.clone(),
+                line: n,
+                field: p.field,
+                msg: p.msg,
+            });
+        }
+        if let Some(first) = seen.insert(case.id.clone(), n) {
+            problems.push(Error::Field {
+                file: file.clone(),
+                line: n,
+                field: "id".into(),
+                msg: format!("duplicate case id `{}` (first on line {first})", case.id),
+            });
+        }
+        cases.push(case);
+    }
+    Ok((cases, problems))
 }
 
 /// Reads a parquet case file without validating values; errors name the 1-based row and the field path.

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod cases;
 pub mod expert;
 pub mod generate;
+pub mod import;
 pub mod kb;
 mod parquet_io;
 pub mod recipe;

@@ -4,7 +4,7 @@
 //!
 //! Which fields: everything a patient could be identified by, i.e. every piece of prose (chief complaint, history
 //! of present illness, the history lists, examination findings, the patient's answers, red-flag descriptions,
-//! rubric criteria). Fields that are codes or matchers stay as they are on purpose: ids, department, keywords,
+//! rubric criteria, test results). Fields that are codes or matchers stay as they are on purpose: ids, department, keywords,
 //! diagnosis names and ICD-10 codes, test names and LOINC codes, and rubric rules (a rule's phrases are matched
 //! against the doctor's text; redacting them would silently change what scores). A case whose id or keyword holds
 //! an identifier is a data error the redactor cannot fix without changing the case's meaning.
@@ -34,6 +34,16 @@ pub fn redact_case(case: &mut Case) {
     }
     for r in &mut case.rubric {
         one(&mut r.criterion);
+    }
+    for t in case
+        .tests
+        .essential
+        .iter_mut()
+        .chain(&mut case.tests.optional)
+    {
+        if let Some(r) = &mut t.result {
+            one(r);
+        }
     }
 }
 

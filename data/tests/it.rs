@@ -7,6 +7,7 @@ mod it {
     mod expert;
     mod fuzz;
     mod generate;
+    mod import;
     mod kb;
     mod partial_expert;
     mod phi;

@@ -136,6 +136,7 @@ impl<'m> EvalPolicy<'m> {
                     kv_slots: rollout.kv_slot_count(),
                     max_seq_len: rollout.max_seq_len,
                     seed,
+                    batch_invariant: rollout.batch_invariant,
                     ..Default::default()
                 };
                 let thinking = rollout.enable_thinking;

@@ -7,5 +7,6 @@ mod it {
     mod healthbench;
     mod healthbench_e2e;
     mod held_out;
+    mod imported;
     mod report;
 }

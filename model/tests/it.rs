@@ -10,5 +10,7 @@ mod graph_decode;
 mod internal;
 #[path = "it/parity.rs"]
 mod parity;
+#[path = "it/safetensors_fuzz.rs"]
+mod safetensors_fuzz;
 #[path = "it/tokenizer.rs"]
 mod tokenizer;

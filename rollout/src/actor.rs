@@ -318,6 +318,7 @@ impl Rollout {
                     prefill_tokens: 4096,
                     seed: mix_seed(self.seed, "engine", round),
                     record_routing: record,
+                    batch_invariant: self.cfg.batch_invariant,
                 };
                 let mut engine = Engine::new(model, ecfg)?.with_codec(self.codec.clone());
                 let generator: Arc<dyn TurnGenerator> = Arc::new(client.clone());

@@ -57,6 +57,7 @@ pub fn tiny_case() -> Case {
                 name: "Chest X-ray".into(),
                 aliases: vec!["cxr".into()],
                 loinc: None,
+                result: None,
             }],
             optional: vec![],
         },

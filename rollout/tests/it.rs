@@ -6,5 +6,6 @@ mod it {
     pub mod failures;
     pub mod serve;
     pub mod serve_errors;
+    pub mod serve_fuzz;
     pub mod serve_limits;
 }

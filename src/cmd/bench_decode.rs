@@ -58,6 +58,7 @@ pub fn run(args: Args) -> Result<()> {
         prefill_tokens: 16384,
         seed: 0,
         record_routing: false,
+        batch_invariant: false,
     };
     let mut engine = Engine::new(&model, cfg)?;
     let mut salt = 0u64;

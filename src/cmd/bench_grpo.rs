@@ -82,6 +82,7 @@ pub fn run(args: Args) -> Result<()> {
             prefill_tokens: 16384,
             seed: 0,
             record_routing: false,
+            batch_invariant: false,
         },
     )?;
     engine.set_cuda_graphs(args.graphs && device.is_cuda());

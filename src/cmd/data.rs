@@ -46,6 +46,27 @@ enum Command {
         #[arg(long)]
         no_redact: bool,
     },
+    /// Import cases in the field's formats as spar cases: AgentClinic's JSONL (`--format agentclinic`: the OSCE
+    /// layout of its MedQA files, or its NEJM layout) or SCAN-bench-style case objects (`--format scan`: a JSON
+    /// array or JSONL). Diagnoses are coded through the knowledge base's ICD-10-CM tree. A row that cannot be
+    /// mapped is reported (file, line, field) and the others are written; free text is PHI-redacted unless
+    /// --no-redact.
+    Import {
+        #[arg(long = "in", alias = "input")]
+        input: PathBuf,
+        /// Case file to write (.jsonl or .parquet).
+        #[arg(long)]
+        out: PathBuf,
+        /// agentclinic or scan.
+        #[arg(long)]
+        format: String,
+        /// Knowledge base folder whose ICD-10-CM tree codes the diagnoses (default: the shipped one).
+        #[arg(long)]
+        knowledge_base: Option<PathBuf>,
+        /// Keep the text as the file has it (like `[data] redact_on_ingest = false`).
+        #[arg(long)]
+        no_redact: bool,
+    },
     /// Write cases as verl RL parquet (prompt = the patient's opening, reward_model.ground_truth = the case).
     ExportVerl {
         #[arg(long = "in", alias = "input")]
@@ -164,6 +185,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ),
             }
         }
+        Command::Import {
+            input,
+            out,
+            format,
+            knowledge_base,
+            no_redact,
+        } => import(&input, &out, &format, knowledge_base.as_deref(), no_redact)?,
         Command::Export {
             input,
             out,
@@ -236,6 +264,51 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             })?;
         }
     }
+    Ok(())
+}
+
+/// `spar data import`: every row's error on standard error, the mapped cases written (redacted unless
+/// `no_redact`); an error when no row could be mapped.
+fn import(
+    input: &Path,
+    out: &Path,
+    format: &str,
+    knowledge_base: Option<&Path>,
+    no_redact: bool,
+) -> anyhow::Result<()> {
+    use spar_data::import::{ImportFormat, import};
+    let format = ImportFormat::parse(format)?;
+    // Said before the knowledge base loads: a typo in --in is the likelier mistake.
+    spar_core::Error::must_exist(input)?;
+    let kb = match knowledge_base {
+        Some(p) => spar_data::kb::KnowledgeBase::load(p)?,
+        None => spar_data::kb::KnowledgeBase::load_default()?,
+    };
+    let mut got = import(input, format, &kb)?;
+    for e in &got.errors {
+        eprintln!("{e}");
+    }
+    if got.cases.is_empty() {
+        bail!(
+            "{}: none of its {} rows could be mapped to a case (reasons above)",
+            input.display(),
+            got.rows
+        );
+    }
+    if !no_redact {
+        redact::redact_cases(&mut got.cases);
+    }
+    cases::write_cases(out, &got.cases)?;
+    println!(
+        "imported {} of {} rows into {}{}",
+        got.cases.len(),
+        got.rows,
+        out.display(),
+        match got.errors.len() {
+            0 => String::new(),
+            n => format!("; {n} rows could not be mapped (listed above)"),
+        }
+    );
     Ok(())
 }
 
@@ -329,13 +402,18 @@ fn validate(input: &Path, splits: Option<&Path>) -> anyhow::Result<()> {
     let mut all = Vec::new();
     let mut origin: std::collections::HashMap<String, PathBuf> = std::collections::HashMap::new();
     for f in &files {
+        // JSONL: every line's problems, also after a line that does not parse; parquet: the first unreadable
+        // row stops the file (its rows cannot be told apart once decoding fails), then every case's problems.
         let read = match Format::of(f)? {
-            Format::Jsonl => cases::read_cases_jsonl(f),
-            Format::Parquet => cases::read_cases_parquet(f),
+            Format::Jsonl => cases::check_cases_jsonl(f),
+            Format::Parquet => cases::read_cases_parquet(f).map(|c| {
+                let p = cases::case_problems(&f.display().to_string(), &c);
+                (c, p)
+            }),
         };
         match read {
-            Ok(c) => {
-                problems.extend(cases::case_problems(&f.display().to_string(), &c));
+            Ok((c, found)) => {
+                problems.extend(found);
                 for (i, case) in c.iter().enumerate() {
                     match origin.get(&case.id) {
                         Some(prev) if prev != f => problems.push(spar_core::Error::Field {

@@ -328,6 +328,7 @@ fn local(
     let model = builder
         .saved_model(&dir)
         .with_context(|| format!("loading {}", dir.display()))?;
+    spar_app::check_vocabulary(&tokenizer, &model, &dir)?;
     let policy = EvalPolicy::tokens(
         dir.display().to_string(),
         spar_rollout::Policy::Builtin(&model),

@@ -96,6 +96,7 @@ fn generate_all(args: &Args) -> Result<()> {
     });
     let model = Qwen3Model::load(dir, choice.device, choice.kind)?;
     let tok = Tokenizer::from_dir(dir)?;
+    spar_app::check_vocabulary(&tok, &model, dir)?;
     let template = ChatTemplate::from_dir(dir).ok();
     let path = &args.prompts;
     let text =

@@ -62,6 +62,9 @@ fn play(args: &Args, builder: &Builder, model_dir: &std::path::Path) -> Result<(
         true => None,
         false => Some(builder.saved_model(model_dir)?),
     };
+    if let Some(m) = &model {
+        spar_app::check_vocabulary(&tokenizer, m, model_dir)?;
+    }
     let run_id = builder
         .recipe()
         .name

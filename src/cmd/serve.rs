@@ -94,6 +94,7 @@ impl Args {
             prefill_tokens: 8192,
             seed: self.seed,
             record_routing: false,
+            batch_invariant: false,
         }
     }
 
@@ -130,6 +131,7 @@ pub fn run(args: Args) -> Result<()> {
     let dir = &choice.dir;
     let model = Qwen3Model::load(dir, choice.device, choice.kind)?;
     let tokenizer = Arc::new(Tokenizer::from_dir(dir)?);
+    spar_app::check_vocabulary(&tokenizer, &model, dir)?;
     let renderer: Arc<dyn ChatRenderer> = match ChatTemplate::from_dir(dir) {
         Ok(t) => Arc::new(t),
         Err(e) => {

@@ -30,6 +30,11 @@ pub struct Args {
     /// its `[rewards]`, and the before-RL one is its own. With `--resume`, continues such a run.
     #[arg(long, value_name = "DIR")]
     pub from_sft: Option<PathBuf>,
+    /// Bit-identical runs on the CPU: batch-invariant generation (`rollout.batch_invariant`: one sequence per
+    /// forward, no reused prefixes), so two runs of one recipe and seed, or a run killed and resumed, write the
+    /// same checkpoints and metrics (timings aside). Slower rollouts; refused on a GPU.
+    #[arg(long)]
+    pub deterministic: bool,
     /// One trainer step from files instead of the loop: samples written by `spar rollout` ...
     #[arg(long = "in", alias = "input", requires = "scored", requires = "model")]
     pub input: Option<PathBuf>,
@@ -38,9 +43,15 @@ pub struct Args {
     pub scored: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(mut args: Args) -> Result<()> {
+    if args.deterministic {
+        args.recipe.set.push("rollout.batch_invariant=true".into());
+    }
     // Parsing, overrides and validation of every section happen here, before any heavy work.
     let builder = args.recipe.builder()?;
+    if args.deterministic {
+        deterministic_device(builder.recipe())?;
+    }
     if let (Some(samples), Some(scored)) = (&args.input, &args.scored) {
         let out = args
             .out
@@ -60,6 +71,22 @@ pub fn run(args: Args) -> Result<()> {
         Start::of(args.resume, args.overwrite),
         args.from_sft.as_deref(),
     )
+}
+
+/// `--deterministic` promises bit-identical runs on the CPU only: GPU kernels (atomics in reductions, kernel
+/// choice by shape and load) are not bitwise reproducible, so a GPU device is refused rather than a promise
+/// silently broken.
+fn deterministic_device(recipe: &Recipe) -> Result<()> {
+    let device = recipe.model.as_ref().map_or("cpu", |m| m.device.as_str());
+    // Said before the device is parsed: on a machine without CUDA "cuda:0" would fail for another reason.
+    let on_cpu = device == "cpu" || (device == "auto" && !tch::Cuda::is_available());
+    if !on_cpu {
+        anyhow::bail!(
+            "--deterministic: bit-identical runs are built for the CPU, and model.device is {device:?} \
+             (add --set model.device=\"cpu\")"
+        );
+    }
+    Ok(())
 }
 
 /// How a run treats what its folder holds already.

@@ -309,3 +309,79 @@ fn gold_consultations_are_redacted_and_audited() {
         .arg(&raw));
     assert!(std::fs::read_to_string(&raw).unwrap().contains("Okonkwo"));
 }
+
+/// `spar data import` (AgentClinic's OSCE JSONL) writes the rows it can map, redacted unless `--no-redact`, and
+/// names each row it cannot (file, line, field) on standard error; `spar data validate` of a case file with a
+/// broken line reports that line and every problem after it.
+#[test]
+fn data_import_redacts_names_unmapped_rows_and_validate_reports_every_line() {
+    let d = tempfile::tempdir().unwrap();
+    let fixture = root().join("data/tests/fixtures/import/agentclinic_medqa.jsonl");
+    let out = d.path().join("imported.jsonl");
+    let run = spar()
+        .args(["data", "import", "--format", "agentclinic", "--in"])
+        .arg(&fixture)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    assert!(run.status.success(), "{stderr}");
+    assert!(stdout.contains("imported 4 of 8 rows"), "{stdout}");
+    assert!(
+        stderr.contains(
+            "agentclinic_medqa.jsonl:5: field `OSCE_Examination.Correct_Diagnosis`: missing"
+        ) && stderr.contains(
+            "agentclinic_medqa.jsonl:8: field `OSCE_Examination.Patient_Actor.Demographics`"
+        ),
+        "{stderr}"
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        !text.contains("John Carter") && !text.contains("7782341"),
+        "{text}"
+    );
+    let raw = d.path().join("raw.jsonl");
+    ok(spar()
+        .args([
+            "data",
+            "import",
+            "--format",
+            "agentclinic",
+            "--no-redact",
+            "--in",
+        ])
+        .arg(&fixture)
+        .arg("--out")
+        .arg(&raw));
+    assert!(
+        std::fs::read_to_string(&raw)
+            .unwrap()
+            .contains("John Carter")
+    );
+
+    // A broken line, then a case with a bad field: both reported.
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    lines.insert(1, "{\"id\": ".into());
+    let mut bad: serde_json::Value = serde_json::from_str(&lines[3]).unwrap();
+    bad["diagnosis"]["icd10"] = "not-a-code".into();
+    lines[3] = bad.to_string();
+    let broken = d.path().join("broken.jsonl");
+    std::fs::write(&broken, lines.join("\n") + "\n").unwrap();
+    let v = spar()
+        .args(["data", "validate", "--in"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&v.stderr);
+    assert!(!v.status.success());
+    assert!(
+        err.contains("broken.jsonl:2: field `-`: not JSON")
+            && err.contains("broken.jsonl:4: field `diagnosis.icd10`")
+            && err.contains("2 problem(s)"),
+        "{err}"
+    );
+}

@@ -14,6 +14,9 @@ use spar_model::Qwen3Model;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// `TrainerState::extra` key: how many logs the checkpoint's step had when it was taken ([`crate::metrics::CutBack`]).
+const METRICS_AT_STEP: &str = "metrics_logged_at_step";
+
 /// A part of the run with state beyond the model and optimizer (rollout pools, the critic, a round generated
 /// ahead): a checkpoint asks it to write its state, a resume to read it back.
 pub trait Checkpointed {
@@ -102,7 +105,14 @@ impl Session {
         let metrics = if group.rank() == 0 {
             Some(MetricsLogger::open(
                 out,
-                resume_dir.as_ref().map(|_| state.step),
+                resume_dir.as_ref().map(|_| crate::metrics::CutBack {
+                    step: state.step,
+                    at_step: state
+                        .extra
+                        .get(METRICS_AT_STEP)
+                        .and_then(|v| v.as_u64())
+                        .map(|n| n as usize),
+                }),
             )?)
         } else {
             None
@@ -177,6 +187,13 @@ impl Session {
         };
         // Resharded pools were handed to the rollout on resume; its own pools are saved below.
         state.extra.remove("stage_pools_of_ranks");
+        // What this step has logged so far: a resume keeps exactly that (logs after the checkpoint at the same
+        // step, such as the evaluation before RL after the SFT-end checkpoint, are written again).
+        if let Some(m) = &self.metrics {
+            state
+                .extra
+                .insert(METRICS_AT_STEP.into(), m.logged_at(self.global_step).into());
+        }
         for p in parts {
             p.save_state(&mut state)?;
         }

@@ -105,6 +105,8 @@ fn event_files(dir: &Path) -> Result<Vec<PathBuf>> {
             out.push(path);
         }
     }
+    // In the order they were written: names start with the creation time in seconds.
+    out.sort();
     Ok(out)
 }
 
@@ -238,14 +240,24 @@ pub fn read_steps(path: &Path) -> Result<Vec<i64>> {
 
 /// Cuts every event file in `dir` back to the events of steps <= `step` (a resumed run, as `metrics.jsonl` is
 /// cut back), rewriting a file atomically only when something goes; damaged tails are dropped too.
-pub fn cut_back(dir: &Path, step: usize) -> Result<()> {
+pub fn cut_back(dir: &Path, cut: crate::metrics::CutBack) -> Result<()> {
+    // The logs of the resume step are counted across the files in order (a resumed run's file comes after the
+    // run's first one); at step 0 the files' own version records share the step, so every record is kept there.
+    let cut = match cut.step {
+        0 => crate::metrics::CutBack {
+            at_step: None,
+            ..cut
+        },
+        _ => cut,
+    };
+    let mut seen = 0;
     for path in event_files(dir)? {
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let records = read_records(&bytes);
         let kept: Vec<&[u8]> = records
             .iter()
             .copied()
-            .filter(|r| event_step(r).is_some_and(|s| s <= step as i64))
+            .filter(|r| event_step(r).is_some_and(|s| s >= 0 && cut.keeps(s as usize, &mut seen)))
             .collect();
         // Each record is framed by 16 bytes (length 8, its CRC 4, the data's CRC 4).
         let whole: usize = records.iter().map(|r| r.len() + 16).sum();
@@ -292,7 +304,14 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         // The header of the second file came along whole (step 0); its step-6 record is cut short.
         assert_eq!(read_steps(&path).unwrap(), [0, 1, 2, 3, 4, 5, 0]);
-        cut_back(dir.path(), 3).unwrap();
+        cut_back(
+            dir.path(),
+            crate::metrics::CutBack {
+                step: 3,
+                at_step: None,
+            },
+        )
+        .unwrap();
         assert_eq!(read_steps(&path).unwrap(), [0, 1, 2, 3, 0]);
         assert!(std::fs::read(&path).unwrap().len() < whole);
         remove_events(dir.path()).unwrap();

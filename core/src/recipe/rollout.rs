@@ -149,6 +149,11 @@ pub struct RolloutSection {
     pub instructions: Vec<String>,
     /// Seed of episode modes, interruption snippets and per-request sampling seeds (None: the recipe seed, else 0).
     pub seed: Option<u64>,
+    /// Batch-invariant generation in the built-in engine (`spar train --deterministic` sets it): one sequence
+    /// per forward and no reused prefixes, so each reply depends on its prompt, seed and the weights alone, not
+    /// on which episodes were generated beside it. With it two runs of one recipe and seed, or a run killed and
+    /// resumed, are bit-identical on the CPU. Slower (sequences run one after another); CPU only.
+    pub batch_invariant: bool,
 }
 
 impl Default for RolloutSection {
@@ -173,6 +178,7 @@ impl Default for RolloutSection {
             system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
             instructions: Vec::new(),
             seed: None,
+            batch_invariant: false,
         }
     }
 }

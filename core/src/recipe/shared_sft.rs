@@ -23,6 +23,7 @@ pub const RL_ONLY_KEYS: &[&str] = &[
     "rollout.top_m",
     "rollout.max_batch",
     "rollout.kv_slots",
+    "rollout.batch_invariant",
     "trainer.steps",
     "trainer.lr",
     "trainer.policy_loss",

@@ -399,6 +399,7 @@ pub fn case_from(
             name: f[0].clone(),
             aliases: table::keywords(&f[1]),
             loinc: (!f[2].is_empty()).then(|| f[2].clone()),
+            result: None,
         })
     };
     let essential = d

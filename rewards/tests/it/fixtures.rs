@@ -32,6 +32,7 @@ pub fn case() -> Case {
         name: n.into(),
         aliases: aliases.iter().map(|s| s.to_string()).collect(),
         loinc: None,
+        result: None,
     };
     Case {
         id: "resp-0001".into(),

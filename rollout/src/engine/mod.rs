@@ -46,6 +46,11 @@ pub struct EngineConfig {
     pub seed: u64,
     /// Record the experts chosen for every token (MoE routing replay).
     pub record_routing: bool,
+    /// Batch-invariant generation (`--deterministic`): every forward holds one sequence (no padding, no
+    /// batch-mates), no prompt reuses another request's cached prefix and no CUDA graph runs, so a request's
+    /// tokens and log-probs depend on its prompt, seed and the weights alone, bit for bit on the CPU, not on
+    /// which requests happened to arrive with it. Slower: sequences run one after another.
+    pub batch_invariant: bool,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +62,7 @@ impl Default for EngineConfig {
             prefill_tokens: 4096,
             seed: 0,
             record_routing: false,
+            batch_invariant: false,
         }
     }
 }
@@ -73,9 +79,6 @@ pub struct EngineStats {
     pub prefill_forwards: u64,
     /// Requests dropped because their caller went away (queued or mid-generation).
     pub cancelled: u64,
-    /// Tokens chosen from non-finite (NaN) logits: the model's weights or activations are not finite; the first
-    /// one is warned about.
-    pub non_finite_tokens: u64,
 }
 
 /// A finished request: the wire output plus the expert choices of its prompt (when recorded), which the
@@ -166,7 +169,12 @@ impl<'m> Engine<'m> {
         let n_moe = model.config.moe_layers().len();
         let routing_shape =
             (cfg.record_routing && n_moe > 0).then_some((n_moe, model.config.num_experts_per_tok));
-        let graphs = GraphDecoder::new(model, &cache, cfg.max_batch);
+        // A graph replays a fixed batch shape: not one sequence per forward.
+        let graphs = if cfg.batch_invariant {
+            None
+        } else {
+            GraphDecoder::new(model, &cache, cfg.max_batch)
+        };
         Ok(Engine {
             model,
             graphs,
@@ -198,7 +206,7 @@ impl<'m> Engine<'m> {
     /// Turns CUDA-graph decode steps on (where the device and build allow, see [`GraphDecoder::new`]) or off.
     /// On by default on CUDA; `SPAR_CUDA_GRAPHS=0` turns it off.
     pub fn set_cuda_graphs(&mut self, on: bool) {
-        self.graphs = if on {
+        self.graphs = if on && !self.cfg.batch_invariant {
             GraphDecoder::new(self.model, &self.cache, self.cfg.max_batch)
         } else {
             None
@@ -309,8 +317,16 @@ impl<'m> Engine<'m> {
                 );
                 continue;
             }
-            let placement =
-                place(&self.slots, &prompt).expect("kv_slots >= max_batch leaves an idle slot");
+            // Batch-invariant: the whole prompt is prefilled in one forward of its own. A reused prefix would
+            // hold keys computed in other shapes (decode steps, a batch-mate's prefill), whose last bits differ.
+            let placement = if self.cfg.batch_invariant {
+                Placement::InPlace {
+                    slot: slots::victim(&self.slots),
+                    keep: 0,
+                }
+            } else {
+                place(&self.slots, &prompt).expect("kv_slots >= max_batch leaves an idle slot")
+            };
             let (slot, reused, copy_from) = match placement {
                 Placement::InPlace { slot, keep } => {
                     // copy_prefix onto itself only sets the length: truncation.
@@ -425,7 +441,10 @@ impl<'m> Engine<'m> {
                 let next = &self.running[order[end]];
                 let t = next.pending.len();
                 let most = most_held.max(held(next));
-                if (end + 1 - start) * t > chunk || most + t > self.cfg.max_seq_len {
+                if self.cfg.batch_invariant
+                    || (end + 1 - start) * t > chunk
+                    || most + t > self.cfg.max_seq_len
+                {
                     break;
                 }
                 most_held = most;
@@ -482,7 +501,7 @@ impl<'m> Engine<'m> {
                                 logprobs,
                                 top: Vec::new(),
                             },
-                        );
+                        )?;
                     }
                     NextTokens::Logits(logits) => self.sample_rows(rows, &logits)?,
                 }
@@ -490,12 +509,20 @@ impl<'m> Engine<'m> {
                 return Ok(());
             }
         }
-        let batch: Vec<(usize, Vec<u32>)> = rows
-            .iter()
-            .map(|&i| (i, std::mem::take(&mut self.running[i].pending)))
-            .collect();
-        let logits = self.forward(&batch, true)?.expect("logits requested");
-        self.sample_rows(rows, &logits)?;
+        // Batch-invariant: one forward per sequence, in running order.
+        let per_forward = if self.cfg.batch_invariant {
+            1
+        } else {
+            rows.len()
+        };
+        for part in rows.chunks(per_forward) {
+            let batch: Vec<(usize, Vec<u32>)> = part
+                .iter()
+                .map(|&i| (i, std::mem::take(&mut self.running[i].pending)))
+                .collect();
+            let logits = self.forward(&batch, true)?.expect("logits requested");
+            self.sample_rows(part, &logits)?;
+        }
         self.stats.decode_steps += 1;
         Ok(())
     }
@@ -577,24 +604,27 @@ impl<'m> Engine<'m> {
             }
             sample(logits, &mut samplers)
         };
-        self.push_sampled(rows, picked);
-        Ok(())
+        self.push_sampled(rows, picked)
     }
 
-    /// Appends each row's chosen token (and log-probs) to its output and its slot, and streams it.
-    fn push_sampled(&mut self, rows: &[usize], picked: Sampled) {
+    /// Appends each row's chosen token (and log-probs) to its output and its slot, and streams it. A token whose
+    /// log-prob is not finite fails the step before anything is appended: its logits were NaN or infinite (the
+    /// sampler still "chooses" a token from them, the same one every step, a reply of "!!!!"). The log-probs are
+    /// on the host already, so this check of every token, the first forward's included, costs nothing.
+    fn push_sampled(&mut self, rows: &[usize], picked: Sampled) -> Result<()> {
+        if let Some(n) = picked.logprobs.iter().position(|lp| !lp.is_finite()) {
+            let r = &self.running[rows[n]];
+            bail!(
+                "the model's logits are not finite (log-prob {} at generated token {} of a {}-token prompt): its \
+                 weights or activations overflowed (try dtype fp32) or are damaged",
+                picked.logprobs[n],
+                r.out.len() + 1,
+                r.prompt_len
+            );
+        }
         let mut tops = picked.top.into_iter();
         for (n, &i) in rows.iter().enumerate() {
             let (tok, lp) = (picked.tokens[n], picked.logprobs[n]);
-            if lp.is_nan() {
-                if self.stats.non_finite_tokens == 0 {
-                    eprintln!(
-                        "[engine] warning: the model's logits are not finite (NaN); its replies are garbage. The \
-                         weights or activations overflowed (try dtype f32) or are damaged"
-                    );
-                }
-                self.stats.non_finite_tokens += 1;
-            }
             let top = tops.next().unwrap_or_default();
             let r = &mut self.running[i];
             r.out.push(tok);
@@ -613,6 +643,7 @@ impl<'m> Engine<'m> {
             }
         }
         self.stats.generated_tokens += rows.len() as u64;
+        Ok(())
     }
 
     /// Finishes sequences that hit a stop or their length limit and frees their slots.

@@ -71,15 +71,16 @@ pub fn place(slots: &[SlotState], prompt: &[u32]) -> Option<Placement> {
     })
 }
 
-/// The idle slot to overwrite: empty first, then least recently used.
-fn victim(slots: &[SlotState]) -> usize {
+/// The idle slot to overwrite: empty first, then least recently used. Panics when every slot is busy (the engine
+/// admits at most `max_batch <= kv_slots` sequences).
+pub fn victim(slots: &[SlotState]) -> usize {
     slots
         .iter()
         .enumerate()
         .filter(|(_, s)| !s.busy)
         .min_by_key(|(_, s)| (!s.tokens.is_empty(), s.last_used))
         .map(|(i, _)| i)
-        .expect("place() checked that an idle slot exists")
+        .expect("kv_slots >= max_batch leaves an idle slot")
 }
 
 #[cfg(test)]

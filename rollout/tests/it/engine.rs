@@ -31,7 +31,7 @@ fn logprobs_match_a_full_forward_under_continuous_batching() {
         max_seq_len: 256,
         prefill_tokens: 16,
         seed: 1,
-        record_routing: false,
+        ..Default::default()
     };
     let mut engine = Engine::new(&model, cfg).unwrap();
     let shared = prompt(20, 1);
@@ -84,6 +84,7 @@ fn seeds_reproduce_whatever_shares_the_batch() {
         prefill_tokens: 64,
         seed: 5,
         record_routing: false,
+        batch_invariant: false,
     };
     let alone = Engine::new(&model, cfg.clone())
         .unwrap()
@@ -110,6 +111,7 @@ fn greedy_stops_on_stop_tokens_and_records_moe_routing() {
         prefill_tokens: 64,
         seed: 0,
         record_routing: true,
+        batch_invariant: false,
     };
     let mut engine = Engine::new(&model, cfg).unwrap();
     let p = prompt(7, 5);
@@ -162,6 +164,7 @@ fn a_long_cached_conversation_and_a_fresh_long_prompt_share_a_prefill_without_ov
         prefill_tokens: 512,
         seed: 3,
         record_routing: false,
+        batch_invariant: false,
     };
     let mut engine = Engine::new(&model, cfg).unwrap();
     let history = prompt(100, 5);
@@ -208,6 +211,7 @@ fn top_logprobs_rank_the_policy_distribution_for_the_rows_that_ask() {
         prefill_tokens: 64,
         seed: 2,
         record_routing: false,
+        batch_invariant: false,
     };
     let mut engine = Engine::new(&model, cfg).unwrap();
     // One greedy row, one sampled row, one that asks for nothing, decoded in the same batches.
@@ -260,9 +264,10 @@ fn top_logprobs_rank_the_policy_distribution_for_the_rows_that_ask() {
     }
 }
 
-/// A model whose logits are NaN (its weights gone non-finite) is counted and warned about, not served silently.
+/// A model whose logits are NaN (its weights gone non-finite) fails its requests with a clear error at the first
+/// forward: never a reply of garbage tokens ("!!!!") with a success.
 #[test]
-fn nan_logits_are_counted_not_served_silently() {
+fn nan_logits_fail_the_request_at_the_first_forward() {
     let model = tiny_model(false);
     tch::no_grad(|| {
         for (name, mut v) in model.vs.variables() {
@@ -277,10 +282,67 @@ fn nan_logits_are_counted_not_served_silently() {
         max_seq_len: 64,
         prefill_tokens: 16,
         seed: 1,
-        record_routing: false,
+        ..Default::default()
     };
     let mut engine = Engine::new(&model, cfg).unwrap();
-    let outs = engine.generate(vec![req(prompt(5, 2), 4, 0.0, 1)]).unwrap();
-    assert!(outs[0].output.logprobs.iter().all(|lp| lp.is_nan()));
-    assert_eq!(engine.stats.non_finite_tokens, 4, "{:?}", engine.stats);
+    let err = engine
+        .generate(vec![req(prompt(5, 2), 4, 0.0, 1)])
+        .map(|o| o[0].output.token_ids.clone())
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("logits are not finite")
+            && msg.contains("at generated token 1 of a 5-token prompt"),
+        "{msg}"
+    );
+    assert_eq!(engine.stats.generated_tokens, 0, "{:?}", engine.stats);
+}
+
+/// Batch-invariant mode (`--deterministic`): a request's tokens and log-probs are bit-identical whether it runs
+/// alone in a fresh engine or among other requests that share its prefix, fill the batch and leave cached
+/// conversations to reuse, and whatever its slot.
+#[test]
+fn batch_invariant_requests_are_bit_identical_whatever_runs_beside_them() {
+    let model = tiny_model(true);
+    let cfg = EngineConfig {
+        max_batch: 3,
+        kv_slots: 5,
+        max_seq_len: 128,
+        prefill_tokens: 8,
+        seed: 5,
+        batch_invariant: true,
+        ..Default::default()
+    };
+    let target = |seed| req(prompt(14, 4), 12, 0.9, seed);
+    let alone: Vec<_> = (0..2)
+        .map(|s| {
+            Engine::new(&model, cfg.clone())
+                .unwrap()
+                .generate(vec![target(40 + s)])
+                .unwrap()
+                .remove(0)
+                .output
+        })
+        .collect();
+    // A crowd: the target's own prefix cached in a slot by an earlier request (a conversation's previous
+    // turn), siblings sharing it, other prompts of other lengths.
+    let mut engine = Engine::new(&model, cfg).unwrap();
+    engine
+        .generate(vec![req(prompt(14, 4)[..10].to_vec(), 3, 1.0, 7)])
+        .unwrap();
+    let outs = engine
+        .generate(vec![
+            req(prompt(9, 1), 10, 1.0, 1),
+            target(40),
+            req(prompt(30, 2), 5, 1.0, 2),
+            target(41),
+            req(prompt(14, 4), 6, 0.0, 3),
+        ])
+        .unwrap();
+    assert_eq!(engine.stats.reused_tokens, 0, "{:?}", engine.stats);
+    for (a, b) in alone.iter().zip([&outs[1].output, &outs[3].output]) {
+        assert_eq!(a.token_ids, b.token_ids);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.logprobs), bits(&b.logprobs));
+    }
 }

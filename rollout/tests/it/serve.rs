@@ -23,6 +23,7 @@ pub fn engine_config() -> EngineConfig {
         prefill_tokens: 512,
         seed: 0,
         record_routing: false,
+        batch_invariant: false,
     }
 }
 

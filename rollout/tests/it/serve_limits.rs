@@ -18,6 +18,7 @@ fn long_engine() -> EngineConfig {
         prefill_tokens: 512,
         seed: 0,
         record_routing: false,
+        batch_invariant: false,
     }
 }
 

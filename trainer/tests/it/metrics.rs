@@ -1,5 +1,5 @@
 //! Metrics JSONL, TensorBoard event framing, plots.
-use spar_trainer::metrics::{MetricsLogger, read_series};
+use spar_trainer::metrics::{CutBack, MetricsLogger, read_series};
 use spar_trainer::tfevent::crc32c;
 
 fn masked(c: u32) -> u32 {
@@ -51,7 +51,14 @@ fn jsonl_tensorboard_and_plots() {
     assert!(saw_tag);
     // Resuming at step 2 drops later lines, and later TensorBoard events (cut in place; the resumed run writes a
     // new event file), so the steps a killed run logged after its checkpoint are not shown twice.
-    let mut resumed = MetricsLogger::open(dir.path(), Some(2)).unwrap();
+    let mut resumed = MetricsLogger::open(
+        dir.path(),
+        Some(CutBack {
+            step: 2,
+            at_step: None,
+        }),
+    )
+    .unwrap();
     assert_eq!(
         read_series(&dir.path().join("metrics.jsonl")).unwrap()["train/loss"].len(),
         3
@@ -97,4 +104,47 @@ fn a_run_without_metrics_is_not_found() {
     let p = dir.path().join("metrics.jsonl");
     let e = read_series(&p).unwrap_err().to_string();
     assert_eq!(e, format!("not found: {}", p.display()));
+}
+
+/// Two logs at one step (the last SFT step's losses, then the evaluation before RL) with a checkpoint between
+/// them: a resume from that checkpoint keeps the first log only, in `metrics.jsonl` and in TensorBoard, so the
+/// evaluation the resumed run logs again is there once.
+#[test]
+fn a_resume_keeps_only_the_logs_its_checkpoint_had_seen_at_its_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = MetricsLogger::open(dir.path(), None).unwrap();
+    m.log(1, &[("sft/loss".into(), 2.0)]).unwrap();
+    m.log(2, &[("sft/loss".into(), 1.0)]).unwrap();
+    assert_eq!(m.logged_at(2), 1);
+    // The checkpoint is taken here (it records 1 log at step 2), then the evaluation is logged and the run killed.
+    m.log(2, &[("eval/reward".into(), 0.5)]).unwrap();
+    m.log(3, &[("rl/loss".into(), 0.1)]).unwrap();
+    assert_eq!((m.logged_at(2), m.logged_at(3)), (0, 1));
+    drop(m);
+    let mut resumed = MetricsLogger::open(
+        dir.path(),
+        Some(CutBack {
+            step: 2,
+            at_step: Some(1),
+        }),
+    )
+    .unwrap();
+    assert_eq!(resumed.logged_at(2), 1);
+    resumed.log(2, &[("eval/reward".into(), 0.5)]).unwrap();
+    drop(resumed);
+    let series = read_series(&dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(series["sft/loss"].len(), 2);
+    assert_eq!(series["eval/reward"].len(), 1, "{series:?}");
+    assert!(!series.contains_key("rl/loss"));
+    let mut steps = Vec::new();
+    for e in std::fs::read_dir(dir.path().join("tb")).unwrap() {
+        steps.extend(spar_trainer::tfevent::read_steps(&e.unwrap().path()).unwrap());
+    }
+    steps.retain(|&s| s > 0);
+    steps.sort();
+    assert_eq!(
+        steps,
+        vec![1, 2, 2],
+        "sft step 1, sft step 2, the evaluation once"
+    );
 }

@@ -43,6 +43,7 @@ fn engine_sample(model: &Qwen3Model) -> Sample {
             prefill_tokens: 16,
             seed: 1,
             record_routing: false,
+            batch_invariant: false,
         },
     )
     .unwrap();
