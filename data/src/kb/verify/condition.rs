@@ -55,6 +55,8 @@ const SAFE: &[&str] = &[
     "compatible",
     "acceptable",
     "is fine",
+    "fine",
+    "recommended",
     "is ok",
     "okay",
     "first-line",
@@ -133,6 +135,13 @@ pub(super) fn condition_claim(
     conds: &[Mention<usize>],
 ) -> Option<ClaimVerdict> {
     let cond_m = conds[0];
+    // "children over 3 months", "adults over 65": the age named is outside the condition, not inside it.
+    if c.toks
+        .get(cond_m.end)
+        .is_some_and(|t| matches!(*t, "over" | "older" | "above" | "aged" | "from"))
+    {
+        return None;
+    }
     let condition = &kb.drugs.conditions[cond_m.value];
     // The subject: the first drug mention that is not the condition itself ("nitroglycerin" is both).
     let subject = drugs

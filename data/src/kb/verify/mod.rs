@@ -3,6 +3,7 @@
 //!
 //! Negations and numbers with units are read, never ignored: "X is not contraindicated in Y" gets the
 //! opposite verdict of "X is contraindicated in Y", and "5 mg" is compared as 5 mg, not as "a dose".
+mod antidote;
 mod condition;
 mod dose;
 mod icd;
@@ -93,6 +94,10 @@ pub(super) fn verify(kb: &KnowledgeBase, claim: &str) -> ClaimVerdict {
         return uncertain("empty claim");
     }
     if let Some(v) = icd::icd_claim(kb, claim, &c) {
+        return v;
+    }
+    // Before interactions: "vitamin K reverses warfarin" names two drugs but is about an antidote.
+    if let Some(v) = antidote::antidote_claim(kb, &c) {
         return v;
     }
     let drugs: Vec<Mention<DrugRef>> = kb.drug_lex.find(&c.toks);
