@@ -7,7 +7,8 @@
 //! Exit codes for scripts: 0 done; 1 when `--fail-on` is met (a Refuted claim, or with `uncertain` any claim
 //! not Supported); 2 on any error (unreadable input, a malformed line, a verifier endpoint that fails).
 //! Text that goes to an endpoint (an LLM extractor or verifier, an embeddings encoder) is PHI-redacted first,
-//! whatever the endpoint's host; the report then shows the redacted text and its spans.
+//! whatever the endpoint's host; the report then shows the redacted text and its spans. A report written with
+//! `--out` gets its audit manifest next to it (`<out>.audit.json`, docs/privacy.md).
 use super::common::RecipeArgs;
 use anyhow::{Context, bail};
 use spar_core::recipe::{EncoderKind, ExtractorKind, VerifierKind};
@@ -102,7 +103,11 @@ struct Report {
 
 /// Runs the command and returns the process exit code (errors are printed here, code 2).
 pub fn run(args: Args) -> i32 {
-    match check(&args) {
+    let result = match &args.out {
+        Some(out) => audited(&args, out),
+        None => check(&args),
+    };
+    match result {
         Ok(report) => {
             let fail = match args.fail_on {
                 None => false,
@@ -116,6 +121,33 @@ pub fn run(args: Args) -> i32 {
             2
         }
     }
+}
+
+/// The folder a report file goes to (the SQLite claim cache's home).
+fn out_folder(out: &Path) -> PathBuf {
+    match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// [`check`] with an audit manifest next to the report (`<out>.audit.json`), as every command that writes a file
+/// keeps one: the input, the knowledge base's files, the recipe, the claim cache.
+fn audited(args: &Args, out: &Path) -> anyhow::Result<Report> {
+    let builder = args.recipe.builder()?;
+    let recipe = builder.recipe();
+    let mut data = Vec::new();
+    if args.input != "-" {
+        data.push(PathBuf::from(&args.input));
+    }
+    if let Some(kb) = recipe.data.as_ref().and_then(|d| d.knowledge_base.as_ref()) {
+        data.extend(super::audit::files_of(&recipe.resolve(kb)));
+    }
+    let spec = spar_data::audit::AuditSpec::for_file("spar factcheck", out)
+        .with_recipe(super::audit::recipe_toml(recipe))
+        .with_data(data)
+        .with_claim_cache(builder.recipe_claim_cache(Some(&out_folder(out))));
+    super::audit::run_audited(spec, || check(args))
 }
 
 fn check(args: &Args) -> anyhow::Result<Report> {
@@ -150,10 +182,7 @@ fn check(args: &Args) -> anyhow::Result<Report> {
             d.text = spar_core::phi::redact(&d.text);
         }
     }
-    let out_dir = args.out.as_ref().map(|o| match o.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    });
+    let out_dir = args.out.as_deref().map(out_folder);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -117,6 +117,10 @@ fn factcheck_reports_claims_spans_labels_and_exit_codes() {
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("<mark class=\"refuted\""), "{page}");
     assert!(page.contains("&lt;diagnosis&gt;"), "the text is escaped");
+    assert!(
+        dir.path().join("r.html.audit.json").is_file(),
+        "a written report keeps its audit manifest"
+    );
 
     // Samples JSONL: one document per line, the assistant's turns only.
     let samples = dir.path().join("samples.jsonl");

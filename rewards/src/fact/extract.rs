@@ -436,7 +436,18 @@ fn clause_spans(text: &str, s: usize, e: usize) -> Vec<(usize, usize)> {
             .trim_end()
             .trim_end_matches(['.', '!', ';', ',', '?'])
             .trim_end();
-        let lead = trimmed.len() - trimmed.trim_start().len();
+        // Markdown list markers, headings and quotes (a mark and a space) are not part of the claim; emphasis
+        // ("**Aspirin**") is.
+        let mut rest = trimmed.trim_start();
+        loop {
+            let mark = rest.trim_start_matches(['-', '*', '•', '#', '>']);
+            if mark.len() < rest.len() && mark.starts_with(char::is_whitespace) {
+                rest = mark.trim_start();
+            } else {
+                break;
+            }
+        }
+        let lead = trimmed.len() - rest.len();
         if trimmed.len() > lead {
             out.push((s + a + lead, s + a + trimmed.len()));
         }
@@ -634,6 +645,16 @@ mod tests {
         assert_eq!(
             &r[spans[1].start..spans[1].end],
             "your potassium of 6.2 mmol/L is high"
+        );
+        let md = "## Advice\n- Paracetamol may be taken at up to 4 g a day.\n> **Aspirin** is contraindicated in children.";
+        let spans = extract_claim_spans(md);
+        assert_eq!(
+            &md[spans[0].start..spans[0].end],
+            "Paracetamol may be taken at up to 4 g a day"
+        );
+        assert_eq!(
+            &md[spans[1].start..spans[1].end],
+            "**Aspirin** is contraindicated in children"
         );
     }
 }

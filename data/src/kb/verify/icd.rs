@@ -106,8 +106,8 @@ fn chapter_claim(kb: &KnowledgeBase, original: &str, c: &Claim) -> Option<ClaimV
     let num_chapter = num
         .as_ref()
         .and_then(|n| kb.icd.node(&n[1]).filter(|x| x.is_chapter()));
-    if num.is_some() && num_chapter.is_none() {
-        let n = &num.as_ref().unwrap()[1];
+    if let (Some(num), None) = (&num, num_chapter) {
+        let n = &num[1];
         return Some(verdict(
             flip(c.negated(), ClaimLabel::Refuted),
             format!("ICD-10-CM has no chapter {n} (chapters 1-22)"),
@@ -128,14 +128,15 @@ fn chapter_claim(kb: &KnowledgeBase, original: &str, c: &Claim) -> Option<ClaimV
             // pneumonia is in chapter 1); a tie names none.
             let mut votes: std::collections::BTreeMap<String, usize> = Default::default();
             for n in kb.icd.titles_with_all(&words) {
-                if !n.is_chapter() && !n.is_block() {
-                    if let Some(ch) = kb.icd.chapter(&n.code) {
-                        *votes.entry(ch.code.clone()).or_default() += 1;
-                    }
+                if !n.is_chapter()
+                    && !n.is_block()
+                    && let Some(ch) = kb.icd.chapter(&n.code)
+                {
+                    *votes.entry(ch.code.clone()).or_default() += 1;
                 }
             }
             let mut ranked: Vec<(String, usize)> = votes.into_iter().collect();
-            ranked.sort_by(|a, b| b.1.cmp(&a.1));
+            ranked.sort_by_key(|r| std::cmp::Reverse(r.1));
             let top = match ranked.as_slice() {
                 [only] => Some(&only.0),
                 [a, b, ..] if a.1 > b.1 => Some(&a.0),
