@@ -412,6 +412,10 @@ fn age_and_class_level_claims() {
         ("Loperamide is safe in children under 2.", R),
         ("Metoclopramide is first-line for vomiting in infants.", R),
         ("Tetracyclines are safe in young children.", R),
+        // Beers "avoid" in older adults: supports "avoid", refutes "safe", does not make a contraindication.
+        ("Diphenhydramine should be avoided in older adults.", S),
+        ("Zolpidem is safe for elderly patients.", R),
+        ("Amitriptyline is contraindicated in the elderly.", U),
         // Over an age is not under it.
         ("Ibuprofen can be given to children over 3 months old.", U),
         // Class level, effects of the pair, direction of a level change.

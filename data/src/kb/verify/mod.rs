@@ -179,6 +179,7 @@ pub(super) fn drug_fact(kb: &KnowledgeBase, id: &str, rest: &str) -> Option<Fact
         .find(|f| f.fact_id == id)?;
     let what = match f.status {
         ConditionStatus::Contraindicated => "is contraindicated in",
+        ConditionStatus::Avoid => "is to be avoided in",
         ConditionStatus::Caution => "needs caution in",
         ConditionStatus::Safe => "is considered acceptable in",
     };
