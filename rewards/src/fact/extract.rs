@@ -584,7 +584,7 @@ pub fn extract_claims(response: &str) -> Vec<String> {
 #[async_trait]
 impl ClaimExtractor for RuleClaimExtractor {
     fn id(&self) -> String {
-        "rule-extractor/v1".into()
+        "rule-extractor/v2".into()
     }
 
     async fn extract(&self, response: &str, _context: &[Turn]) -> Result<Vec<String>> {
