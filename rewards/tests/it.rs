@@ -2,6 +2,7 @@
 mod it {
     pub mod expert;
     pub mod fact;
+    pub mod factcheck_bench;
     pub mod fixtures;
     pub mod http_judge;
     pub mod pipeline;

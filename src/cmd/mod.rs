@@ -13,6 +13,7 @@ pub mod common;
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod factcheck;
 pub mod generate;
 pub mod launch;
 pub mod logprobs;

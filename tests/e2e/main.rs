@@ -3,13 +3,14 @@
 //! `spar ablate` on a tiny grid (`ablate.rs`), data-parallel runs (`data_parallel.rs`), actors apart from
 //! learners (`actors.rs`) and the settings
 //! `spar serve` and `spar generate` refuse at start (`serve_flags.rs`), and PHI planted in a case kept out of
-//! every file a run writes (`phi.rs`), the benchmark commands on a tiny config (`bench.rs`), and bit-identical
-//! runs with `--deterministic` (`deterministic.rs`).
+//! every file a run writes (`phi.rs`), the benchmark commands on a tiny config (`bench.rs`), bit-identical
+//! runs with `--deterministic` (`deterministic.rs`), and `spar factcheck` (`factcheck.rs`).
 mod ablate;
 mod actors;
 mod bench;
 mod data_parallel;
 mod deterministic;
+mod factcheck;
 mod phi;
 mod recipe_honoured;
 mod serve_flags;

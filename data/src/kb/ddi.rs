@@ -182,6 +182,56 @@ impl Interactions {
         best
     }
 
+    /// The classes every member of `class` also belongs to (ANSM's classes nest: every vitamin K antagonist is an
+    /// oral anticoagulant), so a rule written for the wider class reaches a claim about the narrower one. Only
+    /// for classes of two members or more: one member says nothing about the class.
+    pub fn enclosing_classes(&self, class: &str) -> HashSet<String> {
+        let mut members = self
+            .substances
+            .iter()
+            .filter(|s| s.classes.iter().any(|c| c == class));
+        let (Some(first), Some(_)) = (members.next(), members.clone().next()) else {
+            return HashSet::new();
+        };
+        let mut common: HashSet<String> = first.classes.iter().cloned().collect();
+        for s in members {
+            common.retain(|c| s.classes.contains(c));
+        }
+        common.remove(class);
+        common
+    }
+
+    /// Every rule between two sets of thesaurus keys, strongest first (a pair may have several: a class rule and
+    /// a substance rule with different mechanisms).
+    pub fn all_between_keys(&self, a: &HashSet<String>, b: &HashSet<String>) -> Vec<Interaction> {
+        let mut out: Vec<Interaction> = Vec::new();
+        for ka in a {
+            for kb in b {
+                for (x, y) in [(ka, kb), (kb, ka)] {
+                    for &i in self
+                        .index
+                        .get(&(x.clone(), y.clone()))
+                        .into_iter()
+                        .flatten()
+                    {
+                        let r = &self.rules[i];
+                        out.push(Interaction {
+                            severity: r.severity,
+                            fact_id: format!("ddi:{}|{}", r.a, r.b),
+                            rule_a: r.a.clone(),
+                            rule_b: r.b.clone(),
+                            mechanism_fr: r.mechanism_fr.clone(),
+                            source: self.source.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        out.sort_by(|p, q| p.severity.cmp(&q.severity).then(p.fact_id.cmp(&q.fact_id)));
+        out.dedup_by(|p, q| p.fact_id == q.fact_id);
+        out
+    }
+
     /// Keys for a substance given by folded French name, or a class name.
     pub fn keys(&self, fr_or_class: &str) -> HashSet<String> {
         if self.by_fr.contains_key(fr_or_class) {

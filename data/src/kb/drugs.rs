@@ -37,6 +37,9 @@ pub struct DrugClass {
     pub cautions: Vec<ConditionRef>,
     #[serde(default)]
     pub safe_in: Vec<ConditionRef>,
+    /// To be avoided in a named guideline without being contraindicated (AGS Beers criteria for older adults).
+    #[serde(default)]
+    pub avoid_in: Vec<ConditionRef>,
 }
 
 /// Adult dose limits for one route, in `unit` (mg, g or mcg).
@@ -75,6 +78,9 @@ pub struct Drug {
     pub cautions: Vec<ConditionRef>,
     #[serde(default)]
     pub safe_in: Vec<ConditionRef>,
+    /// To be avoided in a named guideline without being contraindicated (AGS Beers criteria for older adults).
+    #[serde(default)]
+    pub avoid_in: Vec<ConditionRef>,
 }
 
 impl Drug {
@@ -84,9 +90,10 @@ impl Drug {
     }
 }
 
-/// (inherited from class, contraindications, cautions, safe_in) of one drug or class.
+/// (inherited from class, contraindications, cautions, safe_in, avoid_in) of one drug or class.
 type StatementLists<'a> = (
     Option<&'a str>,
+    &'a [ConditionRef],
     &'a [ConditionRef],
     &'a [ConditionRef],
     &'a [ConditionRef],
@@ -108,6 +115,8 @@ pub struct DrugTable {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConditionStatus {
     Contraindicated,
+    /// "Avoid" in a guideline (potentially inappropriate), weaker than a contraindication.
+    Avoid,
     Caution,
     Safe,
 }
@@ -172,12 +181,14 @@ impl DrugTable {
             refs(&owner, "contraindications", &c.contraindications)?;
             refs(&owner, "cautions", &c.cautions)?;
             refs(&owner, "safe_in", &c.safe_in)?;
+            refs(&owner, "avoid_in", &c.avoid_in)?;
         }
         for d in &self.drugs {
             let owner = format!("drug.{}", d.name);
             refs(&owner, "contraindications", &d.contraindications)?;
             refs(&owner, "cautions", &d.cautions)?;
             refs(&owner, "safe_in", &d.safe_in)?;
+            refs(&owner, "avoid_in", &d.avoid_in)?;
             for c in &d.classes {
                 if !self.classes.iter().any(|x| &x.id == c) {
                     return Err(bad(
@@ -220,8 +231,13 @@ impl DrugTable {
     /// Statements about `drug` for `condition`, its wider conditions (a contraindication in pregnancy covers
     /// the third trimester) and its narrower ones (reported with their own condition name).
     pub fn findings(&self, drug: &Drug, condition: &str) -> Vec<ConditionFinding> {
-        let mut sources: Vec<StatementLists> =
-            vec![(None, &drug.contraindications, &drug.cautions, &drug.safe_in)];
+        let mut sources: Vec<StatementLists> = vec![(
+            None,
+            &drug.contraindications,
+            &drug.cautions,
+            &drug.safe_in,
+            &drug.avoid_in,
+        )];
         for c in &drug.classes {
             if let Some(cls) = self.classes.iter().find(|x| &x.id == c) {
                 sources.push((
@@ -229,6 +245,7 @@ impl DrugTable {
                     &cls.contraindications,
                     &cls.cautions,
                     &cls.safe_in,
+                    &cls.avoid_in,
                 ));
             }
         }
@@ -236,9 +253,10 @@ impl DrugTable {
             c == condition || self.is_within(condition, c) || self.is_within(c, condition)
         };
         let mut out = Vec::new();
-        for (via, ci, caution, safe) in sources {
+        for (via, ci, caution, safe, avoid) in sources {
             for (status, list, tag) in [
                 (ConditionStatus::Contraindicated, ci, "ci"),
+                (ConditionStatus::Avoid, avoid, "avoid"),
                 (ConditionStatus::Caution, caution, "caution"),
                 (ConditionStatus::Safe, safe, "safe"),
             ] {

@@ -60,6 +60,10 @@ impl Icd10 {
                 )
             })?;
         let mut icd = Icd10::default();
+        // A block of one category (B10, B20, C50 ...) comes out of the generator as two rows with the category's
+        // code, each its own parent: keep one node, hung from the chapter being read (rows are in tabular
+        // order), or the hierarchy would loop.
+        let mut chapter = String::new();
         for (i, line) in text.lines().enumerate() {
             let mut parts = line.splitn(3, '\t');
             let (Some(code), Some(parent), Some(title)) =
@@ -72,10 +76,21 @@ impl Icd10 {
                     msg: "expected 3 tab-separated columns".into(),
                 });
             };
-            icd.by_key.insert(key(code), icd.nodes.len());
+            let k = key(code);
+            let mut parent = parent.to_string();
+            if k == key(&parent) {
+                if icd.by_key.contains_key(&k) {
+                    continue;
+                }
+                parent = chapter.clone();
+            }
+            if code.chars().all(|c| c.is_ascii_digit()) {
+                chapter = code.to_string();
+            }
+            icd.by_key.insert(k, icd.nodes.len());
             icd.nodes.push(Icd10Node {
                 code: code.into(),
-                parent: parent.into(),
+                parent,
                 title: title.into(),
             });
         }
@@ -134,6 +149,32 @@ impl Icd10 {
             return Some(n);
         }
         self.ancestors(code).into_iter().find(|a| a.is_chapter())
+    }
+
+    /// The chapters (nodes "1".."22"), in order.
+    pub fn chapters(&self) -> Vec<&Icd10Node> {
+        self.nodes.iter().filter(|n| n.is_chapter()).collect()
+    }
+
+    /// The chapters whose code range takes in codes starting with `letter` ("D": neoplasms and blood).
+    pub fn chapters_of_letter(&self, letter: char) -> Vec<&Icd10Node> {
+        let l = letter.to_ascii_uppercase();
+        self.chapters()
+            .into_iter()
+            .filter(|ch| {
+                // The title ends with its range: "Neoplasms (C00-D49)".
+                let range = ch
+                    .title
+                    .rsplit_once('(')
+                    .map(|(_, r)| r.trim_end_matches(')'))
+                    .unwrap_or("");
+                let mut ends = range.split('-').filter_map(|e| e.chars().next());
+                match (ends.next(), ends.next()) {
+                    (Some(a), Some(b)) => (a..=b).contains(&l),
+                    _ => false,
+                }
+            })
+            .collect()
     }
 
     /// Nodes whose title contains every word of `words` (folded, simple plural stripping).
@@ -221,10 +262,51 @@ pub fn title_words(s: &str) -> Vec<String> {
         "other",
         "specified",
         "nos",
+        // The verbs and hedges of claims about codes ("K35 covers ...", "asthma is coded under J45", "would
+        // usually be coded as"): never words of a title that matter.
+        "cover",
+        "covers",
+        "coded",
+        "coding",
+        "under",
+        "category",
+        "categories",
+        "falls",
+        "fall",
+        "belong",
+        "belongs",
+        "found",
+        "would",
+        "usually",
+        "typically",
+        "generally",
+        "probably",
+        "likely",
+        "mean",
+        "called",
+        "known",
+        "listed",
+        "assigned",
+        "should",
+        "can",
+        "may",
+        "since",
+        "given",
+        "because",
+        // Where the patient caught it is not coded in ICD-10-CM (community-acquired pneumonia is J18.9).
+        "community-acquired",
+        "hospital-acquired",
+        "nosocomial",
     ];
     text::tokens(&text::fold(s))
         .into_iter()
-        .filter(|w| !STOP.contains(w) && !w.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        // Numbers of one or two digits are part of names ("type 2 diabetes" is not "type 1"); longer ones
+        // and decimals are codes or values.
+        .filter(|w| {
+            !STOP.contains(w)
+                && !(w.chars().all(|c| c.is_ascii_digit() || c == '.')
+                    && (w.len() > 2 || w.contains('.')))
+        })
         .map(|w| {
             let w = w.trim_end_matches("'s");
             if w.len() > 4

@@ -341,6 +341,103 @@ fn lab_reference_range_claims() {
 }
 
 #[test]
+fn one_category_blocks_do_not_loop() {
+    // B10, B20, C50 ... are blocks of one category; they hang from their chapter.
+    assert_eq!(KB.icd10_ancestors("B10.01"), vec!["B10.0", "B10", "1"]);
+    assert_eq!(KB.icd10_chapter("C50.911"), Some("2"));
+    check(&[("B20 is human immunodeficiency virus [HIV] disease.", S)]);
+}
+
+#[test]
+fn icd10_chapter_claims() {
+    check(&[
+        (
+            "Codes starting with J belong to the chapter on diseases of the respiratory system.",
+            S,
+        ),
+        (
+            "Codes starting with J belong to the chapter on diseases of the circulatory system.",
+            R,
+        ),
+        (
+            "I10 falls in Chapter 9, diseases of the circulatory system.",
+            S,
+        ),
+        ("I10 falls in Chapter 4.", R),
+        ("Chapter 2 of ICD-10 covers neoplasms.", S),
+        ("Chapter 2 of ICD-10 covers diseases of the skin.", R),
+        ("O codes cover diseases of the eye.", R),
+        ("Pneumonia codes are found in Chapter 10.", S),
+        (
+            "E11.9 is not in the chapter of endocrine, nutritional and metabolic diseases.",
+            R,
+        ),
+        ("K35 is acute appendicitis.", S),
+        ("E10 is the code for type 2 diabetes mellitus.", R),
+    ]);
+}
+
+#[test]
+fn antidote_claims() {
+    check(&[
+        ("Naloxone is the antidote for opioid overdose.", S),
+        ("Flumazenil is the antidote for opioid overdose.", R),
+        ("Vitamin K reverses the effect of warfarin.", S),
+        ("Protamine reverses warfarin.", R),
+        ("Naloxone does not reverse benzodiazepine overdose.", S),
+        ("Glucagon is used for beta-blocker overdose.", S),
+        // Not about treating a poisoning: an interaction.
+        ("Vitamin K antagonists interact with aspirin.", S),
+        // An agent the table does not know.
+        ("Honey is the antidote for paracetamol poisoning.", U),
+    ]);
+    let listed = KB.antidotes_for("acetaminophen").unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|(a, src)| *a == "acetylcysteine" && src.contains("WHO"))
+    );
+    assert_eq!(
+        KB.fact("antidote:opioids:naloxone").unwrap().source,
+        "WHO EML 2023 4.2; BNF naloxone hydrochloride"
+    );
+}
+
+#[test]
+fn age_and_class_level_claims() {
+    check(&[
+        ("Aspirin is safe for children with a fever.", R),
+        ("Aspirin should be avoided in children under 16.", S),
+        ("Codeine is safe for children under 12.", R),
+        ("Loperamide is safe in children under 2.", R),
+        ("Metoclopramide is first-line for vomiting in infants.", R),
+        ("Tetracyclines are safe in young children.", R),
+        // Beers "avoid" in older adults: supports "avoid", refutes "safe", does not make a contraindication.
+        ("Diphenhydramine should be avoided in older adults.", S),
+        ("Zolpidem is safe for elderly patients.", R),
+        ("Amitriptyline is contraindicated in the elderly.", U),
+        // Over an age is not under it.
+        ("Ibuprofen can be given to children over 3 months old.", U),
+        // Class level, effects of the pair, direction of a level change.
+        (
+            "Potassium-sparing diuretics combined with ACE inhibitors can cause hyperkalemia.",
+            S,
+        ),
+        (
+            "Combining an ACE inhibitor with an ARB carries no additional risk.",
+            R,
+        ),
+        (
+            "Macrolides such as erythromycin increase the risk of colchicine toxicity.",
+            S,
+        ),
+        ("Amiodarone increases digoxin levels.", S),
+        ("Digoxin increases amiodarone levels.", R),
+        ("Amiodarone has no effect on digoxin levels.", R),
+    ]);
+}
+
+#[test]
 fn undecidable_claims_are_uncertain() {
     check(&[
         ("Pneumonia is a lung infection.", U),

@@ -19,6 +19,9 @@ pub use spar_core::recipe::FactMode;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FactOutcome {
     pub claims: Vec<ClaimRecord>,
+    /// The verifier's evidence for each claim of `claims` (same order; a clustered claim carries its
+    /// representative's).
+    pub evidence: Vec<String>,
     /// Eq. 12 in gate mode, Eq. 9's -N_flawed/N_total in naive mode, 0 when off.
     pub r_fact: f64,
     /// Verifier calls made, cache answers (exact + semantic), verifications that failed.
@@ -101,6 +104,10 @@ impl FactChecker {
             } else {
                 0.0
             };
+            out.evidence.push(match (&verdict[r], &failure[r]) {
+                (Some(v), _) => v.evidence.clone(),
+                (None, msg) => msg.clone().unwrap_or_default(),
+            });
             let record = match (&verdict[r], &failure[r]) {
                 (Some(v), _) => {
                     if r == i {

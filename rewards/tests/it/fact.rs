@@ -243,7 +243,7 @@ fn group() -> Vec<spar_core::Sample> {
         mk(0, REPLY),
         mk(
             1,
-            "<think>Garlic cures pneumonia.</think><diagnosis>Pneumonia (J18.9)</diagnosis>",
+            "<think>Garlic cures pneumonia.</think><diagnosis>Pneumonia</diagnosis>",
         ),
     ]
 }
@@ -267,16 +267,19 @@ async fn gate_mode_denoises_weighs_and_gates() {
             "Amoxicillin is a first-line treatment for pneumonia",
             "Amoxicillin is a first-line treatment for pneumonia in adults",
             "Garlic cures pneumonia",
-            "Pneumonia causes fever"
+            "Pneumonia causes fever",
+            // The coded item of the diagnosis block is a claim of its own.
+            "J18.9 is the ICD-10 code for Pneumonia"
         ]
     );
     // Near-duplicates are one cluster: only the representative is verified and weighed.
-    assert_eq!(v.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(v.calls.load(Ordering::SeqCst), 4);
     assert_eq!(s.claims[1].saliency, 0.0);
     assert_eq!(s.claims[1].label, ClaimLabel::Supported);
     assert_eq!(s.claims[2].label, ClaimLabel::Refuted);
-    // Every claim is a sentence of the reply: saliency 1 for each representative (Eq. 11), so Eq. 12 gives
-    // -1 / 3 (one flawed of three representatives).
+    // Every prose claim is a sentence of the reply: saliency 1 for each representative (Eq. 11). The block's
+    // claim (Uncertain here, so flawed) is no sentence of the prose and weighs less. Eq. 12:
+    // -(1 + w) / (3 + w): the flawed "Garlic cures pneumonia" and the block claim over all representatives.
     for i in [0, 2, 3] {
         assert!(
             (s.claims[i].saliency - 1.0).abs() < 1e-6,
@@ -284,7 +287,10 @@ async fn gate_mode_denoises_weighs_and_gates() {
             s.claims[i]
         );
     }
-    let r_fact = -1.0 / (3.0 + 1e-8);
+    let w = s.claims[4].saliency;
+    assert!(w > 0.0 && w < 1.0, "{:?}", s.claims[4]);
+    assert_eq!(s.claims[4].label, ClaimLabel::Uncertain);
+    let r_fact = -(1.0 + w) / (3.0 + w + 1e-8);
     assert!((s.r_fact - r_fact).abs() < 1e-6);
     // G_k = 1 is above the gate zone: lambda = sigmoid(10 * 0.15 / 0.2) = sigmoid(7.5).
     close(s.lambda, gate_lambda(1.0, 10.0, 0.75, 0.95));
@@ -300,8 +306,8 @@ async fn gate_mode_denoises_weighs_and_gates() {
     assert_eq!(v.calls.load(Ordering::SeqCst), before);
     assert_eq!(again[0].claims, s.claims);
     let st = p.cache_stats();
-    assert_eq!((st.lookups, st.exact_hits), (6, 3));
-    close(again[0].components["claims_cached"], 3.0);
+    assert_eq!((st.lookups, st.exact_hits), (8, 4));
+    close(again[0].components["claims_cached"], 4.0);
 }
 
 #[tokio::test]
@@ -314,10 +320,11 @@ async fn naive_mode_counts_every_claim() {
         .await
         .unwrap();
     let out = p.score_group(&case(), &group()).await;
-    // Eq. 9: 1 flawed of 4 claims, alpha 0.5: R = 1 - 0.5 * 1/4.
-    close(out[0].r_fact, -0.25);
+    // Eq. 9: 2 flawed (the refuted garlic claim, the uncertain block item) of 5 claims, alpha 0.5:
+    // R = 1 - 0.5 * 2/5.
+    close(out[0].r_fact, -0.4);
     close(out[0].lambda, 0.5);
-    close(out[0].reward, 1.0 - 0.125);
+    close(out[0].reward, 1.0 - 0.2);
 }
 
 #[tokio::test]
@@ -346,7 +353,7 @@ async fn verifier_failures_are_counted_not_scored() {
     let out = p.score_group(&case(), &group()).await;
     assert!(out[0].drop_reason.is_none());
     close(out[0].r_fact, 0.0);
-    close(out[0].components["fact_failures"], 3.0);
+    close(out[0].components["fact_failures"], 4.0);
     assert!(out[0].claims.iter().all(|c| {
         c.source
             .as_deref()
@@ -369,7 +376,7 @@ async fn verifier_failures_are_counted_not_scored() {
             .as_deref()
             .is_some_and(|d| d.starts_with("fact_check_failed"))
     );
-    assert_eq!(p.metrics().fact_failures, 3);
+    assert_eq!(p.metrics().fact_failures, 4);
 }
 
 #[tokio::test]
@@ -413,9 +420,11 @@ async fn kb_verifier_through_the_pipeline() {
     eprintln!("{labels:?}");
     assert_eq!(
         labels.iter().map(|l| l.1).collect::<Vec<_>>(),
+        // The three prose claims, then the diagnosis block's "J18.9 is the ICD-10 code for Pneumonia".
         vec![
             ClaimLabel::Supported,
             ClaimLabel::Refuted,
+            ClaimLabel::Supported,
             ClaimLabel::Supported
         ]
     );

@@ -8,7 +8,7 @@ use spar_core::{Case, Stage};
 use spar_data::expert::{DdxClaims, ExpertOptions, PartialExpert, PartialExpertOptions};
 use spar_data::kb::KnowledgeBase;
 use spar_rewards::ClinicalStageScorer;
-use spar_rewards::fact::extract::extract_claims;
+use spar_rewards::fact::extract::{ClaimOrigin, extract_claim_spans};
 use spar_rewards::steps::detectors::{StepView, redundant_question};
 use std::sync::Arc;
 
@@ -49,7 +49,12 @@ fn the_fact_teachers_claims_are_extracted_and_decided_by_the_knowledge_base() {
         let turns = e.transcript();
         let ddx = replies(&turns, Stage::Ddx);
         assert!(ddx[0].ends_with(&claim), "{}: {}", c.id, ddx[0]);
-        let found = extract_claims(&ddx[0]);
+        // The prose claim; the differential's coded items are claims of their own (checked elsewhere).
+        let found: Vec<String> = extract_claim_spans(&ddx[0])
+            .into_iter()
+            .filter(|c| c.origin != ClaimOrigin::StageBlock)
+            .map(|c| c.text)
+            .collect();
         assert_eq!(
             found.len(),
             1,

@@ -55,6 +55,8 @@ const SAFE: &[&str] = &[
     "compatible",
     "acceptable",
     "is fine",
+    "fine",
+    "recommended",
     "is ok",
     "okay",
     "first-line",
@@ -133,6 +135,13 @@ pub(super) fn condition_claim(
     conds: &[Mention<usize>],
 ) -> Option<ClaimVerdict> {
     let cond_m = conds[0];
+    // "children over 3 months", "adults over 65": the age named is outside the condition, not inside it.
+    if c.toks
+        .get(cond_m.end)
+        .is_some_and(|t| matches!(*t, "over" | "older" | "above" | "aged" | "from"))
+    {
+        return None;
+    }
     let condition = &kb.drugs.conditions[cond_m.value];
     // The subject: the first drug mention that is not the condition itself ("nitroglycerin" is both).
     let subject = drugs
@@ -154,6 +163,7 @@ pub(super) fn condition_claim(
     let say = |f: &ConditionFinding| {
         let what = match f.status {
             ConditionStatus::Contraindicated => "contraindicated",
+            ConditionStatus::Avoid => "to be avoided",
             ConditionStatus::Caution => "to be used with caution",
             ConditionStatus::Safe => "considered acceptable",
         };
@@ -173,6 +183,16 @@ pub(super) fn condition_claim(
     let ci_wide = pick(ConditionStatus::Contraindicated, &wide);
     let ci_narrow = pick(ConditionStatus::Contraindicated, &narrow);
     let safe_wide = pick(ConditionStatus::Safe, &wide);
+    // A guideline's "avoid" (Beers) supports "should be avoided" and refutes "safe", but a claim that says
+    // "contraindicated" overstates it.
+    let avoid_wide = pick(ConditionStatus::Avoid, &wide);
+    let avoid_any = findings.iter().find(|f| f.status == ConditionStatus::Avoid);
+    let strong = c.has_any(&[
+        "contraindicated",
+        "contra-indicated",
+        "contraindication",
+        "contra-indication",
+    ]);
     let caution_any = findings
         .iter()
         .find(|f| f.status == ConditionStatus::Caution);
@@ -182,7 +202,9 @@ pub(super) fn condition_claim(
                 out(ClaimLabel::Supported, f)
             } else if let Some(f) = safe_wide {
                 out(ClaimLabel::Refuted, f)
-            } else if let Some(f) = ci_narrow.or(caution_any) {
+            } else if let Some(f) = avoid_wide.filter(|_| !strong) {
+                out(ClaimLabel::Supported, f)
+            } else if let Some(f) = ci_narrow.or(avoid_any).or(caution_any) {
                 verdict(
                     ClaimLabel::Uncertain,
                     format!(
@@ -201,7 +223,7 @@ pub(super) fn condition_claim(
             }
         }
         Assertion::Safe => {
-            if let Some(f) = ci_wide.or(ci_narrow) {
+            if let Some(f) = ci_wide.or(ci_narrow).or(avoid_any) {
                 out(ClaimLabel::Refuted, f)
             } else if let Some(f) = safe_wide {
                 out(ClaimLabel::Supported, f)
@@ -220,7 +242,7 @@ pub(super) fn condition_claim(
             }
         }
         Assertion::Caution => {
-            if let Some(f) = ci_wide.or(caution_any.filter(|f| wide(f))) {
+            if let Some(f) = ci_wide.or(avoid_wide).or(caution_any.filter(|f| wide(f))) {
                 out(ClaimLabel::Supported, f)
             } else {
                 uncertain(format!(

@@ -16,6 +16,7 @@ enum DdiAssertion {
 }
 
 fn ddi_assertion(c: &Claim) -> Option<DdiAssertion> {
+    // Statements that the pair is harmless: no interaction, no effect, no added risk.
     const NONE: &[&str] = &[
         "no interaction",
         "no interactions",
@@ -25,6 +26,25 @@ fn ddi_assertion(c: &Claim) -> Option<DdiAssertion> {
         "no significant interaction",
         "no drug interaction",
         "no drug-drug interaction",
+        "no effect",
+        "no effect on",
+        "not affect",
+        "doesn't affect",
+        "no additional risk",
+        "no added risk",
+        "no extra risk",
+        "no increased risk",
+        "no risk",
+        "without any increased risk",
+        "without increased risk",
+        "without any risk",
+        "without risk",
+        "without any problem",
+        "without any problems",
+        "without problems",
+        "no problem",
+        "no problems",
+        "without any interaction",
     ];
     if c.has_any(NONE)
         || c.toks
@@ -53,10 +73,14 @@ fn ddi_assertion(c: &Claim) -> Option<DdiAssertion> {
     if c.has("not recommended") {
         return Some(DdiAssertion::Interacts(Some(Severity::NotRecommended)));
     }
+    let safe = c.has_any(&["safe", "safely", "fine", "okay", "ok", "harmless"])
+        && !c.has_any(&["not safe", "unsafe", "never safe"]);
     let together = c.has_any(&[
         "together",
         "combined",
         "combine",
+        "combining",
+        "combination",
         "co-administered",
         "coadministered",
         "co-prescribed",
@@ -64,22 +88,55 @@ fn ddi_assertion(c: &Claim) -> Option<DdiAssertion> {
         "alongside",
         "with",
     ]);
-    let risky = c.has_any(&[
+    // An effect of the pair (a risk, a level that changes, a toxicity) or a warning against it.
+    let effect = c.has_any(&[
         "avoid",
         "avoided",
         "dangerous",
         "unsafe",
         "risk",
-        "increases",
-        "potentiates",
-        "potentiate",
+        "risks",
         "toxicity",
-    ]);
-    if risky && !c.has("safe") {
+        "toxic",
+        "syndrome",
+        "bleeding",
+        "levels",
+        "level",
+        "concentrations",
+        "effect",
+        "effects",
+        "effectiveness",
+        "efficacy",
+    ]) || c.toks.iter().any(|t| {
+        [
+            "increas",
+            "rais",
+            "reduc",
+            "decreas",
+            "lower",
+            "caus",
+            "potentiat",
+            "inhibit",
+            "prolong",
+            "hyperkal",
+            "hypotens",
+            "myopath",
+            "enhanc",
+            "boost",
+            "diminish",
+            "weaken",
+        ]
+        .iter()
+        .any(|p| t.starts_with(p))
+    });
+    if effect && !safe {
         return Some(DdiAssertion::Interacts(None));
     }
-    if together {
-        return Some(if c.negated() {
+    if together || safe {
+        return Some(if c.negated() && !safe {
+            DdiAssertion::Interacts(None)
+        } else if c.negated() {
+            // "not safe to combine".
             DdiAssertion::Interacts(None)
         } else {
             DdiAssertion::Together
@@ -93,13 +150,34 @@ pub(super) fn interaction_claim(
     c: &Claim,
     drugs: &[Mention<DrugRef>],
 ) -> Option<ClaimVerdict> {
-    let a = drugs[0];
-    let b = drugs[1..].iter().find(|m| m.value != a.value)?;
+    let assertion = ddi_assertion(c)?;
+    // The pair the claim is about: the first two different drugs, passing over a member named as an example of
+    // a class before it ("macrolides such as erythromycin increase colchicine toxicity"), and preferring a pair
+    // the thesaurus pairs.
+    let mut pairs = Vec::new();
+    for (i, x) in drugs.iter().enumerate() {
+        for y in &drugs[i + 1..] {
+            if x.value == y.value {
+                continue;
+            }
+            let (kx, ky) = (kb.ddi_keys(x.value), kb.ddi_keys(y.value));
+            // A class and a member of it named as its example are one subject, not a pair.
+            if (!kx.is_empty() && kx.is_subset(&ky)) || (!ky.is_empty() && ky.is_subset(&kx)) {
+                continue;
+            }
+            pairs.push((*x, *y, kx, ky));
+        }
+    }
+    let chosen = pairs
+        .iter()
+        .position(|(_, _, kx, ky)| {
+            !kx.is_empty() && !ky.is_empty() && kb.ddi.between_keys(kx, ky).is_some()
+        })
+        .unwrap_or(0);
+    let (a, b, ka, kbk) = pairs.into_iter().nth(chosen)?;
+    let b = &b;
     let name = |m: &Mention<DrugRef>| c.toks[m.start..m.end].join(" ");
     let (na, nb) = (name(&a), name(b));
-    let ka = kb.ddi_keys(a.value);
-    let kbk = kb.ddi_keys(b.value);
-    let assertion = ddi_assertion(c)?;
     if ka.is_empty() || kbk.is_empty() {
         let unknown = if ka.is_empty() { &na } else { &nb };
         return Some(uncertain(format!(
@@ -120,7 +198,21 @@ pub(super) fn interaction_claim(
         i.mechanism_fr
     );
     let label = match assertion {
-        DdiAssertion::Interacts(None) => ClaimLabel::Supported,
+        DdiAssertion::Interacts(None) => {
+            match direction(kb, c, &a, b, &kb.ddi.all_between_keys(&ka, &kbk)) {
+                Some(Direction::Reversed(raised)) => {
+                    return Some(verdict(
+                        ClaimLabel::Refuted,
+                        format!(
+                            "{ev} (the level that rises is that of {raised}, not the other way round)"
+                        ),
+                        Some(&i.fact_id),
+                        Some(&i.source),
+                    ));
+                }
+                _ => ClaimLabel::Supported,
+            }
+        }
         DdiAssertion::Interacts(Some(claimed)) => {
             if claimed == i.severity {
                 ClaimLabel::Supported
@@ -142,4 +234,97 @@ pub(super) fn interaction_claim(
         }
     };
     Some(verdict(label, ev, Some(&i.fact_id), Some(&i.source)))
+}
+
+/// What a claim of a rising level ("amiodarone increases digoxin levels") says against the thesaurus' mechanism.
+enum Direction {
+    /// The level the claim says rises is the one the mechanism names.
+    Agrees,
+    /// The mechanism names the other drug's level (its name).
+    Reversed(String),
+}
+
+/// The thesaurus' French substance name behind a drug mention (None for a class).
+fn substance_fr(kb: &KnowledgeBase, r: DrugRef) -> Option<String> {
+    if let Some(i) = r.substance {
+        return Some(kb.ddi.substances[i].fr.clone());
+    }
+    let d = &kb.drugs.drugs[r.drug?];
+    kb.ddi
+        .substances
+        .iter()
+        .find(|s| s.en == d.name || s.aliases.contains(&d.name))
+        .map(|s| s.fr.clone())
+}
+
+/// Checks the direction of a "A raises B's level" claim when the mechanism says whose level rises
+/// ("augmentation de la digoxinemie"); None when the claim or the mechanism does not say.
+fn direction(
+    kb: &KnowledgeBase,
+    c: &Claim,
+    a: &Mention<DrugRef>,
+    b: &Mention<DrugRef>,
+    rules: &[crate::kb::Interaction],
+) -> Option<Direction> {
+    let rises = c.toks.iter().any(|t| {
+        ["increas", "rais", "boost", "elevat"]
+            .iter()
+            .any(|p| t.starts_with(p))
+    });
+    if !rises {
+        return None;
+    }
+    const LEVEL: &[&str] = &[
+        "level",
+        "levels",
+        "concentration",
+        "concentrations",
+        "toxicity",
+    ];
+    let object = |m: &Mention<DrugRef>| {
+        c.toks.get(m.end).is_some_and(|t| LEVEL.contains(t))
+            || (m.start >= 2 && c.toks[m.start - 1] == "of" && LEVEL.contains(&c.toks[m.start - 2]))
+    };
+    let (obj_a, obj_b) = (object(a), object(b));
+    if obj_a == obj_b {
+        return None;
+    }
+    let mech = rules
+        .iter()
+        .map(|r| text::fold(&r.mechanism_fr))
+        .collect::<Vec<_>>()
+        .join(" | ");
+    // "digoxine" -> "digoxin" (digoxinemie), "lithium" -> "lith" (lithemie), "theophylline" -> "theophyllin".
+    let raised = |m: &Mention<DrugRef>| -> bool {
+        let Some(fr) = substance_fr(kb, m.value) else {
+            return false;
+        };
+        let word = fr.split([' ', '(']).next().unwrap_or("");
+        let stem = word
+            .strip_suffix("ium")
+            .or_else(|| word.strip_suffix('e'))
+            .unwrap_or(word);
+        if stem.len() < 4 {
+            return false;
+        }
+        // The phrase that says whose level rises runs to the first punctuation ("augmentation de la
+        // digoxinemie par diminution de la clairance de la digoxine." names digoxin only).
+        mech.match_indices("augmentation d").any(|(at, _)| {
+            let tail = &mech[at..];
+            let end = tail.find(['.', ',', ';', '(']).unwrap_or(tail.len());
+            tail[..end].contains(stem)
+        })
+    };
+    let (up_a, up_b) = (raised(a), raised(b));
+    if up_a == up_b {
+        return None;
+    }
+    let name = |m: &Mention<DrugRef>| c.toks[m.start..m.end].join(" ");
+    Some(if (obj_a && up_a) || (obj_b && up_b) {
+        Direction::Agrees
+    } else if up_a {
+        Direction::Reversed(name(a))
+    } else {
+        Direction::Reversed(name(b))
+    })
 }

@@ -3,6 +3,7 @@
 //!
 //! Negations and numbers with units are read, never ignored: "X is not contraindicated in Y" gets the
 //! opposite verdict of "X is contraindicated in Y", and "5 mg" is compared as 5 mg, not as "a dose".
+mod antidote;
 mod condition;
 mod dose;
 mod icd;
@@ -95,6 +96,10 @@ pub(super) fn verify(kb: &KnowledgeBase, claim: &str) -> ClaimVerdict {
     if let Some(v) = icd::icd_claim(kb, claim, &c) {
         return v;
     }
+    // Before interactions: "vitamin K reverses warfarin" names two drugs but is about an antidote.
+    if let Some(v) = antidote::antidote_claim(kb, &c) {
+        return v;
+    }
     let drugs: Vec<Mention<DrugRef>> = kb.drug_lex.find(&c.toks);
     let mut best: Option<ClaimVerdict> = None;
     let mut keep = |v: Option<ClaimVerdict>| -> bool {
@@ -174,6 +179,7 @@ pub(super) fn drug_fact(kb: &KnowledgeBase, id: &str, rest: &str) -> Option<Fact
         .find(|f| f.fact_id == id)?;
     let what = match f.status {
         ConditionStatus::Contraindicated => "is contraindicated in",
+        ConditionStatus::Avoid => "is to be avoided in",
         ConditionStatus::Caution => "needs caution in",
         ConditionStatus::Safe => "is considered acceptable in",
     };
