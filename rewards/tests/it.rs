@@ -4,6 +4,7 @@ mod it {
     pub mod fact;
     pub mod fixtures;
     pub mod http_judge;
+    pub mod overrides;
     pub mod pipeline;
     pub mod redis;
     pub mod score_file;
