@@ -9,6 +9,7 @@
   history.replaceState(null, "", location.pathname);
 
   const PAGE = 50;
+  const STAGE_SHORT = { inquiry: "Inq", ddx: "DDx", lab: "Lab", diag: "Dx" };
   const state = { offset: 0, total: 0, rows: [], sel: -1, detail: null, claim: -1, overridden: new Set() };
   const $ = (id) => document.getElementById(id);
 
@@ -79,7 +80,7 @@
           el("td", { class: "num" }, r.id),
           el("td", {}, r.case_id),
           el("td", {}, r.department),
-          el("td", {}, r.stages.join("+")),
+          el("td", { title: r.stages.join(" + ") }, r.stages.map((x) => STAGE_SHORT[x] || x).join(" ")),
           el("td", { class: "num" }, fmt(r.reward)),
           el("td", { class: "num" + (r.refuted ? " bad" : "") }, r.refuted ? `${r.refuted}/${r.claims}` : r.claims),
           el("td", { class: "num" + (r.violations ? " bad" : "") }, r.violations),
@@ -99,14 +100,18 @@
     loadList();
   }
 
+  let detailSeq = 0;
   async function select(i) {
     if (i < 0 || i >= state.rows.length) return;
     state.sel = i;
+    const seq = ++detailSeq;
     const trs = $("list").querySelectorAll("tbody tr");
     trs.forEach((tr, j) => tr.classList.toggle("selected", j === i));
     trs[i].scrollIntoView({ block: "nearest" });
     try {
-      showDetail(await api("/api/consultations/" + state.rows[i].id));
+      const d = await api("/api/consultations/" + state.rows[i].id);
+      // Keys pressed quickly (j j j) ask for several; only the last one asked for is shown.
+      if (seq === detailSeq) showDetail(d);
     } catch (e) {
       toast(e.message, true);
     }
@@ -212,7 +217,7 @@
     });
     if (!d.rubric.length) rubric.append(el("div", { class: "hint" }, "no rubric items"));
 
-    root.replaceChildren(head, claims, rubric, dialogue);
+    root.replaceChildren(head, el("div", { class: "detail-body" }, dialogue, el("div", { class: "side" }, claims, rubric)));
   }
 
   function focusClaim(i) {
@@ -275,8 +280,10 @@
 
   let typing = null;
   $("search").addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(refilter, 250); });
-  for (const id of ["f-department", "f-stage", "f-halluc", "f-violation", "f-min", "f-max"])
+  for (const id of ["f-department", "f-stage", "f-halluc", "f-violation"])
     $(id).addEventListener("change", refilter);
+  for (const id of ["f-min", "f-max"])
+    $(id).addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(refilter, 250); });
   $("f-clear").addEventListener("click", () => {
     for (const id of ["search", "f-department", "f-stage", "f-violation", "f-min", "f-max"]) $(id).value = "";
     $("f-halluc").checked = false;

@@ -110,9 +110,8 @@ impl AuditLog {
             if line.trim().is_empty() {
                 continue;
             }
-            let e: AuditEntry = serde_json::from_str(&line).map_err(|e| {
-                anyhow::anyhow!("{}: line {}: {e}", self.path.display(), i + 1)
-            })?;
+            let e: AuditEntry = serde_json::from_str(&line)
+                .map_err(|e| anyhow::anyhow!("{}: line {}: {e}", self.path.display(), i + 1))?;
             if e.schema_version != AUDIT_VERSION {
                 bail!(
                     "{}: line {}: field `schema_version`: {} is not the supported version {AUDIT_VERSION}",
@@ -162,10 +161,13 @@ mod tests {
         log.append(&entry(0)).unwrap();
         log.append(&entry(1)).unwrap();
         let got = log.read().unwrap();
-        assert_eq!(got, [entry(0), entry(1)].map(|mut e| {
-            e.at = got[e.index].at.clone();
-            e
-        }));
+        assert_eq!(
+            got,
+            [entry(0), entry(1)].map(|mut e| {
+                e.at = got[e.index].at.clone();
+                e
+            })
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -110,7 +110,12 @@ fn find_ci(hay: &str, needle: &str) -> Option<(usize, usize)> {
 
 /// Splits `text` into pieces, marking the first occurrence of each claim in `claims` (index, text) that does
 /// not overlap one marked before it.
-fn pieces(text: &str, claims: &[(usize, &str)], found: &mut [Option<usize>], turn: usize) -> Vec<Piece> {
+fn pieces(
+    text: &str,
+    claims: &[(usize, &str)],
+    found: &mut [Option<usize>],
+    turn: usize,
+) -> Vec<Piece> {
     let mut spans: Vec<(usize, usize, usize)> = Vec::new();
     for &(ci, ct) in claims {
         if found[ci].is_some() {
@@ -267,11 +272,15 @@ fn stage_rewards(c: &Consultation, steps: &[StepView]) -> Vec<StageRewards> {
                 steps: of.len(),
                 // G_k belongs to a segment, which covers one stage; a whole episode's record has none, an
                 // evaluation's has one per stage.
-                stage_score: c.stage_scores.get(&stage).copied().or(if c.stages.len() == 1 {
-                    stage_score
-                } else {
-                    None
-                }),
+                stage_score: c
+                    .stage_scores
+                    .get(&stage)
+                    .copied()
+                    .or(if c.stages.len() == 1 {
+                        stage_score
+                    } else {
+                        None
+                    }),
                 advantage_sum: of.iter().filter_map(|s| s.advantage).sum(),
                 mean_gamma: (!gammas.is_empty())
                     .then(|| gammas.iter().sum::<f64>() / gammas.len() as f64),

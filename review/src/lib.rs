@@ -48,7 +48,8 @@ pub fn open(opts: ReviewOptions) -> Result<(Arc<ReviewState>, usize)> {
     let replayed = overrides::replay(&entries, &mut consultations);
     let cache = match &opts.claim_cache {
         Some(p) => Some(Arc::new(
-            SqliteBackend::open(p).with_context(|| format!("opening the claim cache {}", p.display()))?,
+            SqliteBackend::open(p)
+                .with_context(|| format!("opening the claim cache {}", p.display()))?,
         ) as Arc<dyn CacheBackend>),
         None => None,
     };

@@ -66,7 +66,10 @@ async fn private_headers(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -82,7 +85,11 @@ async fn private_headers(req: Request, next: Next) -> Response {
 }
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": msg.to_string() }))).into_response()
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": msg.to_string() })),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -173,7 +180,8 @@ async fn override_one(
                 "override recorded"
             );
             let detail = Detail::of(req.id, c);
-            axum::Json(serde_json::json!({ "entry": entry, "consultation": detail })).into_response()
+            axum::Json(serde_json::json!({ "entry": entry, "consultation": detail }))
+                .into_response()
         }
         Err(e) => {
             tracing::warn!(consultation = req.id, "override refused");

@@ -2,12 +2,13 @@
 //! rollout fixture -> `spar score` -> one trainer step, from files, one recipe honoured by every command,
 //! `spar ablate` on a tiny grid (`ablate.rs`), data-parallel runs (`data_parallel.rs`) and the settings
 //! `spar serve` and `spar generate` refuse at start (`serve_flags.rs`), and PHI planted in a case kept out of
-//! every file a run writes (`phi.rs`), and the benchmark commands on a tiny config (`bench.rs`).
+//! every file a run writes (`phi.rs`), and the benchmark commands on a tiny config (`bench.rs`), and `spar review` in headless Chromium (`review.rs`).
 mod ablate;
 mod bench;
 mod data_parallel;
 mod phi;
 mod recipe_honoured;
+mod review;
 mod serve_flags;
 
 use std::path::{Path, PathBuf};

@@ -84,7 +84,13 @@ async fn the_token_guards_the_page_and_every_endpoint() {
     write_run(d.path(), 10);
     let (s, _) = start(d.path()).await;
     let c = reqwest::Client::new();
-    for path in ["/", "/?token=wrong", "/api/summary", "/api/consultations", "/api/consultations/0"] {
+    for path in [
+        "/",
+        "/?token=wrong",
+        "/api/summary",
+        "/api/consultations",
+        "/api/consultations/0",
+    ] {
         let r = c.get(format!("{}{path}", s.base)).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 401, "{path}");
         let body = r.text().await.unwrap();
@@ -116,7 +122,10 @@ async fn the_token_guards_the_page_and_every_endpoint() {
     assert_eq!(r.headers()["referrer-policy"], "no-referrer");
     let html = r.text().await.unwrap();
     assert!(html.contains("id=\"list\"") && html.contains("/api/consultations"));
-    assert!(!html.contains("{{") && !html.contains("/*{{"), "unfilled template");
+    assert!(
+        !html.contains("{{") && !html.contains("/*{{"),
+        "unfilled template"
+    );
     s.stop().await;
 }
 
@@ -163,9 +172,13 @@ async fn an_override_reaches_the_log_the_cache_and_the_page_and_survives_a_resta
         let (st, e) = s.post(bad.clone()).await;
         assert_eq!(st, 422, "{bad} -> {e}");
     }
-    let (st, _) = s.post(json!({"id": 99, "kind": "claim", "index": 0, "label": "refuted"})).await;
+    let (st, _) = s
+        .post(json!({"id": 99, "kind": "claim", "index": 0, "label": "refuted"}))
+        .await;
     assert_eq!(st, 404);
-    let (st, _) = s.post(json!({"id": 1, "kind": "claim", "index": 0, "label": "maybe"})).await;
+    let (st, _) = s
+        .post(json!({"id": 1, "kind": "claim", "index": 0, "label": "maybe"}))
+        .await;
     assert_eq!(st, 400);
     assert!(!d.path().join("review-audit.jsonl").exists());
 
@@ -174,7 +187,9 @@ async fn an_override_reaches_the_log_the_cache_and_the_page_and_survives_a_resta
         .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["consultation"]["claims"][1]["label"], "supported");
-    let (st, v) = s.post(json!({"id": 3, "kind": "rubric", "index": 0, "met": false})).await;
+    let (st, v) = s
+        .post(json!({"id": 3, "kind": "rubric", "index": 0, "met": false}))
+        .await;
     assert_eq!(st, 200, "{v}");
     let (_, p) = s.get("/api/consultations?hallucinated=true").await;
     assert_eq!(p["total"], 4, "consultation 1 has no refuted claim left");
@@ -188,12 +203,21 @@ async fn an_override_reaches_the_log_the_cache_and_the_page_and_survives_a_resta
     assert_eq!(log.len(), 2);
     assert_eq!(log[0]["reviewer"], "tester");
     assert_eq!(log[0]["target"], "Garlic cures pneumonia");
-    assert_eq!((log[0]["before"].as_str(), log[0]["after"].as_str()), (Some("refuted"), Some("supported")));
+    assert_eq!(
+        (log[0]["before"].as_str(), log[0]["after"].as_str()),
+        (Some("refuted"), Some("supported"))
+    );
     assert_eq!(log[1]["kind"], "rubric");
-    assert_eq!((log[1]["before"].as_bool(), log[1]["after"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(
+        (log[1]["before"].as_bool(), log[1]["after"].as_bool()),
+        (Some(true), Some(false))
+    );
 
     let b = SqliteBackend::open(&d.path().join("claims.sqlite")).unwrap();
-    let v = get_override(&b, "Garlic cures pneumonia").await.unwrap().unwrap();
+    let v = get_override(&b, "Garlic cures pneumonia")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(v.label, ClaimLabel::Supported);
     assert_eq!(v.evidence, "folk remedy, but");
     assert_eq!(v.source.as_deref(), Some("review:tester"));
@@ -210,22 +234,37 @@ async fn an_override_reaches_the_log_the_cache_and_the_page_and_survives_a_resta
 
     // The labelled set.
     let out = d.path().join("labels.jsonl");
-    assert_eq!(spar_review::export_labels(d.path(), &write_deps(), &out).unwrap(), 2);
+    assert_eq!(
+        spar_review::export_labels(d.path(), &write_deps(), &out).unwrap(),
+        2
+    );
     let labels: Vec<Value> = std::fs::read_to_string(&out)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(labels[0]["kind"], "claim");
-    assert_eq!((labels[0]["label"].as_str(), labels[0]["model_label"].as_str()), (Some("supported"), Some("refuted")));
+    assert_eq!(
+        (
+            labels[0]["label"].as_str(),
+            labels[0]["model_label"].as_str()
+        ),
+        (Some("supported"), Some("refuted"))
+    );
     assert_eq!(labels[1]["kind"], "rubric");
-    assert_eq!((labels[1]["met"].as_bool(), labels[1]["judge_met"].as_bool()), (Some(false), Some(true)));
+    assert_eq!(
+        (labels[1]["met"].as_bool(), labels[1]["judge_met"].as_bool()),
+        (Some(false), Some(true))
+    );
     assert!(labels[1]["dialogue"].as_array().unwrap().len() == 6);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         for f in ["labels.jsonl", "review-audit.jsonl"] {
-            let mode = std::fs::metadata(d.path().join(f)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(d.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
     }

@@ -1,8 +1,8 @@
 //! A small run folder written with spar's own writers: `n` consultations of two departments, odd ones with a
 //! refuted claim and a step violation.
 use spar_core::sample::{
-    ClaimLabel, ClaimRecord, EndReason, EpisodeMode, ItemVerdict, Role, SCHEMA_VERSION, Scored, StepScore,
-    StepSpan, Turn,
+    ClaimLabel, ClaimRecord, EndReason, EpisodeMode, ItemVerdict, Role, SCHEMA_VERSION, Scored,
+    StepScore, StepSpan, Turn,
 };
 use spar_core::{Sample, Stage};
 use std::collections::HashMap;
@@ -19,7 +19,11 @@ pub fn turn(role: Role, stage: Stage, text: &str) -> Turn {
 pub fn sample(i: usize) -> Sample {
     let case = format!("case-{}", i % 4);
     let turns = vec![
-        turn(Role::User, Stage::Inquiry, "I have had a cough for three days."),
+        turn(
+            Role::User,
+            Stage::Inquiry,
+            "I have had a cough for three days.",
+        ),
         turn(Role::Assistant, Stage::Inquiry, "Do you have a fever?"),
         turn(Role::User, Stage::Inquiry, "Yes, 39 degrees."),
         turn(Role::Assistant, Stage::Inquiry, "Any chest pain? <ready/>"),
@@ -29,14 +33,30 @@ pub fn sample(i: usize) -> Sample {
             Stage::Diag,
             &format!(
                 "<diagnosis>Pneumonia (J18.9)</diagnosis> Amoxicillin treats pneumonia.{}",
-                if i % 2 == 1 { " Garlic cures pneumonia." } else { "" }
+                if i % 2 == 1 {
+                    " Garlic cures pneumonia."
+                } else {
+                    ""
+                }
             ),
         ),
     ];
     let steps = vec![
-        StepSpan { stage: Stage::Inquiry, start: 0, end: 4 },
-        StepSpan { stage: Stage::Inquiry, start: 4, end: 8 },
-        StepSpan { stage: Stage::Diag, start: 8, end: 12 },
+        StepSpan {
+            stage: Stage::Inquiry,
+            start: 0,
+            end: 4,
+        },
+        StepSpan {
+            stage: Stage::Inquiry,
+            start: 4,
+            end: 8,
+        },
+        StepSpan {
+            stage: Stage::Diag,
+            start: 8,
+            end: 12,
+        },
     ];
     Sample {
         schema_version: SCHEMA_VERSION,
@@ -72,7 +92,13 @@ pub fn scored(s: &Sample, i: usize) -> Scored {
             source: Some("kb:pneumonia".into()),
         });
     }
-    let violation = |v: bool| if v { vec!["repeated_question: asked twice".to_string()] } else { vec![] };
+    let violation = |v: bool| {
+        if v {
+            vec!["repeated_question: asked twice".to_string()]
+        } else {
+            vec![]
+        }
+    };
     Scored {
         schema_version: SCHEMA_VERSION,
         run_id: "t".into(),
@@ -106,7 +132,11 @@ pub fn scored(s: &Sample, i: usize) -> Scored {
 /// Writes `n` consultations into `dir` (samples.jsonl + scored.jsonl); returns the departments map.
 pub fn write_run(dir: &Path, n: usize) -> HashMap<String, String> {
     let samples: Vec<Sample> = (0..n).map(sample).collect();
-    let scored: Vec<Scored> = samples.iter().enumerate().map(|(i, s)| scored(s, i)).collect();
+    let scored: Vec<Scored> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| scored(s, i))
+        .collect();
     spar_data::wire::write_samples(&dir.join("samples.jsonl"), &samples).unwrap();
     spar_data::wire::write_scored(&dir.join("scored.jsonl"), &scored).unwrap();
     (0..4)

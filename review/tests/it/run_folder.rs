@@ -15,7 +15,10 @@ fn missing_and_malformed_folders_name_the_file_and_field() {
     let d = tempfile::tempdir().unwrap();
     assert!(err(&d.path().join("nope")).contains("not a run folder"));
     let e = err(d.path());
-    assert!(e.contains("samples.parquet") && e.contains("samples.jsonl"), "{e}");
+    assert!(
+        e.contains("samples.parquet") && e.contains("samples.jsonl"),
+        "{e}"
+    );
 
     write_run(d.path(), 4);
     // A scored line missing a field.
@@ -40,11 +43,8 @@ fn missing_and_malformed_folders_name_the_file_and_field() {
     // Steps that do not match the sample's.
     let mut bad = scored_of(1);
     bad.steps.pop();
-    spar_data::wire::write_scored(
-        &scored,
-        &[scored_of(0), bad, scored_of(2), scored_of(3)],
-    )
-    .unwrap();
+    spar_data::wire::write_scored(&scored, &[scored_of(0), bad, scored_of(2), scored_of(3)])
+        .unwrap();
     let e = err(d.path());
     assert!(e.contains("field `steps`") && e.contains("2 steps"), "{e}");
 }
@@ -74,9 +74,17 @@ fn filters_search_and_pages_on_the_server() {
     assert_eq!((p.total, p.rows.len(), p.rows[0].id), (1000, 10, 990));
     assert_eq!(q(&|q| q.limit = Some(100_000)).rows.len(), 500);
     assert_eq!(q(&|q| q.hallucinated = true).total, 500);
-    assert!(q(&|q| q.hallucinated = true).rows.iter().all(|r| r.refuted == 1));
+    assert!(
+        q(&|q| q.hallucinated = true)
+            .rows
+            .iter()
+            .all(|r| r.refuted == 1)
+    );
     assert_eq!(q(&|q| q.department = Some("cardiology".into())).total, 500);
-    assert_eq!(q(&|q| q.violation = Some("repeated_question".into())).total, 500);
+    assert_eq!(
+        q(&|q| q.violation = Some("repeated_question".into())).total,
+        500
+    );
     assert_eq!(q(&|q| q.violation = Some("other".into())).total, 0);
     assert_eq!(q(&|q| q.stage = Some(Stage::Diag)).total, 1000);
     assert_eq!(q(&|q| q.stage = Some(Stage::Lab)).total, 0);
@@ -118,14 +126,20 @@ fn the_detail_marks_claims_in_place_and_aligns_steps_with_replies() {
         .collect();
     assert_eq!(
         marked,
-        [("Amoxicillin treats pneumonia", 0), ("Garlic cures pneumonia", 1)]
+        [
+            ("Amoxicillin treats pneumonia", 0),
+            ("Garlic cures pneumonia", 1)
+        ]
     );
     assert_eq!(v.claims[1].turn, Some(5));
     // The pieces put the reply back together.
     let text: String = v.turns[5].pieces.iter().map(|p| p.text.as_str()).collect();
     assert_eq!(text, run.consultations[1].turns[5].text);
     let inquiry = &v.stage_rewards[0];
-    assert_eq!((inquiry.stage, inquiry.steps, inquiry.violations), (Stage::Inquiry, 2, 1));
+    assert_eq!(
+        (inquiry.stage, inquiry.steps, inquiry.violations),
+        (Stage::Inquiry, 2, 1)
+    );
     assert!((inquiry.mean_gamma.unwrap() - 0.9).abs() < 1e-12);
     assert!((inquiry.advantage_sum - 0.5).abs() < 1e-12);
 }
@@ -160,7 +174,10 @@ fn an_evaluation_report_folder_is_read_as_consultations() {
     let run = RunFolder::open(d.path(), &HashMap::new()).unwrap();
     assert_eq!(run.consultations.len(), 2);
     let c = &run.consultations[0];
-    assert_eq!((c.department.as_str(), c.end.as_str()), ("neurology", "done"));
+    assert_eq!(
+        (c.department.as_str(), c.end.as_str()),
+        ("neurology", "done")
+    );
     // Unparsed Diag output scores 0: the composite is (0.5 + 0) / 2.
     let s = c.scored.as_ref().unwrap();
     assert!((s.reward - 0.25).abs() < 1e-12);
@@ -168,7 +185,10 @@ fn an_evaluation_report_folder_is_read_as_consultations() {
     assert_eq!(v.stage_rewards[1].stage_score, Some(0.0));
     assert_eq!(v.claims[0].turn, Some(1));
     let json = serde_json::to_value(&v).unwrap();
-    assert!(json["rewards"]["r_fact"].is_null(), "no R_fact in an evaluation");
+    assert!(
+        json["rewards"]["r_fact"].is_null(),
+        "no R_fact in an evaluation"
+    );
     let q = ListQuery {
         hallucinated: true,
         ..Default::default()
@@ -181,6 +201,12 @@ fn an_evaluation_report_folder_is_read_as_consultations() {
     assert_eq!(q.page(&run.consultations).total, 1);
 
     std::fs::write(d.path().join("report.json"), "{\"schema_version\": 2}").unwrap();
-    let e = format!("{:#}", RunFolder::open(d.path(), &HashMap::new()).unwrap_err());
-    assert!(e.contains("report.json") && e.contains("schema_version"), "{e}");
+    let e = format!(
+        "{:#}",
+        RunFolder::open(d.path(), &HashMap::new()).unwrap_err()
+    );
+    assert!(
+        e.contains("report.json") && e.contains("schema_version"),
+        "{e}"
+    );
 }

@@ -136,7 +136,10 @@ impl ClaimCache {
             Ok(None) => {}
             Err(e) => {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("claim cache ({}) override read failed: {e}", self.backend.name());
+                tracing::warn!(
+                    "claim cache ({}) override read failed: {e}",
+                    self.backend.name()
+                );
             }
         }
         match self.backend.get(&self.namespace, &normalize(claim)).await {

@@ -38,7 +38,12 @@ async fn an_override_wins_over_cached_verdicts_under_any_verifier_and_survives_r
         )
         .await;
     assert_eq!(
-        cache.lookup("Lithium with NSAIDs is safe", &e).await.unwrap().0.label,
+        cache
+            .lookup("Lithium with NSAIDs is safe", &e)
+            .await
+            .unwrap()
+            .0
+            .label,
         ClaimLabel::Supported
     );
     put_override(
@@ -84,10 +89,20 @@ async fn an_override_wins_over_cached_verdicts_under_any_verifier_and_survives_r
     .await
     .unwrap();
     assert_eq!(
-        other.lookup("Lithium with NSAIDs is safe", &e).await.unwrap().0.label,
+        other
+            .lookup("Lithium with NSAIDs is safe", &e)
+            .await
+            .unwrap()
+            .0
+            .label,
         ClaimLabel::Uncertain
     );
-    assert!(other.lookup("Aspirin is safe in children", &e).await.is_none());
+    assert!(
+        other
+            .lookup("Aspirin is safe in children", &e)
+            .await
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -127,7 +142,10 @@ async fn the_next_scoring_run_labels_an_overridden_claim_as_the_reviewer_said() 
             .find(|c| c.text.contains("Garlic"))
             .map(|c| c.label)
     };
-    let first = pipeline(verifier.clone()).await.score_group(&case(), &group).await;
+    let first = pipeline(verifier.clone())
+        .await
+        .score_group(&case(), &group)
+        .await;
     assert_eq!(label_of(&first[0]), Some(ClaimLabel::Refuted));
     put_override(
         backend.as_ref(),
@@ -137,7 +155,10 @@ async fn the_next_scoring_run_labels_an_overridden_claim_as_the_reviewer_said() 
     .await
     .unwrap();
     let fresh = Arc::new(CountingVerifier::default());
-    let second = pipeline(fresh.clone()).await.score_group(&case(), &group).await;
+    let second = pipeline(fresh.clone())
+        .await
+        .score_group(&case(), &group)
+        .await;
     assert_eq!(label_of(&second[0]), Some(ClaimLabel::Supported));
     assert_eq!(
         fresh.calls.load(Ordering::SeqCst),
