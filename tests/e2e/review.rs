@@ -560,11 +560,20 @@ fn review_page_in_headless_chromium_pages_filters_and_overrides_a_claim() {
     );
     // ... and the next scoring run with that cache labels the claim as the reviewer said.
     let rescored = run.join("rescored.jsonl");
-    ok(spar()
+    let out = spar()
         .args(["score", "--in"])
         .arg(&seed_samples)
         .arg("--out")
-        .arg(&rescored));
+        .arg(&rescored)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Each planted sample states the claim once: every one is answered by the override.
+    assert!(
+        stderr.contains(&format!("{SEED_PAIRS} reviewer overrides")),
+        "{stderr}"
+    );
     let labels: Vec<String> = read_jsonl(&rescored)
         .iter()
         .flat_map(|s| s["claims"].as_array().unwrap().clone())
