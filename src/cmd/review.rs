@@ -49,13 +49,28 @@ pub fn run(mut args: Args) -> Result<()> {
     let builder = args.recipe.builder()?;
     let departments = departments(&builder)?;
     if let Some(out) = &args.export_labels {
-        let n = spar_review::export_labels(&args.run_dir, &departments, out)?;
-        println!(
-            "spar review: {n} labels from {} written to {}",
-            spar_review::audit::AUDIT_FILE,
-            out.display()
-        );
-        return Ok(());
+        // The labelled set quotes dialogue (redacted): like every file spar writes from patient data, it gets a
+        // manifest of what it was made from (OUT.audit.json).
+        let inputs = spar_review::run::SAMPLE_FILES
+            .iter()
+            .chain(&spar_review::run::SCORED_FILES)
+            .chain(&[
+                spar_review::audit::AUDIT_FILE,
+                spar_review::eval_report::REPORT_FILE,
+                spar_review::eval_report::TRANSCRIPTS_FILE,
+            ])
+            .map(|f| args.run_dir.join(f));
+        let spec = spar_data::audit::AuditSpec::for_file("spar review --export-labels", out)
+            .with_data(inputs);
+        return super::audit::run_audited(spec, || {
+            let n = spar_review::export_labels(&args.run_dir, &departments, out)?;
+            println!(
+                "spar review: {n} labels from {} written to {}",
+                spar_review::audit::AUDIT_FILE,
+                out.display()
+            );
+            Ok(())
+        });
     }
     let claim_cache = match &args.claim_cache {
         Some(p) => Some(super::common::absolute(p)?),

@@ -15,8 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The Debian packages' paths; `SPAR_CHROMIUM` / `SPAR_CHROMEDRIVER` name others.
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+fn tool(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_string())
+}
 /// Consultations in the generated run.
 const N: usize = 10_000;
 /// Distinct scored consultations (pairs of one case) replicated into the run.
@@ -202,7 +207,11 @@ fn page_total(t: &str) -> Option<usize> {
 
 #[test]
 fn review_page_in_headless_chromium_pages_filters_and_overrides_a_claim() {
-    let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
+    let (chromium, chromedriver) = (
+        tool("SPAR_CHROMIUM", CHROMIUM),
+        tool("SPAR_CHROMEDRIVER", CHROMEDRIVER),
+    );
+    let missing: Vec<&str> = [chromium.as_str(), chromedriver.as_str()]
         .into_iter()
         .filter(|p| !Path::new(p).exists())
         .collect();
@@ -289,7 +298,7 @@ fn review_page_in_headless_chromium_pages_filters_and_overrides_a_claim() {
     let base = url.split("/?token=").next().unwrap().to_string();
     let port = free_port();
     let _driver = Reaped(
-        Command::new(CHROMEDRIVER)
+        Command::new(&chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -301,7 +310,7 @@ fn review_page_in_headless_chromium_pages_filters_and_overrides_a_claim() {
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
-            json!({"binary": CHROMIUM, "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+            json!({"binary": chromium, "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                    "--disable-dev-shm-usage", "--window-size=1500,950"]}),
         );
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -595,6 +604,10 @@ fn review_page_in_headless_chromium_pages_filters_and_overrides_a_claim() {
     assert_eq!(labels[0]["kind"], "claim");
     assert_eq!(labels[0]["label"], "supported");
     assert_eq!(labels[0]["model_label"], "refuted");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("labels.jsonl.audit.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["outcome"], "ok", "{manifest}");
 }
 
 #[test]
