@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Args)]
 pub struct Args {
     /// The run folder: samples.parquet / samples.jsonl (`spar rollout --out`) and scored.jsonl /
-    /// scored.parquet (`spar score --out RUN_DIR/scored.jsonl`).
+    /// scored.parquet (`spar score --out RUN_DIR/scored.jsonl`); or an evaluation's folder (`spar eval --out`:
+    /// report.json, transcripts.jsonl).
     pub run_dir: PathBuf,
     /// `--recipe` (its `[data]` cases give departments; its `[rewards.fact]` the claim cache), `--set`.
     #[command(flatten)]
