@@ -47,6 +47,8 @@ enum Command {
     Data(cmd::data::Args),
     /// Print a text file (or `-`: standard input) with PHI replaced by placeholders, as ingest redacts cases.
     Redact(cmd::redact::Args),
+    /// A run's consultations on a local web page for review; overrides of claim labels and rubric verdicts.
+    Review(cmd::review::Args),
     /// Benchmarks (speed and memory; GPU figures come from the GPU machine).
     Bench(cmd::bench::Args),
     /// Run N ranks of a command on this node (torchrun's contract, no Python): `spar launch --nproc-per-node 2 -- train --recipe R`.
@@ -90,6 +92,7 @@ fn main() {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Data(a) => cmd::data::run(a),
         Command::Redact(a) => cmd::redact::run(a),
+        Command::Review(a) => cmd::review::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Launch(a) => cmd::launch::run(a),
         Command::Ablate(a) => cmd::ablate::run(a),

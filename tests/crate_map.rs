@@ -45,6 +45,11 @@ const MAP: &[(&str, Option<&[&str]>)] = &[
     ("spar-testkit", Some(&["spar-core", "spar-clients"])),
     // `spar ablate`: specs, child `spar train` runs, statistics and plots over their result files.
     ("spar-ablate", Some(&["spar-core", "spar-plot-text"])),
+    // `spar review`: a run folder's consultations on a local page; claim overrides into the claim cache.
+    (
+        "spar-review",
+        Some(&["spar-core", "spar-data", "spar-rewards"]),
+    ),
     ("spar-app", None),
     ("spar", None),
 ];
@@ -61,6 +66,7 @@ const NO_TORCH: &[&str] = &[
     "spar-rewards",
     "spar-ablate",
     "spar-plot-text",
+    "spar-review",
 ];
 
 /// Every workspace crate and the names of its non-dev dependencies.

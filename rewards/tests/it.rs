@@ -5,6 +5,7 @@ mod it {
     pub mod factcheck_bench;
     pub mod fixtures;
     pub mod http_judge;
+    pub mod overrides;
     pub mod pipeline;
     pub mod redis;
     pub mod score_file;

@@ -19,6 +19,7 @@ pub mod launch;
 pub mod logprobs;
 pub mod plot;
 pub mod redact;
+pub mod review;
 pub mod rollout;
 pub mod score;
 pub mod serve;

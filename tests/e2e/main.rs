@@ -4,7 +4,8 @@
 //! learners (`actors.rs`) and the settings
 //! `spar serve` and `spar generate` refuse at start (`serve_flags.rs`), and PHI planted in a case kept out of
 //! every file a run writes (`phi.rs`), the benchmark commands on a tiny config (`bench.rs`), bit-identical
-//! runs with `--deterministic` (`deterministic.rs`), and `spar factcheck` (`factcheck.rs`).
+//! runs with `--deterministic` (`deterministic.rs`), `spar factcheck` (`factcheck.rs`) and `spar review` in
+//! headless Chromium (`review.rs`).
 mod ablate;
 mod actors;
 mod bench;
@@ -13,6 +14,7 @@ mod deterministic;
 mod factcheck;
 mod phi;
 mod recipe_honoured;
+mod review;
 mod serve_flags;
 
 use std::path::{Path, PathBuf};

@@ -7,6 +7,10 @@
 //! in memory and in every backend, because a cache file outlives the run and may be shared between runs. Lookups
 //! redact the same way, so a claim that differs from a cached one only in an identifier ("born 03/14/1962" /
 //! "born 05/01/1970") shares its verdict: a knowledge-base verdict never depends on who the patient is.
+//!
+//! Reviewer overrides (`spar review`) live in their own namespace, [`OVERRIDE_NAMESPACE`], which does not depend
+//! on the verifier id: a human's label stands whatever model or knowledge-base version would otherwise be asked,
+//! so it must survive the namespace change a new verifier brings. A lookup asks that namespace first.
 use super::backend::{CacheBackend, CacheEntry};
 use super::encoder::cosine;
 use super::guard::Signature;
@@ -21,7 +25,14 @@ use std::sync::{Arc, RwLock};
 pub enum Hit {
     Exact,
     Semantic,
+    /// A reviewer's override ([`ClaimCache::put_override`]).
+    Override,
 }
+
+/// Namespace of reviewer overrides, shared by every verifier (see the module doc).
+pub const OVERRIDE_NAMESPACE: &str = "review-overrides";
+/// Encoder id of override entries: they carry no embedding and take part in exact lookups only.
+const OVERRIDE_ENCODER: &str = "review-override";
 
 /// Counters of one cache; `hit_rate` is the share of lookups answered without the verifier.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -32,6 +43,9 @@ pub struct CacheStats {
     pub misses: u64,
     /// Backend errors (the lookup then counts as a miss; rewards never fail because the cache did).
     pub errors: u64,
+    /// Lookups answered by a reviewer's override.
+    #[serde(default)]
+    pub override_hits: u64,
 }
 
 impl CacheStats {
@@ -39,7 +53,7 @@ impl CacheStats {
         if self.lookups == 0 {
             0.0
         } else {
-            (self.exact_hits + self.semantic_hits) as f64 / self.lookups as f64
+            (self.exact_hits + self.semantic_hits + self.override_hits) as f64 / self.lookups as f64
         }
     }
 }
@@ -51,6 +65,7 @@ struct Counters {
     semantic: AtomicU64,
     misses: AtomicU64,
     errors: AtomicU64,
+    overrides: AtomicU64,
 }
 
 struct Indexed {
@@ -108,10 +123,25 @@ impl ClaimCache {
         self.backend.name()
     }
 
-    /// Looks `claim` up: exact first, then the nearest guarded neighbour at cosine >= threshold.
+    /// Looks `claim` up: a reviewer's override first, then exact, then the nearest guarded neighbour at cosine
+    /// >= threshold.
     pub async fn lookup(&self, claim: &str, embedding: &[f32]) -> Option<(ClaimVerdict, Hit)> {
         self.counters.lookups.fetch_add(1, Ordering::Relaxed);
         let claim = &spar_core::phi::redact(claim);
+        match get_override(self.backend.as_ref(), claim).await {
+            Ok(Some(v)) => {
+                self.counters.overrides.fetch_add(1, Ordering::Relaxed);
+                return Some((v, Hit::Override));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "claim cache ({}) override read failed: {e}",
+                    self.backend.name()
+                );
+            }
+        }
         match self.backend.get(&self.namespace, &normalize(claim)).await {
             Ok(Some(e)) => {
                 self.counters.exact.fetch_add(1, Ordering::Relaxed);
@@ -178,6 +208,39 @@ impl ClaimCache {
             semantic_hits: c.semantic.load(Ordering::Relaxed),
             misses: c.misses.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
+            override_hits: c.overrides.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Records a reviewer's verdict for `claim` (PHI-redacted and normalised like every key): from now on every
+/// [`ClaimCache::lookup`] of that claim, under any verifier, returns it. Unlike [`ClaimCache::insert`] an error
+/// is returned: a reviewer must know that the override was not stored.
+pub async fn put_override(
+    backend: &dyn CacheBackend,
+    claim: &str,
+    verdict: &ClaimVerdict,
+) -> spar_core::Result<()> {
+    let claim = spar_core::phi::redact(claim);
+    let entry = CacheEntry {
+        claim: claim.clone(),
+        verdict: verdict.clone(),
+        encoder: OVERRIDE_ENCODER.to_string(),
+        embedding: vec![],
+    };
+    backend
+        .put(OVERRIDE_NAMESPACE, &normalize(&claim), &entry)
+        .await
+}
+
+/// The reviewer's verdict for `claim`, if one was recorded with [`put_override`].
+pub async fn get_override(
+    backend: &dyn CacheBackend,
+    claim: &str,
+) -> spar_core::Result<Option<ClaimVerdict>> {
+    let claim = spar_core::phi::redact(claim);
+    Ok(backend
+        .get(OVERRIDE_NAMESPACE, &normalize(&claim))
+        .await?
+        .map(|e| e.verdict))
 }

@@ -12,7 +12,7 @@ pub mod reward;
 pub use backend::{
     CacheBackend, CacheEntry, MemoryBackend, NoBackend, RedisBackend, SqliteBackend,
 };
-pub use cache::{CacheStats, ClaimCache, Hit};
+pub use cache::{CacheStats, ClaimCache, Hit, OVERRIDE_NAMESPACE, get_override, put_override};
 pub use chain::ChainVerifier;
 pub use checker::{FactChecker, FactMode, FactOutcome};
 pub use encoder::{LexicalEncoder, cosine};
