@@ -2,7 +2,7 @@
 //! sharded, equals SFT in one process (every rank draws the same batch and learns its half, with global counts
 //! and summed gradients); a fully sharded run with RL rounds finishes with rank 0's outputs and a sharded
 //! checkpoint; layouts that cannot run are refused with the reason.
-use super::{ok, root, spar};
+use super::{ok, ok_stderr, root, spar};
 use std::path::Path;
 use std::process::Command;
 
@@ -133,13 +133,11 @@ fn sft_on_two_and_four_ranks_equals_one_process_sft() {
 fn two_rank_fully_sharded_expert_parallel_rl_run_finishes_with_rank_zeros_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let out = tiny(&mut launch2(), &run, 2)
-        .args(["--set", "distributed.sharding=\"full\""])
-        .args(["--set", "distributed.expert_parallel=2"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = ok_stderr(
+        tiny(&mut launch2(), &run, 2)
+            .args(["--set", "distributed.sharding=\"full\""])
+            .args(["--set", "distributed.expert_parallel=2"]),
+    );
     assert!(
         err.contains("expert parallel: rank 0's MoE layers compute 1/2 of the experts"),
         "{err}"
@@ -309,6 +307,42 @@ pub(crate) fn rank_pid(launcher: u32, rank: usize) -> Option<u32> {
     None
 }
 
+/// Spawns `cmd` with its output in `dir`, waits for its first RL round, kill -9s rank `rank` (found among the
+/// launcher's children). Returns the launcher's child and its stderr log.
+#[cfg(target_os = "linux")]
+pub(crate) fn kill_mid_run(
+    cmd: &mut Command,
+    run: &Path,
+    dir: &Path,
+    rank: usize,
+) -> (std::process::Child, std::path::PathBuf) {
+    let log = dir.join("launch.log");
+    let mut child = cmd
+        .stdout(std::fs::File::create(dir.join("launch.out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !run.join("metrics.jsonl").is_file() || metric_rows(run, "rl/loss").is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(start.elapsed().as_secs() < 600, "no RL round in 600 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = rank_pid(child.id(), rank).expect("the rank among the launcher's children");
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    (child, log)
+}
+
 /// The killed run's settings (and every resume's): a checkpoint every round; the gate opened (tau 0) so that every
 /// round pools segments and the ranks' pools differ (each holds its own cases); 4 groups per round so that 4 ranks
 /// can share them; an entropy bonus so that every round trains (the tiny model's rewards are all 0 this early, so
@@ -335,34 +369,11 @@ pub(crate) const KILLED_RUN: [&str; 8] = [
 fn a_rank_killed_mid_run_stops_the_job_naming_it_and_resume_continues_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let log = dir.path().join("launch.log");
     let mut cmd = launch2();
     tiny(&mut cmd, &run, 6).args(KILLED_RUN);
-    let mut child = cmd
-        .stdout(std::fs::File::create(dir.path().join("launch.out")).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
     // Mid-run: once the first RL round is logged (and checkpointed), before the last.
-    let start = std::time::Instant::now();
-    while !run.join("metrics.jsonl").is_file() || metric_rows(&run, "rl/loss").is_empty() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        assert!(start.elapsed().as_secs() < 600, "no RL round in 600 s");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let pid = rank_pid(child.id(), 1).expect("rank 1 among the launcher's children");
+    let (mut child, log) = kill_mid_run(&mut cmd, &run, dir.path(), 1);
     let killed = std::time::Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
     let status = child.wait().unwrap();
     let took = killed.elapsed();
     let err = std::fs::read_to_string(&log).unwrap();

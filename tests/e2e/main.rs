@@ -39,6 +39,14 @@ pub(crate) fn ok(cmd: &mut Command) {
     );
 }
 
+/// Runs `cmd`, asserts it succeeded, and returns its stderr (the ranks' and the launcher's messages).
+pub(crate) fn ok_stderr(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spar runs");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{cmd:?} failed:\n{err}");
+    err
+}
+
 /// A few-step run of the tiny demo: tokenizer, SFT, one RL round (with a KL term to the SFT policy), evaluation,
 /// plots, checkpoints.
 fn tiny_run(out: &Path) {
