@@ -63,13 +63,14 @@ fn with_max_restarts_a_failed_job_starts_again_until_the_limit() {
         ..spec(2, &args)
     })
     .unwrap();
-    // Failing in the first two attempts exhausts one restart: the second failure is reported.
+    // Failing in the first two attempts exhausts one restart: the second failure is reported. (Rank 0 sleeps in
+    // both attempts, so it cannot fail first on the connection rank 1 broke.)
     let args = [
         "--fail-rank",
         "1",
         "--fail-attempts",
         "2",
-        "--timeout-secs",
+        "--sleep-secs",
         "60",
     ];
     let err = launch(&LaunchSpec {
