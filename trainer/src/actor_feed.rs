@@ -286,7 +286,8 @@ impl ActorFeed {
     }
 }
 
-/// The model's parameters sorted by name: the same order on learners and actors.
+/// The model's parameters sorted by name: the same order on every rank (weight broadcasts to actors, the
+/// data-parallel ranks' start from rank 0's weights).
 pub fn ordered_params(model: &Qwen3Model) -> Vec<tch::Tensor> {
     let mut vars: Vec<(String, tch::Tensor)> = model.vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));

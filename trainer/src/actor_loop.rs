@@ -5,10 +5,10 @@
 //! generation of round t + s overlaps the learner's update on round t.
 use crate::actor_feed::ordered_params;
 use crate::actor_layout::{ActorLink, ActorSchedule, LearnerHello, RoundEnvelope};
-use crate::parts::{Generation, TrainParts};
+use crate::parts::TrainParts;
 use crate::progress::bar;
 use crate::rl_round::play_round;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use std::net::ToSocketAddrs;
 
 /// Runs actor `link.actor_index()` until the run's last RL round is sent.
@@ -25,12 +25,7 @@ pub fn run(parts: TrainParts, link: ActorLink) -> Result<()> {
     } = parts;
     let tr = recipe.require(&recipe.trainer, "trainer")?.clone();
     let a = link.actor_index();
-    if generation != Generation::Builtin {
-        bail!(
-            "distributed.actors: actors generate with the built-in engine; [rollout] backend = \"openai\" \
-             already plays apart from the learner (run without actors)"
-        );
-    }
+    crate::run::check_actors(&tr, generation, rl_rollout.config().groups_per_step, &link)?;
     let groups = rl_rollout.config().groups_per_step / link.actors;
     let mut rollout = rl_rollout.shard(a, link.actors)?;
     let hellos = spar_dist::all_gather_bytes(&*link.world, &[])

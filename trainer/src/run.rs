@@ -73,9 +73,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
     }
     if world > 1 {
         // Every rank starts from rank 0's weights (they are built from the same seed; this makes sure).
-        let mut vars: Vec<(String, tch::Tensor)> = model.vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let tensors: Vec<tch::Tensor> = vars.into_iter().map(|(_, t)| t).collect();
+        let tensors = crate::actor_feed::ordered_params(&model);
         spar_dist::broadcast_tensors(&*group, &tensors, 0)?;
         eprintln!(
             "[train] data parallel: rank {rank} of {world}, {} of rollout.groups_per_step = {} groups per round",
@@ -249,8 +247,8 @@ fn check_data_parallel(
     Ok(())
 }
 
-/// What actors apart from learners cannot do, refused before any work starts.
-fn check_actors(
+/// What actors apart from learners cannot do, refused before any work starts (by the learners and the actors).
+pub(crate) fn check_actors(
     tr: &spar_core::recipe::TrainerSection,
     generation: crate::parts::Generation,
     groups_per_step: usize,
