@@ -12,7 +12,7 @@ Inputs (pinned; the script refuses other versions, since the shipped files name 
                            resources/reference_ranges.json (conventional adult intervals keyed by LOINC)
 
 Outputs (all deterministic: sorted, gzip mtime 0):
-  icd10cm.tsv.gz       code <TAB> parent <TAB> title, every chapter, block, category and code
+  icd10cm.tsv.gz       code <TAB> parent <TAB> title <TAB> inclusion terms (" | "), every chapter, block, category and code
   interactions.json.gz thesaurus rules (substance or class x substance or class, severity, mechanism) and the
                        substance index (French name, English name, aliases, classes, RxNorm id)
   labs.json            reference ranges joined with LOINC names, plus hand-written short names / aliases
@@ -76,7 +76,10 @@ def build_icd10(out: Path) -> int:
     rows = []
     for code in cm.get_all_codes(with_dots=True):
         title = cm.get_description(code).replace("\t", " ").replace("\n", " ")
-        rows.append(f"{code}\t{cm.get_parent(code)}\t{title}")
+        # The tabular list's inclusion terms ("Lung cancer NOS" under C34.90, "Vasovagal attack" under R55): the
+        # other names the code is used for, joined with " | " in a fourth column.
+        terms = " | ".join(t.replace("\t", " ").replace("|", "/") for t in cm.get_inclusion_term(code))
+        rows.append(f"{code}\t{cm.get_parent(code)}\t{title}\t{terms}")
     write_gz(out / "icd10cm.tsv.gz", "\n".join(rows) + "\n")
     return len(rows)
 

@@ -1,5 +1,6 @@
 //! The ICD-10-CM tabular list (chapters, blocks, categories, codes) with titles and parents, read from the
-//! shipped `icd10cm.tsv.gz` (`code <TAB> parent <TAB> title`, built by `scripts/build-kb.py`).
+//! shipped `icd10cm.tsv.gz` (`code <TAB> parent <TAB> title [<TAB> inclusion terms joined with " | "]`, built by
+//! `scripts/build-kb.py`).
 use super::text;
 use spar_core::{Error, Result};
 use std::collections::{HashMap, HashSet};
@@ -15,6 +16,8 @@ pub struct Icd10Node {
     /// Empty for chapters.
     pub parent: String,
     pub title: String,
+    /// The tabular list's inclusion terms: other names the code is used for ("Lung cancer NOS" under C34.90).
+    pub inclusions: Vec<String>,
 }
 
 impl Icd10Node {
@@ -65,7 +68,7 @@ impl Icd10 {
         // order), or the hierarchy would loop.
         let mut chapter = String::new();
         for (i, line) in text.lines().enumerate() {
-            let mut parts = line.splitn(3, '\t');
+            let mut parts = line.splitn(4, '\t');
             let (Some(code), Some(parent), Some(title)) =
                 (parts.next(), parts.next(), parts.next())
             else {
@@ -76,6 +79,14 @@ impl Icd10 {
                     msg: "expected 3 tab-separated columns".into(),
                 });
             };
+            let inclusions: Vec<String> = parts
+                .next()
+                .unwrap_or("")
+                .split(" | ")
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect();
             let k = key(code);
             let mut parent = parent.to_string();
             if k == key(&parent) {
@@ -92,6 +103,7 @@ impl Icd10 {
                 code: code.into(),
                 parent,
                 title: title.into(),
+                inclusions,
             });
         }
         if icd.nodes.is_empty() {
@@ -300,6 +312,9 @@ pub fn title_words(s: &str) -> Vec<String> {
     ];
     text::tokens(&text::fold(s))
         .into_iter()
+        // "encephalomyelitis/chronic fatigue syndrome": a slash in a title joins two names.
+        .flat_map(|w| w.split('/'))
+        .filter(|w| !w.is_empty())
         // Numbers of one or two digits are part of names ("type 2 diabetes" is not "type 1"); longer ones
         // and decimals are codes or values.
         .filter(|w| {

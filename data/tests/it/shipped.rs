@@ -34,6 +34,30 @@ fn shipped_cases_are_what_the_generator_makes() {
     );
 }
 
+/// The coded items a doctor copies from a case into `<ddx>` / `<diagnosis>` are fact-checked in the reward loop
+/// ("J18.9 is the ICD-10 code for Community-acquired pneumonia"): every name and code pair of the table must be one
+/// the knowledge base supports, or the scripted expert and a policy that imitates it are penalised for being right.
+#[test]
+fn every_coded_name_of_the_cases_is_supported_by_the_knowledge_base() {
+    let (cases, _) = shipped();
+    let kb = spar_data::kb::KnowledgeBase::load_default().unwrap();
+    let pairs: BTreeSet<(String, String)> = cases
+        .iter()
+        .flat_map(|c| std::iter::once(&c.diagnosis).chain(&c.differential))
+        .map(|d| (d.icd10.clone(), d.name.clone()))
+        .collect();
+    let wrong: Vec<String> = pairs
+        .iter()
+        .filter_map(|(code, name)| {
+            let v = kb.verify_claim(&format!("{code} is the ICD-10 code for {name}"));
+            (v.label != spar_core::sample::ClaimLabel::Supported)
+                .then(|| format!("{code} {name:?}: {:?} ({})", v.label, v.evidence))
+        })
+        .collect();
+    assert!(pairs.len() > 100, "{} pairs", pairs.len());
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
 #[test]
 fn splits_are_disjoint_and_test_is_held_out_by_diagnosis() {
     let (cases, splits) = shipped();
