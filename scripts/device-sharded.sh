@@ -11,13 +11,18 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH"
 gunzip -c dist/spar.gz > /tmp/spar && chmod +x /tmp/spar
 (nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv) > "$OUT/env.txt" 2>&1
-B=(bench train --shape qwen3-0.6b --dtype bf16 --batch ${BATCH:-8} --micro-batch ${MICRO:-2} --seq ${SEQ:-1024}
+SH=(--shape ${SHAPE:-qwen3-0.6b} ${LAYERS:+--layers $LAYERS})
+B=(bench train "${SH[@]}" --dtype bf16 --batch ${BATCH:-8} --micro-batch ${MICRO:-2} --seq ${SEQ:-1024}
    --warmup 2 --iters ${ITERS:-5})
-for cfg in "" "--checkpointing" "--sharded"; do
-  timeout 200 /tmp/spar "${B[@]}" $cfg 2>>"$OUT/bench.txt" | tail -1 >> "$OUT/bench.jsonl"
+# CONFIGS picks spar's configurations (default: all four): plain ckpt sharded launch.
+for name in ${CONFIGS:-plain ckpt sharded launch}; do
+  case $name in
+    plain) cfg=() ;; ckpt) cfg=(--checkpointing) ;; sharded) cfg=(--sharded) ;;
+    launch) timeout 200 /tmp/spar launch --nproc-per-node 1 -- "${B[@]}" --sharded 2>>"$OUT/bench.txt" \
+              | sed 's/^\[rank 0\] //' | tail -1 >> "$OUT/bench.jsonl"; continue ;;
+  esac
+  timeout 200 /tmp/spar "${B[@]}" "${cfg[@]}" 2>>"$OUT/bench.txt" | tail -1 >> "$OUT/bench.jsonl"
 done
-timeout 200 /tmp/spar launch --nproc-per-node 1 -- "${B[@]}" --sharded 2>>"$OUT/bench.txt" \
-  | sed 's/^\[rank 0\] //' | tail -1 >> "$OUT/bench.jsonl"
 if [ -z "${SKIP_TRAIN:-}" ]; then
 run=(train --recipe recipes/tiny-cpu.toml --set 'model.device="cuda"' --set trainer.sft_steps=${SFT_STEPS:-20}
      --set trainer.steps=${STEPS:-3} --set eval.max_cases=${EVAL_CASES:-2} --set 'distributed.sharding="full"'
@@ -28,8 +33,9 @@ ls -R /tmp/sharded/checkpoints | head -30 >> "$OUT/train.txt"
 fi
 # transformers' step on the same shape and batch (fp32 weights + bf16 autocast, as TRL / Trainer with bf16=True).
 if [ -z "${SKIP_HF:-}" ]; then
-  for cfg in "" "--gradient-checkpointing"; do
-    (cd model/bench && timeout 200 python3 train_hf.py --batch ${BATCH:-8} --micro-batch ${MICRO:-2} \
+  for name in ${HF_CONFIGS:-plain ckpt}; do
+    cfg=""; [ "$name" = ckpt ] && cfg=--gradient-checkpointing
+    (cd model/bench && timeout 200 python3 train_hf.py "${SH[@]}" --batch ${BATCH:-8} --micro-batch ${MICRO:-2} \
       --seq ${SEQ:-1024} --iters ${ITERS:-5} $cfg 2>>"$OUT/bench.txt" | tail -1 >> "$OUT/bench.jsonl")
   done
 fi
