@@ -310,6 +310,22 @@ fn icd10_code_claims() {
         // The category exists, the code does not: possibly a WHO ICD-10 code, so not decidable.
         ("Q99.99 is the ICD-10 code for pneumonia.", U),
         ("J45.909 is the code for asthma.", S),
+        // The tabular list's inclusion terms name the code too ("Lung cancer NOS", "Chronic fatigue syndrome"),
+        // and a slash in a title ("Myalgic encephalomyelitis/chronic fatigue syndrome") separates words.
+        ("C34.90 is the ICD-10 code for lung cancer.", S),
+        ("G93.32 is the ICD-10 code for chronic fatigue syndrome.", S),
+        ("R55 is the ICD-10 code for vasovagal syncope.", S),
+        // Another code refutes only when its title holds the claim's words in order: F40.02 is "Agoraphobia
+        // without panic disorder", not "panic disorder without agoraphobia" (which is F41.0, whose title lacks
+        // the words).
+        (
+            "F41.0 is the ICD-10 code for panic disorder without agoraphobia.",
+            U,
+        ),
+        (
+            "F41.0 is the ICD-10 code for agoraphobia without panic disorder.",
+            R,
+        ),
     ]);
 }
 

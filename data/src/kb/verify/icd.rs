@@ -327,12 +327,18 @@ pub(super) fn icd_claim(kb: &KnowledgeBase, original: &str, c: &Claim) -> Option
                 .iter()
                 .any(|a| a.code == node.code)
     };
+    // The other code's title must hold the claim's words in the claim's order: "panic disorder without
+    // agoraphobia" (F41.0) does not name F40.02 "Agoraphobia without panic disorder".
+    let in_order = |n: &icd10::Icd10Node| {
+        let mut title = icd10::title_words(&n.title).into_iter();
+        described.iter().all(|w| title.any(|t| &t == w))
+    };
     let alternative = kb
         .icd
         .titles_with_all(&described)
         .into_iter()
         .filter(|n| !n.is_block() && !n.is_chapter())
-        .find(|n| !related(n));
+        .find(|n| !related(n) && in_order(n));
     Some(match alternative {
         Some(alt) => verdict(
             flip(ClaimLabel::Refuted),
