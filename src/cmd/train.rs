@@ -203,6 +203,30 @@ impl Job {
     }
 }
 
+/// The GPU of local rank `local_rank` on a host with `gpus` of them: its own (`cuda:LOCAL_RANK`, as torchrun
+/// places ranks), or, with more ranks than GPUs, `LOCAL_RANK mod gpus`, so a small layout (an actor and a learner,
+/// two expert-parallel ranks) runs on one GPU. NCCL refuses two ranks on one device, so sharing one needs gloo.
+fn gpu_of_rank(
+    local_rank: usize,
+    gpus: usize,
+    backend: spar_core::recipe::DistributedBackend,
+) -> Result<usize> {
+    use spar_core::recipe::DistributedBackend;
+    if gpus == 0 {
+        anyhow::bail!("model.device asks for a GPU, but this host has none that libtorch can see");
+    }
+    if local_rank < gpus {
+        return Ok(local_rank);
+    }
+    if backend == DistributedBackend::Nccl {
+        anyhow::bail!(
+            "local rank {local_rank} has no GPU of its own (this host has {gpus}) and NCCL cannot put two ranks \
+             on one GPU: launch at most {gpus} ranks a node, or set distributed.backend = \"gloo\" to share GPUs"
+        );
+    }
+    Ok(local_rank % gpus)
+}
+
 /// Joins a multi-process job: checks `[distributed]` against the launcher's world size, puts the model on this
 /// rank's GPU (`cuda:LOCAL_RANK`) when the recipe asks for a GPU, and connects (gloo for a CPU model, the
 /// recipe's backend for a GPU one), with the binary and the recipe compared across ranks. With
@@ -219,13 +243,16 @@ fn join(builder: spar_app::Builder, env: &spar_dist::DistEnv) -> Result<(spar_ap
         .map_err(anyhow::Error::msg)?;
     let device = spar_model::parse_device(&recipe.require(&recipe.model, "model")?.device)?;
     let backend = if device.is_cuda() {
+        let gpu = gpu_of_rank(
+            env.local_rank,
+            tch::Cuda::device_count().max(0) as usize,
+            dist.backend,
+        )?;
         if let Some(m) = recipe.model.as_mut() {
-            m.device = format!("cuda:{}", env.local_rank);
+            m.device = format!("cuda:{gpu}");
         }
         match dist.backend {
-            DistributedBackend::Nccl => spar_dist::Backend::Nccl {
-                device: env.local_rank,
-            },
+            DistributedBackend::Nccl => spar_dist::Backend::Nccl { device: gpu },
             DistributedBackend::Gloo => spar_dist::default_gloo(env),
         }
     } else {
@@ -394,4 +421,20 @@ fn shared_sft(
         builder.with_eval_rewards(sft.rewards.clone().unwrap_or_default()),
         true,
     ))
+}
+
+#[cfg(test)]
+mod gpu_tests {
+    use super::gpu_of_rank;
+    use spar_core::recipe::DistributedBackend::{Gloo, Nccl};
+
+    #[test]
+    fn ranks_share_gpus_only_over_gloo() {
+        assert_eq!(gpu_of_rank(1, 8, Nccl).unwrap(), 1);
+        assert_eq!(gpu_of_rank(1, 1, Gloo).unwrap(), 0);
+        assert_eq!(gpu_of_rank(3, 2, Gloo).unwrap(), 1);
+        let e = gpu_of_rank(1, 1, Nccl).unwrap_err().to_string();
+        assert!(e.contains("distributed.backend = \"gloo\""), "{e}");
+        assert!(gpu_of_rank(0, 0, Gloo).is_err());
+    }
 }
