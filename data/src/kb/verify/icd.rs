@@ -297,17 +297,11 @@ pub(super) fn icd_claim(kb: &KnowledgeBase, original: &str, c: &Claim) -> Option
     // The words of the code's title, its category's and block's titles, and the inclusion terms of the code and
     // its category (which apply to every code under it): "C34.90 is lung cancer" is the inclusion term "Lung
     // cancer NOS".
-    let mut covered: std::collections::HashSet<String> =
-        icd10::title_words(&node.title).into_iter().collect();
-    for term in &node.inclusions {
-        covered.extend(icd10::title_words(term));
-    }
-    for a in ancestors.iter().filter(|a| !a.is_chapter()) {
-        covered.extend(icd10::title_words(&a.title));
-        for term in &a.inclusions {
-            covered.extend(icd10::title_words(term));
-        }
-    }
+    let covered: std::collections::HashSet<String> = std::iter::once(node)
+        .chain(ancestors.iter().copied().filter(|a| !a.is_chapter()))
+        .flat_map(|n| std::iter::once(&n.title).chain(&n.inclusions))
+        .flat_map(|text| icd10::title_words(text))
+        .collect();
     let missing: Vec<&String> = described.iter().filter(|w| !covered.contains(*w)).collect();
     if missing.is_empty() {
         return Some(verdict(
