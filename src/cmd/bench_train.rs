@@ -44,10 +44,13 @@ pub fn run(args: Args) -> Result<()> {
     let mut device = bench_device(&args.model.device)?;
     let group: Arc<dyn spar_dist::Collectives> = if launched {
         let backend = if device.is_cuda() {
-            device = Device::Cuda(env.local_rank);
-            spar_dist::Backend::Nccl {
-                device: env.local_rank,
-            }
+            let gpu = super::train::gpu_of_rank(
+                env.local_rank,
+                tch::Cuda::device_count().max(0) as usize,
+                spar_core::recipe::DistributedBackend::Nccl,
+            )?;
+            device = Device::Cuda(gpu);
+            spar_dist::Backend::Nccl { device: gpu }
         } else {
             spar_dist::default_gloo(&env)
         };

@@ -206,7 +206,7 @@ impl Job {
 /// The GPU of local rank `local_rank` on a host with `gpus` of them: its own (`cuda:LOCAL_RANK`, as torchrun
 /// places ranks), or, with more ranks than GPUs, `LOCAL_RANK mod gpus`, so a small layout (an actor and a learner,
 /// two expert-parallel ranks) runs on one GPU. NCCL refuses two ranks on one device, so sharing one needs gloo.
-fn gpu_of_rank(
+pub(super) fn gpu_of_rank(
     local_rank: usize,
     gpus: usize,
     backend: spar_core::recipe::DistributedBackend,
@@ -228,7 +228,7 @@ fn gpu_of_rank(
 }
 
 /// Joins a multi-process job: checks `[distributed]` against the launcher's world size, puts the model on this
-/// rank's GPU (`cuda:LOCAL_RANK`) when the recipe asks for a GPU, and connects (gloo for a CPU model, the
+/// rank's GPU ([`gpu_of_rank`]) when the recipe asks for a GPU, and connects (gloo for a CPU model, the
 /// recipe's backend for a GPU one), with the binary and the recipe compared across ranks. With
 /// `distributed.actors = A` the last A ranks are actors and the learners get a group of their own; with
 /// `distributed.expert_parallel` above 1 each learner gets its expert-parallel group.
