@@ -1,6 +1,7 @@
 //! A reviewer's override of a claim label or a rubric verdict: checked against the consultation, written to
-//! the audit log first (so that nothing in the cache lacks its audit line), then for claims to the claim
-//! cache's override table, which the next scoring run's lookups answer from, then applied to the page's copy.
+//! the audit log first (so that nothing in the cache lacks its audit line), then to the claim cache's store
+//! (claims to its override table, rubric verdicts keyed by criterion and judged reply text:
+//! `spar_rewards::rubric::reviewed`), which the next scoring run answers from, then applied to the page's copy.
 //! At start the log is replayed onto the loaded run, so a restarted page shows what reviewers decided.
 use crate::audit::{AUDIT_VERSION, AuditEntry, AuditLog, Change};
 use crate::run::Consultation;
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use spar_core::sample::ClaimLabel;
 use spar_core::traits::ClaimVerdict;
 use spar_rewards::fact::{CacheBackend, put_override};
+use spar_rewards::rubric::{RubricOverride, put_rubric_override};
 use spar_rewards::text::normalize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,8 +44,8 @@ pub enum Kind {
 /// Where overrides go.
 pub struct Overrides {
     pub log: AuditLog,
-    /// The claim cache the run's scoring used (None: the recipe has no persistent cache; claim overrides then
-    /// reach the log and the exported labels only).
+    /// The claim cache the run's scoring used (None: the recipe has no persistent cache; overrides then reach
+    /// the log and the exported labels only). Rubric verdicts are stored beside the claims.
     pub cache: Option<Arc<dyn CacheBackend>>,
     pub reviewer: String,
 }
@@ -124,6 +126,16 @@ impl Overrides {
                 source: Some(format!("review:{}", entry.reviewer)),
             };
             put_override(cache.as_ref(), &entry.target, &verdict).await?;
+        }
+        if let (Change::Rubric { after, .. }, Some(cache), Some(text)) =
+            (&change, &self.cache, &c.judged_text)
+        {
+            let o = RubricOverride {
+                met: *after,
+                note: entry.note.clone(),
+                source: Some(format!("review:{}", entry.reviewer)),
+            };
+            put_rubric_override(cache.as_ref(), &entry.target, text, &o).await?;
         }
         apply_change(c, req.index, &change);
         Ok(entry)

@@ -5,7 +5,9 @@ use crate::advantage::{self, AdvantageParams};
 use crate::components as C;
 use crate::dialogue::Dialogue;
 use crate::fact::{CacheStats, FactChecker, FactMode, FactOutcome};
-use crate::rubric::{DynamicRubrics, OnFailure, RubricOutcome, RubricVerifier, Transition};
+use crate::rubric::{
+    DynamicRubrics, OnFailure, ReviewedJudge, RubricOutcome, RubricVerifier, Transition,
+};
 use crate::stage::ClinicalStageScorer;
 use crate::steps::StepVerifier;
 use serde::{Deserialize, Serialize};
@@ -97,6 +99,8 @@ pub struct RewardPipeline {
     on_failure: OnFailure,
     dynamic: Option<Mutex<DynamicRubrics>>,
     metrics: Mutex<PipelineMetrics>,
+    /// The rubric judge behind reviewers' overrides (its hit count).
+    reviewed: Arc<ReviewedJudge>,
 }
 
 fn recipe_err(key: &str, msg: impl Into<String>) -> Error {
@@ -125,6 +129,8 @@ impl RewardPipeline {
         let steps = StepVerifier::new(&cfg.spar, step_judge)
             .map_err(|m| recipe_err("spar.detectors", m))?;
         let facts = build_fact_checker(&cfg.fact, &inj, limit.clone()).await?;
+        // Reviewers' rubric verdicts live in the claim cache's store (`spar review`): they answer first.
+        let reviewed = Arc::new(ReviewedJudge::new(judge, facts.cache.backend()));
         let stage_scorer = inj.stage_scorer.clone().unwrap_or_else(|| {
             let s = ClinicalStageScorer::new(cfg.stages.clone());
             Arc::new(match &inj.knowledge_base {
@@ -143,7 +149,7 @@ impl RewardPipeline {
         };
         Ok(RewardPipeline {
             cfg: cfg.clone(),
-            rubric: RubricVerifier::new(judge, on_failure, limit),
+            rubric: RubricVerifier::new(reviewed.clone(), on_failure, limit),
             steps,
             facts,
             stage_scorer,
@@ -151,6 +157,7 @@ impl RewardPipeline {
             on_failure,
             dynamic,
             metrics: Mutex::new(PipelineMetrics::default()),
+            reviewed,
         })
     }
 
@@ -165,6 +172,11 @@ impl RewardPipeline {
 
     pub fn metrics(&self) -> PipelineMetrics {
         self.metrics.lock().expect("metrics lock").clone()
+    }
+
+    /// Rubric verdicts answered by a reviewer's override (`spar review`) instead of the judge.
+    pub fn rubric_override_hits(&self) -> u64 {
+        self.reviewed.override_hits()
     }
 
     pub fn cache_stats(&self) -> CacheStats {

@@ -61,6 +61,9 @@ pub struct ScoreReport {
     pub cache: CacheStats,
     pub cache_hit_rate: f64,
     pub cache_backend: String,
+    /// Rubric verdicts answered by a reviewer's override (`spar review`) instead of the judge.
+    #[serde(default)]
+    pub rubric_overrides: u64,
     pub metrics: PipelineMetrics,
 }
 
@@ -178,6 +181,7 @@ pub fn report(
         cache_hit_rate: cache.hit_rate(),
         cache,
         cache_backend: pipeline.cache_backend().to_string(),
+        rubric_overrides: pipeline.rubric_override_hits(),
         metrics: pipeline.metrics(),
     }
 }

@@ -121,7 +121,7 @@ fn score(args: &Args, builder: &Builder, cases_path: &std::path::Path) -> anyhow
         spar_core::fsio::write_atomic(p, &serde_json::to_vec_pretty(&rep)?)?;
     }
     eprintln!(
-        "scored {} samples in {} groups -> {} ({} dropped, {} bad input lines); mean R {:.4}; claim cache ({}) hit rate {:.1}% ({} exact, {} semantic, {} reviewer overrides of {} lookups)",
+        "scored {} samples in {} groups -> {} ({} dropped, {} bad input lines); mean R {:.4}; claim cache ({}) hit rate {:.1}% ({} exact, {} semantic, {} reviewer overrides of {} lookups); {} rubric verdicts from reviewer overrides",
         rep.samples,
         rep.groups,
         args.out.display(),
@@ -133,7 +133,8 @@ fn score(args: &Args, builder: &Builder, cases_path: &std::path::Path) -> anyhow
         rep.cache.exact_hits,
         rep.cache.semantic_hits,
         rep.cache.override_hits,
-        rep.cache.lookups
+        rep.cache.lookups,
+        rep.rubric_overrides
     );
     for (reason, k) in &rep.metrics.dropped_samples {
         eprintln!("  dropped {k} samples: {reason}");

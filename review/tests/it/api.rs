@@ -1,11 +1,13 @@
 //! The HTTP API in process: the token guards everything, the list pages, an override reaches the audit log,
-//! the claim cache and the page, a refused one reaches neither, a restart replays the log, and the labelled
-//! set holds the reviewer's last decision next to the model's.
+//! the claim cache (claims, and rubric verdicts keyed by the judged reply) and the page, a refused one reaches
+//! neither, a restart replays the log, and the labelled set holds the reviewer's last decision next to the
+//! model's.
 use super::fixtures::write_run;
 use serde_json::{Value, json};
 use spar_core::sample::ClaimLabel;
 use spar_review::{ReviewOptions, open};
 use spar_rewards::fact::{SqliteBackend, get_override};
+use spar_rewards::rubric::get_rubric_override;
 use std::path::Path;
 
 struct Server {
@@ -221,6 +223,22 @@ async fn an_override_reaches_the_log_the_cache_and_the_page_and_survives_a_resta
     assert_eq!(v.label, ClaimLabel::Supported);
     assert_eq!(v.evidence, "folk remedy, but");
     assert_eq!(v.source.as_deref(), Some("review:tester"));
+    // The rubric verdict, keyed by criterion and the reply text the judge read, for the next scoring run.
+    let judged = spar_rewards::dialogue::Dialogue::from_sample(&super::fixtures::sample(3))
+        .unwrap()
+        .sampled_text();
+    let r = get_rubric_override(&b, "Asks about fever", &judged)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.met, Some(false));
+    assert_eq!(r.source.as_deref(), Some("review:tester"));
+    assert!(
+        get_rubric_override(&b, "Asks about fever", "another reply")
+            .await
+            .unwrap()
+            .is_none()
+    );
     drop(b);
 
     // A restart replays the log onto the run.

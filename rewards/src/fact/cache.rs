@@ -115,6 +115,11 @@ impl ClaimCache {
         })
     }
 
+    /// The store under the cache (reviewers' rubric verdicts share it: `crate::rubric::reviewed`).
+    pub fn backend(&self) -> Arc<dyn CacheBackend> {
+        self.backend.clone()
+    }
+
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
