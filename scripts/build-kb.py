@@ -151,6 +151,7 @@ EN_ALIASES = {
     "liquorice": ["licorice"],
     "st john's wort": ["st. john's wort", "hypericum"],
     "alcohol": ["ethanol"],
+    "grapefruit juice": ["grapefruit"],
     "amoxicillin": ["amoxycillin"],
     "fluorouracil": ["5-fluorouracil", "5-fu"],
     "valproic acid": ["valproate", "sodium valproate", "divalproex"],
@@ -268,6 +269,16 @@ def build_interactions(out: Path, handwritten_names: set) -> dict:
             "mechanism_fr": re.sub(r"\s+", " ", t["interaction_mechanism"]).strip(),
         })
     rules.sort(key=lambda r: (r["a"], r["b"], r["severity"]))
+    # Parties of rules that the substance index does not list (foods and drinks: grapefruit juice, alcohol) become
+    # substances when FR_EN names them in English by hand; the other few ("medicaments administres par voie
+    # orale", latex condoms, ...) stay unnamed, so claims about them stay Uncertain.
+    class_names = {c for sub in substances.values() for c in sub["classes"]} | set(CLASS_EN)
+    for party in sorted({r[k] for r in rules for k in ("a", "b")}):
+        if party in substances or party in class_names or party not in FR_EN:
+            continue
+        en = FR_EN[party]
+        aliases = sorted({party, *EN_ALIASES.get(en, [])} - {en})
+        substances[party] = {"fr": party, "en": en, "aliases": aliases, "classes": [], "rxnorm": rx.get(party)}
     classes = {}
     for sub in substances.values():
         for c in sub["classes"]:

@@ -291,6 +291,15 @@ fn interaction_claims() {
         ("Sildenafil should not be combined with nitroglycerin.", S),
         // The thesaurus lists nothing: absence is not proof.
         ("Amoxicillin and paracetamol can be taken together.", U),
+        // Foods and drinks the thesaurus pairs with drugs, under their English names.
+        (
+            "Grapefruit juice increases simvastatin levels and the risk of myopathy.",
+            S,
+        ),
+        ("Grapefruit is safe to eat while taking simvastatin.", R),
+        ("Alcohol should be avoided with metformin.", S),
+        ("Ethanol and metformin can be combined safely.", R),
+        ("Grapefruit juice interacts with amoxicillin.", U),
     ]);
 }
 
