@@ -194,8 +194,36 @@ pub fn aux_load_balancing_loss_masked(
     k: usize,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let Some(first) = router_logits.first() else {
+    let Some(s) = routing_sums(router_logits, num_experts, k, mask)? else {
         return Ok(Tensor::f_zeros([], (Kind::Float, tch::Device::Cpu))?);
+    };
+    let f = s.counts.f_div(&s.rows)?;
+    let pm = s.probs.f_div(&s.rows)?;
+    Ok(f.f_mul(&pm)?
+        .f_sum(Kind::Float)?
+        .f_mul_scalar(num_experts as f64)?)
+}
+
+/// The sums the load-balancing loss is made of, over all MoE layers and the tokens `mask` keeps: top-k slots
+/// routed to each expert (`counts`, `[E]` float32, no gradient), each expert's router probability summed over
+/// the tokens (`probs`, `[E]` float32, with gradient) and the number of (token, layer) rows (`rows`, a float32
+/// scalar). Sums add across micro-batches and ranks, which is how the trainer computes the loss over the
+/// tokens of every rank (`E * sum_e counts_e * probs_e / rows^2` over the sums of all of them).
+pub struct RoutingSums {
+    pub counts: Tensor,
+    pub probs: Tensor,
+    pub rows: Tensor,
+}
+
+/// [`RoutingSums`] of one forward's router logits (None when there are none: a dense model).
+pub fn routing_sums(
+    router_logits: &[Tensor],
+    num_experts: usize,
+    k: usize,
+    mask: Option<&Tensor>,
+) -> Result<Option<RoutingSums>> {
+    let Some(first) = router_logits.first() else {
+        return Ok(None);
     };
     let dev = first.device();
     let e = num_experts as i64;
@@ -233,9 +261,9 @@ pub fn aux_load_balancing_loss_masked(
             }
         }
     }
-    let f = tokens.f_div(&rows)?;
-    let pm = probs_sum.f_div(&rows)?;
-    Ok(f.f_mul(&pm)?
-        .f_sum(Kind::Float)?
-        .f_mul_scalar(num_experts as f64)?)
+    Ok(Some(RoutingSums {
+        counts: tokens.f_detach()?,
+        probs: probs_sum,
+        rows,
+    }))
 }

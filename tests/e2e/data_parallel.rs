@@ -6,8 +6,9 @@ use super::{ok, ok_stderr, root, spar};
 use std::path::Path;
 use std::process::Command;
 
-/// The tiny demo at a few steps; the MoE load-balancing loss is off because it is computed per micro-batch
-/// (its value depends on how the batch is cut, in one process as on several ranks).
+/// The tiny demo at a few steps; the MoE load-balancing loss is off because it is counted per micro-batch step
+/// (over every rank's tokens of the step), so its value depends on how the batch is cut, and one process cuts
+/// it otherwise (the trainer's data_parallel test compares it on matching micro-batches).
 pub(crate) fn tiny<'a>(cmd: &'a mut Command, out: &Path, rl_steps: usize) -> &'a mut Command {
     cmd.args(["train", "--recipe"])
         .arg(root().join("recipes/tiny-cpu.toml"))

@@ -69,9 +69,13 @@ pub fn new_learner(
         max_bad_steps: tr.max_bad_steps,
         bad_in_a_row: 0,
         bad_total: 0,
-        aux_loss_coef: tr
-            .aux_loss_coef
-            .unwrap_or(model.config.router_aux_loss_coef),
+        // A dense model has no router: 0, so that no rank waits on the loss's per-micro-batch all-reduce.
+        aux_loss_coef: if model.config.num_experts == 0 {
+            0.0
+        } else {
+            tr.aux_loss_coef
+                .unwrap_or(model.config.router_aux_loss_coef)
+        },
         group: std::sync::Arc::new(spar_dist::Local),
         sharded: None,
         grad_sum: None,

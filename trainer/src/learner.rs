@@ -213,7 +213,8 @@ impl Learner {
         pack: bool,
         device: Device,
     ) -> Result<()> {
-        let lockstep = self.sharded.is_some() || self.expert_parallel;
+        // The MoE load-balancing loss all-reduces its counts at every micro-batch step (`crate::aux_loss`).
+        let lockstep = self.sharded.is_some() || self.expert_parallel || self.aux_loss_coef != 0.0;
         if !lockstep || self.group.world_size() == 1 {
             return Ok(());
         }
@@ -238,6 +239,36 @@ impl Learner {
             mbs.push(mb);
         }
         Ok(())
+    }
+
+    /// The real tokens of the batch over every rank, when the MoE load-balancing loss is on (see
+    /// [`crate::aux_loss`]).
+    fn aux_tokens(&self, mbs: &[MicroBatch]) -> Result<Option<f64>> {
+        if self.aux_loss_coef == 0.0 {
+            return Ok(None);
+        }
+        Ok(Some(crate::aux_loss::global_real_tokens(
+            &*self.group,
+            mbs,
+        )?))
+    }
+
+    /// This rank's share of the load-balancing loss of micro-batch step `mb` (None: off, or a dense model).
+    fn micro_step_aux(
+        &self,
+        fwd: &PolicyOutput,
+        mb: &MicroBatch,
+        aux_tokens: Option<f64>,
+    ) -> Result<Option<Tensor>> {
+        match (&fwd.routing, aux_tokens) {
+            (Some(r), Some(total)) => Ok(Some(crate::aux_loss::micro_step_aux(
+                &*self.group,
+                r,
+                mb,
+                total,
+            )?)),
+            _ => Ok(None),
+        }
     }
 
     /// The union batch's trained (tokens, sequences): [`totals`] summed over the ranks.
@@ -713,6 +744,7 @@ pub fn rl_update_with(
         total_tokens,
         total_seqs,
     };
+    let aux_tokens = learner.aux_tokens(&mbs)?;
     let mut reports = Vec::new();
     for _ in 0..ppo_epochs.max(1) {
         // Sharded: the last epoch's step left the weights whole; this epoch gathers them as it goes.
@@ -730,6 +762,7 @@ pub fn rl_update_with(
                 learner.last_backward();
             }
             let fwd = forward_mb(policy, mb)?;
+            let aux = learner.micro_step_aux(&fwd, mb, aux_tokens)?;
             let (logp, entropy, old) = match &mb.old_logp {
                 Some(old) => {
                     let (logp, entropy) =
@@ -768,9 +801,8 @@ pub fn rl_update_with(
                 },
             );
             let mut loss = out.loss;
-            if let (Some(aux), true) = (&fwd.aux_loss, learner.aux_loss_coef != 0.0) {
-                loss =
-                    loss + aux * (learner.aux_loss_coef * mb.n_seqs as f64 / total_seqs.max(1.0));
+            if let Some(aux) = aux {
+                loss = loss + aux * learner.aux_loss_coef;
             }
             if mb.padding {
                 // Runs the gathers and reductions of a real micro-batch and trains nothing.
@@ -890,6 +922,7 @@ pub(crate) fn supervised_step(
         total_seqs,
     };
     learner.adamw.zero_grad();
+    let aux_tokens = learner.aux_tokens(&mbs)?;
     let mut loss_sum = 0.0;
     let mut stats = LossStats::default();
     for (i, mb) in mbs.iter().enumerate() {
@@ -898,6 +931,7 @@ pub(crate) fn supervised_step(
             learner.last_backward();
         }
         let fwd = forward_mb(policy, mb)?;
+        let aux = learner.micro_step_aux(&fwd, mb, aux_tokens)?;
         if mb.padding {
             policy.backward(&padding_loss(&fwd)?, &fwd)?;
             continue;
@@ -905,8 +939,8 @@ pub(crate) fn supervised_step(
         // Supervised targets are not samples of the policy: the policy's own distribution (temperature 1).
         let (logp, entropy) = output_logprobs_and_entropy(&fwd, &mb.targets, 1.0)?;
         let (mut loss, mask) = token_loss(mb, &logp, &agg);
-        if let (Some(aux), true) = (&fwd.aux_loss, learner.aux_loss_coef != 0.0) {
-            loss = loss + aux * (learner.aux_loss_coef * mb.n_seqs as f64 / total_seqs.max(1.0));
+        if let Some(aux) = aux {
+            loss = loss + aux * learner.aux_loss_coef;
         }
         stats.tokens += mask.sum(Kind::Double).double_value(&[]);
         stats.entropy_sum += (entropy.detach() * &mask)

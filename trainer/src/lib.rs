@@ -29,6 +29,7 @@ pub mod actor_layout;
 pub mod actor_loop;
 pub mod adamw;
 pub mod agg;
+pub mod aux_loss;
 pub mod batch;
 pub mod checkpoint;
 pub mod checksums;

@@ -20,10 +20,17 @@ pub struct PolicyInput<'a> {
 pub struct PolicyOutput {
     /// The LM head's output: `[B, T, vocab]` logits, or hidden states and the head's weight.
     pub head: LmHead,
-    /// MoE load-balancing loss of this forward (None for dense models).
-    pub aux_loss: Option<Tensor>,
+    /// The MoE router logits of this forward, for the load-balancing loss (None for dense models).
+    pub routing: Option<Routing>,
     /// Whatever the model needs to run its own backward (e.g. an activation-checkpointing tape).
     pub handle: Option<Box<dyn std::any::Any>>,
+}
+
+/// A MoE forward's router logits (one `[tokens, E]` tensor per MoE layer) and its routing shape.
+pub struct Routing {
+    pub logits: Vec<Tensor>,
+    pub num_experts: usize,
+    pub top_k: usize,
 }
 
 pub trait Policy {
@@ -49,7 +56,7 @@ impl PolicyOutput {
     pub fn from_logits(logits: Tensor) -> Self {
         PolicyOutput {
             head: LmHead::Logits(logits),
-            aux_loss: None,
+            routing: None,
             handle: None,
         }
     }

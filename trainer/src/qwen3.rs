@@ -1,6 +1,6 @@
 //! [`Policy`] for spar-model's Qwen3 / Qwen3-MoE: training forward (packing, routing replay), the MoE
 //! load-balancing loss, activation-checkpointed backward, and HF-format weights in checkpoints.
-use crate::policy::{Policy, PolicyInput, PolicyOutput};
+use crate::policy::{Policy, PolicyInput, PolicyOutput, Routing};
 use anyhow::Result;
 use spar_model::{ForwardInput, Qwen3Model};
 use std::path::Path;
@@ -26,12 +26,15 @@ impl Policy for Qwen3Model {
             fi = fi.forced_experts(f);
         }
         let mut out = Qwen3Model::forward(self, fi)?;
-        let aux_loss = (!out.router_logits.is_empty()).then(|| {
-            spar_model::aux_load_balancing_loss(
-                &out.router_logits,
-                self.config.num_experts,
-                self.config.num_experts_per_tok,
-            )
+        // Shallow copies: the tape of the model's own backward keeps the originals.
+        let routing = (!out.router_logits.is_empty()).then(|| Routing {
+            logits: out
+                .router_logits
+                .iter()
+                .map(|t| t.shallow_clone())
+                .collect(),
+            num_experts: self.config.num_experts,
+            top_k: self.config.num_experts_per_tok,
         });
         let head = out
             .head
@@ -39,7 +42,7 @@ impl Policy for Qwen3Model {
             .ok_or_else(|| anyhow::anyhow!("the model returned no hidden states"))?;
         Ok(PolicyOutput {
             head,
-            aux_loss,
+            routing,
             handle: Some(Box::new(out)),
         })
     }

@@ -1,8 +1,10 @@
-//! `spar-dp-check --out DIR [--sharded] [--checkpointing] [--expert-parallel P] [--one-expert]
-//! [--stop-after K | --resume]`: the data-parallel learner (plain or fully sharded, optionally
+//! `spar-dp-check --out DIR [--sharded] [--checkpointing] [--expert-parallel P] [--one-expert] [--aux]
+//! [--micro-batch N] [--stop-after K | --resume]`: the data-parallel learner (plain or fully sharded, optionally
 //! activation-checkpointed, optionally with the MoE experts divided among groups of P ranks) on real ranks
 //! against one process on the union batch. `--one-expert` replays a routing that sends every token to experts 0
-//! and 1 (the most uneven load: the ranks owning the other experts receive no rows).
+//! and 1 (the most uneven load: the ranks owning the other experts receive no rows). `--aux` turns the MoE
+//! load-balancing loss on (`spar_trainer::aux_loss`: counted over every rank's tokens at each micro-batch step);
+//! `--micro-batch N` (default 2) sets the items per micro-batch.
 //!
 //! Without a launcher it is one process on the whole batch; under `spar launch` / torchrun each rank takes the
 //! items `i` with `i % world == rank` of the same global batches (so shares differ in size). Every rank builds
@@ -96,12 +98,20 @@ fn main() -> Result<()> {
     let mut out: Option<PathBuf> = None;
     let (mut sharded, mut resume, mut stop_after) = (false, false, None::<usize>);
     let (mut checkpointing, mut expert_parallel, mut one_expert) = (false, 1usize, false);
+    let (mut aux, mut micro_batch) = (false, 2usize);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--out" => out = Some(args.next().context("--out needs a folder")?.into()),
             "--sharded" => sharded = true,
             "--checkpointing" => checkpointing = true,
             "--one-expert" => one_expert = true,
+            "--aux" => aux = true,
+            "--micro-batch" => {
+                micro_batch = args
+                    .next()
+                    .context("--micro-batch needs a count")?
+                    .parse()?
+            }
             "--expert-parallel" => {
                 expert_parallel = args
                     .next()
@@ -114,7 +124,7 @@ fn main() -> Result<()> {
             }
             other => bail!(
                 "unknown argument {other:?} (usage: spar-dp-check --out DIR [--sharded] [--checkpointing] \
-                 [--expert-parallel P] [--one-expert] [--stop-after K | --resume])"
+                 [--expert-parallel P] [--one-expert] [--aux] [--micro-batch N] [--stop-after K | --resume])"
             ),
         }
     }
@@ -155,10 +165,14 @@ fn main() -> Result<()> {
     )?;
     model.set_activation_checkpointing(checkpointing);
     let tr = TrainerSection {
-        micro_batch: 2,
+        micro_batch,
         loss_agg: LossAgg::SeqMeanTokenMean,
         lr: 1e-3,
         grad_clip: 0.5,
+        // `--aux`: the MoE load-balancing loss on, over the ranks' tokens at each micro-batch step. Micro-batches
+        // take items in order (no token budget), so one process with `--micro-batch` (world x 2) cuts the batch
+        // into the unions of the ranks' micro-batches.
+        aux_loss_coef: aux.then_some(0.05),
         ..Default::default()
     };
     let loss_cfg = policy_loss_config(&tr, ratio_level(&tr), 1.0)?;

@@ -118,6 +118,45 @@ fn expert_parallel_layouts_take_the_one_process_steps() {
     assert_ne!(a["steps"][0]["loss"], b["steps"][0]["loss"]);
 }
 
+/// The MoE load-balancing loss counts every rank's tokens at each micro-batch step (`spar_trainer::aux_loss`):
+/// 2 ranks (plain, expert parallel, fully sharded) with 2 items per micro-batch, and 4 ranks with 1, take the
+/// steps of one process whose micro-batches of 4 are the unions of theirs. Same tolerance as above: the counts
+/// are integers, and the probability sums are float32 sums in another order.
+#[test]
+fn the_load_balancing_loss_over_every_ranks_tokens_equals_one_process_on_the_union_micro_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("1-aux");
+    run(&one, 1, &["--aux", "--micro-batch", "4"]);
+    for (label, n, extra) in [
+        ("2 ranks, aux", 2, &["--aux"][..]),
+        ("EP 2, aux", 2, &["--aux", "--expert-parallel", "2"][..]),
+        ("2 ranks sharded, aux", 2, &["--aux", "--sharded"][..]),
+        ("4 ranks, aux", 4, &["--aux", "--micro-batch", "1"][..]),
+    ] {
+        let d = dir.path().join(label.replace([' ', ','], "_"));
+        run(&d, n, extra);
+        assert_same_as_one(label, &one, &d, 0);
+    }
+    // The loss is on and depends on how the tokens are grouped: without it, or with one process counting
+    // micro-batches of 2 (what each rank would count alone), step 0's loss differs.
+    let (off, small) = (dir.path().join("1-off"), dir.path().join("1-aux-mb2"));
+    run(&off, 1, &["--micro-batch", "4"]);
+    run(&small, 1, &["--aux"]);
+    let loss = |d: &Path| report(d)["steps"][0]["loss"].as_f64().unwrap();
+    assert!(
+        (loss(&one) - loss(&off)).abs() > 1e-4,
+        "{} vs {}",
+        loss(&one),
+        loss(&off)
+    );
+    assert!(
+        (loss(&one) - loss(&small)).abs() > 1e-6,
+        "{} vs {}",
+        loss(&one),
+        loss(&small)
+    );
+}
+
 /// Every step's gradient sum was started unit by unit during the last backward: 4 stepping updates (one of
 /// them with two PPO epochs) x 3 units (root and two layers), none left for after backward.
 fn assert_sum_overlapped(dir: &Path) {
