@@ -341,19 +341,25 @@ impl Builder {
             format!("{run_name}-s{seed}"),
         )?;
         let generation = if rollout_sec.backend == RolloutBackendKind::Openai {
-            eprintln!(
-                "[train] RL rounds generate through {} (rollout.backend = \"openai\"): spar does not refresh that \
-                 server's weights, so every round after the first is off-policy; the truncated importance weight \
-                 (trainer.tis_cap) corrects for it",
-                rollout_sec
-                    .endpoint
-                    .as_ref()
-                    .map_or("the endpoint", |e| e.base_url.as_str())
-            );
+            if rollout_sec.weight_sync.kind == spar_core::recipe::WeightSyncKind::Off {
+                eprintln!(
+                    "[train] RL rounds generate through {} (rollout.backend = \"openai\") and \
+                     rollout.weight_sync is off: spar does not refresh that server's weights, so every round \
+                     after the first is off-policy; the truncated importance weight (trainer.tis_cap) corrects \
+                     for it",
+                    rollout_sec
+                        .endpoint
+                        .as_ref()
+                        .map_or("the endpoint", |e| e.base_url.as_str())
+                );
+            }
             Generation::External
         } else {
             Generation::Builtin
         };
+        let mut sync_sec = rollout_sec.clone();
+        sync_sec.weight_sync.dir = sync_sec.weight_sync.dir.map(|d| recipe.resolve(&d));
+        let server_weights = crate::external::server_weights(&sync_sec, out)?;
         // SFT: the scripted expert's consultations as whole episodes; gold replies (a full differential, every
         // test) are longer than a sampled reply may be, so the limit is the model's context.
         let mut sft_cfg = whole_episodes(rollout_sec.clone());
@@ -457,6 +463,7 @@ impl Builder {
         Ok(TrainParts {
             expert_group: None,
             actors: None,
+            server_weights,
             recipe: recipe.clone(),
             out: out.to_path_buf(),
             resume,

@@ -151,6 +151,35 @@ pub fn rollout_backend(rollout: &RolloutSection) -> Result<Option<Arc<dyn Rollou
     )))
 }
 
+/// The weight refresh of `[rollout.weight_sync]` (None when it is off): the receiver its `kind` names, over the
+/// `servers` (default: the rollout endpoint's root, its base URL without `/v1`), writing into `dir` (default:
+/// `OUT/policy-sync`, which the servers must read at the same path).
+pub fn server_weights(
+    rollout: &RolloutSection,
+    out: &std::path::Path,
+) -> Result<Option<spar_trainer::server_weights::ServerWeights>> {
+    let mut cfg = rollout.weight_sync.clone();
+    if cfg.kind == spar_core::recipe::WeightSyncKind::Off {
+        return Ok(None);
+    }
+    if cfg.servers.is_empty() {
+        let ep = rollout
+            .endpoint
+            .as_ref()
+            .context("recipe: rollout.weight_sync needs weight_sync.servers or rollout.endpoint")?;
+        let base = ep.base_url.trim_end_matches('/');
+        cfg.servers = vec![base.strip_suffix("/v1").unwrap_or(base).to_string()];
+    }
+    let dir = cfg.dir.clone().unwrap_or_else(|| out.join("policy-sync"));
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("rollout.weight_sync.dir: creating {}", dir.display()))?;
+    let receiver = spar_clients::SglangWeightReceiver::new(&cfg).context("rollout.weight_sync")?;
+    Ok(Some(spar_trainer::server_weights::ServerWeights {
+        receiver: Arc::new(receiver),
+        dir,
+    }))
+}
+
 /// A policy served by an OpenAI-compatible chat endpoint (`spar eval --endpoint`, `[eval.policy_endpoint]`).
 pub fn chat_policy(ep: &EndpointConfig) -> Result<Arc<dyn spar_core::traits::ChatBackend>> {
     Ok(Arc::new(

@@ -4,7 +4,8 @@
 //!   backoff, a concurrency limit, PHI redaction for endpoints off loopback, counters ([`ClientStats`]).
 //! - Trait implementations: [`LlmJudge`] (Judge), [`LlmClaimExtractor`] (ClaimExtractor), [`LlmFactVerifier`]
 //!   (FactVerifier), [`LlmPatientSimulator`] (PatientSimulator), [`OpenAiEncoder`] (Encoder),
-//!   [`OpenAiRolloutBackend`] (RolloutBackend), [`OpenAiChatBackend`] (ChatBackend: a policy served as text).
+//!   [`OpenAiRolloutBackend`] (RolloutBackend), [`OpenAiChatBackend`] (ChatBackend: a policy served as text),
+//!   [`SglangWeightReceiver`] (WeightReceiver: SGLang's weight refresh from disk after each update).
 //!
 //! The loopback fake OpenAI server that its tests (and other crates' tests) run against is `spar-testkit`.
 //!
@@ -25,6 +26,7 @@ pub mod retry;
 pub mod simulator;
 pub mod stats;
 pub mod verifier;
+pub mod weight_sync;
 pub mod wire;
 
 pub use backend::OpenAiRolloutBackend;
@@ -38,6 +40,7 @@ pub use retry::RetryPolicy;
 pub use simulator::{LlmPatientSimulator, SimulatorOptions};
 pub use stats::ClientStats;
 pub use verifier::LlmFactVerifier;
+pub use weight_sync::SglangWeightReceiver;
 pub use wire::{
     ChatMessage, ChatRequest, ChatResponse, CompletionRequest, CompletionResponse, ResponseFormat,
     TokenLogprob, Usage,

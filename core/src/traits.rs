@@ -201,3 +201,14 @@ pub trait ChatBackend: Send + Sync {
     /// at temperature 0 as far as the server allows, so two evaluations of one model agree.
     async fn chat(&self, conversation: &[Turn], sampling: &SamplingParams) -> Result<ChatReply>;
 }
+
+/// Servers that load new policy weights from a folder (`[rollout.weight_sync]`): the external rollout engine
+/// after each learner update.
+#[async_trait]
+pub trait WeightReceiver: Send + Sync {
+    /// The servers, for messages.
+    fn describe(&self) -> String;
+    /// Loads the transformers-layout folder `folder` (a path the servers can read) as policy version `version`
+    /// on every server; returns once each one serves it, or the first server's error.
+    async fn load(&self, folder: &std::path::Path, version: u64) -> Result<()>;
+}

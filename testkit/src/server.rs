@@ -1,5 +1,6 @@
 //! A loopback fake OpenAI-compatible server: `/v1/chat/completions`, `/v1/completions` (token-id prompts),
-//! `/v1/embeddings`, `/v1/models`, with configurable latency, a random error rate, and scripted misbehaviour
+//! `/v1/embeddings`, `/v1/models`, and SGLang's `/update_weights_from_disk` (checks the folder is a transformers
+//! model folder), with configurable latency, a random error rate, and scripted misbehaviour
 //! (HTTP errors, malformed JSON, hangs, fixed bodies) for the next requests. It records what it was sent and
 //! the most requests it had in flight at once.
 use axum::Router;
@@ -211,6 +212,12 @@ impl FakeServer {
                 }),
             )
             .route(
+                "/update_weights_from_disk",
+                post(|s: State<Arc<ServerState>>, h: HeaderMap, b: Bytes| {
+                    handle(s, "/update_weights_from_disk", h, b)
+                }),
+            )
+            .route(
                 "/v1/models",
                 get(|s: State<Arc<ServerState>>, h: HeaderMap| {
                     handle(s, "/v1/models", h, Bytes::new())
@@ -366,12 +373,46 @@ async fn handle(
             Err(e) => Err(e),
         },
         "/v1/completions" => completion(&state.cfg, &req),
+        "/update_weights_from_disk" => return weights_from_disk(&req),
         _ => embeddings(&state.cfg, &req),
     };
     match result {
         Ok(v) => axum::Json(v).into_response(),
         Err(msg) => error(StatusCode::BAD_REQUEST, &msg),
     }
+}
+
+/// SGLang's weight refresh (`POST /update_weights_from_disk`): like the server, it reads the folder; here it
+/// checks that it is a transformers folder (config.json and safetensors weights) and answers as SGLang does.
+fn weights_from_disk(req: &Value) -> Response {
+    let answer = |ok: bool, msg: String| {
+        let status = if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        (
+            status,
+            axum::Json(json!({"success": ok, "message": msg, "num_paused_requests": 0})),
+        )
+            .into_response()
+    };
+    let Some(path) = req.get("model_path").and_then(Value::as_str) else {
+        return answer(false, "model_path is required".into());
+    };
+    let dir = std::path::Path::new(path);
+    let has_weights = std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+    });
+    if !dir.join("config.json").is_file() || !has_weights {
+        return answer(
+            false,
+            format!("{path}: not a model folder (config.json and *.safetensors)"),
+        );
+    }
+    answer(true, "Succeeded to update model weights.".into())
 }
 
 /// Plays a scripted behaviour; None when the request is to be answered normally after it (a delay).

@@ -63,6 +63,7 @@ pub mod run;
 pub mod run_folder;
 pub mod run_lock;
 pub mod schedule;
+pub mod server_weights;
 pub mod session;
 pub mod sft_phase;
 pub mod sharded;

@@ -27,7 +27,8 @@ pub enum Generation {
     /// The built-in engine over the policy's current weights (colocated: each update is the weight refresh).
     Builtin,
     /// The rollout's external OpenAI-compatible backend (`[rollout] backend = "openai"`): the samples carry the
-    /// server's log-probs and the truncated-importance correction accounts for the gap to the learner.
+    /// server's log-probs and the truncated-importance correction accounts for the gap to the learner; with
+    /// `[rollout.weight_sync]` the server gets each new version ([`crate::parts::TrainParts::server_weights`]).
     External,
 }
 
@@ -79,4 +80,7 @@ pub struct TrainParts {
     pub expert_group: Option<Arc<dyn spar_dist::Collectives>>,
     /// Actors apart from learners (`[distributed] actors`): this rank's place among them; None: colocated.
     pub actors: Option<crate::actor_layout::ActorLink>,
+    /// The external rollout server's weight refresh (`[rollout.weight_sync]`); None: the built-in engine, or a
+    /// server left on its weights.
+    pub server_weights: Option<crate::server_weights::ServerWeights>,
 }

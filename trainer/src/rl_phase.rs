@@ -14,6 +14,7 @@ use crate::parts::{Evaluator, Generation};
 use crate::progress::bar;
 use crate::report::{log_eval, round_metrics, write_transcripts};
 use crate::rl_round::{LearnConfig, PlayedRound, learn_round, play_round};
+use crate::server_weights::ServerWeights;
 use crate::session::{Checkpointed, Session};
 use anyhow::{Context, Result};
 use spar_core::Case;
@@ -39,6 +40,8 @@ pub struct RlInputs<'a> {
     pub evaluator: &'a dyn Evaluator,
     /// Actors apart (`[distributed] actors`): the rounds come from them instead of `rollout`.
     pub actors: Option<ActorLink>,
+    /// The external rollout server's weight refresh (`[rollout.weight_sync]`), if any.
+    pub server_weights: Option<&'a ServerWeights>,
 }
 
 /// The RL phase's learner-side state besides the model (restored from a checkpoint, saved into the next).
@@ -167,6 +170,7 @@ pub fn run(
         runtime,
         evaluator,
         actors,
+        server_weights,
     } = inputs;
     // With actors, every learner takes part in the start-up exchange even when no round is left (a resumed run
     // that had finished RL), so that the actors learn there is nothing to play and exit.
@@ -185,6 +189,11 @@ pub fn run(
     let groups = rollout.config().groups_per_step / group.world_size();
     let pb = bar(tr.steps as u64, if distill { "distill" } else { "rl" });
     pb.set_position(start as u64);
+    // The external server plays the first round with the policy entering RL (after SFT, or resumed).
+    let server_weights = server_weights.filter(|_| !distill);
+    if let Some(sw) = server_weights {
+        sw.publish(model, start as u64, &*group, runtime)?;
+    }
     let mut rounds = RoundScheduler::new(tr.off_policy_one_step, st.pending.take());
     let mut window = MetricWindow::default();
     for s in start..tr.steps {
@@ -241,6 +250,10 @@ pub fn run(
                     st.critic.as_mut(),
                 )?);
                 let learn_seconds = t_learn.elapsed().as_secs_f64();
+                let sync_seconds = match server_weights {
+                    Some(sw) => sw.publish(model, s as u64 + 1, &*group, runtime)?,
+                    None => 0.0,
+                };
                 // The round's time line (this rank's): playing (generation, then scoring) and learning; the
                 // rest of the step (metrics, collectives waiting for other ranks) is `time/other_s`. With actors
                 // the learner plays nothing: it waits for its actors' round (idle), learns (busy) and sends the
@@ -258,7 +271,10 @@ pub fn run(
                     }
                     _ => {
                         scalars.push(("time/play_s".into(), play_seconds));
-                        timed = play_seconds + learn_seconds;
+                        if server_weights.is_some() {
+                            scalars.push(("time/weight_sync_s".into(), sync_seconds));
+                        }
+                        timed = play_seconds + learn_seconds + sync_seconds;
                     }
                 }
                 scalars.push(("time/generate_s".into(), round.gen_seconds));

@@ -43,6 +43,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
         group,
         expert_group,
         actors,
+        server_weights,
     } = parts;
     let tr = recipe.require(&recipe.trainer, "trainer")?.clone();
     let (rank, world) = (group.rank(), group.world_size());
@@ -180,6 +181,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
         runtime: &runtime,
         evaluator: evaluator.as_ref(),
         actors,
+        server_weights: server_weights.as_ref(),
     };
     let sft_batching = BatchingConfig {
         agg: crate::agg::AggMode::TokenMean,

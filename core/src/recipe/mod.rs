@@ -493,5 +493,31 @@ mod tests {
         round_trip(LossAgg::ALL);
         round_trip(KlEstimator::ALL);
         round_trip(LrDecay::ALL);
+        round_trip(WeightSyncKind::ALL);
+    }
+
+    #[test]
+    fn weight_sync_refreshes_only_an_external_server() {
+        let e = error_of("[rollout.weight_sync]\nkind = \"sglang\"\n");
+        assert!(
+            e.contains("rollout.weight_sync.kind") && e.contains("backend = \"openai\""),
+            "{e}"
+        );
+        let r = Recipe::from_toml_str(
+            "[rollout]\nbackend = \"openai\"\nendpoint = { base_url = \"http://h:30000/v1\", model = \"m\" }\n\
+             [rollout.weight_sync]\nkind = \"sglang\"\ndir = \"/shared/sync\"\n",
+            "r.toml",
+            &[],
+        )
+        .unwrap();
+        let ws = &r.rollout.unwrap().weight_sync;
+        assert_eq!(ws.kind, WeightSyncKind::Sglang);
+        assert_eq!(
+            ws.dir.as_deref(),
+            Some(std::path::Path::new("/shared/sync"))
+        );
+        assert!(ws.servers.is_empty(), "defaults to the endpoint's root");
+        let e = error_of("[rollout.weight_sync]\nkind = \"vllm\"\n");
+        assert!(e.contains("sglang") && e.contains("none"), "{e}");
     }
 }

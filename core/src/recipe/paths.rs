@@ -15,6 +15,7 @@ pub const PATH_KEYS: &[&str] = &[
     "eval.healthbench",
     "rewards.fact.cache_path",
     "rewards.dynamic_rubrics.candidates",
+    "rollout.weight_sync.dir",
     "trainer.out_dir",
     "trainer.distill.teachers",
     "trainer.distill.teacher_samples",

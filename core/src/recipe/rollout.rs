@@ -47,6 +47,44 @@ impl EndpointConfig {
 }
 
 recipe_enum! {
+    /// How an external rollout server (`backend = "openai"`) gets the learner's weights after each update.
+    pub enum WeightSyncKind {
+        /// It does not: every round after the first is off-policy (the truncated importance weight corrects).
+        Off = "none",
+        /// SGLang's `POST /update_weights_from_disk`: rank 0 writes the new policy as a transformers folder under
+        /// `dir`, and every server loads it before the next round is played.
+        Sglang = "sglang",
+    }
+}
+
+/// `[rollout.weight_sync]`: the weight refresh of an external rollout server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WeightSyncConfig {
+    pub kind: WeightSyncKind,
+    /// The servers' roots, e.g. `http://rollout-0:30000` (empty: `endpoint.base_url` without its `/v1`).
+    pub servers: Vec<String>,
+    /// Where the policy folders are written; the servers must read the same path (empty: `OUT/policy-sync`).
+    pub dir: Option<std::path::PathBuf>,
+    /// Seconds one server may take to load a version.
+    pub timeout_s: f64,
+    /// Environment variable holding the servers' admin bearer token (None: no auth).
+    pub api_key_env: Option<String>,
+}
+
+impl Default for WeightSyncConfig {
+    fn default() -> Self {
+        WeightSyncConfig {
+            kind: WeightSyncKind::Off,
+            servers: Vec::new(),
+            dir: None,
+            timeout_s: 600.0,
+            api_key_env: None,
+        }
+    }
+}
+
+recipe_enum! {
     /// Which patient simulator plays the patient.
     pub enum SimulatorKind {
         /// Case-grounded and deterministic, offline.
@@ -154,6 +192,8 @@ pub struct RolloutSection {
     /// on which episodes were generated beside it. With it two runs of one recipe and seed, or a run killed and
     /// resumed, are bit-identical on the CPU. Slower (sequences run one after another); CPU only.
     pub batch_invariant: bool,
+    /// The weight refresh of the external server (`backend = "openai"`).
+    pub weight_sync: WeightSyncConfig,
 }
 
 impl Default for RolloutSection {
@@ -179,6 +219,7 @@ impl Default for RolloutSection {
             instructions: Vec::new(),
             seed: None,
             batch_invariant: false,
+            weight_sync: WeightSyncConfig::default(),
         }
     }
 }
@@ -270,6 +311,19 @@ impl RolloutSection {
         self.simulator
             .validate()
             .map_err(|(k, m)| (format!("simulator.{k}"), m))?;
+        if self.weight_sync.kind != WeightSyncKind::Off {
+            check(
+                self.backend == RolloutBackendKind::Openai,
+                "weight_sync.kind",
+                "refreshes an external server: needs backend = \"openai\" (the built-in engine decodes with the \
+                 learner's weights)",
+            )?;
+            check(
+                self.weight_sync.timeout_s > 0.0,
+                "weight_sync.timeout_s",
+                "must be > 0",
+            )?;
+        }
         if let Some(e) = &self.endpoint {
             e.validate()
                 .map_err(|(k, m)| (format!("endpoint.{k}"), m))?;

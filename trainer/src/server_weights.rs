@@ -1,0 +1,106 @@
+//! The weight refresh of an external rollout server (`[rollout] backend = "openai"` with
+//! `[rollout.weight_sync]`): the learner's policy reaches the server that plays the next round.
+//!
+//! Before the first RL round (the server may hold the base model while the learner has been through SFT, or a
+//! resumed run's weights) and after every update, rank 0 writes the policy as a transformers folder
+//! `DIR/v<version>` (under a temporary name, renamed when complete, so a server never reads half a folder), asks
+//! every server to load it ([`WeightReceiver`]: SGLang's `update_weights_from_disk`) and, once they serve it,
+//! removes the folder of the version before. Every rank then learns the outcome in one all-reduce: no rank
+//! plays the next round while a server may still hold the old weights, and a failed refresh stops every rank
+//! with rank 0's error instead of leaving the others waiting. The samples of the next round carry that version,
+//! so the learner's `rl/policy_lag` is 0 (1 in the one-step off-policy mode) as with the built-in engine.
+use anyhow::{Context, Result, bail};
+use spar_core::traits::WeightReceiver;
+use spar_dist::Collectives;
+use spar_model::Qwen3Model;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where the policy folders go and who loads them.
+pub struct ServerWeights {
+    pub receiver: Arc<dyn WeightReceiver>,
+    /// A folder the servers read at the same path (a shared filesystem on a cluster).
+    pub dir: PathBuf,
+}
+
+impl ServerWeights {
+    /// The folder of `version`.
+    pub fn folder(&self, version: u64) -> PathBuf {
+        self.dir.join(format!("v{version:06}"))
+    }
+
+    /// Publishes `model` as `version` (see the module documentation); every rank calls it. Returns the seconds
+    /// it took (rank 0's write and the servers' load, seen by every rank).
+    pub fn publish(
+        &self,
+        model: &Qwen3Model,
+        version: u64,
+        group: &dyn Collectives,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<f64> {
+        let t0 = std::time::Instant::now();
+        let outcome = if group.rank() == 0 {
+            self.write_and_load(model, version, rt)
+        } else {
+            Ok(())
+        };
+        let failed = spar_dist::any_rank(group, outcome.is_err())?;
+        match outcome {
+            Err(e) => Err(e),
+            Ok(()) if failed => bail!(
+                "rank 0 could not refresh {} with policy version {version} (its log says why)",
+                self.receiver.describe()
+            ),
+            Ok(()) => Ok(t0.elapsed().as_secs_f64()),
+        }
+    }
+
+    fn write_and_load(
+        &self,
+        model: &Qwen3Model,
+        version: u64,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<()> {
+        let folder = self.folder(version);
+        let partial = self.dir.join(format!(".v{version:06}.partial"));
+        for stale in [&partial, &folder] {
+            if stale.exists() {
+                std::fs::remove_dir_all(stale)
+                    .with_context(|| format!("removing {}", stale.display()))?;
+            }
+        }
+        model.save_hf(&partial).with_context(|| {
+            format!("writing policy version {version} to {}", partial.display())
+        })?;
+        std::fs::rename(&partial, &folder)
+            .with_context(|| format!("renaming {} to {}", partial.display(), folder.display()))?;
+        rt.block_on(self.receiver.load(&folder, version))
+            .with_context(|| {
+                format!(
+                    "{} did not load policy version {version} from {}",
+                    self.receiver.describe(),
+                    folder.display()
+                )
+            })?;
+        tracing::info!(version, folder = %folder.display(), "rollout server weights refreshed");
+        remove_older(&self.dir, version)
+    }
+}
+
+/// Removes the folders of versions below `version` (the servers no longer read them).
+fn remove_older(dir: &Path, version: u64) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        let old = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix('v'))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|v| v < version);
+        if old && path.is_dir() {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
