@@ -25,11 +25,8 @@ use tch::{Kind, Tensor};
 
 /// The batch's real tokens over every rank (`R_total / layers`); one all-reduce.
 pub(crate) fn global_real_tokens(group: &dyn Collectives, mbs: &[MicroBatch]) -> Result<f64> {
-    let local: f64 = mbs
-        .iter()
-        .filter(|mb| !mb.padding)
-        .map(|mb| mb.attention_mask.sum(Kind::Double).double_value(&[]))
-        .sum();
+    // `tokens` is the micro-batch's real token count (0 for padding ones), known on the host: no device sync.
+    let local = mbs.iter().map(|mb| mb.tokens as f64).sum::<f64>();
     Ok(spar_dist::sum_over_ranks(group, &[local])?[0])
 }
 

@@ -335,6 +335,11 @@ fn icd10_code_claims() {
             "F41.0 is the ICD-10 code for agoraphobia without panic disorder.",
             R,
         ),
+        // A category by the name of its unspecified code (F32.9 "Major depressive disorder, single episode,
+        // unspecified"); not a name the unspecified code lacks words of.
+        ("F32 is major depressive disorder, single episode.", S),
+        ("F32 is major depressive disorder, recurrent.", R),
+        ("F32 is not major depressive disorder, single episode.", R),
     ]);
 }
 

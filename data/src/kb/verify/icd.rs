@@ -311,6 +311,29 @@ pub(super) fn icd_claim(kb: &KnowledgeBase, original: &str, c: &Claim) -> Option
             Some(src),
         ));
     }
+    // A category claimed by the name of its unspecified code: "F32 is major depressive disorder, single episode"
+    // (F32 is "Depressive episode" since FY2023; its codes F32.0-F32.9 are "Major depressive disorder, single
+    // episode, <severity>", F32.9 the unspecified one). The ".9" child whose title says "unspecified" names
+    // what the category holds by default.
+    if !node.code.contains('.')
+        && let Some(unspecified) = kb.icd.node(&format!("{}.9", node.code))
+        && unspecified.title.to_lowercase().contains("unspecified")
+    {
+        let words: std::collections::HashSet<String> = icd10::title_words(&unspecified.title)
+            .into_iter()
+            .collect();
+        if described.iter().all(|w| words.contains(w)) {
+            return Some(verdict(
+                flip(ClaimLabel::Supported),
+                format!(
+                    "{} is \"{}\"; its unspecified code {} is \"{}\"",
+                    node.code, node.title, unspecified.code, unspecified.title
+                ),
+                Some(&fact_id),
+                Some(src),
+            ));
+        }
+    }
     // Does the description name some other code? Then this one is the wrong code.
     let related = |other: &icd10::Icd10Node| {
         other.code == node.code
