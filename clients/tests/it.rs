@@ -6,4 +6,5 @@ mod it {
     mod judge;
     mod models;
     mod simulator;
+    mod weight_sync;
 }

@@ -319,9 +319,8 @@ pub(super) fn icd_claim(kb: &KnowledgeBase, original: &str, c: &Claim) -> Option
         && let Some(unspecified) = kb.icd.node(&format!("{}.9", node.code))
         && unspecified.title.to_lowercase().contains("unspecified")
     {
-        let words: std::collections::HashSet<String> = icd10::title_words(&unspecified.title)
-            .into_iter()
-            .collect();
+        let words: std::collections::HashSet<String> =
+            icd10::title_words(&unspecified.title).into_iter().collect();
         if described.iter().all(|w| words.contains(w)) {
             return Some(verdict(
                 flip(ClaimLabel::Supported),
