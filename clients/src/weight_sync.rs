@@ -25,12 +25,9 @@ struct Answer {
     message: String,
 }
 
+/// A refresh is not retried: the run stops and names the server.
 fn err(service: &str, msg: impl Into<String>) -> Error {
-    Error::External {
-        service: service.to_string(),
-        msg: msg.into(),
-        retryable: false,
-    }
+    Error::external(service, msg, false)
 }
 
 impl SglangWeightReceiver {
