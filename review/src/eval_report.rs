@@ -152,7 +152,6 @@ fn consultation(e: Episode, transcripts: &mut HashMap<(String, u32), Vec<Turn>>)
         steps: vec![],
         scored: Some(scored),
         stage_scores,
-        judged_text: None,
         haystack: String::new(),
     }
     .indexed()

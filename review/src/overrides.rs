@@ -128,14 +128,14 @@ impl Overrides {
             put_override(cache.as_ref(), &entry.target, &verdict).await?;
         }
         if let (Change::Rubric { after, .. }, Some(cache), Some(text)) =
-            (&change, &self.cache, &c.judged_text)
+            (&change, &self.cache, c.judged_text())
         {
             let o = RubricOverride {
                 met: *after,
                 note: entry.note.clone(),
                 source: Some(format!("review:{}", entry.reviewer)),
             };
-            put_rubric_override(cache.as_ref(), &entry.target, text, &o).await?;
+            put_rubric_override(cache.as_ref(), &entry.target, &text, &o).await?;
         }
         apply_change(c, req.index, &change);
         Ok(entry)

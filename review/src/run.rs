@@ -37,19 +37,12 @@ pub struct Consultation {
     /// Stage scores G_k by stage, where the source gives one per stage (an evaluation report); a run's
     /// segments carry theirs in `scored.stage_score`.
     pub stage_scores: BTreeMap<Stage, f64>,
-    /// The doctor text the rubric judge read when the run was scored (`Dialogue::sampled_text`), which keys a
-    /// reviewer's rubric verdict for the next scoring run; None where the source holds no sample (an evaluation
-    /// report) or the sample's steps do not pair with its turns.
-    pub judged_text: Option<String>,
     /// Lower-cased dialogue and ids, built once so that a search over 10k consultations is one scan.
     pub(crate) haystack: String,
 }
 
 impl Consultation {
     fn new(s: Sample, department: String, scored: Option<Scored>) -> Consultation {
-        let judged_text = spar_rewards::dialogue::Dialogue::from_sample(&s)
-            .ok()
-            .map(|d| d.sampled_text());
         Consultation {
             end: end_name(s.end_reason),
             case_id: s.case_id,
@@ -62,7 +55,6 @@ impl Consultation {
             steps: s.steps,
             scored,
             stage_scores: BTreeMap::new(),
-            judged_text,
             haystack: String::new(),
         }
         .indexed()
@@ -77,6 +69,18 @@ impl Consultation {
         }
         self.haystack = haystack.to_lowercase();
         self
+    }
+
+    /// The doctor text the rubric judge read when the run was scored (`Dialogue::sampled_text`), which keys a
+    /// reviewer's rubric verdict for the next scoring run; None where the source holds no steps (an evaluation
+    /// report) or the steps do not pair with the turns.
+    pub fn judged_text(&self) -> Option<String> {
+        if self.steps.is_empty() {
+            return None;
+        }
+        spar_rewards::dialogue::Dialogue::from_turns(&self.turns, &self.steps)
+            .ok()
+            .map(|d| d.sampled_text())
     }
 
     /// Indices into `turns` of the doctor replies that are steps, in step order. A step is a sampled reply, so

@@ -1,7 +1,7 @@
 //! A sample's dialogue as the verifiers read it: thinking removed, each doctor reply paired with the user turn
 //! before it, and the sample's steps located among those replies.
 use spar_core::grammar::strip_think;
-use spar_core::sample::{Role, Turn};
+use spar_core::sample::{Role, StepSpan, Turn};
 use spar_core::{Sample, Stage};
 
 /// One doctor reply and the user turn (patient utterance or stage instruction p_k) it answers.
@@ -28,10 +28,15 @@ impl Dialogue {
     /// Pairs the sample's turns. The sample's steps are its **last** `steps.len()` doctor replies: earlier
     /// replies belong to an injected snippet or to the pooled prefix of earlier stages and were not sampled.
     pub fn from_sample(s: &Sample) -> Result<Dialogue, String> {
-        let mut turns = Vec::with_capacity(s.turns.len());
+        Dialogue::from_turns(&s.turns, &s.steps)
+    }
+
+    /// [`Dialogue::from_sample`] from a sample's turns and step spans (what a loaded transcript keeps).
+    pub fn from_turns(sample_turns: &[Turn], steps: &[StepSpan]) -> Result<Dialogue, String> {
+        let mut turns = Vec::with_capacity(sample_turns.len());
         let mut exchanges = Vec::new();
         let mut last_user = String::new();
-        for t in &s.turns {
+        for t in sample_turns {
             let mut t = t.clone();
             match t.role {
                 Role::Assistant => {
@@ -47,15 +52,15 @@ impl Dialogue {
             }
             turns.push(t);
         }
-        if exchanges.len() < s.steps.len() {
+        if exchanges.len() < steps.len() {
             return Err(format!(
                 "{} steps but only {} doctor turns",
-                s.steps.len(),
+                steps.len(),
                 exchanges.len()
             ));
         }
-        let first_step = exchanges.len() - s.steps.len();
-        for (j, span) in s.steps.iter().enumerate() {
+        let first_step = exchanges.len() - steps.len();
+        for (j, span) in steps.iter().enumerate() {
             let ex = &mut exchanges[first_step + j];
             // The span's stage is authoritative: turns written without a stage still get one.
             ex.stage = Some(span.stage);
