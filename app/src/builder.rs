@@ -357,9 +357,11 @@ impl Builder {
         } else {
             Generation::Builtin
         };
-        let mut sync_sec = rollout_sec.clone();
-        sync_sec.weight_sync.dir = sync_sec.weight_sync.dir.map(|d| recipe.resolve(&d));
-        let server_weights = crate::external::server_weights(&sync_sec, out)?;
+        let sync_dir = match &rollout_sec.weight_sync.dir {
+            Some(d) => recipe.resolve(d),
+            None => out.join("policy-sync"),
+        };
+        let server_weights = crate::external::server_weights(&rollout_sec, sync_dir)?;
         // SFT: the scripted expert's consultations as whole episodes; gold replies (a full differential, every
         // test) are longer than a sampled reply may be, so the limit is the model's context.
         let mut sft_cfg = whole_episodes(rollout_sec.clone());

@@ -152,11 +152,11 @@ pub fn rollout_backend(rollout: &RolloutSection) -> Result<Option<Arc<dyn Rollou
 }
 
 /// The weight refresh of `[rollout.weight_sync]` (None when it is off): the receiver its `kind` names, over the
-/// `servers` (default: the rollout endpoint's root, its base URL without `/v1`), writing into `dir` (default:
-/// `OUT/policy-sync`, which the servers must read at the same path).
+/// `servers` (default: the rollout endpoint's root, its base URL without `/v1`), writing into `dir` (the
+/// section's `dir` resolved, or `OUT/policy-sync`; the servers must read it at the same path).
 pub fn server_weights(
     rollout: &RolloutSection,
-    out: &std::path::Path,
+    dir: std::path::PathBuf,
 ) -> Result<Option<spar_trainer::server_weights::ServerWeights>> {
     let mut cfg = rollout.weight_sync.clone();
     if cfg.kind == spar_core::recipe::WeightSyncKind::Off {
@@ -170,7 +170,6 @@ pub fn server_weights(
         let base = ep.base_url.trim_end_matches('/');
         cfg.servers = vec![base.strip_suffix("/v1").unwrap_or(base).to_string()];
     }
-    let dir = cfg.dir.clone().unwrap_or_else(|| out.join("policy-sync"));
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("rollout.weight_sync.dir: creating {}", dir.display()))?;
     let receiver = spar_clients::SglangWeightReceiver::new(&cfg).context("rollout.weight_sync")?;
