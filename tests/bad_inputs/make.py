@@ -83,6 +83,8 @@ RANGE = [
     ("rewards.dynamic_rubrics", "exit_rate", "-0.5", "rewards.dynamic_rubrics.exit_rate"),
     ("rewards.stages", "ddx_max_len", "0", "rewards.stages.ddx_max_len"),
     ("distributed", "timeout_secs", "0", "distributed.timeout_secs"),
+    ("trainer", "rl_aux_loss_coef", "-1.0", "trainer.rl_aux_loss_coef"),
+    ("trainer", "aux_loss_coef", "nan", "trainer.aux_loss_coef"),
 ]
 for i, (sec, key, val, want) in enumerate(RANGE):
     put("recipes", f"range-{i:02}-{sec.replace('.', '-')}-{key}.toml", f"[{sec}]\n{key} = {val}\n", want)

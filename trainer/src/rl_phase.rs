@@ -77,6 +77,9 @@ impl RlState {
         }
         let mut learner =
             crate::knobs::new_learner(tr, model, tr.lr, tr.steps * per_round, tr.warmup_steps)?;
+        if let (Some(coef), true) = (tr.rl_aux_loss_coef, model.config.num_experts > 0) {
+            learner.aux_loss_coef = coef;
+        }
         learner.join(
             session.group.clone(),
             model,

@@ -49,6 +49,7 @@ pub const RL_ONLY_KEYS: &[&str] = &[
     "trainer.gae",
     "trainer.distill",
     "trainer.placebo",
+    "trainer.rl_aux_loss_coef",
 ];
 
 /// Whether `key` is RL-only ([`RL_ONLY_KEYS`]).
@@ -134,6 +135,7 @@ mod tests {
             "trainer.lr=1e-4",
             "rewards.spar.estimator=\"grpo\"",
             "rollout.groups_per_step=3",
+            "trainer.rl_aux_loss_coef=0.0",
         ]);
         assert_eq!(
             changed_keys(&sft, &arm),
@@ -141,6 +143,7 @@ mod tests {
                 "rewards.spar.estimator",
                 "rollout.groups_per_step",
                 "trainer.lr",
+                "trainer.rl_aux_loss_coef",
                 "trainer.steps"
             ]
         );
@@ -152,6 +155,7 @@ mod tests {
             "data.max_cases=3",
             "eval.max_cases=2",
             "trainer.warmup_steps=7",
+            "trainer.aux_loss_coef=0.0",
         ]);
         assert_eq!(
             sft_invalidating_changes(&sft, &bad),
@@ -159,6 +163,7 @@ mod tests {
                 "data.max_cases",
                 "eval.max_cases",
                 "seed",
+                "trainer.aux_loss_coef",
                 "trainer.sft_expert.partial",
                 "trainer.sft_lr",
                 "trainer.warmup_steps"

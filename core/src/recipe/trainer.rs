@@ -123,6 +123,9 @@ pub struct TrainerSection {
     pub pack_sequences: bool,
     /// MoE load-balancing loss coefficient (None: the model config's `router_aux_loss_coef`).
     pub aux_loss_coef: Option<f64>,
+    /// The load-balancing loss coefficient of RL updates only (None: `aux_loss_coef`'s). An RL-only key, so an
+    /// ablation arm can turn the balance loss off in RL while sharing one SFT checkpoint.
+    pub rl_aux_loss_coef: Option<f64>,
     /// Teachers of the distillation stages (`[trainer.distill]`): offline Clip-Forward-KL when
     /// `policy_loss = "distill"`, on-policy reverse KL added to the RL advantages otherwise.
     pub distill: DistillConfig,
@@ -285,6 +288,7 @@ impl Default for TrainerSection {
             bpe_vocab_size: 0,
             pack_sequences: false,
             aux_loss_coef: None,
+            rl_aux_loss_coef: None,
             distill: DistillConfig::default(),
             gae: GaeConfig::default(),
             sft_expert: SftExpertConfig::default(),
@@ -316,6 +320,16 @@ impl TrainerSection {
             "needs kl_coef != 0 (the weight of the KL penalty in the reward)",
         )?;
         check(self.lr > 0.0 && self.lr.is_finite(), "lr", "must be > 0")?;
+        for (key, coef) in [
+            ("aux_loss_coef", self.aux_loss_coef),
+            ("rl_aux_loss_coef", self.rl_aux_loss_coef),
+        ] {
+            check(
+                coef.is_none_or(|c| c >= 0.0 && c.is_finite()),
+                key,
+                "must be >= 0 and finite",
+            )?;
+        }
         check(self.micro_batch >= 1, "micro_batch", "must be >= 1")?;
         check(self.keep_last >= 1, "keep_last", "must be >= 1")?;
         check(self.sft_batch >= 1, "sft_batch", "must be >= 1")?;
