@@ -4,7 +4,8 @@
 # expert-parallel learner ranks. Two ranks share the GPU (rank r -> cuda:r mod GPUs), which NCCL refuses, so the
 # layouts run over gloo (distributed.backend = "gloo"; gloo moves CUDA tensors through host memory). Expects
 # dist/spar.gz (stripped build) carried. Writes to $OUT: <layout>.txt (the run's log), <layout>.jsonl (metrics),
-# summary.txt (rc, wall time, per-round seconds and the held-out table of each layout).
+# summary.txt (rc, wall time, per-round seconds and the held-out table of each layout). ONLY="ep2 ..." runs
+# those layouts alone.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 . scripts/gpu-env.sh
@@ -20,6 +21,7 @@ layouts=(
 )
 for l in "${layouts[@]}"; do
   set -- $l; name=$1; n=$2; shift 2
+  [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && continue
   s=$(date +%s)
   timeout "${LIMIT:-150}" /tmp/spar launch --nproc-per-node "$n" -- train "${common[@]}" "$@" --out "/tmp/$name" \
     > "$OUT/$name.txt" 2>&1

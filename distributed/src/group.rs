@@ -266,12 +266,13 @@ impl Collectives for ProcessGroup {
             !input.size().is_empty(),
             "all_to_all_rows: a scalar has no rows"
         );
-        ensure!(
-            input.device() == self.device,
-            "all_to_all_rows: input on {:?}, the group's device is {:?}",
-            input.device(),
-            self.device
-        );
+        if input.device() != self.device {
+            // A GPU model over gloo (two ranks sharing one GPU): the rows go through the group's device. The
+            // copies are autograd ops, so the backward's gradients come back the same way.
+            let staged = input.f_to_device(self.device)?;
+            let out = self.all_to_all_rows(&staged, out_splits, in_splits)?;
+            return Ok(out.f_to_device(input.device())?);
+        }
         check_row_splits(input.size()[0], out_splits, in_splits, self.world)?;
         let (g, i) = (self.raw.0, ffi::raw(input));
         let out = ffi::object("all_to_all_rows", |e, l| unsafe {

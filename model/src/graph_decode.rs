@@ -338,8 +338,11 @@ impl GraphDecoder {
         let first = self.capture_with(model, cache, r, keys, self.grouped);
         match first {
             Err(e) if self.grouped && !model.config.moe_layers().is_empty() => {
+                // libtorch's message goes on with a C++ backtrace after its first line.
+                let why = format!("{e:#}");
                 tracing::info!(
-                    "grouped-GEMM experts not capturable, using gathered weights: {e:#}"
+                    "grouped-GEMM experts not capturable, using gathered weights: {}",
+                    why.lines().next().unwrap_or_default()
                 );
                 self.grouped = false;
                 self.capture_with(model, cache, r, keys, false)
