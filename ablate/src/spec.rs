@@ -378,7 +378,7 @@ set = ["rewards.spar.estimator=\"spar\""]
             assert!(s.arms.iter().any(|a| a.sft_only), "{name}");
             n += 1;
         }
-        assert_eq!(n, 3);
+        assert_eq!(n, 4);
     }
 
     #[test]

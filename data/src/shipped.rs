@@ -56,6 +56,7 @@ const FILES: &[Embedded] = &[
     embed!("../../", "data/kb/labs.json"),
     embed!("../../", "recipes/ablate-fact.toml"),
     embed!("../../", "recipes/ablate-main.toml"),
+    embed!("../../", "recipes/ablate-rl-knobs.toml"),
     embed!("../../", "recipes/ablate-spar.toml"),
     embed!("../../", "recipes/ablation-denoise-gate.toml"),
     embed!("../../", "recipes/ablation-grpo-global-penalty.toml"),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Args)]
 pub struct Args {
     /// The ablation spec: a file, or the name of a shipped one (`spar data recipes` lists them: ablate-main,
-    /// ablate-fact, ablate-spar).
+    /// ablate-fact, ablate-spar, ablate-rl-knobs).
     pub spec: PathBuf,
     /// The ablation's folder (default: ./runs/<spec name>, with an `ablate-` prefix when it has none).
     #[arg(long)]
@@ -175,7 +175,7 @@ fn resolve_spec(arg: &Path) -> Result<PathBuf> {
         Some(p) if spar_ablate::spec::looks_like_spec(&std::fs::read_to_string(&p)?) => Ok(p),
         _ => bail!(
             "ablation spec {}: no such file, and no shipped spec of that name (shipped: ablate-main, ablate-fact, \
-             ablate-spar)",
+             ablate-spar, ablate-rl-knobs)",
             arg.display()
         ),
     }
