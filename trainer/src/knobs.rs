@@ -69,16 +69,34 @@ pub fn new_learner(
         max_bad_steps: tr.max_bad_steps,
         bad_in_a_row: 0,
         bad_total: 0,
-        // A dense model has no router: 0, so that no rank waits on the loss's per-micro-batch all-reduce.
-        aux_loss_coef: if model.config.num_experts == 0 {
-            0.0
-        } else {
-            tr.aux_loss_coef
-                .unwrap_or(model.config.router_aux_loss_coef)
-        },
+        aux_loss_coef: aux_loss_coef(tr.aux_loss_coef, model),
         group: std::sync::Arc::new(spar_dist::Local),
         sharded: None,
         grad_sum: None,
         expert_parallel: false,
     })
+}
+
+/// A fresh learner for RL updates: [`new_learner`] with the RL phase's load-balancing weight
+/// (`trainer.rl_aux_loss_coef`, else `aux_loss_coef`'s).
+pub fn new_rl_learner(
+    tr: &TrainerSection,
+    model: &Qwen3Model,
+    lr: f64,
+    steps: usize,
+    warmup: usize,
+) -> Result<Learner> {
+    let mut learner = new_learner(tr, model, lr, steps, warmup)?;
+    learner.aux_loss_coef = aux_loss_coef(tr.rl_aux_loss_coef.or(tr.aux_loss_coef), model);
+    Ok(learner)
+}
+
+/// The MoE load-balancing loss weight: `coef`, else the model config's `router_aux_loss_coef`. A dense model has
+/// no router: 0, so that no rank waits on the loss's per-micro-batch all-reduce.
+fn aux_loss_coef(coef: Option<f64>, model: &Qwen3Model) -> f64 {
+    if model.config.num_experts == 0 {
+        0.0
+    } else {
+        coef.unwrap_or(model.config.router_aux_loss_coef)
+    }
 }

@@ -4,7 +4,7 @@
 //! the caller (spar-app) reads the files and loads the model.
 use crate::batch::assemble;
 use crate::checkpoint::{self, TrainerState};
-use crate::knobs::{batching_config, new_learner, policy_loss_config};
+use crate::knobs::{batching_config, new_rl_learner, policy_loss_config};
 use crate::learner::{StepReport, rl_update};
 use crate::metrics::MetricsLogger;
 use crate::policy_loss::RatioLevel;
@@ -39,7 +39,7 @@ pub fn offline_step(
     let batching = batching_config(tr)?;
     let mut constant = tr.clone();
     constant.schedule = spar_core::recipe::LrDecay::Constant;
-    let mut learner = new_learner(&constant, model, tr.lr, 1, 0)?;
+    let mut learner = new_rl_learner(&constant, model, tr.lr, 1, 0)?;
     let rep = rl_update(
         model,
         None,

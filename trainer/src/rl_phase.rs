@@ -76,10 +76,7 @@ impl RlState {
             crate::policy::Policy::load_weights(model, &dir.join("model"))?;
         }
         let mut learner =
-            crate::knobs::new_learner(tr, model, tr.lr, tr.steps * per_round, tr.warmup_steps)?;
-        if let (Some(coef), true) = (tr.rl_aux_loss_coef, model.config.num_experts > 0) {
-            learner.aux_loss_coef = coef;
-        }
+            crate::knobs::new_rl_learner(tr, model, tr.lr, tr.steps * per_round, tr.warmup_steps)?;
         learner.join(
             session.group.clone(),
             model,
