@@ -17,23 +17,7 @@ export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH"
 gunzip -c dist/spar.gz > /tmp/spar && chmod +x /tmp/spar
 (nproc; nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv) > "$OUT/env.txt" 2>&1
 SHAPE=${SHAPE:-qwen3-0.6b}; NAME=${NAME:-consult}
-M=/tmp/$SHAPE-${LAYERS:-all}-random
-if [ ! -f "$M/config.json" ]; then
-  python3 - "$M" "$SHAPE" "${LAYERS:-0}" <<'PY'
-import sys, torch
-sys.path.insert(0, "model/bench")
-from forward_hf import SHAPES
-cfg_cls, model_cls, kw = SHAPES[sys.argv[2]]
-if int(sys.argv[3]):
-    kw = dict(kw, num_hidden_layers=int(sys.argv[3]))
-torch.manual_seed(0)
-config = cfg_cls(**kw, bos_token_id=151643, eos_token_id=151645, torch_dtype="bfloat16")
-with torch.device("cuda"):
-    model = model_cls(config).to(torch.bfloat16)
-model.save_pretrained(sys.argv[1])
-PY
-  cp dist/tokenizer/* "$M/"
-fi
+M=$(scripts/random-model.sh "$SHAPE" ${LAYERS:-})
 run=(train --recipe recipes/single-gpu-qwen3-0.6b.toml --set "model.path=\"$M\""
      --set "data.cases=\"$PWD/data/cases/cases.jsonl\"" --set rollout.groups_per_step=${NGROUPS:-8}
      --set rollout.group_size=${GROUP:-8} --set rollout.sampling.max_new_tokens=${NEW:-256}
