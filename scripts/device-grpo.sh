@@ -3,6 +3,8 @@
 # tokens, DAPO loss), spar and TRL in the same call, interleaved: spar, TRL, spar (GPU timings drift between
 # calls). Expects dist/spar.gz, dist/lib/ and the TRL wheels (.whl/: trl, datasets, dill, multiprocess) carried.
 # Writes to $OUT: grpo.jsonl (spar's per-iteration lines, TRL's per-step and summary lines), grpo.txt, env.txt.
+# MICROS="32 64" adds spar runs with those micro-batch sizes after the others (the DAPO loss is a token mean over the
+# whole batch, so the micro-batching changes only speed and memory, not the update).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 . scripts/gpu-env.sh
@@ -12,13 +14,13 @@ gunzip -c dist/spar.gz > /tmp/spar && chmod +x /tmp/spar
 print(torch.__version__, transformers.__version__)') > "$OUT/env.txt" 2>&1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   >> "$OUT/env.txt" 2>&1
-W=(--prompts ${PROMPTS:-8} --group ${GROUP:-8} --prompt-len ${PROMPT_LEN:-128} --new ${NEW:-256}
-   --micro-batch ${MICRO:-8})
-spar() { timeout 300 /tmp/spar bench grpo "${W[@]}" --warmup 1 --iters ${ITERS:-3} "$@" 2>>"$OUT/grpo.txt" \
+W=(--prompts ${PROMPTS:-8} --group ${GROUP:-8} --prompt-len ${PROMPT_LEN:-128} --new ${NEW:-256})
+spar() { timeout 300 /tmp/spar bench grpo "${W[@]}" --micro-batch ${MB:-${MICRO:-8}} --warmup 1 --iters ${ITERS:-3} "$@" 2>>"$OUT/grpo.txt" \
   | grep '^{' >> "$OUT/grpo.jsonl"; }
 spar
-(cd model/bench && PYTHONPATH=/tmp/site timeout 400 python3 grpo_trl.py "${W[@]}" --warmup 1 --iters ${ITERS:-3} \
+(cd model/bench && PYTHONPATH=/tmp/site timeout 400 python3 grpo_trl.py "${W[@]}" --micro-batch ${MICRO:-8} --warmup 1 --iters ${ITERS:-3} \
   2>>"$OUT/grpo.txt" | grep '^{' >> "$OUT/grpo.jsonl")
 spar
 [ -n "${CKPT:-}" ] && spar --checkpointing
+for m in ${MICROS:-}; do MB=$m spar; done
 true
