@@ -85,6 +85,11 @@ impl AdamW {
         }
     }
 
+    /// Where the optimizer state lives (its first moment's device); None without parameters.
+    pub fn device(&self) -> Option<tch::Device> {
+        self.params.first().map(|p| p.m.device())
+    }
+
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
             p.param.zero_grad();
@@ -282,6 +287,22 @@ impl AdamW {
         })
     }
 
+    /// Moves the moments and fp32 master copies to `device` (`trainer.offload_optimizer`: to pinned host memory
+    /// while the rollout engine decodes, back before the next update). The values are unchanged: a parked and
+    /// restored state steps exactly as one that stayed. `pin_for`: the accelerator whose host memory is pinned
+    /// when moving to the CPU.
+    pub fn move_state(&mut self, device: tch::Device, pin_for: Option<tch::Device>) -> Result<()> {
+        let moved = |t: &Tensor| -> Result<Tensor> { move_tensor(t, device, pin_for) };
+        for p in &mut self.params {
+            p.m = moved(&p.m)?;
+            p.v = moved(&p.v)?;
+            if let Some(master) = &p.master {
+                p.master = Some(moved(master)?);
+            }
+        }
+        Ok(())
+    }
+
     /// Re-reads master weights from the parameters (after the model's weights were loaded from a checkpoint
     /// without optimizer state).
     pub fn sync_master_from_params(&mut self) {
@@ -293,6 +314,23 @@ impl AdamW {
             }
         });
     }
+}
+
+/// `t` on `device` (a no-op when it is there); to the CPU in pinned memory when `pin_for` names the accelerator,
+/// so the copies back run at full host-link speed.
+pub fn move_tensor(
+    t: &Tensor,
+    device: tch::Device,
+    pin_for: Option<tch::Device>,
+) -> Result<Tensor> {
+    if t.device() == device {
+        return Ok(t.shallow_clone());
+    }
+    let out = t.f_to_device(device)?;
+    Ok(match (device, pin_for) {
+        (tch::Device::Cpu, Some(acc)) => out.f_pin_memory(acc)?,
+        _ => out,
+    })
 }
 
 /// ||delta|| / ||theta_before|| from their squares (0 for an all-zero model).

@@ -74,6 +74,8 @@ pub fn new_learner(
         sharded: None,
         grad_sum: None,
         expert_parallel: false,
+        offload_optimizer: tr.offload_optimizer,
+        optimizer_parked: false,
     })
 }
 

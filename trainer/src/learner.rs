@@ -60,6 +60,11 @@ pub struct Learner {
     /// The model's MoE layers divide their experts among an expert-parallel group ([`Learner::join`]): the
     /// ranks' micro-batch counts are padded to the largest, as when sharded.
     pub expert_parallel: bool,
+    /// `trainer.offload_optimizer`: [`Learner::park_optimizer`] moves the optimizer state to host memory while
+    /// the rollout plays; the next update brings it back.
+    pub offload_optimizer: bool,
+    /// The optimizer state is parked in host memory now (set and cleared by the learner).
+    pub optimizer_parked: bool,
 }
 
 /// What one optimisation step did.
@@ -187,8 +192,47 @@ impl Learner {
         Ok(())
     }
 
-    /// Frees the whole parameters before an update's forwards (sharded; a no-op otherwise).
-    fn begin_update(&self) -> Result<()> {
+    /// Moves the optimizer state (Adam moments and fp32 masters; when sharded, this rank's master chunks and
+    /// their gradients) to pinned host memory, so that the GPU holds only the weights and the rollout engine's
+    /// cache while a round is played (`trainer.offload_optimizer`, verl's optimizer offload). The next update
+    /// moves it back first. A no-op without the knob, when parked already, or when the state is on the CPU.
+    pub fn park_optimizer(&mut self) -> Result<()> {
+        if !self.offload_optimizer || self.optimizer_parked {
+            return Ok(());
+        }
+        let Some(device) = self.adamw.device().filter(|d| d.is_cuda()) else {
+            return Ok(());
+        };
+        let t = std::time::Instant::now();
+        self.adamw.move_state(Device::Cpu, Some(device))?;
+        if let Some(sh) = &self.sharded {
+            sh.move_masters(Device::Cpu, Some(device))?;
+        }
+        self.optimizer_parked = true;
+        tracing::debug!(
+            seconds = t.elapsed().as_secs_f64(),
+            "optimizer state parked in host memory"
+        );
+        Ok(())
+    }
+
+    /// Brings a parked optimizer state back to `device` (the model's) before an update.
+    fn unpark_optimizer(&mut self, device: Device) -> Result<()> {
+        if !self.optimizer_parked {
+            return Ok(());
+        }
+        self.adamw.move_state(device, None)?;
+        if let Some(sh) = &self.sharded {
+            sh.move_masters(device, None)?;
+        }
+        self.optimizer_parked = false;
+        Ok(())
+    }
+
+    /// Frees the whole parameters before an update's forwards (sharded; a no-op otherwise), after bringing a
+    /// parked optimizer state back to `device`.
+    fn begin_update(&mut self, device: Device) -> Result<()> {
+        self.unpark_optimizer(device)?;
         match &self.sharded {
             Some(sh) => sh.reshard(),
             None => Ok(()),
@@ -620,7 +664,7 @@ pub fn rl_update_with(
             "GAE with a value head is not built for fully sharded training: set distributed.sharding = \"none\""
         );
     }
-    learner.begin_update()?;
+    learner.begin_update(device)?;
     // With a critic, the token rewards travel in the advantage slot until GAE replaces them.
     let with_rewards: Vec<TrainItem>;
     let items = match &extras.critic {
@@ -748,7 +792,7 @@ pub fn rl_update_with(
     let mut reports = Vec::new();
     for _ in 0..ppo_epochs.max(1) {
         // Sharded: the last epoch's step left the weights whole; this epoch gathers them as it goes.
-        learner.begin_update()?;
+        learner.begin_update(device)?;
         learner.adamw.zero_grad();
         if let Some((critic, _)) = &mut extras.critic {
             critic.adamw.zero_grad();
@@ -911,7 +955,7 @@ pub(crate) fn supervised_step(
     device: Device,
     mut token_loss: impl FnMut(&MicroBatch, &Tensor, &Aggregator) -> (Tensor, Tensor),
 ) -> Result<StepReport> {
-    learner.begin_update()?;
+    learner.begin_update(device)?;
     let mut mbs = micro_batches(items, batching, device)?;
     learner.pad_micro_batches(&mut mbs, batching.pack, device)?;
     let (total_tokens, total_seqs) = learner.global_totals(items)?;

@@ -227,15 +227,18 @@ pub fn run(
                         let (round, arrival) = f.round(s)?;
                         (round, Some(arrival))
                     }
-                    None => (
-                        rounds.next(s, tr.steps, |version| {
+                    None => {
+                        // The engine decodes now: the optimizer state can wait in host memory
+                        // (`trainer.offload_optimizer`; the update brings it back).
+                        st.learner.park_optimizer()?;
+                        let round = rounds.next(s, tr.steps, |version| {
                             play_round(
                                 rollout, model, generation, version, groups, rewards, runtime,
                                 cases,
                             )
-                        })?,
-                        None,
-                    ),
+                        })?;
+                        (round, None)
+                    }
                 };
                 let play_seconds = t_play.elapsed().as_secs_f64();
                 let mut scalars = union_round_metrics(&*group, &round)?;

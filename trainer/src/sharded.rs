@@ -184,6 +184,28 @@ impl ShardedParams {
         self.unshard()
     }
 
+    /// Moves this rank's fp32 master chunks and their gradients to `device` in place (the optimizer's parameters
+    /// keep their identity; see [`crate::adamw::AdamW::move_state`] for the moments). Used by
+    /// `trainer.offload_optimizer` between updates, when the weights are whole and the masters are not read.
+    pub fn move_masters(&self, device: Device, pin_for: Option<Device>) -> Result<()> {
+        let st = self.state();
+        ensure!(
+            st.pending.is_empty(),
+            "moving the masters with gradient reductions in flight"
+        );
+        let _g = tch::no_grad_guard();
+        for u in &st.units {
+            let mut master = u.master.shallow_clone();
+            let mut grad = master.grad();
+            master.f_set_data(&crate::adamw::move_tensor(&master, device, pin_for)?)?;
+            if grad.defined() {
+                let moved = crate::adamw::move_tensor(&grad, device, pin_for)?;
+                grad.f_set_data(&moved)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Waits for every reduce-scatter in flight and adds their chunks into the masters' gradients.
     pub fn finish_grads(&self) -> Result<()> {
         let mut st = self.state();

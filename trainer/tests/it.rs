@@ -10,6 +10,7 @@ mod it {
     mod gradcheck;
     mod loss;
     mod metrics;
+    mod offload;
     mod resume;
     mod rounds;
     mod sft_subset;

@@ -50,6 +50,7 @@ pub const RL_ONLY_KEYS: &[&str] = &[
     "trainer.distill",
     "trainer.placebo",
     "trainer.rl_aux_loss_coef",
+    "trainer.offload_optimizer",
 ];
 
 /// Whether `key` is RL-only ([`RL_ONLY_KEYS`]).

@@ -126,6 +126,11 @@ pub struct TrainerSection {
     /// The load-balancing loss coefficient of RL updates only (None: `aux_loss_coef`'s). An RL-only key, so an
     /// ablation arm can turn the balance loss off in RL while sharing one SFT checkpoint.
     pub rl_aux_loss_coef: Option<f64>,
+    /// Park the optimizer state (Adam moments, fp32 masters; this rank's chunks when sharded) in pinned host
+    /// memory while each RL round is played, and bring it back for the update (verl's `optimizer_offload`):
+    /// the GPU then holds only the weights and the engine's KV cache during rollout. Costs two host-link
+    /// copies of the state per round; no effect on a CPU model. Does not change the results.
+    pub offload_optimizer: bool,
     /// Teachers of the distillation stages (`[trainer.distill]`): offline Clip-Forward-KL when
     /// `policy_loss = "distill"`, on-policy reverse KL added to the RL advantages otherwise.
     pub distill: DistillConfig,
@@ -289,6 +294,7 @@ impl Default for TrainerSection {
             pack_sequences: false,
             aux_loss_coef: None,
             rl_aux_loss_coef: None,
+            offload_optimizer: false,
             distill: DistillConfig::default(),
             gae: GaeConfig::default(),
             sft_expert: SftExpertConfig::default(),

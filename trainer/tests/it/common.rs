@@ -66,6 +66,8 @@ pub fn learner(vs: &nn::VarStore, lr: f64) -> spar_trainer::learner::Learner {
         sharded: None,
         grad_sum: None,
         expert_parallel: false,
+        offload_optimizer: false,
+        optimizer_parked: false,
     }
 }
 

@@ -46,6 +46,8 @@ fn learner(model: &TinyLm) -> Learner {
         sharded: None,
         grad_sum: None,
         expert_parallel: false,
+        offload_optimizer: false,
+        optimizer_parked: false,
     }
 }
 

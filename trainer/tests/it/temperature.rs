@@ -126,6 +126,8 @@ fn trainer_old_logprobs_equal_the_engines_rollout_logprobs_at_the_sampling_tempe
         sharded: None,
         grad_sum: None,
         expert_parallel: false,
+        offload_optimizer: false,
+        optimizer_parked: false,
     };
     let rep = rl_update(
         &model,

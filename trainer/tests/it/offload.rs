@@ -1,0 +1,78 @@
+//! `trainer.offload_optimizer` (GPU only; skips with a printed reason elsewhere): a learner that parks its
+//! optimizer state in pinned host memory after every step takes the same steps as one that keeps it on the GPU,
+//! plain (bf16 weights, fp32 masters and moments) and fully sharded on one rank (fp32 master chunks with their
+//! gradients), and while parked the state is on the CPU.
+use super::common::{sample_with_steps, scored_for};
+use spar_model::{Qwen3Config, Qwen3Model};
+use spar_trainer::agg::AggMode;
+use spar_trainer::batch::assemble;
+use spar_trainer::learner::{BatchingConfig, Learner, sft_update};
+use tch::{Device, Kind};
+
+const VOCAB: i64 = 61;
+
+fn model(device: Device) -> Qwen3Model {
+    let c = Qwen3Config::from_json_str(
+        &format!(
+            r#"{{"model_type":"qwen3","vocab_size":{VOCAB},"hidden_size":16,"intermediate_size":24,"num_hidden_layers":2,
+            "num_attention_heads":2,"num_key_value_heads":1,"head_dim":8}}"#
+        ),
+        "test",
+    )
+    .unwrap();
+    Qwen3Model::random(c, device, Kind::BFloat16, 11).unwrap()
+}
+
+fn learner(m: &mut Qwen3Model, sharded: bool, offload: bool) -> Learner {
+    let mut l = super::common::learner(&m.vs, 1e-2);
+    l.offload_optimizer = offload;
+    if sharded {
+        l.shard(m).unwrap();
+    }
+    l
+}
+
+#[test]
+fn a_parked_optimizer_state_steps_as_one_that_stayed_on_the_gpu() {
+    if !tch::Cuda::is_available() {
+        eprintln!(
+            "skipped: no CUDA device (trainer.offload_optimizer parks GPU state in host memory)"
+        );
+        return;
+    }
+    let device = Device::Cuda(0);
+    let samples: Vec<_> = (0..4)
+        .map(|i| sample_with_steps("g", i, VOCAB as u32, 5, 7, 2, 40 + i as u64))
+        .collect();
+    let scored: Vec<_> = samples.iter().map(|s| scored_for(s, &[0.5, 0.3])).collect();
+    let (items, _) = assemble(&samples, &scored, "test").unwrap();
+    let batching = BatchingConfig {
+        micro_batch: 2,
+        token_budget: 0,
+        pack: false,
+        agg: AggMode::SeqMeanTokenMean,
+        l_max: 64,
+    };
+    for sharded in [false, true] {
+        let (mut kept, mut parked) = (model(device), model(device));
+        let mut lk = learner(&mut kept, sharded, false);
+        let mut lp = learner(&mut parked, sharded, true);
+        for step in 0..3 {
+            let rk = sft_update(&kept, &mut lk, &items, &batching, device).unwrap();
+            let rp = sft_update(&parked, &mut lp, &items, &batching, device).unwrap();
+            assert_eq!(rk.loss, rp.loss, "sharded {sharded}, step {step}: loss");
+            assert_eq!(rk.grad_norm, rp.grad_norm, "sharded {sharded}, step {step}");
+            assert_eq!(lk.adamw.device(), Some(device));
+            lp.park_optimizer().unwrap();
+            assert!(lp.optimizer_parked);
+            assert_eq!(lp.adamw.device(), Some(Device::Cpu), "sharded {sharded}");
+            lk.park_optimizer().unwrap(); // without the knob: a no-op
+            assert_eq!(lk.adamw.device(), Some(device));
+        }
+        let (a, b) = (kept.vs.variables(), parked.vs.variables());
+        for (name, x) in &a {
+            let gap = (x - &b[name]).abs().max().double_value(&[]);
+            assert_eq!(gap, 0.0, "sharded {sharded}: {name} differs by {gap}");
+        }
+    }
+}
