@@ -287,12 +287,11 @@ impl AdamW {
         })
     }
 
-    /// Moves the moments and fp32 master copies to `device` (`trainer.offload_optimizer`: to pinned host memory
+    /// Moves the moments and fp32 master copies to `device` (`trainer.offload_optimizer`: to host memory
     /// while the rollout engine decodes, back before the next update). The values are unchanged: a parked and
-    /// restored state steps exactly as one that stayed. `pin_for`: the accelerator whose host memory is pinned
-    /// when moving to the CPU.
-    pub fn move_state(&mut self, device: tch::Device, pin_for: Option<tch::Device>) -> Result<()> {
-        let moved = |t: &Tensor| -> Result<Tensor> { move_tensor(t, device, pin_for) };
+    /// restored state steps as one that stayed.
+    pub fn move_state(&mut self, device: tch::Device) -> Result<()> {
+        let moved = |t: &Tensor| -> Result<Tensor> { move_tensor(t, device) };
         for p in &mut self.params {
             p.m = moved(&p.m)?;
             p.v = moved(&p.v)?;
@@ -316,21 +315,14 @@ impl AdamW {
     }
 }
 
-/// `t` on `device` (a no-op when it is there); to the CPU in pinned memory when `pin_for` names the accelerator,
-/// so the copies back run at full host-link speed.
-pub fn move_tensor(
-    t: &Tensor,
-    device: tch::Device,
-    pin_for: Option<tch::Device>,
-) -> Result<Tensor> {
+/// `t` on `device` (a no-op when it is there). Host copies are pageable: libtorch 2.11 warns on every
+/// `pin_memory(device)` call, which is the only form tch exposes, and a warning per tensor per round would flood
+/// the log.
+pub fn move_tensor(t: &Tensor, device: tch::Device) -> Result<Tensor> {
     if t.device() == device {
         return Ok(t.shallow_clone());
     }
-    let out = t.f_to_device(device)?;
-    Ok(match (device, pin_for) {
-        (tch::Device::Cpu, Some(acc)) => out.f_pin_memory(acc)?,
-        _ => out,
-    })
+    Ok(t.f_to_device(device)?)
 }
 
 /// ||delta|| / ||theta_before|| from their squares (0 for an all-zero model).

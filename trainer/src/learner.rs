@@ -193,20 +193,20 @@ impl Learner {
     }
 
     /// Moves the optimizer state (Adam moments and fp32 masters; when sharded, this rank's master chunks and
-    /// their gradients) to pinned host memory, so that the GPU holds only the weights and the rollout engine's
+    /// their gradients) to host memory, so that the GPU holds only the weights and the rollout engine's
     /// cache while a round is played (`trainer.offload_optimizer`, verl's optimizer offload). The next update
     /// moves it back first. A no-op without the knob, when parked already, or when the state is on the CPU.
     pub fn park_optimizer(&mut self) -> Result<()> {
         if !self.offload_optimizer || self.optimizer_parked {
             return Ok(());
         }
-        let Some(device) = self.adamw.device().filter(|d| d.is_cuda()) else {
+        if !self.adamw.device().is_some_and(|d| d.is_cuda()) {
             return Ok(());
-        };
+        }
         let t = std::time::Instant::now();
-        self.adamw.move_state(Device::Cpu, Some(device))?;
+        self.adamw.move_state(Device::Cpu)?;
         if let Some(sh) = &self.sharded {
-            sh.move_masters(Device::Cpu, Some(device))?;
+            sh.move_masters(Device::Cpu)?;
         }
         self.optimizer_parked = true;
         tracing::debug!(
@@ -221,9 +221,9 @@ impl Learner {
         if !self.optimizer_parked {
             return Ok(());
         }
-        self.adamw.move_state(device, None)?;
+        self.adamw.move_state(device)?;
         if let Some(sh) = &self.sharded {
-            sh.move_masters(device, None)?;
+            sh.move_masters(device)?;
         }
         self.optimizer_parked = false;
         Ok(())

@@ -187,7 +187,7 @@ impl ShardedParams {
     /// Moves this rank's fp32 master chunks and their gradients to `device` in place (the optimizer's parameters
     /// keep their identity; see [`crate::adamw::AdamW::move_state`] for the moments). Used by
     /// `trainer.offload_optimizer` between updates, when the weights are whole and the masters are not read.
-    pub fn move_masters(&self, device: Device, pin_for: Option<Device>) -> Result<()> {
+    pub fn move_masters(&self, device: Device) -> Result<()> {
         let st = self.state();
         ensure!(
             st.pending.is_empty(),
@@ -197,9 +197,9 @@ impl ShardedParams {
         for u in &st.units {
             let mut master = u.master.shallow_clone();
             let mut grad = master.grad();
-            master.f_set_data(&crate::adamw::move_tensor(&master, device, pin_for)?)?;
+            master.f_set_data(&crate::adamw::move_tensor(&master, device)?)?;
             if grad.defined() {
-                let moved = crate::adamw::move_tensor(&grad, device, pin_for)?;
+                let moved = crate::adamw::move_tensor(&grad, device)?;
                 grad.f_set_data(&moved)?;
             }
         }

@@ -126,7 +126,7 @@ pub struct TrainerSection {
     /// The load-balancing loss coefficient of RL updates only (None: `aux_loss_coef`'s). An RL-only key, so an
     /// ablation arm can turn the balance loss off in RL while sharing one SFT checkpoint.
     pub rl_aux_loss_coef: Option<f64>,
-    /// Park the optimizer state (Adam moments, fp32 masters; this rank's chunks when sharded) in pinned host
+    /// Park the optimizer state (Adam moments, fp32 masters; this rank's chunks when sharded) in host
     /// memory while each RL round is played, and bring it back for the update (verl's `optimizer_offload`):
     /// the GPU then holds only the weights and the engine's KV cache during rollout. Costs two host-link
     /// copies of the state per round; no effect on a CPU model. Does not change the results.

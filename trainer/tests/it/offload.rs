@@ -1,7 +1,9 @@
 //! `trainer.offload_optimizer` (GPU only; skips with a printed reason elsewhere): a learner that parks its
-//! optimizer state in pinned host memory after every step takes the same steps as one that keeps it on the GPU,
+//! optimizer state in host memory after every step takes the same steps as one that keeps it on the GPU,
 //! plain (bf16 weights, fp32 masters and moments) and fully sharded on one rank (fp32 master chunks with their
-//! gradients), and while parked the state is on the CPU.
+//! gradients), and while parked the state is on the CPU. Two model instances on one GPU already differ in the
+//! last float bits (kernel choices and reduction order: losses 6e-8 relative apart at step 0 on an H100), so the
+//! comparison allows float noise: a lost or reset state would move the weights by a whole step.
 use super::common::{sample_with_steps, scored_for};
 use spar_model::{Qwen3Config, Qwen3Model};
 use spar_trainer::agg::AggMode;
@@ -55,13 +57,25 @@ fn a_parked_optimizer_state_steps_as_one_that_stayed_on_the_gpu() {
     };
     for sharded in [false, true] {
         let (mut kept, mut parked) = (model(device), model(device));
+        let start = model(device);
         let mut lk = learner(&mut kept, sharded, false);
         let mut lp = learner(&mut parked, sharded, true);
         for step in 0..3 {
             let rk = sft_update(&kept, &mut lk, &items, &batching, device).unwrap();
             let rp = sft_update(&parked, &mut lp, &items, &batching, device).unwrap();
-            assert_eq!(rk.loss, rp.loss, "sharded {sharded}, step {step}: loss");
-            assert_eq!(rk.grad_norm, rp.grad_norm, "sharded {sharded}, step {step}");
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * a.abs().max(b.abs());
+            assert!(
+                close(rk.loss, rp.loss),
+                "sharded {sharded}, step {step}: loss {} vs {}",
+                rk.loss,
+                rp.loss
+            );
+            assert!(
+                close(rk.grad_norm, rp.grad_norm),
+                "sharded {sharded}, step {step}: grad norm {} vs {}",
+                rk.grad_norm,
+                rp.grad_norm
+            );
             assert_eq!(lk.adamw.device(), Some(device));
             lp.park_optimizer().unwrap();
             assert!(lp.optimizer_parked);
@@ -69,10 +83,18 @@ fn a_parked_optimizer_state_steps_as_one_that_stayed_on_the_gpu() {
             lk.park_optimizer().unwrap(); // without the knob: a no-op
             assert_eq!(lk.adamw.device(), Some(device));
         }
-        let (a, b) = (kept.vs.variables(), parked.vs.variables());
+        let (a, b, s0) = (
+            kept.vs.variables(),
+            parked.vs.variables(),
+            start.vs.variables(),
+        );
         for (name, x) in &a {
             let gap = (x - &b[name]).abs().max().double_value(&[]);
-            assert_eq!(gap, 0.0, "sharded {sharded}: {name} differs by {gap}");
+            let moved = (x - &s0[name]).abs().max().double_value(&[]);
+            assert!(
+                gap <= 0.05 * moved,
+                "sharded {sharded}: {name} differs by {gap} after steps of {moved}"
+            );
         }
     }
 }
