@@ -288,15 +288,15 @@ impl AdamW {
     }
 
     /// Moves the moments and fp32 master copies to `device` (`trainer.offload_optimizer`: to host memory
-    /// while the rollout engine decodes, back before the next update). The values are unchanged: a parked and
-    /// restored state steps as one that stayed.
+    /// while the rollout engine decodes, back before the next update; a tensor already there is not copied).
+    /// The values are unchanged: a parked and restored state steps as one that stayed. Host copies are
+    /// pageable: libtorch 2.11 warns on every `pin_memory(device)` call, the only form tch exposes.
     pub fn move_state(&mut self, device: tch::Device) -> Result<()> {
-        let moved = |t: &Tensor| -> Result<Tensor> { move_tensor(t, device) };
         for p in &mut self.params {
-            p.m = moved(&p.m)?;
-            p.v = moved(&p.v)?;
+            p.m = p.m.f_to_device(device)?;
+            p.v = p.v.f_to_device(device)?;
             if let Some(master) = &p.master {
-                p.master = Some(moved(master)?);
+                p.master = Some(master.f_to_device(device)?);
             }
         }
         Ok(())
@@ -313,16 +313,6 @@ impl AdamW {
             }
         });
     }
-}
-
-/// `t` on `device` (a no-op when it is there). Host copies are pageable: libtorch 2.11 warns on every
-/// `pin_memory(device)` call, which is the only form tch exposes, and a warning per tensor per round would flood
-/// the log.
-pub fn move_tensor(t: &Tensor, device: tch::Device) -> Result<Tensor> {
-    if t.device() == device {
-        return Ok(t.shallow_clone());
-    }
-    Ok(t.f_to_device(device)?)
 }
 
 /// ||delta|| / ||theta_before|| from their squares (0 for an all-zero model).

@@ -204,10 +204,7 @@ impl Learner {
             return Ok(());
         }
         let t = std::time::Instant::now();
-        self.adamw.move_state(Device::Cpu)?;
-        if let Some(sh) = &self.sharded {
-            sh.move_masters(Device::Cpu)?;
-        }
+        self.move_optimizer_state(Device::Cpu)?;
         self.optimizer_parked = true;
         tracing::debug!(
             seconds = t.elapsed().as_secs_f64(),
@@ -221,12 +218,18 @@ impl Learner {
         if !self.optimizer_parked {
             return Ok(());
         }
-        self.adamw.move_state(device)?;
-        if let Some(sh) = &self.sharded {
-            sh.move_masters(device)?;
-        }
+        self.move_optimizer_state(device)?;
         self.optimizer_parked = false;
         Ok(())
+    }
+
+    /// The moments and masters to `device`; when sharded, the master chunks and their gradients too.
+    fn move_optimizer_state(&mut self, device: Device) -> Result<()> {
+        self.adamw.move_state(device)?;
+        match &self.sharded {
+            Some(sh) => sh.move_masters(device),
+            None => Ok(()),
+        }
     }
 
     /// Frees the whole parameters before an update's forwards (sharded; a no-op otherwise), after bringing a

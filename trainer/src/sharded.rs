@@ -197,10 +197,9 @@ impl ShardedParams {
         for u in &st.units {
             let mut master = u.master.shallow_clone();
             let mut grad = master.grad();
-            master.f_set_data(&crate::adamw::move_tensor(&master, device)?)?;
+            master.f_set_data(&master.f_to_device(device)?)?;
             if grad.defined() {
-                let moved = crate::adamw::move_tensor(&grad, device)?;
-                grad.f_set_data(&moved)?;
+                grad.f_set_data(&grad.f_to_device(device)?)?;
             }
         }
         Ok(())
