@@ -173,10 +173,10 @@ pub fn server_weights(
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("rollout.weight_sync.dir: creating {}", dir.display()))?;
     let receiver = spar_clients::SglangWeightReceiver::new(&cfg).context("rollout.weight_sync")?;
-    Ok(Some(spar_trainer::server_weights::ServerWeights {
-        receiver: Arc::new(receiver),
+    Ok(Some(spar_trainer::server_weights::ServerWeights::new(
+        Arc::new(receiver),
         dir,
-    }))
+    )))
 }
 
 /// A policy served by an OpenAI-compatible chat endpoint (`spar eval --endpoint`, `[eval.policy_endpoint]`).

@@ -22,6 +22,8 @@ pub struct HeldOut {
     pipeline: Arc<RewardPipeline>,
     runtime: Arc<tokio::runtime::Runtime>,
     seed: u64,
+    /// The run's rollout server (`[rollout] backend = "openai"`), for `Policy::External` evaluations.
+    backend: Option<Arc<dyn spar_core::traits::RolloutBackend>>,
 }
 
 impl HeldOut {
@@ -45,6 +47,7 @@ impl HeldOut {
             pipeline,
             runtime,
             seed: builder.seed(),
+            backend: crate::external::rollout_backend(&builder.rollout_section())?,
         })
     }
 }
@@ -65,6 +68,7 @@ impl Evaluator for HeldOut {
             rt: &self.runtime,
             seed: self.seed,
             simulator: self.simulator.clone(),
+            backend: self.backend.clone(),
         };
         held_out.run(policy)
     }

@@ -94,7 +94,14 @@ pub fn training_policy(
             "recipe: `model.init` needs `trainer.bpe_vocab_size` > 0 (no tokenizer to go with a random model)"
         ),
     };
+    // Learners that keep the weights sharded at rest never hold them whole, not even to load them: each reads
+    // its chunks from the files when its sharder is built.
+    let sharded_at_rest = recipe
+        .distributed
+        .as_ref()
+        .is_some_and(|d| d.sharded_at_rest());
     let model = match (&model_sec.path, &model_sec.init) {
+        (Some(p), _) if sharded_at_rest => Qwen3Model::stand_in(&recipe.resolve(p), device, kind)?,
         (Some(p), _) => Qwen3Model::load(&recipe.resolve(p), device, kind)?,
         (None, Some(init)) => {
             let mut json = serde_json::to_value(init)?;

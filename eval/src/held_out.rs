@@ -6,7 +6,7 @@ use crate::consultation::{ConsultationConfig, play};
 use anyhow::{Context, Result};
 use spar_core::recipe::{EvalSection, RolloutSection};
 use spar_core::sample::Role;
-use spar_core::traits::{PatientSimulator, StageScorer};
+use spar_core::traits::{PatientSimulator, RolloutBackend, StageScorer};
 use spar_core::{Case, Stage};
 use spar_rewards::RewardPipeline;
 use spar_rollout::Policy;
@@ -18,7 +18,8 @@ use std::sync::Arc;
 pub use spar_core::EvalSummary;
 
 /// What the held-out evaluation plays and scores with. Any policy: the model at each phase
-/// (`Policy::Builtin`), or the scripted expert (`Policy::Scripted`).
+/// (`Policy::Builtin`), the rollout server holding it (`Policy::External`, through `backend`), or the scripted
+/// expert (`Policy::Scripted`).
 pub struct HeldOutEval<'a> {
     /// The evaluation cases (one consultation each).
     pub cases: &'a [Case],
@@ -37,6 +38,8 @@ pub struct HeldOutEval<'a> {
     pub seed: u64,
     /// The evaluation patient (`[eval.simulator]`; the scripted patient by default).
     pub simulator: Arc<dyn PatientSimulator>,
+    /// The token backend `Policy::External` plays through (the run's rollout server); None: no such policy.
+    pub backend: Option<Arc<dyn RolloutBackend>>,
 }
 
 impl HeldOutEval<'_> {
@@ -57,7 +60,7 @@ impl HeldOutEval<'_> {
         consultation.seed = self.seed;
         let played = play(
             policy,
-            None,
+            self.backend.clone(),
             self.cases,
             consultation.rollout_section(),
             1,

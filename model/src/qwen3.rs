@@ -11,6 +11,7 @@ use crate::rope::{Rope, apply_rotary};
 use crate::token_logprobs::LmHead;
 use anyhow::{Context, Result, ensure};
 use spar_kernels::rms_norm;
+use std::path::Path;
 use std::sync::Arc;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -206,6 +207,9 @@ pub struct Qwen3Model {
     /// With `units` or `grads_ready`: each unit's parameters in [`Qwen3Model::unit_params`] order, looked up
     /// once (backward hands every unit's gradients over in this order).
     unit_tensors: Vec<Vec<Tensor>>,
+    /// Set by [`Qwen3Model::stand_in`]: the parameters are one-element stand-ins and the weights are still in this
+    /// HF folder, for a sharding trainer to read its chunks from (see [`crate::hf_ranges`]).
+    unread_weights: Option<std::path::PathBuf>,
 }
 
 /// Shape of every parameter in `vs`, by name (the VarStore layout described on [`Qwen3Model`]).
@@ -357,7 +361,70 @@ impl Qwen3Model {
             grads_ready: None,
             expert_parallel: None,
             unit_tensors: Vec::new(),
+            unread_weights: None,
         })
+    }
+
+    /// The model of the HF folder `dir` with none of its weights read: every parameter is a one-element
+    /// stand-in expanded to its shape (no memory), and [`Qwen3Model::unread_weights`] names `dir`. For a fully
+    /// sharded trainer that keeps the weights sharded at rest: each rank reads only its chunks from the files
+    /// ([`crate::hf_ranges::HfRanges`]) and makes each unit whole only while it is used. Until a sharder's
+    /// [`ParamUnits`] are set, forwards and saves refuse to run.
+    pub fn stand_in(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+        config.validate()?;
+        let vs = VarStore::new(device);
+        {
+            let _g = tch::no_grad_guard();
+            for (name, shape) in param_shapes(&config) {
+                let stub =
+                    Tensor::f_zeros([1], (kind, device))?.f_expand(shape.as_slice(), false)?;
+                add_var(&vs, &name, stub);
+            }
+        }
+        let mut model = Self::from_var_store(config, vs, kind)?;
+        model.unread_weights = Some(dir.to_path_buf());
+        Ok(model)
+    }
+
+    /// Makes a [`Qwen3Model::stand_in`] stand for the weights of another HF folder of the same shape (a
+    /// checkpoint's), still unread. Errors for a model that holds its weights or whose sharder does.
+    pub fn stand_in_for(&mut self, dir: &Path) -> Result<()> {
+        ensure!(
+            self.unread_weights.is_some() && self.units.is_none(),
+            "{}: only a model with no weights read (a stand-in) can stand for another folder's",
+            dir.display()
+        );
+        let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+        ensure!(
+            crate::qwen3::param_shapes(&config) == crate::qwen3::param_shapes(&self.config),
+            "{}: the weights there have another shape than the model's",
+            dir.display()
+        );
+        self.unread_weights = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// The HF folder whose weights a [`Qwen3Model::stand_in`] has not read (None: the parameters hold them).
+    pub fn unread_weights(&self) -> Option<&Path> {
+        self.unread_weights.as_deref()
+    }
+
+    /// The sharding trainer's hooks, if set (a new sharder reads the weights through the one before it).
+    pub fn param_units(&self) -> Option<Arc<dyn ParamUnits>> {
+        self.units.clone()
+    }
+
+    /// Errors when the parameters are stand-ins nothing gathers (a bug: reading them would give zeros).
+    pub(crate) fn ensure_readable(&self) -> Result<()> {
+        if let (Some(dir), None) = (&self.unread_weights, &self.units) {
+            anyhow::bail!(
+                "the model of {} holds stand-ins, not weights (loaded for a trainer that keeps them sharded at \
+                 rest), and no sharder gathers them",
+                dir.display()
+            );
+        }
+        Ok(())
     }
 
     /// Device of the parameters.
@@ -491,6 +558,7 @@ impl Qwen3Model {
             forced_experts,
             hidden_only,
         } = input;
+        self.ensure_readable()?;
         let size = input_ids.size();
         ensure!(size.len() == 2, "input_ids must be [B, T], got {size:?}");
         ensure!(

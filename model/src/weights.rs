@@ -47,17 +47,17 @@ impl Qwen3Model {
 
 /// Where an HF tensor lands in the VarStore.
 #[derive(Clone, Debug)]
-struct Target {
-    var: String,
+pub(crate) struct Target {
+    pub(crate) var: String,
     /// Expert index within a stacked `[E, ..]` variable.
-    expert: Option<i64>,
+    pub(crate) expert: Option<i64>,
     /// Row range within the (expert's) matrix: gate rows `0..I`, up rows `I..2I` of `gate_up_proj`.
-    rows: Option<(i64, i64)>,
-    shape: Vec<i64>,
+    pub(crate) rows: Option<(i64, i64)>,
+    pub(crate) shape: Vec<i64>,
 }
 
 /// Expected HF tensors of a config: per-expert names for MoE layers (the hub layout).
-fn hf_targets(c: &Qwen3Config) -> Vec<(String, Target)> {
+pub(crate) fn hf_targets(c: &Qwen3Config) -> Vec<(String, Target)> {
     let mut out = Vec::new();
     for (var, shape) in param_shapes(c) {
         if let Some(prefix) = var.strip_suffix(".gate_up_proj") {
@@ -107,15 +107,15 @@ fn hf_targets(c: &Qwen3Config) -> Vec<(String, Target)> {
 }
 
 /// One tensor entry of a safetensors header.
-struct Entry {
-    dtype: String,
-    shape: Vec<i64>,
-    start: u64,
-    end: u64,
+pub(crate) struct Entry {
+    pub(crate) dtype: String,
+    pub(crate) shape: Vec<i64>,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
 }
 
 /// Parses the header of a safetensors file, checking every tensor's byte range against the file length.
-fn read_header(path: &Path) -> Result<(std::fs::File, u64, BTreeMap<String, Entry>)> {
+pub(crate) fn read_header(path: &Path) -> Result<(std::fs::File, u64, BTreeMap<String, Entry>)> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let file_len = f.metadata()?.len();
     let mut n = [0u8; 8];
@@ -188,6 +188,41 @@ fn read_header(path: &Path) -> Result<(std::fs::File, u64, BTreeMap<String, Entr
     Ok((f, data_start, entries))
 }
 
+/// Checks one header entry against the shape it must have; returns its dtype and byte length.
+pub(crate) fn check_entry(
+    path: &Path,
+    name: &str,
+    e: &Entry,
+    shape: &[i64],
+) -> Result<(Kind, usize)> {
+    let Some(src_kind) = dtype_kind(&e.dtype) else {
+        bail!(
+            "{}: tensor `{name}` has dtype {}, expected a floating dtype (F32, BF16, F16)",
+            path.display(),
+            e.dtype
+        );
+    };
+    if e.shape != shape {
+        bail!(
+            "{}: tensor `{name}` has shape {:?}, expected {:?}",
+            path.display(),
+            e.shape,
+            shape
+        );
+    }
+    let numel: i64 = e.shape.iter().product();
+    let nbytes = (e.end - e.start) as usize;
+    if nbytes != numel as usize * src_kind.elt_size_in_bytes() {
+        bail!(
+            "{}: tensor `{name}`: {nbytes} bytes stored for shape {:?} of {}",
+            path.display(),
+            e.shape,
+            e.dtype
+        );
+    }
+    Ok((src_kind, nbytes))
+}
+
 fn dtype_kind(s: &str) -> Option<Kind> {
     match s {
         "F32" => Some(Kind::Float),
@@ -209,10 +244,10 @@ fn kind_dtype(k: Kind) -> Result<&'static str> {
 }
 
 /// Shards and, for an index, the index path and its `weight_map` (tensor -> file name).
-type CheckpointFiles = (Vec<PathBuf>, Option<(PathBuf, HashMap<String, String>)>);
+pub(crate) type CheckpointFiles = (Vec<PathBuf>, Option<(PathBuf, HashMap<String, String>)>);
 
 /// The checkpoint files of `dir` and, for an index, which file each tensor is listed in.
-fn checkpoint_files(dir: &Path) -> Result<CheckpointFiles> {
+pub(crate) fn checkpoint_files(dir: &Path) -> Result<CheckpointFiles> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let v: Value = serde_json::from_str(
@@ -313,31 +348,7 @@ pub fn load_hf_weights(dir: &Path, config: &Qwen3Config, vs: &VarStore) -> Resul
                     );
                 }
             };
-            let Some(src_kind) = dtype_kind(&e.dtype) else {
-                bail!(
-                    "{}: tensor `{name}` has dtype {}, expected a floating dtype (F32, BF16, F16)",
-                    path.display(),
-                    e.dtype
-                );
-            };
-            if e.shape != target.shape {
-                bail!(
-                    "{}: tensor `{name}` has shape {:?}, expected {:?}",
-                    path.display(),
-                    e.shape,
-                    target.shape
-                );
-            }
-            let numel: i64 = e.shape.iter().product();
-            let nbytes = (e.end - e.start) as usize;
-            if nbytes != numel as usize * src_kind.elt_size_in_bytes() {
-                bail!(
-                    "{}: tensor `{name}`: {nbytes} bytes stored for shape {:?} of {}",
-                    path.display(),
-                    e.shape,
-                    e.dtype
-                );
-            }
+            let (src_kind, nbytes) = check_entry(path, name, e, &target.shape)?;
             let mut buf = vec![0u8; nbytes];
             f.seek(SeekFrom::Start(data_start + e.start))?;
             f.read_exact(&mut buf)
@@ -406,9 +417,14 @@ struct OutTensor {
 }
 
 fn hf_tensors(model: &Qwen3Model) -> Result<Vec<OutTensor>> {
+    hf_tensors_of(model, hf_targets(&model.config))
+}
+
+/// The HF tensors of `targets` as views of the model's variables.
+fn hf_tensors_of(model: &Qwen3Model, targets: Vec<(String, Target)>) -> Result<Vec<OutTensor>> {
     let vars = model.vs.variables();
     let mut out = Vec::new();
-    for (name, target) in hf_targets(&model.config) {
+    for (name, target) in targets {
         let var = vars
             .get(&target.var)
             .ok_or_else(|| anyhow!("internal: no variable {}", target.var))?;
@@ -470,6 +486,7 @@ pub fn save_hf(model: &Qwen3Model, dir: &Path) -> Result<()> {
 /// [`save_hf`] with an explicit shard size: above `max_shard_bytes` the weights go to
 /// `model-0000i-of-0000n.safetensors` files and `model.safetensors.index.json`.
 pub fn save_hf_sharded(model: &Qwen3Model, dir: &Path, max_shard_bytes: usize) -> Result<()> {
+    model.ensure_readable()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tensors = hf_tensors(model)?;
     let mut shards: Vec<Vec<OutTensor>> = vec![Vec::new()];
@@ -501,13 +518,13 @@ pub fn save_hf_sharded(model: &Qwen3Model, dir: &Path, max_shard_bytes: usize) -
             }
             written.push(name);
         }
-        let idx = json!({"metadata": {"total_size": total}, "weight_map": wm});
-        spar_core::fsio::write_atomic(
-            &dir.join("model.safetensors.index.json"),
-            serde_json::to_string_pretty(&idx)?.as_bytes(),
-        )?;
-        written.push("model.safetensors.index.json".into());
+        write_index(dir, total, wm, &mut written)?;
     }
+    finish_folder(model, dir, &written)
+}
+
+/// The end of every save: stale weight files (another shard count) removed, then `config.json`.
+fn finish_folder(model: &Qwen3Model, dir: &Path, written: &[String]) -> Result<()> {
     // Stale weights from an earlier save with another shard count would shadow or confuse loaders.
     for e in std::fs::read_dir(dir)?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -531,5 +548,82 @@ pub fn save_hf_sharded(model: &Qwen3Model, dir: &Path, max_shard_bytes: usize) -
         &dir.join("config.json"),
         serde_json::to_string_pretty(&cfg.to_hf_json())?.as_bytes(),
     )?;
+    Ok(())
+}
+
+/// [`save_hf`] for a model whose parameters a sharding trainer holds (`units`), one unit at a time: each unit is
+/// gathered, written as its own file `model-0000i-of-0000n.safetensors` (the root first, then one per decoder
+/// layer) and released, so no process ever holds more than one unit whole. Every rank of the sharder's group
+/// must call it (the gathers are collectives); the rank with `dir` writes, the others pass `None`.
+pub fn save_hf_by_unit(
+    model: &Qwen3Model,
+    dir: Option<&Path>,
+    units: &dyn crate::param_units::ParamUnits,
+) -> Result<()> {
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let all = model.units();
+    let n = all.len();
+    let targets = hf_targets(&model.config);
+    let mut wm = Map::new();
+    let mut written = Vec::new();
+    let mut total = 0usize;
+    // After a failed write the gathers go on without writing: the other ranks are gathering in step.
+    let mut failed: Option<anyhow::Error> = None;
+    for (i, unit) in all.into_iter().enumerate() {
+        units.gather(unit)?;
+        let wrote = match dir.filter(|_| failed.is_none()) {
+            Some(dir) => {
+                let vars: HashSet<String> = model
+                    .unit_params(unit)
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect();
+                let mine = targets
+                    .iter()
+                    .filter(|(_, t)| vars.contains(&t.var))
+                    .cloned();
+                let tensors = hf_tensors_of(model, mine.collect())?;
+                let name = format!("model-{:05}-of-{:05}.safetensors", i + 1, n);
+                tracing::info!(shard = %name, unit = %unit.name(), "writing");
+                let r = write_safetensors(&dir.join(&name), &tensors);
+                for t in &tensors {
+                    wm.insert(t.name.clone(), json!(name));
+                    total += t.value.numel() * t.value.kind().elt_size_in_bytes();
+                }
+                written.push(name);
+                r
+            }
+            None => Ok(()),
+        };
+        units.release(unit)?;
+        if let Err(e) = wrote {
+            failed = Some(e);
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let Some(dir) = dir else {
+        return Ok(());
+    };
+    write_index(dir, total, wm, &mut written)?;
+    finish_folder(model, dir, &written)
+}
+
+/// `model.safetensors.index.json`: which file holds each tensor (added to `written`).
+fn write_index(
+    dir: &Path,
+    total: usize,
+    weight_map: Map<String, Value>,
+    written: &mut Vec<String>,
+) -> Result<()> {
+    let idx = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    spar_core::fsio::write_atomic(
+        &dir.join("model.safetensors.index.json"),
+        serde_json::to_string_pretty(&idx)?.as_bytes(),
+    )?;
+    written.push("model.safetensors.index.json".into());
     Ok(())
 }

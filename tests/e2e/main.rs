@@ -16,6 +16,7 @@ mod phi;
 mod recipe_honoured;
 mod review;
 mod serve_flags;
+mod sharded_at_rest;
 mod weight_sync;
 
 use std::path::{Path, PathBuf};

@@ -39,17 +39,20 @@ fn train(run: &Path, url: &str, servers: &str) -> Command {
     cmd
 }
 
+/// A loopback rollout server answering every doctor turn with one line, ids inside the demo BPE's vocabulary.
+pub(crate) fn rollout_server(rt: &tokio::runtime::Runtime) -> FakeServer {
+    rt.block_on(FakeServer::start(FakeServerConfig {
+        vocab_size: 300,
+        chat: responders::fixed("It started two days ago."),
+        ..Default::default()
+    }))
+    .unwrap()
+}
+
 #[test]
 fn the_external_server_loads_each_policy_version_before_it_plays() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = rt
-        .block_on(FakeServer::start(FakeServerConfig {
-            // Generated ids stay inside the demo BPE's vocabulary.
-            vocab_size: 300,
-            chat: responders::fixed("It started two days ago."),
-            ..Default::default()
-        }))
-        .unwrap();
+    let server = rollout_server(&rt);
     let root_url = format!("http://{}", server.addr());
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");

@@ -78,7 +78,15 @@ pub fn save_with(
     extra: &dyn Fn(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
     let tmp = prepare_staging(root, state.step)?;
-    save_staged(root, &tmp, policy, Some(adamw), state, keep_last, extra)
+    save_staged(
+        root,
+        &tmp,
+        Some(policy),
+        Some(adamw),
+        state,
+        keep_last,
+        extra,
+    )
 }
 
 /// The folder a checkpoint of `step` is written in before it is renamed into place (one run per folder: the
@@ -98,12 +106,13 @@ pub fn prepare_staging(root: &Path, step: usize) -> Result<PathBuf> {
     Ok(tmp)
 }
 
-/// Writes the weights, the optimizer (`None`: already in `tmp`, as a sharded run's ranks wrote it), `extra`
+/// Writes the weights (`None`: already in `tmp/model`, as the ranks of a run whose weights are sharded at rest
+/// wrote them together), the optimizer (`None`: already in `tmp`, as a sharded run's ranks wrote it), `extra`
 /// and the state into staging folder `tmp`, then moves it into place as the checkpoint of `state.step`.
 pub fn save_staged(
     root: &Path,
     tmp: &Path,
-    policy: &dyn Policy,
+    policy: Option<&dyn Policy>,
     adamw: Option<&AdamW>,
     state: &TrainerState,
     keep_last: usize,
@@ -111,7 +120,9 @@ pub fn save_staged(
 ) -> Result<PathBuf> {
     let name = checkpoint_name(state.step);
     std::fs::create_dir_all(tmp.join("model"))?;
-    policy.save_weights(&tmp.join("model"))?;
+    if let Some(policy) = policy {
+        policy.save_weights(&tmp.join("model"))?;
+    }
     if let Some(adamw) = adamw {
         adamw.save(&tmp.join("optimizer.safetensors"))?;
     }
@@ -306,8 +317,14 @@ fn load_with(
     sharded: Option<&crate::sharded::ShardedParams>,
 ) -> Result<TrainerState> {
     let st = read_state(dir)?;
-    policy.load_weights(&dir.join("model"))?;
     match sharded {
+        // Sharded at rest: the weights are the fp32 masters of the optimizer state, loaded below (this rank's
+        // chunks only when the checkpoint was written by as many ranks).
+        Some(sh) if sh.at_rest() == crate::sharded::AtRest::Sharded => {}
+        _ => policy.load_weights(&dir.join("model"))?,
+    }
+    match sharded {
+        Some(sh) if sh.load_own_shard(adamw, dir)? => {}
         Some(sh) => sh.load_whole_state(adamw, &crate::sharded::read_whole_state(dir)?, dir)?,
         None if crate::sharded::is_sharded_checkpoint(dir) => {
             adamw.load_named(&crate::sharded::read_whole_state(dir)?, dir)?

@@ -76,6 +76,7 @@ pub fn new_learner(
         expert_parallel: false,
         offload_optimizer: tr.offload_optimizer,
         optimizer_parked: false,
+        at_rest: crate::sharded::AtRest::Whole,
     })
 }
 

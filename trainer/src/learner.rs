@@ -20,7 +20,7 @@ use crate::grad_sum::OverlappedGradSum;
 use crate::policy::{Policy, PolicyInput, PolicyOutput};
 use crate::policy_loss::{LossStats, PolicyLossConfig, PolicyLossInput, policy_loss};
 use crate::schedule::LrSchedule;
-use crate::sharded::ShardedParams;
+use crate::sharded::{AtRest, ShardedParams};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use spar_dist::{Collectives, any_rank, max_over_ranks, sum_over_ranks};
@@ -65,6 +65,8 @@ pub struct Learner {
     pub offload_optimizer: bool,
     /// The optimizer state is parked in host memory now (set and cleared by the learner).
     pub optimizer_parked: bool,
+    /// What a sharded learner ([`Learner::shard`]) keeps between updates (`[distributed] weights_at_rest`).
+    pub at_rest: AtRest,
 }
 
 /// What one optimisation step did.
@@ -140,8 +142,9 @@ impl Learner {
                 &[self.adamw.last_update_sums.0, self.adamw.last_update_sums.1],
             )?;
             self.adamw.last_update_ratio = crate::adamw::update_ratio((sums[0], sums[1]));
-            // The new weights, whole again for the rollout engine (the next update reshards them).
-            sh.unshard()?;
+            // The new weights, whole again for the rollout engine (the next update reshards them), or only
+            // this rank's chunks when they stay sharded at rest.
+            sh.settle()?;
         }
         self.step += 1;
         Ok((loss, norm, lr, false))
@@ -185,7 +188,8 @@ impl Learner {
     /// parallelism, see [`crate::sharded`]): AdamW then holds this rank's chunks only. Call it on a fresh
     /// learner, before loading a checkpoint into it.
     pub fn shard(&mut self, model: &mut spar_model::Qwen3Model) -> Result<()> {
-        let (sh, adamw) = ShardedParams::new(model, self.group.clone(), self.adamw.config)?;
+        let (sh, adamw) =
+            ShardedParams::new(model, self.group.clone(), self.adamw.config, self.at_rest)?;
         model.set_param_units(Some(sh.clone()));
         self.adamw = adamw;
         self.sharded = Some(sh);
@@ -242,11 +246,11 @@ impl Learner {
         }
     }
 
-    /// Makes the parameters whole again when an update ends without a step (sharded; a no-op otherwise). After
-    /// a step [`Learner::apply`] re-gathers them from the moved masters.
+    /// Puts the parameters back in their state between updates when an update ends without a step (sharded; a
+    /// no-op otherwise). After a step [`Learner::apply`] does it from the moved masters.
     fn end_update(&self) -> Result<()> {
         match &self.sharded {
-            Some(sh) => sh.ensure_whole(),
+            Some(sh) => sh.settle(),
             None => Ok(()),
         }
     }

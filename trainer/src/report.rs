@@ -52,7 +52,7 @@ pub fn write_results(
     seed: u64,
     eval_cases: usize,
     table: &HeldOutTable,
-    model: &Qwen3Model,
+    model: Option<&Qwen3Model>,
     tokenizer_dir: &Path,
 ) -> Result<()> {
     let comparison = serde_json::json!({
@@ -67,7 +67,10 @@ pub fn write_results(
         &out.join("comparison.json"),
         serde_json::to_string_pretty(&comparison)?.as_bytes(),
     )?;
-    model.save_hf(&out.join("final"))?;
+    // None: written already, by every rank together (weights sharded at rest).
+    if let Some(model) = model {
+        model.save_hf(&out.join("final"))?;
+    }
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         // The tokenizer config is optional (a trained BPE has none).
         std::fs::copy(tokenizer_dir.join(f), out.join("final").join(f)).ok();

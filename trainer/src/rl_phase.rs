@@ -73,10 +73,17 @@ impl RlState {
         let resume_dir = session.resume_dir.take();
         let at_rl_start = resume_dir.is_some() && session.state.phase_step == 0;
         if let (Some(dir), true) = (&resume_dir, at_rl_start) {
-            crate::policy::Policy::load_weights(model, &dir.join("model"))?;
+            match model.unread_weights() {
+                // Sharded at rest: the RL learner's sharder reads its chunks of the checkpoint's weights.
+                Some(_) if model.param_units().is_none() => {
+                    model.stand_in_for(&dir.join("model"))?
+                }
+                _ => crate::policy::Policy::load_weights(model, &dir.join("model"))?,
+            }
         }
         let mut learner =
             crate::knobs::new_rl_learner(tr, model, tr.lr, tr.steps * per_round, tr.warmup_steps)?;
+        learner.at_rest = session.at_rest;
         learner.join(
             session.group.clone(),
             model,
@@ -192,7 +199,15 @@ pub fn run(
     // The external server plays the first round with the policy entering RL (after SFT, or resumed).
     let server_weights = server_weights.filter(|_| !distill);
     if let Some(sw) = server_weights {
-        sw.publish(model, start as u64, &*group, runtime)?;
+        let sharded = st.learner.sharded.as_deref();
+        sw.publish(
+            model,
+            start as u64,
+            session.global_step,
+            sharded,
+            &*group,
+            runtime,
+        )?;
     }
     let mut rounds = RoundScheduler::new(tr.off_policy_one_step, st.pending.take());
     let mut window = MetricWindow::default();
@@ -254,7 +269,15 @@ pub fn run(
                 )?);
                 let learn_seconds = t_learn.elapsed().as_secs_f64();
                 let sync_seconds = match server_weights {
-                    Some(sw) => sw.publish(model, s as u64 + 1, &*group, runtime)?,
+                    // `global_step + 1`: this round's step is counted below.
+                    Some(sw) => sw.publish(
+                        model,
+                        s as u64 + 1,
+                        session.global_step + 1,
+                        st.learner.sharded.as_deref(),
+                        &*group,
+                        runtime,
+                    )?,
                     None => 0.0,
                 };
                 // The round's time line (this rank's): playing (generation, then scoring) and learning; the
@@ -317,11 +340,12 @@ pub fn run(
                 pb.println(console_line(done, tr.steps, &means));
             }
         }
-        // Rank 0 alone evaluates; the others wait for it at the next round's first collective.
+        // Rank 0 alone evaluates; the others wait for it at the next round's first collective. (Sharded at
+        // rest, it plays through the rollout server, which got this round's weights above.)
         if writer && tr.eval_every > 0 && done % tr.eval_every == 0 && done < tr.steps {
             // The last round's evaluation is the run's "after RL" one.
             let (summary, transcripts) =
-                evaluator.evaluate(spar_rollout::Policy::Builtin(model))?;
+                evaluator.evaluate(crate::run::eval_policy(session, model))?;
             write_transcripts(&session.out, &format!("rl-{done:04}"), &transcripts)?;
             log_eval(session, 0, &summary)?;
             pb.println(format!(

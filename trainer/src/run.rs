@@ -14,7 +14,8 @@ use crate::report::{HeldOutTable, log_eval, write_results};
 use crate::rl_phase::{RlInputs, RlState};
 use crate::rl_round::LearnConfig;
 use crate::session::Session;
-use anyhow::{Result, bail};
+use crate::sharded::{AtRest, ShardedParams};
+use anyhow::{Context, Result, bail};
 use spar_core::recipe::PolicyLoss;
 use spar_model::Qwen3Model;
 use spar_rollout::Policy;
@@ -72,10 +73,24 @@ pub fn run(parts: TrainParts) -> Result<()> {
              1/{world} per rank during updates"
         );
     }
-    if world > 1 {
-        // Every rank starts from rank 0's weights (they are built from the same seed; this makes sure).
+    let at_rest = match &recipe.distributed {
+        Some(d) if d.sharded_at_rest() => AtRest::Sharded,
+        _ => AtRest::Whole,
+    };
+    if at_rest == AtRest::Sharded {
+        eprintln!(
+            "[train] weights sharded at rest: no rank holds the whole model; rounds and held-out evaluations \
+             play through the rollout server, and checkpoints, the final model and every policy version are \
+             written one unit at a time"
+        );
+    }
+    // Every rank starts from rank 0's weights (they are built from the same seed; this makes sure). A model
+    // whose weights are still in the files (sharded at rest) has none to send: every rank reads its chunks.
+    if world > 1 && model.unread_weights().is_none() {
         let tensors = crate::actor_feed::ordered_params(&model);
         spar_dist::broadcast_tensors(&*group, &tensors, 0)?;
+    }
+    if world > 1 {
         eprintln!(
             "[train] data parallel: rank {rank} of {world}, {} of rollout.groups_per_step = {} groups per round",
             rl_rollout.config().groups_per_step / world,
@@ -86,6 +101,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
 
     let mut session = Session::open(&out, seed, resume, tr.keep_last, group.clone())?;
     session.sharded = sharded;
+    session.at_rest = at_rest;
     if let Some(eg) = expert_group.as_ref().filter(|g| g.world_size() > 1) {
         eprintln!(
             "[train] expert parallel: rank {rank}'s MoE layers compute 1/{} of the experts in training forwards",
@@ -101,12 +117,25 @@ pub fn run(parts: TrainParts) -> Result<()> {
     if tr.sft_steps == 0 && session.in_phase("sft").is_some() {
         session.enter("rl");
     }
-    // Held-out evaluations are rank 0's: the other ranks skip them (and wait at their next collective).
-    let held_out = |s: &mut Session, model: &Qwen3Model, name: &str| -> Result<EvalSummary> {
+    // Held-out evaluations are rank 0's: the other ranks skip them (and wait at their next collective). Sharded
+    // at rest, every rank first publishes the weights to the rollout server, which then plays them
+    // (`sharder`: the phase's learner's; `version`: the label the server gets).
+    let held_out = |s: &mut Session,
+                    model: &Qwen3Model,
+                    sharder: Option<&ShardedParams>,
+                    version: u64,
+                    name: &str|
+     -> Result<EvalSummary> {
+        if s.at_rest == AtRest::Sharded {
+            let sw = server_weights
+                .as_ref()
+                .context("weights sharded at rest need [rollout.weight_sync]")?;
+            sw.publish(model, version, s.global_step, sharder, &*s.group, &runtime)?;
+        }
         if !s.writer() {
             return Ok(EvalSummary::default());
         }
-        evaluate_and_write(evaluator.as_ref(), model, &s.out, name)
+        evaluate_and_write(evaluator.as_ref(), eval_policy(s, model), &s.out, name)
     };
     // The expert's score on the same held-out consultations is the ceiling; the untrained model's is the floor.
     let expert_row = if writer {
@@ -114,7 +143,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
     } else {
         EvalSummary::default()
     };
-    let initial = session.once("eval_initial", |s| held_out(s, &model, "initial"))?;
+    let initial = session.once("eval_initial", |s| held_out(s, &model, None, 0, "initial"))?;
 
     crate::sft_phase::run(
         &mut session,
@@ -128,7 +157,8 @@ pub fn run(parts: TrainParts) -> Result<()> {
 
     let mut rl = RlState::start(&mut session, &tr, &mut model, &mut rl_rollout, use_gae)?;
     let before = session.once("eval_before", |s| {
-        let summary = held_out(s, &model, "before")?;
+        let version = s.in_phase("rl").unwrap_or(0) as u64;
+        let summary = held_out(s, &model, rl.learner.sharded.as_deref(), version, "before")?;
         log_eval(s, 0, &summary)?;
         Ok(summary)
     })?;
@@ -197,7 +227,20 @@ pub fn run(parts: TrainParts) -> Result<()> {
         &sft_batching,
     )?;
 
-    let after = held_out(&mut session, &model, "after")?;
+    let sharder = rl.learner.sharded.clone();
+    let after = held_out(
+        &mut session,
+        &model,
+        sharder.as_deref(),
+        tr.steps as u64,
+        "after",
+    )?;
+    // Sharded at rest, the final model is written by every rank together (rank 0 writes).
+    let final_written = at_rest == AtRest::Sharded;
+    if final_written {
+        let dir = out.join("final");
+        crate::sharded::save_policy(&model, writer.then_some(dir.as_path()), sharder.as_deref())?;
+    }
     if !writer {
         eprintln!("[train] rank {rank}: done (rank 0 writes the results)");
         return Ok(());
@@ -214,7 +257,7 @@ pub fn run(parts: TrainParts) -> Result<()> {
         seed,
         evaluator.cases(),
         &table,
-        &model,
+        (!final_written).then_some(&model),
         &tokenizer_dir,
     )
 }
@@ -284,14 +327,23 @@ pub(crate) fn check_actors(
     Ok(())
 }
 
-/// Evaluates `model` and writes the transcripts to `OUT/transcripts/<name>.md` (atomically).
+/// The policy a held-out evaluation plays: the built-in engine over `model`'s whole weights, or, with the
+/// weights sharded at rest, the rollout server (which must hold them: see `server_weights`).
+pub(crate) fn eval_policy<'m>(session: &Session, model: &'m Qwen3Model) -> Policy<'m> {
+    match session.at_rest {
+        AtRest::Whole => Policy::Builtin(model),
+        AtRest::Sharded => Policy::External,
+    }
+}
+
+/// Evaluates `policy` and writes the transcripts to `OUT/transcripts/<name>.md` (atomically).
 fn evaluate_and_write(
     evaluator: &dyn Evaluator,
-    model: &Qwen3Model,
+    policy: Policy<'_>,
     out: &std::path::Path,
     name: &str,
 ) -> Result<EvalSummary> {
-    let (summary, transcripts) = evaluator.evaluate(Policy::Builtin(model))?;
+    let (summary, transcripts) = evaluator.evaluate(policy)?;
     spar_core::fsio::write_atomic(
         &out.join("transcripts").join(format!("{name}.md")),
         transcripts.as_bytes(),

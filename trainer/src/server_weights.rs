@@ -9,6 +9,12 @@
 //! plays the next round while a server may still hold the old weights, and a failed refresh stops every rank
 //! with rank 0's error instead of leaving the others waiting. The samples of the next round carry that version,
 //! so the learner's `rl/policy_lag` is 0 (1 in the one-step off-policy mode) as with the built-in engine.
+//!
+//! Learners that keep the weights sharded at rest write the folder together, one unit at a time (every rank
+//! gathers, rank 0 writes; [`crate::sharded::save_policy`]), and they publish before each held-out evaluation
+//! too, which then plays through the server. Weights published already (same version, same optimizer step) are
+//! not written again.
+use crate::sharded::{AtRest, ShardedParams, save_policy};
 use anyhow::{Context, Result, bail};
 use spar_core::traits::WeightReceiver;
 use spar_dist::Collectives;
@@ -21,28 +27,48 @@ pub struct ServerWeights {
     pub receiver: Arc<dyn WeightReceiver>,
     /// A folder the servers read at the same path (a shared filesystem on a cluster).
     pub dir: PathBuf,
+    /// The (version, optimizer step) the servers hold now.
+    served: std::sync::Mutex<Option<(u64, usize)>>,
 }
 
 impl ServerWeights {
+    pub fn new(receiver: Arc<dyn WeightReceiver>, dir: PathBuf) -> Self {
+        ServerWeights {
+            receiver,
+            dir,
+            served: std::sync::Mutex::new(None),
+        }
+    }
+
     /// The folder of `version`.
     pub fn folder(&self, version: u64) -> PathBuf {
         self.dir.join(format!("v{version:06}"))
     }
 
-    /// Publishes `model` as `version` (see the module documentation); every rank calls it. Returns the seconds
-    /// it took (rank 0's write and the servers' load, seen by every rank).
+    /// Publishes `model` as `version` (see the module documentation); every rank calls it. `step` is the run's
+    /// optimizer step count (the weights' identity: nothing is written when the servers hold this version of
+    /// these weights already). Returns the seconds it took (the write and the servers' load, seen by every
+    /// rank).
     pub fn publish(
         &self,
         model: &Qwen3Model,
         version: u64,
+        step: usize,
+        sharded: Option<&ShardedParams>,
         group: &dyn Collectives,
         rt: &tokio::runtime::Runtime,
     ) -> Result<f64> {
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        if *served == Some((version, step)) {
+            return Ok(0.0);
+        }
         let t0 = std::time::Instant::now();
-        let outcome = if group.rank() == 0 {
-            self.write_and_load(model, version, rt)
-        } else {
-            Ok(())
+        let streamed = sharded.is_some_and(|s| s.at_rest() == AtRest::Sharded);
+        let outcome = match (group.rank(), streamed) {
+            (0, _) => self.write_and_load(model, version, sharded, rt),
+            // Sharded at rest: the other ranks take part in every unit's gather while rank 0 writes.
+            (_, true) => save_policy(model, None, sharded),
+            (_, false) => Ok(()),
         };
         let failed = spar_dist::any_rank(group, outcome.is_err())?;
         match outcome {
@@ -51,7 +77,10 @@ impl ServerWeights {
                 "rank 0 could not refresh {} with policy version {version} (its log says why)",
                 self.receiver.describe()
             ),
-            Ok(()) => Ok(t0.elapsed().as_secs_f64()),
+            Ok(()) => {
+                *served = Some((version, step));
+                Ok(t0.elapsed().as_secs_f64())
+            }
         }
     }
 
@@ -59,17 +88,36 @@ impl ServerWeights {
         &self,
         model: &Qwen3Model,
         version: u64,
+        sharded: Option<&ShardedParams>,
         rt: &tokio::runtime::Runtime,
     ) -> Result<()> {
+        // A model whose weights are still unread in their folder (sharded at rest, before any sharder read
+        // them) is that folder: the servers load it as it is.
+        if let (Some(dir), None) = (model.unread_weights(), model.param_units()) {
+            rt.block_on(self.receiver.load(dir, version))
+                .with_context(|| {
+                    format!(
+                        "{} did not load policy version {version} from {}",
+                        self.receiver.describe(),
+                        dir.display()
+                    )
+                })?;
+            return remove_older(&self.dir, version);
+        }
         let folder = self.folder(version);
         let partial = self.dir.join(format!(".v{version:06}.partial"));
-        for stale in [&partial, &folder] {
+        let cleared = [&partial, &folder].into_iter().try_for_each(|stale| {
             if stale.exists() {
                 std::fs::remove_dir_all(stale)
                     .with_context(|| format!("removing {}", stale.display()))?;
             }
-        }
-        model.save_hf(&partial).with_context(|| {
+            Ok::<(), anyhow::Error>(())
+        });
+        // A failure to clear still writes nothing but gathers with the other ranks (`save_policy` with no
+        // folder), so that they are not left waiting mid-stream.
+        let wrote = save_policy(model, cleared.is_ok().then_some(partial.as_path()), sharded);
+        cleared?;
+        wrote.with_context(|| {
             format!("writing policy version {version} to {}", partial.display())
         })?;
         std::fs::rename(&partial, &folder)

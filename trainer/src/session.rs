@@ -45,6 +45,8 @@ pub struct Session {
     pub global_step: usize,
     /// Learners shard parameters and optimizer over `group` (`[distributed] sharding = "full"`).
     pub sharded: bool,
+    /// What sharded learners keep between updates (`[distributed] weights_at_rest`).
+    pub at_rest: crate::sharded::AtRest,
     /// The expert-parallel group of this rank (`[distributed] expert_parallel`); None: off.
     pub expert_group: Option<Arc<dyn Collectives>>,
     keep_last: usize,
@@ -128,6 +130,7 @@ impl Session {
             rng,
             group,
             sharded: false,
+            at_rest: crate::sharded::AtRest::Whole,
             expert_group: None,
             keep_last,
         })
@@ -229,6 +232,21 @@ impl Session {
                         tmp.display()
                     );
                 }
+                // Sharded at rest: the weights too, every rank gathering each unit while rank 0 writes it.
+                if sh.at_rest() == crate::sharded::AtRest::Sharded {
+                    let dir = tmp.join("model");
+                    let wrote = crate::sharded::save_policy(
+                        model,
+                        self.writer().then_some(dir.as_path()),
+                        Some(sh),
+                    );
+                    if spar_dist::any_rank(&*self.group, wrote.is_err())? {
+                        wrote.with_context(|| {
+                            format!("writing the weights into {}", dir.display())
+                        })?;
+                        bail!("rank 0 failed to write the weights into {}", dir.display());
+                    }
+                }
                 Some(tmp)
             }
             None => None,
@@ -249,7 +267,12 @@ impl Session {
         };
         match staged {
             Some(tmp) => {
-                checkpoint::save_staged(&root, &tmp, model, None, &state, self.keep_last, &files)?
+                let written = learner
+                    .sharded
+                    .as_ref()
+                    .is_some_and(|sh| sh.at_rest() == crate::sharded::AtRest::Sharded);
+                let policy: Option<&dyn crate::policy::Policy> = (!written).then_some(model);
+                checkpoint::save_staged(&root, &tmp, policy, None, &state, self.keep_last, &files)?
             }
             None => {
                 checkpoint::save_with(&root, model, &learner.adamw, &state, self.keep_last, &files)?

@@ -42,6 +42,7 @@ pub fn run(
         tr.sft_steps,
         tr.warmup_steps.min(tr.sft_steps / 10),
     )?;
+    learner.at_rest = session.at_rest;
     learner.join(
         session.group.clone(),
         model,

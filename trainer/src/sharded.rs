@@ -12,14 +12,18 @@
 //!
 //! Memory on each of N ranks during the update: parameters 1/N (+ one layer and the root whole), fp32 masters,
 //! gradients and moments 1/N. Between updates the parameters are whole, as every colocated RL framework keeps
-//! them for its engine.
+//! them for its engine, unless they are kept sharded at rest (`[distributed] weights_at_rest = "sharded"`,
+//! [`AtRest::Sharded`]): then no rank ever holds more than one unit whole. The weights are read chunk by chunk
+//! from the HF files ([`spar_model::HfRanges`], for a [`Qwen3Model::stand_in`]) or through the sharder before
+//! this one (SFT's, when RL starts), and whoever needs them whole streams them unit by unit
+//! ([`spar_model::weights::save_hf_by_unit`]).
 //!
 //! Every rank must make the same gathers and reductions: the learner pads the ranks' micro-batch counts to the
 //! largest ([`crate::batch::MicroBatch::padding`]), and the model never skips a unit on one rank.
 use crate::adamw::{AdamW, AdamWConfig};
 use anyhow::{Context, Result, ensure};
 use spar_dist::{Collectives, ReduceOp, Work};
-use spar_model::{ParamUnits, Qwen3Model, Unit};
+use spar_model::{HfRanges, ParamUnits, Qwen3Model, Unit};
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -56,6 +60,15 @@ struct Pending {
     _input: Tensor,
 }
 
+/// What the parameters are between updates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AtRest {
+    /// Whole (gathered after each step) for the colocated engine, evaluation and checkpoints.
+    Whole,
+    /// This rank's chunks only; units are gathered only while used.
+    Sharded,
+}
+
 /// Everything that changes or holds tensors (libtorch tensors are `Send` but not `Sync`: one lock).
 struct State {
     units: Vec<UnitShard>,
@@ -68,6 +81,7 @@ struct State {
 /// The sharded parameters of one model over one group of ranks (see the module documentation).
 pub struct ShardedParams {
     group: Arc<dyn Collectives>,
+    at_rest: AtRest,
     state: Mutex<State>,
 }
 
@@ -75,14 +89,23 @@ pub struct ShardedParams {
 const MAX_IN_FLIGHT: usize = 2;
 
 impl ShardedParams {
-    /// Shards `model`'s (whole, identical on every rank) parameters over `group` and returns the sharder with
-    /// an AdamW over this rank's chunks. The model stays whole until the first [`ShardedParams::reshard`].
+    /// Shards `model`'s parameters (identical on every rank) over `group` and returns the sharder with an AdamW
+    /// over this rank's chunks. The weights come unit by unit through the model's current sharder if it has one
+    /// (the SFT learner's, when RL starts), else from the HF files of a [`Qwen3Model::stand_in`] (each rank
+    /// reads its chunks only), else from the whole parameters. With [`AtRest::Whole`] the model is whole (or
+    /// stays whole) until the first [`ShardedParams::reshard`]; with [`AtRest::Sharded`] it is freed here.
     pub fn new(
         model: &Qwen3Model,
         group: Arc<dyn Collectives>,
         config: AdamWConfig,
+        at_rest: AtRest,
     ) -> Result<(Arc<Self>, AdamW)> {
         let (rank, world) = (group.rank() as i64, group.world_size() as i64);
+        let before = model.param_units();
+        let files = match (&before, model.unread_weights()) {
+            (None, Some(dir)) => Some((dir.to_path_buf(), HfRanges::open(dir, &model.config)?)),
+            _ => None,
+        };
         let mut units = Vec::new();
         let _g = tch::no_grad_guard();
         for unit in model.units() {
@@ -90,19 +113,38 @@ impl ShardedParams {
             ensure!(!params.is_empty(), "unit {} has no parameters", unit.name());
             let (kind, device) = (params[0].1.kind(), params[0].1.device());
             let shapes: Vec<Vec<i64>> = params.iter().map(|(_, t)| t.size()).collect();
-            let flat = flatten(
-                params.iter().map(|(_, t)| Some(t.shallow_clone())),
-                &params,
-                &shapes,
-            )?;
-            let numel = flat.numel() as i64;
+            let numel: i64 = shapes.iter().map(|s| shape_numel(s)).sum();
             let chunk = (numel + world - 1) / world;
-            let flat = pad(&flat, chunk * world)?;
-            let master = flat
-                .f_narrow(0, rank * chunk, chunk)?
-                .f_contiguous()?
-                .f_detach_copy()?
-                .f_set_requires_grad(true)?;
+            let mine = match &files {
+                Some((dir, ranges)) => read_chunk(ranges, &params, &shapes, rank * chunk, chunk)
+                    .with_context(|| {
+                        format!(
+                            "reading unit {}'s chunk {rank} from {}",
+                            unit.name(),
+                            dir.display()
+                        )
+                    })?
+                    .f_to_device(device)?,
+                None => {
+                    if let Some(b) = &before {
+                        b.gather(unit)?;
+                    }
+                    let flat = flatten(
+                        params.iter().map(|(_, t)| Some(t.shallow_clone())),
+                        &params,
+                        &shapes,
+                    )?;
+                    let mine = pad(&flat, chunk * world)?
+                        .f_narrow(0, rank * chunk, chunk)?
+                        .f_contiguous()?
+                        .f_detach_copy()?;
+                    if let Some(b) = &before {
+                        b.release(unit)?;
+                    }
+                    mine
+                }
+            };
+            let master = mine.f_set_requires_grad(true)?;
             units.push(UnitShard {
                 unit,
                 params,
@@ -133,6 +175,7 @@ impl ShardedParams {
         let n = units.len();
         let me = Arc::new(ShardedParams {
             group,
+            at_rest,
             state: Mutex::new(State {
                 units,
                 resident: vec![true; n],
@@ -140,7 +183,34 @@ impl ShardedParams {
                 pending: VecDeque::new(),
             }),
         });
+        if at_rest == AtRest::Sharded || files.is_some() {
+            // Stand-ins, or nothing whole to keep: every unit freed until used (whole: gathered once).
+            me.reshard()?;
+            if at_rest == AtRest::Whole {
+                me.unshard()?;
+            }
+        }
         Ok((me, adamw))
+    }
+
+    /// What the parameters are between updates.
+    pub fn at_rest(&self) -> AtRest {
+        self.at_rest
+    }
+
+    /// Puts the parameters in their state between updates (after a step, or an update that took none): whole
+    /// and kept whole, or only this rank's chunks.
+    pub fn settle(&self) -> Result<()> {
+        match self.at_rest {
+            AtRest::Whole => self.ensure_whole(),
+            AtRest::Sharded => {
+                ensure!(
+                    self.state().pending.is_empty(),
+                    "settling with gradient reductions in flight"
+                );
+                self.reshard()
+            }
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -241,6 +311,49 @@ impl ShardedParams {
         Ok(())
     }
 
+    /// Loads this rank's chunks (masters, moments, step) from checkpoint `dir`'s sharded optimizer state alone,
+    /// when it was written by as many ranks over the same units; returns false, loading nothing, otherwise (the
+    /// caller then cuts the chunks out of the whole state, [`ShardedParams::load_whole_state`]). Sharded at rest
+    /// this is the only way a rank resumes without holding the whole state.
+    pub fn load_own_shard(&self, adamw: &mut AdamW, dir: &Path) -> Result<bool> {
+        let odir = dir.join("optimizer");
+        let mpath = odir.join("manifest.json");
+        if !mpath.exists() {
+            return Ok(false);
+        }
+        let saved: Manifest = serde_json::from_slice(
+            &std::fs::read(&mpath).with_context(|| format!("reading {}", mpath.display()))?,
+        )
+        .with_context(|| format!("parsing {}", mpath.display()))?;
+        let st = self.state();
+        if saved != self.manifest(&st.units) {
+            return Ok(false);
+        }
+        let file = odir.join(format!("rank-{}.safetensors", self.group.rank()));
+        let named: HashMap<String, Tensor> = Tensor::read_safetensors(&file)
+            .with_context(|| format!("reading optimizer shard {}", file.display()))?
+            .into_iter()
+            .collect();
+        let _g = tch::no_grad_guard();
+        for u in &st.units {
+            let key = format!("master.{}", shard_name(u.unit));
+            let master = named
+                .get(&key)
+                .with_context(|| format!("{}: no tensor `{key}`", file.display()))?;
+            ensure!(
+                master.numel() as i64 == u.chunk,
+                "{}: `{key}` has {} elements, the manifest says {}",
+                file.display(),
+                master.numel(),
+                u.chunk
+            );
+            let mut m = u.master.shallow_clone();
+            m.f_copy_(&master.f_to_device(u.device)?)?;
+        }
+        adamw.load_named(&named, &file)?;
+        Ok(true)
+    }
+
     fn manifest(&self, units: &[UnitShard]) -> Manifest {
         Manifest {
             world_size: self.group.world_size(),
@@ -304,7 +417,8 @@ impl ShardedParams {
             let name = shard_name(u.unit);
             chunks.insert(format!("m.{name}"), cut("m", false)?);
             chunks.insert(format!("v.{name}"), cut("v", false)?);
-            let master = cut("master", true)?;
+            // Sharded at rest the parameters are stand-ins: the masters must come from the state.
+            let master = cut("master", self.at_rest == AtRest::Whole)?;
             let mut m = u.master.shallow_clone();
             m.f_copy_(&master.f_to_device(u.device)?)?;
         }
@@ -411,6 +525,48 @@ fn free(u: &UnitShard) -> Result<()> {
     Ok(())
 }
 
+/// Writes `model` as a transformers folder into `dir` (`Some` on the writing rank). With a sharder that keeps the
+/// weights sharded at rest, every rank of its group must call it: the units are gathered, written and released
+/// one at a time ([`spar_model::weights::save_hf_by_unit`]). Otherwise the weights are whole and the writing rank
+/// saves them alone (the others return at once).
+pub fn save_policy(
+    model: &Qwen3Model,
+    dir: Option<&Path>,
+    sharded: Option<&ShardedParams>,
+) -> Result<()> {
+    match sharded.filter(|s| s.at_rest() == AtRest::Sharded) {
+        Some(sh) => spar_model::weights::save_hf_by_unit(model, dir, sh),
+        None => dir.map_or(Ok(()), |d| model.save_hf(d)),
+    }
+}
+
+/// Elements `lo .. lo + chunk` of a unit's flat vector (its `params` in order, then zero padding), read from
+/// the HF files.
+fn read_chunk(
+    ranges: &HfRanges,
+    params: &[(String, Tensor)],
+    shapes: &[Vec<i64>],
+    lo: i64,
+    chunk: i64,
+) -> Result<Tensor> {
+    let hi = lo + chunk;
+    let mut parts = Vec::new();
+    let (mut at, mut got) = (0i64, 0i64);
+    for ((name, _), shape) in params.iter().zip(shapes) {
+        let n = shape_numel(shape);
+        let (a, b) = (lo.max(at), hi.min(at + n));
+        if a < b {
+            parts.push(ranges.read(name, a - at, b - a)?);
+            got += b - a;
+        }
+        at += n;
+    }
+    if got < chunk {
+        parts.push(Tensor::f_zeros([chunk - got], (Kind::Float, Device::Cpu))?);
+    }
+    Ok(Tensor::f_cat(&parts, 0)?)
+}
+
 /// The optimizer's name of a unit's chunk.
 fn shard_name(unit: Unit) -> String {
     format!("shard.{}", unit.name())
@@ -459,13 +615,13 @@ fn pad(flat: &Tensor, len: i64) -> Result<Tensor> {
 }
 
 /// The layout of a sharded optimizer checkpoint (`optimizer/manifest.json`).
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize, PartialEq)]
 struct Manifest {
     world_size: usize,
     units: Vec<ManifestUnit>,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize, PartialEq)]
 struct ManifestUnit {
     name: String,
     numel: i64,

@@ -14,6 +14,7 @@ mod it {
     mod resume;
     mod rounds;
     mod sft_subset;
+    mod sharded_at_rest;
     mod signal;
     mod temperature;
 }

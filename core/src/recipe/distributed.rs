@@ -14,6 +14,12 @@
 //! only train, data-parallel among themselves). `max_policy_lag = s` lets actors play up to s policy versions
 //! ahead of the learner (s = 0: on-policy, actors and learners take turns; s = 1: round t+1 is generated while
 //! round t is learned).
+//!
+//! `weights_at_rest = "sharded"` (with `sharding = "full"`) keeps the parameters sharded between updates too:
+//! no rank ever holds the whole model. Learners then read only their chunks from the HF files at start, write
+//! checkpoints, the final model and every policy version for the rollout server one unit at a time, and evaluate
+//! through that server. It is the layout of a model whose weights do not fit one GPU (Qwen3-235B-A22B on H100s),
+//! so it needs the rollout apart from the learners: `[rollout] backend = "openai"` with `[rollout.weight_sync]`.
 use super::check;
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +30,17 @@ recipe_enum! {
         Nccl = "nccl",
         /// Gloo (CPU).
         Gloo = "gloo",
+    }
+}
+
+recipe_enum! {
+    /// What the learners hold between updates with `sharding = "full"`.
+    pub enum WeightsAtRest {
+        /// The whole weights, gathered after each step (for the colocated engine, evaluation, checkpoints).
+        Whole = "whole",
+        /// Only this rank's chunks (FSDP's `reshard_after_forward` kept after the step): whole-weight readers
+        /// stream unit by unit, generation and evaluation go to the external rollout server.
+        Sharded = "sharded",
     }
 }
 
@@ -55,6 +72,9 @@ pub struct DistributedSection {
     pub backend: DistributedBackend,
     /// Plain data parallelism or fully sharded (`"none"` | `"full"`); also valid on one rank.
     pub sharding: Sharding,
+    /// With `sharding = "full"`: whole weights between updates (`"whole"`, the colocated engine's need) or only
+    /// this rank's chunks (`"sharded"`: a model too large for one GPU; see the module documentation).
+    pub weights_at_rest: WeightsAtRest,
     /// Ranks that only play and score RL rounds (the launcher's last `actors` ranks); 0: every rank plays its
     /// share and learns it (colocated).
     pub actors: usize,
@@ -77,6 +97,7 @@ impl Default for DistributedSection {
             pipeline_parallel: 1,
             backend: DistributedBackend::Nccl,
             sharding: Sharding::None,
+            weights_at_rest: WeightsAtRest::Whole,
             actors: 0,
             max_policy_lag: 0,
             timeout_secs: 1800,
@@ -104,6 +125,17 @@ impl DistributedSection {
             )?;
         }
         check(self.timeout_secs > 0, "timeout_secs", "must be > 0")?;
+        check(
+            self.weights_at_rest == WeightsAtRest::Whole || self.sharding == Sharding::Full,
+            "weights_at_rest",
+            "= \"sharded\" needs sharding = \"full\" (plain data parallelism keeps the whole model on every rank)",
+        )?;
+        check(
+            self.weights_at_rest == WeightsAtRest::Whole || self.actors == 0,
+            "weights_at_rest",
+            "= \"sharded\" plays through the external rollout server; actors are sent whole weights (set \
+             actors = 0)",
+        )?;
         Ok(())
     }
 
@@ -158,5 +190,12 @@ impl DistributedSection {
     /// plus the actors).
     pub fn world_size(&self) -> usize {
         self.data_parallel.max(1) * self.tensor_parallel * self.pipeline_parallel + self.actors
+    }
+}
+
+impl DistributedSection {
+    /// Whether the learners keep only their chunks between updates (see [`WeightsAtRest`]).
+    pub fn sharded_at_rest(&self) -> bool {
+        self.sharding == Sharding::Full && self.weights_at_rest == WeightsAtRest::Sharded
     }
 }

@@ -53,7 +53,7 @@ pub mod shared_sft;
 mod trainer;
 
 pub use data::{DataSection, Split};
-pub use distributed::{DistributedBackend, DistributedSection, Sharding};
+pub use distributed::{DistributedBackend, DistributedSection, Sharding, WeightsAtRest};
 pub use eval::{EvalSection, HealthBenchClip};
 pub use model::{Dtype, ModelSection};
 pub use rewards::*;
@@ -181,6 +181,33 @@ impl Recipe {
             "shuffles the step advantages spar-rewards computes; with rewards.spar.estimator = \"gae\" the \
              critic computes them inside the update",
         )?;
+        if self
+            .distributed
+            .as_ref()
+            .is_some_and(|d| d.sharded_at_rest())
+        {
+            let rollout = self.rollout.clone().unwrap_or_default();
+            check(
+                rollout.backend == RolloutBackendKind::Openai
+                    && rollout.weight_sync.kind != WeightSyncKind::Off,
+                "distributed.weights_at_rest",
+                "= \"sharded\": no rank holds the whole weights to generate with; set [rollout] backend = \
+                 \"openai\" with [rollout.weight_sync] (the rollout server gets each policy version and plays \
+                 the rounds and the held-out evaluations)",
+            )?;
+            check(
+                tr.kl_coef == 0.0,
+                "trainer.kl_coef",
+                "needs a frozen KL reference held whole on every rank; with distributed.weights_at_rest = \
+                 \"sharded\" set it to 0",
+            )?;
+            check(
+                !gae,
+                "rewards.spar.estimator",
+                "= \"gae\" trains a critic held whole on every rank; with distributed.weights_at_rest = \
+                 \"sharded\" use a group estimator",
+            )?;
+        }
         if let Some(model) = &self.model {
             check(
                 model.path.is_some() || tr.bpe_vocab_size > 0 || !tr.distill.teachers.is_empty(),
@@ -494,6 +521,36 @@ mod tests {
         round_trip(KlEstimator::ALL);
         round_trip(LrDecay::ALL);
         round_trip(WeightSyncKind::ALL);
+    }
+
+    #[test]
+    fn weights_sharded_at_rest_need_full_sharding_and_the_rollout_server() {
+        let e = error_of("[distributed]\nweights_at_rest = \"sharded\"\n");
+        assert!(
+            e.contains("distributed.weights_at_rest") && e.contains("sharding = \"full\""),
+            "{e}"
+        );
+        let layout = "[distributed]\nsharding = \"full\"\nweights_at_rest = \"sharded\"\n";
+        let e = error_of(&format!("{layout}actors = 2\n"));
+        assert!(e.contains("actors = 0"), "{e}");
+        let e = error_of(&format!("[trainer]\nsteps = 1\n{layout}"));
+        assert!(
+            e.contains("distributed.weights_at_rest") && e.contains("[rollout.weight_sync]"),
+            "{e}"
+        );
+        let server = "[rollout]\nbackend = \"openai\"\nendpoint = { base_url = \"http://127.0.0.1:1/v1\", model = \"p\" }\n\
+                      [rollout.weight_sync]\nkind = \"sglang\"\n";
+        let e = error_of(&format!(
+            "[trainer]\nsteps = 1\nkl_coef = 0.1\n{server}{layout}"
+        ));
+        assert!(e.contains("trainer.kl_coef"), "{e}");
+        let r = Recipe::from_toml_str(
+            &format!("[trainer]\nsteps = 1\n{server}{layout}"),
+            "r.toml",
+            &[],
+        )
+        .unwrap();
+        assert!(r.distributed.unwrap().sharded_at_rest());
     }
 
     #[test]

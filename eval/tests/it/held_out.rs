@@ -237,6 +237,7 @@ fn held_out_matches_the_trainers_evaluation_for_the_expert_and_a_tiny_model() {
             rt: &rt,
             seed,
             simulator: Arc::new(spar_rollout::simulator::ScriptedPatient),
+            backend: None,
         };
         let (want, want_md) = reference.run(policy.clone()).unwrap();
         let (got, got_md) = held_out.run(policy).unwrap();

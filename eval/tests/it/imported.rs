@@ -59,6 +59,7 @@ fn imported_cases_play_with_the_scripted_expert_and_patient_like_shipped_ones() 
         rt: &rt,
         seed: 3,
         simulator: Arc::new(spar_rollout::simulator::ScriptedPatient),
+        backend: None,
     };
     let (got, transcripts) = held_out
         .run(Policy::Scripted(Arc::new(

@@ -68,6 +68,7 @@ pub fn learner(vs: &nn::VarStore, lr: f64) -> spar_trainer::learner::Learner {
         expert_parallel: false,
         offload_optimizer: false,
         optimizer_parked: false,
+        at_rest: spar_trainer::sharded::AtRest::Whole,
     }
 }
 

@@ -48,6 +48,7 @@ fn learner(model: &TinyLm) -> Learner {
         expert_parallel: false,
         offload_optimizer: false,
         optimizer_parked: false,
+        at_rest: spar_trainer::sharded::AtRest::Whole,
     }
 }
 

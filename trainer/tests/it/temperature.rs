@@ -128,6 +128,7 @@ fn trainer_old_logprobs_equal_the_engines_rollout_logprobs_at_the_sampling_tempe
         expert_parallel: false,
         offload_optimizer: false,
         optimizer_parked: false,
+        at_rest: spar_trainer::sharded::AtRest::Whole,
     };
     let rep = rl_update(
         &model,

@@ -1,0 +1,219 @@
+//! Element ranges of the model's variables read straight from an HF folder, without loading whole tensors: what
+//! a fully sharded trainer that never holds the whole model ([`crate::Qwen3Model::stand_in`]) reads its chunks
+//! with.
+//!
+//! Every HF tensor is one contiguous run of elements of the variable it lands in (VarStore layout, flattened):
+//! a dense weight is its whole variable; expert `x`'s `gate_proj` is rows `0..I` of `gate_up_proj[x]`, its
+//! `up_proj` rows `I..2I`, its `down_proj` all of `down_proj[x]`. So any range of a variable is a few byte
+//! ranges of a few files. Headers are checked as [`crate::Qwen3Model::load`] checks them (dtype, shape, length;
+//! a variable no tensor covers is named), and every range read is checked for NaN / Inf.
+use crate::config::Qwen3Config;
+use crate::qwen3::param_shapes;
+use crate::weights::{Target, check_entry, checkpoint_files, hf_targets, read_header};
+use anyhow::{Context, Result, bail, ensure};
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// One HF tensor as a run of a variable's elements.
+struct Piece {
+    /// First element of the run within the flattened variable.
+    at: i64,
+    numel: i64,
+    file: PathBuf,
+    /// Absolute byte offset of the tensor's data in `file`.
+    offset: u64,
+    kind: Kind,
+    name: String,
+}
+
+/// The HF folder's tensors indexed by variable (see the module documentation).
+pub struct HfRanges {
+    pieces: HashMap<String, Vec<Piece>>,
+}
+
+impl HfRanges {
+    /// Reads the headers of `dir`'s safetensors files (no tensor data) and checks that they cover every
+    /// variable of `config`.
+    pub fn open(dir: &Path, config: &Qwen3Config) -> Result<Self> {
+        let shapes: HashMap<String, Vec<i64>> = param_shapes(config).into_iter().collect();
+        let targets: HashMap<String, Target> = hf_targets(config).into_iter().collect();
+        let (files, _) = checkpoint_files(dir)?;
+        let mut pieces: HashMap<String, Vec<Piece>> = HashMap::new();
+        for path in &files {
+            let (_, data_start, entries) = read_header(path)?;
+            for (name, e) in &entries {
+                let (var, at, shape) = match (targets.get(name), shapes.get(name)) {
+                    (Some(t), _) => {
+                        // Experts are `[E, rows, cols]` variables: expert x starts x matrices in.
+                        let var_shape = &shapes[&t.var];
+                        let at = match t.expert {
+                            Some(x) => {
+                                let row = var_shape[2];
+                                x * var_shape[1] * row + t.rows.map_or(0, |(first, _)| first * row)
+                            }
+                            None => 0,
+                        };
+                        (t.var.clone(), at, t.shape.clone())
+                    }
+                    // A stacked expert tensor stored whole (transformers 5.x in-memory names).
+                    (None, Some(shape)) if name.contains(".mlp.experts.") => {
+                        (name.clone(), 0, shape.clone())
+                    }
+                    _ if name.ends_with(".rotary_emb.inv_freq")
+                        || (name == "lm_head.weight" && config.tie_word_embeddings) =>
+                    {
+                        continue;
+                    }
+                    _ => bail!(
+                        "{}: unexpected tensor `{name}` (not part of a {} model with this config.json)",
+                        path.display(),
+                        config.model_type.as_str()
+                    ),
+                };
+                let (kind, _) = check_entry(path, name, e, &shape)?;
+                pieces.entry(var).or_default().push(Piece {
+                    at,
+                    numel: shape.iter().product(),
+                    file: path.clone(),
+                    offset: data_start + e.start,
+                    kind,
+                    name: name.clone(),
+                });
+            }
+        }
+        // Every element of every variable covered exactly once.
+        for (var, shape) in &shapes {
+            let list = pieces.entry(var.clone()).or_default();
+            list.sort_by_key(|p| p.at);
+            let mut next = 0i64;
+            for p in list.iter() {
+                ensure!(
+                    p.at == next,
+                    "{}: `{}` and the tensors before it cover variable `{var}` from element {} where {next} \
+                     was expected (a tensor is missing or listed twice)",
+                    dir.display(),
+                    p.name,
+                    p.at
+                );
+                next += p.numel;
+            }
+            let numel: i64 = shape.iter().product();
+            if next != numel {
+                bail!(
+                    "{}: missing tensor for `{var}` (elements {next}..{numel} of it are in no file)",
+                    dir.display()
+                );
+            }
+        }
+        Ok(HfRanges { pieces })
+    }
+
+    /// Elements `start .. start + n` of variable `var` (flattened), as fp32 on the CPU.
+    pub fn read(&self, var: &str, start: i64, n: i64) -> Result<Tensor> {
+        let list = self
+            .pieces
+            .get(var)
+            .with_context(|| format!("no variable `{var}`"))?;
+        let mut parts = Vec::new();
+        let end = start + n;
+        for p in list.iter().filter(|p| p.at < end && p.at + p.numel > start) {
+            let (from, to) = (start.max(p.at), end.min(p.at + p.numel));
+            let elt = p.kind.elt_size_in_bytes() as u64;
+            let mut buf = vec![0u8; ((to - from) as u64 * elt) as usize];
+            let mut f = std::fs::File::open(&p.file)
+                .with_context(|| format!("opening {}", p.file.display()))?;
+            f.seek(SeekFrom::Start(p.offset + (from - p.at) as u64 * elt))?;
+            f.read_exact(&mut buf)
+                .with_context(|| format!("{}: reading tensor `{}`", p.file.display(), p.name))?;
+            let t = Tensor::f_from_data_size(&buf, &[to - from], p.kind)?.f_to_kind(Kind::Float)?;
+            if !t.f_sum(Kind::Double)?.double_value(&[]).is_finite() {
+                bail!(
+                    "{}: tensor `{}` holds non-finite values (NaN or Inf): the weights are damaged",
+                    p.file.display(),
+                    p.name
+                );
+            }
+            parts.push(t);
+        }
+        let out = if parts.is_empty() {
+            Tensor::f_zeros([0], (Kind::Float, tch::Device::Cpu))?
+        } else {
+            Tensor::f_cat(&parts, 0)?
+        };
+        ensure!(
+            out.numel() as i64 == n,
+            "variable `{var}`: elements {start}..{end} asked, {} exist",
+            out.numel()
+        );
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Qwen3Model;
+    use tch::Device;
+
+    fn moe_config() -> Qwen3Config {
+        Qwen3Config::from_json_str(
+            r#"{"model_type":"qwen3_moe","vocab_size":64,"hidden_size":16,"intermediate_size":32,
+                "moe_intermediate_size":8,"num_hidden_layers":2,"num_attention_heads":2,"num_key_value_heads":1,
+                "head_dim":8,"num_experts":4,"num_experts_per_tok":2,"decoder_sparse_step":1,
+                "mlp_only_layers":[1],"tie_word_embeddings":false}"#,
+            "test",
+        )
+        .unwrap()
+    }
+
+    /// Any range of any variable equals the same range of the whole loaded model, from one file and from a
+    /// folder of many small shards (ranges crossing tensors and files).
+    #[test]
+    fn ranges_equal_the_whole_loaded_variables() {
+        let model = Qwen3Model::random(moe_config(), Device::Cpu, Kind::BFloat16, 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for (sub, shard) in [("one", usize::MAX), ("many", 3000)] {
+            let d = dir.path().join(sub);
+            crate::weights::save_hf_sharded(&model, &d, shard).unwrap();
+            let ranges = HfRanges::open(&d, &model.config).unwrap();
+            let loaded = Qwen3Model::load(&d, Device::Cpu, Kind::Float).unwrap();
+            for (var, t) in loaded.vs.variables() {
+                let flat = t.reshape([-1]);
+                let numel = flat.numel() as i64;
+                for (s, n) in [
+                    (0, numel),
+                    (1, numel - 2),
+                    (numel / 3, numel / 2),
+                    (numel - 1, 1),
+                ] {
+                    let got = ranges.read(&var, s, n).unwrap();
+                    assert!(got.equal(&flat.narrow(0, s, n)), "{sub}: {var} [{s}, +{n})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_tensor_is_named() {
+        let model = Qwen3Model::random(moe_config(), Device::Cpu, Kind::Float, 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        crate::weights::save_hf(&model, dir.path()).unwrap();
+        let file = dir.path().join("model.safetensors");
+        let kept: Vec<(String, Tensor)> = Tensor::read_safetensors(&file)
+            .unwrap()
+            .into_iter()
+            .filter(|(n, _)| n != "model.layers.0.mlp.experts.2.up_proj.weight")
+            .collect();
+        Tensor::write_safetensors(&kept, &file).unwrap();
+        let err = HfRanges::open(dir.path(), &model.config)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("model.layers.0.mlp.experts.gate_up_proj"),
+            "{err}"
+        );
+    }
+}
