@@ -151,6 +151,30 @@ impl HfRanges {
     }
 }
 
+/// Elements `start .. start + n` of the (flattened) tensor `name` of the safetensors file `path`, as fp32 on the
+/// CPU, reading only those bytes (an optimizer shard's slice when a checkpoint is re-cut for another world size).
+pub fn read_safetensors_range(path: &Path, name: &str, start: i64, n: i64) -> Result<Tensor> {
+    let (mut f, data_start, entries) = read_header(path)?;
+    let e = entries
+        .get(name)
+        .with_context(|| format!("{}: no tensor `{name}`", path.display()))?;
+    let shape = e.shape.clone();
+    let (kind, _) = check_entry(path, name, e, &shape)?;
+    let numel: i64 = shape.iter().product();
+    ensure!(
+        start >= 0 && n >= 0 && start + n <= numel,
+        "{}: elements {start}..{} of `{name}` asked, it holds {numel}",
+        path.display(),
+        start + n
+    );
+    let elt = kind.elt_size_in_bytes() as u64;
+    let mut buf = vec![0u8; (n as u64 * elt) as usize];
+    f.seek(SeekFrom::Start(data_start + e.start + start as u64 * elt))?;
+    f.read_exact(&mut buf)
+        .with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
+    Ok(Tensor::f_from_data_size(&buf, &[n], kind)?.f_to_kind(Kind::Float)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

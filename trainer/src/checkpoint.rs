@@ -325,6 +325,7 @@ fn load_with(
     }
     match sharded {
         Some(sh) if sh.load_own_shard(adamw, dir)? => {}
+        Some(sh) if sh.load_resharded(adamw, dir)? => {}
         Some(sh) => sh.load_whole_state(adamw, &crate::sharded::read_whole_state(dir)?, dir)?,
         None if crate::sharded::is_sharded_checkpoint(dir) => {
             adamw.load_named(&crate::sharded::read_whole_state(dir)?, dir)?

@@ -354,6 +354,89 @@ impl ShardedParams {
         Ok(true)
     }
 
+    /// Loads this rank's chunks from checkpoint `dir`'s sharded optimizer state written by another number of
+    /// ranks over the same parameters, reading only the slices of the old ranks' files that overlap this rank's
+    /// chunks (so no rank holds the whole state: a run sharded at rest resumes on fewer or more ranks). Returns
+    /// false, loading nothing, when `dir` has no sharded state or its units differ.
+    pub fn load_resharded(&self, adamw: &mut AdamW, dir: &Path) -> Result<bool> {
+        let odir = dir.join("optimizer");
+        let mpath = odir.join("manifest.json");
+        if !mpath.exists() {
+            return Ok(false);
+        }
+        let saved: Manifest = serde_json::from_slice(
+            &std::fs::read(&mpath).with_context(|| format!("reading {}", mpath.display()))?,
+        )
+        .with_context(|| format!("parsing {}", mpath.display()))?;
+        let (rank, world) = (self.group.rank() as i64, self.group.world_size());
+        let st = self.state();
+        let ours = self.manifest(&st.units);
+        let same_params = saved.units.len() == ours.units.len()
+            && saved
+                .units
+                .iter()
+                .zip(&ours.units)
+                .all(|(a, b)| a.name == b.name && a.numel == b.numel && a.params == b.params);
+        if !same_params || saved.world_size == 0 {
+            return Ok(false);
+        }
+        let file = |r: usize| odir.join(format!("rank-{r}.safetensors"));
+        let mut chunks: HashMap<String, Tensor> = HashMap::new();
+        let step = Tensor::read_safetensors(file(0))
+            .with_context(|| format!("reading optimizer shard {}", file(0).display()))?
+            .into_iter()
+            .find(|(n, _)| n == "step")
+            .with_context(|| format!("{}: no `step`", file(0).display()))?
+            .1;
+        chunks.insert("step".into(), step);
+        let _g = tch::no_grad_guard();
+        for (u, old) in st.units.iter().zip(&saved.units) {
+            let name = shard_name(u.unit);
+            let (lo, hi) = (rank * u.chunk, (rank * u.chunk + u.chunk).min(u.numel));
+            for prefix in ["m", "v", "master"] {
+                let key = format!("{prefix}.{name}");
+                let mut parts = Vec::new();
+                let mut got = 0i64;
+                for r in 0..saved.world_size {
+                    let (a, b) = (
+                        lo.max(r as i64 * old.chunk),
+                        hi.min((r as i64 + 1) * old.chunk),
+                    );
+                    if a < b {
+                        let at = a - r as i64 * old.chunk;
+                        parts.push(spar_model::read_safetensors_range(
+                            &file(r),
+                            &key,
+                            at,
+                            b - a,
+                        )?);
+                        got += b - a;
+                    }
+                }
+                if got < u.chunk {
+                    parts.push(Tensor::f_zeros(
+                        [u.chunk - got],
+                        (Kind::Float, Device::Cpu),
+                    )?);
+                }
+                let chunk = Tensor::f_cat(&parts, 0)?;
+                if prefix == "master" {
+                    let mut m = u.master.shallow_clone();
+                    m.f_copy_(&chunk.f_to_device(u.device)?)?;
+                } else {
+                    chunks.insert(key, chunk);
+                }
+            }
+        }
+        adamw.load_named(&chunks, &odir)?;
+        eprintln!(
+            "[train] rank {rank}: optimizer chunks re-cut from {} rank(s) to {world}, reading only this rank's \
+             slices",
+            saved.world_size
+        );
+        Ok(true)
+    }
+
     fn manifest(&self, units: &[UnitShard]) -> Manifest {
         Manifest {
             world_size: self.group.world_size(),

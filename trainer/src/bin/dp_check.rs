@@ -27,6 +27,7 @@ use spar_trainer::checkpoint;
 use spar_trainer::knobs::{batching_config, new_learner, policy_loss_config, ratio_level};
 use spar_trainer::learner::{StepReport, rl_update, sft_update};
 use spar_trainer::session::Session;
+use spar_trainer::sharded::AtRest;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tch::{Device, Kind};
@@ -98,11 +99,13 @@ fn main() -> Result<()> {
     let mut out: Option<PathBuf> = None;
     let (mut sharded, mut resume, mut stop_after) = (false, false, None::<usize>);
     let (mut checkpointing, mut expert_parallel, mut one_expert) = (false, 1usize, false);
-    let (mut aux, mut micro_batch) = (false, 2usize);
+    let (mut aux, mut micro_batch, mut at_rest) = (false, 2usize, AtRest::Whole);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--out" => out = Some(args.next().context("--out needs a folder")?.into()),
             "--sharded" => sharded = true,
+            // `[distributed] weights_at_rest = "sharded"` (with --sharded).
+            "--at-rest-sharded" => at_rest = AtRest::Sharded,
             "--checkpointing" => checkpointing = true,
             "--one-expert" => one_expert = true,
             "--aux" => aux = true,
@@ -123,7 +126,7 @@ fn main() -> Result<()> {
                 stop_after = Some(args.next().context("--stop-after needs a count")?.parse()?)
             }
             other => bail!(
-                "unknown argument {other:?} (usage: spar-dp-check --out DIR [--sharded] [--checkpointing] \
+                "unknown argument {other:?} (usage: spar-dp-check --out DIR [--sharded [--at-rest-sharded]] [--checkpointing] \
                  [--expert-parallel P] [--one-expert] [--aux] [--micro-batch N] [--stop-after K | --resume])"
             ),
         }
@@ -178,9 +181,11 @@ fn main() -> Result<()> {
     let loss_cfg = policy_loss_config(&tr, ratio_level(&tr), 1.0)?;
     let batching = batching_config(&tr)?;
     let mut learner = new_learner(&tr, &model, tr.lr, 100, 0)?;
+    learner.at_rest = at_rest;
     learner.join(group.clone(), &mut model, sharded, Some(experts))?;
     let mut session = Session::open(&out, 0, resume, 2, group.clone())?;
     session.sharded = sharded;
+    session.at_rest = at_rest;
     let mut first = 0;
     if resume {
         let dir = session
@@ -252,6 +257,14 @@ fn main() -> Result<()> {
         .grad_sum
         .as_ref()
         .map_or((0, 0), |s| s.overlap_counts());
+    // Sharded at rest the model holds stand-ins: gather the weights once (every rank) for the file below.
+    if let Some(sh) = learner
+        .sharded
+        .as_ref()
+        .filter(|_| at_rest == AtRest::Sharded)
+    {
+        sh.unshard()?;
+    }
     if rank == 0 {
         std::fs::create_dir_all(&out)?;
         std::fs::write(

@@ -264,6 +264,39 @@ fn sharded_checkpoint_resumes_on_other_world_sizes_and_unsharded() {
     }
 }
 
+/// The same with the weights sharded at rest: the 2-rank checkpoint's weights are written a unit at a time, and
+/// resuming on 2 ranks reads each rank's own shard while 1 and 4 ranks re-cut the chunks reading only their
+/// slices of the old ranks' files; every resumed run takes the one plain process's remaining steps.
+#[test]
+fn a_checkpoint_sharded_at_rest_resumes_on_other_world_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("plain-1");
+    check(&one, 1);
+    let saved = dir.path().join("saved");
+    run(
+        &saved,
+        2,
+        &["--sharded", "--at-rest-sharded", "--stop-after", "2"],
+    );
+    let ckpt = saved.join("checkpoints").join("step-00000003");
+    assert!(ckpt.join("model/model.safetensors.index.json").exists());
+    let merged =
+        spar_model::Qwen3Model::load(&ckpt.join("model"), tch::Device::Cpu, tch::Kind::Float)
+            .unwrap()
+            .vs
+            .variables();
+    let whole = spar_trainer::sharded::read_whole_state(&ckpt).unwrap();
+    for (name, w) in &merged {
+        assert!(w.equal(&whole[&format!("master.{name}")]), "{name}");
+    }
+    for n in [2, 1, 4] {
+        let d = dir.path().join(format!("on-{n}"));
+        copy_dir(&saved, &d);
+        run(&d, n, &["--resume", "--sharded", "--at-rest-sharded"]);
+        assert_same_as_one(&format!("sharded at rest, resumed on {n}"), &one, &d, 3);
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
