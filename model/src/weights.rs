@@ -7,7 +7,7 @@
 
 use crate::config::Qwen3Config;
 use crate::qwen3::{Qwen3Model, add_var, param_shapes};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -554,62 +554,86 @@ fn finish_folder(model: &Qwen3Model, dir: &Path, written: &[String]) -> Result<(
 /// [`save_hf`] for a model whose parameters a sharding trainer holds (`units`), one unit at a time: each unit is
 /// gathered, written as its own file `model-0000i-of-0000n.safetensors` (the root first, then one per decoder
 /// layer) and released, so no process ever holds more than one unit whole. Every rank of the sharder's group
-/// must call it (the gathers are collectives); the rank with `dir` writes, the others pass `None`.
+/// must call it (the gathers are collectives) with the same `dir`; `(rank, world)`: unit i is written by rank
+/// i mod world, so the ranks share the writing. Once every rank has returned Ok, one rank completes the folder
+/// with [`finish_hf_by_unit`]. After a failed write a rank goes on gathering (without writing) so that the others
+/// are not left waiting, and returns the error at the end.
 pub fn save_hf_by_unit(
     model: &Qwen3Model,
-    dir: Option<&Path>,
+    dir: &Path,
+    (rank, world): (usize, usize),
     units: &dyn crate::param_units::ParamUnits,
 ) -> Result<()> {
-    if let Some(dir) = dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    let mut failed = std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+        .err();
     let all = model.units();
     let n = all.len();
     let targets = hf_targets(&model.config);
-    let mut wm = Map::new();
-    let mut written = Vec::new();
-    let mut total = 0usize;
-    // After a failed write the gathers go on without writing: the other ranks are gathering in step.
-    let mut failed: Option<anyhow::Error> = None;
     for (i, unit) in all.into_iter().enumerate() {
         units.gather(unit)?;
-        let wrote = match dir.filter(|_| failed.is_none()) {
-            Some(dir) => {
-                let vars: HashSet<String> = model
-                    .unit_params(unit)
-                    .into_iter()
-                    .map(|(n, _)| n)
-                    .collect();
-                let mine = targets
-                    .iter()
-                    .filter(|(_, t)| vars.contains(&t.var))
-                    .cloned();
-                let tensors = hf_tensors_of(model, mine.collect())?;
-                let name = format!("model-{:05}-of-{:05}.safetensors", i + 1, n);
-                tracing::info!(shard = %name, unit = %unit.name(), "writing");
-                let r = write_safetensors(&dir.join(&name), &tensors);
-                for t in &tensors {
-                    wm.insert(t.name.clone(), json!(name));
-                    total += t.value.numel() * t.value.kind().elt_size_in_bytes();
-                }
-                written.push(name);
-                r
-            }
-            None => Ok(()),
-        };
-        units.release(unit)?;
-        if let Err(e) = wrote {
-            failed = Some(e);
+        if i % world.max(1) == rank && failed.is_none() {
+            let name = unit_file(i, n);
+            tracing::info!(shard = %name, unit = %unit.name(), "writing");
+            failed = hf_tensors_of(model, unit_targets(model, &targets, unit))
+                .and_then(|tensors| write_safetensors(&dir.join(&name), &tensors))
+                .err();
         }
+        units.release(unit)?;
     }
-    if let Some(e) = failed {
-        return Err(e);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    let Some(dir) = dir else {
-        return Ok(());
-    };
+}
+
+/// Completes a folder every rank wrote its units into with [`save_hf_by_unit`]: the index (from the config alone),
+/// `config.json`, stale weight files removed.
+pub fn finish_hf_by_unit(model: &Qwen3Model, dir: &Path) -> Result<()> {
+    let all = model.units();
+    let n = all.len();
+    let targets = hf_targets(&model.config);
+    let elt = model.kind().elt_size_in_bytes();
+    let (mut wm, mut written, mut total) = (Map::new(), Vec::new(), 0usize);
+    for (i, unit) in all.into_iter().enumerate() {
+        let name = unit_file(i, n);
+        ensure!(
+            dir.join(&name).is_file(),
+            "{}: {name} (unit {}) was not written",
+            dir.display(),
+            unit.name()
+        );
+        for (hf, t) in unit_targets(model, &targets, unit) {
+            total += t.shape.iter().product::<i64>() as usize * elt;
+            wm.insert(hf, json!(name));
+        }
+        written.push(name);
+    }
     write_index(dir, total, wm, &mut written)?;
     finish_folder(model, dir, &written)
+}
+
+/// The file of unit `i` of `n`.
+fn unit_file(i: usize, n: usize) -> String {
+    format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
+}
+
+/// The HF tensors whose variables belong to `unit`.
+fn unit_targets(
+    model: &Qwen3Model,
+    targets: &[(String, Target)],
+    unit: crate::param_units::Unit,
+) -> Vec<(String, Target)> {
+    let vars: HashSet<String> = model
+        .unit_params(unit)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    targets
+        .iter()
+        .filter(|(_, t)| vars.contains(&t.var))
+        .cloned()
+        .collect()
 }
 
 /// `model.safetensors.index.json`: which file holds each tensor (added to `written`).

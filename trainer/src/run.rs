@@ -235,11 +235,11 @@ pub fn run(parts: TrainParts) -> Result<()> {
         tr.steps as u64,
         "after",
     )?;
-    // Sharded at rest, the final model is written by every rank together (rank 0 writes).
+    // Sharded at rest, the final model is written by every rank together.
     let final_written = at_rest == AtRest::Sharded;
     if final_written {
         let dir = out.join("final");
-        crate::sharded::save_policy(&model, writer.then_some(dir.as_path()), sharder.as_deref())?;
+        crate::sharded::save_policy(&model, &dir, writer, sharder.as_deref())?;
     }
     if !writer {
         eprintln!("[train] rank {rank}: done (rank 0 writes the results)");

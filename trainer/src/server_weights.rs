@@ -11,10 +11,10 @@
 //! so the learner's `rl/policy_lag` is 0 (1 in the one-step off-policy mode) as with the built-in engine.
 //!
 //! Learners that keep the weights sharded at rest write the folder together, one unit at a time (every rank
-//! gathers, rank 0 writes; [`crate::sharded::save_policy`]), and they publish before each held-out evaluation
+//! gathers each unit and writes its share of them; [`crate::sharded::save_policy`]), and they publish before each held-out evaluation
 //! too, which then plays through the server. Weights published already (same version, same optimizer step) are
 //! not written again.
-use crate::sharded::{AtRest, ShardedParams, save_policy};
+use crate::sharded::{ShardedParams, save_policy};
 use anyhow::{Context, Result, bail};
 use spar_core::traits::WeightReceiver;
 use spar_dist::Collectives;
@@ -63,13 +63,48 @@ impl ServerWeights {
             return Ok(0.0);
         }
         let t0 = std::time::Instant::now();
-        let streamed = sharded.is_some_and(|s| s.at_rest() == AtRest::Sharded);
-        let outcome = match (group.rank(), streamed) {
-            (0, _) => self.write_and_load(model, version, sharded, rt),
-            // Sharded at rest: the other ranks take part in every unit's gather while rank 0 writes.
-            (_, true) => save_policy(model, None, sharded),
-            (_, false) => Ok(()),
+        let rank0 = group.rank() == 0;
+        // A model whose weights are still unread in their folder (sharded at rest, before any sharder read them)
+        // is that folder: the servers load it as it is.
+        let in_files = match (model.unread_weights(), model.param_units()) {
+            (Some(dir), None) => Some(dir.to_path_buf()),
+            _ => None,
         };
+        let (folder, partial) = (
+            self.folder(version),
+            self.dir.join(format!(".v{version:06}.partial")),
+        );
+        // Every rank reaches each of the two agreements below exactly once, whatever failed where.
+        let cleared = if rank0 && in_files.is_none() {
+            remove_stale(&[&partial, &folder])
+        } else {
+            Ok(())
+        };
+        if spar_dist::any_rank(group, cleared.is_err())? {
+            cleared?;
+            bail!(
+                "rank 0 could not clear {} (its log says why)",
+                partial.display()
+            );
+        }
+        // Sharded at rest every rank writes its share of the units (a failure stops them all there);
+        // otherwise rank 0 writes the whole weights.
+        let wrote = match &in_files {
+            Some(_) => Ok(()),
+            None => save_policy(model, &partial, rank0, sharded).with_context(|| {
+                format!("writing policy version {version} to {}", partial.display())
+            }),
+        };
+        let outcome = wrote.and_then(|()| match (rank0, &in_files) {
+            (false, _) => Ok(()),
+            (true, Some(dir)) => self.load(dir, version, rt),
+            (true, None) => {
+                std::fs::rename(&partial, &folder).with_context(|| {
+                    format!("renaming {} to {}", partial.display(), folder.display())
+                })?;
+                self.load(&folder, version, rt)
+            }
+        });
         let failed = spar_dist::any_rank(group, outcome.is_err())?;
         match outcome {
             Err(e) => Err(e),
@@ -84,55 +119,30 @@ impl ServerWeights {
         }
     }
 
-    fn write_and_load(
-        &self,
-        model: &Qwen3Model,
-        version: u64,
-        sharded: Option<&ShardedParams>,
-        rt: &tokio::runtime::Runtime,
-    ) -> Result<()> {
-        // A model whose weights are still unread in their folder (sharded at rest, before any sharder read
-        // them) is that folder: the servers load it as it is.
-        if let (Some(dir), None) = (model.unread_weights(), model.param_units()) {
-            rt.block_on(self.receiver.load(dir, version))
-                .with_context(|| {
-                    format!(
-                        "{} did not load policy version {version} from {}",
-                        self.receiver.describe(),
-                        dir.display()
-                    )
-                })?;
-            return remove_older(&self.dir, version);
-        }
-        let folder = self.folder(version);
-        let partial = self.dir.join(format!(".v{version:06}.partial"));
-        let cleared = [&partial, &folder].into_iter().try_for_each(|stale| {
-            if stale.exists() {
-                std::fs::remove_dir_all(stale)
-                    .with_context(|| format!("removing {}", stale.display()))?;
-            }
-            Ok::<(), anyhow::Error>(())
-        });
-        // A failure to clear still writes nothing but gathers with the other ranks (`save_policy` with no
-        // folder), so that they are not left waiting mid-stream.
-        let wrote = save_policy(model, cleared.is_ok().then_some(partial.as_path()), sharded);
-        cleared?;
-        wrote.with_context(|| {
-            format!("writing policy version {version} to {}", partial.display())
-        })?;
-        std::fs::rename(&partial, &folder)
-            .with_context(|| format!("renaming {} to {}", partial.display(), folder.display()))?;
-        rt.block_on(self.receiver.load(&folder, version))
+    /// Every server loads `dir` as `version`; then the older versions' folders go.
+    fn load(&self, dir: &Path, version: u64, rt: &tokio::runtime::Runtime) -> Result<()> {
+        rt.block_on(self.receiver.load(dir, version))
             .with_context(|| {
                 format!(
                     "{} did not load policy version {version} from {}",
                     self.receiver.describe(),
-                    folder.display()
+                    dir.display()
                 )
             })?;
-        tracing::info!(version, folder = %folder.display(), "rollout server weights refreshed");
+        tracing::info!(version, folder = %dir.display(), "rollout server weights refreshed");
         remove_older(&self.dir, version)
     }
+}
+
+/// Removes folders left by an earlier attempt at the same version.
+fn remove_stale(dirs: &[&Path]) -> Result<()> {
+    for stale in dirs {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale)
+                .with_context(|| format!("removing {}", stale.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes the folders of versions below `version` (the servers no longer read them).

@@ -232,19 +232,15 @@ impl Session {
                         tmp.display()
                     );
                 }
-                // Sharded at rest: the weights too, every rank gathering each unit while rank 0 writes it.
+                // Sharded at rest: the weights too, every rank gathering each unit and writing its share.
                 if sh.at_rest() == crate::sharded::AtRest::Sharded {
                     let dir = tmp.join("model");
-                    let wrote = crate::sharded::save_policy(
-                        model,
-                        self.writer().then_some(dir.as_path()),
-                        Some(sh),
-                    );
+                    let wrote = crate::sharded::save_policy(model, &dir, self.writer(), Some(sh));
                     if spar_dist::any_rank(&*self.group, wrote.is_err())? {
                         wrote.with_context(|| {
                             format!("writing the weights into {}", dir.display())
                         })?;
-                        bail!("rank 0 failed to write the weights into {}", dir.display());
+                        bail!("rank 0 failed to complete the weights in {}", dir.display());
                     }
                 }
                 Some(tmp)

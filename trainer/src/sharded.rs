@@ -316,15 +316,9 @@ impl ShardedParams {
     /// caller then cuts the chunks out of the whole state, [`ShardedParams::load_whole_state`]). Sharded at rest
     /// this is the only way a rank resumes without holding the whole state.
     pub fn load_own_shard(&self, adamw: &mut AdamW, dir: &Path) -> Result<bool> {
-        let odir = dir.join("optimizer");
-        let mpath = odir.join("manifest.json");
-        if !mpath.exists() {
+        let Some((odir, saved)) = read_manifest(dir)? else {
             return Ok(false);
-        }
-        let saved: Manifest = serde_json::from_slice(
-            &std::fs::read(&mpath).with_context(|| format!("reading {}", mpath.display()))?,
-        )
-        .with_context(|| format!("parsing {}", mpath.display()))?;
+        };
         let st = self.state();
         if saved != self.manifest(&st.units) {
             return Ok(false);
@@ -359,15 +353,9 @@ impl ShardedParams {
     /// chunks (so no rank holds the whole state: a run sharded at rest resumes on fewer or more ranks). Returns
     /// false, loading nothing, when `dir` has no sharded state or its units differ.
     pub fn load_resharded(&self, adamw: &mut AdamW, dir: &Path) -> Result<bool> {
-        let odir = dir.join("optimizer");
-        let mpath = odir.join("manifest.json");
-        if !mpath.exists() {
+        let Some((odir, saved)) = read_manifest(dir)? else {
             return Ok(false);
-        }
-        let saved: Manifest = serde_json::from_slice(
-            &std::fs::read(&mpath).with_context(|| format!("reading {}", mpath.display()))?,
-        )
-        .with_context(|| format!("parsing {}", mpath.display()))?;
+        };
         let (rank, world) = (self.group.rank() as i64, self.group.world_size());
         let st = self.state();
         let ours = self.manifest(&st.units);
@@ -608,19 +596,34 @@ fn free(u: &UnitShard) -> Result<()> {
     Ok(())
 }
 
-/// Writes `model` as a transformers folder into `dir` (`Some` on the writing rank). With a sharder that keeps the
-/// weights sharded at rest, every rank of its group must call it: the units are gathered, written and released
-/// one at a time ([`spar_model::weights::save_hf_by_unit`]). Otherwise the weights are whole and the writing rank
-/// saves them alone (the others return at once).
+/// Writes `model` as a transformers folder into `dir`. Every rank calls it with the same `dir`; `writer` marks the
+/// one rank that completes the folder. With a sharder that keeps the weights sharded at rest, the units are
+/// gathered one at a time and the ranks share the writing (unit i by rank i mod N,
+/// [`spar_model::weights::save_hf_by_unit`]); a rank's failure stops every rank. Otherwise the weights are whole
+/// and the writer saves them alone (the others return at once).
 pub fn save_policy(
     model: &Qwen3Model,
-    dir: Option<&Path>,
+    dir: &Path,
+    writer: bool,
     sharded: Option<&ShardedParams>,
 ) -> Result<()> {
-    match sharded.filter(|s| s.at_rest() == AtRest::Sharded) {
-        Some(sh) => spar_model::weights::save_hf_by_unit(model, dir, sh),
-        None => dir.map_or(Ok(()), |d| model.save_hf(d)),
+    let Some(sh) = sharded.filter(|s| s.at_rest() == AtRest::Sharded) else {
+        return if writer { model.save_hf(dir) } else { Ok(()) };
+    };
+    let group = &*sh.group;
+    let wrote =
+        spar_model::weights::save_hf_by_unit(model, dir, (group.rank(), group.world_size()), sh);
+    if spar_dist::any_rank(group, wrote.is_err())? {
+        wrote.with_context(|| format!("writing this rank's units into {}", dir.display()))?;
+        anyhow::bail!(
+            "another rank failed to write its units into {}",
+            dir.display()
+        );
     }
+    if writer {
+        spar_model::weights::finish_hf_by_unit(model, dir)?;
+    }
+    Ok(())
 }
 
 /// Elements `lo .. lo + chunk` of a unit's flat vector (its `params` in order, then zero padding), read from
@@ -712,6 +715,20 @@ struct ManifestUnit {
     params: Vec<(String, Vec<i64>)>,
 }
 
+/// Checkpoint `dir`'s `optimizer/` folder and its manifest; None when the checkpoint is not sharded.
+fn read_manifest(dir: &Path) -> Result<Option<(std::path::PathBuf, Manifest)>> {
+    let odir = dir.join("optimizer");
+    let mpath = odir.join("manifest.json");
+    if !mpath.exists() {
+        return Ok(None);
+    }
+    let saved: Manifest = serde_json::from_slice(
+        &std::fs::read(&mpath).with_context(|| format!("reading {}", mpath.display()))?,
+    )
+    .with_context(|| format!("parsing {}", mpath.display()))?;
+    Ok(Some((odir, saved)))
+}
+
 /// Whether `dir` (a checkpoint) holds a sharded optimizer state (`optimizer/manifest.json`).
 pub fn is_sharded_checkpoint(dir: &Path) -> bool {
     dir.join("optimizer").join("manifest.json").exists()
@@ -722,19 +739,14 @@ pub fn is_sharded_checkpoint(dir: &Path) -> bool {
 /// sharded `optimizer/` (every rank's chunks joined, padding dropped, cut back into parameters). This is what
 /// lets a checkpoint resume on another world size or in the other mode. It holds the whole state in memory.
 pub fn read_whole_state(dir: &Path) -> Result<HashMap<String, Tensor>> {
-    if !is_sharded_checkpoint(dir) {
+    let Some((odir, manifest)) = read_manifest(dir)? else {
         let path = dir.join("optimizer.safetensors");
         return Ok(Tensor::read_safetensors(&path)
             .with_context(|| format!("reading optimizer state {}", path.display()))?
             .into_iter()
             .collect());
-    }
-    let odir = dir.join("optimizer");
+    };
     let mpath = odir.join("manifest.json");
-    let manifest: Manifest = serde_json::from_slice(
-        &std::fs::read(&mpath).with_context(|| format!("reading {}", mpath.display()))?,
-    )
-    .with_context(|| format!("parsing {}", mpath.display()))?;
     let mut ranks = Vec::with_capacity(manifest.world_size);
     for r in 0..manifest.world_size {
         let p = odir.join(format!("rank-{r}.safetensors"));

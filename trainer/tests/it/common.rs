@@ -183,3 +183,27 @@ pub fn scored_for(s: &spar_core::Sample, advantages: &[f64]) -> spar_core::Score
         components: Default::default(),
     }
 }
+
+/// Four sampled items of a `vocab`-token model (seeds from `seed`) as SFT items, and micro-batches of 2
+/// (sequence mean of token means): the small batch the learner tests step on.
+pub fn four_items(
+    vocab: u32,
+    seed: u64,
+) -> (
+    Vec<spar_trainer::batch::TrainItem>,
+    spar_trainer::learner::BatchingConfig,
+) {
+    let samples: Vec<_> = (0..4)
+        .map(|i| sample_with_steps("g", i, vocab, 5, 7, 2, seed + i as u64))
+        .collect();
+    let scored: Vec<_> = samples.iter().map(|s| scored_for(s, &[0.5, 0.3])).collect();
+    let (items, _) = spar_trainer::batch::assemble(&samples, &scored, "test").unwrap();
+    let batching = spar_trainer::learner::BatchingConfig {
+        micro_batch: 2,
+        token_budget: 0,
+        pack: false,
+        agg: spar_trainer::agg::AggMode::SeqMeanTokenMean,
+        l_max: 64,
+    };
+    (items, batching)
+}

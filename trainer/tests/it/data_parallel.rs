@@ -220,33 +220,13 @@ fn fully_sharded_on_one_to_four_ranks_takes_the_one_process_steps() {
 #[test]
 fn sharded_checkpoint_resumes_on_other_world_sizes_and_unsharded() {
     let dir = tempfile::tempdir().unwrap();
-    let one = dir.path().join("plain-1");
-    check(&one, 1);
-    let saved = dir.path().join("saved");
-    run(&saved, 2, &["--sharded", "--stop-after", "2"]);
-    let ckpt = saved.join("checkpoints").join("step-00000003");
+    let (one, saved, ckpt) = one_process_and_two_rank_checkpoint(dir.path(), &["--sharded"]);
     let opt = ckpt.join("optimizer");
     for f in ["manifest.json", "rank-0.safetensors", "rank-1.safetensors"] {
         assert!(opt.join(f).exists(), "{f} missing in {}", opt.display());
     }
     assert!(!ckpt.join("optimizer.safetensors").exists());
-    // The checkpoint's weights (`model/`, what `spar export` reads) are the ranks' fp32 master chunks joined,
-    // bit for bit (the model is fp32 here).
-    let merged =
-        spar_model::Qwen3Model::load(&ckpt.join("model"), tch::Device::Cpu, tch::Kind::Float)
-            .unwrap()
-            .vs
-            .variables();
-    let whole = spar_trainer::sharded::read_whole_state(&ckpt).unwrap();
-    assert!(!merged.is_empty());
-    for (name, w) in &merged {
-        let master = &whole[&format!("master.{name}")];
-        assert_eq!(w.size(), master.size(), "{name}");
-        assert!(
-            w.equal(master),
-            "{name}: merged weights differ from the joined masters"
-        );
-    }
+    assert_weights_are_the_masters(&ckpt);
     for (label, n, sharded) in [
         ("1 rank sharded", 1, true),
         ("4 ranks sharded", 4, true),
@@ -270,30 +250,51 @@ fn sharded_checkpoint_resumes_on_other_world_sizes_and_unsharded() {
 #[test]
 fn a_checkpoint_sharded_at_rest_resumes_on_other_world_sizes() {
     let dir = tempfile::tempdir().unwrap();
-    let one = dir.path().join("plain-1");
-    check(&one, 1);
-    let saved = dir.path().join("saved");
-    run(
-        &saved,
-        2,
-        &["--sharded", "--at-rest-sharded", "--stop-after", "2"],
-    );
-    let ckpt = saved.join("checkpoints").join("step-00000003");
+    let (one, saved, ckpt) =
+        one_process_and_two_rank_checkpoint(dir.path(), &["--sharded", "--at-rest-sharded"]);
     assert!(ckpt.join("model/model.safetensors.index.json").exists());
-    let merged =
-        spar_model::Qwen3Model::load(&ckpt.join("model"), tch::Device::Cpu, tch::Kind::Float)
-            .unwrap()
-            .vs
-            .variables();
-    let whole = spar_trainer::sharded::read_whole_state(&ckpt).unwrap();
-    for (name, w) in &merged {
-        assert!(w.equal(&whole[&format!("master.{name}")]), "{name}");
-    }
+    assert_weights_are_the_masters(&ckpt);
     for n in [2, 1, 4] {
         let d = dir.path().join(format!("on-{n}"));
         copy_dir(&saved, &d);
         run(&d, n, &["--resume", "--sharded", "--at-rest-sharded"]);
         assert_same_as_one(&format!("sharded at rest, resumed on {n}"), &one, &d, 3);
+    }
+}
+
+/// The one plain process's run, and a 2-rank run (`extra` flags) stopped with a checkpoint after 2 updates
+/// (3 steps): (one, saved run, its checkpoint).
+fn one_process_and_two_rank_checkpoint(
+    dir: &Path,
+    extra: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let one = dir.join("plain-1");
+    check(&one, 1);
+    let saved = dir.join("saved");
+    let mut args = extra.to_vec();
+    args.extend(["--stop-after", "2"]);
+    run(&saved, 2, &args);
+    let ckpt = saved.join("checkpoints").join("step-00000003");
+    (one, saved, ckpt)
+}
+
+/// The checkpoint's weights (`model/`, what `spar export` reads) are the ranks' fp32 master chunks joined, bit
+/// for bit (the model is fp32 here).
+fn assert_weights_are_the_masters(ckpt: &Path) {
+    let merged =
+        spar_model::Qwen3Model::load(&ckpt.join("model"), tch::Device::Cpu, tch::Kind::Float)
+            .unwrap()
+            .vs
+            .variables();
+    let whole = spar_trainer::sharded::read_whole_state(ckpt).unwrap();
+    assert!(!merged.is_empty());
+    for (name, w) in &merged {
+        let master = &whole[&format!("master.{name}")];
+        assert_eq!(w.size(), master.size(), "{name}");
+        assert!(
+            w.equal(master),
+            "{name}: merged weights differ from the joined masters"
+        );
     }
 }
 

@@ -4,11 +4,8 @@
 //! gradients), and while parked the state is on the CPU. Two model instances on one GPU already differ in the
 //! last float bits (kernel choices and reduction order: losses 6e-8 relative apart at step 0 on an H100), so the
 //! comparison allows float noise: a lost or reset state would move the weights by a whole step.
-use super::common::{sample_with_steps, scored_for};
 use spar_model::{Qwen3Config, Qwen3Model};
-use spar_trainer::agg::AggMode;
-use spar_trainer::batch::assemble;
-use spar_trainer::learner::{BatchingConfig, Learner, sft_update};
+use spar_trainer::learner::{Learner, sft_update};
 use tch::{Device, Kind};
 
 const VOCAB: i64 = 61;
@@ -43,18 +40,7 @@ fn a_parked_optimizer_state_steps_as_one_that_stayed_on_the_gpu() {
         return;
     }
     let device = Device::Cuda(0);
-    let samples: Vec<_> = (0..4)
-        .map(|i| sample_with_steps("g", i, VOCAB as u32, 5, 7, 2, 40 + i as u64))
-        .collect();
-    let scored: Vec<_> = samples.iter().map(|s| scored_for(s, &[0.5, 0.3])).collect();
-    let (items, _) = assemble(&samples, &scored, "test").unwrap();
-    let batching = BatchingConfig {
-        micro_batch: 2,
-        token_budget: 0,
-        pack: false,
-        agg: AggMode::SeqMeanTokenMean,
-        l_max: 64,
-    };
+    let (items, batching) = super::common::four_items(VOCAB as u32, 40);
     for sharded in [false, true] {
         let (mut kept, mut parked) = (model(device), model(device));
         let start = model(device);

@@ -3,11 +3,8 @@
 //! loaded whole, its parameters are one-element stand-ins between updates, its streamed save equals the whole
 //! one, and a learner restored from its optimizer shard takes the next step identically. (Several ranks: the
 //! e2e test `sharded_at_rest`.)
-use super::common::{sample_with_steps, scored_for};
 use spar_model::{Qwen3Config, Qwen3Model};
-use spar_trainer::agg::AggMode;
-use spar_trainer::batch::assemble;
-use spar_trainer::learner::{BatchingConfig, Learner, sft_update};
+use spar_trainer::learner::{Learner, sft_update};
 use spar_trainer::sharded::{AtRest, save_policy};
 use std::path::Path;
 use tch::{Device, Kind};
@@ -55,18 +52,7 @@ fn sharded_at_rest_steps_as_whole_and_holds_nothing_whole_between_updates() {
         .unwrap()
         .save_hf(&hf)
         .unwrap();
-    let samples: Vec<_> = (0..4)
-        .map(|i| sample_with_steps("g", i, VOCAB as u32, 5, 7, 2, 60 + i as u64))
-        .collect();
-    let scored: Vec<_> = samples.iter().map(|s| scored_for(s, &[0.5, 0.3])).collect();
-    let (items, _) = assemble(&samples, &scored, "test").unwrap();
-    let batching = BatchingConfig {
-        micro_batch: 2,
-        token_budget: 0,
-        pack: false,
-        agg: AggMode::SeqMeanTokenMean,
-        l_max: 64,
-    };
+    let (items, batching) = super::common::four_items(VOCAB as u32, 60);
 
     let mut whole = Qwen3Model::load(&hf, Device::Cpu, Kind::Float).unwrap();
     let mut rest = Qwen3Model::stand_in(&hf, Device::Cpu, Kind::Float).unwrap();
@@ -99,8 +85,8 @@ fn sharded_at_rest_steps_as_whole_and_holds_nothing_whole_between_updates() {
         assert!(!all_stand_ins(&whole));
     }
     let (dw, dr) = (dir.path().join("whole"), dir.path().join("rest"));
-    save_policy(&whole, Some(&dw), lw.sharded.as_deref()).unwrap();
-    save_policy(&rest, Some(&dr), lr.sharded.as_deref()).unwrap();
+    save_policy(&whole, &dw, true, lw.sharded.as_deref()).unwrap();
+    save_policy(&rest, &dr, true, lr.sharded.as_deref()).unwrap();
     assert!(dr.join("model-00003-of-00003.safetensors").exists());
     assert!(
         all_stand_ins(&rest),
@@ -125,8 +111,8 @@ fn sharded_at_rest_steps_as_whole_and_holds_nothing_whole_between_updates() {
     assert_eq!(a.loss, b.loss);
     assert_eq!(a.grad_norm, b.grad_norm);
     let (d1, d2) = (dir.path().join("next1"), dir.path().join("next2"));
-    save_policy(&rest, Some(&d1), lr.sharded.as_deref()).unwrap();
-    save_policy(&again, Some(&d2), la.sharded.as_deref()).unwrap();
+    save_policy(&rest, &d1, true, lr.sharded.as_deref()).unwrap();
+    save_policy(&again, &d2, true, la.sharded.as_deref()).unwrap();
     for ((n, x), (_, y)) in variables(&d1).iter().zip(&variables(&d2)) {
         assert!(x.equal(y), "{n} after the resumed step");
     }
