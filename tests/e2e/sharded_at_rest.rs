@@ -207,3 +207,85 @@ fn a_run_sharded_at_rest_killed_mid_way_resumes_exactly() {
         assert!(x.equal(y), "{n}: the resumed run differs");
     }
 }
+
+/// `spar serve` as the rollout server (no SGLang): it plays the rounds and the held-out evaluations and loads
+/// every policy version the two ranks write (SGLang's `/update_weights_from_disk`), ending on the last one.
+#[test]
+fn spar_serve_is_the_rollout_server_of_a_run_sharded_at_rest() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let model = starting_model(dir.path());
+    let mut server = spar()
+        .args([
+            "serve",
+            "--device",
+            "cpu",
+            "--port",
+            "0",
+            "--max-model-len",
+            "2048",
+        ])
+        .arg("--model")
+        .arg(&model)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // "spar serve: http://ADDR/v1" once it listens.
+    let mut lines = std::io::BufReader::new(server.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("spar serve exited before listening")
+            .unwrap();
+        if let Some(u) = line.strip_prefix("spar serve: ") {
+            break u.trim().to_string();
+        }
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let root_url = url.trim_end_matches("/v1").to_string();
+    let run_dir = dir.path().join("run");
+    let mut cmd = launch2();
+    run(&mut cmd, &run_dir, &model, &url, &root_url, 2);
+    let out = cmd
+        .args(["--set", "distributed.weights_at_rest=\"sharded\""])
+        .output()
+        .unwrap();
+    let stats = get_json(&root_url, "/stats");
+    server.kill().ok();
+    server.wait().ok();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = stats.expect("the server's /stats");
+    assert_eq!(stats["weight_version"], "2", "{stats}");
+    assert!(
+        stats["engine"]["requests"].as_u64().unwrap_or(0) > 0,
+        "{stats}"
+    );
+    assert_eq!(metric_rows(&run_dir, "rl/loss").len(), 2);
+    for name in ["initial", "before", "after"] {
+        assert!(
+            run_dir.join(format!("transcripts/{name}.md")).exists(),
+            "{name}"
+        );
+    }
+}
+
+/// `GET path` of the server at `root` (`http://ADDR`), its JSON body (None when it does not answer).
+fn get_json(root: &str, path: &str) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let addr = root.strip_prefix("http://")?;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+}

@@ -30,9 +30,29 @@ pub struct EngineClient {
 /// The engine's end of the channel.
 pub struct EngineInbox {
     rx: mpsc::Receiver<(GenerateRequest, Reply)>,
+    /// Weight loads (`spar serve`'s `/update_weights_from_disk`); None: this engine's weights never change.
+    loads: Option<mpsc::Receiver<WeightLoad>>,
+}
+
+/// A request to load new weights into the running engine's model (see [`super::Engine::run_until`]).
+pub struct WeightLoad {
+    /// A transformers folder of the served model's shape.
+    pub dir: std::path::PathBuf,
+    /// Answered once the weights are in place (or with why they are not).
+    pub done: tokio::sync::oneshot::Sender<Result<()>>,
 }
 
 impl EngineInbox {
+    /// Also takes weight loads from `loads`.
+    pub fn with_weight_loads(mut self, loads: mpsc::Receiver<WeightLoad>) -> Self {
+        self.loads = Some(loads);
+        self
+    }
+
+    pub(crate) fn try_recv_load(&self) -> Option<WeightLoad> {
+        self.loads.as_ref().and_then(|rx| rx.try_recv().ok())
+    }
+
     pub(crate) fn try_recv(&self) -> Option<(GenerateRequest, Reply)> {
         self.rx.try_recv().ok()
     }
@@ -44,7 +64,10 @@ impl EngineInbox {
 /// A connected client / inbox pair. `id` names the policy (shown by `RolloutBackend::id`).
 pub fn channel(id: impl Into<String>) -> (EngineClient, EngineInbox) {
     let (tx, rx) = mpsc::channel();
-    (EngineClient { tx, id: id.into() }, EngineInbox { rx })
+    (
+        EngineClient { tx, id: id.into() },
+        EngineInbox { rx, loads: None },
+    )
 }
 
 impl EngineClient {

@@ -15,7 +15,7 @@ pub mod client;
 pub mod slots;
 
 pub use cancel::{EngineLoad, LoadSink};
-pub use client::{EngineClient, EngineInbox, StreamEvent, channel};
+pub use client::{EngineClient, EngineInbox, StreamEvent, WeightLoad, channel};
 
 use crate::codec::TextCodec;
 use crate::sampling::{RowSampler, Sampled, sample};
@@ -140,6 +140,8 @@ pub struct Engine<'m> {
     graphs: Option<GraphDecoder>,
     /// Where [`Engine::run_until`] publishes its load (None: nowhere).
     load_sink: Option<LoadSink>,
+    /// A weight load waiting for the running sequences to finish (no new one is admitted meanwhile).
+    pending_load: Option<WeightLoad>,
     pub stats: EngineStats,
 }
 
@@ -189,8 +191,41 @@ impl<'m> Engine<'m> {
             routing_shape,
             stats: EngineStats::default(),
             load_sink: None,
+            pending_load: None,
             cfg,
         })
+    }
+
+    /// Copies the weights of the transformers folder `dir` into the model in place, one variable at a time
+    /// (read from the files by range: no second copy of the model), then forgets every cached prefix (their
+    /// keys and values came from the old weights). The folder must hold a model of this one's shape; its
+    /// headers are all checked before anything is copied. CUDA graphs stay valid: the weights keep their
+    /// addresses.
+    pub fn load_weights(&mut self, dir: &std::path::Path) -> Result<()> {
+        anyhow::ensure!(
+            self.running.is_empty(),
+            "weights cannot change under running sequences"
+        );
+        let ranges = spar_model::HfRanges::open(dir, &self.model.config)?;
+        let _g = tch::no_grad_guard();
+        for (name, mut var) in self.model.vs.variables() {
+            let whole = ranges
+                .read(&name, 0, var.numel() as i64)?
+                .f_to_kind(var.kind())?
+                .f_to_device(var.device())?
+                .f_view(var.size().as_slice())?;
+            var.f_copy_(&whole).with_context(|| {
+                format!(
+                    "{}: copying `{name}` (the weights are now partly the new ones: load again)",
+                    dir.display()
+                )
+            })?;
+        }
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            *slot = SlotState::default();
+            self.cache.reset(i);
+        }
+        Ok(())
     }
 
     /// Gives the engine a tokenizer, needed for requests with stop strings.
@@ -246,10 +281,27 @@ impl<'m> Engine<'m> {
 
     /// Serves requests arriving through `inbox` until `done()` is true and no work is left. Requests whose
     /// caller has gone away are dropped (see `cancel.rs`); the load is published after every step.
+    ///
+    /// A weight load (`EngineInbox::with_weight_loads`) stops admitting new requests, lets the running ones
+    /// finish on the old weights, loads ([`Engine::load_weights`]), answers, and admission resumes.
     pub fn run_until(&mut self, inbox: &EngineInbox, done: impl Fn() -> bool) -> Result<()> {
         loop {
             while let Some((req, reply)) = inbox.try_recv() {
                 self.submit(req, reply);
+            }
+            if self.pending_load.is_none() {
+                self.pending_load = inbox.try_recv_load();
+            }
+            if self.running.is_empty()
+                && let Some(load) = self.pending_load.take()
+            {
+                let loaded = self.load_weights(&load.dir);
+                match &loaded {
+                    Ok(()) => tracing::info!(folder = %load.dir.display(), "weights loaded"),
+                    Err(e) => tracing::error!("weight load failed: {e:#}"),
+                }
+                let _ = load.done.send(loaded);
+                continue;
             }
             if self.has_work() {
                 let stepped = self.step();
@@ -288,6 +340,10 @@ impl<'m> Engine<'m> {
     }
 
     fn admit(&mut self) {
+        // A weight load waits for the running sequences; the queued ones wait for the new weights.
+        if self.pending_load.is_some() {
+            return;
+        }
         while self.running.len() < self.cfg.max_batch {
             let Some(Queued { req, reply }) = self.queue.pop_front() else {
                 break;

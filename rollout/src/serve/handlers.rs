@@ -29,6 +29,7 @@ pub(crate) fn router(state: Arc<ServeState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
         .route("/stats", get(stats))
+        .route("/update_weights_from_disk", post(update_weights_from_disk))
         // Only matched routes ask for the token: an unknown route is a 404 either way.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -79,11 +80,98 @@ async fn models(State(st): St) -> Json<Value> {
 /// sequences in flight against the limit.
 async fn stats(State(st): St) -> Json<Value> {
     let load = *st.load.lock().unwrap_or_else(|e| e.into_inner());
+    let version = st
+        .weight_version
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     Json(
         json!({"engine": load.stats, "running": load.running, "queued": load.queued,
                 "in_flight_sequences": st.in_flight.current(),
-                "max_in_flight_sequences": st.limits.max_in_flight_sequences}),
+                "max_in_flight_sequences": st.limits.max_in_flight_sequences,
+                "weight_version": version}),
     )
+}
+
+/// SGLang's weight refresh request (`sglang.srt.managers.io_struct.UpdateWeightFromDiskReqInput`).
+#[derive(serde::Deserialize)]
+struct UpdateWeightsFromDisk {
+    model_path: String,
+    #[serde(default)]
+    weight_version: Option<String>,
+    /// Every cached prefix is dropped whatever this says (they hold the old weights' keys).
+    #[serde(default)]
+    #[allow(dead_code)]
+    flush_cache: Option<bool>,
+    #[serde(default)]
+    abort_all_requests: Option<bool>,
+}
+
+/// `POST /update_weights_from_disk`: loads a transformers folder of the served model's shape into the engine
+/// in place, as SGLang does: sequences running now finish on the old weights, requests arriving meanwhile wait
+/// for the new ones. Answers SGLang's `{"success", "message", "num_paused_requests"}`; a folder that cannot be
+/// loaded (missing, another shape, damaged) answers 400 with `success: false` and the reason, and the engine
+/// keeps its weights (every header is checked before anything is copied).
+async fn update_weights_from_disk(
+    State(st): St,
+    Json(req): Json<UpdateWeightsFromDisk>,
+) -> Response {
+    let answer = |status: StatusCode, success: bool, message: String| {
+        (
+            status,
+            Json(json!({"success": success, "message": message, "num_paused_requests": 0})),
+        )
+            .into_response()
+    };
+    if req.abort_all_requests == Some(true) {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            false,
+            "abort_all_requests is not supported: running sequences finish on the old weights"
+                .into(),
+        );
+    }
+    let (done, rx) = tokio::sync::oneshot::channel();
+    let load = crate::engine::WeightLoad {
+        dir: std::path::PathBuf::from(&req.model_path),
+        done,
+    };
+    let sent = st
+        .weight_loads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(load);
+    if sent.is_err() {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            false,
+            "the generation engine has stopped".into(),
+        );
+    }
+    match rx.await {
+        Ok(Ok(())) => {
+            let version = req.weight_version.unwrap_or_default();
+            *st.weight_version.lock().unwrap_or_else(|e| e.into_inner()) = version.clone();
+            answer(
+                StatusCode::OK,
+                true,
+                format!(
+                    "Succeeded to update model weights (version {version:?} from {}).",
+                    req.model_path
+                ),
+            )
+        }
+        Ok(Err(e)) => answer(
+            StatusCode::BAD_REQUEST,
+            false,
+            format!("Failed to update weights from {}: {e:#}", req.model_path),
+        ),
+        Err(_) => answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            false,
+            "the generation engine dropped the weight load".into(),
+        ),
+    }
 }
 
 /// `n` of a request, checked against the limit (streaming allows only 1).

@@ -4,7 +4,9 @@
 //! (`reasoning_content`, as vLLM's qwen3 parser returns it), loopback binding by default and an optional
 //! bearer token (required off loopback, `auth.rs`), limits on the work a request asks for (`limits.rs`),
 //! OpenAI-style errors for every failure (`errors.rs`), and requests whose client disconnects cancelled in the
-//! engine. Token ids in and out (`prompt` as ids, `return_token_ids`) serve the rollout backend switch.
+//! engine. Token ids in and out (`prompt` as ids, `return_token_ids`) serve the rollout backend switch, and
+//! SGLang's `POST /update_weights_from_disk` loads a trainer's new policy version in place, so `spar serve`
+//! is a rollout server `[rollout.weight_sync]` can refresh.
 pub mod api;
 mod auth;
 mod errors;
@@ -135,6 +137,10 @@ pub(crate) struct ServeState {
     pub in_flight: limits::InFlight,
     /// The engine's counters and load, published by the engine thread after every step (`GET /stats`).
     pub load: LoadSink,
+    /// Weight loads to the engine thread (`POST /update_weights_from_disk`).
+    pub weight_loads: std::sync::Mutex<std::sync::mpsc::Sender<engine::WeightLoad>>,
+    /// The `weight_version` of the last load (`"initial"` before any), shown by `/stats` and `/v1/models`.
+    pub weight_version: std::sync::Mutex<String>,
 }
 
 /// Serves until `stop` is set (or the listener fails). `ready` receives the bound address (port 0 picks a free
@@ -161,6 +167,8 @@ pub fn serve(
         .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
     let (client, inbox) = engine::channel(opts.model_name.clone());
+    let (weight_loads, loads) = std::sync::mpsc::channel();
+    let inbox = inbox.with_weight_loads(loads);
     let load = LoadSink::default();
     let mut eos: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
         .iter()
@@ -180,6 +188,8 @@ pub fn serve(
         in_flight: limits::InFlight::new(opts.limits.max_in_flight_sequences),
         limits: opts.limits.clone(),
         load: load.clone(),
+        weight_loads: std::sync::Mutex::new(weight_loads),
+        weight_version: std::sync::Mutex::new("initial".into()),
     });
     let app = handlers::router(state);
     let stop_http = stop.clone();

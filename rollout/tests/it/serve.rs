@@ -3,7 +3,7 @@
 //! fixture and a raw HTTP helper here serve the hardening tests too (`serve_errors.rs`, `serve_limits.rs`).
 use super::common::tiny_model;
 use spar_core::recipe::EndpointConfig;
-use spar_core::traits::{GenerateRequest, RolloutBackend, SamplingParams};
+use spar_core::traits::{GenerateRequest, RolloutBackend, SamplingParams, WeightReceiver};
 use spar_rollout::TextCodec;
 use spar_rollout::engine::{Engine, EngineConfig};
 use spar_rollout::serve::{ChatMlRenderer, ServeLimits, ServeOptions, serve};
@@ -253,4 +253,101 @@ fn the_external_backend_gets_top_logprobs_through_serve() {
             "greedy leads"
         );
     }
+}
+
+/// `POST /update_weights_from_disk`, driven by spar's own SGLang weight receiver (what `[rollout.weight_sync]`
+/// sends): after a load the server generates exactly what an engine over the new weights generates, its
+/// `/stats` report the version, and a folder it cannot load is refused with the reason while the weights it
+/// serves stay the last good ones.
+#[test]
+fn serve_loads_a_new_policy_version_as_sglang_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let newer = tiny_model(false);
+    tch::no_grad(|| {
+        for (_, mut v) in newer.vs.variables() {
+            let _ = v.g_add_(&(v.randn_like() * 0.05));
+        }
+    });
+    newer.save_hf(&dir.path().join("v1")).unwrap();
+    let req = GenerateRequest {
+        prompt_ids: (0..6).map(|i| 300 + i).collect(),
+        sampling: SamplingParams {
+            temperature: 0.0,
+            max_new_tokens: 6,
+            seed: Some(1),
+            top_logprobs: 0,
+            stop_token_ids: ["<|im_end|>", "<|endoftext|>"]
+                .iter()
+                .map(|t| CharCodec.token_id(t).unwrap())
+                .collect(),
+            ..Default::default()
+        },
+    };
+    let (sent, folder) = (req.clone(), dir.path().to_path_buf());
+    let (before, after, refused, kept, version) = with_server(None, move |addr| {
+        let backend = spar_clients::OpenAiRolloutBackend::from_endpoint(&EndpointConfig {
+            base_url: format!("http://{addr}/v1"),
+            model: "tiny".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let receiver =
+            spar_clients::SglangWeightReceiver::new(&spar_core::recipe::WeightSyncConfig {
+                kind: spar_core::recipe::WeightSyncKind::Sglang,
+                servers: vec![format!("http://{addr}")],
+                ..Default::default()
+            })
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let generate = || {
+            rt.block_on(backend.generate(vec![sent.clone()]))
+                .unwrap()
+                .remove(0)
+        };
+        let before = generate();
+        rt.block_on(receiver.load(&folder.join("v1"), 1)).unwrap();
+        let after = generate();
+        let refused = rt
+            .block_on(receiver.load(&folder.join("missing"), 2))
+            .unwrap_err()
+            .to_string();
+        let kept = generate();
+        (
+            before,
+            after,
+            refused,
+            kept,
+            stats(addr)["weight_version"].clone(),
+        )
+    });
+    let direct = |m: &spar_model::Qwen3Model| {
+        Engine::new(m, engine_config())
+            .unwrap()
+            .generate(vec![req.clone()])
+            .unwrap()
+            .remove(0)
+            .output
+    };
+    let (old, new) = (direct(&tiny_model(false)), direct(&newer));
+    assert_ne!(old.logprobs, new.logprobs, "the two models must differ");
+    for (label, got, want) in [
+        ("before", &before, &old),
+        ("after", &after, &new),
+        ("after a refused load", &kept, &new),
+    ] {
+        assert_eq!(got.token_ids, want.token_ids, "{label}");
+        for (a, b) in got.logprobs.iter().zip(&want.logprobs) {
+            assert!(
+                (a - b).abs() < 1e-5,
+                "{label}: {:?} vs {:?}",
+                got.logprobs,
+                want.logprobs
+            );
+        }
+    }
+    assert!(refused.contains("missing"), "{refused}");
+    assert_eq!(version, "1");
 }
