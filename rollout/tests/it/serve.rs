@@ -191,15 +191,15 @@ fn serve_answers_the_openai_client() {
     assert!(text.contains("openai client OK"), "{text}");
 }
 
-#[test]
-fn the_external_backend_gets_top_logprobs_through_serve() {
-    let req = GenerateRequest {
+/// A greedy request of six prompt tokens with `top` alternatives per token.
+fn greedy_request(max_new_tokens: u32, top: u32) -> GenerateRequest {
+    GenerateRequest {
         prompt_ids: (0..6).map(|i| 300 + i).collect(),
         sampling: SamplingParams {
             temperature: 0.0,
-            max_new_tokens: 5,
+            max_new_tokens,
             seed: Some(1),
-            top_logprobs: 4,
+            top_logprobs: top,
             // What the server adds on its own (it stops at the end-of-turn tokens), for the direct run too.
             stop_token_ids: ["<|im_end|>", "<|endoftext|>"]
                 .iter()
@@ -207,7 +207,12 @@ fn the_external_backend_gets_top_logprobs_through_serve() {
                 .collect(),
             ..Default::default()
         },
-    };
+    }
+}
+
+#[test]
+fn the_external_backend_gets_top_logprobs_through_serve() {
+    let req = greedy_request(5, 4);
     let sent = req.clone();
     let over_http = with_server(None, move |addr| {
         let backend = spar_clients::OpenAiRolloutBackend::from_endpoint(&EndpointConfig {
@@ -269,20 +274,7 @@ fn serve_loads_a_new_policy_version_as_sglang_does() {
         }
     });
     newer.save_hf(&dir.path().join("v1")).unwrap();
-    let req = GenerateRequest {
-        prompt_ids: (0..6).map(|i| 300 + i).collect(),
-        sampling: SamplingParams {
-            temperature: 0.0,
-            max_new_tokens: 6,
-            seed: Some(1),
-            top_logprobs: 0,
-            stop_token_ids: ["<|im_end|>", "<|endoftext|>"]
-                .iter()
-                .map(|t| CharCodec.token_id(t).unwrap())
-                .collect(),
-            ..Default::default()
-        },
-    };
+    let req = greedy_request(6, 0);
     let (sent, folder) = (req.clone(), dir.path().to_path_buf());
     let (before, after, refused, kept, version) = with_server(None, move |addr| {
         let backend = spar_clients::OpenAiRolloutBackend::from_endpoint(&EndpointConfig {
