@@ -110,6 +110,26 @@ impl HfRanges {
         Ok(HfRanges { pieces })
     }
 
+    /// Reads every variable once, in pieces of at most `piece` elements, failing on the first non-finite value
+    /// (what loading checks, without holding a whole tensor).
+    pub fn check_finite(&self, piece: i64) -> Result<()> {
+        let mut vars: Vec<(&String, i64)> = self
+            .pieces
+            .iter()
+            .map(|(v, ps)| (v, ps.iter().map(|p| p.numel).sum()))
+            .collect();
+        vars.sort();
+        for (var, numel) in vars {
+            let mut at = 0;
+            while at < numel {
+                let n = piece.max(1).min(numel - at);
+                let _checked = self.read(var, at, n)?;
+                at += n;
+            }
+        }
+        Ok(())
+    }
+
     /// Elements `start .. start + n` of variable `var` (flattened), as fp32 on the CPU.
     pub fn read(&self, var: &str, start: i64, n: i64) -> Result<Tensor> {
         let list = self
@@ -217,6 +237,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `copy_hf_folder` (what `spar export` does): the same files byte for byte, in their own dtype, from a
+    /// folder of many shards; a folder holding a NaN is refused naming the tensor, and nothing is written.
+    #[test]
+    fn an_exported_folder_is_the_checked_files_as_they_are() {
+        let model = Qwen3Model::random(moe_config(), Device::Cpu, Kind::BFloat16, 4).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        crate::weights::save_hf_sharded(&model, &src, 3000).unwrap();
+        crate::weights::copy_hf_folder(&src, &dst).unwrap();
+        let mut n = 0;
+        for e in std::fs::read_dir(&src).unwrap() {
+            let name = e.unwrap().file_name();
+            let (a, b) = (
+                std::fs::read(src.join(&name)).unwrap(),
+                std::fs::read(dst.join(&name)).unwrap(),
+            );
+            assert!(a == b, "{name:?} differs");
+            n += 1;
+        }
+        assert!(n > 3, "only {n} files");
+        let back = Qwen3Model::load(&dst, Device::Cpu, Kind::BFloat16).unwrap();
+        assert_eq!(back.vs.variables().len(), model.vs.variables().len());
+
+        let bad = dir.path().join("bad");
+        let broken = Qwen3Model::random(moe_config(), Device::Cpu, Kind::Float, 4).unwrap();
+        tch::no_grad(|| {
+            let _ = broken.vs.variables()["model.norm.weight"]
+                .shallow_clone()
+                .fill_(f64::NAN);
+        });
+        crate::weights::save_hf(&broken, &bad).unwrap();
+        let out = dir.path().join("out");
+        let err = crate::weights::copy_hf_folder(&bad, &out)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model.norm.weight") && err.contains("non-finite"),
+            "{err}"
+        );
+        assert!(!out.exists());
     }
 
     #[test]

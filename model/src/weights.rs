@@ -525,16 +525,7 @@ pub fn save_hf_sharded(model: &Qwen3Model, dir: &Path, max_shard_bytes: usize) -
 
 /// The end of every save: stale weight files (another shard count) removed, then `config.json`.
 fn finish_folder(model: &Qwen3Model, dir: &Path, written: &[String]) -> Result<()> {
-    // Stale weights from an earlier save with another shard count would shadow or confuse loaders.
-    for e in std::fs::read_dir(dir)?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let is_weights = name.starts_with("model")
-            && (name.ends_with(".safetensors") || name == "model.safetensors.index.json");
-        if is_weights && !written.contains(&name) {
-            std::fs::remove_file(e.path())
-                .with_context(|| format!("removing stale {}", e.path().display()))?;
-        }
-    }
+    remove_stale_weights(dir, written)?;
     let mut cfg = model.config.clone();
     cfg.torch_dtype = Some(
         match model.kind() {
@@ -649,5 +640,54 @@ fn write_index(
         serde_json::to_string_pretty(&idx)?.as_bytes(),
     )?;
     written.push("model.safetensors.index.json".into());
+    Ok(())
+}
+
+/// Copies the HF folder `src` (a checkpoint's `model/`) to `dst` as it is: the same files, dtype and bytes, one
+/// file at a time, after checking it as [`Qwen3Model::load`] would (every header against `config.json`, every
+/// value finite; read in pieces, never a whole model in memory). What `spar export` writes, so a model larger
+/// than the machine's memory exports too. Each file is written atomically; stale weight files in `dst` go.
+pub fn copy_hf_folder(src: &Path, dst: &Path) -> Result<()> {
+    let config = Qwen3Config::from_file(&src.join("config.json"))?;
+    let ranges = crate::hf_ranges::HfRanges::open(src, &config)?;
+    ranges.check_finite(1 << 24)?;
+    let (files, index) = checkpoint_files(src)?;
+    let mut names: Vec<String> = Vec::new();
+    let copy = |from: &Path, name: &str| -> Result<()> {
+        let mut input =
+            std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
+        spar_core::fsio::write_atomic_with(&dst.join(name), |f| {
+            std::io::copy(&mut input, f).map(|_| ())
+        })
+        .map_err(|e| anyhow!("writing {}: {e}", dst.join(name).display()))
+    };
+    for f in &files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .with_context(|| format!("{}: not a file", f.display()))?;
+        copy(f, &name)?;
+        names.push(name);
+    }
+    if let Some((idx, _)) = &index {
+        copy(idx, "model.safetensors.index.json")?;
+        names.push("model.safetensors.index.json".into());
+    }
+    remove_stale_weights(dst, &names)?;
+    copy(&src.join("config.json"), "config.json")
+}
+
+/// Removes weight files of `dir` not in `keep`: stale weights from an earlier save with another shard count
+/// would shadow or confuse loaders.
+fn remove_stale_weights(dir: &Path, keep: &[String]) -> Result<()> {
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_weights = name.starts_with("model")
+            && (name.ends_with(".safetensors") || name == "model.safetensors.index.json");
+        if is_weights && !keep.contains(&name) {
+            std::fs::remove_file(e.path())
+                .with_context(|| format!("removing stale {}", e.path().display()))?;
+        }
+    }
     Ok(())
 }

@@ -46,9 +46,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn export(args: &Args, ckpt: &std::path::Path, model_dir: &std::path::Path) -> anyhow::Result<()> {
-    let model = spar_model::Qwen3Model::load(model_dir, tch::Device::Cpu, tch::Kind::Float)
-        .with_context(|| format!("loading {}", model_dir.display()))?;
-    model.save_hf(&args.out)?;
+    // Checked as a load would check it, then copied file by file in its own dtype: no whole model in memory
+    // (a 235B checkpoint exports on a machine with less memory than its weights).
+    spar_model::weights::copy_hf_folder(model_dir, &args.out)
+        .with_context(|| format!("exporting {}", model_dir.display()))?;
     // Tokenizer: next to the weights, or the run's trained tokenizer (RUN/tokenizer) for a checkpoint.
     let run_dir = ckpt
         .parent()

@@ -3,7 +3,7 @@
 //! and RL rounds played by an external server that gets every policy version, and must take exactly the steps
 //! of the same two ranks keeping the weights whole between updates: same losses, same final weights. Held-out
 //! evaluations play through the server; checkpoints, the final model and the policy versions are written one
-//! unit at a time (and export as the whole run's checkpoints do); a run killed mid-way resumes from each rank's own optimizer shard and finishes as the run
+//! unit at a time (and export to the same weights as the whole run's); a run killed mid-way resumes from each rank's own optimizer shard and finishes as the run
 //! left alone.
 use super::data_parallel::{KILLED_RUN, launch2, metric_rows};
 use super::weight_sync::rollout_server;
@@ -115,7 +115,8 @@ fn weights_sharded_at_rest_take_the_steps_of_whole_ones() {
         );
     }
     assert!(ckpt.join("optimizer/rank-1.safetensors").exists());
-    // `spar export` of either run's last checkpoint gives the same file, byte for byte.
+    // `spar export` of either run's last checkpoint: the checkpoint's files as they are (one per unit here),
+    // holding the same weights as the whole run's export.
     let export = |run: &Path| {
         let to = run.with_extension("export");
         ok(spar()
@@ -123,9 +124,17 @@ fn weights_sharded_at_rest_take_the_steps_of_whole_ones() {
             .arg(run)
             .arg("--out")
             .arg(&to));
-        std::fs::read(to.join("model.safetensors")).unwrap()
+        to
     };
-    assert!(export(&whole) == export(&sharded), "the exports differ");
+    let (ew, es) = (export(&whole), export(&sharded));
+    let unit = "model-00002-of-00003.safetensors";
+    assert!(
+        std::fs::read(es.join(unit)).unwrap()
+            == std::fs::read(ckpt.join("model").join(unit)).unwrap()
+    );
+    for ((n, x), (_, y)) in variables(&ew).iter().zip(&variables(&es)) {
+        assert!(x.equal(y), "{n}: the exports differ");
+    }
 
     // The server got the starting folder itself first (the initial evaluation), then the policy after SFT
     // (the evaluation before RL and the first round: written once), then one version per round.
