@@ -78,10 +78,14 @@ pub fn run(parts: TrainParts) -> Result<()> {
         _ => AtRest::Whole,
     };
     if at_rest == AtRest::Sharded {
+        let (state_gb, root_gb, layer_gb) =
+            crate::sharded::at_rest_memory(&model.config, model.kind(), world);
         eprintln!(
             "[train] weights sharded at rest: no rank holds the whole model; rounds and held-out evaluations \
              play through the rollout server, and checkpoints, the final model and every policy version are \
-             written one unit at a time"
+             written one unit at a time. Per rank: {state_gb:.2} GB of fp32 masters, gradients and Adam \
+             moments; during an update also the root ({root_gb:.2} GB) and one layer at a time (up to \
+             {layer_gb:.2} GB) whole"
         );
     }
     // Every rank starts from rank 0's weights (they are built from the same seed; this makes sure). A model

@@ -626,6 +626,38 @@ pub fn save_policy(
     Ok(())
 }
 
+/// What a rank holds with the weights sharded at rest over `world` ranks, in GB: its fp32 masters, their
+/// gradient and both Adam moments (16 bytes per parameter, divided by the ranks), and whole in `kind` during an
+/// update the root unit and the largest layer. (`spar train` prints it; the cluster recipes' headers use it.)
+pub fn at_rest_memory(
+    config: &spar_model::Qwen3Config,
+    kind: Kind,
+    world: usize,
+) -> (f64, f64, f64) {
+    let mut units: std::collections::BTreeMap<String, i64> = Default::default();
+    for (name, shape) in spar_model::qwen3::param_shapes(config) {
+        let unit = match name.strip_prefix("model.layers.") {
+            Some(rest) => rest.split('.').next().unwrap_or_default().to_string(),
+            None => "root".into(),
+        };
+        *units.entry(unit).or_default() += shape.iter().product::<i64>();
+    }
+    let total: i64 = units.values().sum();
+    let elt = kind.elt_size_in_bytes() as f64;
+    let root = units.get("root").copied().unwrap_or(0);
+    let layer = units
+        .iter()
+        .filter(|(k, _)| *k != "root")
+        .map(|(_, n)| *n)
+        .max()
+        .unwrap_or(0);
+    (
+        16.0 * total as f64 / world.max(1) as f64 / 1e9,
+        root as f64 * elt / 1e9,
+        layer as f64 * elt / 1e9,
+    )
+}
+
 /// Elements `lo .. lo + chunk` of a unit's flat vector (its `params` in order, then zero padding), read from
 /// the HF files.
 fn read_chunk(
@@ -807,4 +839,25 @@ pub fn read_whole_state(dir: &Path) -> Result<HashMap<String, Tensor>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The 235B recipe header's arithmetic, from the published Qwen3-235B-A22B config: 64 ranks hold 59 GB of
+    /// optimizer state each; an update gathers the 2.5 GB root and 5 GB layers in bf16.
+    #[test]
+    fn the_235b_recipes_memory_arithmetic() {
+        let c = spar_model::Qwen3Config::from_json_str(
+            r#"{"model_type":"qwen3_moe","vocab_size":151936,"hidden_size":4096,"intermediate_size":12288,
+                "num_hidden_layers":94,"num_attention_heads":64,"num_key_value_heads":4,"head_dim":128,
+                "num_experts":128,"num_experts_per_tok":8,"moe_intermediate_size":1536,"decoder_sparse_step":1,
+                "mlp_only_layers":[],"tie_word_embeddings":false}"#,
+            "Qwen3-235B-A22B",
+        )
+        .unwrap();
+        let (state, root, layer) = super::at_rest_memory(&c, tch::Kind::BFloat16, 64);
+        assert!((state - 58.8).abs() < 0.5, "{state}");
+        assert!((root - 2.49).abs() < 0.05, "{root}");
+        assert!((layer - 4.98).abs() < 0.05, "{layer}");
+    }
 }
