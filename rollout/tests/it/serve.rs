@@ -191,6 +191,21 @@ fn serve_answers_the_openai_client() {
     assert!(text.contains("openai client OK"), "{text}");
 }
 
+/// spar's external rollout backend on the server at `addr`, with a runtime to drive it.
+fn backend_of(addr: SocketAddr) -> (spar_clients::OpenAiRolloutBackend, tokio::runtime::Runtime) {
+    let backend = spar_clients::OpenAiRolloutBackend::from_endpoint(&EndpointConfig {
+        base_url: format!("http://{addr}/v1"),
+        model: "tiny".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (backend, rt)
+}
+
 /// A greedy request of six prompt tokens with `top` alternatives per token.
 fn greedy_request(max_new_tokens: u32, top: u32) -> GenerateRequest {
     GenerateRequest {
@@ -215,16 +230,7 @@ fn the_external_backend_gets_top_logprobs_through_serve() {
     let req = greedy_request(5, 4);
     let sent = req.clone();
     let over_http = with_server(None, move |addr| {
-        let backend = spar_clients::OpenAiRolloutBackend::from_endpoint(&EndpointConfig {
-            base_url: format!("http://{addr}/v1"),
-            model: "tiny".into(),
-            ..Default::default()
-        })
-        .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (backend, rt) = backend_of(addr);
         rt.block_on(backend.generate(vec![sent])).unwrap().remove(0)
     });
     let model = tiny_model(false);
@@ -277,22 +283,13 @@ fn serve_loads_a_new_policy_version_as_sglang_does() {
     let req = greedy_request(6, 0);
     let (sent, folder) = (req.clone(), dir.path().to_path_buf());
     let (before, after, refused, kept, version) = with_server(None, move |addr| {
-        let backend = spar_clients::OpenAiRolloutBackend::from_endpoint(&EndpointConfig {
-            base_url: format!("http://{addr}/v1"),
-            model: "tiny".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let (backend, rt) = backend_of(addr);
         let receiver =
             spar_clients::SglangWeightReceiver::new(&spar_core::recipe::WeightSyncConfig {
                 kind: spar_core::recipe::WeightSyncKind::Sglang,
                 servers: vec![format!("http://{addr}")],
                 ..Default::default()
             })
-            .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
             .unwrap();
         let generate = || {
             rt.block_on(backend.generate(vec![sent.clone()]))
