@@ -165,6 +165,18 @@ impl Recipe {
             "trainer.routing_replay",
             "needs rollout.record_routing = true (the engine must record the experts it chose)",
         )?;
+        let external = self
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.backend == RolloutBackendKind::Openai);
+        check(
+            !(tr.routing_replay && external),
+            "trainer.routing_replay",
+            "needs the built-in engine's expert choices; the OpenAI-compatible rollout backend \
+             (rollout.backend = \"openai\") returns none, so the learner would route afresh while believing it \
+             replays: set routing_replay = false (and rollout.record_routing = false) or generate with the \
+             built-in engine",
+        )?;
         check(
             !(tr.off_policy_one_step && tr.policy_loss == PolicyLoss::Distill),
             "trainer.off_policy_one_step",
@@ -521,6 +533,18 @@ mod tests {
         round_trip(KlEstimator::ALL);
         round_trip(LrDecay::ALL);
         round_trip(WeightSyncKind::ALL);
+    }
+
+    #[test]
+    fn routing_replay_is_refused_with_an_external_rollout_server() {
+        let e = error_of(
+            "[trainer]\nrouting_replay = true\n[rollout]\nrecord_routing = true\nbackend = \"openai\"\n\
+             endpoint = { base_url = \"http://127.0.0.1:1/v1\", model = \"p\" }\n",
+        );
+        assert!(
+            e.contains("trainer.routing_replay") && e.contains("returns none"),
+            "{e}"
+        );
     }
 
     #[test]
