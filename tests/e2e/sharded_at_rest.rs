@@ -224,24 +224,35 @@ fn spar_serve_is_the_rollout_server_of_a_run_sharded_at_rest() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let model = starting_model(dir.path());
-    let mut server = spar()
-        .args([
-            "serve",
-            "--device",
-            "cpu",
-            "--port",
-            "0",
-            "--max-model-len",
-            "2048",
-        ])
-        .arg("--model")
-        .arg(&model)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed however the test ends, so no server outlives it.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            self.0.kill().ok();
+            self.0.wait().ok();
+        }
+    }
+    let serve = [
+        "serve",
+        "--device",
+        "cpu",
+        "--port",
+        "0",
+        "--max-model-len",
+        "2048",
+    ];
+    let mut server = KillOnDrop(
+        spar()
+            .args(serve)
+            .arg("--model")
+            .arg(&model)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // "spar serve: http://ADDR/v1" once it listens.
-    let mut lines = std::io::BufReader::new(server.stderr.take().unwrap()).lines();
+    let mut lines = std::io::BufReader::new(server.0.stderr.take().unwrap()).lines();
     let url = loop {
         let line = lines
             .next()
@@ -262,8 +273,7 @@ fn spar_serve_is_the_rollout_server_of_a_run_sharded_at_rest() {
         .output()
         .unwrap();
     let stats = get_json(&root_url, "/stats");
-    server.kill().ok();
-    server.wait().ok();
+    drop(server);
     assert!(
         out.status.success(),
         "{}",
