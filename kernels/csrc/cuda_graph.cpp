@@ -17,6 +17,7 @@
 
 #include <cstring>
 #include <exception>
+#include <stdexcept>
 #include <string>
 
 namespace {
@@ -182,6 +183,34 @@ int spar_cuda_peak_memory(int device, long long* allocated, long long* reserved,
     auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
     *allocated = stats.allocated_bytes[agg].peak;
     *reserved = stats.reserved_bytes[agg].peak;
+  });
+}
+
+// Free and total bytes of `device` as the driver sees them (cudaMemGetInfo, found with dlsym as above: the shim
+// does not link the CUDA runtime itself) and the bytes torch's caching allocator has allocated and reserved now
+// (reserved - allocated is cached memory torch can hand out again). Returns 0 on success.
+int spar_cuda_memory_now(int device, long long* free_bytes, long long* total_bytes, long long* allocated,
+                         long long* reserved, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    using MemGetInfo = cudaError_t (*)(size_t*, size_t*);
+    auto mem_get_info = reinterpret_cast<MemGetInfo>(dlsym(RTLD_DEFAULT, "cudaMemGetInfo"));
+    if (mem_get_info == nullptr) throw std::runtime_error("cudaMemGetInfo is not loaded in this process");
+    // cudaMemGetInfo reads the current device: switch to `device` and back (c10's exported functions; a
+    // CUDAGuard would inline CUDA runtime calls this shim does not link).
+    auto previous = c10::cuda::current_device();
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
+    size_t f = 0, t = 0;
+    auto rc = mem_get_info(&f, &t);
+    c10::cuda::set_device(previous);
+    if (rc != cudaSuccess) {
+      throw std::runtime_error("cudaMemGetInfo failed with CUDA error " + std::to_string(static_cast<int>(rc)));
+    }
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    *free_bytes = static_cast<long long>(f);
+    *total_bytes = static_cast<long long>(t);
+    *allocated = stats.allocated_bytes[agg].current;
+    *reserved = stats.reserved_bytes[agg].current;
   });
 }
 

@@ -44,6 +44,15 @@ impl KvCache {
     }
 
     /// Allocates the cache, returning an error (e.g. out of memory) instead of panicking.
+    /// Bytes one slot of `max_len` tokens takes (keys and values of every layer, in `kind`).
+    pub fn bytes_per_slot(config: &Qwen3Config, max_len: usize, kind: Kind) -> u64 {
+        2 * config.num_hidden_layers as u64
+            * (max_len as u64 + 1)
+            * config.num_key_value_heads as u64
+            * config.head_dim as u64
+            * kind.elt_size_in_bytes() as u64
+    }
+
     pub fn try_new(
         config: &Qwen3Config,
         slots: usize,

@@ -320,6 +320,11 @@ impl Rollout {
                     record_routing: record,
                     batch_invariant: self.cfg.batch_invariant,
                 };
+                let (ecfg, lowered) =
+                    ecfg.fit_gpu_memory(model, self.cfg.gpu_memory_utilization)?;
+                if let Some(line) = lowered {
+                    tracing::warn!("{line}");
+                }
                 let mut engine = Engine::new(model, ecfg)?.with_codec(self.codec.clone());
                 let generator: Arc<dyn TurnGenerator> = Arc::new(client.clone());
                 let env = self.env(

@@ -43,6 +43,10 @@ pub struct Args {
     /// KV-cache slots (default 2 x max_batch: idle slots keep conversations cached for prefix reuse).
     #[arg(long)]
     pub kv_slots: Option<usize>,
+    /// Fraction of the GPU's memory the engine may fill, as vLLM's flag: fewer KV slots (and sequences at once)
+    /// when --kv-slots x --max-model-len does not fit, instead of failing. Default: the cache as configured.
+    #[arg(long)]
+    pub gpu_memory_utilization: Option<f64>,
     /// max_tokens for requests that give none.
     #[arg(long, default_value_t = 1024)]
     pub default_max_tokens: u32,
@@ -129,7 +133,16 @@ pub fn run(args: Args) -> Result<()> {
     limits.validate(&engine)?;
     let choice = args.recipe.model_choice(&args.device)?;
     let dir = &choice.dir;
+    if let Some(u) = args.gpu_memory_utilization
+        && !(u > 0.0 && u <= 1.0)
+    {
+        anyhow::bail!("--gpu-memory-utilization {u}: must be in (0, 1]");
+    }
     let model = Qwen3Model::load(dir, choice.device, choice.kind)?;
+    let (engine, lowered) = engine.fit_gpu_memory(&model, args.gpu_memory_utilization)?;
+    if let Some(line) = lowered {
+        tracing::warn!("{line}");
+    }
     let tokenizer = Arc::new(Tokenizer::from_dir(dir)?);
     spar_app::check_vocabulary(&tokenizer, &model, dir)?;
     let renderer: Arc<dyn ChatRenderer> = match ChatTemplate::from_dir(dir) {

@@ -536,6 +536,17 @@ mod tests {
     }
 
     #[test]
+    fn gpu_memory_utilization_is_a_fraction() {
+        for bad in ["0.0", "1.5", "-0.2"] {
+            let e = error_of(&format!("[rollout]\ngpu_memory_utilization = {bad}\n"));
+            assert!(e.contains("rollout.gpu_memory_utilization"), "{bad}: {e}");
+        }
+        let r = Recipe::from_toml_str("[rollout]\ngpu_memory_utilization = 0.9\n", "r.toml", &[])
+            .unwrap();
+        assert_eq!(r.rollout.unwrap().gpu_memory_utilization, Some(0.9));
+    }
+
+    #[test]
     fn routing_replay_is_refused_with_an_external_rollout_server() {
         let e = error_of(
             "[trainer]\nrouting_replay = true\n[rollout]\nrecord_routing = true\nbackend = \"openai\"\n\

@@ -181,6 +181,11 @@ pub struct RolloutSection {
     /// KV-cache slots of the built-in engine (0: `max_batch`). Slots beyond `max_batch` keep finished
     /// conversations cached so their next turn reuses the prefix instead of re-reading it.
     pub kv_slots: usize,
+    /// Fraction of a GPU's memory the built-in engine may fill (vLLM's `gpu_memory_utilization`): when its KV
+    /// cache (`kv_slots x max_seq_len`) does not fit in what the GPU can allocate minus the rest, it takes fewer
+    /// slots (and as many sequences at once) and says so, instead of failing. None: the cache as configured.
+    /// Ignored on the CPU.
+    pub gpu_memory_utilization: Option<f64>,
     /// The doctor's system prompt, the first turn of every episode (empty: none).
     pub system_prompt: String,
     /// Stage instructions p_k for ddx, lab, diag (empty: `Stage::default_instruction`).
@@ -215,6 +220,7 @@ impl Default for RolloutSection {
             record_routing: false,
             max_seq_len: 4096,
             kv_slots: 0,
+            gpu_memory_utilization: None,
             system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
             instructions: Vec::new(),
             seed: None,
@@ -287,6 +293,12 @@ impl RolloutSection {
         )?;
         check(self.max_batch >= 1, "max_batch", "must be >= 1")?;
         check(self.max_seq_len >= 16, "max_seq_len", "must be >= 16")?;
+        check(
+            self.gpu_memory_utilization
+                .is_none_or(|u| u > 0.0 && u <= 1.0),
+            "gpu_memory_utilization",
+            "must be in (0, 1]",
+        )?;
         check(
             self.kv_slots == 0 || self.kv_slots >= self.max_batch,
             "kv_slots",

@@ -53,6 +53,60 @@ pub struct EngineConfig {
     pub batch_invariant: bool,
 }
 
+/// KV-cache slots of `per_slot` bytes that fit while leaving `(1 - utilization)` of the GPU's `total` memory to
+/// everything else (vLLM's `gpu_memory_utilization`, applied to what can be allocated now: `available`).
+pub fn slots_within(per_slot: u64, available: u64, total: u64, utilization: f64) -> usize {
+    let keep = ((1.0 - utilization).max(0.0) * total as f64) as u64;
+    (available.saturating_sub(keep) / per_slot.max(1)) as usize
+}
+
+impl EngineConfig {
+    /// With the model on a CUDA device and `utilization` set: at most as many KV slots as fit in what the GPU
+    /// can allocate now minus `(1 - utilization)` of its memory ([`slots_within`]), instead of failing to
+    /// allocate `kv_slots x max_seq_len`; `max_batch` follows the slots down. Returns the config and, when it
+    /// was lowered, a line saying so. A CPU model, or no utilization, keeps the config as it is. Errors when not
+    /// even one slot fits.
+    pub fn fit_gpu_memory(
+        mut self,
+        model: &Qwen3Model,
+        utilization: Option<f64>,
+    ) -> Result<(Self, Option<String>)> {
+        let (Some(u), tch::Device::Cuda(device)) = (utilization, model.device()) else {
+            return Ok((self, None));
+        };
+        let mem = spar_model::cuda_memory_now(device)?;
+        let per_slot =
+            spar_model::KvCache::bytes_per_slot(&model.config, self.max_seq_len, model.kind());
+        let fit = slots_within(per_slot, mem.available(), mem.total, u);
+        if fit >= self.kv_slots {
+            return Ok((self, None));
+        }
+        let gb = |b: u64| b as f64 / 1e9;
+        if fit == 0 {
+            bail!(
+                "gpu_memory_utilization = {u}: one KV slot of {} tokens takes {:.2} GB, and cuda:{device} can \
+                 allocate {:.2} GB of which {:.2} GB must stay free: lower max_seq_len or raise the utilization",
+                self.max_seq_len,
+                gb(per_slot),
+                gb(mem.available()),
+                gb(((1.0 - u) * mem.total as f64) as u64)
+            );
+        }
+        let line = format!(
+            "KV cache: {} slots x {} tokens would take {:.1} GB; gpu_memory_utilization = {u} of cuda:{device}'s \
+             {:.1} GB leaves room for {fit}: the engine runs {fit} slots and at most {} sequences at once",
+            self.kv_slots,
+            self.max_seq_len,
+            gb(per_slot * self.kv_slots as u64),
+            gb(mem.total),
+            self.max_batch.min(fit)
+        );
+        self.kv_slots = fit;
+        self.max_batch = self.max_batch.min(fit);
+        Ok((self, Some(line)))
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
@@ -146,7 +200,8 @@ pub struct Engine<'m> {
 }
 
 impl<'m> Engine<'m> {
-    /// Allocates the KV cache (`kv_slots x max_seq_len`) in the model's dtype on the model's device.
+    /// Allocates the KV cache (`kv_slots x max_seq_len`) in the model's dtype on the model's device (see
+    /// [`EngineConfig::fit_gpu_memory`] to size it from the GPU's memory instead).
     pub fn new(model: &'m Qwen3Model, cfg: EngineConfig) -> Result<Self> {
         if cfg.max_batch == 0 || cfg.kv_slots < cfg.max_batch {
             bail!(

@@ -346,3 +346,57 @@ fn batch_invariant_requests_are_bit_identical_whatever_runs_beside_them() {
         assert_eq!(bits(&a.logprobs), bits(&b.logprobs));
     }
 }
+
+/// `gpu_memory_utilization`: the slot arithmetic, a CPU model left as configured, and (GPU only; skipped with a
+/// printed reason elsewhere) a cache far larger than the GPU sized down to what fits, which then generates,
+/// while a utilization leaving no room for one slot is an error with the numbers.
+#[test]
+fn the_kv_cache_is_sized_from_the_gpus_memory_when_asked() {
+    use spar_rollout::engine::slots_within;
+    // 10 GB can be allocated on an 80 GB GPU; 0.9 keeps 8 GB free: 2 GB for 1 GB slots.
+    assert_eq!(
+        slots_within(1_000_000_000, 10_000_000_000, 80_000_000_000, 0.9),
+        2
+    );
+    assert_eq!(
+        slots_within(1_000_000_000, 5_000_000_000, 80_000_000_000, 0.9),
+        0
+    );
+    assert_eq!(slots_within(1, 0, 0, 1.0), 0);
+    let huge = EngineConfig {
+        max_batch: 100_000,
+        kv_slots: 1_000_000,
+        max_seq_len: 4096,
+        ..Default::default()
+    };
+    let model = tiny_model(false);
+    let (cpu, lowered) = huge.clone().fit_gpu_memory(&model, Some(0.9)).unwrap();
+    assert_eq!(
+        (cpu.kv_slots, lowered),
+        (1_000_000, None),
+        "a CPU model keeps its config"
+    );
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped the GPU half: no CUDA device (the cache is sized from a GPU's memory)");
+        return;
+    }
+    let mut model = tiny_model(false);
+    model.vs.set_device(tch::Device::Cuda(0));
+    let model =
+        spar_model::Qwen3Model::from_var_store(model.config.clone(), model.vs, tch::Kind::Float)
+            .unwrap();
+    let (fit, line) = huge.clone().fit_gpu_memory(&model, Some(0.5)).unwrap();
+    assert!(fit.kv_slots < 1_000_000 && fit.kv_slots >= 1, "{fit:?}");
+    assert!(fit.max_batch <= fit.kv_slots);
+    assert!(line.unwrap().contains("leaves room for"));
+    let mut engine = Engine::new(&model, fit).unwrap();
+    let out = engine
+        .generate(vec![req(prompt(12, 1), 4, 0.0, 1)])
+        .unwrap();
+    assert_eq!(out[0].output.token_ids.len(), 4);
+    let err = huge
+        .fit_gpu_memory(&model, Some(1e-9))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("one KV slot"), "{err}");
+}
