@@ -43,16 +43,23 @@ impl KvCache {
         }
     }
 
-    /// Allocates the cache, returning an error (e.g. out of memory) instead of panicking.
-    /// Bytes one slot of `max_len` tokens takes (keys and values of every layer, in `kind`).
-    pub fn bytes_per_slot(config: &Qwen3Config, max_len: usize, kind: Kind) -> u64 {
-        2 * config.num_hidden_layers as u64
-            * (max_len as u64 + 1)
-            * config.num_key_value_heads as u64
-            * config.head_dim as u64
-            * kind.elt_size_in_bytes() as u64
+    /// Shape of one layer's key (or value) tensor: `[slots, max_len + 1, kv_heads, head_dim]`.
+    fn layer_shape(config: &Qwen3Config, slots: usize, max_len: usize) -> [i64; 4] {
+        [
+            slots as i64,
+            max_len as i64 + 1,
+            config.num_key_value_heads as i64,
+            config.head_dim as i64,
+        ]
     }
 
+    /// Bytes one slot of `max_len` tokens takes (keys and values of every layer, in `kind`).
+    pub fn bytes_per_slot(config: &Qwen3Config, max_len: usize, kind: Kind) -> u64 {
+        let per_layer: i64 = Self::layer_shape(config, 1, max_len).iter().product();
+        2 * config.num_hidden_layers as u64 * per_layer as u64 * kind.elt_size_in_bytes() as u64
+    }
+
+    /// Allocates the cache, returning an error (e.g. out of memory) instead of panicking.
     pub fn try_new(
         config: &Qwen3Config,
         slots: usize,
@@ -65,12 +72,7 @@ impl KvCache {
                 "KV cache needs at least one slot and max_len > 0 (got {slots} slots, max_len {max_len})"
             );
         }
-        let shape = [
-            slots as i64,
-            max_len as i64 + 1,
-            config.num_key_value_heads as i64,
-            config.head_dim as i64,
-        ];
+        let shape = Self::layer_shape(config, slots, max_len);
         let mut k = Vec::with_capacity(config.num_hidden_layers);
         let mut v = Vec::with_capacity(config.num_hidden_layers);
         for _ in 0..config.num_hidden_layers {

@@ -9,10 +9,9 @@
 //! a variable no tensor covers is named), and every range read is checked for NaN / Inf.
 use crate::config::Qwen3Config;
 use crate::qwen3::param_shapes;
-use crate::weights::{Target, check_entry, checkpoint_files, hf_targets, read_header};
+use crate::weights::{TensorMap, check_entry, checkpoint_files, read_header, read_run};
 use anyhow::{Context, Result, bail, ensure};
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
@@ -38,44 +37,27 @@ impl HfRanges {
     /// variable of `config`.
     pub fn open(dir: &Path, config: &Qwen3Config) -> Result<Self> {
         let shapes: HashMap<String, Vec<i64>> = param_shapes(config).into_iter().collect();
-        let targets: HashMap<String, Target> = hf_targets(config).into_iter().collect();
+        let map = TensorMap::new(config);
         let (files, _) = checkpoint_files(dir)?;
         let mut pieces: HashMap<String, Vec<Piece>> = HashMap::new();
         for path in &files {
             let (_, data_start, entries) = read_header(path)?;
             for (name, e) in &entries {
-                let (var, at, shape) = match (targets.get(name), shapes.get(name)) {
-                    (Some(t), _) => {
-                        // Experts are `[E, rows, cols]` variables: expert x starts x matrices in.
-                        let var_shape = &shapes[&t.var];
-                        let at = match t.expert {
-                            Some(x) => {
-                                let row = var_shape[2];
-                                x * var_shape[1] * row + t.rows.map_or(0, |(first, _)| first * row)
-                            }
-                            None => 0,
-                        };
-                        (t.var.clone(), at, t.shape.clone())
-                    }
-                    // A stacked expert tensor stored whole (transformers 5.x in-memory names).
-                    (None, Some(shape)) if name.contains(".mlp.experts.") => {
-                        (name.clone(), 0, shape.clone())
-                    }
-                    _ if name.ends_with(".rotary_emb.inv_freq")
-                        || (name == "lm_head.weight" && config.tie_word_embeddings) =>
-                    {
-                        continue;
-                    }
-                    _ => bail!(
-                        "{}: unexpected tensor `{name}` (not part of a {} model with this config.json)",
-                        path.display(),
-                        config.model_type.as_str()
-                    ),
+                let Some((t, _)) = map.resolve(path, name)? else {
+                    continue;
                 };
-                let (kind, _) = check_entry(path, name, e, &shape)?;
-                pieces.entry(var).or_default().push(Piece {
+                // Experts are `[E, rows, cols]` variables: expert x starts x matrices in.
+                let at = match t.expert {
+                    Some(x) => {
+                        let (rows, row) = (shapes[&t.var][1], shapes[&t.var][2]);
+                        x * rows * row + t.rows.map_or(0, |(first, _)| first * row)
+                    }
+                    None => 0,
+                };
+                let (kind, _) = check_entry(path, name, e, &t.shape)?;
+                pieces.entry(t.var).or_default().push(Piece {
                     at,
-                    numel: shape.iter().product(),
+                    numel: t.shape.iter().product(),
                     file: path.clone(),
                     offset: data_start + e.start,
                     kind,
@@ -141,13 +123,11 @@ impl HfRanges {
         for p in list.iter().filter(|p| p.at < end && p.at + p.numel > start) {
             let (from, to) = (start.max(p.at), end.min(p.at + p.numel));
             let elt = p.kind.elt_size_in_bytes() as u64;
-            let mut buf = vec![0u8; ((to - from) as u64 * elt) as usize];
             let mut f = std::fs::File::open(&p.file)
                 .with_context(|| format!("opening {}", p.file.display()))?;
-            f.seek(SeekFrom::Start(p.offset + (from - p.at) as u64 * elt))?;
-            f.read_exact(&mut buf)
-                .with_context(|| format!("{}: reading tensor `{}`", p.file.display(), p.name))?;
-            let t = Tensor::f_from_data_size(&buf, &[to - from], p.kind)?.f_to_kind(Kind::Float)?;
+            let offset = p.offset + (from - p.at) as u64 * elt;
+            let t = read_run(&mut f, offset, to - from, p.kind, &p.file, &p.name)?
+                .f_to_kind(Kind::Float)?;
             if !t.f_sum(Kind::Double)?.double_value(&[]).is_finite() {
                 bail!(
                     "{}: tensor `{}` holds non-finite values (NaN or Inf): the weights are damaged",
@@ -187,12 +167,34 @@ pub fn read_safetensors_range(path: &Path, name: &str, start: i64, n: i64) -> Re
         path.display(),
         start + n
     );
-    let elt = kind.elt_size_in_bytes() as u64;
-    let mut buf = vec![0u8; (n as u64 * elt) as usize];
-    f.seek(SeekFrom::Start(data_start + e.start + start as u64 * elt))?;
-    f.read_exact(&mut buf)
-        .with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
-    Ok(Tensor::f_from_data_size(&buf, &[n], kind)?.f_to_kind(Kind::Float)?)
+    let offset = data_start + e.start + start as u64 * kind.elt_size_in_bytes() as u64;
+    Ok(read_run(&mut f, offset, n, kind, path, name)?.f_to_kind(Kind::Float)?)
+}
+
+/// Tensor `name` of the safetensors file `path` in its own dtype, reading only its bytes (a checkpoint's `step`
+/// beside gigabytes of optimizer state).
+pub fn read_safetensors_tensor(path: &Path, name: &str) -> Result<Tensor> {
+    let (mut f, data_start, entries) = read_header(path)?;
+    let e = entries
+        .get(name)
+        .with_context(|| format!("{}: no tensor `{name}`", path.display()))?;
+    let kind = match e.dtype.as_str() {
+        "I64" => Kind::Int64,
+        _ => check_entry(path, name, e, &e.shape)?.0,
+    };
+    let numel: i64 = e.shape.iter().product();
+    ensure!(
+        (e.end - e.start) as usize == numel as usize * kind.elt_size_in_bytes(),
+        "{}: tensor `{name}`: {} bytes stored for shape {:?} of {}",
+        path.display(),
+        e.end - e.start,
+        e.shape,
+        e.dtype
+    );
+    Ok(
+        read_run(&mut f, data_start + e.start, numel, kind, path, name)?
+            .f_view(e.shape.as_slice())?,
+    )
 }
 
 #[cfg(test)]

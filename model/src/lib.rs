@@ -24,7 +24,7 @@ pub use chat::ChatTemplate;
 pub use config::{ModelType, Qwen3Config, RopeScaling};
 pub use expert_parallel::ExpertExchange;
 pub use graph_decode::{GraphDecodeOutput, GraphDecoder, GraphStats, NextTokens};
-pub use hf_ranges::{HfRanges, read_safetensors_range};
+pub use hf_ranges::{HfRanges, read_safetensors_range, read_safetensors_tensor};
 pub use moe::{RoutingSums, aux_load_balancing_loss, aux_load_balancing_loss_masked, routing_sums};
 pub use param_units::{GradsReady, ParamUnits, Unit};
 pub use qwen3::{ForwardInput, ForwardOutput, Qwen3Model, positions_from_seq_ids};

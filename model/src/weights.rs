@@ -38,6 +38,26 @@ impl Qwen3Model {
         Self::from_var_store(config, vs, kind)
     }
 
+    /// Copies the weights of the HF folder `dir` (a model of this one's shape) into the parameters in place, one
+    /// variable at a time, read by range ([`crate::hf_ranges::HfRanges`]): no second copy of the model. Every
+    /// header is checked before anything is copied; a damaged value found later stops the copy with the
+    /// weights partly replaced (load again). The parameters keep their storage, so CUDA graphs over them stay
+    /// valid.
+    pub fn load_weights_in_place(&self, dir: &Path) -> Result<()> {
+        let ranges = crate::hf_ranges::HfRanges::open(dir, &self.config)?;
+        let _g = tch::no_grad_guard();
+        for (name, mut var) in self.vs.variables() {
+            let whole = ranges
+                .read(&name, 0, var.numel() as i64)?
+                .f_to_kind(var.kind())?
+                .f_to_device(var.device())?
+                .f_view(var.size().as_slice())?;
+            var.f_copy_(&whole)
+                .with_context(|| format!("{}: copying `{name}`", dir.display()))?;
+        }
+        Ok(())
+    }
+
     /// Writes `config.json` and the weights under HF names (per-expert tensors un-stacked) as safetensors
     /// (sharded with an index above 5 GB), each file atomically.
     pub fn save_hf(&self, dir: &Path) -> Result<()> {
@@ -223,6 +243,71 @@ pub(crate) fn check_entry(
     Ok((src_kind, nbytes))
 }
 
+/// Where an HF folder's tensors land among a config's variables: the hub's per-expert names, or a stacked expert
+/// tensor stored whole (transformers 5.x in-memory names). Loading and reading by range resolve names through it.
+pub(crate) struct TensorMap<'c> {
+    config: &'c Qwen3Config,
+    pub(crate) targets: HashMap<String, Target>,
+    stacked: HashMap<String, Vec<i64>>,
+}
+
+impl<'c> TensorMap<'c> {
+    pub(crate) fn new(config: &'c Qwen3Config) -> Self {
+        TensorMap {
+            config,
+            targets: hf_targets(config).into_iter().collect(),
+            stacked: param_shapes(config)
+                .into_iter()
+                .filter(|(n, _)| n.contains(".mlp.experts."))
+                .collect(),
+        }
+    }
+
+    /// Where tensor `name` of file `path` lands, and whether it is a stacked tensor covering its whole
+    /// variable; None for what loaders skip (rotary `inv_freq`, a tied LM head); an error naming the file for a
+    /// tensor that is not part of this model.
+    pub(crate) fn resolve(&self, path: &Path, name: &str) -> Result<Option<(Target, bool)>> {
+        if let Some(t) = self.targets.get(name) {
+            return Ok(Some((t.clone(), false)));
+        }
+        if let Some(shape) = self.stacked.get(name) {
+            let whole = Target {
+                var: name.to_string(),
+                expert: None,
+                rows: None,
+                shape: shape.clone(),
+            };
+            return Ok(Some((whole, true)));
+        }
+        if name.ends_with(".rotary_emb.inv_freq")
+            || (name == "lm_head.weight" && self.config.tie_word_embeddings)
+        {
+            return Ok(None);
+        }
+        bail!(
+            "{}: unexpected tensor `{name}` (not part of a {} model with this config.json)",
+            path.display(),
+            self.config.model_type.as_str()
+        )
+    }
+}
+
+/// `n` elements of dtype `kind` at byte `offset` of `f` (tensor `name` of `path`), as a flat tensor of `kind`.
+pub(crate) fn read_run(
+    f: &mut std::fs::File,
+    offset: u64,
+    n: i64,
+    kind: Kind,
+    path: &Path,
+    name: &str,
+) -> Result<Tensor> {
+    let mut buf = vec![0u8; n as usize * kind.elt_size_in_bytes()];
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(&mut buf)
+        .with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
+    Ok(Tensor::f_from_data_size(&buf, &[n], kind)?)
+}
+
 fn dtype_kind(s: &str) -> Option<Kind> {
     match s {
         "F32" => Some(Kind::Float),
@@ -294,13 +379,8 @@ pub(crate) fn checkpoint_files(dir: &Path) -> Result<CheckpointFiles> {
 
 /// Loads every expected tensor of `config` from the HF directory into the variables of `vs`.
 pub fn load_hf_weights(dir: &Path, config: &Qwen3Config, vs: &VarStore) -> Result<()> {
-    let targets: HashMap<String, Target> = hf_targets(config).into_iter().collect();
+    let map = TensorMap::new(config);
     let vars = vs.variables();
-    // Stacked-expert variables may also come whole (transformers 5.x in-memory names).
-    let stacked: HashMap<String, Vec<i64>> = param_shapes(config)
-        .into_iter()
-        .filter(|(n, _)| n.contains(".mlp.experts."))
-        .collect();
     let (files, index) = checkpoint_files(dir)?;
     let mut loaded: HashSet<String> = HashSet::new();
     let _g = tch::no_grad_guard();
@@ -324,36 +404,13 @@ pub fn load_hf_weights(dir: &Path, config: &Qwen3Config, vs: &VarStore) -> Resul
         }
         tracing::debug!(file = %path.display(), tensors = entries.len(), "loading shard");
         for (name, e) in &entries {
-            let (target, whole) = match (targets.get(name), stacked.get(name)) {
-                (Some(t), _) => (t.clone(), false),
-                (None, Some(shape)) => (
-                    Target {
-                        var: name.clone(),
-                        expert: None,
-                        rows: None,
-                        shape: shape.clone(),
-                    },
-                    true,
-                ),
-                (None, None) => {
-                    if name.ends_with(".rotary_emb.inv_freq")
-                        || (name == "lm_head.weight" && config.tie_word_embeddings)
-                    {
-                        continue;
-                    }
-                    bail!(
-                        "{}: unexpected tensor `{name}` (not part of a {} model with this config.json)",
-                        path.display(),
-                        config.model_type.as_str()
-                    );
-                }
+            let Some((target, whole)) = map.resolve(path, name)? else {
+                continue;
             };
-            let (src_kind, nbytes) = check_entry(path, name, e, &target.shape)?;
-            let mut buf = vec![0u8; nbytes];
-            f.seek(SeekFrom::Start(data_start + e.start))?;
-            f.read_exact(&mut buf)
-                .with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
-            let src = Tensor::f_from_data_size(&buf, &e.shape, src_kind)?;
+            let (src_kind, _) = check_entry(path, name, e, &target.shape)?;
+            let numel: i64 = e.shape.iter().product();
+            let src = read_run(&mut f, data_start + e.start, numel, src_kind, path, name)?
+                .f_view(e.shape.as_slice())?;
             // NaN / Inf weights make every reply garbage ("!!!!") without any error: refused here. A sum is
             // non-finite exactly when some element is (weights are far from overflowing it in f64).
             if !src.f_sum(Kind::Double)?.double_value(&[]).is_finite() {
@@ -377,7 +434,7 @@ pub fn load_hf_weights(dir: &Path, config: &Qwen3Config, vs: &VarStore) -> Resul
             dst.f_copy_(&src)?;
             if whole {
                 // A stacked tensor covers every per-expert name of its variable.
-                for (n, t) in &targets {
+                for (n, t) in &map.targets {
                     if t.var == target.var {
                         loaded.insert(n.clone());
                     }
@@ -387,7 +444,11 @@ pub fn load_hf_weights(dir: &Path, config: &Qwen3Config, vs: &VarStore) -> Resul
             }
         }
     }
-    let mut missing: Vec<&String> = targets.keys().filter(|n| !loaded.contains(*n)).collect();
+    let mut missing: Vec<&String> = map
+        .targets
+        .keys()
+        .filter(|n| !loaded.contains(*n))
+        .collect();
     if !missing.is_empty() {
         missing.sort();
         let where_ = match &index {

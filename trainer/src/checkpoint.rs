@@ -324,8 +324,7 @@ fn load_with(
         _ => policy.load_weights(&dir.join("model"))?,
     }
     match sharded {
-        Some(sh) if sh.load_own_shard(adamw, dir)? => {}
-        Some(sh) if sh.load_resharded(adamw, dir)? => {}
+        Some(sh) if sh.load_chunks(adamw, dir)? => {}
         Some(sh) => sh.load_whole_state(adamw, &crate::sharded::read_whole_state(dir)?, dir)?,
         None if crate::sharded::is_sharded_checkpoint(dir) => {
             adamw.load_named(&crate::sharded::read_whole_state(dir)?, dir)?

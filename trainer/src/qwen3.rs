@@ -60,17 +60,7 @@ impl Policy for Qwen3Model {
         self.save_hf(dir)
     }
     fn load_weights(&mut self, dir: &Path) -> Result<()> {
-        // Weights are written by save_hf in transformers' layout; Qwen3Model::load reads that layout back.
-        let loaded = Qwen3Model::load(dir, self.device(), self.kind())?;
-        tch::no_grad(|| -> Result<()> {
-            let src = loaded.vs.variables();
-            for (name, mut dst) in self.vs.variables() {
-                let s = src
-                    .get(&name)
-                    .ok_or_else(|| anyhow::anyhow!("{}: no tensor for `{name}`", dir.display()))?;
-                dst.f_copy_(s)?;
-            }
-            Ok(())
-        })
+        // Weights are written by save_hf in transformers' layout, which the in-place load reads back.
+        self.load_weights_in_place(dir)
     }
 }

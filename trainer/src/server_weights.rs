@@ -11,9 +11,9 @@
 //! so the learner's `rl/policy_lag` is 0 (1 in the one-step off-policy mode) as with the built-in engine.
 //!
 //! Learners that keep the weights sharded at rest write the folder together, one unit at a time (every rank
-//! gathers each unit and writes its share of them; [`crate::sharded::save_policy`]), and they publish before each held-out evaluation
-//! too, which then plays through the server. Weights published already (same version, same optimizer step) are
-//! not written again.
+//! gathers each unit and writes its share of them; [`crate::sharded::save_policy`]), and they publish before
+//! each held-out evaluation too, which then plays through the server. Weights published already (same version,
+//! same optimizer step) are not written again.
 use crate::sharded::{ShardedParams, save_policy};
 use anyhow::{Context, Result, bail};
 use spar_core::traits::WeightReceiver;

@@ -311,48 +311,13 @@ impl ShardedParams {
         Ok(())
     }
 
-    /// Loads this rank's chunks (masters, moments, step) from checkpoint `dir`'s sharded optimizer state alone,
-    /// when it was written by as many ranks over the same units; returns false, loading nothing, otherwise (the
-    /// caller then cuts the chunks out of the whole state, [`ShardedParams::load_whole_state`]). Sharded at rest
-    /// this is the only way a rank resumes without holding the whole state.
-    pub fn load_own_shard(&self, adamw: &mut AdamW, dir: &Path) -> Result<bool> {
-        let Some((odir, saved)) = read_manifest(dir)? else {
-            return Ok(false);
-        };
-        let st = self.state();
-        if saved != self.manifest(&st.units) {
-            return Ok(false);
-        }
-        let file = odir.join(format!("rank-{}.safetensors", self.group.rank()));
-        let named: HashMap<String, Tensor> = Tensor::read_safetensors(&file)
-            .with_context(|| format!("reading optimizer shard {}", file.display()))?
-            .into_iter()
-            .collect();
-        let _g = tch::no_grad_guard();
-        for u in &st.units {
-            let key = format!("master.{}", shard_name(u.unit));
-            let master = named
-                .get(&key)
-                .with_context(|| format!("{}: no tensor `{key}`", file.display()))?;
-            ensure!(
-                master.numel() as i64 == u.chunk,
-                "{}: `{key}` has {} elements, the manifest says {}",
-                file.display(),
-                master.numel(),
-                u.chunk
-            );
-            let mut m = u.master.shallow_clone();
-            m.f_copy_(&master.f_to_device(u.device)?)?;
-        }
-        adamw.load_named(&named, &file)?;
-        Ok(true)
-    }
-
-    /// Loads this rank's chunks from checkpoint `dir`'s sharded optimizer state written by another number of
-    /// ranks over the same parameters, reading only the slices of the old ranks' files that overlap this rank's
-    /// chunks (so no rank holds the whole state: a run sharded at rest resumes on fewer or more ranks). Returns
-    /// false, loading nothing, when `dir` has no sharded state or its units differ.
-    pub fn load_resharded(&self, adamw: &mut AdamW, dir: &Path) -> Result<bool> {
+    /// Loads this rank's chunks (masters, moments, step) from checkpoint `dir`'s sharded optimizer state, written
+    /// by any number of ranks over the same parameters, reading only the slices of the ranks' files that overlap
+    /// this rank's chunks: its own file alone when the world size is the same, a re-cut otherwise. No rank holds
+    /// the whole state, so a run sharded at rest resumes on as many, fewer or more ranks. Returns false, loading
+    /// nothing, when `dir` has no sharded state or its parameters differ (the caller then cuts the chunks out of
+    /// the whole state, [`ShardedParams::load_whole_state`]).
+    pub fn load_chunks(&self, adamw: &mut AdamW, dir: &Path) -> Result<bool> {
         let Some((odir, saved)) = read_manifest(dir)? else {
             return Ok(false);
         };
@@ -370,44 +335,19 @@ impl ShardedParams {
         }
         let file = |r: usize| odir.join(format!("rank-{r}.safetensors"));
         let mut chunks: HashMap<String, Tensor> = HashMap::new();
-        let step = Tensor::read_safetensors(file(0))
-            .with_context(|| format!("reading optimizer shard {}", file(0).display()))?
-            .into_iter()
-            .find(|(n, _)| n == "step")
-            .with_context(|| format!("{}: no `step`", file(0).display()))?
-            .1;
-        chunks.insert("step".into(), step);
+        chunks.insert(
+            "step".into(),
+            spar_model::read_safetensors_tensor(&file(0), "step")?,
+        );
         let _g = tch::no_grad_guard();
         for (u, old) in st.units.iter().zip(&saved.units) {
             let name = shard_name(u.unit);
-            let (lo, hi) = (rank * u.chunk, (rank * u.chunk + u.chunk).min(u.numel));
+            let runs = vec![old.chunk; saved.world_size];
             for prefix in ["m", "v", "master"] {
                 let key = format!("{prefix}.{name}");
-                let mut parts = Vec::new();
-                let mut got = 0i64;
-                for r in 0..saved.world_size {
-                    let (a, b) = (
-                        lo.max(r as i64 * old.chunk),
-                        hi.min((r as i64 + 1) * old.chunk),
-                    );
-                    if a < b {
-                        let at = a - r as i64 * old.chunk;
-                        parts.push(spar_model::read_safetensors_range(
-                            &file(r),
-                            &key,
-                            at,
-                            b - a,
-                        )?);
-                        got += b - a;
-                    }
-                }
-                if got < u.chunk {
-                    parts.push(Tensor::f_zeros(
-                        [u.chunk - got],
-                        (Kind::Float, Device::Cpu),
-                    )?);
-                }
-                let chunk = Tensor::f_cat(&parts, 0)?;
+                let chunk = read_span(rank * u.chunk, u.chunk, u.numel, &runs, |r, at, n| {
+                    spar_model::read_safetensors_range(&file(r), &key, at, n)
+                })?;
                 if prefix == "master" {
                     let mut m = u.master.shallow_clone();
                     m.f_copy_(&chunk.f_to_device(u.device)?)?;
@@ -417,11 +357,13 @@ impl ShardedParams {
             }
         }
         adamw.load_named(&chunks, &odir)?;
-        eprintln!(
-            "[train] rank {rank}: optimizer chunks re-cut from {} rank(s) to {world}, reading only this rank's \
-             slices",
-            saved.world_size
-        );
+        if saved.world_size != world {
+            eprintln!(
+                "[train] rank {rank}: optimizer chunks re-cut from {} rank(s) to {world}, reading only this \
+                 rank's slices",
+                saved.world_size
+            );
+        }
         Ok(true)
     }
 
@@ -667,17 +609,33 @@ fn read_chunk(
     lo: i64,
     chunk: i64,
 ) -> Result<Tensor> {
-    let hi = lo + chunk;
+    let runs: Vec<i64> = shapes.iter().map(|s| shape_numel(s)).collect();
+    read_span(lo, chunk, lo + chunk, &runs, |i, at, n| {
+        ranges.read(&params[i].0, at, n)
+    })
+}
+
+/// Elements `lo .. lo + chunk` of a flat vector stored as consecutive runs of the lengths `runs` (parameters in
+/// HF files, or the chunks of an optimizer state's rank files), as fp32 on the CPU: `read(run, offset in it,
+/// count)` gives each overlapping piece, and what lies past `end` (the vector's real length) or past the last
+/// run is zero padding.
+fn read_span(
+    lo: i64,
+    chunk: i64,
+    end: i64,
+    runs: &[i64],
+    mut read: impl FnMut(usize, i64, i64) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let hi = (lo + chunk).min(end);
     let mut parts = Vec::new();
     let (mut at, mut got) = (0i64, 0i64);
-    for ((name, _), shape) in params.iter().zip(shapes) {
-        let n = shape_numel(shape);
-        let (a, b) = (lo.max(at), hi.min(at + n));
+    for (i, &len) in runs.iter().enumerate() {
+        let (a, b) = (lo.max(at), hi.min(at + len));
         if a < b {
-            parts.push(ranges.read(name, a - at, b - a)?);
+            parts.push(read(i, a - at, b - a)?);
             got += b - a;
         }
-        at += n;
+        at += len;
     }
     if got < chunk {
         parts.push(Tensor::f_zeros([chunk - got], (Kind::Float, Device::Cpu))?);

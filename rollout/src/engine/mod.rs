@@ -251,31 +251,15 @@ impl<'m> Engine<'m> {
         })
     }
 
-    /// Copies the weights of the transformers folder `dir` into the model in place, one variable at a time
-    /// (read from the files by range: no second copy of the model), then forgets every cached prefix (their
-    /// keys and values came from the old weights). The folder must hold a model of this one's shape; its
-    /// headers are all checked before anything is copied. CUDA graphs stay valid: the weights keep their
-    /// addresses.
+    /// Copies the weights of the transformers folder `dir` into the model in place
+    /// ([`Qwen3Model::load_weights_in_place`]: by range, every header checked first; CUDA graphs stay valid),
+    /// then forgets every cached prefix (their keys and values came from the old weights).
     pub fn load_weights(&mut self, dir: &std::path::Path) -> Result<()> {
         anyhow::ensure!(
             self.running.is_empty(),
             "weights cannot change under running sequences"
         );
-        let ranges = spar_model::HfRanges::open(dir, &self.model.config)?;
-        let _g = tch::no_grad_guard();
-        for (name, mut var) in self.model.vs.variables() {
-            let whole = ranges
-                .read(&name, 0, var.numel() as i64)?
-                .f_to_kind(var.kind())?
-                .f_to_device(var.device())?
-                .f_view(var.size().as_slice())?;
-            var.f_copy_(&whole).with_context(|| {
-                format!(
-                    "{}: copying `{name}` (the weights are now partly the new ones: load again)",
-                    dir.display()
-                )
-            })?;
-        }
+        self.model.load_weights_in_place(dir)?;
         for (i, slot) in self.slots.iter_mut().enumerate() {
             *slot = SlotState::default();
             self.cache.reset(i);

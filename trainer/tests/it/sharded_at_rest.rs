@@ -104,7 +104,7 @@ fn sharded_at_rest_steps_as_whole_and_holds_nothing_whole_between_updates() {
     let mut again = Qwen3Model::stand_in(&hf, Device::Cpu, Kind::Float).unwrap();
     let mut la = learner(&mut again, AtRest::Sharded);
     let restored = la.sharded.clone().unwrap();
-    assert!(restored.load_own_shard(&mut la.adamw, &ckpt).unwrap());
+    assert!(restored.load_chunks(&mut la.adamw, &ckpt).unwrap());
     la.step = lr.step;
     let a = sft_update(&rest, &mut lr, &items, &batching, Device::Cpu).unwrap();
     let b = sft_update(&again, &mut la, &items, &batching, Device::Cpu).unwrap();
