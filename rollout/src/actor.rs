@@ -335,7 +335,7 @@ impl Rollout {
                 let fut = self.play_groups(env, groups, tokens.clone(), started);
                 let handle = self.runtime.spawn(fut);
                 let served = engine.run_until(&inbox, || handle.is_finished());
-                let stats = engine.stats;
+                let stats = engine.stats_with_graphs();
                 // On an engine failure, dropping the engine and its inbox fails every waiting request, so the
                 // episodes finish (with that error) instead of waiting forever.
                 drop(engine);

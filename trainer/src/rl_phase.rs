@@ -304,6 +304,7 @@ pub fn run(
                     }
                 }
                 scalars.push(("time/generate_s".into(), round.gen_seconds));
+                scalars.extend(round.engine_metrics());
                 scalars.push(("time/score_s".into(), round.score_seconds));
                 scalars.push(("time/learn_s".into(), learn_seconds));
                 // Every rank generates at once: the job's throughput is the sum of the ranks'.

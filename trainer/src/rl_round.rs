@@ -25,6 +25,9 @@ pub struct PlayedRound {
     /// Wall time of scoring (rewards, claims, judges) after generation.
     #[serde(default)]
     pub score_seconds: f64,
+    /// The built-in engine's counters and time line for the round (zero through an external backend).
+    #[serde(default)]
+    pub engine: spar_rollout::engine::EngineStats,
 }
 
 impl PlayedRound {
@@ -36,6 +39,40 @@ impl PlayedRound {
             .map(|x| x.loss_mask.iter().filter(|&&m| m == 1).count())
             .sum();
         tokens as f64 / self.gen_seconds.max(1e-9)
+    }
+
+    /// The engine's side of the round as `rollout/*` metrics: where generation's wall time went (prefill,
+    /// decode (CUDA-graph captures included, also given apart), idle: waiting for the environment), the mean decode batch and the share of prompt tokens whose
+    /// keys and values came from the cache. Empty when the round played through an external backend.
+    pub fn engine_metrics(&self) -> Vec<(String, f64)> {
+        let e = &self.engine;
+        if e.requests == 0 {
+            return Vec::new();
+        }
+        let busy = e.prefill_seconds + e.decode_seconds;
+        vec![
+            ("rollout/engine_prefill_s".into(), e.prefill_seconds),
+            ("rollout/engine_decode_s".into(), e.decode_seconds),
+            ("rollout/graph_captures".into(), e.graph_captures as f64),
+            ("rollout/graph_capture_s".into(), e.graph_capture_seconds),
+            ("rollout/engine_idle_s".into(), e.idle_seconds),
+            (
+                "rollout/engine_busy_frac".into(),
+                busy / self.gen_seconds.max(1e-9),
+            ),
+            ("rollout/requests".into(), e.requests as f64),
+            ("rollout/decode_steps".into(), e.decode_steps as f64),
+            (
+                "rollout/mean_decode_batch".into(),
+                e.decode_rows as f64 / (e.decode_steps.max(1)) as f64,
+            ),
+            ("rollout/prefill_forwards".into(), e.prefill_forwards as f64),
+            ("rollout/prompt_tokens".into(), e.prompt_tokens as f64),
+            (
+                "rollout/reused_prompt_frac".into(),
+                e.reused_tokens as f64 / (e.prompt_tokens.max(1)) as f64,
+            ),
+        ]
     }
 }
 
@@ -63,6 +100,7 @@ pub fn play_round(
     let t1 = std::time::Instant::now();
     let mut round = PlayedRound {
         gen_seconds,
+        engine: rollout.last_round().engine,
         ..Default::default()
     };
     for g in &played {

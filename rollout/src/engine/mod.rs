@@ -121,8 +121,11 @@ impl Default for EngineConfig {
     }
 }
 
-/// Counters for progress bars and benchmarks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+/// Counters for progress bars, benchmarks and the rollout's time line. The seconds are wall time on the engine's
+/// thread: every prefill and decode ends with a device-to-host copy of the sampled tokens, so on a GPU they
+/// include the GPU's work, and `idle_seconds` is time with nothing queued or running (waiting for the
+/// environment: patient replies, chat templates, scoring).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EngineStats {
     pub requests: u64,
     pub prompt_tokens: u64,
@@ -133,6 +136,24 @@ pub struct EngineStats {
     pub prefill_forwards: u64,
     /// Requests dropped because their caller went away (queued or mid-generation).
     pub cancelled: u64,
+    /// Sequences fed by decode steps, summed over steps (`decode_rows / decode_steps` is the mean decode batch).
+    #[serde(default)]
+    pub decode_rows: u64,
+    /// Seconds admitting and prefilling (prompt forwards and their first sampled token).
+    #[serde(default)]
+    pub prefill_seconds: f64,
+    /// Seconds in decode steps.
+    #[serde(default)]
+    pub decode_seconds: f64,
+    /// Seconds in [`Engine::run_until`] with nothing queued or running.
+    #[serde(default)]
+    pub idle_seconds: f64,
+    /// CUDA graphs captured for decode steps, and the seconds that took (part of `decode_seconds`). Filled by
+    /// [`Engine::stats_with_graphs`].
+    #[serde(default)]
+    pub graph_captures: u64,
+    #[serde(default)]
+    pub graph_capture_seconds: f64,
 }
 
 /// A finished request: the wire output plus the expert choices of its prompt (when recorded), which the
@@ -287,6 +308,16 @@ impl<'m> Engine<'m> {
         };
     }
 
+    /// The counters with the CUDA-graph decoder's captures filled in.
+    pub fn stats_with_graphs(&self) -> EngineStats {
+        let mut stats = self.stats;
+        if let Some(g) = self.graph_stats() {
+            stats.graph_captures = g.captures;
+            stats.graph_capture_seconds = g.capture_seconds;
+        }
+        stats
+    }
+
     /// Counters of the CUDA-graph decode path; None when it is off.
     pub fn graph_stats(&self) -> Option<GraphStats> {
         self.graphs.as_ref().map(|g| g.stats)
@@ -348,10 +379,13 @@ impl<'m> Engine<'m> {
                 stepped?;
             } else if done() {
                 return Ok(());
-            } else if let Some((req, reply)) =
-                inbox.recv_timeout(std::time::Duration::from_millis(2))
-            {
-                self.submit(req, reply);
+            } else {
+                let waited = std::time::Instant::now();
+                let arrived = inbox.recv_timeout(std::time::Duration::from_millis(2));
+                self.stats.idle_seconds += waited.elapsed().as_secs_f64();
+                if let Some((req, reply)) = arrived {
+                    self.submit(req, reply);
+                }
             }
         }
     }
@@ -470,6 +504,7 @@ impl<'m> Engine<'m> {
     }
 
     fn prefill_and_decode(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
         // Wave 1: sequences whose prefix is already in place; wave 2: those copying from a slot wave 1 fills.
         for wave in 0..2 {
             let mut ready = Vec::new();
@@ -501,11 +536,15 @@ impl<'m> Engine<'m> {
                 self.prefill(&ready)?;
             }
         }
+        let decoding = std::time::Instant::now();
+        self.stats.prefill_seconds += (decoding - started).as_secs_f64();
         let rows: Vec<usize> = (0..self.running.len())
             .filter(|&i| self.running[i].prefilled && self.running[i].pending.len() == 1)
             .collect();
         if !rows.is_empty() {
             self.decode(&rows)?;
+            self.stats.decode_rows += rows.len() as u64;
+            self.stats.decode_seconds += decoding.elapsed().as_secs_f64();
         }
         self.retire();
         Ok(())

@@ -169,7 +169,7 @@ fn routing_replay_trains_with_the_rollouts_experts_and_the_switch_drops_them() {
         samples,
         scored,
         gen_seconds: 1.0,
-        score_seconds: 0.0,
+        ..Default::default()
     };
     let mismatch = |replay: bool| {
         let m = tiny_moe();
@@ -214,7 +214,7 @@ fn kl_to_the_reference_costs_kl_coef_times_kl_as_a_loss_or_in_the_reward() {
         samples,
         scored,
         gen_seconds: 1.0,
-        score_seconds: 0.0,
+        ..Default::default()
     };
     let batching = BatchingConfig {
         micro_batch: 4,
