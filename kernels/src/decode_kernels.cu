@@ -217,8 +217,13 @@ struct DaBlock {
         g = blk % nkv;
         row = blk / nkv;
         h0 = g * n_rep + c * heads;
-        begin = split * span;
-        end = min((int)key_len[row], begin + span);
+        // The row's own keys are split evenly (whole 32-key strides; `span` is the split of the whole window):
+        // a row shorter than the window keeps every split busy instead of leaving the tail splits empty, so a
+        // window padded past the longest row (CUDA graphs capture windows by octaves) costs no extra time.
+        int len = (int)key_len[row];
+        int own = min(span, ((len + splits - 1) / splits + 31) / 32 * 32);
+        begin = split * own;
+        end = min(len, begin + own);
     }
 };
 

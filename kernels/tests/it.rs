@@ -190,6 +190,21 @@ fn decode_attention_matches_masked_sdpa_on_gpu() {
                 eprintln!("{what}: max abs diff {diff:.2e}");
                 assert!(diff <= tol, "{what}: kernel differs from SDPA by {diff}");
             }
+            // A key window padded past the longest row (CUDA graphs capture windows by octaves) splits each
+            // row's own keys the same way: the same result, bit for bit, as the tightest window.
+            let short = Tensor::from_slice(&[1i64, 130, 67, 129, 2]).to_device(dev);
+            let at = |window: i64| {
+                spar_kernels::decode_ops::decode_attention_split(
+                    &q, &kc, &vc, &short, nkv, window, 2, true,
+                )
+                .unwrap()
+                .expect("the kernel applies")
+            };
+            let (tight, padded) = (at(160), at(width));
+            assert!(
+                tight.equal(&padded),
+                "{kind:?} nh={nh} nkv={nkv} d={d}: a padded key window changed the result"
+            );
         }
     }
 }

@@ -8,8 +8,12 @@
 //!   `j` is physical KV-cache slot `j` ([`KvCache::gather_low`] moves the decoding sequences there), so
 //!   attention reads the cache through a strided view with no gather. Padding rows write their key and value
 //!   into the scratch column `max_len` of their slot and their outputs are dropped.
-//! - **Keys**: attention covers the first `K` cache positions, `K` the longest sequence rounded up to a
-//!   multiple of [`KEY_BLOCK`]; a per-row length mask built on the device hides the rest.
+//! - **Keys**: attention covers the first `K` cache positions, `K` the longest sequence rounded up to a power of
+//!   two (at least [`KEY_BLOCK`]; [`key_window`]); a per-row length mask built on the device hides the rest.
+//!   Windows grow by octaves because every window is a capture: multi-turn consultations append turns to
+//!   histories of thousands of tokens, and 32-key windows made them capture a graph every 32 tokens of
+//!   history (hundreds per round, each a warm-up step plus a capture). The decode kernel splits each row's own
+//!   keys, so the padded window costs it nothing; the SDPA fallback does at most twice the masked work.
 //! - **Inputs** (token ids, write positions, key lengths) are one static `[3, R]` int64 tensor, overwritten by
 //!   one host-to-device copy before each replay; logits and chosen experts land in static outputs.
 //!
@@ -35,14 +39,33 @@ use spar_kernels::{decode_ops, rms_norm};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
-/// Attention key windows are multiples of this many positions (fewer graphs, a little masked work).
+/// The smallest attention key window.
 pub const KEY_BLOCK: usize = 32;
 
+/// The attention key window of a decode step whose longest row will hold `keys` positions: the next power of
+/// two, at least [`KEY_BLOCK`], at most `max_len` (`SPAR_GRAPH_KEY_WINDOWS=linear`: the next multiple of
+/// [`KEY_BLOCK`], the old rule, for comparisons).
+pub fn key_window(keys: usize, max_len: usize) -> usize {
+    let w = if linear_key_windows() {
+        keys.div_ceil(KEY_BLOCK) * KEY_BLOCK
+    } else {
+        keys.max(KEY_BLOCK).next_power_of_two()
+    };
+    w.min(max_len)
+}
+
+fn linear_key_windows() -> bool {
+    static LINEAR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LINEAR.get_or_init(|| std::env::var("SPAR_GRAPH_KEY_WINDOWS").is_ok_and(|v| v == "linear"))
+}
+
 /// Counters, for benchmarks and logs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct GraphStats {
     /// Graphs captured (one per (rows, keys) shape seen).
     pub captures: u64,
+    /// Wall seconds spent capturing them (warm-up step, capture, instantiation).
+    pub capture_seconds: f64,
     /// Decode steps served by a replay.
     pub replays: u64,
     /// Decode steps handed back to the eager path.
@@ -228,8 +251,7 @@ impl GraphDecoder {
         let _g = tch::no_grad_guard();
         let slots: Vec<usize> = rows.iter().map(|(s, _)| *s).collect();
         cache.gather_low(&slots, r)?;
-        let keys = (longest + 1).div_ceil(KEY_BLOCK) * KEY_BLOCK;
-        let keys = keys.min(max_len);
+        let keys = key_window(longest + 1, max_len);
 
         // Host side of the static inputs: padding rows decode token 0 into the scratch column.
         let mut host = vec![0i64; 3 * r];
@@ -255,7 +277,10 @@ impl GraphDecoder {
         inputs.f_copy_(&Tensor::from_slice(&host).f_view([3, r as i64])?)?;
 
         if !self.graphs.contains_key(&(r, keys)) {
-            match self.capture(model, cache, r, keys) {
+            let started = std::time::Instant::now();
+            let captured = self.capture(model, cache, r, keys);
+            self.stats.capture_seconds += started.elapsed().as_secs_f64();
+            match captured {
                 Ok(g) => {
                     self.graphs.insert((r, keys), g);
                     self.stats.captures += 1;
@@ -579,4 +604,22 @@ fn decode_step(
         Some(Tensor::f_stack(&experts, 1)?)
     };
     Ok((logits, experts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_windows_grow_by_octaves_within_the_cache() {
+        assert_eq!(key_window(1, 8192), KEY_BLOCK);
+        assert_eq!(key_window(33, 8192), 64);
+        assert_eq!(key_window(257, 8192), 512);
+        assert_eq!(key_window(4096, 8192), 4096);
+        assert_eq!(key_window(5000, 6000), 6000);
+        // A consultation growing from 300 to 4,000 tokens of history meets 4 windows, not 116 of 32 keys.
+        let windows: std::collections::BTreeSet<usize> =
+            (300..4000).map(|k| key_window(k, 8192)).collect();
+        assert_eq!(windows.len(), 4);
+    }
 }

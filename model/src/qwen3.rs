@@ -1087,12 +1087,15 @@ impl Qwen3Model {
             let _g = tch::no_grad_guard();
             let _ = cache.k[li].f_index_put_(&idx, &k.f_transpose(1, 2)?.f_detach()?, false)?;
             let _ = cache.v[li].f_index_put_(&idx, &v.f_transpose(1, 2)?.f_detach()?, false)?;
+            // Narrow to the keys read before gathering scattered slots: the gather copies `read_len` positions
+            // of each row, not the slot's whole `max_len` (a turn of a 2k-token history in an 8k-slot cache).
             let read = |c: &Tensor| -> Result<Tensor> {
+                let window = c.f_narrow(1, 0, plan.read_len)?;
                 let rows = match plan.contiguous_from {
-                    Some(s) => c.f_narrow(0, s, b)?,
-                    None => c.f_index_select(0, &plan.slot_list)?,
+                    Some(s) => window.f_narrow(0, s, b)?,
+                    None => window.f_index_select(0, &plan.slot_list)?,
                 };
-                Ok(rows.f_narrow(1, 0, plan.read_len)?.f_transpose(1, 2)?)
+                Ok(rows.f_transpose(1, 2)?)
             };
             k = read(&cache.k[li])?;
             v = read(&cache.v[li])?;
