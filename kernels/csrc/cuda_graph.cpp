@@ -214,6 +214,19 @@ int spar_cuda_memory_now(int device, long long* free_bytes, long long* total_byt
   });
 }
 
+// Events of torch's caching allocator on `device` since the process started: allocations that failed and were
+// retried after freeing its whole cache (each one synchronizes the device), and cudaMalloc / cudaFree calls.
+// Returns 0 on success.
+int spar_cuda_allocator_events(int device, long long* retries, long long* mallocs, long long* frees, char* err,
+                               size_t len) {
+  return guarded(err, len, [&] {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    *retries = stats.num_alloc_retries;
+    *mallocs = stats.num_device_alloc;
+    *frees = stats.num_device_free;
+  });
+}
+
 int spar_cuda_reset_peak_memory(int device, char* err, size_t len) {
   return guarded(err, len, [&] {
     c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));

@@ -15,6 +15,14 @@ unsafe extern "C" {
         len: usize,
     ) -> i32;
     fn spar_cuda_reset_peak_memory(device: i32, err: *mut c_char, len: usize) -> i32;
+    fn spar_cuda_allocator_events(
+        device: i32,
+        retries: *mut i64,
+        mallocs: *mut i64,
+        frees: *mut i64,
+        err: *mut c_char,
+        len: usize,
+    ) -> i32;
     fn spar_cuda_memory_now(
         device: i32,
         free: *mut i64,
@@ -78,6 +86,63 @@ pub fn memory_now(device: usize) -> Result<DeviceMemory> {
     #[cfg(not(spar_cuda_graph))]
     {
         bail!("the memory of CUDA device {device}: this build has no libtorch CUDA shim")
+    }
+}
+
+/// Counts of torch's caching-allocator events on a CUDA device since the process started
+/// (`torch.cuda.memory_stats()`'s `num_alloc_retries`, `num_device_alloc`, `num_device_free`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocatorEvents {
+    /// Allocations that failed, freed the allocator's whole cache (synchronizing the device) and tried again.
+    pub retries: u64,
+    /// `cudaMalloc` calls (the cache had no block to hand out).
+    pub mallocs: u64,
+    /// `cudaFree` calls.
+    pub frees: u64,
+}
+
+impl AllocatorEvents {
+    /// The events between `earlier` and `self`.
+    pub fn since(&self, earlier: &AllocatorEvents) -> AllocatorEvents {
+        AllocatorEvents {
+            retries: self.retries.saturating_sub(earlier.retries),
+            mallocs: self.mallocs.saturating_sub(earlier.mallocs),
+            frees: self.frees.saturating_sub(earlier.frees),
+        }
+    }
+}
+
+/// The caching allocator's events on CUDA device `device` so far (see [`AllocatorEvents`]).
+pub fn allocator_events(device: usize) -> Result<AllocatorEvents> {
+    #[cfg(spar_cuda_graph)]
+    {
+        let (mut r, mut m, mut f) = (0i64, 0i64, 0i64);
+        let mut err = [0 as c_char; 512];
+        // SAFETY: plain out-parameters and an error buffer of the stated length; the shim catches exceptions.
+        let rc = unsafe {
+            spar_cuda_allocator_events(
+                device as i32,
+                &mut r,
+                &mut m,
+                &mut f,
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        if rc != 0 {
+            // SAFETY: the shim writes a NUL-terminated message into `err`.
+            let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
+            bail!("reading the allocator statistics of CUDA device {device}: {msg}");
+        }
+        Ok(AllocatorEvents {
+            retries: r as u64,
+            mallocs: m as u64,
+            frees: f as u64,
+        })
+    }
+    #[cfg(not(spar_cuda_graph))]
+    {
+        bail!("allocator statistics of CUDA device {device}: this build has no libtorch CUDA shim")
     }
 }
 

@@ -28,8 +28,12 @@ pub use hf_ranges::{HfRanges, read_safetensors_range, read_safetensors_tensor};
 pub use moe::{RoutingSums, aux_load_balancing_loss, aux_load_balancing_loss_masked, routing_sums};
 pub use param_units::{GradsReady, ParamUnits, Unit};
 pub use qwen3::{ForwardInput, ForwardOutput, Qwen3Model, positions_from_seq_ids};
-/// The GPU's memory now (the KV cache is sized from it): re-exported so the rollout needs no kernels dependency.
-pub use spar_kernels::cuda_memory::{DeviceMemory, memory_now as cuda_memory_now};
+/// The GPU's memory now (the KV cache is sized from it) and the caching allocator's events (the rollout's time line):
+/// re-exported so the rollout needs no kernels dependency.
+pub use spar_kernels::cuda_memory::{
+    AllocatorEvents, DeviceMemory, allocator_events as cuda_allocator_events,
+    memory_now as cuda_memory_now,
+};
 pub use token_logprobs::{
     LmHead, LogprobOptions, LogprobPath, TokenLogprobs, head_logprobs, token_logprobs,
     try_token_logprobs,

@@ -55,6 +55,11 @@ impl PlayedRound {
             ("rollout/engine_decode_s".into(), e.decode_seconds),
             ("rollout/graph_captures".into(), e.graph_captures as f64),
             ("rollout/graph_capture_s".into(), e.graph_capture_seconds),
+            (
+                "rollout/cuda_alloc_retries".into(),
+                e.cuda_alloc_retries as f64,
+            ),
+            ("rollout/cuda_mallocs".into(), e.cuda_mallocs as f64),
             ("rollout/engine_idle_s".into(), e.idle_seconds),
             (
                 "rollout/engine_busy_frac".into(),

@@ -154,6 +154,13 @@ pub struct EngineStats {
     pub graph_captures: u64,
     #[serde(default)]
     pub graph_capture_seconds: f64,
+    /// Torch's CUDA caching allocator during [`Engine::run_until`] (CUDA only): allocations retried after
+    /// freeing its whole cache (each synchronizes the device), and `cudaMalloc` calls. Many of either mean the
+    /// KV cache left the allocator too little room (see `rollout.gpu_memory_utilization`).
+    #[serde(default)]
+    pub cuda_alloc_retries: u64,
+    #[serde(default)]
+    pub cuda_mallocs: u64,
 }
 
 /// A finished request: the wire output plus the expert choices of its prompt (when recorded), which the
@@ -355,6 +362,21 @@ impl<'m> Engine<'m> {
     /// A weight load (`EngineInbox::with_weight_loads`) stops admitting new requests, lets the running ones
     /// finish on the old weights, loads ([`Engine::load_weights`]), answers, and admission resumes.
     pub fn run_until(&mut self, inbox: &EngineInbox, done: impl Fn() -> bool) -> Result<()> {
+        let events = || match self.model.device() {
+            Device::Cuda(d) => spar_model::cuda_allocator_events(d).ok(),
+            _ => None,
+        };
+        let before = events();
+        let served = self.serve_until(inbox, done);
+        if let (Some(before), Some(after)) = (before, events()) {
+            let delta = after.since(&before);
+            self.stats.cuda_alloc_retries += delta.retries;
+            self.stats.cuda_mallocs += delta.mallocs;
+        }
+        served
+    }
+
+    fn serve_until(&mut self, inbox: &EngineInbox, done: impl Fn() -> bool) -> Result<()> {
         loop {
             while let Some((req, reply)) = inbox.try_recv() {
                 self.submit(req, reply);
