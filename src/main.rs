@@ -98,7 +98,50 @@ fn main() {
         Command::Ablate(a) => cmd::ablate::run(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", without_torch_backtraces(&format!("{e:#}")));
         std::process::exit(1);
+    }
+}
+
+/// The message without libtorch's C++ backtraces: a torch error (a CUDA out-of-memory, say) carries its message
+/// and then "Exception raised from ... (most recent call first):" with dozens of "frame #N" lines, which bury the
+/// message and mean nothing to a user.
+fn without_torch_backtraces(msg: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let mut in_trace = false;
+    for line in msg.lines() {
+        if let Some(at) = line.find("Exception raised from ") {
+            in_trace = true;
+            let before = line[..at].trim_end();
+            if !before.is_empty() {
+                out.push(before);
+            }
+            continue;
+        }
+        if in_trace && (line.starts_with("frame #") || line.trim().is_empty()) {
+            continue;
+        }
+        in_trace = false;
+        out.push(line);
+    }
+    out.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_torch_backtraces;
+
+    #[test]
+    fn torch_backtraces_are_cut_from_errors() {
+        let msg = "allocating the engine's KV cache (128 slots x 8192 tokens): Internal torch error: CUDA out of \
+                   memory. Tried to allocate 2.00 GiB.\nException raised from malloc at /pytorch/c10/cuda/\
+                   CUDACachingAllocator.cpp:1574 (most recent call first):\nframe #0: c10::Error::Error() + 0x1\n\
+                   frame #1: <unknown function> + 0x2 (0x7f in /lib/libc.so.6)\n\nnext line";
+        assert_eq!(
+            without_torch_backtraces(msg),
+            "allocating the engine's KV cache (128 slots x 8192 tokens): Internal torch error: CUDA out of \
+             memory. Tried to allocate 2.00 GiB.\nnext line"
+        );
+        assert_eq!(without_torch_backtraces("plain: message"), "plain: message");
     }
 }

@@ -246,8 +246,13 @@ impl<'m> Engine<'m> {
             model.kind(),
         )
         .with_context(|| {
+            let gb = KvCache::bytes_per_slot(&model.config, cfg.max_seq_len, model.kind()) as f64
+                * cfg.kv_slots as f64
+                / 1e9;
             format!(
-                "allocating the engine's KV cache ({} slots x {} tokens)",
+                "allocating the engine's KV cache ({} slots x {} tokens, {gb:.1} GB; set \
+                 rollout.gpu_memory_utilization (spar serve: --gpu-memory-utilization) to take the slots that \
+                 fit, or lower rollout.max_batch or rollout.max_seq_len)",
                 cfg.kv_slots, cfg.max_seq_len
             )
         })?;
