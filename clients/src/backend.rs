@@ -143,9 +143,7 @@ impl RolloutBackend for OpenAiRolloutBackend {
     }
 
     fn routing(&self) -> Option<(usize, usize)> {
-        self.routing
-            .as_ref()
-            .map(|l| (l.moe_layers.len(), l.top_k))
+        self.routing.as_ref().map(|l| (l.moe_layers.len(), l.top_k))
     }
 
     /// All or nothing: the first failure (with its request index) fails the batch. Use `generate_each` to keep

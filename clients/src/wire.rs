@@ -646,8 +646,12 @@ mod tests {
             parse_completion(vllm, false, 0).unwrap().routed_experts,
             Some(RoutedPayload::VllmNpy)
         );
-        let none = br#"{"choices":[{"token_ids":[5],"finish_reason":"length","routed_experts":null}]}"#;
-        assert_eq!(parse_completion(none, false, 0).unwrap().routed_experts, None);
+        let none =
+            br#"{"choices":[{"token_ids":[5],"finish_reason":"length","routed_experts":null}]}"#;
+        assert_eq!(
+            parse_completion(none, false, 0).unwrap().routed_experts,
+            None
+        );
         let req = CompletionRequest {
             prompt_ids: vec![1],
             sampling: SamplingParams::default(),

@@ -49,7 +49,9 @@ impl MoeLayout {
     ) -> Result<String, String> {
         let per = self.per_token();
         for (name, r) in [("prompt", prompt), ("generated", generated)] {
-            if r.layers != self.moe_layers.len() || r.k != self.top_k || r.ids.len() % per.max(1) != 0
+            if r.layers != self.moe_layers.len()
+                || r.k != self.top_k
+                || !r.ids.len().is_multiple_of(per.max(1))
             {
                 return Err(format!(
                     "{name} routing is {} layers x top-{} over {} ids; the model has {} MoE layers x top-{}",
@@ -92,7 +94,7 @@ impl MoeLayout {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(payload.trim())
             .map_err(|e| format!("not base64: {e}"))?;
-        if bytes.len() % 4 != 0 {
+        if !bytes.len().is_multiple_of(4) {
             return Err(format!(
                 "{} bytes is not a whole number of int32 expert ids",
                 bytes.len()
@@ -103,7 +105,9 @@ impl MoeLayout {
             .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         if generated_len == 0 {
-            return Err("no generated tokens: the routing of the last prompt token is not returned".into());
+            return Err(
+                "no generated tokens: the routing of the last prompt token is not returned".into(),
+            );
         }
         let tokens = prompt_len + generated_len - 1;
         let k = self.top_k;
@@ -221,7 +225,8 @@ mod tests {
         let e = l.decode_sglang(&b64, 2, 2).unwrap_err();
         assert!(e.contains("3 tokens") && e.contains("top-2"), "{e}");
         assert!(l.decode_sglang("@@", 2, 2).unwrap_err().contains("base64"));
-        let neg = base64::engine::general_purpose::STANDARD.encode((-1i32).to_le_bytes().repeat(12));
+        let neg =
+            base64::engine::general_purpose::STANDARD.encode((-1i32).to_le_bytes().repeat(12));
         assert!(l.decode_sglang(&neg, 1, 2).unwrap_err().contains("-1"));
     }
 }

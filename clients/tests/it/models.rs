@@ -210,8 +210,7 @@ async fn rollout_backend_refuses_unredactable_remote_prompts() {
 /// SGLang's payload for a prompt of 2 tokens that generated 2, on a model of 3 hidden layers (layer 1 dense)
 /// and top-2: int32 rows `[3 tokens, 3 layers, 2]` written by hand (Python's `struct.pack('<6i', ...)`), the
 /// dense layer's ids 0.
-const SGLANG_ROUTING: &str =
-    "AwAAAAEAAAAAAAAAAAAAAAIAAAAAAAAAAQAAAAIAAAAAAAAAAAAAAAMAAAABAAAAAAAAAAMAAAAAAAAAAAAAAAEAAAACAAAA";
+const SGLANG_ROUTING: &str = "AwAAAAEAAAAAAAAAAAAAAAIAAAAAAAAAAQAAAAIAAAAAAAAAAAAAAAMAAAABAAAAAAAAAAMAAAAAAAAAAAAAAAEAAAACAAAA";
 
 fn routed_layout() -> spar_core::routed_wire::MoeLayout {
     spar_core::routed_wire::MoeLayout {
@@ -267,7 +266,10 @@ async fn rollout_backend_without_routing_in_the_reply_says_how_to_start_the_serv
         .unwrap()
         .with_routing(routed_layout());
     for (reply, says) in [
-        (completion_with(serde_json::json!({})), "--enable-return-routed-experts"),
+        (
+            completion_with(serde_json::json!({})),
+            "--enable-return-routed-experts",
+        ),
         (
             completion_with(serde_json::json!({"sglext": {"routed_experts": "AAAAAA=="}})),
             "do not divide",
@@ -289,5 +291,12 @@ async fn rollout_backend_without_routing_in_the_reply_says_how_to_start_the_serv
         .await
         .unwrap();
     assert!(out[0].routed_experts.is_none() && out[0].prompt_routed_experts.is_none());
-    assert!(s.requests().last().unwrap().body.get("return_routed_experts").is_none());
+    assert!(
+        s.requests()
+            .last()
+            .unwrap()
+            .body
+            .get("return_routed_experts")
+            .is_none()
+    );
 }
