@@ -251,7 +251,9 @@ impl Builder {
         })
     }
 
-    /// A rollout of `cfg` over `cases`: the recipe's rollout backend when `[rollout] backend = "openai"`.
+    /// A rollout of `cfg` over `cases`: the recipe's rollout backend when `[rollout] backend = "openai"`, asking
+    /// the server for the expert choices of the served MoE policy, laid out as `moe`, when `cfg.record_routing`.
+    #[allow(clippy::too_many_arguments)]
     pub fn rollout(
         &self,
         cfg: RolloutSection,
@@ -260,8 +262,9 @@ impl Builder {
         scorer: Arc<dyn StageScorer>,
         simulator: SimulatorChoice,
         run_id: impl Into<String>,
+        moe: Option<spar_core::routed_wire::MoeLayout>,
     ) -> Result<Rollout> {
-        let backend = external::rollout_backend(&cfg)?;
+        let backend = external::rollout_backend(&cfg, moe)?;
         let rollout = Rollout::new(cfg, cases, codec, scorer, simulator, run_id)?;
         Ok(match backend {
             Some(b) => rollout.with_backend(b),
@@ -339,6 +342,7 @@ impl Builder {
             scorer.clone(),
             self.simulator()?,
             format!("{run_name}-s{seed}"),
+            policy.model.config.moe_layout(),
         )?;
         let generation = if rollout_sec.backend == RolloutBackendKind::Openai {
             if rollout_sec.weight_sync.kind == spar_core::recipe::WeightSyncKind::Off {

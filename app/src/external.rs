@@ -11,6 +11,7 @@ use spar_core::recipe::{
     EncoderKind, EndpointConfig, ExtractorKind, FactConfig, FactMode, JudgeKind, RewardsSection,
     RolloutBackendKind, RolloutSection, SimulatorConfig, SimulatorKind, VerifierKind,
 };
+use spar_core::routed_wire::MoeLayout;
 use spar_core::traits::{
     ClaimExtractor, Encoder, FactVerifier, Judge, PatientSimulator, RolloutBackend,
 };
@@ -136,8 +137,14 @@ pub fn simulator(cfg: &SimulatorConfig, key: &str) -> Result<SimulatorChoice> {
     })
 }
 
-/// The external rollout backend of `[rollout] backend = "openai"` (None: the built-in engine).
-pub fn rollout_backend(rollout: &RolloutSection) -> Result<Option<Arc<dyn RolloutBackend>>> {
+/// The external rollout backend of `[rollout] backend = "openai"` (None: the built-in engine). With
+/// `rollout.record_routing` and an MoE policy (`moe`: the served model's layout) it asks the server for every
+/// token's expert choices (SGLang's `return_routed_experts`), as the built-in engine records them; a dense
+/// policy records none with either.
+pub fn rollout_backend(
+    rollout: &RolloutSection,
+    moe: Option<MoeLayout>,
+) -> Result<Option<Arc<dyn RolloutBackend>>> {
     if rollout.backend != RolloutBackendKind::Openai {
         return Ok(None);
     }
@@ -145,10 +152,12 @@ pub fn rollout_backend(rollout: &RolloutSection) -> Result<Option<Arc<dyn Rollou
         .endpoint
         .as_ref()
         .context("recipe: rollout.backend = \"openai\" needs rollout.endpoint")?;
-    Ok(Some(Arc::new(
-        OpenAiRolloutBackend::from_endpoint(ep)
-            .with_context(|| format!("rollout.endpoint {}", ep.base_url))?,
-    )))
+    let mut backend = OpenAiRolloutBackend::from_endpoint(ep)
+        .with_context(|| format!("rollout.endpoint {}", ep.base_url))?;
+    if let (true, Some(layout)) = (rollout.record_routing, moe) {
+        backend = backend.with_routing(layout);
+    }
+    Ok(Some(Arc::new(backend)))
 }
 
 /// The weight refresh of `[rollout.weight_sync]` (None when it is off): the receiver its `kind` names, over the

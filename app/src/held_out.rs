@@ -47,7 +47,8 @@ impl HeldOut {
             pipeline,
             runtime,
             seed: builder.seed(),
-            backend: crate::external::rollout_backend(&builder.rollout_section())?,
+            // Evaluation trains on nothing: no routing is asked for.
+            backend: crate::external::rollout_backend(&builder.rollout_section(), None)?,
         })
     }
 }

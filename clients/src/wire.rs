@@ -211,6 +211,9 @@ pub struct CompletionRequest {
     pub sampling: SamplingParams,
     /// Ask for the sampled tokens' log-probs (and, when `sampling.top_logprobs` > 0, the most likely tokens').
     pub logprobs: bool,
+    /// Ask for the MoE expert choices of every token (SGLang's `return_routed_experts`; the server must run with
+    /// `--enable-return-routed-experts`).
+    pub return_routed_experts: bool,
 }
 
 /// The first choice of a token-in / token-out completion.
@@ -225,6 +228,18 @@ pub struct CompletionResponse {
     pub text: String,
     pub finish: FinishReason,
     pub usage: Option<Usage>,
+    /// The expert choices as the server returned them, when it returned any (see [`RoutedPayload`]).
+    pub routed_experts: Option<RoutedPayload>,
+}
+
+/// A completion's MoE expert choices, undecoded: their shape depends on the model (`spar_core::routed_wire`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoutedPayload {
+    /// SGLang's `sglext.routed_experts` (what `spar serve` writes too): base64 of int32 ids, `[prompt + generated
+    /// - 1 tokens, layers, top_k]`.
+    Sglang(String),
+    /// vLLM's `choices[0].routed_experts`: base64 of a NumPy `.npy` file, which spar does not read.
+    VllmNpy,
 }
 
 /// The JSON body of a token-in `/completions` request. vLLM extensions ask for the generated token ids
@@ -263,6 +278,9 @@ pub(crate) fn completion_body(model: &str, req: &CompletionRequest) -> Value {
     b.insert("return_token_ids".into(), true.into());
     b.insert("return_tokens_as_token_ids".into(), true.into());
     b.insert("skip_special_tokens".into(), false.into());
+    if req.return_routed_experts {
+        b.insert("return_routed_experts".into(), true.into());
+    }
     Value::Object(b)
 }
 
@@ -271,6 +289,16 @@ struct RawCompletion {
     choices: Vec<RawCompletionChoice>,
     #[serde(default)]
     usage: Option<Usage>,
+    /// SGLang's extensions of the OpenAI response, at the response level (its expert choices are the first
+    /// choice's: spar sends one prompt and n = 1).
+    #[serde(default)]
+    sglext: Option<RawSglExt>,
+}
+
+#[derive(Deserialize)]
+struct RawSglExt {
+    #[serde(default)]
+    routed_experts: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -283,6 +311,9 @@ struct RawCompletionChoice {
     token_ids: Option<Vec<u32>>,
     #[serde(default)]
     logprobs: Option<RawCompletionLogprobs>,
+    /// vLLM's per-choice expert choices (`.npy` bytes in base64).
+    #[serde(default)]
+    routed_experts: Option<Value>,
 }
 
 /// `choices[0].logprobs.top_logprobs`: per token an object from token to log-prob (null where a server has
@@ -311,6 +342,15 @@ pub(crate) fn parse_completion(
 ) -> Result<CompletionResponse, String> {
     let raw: RawCompletion =
         serde_json::from_slice(body).map_err(|e| format!("completion body: {e}"))?;
+    let routed_experts = match raw.sglext.and_then(|x| x.routed_experts) {
+        Some(b64) => Some(RoutedPayload::Sglang(b64)),
+        None => raw
+            .choices
+            .first()
+            .and_then(|c| c.routed_experts.as_ref())
+            .filter(|v| !v.is_null())
+            .map(|_| RoutedPayload::VllmNpy),
+    };
     let choice = raw
         .choices
         .into_iter()
@@ -380,6 +420,7 @@ pub(crate) fn parse_completion(
         text: choice.text.unwrap_or_default(),
         finish,
         usage: raw.usage,
+        routed_experts,
     })
 }
 
@@ -553,6 +594,7 @@ mod tests {
             prompt_ids: vec![1],
             sampling: s,
             logprobs: true,
+            return_routed_experts: false,
         };
         assert_eq!(completion_body("m", &req)["logprobs"], 4);
     }
@@ -593,11 +635,39 @@ mod tests {
     }
 
     #[test]
+    fn completion_reads_the_routing_where_servers_put_it() {
+        let sglang = br#"{"choices":[{"token_ids":[5],"finish_reason":"length"}],"sglext":{"routed_experts":"AAAAAA=="}}"#;
+        assert_eq!(
+            parse_completion(sglang, false, 0).unwrap().routed_experts,
+            Some(RoutedPayload::Sglang("AAAAAA==".into()))
+        );
+        let vllm = br#"{"choices":[{"token_ids":[5],"finish_reason":"length","routed_experts":"k05VTVBZ"}]}"#;
+        assert_eq!(
+            parse_completion(vllm, false, 0).unwrap().routed_experts,
+            Some(RoutedPayload::VllmNpy)
+        );
+        let none =
+            br#"{"choices":[{"token_ids":[5],"finish_reason":"length","routed_experts":null}]}"#;
+        assert_eq!(
+            parse_completion(none, false, 0).unwrap().routed_experts,
+            None
+        );
+        let req = CompletionRequest {
+            prompt_ids: vec![1],
+            sampling: SamplingParams::default(),
+            logprobs: true,
+            return_routed_experts: true,
+        };
+        assert_eq!(completion_body("m", &req)["return_routed_experts"], true);
+    }
+
+    #[test]
     fn completion_body_leaves_off_knobs_that_are_off() {
         let req = CompletionRequest {
             prompt_ids: vec![1, 2],
             sampling: SamplingParams::default(),
             logprobs: true,
+            return_routed_experts: false,
         };
         let b = completion_body("m", &req);
         assert_eq!(b["prompt"], serde_json::json!([1, 2]));
@@ -615,6 +685,7 @@ mod tests {
                 prompt_ids: vec![],
                 sampling: s,
                 logprobs: false,
+                return_routed_experts: false,
             },
         );
         assert_eq!(

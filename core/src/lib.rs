@@ -6,6 +6,7 @@
 //! - [`traits`]: one trait per external model (judge, claim extractor, fact verifier, patient simulator,
 //!   encoder, stage scorer, rollout backend, chat backend)
 //! - [`recipe`]: the TOML recipe, its sections, `--set` overrides and validation
+//! - [`routed_wire`]: MoE expert choices as an external rollout server returns them (SGLang's encoding)
 //! - [`phi`]: PHI redaction applied before anything leaves the process or is logged
 //! - [`fsio`]: atomic writes and JSONL reading with errors that name file, line and field
 pub mod case;
@@ -15,6 +16,7 @@ pub mod fsio;
 pub mod grammar;
 pub mod phi;
 pub mod recipe;
+pub mod routed_wire;
 pub mod sample;
 pub mod stage;
 pub mod traits;

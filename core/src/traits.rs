@@ -170,6 +170,11 @@ pub struct GenerateOutput {
     pub finish: FinishReason,
     /// For MoE policies: the experts chosen for the generated tokens (routing replay).
     pub routed_experts: Option<RoutedExperts>,
+    /// For MoE policies: the experts chosen for every prompt token, when the backend returns them (an external
+    /// server asked for `return_routed_experts`); the environment gives them to the positions it fed, as it
+    /// does with the built-in engine's prompt routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_routed_experts: Option<RoutedExperts>,
 }
 
 /// Token-in / token-out generation: the built-in engine or an external OpenAI-compatible server.
@@ -177,6 +182,11 @@ pub struct GenerateOutput {
 pub trait RolloutBackend: Send + Sync {
     fn id(&self) -> String;
     async fn generate(&self, reqs: Vec<GenerateRequest>) -> Result<Vec<GenerateOutput>>;
+    /// `(MoE layers, top-k)` of the expert choices every output carries (`routed_experts` and
+    /// `prompt_routed_experts`, for routing replay); None when outputs carry none.
+    fn routing(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 /// What a [`ChatBackend`] answered.

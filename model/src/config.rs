@@ -404,6 +404,17 @@ impl Qwen3Config {
             .collect()
     }
 
+    /// The MoE layers among the hidden layers and the experts per token, as an external rollout server's routing
+    /// payload is laid out ([`spar_core::routed_wire`]); None for a dense model.
+    pub fn moe_layout(&self) -> Option<spar_core::routed_wire::MoeLayout> {
+        let moe_layers = self.moe_layers();
+        (!moe_layers.is_empty()).then_some(spar_core::routed_wire::MoeLayout {
+            num_hidden_layers: self.num_hidden_layers,
+            moe_layers,
+            top_k: self.num_experts_per_tok,
+        })
+    }
+
     /// config.json for export, in transformers 4.x key conventions (`rope_theta`, `rope_scaling`,
     /// `num_experts`, `torch_dtype`): 4.x cannot read 5.x's `rope_parameters` (it would silently fall back to
     /// theta 10000), while 5.x converts 4.x keys on load, so 4.x keys are the form every consumer

@@ -352,7 +352,13 @@ impl Rollout {
                     .backend
                     .clone()
                     .context("Policy::External needs Rollout::with_backend")?;
-                let env = self.env(Arc::new(BackendTurns(backend.clone())), Some(backend), None)?;
+                // The server's expert choices, when the backend asks for them (routing replay).
+                let routing = self.cfg.record_routing.then(|| backend.routing()).flatten();
+                let env = self.env(
+                    Arc::new(BackendTurns(backend.clone())),
+                    Some(backend),
+                    routing,
+                )?;
                 let fut = self.play_groups(env, groups, tokens.clone(), started);
                 (self.runtime.block_on(fut)?, EngineStats::default())
             }

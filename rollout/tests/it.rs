@@ -8,4 +8,5 @@ mod it {
     pub mod serve_errors;
     pub mod serve_fuzz;
     pub mod serve_limits;
+    pub mod serve_routing;
 }

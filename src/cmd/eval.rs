@@ -319,7 +319,8 @@ fn local(
     let tokenizer = builder.tokenizer(&dir)?;
     let rollout = builder.rollout_section();
     if rollout.backend == RolloutBackendKind::Openai {
-        let backend = spar_app::external::rollout_backend(&rollout)?
+        // An evaluation trains on nothing: no expert choices are asked for.
+        let backend = spar_app::external::rollout_backend(&rollout, None)?
             .context("rollout.backend = \"openai\" needs rollout.endpoint")?;
         let policy = EvalPolicy::tokens(backend.id(), spar_rollout::Policy::External, tokenizer)
             .with_backend(backend);

@@ -71,6 +71,15 @@ fn play(args: &Args, builder: &Builder, model_dir: &std::path::Path) -> Result<(
         .clone()
         .unwrap_or_else(|| "rollout".into());
     let groups_per_round = args.groups.unwrap_or(cfg.groups_per_step);
+    // The served model's MoE layout, which the server's expert choices are read against (record_routing only:
+    // otherwise an external run needs no config.json, just the tokenizer).
+    let moe = match (&model, cfg.record_routing) {
+        (Some(m), _) => m.config.moe_layout(),
+        (None, true) => {
+            spar_model::Qwen3Config::from_file(&model_dir.join("config.json"))?.moe_layout()
+        }
+        (None, false) => None,
+    };
     let mut rollout: Rollout = builder.rollout(
         cfg.clone(),
         cases,
@@ -78,6 +87,7 @@ fn play(args: &Args, builder: &Builder, model_dir: &std::path::Path) -> Result<(
         builder.stage_scorer()?,
         builder.simulator()?,
         run_id,
+        moe,
     )?;
     let total = (args.rounds * groups_per_round * cfg.group_size) as u64;
     let bar = ProgressBar::new(total);

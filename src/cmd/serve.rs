@@ -71,6 +71,11 @@ pub struct Args {
     /// Largest request body in bytes (default 4 MiB).
     #[arg(long)]
     pub limit_body_bytes: Option<usize>,
+    /// Record the MoE expert choices of every token, so that `/v1/completions` requests with
+    /// `"return_routed_experts": true` get them (SGLang's flag and encoding; routing replay with
+    /// `[rollout] backend = "openai"`). Costs a device-to-host copy per forward.
+    #[arg(long)]
+    pub enable_return_routed_experts: bool,
 }
 
 /// The bearer token in `var`: an unset or empty variable is an error naming it (an empty token would leave the
@@ -97,7 +102,7 @@ impl Args {
             max_seq_len: self.max_model_len,
             prefill_tokens: 8192,
             seed: self.seed,
-            record_routing: false,
+            record_routing: self.enable_return_routed_experts,
             batch_invariant: false,
         }
     }
@@ -142,6 +147,13 @@ pub fn run(args: Args) -> Result<()> {
     let (engine, lowered) = engine.fit_gpu_memory(&model, args.gpu_memory_utilization)?;
     if let Some(line) = lowered {
         tracing::warn!("{line}");
+    }
+    if args.enable_return_routed_experts && model.config.moe_layout().is_none() {
+        // Not an error: requests asking for routing get a 400 that says the model is dense.
+        tracing::warn!(
+            "--enable-return-routed-experts: {} has no MoE layers, so there are no expert choices to return",
+            dir.display()
+        );
     }
     let tokenizer = Arc::new(Tokenizer::from_dir(dir)?);
     spar_app::check_vocabulary(&tokenizer, &model, dir)?;

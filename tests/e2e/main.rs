@@ -4,8 +4,8 @@
 //! learners (`actors.rs`) and the settings
 //! `spar serve` and `spar generate` refuse at start (`serve_flags.rs`), and PHI planted in a case kept out of
 //! every file a run writes (`phi.rs`), the benchmark commands on a tiny config (`bench.rs`), bit-identical
-//! runs with `--deterministic` (`deterministic.rs`), `spar factcheck` (`factcheck.rs`) and `spar review` in
-//! headless Chromium (`review.rs`).
+//! runs with `--deterministic` (`deterministic.rs`), `spar factcheck` (`factcheck.rs`), `spar review` in
+//! headless Chromium (`review.rs`) and routing replay through `spar serve` (`routing_replay.rs`).
 mod ablate;
 mod actors;
 mod bench;
@@ -15,6 +15,7 @@ mod factcheck;
 mod phi;
 mod recipe_honoured;
 mod review;
+mod routing_replay;
 mod serve_flags;
 mod sharded_at_rest;
 mod weight_sync;

@@ -206,3 +206,97 @@ async fn rollout_backend_refuses_unredactable_remote_prompts() {
     ep.redact_phi = false;
     assert!(OpenAiRolloutBackend::new(OpenAiClient::new(&ep).unwrap()).is_ok());
 }
+
+/// SGLang's payload for a prompt of 2 tokens that generated 2, on a model of 3 hidden layers (layer 1 dense)
+/// and top-2: int32 rows `[3 tokens, 3 layers, 2]` written by hand (Python's `struct.pack('<6i', ...)`), the
+/// dense layer's ids 0.
+const SGLANG_ROUTING: &str = "AwAAAAEAAAAAAAAAAAAAAAIAAAAAAAAAAQAAAAIAAAAAAAAAAAAAAAMAAAABAAAAAAAAAAMAAAAAAAAAAAAAAAEAAAACAAAA";
+
+fn routed_layout() -> spar_core::routed_wire::MoeLayout {
+    spar_core::routed_wire::MoeLayout {
+        num_hidden_layers: 3,
+        moe_layers: vec![0, 2],
+        top_k: 2,
+    }
+}
+
+fn completion_with(extra: serde_json::Value) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "id": "cmpl-1", "object": "text_completion", "model": "fake-model",
+        "choices": [{"index": 0, "text": "", "finish_reason": "length", "token_ids": [7, 8],
+                     "logprobs": {"tokens": ["a", "b"], "token_logprobs": [-0.5, -0.25]}}],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+#[tokio::test]
+async fn rollout_backend_decodes_sglang_routed_experts() {
+    let s = server(FakeServerConfig::default()).await;
+    let b = OpenAiRolloutBackend::new(client(&s.endpoint()))
+        .unwrap()
+        .with_routing(routed_layout());
+    assert_eq!(b.routing(), Some((2, 2)));
+    s.script([spar_testkit::Scripted::Json(completion_with(
+        serde_json::json!({"sglext": {"routed_experts": SGLANG_ROUTING}}),
+    ))]);
+    let out = b
+        .generate(vec![gen_req(vec![1, 2], 2, vec![])])
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(s.requests()[0].body["return_routed_experts"], true);
+    let prompt = out.prompt_routed_experts.expect("prompt routing");
+    let generated = out.routed_experts.expect("generated routing");
+    assert_eq!((prompt.layers, prompt.k), (2, 2));
+    // MoE layers 0 and 2 of each prompt token, the dense layer dropped.
+    assert_eq!(prompt.ids, vec![3, 1, 2, 0, 1, 2, 3, 1]);
+    // The first generated token's row; the last generated token (never forwarded) repeats it.
+    assert_eq!(generated.ids, vec![0, 3, 1, 2, 0, 3, 1, 2]);
+}
+
+#[tokio::test]
+async fn rollout_backend_without_routing_in_the_reply_says_how_to_start_the_server() {
+    let s = server(FakeServerConfig::default()).await;
+    let mut ep = s.endpoint();
+    ep.max_retries = 0;
+    let b = OpenAiRolloutBackend::new(client(&ep))
+        .unwrap()
+        .with_routing(routed_layout());
+    for (reply, says) in [
+        (
+            completion_with(serde_json::json!({})),
+            "--enable-return-routed-experts",
+        ),
+        (
+            completion_with(serde_json::json!({"sglext": {"routed_experts": "AAAAAA=="}})),
+            "do not divide",
+        ),
+    ] {
+        s.script([spar_testkit::Scripted::Json(reply)]);
+        let e = b
+            .generate(vec![gen_req(vec![1, 2], 2, vec![])])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says) && e.contains("/completions"), "{e}");
+    }
+    // Without routing asked for, nothing is asked and nothing is read.
+    let plain = OpenAiRolloutBackend::new(client(&ep)).unwrap();
+    assert_eq!(plain.routing(), None);
+    let out = plain
+        .generate(vec![gen_req(vec![1, 2], 2, vec![])])
+        .await
+        .unwrap();
+    assert!(out[0].routed_experts.is_none() && out[0].prompt_routed_experts.is_none());
+    assert!(
+        s.requests()
+            .last()
+            .unwrap()
+            .body
+            .get("return_routed_experts")
+            .is_none()
+    );
+}

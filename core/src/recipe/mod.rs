@@ -160,22 +160,13 @@ impl Recipe {
             return Ok(());
         };
         let record_routing = self.rollout.as_ref().is_some_and(|r| r.record_routing);
+        // With rollout.backend = "openai" the server must run with --enable-return-routed-experts (SGLang,
+        // spar serve); the backend asks for the expert choices and fails a reply that lacks them, so a server
+        // that cannot give them stops the run at its first generation instead of training without replay.
         check(
             !tr.routing_replay || record_routing,
             "trainer.routing_replay",
             "needs rollout.record_routing = true (the engine must record the experts it chose)",
-        )?;
-        let external = self
-            .rollout
-            .as_ref()
-            .is_some_and(|r| r.backend == RolloutBackendKind::Openai);
-        check(
-            !(tr.routing_replay && external),
-            "trainer.routing_replay",
-            "needs the built-in engine's expert choices; the OpenAI-compatible rollout backend \
-             (rollout.backend = \"openai\") returns none, so the learner would route afresh while believing it \
-             replays: set routing_replay = false (and rollout.record_routing = false) or generate with the \
-             built-in engine",
         )?;
         check(
             !(tr.off_policy_one_step && tr.policy_loss == PolicyLoss::Distill),
@@ -547,13 +538,21 @@ mod tests {
     }
 
     #[test]
-    fn routing_replay_is_refused_with_an_external_rollout_server() {
-        let e = error_of(
-            "[trainer]\nrouting_replay = true\n[rollout]\nrecord_routing = true\nbackend = \"openai\"\n\
-             endpoint = { base_url = \"http://127.0.0.1:1/v1\", model = \"p\" }\n",
+    fn routing_replay_with_an_external_rollout_server_needs_record_routing() {
+        let server = "backend = \"openai\"\nendpoint = { base_url = \"http://127.0.0.1:1/v1\", model = \"p\" }\n";
+        let r = Recipe::from_toml_str(
+            &format!(
+                "[trainer]\nrouting_replay = true\n[rollout]\nrecord_routing = true\n{server}"
+            ),
+            "r.toml",
+            &[],
         );
+        assert!(r.is_ok(), "{:?}", r.err());
+        let e = error_of(&format!(
+            "[trainer]\nrouting_replay = true\n[rollout]\n{server}"
+        ));
         assert!(
-            e.contains("trainer.routing_replay") && e.contains("returns none"),
+            e.contains("trainer.routing_replay") && e.contains("rollout.record_routing"),
             "{e}"
         );
     }

@@ -893,6 +893,8 @@ impl<'m> Engine<'m> {
                 top_logprobs: r.top_logprobs.clone(),
                 finish,
                 routed_experts,
+                // In process the prompt's routing travels beside the output (`EngineOutput::prompt_routing`).
+                prompt_routed_experts: None,
             },
             prompt_routing,
         }

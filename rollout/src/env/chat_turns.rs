@@ -56,6 +56,7 @@ impl TurnGenerator for ChatTurns {
                 token_ids,
                 finish,
                 routed_experts: None,
+                prompt_routed_experts: None,
                 top_logprobs: Vec::new(),
             },
             prompt_routing: None,

@@ -62,13 +62,22 @@ impl TurnGenerator for BackendTurns {
     }
     async fn generate_turn(&self, req: GenerateRequest) -> Result<EngineOutput> {
         let out = self.0.generate(vec![req]).await?;
-        let output = out
+        let mut output = out
             .into_iter()
             .next()
             .ok_or_else(|| anyhow::anyhow!("backend {} returned no output", self.0.id()))?;
+        // The prompt's expert choices feed the environment as the built-in engine's do.
+        let prompt_routing = output
+            .prompt_routed_experts
+            .take()
+            .map(|r| crate::stream::Routing {
+                layers: r.layers,
+                k: r.k,
+                ids: r.ids,
+            });
         Ok(EngineOutput {
             output,
-            prompt_routing: None,
+            prompt_routing,
         })
     }
 }

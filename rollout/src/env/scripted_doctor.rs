@@ -68,6 +68,7 @@ impl TurnGenerator for ScriptedTurns {
                 token_ids,
                 finish,
                 routed_experts: None,
+                prompt_routed_experts: None,
                 // A scripted reply has no distribution to rank.
                 top_logprobs: Vec::new(),
             },

@@ -69,6 +69,10 @@ pub struct CompletionRequest {
     /// Also return the generated `token_ids` per choice (token-in / token-out clients).
     #[serde(default)]
     pub return_token_ids: bool,
+    /// SGLang: also return the MoE expert choices of every token (`sglext.routed_experts`; the server must run
+    /// with `--enable-return-routed-experts`).
+    #[serde(default)]
+    pub return_routed_experts: bool,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -88,6 +92,9 @@ pub struct ChatRequest {
     pub chat_template_kwargs: Option<Value>,
     #[serde(default)]
     pub return_token_ids: bool,
+    /// Refused here (see `/v1/completions`); read so that it is not silently ignored.
+    #[serde(default)]
+    pub return_routed_experts: bool,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }

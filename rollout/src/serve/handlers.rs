@@ -5,6 +5,7 @@ use super::auth::require_bearer;
 use super::errors::{ApiError, bad, bad_param, internal, json_errors, not_found};
 use super::limits::InFlightPermit;
 use super::params;
+use super::routed;
 use crate::engine::{EngineOutput, StreamEvent};
 use axum::Json;
 use axum::Router;
@@ -463,6 +464,9 @@ struct CompletionBody<'a> {
     choices: Vec<CompletionChoice<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<Value>,
+    /// SGLang's extensions at the response level: `routed_experts` when the request asked for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sglext: Option<Value>,
 }
 
 fn to_json_string(body: &impl Serialize) -> String {
@@ -525,6 +529,10 @@ async fn completions(
     for p in &prompts {
         check_prompt_len(&st, "prompt", p.len())?;
     }
+    let routed_layout = req
+        .return_routed_experts
+        .then(|| routed::check(&st, prompts.len() * n as usize, req.sampling.stream))
+        .transpose()?;
     let mut reqs = Vec::new();
     let mut params_of = Vec::new();
     for p in &prompts {
@@ -575,6 +583,7 @@ async fn completions(
                     prompt_token_ids: None,
                 }],
                 usage: None,
+                sglext: None,
             })
         };
         return Ok(sse(st.clone(), rx, params, permit, move |ev| match ev {
@@ -590,6 +599,10 @@ async fn completions(
     }
     let outs = run_all(&st, reqs).await?;
     drop(permit);
+    let sglext = match &routed_layout {
+        Some(layout) => Some(routed::sglext(layout, &outs[0])?),
+        None => None,
+    };
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion_tokens) = (0usize, 0usize);
     for (i, (out, params)) in outs.iter().zip(&params_of).enumerate() {
@@ -623,6 +636,7 @@ async fn completions(
             json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                            "total_tokens": prompt_tokens + completion_tokens}),
         ),
+        sglext,
     };
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -676,6 +690,9 @@ fn chat_top_count(req: &ChatRequest) -> Result<u32, ApiError> {
 }
 
 async fn chat(State(st): St, Json(req): Json<ChatRequest>) -> Result<Response, ApiError> {
+    if req.return_routed_experts {
+        return Err(routed::refuse_on_chat());
+    }
     let top = chat_top_count(&req)?;
     let n = choices(&st, &req.sampling)?;
     let thinking = enable_thinking(&req);

@@ -13,6 +13,7 @@ mod errors;
 mod handlers;
 mod limits;
 pub mod params;
+mod routed;
 
 pub use auth::check_auth;
 pub use limits::ServeLimits;
@@ -141,6 +142,8 @@ pub(crate) struct ServeState {
     pub weight_loads: std::sync::Mutex<std::sync::mpsc::Sender<engine::WeightLoad>>,
     /// The `weight_version` of the last load (`"initial"` before any), shown by `/stats` and `/v1/models`.
     pub weight_version: std::sync::Mutex<String>,
+    /// Whether `return_routed_experts` can be answered (an MoE model whose engine records routing).
+    pub routed_experts: routed::RoutedExpertsSupport,
 }
 
 /// Serves until `stop` is set (or the listener fails). `ready` receives the bound address (port 0 picks a free
@@ -190,6 +193,10 @@ pub fn serve(
         load: load.clone(),
         weight_loads: std::sync::Mutex::new(weight_loads),
         weight_version: std::sync::Mutex::new("initial".into()),
+        routed_experts: routed::RoutedExpertsSupport::new(
+            model.config.moe_layout(),
+            opts.engine.record_routing,
+        ),
     });
     let app = handlers::router(state);
     let stop_http = stop.clone();

@@ -88,6 +88,7 @@ impl RolloutBackend for ScriptedDoctor {
                     token_ids: ids,
                     finish: FinishReason::Stop,
                     routed_experts: None,
+                    prompt_routed_experts: None,
                     top_logprobs: Vec::new(),
                 }
             })

@@ -55,7 +55,15 @@ pub fn with_options<T: Send + 'static>(
     opts: ServeOptions,
     driver: impl FnOnce(SocketAddr) -> T + Send + 'static,
 ) -> anyhow::Result<T> {
-    let model = tiny_model(false);
+    with_model(&tiny_model(false), opts, driver)
+}
+
+/// [`with_options`] serving `model`.
+pub fn with_model<T: Send + 'static>(
+    model: &spar_model::Qwen3Model,
+    opts: ServeOptions,
+    driver: impl FnOnce(SocketAddr) -> T + Send + 'static,
+) -> anyhow::Result<T> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::channel();
     let stop2 = stop.clone();
@@ -68,7 +76,7 @@ pub fn with_options<T: Send + 'static>(
         Some(out)
     });
     let served = serve(
-        &model,
+        model,
         Arc::new(CharCodec),
         Arc::new(ChatMlRenderer),
         opts,
