@@ -163,13 +163,16 @@ pub fn item_unscored(s: &Sample) -> Result<TrainItem> {
 
 /// Routing replay switch (`trainer.routing_replay`): on, the training forward is forced onto the experts the
 /// rollout engine chose for each position (R3); off, the recorded choices are dropped and the trainer routes
-/// afresh.
-pub fn set_routing_replay(items: &mut [TrainItem], on: bool) {
+/// afresh. Returns how many items, with replay on, carry no expert choices: those route afresh (a micro-batch of
+/// such items alone trains without replay), so the caller reports them rather than let it pass unseen.
+pub fn set_routing_replay(items: &mut [TrainItem], on: bool) -> usize {
     if !on {
-        for it in items {
+        for it in items.iter_mut() {
             it.routed = None;
         }
+        return 0;
     }
+    items.iter().filter(|it| it.routed.is_none()).count()
 }
 
 /// Splits items into micro-batches: `micro_batch` items each, or (with `token_budget` > 0) as many as fit

@@ -176,7 +176,17 @@ pub fn learn_round(
         tracing::warn!(version, "no trainable samples this round");
         return Ok(scalars);
     }
-    set_routing_replay(&mut items, cfg.routing_replay);
+    let unrouted = set_routing_replay(&mut items, cfg.routing_replay);
+    if cfg.routing_replay {
+        if unrouted > 0 && !model.config.moe_layers().is_empty() {
+            tracing::warn!(
+                version,
+                "routing replay: {unrouted} of {} samples carry no expert choices and route afresh",
+                items.len()
+            );
+        }
+        scalars.push(("rl/samples_without_routing".into(), unrouted as f64));
+    }
     if let Some(seed) = cfg.placebo {
         let n = crate::placebo::shuffle_step_advantages(&mut items, seed, version);
         scalars.push(("rl/placebo_shuffled_steps".into(), n as f64));

@@ -156,6 +156,13 @@ fn routing_replay_trains_with_the_rollouts_experts_and_the_switch_drops_them() {
         old.narrow(0, 0, n).allclose(&want, 1e-5, 1e-5, false),
         "with replay, pi_old must use the rollout's experts"
     );
+    assert_eq!(set_routing_replay(&mut items, true), 0);
+    items[1].routed = None;
+    assert_eq!(
+        set_routing_replay(&mut items, true),
+        1,
+        "an item without routing under replay is counted, not passed over"
+    );
     set_routing_replay(&mut items, false);
     assert!(items.iter().all(|it| it.routed.is_none()));
 
@@ -189,6 +196,10 @@ fn routing_replay_trains_with_the_rollouts_experts_and_the_switch_drops_them() {
         let out = learn_round(&m, &mut l, &round, 3, &cfg, &[], None).unwrap();
         let get = |k: &str| out.iter().find(|(n, _)| n == k).unwrap().1;
         assert_eq!(get("rl/policy_lag"), 1.0);
+        if replay {
+            // Every sample carries the engine's choices: none routes afresh.
+            assert_eq!(get("rl/samples_without_routing"), 0.0);
+        }
         get("rl/mismatch_mean")
     };
     let (on, off) = (mismatch(true), mismatch(false));
