@@ -50,10 +50,12 @@ fn det<'a>(cmd: &'a mut Command, out: &Path) -> &'a mut Command {
         ])
 }
 
-/// Metric keys that measure time, not the run's numbers.
+/// Metric keys that measure time, not the run's numbers; and the engine's scheduling counts (`rollout/*`:
+/// decode steps, batch sizes, prefix reuse), which depend on when each turn reached it, not on what it generated.
 fn timing(key: &str) -> bool {
     key == "time"
         || key.starts_with("time/")
+        || key.starts_with("rollout/")
         || key.ends_with("_seconds")
         || key.ends_with("_per_s")
 }

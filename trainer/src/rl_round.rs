@@ -41,9 +41,11 @@ impl PlayedRound {
         tokens as f64 / self.gen_seconds.max(1e-9)
     }
 
-    /// The engine's side of the round as `rollout/*` metrics: where generation's wall time went (prefill,
-    /// decode (CUDA-graph captures included, also given apart), idle: waiting for the environment), the mean decode batch and the share of prompt tokens whose
-    /// keys and values came from the cache. Empty when the round played through an external backend.
+    /// The engine's side of the round: where generation's wall time went (`time/engine_*`: prefill, decode with
+    /// its CUDA-graph captures also given apart, idle: waiting for the environment), and the counts behind it
+    /// (`rollout/*`: requests, decode steps, the mean decode batch, the share of prompt tokens whose keys and
+    /// values came from the cache, the CUDA allocator's retries and mallocs). Empty when the round played
+    /// through an external backend.
     pub fn engine_metrics(&self) -> Vec<(String, f64)> {
         let e = &self.engine;
         if e.requests == 0 {
@@ -51,18 +53,18 @@ impl PlayedRound {
         }
         let busy = e.prefill_seconds + e.decode_seconds;
         vec![
-            ("rollout/engine_prefill_s".into(), e.prefill_seconds),
-            ("rollout/engine_decode_s".into(), e.decode_seconds),
+            ("time/engine_prefill_s".into(), e.prefill_seconds),
+            ("time/engine_decode_s".into(), e.decode_seconds),
             ("rollout/graph_captures".into(), e.graph_captures as f64),
-            ("rollout/graph_capture_s".into(), e.graph_capture_seconds),
+            ("time/graph_capture_s".into(), e.graph_capture_seconds),
             (
                 "rollout/cuda_alloc_retries".into(),
                 e.cuda_alloc_retries as f64,
             ),
             ("rollout/cuda_mallocs".into(), e.cuda_mallocs as f64),
-            ("rollout/engine_idle_s".into(), e.idle_seconds),
+            ("time/engine_idle_s".into(), e.idle_seconds),
             (
-                "rollout/engine_busy_frac".into(),
+                "time/engine_busy_frac".into(),
                 busy / self.gen_seconds.max(1e-9),
             ),
             ("rollout/requests".into(), e.requests as f64),
