@@ -20,6 +20,7 @@ mod serve_flags;
 mod sharded_at_rest;
 mod weight_sync;
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -40,6 +41,55 @@ pub(crate) fn ok(cmd: &mut Command) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `spar serve` killed however the test ends, so no server outlives it.
+pub(crate) struct Served {
+    child: std::process::Child,
+    /// `http://ADDR/v1`.
+    pub(crate) url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// `spar serve` of `model` on the CPU at a free loopback port (and `extra` flags), once it listens.
+pub(crate) fn spar_serve(model: &Path, extra: &[&str]) -> Served {
+    let mut child = spar()
+        .args([
+            "serve",
+            "--device",
+            "cpu",
+            "--port",
+            "0",
+            "--max-model-len",
+            "2048",
+        ])
+        .args(extra)
+        .arg("--model")
+        .arg(model)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // "spar serve: http://ADDR/v1" once it listens.
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("spar serve exited before listening")
+            .unwrap();
+        if let Some(u) = line.strip_prefix("spar serve: ") {
+            break u.trim().to_string();
+        }
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Served { child, url }
 }
 
 /// Runs `cmd`, asserts it succeeded, and returns its stderr (the ranks' and the launcher's messages).

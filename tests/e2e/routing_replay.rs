@@ -3,57 +3,9 @@
 //! `trainer.routing_replay` get them into the samples and the learner; started without it, the run stops at
 //! its first generation with an error saying how to start the server (never samples without routing).
 //! (That the choices equal the built-in engine's is `rollout/tests/it/serve_routing.rs`.)
-use super::{ok, root, spar};
-use std::io::BufRead;
+use super::{ok, root, spar, spar_serve as serve};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// `spar serve` killed however the test ends, so no server outlives it.
-struct Served {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-fn serve(model: &Path, extra: &[&str]) -> Served {
-    let mut child = spar()
-        .args([
-            "serve",
-            "--device",
-            "cpu",
-            "--port",
-            "0",
-            "--max-model-len",
-            "2048",
-        ])
-        .args(extra)
-        .arg("--model")
-        .arg(model)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // "spar serve: http://ADDR/v1" once it listens.
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("spar serve exited before listening")
-            .unwrap();
-        if let Some(u) = line.strip_prefix("spar serve: ") {
-            break u.trim().to_string();
-        }
-    };
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Served { child, url }
-}
 
 /// The tiny MoE demo after a few SFT steps, as an HF folder with its tokenizer.
 fn starting_model(dir: &Path) -> PathBuf {

@@ -221,49 +221,10 @@ fn a_run_sharded_at_rest_killed_mid_way_resumes_exactly() {
 /// every policy version the two ranks write (SGLang's `/update_weights_from_disk`), ending on the last one.
 #[test]
 fn spar_serve_is_the_rollout_server_of_a_run_sharded_at_rest() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let model = starting_model(dir.path());
-    // Killed however the test ends, so no server outlives it.
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            self.0.kill().ok();
-            self.0.wait().ok();
-        }
-    }
-    let serve = [
-        "serve",
-        "--device",
-        "cpu",
-        "--port",
-        "0",
-        "--max-model-len",
-        "2048",
-    ];
-    let mut server = KillOnDrop(
-        spar()
-            .args(serve)
-            .arg("--model")
-            .arg(&model)
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    // "spar serve: http://ADDR/v1" once it listens.
-    let mut lines = std::io::BufReader::new(server.0.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("spar serve exited before listening")
-            .unwrap();
-        if let Some(u) = line.strip_prefix("spar serve: ") {
-            break u.trim().to_string();
-        }
-    };
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let server = super::spar_serve(&model, &[]);
+    let url = server.url.clone();
     let root_url = url.trim_end_matches("/v1").to_string();
     let run_dir = dir.path().join("run");
     let mut cmd = launch2();
