@@ -1,10 +1,35 @@
 //! Shared fixtures: a tiny random Qwen3 over the byte-level test codec, and a scripted doctor backend.
 use async_trait::async_trait;
+use spar_core::case::Case;
+use spar_core::recipe::RolloutSection;
 use spar_core::traits::{FinishReason, GenerateOutput, GenerateRequest, RolloutBackend};
 use spar_model::{ForwardInput, Qwen3Config, Qwen3Model};
-use spar_rollout::TextCodec;
-use spar_rollout::testing::CharCodec;
+use spar_rollout::simulator::ScriptedPatient;
+use spar_rollout::testing::{CharCodec, ParseScorer};
+use spar_rollout::{Rollout, SimulatorChoice, TextCodec};
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
+
+/// A rollout of `cases` over the byte-level test codec, the parse scorer and the scripted patient.
+pub fn scripted_rollout(cfg: RolloutSection, cases: Vec<Case>, run_id: &str) -> Rollout {
+    Rollout::new(
+        cfg,
+        cases,
+        Arc::new(CharCodec),
+        Arc::new(ParseScorer),
+        SimulatorChoice::Fixed(Arc::new(ScriptedPatient)),
+        run_id,
+    )
+    .unwrap()
+}
+
+/// The end-of-turn token ids of the test codec: what `spar serve` stops at on its own.
+pub fn end_of_turn_ids() -> Vec<u32> {
+    ["<|im_end|>", "<|endoftext|>"]
+        .iter()
+        .map(|t| CharCodec.token_id(t).unwrap())
+        .collect()
+}
 
 pub fn tiny_model(moe: bool) -> Qwen3Model {
     let vocab = CharCodec::vocab_size();

@@ -1,11 +1,10 @@
 //! Consultations end to end: the tiny model over all four stages, and the segmented pipeline's pools and gate.
-use super::common::{ScriptedDoctor, full_forward_logprobs, tiny_model};
+use super::common::{ScriptedDoctor, full_forward_logprobs, scripted_rollout, tiny_model};
 use spar_core::Stage;
 use spar_core::recipe::RolloutSection;
 use spar_core::sample::EndReason;
-use spar_rollout::simulator::ScriptedPatient;
-use spar_rollout::testing::{CharCodec, ParseScorer, tiny_case};
-use spar_rollout::{Policy, Rollout, SimulatorChoice, StagePools};
+use spar_rollout::testing::{CharCodec, tiny_case};
+use spar_rollout::{Policy, Rollout, StagePools};
 use std::sync::Arc;
 
 fn section(segmented: bool) -> RolloutSection {
@@ -28,15 +27,7 @@ fn section(segmented: bool) -> RolloutSection {
 fn rollout(cfg: RolloutSection) -> Rollout {
     let mut second = tiny_case();
     second.id = "resp-0002".into();
-    Rollout::new(
-        cfg,
-        vec![tiny_case(), second],
-        Arc::new(CharCodec),
-        Arc::new(ParseScorer),
-        SimulatorChoice::Fixed(Arc::new(ScriptedPatient)),
-        "test",
-    )
-    .unwrap()
+    scripted_rollout(cfg, vec![tiny_case(), second], "test")
 }
 
 #[test]

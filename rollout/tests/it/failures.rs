@@ -1,6 +1,6 @@
 //! A simulator that hangs, errors or talks garbage fails its episodes with a recorded reason, never the run. A
 //! failing policy fails the round, unless the rollout keeps policy failures per episode (evaluation).
-use super::common::ScriptedDoctor;
+use super::common::{ScriptedDoctor, scripted_rollout};
 use async_trait::async_trait;
 use spar_core::Stage;
 use spar_core::case::Case;
@@ -8,7 +8,6 @@ use spar_core::recipe::RolloutSection;
 use spar_core::sample::{EndReason, Role, Turn};
 use spar_core::traits::{ChatBackend, ChatReply, PatientReply, PatientSimulator, SamplingParams};
 use spar_rollout::TextCodec;
-use spar_rollout::simulator::ScriptedPatient;
 use spar_rollout::testing::{CharCodec, ParseScorer, tiny_case};
 use spar_rollout::{Policy, Rollout, SimulatorChoice};
 use std::sync::Arc;
@@ -145,15 +144,7 @@ fn chat_rollout() -> Rollout {
         turn_limits: [3, 1, 1, 1],
         ..Default::default()
     };
-    Rollout::new(
-        cfg,
-        vec![tiny_case()],
-        Arc::new(CharCodec),
-        Arc::new(ParseScorer),
-        SimulatorChoice::Fixed(Arc::new(ScriptedPatient)),
-        "t",
-    )
-    .unwrap()
+    scripted_rollout(cfg, vec![tiny_case()], "t")
 }
 
 #[test]

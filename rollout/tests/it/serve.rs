@@ -1,10 +1,9 @@
 //! `spar serve` answers the official `openai` Python client (skipped without $SPAR_PYTHON), and spar's own
 //! external rollout backend gets the engine's tokens, log-probs and top log-probs through it. The server
 //! fixture and a raw HTTP helper here serve the hardening tests too (`serve_errors.rs`, `serve_limits.rs`).
-use super::common::tiny_model;
+use super::common::{end_of_turn_ids, tiny_model};
 use spar_core::recipe::EndpointConfig;
 use spar_core::traits::{GenerateRequest, RolloutBackend, SamplingParams, WeightReceiver};
-use spar_rollout::TextCodec;
 use spar_rollout::engine::{Engine, EngineConfig};
 use spar_rollout::serve::{ChatMlRenderer, ServeLimits, ServeOptions, serve};
 use spar_rollout::testing::CharCodec;
@@ -224,10 +223,7 @@ fn greedy_request(max_new_tokens: u32, top: u32) -> GenerateRequest {
             seed: Some(1),
             top_logprobs: top,
             // What the server adds on its own (it stops at the end-of-turn tokens), for the direct run too.
-            stop_token_ids: ["<|im_end|>", "<|endoftext|>"]
-                .iter()
-                .map(|t| CharCodec.token_id(t).unwrap())
-                .collect(),
+            stop_token_ids: end_of_turn_ids(),
             ..Default::default()
         },
     }

@@ -1,15 +1,14 @@
 //! Routing replay through `spar serve`: `return_routed_experts` gives the expert choices the built-in engine
 //! makes for the same prompt and seed, spar's external rollout backend reads them back, and the samples of a
 //! rollout over that backend carry the routing a rollout on the built-in engine records.
-use super::common::tiny_model;
+use super::common::{end_of_turn_ids, scripted_rollout, tiny_model};
 use super::serve::{engine_config, options, post_json, with_model};
 use spar_core::recipe::{EndpointConfig, RolloutSection};
 use spar_core::traits::{GenerateRequest, RolloutBackend, SamplingParams};
 use spar_model::{Qwen3Config, Qwen3Model};
 use spar_rollout::engine::{Engine, EngineConfig};
-use spar_rollout::simulator::ScriptedPatient;
-use spar_rollout::testing::{CharCodec, ParseScorer, tiny_case};
-use spar_rollout::{Policy, Rollout, SimulatorChoice, TextCodec};
+use spar_rollout::testing::{CharCodec, tiny_case};
+use spar_rollout::{Policy, Rollout, TextCodec};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tch::{Device, Kind};
@@ -57,10 +56,7 @@ fn sampled_request() -> GenerateRequest {
             temperature: 1.0,
             max_new_tokens: 7,
             seed: Some(5),
-            stop_token_ids: ["<|im_end|>", "<|endoftext|>"]
-                .iter()
-                .map(|t| CharCodec.token_id(t).unwrap())
-                .collect(),
+            stop_token_ids: end_of_turn_ids(),
             ..Default::default()
         },
     }
@@ -239,15 +235,7 @@ fn replaying_section() -> RolloutSection {
 }
 
 fn rollout_of(cfg: RolloutSection) -> Rollout {
-    Rollout::new(
-        cfg,
-        vec![tiny_case()],
-        Arc::new(CharCodec),
-        Arc::new(ParseScorer),
-        SimulatorChoice::Fixed(Arc::new(ScriptedPatient)),
-        "replay",
-    )
-    .unwrap()
+    scripted_rollout(cfg, vec![tiny_case()], "replay")
 }
 
 #[test]
