@@ -70,13 +70,23 @@ pub fn available() -> bool {
 /// Calls a shim function with an error buffer; a non-zero return becomes an error with its message.
 #[cfg_attr(not(spar_cuda_graph), allow(dead_code))]
 fn checked(what: &str, f: impl FnOnce(*mut c_char, usize) -> i32) -> Result<()> {
+    call_shim(format_args!("CUDA graph {what}"), f)
+}
+
+/// Calls a function of the libtorch shim with an error buffer; a non-zero return becomes the error
+/// "`context`: the shim's message". Every shim call that reports errors goes through here.
+#[cfg_attr(not(spar_cuda_graph), allow(dead_code))]
+pub(crate) fn call_shim(
+    context: std::fmt::Arguments<'_>,
+    f: impl FnOnce(*mut c_char, usize) -> i32,
+) -> Result<()> {
     let mut buf = vec![0 as c_char; 2048];
     if f(buf.as_mut_ptr(), buf.len()) == 0 {
         return Ok(());
     }
     // SAFETY: the shim always NUL-terminates inside the buffer it was given.
     let msg = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy();
-    bail!("CUDA graph {what}: {msg}")
+    bail!("{context}: {msg}")
 }
 
 /// A captured CUDA graph (see the module documentation). Not `Send`: replay it on the thread that made it.

@@ -1,9 +1,13 @@
 //! Peak GPU memory of torch's caching allocator (`torch.cuda.max_memory_allocated` / `max_memory_reserved`),
 //! through the libtorch shim; benchmarks report it next to their timings.
 
-use anyhow::{Result, bail};
 #[cfg(spar_cuda_graph)]
-use std::ffi::{CStr, c_char};
+use crate::cuda_graph::call_shim;
+use anyhow::Result;
+#[cfg(not(spar_cuda_graph))]
+use anyhow::bail;
+#[cfg(spar_cuda_graph)]
+use std::ffi::c_char;
 
 #[cfg(spar_cuda_graph)]
 unsafe extern "C" {
@@ -58,24 +62,13 @@ pub fn memory_now(device: usize) -> Result<DeviceMemory> {
     #[cfg(spar_cuda_graph)]
     {
         let (mut f, mut t, mut a, mut r) = (0i64, 0i64, 0i64, 0i64);
-        let mut err = [0 as c_char; 512];
-        // SAFETY: plain out-parameters and an error buffer of the stated length; the shim catches exceptions.
-        let rc = unsafe {
-            spar_cuda_memory_now(
-                device as i32,
-                &mut f,
-                &mut t,
-                &mut a,
-                &mut r,
-                err.as_mut_ptr(),
-                err.len(),
-            )
-        };
-        if rc != 0 {
-            // SAFETY: the shim writes a NUL-terminated message into `err`.
-            let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
-            bail!("reading the memory of CUDA device {device}: {msg}");
-        }
+        call_shim(
+            format_args!("reading the memory of CUDA device {device}"),
+            // SAFETY: plain out-parameters and an error buffer of the stated length; the shim catches exceptions.
+            |err, len| unsafe {
+                spar_cuda_memory_now(device as i32, &mut f, &mut t, &mut a, &mut r, err, len)
+            },
+        )?;
         Ok(DeviceMemory {
             free: f as u64,
             total: t as u64,
@@ -117,23 +110,13 @@ pub fn allocator_events(device: usize) -> Result<AllocatorEvents> {
     #[cfg(spar_cuda_graph)]
     {
         let (mut r, mut m, mut f) = (0i64, 0i64, 0i64);
-        let mut err = [0 as c_char; 512];
-        // SAFETY: plain out-parameters and an error buffer of the stated length; the shim catches exceptions.
-        let rc = unsafe {
-            spar_cuda_allocator_events(
-                device as i32,
-                &mut r,
-                &mut m,
-                &mut f,
-                err.as_mut_ptr(),
-                err.len(),
-            )
-        };
-        if rc != 0 {
-            // SAFETY: the shim writes a NUL-terminated message into `err`.
-            let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
-            bail!("reading the allocator statistics of CUDA device {device}: {msg}");
-        }
+        call_shim(
+            format_args!("reading the allocator statistics of CUDA device {device}"),
+            // SAFETY: plain out-parameters and an error buffer of the stated length; the shim catches exceptions.
+            |err, len| unsafe {
+                spar_cuda_allocator_events(device as i32, &mut r, &mut m, &mut f, err, len)
+            },
+        )?;
         Ok(AllocatorEvents {
             retries: r as u64,
             mallocs: m as u64,
@@ -151,16 +134,11 @@ pub fn peak_memory(device: usize) -> Result<(u64, u64)> {
     #[cfg(spar_cuda_graph)]
     {
         let (mut a, mut r) = (0i64, 0i64);
-        let mut err = [0 as c_char; 512];
-        // SAFETY: plain out-parameters and an error buffer of the stated length; the shim catches exceptions.
-        let rc = unsafe {
-            spar_cuda_peak_memory(device as i32, &mut a, &mut r, err.as_mut_ptr(), err.len())
-        };
-        if rc != 0 {
-            // SAFETY: the shim writes a NUL-terminated message into `err`.
-            let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
-            bail!("reading the CUDA memory statistics of device {device}: {msg}");
-        }
+        call_shim(
+            format_args!("reading the CUDA memory statistics of device {device}"),
+            // SAFETY: plain out-parameters and an error buffer of the stated length; the shim catches exceptions.
+            |err, len| unsafe { spar_cuda_peak_memory(device as i32, &mut a, &mut r, err, len) },
+        )?;
         Ok((a as u64, r as u64))
     }
     #[cfg(not(spar_cuda_graph))]
@@ -173,14 +151,11 @@ pub fn peak_memory(device: usize) -> Result<(u64, u64)> {
 pub fn reset_peak_memory(device: usize) -> Result<()> {
     #[cfg(spar_cuda_graph)]
     {
-        let mut err = [0 as c_char; 512];
-        // SAFETY: an error buffer of the stated length; the shim catches exceptions.
-        if unsafe { spar_cuda_reset_peak_memory(device as i32, err.as_mut_ptr(), err.len()) } != 0 {
-            // SAFETY: the shim writes a NUL-terminated message into `err`.
-            let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
-            bail!("resetting the CUDA memory statistics of device {device}: {msg}");
-        }
-        Ok(())
+        call_shim(
+            format_args!("resetting the CUDA memory statistics of device {device}"),
+            // SAFETY: an error buffer of the stated length; the shim catches exceptions.
+            |err, len| unsafe { spar_cuda_reset_peak_memory(device as i32, err, len) },
+        )
     }
     #[cfg(not(spar_cuda_graph))]
     {
