@@ -1,7 +1,8 @@
 // 1. The torch link fixes shared by every libtorch package (rpath, --no-as-needed libtorch_cuda).
-// 2. The torch-ops shim (csrc/fused_logprob.cpp: the fused LM-head log-prob autograd function), compiled
-//    against libtorch's C++ headers alone (CPU and CUDA through ATen); without them `fused_logprob::available()`
-//    is false and the model uses its plain tch path.
+// 2. The torch-ops shim (csrc/fused_logprob.cpp: the fused LM-head log-prob autograd function;
+//    csrc/torch_profiler.cpp: the PyTorch profiler), compiled against libtorch's C++ headers alone (CPU and CUDA
+//    through ATen); without them `fused_logprob::available()` and `torch_profiler::available()` are false, the
+//    model uses its plain tch path and profiling is refused.
 // 3. The CUDA-graph shim (csrc/cuda_graph.cpp) compiled against the C++ headers the torch wheel ships. When
 //    the headers are missing (a libtorch without CUDA headers) the crate builds without it and
 //    `cuda_graph::available()` says so; everything else falls back to eager execution.
@@ -24,10 +25,13 @@ fn main() {
 /// The fused log-prob autograd function: needs only libtorch's headers (no CUDA headers).
 fn torch_ops() {
     println!("cargo:rerun-if-changed=csrc/fused_logprob.cpp");
+    println!("cargo:rerun-if-changed=csrc/torch_profiler.cpp");
     println!("cargo:rerun-if-env-changed=SPAR_NO_TORCH_OPS");
     println!("cargo::rustc-check-cfg=cfg(spar_torch_ops)");
     if std::env::var_os("SPAR_NO_TORCH_OPS").is_some() {
-        println!("cargo:warning=SPAR_NO_TORCH_OPS set: building without the fused log-prob shim");
+        println!(
+            "cargo:warning=SPAR_NO_TORCH_OPS set: building without the fused log-prob and profiler shim"
+        );
         return;
     }
     let Some(lib) = torch_link::lib_dir() else {
@@ -47,6 +51,7 @@ fn torch_ops() {
     cc::Build::new()
         .cpp(true)
         .file("csrc/fused_logprob.cpp")
+        .file("csrc/torch_profiler.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

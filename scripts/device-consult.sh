@@ -8,8 +8,10 @@
 # cases before and after), SFT (0: SFT steps on the shipped expert transcripts before RL), SHAPE (qwen3-0.6b or
 # qwen3-30b-a3b, model/bench/forward_hf.py's shapes), LAYERS (the shape's depth unless set), EXTRA (more --set
 # arguments, e.g. routing replay: "--set rollout.record_routing=true --set trainer.routing_replay=true"), NAME
-# (consult: the output files' stem). Writes to $OUT: $NAME.jsonl (metrics), $NAME.txt (the run's log, with rc,
-# wall time and peak GPU memory), $NAME-gpu.csv (GPU busy and memory over time), env.txt.
+# (consult: the output files' stem), PROFILE (an RL round for the torch profiler to record, e.g. 2). Writes to $OUT:
+# $NAME.jsonl (metrics), $NAME.txt (the run's log, with rc, wall time and peak GPU memory), $NAME-gpu.csv (GPU busy
+# and memory over time), env.txt; with PROFILE, $NAME-profile.md (where the round's time went) and the round's
+# Chrome trace $NAME-profile.trace.json.gz when under 15 MB.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 . scripts/gpu-env.sh
@@ -23,6 +25,7 @@ run=(train --recipe recipes/single-gpu-qwen3-0.6b.toml --set "model.path=\"$M\""
      --set rollout.group_size=${GROUP:-8} --set rollout.sampling.max_new_tokens=${NEW:-256}
      --set trainer.steps=${STEPS:-3} --set eval.max_cases=${EVAL:-2} --set trainer.save_every=0
      --set trainer.sft_steps=${SFT:-0} ${EXTRA:-})
+[ -n "${PROFILE:-}" ] && run+=(--set "trainer.profile.rounds=[$PROFILE]" --set trainer.profile.trace=true)
 # GPU busy share and memory, sampled every 0.25 s: "unix seconds,utilization.gpu %,memory.used MiB" (busy = a
 # kernel ran during the sample period, nvidia-smi's definition); the rounds' rollout windows come from metrics.
 ( while sleep 0.25; do echo "$(date +%s.%N),$(nvidia-smi --query-gpu=utilization.gpu,memory.used \
@@ -32,4 +35,8 @@ timeout "${LIMIT:-400}" /tmp/spar "${run[@]}" --out "/tmp/$NAME" --overwrite > "
 echo "$NAME rc=$? wall=$(( $(date +%s) - s ))s peak_gpu_mib=$(cut -d, -f3 "$OUT/$NAME-gpu.csv" | sort -n | tail -1)" >> "$OUT/$NAME.txt"
 kill $sampler 2>/dev/null
 cp "/tmp/$NAME/metrics.jsonl" "$OUT/$NAME.jsonl" 2>/dev/null
+if [ -n "${PROFILE:-}" ]; then
+  cp /tmp/$NAME/profile/rl-round-*-rank0.md "$OUT/$NAME-profile.md" 2>/dev/null
+  find /tmp/$NAME/profile -name '*.trace.json.gz' -size -15M -exec cp {} "$OUT/$NAME-profile.trace.json.gz" \;
+fi
 true

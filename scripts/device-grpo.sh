@@ -4,7 +4,8 @@
 # calls). Expects dist/spar.gz, dist/lib/ and the TRL wheels (.whl/: trl, datasets, dill, multiprocess) carried.
 # Writes to $OUT: grpo.jsonl (spar's per-iteration lines, TRL's per-step and summary lines), grpo.txt, env.txt.
 # MICROS="32 64" adds spar runs with those micro-batch sizes after the others (the DAPO loss is a token mean over the
-# whole batch, so the micro-batching changes only speed and memory, not the update).
+# whole batch, so the micro-batching changes only speed and memory, not the update). PROFILE=1 adds a last spar run
+# whose final iteration the torch profiler records: $OUT/grpo-profile.md (and grpo-profile.trace.json.gz if < 15 MB).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 . scripts/gpu-env.sh
@@ -23,4 +24,9 @@ spar
 spar
 [ -n "${CKPT:-}" ] && spar --checkpointing
 for m in ${MICROS:-}; do MB=$m spar; done
+if [ -n "${PROFILE:-}" ]; then
+  spar --profile /tmp/grpo-profile
+  cp /tmp/grpo-profile/grpo.md "$OUT/grpo-profile.md"
+  find /tmp/grpo-profile -name grpo.trace.json.gz -size -15M -exec cp {} "$OUT/grpo-profile.trace.json.gz" \;
+fi
 true

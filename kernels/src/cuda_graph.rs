@@ -75,7 +75,7 @@ fn checked(what: &str, f: impl FnOnce(*mut c_char, usize) -> i32) -> Result<()> 
 
 /// Calls a function of the libtorch shim with an error buffer; a non-zero return becomes the error
 /// "`context`: the shim's message". Every shim call that reports errors goes through here.
-#[cfg_attr(not(spar_cuda_graph), allow(dead_code))]
+#[cfg_attr(not(any(spar_cuda_graph, spar_torch_ops)), allow(dead_code))]
 pub(crate) fn call_shim(
     context: std::fmt::Arguments<'_>,
     f: impl FnOnce(*mut c_char, usize) -> i32,

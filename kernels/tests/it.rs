@@ -346,3 +346,48 @@ fn fused_logprob_kernels_match_aten_and_whole_logits() {
         }
     }
 }
+
+/// The profiler records this thread's aten ops inside a named span, writes torch's Chrome trace, and drops a
+/// recording abandoned without `finish`; a second recording at once is refused.
+#[test]
+fn torch_profiler_writes_a_chrome_trace_with_ops_inside_spans() {
+    use spar_kernels::torch_profiler::{ProfileOptions, Recording, range};
+    if !spar_kernels::torch_profiler::available() {
+        eprintln!("skipped: built without libtorch's C++ headers (no profiler shim)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.json");
+    let rec = Recording::start(ProfileOptions {
+        record_shapes: true,
+        ..ProfileOptions::default()
+    })
+    .unwrap();
+    let again = Recording::start(ProfileOptions::default()).err().unwrap();
+    assert!(format!("{again}").contains("already recording"), "{again}");
+    {
+        let _span = range("test/matmul");
+        let x = Tensor::randn([32, 32], (Kind::Float, Device::Cpu));
+        let _ = x.matmul(&x).relu();
+    }
+    rec.finish(&trace).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let events = v["traceEvents"].as_array().unwrap();
+    let find = |cat: &str, name: &str| {
+        events
+            .iter()
+            .find(|e| e["cat"] == cat && e["name"] == name)
+            .cloned()
+    };
+    let span = find("user_annotation", "test/matmul").expect("the span is in the trace");
+    let mm = find("cpu_op", "aten::mm").expect("the matmul's aten::mm is in the trace");
+    let (s0, s1) = (span["ts"].as_f64().unwrap(), span["dur"].as_f64().unwrap());
+    let m0 = mm["ts"].as_f64().unwrap();
+    assert!(m0 >= s0 && m0 <= s0 + s1, "aten::mm inside the span");
+    assert!(mm["args"]["Input Dims"].is_array(), "record_shapes: {mm}");
+    // After finish nothing records: a span is a no-op, and a new recording may start and be dropped.
+    let _nothing = range("test/after");
+    let rec = Recording::start(ProfileOptions::default()).unwrap();
+    drop(rec);
+    Recording::start(ProfileOptions::default()).unwrap();
+}

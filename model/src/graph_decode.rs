@@ -360,6 +360,7 @@ impl GraphDecoder {
         r: usize,
         keys: usize,
     ) -> Result<CudaGraph> {
+        let _span = crate::torch_profiler::range("engine/graph_capture");
         let first = self.capture_with(model, cache, r, keys, self.grouped);
         match first {
             Err(e) if self.grouped && !model.config.moe_layers().is_empty() => {

@@ -34,6 +34,9 @@ pub use spar_kernels::cuda_memory::{
     AllocatorEvents, DeviceMemory, allocator_events as cuda_allocator_events,
     memory_now as cuda_memory_now,
 };
+/// The torch profiler (Kineto) and its named spans, re-exported for the same reason: the engine and the
+/// trainer mark their phases with `torch_profiler::range`.
+pub use spar_kernels::torch_profiler;
 pub use token_logprobs::{
     LmHead, LogprobOptions, LogprobPath, TokenLogprobs, head_logprobs, token_logprobs,
     try_token_logprobs,

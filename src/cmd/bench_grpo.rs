@@ -9,6 +9,7 @@ use anyhow::{Result, bail};
 use serde_json::json;
 use spar_core::recipe::{LossAgg, TrainerSection};
 use spar_core::traits::{GenerateRequest, SamplingParams};
+use spar_model::torch_profiler::{ProfileOptions, Recording, range};
 use spar_model::{Qwen3Model, parse_kind};
 use spar_rollout::engine::{Engine, EngineConfig};
 use spar_trainer::batch::TrainItem;
@@ -45,6 +46,10 @@ pub struct Args {
     /// Recompute layers in backward.
     #[arg(long)]
     checkpointing: bool,
+    /// Record the last iteration with the torch profiler: DIR/grpo.md (spans, host ops, GPU kernels, CUDA
+    /// runtime calls) and DIR/grpo.trace.json.gz (Chrome trace). That iteration is slower than the others.
+    #[arg(long, value_name = "DIR")]
+    profile: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -87,7 +92,15 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     engine.set_cuda_graphs(args.graphs && device.is_cuda());
     let mut salt = 0u64;
-    for it in 0..args.warmup + args.iters {
+    let last = args.warmup + args.iters - 1;
+    for it in 0..=last {
+        let recording = match &args.profile {
+            Some(_) if it == last => Some(Recording::start(ProfileOptions {
+                cuda: device.is_cuda(),
+                ..ProfileOptions::default()
+            })?),
+            _ => None,
+        };
         // Distinct random prompts each iteration, G requests per prompt.
         let prompts: Vec<Vec<u32>> = (0..args.prompts)
             .map(|_| {
@@ -111,11 +124,14 @@ pub fn run(args: Args) -> Result<()> {
             .collect();
         sync(device);
         let t0 = Instant::now();
+        let span = range("bench/generate");
         let outs = engine.generate(reqs)?;
         sync(device);
+        drop(span);
         let t_gen = t0.elapsed().as_secs_f64();
 
         let t1 = Instant::now();
+        let span = range("bench/score");
         let rewards: Vec<f64> = outs
             .iter()
             .map(|o| {
@@ -135,9 +151,11 @@ pub fn run(args: Args) -> Result<()> {
                 items.push(item(&prompts[g], out, adv, g, j));
             }
         }
+        drop(span);
         let t_score = t1.elapsed().as_secs_f64();
 
         let t2 = Instant::now();
+        let span = range("bench/learn");
         let reports = rl_update(
             &model,
             None,
@@ -149,7 +167,18 @@ pub fn run(args: Args) -> Result<()> {
             device,
         )?;
         sync(device);
+        drop(span);
         let t_learn = t2.elapsed().as_secs_f64();
+        if let (Some(rec), Some(dir)) = (recording, &args.profile) {
+            let md = spar_trainer::profiling::save(
+                rec,
+                dir,
+                "grpo",
+                "spar bench grpo, one iteration",
+                true,
+            )?;
+            eprintln!("profile of iteration {it}: {}", md.display());
+        }
         let generated: usize = outs.iter().map(|o| o.output.token_ids.len()).sum();
         let tokens: usize = items.iter().map(|i| i.input_ids.len()).sum();
         println!(

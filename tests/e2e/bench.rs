@@ -6,7 +6,8 @@ const TINY: &str = r#"{"model_type": "qwen3", "vocab_size": 1200, "hidden_size":
   "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
   "max_position_embeddings": 256, "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true}"#;
 
-/// `spar bench grpo`: every iteration generates P x G full completions, trains on all of them and takes a step.
+/// `spar bench grpo`: every iteration generates P x G full completions, trains on all of them and takes a step;
+/// `--profile` records the last iteration.
 #[test]
 fn bench_grpo_runs_an_iteration_per_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -28,6 +29,8 @@ fn bench_grpo_runs_an_iteration_per_line() {
             "7",
         ])
         .args(["--micro-batch", "4", "--warmup", "1", "--iters", "1"])
+        .arg("--profile")
+        .arg(dir.path().join("prof"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -51,4 +54,14 @@ fn bench_grpo_runs_an_iteration_per_line() {
         let total = l["seconds"].as_f64().unwrap();
         assert!((parts.iter().sum::<f64>() - total).abs() < 1e-9, "{l}");
     }
+    let md = std::fs::read_to_string(dir.path().join("prof/grpo.md")).unwrap();
+    for span in [
+        "`bench/generate`",
+        "`engine/decode`",
+        "`bench/learn`",
+        "`learn/backward`",
+    ] {
+        assert!(md.contains(span), "{span} missing:\n{md}");
+    }
+    assert!(dir.path().join("prof/grpo.trace.json.gz").exists());
 }

@@ -100,8 +100,8 @@ pub(crate) fn ok_stderr(cmd: &mut Command) -> String {
     err
 }
 
-/// A few-step run of the tiny demo: tokenizer, SFT, one RL round (with a KL term to the SFT policy), evaluation,
-/// plots, checkpoints.
+/// A few-step run of the tiny demo: tokenizer, SFT, one RL round (with a KL term to the SFT policy, recorded by
+/// the torch profiler), evaluation, plots, checkpoints.
 fn tiny_run(out: &Path) {
     ok(spar()
         .args(["train", "--recipe"])
@@ -133,7 +133,46 @@ fn tiny_run(out: &Path) {
             "trainer.bpe_vocab_size=400",
             "--set",
             "trainer.kl_coef=0.05",
+            "--set",
+            "trainer.profile.rounds=[1]",
+            "--set",
+            "trainer.profile.trace=true",
         ]));
+}
+
+/// The profile of the tiny run's RL round: the summary names spar's phases and torch's ops, and the trace is
+/// torch's Chrome trace, gzipped.
+fn profile_of_the_round_is_written(run: &Path) {
+    let dir = run.join("profile");
+    let md = std::fs::read_to_string(dir.join("rl-round-0001-rank0.md")).expect("profile summary");
+    for span in [
+        "`rl/play`",
+        "`rl/generate`",
+        "`engine/prefill`",
+        "`engine/forward`",
+        "`engine/sample`",
+        "`rl/score`",
+        "`rl/learn`",
+        "`learn/forward`",
+        "`learn/backward`",
+        "`learn/optimizer`",
+        "## Host ops by self time",
+        "`aten::",
+    ] {
+        assert!(md.contains(span), "{span} missing from the profile:\n{md}");
+    }
+    let gz = std::fs::File::open(dir.join("rl-round-0001-rank0.trace.json.gz")).unwrap();
+    let trace: serde_json::Value =
+        serde_json::from_reader(flate2::read::GzDecoder::new(gz)).expect("a gzipped JSON trace");
+    let events = trace["traceEvents"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["cat"] == "user_annotation" && e["name"] == "engine/prefill"),
+        "the trace holds the engine's spans"
+    );
+    // Nothing but the summary and the trace is left behind (Kineto's raw JSON is removed).
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
 }
 
 #[test]
@@ -163,6 +202,7 @@ fn few_step_demo_run_then_contract_path_from_files() {
     }
 
     assert!(std::fs::read_dir(run.join("plots")).unwrap().count() >= 2);
+    profile_of_the_round_is_written(&run);
     let cmp: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("comparison.json")).unwrap()).unwrap();
     for phase in ["initial", "before_rl", "after_rl", "expert"] {

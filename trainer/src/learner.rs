@@ -25,6 +25,7 @@ use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use spar_dist::{Collectives, any_rank, max_over_ranks, sum_over_ranks};
 use spar_model::LogprobOptions;
+use spar_model::torch_profiler::range;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
@@ -715,8 +716,10 @@ pub fn rl_update_with(
     learner.pad_micro_batches(&mut mbs, batching.pack, device)?;
     let from_update = old_from_update(ppo_epochs, reference.is_some(), loss_cfg, extras);
     let t_old = std::time::Instant::now();
+    let span = range("learn/old_pass");
     let (old_values, mut teacher_kl, greedy) =
         old_pass(policy, reference, &mut mbs, extras, loss_cfg, !from_update)?;
+    drop(span);
     // The old pass reads its results on the host, so the GPU work is inside this interval.
     let old_pass_seconds = t_old.elapsed().as_secs_f64();
     // One decision for every rank: a rank whose own share has no advantage still takes part in the others'
@@ -812,6 +815,7 @@ pub fn rl_update_with(
             if i + 1 == n_mbs {
                 learner.last_backward();
             }
+            let span = range("learn/forward");
             let fwd = forward_mb(policy, mb)?;
             let aux = learner.micro_step_aux(&fwd, mb, aux_tokens)?;
             let (logp, entropy, old) = match &mb.old_logp {
@@ -857,6 +861,8 @@ pub fn rl_update_with(
             }
             if mb.padding {
                 // Runs the gathers and reductions of a real micro-batch and trains nothing.
+                drop(span);
+                let _span = range("learn/backward");
                 policy.backward(&padding_loss(&fwd)?, &fwd)?;
                 continue;
             }
@@ -882,8 +888,11 @@ pub fn rl_update_with(
             }
             loss_sum += loss.double_value(&[]);
             stats.add(&out.stats);
+            drop(span);
+            let _span = range("learn/backward");
             policy.backward(&loss, &fwd)?;
         }
+        let _span = range("learn/optimizer");
         let (loss_sum, grad_norm, lr, skipped) = learner.apply(loss_sum)?;
         learner.global_stats(&mut stats)?;
         if from_update {
@@ -981,9 +990,12 @@ pub(crate) fn supervised_step(
             // Padding micro-batches included: every rank must start the same reductions at the same point.
             learner.last_backward();
         }
+        let span = range("learn/forward");
         let fwd = forward_mb(policy, mb)?;
         let aux = learner.micro_step_aux(&fwd, mb, aux_tokens)?;
         if mb.padding {
+            drop(span);
+            let _span = range("learn/backward");
             policy.backward(&padding_loss(&fwd)?, &fwd)?;
             continue;
         }
@@ -998,8 +1010,11 @@ pub(crate) fn supervised_step(
             .sum(Kind::Double)
             .double_value(&[]);
         loss_sum += loss.double_value(&[]);
+        drop(span);
+        let _span = range("learn/backward");
         policy.backward(&loss, &fwd)?;
     }
+    let _span = range("learn/optimizer");
     let (loss_sum, grad_norm, lr, skipped) = learner.apply(loss_sum)?;
     learner.global_stats(&mut stats)?;
     Ok(StepReport {

@@ -11,6 +11,7 @@ use crate::critic::Critic;
 use crate::learner::{BatchingConfig, Learner};
 use crate::off_policy::RoundScheduler;
 use crate::parts::{Evaluator, Generation};
+use crate::profiling::RoundProfiler;
 use crate::progress::bar;
 use crate::report::{log_eval, round_metrics, write_transcripts};
 use crate::rl_round::{LearnConfig, PlayedRound, learn_round, play_round};
@@ -21,6 +22,7 @@ use spar_core::Case;
 use spar_core::recipe::PolicyLoss;
 use spar_core::recipe::TrainerSection;
 use spar_model::Qwen3Model;
+use spar_model::torch_profiler::range;
 use spar_rewards::RewardPipeline;
 use spar_rollout::Rollout;
 use std::collections::HashMap;
@@ -211,7 +213,14 @@ pub fn run(
     }
     let mut rounds = RoundScheduler::new(tr.off_policy_one_step, st.pending.take());
     let mut window = MetricWindow::default();
+    let mut profiler = RoundProfiler::new(
+        &tr.profile,
+        &session.out,
+        group.rank(),
+        model.device().is_cuda(),
+    )?;
     for s in start..tr.steps {
+        profiler.begin(s + 1)?;
         let t0 = std::time::Instant::now();
         // Seconds of the step the round's time line accounts for (playing and learning).
         let mut timed = 0.0;
@@ -237,6 +246,7 @@ pub fn run(
             )?,
             (false, _) => {
                 let t_play = std::time::Instant::now();
+                let span = range("rl/play");
                 let (round, arrival) = match &mut feed {
                     Some(f) => {
                         let (round, arrival) = f.round(s)?;
@@ -256,8 +266,10 @@ pub fn run(
                     }
                 };
                 let play_seconds = t_play.elapsed().as_secs_f64();
+                drop(span);
                 let mut scalars = union_round_metrics(&*group, &round)?;
                 let t_learn = std::time::Instant::now();
+                let span = range("rl/learn");
                 scalars.extend(learn_round(
                     model,
                     &mut st.learner,
@@ -268,6 +280,8 @@ pub fn run(
                     st.critic.as_mut(),
                 )?);
                 let learn_seconds = t_learn.elapsed().as_secs_f64();
+                drop(span);
+                let span = range("rl/weight_sync");
                 let sync_seconds = match server_weights {
                     // `global_step + 1`: this round's step is counted below.
                     Some(sw) => sw.publish(
@@ -280,6 +294,7 @@ pub fn run(
                     )?,
                     None => 0.0,
                 };
+                drop(span);
                 // The round's time line (this rank's): playing (generation, then scoring) and learning; the
                 // rest of the step (metrics, collectives waiting for other ranks) is `time/other_s`. With actors
                 // the learner plays nothing: it waits for its actors' round (idle), learns (busy) and sends the
@@ -314,6 +329,7 @@ pub fn run(
             }
         };
         let step_seconds = t0.elapsed().as_secs_f64();
+        profiler.end(s + 1)?;
         if timed > 0.0 {
             scalars.push(("time/other_s".into(), (step_seconds - timed).max(0.0)));
         }

@@ -102,9 +102,12 @@ pub fn play_round(
         Generation::Builtin => Policy::Builtin(model),
         Generation::External => Policy::External,
     };
+    let span = spar_model::torch_profiler::range("rl/generate");
     let played = rollout.collect_groups(policy, groups)?;
+    drop(span);
     let gen_seconds = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
+    let _span = spar_model::torch_profiler::range("rl/score");
     let mut round = PlayedRound {
         gen_seconds,
         engine: rollout.last_round().engine,

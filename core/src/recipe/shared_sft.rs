@@ -51,6 +51,7 @@ pub const RL_ONLY_KEYS: &[&str] = &[
     "trainer.placebo",
     "trainer.rl_aux_loss_coef",
     "trainer.offload_optimizer",
+    "trainer.profile",
 ];
 
 /// Whether `key` is RL-only ([`RL_ONLY_KEYS`]).

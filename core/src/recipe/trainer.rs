@@ -142,6 +142,30 @@ pub struct TrainerSection {
     /// the update keeps its size and its advantage distribution but loses what made a step good. An RL run that
     /// beats its placebo learned from the reward, not from the extra updates.
     pub placebo: bool,
+    /// The torch profiler over chosen RL rounds (`[trainer.profile]`; off by default).
+    pub profile: ProfileConfig,
+}
+
+/// `[trainer.profile]`: record chosen RL rounds with the torch profiler (Kineto), as torchtitan's `[profiling]`
+/// does for its steps. Each recorded round writes, under `<out_dir>/profile/`, `rl-round-NNNN-rankR.md` (where
+/// the time went: spar's phases with the GPU time launched inside each, host ops by self time, GPU kernels,
+/// CUDA runtime calls such as `cudaMalloc` and synchronisations) and, with `trace`, the Chrome trace
+/// `rl-round-NNNN-rankR.trace.json.gz` (Perfetto, chrome://tracing). Recording slows the round it records;
+/// the others run at full speed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// RL rounds to record, 1-based (the round numbers of the progress bar); empty = off. Round 1 includes the
+    /// engine's first CUDA-graph captures: pick a later round for the steady state.
+    pub rounds: Vec<usize>,
+    /// Keep the Chrome trace next to the summary (it can be hundreds of MB before compression).
+    pub trace: bool,
+    /// Record each op's input shapes (torch's `record_shapes`).
+    pub record_shapes: bool,
+    /// Record the caching allocator's allocations and frees (torch's `profile_memory`).
+    pub memory: bool,
+    /// Record each op's C++ call stack (torch's `with_stack`).
+    pub with_stack: bool,
 }
 
 /// `[trainer.sft_expert]`: a good but imperfect SFT teacher, so that RL has behaviour to find that SFT never
@@ -299,6 +323,7 @@ impl Default for TrainerSection {
             gae: GaeConfig::default(),
             sft_expert: SftExpertConfig::default(),
             placebo: false,
+            profile: ProfileConfig::default(),
         }
     }
 }
@@ -415,6 +440,20 @@ impl TrainerSection {
             "gae.lambda",
             "must be in [0, 1]",
         )?;
+        if let Some(r) = self
+            .profile
+            .rounds
+            .iter()
+            .find(|&&r| r == 0 || r > self.steps)
+        {
+            return Err((
+                "profile.rounds".into(),
+                format!(
+                    "round {r} is not an RL round of this run (1..={} with trainer.steps = {})",
+                    self.steps, self.steps
+                ),
+            ));
+        }
         check(g.vf_coef >= 0.0, "gae.vf_coef", "must be >= 0")?;
         check(g.value_clip > 0.0, "gae.value_clip", "must be > 0")?;
         check(
@@ -476,5 +515,33 @@ mod tests {
             err.contains("trainer.sft_expert.drop_essential_test"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn profile_rounds_parse_from_set_and_a_round_past_the_run_is_named() {
+        let r = Recipe::from_toml_str(
+            "[trainer]\nsteps = 4\n",
+            "r.toml",
+            &[
+                "trainer.profile.rounds=[2, 4]".into(),
+                "trainer.profile.trace=true".into(),
+            ],
+        )
+        .unwrap();
+        let p = r.trainer.unwrap().profile;
+        assert_eq!((p.rounds, p.trace, p.memory), (vec![2, 4], true, false));
+        for bad in ["[5]", "[0]"] {
+            let err = Recipe::from_toml_str(
+                "[trainer]\nsteps = 4\n",
+                "r.toml",
+                &[format!("trainer.profile.rounds={bad}")],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("trainer.profile.rounds") && err.contains("1..=4"),
+                "{err}"
+            );
+        }
     }
 }

@@ -26,6 +26,7 @@ use rand_chacha::ChaCha8Rng;
 use slots::{Placement, SlotState, place};
 use spar_core::sample::RoutedExperts;
 use spar_core::traits::{FinishReason, GenerateOutput, GenerateRequest};
+use spar_model::torch_profiler::range;
 use spar_model::{ForwardInput, GraphDecoder, GraphStats, KvCache, NextTokens, Qwen3Model};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -532,6 +533,7 @@ impl<'m> Engine<'m> {
 
     fn prefill_and_decode(&mut self) -> Result<()> {
         let started = std::time::Instant::now();
+        let span = range("engine/prefill");
         // Wave 1: sequences whose prefix is already in place; wave 2: those copying from a slot wave 1 fills.
         for wave in 0..2 {
             let mut ready = Vec::new();
@@ -563,12 +565,14 @@ impl<'m> Engine<'m> {
                 self.prefill(&ready)?;
             }
         }
+        drop(span);
         let decoding = std::time::Instant::now();
         self.stats.prefill_seconds += (decoding - started).as_secs_f64();
         let rows: Vec<usize> = (0..self.running.len())
             .filter(|&i| self.running[i].prefilled && self.running[i].pending.len() == 1)
             .collect();
         if !rows.is_empty() {
+            let _span = range("engine/decode");
             self.decode(&rows)?;
             self.stats.decode_rows += rows.len() as u64;
             self.stats.decode_seconds += decoding.elapsed().as_secs_f64();
@@ -691,6 +695,7 @@ impl<'m> Engine<'m> {
     /// One cached forward of `rows` (running index, tokens to append). Returns the logits of each row's last
     /// real token, `[rows, V]`, when asked.
     fn forward(&mut self, rows: &[(usize, Vec<u32>)], want_logits: bool) -> Result<Option<Tensor>> {
+        let _span = range("engine/forward");
         let t = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
         let b = rows.len();
         let mut ids = vec![0i64; b * t];
@@ -752,6 +757,7 @@ impl<'m> Engine<'m> {
     }
 
     fn sample_rows(&mut self, rows: &[usize], logits: &Tensor) -> Result<()> {
+        let _span = range("engine/sample");
         let picked = {
             let mut samplers: Vec<&mut RowSampler> = Vec::with_capacity(rows.len());
             // Disjoint mutable borrows of the rows' samplers, in `rows` order.

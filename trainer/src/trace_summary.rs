@@ -1,0 +1,423 @@
+//! Where the time went, read from a torch profiler Chrome trace (what `prof.key_averages().table()` prints in
+//! Python, plus the two questions a slow step raises on a GPU: did the GPU work, and what held the host).
+//!
+//! Tables: the named spans (`user_annotation`: spar's phases) with the GPU kernel time launched inside each;
+//! the host ops by self time; the GPU kernels; the CUDA runtime calls (launches, `cudaMalloc` / `cudaFree`,
+//! synchronisations); and the GPU's busy time (union of kernel, memcpy and memset intervals) against the
+//! trace's wall time. Reads the trace as torch writes it (`traceEvents` of complete events, times in µs).
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// The fields of a trace event this summary reads (the rest of each event is skipped while parsing).
+#[derive(Debug, Deserialize)]
+struct Event {
+    #[serde(default)]
+    ph: String,
+    #[serde(default)]
+    cat: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    pid: serde_json::Value,
+    #[serde(default)]
+    tid: serde_json::Value,
+    #[serde(default)]
+    ts: f64,
+    #[serde(default)]
+    dur: f64,
+    #[serde(default)]
+    args: Args,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Args {
+    correlation: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Trace {
+    #[serde(rename = "traceEvents")]
+    trace_events: Vec<Event>,
+}
+
+/// One row of a table: calls and milliseconds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Row {
+    pub name: String,
+    pub calls: u64,
+    /// Total (for host ops: self) milliseconds.
+    pub ms: f64,
+    /// Spans: GPU milliseconds of the kernels launched inside. Host ops: total milliseconds, children included.
+    pub other_ms: f64,
+}
+
+/// The tables of one trace.
+#[derive(Clone, Debug, Default)]
+pub struct TraceSummary {
+    /// From the first event's start to the last event's end, milliseconds.
+    pub wall_ms: f64,
+    /// Union of the GPU's kernel, memcpy and memset intervals, milliseconds (0 on a CPU trace).
+    pub gpu_busy_ms: f64,
+    pub events: usize,
+    /// Named spans, in order of first appearance.
+    pub spans: Vec<Row>,
+    /// Host ops (`cpu_op`) by self time, longest first.
+    pub host_ops: Vec<Row>,
+    /// GPU kernels, memcpys and memsets by total time, longest first.
+    pub kernels: Vec<Row>,
+    /// CUDA runtime and driver calls by total time, longest first.
+    pub runtime: Vec<Row>,
+}
+
+fn is_gpu(cat: &str) -> bool {
+    matches!(cat, "kernel" | "gpu_memcpy" | "gpu_memset")
+}
+
+fn is_runtime(cat: &str) -> bool {
+    matches!(cat, "cuda_runtime" | "cuda_driver")
+}
+
+/// Adds `ms` under `name` (keeping first-seen order) in `rows`, indexed by `at`.
+fn add(rows: &mut Vec<Row>, at: &mut HashMap<String, usize>, name: &str, ms: f64, other_ms: f64) {
+    let i = *at.entry(name.to_string()).or_insert_with(|| {
+        rows.push(Row {
+            name: name.to_string(),
+            ..Row::default()
+        });
+        rows.len() - 1
+    });
+    rows[i].calls += 1;
+    rows[i].ms += ms;
+    rows[i].other_ms += other_ms;
+}
+
+fn longest_first(mut rows: Vec<Row>) -> Vec<Row> {
+    rows.sort_by(|a, b| b.ms.total_cmp(&a.ms).then_with(|| a.name.cmp(&b.name)));
+    rows
+}
+
+impl TraceSummary {
+    /// Reads and summarises the Chrome trace at `path`.
+    pub fn from_file(path: &Path) -> Result<TraceSummary> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("opening the profiler trace {}", path.display()))?;
+        let trace: Trace = serde_json::from_reader(std::io::BufReader::new(file))
+            .with_context(|| format!("{}: not a Chrome trace (traceEvents)", path.display()))?;
+        Ok(Self::from_events(trace.trace_events))
+    }
+
+    /// Summarises a Chrome trace held in memory.
+    pub fn from_json(text: &str) -> Result<TraceSummary> {
+        let trace: Trace =
+            serde_json::from_str(text).context("not a Chrome trace (traceEvents)")?;
+        Ok(Self::from_events(trace.trace_events))
+    }
+
+    fn from_events(events: Vec<Event>) -> TraceSummary {
+        let complete: Vec<&Event> = events.iter().filter(|e| e.ph == "X").collect();
+        let start = complete.iter().map(|e| e.ts).fold(f64::INFINITY, f64::min);
+        let end = complete
+            .iter()
+            .map(|e| e.ts + e.dur)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let mut s = TraceSummary {
+            wall_ms: if complete.is_empty() {
+                0.0
+            } else {
+                (end - start) / 1e3
+            },
+            events: complete.len(),
+            ..TraceSummary::default()
+        };
+        // GPU time of each launch, by correlation id (a runtime call and the work it launched share one).
+        let mut gpu_of: HashMap<i64, f64> = HashMap::new();
+        let mut gpu_intervals = Vec::new();
+        let (mut kernels, mut kernel_at) = (Vec::new(), HashMap::new());
+        for e in complete.iter().filter(|e| is_gpu(&e.cat)) {
+            if let Some(c) = e.args.correlation {
+                *gpu_of.entry(c).or_default() += e.dur;
+            }
+            gpu_intervals.push((e.ts, e.ts + e.dur));
+            add(&mut kernels, &mut kernel_at, &e.name, e.dur / 1e3, 0.0);
+        }
+        s.gpu_busy_ms = union_length(gpu_intervals) / 1e3;
+        s.kernels = longest_first(kernels);
+        let (mut runtime, mut runtime_at) = (Vec::new(), HashMap::new());
+        for e in complete.iter().filter(|e| is_runtime(&e.cat)) {
+            add(&mut runtime, &mut runtime_at, &e.name, e.dur / 1e3, 0.0);
+        }
+        s.runtime = longest_first(runtime);
+
+        // Per host thread: spans with the GPU time their launches caused; ops with their self time.
+        let mut by_thread: HashMap<String, Vec<&Event>> = HashMap::new();
+        for e in &complete {
+            if e.cat == "user_annotation" || e.cat == "cpu_op" || is_runtime(&e.cat) {
+                by_thread
+                    .entry(format!("{}/{}", e.pid, e.tid))
+                    .or_default()
+                    .push(e);
+            }
+        }
+        let (mut spans, mut span_at) = (Vec::new(), HashMap::new());
+        let (mut ops, mut op_at) = (Vec::new(), HashMap::new());
+        let mut first_seen: Vec<(f64, String)> = Vec::new();
+        for list in by_thread.values_mut() {
+            list.sort_by(|a, b| a.ts.total_cmp(&b.ts).then(b.dur.total_cmp(&a.dur)));
+            let launches: Vec<(f64, f64)> = list
+                .iter()
+                .filter(|e| is_runtime(&e.cat))
+                .map(|e| {
+                    let gpu = e
+                        .args
+                        .correlation
+                        .and_then(|c| gpu_of.get(&c))
+                        .copied()
+                        .unwrap_or(0.0);
+                    (e.ts, gpu)
+                })
+                .collect();
+            for e in list.iter().filter(|e| e.cat == "user_annotation") {
+                let lo = launches.partition_point(|(t, _)| *t < e.ts);
+                let hi = launches.partition_point(|(t, _)| *t <= e.ts + e.dur);
+                let gpu: f64 = launches[lo..hi].iter().map(|(_, g)| g).sum();
+                if !span_at.contains_key(&e.name) {
+                    first_seen.push((e.ts, e.name.clone()));
+                }
+                add(&mut spans, &mut span_at, &e.name, e.dur / 1e3, gpu / 1e3);
+            }
+            // Self time: an op's duration less its direct child ops' (nesting by time on one thread).
+            let host: Vec<&&Event> = list.iter().filter(|e| e.cat == "cpu_op").collect();
+            let mut child_time = vec![0.0; host.len()];
+            let mut stack: Vec<usize> = Vec::new();
+            for (i, e) in host.iter().enumerate() {
+                while let Some(&top) = stack.last() {
+                    if e.ts >= host[top].ts + host[top].dur {
+                        stack.pop();
+                    } else {
+                        break;
+                    }
+                }
+                if let Some(&parent) = stack.last() {
+                    child_time[parent] += e.dur;
+                }
+                stack.push(i);
+            }
+            for (i, e) in host.iter().enumerate() {
+                let own = (e.dur - child_time[i]).max(0.0);
+                add(&mut ops, &mut op_at, &e.name, own / 1e3, e.dur / 1e3);
+            }
+        }
+        first_seen.sort_by(|a, b| a.0.total_cmp(&b.0));
+        s.spans = first_seen
+            .iter()
+            .filter_map(|(_, n)| span_at.get(n).map(|&i| spans[i].clone()))
+            .collect();
+        s.host_ops = longest_first(ops);
+        s
+    }
+
+    /// The summary as Markdown, each table cut to its `top` longest rows.
+    pub fn to_markdown(&self, title: &str, top: usize) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# {title}\n");
+        let _ = writeln!(
+            out,
+            "{} events over {:.1} ms of wall time.",
+            self.events, self.wall_ms
+        );
+        if self.gpu_busy_ms > 0.0 {
+            let _ = writeln!(
+                out,
+                "GPU busy {:.1} ms ({:.1}% of the wall time): the union of kernel, memcpy and memset intervals.",
+                self.gpu_busy_ms,
+                100.0 * self.gpu_busy_ms / self.wall_ms.max(1e-9)
+            );
+        }
+        let wall = self.wall_ms.max(1e-9);
+        let on_gpu = self.gpu_busy_ms > 0.0;
+        let calls = |r: &Row| r.calls.to_string();
+        let ms = |r: &Row| format!("{:.2}", r.ms);
+        let per_call = |r: &Row| format!("{:.3}", r.ms / r.calls.max(1) as f64);
+        let share = |r: &Row| format!("{:.1}%", 100.0 * r.ms / wall);
+        let other = |r: &Row| format!("{:.2}", r.other_ms);
+        type Col<'a> = (&'a str, &'a dyn Fn(&Row) -> String);
+        let table = |out: &mut String, head: &str, cols: &[Col<'_>], rows: &[Row], cut: bool| {
+            if rows.is_empty() {
+                return;
+            }
+            let _ = writeln!(out, "\n## {head}\n");
+            let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
+            let _ = writeln!(out, "| name | {} |", names.join(" | "));
+            let _ = writeln!(out, "|---|{}", "---:|".repeat(cols.len()));
+            let shown = if cut { top.min(rows.len()) } else { rows.len() };
+            for r in &rows[..shown] {
+                let name: String = r.name.chars().take(100).collect();
+                let cells: Vec<String> = cols.iter().map(|c| (c.1)(r)).collect();
+                let _ = writeln!(
+                    out,
+                    "| `{}` | {} |",
+                    name.replace('|', "\\|"),
+                    cells.join(" | ")
+                );
+            }
+            if shown < rows.len() {
+                let rest = Row {
+                    name: String::new(),
+                    calls: rows[shown..].iter().map(|r| r.calls).sum(),
+                    ms: rows[shown..].iter().map(|r| r.ms).sum(),
+                    other_ms: 0.0,
+                };
+                let _ = writeln!(
+                    out,
+                    "| ({} more) | {} | {} |{}",
+                    rows.len() - shown,
+                    rest.calls,
+                    ms(&rest),
+                    " |".repeat(cols.len() - 2)
+                );
+            }
+        };
+        let mut span_cols: Vec<Col<'_>> = vec![
+            ("calls", &calls),
+            ("ms", &ms),
+            ("ms / call", &per_call),
+            ("% of wall", &share),
+        ];
+        if on_gpu {
+            span_cols.push(("GPU ms launched inside", &other));
+        }
+        table(
+            &mut out,
+            "Spans (spar's phases; nested spans count in their parents too)",
+            &span_cols,
+            &self.spans,
+            false,
+        );
+        table(
+            &mut out,
+            "Host ops by self time",
+            &[
+                ("calls", &calls),
+                ("self ms", &ms),
+                ("self ms / call", &per_call),
+                ("total ms", &other),
+            ],
+            &self.host_ops,
+            true,
+        );
+        let timed: [Col<'_>; 4] = [
+            ("calls", &calls),
+            ("ms", &ms),
+            ("ms / call", &per_call),
+            ("% of wall", &share),
+        ];
+        table(
+            &mut out,
+            "GPU kernels, memcpys, memsets",
+            &timed,
+            &self.kernels,
+            true,
+        );
+        table(&mut out, "CUDA runtime calls", &timed, &self.runtime, true);
+        out
+    }
+}
+
+/// Total length covered by possibly overlapping intervals.
+fn union_length(mut iv: Vec<(f64, f64)>) -> f64 {
+    iv.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut total = 0.0;
+    let mut cur: Option<(f64, f64)> = None;
+    for (a, b) in iv {
+        cur = match cur {
+            Some((s, e)) if a <= e => Some((s, e.max(b))),
+            Some((s, e)) => {
+                total += e - s;
+                Some((a, b))
+            }
+            None => Some((a, b)),
+        };
+    }
+    if let Some((s, e)) = cur {
+        total += e - s;
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hand-made GPU trace: one span holding two ops, one of which launches a kernel through the runtime.
+    const TRACE: &str = r#"{"traceEvents": [
+      {"ph": "X", "cat": "user_annotation", "name": "engine/prefill", "pid": 1, "tid": 1, "ts": 0, "dur": 100},
+      {"ph": "X", "cat": "cpu_op", "name": "aten::linear", "pid": 1, "tid": 1, "ts": 10, "dur": 50},
+      {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 1, "tid": 1, "ts": 20, "dur": 30},
+      {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": 25, "dur": 5,
+       "args": {"correlation": 7}},
+      {"ph": "X", "cat": "cpu_op", "name": "aten::item", "pid": 1, "tid": 1, "ts": 70, "dur": 25},
+      {"ph": "X", "cat": "cuda_runtime", "name": "cudaStreamSynchronize", "pid": 1, "tid": 1, "ts": 72, "dur": 20},
+      {"ph": "X", "cat": "kernel", "name": "gemm", "pid": 0, "tid": 7, "ts": 30, "dur": 40,
+       "args": {"correlation": 7}},
+      {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy DtoH", "pid": 0, "tid": 7, "ts": 60, "dur": 20},
+      {"ph": "i", "cat": "marker", "name": "ignored", "pid": 1, "tid": 1, "ts": 500}
+    ]}"#;
+
+    #[test]
+    fn spans_ops_kernels_and_runtime_calls_are_accounted() {
+        let s = TraceSummary::from_json(TRACE).unwrap();
+        assert_eq!(s.events, 8);
+        assert!((s.wall_ms - 0.1).abs() < 1e-9, "{}", s.wall_ms);
+        // Kernel 30..70 and memcpy 60..80 overlap: 50 µs busy.
+        assert!((s.gpu_busy_ms - 0.05).abs() < 1e-9, "{}", s.gpu_busy_ms);
+        assert_eq!(s.spans.len(), 1);
+        assert_eq!(s.spans[0].name, "engine/prefill");
+        assert!((s.spans[0].ms - 0.1).abs() < 1e-9);
+        assert!(
+            (s.spans[0].other_ms - 0.04).abs() < 1e-9,
+            "GPU time inside the span: {}",
+            s.spans[0].other_ms
+        );
+        let op = |n: &str| s.host_ops.iter().find(|r| r.name == n).unwrap().clone();
+        assert!(
+            (op("aten::linear").ms - 0.02).abs() < 1e-9,
+            "self = 50 - 30"
+        );
+        assert!((op("aten::linear").other_ms - 0.05).abs() < 1e-9);
+        assert!((op("aten::mm").ms - 0.03).abs() < 1e-9);
+        assert_eq!(s.host_ops[0].name, "aten::mm", "longest self time first");
+        assert_eq!(s.kernels[0].name, "gemm");
+        assert_eq!(s.runtime[0].name, "cudaStreamSynchronize");
+        let md = s.to_markdown("round 2", 10);
+        assert!(
+            md.contains("GPU busy 0.1 ms (50.0% of the wall time)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| `engine/prefill` | 1 | 0.10 | 0.100 | 100.0% | 0.04 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| `cudaStreamSynchronize` | 1 | 0.02 | 0.020 | 20.0% |"),
+            "{md}"
+        );
+        let cut = s.to_markdown("round 2", 1);
+        assert!(cut.contains("| (1 more) | 1 | 0.02 | | |"), "{cut}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_trace_names_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.json");
+        std::fs::write(&p, "{\"nope\": 1}").unwrap();
+        let e = TraceSummary::from_file(&p).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("t.json: not a Chrome trace"),
+            "{e:#}"
+        );
+    }
+}
