@@ -53,6 +53,8 @@ pub struct Row {
     pub ms: f64,
     /// Spans: GPU milliseconds of the kernels launched inside. Host ops: total milliseconds, children included.
     pub other_ms: f64,
+    /// Spans: milliseconds in no torch op (spar's own host code, waits outside torch).
+    pub outside_ms: f64,
 }
 
 /// The tables of one trace.
@@ -71,6 +73,8 @@ pub struct TraceSummary {
     pub kernels: Vec<Row>,
     /// CUDA runtime and driver calls by total time, longest first.
     pub runtime: Vec<Row>,
+    /// Per span name (in `spans` order): what its calls held.
+    pub inside: Vec<(String, SpanTables)>,
 }
 
 fn is_gpu(cat: &str) -> bool {
@@ -81,23 +85,63 @@ fn is_runtime(cat: &str) -> bool {
     matches!(cat, "cuda_runtime" | "cuda_driver")
 }
 
-/// Adds `ms` under `name` (keeping first-seen order) in `rows`, indexed by `at`.
-fn add(rows: &mut Vec<Row>, at: &mut HashMap<String, usize>, name: &str, ms: f64, other_ms: f64) {
-    let i = *at.entry(name.to_string()).or_insert_with(|| {
-        rows.push(Row {
-            name: name.to_string(),
-            ..Row::default()
-        });
-        rows.len() - 1
-    });
-    rows[i].calls += 1;
-    rows[i].ms += ms;
-    rows[i].other_ms += other_ms;
+/// Rows by name, in first-seen order.
+#[derive(Default)]
+struct Table {
+    rows: Vec<Row>,
+    at: HashMap<String, usize>,
 }
 
-fn longest_first(mut rows: Vec<Row>) -> Vec<Row> {
-    rows.sort_by(|a, b| b.ms.total_cmp(&a.ms).then_with(|| a.name.cmp(&b.name)));
-    rows
+impl Table {
+    fn add(&mut self, name: &str, ms: f64, other_ms: f64) -> &mut Row {
+        let i = match self.at.get(name) {
+            Some(&i) => i,
+            None => {
+                self.rows.push(Row {
+                    name: name.to_string(),
+                    ..Row::default()
+                });
+                self.at.insert(name.to_string(), self.rows.len() - 1);
+                self.rows.len() - 1
+            }
+        };
+        let r = &mut self.rows[i];
+        r.calls += 1;
+        r.ms += ms;
+        r.other_ms += other_ms;
+        r
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.at.contains_key(name)
+    }
+
+    fn get(&self, name: &str) -> Option<&Row> {
+        self.at.get(name).map(|&i| &self.rows[i])
+    }
+
+    fn longest_first(mut self) -> Vec<Row> {
+        self.rows
+            .sort_by(|a, b| b.ms.total_cmp(&a.ms).then_with(|| a.name.cmp(&b.name)));
+        self.rows
+    }
+}
+
+/// What one span holds while the trace is read.
+#[derive(Default)]
+struct SpanDetail {
+    host_ops: Table,
+    runtime: Table,
+    kernels: Table,
+}
+
+/// What the calls of one span name held, summed over its calls: host ops by self time, CUDA runtime calls, and
+/// the GPU work those calls launched, each longest first.
+#[derive(Clone, Debug, Default)]
+pub struct SpanTables {
+    pub host_ops: Vec<Row>,
+    pub runtime: Vec<Row>,
+    pub kernels: Vec<Row>,
 }
 
 impl TraceSummary {
@@ -133,26 +177,27 @@ impl TraceSummary {
             events: complete.len(),
             ..TraceSummary::default()
         };
-        // GPU time of each launch, by correlation id (a runtime call and the work it launched share one).
-        let mut gpu_of: HashMap<i64, f64> = HashMap::new();
+        // GPU work of each launch, by correlation id (a runtime call and the work it launched share one).
+        let mut gpu_of: HashMap<i64, Vec<(&str, f64)>> = HashMap::new();
         let mut gpu_intervals = Vec::new();
-        let (mut kernels, mut kernel_at) = (Vec::new(), HashMap::new());
+        let mut kernels = Table::default();
         for e in complete.iter().filter(|e| is_gpu(&e.cat)) {
             if let Some(c) = e.args.correlation {
-                *gpu_of.entry(c).or_default() += e.dur;
+                gpu_of.entry(c).or_default().push((&e.name, e.dur));
             }
             gpu_intervals.push((e.ts, e.ts + e.dur));
-            add(&mut kernels, &mut kernel_at, &e.name, e.dur / 1e3, 0.0);
+            kernels.add(&e.name, e.dur / 1e3, 0.0);
         }
         s.gpu_busy_ms = union_length(gpu_intervals) / 1e3;
-        s.kernels = longest_first(kernels);
-        let (mut runtime, mut runtime_at) = (Vec::new(), HashMap::new());
+        s.kernels = kernels.longest_first();
+        let mut runtime = Table::default();
         for e in complete.iter().filter(|e| is_runtime(&e.cat)) {
-            add(&mut runtime, &mut runtime_at, &e.name, e.dur / 1e3, 0.0);
+            runtime.add(&e.name, e.dur / 1e3, 0.0);
         }
-        s.runtime = longest_first(runtime);
+        s.runtime = runtime.longest_first();
 
-        // Per host thread: spans with the GPU time their launches caused; ops with their self time.
+        // Per host thread: ops with their self time, then each span's ops, runtime calls and the GPU work they
+        // launched (everything of the thread that starts inside the span).
         let mut by_thread: HashMap<String, Vec<&Event>> = HashMap::new();
         for e in &complete {
             if e.cat == "user_annotation" || e.cat == "cpu_op" || is_runtime(&e.cat) {
@@ -162,61 +207,91 @@ impl TraceSummary {
                     .push(e);
             }
         }
-        let (mut spans, mut span_at) = (Vec::new(), HashMap::new());
-        let (mut ops, mut op_at) = (Vec::new(), HashMap::new());
+        let mut spans = Table::default();
+        let mut inside: HashMap<String, SpanDetail> = HashMap::new();
+        let mut ops = Table::default();
         let mut first_seen: Vec<(f64, String)> = Vec::new();
         for list in by_thread.values_mut() {
             list.sort_by(|a, b| a.ts.total_cmp(&b.ts).then(b.dur.total_cmp(&a.dur)));
-            let launches: Vec<(f64, f64)> = list
-                .iter()
-                .filter(|e| is_runtime(&e.cat))
-                .map(|e| {
-                    let gpu = e
-                        .args
-                        .correlation
-                        .and_then(|c| gpu_of.get(&c))
-                        .copied()
-                        .unwrap_or(0.0);
-                    (e.ts, gpu)
-                })
-                .collect();
-            for e in list.iter().filter(|e| e.cat == "user_annotation") {
-                let lo = launches.partition_point(|(t, _)| *t < e.ts);
-                let hi = launches.partition_point(|(t, _)| *t <= e.ts + e.dur);
-                let gpu: f64 = launches[lo..hi].iter().map(|(_, g)| g).sum();
-                if !span_at.contains_key(&e.name) {
-                    first_seen.push((e.ts, e.name.clone()));
-                }
-                add(&mut spans, &mut span_at, &e.name, e.dur / 1e3, gpu / 1e3);
-            }
             // Self time: an op's duration less its direct child ops' (nesting by time on one thread).
-            let host: Vec<&&Event> = list.iter().filter(|e| e.cat == "cpu_op").collect();
-            let mut child_time = vec![0.0; host.len()];
+            let host: Vec<&Event> = list.iter().filter(|e| e.cat == "cpu_op").copied().collect();
+            let mut own: Vec<f64> = host.iter().map(|e| e.dur).collect();
+            let mut top_level = vec![false; host.len()];
             let mut stack: Vec<usize> = Vec::new();
             for (i, e) in host.iter().enumerate() {
-                while let Some(&top) = stack.last() {
-                    if e.ts >= host[top].ts + host[top].dur {
-                        stack.pop();
-                    } else {
-                        break;
-                    }
+                while stack
+                    .last()
+                    .is_some_and(|&top| e.ts >= host[top].ts + host[top].dur)
+                {
+                    stack.pop();
                 }
-                if let Some(&parent) = stack.last() {
-                    child_time[parent] += e.dur;
+                match stack.last() {
+                    Some(&parent) => own[parent] -= e.dur,
+                    None => top_level[i] = true,
                 }
                 stack.push(i);
             }
             for (i, e) in host.iter().enumerate() {
-                let own = (e.dur - child_time[i]).max(0.0);
-                add(&mut ops, &mut op_at, &e.name, own / 1e3, e.dur / 1e3);
+                ops.add(&e.name, own[i].max(0.0) / 1e3, e.dur / 1e3);
+            }
+            let calls: Vec<&Event> = list
+                .iter()
+                .filter(|e| is_runtime(&e.cat))
+                .copied()
+                .collect();
+            let launched = |e: &Event| e.args.correlation.and_then(|c| gpu_of.get(&c));
+            for span in list.iter().filter(|e| e.cat == "user_annotation") {
+                let (from, to) = (span.ts, span.ts + span.dur);
+                let within = |xs: &[&Event]| {
+                    xs.partition_point(|e| e.ts < from)..xs.partition_point(|e| e.ts <= to)
+                };
+                let detail = inside.entry(span.name.clone()).or_default();
+                let mut gpu = 0.0;
+                for c in &calls[within(&calls)] {
+                    detail.runtime.add(&c.name, c.dur / 1e3, 0.0);
+                    for (name, dur) in launched(c).into_iter().flatten() {
+                        detail.kernels.add(name, dur / 1e3, 0.0);
+                        gpu += dur;
+                    }
+                }
+                let r = within(&host);
+                let mut in_ops = 0.0;
+                for (i, e) in host[r.clone()].iter().enumerate() {
+                    detail
+                        .host_ops
+                        .add(&e.name, own[r.start + i].max(0.0) / 1e3, e.dur / 1e3);
+                    if top_level[r.start + i] {
+                        in_ops += e.dur;
+                    }
+                }
+                if !spans.has(&span.name) {
+                    first_seen.push((span.ts, span.name.clone()));
+                }
+                let row = spans.add(&span.name, span.dur / 1e3, gpu / 1e3);
+                row.outside_ms += (span.dur - in_ops).max(0.0) / 1e3;
             }
         }
         first_seen.sort_by(|a, b| a.0.total_cmp(&b.0));
         s.spans = first_seen
             .iter()
-            .filter_map(|(_, n)| span_at.get(n).map(|&i| spans[i].clone()))
+            .filter_map(|(_, n)| spans.get(n).cloned())
             .collect();
-        s.host_ops = longest_first(ops);
+        s.inside = first_seen
+            .iter()
+            .filter_map(|(_, n)| {
+                inside.remove(n).map(|d| {
+                    (
+                        n.clone(),
+                        SpanTables {
+                            host_ops: d.host_ops.longest_first(),
+                            runtime: d.runtime.longest_first(),
+                            kernels: d.kernels.longest_first(),
+                        },
+                    )
+                })
+            })
+            .collect();
+        s.host_ops = ops.longest_first();
         s
     }
 
@@ -244,16 +319,17 @@ impl TraceSummary {
         let per_call = |r: &Row| format!("{:.3}", r.ms / r.calls.max(1) as f64);
         let share = |r: &Row| format!("{:.1}%", 100.0 * r.ms / wall);
         let other = |r: &Row| format!("{:.2}", r.other_ms);
+        let outside = |r: &Row| format!("{:.2}", r.outside_ms);
         type Col<'a> = (&'a str, &'a dyn Fn(&Row) -> String);
-        let table = |out: &mut String, head: &str, cols: &[Col<'_>], rows: &[Row], cut: bool| {
+        let table = |out: &mut String, head: &str, cols: &[Col<'_>], rows: &[Row], cut: usize| {
             if rows.is_empty() {
                 return;
             }
-            let _ = writeln!(out, "\n## {head}\n");
+            let _ = writeln!(out, "\n{head}\n");
             let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
             let _ = writeln!(out, "| name | {} |", names.join(" | "));
             let _ = writeln!(out, "|---|{}", "---:|".repeat(cols.len()));
-            let shown = if cut { top.min(rows.len()) } else { rows.len() };
+            let shown = cut.min(rows.len());
             for r in &rows[..shown] {
                 let name: String = r.name.chars().take(100).collect();
                 let cells: Vec<String> = cols.iter().map(|c| (c.1)(r)).collect();
@@ -269,7 +345,7 @@ impl TraceSummary {
                     name: String::new(),
                     calls: rows[shown..].iter().map(|r| r.calls).sum(),
                     ms: rows[shown..].iter().map(|r| r.ms).sum(),
-                    other_ms: 0.0,
+                    ..Row::default()
                 };
                 let _ = writeln!(
                     out,
@@ -286,43 +362,56 @@ impl TraceSummary {
             ("ms", &ms),
             ("ms / call", &per_call),
             ("% of wall", &share),
+            ("ms in no torch op", &outside),
         ];
         if on_gpu {
             span_cols.push(("GPU ms launched inside", &other));
         }
-        table(
-            &mut out,
-            "Spans (spar's phases; nested spans count in their parents too)",
-            &span_cols,
-            &self.spans,
-            false,
-        );
-        table(
-            &mut out,
-            "Host ops by self time",
-            &[
-                ("calls", &calls),
-                ("self ms", &ms),
-                ("self ms / call", &per_call),
-                ("total ms", &other),
-            ],
-            &self.host_ops,
-            true,
-        );
+        let host_cols: [Col<'_>; 4] = [
+            ("calls", &calls),
+            ("self ms", &ms),
+            ("self ms / call", &per_call),
+            ("total ms", &other),
+        ];
         let timed: [Col<'_>; 4] = [
             ("calls", &calls),
             ("ms", &ms),
             ("ms / call", &per_call),
             ("% of wall", &share),
         ];
+        let inner: [Col<'_>; 3] = [("calls", &calls), ("ms", &ms), ("ms / call", &per_call)];
+        let spans_head = "## Spans (spar's phases; nested spans count in their parents too)";
+        table(&mut out, spans_head, &span_cols, &self.spans, usize::MAX);
         table(
             &mut out,
-            "GPU kernels, memcpys, memsets",
-            &timed,
-            &self.kernels,
-            true,
+            "## Host ops by self time",
+            &host_cols,
+            &self.host_ops,
+            top,
         );
-        table(&mut out, "CUDA runtime calls", &timed, &self.runtime, true);
+        let gpu_head = "## GPU kernels, memcpys, memsets";
+        table(&mut out, gpu_head, &timed, &self.kernels, top);
+        table(
+            &mut out,
+            "## CUDA runtime calls",
+            &timed,
+            &self.runtime,
+            top,
+        );
+        let few = top.div_ceil(3);
+        if !self.inside.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n## Inside each span\n\nSummed over the span's calls: host ops by self time, CUDA runtime \
+                 calls, and the GPU work those calls launched ({few} longest of each)."
+            );
+        }
+        for (name, t) in &self.inside {
+            let _ = writeln!(out, "\n### `{name}`");
+            table(&mut out, "Host ops:", &host_cols, &t.host_ops, few);
+            table(&mut out, "CUDA runtime calls:", &inner, &t.runtime, few);
+            table(&mut out, "GPU work launched:", &inner, &t.kernels, few);
+        }
         out
     }
 }
@@ -382,6 +471,11 @@ mod tests {
             "GPU time inside the span: {}",
             s.spans[0].other_ms
         );
+        assert!(
+            (s.spans[0].outside_ms - 0.025).abs() < 1e-9,
+            "100 µs less the two top-level ops' 50 + 25: {}",
+            s.spans[0].outside_ms
+        );
         let op = |n: &str| s.host_ops.iter().find(|r| r.name == n).unwrap().clone();
         assert!(
             (op("aten::linear").ms - 0.02).abs() < 1e-9,
@@ -398,13 +492,27 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| `engine/prefill` | 1 | 0.10 | 0.100 | 100.0% | 0.04 |"),
+            md.contains("| `engine/prefill` | 1 | 0.10 | 0.100 | 100.0% | 0.03 | 0.04 |"),
             "{md}"
         );
         assert!(
             md.contains("| `cudaStreamSynchronize` | 1 | 0.02 | 0.020 | 20.0% |"),
             "{md}"
         );
+        let (name, inside) = &s.inside[0];
+        assert_eq!(name, "engine/prefill");
+        assert_eq!(
+            inside.kernels[0].name, "gemm",
+            "launched from inside the span"
+        );
+        assert_eq!(
+            inside.kernels.len(),
+            1,
+            "the memcpy has no launch in the trace"
+        );
+        assert_eq!(inside.runtime[0].name, "cudaStreamSynchronize");
+        assert_eq!(inside.host_ops.len(), 3);
+        assert!(md.contains("### `engine/prefill`"), "{md}");
         let cut = s.to_markdown("round 2", 1);
         assert!(cut.contains("| (1 more) | 1 | 0.02 | | |"), "{cut}");
     }
