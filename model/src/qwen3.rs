@@ -1078,6 +1078,7 @@ impl Qwen3Model {
         let q = apply_rotary(&q, cos, sin)?;
         let mut k = apply_rotary(&k, cos, sin)?;
         let mut v = v;
+        let cached = cache.is_some();
         if let Some((cache, plan)) = cache {
             let li = layer.index;
             let idx = [
@@ -1101,19 +1102,47 @@ impl Qwen3Model {
             v = read(&cache.v[li])?;
         }
         let n_rep = nh / nkv;
-        let (attn_mask, is_causal) = match mask {
-            AttnMask::Causal => (None, true),
-            AttnMask::Mask(m) => (Some(m), false),
+        let o = match mask {
+            // A few new tokens over long cached keys: no copy of the keys per query head.
+            AttnMask::Mask(m) if cached && n_rep > 1 => {
+                grouped_query_attention(&q, &k, &v, m, n_rep)?
+            }
+            AttnMask::Mask(m) if n_rep > 1 && self.device.is_cuda() => {
+                // With an explicit mask on CUDA the memory-efficient kernel runs; expanding KV heads keeps it
+                // eligible (training's padded batches: T = S, where stacking queries would grow the mask instead).
+                let (k, v) = (repeat_kv(&k, n_rep)?, repeat_kv(&v, n_rep)?);
+                Tensor::f_scaled_dot_product_attention(
+                    &q,
+                    &k,
+                    &v,
+                    Some(m),
+                    0.0,
+                    false,
+                    None,
+                    false,
+                )?
+            }
+            AttnMask::Mask(m) => Tensor::f_scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(m),
+                0.0,
+                false,
+                None,
+                n_rep > 1,
+            )?,
+            AttnMask::Causal => Tensor::f_scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                None::<Tensor>,
+                0.0,
+                true,
+                None,
+                n_rep > 1,
+            )?,
         };
-        // With an explicit mask on CUDA the memory-efficient kernel runs; expanding KV heads keeps it eligible.
-        let (k, v, gqa) = if n_rep > 1 && attn_mask.is_some() && self.device.is_cuda() {
-            (repeat_kv(&k, n_rep)?, repeat_kv(&v, n_rep)?, false)
-        } else {
-            (k, v, n_rep > 1)
-        };
-        let o = Tensor::f_scaled_dot_product_attention(
-            &q, &k, &v, attn_mask, 0.0, is_causal, None, gqa,
-        )?;
         Ok(o.f_transpose(1, 2)?
             .f_reshape([b, t, nh * d])?
             .f_linear(&a.o, None::<Tensor>)?)
@@ -1128,6 +1157,34 @@ impl EmbeddingExt for Tensor {
     fn f_embedding_as(&self, weight: &Tensor, pad: i64) -> Result<Tensor> {
         Ok(Tensor::f_embedding(weight, self, pad, false, false)?)
     }
+}
+
+/// Attention of `q: [B, H, T, D]` over `k, v: [B, Hkv, S, D]` (`H = Hkv * n_rep`, query head `h` reads KV head
+/// `h / n_rep`) under `mask: [B or 1, 1, T, S]`, with each KV head's `n_rep` query heads stacked along the query
+/// axis (`[B, Hkv, n_rep * T, D]`, the mask repeated to match). SDPA then needs neither GQA support, which its
+/// masked CUDA kernel lacks, nor a copy of the keys and values per query head: for a turn of T new tokens over
+/// S cached ones that copy is `n_rep` times the whole history's keys and values, per layer.
+fn grouped_query_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    n_rep: i64,
+) -> Result<Tensor> {
+    let (b, h, t, d) = q.size4()?;
+    let stacked = q.f_reshape([b, h / n_rep, n_rep * t, d])?;
+    let mask = mask.f_repeat([1, 1, n_rep, 1])?;
+    let o = Tensor::f_scaled_dot_product_attention(
+        &stacked,
+        k,
+        v,
+        Some(&mask),
+        0.0,
+        false,
+        None,
+        false,
+    )?;
+    Ok(o.f_reshape([b, h, t, d])?)
 }
 
 fn repeat_kv(x: &Tensor, n_rep: i64) -> Result<Tensor> {
@@ -1202,4 +1259,46 @@ pub fn positions_from_seq_ids(seq_ids: &Tensor) -> Result<Tensor> {
     let start_idx = ar.f_mul(&starts.f_to_kind(Kind::Int64)?)?; // index where a run starts, else 0
     let (run_start, _) = start_idx.f_cummax(1)?;
     Ok(ar.f_sub(&run_start)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stacking each KV head's query heads along the query axis gives what expanding the KV heads gives, under a
+    /// mask that differs per batch row (a ragged turn over histories of different lengths).
+    #[test]
+    fn stacked_query_heads_match_expanded_kv_heads() {
+        tch::manual_seed(3);
+        let (b, hkv, n_rep, t, s, d) = (2, 2, 3, 4, 9, 8);
+        let opts = (Kind::Float, Device::Cpu);
+        let q = Tensor::randn([b, t, hkv * n_rep, d], opts).transpose(1, 2);
+        let k = Tensor::randn([b, hkv, s, d], opts);
+        let v = Tensor::randn([b, hkv, s, d], opts);
+        // Row 0 holds 5 keys before its 4 new tokens, row 1 holds 3 and has 2 new (2 padding queries).
+        let mut m = vec![false; (b * t * s) as usize];
+        for (r, (held, new)) in [(5i64, 4i64), (3, 2)].into_iter().enumerate() {
+            for i in 0..t {
+                for j in 0..s {
+                    let visible = j <= held + i && j < held + new;
+                    m[(r as i64 * t * s + i * s + j) as usize] = visible || j == held + i;
+                }
+            }
+        }
+        let mask = Tensor::from_slice(&m).view([b, 1, t, s]);
+        let stacked = grouped_query_attention(&q, &k, &v, &mask, n_rep).unwrap();
+        let expanded = Tensor::scaled_dot_product_attention(
+            &q,
+            &repeat_kv(&k, n_rep).unwrap(),
+            &repeat_kv(&v, n_rep).unwrap(),
+            Some(&mask),
+            0.0,
+            false,
+            None,
+            false,
+        );
+        assert_eq!(stacked.size(), [b, hkv * n_rep, t, d]);
+        let diff = (&stacked - &expanded).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "max difference {diff}");
+    }
 }
