@@ -30,6 +30,8 @@
 //! bucket, a failed capture) makes [`GraphDecoder::decode`] return `None` and the caller runs the eager forward.
 
 use crate::cache::KvCache;
+use crate::fused_layers::FusedLayers;
+use crate::fused_prefill::{self, PrefillOutput};
 use crate::moe::moe_forward_with;
 use crate::qwen3::{Mlp, Qwen3Model};
 use crate::rope::apply_rotary;
@@ -97,72 +99,9 @@ struct Bucket {
     experts: Option<Tensor>,
 }
 
-/// One layer's projections concatenated so that one GEMM computes q, k and v (and one the MLP's gate and up).
-/// The model's own parameters are re-pointed into these buffers (same values, shared memory), so in-place
-/// weight updates (optimizer steps, weight sync) reach the graphs; [`fused_intact`] notices if anything
-/// re-pointed them since (then the buffers are rebuilt and the graphs recaptured).
-struct FusedLayer {
-    qkv: Tensor,
-    gate_up: Option<Tensor>,
-}
-
-/// Builds the fused buffers and re-points the model's q/k/v (and dense gate/up) parameters into them.
-fn fuse_weights(model: &Qwen3Model) -> Result<Vec<FusedLayer>> {
-    let _g = tch::no_grad_guard();
-    let point = |var: &Tensor, fused: &Tensor, start: i64, len: i64| -> Result<()> {
-        let mut v = var.shallow_clone();
-        v.f_set_data(&fused.f_narrow(0, start, len)?)?;
-        Ok(())
-    };
-    let mut out = Vec::with_capacity(model.layers.len());
-    for layer in &model.layers {
-        let a = &layer.attn;
-        let (nq, nk) = (a.q.size()[0], a.k.size()[0]);
-        let qkv = Tensor::f_cat(&[&a.q, &a.k, &a.v], 0)?;
-        point(&a.q, &qkv, 0, nq)?;
-        point(&a.k, &qkv, nq, nk)?;
-        point(&a.v, &qkv, nq + nk, nk)?;
-        let gate_up = match &layer.mlp {
-            Mlp::Dense { gate, up, .. } => {
-                let ni = gate.size()[0];
-                let gu = Tensor::f_cat(&[gate, up], 0)?;
-                point(gate, &gu, 0, ni)?;
-                point(up, &gu, ni, ni)?;
-                Some(gu)
-            }
-            Mlp::Moe { .. } => None,
-        };
-        out.push(FusedLayer { qkv, gate_up });
-    }
-    Ok(out)
-}
-
-/// Whether the model's parameters still live inside the fused buffers.
-fn fused_intact(model: &Qwen3Model, fused: &[FusedLayer]) -> bool {
-    let at = |var: &Tensor, buf: &Tensor, row: i64| {
-        let elt = buf.kind().elt_size_in_bytes() as i64;
-        let row_bytes = buf.size().get(1).copied().unwrap_or(0) * elt;
-        var.data_ptr() as i64 == buf.data_ptr() as i64 + row * row_bytes && var.kind() == buf.kind()
-    };
-    fused.len() == model.layers.len()
-        && model.layers.iter().zip(fused).all(|(layer, f)| {
-            let a = &layer.attn;
-            let (nq, nk) = (a.q.size()[0], a.k.size()[0]);
-            let attn_ok = at(&a.q, &f.qkv, 0) && at(&a.k, &f.qkv, nq) && at(&a.v, &f.qkv, nq + nk);
-            let mlp_ok = match (&layer.mlp, &f.gate_up) {
-                (Mlp::Dense { gate, up, .. }, Some(gu)) => {
-                    at(gate, gu, 0) && at(up, gu, gate.size()[0])
-                }
-                (Mlp::Moe { .. }, None) => true,
-                _ => false,
-            };
-            attn_ok && mlp_ok
-        })
-}
-
 /// Captured decode graphs over one model and one KV cache. See the module documentation.
 pub struct GraphDecoder {
-    fused: Vec<FusedLayer>,
+    fused: FusedLayers,
     ordinal: usize,
     buckets: Vec<usize>,
     inputs: HashMap<usize, Bucket>,
@@ -193,7 +132,7 @@ impl GraphDecoder {
             .collect();
         buckets.push(top);
         Some(GraphDecoder {
-            fused: Vec::new(),
+            fused: FusedLayers::default(),
             ordinal,
             buckets,
             inputs: HashMap::new(),
@@ -204,6 +143,21 @@ impl GraphDecoder {
             grouped: true,
             stats: GraphStats::default(),
         })
+    }
+
+    /// Appends several tokens to each `(slot, tokens)` row through the decode step's fused weights and kernels,
+    /// eagerly ([`crate::fused_prefill`]: about a third of the plain forward's host ops a layer), and returns
+    /// the logits after each row's last token. Slots must be distinct.
+    pub fn prefill(
+        &mut self,
+        model: &Qwen3Model,
+        cache: &mut KvCache,
+        rows: &[(usize, &[u32])],
+    ) -> Result<PrefillOutput> {
+        if self.fused.ensure(model)? {
+            self.graphs.clear();
+        }
+        fused_prefill::prefill(model, &self.fused, cache, rows)
     }
 
     /// Row buckets graphs are captured for.
@@ -243,10 +197,9 @@ impl GraphDecoder {
             self.graphs.clear();
             self.cache_id = cache.storage_id();
         }
-        if !fused_intact(model, &self.fused) {
-            // First step, or someone replaced the parameters' storage (e.g. a dtype change): refuse and re-fuse.
+        if self.fused.ensure(model)? {
+            // First step, or someone replaced the parameters' storage (e.g. a dtype change): recapture.
             self.graphs.clear();
-            self.fused = fuse_weights(model)?;
         }
         let _g = tch::no_grad_guard();
         let slots: Vec<usize> = rows.iter().map(|(s, _)| *s).collect();
@@ -413,7 +366,7 @@ fn enabled_by_env() -> bool {
 /// inputs and writing its static outputs. Graph-safe: no host reads, no host-to-device copies, shapes fixed.
 fn step_into(
     model: &Qwen3Model,
-    fused: &[FusedLayer],
+    fused: &FusedLayers,
     cache: &KvCache,
     bucket: &Bucket,
     r: usize,
@@ -455,7 +408,7 @@ fn step_into(
 /// `_grouped_mm` (else per-pair gathered weights, which every torch build can capture).
 fn decode_step(
     model: &Qwen3Model,
-    fused: &[FusedLayer],
+    fused: &FusedLayers,
     cache: &KvCache,
     inputs: &Tensor,
     r: i64,
@@ -498,7 +451,7 @@ fn decode_step(
         Some(l) => rms_norm(&x, &l.input_ln, eps)?,
         None => rms_norm(&x, &model.norm, eps)?,
     };
-    for (li, (layer, fl)) in model.layers.iter().zip(fused).enumerate() {
+    for (li, (layer, fl)) in model.layers.iter().zip(fused.iter()).enumerate() {
         let a = &layer.attn;
         let (kc, vc) = cache.layer(layer.index);
         let qkv = hin.f_linear(&fl.qkv, None::<Tensor>)?; // [r, 1, (nh + 2 nkv) D]

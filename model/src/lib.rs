@@ -8,6 +8,8 @@ pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod expert_parallel;
+pub mod fused_layers;
+pub mod fused_prefill;
 pub mod generate;
 pub mod graph_decode;
 pub mod hf_ranges;

@@ -4,6 +4,8 @@
 mod checkpoints;
 #[path = "it/common.rs"]
 mod common;
+#[path = "it/fused_prefill.rs"]
+mod fused_prefill;
 #[path = "it/graph_decode.rs"]
 mod graph_decode;
 #[path = "it/internal.rs"]

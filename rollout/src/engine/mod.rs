@@ -698,6 +698,21 @@ impl<'m> Engine<'m> {
         let _span = range("engine/forward");
         let t = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
         let b = rows.len();
+        let slot_list: Vec<usize> = rows.iter().map(|(i, _)| self.running[*i].slot).collect();
+        // Prefill through the decode step's fused weights and kernels where the graph decoder holds them (a
+        // third of the plain forward's host ops a layer); batch-invariant runs keep the plain forward.
+        if let (true, false, Some(graphs)) = (t > 1, self.cfg.batch_invariant, self.graphs.as_mut())
+            && fused_prefill_enabled()
+        {
+            let spec: Vec<(usize, &[u32])> = slot_list
+                .iter()
+                .zip(rows)
+                .map(|(s, (_, p))| (*s, p.as_slice()))
+                .collect();
+            let out = graphs.prefill(self.model, &mut self.cache, &spec)?;
+            self.append_routing(rows, &slot_list, out.routed_experts.as_ref())?;
+            return Ok(want_logits.then_some(out.logits));
+        }
         let mut ids = vec![0i64; b * t];
         let mut mask = vec![0i64; b * t];
         let ragged = rows.iter().any(|(_, p)| p.len() != t);
@@ -716,7 +731,6 @@ impl<'m> Engine<'m> {
                 .view([b as i64, t as i64])
                 .to_device(dev)
         });
-        let slot_list: Vec<usize> = rows.iter().map(|(i, _)| self.running[*i].slot).collect();
         self.cache.select_slots(&slot_list)?;
         let mut input = ForwardInput::new(&ids_t).cache(&mut self.cache);
         if let Some(m) = &mask_t {
@@ -727,16 +741,7 @@ impl<'m> Engine<'m> {
             input = input.hidden_only();
         }
         let out = self.model.forward(input)?;
-        if let (Some((l, k)), Some(re)) = (self.routing_shape, &out.routed_experts) {
-            let flat: Vec<i64> = Vec::<i64>::try_from(re.to_device(Device::Cpu).reshape([-1]))?;
-            for (r, (_, p)) in rows.iter().enumerate() {
-                let per = l * k;
-                let row = &flat[r * t * per..(r * t + p.len()) * per];
-                self.slots[slot_list[r]]
-                    .routing
-                    .extend(row.iter().map(|&e| e as u16));
-            }
-        }
+        self.append_routing(rows, &slot_list, out.routed_experts.as_ref())?;
         if !want_logits {
             return Ok(None);
         }
@@ -754,6 +759,29 @@ impl<'m> Engine<'m> {
                 .f_linear(weight, None::<Tensor>)?
         };
         Ok(Some(logits))
+    }
+
+    /// Appends the experts each row's new tokens chose (`routed: [b, t, n_moe, k]`, rows right-padded) to its
+    /// slot's routing, when the engine records routing.
+    fn append_routing(
+        &mut self,
+        rows: &[(usize, Vec<u32>)],
+        slot_list: &[usize],
+        routed: Option<&Tensor>,
+    ) -> Result<()> {
+        let (Some((l, k)), Some(re)) = (self.routing_shape, routed) else {
+            return Ok(());
+        };
+        let t = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
+        let flat: Vec<i64> = Vec::<i64>::try_from(re.to_device(Device::Cpu).reshape([-1]))?;
+        let per = l * k;
+        for (r, (_, p)) in rows.iter().enumerate() {
+            let row = &flat[r * t * per..(r * t + p.len()) * per];
+            self.slots[slot_list[r]]
+                .routing
+                .extend(row.iter().map(|&e| e as u16));
+        }
+        Ok(())
     }
 
     fn sample_rows(&mut self, rows: &[usize], logits: &Tensor) -> Result<()> {
@@ -917,4 +945,10 @@ impl<'m> Engine<'m> {
             }
         }
     }
+}
+
+/// Whether prefills may take the fused path (`SPAR_FUSED_PREFILL=0` keeps the plain forward, for comparisons).
+fn fused_prefill_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SPAR_FUSED_PREFILL").map_or(true, |v| v != "0"))
 }

@@ -1,0 +1,103 @@
+//! Each layer's projections concatenated so that one GEMM computes q, k and v (and one the dense MLP's gate and
+//! up): the weights of the decode step ([`crate::graph_decode`]) and of the fused prefill
+//! ([`crate::fused_prefill`]).
+//!
+//! The model's own parameters are re-pointed into these buffers (same values, shared memory), so in-place weight
+//! updates (optimizer steps, weight sync) reach them; [`FusedLayers::ensure`] notices when anything re-pointed the
+//! parameters since (a dtype change, a load) and rebuilds the buffers. One owner per model: a second set would
+//! re-point the parameters away from the first.
+
+use crate::qwen3::{Mlp, Qwen3Model};
+use anyhow::Result;
+use tch::Tensor;
+
+/// One layer's fused projection weights.
+pub(crate) struct FusedLayer {
+    /// `[(nh + 2 nkv) d, H]`: q rows, then k, then v.
+    pub(crate) qkv: Tensor,
+    /// `[2 I, H]`: gate rows, then up (dense layers only).
+    pub(crate) gate_up: Option<Tensor>,
+}
+
+/// The fused weights of every layer of one model (empty until [`FusedLayers::ensure`]).
+#[derive(Default)]
+pub struct FusedLayers {
+    layers: Vec<FusedLayer>,
+}
+
+impl FusedLayers {
+    /// Fuses `model`'s weights (re-pointing its parameters into the buffers).
+    pub fn new(model: &Qwen3Model) -> Result<FusedLayers> {
+        let mut f = FusedLayers::default();
+        f.ensure(model)?;
+        Ok(f)
+    }
+
+    /// Makes sure the model's parameters live in these buffers, rebuilding them when not (first use, or the
+    /// parameters were replaced). Returns whether they were rebuilt.
+    pub fn ensure(&mut self, model: &Qwen3Model) -> Result<bool> {
+        if fused_intact(model, &self.layers) {
+            return Ok(false);
+        }
+        self.layers = fuse_weights(model)?;
+        Ok(true)
+    }
+
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, FusedLayer> {
+        self.layers.iter()
+    }
+}
+
+/// Builds the fused buffers and re-points the model's q/k/v (and dense gate/up) parameters into them.
+fn fuse_weights(model: &Qwen3Model) -> Result<Vec<FusedLayer>> {
+    let _g = tch::no_grad_guard();
+    let point = |var: &Tensor, fused: &Tensor, start: i64, len: i64| -> Result<()> {
+        let mut v = var.shallow_clone();
+        v.f_set_data(&fused.f_narrow(0, start, len)?)?;
+        Ok(())
+    };
+    let mut out = Vec::with_capacity(model.layers.len());
+    for layer in &model.layers {
+        let a = &layer.attn;
+        let (nq, nk) = (a.q.size()[0], a.k.size()[0]);
+        let qkv = Tensor::f_cat(&[&a.q, &a.k, &a.v], 0)?;
+        point(&a.q, &qkv, 0, nq)?;
+        point(&a.k, &qkv, nq, nk)?;
+        point(&a.v, &qkv, nq + nk, nk)?;
+        let gate_up = match &layer.mlp {
+            Mlp::Dense { gate, up, .. } => {
+                let ni = gate.size()[0];
+                let gu = Tensor::f_cat(&[gate, up], 0)?;
+                point(gate, &gu, 0, ni)?;
+                point(up, &gu, ni, ni)?;
+                Some(gu)
+            }
+            Mlp::Moe { .. } => None,
+        };
+        out.push(FusedLayer { qkv, gate_up });
+    }
+    Ok(out)
+}
+
+/// Whether the model's parameters still live inside the fused buffers.
+fn fused_intact(model: &Qwen3Model, fused: &[FusedLayer]) -> bool {
+    let at = |var: &Tensor, buf: &Tensor, row: i64| {
+        let elt = buf.kind().elt_size_in_bytes() as i64;
+        let row_bytes = buf.size().get(1).copied().unwrap_or(0) * elt;
+        var.data_ptr() as i64 == buf.data_ptr() as i64 + row * row_bytes && var.kind() == buf.kind()
+    };
+    fused.len() == model.layers.len()
+        && model.layers.iter().zip(fused).all(|(layer, f)| {
+            let a = &layer.attn;
+            let (nq, nk) = (a.q.size()[0], a.k.size()[0]);
+            let attn_ok = at(&a.q, &f.qkv, 0) && at(&a.k, &f.qkv, nq) && at(&a.v, &f.qkv, nq + nk);
+            let mlp_ok = match (&layer.mlp, &f.gate_up) {
+                (Mlp::Dense { gate, up, .. }, Some(gu)) => {
+                    at(gate, gu, 0) && at(up, gu, gate.size()[0])
+                }
+                (Mlp::Moe { .. }, None) => true,
+                _ => false,
+            };
+            attn_ok && mlp_ok
+        })
+}

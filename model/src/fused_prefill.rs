@@ -1,0 +1,256 @@
+//! Prefill of new tokens into the KV cache through the decode step's fused weights and kernels.
+//!
+//! A consultation appends a turn of a few to a few hundred tokens to a cached history, many times a round. The
+//! plain cached forward ([`Qwen3Model::forward`]) issues about 60 host ops a layer (separate q, k, v GEMMs, RMSNorm
+//! and RoPE as compositions of small ops, the cache writes), so on a GPU a prefill of a 28-layer model costs
+//! tens of milliseconds of host time whatever its size. This path does per layer what the decode step
+//! ([`crate::graph_decode`]) does, with every new token of every row as one row of the fused kernels:
+//!
+//! - one GEMM for q, k and v ([`FusedLayers`]);
+//! - one kernel for the q and k norms, RoPE and the cache writes of every token
+//!   ([`decode_ops::qk_norm_rope_store`]: token `j` of row `i` is flat cache row `slot_i * width + held_i + j`);
+//! - SDPA over each row's cached keys with the query heads of a KV head stacked along the query axis and one
+//!   additive mask built once per prefill (no copy of the keys per query head, no mask conversion per layer);
+//! - the residual add fused with the next norm, and one GEMM for the MLP's gate and up.
+//!
+//! Where a kernel does not apply (CPU, another dtype) its torch composition runs instead, so the path computes
+//! the plain forward's values everywhere (summation order aside); the CPU tests compare the two.
+
+use crate::cache::KvCache;
+use crate::fused_layers::FusedLayers;
+use crate::moe::moe_forward;
+use crate::qwen3::{Mlp, Qwen3Model};
+use crate::rope::apply_rotary;
+use anyhow::{Result, bail, ensure};
+use spar_kernels::{decode_ops, rms_norm};
+use tch::{Kind, Tensor};
+
+/// What a fused prefill hands back.
+pub struct PrefillOutput {
+    /// `[b, vocab]` logits of each row's last new token, in the model dtype.
+    pub logits: Tensor,
+    /// `[b, t, n_moe_layers, k]` int64 chosen experts of every new token (padding positions included), as
+    /// [`Qwen3Model::forward`] returns them; None for a dense model.
+    pub routed_experts: Option<Tensor>,
+}
+
+/// Appends `tokens` to each `(slot, tokens)` row's cached sequence (rows right-padded to the longest) and returns
+/// the logits after each row's last token. Slots must be distinct, tokens non-empty. Advances the slots' lengths
+/// like a cached forward.
+pub fn prefill(
+    model: &Qwen3Model,
+    fused: &FusedLayers,
+    cache: &mut KvCache,
+    rows: &[(usize, &[u32])],
+) -> Result<PrefillOutput> {
+    let c = &model.config;
+    let (dev, kind, eps) = (model.device(), model.kind(), c.rms_norm_eps);
+    let (nh, nkv, d, h) = (
+        c.num_attention_heads as i64,
+        c.num_key_value_heads as i64,
+        c.head_dim as i64,
+        c.hidden_size as i64,
+    );
+    let n_rep = nh / nkv;
+    let b = rows.len();
+    let t = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
+    ensure!(
+        b > 0 && rows.iter().all(|(_, p)| !p.is_empty()),
+        "a prefill needs rows with tokens"
+    );
+    ensure!(
+        cache.device() == dev,
+        "KV cache is on {:?}, model on {dev:?}",
+        cache.device()
+    );
+    let (max_len, width) = (cache.max_len(), cache.max_len() as i64 + 1);
+    let mut ids = vec![0i64; b * t];
+    let (mut held, mut valid, mut phys) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (slot, toks)) in rows.iter().enumerate() {
+        if *slot >= cache.slots() || rows[..i].iter().any(|(s, _)| s == slot) {
+            bail!(
+                "prefill: slot {slot} out of range or listed twice ({} slots)",
+                cache.slots()
+            );
+        }
+        if cache.len(*slot) + t > max_len {
+            bail!(
+                "KV cache overflow: a slot would hold {} tokens, max_len is {max_len}",
+                cache.len(*slot) + t
+            );
+        }
+        for (j, &tok) in toks.iter().enumerate() {
+            ensure!(
+                (tok as usize) < c.vocab_size,
+                "token {tok} is outside the vocabulary"
+            );
+            ids[i * t + j] = tok as i64;
+        }
+        held.push(cache.len(*slot) as i64);
+        valid.push(toks.len() as i64);
+        phys.push(cache.physical(*slot) as i64);
+    }
+    let (b, t) = (b as i64, t as i64);
+    let read_len = held.iter().max().copied().unwrap_or(0) + t;
+    let _g = tch::no_grad_guard();
+
+    let to_dev = |v: &[i64]| -> Result<Tensor> { Ok(Tensor::from_slice(v).f_to_device(dev)?) };
+    let ids = to_dev(&ids)?.f_view([b, t])?;
+    let held_t = to_dev(&held)?.f_view([b, 1])?;
+    let phys_t = to_dev(&phys)?;
+    let pos = held_t.f_add(&Tensor::f_arange(t, (Kind::Int64, dev))?.f_view([1, t])?)?; // [b, t]
+    let write_at = phys_t
+        .f_view([b, 1])?
+        .f_mul_scalar(width)?
+        .f_add(&pos)?
+        .f_view([b * t])?;
+    // Query (i, j) sees key k if k <= its position and k is a real token of row i; a padding query sees itself.
+    let keys = Tensor::f_arange(read_len, (Kind::Int64, dev))?.f_view([1, 1, read_len])?;
+    let qpos = pos.f_unsqueeze(-1)?;
+    let end = held_t
+        .f_add(&to_dev(&valid)?.f_view([b, 1])?)?
+        .f_view([b, 1, 1])?;
+    let visible = keys
+        .f_le_tensor(&qpos)?
+        .f_logical_and(&keys.f_lt_tensor(&end)?)?
+        .f_logical_or(&keys.f_eq_tensor(&qpos)?)?; // [b, t, read_len]
+    // Additive, in the model dtype, repeated for the query heads stacked per KV head: built once, not per layer.
+    let mask = Tensor::f_zeros([b, t, read_len], (kind, dev))?
+        .f_masked_fill(&visible.f_logical_not()?, f64::NEG_INFINITY)?
+        .f_unsqueeze(1)?
+        .f_repeat([1, 1, n_rep, 1])?; // [b, 1, n_rep * t, read_len]
+    let (cos, sin) = model.rope.cos_sin(&pos.f_view([b * t, 1])?, kind)?; // [b t, 1, d]
+    let contiguous_from = phys.windows(2).all(|w| w[1] == w[0] + 1).then(|| phys[0]);
+    // Rows' cached keys or values, [b, nkv, read_len, d]: a view when the slots are contiguous, else a gather.
+    let rows_of = |cache_layer: &Tensor| -> Result<Tensor> {
+        let window = cache_layer.f_narrow(1, 0, read_len)?;
+        let picked = match contiguous_from {
+            Some(s) => window.f_narrow(0, s, b)?,
+            None => window.f_index_select(0, &phys_t)?,
+        };
+        Ok(picked.f_transpose(1, 2)?)
+    };
+
+    let mut x = Tensor::f_embedding(&model.embed, &ids, model.pad_idx(), false, false)?; // [b, t, H]
+    let mut hin = match model.layers.first() {
+        Some(l) => rms_norm(&x, &l.input_ln, eps)?,
+        None => rms_norm(&x, &model.norm, eps)?,
+    };
+    let mut experts = Vec::new();
+    for (li, (layer, fl)) in model.layers.iter().zip(fused.iter()).enumerate() {
+        let a = &layer.attn;
+        let (kc, vc) = cache.layer(layer.index);
+        let qkv = hin
+            .f_linear(&fl.qkv, None::<Tensor>)?
+            .f_view([b * t, 1, -1])?;
+        let stored = decode_ops::qk_norm_rope_store(
+            &qkv,
+            &a.q_norm,
+            &a.k_norm,
+            &cos,
+            &sin,
+            &write_at,
+            kc,
+            vc,
+            (nh, nkv, d),
+            eps,
+        )?;
+        let q = match stored {
+            Some(q) => q, // [b t, nh, d]
+            None => {
+                let r = b * t;
+                let q = rms_norm(
+                    &qkv.f_narrow(-1, 0, nh * d)?.f_reshape([r, 1, nh, d])?,
+                    &a.q_norm,
+                    eps,
+                )?;
+                let k = rms_norm(
+                    &qkv.f_narrow(-1, nh * d, nkv * d)?
+                        .f_reshape([r, 1, nkv, d])?,
+                    &a.k_norm,
+                    eps,
+                )?;
+                let q = apply_rotary(&q.f_transpose(1, 2)?, &cos, &sin)?; // [r, nh, 1, d]
+                let k = apply_rotary(&k.f_transpose(1, 2)?, &cos, &sin)?.f_reshape([r, nkv, d])?;
+                let v = qkv
+                    .f_narrow(-1, (nh + nkv) * d, nkv * d)?
+                    .f_reshape([r, nkv, d])?;
+                let slots = kc.size()[0];
+                let _ = kc
+                    .f_view([slots * width, nkv, d])?
+                    .f_index_copy_(0, &write_at, &k)?;
+                let _ = vc
+                    .f_view([slots * width, nkv, d])?
+                    .f_index_copy_(0, &write_at, &v)?;
+                q
+            }
+        };
+        // Query heads n * n_rep .. (n + 1) * n_rep read KV head n: stack them along its query axis.
+        let stacked = q
+            .f_reshape([b, t, nkv, n_rep, d])?
+            .f_permute([0, 2, 3, 1, 4])?
+            .f_reshape([b, nkv, n_rep * t, d])?;
+        let o = Tensor::f_scaled_dot_product_attention(
+            &stacked,
+            &rows_of(kc)?,
+            &rows_of(vc)?,
+            Some(&mask),
+            0.0,
+            false,
+            None,
+            false,
+        )?; // [b, nkv, n_rep t, d]
+        let o = o
+            .f_reshape([b, nkv, n_rep, t, d])?
+            .f_permute([0, 3, 1, 2, 4])?
+            .f_reshape([b, t, nh * d])?
+            .f_linear(&a.o, None::<Tensor>)?;
+        let (x1, h2) = decode_ops::add_rms_norm(&x, &o, &layer.post_ln, eps)?;
+        let y = match &layer.mlp {
+            Mlp::Dense { down, .. } => {
+                let Some(gu) = fl.gate_up.as_ref() else {
+                    bail!("dense layer {li} without fused gate_up");
+                };
+                decode_ops::silu_mul_packed(&h2.f_linear(gu, None::<Tensor>)?)?
+                    .f_linear(down, None::<Tensor>)?
+            }
+            Mlp::Moe { weights, .. } => {
+                let k = c.num_experts_per_tok as i64;
+                let o = moe_forward(
+                    weights,
+                    &h2.f_reshape([b * t, h])?,
+                    k,
+                    c.norm_topk_prob,
+                    None,
+                )?;
+                experts.push(o.experts);
+                o.hidden.f_view([b, t, h])?
+            }
+        };
+        let next_norm = match model.layers.get(li + 1) {
+            Some(next) => &next.input_ln,
+            None => &model.norm,
+        };
+        let (x2, hn) = decode_ops::add_rms_norm(&x1, &y, next_norm, eps)?;
+        x = x2;
+        hin = hn;
+    }
+    for ((slot, _), (h0, n)) in rows.iter().zip(held.iter().zip(&valid)) {
+        cache.set_len(*slot, (h0 + n) as usize);
+    }
+    // `hin` is the last layer's output through the final norm: the head reads each row's last real token.
+    let last = to_dev(&valid)?.f_sub_scalar(1)?;
+    let logits = hin
+        .f_index(&[Some(Tensor::f_arange(b, (Kind::Int64, dev))?), Some(last)])?
+        .f_linear(model.lm_head_weight(), None::<Tensor>)?;
+    let routed_experts = if experts.is_empty() {
+        None
+    } else {
+        let n_moe = experts.len() as i64;
+        Some(Tensor::f_stack(&experts, 1)?.f_view([b, t, n_moe, -1])?)
+    };
+    Ok(PrefillOutput {
+        logits,
+        routed_experts,
+    })
+}
