@@ -1,9 +1,11 @@
 //! Prefill of new tokens into the KV cache through the decode step's fused weights and kernels.
 //!
 //! A consultation appends a turn of a few to a few hundred tokens to a cached history, many times a round. The
-//! plain cached forward ([`Qwen3Model::forward`]) issues about 60 host ops a layer (separate q, k, v GEMMs, RMSNorm
-//! and RoPE as compositions of small ops, the cache writes), so on a GPU a prefill of a 28-layer model costs
-//! tens of milliseconds of host time whatever its size. This path does per layer what the decode step
+//! plain cached forward ([`Qwen3Model::forward`]) issues about 86 top-level torch ops a layer on the CPU trace of
+//! a 28-layer model (about 65 on a GPU, where RMSNorm is one kernel): separate q, k, v GEMMs, RoPE as a composition
+//! of small ops, the cache writes. A prefill is then ~1,800 host dispatches whatever its size, tens of
+//! milliseconds of host time (the H100 runs measured ~70 ms per prefill forward, docs/benchmarks.md). This path
+//! issues about 30 a layer, doing what the decode step
 //! ([`crate::graph_decode`]) does, with every new token of every row as one row of the fused kernels:
 //!
 //! - one GEMM for q, k and v ([`FusedLayers`]);

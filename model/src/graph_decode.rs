@@ -146,7 +146,7 @@ impl GraphDecoder {
     }
 
     /// Appends several tokens to each `(slot, tokens)` row through the decode step's fused weights and kernels,
-    /// eagerly ([`crate::fused_prefill`]: about a third of the plain forward's host ops a layer), and returns
+    /// eagerly ([`crate::fused_prefill`]: under half the plain forward's host ops a layer), and returns
     /// the logits after each row's last token. Slots must be distinct.
     pub fn prefill(
         &mut self,

@@ -699,8 +699,8 @@ impl<'m> Engine<'m> {
         let t = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
         let b = rows.len();
         let slot_list: Vec<usize> = rows.iter().map(|(i, _)| self.running[*i].slot).collect();
-        // Prefill through the decode step's fused weights and kernels where the graph decoder holds them (a
-        // third of the plain forward's host ops a layer); batch-invariant runs keep the plain forward.
+        // Prefill through the decode step's fused weights and kernels where the graph decoder holds them (under
+        // half the plain forward's host ops a layer); batch-invariant runs keep the plain forward.
         if let (true, false, Some(graphs)) = (t > 1, self.cfg.batch_invariant, self.graphs.as_mut())
             && fused_prefill_enabled()
         {
