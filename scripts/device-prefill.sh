@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Issue 16's prefill question in one device call: is the engine's prefill of new turns bound by host dispatch
+# (~70 ms per forward on an H100 whatever its size), and does the fused prefill (model/src/fused_prefill.rs) cut it?
+#   1. the GPU tests of the fused prefill and the graph decode (dist/tests-model.gz, a stripped release test
+#      binary of spar-model, when carried);
+#   2. the consultation round (scripts/device-consult.sh: the single-GPU recipe on a random 0.6B shape, SFT steps
+#      first so that turns are short) twice, fused prefill and plain forward (SPAR_FUSED_PREFILL=0), with RL round 2
+#      recorded by the torch profiler in both: where each prefill's time goes (host ops, CUDA runtime calls, GPU
+#      kernels) and the round's time line.
+# Expects dist/spar.gz, dist/lib/, dist/tokenizer/ carried (and dist/tests-model.gz for step 1). Knobs: NGROUPS (8),
+# SFT (2), NEW (128), LIMIT (240 s per run), EXTRA (more --set arguments). Writes to $OUT: gpu-tests.txt,
+# prefill-{fused,plain}.{jsonl,txt} and prefill-{fused,plain}-profile.md.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+. scripts/gpu-env.sh
+export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH"
+if [ -f dist/tests-model.gz ]; then
+  gunzip -c dist/tests-model.gz > /tmp/tests-model && chmod +x /tmp/tests-model
+  (cd model && timeout 120 /tmp/tests-model fused_prefill graph_decode --test-threads 1) > "$OUT/gpu-tests.txt" 2>&1
+  echo "rc=$?" >> "$OUT/gpu-tests.txt"
+fi
+export NGROUPS=${NGROUPS:-8} STEPS=2 EVAL=1 SFT=${SFT:-2} NEW=${NEW:-128} PROFILE=2 LIMIT=${LIMIT:-240}
+export EXTRA="--set rollout.max_batch=64 --set rollout.gpu_memory_utilization=0.85 --set eval.max_new_tokens=16 ${EXTRA:-}"
+NAME=prefill-fused scripts/device-consult.sh
+NAME=prefill-plain SPAR_FUSED_PREFILL=0 scripts/device-consult.sh
+rm -f "$OUT"/*-gpu.csv "$OUT"/*.trace.json.gz
+true
