@@ -4,8 +4,9 @@
 # calls). Expects dist/spar.gz, dist/lib/ and the TRL wheels (.whl/: trl, datasets, dill, multiprocess) carried.
 # Writes to $OUT: grpo.jsonl (spar's per-iteration lines, TRL's per-step and summary lines), grpo.txt, env.txt.
 # MICROS="32 64" adds spar runs with those micro-batch sizes after the others (the DAPO loss is a token mean over the
-# whole batch, so the micro-batching changes only speed and memory, not the update). PROFILE=1 adds a last spar run
-# whose final iteration the torch profiler records: $OUT/grpo-profile.md (and grpo-profile.trace.json.gz if < 15 MB).
+# whole batch, so the micro-batching changes only speed and memory, not the update). PROFILE=1 adds a spar run and a
+# TRL run whose last iteration the torch profiler records, summarised alike: $OUT/grpo-profile.md (spar) and
+# $OUT/grpo-trl-profile.md (TRL's trace through `spar bench trace`).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 . scripts/gpu-env.sh
@@ -27,6 +28,8 @@ for m in ${MICROS:-}; do MB=$m spar; done
 if [ -n "${PROFILE:-}" ]; then
   spar --profile /tmp/grpo-profile
   cp /tmp/grpo-profile/grpo.md "$OUT/grpo-profile.md"
-  find /tmp/grpo-profile -name grpo.trace.json.gz -size -15M -exec cp {} "$OUT/grpo-profile.trace.json.gz" \;
+  (cd model/bench && PYTHONPATH=/tmp/site timeout 400 python3 grpo_trl.py "${W[@]}" --micro-batch ${MICRO:-8} --warmup 1 \
+    --iters 1 --profile /tmp/grpo-trl-trace.json 2>>"$OUT/grpo.txt" | grep '^{' >> "$OUT/grpo.jsonl")
+  /tmp/spar bench trace /tmp/grpo-trl-trace.json > "$OUT/grpo-trl-profile.md" 2>>"$OUT/grpo.txt"
 fi
 true

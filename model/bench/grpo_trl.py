@@ -36,6 +36,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--profile", help="write the last step's torch profiler Chrome trace here (read it with "
+                    "`spar bench trace`, next to spar's `bench grpo --profile`)")
     a = ap.parse_args()
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -81,13 +83,25 @@ def main():
             torch.cuda.synchronize()
 
     class Clock(TrainerCallback):
+        prof = None
+
         def on_step_begin(self, *_, **__):
             sync()
+            if a.profile and len(times) == steps - 1:
+                acts = [torch.profiler.ProfilerActivity.CPU]
+                if a.device == "cuda":
+                    acts.append(torch.profiler.ProfilerActivity.CUDA)
+                self.prof = torch.profiler.profile(activities=acts)
+                self.prof.__enter__()
             self.t = time.perf_counter()
 
         def on_step_end(self, *_, **__):
             sync()
             times.append(time.perf_counter() - self.t)
+            if self.prof is not None:
+                self.prof.__exit__(None, None, None)
+                self.prof.export_chrome_trace(a.profile)
+                self.prof = None
 
     trainer = GRPOTrainer(model=model, reward_funcs=even_share, args=args, train_dataset=data,
                           processing_class=tok, callbacks=[Clock()])

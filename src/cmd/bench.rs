@@ -21,6 +21,8 @@ enum Bench {
     Grpo(super::bench_grpo::Args),
     /// Per-token log-probs + entropy of the LM head, fused chunked op vs whole logits: time and peak GPU memory.
     Logprob(super::bench_logprob::Args),
+    /// Where a torch profiler trace's time went (the tables of `[trainer.profile]`), for any Chrome trace.
+    Trace(super::bench_trace::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -32,5 +34,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Bench::Train(a) => super::bench_train::run(a),
         Bench::Grpo(a) => super::bench_grpo::run(a),
         Bench::Logprob(a) => super::bench_logprob::run(a),
+        Bench::Trace(a) => super::bench_trace::run(a),
     }
 }

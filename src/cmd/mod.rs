@@ -8,6 +8,7 @@ pub mod bench_grpo;
 #[cfg(feature = "bench-judge")]
 pub mod bench_judge;
 pub mod bench_logprob;
+pub mod bench_trace;
 pub mod bench_train;
 pub mod common;
 pub mod data;

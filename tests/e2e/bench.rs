@@ -63,5 +63,23 @@ fn bench_grpo_runs_an_iteration_per_line() {
     ] {
         assert!(md.contains(span), "{span} missing:\n{md}");
     }
-    assert!(dir.path().join("prof/grpo.trace.json.gz").exists());
+    // The same tables from the trace itself, as for a trace of another framework.
+    let out = spar()
+        .args(["bench", "trace", "--top", "5"])
+        .arg(dir.path().join("prof/grpo.trace.json.gz"))
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(table.contains("| `bench/generate` | 1 |"), "{table}");
+    assert!(table.contains("more) |"), "cut to 5 rows: {table}");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "[]").unwrap();
+    let out = spar().args(["bench", "trace"]).arg(&bad).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bad.json"), "{err}");
 }
