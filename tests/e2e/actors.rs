@@ -60,7 +60,8 @@ fn one_learner_and_one_actor_take_the_colocated_steps() {
     let err = ok_stderr(
         tiny(&mut launch(2), &apart, ROUNDS)
             .args(KILLED_RUN)
-            .args(["--set", "distributed.actors=1"]),
+            .args(["--set", "distributed.actors=1"])
+            .args(["--set", "trainer.profile.rounds=[2]"]),
     );
     assert!(
         err.contains("actors apart: 1 learner(s), 1 actor(s)"),
@@ -68,6 +69,25 @@ fn one_learner_and_one_actor_take_the_colocated_steps() {
     );
     assert!(err.contains("[actor 0] done: every round sent"), "{err}");
     same_steps(&colocated, &apart, "1 learner + 1 actor vs colocated");
+    // Round 2 profiled in both processes: the learner learns, the actor waits for weights, plays and sends.
+    let profile = |who: &str| {
+        std::fs::read_to_string(apart.join(format!("profile/rl-round-0002-{who}.md")))
+            .unwrap_or_else(|e| panic!("{who}'s profile: {e}"))
+    };
+    let learner = profile("rank0");
+    assert!(learner.contains("`rl/learn`"), "{learner}");
+    let actor = profile("actor0");
+    for span in [
+        "`actor/wait_weights`",
+        "`rl/generate`",
+        "`engine/decode`",
+        "`actor/send`",
+    ] {
+        assert!(
+            actor.contains(span),
+            "{span} missing from the actor's profile:\n{actor}"
+        );
+    }
     assert_eq!(lags(&apart), vec![0.0; ROUNDS]);
     // The learner's time line: waiting for the actors, learning, sending weights; the actors' busy seconds.
     for row in metric_rows(&apart, "rl/loss") {

@@ -6,15 +6,18 @@
 use crate::actor_feed::ordered_params;
 use crate::actor_layout::{ActorLink, ActorSchedule, LearnerHello, RoundEnvelope};
 use crate::parts::TrainParts;
+use crate::profiling::RoundProfiler;
 use crate::progress::bar;
 use crate::rl_round::play_round;
 use anyhow::{Context, Result};
+use spar_model::torch_profiler::range;
 use std::net::ToSocketAddrs;
 
 /// Runs actor `link.actor_index()` until the run's last RL round is sent.
 pub fn run(parts: TrainParts, link: ActorLink) -> Result<()> {
     let TrainParts {
         recipe,
+        out,
         model,
         rl_rollout,
         generation,
@@ -78,8 +81,16 @@ pub fn run(parts: TrainParts, link: ActorLink) -> Result<()> {
     let pb = bar(tr.steps as u64, &format!("actor {a}"));
     pb.set_position(start.first_round as u64);
     let sender = format!("actor-{a}");
+    let mut profiler = RoundProfiler::new(
+        &tr.profile,
+        &out,
+        &format!("actor{a}"),
+        model.device().is_cuda(),
+    )?;
     for round in start.first_round..tr.steps {
+        profiler.begin(round + 1)?;
         // Waits for the updates this round is played with (on-policy: the one after the previous round).
+        let span = range("actor/wait_weights");
         while version < schedule.version_for_round(round) {
             version = spar_dist::broadcast_weights(
                 &*link.world,
@@ -90,6 +101,7 @@ pub fn run(parts: TrainParts, link: ActorLink) -> Result<()> {
             )
             .with_context(|| format!("actor {a}: weights of version {}", version + 1))?;
         }
+        drop(span);
         let played = play_round(
             &mut rollout,
             &model,
@@ -109,6 +121,7 @@ pub fn run(parts: TrainParts, link: ActorLink) -> Result<()> {
             score_seconds: played.score_seconds,
             pools: rollout.pools().clone(),
         };
+        let span = range("actor/send");
         let batch = link.wire.encode(&played.samples)?;
         let meta = serde_json::to_vec(&envelope)?;
         runtime
@@ -120,6 +133,8 @@ pub fn run(parts: TrainParts, link: ActorLink) -> Result<()> {
                 vec![batch],
             ))
             .with_context(|| format!("actor {a}: sending round {round} to learner {learner}"))?;
+        drop(span);
+        profiler.end(round + 1)?;
         pb.inc(1);
     }
     pb.finish();

@@ -1,6 +1,6 @@
 //! The torch profiler over chosen RL rounds (`[trainer.profile]`), and over any closure for the benches.
 //!
-//! A recorded round leaves `profile/rl-round-NNNN-rankR.md` (the [`TraceSummary`] tables: spar's phases,
+//! A recorded round leaves `profile/rl-round-NNNN-rankR.md` (an actor's: `-actorA.md`) (the [`TraceSummary`] tables: spar's phases,
 //! host ops, GPU kernels, CUDA runtime calls) and, when asked, the gzipped Chrome trace beside it. The phases
 //! are the spans spar opens with [`spar_model::torch_profiler::range`]: `rl/play`, `rl/learn`, the
 //! engine's `engine/prefill`, `engine/decode`, `engine/sample`, the learner's `learn/*`.
@@ -19,15 +19,17 @@ const TOP_ROWS: usize = 30;
 pub struct RoundProfiler {
     cfg: ProfileConfig,
     dir: PathBuf,
-    rank: usize,
+    /// Who records, in the file names: `rank0`, `actor1`.
+    who: String,
     cuda: bool,
     active: Option<(usize, Recording)>,
 }
 
 impl RoundProfiler {
-    /// `out`: the run folder; `cuda`: the policy is on a GPU (record its kernels too). Fails at once when rounds
-    /// are asked of a build without the profiler, not at the first recorded round.
-    pub fn new(cfg: &ProfileConfig, out: &Path, rank: usize, cuda: bool) -> Result<RoundProfiler> {
+    /// `out`: the run folder; `who`: the process in the file names (`rank0` for a learner rank, `actor1` for an
+    /// actor); `cuda`: the policy is on a GPU (record its kernels too). Fails at once when rounds are asked of a
+    /// build without the profiler, not at the first recorded round.
+    pub fn new(cfg: &ProfileConfig, out: &Path, who: &str, cuda: bool) -> Result<RoundProfiler> {
         if !cfg.rounds.is_empty() && !spar_model::torch_profiler::available() {
             anyhow::bail!(
                 "trainer.profile.rounds is set but this spar has no torch profiler (built without libtorch's C++ \
@@ -37,7 +39,7 @@ impl RoundProfiler {
         Ok(RoundProfiler {
             cfg: cfg.clone(),
             dir: out.join("profile"),
-            rank,
+            who: who.to_string(),
             cuda,
             active: None,
         })
@@ -61,8 +63,8 @@ impl RoundProfiler {
     pub fn end(&mut self, round: usize) -> Result<Option<PathBuf>> {
         match self.active.take() {
             Some((r, rec)) if r == round => {
-                let stem = format!("rl-round-{round:04}-rank{}", self.rank);
-                let title = format!("RL round {round}, rank {}", self.rank);
+                let stem = format!("rl-round-{round:04}-{}", self.who);
+                let title = format!("RL round {round}, {}", self.who);
                 let md = save(rec, &self.dir, &stem, &title, self.cfg.trace)?;
                 tracing::info!("profile of RL round {round}: {}", md.display());
                 Ok(Some(md))

@@ -216,7 +216,7 @@ pub fn run(
     let mut profiler = RoundProfiler::new(
         &tr.profile,
         &session.out,
-        group.rank(),
+        &format!("rank{}", group.rank()),
         model.device().is_cuda(),
     )?;
     for s in start..tr.steps {
