@@ -935,7 +935,10 @@ pub fn rl_update_with(
         });
     }
     if extras.update_kl && reports.iter().any(|r| !r.skipped) {
+        // One more forward over the batch (`trainer.update_kl = false` skips it).
+        let span = range("learn/kl_old_new");
         let kl = kl_old_new_sum(policy, &mbs, loss_cfg.temperature)?;
+        drop(span);
         let kl = sum_over_ranks(&*learner.group, &[kl])?[0];
         if let Some(last) = reports.last_mut() {
             last.extra
