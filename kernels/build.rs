@@ -26,6 +26,7 @@ fn main() {
 fn torch_ops() {
     println!("cargo:rerun-if-changed=csrc/fused_logprob.cpp");
     println!("cargo:rerun-if-changed=csrc/torch_profiler.cpp");
+    println!("cargo:rerun-if-changed=csrc/shim_errors.h");
     println!("cargo:rerun-if-env-changed=SPAR_NO_TORCH_OPS");
     println!("cargo::rustc-check-cfg=cfg(spar_torch_ops)");
     if std::env::var_os("SPAR_NO_TORCH_OPS").is_some() {
@@ -68,6 +69,7 @@ fn torch_ops() {
 
 fn cuda_graph() {
     println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
+    println!("cargo:rerun-if-changed=csrc/shim_errors.h");
     println!("cargo:rerun-if-env-changed=SPAR_NO_CUDA_GRAPH");
     println!("cargo::rustc-check-cfg=cfg(spar_cuda_graph)");
     if std::env::var_os("SPAR_NO_CUDA_GRAPH").is_some() {

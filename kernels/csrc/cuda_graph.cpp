@@ -7,6 +7,7 @@
 // on the current stream, i.e. the default stream outside capture: ordered with all other tch work.
 //
 // Every entry point catches C++ exceptions and reports them through `err` (a NUL-terminated message).
+#include "shim_errors.h"
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -22,31 +23,14 @@
 
 namespace {
 
+using spar_shim::guarded;
+using spar_shim::set_err;
+
 struct SparGraph {
   at::cuda::CUDAGraph graph;
   c10::DeviceIndex device = 0;
   bool capturing = false;
 };
-
-void set_err(char* err, size_t len, const std::string& msg) {
-  if (err == nullptr || len == 0) return;
-  size_t n = msg.size() < len - 1 ? msg.size() : len - 1;
-  std::memcpy(err, msg.data(), n);
-  err[n] = '\0';
-}
-
-template <typename F>
-int guarded(char* err, size_t len, F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    set_err(err, len, e.what());
-  } catch (...) {
-    set_err(err, len, "unknown C++ exception");
-  }
-  return 1;
-}
 
 void enter_side_stream(c10::DeviceIndex device) {
   c10::cuda::set_device(device);

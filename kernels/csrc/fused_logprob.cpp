@@ -18,6 +18,7 @@
 // forward then also saves the [N] log-sum-exp for the backward kernel.
 //
 // Every entry point catches C++ exceptions and reports them through `err` (a NUL-terminated message).
+#include "shim_errors.h"
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -27,6 +28,8 @@
 #include <string>
 
 namespace {
+
+using spar_shim::guarded;
 
 using at::Tensor;
 using torch::autograd::AutogradContext;
@@ -58,13 +61,6 @@ int dtype_code(const Tensor& t) { return t.scalar_type() == at::kBFloat16 ? 1 : 
 template <typename T>
 void* ptr_at(const Tensor& t, int64_t offset) {
   return t.numel() == 0 ? nullptr : static_cast<void*>(t.data_ptr<T>() + offset);
-}
-
-void set_err(char* err, size_t len, const std::string& msg) {
-  if (err == nullptr || len == 0) return;
-  size_t n = msg.size() < len - 1 ? msg.size() : len - 1;
-  std::memcpy(err, msg.data(), n);
-  err[n] = '\0';
 }
 
 at::ScalarType acc_type(const Tensor& t) {
@@ -237,7 +233,7 @@ void spar_fused_logprob_set_kernels(LpFwdFn fwd, LpBwdFn bwd) {
 int spar_fused_linear_logprob(const at::Tensor* hidden, const at::Tensor* weight, const at::Tensor* targets,
                               double temperature, int64_t chunk, int64_t flags, at::Tensor** logp,
                               at::Tensor** entropy, at::Tensor** argmax, char* err, size_t len) {
-  try {
+  return guarded(err, len, [&] {
     TORCH_CHECK(hidden->dim() == 2, "hidden must be [N, H], got ", hidden->sizes());
     TORCH_CHECK(weight->dim() == 2 && weight->size(1) == hidden->size(1), "weight must be [V, H] with H = ",
                 hidden->size(1), ", got ", weight->sizes());
@@ -254,13 +250,7 @@ int spar_fused_linear_logprob(const at::Tensor* hidden, const at::Tensor* weight
     *logp = new at::Tensor(outs[0]);
     *entropy = new at::Tensor(outs[1]);
     *argmax = new at::Tensor(outs[2]);
-    return 0;
-  } catch (const std::exception& e) {
-    set_err(err, len, e.what());
-  } catch (...) {
-    set_err(err, len, "unknown C++ exception");
-  }
-  return 1;
+  });
 }
 
 }  // extern "C"

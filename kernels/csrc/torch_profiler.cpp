@@ -8,37 +8,18 @@
 // that torch.profiler's export_chrome_trace writes (open it in Perfetto or chrome://tracing).
 //
 // Every entry point catches C++ exceptions and reports them through `err` (a NUL-terminated message).
+#include "shim_errors.h"
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
-#include <cstring>
-#include <exception>
 #include <set>
 #include <string>
 
 namespace {
 
+using spar_shim::guarded;
+
 namespace prof = torch::profiler::impl;
-
-void set_err(char* err, size_t len, const std::string& msg) {
-  if (err == nullptr || len == 0) return;
-  size_t n = msg.size() < len - 1 ? msg.size() : len - 1;
-  std::memcpy(err, msg.data(), n);
-  err[n] = '\0';
-}
-
-template <typename F>
-int guarded(char* err, size_t len, F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    set_err(err, len, e.what());
-  } catch (...) {
-    set_err(err, len, "unknown C++ exception");
-  }
-  return 1;
-}
 
 }  // namespace
 

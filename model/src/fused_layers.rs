@@ -7,8 +7,10 @@
 //! parameters since (a dtype change, a load) and rebuilds the buffers. One owner per model: a second set would
 //! re-point the parameters away from the first.
 
-use crate::qwen3::{Mlp, Qwen3Model};
+use crate::qwen3::{Attention, Mlp, Qwen3Model};
+use crate::rope::apply_rotary;
 use anyhow::Result;
+use spar_kernels::{decode_ops, rms_norm};
 use tch::Tensor;
 
 /// One layer's fused projection weights.
@@ -46,6 +48,57 @@ impl FusedLayers {
     pub(crate) fn iter(&self) -> std::slice::Iter<'_, FusedLayer> {
         self.layers.iter()
     }
+}
+
+/// The attention inputs of `r` tokens, one a row, from their fused projection `qkv: [r, 1, (nh + 2 nkv) d]`:
+/// returns the queries after `q_norm` and RoPE (`[r, nh, d]`, or `[r, nh, 1, d]` from the composition: reshape
+/// either) and stores each token's key (after `k_norm` and RoPE) and value at flat row `write_at[i]` (`[r]`)
+/// of the layer's caches viewed as `[rows, nkv, d]`. One kernel where [`decode_ops::qk_norm_rope_store`]
+/// applies, its torch composition elsewhere. `cos`, `sin`: `[r, 1, d]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn queries_and_store(
+    attn: &Attention,
+    qkv: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    write_at: &Tensor,
+    (k_cache, v_cache): (&Tensor, &Tensor),
+    (nh, nkv, d): (i64, i64, i64),
+    eps: f64,
+) -> Result<Tensor> {
+    let stored = decode_ops::qk_norm_rope_store(
+        qkv,
+        &attn.q_norm,
+        &attn.k_norm,
+        cos,
+        sin,
+        write_at,
+        k_cache,
+        v_cache,
+        (nh, nkv, d),
+        eps,
+    )?;
+    if let Some(q) = stored {
+        return Ok(q);
+    }
+    let r = qkv.size()[0];
+    let ql = qkv.f_narrow(-1, 0, nh * d)?;
+    let kl = qkv.f_narrow(-1, nh * d, nkv * d)?;
+    let vl = qkv.f_narrow(-1, (nh + nkv) * d, nkv * d)?;
+    let q = rms_norm(&ql.f_reshape([r, 1, nh, d])?, &attn.q_norm, eps)?.f_transpose(1, 2)?;
+    let k = rms_norm(&kl.f_reshape([r, 1, nkv, d])?, &attn.k_norm, eps)?.f_transpose(1, 2)?;
+    // Queries and keys rotate together (one set of RoPE ops instead of two).
+    let qk = apply_rotary(&Tensor::f_cat(&[&q, &k], 1)?, cos, sin)?; // [r, nh + nkv, 1, d]
+    let rows = k_cache.size()[0] * k_cache.size()[1];
+    let k = qk.f_narrow(1, nh, nkv)?.f_reshape([r, nkv, d])?;
+    let _ = k_cache
+        .f_view([rows, nkv, d])?
+        .f_index_copy_(0, write_at, &k)?;
+    let _ =
+        v_cache
+            .f_view([rows, nkv, d])?
+            .f_index_copy_(0, write_at, &vl.f_reshape([r, nkv, d])?)?;
+    Ok(qk.f_narrow(1, 0, nh)?)
 }
 
 /// Builds the fused buffers and re-points the model's q/k/v (and dense gate/up) parameters into them.

@@ -19,10 +19,9 @@
 //! the plain forward's values everywhere (summation order aside); the CPU tests compare the two.
 
 use crate::cache::KvCache;
-use crate::fused_layers::FusedLayers;
+use crate::fused_layers::{FusedLayers, queries_and_store};
 use crate::moe::moe_forward;
 use crate::qwen3::{Mlp, Qwen3Model};
-use crate::rope::apply_rotary;
 use anyhow::{Result, bail, ensure};
 use spar_kernels::{decode_ops, rms_norm};
 use tch::{Kind, Tensor};
@@ -145,48 +144,7 @@ pub fn prefill(
         let qkv = hin
             .f_linear(&fl.qkv, None::<Tensor>)?
             .f_view([b * t, 1, -1])?;
-        let stored = decode_ops::qk_norm_rope_store(
-            &qkv,
-            &a.q_norm,
-            &a.k_norm,
-            &cos,
-            &sin,
-            &write_at,
-            kc,
-            vc,
-            (nh, nkv, d),
-            eps,
-        )?;
-        let q = match stored {
-            Some(q) => q, // [b t, nh, d]
-            None => {
-                let r = b * t;
-                let q = rms_norm(
-                    &qkv.f_narrow(-1, 0, nh * d)?.f_reshape([r, 1, nh, d])?,
-                    &a.q_norm,
-                    eps,
-                )?;
-                let k = rms_norm(
-                    &qkv.f_narrow(-1, nh * d, nkv * d)?
-                        .f_reshape([r, 1, nkv, d])?,
-                    &a.k_norm,
-                    eps,
-                )?;
-                let q = apply_rotary(&q.f_transpose(1, 2)?, &cos, &sin)?; // [r, nh, 1, d]
-                let k = apply_rotary(&k.f_transpose(1, 2)?, &cos, &sin)?.f_reshape([r, nkv, d])?;
-                let v = qkv
-                    .f_narrow(-1, (nh + nkv) * d, nkv * d)?
-                    .f_reshape([r, nkv, d])?;
-                let slots = kc.size()[0];
-                let _ = kc
-                    .f_view([slots * width, nkv, d])?
-                    .f_index_copy_(0, &write_at, &k)?;
-                let _ = vc
-                    .f_view([slots * width, nkv, d])?
-                    .f_index_copy_(0, &write_at, &v)?;
-                q
-            }
-        };
+        let q = queries_and_store(a, &qkv, &cos, &sin, &write_at, (kc, vc), (nh, nkv, d), eps)?;
         // Query heads n * n_rep .. (n + 1) * n_rep read KV head n: stack them along its query axis.
         let stacked = q
             .f_reshape([b, t, nkv, n_rep, d])?

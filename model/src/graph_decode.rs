@@ -30,11 +30,10 @@
 //! bucket, a failed capture) makes [`GraphDecoder::decode`] return `None` and the caller runs the eager forward.
 
 use crate::cache::KvCache;
-use crate::fused_layers::FusedLayers;
+use crate::fused_layers::{FusedLayers, queries_and_store};
 use crate::fused_prefill::{self, PrefillOutput};
 use crate::moe::moe_forward_with;
 use crate::qwen3::{Mlp, Qwen3Model};
-use crate::rope::apply_rotary;
 use anyhow::{Context, Result};
 use spar_kernels::cuda_graph::{self, CudaGraph, GraphPool};
 use spar_kernels::{decode_ops, rms_norm};
@@ -427,7 +426,6 @@ fn decode_step(
     );
     let n_rep = nh / nkv;
     let width = cache.max_len() as i64 + 1;
-    let slots = cache.slots() as i64;
     let ids = inputs.f_select(0, 0)?.f_view([r, 1])?;
     let pos = inputs.f_select(0, 1)?;
     let key_len = inputs.f_select(0, 2)?;
@@ -455,42 +453,7 @@ fn decode_step(
         let a = &layer.attn;
         let (kc, vc) = cache.layer(layer.index);
         let qkv = hin.f_linear(&fl.qkv, None::<Tensor>)?; // [r, 1, (nh + 2 nkv) D]
-        let fused = decode_ops::qk_norm_rope_store(
-            &qkv,
-            &a.q_norm,
-            &a.k_norm,
-            &cos,
-            &sin,
-            &write_at,
-            kc,
-            vc,
-            (nh, nkv, d),
-            eps,
-        )?;
-        let q = match fused {
-            Some(q) => q, // [r, nh, D]
-            None => {
-                let ql = qkv.f_narrow(-1, 0, nh * d)?;
-                let kl = qkv.f_narrow(-1, nh * d, nkv * d)?;
-                let vl = qkv.f_narrow(-1, (nh + nkv) * d, nkv * d)?;
-                let q =
-                    rms_norm(&ql.f_reshape([r, 1, nh, d])?, &a.q_norm, eps)?.f_transpose(1, 2)?;
-                let k =
-                    rms_norm(&kl.f_reshape([r, 1, nkv, d])?, &a.k_norm, eps)?.f_transpose(1, 2)?;
-                // Queries and keys rotate together (one set of RoPE kernels instead of two).
-                let qk = apply_rotary(&Tensor::f_cat(&[&q, &k], 1)?, &cos, &sin)?; // [r, nh + nkv, 1, D]
-                let k = qk.f_narrow(1, nh, nkv)?.f_reshape([r, nkv, d])?;
-                let _ = kc
-                    .f_view([slots * width, nkv, d])?
-                    .f_index_copy_(0, &write_at, &k)?;
-                let _ = vc.f_view([slots * width, nkv, d])?.f_index_copy_(
-                    0,
-                    &write_at,
-                    &vl.f_reshape([r, nkv, d])?,
-                )?;
-                qk.f_narrow(1, 0, nh)?
-            }
-        };
+        let q = queries_and_store(a, &qkv, &cos, &sin, &write_at, (kc, vc), (nh, nkv, d), eps)?;
         let kr = kc
             .f_narrow(0, 0, r)?
             .f_narrow(1, 0, keys)?

@@ -1107,31 +1107,17 @@ impl Qwen3Model {
             AttnMask::Mask(m) if cached && n_rep > 1 => {
                 grouped_query_attention(&q, &k, &v, m, n_rep)?
             }
-            AttnMask::Mask(m) if n_rep > 1 && self.device.is_cuda() => {
-                // With an explicit mask on CUDA the memory-efficient kernel runs; expanding KV heads keeps it
-                // eligible (training's padded batches: T = S, where stacking queries would grow the mask instead).
-                let (k, v) = (repeat_kv(&k, n_rep)?, repeat_kv(&v, n_rep)?);
-                Tensor::f_scaled_dot_product_attention(
-                    &q,
-                    &k,
-                    &v,
-                    Some(m),
-                    0.0,
-                    false,
-                    None,
-                    false,
-                )?
+            AttnMask::Mask(m) => {
+                // With an explicit mask on CUDA the memory-efficient kernel runs, which has no GQA: expanding
+                // the KV heads keeps it eligible (training's padded batches: T = S, where stacking the queries
+                // would grow the mask instead).
+                let (k, v, gqa) = if n_rep > 1 && self.device.is_cuda() {
+                    (repeat_kv(&k, n_rep)?, repeat_kv(&v, n_rep)?, false)
+                } else {
+                    (k, v, n_rep > 1)
+                };
+                Tensor::f_scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, None, gqa)?
             }
-            AttnMask::Mask(m) => Tensor::f_scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                Some(m),
-                0.0,
-                false,
-                None,
-                n_rep > 1,
-            )?,
             AttnMask::Causal => Tensor::f_scaled_dot_product_attention(
                 &q,
                 &k,
