@@ -4,22 +4,11 @@
 //! kernels run.
 
 use crate::common::max_abs_diff;
+use crate::graph_decode::cfg;
 use spar_model::fused_layers::FusedLayers;
 use spar_model::fused_prefill::prefill;
-use spar_model::{ForwardInput, KvCache, Qwen3Config, Qwen3Model};
+use spar_model::{ForwardInput, KvCache, Qwen3Model};
 use tch::{Device, Kind, Tensor};
-
-fn cfg(moe: bool) -> Qwen3Config {
-    let s = if moe {
-        r#"{"model_type":"qwen3_moe","vocab_size":128,"hidden_size":64,"intermediate_size":96,"num_hidden_layers":3,
-            "num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,"num_experts":8,"num_experts_per_tok":2,
-            "moe_intermediate_size":32,"norm_topk_prob":true,"decoder_sparse_step":1,"mlp_only_layers":[1]}"#
-    } else {
-        r#"{"model_type":"qwen3","vocab_size":128,"hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,
-            "num_attention_heads":8,"num_key_value_heads":2,"head_dim":32,"tie_word_embeddings":true}"#
-    };
-    Qwen3Config::from_json_str(s, "test").unwrap()
-}
 
 /// The plain cached forward of right-padded `rows` (slot, tokens): each row's last-token logits and the experts.
 fn plain(

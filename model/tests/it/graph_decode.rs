@@ -4,7 +4,8 @@ use crate::common::max_abs_diff;
 use spar_model::{ForwardInput, GraphDecoder, KvCache, NextTokens, Qwen3Config, Qwen3Model};
 use tch::{Device, Kind, Tensor};
 
-fn cfg(moe: bool) -> Qwen3Config {
+/// The GPU tests' tiny shapes: dense with 4 query heads a KV head, or MoE with a dense layer among sparse ones.
+pub(crate) fn cfg(moe: bool) -> Qwen3Config {
     let s = if moe {
         r#"{"model_type":"qwen3_moe","vocab_size":128,"hidden_size":64,"intermediate_size":96,"num_hidden_layers":3,
             "num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,"num_experts":8,"num_experts_per_tok":2,
