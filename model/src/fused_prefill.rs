@@ -37,7 +37,8 @@ pub struct PrefillOutput {
 
 /// Appends `tokens` to each `(slot, tokens)` row's cached sequence (rows right-padded to the longest) and returns
 /// the logits after each row's last token. Slots must be distinct, tokens non-empty. Advances the slots' lengths
-/// like a cached forward.
+/// like a cached forward. Meant for turns, where [`Qwen3Model::stacks_query_heads`] holds; a long chunk works
+/// too but its stacked mask outweighs the plain forward's copy of the keys.
 pub fn prefill(
     model: &Qwen3Model,
     fused: &FusedLayers,

@@ -988,6 +988,17 @@ impl Qwen3Model {
         Ok(x.f_linear(self.lm_head_weight(), None::<Tensor>)?)
     }
 
+    /// Whether attention of `t` new tokens over cached keys stacks each KV head's query heads along the query
+    /// axis (a mask `n_rep` times taller: `n_rep * t` entries a key, 4 bytes each once SDPA makes it additive)
+    /// rather than copying the cached keys and values per query head (`2 * heads * head_dim` elements a key).
+    /// Turns of a consultation stack; a long prompt's chunk copies.
+    pub fn stacks_query_heads(&self, t: usize) -> bool {
+        let c = &self.config;
+        let n_rep = c.num_attention_heads / c.num_key_value_heads.max(1);
+        let copy_bytes = 2 * c.num_attention_heads * c.head_dim * self.kind.elt_size_in_bytes();
+        n_rep > 1 && n_rep * t * 4 <= copy_bytes
+    }
+
     /// The LM head's weight `[vocab, H]` (the embedding when tied): logits = normalised hidden @ weight^T.
     pub fn lm_head_weight(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed)
@@ -1104,7 +1115,7 @@ impl Qwen3Model {
         let n_rep = nh / nkv;
         let o = match mask {
             // A few new tokens over long cached keys: no copy of the keys per query head.
-            AttnMask::Mask(m) if cached && n_rep > 1 => {
+            AttnMask::Mask(m) if cached && self.stacks_query_heads(t as usize) => {
                 grouped_query_attention(&q, &k, &v, m, n_rep)?
             }
             AttnMask::Mask(m) => {
@@ -1250,6 +1261,27 @@ pub fn positions_from_seq_ids(seq_ids: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Turns stack their query heads, long chunks copy the keys: the break-even of the two costs' bytes.
+    #[test]
+    fn short_turns_stack_query_heads_and_long_chunks_do_not() {
+        let cfg = |kv: usize| {
+            crate::config::Qwen3Config::from_json_str(
+                &format!(
+                    r#"{{"model_type":"qwen3","vocab_size":32,"hidden_size":32,"intermediate_size":32,
+                    "num_hidden_layers":1,"num_attention_heads":4,"num_key_value_heads":{kv},"head_dim":8}}"#
+                ),
+                "t",
+            )
+            .unwrap()
+        };
+        let m = Qwen3Model::random(cfg(2), Device::Cpu, Kind::Float, 0).unwrap();
+        // 2 * 4 heads * 8 dims * 4 bytes = 256 bytes of keys and values a key; 2 * t * 4 bytes of mask.
+        assert!(m.stacks_query_heads(1) && m.stacks_query_heads(32));
+        assert!(!m.stacks_query_heads(33));
+        let mha = Qwen3Model::random(cfg(4), Device::Cpu, Kind::Float, 0).unwrap();
+        assert!(!mha.stacks_query_heads(1), "no GQA, nothing to stack");
+    }
 
     /// Stacking each KV head's query heads along the query axis gives what expanding the KV heads gives, under a
     /// mask that differs per batch row (a ragged turn over histories of different lengths).

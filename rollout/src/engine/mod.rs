@@ -702,6 +702,7 @@ impl<'m> Engine<'m> {
         // Prefill through the decode step's fused weights and kernels where the graph decoder holds them (under
         // half the plain forward's host ops a layer); batch-invariant runs keep the plain forward.
         if let (true, false, Some(graphs)) = (t > 1, self.cfg.batch_invariant, self.graphs.as_mut())
+            && self.model.stacks_query_heads(t)
             && fused_prefill_enabled()
         {
             let spec: Vec<(usize, &[u32])> = slot_list
