@@ -34,6 +34,7 @@ use crate::fused_layers::{FusedLayers, queries_and_store};
 use crate::fused_prefill::{self, PrefillOutput};
 use crate::moe::moe_forward_with;
 use crate::qwen3::{Mlp, Qwen3Model};
+use crate::temperature_sampling::{PARAMS_ROWS, sample_at_temperature};
 use anyhow::{Context, Result};
 use spar_kernels::cuda_graph::{self, CudaGraph, GraphPool};
 use spar_kernels::{decode_ops, rms_norm};
@@ -73,13 +74,35 @@ pub struct GraphStats {
     pub fallbacks: u64,
 }
 
+/// The shape of one captured step: its rows, its key window, whether it samples inside the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct StepShape {
+    rows: usize,
+    keys: usize,
+    sampling: bool,
+}
+
+/// What a graph decode step is asked to hand back.
+pub enum Pick<'a> {
+    /// The logits (the caller samples).
+    Logits,
+    /// Each row's greedy token and its log-prob, chosen inside the graph.
+    Greedy,
+    /// Each row's token sampled inside the graph at its temperature
+    /// ([`crate::temperature_sampling::sample_at_temperature`]). The closure gives the `[3, b]` parameters
+    /// (row-major: temperatures, log-prob temperatures, uniforms; rows in the order given) and is called only once
+    /// the step will run, so a caller that draws the uniforms from its rows' streams draws none for a step handed
+    /// back to the eager path.
+    Sample(Box<dyn FnOnce() -> Vec<f32> + 'a>),
+}
+
 /// What a graph decode step hands back to choose the next tokens from, rows in the order they were given.
 pub enum NextTokens {
     /// `[b, vocab]` logits in the model dtype (a fresh tensor, not overwritten by the next replay).
     Logits(Tensor),
-    /// Each row's greedy token and its log-prob (fp32 log-softmax), computed inside the graph: one small host
-    /// copy instead of the logits and the sampling ops.
-    Greedy(Vec<(u32, f32)>),
+    /// Each row's chosen token (greedy or sampled, as asked) and its log-prob, computed inside the graph: one
+    /// small host copy instead of the logits and the sampling ops.
+    Chosen(Vec<(u32, f32)>),
 }
 
 /// Output of one graph decode step, rows in the order they were given.
@@ -95,6 +118,10 @@ struct Bucket {
     logits: Tensor,
     /// `[2, R]` float64: greedy token id and its log-prob per row.
     greedy: Tensor,
+    /// `[3, R]` float32 sampling inputs (temperature, log-prob temperature, uniform; padding rows greedy).
+    sample_params: Tensor,
+    /// `[2, R]` float64: sampled token id and its log-prob per row (graphs captured for sampling only).
+    sampled: Tensor,
     experts: Option<Tensor>,
 }
 
@@ -104,7 +131,8 @@ pub struct GraphDecoder {
     ordinal: usize,
     buckets: Vec<usize>,
     inputs: HashMap<usize, Bucket>,
-    graphs: HashMap<(usize, usize), CudaGraph>,
+    /// By (rows, keys, sampling inside the graph).
+    graphs: HashMap<(usize, usize, bool), CudaGraph>,
     pool: Option<GraphPool>,
     cache_id: usize,
     /// Set when a capture failed: the path then stays off (the error is logged once).
@@ -164,17 +192,19 @@ impl GraphDecoder {
         &self.buckets
     }
 
-    /// Appends one token to each `(slot, token)` row and returns the logits of the next position (or, when
-    /// `want_logits` is false, only each row's greedy token and log-prob), or None when the graph path cannot
-    /// take this step (the caller then runs the eager forward; nothing was changed). Slots must be distinct.
-    /// Advances the slots' lengths like a cached forward does.
+    /// Appends one token to each `(slot, token)` row and returns what `pick` asks for (the logits of the next
+    /// position, or each row's token chosen inside the graph), or None when the graph path cannot take this step
+    /// (the caller then runs the eager forward; nothing was changed, `pick`'s closure was not called). Slots must
+    /// be distinct. Advances the slots' lengths like a cached forward does.
     pub fn decode(
         &mut self,
         model: &Qwen3Model,
         cache: &mut KvCache,
         rows: &[(usize, u32)],
-        want_logits: bool,
+        pick: Pick<'_>,
     ) -> Result<Option<GraphDecodeOutput>> {
+        let sampling = matches!(pick, Pick::Sample(_));
+        let want_logits = matches!(pick, Pick::Logits);
         let b = rows.len();
         let bucket = self.buckets.iter().copied().find(|r| *r >= b);
         let max_len = cache.max_len();
@@ -228,13 +258,13 @@ impl GraphDecoder {
         let mut inputs = bucket.inputs.shallow_clone();
         inputs.f_copy_(&Tensor::from_slice(&host).f_view([3, r as i64])?)?;
 
-        if !self.graphs.contains_key(&(r, keys)) {
+        if !self.graphs.contains_key(&(r, keys, sampling)) {
             let started = std::time::Instant::now();
-            let captured = self.capture(model, cache, r, keys);
+            let captured = self.capture(model, cache, r, keys, sampling);
             self.stats.capture_seconds += started.elapsed().as_secs_f64();
             match captured {
                 Ok(g) => {
-                    self.graphs.insert((r, keys), g);
+                    self.graphs.insert((r, keys, sampling), g);
                     self.stats.captures += 1;
                 }
                 Err(e) => {
@@ -246,12 +276,32 @@ impl GraphDecoder {
                 }
             }
         }
-        self.graphs[&(r, keys)].replay()?;
+        let bucket = &self.inputs[&r];
+        if let Pick::Sample(params) = pick {
+            // Graph row p is physical slot p; padding rows stay greedy (temperature 0).
+            let given = params();
+            anyhow::ensure!(
+                given.len() == PARAMS_ROWS as usize * b,
+                "sampling parameters for {} rows, {b} rows given",
+                given.len() / PARAMS_ROWS as usize
+            );
+            let mut host = vec![0f32; PARAMS_ROWS as usize * r];
+            for j in 0..r {
+                host[r + j] = 1.0;
+            }
+            for (i, &p) in phys.iter().enumerate() {
+                for k in 0..PARAMS_ROWS as usize {
+                    host[k * r + p as usize] = given[k * b + i];
+                }
+            }
+            let mut dst = bucket.sample_params.shallow_clone();
+            dst.f_copy_(&Tensor::from_slice(&host).f_view([PARAMS_ROWS, r as i64])?)?;
+        }
+        self.graphs[&(r, keys, sampling)].replay()?;
         self.stats.replays += 1;
 
-        let bucket = &self.inputs[&r];
         let in_order = phys.iter().enumerate().all(|(i, p)| *p == i as i64);
-        let pick = |t: &Tensor| -> Result<Tensor> {
+        let in_row_order = |t: &Tensor| -> Result<Tensor> {
             if in_order {
                 // Rows already in graph order: a copy of the leading rows (no gather, no index upload).
                 Ok(t.f_narrow(0, 0, b as i64)?.f_detach_copy()?)
@@ -260,19 +310,22 @@ impl GraphDecoder {
                 Ok(t.f_index_select(0, &idx)?)
             }
         };
-        let next = if want_logits {
-            NextTokens::Logits(pick(&bucket.logits)?)
-        } else {
+        let chosen = |t: &Tensor| -> Result<NextTokens> {
             // One host copy of the [2, R] choices; rows picked on the host.
-            let host = Vec::<f64>::try_from(bucket.greedy.f_to_device(Device::Cpu)?.f_view([-1])?)?;
+            let host = Vec::<f64>::try_from(t.f_to_device(Device::Cpu)?.f_view([-1])?)?;
             let picked = phys
                 .iter()
                 .map(|&p| (host[p as usize] as u32, host[r + p as usize] as f32))
                 .collect();
-            NextTokens::Greedy(picked)
+            Ok(NextTokens::Chosen(picked))
+        };
+        let next = match (sampling, want_logits) {
+            (true, _) => chosen(&bucket.sampled)?,
+            (false, true) => NextTokens::Logits(in_row_order(&bucket.logits)?),
+            (false, false) => chosen(&bucket.greedy)?,
         };
         let routed_experts = match &bucket.experts {
-            Some(e) => Some(pick(e)?.f_unsqueeze(1)?),
+            Some(e) => Some(in_row_order(e)?.f_unsqueeze(1)?),
             None => None,
         };
         for (slot, _) in rows {
@@ -294,6 +347,8 @@ impl GraphDecoder {
             inputs: Tensor::f_zeros([3, r], (Kind::Int64, dev))?,
             logits: Tensor::f_zeros([r, c.vocab_size as i64], (model.kind(), dev))?,
             greedy: Tensor::f_zeros([2, r], (Kind::Double, dev))?,
+            sample_params: Tensor::f_zeros([PARAMS_ROWS, r], (Kind::Float, dev))?,
+            sampled: Tensor::f_zeros([2, r], (Kind::Double, dev))?,
             experts: (n_moe > 0)
                 .then(|| {
                     Tensor::f_zeros([r, n_moe, c.num_experts_per_tok as i64], (Kind::Int64, dev))
@@ -311,9 +366,10 @@ impl GraphDecoder {
         cache: &KvCache,
         r: usize,
         keys: usize,
+        sampling: bool,
     ) -> Result<CudaGraph> {
         let _span = crate::torch_profiler::range("engine/graph_capture");
-        let first = self.capture_with(model, cache, r, keys, self.grouped);
+        let first = self.capture_with(model, cache, r, keys, sampling, self.grouped);
         match first {
             Err(e) if self.grouped && !model.config.moe_layers().is_empty() => {
                 // libtorch's message goes on with a C++ backtrace after its first line.
@@ -323,7 +379,7 @@ impl GraphDecoder {
                     why.lines().next().unwrap_or_default()
                 );
                 self.grouped = false;
-                self.capture_with(model, cache, r, keys, false)
+                self.capture_with(model, cache, r, keys, sampling, false)
             }
             other => other,
         }
@@ -335,19 +391,27 @@ impl GraphDecoder {
         cache: &KvCache,
         r: usize,
         keys: usize,
+        sampling: bool,
         grouped: bool,
     ) -> Result<CudaGraph> {
         let bucket = &self.inputs[&r];
         let fused = &self.fused;
+        let shape = StepShape {
+            rows: r,
+            keys,
+            sampling,
+        };
         // The warm-up runs the real step once: it writes the same keys and values the replay will write.
         cuda_graph::on_side_stream(self.ordinal, || {
-            step_into(model, fused, cache, bucket, r, keys, grouped)
+            step_into(model, fused, cache, bucket, shape, grouped)
         })
         .context("warming up the decode step")?;
         let (graph, ()) = CudaGraph::capture(self.ordinal, self.pool, || {
-            step_into(model, fused, cache, bucket, r, keys, grouped)
+            step_into(model, fused, cache, bucket, shape, grouped)
         })
-        .with_context(|| format!("capturing the decode step ({r} rows, {keys} keys)"))?;
+        .with_context(|| {
+            format!("capturing the decode step ({r} rows, {keys} keys, sampling {sampling})")
+        })?;
         if self.pool.is_none() {
             self.pool = Some(graph.pool()?);
         }
@@ -368,8 +432,11 @@ fn step_into(
     fused: &FusedLayers,
     cache: &KvCache,
     bucket: &Bucket,
-    r: usize,
-    keys: usize,
+    StepShape {
+        rows: r,
+        keys,
+        sampling,
+    }: StepShape,
     grouped: bool,
 ) -> Result<()> {
     let (logits, experts) = decode_step(
@@ -395,6 +462,19 @@ fn step_into(
             0,
         )?;
         bucket.greedy.shallow_clone().f_copy_(&both)?;
+    }
+    if sampling {
+        // Temperature sampling rides in the graph too: a sampled batch then needs one upload of its rows'
+        // temperatures and uniforms and one small download, no sampling ops on the host.
+        let s = sample_at_temperature(&bucket.logits, &bucket.sample_params)?;
+        let both = Tensor::f_stack(
+            &[
+                s.tokens.f_to_kind(Kind::Double)?,
+                s.logprobs.f_to_kind(Kind::Double)?,
+            ],
+            0,
+        )?;
+        bucket.sampled.shallow_clone().f_copy_(&both)?;
     }
     if let (Some(dst), Some(src)) = (&bucket.experts, experts) {
         dst.shallow_clone().f_copy_(&src)?;

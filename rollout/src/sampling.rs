@@ -12,6 +12,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use spar_core::traits::SamplingParams;
+use spar_model::temperature_sampling::{PARAMS_ROWS, inverse_cdf, sample_at_temperature};
 use tch::{Device, Kind, Tensor};
 
 /// A request's sampling state: its knobs and its random stream.
@@ -43,6 +44,12 @@ impl RowSampler {
 
     pub fn greedy(&self) -> bool {
         self.temperature <= 0.0
+    }
+
+    /// Whether this row samples at a temperature alone (or greedily): no top-k, top-p or min-p filter, so
+    /// [`sample_at_temperature`] (and the CUDA-graph decode step) can choose its token.
+    pub fn temperature_only(&self) -> bool {
+        self.top_k == 0 && self.top_p >= 1.0 && self.min_p <= 0.0
     }
 
     /// The temperature this row's log-probs are reported at: its sampling temperature when it asks for
@@ -78,31 +85,16 @@ pub fn sample(logits: &Tensor, rows: &mut [&mut RowSampler]) -> Sampled {
     let (b, v) = logits.size2().expect("logits must be [B, V]");
     assert_eq!(b as usize, rows.len(), "one sampler per logits row");
     let device = logits.device();
-    let logits = logits.to_kind(Kind::Float);
-    let logp = if rows.iter().any(|r| r.logprob_temperature() != 1.0) {
-        let temps = column(
-            rows.iter().map(|r| r.logprob_temperature()).collect(),
-            device,
-        );
-        (&logits / temps).log_softmax(-1, Kind::Float)
+    let (tokens, lp, logp) = if rows.iter().all(|r| r.temperature_only()) {
+        // One upload of every row's knobs and uniform; the math the CUDA-graph decode step runs too.
+        let params = Tensor::from_slice(&temperature_params(rows))
+            .view([PARAMS_ROWS, b])
+            .to_device(device);
+        let s = sample_at_temperature(logits, &params).expect("temperature sampling on the device");
+        (s.tokens, s.logprobs, s.logp)
     } else {
-        logits.log_softmax(-1, Kind::Float)
+        sample_filtered(logits, rows, device, v)
     };
-    let argmax = logits.argmax(-1, false);
-    let tokens = if rows.iter().all(|r| r.greedy()) {
-        argmax
-    } else {
-        let sampled = sample_stochastic(&logits, rows, device, v);
-        let greedy: Vec<bool> = rows.iter().map(|r| r.greedy()).collect();
-        if greedy.iter().any(|&g| g) {
-            argmax.where_self(&Tensor::from_slice(&greedy).to_device(device), &sampled)
-        } else {
-            sampled
-        }
-    };
-    let lp = logp
-        .gather(-1, &tokens.unsqueeze(-1), false)
-        .squeeze_dim(-1);
     // Token ids < 2^24 are exact in f64, and so is every f32: one transfer carries tokens, log-probs and the
     // top-k of the rows that asked (ids then values, `[asking rows, k]` each).
     let mut parts = vec![tokens.to_kind(Kind::Double), lp.to_kind(Kind::Double)];
@@ -138,6 +130,60 @@ pub fn sample(logits: &Tensor, rows: &mut [&mut RowSampler]) -> Sampled {
         logprobs: l.iter().map(|&x| x as f32).collect(),
         top: per_row,
     }
+}
+
+/// Each row's temperature (greedy rows: their own, <= 0), log-prob temperature and uniform, as the `[3, R]`
+/// rows of [`sample_at_temperature`]'s parameters (row-major). A uniform is drawn from every row's stream, in
+/// row order, when any row samples, and none when all are greedy: the draws the filtered path makes too, so a
+/// request's tokens do not depend on which path its batch took.
+pub fn temperature_params(rows: &mut [&mut RowSampler]) -> Vec<f32> {
+    let n = rows.len();
+    let mut p = vec![0f32; n * PARAMS_ROWS as usize];
+    let any_sampling = rows.iter().any(|r| !r.greedy());
+    for (i, r) in rows.iter_mut().enumerate() {
+        p[i] = r.temperature;
+        p[n + i] = r.logprob_temperature();
+        if any_sampling {
+            p[2 * n + i] = r.next_uniform();
+        }
+    }
+    p
+}
+
+/// Tokens, their log-probs and the `[B, V]` log-softmax of a batch where some row filters its distribution
+/// (top-k, top-p or min-p).
+fn sample_filtered(
+    logits: &Tensor,
+    rows: &mut [&mut RowSampler],
+    device: Device,
+    v: i64,
+) -> (Tensor, Tensor, Tensor) {
+    let logits = logits.to_kind(Kind::Float);
+    let logp = if rows.iter().any(|r| r.logprob_temperature() != 1.0) {
+        let temps = column(
+            rows.iter().map(|r| r.logprob_temperature()).collect(),
+            device,
+        );
+        (&logits / temps).log_softmax(-1, Kind::Float)
+    } else {
+        logits.log_softmax(-1, Kind::Float)
+    };
+    let argmax = logits.argmax(-1, false);
+    let tokens = if rows.iter().all(|r| r.greedy()) {
+        argmax
+    } else {
+        let sampled = sample_stochastic(&logits, rows, device, v);
+        let greedy: Vec<bool> = rows.iter().map(|r| r.greedy()).collect();
+        if greedy.iter().any(|&g| g) {
+            argmax.where_self(&Tensor::from_slice(&greedy).to_device(device), &sampled)
+        } else {
+            sampled
+        }
+    };
+    let lp = logp
+        .gather(-1, &tokens.unsqueeze(-1), false)
+        .squeeze_dim(-1);
+    (tokens, lp, logp)
 }
 
 /// The rows of a batch that want top log-probs and the largest k among them (at most the vocabulary).
@@ -208,22 +254,14 @@ fn sample_stochastic(
             keep = keep.logical_and(&(cum - &sorted).lt_tensor(&(total * top_p)));
         }
         let kept = sorted.where_self(&keep, &sorted.zeros_like());
-        let pos = inverse_cdf(&kept, &uniforms, v);
+        let pos = inverse_cdf(&kept, &uniforms, v).expect("inverse CDF on the device");
         order.gather(-1, &pos.unsqueeze(-1), false).squeeze_dim(-1)
     } else {
-        inverse_cdf(&probs, &uniforms, v)
+        inverse_cdf(&probs, &uniforms, v).expect("inverse CDF on the device")
     }
 }
 
 /// Index of the first position whose cumulative mass exceeds `u * total` (never a zero-mass position).
-fn inverse_cdf(probs: &Tensor, uniforms: &Tensor, v: i64) -> Tensor {
-    let cum = probs.cumsum(-1, Kind::Float);
-    let target = cum.select(-1, v - 1).unsqueeze(-1) * uniforms;
-    cum.le_tensor(&target)
-        .sum_dim_intlist([-1i64].as_slice(), false, Kind::Int64)
-        .clamp_max(v - 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +273,59 @@ mod tests {
             top_k,
             min_p,
             ..Default::default()
+        }
+    }
+
+    /// The temperature-only path (shared with the CUDA-graph decode step) chooses what the filtered path chooses
+    /// with its filters off, bit for bit, drawing the same uniforms: mixed temperatures, greedy rows among
+    /// sampling ones, log-probs at temperature or not.
+    #[test]
+    fn temperature_only_rows_match_the_filtered_path_with_filters_off() {
+        tch::manual_seed(9);
+        let logits = Tensor::randn([6, 50], (Kind::Float, Device::Cpu)) * 3.0;
+        let knobs = [
+            (0.0, false),
+            (0.7, true),
+            (1.0, false),
+            (1.3, true),
+            (0.0, true),
+            (0.9, false),
+        ];
+        let make = |seed: u64| -> Vec<RowSampler> {
+            knobs
+                .iter()
+                .enumerate()
+                .map(|(i, &(t, at_t))| {
+                    let mut p = params(t, 1.0, 0, 0.0);
+                    p.logprobs_at_temperature = at_t;
+                    RowSampler::new(&p, seed + i as u64)
+                })
+                .collect()
+        };
+        for step in 0..20 {
+            let (mut a, mut b) = (make(step), make(step));
+            assert!(a.iter().all(|r| r.temperature_only()));
+            let mut ra: Vec<&mut RowSampler> = a.iter_mut().collect();
+            let mut rb: Vec<&mut RowSampler> = b.iter_mut().collect();
+            let shared = sample(&logits, &mut ra);
+            let (tokens, lp, _) = sample_filtered(&logits, &mut rb, Device::Cpu, 50);
+            assert_eq!(
+                shared.tokens,
+                Vec::<i64>::try_from(&tokens)
+                    .unwrap()
+                    .iter()
+                    .map(|&t| t as u32)
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(
+                shared.logprobs,
+                Vec::<f32>::try_from(&lp).unwrap(),
+                "step {step}"
+            );
+            // Both consumed one uniform per row, greedy rows included.
+            for (x, y) in ra.iter_mut().zip(rb.iter_mut()) {
+                assert_eq!(x.next_uniform(), y.next_uniform());
+            }
         }
     }
 

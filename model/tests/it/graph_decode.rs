@@ -1,7 +1,8 @@
 //! CUDA-graph decode steps against eager decode (GPU only; skips with a printed reason elsewhere).
 
 use crate::common::max_abs_diff;
-use spar_model::{ForwardInput, GraphDecoder, KvCache, NextTokens, Qwen3Config, Qwen3Model};
+use spar_model::temperature_sampling::sample_at_temperature;
+use spar_model::{ForwardInput, GraphDecoder, KvCache, NextTokens, Pick, Qwen3Config, Qwen3Model};
 use tch::{Device, Kind, Tensor};
 
 /// The GPU tests' tiny shapes: dense with 4 query heads a KV head, or MoE with a dense layer among sparse ones.
@@ -89,14 +90,67 @@ fn graph_decode_matches_eager_decode_on_gpu() {
                 .unwrap();
             let el = e.logits.squeeze_dim(1).to_kind(Kind::Float);
             let feed: Vec<(usize, u32)> = rows.iter().map(|r| (r.0, r.1 as u32)).collect();
-            // Every third step asks for the in-graph greedy choices only (what a greedy batch uses).
+            // Every third step asks for the in-graph greedy choices only (what a greedy batch uses), every
+            // third from the second for tokens sampled in the graph (a sampled batch without filters).
             let greedy_only = step % 3 == 2;
+            let b = feed.len();
+            let mut params = vec![0f32; 3 * b];
+            for r in 0..b {
+                params[r] = if r % 2 == 0 { 0.8 } else { 0.0 };
+                params[b + r] = if r == 0 { 0.8 } else { 1.0 };
+                params[2 * b + r] = 0.1 + 0.8 * ((step as f32 * 0.37 + r as f32 * 0.23) % 1.0);
+            }
+            let pick = match step % 3 {
+                2 => Pick::Greedy,
+                1 => Pick::Sample(Box::new({
+                    let p = params.clone();
+                    move || p
+                })),
+                _ => Pick::Logits,
+            };
             let g = dec
-                .decode(&m, &mut graph, &feed, !greedy_only)
+                .decode(&m, &mut graph, &feed, pick)
                 .unwrap()
                 .expect("graph path should take this step");
+            if step % 3 == 1 {
+                let NextTokens::Chosen(picked) = &g.next else {
+                    panic!("sampled tokens, not logits, when sampling is asked");
+                };
+                // The sampler's math on the eager logits: the same tokens (fp32: logits within 1e-4).
+                let want = sample_at_temperature(
+                    &el,
+                    &Tensor::from_slice(&params)
+                        .view([3, b as i64])
+                        .to_device(m.device()),
+                )
+                .unwrap();
+                let tokens = Vec::<i64>::try_from(want.tokens.to_device(Device::Cpu)).unwrap();
+                let lps = Vec::<f32>::try_from(want.logprobs.to_device(Device::Cpu)).unwrap();
+                for (r, (tok, lp)) in picked.iter().enumerate() {
+                    if kind == Kind::Float {
+                        assert_eq!(
+                            *tok as i64, tokens[r],
+                            "moe {moe} step {step} row {r}: sampled token"
+                        );
+                    }
+                    if *tok as i64 == tokens[r] {
+                        assert!(
+                            (lp - lps[r]).abs() as f64 <= lp_tol,
+                            "moe {moe} {kind:?} step {step} row {r}: sampled logprob {lp} vs {}",
+                            lps[r]
+                        );
+                    }
+                }
+                // Both caches go on with the eager greedy tokens.
+                let next =
+                    Vec::<i64>::try_from(el.argmax(-1, false).to_device(Device::Cpu)).unwrap();
+                for (r, t) in rows.iter_mut().zip(next) {
+                    r.1 = t;
+                }
+                continue;
+            }
             if greedy_only {
-                let NextTokens::Greedy(picked) = &g.next else {
+                let NextTokens::Chosen(picked) = &g.next else {
                     panic!("greedy choices, not logits, when no logits are asked");
                 };
                 let le = el.log_softmax(-1, Kind::Float);

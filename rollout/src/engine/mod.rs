@@ -5,8 +5,9 @@
 //! at once and the next queued request takes it. The only device-to-host copy per decode step is the sampled
 //! tokens with their log-probs (needed to check stops) and the top log-probs of the rows that asked for them;
 //! prompt prefill adds one per prefill batch. Prefill and decode, eager or CUDA graph, all sample through
-//! [`crate::sampling::sample`], except a CUDA-graph step whose rows are all greedy: it takes the graph's own
-//! greedy choices ([`spar_model::NextTokens::Greedy`]).
+//! [`crate::sampling::sample`], except a CUDA-graph step whose rows ask for no top log-probs and no top-k /
+//! top-p / min-p: it takes the tokens the graph chose itself, greedy or at each row's temperature with the
+//! row's own uniform ([`spar_model::NextTokens::Chosen`], the same math as the sampler's).
 //!
 //! The engine borrows the model and runs on the caller's thread (tch tensors are not `Sync`); async code talks
 //! to it through [`EngineClient`], whose requests [`Engine::run_until`] drains.
@@ -18,7 +19,7 @@ pub use cancel::{EngineLoad, LoadSink};
 pub use client::{EngineClient, EngineInbox, StreamEvent, WeightLoad, channel};
 
 use crate::codec::TextCodec;
-use crate::sampling::{RowSampler, Sampled, sample};
+use crate::sampling::{RowSampler, Sampled, sample, temperature_params};
 use crate::stream::Routing;
 use anyhow::{Context, Result, bail};
 use rand::{Rng, SeedableRng};
@@ -27,7 +28,7 @@ use slots::{Placement, SlotState, place};
 use spar_core::sample::RoutedExperts;
 use spar_core::traits::{FinishReason, GenerateOutput, GenerateRequest};
 use spar_model::torch_profiler::range;
-use spar_model::{ForwardInput, GraphDecoder, GraphStats, KvCache, NextTokens, Qwen3Model};
+use spar_model::{ForwardInput, GraphDecoder, GraphStats, KvCache, NextTokens, Pick, Qwen3Model};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -637,12 +638,33 @@ impl<'m> Engine<'m> {
                 .iter()
                 .map(|&i| (self.running[i].slot, self.running[i].pending[0]))
                 .collect();
-            // A greedy batch without top log-probs takes the graph's own greedy choices (no sampling ops).
-            let want_logits = rows.iter().any(|&i| {
-                let s = &self.running[i].sampler;
-                !s.greedy() || s.top_logprobs > 0
-            });
-            if let Some(out) = graphs.decode(self.model, &mut self.cache, &feed, want_logits)? {
+            // A batch without top log-probs and without top-k / top-p / min-p takes the graph's own choices:
+            // greedy, or sampled at each row's temperature with the uniforms of the rows' own streams (drawn only
+            // if the graph runs the step, as the eager sampler would draw them).
+            let plain = |i: &usize| {
+                let s = &self.running[*i].sampler;
+                s.top_logprobs == 0 && s.temperature_only()
+            };
+            let pick = if rows
+                .iter()
+                .all(|i| plain(i) && self.running[*i].sampler.greedy())
+            {
+                Pick::Greedy
+            } else if rows.iter().all(plain) && graph_sampling_enabled() {
+                let running = &mut self.running;
+                Pick::Sample(Box::new(move || {
+                    let mut by_index: Vec<Option<&mut RowSampler>> =
+                        running.iter_mut().map(|r| Some(&mut r.sampler)).collect();
+                    let mut samplers: Vec<&mut RowSampler> = rows
+                        .iter()
+                        .map(|&i| by_index[i].take().expect("rows are distinct"))
+                        .collect();
+                    temperature_params(&mut samplers)
+                }))
+            } else {
+                Pick::Logits
+            };
+            if let Some(out) = graphs.decode(self.model, &mut self.cache, &feed, pick)? {
                 if let (Some((l, k)), Some(re)) = (self.routing_shape, &out.routed_experts) {
                     let flat: Vec<i64> =
                         Vec::<i64>::try_from(re.to_device(Device::Cpu).reshape([-1]))?;
@@ -657,7 +679,7 @@ impl<'m> Engine<'m> {
                     self.running[i].pending.clear();
                 }
                 match out.next {
-                    NextTokens::Greedy(picked) => {
+                    NextTokens::Chosen(picked) => {
                         let (tokens, logprobs) = picked.into_iter().unzip();
                         self.push_sampled(
                             rows,
@@ -952,4 +974,11 @@ impl<'m> Engine<'m> {
 fn fused_prefill_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("SPAR_FUSED_PREFILL").map_or(true, |v| v != "0"))
+}
+
+/// Whether temperature sampling may run inside the decode graphs (`SPAR_GRAPH_SAMPLING=0` samples from the
+/// graphs' logits on the host side instead, for comparisons).
+fn graph_sampling_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SPAR_GRAPH_SAMPLING").map_or(true, |v| v != "0"))
 }

@@ -1,0 +1,62 @@
+//! Temperature sampling of a batch of next tokens, all on the device: the engine's sampler for rows without
+//! top-k, top-p or min-p, shared by its eager step (rollout's `sampling::sample`) and its CUDA-graph decode step
+//! ([`crate::graph_decode`]), which runs it inside the graph: no host synchronisation, fixed shapes.
+//!
+//! Row `i` has a temperature `T_i` (`<= 0`: greedy), a log-prob temperature and a uniform `u_i` in `[0, 1)` drawn
+//! by the caller from the row's own seeded stream. A sampling row takes the first token whose cumulative
+//! probability under `softmax(logits / T_i)` exceeds `u_i` times the total (inverse CDF), a greedy row the
+//! argmax; either token's log-prob is read from `log_softmax(logits / T_lp,i)`.
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+/// The per-row inputs, one column a row: `[3, R]` float32 (temperature, log-prob temperature, uniform).
+pub const PARAMS_ROWS: i64 = 3;
+
+/// What [`sample_at_temperature`] returns.
+pub struct TemperatureSample {
+    /// `[R]` int64 chosen tokens.
+    pub tokens: Tensor,
+    /// `[R]` float32 log-probs of the chosen tokens.
+    pub logprobs: Tensor,
+    /// `[R, V]` float32 `log_softmax(logits / T_lp)` (the top log-probs some callers report are read from it).
+    pub logp: Tensor,
+}
+
+/// Samples one token per row of `logits: [R, V]` under `params: [3, R]` (see the module documentation).
+pub fn sample_at_temperature(logits: &Tensor, params: &Tensor) -> Result<TemperatureSample> {
+    let v = logits.size().last().copied().unwrap_or(0);
+    let logits = logits.f_to_kind(Kind::Float)?;
+    let column = |i: i64| -> Result<Tensor> { Ok(params.f_select(0, i)?.f_unsqueeze(-1)?) };
+    let (temperature, lp_temperature, uniform) = (column(0)?, column(1)?, column(2)?);
+    // Dividing by a temperature of exactly 1 changes no bit: one expression for tempered and plain log-probs.
+    let logp = logits
+        .f_div(&lp_temperature)?
+        .f_log_softmax(-1, Kind::Float)?;
+    let argmax = logits.f_argmax(-1, false)?;
+    let sampling = temperature.f_gt(0.0)?;
+    let probs = logits
+        .f_div(&temperature.f_where_scalarother(&sampling, 1.0)?)?
+        .f_softmax(-1, Kind::Float)?;
+    let sampled = inverse_cdf(&probs, &uniform, v)?;
+    let tokens = sampled.f_where_self(&sampling.f_squeeze_dim(-1)?, &argmax)?;
+    let logprobs = logp
+        .f_gather(-1, &tokens.f_unsqueeze(-1)?, false)?
+        .f_squeeze_dim(-1)?;
+    Ok(TemperatureSample {
+        tokens,
+        logprobs,
+        logp,
+    })
+}
+
+/// Per row, the first index whose cumulative probability exceeds `uniform` (`[R, 1]`) times the row's total:
+/// the count of cumulative values at or below that target, clamped to the vocabulary.
+pub fn inverse_cdf(probs: &Tensor, uniform: &Tensor, v: i64) -> Result<Tensor> {
+    let cum = probs.f_cumsum(-1, Kind::Float)?;
+    let target = cum.f_select(-1, v - 1)?.f_unsqueeze(-1)?.f_mul(uniform)?;
+    Ok(cum
+        .f_le_tensor(&target)?
+        .f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Int64)?
+        .f_clamp_max(v - 1)?)
+}
