@@ -5,7 +5,7 @@
 # Writes to $OUT: grpo.jsonl (spar's per-iteration lines, TRL's per-step and summary lines), grpo.txt, env.txt.
 # MICROS="32 64" adds spar runs with those micro-batch sizes after the others (the DAPO loss is a token mean over the
 # whole batch, so the micro-batching changes only speed and memory, not the update). PROFILE=1 adds a spar run and a
-# TRL run whose last iteration the torch profiler records, summarised alike: $OUT/grpo-profile.md (spar) and
+# TRL run whose last iteration the torch profiler records (SAMPLING_AB=1 adds a spar run with SPAR_GRAPH_SAMPLING=0), summarised alike: $OUT/grpo-profile.md (spar) and
 # $OUT/grpo-trl-profile.md (TRL's trace through `spar bench trace`).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -25,6 +25,8 @@ spar
 spar
 [ -n "${CKPT:-}" ] && spar --checkpointing
 for m in ${MICROS:-}; do MB=$m spar; done
+# SAMPLING_AB=1: spar once more with the sampling outside the decode graphs (the lines carry "graph_sampling").
+[ -n "${SAMPLING_AB:-}" ] && SPAR_GRAPH_SAMPLING=0 spar
 if [ -n "${PROFILE:-}" ]; then
   spar --profile /tmp/grpo-profile
   cp /tmp/grpo-profile/grpo.md "$OUT/grpo-profile.md"

@@ -191,10 +191,17 @@ pub fn run(args: Args) -> Result<()> {
                "seconds": t_gen + t_score + t_learn, "generate_s": t_gen, "score_s": t_score,
                "learn_s": t_learn, "generate_tokens_per_s": generated as f64 / t_gen,
                "loss": reports.last().map(|r| r.loss), "grad_norm": reports.last().map(|r| r.grad_norm),
-               "peak_gib": peak_gib(device)?})
+               "peak_gib": peak_gib(device)?,
+               // The engine's A/B switches, so that lines of one call tell their runs apart.
+               "graph_sampling": env_on("SPAR_GRAPH_SAMPLING"), "fused_prefill": env_on("SPAR_FUSED_PREFILL")})
         );
     }
     Ok(())
+}
+
+/// Whether an engine switch that is on unless set to "0" is on.
+fn env_on(name: &str) -> bool {
+    std::env::var(name).map_or(true, |v| v != "0")
 }
 
 /// Peak allocated GPU memory so far, in GiB (None on the CPU).
