@@ -55,6 +55,8 @@ pub struct Row {
     pub other_ms: f64,
     /// Spans: milliseconds in no torch op (spar's own host code, waits outside torch).
     pub outside_ms: f64,
+    /// Spans: torch ops called directly inside (not counting the ops those call): the host's dispatches.
+    pub top_ops: u64,
 }
 
 /// The tables of one trace.
@@ -196,32 +198,27 @@ impl TraceSummary {
         }
         s.runtime = runtime.longest_first();
 
-        // Per host thread: ops with their self time, then each span's ops, runtime calls and the GPU work they
-        // launched (everything of the thread that starts inside the span).
+        // Host ops with their self time (nesting by time within each thread), then each span's contents: every
+        // op and runtime call that starts while it is open, on any thread (autograd runs a CUDA backward on a
+        // thread of its own), and the GPU work those calls launched. A span's time in no torch op is its own
+        // thread's.
+        let thread = |e: &Event| format!("{}/{}", e.pid, e.tid);
         let mut by_thread: HashMap<String, Vec<&Event>> = HashMap::new();
-        for e in &complete {
-            if e.cat == "user_annotation" || e.cat == "cpu_op" || is_runtime(&e.cat) {
-                by_thread
-                    .entry(format!("{}/{}", e.pid, e.tid))
-                    .or_default()
-                    .push(e);
-            }
+        for e in complete.iter().filter(|e| e.cat == "cpu_op") {
+            by_thread.entry(thread(e)).or_default().push(e);
         }
-        let mut spans = Table::default();
-        let mut inside: HashMap<String, SpanDetail> = HashMap::new();
         let mut ops = Table::default();
-        let mut first_seen: Vec<(f64, String)> = Vec::new();
+        // (op, self µs, called directly by spar rather than by another op)
+        let mut host: Vec<(&Event, f64, bool)> = Vec::new();
         for list in by_thread.values_mut() {
             list.sort_by(|a, b| a.ts.total_cmp(&b.ts).then(b.dur.total_cmp(&a.dur)));
-            // Self time: an op's duration less its direct child ops' (nesting by time on one thread).
-            let host: Vec<&Event> = list.iter().filter(|e| e.cat == "cpu_op").copied().collect();
-            let mut own: Vec<f64> = host.iter().map(|e| e.dur).collect();
-            let mut top_level = vec![false; host.len()];
+            let mut own: Vec<f64> = list.iter().map(|e| e.dur).collect();
+            let mut top_level = vec![false; list.len()];
             let mut stack: Vec<usize> = Vec::new();
-            for (i, e) in host.iter().enumerate() {
+            for (i, e) in list.iter().enumerate() {
                 while stack
                     .last()
-                    .is_some_and(|&top| e.ts >= host[top].ts + host[top].dur)
+                    .is_some_and(|&top| e.ts >= list[top].ts + list[top].dur)
                 {
                     stack.pop();
                 }
@@ -231,45 +228,54 @@ impl TraceSummary {
                 }
                 stack.push(i);
             }
-            for (i, e) in host.iter().enumerate() {
+            for (i, e) in list.iter().enumerate() {
                 ops.add(&e.name, own[i].max(0.0) / 1e3, e.dur / 1e3);
+                host.push((e, own[i].max(0.0), top_level[i]));
             }
-            let calls: Vec<&Event> = list
-                .iter()
-                .filter(|e| is_runtime(&e.cat))
-                .copied()
-                .collect();
-            let launched = |e: &Event| e.args.correlation.and_then(|c| gpu_of.get(&c));
-            for span in list.iter().filter(|e| e.cat == "user_annotation") {
-                let (from, to) = (span.ts, span.ts + span.dur);
-                let within = |xs: &[&Event]| {
-                    xs.partition_point(|e| e.ts < from)..xs.partition_point(|e| e.ts <= to)
-                };
-                let detail = inside.entry(span.name.clone()).or_default();
-                let mut gpu = 0.0;
-                for c in &calls[within(&calls)] {
-                    detail.runtime.add(&c.name, c.dur / 1e3, 0.0);
-                    for (name, dur) in launched(c).into_iter().flatten() {
-                        detail.kernels.add(name, dur / 1e3, 0.0);
-                        gpu += dur;
+        }
+        host.sort_by(|a, b| a.0.ts.total_cmp(&b.0.ts));
+        let mut calls: Vec<&Event> = complete
+            .iter()
+            .filter(|e| is_runtime(&e.cat))
+            .copied()
+            .collect();
+        calls.sort_by(|a, b| a.ts.total_cmp(&b.ts));
+        let launched = |e: &Event| e.args.correlation.and_then(|c| gpu_of.get(&c));
+        let mut spans = Table::default();
+        let mut inside: HashMap<String, SpanDetail> = HashMap::new();
+        let mut first_seen: Vec<(f64, String)> = Vec::new();
+        for span in complete.iter().filter(|e| e.cat == "user_annotation") {
+            let (from, to) = (span.ts, span.ts + span.dur);
+            let detail = inside.entry(span.name.clone()).or_default();
+            let mut gpu = 0.0;
+            let lo = calls.partition_point(|e| e.ts < from);
+            let hi = calls.partition_point(|e| e.ts <= to);
+            for c in &calls[lo..hi] {
+                detail.runtime.add(&c.name, c.dur / 1e3, 0.0);
+                for (name, dur) in launched(c).into_iter().flatten() {
+                    detail.kernels.add(name, dur / 1e3, 0.0);
+                    gpu += dur;
+                }
+            }
+            let lo = host.partition_point(|h| h.0.ts < from);
+            let hi = host.partition_point(|h| h.0.ts <= to);
+            let (mut in_own_ops, mut top_ops) = (0.0, 0);
+            let span_thread = thread(span);
+            for (e, own, top) in &host[lo..hi] {
+                detail.host_ops.add(&e.name, own / 1e3, e.dur / 1e3);
+                if *top {
+                    top_ops += 1;
+                    if thread(e) == span_thread {
+                        in_own_ops += e.dur;
                     }
                 }
-                let r = within(&host);
-                let mut in_ops = 0.0;
-                for (i, e) in host[r.clone()].iter().enumerate() {
-                    detail
-                        .host_ops
-                        .add(&e.name, own[r.start + i].max(0.0) / 1e3, e.dur / 1e3);
-                    if top_level[r.start + i] {
-                        in_ops += e.dur;
-                    }
-                }
-                if !spans.has(&span.name) {
-                    first_seen.push((span.ts, span.name.clone()));
-                }
-                let row = spans.add(&span.name, span.dur / 1e3, gpu / 1e3);
-                row.outside_ms += (span.dur - in_ops).max(0.0) / 1e3;
             }
+            if !spans.has(&span.name) {
+                first_seen.push((span.ts, span.name.clone()));
+            }
+            let row = spans.add(&span.name, span.dur / 1e3, gpu / 1e3);
+            row.outside_ms += (span.dur - in_own_ops).max(0.0) / 1e3;
+            row.top_ops += top_ops;
         }
         first_seen.sort_by(|a, b| a.0.total_cmp(&b.0));
         s.spans = first_seen
@@ -320,6 +326,7 @@ impl TraceSummary {
         let share = |r: &Row| format!("{:.1}%", 100.0 * r.ms / wall);
         let other = |r: &Row| format!("{:.2}", r.other_ms);
         let outside = |r: &Row| format!("{:.2}", r.outside_ms);
+        let ops_per_call = |r: &Row| format!("{:.0}", r.top_ops as f64 / r.calls.max(1) as f64);
         type Col<'a> = (&'a str, &'a dyn Fn(&Row) -> String);
         let table = |out: &mut String, head: &str, cols: &[Col<'_>], rows: &[Row], cut: usize| {
             if rows.is_empty() {
@@ -363,6 +370,7 @@ impl TraceSummary {
             ("ms / call", &per_call),
             ("% of wall", &share),
             ("ms in no torch op", &outside),
+            ("torch ops / call", &ops_per_call),
         ];
         if on_gpu {
             span_cols.push(("GPU ms launched inside", &other));
@@ -441,7 +449,8 @@ fn union_length(mut iv: Vec<(f64, f64)>) -> f64 {
 mod tests {
     use super::*;
 
-    /// A hand-made GPU trace: one span holding two ops, one of which launches a kernel through the runtime.
+    /// A hand-made GPU trace: one span holding two ops, one of which launches a kernel through the runtime, and a
+    /// backward op on autograd's thread launching another while the span is open.
     const TRACE: &str = r#"{"traceEvents": [
       {"ph": "X", "cat": "user_annotation", "name": "engine/prefill", "pid": 1, "tid": 1, "ts": 0, "dur": 100},
       {"ph": "X", "cat": "cpu_op", "name": "aten::linear", "pid": 1, "tid": 1, "ts": 10, "dur": 50},
@@ -453,27 +462,34 @@ mod tests {
       {"ph": "X", "cat": "kernel", "name": "gemm", "pid": 0, "tid": 7, "ts": 30, "dur": 40,
        "args": {"correlation": 7}},
       {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy DtoH", "pid": 0, "tid": 7, "ts": 60, "dur": 20},
+      {"ph": "X", "cat": "cpu_op", "name": "autograd::engine::evaluate_function: MmBackward0", "pid": 1, "tid": 2,
+       "ts": 80, "dur": 10},
+      {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 2, "ts": 82, "dur": 3,
+       "args": {"correlation": 8}},
+      {"ph": "X", "cat": "kernel", "name": "gemm_backward", "pid": 0, "tid": 7, "ts": 90, "dur": 5,
+       "args": {"correlation": 8}},
       {"ph": "i", "cat": "marker", "name": "ignored", "pid": 1, "tid": 1, "ts": 500}
     ]}"#;
 
     #[test]
     fn spans_ops_kernels_and_runtime_calls_are_accounted() {
         let s = TraceSummary::from_json(TRACE).unwrap();
-        assert_eq!(s.events, 8);
+        assert_eq!(s.events, 11);
         assert!((s.wall_ms - 0.1).abs() < 1e-9, "{}", s.wall_ms);
-        // Kernel 30..70 and memcpy 60..80 overlap: 50 µs busy.
-        assert!((s.gpu_busy_ms - 0.05).abs() < 1e-9, "{}", s.gpu_busy_ms);
+        // Kernel 30..70 and memcpy 60..80 overlap (50 µs busy), then the backward's 5 µs.
+        assert!((s.gpu_busy_ms - 0.055).abs() < 1e-9, "{}", s.gpu_busy_ms);
         assert_eq!(s.spans.len(), 1);
         assert_eq!(s.spans[0].name, "engine/prefill");
         assert!((s.spans[0].ms - 0.1).abs() < 1e-9);
         assert!(
-            (s.spans[0].other_ms - 0.04).abs() < 1e-9,
-            "GPU time inside the span: {}",
+            (s.spans[0].other_ms - 0.045).abs() < 1e-9,
+            "GPU time launched inside the span, the other thread's included: {}",
             s.spans[0].other_ms
         );
+        assert_eq!(s.spans[0].top_ops, 3, "linear, item, and the backward op");
         assert!(
             (s.spans[0].outside_ms - 0.025).abs() < 1e-9,
-            "100 µs less the two top-level ops' 50 + 25: {}",
+            "100 µs less its own thread's two top-level ops' 50 + 25: {}",
             s.spans[0].outside_ms
         );
         let op = |n: &str| s.host_ops.iter().find(|r| r.name == n).unwrap().clone();
@@ -488,11 +504,11 @@ mod tests {
         assert_eq!(s.runtime[0].name, "cudaStreamSynchronize");
         let md = s.to_markdown("round 2", 10);
         assert!(
-            md.contains("GPU busy 0.1 ms (50.0% of the wall time)"),
+            md.contains("GPU busy 0.1 ms (55.0% of the wall time)"),
             "{md}"
         );
         assert!(
-            md.contains("| `engine/prefill` | 1 | 0.10 | 0.100 | 100.0% | 0.03 | 0.04 |"),
+            md.contains("| `engine/prefill` | 1 | 0.10 | 0.100 | 100.0% | 0.03 | 3 |"),
             "{md}"
         );
         assert!(
@@ -507,14 +523,14 @@ mod tests {
         );
         assert_eq!(
             inside.kernels.len(),
-            1,
-            "the memcpy has no launch in the trace"
+            2,
+            "the backward's kernel too; the memcpy has no launch in the trace"
         );
         assert_eq!(inside.runtime[0].name, "cudaStreamSynchronize");
-        assert_eq!(inside.host_ops.len(), 3);
+        assert_eq!(inside.host_ops.len(), 4);
         assert!(md.contains("### `engine/prefill`"), "{md}");
         let cut = s.to_markdown("round 2", 1);
-        assert!(cut.contains("| (1 more) | 1 | 0.02 | | |"), "{cut}");
+        assert!(cut.contains("| (2 more) | 2 | "), "{cut}");
     }
 
     #[test]
