@@ -120,6 +120,15 @@ const IGNORED_KEYS: &[&str] = &[
 ];
 
 impl Qwen3Config {
+    /// Attention's `(query heads, KV heads, head dim)` as tensor sizes.
+    pub fn attention_dims(&self) -> (i64, i64, i64) {
+        (
+            self.num_attention_heads as i64,
+            self.num_key_value_heads as i64,
+            self.head_dim as i64,
+        )
+    }
+
     /// Reads and validates a config.json.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text =

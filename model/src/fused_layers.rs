@@ -7,9 +7,10 @@
 //! parameters since (a dtype change, a load) and rebuilds the buffers. One owner per model: a second set would
 //! re-point the parameters away from the first.
 
+use crate::moe::moe_forward_with;
 use crate::qwen3::{Attention, Mlp, Qwen3Model};
 use crate::rope::apply_rotary;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use spar_kernels::{decode_ops, rms_norm};
 use tch::Tensor;
 
@@ -99,6 +100,60 @@ pub(crate) fn queries_and_store(
             .f_view([rows, nkv, d])?
             .f_index_copy_(0, write_at, &vl.f_reshape([r, nkv, d])?)?;
     Ok(qk.f_narrow(1, 0, nh)?)
+}
+
+/// The first layer's input norm of the embeddings `x` (the final norm for a model without layers): the norm each
+/// later layer's residual add is fused with ([`mlp_and_next_norm`]).
+pub(crate) fn first_input_norm(model: &Qwen3Model, x: &Tensor) -> Result<Tensor> {
+    let w = model.layers.first().map_or(&model.norm, |l| &l.input_ln);
+    rms_norm(x, w, model.config.rms_norm_eps)
+}
+
+/// Layer `li` after its attention, as the decode step and the fused prefill run it: the residual add fused with
+/// the post-attention norm, the MLP (one gate-up GEMM for a dense layer; the experts for an MoE one, through
+/// `_grouped_mm` when `grouped`), and the residual add fused with the next layer's input norm (the final norm
+/// after the last layer). `x`: the layer's input `[.., H]`; `attn_out`: attention's output projection, same
+/// shape. Returns the layer's output, that output through the next norm, and an MoE layer's chosen experts
+/// `[tokens, k]`.
+pub(crate) fn mlp_and_next_norm(
+    model: &Qwen3Model,
+    li: usize,
+    fused: &FusedLayer,
+    x: &Tensor,
+    attn_out: &Tensor,
+    grouped: bool,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let (c, layer) = (&model.config, &model.layers[li]);
+    let eps = c.rms_norm_eps;
+    let (x1, h2) = decode_ops::add_rms_norm(x, attn_out, &layer.post_ln, eps)?;
+    let (y, experts) = match &layer.mlp {
+        Mlp::Dense { down, .. } => {
+            let gu = fused
+                .gate_up
+                .as_ref()
+                .with_context(|| format!("dense layer {li} without fused gate_up"))?;
+            let y = decode_ops::silu_mul_packed(&h2.f_linear(gu, None::<Tensor>)?)?
+                .f_linear(down, None::<Tensor>)?;
+            (y, None)
+        }
+        Mlp::Moe { weights, .. } => {
+            let o = moe_forward_with(
+                weights,
+                &h2.f_reshape([-1, c.hidden_size as i64])?,
+                c.num_experts_per_tok as i64,
+                c.norm_topk_prob,
+                None,
+                grouped,
+            )?;
+            (o.hidden.f_view(h2.size().as_slice())?, Some(o.experts))
+        }
+    };
+    let next_norm = model
+        .layers
+        .get(li + 1)
+        .map_or(&model.norm, |next| &next.input_ln);
+    let (x2, hn) = decode_ops::add_rms_norm(&x1, &y, next_norm, eps)?;
+    Ok((x2, hn, experts))
 }
 
 /// Builds the fused buffers and re-points the model's q/k/v (and dense gate/up) parameters into them.

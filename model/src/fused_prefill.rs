@@ -19,11 +19,9 @@
 //! the plain forward's values everywhere (summation order aside); the CPU tests compare the two.
 
 use crate::cache::KvCache;
-use crate::fused_layers::{FusedLayers, queries_and_store};
-use crate::moe::moe_forward;
-use crate::qwen3::{Mlp, Qwen3Model};
+use crate::fused_layers::{FusedLayers, first_input_norm, mlp_and_next_norm, queries_and_store};
+use crate::qwen3::{Qwen3Model, grouped_query_attention, stack_mask};
 use anyhow::{Result, bail, ensure};
-use spar_kernels::{decode_ops, rms_norm};
 use tch::{Kind, Tensor};
 
 /// What a fused prefill hands back.
@@ -47,12 +45,7 @@ pub fn prefill(
 ) -> Result<PrefillOutput> {
     let c = &model.config;
     let (dev, kind, eps) = (model.device(), model.kind(), c.rms_norm_eps);
-    let (nh, nkv, d, h) = (
-        c.num_attention_heads as i64,
-        c.num_key_value_heads as i64,
-        c.head_dim as i64,
-        c.hidden_size as i64,
-    );
+    let (nh, nkv, d) = c.attention_dims();
     let n_rep = nh / nkv;
     let b = rows.len();
     let t = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
@@ -116,11 +109,11 @@ pub fn prefill(
         .f_le_tensor(&qpos)?
         .f_logical_and(&keys.f_lt_tensor(&end)?)?
         .f_logical_or(&keys.f_eq_tensor(&qpos)?)?; // [b, t, read_len]
-    // Additive, in the model dtype, repeated for the query heads stacked per KV head: built once, not per layer.
-    let mask = Tensor::f_zeros([b, t, read_len], (kind, dev))?
+    // Additive, in the model dtype, stacked for the query heads of each KV head: built once, not per layer.
+    let additive = Tensor::f_zeros([b, t, read_len], (kind, dev))?
         .f_masked_fill(&visible.f_logical_not()?, f64::NEG_INFINITY)?
-        .f_unsqueeze(1)?
-        .f_repeat([1, 1, n_rep, 1])?; // [b, 1, n_rep * t, read_len]
+        .f_unsqueeze(1)?;
+    let mask = stack_mask(&additive, n_rep)?; // [b, 1, n_rep * t, read_len]
     let (cos, sin) = model.rope.cos_sin(&pos.f_view([b * t, 1])?, kind)?; // [b t, 1, d]
     let contiguous_from = phys.windows(2).all(|w| w[1] == w[0] + 1).then(|| phys[0]);
     // Rows' cached keys or values, [b, nkv, read_len, d]: a view when the slots are contiguous, else a gather.
@@ -134,10 +127,7 @@ pub fn prefill(
     };
 
     let mut x = Tensor::f_embedding(&model.embed, &ids, model.pad_idx(), false, false)?; // [b, t, H]
-    let mut hin = match model.layers.first() {
-        Some(l) => rms_norm(&x, &l.input_ln, eps)?,
-        None => rms_norm(&x, &model.norm, eps)?,
-    };
+    let mut hin = first_input_norm(model, &x)?;
     let mut experts = Vec::new();
     for (li, (layer, fl)) in model.layers.iter().zip(fused.iter()).enumerate() {
         let a = &layer.attn;
@@ -146,53 +136,13 @@ pub fn prefill(
             .f_linear(&fl.qkv, None::<Tensor>)?
             .f_view([b * t, 1, -1])?;
         let q = queries_and_store(a, &qkv, &cos, &sin, &write_at, (kc, vc), (nh, nkv, d), eps)?;
-        // Query heads n * n_rep .. (n + 1) * n_rep read KV head n: stack them along its query axis.
-        let stacked = q
-            .f_reshape([b, t, nkv, n_rep, d])?
-            .f_permute([0, 2, 3, 1, 4])?
-            .f_reshape([b, nkv, n_rep * t, d])?;
-        let o = Tensor::f_scaled_dot_product_attention(
-            &stacked,
-            &rows_of(kc)?,
-            &rows_of(vc)?,
-            Some(&mask),
-            0.0,
-            false,
-            None,
-            false,
-        )?; // [b, nkv, n_rep t, d]
-        let o = o
-            .f_reshape([b, nkv, n_rep, t, d])?
-            .f_permute([0, 3, 1, 2, 4])?
+        let q = q.f_reshape([b, t, nh, d])?.f_transpose(1, 2)?; // [b, nh, t, d]
+        let o = grouped_query_attention(&q, &rows_of(kc)?, &rows_of(vc)?, &mask)?
+            .f_transpose(1, 2)?
             .f_reshape([b, t, nh * d])?
             .f_linear(&a.o, None::<Tensor>)?;
-        let (x1, h2) = decode_ops::add_rms_norm(&x, &o, &layer.post_ln, eps)?;
-        let y = match &layer.mlp {
-            Mlp::Dense { down, .. } => {
-                let Some(gu) = fl.gate_up.as_ref() else {
-                    bail!("dense layer {li} without fused gate_up");
-                };
-                decode_ops::silu_mul_packed(&h2.f_linear(gu, None::<Tensor>)?)?
-                    .f_linear(down, None::<Tensor>)?
-            }
-            Mlp::Moe { weights, .. } => {
-                let k = c.num_experts_per_tok as i64;
-                let o = moe_forward(
-                    weights,
-                    &h2.f_reshape([b * t, h])?,
-                    k,
-                    c.norm_topk_prob,
-                    None,
-                )?;
-                experts.push(o.experts);
-                o.hidden.f_view([b, t, h])?
-            }
-        };
-        let next_norm = match model.layers.get(li + 1) {
-            Some(next) => &next.input_ln,
-            None => &model.norm,
-        };
-        let (x2, hn) = decode_ops::add_rms_norm(&x1, &y, next_norm, eps)?;
+        let (x2, hn, chosen) = mlp_and_next_norm(model, li, fl, &x, &o, true)?;
+        experts.extend(chosen);
         x = x2;
         hin = hn;
     }

@@ -30,14 +30,13 @@
 //! bucket, a failed capture) makes [`GraphDecoder::decode`] return `None` and the caller runs the eager forward.
 
 use crate::cache::KvCache;
-use crate::fused_layers::{FusedLayers, queries_and_store};
+use crate::fused_layers::{FusedLayers, first_input_norm, mlp_and_next_norm, queries_and_store};
 use crate::fused_prefill::{self, PrefillOutput};
-use crate::moe::moe_forward_with;
-use crate::qwen3::{Mlp, Qwen3Model};
+use crate::qwen3::Qwen3Model;
 use crate::temperature_sampling::{PARAMS_ROWS, sample_at_temperature};
 use anyhow::{Context, Result};
 use spar_kernels::cuda_graph::{self, CudaGraph, GraphPool};
-use spar_kernels::{decode_ops, rms_norm};
+use spar_kernels::decode_ops;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
@@ -498,12 +497,7 @@ fn decode_step(
     let dev = model.device();
     let kind = model.kind();
     let eps = c.rms_norm_eps;
-    let (nh, nkv, d, h) = (
-        c.num_attention_heads as i64,
-        c.num_key_value_heads as i64,
-        c.head_dim as i64,
-        c.hidden_size as i64,
-    );
+    let (nh, nkv, d) = c.attention_dims();
     let n_rep = nh / nkv;
     let width = cache.max_len() as i64 + 1;
     let ids = inputs.f_select(0, 0)?.f_view([r, 1])?;
@@ -525,10 +519,7 @@ fn decode_step(
     let mut x = Tensor::f_embedding(&model.embed, &ids, model.pad_idx(), false, false)?; // [r, 1, H]
     let mut experts = Vec::new();
     // The input norm of each layer is fused with the residual add that ends the layer before it.
-    let mut hin = match model.layers.first() {
-        Some(l) => rms_norm(&x, &l.input_ln, eps)?,
-        None => rms_norm(&x, &model.norm, eps)?,
-    };
+    let mut hin = first_input_norm(model, &x)?;
     for (li, (layer, fl)) in model.layers.iter().zip(fused.iter()).enumerate() {
         let a = &layer.attn;
         let (kc, vc) = cache.layer(layer.index);
@@ -562,34 +553,8 @@ fn decode_step(
         let o = o
             .f_reshape([r, 1, nh * d])?
             .f_linear(&a.o, None::<Tensor>)?;
-        let (x1, h2) = decode_ops::add_rms_norm(&x, &o, &layer.post_ln, eps)?;
-        let y = match &layer.mlp {
-            Mlp::Dense { down, .. } => {
-                let gu = fl
-                    .gate_up
-                    .as_ref()
-                    .context("dense layer without fused gate_up")?;
-                decode_ops::silu_mul_packed(&h2.f_linear(gu, None::<Tensor>)?)?
-                    .f_linear(down, None::<Tensor>)?
-            }
-            Mlp::Moe { weights, .. } => {
-                let o = moe_forward_with(
-                    weights,
-                    &h2.f_reshape([r, h])?,
-                    c.num_experts_per_tok as i64,
-                    c.norm_topk_prob,
-                    None,
-                    grouped,
-                )?;
-                experts.push(o.experts);
-                o.hidden.f_view([r, 1, h])?
-            }
-        };
-        let next_norm = match model.layers.get(li + 1) {
-            Some(next) => &next.input_ln,
-            None => &model.norm,
-        };
-        let (x2, hn) = decode_ops::add_rms_norm(&x1, &y, next_norm, eps)?;
+        let (x2, hn, chosen) = mlp_and_next_norm(model, li, fl, &x, &o, grouped)?;
+        experts.extend(chosen);
         x = x2;
         hin = hn;
     }

@@ -215,11 +215,7 @@ pub struct Qwen3Model {
 /// Shape of every parameter in `vs`, by name (the VarStore layout described on [`Qwen3Model`]).
 pub fn param_shapes(c: &Qwen3Config) -> Vec<(String, Vec<i64>)> {
     let h = c.hidden_size as i64;
-    let (nh, nkv, d) = (
-        c.num_attention_heads as i64,
-        c.num_key_value_heads as i64,
-        c.head_dim as i64,
-    );
+    let (nh, nkv, d) = c.attention_dims();
     let mut v = vec![(
         "model.embed_tokens.weight".to_string(),
         vec![c.vocab_size as i64, h],
@@ -1063,11 +1059,7 @@ impl Qwen3Model {
     ) -> Result<Tensor> {
         let c = &self.config;
         let (b, t, _) = x.size3()?;
-        let (nh, nkv, d) = (
-            c.num_attention_heads as i64,
-            c.num_key_value_heads as i64,
-            c.head_dim as i64,
-        );
+        let (nh, nkv, d) = c.attention_dims();
         let eps = c.rms_norm_eps;
         let a = &layer.attn;
         let q = rms_norm(
@@ -1116,7 +1108,7 @@ impl Qwen3Model {
         let o = match mask {
             // A few new tokens over long cached keys: no copy of the keys per query head.
             AttnMask::Mask(m) if cached && self.stacks_query_heads(t as usize) => {
-                grouped_query_attention(&q, &k, &v, m, n_rep)?
+                grouped_query_attention(&q, &k, &v, &stack_mask(m, n_rep)?)?
             }
             AttnMask::Mask(m) => {
                 // With an explicit mask on CUDA the memory-efficient kernel runs, which has no GQA: expanding
@@ -1157,31 +1149,37 @@ impl EmbeddingExt for Tensor {
 }
 
 /// Attention of `q: [B, H, T, D]` over `k, v: [B, Hkv, S, D]` (`H = Hkv * n_rep`, query head `h` reads KV head
-/// `h / n_rep`) under `mask: [B or 1, 1, T, S]`, with each KV head's `n_rep` query heads stacked along the query
-/// axis (`[B, Hkv, n_rep * T, D]`, the mask repeated to match). SDPA then needs neither GQA support, which its
-/// masked CUDA kernel lacks, nor a copy of the keys and values per query head: for a turn of T new tokens over
-/// S cached ones that copy is `n_rep` times the whole history's keys and values, per layer.
-fn grouped_query_attention(
+/// `h / n_rep`), with each KV head's `n_rep` query heads stacked along the query axis (`[B, Hkv, n_rep * T, D]`)
+/// under `stacked_mask: [B or 1, 1, n_rep * T, S]` ([`stack_mask`] of the `[.., T, S]` mask). SDPA then needs
+/// neither GQA support, which its masked CUDA kernel lacks, nor a copy of the keys and values per query head:
+/// for a turn of T new tokens over S cached ones that copy is `n_rep` times the whole history's keys and values,
+/// per layer.
+pub(crate) fn grouped_query_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: &Tensor,
-    n_rep: i64,
+    stacked_mask: &Tensor,
 ) -> Result<Tensor> {
     let (b, h, t, d) = q.size4()?;
-    let stacked = q.f_reshape([b, h / n_rep, n_rep * t, d])?;
-    let mask = mask.f_repeat([1, 1, n_rep, 1])?;
+    let hkv = k.size()[1];
+    let stacked = q.f_reshape([b, hkv, h / hkv * t, d])?;
     let o = Tensor::f_scaled_dot_product_attention(
         &stacked,
         k,
         v,
-        Some(&mask),
+        Some(stacked_mask),
         0.0,
         false,
         None,
         false,
     )?;
     Ok(o.f_reshape([b, h, t, d])?)
+}
+
+/// The attention mask `[.., T, S]` of [`grouped_query_attention`]'s stacked queries: repeated `n_rep` times along
+/// the query axis (row `r * T + i` is query `i`'s).
+pub(crate) fn stack_mask(mask: &Tensor, n_rep: i64) -> Result<Tensor> {
+    Ok(mask.f_repeat([1, 1, n_rep, 1])?)
 }
 
 fn repeat_kv(x: &Tensor, n_rep: i64) -> Result<Tensor> {
@@ -1304,7 +1302,8 @@ mod tests {
             }
         }
         let mask = Tensor::from_slice(&m).view([b, 1, t, s]);
-        let stacked = grouped_query_attention(&q, &k, &v, &mask, n_rep).unwrap();
+        let stacked =
+            grouped_query_attention(&q, &k, &v, &stack_mask(&mask, n_rep).unwrap()).unwrap();
         let expanded = Tensor::scaled_dot_product_attention(
             &q,
             &repeat_kv(&k, n_rep).unwrap(),
