@@ -653,28 +653,14 @@ impl<'m> Engine<'m> {
             } else if rows.iter().all(plain) && graph_sampling_enabled() {
                 let running = &mut self.running;
                 Pick::Sample(Box::new(move || {
-                    let mut by_index: Vec<Option<&mut RowSampler>> =
-                        running.iter_mut().map(|r| Some(&mut r.sampler)).collect();
-                    let mut samplers: Vec<&mut RowSampler> = rows
-                        .iter()
-                        .map(|&i| by_index[i].take().expect("rows are distinct"))
-                        .collect();
-                    temperature_params(&mut samplers)
+                    temperature_params(&mut samplers_of(running, rows))
                 }))
             } else {
                 Pick::Logits
             };
             if let Some(out) = graphs.decode(self.model, &mut self.cache, &feed, pick)? {
-                if let (Some((l, k)), Some(re)) = (self.routing_shape, &out.routed_experts) {
-                    let flat: Vec<i64> =
-                        Vec::<i64>::try_from(re.to_device(Device::Cpu).reshape([-1]))?;
-                    for (r, (slot, _)) in feed.iter().enumerate() {
-                        let row = &flat[r * l * k..(r + 1) * l * k];
-                        self.slots[*slot]
-                            .routing
-                            .extend(row.iter().map(|&e| e as u16));
-                    }
-                }
+                let one_each: Vec<(usize, usize)> = feed.iter().map(|(s, _)| (*s, 1)).collect();
+                self.append_routing(&one_each, out.routed_experts.as_ref())?;
                 for &i in rows {
                     self.running[i].pending.clear();
                 }
@@ -721,6 +707,12 @@ impl<'m> Engine<'m> {
         let t = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
         let b = rows.len();
         let slot_list: Vec<usize> = rows.iter().map(|(i, _)| self.running[*i].slot).collect();
+        // (slot, new tokens) of each row, for the routing each token chose.
+        let appended: Vec<(usize, usize)> = slot_list
+            .iter()
+            .zip(rows)
+            .map(|(s, (_, p))| (*s, p.len()))
+            .collect();
         // Prefill through the decode step's fused weights and kernels where the graph decoder holds them (under
         // half the plain forward's host ops a layer); batch-invariant runs keep the plain forward.
         if let (true, false, Some(graphs)) = (t > 1, self.cfg.batch_invariant, self.graphs.as_mut())
@@ -733,7 +725,7 @@ impl<'m> Engine<'m> {
                 .map(|(s, (_, p))| (*s, p.as_slice()))
                 .collect();
             let out = graphs.prefill(self.model, &mut self.cache, &spec)?;
-            self.append_routing(rows, &slot_list, out.routed_experts.as_ref())?;
+            self.append_routing(&appended, out.routed_experts.as_ref())?;
             return Ok(want_logits.then_some(out.logits));
         }
         let mut ids = vec![0i64; b * t];
@@ -764,7 +756,7 @@ impl<'m> Engine<'m> {
             input = input.hidden_only();
         }
         let out = self.model.forward(input)?;
-        self.append_routing(rows, &slot_list, out.routed_experts.as_ref())?;
+        self.append_routing(&appended, out.routed_experts.as_ref())?;
         if !want_logits {
             return Ok(None);
         }
@@ -784,23 +776,18 @@ impl<'m> Engine<'m> {
         Ok(Some(logits))
     }
 
-    /// Appends the experts each row's new tokens chose (`routed: [b, t, n_moe, k]`, rows right-padded) to its
-    /// slot's routing, when the engine records routing.
-    fn append_routing(
-        &mut self,
-        rows: &[(usize, Vec<u32>)],
-        slot_list: &[usize],
-        routed: Option<&Tensor>,
-    ) -> Result<()> {
+    /// Appends the experts each row's new tokens chose (`routed: [b, t, n_moe, k]`, rows right-padded to the
+    /// longest) to its slot's routing, when the engine records routing. `rows`: (slot, new tokens) per row.
+    fn append_routing(&mut self, rows: &[(usize, usize)], routed: Option<&Tensor>) -> Result<()> {
         let (Some((l, k)), Some(re)) = (self.routing_shape, routed) else {
             return Ok(());
         };
-        let t = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
+        let t = rows.iter().map(|(_, n)| *n).max().unwrap_or(0);
         let flat: Vec<i64> = Vec::<i64>::try_from(re.to_device(Device::Cpu).reshape([-1]))?;
         let per = l * k;
-        for (r, (_, p)) in rows.iter().enumerate() {
-            let row = &flat[r * t * per..(r * t + p.len()) * per];
-            self.slots[slot_list[r]]
+        for (r, (slot, n)) in rows.iter().enumerate() {
+            let row = &flat[r * t * per..(r * t + n) * per];
+            self.slots[*slot]
                 .routing
                 .extend(row.iter().map(|&e| e as u16));
         }
@@ -809,19 +796,7 @@ impl<'m> Engine<'m> {
 
     fn sample_rows(&mut self, rows: &[usize], logits: &Tensor) -> Result<()> {
         let _span = range("engine/sample");
-        let picked = {
-            let mut samplers: Vec<&mut RowSampler> = Vec::with_capacity(rows.len());
-            // Disjoint mutable borrows of the rows' samplers, in `rows` order.
-            let mut by_index: Vec<Option<&mut RowSampler>> = self
-                .running
-                .iter_mut()
-                .map(|r| Some(&mut r.sampler))
-                .collect();
-            for &i in rows {
-                samplers.push(by_index[i].take().expect("rows are distinct"));
-            }
-            sample(logits, &mut samplers)
-        };
+        let picked = sample(logits, &mut samplers_of(&mut self.running, rows));
         self.push_sampled(rows, picked)
     }
 
@@ -981,4 +956,13 @@ fn fused_prefill_enabled() -> bool {
 fn graph_sampling_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("SPAR_GRAPH_SAMPLING").map_or(true, |v| v != "0"))
+}
+
+/// Disjoint mutable borrows of the samplers of `running[rows[0]]`, `running[rows[1]]`, ... in `rows` order.
+fn samplers_of<'a>(running: &'a mut [Running], rows: &[usize]) -> Vec<&'a mut RowSampler> {
+    let mut by_index: Vec<Option<&mut RowSampler>> =
+        running.iter_mut().map(|r| Some(&mut r.sampler)).collect();
+    rows.iter()
+        .map(|&i| by_index[i].take().expect("rows are distinct"))
+        .collect()
 }
