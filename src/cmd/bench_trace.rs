@@ -1,9 +1,8 @@
 //! `spar bench trace TRACE`: the Markdown summary `[trainer.profile]` writes, of any torch profiler Chrome trace
 //! (`.json` or `.json.gz`): spar's own, or one `torch.profiler` exported from a transformers or TRL run, so two
 //! traces of the same workload read side by side.
-use anyhow::{Context, Result};
+use anyhow::Result;
 use spar_trainer::trace_summary::TraceSummary;
-use std::io::Read;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -16,19 +15,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let path = &args.trace;
-    let mut text = String::new();
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    if path.extension().is_some_and(|e| e == "gz") {
-        flate2::read::GzDecoder::new(file).read_to_string(&mut text)
-    } else {
-        std::io::BufReader::new(file).read_to_string(&mut text)
-    }
-    .with_context(|| format!("reading {}", path.display()))?;
-    let summary = TraceSummary::from_json(&text).with_context(|| format!("{}", path.display()))?;
+    let summary = TraceSummary::from_file(&args.trace)?;
     print!(
         "{}",
-        summary.to_markdown(&path.display().to_string(), args.top)
+        summary.to_markdown(&args.trace.display().to_string(), args.top)
     );
     Ok(())
 }

@@ -95,31 +95,26 @@ struct Table {
 }
 
 impl Table {
+    /// The index of `name`'s row, a new row at the end the first time.
+    fn index(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.at.get(name) {
+            return i;
+        }
+        self.rows.push(Row {
+            name: name.to_string(),
+            ..Row::default()
+        });
+        self.at.insert(name.to_string(), self.rows.len() - 1);
+        self.rows.len() - 1
+    }
+
     fn add(&mut self, name: &str, ms: f64, other_ms: f64) -> &mut Row {
-        let i = match self.at.get(name) {
-            Some(&i) => i,
-            None => {
-                self.rows.push(Row {
-                    name: name.to_string(),
-                    ..Row::default()
-                });
-                self.at.insert(name.to_string(), self.rows.len() - 1);
-                self.rows.len() - 1
-            }
-        };
+        let i = self.index(name);
         let r = &mut self.rows[i];
         r.calls += 1;
         r.ms += ms;
         r.other_ms += other_ms;
         r
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.at.contains_key(name)
-    }
-
-    fn get(&self, name: &str) -> Option<&Row> {
-        self.at.get(name).map(|&i| &self.rows[i])
     }
 
     fn longest_first(mut self) -> Vec<Row> {
@@ -147,11 +142,16 @@ pub struct SpanTables {
 }
 
 impl TraceSummary {
-    /// Reads and summarises the Chrome trace at `path`.
+    /// Reads and summarises the Chrome trace at `path` (gzipped when it ends in `.gz`).
     pub fn from_file(path: &Path) -> Result<TraceSummary> {
         let file = std::fs::File::open(path)
             .with_context(|| format!("opening the profiler trace {}", path.display()))?;
-        let trace: Trace = serde_json::from_reader(std::io::BufReader::new(file))
+        let reader: Box<dyn std::io::Read> = if path.extension().is_some_and(|e| e == "gz") {
+            Box::new(flate2::read::GzDecoder::new(file))
+        } else {
+            Box::new(file)
+        };
+        let trace: Trace = serde_json::from_reader(std::io::BufReader::new(reader))
             .with_context(|| format!("{}: not a Chrome trace (traceEvents)", path.display()))?;
         Ok(Self::from_events(trace.trace_events))
     }
@@ -241,12 +241,23 @@ impl TraceSummary {
             .collect();
         calls.sort_by(|a, b| a.ts.total_cmp(&b.ts));
         let launched = |e: &Event| e.args.correlation.and_then(|c| gpu_of.get(&c));
+        // In order of start, so that the span table's rows (first seen first) are in order of first appearance.
+        let mut annotations: Vec<&Event> = complete
+            .iter()
+            .filter(|e| e.cat == "user_annotation")
+            .copied()
+            .collect();
+        annotations.sort_by(|a, b| a.ts.total_cmp(&b.ts));
         let mut spans = Table::default();
-        let mut inside: HashMap<String, SpanDetail> = HashMap::new();
-        let mut first_seen: Vec<(f64, String)> = Vec::new();
-        for span in complete.iter().filter(|e| e.cat == "user_annotation") {
+        // Row i of `spans` holds what `inside[i]` saw.
+        let mut inside: Vec<SpanDetail> = Vec::new();
+        for span in annotations {
             let (from, to) = (span.ts, span.ts + span.dur);
-            let detail = inside.entry(span.name.clone()).or_default();
+            let i = spans.index(&span.name);
+            if i == inside.len() {
+                inside.push(SpanDetail::default());
+            }
+            let detail = &mut inside[i];
             let mut gpu = 0.0;
             let lo = calls.partition_point(|e| e.ts < from);
             let hi = calls.partition_point(|e| e.ts <= to);
@@ -270,33 +281,24 @@ impl TraceSummary {
                     }
                 }
             }
-            if !spans.has(&span.name) {
-                first_seen.push((span.ts, span.name.clone()));
-            }
             let row = spans.add(&span.name, span.dur / 1e3, gpu / 1e3);
             row.outside_ms += (span.dur - in_own_ops).max(0.0) / 1e3;
             row.top_ops += top_ops;
         }
-        first_seen.sort_by(|a, b| a.0.total_cmp(&b.0));
-        s.spans = first_seen
+        s.inside = spans
+            .rows
             .iter()
-            .filter_map(|(_, n)| spans.get(n).cloned())
-            .collect();
-        s.inside = first_seen
-            .iter()
-            .filter_map(|(_, n)| {
-                inside.remove(n).map(|d| {
-                    (
-                        n.clone(),
-                        SpanTables {
-                            host_ops: d.host_ops.longest_first(),
-                            runtime: d.runtime.longest_first(),
-                            kernels: d.kernels.longest_first(),
-                        },
-                    )
-                })
+            .zip(inside)
+            .map(|(row, d)| {
+                let tables = SpanTables {
+                    host_ops: d.host_ops.longest_first(),
+                    runtime: d.runtime.longest_first(),
+                    kernels: d.kernels.longest_first(),
+                };
+                (row.name.clone(), tables)
             })
             .collect();
+        s.spans = spans.rows;
         s.host_ops = ops.longest_first();
         s
     }
