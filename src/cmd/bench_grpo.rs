@@ -11,7 +11,7 @@ use spar_core::recipe::{LossAgg, TrainerSection};
 use spar_core::traits::{GenerateRequest, SamplingParams};
 use spar_model::torch_profiler::{ProfileOptions, Recording, range};
 use spar_model::{Qwen3Model, parse_kind};
-use spar_rollout::engine::{Engine, EngineConfig};
+use spar_rollout::engine::{self, Engine, EngineConfig};
 use spar_trainer::batch::TrainItem;
 use spar_trainer::knobs::{batching_config, new_learner};
 use spar_trainer::learner::rl_update;
@@ -193,15 +193,10 @@ pub fn run(args: Args) -> Result<()> {
                "loss": reports.last().map(|r| r.loss), "grad_norm": reports.last().map(|r| r.grad_norm),
                "peak_gib": peak_gib(device)?,
                // The engine's A/B switches, so that lines of one call tell their runs apart.
-               "graph_sampling": env_on("SPAR_GRAPH_SAMPLING"), "fused_prefill": env_on("SPAR_FUSED_PREFILL")})
+               "graph_sampling": engine::graph_sampling_enabled(), "fused_prefill": engine::fused_prefill_enabled()})
         );
     }
     Ok(())
-}
-
-/// Whether an engine switch that is on unless set to "0" is on.
-fn env_on(name: &str) -> bool {
-    std::env::var(name).map_or(true, |v| v != "0")
 }
 
 /// Peak allocated GPU memory so far, in GiB (None on the CPU).

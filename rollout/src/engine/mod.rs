@@ -946,14 +946,14 @@ impl<'m> Engine<'m> {
 }
 
 /// Whether prefills may take the fused path (`SPAR_FUSED_PREFILL=0` keeps the plain forward, for comparisons).
-fn fused_prefill_enabled() -> bool {
+pub fn fused_prefill_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("SPAR_FUSED_PREFILL").map_or(true, |v| v != "0"))
 }
 
 /// Whether temperature sampling may run inside the decode graphs (`SPAR_GRAPH_SAMPLING=0` samples from the
 /// graphs' logits on the host side instead, for comparisons).
-fn graph_sampling_enabled() -> bool {
+pub fn graph_sampling_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("SPAR_GRAPH_SAMPLING").map_or(true, |v| v != "0"))
 }
