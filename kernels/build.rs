@@ -1,8 +1,9 @@
 // 1. The torch link fixes shared by every libtorch package (rpath, --no-as-needed libtorch_cuda).
 // 2. The torch-ops shim (csrc/fused_logprob.cpp: the fused LM-head log-prob autograd function;
-//    csrc/torch_profiler.cpp: the PyTorch profiler), compiled against libtorch's C++ headers alone (CPU and CUDA
-//    through ATen); without them `fused_logprob::available()` and `torch_profiler::available()` are false, the
-//    model uses its plain tch path and profiling is refused.
+//    csrc/torch_profiler.cpp: the PyTorch profiler; csrc/sdpa_backends.cpp: SDPA's backend switches), compiled
+//    against libtorch's C++ headers alone (CPU and CUDA through ATen); without them `fused_logprob::available()`
+//    and `torch_profiler::available()` are false, the model uses its plain tch path, profiling is refused and
+//    SDPA keeps torch's default backends.
 // 3. The CUDA-graph shim (csrc/cuda_graph.cpp) compiled against the C++ headers the torch wheel ships. When
 //    the headers are missing (a libtorch without CUDA headers) the crate builds without it and
 //    `cuda_graph::available()` says so; everything else falls back to eager execution.
@@ -26,6 +27,7 @@ fn main() {
 fn torch_ops() {
     println!("cargo:rerun-if-changed=csrc/fused_logprob.cpp");
     println!("cargo:rerun-if-changed=csrc/torch_profiler.cpp");
+    println!("cargo:rerun-if-changed=csrc/sdpa_backends.cpp");
     println!("cargo:rerun-if-changed=csrc/shim_errors.h");
     println!("cargo:rerun-if-env-changed=SPAR_NO_TORCH_OPS");
     println!("cargo::rustc-check-cfg=cfg(spar_torch_ops)");
@@ -53,6 +55,7 @@ fn torch_ops() {
         .cpp(true)
         .file("csrc/fused_logprob.cpp")
         .file("csrc/torch_profiler.cpp")
+        .file("csrc/sdpa_backends.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

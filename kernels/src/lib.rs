@@ -11,6 +11,7 @@ pub mod cuda_memory;
 pub mod decode_ops;
 pub mod fused_logprob;
 pub mod rms_norm;
+pub mod sdpa_backends;
 pub mod torch_profiler;
 
 pub use rms_norm::{rms_norm, rms_norm_torch};

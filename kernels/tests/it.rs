@@ -391,3 +391,19 @@ fn torch_profiler_writes_a_chrome_trace_with_ops_inside_spans() {
     drop(rec);
     Recording::start(ProfileOptions::default()).unwrap();
 }
+
+/// The cuDNN attention switch is torch's own global flag: what is set reads back, and the default is restored.
+#[test]
+fn sdpa_cudnn_switch_reads_back() {
+    use spar_kernels::sdpa_backends::{available, cudnn_enabled, set_cudnn_enabled};
+    if !available() {
+        println!("skipped: built without the libtorch shim");
+        return;
+    }
+    let before = cudnn_enabled();
+    set_cudnn_enabled(false).unwrap();
+    assert!(!cudnn_enabled());
+    set_cudnn_enabled(true).unwrap();
+    assert!(cudnn_enabled());
+    set_cudnn_enabled(before).unwrap();
+}

@@ -4,6 +4,7 @@
 //! [`ForwardInput`] / [`ForwardOutput`], the slot [`KvCache`], [`token_logprobs`] and
 //! [`aux_load_balancing_loss`].
 
+pub mod attention_backend;
 pub mod cache;
 pub mod chat;
 pub mod config;

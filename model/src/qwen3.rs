@@ -292,6 +292,9 @@ impl Qwen3Model {
 
     /// Builds the model over a VarStore whose variables follow [`param_shapes`].
     pub fn from_var_store(config: Qwen3Config, vs: VarStore, kind: Kind) -> Result<Self> {
+        if vs.device().is_cuda() {
+            crate::attention_backend::configure_for_cuda();
+        }
         let vars = vs.variables();
         let get = |n: &str| -> Result<Tensor> {
             vars.get(n)
