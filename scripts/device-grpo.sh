@@ -5,7 +5,7 @@
 # Writes to $OUT: grpo.jsonl (spar's per-iteration lines, TRL's per-step and summary lines), grpo.txt, env.txt.
 # MICROS="32 64" adds spar runs with those micro-batch sizes after the others (the DAPO loss is a token mean over the
 # whole batch, so the micro-batching changes only speed and memory, not the update). PROFILE=1 adds a spar run and a
-# TRL run whose last iteration the torch profiler records (SAMPLING_AB=1 adds a spar run with SPAR_GRAPH_SAMPLING=0), summarised alike: $OUT/grpo-profile.md (spar) and
+# TRL run whose last iteration the torch profiler records (SAMPLING_AB=1 adds a spar run with SPAR_GRAPH_SAMPLING=0, CUDNN_AB=1 one with SPAR_SDPA_CUDNN=1; PROFILE_MICRO sets the profiled run's micro-batch), summarised alike: $OUT/grpo-profile.md (spar) and
 # $OUT/grpo-trl-profile.md (TRL's trace through `spar bench trace`).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -27,11 +27,15 @@ spar
 for m in ${MICROS:-}; do MB=$m spar; done
 # SAMPLING_AB=1: spar once more with the sampling outside the decode graphs (the lines carry "graph_sampling").
 [ -n "${SAMPLING_AB:-}" ] && SPAR_GRAPH_SAMPLING=0 spar
+# CUDNN_AB=1: spar once more with torch's cuDNN attention allowed (the lines carry "sdpa_cudnn").
+[ -n "${CUDNN_AB:-}" ] && SPAR_SDPA_CUDNN=1 spar
 if [ -n "${PROFILE:-}" ]; then
-  spar --profile /tmp/grpo-profile
+  MB=${PROFILE_MICRO:-${MICRO:-8}} spar --profile /tmp/grpo-profile
   cp /tmp/grpo-profile/grpo.md "$OUT/grpo-profile.md"
+  if [ -z "${SKIP_TRL_PROFILE:-}" ]; then
   (cd model/bench && PYTHONPATH=/tmp/site timeout 400 python3 grpo_trl.py "${W[@]}" --micro-batch ${MICRO:-8} --warmup 1 \
     --iters 1 --profile /tmp/grpo-trl-trace.json 2>>"$OUT/grpo.txt" | grep '^{' >> "$OUT/grpo.jsonl")
   /tmp/spar bench trace /tmp/grpo-trl-trace.json > "$OUT/grpo-trl-profile.md" 2>>"$OUT/grpo.txt"
+  fi
 fi
 true

@@ -8,20 +8,27 @@
 #      recorded by the torch profiler in both: where each prefill's time goes (host ops, CUDA runtime calls, GPU
 #      kernels) and the round's time line.
 # Expects dist/spar.gz, dist/lib/, dist/tokenizer/ carried (and dist/tests-model.gz for step 1). Knobs: NGROUPS (8),
-# SFT (2), NEW (128), LIMIT (240 s per run), EXTRA (more --set arguments). Writes to $OUT: gpu-tests.txt,
+# SFT (2), NEW (128), LIMIT (240 s per run), EXTRA (more --set arguments), RUNS (below), SKIP_TESTS. Writes to $OUT: gpu-tests.txt,
 # prefill-{fused,plain}.{jsonl,txt} and prefill-{fused,plain}-profile.md.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 . scripts/gpu-env.sh
 export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH"
-if [ -f dist/tests-model.gz ]; then
+if [ -f dist/tests-model.gz ] && [ -z "${SKIP_TESTS:-}" ]; then
   gunzip -c dist/tests-model.gz > /tmp/tests-model && chmod +x /tmp/tests-model
   (cd model && timeout 120 /tmp/tests-model fused_prefill graph_decode --test-threads 1) > "$OUT/gpu-tests.txt" 2>&1
   echo "rc=$?" >> "$OUT/gpu-tests.txt"
 fi
 export NGROUPS=${NGROUPS:-8} STEPS=2 EVAL=1 SFT=${SFT:-2} NEW=${NEW:-128} PROFILE=2 LIMIT=${LIMIT:-240}
 export EXTRA="--set rollout.max_batch=64 --set rollout.gpu_memory_utilization=0.85 --set eval.max_new_tokens=16 ${EXTRA:-}"
-NAME=prefill-fused scripts/device-consult.sh
-NAME=prefill-plain SPAR_FUSED_PREFILL=0 scripts/device-consult.sh
+# RUNS picks the rounds (default "fused plain"): fused (the defaults), plain (SPAR_FUSED_PREFILL=0), cudnn
+# (SPAR_SDPA_CUDNN=1: torch's cuDNN attention kept, as before 2026-12-06).
+for r in ${RUNS:-fused plain}; do
+  case $r in
+    fused) NAME=prefill-fused scripts/device-consult.sh ;;
+    plain) NAME=prefill-plain SPAR_FUSED_PREFILL=0 scripts/device-consult.sh ;;
+    cudnn) NAME=prefill-cudnn SPAR_SDPA_CUDNN=1 scripts/device-consult.sh ;;
+  esac
+done
 rm -f "$OUT"/*-gpu.csv "$OUT"/*.trace.json.gz
 true

@@ -14,14 +14,19 @@ gunzip -c dist/spar.gz > /tmp/spar && chmod +x /tmp/spar
 SH=(--shape ${SHAPE:-qwen3-0.6b} ${LAYERS:+--layers $LAYERS})
 B=(bench train "${SH[@]}" --dtype bf16 --batch ${BATCH:-8} --micro-batch ${MICRO:-2} --seq ${SEQ:-1024}
    --warmup 2 --iters ${ITERS:-5})
-# CONFIGS picks spar's configurations (default: all four): plain ckpt sharded launch.
+# CONFIGS picks spar's configurations (default: all four): plain ckpt sharded launch; NAME:M runs one with
+# micro-batches of M sequences (e.g. "plain:8"). PROFILE=1 records one more step of the first configuration
+# with the torch profiler: $OUT/train-profile.md.
+prof=${PROFILE:+--profile /tmp/train-profile}
 for name in ${CONFIGS:-plain ckpt sharded launch}; do
+  micro=(); [[ $name == *:* ]] && micro=(--micro-batch "${name#*:}") && name=${name%%:*}
   case $name in
     plain) cfg=() ;; ckpt) cfg=(--checkpointing) ;; sharded) cfg=(--sharded) ;;
-    launch) timeout 200 /tmp/spar launch --nproc-per-node 1 -- "${B[@]}" --sharded 2>>"$OUT/bench.txt" \
+    launch) timeout 200 /tmp/spar launch --nproc-per-node 1 -- "${B[@]}" "${micro[@]}" --sharded 2>>"$OUT/bench.txt" \
               | sed 's/^\[rank 0\] //' | tail -1 >> "$OUT/bench.jsonl"; continue ;;
   esac
-  timeout 200 /tmp/spar "${B[@]}" "${cfg[@]}" 2>>"$OUT/bench.txt" | tail -1 >> "$OUT/bench.jsonl"
+  timeout 200 /tmp/spar "${B[@]}" "${micro[@]}" "${cfg[@]}" $prof 2>>"$OUT/bench.txt" | tail -1 >> "$OUT/bench.jsonl"
+  [ -n "$prof" ] && cp /tmp/train-profile/train.md "$OUT/train-profile.md" 2>/dev/null; prof=""
 done
 if [ -z "${SKIP_TRAIN:-}" ]; then
 run=(train --recipe recipes/tiny-cpu.toml --set 'model.device="cuda"' --set trainer.sft_steps=${SFT_STEPS:-20}
@@ -34,8 +39,9 @@ fi
 # transformers' step on the same shape and batch (fp32 weights + bf16 autocast, as TRL / Trainer with bf16=True).
 if [ -z "${SKIP_HF:-}" ]; then
   for name in ${HF_CONFIGS:-plain ckpt}; do
+    hm=${MICRO:-2}; [[ $name == *:* ]] && hm=${name#*:} && name=${name%%:*}
     cfg=""; [ "$name" = ckpt ] && cfg=--gradient-checkpointing
-    (cd model/bench && timeout 200 python3 train_hf.py "${SH[@]}" --batch ${BATCH:-8} --micro-batch ${MICRO:-2} \
+    (cd model/bench && timeout 200 python3 train_hf.py "${SH[@]}" --batch ${BATCH:-8} --micro-batch $hm \
       --seq ${SEQ:-1024} --iters ${ITERS:-5} $cfg 2>>"$OUT/bench.txt" | tail -1 >> "$OUT/bench.jsonl")
   done
 fi

@@ -405,6 +405,34 @@ impl Qwen3Config {
             && (layer + 1).is_multiple_of(self.decoder_sparse_step)
     }
 
+    /// Model FLOPs of training on one token at position `context` tokens into its sequence, on average
+    /// (forward + backward = 3 forwards; recomputation is not counted, as MFU's definition wants): every
+    /// matmul a token goes through, the LM head included and the embedding lookup not, the routed experts
+    /// only (top-k of them), and causal attention's scores and weighted sum over a mean of `mean_context`
+    /// earlier positions. For a packed sequence of `s` tokens, `mean_context` is `s / 2`.
+    pub fn train_flops_per_token(&self, mean_context: f64) -> f64 {
+        let (d, h, kv, hd) = (
+            self.hidden_size as f64,
+            self.num_attention_heads as f64,
+            self.num_key_value_heads as f64,
+            self.head_dim as f64,
+        );
+        let attention_proj = d * h * hd * 2.0 + d * kv * hd * 2.0;
+        let scores_and_values = 2.0 * h * hd * mean_context;
+        let mut forward = 0.0;
+        for layer in 0..self.num_hidden_layers {
+            let mlp = if self.is_moe_layer(layer) {
+                3.0 * d * self.moe_intermediate_size as f64 * self.num_experts_per_tok as f64
+                    + d * self.num_experts as f64
+            } else {
+                3.0 * d * self.intermediate_size as f64
+            };
+            forward += 2.0 * (attention_proj + mlp + scores_and_values);
+        }
+        forward += 2.0 * d * self.vocab_size as f64;
+        3.0 * forward
+    }
+
     /// Indices of the MoE layers, in order; position `m` in this list is the MoE-layer index used by
     /// `router_logits`, `routed_experts` and `forced_experts`.
     pub fn moe_layers(&self) -> Vec<usize> {
@@ -799,6 +827,20 @@ mod tests {
       "router_aux_loss_coef":0.001,"output_router_logits":false,"torch_dtype":"bfloat16","use_sliding_window":false,
       "sliding_window":null,"max_window_layers":48,"attention_bias":false,"attention_dropout":0.0,
       "bos_token_id":151643,"eos_token_id":151645,"initializer_range":0.02,"use_cache":true,"transformers_version":"4.51.0"}"#;
+
+    /// Qwen3-30B-A3B: per layer 18.9M attention MACs (q and o 2048 x 4096, k and v 2048 x 512), 37.7M for the
+    /// 8 routed experts of 3 x 2048 x 768 and 0.26M for the router; 48 layers and the 2048 x 151,936 LM head make
+    /// 3,041,656,832 active matmul parameters (the model's "3.3B activated" with the embedding), 6 FLOPs each a
+    /// trained token; attention adds 6 x 2 x 48 layers x 4096 per position attended.
+    #[test]
+    fn train_flops_count_the_active_parameters_and_attention() {
+        let c = Qwen3Config::from_json_str(V4_MOE, "v4").unwrap();
+        assert_eq!(c.train_flops_per_token(0.0), 6.0 * 3_041_656_832.0);
+        assert_eq!(
+            c.train_flops_per_token(512.0) - c.train_flops_per_token(0.0),
+            6.0 * 2.0 * 48.0 * 4096.0 * 512.0
+        );
+    }
 
     #[test]
     fn v4_and_v5_conventions_agree() {

@@ -7,6 +7,7 @@ use super::bench_forward::{BenchModel, bench_device, sync};
 use anyhow::Result;
 use serde_json::json;
 use spar_core::recipe::{LossAgg, TrainerSection};
+use spar_model::torch_profiler::{ProfileOptions, Recording, range};
 use spar_model::{Qwen3Model, parse_kind};
 use spar_trainer::batch::TrainItem;
 use spar_trainer::knobs::{batching_config, new_learner};
@@ -36,6 +37,14 @@ pub struct Args {
     /// Fully sharded parameters, gradients and optimizer over the launched ranks.
     #[arg(long)]
     sharded: bool,
+    /// The GPU's dense bf16 peak in TFLOP/s, for the model FLOPs utilisation (`mfu`) on CUDA. The default is
+    /// the H100 SXM's and the H200's (989.4, without sparsity).
+    #[arg(long, default_value_t = 989.4)]
+    peak_tflops: f64,
+    /// After the timed steps, record one more with the torch profiler: DIR/train.md (spans, host ops, GPU
+    /// kernels, CUDA runtime calls) and DIR/train.trace.json.gz (Chrome trace); `train-rankR.*` when launched.
+    #[arg(long, value_name = "DIR")]
+    profile: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -125,7 +134,29 @@ pub fn run(args: Args) -> Result<()> {
         Device::Cuda(d) => Some(spar_kernels::cuda_memory::peak_memory(d)?),
         _ => None,
     };
+    if let Some(dir) = &args.profile {
+        let rec = Recording::start(ProfileOptions {
+            cuda: device.is_cuda(),
+            ..ProfileOptions::default()
+        })?;
+        let span = range("bench/train_step");
+        sft_update(&model, &mut learner, &items, &batching, device)?;
+        sync(device);
+        drop(span);
+        let stem = if world == 1 {
+            "train".to_string()
+        } else {
+            format!("train-rank{rank}")
+        };
+        let md =
+            spar_trainer::profiling::save(rec, dir, &stem, "spar bench train, one step", true)?;
+        eprintln!("profile of one step: {}", md.display());
+    }
     let tokens = (args.batch * args.seq * args.iters) as f64;
+    // Model FLOPs (forward and backward, no recomputation counted) over the wall time: a packed sequence's
+    // token attends to (seq + 1) / 2 positions on average.
+    let model_tflops =
+        tokens * config.train_flops_per_token((args.seq as f64 + 1.0) / 2.0) / secs / 1e12;
     if rank == 0 {
         let report = json!({
             "engine": "spar", "bench": "train",
@@ -134,6 +165,8 @@ pub fn run(args: Args) -> Result<()> {
             "device": format!("{device:?}"), "world_size": world, "sharded": args.sharded,
             "checkpointing": args.checkpointing || args.sharded, "iters": args.iters,
             "seconds_per_step": secs / args.iters as f64, "tokens_per_s": tokens / secs, "loss": loss,
+            "model_tflops_per_s": model_tflops,
+            "mfu": device.is_cuda().then(|| model_tflops / args.peak_tflops),
             "peak_allocated_gib": peak.map(|p| p.0 as f64 / (1u64 << 30) as f64),
             "peak_reserved_gib": peak.map(|p| p.1 as f64 / (1u64 << 30) as f64),
         });
