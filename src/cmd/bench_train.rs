@@ -167,6 +167,7 @@ pub fn run(args: Args) -> Result<()> {
             "seconds_per_step": secs / args.iters as f64, "tokens_per_s": tokens / secs, "loss": loss,
             "model_tflops_per_s": model_tflops,
             "mfu": device.is_cuda().then(|| model_tflops / args.peak_tflops),
+            "sdpa_cudnn": spar_kernels::sdpa_backends::cudnn_enabled(),
             "peak_allocated_gib": peak.map(|p| p.0 as f64 / (1u64 << 30) as f64),
             "peak_reserved_gib": peak.map(|p| p.1 as f64 / (1u64 << 30) as f64),
         });
