@@ -83,3 +83,40 @@ fn bench_grpo_runs_an_iteration_per_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("bad.json"), "{err}");
 }
+
+/// `spar bench train`: one line for the timed steps with the model FLOPs behind its MFU (no MFU on the CPU), and
+/// `--profile` records one more step.
+#[test]
+fn bench_train_reports_model_flops_and_profiles_a_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, TINY).unwrap();
+    let out = spar()
+        .args([
+            "bench", "train", "--device", "cpu", "--dtype", "fp32", "--config",
+        ])
+        .arg(&config)
+        .args(["--batch", "2", "--micro-batch", "1", "--seq", "16"])
+        .args(["--warmup", "1", "--iters", "1", "--profile"])
+        .arg(dir.path().join("prof"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    // A token at the mean causal context of 8.5 positions, per layer: q, k, v, o (2,048 + 1,024 MACs), the MLP
+    // (6,144) and attention (2 x 2 heads x 16 x 8.5); two layers and the 32 x 1,200 head make 57,920 MACs,
+    // x 2 FLOPs x 3 (forward and backward) = 347,520 FLOPs.
+    let per_token = line["model_tflops_per_s"].as_f64().unwrap() * 1e12
+        / line["tokens_per_s"].as_f64().unwrap();
+    assert!((per_token - 347_520.0).abs() < 1e-6 * 347_520.0, "{line}");
+    assert!(line["mfu"].is_null(), "{line}");
+    let md = std::fs::read_to_string(dir.path().join("prof/train.md")).unwrap();
+    for span in ["`bench/train_step`", "aten::mm"] {
+        assert!(md.contains(span), "{span} missing:\n{md}");
+    }
+}
