@@ -6,38 +6,36 @@ const TINY: &str = r#"{"model_type": "qwen3", "vocab_size": 1200, "hidden_size":
   "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
   "max_position_embeddings": 256, "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true}"#;
 
+/// `spar bench ARGS --profile DIR/prof` (ARGS: the subcommand and its flags, space-separated) on the tiny config in
+/// fp32 on the CPU (written into `dir`); its stdout, after checking that it succeeded.
+fn bench_profiled(dir: &std::path::Path, args: &str) -> String {
+    let config = dir.join("config.json");
+    std::fs::write(&config, TINY).unwrap();
+    let out = spar()
+        .arg("bench")
+        .args(args.split_whitespace())
+        .args(["--device", "cpu", "--dtype", "fp32", "--config"])
+        .arg(&config)
+        .arg("--profile")
+        .arg(dir.join("prof"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `spar bench grpo`: every iteration generates P x G full completions, trains on all of them and takes a step;
 /// `--profile` records the last iteration.
 #[test]
 fn bench_grpo_runs_an_iteration_per_line() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.json");
-    std::fs::write(&config, TINY).unwrap();
-    let out = spar()
-        .args([
-            "bench", "grpo", "--device", "cpu", "--dtype", "fp32", "--config",
-        ])
-        .arg(&config)
-        .args([
-            "--prompts",
-            "2",
-            "--group",
-            "3",
-            "--prompt-len",
-            "5",
-            "--new",
-            "7",
-        ])
-        .args(["--micro-batch", "4", "--warmup", "1", "--iters", "1"])
-        .arg("--profile")
-        .arg(dir.path().join("prof"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = bench_profiled(
+        dir.path(),
+        "grpo --prompts 2 --group 3 --prompt-len 5 --new 7 --micro-batch 4 --warmup 1 --iters 1",
     );
     let lines: Vec<serde_json::Value> = stdout
         .lines()
@@ -89,23 +87,9 @@ fn bench_grpo_runs_an_iteration_per_line() {
 #[test]
 fn bench_train_reports_model_flops_and_profiles_a_step() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.json");
-    std::fs::write(&config, TINY).unwrap();
-    let out = spar()
-        .args([
-            "bench", "train", "--device", "cpu", "--dtype", "fp32", "--config",
-        ])
-        .arg(&config)
-        .args(["--batch", "2", "--micro-batch", "1", "--seq", "16"])
-        .args(["--warmup", "1", "--iters", "1", "--profile"])
-        .arg(dir.path().join("prof"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = bench_profiled(
+        dir.path(),
+        "train --batch 2 --micro-batch 1 --seq 16 --warmup 1 --iters 1",
     );
     let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     // A token at the mean causal context of 8.5 positions, per layer: q, k, v, o (2,048 + 1,024 MACs), the MLP
