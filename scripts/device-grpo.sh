@@ -4,9 +4,10 @@
 # calls). Expects dist/spar.gz, dist/lib/ and the TRL wheels (.whl/: trl, datasets, dill, multiprocess) carried.
 # Writes to $OUT: grpo.jsonl (spar's per-iteration lines, TRL's per-step and summary lines), grpo.txt, env.txt.
 # MICROS="32 64" adds spar runs with those micro-batch sizes after the others (the DAPO loss is a token mean over the
-# whole batch, so the micro-batching changes only speed and memory, not the update). PROFILE=1 adds a spar run and a
-# TRL run whose last iteration the torch profiler records (SAMPLING_AB=1 adds a spar run with SPAR_GRAPH_SAMPLING=0, CUDNN_AB=1 one with SPAR_SDPA_CUDNN=1; PROFILE_MICRO sets the profiled run's micro-batch), summarised alike: $OUT/grpo-profile.md (spar) and
-# $OUT/grpo-trl-profile.md (TRL's trace through `spar bench trace`).
+# whole batch, so the micro-batching changes only speed and memory, not the update). SAMPLING_AB=1 adds a spar run
+# with SPAR_GRAPH_SAMPLING=0, CUDNN_AB=1 one with SPAR_SDPA_CUDNN=1. PROFILE=1 adds a spar run (micro-batch
+# PROFILE_MICRO) and a TRL run (unless SKIP_TRL_PROFILE=1) whose last iteration the torch profiler records,
+# summarised alike: $OUT/grpo-profile.md (spar) and $OUT/grpo-trl-profile.md (TRL's trace through `spar bench trace`).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 . scripts/gpu-env.sh

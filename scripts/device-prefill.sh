@@ -8,8 +8,8 @@
 #      recorded by the torch profiler in both: where each prefill's time goes (host ops, CUDA runtime calls, GPU
 #      kernels) and the round's time line.
 # Expects dist/spar.gz, dist/lib/, dist/tokenizer/ carried (and dist/tests-model.gz for step 1). Knobs: NGROUPS (8),
-# SFT (2), NEW (128), LIMIT (240 s per run), EXTRA (more --set arguments), RUNS (below), SKIP_TESTS. Writes to $OUT: gpu-tests.txt,
-# prefill-{fused,plain}.{jsonl,txt} and prefill-{fused,plain}-profile.md.
+# SFT (2), NEW (128), LIMIT (240 s per run), EXTRA (more --set arguments), RUNS (below), SKIP_TESTS (no step 1).
+# Writes to $OUT: gpu-tests.txt, prefill-RUN.{jsonl,txt} and prefill-RUN-profile.md for each run.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 . scripts/gpu-env.sh

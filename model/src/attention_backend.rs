@@ -9,7 +9,7 @@
 use std::sync::Once;
 
 /// Whether `SPAR_SDPA_CUDNN` asks to keep cuDNN attention (`1`, `on`, `true`).
-pub fn cudnn_requested() -> bool {
+fn cudnn_requested() -> bool {
     std::env::var("SPAR_SDPA_CUDNN").is_ok_and(|v| matches!(v.as_str(), "1" | "on" | "true"))
 }
 

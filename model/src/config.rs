@@ -405,11 +405,11 @@ impl Qwen3Config {
             && (layer + 1).is_multiple_of(self.decoder_sparse_step)
     }
 
-    /// Model FLOPs of training on one token at position `context` tokens into its sequence, on average
-    /// (forward + backward = 3 forwards; recomputation is not counted, as MFU's definition wants): every
-    /// matmul a token goes through, the LM head included and the embedding lookup not, the routed experts
-    /// only (top-k of them), and causal attention's scores and weighted sum over a mean of `mean_context`
-    /// earlier positions. For a packed sequence of `s` tokens, `mean_context` is `s / 2`.
+    /// Model FLOPs of training on one token that attends to `mean_context` positions (forward + backward = 3
+    /// forwards; recomputation is not counted, as MFU's definition wants): every matmul the token goes through,
+    /// the LM head included and the embedding lookup not, the routed experts only (top-k of them), and causal
+    /// attention's scores and weighted sum. Over a packed sequence of `s` tokens, a token attends to
+    /// `(s + 1) / 2` positions on average.
     pub fn train_flops_per_token(&self, mean_context: f64) -> f64 {
         let (d, h, kv, hd) = (
             self.hidden_size as f64,
