@@ -14,7 +14,8 @@ gunzip -c dist/spar.gz > /tmp/spar && chmod +x /tmp/spar
 SH=(--shape ${SHAPE:-qwen3-0.6b} ${LAYERS:+--layers $LAYERS})
 B=(bench train "${SH[@]}" --dtype bf16 --batch ${BATCH:-8} --micro-batch ${MICRO:-2} --seq ${SEQ:-1024}
    --warmup 2 --iters ${ITERS:-5})
-# CONFIGS picks spar's configurations (default: all four): plain ckpt sharded launch; NAME:M runs one with
+# CONFIGS picks spar's configurations (default: all four): plain ckpt sharded launch, and compact / ckpt-compact
+# (plain / ckpt with trainer.optimizer_state = "compact": no fp32 masters, bf16 first moments); NAME:M runs one with
 # micro-batches of M sequences (e.g. "plain:8"). PROFILE=1 records one more step of the first configuration
 # with the torch profiler: $OUT/train-profile.md.
 prof=${PROFILE:+--profile /tmp/train-profile}
@@ -22,6 +23,7 @@ for name in ${CONFIGS:-plain ckpt sharded launch}; do
   micro=(); [[ $name == *:* ]] && micro=(--micro-batch "${name#*:}") && name=${name%%:*}
   case $name in
     plain) cfg=() ;; ckpt) cfg=(--checkpointing) ;; sharded) cfg=(--sharded) ;;
+    compact) cfg=(--optimizer-state compact) ;; ckpt-compact) cfg=(--checkpointing --optimizer-state compact) ;;
     launch) timeout 200 /tmp/spar launch --nproc-per-node 1 -- "${B[@]}" "${micro[@]}" --sharded 2>>"$OUT/bench.txt" \
               | sed 's/^\[rank 0\] //' | tail -1 >> "$OUT/bench.jsonl"; continue ;;
   esac

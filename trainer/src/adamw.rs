@@ -9,6 +9,13 @@
 //! step on an H100, for 57 ms of kernels); the flat update is the same arithmetic on the same values, element by
 //! element, so it gives the same bits. fp32 parameters (a sharded learner's master chunks, models trained in
 //! fp32) are updated in place one by one.
+//!
+//! [`AdamWConfig::compact_state`] trades precision of the state for memory on bf16 parameters (the idea of
+//! torchdistx's `AnyPrecisionAdamW`): no fp32 master but a bf16 compensation buffer holding what the bf16 weight
+//! lost in rounding (weight + compensation is the weight the update sees: ~17 bits of mantissa instead of 24),
+//! and a bf16 first moment. The second moment stays fp32: with beta2 = 0.999 a step changes it by 0.1%, below
+//! bf16's resolution, so in bf16 it could never decay. 8 bytes of state a parameter instead of 12 (with the
+//! bf16 weight and gradient: 12 bytes in all instead of 16); the arithmetic of a step is fp32 either way.
 use anyhow::{Context, Result};
 use std::path::Path;
 use tch::{Device, Kind, Tensor, nn::VarStore};
@@ -22,6 +29,9 @@ pub struct AdamWConfig {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+    /// bf16 parameters keep a bf16 compensation buffer instead of an fp32 master, and a bf16 first moment
+    /// (module doc; `trainer.optimizer_state = "compact"`). No effect on fp32 parameters.
+    pub compact_state: bool,
 }
 
 impl Default for AdamWConfig {
@@ -31,6 +41,7 @@ impl Default for AdamWConfig {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
+            compact_state: false,
         }
     }
 }
@@ -38,19 +49,25 @@ impl Default for AdamWConfig {
 struct ParamState {
     name: String,
     param: Tensor,
-    /// fp32 copy of a low-precision parameter; None when the parameter is fp32 itself.
+    /// fp32 copy of a low-precision parameter; None when the parameter is fp32 itself or has `comp`.
     master: Option<Tensor>,
+    /// Compact state: what the bf16 parameter lost in rounding (bf16), so that param + comp is its weight.
+    comp: Option<Tensor>,
     m: Tensor,
     v: Tensor,
     /// Where `master`, `m` and `v` sit in the flat buffers (offset, elements); None: tensors of their own.
     flat: Option<(i64, i64)>,
 }
 
-/// The fp32 masters and moments of the low-precision parameters on one device, back to back.
+/// The masters and moments of the low-precision parameters on one device, back to back: fp32 masters and
+/// moments, or (compact) bf16 compensations, bf16 first and fp32 second moments.
 struct FlatState {
     /// The parameters in the buffers, in buffer order (indices into `AdamW::params`).
     members: Vec<usize>,
-    master: Tensor,
+    /// fp32 masters; None when compact.
+    master: Option<Tensor>,
+    /// bf16 compensations; None unless compact.
+    comp: Option<Tensor>,
     m: Tensor,
     v: Tensor,
 }
@@ -91,12 +108,21 @@ impl AdamW {
 
     /// AdamW over `named` tensors (leaves that require grad), in the given order (the saved state's).
     pub fn from_named(named: Vec<(String, Tensor)>, config: AdamWConfig) -> Self {
-        // Low-precision parameters on the first one's device share the flat buffers.
+        // Low-precision parameters on the first one's device share the flat buffers (compact: bf16 ones; any
+        // other low-precision parameter keeps an fp32 master of its own).
+        let flat_kind = |p: &Tensor| {
+            if config.compact_state {
+                // The update writes the parameters through flat views of them.
+                p.kind() == Kind::BFloat16 && p.is_contiguous()
+            } else {
+                p.kind() != Kind::Float
+            }
+        };
         let flat_device = named
             .iter()
-            .find(|(_, p)| p.kind() != Kind::Float)
+            .find(|(_, p)| flat_kind(p))
             .map(|(_, p)| p.device());
-        let in_flat = |p: &Tensor| p.kind() != Kind::Float && Some(p.device()) == flat_device;
+        let in_flat = |p: &Tensor| flat_kind(p) && Some(p.device()) == flat_device;
         let mut members = Vec::new();
         let mut numel = 0i64;
         let params: Vec<ParamState> = named
@@ -127,19 +153,22 @@ impl AdamW {
                     name,
                     param,
                     master,
+                    comp: None,
                     m,
                     v,
                     flat,
                 }
             })
             .collect();
+        let compact = config.compact_state;
         let flat = flat_device.map(|device| {
-            let zeros = || Tensor::zeros([numel], (Kind::Float, device));
+            let zeros = |kind| Tensor::zeros([numel], (kind, device));
             FlatState {
                 members,
-                master: Tensor::empty([numel], (Kind::Float, device)),
-                m: zeros(),
-                v: zeros(),
+                master: (!compact).then(|| Tensor::empty([numel], (Kind::Float, device))),
+                comp: compact.then(|| zeros(Kind::BFloat16)),
+                m: zeros(if compact { Kind::BFloat16 } else { Kind::Float }),
+                v: zeros(Kind::Float),
             }
         });
         let mut opt = AdamW {
@@ -164,7 +193,8 @@ impl AdamW {
             let p = &mut self.params[i];
             let (offset, n) = p.flat.expect("flat member has a place");
             let view = |t: &Tensor| t.narrow(0, offset, n).view(p.param.size().as_slice());
-            p.master = Some(view(&flat.master));
+            p.master = flat.master.as_ref().map(view);
+            p.comp = flat.comp.as_ref().map(view);
             p.m = view(&flat.m);
             p.v = view(&flat.v);
         }
@@ -191,29 +221,44 @@ impl AdamW {
     /// parameter got none): one chunk at a time, so that no fp32 copy of every gradient is ever whole (4 bytes a
     /// parameter, 22 GB for the 30B-A3B shape at 8 layers).
     fn grad_chunk(&self, flat: &FlatState, offset: i64, n: i64) -> Tensor {
+        let pieces = self
+            .chunk_pieces(flat, offset, n)
+            .map(|(i, from, len)| {
+                let p = &self.params[i].param;
+                let g = p.grad();
+                if g.defined() {
+                    g.reshape([-1]).narrow(0, from, len)
+                } else {
+                    Tensor::zeros([len], (p.kind(), p.device()))
+                }
+            })
+            .collect::<Vec<_>>();
+        let out = Tensor::empty([n], (Kind::Float, flat.m.device()));
+        Tensor::cat_out(&out, &pieces, 0)
+    }
+
+    /// The flat members' pieces of elements `offset .. offset + n` of the buffers: (member, first element
+    /// within the member, length), in buffer order.
+    fn chunk_pieces<'a>(
+        &'a self,
+        flat: &'a FlatState,
+        offset: i64,
+        n: i64,
+    ) -> impl Iterator<Item = (usize, i64, i64)> + 'a {
         let end = offset + n;
         let place = |i: usize| self.params[i].flat.expect("flat member has a place");
         let first = flat.members.partition_point(|&i| {
             let (o, len) = place(i);
             o + len <= offset
         });
-        let mut pieces = Vec::new();
-        for &i in &flat.members[first..] {
-            let (o, len) = place(i);
-            if o >= end {
-                break;
-            }
-            let (from, to) = (offset.max(o), end.min(o + len));
-            let p = &self.params[i].param;
-            let g = p.grad();
-            pieces.push(if g.defined() {
-                g.reshape([-1]).narrow(0, from - o, to - from)
-            } else {
-                Tensor::zeros([to - from], (p.kind(), p.device()))
-            });
-        }
-        let out = Tensor::empty([n], (Kind::Float, flat.m.device()));
-        Tensor::cat_out(&out, &pieces, 0)
+        flat.members[first..]
+            .iter()
+            .map(move |&i| (i, place(i)))
+            .take_while(move |(_, (o, _))| *o < end)
+            .map(move |(i, (o, len))| {
+                let (from, to) = (offset.max(o), end.min(o + len));
+                (i, from - o, to - from)
+            })
     }
 
     /// A parameter's gradient in fp32 (zeros where it got none).
@@ -308,22 +353,31 @@ impl AdamW {
             if let Some(flat) = &self.flat {
                 for (offset, n) in chunks(flat.numel(), self.chunk) {
                     let part = |t: &Tensor| t.narrow(0, offset, n);
-                    let (before, delta) = update(
-                        &mut part(&flat.master),
-                        &mut part(&flat.m),
-                        &mut part(&flat.v),
-                        &self.grad_chunk(flat, offset, n),
-                        lr,
-                        c,
-                        bias,
-                    );
+                    let g = self.grad_chunk(flat, offset, n);
+                    let (before, delta) = match (&flat.master, &flat.comp) {
+                        (Some(master), _) => update(
+                            &mut part(master),
+                            &mut part(&flat.m),
+                            &mut part(&flat.v),
+                            &g,
+                            lr,
+                            c,
+                            bias,
+                        ),
+                        (None, Some(comp)) => {
+                            self.compact_update(flat, comp, (offset, n), &g, lr, bias)
+                        }
+                        (None, None) => unreachable!("flat state has masters or compensations"),
+                    };
                     befores.push(before);
                     deltas.push(delta);
                 }
-                for &i in &flat.members {
-                    let p = &mut self.params[i];
-                    p.param
-                        .copy_(p.master.as_ref().expect("flat member has a master"));
+                if flat.master.is_some() {
+                    for &i in &flat.members {
+                        let p = &mut self.params[i];
+                        p.param
+                            .copy_(p.master.as_ref().expect("flat member has a master"));
+                    }
                 }
             }
             for p in self.params.iter_mut().filter(|p| p.flat.is_none()) {
@@ -344,7 +398,69 @@ impl AdamW {
         self.last_update_ratio = update_ratio(self.last_update_sums);
     }
 
-    /// Moments, master weights and the step counter as named tensors.
+    /// The compact update of elements `offset .. offset + n`: the bf16 weights plus their compensations and the
+    /// bf16 first moments, widened to fp32, go through [`update`] with the fp32 second moments; then the weights
+    /// are rounded back to bf16 into the parameters, and what the rounding lost becomes the new compensation.
+    fn compact_update(
+        &self,
+        flat: &FlatState,
+        comp: &Tensor,
+        (offset, n): (i64, i64),
+        g: &Tensor,
+        lr: f64,
+        bias: (f64, f64),
+    ) -> (Tensor, Tensor) {
+        let pieces: Vec<(usize, i64, i64)> = self.chunk_pieces(flat, offset, n).collect();
+        let params: Vec<Tensor> = pieces
+            .iter()
+            .map(|&(i, from, len)| self.params[i].param.reshape([-1]).narrow(0, from, len))
+            .collect();
+        let mut comp = comp.narrow(0, offset, n);
+        let mut m_bf16 = flat.m.narrow(0, offset, n);
+        let mut weight = Tensor::empty([n], (Kind::Float, g.device()));
+        let _ = Tensor::cat_out(&weight, &params, 0);
+        let _ = weight.g_add_(&comp);
+        let mut m = m_bf16.to_kind(Kind::Float);
+        let sums = update(
+            &mut weight,
+            &mut m,
+            &mut flat.v.narrow(0, offset, n),
+            g,
+            lr,
+            self.config,
+            bias,
+        );
+        m_bf16.copy_(&m);
+        let rounded = weight.to_kind(Kind::BFloat16);
+        let mut at = 0;
+        for (p, &(_, _, len)) in params.iter().zip(&pieces) {
+            // `p` views the parameter's storage (a parameter is contiguous), so this writes the parameter.
+            p.shallow_clone().copy_(&rounded.narrow(0, at, len));
+            at += len;
+        }
+        comp.copy_(&(weight - rounded.to_kind(Kind::Float)));
+        sums
+    }
+
+    /// Bytes of optimizer state (moments, masters, compensations) on every device.
+    pub fn state_bytes(&self) -> u64 {
+        let bytes = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+        let mut total = 0;
+        if let Some(flat) = &self.flat {
+            total += [&flat.master, &flat.comp]
+                .into_iter()
+                .flatten()
+                .chain([&flat.m, &flat.v])
+                .map(bytes)
+                .sum::<u64>();
+        }
+        for p in self.params.iter().filter(|p| p.flat.is_none()) {
+            total += bytes(&p.m) + bytes(&p.v) + p.master.as_ref().map_or(0, bytes);
+        }
+        total
+    }
+
+    /// Moments, master weights (or compensations) and the step counter as named tensors.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("step".to_string(), Tensor::from_slice(&[self.step as i64]))];
         for p in &self.params {
@@ -355,6 +471,9 @@ impl AdamW {
                     format!("master.{}", p.name),
                     master.to_device(tch::Device::Cpu),
                 ));
+            }
+            if let Some(comp) = &p.comp {
+                out.push((format!("comp.{}", p.name), comp.to_device(tch::Device::Cpu)));
             }
         }
         out
@@ -377,7 +496,9 @@ impl AdamW {
     }
 
     /// Restores the state from named tensors as [`AdamW::state_tensors`] names them (`path`: where they came
-    /// from, for messages).
+    /// from, for messages). A state saved with fp32 masters loads into a compact optimizer and the other way
+    /// round (compensation = master - weight; master = weight + compensation), so `trainer.optimizer_state` can
+    /// change on resume; the moments are cast.
     pub fn load_named(
         &mut self,
         named: &std::collections::HashMap<String, Tensor>,
@@ -401,22 +522,40 @@ impl AdamW {
                 p.m.f_copy_(get(&k)?).with_context(|| ctx(&k))?;
                 let k = format!("v.{}", p.name);
                 p.v.f_copy_(get(&k)?).with_context(|| ctx(&k))?;
+                let (mk, ck) = (format!("master.{}", p.name), format!("comp.{}", p.name));
+                let weight = || p.param.to_kind(Kind::Float);
                 if let Some(master) = &mut p.master {
-                    let k = format!("master.{}", p.name);
-                    master.f_copy_(get(&k)?).with_context(|| ctx(&k))?;
+                    let k = &mk;
+                    match (named.get(&mk), named.get(&ck)) {
+                        (None, Some(comp)) => master
+                            .f_copy_(&(weight() + comp.to_kind(Kind::Float)))
+                            .with_context(|| ctx(&ck))?,
+                        _ => master.f_copy_(get(k)?).with_context(|| ctx(k))?,
+                    }
+                }
+                if let Some(comp) = &p.comp {
+                    let mut comp = comp.shallow_clone();
+                    match (named.get(&ck), named.get(&mk)) {
+                        (None, Some(master)) => comp
+                            .f_copy_(&(master.to_kind(Kind::Float) - weight()))
+                            .with_context(|| ctx(&mk))?,
+                        _ => comp.f_copy_(get(&ck)?).with_context(|| ctx(&ck))?,
+                    }
                 }
             }
             Ok(())
         })
     }
 
-    /// Moves the moments and fp32 master copies to `device` (`trainer.offload_optimizer`: to host memory
+    /// Moves the moments and fp32 master copies (or compensations) to `device` (`trainer.offload_optimizer`: to host memory
     /// while the rollout engine decodes, back before the next update; a tensor already there is not copied).
     /// The values are unchanged: a parked and restored state steps as one that stayed. Host copies are
     /// pageable: libtorch 2.11 warns on every `pin_memory(device)` call, the only form tch exposes.
     pub fn move_state(&mut self, device: tch::Device) -> Result<()> {
         if let Some(flat) = &mut self.flat {
-            flat.master = flat.master.f_to_device(device)?;
+            for t in [&mut flat.master, &mut flat.comp].into_iter().flatten() {
+                *t = t.f_to_device(device)?;
+            }
             flat.m = flat.m.f_to_device(device)?;
             flat.v = flat.v.f_to_device(device)?;
         }
@@ -432,13 +571,16 @@ impl AdamW {
     }
 
     /// Re-reads master weights from the parameters (after the model's weights were loaded from a checkpoint
-    /// without optimizer state).
+    /// without optimizer state); compensations restart at zero.
     pub fn sync_master_from_params(&mut self) {
         tch::no_grad(|| {
             for p in &mut self.params {
                 if let Some(master) = &mut p.master {
                     master.copy_(&p.param);
                 }
+            }
+            if let Some(comp) = self.flat.as_mut().and_then(|f| f.comp.as_mut()) {
+                let _ = comp.zero_();
             }
         });
     }

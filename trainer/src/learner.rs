@@ -189,6 +189,11 @@ impl Learner {
     /// parallelism, see [`crate::sharded`]): AdamW then holds this rank's chunks only. Call it on a fresh
     /// learner, before loading a checkpoint into it.
     pub fn shard(&mut self, model: &mut spar_model::Qwen3Model) -> Result<()> {
+        anyhow::ensure!(
+            !self.adamw.config.compact_state,
+            "trainer.optimizer_state = \"compact\" is for plain learners: a sharded learner keeps fp32 chunks of \
+             the weights as its masters (set it to \"fp32\" with distributed.sharding = \"full\")"
+        );
         let (sh, adamw) =
             ShardedParams::new(model, self.group.clone(), self.adamw.config, self.at_rest)?;
         model.set_param_units(Some(sh.clone()));

@@ -523,6 +523,7 @@ mod tests {
         round_trip(LossAgg::ALL);
         round_trip(KlEstimator::ALL);
         round_trip(LrDecay::ALL);
+        round_trip(OptimizerState::ALL);
         round_trip(WeightSyncKind::ALL);
     }
 

@@ -55,6 +55,17 @@ recipe_enum! {
     }
 }
 
+recipe_enum! {
+    /// How AdamW keeps its state for bf16 weights.
+    pub enum OptimizerState {
+        /// fp32 master weights and fp32 moments: 12 bytes a parameter.
+        Fp32 = "fp32",
+        /// A bf16 compensation of each weight's rounding instead of an fp32 master, a bf16 first moment and an
+        /// fp32 second moment: 8 bytes a parameter (`trainer/src/adamw.rs`).
+        Compact = "compact",
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainerSection {
@@ -131,6 +142,9 @@ pub struct TrainerSection {
     /// the GPU then holds only the weights and the engine's KV cache during rollout. Costs two host-link
     /// copies of the state per round; no effect on a CPU model. Does not change the results.
     pub offload_optimizer: bool,
+    /// AdamW's state for bf16 weights: fp32 masters and moments, or compact (bf16 compensation and first
+    /// moment). Plain learners only: a sharded learner's masters are fp32 chunks already.
+    pub optimizer_state: OptimizerState,
     /// Teachers of the distillation stages (`[trainer.distill]`): offline Clip-Forward-KL when
     /// `policy_loss = "distill"`, on-policy reverse KL added to the RL advantages otherwise.
     pub distill: DistillConfig,
@@ -319,6 +333,7 @@ impl Default for TrainerSection {
             aux_loss_coef: None,
             rl_aux_loss_coef: None,
             offload_optimizer: false,
+            optimizer_state: OptimizerState::Fp32,
             distill: DistillConfig::default(),
             gae: GaeConfig::default(),
             sft_expert: SftExpertConfig::default(),
