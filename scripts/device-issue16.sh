@@ -30,7 +30,7 @@ for s in ${STEPS:-prefill grpo train offload}; do
   case $s in
     prefill) step prefill ${NEED_PREFILL:-240} env SKIP_TESTS=1 RUNS="fused cudnn" LIMIT=${PREFILL_LIMIT:-110} \
                scripts/device-prefill.sh ;;
-    grpo) step grpo ${NEED_GRPO:-150} env ITERS=2 CUDNN_AB=${CUDNN_AB:-} scripts/device-grpo.sh ;;
+    grpo) step grpo ${NEED_GRPO:-150} env ITERS=2 CUDNN_AB=${CUDNN_AB:-} COMPACT=${COMPACT-1} scripts/device-grpo.sh ;;
     train) step train ${NEED_TRAIN:-120} env CONFIGS="${TRAIN_CONFIGS:-plain:2 compact:2 ckpt-compact:2}" \
              HF_CONFIGS="${HF_CONFIGS:-plain:2}" SKIP_TRAIN=1 ITERS=${TRAIN_ITERS:-4} scripts/device-sharded.sh ;;
     offload) step offload ${NEED_OFFLOAD:-30} bash -c 'gunzip -c dist/tests-trainer.gz > /tmp/tests-trainer &&

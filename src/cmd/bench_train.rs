@@ -37,10 +37,8 @@ pub struct Args {
     /// Fully sharded parameters, gradients and optimizer over the launched ranks.
     #[arg(long)]
     sharded: bool,
-    /// AdamW's state for bf16 weights (`trainer.optimizer_state`): `fp32` masters and moments, or `compact`
-    /// (a bf16 compensation instead of the master, a bf16 first moment).
-    #[arg(long, default_value = "fp32", value_parser = ["fp32", "compact"])]
-    optimizer_state: String,
+    #[command(flatten)]
+    optimizer: OptimizerArgs,
     /// The GPU's dense bf16 peak in TFLOP/s, for the model FLOPs utilisation (`mfu`) on CUDA. The default is
     /// the H100 SXM's and the H200's (989.4, without sparsity).
     #[arg(long, default_value_t = 989.4)]
@@ -49,6 +47,24 @@ pub struct Args {
     /// kernels, CUDA runtime calls) and DIR/train.trace.json.gz (Chrome trace); `train-rankR.*` when launched.
     #[arg(long, value_name = "DIR")]
     profile: Option<std::path::PathBuf>,
+}
+
+/// `--optimizer-state`, shared by the benches that train.
+#[derive(clap::Args)]
+pub struct OptimizerArgs {
+    /// AdamW's state for bf16 weights (`trainer.optimizer_state`): `fp32` masters and moments, or `compact`
+    /// (a bf16 compensation instead of the master, a bf16 first moment).
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "compact"])]
+    pub optimizer_state: String,
+}
+
+impl OptimizerArgs {
+    pub fn state(&self) -> OptimizerState {
+        match self.optimizer_state.as_str() {
+            "compact" => OptimizerState::Compact,
+            _ => OptimizerState::Fp32,
+        }
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -86,11 +102,7 @@ pub fn run(args: Args) -> Result<()> {
     let tr = TrainerSection {
         micro_batch: args.micro_batch,
         token_budget: 0,
-        optimizer_state: if args.optimizer_state == "compact" {
-            OptimizerState::Compact
-        } else {
-            OptimizerState::Fp32
-        },
+        optimizer_state: args.optimizer.state(),
         ..Default::default()
     };
     let batching = BatchingConfig {
@@ -177,7 +189,7 @@ pub fn run(args: Args) -> Result<()> {
             "model_tflops_per_s": model_tflops,
             "mfu": device.is_cuda().then(|| model_tflops / args.peak_tflops),
             "sdpa_cudnn": spar_kernels::sdpa_backends::cudnn_enabled(),
-            "optimizer_state": args.optimizer_state,
+            "optimizer_state": args.optimizer.optimizer_state,
             "optimizer_state_gib": learner.adamw.state_bytes() as f64 / (1u64 << 30) as f64,
             "peak_allocated_gib": peak.map(|p| p.0 as f64 / (1u64 << 30) as f64),
             "peak_reserved_gib": peak.map(|p| p.1 as f64 / (1u64 << 30) as f64),

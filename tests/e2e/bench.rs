@@ -104,3 +104,46 @@ fn bench_train_reports_model_flops_and_profiles_a_step() {
         assert!(md.contains(span), "{span} missing:\n{md}");
     }
 }
+
+/// `--optimizer-state compact` on a bf16 model: two thirds of the fp32 state (8 bytes a parameter for 12), and
+/// the same first step's loss (the state does not enter the forward).
+#[test]
+fn bench_train_compact_optimizer_state_is_two_thirds_of_fp32() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, TINY).unwrap();
+    let line = |state: &str| -> serde_json::Value {
+        let out = spar()
+            .args(
+                "bench train --batch 2 --micro-batch 1 --seq 16 --warmup 0 --iters 1"
+                    .split_whitespace(),
+            )
+            .args([
+                "--device",
+                "cpu",
+                "--dtype",
+                "bf16",
+                "--optimizer-state",
+                state,
+                "--config",
+            ])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+    };
+    let (fp32, compact) = (line("fp32"), line("compact"));
+    assert_eq!(compact["optimizer_state"], "compact", "{compact}");
+    let gib = |l: &serde_json::Value| l["optimizer_state_gib"].as_f64().unwrap();
+    assert!(gib(&fp32) > 0.0, "{fp32}");
+    assert!(
+        (gib(&compact) / gib(&fp32) - 2.0 / 3.0).abs() < 1e-9,
+        "{fp32}\n{compact}"
+    );
+    assert_eq!(fp32["loss"], compact["loss"], "{fp32}\n{compact}");
+}
