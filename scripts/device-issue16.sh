@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Issue 16's open measurements in one device call, most wanted first, each started only while the call's budget
 # still has room for it (a device call may run 600 s; a machine's start costs minutes, so one call beats four).
-#   prefill  the consultation round with cuDNN attention off (the default since 85609fc), then on (SPAR_SDPA_CUDNN=1):
-#            scripts/device-prefill.sh, RUNS="fused cudnn", one profiled round each;
+#   prefill  the consultation round with cuDNN attention off (the default since 85609fc), then with new turns
+#            sharing prefill forwards (rollout.prefill_wait_steps = 4): scripts/device-prefill.sh, RUNS="fused
+#            wait", one profiled round each;
 #   grpo     one GRPO iteration on TRL's workload, spar / TRL / spar (scripts/device-grpo.sh, ITERS=2);
 #   train    the training step, 0.6B shape, plain and checkpointed, fp32 and compact optimizer state, next to
 #            transformers (scripts/device-sharded.sh): MFU, tokens/s, peak memory, optimizer_state_gib;
+#   cudnn    the round once more with cuDNN attention on (SPAR_SDPA_CUDNN=1), against the first;
 #   offload  the GPU tests of the parked optimizer and the flat AdamW (dist/tests-trainer.gz).
-# STEPS picks and orders them (default: all four, as above); BUDGET (570 s) is the call's seconds, and each step
-# declares what it needs (NEED_*), so a step that cannot finish is skipped and said so in $OUT/steps.txt rather
-# than killed half-way. Expects what the scripts it calls expect: `WHEELS=1 scripts/make-dist.sh` builds `dist/` and
+# STEPS picks and orders them (default: all five, in the order above); BUDGET (570 s) is the call's seconds, and
+# each step declares what it needs (NEED_*), so a step that cannot finish is skipped and said so in $OUT/steps.txt
+# rather than killed half-way. Expects what the scripts it calls expect: `WHEELS=1 scripts/make-dist.sh` builds `dist/` and
 # `.whl/`; carry ["dist", ".whl"]. Writes each script's files to $OUT, and steps.txt (each step's start, seconds
 # and exit code).
 set -uo pipefail
@@ -26,17 +28,19 @@ step() {
   "$@"; local rc=$?
   echo "$name: rc=$rc, $(( $(date +%s) - t0 )) s (started at +$(( t0 - start )) s)" >> "$OUT/steps.txt"
 }
-for s in ${STEPS:-prefill grpo train offload}; do
+for s in ${STEPS:-prefill grpo train cudnn offload}; do
   case $s in
-    prefill) step prefill ${NEED_PREFILL:-240} env SKIP_TESTS=1 RUNS="fused cudnn" LIMIT=${PREFILL_LIMIT:-110} \
+    prefill) step prefill ${NEED_PREFILL:-240} env SKIP_TESTS=1 RUNS="fused wait" LIMIT=${PREFILL_LIMIT:-110} \
                scripts/device-prefill.sh ;;
+    cudnn) step cudnn ${NEED_CUDNN:-120} env SKIP_TESTS=1 RUNS=cudnn LIMIT=${PREFILL_LIMIT:-110} \
+             scripts/device-prefill.sh ;;
     grpo) step grpo ${NEED_GRPO:-150} env ITERS=2 CUDNN_AB=${CUDNN_AB:-} COMPACT=${COMPACT-1} scripts/device-grpo.sh ;;
     train) step train ${NEED_TRAIN:-120} env CONFIGS="${TRAIN_CONFIGS:-plain:2 compact:2 ckpt-compact:2}" \
              HF_CONFIGS="${HF_CONFIGS:-plain:2}" SKIP_TRAIN=1 ITERS=${TRAIN_ITERS:-4} scripts/device-sharded.sh ;;
     offload) step offload ${NEED_OFFLOAD:-30} bash -c 'gunzip -c dist/tests-trainer.gz > /tmp/tests-trainer &&
                chmod +x /tmp/tests-trainer && cd trainer && timeout 60 /tmp/tests-trainer offload adamw \
                --test-threads 1 > "$OUT/offload-tests.txt" 2>&1' ;;
-    *) echo "$s: unknown step (prefill grpo train offload)" >> "$OUT/steps.txt" ;;
+    *) echo "$s: unknown step (prefill grpo train cudnn offload)" >> "$OUT/steps.txt" ;;
   esac
 done
 cat "$OUT/steps.txt"

@@ -22,12 +22,14 @@ fi
 export NGROUPS=${NGROUPS:-8} STEPS=2 EVAL=1 SFT=${SFT:-2} NEW=${NEW:-128} PROFILE=2 LIMIT=${LIMIT:-240}
 export EXTRA="--set rollout.max_batch=64 --set rollout.gpu_memory_utilization=0.85 --set eval.max_new_tokens=16 ${EXTRA:-}"
 # RUNS picks the rounds (default "fused plain"): fused (the defaults), plain (SPAR_FUSED_PREFILL=0), cudnn
-# (SPAR_SDPA_CUDNN=1: torch's cuDNN attention kept, as before 2026-12-06).
+# (SPAR_SDPA_CUDNN=1: torch's cuDNN attention kept, as before 2026-12-06), wait (rollout.prefill_wait_steps = WAIT,
+# default 4: new turns share prefill forwards).
 for r in ${RUNS:-fused plain}; do
   case $r in
     fused) NAME=prefill-fused scripts/device-consult.sh ;;
     plain) NAME=prefill-plain SPAR_FUSED_PREFILL=0 scripts/device-consult.sh ;;
     cudnn) NAME=prefill-cudnn SPAR_SDPA_CUDNN=1 scripts/device-consult.sh ;;
+    wait) NAME=prefill-wait EXTRA="$EXTRA --set rollout.prefill_wait_steps=${WAIT:-4}" scripts/device-consult.sh ;;
   esac
 done
 rm -f "$OUT"/*-gpu.csv "$OUT"/*.trace.json.gz

@@ -137,6 +137,7 @@ impl<'m> EvalPolicy<'m> {
                     max_seq_len: rollout.max_seq_len,
                     seed,
                     batch_invariant: rollout.batch_invariant,
+                    prefill_wait_steps: rollout.prefill_wait_steps,
                     ..Default::default()
                 };
                 let thinking = rollout.enable_thinking;

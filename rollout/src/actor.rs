@@ -319,6 +319,7 @@ impl Rollout {
                     seed: mix_seed(self.seed, "engine", round),
                     record_routing: record,
                     batch_invariant: self.cfg.batch_invariant,
+                    prefill_wait_steps: self.cfg.prefill_wait_steps,
                 };
                 let (ecfg, lowered) =
                     ecfg.fit_gpu_memory(model, self.cfg.gpu_memory_utilization)?;

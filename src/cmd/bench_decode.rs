@@ -59,6 +59,7 @@ pub fn run(args: Args) -> Result<()> {
         seed: 0,
         record_routing: false,
         batch_invariant: false,
+        prefill_wait_steps: 0,
     };
     let mut engine = Engine::new(&model, cfg)?;
     let mut salt = 0u64;

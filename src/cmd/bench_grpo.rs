@@ -91,6 +91,7 @@ pub fn run(args: Args) -> Result<()> {
             seed: 0,
             record_routing: false,
             batch_invariant: false,
+            prefill_wait_steps: 0,
         },
     )?;
     engine.set_cuda_graphs(args.graphs && device.is_cuda());

@@ -104,6 +104,7 @@ impl Args {
             seed: self.seed,
             record_routing: self.enable_return_routed_experts,
             batch_invariant: false,
+            prefill_wait_steps: 0,
         }
     }
 

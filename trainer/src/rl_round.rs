@@ -74,6 +74,10 @@ impl PlayedRound {
                 e.decode_rows as f64 / (e.decode_steps.max(1)) as f64,
             ),
             ("rollout/prefill_forwards".into(), e.prefill_forwards as f64),
+            (
+                "rollout/prefill_wait_steps".into(),
+                e.prefill_wait_steps as f64,
+            ),
             ("rollout/prompt_tokens".into(), e.prompt_tokens as f64),
             (
                 "rollout/reused_prompt_frac".into(),

@@ -197,6 +197,10 @@ pub struct RolloutSection {
     /// on which episodes were generated beside it. With it two runs of one recipe and seed, or a run killed and
     /// resumed, are bit-identical on the CPU. Slower (sequences run one after another); CPU only.
     pub batch_invariant: bool,
+    /// Decode steps a new turn may wait in the built-in engine's queue for others to share its prefill forward
+    /// while sequences decode (0: none). On a GPU each prefill forward has a fixed host cost; see
+    /// `EngineConfig::prefill_wait_steps`. Ignored with `batch_invariant`.
+    pub prefill_wait_steps: usize,
     /// The weight refresh of the external server (`backend = "openai"`).
     pub weight_sync: WeightSyncConfig,
 }
@@ -225,6 +229,7 @@ impl Default for RolloutSection {
             instructions: Vec::new(),
             seed: None,
             batch_invariant: false,
+            prefill_wait_steps: 0,
             weight_sync: WeightSyncConfig::default(),
         }
     }

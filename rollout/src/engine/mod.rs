@@ -53,6 +53,13 @@ pub struct EngineConfig {
     /// tokens and log-probs depend on its prompt, seed and the weights alone, bit for bit on the CPU, not on
     /// which requests happened to arrive with it. Slower: sequences run one after another.
     pub batch_invariant: bool,
+    /// Decode steps a queued request may wait for batch-mates while other sequences decode (0: admitted at the
+    /// next step). On a GPU a prefill forward costs milliseconds of host work whatever its rows (~11 ms
+    /// expected for the fused prefill of a 0.6B model on an H100, docs/benchmarks.md), and a consultation's
+    /// new turns arrive one or two a decode step; waiting a few steps (a few ms each) lets one forward take
+    /// them together. A request is admitted at once when nothing is decoding, or when the queue fills the free
+    /// rows. Ignored when `batch_invariant`.
+    pub prefill_wait_steps: usize,
 }
 
 /// KV-cache slots of `per_slot` bytes that fit while leaving `(1 - utilization)` of the GPU's `total` memory to
@@ -119,6 +126,7 @@ impl Default for EngineConfig {
             seed: 0,
             record_routing: false,
             batch_invariant: false,
+            prefill_wait_steps: 0,
         }
     }
 }
@@ -136,6 +144,9 @@ pub struct EngineStats {
     pub generated_tokens: u64,
     pub decode_steps: u64,
     pub prefill_forwards: u64,
+    /// Steps in which queued requests waited for batch-mates ([`EngineConfig::prefill_wait_steps`]).
+    #[serde(default)]
+    pub prefill_wait_steps: u64,
     /// Requests dropped because their caller went away (queued or mid-generation).
     pub cancelled: u64,
     /// Sequences fed by decode steps, summed over steps (`decode_rows / decode_steps` is the mean decode batch).
@@ -185,6 +196,8 @@ pub enum Reply {
 struct Queued {
     req: GenerateRequest,
     reply: Reply,
+    /// The engine's step count when it arrived ([`EngineConfig::prefill_wait_steps`]).
+    since: u64,
 }
 
 struct Running {
@@ -339,7 +352,8 @@ impl<'m> Engine<'m> {
 
     /// Queues a request.
     pub fn submit(&mut self, req: GenerateRequest, reply: Reply) {
-        self.queue.push_back(Queued { req, reply });
+        let since = self.tick;
+        self.queue.push_back(Queued { req, reply, since });
     }
 
     /// Whether anything is queued or running.
@@ -441,13 +455,33 @@ impl<'m> Engine<'m> {
         result
     }
 
+    /// Whether this step leaves the queue for a later one ([`EngineConfig::prefill_wait_steps`]): sequences
+    /// are decoding, the oldest queued request has waited fewer steps than allowed, and the queue does not fill
+    /// the free rows.
+    fn waits_for_batch_mates(&mut self) -> bool {
+        let wait = self.cfg.prefill_wait_steps as u64;
+        let Some(oldest) = self.queue.front().map(|q| q.since) else {
+            return false;
+        };
+        let free = self.cfg.max_batch.saturating_sub(self.running.len());
+        let waits = wait > 0
+            && !self.cfg.batch_invariant
+            && !self.running.is_empty()
+            && self.queue.len() < free
+            && self.tick <= oldest + wait;
+        if waits {
+            self.stats.prefill_wait_steps += 1;
+        }
+        waits
+    }
+
     fn admit(&mut self) {
         // A weight load waits for the running sequences; the queued ones wait for the new weights.
-        if self.pending_load.is_some() {
+        if self.pending_load.is_some() || self.waits_for_batch_mates() {
             return;
         }
         while self.running.len() < self.cfg.max_batch {
-            let Some(Queued { req, reply }) = self.queue.pop_front() else {
+            let Some(Queued { req, reply, .. }) = self.queue.pop_front() else {
                 break;
             };
             self.stats.requests += 1;

@@ -85,6 +85,7 @@ fn seeds_reproduce_whatever_shares_the_batch() {
         seed: 5,
         record_routing: false,
         batch_invariant: false,
+        prefill_wait_steps: 0,
     };
     let alone = Engine::new(&model, cfg.clone())
         .unwrap()
@@ -112,6 +113,7 @@ fn greedy_stops_on_stop_tokens_and_records_moe_routing() {
         seed: 0,
         record_routing: true,
         batch_invariant: false,
+        prefill_wait_steps: 0,
     };
     let mut engine = Engine::new(&model, cfg).unwrap();
     let p = prompt(7, 5);
@@ -165,6 +167,7 @@ fn a_long_cached_conversation_and_a_fresh_long_prompt_share_a_prefill_without_ov
         seed: 3,
         record_routing: false,
         batch_invariant: false,
+        prefill_wait_steps: 0,
     };
     let mut engine = Engine::new(&model, cfg).unwrap();
     let history = prompt(100, 5);
@@ -212,6 +215,7 @@ fn top_logprobs_rank_the_policy_distribution_for_the_rows_that_ask() {
         seed: 2,
         record_routing: false,
         batch_invariant: false,
+        prefill_wait_steps: 0,
     };
     let mut engine = Engine::new(&model, cfg).unwrap();
     // One greedy row, one sampled row, one that asks for nothing, decoded in the same batches.
@@ -311,6 +315,7 @@ fn batch_invariant_requests_are_bit_identical_whatever_runs_beside_them() {
         prefill_tokens: 8,
         seed: 5,
         batch_invariant: true,
+        prefill_wait_steps: 0,
         ..Default::default()
     };
     let target = |seed| req(prompt(14, 4), 12, 0.9, seed);
@@ -399,4 +404,63 @@ fn the_kv_cache_is_sized_from_the_gpus_memory_when_asked() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("one KV slot"), "{err}");
+}
+
+/// `prefill_wait_steps`: turns that arrive while another sequence decodes wait up to that many steps and share
+/// one prefill forward, with the same greedy tokens as when each is prefilled on arrival; a request that finds
+/// nothing decoding is admitted at once.
+#[test]
+fn queued_turns_wait_for_batch_mates_while_others_decode() {
+    use spar_rollout::engine::Reply;
+    use tokio::sync::oneshot;
+    let model = tiny_model(false);
+    // (prefill forwards after the first request's, steps that waited, B's and C's outputs)
+    let run = |wait: usize| {
+        let cfg = EngineConfig {
+            max_batch: 4,
+            kv_slots: 4,
+            max_seq_len: 128,
+            prefill_tokens: 256,
+            seed: 1,
+            prefill_wait_steps: wait,
+            ..Default::default()
+        };
+        let mut engine = Engine::new(&model, cfg).unwrap();
+        let (tx, _a) = oneshot::channel();
+        engine.submit(req(prompt(6, 1), 30, 0.0, 1), Reply::Once(tx));
+        engine.step().unwrap();
+        assert_eq!(
+            engine.stats.prefill_forwards, 1,
+            "nothing was decoding: admitted at once"
+        );
+        let first = engine.stats.prefill_forwards;
+        let (tx, mut b) = oneshot::channel();
+        engine.submit(req(prompt(9, 2), 5, 0.0, 2), Reply::Once(tx));
+        engine.step().unwrap();
+        let (tx, mut c) = oneshot::channel();
+        engine.submit(req(prompt(4, 3), 5, 0.0, 3), Reply::Once(tx));
+        while engine.has_work() {
+            engine.step().unwrap();
+        }
+        let out = |rx: &mut oneshot::Receiver<_>| -> spar_core::traits::GenerateOutput {
+            let r: anyhow::Result<spar_rollout::engine::EngineOutput> = rx.try_recv().unwrap();
+            r.unwrap().output
+        };
+        (
+            engine.stats.prefill_forwards - first,
+            engine.stats.prefill_wait_steps,
+            [out(&mut b), out(&mut c)],
+        )
+    };
+    let (forwards, waited, at_once) = run(0);
+    assert_eq!((forwards, waited), (2, 0), "each turn prefilled on arrival");
+    let (forwards, waited, together) = run(3);
+    // B arrives after step 1 and may wait through step 4; C arrives after step 2: both go in at step 5.
+    assert_eq!((forwards, waited), (1, 3), "one forward for both turns");
+    for (x, y) in at_once.iter().zip(&together) {
+        assert_eq!(x.token_ids, y.token_ids);
+        for (p, q) in x.logprobs.iter().zip(&y.logprobs) {
+            assert!((p - q).abs() < 1e-4, "{p} vs {q}");
+        }
+    }
 }

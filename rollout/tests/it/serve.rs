@@ -23,6 +23,7 @@ pub fn engine_config() -> EngineConfig {
         seed: 0,
         record_routing: false,
         batch_invariant: false,
+        prefill_wait_steps: 0,
     }
 }
 

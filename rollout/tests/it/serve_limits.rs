@@ -19,6 +19,7 @@ fn long_engine() -> EngineConfig {
         seed: 0,
         record_routing: false,
         batch_invariant: false,
+        prefill_wait_steps: 0,
     }
 }
 

@@ -32,6 +32,7 @@ fn recording() -> EngineConfig {
     EngineConfig {
         record_routing: true,
         batch_invariant: true,
+        prefill_wait_steps: 0,
         ..engine_config()
     }
 }
@@ -227,6 +228,7 @@ fn replaying_section() -> RolloutSection {
         turn_limits: [2, 1, 1, 1],
         record_routing: true,
         batch_invariant: true,
+        prefill_wait_steps: 0,
         ..Default::default()
     };
     s.sampling.max_new_tokens = 8;

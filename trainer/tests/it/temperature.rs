@@ -44,6 +44,7 @@ fn engine_sample(model: &Qwen3Model) -> Sample {
             seed: 1,
             record_routing: false,
             batch_invariant: false,
+            prefill_wait_steps: 0,
         },
     )
     .unwrap();
