@@ -76,6 +76,10 @@ pub struct Args {
     /// `[rollout] backend = "openai"`). Costs a device-to-host copy per forward.
     #[arg(long)]
     pub enable_return_routed_experts: bool,
+    /// Decode steps a new request may wait for others to share its prefill forward while sequences decode
+    /// (`rollout.prefill_wait_steps`; 0: prefilled at the next step).
+    #[arg(long, default_value_t = 0)]
+    pub prefill_wait_steps: usize,
 }
 
 /// The bearer token in `var`: an unset or empty variable is an error naming it (an empty token would leave the
@@ -104,7 +108,7 @@ impl Args {
             seed: self.seed,
             record_routing: self.enable_return_routed_experts,
             batch_invariant: false,
-            prefill_wait_steps: 0,
+            prefill_wait_steps: self.prefill_wait_steps,
         }
     }
 
