@@ -4,9 +4,11 @@
 #   prefill  the consultation round with cuDNN attention off (the default since 85609fc), then with new turns
 #            sharing prefill forwards (rollout.prefill_wait_steps = 4): scripts/device-prefill.sh, RUNS="fused
 #            wait", one profiled round each;
-#   grpo     one GRPO iteration on TRL's workload, spar / TRL / spar (scripts/device-grpo.sh, ITERS=2);
+#   grpo     one GRPO iteration on TRL's workload, spar / TRL / spar, then compact state, then one profiled
+#            (scripts/device-grpo.sh, ITERS=2: $OUT/grpo-profile.md says where the ~1 s learn phase goes);
 #   train    the training step, 0.6B shape, plain and checkpointed, fp32 and compact optimizer state, next to
-#            transformers (scripts/device-sharded.sh): MFU, tokens/s, peak memory, optimizer_state_gib;
+#            transformers (scripts/device-sharded.sh): MFU, tokens/s, peak memory, optimizer_state_gib, and
+#            the first configuration's step profiled ($OUT/train-profile.md);
 #   cudnn    the round once more with cuDNN attention on (SPAR_SDPA_CUDNN=1), against the first;
 #   offload  the GPU tests of the parked optimizer and the flat AdamW (dist/tests-trainer.gz).
 # STEPS picks and orders them (default: all five, in the order above); BUDGET (570 s) is the call's seconds, and
@@ -34,9 +36,11 @@ for s in ${STEPS:-prefill grpo train cudnn offload}; do
                scripts/device-prefill.sh ;;
     cudnn) step cudnn ${NEED_CUDNN:-120} env SKIP_TESTS=1 RUNS=cudnn LIMIT=${PREFILL_LIMIT:-110} \
              scripts/device-prefill.sh ;;
-    grpo) step grpo ${NEED_GRPO:-150} env ITERS=2 CUDNN_AB=${CUDNN_AB:-} COMPACT=${COMPACT-1} scripts/device-grpo.sh ;;
+    grpo) step grpo ${NEED_GRPO:-180} env ITERS=2 CUDNN_AB=${CUDNN_AB:-} COMPACT=${COMPACT-1} PROFILE=${PROFILE-1} \
+            PROFILE_MICRO=8 SKIP_TRL_PROFILE=1 scripts/device-grpo.sh ;;
     train) step train ${NEED_TRAIN:-120} env CONFIGS="${TRAIN_CONFIGS:-plain:2 compact:2 ckpt-compact:2}" \
-             HF_CONFIGS="${HF_CONFIGS:-plain:2}" SKIP_TRAIN=1 ITERS=${TRAIN_ITERS:-4} scripts/device-sharded.sh ;;
+             HF_CONFIGS="${HF_CONFIGS:-plain:2}" SKIP_TRAIN=1 ITERS=${TRAIN_ITERS:-4} PROFILE=${PROFILE-1} \
+             scripts/device-sharded.sh ;;
     offload) step offload ${NEED_OFFLOAD:-30} bash -c 'gunzip -c dist/tests-trainer.gz > /tmp/tests-trainer &&
                chmod +x /tmp/tests-trainer && cd trainer && timeout 60 /tmp/tests-trainer offload adamw \
                --test-threads 1 > "$OUT/offload-tests.txt" 2>&1' ;;
