@@ -9,17 +9,23 @@ const TINY: &str = r#"{"model_type": "qwen3", "vocab_size": 1200, "hidden_size":
 /// `spar bench ARGS --profile DIR/prof` (ARGS: the subcommand and its flags, space-separated) on the tiny config in
 /// fp32 on the CPU (written into `dir`); its stdout, after checking that it succeeded.
 fn bench_profiled(dir: &std::path::Path, args: &str) -> String {
+    bench_tiny(dir, &format!("{args} --dtype fp32"), true)
+}
+
+/// `spar bench ARGS --device cpu --config TINY` (written into `dir`; with `profile`, `--profile DIR/prof`); its
+/// stdout, after checking that it succeeded.
+fn bench_tiny(dir: &std::path::Path, args: &str, profile: bool) -> String {
     let config = dir.join("config.json");
     std::fs::write(&config, TINY).unwrap();
-    let out = spar()
-        .arg("bench")
+    let mut cmd = spar();
+    cmd.arg("bench")
         .args(args.split_whitespace())
-        .args(["--device", "cpu", "--dtype", "fp32", "--config"])
-        .arg(&config)
-        .arg("--profile")
-        .arg(dir.join("prof"))
-        .output()
-        .unwrap();
+        .args(["--device", "cpu", "--config"])
+        .arg(&config);
+    if profile {
+        cmd.arg("--profile").arg(dir.join("prof"));
+    }
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -110,32 +116,11 @@ fn bench_train_reports_model_flops_and_profiles_a_step() {
 #[test]
 fn bench_train_compact_optimizer_state_is_two_thirds_of_fp32() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.json");
-    std::fs::write(&config, TINY).unwrap();
     let line = |state: &str| -> serde_json::Value {
-        let out = spar()
-            .args(
-                "bench train --batch 2 --micro-batch 1 --seq 16 --warmup 0 --iters 1"
-                    .split_whitespace(),
-            )
-            .args([
-                "--device",
-                "cpu",
-                "--dtype",
-                "bf16",
-                "--optimizer-state",
-                state,
-                "--config",
-            ])
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let args = format!(
+            "train --batch 2 --micro-batch 1 --seq 16 --warmup 0 --iters 1 --dtype bf16 --optimizer-state {state}"
         );
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+        serde_json::from_str(bench_tiny(dir.path(), &args, false).trim()).unwrap()
     };
     let (fp32, compact) = (line("fp32"), line("compact"));
     assert_eq!(compact["optimizer_state"], "compact", "{compact}");

@@ -116,12 +116,9 @@ fn warmup_then_cosine() {
     assert_eq!(c.lr(9), 0.3);
 }
 
-/// The flat update of bf16 parameters (masters and moments as views into flat buffers, updated in chunks that
-/// cross parameter boundaries) gives the bits of the same formula applied parameter by parameter: a scalar,
-/// a matrix, a vector that never gets a gradient, over three steps with weight decay; the gradient norm, the
-/// update ratio and a save / load round trip agree too.
-#[test]
-fn flat_bf16_update_matches_the_per_parameter_formula_bit_for_bit() {
+/// The flat-update tests' parameters, in bf16: a scalar `a`, a matrix `b`, a vector `c` that never gets a
+/// gradient (read back from the store: the bf16 casts replaced the variables).
+fn three_bf16_params() -> (nn::VarStore, std::collections::HashMap<String, Tensor>) {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let root = vs.root();
     let _ = root.var("a", &[], nn::Init::Const(0.75));
@@ -129,8 +126,50 @@ fn flat_bf16_update_matches_the_per_parameter_formula_bit_for_bit() {
     let _ = root.var("c", &[5], nn::Init::Const(-0.5));
     vs.bfloat16();
     let vars = vs.variables();
-    // bf16 casts replaced the variables: read them back from the store.
-    let (a, b) = (vars["a"].shallow_clone(), vars["b"].shallow_clone());
+    (vs, vars)
+}
+
+/// Step `step`'s loss over `a` and `b`, backwarded; each of a, b, c's gradients in fp32 (zeros for c).
+fn backward_step(vars: &std::collections::HashMap<String, Tensor>, step: i32) -> Vec<Tensor> {
+    let w = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.25]).view([1, 4]);
+    let loss = vars["a"].to_kind(Kind::Float) * (step as f64)
+        + (vars["b"].to_kind(Kind::Float) * &w)
+            .square()
+            .sum(Kind::Float);
+    loss.backward();
+    ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            let (p, g) = (&vars[*n], vars[*n].grad());
+            if g.defined() {
+                g.to_kind(Kind::Float)
+            } else {
+                p.zeros_like().to_kind(Kind::Float)
+            }
+        })
+        .collect()
+}
+
+/// Saved and loaded into a fresh optimizer of `cfg`, the state lands back where it was.
+fn assert_state_round_trips(opt: &AdamW, vs: &nn::VarStore, cfg: AdamWConfig) -> AdamW {
+    let dir = tempfile::tempdir().unwrap();
+    opt.save(&dir.path().join("o.safetensors")).unwrap();
+    let mut again = AdamW::new(vs, cfg);
+    again.load(&dir.path().join("o.safetensors")).unwrap();
+    again.move_state(Device::Cpu).unwrap();
+    for (x, y) in opt.state_tensors().into_iter().zip(again.state_tensors()) {
+        assert!(x.1.equal(&y.1), "{}", x.0);
+    }
+    again
+}
+
+/// The flat update of bf16 parameters (masters and moments as views into flat buffers, updated in chunks that
+/// cross parameter boundaries) gives the bits of the same formula applied parameter by parameter: a scalar,
+/// a matrix, a vector that never gets a gradient, over three steps with weight decay; the gradient norm, the
+/// update ratio and a save / load round trip agree too.
+#[test]
+fn flat_bf16_update_matches_the_per_parameter_formula_bit_for_bit() {
+    let (vs, vars) = three_bf16_params();
     let cfg = AdamWConfig {
         weight_decay: 0.1,
         ..AdamWConfig::default()
@@ -145,24 +184,10 @@ fn flat_bf16_update_matches_the_per_parameter_formula_bit_for_bit() {
         .collect();
     let mut m: Vec<Tensor> = master.iter().map(|t| t.zeros_like()).collect();
     let mut v: Vec<Tensor> = master.iter().map(|t| t.zeros_like()).collect();
-    let w = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.25]).view([1, 4]);
     let lr = 0.01;
     for step in 1..=3 {
-        let loss = a.to_kind(Kind::Float) * (step as f64)
-            + (b.to_kind(Kind::Float) * &w).square().sum(Kind::Float);
-        loss.backward();
+        let grads = backward_step(&vars, step);
         let norm = opt.grad_norm();
-        let grads: Vec<Tensor> = names
-            .iter()
-            .map(|n| {
-                let g = vars[*n].grad();
-                if g.defined() {
-                    g.to_kind(Kind::Float)
-                } else {
-                    master[2].zeros_like()
-                }
-            })
-            .collect();
         let want_norm = grads
             .iter()
             .map(|g| {
@@ -215,15 +240,8 @@ fn flat_bf16_update_matches_the_per_parameter_formula_bit_for_bit() {
             opt.last_update_ratio
         );
     }
-    // Saved and loaded into a fresh optimizer, the state lands back in its flat buffers: the next steps agree.
-    let dir = tempfile::tempdir().unwrap();
-    opt.save(&dir.path().join("o.safetensors")).unwrap();
-    let mut again = AdamW::new(&vs, cfg);
-    again.load(&dir.path().join("o.safetensors")).unwrap();
-    again.move_state(Device::Cpu).unwrap();
-    for (x, y) in opt.state_tensors().into_iter().zip(again.state_tensors()) {
-        assert!(x.1.equal(&y.1), "{}", x.0);
-    }
+    // Saved and loaded into a fresh optimizer, the state lands back in its flat buffers.
+    assert_state_round_trips(&opt, &vs, cfg);
 }
 
 /// Compact state: the flat update (chunks of 5 elements crossing parameter boundaries) is, bit for bit, this
@@ -233,14 +251,7 @@ fn flat_bf16_update_matches_the_per_parameter_formula_bit_for_bit() {
 /// the state is 8 bytes a parameter (12 with fp32 masters), and survives a save / load round trip.
 #[test]
 fn compact_update_matches_its_formula_bit_for_bit() {
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let root = vs.root();
-    let _ = root.var("a", &[], nn::Init::Const(0.75));
-    let _ = root.var("b", &[3, 4], nn::Init::Uniform { lo: -1.0, up: 1.0 });
-    let _ = root.var("c", &[5], nn::Init::Const(-0.5));
-    vs.bfloat16();
-    let vars = vs.variables();
-    let (a, b) = (vars["a"].shallow_clone(), vars["b"].shallow_clone());
+    let (vs, vars) = three_bf16_params();
     let cfg = AdamWConfig {
         weight_decay: 0.1,
         compact_state: true,
@@ -265,23 +276,9 @@ fn compact_update_matches_its_formula_bit_for_bit() {
         .iter()
         .map(|t| t.zeros_like().to_kind(Kind::Float))
         .collect();
-    let w = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.25]).view([1, 4]);
     let lr = 0.01;
     for step in 1..=3 {
-        let loss = a.to_kind(Kind::Float) * (step as f64)
-            + (b.to_kind(Kind::Float) * &w).square().sum(Kind::Float);
-        loss.backward();
-        let grads: Vec<Tensor> = names
-            .iter()
-            .map(|n| {
-                let g = vars[*n].grad();
-                if g.defined() {
-                    g.to_kind(Kind::Float)
-                } else {
-                    v[2].zeros_like()
-                }
-            })
-            .collect();
+        let grads = backward_step(&vars, step);
         opt.step(lr);
         opt.zero_grad();
         let (bc1, bc2) = (1.0 - 0.9f64.powi(step), 1.0 - 0.999f64.powi(step));
@@ -314,13 +311,7 @@ fn compact_update_matches_its_formula_bit_for_bit() {
         // The compensation is not idle: steps of 0.01 on weights near 1 are below bf16's half ulp (2^-8).
         assert!(comp[1].abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }
-    let dir = tempfile::tempdir().unwrap();
-    opt.save(&dir.path().join("o.safetensors")).unwrap();
-    let mut again = AdamW::new(&vs, cfg);
-    again.load(&dir.path().join("o.safetensors")).unwrap();
-    for (x, y) in opt.state_tensors().into_iter().zip(again.state_tensors()) {
-        assert!(x.1.equal(&y.1), "{}", x.0);
-    }
+    let mut again = assert_state_round_trips(&opt, &vs, cfg);
     // A state saved with fp32 masters resumes compact: the compensation is the master's distance to the weight.
     let master = vars["b"].to_kind(Kind::Float) + 1e-3;
     let mut saved: std::collections::HashMap<String, Tensor> =
