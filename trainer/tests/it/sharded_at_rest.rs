@@ -117,3 +117,20 @@ fn sharded_at_rest_steps_as_whole_and_holds_nothing_whole_between_updates() {
         assert!(x.equal(y), "{n} after the resumed step");
     }
 }
+
+/// `trainer.optimizer_state = "compact"` is for plain learners: sharding one says so instead of silently keeping
+/// fp32 chunks as masters.
+#[test]
+fn a_sharded_learner_refuses_the_compact_state() {
+    let mut m = Qwen3Model::random(config(), Device::Cpu, Kind::BFloat16, 5).unwrap();
+    let mut l = super::common::learner(&m.vs, 1e-2);
+    l.adamw = spar_trainer::adamw::AdamW::new(
+        &m.vs,
+        spar_trainer::adamw::AdamWConfig {
+            compact_state: true,
+            ..Default::default()
+        },
+    );
+    let err = l.shard(&mut m).expect_err("refused").to_string();
+    assert!(err.contains("optimizer_state"), "{err}");
+}
