@@ -74,7 +74,7 @@ pub fn run(args: Args) -> Result<()> {
         micro_batch: args.micro_batch,
         token_budget: 0,
         loss_agg: LossAgg::TokenMean,
-        optimizer_state: args.optimizer.state(),
+        optimizer_state: args.optimizer.optimizer_state,
         ..Default::default()
     };
     let batching = batching_config(&tr)?;
@@ -195,7 +195,7 @@ pub fn run(args: Args) -> Result<()> {
                "seconds": t_gen + t_score + t_learn, "generate_s": t_gen, "score_s": t_score,
                "learn_s": t_learn, "generate_tokens_per_s": generated as f64 / t_gen,
                "loss": reports.last().map(|r| r.loss), "grad_norm": reports.last().map(|r| r.grad_norm),
-               "peak_gib": peak_gib(device)?, "optimizer_state": args.optimizer.optimizer_state,
+               "peak_gib": peak_gib(device)?, "optimizer_state": args.optimizer.optimizer_state.name(),
                "optimizer_state_gib": learner.adamw.state_bytes() as f64 / (1u64 << 30) as f64,
                // The engine's A/B switches, so that lines of one call tell their runs apart.
                "graph_sampling": engine::graph_sampling_enabled(), "fused_prefill": engine::fused_prefill_enabled(),

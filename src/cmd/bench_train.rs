@@ -54,17 +54,19 @@ pub struct Args {
 pub struct OptimizerArgs {
     /// AdamW's state for bf16 weights (`trainer.optimizer_state`): `fp32` masters and moments, or `compact`
     /// (a bf16 compensation instead of the master, a bf16 first moment).
-    #[arg(long, default_value = "fp32", value_parser = ["fp32", "compact"])]
-    pub optimizer_state: String,
+    #[arg(long, default_value = "fp32", value_parser = parse_optimizer_state)]
+    pub optimizer_state: OptimizerState,
 }
 
-impl OptimizerArgs {
-    pub fn state(&self) -> OptimizerState {
-        match self.optimizer_state.as_str() {
-            "compact" => OptimizerState::Compact,
-            _ => OptimizerState::Fp32,
-        }
-    }
+/// An [`OptimizerState`] as the recipe spells it.
+fn parse_optimizer_state(s: &str) -> std::result::Result<OptimizerState, String> {
+    OptimizerState::ALL
+        .into_iter()
+        .find(|v| v.name() == s)
+        .ok_or_else(|| {
+            let names: Vec<_> = OptimizerState::ALL.iter().map(|v| v.name()).collect();
+            format!("expected one of {}", names.join(", "))
+        })
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -102,7 +104,7 @@ pub fn run(args: Args) -> Result<()> {
     let tr = TrainerSection {
         micro_batch: args.micro_batch,
         token_budget: 0,
-        optimizer_state: args.optimizer.state(),
+        optimizer_state: args.optimizer.optimizer_state,
         ..Default::default()
     };
     let batching = BatchingConfig {
@@ -189,7 +191,7 @@ pub fn run(args: Args) -> Result<()> {
             "model_tflops_per_s": model_tflops,
             "mfu": device.is_cuda().then(|| model_tflops / args.peak_tflops),
             "sdpa_cudnn": spar_kernels::sdpa_backends::cudnn_enabled(),
-            "optimizer_state": args.optimizer.optimizer_state,
+            "optimizer_state": args.optimizer.optimizer_state.name(),
             "optimizer_state_gib": learner.adamw.state_bytes() as f64 / (1u64 << 30) as f64,
             "peak_allocated_gib": peak.map(|p| p.0 as f64 / (1u64 << 30) as f64),
             "peak_reserved_gib": peak.map(|p| p.1 as f64 / (1u64 << 30) as f64),

@@ -59,15 +59,28 @@ struct ParamState {
     flat: Option<(i64, i64)>,
 }
 
+/// What the flat buffers keep of the weights themselves.
+enum FlatWeights {
+    /// fp32 masters, copied into the parameters after each step.
+    Masters(Tensor),
+    /// bf16 compensations (compact state): parameter + compensation is the weight.
+    Compensations(Tensor),
+}
+
+impl FlatWeights {
+    fn tensor(&self) -> &Tensor {
+        match self {
+            FlatWeights::Masters(t) | FlatWeights::Compensations(t) => t,
+        }
+    }
+}
+
 /// The masters and moments of the low-precision parameters on one device, back to back: fp32 masters and
 /// moments, or (compact) bf16 compensations, bf16 first and fp32 second moments.
 struct FlatState {
     /// The parameters in the buffers, in buffer order (indices into `AdamW::params`).
     members: Vec<usize>,
-    /// fp32 masters; None when compact.
-    master: Option<Tensor>,
-    /// bf16 compensations; None unless compact.
-    comp: Option<Tensor>,
+    weights: FlatWeights,
     m: Tensor,
     v: Tensor,
 }
@@ -165,8 +178,11 @@ impl AdamW {
             let zeros = |kind| Tensor::zeros([numel], (kind, device));
             FlatState {
                 members,
-                master: (!compact).then(|| Tensor::empty([numel], (Kind::Float, device))),
-                comp: compact.then(|| zeros(Kind::BFloat16)),
+                weights: if compact {
+                    FlatWeights::Compensations(zeros(Kind::BFloat16))
+                } else {
+                    FlatWeights::Masters(Tensor::empty([numel], (Kind::Float, device)))
+                },
                 m: zeros(if compact { Kind::BFloat16 } else { Kind::Float }),
                 v: zeros(Kind::Float),
             }
@@ -193,8 +209,10 @@ impl AdamW {
             let p = &mut self.params[i];
             let (offset, n) = p.flat.expect("flat member has a place");
             let view = |t: &Tensor| t.narrow(0, offset, n).view(p.param.size().as_slice());
-            p.master = flat.master.as_ref().map(view);
-            p.comp = flat.comp.as_ref().map(view);
+            (p.master, p.comp) = match &flat.weights {
+                FlatWeights::Masters(t) => (Some(view(t)), None),
+                FlatWeights::Compensations(t) => (None, Some(view(t))),
+            };
             p.m = view(&flat.m);
             p.v = view(&flat.v);
         }
@@ -233,8 +251,7 @@ impl AdamW {
                 }
             })
             .collect::<Vec<_>>();
-        let out = Tensor::empty([n], (Kind::Float, flat.m.device()));
-        Tensor::cat_out(&out, &pieces, 0)
+        cat_f32(&pieces, n, flat.m.device())
     }
 
     /// The flat members' pieces of elements `offset .. offset + n` of the buffers: (member, first element
@@ -354,8 +371,8 @@ impl AdamW {
                 for (offset, n) in chunks(flat.numel(), self.chunk) {
                     let part = |t: &Tensor| t.narrow(0, offset, n);
                     let g = self.grad_chunk(flat, offset, n);
-                    let (before, delta) = match (&flat.master, &flat.comp) {
-                        (Some(master), _) => update(
+                    let (before, delta) = match &flat.weights {
+                        FlatWeights::Masters(master) => update(
                             &mut part(master),
                             &mut part(&flat.m),
                             &mut part(&flat.v),
@@ -364,15 +381,14 @@ impl AdamW {
                             c,
                             bias,
                         ),
-                        (None, Some(comp)) => {
+                        FlatWeights::Compensations(comp) => {
                             self.compact_update(flat, comp, (offset, n), &g, lr, bias)
                         }
-                        (None, None) => unreachable!("flat state has masters or compensations"),
                     };
                     befores.push(before);
                     deltas.push(delta);
                 }
-                if flat.master.is_some() {
+                if let FlatWeights::Masters(_) = flat.weights {
                     for &i in &flat.members {
                         let p = &mut self.params[i];
                         p.param
@@ -417,8 +433,7 @@ impl AdamW {
             .collect();
         let mut comp = comp.narrow(0, offset, n);
         let mut m_bf16 = flat.m.narrow(0, offset, n);
-        let mut weight = Tensor::empty([n], (Kind::Float, g.device()));
-        let _ = Tensor::cat_out(&weight, &params, 0);
+        let mut weight = cat_f32(&params, n, g.device());
         let _ = weight.g_add_(&comp);
         let mut m = m_bf16.to_kind(Kind::Float);
         let sums = update(
@@ -447,12 +462,7 @@ impl AdamW {
         let bytes = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as u64;
         let mut total = 0;
         if let Some(flat) = &self.flat {
-            total += [&flat.master, &flat.comp]
-                .into_iter()
-                .flatten()
-                .chain([&flat.m, &flat.v])
-                .map(bytes)
-                .sum::<u64>();
+            total += bytes(flat.weights.tensor()) + bytes(&flat.m) + bytes(&flat.v);
         }
         for p in self.params.iter().filter(|p| p.flat.is_none()) {
             total += bytes(&p.m) + bytes(&p.v) + p.master.as_ref().map_or(0, bytes);
@@ -525,12 +535,11 @@ impl AdamW {
                 let (mk, ck) = (format!("master.{}", p.name), format!("comp.{}", p.name));
                 let weight = || p.param.to_kind(Kind::Float);
                 if let Some(master) = &mut p.master {
-                    let k = &mk;
                     match (named.get(&mk), named.get(&ck)) {
                         (None, Some(comp)) => master
                             .f_copy_(&(weight() + comp.to_kind(Kind::Float)))
                             .with_context(|| ctx(&ck))?,
-                        _ => master.f_copy_(get(k)?).with_context(|| ctx(k))?,
+                        _ => master.f_copy_(get(&mk)?).with_context(|| ctx(&mk))?,
                     }
                 }
                 if let Some(comp) = &p.comp {
@@ -547,15 +556,17 @@ impl AdamW {
         })
     }
 
-    /// Moves the moments and fp32 master copies (or compensations) to `device` (`trainer.offload_optimizer`: to host memory
-    /// while the rollout engine decodes, back before the next update; a tensor already there is not copied).
+    /// Moves the moments and fp32 master copies (or compensations) to `device` (`trainer.offload_optimizer`: to
+    /// host memory while the rollout engine decodes, back before the next update; a tensor already there is not
+    /// copied).
     /// The values are unchanged: a parked and restored state steps as one that stayed. Host copies are
     /// pageable: libtorch 2.11 warns on every `pin_memory(device)` call, the only form tch exposes.
     pub fn move_state(&mut self, device: tch::Device) -> Result<()> {
         if let Some(flat) = &mut self.flat {
-            for t in [&mut flat.master, &mut flat.comp].into_iter().flatten() {
-                *t = t.f_to_device(device)?;
-            }
+            flat.weights = match &flat.weights {
+                FlatWeights::Masters(t) => FlatWeights::Masters(t.f_to_device(device)?),
+                FlatWeights::Compensations(t) => FlatWeights::Compensations(t.f_to_device(device)?),
+            };
             flat.m = flat.m.f_to_device(device)?;
             flat.v = flat.v.f_to_device(device)?;
         }
@@ -579,7 +590,9 @@ impl AdamW {
                     master.copy_(&p.param);
                 }
             }
-            if let Some(comp) = self.flat.as_mut().and_then(|f| f.comp.as_mut()) {
+            if let Some(flat) = &mut self.flat
+                && let FlatWeights::Compensations(comp) = &mut flat.weights
+            {
                 let _ = comp.zero_();
             }
         });
@@ -616,6 +629,12 @@ fn update(
     };
     let _ = target.g_sub_(&update);
     (before_sq, delta_sq)
+}
+
+/// `pieces` (their lengths summing to `n`) back to back in one new fp32 tensor on `device`.
+fn cat_f32(pieces: &[Tensor], n: i64, device: Device) -> Tensor {
+    let out = Tensor::empty([n], (Kind::Float, device));
+    Tensor::cat_out(&out, pieces, 0)
 }
 
 /// `(offset, length)` of consecutive chunks of at most `chunk` elements covering `0..numel`.

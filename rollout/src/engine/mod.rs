@@ -458,26 +458,26 @@ impl<'m> Engine<'m> {
     /// Whether this step leaves the queue for a later one ([`EngineConfig::prefill_wait_steps`]): sequences
     /// are decoding, the oldest queued request has waited fewer steps than allowed, and the queue does not fill
     /// the free rows.
-    fn waits_for_batch_mates(&mut self) -> bool {
+    fn waits_for_batch_mates(&self) -> bool {
         let wait = self.cfg.prefill_wait_steps as u64;
         let Some(oldest) = self.queue.front().map(|q| q.since) else {
             return false;
         };
         let free = self.cfg.max_batch.saturating_sub(self.running.len());
-        let waits = wait > 0
+        wait > 0
             && !self.cfg.batch_invariant
             && !self.running.is_empty()
             && self.queue.len() < free
-            && self.tick <= oldest + wait;
-        if waits {
-            self.stats.prefill_wait_steps += 1;
-        }
-        waits
+            && self.tick <= oldest + wait
     }
 
     fn admit(&mut self) {
         // A weight load waits for the running sequences; the queued ones wait for the new weights.
-        if self.pending_load.is_some() || self.waits_for_batch_mates() {
+        if self.pending_load.is_some() {
+            return;
+        }
+        if self.waits_for_batch_mates() {
+            self.stats.prefill_wait_steps += 1;
             return;
         }
         while self.running.len() < self.cfg.max_batch {
