@@ -9,11 +9,14 @@
 #   train    the training step, 0.6B shape, plain and checkpointed, fp32 and compact optimizer state, next to
 #            transformers (scripts/device-sharded.sh): MFU, tokens/s, peak memory, optimizer_state_gib, and
 #            the first configuration's step profiled ($OUT/train-profile.md);
+#   wait     the batched-prefill round alone (RUNS=wait), when the first call's files did not come back;
+#   moe      the training step on the Qwen3-30B-A3B shape at MOE_LAYERS (4: fits an H100's 78 GiB next to
+#            transformers), plain and checkpointed with the compact optimizer state, into $OUT/moe/;
 #   cudnn    the round once more with cuDNN attention on (SPAR_SDPA_CUDNN=1), against the first;
 #   offload  the GPU tests of the parked optimizer and the flat AdamW (dist/tests-trainer.gz).
-# STEPS picks and orders them (default: all five, in the order above); BUDGET (570 s) is the call's seconds, and
+# STEPS picks and orders them (default: prefill grpo train cudnn offload, in the order above); BUDGET (570 s) is the call's seconds, and
 # each step declares what it needs (NEED_*), so a step that cannot finish is skipped and said so in $OUT/steps.txt
-# rather than killed half-way. Expects what the scripts it calls expect: `WHEELS=1 scripts/make-dist.sh` builds `dist/` and
+# rather than killed half-way; $OUT/issue16.tgz holds every file (a call brings back 8). Expects what the scripts it calls expect: `WHEELS=1 scripts/make-dist.sh` builds `dist/` and
 # `.whl/`; carry ["dist", ".whl"]. Writes each script's files to $OUT, and steps.txt (each step's start, seconds
 # and exit code).
 set -uo pipefail
@@ -34,6 +37,11 @@ for s in ${STEPS:-prefill grpo train cudnn offload}; do
   case $s in
     prefill) step prefill ${NEED_PREFILL:-240} env SKIP_TESTS=1 RUNS="fused wait" LIMIT=${PREFILL_LIMIT:-110} \
                scripts/device-prefill.sh ;;
+    wait) step wait ${NEED_WAIT:-140} env SKIP_TESTS=1 RUNS=wait LIMIT=${PREFILL_LIMIT:-110} \
+            scripts/device-prefill.sh ;;
+    moe) step moe ${NEED_MOE:-200} env OUT="$OUT/moe" SHAPE=qwen3-30b-a3b LAYERS=${MOE_LAYERS:-4} \
+           CONFIGS="${MOE_CONFIGS:-plain ckpt-compact}" HF_CONFIGS=plain SKIP_TRAIN=1 ITERS=4 PROFILE= \
+           scripts/device-sharded.sh ;;
     cudnn) step cudnn ${NEED_CUDNN:-120} env SKIP_TESTS=1 RUNS=cudnn LIMIT=${PREFILL_LIMIT:-110} \
              scripts/device-prefill.sh ;;
     grpo) step grpo ${NEED_GRPO:-180} env ITERS=2 CUDNN_AB=${CUDNN_AB:-} COMPACT=${COMPACT-1} PROFILE=${PROFILE-1} \
@@ -41,10 +49,13 @@ for s in ${STEPS:-prefill grpo train cudnn offload}; do
     train) step train ${NEED_TRAIN:-120} env CONFIGS="${TRAIN_CONFIGS:-plain:2 compact:2 ckpt-compact:2}" \
              HF_CONFIGS="${HF_CONFIGS:-plain:2}" SKIP_TRAIN=1 ITERS=${TRAIN_ITERS:-4} PROFILE=${PROFILE-1} \
              scripts/device-sharded.sh ;;
-    offload) step offload ${NEED_OFFLOAD:-30} bash -c 'gunzip -c dist/tests-trainer.gz > /tmp/tests-trainer &&
+    offload) step offload ${NEED_OFFLOAD:-30} bash -c '. scripts/gpu-env.sh && export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH" &&
+               gunzip -c dist/tests-trainer.gz > /tmp/tests-trainer &&
                chmod +x /tmp/tests-trainer && cd trainer && timeout 60 /tmp/tests-trainer offload adamw \
                --test-threads 1 > "$OUT/offload-tests.txt" 2>&1' ;;
-    *) echo "$s: unknown step (prefill grpo train cudnn offload)" >> "$OUT/steps.txt" ;;
+    *) echo "$s: unknown step (prefill wait grpo train moe cudnn offload)" >> "$OUT/steps.txt" ;;
   esac
 done
 cat "$OUT/steps.txt"
+# $OUT brings back at most 8 files: everything also goes back as one archive.
+(cd "$OUT" && tar czf /tmp/issue16.tgz --exclude issue16.tgz . && mv /tmp/issue16.tgz .)

@@ -12,7 +12,7 @@ export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH"
 gunzip -c dist/spar.gz > /tmp/spar && chmod +x /tmp/spar
 (nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv) > "$OUT/env.txt" 2>&1
 SH=(--shape ${SHAPE:-qwen3-0.6b} ${LAYERS:+--layers $LAYERS})
-B=(bench train "${SH[@]}" --dtype bf16 --batch ${BATCH:-8} --micro-batch ${MICRO:-2} --seq ${SEQ:-1024}
+B=(bench train "${SH[@]}" --dtype bf16 --batch ${BATCH:-8} --seq ${SEQ:-1024}
    --warmup 2 --iters ${ITERS:-5})
 # CONFIGS picks spar's configurations (default: all four): plain ckpt sharded launch, and compact / ckpt-compact
 # (plain / ckpt with trainer.optimizer_state = "compact": no fp32 masters, bf16 first moments); NAME:M runs one with
@@ -20,7 +20,7 @@ B=(bench train "${SH[@]}" --dtype bf16 --batch ${BATCH:-8} --micro-batch ${MICRO
 # with the torch profiler: $OUT/train-profile.md.
 prof=${PROFILE:+--profile /tmp/train-profile}
 for name in ${CONFIGS:-plain ckpt sharded launch}; do
-  micro=(); [[ $name == *:* ]] && micro=(--micro-batch "${name#*:}") && name=${name%%:*}
+  micro=(--micro-batch ${MICRO:-2}); [[ $name == *:* ]] && micro=(--micro-batch "${name#*:}") && name=${name%%:*}
   case $name in
     plain) cfg=() ;; ckpt) cfg=(--checkpointing) ;; sharded) cfg=(--sharded) ;;
     compact) cfg=(--optimizer-state compact) ;; ckpt-compact) cfg=(--checkpointing --optimizer-state compact) ;;
