@@ -1,5 +1,6 @@
 //! Parity of the fused kernels with their torch fallbacks (GPU tests skip with a reason on CPU-only machines).
 
+use spar_kernels::rms_norm::rms_norm_aten;
 use spar_kernels::{rms_norm, rms_norm_torch};
 use tch::{Device, Kind, Tensor};
 
@@ -17,6 +18,73 @@ fn rms_norm_cpu_matches_formula() {
         .max()
         .double_value(&[]);
     assert!(d < 1e-5, "{d}");
+}
+
+/// Values and gradients (of x and of the weight) of `f(x, w)` under a fixed upstream gradient.
+fn norm_with_grads(
+    f: impl Fn(&Tensor, &Tensor) -> Tensor,
+    x: &Tensor,
+    w: &Tensor,
+) -> (Tensor, Tensor, Tensor) {
+    let x = x.detach().set_requires_grad(true);
+    let w = w.detach().set_requires_grad(true);
+    let y = f(&x, &w);
+    let up = Tensor::randn(y.size(), (Kind::Float, y.device())).to_kind(y.kind());
+    let g = Tensor::run_backward(&[(&y * &up).sum(Kind::Float)], &[&x, &w], false, false);
+    (y.detach(), g[0].shallow_clone(), g[1].shallow_clone())
+}
+
+/// The max over the three outputs of |a - b| / max|b|.
+fn worst_relative(a: &(Tensor, Tensor, Tensor), b: &(Tensor, Tensor, Tensor)) -> f64 {
+    [(&a.0, &b.0), (&a.1, &b.1), (&a.2, &b.2)]
+        .iter()
+        .map(|(p, q)| {
+            let (p, q) = (p.to_kind(Kind::Float), q.to_kind(Kind::Float));
+            (p - &q).abs().max().double_value(&[]) / q.abs().max().double_value(&[]).max(1e-30)
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn aten_rms_norm_is_the_composition_bit_for_bit_on_cpu() {
+    for kind in [Kind::Float, Kind::BFloat16] {
+        tch::manual_seed(0);
+        let x = (Tensor::randn([3, 5, 64], (Kind::Float, Device::Cpu)) * 3.0).to_kind(kind);
+        let w = (Tensor::randn([64], (Kind::Float, Device::Cpu)) * 0.1 + 1.0).to_kind(kind);
+        tch::manual_seed(7);
+        let aten = norm_with_grads(|x, w| rms_norm_aten(x, w, 1e-6).unwrap(), &x, &w);
+        tch::manual_seed(7);
+        let torch = norm_with_grads(|x, w| rms_norm_torch(x, w, 1e-6).unwrap(), &x, &w);
+        assert_eq!(aten.0.kind(), kind);
+        assert_eq!(worst_relative(&aten, &torch), 0.0, "{kind:?}");
+    }
+}
+
+#[test]
+fn aten_rms_norm_matches_the_composition_with_gradients_on_gpu() {
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    if !tch::Cuda::is_available() {
+        eprintln!(
+            "SKIP: no CUDA device visible to libtorch; ATen's fused RMSNorm is tested on the GPU machine"
+        );
+        return;
+    }
+    let dev = Device::Cuda(0);
+    // fp32: summation order only; bf16: the inputs of the weight multiply may be one rounding step apart.
+    for (kind, tol) in [(Kind::Float, 1e-5), (Kind::BFloat16, 2.0 / 128.0)] {
+        for h in [128i64, 1024, 5120] {
+            tch::manual_seed(0);
+            let x = (Tensor::randn([7, 33, h], (Kind::Float, dev)) * 3.0).to_kind(kind);
+            let w = (Tensor::randn([h], (Kind::Float, dev)) * 0.1 + 1.0).to_kind(kind);
+            tch::manual_seed(7);
+            let aten = norm_with_grads(|x, w| rms_norm(x, w, 1e-6).unwrap(), &x, &w);
+            tch::manual_seed(7);
+            let torch = norm_with_grads(|x, w| rms_norm_torch(x, w, 1e-6).unwrap(), &x, &w);
+            let d = worst_relative(&aten, &torch);
+            eprintln!("{kind:?} h={h}: worst relative difference (value, dx, dw) {d:.2e}");
+            assert!(d <= tol, "{kind:?} h={h}: {d}");
+        }
+    }
 }
 
 /// GPU tests run one at a time: a CUDA-graph capture registers torch's global CUDA generator, so a random op

@@ -199,7 +199,8 @@ pub fn run(args: Args) -> Result<()> {
                "optimizer_state_gib": learner.adamw.state_bytes() as f64 / (1u64 << 30) as f64,
                // The engine's A/B switches, so that lines of one call tell their runs apart.
                "graph_sampling": engine::graph_sampling_enabled(), "fused_prefill": engine::fused_prefill_enabled(),
-               "sdpa_cudnn": spar_kernels::sdpa_backends::cudnn_enabled()})
+               "sdpa_cudnn": spar_kernels::sdpa_backends::cudnn_enabled(),
+               "aten_rms_norm": spar_kernels::rms_norm::aten_enabled()})
         );
     }
     Ok(())
