@@ -13,6 +13,9 @@
 #   moe      the training step on the Qwen3-30B-A3B shape at MOE_LAYERS (4: fits an H100's 78 GiB next to
 #            transformers), plain and checkpointed with the compact optimizer state, into $OUT/moe/;
 #   cudnn    the round once more with cuDNN attention on (SPAR_SDPA_CUDNN=1), against the first;
+#   norm0    the train step's configurations again with SPAR_ATEN_RMS_NORM=0 (the seven-op RMSNorm composition
+#            under autograd), into $OUT/norm0/: the baseline of ATen's fused RMSNorm;
+#   kernels  the GPU tests of spar-kernels (dist/tests-kernels.gz: TESTS="kernels model trainer" make-dist.sh);
 #   offload  the GPU tests of the parked optimizer and the flat AdamW (dist/tests-trainer.gz).
 # STEPS picks and orders them (default: prefill grpo train cudnn offload, in the order above); BUDGET (570 s) is the call's seconds, and
 # each step declares what it needs (NEED_*), so a step that cannot finish is skipped and said so in $OUT/steps.txt
@@ -49,11 +52,16 @@ for s in ${STEPS:-prefill grpo train cudnn offload}; do
     train) step train ${NEED_TRAIN:-120} env CONFIGS="${TRAIN_CONFIGS:-plain:2 compact:2 ckpt-compact:2}" \
              HF_CONFIGS="${HF_CONFIGS:-plain:2}" SKIP_TRAIN=1 ITERS=${TRAIN_ITERS:-4} PROFILE=${PROFILE-1} \
              scripts/device-sharded.sh ;;
+    norm0) step norm0 ${NEED_NORM0:-60} env OUT="$OUT/norm0" SPAR_ATEN_RMS_NORM=0 CONFIGS="${TRAIN_CONFIGS:-plain:2}" \
+             SKIP_HF=1 SKIP_TRAIN=1 ITERS=${TRAIN_ITERS:-4} PROFILE= scripts/device-sharded.sh ;;
+    kernels) step kernels ${NEED_KERNELS:-30} bash -c '. scripts/gpu-env.sh && export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH" &&
+               gunzip -c dist/tests-kernels.gz > /tmp/tests-kernels && chmod +x /tmp/tests-kernels && cd kernels &&
+               timeout 120 /tmp/tests-kernels --test-threads 1 --nocapture > "$OUT/kernels-tests.txt" 2>&1' ;;
     offload) step offload ${NEED_OFFLOAD:-30} bash -c '. scripts/gpu-env.sh && export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH" &&
                gunzip -c dist/tests-trainer.gz > /tmp/tests-trainer &&
                chmod +x /tmp/tests-trainer && cd trainer && timeout 60 /tmp/tests-trainer offload adamw \
                --test-threads 1 > "$OUT/offload-tests.txt" 2>&1' ;;
-    *) echo "$s: unknown step (prefill wait grpo train moe cudnn offload)" >> "$OUT/steps.txt" ;;
+    *) echo "$s: unknown step (prefill wait grpo train norm0 moe cudnn kernels offload)" >> "$OUT/steps.txt" ;;
   esac
 done
 cat "$OUT/steps.txt"
