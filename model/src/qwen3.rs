@@ -7,7 +7,7 @@ use crate::config::Qwen3Config;
 use crate::expert_parallel::{ExpertExchange, moe_forward_expert_parallel};
 use crate::moe::{MoeWeights, moe_forward};
 use crate::param_units::{GradsReady, ParamUnits, Unit};
-use crate::rope::{Rope, apply_rotary};
+use crate::rope::{Rope, apply_rotary_folded, fold_rotate_half_sign};
 use crate::token_logprobs::LmHead;
 use anyhow::{Context, Result, ensure};
 use spar_kernels::rms_norm;
@@ -115,6 +115,7 @@ pub(crate) struct CheckpointTape {
     embed_out: Tensor,
     steps: Vec<TapeStep>,
     cos: Tensor,
+    /// The sign-folded sine (`fold_rotate_half_sign`).
     sin: Tensor,
     attn: AttnMask,
 }
@@ -713,6 +714,8 @@ impl Qwen3Model {
             (pos, attn)
         };
         let (cos, sin) = self.rope.cos_sin(&positions, self.kind)?;
+        // Every layer rotates with the sign-folded sine (see `apply_rotary_folded`).
+        let sin = fold_rotate_half_sign(&sin)?;
         let forced_flat = match forced_experts {
             Some(f) => Some(f.f_to_device(dev)?.f_reshape([b * t, n_moe, k])?),
             None => None,
@@ -1010,7 +1013,7 @@ impl Qwen3Model {
         layer: &Layer,
         x: &Tensor,
         cos: &Tensor,
-        sin: &Tensor,
+        sin_folded: &Tensor,
         attn: &AttnMask,
         cache: Option<(&mut KvCache, &CachePlan)>,
         forced: Option<&Tensor>,
@@ -1019,7 +1022,7 @@ impl Qwen3Model {
         let eps = self.config.rms_norm_eps;
         let (b, t, h) = x.size3()?;
         let h_in = rms_norm(x, &layer.input_ln, eps)?;
-        let a = self.attention(layer, &h_in, cos, sin, attn, cache)?;
+        let a = self.attention(layer, &h_in, cos, sin_folded, attn, cache)?;
         let x = x.f_add(&a)?;
         let h2 = rms_norm(&x, &layer.post_ln, eps)?;
         match &layer.mlp {
@@ -1056,7 +1059,7 @@ impl Qwen3Model {
         layer: &Layer,
         x: &Tensor,
         cos: &Tensor,
-        sin: &Tensor,
+        sin_folded: &Tensor,
         mask: &AttnMask,
         cache: Option<(&mut KvCache, &CachePlan)>,
     ) -> Result<Tensor> {
@@ -1081,8 +1084,8 @@ impl Qwen3Model {
             .f_linear(&a.v, None::<Tensor>)?
             .f_view([b, t, nkv, d])?
             .f_transpose(1, 2)?;
-        let q = apply_rotary(&q, cos, sin)?;
-        let mut k = apply_rotary(&k, cos, sin)?;
+        let q = apply_rotary_folded(&q, cos, sin_folded)?;
+        let mut k = apply_rotary_folded(&k, cos, sin_folded)?;
         let mut v = v;
         let cached = cache.is_some();
         if let Some((cache, plan)) = cache {
