@@ -12,6 +12,8 @@
 #   wait     the batched-prefill round alone (RUNS=wait), when the first call's files did not come back;
 #   moe      the training step on the Qwen3-30B-A3B shape at MOE_LAYERS (4: fits an H100's 78 GiB next to
 #            transformers), plain and checkpointed with the compact optimizer state, into $OUT/moe/;
+#   moe-rl   the consultation RL loop on the Qwen3-30B-A3B shape at MOE_LAYERS with routing replay and the compact
+#            state (scripts/device-consult.sh, MOE_RL_STEPS rounds): memory and the time line, into $OUT/moe-rl.*;
 #   cudnn    the round once more with cuDNN attention on (SPAR_SDPA_CUDNN=1), against the first;
 #   norm0    the train step's configurations again with SPAR_ATEN_RMS_NORM=0 (the seven-op RMSNorm composition
 #            under autograd), into $OUT/norm0/: the baseline of ATen's fused RMSNorm;
@@ -45,6 +47,10 @@ for s in ${STEPS:-prefill grpo train cudnn offload}; do
     moe) step moe ${NEED_MOE:-200} env OUT="$OUT/moe" SHAPE=qwen3-30b-a3b LAYERS=${MOE_LAYERS:-4} \
            CONFIGS="${MOE_CONFIGS:-plain ckpt-compact}" HF_CONFIGS=plain SKIP_TRAIN=1 ITERS=4 PROFILE= \
            scripts/device-sharded.sh ;;
+    moe-rl) step moe-rl ${NEED_MOE_RL:-300} env NAME=moe-rl SHAPE=qwen3-30b-a3b LAYERS=${MOE_LAYERS:-4} \
+              STEPS=${MOE_RL_STEPS:-3} LIMIT=${MOE_RL_LIMIT:-280} EXTRA="--set rollout.record_routing=true \
+              --set trainer.routing_replay=true --set trainer.optimizer_state=\"compact\" --set rollout.max_batch=64" \
+              scripts/device-consult.sh ;;
     cudnn) step cudnn ${NEED_CUDNN:-120} env SKIP_TESTS=1 RUNS=cudnn LIMIT=${PREFILL_LIMIT:-110} \
              scripts/device-prefill.sh ;;
     grpo) step grpo ${NEED_GRPO:-180} env ITERS=2 CUDNN_AB=${CUDNN_AB:-} COMPACT=${COMPACT-1} PROFILE=${PROFILE-1} \
@@ -61,7 +67,7 @@ for s in ${STEPS:-prefill grpo train cudnn offload}; do
                gunzip -c dist/tests-trainer.gz > /tmp/tests-trainer &&
                chmod +x /tmp/tests-trainer && cd trainer && timeout 60 /tmp/tests-trainer offload adamw \
                --test-threads 1 > "$OUT/offload-tests.txt" 2>&1' ;;
-    *) echo "$s: unknown step (prefill wait grpo train norm0 moe cudnn kernels offload)" >> "$OUT/steps.txt" ;;
+    *) echo "$s: unknown step (prefill wait grpo train norm0 moe moe-rl cudnn kernels offload)" >> "$OUT/steps.txt" ;;
   esac
 done
 cat "$OUT/steps.txt"

@@ -33,7 +33,7 @@ pub fn rms_norm_aten(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(weight.f_mul(&normed)?)
 }
 
-/// Whether the autograd path may use ATen's fused RMSNorm (`SPAR_ATEN_RMS_NORM=0` keeps the composition).
+/// Whether the autograd path on a GPU may use ATen's fused RMSNorm (`SPAR_ATEN_RMS_NORM=0` keeps the composition).
 pub fn aten_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("SPAR_ATEN_RMS_NORM").map_or(true, |v| v != "0"))
