@@ -19,11 +19,12 @@
 #            under autograd), into $OUT/norm0/: the baseline of ATen's fused RMSNorm;
 #   kernels  the GPU tests of spar-kernels (dist/tests-kernels.gz: TESTS="kernels model trainer" make-dist.sh);
 #   offload  the GPU tests of the parked optimizer and the flat AdamW (dist/tests-trainer.gz).
-# STEPS picks and orders them (default: prefill grpo train cudnn offload, in the order above); BUDGET (570 s) is the call's seconds, and
-# each step declares what it needs (NEED_*), so a step that cannot finish is skipped and said so in $OUT/steps.txt
-# rather than killed half-way; $OUT/issue16.tgz holds every file (a call brings back 8). Expects what the scripts it calls expect: `WHEELS=1 scripts/make-dist.sh` builds `dist/` and
-# `.whl/`; carry ["dist", ".whl"]. Writes each script's files to $OUT, and steps.txt (each step's start, seconds
-# and exit code).
+# STEPS picks and orders them (default "moe-rl grpo train": what the 2026-12-06 calls left unmeasured first, then
+# GRPO vs TRL and the training step again with every change since). BUDGET (570 s) is the call's seconds; each step
+# declares what it needs (NEED_*), so a step that cannot finish is skipped and said so in $OUT/steps.txt rather than
+# killed half-way. Expects what the scripts it calls expect: `WHEELS=1 scripts/make-dist.sh` builds `dist/` and
+# `.whl/`; carry ["dist", ".whl"]. Writes each script's files to $OUT, steps.txt (each step's start, seconds and
+# exit code), and $OUT/issue16.tgz with every file (a call brings back 8 files: move the rest out of $OUT).
 set -uo pipefail
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 BUDGET=${BUDGET:-570}
@@ -38,7 +39,7 @@ step() {
   "$@"; local rc=$?
   echo "$name: rc=$rc, $(( $(date +%s) - t0 )) s (started at +$(( t0 - start )) s)" >> "$OUT/steps.txt"
 }
-for s in ${STEPS:-prefill grpo train cudnn offload}; do
+for s in ${STEPS:-moe-rl grpo train}; do
   case $s in
     prefill) step prefill ${NEED_PREFILL:-240} env SKIP_TESTS=1 RUNS="fused wait" LIMIT=${PREFILL_LIMIT:-110} \
                scripts/device-prefill.sh ;;
