@@ -9,6 +9,8 @@ use tch::{Tensor, nn::VarStore};
 /// Inputs of one training forward (row layout of [`crate::batch::MicroBatch`]).
 pub struct PolicyInput<'a> {
     pub input_ids: &'a Tensor,
+    /// 1 on real tokens. Rows are right-padded (each row's real tokens first, as `collate` lays them out), which
+    /// lets a causal model drop the mask: a real token then sees only real tokens.
     pub attention_mask: &'a Tensor,
     pub position_ids: &'a Tensor,
     /// Packed rows: attend only within the same id.

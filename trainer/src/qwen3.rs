@@ -17,10 +17,15 @@ impl Policy for Qwen3Model {
         // The final hidden states, not the logits: log-probs come from the fused chunked head.
         let mut fi = ForwardInput::new(input.input_ids)
             .positions(input.position_ids)
-            .mask(input.attention_mask)
             .hidden_only();
-        if let Some(s) = input.packed_seq_ids {
-            fi = fi.seq_ids(s);
+        // Rows are right-padded, so under causal attention every real token sees only real tokens and the padding
+        // mask changes nothing a loss reads (padding positions, masked out of every loss, then see earlier
+        // padding too). Without it SDPA may take flash attention with grouped KV heads: no [B, 1, T, T] mask and
+        // no copies of the KV heads a layer. Packed rows keep their block-diagonal mask.
+        match input.packed_seq_ids {
+            Some(s) => fi = fi.seq_ids(s).mask(input.attention_mask),
+            None if padding_mask_kept() => fi = fi.mask(input.attention_mask),
+            None => {}
         }
         if let Some(f) = input.forced_experts {
             fi = fi.forced_experts(f);
@@ -63,4 +68,10 @@ impl Policy for Qwen3Model {
         // Weights are written by save_hf in transformers' layout, which the in-place load reads back.
         self.load_weights_in_place(dir)
     }
+}
+
+/// `SPAR_PADDING_MASK=1` keeps the explicit padding mask in training forwards of unpacked rows (for comparisons).
+fn padding_mask_kept() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SPAR_PADDING_MASK").is_ok_and(|v| v == "1"))
 }

@@ -11,6 +11,7 @@ mod it {
     mod loss;
     mod metrics;
     mod offload;
+    mod padding;
     mod resume;
     mod rounds;
     mod sft_subset;
