@@ -5,7 +5,8 @@
 # Writes to $OUT: grpo.jsonl (spar's per-iteration lines, TRL's per-step and summary lines), grpo.txt, env.txt.
 # MICROS="32 64" adds spar runs with those micro-batch sizes after the others (the DAPO loss is a token mean over the
 # whole batch, so the micro-batching changes only speed and memory, not the update). SAMPLING_AB=1 adds a spar run
-# with SPAR_GRAPH_SAMPLING=0, CUDNN_AB=1 one with SPAR_SDPA_CUDNN=1, NORM_AB=1 one with SPAR_ATEN_RMS_NORM=0, COMPACT=1 one with the compact optimizer
+# with SPAR_GRAPH_SAMPLING=0, CUDNN_AB=1 one with SPAR_SDPA_CUDNN=1, NORM_AB=1 one with SPAR_ATEN_RMS_NORM=0, MASK_AB=1 one
+# with SPAR_PADDING_MASK=1, COMPACT=1 one with the compact optimizer
 # state. PROFILE=1 adds a spar run (micro-batch PROFILE_MICRO) and a TRL run (unless SKIP_TRL_PROFILE=1) whose last
 # iteration the torch profiler records, summarised alike: $OUT/grpo-profile.md (spar) and $OUT/grpo-trl-profile.md
 # (TRL's trace through `spar bench trace`).
@@ -33,6 +34,8 @@ for m in ${MICROS:-}; do MB=$m spar; done
 [ -n "${CUDNN_AB:-}" ] && SPAR_SDPA_CUDNN=1 spar
 # NORM_AB=1: spar once more with the seven-op RMSNorm composition under autograd (the lines carry "aten_rms_norm").
 [ -n "${NORM_AB:-}" ] && SPAR_ATEN_RMS_NORM=0 spar
+# MASK_AB=1: spar once more with the padding mask in the learner's forward (the lines carry "padding_mask").
+[ -n "${MASK_AB:-}" ] && SPAR_PADDING_MASK=1 spar
 # COMPACT=1: spar once more with trainer.optimizer_state = "compact" (peak memory against TRL's bf16 AdamW state).
 [ -n "${COMPACT:-}" ] && spar --optimizer-state compact
 if [ -n "${PROFILE:-}" ]; then

@@ -17,14 +17,17 @@
 #   cudnn    the round once more with cuDNN attention on (SPAR_SDPA_CUDNN=1), against the first;
 #   norm0    the train step's configurations again with SPAR_ATEN_RMS_NORM=0 (the seven-op RMSNorm composition
 #            under autograd), into $OUT/norm0/: the baseline of ATen's fused RMSNorm;
+#   mask1    the same with SPAR_PADDING_MASK=1 (the learner's forward with an explicit padding mask: memory-efficient
+#            attention over copied KV heads instead of flash), into $OUT/mask1/;
 #   kernels  the GPU tests of spar-kernels (dist/tests-kernels.gz: TESTS="kernels model trainer" make-dist.sh);
 #   offload  the GPU tests of the parked optimizer and the flat AdamW (dist/tests-trainer.gz).
-# STEPS picks and orders them (default "moe-rl grpo train": what the 2026-12-06 calls left unmeasured first, then
-# GRPO vs TRL and the training step again with every change since). BUDGET (570 s) is the call's seconds; each step
-# declares what it needs (NEED_*), so a step that cannot finish is skipped and said so in $OUT/steps.txt rather than
-# killed half-way. Expects what the scripts it calls expect: `WHEELS=1 scripts/make-dist.sh` builds `dist/` and
-# `.whl/`; carry ["dist", ".whl"]. Writes each script's files to $OUT, steps.txt (each step's start, seconds and
-# exit code), and $OUT/issue16.tgz with every file (a call brings back 8 files: move the rest out of $OUT).
+# STEPS picks and orders them (default "moe-rl grpo train mask1": what the 2026-12-06 calls left unmeasured first,
+# then GRPO vs TRL and the training step again with every change since, and the padding mask's A/B; MASK_AB=1 adds
+# its GRPO A/B). BUDGET (570 s) is the call's seconds; each step declares what it needs (NEED_*), so a step that
+# cannot finish is skipped and said so in $OUT/steps.txt rather than killed half-way. Expects what the scripts it
+# calls expect: `WHEELS=1 scripts/make-dist.sh` builds `dist/` and `.whl/`; carry ["dist", ".whl"]. Writes each
+# script's files to $OUT, steps.txt (each step's start, seconds and exit code), and $OUT/issue16.tgz with every
+# file (a call brings back 8 files: move the rest out of $OUT).
 set -uo pipefail
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 BUDGET=${BUDGET:-570}
@@ -39,7 +42,7 @@ step() {
   "$@"; local rc=$?
   echo "$name: rc=$rc, $(( $(date +%s) - t0 )) s (started at +$(( t0 - start )) s)" >> "$OUT/steps.txt"
 }
-for s in ${STEPS:-moe-rl grpo train}; do
+for s in ${STEPS:-moe-rl grpo train mask1}; do
   case $s in
     prefill) step prefill ${NEED_PREFILL:-240} env SKIP_TESTS=1 RUNS="fused wait" LIMIT=${PREFILL_LIMIT:-110} \
                scripts/device-prefill.sh ;;
@@ -61,6 +64,8 @@ for s in ${STEPS:-moe-rl grpo train}; do
              scripts/device-sharded.sh ;;
     norm0) step norm0 ${NEED_NORM0:-60} env OUT="$OUT/norm0" SPAR_ATEN_RMS_NORM=0 CONFIGS="${TRAIN_CONFIGS:-plain:2}" \
              SKIP_HF=1 SKIP_TRAIN=1 ITERS=${TRAIN_ITERS:-4} PROFILE= scripts/device-sharded.sh ;;
+    mask1) step mask1 ${NEED_MASK1:-60} env OUT="$OUT/mask1" SPAR_PADDING_MASK=1 CONFIGS="${TRAIN_CONFIGS:-plain:2}" \
+             SKIP_HF=1 SKIP_TRAIN=1 ITERS=${TRAIN_ITERS:-4} PROFILE= scripts/device-sharded.sh ;;
     kernels) step kernels ${NEED_KERNELS:-30} bash -c '. scripts/gpu-env.sh && export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH" &&
                gunzip -c dist/tests-kernels.gz > /tmp/tests-kernels && chmod +x /tmp/tests-kernels && cd kernels &&
                timeout 120 /tmp/tests-kernels --test-threads 1 --nocapture > "$OUT/kernels-tests.txt" 2>&1' ;;
@@ -68,7 +73,7 @@ for s in ${STEPS:-moe-rl grpo train}; do
                gunzip -c dist/tests-trainer.gz > /tmp/tests-trainer &&
                chmod +x /tmp/tests-trainer && cd trainer && timeout 60 /tmp/tests-trainer offload adamw \
                --test-threads 1 > "$OUT/offload-tests.txt" 2>&1' ;;
-    *) echo "$s: unknown step (prefill wait grpo train norm0 moe moe-rl cudnn kernels offload)" >> "$OUT/steps.txt" ;;
+    *) echo "$s: unknown step (prefill wait grpo train norm0 mask1 moe moe-rl cudnn kernels offload)" >> "$OUT/steps.txt" ;;
   esac
 done
 cat "$OUT/steps.txt"

@@ -200,7 +200,7 @@ pub fn run(args: Args) -> Result<()> {
                // The engine's A/B switches, so that lines of one call tell their runs apart.
                "graph_sampling": engine::graph_sampling_enabled(), "fused_prefill": engine::fused_prefill_enabled(),
                "sdpa_cudnn": spar_kernels::sdpa_backends::cudnn_enabled(),
-               "aten_rms_norm": device.is_cuda() && spar_kernels::rms_norm::aten_enabled()})
+               "aten_rms_norm": device.is_cuda() && spar_kernels::rms_norm::aten_enabled(), "padding_mask": spar_trainer::qwen3::padding_mask_kept()})
         );
     }
     Ok(())

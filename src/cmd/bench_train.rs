@@ -192,6 +192,7 @@ pub fn run(args: Args) -> Result<()> {
             "mfu": device.is_cuda().then(|| model_tflops / args.peak_tflops),
             "sdpa_cudnn": spar_kernels::sdpa_backends::cudnn_enabled(),
             "aten_rms_norm": device.is_cuda() && spar_kernels::rms_norm::aten_enabled(),
+            "padding_mask": spar_trainer::qwen3::padding_mask_kept(),
             "optimizer_state": args.optimizer.optimizer_state.name(),
             "optimizer_state_gib": learner.adamw.state_bytes() as f64 / (1u64 << 30) as f64,
             "peak_allocated_gib": peak.map(|p| p.0 as f64 / (1u64 << 30) as f64),

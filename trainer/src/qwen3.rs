@@ -71,7 +71,7 @@ impl Policy for Qwen3Model {
 }
 
 /// `SPAR_PADDING_MASK=1` keeps the explicit padding mask in training forwards of unpacked rows (for comparisons).
-fn padding_mask_kept() -> bool {
+pub fn padding_mask_kept() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("SPAR_PADDING_MASK").is_ok_and(|v| v == "1"))
 }
