@@ -1118,8 +1118,8 @@ impl Qwen3Model {
             }
             AttnMask::Mask(m) => {
                 // With an explicit mask on CUDA the memory-efficient kernel runs, which has no GQA: expanding
-                // the KV heads keeps it eligible (training's padded batches: T = S, where stacking the queries
-                // would grow the mask instead).
+                // the KV heads keeps it eligible (packed training rows, or a caller's padding mask: T = S, where
+                // stacking the queries would grow the mask instead; right-padded training rows pass no mask).
                 let (k, v, gqa) = if n_rep > 1 && self.device.is_cuda() {
                     (repeat_kv(&k, n_rep)?, repeat_kv(&v, n_rep)?, false)
                 } else {
