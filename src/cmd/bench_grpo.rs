@@ -5,6 +5,7 @@
 //! (token-level ratio clipped to [0.8, 1.28], token-mean over the batch, no KL), one AdamW step. The same call
 //! should run `grpo_trl.py` with the same flags for the comparison.
 use super::bench_forward::{BenchModel, bench_device, sync};
+use super::bench_train::with_fields;
 use anyhow::{Result, bail};
 use serde_json::json;
 use spar_core::recipe::{LossAgg, TrainerSection};
@@ -185,9 +186,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         let generated: usize = outs.iter().map(|o| o.output.token_ids.len()).sum();
         let tokens: usize = items.iter().map(|i| i.input_ids.len()).sum();
-        println!(
-            "{}",
-            json!({"bench": "grpo", "engine": "spar", "shape": args.model.shape,
+        let line = json!({"bench": "grpo", "engine": "spar", "shape": args.model.shape,
                "layers": args.model.layers, "dtype": args.model.dtype, "device": format!("{device:?}"), "iteration": it,
                "warmup": it < args.warmup, "prompts": args.prompts, "group": args.group,
                "prompt_len": args.prompt_len, "new_tokens": args.new, "micro_batch": args.micro_batch,
@@ -195,12 +194,12 @@ pub fn run(args: Args) -> Result<()> {
                "seconds": t_gen + t_score + t_learn, "generate_s": t_gen, "score_s": t_score,
                "learn_s": t_learn, "generate_tokens_per_s": generated as f64 / t_gen,
                "loss": reports.last().map(|r| r.loss), "grad_norm": reports.last().map(|r| r.grad_norm),
-               "peak_gib": peak_gib(device)?, "optimizer_state": args.optimizer.optimizer_state.name(),
-               "optimizer_state_gib": learner.adamw.state_bytes() as f64 / (1u64 << 30) as f64,
+               "peak_gib": peak_gib(device)?,
                // The engine's A/B switches, so that lines of one call tell their runs apart.
-               "graph_sampling": engine::graph_sampling_enabled(), "fused_prefill": engine::fused_prefill_enabled(),
-               "sdpa_cudnn": spar_kernels::sdpa_backends::cudnn_enabled(),
-               "aten_rms_norm": device.is_cuda() && spar_kernels::rms_norm::aten_enabled(), "padding_mask": spar_trainer::qwen3::padding_mask_kept()})
+               "graph_sampling": engine::graph_sampling_enabled(), "fused_prefill": engine::fused_prefill_enabled()});
+        println!(
+            "{}",
+            with_fields(line, args.optimizer.report(device, &learner.adamw))
         );
     }
     Ok(())

@@ -58,6 +58,32 @@ pub struct OptimizerArgs {
     pub optimizer_state: OptimizerState,
 }
 
+impl OptimizerArgs {
+    /// What a training bench's line says of the learner's settings, so that lines of one device call tell their
+    /// runs apart: the optimizer state (its size in `adamw`) and the kernels' A/B switches.
+    pub fn report(
+        &self,
+        device: tch::Device,
+        adamw: &spar_trainer::adamw::AdamW,
+    ) -> serde_json::Value {
+        json!({
+            "optimizer_state": self.optimizer_state.name(),
+            "optimizer_state_gib": adamw.state_bytes() as f64 / (1u64 << 30) as f64,
+            "sdpa_cudnn": spar_kernels::sdpa_backends::cudnn_enabled(),
+            "aten_rms_norm": device.is_cuda() && spar_kernels::rms_norm::aten_enabled(),
+            "padding_mask": spar_trainer::qwen3::padding_mask_kept(),
+        })
+    }
+}
+
+/// Adds the fields of `extra` (an object) to `line` (an object).
+pub fn with_fields(mut line: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    if let (Some(line), serde_json::Value::Object(extra)) = (line.as_object_mut(), extra) {
+        line.extend(extra);
+    }
+    line
+}
+
 /// An [`OptimizerState`] as the recipe spells it.
 fn parse_optimizer_state(s: &str) -> std::result::Result<OptimizerState, String> {
     OptimizerState::ALL
@@ -190,15 +216,13 @@ pub fn run(args: Args) -> Result<()> {
             "seconds_per_step": secs / args.iters as f64, "tokens_per_s": tokens / secs, "loss": loss,
             "model_tflops_per_s": model_tflops,
             "mfu": device.is_cuda().then(|| model_tflops / args.peak_tflops),
-            "sdpa_cudnn": spar_kernels::sdpa_backends::cudnn_enabled(),
-            "aten_rms_norm": device.is_cuda() && spar_kernels::rms_norm::aten_enabled(),
-            "padding_mask": spar_trainer::qwen3::padding_mask_kept(),
-            "optimizer_state": args.optimizer.optimizer_state.name(),
-            "optimizer_state_gib": learner.adamw.state_bytes() as f64 / (1u64 << 30) as f64,
             "peak_allocated_gib": peak.map(|p| p.0 as f64 / (1u64 << 30) as f64),
             "peak_reserved_gib": peak.map(|p| p.1 as f64 / (1u64 << 30) as f64),
         });
-        println!("{report}");
+        println!(
+            "{}",
+            with_fields(report, args.optimizer.report(device, &learner.adamw))
+        );
     }
     Ok(())
 }

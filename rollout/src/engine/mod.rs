@@ -54,10 +54,10 @@ pub struct EngineConfig {
     /// which requests happened to arrive with it. Slower: sequences run one after another.
     pub batch_invariant: bool,
     /// Decode steps a queued request may wait for batch-mates while other sequences decode (0: admitted at the
-    /// next step). On a GPU a prefill forward costs milliseconds of host work whatever its rows (~11 ms
-    /// expected for the fused prefill of a 0.6B model on an H100, docs/benchmarks.md), and a consultation's
-    /// new turns arrive one or two a decode step; waiting a few steps (a few ms each) lets one forward take
-    /// them together. A request is admitted at once when nothing is decoding, or when the queue fills the free
+    /// next step). On a GPU a prefill forward costs milliseconds of host work whatever its rows (~19 ms for the
+    /// fused prefill of a 0.6B model on an H100, for ~3 ms of GPU work), and a consultation's new turns arrive
+    /// one or two a decode step; waiting a few steps (a few ms each) lets one forward take them together
+    /// (measured there at 4 steps: half the forwards, the round's prefill 5.85 -> 3.67 s; docs/benchmarks.md). A request is admitted at once when nothing is decoding, or when the queue fills the free
     /// rows. Ignored when `batch_invariant`.
     pub prefill_wait_steps: usize,
 }
