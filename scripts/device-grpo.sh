@@ -4,11 +4,12 @@
 # calls). Expects dist/spar.gz, dist/lib/ and the TRL wheels (.whl/: trl, datasets, dill, multiprocess) carried.
 # Writes to $OUT: grpo.jsonl (spar's per-iteration lines, TRL's per-step and summary lines), grpo.txt, env.txt.
 # MICROS="32 64" adds spar runs with those micro-batch sizes after the others (the DAPO loss is a token mean over the
-# whole batch, so the micro-batching changes only speed and memory, not the update). SAMPLING_AB=1 adds a spar run
-# with SPAR_GRAPH_SAMPLING=0, CUDNN_AB=1 one with SPAR_SDPA_CUDNN=1, NORM_AB=1 one with SPAR_ATEN_RMS_NORM=0, MASK_AB=1 one
-# with SPAR_PADDING_MASK=1, COMPACT=1 one with the compact optimizer
-# state. PROFILE=1 adds a spar run (micro-batch PROFILE_MICRO) and a TRL run (unless SKIP_TRL_PROFILE=1) whose last
-# iteration the torch profiler records, summarised alike: $OUT/grpo-profile.md (spar) and $OUT/grpo-trl-profile.md
+# whole batch, so the micro-batching changes only speed and memory, not the update). A/B runs, each one more spar
+# run: SAMPLING_AB=1 with SPAR_GRAPH_SAMPLING=0, FUSED_SAMPLING_AB=1 with SPAR_FUSED_SAMPLING=0, CUDNN_AB=1 with
+# SPAR_SDPA_CUDNN=1, NORM_AB=1 with SPAR_ATEN_RMS_NORM=0, MASK_AB=1 with SPAR_PADDING_MASK=1, COMPACT=1 with the
+# compact optimizer state. PROFILE=1 adds a spar run (micro-batch PROFILE_MICRO) and a TRL run (unless
+# SKIP_TRL_PROFILE=1) whose last iteration the torch profiler records, summarised alike: $OUT/grpo-profile.md (spar)
+# and $OUT/grpo-trl-profile.md
 # (TRL's trace through `spar bench trace`).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -30,6 +31,9 @@ spar
 for m in ${MICROS:-}; do MB=$m spar; done
 # SAMPLING_AB=1: spar once more with the sampling outside the decode graphs (the lines carry "graph_sampling").
 [ -n "${SAMPLING_AB:-}" ] && SPAR_GRAPH_SAMPLING=0 spar
+# FUSED_SAMPLING_AB=1: spar once more with temperature sampling through the torch composition instead of one kernel
+# (SPAR_FUSED_SAMPLING=0; the lines carry "fused_sampling").
+[ -n "${FUSED_SAMPLING_AB:-}" ] && SPAR_FUSED_SAMPLING=0 spar
 # CUDNN_AB=1: spar once more with torch's cuDNN attention allowed (the lines carry "sdpa_cudnn").
 [ -n "${CUDNN_AB:-}" ] && SPAR_SDPA_CUDNN=1 spar
 # NORM_AB=1: spar once more with the seven-op RMSNorm composition under autograd (the lines carry "aten_rms_norm").

@@ -14,6 +14,11 @@
 #            transformers), plain and checkpointed with the compact optimizer state, into $OUT/moe/;
 #   moe-rl   the consultation RL loop on the Qwen3-30B-A3B shape at MOE_LAYERS with routing replay and the compact
 #            state (scripts/device-consult.sh, MOE_RL_STEPS rounds): memory and the time line, into $OUT/moe-rl.*;
+#   rounds   the round as the recipe now stands, then with the learner's larger micro-batches, then with sampling
+#            through the torch composition (scripts/device-prefill.sh, RUNS=ROUND_RUNS: "fused micro sampling0");
+#   long     a few hundred RL steps of the single-GPU recipe on the 0.6B shape in one call (small rounds: LONG_GROUPS
+#            x LONG_GROUP samples, LONG_NEW new tokens a turn, LONG_STEPS steps): the loss, memory and time per step
+#            over the run (scripts/device-consult.sh, into $OUT/long.*);
 #   cudnn    the round once more with cuDNN attention on (SPAR_SDPA_CUDNN=1), against the first;
 #   norm0    the train step's configurations again with SPAR_ATEN_RMS_NORM=0 (the seven-op RMSNorm composition
 #            under autograd), into $OUT/norm0/: the baseline of ATen's fused RMSNorm;
@@ -55,9 +60,14 @@ for s in ${STEPS:-moe-rl grpo train mask1}; do
               STEPS=${MOE_RL_STEPS:-3} LIMIT=${MOE_RL_LIMIT:-280} EXTRA="--set rollout.record_routing=true \
               --set trainer.routing_replay=true --set trainer.optimizer_state=\"compact\" --set rollout.max_batch=64" \
               scripts/device-consult.sh ;;
+    rounds) step rounds ${NEED_ROUNDS:-330} env SKIP_TESTS=1 RUNS="${ROUND_RUNS:-fused micro sampling0}" \
+              LIMIT=${PREFILL_LIMIT:-110} scripts/device-prefill.sh ;;
+    long) step long ${NEED_LONG:-300} env NAME=long NGROUPS=${LONG_GROUPS:-2} GROUP=${LONG_GROUP:-4} NEW=${LONG_NEW:-32} \
+            STEPS=${LONG_STEPS:-250} EVAL=1 LIMIT=${LONG_LIMIT:-500} EXTRA="--set rollout.max_batch=64" \
+            scripts/device-consult.sh ;;
     cudnn) step cudnn ${NEED_CUDNN:-120} env SKIP_TESTS=1 RUNS=cudnn LIMIT=${PREFILL_LIMIT:-110} \
              scripts/device-prefill.sh ;;
-    grpo) step grpo ${NEED_GRPO:-180} env ITERS=2 CUDNN_AB=${CUDNN_AB:-} COMPACT=${COMPACT-1} PROFILE=${PROFILE-1} \
+    grpo) step grpo ${NEED_GRPO:-180} env ITERS=2 CUDNN_AB=${CUDNN_AB:-} FUSED_SAMPLING_AB=${FUSED_SAMPLING_AB:-} COMPACT=${COMPACT-1} PROFILE=${PROFILE-1} \
             PROFILE_MICRO=8 SKIP_TRL_PROFILE=1 scripts/device-grpo.sh ;;
     train) step train ${NEED_TRAIN:-120} env CONFIGS="${TRAIN_CONFIGS:-plain:2 compact:2 ckpt-compact:2}" \
              HF_CONFIGS="${HF_CONFIGS:-plain:2}" SKIP_TRAIN=1 ITERS=${TRAIN_ITERS:-4} PROFILE=${PROFILE-1} \
@@ -73,7 +83,7 @@ for s in ${STEPS:-moe-rl grpo train mask1}; do
                gunzip -c dist/tests-trainer.gz > /tmp/tests-trainer &&
                chmod +x /tmp/tests-trainer && cd trainer && timeout 60 /tmp/tests-trainer offload adamw \
                --test-threads 1 > "$OUT/offload-tests.txt" 2>&1' ;;
-    *) echo "$s: unknown step (prefill wait grpo train norm0 mask1 moe moe-rl cudnn kernels offload)" >> "$OUT/steps.txt" ;;
+    *) echo "$s: unknown step (prefill wait rounds long grpo train norm0 mask1 moe moe-rl cudnn kernels offload)" >> "$OUT/steps.txt" ;;
   esac
 done
 cat "$OUT/steps.txt"

@@ -143,6 +143,8 @@ impl Kernels {
             "decode_attention_async_bf16_d128_h4",
             "greedy_pick_f32",
             "greedy_pick_bf16",
+            "temperature_pick_f32",
+            "temperature_pick_bf16",
             "decode_attention_combine_f32",
             "decode_attention_combine_bf16",
             "lp_fwd_f32",

@@ -467,15 +467,11 @@ extern "C" __global__ void decode_attention_combine_bf16(const float* wa, const 
     decode_attention_combine<unsigned short>(wa, wm, o, splits, d);
 }
 
-// Greedy pick per row of logits [rows, v]: out[row] = the first index of the row's maximum, out[rows + row] =
-// its log-prob, -log(sum exp(x - max)) (torch's log_softmax of the maximum, fp32). One block per row; the
-// second pass re-reads the row from L2.
+// The first index of the maximum of x[0..v) (as argmax), and the maximum, in every thread of the block.
 template <typename T>
-__device__ void greedy_pick(const T* logits, int v, double* out) {
+__device__ void row_argmax(const T* x, int v, float* best_out, int* idx_out) {
     __shared__ float s_val[32];
     __shared__ int s_idx[32];
-    __shared__ float shared[32];
-    const T* x = logits + (size_t)blockIdx.x * v;
     float best = DA_NEG_INF;
     int bi = 0x7fffffff;
     for (int i = threadIdx.x; i < v; i += blockDim.x) {
@@ -502,8 +498,20 @@ __device__ void greedy_pick(const T* logits, int v, double* out) {
         if (lane == 0) { s_val[0] = best; s_idx[0] = bi; }
     }
     __syncthreads();
-    best = s_val[0];
-    bi = s_idx[0];
+    *best_out = s_val[0];
+    *idx_out = s_idx[0];
+}
+
+// Greedy pick per row of logits [rows, v]: out[row] = the first index of the row's maximum, out[rows + row] =
+// its log-prob, -log(sum exp(x - max)) (torch's log_softmax of the maximum, fp32). One block per row; the
+// second pass re-reads the row from L2.
+template <typename T>
+__device__ void greedy_pick(const T* logits, int v, double* out) {
+    __shared__ float shared[32];
+    const T* x = logits + (size_t)blockIdx.x * v;
+    float best;
+    int bi;
+    row_argmax<T>(x, v, &best, &bi);
     float sum = 0.0f;
     for (int i = threadIdx.x; i < v; i += blockDim.x) sum += expf(Io<T>::ld(x + i) - best);
     sum = block_sum(sum, shared);
@@ -515,4 +523,91 @@ __device__ void greedy_pick(const T* logits, int v, double* out) {
 extern "C" __global__ void greedy_pick_f32(const float* x, int v, double* out) { greedy_pick<float>(x, v, out); }
 extern "C" __global__ void greedy_pick_bf16(const unsigned short* x, int v, double* out) {
     greedy_pick<unsigned short>(x, v, out);
+}
+
+// Temperature sampling per row of logits [rows, v] (model/src/temperature_sampling.rs's composition in one
+// kernel): params [3, rows] f32 hold each row's temperature t (<= 0: greedy), log-prob temperature tl and uniform
+// u in [0, 1). A sampling row takes the first token whose running sum of exp(x / t - max / t) exceeds u times the
+// row's total (the inverse CDF of softmax(x / t)), a greedy row the first maximum; out[row] = the token,
+// out[rows + row] = its log_softmax(x / tl) in fp32. One block per row: thread k owns the contiguous chunk k of
+// the row, the chunks' sums are scanned across the block in thread order, and the one thread whose chunk holds
+// the target walks it. Replaces ~12 full passes over [rows, v] fp32 (a cast, two softmaxes, a cumsum, ...).
+template <typename T>
+__device__ void temperature_pick(const T* logits, int v, const float* params, double* out) {
+    __shared__ float s_warp[32];
+    __shared__ float s_lsum[32];
+    __shared__ int s_pick;
+    const int rows = gridDim.x, row = blockIdx.x;
+    const T* x = logits + (size_t)row * v;
+    const float t = params[row], tl = params[rows + row], u = params[2 * rows + row];
+    const bool sampling = t > 0.0f;
+    float best;
+    int bi;
+    row_argmax<T>(x, v, &best, &bi);
+    // Division, not a reciprocal's product, as torch's logits / t: the same rounded terms as the composition.
+    const float mt = sampling ? best / t : 0.0f, ml = best / tl;
+    const int chunk = (v + (int)blockDim.x - 1) / (int)blockDim.x;
+    const int lo = min(v, (int)threadIdx.x * chunk), hi = min(v, lo + chunk);
+    float own = 0.0f, lsum = 0.0f;
+    for (int i = lo; i < hi; ++i) {
+        float a = Io<T>::ld(x + i);
+        if (sampling) own += expf(a / t - mt);
+        lsum += expf(a / tl - ml);
+    }
+    lsum = block_sum(lsum, s_lsum);
+    if (threadIdx.x == 0) s_pick = v - 1;  // u * total rounding up to the total: the composition's clamp
+    int tok = bi;
+    if (sampling) {
+        // Inclusive scan of the chunk sums in thread order; a thread's exclusive prefix is its left neighbour's
+        // inclusive value (the same float), so consecutive chunks' intervals meet exactly: one owner per target.
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+        float inc = own;
+        for (int o = 1; o < 32; o <<= 1) {
+            float n = __shfl_up_sync(0xffffffffu, inc, o);
+            if (lane >= o) inc += n;
+        }
+        if (lane == 31) s_warp[warp] = inc;
+        __syncthreads();
+        if (warp == 0) {
+            float w = lane < nw ? s_warp[lane] : 0.0f;
+            for (int o = 1; o < 32; o <<= 1) {
+                float n = __shfl_up_sync(0xffffffffu, w, o);
+                if (lane >= o) w += n;
+            }
+            if (lane < nw) s_warp[lane] = w;  // inclusive totals of warps 0..lane
+        }
+        __syncthreads();
+        const float offset = warp > 0 ? s_warp[warp - 1] : 0.0f;
+        const float total = s_warp[nw - 1];
+        float left = __shfl_up_sync(0xffffffffu, inc, 1);
+        const float before = offset + (lane > 0 ? left : 0.0f);
+        // A warp's last thread ends where the next warp begins: at the block scan's value, not a re-rounded sum.
+        inc = lane == 31 ? s_warp[warp] : inc + offset;
+        const float target = u * total;
+        if (before <= target && target < inc) {
+            // This chunk holds the target: walk it. Summed from `before` the chunk may round short of `inc`;
+            // then its last token with mass is the pick.
+            float acc = before;
+            int pick = -1, last = -1;
+            for (int i = lo; i < hi; ++i) {
+                float e = expf(Io<T>::ld(x + i) / t - mt);
+                if (e > 0.0f) last = i;
+                acc += e;
+                if (acc > target) { pick = i; break; }
+            }
+            s_pick = pick >= 0 ? pick : last;
+        }
+        __syncthreads();
+        tok = s_pick;
+    }
+    if (threadIdx.x == 0) {
+        out[row] = (double)tok;
+        out[rows + row] = (double)(Io<T>::ld(x + tok) / tl - ml - logf(lsum));
+    }
+}
+extern "C" __global__ void temperature_pick_f32(const float* x, int v, const float* params, double* out) {
+    temperature_pick<float>(x, v, params, out);
+}
+extern "C" __global__ void temperature_pick_bf16(const unsigned short* x, int v, const float* params, double* out) {
+    temperature_pick<unsigned short>(x, v, params, out);
 }

@@ -369,6 +369,54 @@ pub fn greedy_pick_into(logits: &Tensor, out: &Tensor) -> Result<bool> {
     Ok(true)
 }
 
+/// Temperature sampling of every row of `logits: [r, v]` (CUDA, fp32 or bf16, contiguous) in one kernel, written
+/// into `out: [2, r]` float64 as [`greedy_pick_into`] does: the token, then its fp32 log-prob under
+/// `log_softmax(logits / tl)`. `params: [3, r]` float32 holds each row's temperature (`<= 0`: greedy), log-prob
+/// temperature and uniform in `[0, 1)`; a sampling row takes the first token whose cumulative mass under
+/// `softmax(logits / t)` exceeds the uniform times the total (`spar_model::temperature_sampling`'s
+/// composition, summed in another order). Returns false (nothing written) where the kernel does not apply or
+/// `SPAR_FUSED_SAMPLING=0` turns it off.
+pub fn temperature_pick_into(logits: &Tensor, params: &Tensor, out: &Tensor) -> Result<bool> {
+    if !fused_sampling_enabled() {
+        return Ok(false);
+    }
+    let Some((ordinal, suffix)) = fused_target(&[logits])? else {
+        return Ok(false);
+    };
+    let (r, v) = match logits.size().as_slice() {
+        [r, v] => (*r, *v),
+        _ => return Ok(false),
+    };
+    let fits = |t: &Tensor, kind: Kind, size: [i64; 2]| {
+        t.kind() == kind && t.size() == size && t.is_contiguous() && t.device() == logits.device()
+    };
+    if r == 0 || v == 0 || !fits(params, Kind::Float, [3, r]) || !fits(out, Kind::Double, [2, r]) {
+        return Ok(false);
+    }
+    let Some(kern) = cuda::kernels(ordinal) else {
+        return Ok(false);
+    };
+    kern.launch(
+        &format!("temperature_pick_{suffix}"),
+        r as u32,
+        1024,
+        &[
+            Arg::Ptr(logits.data_ptr() as u64),
+            Arg::I32(v as i32),
+            Arg::Ptr(params.data_ptr() as u64),
+            Arg::Ptr(out.data_ptr() as u64),
+        ],
+    )?;
+    Ok(true)
+}
+
+/// `SPAR_FUSED_SAMPLING=0` samples through the torch composition instead of [`temperature_pick_into`]'s kernel
+/// (the A/B of the decode benches).
+pub fn fused_sampling_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SPAR_FUSED_SAMPLING").map_or(true, |v| v != "0"))
+}
+
 /// Which decode attention runs (`SPAR_DECODE_ATTENTION`): `sdpa` (torch, the caller's fallback), `registers`
 /// (the register-streaming kernel everywhere), or by default the asynchronous-copy kernel where it applies (bf16,
 /// head size 64 or 128) and the register kernel elsewhere.

@@ -316,6 +316,111 @@ fn greedy_pick_matches_argmax_and_log_softmax_on_gpu() {
     }
 }
 
+/// The fused temperature pick against an fp64 inverse CDF of `softmax(x / t)`: each sampled token is a valid pick
+/// for its uniform up to the fp32 sums' rounding (the target lies within its token's cumulative interval, 1e-5 of
+/// the total), the token has mass, greedy rows take the first maximum, and the log-prob is `log_softmax(x / tl)`
+/// at the token. Peaked rows (a handful of tokens hold the mass, as in a trained model) must agree exactly with
+/// the torch composition, flat ones (a random model's ~150k comparable tokens) may step to a neighbour.
+#[test]
+fn temperature_pick_is_an_inverse_cdf_pick_on_gpu() {
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    if !tch::Cuda::is_available() {
+        eprintln!(
+            "SKIP: no CUDA device visible to libtorch; the temperature pick is tested on the GPU machine"
+        );
+        return;
+    }
+    let dev = Device::Cuda(0);
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(7);
+    let v = 151_936i64;
+    let temps = [1.0f32, 0.7, 1.3, 0.0, 1.0, 1.0, 0.5, 2.0];
+    let lp_temps = [1.0f32, 0.7, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0];
+    let r = temps.len() as i64;
+    let mut exact_rows = 0;
+    let mut neighbours = 0;
+    for kind in [Kind::Float, Kind::BFloat16] {
+        for (trial, scale) in [3.0, 3.0, 12.0, 12.0, 12.0].into_iter().enumerate() {
+            let x = (Tensor::randn([r, v], (Kind::Float, dev)) * scale).to_kind(kind);
+            let mut uniforms: Vec<f32> = (0..r)
+                .map(|i| ((i * 7 + trial as i64 * 13) % 97) as f32 / 97.0)
+                .collect();
+            uniforms[0] = 0.0;
+            uniforms[1] = 0.999_999_9;
+            let params: Vec<f32> = temps
+                .iter()
+                .chain(&lp_temps)
+                .chain(&uniforms)
+                .copied()
+                .collect();
+            let params = Tensor::from_slice(&params).view([3, r]).to_device(dev);
+            let out = Tensor::zeros([2, r], (Kind::Double, dev));
+            assert!(spar_kernels::decode_ops::temperature_pick_into(&x, &params, &out).unwrap());
+            let got = out.get(0).to_kind(Kind::Int64);
+            let xf = x.to_kind(Kind::Float);
+            // The composition (model/src/temperature_sampling.rs), for the exact comparison of peaked rows.
+            let t_col = params.get(0).unsqueeze(-1);
+            let safe_t = t_col.where_scalarother(&t_col.gt(0.0), 1.0);
+            let cum32 = (&xf / &safe_t)
+                .softmax(-1, Kind::Float)
+                .cumsum(-1, Kind::Float);
+            let target32 = cum32.select(-1, v - 1).unsqueeze(-1) * params.get(2).unsqueeze(-1);
+            let composed = cum32
+                .le_tensor(&target32)
+                .sum_dim_intlist([-1i64].as_slice(), false, Kind::Int64)
+                .clamp_max(v - 1);
+            // fp64 cumulative mass of the same fp32 quotients.
+            let p64 = (&xf / &safe_t)
+                .to_kind(Kind::Double)
+                .softmax(-1, Kind::Double);
+            let cum64 = p64.cumsum(-1, Kind::Double);
+            let lp = (&xf / params.get(1).unsqueeze(-1)).log_softmax(-1, Kind::Float);
+            let argmax = xf.argmax(-1, false);
+            for i in 0..r {
+                let tok = got.int64_value(&[i]);
+                let want_lp = lp.double_value(&[i, tok]);
+                let got_lp = out.double_value(&[1, i]);
+                assert!(
+                    (got_lp - want_lp).abs() < 1e-4,
+                    "{kind:?} trial {trial} row {i}: log-prob {got_lp} vs {want_lp}"
+                );
+                if temps[i as usize] <= 0.0 {
+                    assert_eq!(
+                        tok,
+                        argmax.int64_value(&[i]),
+                        "{kind:?} row {i}: greedy must take the argmax"
+                    );
+                    continue;
+                }
+                let u = uniforms[i as usize] as f64;
+                let incl = cum64.double_value(&[i, tok]);
+                let excl = incl - p64.double_value(&[i, tok]);
+                assert!(
+                    p64.double_value(&[i, tok]) > 0.0,
+                    "{kind:?} row {i}: token {tok} has no mass"
+                );
+                assert!(
+                    excl <= u + 1e-5 && u - 1e-5 < incl,
+                    "{kind:?} trial {trial} row {i} u={u}: token {tok} covers [{excl}, {incl})"
+                );
+                let want = composed.int64_value(&[i]);
+                if scale > 6.0 {
+                    assert_eq!(
+                        tok, want,
+                        "{kind:?} trial {trial} row {i}: a peaked row must match the composition"
+                    );
+                    exact_rows += 1;
+                } else if tok != want {
+                    neighbours += 1;
+                }
+            }
+        }
+    }
+    eprintln!(
+        "temperature pick: {exact_rows} peaked rows exact, {neighbours} flat rows took a neighbour"
+    );
+}
+
 /// The fused LM-head log-prob at the real vocabulary: the CUDA epilogue kernels against the ATen epilogue and
 /// against the whole-logits composition (log-probs, entropy, argmax, gradients w.r.t. hidden and weight through
 /// both outputs), float32 and bf16, temperature 0.7, chunks that do not divide the tokens. On the CPU the ATen

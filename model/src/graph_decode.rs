@@ -33,7 +33,7 @@ use crate::cache::KvCache;
 use crate::fused_layers::{FusedLayers, first_input_norm, mlp_and_next_norm, queries_and_store};
 use crate::fused_prefill::{self, PrefillOutput};
 use crate::qwen3::Qwen3Model;
-use crate::temperature_sampling::{PARAMS_ROWS, sample_at_temperature};
+use crate::temperature_sampling::{PARAMS_ROWS, pick_at_temperature_into};
 use anyhow::{Context, Result};
 use spar_kernels::cuda_graph::{self, CudaGraph, GraphPool};
 use spar_kernels::decode_ops;
@@ -88,7 +88,7 @@ pub enum Pick<'a> {
     /// Each row's greedy token and its log-prob, chosen inside the graph.
     Greedy,
     /// Each row's token sampled inside the graph at its temperature
-    /// ([`crate::temperature_sampling::sample_at_temperature`]). The closure gives the `[3, b]` parameters
+    /// ([`crate::temperature_sampling::pick_at_temperature_into`]). The closure gives the `[3, b]` parameters
     /// (row-major: temperatures, log-prob temperatures, uniforms; rows in the order given) and is called only once
     /// the step will run, so a caller that draws the uniforms from its rows' streams draws none for a step handed
     /// back to the eager path.
@@ -465,15 +465,7 @@ fn step_into(
     if sampling {
         // Temperature sampling rides in the graph too: a sampled batch then needs one upload of its rows'
         // temperatures and uniforms and one small download, no sampling ops on the host.
-        let s = sample_at_temperature(&bucket.logits, &bucket.sample_params)?;
-        let both = Tensor::f_stack(
-            &[
-                s.tokens.f_to_kind(Kind::Double)?,
-                s.logprobs.f_to_kind(Kind::Double)?,
-            ],
-            0,
-        )?;
-        bucket.sampled.shallow_clone().f_copy_(&both)?;
+        pick_at_temperature_into(&bucket.logits, &bucket.sample_params, &bucket.sampled)?;
     }
     if let (Some(dst), Some(src)) = (&bucket.experts, experts) {
         dst.shallow_clone().f_copy_(&src)?;

@@ -28,11 +28,8 @@ pub fn sample_at_temperature(logits: &Tensor, params: &Tensor) -> Result<Tempera
     let v = logits.size().last().copied().unwrap_or(0);
     let logits = logits.f_to_kind(Kind::Float)?;
     let column = |i: i64| -> Result<Tensor> { Ok(params.f_select(0, i)?.f_unsqueeze(-1)?) };
-    let (temperature, lp_temperature, uniform) = (column(0)?, column(1)?, column(2)?);
-    // Dividing by a temperature of exactly 1 changes no bit: one expression for tempered and plain log-probs.
-    let logp = logits
-        .f_div(&lp_temperature)?
-        .f_log_softmax(-1, Kind::Float)?;
+    let (temperature, uniform) = (column(0)?, column(2)?);
+    let logp = log_softmax_at_temperature(&logits, params)?;
     let argmax = logits.f_argmax(-1, false)?;
     let sampling = temperature.f_gt(0.0)?;
     let probs = logits
@@ -48,6 +45,36 @@ pub fn sample_at_temperature(logits: &Tensor, params: &Tensor) -> Result<Tempera
         logprobs,
         logp,
     })
+}
+
+/// `log_softmax(logits / T_lp)` in fp32, `[R, V]`, with each row's log-prob temperature from `params` (`[3, R]`).
+pub fn log_softmax_at_temperature(logits: &Tensor, params: &Tensor) -> Result<Tensor> {
+    let lp_temperature = params.f_select(0, 1)?.f_unsqueeze(-1)?;
+    // Dividing by a temperature of exactly 1 changes no bit: one expression for tempered and plain log-probs.
+    Ok(logits
+        .f_to_kind(Kind::Float)?
+        .f_div(&lp_temperature)?
+        .f_log_softmax(-1, Kind::Float)?)
+}
+
+/// [`sample_at_temperature`]'s tokens and log-probs written into `out: [2, R]` float64 (token ids, then log-probs:
+/// one host copy carries both), without the `[R, V]` log-softmax. On a GPU one kernel does it
+/// (`decode_ops::temperature_pick_into`: same tokens up to the order of the fp32 sums, a ~1e-7 chance per row
+/// of taking a neighbour at a boundary); elsewhere the composition. Graph-safe either way.
+pub fn pick_at_temperature_into(logits: &Tensor, params: &Tensor, out: &Tensor) -> Result<()> {
+    if spar_kernels::decode_ops::temperature_pick_into(logits, params, out)? {
+        return Ok(());
+    }
+    let s = sample_at_temperature(logits, params)?;
+    let both = Tensor::f_stack(
+        &[
+            s.tokens.f_to_kind(Kind::Double)?,
+            s.logprobs.f_to_kind(Kind::Double)?,
+        ],
+        0,
+    )?;
+    out.shallow_clone().f_copy_(&both)?;
+    Ok(())
 }
 
 /// Per row, the first index whose cumulative probability exceeds `uniform` (`[R, 1]`) times the row's total:

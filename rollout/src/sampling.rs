@@ -12,7 +12,9 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use spar_core::traits::SamplingParams;
-use spar_model::temperature_sampling::{PARAMS_ROWS, inverse_cdf, sample_at_temperature};
+use spar_model::temperature_sampling::{
+    PARAMS_ROWS, inverse_cdf, log_softmax_at_temperature, pick_at_temperature_into,
+};
 use tch::{Device, Kind, Tensor};
 
 /// A request's sampling state: its knobs and its random stream.
@@ -85,21 +87,30 @@ pub fn sample(logits: &Tensor, rows: &mut [&mut RowSampler]) -> Sampled {
     let (b, v) = logits.size2().expect("logits must be [B, V]");
     assert_eq!(b as usize, rows.len(), "one sampler per logits row");
     let device = logits.device();
-    let (tokens, lp, logp) = if rows.iter().all(|r| r.temperature_only()) {
-        // One upload of every row's knobs and uniform; the math the CUDA-graph decode step runs too.
+    let top = TopRequest::of(rows, v);
+    // Token ids < 2^24 are exact in f64, and so is every f32: one transfer carries tokens, log-probs and the
+    // top-k of the rows that asked (ids then values, `[asking rows, k]` each).
+    let (mut parts, logp) = if rows.iter().all(|r| r.temperature_only()) {
+        // One upload of every row's knobs and uniform; the pick the CUDA-graph decode step runs too (one kernel
+        // on a GPU, whether or not a row asks for its top log-probs, so that asking changes no token).
         let params = Tensor::from_slice(&temperature_params(rows))
             .view([PARAMS_ROWS, b])
             .to_device(device);
-        let s = sample_at_temperature(logits, &params).expect("temperature sampling on the device");
-        (s.tokens, s.logprobs, s.logp)
+        let picked = Tensor::zeros([2, b], (Kind::Double, device));
+        pick_at_temperature_into(logits, &params, &picked)
+            .expect("temperature sampling on the device");
+        let logp = top.is_some().then(|| {
+            log_softmax_at_temperature(logits, &params).expect("log-softmax on the device")
+        });
+        (vec![picked.reshape([-1])], logp)
     } else {
-        sample_filtered(logits, rows, device, v)
+        let (tokens, lp, logp) = sample_filtered(logits, rows, device, v);
+        (
+            vec![tokens.to_kind(Kind::Double), lp.to_kind(Kind::Double)],
+            Some(logp),
+        )
     };
-    // Token ids < 2^24 are exact in f64, and so is every f32: one transfer carries tokens, log-probs and the
-    // top-k of the rows that asked (ids then values, `[asking rows, k]` each).
-    let mut parts = vec![tokens.to_kind(Kind::Double), lp.to_kind(Kind::Double)];
-    let top = TopRequest::of(rows, v);
-    if let Some(t) = &top {
+    if let (Some(t), Some(logp)) = (&top, logp) {
         let asked = if t.rows.len() == rows.len() {
             logp
         } else {

@@ -196,7 +196,8 @@ pub fn run(args: Args) -> Result<()> {
                "loss": reports.last().map(|r| r.loss), "grad_norm": reports.last().map(|r| r.grad_norm),
                "peak_gib": peak_gib(device)?,
                // The engine's A/B switches, so that lines of one call tell their runs apart.
-               "graph_sampling": engine::graph_sampling_enabled(), "fused_prefill": engine::fused_prefill_enabled()});
+               "graph_sampling": engine::graph_sampling_enabled(), "fused_prefill": engine::fused_prefill_enabled(),
+               "fused_sampling": device.is_cuda() && spar_kernels::decode_ops::fused_sampling_enabled()});
         println!(
             "{}",
             with_fields(line, args.optimizer.report(device, &learner.adamw))
