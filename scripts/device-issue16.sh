@@ -16,9 +16,10 @@
 #            state (scripts/device-consult.sh, MOE_RL_STEPS rounds): memory and the time line, into $OUT/moe-rl.*;
 #   rounds   the round as the recipe now stands, then with the learner's larger micro-batches, then with sampling
 #            through the torch composition (scripts/device-prefill.sh, RUNS=ROUND_RUNS: "fused micro sampling0");
-#   long     a few hundred RL steps of the single-GPU recipe on the 0.6B shape in one call (small rounds: LONG_GROUPS
-#            x LONG_GROUP samples, LONG_NEW new tokens a turn, LONG_STEPS steps): the loss, memory and time per step
-#            over the run (scripts/device-consult.sh, into $OUT/long.*);
+#   long     a few hundred RL steps of the single-GPU recipe on the 0.6B shape in one call (small rounds: LONG_SFT SFT
+#            steps, then LONG_GROUPS x LONG_GROUP samples, LONG_NEW new tokens a turn, LONG_STEPS steps): the loss,
+#            memory and time per step over the run (scripts/device-consult.sh, into $OUT/long.*). With 2 x 4 samples
+#            and 32 tokens a turn (the first try) every group of the random model scored alike and no update ran;
 #   cudnn    the round once more with cuDNN attention on (SPAR_SDPA_CUDNN=1), against the first;
 #   norm0    the train step's configurations again with SPAR_ATEN_RMS_NORM=0 (the seven-op RMSNorm composition
 #            under autograd), into $OUT/norm0/: the baseline of ATen's fused RMSNorm;
@@ -62,8 +63,8 @@ for s in ${STEPS:-moe-rl grpo train mask1}; do
               scripts/device-consult.sh ;;
     rounds) step rounds ${NEED_ROUNDS:-330} env SKIP_TESTS=1 RUNS="${ROUND_RUNS:-fused micro sampling0}" \
               LIMIT=${PREFILL_LIMIT:-110} scripts/device-prefill.sh ;;
-    long) step long ${NEED_LONG:-300} env NAME=long NGROUPS=${LONG_GROUPS:-2} GROUP=${LONG_GROUP:-4} NEW=${LONG_NEW:-32} \
-            STEPS=${LONG_STEPS:-250} EVAL=1 LIMIT=${LONG_LIMIT:-500} EXTRA="--set rollout.max_batch=64" \
+    long) step long ${NEED_LONG:-300} env NAME=long NGROUPS=${LONG_GROUPS:-2} GROUP=${LONG_GROUP:-8} NEW=${LONG_NEW:-64} \
+            SFT=${LONG_SFT:-2} STEPS=${LONG_STEPS:-250} EVAL=1 LIMIT=${LONG_LIMIT:-500} EXTRA="--set rollout.max_batch=64" \
             scripts/device-consult.sh ;;
     cudnn) step cudnn ${NEED_CUDNN:-120} env SKIP_TESTS=1 RUNS=cudnn LIMIT=${PREFILL_LIMIT:-110} \
              scripts/device-prefill.sh ;;

@@ -217,4 +217,11 @@ int spar_cuda_reset_peak_memory(int device, char* err, size_t len) {
   });
 }
 
+// Returns the caching allocator's free blocks to the device, including those of graph pools whose graphs were
+// destroyed: a pool's blocks serve no other allocation, and are only freed by this or by a failed malloc's retry,
+// which cannot run while a graph is being captured.
+int spar_cuda_empty_cache(char* err, size_t len) {
+  return guarded(err, len, [&] { c10::cuda::CUDACachingAllocator::emptyCache(); });
+}
+
 }  // extern "C"

@@ -19,6 +19,7 @@ unsafe extern "C" {
         len: usize,
     ) -> i32;
     fn spar_cuda_reset_peak_memory(device: i32, err: *mut c_char, len: usize) -> i32;
+    fn spar_cuda_empty_cache(err: *mut c_char, len: usize) -> i32;
     fn spar_cuda_allocator_events(
         device: i32,
         retries: *mut i64,
@@ -160,5 +161,24 @@ pub fn reset_peak_memory(device: usize) -> Result<()> {
     #[cfg(not(spar_cuda_graph))]
     {
         bail!("CUDA memory statistics of device {device}: this build has no libtorch CUDA shim")
+    }
+}
+
+/// Returns the CUDA caching allocator's free blocks to the devices (torch's `torch.cuda.empty_cache()`). Blocks of
+/// destroyed CUDA graphs' private pools are among them: they serve no other allocation, and a malloc that fails
+/// during a capture cannot free them, so each round's new graphs would otherwise take fresh device memory until
+/// a capture runs out of it (seen on an H100 after ~50 rounds, 2026-12-06).
+pub fn empty_cache() -> Result<()> {
+    #[cfg(spar_cuda_graph)]
+    {
+        call_shim(
+            format_args!("emptying the CUDA caching allocator"),
+            // SAFETY: an error buffer of the stated length; the shim catches exceptions.
+            |err, len| unsafe { spar_cuda_empty_cache(err, len) },
+        )
+    }
+    #[cfg(not(spar_cuda_graph))]
+    {
+        bail!("emptying the CUDA caching allocator: this build has no libtorch CUDA shim")
     }
 }

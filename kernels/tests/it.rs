@@ -319,8 +319,9 @@ fn greedy_pick_matches_argmax_and_log_softmax_on_gpu() {
 /// The fused temperature pick against an fp64 inverse CDF of `softmax(x / t)`: each sampled token is a valid pick
 /// for its uniform up to the fp32 sums' rounding (the target lies within its token's cumulative interval, 1e-5 of
 /// the total), the token has mass, greedy rows take the first maximum, and the log-prob is `log_softmax(x / tl)`
-/// at the token. Peaked rows (a handful of tokens hold the mass, as in a trained model) must agree exactly with
-/// the torch composition, flat ones (a random model's ~150k comparable tokens) may step to a neighbour.
+/// at the token. Where the target lies more than that tolerance inside the composition's token's interval, both
+/// summation orders must take the same token (most rows of peaked logits, as in a trained model); nearer a
+/// boundary (flat logits: ~150k comparable tokens, or a uniform near 0 or 1) the pick may step to a neighbour.
 #[test]
 fn temperature_pick_is_an_inverse_cdf_pick_on_gpu() {
     let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
@@ -404,10 +405,12 @@ fn temperature_pick_is_an_inverse_cdf_pick_on_gpu() {
                     "{kind:?} trial {trial} row {i} u={u}: token {tok} covers [{excl}, {incl})"
                 );
                 let want = composed.int64_value(&[i]);
-                if scale > 6.0 {
+                let want_incl = cum64.double_value(&[i, want]);
+                let want_excl = want_incl - p64.double_value(&[i, want]);
+                if u - want_excl > 1e-5 && want_incl - u > 1e-5 {
                     assert_eq!(
                         tok, want,
-                        "{kind:?} trial {trial} row {i}: a peaked row must match the composition"
+                        "{kind:?} trial {trial} row {i} u={u}: the target is inside token {want}'s interval"
                     );
                     exact_rows += 1;
                 } else if tok != want {
@@ -417,7 +420,14 @@ fn temperature_pick_is_an_inverse_cdf_pick_on_gpu() {
         }
     }
     eprintln!(
-        "temperature pick: {exact_rows} peaked rows exact, {neighbours} flat rows took a neighbour"
+        "temperature pick: {exact_rows} rows away from a boundary matched exactly, {neighbours} near one took a \
+         neighbour"
+    );
+    // 70 sampling rows; the peaked trials' 30 with a uniform away from 0 and 1 mostly land well inside a
+    // token's interval, the flat trials' rarely (an interval there is ~7e-6 of the mass).
+    assert!(
+        exact_rows >= 20,
+        "only {exact_rows} rows were compared exactly"
     );
 }
 

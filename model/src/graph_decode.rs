@@ -400,6 +400,11 @@ impl GraphDecoder {
             keys,
             sampling,
         };
+        if self.pool.is_none() {
+            // A decoder's first capture: free the blocks of earlier decoders' graph pools (the last round's
+            // engine), which no allocation can reuse and a malloc inside the capture cannot free.
+            spar_kernels::cuda_memory::empty_cache()?;
+        }
         // The warm-up runs the real step once: it writes the same keys and values the replay will write.
         cuda_graph::on_side_stream(self.ordinal, || {
             step_into(model, fused, cache, bucket, shape, grouped)

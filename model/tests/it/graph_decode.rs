@@ -239,3 +239,70 @@ fn graph_decode_matches_eager_decode_on_gpu() {
         );
     }
 }
+
+/// One graph decoder a round (each RL round builds a new engine) must not grow the device memory torch's caching
+/// allocator holds: a destroyed decoder's graph pool keeps its blocks, which no other allocation may use and a
+/// malloc inside a capture may not free, so without `empty_cache` at a decoder's first capture every round took
+/// fresh memory until a capture ran out of it (an H100 after 12 rounds of the single-GPU recipe, 2026-12-06).
+#[test]
+fn successive_graph_decoders_do_not_grow_reserved_memory_on_gpu() {
+    if !tch::Cuda::is_available() || !spar_kernels::cuda_graph::available() {
+        eprintln!("SKIP: graph decode needs a CUDA device and a build with the CUDA-graph shim");
+        return;
+    }
+    let _g = tch::no_grad_guard();
+    let kind = Kind::BFloat16;
+    let m = model(false, kind);
+    let mut reserved = Vec::new();
+    for round in 0..6 {
+        let mut cache = KvCache::new(&m.config, 8, 160, m.device(), kind);
+        let mut dec = GraphDecoder::new(&m, &cache, 4).expect("graph decoder on CUDA");
+        let mut feed: Vec<(usize, u32)> = [(1usize, 20usize), (4, 7)]
+            .into_iter()
+            .map(|(slot, len)| {
+                let prompt: Vec<i64> = (0..len as i64)
+                    .map(|i| (i * 11 + slot as i64) % 128)
+                    .collect();
+                (slot, prefill(&m, &mut cache, slot, &prompt) as u32)
+            })
+            .collect();
+        for step in 0..3 {
+            let b = feed.len();
+            let params: Vec<f32> =
+                [vec![1.0; b], vec![1.0; b], vec![0.3 + 0.1 * step as f32; b]].concat();
+            let out = dec
+                .decode(
+                    &m,
+                    &mut cache,
+                    &feed,
+                    Pick::Sample(Box::new(move || params)),
+                )
+                .unwrap()
+                .expect("graph path should take this step");
+            let NextTokens::Chosen(picked) = &out.next else {
+                panic!("sampled tokens when sampling is asked");
+            };
+            for (f, (tok, _)) in feed.iter_mut().zip(picked) {
+                f.1 = *tok;
+            }
+        }
+        assert!(
+            dec.stats.captures > 0,
+            "round {round}: no graph was captured"
+        );
+        drop(dec);
+        drop(cache);
+        reserved.push(spar_kernels::cuda_memory::memory_now(0).unwrap().reserved);
+    }
+    eprintln!(
+        "reserved after each round (MiB): {:?}",
+        reserved.iter().map(|r| r >> 20).collect::<Vec<_>>()
+    );
+    // The first rounds settle the caching allocator's own blocks; after that a round may not add a pool's worth.
+    assert!(
+        reserved[5] <= reserved[2] + (2 << 20),
+        "reserved memory grew from {} to {} MiB over three rounds",
+        reserved[2] >> 20,
+        reserved[5] >> 20
+    );
+}
