@@ -59,8 +59,10 @@ pub fn log_softmax_at_temperature(logits: &Tensor, params: &Tensor) -> Result<Te
 
 /// [`sample_at_temperature`]'s tokens and log-probs written into `out: [2, R]` float64 (token ids, then log-probs:
 /// one host copy carries both), without the `[R, V]` log-softmax. On a GPU one kernel does it
-/// (`decode_ops::temperature_pick_into`: same tokens up to the order of the fp32 sums, a ~1e-7 chance per row
-/// of taking a neighbour at a boundary); elsewhere the composition. Graph-safe either way.
+/// (`decode_ops::temperature_pick_into`); elsewhere the composition. Graph-safe either way. The kernel sums in
+/// another order: where a row's target falls within that rounding (~1e-6 of the mass) of a token's edge it may
+/// take the neighbour, a valid inverse-CDF pick either way; rare for peaked logits, common over a random model's
+/// ~150k comparable tokens.
 pub fn pick_at_temperature_into(logits: &Tensor, params: &Tensor, out: &Tensor) -> Result<()> {
     if spar_kernels::decode_ops::temperature_pick_into(logits, params, out)? {
         return Ok(());
