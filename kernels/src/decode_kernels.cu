@@ -499,7 +499,9 @@ __device__ void row_argmax(const T* x, int v, float* best_out, int* idx_out) {
     }
     __syncthreads();
     *best_out = s_val[0];
-    *idx_out = s_idx[0];
+    // A row without a number above -inf (all NaN or -inf: a diverged model) has no maximum; index 0 keeps the
+    // callers' reads of x[index] in the row.
+    *idx_out = s_idx[0] == 0x7fffffff ? 0 : s_idx[0];
 }
 
 // Greedy pick per row of logits [rows, v]: out[row] = the first index of the row's maximum, out[rows + row] =
