@@ -185,6 +185,30 @@ async fn wait_text(c: &Client, css: &str, want: impl Fn(&str) -> bool, what: &st
     }
 }
 
+/// The `data-index` of the claim row that lists the planted claim as refuted. The detail pane may render its claims
+/// again after its head shows, so a row found by one call can be gone by the next (a stale element reference,
+/// seen once on a loaded 2-core machine): the scan then starts over on the new rows, until a deadline.
+async fn planted_claim_index(c: &Client) -> String {
+    async fn scan(c: &Client) -> Result<Option<String>, fantoccini::error::CmdError> {
+        for r in c.find_all(Locator::Css(".claim-row")).await? {
+            let t = r.text().await?;
+            if t.starts_with("refuted") && t.contains("Paracetamol") {
+                return r.attr("data-index").await;
+            }
+        }
+        Ok(None)
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match scan(c).await {
+            Ok(Some(index)) => return index,
+            Err(e) if !e.is_stale_element_reference() => panic!("reading the claim rows: {e}"),
+            _ if Instant::now() > deadline => panic!("the planted claim is not listed as refuted"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 async fn shot(c: &Client, dir: &Path, name: &str) {
     let png = c.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG"), "{name}: not a PNG");
@@ -501,25 +525,14 @@ fn review_page_in_headless_chromium_pages_filters_and_overrides_a_claim() {
         // Override the planted claim of consultation 1: refuted -> supported.
         key(&c, "jj").await;
         wait_text(&c, "#detail-head", |t| t.contains("#1 "), "consultation 1").await;
-        let rows = c.find_all(Locator::Css(".claim-row")).await.unwrap();
-        let mut target = None;
-        for r in rows {
-            let t = r.text().await.unwrap();
-            if t.starts_with("refuted") && t.contains("Paracetamol") {
-                target = Some(r);
-                break;
-            }
-        }
-        let target = target.expect("the planted claim is listed as refuted");
-        let index = target.attr("data-index").await.unwrap().unwrap();
-        target
-            .find(Locator::Css("button[data-label=supported]"))
+        let index = planted_claim_index(&c).await;
+        let row = format!(".claim-row[data-index=\"{index}\"]");
+        c.find(Locator::Css(&format!("{row} button[data-label=supported]")))
             .await
             .unwrap()
             .click()
             .await
             .unwrap();
-        let row = format!(".claim-row[data-index=\"{index}\"]");
         wait_text(
             &c,
             &row,
