@@ -62,10 +62,15 @@ pub fn log_softmax_at_temperature(logits: &Tensor, params: &Tensor) -> Result<Te
 /// (`decode_ops::temperature_pick_into`); elsewhere the composition. Graph-safe either way. The kernel sums in
 /// another order: where a row's target falls within that rounding (~1e-6 of the mass) of a token's edge it may
 /// take the neighbour, a valid inverse-CDF pick either way; rare for peaked logits, common over a random model's
-/// ~150k comparable tokens.
-pub fn pick_at_temperature_into(logits: &Tensor, params: &Tensor, out: &Tensor) -> Result<()> {
+/// ~150k comparable tokens. Returns the `[R, V]` log-softmax where the composition ran and computed it anyway
+/// (None after the kernel), for callers that also report top log-probs.
+pub fn pick_at_temperature_into(
+    logits: &Tensor,
+    params: &Tensor,
+    out: &Tensor,
+) -> Result<Option<Tensor>> {
     if spar_kernels::decode_ops::temperature_pick_into(logits, params, out)? {
-        return Ok(());
+        return Ok(None);
     }
     let s = sample_at_temperature(logits, params)?;
     let both = Tensor::f_stack(
@@ -76,7 +81,7 @@ pub fn pick_at_temperature_into(logits: &Tensor, params: &Tensor, out: &Tensor) 
         0,
     )?;
     out.shallow_clone().f_copy_(&both)?;
-    Ok(())
+    Ok(Some(s.logp))
 }
 
 /// Per row, the first index whose cumulative probability exceeds `uniform` (`[R, 1]`) times the row's total:

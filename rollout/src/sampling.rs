@@ -97,10 +97,12 @@ pub fn sample(logits: &Tensor, rows: &mut [&mut RowSampler]) -> Sampled {
             .view([PARAMS_ROWS, b])
             .to_device(device);
         let picked = Tensor::zeros([2, b], (Kind::Double, device));
-        pick_at_temperature_into(logits, &params, &picked)
+        let computed = pick_at_temperature_into(logits, &params, &picked)
             .expect("temperature sampling on the device");
         let logp = top.is_some().then(|| {
-            log_softmax_at_temperature(logits, &params).expect("log-softmax on the device")
+            computed.unwrap_or_else(|| {
+                log_softmax_at_temperature(logits, &params).expect("log-softmax on the device")
+            })
         });
         (vec![picked.reshape([-1])], logp)
     } else {

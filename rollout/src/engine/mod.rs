@@ -57,8 +57,9 @@ pub struct EngineConfig {
     /// next step). On a GPU a prefill forward costs milliseconds of host work whatever its rows (~19 ms for the
     /// fused prefill of a 0.6B model on an H100, for ~3 ms of GPU work), and a consultation's new turns arrive
     /// one or two a decode step; waiting a few steps (a few ms each) lets one forward take them together
-    /// (measured there at 4 steps: half the forwards, the round's prefill 5.85 -> 3.67 s; docs/benchmarks.md). A request is admitted at once when nothing is decoding, or when the queue fills the free
-    /// rows. Ignored when `batch_invariant`.
+    /// (measured there at 4 steps: half the forwards, the round's prefill 5.85 -> 3.67 s; docs/benchmarks.md).
+    /// A request is admitted at once when nothing is decoding, or when the queue fills the free rows. Ignored
+    /// when `batch_invariant`.
     pub prefill_wait_steps: usize,
 }
 
