@@ -8,7 +8,7 @@
 # run: SAMPLING_AB=1 with SPAR_GRAPH_SAMPLING=0, FUSED_SAMPLING_AB=1 with SPAR_FUSED_SAMPLING=0, CUDNN_AB=1 with
 # SPAR_SDPA_CUDNN=1, NORM_AB=1 with SPAR_ATEN_RMS_NORM=0, MASK_AB=1 with SPAR_PADDING_MASK=1, COMPACT=1 with the
 # compact optimizer state. PROFILE=1 adds a spar run (micro-batch PROFILE_MICRO) and a TRL run (unless
-# SKIP_TRL_PROFILE=1) whose last iteration the torch profiler records, summarised alike: $OUT/grpo-profile.md (spar)
+# SKIP_TRL_PROFILE=1; PROFILE_ARGS: more arguments of the profiled spar run) whose last iteration the torch profiler records, summarised alike: $OUT/grpo-profile.md (spar)
 # and $OUT/grpo-trl-profile.md
 # (TRL's trace through `spar bench trace`).
 set -uo pipefail
@@ -29,6 +29,9 @@ spar
 spar
 [ -n "${CKPT:-}" ] && spar --checkpointing
 for m in ${MICROS:-}; do MB=$m spar; done
+# GRAPH_MICROS="8 64": spar again with the learner's micro-steps replayed as CUDA graphs (--learner-graphs) at each
+# of those micro-batch sizes (the lines carry "learner_graphs").
+for m in ${GRAPH_MICROS:-}; do MB=$m spar --learner-graphs; done
 # SAMPLING_AB=1: spar once more with the sampling outside the decode graphs (the lines carry "graph_sampling").
 [ -n "${SAMPLING_AB:-}" ] && SPAR_GRAPH_SAMPLING=0 spar
 # FUSED_SAMPLING_AB=1: spar once more with temperature sampling through the torch composition instead of one kernel
@@ -43,7 +46,7 @@ for m in ${MICROS:-}; do MB=$m spar; done
 # COMPACT=1: spar once more with trainer.optimizer_state = "compact" (peak memory against TRL's bf16 AdamW state).
 [ -n "${COMPACT:-}" ] && spar --optimizer-state compact
 if [ -n "${PROFILE:-}" ]; then
-  MB=${PROFILE_MICRO:-${MICRO:-8}} spar --profile /tmp/grpo-profile
+  MB=${PROFILE_MICRO:-${MICRO:-8}} spar --profile /tmp/grpo-profile ${PROFILE_ARGS:-}
   cp /tmp/grpo-profile/grpo.md "$OUT/grpo-profile.md"
   if [ -z "${SKIP_TRL_PROFILE:-}" ]; then
   (cd model/bench && PYTHONPATH=/tmp/site timeout 400 python3 grpo_trl.py "${W[@]}" --micro-batch ${MICRO:-8} --warmup 1 \

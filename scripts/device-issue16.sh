@@ -26,7 +26,9 @@
 #   mask1    the same with SPAR_PADDING_MASK=1 (the learner's forward with an explicit padding mask: memory-efficient
 #            attention over copied KV heads instead of flash), into $OUT/mask1/;
 #   kernels  the GPU tests of spar-kernels (dist/tests-kernels.gz: TESTS="kernels model trainer" make-dist.sh);
-#   offload  the GPU tests of the parked optimizer and the flat AdamW (dist/tests-trainer.gz).
+#   offload  the GPU tests of the parked optimizer and the flat AdamW (dist/tests-trainer.gz);
+#   trainer-tests  the trainer's GPU tests named in TRAINER_TESTS (default "learner_graphs offload adamw");
+#   model-tests    the model's GPU tests named in MODEL_TESTS (default "graph_decode fused_prefill").
 # STEPS picks and orders them (default "moe-rl grpo train mask1": what the 2026-12-06 calls left unmeasured first,
 # then GRPO vs TRL and the training step again with every change since, and the padding mask's A/B; MASK_AB=1 adds
 # its GRPO A/B). BUDGET (570 s) is the call's seconds; each step declares what it needs (NEED_*), so a step that
@@ -84,7 +86,15 @@ for s in ${STEPS:-moe-rl grpo train mask1}; do
                gunzip -c dist/tests-trainer.gz > /tmp/tests-trainer &&
                chmod +x /tmp/tests-trainer && cd trainer && timeout 60 /tmp/tests-trainer offload adamw \
                --test-threads 1 > "$OUT/offload-tests.txt" 2>&1' ;;
-    *) echo "$s: unknown step (prefill wait rounds long grpo train norm0 mask1 moe moe-rl cudnn kernels offload)" >> "$OUT/steps.txt" ;;
+    trainer-tests) step trainer-tests ${NEED_TRAINER_TESTS:-60} bash -c '. scripts/gpu-env.sh &&
+               export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH" && gunzip -c dist/tests-trainer.gz > /tmp/tests-trainer &&
+               chmod +x /tmp/tests-trainer && cd trainer && timeout 120 /tmp/tests-trainer ${TRAINER_TESTS:-learner_graphs offload adamw} \
+               --test-threads 1 --nocapture > "$OUT/trainer-tests.txt" 2>&1' ;;
+    model-tests) step model-tests ${NEED_MODEL_TESTS:-60} bash -c '. scripts/gpu-env.sh &&
+               export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH" && gunzip -c dist/tests-model.gz > /tmp/tests-model &&
+               chmod +x /tmp/tests-model && cd model && timeout 150 /tmp/tests-model ${MODEL_TESTS:-graph_decode fused_prefill} \
+               --test-threads 1 > "$OUT/model-tests.txt" 2>&1' ;;
+    *) echo "$s: unknown step (prefill wait rounds long grpo train norm0 mask1 moe moe-rl cudnn kernels offload trainer-tests model-tests)" >> "$OUT/steps.txt" ;;
   esac
 done
 cat "$OUT/steps.txt"

@@ -15,7 +15,8 @@ SH=(--shape ${SHAPE:-qwen3-0.6b} ${LAYERS:+--layers $LAYERS})
 B=(bench train "${SH[@]}" --dtype bf16 --batch ${BATCH:-8} --seq ${SEQ:-1024}
    --warmup 2 --iters ${ITERS:-5})
 # CONFIGS picks spar's configurations (default: all four): plain ckpt sharded launch, and compact / ckpt-compact
-# (plain / ckpt with trainer.optimizer_state = "compact": no fp32 masters, bf16 first moments); NAME:M runs one with
+# (plain / ckpt with trainer.optimizer_state = "compact": no fp32 masters, bf16 first moments), graphs /
+# graphs-compact / graphs-ckpt-compact (the same with the micro-steps replayed as CUDA graphs); NAME:M runs one with
 # micro-batches of M sequences (e.g. "plain:8"). PROFILE=1 records one more step of the first configuration
 # with the torch profiler: $OUT/train-profile.md.
 prof=${PROFILE:+--profile /tmp/train-profile}
@@ -24,6 +25,8 @@ for name in ${CONFIGS:-plain ckpt sharded launch}; do
   case $name in
     plain) cfg=() ;; ckpt) cfg=(--checkpointing) ;; sharded) cfg=(--sharded) ;;
     compact) cfg=(--optimizer-state compact) ;; ckpt-compact) cfg=(--checkpointing --optimizer-state compact) ;;
+    graphs) cfg=(--learner-graphs) ;; graphs-compact) cfg=(--learner-graphs --optimizer-state compact) ;;
+    graphs-ckpt-compact) cfg=(--learner-graphs --checkpointing --optimizer-state compact) ;;
     launch) timeout 200 /tmp/spar launch --nproc-per-node 1 -- "${B[@]}" "${micro[@]}" --sharded 2>>"$OUT/bench.txt" \
               | sed 's/^\[rank 0\] //' | tail -1 >> "$OUT/bench.jsonl"; continue ;;
   esac

@@ -61,9 +61,10 @@ extern "C" __global__ void rms_norm_bf16(const unsigned short* x, const unsigned
 /// The CUDA source of every kernel of the module.
 pub fn module_source() -> String {
     format!(
-        "{SOURCE}\n{}\n{}",
+        "{SOURCE}\n{}\n{}\n{}",
         include_str!("decode_kernels.cu"),
-        include_str!("logprob_kernels.cu")
+        include_str!("logprob_kernels.cu"),
+        include_str!("optimizer_kernels.cu")
     )
 }
 
@@ -151,6 +152,7 @@ impl Kernels {
             "lp_fwd_bf16",
             "lp_bwd_f32",
             "lp_bwd_bf16",
+            "adamw_flat_f32",
         ] {
             functions.insert(
                 name,

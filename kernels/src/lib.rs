@@ -10,6 +10,7 @@ pub mod cuda_graph;
 pub mod cuda_memory;
 pub mod decode_ops;
 pub mod fused_logprob;
+pub mod optimizer_ops;
 pub mod rms_norm;
 pub mod sdpa_backends;
 pub mod torch_profiler;

@@ -590,3 +590,63 @@ fn sdpa_cudnn_switch_reads_back() {
     assert!(cudnn_enabled());
     set_cudnn_enabled(before).unwrap();
 }
+
+/// The fused AdamW kernel against its torch composition on the GPU: three steps (growing bias corrections), with
+/// and without weight decay, over a length that no block size divides, moments starting at zero and at random
+/// values, gradients spanning magnitudes from 1e-8 to 1e2. Weights and moments must agree bit for bit (the kernel
+/// replays the composition's roundings); the squared-norm sums only to double rounding (their order differs).
+#[test]
+fn fused_adamw_step_matches_the_composition_bit_for_bit_on_gpu() {
+    use spar_kernels::optimizer_ops::{AdamWStep, adamw_composition, adamw_flat_step};
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    if !tch::Cuda::is_available() || spar_kernels::cuda::kernels(0).is_none() {
+        eprintln!("skipped: no CUDA device or no NVRTC (the fused AdamW step is a CUDA kernel)");
+        return;
+    }
+    let dev = Device::Cuda(0);
+    tch::manual_seed(7);
+    let n = 1_000_003;
+    for weight_decay in [0.0, 0.1] {
+        let w0 = Tensor::randn([n], (Kind::Float, dev));
+        let m0 = Tensor::randn([n], (Kind::Float, dev)) * 1e-3;
+        let v0 = Tensor::rand([n], (Kind::Float, dev)) * 1e-4;
+        let (wa, ma, va) = (w0.copy(), m0.copy(), v0.copy());
+        let (mut wb, mut mb, mut vb) = (w0.copy(), m0.copy(), v0.copy());
+        for t in 1..=3 {
+            let scale = (Tensor::rand([n], (Kind::Float, dev)) * 10.0 - 8.0).exp2();
+            let g = Tensor::randn([n], (Kind::Float, dev)) * scale;
+            let step = AdamWStep {
+                lr: 3e-4,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay,
+                bias1: 1.0 - 0.9f64.powi(t),
+                bias2: 1.0 - 0.999f64.powi(t),
+            };
+            let sums = Tensor::zeros([2], (Kind::Double, dev));
+            assert!(
+                adamw_flat_step(&wa, &ma, &va, &g, &step, &sums).unwrap(),
+                "the kernel must run"
+            );
+            let (before, delta) = adamw_composition(&mut wb, &mut mb, &mut vb, &g, &step);
+            for (name, a, b) in [("weights", &wa, &wb), ("m", &ma, &mb), ("v", &va, &vb)] {
+                let differ = a.ne_tensor(b).sum(Kind::Int64).int64_value(&[]);
+                assert_eq!(
+                    differ, 0,
+                    "decay {weight_decay}, step {t}: {differ} {name} differ"
+                );
+            }
+            let got = Vec::<f64>::try_from(&sums).unwrap();
+            for (name, x, want) in [
+                ("before", got[0], before.double_value(&[])),
+                ("delta", got[1], delta.double_value(&[])),
+            ] {
+                assert!(
+                    (x - want).abs() <= 1e-9 * want.abs(),
+                    "decay {weight_decay}, step {t}: {name} sum {x} against {want}"
+                );
+            }
+        }
+    }
+}

@@ -32,12 +32,16 @@ pub use hf_ranges::{HfRanges, read_safetensors_range, read_safetensors_tensor};
 pub use moe::{RoutingSums, aux_load_balancing_loss, aux_load_balancing_loss_masked, routing_sums};
 pub use param_units::{GradsReady, ParamUnits, Unit};
 pub use qwen3::{ForwardInput, ForwardOutput, Qwen3Model, positions_from_seq_ids};
+/// CUDA graphs, re-exported for the trainer's graphed micro-steps (`spar_trainer::learner_graphs`).
+pub use spar_kernels::cuda_graph;
 /// The GPU's memory now (the KV cache is sized from it) and the caching allocator's events (the rollout's time line):
 /// re-exported so the rollout needs no kernels dependency.
 pub use spar_kernels::cuda_memory::{
     AllocatorEvents, DeviceMemory, allocator_events as cuda_allocator_events,
     memory_now as cuda_memory_now,
 };
+/// The fused AdamW step, re-exported for the trainer's optimizer.
+pub use spar_kernels::optimizer_ops;
 /// The torch profiler (Kineto) and its named spans, re-exported for the same reason: the engine and the
 /// trainer mark their phases with `torch_profiler::range`.
 pub use spar_kernels::torch_profiler;

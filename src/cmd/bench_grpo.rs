@@ -47,6 +47,9 @@ pub struct Args {
     /// Recompute layers in backward.
     #[arg(long)]
     checkpointing: bool,
+    /// Replay the update's micro-steps as CUDA graphs (`trainer.learner_cuda_graphs`).
+    #[arg(long)]
+    learner_graphs: bool,
     #[command(flatten)]
     optimizer: super::bench_train::OptimizerArgs,
     /// Record the last iteration with the torch profiler: DIR/grpo.md (spans, host ops, GPU kernels, CUDA
@@ -76,6 +79,7 @@ pub fn run(args: Args) -> Result<()> {
         token_budget: 0,
         loss_agg: LossAgg::TokenMean,
         optimizer_state: args.optimizer.optimizer_state,
+        learner_cuda_graphs: args.learner_graphs,
         ..Default::default()
     };
     let batching = batching_config(&tr)?;
@@ -195,6 +199,7 @@ pub fn run(args: Args) -> Result<()> {
                "learn_s": t_learn, "generate_tokens_per_s": generated as f64 / t_gen,
                "loss": reports.last().map(|r| r.loss), "grad_norm": reports.last().map(|r| r.grad_norm),
                "peak_gib": peak_gib(device)?,
+               "learner_graphs": super::bench_train::learner_graphs_state(&learner),
                // The engine's A/B switches, so that lines of one call tell their runs apart.
                "graph_sampling": engine::graph_sampling_enabled(), "fused_prefill": engine::fused_prefill_enabled(),
                "fused_sampling": device.is_cuda() && spar_kernels::decode_ops::fused_sampling_enabled()});

@@ -37,6 +37,9 @@ pub struct Args {
     /// Fully sharded parameters, gradients and optimizer over the launched ranks.
     #[arg(long)]
     sharded: bool,
+    /// Replay each micro-batch's forward and backward as a CUDA graph (`trainer.learner_cuda_graphs`).
+    #[arg(long)]
+    learner_graphs: bool,
     #[command(flatten)]
     optimizer: OptimizerArgs,
     /// The GPU's dense bf16 peak in TFLOP/s, for the model FLOPs utilisation (`mfu`) on CUDA. The default is
@@ -47,6 +50,15 @@ pub struct Args {
     /// kernels, CUDA runtime calls) and DIR/train.trace.json.gz (Chrome trace); `train-rankR.*` when launched.
     #[arg(long, value_name = "DIR")]
     profile: Option<std::path::PathBuf>,
+}
+
+/// What a training bench's line says of the learner's CUDA graphs: null without them, else how many it recorded or
+/// why they turned off.
+pub fn learner_graphs_state(learner: &spar_trainer::learner::Learner) -> Option<String> {
+    learner.cuda_graphs.as_ref().map(|g| match g.off_reason() {
+        Some(why) => format!("off: {why}"),
+        None => format!("{} recorded", g.recorded()),
+    })
 }
 
 /// `--optimizer-state`, shared by the benches that train.
@@ -131,6 +143,7 @@ pub fn run(args: Args) -> Result<()> {
         micro_batch: args.micro_batch,
         token_budget: 0,
         optimizer_state: args.optimizer.optimizer_state,
+        learner_cuda_graphs: args.learner_graphs,
         ..Default::default()
     };
     let batching = BatchingConfig {
@@ -213,6 +226,7 @@ pub fn run(args: Args) -> Result<()> {
             "dtype": args.model.dtype, "batch": args.batch, "micro_batch": args.micro_batch, "seq": args.seq,
             "device": format!("{device:?}"), "world_size": world, "sharded": args.sharded,
             "checkpointing": args.checkpointing || args.sharded, "iters": args.iters,
+            "learner_graphs": learner_graphs_state(&learner),
             "seconds_per_step": secs / args.iters as f64, "tokens_per_s": tokens / secs, "loss": loss,
             "model_tflops_per_s": model_tflops,
             "mfu": device.is_cuda().then(|| model_tflops / args.peak_tflops),

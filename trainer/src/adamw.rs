@@ -599,9 +599,9 @@ impl AdamW {
     }
 }
 
-/// One AdamW update of `target` (fp32 weights) with fp32 moments `m`, `v` and gradient `g`, in place; returns
-/// (||target before||^2, ||target after - target before||^2) as device scalars. `bias`: the bias corrections
-/// (1 - beta1^t, 1 - beta2^t).
+/// One AdamW step of `target` (fp32), `m`, `v` with gradient `g` (fp32): the fused kernel on a GPU, torch ops
+/// elsewhere (`spar_model::optimizer_ops`, the same bits). Returns the device scalars (||target||^2 before,
+/// ||delta||^2).
 fn update(
     target: &mut Tensor,
     m: &mut Tensor,
@@ -609,26 +609,18 @@ fn update(
     g: &Tensor,
     lr: f64,
     c: AdamWConfig,
-    (bc1, bc2): (f64, f64),
+    (bias1, bias2): (f64, f64),
 ) -> (Tensor, Tensor) {
-    let before_sq = target.square().sum(Kind::Double);
-    // theta_after = theta (1 - lr wd) - update, so delta = -(lr wd theta + update).
-    let decay = (c.weight_decay != 0.0).then(|| &*target * (lr * c.weight_decay));
-    if c.weight_decay != 0.0 {
-        let _ = target.g_mul_scalar_(1.0 - lr * c.weight_decay);
-    }
-    let _ = m.g_mul_scalar_(c.beta1);
-    let _ = m.g_add_(&(g * (1.0 - c.beta1)));
-    let _ = v.g_mul_scalar_(c.beta2);
-    let _ = v.g_add_(&(g * g * (1.0 - c.beta2)));
-    let denom = v.sqrt() / bc2.sqrt() + c.eps;
-    let update = &*m / denom * (lr / bc1);
-    let delta_sq = match &decay {
-        Some(d) => (d + &update).square().sum(Kind::Double),
-        None => update.square().sum(Kind::Double),
+    let step = spar_model::optimizer_ops::AdamWStep {
+        lr,
+        beta1: c.beta1,
+        beta2: c.beta2,
+        eps: c.eps,
+        weight_decay: c.weight_decay,
+        bias1,
+        bias2,
     };
-    let _ = target.g_sub_(&update);
-    (before_sq, delta_sq)
+    spar_model::optimizer_ops::adamw_step(target, m, v, g, &step)
 }
 
 /// `pieces` (their lengths summing to `n`) back to back in one new fp32 tensor on `device`.

@@ -85,7 +85,8 @@ pub fn distill_update(
         items,
         batching,
         device,
-        |mb, logp, agg| {
+        false,
+        &mut |mb, logp, agg| {
             let teacher = &mb.rollout_logp;
             let finite = logp.isfinite().logical_and(&teacher.isfinite());
             let mask = &mb.mask * finite.to_kind(Kind::Float);

@@ -78,6 +78,9 @@ pub fn new_learner(
         offload_optimizer: tr.offload_optimizer,
         optimizer_parked: false,
         at_rest: crate::sharded::AtRest::Whole,
+        cuda_graphs: (tr.learner_cuda_graphs
+            && crate::learner_graphs::LearnerGraphs::supported(model.device()))
+        .then(Default::default),
     })
 }
 

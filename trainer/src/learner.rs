@@ -17,8 +17,11 @@ use crate::agg::{AggMode, Aggregator};
 use crate::batch::{MicroBatch, TrainItem, collate, plan_micro_batches, totals};
 use crate::distill;
 use crate::grad_sum::OverlappedGradSum;
+use crate::learner_graphs::{LearnerGraphs, StepKind};
 use crate::policy::{Policy, PolicyInput, PolicyOutput};
-use crate::policy_loss::{LossStats, PolicyLossConfig, PolicyLossInput, policy_loss};
+use crate::policy_loss::{
+    LossStats, PolicyLossConfig, PolicyLossInput, policy_loss, policy_loss_parts, stat,
+};
 use crate::schedule::LrSchedule;
 use crate::sharded::{AtRest, ShardedParams};
 use anyhow::{Result, bail};
@@ -68,6 +71,9 @@ pub struct Learner {
     pub optimizer_parked: bool,
     /// What a sharded learner ([`Learner::shard`]) keeps between updates (`[distributed] weights_at_rest`).
     pub at_rest: AtRest,
+    /// `trainer.learner_cuda_graphs`: supervised micro-steps replay CUDA graphs (see [`crate::learner_graphs`]);
+    /// None: eager.
+    pub cuda_graphs: Option<LearnerGraphs>,
 }
 
 /// What one optimisation step did.
@@ -298,6 +304,17 @@ impl Learner {
         Ok(())
     }
 
+    /// Whether a step runs in this process alone with nothing counted on the host between forward and backward
+    /// (one rank, not sharded, no expert parallelism, no load-balancing loss): what the learner's CUDA graphs
+    /// need (see [`crate::learner_graphs`]).
+    fn plain_step(&self, aux_tokens: Option<f64>) -> bool {
+        self.group.world_size() == 1
+            && self.sharded.is_none()
+            && self.grad_sum.is_none()
+            && !self.expert_parallel
+            && aux_tokens.is_none()
+    }
+
     /// The real tokens of the batch over every rank, when the MoE load-balancing loss is on (see
     /// [`crate::aux_loss`]).
     fn aux_tokens(&self, mbs: &[MicroBatch]) -> Result<Option<f64>> {
@@ -421,7 +438,7 @@ pub fn logprobs_and_entropy(
 }
 
 /// Log-probs and entropy of a forward's output (both carry gradient).
-fn output_logprobs_and_entropy(
+pub(crate) fn output_logprobs_and_entropy(
     out: &PolicyOutput,
     targets: &Tensor,
     temperature: f64,
@@ -432,9 +449,98 @@ fn output_logprobs_and_entropy(
 
 /// The number of `mb`'s trained tokens that are `argmax` (the policy's greedy choice).
 fn greedy_tokens(argmax: &Tensor, mb: &MicroBatch) -> f64 {
-    (argmax.eq_tensor(&mb.targets).to_kind(Kind::Float) * &mb.mask)
-        .sum(Kind::Double)
-        .double_value(&[])
+    greedy_count(argmax, mb).double_value(&[])
+}
+
+/// [`greedy_tokens`] on the device (float64 scalar).
+fn greedy_count(argmax: &Tensor, mb: &MicroBatch) -> Tensor {
+    (argmax.eq_tensor(&mb.targets).to_kind(Kind::Float) * &mb.mask).sum(Kind::Double)
+}
+
+/// The RL micro-step of `mb` through the learner's graphs: forward, log-probs (pi_old from this forward when
+/// `mb` has none), the policy loss with unit denominators times the graph's scale, backward. Outputs: float64
+/// `[stat::STAT_COUNT + 2]` (the loss statistics, the loss, the greedy-token count) and, without pi_old, this
+/// forward's detached log-probs.
+fn rl_graph_step(
+    g: &mut LearnerGraphs,
+    policy: &dyn Policy,
+    mb: &MicroBatch,
+    cfg: &PolicyLossConfig,
+    agg: &Aggregator,
+) -> Result<Vec<Tensor>> {
+    let unit = crate::learner_graphs::unit_aggregator(agg);
+    let scale = crate::learner_graphs::inverse_denominator(agg);
+    g.run(StepKind::Rl, mb, scale, &mut |mb, scale| {
+        let fwd = forward_mb(policy, mb)?;
+        let routed = fwd.routing.is_some();
+        let (logp, entropy, old, greedy) = match &mb.old_logp {
+            Some(old) => {
+                let (logp, entropy) =
+                    output_logprobs_and_entropy(&fwd, &mb.targets, cfg.temperature)?;
+                (logp, entropy, old.shallow_clone(), None)
+            }
+            None => {
+                let opts = LogprobOptions::at(cfg.temperature)
+                    .with_entropy()
+                    .with_argmax();
+                let o = fwd.token_logprobs(&mb.targets, &opts)?;
+                let greedy = greedy_count(&o.argmax.expect("asked for"), mb);
+                let old = o.logp.detach();
+                (o.logp, o.entropy.expect("asked for"), old, Some(greedy))
+            }
+        };
+        let parts = policy_loss_parts(
+            cfg,
+            &unit,
+            &PolicyLossInput {
+                logp: &logp,
+                old_logp: &old,
+                rollout_logp: &mb.rollout_logp,
+                ref_logp: mb.ref_logp.as_ref(),
+                entropy: Some(&entropy),
+                advantages: &mb.advantages,
+                mask: &mb.mask,
+                seq_ids: &mb.seq_ids,
+                n_seqs: mb.n_seqs,
+                seg_ids: &mb.seg_ids,
+                n_segs: mb.n_segs,
+            },
+        );
+        let loss = parts.loss * scale;
+        let greedy = greedy.unwrap_or_else(|| Tensor::zeros([], (Kind::Double, loss.device())));
+        let out = Tensor::cat(
+            &[
+                parts.stats,
+                loss.detach().to_kind(Kind::Double).reshape([1]),
+                greedy.reshape([1]),
+            ],
+            0,
+        );
+        policy.backward(&loss, &fwd)?;
+        let mut outs = vec![out];
+        if mb.old_logp.is_none() {
+            outs.push(old);
+        }
+        Ok((outs, routed))
+    })
+}
+
+/// The sums of [`rl_graph_step`]'s first output before any micro-batch.
+fn rl_graph_acc(device: Device) -> Tensor {
+    Tensor::cat(
+        &[
+            crate::policy_loss::empty_stats(device),
+            Tensor::zeros([2], (Kind::Double, device)),
+        ],
+        0,
+    )
+}
+
+/// Adds one [`rl_graph_step`] output into `acc` ([`rl_graph_acc`]).
+fn accumulate_rl_graph(acc: &mut Tensor, out: &Tensor) {
+    let n = stat::STAT_COUNT as i64;
+    crate::policy_loss::accumulate_stats(&mut acc.narrow(0, 0, n), &out.narrow(0, 0, n));
+    let _ = acc.narrow(0, n, 2).g_add_(&out.narrow(0, n, 2));
 }
 
 /// Collates the planned micro-batches.
@@ -816,7 +922,37 @@ pub fn rl_update_with(
         let (mut vloss_sum, mut vclip) = (0.0, 0.0);
         let mut stats = LossStats::default();
         let (n_mbs, mut olds, mut greedy_now) = (mbs.len(), Vec::new(), 0.0);
+        // The learner's CUDA graphs, where nothing in the step talks to other ranks or counts on the host.
+        let use_graphs = learner.plain_step(aux_tokens)
+            && extras.critic.is_none()
+            && learner
+                .cuda_graphs
+                .as_ref()
+                .is_some_and(|g| g.off_reason().is_none());
+        let mut graphs = if use_graphs {
+            learner.cuda_graphs.take()
+        } else {
+            None
+        };
+        let mut graph_acc = graphs.as_ref().map(|_| rl_graph_acc(device));
+        if let Some(g) = &mut graphs {
+            g.begin_step(policy)?;
+        }
         for (i, mb) in mbs.iter().enumerate() {
+            if let (Some(g), Some(acc)) = (
+                graphs
+                    .as_mut()
+                    .filter(|g| g.off_reason().is_none() && !mb.padding),
+                graph_acc.as_mut(),
+            ) {
+                let _span = range("learn/micro_step_graph");
+                let outs = rl_graph_step(g, policy, mb, loss_cfg, &agg)?;
+                accumulate_rl_graph(acc, &outs[0]);
+                if mb.old_logp.is_none() {
+                    olds.push((i, outs[1].copy()));
+                }
+                continue;
+            }
             if i + 1 == n_mbs {
                 learner.last_backward();
             }
@@ -897,6 +1033,19 @@ pub fn rl_update_with(
             let _span = range("learn/backward");
             policy.backward(&loss, &fwd)?;
         }
+        if let Some(g) = graphs {
+            learner.cuda_graphs = Some(g);
+        }
+        if let Some(acc) = graph_acc {
+            let v = Vec::<f64>::try_from(&acc)?;
+            stats.add(&LossStats::read(&acc.narrow(
+                0,
+                0,
+                stat::STAT_COUNT as i64,
+            ))?);
+            loss_sum += v[stat::STAT_COUNT];
+            greedy_now += v[stat::STAT_COUNT + 1];
+        }
         let _span = range("learn/optimizer");
         let (loss_sum, grad_norm, lr, skipped) = learner.apply(loss_sum)?;
         learner.global_stats(&mut stats)?;
@@ -961,23 +1110,27 @@ pub fn sft_update(
     batching: &BatchingConfig,
     device: Device,
 ) -> Result<StepReport> {
-    supervised_step(policy, learner, items, batching, device, |mb, logp, agg| {
+    let mut loss = |mb: &MicroBatch, logp: &Tensor, agg: &Aggregator| {
         let loss = distill::sft_loss(logp, &mb.mask, &mb.seq_ids, mb.n_seqs, agg);
         (loss, mb.mask.shallow_clone())
-    })
+    };
+    supervised_step(policy, learner, items, batching, device, true, &mut loss)
 }
 
 /// The frame of a step whose loss needs no pi_old (SFT, offline distillation): micro-batches, the aggregator
 /// over the whole batch, forward, the router aux loss, entropy statistics, backward, one optimizer step.
 /// `token_loss(micro_batch, logp, aggregator)` gives the micro-batch's loss and the mask of the tokens it trains
-/// (the statistics count those).
+/// (the statistics count those). `graphable`: `token_loss` reads only the micro-batch's tensors that
+/// [`crate::learner_graphs`] keeps static (ids, positions, targets, mask, sequence ids), so the learner's
+/// CUDA graphs may record it.
 pub(crate) fn supervised_step(
     policy: &dyn Policy,
     learner: &mut Learner,
     items: &[TrainItem],
     batching: &BatchingConfig,
     device: Device,
-    mut token_loss: impl FnMut(&MicroBatch, &Tensor, &Aggregator) -> (Tensor, Tensor),
+    graphable: bool,
+    token_loss: &mut crate::learner_graphs::TokenLoss<'_>,
 ) -> Result<StepReport> {
     learner.begin_update(device)?;
     let mut mbs = micro_batches(items, batching, device)?;
@@ -993,35 +1146,68 @@ pub(crate) fn supervised_step(
     let aux_tokens = learner.aux_tokens(&mbs)?;
     let mut loss_sum = 0.0;
     let mut stats = LossStats::default();
-    for (i, mb) in mbs.iter().enumerate() {
-        if i + 1 == mbs.len() {
-            // Padding micro-batches included: every rank must start the same reductions at the same point.
-            learner.last_backward();
+    // The learner's CUDA graphs, where nothing in the step talks to other ranks or counts on the host.
+    let use_graphs = graphable
+        && learner.plain_step(aux_tokens)
+        && learner
+            .cuda_graphs
+            .as_ref()
+            .is_some_and(|g| g.off_reason().is_none());
+    // Taken for the loop (which reads the learner) and put back after it, even when a micro-step fails.
+    let mut graphs = if use_graphs {
+        learner.cuda_graphs.take()
+    } else {
+        None
+    };
+    let mut graph_sums = Tensor::zeros([3], (Kind::Double, device));
+    let looped = (|| -> Result<()> {
+        if let Some(g) = &mut graphs {
+            g.begin_step(policy)?;
         }
-        let span = range("learn/forward");
-        let fwd = forward_mb(policy, mb)?;
-        let aux = learner.micro_step_aux(&fwd, mb, aux_tokens)?;
-        if mb.padding {
+        for (i, mb) in mbs.iter().enumerate() {
+            if let Some(g) = graphs.as_mut().filter(|g| g.off_reason().is_none()) {
+                let _span = range("learn/micro_step_graph");
+                g.supervised_step(policy, mb, &agg, token_loss, &mut graph_sums)?;
+                continue;
+            }
+            if i + 1 == mbs.len() {
+                // Padding micro-batches included: every rank must start the same reductions at the same point.
+                learner.last_backward();
+            }
+            let span = range("learn/forward");
+            let fwd = forward_mb(policy, mb)?;
+            let aux = learner.micro_step_aux(&fwd, mb, aux_tokens)?;
+            if mb.padding {
+                drop(span);
+                let _span = range("learn/backward");
+                policy.backward(&padding_loss(&fwd)?, &fwd)?;
+                continue;
+            }
+            // Supervised targets are not samples of the policy: the policy's own distribution (temperature 1).
+            let (logp, entropy) = output_logprobs_and_entropy(&fwd, &mb.targets, 1.0)?;
+            let (mut loss, mask) = token_loss(mb, &logp, &agg);
+            if let Some(aux) = aux {
+                loss = loss + aux * learner.aux_loss_coef;
+            }
+            stats.tokens += mask.sum(Kind::Double).double_value(&[]);
+            stats.entropy_sum += (entropy.detach() * &mask)
+                .sum(Kind::Double)
+                .double_value(&[]);
+            loss_sum += loss.double_value(&[]);
             drop(span);
             let _span = range("learn/backward");
-            policy.backward(&padding_loss(&fwd)?, &fwd)?;
-            continue;
+            policy.backward(&loss, &fwd)?;
         }
-        // Supervised targets are not samples of the policy: the policy's own distribution (temperature 1).
-        let (logp, entropy) = output_logprobs_and_entropy(&fwd, &mb.targets, 1.0)?;
-        let (mut loss, mask) = token_loss(mb, &logp, &agg);
-        if let Some(aux) = aux {
-            loss = loss + aux * learner.aux_loss_coef;
-        }
-        stats.tokens += mask.sum(Kind::Double).double_value(&[]);
-        stats.entropy_sum += (entropy.detach() * &mask)
-            .sum(Kind::Double)
-            .double_value(&[]);
-        loss_sum += loss.double_value(&[]);
-        drop(span);
-        let _span = range("learn/backward");
-        policy.backward(&loss, &fwd)?;
+        Ok(())
+    })();
+    if let Some(g) = graphs {
+        learner.cuda_graphs = Some(g);
+        let sums = Vec::<f64>::try_from(&graph_sums)?;
+        loss_sum += sums[0];
+        stats.tokens += sums[1];
+        stats.entropy_sum += sums[2];
     }
+    looped?;
     let _span = range("learn/optimizer");
     let (loss_sum, grad_norm, lr, skipped) = learner.apply(loss_sum)?;
     learner.global_stats(&mut stats)?;

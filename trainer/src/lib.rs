@@ -42,6 +42,7 @@ pub mod gae;
 pub mod grad_sum;
 pub mod knobs;
 pub mod learner;
+pub mod learner_graphs;
 pub mod metrics;
 pub mod off_policy;
 pub mod offline_step;

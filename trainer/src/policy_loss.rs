@@ -226,8 +226,84 @@ fn extremum(a: Option<f64>, b: Option<f64>, pick: fn(f64, f64) -> f64) -> Option
     }
 }
 
-fn sum_f64(t: &Tensor) -> f64 {
-    t.sum(Kind::Double).double_value(&[])
+/// Where each statistic sits in [`PolicyLossParts::stats`] (float64 `[STAT_COUNT]`): sums first (added
+/// across micro-batches), then extrema (combined by maximum; the ratio's minimum is stored negated).
+pub mod stat {
+    pub const TOKENS: usize = 0;
+    pub const PG_LOSS: usize = 1;
+    pub const CLIPPED_LOW: usize = 2;
+    pub const CLIPPED_HIGH: usize = 3;
+    pub const RATIO_SUM: usize = 4;
+    pub const KL_SUM: usize = 5;
+    pub const ENTROPY_SUM: usize = 6;
+    pub const MISMATCH_SUM: usize = 7;
+    pub const TIS_TRUNCATED: usize = 8;
+    pub const NON_FINITE: usize = 9;
+    pub const OUTSIDE_STEPS: usize = 10;
+    /// The sums end here; the extrema follow.
+    pub const SUMS: usize = 11;
+    pub const NEG_RATIO_MIN: usize = 11;
+    pub const RATIO_MAX: usize = 12;
+    pub const MISMATCH_MAX: usize = 13;
+    pub const STAT_COUNT: usize = 14;
+}
+
+impl LossStats {
+    /// The statistics of [`policy_loss_parts`]'s tensor (float64 `[stat::STAT_COUNT]`), read from the device
+    /// once.
+    pub fn read(stats: &Tensor) -> anyhow::Result<LossStats> {
+        let v = Vec::<f64>::try_from(&stats.to_kind(Kind::Double))?;
+        anyhow::ensure!(
+            v.len() == stat::STAT_COUNT,
+            "loss statistics: {} values, expected {}",
+            v.len(),
+            stat::STAT_COUNT
+        );
+        let counted = v[stat::TOKENS] > 0.0;
+        Ok(LossStats {
+            tokens: v[stat::TOKENS],
+            pg_loss: v[stat::PG_LOSS],
+            clipped_low: v[stat::CLIPPED_LOW],
+            clipped_high: v[stat::CLIPPED_HIGH],
+            ratio_sum: v[stat::RATIO_SUM],
+            ratio_min: counted.then(|| -v[stat::NEG_RATIO_MIN]),
+            ratio_max: counted.then_some(v[stat::RATIO_MAX]),
+            kl_sum: v[stat::KL_SUM],
+            entropy_sum: v[stat::ENTROPY_SUM],
+            mismatch_sum: v[stat::MISMATCH_SUM],
+            mismatch_max: v[stat::MISMATCH_MAX],
+            tis_truncated: v[stat::TIS_TRUNCATED],
+            non_finite: v[stat::NON_FINITE],
+            outside_steps: v[stat::OUTSIDE_STEPS],
+        })
+    }
+}
+
+/// Adds micro-batch statistics `more` into `acc` (both float64 `[stat::STAT_COUNT]` on one device): sums add,
+/// extrema take the maximum.
+pub fn accumulate_stats(acc: &mut Tensor, more: &Tensor) {
+    let _ = acc
+        .narrow(0, 0, stat::SUMS as i64)
+        .g_add_(&more.narrow(0, 0, stat::SUMS as i64));
+    let n = (stat::STAT_COUNT - stat::SUMS) as i64;
+    let mut ext = acc.narrow(0, stat::SUMS as i64, n);
+    let both = ext.maximum(&more.narrow(0, stat::SUMS as i64, n));
+    ext.copy_(&both);
+}
+
+/// Statistics with nothing counted yet (sums 0, extrema -inf), to [`accumulate_stats`] into.
+pub fn empty_stats(device: tch::Device) -> Tensor {
+    let mut v = vec![0.0f64; stat::STAT_COUNT];
+    for x in &mut v[stat::SUMS..] {
+        *x = f64::NEG_INFINITY;
+    }
+    // The mismatch's maximum starts at 0, as [`LossStats`]'s default does.
+    v[stat::MISMATCH_MAX] = 0.0;
+    Tensor::from_slice(&v).to_device(device)
+}
+
+fn sum_f64(t: &Tensor) -> Tensor {
+    t.sum(Kind::Double)
 }
 
 /// Mean of `values` over groups `ids` (`0..n`, -1 ignored) under `mask`, gathered back to every token.
@@ -238,12 +314,35 @@ fn group_mean_per_token(values: &Tensor, mask: &Tensor, ids: &Tensor, n: usize) 
     flat.reshape(values.size())
 }
 
-/// The clipped policy-gradient loss (+ KL and entropy terms), aggregated by `agg`.
+/// The clipped policy-gradient loss (+ KL and entropy terms), aggregated by `agg`, with its statistics read
+/// from the device (once).
 pub fn policy_loss(
     cfg: &PolicyLossConfig,
     agg: &Aggregator,
     x: &PolicyLossInput,
 ) -> PolicyLossOutput {
+    let parts = policy_loss_parts(cfg, agg, x);
+    let stats =
+        LossStats::read(&parts.stats).unwrap_or_else(|e| panic!("policy loss statistics: {e:#}"));
+    PolicyLossOutput {
+        loss: parts.loss,
+        stats,
+    }
+}
+
+/// [`policy_loss`] with its statistics left on the device (no host synchronisation: a CUDA graph may record it).
+pub struct PolicyLossParts {
+    pub loss: Tensor,
+    /// float64 `[stat::STAT_COUNT]`, laid out as [`stat`] says.
+    pub stats: Tensor,
+}
+
+/// The clipped policy-gradient loss and its statistics as device tensors (see [`policy_loss`]).
+pub fn policy_loss_parts(
+    cfg: &PolicyLossConfig,
+    agg: &Aggregator,
+    x: &PolicyLossInput,
+) -> PolicyLossParts {
     let finite = x
         .logp
         .isfinite()
@@ -257,10 +356,11 @@ pub fn policy_loss(
     );
     let mut keep = sampled.logical_and(&finite);
     let zeros = x.logp.zeros_like();
+    let zero = || Tensor::zeros([], (Kind::Double, x.logp.device()));
     let logp = x.logp.where_self(&finite, &zeros);
     let old = x.old_logp.where_self(&finite, &zeros).detach();
     let rollout = x.rollout_logp.where_self(&finite, &zeros).detach();
-    let mut outside_steps = 0.0;
+    let mut outside_steps = zero();
     if cfg.level == RatioLevel::Segment {
         let in_step = x.seg_ids.ge(0);
         outside_steps = sum_f64(
@@ -293,7 +393,7 @@ pub fn policy_loss(
     // Truncated importance sampling: pi_old / pi_rollout, capped at C, per token; no gradient.
     let diff = (&old - &rollout) * &mask;
     let mismatch = diff.abs();
-    let mut tis_truncated = 0.0;
+    let mut tis_truncated = zero();
     if cfg.tis_cap > 0.0 {
         let w_raw = diff.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp();
         tis_truncated = sum_f64(&(w_raw.gt(cfg.tis_cap).to_kind(Kind::Float) * &mask));
@@ -301,7 +401,7 @@ pub fn policy_loss(
     }
 
     let mut loss = agg.apply(&pg, &mask, x.seq_ids, x.n_seqs);
-    let mut kl_sum = 0.0;
+    let mut kl_sum = zero();
     if let Some(ref_logp) = x.ref_logp {
         let kl = cfg
             .kl_estimator
@@ -311,7 +411,7 @@ pub fn policy_loss(
             loss = loss + agg.apply(&kl, &mask, x.seq_ids, x.n_seqs) * cfg.kl_coef;
         }
     }
-    let mut entropy_sum = 0.0;
+    let mut entropy_sum = zero();
     if let Some(ent) = x.entropy {
         entropy_sum = sum_f64(&(ent.detach() * &mask));
         if cfg.entropy_coef != 0.0 {
@@ -320,51 +420,40 @@ pub fn policy_loss(
     }
 
     let ratio_d = ratio.detach();
-    let tokens = sum_f64(&mask);
-    let (ratio_min, ratio_max) = masked_range(&ratio_d, &mask, tokens);
-    let stats = LossStats {
-        tokens,
-        pg_loss: sum_f64(&(pg.detach() * &mask)),
-        clipped_low: sum_f64(
-            &(ratio_d
-                .lt(1.0 - cfg.eps_low)
-                .logical_and(&adv.lt(0.0))
-                .to_kind(Kind::Float)
-                * &mask),
-        ),
-        clipped_high: sum_f64(
-            &(ratio_d
-                .gt(1.0 + cfg.eps_high)
-                .logical_and(&adv.gt(0.0))
-                .to_kind(Kind::Float)
-                * &mask),
-        ),
-        ratio_sum: sum_f64(&(&ratio_d * &mask)),
-        ratio_min,
-        ratio_max,
-        kl_sum,
-        entropy_sum,
-        mismatch_sum: sum_f64(&mismatch),
-        mismatch_max: mismatch.max().double_value(&[]),
-        tis_truncated,
-        non_finite,
-        outside_steps,
-    };
-    PolicyLossOutput { loss, stats }
-}
-
-/// (min, max) of `values` where `mask` > 0, given the mask's sum `tokens`; None without such a token.
-fn masked_range(values: &Tensor, mask: &Tensor, tokens: f64) -> (Option<f64>, Option<f64>) {
-    if tokens <= 0.0 {
-        return (None, None);
+    let ratio_masked = ratio_d.to_kind(Kind::Double);
+    let off = mask.le(0.0);
+    let mut stats: Vec<Tensor> = (0..stat::STAT_COUNT).map(|_| zero()).collect();
+    stats[stat::TOKENS] = sum_f64(&mask);
+    stats[stat::PG_LOSS] = sum_f64(&(pg.detach() * &mask));
+    stats[stat::CLIPPED_LOW] = sum_f64(
+        &(ratio_d
+            .lt(1.0 - cfg.eps_low)
+            .logical_and(&adv.lt(0.0))
+            .to_kind(Kind::Float)
+            * &mask),
+    );
+    stats[stat::CLIPPED_HIGH] = sum_f64(
+        &(ratio_d
+            .gt(1.0 + cfg.eps_high)
+            .logical_and(&adv.gt(0.0))
+            .to_kind(Kind::Float)
+            * &mask),
+    );
+    stats[stat::RATIO_SUM] = sum_f64(&(&ratio_d * &mask));
+    stats[stat::KL_SUM] = kl_sum;
+    stats[stat::ENTROPY_SUM] = entropy_sum;
+    stats[stat::MISMATCH_SUM] = sum_f64(&mismatch);
+    stats[stat::TIS_TRUNCATED] = tis_truncated;
+    stats[stat::NON_FINITE] = non_finite;
+    stats[stat::OUTSIDE_STEPS] = outside_steps;
+    // Extrema over counted tokens (-inf where none is counted: the maximum of an empty set).
+    stats[stat::NEG_RATIO_MIN] = (-&ratio_masked).masked_fill(&off, f64::NEG_INFINITY).max();
+    stats[stat::RATIO_MAX] = ratio_masked.masked_fill(&off, f64::NEG_INFINITY).max();
+    stats[stat::MISMATCH_MAX] = mismatch.max().to_kind(Kind::Double);
+    PolicyLossParts {
+        loss,
+        stats: Tensor::stack(&stats, 0),
     }
-    let (v, off) = (values.to_kind(Kind::Double), mask.le(0.0));
-    let min = v.masked_fill(&off, f64::INFINITY).min().double_value(&[]);
-    let max = v
-        .masked_fill(&off, f64::NEG_INFINITY)
-        .max()
-        .double_value(&[]);
-    (Some(min), Some(max))
 }
 
 /// Log-prob of each target under softmax(logits / temperature) ([B, T, V], [B, T] int64 -> [B, T]); float32

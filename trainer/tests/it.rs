@@ -8,6 +8,7 @@ mod it {
     mod fused_logprobs;
     mod gae;
     mod gradcheck;
+    mod learner_graphs;
     mod loss;
     mod metrics;
     mod offload;

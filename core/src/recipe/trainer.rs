@@ -145,6 +145,11 @@ pub struct TrainerSection {
     /// AdamW's state for bf16 weights: fp32 masters and moments, or compact (bf16 compensation and first
     /// moment). Plain learners only: a sharded learner's masters are fp32 chunks already.
     pub optimizer_state: OptimizerState,
+    /// Record the supervised micro-step (forward, loss, backward of one micro-batch shape) as a CUDA graph and
+    /// replay it (PyTorch's `make_graphed_callables` for the whole step): on a GPU the eager step of a small
+    /// model is bound by the host's op dispatch. Dense models on one process only; MoE and distributed
+    /// learners stay eager. Off by default.
+    pub learner_cuda_graphs: bool,
     /// Teachers of the distillation stages (`[trainer.distill]`): offline Clip-Forward-KL when
     /// `policy_loss = "distill"`, on-policy reverse KL added to the RL advantages otherwise.
     pub distill: DistillConfig,
@@ -334,6 +339,7 @@ impl Default for TrainerSection {
             rl_aux_loss_coef: None,
             offload_optimizer: false,
             optimizer_state: OptimizerState::Fp32,
+            learner_cuda_graphs: false,
             distill: DistillConfig::default(),
             gae: GaeConfig::default(),
             sft_expert: SftExpertConfig::default(),

@@ -69,6 +69,7 @@ pub fn learner(vs: &nn::VarStore, lr: f64) -> spar_trainer::learner::Learner {
         offload_optimizer: false,
         optimizer_parked: false,
         at_rest: spar_trainer::sharded::AtRest::Whole,
+        cuda_graphs: None,
     }
 }
 

@@ -49,6 +49,7 @@ fn learner(model: &TinyLm) -> Learner {
         offload_optimizer: false,
         optimizer_parked: false,
         at_rest: spar_trainer::sharded::AtRest::Whole,
+        cuda_graphs: None,
     }
 }
 

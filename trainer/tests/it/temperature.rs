@@ -130,6 +130,7 @@ fn trainer_old_logprobs_equal_the_engines_rollout_logprobs_at_the_sampling_tempe
         offload_optimizer: false,
         optimizer_parked: false,
         at_rest: spar_trainer::sharded::AtRest::Whole,
+        cuda_graphs: None,
     };
     let rep = rl_update(
         &model,

@@ -1,0 +1,248 @@
+//! `trainer.learner_cuda_graphs` (GPU only; skips with a printed reason elsewhere): a learner whose supervised
+//! micro-steps replay CUDA graphs takes the steps an eager learner takes, over micro-batches of two shapes, with
+//! padded and packed rows and with activation checkpointing; a MoE model turns the graphs off after its first
+//! (eager, correct) micro-step. Two model instances on one GPU already differ in the last float bits (atomic
+//! adds in backward kernels), and the graph multiplies the loss by 1/n where the eager step divides by n, so the
+//! comparison allows float noise; a micro-batch lost, counted twice or replayed with stale inputs would move
+//! the loss and the weights by a whole step.
+use spar_model::{Qwen3Config, Qwen3Model};
+use spar_trainer::learner::{Learner, sft_update};
+use spar_trainer::learner_graphs::LearnerGraphs;
+use tch::{Device, Kind};
+
+const VOCAB: i64 = 61;
+
+fn model(device: Device, moe: bool) -> Qwen3Model {
+    let json = if moe {
+        format!(
+            r#"{{"model_type":"qwen3_moe","vocab_size":{VOCAB},"hidden_size":16,"intermediate_size":24,
+            "moe_intermediate_size":8,"num_experts":4,"num_experts_per_tok":2,"decoder_sparse_step":1,
+            "norm_topk_prob":true,"num_hidden_layers":2,
+            "num_attention_heads":2,"num_key_value_heads":1,"head_dim":8,"router_aux_loss_coef":0.0}}"#
+        )
+    } else {
+        format!(
+            r#"{{"model_type":"qwen3","vocab_size":{VOCAB},"hidden_size":16,"intermediate_size":24,"num_hidden_layers":2,
+            "num_attention_heads":2,"num_key_value_heads":1,"head_dim":8}}"#
+        )
+    };
+    let c = Qwen3Config::from_json_str(&json, "test").unwrap();
+    Qwen3Model::random(c, device, Kind::Float, 11).unwrap()
+}
+
+fn learner(m: &Qwen3Model, graphs: bool) -> Learner {
+    let mut l = super::common::learner(&m.vs, 1e-2);
+    l.cuda_graphs = graphs.then(LearnerGraphs::default);
+    l
+}
+
+#[test]
+fn graphed_supervised_steps_match_eager_steps_on_gpu() {
+    if !tch::Cuda::is_available() || !LearnerGraphs::supported(Device::Cuda(0)) {
+        eprintln!(
+            "skipped: no CUDA device or no CUDA-graph shim (the learner's graphs are CUDA graphs)"
+        );
+        return;
+    }
+    let device = Device::Cuda(0);
+    // Samples of different lengths: micro-batches of two rows come in two shapes.
+    let (items, mut batching) = super::common::four_items(VOCAB as u32, 40);
+    let mut items2 = items.clone();
+    for it in &mut items2[2..] {
+        for v in [&mut it.input_ids, &mut it.targets, &mut it.step_ids] {
+            v.truncate(v.len() - 3);
+        }
+        for v in [&mut it.mask, &mut it.advantages, &mut it.rollout_logp] {
+            v.truncate(v.len() - 3);
+        }
+    }
+    for (moe, pack, checkpointing) in [
+        (false, false, false),
+        (false, true, false),
+        (false, false, true),
+        (true, false, false),
+    ] {
+        let case = format!("moe {moe}, pack {pack}, checkpointing {checkpointing}");
+        batching.pack = pack;
+        let (mut eager, mut graphed) = (model(device, moe), model(device, moe));
+        eager.set_activation_checkpointing(checkpointing);
+        graphed.set_activation_checkpointing(checkpointing);
+        let start = model(device, moe);
+        let (mut le, mut lg) = (learner(&eager, false), learner(&graphed, true));
+        for step in 0..4 {
+            let re = sft_update(&eager, &mut le, &items2, &batching, device).unwrap();
+            let rg = sft_update(&graphed, &mut lg, &items2, &batching, device).unwrap();
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1e-6);
+            assert!(
+                close(re.loss, rg.loss),
+                "{case}, step {step}: loss {} eager, {} graphed",
+                re.loss,
+                rg.loss
+            );
+            assert!(
+                close(re.grad_norm, rg.grad_norm),
+                "{case}, step {step}: grad norm {} eager, {} graphed",
+                re.grad_norm,
+                rg.grad_norm
+            );
+            assert_eq!(re.stats.tokens, rg.stats.tokens, "{case}, step {step}");
+            assert!(
+                close(re.stats.entropy_sum, rg.stats.entropy_sum),
+                "{case}, step {step}: entropy sum {} eager, {} graphed",
+                re.stats.entropy_sum,
+                rg.stats.entropy_sum
+            );
+        }
+        let g = lg
+            .cuda_graphs
+            .as_ref()
+            .expect("the learner keeps its graphs");
+        if moe {
+            assert!(
+                g.off_reason().is_some(),
+                "{case}: a MoE forward must turn the graphs off"
+            );
+            assert_eq!(g.recorded(), 0, "{case}");
+        } else {
+            assert!(g.off_reason().is_none(), "{case}: {:?}", g.off_reason());
+            assert_eq!(g.recorded(), 2, "{case}: one graph a micro-batch shape");
+        }
+        let (a, b, s0) = (
+            eager.vs.variables(),
+            graphed.vs.variables(),
+            start.vs.variables(),
+        );
+        for (name, x) in &a {
+            let gap = (x - &b[name]).abs().max().double_value(&[]);
+            let moved = (x - &s0[name]).abs().max().double_value(&[]);
+            assert!(
+                gap <= 1e-3 * moved,
+                "{case}: {name} differs by {gap} after steps of {moved}"
+            );
+        }
+    }
+}
+
+/// Weights scaled up so that distributions are peaked (at the 0.02 init every token is nearly uniform and the
+/// ratio statistics say little).
+fn peaked(device: Device) -> Qwen3Model {
+    let m = model(device, false);
+    tch::no_grad(|| {
+        for (_, mut v) in m.vs.variables() {
+            let _ = v.f_mul_scalar_(6.0).unwrap();
+        }
+    });
+    m
+}
+
+#[test]
+fn graphed_rl_updates_match_eager_updates_on_gpu() {
+    use super::common::{sample_with_steps, scored_for};
+    use spar_trainer::batch::assemble;
+    use spar_trainer::learner::rl_update;
+    use spar_trainer::policy_loss::{PolicyLossConfig, RatioLevel};
+    if !tch::Cuda::is_available() || !LearnerGraphs::supported(Device::Cuda(0)) {
+        eprintln!(
+            "skipped: no CUDA device or no CUDA-graph shim (the learner's graphs are CUDA graphs)"
+        );
+        return;
+    }
+    let device = Device::Cuda(0);
+    let samples: Vec<_> = (0..4)
+        .map(|i| sample_with_steps("g", i, VOCAB as u32, 5, 7 + i as usize, 2, 40 + i as u64))
+        .collect();
+    let scored: Vec<_> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| scored_for(s, &[0.8 - 0.5 * i as f64, 0.3 - 0.2 * i as f64]))
+        .collect();
+    let (items, _) = assemble(&samples, &scored, "test").unwrap();
+    let (_, batching) = super::common::four_items(VOCAB as u32, 40);
+    // (ratio level, PPO epochs, reference): one epoch takes pi_old from the update's own forward, two run the
+    // old pass first; the reference adds the KL term.
+    for (level, epochs, with_ref) in [
+        (RatioLevel::Segment, 1, false),
+        (RatioLevel::Token, 2, true),
+    ] {
+        let case = format!("{level:?}, {epochs} epochs, reference {with_ref}");
+        let cfg = PolicyLossConfig {
+            temperature: 0.7,
+            entropy_coef: 0.05,
+            tis_cap: 2.0,
+            kl_coef: if with_ref { 0.1 } else { 0.0 },
+            ..PolicyLossConfig::clipped(level, 0.2, 0.28)
+        };
+        let (eager, graphed, start) = (peaked(device), peaked(device), peaked(device));
+        let reference = peaked(device);
+        let r: Option<&dyn spar_trainer::policy::Policy> = with_ref.then_some(&reference as _);
+        let (mut le, mut lg) = (learner(&eager, false), learner(&graphed, true));
+        for update in 0..3 {
+            let re =
+                rl_update(&eager, r, &mut le, &items, &cfg, &batching, epochs, device).unwrap();
+            let rg = rl_update(
+                &graphed, r, &mut lg, &items, &cfg, &batching, epochs, device,
+            )
+            .unwrap();
+            assert_eq!(re.len(), rg.len(), "{case}");
+            for (a, b) in re.iter().zip(&rg) {
+                let close = |x: f64, y: f64| (x - y).abs() <= 1e-4 * x.abs().max(y.abs()).max(1e-3);
+                let at = format!("{case}, update {update}");
+                assert!(
+                    close(a.loss, b.loss),
+                    "{at}: loss {} eager, {} graphed",
+                    a.loss,
+                    b.loss
+                );
+                assert!(
+                    close(a.grad_norm, b.grad_norm),
+                    "{at}: grad norm {} eager, {} graphed",
+                    a.grad_norm,
+                    b.grad_norm
+                );
+                assert_eq!(a.stats.tokens, b.stats.tokens, "{at}");
+                for (name, x, y) in [
+                    ("entropy", a.stats.entropy_sum, b.stats.entropy_sum),
+                    ("ratio sum", a.stats.ratio_sum, b.stats.ratio_sum),
+                    ("kl", a.stats.kl_sum, b.stats.kl_sum),
+                    ("mismatch max", a.stats.mismatch_max, b.stats.mismatch_max),
+                    (
+                        "ratio max",
+                        a.stats.ratio_max.unwrap(),
+                        b.stats.ratio_max.unwrap(),
+                    ),
+                    (
+                        "ratio min",
+                        a.stats.ratio_min.unwrap(),
+                        b.stats.ratio_min.unwrap(),
+                    ),
+                ] {
+                    assert!(close(x, y), "{at}: {name} {x} eager, {y} graphed");
+                }
+                for key in ["rl/greedy_token_frac", "rl/kl_old_new"] {
+                    if let (Some(x), Some(y)) = (a.extra.get(key), b.extra.get(key)) {
+                        assert!(close(*x, *y), "{at}: {key} {x} eager, {y} graphed");
+                    }
+                }
+            }
+        }
+        let g = lg
+            .cuda_graphs
+            .as_ref()
+            .expect("the learner keeps its graphs");
+        assert!(g.off_reason().is_none(), "{case}: {:?}", g.off_reason());
+        assert!(g.recorded() >= 1, "{case}: nothing recorded");
+        let (a, b, s0) = (
+            eager.vs.variables(),
+            graphed.vs.variables(),
+            start.vs.variables(),
+        );
+        for (name, x) in &a {
+            let gap = (x - &b[name]).abs().max().double_value(&[]);
+            let moved = (x - &s0[name]).abs().max().double_value(&[]);
+            assert!(
+                gap <= 1e-3 * moved.max(1e-6),
+                "{case}: {name} differs by {gap} after updates of {moved}"
+            );
+        }
+    }
+}
