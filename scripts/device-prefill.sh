@@ -25,7 +25,8 @@ export EXTRA="--set rollout.max_batch=64 --set rollout.gpu_memory_utilization=0.
 # (SPAR_SDPA_CUDNN=1: torch's cuDNN attention kept, as before 2026-12-06), wait (rollout.prefill_wait_steps = WAIT,
 # default 4: new turns share prefill forwards), micro (the learner's micro-batches of 16 rows and 24,576 tokens
 # without activation checkpointing, instead of the recipe's 4 rows, 16,384 tokens, checkpointed), sampling0
-# (SPAR_FUSED_SAMPLING=0: temperature sampling through the torch composition instead of one kernel).
+# (SPAR_FUSED_SAMPLING=0: temperature sampling through the torch composition instead of one kernel), graphs (the
+# defaults with trainer.learner_cuda_graphs = true), micro-graphs (micro's learner with the graphs).
 for r in ${RUNS:-fused plain}; do
   case $r in
     fused) NAME=prefill-fused scripts/device-consult.sh ;;
@@ -35,6 +36,9 @@ for r in ${RUNS:-fused plain}; do
     micro) NAME=prefill-micro EXTRA="$EXTRA --set trainer.micro_batch=16 --set trainer.token_budget=24576 \
              --set model.activation_checkpointing=false" scripts/device-consult.sh ;;
     sampling0) NAME=prefill-sampling0 SPAR_FUSED_SAMPLING=0 scripts/device-consult.sh ;;
+    graphs) NAME=prefill-graphs EXTRA="$EXTRA --set trainer.learner_cuda_graphs=true" scripts/device-consult.sh ;;
+    micro-graphs) NAME=prefill-micro-graphs EXTRA="$EXTRA --set trainer.micro_batch=16 --set trainer.token_budget=24576 \
+             --set model.activation_checkpointing=false --set trainer.learner_cuda_graphs=true" scripts/device-consult.sh ;;
   esac
 done
 rm -f "$OUT"/*-gpu.csv "$OUT"/*.trace.json.gz
