@@ -38,7 +38,7 @@ pub use spar_kernels::cuda_graph;
 /// re-exported so the rollout needs no kernels dependency.
 pub use spar_kernels::cuda_memory::{
     AllocatorEvents, DeviceMemory, allocator_events as cuda_allocator_events,
-    memory_now as cuda_memory_now,
+    empty_cache as cuda_empty_cache, memory_now as cuda_memory_now,
 };
 /// The fused AdamW step, re-exported for the trainer's optimizer.
 pub use spar_kernels::optimizer_ops;

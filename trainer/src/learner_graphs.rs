@@ -159,9 +159,14 @@ impl LearnerGraphs {
                     "parameters or gradients moved: the learner's CUDA graphs are recorded again"
                 );
             }
+            let dropped = !self.slots.is_empty();
             self.slots.clear();
             self.pool = None;
             self.fingerprint = now;
+            if dropped {
+                // The dropped graphs' pool blocks serve nothing else until returned to the device.
+                spar_model::cuda_empty_cache()?;
+            }
         }
         Ok(())
     }
@@ -211,6 +216,9 @@ impl LearnerGraphs {
                 Ok(body(mb, &scale_t)?.0)
             }
             Some(Slot::Warm) => {
+                // The warm-up left its activations in torch's cache, where the capture's private pool cannot
+                // reuse them: give them back first, or the step's memory is held twice.
+                spar_model::cuda_empty_cache()?;
                 let inputs = padded_inputs(mb, shape.len);
                 let scale_t = scalar(scale, mb.input_ids.device());
                 let (graph, (outputs, _)) =

@@ -45,15 +45,18 @@ fn graphed_supervised_steps_match_eager_steps_on_gpu() {
         return;
     }
     let device = Device::Cuda(0);
-    // Samples of different lengths: micro-batches of two rows come in two shapes.
+    // Micro-batches of two rows in two length buckets (the graphs pad lengths up to a multiple of
+    // `LENGTH_BUCKET`): the last two samples get 70 more trained tokens.
     let (items, mut batching) = super::common::four_items(VOCAB as u32, 40);
     let mut items2 = items.clone();
     for it in &mut items2[2..] {
-        for v in [&mut it.input_ids, &mut it.targets, &mut it.step_ids] {
-            v.truncate(v.len() - 3);
-        }
-        for v in [&mut it.mask, &mut it.advantages, &mut it.rollout_logp] {
-            v.truncate(v.len() - 3);
+        for k in 0..70i64 {
+            it.input_ids.push((k * 7 + 3) % VOCAB);
+            it.targets.push((k * 7 + 10) % VOCAB);
+            it.step_ids.push(-1);
+            it.mask.push(1.0);
+            it.advantages.push(0.0);
+            it.rollout_logp.push(0.0);
         }
     }
     for (moe, pack, checkpointing) in [
@@ -105,7 +108,7 @@ fn graphed_supervised_steps_match_eager_steps_on_gpu() {
             assert_eq!(g.recorded(), 0, "{case}");
         } else {
             assert!(g.off_reason().is_none(), "{case}: {:?}", g.off_reason());
-            assert_eq!(g.recorded(), 2, "{case}: one graph a micro-batch shape");
+            assert_eq!(g.recorded(), 2, "{case}: one graph a length bucket");
         }
         let (a, b, s0) = (
             eager.vs.variables(),
@@ -236,12 +239,20 @@ fn graphed_rl_updates_match_eager_updates_on_gpu() {
             graphed.vs.variables(),
             start.vs.variables(),
         );
+        // Adam divides each gradient by its own running scale, so an element whose gradient is near 0 moves by
+        // up to lr whatever its sign's rounding: single elements may differ by a fraction of a step, the whole
+        // tensor only by float noise.
         for (name, x) in &a {
-            let gap = (x - &b[name]).abs().max().double_value(&[]);
-            let moved = (x - &s0[name]).abs().max().double_value(&[]);
+            let diff = x - &b[name];
+            let step = x - &s0[name];
+            let (gap, moved) = (
+                diff.abs().max().double_value(&[]),
+                step.abs().max().double_value(&[]),
+            );
+            let (gap2, moved2) = (diff.norm().double_value(&[]), step.norm().double_value(&[]));
             assert!(
-                gap <= 1e-3 * moved.max(1e-6),
-                "{case}: {name} differs by {gap} after updates of {moved}"
+                gap <= 2e-2 * moved.max(1e-6) && gap2 <= 1e-3 * moved2.max(1e-6),
+                "{case}: {name} differs by {gap} (max), {gap2} (norm) after updates of {moved}, {moved2}"
             );
         }
     }
