@@ -16,21 +16,23 @@ B=(bench train "${SH[@]}" --dtype bf16 --batch ${BATCH:-8} --seq ${SEQ:-1024}
    --warmup 2 --iters ${ITERS:-5})
 # CONFIGS picks spar's configurations (default: all four): plain ckpt sharded launch, and compact / ckpt-compact
 # (plain / ckpt with trainer.optimizer_state = "compact": no fp32 masters, bf16 first moments), graphs /
-# graphs-compact / graphs-ckpt-compact (the same with the micro-steps replayed as CUDA graphs); NAME:M runs one with
+# graphs-compact / graphs-ckpt-compact (the same with the micro-steps replayed as CUDA graphs), graphs-adam0 (graphs
+# with the AdamW step as torch ops: SPAR_FUSED_ADAMW=0); NAME:M runs one with
 # micro-batches of M sequences (e.g. "plain:8"). PROFILE=1 records one more step of the first configuration
 # with the torch profiler: $OUT/train-profile.md.
 prof=${PROFILE:+--profile /tmp/train-profile}
 for name in ${CONFIGS:-plain ckpt sharded launch}; do
-  micro=(--micro-batch ${MICRO:-2}); [[ $name == *:* ]] && micro=(--micro-batch "${name#*:}") && name=${name%%:*}
+  envs=(); micro=(--micro-batch ${MICRO:-2}); [[ $name == *:* ]] && micro=(--micro-batch "${name#*:}") && name=${name%%:*}
   case $name in
     plain) cfg=() ;; ckpt) cfg=(--checkpointing) ;; sharded) cfg=(--sharded) ;;
     compact) cfg=(--optimizer-state compact) ;; ckpt-compact) cfg=(--checkpointing --optimizer-state compact) ;;
     graphs) cfg=(--learner-graphs) ;; graphs-compact) cfg=(--learner-graphs --optimizer-state compact) ;;
     graphs-ckpt-compact) cfg=(--learner-graphs --checkpointing --optimizer-state compact) ;;
+    graphs-adam0) cfg=(--learner-graphs); envs=(SPAR_FUSED_ADAMW=0) ;;
     launch) timeout 200 /tmp/spar launch --nproc-per-node 1 -- "${B[@]}" "${micro[@]}" --sharded 2>>"$OUT/bench.txt" \
               | sed 's/^\[rank 0\] //' | tail -1 >> "$OUT/bench.jsonl"; continue ;;
   esac
-  timeout 200 /tmp/spar "${B[@]}" "${micro[@]}" "${cfg[@]}" $prof 2>>"$OUT/bench.txt" | tail -1 >> "$OUT/bench.jsonl"
+  env "${envs[@]}" timeout 200 /tmp/spar "${B[@]}" "${micro[@]}" "${cfg[@]}" $prof 2>>"$OUT/bench.txt" | tail -1 >> "$OUT/bench.jsonl"
   [ -n "$prof" ] && cp /tmp/train-profile/train.md "$OUT/train-profile.md" 2>/dev/null; prof=""
 done
 if [ -z "${SKIP_TRAIN:-}" ]; then

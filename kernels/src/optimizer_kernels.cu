@@ -1,10 +1,10 @@
 // One AdamW step over a chunk of flat fp32 optimizer state (spar_trainer::adamw's fp32 masters): weights w,
 // moments m and v, gradient g (fp32, gathered), n elements. Each value goes through the float operations of the
-// torch composition it replaces (spar_trainer::adamw::update), in the same order and each rounded on its own
-// (the _rn intrinsics: no contraction into fused multiply-adds), so weights and moments come out bit-identical;
-// divisions by a host scalar are multiplications by its float reciprocal, as torch's division by a CPU scalar
-// is. Also adds the chunk's sum of squared weights before the step and of squared changes into sums[0] and
-// sums[1] (double; each square is rounded to float first, as torch's square().sum(Double) does).
+// torch composition it replaces (optimizer_ops::adamw_composition), in the same order and each rounded on its
+// own (the _rn intrinsics: no contraction into fused multiply-adds), so weights and moments come out
+// bit-identical; both multiply by the float inv_bc2_sqrt. Also adds the chunk's sum of squared weights before
+// the step and of squared changes into sums[0] and sums[1] (double; each square is rounded to float first, as
+// torch's square().sum(Double) does).
 __device__ __forceinline__ double block_sum_f64(double v, double* shared) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -1,7 +1,7 @@
 //! One AdamW step over fp32 state: [`adamw_step`] runs the fused kernel (`optimizer_kernels.cu`, one pass over
 //! the elements) where it applies and the torch composition [`adamw_composition`] elsewhere, which takes ~12
 //! elementwise kernels, each reading and writing every element. The kernel replays the composition's float
-//! operations in order, each rounded, so both give the same bits (`tests/it/optimizer_ops.rs`, GPU);
+//! operations in order, each rounded, so both give the same bits (`kernels/tests/it.rs`, GPU);
 //! `SPAR_FUSED_ADAMW=0` keeps the composition, for comparisons.
 use crate::cuda::{self, Arg};
 use anyhow::{Result, ensure};
@@ -71,7 +71,7 @@ pub fn adamw_composition(
     let _ = m.g_add_(&(g * (1.0 - step.beta1)));
     let _ = v.g_mul_scalar_(step.beta2);
     let _ = v.g_add_(&(g * g * (1.0 - step.beta2)));
-    let denom = v.sqrt() / step.bias2.sqrt() + step.eps;
+    let denom = v.sqrt() * f64::from(inverse_bias2_sqrt(step)) + step.eps;
     let update = &*m / denom * (step.lr / step.bias1);
     let delta_sq = match &decay {
         Some(d) => (d + &update).square().sum(Kind::Double),
@@ -79,6 +79,14 @@ pub fn adamw_composition(
     };
     let _ = target.g_sub_(&update);
     (before_sq, delta_sq)
+}
+
+/// 1 / sqrt(1 - beta2^t) as the float both paths multiply by. The composition multiplies by it rather than
+/// dividing by the host scalar sqrt(1 - beta2^t): torch 2.11's CUDA division by a host scalar rounds in its own
+/// way (on an H100 it matched neither a float reciprocal nor a true division: 71% and 82% of quotients differed
+/// in the last bit), which a kernel could not replay; a multiplication by a given float both can.
+fn inverse_bias2_sqrt(step: &AdamWStep) -> f32 {
+    1.0f32 / (step.bias2.sqrt() as f32)
 }
 
 /// The fused kernel alone: one AdamW step in place over `w`, `m`, `v` (fp32 weights and moments, contiguous, one CUDA device) with
@@ -122,10 +130,9 @@ pub fn adamw_flat_step(
     if n == 0 {
         return Ok(true);
     }
-    // Torch casts each host scalar to float before the elementwise op; a division by a host scalar is a
-    // multiplication by its float reciprocal.
+    // Torch casts each host scalar to float before the elementwise op.
     let f = |x: f64| x as f32;
-    let inv_bc2_sqrt = 1.0f32 / f(step.bias2.sqrt());
+    let inv_bc2_sqrt = inverse_bias2_sqrt(step);
     let decay = step.weight_decay != 0.0;
     let block = 256u32;
     let grid = ((n + block as i64 - 1) / block as i64).min(4096) as u32;

@@ -84,6 +84,7 @@ impl OptimizerArgs {
             "sdpa_cudnn": spar_kernels::sdpa_backends::cudnn_enabled(),
             "aten_rms_norm": device.is_cuda() && spar_kernels::rms_norm::aten_enabled(),
             "padding_mask": spar_trainer::qwen3::padding_mask_kept(),
+            "fused_adamw": device.is_cuda() && spar_kernels::optimizer_ops::fused_adamw_enabled(),
         })
     }
 }

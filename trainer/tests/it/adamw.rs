@@ -215,7 +215,10 @@ fn flat_bf16_update_matches_the_per_parameter_formula_bit_for_bit() {
             let _ = m[i].g_add_(&(&grads[i] * (1.0 - 0.9)));
             let _ = v[i].g_mul_scalar_(0.999);
             let _ = v[i].g_add_(&(&grads[i] * &grads[i] * (1.0 - 0.999)));
-            let upd = &m[i] / (v[i].sqrt() / bc2.sqrt() + 1e-8) * (lr / bc1);
+            // Times the float reciprocal of sqrt(bc2), as `optimizer_ops::adamw_composition` does (the form its
+            // GPU kernel can replay bit for bit).
+            let inv = f64::from(1.0f32 / (bc2.sqrt() as f32));
+            let upd = &m[i] / (v[i].sqrt() * inv + 1e-8) * (lr / bc1);
             delta += (decay + &upd).square().sum(Kind::Double).double_value(&[]);
             let _ = t.g_sub_(&upd);
         }
@@ -290,7 +293,8 @@ fn compact_update_matches_its_formula_bit_for_bit() {
             let _ = m32.g_add_(&(&grads[i] * (1.0 - 0.9)));
             let _ = v[i].g_mul_scalar_(0.999);
             let _ = v[i].g_add_(&(&grads[i] * &grads[i] * (1.0 - 0.999)));
-            let upd = &m32 / (v[i].sqrt() / bc2.sqrt() + 1e-8) * (lr / bc1);
+            let inv = f64::from(1.0f32 / (bc2.sqrt() as f32));
+            let upd = &m32 / (v[i].sqrt() * inv + 1e-8) * (lr / bc1);
             let _ = t.g_sub_(&upd);
             m[i] = m32.to_kind(Kind::BFloat16);
             param[i] = t.to_kind(Kind::BFloat16);

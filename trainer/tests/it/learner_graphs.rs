@@ -179,7 +179,28 @@ fn graphed_rl_updates_match_eager_updates_on_gpu() {
         let reference = peaked(device);
         let r: Option<&dyn spar_trainer::policy::Policy> = with_ref.then_some(&reference as _);
         let (mut le, mut lg) = (learner(&eager, false), learner(&graphed, true));
+        let mut last_start = start.vs.variables();
         for update in 0..3 {
+            // Each update starts from the eager learner's weights and optimizer state (copied in place, so the
+            // graphs stay valid): PPO's clipping makes the gradient jump where a token's ratio crosses 1 +- eps,
+            // so float noise carried over from an earlier update may move it by more than noise.
+            tch::no_grad(|| {
+                let from = eager.vs.variables();
+                for (name, mut w) in graphed.vs.variables() {
+                    w.copy_(&from[&name]);
+                }
+            });
+            let state: std::collections::HashMap<_, _> =
+                le.adamw.state_tensors().into_iter().collect();
+            lg.adamw
+                .load_named(&state, std::path::Path::new("the eager learner"))
+                .unwrap();
+            last_start = eager
+                .vs
+                .variables()
+                .into_iter()
+                .map(|(k, v)| (k, v.copy()))
+                .collect();
             let re =
                 rl_update(&eager, r, &mut le, &items, &cfg, &batching, epochs, device).unwrap();
             let rg = rl_update(
@@ -234,11 +255,7 @@ fn graphed_rl_updates_match_eager_updates_on_gpu() {
             .expect("the learner keeps its graphs");
         assert!(g.off_reason().is_none(), "{case}: {:?}", g.off_reason());
         assert!(g.recorded() >= 1, "{case}: nothing recorded");
-        let (a, b, s0) = (
-            eager.vs.variables(),
-            graphed.vs.variables(),
-            start.vs.variables(),
-        );
+        let (a, b, s0) = (eager.vs.variables(), graphed.vs.variables(), last_start);
         // Adam divides each gradient by its own running scale, so an element whose gradient is near 0 moves by
         // up to lr whatever its sign's rounding: single elements may differ by a fraction of a step, the whole
         // tensor only by float noise.
