@@ -71,7 +71,7 @@ for s in ${STEPS:-moe-rl grpo train mask1}; do
     cudnn) step cudnn ${NEED_CUDNN:-120} env SKIP_TESTS=1 RUNS=cudnn LIMIT=${PREFILL_LIMIT:-110} \
              scripts/device-prefill.sh ;;
     grpo) step grpo ${NEED_GRPO:-180} env ITERS=2 CUDNN_AB=${CUDNN_AB:-} FUSED_SAMPLING_AB=${FUSED_SAMPLING_AB:-} COMPACT=${COMPACT-1} PROFILE=${PROFILE-1} \
-            PROFILE_MICRO=8 SKIP_TRL_PROFILE=1 scripts/device-grpo.sh ;;
+            PROFILE_MICRO=${PROFILE_MICRO:-8} SKIP_TRL_PROFILE=1 scripts/device-grpo.sh ;;
     train) step train ${NEED_TRAIN:-120} env CONFIGS="${TRAIN_CONFIGS:-plain:2 compact:2 ckpt-compact:2}" \
              HF_CONFIGS="${HF_CONFIGS:-plain:2}" SKIP_TRAIN=1 ITERS=${TRAIN_ITERS:-4} PROFILE=${PROFILE-1} \
              scripts/device-sharded.sh ;;

@@ -1,16 +1,20 @@
-//! CUDA graphs of the learner's supervised micro-batch step (`trainer.learner_cuda_graphs`): the forward, the
-//! loss and the backward of one micro-batch are recorded once per input shape and replayed with one launch.
+//! CUDA graphs of the learner's micro-steps (`trainer.learner_cuda_graphs`): the forward, the loss and the
+//! backward of one micro-batch, supervised (SFT) or RL (`learner::rl_update_with`), are recorded once per input
+//! shape and replayed with one launch.
 //!
 //! On a GPU the eager step of a small model is bound by the host: a Qwen3-0.6B micro-batch of 2 x 1024 tokens
 //! dispatches ~3,300 torch ops (forward ~1,400, autograd ~1,900) at 10-20 µs of host time each, for less GPU
 //! work than that (`docs/results/train-step-profile-h100-call5.md`: the GPU was busy 31% of the step). A replay
 //! costs the host a few microseconds, so the step runs at the GPU's pace (the idea of PyTorch's
-//! `make_graphed_callables`, applied to the whole micro-step including the parameters' gradient accumulation).
+//! `make_graphed_callables`, applied to the whole micro-step including the parameters' gradient accumulation;
+//! measured in `docs/benchmarks.md`, calls 8-12: the profiled step became 88.5% GPU-busy).
 //!
 //! How it stays correct:
-//! - Inputs are copied into static tensors before each replay; what the step reports (loss, trained tokens,
-//!   entropy sum) comes out of one static `[3]` float64 tensor that the caller adds to its own sum, so a step
-//!   reads the device once instead of three times a micro-batch.
+//! - Inputs are copied into static tensors before each replay, right-padded to a length that is a multiple of
+//!   [`LENGTH_BUCKET`] (so nearby lengths share a graph; padding is masked out of every loss and statistic).
+//!   What the step reports comes out of one static float64 tensor the caller adds to its own sums (supervised:
+//!   loss, trained tokens, entropy sum; RL: the policy loss's statistics, the loss, the greedy-token count; and
+//!   the detached log-probs when pi_old comes from this forward), so a step reads the device once.
 //! - The loss's denominators (the whole batch's tokens or sequences, host numbers that change every step) are
 //!   not baked in: the graph computes the loss with denominators of 1 and multiplies it by a static scalar
 //!   tensor set to 1 / denominator before each replay. Every aggregation mode is linear in its denominator, so
@@ -21,16 +25,17 @@
 //!   captured again).
 //! - A new shape runs eagerly once on a side stream first (lazy initialisation, the fused log-prob's first-use
 //!   check and cuBLAS workspaces must not happen inside a capture), is captured the second time it is seen and
-//!   replayed from then on. The warm-up run is a real micro-step: its gradients count.
+//!   replayed from then on. The warm-up run is a real micro-step: its gradients count. At most [`MAX_GRAPHS`]
+//!   shapes are kept; later ones run eagerly.
 //! - A capture must not synchronise with the host. Models whose forward routes tokens to experts (MoE) are not
 //!   captured (the warm-up run notices the routing and turns the graphs off); nor are sharded, data-parallel
-//!   or expert-parallel learners, or steps with the MoE load-balancing loss (collectives and host-side counts
-//!   run inside those steps).
+//!   or expert-parallel learners, steps with the MoE load-balancing loss (collectives and host-side counts run
+//!   inside those steps), or RL updates with a critic.
 //!
 //! Memory: the graphs share one private pool that keeps the largest micro-step's activations reserved while
-//! the learner lives (the eager step frees them back to torch's cache instead). Compare peak *reserved* memory
-//! with and without graphs, not peak allocated: a replay's temporaries are invisible to the allocator's
-//! counters.
+//! the learner lives (the eager step frees them back to torch's cache instead); torch's cache is emptied before
+//! each capture so that the warm-up's activations are not held twice. Compare peak *reserved* memory with and
+//! without graphs, not peak allocated: a replay's temporaries are invisible to the allocator's counters.
 use crate::agg::{AggMode, Aggregator};
 use crate::batch::MicroBatch;
 use crate::policy::Policy;
