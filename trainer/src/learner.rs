@@ -489,23 +489,7 @@ fn rl_graph_step(
                 (o.logp, o.entropy.expect("asked for"), old, Some(greedy))
             }
         };
-        let parts = policy_loss_parts(
-            cfg,
-            &unit,
-            &PolicyLossInput {
-                logp: &logp,
-                old_logp: &old,
-                rollout_logp: &mb.rollout_logp,
-                ref_logp: mb.ref_logp.as_ref(),
-                entropy: Some(&entropy),
-                advantages: &mb.advantages,
-                mask: &mb.mask,
-                seq_ids: &mb.seq_ids,
-                n_seqs: mb.n_seqs,
-                seg_ids: &mb.seg_ids,
-                n_segs: mb.n_segs,
-            },
-        );
+        let parts = policy_loss_parts(cfg, &unit, &loss_input(mb, &logp, &old, &entropy));
         let loss = parts.loss * scale;
         let greedy = greedy.unwrap_or_else(|| Tensor::zeros([], (Kind::Double, loss.device())));
         let out = Tensor::cat(
@@ -523,6 +507,28 @@ fn rl_graph_step(
         }
         Ok((outs, routed))
     })
+}
+
+/// The policy loss's input for micro-batch `mb` given this forward's log-probs and entropy and pi_old.
+fn loss_input<'a>(
+    mb: &'a MicroBatch,
+    logp: &'a Tensor,
+    old: &'a Tensor,
+    entropy: &'a Tensor,
+) -> PolicyLossInput<'a> {
+    PolicyLossInput {
+        logp,
+        old_logp: old,
+        rollout_logp: &mb.rollout_logp,
+        ref_logp: mb.ref_logp.as_ref(),
+        entropy: Some(entropy),
+        advantages: &mb.advantages,
+        mask: &mb.mask,
+        seq_ids: &mb.seq_ids,
+        n_seqs: mb.n_seqs,
+        seg_ids: &mb.seg_ids,
+        n_segs: mb.n_segs,
+    }
 }
 
 /// The sums of [`rl_graph_step`]'s first output before any micro-batch.
@@ -979,23 +985,7 @@ pub fn rl_update_with(
                     (o.logp, o.entropy.expect("asked for"), old)
                 }
             };
-            let out = policy_loss(
-                loss_cfg,
-                &agg,
-                &PolicyLossInput {
-                    logp: &logp,
-                    old_logp: &old,
-                    rollout_logp: &mb.rollout_logp,
-                    ref_logp: mb.ref_logp.as_ref(),
-                    entropy: Some(&entropy),
-                    advantages: &mb.advantages,
-                    mask: &mb.mask,
-                    seq_ids: &mb.seq_ids,
-                    n_seqs: mb.n_seqs,
-                    seg_ids: &mb.seg_ids,
-                    n_segs: mb.n_segs,
-                },
-            );
+            let out = policy_loss(loss_cfg, &agg, &loss_input(mb, &logp, &old, &entropy));
             let mut loss = out.loss;
             if let Some(aux) = aux {
                 loss = loss + aux * learner.aux_loss_coef;
