@@ -304,15 +304,26 @@ impl Learner {
         Ok(())
     }
 
-    /// Whether a step runs in this process alone with nothing counted on the host between forward and backward
-    /// (one rank, not sharded, no expert parallelism, no load-balancing loss): what the learner's CUDA graphs
-    /// need (see [`crate::learner_graphs`]).
-    fn plain_step(&self, aux_tokens: Option<f64>) -> bool {
-        self.group.world_size() == 1
+    /// The learner's CUDA graphs for one step's micro-batch loop (see [`crate::learner_graphs`]), taken out of
+    /// the learner so that the loop may still read it (put them back after), or None for an eager step: when
+    /// `allowed` is false (the step's loss is not recordable), the graphs are off, or the step is not one this
+    /// process runs alone with nothing counted on the host between forward and backward (more than one rank,
+    /// sharded, expert parallel, the load-balancing loss on).
+    fn take_graphs(&mut self, allowed: bool, aux_tokens: Option<f64>) -> Option<LearnerGraphs> {
+        let plain = self.group.world_size() == 1
             && self.sharded.is_none()
             && self.grad_sum.is_none()
             && !self.expert_parallel
-            && aux_tokens.is_none()
+            && aux_tokens.is_none();
+        let on = self
+            .cuda_graphs
+            .as_ref()
+            .is_some_and(|g| g.off_reason().is_none());
+        if allowed && plain && on {
+            self.cuda_graphs.take()
+        } else {
+            None
+        }
     }
 
     /// The real tokens of the batch over every rank, when the MoE load-balancing loss is on (see
@@ -928,18 +939,7 @@ pub fn rl_update_with(
         let (mut vloss_sum, mut vclip) = (0.0, 0.0);
         let mut stats = LossStats::default();
         let (n_mbs, mut olds, mut greedy_now) = (mbs.len(), Vec::new(), 0.0);
-        // The learner's CUDA graphs, where nothing in the step talks to other ranks or counts on the host.
-        let use_graphs = learner.plain_step(aux_tokens)
-            && extras.critic.is_none()
-            && learner
-                .cuda_graphs
-                .as_ref()
-                .is_some_and(|g| g.off_reason().is_none());
-        let mut graphs = if use_graphs {
-            learner.cuda_graphs.take()
-        } else {
-            None
-        };
+        let mut graphs = learner.take_graphs(extras.critic.is_none(), aux_tokens);
         let mut graph_acc = graphs.as_ref().map(|_| rl_graph_acc(device));
         if let Some(g) = &mut graphs {
             g.begin_step(policy)?;
@@ -1028,11 +1028,7 @@ pub fn rl_update_with(
         }
         if let Some(acc) = graph_acc {
             let v = Vec::<f64>::try_from(&acc)?;
-            stats.add(&LossStats::read(&acc.narrow(
-                0,
-                0,
-                stat::STAT_COUNT as i64,
-            ))?);
+            stats.add(&LossStats::from_values(&v[..stat::STAT_COUNT])?);
             loss_sum += v[stat::STAT_COUNT];
             greedy_now += v[stat::STAT_COUNT + 1];
         }
@@ -1136,19 +1132,8 @@ pub(crate) fn supervised_step(
     let aux_tokens = learner.aux_tokens(&mbs)?;
     let mut loss_sum = 0.0;
     let mut stats = LossStats::default();
-    // The learner's CUDA graphs, where nothing in the step talks to other ranks or counts on the host.
-    let use_graphs = graphable
-        && learner.plain_step(aux_tokens)
-        && learner
-            .cuda_graphs
-            .as_ref()
-            .is_some_and(|g| g.off_reason().is_none());
-    // Taken for the loop (which reads the learner) and put back after it, even when a micro-step fails.
-    let mut graphs = if use_graphs {
-        learner.cuda_graphs.take()
-    } else {
-        None
-    };
+    // Put back after the loop, even when a micro-step fails.
+    let mut graphs = learner.take_graphs(graphable, aux_tokens);
     let mut graph_sums = Tensor::zeros([3], (Kind::Double, device));
     let looped = (|| -> Result<()> {
         if let Some(g) = &mut graphs {

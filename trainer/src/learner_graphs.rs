@@ -338,37 +338,32 @@ fn pad_values(mb: &MicroBatch) -> Vec<(&Tensor, f64)> {
     v
 }
 
-/// `t` (`[rows, len]`) right-padded with `value` to `[rows, to]`, in a new tensor outside any graph's pool.
-fn padded(t: &Tensor, to: i64, value: f64) -> Tensor {
-    let s = t.size();
-    let out = Tensor::full([s[0], to], value, (t.kind(), t.device()));
-    out.narrow(1, 0, s[1]).copy_(t);
-    out
-}
-
-/// Static copies of every tensor a micro-step may read, padded to `len` tokens.
+/// Static copies of every tensor a micro-step may read, `len` tokens long (`mb`'s, then padding), allocated
+/// outside any graph's pool.
 fn padded_inputs(mb: &MicroBatch, len: i64) -> MicroBatch {
-    let p = |t: &Tensor, v: f64| padded(t, len, v);
-    MicroBatch {
-        input_ids: p(&mb.input_ids, 0.0),
-        attention_mask: p(&mb.attention_mask, 0.0),
-        position_ids: p(&mb.position_ids, 0.0),
-        packed_seq_ids: mb.packed_seq_ids.as_ref().map(|t| p(t, -1.0)),
-        targets: p(&mb.targets, 0.0),
-        mask: p(&mb.mask, 0.0),
-        advantages: p(&mb.advantages, 0.0),
-        seq_ids: p(&mb.seq_ids, -1.0),
-        seg_ids: p(&mb.seg_ids, -1.0),
-        rollout_logp: p(&mb.rollout_logp, 0.0),
-        old_logp: mb.old_logp.as_ref().map(|t| p(t, 0.0)),
-        ref_logp: mb.ref_logp.as_ref().map(|t| p(t, 0.0)),
+    let alloc = |t: &Tensor| Tensor::empty([t.size()[0], len], (t.kind(), t.device()));
+    let inputs = MicroBatch {
+        input_ids: alloc(&mb.input_ids),
+        attention_mask: alloc(&mb.attention_mask),
+        position_ids: alloc(&mb.position_ids),
+        packed_seq_ids: mb.packed_seq_ids.as_ref().map(alloc),
+        targets: alloc(&mb.targets),
+        mask: alloc(&mb.mask),
+        advantages: alloc(&mb.advantages),
+        seq_ids: alloc(&mb.seq_ids),
+        seg_ids: alloc(&mb.seg_ids),
+        rollout_logp: alloc(&mb.rollout_logp),
+        old_logp: mb.old_logp.as_ref().map(alloc),
+        ref_logp: mb.ref_logp.as_ref().map(alloc),
         // Routed models are not recorded (the warm-up run turns the graphs off).
         forced_experts: None,
         n_seqs: mb.n_seqs,
         n_segs: mb.n_segs,
         tokens: mb.tokens,
         padding: false,
-    }
+    };
+    copy_inputs(&inputs, mb);
+    inputs
 }
 
 /// Overwrites the static inputs with `mb`'s (same [`StepShape`]; the tail past `mb`'s length gets the padding

@@ -252,7 +252,11 @@ impl LossStats {
     /// The statistics of [`policy_loss_parts`]'s tensor (float64 `[stat::STAT_COUNT]`), read from the device
     /// once.
     pub fn read(stats: &Tensor) -> anyhow::Result<LossStats> {
-        let v = Vec::<f64>::try_from(&stats.to_kind(Kind::Double))?;
+        Self::from_values(&Vec::<f64>::try_from(&stats.to_kind(Kind::Double))?)
+    }
+
+    /// The statistics from their values, laid out as [`stat`] says (already read from the device).
+    pub fn from_values(v: &[f64]) -> anyhow::Result<LossStats> {
         anyhow::ensure!(
             v.len() == stat::STAT_COUNT,
             "loss statistics: {} values, expected {}",
