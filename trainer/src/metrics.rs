@@ -113,8 +113,10 @@ impl MetricsLogger {
                     .unwrap_or(serde_json::Value::Null),
             );
         }
-        writeln!(self.jsonl, "{}", serde_json::Value::Object(obj))?;
-        self.jsonl.flush()?;
+        // One write of the whole line: `writeln!` on the file wrote each piece of the JSON as its own system call,
+        // so a reader polling the file (a dashboard, a test waiting for a round) could read half a line.
+        let line = format!("{}\n", serde_json::Value::Object(obj));
+        self.jsonl.write_all(line.as_bytes())?;
         let refs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         self.tb.scalars(step as i64, &refs)
     }
