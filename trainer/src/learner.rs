@@ -941,91 +941,96 @@ pub fn rl_update_with(
         let (n_mbs, mut olds, mut greedy_now) = (mbs.len(), Vec::new(), 0.0);
         let mut graphs = learner.take_graphs(extras.critic.is_none(), aux_tokens);
         let mut graph_acc = graphs.as_ref().map(|_| rl_graph_acc(device));
-        if let Some(g) = &mut graphs {
-            g.begin_step(policy)?;
-        }
-        for (i, mb) in mbs.iter().enumerate() {
-            if let (Some(g), Some(acc)) = (
-                graphs
-                    .as_mut()
-                    .filter(|g| g.off_reason().is_none() && !mb.padding),
-                graph_acc.as_mut(),
-            ) {
-                let _span = range("learn/micro_step_graph");
-                let outs = rl_graph_step(g, policy, mb, loss_cfg, &agg)?;
-                accumulate_rl_graph(acc, &outs[0]);
-                if mb.old_logp.is_none() {
-                    olds.push((i, outs[1].copy()));
-                }
-                continue;
+        // Put back after the loop, even when a micro-step fails.
+        let looped = (|| -> Result<()> {
+            if let Some(g) = &mut graphs {
+                g.begin_step(policy)?;
             }
-            if i + 1 == n_mbs {
-                learner.last_backward();
-            }
-            let span = range("learn/forward");
-            let fwd = forward_mb(policy, mb)?;
-            let aux = learner.micro_step_aux(&fwd, mb, aux_tokens)?;
-            let (logp, entropy, old) = match &mb.old_logp {
-                Some(old) => {
-                    let (logp, entropy) =
-                        output_logprobs_and_entropy(&fwd, &mb.targets, loss_cfg.temperature)?;
-                    (logp, entropy, old.shallow_clone())
-                }
-                None => {
-                    // pi_old is this forward's own log-probs (the same weights), detached.
-                    let opts = LogprobOptions::at(loss_cfg.temperature)
-                        .with_entropy()
-                        .with_argmax();
-                    let o = fwd.token_logprobs(&mb.targets, &opts)?;
-                    if !mb.padding {
-                        greedy_now += greedy_tokens(&o.argmax.expect("asked for"), mb);
+            for (i, mb) in mbs.iter().enumerate() {
+                if let (Some(g), Some(acc)) = (
+                    graphs
+                        .as_mut()
+                        .filter(|g| g.off_reason().is_none() && !mb.padding),
+                    graph_acc.as_mut(),
+                ) {
+                    let _span = range("learn/micro_step_graph");
+                    let outs = rl_graph_step(g, policy, mb, loss_cfg, &agg)?;
+                    accumulate_rl_graph(acc, &outs[0]);
+                    if mb.old_logp.is_none() {
+                        olds.push((i, outs[1].copy()));
                     }
-                    let old = o.logp.detach();
-                    olds.push((i, old.shallow_clone()));
-                    (o.logp, o.entropy.expect("asked for"), old)
+                    continue;
                 }
-            };
-            let out = policy_loss(loss_cfg, &agg, &loss_input(mb, &logp, &old, &entropy));
-            let mut loss = out.loss;
-            if let Some(aux) = aux {
-                loss = loss + aux * learner.aux_loss_coef;
-            }
-            if mb.padding {
-                // Runs the gathers and reductions of a real micro-batch and trains nothing.
+                if i + 1 == n_mbs {
+                    learner.last_backward();
+                }
+                let span = range("learn/forward");
+                let fwd = forward_mb(policy, mb)?;
+                let aux = learner.micro_step_aux(&fwd, mb, aux_tokens)?;
+                let (logp, entropy, old) = match &mb.old_logp {
+                    Some(old) => {
+                        let (logp, entropy) =
+                            output_logprobs_and_entropy(&fwd, &mb.targets, loss_cfg.temperature)?;
+                        (logp, entropy, old.shallow_clone())
+                    }
+                    None => {
+                        // pi_old is this forward's own log-probs (the same weights), detached.
+                        let opts = LogprobOptions::at(loss_cfg.temperature)
+                            .with_entropy()
+                            .with_argmax();
+                        let o = fwd.token_logprobs(&mb.targets, &opts)?;
+                        if !mb.padding {
+                            greedy_now += greedy_tokens(&o.argmax.expect("asked for"), mb);
+                        }
+                        let old = o.logp.detach();
+                        olds.push((i, old.shallow_clone()));
+                        (o.logp, o.entropy.expect("asked for"), old)
+                    }
+                };
+                let out = policy_loss(loss_cfg, &agg, &loss_input(mb, &logp, &old, &entropy));
+                let mut loss = out.loss;
+                if let Some(aux) = aux {
+                    loss = loss + aux * learner.aux_loss_coef;
+                }
+                if mb.padding {
+                    // Runs the gathers and reductions of a real micro-batch and trains nothing.
+                    drop(span);
+                    let _span = range("learn/backward");
+                    policy.backward(&padding_loss(&fwd)?, &fwd)?;
+                    continue;
+                }
+                if let Some((critic, _)) = &extras.critic {
+                    let v = critic.values(&fwd.logits()?)?;
+                    let per_tok = crate::gae::ValueHead::per_token_loss(
+                        &v,
+                        &old_values[i],
+                        &returns[i],
+                        critic.cfg.value_clip,
+                    );
+                    // Divided by the whole mini-batch's token count, so accumulation gives the batch's mean.
+                    let vloss = (per_tok * &mb.mask).sum(Kind::Float) / total_tokens.max(1.0);
+                    vloss_sum += vloss.double_value(&[]);
+                    vclip += ((&v - &old_values[i])
+                        .abs()
+                        .gt(critic.cfg.value_clip)
+                        .to_kind(Kind::Float)
+                        * &mb.mask)
+                        .sum(Kind::Double)
+                        .double_value(&[]);
+                    loss = loss + vloss * critic.cfg.vf_coef;
+                }
+                loss_sum += loss.double_value(&[]);
+                stats.add(&out.stats);
                 drop(span);
                 let _span = range("learn/backward");
-                policy.backward(&padding_loss(&fwd)?, &fwd)?;
-                continue;
+                policy.backward(&loss, &fwd)?;
             }
-            if let Some((critic, _)) = &extras.critic {
-                let v = critic.values(&fwd.logits()?)?;
-                let per_tok = crate::gae::ValueHead::per_token_loss(
-                    &v,
-                    &old_values[i],
-                    &returns[i],
-                    critic.cfg.value_clip,
-                );
-                // Divided by the whole mini-batch's token count, so accumulation gives the batch's mean.
-                let vloss = (per_tok * &mb.mask).sum(Kind::Float) / total_tokens.max(1.0);
-                vloss_sum += vloss.double_value(&[]);
-                vclip += ((&v - &old_values[i])
-                    .abs()
-                    .gt(critic.cfg.value_clip)
-                    .to_kind(Kind::Float)
-                    * &mb.mask)
-                    .sum(Kind::Double)
-                    .double_value(&[]);
-                loss = loss + vloss * critic.cfg.vf_coef;
-            }
-            loss_sum += loss.double_value(&[]);
-            stats.add(&out.stats);
-            drop(span);
-            let _span = range("learn/backward");
-            policy.backward(&loss, &fwd)?;
-        }
+            Ok(())
+        })();
         if let Some(g) = graphs {
             learner.cuda_graphs = Some(g);
         }
+        looped?;
         if let Some(acc) = graph_acc {
             let v = Vec::<f64>::try_from(&acc)?;
             stats.add(&LossStats::from_values(&v[..stat::STAT_COUNT])?);
