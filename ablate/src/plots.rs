@@ -57,6 +57,8 @@ where
     chart
         .configure_mesh()
         .x_desc("RL round")
+        .x_label_formatter(&|v| spar_plot_text::tick_label(*v, x0, x1))
+        .y_label_formatter(&|v| spar_plot_text::tick_label(*v, y0, y1))
         .y_desc(c.key.as_str())
         .light_line_style(RGBColor(235, 235, 235))
         .draw()

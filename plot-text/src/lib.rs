@@ -240,6 +240,29 @@ impl<B: DrawingBackend> DrawingBackend for TextBackend<B> {
     }
 }
 
+/// An axis tick's label for `value` on an axis that spans `lo..hi`: as many decimals as a tenth of the span
+/// needs (steps 120..180 read "120", rewards 0.45..0.72 read "0.45"), and scientific notation where the values
+/// are all tiny or huge (a log-prob mismatch of 1e-8 reads "1.0e-8", not "0.0" on every tick, as plotters'
+/// default label did).
+pub fn tick_label(value: f64, lo: f64, hi: f64) -> String {
+    let magnitude = lo.abs().max(hi.abs());
+    if magnitude > 0.0 && !(1e-3..1e6).contains(&magnitude) {
+        return format!("{value:.1e}");
+    }
+    let step = (hi - lo).abs() / 10.0;
+    let decimals = if step > 0.0 && step.is_finite() {
+        (-step.log10().floor()).clamp(0.0, 6.0) as usize
+    } else {
+        2
+    };
+    // -0.00 reads as a bug on an axis.
+    let text = format!("{value:.decimals$}");
+    match text.strip_prefix('-') {
+        Some(rest) if rest.chars().all(|c| c == '0' || c == '.') => rest.to_string(),
+        _ => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +277,17 @@ mod tests {
         assert!(bold > b);
         let (big, hbig) = text_size("inquiry", 40.0, FontStyle::Normal);
         assert!(big > a && hbig > ha);
+    }
+
+    #[test]
+    fn tick_labels_resolve_the_axis_span() {
+        assert_eq!(tick_label(120.0, 118.0, 182.0), "120");
+        assert_eq!(tick_label(0.45, 0.44, 0.73), "0.45");
+        assert_eq!(tick_label(0.5, 0.0, 1.0), "0.5");
+        // A series of ~1e-8 and a flat zero beside it: every tick distinct, none "0.0".
+        assert_eq!(tick_label(2.5e-8, -1e-9, 3e-8), "2.5e-8");
+        assert_eq!(tick_label(-0.0001, -0.2, 0.2), "0.00");
+        assert_eq!(tick_label(3.0e7, 0.0, 5.0e7), "3.0e7");
+        assert_eq!(tick_label(1.0, 0.5, 1.5), "1.0");
     }
 }

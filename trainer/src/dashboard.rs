@@ -118,6 +118,8 @@ where
         chart
             .configure_mesh()
             .x_desc("step")
+            .x_label_formatter(&|v| spar_plot_text::tick_label(*v, x0, x1))
+            .y_label_formatter(&|v| spar_plot_text::tick_label(*v, y0, y1))
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
             .map_err(err)?;
