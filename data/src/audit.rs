@@ -8,7 +8,7 @@
 //!
 //! Commands other than `spar train` describe themselves with an [`AuditSpec`] ([`AuditManifest::begin`]): a run
 //! that writes a folder keeps `audit.json` in it, a run that writes one file keeps `<file>.audit.json` next to it;
-//! model inputs are recorded per file ([`inputs`]).
+//! model inputs are recorded per file (`inputs`).
 mod inputs;
 mod run;
 
@@ -65,7 +65,7 @@ pub struct AuditManifest {
     /// RFC 3339, UTC.
     pub started_at: String,
     pub finished_at: Option<String>,
-    /// "running" until `finish` sets the caller's outcome ("ok", "failed: <reason>", ...).
+    /// "running" until `finish` sets the caller's outcome (`"ok"`, `"failed: <reason>"`, ...).
     pub outcome: String,
     pub user: String,
     pub uid: Option<u32>,

@@ -532,8 +532,8 @@ impl PartialExpert {
         }
     }
 
-    /// The claim that follows the differential (`trainer.sft_expert.claims`), and whether it is true: "<code> is
-    /// the ICD-10-CM code for <title>." with the diagnosis' code and, true, its own title (the knowledge base
+    /// The claim that follows the differential (`trainer.sft_expert.claims`), and whether it is true: `"<code> is
+    /// the ICD-10-CM code for <title>."` with the diagnosis' code and, true, its own title (the knowledge base
     /// supports it) or, false (with probability `false_rate`, per case), the title of a differential entry's code
     /// (the knowledge base refutes it). Only claims the knowledge base decides as intended are made: None when
     /// claims are off or no such claim exists for the case.

@@ -10,7 +10,7 @@
 //!
 //! - one GEMM for q, k and v ([`FusedLayers`]);
 //! - one kernel for the q and k norms, RoPE and the cache writes of every token
-//!   ([`decode_ops::qk_norm_rope_store`]: token `j` of row `i` is flat cache row `slot_i * width + held_i + j`);
+//!   ([`spar_kernels::decode_ops::qk_norm_rope_store`]: token `j` of row `i` is flat cache row `slot_i * width + held_i + j`);
 //! - SDPA over each row's cached keys with the query heads of a KV head stacked along the query axis and one
 //!   additive mask built once per prefill (no copy of the keys per query head, no mask conversion per layer);
 //! - the residual add fused with the next norm, and one GEMM for the MLP's gate and up.

@@ -1,7 +1,7 @@
 //! Qwen3 / Qwen3-MoE in tch: HF load/save, forward with KV cache, tokenizer and chat template.
 //!
 //! The public surface is described in `/work/MODEL_API.md`: [`Qwen3Config`], [`Qwen3Model`] with
-//! [`ForwardInput`] / [`ForwardOutput`], the slot [`KvCache`], [`token_logprobs`] and
+//! [`ForwardInput`] / [`ForwardOutput`], the slot [`KvCache`], [`token_logprobs()`] and
 //! [`aux_load_balancing_loss`].
 
 pub mod attention_backend;

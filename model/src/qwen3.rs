@@ -34,7 +34,7 @@ pub struct ForwardInput<'a> {
     /// `[B, T, n_moe_layers, k]` int64 expert choices to use instead of the router's top-k (routing replay).
     pub forced_experts: Option<&'a Tensor>,
     /// Stop before the vocabulary projection: the output's `hidden` holds the final normalised hidden states
-    /// and `logits` is empty (`[B, T, 0]`); see [`crate::token_logprobs`].
+    /// and `logits` is empty (`[B, T, 0]`); see [`crate::token_logprobs()`].
     pub hidden_only: bool,
 }
 

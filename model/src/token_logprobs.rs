@@ -248,7 +248,7 @@ fn cuda_check(weight: &Tensor) -> Result<CudaCheck> {
     Ok(c)
 }
 
-/// Whether the fused op's CUDA epilogue kernels may run with `weight`'s device and dtype (see [`cuda_check`]).
+/// Whether the fused op's CUDA epilogue kernels may run with `weight`'s device and dtype (see `cuda_check`).
 /// Always false off CUDA.
 pub fn kernels_verified(weight: &Tensor) -> Result<bool> {
     Ok(cuda_check(weight)? == CudaCheck::Kernels)

@@ -4,7 +4,7 @@
 //! - [`engine`]: batched generation on the tch model with a slot KV cache (continuous batching, prefix reuse)
 //! - [`sampling`]: temperature / top-k / top-p / min-p sampling with a seed per request
 //! - [`stream`]: an episode as one token stream with loss mask, log-probs and step spans
-//! - [`env`]: the consultation environment (stages, steps, openings, termination)
+//! - [`env`](mod@env): the consultation environment (stages, steps, openings, termination)
 //! - [`simulator`]: the patient simulators
 //! - [`pipeline`]: segments, per-stage pools and the gate
 //! - [`codec`]: the text <-> token interface the environment uses, and the byte-level codec of text policies

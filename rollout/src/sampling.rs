@@ -49,7 +49,7 @@ impl RowSampler {
     }
 
     /// Whether this row samples at a temperature alone (or greedily): no top-k, top-p or min-p filter, so
-    /// [`sample_at_temperature`] (and the CUDA-graph decode step) can choose its token.
+    /// [`sample_at_temperature`](spar_model::temperature_sampling::sample_at_temperature) (and the CUDA-graph decode step) can choose its token.
     pub fn temperature_only(&self) -> bool {
         self.top_k == 0 && self.top_p >= 1.0 && self.min_p <= 0.0
     }
@@ -146,7 +146,7 @@ pub fn sample(logits: &Tensor, rows: &mut [&mut RowSampler]) -> Sampled {
 }
 
 /// Each row's temperature (greedy rows: their own, <= 0), log-prob temperature and uniform, as the `[3, R]`
-/// rows of [`sample_at_temperature`]'s parameters (row-major). A uniform is drawn from every row's stream, in
+/// rows of [`sample_at_temperature`](spar_model::temperature_sampling::sample_at_temperature)'s parameters (row-major). A uniform is drawn from every row's stream, in
 /// row order, when any row samples, and none when all are greedy: the draws the filtered path makes too, so a
 /// request's tokens do not depend on which path its batch took.
 pub fn temperature_params(rows: &mut [&mut RowSampler]) -> Vec<f32> {

@@ -14,7 +14,7 @@ pub struct Args {
     /// The ablation spec: a file, or the name of a shipped one (`spar data recipes` lists them: ablate-main,
     /// ablate-fact, ablate-spar, ablate-rl-knobs).
     pub spec: PathBuf,
-    /// The ablation's folder (default: ./runs/<spec name>, with an `ablate-` prefix when it has none).
+    /// The ablation's folder (default: `./runs/<spec name>`, with an `ablate-` prefix when it has none).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Runs at once (default: half the cores, at least one); each child gets cores / jobs threads.
@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub seeds: Vec<u64>,
     /// Compare every arm with this one instead of the spec's baseline (e.g. `--report-only --baseline placebo
-    /// --out DIR` for RL - placebo; the report is written to DIR/vs-<arm>/).
+    /// --out DIR` for RL - placebo; the report is written to `DIR/vs-<arm>/`).
     #[arg(long)]
     pub baseline: Option<String>,
     /// Pin each child to its own cores (taskset; Linux only), cores / jobs each.

@@ -57,7 +57,7 @@ pub struct Args {
     pub judge_model: Option<String>,
     #[arg(long, value_name = "VAR")]
     pub judge_api_key_env: Option<String>,
-    /// Output folder (default runs/eval/<time>).
+    /// Output folder (default `runs/eval/<time>`).
     #[arg(long, alias = "output")]
     pub out: Option<PathBuf>,
     /// Compare two reports (report.json files or their folders) instead of evaluating.

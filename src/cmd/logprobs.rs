@@ -19,7 +19,7 @@ pub struct Args {
     /// JSONL input: one {"token_ids": [...]} or {"text": "..."} per line (an "id" field is copied through).
     #[arg(long = "in", alias = "input")]
     input: PathBuf,
-    /// JSONL output: {"index", "id"?, "token_ids", "logprobs"} per line; logprobs[0] is null (no context).
+    /// JSONL output: `{"index", "id"?, "token_ids", "logprobs"}` per line; `logprobs[0]` is null (no context).
     #[arg(long)]
     out: PathBuf,
     /// Sequences per forward (right-padded).

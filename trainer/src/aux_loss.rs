@@ -15,7 +15,7 @@
 //!   mean over the whole batch.
 //!
 //! Every rank must run the same number of micro-batches for the per-step all-reduce: the learner pads their
-//! counts when this loss is on ([`crate::learner::Learner::pad_micro_batches`]). Equal to one process whose
+//! counts when this loss is on (`Learner::pad_micro_batches`). Equal to one process whose
 //! micro-batch `i` is the union of the ranks' micro-batches `i` (tested by `spar-dp-check --aux`).
 use crate::batch::MicroBatch;
 use crate::policy::Routing;

@@ -13,7 +13,7 @@ pub struct TrainItem {
     pub group_id: String,
     pub sample_idx: u32,
     pub input_ids: Vec<i64>,
-    /// target[p] = input_ids[p+1] (0 at the last position).
+    /// `target[p] = input_ids[p+1]` (0 at the last position).
     pub targets: Vec<i64>,
     /// 1.0 where target p is a sampled token.
     pub mask: Vec<f32>,

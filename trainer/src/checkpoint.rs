@@ -184,7 +184,7 @@ fn prune(root: &Path, keep_last: usize, current: &Path) -> Result<()> {
 }
 
 /// The newest checkpoint under `root` (by `latest`, else by name), if any, unchecked: whether a run has
-/// checkpoints. What a resume or an export reads is [`newest_intact`].
+/// checkpoints. What a resume or an export reads is `newest_intact`.
 pub fn latest(root: &Path) -> Result<Option<PathBuf>> {
     if let Ok(name) = std::fs::read_to_string(root.join("latest")) {
         let p = root.join(name.trim());

@@ -46,7 +46,7 @@ pub struct AuditSpec {
     /// The command's flags as JSON (see [`flags_from_args`]); secrets are removed before recording.
     pub flags: Value,
     pub data_files: Vec<PathBuf>,
-    /// Model folders or files; see [`super::inputs`] for what is hashed.
+    /// Model folders or files; see `audit::inputs` for what is hashed.
     pub models: Vec<PathBuf>,
     /// `git describe` of the build, when the binary knows it (a build script's `SPAR_BUILD_GIT_DESCRIBE`); it
     /// replaces the one spar-data was compiled with.

@@ -15,7 +15,7 @@
 //! flattened to "Vital signs / Blood pressure: 125/80 mmHg"; each leaf object of `Test_Results` (or each
 //! "name: result" of `physical_exams`) an essential test with its result; the diagnosis (and NEJM's wrong
 //! answers, as the differential) coded through the knowledge base's ICD-10-CM tree; the department from the
-//! code's chapter; a rubric derived from these ([`super::map::rubric`]).
+//! code's chapter; a rubric derived from these (`map::rubric`).
 use super::map::{self, Unmapped};
 use crate::kb::KnowledgeBase;
 use serde_json::Value;

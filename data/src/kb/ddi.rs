@@ -79,7 +79,7 @@ struct File {
 #[derive(Clone, Debug)]
 pub struct Interaction {
     pub severity: Severity,
-    /// "ddi:<a>|<b>" (the thesaurus entries that matched, French).
+    /// `"ddi:<a>|<b>"` (the thesaurus entries that matched, French).
     pub fact_id: String,
     pub rule_a: String,
     pub rule_b: String,

@@ -14,7 +14,7 @@ pub struct RangeVariant {
     pub min_age: Option<u32>,
     pub low: f64,
     pub high: f64,
-    /// UCUM as Synthea writes it ("mmol/L", "10*3/uL", "mm[Hg]", "Cel").
+    /// UCUM as Synthea writes it (`"mmol/L"`, `"10*3/uL"`, `"mm[Hg]"`, `"Cel"`).
     pub unit: String,
 }
 

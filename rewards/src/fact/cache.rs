@@ -25,7 +25,7 @@ use std::sync::{Arc, RwLock};
 pub enum Hit {
     Exact,
     Semantic,
-    /// A reviewer's override ([`ClaimCache::put_override`]).
+    /// A reviewer's override ([`put_override`]).
     Override,
 }
 
