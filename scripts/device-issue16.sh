@@ -28,7 +28,9 @@
 #   kernels  the GPU tests of spar-kernels (dist/tests-kernels.gz: TESTS="kernels model trainer" make-dist.sh);
 #   offload  the GPU tests of the parked optimizer and the flat AdamW (dist/tests-trainer.gz);
 #   trainer-tests  the trainer's GPU tests named in TRAINER_TESTS (default "learner_graphs offload adamw");
-#   model-tests    the model's GPU tests named in MODEL_TESTS (default "graph_decode fused_prefill").
+#   model-tests    the model's GPU tests named in MODEL_TESTS (default "graph_decode fused_prefill");
+#   decode   spar bench decode on the graph path in the variants of scripts/device-decode.sh (DECODE_VARIANTS),
+#            batches DECODE_BATCH, and profiles: $OUT/decode.jsonl, $OUT/decode-profile/.
 # STEPS picks and orders them (default "moe-rl grpo train mask1": what the 2026-12-06 calls left unmeasured first,
 # then GRPO vs TRL and the training step again with every change since, and the padding mask's A/B; MASK_AB=1 adds
 # its GRPO A/B). BUDGET (570 s) is the call's seconds; each step declares what it needs (NEED_*), so a step that
@@ -94,7 +96,8 @@ for s in ${STEPS:-moe-rl grpo train mask1}; do
                export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH" && gunzip -c dist/tests-model.gz > /tmp/tests-model &&
                chmod +x /tmp/tests-model && cd model && timeout 150 /tmp/tests-model ${MODEL_TESTS:-graph_decode fused_prefill} \
                --test-threads 1 > "$OUT/model-tests.txt" 2>&1' ;;
-    *) echo "$s: unknown step (prefill wait rounds long grpo train norm0 mask1 moe moe-rl cudnn kernels offload trainer-tests model-tests)" >> "$OUT/steps.txt" ;;
+    decode) step decode ${NEED_DECODE:-120} env DECODE_BATCH="${DECODE_BATCH:-1,2,4,8,16,64}" scripts/device-decode.sh ;;
+    *) echo "$s: unknown step (prefill wait rounds long grpo train norm0 mask1 moe moe-rl cudnn kernels offload trainer-tests model-tests decode)" >> "$OUT/steps.txt" ;;
   esac
 done
 cat "$OUT/steps.txt"

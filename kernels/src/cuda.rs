@@ -33,6 +33,19 @@ __device__ __forceinline__ float block_sum(float v, float* shared) {
     return shared[0];
 }
 
+// Programmatic dependent launch (sm_90+): spar launches the kernels that call this first (PDL_KERNELS in cuda.rs)
+// with the programmatic stream serialization attribute, so the GPU may schedule a kernel's blocks while the kernel
+// ahead of it on the stream still runs: a decode step at batch 1 is ~400 dependent kernels of a few microseconds,
+// each paying its launch and ramp-up. The prologue waits until the kernel ahead has finished and its writes are
+// visible (the kernel reads and writes nothing before it: semantics are those of plain stream order), then lets
+// the kernel behind this one be scheduled. Without the attribute (or before sm_90) it does nothing.
+__device__ __forceinline__ void pdl_prologue() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 extern "C" __global__ void rms_norm_f32(const float* x, const float* w, float* y, int h, float eps) {
     __shared__ float shared[32];
     const float* row = x + (size_t)blockIdx.x * h;
@@ -68,9 +81,34 @@ pub fn module_source() -> String {
     )
 }
 
+/// The kernels whose first statement is `pdl_prologue()`: only these may be launched with programmatic
+/// dependent launch (a kernel without the prologue could read its inputs before the kernel ahead wrote them).
+const PDL_KERNELS: [&str; 7] = [
+    "skinny_linear_",
+    "add_rms_norm_",
+    "qk_norm_rope_store_",
+    "silu_mul_",
+    "decode_attention_",
+    "greedy_pick_",
+    "temperature_pick_",
+];
+
+/// Whether `name` starts with the prologue (see [`PDL_KERNELS`]).
+fn has_pdl_prologue(name: &str) -> bool {
+    PDL_KERNELS.iter().any(|p| name.starts_with(p))
+}
+
+/// Programmatic dependent launch is on with `SPAR_PDL=1` (off by default: plain stream order for every kernel).
+fn pdl_allowed() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SPAR_PDL").is_ok_and(|v| v == "1"))
+}
+
 /// Compiled kernels of one device.
 pub struct Kernels {
     ordinal: usize,
+    /// Programmatic dependent launch for the kernels with the prologue: an sm_90+ device, its own PTX target.
+    pdl: bool,
     _ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
@@ -94,10 +132,13 @@ impl Kernels {
             options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
             ..Default::default()
         };
-        let ptx = match cudarc::nvrtc::compile_ptx_with_opts(&source, opts) {
-            Ok(p) => p,
+        let (ptx, own_target) = match cudarc::nvrtc::compile_ptx_with_opts(&source, opts) {
+            Ok(p) => (p, true),
             // An NVRTC older than the device: its default target, which every driver still runs.
-            Err(_) => cudarc::nvrtc::compile_ptx(source).map_err(|e| anyhow!("NVRTC: {e:?}"))?,
+            Err(_) => (
+                cudarc::nvrtc::compile_ptx(source).map_err(|e| anyhow!("NVRTC: {e:?}"))?,
+                false,
+            ),
         };
         let module = ctx
             .load_module(ptx)
@@ -144,6 +185,9 @@ impl Kernels {
             "decode_attention_async_bf16_d128_h4",
             "greedy_pick_f32",
             "greedy_pick_bf16",
+            "greedy_pick_part_f32",
+            "greedy_pick_part_bf16",
+            "greedy_pick_merge",
             "temperature_pick_f32",
             "temperature_pick_bf16",
             "decode_attention_combine_f32",
@@ -153,7 +197,10 @@ impl Kernels {
             "lp_bwd_f32",
             "lp_bwd_bf16",
             "adamw_flat_f32",
-        ] {
+        ]
+        .into_iter()
+        .chain(crate::decode_ops::SKINNY_LINEAR_KERNELS)
+        {
             functions.insert(
                 name,
                 module
@@ -163,6 +210,7 @@ impl Kernels {
         }
         Ok(Kernels {
             ordinal,
+            pdl: own_target && major >= 9 && pdl_allowed(),
             stream: ctx.default_stream(),
             _ctx: ctx,
             _module: module,
@@ -191,22 +239,54 @@ impl Kernels {
                 Arg::F32(v) => v as *const f32 as *mut c_void,
             })
             .collect();
-        // SAFETY: `params` point into `args`, alive for the call; the caller passes device pointers of live
-        // tensors sized for the kernel and values of the kernel's parameter types.
-        let rc = unsafe {
-            sys::cuLaunchKernel(
-                f.cu_function(),
-                grid,
-                1,
-                1,
-                block,
-                1,
-                1,
-                0,
-                stream as sys::CUstream,
-                params.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
+        let rc = if self.pdl && has_pdl_prologue(name) {
+            let mut attr = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value: sys::CUlaunchAttributeValue {
+                    programmaticStreamSerializationAllowed: 1,
+                },
+            };
+            let config = sys::CUlaunchConfig {
+                gridDimX: grid,
+                gridDimY: 1,
+                gridDimZ: 1,
+                blockDimX: block,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: 0,
+                hStream: stream as sys::CUstream,
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            // SAFETY: as for cuLaunchKernel below, and `config` and `attr` outlive the call. The kernel's
+            // prologue keeps the stream's order for its memory accesses.
+            unsafe {
+                sys::cuLaunchKernelEx(
+                    &config,
+                    f.cu_function(),
+                    params.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+            }
+        } else {
+            // SAFETY: `params` point into `args`, alive for the call; the caller passes device pointers of live
+            // tensors sized for the kernel and values of the kernel's parameter types.
+            unsafe {
+                sys::cuLaunchKernel(
+                    f.cu_function(),
+                    grid,
+                    1,
+                    1,
+                    block,
+                    1,
+                    1,
+                    0,
+                    stream as sys::CUstream,
+                    params.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+            }
         };
         if rc != sys::CUresult::CUDA_SUCCESS {
             bail!("launching {name}: {rc:?}");

@@ -22,6 +22,7 @@ template <typename T>
 __device__ void qk_norm_rope_store(const T* qkv, const T* qw, const T* kw, const T* cs,
                                    const T* sn, const long long* write_at, T* q_out, T* k_cache, T* v_cache,
                                    int nh, int nkv, int d, float eps) {
+    pdl_prologue();
     __shared__ float shared[32];
     __shared__ float ybuf[1024];
     int heads = nh + nkv;
@@ -71,6 +72,7 @@ extern "C" __global__ void qk_norm_rope_store_bf16(const unsigned short* qkv,
 // Residual add then RMSNorm, one block per row: s = x + y (stored to s_out), n = w * norm(s) (to n_out).
 template <typename T>
 __device__ void add_rms_norm(const T* x, const T* y, const T* w, T* s_out, T* n_out, int h, float eps) {
+    pdl_prologue();
     __shared__ float shared[32];
     size_t base = (size_t)blockIdx.x * h;
     float ss = 0.0f;
@@ -100,6 +102,7 @@ extern "C" __global__ void add_rms_norm_bf16(const unsigned short* x, const unsi
 // g and u advance `stride` elements per row (a fused gate_up projection: g = gu, u = gu + cols, stride 2 cols).
 template <typename T>
 __device__ void silu_mul(const T* g, const T* u, T* out, long long n, int cols, int stride) {
+    pdl_prologue();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     long long off = (i / cols) * stride + (i % cols);
@@ -289,6 +292,7 @@ template <typename T, int E, int H>
 __device__ void decode_attention(const T* q, const T* kc, const T* vc, const long long* key_len, T* out,
                                  int nh, int nkv, int width, float scale, int splits, int span, float* ws_acc,
                                  float* ws_ml) {
+    pdl_prologue();
     constexpr int D = 32 * E;
     // Keys per run: 4, or 2 for the widest heads (registers: U x E floats each of keys and values).
     constexpr int U = E >= 8 ? 2 : 4;
@@ -355,6 +359,7 @@ __device__ void decode_attention_async(const unsigned short* q, const unsigned s
                                        const unsigned short* vc, const long long* key_len, unsigned short* out,
                                        int nh, int nkv, int width, float scale, int splits, int span,
                                        float* ws_acc, float* ws_ml) {
+    pdl_prologue();
     constexpr int D = 32 * E;
     constexpr int U = DA_TILE / DA_WARPS;
     constexpr int ROW_CHUNKS = D / 8;  // 16-byte pieces of one key's row
@@ -411,6 +416,7 @@ __device__ void decode_attention_async(const unsigned short* q, const unsigned s
 // Merges the splits of decode_attention: one block per (row, head), one thread per element.
 template <typename T>
 __device__ void decode_attention_combine(const float* ws_acc, const float* ws_ml, T* out, int splits, int d) {
+    pdl_prologue();
     size_t head = blockIdx.x;
     int j = threadIdx.x;
     if (j >= d) return;
@@ -509,6 +515,7 @@ __device__ void row_argmax(const T* x, int v, float* best_out, int* idx_out) {
 // second pass re-reads the row from L2.
 template <typename T>
 __device__ void greedy_pick(const T* logits, int v, double* out) {
+    pdl_prologue();
     __shared__ float shared[32];
     const T* x = logits + (size_t)blockIdx.x * v;
     float best;
@@ -536,6 +543,7 @@ extern "C" __global__ void greedy_pick_bf16(const unsigned short* x, int v, doub
 // the target walks it. Replaces ~12 full passes over [rows, v] fp32 (a cast, two softmaxes, a cumsum, ...).
 template <typename T>
 __device__ void temperature_pick(const T* logits, int v, const float* params, double* out) {
+    pdl_prologue();
     __shared__ float s_warp[32];
     __shared__ float s_lsum[32];
     __shared__ int s_pick;
@@ -612,4 +620,148 @@ extern "C" __global__ void temperature_pick_f32(const float* x, int v, const flo
 }
 extern "C" __global__ void temperature_pick_bf16(const unsigned short* x, int v, const float* params, double* out) {
     temperature_pick<unsigned short>(x, v, params, out);
+}
+
+// Skinny linear layer y = x W^T for the one or two rows of a small decode batch (x [R, k]; W [n, k] row-major, as
+// torch's Linear stores it; y [R, n]). cuBLAS tiles such a product by output columns, so at batch 1 a
+// [1, 1024] x [1024, 4096] projection is a few dozen tiles on 132 SMs and streams its weights below the memory
+// bandwidth. Here each warp owns one output column: its lanes stream that row of W as 16-byte vectors,
+// SL_INFLIGHT of them in flight before any is used (W is read once, bypassing L1, so L1 keeps x, which every warp
+// of the SM reads), multiply them by every row of x, accumulate in fp32 and reduce across the warp. The sum rounds
+// once to T, as cuBLAS's fp32 accumulation does; only the summation order differs. From 3 rows on, x's reads
+// through L1 (one per row and weight vector) cost more than cuBLAS's idle SMs (measured up to 8 rows, also with
+// 2 and 4 columns a warp sharing each x vector: docs/benchmarks.md), so decode_ops.rs stops at 2.
+#define SL_WARPS 4
+#define SL_INFLIGHT 8
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+#if __CUDA_ARCH__ >= 700
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+#else
+    return __ldg(p);
+#endif
+}
+template <typename T> struct Vec16;
+template <> struct Vec16<float> {
+    static constexpr int E = 4;
+    static __device__ __forceinline__ void unpack(uint4 v, float* f) {
+        f[0] = __uint_as_float(v.x); f[1] = __uint_as_float(v.y);
+        f[2] = __uint_as_float(v.z); f[3] = __uint_as_float(v.w);
+    }
+};
+template <> struct Vec16<unsigned short> {
+    static constexpr int E = 8;
+    static __device__ __forceinline__ void unpack(uint4 v, float* f) {
+        unsigned int w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            f[2 * i] = __uint_as_float(w[i] << 16);
+            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+    }
+};
+template <typename T, int R>
+__device__ void skinny_linear(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, int n, int k) {
+    pdl_prologue();
+    constexpr int E = Vec16<T>::E;
+    int lane = threadIdx.x & 31;
+    int col = blockIdx.x * SL_WARPS + (threadIdx.x >> 5);
+    if (col >= n) return;
+    const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)col * k);
+    const uint4* xr = reinterpret_cast<const uint4*>(x);
+    int vecs = k / E;  // per row of W and of x
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+    for (int base = lane; base < vecs; base += 32 * SL_INFLIGHT) {
+        uint4 wv[SL_INFLIGHT];
+#pragma unroll
+        for (int u = 0; u < SL_INFLIGHT; ++u) {
+            int v = base + u * 32;
+            wv[u] = v < vecs ? ld_stream(wr + v) : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int u = 0; u < SL_INFLIGHT; ++u) {
+            int v = base + u * 32;
+            if (v >= vecs) break;
+            float wf[E];
+            Vec16<T>::unpack(wv[u], wf);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                float xf[E];
+                Vec16<T>::unpack(__ldg(xr + (size_t)r * vecs + v), xf);
+#pragma unroll
+                for (int e = 0; e < E; ++e) acc[r] = fmaf(xf[e], wf[e], acc[r]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        float s = acc[r];
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == r) Io<T>::st(y + (size_t)r * n + col, s);
+    }
+}
+#define SKINNY_LINEAR(SUF, T, R) \
+    extern "C" __global__ void skinny_linear_##SUF##_r##R(const T* x, const T* w, T* y, int n, int k) { \
+        skinny_linear<T, R>(x, w, y, n, k); \
+    }
+SKINNY_LINEAR(f32, float, 1)
+SKINNY_LINEAR(f32, float, 2)
+SKINNY_LINEAR(bf16, unsigned short, 1)
+SKINNY_LINEAR(bf16, unsigned short, 2)
+
+// greedy_pick for few rows, split over `parts` blocks a row (one block a row leaves all but a few SMs idle: a
+// 151,936-token row took one block ~57 us). Block (row, p) takes chunk p of the row and writes its maximum, the
+// maximum's first index and sum exp(x - max) over the chunk to ws [rows, parts, 3] (the index as float bits);
+// greedy_pick_merge merges a row's parts: the largest maximum (the first index on ties: chunks are in order), and
+// the sum rescaled to it. Same output as greedy_pick, summed in another order.
+template <typename T>
+__device__ void greedy_pick_part(const T* logits, int v, int parts, float* ws) {
+    pdl_prologue();
+    __shared__ float shared[32];
+    int row = blockIdx.x / parts, p = blockIdx.x % parts;
+    int chunk = (v + parts - 1) / parts;
+    int lo = min(v, p * chunk), hi = min(v, lo + chunk);
+    const T* x = logits + (size_t)row * v + lo;
+    float best;
+    int bi;
+    row_argmax<T>(x, hi - lo, &best, &bi);
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < hi - lo; i += blockDim.x) sum += expf(Io<T>::ld(x + i) - best);
+    sum = block_sum(sum, shared);
+    if (threadIdx.x == 0) {
+        ws[3 * blockIdx.x] = best;
+        ws[3 * blockIdx.x + 1] = __int_as_float(lo + bi);
+        ws[3 * blockIdx.x + 2] = sum;
+    }
+}
+extern "C" __global__ void greedy_pick_part_f32(const float* x, int v, int parts, float* ws) {
+    greedy_pick_part<float>(x, v, parts, ws);
+}
+extern "C" __global__ void greedy_pick_part_bf16(const unsigned short* x, int v, int parts, float* ws) {
+    greedy_pick_part<unsigned short>(x, v, parts, ws);
+}
+// One warp a row, parts <= 32.
+extern "C" __global__ void greedy_pick_merge(const float* ws, int parts, double* out) {
+    pdl_prologue();
+    int row = blockIdx.x, lane = threadIdx.x;
+    const float* part = ws + 3 * ((size_t)row * parts + lane);
+    float m = lane < parts ? part[0] : DA_NEG_INF;
+    int idx = lane < parts ? __float_as_int(part[1]) : 0x7fffffff;
+    float best = m;
+    int bi = m > DA_NEG_INF ? idx : 0x7fffffff;
+    for (int o = 16; o > 0; o >>= 1) {
+        float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ob > best || (ob == best && oi < bi)) { best = ob; bi = oi; }
+    }
+    float s = lane < parts && m > DA_NEG_INF ? part[2] * expf(m - best) : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) {
+        out[row] = (double)(bi == 0x7fffffff ? 0 : bi);
+        out[gridDim.x + row] = (double)(-logf(s));
+    }
 }

@@ -67,11 +67,9 @@ pub fn qk_norm_rope_store(
         return Ok(None);
     };
     let q_out = Tensor::f_empty([r, nh, d], (qkv.kind(), qkv.device()))?;
-    let block = if d <= 256 {
-        256
-    } else {
-        (d as u32).div_ceil(32) * 32
-    };
+    // A thread per element of the head: 256-thread blocks left half of them idle on heads of 128 (a batch-64
+    // step's launch was 1,536 such blocks).
+    let block = (d as u32).div_ceil(32) * 32;
     let p = |t: &Tensor| Arg::Ptr(t.data_ptr() as u64);
     kern.launch(
         &format!("qk_norm_rope_store_{suffix}"),
@@ -167,6 +165,85 @@ pub fn silu_mul_packed(gate_up: &Tensor) -> Result<Tensor> {
     let g = gate_up.f_narrow(-1, 0, i)?;
     let u = gate_up.f_narrow(-1, i, i)?;
     Ok(g.f_silu()?.f_mul(&u)?)
+}
+
+/// The most rows [`skinny_linear`] takes: from 3 rows on cuBLAS was faster on an H100 (every row is another
+/// read of `x` per weight vector; docs/benchmarks.md).
+pub const SKINNY_MAX_ROWS: i64 = 2;
+
+/// The kernels of [`skinny_linear`], by dtype and row count (for the module's function table).
+pub(crate) const SKINNY_LINEAR_KERNELS: [&str; 4] = [
+    "skinny_linear_f32_r1",
+    "skinny_linear_f32_r2",
+    "skinny_linear_bf16_r1",
+    "skinny_linear_bf16_r2",
+];
+
+/// `x W^T` without bias (`x: [.., k]`, `w: [n, k]`, as `Tensor::linear`) for at most [`SKINNY_MAX_ROWS`] rows of
+/// `x`: one warp per output column streams its row of `w` at close to the memory bandwidth, where cuBLAS leaves
+/// most SMs idle on so few rows (a decode step at batch 1 is such products and little else). Returns None where
+/// it does not apply (not CUDA under no-grad, not fp32 / bf16, more rows, `k` not a multiple of 16 bytes,
+/// misaligned or non-contiguous operands, or more rows than `SPAR_SKINNY_LINEAR` allows: see
+/// [`skinny_linear_max_rows`]); [`linear`] then runs `Tensor::linear`.
+/// Only the summation order differs from cuBLAS (fp32 accumulation, one rounding to the dtype).
+pub fn skinny_linear(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    let Some((ordinal, suffix)) = fused_target(&[x, w])? else {
+        return Ok(None);
+    };
+    let (ws, xs) = (w.size(), x.size());
+    let (Some(&k), [n, wk]) = (xs.last(), ws.as_slice()) else {
+        return Ok(None);
+    };
+    let (n, elt) = (*n, x.kind().elt_size_in_bytes() as i64);
+    let rows = if k > 0 { x.numel() as i64 / k } else { 0 };
+    let aligned = |t: &Tensor| (t.data_ptr() as usize).is_multiple_of(16);
+    if *wk != k
+        || k == 0
+        || n == 0
+        || !((k * elt) as u64).is_multiple_of(16)
+        || !(1..=skinny_linear_max_rows()).contains(&rows)
+        || n > i32::MAX as i64
+        || k > i32::MAX as i64
+        || !aligned(x)
+        || !aligned(w)
+    {
+        return Ok(None);
+    }
+    let Some(kern) = cuda::kernels(ordinal) else {
+        return Ok(None);
+    };
+    let mut out_size = xs.clone();
+    *out_size.last_mut().expect("non-empty shape") = n;
+    let y = Tensor::f_empty(out_size.as_slice(), (x.kind(), x.device()))?;
+    let p = |t: &Tensor| Arg::Ptr(t.data_ptr() as u64);
+    // SL_WARPS (4) columns a 128-thread block, a warp each.
+    kern.launch(
+        &format!("skinny_linear_{suffix}_r{rows}"),
+        (n as u64).div_ceil(4) as u32,
+        128,
+        &[p(x), p(w), p(&y), Arg::I32(n as i32), Arg::I32(k as i32)],
+    )?;
+    Ok(Some(y))
+}
+
+/// `x W^T` without bias: [`skinny_linear`] where it applies, `Tensor::linear` otherwise.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    match skinny_linear(x, w)? {
+        Some(y) => Ok(y),
+        None => Ok(x.f_linear(w, None::<Tensor>)?),
+    }
+}
+
+/// The most rows [`skinny_linear`] takes in this process: [`SKINNY_MAX_ROWS`], or `SPAR_SKINNY_LINEAR=N` (fewer;
+/// 0 turns the kernel off: cuBLAS for every decode projection), for comparisons.
+pub fn skinny_linear_max_rows() -> i64 {
+    static MAX: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("SPAR_SKINNY_LINEAR")
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+            .map_or(SKINNY_MAX_ROWS, |n| n.clamp(0, SKINNY_MAX_ROWS))
+    })
 }
 
 /// Attention of one query position per row over the KV cache, for decode: `q: [r, nh, d]`, caches
@@ -356,6 +433,34 @@ pub fn greedy_pick_into(logits: &Tensor, out: &Tensor) -> Result<bool> {
     let Some(kern) = cuda::kernels(ordinal) else {
         return Ok(false);
     };
+    // Few rows: each row split over `parts` blocks (the GPU's SMs share the rows), then a merge. Many rows fill
+    // the GPU with a block a row.
+    let parts = if r < 32 { (128 / r).clamp(2, 32) } else { 1 };
+    if parts > 1 {
+        let ws = Tensor::f_empty([r, parts, 3], (Kind::Float, logits.device()))?;
+        kern.launch(
+            &format!("greedy_pick_part_{suffix}"),
+            (r * parts) as u32,
+            256,
+            &[
+                Arg::Ptr(logits.data_ptr() as u64),
+                Arg::I32(v as i32),
+                Arg::I32(parts as i32),
+                Arg::Ptr(ws.data_ptr() as u64),
+            ],
+        )?;
+        kern.launch(
+            "greedy_pick_merge",
+            r as u32,
+            32,
+            &[
+                Arg::Ptr(ws.data_ptr() as u64),
+                Arg::I32(parts as i32),
+                Arg::Ptr(out.data_ptr() as u64),
+            ],
+        )?;
+        return Ok(true);
+    }
     kern.launch(
         &format!("greedy_pick_{suffix}"),
         r as u32,

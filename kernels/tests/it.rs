@@ -6,6 +6,7 @@ use tch::{Device, Kind, Tensor};
 
 #[test]
 fn rms_norm_cpu_matches_formula() {
+    let _one_at_a_time = GPU.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(0);
     let x = Tensor::randn([3, 5, 64], (Kind::Float, Device::Cpu));
     let w = Tensor::randn([64], (Kind::Float, Device::Cpu));
@@ -47,6 +48,7 @@ fn worst_relative(a: &(Tensor, Tensor, Tensor), b: &(Tensor, Tensor, Tensor)) ->
 
 #[test]
 fn aten_rms_norm_is_the_composition_bit_for_bit_on_cpu() {
+    let _one_at_a_time = GPU.lock().unwrap_or_else(|e| e.into_inner());
     for kind in [Kind::Float, Kind::BFloat16] {
         tch::manual_seed(0);
         let x = (Tensor::randn([3, 5, 64], (Kind::Float, Device::Cpu)) * 3.0).to_kind(kind);
@@ -87,8 +89,10 @@ fn aten_rms_norm_matches_the_composition_with_gradients_on_gpu() {
     }
 }
 
-/// GPU tests run one at a time: a CUDA-graph capture registers torch's global CUDA generator, so a random op
-/// on another test thread during capture fails.
+/// Tests run one at a time under this lock: a CUDA-graph capture registers torch's global CUDA generator, so a
+/// random op on another test thread during capture fails; and a test that seeds torch's global generator and then
+/// draws would draw other numbers if another thread drew in between (CPU tests too: that flipped a bf16 argmax
+/// now and then).
 static GPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
@@ -279,6 +283,130 @@ fn decode_attention_matches_masked_sdpa_on_gpu() {
 
 /// The in-graph greedy pick against torch: the first maximum (as `argmax`, ties included) and its fp32
 /// log-softmax log-prob.
+/// The decode step's fused residual add + RMSNorm against `x + y` and the torch RMSNorm, for rows held in registers
+/// (h <= 8 x 256) and longer ones: the sum bit for bit, the norm within summation order.
+#[test]
+fn fused_add_rms_norm_matches_torch_on_gpu() {
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    if !tch::Cuda::is_available() {
+        eprintln!(
+            "SKIP: no CUDA device visible to libtorch; the fused add + RMSNorm is tested on the GPU machine"
+        );
+        return;
+    }
+    let dev = Device::Cuda(0);
+    let _g = tch::no_grad_guard();
+    for (kind, rel) in [(Kind::Float, 1e-6), (Kind::BFloat16, 1.0 / 128.0)] {
+        for h in [64i64, 1000, 1024, 2048, 4096] {
+            let x = Tensor::randn([3, 1, h], (Kind::Float, dev)).to_kind(kind);
+            let y = Tensor::randn([3, 1, h], (Kind::Float, dev)).to_kind(kind);
+            let w = (Tensor::randn([h], (Kind::Float, dev)) * 0.1 + 1.0).to_kind(kind);
+            let (sum, norm) = spar_kernels::decode_ops::add_rms_norm(&x, &y, &w, 1e-6).unwrap();
+            let want_sum = &x + &y;
+            assert!(
+                sum.equal(&want_sum),
+                "{kind:?} h={h}: the residual sum differs"
+            );
+            let want = rms_norm_torch(&want_sum, &w, 1e-6).unwrap();
+            let d = (norm.to_kind(Kind::Float) - want.to_kind(Kind::Float))
+                .abs()
+                .max()
+                .double_value(&[]);
+            let tol = rel * want.to_kind(Kind::Float).abs().max().double_value(&[]);
+            eprintln!("{kind:?} h={h}: norm max abs diff {d:.2e}");
+            assert!(d <= tol, "{kind:?} h={h}: fused norm differs by {d}");
+        }
+    }
+}
+
+#[test]
+fn skinny_linear_declines_cpu_and_linear_falls_back() {
+    let _one_at_a_time = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = tch::no_grad_guard();
+    let x = Tensor::randn([2, 1, 64], (Kind::Float, Device::Cpu));
+    let w = Tensor::randn([48, 64], (Kind::Float, Device::Cpu));
+    assert!(
+        spar_kernels::decode_ops::skinny_linear(&x, &w)
+            .unwrap()
+            .is_none()
+    );
+    let y = spar_kernels::decode_ops::linear(&x, &w).unwrap();
+    assert!(y.equal(&x.linear(&w, None::<Tensor>)));
+}
+
+/// The skinny decode projection against cuBLAS's `linear` and an fp64 reference, at every row count it takes,
+/// on the 0.6B shape's projections (qkv, o, gate_up, down, the tied LM head) and odd small ones; and it declines
+/// what it does not take.
+#[test]
+fn skinny_linear_matches_linear_on_gpu() {
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    if !tch::Cuda::is_available() {
+        eprintln!(
+            "SKIP: no CUDA device visible to libtorch; the skinny linear kernel is tested on the GPU machine"
+        );
+        return;
+    }
+    use spar_kernels::decode_ops::{SKINNY_MAX_ROWS, skinny_linear};
+    let dev = Device::Cuda(0);
+    let _g = tch::no_grad_guard();
+    let shapes = [
+        (4096i64, 1024i64),
+        (1024, 2048),
+        (6144, 1024),
+        (1024, 3072),
+        (151_936, 1024),
+        (5, 16),
+        (37, 264),
+    ];
+    for kind in [Kind::Float, Kind::BFloat16] {
+        for &(n, k) in &shapes {
+            let w = (Tensor::randn([n, k], (Kind::Float, dev)) * 0.05).to_kind(kind);
+            let w64 = w.to_kind(Kind::Double);
+            for rows in 1..=SKINNY_MAX_ROWS {
+                let x = Tensor::randn([rows, 1, k], (Kind::Float, dev)).to_kind(kind);
+                let got = skinny_linear(&x, &w).unwrap().unwrap_or_else(|| {
+                    panic!("{kind:?} {rows}x{k} by {n}: the kernel should apply")
+                });
+                assert_eq!(got.size(), [rows, 1, n]);
+                let cublas = x.linear(&w, None::<Tensor>);
+                let exact = x.to_kind(Kind::Double).linear(&w64, None::<Tensor>);
+                let err = |t: &Tensor| {
+                    (t.to_kind(Kind::Double) - &exact)
+                        .abs()
+                        .max()
+                        .double_value(&[])
+                };
+                let (e_got, e_cublas) = (err(&got), err(&cublas));
+                let scale = exact.abs().max().double_value(&[]);
+                // fp32: summation order only. bf16: one rounding of the fp32 sum to bf16 (2^-8 relative), as
+                // cuBLAS rounds; both are measured against the fp64 product.
+                let tol = match kind {
+                    Kind::Float => 1e-5 * scale + 2.0 * e_cublas,
+                    _ => scale / 256.0 + e_cublas,
+                };
+                if rows == 1 || rows == SKINNY_MAX_ROWS {
+                    eprintln!(
+                        "{kind:?} {rows}x{k} by {n}: max error {e_got:.2e} (cuBLAS {e_cublas:.2e}, scale {scale:.2e})"
+                    );
+                }
+                assert!(
+                    e_got <= tol,
+                    "{kind:?} {rows}x{k} by {n}: error {e_got} vs cuBLAS {e_cublas}"
+                );
+            }
+        }
+        // Declined: too many rows, a width not a multiple of 16 bytes, a transposed (non-contiguous) weight.
+        let w = Tensor::randn([64, 64], (Kind::Float, dev)).to_kind(kind);
+        let many = Tensor::randn([SKINNY_MAX_ROWS + 1, 64], (Kind::Float, dev)).to_kind(kind);
+        assert!(skinny_linear(&many, &w).unwrap().is_none());
+        let odd = Tensor::randn([2, 6], (Kind::Float, dev)).to_kind(kind);
+        let w_odd = Tensor::randn([64, 6], (Kind::Float, dev)).to_kind(kind);
+        assert!(skinny_linear(&odd, &w_odd).unwrap().is_none());
+        let x = Tensor::randn([2, 64], (Kind::Float, dev)).to_kind(kind);
+        assert!(skinny_linear(&x, &w.tr()).unwrap().is_none());
+    }
+}
+
 #[test]
 fn greedy_pick_matches_argmax_and_log_softmax_on_gpu() {
     let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
@@ -290,12 +418,17 @@ fn greedy_pick_matches_argmax_and_log_softmax_on_gpu() {
     }
     let dev = Device::Cuda(0);
     let _g = tch::no_grad_guard();
-    for kind in [Kind::Float, Kind::BFloat16] {
-        let (r, v) = (6i64, 151_936i64);
+    // 1 and 6 rows: each row split over blocks, then merged (the tie below spans two blocks); 40: a block a row.
+    for (kind, r) in [Kind::Float, Kind::BFloat16]
+        .into_iter()
+        .flat_map(|k| [(k, 1i64), (k, 6), (k, 40)])
+    {
+        let v = 151_936i64;
         let x = (Tensor::randn([r, v], (Kind::Float, dev)) * 3.0).to_kind(kind);
-        // Row 1: two equal maxima; the first one wins, as with argmax.
-        let _ = x.get(1).narrow(0, 70_000, 1).fill_(50.0);
-        let _ = x.get(1).narrow(0, 90_000, 1).fill_(50.0);
+        // Row 1 (row 0 when alone): two equal maxima; the first one wins, as with argmax.
+        let tied = r.min(2) - 1;
+        let _ = x.get(tied).narrow(0, 70_000, 1).fill_(50.0);
+        let _ = x.get(tied).narrow(0, 90_000, 1).fill_(50.0);
         let out = Tensor::zeros([2, r], (Kind::Double, dev));
         assert!(spar_kernels::decode_ops::greedy_pick_into(&x, &out).unwrap());
         let xf = x.to_kind(Kind::Float);
@@ -306,13 +439,13 @@ fn greedy_pick_matches_argmax_and_log_softmax_on_gpu() {
             .squeeze_dim(-1);
         let got_ids = out.get(0).to_kind(Kind::Int64);
         assert!(got_ids.equal(&ids), "{kind:?}: {got_ids:?} vs {ids:?}");
-        assert_eq!(got_ids.int64_value(&[1]), 70_000);
+        assert_eq!(got_ids.int64_value(&[tied]), 70_000);
         let d = (out.get(1).to_kind(Kind::Float) - lp)
             .abs()
             .max()
             .double_value(&[]);
-        eprintln!("{kind:?}: greedy log-prob max abs diff {d:.2e}");
-        assert!(d < 1e-4, "{kind:?}: log-probs differ by {d}");
+        eprintln!("{kind:?}, {r} rows: greedy log-prob max abs diff {d:.2e}");
+        assert!(d < 1e-4, "{kind:?}, {r} rows: log-probs differ by {d}");
     }
 }
 
@@ -534,6 +667,7 @@ fn fused_logprob_kernels_match_aten_and_whole_logits() {
 /// recording abandoned without `finish`; a second recording at once is refused.
 #[test]
 fn torch_profiler_writes_a_chrome_trace_with_ops_inside_spans() {
+    let _one_at_a_time = GPU.lock().unwrap_or_else(|e| e.into_inner());
     use spar_kernels::torch_profiler::{ProfileOptions, Recording, range};
     if !spar_kernels::torch_profiler::available() {
         eprintln!("skipped: built without libtorch's C++ headers (no profiler shim)");

@@ -132,8 +132,11 @@ pub(crate) fn mlp_and_next_norm(
                 .gate_up
                 .as_ref()
                 .with_context(|| format!("dense layer {li} without fused gate_up"))?;
-            let y = decode_ops::silu_mul_packed(&h2.f_linear(gu, None::<Tensor>)?)?
-                .f_linear(down, None::<Tensor>)?;
+            // A decode step's few rows take the skinny kernel; a prefill's many take cuBLAS.
+            let y = decode_ops::linear(
+                &decode_ops::silu_mul_packed(&decode_ops::linear(&h2, gu)?)?,
+                down,
+            )?;
             (y, None)
         }
         Mlp::Moe { weights, .. } => {

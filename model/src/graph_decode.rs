@@ -5,7 +5,7 @@
 //! fixed, so it is captured once per shape and replayed:
 //!
 //! - **Rows**: the batch is padded to a bucket of `R` rows (1, 2, 4, ... up to the engine's batch). Graph row
-//!   `j` is physical KV-cache slot `j` ([`KvCache::gather_low`] moves the decoding sequences there), so
+//!   `j` is physical KV-cache slot `j` (`KvCache::gather_low` moves the decoding sequences there), so
 //!   attention reads the cache through a strided view with no gather. Padding rows write their key and value
 //!   into the scratch column `max_len` of their slot and their outputs are dropped.
 //! - **Keys**: attention covers the first `K` cache positions, `K` the longest sequence rounded up to a power of
@@ -502,12 +502,16 @@ fn decode_step(
     let key_len = inputs.f_select(0, 2)?;
 
     let (cos, sin) = model.rope.cos_sin(&pos.f_view([r, 1])?, kind)?; // [r, 1, D]
-    // Additive mask, built once per step (a boolean mask would be converted in every layer's attention).
-    let hidden = Tensor::f_arange(keys, (Kind::Int64, dev))?
-        .f_view([1, 1, 1, keys])?
-        .f_ge_tensor(&key_len.f_view([r, 1, 1, 1])?)?; // [r, 1, 1, keys]
-    let mask =
-        Tensor::f_zeros([r, 1, 1, keys], (kind, dev))?.f_masked_fill(&hidden, f64::NEG_INFINITY)?;
+    // The SDPA fallback's additive mask, built once per step when first needed (a boolean mask would be
+    // converted in every layer's attention; the decode kernel needs none, so its steps launch none of this).
+    let mut mask: Option<Tensor> = None;
+    let additive_mask = || -> Result<Tensor> {
+        let hidden = Tensor::f_arange(keys, (Kind::Int64, dev))?
+            .f_view([1, 1, 1, keys])?
+            .f_ge_tensor(&key_len.f_view([r, 1, 1, 1])?)?; // [r, 1, 1, keys]
+        Ok(Tensor::f_zeros([r, 1, 1, keys], (kind, dev))?
+            .f_masked_fill(&hidden, f64::NEG_INFINITY)?)
+    };
     // Row j of the graph is physical slot j: flat index of (slot j, position pos[j]) in a [slots * width] view.
     let write_at = Tensor::f_arange(r, (Kind::Int64, dev))?
         .f_mul_scalar(width)?
@@ -520,7 +524,7 @@ fn decode_step(
     for (li, (layer, fl)) in model.layers.iter().zip(fused.iter()).enumerate() {
         let a = &layer.attn;
         let (kc, vc) = cache.layer(layer.index);
-        let qkv = hin.f_linear(&fl.qkv, None::<Tensor>)?; // [r, 1, (nh + 2 nkv) D]
+        let qkv = decode_ops::linear(&hin, &fl.qkv)?; // [r, 1, (nh + 2 nkv) D]
         let q = queries_and_store(a, &qkv, &cos, &sin, &write_at, (kc, vc), (nh, nkv, d), eps)?;
         let kr = kc
             .f_narrow(0, 0, r)?
@@ -535,11 +539,14 @@ fn decode_step(
             None => {
                 // Query heads n*n_rep..(n+1)*n_rep share KV head n: fold them into the query axis of KV head n.
                 let qg = q.f_reshape([r, nkv, n_rep, d])?;
+                if mask.is_none() {
+                    mask = Some(additive_mask()?);
+                }
                 Tensor::f_scaled_dot_product_attention(
                     &qg,
                     &kr,
                     &vr,
-                    Some(&mask),
+                    mask.as_ref(),
                     0.0,
                     false,
                     None,
@@ -547,16 +554,14 @@ fn decode_step(
                 )? // [r, nkv, n_rep, D]
             }
         };
-        let o = o
-            .f_reshape([r, 1, nh * d])?
-            .f_linear(&a.o, None::<Tensor>)?;
+        let o = decode_ops::linear(&o.f_reshape([r, 1, nh * d])?, &a.o)?;
         let (x2, hn, chosen) = mlp_and_next_norm(model, li, fl, &x, &o, grouped)?;
         experts.extend(chosen);
         x = x2;
         hin = hn;
     }
     let w = model.lm_head.as_ref().unwrap_or(&model.embed);
-    let logits = hin.f_linear(w, None::<Tensor>)?.f_view([r, -1])?;
+    let logits = decode_ops::linear(&hin, w)?.f_view([r, -1])?;
     let experts = if experts.is_empty() {
         None
     } else {

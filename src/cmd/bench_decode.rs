@@ -7,6 +7,7 @@
 use anyhow::{Result, bail};
 use serde_json::json;
 use spar_core::traits::{GenerateRequest, SamplingParams};
+use spar_model::torch_profiler::{ProfileOptions, Recording};
 use spar_model::{Qwen3Model, parse_kind};
 use spar_rollout::engine::{Engine, EngineConfig};
 use std::time::Instant;
@@ -42,6 +43,10 @@ pub struct Args {
     /// Decode paths to time: eager, graph or both (graph needs CUDA and is skipped elsewhere).
     #[arg(long, default_value = "both")]
     paths: String,
+    /// Record the last timed run of each path and batch size with the torch profiler (CUDA kernels included):
+    /// DIR/decode-PATH-bBATCH.md (where the time goes, by kernel) and its Chrome trace.
+    #[arg(long, value_name = "DIR")]
+    profile: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -110,7 +115,15 @@ pub fn run(args: Args) -> Result<()> {
             let mut best = f64::INFINITY;
             let mut best_decode = f64::INFINITY;
             let mut best_prefill = f64::INFINITY;
-            for _ in 0..args.iters.max(1) {
+            let iters = args.iters.max(1);
+            for it in 0..iters {
+                let recording = match &args.profile {
+                    Some(_) if it + 1 == iters => Some(Recording::start(ProfileOptions {
+                        cuda: device.is_cuda(),
+                        ..ProfileOptions::default()
+                    })?),
+                    _ => None,
+                };
                 let reqs = requests(b, args.new);
                 let before = engine.stats;
                 super::bench_forward::sync(device);
@@ -118,11 +131,24 @@ pub fn run(args: Args) -> Result<()> {
                 let outs = engine.generate(reqs)?;
                 super::bench_forward::sync(device);
                 let dt = t0.elapsed().as_secs_f64();
+                if let (Some(rec), Some(dir)) = (recording, &args.profile) {
+                    let stem = format!("decode-{path}-b{b}");
+                    let title = format!(
+                        "spar bench decode, {path} path, batch {b}, one run (profiled: slower)"
+                    );
+                    let md = spar_trainer::profiling::save(rec, dir, &stem, &title, true)?;
+                    eprintln!("profile of {path} at batch {b}: {}", md.display());
+                }
                 let generated: usize = outs.iter().map(|o| o.output.token_ids.len()).sum();
                 if generated != b * args.new as usize {
                     bail!("expected {} tokens, got {generated}", b * args.new as usize);
                 }
                 let steps = engine.stats.decode_steps - before.decode_steps;
+                // The profiled run is slower (the profiler's own work): it is not a timing.
+                let profiled = args.profile.is_some() && it + 1 == iters && iters > 1;
+                if profiled {
+                    continue;
+                }
                 best = best.min(dt);
                 // The run's wall time includes the prompts' prefill (64 x 4,096 tokens is seconds): the decode
                 // step is the engine's own decode time over its steps.
