@@ -98,7 +98,8 @@ fn has_pdl_prologue(name: &str) -> bool {
     PDL_KERNELS.iter().any(|p| name.starts_with(p))
 }
 
-/// Programmatic dependent launch is on with `SPAR_PDL=1` (off by default: plain stream order for every kernel).
+/// Programmatic dependent launch is on with `SPAR_PDL=1`. Off by default: on an H100 it made a decode step 3.5-4%
+/// faster at 1-2 rows and 2-5% slower from 4 rows on (docs/benchmarks.md, 2026-12-06 afternoon, call C).
 fn pdl_allowed() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("SPAR_PDL").is_ok_and(|v| v == "1"))
