@@ -328,12 +328,25 @@ pub fn aggregate(spec: &Spec, runs: &[RunRef]) -> Result<Report> {
         for a in &spec.arms {
             let mut by_x: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
             for s in &spec.seeds {
-                if let Some(points) = series.get(&(a.name.clone(), *s)).and_then(|m| m.get(*key)) {
-                    // An SFT-only arm ran no RL round: its curve is the evaluation before RL (its run's
-                    // "after RL" row, logged one step later, evaluates the same weights).
-                    for (x, v) in points.iter().filter(|(x, _)| !a.sft_only || *x <= 0.0) {
-                        by_x.entry(x.round() as i64).or_default().push(*v);
-                    }
+                let Some(m) = series.get(&(a.name.clone(), *s)) else {
+                    continue;
+                };
+                let points = m.get(*key).map(Vec::as_slice).unwrap_or_default();
+                // An SFT-only arm ran no RL round: its curve is the evaluation before RL (its run's
+                // "after RL" row, logged one step later, evaluates the same weights).
+                for (x, v) in points.iter().filter(|(x, _)| !a.sft_only || *x <= 0.0) {
+                    by_x.entry(x.round() as i64).or_default().push(*v);
+                }
+                // An RL run from a shared SFT checkpoint logs no evaluation at round 0: its curve starts at the
+                // evaluation it made before its first round (comparison.json), the point the SFT arm shows.
+                let logged_at_start = points.iter().any(|(x, _)| x.round() as i64 == 0);
+                if let (Some(metric), false, false) =
+                    (key.strip_prefix("eval/"), a.sft_only, logged_at_start)
+                    && let Some(c) = results.get(&(a.name.clone(), *s))
+                {
+                    by_x.entry(0)
+                        .or_default()
+                        .push(metric_value(&c.before_rl, metric));
                 }
             }
             let points: Vec<CurvePoint> = by_x
@@ -736,6 +749,62 @@ mod tests {
         assert!(md.contains("+0.200 ["), "{md}");
         assert!(md.contains("missing: late-s1, late-s2"), "{md}");
         assert!(md.contains("0.2500"), "{md}");
+    }
+
+    /// An RL run from a shared SFT checkpoint logs RL rounds and evaluations but no SFT steps and no evaluation
+    /// at round 0: its held-out curves start from its own evaluation before RL.
+    #[test]
+    fn rl_curves_from_a_shared_sft_start_at_the_evaluation_before_rl() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = Spec::parse(
+            "base = \"b\"\nseeds = [0, 1]\nbaseline = \"sft\"\n[[arm]]\nname = \"sft\"\nsft_only = true\n\
+             [[arm]]\nname = \"rl\"\n",
+            &tmp.path().join("spec.toml"),
+        )
+        .unwrap();
+        let mut runs = Vec::new();
+        for s in 0..2u64 {
+            let before = summary(0.5 + 0.1 * s as f64, 0.2);
+            let sft = tmp.path().join(format!("sft-s{s}"));
+            write_run(&sft, &before, &before, &[]);
+            let rl = tmp.path().join(format!("rl-s{s}"));
+            write_run(&rl, &before, &summary(0.7, 0.1), &[0.4, 0.5]);
+            // Shared SFT: the RL run's log starts at its first round (step 1), an evaluation after round 2.
+            let lines = [
+                serde_json::json!({"step": 1, "rl/reward_mean": 0.4}),
+                serde_json::json!({"step": 2, "rl/reward_mean": 0.5}),
+                serde_json::json!({"step": 2, "eval/G_inquiry": 0.7, "eval/G_ddx": 0.7, "eval/G_lab": 0.7,
+                    "eval/G_diag": 0.7, "eval/reward": 0.8, "eval/hallucination_rate": 0.1}),
+            ];
+            let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+            std::fs::write(rl.join("metrics.jsonl"), text.join("\n")).unwrap();
+            for (arm, dir, sft_only) in [("sft", sft, true), ("rl", rl, false)] {
+                runs.push(RunRef {
+                    arm: arm.into(),
+                    seed: s,
+                    dir,
+                    sft_only,
+                });
+            }
+        }
+        let r = aggregate(&spec, &runs).unwrap();
+        let curve = |key: &str| {
+            let c = r.curves.iter().find(|c| c.key == key).unwrap();
+            c.arms.iter().find(|(a, _)| a == "rl").unwrap().1.clone()
+        };
+        let stage = curve("eval/stage_mean");
+        assert_eq!(
+            stage.iter().map(|p| p.x).collect::<Vec<_>>(),
+            vec![0.0, 2.0]
+        );
+        // summary(s) puts s in every stage: the seeds' 0.5 and 0.6 before RL.
+        assert_eq!(stage[0].n, 2);
+        assert!((stage[0].mean - 0.55).abs() < 1e-12, "{}", stage[0].mean);
+        assert!((stage[1].mean - 0.7).abs() < 1e-12);
+        let halluc = curve("eval/hallucination_rate");
+        assert!((halluc[0].mean - 0.2).abs() < 1e-12 && halluc[0].x == 0.0);
+        // The training-reward curve has no evaluation to borrow: it starts at round 1.
+        assert_eq!(curve("rl/reward_mean")[0].x, 1.0);
     }
 
     #[test]
