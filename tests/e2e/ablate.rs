@@ -140,6 +140,34 @@ fn ablate_runs_a_tiny_grid_on_a_shared_sft_and_resumes() {
         assert!((v[1].as_f64().unwrap() - b).abs() < 1e-12);
     }
     assert!(out.join("plots").is_dir());
+    // Every RL arm's held-out curve starts at round 0, at the SFT arm's point (the shared checkpoint's evaluation).
+    let report = json(&out.join("ablation.json"));
+    let curve = report["curves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"] == "eval/stage_mean")
+        .unwrap();
+    let first = |arm: &str| {
+        let arms = curve["arms"].as_array().unwrap();
+        let a = arms
+            .iter()
+            .find(|a| a[0] == arm)
+            .unwrap_or_else(|| panic!("{arm}: {curve}"));
+        a[1][0].clone()
+    };
+    for arm in ["spar", "grpo"] {
+        let (p, sft) = (first(arm), first("sft"));
+        assert_eq!(
+            (p["x"].as_f64(), p["n"].as_u64()),
+            (Some(0.0), Some(2)),
+            "{arm}: {p}"
+        );
+        assert!(
+            (p["mean"].as_f64().unwrap() - sft["mean"].as_f64().unwrap()).abs() < 1e-12,
+            "{arm}: {p} vs {sft}"
+        );
+    }
 
     // Again: every run is kept, nothing re-runs.
     let stamps: Vec<_> = ["sft-s0", "spar-s1", "grpo-s1"]
