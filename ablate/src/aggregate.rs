@@ -340,8 +340,9 @@ pub fn aggregate(spec: &Spec, runs: &[RunRef]) -> Result<Report> {
                 // An RL run from a shared SFT checkpoint logs no evaluation at round 0: its curve starts at the
                 // evaluation it made before its first round (comparison.json), the point the SFT arm shows.
                 let logged_at_start = points.iter().any(|(x, _)| x.round() as i64 == 0);
-                if let (Some(metric), false, false) =
-                    (key.strip_prefix("eval/"), a.sft_only, logged_at_start)
+                if !a.sft_only
+                    && !logged_at_start
+                    && let Some(metric) = key.strip_prefix("eval/")
                     && let Some(c) = results.get(&(a.name.clone(), *s))
                 {
                     by_x.entry(0)
