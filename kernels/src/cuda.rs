@@ -408,9 +408,35 @@ mod tests {
             ..Default::default()
         };
         match std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx_with_opts(&source, opts)) {
-            Ok(Ok(_)) => {}
+            Ok(Ok(ptx)) => every_pdl_kernel_waits_first(&ptx.to_src()),
             Ok(Err(e)) => panic!("NVRTC rejects the kernel module: {e:?}"),
             Err(_) => eprintln!("SKIP: NVRTC is not loadable here"),
         }
+    }
+
+    /// `SPAR_PDL=1` launches every kernel named by `PDL_KERNELS` early; one without `pdl_prologue` would touch
+    /// memory before the kernel ahead finished. In the sm_90 PTX, each such entry's first global load or store
+    /// must come after its `griddepcontrol.wait`.
+    fn every_pdl_kernel_waits_first(ptx: &str) {
+        let mut checked = 0;
+        for entry in ptx.split(".entry ").skip(1) {
+            let name = entry.split('(').next().unwrap_or_default().trim();
+            if !super::has_pdl_prologue(name) {
+                continue;
+            }
+            let wait = entry.find("griddepcontrol.wait").unwrap_or_else(|| {
+                panic!("{name}: launched with PDL but has no griddepcontrol.wait")
+            });
+            let first_access = ["ld.global", "st.global", "cp.async"]
+                .iter()
+                .filter_map(|op| entry.find(op))
+                .min();
+            assert!(
+                first_access.is_none_or(|at| at > wait),
+                "{name}: touches global memory before griddepcontrol.wait"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 20, "only {checked} PDL kernels found in the PTX");
     }
 }
