@@ -8,6 +8,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/autograd/custom_function.h>
+#include <ATen/record_function.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -73,10 +74,23 @@ void give(const std::vector<uint8_t>& v, uint8_t** out, size_t* n) {
   if (!v.empty()) std::memcpy(*out, v.data(), v.size());
 }
 
+// c10d's works record themselves in a running torch profiler: the record opens when a work is enqueued under
+// a recording and closes on the backend's thread when the work completes. A work that completes after the
+// recording stopped (the weight refresh a learner starts in a profiled round and its actors take later) then
+// writes into a trace torch is finalizing or has finalized, racing its teardown: heap corruption, seen once in
+// CI as "malloc(): unsorted double linked list corrupted". So every collective is enqueued with record
+// functions off, and spar_work_wait records the wait on the caller's thread instead, where it cannot outlive
+// the recording.
+template <typename F>
+auto unprofiled(F&& f) {
+  at::DisableRecordFunctionGuard off;
+  return f();
+}
+
 template <typename F>
 void* new_work(char* err, size_t len, F&& f) {
   try {
-    return new Work{f()};
+    return new Work{unprofiled(f)};
   } catch (...) {
     report(err, len);
     return nullptr;
@@ -93,7 +107,9 @@ at::Tensor all_to_all_rows(c10d::Backend* pg, const at::Tensor& in, std::vector<
   sizes[0] = rows;
   auto out = at::empty(sizes, in.options());
   auto input = in.contiguous();
-  pg->alltoall_base(out, input, out_splits, in_splits, c10d::AllToAllOptions())->wait();
+  auto work = unprofiled([&] { return pg->alltoall_base(out, input, out_splits, in_splits, c10d::AllToAllOptions()); });
+  RECORD_USER_SCOPE("c10d::wait ALLTOALL_BASE");
+  work->wait();
   return out;
 }
 
@@ -326,6 +342,9 @@ void* spar_pg_barrier(void* g, char* err, size_t len) {
 int spar_work_wait(void* w, int64_t timeout_ms, char* err, size_t len) {
   try {
     auto& work = static_cast<Work*>(w)->work;
+    // The wait as a span of the caller's thread (see `unprofiled`): `c10d::wait ALLREDUCE`, `... BROADCAST`.
+    at::RecordFunction span(at::RecordScope::USER_SCOPE);
+    if (span.isActive()) span.before("c10d::wait " + c10d::opTypeToString(work->retrieveOpType()));
     // No timeout (<= 0): NCCL's wait only orders the current CUDA stream after the collective and returns at
     // once; a timeout would make it block this thread until the GPU finished (ProcessGroupNCCL's blocking
     // wait), stalling every launch behind it. NCCL's watchdog enforces the group's own timeout instead.

@@ -13,6 +13,7 @@ mod it {
     mod metrics;
     mod offload;
     mod padding;
+    mod profiled_collectives;
     mod resume;
     mod rounds;
     mod sft_subset;
