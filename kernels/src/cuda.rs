@@ -219,6 +219,12 @@ impl Kernels {
         })
     }
 
+    /// Whether kernels with the prologue are launched with programmatic dependent launch (`SPAR_PDL=1` on an
+    /// sm_90+ device): a caller may then pick a variant that does independent work before the wait.
+    pub fn pdl(&self) -> bool {
+        self.pdl
+    }
+
     /// Launches `name` with `grid` blocks of `block` threads on torch's current stream (the legacy default
     /// stream in a build without the CUDA-graph shim). `args` must match the kernel's parameters in order.
     pub fn launch(&self, name: &str, grid: u32, block: u32, args: &[Arg]) -> Result<()> {
@@ -416,9 +422,12 @@ mod tests {
 
     /// `SPAR_PDL=1` launches every kernel named by `PDL_KERNELS` early; one without `pdl_prologue` would touch
     /// memory before the kernel ahead finished. In the sm_90 PTX, each such entry's first global load or store
-    /// must come after its `griddepcontrol.wait`.
+    /// must come after its `griddepcontrol.wait`. The `skinny_linear_early_*` kernels load weights before it,
+    /// which no kernel writes: there, every access before the wait must be the weight stream's load
+    /// (`ld_stream`'s `ld.global.nc.L1::no_allocate`; x is read through `__ldg`, a plain `ld.global.nc`).
     fn every_pdl_kernel_waits_first(ptx: &str) {
-        let mut checked = 0;
+        const WEIGHT_STREAM: &str = "ld.global.nc.L1::no_allocate";
+        let (mut checked, mut early) = (0, 0);
         for entry in ptx.split(".entry ").skip(1) {
             let name = entry.split('(').next().unwrap_or_default().trim();
             if !super::has_pdl_prologue(name) {
@@ -427,16 +436,38 @@ mod tests {
             let wait = entry.find("griddepcontrol.wait").unwrap_or_else(|| {
                 panic!("{name}: launched with PDL but has no griddepcontrol.wait")
             });
-            let first_access = ["ld.global", "st.global", "cp.async"]
-                .iter()
-                .filter_map(|op| entry.find(op))
-                .min();
-            assert!(
-                first_access.is_none_or(|at| at > wait),
-                "{name}: touches global memory before griddepcontrol.wait"
-            );
+            let before = &entry[..wait];
+            let accesses = [
+                "ld.global",
+                "st.global",
+                "cp.async",
+                "atom.global",
+                "red.global",
+            ]
+            .iter()
+            .flat_map(|op| before.match_indices(op).map(|(at, _)| &before[at..]))
+            .collect::<Vec<_>>();
+            if name.starts_with("skinny_linear_early_") {
+                assert!(
+                    accesses.iter().any(|a| a.starts_with(WEIGHT_STREAM)),
+                    "{name}: no weight load before griddepcontrol.wait (the variant's point)"
+                );
+                let other = accesses.iter().find(|a| !a.starts_with(WEIGHT_STREAM));
+                assert!(
+                    other.is_none(),
+                    "{name}: touches global memory other than the weights before griddepcontrol.wait: {}",
+                    other.map_or("", |a| a.lines().next().unwrap_or_default())
+                );
+                early += 1;
+            } else {
+                assert!(
+                    accesses.is_empty(),
+                    "{name}: touches global memory before griddepcontrol.wait"
+                );
+            }
             checked += 1;
         }
         assert!(checked >= 20, "only {checked} PDL kernels found in the PTX");
+        assert_eq!(early, 4, "the skinny kernels' early variants");
     }
 }

@@ -662,9 +662,14 @@ template <> struct Vec16<unsigned short> {
         }
     }
 };
-template <typename T, int R>
+// EARLY (the `skinny_linear_early_*` kernels, which SPAR_PDL=1 launches): a lane's first SL_INFLIGHT weight vectors
+// (its whole row of W for k <= 2048 in bf16) are loaded before the PDL wait. No kernel writes weights, so they may
+// be read while the kernel ahead still runs: the projection's first DRAM round trip then overlaps that kernel
+// instead of following it. x and y are touched only after the wait. Without PDL the wait is a no-op and both
+// variants compute the same sums in the same order.
+template <typename T, int R, bool EARLY>
 __device__ void skinny_linear(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, int n, int k) {
-    pdl_prologue();
+    if (!EARLY) pdl_prologue();
     constexpr int E = Vec16<T>::E;
     int lane = threadIdx.x & 31;
     int col = blockIdx.x * SL_WARPS + (threadIdx.x >> 5);
@@ -682,6 +687,7 @@ __device__ void skinny_linear(const T* __restrict__ x, const T* __restrict__ w, 
             int v = base + u * 32;
             wv[u] = v < vecs ? ld_stream(wr + v) : make_uint4(0u, 0u, 0u, 0u);
         }
+        if (EARLY && base == lane) pdl_prologue();
 #pragma unroll
         for (int u = 0; u < SL_INFLIGHT; ++u) {
             int v = base + u * 32;
@@ -697,6 +703,8 @@ __device__ void skinny_linear(const T* __restrict__ x, const T* __restrict__ w, 
             }
         }
     }
+    // A lane past the row's last vector (k below 32 vectors) skipped the loop, and with it the wait.
+    if (EARLY && lane >= vecs) pdl_prologue();
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         float s = acc[r];
@@ -706,7 +714,10 @@ __device__ void skinny_linear(const T* __restrict__ x, const T* __restrict__ w, 
 }
 #define SKINNY_LINEAR(SUF, T, R) \
     extern "C" __global__ void skinny_linear_##SUF##_r##R(const T* x, const T* w, T* y, int n, int k) { \
-        skinny_linear<T, R>(x, w, y, n, k); \
+        skinny_linear<T, R, false>(x, w, y, n, k); \
+    } \
+    extern "C" __global__ void skinny_linear_early_##SUF##_r##R(const T* x, const T* w, T* y, int n, int k) { \
+        skinny_linear<T, R, true>(x, w, y, n, k); \
     }
 SKINNY_LINEAR(f32, float, 1)
 SKINNY_LINEAR(f32, float, 2)

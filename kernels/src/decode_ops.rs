@@ -171,12 +171,16 @@ pub fn silu_mul_packed(gate_up: &Tensor) -> Result<Tensor> {
 /// read of `x` per weight vector; docs/benchmarks.md).
 pub const SKINNY_MAX_ROWS: i64 = 2;
 
-/// The kernels of [`skinny_linear`], by dtype and row count (for the module's function table).
-pub(crate) const SKINNY_LINEAR_KERNELS: [&str; 4] = [
+/// The kernels of [`skinny_linear`], by variant, dtype and row count (for the module's function table).
+pub(crate) const SKINNY_LINEAR_KERNELS: [&str; 8] = [
     "skinny_linear_f32_r1",
     "skinny_linear_f32_r2",
     "skinny_linear_bf16_r1",
     "skinny_linear_bf16_r2",
+    "skinny_linear_early_f32_r1",
+    "skinny_linear_early_f32_r2",
+    "skinny_linear_early_bf16_r1",
+    "skinny_linear_early_bf16_r2",
 ];
 
 /// `x W^T` without bias (`x: [.., k]`, `w: [n, k]`, as `Tensor::linear`) for at most [`SKINNY_MAX_ROWS`] rows of
@@ -187,6 +191,18 @@ pub(crate) const SKINNY_LINEAR_KERNELS: [&str; 4] = [
 /// [`skinny_linear_max_rows`]); [`linear`] then runs `Tensor::linear`.
 /// Only the summation order differs from cuBLAS (fp32 accumulation, one rounding to the dtype).
 pub fn skinny_linear(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    skinny_linear_as(x, w, None)
+}
+
+/// [`skinny_linear`] with the variant chosen: `early_weights` launches `skinny_linear_early_*`, which loads its
+/// first weights before the programmatic-dependent-launch wait (what `SPAR_PDL=1` runs), instead of the plain
+/// kernel. Without PDL both compute the same sums in the same order: the GPU tests compare them bit for bit.
+pub fn skinny_linear_with(x: &Tensor, w: &Tensor, early_weights: bool) -> Result<Option<Tensor>> {
+    skinny_linear_as(x, w, Some(early_weights))
+}
+
+/// `early_weights`: None picks by the device's launch mode (the early variant where PDL is on).
+fn skinny_linear_as(x: &Tensor, w: &Tensor, early_weights: Option<bool>) -> Result<Option<Tensor>> {
     let Some((ordinal, suffix)) = fused_target(&[x, w])? else {
         return Ok(None);
     };
@@ -217,13 +233,25 @@ pub fn skinny_linear(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     let y = Tensor::f_empty(out_size.as_slice(), (x.kind(), x.device()))?;
     let p = |t: &Tensor| Arg::Ptr(t.data_ptr() as u64);
     // SL_WARPS (4) columns a 128-thread block, a warp each.
+    let variant = if early_weights.unwrap_or_else(|| kern.pdl() && early_weights_allowed()) {
+        "early_"
+    } else {
+        ""
+    };
     kern.launch(
-        &format!("skinny_linear_{suffix}_r{rows}"),
+        &format!("skinny_linear_{variant}{suffix}_r{rows}"),
         (n as u64).div_ceil(4) as u32,
         128,
         &[p(x), p(w), p(&y), Arg::I32(n as i32), Arg::I32(k as i32)],
     )?;
     Ok(Some(y))
+}
+
+/// Whether a PDL run takes the early-weights skinny kernels (`SPAR_SKINNY_EARLY=0`: the plain ones, to measure
+/// what loading before the wait gains).
+fn early_weights_allowed() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SPAR_SKINNY_EARLY").map_or(true, |v| v != "0"))
 }
 
 /// `x W^T` without bias: [`skinny_linear`] where it applies, `Tensor::linear` otherwise.

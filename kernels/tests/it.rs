@@ -408,6 +408,46 @@ fn skinny_linear_matches_linear_on_gpu() {
 }
 
 #[test]
+fn skinny_linear_early_weights_variant_equals_the_plain_kernel_bit_for_bit_on_gpu() {
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    if !tch::Cuda::is_available() {
+        eprintln!(
+            "SKIP: no CUDA device visible to libtorch; the skinny linear kernel is tested on the GPU machine"
+        );
+        return;
+    }
+    use spar_kernels::decode_ops::{SKINNY_MAX_ROWS, skinny_linear_with};
+    let dev = Device::Cuda(0);
+    let _g = tch::no_grad_guard();
+    // The 0.6B shape's projections (k = 3072 takes two rounds of weight loads, the first before the wait), a
+    // row narrower than one vector a lane (k = 16: lanes past it skip the loop), and an odd width.
+    for kind in [Kind::Float, Kind::BFloat16] {
+        for &(n, k) in &[
+            (4096i64, 1024i64),
+            (1024, 2048),
+            (1024, 3072),
+            (5, 16),
+            (37, 264),
+        ] {
+            let w = (Tensor::randn([n, k], (Kind::Float, dev)) * 0.05).to_kind(kind);
+            for rows in 1..=SKINNY_MAX_ROWS {
+                let x = Tensor::randn([rows, 1, k], (Kind::Float, dev)).to_kind(kind);
+                let plain = skinny_linear_with(&x, &w, false).unwrap().unwrap();
+                let early = skinny_linear_with(&x, &w, true).unwrap().unwrap();
+                assert!(
+                    plain.equal(&early),
+                    "{kind:?} {rows}x{k} by {n}: the variants differ by {}",
+                    (plain.to_kind(Kind::Double) - early.to_kind(Kind::Double))
+                        .abs()
+                        .max()
+                        .double_value(&[])
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn greedy_pick_matches_argmax_and_log_softmax_on_gpu() {
     let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
     if !tch::Cuda::is_available() {
