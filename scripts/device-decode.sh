@@ -7,6 +7,7 @@
 #   pdl         SPAR_PDL=1 (programmatic dependent launch of spar's decode kernels; the skinny projections load
 #               their first weights before the launch wait);
 #   pdl-plain   SPAR_PDL=1 SPAR_SKINNY_EARLY=0 (the same launches, the skinny projections' loads after the wait);
+#   pdl-small   SPAR_PDL=small (PDL only in the graphs of steps of 1-2 rows, where it was measured to help);
 #   nosplit     SPAR_DECODE_ATTENTION_BLOCKS=8 (decode attention split over fewer blocks: one split at batch 1);
 # then the default (with DECODE_PROFILE_ENV, e.g. SPAR_PDL=1) once more with the batches of DECODE_PROFILE (default
 # 1,64) recorded by the torch profiler.
@@ -18,13 +19,14 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT/decode-profile"
 export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH"
 gunzip -c dist/spar.gz > /tmp/spar && chmod +x /tmp/spar
 B=${DECODE_BATCH:-1,2,4,8,16,64}
-for v in ${DECODE_VARIANTS:-default pdl pdl-plain cublas}; do
+for v in ${DECODE_VARIANTS:-default pdl pdl-plain pdl-small cublas}; do
   case $v in
     default) e=() ;;
     cublas) e=(SPAR_SKINNY_LINEAR=0) ;;
     skinny1) e=(SPAR_SKINNY_LINEAR=1) ;;
     pdl) e=(SPAR_PDL=1) ;;
     pdl-plain) e=(SPAR_PDL=1 SPAR_SKINNY_EARLY=0) ;;
+    pdl-small) e=(SPAR_PDL=small) ;;
     nosplit) e=(SPAR_DECODE_ATTENTION_BLOCKS=8) ;;
     *) echo "unknown variant $v" >&2; continue ;;
   esac

@@ -98,18 +98,82 @@ fn has_pdl_prologue(name: &str) -> bool {
     PDL_KERNELS.iter().any(|p| name.starts_with(p))
 }
 
-/// Programmatic dependent launch is on with `SPAR_PDL=1`. Off by default: on an H100 it made a decode step 3.5-4%
-/// faster at 1-2 rows and 2-5% slower from 4 rows on (docs/benchmarks.md, 2026-12-06 afternoon, call C).
-fn pdl_allowed() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SPAR_PDL").is_ok_and(|v| v == "1"))
+/// Which launches of the kernels with the prologue are programmatic (`SPAR_PDL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PdlMode {
+    /// Unset or `0`: plain stream order. The default: on an H100, PDL made a decode step 3.5-4% faster at 1-2
+    /// rows and 2-5% slower from 4 rows on (docs/benchmarks.md, 2026-12-06 afternoon, call C).
+    Off,
+    /// `1`: every launch.
+    All,
+    /// `small`: only the launches of steps of at most [`PDL_SMALL_ROWS`] rows (see [`with_step_rows`]), where
+    /// it was measured to help.
+    SmallSteps,
+}
+
+/// The most rows of a step [`PdlMode::SmallSteps`] launches programmatically.
+pub const PDL_SMALL_ROWS: usize = 2;
+
+impl PdlMode {
+    /// `SPAR_PDL`'s value; None for one it does not know.
+    pub fn parse(value: Option<&str>) -> Option<PdlMode> {
+        match value.map(str::trim) {
+            None | Some("" | "0") => Some(PdlMode::Off),
+            Some("1") => Some(PdlMode::All),
+            Some("small") => Some(PdlMode::SmallSteps),
+            Some(_) => None,
+        }
+    }
+}
+
+/// This process's `SPAR_PDL` (an unknown value is reported once and taken as off).
+pub fn pdl_mode() -> PdlMode {
+    static MODE: std::sync::OnceLock<PdlMode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| {
+        let v = std::env::var("SPAR_PDL").ok();
+        PdlMode::parse(v.as_deref()).unwrap_or_else(|| {
+            eprintln!(
+                "warning: SPAR_PDL={} is not 0, 1 or small: programmatic dependent launch stays off",
+                v.unwrap_or_default()
+            );
+            PdlMode::Off
+        })
+    })
+}
+
+thread_local! {
+    /// The rows of the step this thread is launching, inside [`with_step_rows`].
+    static STEP_ROWS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` as the launches of one step of `rows` rows (a decode step, or the capture of its graph: the launch
+/// attributes are captured with the kernels), so that [`PdlMode::SmallSteps`] can tell small steps apart.
+pub fn with_step_rows<R>(rows: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<usize>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            STEP_ROWS.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(STEP_ROWS.with(|c| c.replace(Some(rows))));
+    f()
+}
+
+/// Whether launches on this thread now are programmatic under `mode`.
+fn pdl_now(mode: PdlMode) -> bool {
+    match mode {
+        PdlMode::Off => false,
+        PdlMode::All => true,
+        PdlMode::SmallSteps => STEP_ROWS.with(|c| c.get().is_some_and(|r| r <= PDL_SMALL_ROWS)),
+    }
 }
 
 /// Compiled kernels of one device.
 pub struct Kernels {
     ordinal: usize,
-    /// Programmatic dependent launch for the kernels with the prologue: an sm_90+ device, its own PTX target.
-    pdl: bool,
+    /// Programmatic dependent launch is possible for the kernels with the prologue: an sm_90+ device, its own
+    /// PTX target. `SPAR_PDL` says for which launches ([`pdl_mode`]).
+    pdl_capable: bool,
     _ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
@@ -211,7 +275,7 @@ impl Kernels {
         }
         Ok(Kernels {
             ordinal,
-            pdl: own_target && major >= 9 && pdl_allowed(),
+            pdl_capable: own_target && major >= 9,
             stream: ctx.default_stream(),
             _ctx: ctx,
             _module: module,
@@ -219,10 +283,11 @@ impl Kernels {
         })
     }
 
-    /// Whether kernels with the prologue are launched with programmatic dependent launch (`SPAR_PDL=1` on an
-    /// sm_90+ device): a caller may then pick a variant that does independent work before the wait.
+    /// Whether kernels with the prologue launched now, on this thread, are programmatic (an sm_90+ device and
+    /// [`pdl_mode`], inside [`with_step_rows`] for [`PdlMode::SmallSteps`]): a caller may then pick a variant
+    /// that does independent work before the wait.
     pub fn pdl(&self) -> bool {
-        self.pdl
+        self.pdl_capable && pdl_now(pdl_mode())
     }
 
     /// Launches `name` with `grid` blocks of `block` threads on torch's current stream (the legacy default
@@ -246,7 +311,7 @@ impl Kernels {
                 Arg::F32(v) => v as *const f32 as *mut c_void,
             })
             .collect();
-        let rc = if self.pdl && has_pdl_prologue(name) {
+        let rc = if has_pdl_prologue(name) && self.pdl() {
             let mut attr = sys::CUlaunchAttribute {
                 id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
                 pad: [0; 4],
@@ -404,6 +469,34 @@ pub fn grad_enabled() -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
+    use super::{PDL_SMALL_ROWS, PdlMode, pdl_now, with_step_rows};
+
+    #[test]
+    fn spar_pdl_values() {
+        assert_eq!(PdlMode::parse(None), Some(PdlMode::Off));
+        assert_eq!(PdlMode::parse(Some("0")), Some(PdlMode::Off));
+        assert_eq!(PdlMode::parse(Some("1")), Some(PdlMode::All));
+        assert_eq!(PdlMode::parse(Some(" small")), Some(PdlMode::SmallSteps));
+        assert_eq!(PdlMode::parse(Some("yes")), None);
+    }
+
+    #[test]
+    fn small_steps_mode_launches_programmatically_only_inside_small_steps() {
+        let small = || pdl_now(PdlMode::SmallSteps);
+        assert!(!small(), "outside any step");
+        with_step_rows(1, || {
+            assert!(small());
+            with_step_rows(PDL_SMALL_ROWS + 1, || assert!(!small()));
+            assert!(small(), "the outer step's rows are back");
+        });
+        assert!(with_step_rows(PDL_SMALL_ROWS, small));
+        assert!(!small(), "after the step");
+        let _ = std::panic::catch_unwind(|| with_step_rows(1, || panic!("inside a step")));
+        assert!(!small(), "a panicking step restores the rows");
+        assert!(with_step_rows(64, || pdl_now(PdlMode::All)));
+        assert!(!with_step_rows(1, || pdl_now(PdlMode::Off)));
+    }
+
     /// The module compiles with NVRTC (which needs no GPU): a syntax error in one kernel would otherwise only
     /// show on the GPU machine, and take every fused kernel down with it.
     #[test]
@@ -420,7 +513,7 @@ mod tests {
         }
     }
 
-    /// `SPAR_PDL=1` launches every kernel named by `PDL_KERNELS` early; one without `pdl_prologue` would touch
+    /// `SPAR_PDL` launches the kernels named by `PDL_KERNELS` early; one without `pdl_prologue` would touch
     /// memory before the kernel ahead finished. In the sm_90 PTX, each such entry's first global load or store
     /// must come after its `griddepcontrol.wait`. The `skinny_linear_early_*` kernels load weights before it,
     /// which no kernel writes: there, every access before the wait must be the weight stream's load

@@ -662,7 +662,7 @@ template <> struct Vec16<unsigned short> {
         }
     }
 };
-// EARLY (the `skinny_linear_early_*` kernels, which SPAR_PDL=1 launches): a lane's first SL_INFLIGHT weight vectors
+// EARLY (the `skinny_linear_early_*` kernels, which PDL launches run): a lane's first SL_INFLIGHT weight vectors
 // (its whole row of W for k <= 2048 in bf16) are loaded before the PDL wait. No kernel writes weights, so they may
 // be read while the kernel ahead still runs: the projection's first DRAM round trip then overlaps that kernel
 // instead of following it. x and y are touched only after the wait. Without PDL the wait is a no-op and both

@@ -195,7 +195,7 @@ pub fn skinny_linear(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 }
 
 /// [`skinny_linear`] with the variant chosen: `early_weights` launches `skinny_linear_early_*`, which loads its
-/// first weights before the programmatic-dependent-launch wait (what `SPAR_PDL=1` runs), instead of the plain
+/// first weights before the programmatic-dependent-launch wait (what a PDL launch runs), instead of the plain
 /// kernel. Without PDL both compute the same sums in the same order: the GPU tests compare them bit for bit.
 pub fn skinny_linear_with(x: &Tensor, w: &Tensor, early_weights: bool) -> Result<Option<Tensor>> {
     skinny_linear_as(x, w, Some(early_weights))

@@ -368,20 +368,23 @@ impl GraphDecoder {
         sampling: bool,
     ) -> Result<CudaGraph> {
         let _span = crate::torch_profiler::range("engine/graph_capture");
-        let first = self.capture_with(model, cache, r, keys, sampling, self.grouped);
-        match first {
-            Err(e) if self.grouped && !model.config.moe_layers().is_empty() => {
-                // libtorch's message goes on with a C++ backtrace after its first line.
-                let why = format!("{e:#}");
-                tracing::info!(
-                    "grouped-GEMM experts not capturable, using gathered weights: {}",
-                    why.lines().next().unwrap_or_default()
-                );
-                self.grouped = false;
-                self.capture_with(model, cache, r, keys, sampling, false)
+        // The graph keeps each launch's attributes: `SPAR_PDL=small` decides by the step's rows here.
+        spar_kernels::cuda::with_step_rows(r, || {
+            let first = self.capture_with(model, cache, r, keys, sampling, self.grouped);
+            match first {
+                Err(e) if self.grouped && !model.config.moe_layers().is_empty() => {
+                    // libtorch's message goes on with a C++ backtrace after its first line.
+                    let why = format!("{e:#}");
+                    tracing::info!(
+                        "grouped-GEMM experts not capturable, using gathered weights: {}",
+                        why.lines().next().unwrap_or_default()
+                    );
+                    self.grouped = false;
+                    self.capture_with(model, cache, r, keys, sampling, false)
+                }
+                other => other,
             }
-            other => other,
-        }
+        })
     }
 
     fn capture_with(
