@@ -93,6 +93,7 @@ pub struct Rollout {
     policy_version: u64,
     seed: u64,
     sink: Option<UnboundedSender<Sample>>,
+    group_sink: Option<UnboundedSender<Group>>,
     progress: Option<indicatif::ProgressBar>,
     simulator_deadline: Duration,
     runtime: tokio::runtime::Runtime,
@@ -148,6 +149,7 @@ impl Rollout {
             policy_version: 0,
             seed,
             sink: None,
+            group_sink: None,
             progress: None,
             simulator_deadline: Duration::from_secs(120),
             runtime,
@@ -203,6 +205,13 @@ impl Rollout {
     /// Every finished sample is also sent here the moment its episode ends (before its group is complete).
     pub fn set_sample_sink(&mut self, sink: Option<UnboundedSender<Sample>>) {
         self.sink = sink;
+    }
+
+    /// Every finished group is also sent here, in the order [`Rollout::collect_groups`] returns them, as soon as
+    /// it and every group before it are complete (while later groups still play): a trainer scores them
+    /// meanwhile, in the same order as after the round. `promoted` is still empty in these copies.
+    pub fn set_group_sink(&mut self, sink: Option<UnboundedSender<Group>>) {
+        self.group_sink = sink;
     }
 
     /// A progress bar advanced by one per finished episode; its message shows generated tokens/s.
@@ -500,6 +509,7 @@ impl Rollout {
             tokens,
             started,
         };
+        let group_sink = self.group_sink.clone();
         async move {
             let mut tasks = Vec::new();
             for plan in groups {
@@ -510,7 +520,11 @@ impl Rollout {
             }
             let mut out = Vec::new();
             for t in tasks {
-                out.push(t.await.context("group task panicked")??);
+                let played: PlayedGroup = t.await.context("group task panicked")??;
+                if let Some(sink) = &group_sink {
+                    let _ = sink.send(played.1.clone());
+                }
+                out.push(played);
             }
             Ok(out)
         }

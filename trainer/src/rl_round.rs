@@ -7,11 +7,11 @@ use crate::critic::Critic;
 use crate::learner::{BatchingConfig, Learner, RlExtras, rl_update_with};
 use crate::parts::Generation;
 use crate::policy_loss::PolicyLossConfig;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 use spar_core::{Case, Sample, Scored};
 use spar_model::Qwen3Model;
-use spar_rollout::{Policy, Rollout};
+use spar_rollout::{Group, Policy, Rollout};
 use std::collections::HashMap;
 use tch::Device;
 
@@ -22,7 +22,7 @@ pub struct PlayedRound {
     pub scored: Vec<Scored>,
     /// Wall time of generation, for tokens/s.
     pub gen_seconds: f64,
-    /// Wall time of scoring (rewards, claims, judges) after generation.
+    /// Wall time of scoring (rewards, claims, judges) left after generation (it runs alongside generation).
     #[serde(default)]
     pub score_seconds: f64,
     /// The built-in engine's counters and time line for the round (zero through an external backend).
@@ -89,6 +89,12 @@ impl PlayedRound {
 
 /// Plays `groups` groups (with `model`'s current weights on the built-in engine, or through the rollout's
 /// external backend), samples stamped `version`, and scores every group.
+///
+/// Scoring is host work (rubrics, step detectors, fact checks, judge calls): a thread of its own scores each
+/// group as soon as it and the groups before it have played, while the engine keeps the GPU busy with the rest,
+/// in the order the groups are returned (the order scoring ran in when it followed generation, so stateful
+/// scorers such as dynamic rubrics and claim caches see the same sequence). `score_seconds` is what is left of
+/// it once generation ends.
 #[allow(clippy::too_many_arguments)]
 pub fn play_round(
     rollout: &mut Rollout,
@@ -106,27 +112,62 @@ pub fn play_round(
         Generation::Builtin => Policy::Builtin(model),
         Generation::External => Policy::External,
     };
-    let span = spar_model::torch_profiler::range("rl/generate");
-    let played = rollout.collect_groups(policy, groups)?;
-    drop(span);
-    let gen_seconds = t0.elapsed().as_secs_f64();
-    let t1 = std::time::Instant::now();
-    let _span = spar_model::torch_profiler::range("rl/score");
-    let mut round = PlayedRound {
-        gen_seconds,
-        engine: rollout.last_round().engine,
-        ..Default::default()
-    };
-    for g in &played {
+    let score = |g: &Group| -> Result<Vec<Scored>> {
         let case = cases
             .get(&g.case_id)
             .with_context(|| format!("group {} names unknown case {}", g.group_id, g.case_id))?;
-        round
-            .scored
-            .extend(rt.block_on(pipeline.score_group(case, &g.samples)));
+        Ok(rt.block_on(pipeline.score_group(case, &g.samples)))
+    };
+    let (played, scored, gen_seconds, score_seconds) = std::thread::scope(|scope| {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Group>();
+        let scoring = std::thread::Builder::new()
+            .name("spar-score".into())
+            .spawn_scoped(scope, move || -> Result<Vec<(String, Vec<Scored>)>> {
+                let mut out = Vec::new();
+                while let Some(g) = rx.blocking_recv() {
+                    out.push((g.group_id.clone(), score(&g)?));
+                }
+                Ok(out)
+            })
+            .context("starting the scoring thread")?;
+        rollout.set_group_sink(Some(tx));
+        let span = spar_model::torch_profiler::range("rl/generate");
+        let played = rollout.collect_groups(policy, groups);
+        drop(span);
+        // The last sender goes with the rollout's copy (the round's own ended with it): the thread drains and ends.
+        rollout.set_group_sink(None);
+        let gen_seconds = t0.elapsed().as_secs_f64();
+        let t1 = std::time::Instant::now();
+        let span = spar_model::torch_profiler::range("rl/score");
+        let scored = scoring
+            .join()
+            .map_err(|_| anyhow::anyhow!("the scoring thread panicked"))?;
+        drop(span);
+        Ok::<_, anyhow::Error>((played?, scored?, gen_seconds, t1.elapsed().as_secs_f64()))
+    })?;
+    let mut round = PlayedRound {
+        gen_seconds,
+        score_seconds,
+        engine: rollout.last_round().engine,
+        ..Default::default()
+    };
+    ensure!(
+        scored.len() == played.len(),
+        "internal error: {} groups played, {} scored",
+        played.len(),
+        scored.len()
+    );
+    for (g, (id, s)) in played.iter().zip(scored) {
+        ensure!(
+            id == g.group_id && s.len() == g.samples.len(),
+            "internal error: group {} ({} samples) was scored as {id} ({} scores)",
+            g.group_id,
+            g.samples.len(),
+            s.len()
+        );
+        round.scored.extend(s);
         round.samples.extend(g.samples.iter().cloned());
     }
-    round.score_seconds = t1.elapsed().as_secs_f64();
     Ok(round)
 }
 

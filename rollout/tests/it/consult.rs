@@ -30,12 +30,34 @@ fn rollout(cfg: RolloutSection) -> Rollout {
     scripted_rollout(cfg, vec![tiny_case(), second], "test")
 }
 
+/// The group sink got each returned group once, in the returned order, with the same samples (its copies are
+/// sent before promotion, so only `promoted` may differ).
+fn assert_sunk_in_order(
+    sink: &mut tokio::sync::mpsc::UnboundedReceiver<spar_rollout::Group>,
+    groups: &[spar_rollout::Group],
+) {
+    let mut sunk = Vec::new();
+    while let Ok(g) = sink.try_recv() {
+        sunk.push(g);
+    }
+    let ids =
+        |gs: &[spar_rollout::Group]| gs.iter().map(|g| g.group_id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&sunk), ids(groups), "the group sink's order");
+    for (a, b) in sunk.iter().zip(groups) {
+        let json = |g: &spar_rollout::Group| serde_json::to_string(&g.samples).unwrap();
+        assert_eq!(json(a), json(b), "group {}'s samples", b.group_id);
+        assert!(a.promoted.is_empty());
+    }
+}
+
 #[test]
 fn tiny_model_plays_all_four_stages_and_logprobs_match_a_fresh_pass() {
     let model = tiny_model(false);
     let mut r = rollout(section(false));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     r.set_sample_sink(Some(tx));
+    let (gtx, mut grx) = tokio::sync::mpsc::unbounded_channel();
+    r.set_group_sink(Some(gtx));
     let groups = r.collect_groups(Policy::Builtin(&model), 2).unwrap();
     assert_eq!(groups.len(), 2);
     let mut streamed = 0;
@@ -43,6 +65,7 @@ fn tiny_model_plays_all_four_stages_and_logprobs_match_a_fresh_pass() {
         streamed += 1;
     }
     assert_eq!(streamed, 6, "every sample reaches the sink");
+    assert_sunk_in_order(&mut grx, &groups);
     let mut checked = 0;
     for g in &groups {
         assert_eq!(g.samples.len(), 3);
@@ -111,8 +134,11 @@ fn segmented_pipeline_gates_promotes_and_mixes_stages() {
     }));
     let mut all = Vec::new();
     let mut promoted_to: Vec<Stage> = Vec::new();
+    let (gtx, mut grx) = tokio::sync::mpsc::unbounded_channel();
+    r.set_group_sink(Some(gtx));
     for round in 0..4 {
         let groups = r.collect_groups(Policy::External, 2).unwrap();
+        assert_sunk_in_order(&mut grx, &groups);
         // Pooled segments come first, latest stage first; fresh Inquiry cases fill the rest (stages mix).
         let mut want: Vec<Stage> = promoted_to.clone();
         want.sort_by_key(|s| std::cmp::Reverse(s.index()));
