@@ -132,10 +132,14 @@ pub fn play_round(
             .context("starting the scoring thread")?;
         rollout.set_group_sink(Some(tx));
         let span = spar_model::torch_profiler::range("rl/generate");
-        let played = rollout.collect_groups(policy, groups);
+        // A panic must still drop the rollout's sender below, or the scope would wait on the thread forever.
+        let played = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rollout.collect_groups(policy, groups)
+        }));
         drop(span);
         // The last sender goes with the rollout's copy (the round's own ended with it): the thread drains and ends.
         rollout.set_group_sink(None);
+        let played = played.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let gen_seconds = t0.elapsed().as_secs_f64();
         let t1 = std::time::Instant::now();
         let span = spar_model::torch_profiler::range("rl/score");
