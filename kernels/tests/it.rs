@@ -64,13 +64,9 @@ fn aten_rms_norm_is_the_composition_bit_for_bit_on_cpu() {
 
 #[test]
 fn aten_rms_norm_matches_the_composition_with_gradients_on_gpu() {
-    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
-    if !tch::Cuda::is_available() {
-        eprintln!(
-            "SKIP: no CUDA device visible to libtorch; ATen's fused RMSNorm is tested on the GPU machine"
-        );
+    let Some(_gpu) = gpu_or_skip("ATen's fused RMSNorm") else {
         return;
-    }
+    };
     let dev = Device::Cuda(0);
     // fp32: summation order only; bf16: the inputs of the weight multiply may be one rounding step apart.
     for (kind, tol) in [(Kind::Float, 1e-5), (Kind::BFloat16, 2.0 / 128.0)] {
@@ -95,15 +91,22 @@ fn aten_rms_norm_matches_the_composition_with_gradients_on_gpu() {
 /// now and then).
 static GPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The file's GPU lock, or None where libtorch sees no CUDA device (after printing that `what` is tested on the
+/// GPU machine).
+fn gpu_or_skip(what: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    let guard = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    if !tch::Cuda::is_available() {
+        eprintln!("SKIP: no CUDA device visible to libtorch; {what} is tested on the GPU machine");
+        return None;
+    }
+    Some(guard)
+}
+
 #[test]
 fn fused_rms_norm_matches_torch_on_gpu() {
-    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
-    if !tch::Cuda::is_available() {
-        eprintln!(
-            "SKIP: no CUDA device visible to libtorch; the fused RMSNorm kernel is tested on the GPU machine"
-        );
+    let Some(_gpu) = gpu_or_skip("the fused RMSNorm kernel") else {
         return;
-    }
+    };
     let dev = Device::Cuda(0);
     let _g = tch::no_grad_guard();
     for (kind, rel) in [(Kind::Float, 1e-6), (Kind::BFloat16, 1.0 / 128.0)] {
@@ -187,13 +190,9 @@ fn cuda_graph_replays_captured_torch_work_on_gpu() {
 /// from 1 to the whole cache width.
 #[test]
 fn decode_attention_matches_masked_sdpa_on_gpu() {
-    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
-    if !tch::Cuda::is_available() {
-        eprintln!(
-            "SKIP: no CUDA device visible to libtorch; decode attention is tested on the GPU machine"
-        );
+    let Some(_gpu) = gpu_or_skip("decode attention") else {
         return;
-    }
+    };
     let dev = Device::Cuda(0);
     let _g = tch::no_grad_guard();
     let (r, slots, width) = (5i64, 7i64, 300i64);
@@ -287,13 +286,9 @@ fn decode_attention_matches_masked_sdpa_on_gpu() {
 /// (h <= 8 x 256) and longer ones: the sum bit for bit, the norm within summation order.
 #[test]
 fn fused_add_rms_norm_matches_torch_on_gpu() {
-    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
-    if !tch::Cuda::is_available() {
-        eprintln!(
-            "SKIP: no CUDA device visible to libtorch; the fused add + RMSNorm is tested on the GPU machine"
-        );
+    let Some(_gpu) = gpu_or_skip("the fused add + RMSNorm") else {
         return;
-    }
+    };
     let dev = Device::Cuda(0);
     let _g = tch::no_grad_guard();
     for (kind, rel) in [(Kind::Float, 1e-6), (Kind::BFloat16, 1.0 / 128.0)] {
@@ -339,13 +334,9 @@ fn skinny_linear_declines_cpu_and_linear_falls_back() {
 /// what it does not take.
 #[test]
 fn skinny_linear_matches_linear_on_gpu() {
-    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
-    if !tch::Cuda::is_available() {
-        eprintln!(
-            "SKIP: no CUDA device visible to libtorch; the skinny linear kernel is tested on the GPU machine"
-        );
+    let Some(_gpu) = gpu_or_skip("the skinny linear kernel") else {
         return;
-    }
+    };
     use spar_kernels::decode_ops::{SKINNY_MAX_ROWS, skinny_linear};
     let dev = Device::Cuda(0);
     let _g = tch::no_grad_guard();
@@ -409,13 +400,9 @@ fn skinny_linear_matches_linear_on_gpu() {
 
 #[test]
 fn skinny_linear_early_weights_variant_equals_the_plain_kernel_bit_for_bit_on_gpu() {
-    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
-    if !tch::Cuda::is_available() {
-        eprintln!(
-            "SKIP: no CUDA device visible to libtorch; the skinny linear kernel is tested on the GPU machine"
-        );
+    let Some(_gpu) = gpu_or_skip("the skinny linear kernel") else {
         return;
-    }
+    };
     use spar_kernels::decode_ops::{SKINNY_MAX_ROWS, skinny_linear_with};
     let dev = Device::Cuda(0);
     let _g = tch::no_grad_guard();
@@ -449,13 +436,9 @@ fn skinny_linear_early_weights_variant_equals_the_plain_kernel_bit_for_bit_on_gp
 
 #[test]
 fn greedy_pick_matches_argmax_and_log_softmax_on_gpu() {
-    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
-    if !tch::Cuda::is_available() {
-        eprintln!(
-            "SKIP: no CUDA device visible to libtorch; the greedy pick is tested on the GPU machine"
-        );
+    let Some(_gpu) = gpu_or_skip("the greedy pick") else {
         return;
-    }
+    };
     let dev = Device::Cuda(0);
     let _g = tch::no_grad_guard();
     // 1 and 6 rows: each row split over blocks, then merged (the tie below spans two blocks); 40: a block a row.
@@ -497,13 +480,9 @@ fn greedy_pick_matches_argmax_and_log_softmax_on_gpu() {
 /// boundary (flat logits: ~150k comparable tokens, or a uniform near 0 or 1) the pick may step to a neighbour.
 #[test]
 fn temperature_pick_is_an_inverse_cdf_pick_on_gpu() {
-    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
-    if !tch::Cuda::is_available() {
-        eprintln!(
-            "SKIP: no CUDA device visible to libtorch; the temperature pick is tested on the GPU machine"
-        );
+    let Some(_gpu) = gpu_or_skip("the temperature pick") else {
         return;
-    }
+    };
     let dev = Device::Cuda(0);
     let _g = tch::no_grad_guard();
     tch::manual_seed(7);
