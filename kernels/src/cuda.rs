@@ -3,9 +3,7 @@
 //! stream while a CUDA graph records), so they are ordered with torch's kernels without extra synchronisation.
 
 use anyhow::{Result, anyhow, bail};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg, sys,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, sys};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -175,7 +173,6 @@ pub struct Kernels {
     /// PTX target. `SPAR_PDL` says for which launches ([`pdl_mode`]).
     pdl_capable: bool,
     _ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, CudaFunction>,
 }
@@ -276,7 +273,6 @@ impl Kernels {
         Ok(Kernels {
             ordinal,
             pdl_capable: own_target && major >= 9,
-            stream: ctx.default_stream(),
             _ctx: ctx,
             _module: module,
             functions,
@@ -359,61 +355,6 @@ impl Kernels {
                     std::ptr::null_mut(),
                 )
             }
-        };
-        if rc != sys::CUresult::CUDA_SUCCESS {
-            bail!("launching {name}: {rc:?}");
-        }
-        Ok(())
-    }
-
-    /// Launches `name` with one 256-thread block per row: args `ptrs...`, `h`, `eps`.
-    pub fn launch_rows(&self, name: &str, rows: u32, ptrs: &[u64], h: i32, eps: f32) -> Result<()> {
-        let f = self
-            .functions
-            .get(name)
-            .ok_or_else(|| anyhow!("no kernel {name}"))?;
-        let cfg = LaunchConfig {
-            grid_dim: (rows, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let Some(stream) = crate::cuda_graph::current_stream(self.ordinal) else {
-            let mut b = self.stream.launch_builder(f);
-            for p in ptrs {
-                b.arg(p);
-            }
-            b.arg(&h);
-            b.arg(&eps);
-            // SAFETY: pointers come from live contiguous torch tensors of the sizes the kernel indexes; the
-            // launch is on the legacy default stream, after the torch work that produced them.
-            unsafe { b.launch(cfg) }.map_err(|e| anyhow!("launching {name}: {e:?}"))?;
-            return Ok(());
-        };
-        self._ctx
-            .bind_to_thread()
-            .map_err(|e| anyhow!("binding the CUDA context: {e:?}"))?;
-        let mut args: Vec<*mut c_void> = ptrs
-            .iter()
-            .map(|p| p as *const u64 as *mut c_void)
-            .collect();
-        args.push(&h as *const i32 as *mut c_void);
-        args.push(&eps as *const f32 as *mut c_void);
-        // SAFETY: as above; `args` point at live locals of the types the kernel declares, and the stream is
-        // torch's current stream of this device (same primary context).
-        let rc = unsafe {
-            sys::cuLaunchKernel(
-                f.cu_function(),
-                cfg.grid_dim.0,
-                1,
-                1,
-                cfg.block_dim.0,
-                1,
-                1,
-                0,
-                stream as sys::CUstream,
-                args.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
         };
         if rc != sys::CUresult::CUDA_SUCCESS {
             bail!("launching {name}: {rc:?}");

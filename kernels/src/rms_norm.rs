@@ -8,7 +8,7 @@
 //! (docs/benchmarks.md). `SPAR_ATEN_RMS_NORM=0` keeps the composition. Everything else (the CPU) takes the
 //! composition.
 
-use crate::cuda::{self, grad_enabled};
+use crate::cuda::{self, Arg, grad_enabled};
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
@@ -86,16 +86,18 @@ pub fn fused(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>> {
     } else {
         "rms_norm_bf16"
     };
-    k.launch_rows(
+    // One 256-thread block per row.
+    k.launch(
         name,
         rows,
+        256,
         &[
-            x.data_ptr() as u64,
-            w.data_ptr() as u64,
-            out.data_ptr() as u64,
+            Arg::Ptr(x.data_ptr() as u64),
+            Arg::Ptr(w.data_ptr() as u64),
+            Arg::Ptr(out.data_ptr() as u64),
+            Arg::I32(h as i32),
+            Arg::F32(eps as f32),
         ],
-        h as i32,
-        eps as f32,
     )?;
     Ok(Some(out))
 }
