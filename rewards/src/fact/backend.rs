@@ -85,8 +85,12 @@ impl CacheBackend for NoBackend {
     }
 }
 
-/// An embedded SQLite file. Writes are committed one by one (WAL mode), so a crash loses at most the verdict
-/// being written. Embeddings are stored as little-endian f32 blobs.
+/// An embedded SQLite file. Writes are committed one by one in WAL mode with `synchronous = NORMAL`: a crash of
+/// the process loses at most the verdict being written; a crash of the machine may also lose the verdicts since
+/// the last WAL checkpoint, never the file's consistency. (`FULL`, SQLite's default, syncs the disk at every
+/// commit: 0.34 against 0.026 ms a verdict on the development VM, and a round checks hundreds of claims while
+/// its scoring waits; what a lost verdict costs is one more check.) Embeddings are stored as little-endian f32
+/// blobs.
 pub struct SqliteBackend {
     path: PathBuf,
     conn: Mutex<rusqlite::Connection>,
@@ -104,6 +108,8 @@ impl SqliteBackend {
         let err = |e: rusqlite::Error| Error::invalid(path.display(), format!("claim cache: {e}"));
         let conn = rusqlite::Connection::open(path).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS claims (
@@ -300,5 +306,24 @@ impl CacheBackend for RedisBackend {
         all.into_iter()
             .map(|(k, v)| Ok((k, serde_json::from_str(&v).map_err(|e| self.err(e))?)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// WAL with `synchronous = NORMAL`: commits reach the OS (a killed process loses nothing committed) without
+    /// a disk sync each (see [`super::SqliteBackend`]).
+    #[test]
+    fn sqlite_cache_commits_to_the_wal_without_a_sync_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = super::SqliteBackend::open(&dir.path().join("claims.sqlite")).unwrap();
+        let conn = b.conn.lock().unwrap();
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        let sync: i64 = conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 1), "1 is NORMAL");
     }
 }
