@@ -81,8 +81,10 @@ pub fn module_source() -> String {
 
 /// The kernels whose first statement is `pdl_prologue()`: only these may be launched with programmatic
 /// dependent launch (a kernel without the prologue could read its inputs before the kernel ahead wrote them).
-const PDL_KERNELS: [&str; 7] = [
+const PDL_KERNELS: [&str; 9] = [
     "skinny_linear_",
+    "skinny_add_norm_linear_",
+    "skinny_swiglu_linear_",
     "add_rms_norm_",
     "qk_norm_rope_store_",
     "silu_mul_",
@@ -99,13 +101,13 @@ fn has_pdl_prologue(name: &str) -> bool {
 /// Which launches of the kernels with the prologue are programmatic (`SPAR_PDL`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PdlMode {
-    /// Unset or `0`: plain stream order. The default: on an H100, PDL made a decode step 3.5-4% faster at 1-2
-    /// rows and 2-5% slower from 4 rows on (docs/benchmarks.md, 2026-12-06 afternoon, call C).
+    /// `0`: plain stream order.
     Off,
     /// `1`: every launch.
     All,
-    /// `small`: only the launches of steps of at most [`PDL_SMALL_ROWS`] rows (see [`with_step_rows`]), where
-    /// it was measured to help.
+    /// Unset or `small`, the default: only the launches of steps of at most [`PDL_SMALL_ROWS`] rows (see
+    /// [`with_step_rows`]). There PDL made a decode step 3.5-4% faster on an H100 and 10-13% on an H200; from 4
+    /// rows on it cost 2-5% on the H100 (docs/benchmarks.md, 2026-12-06 afternoon, call C, and 2026-12-06 night).
     SmallSteps,
 }
 
@@ -116,9 +118,9 @@ impl PdlMode {
     /// `SPAR_PDL`'s value; None for one it does not know.
     pub fn parse(value: Option<&str>) -> Option<PdlMode> {
         match value.map(str::trim) {
-            None | Some("" | "0") => Some(PdlMode::Off),
+            Some("0") => Some(PdlMode::Off),
             Some("1") => Some(PdlMode::All),
-            Some("small") => Some(PdlMode::SmallSteps),
+            None | Some("" | "small") => Some(PdlMode::SmallSteps),
             Some(_) => None,
         }
     }
@@ -414,7 +416,7 @@ mod tests {
 
     #[test]
     fn spar_pdl_values() {
-        assert_eq!(PdlMode::parse(None), Some(PdlMode::Off));
+        assert_eq!(PdlMode::parse(None), Some(PdlMode::SmallSteps));
         assert_eq!(PdlMode::parse(Some("0")), Some(PdlMode::Off));
         assert_eq!(PdlMode::parse(Some("1")), Some(PdlMode::All));
         assert_eq!(PdlMode::parse(Some(" small")), Some(PdlMode::SmallSteps));
@@ -456,7 +458,7 @@ mod tests {
 
     /// `SPAR_PDL` launches the kernels named by `PDL_KERNELS` early; one without `pdl_prologue` would touch
     /// memory before the kernel ahead finished. In the sm_90 PTX, each such entry's first global load or store
-    /// must come after its `griddepcontrol.wait`. The `skinny_linear_early_*` kernels load weights before it,
+    /// must come after its `griddepcontrol.wait`. The skinny kernels' `_early_` variants load weights before it,
     /// which no kernel writes: there, every access before the wait must be the weight stream's load
     /// (`ld_stream`'s `ld.global.nc.L1::no_allocate`; x is read through `__ldg`, a plain `ld.global.nc`).
     fn every_pdl_kernel_waits_first(ptx: &str) {
@@ -481,7 +483,7 @@ mod tests {
             .iter()
             .flat_map(|op| before.match_indices(op).map(|(at, _)| &before[at..]))
             .collect::<Vec<_>>();
-            if name.starts_with("skinny_linear_early_") {
+            if name.contains("_early_") {
                 assert!(
                     accesses.iter().any(|a| a.starts_with(WEIGHT_STREAM)),
                     "{name}: no weight load before griddepcontrol.wait (the variant's point)"
@@ -502,6 +504,6 @@ mod tests {
             checked += 1;
         }
         assert!(checked >= 20, "only {checked} PDL kernels found in the PTX");
-        assert_eq!(early, 4, "the skinny kernels' early variants");
+        assert_eq!(early, 12, "the skinny kernels' early variants");
     }
 }

@@ -434,6 +434,83 @@ fn skinny_linear_early_weights_variant_equals_the_plain_kernel_bit_for_bit_on_gp
     }
 }
 
+/// The fused skinny kernels against the pairs of kernels they fold in, in both variants (plain, early weights):
+/// SwiGLU + down projection equals `silu_mul_packed` then `skinny_linear` bit for bit (same roundings, same sums);
+/// add + RMSNorm + projection writes the same residual bit for bit and the same projection up to the order of the
+/// norm's sum of squares (fp32: a few ulps; bf16: a normalised input may round the other way). Shapes: the 0.6B
+/// model's qkv, gate-up and down projections, the 30B-A3B shape's hidden size, a row narrower than one vector a
+/// lane, and column counts that leave warps of the last block idle.
+#[test]
+fn fused_skinny_kernels_match_their_unfused_pair_on_gpu() {
+    let Some(_gpu) = gpu_or_skip("the fused skinny kernels") else {
+        return;
+    };
+    use spar_kernels::decode_ops::{
+        SKINNY_MAX_ROWS, add_norm_linear_with, add_rms_norm, silu_mul_packed, skinny_linear_with,
+        swiglu_linear_with,
+    };
+    let dev = Device::Cuda(0);
+    let _g = tch::no_grad_guard();
+    let max_diff = |a: &Tensor, b: &Tensor| {
+        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+            .abs()
+            .max()
+            .double_value(&[])
+    };
+    for (kind, rel) in [(Kind::Float, 1e-5), (Kind::BFloat16, 1.0 / 64.0)] {
+        let elt = kind.elt_size_in_bytes() as i64;
+        for &(n, k) in &[
+            (4096i64, 1024i64),
+            (6144, 1024),
+            (1024, 3072),
+            (4608, 2048),
+            (5, 16),
+            (37, 264),
+        ] {
+            let w = (Tensor::randn([n, k], (Kind::Float, dev)) * 0.05).to_kind(kind);
+            let g = (Tensor::randn([k], (Kind::Float, dev)) * 0.1 + 1.0).to_kind(kind);
+            for rows in 1..=SKINNY_MAX_ROWS {
+                let x = (Tensor::randn([rows, 1, k], (Kind::Float, dev)) * 2.0).to_kind(kind);
+                let y = Tensor::randn([rows, 1, k], (Kind::Float, dev)).to_kind(kind);
+                let (s_ref, n_ref) = add_rms_norm(&x, &y, &g, 1e-6).unwrap();
+                let out_ref = skinny_linear_with(&n_ref, &w, false).unwrap().unwrap();
+                let gu = Tensor::randn([rows, 1, 2 * k], (Kind::Float, dev)).to_kind(kind) * 3.0;
+                let down_ref = skinny_linear_with(&silu_mul_packed(&gu).unwrap(), &w, false)
+                    .unwrap()
+                    .unwrap();
+                // A lane holds 8 / rows vectors of 16 bytes of a row: longer rows are left to the pair.
+                let fits = k * elt / 16 <= 32 * (8 / rows);
+                for early in [false, true] {
+                    let what = format!("{kind:?} {rows}x{k} by {n}, early weights {early}");
+                    let fused = add_norm_linear_with(&x, &y, &g, &w, 1e-6, early).unwrap();
+                    assert_eq!(fused.is_some(), fits, "{what}: add_norm_linear applies");
+                    if let Some((s, out)) = fused {
+                        assert!(
+                            s.equal(&s_ref),
+                            "{what}: residual differs by {}",
+                            max_diff(&s, &s_ref)
+                        );
+                        let tol = rel * out_ref.to_kind(Kind::Double).abs().max().double_value(&[]);
+                        let d = max_diff(&out, &out_ref);
+                        eprintln!(
+                            "{what}: add + norm + projection within {d:.2e} (tolerance {tol:.2e})"
+                        );
+                        assert!(d <= tol, "{what}: add + norm + projection differs by {d}");
+                    }
+                    let down = swiglu_linear_with(&gu, &w, early)
+                        .unwrap()
+                        .unwrap_or_else(|| panic!("{what}: swiglu_linear declined"));
+                    assert!(
+                        down.equal(&down_ref),
+                        "{what}: SwiGLU + projection differs by {}",
+                        max_diff(&down, &down_ref)
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn greedy_pick_matches_argmax_and_log_softmax_on_gpu() {
     let Some(_gpu) = gpu_or_skip("the greedy pick") else {
