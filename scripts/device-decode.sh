@@ -1,13 +1,8 @@
 #!/usr/bin/env bash
 # Decode A/B on the GPU machine: `spar bench decode` (graph path, 128-token prompts, 128 new greedy tokens, batches
 # DECODE_BATCH) once per variant of DECODE_VARIANTS, each a name and the environment it runs under:
-#   default     the build's defaults (SPAR_PDL=small: programmatic launches in the graphs of 1-2-row steps;
-#               the fused skinny kernels at 1-2 rows);
-#   nopdl       SPAR_PDL=0 (plain stream order everywhere);
-#   unfused     SPAR_SKINNY_FUSED=0 (the residual add + norm and SwiGLU as kernels of their own at 1-2 rows);
-#   unfused-nopdl  both, the default before 2026-12-06 (night);
-#   norm-only   SPAR_SKINNY_FUSED=norm (only the add + norm folded into the projection after it);
-#   swiglu-only SPAR_SKINNY_FUSED=swiglu (only SwiGLU folded into the down projection);
+#   default     the build's defaults (SPAR_PDL=small: programmatic launches in the graphs of 1-2-row steps);
+#   nopdl       SPAR_PDL=0 (plain stream order everywhere: the default before 2026-12-06, late night);
 #   cublas      SPAR_SKINNY_LINEAR=0 (every decode projection through cuBLAS);
 #   skinny1     SPAR_SKINNY_LINEAR=1 (the skinny kernel at batch 1 only);
 #   pdl         SPAR_PDL=1 (programmatic dependent launch of spar's decode kernels at every batch; the skinny
@@ -24,7 +19,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT/decode-profile"
 export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH"
 gunzip -c dist/spar.gz > /tmp/spar && chmod +x /tmp/spar
 B=${DECODE_BATCH:-1,2,4,8,16,64}
-for v in ${DECODE_VARIANTS:-default nopdl unfused unfused-nopdl pdl cublas}; do
+for v in ${DECODE_VARIANTS:-default nopdl pdl pdl-plain cublas}; do
   case $v in
     default) e=() ;;
     cublas) e=(SPAR_SKINNY_LINEAR=0) ;;
@@ -32,10 +27,6 @@ for v in ${DECODE_VARIANTS:-default nopdl unfused unfused-nopdl pdl cublas}; do
     pdl) e=(SPAR_PDL=1) ;;
     pdl-plain) e=(SPAR_PDL=1 SPAR_SKINNY_EARLY=0) ;;
     nopdl) e=(SPAR_PDL=0) ;;
-    unfused) e=(SPAR_SKINNY_FUSED=0) ;;
-    unfused-nopdl) e=(SPAR_SKINNY_FUSED=0 SPAR_PDL=0) ;;
-    norm-only) e=(SPAR_SKINNY_FUSED=norm) ;;
-    swiglu-only) e=(SPAR_SKINNY_FUSED=swiglu) ;;
     nosplit) e=(SPAR_DECODE_ATTENTION_BLOCKS=8) ;;
     *) echo "unknown variant $v" >&2; continue ;;
   esac

@@ -662,36 +662,32 @@ template <> struct Vec16<unsigned short> {
         }
     }
 };
-// The column loop every skinny kernel shares: the warp owning column `col` streams that row of W, SL_INFLIGHT
-// 16-byte vectors in flight a lane, and multiplies each by the same slice of every row of x, which `xv(r, v)`
-// returns (vector v of row r). `ready()` runs exactly once in every thread of the block, after the lane's first
-// weight vectors were requested and before x is read: the PDL wait of the early variants, and the block-wide
-// preparation of x in shared memory of the fused ones (so a warp past the last column still takes part in it).
-// Each column's sum is the same, in the same order, whatever `xv` and `ready` are.
-template <typename T, int R, typename XV, typename Ready>
-__device__ __forceinline__ void skinny_columns(const T* __restrict__ w, T* __restrict__ y, int n, int k, int col,
-                                               XV xv, Ready ready) {
+// EARLY (the `skinny_linear_early_*` kernels, which PDL launches run): a lane's first SL_INFLIGHT weight vectors
+// (its whole row of W for k <= 2048 in bf16) are loaded before the PDL wait. No kernel writes weights, so they may
+// be read while the kernel ahead still runs: the projection's first DRAM round trip then overlaps that kernel
+// instead of following it. x and y are touched only after the wait. Without PDL the wait is a no-op and both
+// variants compute the same sums in the same order.
+template <typename T, int R, bool EARLY>
+__device__ void skinny_linear(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, int n, int k) {
+    if (!EARLY) pdl_prologue();
     constexpr int E = Vec16<T>::E;
     int lane = threadIdx.x & 31;
-    bool active = col < n;
-    const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)(active ? col : 0) * k);
+    int col = blockIdx.x * SL_WARPS + (threadIdx.x >> 5);
+    if (col >= n) return;
+    const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)col * k);
+    const uint4* xr = reinterpret_cast<const uint4*>(x);
     int vecs = k / E;  // per row of W and of x
-    uint4 wv[SL_INFLIGHT];
-    auto load = [&](int base) {
-#pragma unroll
-        for (int u = 0; u < SL_INFLIGHT; ++u) {
-            int v = base + u * 32;
-            wv[u] = active && v < vecs ? ld_stream(wr + v) : make_uint4(0u, 0u, 0u, 0u);
-        }
-    };
-    load(lane);
-    ready();
-    if (!active) return;
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
     for (int base = lane; base < vecs; base += 32 * SL_INFLIGHT) {
-        if (base != lane) load(base);
+        uint4 wv[SL_INFLIGHT];
+#pragma unroll
+        for (int u = 0; u < SL_INFLIGHT; ++u) {
+            int v = base + u * 32;
+            wv[u] = v < vecs ? ld_stream(wr + v) : make_uint4(0u, 0u, 0u, 0u);
+        }
+        if (EARLY && base == lane) pdl_prologue();
 #pragma unroll
         for (int u = 0; u < SL_INFLIGHT; ++u) {
             int v = base + u * 32;
@@ -701,33 +697,20 @@ __device__ __forceinline__ void skinny_columns(const T* __restrict__ w, T* __res
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 float xf[E];
-                Vec16<T>::unpack(xv(r, v), xf);
+                Vec16<T>::unpack(__ldg(xr + (size_t)r * vecs + v), xf);
 #pragma unroll
                 for (int e = 0; e < E; ++e) acc[r] = fmaf(xf[e], wf[e], acc[r]);
             }
         }
     }
+    // A lane past the row's last vector (k below 32 vectors) skipped the loop, and with it the wait.
+    if (EARLY && lane >= vecs) pdl_prologue();
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         float s = acc[r];
         for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
         if (lane == r) Io<T>::st(y + (size_t)r * n + col, s);
     }
-}
-
-// EARLY (the `skinny_linear_early_*` kernels, which PDL launches run): a lane's first SL_INFLIGHT weight vectors
-// (its whole row of W for k <= 2048 in bf16) are loaded before the PDL wait. No kernel writes weights, so they may
-// be read while the kernel ahead still runs: the projection's first DRAM round trip then overlaps that kernel
-// instead of following it. x and y are touched only after the wait. Without PDL the wait is a no-op and both
-// variants compute the same sums in the same order.
-template <typename T, int R, bool EARLY>
-__device__ void skinny_linear(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, int n, int k) {
-    if (!EARLY) pdl_prologue();
-    const uint4* xr = reinterpret_cast<const uint4*>(x);
-    int vecs = k / Vec16<T>::E;
-    skinny_columns<T, R>(w, y, n, k, blockIdx.x * SL_WARPS + (threadIdx.x >> 5),
-                         [&](int r, int v) { return __ldg(xr + (size_t)r * vecs + v); },
-                         [] { if (EARLY) pdl_prologue(); });
 }
 #define SKINNY_LINEAR(SUF, T, R) \
     extern "C" __global__ void skinny_linear_##SUF##_r##R(const T* x, const T* w, T* y, int n, int k) { \
@@ -740,143 +723,6 @@ SKINNY_LINEAR(f32, float, 1)
 SKINNY_LINEAR(f32, float, 2)
 SKINNY_LINEAR(bf16, unsigned short, 1)
 SKINNY_LINEAR(bf16, unsigned short, 2)
-
-// The skinny projections with the elementwise kernel ahead of them folded in, for decode steps of 1-2 rows (a
-// batch-1 step is ~390 dependent kernels, each paying ~2.5 us to start whatever its size: docs/benchmarks.md).
-// Each warp computes the slice of the input it multiplies from the inputs of the kernel folded in, in registers:
-// no shared memory, no block barrier, so nothing delays the weights' stream. (A first version built the whole
-// input in each block's shared memory behind a barrier: slower than the two kernels, 1.22 against 1.15 ms a step
-// at batch 1 and 1.66 against 1.28 at batch 2 on an H100.)
-template <typename T> struct Pack16;
-template <> struct Pack16<float> {
-    static __device__ __forceinline__ uint4 pack(const float* f) {
-        return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
-    }
-};
-template <> struct Pack16<unsigned short> {
-    static __device__ __forceinline__ uint4 pack(const float* f) {
-        unsigned int w[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-            w[i] = (unsigned int)f32_to_bf16(f[2 * i]) | ((unsigned int)f32_to_bf16(f[2 * i + 1]) << 16);
-        return make_uint4(w[0], w[1], w[2], w[3]);
-    }
-};
-
-// out = rms_norm(x + y, g) W^T and s_out = x + y (written by the warp of column 0): add_rms_norm then
-// skinny_linear. A warp holds its lanes' slices of x + y (one vector a lane per 32, so k <= 32 SL_INFLIGHT / R
-// vectors: decode_ops.rs checks) and reduces the sum of squares itself: every warp redoes the norm of a row of
-// a few KB read from L2, which costs less than a launch. Same roundings as add_rms_norm and the same column sums as
-// skinny_linear; only the order of the sum of squares differs.
-template <typename T, int R, bool EARLY>
-__device__ void skinny_add_norm_linear(const T* x, const T* y, const T* g, const T* __restrict__ w, T* s_out,
-                                       T* out, int n, int k, float eps) {
-    if (!EARLY) pdl_prologue();
-    constexpr int E = Vec16<T>::E;
-    constexpr int NV = SL_INFLIGHT / R;  // vectors of a row a lane holds
-    int lane = threadIdx.x & 31;
-    int col = blockIdx.x * SL_WARPS + (threadIdx.x >> 5);
-    if (col >= n) return;
-    int vecs = k / E;
-    const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)col * k);
-    uint4 wv[NV];
-#pragma unroll
-    for (int u = 0; u < NV; ++u) {
-        int v = lane + u * 32;
-        wv[u] = v < vecs ? ld_stream(wr + v) : make_uint4(0u, 0u, 0u, 0u);
-    }
-    if (EARLY) pdl_prologue();
-    const uint4* gv = reinterpret_cast<const uint4*>(g);
-    float acc[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)r * k);
-        const uint4* yr = reinterpret_cast<const uint4*>(y + (size_t)r * k);
-        uint4* sr = reinterpret_cast<uint4*>(s_out + (size_t)r * k);
-        uint4 sp[NV];
-        float ss = 0.0f;
-#pragma unroll
-        for (int u = 0; u < NV; ++u) {
-            int v = lane + u * 32;
-            if (v >= vecs) break;
-            float xf[E], yf[E], sf[E];
-            Vec16<T>::unpack(xr[v], xf);
-            Vec16<T>::unpack(yr[v], yf);
-#pragma unroll
-            for (int e = 0; e < E; ++e) {
-                sf[e] = Io<T>::rnd(xf[e] + yf[e]);
-                ss += sf[e] * sf[e];
-            }
-            sp[u] = Pack16<T>::pack(sf);
-            if (col == 0) sr[v] = sp[u];
-        }
-        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-        float rs = rsqrtf(ss / (float)k + eps);
-        float a = 0.0f;
-#pragma unroll
-        for (int u = 0; u < NV; ++u) {
-            int v = lane + u * 32;
-            if (v >= vecs) break;
-            float sf[E], gf[E], wf[E];
-            Vec16<T>::unpack(sp[u], sf);
-            Vec16<T>::unpack(__ldg(gv + v), gf);
-            Vec16<T>::unpack(wv[u], wf);
-#pragma unroll
-            for (int e = 0; e < E; ++e) a = fmaf(Io<T>::rnd(gf[e] * Io<T>::rnd(sf[e] * rs)), wf[e], a);
-        }
-        acc[r] = a;
-    }
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        float s = acc[r];
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (lane == r) Io<T>::st(out + (size_t)r * n + col, s);
-    }
-}
-
-// out = (silu(gu[:, :k]) * gu[:, k:]) W^T for the fused gate-up projection gu [R, 2k]: silu_mul then skinny_linear,
-// bit for bit. Each lane computes the SwiGLU of the input vectors it multiplies (every warp redoes the row's k
-// activations: a few microseconds of ALU spread over the GPU while the weights stream).
-template <typename T, int R, bool EARLY>
-__device__ void skinny_swiglu_linear(const T* gu, const T* __restrict__ w, T* out, int n, int k) {
-    if (!EARLY) pdl_prologue();
-    constexpr int E = Vec16<T>::E;
-    const uint4* gr = reinterpret_cast<const uint4*>(gu);
-    int vecs = k / E;  // a row of gu is 2 vecs: gate, then up
-    skinny_columns<T, R>(w, out, n, k, blockIdx.x * SL_WARPS + (threadIdx.x >> 5),
-        [&](int r, int v) {
-            float gf[E], uf[E], af[E];
-            Vec16<T>::unpack(__ldg(gr + (size_t)r * 2 * vecs + v), gf);
-            Vec16<T>::unpack(__ldg(gr + (size_t)r * 2 * vecs + vecs + v), uf);
-#pragma unroll
-            for (int e = 0; e < E; ++e) {
-                float sl = Io<T>::rnd(gf[e] / (1.0f + expf(-gf[e])));
-                af[e] = Io<T>::rnd(__fmul_rn(sl, uf[e]));
-            }
-            return Pack16<T>::pack(af);
-        },
-        [] { if (EARLY) pdl_prologue(); });
-}
-#define SKINNY_FUSED(SUF, T, R) \
-    extern "C" __global__ void skinny_add_norm_linear_##SUF##_r##R(const T* x, const T* y, const T* g, \
-        const T* w, T* s, T* o, int n, int k, float eps) { \
-        skinny_add_norm_linear<T, R, false>(x, y, g, w, s, o, n, k, eps); \
-    } \
-    extern "C" __global__ void skinny_add_norm_linear_early_##SUF##_r##R(const T* x, const T* y, const T* g, \
-        const T* w, T* s, T* o, int n, int k, float eps) { \
-        skinny_add_norm_linear<T, R, true>(x, y, g, w, s, o, n, k, eps); \
-    } \
-    extern "C" __global__ void skinny_swiglu_linear_##SUF##_r##R(const T* gu, const T* w, T* o, int n, int k) { \
-        skinny_swiglu_linear<T, R, false>(gu, w, o, n, k); \
-    } \
-    extern "C" __global__ void skinny_swiglu_linear_early_##SUF##_r##R(const T* gu, const T* w, T* o, int n, \
-        int k) { \
-        skinny_swiglu_linear<T, R, true>(gu, w, o, n, k); \
-    }
-SKINNY_FUSED(f32, float, 1)
-SKINNY_FUSED(f32, float, 2)
-SKINNY_FUSED(bf16, unsigned short, 1)
-SKINNY_FUSED(bf16, unsigned short, 2)
 
 // greedy_pick for few rows, split over `parts` blocks a row (one block a row leaves all but a few SMs idle: a
 // 151,936-token row took one block ~57 us). Block (row, p) takes chunk p of the row and writes its maximum, the

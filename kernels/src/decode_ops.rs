@@ -171,9 +171,8 @@ pub fn silu_mul_packed(gate_up: &Tensor) -> Result<Tensor> {
 /// read of `x` per weight vector; docs/benchmarks.md).
 pub const SKINNY_MAX_ROWS: i64 = 2;
 
-/// The kernels of [`skinny_linear`], [`add_norm_linear`] and [`swiglu_linear`], by op, variant, dtype and row
-/// count (for the module's function table).
-pub(crate) const SKINNY_LINEAR_KERNELS: [&str; 24] = [
+/// The kernels of [`skinny_linear`], by variant, dtype and row count (for the module's function table).
+pub(crate) const SKINNY_LINEAR_KERNELS: [&str; 8] = [
     "skinny_linear_f32_r1",
     "skinny_linear_f32_r2",
     "skinny_linear_bf16_r1",
@@ -182,27 +181,7 @@ pub(crate) const SKINNY_LINEAR_KERNELS: [&str; 24] = [
     "skinny_linear_early_f32_r2",
     "skinny_linear_early_bf16_r1",
     "skinny_linear_early_bf16_r2",
-    "skinny_add_norm_linear_f32_r1",
-    "skinny_add_norm_linear_f32_r2",
-    "skinny_add_norm_linear_bf16_r1",
-    "skinny_add_norm_linear_bf16_r2",
-    "skinny_add_norm_linear_early_f32_r1",
-    "skinny_add_norm_linear_early_f32_r2",
-    "skinny_add_norm_linear_early_bf16_r1",
-    "skinny_add_norm_linear_early_bf16_r2",
-    "skinny_swiglu_linear_f32_r1",
-    "skinny_swiglu_linear_f32_r2",
-    "skinny_swiglu_linear_bf16_r1",
-    "skinny_swiglu_linear_bf16_r2",
-    "skinny_swiglu_linear_early_f32_r1",
-    "skinny_swiglu_linear_early_f32_r2",
-    "skinny_swiglu_linear_early_bf16_r1",
-    "skinny_swiglu_linear_early_bf16_r2",
 ];
-
-/// The 16-byte vectors of a row a lane of [`add_norm_linear`]'s kernel holds, over all rows (`SL_INFLIGHT` in
-/// decode_kernels.cu): a row of `k` elements must fit 32 lanes of `8 / rows` vectors each.
-const ADD_NORM_VECTORS_A_LANE: i64 = 8;
 
 /// `x W^T` without bias (`x: [.., k]`, `w: [n, k]`, as `Tensor::linear`) for at most [`SKINNY_MAX_ROWS`] rows of
 /// `x`: one warp per output column streams its row of `w` at close to the memory bandwidth, where cuBLAS leaves
@@ -222,224 +201,50 @@ pub fn skinny_linear_with(x: &Tensor, w: &Tensor, early_weights: bool) -> Result
     skinny_linear_as(x, w, Some(early_weights))
 }
 
-/// A skinny product the kernels take: its kernels, dtype suffix, rows, output columns `n`, inner size `k` and
-/// output shape (`x`'s leading shape, then `n`).
-struct SkinnyPlan {
-    kern: std::sync::Arc<cuda::Kernels>,
-    suffix: &'static str,
-    rows: i64,
-    n: i64,
-    k: i64,
-    out_size: Vec<i64>,
-}
-
-impl SkinnyPlan {
-    /// The plan for `x: [.., kx]` (every tensor of `inputs`, which starts with `x`, contiguous, same device and
-    /// dtype, 16-byte aligned) against `w: [n, k]`, where `kx` is `k` times `x_per_k` (2 for a packed gate-up
-    /// input); None where the skinny kernels do not apply.
-    fn new(inputs: &[&Tensor], w: &Tensor, x_per_k: i64) -> Result<Option<SkinnyPlan>> {
-        let mut all = inputs.to_vec();
-        all.push(w);
-        let Some((ordinal, suffix)) = fused_target(&all)? else {
-            return Ok(None);
-        };
-        let x = inputs[0];
-        let (ws, xs) = (w.size(), x.size());
-        let (Some(&kx), [n, k]) = (xs.last(), ws.as_slice()) else {
-            return Ok(None);
-        };
-        let (n, k, elt) = (*n, *k, x.kind().elt_size_in_bytes() as i64);
-        let rows = if kx > 0 { x.numel() as i64 / kx } else { 0 };
-        let aligned = |t: &&Tensor| (t.data_ptr() as usize).is_multiple_of(16);
-        if kx != k * x_per_k
-            || k == 0
-            || n == 0
-            || !((k * elt) as u64).is_multiple_of(16)
-            || !(1..=skinny_linear_max_rows()).contains(&rows)
-            || n > i32::MAX as i64
-            || kx > i32::MAX as i64
-            || !all.iter().all(aligned)
-        {
-            return Ok(None);
-        }
-        let Some(kern) = cuda::kernels(ordinal) else {
-            return Ok(None);
-        };
-        let mut out_size = xs.clone();
-        *out_size.last_mut().expect("non-empty shape") = n;
-        Ok(Some(SkinnyPlan {
-            kern,
-            suffix,
-            rows,
-            n,
-            k,
-            out_size,
-        }))
-    }
-
-    /// `op`'s kernel name: `early_weights` (None: by the device's launch mode) picks the early variant.
-    fn kernel(&self, op: &str, early_weights: Option<bool>) -> String {
-        let early = early_weights.unwrap_or_else(|| self.kern.pdl() && early_weights_allowed());
-        let variant = if early { "early_" } else { "" };
-        format!("{op}_{variant}{}_r{}", self.suffix, self.rows)
-    }
-
-    fn output(&self, like: &Tensor) -> Result<Tensor> {
-        Ok(Tensor::f_empty(
-            self.out_size.as_slice(),
-            (like.kind(), like.device()),
-        )?)
-    }
-}
-
 /// `early_weights`: None picks by the device's launch mode (the early variant where PDL is on).
 fn skinny_linear_as(x: &Tensor, w: &Tensor, early_weights: Option<bool>) -> Result<Option<Tensor>> {
-    let Some(plan) = SkinnyPlan::new(&[x], w, 1)? else {
+    let Some((ordinal, suffix)) = fused_target(&[x, w])? else {
         return Ok(None);
     };
-    let y = plan.output(x)?;
-    let p = |t: &Tensor| Arg::Ptr(t.data_ptr() as u64);
-    // SL_WARPS (4) columns a 128-thread block, a warp each.
-    plan.kern.launch(
-        &plan.kernel("skinny_linear", early_weights),
-        (plan.n as u64).div_ceil(4) as u32,
-        128,
-        &[
-            p(x),
-            p(w),
-            p(&y),
-            Arg::I32(plan.n as i32),
-            Arg::I32(plan.k as i32),
-        ],
-    )?;
-    Ok(Some(y))
-}
-
-/// `(s, rms_norm(s, g) W^T)` with `s = x + y`, in one kernel for the 1-2 rows of a small decode step: the residual
-/// add and the norm that end one block of a layer folded into the projection that starts the next (`x`, `y`:
-/// `[.., k]`, `g: [k]`, `w: [n, k]`). [`add_rms_norm`] then [`skinny_linear`] with one launch instead of two:
-/// the same roundings and column sums, the norm's sum of squares in another order (each warp reduces it itself).
-/// None where [`skinny_linear`] would not apply, where a row is more than 256 / rows 16-byte vectors (2,048 bf16
-/// values at one row, 1,024 at two), or where `SPAR_SKINNY_FUSED` turns it off (`0`, or `swiglu`).
-pub fn add_norm_linear(
-    x: &Tensor,
-    y: &Tensor,
-    g: &Tensor,
-    w: &Tensor,
-    eps: f64,
-) -> Result<Option<(Tensor, Tensor)>> {
-    add_norm_linear_as(x, y, g, w, eps, None)
-}
-
-/// [`add_norm_linear`] with the variant chosen (as [`skinny_linear_with`]).
-pub fn add_norm_linear_with(
-    x: &Tensor,
-    y: &Tensor,
-    g: &Tensor,
-    w: &Tensor,
-    eps: f64,
-    early_weights: bool,
-) -> Result<Option<(Tensor, Tensor)>> {
-    add_norm_linear_as(x, y, g, w, eps, Some(early_weights))
-}
-
-fn add_norm_linear_as(
-    x: &Tensor,
-    y: &Tensor,
-    g: &Tensor,
-    w: &Tensor,
-    eps: f64,
-    early_weights: Option<bool>,
-) -> Result<Option<(Tensor, Tensor)>> {
-    let Some(plan) = SkinnyPlan::new(&[x, y, g], w, 1)? else {
+    let (ws, xs) = (w.size(), x.size());
+    let (Some(&k), [n, wk]) = (xs.last(), ws.as_slice()) else {
         return Ok(None);
     };
-    let vecs = plan.k * x.kind().elt_size_in_bytes() as i64 / 16;
-    if !fused_allowed("norm")
-        || x.size() != y.size()
-        || g.size() != [plan.k]
-        || vecs > 32 * (ADD_NORM_VECTORS_A_LANE / plan.rows)
+    let (n, elt) = (*n, x.kind().elt_size_in_bytes() as i64);
+    let rows = if k > 0 { x.numel() as i64 / k } else { 0 };
+    let aligned = |t: &Tensor| (t.data_ptr() as usize).is_multiple_of(16);
+    if *wk != k
+        || k == 0
+        || n == 0
+        || !((k * elt) as u64).is_multiple_of(16)
+        || !(1..=skinny_linear_max_rows()).contains(&rows)
+        || n > i32::MAX as i64
+        || k > i32::MAX as i64
+        || !aligned(x)
+        || !aligned(w)
     {
         return Ok(None);
     }
-    let s = x.f_empty_like()?;
-    let out = plan.output(x)?;
-    let p = |t: &Tensor| Arg::Ptr(t.data_ptr() as u64);
-    // SL_WARPS (4) columns a 128-thread block, a warp each.
-    plan.kern.launch(
-        &plan.kernel("skinny_add_norm_linear", early_weights),
-        (plan.n as u64).div_ceil(4) as u32,
-        128,
-        &[
-            p(x),
-            p(y),
-            p(g),
-            p(w),
-            p(&s),
-            p(&out),
-            Arg::I32(plan.n as i32),
-            Arg::I32(plan.k as i32),
-            Arg::F32(eps as f32),
-        ],
-    )?;
-    Ok(Some((s, out)))
-}
-
-/// `(silu(gate) * up) W^T` for the fused gate-up projection `gate_up: [.., 2 k]` (gate columns first) and the
-/// down projection `w: [n, k]`, in one kernel for the 1-2 rows of a small decode step. Bit for bit
-/// [`silu_mul_packed`] then [`skinny_linear`] (GPU test). None where [`skinny_linear`] would not apply, or where
-/// `SPAR_SKINNY_FUSED` turns it off (`0`, or `norm`).
-pub fn swiglu_linear(gate_up: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
-    swiglu_linear_as(gate_up, w, None)
-}
-
-/// [`swiglu_linear`] with the variant chosen (as [`skinny_linear_with`]).
-pub fn swiglu_linear_with(
-    gate_up: &Tensor,
-    w: &Tensor,
-    early_weights: bool,
-) -> Result<Option<Tensor>> {
-    swiglu_linear_as(gate_up, w, Some(early_weights))
-}
-
-fn swiglu_linear_as(
-    gate_up: &Tensor,
-    w: &Tensor,
-    early_weights: Option<bool>,
-) -> Result<Option<Tensor>> {
-    let Some(plan) = SkinnyPlan::new(&[gate_up], w, 2)? else {
+    let Some(kern) = cuda::kernels(ordinal) else {
         return Ok(None);
     };
-    if !fused_allowed("swiglu") {
-        return Ok(None);
-    }
-    let out = plan.output(gate_up)?;
+    let mut out_size = xs.clone();
+    *out_size.last_mut().expect("non-empty shape") = n;
+    let y = Tensor::f_empty(out_size.as_slice(), (x.kind(), x.device()))?;
     let p = |t: &Tensor| Arg::Ptr(t.data_ptr() as u64);
-    plan.kern.launch(
-        &plan.kernel("skinny_swiglu_linear", early_weights),
-        (plan.n as u64).div_ceil(4) as u32,
+    // SL_WARPS (4) columns a 128-thread block, a warp each.
+    let variant = if early_weights.unwrap_or_else(|| kern.pdl() && early_weights_allowed()) {
+        "early_"
+    } else {
+        ""
+    };
+    kern.launch(
+        &format!("skinny_linear_{variant}{suffix}_r{rows}"),
+        (n as u64).div_ceil(4) as u32,
         128,
-        &[
-            p(gate_up),
-            p(w),
-            p(&out),
-            Arg::I32(plan.n as i32),
-            Arg::I32(plan.k as i32),
-        ],
+        &[p(x), p(w), p(&y), Arg::I32(n as i32), Arg::I32(k as i32)],
     )?;
-    Ok(Some(out))
-}
-
-/// Which fused skinny kernels may run: `SPAR_SKINNY_FUSED` unset or `1` both, `norm` only [`add_norm_linear`],
-/// `swiglu` only [`swiglu_linear`], `0` neither (each op's own kernels), to measure what each fusion gains.
-fn fused_allowed(op: &str) -> bool {
-    static VALUE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let v = VALUE.get_or_init(|| std::env::var("SPAR_SKINNY_FUSED").unwrap_or_default());
-    match v.trim() {
-        "0" => false,
-        "norm" | "swiglu" => v.trim() == op,
-        _ => true,
-    }
+    Ok(Some(y))
 }
 
 /// Whether a PDL run takes the early-weights skinny kernels (`SPAR_SKINNY_EARLY=0`: the plain ones, to measure

@@ -109,34 +109,13 @@ pub(crate) fn first_input_norm(model: &Qwen3Model, x: &Tensor) -> Result<Tensor>
     rms_norm(x, w, model.config.rms_norm_eps)
 }
 
-/// Layer `li` after its attention, as the fused prefill runs it: [`mlp_delta`], then the residual add fused with
-/// the next layer's input norm (the final norm after the last layer). `x`: the layer's input `[.., H]`;
-/// `attn_out`: attention's output projection, same shape. Returns the layer's output, that output through the
-/// next norm, and an MoE layer's chosen experts `[tokens, k]`.
+/// Layer `li` after its attention, as the decode step and the fused prefill run it: the residual add fused with
+/// the post-attention norm, the MLP (one gate-up GEMM for a dense layer; the experts for an MoE one, through
+/// `_grouped_mm` when `grouped`), and the residual add fused with the next layer's input norm (the final norm
+/// after the last layer). `x`: the layer's input `[.., H]`; `attn_out`: attention's output projection, same
+/// shape. Returns the layer's output, that output through the next norm, and an MoE layer's chosen experts
+/// `[tokens, k]`.
 pub(crate) fn mlp_and_next_norm(
-    model: &Qwen3Model,
-    li: usize,
-    fused: &FusedLayer,
-    x: &Tensor,
-    attn_out: &Tensor,
-    grouped: bool,
-) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-    let (x1, y, experts) = mlp_delta(model, li, fused, x, attn_out, grouped)?;
-    let next_norm = model
-        .layers
-        .get(li + 1)
-        .map_or(&model.norm, |next| &next.input_ln);
-    let (x2, hn) = decode_ops::add_rms_norm(&x1, &y, next_norm, model.config.rms_norm_eps)?;
-    Ok((x2, hn, experts))
-}
-
-/// Layer `li` after its attention, up to the MLP's output: the residual add fused with the post-attention norm,
-/// then the MLP (one gate-up GEMM for a dense layer; the experts for an MoE one, through `_grouped_mm` when
-/// `grouped`). Returns `x + attn_out`, the MLP's output (not yet added to it: the caller fuses that add with what
-/// follows) and an MoE layer's chosen experts. A dense layer's steps of 1-2 rows run two kernels: the add and norm
-/// inside the gate-up projection, SwiGLU inside the down projection ([`decode_ops::add_norm_linear`],
-/// [`decode_ops::swiglu_linear`]); more rows take each op's own kernel or torch.
-pub(crate) fn mlp_delta(
     model: &Qwen3Model,
     li: usize,
     fused: &FusedLayer,
@@ -146,22 +125,21 @@ pub(crate) fn mlp_delta(
 ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     let (c, layer) = (&model.config, &model.layers[li]);
     let eps = c.rms_norm_eps;
-    match &layer.mlp {
+    let (x1, h2) = decode_ops::add_rms_norm(x, attn_out, &layer.post_ln, eps)?;
+    let (y, experts) = match &layer.mlp {
         Mlp::Dense { down, .. } => {
             let gu = fused
                 .gate_up
                 .as_ref()
                 .with_context(|| format!("dense layer {li} without fused gate_up"))?;
-            let (x1, gate_up) = add_norm_linear(x, Some(attn_out), &layer.post_ln, gu, eps)?;
-            let y = match decode_ops::swiglu_linear(&gate_up, down)? {
-                Some(y) => y,
-                // A prefill's many rows take cuBLAS.
-                None => decode_ops::linear(&decode_ops::silu_mul_packed(&gate_up)?, down)?,
-            };
-            Ok((x1, y, None))
+            // A decode step's few rows take the skinny kernel; a prefill's many take cuBLAS.
+            let y = decode_ops::linear(
+                &decode_ops::silu_mul_packed(&decode_ops::linear(&h2, gu)?)?,
+                down,
+            )?;
+            (y, None)
         }
         Mlp::Moe { weights, .. } => {
-            let (x1, h2) = decode_ops::add_rms_norm(x, attn_out, &layer.post_ln, eps)?;
             let o = moe_forward_with(
                 weights,
                 &h2.f_reshape([-1, c.hidden_size as i64])?,
@@ -170,33 +148,15 @@ pub(crate) fn mlp_delta(
                 None,
                 grouped,
             )?;
-            let y = o.hidden.f_view(h2.size().as_slice())?;
-            Ok((x1, y, Some(o.experts)))
+            (o.hidden.f_view(h2.size().as_slice())?, Some(o.experts))
         }
-    }
-}
-
-/// The residual `x + delta` (`x` itself without a delta) and `rms_norm(x + delta, norm) w^T`: one kernel for the
-/// 1-2 rows of a small decode step ([`decode_ops::add_norm_linear`]), else the fused add + norm (or the norm
-/// alone) and the projection.
-pub(crate) fn add_norm_linear(
-    x: &Tensor,
-    delta: Option<&Tensor>,
-    norm: &Tensor,
-    w: &Tensor,
-    eps: f64,
-) -> Result<(Tensor, Tensor)> {
-    let Some(delta) = delta else {
-        return Ok((
-            x.shallow_clone(),
-            decode_ops::linear(&rms_norm(x, norm, eps)?, w)?,
-        ));
     };
-    if let Some(fused) = decode_ops::add_norm_linear(x, delta, norm, w, eps)? {
-        return Ok(fused);
-    }
-    let (s, n) = decode_ops::add_rms_norm(x, delta, norm, eps)?;
-    Ok((s, decode_ops::linear(&n, w)?))
+    let next_norm = model
+        .layers
+        .get(li + 1)
+        .map_or(&model.norm, |next| &next.input_ln);
+    let (x2, hn) = decode_ops::add_rms_norm(&x1, &y, next_norm, eps)?;
+    Ok((x2, hn, experts))
 }
 
 /// Builds the fused buffers and re-points the model's q/k/v (and dense gate/up) parameters into them.

@@ -30,9 +30,7 @@
 //! bucket, a failed capture) makes [`GraphDecoder::decode`] return `None` and the caller runs the eager forward.
 
 use crate::cache::KvCache;
-use crate::fused_layers::{
-    FusedLayers, add_norm_linear, first_input_norm, mlp_delta, queries_and_store,
-};
+use crate::fused_layers::{FusedLayers, first_input_norm, mlp_and_next_norm, queries_and_store};
 use crate::fused_prefill::{self, PrefillOutput};
 use crate::qwen3::Qwen3Model;
 use crate::temperature_sampling::{PARAMS_ROWS, pick_at_temperature_into};
@@ -524,14 +522,12 @@ fn decode_step(
 
     let mut x = Tensor::f_embedding(&model.embed, &ids, model.pad_idx(), false, false)?; // [r, 1, H]
     let mut experts = Vec::new();
-    // The MLP output of the layer before, not yet added to the residual `x`: that add and the next input norm
-    // are fused with the projection that follows them (one kernel at 1-2 rows).
-    let mut delta: Option<Tensor> = None;
+    // The input norm of each layer is fused with the residual add that ends the layer before it.
+    let mut hin = first_input_norm(model, &x)?;
     for (li, (layer, fl)) in model.layers.iter().zip(fused.iter()).enumerate() {
         let a = &layer.attn;
         let (kc, vc) = cache.layer(layer.index);
-        let (xl, qkv) = add_norm_linear(&x, delta.as_ref(), &layer.input_ln, &fl.qkv, eps)?; // [r, 1, (nh + 2 nkv) D]
-        x = xl;
+        let qkv = decode_ops::linear(&hin, &fl.qkv)?; // [r, 1, (nh + 2 nkv) D]
         let q = queries_and_store(a, &qkv, &cos, &sin, &write_at, (kc, vc), (nh, nkv, d), eps)?;
         let kr = kc
             .f_narrow(0, 0, r)?
@@ -562,16 +558,11 @@ fn decode_step(
             }
         };
         let o = decode_ops::linear(&o.f_reshape([r, 1, nh * d])?, &a.o)?;
-        let (x1, y, chosen) = mlp_delta(model, li, fl, &x, &o, grouped)?;
+        let (x2, hn, chosen) = mlp_and_next_norm(model, li, fl, &x, &o, grouped)?;
         experts.extend(chosen);
-        x = x1;
-        delta = Some(y);
+        x = x2;
+        hin = hn;
     }
-    // The final norm stays its own kernel: folded into the LM head, each of its ~38k blocks would redo it.
-    let hin = match &delta {
-        Some(y) => decode_ops::add_rms_norm(&x, y, &model.norm, eps)?.1,
-        None => first_input_norm(model, &x)?,
-    };
     let w = model.lm_head.as_ref().unwrap_or(&model.embed);
     let logits = decode_ops::linear(&hin, w)?.f_view([r, -1])?;
     let experts = if experts.is_empty() {
