@@ -26,7 +26,13 @@ pub fn words(s: &str) -> Vec<String> {
 /// that case keywords and rule phrases may be stems ("allerg" matches "allergic", "radiat" matches
 /// "radiates") while "er" still does not match inside "fever".
 pub fn contains_phrase(text: &str, phrase: &str) -> bool {
-    let t = text.to_lowercase();
+    contains_phrase_lowered(&text.to_lowercase(), phrase)
+}
+
+/// [`contains_phrase`] in a text already lowercased with `str::to_lowercase`: for many phrases looked up in one
+/// text, which then is lowercased once instead of once a phrase.
+pub fn contains_phrase_lowered(lowered: &str, phrase: &str) -> bool {
+    let t = lowered;
     let p = phrase.trim().to_lowercase();
     if p.is_empty() {
         return false;

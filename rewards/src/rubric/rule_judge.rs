@@ -1,6 +1,6 @@
 //! The offline rubric judge: each item's keyword / regex rule (`RubricItem::rule`) checked against the doctor's
 //! text. Deterministic; for tests, the CPU demo and cases whose rubrics are written with rules.
-use crate::text::contains_phrase;
+use crate::text::contains_phrase_lowered;
 use async_trait::async_trait;
 use regex::RegexBuilder;
 use spar_core::sample::Role;
@@ -51,8 +51,10 @@ pub fn judge_rule(req: &JudgeRequest) -> Result<JudgeVerdict> {
         }
         None => req.response.clone(),
     };
-    let any_ok = rule.any.is_empty() || rule.any.iter().any(|p| contains_phrase(&text, p));
-    let all_ok = rule.all.iter().all(|p| contains_phrase(&text, p));
+    let lowered = text.to_lowercase();
+    let has = |p: &String| contains_phrase_lowered(&lowered, p);
+    let any_ok = rule.any.is_empty() || rule.any.iter().any(has);
+    let all_ok = rule.all.iter().all(has);
     let re_ok = match &rule.regex {
         Some(re) => RegexBuilder::new(re)
             .case_insensitive(true)

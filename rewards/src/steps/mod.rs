@@ -3,7 +3,7 @@
 pub mod detectors;
 
 use crate::dialogue::Dialogue;
-use detectors::StepView;
+use detectors::{EarlierReplies, StepView};
 use spar_core::Case;
 use spar_core::case::RubricItem;
 use spar_core::recipe::{SparConfig, StepDetector};
@@ -48,6 +48,13 @@ impl StepVerifier {
         let replies: Vec<String> = dialogue.exchanges.iter().map(|e| e.reply.clone()).collect();
         let users: Vec<String> = dialogue.exchanges.iter().map(|e| e.user.clone()).collect();
         let mut per_step = Vec::new();
+        // The earlier replies' features, grown one reply a step (not rebuilt at each: quadratic in the steps).
+        let mut earlier = EarlierReplies::of(&replies[..dialogue.first_step], Some(case));
+        let red_flags_on = self.on(StepDetector::RedFlag);
+        let mut revealed = red_flags_on
+            && users[..dialogue.first_step]
+                .iter()
+                .any(|u| detectors::reveals(case, u));
         for i in dialogue.first_step..dialogue.exchanges.len() {
             let v = StepView {
                 user: &users[i],
@@ -57,22 +64,26 @@ impl StepVerifier {
             };
             let mut found = Vec::new();
             if self.on(StepDetector::Repetition)
-                && detectors::repetition(&v, self.cfg.repetition_threshold)
+                && detectors::repetition_after(v.reply, &earlier, self.cfg.repetition_threshold)
             {
                 found.push(detectors::REPETITION.to_string());
             }
-            if self.on(StepDetector::RedundantQuestion) && detectors::redundant_question(&v, case) {
+            if self.on(StepDetector::RedundantQuestion)
+                && detectors::redundant_question_after(v.reply, &earlier, case)
+            {
                 found.push(detectors::REDUNDANT_QUESTION.to_string());
             }
-            if self.on(StepDetector::RedFlag) && detectors::red_flag(&v, case) {
+            if red_flags_on && detectors::red_flag_after(&v, revealed, case) {
                 found.push(detectors::RED_FLAG.to_string());
             }
             if self.on(StepDetector::RigidPhrasing)
-                && detectors::rigid_phrasing(&v, &self.cfg.rigid_phrases)
+                && detectors::rigid_phrasing_after(v.reply, &earlier, &self.cfg.rigid_phrases)
             {
                 found.push(detectors::RIGID_PHRASING.to_string());
             }
             per_step.push(found);
+            earlier.push(&replies[i], Some(case));
+            revealed = revealed || (red_flags_on && detectors::reveals(case, &users[i]));
         }
         let mut judge_failures = 0;
         if let (true, Some(judge)) = (self.on(StepDetector::Judge), &self.judge) {
