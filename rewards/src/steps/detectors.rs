@@ -25,10 +25,10 @@ pub struct StepView<'a> {
     pub earlier_user: &'a [String],
 }
 
-/// What [`repetition`] and [`redundant_question`] need of a sample's earlier doctor replies, built once per reply
-/// as the verifier walks the steps ([`EarlierReplies::push`]): rebuilt from all earlier replies at every step, the
-/// two detectors were quadratic in a consultation's steps and ~60% of scoring a round of long consultations (perf,
-/// `spar score` on 64 samples of ~1,500 generated tokens).
+/// What [`repetition`], [`redundant_question`] and [`rigid_phrasing`] need of a sample's earlier doctor replies,
+/// built once per reply as the verifier walks the steps ([`EarlierReplies::push`]): rebuilt from all earlier
+/// replies at every step, the detectors were quadratic in a consultation's steps and ~60% of scoring a round of
+/// long consultations (perf, `spar score` on 64 samples of ~1,500 generated tokens).
 #[derive(Clone, Debug, Default)]
 pub struct EarlierReplies {
     /// Each earlier reply's word trigrams, oldest first.
@@ -43,8 +43,8 @@ pub struct EarlierReplies {
 }
 
 impl EarlierReplies {
-    /// The context of a reply after all of `replies` (`case`: whose topics questions ask about; None when only
-    /// [`repetition_after`] will look).
+    /// The context of a reply after all of `replies` (`case`: whose topics questions ask about; None when
+    /// [`redundant_question_after`] will not look).
     pub fn of(replies: &[String], case: Option<&Case>) -> Self {
         let mut e = EarlierReplies::default();
         for r in replies {

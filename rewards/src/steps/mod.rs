@@ -48,8 +48,10 @@ impl StepVerifier {
         let replies: Vec<String> = dialogue.exchanges.iter().map(|e| e.reply.clone()).collect();
         let users: Vec<String> = dialogue.exchanges.iter().map(|e| e.user.clone()).collect();
         let mut per_step = Vec::new();
-        // The earlier replies' features, grown one reply a step (not rebuilt at each: quadratic in the steps).
-        let mut earlier = EarlierReplies::of(&replies[..dialogue.first_step], Some(case));
+        // The earlier replies' features, grown one reply a step (not rebuilt at each: quadratic in the steps);
+        // the questions' topics only for the detector that reads them.
+        let topics_of = self.on(StepDetector::RedundantQuestion).then_some(case);
+        let mut earlier = EarlierReplies::of(&replies[..dialogue.first_step], topics_of);
         let red_flags_on = self.on(StepDetector::RedFlag);
         let mut revealed = red_flags_on
             && users[..dialogue.first_step]
@@ -82,7 +84,7 @@ impl StepVerifier {
                 found.push(detectors::RIGID_PHRASING.to_string());
             }
             per_step.push(found);
-            earlier.push(&replies[i], Some(case));
+            earlier.push(&replies[i], topics_of);
             revealed = revealed || (red_flags_on && detectors::reveals(case, &users[i]));
         }
         let mut judge_failures = 0;
