@@ -176,6 +176,10 @@ pub struct Kernels {
     _ctx: Arc<CudaContext>,
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, CudaFunction>,
+    /// Streaming multiprocessors of the device.
+    sm_count: u32,
+    /// [`Kernels::resident_blocks`] per (kernel, threads a block), asked of the driver once.
+    resident: Mutex<HashMap<(&'static str, u32), u32>>,
 }
 
 impl Kernels {
@@ -212,8 +216,24 @@ impl Kernels {
             "rms_norm_bf16",
             "qk_norm_rope_store_f32",
             "qk_norm_rope_store_bf16",
+            "qk_norm_rope_store_warp_f32_d32",
+            "qk_norm_rope_store_warp_f32_d64",
+            "qk_norm_rope_store_warp_f32_d128",
+            "qk_norm_rope_store_warp_f32_d256",
+            "qk_norm_rope_store_warp_bf16_d32",
+            "qk_norm_rope_store_warp_bf16_d64",
+            "qk_norm_rope_store_warp_bf16_d128",
+            "qk_norm_rope_store_warp_bf16_d256",
             "add_rms_norm_f32",
             "add_rms_norm_bf16",
+            "add_rms_norm_warp_f32_h256",
+            "add_rms_norm_warp_f32_h512",
+            "add_rms_norm_warp_f32_h1024",
+            "add_rms_norm_warp_f32_h2048",
+            "add_rms_norm_warp_bf16_h256",
+            "add_rms_norm_warp_bf16_h512",
+            "add_rms_norm_warp_bf16_h1024",
+            "add_rms_norm_warp_bf16_h2048",
             "silu_mul_f32",
             "silu_mul_bf16",
             "decode_attention_f32_d32_h1",
@@ -253,6 +273,10 @@ impl Kernels {
             "greedy_pick_merge",
             "temperature_pick_f32",
             "temperature_pick_bf16",
+            "temperature_pick_part_f32",
+            "temperature_pick_part_bf16",
+            "temperature_pick_select_f32",
+            "temperature_pick_select_bf16",
             "decode_attention_combine_f32",
             "decode_attention_combine_bf16",
             "lp_fwd_f32",
@@ -271,8 +295,11 @@ impl Kernels {
                     .map_err(|e| anyhow!("{name}: {e:?}"))?,
             );
         }
+        let sm_count = cc(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
         Ok(Kernels {
             ordinal,
+            sm_count: sm_count.max(1) as u32,
+            resident: Mutex::new(HashMap::new()),
             pdl_capable: own_target && major >= 9,
             _ctx: ctx,
             _module: module,
@@ -285,6 +312,32 @@ impl Kernels {
     /// that does independent work before the wait.
     pub fn pdl(&self) -> bool {
         self.pdl_capable && pdl_now(pdl_mode())
+    }
+
+    /// How many blocks of `block` threads of kernel `name` the device runs at once: its SMs times the blocks an
+    /// SM holds (registers, shared memory, threads), asked of the driver once per (kernel, block size). A grid
+    /// of more blocks runs in waves; launch heuristics size grids to fill them.
+    pub fn resident_blocks(&self, name: &str, block: u32) -> Result<u32> {
+        let (key, f) = self
+            .functions
+            .get_key_value(name)
+            .ok_or_else(|| anyhow!("no kernel {name}"))?;
+        let mut cache = self
+            .resident
+            .lock()
+            .map_err(|_| anyhow!("resident-blocks cache poisoned"))?;
+        if let Some(n) = cache.get(&(*key, block)) {
+            return Ok(*n);
+        }
+        self._ctx
+            .bind_to_thread()
+            .map_err(|e| anyhow!("binding the CUDA context: {e:?}"))?;
+        let per_sm = f
+            .occupancy_max_active_blocks_per_multiprocessor(block, 0, None)
+            .map_err(|e| anyhow!("occupancy of {name}: {e:?}"))?;
+        let n = per_sm * self.sm_count;
+        cache.insert((*key, block), n);
+        Ok(n)
     }
 
     /// Launches `name` with `grid` blocks of `block` threads on torch's current stream (the legacy default

@@ -98,6 +98,94 @@ extern "C" __global__ void add_rms_norm_bf16(const unsigned short* x, const unsi
     add_rms_norm<unsigned short>(x, y, w, s, n, h, eps);
 }
 
+// 16 bytes of T as floats (V = 16 / sizeof(T) of them), and back; p 16-byte aligned.
+template <typename T> struct Io16;
+template <> struct Io16<float> {
+    static constexpr int V = 4;
+    static __device__ __forceinline__ void ld(const float* p, float* o) {
+        float4 w = *reinterpret_cast<const float4*>(p);
+        o[0] = w.x; o[1] = w.y; o[2] = w.z; o[3] = w.w;
+    }
+    static __device__ __forceinline__ void st(float* p, const float* v) {
+        *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    }
+};
+template <> struct Io16<unsigned short> {
+    static constexpr int V = 8;
+    static __device__ __forceinline__ void ld(const unsigned short* p, float* o) {
+        uint4 w = *reinterpret_cast<const uint4*>(p);
+        unsigned int u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            o[2 * i] = bf16_to_f32((unsigned short)(u[i] & 0xffffu));
+            o[2 * i + 1] = bf16_to_f32((unsigned short)(u[i] >> 16));
+        }
+    }
+    static __device__ __forceinline__ void st(unsigned short* p, const float* v) {
+        unsigned int u[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            u[i] = (unsigned int)f32_to_bf16(v[2 * i]) | ((unsigned int)f32_to_bf16(v[2 * i + 1]) << 16);
+        *reinterpret_cast<uint4*>(p) = make_uint4(u[0], u[1], u[2], u[3]);
+    }
+};
+
+// add_rms_norm with a warp per row of H = 32 x C x V elements (C 16-byte pieces a lane, coalesced: piece c of
+// lane l at (c 32 + l) V), a block a warp (a batch's rows spread over as many SMs). The sums stay in registers:
+// one read of x, y and w, all in flight at once, one reduction by shuffles, no barrier (the block-per-row kernel
+// reduced twice through shared memory and read its own stores back). Same roundings as add_rms_norm, the sum of
+// squares in another order.
+template <typename T, int C>
+__device__ void add_rms_norm_warp(const T* x, const T* y, const T* w, T* s_out, T* n_out, int rows, float eps) {
+    pdl_prologue();
+    constexpr int V = Io16<T>::V;
+    constexpr int H = 32 * C * V;
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;  // whole warps
+    size_t base = (size_t)row * H;
+    float s[C][V], wv[C][V];
+    float ss = 0.0f;
+#pragma unroll
+    for (int c = 0; c < C; ++c) Io16<T>::ld(w + (c * 32 + lane) * V, wv[c]);  // in flight with x and y
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+        int at = (c * 32 + lane) * V;
+        float a[V], b[V];
+        Io16<T>::ld(x + base + at, a);
+        Io16<T>::ld(y + base + at, b);
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+            s[c][v] = Io<T>::rnd(a[v] + b[v]);
+            ss += s[c][v] * s[c][v];
+        }
+        Io16<T>::st(s_out + base + at, s[c]);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    float r = rsqrtf(ss / (float)H + eps);
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+        int at = (c * 32 + lane) * V;
+        float n[V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) n[v] = wv[c][v] * Io<T>::rnd(s[c][v] * r);
+        Io16<T>::st(n_out + base + at, n);
+    }
+}
+#define ADD_RMS_NORM_WARP(T, SUF, C, H) \
+    extern "C" __global__ void add_rms_norm_warp_##SUF##_h##H(const T* x, const T* y, const T* w, T* s, T* n, \
+                                                            int rows, float eps) { \
+        add_rms_norm_warp<T, C>(x, y, w, s, n, rows, eps); \
+    }
+ADD_RMS_NORM_WARP(float, f32, 2, 256)
+ADD_RMS_NORM_WARP(float, f32, 4, 512)
+ADD_RMS_NORM_WARP(float, f32, 8, 1024)
+ADD_RMS_NORM_WARP(float, f32, 16, 2048)
+ADD_RMS_NORM_WARP(unsigned short, bf16, 1, 256)
+ADD_RMS_NORM_WARP(unsigned short, bf16, 2, 512)
+ADD_RMS_NORM_WARP(unsigned short, bf16, 4, 1024)
+ADD_RMS_NORM_WARP(unsigned short, bf16, 8, 2048)
+
 // SwiGLU activation: out = silu(g) * u over `n` = rows x cols values (torch: silu rounds, then mul rounds).
 // g and u advance `stride` elements per row (a fused gate_up projection: g = gu, u = gu + cols, stride 2 cols).
 template <typename T>
@@ -129,7 +217,8 @@ extern "C" __global__ void silu_mul_bf16(const unsigned short* g, const unsigned
 // Caches: [rows, width, nkv, D] contiguous from row 0 (graph row j = slot j); q and out: [rows, nh, D].
 // With one split the block writes the output; with several (few rows over many keys: split-K, so that every SM
 // has work) each block writes its unnormalised partial to ws_acc [rows, nh, splits, D] and (max, sum) to ws_ml
-// [rows, nh, splits, 2], and decode_attention_combine merges them.
+// [rows, nh, splits, 2]; the last split to finish merges them (attend_end, given arrival counters), or
+// decode_attention_combine does in a second kernel.
 #define DA_WARPS 8
 #define DA_NEG_INF __int_as_float(0xff800000)
 template <typename T, int E, bool V> struct Lane {
@@ -160,21 +249,97 @@ template <int E> struct Lane<float, E, true> {
     }
 };
 
-// Folds a run of n <= U keys (scores from qv . k, values v) into the warp's online softmax state (m, l, acc)
-// for H query heads: the U dot products reduce across the warp together (independent shuffles overlap) and the
-// running max rescales once per run, not once per key.
-template <int E, int H, int U>
-__device__ __forceinline__ void attend_run(const float (&qv)[H][E], const float (&kv)[U][E],
-                                           const float (&vv)[U][E], int n, float (&m)[H], float (&l)[H],
-                                           float (&acc)[H][E]) {
+// qk_norm_rope_store with a warp per head (heads of D = 32 E: 32, 64, 128 or 256), four heads a block: lane l
+// holds elements [l E, (l + 1) E), the sum of squares reduces by shuffles and RoPE's partner element (i +- D/2)
+// sits in lane l ^ 16, so no barrier and no shared memory (the block-per-head kernel synchronised its 128
+// threads three times; 7 us a batch-64 step's layer on an H100). Same roundings, the sum in another order.
+template <typename T, int E>
+__device__ void qk_norm_rope_store_warp(const T* qkv, const T* qw, const T* kw, const T* cs, const T* sn,
+                                        const long long* write_at, T* q_out, T* k_cache, T* v_cache, int nh,
+                                        int nkv, int rows, float eps) {
+    pdl_prologue();
+    constexpr int D = 32 * E;
+    typedef Lane<T, E, (E % 4) == 0> L;
+    int heads = nh + nkv;
+    int item = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (item >= rows * heads) return;  // whole warps: no barrier below
+    int row = item / heads, hh = item % heads;
+    const T* base = qkv + (size_t)row * (nh + 2 * nkv) * D;
+    const T* src;
+    const T* w;
+    T* dst;
+    if (hh < nh) {
+        src = base + (size_t)hh * D; w = qw; dst = q_out + ((size_t)row * nh + hh) * D;
+    } else {
+        int kh = hh - nh;
+        size_t at = (size_t)write_at[row];
+        src = base + (size_t)(nh + kh) * D; w = kw; dst = k_cache + (at * nkv + kh) * D;
+        const T* v = base + (size_t)(nh + nkv + kh) * D + lane * E;
+        T* vd = v_cache + (at * nkv + kh) * D + lane * E;
+#pragma unroll
+        for (int e = 0; e < E; ++e) vd[e] = v[e];
+    }
+    float x[E], wv[E], c[E], sv[E];
+    L::ld(src + lane * E, x);
+    L::ld(w + lane * E, wv);
+    L::ld(cs + (size_t)row * D + lane * E, c);
+    L::ld(sn + (size_t)row * D + lane * E, sv);
+    float ss = 0.0f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) ss = fmaf(x[e], x[e], ss);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    float r = rsqrtf(ss / (float)D + eps);
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+        float y = Io<T>::rnd(wv[e] * Io<T>::rnd(x[e] * r));
+        float partner = __shfl_xor_sync(0xffffffffu, y, 16);
+        float rot = lane < 16 ? -partner : partner;
+        float a = Io<T>::rnd(__fmul_rn(y, c[e]));
+        float b = Io<T>::rnd(__fmul_rn(rot, sv[e]));
+        Io<T>::st(dst + lane * E + e, __fadd_rn(a, b));
+    }
+}
+#define QK_NORM_ROPE_STORE_WARP(T, SUF, E, D) \
+    extern "C" __global__ void qk_norm_rope_store_warp_##SUF##_d##D(const T* qkv, const T* qw, const T* kw, \
+        const T* cs, const T* sn, const long long* at, T* qo, T* kc, T* vc, int nh, int nkv, int rows, \
+        float eps) { \
+        qk_norm_rope_store_warp<T, E>(qkv, qw, kw, cs, sn, at, qo, kc, vc, nh, nkv, rows, eps); \
+    }
+QK_NORM_ROPE_STORE_WARP(float, f32, 1, 32)
+QK_NORM_ROPE_STORE_WARP(float, f32, 2, 64)
+QK_NORM_ROPE_STORE_WARP(float, f32, 4, 128)
+QK_NORM_ROPE_STORE_WARP(float, f32, 8, 256)
+QK_NORM_ROPE_STORE_WARP(unsigned short, bf16, 1, 32)
+QK_NORM_ROPE_STORE_WARP(unsigned short, bf16, 2, 64)
+QK_NORM_ROPE_STORE_WARP(unsigned short, bf16, 4, 128)
+QK_NORM_ROPE_STORE_WARP(unsigned short, bf16, 8, 256)
+
+template <int E> __device__ __forceinline__ void copy_lane(const float (&from)[E], float* to) {
+#pragma unroll
+    for (int e = 0; e < E; ++e) to[e] = from[e];
+}
+
+// Folds a run of n <= U keys into the warp's online softmax state (m, l, acc) for H query heads: the U dot
+// products reduce across the warp together (independent shuffles overlap) and the running max rescales once per
+// run, not once per key. key(u, k) and value(u, v) fill key u's and value u's E elements of this lane: the
+// register kernel copies values it loaded ahead, the shared-memory kernel reads each just before its use, so that
+// no more than one key or value is live in registers (64 registers a thread: four blocks an SM).
+template <int E, int H, int U, typename Key, typename Value>
+__device__ __forceinline__ void attend_run(const float (&qv)[H][E], Key key, Value value, int n, float (&m)[H],
+                                           float (&l)[H], float (&acc)[H][E]) {
     float sc[H][U];
 #pragma unroll
-    for (int h = 0; h < H; ++h) {
+    for (int u = 0; u < U; ++u) {
+        float kv[E];
+        if (u < n) key(u, kv);
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
+        for (int h = 0; h < H; ++h) {
             float d = 0.0f;
+            if (u < n) {
 #pragma unroll
-            for (int e = 0; e < E; ++e) d = fmaf(qv[h][e], kv[u][e], d);
+                for (int e = 0; e < E; ++e) d = fmaf(qv[h][e], kv[e], d);
+            }
             sc[h][u] = d;
         }
     }
@@ -197,14 +362,24 @@ __device__ __forceinline__ void attend_run(const float (&qv)[H][E], const float 
         for (int e = 0; e < E; ++e) acc[h][e] *= corr;
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            if (u < n) {
-                float p = expf(sc[h][u] - mx);
-                l[h] += p;
-#pragma unroll
-                for (int e = 0; e < E; ++e) acc[h][e] = fmaf(p, vv[u][e], acc[h][e]);
-            }
+            float p = u < n ? expf(sc[h][u] - mx) : 0.0f;
+            if (u < n) l[h] += p;
+            sc[h][u] = p;
         }
         m[h] = mx;
+    }
+    // Per (head, element) the values add in key order, as before the accessors: the same sums bit for bit.
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        if (u < n) {
+            float vv[E];
+            value(u, vv);
+#pragma unroll
+            for (int h = 0; h < H; ++h) {
+#pragma unroll
+                for (int e = 0; e < E; ++e) acc[h][e] = fmaf(sc[h][u], vv[e], acc[h][e]);
+            }
+        }
     }
 }
 
@@ -249,12 +424,34 @@ __device__ __forceinline__ void attend_begin(const T* q, const DaBlock& b, int n
     }
 }
 
+// Element j of query head `head`'s output from its `splits` partials (ws_acc [.., splits, d], ws_ml [.., splits,
+// 2]): the partials rescaled to their common maximum. Loads bypass L1 (__ldcg): another block of this grid may
+// have written them (the last-arriving block's merge below).
+template <typename T>
+__device__ __forceinline__ void merge_splits(const float* ws_acc, const float* ws_ml, T* out, size_t head,
+                                             int splits, int d, int j) {
+    float mx = DA_NEG_INF;
+    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, __ldcg(ws_ml + 2 * (head * splits + s)));
+    float num = 0.0f, den = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+        size_t part = head * splits + s;
+        float m = __ldcg(ws_ml + 2 * part);
+        float wgt = m == DA_NEG_INF ? 0.0f : expf(m - mx);
+        num = fmaf(__ldcg(ws_acc + part * d + j), wgt, num);
+        den = fmaf(__ldcg(ws_ml + 2 * part + 1), wgt, den);
+    }
+    Io<T>::st(out + head * d + j, den > 0.0f ? num / den : 0.0f);
+}
+
 // Merges the warps' states through shared memory (s_acc: DA_WARPS x H x D floats) and writes the output (one
-// split) or the split's unnormalised partial (several).
+// split) or the split's unnormalised partial (several). With several splits and `arrivals` (zeroed, one counter
+// per (row, KV head, head group), used once), the block that arrives last merges the splits and writes the
+// output, as decode_attention_combine would, so that no second kernel is launched (a decode step at batch 1
+// launches ~10 kernels a layer; each costs ~2.5 us of launch and ramp whatever its work).
 template <typename T, int E, int H>
 __device__ __forceinline__ void attend_end(const DaBlock& b, int nh, int splits, T* out, float* ws_acc,
-                                           float* ws_ml, float* s_acc, const float (&m)[H],
-                                           const float (&l)[H], const float (&acc)[H][E]) {
+                                           float* ws_ml, unsigned int* arrivals, float* s_acc,
+                                           const float (&m)[H], const float (&l)[H], const float (&acc)[H][E]) {
     constexpr int D = 32 * E;
     __shared__ float s_m[DA_WARPS][H];
     __shared__ float s_l[DA_WARPS][H];
@@ -285,13 +482,23 @@ __device__ __forceinline__ void attend_end(const DaBlock& b, int nh, int splits,
             if (j == 0) { ws_ml[2 * part] = mx; ws_ml[2 * part + 1] = den; }
         }
     }
+    if (splits == 1 || arrivals == nullptr) return;
+    __shared__ bool s_last;
+    __threadfence();  // this block's partials reach device scope before its arrival counts
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(arrivals + blockIdx.x / splits, 1u) == (unsigned int)(splits - 1);
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();  // every split's partials are visible: each arrived after its fence
+    for (int i = threadIdx.x; i < H * D; i += blockDim.x)
+        merge_splits<T>(ws_acc, ws_ml, out, (size_t)b.row * nh + b.h0 + i / D, splits, D, i % D);
 }
 
 // Register-streaming variant (any dtype, D = 32 E): each warp loads its runs of U keys straight into registers.
 template <typename T, int E, int H>
 __device__ void decode_attention(const T* q, const T* kc, const T* vc, const long long* key_len, T* out,
                                  int nh, int nkv, int width, float scale, int splits, int span, float* ws_acc,
-                                 float* ws_ml) {
+                                 float* ws_ml, unsigned int* arrivals) {
     pdl_prologue();
     constexpr int D = 32 * E;
     // Keys per run: 4, or 2 for the widest heads (registers: U x E floats each of keys and values).
@@ -314,9 +521,11 @@ __device__ void decode_attention(const T* q, const T* kc, const T* vc, const lon
                 L::ld(vc + at, vv[u]);
             }
         }
-        attend_run<E, H, U>(qv, kv, vv, n, m, l, acc);
+        attend_run<E, H, U>(
+            qv, [&](int u, float* o) { copy_lane<E>(kv[u], o); }, [&](int u, float* o) { copy_lane<E>(vv[u], o); },
+            n, m, l, acc);
     }
-    attend_end<T, E, H>(b, nh, splits, out, ws_acc, ws_ml, s_acc, m, l, acc);
+    attend_end<T, E, H>(b, nh, splits, out, ws_acc, ws_ml, arrivals, s_acc, m, l, acc);
 }
 
 // Asynchronous-copy variant (bf16, D = 64 or 128): the block copies tiles of DA_TILE keys (K and V) into
@@ -324,6 +533,10 @@ __device__ void decode_attention(const T* q, const T* kc, const T* vc, const lon
 // in flight, so the copies of a whole tile are outstanding at once: the cache streams near bandwidth where the
 // register variant stalls on each warp's loads.
 #define DA_TILE 32
+// Blocks an SM must hold at once (__launch_bounds__): 4 (64 registers a thread) where the kernel fits them without
+// spilling, so that a batch of 64 rows x 8 KV heads (512 blocks) is resident in one wave on a 132-SM GPU instead
+// of 1.3 waves at the 80 registers the compiler picks unbounded; 2 for four query heads a block.
+#define DA_MIN_BLOCKS(E, H) ((H) >= 4 ? 3 : 4)
 // cp.async needs sm_80; PTX for older targets copies synchronously (same results, no overlap).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
 #if __CUDA_ARCH__ >= 800
@@ -358,7 +571,7 @@ template <int E, int H>
 __device__ void decode_attention_async(const unsigned short* q, const unsigned short* kc,
                                        const unsigned short* vc, const long long* key_len, unsigned short* out,
                                        int nh, int nkv, int width, float scale, int splits, int span,
-                                       float* ws_acc, float* ws_ml) {
+                                       float* ws_acc, float* ws_ml, unsigned int* arrivals) {
     pdl_prologue();
     constexpr int D = 32 * E;
     constexpr int U = DA_TILE / DA_WARPS;
@@ -397,47 +610,30 @@ __device__ void decode_attention_async(const unsigned short* q, const unsigned s
         int first = warp * U;
         int n = min(U, b.end - (b.begin + i * DA_TILE + first));  // warp-uniform, may be <= 0
         if (n > 0) {
-            float kv[U][E], vv[U][E];
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                if (u < n) {
-                    lds_bf16<E>(&tiles[stage][0][first + u][lane * E], kv[u]);
-                    lds_bf16<E>(&tiles[stage][1][first + u][lane * E], vv[u]);
-                }
-            }
-            attend_run<E, H, U>(qv, kv, vv, n, m, l, acc);
+            attend_run<E, H, U>(
+                qv, [&](int u, float* o) { lds_bf16<E>(&tiles[stage][0][first + u][lane * E], o); },
+                [&](int u, float* o) { lds_bf16<E>(&tiles[stage][1][first + u][lane * E], o); }, n, m, l, acc);
         }
         __syncthreads();  // the next issue overwrites this stage
     }
-    attend_end<unsigned short, E, H>(b, nh, splits, out, ws_acc, ws_ml, reinterpret_cast<float*>(tiles), m, l,
-                                     acc);
+    attend_end<unsigned short, E, H>(b, nh, splits, out, ws_acc, ws_ml, arrivals, reinterpret_cast<float*>(tiles),
+                                     m, l, acc);
 }
 
 // Merges the splits of decode_attention: one block per (row, head), one thread per element.
 template <typename T>
 __device__ void decode_attention_combine(const float* ws_acc, const float* ws_ml, T* out, int splits, int d) {
     pdl_prologue();
-    size_t head = blockIdx.x;
     int j = threadIdx.x;
     if (j >= d) return;
-    float mx = DA_NEG_INF;
-    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, ws_ml[2 * (head * splits + s)]);
-    float num = 0.0f, den = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-        size_t part = head * splits + s;
-        float m = ws_ml[2 * part];
-        float wgt = m == DA_NEG_INF ? 0.0f : expf(m - mx);
-        num = fmaf(ws_acc[part * d + j], wgt, num);
-        den = fmaf(ws_ml[2 * part + 1], wgt, den);
-    }
-    Io<T>::st(out + head * d + j, den > 0.0f ? num / den : 0.0f);
+    merge_splits<T>(ws_acc, ws_ml, out, blockIdx.x, splits, d, j);
 }
 
 #define DECODE_ATTENTION(NAME, T, E, H) \
     extern "C" __global__ void NAME(const T* q, const T* kc, const T* vc, const long long* kl, T* o, int nh, \
                                     int nkv, int width, float scale, int splits, int span, float* wa, \
-                                    float* wm) { \
-        decode_attention<T, E, H>(q, kc, vc, kl, o, nh, nkv, width, scale, splits, span, wa, wm); \
+                                    float* wm, unsigned int* arr) { \
+        decode_attention<T, E, H>(q, kc, vc, kl, o, nh, nkv, width, scale, splits, span, wa, wm, arr); \
     }
 // Query heads per block H = 1, 2 or 4 (the largest that divides the group, up to 4: no idle head lanes).
 #define DECODE_ATTENTION_HEADS(T, SUF, E, D) \
@@ -453,10 +649,11 @@ DECODE_ATTENTION_HEADS(unsigned short, bf16, 2, 64)
 DECODE_ATTENTION_HEADS(unsigned short, bf16, 4, 128)
 DECODE_ATTENTION_HEADS(unsigned short, bf16, 8, 256)
 #define DECODE_ATTENTION_ASYNC(NAME, E, H) \
-    extern "C" __global__ void NAME(const unsigned short* q, const unsigned short* kc, const unsigned short* vc, \
-                                    const long long* kl, unsigned short* o, int nh, int nkv, int width, \
-                                    float scale, int splits, int span, float* wa, float* wm) { \
-        decode_attention_async<E, H>(q, kc, vc, kl, o, nh, nkv, width, scale, splits, span, wa, wm); \
+    extern "C" __global__ void __launch_bounds__(DA_WARPS * 32, DA_MIN_BLOCKS(E, H)) \
+        NAME(const unsigned short* q, const unsigned short* kc, const unsigned short* vc, const long long* kl, \
+             unsigned short* o, int nh, int nkv, int width, float scale, int splits, int span, float* wa, \
+             float* wm, unsigned int* arr) { \
+        decode_attention_async<E, H>(q, kc, vc, kl, o, nh, nkv, width, scale, splits, span, wa, wm, arr); \
     }
 DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d64_h1, 2, 1)
 DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d64_h2, 2, 2)
@@ -620,6 +817,179 @@ extern "C" __global__ void temperature_pick_f32(const float* x, int v, const flo
 }
 extern "C" __global__ void temperature_pick_bf16(const unsigned short* x, int v, const float* params, double* out) {
     temperature_pick<unsigned short>(x, v, params, out);
+}
+
+// temperature_pick for many rows, in two kernels: a block a row leaves most SMs idle at 64 rows and walks the
+// vocabulary three times, each thread's loads one after another (~90 us a step on an H100). Part p of `parts` of
+// a row covers [p chunk, (p + 1) chunk) (chunk = ceil(v / parts)); temperature_pick_part writes ws[row, p] =
+// (its maximum, the first index of it, sum exp(x / t - max / t) when sampling, sum exp(x / tl - max / tl)),
+// the sums relative to the part's own maximum. temperature_pick_select (a block a row) rescales them to the
+// row's maximum, finds the part whose cumulative interval holds u x total, and walks only that part as
+// temperature_pick walks the row. Same pick and log-prob, summed in another order.
+template <typename T>
+__device__ void temperature_pick_part(const T* logits, int v, int parts, const float* params, float* ws) {
+    pdl_prologue();
+    __shared__ float s_own[32];
+    __shared__ float s_lsum[32];
+    const int rows = gridDim.x / parts, row = blockIdx.x / parts, p = blockIdx.x % parts;
+    const int chunk = (v + parts - 1) / parts;
+    const int lo = min(v, p * chunk), hi = min(v, lo + chunk);
+    const T* x = logits + (size_t)row * v + lo;
+    const float t = params[row], tl = params[rows + row];
+    const bool sampling = t > 0.0f;
+    float best;
+    int bi;
+    row_argmax<T>(x, hi - lo, &best, &bi);
+    float own = 0.0f, lsum = 0.0f;
+    if (best > DA_NEG_INF) {  // an empty part, or one all -inf, has no mass
+        const float mt = sampling ? best / t : 0.0f, ml = best / tl;
+        for (int i = threadIdx.x; i < hi - lo; i += blockDim.x) {
+            float a = Io<T>::ld(x + i);
+            if (sampling) own += expf(a / t - mt);
+            lsum += expf(a / tl - ml);
+        }
+    }
+    own = block_sum(own, s_own);
+    lsum = block_sum(lsum, s_lsum);
+    if (threadIdx.x == 0) {
+        float* w = ws + 4 * (size_t)blockIdx.x;
+        w[0] = best;
+        w[1] = __int_as_float(lo + bi);
+        w[2] = own;
+        w[3] = lsum;
+    }
+}
+
+// One block a row (parts <= 32). Warp 0 merges the parts; then the block walks the chosen part.
+template <typename T>
+__device__ void temperature_pick_select(const T* logits, int v, int parts, const float* params, const float* ws,
+                                        double* out) {
+    pdl_prologue();
+    __shared__ float s_warp[32];
+    __shared__ int s_pick, s_part, s_last;
+    __shared__ float s_before, s_target, s_best, s_lsum;
+    __shared__ int s_bi;
+    const int rows = gridDim.x, row = blockIdx.x;
+    const T* x = logits + (size_t)row * v;
+    const float t = params[row], tl = params[rows + row], u = params[2 * rows + row];
+    const bool sampling = t > 0.0f;
+    const int chunk = (v + parts - 1) / parts;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    if (warp == 0) {
+        const float* w = ws + 4 * ((size_t)row * parts + lane);
+        const float pm = lane < parts ? w[0] : DA_NEG_INF;
+        float best = pm;
+        int bi = pm > DA_NEG_INF ? __float_as_int(w[1]) : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ob = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ob > best || (ob == best && oi < bi)) { best = ob; bi = oi; }
+        }
+        const float mt = sampling ? best / t : 0.0f, ml = best / tl;
+        const bool mass = pm > DA_NEG_INF;
+        float st = mass && sampling ? w[2] * expf(pm / t - mt) : 0.0f;
+        float sl = mass ? w[3] * expf(pm / tl - ml) : 0.0f;
+        for (int o = 16; o > 0; o >>= 1) sl += __shfl_xor_sync(0xffffffffu, sl, o);
+        // Inclusive scan of the parts' sums in part order; a part's interval starts at its left neighbour's end
+        // (the same float), so one part owns the target.
+        float inc = st;
+        for (int o = 1; o < 32; o <<= 1) {
+            float n = __shfl_up_sync(0xffffffffu, inc, o);
+            if (lane >= o) inc += n;
+        }
+        const float total = __shfl_sync(0xffffffffu, inc, 31);
+        const float left = __shfl_up_sync(0xffffffffu, inc, 1);
+        const float before = lane > 0 ? left : 0.0f;
+        const float target = u * total;
+        if (lane == 0) {
+            s_pick = v - 1;  // u * total rounding up to the total: the composition's clamp
+            s_part = -1;
+            s_last = -1;
+            s_best = best;
+            s_bi = bi == 0x7fffffff ? 0 : bi;
+            s_lsum = sl;
+            s_target = target;
+        }
+        __syncwarp();
+        if (sampling && lane < parts && before <= target && target < inc) {
+            s_part = lane;
+            s_before = before;
+        }
+    }
+    __syncthreads();
+    int tok = s_bi;
+    const float ml = s_best / tl;
+    if (sampling && s_part >= 0) {
+        const float mt = s_best / t, target = s_target;
+        const int plo = min(v, s_part * chunk), phi = min(v, plo + chunk);
+        const int sub = (phi - plo + (int)blockDim.x - 1) / (int)blockDim.x;
+        const int lo = min(phi, plo + (int)threadIdx.x * sub), hi = min(phi, lo + sub);
+        float own = 0.0f;
+        int last = -1;
+        for (int i = lo; i < hi; ++i) {
+            float e = expf(Io<T>::ld(x + i) / t - mt);
+            if (e > 0.0f) last = i;
+            own += e;
+        }
+        if (last >= 0) atomicMax(&s_last, last);
+        // The block's scan from the part's start, as temperature_pick's over the row.
+        float inc = own;
+        for (int o = 1; o < 32; o <<= 1) {
+            float n = __shfl_up_sync(0xffffffffu, inc, o);
+            if (lane >= o) inc += n;
+        }
+        if (lane == 31) s_warp[warp] = inc;
+        __syncthreads();
+        if (warp == 0) {
+            float w = lane < nw ? s_warp[lane] : 0.0f;
+            for (int o = 1; o < 32; o <<= 1) {
+                float n = __shfl_up_sync(0xffffffffu, w, o);
+                if (lane >= o) w += n;
+            }
+            if (lane < nw) s_warp[lane] = w;
+        }
+        __syncthreads();
+        const float offset = warp > 0 ? s_warp[warp - 1] : 0.0f;
+        float leftn = __shfl_up_sync(0xffffffffu, inc, 1);
+        const float before = s_before + (offset + (lane > 0 ? leftn : 0.0f));
+        const float end = s_before + (lane == 31 ? s_warp[warp] : inc + offset);
+        // The part's sum here may round short of its merged sum: a target past this part's end then takes the
+        // part's last token with mass (the clamp of temperature_pick's walk).
+        if (before <= target && target < end) {
+            // Summed from `before` the chunk may round short of `end`; then its last token with mass is the pick.
+            float acc = before;
+            int pick = -1;
+            for (int i = lo; i < hi; ++i) {
+                acc += expf(Io<T>::ld(x + i) / t - mt);
+                if (acc > target) { pick = i; break; }
+            }
+            s_pick = pick >= 0 ? pick : last;
+        } else if (threadIdx.x == blockDim.x - 1 && target >= end) {
+            s_part = -2;
+        }
+        __syncthreads();
+        tok = s_part == -2 && s_last >= 0 ? s_last : s_pick;
+    }
+    if (threadIdx.x == 0) {
+        out[row] = (double)tok;
+        out[rows + row] = (double)(Io<T>::ld(x + tok) / tl - ml - logf(s_lsum));
+    }
+}
+extern "C" __global__ void temperature_pick_part_f32(const float* x, int v, int parts, const float* params,
+                                                     float* ws) {
+    temperature_pick_part<float>(x, v, parts, params, ws);
+}
+extern "C" __global__ void temperature_pick_part_bf16(const unsigned short* x, int v, int parts,
+                                                      const float* params, float* ws) {
+    temperature_pick_part<unsigned short>(x, v, parts, params, ws);
+}
+extern "C" __global__ void temperature_pick_select_f32(const float* x, int v, int parts, const float* params,
+                                                       const float* ws, double* out) {
+    temperature_pick_select<float>(x, v, parts, params, ws, out);
+}
+extern "C" __global__ void temperature_pick_select_bf16(const unsigned short* x, int v, int parts,
+                                                        const float* params, const float* ws, double* out) {
+    temperature_pick_select<unsigned short>(x, v, parts, params, ws, out);
 }
 
 // Skinny linear layer y = x W^T for the one or two rows of a small decode batch (x [R, k]; W [n, k] row-major, as

@@ -33,7 +33,7 @@ fn fused_target(tensors: &[&Tensor]) -> Result<Option<(usize, &'static str)>> {
 /// fused projection `qkv: [r, (nh + 2 nkv) * d]` (any leading shape with `r` rows; q heads, then k, then v);
 /// k and v are stored at flat row `write_at[i]` (`[r]` int64) of the caches viewed as `[rows, nkv, d]`
 /// (contiguous, from their start). Returns the rotated queries `[r, nh, d]`, or None where the fused kernel
-/// does not apply (then nothing was written).
+/// does not apply (then nothing was written). Heads of 32, 64, 128 or 256 run a warp a head; others a block.
 #[allow(clippy::too_many_arguments)]
 pub fn qk_norm_rope_store(
     qkv: &Tensor,
@@ -46,6 +46,56 @@ pub fn qk_norm_rope_store(
     v_cache: &Tensor,
     heads: (i64, i64, i64),
     eps: f64,
+) -> Result<Option<Tensor>> {
+    qk_norm_rope_store_with(
+        qkv,
+        (q_norm, k_norm),
+        (cos, sin),
+        write_at,
+        (k_cache, v_cache),
+        heads,
+        eps,
+        true,
+    )
+}
+
+/// [`qk_norm_rope_store`] through the block-per-head kernel whatever the head size: the reference the warp-per-head
+/// kernel is tested against.
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_rope_store_per_block(
+    qkv: &Tensor,
+    q_norm: &Tensor,
+    k_norm: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    write_at: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    heads: (i64, i64, i64),
+    eps: f64,
+) -> Result<Option<Tensor>> {
+    qk_norm_rope_store_with(
+        qkv,
+        (q_norm, k_norm),
+        (cos, sin),
+        write_at,
+        (k_cache, v_cache),
+        heads,
+        eps,
+        false,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn qk_norm_rope_store_with(
+    qkv: &Tensor,
+    (q_norm, k_norm): (&Tensor, &Tensor),
+    (cos, sin): (&Tensor, &Tensor),
+    write_at: &Tensor,
+    (k_cache, v_cache): (&Tensor, &Tensor),
+    heads: (i64, i64, i64),
+    eps: f64,
+    per_warp: bool,
 ) -> Result<Option<Tensor>> {
     let (nh, nkv, d) = heads;
     let Some((ordinal, suffix)) = fused_target(&[qkv, q_norm, k_norm, cos, sin, k_cache, v_cache])?
@@ -67,30 +117,46 @@ pub fn qk_norm_rope_store(
         return Ok(None);
     };
     let q_out = Tensor::f_empty([r, nh, d], (qkv.kind(), qkv.device()))?;
-    // A thread per element of the head: 256-thread blocks left half of them idle on heads of 128 (a batch-64
-    // step's launch was 1,536 such blocks).
-    let block = (d as u32).div_ceil(32) * 32;
     let p = |t: &Tensor| Arg::Ptr(t.data_ptr() as u64);
-    kern.launch(
-        &format!("qk_norm_rope_store_{suffix}"),
-        (r * (nh + nkv)) as u32,
-        block,
-        &[
-            p(qkv),
-            p(q_norm),
-            p(k_norm),
-            p(cos),
-            p(sin),
-            p(write_at),
-            p(&q_out),
-            p(k_cache),
-            p(v_cache),
-            Arg::I32(nh as i32),
-            Arg::I32(nkv as i32),
-            Arg::I32(d as i32),
-            Arg::F32(eps as f32),
-        ],
-    )?;
+    let mut args = vec![
+        p(qkv),
+        p(q_norm),
+        p(k_norm),
+        p(cos),
+        p(sin),
+        p(write_at),
+        p(&q_out),
+        p(k_cache),
+        p(v_cache),
+        Arg::I32(nh as i32),
+        Arg::I32(nkv as i32),
+    ];
+    // The warp kernel loads E elements a lane as one vector (up to 16 bytes).
+    let aligned = [qkv, q_norm, k_norm, cos, sin]
+        .iter()
+        .all(|t| (t.data_ptr() as usize).is_multiple_of(16));
+    let items = r * (nh + nkv);
+    if per_warp && [32, 64, 128, 256].contains(&d) && aligned {
+        args.extend([Arg::I32(r as i32), Arg::F32(eps as f32)]);
+        // Four warps (heads) a block.
+        let grid = ((items + 3) / 4) as u32;
+        kern.launch(
+            &format!("qk_norm_rope_store_warp_{suffix}_d{d}"),
+            grid,
+            128,
+            &args,
+        )?;
+    } else {
+        args.extend([Arg::I32(d as i32), Arg::F32(eps as f32)]);
+        // A thread per element of the head: 256-thread blocks left half of them idle on heads of 128.
+        let block = (d as u32).div_ceil(32) * 32;
+        kern.launch(
+            &format!("qk_norm_rope_store_{suffix}"),
+            items as u32,
+            block,
+            &args,
+        )?;
+    }
     Ok(Some(q_out))
 }
 
@@ -107,6 +173,27 @@ pub fn add_rms_norm(x: &Tensor, y: &Tensor, w: &Tensor, eps: f64) -> Result<(Ten
         let n = x.f_empty_like()?;
         let rows = (x.numel() as i64 / h) as u32;
         let p = |t: &Tensor| Arg::Ptr(t.data_ptr() as u64);
+        // A warp a row (16-byte pieces) where the row's size has a variant and every pointer is 16-byte aligned.
+        let aligned = [x, y, w, &s, &n]
+            .iter()
+            .all(|t| (t.data_ptr() as usize).is_multiple_of(16));
+        if add_rms_norm_per_warp() && [256, 512, 1024, 2048].contains(&h) && aligned {
+            kern.launch(
+                &format!("add_rms_norm_warp_{suffix}_h{h}"),
+                rows,
+                32,
+                &[
+                    p(x),
+                    p(y),
+                    p(w),
+                    p(&s),
+                    p(&n),
+                    Arg::I32(rows as i32),
+                    Arg::F32(eps as f32),
+                ],
+            )?;
+            return Ok((s, n));
+        }
         kern.launch(
             &format!("add_rms_norm_{suffix}"),
             rows,
@@ -126,6 +213,13 @@ pub fn add_rms_norm(x: &Tensor, y: &Tensor, w: &Tensor, eps: f64) -> Result<(Ten
     let s = x.f_add(y)?;
     let n = crate::rms_norm(&s, w, eps)?;
     Ok((s, n))
+}
+
+/// Whether [`add_rms_norm`] runs a warp a row where it can (`SPAR_ADD_RMS_NORM=block` keeps a block a row, to
+/// compare).
+fn add_rms_norm_per_warp() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SPAR_ADD_RMS_NORM").as_deref() != Ok("block"))
 }
 
 /// `silu(g) * u` for the fused projection `gate_up: [.., 2 I]` (gate columns first): returns `[.., I]`.
@@ -281,7 +375,8 @@ pub fn skinny_linear_max_rows() -> i64 {
 /// `nkv`, or `SPAR_DECODE_ATTENTION=sdpa`); the caller then runs SDPA with a key mask, which computes the same.
 /// bf16 caches with heads of 64 or 128 stream through shared memory with asynchronous copies; other shapes,
 /// and every shape under `SPAR_DECODE_ATTENTION=registers`, through registers.
-/// Few rows over many keys split the keys over several blocks (split-K) so that the whole GPU streams the cache.
+/// Few rows over many keys split the keys over several blocks (split-K) so that the whole GPU streams the cache:
+/// as many splits as fill the device's resident blocks in whole waves ([`pick_splits`]).
 pub fn decode_attention(
     q: &Tensor,
     k_cache: &Tensor,
@@ -290,31 +385,68 @@ pub fn decode_attention(
     nkv: i64,
     max_keys: i64,
 ) -> Result<Option<Tensor>> {
-    let (r, nh) = (
-        q.size().first().copied().unwrap_or(0),
-        q.size().get(1).copied().unwrap_or(0),
-    );
-    let n_rep = if nkv > 0 { (nh / nkv).max(1) } else { 1 };
-    let blocks = r * nkv.max(1) * (n_rep / heads_per_block(n_rep));
-    // Enough blocks to fill an H100-class GPU (`SPAR_DECODE_ATTENTION_BLOCKS`, default 256); never a split of
-    // fewer than 64 keys.
-    let target = split_target_blocks();
-    let splits = ((target + blocks - 1) / blocks.max(1)).clamp(1, ((max_keys + 63) / 64).max(1));
     let prefer_async = attention_mode() == AttentionMode::Auto;
-    decode_attention_split(
+    attention(
         q,
         k_cache,
         v_cache,
         key_len,
         nkv,
         max_keys,
-        splits,
+        None,
         prefer_async,
+        None,
     )
 }
 
+/// [`decode_attention`] where the keys' splits merge inside the attention kernel (the last split to finish merges
+/// them) instead of in a second kernel: `arrivals` is a zeroed int32 tensor of at least
+/// [`decode_attention_arrivals`] elements on the device, which the call uses up (zero it again before reusing it;
+/// a decode step zeroes one tensor for all its layers, one memset instead of a merge kernel a layer).
+/// `SPAR_DECODE_ATTENTION_MERGE=kernel` ignores `arrivals` (the merge kernel, to compare).
+#[allow(clippy::too_many_arguments)]
+pub fn decode_attention_with_arrivals(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    key_len: &Tensor,
+    nkv: i64,
+    max_keys: i64,
+    arrivals: &Tensor,
+) -> Result<Option<Tensor>> {
+    let prefer_async = attention_mode() == AttentionMode::Auto;
+    attention(
+        q,
+        k_cache,
+        v_cache,
+        key_len,
+        nkv,
+        max_keys,
+        None,
+        prefer_async,
+        merge_in_kernel().then_some(arrivals),
+    )
+}
+
+/// The arrival counters [`decode_attention_with_arrivals`] uses for `r` rows of `nh` query heads over `nkv` KV
+/// heads: one per (row, KV head, group of query heads a block serves).
+pub fn decode_attention_arrivals(r: i64, nh: i64, nkv: i64) -> i64 {
+    if nkv <= 0 {
+        return 0;
+    }
+    let n_rep = (nh / nkv).max(1);
+    r * nkv * (n_rep / heads_per_block(n_rep))
+}
+
+/// Whether split decode attention merges in the attention kernel (`SPAR_DECODE_ATTENTION_MERGE=kernel`: no).
+fn merge_in_kernel() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SPAR_DECODE_ATTENTION_MERGE").as_deref() != Ok("kernel"))
+}
+
 /// [`decode_attention`] with the keys split over exactly `splits` blocks per (row, KV head, head group), through
-/// the asynchronous-copy kernel where it applies and `prefer_async`, else the register kernel.
+/// the asynchronous-copy kernel where it applies and `prefer_async`, else the register kernel; the splits merge
+/// in the attention kernel with `arrivals` (as [`decode_attention_with_arrivals`]), else in a second kernel.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_attention_split(
     q: &Tensor,
@@ -325,6 +457,36 @@ pub fn decode_attention_split(
     max_keys: i64,
     splits: i64,
     prefer_async: bool,
+    arrivals: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    if splits < 1 {
+        return Ok(None);
+    }
+    attention(
+        q,
+        k_cache,
+        v_cache,
+        key_len,
+        nkv,
+        max_keys,
+        Some(splits),
+        prefer_async,
+        arrivals,
+    )
+}
+
+/// The decode attention kernels with `splits` key splits, or as many as [`pick_splits`] says (None).
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    key_len: &Tensor,
+    nkv: i64,
+    max_keys: i64,
+    splits: Option<i64>,
+    prefer_async: bool,
+    arrivals: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
     let Some((ordinal, suffix)) = fused_target(&[q, k_cache, v_cache])? else {
         return Ok(None);
@@ -347,7 +509,6 @@ pub fn decode_attention_split(
         || !key_len.is_contiguous()
         || key_len.numel() as i64 != r
         || key_len.device() != q.device()
-        || splits < 1
         || max_keys < 1
         || max_keys > cs[1]
     {
@@ -359,6 +520,19 @@ pub fn decode_attention_split(
     let out = q.f_empty_like()?;
     let heads = heads_per_block(nh / nkv);
     let chunks = nh / nkv / heads;
+    // cp.async copies 16-byte pieces: the caches must be 16-byte aligned (rows are, at 2 d bytes).
+    let aligned = [k_cache, v_cache]
+        .iter()
+        .all(|t| (t.data_ptr() as usize).is_multiple_of(16));
+    let name = if prefer_async && suffix == "bf16" && (d == 64 || d == 128) && aligned {
+        format!("decode_attention_async_bf16_d{d}_h{heads}")
+    } else {
+        format!("decode_attention_{suffix}_d{d}_h{heads}")
+    };
+    let splits = match splits {
+        Some(n) => n,
+        None => auto_splits(&kern, &name, r * nkv * chunks, max_keys),
+    };
     // Each split a whole number of the block's 32-key strides (8 warps x 4 keys; the cp.async tile).
     let span = ((max_keys + splits - 1) / splits + 31) / 32 * 32;
     let splits = (max_keys + span - 1) / span;
@@ -371,17 +545,15 @@ pub fn decode_attention_split(
     } else {
         (None, None)
     };
-    // cp.async copies 16-byte pieces: the caches must be 16-byte aligned (rows are, at 2 d bytes).
-    let aligned = [k_cache, v_cache]
-        .iter()
-        .all(|t| (t.data_ptr() as usize).is_multiple_of(16));
-    let name = if prefer_async && suffix == "bf16" && (d == 64 || d == 128) && aligned {
-        format!("decode_attention_async_bf16_d{d}_h{heads}")
-    } else {
-        format!("decode_attention_{suffix}_d{d}_h{heads}")
-    };
     let p = |t: &Tensor| Arg::Ptr(t.data_ptr() as u64);
     let ws = |t: &Option<Tensor>| Arg::Ptr(t.as_ref().map_or(0, |t| t.data_ptr() as u64));
+    let arrivals = arrivals.filter(|a| {
+        splits > 1
+            && a.kind() == Kind::Int
+            && a.device() == q.device()
+            && a.is_contiguous()
+            && a.numel() as i64 >= r * nkv * chunks
+    });
     kern.launch(
         &name,
         (r * nkv * chunks * splits) as u32,
@@ -400,9 +572,10 @@ pub fn decode_attention_split(
             Arg::I32(span as i32),
             ws(&ws_acc),
             ws(&ws_ml),
+            Arg::Ptr(arrivals.map_or(0, |a| a.data_ptr() as u64)),
         ],
     )?;
-    if let (Some(acc), Some(ml)) = (&ws_acc, &ws_ml) {
+    if let (Some(acc), Some(ml), None) = (&ws_acc, &ws_ml, arrivals) {
         kern.launch(
             &format!("decode_attention_combine_{suffix}"),
             (r * nh) as u32,
@@ -419,16 +592,59 @@ pub fn decode_attention_split(
     Ok(Some(out))
 }
 
-/// Blocks the split-K heuristic aims for (`SPAR_DECODE_ATTENTION_BLOCKS`, default 256: about two per SM of an
-/// H100), a tuning knob for other GPUs.
-fn split_target_blocks() -> i64 {
-    static TARGET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+/// Key splits of a decode attention of `blocks` blocks a split (rows x KV heads x head groups) over at most
+/// `max_keys` keys with kernel `name`: [`pick_splits`] over the device's resident blocks
+/// (`SPAR_DECODE_ATTENTION_BLOCKS=n` aims at `n` blocks whatever the device); never a split of fewer than 64 keys.
+fn auto_splits(kern: &cuda::Kernels, name: &str, blocks: i64, max_keys: i64) -> i64 {
+    if let Some(target) = split_target_blocks() {
+        return splits_for_target(blocks, target, max_keys);
+    }
+    let resident = kern.resident_blocks(name, 256).map_or(i64::MAX, i64::from);
+    pick_splits(blocks, resident, max_keys)
+}
+
+/// About `target` blocks: ceil(target / blocks) splits, at most one per 64 keys.
+fn splits_for_target(blocks: i64, target: i64, max_keys: i64) -> i64 {
+    let max_splits = ((max_keys + 63) / 64).max(1);
+    ((target + blocks - 1) / blocks.max(1)).clamp(1, max_splits)
+}
+
+/// The key splits for a grid of `blocks` blocks a split over `max_keys` keys on a device that runs `resident`
+/// blocks at once. Enough splits for about [`SPLIT_TARGET_BLOCKS`] blocks (two an SM of an H100: more splits
+/// measured no faster, each costs a merge; 2026-12-06), unless that grid overflows one wave: the grid then runs
+/// in waves of `resident` blocks, each block walking 1 / s of the keys, so the time goes as
+/// ceil(blocks x s / resident) / s, and the fewest splits with the least of it win (512 blocks on 396 resident:
+/// 1.3 waves unsplit, two waves' time; three splits, 3.9 waves of a third of the keys: 1.33).
+pub fn pick_splits(blocks: i64, resident: i64, max_keys: i64) -> i64 {
+    let (blocks, resident) = (blocks.max(1), resident.max(1));
+    let by_target = splits_for_target(blocks, SPLIT_TARGET_BLOCKS.min(resident), max_keys);
+    if blocks * by_target <= resident {
+        return by_target;
+    }
+    let max_splits = ((max_keys + 63) / 64).max(1);
+    let waves = |s: i64| (blocks * s + resident - 1) / resident;
+    // Compare waves / s as fractions: s1 beats s0 when waves(s1) s0 < waves(s0) s1.
+    (1..=max_splits).fold(1, |best, s| {
+        if waves(s) * best < waves(best) * s {
+            s
+        } else {
+            best
+        }
+    })
+}
+
+/// The grid size the split rule aims for where it fits the device (two blocks an SM of an H100).
+const SPLIT_TARGET_BLOCKS: i64 = 256;
+
+/// `SPAR_DECODE_ATTENTION_BLOCKS`: the grid size the split rule of before aimed for, a tuning knob; unset, the
+/// splits follow the device's occupancy.
+fn split_target_blocks() -> Option<i64> {
+    static TARGET: std::sync::OnceLock<Option<i64>> = std::sync::OnceLock::new();
     *TARGET.get_or_init(|| {
         std::env::var("SPAR_DECODE_ATTENTION_BLOCKS")
             .ok()
             .and_then(|v| v.parse().ok())
             .filter(|v| *v > 0)
-            .unwrap_or(256)
     })
 }
 
@@ -461,9 +677,17 @@ pub fn greedy_pick_into(logits: &Tensor, out: &Tensor) -> Result<bool> {
     let Some(kern) = cuda::kernels(ordinal) else {
         return Ok(false);
     };
-    // Few rows: each row split over `parts` blocks (the GPU's SMs share the rows), then a merge. Many rows fill
-    // the GPU with a block a row.
-    let parts = if r < 32 { (128 / r).clamp(2, 32) } else { 1 };
+    // Each row split over `parts` blocks, then a merge: few rows spread over the SMs; many rows split so that the
+    // grid fills the device's resident blocks (a block a row read a 64-row batch's 19 MB of logits with 64 blocks,
+    // each thread's loads one after another: 73 us a step on an H100).
+    let parts = if r < 32 {
+        (128 / r).clamp(2, 32)
+    } else {
+        let resident = kern
+            .resident_blocks(&format!("greedy_pick_part_{suffix}"), 256)
+            .map_or(512, i64::from);
+        (resident / r).clamp(1, 32)
+    };
     if parts > 1 {
         let ws = Tensor::f_empty([r, parts, 3], (Kind::Float, logits.device()))?;
         kern.launch(
@@ -502,7 +726,8 @@ pub fn greedy_pick_into(logits: &Tensor, out: &Tensor) -> Result<bool> {
     Ok(true)
 }
 
-/// Temperature sampling of every row of `logits: [r, v]` (CUDA, fp32 or bf16, contiguous) in one kernel, written
+/// Temperature sampling of every row of `logits: [r, v]` (CUDA, fp32 or bf16, contiguous) in one kernel (from 32
+/// rows, two: each row split over several blocks, then a block a row walks the part holding the pick), written
 /// into `out: [2, r]` float64 as [`greedy_pick_into`] does: the token, then its fp32 log-prob under
 /// `log_softmax(logits / tl)`. `params: [3, r]` float32 holds each row's temperature (`<= 0`: greedy), log-prob
 /// temperature and uniform in `[0, 1)`; a sampling row takes the first token whose cumulative mass under
@@ -510,6 +735,15 @@ pub fn greedy_pick_into(logits: &Tensor, out: &Tensor) -> Result<bool> {
 /// composition, summed in another order). Returns false (nothing written) where the kernel does not apply or
 /// `SPAR_FUSED_SAMPLING=0` turns it off.
 pub fn temperature_pick_into(logits: &Tensor, params: &Tensor, out: &Tensor) -> Result<bool> {
+    temperature_pick(logits, params, out, None)
+}
+
+fn temperature_pick(
+    logits: &Tensor,
+    params: &Tensor,
+    out: &Tensor,
+    parts: Option<i64>,
+) -> Result<bool> {
     if !fused_sampling_enabled() {
         return Ok(false);
     }
@@ -529,18 +763,70 @@ pub fn temperature_pick_into(logits: &Tensor, params: &Tensor, out: &Tensor) -> 
     let Some(kern) = cuda::kernels(ordinal) else {
         return Ok(false);
     };
+    let parts = match parts.or_else(sampling_parts_override) {
+        Some(p) => p.clamp(1, 32),
+        // From 32 rows, split each row so that the grid fills the device's resident blocks.
+        None if r >= 32 => {
+            let resident = kern
+                .resident_blocks(&format!("temperature_pick_part_{suffix}"), 256)
+                .map_or(512, i64::from);
+            (resident / r).clamp(2, 32)
+        }
+        None => 1,
+    };
+    let (x, p, o) = (
+        Arg::Ptr(logits.data_ptr() as u64),
+        Arg::Ptr(params.data_ptr() as u64),
+        Arg::Ptr(out.data_ptr() as u64),
+    );
+    if parts > 1 {
+        let ws = Tensor::f_empty([r, parts, 4], (Kind::Float, logits.device()))?;
+        let w = Arg::Ptr(ws.data_ptr() as u64);
+        let (v, parts_arg) = (Arg::I32(v as i32), Arg::I32(parts as i32));
+        kern.launch(
+            &format!("temperature_pick_part_{suffix}"),
+            (r * parts) as u32,
+            256,
+            &[x, v, parts_arg, p, w],
+        )?;
+        kern.launch(
+            &format!("temperature_pick_select_{suffix}"),
+            r as u32,
+            256,
+            &[x, v, parts_arg, p, w, o],
+        )?;
+        return Ok(true);
+    }
     kern.launch(
         &format!("temperature_pick_{suffix}"),
         r as u32,
         1024,
-        &[
-            Arg::Ptr(logits.data_ptr() as u64),
-            Arg::I32(v as i32),
-            Arg::Ptr(params.data_ptr() as u64),
-            Arg::Ptr(out.data_ptr() as u64),
-        ],
+        &[x, Arg::I32(v as i32), p, o],
     )?;
     Ok(true)
+}
+
+/// [`temperature_pick_into`] with each row split over `parts` blocks (1: a block a row; at most 32), the choice it
+/// makes by itself from 32 rows: the same pick and log-prob summed in another order. For the parity tests.
+pub fn temperature_pick_into_parts(
+    logits: &Tensor,
+    params: &Tensor,
+    out: &Tensor,
+    parts: i64,
+) -> Result<bool> {
+    temperature_pick(logits, params, out, Some(parts))
+}
+
+/// `SPAR_TEMPERATURE_PICK_PARTS=n`: the temperature pick splits every row over `n` blocks (1: a block a row, the
+/// kernel of before, to compare), whatever the rows.
+fn sampling_parts_override() -> Option<i64> {
+    static PARTS: std::sync::OnceLock<Option<i64>> = std::sync::OnceLock::new();
+    *PARTS.get_or_init(|| {
+        std::env::var("SPAR_TEMPERATURE_PICK_PARTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|v| *v > 0)
+    })
 }
 
 /// `SPAR_FUSED_SAMPLING=0` samples through the torch composition instead of [`temperature_pick_into`]'s kernel
@@ -567,4 +853,28 @@ fn attention_mode() -> AttentionMode {
         Ok("registers") => AttentionMode::Registers,
         _ => AttentionMode::Auto,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_splits;
+
+    #[test]
+    fn splits_fill_whole_waves() {
+        // Batch 64 x 8 KV heads on 132 SMs x 4 blocks: one wave, no split.
+        assert_eq!(pick_splits(512, 528, 256), 1);
+        assert_eq!(pick_splits(512, 528, 4096), 1);
+        // The same grid at 3 blocks an SM (1.3 waves unsplit): three splits, 3.9 waves of a third of the keys.
+        assert_eq!(pick_splits(512, 396, 256), 3);
+        // Few rows: about 256 blocks, at most a split per 64 keys.
+        assert_eq!(pick_splits(8, 528, 256), 4);
+        assert_eq!(pick_splits(8, 528, 4096), 32);
+        assert_eq!(pick_splits(128, 528, 256), 2);
+        // A device holding fewer than 256 blocks: one wave of them.
+        assert_eq!(pick_splits(8, 128, 4096), 16);
+        // Degenerate sizes: one split.
+        assert_eq!(pick_splits(1, 1000, 64), 1);
+        assert_eq!(pick_splits(1, 1000, 1), 1);
+        assert_eq!(pick_splits(0, 0, 0), 1);
+    }
 }

@@ -225,12 +225,43 @@ fn decode_attention_matches_masked_sdpa_on_gpu() {
                         width,
                         splits,
                         prefer_async,
+                        None,
                     )
                     .unwrap()
                     .expect("the kernel applies on CUDA under no_grad");
                     (splits, prefer_async, out)
                 })
                 .collect();
+            // The splits merged by the last block to finish (arrival counters) equal the merge kernel's output
+            // bit for bit (the same sums), and the counters were used.
+            let arrivals_len = spar_kernels::decode_ops::decode_attention_arrivals(r, nh, nkv);
+            for (splits, prefer_async, by_kernel) in got.iter().filter(|g| g.0 > 1) {
+                let arrivals = Tensor::zeros([arrivals_len], (Kind::Int, dev));
+                let merged = spar_kernels::decode_ops::decode_attention_split(
+                    &q,
+                    &kc,
+                    &vc,
+                    &key_len,
+                    nkv,
+                    width,
+                    *splits,
+                    *prefer_async,
+                    Some(&arrivals),
+                )
+                .unwrap()
+                .expect("the kernel applies");
+                let what = format!(
+                    "{kind:?} nh={nh} nkv={nkv} d={d} splits={splits} async={prefer_async}"
+                );
+                assert!(
+                    merged.equal(by_kernel),
+                    "{what}: the in-kernel merge differs from the merge kernel"
+                );
+                assert!(
+                    arrivals.eq(*splits).all().int64_value(&[]) == 1,
+                    "{what}: every (row, KV head, group) should count {splits} arrivals: {arrivals:?}"
+                );
+            }
             let n_rep = nh / nkv;
             let k = kc.narrow(0, 0, r).transpose(1, 2); // [r, nkv, width, d]
             let v = vc.narrow(0, 0, r).transpose(1, 2);
@@ -266,7 +297,7 @@ fn decode_attention_matches_masked_sdpa_on_gpu() {
             let short = Tensor::from_slice(&[1i64, 130, 67, 129, 2]).to_device(dev);
             let at = |window: i64| {
                 spar_kernels::decode_ops::decode_attention_split(
-                    &q, &kc, &vc, &short, nkv, window, 2, true,
+                    &q, &kc, &vc, &short, nkv, window, 2, true, None,
                 )
                 .unwrap()
                 .expect("the kernel applies")
@@ -280,10 +311,8 @@ fn decode_attention_matches_masked_sdpa_on_gpu() {
     }
 }
 
-/// The in-graph greedy pick against torch: the first maximum (as `argmax`, ties included) and its fp32
-/// log-softmax log-prob.
-/// The decode step's fused residual add + RMSNorm against `x + y` and the torch RMSNorm, for rows held in registers
-/// (h <= 8 x 256) and longer ones: the sum bit for bit, the norm within summation order.
+/// The decode step's fused residual add + RMSNorm against `x + y` and the torch RMSNorm, a warp a row (h of 256 to
+/// 2048) and a block a row (other sizes): the sum bit for bit, the norm within summation order.
 #[test]
 fn fused_add_rms_norm_matches_torch_on_gpu() {
     let Some(_gpu) = gpu_or_skip("the fused add + RMSNorm") else {
@@ -292,9 +321,19 @@ fn fused_add_rms_norm_matches_torch_on_gpu() {
     let dev = Device::Cuda(0);
     let _g = tch::no_grad_guard();
     for (kind, rel) in [(Kind::Float, 1e-6), (Kind::BFloat16, 1.0 / 128.0)] {
-        for h in [64i64, 1000, 1024, 2048, 4096] {
-            let x = Tensor::randn([3, 1, h], (Kind::Float, dev)).to_kind(kind);
-            let y = Tensor::randn([3, 1, h], (Kind::Float, dev)).to_kind(kind);
+        // Rows of 256-2048 run a warp a row (four rows a block: 3 and 67 rows leave a block part-empty).
+        for (rows, h) in [
+            (3i64, 64i64),
+            (3, 1000),
+            (3, 1024),
+            (3, 2048),
+            (3, 4096),
+            (67, 256),
+            (67, 512),
+            (67, 1024),
+        ] {
+            let x = Tensor::randn([rows, 1, h], (Kind::Float, dev)).to_kind(kind);
+            let y = Tensor::randn([rows, 1, h], (Kind::Float, dev)).to_kind(kind);
             let w = (Tensor::randn([h], (Kind::Float, dev)) * 0.1 + 1.0).to_kind(kind);
             let (sum, norm) = spar_kernels::decode_ops::add_rms_norm(&x, &y, &w, 1e-6).unwrap();
             let want_sum = &x + &y;
@@ -310,6 +349,116 @@ fn fused_add_rms_norm_matches_torch_on_gpu() {
             let tol = rel * want.to_kind(Kind::Float).abs().max().double_value(&[]);
             eprintln!("{kind:?} h={h}: norm max abs diff {d:.2e}");
             assert!(d <= tol, "{kind:?} h={h}: fused norm differs by {d}");
+        }
+    }
+}
+
+/// RoPE's rotate-half of the last dimension: `[-x2, x1]`.
+fn rotate_half(x: &Tensor) -> Tensor {
+    let d = *x.size().last().unwrap();
+    let (a, b) = (x.narrow(-1, 0, d / 2), x.narrow(-1, d / 2, d / 2));
+    Tensor::cat(&[&b.neg(), &a], -1)
+}
+
+/// The decode step's q/k norm + RoPE + cache store, warp a head and block a head, against the torch composition
+/// (per-head RMSNorm, `y cos + rotate_half(y) sin`, the keys and values at their cache rows): queries and keys
+/// within summation order (fp32) or one rounding (bf16), values bit for bit, other cache rows untouched.
+#[test]
+fn qk_norm_rope_store_matches_the_composition_on_gpu() {
+    let Some(_gpu) = gpu_or_skip("the fused q/k norm + RoPE + KV store") else {
+        return;
+    };
+    let dev = Device::Cuda(0);
+    let _g = tch::no_grad_guard();
+    for (kind, rel) in [(Kind::Float, 2e-6), (Kind::BFloat16, 1.0 / 64.0)] {
+        for (nh, nkv, d) in [
+            (16i64, 8i64, 128i64),
+            (4, 2, 32),
+            (8, 2, 64),
+            (4, 4, 256),
+            (2, 1, 48),
+        ] {
+            let r = 37i64;
+            let (slots, width) = (r + 3, 5i64);
+            let qkv =
+                (Tensor::randn([r, (nh + 2 * nkv) * d], (Kind::Float, dev)) * 2.0).to_kind(kind);
+            let qw = (Tensor::randn([d], (Kind::Float, dev)) * 0.1 + 1.0).to_kind(kind);
+            let kw = (Tensor::randn([d], (Kind::Float, dev)) * 0.1 + 1.0).to_kind(kind);
+            let angle = Tensor::rand([r, d / 2], (Kind::Float, dev)) * 50.0;
+            let angle = Tensor::cat(&[&angle, &angle], -1);
+            let (cos, sin) = (angle.cos().to_kind(kind), angle.sin().to_kind(kind));
+            // Row i writes flat cache row (i + 2) * width + 1 of [slots * width, nkv, d].
+            let write_at = (Tensor::arange(r, (Kind::Int64, dev)) + 2) * width + 1;
+            let norm_rope = |x: &Tensor, w: &Tensor| {
+                let y = rms_norm_torch(x, w, 1e-6).unwrap();
+                y.shallow_clone() * cos.unsqueeze(1) + rotate_half(&y) * sin.unsqueeze(1)
+            };
+            let want_q = norm_rope(&qkv.narrow(1, 0, nh * d).reshape([r, nh, d]), &qw);
+            let want_k = norm_rope(&qkv.narrow(1, nh * d, nkv * d).reshape([r, nkv, d]), &kw);
+            let want_v = qkv.narrow(1, (nh + nkv) * d, nkv * d).reshape([r, nkv, d]);
+            let tol = |want: &Tensor| rel * want.to_kind(Kind::Float).abs().max().double_value(&[]);
+            let diff = |a: &Tensor, b: &Tensor| {
+                (a.to_kind(Kind::Float) - b.to_kind(Kind::Float))
+                    .abs()
+                    .max()
+                    .double_value(&[])
+            };
+            let mut outs = Vec::new();
+            for per_warp in [true, false] {
+                let kc = Tensor::full([slots, width, nkv, d], 7.0, (kind, dev));
+                let vc = Tensor::full([slots, width, nkv, d], 7.0, (kind, dev));
+                let run = if per_warp {
+                    spar_kernels::decode_ops::qk_norm_rope_store
+                } else {
+                    spar_kernels::decode_ops::qk_norm_rope_store_per_block
+                };
+                let q = run(
+                    &qkv,
+                    &qw,
+                    &kw,
+                    &cos,
+                    &sin,
+                    &write_at,
+                    &kc,
+                    &vc,
+                    (nh, nkv, d),
+                    1e-6,
+                )
+                .unwrap()
+                .expect("the fused kernel should apply on CUDA under no_grad");
+                let flat = |c: &Tensor| c.view([slots * width, nkv, d]).index_select(0, &write_at);
+                let (k, v) = (flat(&kc), flat(&vc));
+                let (dq, dk) = (diff(&q, &want_q), diff(&k, &want_k));
+                eprintln!(
+                    "{kind:?} ({nh}, {nkv}, {d}) per_warp={per_warp}: q {dq:.2e}, k {dk:.2e}"
+                );
+                assert!(
+                    dq <= tol(&want_q),
+                    "{kind:?} d={d} per_warp={per_warp}: q differs by {dq}"
+                );
+                assert!(
+                    dk <= tol(&want_k),
+                    "{kind:?} d={d} per_warp={per_warp}: k differs by {dk}"
+                );
+                assert!(
+                    v.equal(&want_v),
+                    "{kind:?} d={d} per_warp={per_warp}: v differs"
+                );
+                // Every other cache row still holds its fill.
+                let written = kc
+                    .view([slots * width, nkv, d])
+                    .ne(7.0)
+                    .any_dim(-1, false)
+                    .any_dim(-1, false);
+                assert_eq!(
+                    written.sum(Kind::Int64).int64_value(&[]),
+                    r,
+                    "{kind:?} d={d}: rows outside write_at were written"
+                );
+                outs.push(q);
+            }
+            let dwb = diff(&outs[0], &outs[1]);
+            eprintln!("{kind:?} ({nh}, {nkv}, {d}): warp vs block {dwb:.2e}");
         }
     }
 }
@@ -434,6 +583,8 @@ fn skinny_linear_early_weights_variant_equals_the_plain_kernel_bit_for_bit_on_gp
     }
 }
 
+/// The in-graph greedy pick against torch: the first maximum (as `argmax`, ties included) and its fp32
+/// log-softmax log-prob.
 #[test]
 fn greedy_pick_matches_argmax_and_log_softmax_on_gpu() {
     let Some(_gpu) = gpu_or_skip("the greedy pick") else {
@@ -507,8 +658,13 @@ fn temperature_pick_is_an_inverse_cdf_pick_on_gpu() {
                 .copied()
                 .collect();
             let params = Tensor::from_slice(&params).view([3, r]).to_device(dev);
+            // A block a row (as below 32 rows), and each row split over 4 or 16 blocks (as from 32 rows).
+            let parts = [1i64, 4, 16][trial % 3];
             let out = Tensor::zeros([2, r], (Kind::Double, dev));
-            assert!(spar_kernels::decode_ops::temperature_pick_into(&x, &params, &out).unwrap());
+            assert!(
+                spar_kernels::decode_ops::temperature_pick_into_parts(&x, &params, &out, parts)
+                    .unwrap()
+            );
             let got = out.get(0).to_kind(Kind::Int64);
             let xf = x.to_kind(Kind::Float);
             // The composition (model/src/temperature_sampling.rs), for the exact comparison of peaked rows.
@@ -535,7 +691,7 @@ fn temperature_pick_is_an_inverse_cdf_pick_on_gpu() {
                 let got_lp = out.double_value(&[1, i]);
                 assert!(
                     (got_lp - want_lp).abs() < 1e-4,
-                    "{kind:?} trial {trial} row {i}: log-prob {got_lp} vs {want_lp}"
+                    "{kind:?} trial {trial} parts {parts} row {i}: log-prob {got_lp} vs {want_lp}"
                 );
                 if temps[i as usize] <= 0.0 {
                     assert_eq!(
@@ -554,7 +710,7 @@ fn temperature_pick_is_an_inverse_cdf_pick_on_gpu() {
                 );
                 assert!(
                     excl <= u + 1e-5 && u - 1e-5 < incl,
-                    "{kind:?} trial {trial} row {i} u={u}: token {tok} covers [{excl}, {incl})"
+                    "{kind:?} trial {trial} parts {parts} row {i} u={u}: token {tok} covers [{excl}, {incl})"
                 );
                 let want = composed.int64_value(&[i]);
                 let want_incl = cum64.double_value(&[i, want]);
@@ -562,7 +718,7 @@ fn temperature_pick_is_an_inverse_cdf_pick_on_gpu() {
                 if u - want_excl > 1e-5 && want_incl - u > 1e-5 {
                     assert_eq!(
                         tok, want,
-                        "{kind:?} trial {trial} row {i} u={u}: the target is inside token {want}'s interval"
+                        "{kind:?} trial {trial} parts {parts} row {i} u={u}: the target is inside token {want}'s interval"
                     );
                     exact_rows += 1;
                 } else if tok != want {

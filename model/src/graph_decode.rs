@@ -520,6 +520,16 @@ fn decode_step(
         .f_mul_scalar(width)?
         .f_add(&pos)?;
 
+    // The decode attention's split merge counters, zeroed once for every layer (one memset a step, not a merge
+    // kernel a layer).
+    let arrivals = Tensor::f_zeros(
+        [
+            model.layers.len() as i64,
+            decode_ops::decode_attention_arrivals(r, nh, nkv),
+        ],
+        (Kind::Int, dev),
+    )?;
+
     let mut x = Tensor::f_embedding(&model.embed, &ids, model.pad_idx(), false, false)?; // [r, 1, H]
     let mut experts = Vec::new();
     // The input norm of each layer is fused with the residual add that ends the layer before it.
@@ -537,7 +547,15 @@ fn decode_step(
             .f_narrow(0, 0, r)?
             .f_narrow(1, 0, keys)?
             .f_transpose(1, 2)?;
-        let o = match decode_ops::decode_attention(&q, kc, vc, &key_len, nkv, keys)? {
+        let o = match decode_ops::decode_attention_with_arrivals(
+            &q,
+            kc,
+            vc,
+            &key_len,
+            nkv,
+            keys,
+            &arrivals.f_select(0, li as i64)?,
+        )? {
             Some(o) => o, // [r, nh, D], each row over its own key_len keys only
             None => {
                 // Query heads n*n_rep..(n+1)*n_rep share KV head n: fold them into the query axis of KV head n.
