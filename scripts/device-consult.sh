@@ -8,7 +8,8 @@
 # cases before and after), SFT (0: SFT steps on the shipped expert transcripts before RL), SHAPE (qwen3-0.6b or
 # qwen3-30b-a3b, model/bench/forward_hf.py's shapes), LAYERS (the shape's depth unless set), EXTRA (more --set
 # arguments, e.g. routing replay: "--set rollout.record_routing=true --set trainer.routing_replay=true"), NAME
-# (consult: the output files' stem), PROFILE (an RL round for the torch profiler to record, e.g. 2). Writes to $OUT:
+# (consult: the output files' stem), PROFILE (an RL round for the torch profiler to record, e.g. 2), SPAR_GZ (the
+# build to run, dist/spar.gz unless set: dist/spar-base.gz for an A/B against another commit). Writes to $OUT:
 # $NAME.jsonl (metrics), $NAME.txt (the run's log, with rc, wall time and peak GPU memory), $NAME-gpu.csv (GPU busy
 # and memory over time), env.txt; with PROFILE, $NAME-profile.md (where the round's time went) and the round's
 # Chrome trace $NAME-profile.trace.json.gz when under 15 MB.
@@ -16,7 +17,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 . scripts/gpu-env.sh
 export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH"
-gunzip -c dist/spar.gz > /tmp/spar && chmod +x /tmp/spar
+gunzip -c "${SPAR_GZ:-dist/spar.gz}" > /tmp/spar && chmod +x /tmp/spar
 (nproc; nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv) > "$OUT/env.txt" 2>&1
 SHAPE=${SHAPE:-qwen3-0.6b}; NAME=${NAME:-consult}
 M=$(scripts/random-model.sh "$SHAPE" ${LAYERS:-})

@@ -26,10 +26,12 @@ export EXTRA="--set rollout.max_batch=64 --set rollout.gpu_memory_utilization=0.
 # default 4: new turns share prefill forwards), micro (the learner's micro-batches of 16 rows and 24,576 tokens
 # without activation checkpointing, instead of the recipe's 4 rows, 16,384 tokens, checkpointed), sampling0
 # (SPAR_FUSED_SAMPLING=0: temperature sampling through the torch composition instead of one kernel), graphs (the
-# defaults with trainer.learner_cuda_graphs = true), micro-graphs (micro's learner with the graphs).
+# defaults with trainer.learner_cuda_graphs = true), micro-graphs (micro's learner with the graphs), base (the
+# defaults of the build in dist/spar-base.gz: an A/B against another commit).
 for r in ${RUNS:-fused plain}; do
   case $r in
     fused) NAME=prefill-fused scripts/device-consult.sh ;;
+    base) NAME=prefill-base SPAR_GZ=dist/spar-base.gz scripts/device-consult.sh ;;
     plain) NAME=prefill-plain SPAR_FUSED_PREFILL=0 scripts/device-consult.sh ;;
     cudnn) NAME=prefill-cudnn SPAR_SDPA_CUDNN=1 scripts/device-consult.sh ;;
     wait) NAME=prefill-wait EXTRA="$EXTRA --set rollout.prefill_wait_steps=${WAIT:-4}" scripts/device-consult.sh ;;

@@ -1,9 +1,10 @@
 //! `spar bench decode`: decode tokens/s of the built-in rollout engine (continuous batching over the slot KV
 //! cache) on a random model of a real shape, at several batch sizes: B prompts of `--prompt` random tokens,
-//! `--new` greedy tokens each, no stop tokens. `rollout/bench/decode_hf.py` times transformers' `generate` on
-//! the same config for comparison (run both in the same session on the same GPU). On CUDA both decode paths are
-//! timed: `eager` (one tch forward per step) and `graph` (each step replayed from a captured CUDA graph). `--ragged`
-//! spreads the prompt lengths as in a rollout batch (the decode-attention kernel reads each row's own keys only).
+//! `--new` tokens each (greedy, or sampled at `--temperature`), no stop tokens. `rollout/bench/decode_hf.py` times
+//! transformers' `generate` on the same config for comparison (run both in the same session on the same GPU). On
+//! CUDA both decode paths are timed: `eager` (one tch forward per step) and `graph` (each step replayed from a
+//! captured CUDA graph). `--ragged` spreads the prompt lengths as in a rollout batch (the decode-attention kernel
+//! reads each row's own keys only).
 use anyhow::{Result, bail};
 use serde_json::json;
 use spar_core::traits::{GenerateRequest, SamplingParams};
@@ -40,6 +41,10 @@ pub struct Args {
     /// batch are), instead of all `--prompt` long.
     #[arg(long)]
     ragged: bool,
+    /// Sampling temperature (0: greedy, the default); above 0 each token is drawn by inverse CDF on the device,
+    /// as rollouts draw them.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
     /// Decode paths to time: eager, graph or both (graph needs CUDA and is skipped elsewhere).
     #[arg(long, default_value = "both")]
     paths: String,
@@ -85,7 +90,7 @@ pub fn run(args: Args) -> Result<()> {
                 GenerateRequest {
                     prompt_ids: prompt,
                     sampling: SamplingParams {
-                        temperature: 0.0,
+                        temperature: args.temperature,
                         max_new_tokens: new,
                         ..Default::default()
                     },
@@ -162,7 +167,7 @@ pub fn run(args: Args) -> Result<()> {
             println!(
                 "{}",
                 json!({"bench": "decode", "engine": "spar", "path": path, "shape": args.shape, "dtype": args.dtype,
-                   "device": format!("{device:?}"), "batch": b, "prompt": args.prompt, "ragged": args.ragged, "new_tokens": args.new,
+                   "device": format!("{device:?}"), "batch": b, "prompt": args.prompt, "ragged": args.ragged, "temperature": args.temperature, "new_tokens": args.new,
                    "seconds": best, "tokens_per_s": toks / best, "ms_per_step": best_decode * 1e3, "prefill_s": best_prefill,
                    "graph_stats": engine.graph_stats().map(|s| json!({"captures": s.captures, "replays": s.replays, "fallbacks": s.fallbacks}))})
             );
