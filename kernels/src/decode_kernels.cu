@@ -738,6 +738,36 @@ extern "C" __global__ void greedy_pick_bf16(const unsigned short* x, int v, doub
 // out[rows + row] = its log_softmax(x / tl) in fp32. One block per row: thread k owns the contiguous chunk k of
 // the row, the chunks' sums are scanned across the block in thread order, and the one thread whose chunk holds
 // the target walks it. Replaces ~12 full passes over [rows, v] fp32 (a cast, two softmaxes, a cumsum, ...).
+// Scans each thread's `own` across the block in thread order: the thread's interval [before, end) of the
+// running sum and the block's total. A thread's `before` is its left neighbour's `end`, the same float (a warp's
+// last thread ends at the block scan's value, where the next warp begins, not at a re-rounded sum), so
+// consecutive threads' intervals meet exactly: one owner per target. s_warp: 32 floats of shared memory.
+__device__ __forceinline__ void block_scan_interval(float own, float* s_warp, float* before, float* end,
+                                                    float* total) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    float inc = own;
+    for (int o = 1; o < 32; o <<= 1) {
+        float n = __shfl_up_sync(0xffffffffu, inc, o);
+        if (lane >= o) inc += n;
+    }
+    if (lane == 31) s_warp[warp] = inc;
+    __syncthreads();
+    if (warp == 0) {
+        float w = lane < nw ? s_warp[lane] : 0.0f;
+        for (int o = 1; o < 32; o <<= 1) {
+            float n = __shfl_up_sync(0xffffffffu, w, o);
+            if (lane >= o) w += n;
+        }
+        if (lane < nw) s_warp[lane] = w;  // inclusive totals of warps 0..lane
+    }
+    __syncthreads();
+    const float offset = warp > 0 ? s_warp[warp - 1] : 0.0f;
+    const float left = __shfl_up_sync(0xffffffffu, inc, 1);
+    *before = offset + (lane > 0 ? left : 0.0f);
+    *end = lane == 31 ? s_warp[warp] : inc + offset;
+    *total = s_warp[nw - 1];
+}
+
 template <typename T>
 __device__ void temperature_pick(const T* logits, int v, const float* params, double* out) {
     pdl_prologue();
@@ -765,31 +795,9 @@ __device__ void temperature_pick(const T* logits, int v, const float* params, do
     if (threadIdx.x == 0) s_pick = v - 1;  // u * total rounding up to the total: the composition's clamp
     int tok = bi;
     if (sampling) {
-        // Inclusive scan of the chunk sums in thread order; a thread's exclusive prefix is its left neighbour's
-        // inclusive value (the same float), so consecutive chunks' intervals meet exactly: one owner per target.
-        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-        float inc = own;
-        for (int o = 1; o < 32; o <<= 1) {
-            float n = __shfl_up_sync(0xffffffffu, inc, o);
-            if (lane >= o) inc += n;
-        }
-        if (lane == 31) s_warp[warp] = inc;
-        __syncthreads();
-        if (warp == 0) {
-            float w = lane < nw ? s_warp[lane] : 0.0f;
-            for (int o = 1; o < 32; o <<= 1) {
-                float n = __shfl_up_sync(0xffffffffu, w, o);
-                if (lane >= o) w += n;
-            }
-            if (lane < nw) s_warp[lane] = w;  // inclusive totals of warps 0..lane
-        }
-        __syncthreads();
-        const float offset = warp > 0 ? s_warp[warp - 1] : 0.0f;
-        const float total = s_warp[nw - 1];
-        float left = __shfl_up_sync(0xffffffffu, inc, 1);
-        const float before = offset + (lane > 0 ? left : 0.0f);
-        // A warp's last thread ends where the next warp begins: at the block scan's value, not a re-rounded sum.
-        inc = lane == 31 ? s_warp[warp] : inc + offset;
+        // Each thread's chunk of the row is an interval of the cumulative mass; the one holding the target walks.
+        float before, inc, total;
+        block_scan_interval(own, s_warp, &before, &inc, &total);
         const float target = u * total;
         if (before <= target && target < inc) {
             // This chunk holds the target: walk it. Summed from `before` the chunk may round short of `inc`;
@@ -874,7 +882,7 @@ __device__ void temperature_pick_select(const T* logits, int v, int parts, const
     const float t = params[row], tl = params[rows + row], u = params[2 * rows + row];
     const bool sampling = t > 0.0f;
     const int chunk = (v + parts - 1) / parts;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (warp == 0) {
         const float* w = ws + 4 * ((size_t)row * parts + lane);
         const float pm = lane < parts ? w[0] : DA_NEG_INF;
@@ -933,26 +941,10 @@ __device__ void temperature_pick_select(const T* logits, int v, int parts, const
         }
         if (last >= 0) atomicMax(&s_last, last);
         // The block's scan from the part's start, as temperature_pick's over the row.
-        float inc = own;
-        for (int o = 1; o < 32; o <<= 1) {
-            float n = __shfl_up_sync(0xffffffffu, inc, o);
-            if (lane >= o) inc += n;
-        }
-        if (lane == 31) s_warp[warp] = inc;
-        __syncthreads();
-        if (warp == 0) {
-            float w = lane < nw ? s_warp[lane] : 0.0f;
-            for (int o = 1; o < 32; o <<= 1) {
-                float n = __shfl_up_sync(0xffffffffu, w, o);
-                if (lane >= o) w += n;
-            }
-            if (lane < nw) s_warp[lane] = w;
-        }
-        __syncthreads();
-        const float offset = warp > 0 ? s_warp[warp - 1] : 0.0f;
-        float leftn = __shfl_up_sync(0xffffffffu, inc, 1);
-        const float before = s_before + (offset + (lane > 0 ? leftn : 0.0f));
-        const float end = s_before + (lane == 31 ? s_warp[warp] : inc + offset);
+        float from, to, total;
+        block_scan_interval(own, s_warp, &from, &to, &total);
+        const float before = s_before + from;
+        const float end = s_before + to;
         // The part's sum here may round short of its merged sum: a target past this part's end then takes the
         // part's last token with mass (the clamp of temperature_pick's walk).
         if (before <= target && target < end) {

@@ -59,35 +59,10 @@ pub fn qk_norm_rope_store(
     )
 }
 
-/// [`qk_norm_rope_store`] through the block-per-head kernel whatever the head size: the reference the warp-per-head
-/// kernel is tested against.
+/// [`qk_norm_rope_store`] with the kernel chosen: a warp a head where the head size allows (`per_warp`), else a
+/// block a head (the reference the warp kernel is tested against).
 #[allow(clippy::too_many_arguments)]
-pub fn qk_norm_rope_store_per_block(
-    qkv: &Tensor,
-    q_norm: &Tensor,
-    k_norm: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
-    write_at: &Tensor,
-    k_cache: &Tensor,
-    v_cache: &Tensor,
-    heads: (i64, i64, i64),
-    eps: f64,
-) -> Result<Option<Tensor>> {
-    qk_norm_rope_store_with(
-        qkv,
-        (q_norm, k_norm),
-        (cos, sin),
-        write_at,
-        (k_cache, v_cache),
-        heads,
-        eps,
-        false,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn qk_norm_rope_store_with(
+pub fn qk_norm_rope_store_with(
     qkv: &Tensor,
     (q_norm, k_norm): (&Tensor, &Tensor),
     (cos, sin): (&Tensor, &Tensor),

@@ -407,22 +407,15 @@ fn qk_norm_rope_store_matches_the_composition_on_gpu() {
             for per_warp in [true, false] {
                 let kc = Tensor::full([slots, width, nkv, d], 7.0, (kind, dev));
                 let vc = Tensor::full([slots, width, nkv, d], 7.0, (kind, dev));
-                let run = if per_warp {
-                    spar_kernels::decode_ops::qk_norm_rope_store
-                } else {
-                    spar_kernels::decode_ops::qk_norm_rope_store_per_block
-                };
-                let q = run(
+                let q = spar_kernels::decode_ops::qk_norm_rope_store_with(
                     &qkv,
-                    &qw,
-                    &kw,
-                    &cos,
-                    &sin,
+                    (&qw, &kw),
+                    (&cos, &sin),
                     &write_at,
-                    &kc,
-                    &vc,
+                    (&kc, &vc),
                     (nh, nkv, d),
                     1e-6,
+                    per_warp,
                 )
                 .unwrap()
                 .expect("the fused kernel should apply on CUDA under no_grad");
