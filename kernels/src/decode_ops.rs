@@ -350,8 +350,8 @@ pub fn skinny_linear_max_rows() -> i64 {
 /// `nkv`, or `SPAR_DECODE_ATTENTION=sdpa`); the caller then runs SDPA with a key mask, which computes the same.
 /// bf16 caches with heads of 64 or 128 stream through shared memory with asynchronous copies; other shapes,
 /// and every shape under `SPAR_DECODE_ATTENTION=registers`, through registers.
-/// Few rows over many keys split the keys over several blocks (split-K) so that the whole GPU streams the cache:
-/// as many splits as fill the device's resident blocks in whole waves ([`pick_splits`]).
+/// Few rows over many keys split the keys over several blocks (split-K) so that the whole GPU streams the cache
+/// ([`pick_splits`]: about 256 blocks, or the least wave-time where that overflows the device's resident blocks).
 pub fn decode_attention(
     q: &Tensor,
     k_cache: &Tensor,
