@@ -585,9 +585,9 @@ fn splits_for_target(blocks: i64, target: i64, max_keys: i64) -> i64 {
 }
 
 /// The key splits for a grid of `blocks` blocks a split over `max_keys` keys on a device that runs `resident`
-/// blocks at once. Enough splits for about 256 blocks (two an SM of an H100: more splits
-/// measured no faster, each costs a merge; 2026-12-06), unless that grid overflows one wave: the grid then runs
-/// in waves of `resident` blocks, each block walking 1 / s of the keys, so the time goes as
+/// blocks at once. Enough splits for about 256 blocks (two an SM of an H100: more splits measured no faster, each
+/// costs a merge; docs/benchmarks.md, 2026-12-07), unless that grid overflows one wave: the grid then runs in
+/// waves of `resident` blocks, each block walking 1 / s of the keys, so the time goes as
 /// ceil(blocks x s / resident) / s, and the fewest splits with the least of it win (512 blocks on 396 resident:
 /// 1.3 waves unsplit, two waves' time; three splits, 3.9 waves of a third of the keys: 1.33).
 pub fn pick_splits(blocks: i64, resident: i64, max_keys: i64) -> i64 {
