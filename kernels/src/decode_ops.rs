@@ -152,34 +152,24 @@ pub fn add_rms_norm(x: &Tensor, y: &Tensor, w: &Tensor, eps: f64) -> Result<(Ten
         let aligned = [x, y, w, &s, &n]
             .iter()
             .all(|t| (t.data_ptr() as usize).is_multiple_of(16));
-        if add_rms_norm_per_warp() && [256, 512, 1024, 2048].contains(&h) && aligned {
-            kern.launch(
-                &format!("add_rms_norm_warp_{suffix}_h{h}"),
-                rows,
-                32,
-                &[
-                    p(x),
-                    p(y),
-                    p(w),
-                    p(&s),
-                    p(&n),
-                    Arg::I32(rows as i32),
-                    Arg::F32(eps as f32),
-                ],
-            )?;
-            return Ok((s, n));
-        }
+        // The warp kernel takes the row count (its row size is in its name), the block kernel the row size.
+        let (name, block, size) =
+            if add_rms_norm_per_warp() && [256, 512, 1024, 2048].contains(&h) && aligned {
+                (format!("add_rms_norm_warp_{suffix}_h{h}"), 32, rows as i32)
+            } else {
+                (format!("add_rms_norm_{suffix}"), 256, h as i32)
+            };
         kern.launch(
-            &format!("add_rms_norm_{suffix}"),
+            &name,
             rows,
-            256,
+            block,
             &[
                 p(x),
                 p(y),
                 p(w),
                 p(&s),
                 p(&n),
-                Arg::I32(h as i32),
+                Arg::I32(size),
                 Arg::F32(eps as f32),
             ],
         )?;
@@ -352,6 +342,11 @@ pub fn skinny_linear_max_rows() -> i64 {
 /// and every shape under `SPAR_DECODE_ATTENTION=registers`, through registers.
 /// Few rows over many keys split the keys over several blocks (split-K) so that the whole GPU streams the cache
 /// ([`pick_splits`]: about 256 blocks, or the least wave-time where that overflows the device's resident blocks).
+///
+/// With `arrivals` the keys' splits merge inside the attention kernel (the last split to finish merges them)
+/// instead of in a second kernel: a zeroed int32 tensor of at least [`decode_attention_arrivals`] elements on the
+/// device, which the call uses up (zero it again before reusing it; a decode step zeroes one tensor for all its
+/// layers, one memset instead of a merge kernel a layer). `SPAR_DECODE_ATTENTION_MERGE=kernel` ignores it.
 pub fn decode_attention(
     q: &Tensor,
     k_cache: &Tensor,
@@ -359,6 +354,7 @@ pub fn decode_attention(
     key_len: &Tensor,
     nkv: i64,
     max_keys: i64,
+    arrivals: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
     let prefer_async = attention_mode() == AttentionMode::Auto;
     attention(
@@ -370,40 +366,11 @@ pub fn decode_attention(
         max_keys,
         None,
         prefer_async,
-        None,
+        arrivals.filter(|_| merge_in_kernel()),
     )
 }
 
-/// [`decode_attention`] where the keys' splits merge inside the attention kernel (the last split to finish merges
-/// them) instead of in a second kernel: `arrivals` is a zeroed int32 tensor of at least
-/// [`decode_attention_arrivals`] elements on the device, which the call uses up (zero it again before reusing it;
-/// a decode step zeroes one tensor for all its layers, one memset instead of a merge kernel a layer).
-/// `SPAR_DECODE_ATTENTION_MERGE=kernel` ignores `arrivals` (the merge kernel, to compare).
-#[allow(clippy::too_many_arguments)]
-pub fn decode_attention_with_arrivals(
-    q: &Tensor,
-    k_cache: &Tensor,
-    v_cache: &Tensor,
-    key_len: &Tensor,
-    nkv: i64,
-    max_keys: i64,
-    arrivals: &Tensor,
-) -> Result<Option<Tensor>> {
-    let prefer_async = attention_mode() == AttentionMode::Auto;
-    attention(
-        q,
-        k_cache,
-        v_cache,
-        key_len,
-        nkv,
-        max_keys,
-        None,
-        prefer_async,
-        merge_in_kernel().then_some(arrivals),
-    )
-}
-
-/// The arrival counters [`decode_attention_with_arrivals`] uses for `r` rows of `nh` query heads over `nkv` KV
+/// The arrival counters [`decode_attention`] uses for `r` rows of `nh` query heads over `nkv` KV
 /// heads: one per (row, KV head, group of query heads a block serves).
 pub fn decode_attention_arrivals(r: i64, nh: i64, nkv: i64) -> i64 {
     if nkv <= 0 {
@@ -421,7 +388,7 @@ fn merge_in_kernel() -> bool {
 
 /// [`decode_attention`] with the keys split over exactly `splits` blocks per (row, KV head, head group), through
 /// the asynchronous-copy kernel where it applies and `prefer_async`, else the register kernel; the splits merge
-/// in the attention kernel with `arrivals` (as [`decode_attention_with_arrivals`]), else in a second kernel.
+/// in the attention kernel with `arrivals` (as in [`decode_attention`]), else in a second kernel.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_attention_split(
     q: &Tensor,

@@ -547,14 +547,14 @@ fn decode_step(
             .f_narrow(0, 0, r)?
             .f_narrow(1, 0, keys)?
             .f_transpose(1, 2)?;
-        let o = match decode_ops::decode_attention_with_arrivals(
+        let o = match decode_ops::decode_attention(
             &q,
             kc,
             vc,
             &key_len,
             nkv,
             keys,
-            &arrivals.f_select(0, li as i64)?,
+            Some(&arrivals.f_select(0, li as i64)?),
         )? {
             Some(o) => o, // [r, nh, D], each row over its own key_len keys only
             None => {
