@@ -9,7 +9,8 @@
 #               projections load their first weights before the launch wait);
 #   pdl-plain   SPAR_PDL=1 SPAR_SKINNY_EARLY=0 (the same launches, the skinny projections' loads after the wait);
 #   nosplit     SPAR_DECODE_ATTENTION_BLOCKS=8 (decode attention split over fewer blocks: one split at batch 1);
-#   oldsplit    SPAR_DECODE_ATTENTION_BLOCKS=256 (the split rule before the occupancy-aware one: ~256 blocks);
+#   oldsplit    SPAR_DECODE_ATTENTION_BLOCKS=256 (~256 blocks whatever the device, as before the split rule looked
+#               at occupancy: differs from the default only where that grid overflows one wave);
 #   blocknorm   SPAR_ADD_RMS_NORM=block (the residual add + RMSNorm a block a row, not a warp a row);
 #   sample      the defaults, tokens sampled at temperature 1 (as rollouts draw them) instead of greedy;
 #   sample1     the same with SPAR_TEMPERATURE_PICK_PARTS=1 (a block a row for the sampling kernel at every batch);
@@ -18,8 +19,8 @@
 #   base        the defaults of another build, dist/spar-base.gz (e.g. the commit before a kernel change: its
 #               BUILT_AT in dist/BASE_AT), for an A/B of changes no variable switches;
 # With DECODE_LONG (e.g. "default base"), those variants once more at 4,096-token prompts, batches
-# DECODE_LONG_BATCH (1,64), 64 new tokens, into $OUT/decode-long.jsonl. Then the default (with DECODE_PROFILE_ENV, e.g. SPAR_PDL=1) once more with the batches of DECODE_PROFILE (default
-# 1,64) recorded by the torch profiler.
+# DECODE_LONG_BATCH (1,64), 64 new tokens, into $OUT/decode-long.jsonl. Then the default (with DECODE_PROFILE_ENV,
+# e.g. SPAR_PDL=1) once more with the batches of DECODE_PROFILE (default 1,64) recorded by the torch profiler.
 # Writes $OUT/decode.jsonl (one line per variant and batch, "variant" added) and $OUT/decode-profile/*.md.
 # Expects dist/spar.gz and dist/lib/ (scripts/make-dist.sh); called by scripts/device-issue16.sh (STEPS=decode).
 set -uo pipefail

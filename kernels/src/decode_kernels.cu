@@ -98,28 +98,34 @@ extern "C" __global__ void add_rms_norm_bf16(const unsigned short* x, const unsi
     add_rms_norm<unsigned short>(x, y, w, s, n, h, eps);
 }
 
-// 16 bytes of T as floats (V = 16 / sizeof(T) of them), and back; p 16-byte aligned.
-template <typename T> struct Io16;
-template <> struct Io16<float> {
-    static constexpr int V = 4;
-    static __device__ __forceinline__ void ld(const float* p, float* o) {
-        float4 w = *reinterpret_cast<const float4*>(p);
-        o[0] = w.x; o[1] = w.y; o[2] = w.z; o[3] = w.w;
+// 16 bytes of T as E = 16 / sizeof(T) floats: unpacked from a loaded uint4 (the skinny projections stream their
+// own loads), or loaded from / stored to 16-byte-aligned memory.
+template <typename T> struct Vec16;
+template <> struct Vec16<float> {
+    static constexpr int E = 4;
+    static __device__ __forceinline__ void unpack(uint4 v, float* f) {
+        f[0] = __uint_as_float(v.x); f[1] = __uint_as_float(v.y);
+        f[2] = __uint_as_float(v.z); f[3] = __uint_as_float(v.w);
+    }
+    static __device__ __forceinline__ void ld(const float* p, float* f) {
+        unpack(*reinterpret_cast<const uint4*>(p), f);
     }
     static __device__ __forceinline__ void st(float* p, const float* v) {
         *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
     }
 };
-template <> struct Io16<unsigned short> {
-    static constexpr int V = 8;
-    static __device__ __forceinline__ void ld(const unsigned short* p, float* o) {
-        uint4 w = *reinterpret_cast<const uint4*>(p);
-        unsigned int u[4] = {w.x, w.y, w.z, w.w};
+template <> struct Vec16<unsigned short> {
+    static constexpr int E = 8;
+    static __device__ __forceinline__ void unpack(uint4 v, float* f) {
+        unsigned int w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            o[2 * i] = bf16_to_f32((unsigned short)(u[i] & 0xffffu));
-            o[2 * i + 1] = bf16_to_f32((unsigned short)(u[i] >> 16));
+            f[2 * i] = __uint_as_float(w[i] << 16);
+            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
         }
+    }
+    static __device__ __forceinline__ void ld(const unsigned short* p, float* f) {
+        unpack(*reinterpret_cast<const uint4*>(p), f);
     }
     static __device__ __forceinline__ void st(unsigned short* p, const float* v) {
         unsigned int u[4];
@@ -130,15 +136,15 @@ template <> struct Io16<unsigned short> {
     }
 };
 
-// add_rms_norm with a warp per row of H = 32 x C x V elements (C 16-byte pieces a lane, coalesced: piece c of
-// lane l at (c 32 + l) V), a block a warp (a batch's rows spread over as many SMs). The sums stay in registers:
+// add_rms_norm with a warp per row of H = 32 x C x V elements (C 16-byte pieces of V values a lane, coalesced:
+// piece c of lane l at (c 32 + l) V), a block a warp (a batch's rows spread over as many SMs). The sums stay in registers:
 // one read of x, y and w, all in flight at once, one reduction by shuffles, no barrier (the block-per-row kernel
 // reduced twice through shared memory and read its own stores back). Same roundings as add_rms_norm, the sum of
 // squares in another order.
 template <typename T, int C>
 __device__ void add_rms_norm_warp(const T* x, const T* y, const T* w, T* s_out, T* n_out, int rows, float eps) {
     pdl_prologue();
-    constexpr int V = Io16<T>::V;
+    constexpr int V = Vec16<T>::E;
     constexpr int H = 32 * C * V;
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;  // whole warps
@@ -146,19 +152,19 @@ __device__ void add_rms_norm_warp(const T* x, const T* y, const T* w, T* s_out, 
     float s[C][V], wv[C][V];
     float ss = 0.0f;
 #pragma unroll
-    for (int c = 0; c < C; ++c) Io16<T>::ld(w + (c * 32 + lane) * V, wv[c]);  // in flight with x and y
+    for (int c = 0; c < C; ++c) Vec16<T>::ld(w + (c * 32 + lane) * V, wv[c]);  // in flight with x and y
 #pragma unroll
     for (int c = 0; c < C; ++c) {
         int at = (c * 32 + lane) * V;
         float a[V], b[V];
-        Io16<T>::ld(x + base + at, a);
-        Io16<T>::ld(y + base + at, b);
+        Vec16<T>::ld(x + base + at, a);
+        Vec16<T>::ld(y + base + at, b);
 #pragma unroll
         for (int v = 0; v < V; ++v) {
             s[c][v] = Io<T>::rnd(a[v] + b[v]);
             ss += s[c][v] * s[c][v];
         }
-        Io16<T>::st(s_out + base + at, s[c]);
+        Vec16<T>::st(s_out + base + at, s[c]);
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
@@ -169,7 +175,7 @@ __device__ void add_rms_norm_warp(const T* x, const T* y, const T* w, T* s_out, 
         float n[V];
 #pragma unroll
         for (int v = 0; v < V; ++v) n[v] = wv[c][v] * Io<T>::rnd(s[c][v] * r);
-        Io16<T>::st(n_out + base + at, n);
+        Vec16<T>::st(n_out + base + at, n);
     }
 }
 #define ADD_RMS_NORM_WARP(T, SUF, C, H) \
@@ -533,10 +539,10 @@ __device__ void decode_attention(const T* q, const T* kc, const T* vc, const lon
 // in flight, so the copies of a whole tile are outstanding at once: the cache streams near bandwidth where the
 // register variant stalls on each warp's loads.
 #define DA_TILE 32
-// Blocks an SM must hold at once (__launch_bounds__): 4 (64 registers a thread) where the kernel fits them without
-// spilling, so that a batch of 64 rows x 8 KV heads (512 blocks) is resident in one wave on a 132-SM GPU instead
-// of 1.3 waves at the 80 registers the compiler picks unbounded; 2 for four query heads a block.
-#define DA_MIN_BLOCKS(E, H) ((H) >= 4 ? 3 : 4)
+// Blocks an SM must hold at once (__launch_bounds__): 4 (64 registers a thread) for one or two query heads a
+// block, so that a batch of 64 rows x 8 KV heads (512 blocks) is resident in one wave on a 132-SM GPU instead of
+// 1.3 waves at the 80 registers the compiler picks unbounded; 3 (80 registers) for four, which spill at 64.
+#define DA_MIN_BLOCKS(H) ((H) >= 4 ? 3 : 4)
 // cp.async needs sm_80; PTX for older targets copies synchronously (same results, no overlap).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
 #if __CUDA_ARCH__ >= 800
@@ -649,7 +655,7 @@ DECODE_ATTENTION_HEADS(unsigned short, bf16, 2, 64)
 DECODE_ATTENTION_HEADS(unsigned short, bf16, 4, 128)
 DECODE_ATTENTION_HEADS(unsigned short, bf16, 8, 256)
 #define DECODE_ATTENTION_ASYNC(NAME, E, H) \
-    extern "C" __global__ void __launch_bounds__(DA_WARPS * 32, DA_MIN_BLOCKS(E, H)) \
+    extern "C" __global__ void __launch_bounds__(DA_WARPS * 32, DA_MIN_BLOCKS(H)) \
         NAME(const unsigned short* q, const unsigned short* kc, const unsigned short* vc, const long long* kl, \
              unsigned short* o, int nh, int nkv, int width, float scale, int splits, int span, float* wa, \
              float* wm, unsigned int* arr) { \
@@ -670,6 +676,19 @@ extern "C" __global__ void decode_attention_combine_bf16(const float* wa, const 
     decode_attention_combine<unsigned short>(wa, wm, o, splits, d);
 }
 
+// The warp's largest `best` and, among equal ones, the smallest index `bi`, in every lane.
+__device__ __forceinline__ void warp_max_first(float& best_io, int& bi_io) {
+    float best = best_io;
+    int bi = bi_io;
+    for (int o = 16; o > 0; o >>= 1) {
+        float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ob > best || (ob == best && oi < bi)) { best = ob; bi = oi; }
+    }
+    best_io = best;
+    bi_io = bi;
+}
+
 // The first index of the maximum of x[0..v) (as argmax), and the maximum, in every thread of the block.
 template <typename T>
 __device__ void row_argmax(const T* x, int v, float* best_out, int* idx_out) {
@@ -681,11 +700,7 @@ __device__ void row_argmax(const T* x, int v, float* best_out, int* idx_out) {
         float a = Io<T>::ld(x + i);
         if (a > best) { best = a; bi = i; }  // i grows: the first maximum of this thread's stripe
     }
-    for (int o = 16; o > 0; o >>= 1) {
-        float ob = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ob > best || (ob == best && oi < bi)) { best = ob; bi = oi; }
-    }
+    warp_max_first(best, bi);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (lane == 0) { s_val[warp] = best; s_idx[warp] = bi; }
     __syncthreads();
@@ -693,11 +708,7 @@ __device__ void row_argmax(const T* x, int v, float* best_out, int* idx_out) {
         int nw = (blockDim.x + 31) >> 5;
         best = lane < nw ? s_val[lane] : DA_NEG_INF;
         bi = lane < nw ? s_idx[lane] : 0x7fffffff;
-        for (int o = 16; o > 0; o >>= 1) {
-            float ob = __shfl_xor_sync(0xffffffffu, best, o);
-            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ob > best || (ob == best && oi < bi)) { best = ob; bi = oi; }
-        }
+        warp_max_first(best, bi);
         if (lane == 0) { s_val[0] = best; s_idx[0] = bi; }
     }
     __syncthreads();
@@ -731,13 +742,6 @@ extern "C" __global__ void greedy_pick_bf16(const unsigned short* x, int v, doub
     greedy_pick<unsigned short>(x, v, out);
 }
 
-// Temperature sampling per row of logits [rows, v] (model/src/temperature_sampling.rs's composition in one
-// kernel): params [3, rows] f32 hold each row's temperature t (<= 0: greedy), log-prob temperature tl and uniform
-// u in [0, 1). A sampling row takes the first token whose running sum of exp(x / t - max / t) exceeds u times the
-// row's total (the inverse CDF of softmax(x / t)), a greedy row the first maximum; out[row] = the token,
-// out[rows + row] = its log_softmax(x / tl) in fp32. One block per row: thread k owns the contiguous chunk k of
-// the row, the chunks' sums are scanned across the block in thread order, and the one thread whose chunk holds
-// the target walks it. Replaces ~12 full passes over [rows, v] fp32 (a cast, two softmaxes, a cumsum, ...).
 // Scans each thread's `own` across the block in thread order: the thread's interval [before, end) of the
 // running sum and the block's total. A thread's `before` is its left neighbour's `end`, the same float (a warp's
 // last thread ends at the block scan's value, where the next warp begins, not at a re-rounded sum), so
@@ -768,6 +772,13 @@ __device__ __forceinline__ void block_scan_interval(float own, float* s_warp, fl
     *total = s_warp[nw - 1];
 }
 
+// Temperature sampling per row of logits [rows, v] (model/src/temperature_sampling.rs's composition in one
+// kernel): params [3, rows] f32 hold each row's temperature t (<= 0: greedy), log-prob temperature tl and uniform
+// u in [0, 1). A sampling row takes the first token whose running sum of exp(x / t - max / t) exceeds u times the
+// row's total (the inverse CDF of softmax(x / t)), a greedy row the first maximum; out[row] = the token,
+// out[rows + row] = its log_softmax(x / tl) in fp32. One block per row: thread k owns the contiguous chunk k of
+// the row, the chunks' sums are scanned across the block in thread order, and the one thread whose chunk holds
+// the target walks it. Replaces ~12 full passes over [rows, v] fp32 (a cast, two softmaxes, a cumsum, ...).
 template <typename T>
 __device__ void temperature_pick(const T* logits, int v, const float* params, double* out) {
     pdl_prologue();
@@ -888,11 +899,7 @@ __device__ void temperature_pick_select(const T* logits, int v, int parts, const
         const float pm = lane < parts ? w[0] : DA_NEG_INF;
         float best = pm;
         int bi = pm > DA_NEG_INF ? __float_as_int(w[1]) : 0x7fffffff;
-        for (int o = 16; o > 0; o >>= 1) {
-            float ob = __shfl_xor_sync(0xffffffffu, best, o);
-            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ob > best || (ob == best && oi < bi)) { best = ob; bi = oi; }
-        }
+        warp_max_first(best, bi);
         const float mt = sampling ? best / t : 0.0f, ml = best / tl;
         const bool mass = pm > DA_NEG_INF;
         float st = mass && sampling ? w[2] * expf(pm / t - mt) : 0.0f;
@@ -1005,25 +1012,6 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
     return __ldg(p);
 #endif
 }
-template <typename T> struct Vec16;
-template <> struct Vec16<float> {
-    static constexpr int E = 4;
-    static __device__ __forceinline__ void unpack(uint4 v, float* f) {
-        f[0] = __uint_as_float(v.x); f[1] = __uint_as_float(v.y);
-        f[2] = __uint_as_float(v.z); f[3] = __uint_as_float(v.w);
-    }
-};
-template <> struct Vec16<unsigned short> {
-    static constexpr int E = 8;
-    static __device__ __forceinline__ void unpack(uint4 v, float* f) {
-        unsigned int w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            f[2 * i] = __uint_as_float(w[i] << 16);
-            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-        }
-    }
-};
 // EARLY (the `skinny_linear_early_*` kernels, which PDL launches run): a lane's first SL_INFLIGHT weight vectors
 // (its whole row of W for k <= 2048 in bf16) are loaded before the PDL wait. No kernel writes weights, so they may
 // be read while the kernel ahead still runs: the projection's first DRAM round trip then overlaps that kernel
@@ -1126,11 +1114,7 @@ extern "C" __global__ void greedy_pick_merge(const float* ws, int parts, double*
     int idx = lane < parts ? __float_as_int(part[1]) : 0x7fffffff;
     float best = m;
     int bi = m > DA_NEG_INF ? idx : 0x7fffffff;
-    for (int o = 16; o > 0; o >>= 1) {
-        float ob = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ob > best || (ob == best && oi < bi)) { best = ob; bi = oi; }
-    }
+    warp_max_first(best, bi);
     float s = lane < parts && m > DA_NEG_INF ? part[2] * expf(m - best) : 0.0f;
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if (lane == 0) {

@@ -494,7 +494,7 @@ fn attention(
             && a.kind() == Kind::Int
             && a.device() == q.device()
             && a.is_contiguous()
-            && a.numel() as i64 >= r * nkv * chunks
+            && a.numel() as i64 >= decode_attention_arrivals(r, nh, nkv)
     });
     kern.launch(
         &name,
@@ -625,10 +625,7 @@ pub fn greedy_pick_into(logits: &Tensor, out: &Tensor) -> Result<bool> {
     let parts = if r < 32 {
         (128 / r).clamp(2, 32)
     } else {
-        let resident = kern
-            .resident_blocks(&format!("greedy_pick_part_{suffix}"), 256)
-            .map_or(512, i64::from);
-        (resident / r).clamp(1, 32)
+        parts_to_fill(&kern, &format!("greedy_pick_part_{suffix}"), r).clamp(1, 32)
     };
     if parts > 1 {
         let ws = Tensor::f_empty([r, parts, 3], (Kind::Float, logits.device()))?;
@@ -666,6 +663,12 @@ pub fn greedy_pick_into(logits: &Tensor, out: &Tensor) -> Result<bool> {
         ],
     )?;
     Ok(true)
+}
+
+/// Parts a row for `rows` rows of 256-thread blocks of kernel `part` to fill the device's resident blocks (512
+/// where the driver cannot say).
+fn parts_to_fill(kern: &cuda::Kernels, part: &str, rows: i64) -> i64 {
+    kern.resident_blocks(part, 256).map_or(512, i64::from) / rows.max(1)
 }
 
 /// Temperature sampling of every row of `logits: [r, v]` (CUDA, fp32 or bf16, contiguous) in one kernel (from 32
@@ -709,10 +712,7 @@ fn temperature_pick(
         Some(p) => p.clamp(1, 32),
         // From 32 rows, split each row so that the grid fills the device's resident blocks.
         None if r >= 32 => {
-            let resident = kern
-                .resident_blocks(&format!("temperature_pick_part_{suffix}"), 256)
-                .map_or(512, i64::from);
-            (resident / r).clamp(2, 32)
+            parts_to_fill(&kern, &format!("temperature_pick_part_{suffix}"), r).clamp(2, 32)
         }
         None => 1,
     };

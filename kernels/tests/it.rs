@@ -321,7 +321,7 @@ fn fused_add_rms_norm_matches_torch_on_gpu() {
     let dev = Device::Cuda(0);
     let _g = tch::no_grad_guard();
     for (kind, rel) in [(Kind::Float, 1e-6), (Kind::BFloat16, 1.0 / 128.0)] {
-        // Rows of 256-2048 run a warp a row (four rows a block: 3 and 67 rows leave a block part-empty).
+        // Rows of 256-2048 run a warp a row (a block a warp); other sizes a block a row.
         for (rows, h) in [
             (3i64, 64i64),
             (3, 1000),
