@@ -3,7 +3,7 @@
 pub mod detectors;
 
 use crate::dialogue::Dialogue;
-use detectors::{EarlierReplies, StepView};
+use detectors::EarlierReplies;
 use spar_core::Case;
 use spar_core::case::RubricItem;
 use spar_core::recipe::{SparConfig, StepDetector};
@@ -58,34 +58,30 @@ impl StepVerifier {
                 .iter()
                 .any(|u| detectors::reveals(case, u));
         for i in dialogue.first_step..dialogue.exchanges.len() {
-            let v = StepView {
-                user: &users[i],
-                reply: &replies[i],
-                earlier_replies: &replies[..i],
-                earlier_user: &users[..i],
-            };
+            let reply = replies[i].as_str();
             let mut found = Vec::new();
             if self.on(StepDetector::Repetition)
-                && detectors::repetition_after(v.reply, &earlier, self.cfg.repetition_threshold)
+                && detectors::repetition_after(reply, &earlier, self.cfg.repetition_threshold)
             {
                 found.push(detectors::REPETITION.to_string());
             }
             if self.on(StepDetector::RedundantQuestion)
-                && detectors::redundant_question_after(v.reply, &earlier, case)
+                && detectors::redundant_question_after(reply, &earlier, case)
             {
                 found.push(detectors::REDUNDANT_QUESTION.to_string());
             }
-            if red_flags_on && detectors::red_flag_after(&v, revealed, case) {
+            let reveals_now = red_flags_on && detectors::reveals(case, &users[i]);
+            if red_flags_on && detectors::red_flag_after(reply, reveals_now, revealed) {
                 found.push(detectors::RED_FLAG.to_string());
             }
             if self.on(StepDetector::RigidPhrasing)
-                && detectors::rigid_phrasing_after(v.reply, &earlier, &self.cfg.rigid_phrases)
+                && detectors::rigid_phrasing_after(reply, &earlier, &self.cfg.rigid_phrases)
             {
                 found.push(detectors::RIGID_PHRASING.to_string());
             }
             per_step.push(found);
             earlier.push(&replies[i], topics_of);
-            revealed = revealed || (red_flags_on && detectors::reveals(case, &users[i]));
+            revealed = revealed || reveals_now;
         }
         let mut judge_failures = 0;
         if let (true, Some(judge)) = (self.on(StepDetector::Judge), &self.judge) {
