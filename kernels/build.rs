@@ -1,6 +1,7 @@
 // 1. The torch link fixes shared by every libtorch package (rpath, --no-as-needed libtorch_cuda).
 // 2. The torch-ops shim (csrc/fused_logprob.cpp: the fused LM-head log-prob autograd function;
-//    csrc/torch_profiler.cpp: the PyTorch profiler; csrc/sdpa_backends.cpp: SDPA's backend switches), compiled
+//    csrc/torch_profiler.cpp: the PyTorch profiler; csrc/sdpa_backends.cpp: SDPA's backend switches;
+//    csrc/varlen_attention.cpp: FlashAttention's varlen kernel over the KV cache, for prefill), compiled
 //    against libtorch's C++ headers alone (CPU and CUDA through ATen); without them `fused_logprob::available()`
 //    and `torch_profiler::available()` are false, the model uses its plain tch path, profiling is refused and
 //    SDPA keeps torch's default backends.
@@ -28,6 +29,7 @@ fn torch_ops() {
     println!("cargo:rerun-if-changed=csrc/fused_logprob.cpp");
     println!("cargo:rerun-if-changed=csrc/torch_profiler.cpp");
     println!("cargo:rerun-if-changed=csrc/sdpa_backends.cpp");
+    println!("cargo:rerun-if-changed=csrc/varlen_attention.cpp");
     println!("cargo:rerun-if-changed=csrc/shim_errors.h");
     println!("cargo:rerun-if-env-changed=SPAR_NO_TORCH_OPS");
     println!("cargo::rustc-check-cfg=cfg(spar_torch_ops)");
@@ -56,6 +58,7 @@ fn torch_ops() {
         .file("csrc/fused_logprob.cpp")
         .file("csrc/torch_profiler.cpp")
         .file("csrc/sdpa_backends.cpp")
+        .file("csrc/varlen_attention.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

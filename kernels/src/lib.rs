@@ -14,5 +14,6 @@ pub mod optimizer_ops;
 pub mod rms_norm;
 pub mod sdpa_backends;
 pub mod torch_profiler;
+pub mod varlen_attention;
 
 pub use rms_norm::{rms_norm, rms_norm_torch};

@@ -11,88 +11,285 @@
 //! - one GEMM for q, k and v ([`FusedLayers`]);
 //! - one kernel for the q and k norms, RoPE and the cache writes of every token
 //!   ([`spar_kernels::decode_ops::qk_norm_rope_store`]: token `j` of row `i` is flat cache row `slot_i * width + held_i + j`);
-//! - SDPA over each row's cached keys with the query heads of a KV head stacked along the query axis and one
-//!   additive mask built once per prefill (no copy of the keys per query head, no mask conversion per layer);
+//! - attention over each row's cached keys: on a CUDA model in bf16 / fp16 the new tokens stay packed (no
+//!   padding) and flash attention's varlen kernel reads each row's keys where they sit in the cache
+//!   ([`spar_kernels::varlen_attention`]: about 15 host ops a layer in all, no gather of scattered slots, no
+//!   mask); elsewhere the rows are right-padded to the longest and SDPA runs with the query heads of a KV head
+//!   stacked along the query axis and one additive mask built once per prefill;
 //! - the residual add fused with the next norm, and one GEMM for the MLP's gate and up.
 //!
 //! Where a kernel does not apply (CPU, another dtype) its torch composition runs instead, so the path computes
-//! the plain forward's values everywhere (summation order aside); the CPU tests compare the two.
+//! the plain forward's values everywhere (summation order aside); the CPU tests compare the two, the GPU tests
+//! both paths.
 
 use crate::cache::KvCache;
 use crate::fused_layers::{FusedLayers, first_input_norm, mlp_and_next_norm, queries_and_store};
 use crate::qwen3::{Qwen3Model, grouped_query_attention, stack_mask};
 use anyhow::{Result, bail, ensure};
+use spar_kernels::varlen_attention;
 use tch::{Kind, Tensor};
 
 /// What a fused prefill hands back.
 pub struct PrefillOutput {
     /// `[b, vocab]` logits of each row's last new token, in the model dtype.
     pub logits: Tensor,
-    /// `[b, t, n_moe_layers, k]` int64 chosen experts of every new token (padding positions included), as
-    /// [`Qwen3Model::forward`] returns them; None for a dense model.
+    /// `[b, t, n_moe_layers, k]` int64 chosen experts of every new token (rows right-padded to the longest), as
+    /// [`Qwen3Model::forward`] returns them; None for a dense model. Padding positions hold whatever the path
+    /// computed for them (the packed path: 0); only a row's own tokens mean anything.
     pub routed_experts: Option<Tensor>,
 }
 
-/// Appends `tokens` to each `(slot, tokens)` row's cached sequence (rows right-padded to the longest) and returns
-/// the logits after each row's last token. Slots must be distinct, tokens non-empty. Advances the slots' lengths
-/// like a cached forward. Meant for turns, where [`Qwen3Model::stacks_query_heads`] holds; a long chunk works
-/// too but its stacked mask outweighs the plain forward's copy of the keys.
+/// Appends `tokens` to each `(slot, tokens)` row's cached sequence and returns the logits after each row's last
+/// token. Slots must be distinct, tokens non-empty. Advances the slots' lengths like a cached forward. The new
+/// tokens go packed through flash attention over the cache where it applies ([`packs`]), else right-padded to
+/// the longest row through SDPA; the padded path is meant for turns, where [`Qwen3Model::stacks_query_heads`]
+/// holds (a long chunk works too but its stacked mask outweighs the plain forward's copy of the keys).
 pub fn prefill(
     model: &Qwen3Model,
     fused: &FusedLayers,
     cache: &mut KvCache,
     rows: &[(usize, &[u32])],
 ) -> Result<PrefillOutput> {
+    prefill_with(model, fused, cache, rows, true)
+}
+
+/// Whether [`prefill`] takes the packed path for `model` (a CUDA model in bf16 or fp16, heads of a multiple of 8
+/// dimensions up to 256, flash attention not refused; `SPAR_VARLEN_PREFILL=0`: never): any turn length then.
+pub fn packs(model: &Qwen3Model) -> bool {
+    varlen_attention::applies(model.device(), model.kind(), model.config.head_dim as i64)
+}
+
+/// [`prefill`], the packed path allowed or not (`packed`: tests compare the two).
+pub fn prefill_with(
+    model: &Qwen3Model,
+    fused: &FusedLayers,
+    cache: &mut KvCache,
+    rows: &[(usize, &[u32])],
+    packed: bool,
+) -> Result<PrefillOutput> {
+    let turns = Turns::new(model, cache, rows)?;
+    let _g = tch::no_grad_guard();
+    if packed
+        && packs(model)
+        && let Some(out) = prefill_packed(model, fused, cache, rows, &turns)?
+    {
+        return Ok(out);
+    }
+    prefill_padded(model, fused, cache, rows, &turns)
+}
+
+/// The rows of a prefill, checked: each row's token ids, cached length, new tokens and physical slot.
+struct Turns {
+    /// `[b * t]` int64 ids, each row right-padded with 0 to the longest, `t`.
+    ids: Vec<i64>,
+    t: usize,
+    held: Vec<i64>,
+    valid: Vec<i64>,
+    phys: Vec<i64>,
+}
+
+impl Turns {
+    fn new(model: &Qwen3Model, cache: &KvCache, rows: &[(usize, &[u32])]) -> Result<Turns> {
+        let c = &model.config;
+        let b = rows.len();
+        let t = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
+        ensure!(
+            b > 0 && rows.iter().all(|(_, p)| !p.is_empty()),
+            "a prefill needs rows with tokens"
+        );
+        ensure!(
+            cache.device() == model.device(),
+            "KV cache is on {:?}, model on {:?}",
+            cache.device(),
+            model.device()
+        );
+        let max_len = cache.max_len();
+        let mut ids = vec![0i64; b * t];
+        let (mut held, mut valid, mut phys) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, (slot, toks)) in rows.iter().enumerate() {
+            if *slot >= cache.slots() || rows[..i].iter().any(|(s, _)| s == slot) {
+                bail!(
+                    "prefill: slot {slot} out of range or listed twice ({} slots)",
+                    cache.slots()
+                );
+            }
+            if cache.len(*slot) + t > max_len {
+                bail!(
+                    "KV cache overflow: a slot would hold {} tokens, max_len is {max_len}",
+                    cache.len(*slot) + t
+                );
+            }
+            for (j, &tok) in toks.iter().enumerate() {
+                ensure!(
+                    (tok as usize) < c.vocab_size,
+                    "token {tok} is outside the vocabulary"
+                );
+                ids[i * t + j] = tok as i64;
+            }
+            held.push(cache.len(*slot) as i64);
+            valid.push(toks.len() as i64);
+            phys.push(cache.physical(*slot) as i64);
+        }
+        Ok(Turns {
+            ids,
+            t,
+            held,
+            valid,
+            phys,
+        })
+    }
+}
+
+/// The packed path: every new token one row of the GEMMs and fused kernels (no padding), attention through
+/// flash's varlen kernel over each row's keys in place ([`varlen_attention::cached_varlen_attention`]). About 15
+/// host ops a layer. None when flash refuses the first layer's call (the padded path then runs; the keys and
+/// values layer 0 wrote are the ones it writes again).
+fn prefill_packed(
+    model: &Qwen3Model,
+    fused: &FusedLayers,
+    cache: &mut KvCache,
+    rows: &[(usize, &[u32])],
+    turns: &Turns,
+) -> Result<Option<PrefillOutput>> {
+    let c = &model.config;
+    let (dev, kind, eps) = (model.device(), model.kind(), c.rms_norm_eps);
+    let (nh, nkv, d) = c.attention_dims();
+    let b = rows.len();
+    let width = cache.max_len() as i64 + 1;
+    // Host side, uploaded in two copies: int64 ids, positions, cache rows written, each row's last token; int32
+    // query offsets, key starts, key counts.
+    let n: usize = turns.valid.iter().map(|v| *v as usize).sum();
+    let mut long = Vec::with_capacity(3 * n + b);
+    long.extend(
+        rows.iter()
+            .flat_map(|(_, p)| p.iter().map(|&tok| tok as i64)),
+    );
+    let positions = || {
+        turns
+            .held
+            .iter()
+            .zip(&turns.valid)
+            .flat_map(|(h, v)| *h..h + v)
+    };
+    long.extend(positions());
+    let starts: Vec<i64> = turns.phys.iter().map(|p| p * width).collect();
+    long.extend(
+        starts
+            .iter()
+            .zip(turns.held.iter().zip(&turns.valid))
+            .flat_map(|(s, (h, v))| s + h..s + h + v),
+    );
+    let mut cu = vec![0i64; b + 1];
+    for i in 0..b {
+        cu[i + 1] = cu[i] + turns.valid[i];
+    }
+    long.extend(cu[1..].iter().map(|e| e - 1));
+    let used: Vec<i64> = turns
+        .held
+        .iter()
+        .zip(&turns.valid)
+        .map(|(h, v)| h + v)
+        .collect();
+    let mut int: Vec<i32> = cu.iter().map(|&x| x as i32).collect();
+    // k_start has b + 1 entries (the kernel's cu_seqlens_k); with k_used it reads only the first b.
+    int.extend(starts.iter().map(|&x| x as i32));
+    int.push((turns.phys.iter().max().copied().unwrap_or(0) + 1) as i32 * width as i32);
+    int.extend(used.iter().map(|&x| x as i32));
+    let (n, bi) = (n as i64, b as i64);
+    let long = Tensor::from_slice(&long).f_to_device(dev)?;
+    let int = Tensor::from_slice(&int).f_to_device(dev)?;
+    let ids = long.f_narrow(0, 0, n)?;
+    let pos = long.f_narrow(0, n, n)?;
+    let write_at = long.f_narrow(0, 2 * n, n)?;
+    let last = long.f_narrow(0, 3 * n, bi)?;
+    let cu_q = int.f_narrow(0, 0, bi + 1)?;
+    let k_start = int.f_narrow(0, bi + 1, bi + 1)?;
+    let k_used = int.f_narrow(0, 2 * bi + 2, bi)?;
+    let (max_q, max_k) = (turns.t as i64, used.iter().max().copied().unwrap_or(1));
+    let (cos, sin) = model.rope.cos_sin(&pos.f_view([n, 1])?, kind)?; // [n, 1, d]
+
+    let mut x = Tensor::f_embedding(&model.embed, &ids, model.pad_idx(), false, false)?; // [n, H]
+    let mut hin = first_input_norm(model, &x)?;
+    let mut experts = Vec::new();
+    for (li, (layer, fl)) in model.layers.iter().zip(fused.iter()).enumerate() {
+        let a = &layer.attn;
+        let (kc, vc) = cache.layer(layer.index);
+        let qkv = hin.f_linear(&fl.qkv, None::<Tensor>)?.f_view([n, 1, -1])?;
+        let q = queries_and_store(a, &qkv, &cos, &sin, &write_at, (kc, vc), (nh, nkv, d), eps)?
+            .f_reshape([n, nh, d])?;
+        let Some(o) = varlen_attention::cached_varlen_attention(
+            &q, kc, vc, &cu_q, &k_start, &k_used, max_q, max_k,
+        )?
+        else {
+            ensure!(
+                li == 0,
+                "flash attention refused layer {li} of a prefill after taking layer 0"
+            );
+            return Ok(None);
+        };
+        let o = o.f_reshape([n, nh * d])?.f_linear(&a.o, None::<Tensor>)?;
+        let (x2, hn, chosen) = mlp_and_next_norm(model, li, fl, &x, &o, true)?;
+        experts.extend(chosen);
+        x = x2;
+        hin = hn;
+    }
+    for ((slot, _), u) in rows.iter().zip(&used) {
+        cache.set_len(*slot, *u as usize);
+    }
+    // `hin` is the last layer's output through the final norm: the head reads each row's last token.
+    let logits = hin
+        .f_index_select(0, &last)?
+        .f_linear(model.lm_head_weight(), None::<Tensor>)?;
+    let routed_experts = if experts.is_empty() {
+        None
+    } else {
+        // [n, layers, k] packed -> [b, t, layers, k] padded (padding positions 0), the padded path's shape.
+        let packed = Tensor::f_stack(&experts, 1)?;
+        let t = turns.t as i64;
+        let at: Vec<i64> = (0..b)
+            .flat_map(|i| (0..turns.valid[i]).map(move |j| i as i64 * t + j))
+            .collect();
+        let at = Tensor::from_slice(&at).f_to_device(dev)?;
+        let mut sizes = packed.size();
+        sizes[0] = bi * t;
+        let padded = Tensor::f_zeros(sizes.as_slice(), (packed.kind(), dev))?
+            .f_index_copy(0, &at, &packed)?;
+        Some(padded.f_view([bi, t, sizes[1], -1])?)
+    };
+    Ok(Some(PrefillOutput {
+        logits,
+        routed_experts,
+    }))
+}
+
+/// The padded path: rows right-padded to the longest turn, SDPA over each row's cached keys with the query heads
+/// of a KV head stacked along the query axis and one additive mask built once.
+fn prefill_padded(
+    model: &Qwen3Model,
+    fused: &FusedLayers,
+    cache: &mut KvCache,
+    rows: &[(usize, &[u32])],
+    turns: &Turns,
+) -> Result<PrefillOutput> {
     let c = &model.config;
     let (dev, kind, eps) = (model.device(), model.kind(), c.rms_norm_eps);
     let (nh, nkv, d) = c.attention_dims();
     let n_rep = nh / nkv;
-    let b = rows.len();
-    let t = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
-    ensure!(
-        b > 0 && rows.iter().all(|(_, p)| !p.is_empty()),
-        "a prefill needs rows with tokens"
-    );
-    ensure!(
-        cache.device() == dev,
-        "KV cache is on {:?}, model on {dev:?}",
-        cache.device()
-    );
-    let (max_len, width) = (cache.max_len(), cache.max_len() as i64 + 1);
-    let mut ids = vec![0i64; b * t];
-    let (mut held, mut valid, mut phys) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, (slot, toks)) in rows.iter().enumerate() {
-        if *slot >= cache.slots() || rows[..i].iter().any(|(s, _)| s == slot) {
-            bail!(
-                "prefill: slot {slot} out of range or listed twice ({} slots)",
-                cache.slots()
-            );
-        }
-        if cache.len(*slot) + t > max_len {
-            bail!(
-                "KV cache overflow: a slot would hold {} tokens, max_len is {max_len}",
-                cache.len(*slot) + t
-            );
-        }
-        for (j, &tok) in toks.iter().enumerate() {
-            ensure!(
-                (tok as usize) < c.vocab_size,
-                "token {tok} is outside the vocabulary"
-            );
-            ids[i * t + j] = tok as i64;
-        }
-        held.push(cache.len(*slot) as i64);
-        valid.push(toks.len() as i64);
-        phys.push(cache.physical(*slot) as i64);
-    }
-    let (b, t) = (b as i64, t as i64);
+    let width = cache.max_len() as i64 + 1;
+    let Turns {
+        ids,
+        held,
+        valid,
+        phys,
+        ..
+    } = turns;
+    let (b, t) = (rows.len() as i64, turns.t as i64);
     let read_len = held.iter().max().copied().unwrap_or(0) + t;
-    let _g = tch::no_grad_guard();
 
     let to_dev = |v: &[i64]| -> Result<Tensor> { Ok(Tensor::from_slice(v).f_to_device(dev)?) };
-    let ids = to_dev(&ids)?.f_view([b, t])?;
-    let held_t = to_dev(&held)?.f_view([b, 1])?;
-    let phys_t = to_dev(&phys)?;
+    let ids = to_dev(ids)?.f_view([b, t])?;
+    let held_t = to_dev(held)?.f_view([b, 1])?;
+    let phys_t = to_dev(phys)?;
     let pos = held_t.f_add(&Tensor::f_arange(t, (Kind::Int64, dev))?.f_view([1, t])?)?; // [b, t]
     let write_at = phys_t
         .f_view([b, 1])?
@@ -103,7 +300,7 @@ pub fn prefill(
     let keys = Tensor::f_arange(read_len, (Kind::Int64, dev))?.f_view([1, 1, read_len])?;
     let qpos = pos.f_unsqueeze(-1)?;
     let end = held_t
-        .f_add(&to_dev(&valid)?.f_view([b, 1])?)?
+        .f_add(&to_dev(valid)?.f_view([b, 1])?)?
         .f_view([b, 1, 1])?;
     let visible = keys
         .f_le_tensor(&qpos)?
@@ -146,11 +343,11 @@ pub fn prefill(
         x = x2;
         hin = hn;
     }
-    for ((slot, _), (h0, n)) in rows.iter().zip(held.iter().zip(&valid)) {
+    for ((slot, _), (h0, n)) in rows.iter().zip(held.iter().zip(valid)) {
         cache.set_len(*slot, (h0 + n) as usize);
     }
     // `hin` is the last layer's output through the final norm: the head reads each row's last real token.
-    let last = to_dev(&valid)?.f_sub_scalar(1)?;
+    let last = to_dev(valid)?.f_sub_scalar(1)?;
     let logits = hin
         .f_index(&[Some(Tensor::f_arange(b, (Kind::Int64, dev))?), Some(last)])?
         .f_linear(model.lm_head_weight(), None::<Tensor>)?;

@@ -749,9 +749,10 @@ impl<'m> Engine<'m> {
             .map(|(s, (_, p))| (*s, p.len()))
             .collect();
         // Prefill through the decode step's fused weights and kernels where the graph decoder holds them (under
-        // half the plain forward's host ops a layer); batch-invariant runs keep the plain forward.
+        // half the plain forward's host ops a layer; packed through flash attention, any turn length);
+        // batch-invariant runs keep the plain forward.
         if let (true, false, Some(graphs)) = (t > 1, self.cfg.batch_invariant, self.graphs.as_mut())
-            && self.model.stacks_query_heads(t)
+            && (self.model.stacks_query_heads(t) || spar_model::fused_prefill::packs(self.model))
             && fused_prefill_enabled()
         {
             let spec: Vec<(usize, &[u32])> = slot_list
