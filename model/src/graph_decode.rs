@@ -111,6 +111,16 @@ pub struct GraphDecodeOutput {
     pub routed_experts: Option<Tensor>,
 }
 
+/// A decode step queued by [`GraphDecoder::launch`], for [`GraphDecoder::finish`].
+pub struct LaunchedStep {
+    /// The step's row bucket.
+    r: usize,
+    /// Each given row's graph row (its physical slot), in the order given.
+    phys: Vec<i64>,
+    sampling: bool,
+    want_logits: bool,
+}
+
 struct Bucket {
     /// `[3, R]` int64: token ids, write positions, key lengths (padding rows: 0, `max_len`, 1).
     inputs: Tensor,
@@ -194,7 +204,8 @@ impl GraphDecoder {
     /// Appends one token to each `(slot, token)` row and returns what `pick` asks for (the logits of the next
     /// position, or each row's token chosen inside the graph), or None when the graph path cannot take this step
     /// (the caller then runs the eager forward; nothing was changed, `pick`'s closure was not called). Slots must
-    /// be distinct. Advances the slots' lengths like a cached forward does.
+    /// be distinct. Advances the slots' lengths like a cached forward does. [`GraphDecoder::launch`] then
+    /// [`GraphDecoder::finish`].
     pub fn decode(
         &mut self,
         model: &Qwen3Model,
@@ -202,6 +213,22 @@ impl GraphDecoder {
         rows: &[(usize, u32)],
         pick: Pick<'_>,
     ) -> Result<Option<GraphDecodeOutput>> {
+        match self.launch(model, cache, rows, pick)? {
+            Some(step) => Ok(Some(self.finish(model, step)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// [`GraphDecoder::decode`] up to the replay: the step is queued on the GPU and nothing waits for it, so the
+    /// caller may queue other work behind it (a prefill of rows not in the step) while the GPU runs it. Hand the
+    /// step to [`GraphDecoder::finish`] before the next launch: the next replay overwrites its outputs.
+    pub fn launch(
+        &mut self,
+        model: &Qwen3Model,
+        cache: &mut KvCache,
+        rows: &[(usize, u32)],
+        pick: Pick<'_>,
+    ) -> Result<Option<LaunchedStep>> {
         let sampling = matches!(pick, Pick::Sample(_));
         let want_logits = matches!(pick, Pick::Logits);
         let b = rows.len();
@@ -298,7 +325,29 @@ impl GraphDecoder {
         }
         self.graphs[&(r, keys, sampling)].replay()?;
         self.stats.replays += 1;
+        for (slot, _) in rows {
+            let len = cache.len(*slot);
+            cache.set_len(*slot, len + 1);
+        }
+        Ok(Some(LaunchedStep {
+            r,
+            phys,
+            sampling,
+            want_logits,
+        }))
+    }
 
+    /// What a launched step hands back (see [`GraphDecoder::decode`]); reading it waits for the step and for
+    /// whatever was queued behind it.
+    pub fn finish(&self, model: &Qwen3Model, step: LaunchedStep) -> Result<GraphDecodeOutput> {
+        let LaunchedStep {
+            r,
+            phys,
+            sampling,
+            want_logits,
+        } = step;
+        let b = phys.len();
+        let bucket = &self.inputs[&r];
         let in_order = phys.iter().enumerate().all(|(i, p)| *p == i as i64);
         let in_row_order = |t: &Tensor| -> Result<Tensor> {
             if in_order {
@@ -327,14 +376,10 @@ impl GraphDecoder {
             Some(e) => Some(in_row_order(e)?.f_unsqueeze(1)?),
             None => None,
         };
-        for (slot, _) in rows {
-            let len = cache.len(*slot);
-            cache.set_len(*slot, len + 1);
-        }
-        Ok(Some(GraphDecodeOutput {
+        Ok(GraphDecodeOutput {
             next,
             routed_experts,
-        }))
+        })
     }
 
     fn new_bucket(&self, model: &Qwen3Model, r: usize) -> Result<Bucket> {

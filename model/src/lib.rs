@@ -27,7 +27,9 @@ pub use cache::KvCache;
 pub use chat::ChatTemplate;
 pub use config::{ModelType, Qwen3Config, RopeScaling};
 pub use expert_parallel::ExpertExchange;
-pub use graph_decode::{GraphDecodeOutput, GraphDecoder, GraphStats, NextTokens, Pick};
+pub use graph_decode::{
+    GraphDecodeOutput, GraphDecoder, GraphStats, LaunchedStep, NextTokens, Pick,
+};
 pub use hf_ranges::{HfRanges, read_safetensors_range, read_safetensors_tensor};
 pub use moe::{RoutingSums, aux_load_balancing_loss, aux_load_balancing_loss_masked, routing_sums};
 pub use param_units::{GradsReady, ParamUnits, Unit};

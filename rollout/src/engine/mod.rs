@@ -28,7 +28,9 @@ use slots::{Placement, SlotState, place};
 use spar_core::sample::RoutedExperts;
 use spar_core::traits::{FinishReason, GenerateOutput, GenerateRequest};
 use spar_model::torch_profiler::range;
-use spar_model::{ForwardInput, GraphDecoder, GraphStats, KvCache, NextTokens, Pick, Qwen3Model};
+use spar_model::{
+    ForwardInput, GraphDecoder, GraphStats, KvCache, LaunchedStep, NextTokens, Pick, Qwen3Model,
+};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -569,6 +571,27 @@ impl<'m> Engine<'m> {
 
     fn prefill_and_decode(&mut self) -> Result<()> {
         let started = std::time::Instant::now();
+        let decoding = |e: &Self| -> Vec<usize> {
+            (0..e.running.len())
+                .filter(|&i| e.running[i].prefilled && e.running[i].pending.len() == 1)
+                .collect()
+        };
+        // With CUDA graphs the rows already decoding go first and are not waited for: the GPU runs their step
+        // while the host issues the prefill's ops behind it (a prefill is bound by host dispatch, a graph step by
+        // the GPU), and the rows the prefill starts decode from the next step. Without graphs (or with
+        // `SPAR_PREFILL_OVERLAP=0`) the prefill goes first and its rows join this step.
+        let mut launched = None;
+        if !self.cfg.batch_invariant
+            && prefill_overlap_enabled()
+            && self.running.iter().any(|r| !r.prefilled)
+        {
+            let rows = decoding(self);
+            if !rows.is_empty()
+                && let Some(step) = self.launch_decode(&rows)?
+            {
+                launched = Some((rows, step));
+            }
+        }
         let span = range("engine/prefill");
         // Wave 1: sequences whose prefix is already in place; wave 2: those copying from a slot wave 1 fills.
         for wave in 0..2 {
@@ -602,16 +625,28 @@ impl<'m> Engine<'m> {
             }
         }
         drop(span);
-        let decoding = std::time::Instant::now();
-        self.stats.prefill_seconds += (decoding - started).as_secs_f64();
-        let rows: Vec<usize> = (0..self.running.len())
-            .filter(|&i| self.running[i].prefilled && self.running[i].pending.len() == 1)
-            .collect();
+        // With a launched step the prefill's time includes waiting for that step's GPU work (its first sampling
+        // reads the GPU behind it): the two times add up to the iteration, as before.
+        let decode_start = std::time::Instant::now();
+        self.stats.prefill_seconds += (decode_start - started).as_secs_f64();
+        let rows = match launched {
+            Some((rows, step)) => {
+                let _span = range("engine/decode");
+                self.finish_decode(&rows, step)?;
+                rows
+            }
+            None => {
+                let rows = decoding(self);
+                if !rows.is_empty() {
+                    let _span = range("engine/decode");
+                    self.decode(&rows)?;
+                }
+                rows
+            }
+        };
         if !rows.is_empty() {
-            let _span = range("engine/decode");
-            self.decode(&rows)?;
             self.stats.decode_rows += rows.len() as u64;
-            self.stats.decode_seconds += decoding.elapsed().as_secs_f64();
+            self.stats.decode_seconds += decode_start.elapsed().as_secs_f64();
         }
         self.retire();
         Ok(())
@@ -668,54 +703,8 @@ impl<'m> Engine<'m> {
     }
 
     fn decode(&mut self, rows: &[usize]) -> Result<()> {
-        if let Some(graphs) = self.graphs.as_mut() {
-            let feed: Vec<(usize, u32)> = rows
-                .iter()
-                .map(|&i| (self.running[i].slot, self.running[i].pending[0]))
-                .collect();
-            // A batch without top log-probs and without top-k / top-p / min-p takes the graph's own choices:
-            // greedy, or sampled at each row's temperature with the uniforms of the rows' own streams (drawn only
-            // if the graph runs the step, as the eager sampler would draw them).
-            let plain = |i: &usize| {
-                let s = &self.running[*i].sampler;
-                s.top_logprobs == 0 && s.temperature_only()
-            };
-            let pick = if rows
-                .iter()
-                .all(|i| plain(i) && self.running[*i].sampler.greedy())
-            {
-                Pick::Greedy
-            } else if rows.iter().all(plain) && graph_sampling_enabled() {
-                let running = &mut self.running;
-                Pick::Sample(Box::new(move || {
-                    temperature_params(&mut samplers_of(running, rows))
-                }))
-            } else {
-                Pick::Logits
-            };
-            if let Some(out) = graphs.decode(self.model, &mut self.cache, &feed, pick)? {
-                let one_each: Vec<(usize, usize)> = feed.iter().map(|(s, _)| (*s, 1)).collect();
-                self.append_routing(&one_each, out.routed_experts.as_ref())?;
-                for &i in rows {
-                    self.running[i].pending.clear();
-                }
-                match out.next {
-                    NextTokens::Chosen(picked) => {
-                        let (tokens, logprobs) = picked.into_iter().unzip();
-                        self.push_sampled(
-                            rows,
-                            Sampled {
-                                tokens,
-                                logprobs,
-                                top: Vec::new(),
-                            },
-                        )?;
-                    }
-                    NextTokens::Logits(logits) => self.sample_rows(rows, &logits)?,
-                }
-                self.stats.decode_steps += 1;
-                return Ok(());
-            }
+        if let Some(step) = self.launch_decode(rows)? {
+            return self.finish_decode(rows, step);
         }
         // Batch-invariant: one forward per sequence, in running order.
         let per_forward = if self.cfg.batch_invariant {
@@ -730,6 +719,70 @@ impl<'m> Engine<'m> {
                 .collect();
             let logits = self.forward(&batch, true)?.expect("logits requested");
             self.sample_rows(part, &logits)?;
+        }
+        self.stats.decode_steps += 1;
+        Ok(())
+    }
+
+    /// The graph decoder's step over `rows` (running indices, each with one pending token), queued on the GPU and
+    /// not waited for; None where there is no graph decoder or it cannot take the step (nothing changed then).
+    fn launch_decode(&mut self, rows: &[usize]) -> Result<Option<LaunchedStep>> {
+        let Some(graphs) = self.graphs.as_mut() else {
+            return Ok(None);
+        };
+        let feed: Vec<(usize, u32)> = rows
+            .iter()
+            .map(|&i| (self.running[i].slot, self.running[i].pending[0]))
+            .collect();
+        // A batch without top log-probs and without top-k / top-p / min-p takes the graph's own choices:
+        // greedy, or sampled at each row's temperature with the uniforms of the rows' own streams (drawn only
+        // if the graph runs the step, as the eager sampler would draw them).
+        let plain = |i: &usize| {
+            let s = &self.running[*i].sampler;
+            s.top_logprobs == 0 && s.temperature_only()
+        };
+        let pick = if rows
+            .iter()
+            .all(|i| plain(i) && self.running[*i].sampler.greedy())
+        {
+            Pick::Greedy
+        } else if rows.iter().all(plain) && graph_sampling_enabled() {
+            let running = &mut self.running;
+            Pick::Sample(Box::new(move || {
+                temperature_params(&mut samplers_of(running, rows))
+            }))
+        } else {
+            Pick::Logits
+        };
+        graphs.launch(self.model, &mut self.cache, &feed, pick)
+    }
+
+    /// Takes a launched graph step's tokens (waiting for the GPU) and appends them to `rows`.
+    fn finish_decode(&mut self, rows: &[usize], step: LaunchedStep) -> Result<()> {
+        let graphs = self
+            .graphs
+            .as_ref()
+            .context("a launched decode step without its graph decoder")?;
+        let out = graphs.finish(self.model, step)?;
+        let one_each: Vec<(usize, usize)> =
+            rows.iter().map(|&i| (self.running[i].slot, 1)).collect();
+        self.append_routing(&one_each, out.routed_experts.as_ref())?;
+        for &i in rows {
+            self.running[i].pending.clear();
+        }
+        match out.next {
+            NextTokens::Chosen(picked) => {
+                let (tokens, logprobs) = picked.into_iter().unzip();
+                self.push_sampled(
+                    rows,
+                    Sampled {
+                        tokens,
+                        logprobs,
+                        top: Vec::new(),
+                    },
+                )?;
+            }
+            NextTokens::Logits(logits) => self.sample_rows(rows, &logits)?,
         }
         self.stats.decode_steps += 1;
         Ok(())
@@ -985,6 +1038,13 @@ impl<'m> Engine<'m> {
 pub fn fused_prefill_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("SPAR_FUSED_PREFILL").map_or(true, |v| v != "0"))
+}
+
+/// Whether a decode step may be queued ahead of a prefill and finished after it (`SPAR_PREFILL_OVERLAP=0`: the
+/// prefill first, then the step, for comparisons).
+pub fn prefill_overlap_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SPAR_PREFILL_OVERLAP").map_or(true, |v| v != "0"))
 }
 
 /// Whether temperature sampling may run inside the decode graphs (`SPAR_GRAPH_SAMPLING=0` samples from the

@@ -464,3 +464,95 @@ fn queued_turns_wait_for_batch_mates_while_others_decode() {
         }
     }
 }
+
+/// On a GPU the graph decoder's step is queued ahead of a prefill and read after it (`SPAR_PREFILL_OVERLAP`), and
+/// new turns go packed through flash attention (bf16): requests arriving while others decode, greedy and sampled,
+/// still carry the log-probs of one plain full forward of their own tokens, and the graph path took the steps.
+#[test]
+fn overlapped_prefill_and_decode_keep_full_forward_logprobs_on_gpu() {
+    use spar_rollout::engine::Reply;
+    use tch::{Device, Kind, Tensor};
+    use tokio::sync::oneshot;
+    if !tch::Cuda::is_available() {
+        eprintln!("SKIP: needs a CUDA device (the graph decoder and flash attention run there)");
+        return;
+    }
+    let vocab = spar_rollout::testing::CharCodec::vocab_size();
+    let json = format!(
+        r#"{{"model_type":"qwen3","vocab_size":{vocab},"hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,
+        "num_attention_heads":4,"num_key_value_heads":2,"head_dim":32,"max_position_embeddings":4096}}"#
+    );
+    let config = spar_model::Qwen3Config::from_json_str(&json, "test").unwrap();
+    for (kind, tol) in [(Kind::Float, 1e-3f32), (Kind::BFloat16, 0.15)] {
+        let model =
+            spar_model::Qwen3Model::random(config.clone(), Device::Cuda(0), kind, 3).unwrap();
+        tch::no_grad(|| {
+            for (_, mut v) in model.vs.variables() {
+                let _ = v.f_mul_scalar_(4.0).unwrap();
+            }
+        });
+        let cfg = EngineConfig {
+            max_batch: 4,
+            kv_slots: 4,
+            max_seq_len: 256,
+            prefill_tokens: 256,
+            seed: 1,
+            ..Default::default()
+        };
+        let mut engine = Engine::new(&model, cfg).unwrap();
+        let reqs = [
+            req(prompt(6, 1), 30, 1.0, 1),
+            req(prompt(9, 2), 12, 0.0, 2),
+            req(prompt(17, 3), 10, 1.0, 3),
+            req(prompt(40, 4), 8, 0.0, 4),
+        ];
+        let mut replies = Vec::new();
+        for (i, r) in reqs.iter().enumerate() {
+            let (tx, rx) = oneshot::channel();
+            engine.submit(r.clone(), Reply::Once(tx));
+            replies.push(rx);
+            // Each later request arrives while the earlier ones decode.
+            for _ in 0..=i {
+                engine.step().unwrap();
+            }
+        }
+        while engine.has_work() {
+            engine.step().unwrap();
+        }
+        let stats = engine
+            .graph_stats()
+            .expect("a GPU engine has a graph decoder");
+        assert!(
+            stats.replays > 0,
+            "{kind:?}: no step took the graph path: {stats:?}"
+        );
+        for (r, mut rx) in reqs.iter().zip(replies) {
+            let out: anyhow::Result<spar_rollout::engine::EngineOutput> = rx.try_recv().unwrap();
+            let o = out.unwrap().output;
+            assert_eq!(o.token_ids.len(), r.sampling.max_new_tokens as usize);
+            let mut all: Vec<i64> = r.prompt_ids.iter().map(|&x| x as i64).collect();
+            all.extend(o.token_ids.iter().map(|&x| x as i64));
+            let _g = tch::no_grad_guard();
+            let ids = Tensor::from_slice(&all)
+                .unsqueeze(0)
+                .to_device(Device::Cuda(0));
+            let n = all.len() as i64;
+            let logits = model
+                .forward(spar_model::ForwardInput::new(&ids))
+                .unwrap()
+                .logits
+                .to_kind(Kind::Float);
+            let lp =
+                spar_model::token_logprobs(&logits.narrow(1, 0, n - 1), &ids.narrow(1, 1, n - 1));
+            let want = Vec::<f32>::try_from(lp.reshape([-1]).to_device(Device::Cpu)).unwrap();
+            for (i, got) in o.logprobs.iter().enumerate() {
+                let w = want[r.prompt_ids.len() - 1 + i];
+                assert!(
+                    (got - w).abs() < tol,
+                    "{kind:?}, a {}-token prompt, token {i}: engine {got} vs full forward {w}",
+                    r.prompt_ids.len()
+                );
+            }
+        }
+    }
+}
