@@ -29,6 +29,8 @@
 #   offload  the GPU tests of the parked optimizer and the flat AdamW (dist/tests-trainer.gz);
 #   trainer-tests  the trainer's GPU tests named in TRAINER_TESTS (default "learner_graphs offload adamw");
 #   model-tests    the model's GPU tests named in MODEL_TESTS (default "graph_decode fused_prefill");
+#   rollout-tests  the rollout crate's tests named in ROLLOUT_TESTS (default "gpu": the engine's GPU tests;
+#                  dist/tests-rollout.gz: TESTS="... rollout" make-dist.sh);
 #   pdl-tests      the spar-kernels GPU tests and the model's graph_decode ones under SPAR_PDL=1 (programmatic
 #                  launches, the skinny projections' early-weights variants): $OUT/pdl-tests.txt;
 #   decode   spar bench decode on the graph path in the variants of scripts/device-decode.sh (DECODE_VARIANTS),
@@ -98,13 +100,17 @@ for s in ${STEPS:-moe-rl grpo train mask1}; do
                export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH" && gunzip -c dist/tests-model.gz > /tmp/tests-model &&
                chmod +x /tmp/tests-model && cd model && timeout 150 /tmp/tests-model ${MODEL_TESTS:-graph_decode fused_prefill} \
                --test-threads 1 > "$OUT/model-tests.txt" 2>&1' ;;
+    rollout-tests) step rollout-tests ${NEED_ROLLOUT_TESTS:-40} bash -c '. scripts/gpu-env.sh &&
+               export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH" && gunzip -c dist/tests-rollout.gz > /tmp/tests-rollout &&
+               chmod +x /tmp/tests-rollout && cd rollout && timeout 120 /tmp/tests-rollout ${ROLLOUT_TESTS:-gpu} \
+               --test-threads 1 > "$OUT/rollout-tests.txt" 2>&1' ;;
     pdl-tests) step pdl-tests ${NEED_PDL_TESTS:-60} bash -c '. scripts/gpu-env.sh && export SPAR_PDL=1 &&
                export LD_LIBRARY_PATH="$PWD/dist/lib:$LD_LIBRARY_PATH" && gunzip -c dist/tests-kernels.gz > /tmp/tests-kernels &&
                gunzip -c dist/tests-model.gz > /tmp/tests-model && chmod +x /tmp/tests-kernels /tmp/tests-model &&
                (cd kernels && timeout 120 /tmp/tests-kernels --test-threads 1) > "$OUT/pdl-tests.txt" 2>&1 &&
                (cd model && timeout 150 /tmp/tests-model graph_decode --test-threads 1) >> "$OUT/pdl-tests.txt" 2>&1' ;;
     decode) step decode ${NEED_DECODE:-120} env DECODE_BATCH="${DECODE_BATCH:-1,2,4,8,16,64}" scripts/device-decode.sh ;;
-    *) echo "$s: unknown step (prefill wait rounds long grpo train norm0 mask1 moe moe-rl cudnn kernels offload trainer-tests model-tests pdl-tests decode)" >> "$OUT/steps.txt" ;;
+    *) echo "$s: unknown step (prefill wait rounds long grpo train norm0 mask1 moe moe-rl cudnn kernels offload trainer-tests model-tests rollout-tests pdl-tests decode)" >> "$OUT/steps.txt" ;;
   esac
 done
 cat "$OUT/steps.txt"

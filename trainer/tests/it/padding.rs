@@ -86,10 +86,14 @@ fn padded_rows_match_each_sample_alone_without_a_padding_mask() {
         let mut grad_alone: Option<Vec<Tensor>> = None;
         for (i, it) in items.iter().enumerate() {
             let (alone, g) = logprobs_and_grads(&m, &[it]);
-            let d = max_abs(&together[i], &alone[0]);
+            // Relative to the log-probs' size (the random model's reach ~20 nats): a batch of two may sum in
+            // another order than a batch of one; on an AMD EPYC host MKL moved them by 3e-5 (1.7e-6 relative),
+            // past the 1e-5 this test first asked. A padding leak moves them by whole nats.
+            let scale = alone[0].abs().max().double_value(&[]).max(1.0);
+            let d = max_abs(&together[i], &alone[0]) / scale;
             assert!(
                 d < 1e-5,
-                "moe={moe}: sample {i}'s log-probs move by {d} when padded with another"
+                "moe={moe}: sample {i}'s log-probs move by {d} (relative) when padded with another"
             );
             grad_alone = Some(match grad_alone {
                 None => g,
