@@ -22,8 +22,9 @@ fi
 export NGROUPS=${NGROUPS:-8} STEPS=2 EVAL=1 SFT=${SFT:-2} NEW=${NEW:-128} PROFILE=2 LIMIT=${LIMIT:-240}
 export EXTRA="--set rollout.max_batch=64 --set rollout.gpu_memory_utilization=0.85 --set eval.max_new_tokens=16 ${EXTRA:-}"
 # RUNS picks the rounds (default "fused plain"): fused (the defaults), plain (SPAR_FUSED_PREFILL=0), padded
-# (SPAR_VARLEN_PREFILL=0: the fused prefill's turns right-padded through SDPA, not packed through flash), serial
-# (SPAR_PREFILL_OVERLAP=0: the prefill first, then the decode step, not the step queued ahead of it), old (both:
+# (SPAR_VARLEN_PREFILL=0: the fused prefill's turns right-padded through SDPA, not packed through flash), overlap
+# (SPAR_PREFILL_OVERLAP=1: the decode step queued ahead of the prefill, the default from 20089e5 to the 2026-12-07
+# day), serial (SPAR_PREFILL_OVERLAP=0: the prefill first, the default again), old (the padded prefill, serial:
 # the prefill of 918ed62), cudnn
 # (SPAR_SDPA_CUDNN=1: torch's cuDNN attention kept, as before 2026-12-06), wait (rollout.prefill_wait_steps = WAIT,
 # default 4: new turns share prefill forwards), micro (the learner's micro-batches of 16 rows and 24,576 tokens
@@ -37,6 +38,7 @@ for r in ${RUNS:-fused plain}; do
     base) NAME=prefill-base SPAR_GZ=dist/spar-base.gz scripts/device-consult.sh ;;
     plain) NAME=prefill-plain SPAR_FUSED_PREFILL=0 scripts/device-consult.sh ;;
     padded) NAME=prefill-padded SPAR_VARLEN_PREFILL=0 scripts/device-consult.sh ;;
+    overlap) NAME=prefill-overlap SPAR_PREFILL_OVERLAP=1 scripts/device-consult.sh ;;
     serial) NAME=prefill-serial SPAR_PREFILL_OVERLAP=0 scripts/device-consult.sh ;;
     old) NAME=prefill-old SPAR_VARLEN_PREFILL=0 SPAR_PREFILL_OVERLAP=0 scripts/device-consult.sh ;;
     cudnn) NAME=prefill-cudnn SPAR_SDPA_CUDNN=1 scripts/device-consult.sh ;;

@@ -329,6 +329,7 @@ impl Rollout {
                     record_routing: record,
                     batch_invariant: self.cfg.batch_invariant,
                     prefill_wait_steps: self.cfg.prefill_wait_steps,
+                    overlap_prefill: false,
                 };
                 let (ecfg, lowered) =
                     ecfg.fit_gpu_memory(model, self.cfg.gpu_memory_utilization)?;

@@ -70,6 +70,7 @@ pub fn run(args: Args) -> Result<()> {
         record_routing: false,
         batch_invariant: false,
         prefill_wait_steps: 0,
+        overlap_prefill: false,
     };
     let mut engine = Engine::new(&model, cfg)?;
     let mut salt = 0u64;

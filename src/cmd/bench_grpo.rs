@@ -97,6 +97,7 @@ pub fn run(args: Args) -> Result<()> {
             record_routing: false,
             batch_invariant: false,
             prefill_wait_steps: 0,
+            overlap_prefill: false,
         },
     )?;
     engine.set_cuda_graphs(args.graphs && device.is_cuda());

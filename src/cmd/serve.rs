@@ -109,6 +109,7 @@ impl Args {
             record_routing: self.enable_return_routed_experts,
             batch_invariant: false,
             prefill_wait_steps: self.prefill_wait_steps,
+            overlap_prefill: false,
         }
     }
 

@@ -63,6 +63,12 @@ pub struct EngineConfig {
     /// A request is admitted at once when nothing is decoding, or when the queue fills the free rows. Ignored
     /// when `batch_invariant`.
     pub prefill_wait_steps: usize,
+    /// On a GPU, launch the decoding rows' graph step ahead of a prefill and read its tokens after it, so that
+    /// the GPU runs the step while the host issues the prefill's ops (rows the prefill starts decode from the
+    /// next step). Off by default: on an H100 the consultation round's generation took 6.45-6.61 s with it
+    /// against 6.23 s without (the packed prefill's host time is short, and the later start costs ~3% more
+    /// decode steps; docs/benchmarks.md, 2026-12-07 day). `SPAR_PREFILL_OVERLAP=1` / `=0` overrides it.
+    pub overlap_prefill: bool,
 }
 
 /// KV-cache slots of `per_slot` bytes that fit while leaving `(1 - utilization)` of the GPU's `total` memory to
@@ -130,6 +136,7 @@ impl Default for EngineConfig {
             record_routing: false,
             batch_invariant: false,
             prefill_wait_steps: 0,
+            overlap_prefill: false,
         }
     }
 }
@@ -576,13 +583,12 @@ impl<'m> Engine<'m> {
                 .filter(|&i| e.running[i].prefilled && e.running[i].pending.len() == 1)
                 .collect()
         };
-        // With CUDA graphs the rows already decoding go first and are not waited for: the GPU runs their step
-        // while the host issues the prefill's ops behind it (a prefill is bound by host dispatch, a graph step by
-        // the GPU), and the rows the prefill starts decode from the next step. Without graphs (or with
-        // `SPAR_PREFILL_OVERLAP=0`) the prefill goes first and its rows join this step.
+        // With `overlap_prefill` and CUDA graphs the rows already decoding go first and are not waited for: the
+        // GPU runs their step while the host issues the prefill's ops behind it, and the rows the prefill starts
+        // decode from the next step. Otherwise the prefill goes first and its rows join this step.
         let mut launched = None;
         if !self.cfg.batch_invariant
-            && prefill_overlap_enabled()
+            && prefill_overlap_override().unwrap_or(self.cfg.overlap_prefill)
             && self.running.iter().any(|r| !r.prefilled)
         {
             let rows = decoding(self);
@@ -1040,11 +1046,11 @@ pub fn fused_prefill_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("SPAR_FUSED_PREFILL").map_or(true, |v| v != "0"))
 }
 
-/// Whether a decode step may be queued ahead of a prefill and finished after it (`SPAR_PREFILL_OVERLAP=0`: the
-/// prefill first, then the step, for comparisons).
-pub fn prefill_overlap_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SPAR_PREFILL_OVERLAP").map_or(true, |v| v != "0"))
+/// The environment's choice of [`EngineConfig::overlap_prefill`], for comparisons: `SPAR_PREFILL_OVERLAP=1` queues
+/// the decode step ahead of a prefill, `=0` runs the prefill first; None where unset (the config decides).
+pub fn prefill_overlap_override() -> Option<bool> {
+    static ON: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SPAR_PREFILL_OVERLAP").ok().map(|v| v != "0"))
 }
 
 /// Whether temperature sampling may run inside the decode graphs (`SPAR_GRAPH_SAMPLING=0` samples from the

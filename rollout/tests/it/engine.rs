@@ -86,6 +86,7 @@ fn seeds_reproduce_whatever_shares_the_batch() {
         record_routing: false,
         batch_invariant: false,
         prefill_wait_steps: 0,
+        overlap_prefill: false,
     };
     let alone = Engine::new(&model, cfg.clone())
         .unwrap()
@@ -114,6 +115,7 @@ fn greedy_stops_on_stop_tokens_and_records_moe_routing() {
         record_routing: true,
         batch_invariant: false,
         prefill_wait_steps: 0,
+        overlap_prefill: false,
     };
     let mut engine = Engine::new(&model, cfg).unwrap();
     let p = prompt(7, 5);
@@ -168,6 +170,7 @@ fn a_long_cached_conversation_and_a_fresh_long_prompt_share_a_prefill_without_ov
         record_routing: false,
         batch_invariant: false,
         prefill_wait_steps: 0,
+        overlap_prefill: false,
     };
     let mut engine = Engine::new(&model, cfg).unwrap();
     let history = prompt(100, 5);
@@ -216,6 +219,7 @@ fn top_logprobs_rank_the_policy_distribution_for_the_rows_that_ask() {
         record_routing: false,
         batch_invariant: false,
         prefill_wait_steps: 0,
+        overlap_prefill: false,
     };
     let mut engine = Engine::new(&model, cfg).unwrap();
     // One greedy row, one sampled row, one that asks for nothing, decoded in the same batches.
@@ -465,7 +469,7 @@ fn queued_turns_wait_for_batch_mates_while_others_decode() {
     }
 }
 
-/// On a GPU the graph decoder's step is queued ahead of a prefill and read after it (`SPAR_PREFILL_OVERLAP`), and
+/// On a GPU with `overlap_prefill` the graph decoder's step is queued ahead of a prefill and read after it, and
 /// new turns go packed through flash attention (bf16): requests arriving while others decode, greedy and sampled,
 /// still carry the log-probs of one plain full forward of their own tokens, and the graph path took the steps.
 #[test]
@@ -501,6 +505,7 @@ fn overlapped_prefill_and_decode_keep_full_forward_logprobs_on_gpu() {
             max_seq_len: 256,
             prefill_tokens: 256,
             seed: 1,
+            overlap_prefill: true,
             ..Default::default()
         };
         let mut engine = Engine::new(&model, cfg).unwrap();

@@ -24,6 +24,7 @@ pub fn engine_config() -> EngineConfig {
         record_routing: false,
         batch_invariant: false,
         prefill_wait_steps: 0,
+        overlap_prefill: false,
     }
 }
 

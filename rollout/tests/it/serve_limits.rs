@@ -20,6 +20,7 @@ fn long_engine() -> EngineConfig {
         record_routing: false,
         batch_invariant: false,
         prefill_wait_steps: 0,
+        overlap_prefill: false,
     }
 }
 

@@ -45,6 +45,7 @@ fn engine_sample(model: &Qwen3Model) -> Sample {
             record_routing: false,
             batch_invariant: false,
             prefill_wait_steps: 0,
+            overlap_prefill: false,
         },
     )
     .unwrap();
