@@ -33,7 +33,6 @@ fn recording() -> EngineConfig {
         record_routing: true,
         batch_invariant: true,
         prefill_wait_steps: 0,
-        overlap_prefill: false,
         ..engine_config()
     }
 }
