@@ -16,10 +16,13 @@
 #            state (scripts/device-consult.sh, MOE_RL_STEPS rounds): memory and the time line, into $OUT/moe-rl.*;
 #   rounds   the round as the recipe now stands, then with the learner's larger micro-batches, then with sampling
 #            through the torch composition (scripts/device-prefill.sh, RUNS=ROUND_RUNS: "fused micro sampling0");
-#   long     a few hundred RL steps of the single-GPU recipe on the 0.6B shape in one call (small rounds: LONG_SFT SFT
+#   long     a few hundred RL steps of the single-GPU recipe on the 0.6B shape (small rounds: LONG_SFT SFT
 #            steps, then LONG_GROUPS x LONG_GROUP samples, LONG_NEW new tokens a turn, LONG_STEPS steps): the loss,
 #            memory and time per step over the run (scripts/device-consult.sh, into $OUT/long.*). With 2 x 4 samples
-#            and 32 tokens a turn (the first try) every group of the random model scored alike and no update ran;
+#            and 32 tokens a turn (the first try) every group of the random model scored alike and no update ran.
+#            More steps than one call holds: the first call with RUN_DIR=$PWD/runs/long SAVE_EVERY=N (checkpoints in a
+#            git-ignored folder, which a machine that stays warm keeps), the next call on the same machine with
+#            RESUME=1 as well (scripts/device-consult.sh);
 #   cudnn    the round once more with cuDNN attention on (SPAR_SDPA_CUDNN=1), against the first;
 #   norm0    the train step's configurations again with SPAR_ATEN_RMS_NORM=0 (the seven-op RMSNorm composition
 #            under autograd), into $OUT/norm0/: the baseline of ATen's fused RMSNorm;
