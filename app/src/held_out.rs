@@ -53,24 +53,60 @@ impl HeldOut {
     }
 }
 
+impl HeldOut {
+    /// Plays and scores the held-out cases with `eval`'s sampling, `samples_per_case` consultations a case.
+    fn run(
+        &self,
+        policy: Policy<'_>,
+        eval: &EvalSection,
+        samples_per_case: usize,
+    ) -> Result<(EvalSummary, String)> {
+        let held_out = spar_eval::held_out::HeldOutEval {
+            cases: &self.cases,
+            rollout: &self.rollout,
+            eval,
+            codec: self.codec.clone(),
+            scorer: self.pipeline.stage_scorer(),
+            pipeline: &self.pipeline,
+            rt: &self.runtime,
+            seed: self.seed,
+            samples_per_case,
+            simulator: self.simulator.clone(),
+            backend: self.backend.clone(),
+        };
+        held_out.run(policy)
+    }
+
+    /// `[eval]` with `[eval.sampled]`'s temperature and concurrency, and its samples a case; None without it.
+    fn sampled(&self) -> Option<(EvalSection, usize)> {
+        let sampled = self.eval.sampled.as_ref()?;
+        let mut eval = self.eval.clone();
+        eval.temperature = sampled
+            .temperature
+            .unwrap_or(self.rollout.sampling.temperature);
+        eval.concurrency = sampled.concurrency.unwrap_or(self.rollout.max_batch);
+        Some((eval, sampled.samples_per_case))
+    }
+}
+
 impl Evaluator for HeldOut {
     fn cases(&self) -> usize {
         self.cases.len()
     }
 
     fn evaluate(&self, policy: Policy<'_>) -> Result<(EvalSummary, String)> {
-        let held_out = spar_eval::held_out::HeldOutEval {
-            cases: &self.cases,
-            rollout: &self.rollout,
-            eval: &self.eval,
-            codec: self.codec.clone(),
-            scorer: self.pipeline.stage_scorer(),
-            pipeline: &self.pipeline,
-            rt: &self.runtime,
-            seed: self.seed,
-            simulator: self.simulator.clone(),
-            backend: self.backend.clone(),
-        };
-        held_out.run(policy)
+        self.run(policy, &self.eval, 1)
+    }
+
+    fn evaluate_sampled(&self, policy: Policy<'_>) -> Result<Option<(EvalSummary, String)>> {
+        match self.sampled() {
+            Some((eval, samples)) => self.run(policy, &eval, samples).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn sampled_label(&self) -> Option<String> {
+        self.sampled()
+            .map(|(eval, samples)| format!("{samples} samples a case, T = {}", eval.temperature))
     }
 }

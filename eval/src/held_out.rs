@@ -2,6 +2,8 @@
 //! after SFT and after RL. Greedy (the recipe's `[eval]` temperature) whole consultations of the evaluation cases
 //! with the evaluation patient (`[eval.simulator]`, scripted by default), one per case, played by [`crate::consultation::play`], the code `spar eval` plays
 //! with; stage scores from the stage scorer, the final reward from the reward pipeline, transcripts as markdown.
+//! With `[eval.sampled]` it also plays several sampled consultations a case after SFT and after RL: the expected
+//! score of the policy RL trains, which moves smoothly with the weights where a greedy reply flips.
 use crate::consultation::{ConsultationConfig, play};
 use anyhow::{Context, Result};
 use spar_core::recipe::{EvalSection, RolloutSection};
@@ -36,6 +38,9 @@ pub struct HeldOutEval<'a> {
     pub rt: &'a tokio::runtime::Runtime,
     /// Sampling seed of the consultations.
     pub seed: u64,
+    /// Consultations a case: 1 for greedy decoding; more average a sampled policy's scores over its samples
+    /// (each a consultation of its own in the summary's means).
+    pub samples_per_case: usize,
     /// The evaluation patient (`[eval.simulator]`; the scripted patient by default).
     pub simulator: Arc<dyn PatientSimulator>,
     /// The token backend `Policy::External` plays through (the run's rollout server); None: no such policy.
@@ -55,27 +60,38 @@ impl HeldOutEval<'_> {
 
     /// Returns the summary and the transcripts (markdown). Call from a plain thread (not inside a tokio runtime).
     pub fn run(&self, policy: Policy<'_>) -> Result<(EvalSummary, String)> {
+        let samples = self.samples_per_case.max(1);
         let mut consultation = ConsultationConfig::new(self.rollout, self.eval);
-        consultation.samples_per_case = 1;
+        consultation.samples_per_case = samples;
         consultation.seed = self.seed;
         let played = play(
             policy,
             self.backend.clone(),
             self.cases,
             consultation.rollout_section(),
-            1,
+            samples,
             self.codec.clone(),
             self.scorer.clone(),
             self.simulator.clone(),
             false,
-            Some(crate::progress::bar(self.cases.len() as u64, "eval")),
+            Some(crate::progress::bar(
+                (self.cases.len() * samples) as u64,
+                "eval",
+            )),
         )?;
         let groups = &played.groups;
         let mut summary = EvalSummary {
-            episodes: groups.len(),
+            episodes: groups.iter().map(|g| g.samples.len()).sum(),
             ..Default::default()
         };
-        let mut md = String::from("# Held-out consultations (greedy, scripted patient)\n\n");
+        let mut md = if samples == 1 {
+            String::from("# Held-out consultations (greedy, scripted patient)\n\n")
+        } else {
+            format!(
+                "# Held-out consultations ({samples} a case, temperature {}, scripted patient)\n\n",
+                self.eval.temperature
+            )
+        };
         let (mut parsed, mut scored_stages) = (0usize, 0usize);
         let (mut hall, mut nclaims) = (0.0, 0usize);
         // Doctor steps, steps with any violation, and steps flagged per detector type (every detector the recipe
@@ -95,50 +111,60 @@ impl HeldOutEval<'_> {
                 .iter()
                 .find(|c| c.id == g.case_id)
                 .with_context(|| format!("unknown case {}", g.case_id))?;
-            let s0 = &g.samples[0];
-            let sc = self
+            let scored = self
                 .rt
                 .block_on(self.pipeline.score_group(case, &g.samples));
-            let reward = sc.first().map(|s| s.reward).unwrap_or(0.0);
-            summary.reward_mean += reward;
-            for c in sc.first().map(|s| s.claims.as_slice()).unwrap_or(&[]) {
-                hall += c.label.hallucination_weight();
-                nclaims += 1;
-            }
-            for step in sc.first().map(|s| s.steps.as_slice()).unwrap_or(&[]) {
-                steps += 1;
-                violated += !step.violations.is_empty() as usize;
-                // A step counts once per type, however many times the type fired in it.
-                let kinds: std::collections::BTreeSet<&String> = step.violations.iter().collect();
-                for k in kinds {
-                    *by_kind.entry(k.clone()).or_default() += 1;
+            for (i, sample) in g.samples.iter().enumerate() {
+                let sc = scored.get(i);
+                let reward = sc.map(|s| s.reward).unwrap_or(0.0);
+                summary.reward_mean += reward;
+                for c in sc.map(|s| s.claims.as_slice()).unwrap_or(&[]) {
+                    hall += c.label.hallucination_weight();
+                    nclaims += 1;
+                }
+                for step in sc.map(|s| s.steps.as_slice()).unwrap_or(&[]) {
+                    steps += 1;
+                    violated += !step.violations.is_empty() as usize;
+                    // A step counts once per type, however many times the type fired in it.
+                    let kinds: std::collections::BTreeSet<&String> =
+                        step.violations.iter().collect();
+                    for k in kinds {
+                        *by_kind.entry(k.clone()).or_default() += 1;
+                    }
+                }
+                if samples == 1 {
+                    md.push_str(&format!("## case {} (reward {reward:.3})\n\n", g.case_id));
+                } else {
+                    md.push_str(&format!(
+                        "## case {}, sample {i} (reward {reward:.3})\n\n",
+                        g.case_id
+                    ));
+                }
+                for st in Stage::ALL {
+                    let replies = stage_replies(&sample.turns, st);
+                    let score = self.scorer.score(case, st, &replies, &sample.turns);
+                    summary.stage_means[st.index()] += score.score;
+                    parsed += score.parsed as usize;
+                    scored_stages += 1;
+                    md.push_str(&format!(
+                        "- {}: {:.3}{}\n",
+                        st.name(),
+                        score.score,
+                        if score.parsed { "" } else { " (unparsed)" }
+                    ));
+                }
+                md.push('\n');
+                for t in &sample.turns {
+                    let who = match t.role {
+                        Role::System => continue,
+                        Role::User => "patient / instruction",
+                        Role::Assistant => "doctor",
+                    };
+                    md.push_str(&format!("**{who}**: {}\n\n", t.text.replace('\n', " ")));
                 }
             }
-            md.push_str(&format!("## case {} (reward {reward:.3})\n\n", g.case_id));
-            for st in Stage::ALL {
-                let replies = stage_replies(&s0.turns, st);
-                let score = self.scorer.score(case, st, &replies, &s0.turns);
-                summary.stage_means[st.index()] += score.score;
-                parsed += score.parsed as usize;
-                scored_stages += 1;
-                md.push_str(&format!(
-                    "- {}: {:.3}{}\n",
-                    st.name(),
-                    score.score,
-                    if score.parsed { "" } else { " (unparsed)" }
-                ));
-            }
-            md.push('\n');
-            for t in &s0.turns {
-                let who = match t.role {
-                    Role::System => continue,
-                    Role::User => "patient / instruction",
-                    Role::Assistant => "doctor",
-                };
-                md.push_str(&format!("**{who}**: {}\n\n", t.text.replace('\n', " ")));
-            }
         }
-        let n = groups.len().max(1) as f64;
+        let n = summary.episodes.max(1) as f64;
         summary.reward_mean /= n;
         for v in &mut summary.stage_means {
             *v /= n;

@@ -128,6 +128,8 @@ fn tiny_run(out: &Path) {
             "--set",
             "eval.max_new_tokens=16",
             "--set",
+            "eval.sampled.samples_per_case=2",
+            "--set",
             "data.max_cases=4",
             "--set",
             "trainer.bpe_vocab_size=400",
@@ -190,6 +192,9 @@ fn few_step_demo_run_then_contract_path_from_files() {
         "transcripts/initial.md",
         "transcripts/before.md",
         "transcripts/after.md",
+        // `[eval.sampled]`: two sampled consultations a case after SFT and after RL.
+        "transcripts/before-sampled.md",
+        "transcripts/after-sampled.md",
         "final/config.json",
         "final/model.safetensors",
         "tokenizer/tokenizer.json",
@@ -211,6 +216,20 @@ fn few_step_demo_run_then_contract_path_from_files() {
             "{phase}: {cmp}"
         );
     }
+    // One held-out case, two samples: two episodes a phase; the greedy rows keep one.
+    let sampled = &cmp["sampled"];
+    assert_eq!(sampled["before_rl"]["episodes"], 2, "{cmp}");
+    assert_eq!(sampled["after_rl"]["episodes"], 2, "{cmp}");
+    assert_eq!(cmp["after_rl"]["episodes"], 1, "{cmp}");
+    assert!(
+        sampled["label"]
+            .as_str()
+            .unwrap()
+            .contains("2 samples a case"),
+        "{cmp}"
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.matches("\"eval_sampled/G_ddx\"").count(), 2);
 
     // Contract: samples written by `spar rollout`, scored by `spar score`, one trainer step, all from files.
     let rollout_dir = dir.path().join("rollout");

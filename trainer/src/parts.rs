@@ -19,6 +19,18 @@ pub trait Evaluator {
     fn evaluate(&self, policy: Policy<'_>) -> anyhow::Result<(EvalSummary, String)>;
     /// How many held-out cases one evaluation plays.
     fn cases(&self) -> usize;
+    /// The sampled evaluation (`[eval.sampled]`): several consultations a case at a sampling temperature; None
+    /// when the recipe asks for none.
+    fn evaluate_sampled(
+        &self,
+        _policy: Policy<'_>,
+    ) -> anyhow::Result<Option<(EvalSummary, String)>> {
+        Ok(None)
+    }
+    /// What the sampled evaluation plays, for the results table ("4 samples a case, T = 0.7"); None without one.
+    fn sampled_label(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Where RL rounds generate.

@@ -14,6 +14,18 @@ pub struct HeldOutTable {
     pub before_rl: EvalSummary,
     pub after_rl: EvalSummary,
     pub expert: EvalSummary,
+    /// `[eval.sampled]`: what it played ([`crate::parts::Evaluator::sampled_label`]) and its rows after SFT and
+    /// after RL (None: not asked for, or a run resumed from before it existed).
+    #[serde(default)]
+    pub sampled: Option<SampledRows>,
+}
+
+/// The sampled held-out evaluation's rows.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SampledRows {
+    pub label: String,
+    pub before_rl: Option<EvalSummary>,
+    pub after_rl: EvalSummary,
 }
 
 /// Writes a held-out evaluation's transcripts to `OUT/transcripts/<name>.md` (atomically).
@@ -28,18 +40,31 @@ pub fn write_transcripts(out: &Path, name: &str, transcripts: &str) -> Result<()
 /// Logs a held-out evaluation (`eval/reward`, `eval/G_<stage>`, `eval/violation_rate/<type>`, ...) at the
 /// session's current step + `offset`.
 pub fn log_eval(session: &mut Session, offset: usize, s: &EvalSummary) -> Result<()> {
+    log_eval_as(session, offset, s, "eval")
+}
+
+/// [`log_eval`] under another prefix (`eval_sampled`: the sampled held-out evaluation).
+pub fn log_eval_as(
+    session: &mut Session,
+    offset: usize,
+    s: &EvalSummary,
+    prefix: &str,
+) -> Result<()> {
     let mut v = vec![
-        ("eval/reward".to_string(), s.reward_mean),
-        ("eval/parsed_rate".into(), s.parsed_rate),
-        ("eval/hallucination_rate".into(), s.hallucination_rate),
-        ("eval/claims_per_episode".into(), s.claims_per_episode),
-        ("eval/violation_rate".into(), s.violation_rate),
+        (format!("{prefix}/reward"), s.reward_mean),
+        (format!("{prefix}/parsed_rate"), s.parsed_rate),
+        (format!("{prefix}/hallucination_rate"), s.hallucination_rate),
+        (format!("{prefix}/claims_per_episode"), s.claims_per_episode),
+        (format!("{prefix}/violation_rate"), s.violation_rate),
     ];
     for (kind, rate) in &s.violation_rates {
-        v.push((format!("eval/violation_rate/{kind}"), *rate));
+        v.push((format!("{prefix}/violation_rate/{kind}"), *rate));
     }
     for st in Stage::ALL {
-        v.push((format!("eval/G_{}", st.name()), s.stage_means[st.index()]));
+        v.push((
+            format!("{prefix}/G_{}", st.name()),
+            s.stage_means[st.index()],
+        ));
     }
     let step = session.global_step + offset;
     session.log_at(step, &v)
@@ -62,6 +87,11 @@ pub fn write_results(
         "before_rl": table.before_rl,
         "after_rl": table.after_rl,
         "expert": table.expert,
+        "sampled": table.sampled.as_ref().map(|t| serde_json::json!({
+            "label": t.label,
+            "before_rl": t.before_rl,
+            "after_rl": t.after_rl,
+        })),
     });
     spar_core::fsio::write_atomic(
         &out.join("comparison.json"),
@@ -108,6 +138,28 @@ pub fn write_results(
             e.hallucination_rate,
             e.violation_rate
         );
+    }
+    if let Some(t) = &table.sampled {
+        eprintln!(
+            "[train] held-out, sampled ({eval_cases} cases, {}; the policy RL trains)",
+            t.label
+        );
+        let before = t.before_rl.as_ref();
+        for (label, e) in [("after SFT", before), ("after RL", Some(&t.after_rl))] {
+            let Some(e) = e else { continue };
+            let g = e.stage_means;
+            eprintln!(
+                "[train]   {label:<24} {:.3}   {:.3}    {:.3}  {:.3}  {:.3}  {:.3}   {:.3}   {:.3}",
+                e.reward_mean,
+                g[0],
+                g[1],
+                g[2],
+                g[3],
+                g.iter().sum::<f64>() / 4.0,
+                e.hallucination_rate,
+                e.violation_rate
+            );
+        }
     }
     let kinds: std::collections::BTreeSet<&String> = rows
         .iter()

@@ -10,7 +10,9 @@
 use crate::knobs::{batching_config, policy_loss_config, ratio_level};
 use crate::learner::BatchingConfig;
 use crate::parts::{EvalSummary, Evaluator, TrainParts};
-use crate::report::{HeldOutTable, log_eval, write_results};
+use crate::report::{
+    HeldOutTable, SampledRows, log_eval, log_eval_as, write_results, write_transcripts,
+};
 use crate::rl_phase::{RlInputs, RlState};
 use crate::rl_round::LearnConfig;
 use crate::session::Session;
@@ -128,8 +130,9 @@ pub fn run(parts: TrainParts) -> Result<()> {
                     model: &Qwen3Model,
                     sharder: Option<&ShardedParams>,
                     version: u64,
-                    name: &str|
-     -> Result<EvalSummary> {
+                    name: &str,
+                    sampled: bool|
+     -> Result<(EvalSummary, Option<EvalSummary>)> {
         if s.at_rest == AtRest::Sharded {
             let sw = server_weights
                 .as_ref()
@@ -137,9 +140,22 @@ pub fn run(parts: TrainParts) -> Result<()> {
             sw.publish(model, version, s.global_step, sharder, &*s.group, &runtime)?;
         }
         if !s.writer() {
-            return Ok(EvalSummary::default());
+            return Ok((EvalSummary::default(), None));
         }
-        evaluate_and_write(evaluator.as_ref(), eval_policy(s, model), &s.out, name)
+        let greedy = evaluate_and_write(evaluator.as_ref(), eval_policy(s, model), &s.out, name)?;
+        // `[eval.sampled]`, after SFT and after RL: the same weights, several sampled consultations a case.
+        let sampled = match sampled {
+            true => evaluator.evaluate_sampled(eval_policy(s, model))?,
+            false => None,
+        };
+        let sampled = match sampled {
+            Some((summary, transcripts)) => {
+                write_transcripts(&s.out, &format!("{name}-sampled"), &transcripts)?;
+                Some(summary)
+            }
+            None => None,
+        };
+        Ok((greedy, sampled))
     };
     // The expert's score on the same held-out consultations is the ceiling; the untrained model's is the floor.
     let expert_row = if writer {
@@ -147,7 +163,9 @@ pub fn run(parts: TrainParts) -> Result<()> {
     } else {
         EvalSummary::default()
     };
-    let initial = session.once("eval_initial", |s| held_out(s, &model, None, 0, "initial"))?;
+    let initial = session.once("eval_initial", |s| {
+        held_out(s, &model, None, 0, "initial", false).map(|(greedy, _)| greedy)
+    })?;
 
     crate::sft_phase::run(
         &mut session,
@@ -162,10 +180,28 @@ pub fn run(parts: TrainParts) -> Result<()> {
     let mut rl = RlState::start(&mut session, &tr, &mut model, &mut rl_rollout, use_gae)?;
     let before = session.once("eval_before", |s| {
         let version = s.in_phase("rl").unwrap_or(0) as u64;
-        let summary = held_out(s, &model, rl.learner.sharded.as_deref(), version, "before")?;
+        let (summary, sampled) = held_out(
+            s,
+            &model,
+            rl.learner.sharded.as_deref(),
+            version,
+            "before",
+            true,
+        )?;
         log_eval(s, 0, &summary)?;
+        if let Some(sampled) = &sampled {
+            log_eval_as(s, 0, sampled, "eval_sampled")?;
+        }
+        // Kept apart from "eval_before", whose checkpoints from before `[eval.sampled]` hold a summary alone.
+        s.state
+            .extra
+            .insert(BEFORE_SAMPLED_KEY.into(), serde_json::to_value(&sampled)?);
         Ok(summary)
     })?;
+    let before_sampled: Option<EvalSummary> = match session.state.extra.get(BEFORE_SAMPLED_KEY) {
+        Some(v) => serde_json::from_value(v.clone())?,
+        None => None,
+    };
     // KL to a frozen reference (`trainer.kl_coef`): `[model] reference`, else the policy entering RL.
     let reference = if tr.kl_coef != 0.0 && session.in_phase("rl").is_some() {
         if reference_dir.is_none()
@@ -232,12 +268,13 @@ pub fn run(parts: TrainParts) -> Result<()> {
     )?;
 
     let sharder = rl.learner.sharded.clone();
-    let after = held_out(
+    let (after, after_sampled) = held_out(
         &mut session,
         &model,
         sharder.as_deref(),
         tr.steps as u64,
         "after",
+        true,
     )?;
     // Sharded at rest, the final model is written by every rank together.
     let final_written = at_rest == AtRest::Sharded;
@@ -250,11 +287,19 @@ pub fn run(parts: TrainParts) -> Result<()> {
         return Ok(());
     }
     log_eval(&mut session, 1, &after)?;
+    if let Some(sampled) = &after_sampled {
+        log_eval_as(&mut session, 1, sampled, "eval_sampled")?;
+    }
     let table = HeldOutTable {
         initial,
         before_rl: before,
         after_rl: after,
         expert: expert_row,
+        sampled: after_sampled.map(|after_rl| SampledRows {
+            label: evaluator.sampled_label().unwrap_or_default(),
+            before_rl: before_sampled,
+            after_rl,
+        }),
     };
     write_results(
         &out,
@@ -333,6 +378,9 @@ pub(crate) fn check_actors(
 
 /// The policy a held-out evaluation plays: the built-in engine over `model`'s whole weights, or, with the
 /// weights sharded at rest, the rollout server (which must hold them: see `server_weights`).
+/// The checkpoint's key for the sampled held-out evaluation after SFT (`[eval.sampled]`; null without one).
+const BEFORE_SAMPLED_KEY: &str = "eval_before_sampled";
+
 pub(crate) fn eval_policy<'m>(session: &Session, model: &'m Qwen3Model) -> Policy<'m> {
     match session.at_rest {
         AtRest::Whole => Policy::Builtin(model),

@@ -53,6 +53,54 @@ pub struct EvalSection {
     pub max_new_tokens: u32,
     /// Phrases that count as escalation in the red-flag assessment (empty: the built-in list).
     pub escalation_terms: Vec<String>,
+    /// `spar train` only: a second held-out evaluation after SFT and after RL with sampled consultations.
+    pub sampled: Option<SampledEvalSection>,
+}
+
+/// `[eval.sampled]`: the held-out cases played several times a case at a sampling temperature after SFT and after
+/// RL (verl's `val_kwargs` with `n` > 1). RL trains the sampled policy; its expected score moves smoothly with
+/// the weights, where a greedy evaluation moves only when a reply's argmax flips.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SampledEvalSection {
+    /// Consultations a case.
+    pub samples_per_case: usize,
+    /// Sampling temperature (absent: the rollout's, `[rollout.sampling] temperature`, the policy RL trains).
+    pub temperature: Option<f32>,
+    /// Consultations in the engine's batch (absent: `[rollout] max_batch`). With `[rollout] batch_invariant`
+    /// the scores do not depend on it.
+    pub concurrency: Option<usize>,
+}
+
+impl Default for SampledEvalSection {
+    fn default() -> Self {
+        SampledEvalSection {
+            samples_per_case: 4,
+            temperature: None,
+            concurrency: None,
+        }
+    }
+}
+
+impl SampledEvalSection {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        check(
+            self.samples_per_case >= 1,
+            "samples_per_case",
+            "must be >= 1",
+        )?;
+        if let Some(t) = self.temperature {
+            check(
+                t > 0.0,
+                "temperature",
+                "must be > 0 (the greedy evaluation is [eval] itself)",
+            )?;
+        }
+        if let Some(c) = self.concurrency {
+            check(c >= 1, "concurrency", "must be >= 1")?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for EvalSection {
@@ -74,6 +122,7 @@ impl Default for EvalSection {
             temperature: 0.0,
             max_new_tokens: 256,
             escalation_terms: Vec::new(),
+            sampled: None,
         }
     }
 }
@@ -106,6 +155,9 @@ impl EvalSection {
         }
         if let Some(f) = &self.facts {
             f.validate().map_err(|(k, m)| (format!("facts.{k}"), m))?;
+        }
+        if let Some(s) = &self.sampled {
+            s.validate().map_err(|(k, m)| (format!("sampled.{k}"), m))?;
         }
         Ok(())
     }

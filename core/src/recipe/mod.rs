@@ -54,7 +54,7 @@ mod trainer;
 
 pub use data::{DataSection, Split};
 pub use distributed::{DistributedBackend, DistributedSection, Sharding, WeightsAtRest};
-pub use eval::{EvalSection, HealthBenchClip};
+pub use eval::{EvalSection, HealthBenchClip, SampledEvalSection};
 pub use model::{Dtype, ModelSection};
 pub use rewards::*;
 pub use rollout::*;
@@ -434,6 +434,12 @@ mod tests {
         );
         let e = error_of("[eval.simulator]\nkind = \"self\"\n");
         assert!(e.contains("eval.simulator.kind"), "{e}");
+        let e = error_of("[eval.sampled]\ntemperature = 0.0\n");
+        assert!(e.contains("eval.sampled.temperature"), "{e}");
+        let e = error_of("[eval.sampled]\nsamples_per_case = 0\n");
+        assert!(e.contains("eval.sampled.samples_per_case"), "{e}");
+        let e = error_of("[eval.sampled]\nsamples = 4\n");
+        assert!(e.contains("samples"), "{e}");
     }
 
     #[test]

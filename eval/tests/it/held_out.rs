@@ -236,6 +236,7 @@ fn held_out_matches_the_trainers_evaluation_for_the_expert_and_a_tiny_model() {
             pipeline: &pipeline,
             rt: &rt,
             seed,
+            samples_per_case: 1,
             simulator: Arc::new(spar_rollout::simulator::ScriptedPatient),
             backend: None,
         };
@@ -270,4 +271,100 @@ fn held_out_matches_the_trainers_evaluation_for_the_expert_and_a_tiny_model() {
         let written = std::fs::read_to_string(out.path().join("transcripts/x.md")).unwrap();
         assert_eq!(written, want_md);
     }
+}
+
+/// Several consultations a case (`[eval.sampled]`): every sample is an episode of the summary's means. The
+/// scripted expert plays the same consultation each time, so three a case average to its one-a-case scores;
+/// a tiny model sampled at T = 1 plays each sample apart and the transcripts name every one.
+#[test]
+fn sampled_held_out_averages_every_sample_of_every_case() {
+    let dir = spar_data::shipped::cases_dir().unwrap();
+    let cases: Vec<Case> = spar_data::load_split(&dir, None, Split::Validation)
+        .unwrap()
+        .into_iter()
+        .take(2)
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rewards = RewardsSection::default();
+    rewards.fact.cache = spar_core::recipe::ClaimCacheKind::Memory;
+    let pipeline = rt
+        .block_on(RewardPipeline::new(
+            &rewards,
+            spar_rewards::Injected::default(),
+        ))
+        .unwrap();
+    let codec: Arc<dyn TextCodec> = Arc::new(CharCodec);
+    let expert_rollout = RolloutSection {
+        turn_limits: [6, 2, 2, 2],
+        ..Default::default()
+    };
+    let expert_eval = EvalSection {
+        max_new_tokens: 1024,
+        concurrency: 3,
+        ..Default::default()
+    };
+    let held_out = |rollout, eval, samples_per_case| HeldOutEval {
+        cases: &cases,
+        rollout,
+        eval,
+        codec: codec.clone(),
+        scorer: pipeline.stage_scorer(),
+        pipeline: &pipeline,
+        rt: &rt,
+        seed: 11,
+        samples_per_case,
+        simulator: Arc::new(spar_rollout::simulator::ScriptedPatient),
+        backend: None,
+    };
+    let expert = || Policy::Scripted(Arc::new(ExpertDoctor::with_inquiry_turns(6)));
+    let (one, _) = held_out(&expert_rollout, &expert_eval, 1)
+        .run(expert())
+        .unwrap();
+    let (three, md) = held_out(&expert_rollout, &expert_eval, 3)
+        .run(expert())
+        .unwrap();
+    assert_eq!((one.episodes, three.episodes), (2, 6));
+    assert!(
+        (one.reward_mean - three.reward_mean).abs() < 1e-12,
+        "{one:?} {three:?}"
+    );
+    for (a, b) in one.stage_means.iter().zip(&three.stage_means) {
+        assert!((a - b).abs() < 1e-12, "{one:?} {three:?}");
+    }
+    assert!((one.hallucination_rate - three.hallucination_rate).abs() < 1e-12);
+    assert!((one.claims_per_episode - three.claims_per_episode).abs() < 1e-12);
+    assert!(
+        md.starts_with("# Held-out consultations (3 a case, temperature 0,"),
+        "{md}"
+    );
+
+    let model = tiny_model();
+    let model_rollout = RolloutSection {
+        turn_limits: [2, 1, 1, 1],
+        max_seq_len: 1024,
+        ..Default::default()
+    };
+    let sampled_eval = EvalSection {
+        max_new_tokens: 8,
+        concurrency: 4,
+        temperature: 1.0,
+        ..Default::default()
+    };
+    let (s, md) = held_out(&model_rollout, &sampled_eval, 3)
+        .run(Policy::Builtin(&model))
+        .unwrap();
+    assert_eq!(s.episodes, 6);
+    for c in &cases {
+        for i in 0..3 {
+            let head = format!("## case {}, sample {i} (reward", c.id);
+            assert!(md.contains(&head), "no {head}");
+        }
+    }
+    // Sampled at T = 1, a random model's replies differ between samples: the doctor's lines are not all one.
+    let doctor: std::collections::BTreeSet<&str> =
+        md.lines().filter(|l| l.starts_with("**doctor**")).collect();
+    assert!(doctor.len() > 2, "{doctor:?}");
 }

@@ -58,6 +58,7 @@ fn imported_cases_play_with_the_scripted_expert_and_patient_like_shipped_ones() 
         pipeline: &pipeline,
         rt: &rt,
         seed: 3,
+        samples_per_case: 1,
         simulator: Arc::new(spar_rollout::simulator::ScriptedPatient),
         backend: None,
     };
