@@ -142,6 +142,30 @@ fn tiny_model() -> Qwen3Model {
     Qwen3Model::random(c, tch::Device::Cpu, tch::Kind::Float, 5).unwrap()
 }
 
+/// The first `n` shipped validation cases, a runtime and the default reward pipeline (in-memory claim cache).
+fn validation_cases_and_pipeline(n: usize) -> (Vec<Case>, tokio::runtime::Runtime, RewardPipeline) {
+    let dir = spar_data::shipped::cases_dir().unwrap();
+    let cases: Vec<Case> = spar_data::load_split(&dir, None, Split::Validation)
+        .unwrap()
+        .into_iter()
+        .take(n)
+        .collect();
+    assert_eq!(cases.len(), n);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rewards = RewardsSection::default();
+    rewards.fact.cache = spar_core::recipe::ClaimCacheKind::Memory;
+    let pipeline = rt
+        .block_on(RewardPipeline::new(
+            &rewards,
+            spar_rewards::Injected::default(),
+        ))
+        .unwrap();
+    (cases, rt, pipeline)
+}
+
 fn same(a: &EvalSummary, b: &EvalSummary) {
     assert_eq!(a.episodes, b.episodes);
     // Bit for bit: the same floats summed in the same order.
@@ -162,26 +186,8 @@ fn same(a: &EvalSummary, b: &EvalSummary) {
 
 #[test]
 fn held_out_matches_the_trainers_evaluation_for_the_expert_and_a_tiny_model() {
-    let dir = spar_data::shipped::cases_dir().unwrap();
-    let cases: Vec<Case> = spar_data::load_split(&dir, None, Split::Validation)
-        .unwrap()
-        .into_iter()
-        .take(3)
-        .collect();
-    assert_eq!(cases.len(), 3);
+    let (cases, rt, pipeline) = validation_cases_and_pipeline(3);
     let by_id: HashMap<String, Case> = cases.iter().map(|c| (c.id.clone(), c.clone())).collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut rewards = RewardsSection::default();
-    rewards.fact.cache = spar_core::recipe::ClaimCacheKind::Memory;
-    let pipeline = rt
-        .block_on(RewardPipeline::new(
-            &rewards,
-            spar_rewards::Injected::default(),
-        ))
-        .unwrap();
     let scorer = pipeline.stage_scorer();
     let codec: Arc<dyn TextCodec> = Arc::new(CharCodec);
     let model = tiny_model();
@@ -278,24 +284,7 @@ fn held_out_matches_the_trainers_evaluation_for_the_expert_and_a_tiny_model() {
 /// a tiny model sampled at T = 1 plays each sample apart and the transcripts name every one.
 #[test]
 fn sampled_held_out_averages_every_sample_of_every_case() {
-    let dir = spar_data::shipped::cases_dir().unwrap();
-    let cases: Vec<Case> = spar_data::load_split(&dir, None, Split::Validation)
-        .unwrap()
-        .into_iter()
-        .take(2)
-        .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut rewards = RewardsSection::default();
-    rewards.fact.cache = spar_core::recipe::ClaimCacheKind::Memory;
-    let pipeline = rt
-        .block_on(RewardPipeline::new(
-            &rewards,
-            spar_rewards::Injected::default(),
-        ))
-        .unwrap();
+    let (cases, rt, pipeline) = validation_cases_and_pipeline(2);
     let codec: Arc<dyn TextCodec> = Arc::new(CharCodec);
     let expert_rollout = RolloutSection {
         turn_limits: [6, 2, 2, 2],
