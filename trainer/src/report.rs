@@ -126,18 +126,7 @@ pub fn write_results(
         ("scripted expert", &table.expert),
     ];
     for (label, e) in rows {
-        let g = e.stage_means;
-        eprintln!(
-            "[train]   {label:<24} {:.3}   {:.3}    {:.3}  {:.3}  {:.3}  {:.3}   {:.3}   {:.3}",
-            e.reward_mean,
-            g[0],
-            g[1],
-            g[2],
-            g[3],
-            g.iter().sum::<f64>() / 4.0,
-            e.hallucination_rate,
-            e.violation_rate
-        );
+        print_row(label, e);
     }
     if let Some(t) = &table.sampled {
         eprintln!(
@@ -146,19 +135,9 @@ pub fn write_results(
         );
         let before = t.before_rl.as_ref();
         for (label, e) in [("after SFT", before), ("after RL", Some(&t.after_rl))] {
-            let Some(e) = e else { continue };
-            let g = e.stage_means;
-            eprintln!(
-                "[train]   {label:<24} {:.3}   {:.3}    {:.3}  {:.3}  {:.3}  {:.3}   {:.3}   {:.3}",
-                e.reward_mean,
-                g[0],
-                g[1],
-                g[2],
-                g[3],
-                g.iter().sum::<f64>() / 4.0,
-                e.hallucination_rate,
-                e.violation_rate
-            );
+            if let Some(e) = e {
+                print_row(label, e);
+            }
         }
     }
     let kinds: std::collections::BTreeSet<&String> = rows
@@ -184,6 +163,22 @@ pub fn write_results(
         plots.len()
     );
     Ok(())
+}
+
+/// One row of the held-out table: reward, the four G_k, their mean, hallucination and violation rates.
+fn print_row(label: &str, e: &EvalSummary) {
+    let g = e.stage_means;
+    eprintln!(
+        "[train]   {label:<24} {:.3}   {:.3}    {:.3}  {:.3}  {:.3}  {:.3}   {:.3}   {:.3}",
+        e.reward_mean,
+        g[0],
+        g[1],
+        g[2],
+        g[3],
+        g.iter().sum::<f64>() / 4.0,
+        e.hallucination_rate,
+        e.violation_rate
+    );
 }
 
 /// Reward, per-stage score, violation and hallucination rates of one round, and its diagnostics
