@@ -15,7 +15,9 @@ SH=(--shape ${SHAPE:-qwen3-0.6b} ${LAYERS:+--layers $LAYERS})
 B=(bench train "${SH[@]}" --dtype bf16 --batch ${BATCH:-8} --seq ${SEQ:-1024}
    --warmup 2 --iters ${ITERS:-5})
 # CONFIGS picks spar's configurations (default: all four): plain ckpt sharded launch, and compact / ckpt-compact
-# (plain / ckpt with trainer.optimizer_state = "compact": no fp32 masters, bf16 first moments), graphs /
+# (plain / ckpt with trainer.optimizer_state = "compact": no fp32 masters, bf16 first moments), packed /
+# ckpt-packed (the same with "packed": an int8 compensation, a 24-bit second moment), compact-adam0 (compact with
+# the AdamW step as chunked torch ops: SPAR_FUSED_ADAMW=0), graphs /
 # graphs-compact / graphs-ckpt-compact (the same with the micro-steps replayed as CUDA graphs), graphs-adam0 (graphs
 # with the AdamW step as torch ops: SPAR_FUSED_ADAMW=0); NAME:M runs one with
 # micro-batches of M sequences (e.g. "plain:8"). PROFILE=1 records one more step of the first configuration
@@ -26,6 +28,8 @@ for name in ${CONFIGS:-plain ckpt sharded launch}; do
   case $name in
     plain) cfg=() ;; ckpt) cfg=(--checkpointing) ;; sharded) cfg=(--sharded) ;;
     compact) cfg=(--optimizer-state compact) ;; ckpt-compact) cfg=(--checkpointing --optimizer-state compact) ;;
+    packed) cfg=(--optimizer-state packed) ;; ckpt-packed) cfg=(--checkpointing --optimizer-state packed) ;;
+    compact-adam0) cfg=(--optimizer-state compact); envs=(SPAR_FUSED_ADAMW=0) ;;
     graphs) cfg=(--learner-graphs) ;; graphs-compact) cfg=(--learner-graphs --optimizer-state compact) ;;
     graphs-ckpt-compact) cfg=(--learner-graphs --checkpointing --optimizer-state compact) ;;
     graphs-adam0) cfg=(--learner-graphs); envs=(SPAR_FUSED_ADAMW=0) ;;

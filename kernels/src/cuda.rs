@@ -284,6 +284,8 @@ impl Kernels {
             "lp_bwd_f32",
             "lp_bwd_bf16",
             "adamw_flat_f32",
+            "adamw_compact_bf16",
+            "adamw_packed_bf16",
         ]
         .into_iter()
         .chain(crate::decode_ops::SKINNY_LINEAR_KERNELS)

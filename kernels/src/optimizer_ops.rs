@@ -161,3 +161,205 @@ pub fn adamw_flat_step(
     )?;
     Ok(true)
 }
+
+/// The state of one bf16 parameter (or a run of them) in spar_trainer::adamw's compact and packed formats: views
+/// that [`adamw_bf16_fused`] and [`adamw_bf16_composition`] update in place.
+pub struct Bf16State<'a> {
+    /// What the bf16 weight lost in rounding: a bf16 value (compact), or an int8 count of 1/256ths of the
+    /// weight's bf16 ulp (packed, see [`comp_scales`]).
+    pub comp: &'a Tensor,
+    /// The first moment, bf16.
+    pub m: &'a Tensor,
+    /// The second moment: fp32 (compact), or the high 16 of its 24 kept bits as int16 (packed, see [`pack_v`]).
+    pub v: &'a Tensor,
+    /// Packed: the low 8 of the second moment's 24 kept bits (uint8).
+    pub v_lo: Option<&'a Tensor>,
+}
+
+impl Bf16State<'_> {
+    fn packed(&self) -> bool {
+        self.v_lo.is_some()
+    }
+}
+
+/// Per element of `w32` (fp32 widenings of bf16 weights): 1/256 of the weight's bf16 ulp, the unit of a packed
+/// compensation, and its inverse, both powers of two. The exponent is clamped to [16, 254] so that both stay
+/// normal: weights under 2^-111 share the unit of 2^-111.
+pub fn comp_scales(w32: &Tensor) -> (Tensor, Tensor) {
+    let e = w32
+        .view_dtype(Kind::Int)
+        .bitwise_right_shift_tensor_scalar(23)
+        .bitwise_and(0xff)
+        .clamp(16, 254);
+    let scale = (&e - 15)
+        .bitwise_left_shift_tensor_scalar(23)
+        .view_dtype(Kind::Float);
+    let inverse = (e.neg() + 269)
+        .bitwise_left_shift_tensor_scalar(23)
+        .view_dtype(Kind::Float);
+    (scale, inverse)
+}
+
+/// A packed compensation `q` (int8) of the bf16 weights widened in `w32`, as the fp32 value it stands for (exact).
+pub fn unpack_comp(q: &Tensor, w32: &Tensor) -> Tensor {
+    q.to_kind(Kind::Float) * comp_scales(w32).0
+}
+
+/// What the weights `rounded32` (fp32 widenings of bf16 weights) lost in rounding, `residual` (fp32), as packed
+/// compensations: counts of 1/256 of each weight's ulp, rounded to nearest even and clamped to int8 (a residual
+/// is at most half an ulp, 128 counts: the clamp loses at most one).
+pub fn pack_comp(residual: &Tensor, rounded32: &Tensor) -> Tensor {
+    (residual * comp_scales(rounded32).1)
+        .round()
+        .clamp(-128, 127)
+        .to_kind(Kind::Int8)
+}
+
+/// Second moments (fp32, non-negative: the sign bit is 0) rounded to the top 24 of their other 31 bits (8
+/// exponent and 16 mantissa bits: within 2^-17 relative), as (high 16 bits as int16, low 8 bits as uint8).
+pub fn pack_v(v: &Tensor) -> (Tensor, Tensor) {
+    let u =
+        (v.view_dtype(Kind::Int).to_kind(Kind::Int64) + 0x40).bitwise_right_shift_tensor_scalar(7);
+    // The high part reaches 0xff00: int16 holds its bits (unpack_v masks them back).
+    let hi = u
+        .bitwise_right_shift_tensor_scalar(8)
+        .bitwise_and(0xffff)
+        .to_kind(Kind::Int16);
+    (hi, u.bitwise_and(0xff).to_kind(Kind::Uint8))
+}
+
+/// The fp32 second moments that [`pack_v`]'s parts stand for.
+pub fn unpack_v(hi: &Tensor, lo: &Tensor) -> Tensor {
+    let hi = hi
+        .to_kind(Kind::Int64)
+        .bitwise_and(0xffff)
+        .bitwise_left_shift_tensor_scalar(8);
+    hi.bitwise_or_tensor(&lo.to_kind(Kind::Int64))
+        .bitwise_left_shift_tensor_scalar(7)
+        .to_kind(Kind::Int)
+        .view_dtype(Kind::Float)
+}
+
+/// One AdamW step of bf16 weights in the compact or packed format as torch ops, the reference of
+/// [`adamw_bf16_fused`]: the weight is `w32` (the bf16 weights widened) plus the compensation, the first moment
+/// is widened, the second unpacked; [`adamw_step`] steps them in fp32; then the moments are rounded back into
+/// `state`, the weight to bf16, and what that rounding lost becomes the compensation. Returns the new bf16
+/// weights (the caller writes them into the parameters) and [`adamw_step`]'s two sums.
+pub fn adamw_bf16_composition(
+    w32: &Tensor,
+    g: &Tensor,
+    state: &Bf16State,
+    step: &AdamWStep,
+) -> (Tensor, Tensor, Tensor) {
+    let mut weight = if state.packed() {
+        w32 + unpack_comp(state.comp, w32)
+    } else {
+        w32 + state.comp.to_kind(Kind::Float)
+    };
+    let mut m = state.m.to_kind(Kind::Float);
+    let mut v = match state.v_lo {
+        Some(lo) => unpack_v(state.v, lo),
+        None => state.v.shallow_clone(),
+    };
+    let (before, delta) = adamw_step(&mut weight, &mut m, &mut v, g, step);
+    state.m.shallow_clone().copy_(&m);
+    if let Some(lo) = state.v_lo {
+        let (hi, low) = pack_v(&v);
+        state.v.shallow_clone().copy_(&hi);
+        lo.shallow_clone().copy_(&low);
+    }
+    let rounded = weight.to_kind(Kind::BFloat16);
+    let rounded32 = rounded.to_kind(Kind::Float);
+    let residual = &weight - &rounded32;
+    if state.packed() {
+        state
+            .comp
+            .shallow_clone()
+            .copy_(&pack_comp(&residual, &rounded32));
+    } else {
+        state.comp.shallow_clone().copy_(&residual);
+    }
+    (rounded, before, delta)
+}
+
+/// The fused kernel of [`adamw_bf16_composition`] (the same bits): one step in place over the bf16 weights `w`
+/// of one parameter with its gradient `g` (bf16; None: zeros) and `state`, adding the two sums into `sums`
+/// (float64 `[2]`). One pass over the elements, no temporaries. Returns false, having touched nothing, where it
+/// does not apply (not CUDA, other kinds or layouts, kernels unavailable or `SPAR_FUSED_ADAMW=0`).
+pub fn adamw_bf16_fused(
+    w: &Tensor,
+    g: Option<&Tensor>,
+    state: &Bf16State,
+    step: &AdamWStep,
+    sums: &Tensor,
+) -> Result<bool> {
+    let Device::Cuda(ordinal) = w.device() else {
+        return Ok(false);
+    };
+    if !fused_adamw_enabled() || !cuda::enabled() {
+        return Ok(false);
+    }
+    let n = w.numel() as i64;
+    let fits = |t: &Tensor, kind: Kind| {
+        t.device() == w.device() && t.kind() == kind && t.is_contiguous() && t.numel() as i64 == n
+    };
+    let (comp_kind, v_kind) = if state.packed() {
+        (Kind::Int8, Kind::Int16)
+    } else {
+        (Kind::BFloat16, Kind::Float)
+    };
+    if !fits(w, Kind::BFloat16)
+        || !g.is_none_or(|g| fits(g, Kind::BFloat16))
+        || !fits(state.comp, comp_kind)
+        || !fits(state.m, Kind::BFloat16)
+        || !fits(state.v, v_kind)
+        || !state.v_lo.is_none_or(|lo| fits(lo, Kind::Uint8))
+    {
+        return Ok(false);
+    }
+    ensure!(
+        sums.kind() == Kind::Double && sums.numel() == 2 && sums.device() == w.device(),
+        "adamw_bf16_fused: sums must be float64 [2] on the weights' device"
+    );
+    let Some(kern) = cuda::kernels(ordinal) else {
+        return Ok(false);
+    };
+    if n == 0 {
+        return Ok(true);
+    }
+    let f = |x: f64| x as f32;
+    let ptr = |t: &Tensor| Arg::Ptr(t.data_ptr() as u64);
+    let mut args = vec![
+        ptr(w),
+        ptr(state.comp),
+        Arg::Ptr(g.map_or(0, |g| g.data_ptr() as u64)),
+        ptr(state.m),
+        ptr(state.v),
+    ];
+    if let Some(lo) = state.v_lo {
+        args.push(ptr(lo));
+    }
+    args.extend([
+        Arg::I64(n),
+        Arg::F32(f(1.0 - step.lr * step.weight_decay)),
+        Arg::F32(f(step.lr * step.weight_decay)),
+        Arg::I32(i32::from(step.weight_decay != 0.0)),
+        Arg::F32(f(step.beta1)),
+        Arg::F32(f(1.0 - step.beta1)),
+        Arg::F32(f(step.beta2)),
+        Arg::F32(f(1.0 - step.beta2)),
+        Arg::F32(inverse_bias2_sqrt(step)),
+        Arg::F32(f(step.eps)),
+        Arg::F32(f(step.lr / step.bias1)),
+        ptr(sums),
+    ]);
+    let name = if state.packed() {
+        "adamw_packed_bf16"
+    } else {
+        "adamw_compact_bf16"
+    };
+    let block = 256u32;
+    let grid = ((n + block as i64 - 1) / block as i64).min(4096) as u32;
+    kern.launch(name, grid, block, &args)?;
+    Ok(true)
+}

@@ -64,8 +64,8 @@ pub fn learner_graphs_state(learner: &spar_trainer::learner::Learner) -> Option<
 /// `--optimizer-state`, shared by the benches that train.
 #[derive(clap::Args)]
 pub struct OptimizerArgs {
-    /// AdamW's state for bf16 weights (`trainer.optimizer_state`): `fp32` masters and moments, or `compact`
-    /// (a bf16 compensation instead of the master, a bf16 first moment).
+    /// AdamW's state for bf16 weights (`trainer.optimizer_state`): `fp32` masters and moments, `compact` (a
+    /// bf16 compensation instead of the master, a bf16 first moment) or `packed` (the compact state in 6 bytes).
     #[arg(long, default_value = "fp32", value_parser = parse_optimizer_state)]
     pub optimizer_state: OptimizerState,
 }

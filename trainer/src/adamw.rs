@@ -10,13 +10,24 @@
 //! element, so it gives the same bits. fp32 parameters (a sharded learner's master chunks, models trained in
 //! fp32) are updated in place one by one.
 //!
-//! [`AdamWConfig::compact_state`] trades precision of the state for memory on bf16 parameters (the idea of
+//! [`OptimizerState::Compact`] trades precision of the state for memory on bf16 parameters (the idea of
 //! torchdistx's `AnyPrecisionAdamW`): no fp32 master but a bf16 compensation buffer holding what the bf16 weight
 //! lost in rounding (weight + compensation is the weight the update sees: ~17 bits of mantissa instead of 24),
 //! and a bf16 first moment. The second moment stays fp32: with beta2 = 0.999 a step changes it by 0.1%, below
 //! bf16's resolution, so in bf16 it could never decay. 8 bytes of state a parameter instead of 12 (with the
 //! bf16 weight and gradient: 12 bytes in all instead of 16); the arithmetic of a step is fp32 either way.
+//!
+//! [`OptimizerState::Packed`] keeps the compact state in fewer bits: the compensation as an int8 count of 1/256ths
+//! of the weight's bf16 ulp (weight + compensation: 16 bits of mantissa), and the second moment in 24 bits (fp32
+//! without its sign, always 0, and with its low 7 mantissa bits rounded away: 16 bits of mantissa, so a 0.1%
+//! change is 65 of its units, and its square root is within 2^-18 of fp32's). 6 bytes of state a parameter, 10 in all; for the memory of a large MoE at small batch, where
+//! the state is most of it. A state saves in the compact form (exactly) and loads from any of the three.
+//!
+//! On a GPU the compact and packed steps run one fused kernel a parameter (`optimizer_ops::adamw_bf16_fused`):
+//! no gathered gradient and no fp32 temporaries, the same bits as the chunked torch ops used elsewhere.
 use anyhow::{Context, Result};
+pub use spar_core::recipe::OptimizerState;
+use spar_model::optimizer_ops::{self, AdamWStep, Bf16State};
 use std::path::Path;
 use tch::{Device, Kind, Tensor, nn::VarStore};
 
@@ -29,9 +40,10 @@ pub struct AdamWConfig {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
-    /// bf16 parameters keep a bf16 compensation buffer instead of an fp32 master, and a bf16 first moment
-    /// (module doc; `trainer.optimizer_state = "compact"`). No effect on fp32 parameters.
-    pub compact_state: bool,
+    /// How bf16 parameters keep their state (module doc; `trainer.optimizer_state`): fp32 masters and moments,
+    /// or a compensation instead of a master and a bf16 first moment (compact, packed). No effect on fp32
+    /// parameters.
+    pub state: OptimizerState,
 }
 
 impl Default for AdamWConfig {
@@ -41,7 +53,7 @@ impl Default for AdamWConfig {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
-            compact_state: false,
+            state: OptimizerState::Fp32,
         }
     }
 }
@@ -51,10 +63,13 @@ struct ParamState {
     param: Tensor,
     /// fp32 copy of a low-precision parameter; None when the parameter is fp32 itself or has `comp`.
     master: Option<Tensor>,
-    /// Compact state: what the bf16 parameter lost in rounding (bf16), so that param + comp is its weight.
+    /// Compact state: what the bf16 parameter lost in rounding (bf16), so that param + comp is its weight;
+    /// packed: the same as an int8 count of 1/256ths of the weight's ulp.
     comp: Option<Tensor>,
     m: Tensor,
+    /// The second moment; packed: its high 16 bits (int16), the low 8 in `v_lo`.
     v: Tensor,
+    v_lo: Option<Tensor>,
     /// Where `master`, `m` and `v` sit in the flat buffers (offset, elements); None: tensors of their own.
     flat: Option<(i64, i64)>,
 }
@@ -63,7 +78,7 @@ struct ParamState {
 enum FlatWeights {
     /// fp32 masters, copied into the parameters after each step.
     Masters(Tensor),
-    /// bf16 compensations (compact state): parameter + compensation is the weight.
+    /// Compensations (compact: bf16, packed: int8): parameter + compensation is the weight.
     Compensations(Tensor),
 }
 
@@ -76,13 +91,16 @@ impl FlatWeights {
 }
 
 /// The masters and moments of the low-precision parameters on one device, back to back: fp32 masters and
-/// moments, or (compact) bf16 compensations, bf16 first and fp32 second moments.
+/// moments, or (compact) bf16 compensations, bf16 first and fp32 second moments, or (packed) int8 compensations,
+/// bf16 first moments and second moments in two parts.
 struct FlatState {
     /// The parameters in the buffers, in buffer order (indices into `AdamW::params`).
     members: Vec<usize>,
     weights: FlatWeights,
     m: Tensor,
     v: Tensor,
+    /// Packed: the second moments' low 8 bits (uint8).
+    v_lo: Option<Tensor>,
 }
 
 impl FlatState {
@@ -123,8 +141,10 @@ impl AdamW {
     pub fn from_named(named: Vec<(String, Tensor)>, config: AdamWConfig) -> Self {
         // Low-precision parameters on the first one's device share the flat buffers (compact: bf16 ones; any
         // other low-precision parameter keeps an fp32 master of its own).
+        let compact = config.state != OptimizerState::Fp32;
+        let packed = config.state == OptimizerState::Packed;
         let flat_kind = |p: &Tensor| {
-            if config.compact_state {
+            if compact {
                 // The update writes the parameters through flat views of them.
                 p.kind() == Kind::BFloat16 && p.is_contiguous()
             } else {
@@ -169,22 +189,25 @@ impl AdamW {
                     comp: None,
                     m,
                     v,
+                    v_lo: None,
                     flat,
                 }
             })
             .collect();
-        let compact = config.compact_state;
         let flat = flat_device.map(|device| {
             let zeros = |kind| Tensor::zeros([numel], (kind, device));
             FlatState {
                 members,
-                weights: if compact {
-                    FlatWeights::Compensations(zeros(Kind::BFloat16))
-                } else {
-                    FlatWeights::Masters(Tensor::empty([numel], (Kind::Float, device)))
+                weights: match (compact, packed) {
+                    (false, _) => {
+                        FlatWeights::Masters(Tensor::empty([numel], (Kind::Float, device)))
+                    }
+                    (true, false) => FlatWeights::Compensations(zeros(Kind::BFloat16)),
+                    (true, true) => FlatWeights::Compensations(zeros(Kind::Int8)),
                 },
                 m: zeros(if compact { Kind::BFloat16 } else { Kind::Float }),
-                v: zeros(Kind::Float),
+                v: zeros(if packed { Kind::Int16 } else { Kind::Float }),
+                v_lo: packed.then(|| zeros(Kind::Uint8)),
             }
         });
         let mut opt = AdamW {
@@ -215,6 +238,7 @@ impl AdamW {
             };
             p.m = view(&flat.m);
             p.v = view(&flat.v);
+            p.v_lo = flat.v_lo.as_ref().map(view);
         }
     }
 
@@ -359,34 +383,46 @@ impl AdamW {
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
         let c = self.config;
-        let bias = (
-            1.0 - c.beta1.powi(self.step as i32),
-            1.0 - c.beta2.powi(self.step as i32),
-        );
+        let numbers = AdamWStep {
+            lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            bias1: 1.0 - c.beta1.powi(self.step as i32),
+            bias2: 1.0 - c.beta2.powi(self.step as i32),
+        };
         // Squared norms summed on the device and read once (one sync per step, not one per parameter).
         let mut befores = Vec::new();
         let mut deltas = Vec::new();
         tch::no_grad(|| {
             if let Some(flat) = &self.flat {
-                for (offset, n) in chunks(flat.numel(), self.chunk) {
-                    let part = |t: &Tensor| t.narrow(0, offset, n);
-                    let g = self.grad_chunk(flat, offset, n);
-                    let (before, delta) = match &flat.weights {
-                        FlatWeights::Masters(master) => update(
-                            &mut part(master),
-                            &mut part(&flat.m),
-                            &mut part(&flat.v),
-                            &g,
-                            lr,
-                            c,
-                            bias,
-                        ),
-                        FlatWeights::Compensations(comp) => {
-                            self.compact_update(flat, comp, (offset, n), &g, lr, bias)
-                        }
-                    };
-                    befores.push(before);
-                    deltas.push(delta);
+                let fused = match flat.weights {
+                    FlatWeights::Compensations(_) => self.fused_bf16_step(flat, &numbers),
+                    FlatWeights::Masters(_) => None,
+                };
+                if let Some(sums) = fused {
+                    befores.push(sums.get(0));
+                    deltas.push(sums.get(1));
+                } else {
+                    for (offset, n) in chunks(flat.numel(), self.chunk) {
+                        let part = |t: &Tensor| t.narrow(0, offset, n);
+                        let g = self.grad_chunk(flat, offset, n);
+                        let (before, delta) = match &flat.weights {
+                            FlatWeights::Masters(master) => optimizer_ops::adamw_step(
+                                &mut part(master),
+                                &mut part(&flat.m),
+                                &mut part(&flat.v),
+                                &g,
+                                &numbers,
+                            ),
+                            FlatWeights::Compensations(comp) => {
+                                self.compact_update(flat, comp, (offset, n), &g, &numbers)
+                            }
+                        };
+                        befores.push(before);
+                        deltas.push(delta);
+                    }
                 }
                 if let FlatWeights::Masters(_) = flat.weights {
                     for &i in &flat.members {
@@ -402,7 +438,8 @@ impl AdamW {
                     Some(m) => m.shallow_clone(),
                     None => p.param.shallow_clone(),
                 };
-                let (before, delta) = update(&mut target, &mut p.m, &mut p.v, &g, lr, c, bias);
+                let (before, delta) =
+                    optimizer_ops::adamw_step(&mut target, &mut p.m, &mut p.v, &g, &numbers);
                 befores.push(before);
                 deltas.push(delta);
                 if p.master.is_some() {
@@ -414,47 +451,94 @@ impl AdamW {
         self.last_update_ratio = update_ratio(self.last_update_sums);
     }
 
-    /// The compact update of elements `offset .. offset + n`: the bf16 weights plus their compensations and the
-    /// bf16 first moments, widened to fp32, go through [`update`] with the fp32 second moments; then the weights
-    /// are rounded back to bf16 into the parameters, and what the rounding lost becomes the new compensation.
+    /// The compact or packed step of every flat member through the fused kernel, one launch a parameter: no
+    /// gathered gradient and no fp32 temporaries. Returns the device's two sums, or None where the kernel does
+    /// not apply (off CUDA, `SPAR_FUSED_ADAMW=0`): the caller then takes the chunked torch ops, which give the
+    /// same bits. A member the kernel cannot take after the first (a gradient of another layout) takes the ops
+    /// alone.
+    fn fused_bf16_step(&self, flat: &FlatState, numbers: &AdamWStep) -> Option<Tensor> {
+        let device = flat.m.device();
+        if !device.is_cuda() || !optimizer_ops::fused_adamw_enabled() {
+            return None;
+        }
+        let sums = Tensor::zeros([2], (Kind::Double, device));
+        for (k, &i) in flat.members.iter().enumerate() {
+            let p = &self.params[i];
+            let state = Bf16State {
+                comp: p.comp.as_ref().expect("compact member has a compensation"),
+                m: &p.m,
+                v: &p.v,
+                v_lo: p.v_lo.as_ref(),
+            };
+            let g = p.param.grad();
+            let g = g.defined().then_some(&g);
+            match optimizer_ops::adamw_bf16_fused(&p.param, g, &state, numbers, &sums) {
+                Ok(true) => continue,
+                Ok(false) if k == 0 => return None,
+                Err(e) if k == 0 => {
+                    static WARNED: std::sync::Once = std::sync::Once::new();
+                    WARNED.call_once(|| {
+                        tracing::warn!("fused bf16 AdamW step unavailable, using torch ops ({e:#})")
+                    });
+                    return None;
+                }
+                _ => {}
+            }
+            let g = Self::grad_f32(p).reshape([-1]);
+            let w32 = p.param.reshape([-1]).to_kind(Kind::Float);
+            let flat_view = |t: &Tensor| t.reshape([-1]);
+            let (comp, m, v) = (flat_view(state.comp), flat_view(&p.m), flat_view(&p.v));
+            let lo = p.v_lo.as_ref().map(flat_view);
+            let state = Bf16State {
+                comp: &comp,
+                m: &m,
+                v: &v,
+                v_lo: lo.as_ref(),
+            };
+            let (rounded, before, delta) =
+                optimizer_ops::adamw_bf16_composition(&w32, &g, &state, numbers);
+            p.param.reshape([-1]).copy_(&rounded);
+            let _ = sums.get(0).g_add_(&before);
+            let _ = sums.get(1).g_add_(&delta);
+        }
+        Some(sums)
+    }
+
+    /// The compact (or packed) update of elements `offset .. offset + n` as torch ops
+    /// (`optimizer_ops::adamw_bf16_composition`): the bf16 weights, widened to fp32, with their compensations and
+    /// moments take the fp32 AdamW step; the rounded weights go back into the parameters.
     fn compact_update(
         &self,
         flat: &FlatState,
         comp: &Tensor,
         (offset, n): (i64, i64),
         g: &Tensor,
-        lr: f64,
-        bias: (f64, f64),
+        numbers: &AdamWStep,
     ) -> (Tensor, Tensor) {
         let pieces: Vec<(usize, i64, i64)> = self.chunk_pieces(flat, offset, n).collect();
         let params: Vec<Tensor> = pieces
             .iter()
             .map(|&(i, from, len)| self.params[i].param.reshape([-1]).narrow(0, from, len))
             .collect();
-        let mut comp = comp.narrow(0, offset, n);
-        let mut m_bf16 = flat.m.narrow(0, offset, n);
-        let mut weight = cat_f32(&params, n, g.device());
-        let _ = weight.g_add_(&comp);
-        let mut m = m_bf16.to_kind(Kind::Float);
-        let sums = update(
-            &mut weight,
-            &mut m,
-            &mut flat.v.narrow(0, offset, n),
-            g,
-            lr,
-            self.config,
-            bias,
-        );
-        m_bf16.copy_(&m);
-        let rounded = weight.to_kind(Kind::BFloat16);
+        let part = |t: &Tensor| t.narrow(0, offset, n);
+        let (comp, m, v) = (part(comp), part(&flat.m), part(&flat.v));
+        let lo = flat.v_lo.as_ref().map(part);
+        let state = Bf16State {
+            comp: &comp,
+            m: &m,
+            v: &v,
+            v_lo: lo.as_ref(),
+        };
+        let w32 = cat_f32(&params, n, g.device());
+        let (rounded, before, delta) =
+            optimizer_ops::adamw_bf16_composition(&w32, g, &state, numbers);
         let mut at = 0;
         for (p, &(_, _, len)) in params.iter().zip(&pieces) {
             // `p` views the parameter's storage (a parameter is contiguous), so this writes the parameter.
             p.shallow_clone().copy_(&rounded.narrow(0, at, len));
             at += len;
         }
-        comp.copy_(&(weight - rounded.to_kind(Kind::Float)));
-        sums
+        (before, delta)
     }
 
     /// Bytes of optimizer state (moments, masters, compensations) on every device.
@@ -463,6 +547,7 @@ impl AdamW {
         let mut total = 0;
         if let Some(flat) = &self.flat {
             total += bytes(flat.weights.tensor()) + bytes(&flat.m) + bytes(&flat.v);
+            total += flat.v_lo.as_ref().map_or(0, bytes);
         }
         for p in self.params.iter().filter(|p| p.flat.is_none()) {
             total += bytes(&p.m) + bytes(&p.v) + p.master.as_ref().map_or(0, bytes);
@@ -470,12 +555,18 @@ impl AdamW {
         total
     }
 
-    /// Moments, master weights (or compensations) and the step counter as named tensors.
+    /// Moments, master weights (or compensations) and the step counter as named tensors. A packed state reads
+    /// as the compact one it stands for (bf16 compensations, fp32 second moments: exactly its values).
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("step".to_string(), Tensor::from_slice(&[self.step as i64]))];
         for p in &self.params {
-            out.push((format!("m.{}", p.name), p.m.to_device(tch::Device::Cpu)));
-            out.push((format!("v.{}", p.name), p.v.to_device(tch::Device::Cpu)));
+            let cpu = tch::Device::Cpu;
+            out.push((format!("m.{}", p.name), p.m.to_device(cpu)));
+            let v = match &p.v_lo {
+                Some(lo) => optimizer_ops::unpack_v(&p.v, lo),
+                None => p.v.shallow_clone(),
+            };
+            out.push((format!("v.{}", p.name), v.to_device(cpu)));
             if let Some(master) = &p.master {
                 out.push((
                     format!("master.{}", p.name),
@@ -483,7 +574,13 @@ impl AdamW {
                 ));
             }
             if let Some(comp) = &p.comp {
-                out.push((format!("comp.{}", p.name), comp.to_device(tch::Device::Cpu)));
+                let comp = if comp.kind() == Kind::Int8 {
+                    let w32 = p.param.detach().to_kind(Kind::Float);
+                    optimizer_ops::unpack_comp(comp, &w32).to_kind(Kind::BFloat16)
+                } else {
+                    comp.shallow_clone()
+                };
+                out.push((format!("comp.{}", p.name), comp.to_device(cpu)));
             }
         }
         out
@@ -506,9 +603,9 @@ impl AdamW {
     }
 
     /// Restores the state from named tensors as [`AdamW::state_tensors`] names them (`path`: where they came
-    /// from, for messages). A state saved with fp32 masters loads into a compact optimizer and the other way
-    /// round (compensation = master - weight; master = weight + compensation), so `trainer.optimizer_state` can
-    /// change on resume; the moments are cast.
+    /// from, for messages). A state saved with fp32 masters loads into a compact or packed optimizer and the
+    /// other way round (compensation = master - weight; master = weight + compensation), so
+    /// `trainer.optimizer_state` can change on resume; the moments are cast (packed: rounded to its bits).
     pub fn load_named(
         &mut self,
         named: &std::collections::HashMap<String, Tensor>,
@@ -531,7 +628,17 @@ impl AdamW {
                 let k = format!("m.{}", p.name);
                 p.m.f_copy_(get(&k)?).with_context(|| ctx(&k))?;
                 let k = format!("v.{}", p.name);
-                p.v.f_copy_(get(&k)?).with_context(|| ctx(&k))?;
+                match &p.v_lo {
+                    Some(lo) => {
+                        let saved = get(&k)?.to_kind(Kind::Float);
+                        let (hi, low) = optimizer_ops::pack_v(&saved);
+                        p.v.f_copy_(&hi).with_context(|| ctx(&k))?;
+                        lo.shallow_clone().f_copy_(&low).with_context(|| ctx(&k))?;
+                    }
+                    None => {
+                        p.v.f_copy_(get(&k)?).with_context(|| ctx(&k))?;
+                    }
+                }
                 let (mk, ck) = (format!("master.{}", p.name), format!("comp.{}", p.name));
                 let weight = || p.param.to_kind(Kind::Float);
                 if let Some(master) = &mut p.master {
@@ -544,12 +651,16 @@ impl AdamW {
                 }
                 if let Some(comp) = &p.comp {
                     let mut comp = comp.shallow_clone();
-                    match (named.get(&ck), named.get(&mk)) {
-                        (None, Some(master)) => comp
-                            .f_copy_(&(master.to_kind(Kind::Float) - weight()))
-                            .with_context(|| ctx(&mk))?,
-                        _ => comp.f_copy_(get(&ck)?).with_context(|| ctx(&ck))?,
-                    }
+                    let (saved, k) = match (named.get(&ck), named.get(&mk)) {
+                        (None, Some(master)) => (master.to_kind(Kind::Float) - weight(), &mk),
+                        _ => (get(&ck)?.to_kind(Kind::Float), &ck),
+                    };
+                    let saved = if comp.kind() == Kind::Int8 {
+                        optimizer_ops::pack_comp(&saved, &weight())
+                    } else {
+                        saved
+                    };
+                    comp.f_copy_(&saved).with_context(|| ctx(k))?;
                 }
             }
             Ok(())
@@ -569,6 +680,11 @@ impl AdamW {
             };
             flat.m = flat.m.f_to_device(device)?;
             flat.v = flat.v.f_to_device(device)?;
+            flat.v_lo = flat
+                .v_lo
+                .as_ref()
+                .map(|t| t.f_to_device(device))
+                .transpose()?;
         }
         self.point_into_flat();
         for p in self.params.iter_mut().filter(|p| p.flat.is_none()) {
@@ -597,30 +713,6 @@ impl AdamW {
             }
         });
     }
-}
-
-/// One AdamW step of `target` (fp32), `m`, `v` with gradient `g` (fp32): the fused kernel on a GPU, torch ops
-/// elsewhere (`spar_model::optimizer_ops`, the same bits). Returns the device scalars (||target||^2 before,
-/// ||delta||^2).
-fn update(
-    target: &mut Tensor,
-    m: &mut Tensor,
-    v: &mut Tensor,
-    g: &Tensor,
-    lr: f64,
-    c: AdamWConfig,
-    (bias1, bias2): (f64, f64),
-) -> (Tensor, Tensor) {
-    let step = spar_model::optimizer_ops::AdamWStep {
-        lr,
-        beta1: c.beta1,
-        beta2: c.beta2,
-        eps: c.eps,
-        weight_decay: c.weight_decay,
-        bias1,
-        bias2,
-    };
-    spar_model::optimizer_ops::adamw_step(target, m, v, g, &step)
 }
 
 /// `pieces` (their lengths summing to `n`) back to back in one new fp32 tensor on `device`.

@@ -61,7 +61,7 @@ pub fn new_learner(
                 beta2: tr.betas[1],
                 eps: 1e-8,
                 weight_decay: tr.weight_decay,
-                compact_state: tr.optimizer_state == spar_core::recipe::OptimizerState::Compact,
+                state: tr.optimizer_state,
             },
         ),
         schedule: LrSchedule::new(lr, warmup, steps, tr.schedule),

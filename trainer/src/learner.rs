@@ -196,9 +196,10 @@ impl Learner {
     /// learner, before loading a checkpoint into it.
     pub fn shard(&mut self, model: &mut spar_model::Qwen3Model) -> Result<()> {
         anyhow::ensure!(
-            !self.adamw.config.compact_state,
-            "trainer.optimizer_state = \"compact\" is for plain learners: a sharded learner keeps fp32 chunks of \
-             the weights as its masters (set it to \"fp32\" with distributed.sharding = \"full\")"
+            self.adamw.config.state == crate::adamw::OptimizerState::Fp32,
+            "trainer.optimizer_state = \"{}\" is for plain learners: a sharded learner keeps fp32 chunks of \
+             the weights as its masters (set it to \"fp32\" with distributed.sharding = \"full\")",
+            self.adamw.config.state.name()
         );
         let (sh, adamw) =
             ShardedParams::new(model, self.group.clone(), self.adamw.config, self.at_rest)?;

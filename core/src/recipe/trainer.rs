@@ -63,6 +63,10 @@ recipe_enum! {
         /// A bf16 compensation of each weight's rounding instead of an fp32 master, a bf16 first moment and an
         /// fp32 second moment: 8 bytes a parameter (`trainer/src/adamw.rs`).
         Compact = "compact",
+        /// The compact state in fewer bits: an int8 compensation (1/256ths of the weight's bf16 ulp), a bf16
+        /// first moment, the second moment in 24 bits: 6 bytes a parameter, 10 in all with the bf16 weight and
+        /// gradient.
+        Packed = "packed",
     }
 }
 

@@ -1,5 +1,6 @@
 //! AdamW against a hand-computed update; schedule values.
-use spar_trainer::adamw::{AdamW, AdamWConfig};
+use spar_model::optimizer_ops;
+use spar_trainer::adamw::{AdamW, AdamWConfig, OptimizerState};
 use spar_trainer::schedule::{Decay, LrSchedule};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -14,7 +15,7 @@ fn one_and_two_steps_by_hand() {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.01,
-            compact_state: false,
+            state: OptimizerState::Fp32,
         },
     );
     (&p * 0.5).sum(Kind::Float).backward();
@@ -257,7 +258,7 @@ fn compact_update_matches_its_formula_bit_for_bit() {
     let (vs, vars) = three_bf16_params();
     let cfg = AdamWConfig {
         weight_decay: 0.1,
-        compact_state: true,
+        state: OptimizerState::Compact,
         ..AdamWConfig::default()
     };
     let mut opt = AdamW::new(&vs, cfg);
@@ -266,7 +267,7 @@ fn compact_update_matches_its_formula_bit_for_bit() {
     let fp32_state = AdamW::new(
         &vs,
         AdamWConfig {
-            compact_state: false,
+            state: OptimizerState::Fp32,
             ..cfg
         },
     );
@@ -330,13 +331,102 @@ fn compact_update_matches_its_formula_bit_for_bit() {
     assert!(state["comp.b"].equal(&want));
 }
 
+/// The packed state: 6 bytes a parameter; the same bits whatever the chunk of the flat update; saved, it reads
+/// as the compact state it stands for and loads back to the same bits; it resumes from a compact or an fp32
+/// state (their compensations kept to 1/512 of an ulp, their second moments to 2^-17), and a compact optimizer
+/// resumes from it.
+#[test]
+fn packed_state_is_six_bytes_and_saves_as_a_compact_one() {
+    let cfg = AdamWConfig {
+        weight_decay: 0.1,
+        state: OptimizerState::Packed,
+        ..AdamWConfig::default()
+    };
+    // Two runs from the same weights, chunks of 5 elements (crossing parameters) and whole.
+    let run = |chunk: Option<i64>| {
+        tch::manual_seed(21);
+        let (vs, vars) = three_bf16_params();
+        let mut opt = AdamW::new(&vs, cfg);
+        if let Some(c) = chunk {
+            opt.set_flat_chunk(c);
+        }
+        for step in 1..=3 {
+            backward_step(&vars, step);
+            opt.step(0.01);
+            opt.zero_grad();
+        }
+        (vs, vars, opt)
+    };
+    let (vs, vars, opt) = run(Some(5));
+    let (_, vars2, opt2) = run(None);
+    assert_eq!(opt.state_bytes(), 18 * 6);
+    for n in ["a", "b", "c"] {
+        assert!(vars[n].equal(&vars2[n]), "param {n}");
+    }
+    for (x, y) in opt.state_tensors().into_iter().zip(opt2.state_tensors()) {
+        assert!(x.1.equal(&y.1), "{}", x.0);
+    }
+    let state: std::collections::HashMap<String, Tensor> =
+        opt.state_tensors().into_iter().collect();
+    assert_eq!(state["comp.b"].kind(), Kind::BFloat16);
+    assert_eq!(state["v.b"].kind(), Kind::Float);
+    assert!(state["comp.b"].abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    assert_state_round_trips(&opt, &vs, cfg);
+    let compact = AdamWConfig {
+        state: OptimizerState::Compact,
+        ..cfg
+    };
+    assert_state_round_trips(&opt, &vs, compact);
+    // A compact state with compensations finer than the packed unit, and an fp32 one, resume packed.
+    let w32 = vars["b"].to_kind(Kind::Float);
+    let (unit, _) = optimizer_ops::comp_scales(&w32);
+    let fine = (&unit * 0.3 + &unit * 100.0).to_kind(Kind::BFloat16);
+    let v = Tensor::rand([3, 4], (Kind::Float, Device::Cpu)) * 1e-3 + 1e-9;
+    let copy = |m: &std::collections::HashMap<String, Tensor>| {
+        m.iter()
+            .map(|(k, t)| (k.clone(), t.copy()))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let mut saved = copy(&state);
+    saved.insert("comp.b".into(), fine.copy());
+    saved.insert("v.b".into(), v.copy());
+    let mut fp32_saved = copy(&saved);
+    fp32_saved.remove("comp.b");
+    for key in ["comp.a", "comp.c"] {
+        fp32_saved.remove(key);
+    }
+    for n in ["a", "b", "c"] {
+        let comp = saved[&format!("comp.{n}")].to_kind(Kind::Float);
+        fp32_saved.insert(format!("master.{n}"), vars[n].to_kind(Kind::Float) + comp);
+    }
+    for (what, named) in [("compact", &saved), ("fp32", &fp32_saved)] {
+        let mut again = AdamW::new(&vs, cfg);
+        again
+            .load_named(named, std::path::Path::new("o.safetensors"))
+            .unwrap();
+        let got: std::collections::HashMap<String, Tensor> =
+            again.state_tensors().into_iter().collect();
+        let comp_err = ((&got["comp.b"].to_kind(Kind::Float) - fine.to_kind(Kind::Float)) / &unit)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(
+            comp_err <= 0.5 + 1e-6,
+            "{what}: compensation {comp_err} units off"
+        );
+        let v_err = ((&got["v.b"] - &v) / &v).abs().max().double_value(&[]);
+        assert!(v_err <= 2f64.powi(-17), "{what}: second moment {v_err} off");
+    }
+}
+
 /// Where a step is smaller than half a bf16 ulp of the weight, plain bf16 weights never move; the compact
 /// state's compensation carries the steps, and its weights stay with those of fp32 masters. 200 steps of lr
-/// 1e-4 toward a target 0.05 away, on weights near 1 (half an ulp: 0.0039).
+/// 1e-4 toward a target 0.05 away, on weights near 1 (half an ulp: 0.0039). The packed state (an int8
+/// compensation, a 24-bit second moment) tracks them as closely.
 #[test]
 fn compact_state_tracks_fp32_masters_where_plain_bf16_weights_stall() {
     // (the weight the optimizer steps at the end: fp32 master or bf16 param + compensation, the bf16 start)
-    let run = |compact: bool| -> (Tensor, Tensor) {
+    let run = |format: OptimizerState| -> (Tensor, Tensor) {
         let mut vs = nn::VarStore::new(Device::Cpu);
         let _ = vs.root().var_copy(
             "w",
@@ -349,7 +439,7 @@ fn compact_state_tracks_fp32_masters_where_plain_bf16_weights_stall() {
         let mut opt = AdamW::new(
             &vs,
             AdamWConfig {
-                compact_state: compact,
+                state: format,
                 ..AdamWConfig::default()
             },
         );
@@ -363,17 +453,19 @@ fn compact_state_tracks_fp32_masters_where_plain_bf16_weights_stall() {
         }
         let state: std::collections::HashMap<String, Tensor> =
             opt.state_tensors().into_iter().collect();
-        let weight = if compact {
+        let weight = if format != OptimizerState::Fp32 {
             w.to_kind(Kind::Float) + state["comp.w"].to_kind(Kind::Float)
         } else {
             state["master.w"].shallow_clone()
         };
         (weight, start)
     };
-    let ((compact, start), (master, start2)) = (run(true), run(false));
+    let (compact, start) = run(OptimizerState::Compact);
+    let (master, start2) = run(OptimizerState::Fp32);
+    let (packed, start3) = run(OptimizerState::Packed);
     assert!(
-        start.equal(&start2),
-        "both runs start from the same weights"
+        start.equal(&start2) && start.equal(&start3),
+        "the runs start from the same weights"
     );
     let max_diff = |x: &Tensor, y: &Tensor| (x - y).abs().max().double_value(&[]);
     // Plain bf16 weights stepped in place (Adam's step is lr here: the gradient's sign never changes): each
@@ -391,7 +483,76 @@ fn compact_state_tracks_fp32_masters_where_plain_bf16_weights_stall() {
         compact_err < 1e-3 && compact_err < 0.05 * plain_err,
         "compact weights {compact_err} from the fp32 masters (plain bf16: {plain_err})"
     );
+    let packed_err = max_diff(&packed, &master);
+    assert!(
+        packed_err < 1e-3 && packed_err < 0.05 * plain_err,
+        "packed weights {packed_err} from the fp32 masters (plain bf16: {plain_err})"
+    );
     eprintln!(
-        "after 200 steps: fp32 masters moved {moved:.4}, compact {compact_err:.2e} from them, plain bf16 {plain_err:.4}"
+        "after 200 steps: fp32 masters moved {moved:.4}, compact {compact_err:.2e} from them, packed \
+         {packed_err:.2e}, plain bf16 {plain_err:.4}"
+    );
+}
+
+/// A second moment kept in 24 bits comes back within 2^-17 of itself (relative), zero stays zero, and what is
+/// packed from an unpacked value is the same bits.
+#[test]
+fn second_moments_round_trip_through_24_bits() {
+    tch::manual_seed(3);
+    let exps = Tensor::rand([100_000], (Kind::Float, Device::Cpu)) * 140.0 - 120.0;
+    let v = Tensor::cat(
+        &[
+            exps.exp2(),
+            Tensor::from_slice(&[0.0f32, 1.0, f32::MIN_POSITIVE, 3.0e38]),
+        ],
+        0,
+    );
+    let (hi, lo) = optimizer_ops::pack_v(&v);
+    assert_eq!((hi.kind(), lo.kind()), (Kind::Int16, Kind::Uint8));
+    let back = optimizer_ops::unpack_v(&hi, &lo);
+    let rel = ((&back - &v).abs() / v.clamp_min(f64::from(f32::MIN_POSITIVE)))
+        .max()
+        .double_value(&[]);
+    assert!(rel <= 2f64.powi(-17), "relative error {rel}");
+    assert_eq!(back.double_value(&[100_000]), 0.0);
+    assert_eq!(back.double_value(&[100_001]), 1.0);
+    let (hi2, lo2) = optimizer_ops::pack_v(&back);
+    assert!(hi2.equal(&hi) && lo2.equal(&lo), "packing is idempotent");
+}
+
+/// A packed compensation keeps what a weight lost in rounding to bf16 to 1/512 of its ulp: the fp32 weight
+/// minus (bf16 weight + unpacked compensation) is within half a unit of 1/256 ulp (one unit next to a tie), for
+/// weights of every size and sign; the unpacked compensation is exactly a bf16 value (so a packed state saves as a compact one).
+#[test]
+fn compensations_keep_a_weights_rounding_to_a_512th_of_its_ulp() {
+    tch::manual_seed(4);
+    let n = 200_000;
+    let magnitude = (Tensor::rand([n], (Kind::Float, Device::Cpu)) * 60.0 - 40.0).exp2();
+    let weight = Tensor::randn([n], (Kind::Float, Device::Cpu)) * magnitude;
+    let rounded32 = weight.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+    let q = optimizer_ops::pack_comp(&(&weight - &rounded32), &rounded32);
+    assert_eq!(q.kind(), Kind::Int8);
+    let comp = optimizer_ops::unpack_comp(&q, &rounded32);
+    let (unit, _) = optimizer_ops::comp_scales(&rounded32);
+    let err = (&weight - (&rounded32 + &comp)).abs() / &unit;
+    // Within half a unit of a tie (the weight halfway between two bf16 values) the residual rounds to 128
+    // units, one more than int8 holds.
+    let tie = ((&weight - &rounded32).abs() / &unit).gt(127.5);
+    let off_tie = err.masked_fill(&tie, 0.0).max().double_value(&[]);
+    assert!(off_tie <= 0.5 + 1e-6, "error {off_tie} units of 1/256 ulp");
+    let at_tie = err.max().double_value(&[]);
+    assert!(at_tie <= 1.0 + 1e-6, "error {at_tie} units at a tie");
+    let plain = ((&weight - &rounded32).abs() / &unit)
+        .max()
+        .double_value(&[]);
+    assert!(
+        plain > 100.0,
+        "rounding alone loses up to 128 units ({plain})"
+    );
+    assert!(
+        comp.to_kind(Kind::BFloat16)
+            .to_kind(Kind::Float)
+            .equal(&comp),
+        "an unpacked compensation is a bf16 value"
     );
 }

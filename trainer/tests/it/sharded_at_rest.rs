@@ -127,7 +127,7 @@ fn a_sharded_learner_refuses_the_compact_state() {
     l.adamw = spar_trainer::adamw::AdamW::new(
         &m.vs,
         spar_trainer::adamw::AdamWConfig {
-            compact_state: true,
+            state: spar_trainer::adamw::OptimizerState::Compact,
             ..Default::default()
         },
     );
