@@ -32,6 +32,7 @@ for name in ${CONFIGS:-plain ckpt sharded launch}; do
     compact-adam0) cfg=(--optimizer-state compact); envs=(SPAR_FUSED_ADAMW=0) ;;
     graphs) cfg=(--learner-graphs) ;; graphs-compact) cfg=(--learner-graphs --optimizer-state compact) ;;
     graphs-ckpt-compact) cfg=(--learner-graphs --checkpointing --optimizer-state compact) ;;
+    graphs-packed) cfg=(--learner-graphs --optimizer-state packed) ;;
     graphs-adam0) cfg=(--learner-graphs); envs=(SPAR_FUSED_ADAMW=0) ;;
     launch) timeout 200 /tmp/spar launch --nproc-per-node 1 -- "${B[@]}" "${micro[@]}" --sharded 2>>"$OUT/bench.txt" \
               | sed 's/^\[rank 0\] //' | tail -1 >> "$OUT/bench.jsonl"; continue ;;
