@@ -31,6 +31,31 @@ pub struct Comparison {
     pub after_rl: EvalSummary,
     #[serde(default)]
     pub expert: EvalSummary,
+    /// `[eval.sampled]`: the held-out cases played several times a case at the rollout's temperature.
+    #[serde(default)]
+    pub sampled: Option<SampledComparison>,
+}
+
+/// The sampled held-out rows of a `comparison.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SampledComparison {
+    /// What was played (e.g. "4 a case at T = 0.7").
+    #[serde(default)]
+    pub label: String,
+    /// After SFT (None: a run resumed from before the evaluation existed).
+    #[serde(default)]
+    pub before_rl: Option<EvalSummary>,
+    pub after_rl: EvalSummary,
+}
+
+impl SampledComparison {
+    /// The row that is an arm's result: after RL, or an SFT-only arm's evaluation of its SFT checkpoint.
+    fn result(&self, sft_only: bool) -> &EvalSummary {
+        match (&self.before_rl, sft_only) {
+            (Some(before), true) => before,
+            _ => &self.after_rl,
+        }
+    }
 }
 
 /// Reads `dir/comparison.json` (None when the run has not finished).
@@ -192,12 +217,61 @@ pub type Series = BTreeMap<String, Vec<(f64, f64)>>;
 pub const CURVES: &[(&str, &str)] = &[
     ("rl/reward_mean", "RL reward (training rounds)"),
     ("eval/stage_mean", "held-out stage mean"),
+    (
+        "eval_sampled/stage_mean",
+        "held-out stage mean, sampled ([eval.sampled])",
+    ),
     ("eval/reward", "held-out rubric reward"),
     ("eval/hallucination_rate", "held-out hallucination rate"),
 ];
 
 /// Bootstrap resamples per curve point (fewer than the table's: a curve has many points).
 pub const CURVE_RESAMPLES: usize = 2_000;
+
+/// Every arm's row of one metric, `value` reading it from an (arm, run) result (None or NaN: the run has none):
+/// the mean over seeds with its CI, and the difference to the baseline arm paired by seed.
+fn arm_stats(
+    spec: &Spec,
+    results: &BTreeMap<(String, u64), Comparison>,
+    value: &dyn Fn(&str, &Comparison) -> Option<f64>,
+) -> Vec<ArmStat> {
+    let values_of = |arm: &str| -> Vec<(u64, f64)> {
+        spec.seeds
+            .iter()
+            .filter_map(|s| {
+                let v = value(arm, results.get(&(arm.to_string(), *s))?)?;
+                v.is_finite().then_some((*s, v))
+            })
+            .collect()
+    };
+    let base = values_of(&spec.baseline);
+    spec.arms
+        .iter()
+        .map(|a| {
+            let values = values_of(&a.name);
+            let xs: Vec<f64> = values.iter().map(|v| v.1).collect();
+            let diff = (a.name != spec.baseline).then(|| {
+                let d: Vec<f64> = values
+                    .iter()
+                    .filter_map(|(s, v)| base.iter().find(|(bs, _)| bs == s).map(|(_, b)| v - b))
+                    .collect();
+                PairedDiff {
+                    vs: spec.baseline.clone(),
+                    n: d.len(),
+                    mean: stats::mean(&d),
+                    ci: stats::bootstrap_ci(&d, 0.95, stats::RESAMPLES, stats::BOOTSTRAP_SEED),
+                    test: stats::sign_flip_test(&d),
+                }
+            });
+            ArmStat {
+                arm: a.name.clone(),
+                estimate: stats::estimate(&xs),
+                values,
+                diff,
+            }
+        })
+        .collect()
+}
 
 /// Builds the report of `runs` (finished or not) for `spec`.
 pub fn aggregate(spec: &Spec, runs: &[RunRef]) -> Result<Report> {
@@ -241,67 +315,53 @@ pub fn aggregate(spec: &Spec, runs: &[RunRef]) -> Result<Report> {
     let types: BTreeSet<String> = results
         .values()
         .flat_map(|c| {
+            let sampled = c.sampled.iter().flat_map(|s| {
+                s.before_rl
+                    .iter()
+                    .chain([&s.after_rl])
+                    .flat_map(|e| e.violation_rates.keys())
+            });
             c.before_rl
                 .violation_rates
                 .keys()
                 .chain(c.after_rl.violation_rates.keys())
+                .chain(sampled)
                 .cloned()
                 .collect::<Vec<_>>()
         })
         .collect();
     let mut metrics = Vec::new();
     for (key, label) in metric_keys(&types) {
-        let values_of = |arm: &str| -> Vec<(u64, f64)> {
-            spec.seeds
-                .iter()
-                .filter_map(|s| {
-                    let c = results.get(&(arm.to_string(), *s))?;
-                    let v = metric_value(&result_of(arm, c), &key);
-                    v.is_finite().then_some((*s, v))
-                })
-                .collect()
-        };
-        let base = values_of(&spec.baseline);
-        let arms = spec
-            .arms
-            .iter()
-            .map(|a| {
-                let values = values_of(&a.name);
-                let xs: Vec<f64> = values.iter().map(|v| v.1).collect();
-                let diff = (a.name != spec.baseline).then(|| {
-                    let d: Vec<f64> = values
-                        .iter()
-                        .filter_map(|(s, v)| {
-                            base.iter().find(|(bs, _)| bs == s).map(|(_, b)| v - b)
-                        })
-                        .collect();
-                    PairedDiff {
-                        vs: spec.baseline.clone(),
-                        n: d.len(),
-                        mean: stats::mean(&d),
-                        ci: stats::bootstrap_ci(&d, 0.95, stats::RESAMPLES, stats::BOOTSTRAP_SEED),
-                        test: stats::sign_flip_test(&d),
-                    }
-                });
-                ArmStat {
-                    arm: a.name.clone(),
-                    estimate: stats::estimate(&xs),
-                    values,
-                    diff,
-                }
-            })
-            .collect();
+        let value = |arm: &str, c: &Comparison| Some(metric_value(&result_of(arm, c), &key));
         let expert: Vec<f64> = results
             .values()
             .map(|c| metric_value(&c.expert, &key))
             .filter(|v| v.is_finite())
             .collect();
         metrics.push(MetricTable {
+            arms: arm_stats(spec, &results, &value),
             key,
             label,
-            arms,
             expert: stats::mean(&expert),
         });
+    }
+    // The sampled evaluation's tables, where the runs made one: the same metrics, keyed `sampled/...`.
+    let sampled_label = results
+        .values()
+        .find_map(|c| c.sampled.as_ref().map(|s| s.label.clone()));
+    if let Some(sampled_label) = sampled_label {
+        for (key, label) in metric_keys(&types) {
+            let value = |arm: &str, c: &Comparison| {
+                let s = c.sampled.as_ref()?;
+                Some(metric_value(s.result(sft_only.contains(arm)), &key))
+            };
+            metrics.push(MetricTable {
+                arms: arm_stats(spec, &results, &value),
+                key: format!("sampled/{key}"),
+                label: format!("{label}, sampled ({sampled_label})"),
+                expert: f64::NAN,
+            });
+        }
     }
     let before_rl_identical = spec
         .seeds
@@ -342,12 +402,20 @@ pub fn aggregate(spec: &Spec, runs: &[RunRef]) -> Result<Report> {
                 let logged_at_start = points.iter().any(|(x, _)| x.round() as i64 == 0);
                 if !a.sft_only
                     && !logged_at_start
-                    && let Some(metric) = key.strip_prefix("eval/")
                     && let Some(c) = results.get(&(a.name.clone(), *s))
                 {
-                    by_x.entry(0)
-                        .or_default()
-                        .push(metric_value(&c.before_rl, metric));
+                    let before = match key.split_once('/') {
+                        Some(("eval", metric)) => Some((&c.before_rl, metric)),
+                        Some(("eval_sampled", metric)) => c
+                            .sampled
+                            .as_ref()
+                            .and_then(|x| x.before_rl.as_ref())
+                            .map(|e| (e, metric)),
+                        _ => None,
+                    };
+                    if let Some((e, metric)) = before {
+                        by_x.entry(0).or_default().push(metric_value(e, metric));
+                    }
                 }
             }
             let points: Vec<CurvePoint> = by_x
@@ -401,8 +469,8 @@ pub fn aggregate(spec: &Spec, runs: &[RunRef]) -> Result<Report> {
 }
 
 /// A run's metrics as (key -> [(RL round, value)]): the step minus the last SFT step (`sft/loss` rows), so the
-/// evaluation before RL is at 0 and round r's metrics at r; `eval/stage_mean` is added where all four
-/// `eval/G_*` were logged.
+/// evaluation before RL is at 0 and round r's metrics at r; `eval/stage_mean` (`eval_sampled/stage_mean`) is
+/// added where all four `eval/G_*` (`eval_sampled/G_*`) were logged.
 pub fn read_rl_series(path: &Path) -> Result<Series> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -436,14 +504,16 @@ pub fn read_rl_series(path: &Path) -> Result<Series> {
                 out.entry(k.clone()).or_default().push((x, v));
             }
         }
-        let g: Vec<f64> = ["inquiry", "ddx", "lab", "diag"]
-            .iter()
-            .filter_map(|s| get(&format!("eval/G_{s}")))
-            .collect();
-        if g.len() == 4 {
-            out.entry("eval/stage_mean".into())
-                .or_default()
-                .push((x, g.iter().sum::<f64>() / 4.0));
+        for prefix in ["eval", "eval_sampled"] {
+            let g: Vec<f64> = ["inquiry", "ddx", "lab", "diag"]
+                .iter()
+                .filter_map(|s| get(&format!("{prefix}/G_{s}")))
+                .collect();
+            if g.len() == 4 {
+                out.entry(format!("{prefix}/stage_mean"))
+                    .or_default()
+                    .push((x, g.iter().sum::<f64>() / 4.0));
+            }
         }
     }
     Ok(out)
@@ -517,6 +587,13 @@ pub fn markdown(r: &Report, command: &str) -> String {
         fmt_p(r.min_p_all_seeds),
         r.seeds.len()
     ));
+    if r.metrics.iter().any(|m| m.key.starts_with("sampled/")) {
+        md.push_str(
+            "The tables marked \"sampled\" are the `[eval.sampled]` evaluation of the same checkpoints: every \
+             held-out case played several times at the rollout's temperature (the policy RL trains), every sample \
+             averaged; they come after the greedy tables.\n\n",
+        );
+    }
     for m in &r.metrics {
         md.push_str(&format!("## {}\n\n", m.label));
         md.push_str(&format!(
@@ -549,7 +626,11 @@ pub fn markdown(r: &Report, command: &str) -> String {
                 p
             ));
         }
-        md.push_str(&format!("\nScripted expert: {}.\n\n", fmt(m.expert)));
+        if m.expert.is_finite() {
+            md.push_str(&format!("\nScripted expert: {}.\n\n", fmt(m.expert)));
+        } else {
+            md.push('\n');
+        }
     }
     md.push_str(
         "## Runs\n\n| run | folder | stage mean before RL | after (result) |\n|---|---|---|---|\n",
@@ -806,6 +887,114 @@ mod tests {
         assert!((halluc[0].mean - 0.2).abs() < 1e-12 && halluc[0].x == 0.0);
         // The training-reward curve has no evaluation to borrow: it starts at round 1.
         assert_eq!(curve("rl/reward_mean")[0].x, 1.0);
+    }
+
+    /// Adds `[eval.sampled]` rows to a run written by `write_run`, and their metrics to its log (the evaluation
+    /// before RL at the last SFT step, the one after RL one step past the last round).
+    fn add_sampled(dir: &Path, before: Option<&EvalSummary>, after: &EvalSummary, rounds: usize) {
+        let p = dir.join("comparison.json");
+        let mut c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        c["sampled"] = serde_json::json!({
+            "label": "4 a case at T = 0.7", "before_rl": before, "after_rl": after,
+        });
+        std::fs::write(&p, c.to_string()).unwrap();
+        let stages = |e: &EvalSummary, step: usize| {
+            let g = e.stage_means;
+            serde_json::json!({"step": step, "eval_sampled/G_inquiry": g[0], "eval_sampled/G_ddx": g[1],
+                "eval_sampled/G_lab": g[2], "eval_sampled/G_diag": g[3]})
+            .to_string()
+        };
+        let log = dir.join("metrics.jsonl");
+        let mut text = std::fs::read_to_string(&log).unwrap();
+        if let Some(b) = before {
+            text.push_str(&format!("\n{}", stages(b, 2)));
+        }
+        if rounds > 0 {
+            text.push_str(&format!("\n{}", stages(after, 3 + rounds)));
+        }
+        std::fs::write(&log, text).unwrap();
+    }
+
+    /// Runs with a sampled evaluation get the same metrics again, keyed `sampled/...` (an SFT-only arm's result
+    /// its sampled row after SFT), paired by seed like the greedy ones, and a sampled stage-mean curve; runs
+    /// without one leave the report as it was.
+    #[test]
+    fn sampled_rows_get_tables_and_a_curve_of_their_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = Spec::parse(
+            "base = \"b\"\nseeds = [0, 1, 2]\nbaseline = \"sft\"\n[[arm]]\nname = \"sft\"\nsft_only = true\n\
+             [[arm]]\nname = \"rl\"\n",
+            &tmp.path().join("spec.toml"),
+        )
+        .unwrap();
+        let mut runs = Vec::new();
+        for s in 0..3u64 {
+            let before = summary(0.5, 0.2);
+            let sft = tmp.path().join(format!("sft-s{s}"));
+            write_run(&sft, &before, &before, &[]);
+            let rl = tmp.path().join(format!("rl-s{s}"));
+            // Greedy: RL changes nothing; sampled: 0.40 after SFT, 0.44 + 0.01 s after RL.
+            write_run(&rl, &before, &before, &[0.1, 0.2]);
+            let sampled_before = summary(0.40, 0.3);
+            // An SFT-only run's "after RL" row evaluates its SFT checkpoint again (other samples).
+            add_sampled(&sft, Some(&sampled_before), &summary(0.41, 0.3), 0);
+            add_sampled(
+                &rl,
+                Some(&sampled_before),
+                &summary(0.44 + 0.01 * s as f64, 0.25),
+                2,
+            );
+            for (arm, dir, sft_only) in [("sft", sft, true), ("rl", rl, false)] {
+                runs.push(RunRef {
+                    arm: arm.into(),
+                    seed: s,
+                    dir,
+                    sft_only,
+                });
+            }
+        }
+        let r = aggregate(&spec, &runs).unwrap();
+        let table = |key: &str| r.metrics.iter().find(|m| m.key == key).unwrap();
+        let rl_diff = |key: &str| {
+            let a = table(key).arms.iter().find(|a| a.arm == "rl").unwrap();
+            a.diff.clone().unwrap()
+        };
+        assert!(rl_diff("stage_mean").mean.abs() < 1e-12);
+        let d = rl_diff("sampled/stage_mean");
+        assert_eq!(d.n, 3);
+        assert!((d.mean - 0.05).abs() < 1e-12, "{}", d.mean);
+        assert!(d.ci.0 > 0.0 && d.test.p == 0.25);
+        assert!((rl_diff("sampled/hallucination_rate").mean + 0.05).abs() < 1e-12);
+        let sft = table("sampled/stage_mean").arms[0].clone();
+        assert_eq!(sft.arm, "sft");
+        assert!((sft.estimate.mean - 0.40).abs() < 1e-12);
+        assert!(
+            table("sampled/stage_mean")
+                .label
+                .contains("4 a case at T = 0.7")
+        );
+        let curve = r
+            .curves
+            .iter()
+            .find(|c| c.key == "eval_sampled/stage_mean")
+            .unwrap();
+        let (_, points) = curve.arms.iter().find(|(a, _)| a == "rl").unwrap();
+        assert_eq!(
+            points.iter().map(|p| p.x).collect::<Vec<_>>(),
+            vec![0.0, 3.0]
+        );
+        assert!((points[0].mean - 0.40).abs() < 1e-12 && (points[1].mean - 0.45).abs() < 1e-12);
+        let md = markdown(&r, "spar ablate spec.toml");
+        assert!(md.contains("sampled (4 a case at T = 0.7)"), "{md}");
+        assert!(md.contains("+0.050 ["), "{md}");
+        // Without sampled rows: no sampled tables.
+        for run in &runs {
+            write_run(&run.dir, &summary(0.5, 0.2), &summary(0.5, 0.2), &[]);
+        }
+        let plain = aggregate(&spec, &runs).unwrap();
+        assert!(!plain.metrics.iter().any(|m| m.key.starts_with("sampled/")));
+        assert!(!markdown(&plain, "x").contains("sampled"));
     }
 
     #[test]
