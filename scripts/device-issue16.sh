@@ -13,7 +13,8 @@
 #   moe      the training step on the Qwen3-30B-A3B shape at MOE_LAYERS (4: fits an H100's 78 GiB next to
 #            transformers), plain and checkpointed with the compact optimizer state, into $OUT/moe/;
 #   moe-rl   the consultation RL loop on the Qwen3-30B-A3B shape at MOE_LAYERS with routing replay and the compact
-#            state (scripts/device-consult.sh, MOE_RL_STEPS rounds): memory and the time line, into $OUT/moe-rl.*;
+#            state (MOE_RL_STATE=packed: the packed one; scripts/device-consult.sh, MOE_RL_STEPS rounds): memory and
+#            the time line, into $OUT/moe-rl.*;
 #   rounds   the round as the recipe now stands, then with the learner's larger micro-batches, then with sampling
 #            through the torch composition (scripts/device-prefill.sh, RUNS=ROUND_RUNS: "fused micro sampling0");
 #   long     a few hundred RL steps of the single-GPU recipe on the 0.6B shape (small rounds: LONG_SFT SFT
@@ -70,7 +71,7 @@ for s in ${STEPS:-moe-rl grpo train mask1}; do
            scripts/device-sharded.sh ;;
     moe-rl) step moe-rl ${NEED_MOE_RL:-300} env NAME=moe-rl SHAPE=qwen3-30b-a3b LAYERS=${MOE_LAYERS:-4} \
               STEPS=${MOE_RL_STEPS:-3} LIMIT=${MOE_RL_LIMIT:-280} EXTRA="--set rollout.record_routing=true \
-              --set trainer.routing_replay=true --set trainer.optimizer_state=\"compact\" --set rollout.max_batch=64" \
+              --set trainer.routing_replay=true --set trainer.optimizer_state=\"${MOE_RL_STATE:-compact}\" --set rollout.max_batch=64" \
               scripts/device-consult.sh ;;
     rounds) step rounds ${NEED_ROUNDS:-330} env SKIP_TESTS=1 RUNS="${ROUND_RUNS:-fused micro sampling0}" \
               LIMIT=${PREFILL_LIMIT:-110} scripts/device-prefill.sh ;;
