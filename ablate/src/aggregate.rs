@@ -833,17 +833,36 @@ mod tests {
         assert!(md.contains("0.2500"), "{md}");
     }
 
+    /// A spec of two arms over `seeds` (TOML): "sft" (SFT only, the baseline) and "rl".
+    fn sft_vs_rl_spec(dir: &Path, seeds: &str) -> Spec {
+        Spec::parse(
+            &format!(
+                "base = \"b\"\nseeds = {seeds}\nbaseline = \"sft\"\n[[arm]]\nname = \"sft\"\nsft_only = true\n\
+                 [[arm]]\nname = \"rl\"\n"
+            ),
+            &dir.join("spec.toml"),
+        )
+        .unwrap()
+    }
+
+    /// Seed `s`'s runs of [`sft_vs_rl_spec`]'s two arms.
+    fn push_sft_and_rl(runs: &mut Vec<RunRef>, s: u64, sft: PathBuf, rl: PathBuf) {
+        for (arm, dir, sft_only) in [("sft", sft, true), ("rl", rl, false)] {
+            runs.push(RunRef {
+                arm: arm.into(),
+                seed: s,
+                dir,
+                sft_only,
+            });
+        }
+    }
+
     /// An RL run from a shared SFT checkpoint logs RL rounds and evaluations but no SFT steps and no evaluation
     /// at round 0: its held-out curves start from its own evaluation before RL.
     #[test]
     fn rl_curves_from_a_shared_sft_start_at_the_evaluation_before_rl() {
         let tmp = tempfile::tempdir().unwrap();
-        let spec = Spec::parse(
-            "base = \"b\"\nseeds = [0, 1]\nbaseline = \"sft\"\n[[arm]]\nname = \"sft\"\nsft_only = true\n\
-             [[arm]]\nname = \"rl\"\n",
-            &tmp.path().join("spec.toml"),
-        )
-        .unwrap();
+        let spec = sft_vs_rl_spec(tmp.path(), "[0, 1]");
         let mut runs = Vec::new();
         for s in 0..2u64 {
             let before = summary(0.5 + 0.1 * s as f64, 0.2);
@@ -860,14 +879,7 @@ mod tests {
             ];
             let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
             std::fs::write(rl.join("metrics.jsonl"), text.join("\n")).unwrap();
-            for (arm, dir, sft_only) in [("sft", sft, true), ("rl", rl, false)] {
-                runs.push(RunRef {
-                    arm: arm.into(),
-                    seed: s,
-                    dir,
-                    sft_only,
-                });
-            }
+            push_sft_and_rl(&mut runs, s, sft, rl);
         }
         let r = aggregate(&spec, &runs).unwrap();
         let curve = |key: &str| {
@@ -922,12 +934,7 @@ mod tests {
     #[test]
     fn sampled_rows_get_tables_and_a_curve_of_their_own() {
         let tmp = tempfile::tempdir().unwrap();
-        let spec = Spec::parse(
-            "base = \"b\"\nseeds = [0, 1, 2]\nbaseline = \"sft\"\n[[arm]]\nname = \"sft\"\nsft_only = true\n\
-             [[arm]]\nname = \"rl\"\n",
-            &tmp.path().join("spec.toml"),
-        )
-        .unwrap();
+        let spec = sft_vs_rl_spec(tmp.path(), "[0, 1, 2]");
         let mut runs = Vec::new();
         for s in 0..3u64 {
             let before = summary(0.5, 0.2);
@@ -945,14 +952,7 @@ mod tests {
                 &summary(0.44 + 0.01 * s as f64, 0.25),
                 2,
             );
-            for (arm, dir, sft_only) in [("sft", sft, true), ("rl", rl, false)] {
-                runs.push(RunRef {
-                    arm: arm.into(),
-                    seed: s,
-                    dir,
-                    sft_only,
-                });
-            }
+            push_sft_and_rl(&mut runs, s, sft, rl);
         }
         let r = aggregate(&spec, &runs).unwrap();
         let table = |key: &str| r.metrics.iter().find(|m| m.key == key).unwrap();

@@ -16,62 +16,12 @@ __device__ __forceinline__ double block_sum_f64(double v, double* shared) {
     return v;
 }
 
-extern "C" __global__ void adamw_flat_f32(float* w, float* m, float* v, const float* g, long long n,
-                                          float decay_factor, float lr_wd, int has_decay,
-                                          float beta1, float one_minus_beta1, float beta2, float one_minus_beta2,
-                                          float inv_bc2_sqrt, float eps, float step_size, double* sums) {
-    __shared__ double shared[32];
-    double before = 0.0, delta = 0.0;
-    long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        float t = w[i];
-        before += (double)__fmul_rn(t, t);
-        float d = 0.0f;
-        if (has_decay) {
-            d = __fmul_rn(t, lr_wd);
-            t = __fmul_rn(t, decay_factor);
-        }
-        float gi = g[i];
-        float mi = __fadd_rn(__fmul_rn(m[i], beta1), __fmul_rn(gi, one_minus_beta1));
-        float vi = __fadd_rn(__fmul_rn(v[i], beta2), __fmul_rn(__fmul_rn(gi, gi), one_minus_beta2));
-        float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(vi), inv_bc2_sqrt), eps);
-        float upd = __fmul_rn(__fdiv_rn(mi, denom), step_size);
-        float change = has_decay ? __fadd_rn(d, upd) : upd;
-        delta += (double)__fmul_rn(change, change);
-        m[i] = mi;
-        v[i] = vi;
-        w[i] = __fsub_rn(t, upd);
-    }
-    before = block_sum_f64(before, shared);
-    __syncthreads();
-    delta = block_sum_f64(delta, shared);
-    if (threadIdx.x == 0) {
-        atomicAdd(&sums[0], before);
-        atomicAdd(&sums[1], delta);
-    }
-}
-
-// One AdamW step over the bf16 weights of one parameter in place, with the state of spar_trainer::adamw's compact
-// and packed formats (optimizer_ops::adamw_bf16_composition is the reference: the same float operations in the
-// same order, each rounded on its own, so the bits agree). The weight the update sees is the bf16 weight plus its
-// compensation: a bf16 value (compact) or an int8 count of 1/256ths of the weight's bf16 ulp (packed; comp_scale
-// below). The first moment is bf16; the second fp32 (compact) or 24 bits (packed: the fp32 bits but the sign,
-// which is always 0, rounded to their top 24, kept as a 16-bit high and an 8-bit low part). g may be null: a parameter that got no gradient.
-//
-// The power of two 1/256 of the bf16 ulp of a weight whose fp32 bits are `bits` (scale) and its inverse: exponent
-// fields clamped to [16, 254] keep both normal (weights under 2^-111 share the scale of 2^-111).
-__device__ __forceinline__ void comp_scale(unsigned int bits, float* scale, float* inverse) {
-    int e = (int)((bits >> 23) & 0xffu);
-    e = e < 16 ? 16 : (e > 254 ? 254 : e);
-    *scale = __uint_as_float((unsigned int)(e - 15) << 23);
-    *inverse = __uint_as_float((unsigned int)(269 - e) << 23);
-}
-
-__device__ __forceinline__ float adamw_bf16_elem(float t, float gi, float* m, float* v, int has_decay,
-                                                 float decay_factor, float lr_wd, float beta1,
-                                                 float one_minus_beta1, float beta2, float one_minus_beta2,
-                                                 float inv_bc2_sqrt, float eps, float step_size, double* before,
-                                                 double* delta) {
+// One element's step (the fp32 kernel and the bf16 ones below share it): t the weight, gi its gradient, *m and *v
+// its moments (updated); returns the new weight and adds to the two sums.
+__device__ __forceinline__ float adamw_elem(float t, float gi, float* m, float* v, int has_decay,
+                                            float decay_factor, float lr_wd, float beta1, float one_minus_beta1,
+                                            float beta2, float one_minus_beta2, float inv_bc2_sqrt, float eps,
+                                            float step_size, double* before, double* delta) {
     *before += (double)__fmul_rn(t, t);
     float d = 0.0f;
     if (has_decay) {
@@ -89,14 +39,7 @@ __device__ __forceinline__ float adamw_bf16_elem(float t, float gi, float* m, fl
     return __fsub_rn(t, upd);
 }
 
-#define ADAMW_BF16_ARGS                                                                                     \
-    long long n, float decay_factor, float lr_wd, int has_decay, float beta1, float one_minus_beta1,        \
-        float beta2, float one_minus_beta2, float inv_bc2_sqrt, float eps, float step_size, double* sums
-#define ADAMW_BF16_CALL(t, gi, m, v)                                                                        \
-    adamw_bf16_elem(t, gi, m, v, has_decay, decay_factor, lr_wd, beta1, one_minus_beta1, beta2,             \
-                    one_minus_beta2, inv_bc2_sqrt, eps, step_size, &before, &delta)
-
-__device__ __forceinline__ void adamw_bf16_sums(double before, double delta, double* sums) {
+__device__ __forceinline__ void adamw_add_sums(double before, double delta, double* sums) {
     __shared__ double shared[32];
     before = block_sum_f64(before, shared);
     __syncthreads();
@@ -106,6 +49,46 @@ __device__ __forceinline__ void adamw_bf16_sums(double before, double delta, dou
         atomicAdd(&sums[1], delta);
     }
 }
+
+extern "C" __global__ void adamw_flat_f32(float* w, float* m, float* v, const float* g, long long n,
+                                          float decay_factor, float lr_wd, int has_decay,
+                                          float beta1, float one_minus_beta1, float beta2, float one_minus_beta2,
+                                          float inv_bc2_sqrt, float eps, float step_size, double* sums) {
+    double before = 0.0, delta = 0.0;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        float mi = m[i], vi = v[i];
+        w[i] = adamw_elem(w[i], g[i], &mi, &vi, has_decay, decay_factor, lr_wd, beta1, one_minus_beta1, beta2,
+                          one_minus_beta2, inv_bc2_sqrt, eps, step_size, &before, &delta);
+        m[i] = mi;
+        v[i] = vi;
+    }
+    adamw_add_sums(before, delta, sums);
+}
+
+// One AdamW step over the bf16 weights of one parameter in place, with the state of spar_trainer::adamw's compact
+// and packed formats (optimizer_ops::adamw_bf16_composition is the reference: the same float operations in the
+// same order, each rounded on its own, so the bits agree). The weight the update sees is the bf16 weight plus its
+// compensation: a bf16 value (compact) or an int8 count of 1/256ths of the weight's bf16 ulp (packed; comp_scale
+// below). The first moment is bf16; the second fp32 (compact) or 24 bits (packed: the fp32 bits but the sign,
+// which is always 0, rounded to their top 24, kept as a 16-bit high and an 8-bit low part). g may be null: a
+// parameter that got no gradient.
+//
+// The power of two 1/256 of the bf16 ulp of a weight whose fp32 bits are `bits` (scale) and its inverse: exponent
+// fields clamped to [16, 254] keep both normal (weights under 2^-111 share the scale of 2^-111).
+__device__ __forceinline__ void comp_scale(unsigned int bits, float* scale, float* inverse) {
+    int e = (int)((bits >> 23) & 0xffu);
+    e = e < 16 ? 16 : (e > 254 ? 254 : e);
+    *scale = __uint_as_float((unsigned int)(e - 15) << 23);
+    *inverse = __uint_as_float((unsigned int)(269 - e) << 23);
+}
+
+#define ADAMW_BF16_ARGS                                                                                     \
+    long long n, float decay_factor, float lr_wd, int has_decay, float beta1, float one_minus_beta1,        \
+        float beta2, float one_minus_beta2, float inv_bc2_sqrt, float eps, float step_size, double* sums
+#define ADAMW_BF16_CALL(t, gi, m, v)                                                                        \
+    adamw_elem(t, gi, m, v, has_decay, decay_factor, lr_wd, beta1, one_minus_beta1, beta2,             \
+                    one_minus_beta2, inv_bc2_sqrt, eps, step_size, &before, &delta)
 
 extern "C" __global__ void adamw_compact_bf16(unsigned short* w, unsigned short* comp, const unsigned short* g,
                                               unsigned short* m, float* v, ADAMW_BF16_ARGS) {
@@ -121,7 +104,7 @@ extern "C" __global__ void adamw_compact_bf16(unsigned short* w, unsigned short*
         m[i] = f32_to_bf16(mi);
         v[i] = vi;
     }
-    adamw_bf16_sums(before, delta, sums);
+    adamw_add_sums(before, delta, sums);
 }
 
 extern "C" __global__ void adamw_packed_bf16(unsigned short* w, signed char* comp, const unsigned short* g,
@@ -149,5 +132,5 @@ extern "C" __global__ void adamw_packed_bf16(unsigned short* w, signed char* com
         v_hi[i] = (unsigned short)(u >> 8);
         v_lo[i] = (unsigned char)(u & 0xffu);
     }
-    adamw_bf16_sums(before, delta, sums);
+    adamw_add_sums(before, delta, sums);
 }

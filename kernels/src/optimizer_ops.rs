@@ -130,36 +130,40 @@ pub fn adamw_flat_step(
     if n == 0 {
         return Ok(true);
     }
-    // Torch casts each host scalar to float before the elementwise op.
-    let f = |x: f64| x as f32;
-    let inv_bc2_sqrt = inverse_bias2_sqrt(step);
-    let decay = step.weight_decay != 0.0;
-    let block = 256u32;
-    let grid = ((n + block as i64 - 1) / block as i64).min(4096) as u32;
-    kern.launch(
-        "adamw_flat_f32",
-        grid,
-        block,
-        &[
-            Arg::Ptr(w.data_ptr() as u64),
-            Arg::Ptr(m.data_ptr() as u64),
-            Arg::Ptr(v.data_ptr() as u64),
-            Arg::Ptr(g.data_ptr() as u64),
-            Arg::I64(n),
-            Arg::F32(f(1.0 - step.lr * step.weight_decay)),
-            Arg::F32(f(step.lr * step.weight_decay)),
-            Arg::I32(i32::from(decay)),
-            Arg::F32(f(step.beta1)),
-            Arg::F32(f(1.0 - step.beta1)),
-            Arg::F32(f(step.beta2)),
-            Arg::F32(f(1.0 - step.beta2)),
-            Arg::F32(inv_bc2_sqrt),
-            Arg::F32(f(step.eps)),
-            Arg::F32(f(step.lr / step.bias1)),
-            Arg::Ptr(sums.data_ptr() as u64),
-        ],
-    )?;
+    let mut args = [w, m, v, g].map(|t| Arg::Ptr(t.data_ptr() as u64)).to_vec();
+    args.extend(step_args(n, step, sums));
+    let (grid, block) = elementwise_grid(n);
+    kern.launch("adamw_flat_f32", grid, block, &args)?;
     Ok(true)
+}
+
+/// The arguments every AdamW kernel takes after its pointers: n, the step's numbers as the kernels use them (torch
+/// casts each host scalar to float before the elementwise op) and the sums.
+fn step_args(n: i64, step: &AdamWStep, sums: &Tensor) -> [Arg; 12] {
+    let f = |x: f64| Arg::F32(x as f32);
+    [
+        Arg::I64(n),
+        f(1.0 - step.lr * step.weight_decay),
+        f(step.lr * step.weight_decay),
+        Arg::I32(i32::from(step.weight_decay != 0.0)),
+        f(step.beta1),
+        f(1.0 - step.beta1),
+        f(step.beta2),
+        f(1.0 - step.beta2),
+        Arg::F32(inverse_bias2_sqrt(step)),
+        f(step.eps),
+        f(step.lr / step.bias1),
+        Arg::Ptr(sums.data_ptr() as u64),
+    ]
+}
+
+/// (grid, block) of a grid-stride loop over n elements: 256 threads a block, at most 4096 blocks.
+fn elementwise_grid(n: i64) -> (u32, u32) {
+    let block = 256u32;
+    (
+        ((n + block as i64 - 1) / block as i64).min(4096) as u32,
+        block,
+    )
 }
 
 /// The state of one bf16 parameter (or a run of them) in spar_trainer::adamw's compact and packed formats: views
@@ -327,7 +331,6 @@ pub fn adamw_bf16_fused(
     if n == 0 {
         return Ok(true);
     }
-    let f = |x: f64| x as f32;
     let ptr = |t: &Tensor| Arg::Ptr(t.data_ptr() as u64);
     let mut args = vec![
         ptr(w),
@@ -339,27 +342,13 @@ pub fn adamw_bf16_fused(
     if let Some(lo) = state.v_lo {
         args.push(ptr(lo));
     }
-    args.extend([
-        Arg::I64(n),
-        Arg::F32(f(1.0 - step.lr * step.weight_decay)),
-        Arg::F32(f(step.lr * step.weight_decay)),
-        Arg::I32(i32::from(step.weight_decay != 0.0)),
-        Arg::F32(f(step.beta1)),
-        Arg::F32(f(1.0 - step.beta1)),
-        Arg::F32(f(step.beta2)),
-        Arg::F32(f(1.0 - step.beta2)),
-        Arg::F32(inverse_bias2_sqrt(step)),
-        Arg::F32(f(step.eps)),
-        Arg::F32(f(step.lr / step.bias1)),
-        ptr(sums),
-    ]);
+    args.extend(step_args(n, step, sums));
     let name = if state.packed() {
         "adamw_packed_bf16"
     } else {
         "adamw_compact_bf16"
     };
-    let block = 256u32;
-    let grid = ((n + block as i64 - 1) / block as i64).min(4096) as u32;
+    let (grid, block) = elementwise_grid(n);
     kern.launch(name, grid, block, &args)?;
     Ok(true)
 }

@@ -899,7 +899,7 @@ fn sdpa_cudnn_switch_reads_back() {
 /// replays the composition's roundings); the squared-norm sums only to double rounding (their order differs).
 #[test]
 fn fused_adamw_step_matches_the_composition_bit_for_bit_on_gpu() {
-    use spar_kernels::optimizer_ops::{AdamWStep, adamw_composition, adamw_flat_step};
+    use spar_kernels::optimizer_ops::{adamw_composition, adamw_flat_step};
     let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
     if !tch::Cuda::is_available() || spar_kernels::cuda::kernels(0).is_none() {
         eprintln!("skipped: no CUDA device or no NVRTC (the fused AdamW step is a CUDA kernel)");
@@ -917,15 +917,7 @@ fn fused_adamw_step_matches_the_composition_bit_for_bit_on_gpu() {
         for t in 1..=3 {
             let scale = (Tensor::rand([n], (Kind::Float, dev)) * 10.0 - 8.0).exp2();
             let g = Tensor::randn([n], (Kind::Float, dev)) * scale;
-            let step = AdamWStep {
-                lr: 3e-4,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay,
-                bias1: 1.0 - 0.9f64.powi(t),
-                bias2: 1.0 - 0.999f64.powi(t),
-            };
+            let step = adamw_step_at(t, 3e-4, weight_decay);
             let sums = Tensor::zeros([2], (Kind::Double, dev));
             assert!(
                 adamw_flat_step(&wa, &ma, &va, &g, &step, &sums).unwrap(),
@@ -953,16 +945,12 @@ fn fused_adamw_step_matches_the_composition_bit_for_bit_on_gpu() {
                 "decay {weight_decay}, step {t}: {}",
                 report.join("; ")
             );
-            let got = Vec::<f64>::try_from(&sums).unwrap();
-            for (name, x, want) in [
-                ("before", got[0], before.double_value(&[])),
-                ("delta", got[1], delta.double_value(&[])),
-            ] {
-                assert!(
-                    (x - want).abs() <= 1e-9 * want.abs(),
-                    "decay {weight_decay}, step {t}: {name} sum {x} against {want}"
-                );
-            }
+            assert_sums_agree(
+                &sums,
+                &before,
+                &delta,
+                &format!("decay {weight_decay}, step {t}"),
+            );
         }
     }
 }
@@ -973,9 +961,7 @@ fn fused_adamw_step_matches_the_composition_bit_for_bit_on_gpu() {
 /// Weights, compensations and moments must agree bit for bit; the sums to double rounding.
 #[test]
 fn fused_bf16_adamw_steps_match_the_composition_bit_for_bit_on_gpu() {
-    use spar_kernels::optimizer_ops::{
-        AdamWStep, Bf16State, adamw_bf16_composition, adamw_bf16_fused,
-    };
+    use spar_kernels::optimizer_ops::{Bf16State, adamw_bf16_composition, adamw_bf16_fused};
     let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
     if !tch::Cuda::is_available() || spar_kernels::cuda::kernels(0).is_none() {
         eprintln!(
@@ -1014,15 +1000,7 @@ fn fused_bf16_adamw_steps_match_the_composition_bit_for_bit_on_gpu() {
                 let scale = (Tensor::rand([n], (Kind::Float, dev)) * 10.0 - 8.0).exp2();
                 let g = (Tensor::randn([n], (Kind::Float, dev)) * scale).to_kind(Kind::BFloat16);
                 let g = (t != 3).then_some(g);
-                let step = AdamWStep {
-                    lr: 3e-3,
-                    beta1: 0.9,
-                    beta2: 0.999,
-                    eps: 1e-8,
-                    weight_decay,
-                    bias1: 1.0 - 0.9f64.powi(t),
-                    bias2: 1.0 - 0.999f64.powi(t),
-                };
+                let step = adamw_step_at(t, 3e-3, weight_decay);
                 let sums = Tensor::zeros([2], (Kind::Double, dev));
                 let state_a = Bf16State {
                     comp: &ca,
@@ -1066,16 +1044,8 @@ fn fused_bf16_adamw_steps_match_the_composition_bit_for_bit_on_gpu() {
                         "packed {packed}, decay {weight_decay}, step {t}: {name}"
                     );
                 }
-                let got = Vec::<f64>::try_from(&sums).unwrap();
-                for (name, x, want) in [
-                    ("before", got[0], before.double_value(&[])),
-                    ("delta", got[1], delta.double_value(&[])),
-                ] {
-                    assert!(
-                        (x - want).abs() <= 1e-9 * want.abs(),
-                        "packed {packed}, decay {weight_decay}, step {t}: {name} sum {x} against {want}"
-                    );
-                }
+                let what = format!("packed {packed}, decay {weight_decay}, step {t}");
+                assert_sums_agree(&sums, &before, &delta, &what);
             }
             // The compensation is not idle: the steps move weights by less than their half ulp.
             let used = ca
@@ -1085,5 +1055,33 @@ fn fused_bf16_adamw_steps_match_the_composition_bit_for_bit_on_gpu() {
                 .double_value(&[]);
             assert!(used > 0.0, "packed {packed}: every compensation is zero");
         }
+    }
+}
+
+/// AdamW's numbers at step `t` (1-based) of the GPU tests: betas 0.9 / 0.999, eps 1e-8.
+fn adamw_step_at(t: i32, lr: f64, weight_decay: f64) -> spar_kernels::optimizer_ops::AdamWStep {
+    spar_kernels::optimizer_ops::AdamWStep {
+        lr,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay,
+        bias1: 1.0 - 0.9f64.powi(t),
+        bias2: 1.0 - 0.999f64.powi(t),
+    }
+}
+
+/// A kernel's two squared-norm sums (`sums`, float64 [2]) against the composition's, to double rounding (their
+/// order differs).
+fn assert_sums_agree(sums: &Tensor, before: &Tensor, delta: &Tensor, what: &str) {
+    let got = Vec::<f64>::try_from(sums).unwrap();
+    for (name, x, want) in [
+        ("before", got[0], before.double_value(&[])),
+        ("delta", got[1], delta.double_value(&[])),
+    ] {
+        assert!(
+            (x - want).abs() <= 1e-9 * want.abs(),
+            "{what}: {name} sum {x} against {want}"
+        );
     }
 }
