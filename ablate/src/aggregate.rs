@@ -8,7 +8,7 @@ use crate::spec::{SftSource, Spec};
 use crate::stats::{self, Estimate, SignFlip};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use spar_core::EvalSummary;
+use spar_core::{EvalSummary, SampledRows};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -33,28 +33,14 @@ pub struct Comparison {
     pub expert: EvalSummary,
     /// `[eval.sampled]`: the held-out cases played several times a case at the rollout's temperature.
     #[serde(default)]
-    pub sampled: Option<SampledComparison>,
+    pub sampled: Option<SampledRows>,
 }
 
-/// The sampled held-out rows of a `comparison.json`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct SampledComparison {
-    /// What was played (e.g. "4 a case at T = 0.7").
-    #[serde(default)]
-    pub label: String,
-    /// After SFT (None: a run resumed from before the evaluation existed).
-    #[serde(default)]
-    pub before_rl: Option<EvalSummary>,
-    pub after_rl: EvalSummary,
-}
-
-impl SampledComparison {
-    /// The row that is an arm's result: after RL, or an SFT-only arm's evaluation of its SFT checkpoint.
-    fn result(&self, sft_only: bool) -> &EvalSummary {
-        match (&self.before_rl, sft_only) {
-            (Some(before), true) => before,
-            _ => &self.after_rl,
-        }
+/// The sampled row that is an arm's result: after RL, or an SFT-only arm's evaluation of its SFT checkpoint.
+fn sampled_result(s: &SampledRows, sft_only: bool) -> &EvalSummary {
+    match (&s.before_rl, sft_only) {
+        (Some(before), true) => before,
+        _ => &s.after_rl,
     }
 }
 
@@ -353,7 +339,10 @@ pub fn aggregate(spec: &Spec, runs: &[RunRef]) -> Result<Report> {
         for (key, label) in metric_keys(&types) {
             let value = |arm: &str, c: &Comparison| {
                 let s = c.sampled.as_ref()?;
-                Some(metric_value(s.result(sft_only.contains(arm)), &key))
+                Some(metric_value(
+                    sampled_result(s, sft_only.contains(arm)),
+                    &key,
+                ))
             };
             metrics.push(MetricTable {
                 arms: arm_stats(spec, &results, &value),

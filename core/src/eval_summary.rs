@@ -1,5 +1,5 @@
 //! `EvalSummary`: the scores of one held-out evaluation pass, as spar-eval computes them and `spar train` reports
-//! them (one row of its table and of `comparison.json`).
+//! them (one row of its table and of `comparison.json`); `SampledRows`: the sampled evaluation's rows there.
 use serde::{Deserialize, Serialize};
 
 /// Per-stage scores and reward of one evaluation pass.
@@ -22,4 +22,17 @@ pub struct EvalSummary {
     /// the doctor's steps it flagged.
     #[serde(default)]
     pub violation_rates: std::collections::BTreeMap<String, f64>,
+}
+
+/// The sampled held-out evaluation's rows (`[eval.sampled]`: every case played several times at the rollout's
+/// temperature), as `spar train` writes them under `comparison.json`'s `sampled` and `spar ablate` reads them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SampledRows {
+    /// What was played (e.g. "4 samples a case, T = 0.7").
+    #[serde(default)]
+    pub label: String,
+    /// After SFT (None: a run resumed from before the evaluation existed).
+    #[serde(default)]
+    pub before_rl: Option<EvalSummary>,
+    pub after_rl: EvalSummary,
 }

@@ -23,6 +23,6 @@ pub mod traits;
 
 pub use case::Case;
 pub use error::{Error, Result};
-pub use eval_summary::EvalSummary;
+pub use eval_summary::{EvalSummary, SampledRows};
 pub use sample::{Sample, Scored};
 pub use stage::Stage;

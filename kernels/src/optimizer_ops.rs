@@ -101,32 +101,11 @@ pub fn adamw_flat_step(
     step: &AdamWStep,
     sums: &Tensor,
 ) -> Result<bool> {
-    let Device::Cuda(ordinal) = w.device() else {
+    let fit = || [w, m, v, g].iter().all(|t| fits(t, w, Kind::Float));
+    let Some(kern) = launch_kernels(w, fit, sums, "adamw_flat_step")? else {
         return Ok(false);
     };
-    if !fused_adamw_enabled() || !cuda::enabled() {
-        return Ok(false);
-    }
     let n = w.numel() as i64;
-    for t in [m, v, g] {
-        if t.device() != w.device()
-            || t.kind() != Kind::Float
-            || !t.is_contiguous()
-            || t.numel() as i64 != n
-        {
-            return Ok(false);
-        }
-    }
-    if w.kind() != Kind::Float || !w.is_contiguous() {
-        return Ok(false);
-    }
-    ensure!(
-        sums.kind() == Kind::Double && sums.numel() == 2 && sums.device() == w.device(),
-        "adamw_flat_step: sums must be float64 [2] on the weights' device"
-    );
-    let Some(kern) = cuda::kernels(ordinal) else {
-        return Ok(false);
-    };
     if n == 0 {
         return Ok(true);
     }
@@ -135,6 +114,37 @@ pub fn adamw_flat_step(
     let (grid, block) = elementwise_grid(n);
     kern.launch("adamw_flat_f32", grid, block, &args)?;
     Ok(true)
+}
+
+/// Whether `t` is a contiguous `kind` tensor with `like`'s device and length: what a kernel indexing it as `like`
+/// needs.
+fn fits(t: &Tensor, like: &Tensor, kind: Kind) -> bool {
+    t.device() == like.device()
+        && t.kind() == kind
+        && t.is_contiguous()
+        && t.numel() == like.numel()
+}
+
+/// The kernels of a fused AdamW launch over `w`, or None (the caller runs the composition, nothing touched) off
+/// CUDA, with `SPAR_FUSED_ADAMW=0`, where the tensors do not `fit`, or without kernels. A malformed `sums` (not
+/// float64 `[2]` on `w`'s device) is `who`'s error.
+fn launch_kernels(
+    w: &Tensor,
+    fit: impl FnOnce() -> bool,
+    sums: &Tensor,
+    who: &str,
+) -> Result<Option<std::sync::Arc<cuda::Kernels>>> {
+    let Device::Cuda(ordinal) = w.device() else {
+        return Ok(None);
+    };
+    if !fused_adamw_enabled() || !cuda::enabled() || !fit() {
+        return Ok(None);
+    }
+    ensure!(
+        sums.kind() == Kind::Double && sums.numel() == 2 && sums.device() == w.device(),
+        "{who}: sums must be float64 [2] on the weights' device"
+    );
+    Ok(cuda::kernels(ordinal))
 }
 
 /// The arguments every AdamW kernel takes after its pointers: n, the step's numbers as the kernels use them (torch
@@ -297,37 +307,23 @@ pub fn adamw_bf16_fused(
     step: &AdamWStep,
     sums: &Tensor,
 ) -> Result<bool> {
-    let Device::Cuda(ordinal) = w.device() else {
-        return Ok(false);
-    };
-    if !fused_adamw_enabled() || !cuda::enabled() {
-        return Ok(false);
-    }
-    let n = w.numel() as i64;
-    let fits = |t: &Tensor, kind: Kind| {
-        t.device() == w.device() && t.kind() == kind && t.is_contiguous() && t.numel() as i64 == n
-    };
     let (comp_kind, v_kind) = if state.packed() {
         (Kind::Int8, Kind::Int16)
     } else {
         (Kind::BFloat16, Kind::Float)
     };
-    if !fits(w, Kind::BFloat16)
-        || !g.is_none_or(|g| fits(g, Kind::BFloat16))
-        || !fits(state.comp, comp_kind)
-        || !fits(state.m, Kind::BFloat16)
-        || !fits(state.v, v_kind)
-        || !state.v_lo.is_none_or(|lo| fits(lo, Kind::Uint8))
-    {
-        return Ok(false);
-    }
-    ensure!(
-        sums.kind() == Kind::Double && sums.numel() == 2 && sums.device() == w.device(),
-        "adamw_bf16_fused: sums must be float64 [2] on the weights' device"
-    );
-    let Some(kern) = cuda::kernels(ordinal) else {
+    let fit = || {
+        fits(w, w, Kind::BFloat16)
+            && g.is_none_or(|g| fits(g, w, Kind::BFloat16))
+            && fits(state.comp, w, comp_kind)
+            && fits(state.m, w, Kind::BFloat16)
+            && fits(state.v, w, v_kind)
+            && state.v_lo.is_none_or(|lo| fits(lo, w, Kind::Uint8))
+    };
+    let Some(kern) = launch_kernels(w, fit, sums, "adamw_bf16_fused")? else {
         return Ok(false);
     };
+    let n = w.numel() as i64;
     if n == 0 {
         return Ok(true);
     }

@@ -20,8 +20,9 @@
 //! [`OptimizerState::Packed`] keeps the compact state in fewer bits: the compensation as an int8 count of 1/256ths
 //! of the weight's bf16 ulp (weight + compensation: 16 bits of mantissa), and the second moment in 24 bits (fp32
 //! without its sign, always 0, and with its low 7 mantissa bits rounded away: 16 bits of mantissa, so a 0.1%
-//! change is 65 of its units, and its square root is within 2^-18 of fp32's). 6 bytes of state a parameter, 10 in all; for the memory of a large MoE at small batch, where
-//! the state is most of it. A state saves in the compact form (exactly) and loads from any of the three.
+//! change is 65 of its units, and its square root is within 2^-18 of fp32's). 6 bytes of state a parameter, 10
+//! in all; for the memory of a large MoE at small batch, where the state is most of it. A state saves in the
+//! compact form (exactly) and loads from any of the three.
 //!
 //! On a GPU the compact and packed steps run one fused kernel a parameter (`optimizer_ops::adamw_bf16_fused`):
 //! no gathered gradient and no fp32 temporaries, the same bits as the chunked torch ops used elsewhere.
@@ -397,8 +398,8 @@ impl AdamW {
         let mut deltas = Vec::new();
         tch::no_grad(|| {
             if let Some(flat) = &self.flat {
-                let fused = match flat.weights {
-                    FlatWeights::Compensations(_) => self.fused_bf16_step(flat, &numbers),
+                let fused = match &flat.weights {
+                    FlatWeights::Compensations(comp) => self.fused_bf16_step(flat, comp, &numbers),
                     FlatWeights::Masters(_) => None,
                 };
                 if let Some(sums) = fused {
@@ -454,9 +455,14 @@ impl AdamW {
     /// The compact or packed step of every flat member through the fused kernel, one launch a parameter: no
     /// gathered gradient and no fp32 temporaries. Returns the device's two sums, or None where the kernel does
     /// not apply (off CUDA, `SPAR_FUSED_ADAMW=0`): the caller then takes the chunked torch ops, which give the
-    /// same bits. A member the kernel cannot take after the first (a gradient of another layout) takes the ops
-    /// alone.
-    fn fused_bf16_step(&self, flat: &FlatState, numbers: &AdamWStep) -> Option<Tensor> {
+    /// same bits. A member the kernel cannot take after the first (a gradient of another layout) takes them
+    /// over its own elements.
+    fn fused_bf16_step(
+        &self,
+        flat: &FlatState,
+        comp: &Tensor,
+        numbers: &AdamWStep,
+    ) -> Option<Tensor> {
         let device = flat.m.device();
         if !device.is_cuda() || !optimizer_ops::fused_adamw_enabled() {
             return None;
@@ -484,20 +490,9 @@ impl AdamW {
                 }
                 _ => {}
             }
-            let g = Self::grad_f32(p).reshape([-1]);
-            let w32 = p.param.reshape([-1]).to_kind(Kind::Float);
-            let flat_view = |t: &Tensor| t.reshape([-1]);
-            let (comp, m, v) = (flat_view(state.comp), flat_view(&p.m), flat_view(&p.v));
-            let lo = p.v_lo.as_ref().map(flat_view);
-            let state = Bf16State {
-                comp: &comp,
-                m: &m,
-                v: &v,
-                v_lo: lo.as_ref(),
-            };
-            let (rounded, before, delta) =
-                optimizer_ops::adamw_bf16_composition(&w32, &g, &state, numbers);
-            p.param.reshape([-1]).copy_(&rounded);
+            let place = p.flat.expect("flat member has a place");
+            let g = self.grad_chunk(flat, place.0, place.1);
+            let (before, delta) = self.compact_update(flat, comp, place, &g, numbers);
             let _ = sums.get(0).g_add_(&before);
             let _ = sums.get(1).g_add_(&delta);
         }

@@ -20,13 +20,7 @@ pub struct HeldOutTable {
     pub sampled: Option<SampledRows>,
 }
 
-/// The sampled held-out evaluation's rows.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct SampledRows {
-    pub label: String,
-    pub before_rl: Option<EvalSummary>,
-    pub after_rl: EvalSummary,
-}
+pub use spar_core::SampledRows;
 
 /// Writes a held-out evaluation's transcripts to `OUT/transcripts/<name>.md` (atomically).
 pub fn write_transcripts(out: &Path, name: &str, transcripts: &str) -> Result<()> {
@@ -87,11 +81,7 @@ pub fn write_results(
         "before_rl": table.before_rl,
         "after_rl": table.after_rl,
         "expert": table.expert,
-        "sampled": table.sampled.as_ref().map(|t| serde_json::json!({
-            "label": t.label,
-            "before_rl": t.before_rl,
-            "after_rl": t.after_rl,
-        })),
+        "sampled": table.sampled,
     });
     spar_core::fsio::write_atomic(
         &out.join("comparison.json"),

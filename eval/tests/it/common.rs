@@ -106,3 +106,20 @@ pub fn eval_models(
         judge,
     }
 }
+
+/// A current-thread runtime and the default reward pipeline with an in-memory claim cache (no file written).
+pub fn runtime_and_pipeline() -> (tokio::runtime::Runtime, spar_rewards::RewardPipeline) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rewards = spar_core::recipe::RewardsSection::default();
+    rewards.fact.cache = spar_core::recipe::ClaimCacheKind::Memory;
+    let pipeline = rt
+        .block_on(spar_rewards::RewardPipeline::new(
+            &rewards,
+            spar_rewards::Injected::default(),
+        ))
+        .unwrap();
+    (rt, pipeline)
+}

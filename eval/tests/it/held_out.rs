@@ -3,7 +3,7 @@
 //! random-init model on shipped cases. The reference below is `HeldOut::run` + `whole_episodes_once` of
 //! `trainer/src/run.rs` (commit 037472a), copied verbatim apart from taking its inputs as arguments.
 use anyhow::{Context, Result};
-use spar_core::recipe::{EvalSection, RewardsSection, RolloutSection};
+use spar_core::recipe::{EvalSection, RolloutSection};
 use spar_core::sample::Role;
 use spar_core::traits::StageScorer;
 use spar_core::{Case, Stage};
@@ -151,18 +151,7 @@ fn validation_cases_and_pipeline(n: usize) -> (Vec<Case>, tokio::runtime::Runtim
         .take(n)
         .collect();
     assert_eq!(cases.len(), n);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut rewards = RewardsSection::default();
-    rewards.fact.cache = spar_core::recipe::ClaimCacheKind::Memory;
-    let pipeline = rt
-        .block_on(RewardPipeline::new(
-            &rewards,
-            spar_rewards::Injected::default(),
-        ))
-        .unwrap();
+    let (rt, pipeline) = super::common::runtime_and_pipeline();
     (cases, rt, pipeline)
 }
 

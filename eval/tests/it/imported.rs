@@ -3,11 +3,10 @@
 //! environment, every stage output parses and scores, and the expert's final diagnosis is right, as it is on the
 //! shipped cases (`held_out.rs`).
 use spar_core::Stage;
-use spar_core::recipe::{EvalSection, RewardsSection, RolloutSection};
+use spar_core::recipe::{EvalSection, RolloutSection};
 use spar_data::import::{ImportFormat, import};
 use spar_data::kb::KnowledgeBase;
 use spar_eval::HeldOutEval;
-use spar_rewards::RewardPipeline;
 use spar_rollout::Policy;
 use spar_rollout::env::ExpertDoctor;
 use spar_rollout::testing::CharCodec;
@@ -28,18 +27,7 @@ fn imported_cases_play_with_the_scripted_expert_and_patient_like_shipped_ones() 
     }
     spar_data::redact::redact_cases(&mut cases);
     assert_eq!(cases.len(), 6);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut rewards = RewardsSection::default();
-    rewards.fact.cache = spar_core::recipe::ClaimCacheKind::Memory;
-    let pipeline = rt
-        .block_on(RewardPipeline::new(
-            &rewards,
-            spar_rewards::Injected::default(),
-        ))
-        .unwrap();
+    let (rt, pipeline) = super::common::runtime_and_pipeline();
     let rollout = RolloutSection {
         turn_limits: [8, 2, 2, 2],
         ..Default::default()
