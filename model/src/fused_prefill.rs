@@ -79,7 +79,7 @@ pub fn prefill_with(
 }
 
 /// The rows of a prefill, checked: each row's token ids, cached length, new tokens and physical slot.
-struct Turns {
+pub(crate) struct Turns {
     /// `[b * t]` int64 ids, each row right-padded with 0 to the longest, `t`.
     ids: Vec<i64>,
     t: usize,
@@ -89,7 +89,11 @@ struct Turns {
 }
 
 impl Turns {
-    fn new(model: &Qwen3Model, cache: &KvCache, rows: &[(usize, &[u32])]) -> Result<Turns> {
+    pub(crate) fn new(
+        model: &Qwen3Model,
+        cache: &KvCache,
+        rows: &[(usize, &[u32])],
+    ) -> Result<Turns> {
         let c = &model.config;
         let b = rows.len();
         let t = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
@@ -138,32 +142,57 @@ impl Turns {
             phys,
         })
     }
+
+    /// The new tokens of every row.
+    pub(crate) fn tokens(&self) -> usize {
+        self.valid.iter().map(|v| *v as usize).sum()
+    }
 }
 
-/// The packed path: every new token one row of the GEMMs and fused kernels (no padding), attention through
-/// flash's varlen kernel over each row's keys in place ([`varlen_attention::cached_varlen_attention`]). About 15
-/// host ops a layer. None when flash refuses the first layer's call (the padded path then runs; the keys and
-/// values layer 0 wrote are the ones it writes again).
-fn prefill_packed(
-    model: &Qwen3Model,
-    fused: &FusedLayers,
-    cache: &mut KvCache,
+/// The packed path's device inputs as built on the host, for `rows` rows of `tokens` new tokens in all (at least
+/// the real rows and tokens; a CUDA graph's bucket may ask for more, see [`packed_layout`]).
+pub(crate) struct PackedLayout {
+    /// `[3 T + R]` int64: token ids, positions, flat cache rows written (`slot x width + position`), and each
+    /// row's last token (its index among the `T`).
+    pub(crate) long: Vec<i64>,
+    /// `[3 R + 2]` int32: query offsets `cu_q` (`R + 1`), key starts (`R + 1`, the kernel's `cu_seqlens_k`), key
+    /// counts (`R`).
+    pub(crate) int: Vec<i32>,
+    /// Each real row's cached length after the prefill.
+    pub(crate) used: Vec<i64>,
+    /// The longest real row's new tokens and keys.
+    pub(crate) max_q: i64,
+    pub(crate) max_k: i64,
+}
+
+/// The packed layout of `turns` over `tokens` (`T`) token rows and `rows` (`R`) attention rows. The eager path
+/// asks for exactly its rows and tokens; a CUDA graph ([`crate::graph_prefill`]) for its bucket's. Rows past the
+/// real ones are empty, except that padding tokens (`T` past the real tokens) form the last row: they attend
+/// over the first keys of the cache's flat row 0 (read only, any values), and write their keys and values into
+/// the scratch column `max_len` of the first row's slot, which nothing reads. Padding thus stays finite and
+/// touches no real row (every kernel but attention works token by token). Needs `rows > b` when `tokens > n`.
+pub(crate) fn packed_layout(
+    cache: &KvCache,
     rows: &[(usize, &[u32])],
     turns: &Turns,
-) -> Result<Option<PrefillOutput>> {
-    let c = &model.config;
-    let (dev, kind, eps) = (model.device(), model.kind(), c.rms_norm_eps);
-    let (nh, nkv, d) = c.attention_dims();
+    tokens: usize,
+    rows_out: usize,
+) -> Result<PackedLayout> {
     let b = rows.len();
-    let width = cache.max_len() as i64 + 1;
-    // Host side, uploaded in two copies: int64 ids, positions, cache rows written, each row's last token; int32
-    // query offsets, key starts, key counts.
     let n: usize = turns.valid.iter().map(|v| *v as usize).sum();
-    let mut long = Vec::with_capacity(3 * n + b);
+    let pad = tokens.saturating_sub(n);
+    ensure!(
+        tokens >= n && rows_out >= b + usize::from(pad > 0),
+        "a packed prefill of {b} rows and {n} tokens cannot take {rows_out} rows and {tokens} tokens"
+    );
+    let width = cache.max_len() as i64 + 1;
+    let starts: Vec<i64> = turns.phys.iter().map(|p| p * width).collect();
+    let mut long = Vec::with_capacity(3 * tokens + rows_out);
     long.extend(
         rows.iter()
             .flat_map(|(_, p)| p.iter().map(|&tok| tok as i64)),
     );
+    long.extend(std::iter::repeat_n(0, pad));
     let positions = || {
         turns
             .held
@@ -172,18 +201,21 @@ fn prefill_packed(
             .flat_map(|(h, v)| *h..h + v)
     };
     long.extend(positions());
-    let starts: Vec<i64> = turns.phys.iter().map(|p| p * width).collect();
+    long.extend(0..pad as i64);
     long.extend(
         starts
             .iter()
             .zip(turns.held.iter().zip(&turns.valid))
             .flat_map(|(s, (h, v))| s + h..s + h + v),
     );
-    let mut cu = vec![0i64; b + 1];
-    for i in 0..b {
-        cu[i + 1] = cu[i] + turns.valid[i];
+    long.extend(std::iter::repeat_n(starts[0] + width - 1, pad));
+    let mut cu = vec![0i64; rows_out + 1];
+    for i in 0..rows_out {
+        cu[i + 1] = cu[i] + turns.valid.get(i).copied().unwrap_or(0);
     }
-    long.extend(cu[1..].iter().map(|e| e - 1));
+    cu[rows_out] += pad as i64;
+    long.extend(cu[1..=b].iter().map(|e| e - 1));
+    long.extend(std::iter::repeat_n(0, rows_out - b));
     let used: Vec<i64> = turns
         .held
         .iter()
@@ -191,21 +223,52 @@ fn prefill_packed(
         .map(|(h, v)| h + v)
         .collect();
     let mut int: Vec<i32> = cu.iter().map(|&x| x as i32).collect();
-    // k_start has b + 1 entries (the kernel's cu_seqlens_k); with k_used it reads only the first b.
+    // k_start has R + 1 entries (the kernel's cu_seqlens_k); with k_used it reads only the first R.
     int.extend(starts.iter().map(|&x| x as i32));
+    int.extend(std::iter::repeat_n(0, rows_out - b));
     int.push((turns.phys.iter().max().copied().unwrap_or(0) + 1) as i32 * width as i32);
     int.extend(used.iter().map(|&x| x as i32));
-    let (n, bi) = (n as i64, b as i64);
-    let long = Tensor::from_slice(&long).f_to_device(dev)?;
-    let int = Tensor::from_slice(&int).f_to_device(dev)?;
+    int.extend(std::iter::repeat_n(0, rows_out - b));
+    if pad > 0 {
+        *int.last_mut().expect("rows_out > b") = pad as i32;
+    }
+    Ok(PackedLayout {
+        long,
+        int,
+        max_q: turns.t as i64,
+        max_k: used.iter().max().copied().unwrap_or(1),
+        used,
+    })
+}
+
+/// The packed forward over device inputs laid out as [`PackedLayout`] (`tokens` = `T`, `rows` = `R`): every
+/// token one row of the GEMMs and fused kernels, attention through flash's varlen kernel over each row's keys in
+/// place ([`varlen_attention::cached_varlen_attention`]; `max_q`, `max_k` bound its rows' new tokens and keys).
+/// Returns the `[R, vocab]` logits of each row's last token and an MoE model's experts of every token
+/// (`[T, n_moe, k]`), or None when flash refuses the first layer's call. No host reads and shapes fixed by its
+/// arguments: a CUDA graph captures it as is.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn packed_forward(
+    model: &Qwen3Model,
+    fused: &FusedLayers,
+    cache: &KvCache,
+    long: &Tensor,
+    int: &Tensor,
+    (tokens, rows): (i64, i64),
+    (max_q, max_k): (i64, i64),
+    grouped: bool,
+) -> Result<Option<(Tensor, Option<Tensor>)>> {
+    let c = &model.config;
+    let (kind, eps) = (model.kind(), c.rms_norm_eps);
+    let (nh, nkv, d) = c.attention_dims();
+    let n = tokens;
     let ids = long.f_narrow(0, 0, n)?;
     let pos = long.f_narrow(0, n, n)?;
     let write_at = long.f_narrow(0, 2 * n, n)?;
-    let last = long.f_narrow(0, 3 * n, bi)?;
-    let cu_q = int.f_narrow(0, 0, bi + 1)?;
-    let k_start = int.f_narrow(0, bi + 1, bi + 1)?;
-    let k_used = int.f_narrow(0, 2 * bi + 2, bi)?;
-    let (max_q, max_k) = (turns.t as i64, used.iter().max().copied().unwrap_or(1));
+    let last = long.f_narrow(0, 3 * n, rows)?;
+    let cu_q = int.f_narrow(0, 0, rows + 1)?;
+    let k_start = int.f_narrow(0, rows + 1, rows + 1)?;
+    let k_used = int.f_narrow(0, 2 * rows + 2, rows)?;
     let (cos, sin) = model.rope.cos_sin(&pos.f_view([n, 1])?, kind)?; // [n, 1, d]
 
     let mut x = Tensor::f_embedding(&model.embed, &ids, model.pad_idx(), false, false)?; // [n, H]
@@ -228,34 +291,73 @@ fn prefill_packed(
             return Ok(None);
         };
         let o = o.f_reshape([n, nh * d])?.f_linear(&a.o, None::<Tensor>)?;
-        let (x2, hn, chosen) = mlp_and_next_norm(model, li, fl, &x, &o, true)?;
+        let (x2, hn, chosen) = mlp_and_next_norm(model, li, fl, &x, &o, grouped)?;
         experts.extend(chosen);
         x = x2;
         hin = hn;
-    }
-    for ((slot, _), u) in rows.iter().zip(&used) {
-        cache.set_len(*slot, *u as usize);
     }
     // `hin` is the last layer's output through the final norm: the head reads each row's last token.
     let logits = hin
         .f_index_select(0, &last)?
         .f_linear(model.lm_head_weight(), None::<Tensor>)?;
-    let routed_experts = if experts.is_empty() {
+    let experts = if experts.is_empty() {
         None
     } else {
-        // [n, layers, k] packed -> [b, t, layers, k] padded (padding positions 0), the padded path's shape.
-        let packed = Tensor::f_stack(&experts, 1)?;
-        let t = turns.t as i64;
-        let at: Vec<i64> = (0..b)
-            .flat_map(|i| (0..turns.valid[i]).map(move |j| i as i64 * t + j))
-            .collect();
-        let at = Tensor::from_slice(&at).f_to_device(dev)?;
-        let mut sizes = packed.size();
-        sizes[0] = bi * t;
-        let padded = Tensor::f_zeros(sizes.as_slice(), (packed.kind(), dev))?
-            .f_index_copy(0, &at, &packed)?;
-        Some(padded.f_view([bi, t, sizes[1], -1])?)
+        Some(Tensor::f_stack(&experts, 1)?)
     };
+    Ok(Some((logits, experts)))
+}
+
+/// An MoE prefill's experts, packed `[n, layers, k]` (the real tokens first, row after row), as the padded path
+/// returns them: `[b, t, layers, k]`, rows right-padded to the longest (padding positions 0).
+pub(crate) fn experts_padded(packed: &Tensor, turns: &Turns) -> Result<Tensor> {
+    let dev = packed.device();
+    let b = turns.valid.len();
+    let t = turns.t as i64;
+    let at: Vec<i64> = (0..b)
+        .flat_map(|i| (0..turns.valid[i]).map(move |j| i as i64 * t + j))
+        .collect();
+    let packed = packed.f_narrow(0, 0, at.len() as i64)?;
+    let at = Tensor::from_slice(&at).f_to_device(dev)?;
+    let mut sizes = packed.size();
+    sizes[0] = b as i64 * t;
+    let padded =
+        Tensor::f_zeros(sizes.as_slice(), (packed.kind(), dev))?.f_index_copy(0, &at, &packed)?;
+    Ok(padded.f_view([b as i64, t, sizes[1], -1])?)
+}
+
+/// The packed path (see [`packed_forward`]): about 15 host ops a layer. None when flash refuses the first layer's
+/// call (the padded path then runs; the keys and values layer 0 wrote are the ones it writes again).
+fn prefill_packed(
+    model: &Qwen3Model,
+    fused: &FusedLayers,
+    cache: &mut KvCache,
+    rows: &[(usize, &[u32])],
+    turns: &Turns,
+) -> Result<Option<PrefillOutput>> {
+    let dev = model.device();
+    let (b, n) = (rows.len(), turns.tokens());
+    let layout = packed_layout(cache, rows, turns, n, b)?;
+    // Two uploads: the int64 and the int32 inputs.
+    let long = Tensor::from_slice(&layout.long).f_to_device(dev)?;
+    let int = Tensor::from_slice(&layout.int).f_to_device(dev)?;
+    let Some((logits, experts)) = packed_forward(
+        model,
+        fused,
+        cache,
+        &long,
+        &int,
+        (n as i64, b as i64),
+        (layout.max_q, layout.max_k),
+        true,
+    )?
+    else {
+        return Ok(None);
+    };
+    for ((slot, _), u) in rows.iter().zip(&layout.used) {
+        cache.set_len(*slot, *u as usize);
+    }
+    let routed_experts = experts.map(|e| experts_padded(&e, turns)).transpose()?;
     Ok(Some(PrefillOutput {
         logits,
         routed_experts,

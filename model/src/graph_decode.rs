@@ -32,6 +32,7 @@
 use crate::cache::KvCache;
 use crate::fused_layers::{FusedLayers, first_input_norm, mlp_and_next_norm, queries_and_store};
 use crate::fused_prefill::{self, PrefillOutput};
+use crate::graph_prefill::{PrefillGraphStats, PrefillGraphs};
 use crate::qwen3::Qwen3Model;
 use crate::temperature_sampling::{PARAMS_ROWS, pick_at_temperature_into};
 use anyhow::{Context, Result};
@@ -148,7 +149,10 @@ pub struct GraphDecoder {
     broken: bool,
     /// MoE experts through `_grouped_mm` (cleared when it cannot be captured).
     grouped: bool,
+    /// The decode steps' counters ([`GraphDecoder::prefill_stats`]: the prefills').
     pub stats: GraphStats,
+    /// Short prefills replayed from graphs ([`crate::graph_prefill`]).
+    prefills: PrefillGraphs,
 }
 
 impl GraphDecoder {
@@ -178,22 +182,55 @@ impl GraphDecoder {
             broken: false,
             grouped: true,
             stats: GraphStats::default(),
+            prefills: PrefillGraphs::default(),
         })
     }
 
-    /// Appends several tokens to each `(slot, tokens)` row through the decode step's fused weights and kernels,
-    /// eagerly ([`crate::fused_prefill`]: under half the plain forward's host ops a layer), and returns
-    /// the logits after each row's last token. Slots must be distinct.
+    /// Appends several tokens to each `(slot, tokens)` row through the decode step's fused weights and kernels
+    /// and returns the logits after each row's last token. Slots must be distinct. A short prefill is replayed
+    /// from a CUDA graph of its shape ([`crate::graph_prefill`]); the rest, and anything the graphs cannot take,
+    /// run eagerly ([`crate::fused_prefill`]: under half the plain forward's host ops a layer).
     pub fn prefill(
         &mut self,
         model: &Qwen3Model,
         cache: &mut KvCache,
         rows: &[(usize, &[u32])],
     ) -> Result<PrefillOutput> {
-        if self.fused.ensure(model)? {
-            self.graphs.clear();
+        self.follow(model, cache)?;
+        let graphed = self.prefills.prefill(
+            model,
+            &self.fused,
+            cache,
+            rows,
+            self.ordinal,
+            &mut self.pool,
+            self.grouped,
+        )?;
+        match graphed {
+            Some(out) => Ok(out),
+            None => fused_prefill::prefill(model, &self.fused, cache, rows),
         }
-        fused_prefill::prefill(model, &self.fused, cache, rows)
+    }
+
+    /// The prefill graphs' counters.
+    pub fn prefill_stats(&self) -> PrefillGraphStats {
+        self.prefills.stats
+    }
+
+    /// Drops every graph when the cache's storage or the model's parameters were replaced since they were
+    /// captured (first use: fuses the weights).
+    fn follow(&mut self, model: &Qwen3Model, cache: &KvCache) -> Result<()> {
+        if cache.storage_id() != self.cache_id {
+            self.graphs.clear();
+            self.prefills.clear();
+            self.cache_id = cache.storage_id();
+        }
+        if self.fused.ensure(model)? {
+            // First use, or someone replaced the parameters' storage (e.g. a dtype change): recapture.
+            self.graphs.clear();
+            self.prefills.clear();
+        }
+        Ok(())
     }
 
     /// Row buckets graphs are captured for.
@@ -248,14 +285,7 @@ impl GraphDecoder {
             self.stats.fallbacks += 1;
             return Ok(None);
         }
-        if cache.storage_id() != self.cache_id {
-            self.graphs.clear();
-            self.cache_id = cache.storage_id();
-        }
-        if self.fused.ensure(model)? {
-            // First step, or someone replaced the parameters' storage (e.g. a dtype change): recapture.
-            self.graphs.clear();
-        }
+        self.follow(model, cache)?;
         let _g = tch::no_grad_guard();
         let slots: Vec<usize> = rows.iter().map(|(s, _)| *s).collect();
         cache.gather_low(&slots, r)?;

@@ -13,6 +13,7 @@ pub mod fused_layers;
 pub mod fused_prefill;
 pub mod generate;
 pub mod graph_decode;
+pub mod graph_prefill;
 pub mod hf_ranges;
 pub mod moe;
 pub mod param_units;
@@ -30,6 +31,7 @@ pub use expert_parallel::ExpertExchange;
 pub use graph_decode::{
     GraphDecodeOutput, GraphDecoder, GraphStats, LaunchedStep, NextTokens, Pick,
 };
+pub use graph_prefill::PrefillGraphStats;
 pub use hf_ranges::{HfRanges, read_safetensors_range, read_safetensors_tensor};
 pub use moe::{RoutingSums, aux_load_balancing_loss, aux_load_balancing_loss_masked, routing_sums};
 pub use param_units::{GradsReady, ParamUnits, Unit};

@@ -8,6 +8,8 @@ mod common;
 mod fused_prefill;
 #[path = "it/graph_decode.rs"]
 mod graph_decode;
+#[path = "it/graph_prefill.rs"]
+mod graph_prefill;
 #[path = "it/internal.rs"]
 mod internal;
 #[path = "it/parity.rs"]

@@ -75,6 +75,10 @@ impl PlayedRound {
             ),
             ("rollout/prefill_forwards".into(), e.prefill_forwards as f64),
             (
+                "rollout/prefill_graph_replays".into(),
+                e.prefill_graph_replays as f64,
+            ),
+            (
                 "rollout/prefill_wait_steps".into(),
                 e.prefill_wait_steps as f64,
             ),

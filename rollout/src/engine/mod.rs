@@ -171,12 +171,15 @@ pub struct EngineStats {
     /// Seconds in [`Engine::run_until`] with nothing queued or running.
     #[serde(default)]
     pub idle_seconds: f64,
-    /// CUDA graphs captured for decode steps, and the seconds that took (part of `decode_seconds`). Filled by
-    /// [`Engine::stats_with_graphs`].
+    /// CUDA graphs captured for decode steps and prefills, and the seconds that took (part of `decode_seconds`
+    /// and `prefill_seconds`). Filled by [`Engine::stats_with_graphs`], as is the next one.
     #[serde(default)]
     pub graph_captures: u64,
     #[serde(default)]
     pub graph_capture_seconds: f64,
+    /// Prefill forwards replayed from a CUDA graph (short turns; the rest of `prefill_forwards` ran eagerly).
+    #[serde(default)]
+    pub prefill_graph_replays: u64,
     /// Torch's CUDA caching allocator during [`Engine::run_until`] (CUDA only): allocations retried after
     /// freeing its whole cache (each synchronizes the device), and `cudaMalloc` calls. Many of either mean the
     /// KV cache left the allocator too little room (see `rollout.gpu_memory_utilization`).
@@ -348,9 +351,11 @@ impl<'m> Engine<'m> {
     /// The counters with the CUDA-graph decoder's captures filled in.
     pub fn stats_with_graphs(&self) -> EngineStats {
         let mut stats = self.stats;
-        if let Some(g) = self.graph_stats() {
-            stats.graph_captures = g.captures;
-            stats.graph_capture_seconds = g.capture_seconds;
+        if let Some(g) = &self.graphs {
+            let p = g.prefill_stats();
+            stats.graph_captures = g.stats.captures + p.captures;
+            stats.graph_capture_seconds = g.stats.capture_seconds + p.capture_seconds;
+            stats.prefill_graph_replays = p.replays;
         }
         stats
     }
