@@ -8,7 +8,7 @@
 //!
 //! - **Shapes**: the new tokens are padded to a bucket of `T` (a power of two from [`MIN_TOKENS`] up to
 //!   [`max_tokens`]) and the rows to a power of two `R`, plus one row that owns the padding tokens
-//!   ([`fused_prefill::packed_layout`]: they read keys they cannot harm and write into a scratch column).
+//!   (`fused_prefill::packed_layout`: they read keys they cannot harm and write into a scratch column).
 //!   Longer prefills (a conversation's first prompt) keep the eager packed path, where the host's work is small
 //!   against the GPU's.
 //! - **Attention** is flash's varlen kernel with its row offsets, key starts and key counts read from device
