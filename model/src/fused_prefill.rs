@@ -464,3 +464,61 @@ fn prefill_padded(
         routed_experts,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Qwen3Config;
+    use tch::Device;
+
+    /// The host side of a graph bucket's layout: real rows first, an empty row, then the padding tokens' row,
+    /// which reads slot 0's first keys and writes into the first row's scratch column.
+    #[test]
+    fn a_padded_layout_keeps_real_rows_in_place_and_gives_padding_a_row_of_its_own() {
+        let cfg = Qwen3Config::from_json_str(
+            r#"{"model_type":"qwen3","vocab_size":128,"hidden_size":32,"intermediate_size":64,
+                "num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"head_dim":16}"#,
+            "test",
+        )
+        .unwrap();
+        let m = Qwen3Model::random(cfg, Device::Cpu, Kind::Float, 1).unwrap();
+        let mut cache = KvCache::new(&m.config, 4, 16, Device::Cpu, Kind::Float);
+        cache.set_len(2, 3); // slot 2 holds 3 tokens; slot 0 is fresh
+        let rows: [(usize, &[u32]); 2] = [(2, &[5, 6]), (0, &[7])];
+        let turns = Turns::new(&m, &cache, &rows).unwrap();
+        let width = 17; // max_len + the scratch column
+        let l = packed_layout(&cache, &rows, &turns, 8, 4).unwrap();
+        let scratch = 2 * width + 16;
+        assert_eq!(
+            l.long,
+            [
+                vec![5, 6, 7, 0, 0, 0, 0, 0],          // ids
+                vec![3, 4, 0, 0, 1, 2, 3, 4],          // positions (padding: 0..5)
+                vec![2 * width + 3, 2 * width + 4, 0], // rows written
+                vec![scratch; 5],                      // padding: the scratch column
+                vec![1, 2, 0, 0],                      // each row's last token
+            ]
+            .concat()
+        );
+        let (ks, kw) = (2 * width as i32, 3 * width as i32);
+        assert_eq!(
+            l.int,
+            [
+                vec![0, 2, 3, 3, 8],   // cu_q: the padding row owns tokens 3..8
+                vec![ks, 0, 0, 0, kw], // key starts
+                vec![5, 1, 0, 5],      // key counts
+            ]
+            .concat()
+        );
+        assert_eq!((l.used, l.max_q, l.max_k), (vec![5, 1], 2, 5));
+        // The eager path's own layout has no padding.
+        let exact = packed_layout(&cache, &rows, &turns, 3, 2).unwrap();
+        assert_eq!(exact.int, [0, 2, 3, ks, 0, kw, 5, 1]);
+        // Padding tokens need a row of their own.
+        let e = packed_layout(&cache, &rows, &turns, 8, 2).err().unwrap();
+        assert!(
+            format!("{e}").contains("cannot take 2 rows and 8 tokens"),
+            "{e}"
+        );
+    }
+}
