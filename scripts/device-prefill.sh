@@ -9,7 +9,8 @@
 #      kernels) and the round's time line.
 # Expects dist/spar.gz, dist/lib/, dist/tokenizer/ carried (and dist/tests-model.gz for step 1). Knobs: NGROUPS (8),
 # SFT (2), NEW (128), LIMIT (240 s per run), EXTRA (more --set arguments), RUNS (below), SKIP_TESTS (no step 1).
-# Writes to $OUT: gpu-tests.txt, prefill-RUN.{jsonl,txt} and prefill-RUN-profile.md for each run.
+# Writes to $OUT: gpu-tests.txt, prefill-RUN.{jsonl,txt} and prefill-RUN-profile.md for each run (the .txt ends with
+# scripts/gpu_busy.py's table: nvidia-smi's GPU busy share of each round's generation, scoring and learning).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 . scripts/gpu-env.sh
@@ -52,6 +53,11 @@ for r in ${RUNS:-fused plain}; do
     micro-graphs) NAME=prefill-micro-graphs EXTRA="$EXTRA --set trainer.micro_batch=16 --set trainer.token_budget=24576 \
              --set model.activation_checkpointing=false --set trainer.learner_cuda_graphs=true" scripts/device-consult.sh ;;
   esac
+done
+# The unprofiled rounds' GPU busy share by phase (nvidia-smi's utilization, sampled every 0.25 s), kept in the run's
+# .txt before the samples go: the profiled round's share counts the profiler's host overhead as idle.
+for csv in "$OUT"/*-gpu.csv; do
+  [ -f "$csv" ] && python3 scripts/gpu_busy.py "${csv%-gpu.csv}.jsonl" "$csv" >> "${csv%-gpu.csv}.txt" 2>&1
 done
 rm -f "$OUT"/*-gpu.csv "$OUT"/*.trace.json.gz
 true
