@@ -178,8 +178,7 @@ pub(crate) fn packed_layout(
     tokens: usize,
     rows_out: usize,
 ) -> Result<PackedLayout> {
-    let b = rows.len();
-    let n: usize = turns.valid.iter().map(|v| *v as usize).sum();
+    let (b, n) = (rows.len(), turns.tokens());
     let pad = tokens.saturating_sub(n);
     ensure!(
         tokens >= n && rows_out >= b + usize::from(pad > 0),

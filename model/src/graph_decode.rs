@@ -478,27 +478,34 @@ impl GraphDecoder {
             keys,
             sampling,
         };
-        if self.pool.is_none() {
-            // A decoder's first capture: free the blocks of earlier decoders' graph pools (the last round's
-            // engine), which no allocation can reuse and a malloc inside the capture cannot free.
-            spar_kernels::cuda_memory::empty_cache()?;
-        }
-        // The warm-up runs the real step once: it writes the same keys and values the replay will write.
-        cuda_graph::on_side_stream(self.ordinal, || {
+        let what = format!("the decode step ({r} rows, {keys} keys, sampling {sampling})");
+        warm_up_and_capture(self.ordinal, &mut self.pool, &what, || {
             step_into(model, fused, cache, bucket, shape, grouped)
         })
-        .context("warming up the decode step")?;
-        let (graph, ()) = CudaGraph::capture(self.ordinal, self.pool, || {
-            step_into(model, fused, cache, bucket, shape, grouped)
-        })
-        .with_context(|| {
-            format!("capturing the decode step ({r} rows, {keys} keys, sampling {sampling})")
-        })?;
-        if self.pool.is_none() {
-            self.pool = Some(graph.pool()?);
-        }
-        Ok(graph)
     }
+}
+
+/// Runs `body` once on a side stream (cuBLAS workspaces, lazy kernels: the real work, whose writes the replay
+/// repeats), then captures it into a graph sharing `pool`, the decoder's one memory pool for its decode and
+/// prefill graphs, which the first capture sets. `what` names the work in errors.
+pub(crate) fn warm_up_and_capture(
+    ordinal: usize,
+    pool: &mut Option<GraphPool>,
+    what: &str,
+    body: impl Fn() -> Result<()>,
+) -> Result<CudaGraph> {
+    if pool.is_none() {
+        // A decoder's first capture: free the blocks of earlier decoders' graph pools (the last round's
+        // engine), which no allocation can reuse and a malloc inside the capture cannot free.
+        spar_kernels::cuda_memory::empty_cache()?;
+    }
+    cuda_graph::on_side_stream(ordinal, &body).with_context(|| format!("warming up {what}"))?;
+    let (graph, ()) =
+        CudaGraph::capture(ordinal, *pool, &body).with_context(|| format!("capturing {what}"))?;
+    if pool.is_none() {
+        *pool = Some(graph.pool()?);
+    }
+    Ok(graph)
 }
 
 fn enabled_by_env() -> bool {

@@ -25,9 +25,10 @@
 use crate::cache::KvCache;
 use crate::fused_layers::FusedLayers;
 use crate::fused_prefill::{self, PrefillOutput, Turns};
+use crate::graph_decode::warm_up_and_capture;
 use crate::qwen3::Qwen3Model;
 use anyhow::{Context, Result};
-use spar_kernels::cuda_graph::{CudaGraph, GraphPool, on_side_stream};
+use spar_kernels::cuda_graph::{CudaGraph, GraphPool};
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
@@ -164,8 +165,8 @@ impl PrefillGraphs {
     }
 }
 
-/// Allocates a shape's static tensors, fills its inputs with `layout`, warms the forward up on a side stream
-/// (cuBLAS workspaces; it writes the keys and values the replay will write again) and captures it.
+/// Allocates a shape's static tensors, fills its inputs with `layout`, and warms the forward up and captures it
+/// ([`warm_up_and_capture`]: the warm-up writes the keys and values the replay will write again).
 #[allow(clippy::too_many_arguments)]
 fn capture(
     model: &Qwen3Model,
@@ -212,24 +213,15 @@ fn capture(
         }
         Ok(())
     };
-    if pool.is_none() {
-        // The first capture of this decoder: free the blocks of earlier decoders' graph pools.
-        spar_kernels::cuda_memory::empty_cache()?;
-    }
-    spar_kernels::cuda::with_step_rows(t, || -> Result<Shape> {
-        on_side_stream(ordinal, body).context("warming up the prefill")?;
-        let (graph, ()) = CudaGraph::capture(ordinal, *pool, body)
-            .with_context(|| format!("capturing the prefill ({t} tokens, {r} rows)"))?;
-        if pool.is_none() {
-            *pool = Some(graph.pool()?);
-        }
-        Ok(Shape {
-            long: long.shallow_clone(),
-            int: int.shallow_clone(),
-            logits: logits.shallow_clone(),
-            experts: experts.as_ref().map(|e| e.shallow_clone()),
-            graph,
-        })
+    let what = format!("the prefill ({t} tokens, {r} rows)");
+    let graph =
+        spar_kernels::cuda::with_step_rows(t, || warm_up_and_capture(ordinal, pool, &what, body))?;
+    Ok(Shape {
+        long,
+        int,
+        logits,
+        experts,
+        graph,
     })
 }
 
