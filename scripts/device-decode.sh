@@ -16,11 +16,14 @@
 #   sample1     the same with SPAR_TEMPERATURE_PICK_PARTS=1 (a block a row for the sampling kernel at every batch);
 #   kernelmerge SPAR_DECODE_ATTENTION_MERGE=kernel (split decode attention merged by a second kernel, not by the
 #               last split to finish);
+#   sync        SPAR_ASYNC_DECODE=0 (each step's tokens read before the next step is queued: the engine before
+#               2026-12-07 night; the default queues step k+1 behind step k, rollout/src/engine/async_decode.rs);
 #   base        the defaults of another build, dist/spar-base.gz (e.g. the commit before a kernel change: its
 #               BUILT_AT in dist/BASE_AT), for an A/B of changes no variable switches;
 # With DECODE_LONG (e.g. "default base"), those variants once more at 4,096-token prompts, batches
 # DECODE_LONG_BATCH (1,64), 64 new tokens, into $OUT/decode-long.jsonl. Then the default (with DECODE_PROFILE_ENV,
-# e.g. SPAR_PDL=1) once more with the batches of DECODE_PROFILE (default 1,64) recorded by the torch profiler.
+# e.g. SPAR_PDL=1) once more with the batches of DECODE_PROFILE (default 1,64; empty: no profile) recorded by the torch
+# profiler.
 # Writes $OUT/decode.jsonl (one line per variant and batch, "variant" added) and $OUT/decode-profile/*.md.
 # Expects dist/spar.gz and dist/lib/ (scripts/make-dist.sh); called by scripts/device-issue16.sh (STEPS=decode).
 set -uo pipefail
@@ -37,6 +40,7 @@ variant() {
     sample) e=(); x=(--temperature 1) ;;
     sample1) e=(SPAR_TEMPERATURE_PICK_PARTS=1); x=(--temperature 1) ;;
     default) e=() ;;
+    sync) e=(SPAR_ASYNC_DECODE=0) ;;
     base) e=(); bin=/tmp/spar-base ;;
     oldsplit) e=(SPAR_DECODE_ATTENTION_BLOCKS=256) ;;
     blocknorm) e=(SPAR_ADD_RMS_NORM=block) ;;
@@ -61,6 +65,7 @@ for v in ${DECODE_LONG:-}; do
   env "${e[@]}" "$bin" bench decode --batch "${DECODE_LONG_BATCH:-1,64}" --prompt 4096 --new 64 --paths graph "${x[@]}" \
     | sed "s/^{/{\"variant\":\"$v\",/" >> "$OUT/decode-long.jsonl"
 done
+[ "${DECODE_PROFILE-1,64}" = "" ] && exit 0
 env ${DECODE_PROFILE_ENV:-} /tmp/spar bench decode --batch "${DECODE_PROFILE:-1,64}" --prompt 128 --new 128 --iters 2 --paths graph \
   --profile /tmp/decode-profile > /dev/null
 cp /tmp/decode-profile/*.md "$OUT/decode-profile/"

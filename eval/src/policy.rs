@@ -138,6 +138,7 @@ impl<'m> EvalPolicy<'m> {
                     seed,
                     batch_invariant: rollout.batch_invariant,
                     prefill_wait_steps: rollout.prefill_wait_steps,
+                    async_decode: rollout.async_decode,
                     ..Default::default()
                 };
                 let thinking = rollout.enable_thinking;

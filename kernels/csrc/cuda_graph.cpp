@@ -18,6 +18,7 @@
 
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
@@ -136,6 +137,50 @@ int spar_cuda_graph_capture_end(void* gp, char* err, size_t len) {
 
 // The raw cudaStream_t torch issues work on for `device` right now (null: the legacy default stream). Kernels
 // launched outside torch (NVRTC) go there so that they are ordered with torch's work and can be captured.
+// A CUDA event recorded on torch's current stream of `device` now (timing off: a fence, not a clock). The host
+// waits on it for the work queued before it without waiting for work queued after it (stream synchronisation
+// would wait for both). The runtime's entry points are looked up at run time, as in force_end_capture. Null,
+// with the message in `err`, when it fails.
+void* spar_cuda_event_record(int device, char* err, size_t len) {
+  using Create = cudaError_t (*)(cudaEvent_t*, unsigned int);
+  using Record = cudaError_t (*)(cudaEvent_t, cudaStream_t);
+  using Destroy = cudaError_t (*)(cudaEvent_t);
+  cudaEvent_t out = nullptr;
+  guarded(err, len, [&] {
+    auto create = reinterpret_cast<Create>(dlsym(RTLD_DEFAULT, "cudaEventCreateWithFlags"));
+    auto record = reinterpret_cast<Record>(dlsym(RTLD_DEFAULT, "cudaEventRecord"));
+    auto destroy = reinterpret_cast<Destroy>(dlsym(RTLD_DEFAULT, "cudaEventDestroy"));
+    if (create == nullptr || record == nullptr || destroy == nullptr)
+      throw std::runtime_error("the CUDA runtime's event functions are not loaded");
+    // The event must belong to the stream's device (the engine's thread works on that one device).
+    if (c10::cuda::current_device() != device) c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
+    cudaEvent_t ev = nullptr;
+    if (create(&ev, cudaEventDisableTiming) != cudaSuccess) throw std::runtime_error("cudaEventCreateWithFlags failed");
+    auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
+    if (record(ev, stream) != cudaSuccess) {
+      destroy(ev);
+      throw std::runtime_error("cudaEventRecord failed");
+    }
+    out = ev;
+  });
+  return static_cast<void*>(out);
+}
+
+int spar_cuda_event_synchronize(void* ev, char* err, size_t len) {
+  using Sync = cudaError_t (*)(cudaEvent_t);
+  return guarded(err, len, [&] {
+    auto sync = reinterpret_cast<Sync>(dlsym(RTLD_DEFAULT, "cudaEventSynchronize"));
+    if (sync == nullptr) throw std::runtime_error("cudaEventSynchronize is not loaded");
+    if (sync(static_cast<cudaEvent_t>(ev)) != cudaSuccess) throw std::runtime_error("cudaEventSynchronize failed");
+  });
+}
+
+void spar_cuda_event_drop(void* ev) {
+  using Destroy = cudaError_t (*)(cudaEvent_t);
+  auto destroy = reinterpret_cast<Destroy>(dlsym(RTLD_DEFAULT, "cudaEventDestroy"));
+  if (destroy != nullptr && ev != nullptr) destroy(static_cast<cudaEvent_t>(ev));
+}
+
 void* spar_cuda_current_stream(int device) {
   try {
     return static_cast<void*>(c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream());

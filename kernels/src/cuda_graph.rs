@@ -43,6 +43,9 @@ unsafe extern "C" {
     fn spar_cuda_graph_capture_end(g: *mut c_void, err: *mut c_char, len: usize) -> i32;
     fn spar_cuda_graph_replay(g: *mut c_void, err: *mut c_char, len: usize) -> i32;
     fn spar_cuda_current_stream(device: i32) -> *mut c_void;
+    fn spar_cuda_event_record(device: i32, err: *mut c_char, len: usize) -> *mut c_void;
+    fn spar_cuda_event_synchronize(ev: *mut c_void, err: *mut c_char, len: usize) -> i32;
+    fn spar_cuda_event_drop(ev: *mut c_void);
 }
 
 /// The raw `cudaStream_t` torch currently issues work on for `device` (null: the legacy default stream), or
@@ -182,6 +185,57 @@ impl Drop for CudaGraph {
         // SAFETY: `ptr` came from spar_cuda_graph_new and is dropped once.
         unsafe {
             spar_cuda_graph_drop(self.ptr)
+        }
+    }
+}
+
+/// A fence in torch's current stream: [`CudaEvent::record`] marks the work queued so far, and
+/// [`CudaEvent::synchronize`] waits for that work only, not for what was queued after the mark (a stream
+/// synchronisation, which torch runs for every blocking device-to-host copy, waits for both). Not `Send`.
+pub struct CudaEvent {
+    ptr: *mut c_void,
+}
+
+impl CudaEvent {
+    /// Records an event on torch's current stream of CUDA device `device`.
+    pub fn record(device: usize) -> Result<CudaEvent> {
+        #[cfg(spar_cuda_graph)]
+        {
+            let mut buf = vec![0 as c_char; 2048];
+            // SAFETY: null means it threw, with the message in `buf`.
+            let ptr = unsafe { spar_cuda_event_record(device as i32, buf.as_mut_ptr(), buf.len()) };
+            if ptr.is_null() {
+                let msg = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy();
+                bail!("CUDA event record: {msg}");
+            }
+            Ok(CudaEvent { ptr })
+        }
+        #[cfg(not(spar_cuda_graph))]
+        {
+            let _ = device;
+            bail!("this build has no CUDA-graph support (no CUDA events)")
+        }
+    }
+
+    /// Blocks the host until the work queued before the event has run.
+    pub fn synchronize(&self) -> Result<()> {
+        #[cfg(spar_cuda_graph)]
+        {
+            checked("event synchronize", |e, l| unsafe {
+                spar_cuda_event_synchronize(self.ptr, e, l)
+            })
+        }
+        #[cfg(not(spar_cuda_graph))]
+        bail!("this build has no CUDA-graph support")
+    }
+}
+
+impl Drop for CudaEvent {
+    fn drop(&mut self) {
+        #[cfg(spar_cuda_graph)]
+        // SAFETY: `ptr` came from spar_cuda_event_record and is dropped once.
+        unsafe {
+            spar_cuda_event_drop(self.ptr)
         }
     }
 }

@@ -36,7 +36,7 @@ use crate::graph_prefill::{PrefillGraphStats, PrefillGraphs};
 use crate::qwen3::Qwen3Model;
 use crate::temperature_sampling::{PARAMS_ROWS, pick_at_temperature_into};
 use anyhow::{Context, Result};
-use spar_kernels::cuda_graph::{self, CudaGraph, GraphPool};
+use spar_kernels::cuda_graph::{self, CudaEvent, CudaGraph, GraphPool};
 use spar_kernels::decode_ops;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -108,7 +108,8 @@ pub enum NextTokens {
 /// Output of one graph decode step, rows in the order they were given.
 pub struct GraphDecodeOutput {
     pub next: NextTokens,
-    /// `[b, 1, n_moe_layers, k]` int64 chosen experts (MoE models only).
+    /// `[b, 1, n_moe_layers, k]` int64 chosen experts (MoE models only): on the host when the step chose its
+    /// tokens ([`NextTokens::Chosen`], copied out with them), on the device with [`NextTokens::Logits`].
     pub routed_experts: Option<Tensor>,
 }
 
@@ -116,10 +117,38 @@ pub struct GraphDecodeOutput {
 pub struct LaunchedStep {
     /// The step's row bucket.
     r: usize,
-    /// Each given row's graph row (its physical slot), in the order given.
+    /// Each given row's slot and graph row (its physical slot), in the order given.
+    slots: Vec<usize>,
     phys: Vec<i64>,
     sampling: bool,
     want_logits: bool,
+    /// A step that chooses its tokens: `[2, R]` choices and the `[R, n_moe, k]` experts, copied into pinned host
+    /// memory behind the replay, and the event after those copies. [`GraphDecoder::finish`] waits on the event
+    /// only, not on steps queued after this one.
+    copied: Option<(Tensor, Option<Tensor>, CudaEvent)>,
+}
+
+impl LaunchedStep {
+    /// The slots of the step's rows, in the order given.
+    pub fn slots(&self) -> &[usize] {
+        &self.slots
+    }
+
+    /// Whether the step chooses its tokens inside the graph, so that a later step can take them as its input
+    /// on the device ([`StepToken::Chosen`]).
+    pub fn chooses_tokens(&self) -> bool {
+        !self.want_logits
+    }
+}
+
+/// Where a row of a decode step takes its input token from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepToken {
+    /// A token the host holds.
+    Host(u32),
+    /// The token the given earlier step chose for this slot, read on the device: the step can be queued before
+    /// the earlier one has run (asynchronous decode, see [`GraphDecoder::launch_after`]).
+    Chosen,
 }
 
 struct Bucket {
@@ -266,6 +295,58 @@ impl GraphDecoder {
         rows: &[(usize, u32)],
         pick: Pick<'_>,
     ) -> Result<Option<LaunchedStep>> {
+        let rows: Vec<(usize, StepToken)> = rows
+            .iter()
+            .map(|(s, t)| (*s, StepToken::Host(*t)))
+            .collect();
+        self.launch_after(model, cache, &rows, None, pick)
+    }
+
+    /// [`GraphDecoder::launch`] where rows may take their input token from `earlier`, a step launched before and
+    /// not finished yet ([`StepToken::Chosen`]: the token it chose for the same slot, copied on the device). The
+    /// host can so queue step k+1 while the GPU runs step k and read step k's tokens afterwards: the GPU does not
+    /// wait for the host between steps (vLLM's async scheduling). A row whose sequence turns out to have ended at
+    /// step k has decoded one token too many: drop it, and set its slot's length back
+    /// ([`KvCache::set_len`]). Finish `earlier` before launching the step after this one: that one's replay
+    /// overwrites `earlier`'s outputs.
+    pub fn launch_after(
+        &mut self,
+        model: &Qwen3Model,
+        cache: &mut KvCache,
+        rows: &[(usize, StepToken)],
+        earlier: Option<&LaunchedStep>,
+        pick: Pick<'_>,
+    ) -> Result<Option<LaunchedStep>> {
+        let launched = self.launch_rows(model, cache, rows, earlier, pick)?;
+        anyhow::ensure!(
+            launched.is_some() || rows.iter().all(|(_, t)| *t != StepToken::Chosen),
+            "a decode step whose rows read an earlier step's tokens on the device could not run as a graph (the \
+             eager path has no such tokens)"
+        );
+        Ok(launched)
+    }
+
+    fn launch_rows(
+        &mut self,
+        model: &Qwen3Model,
+        cache: &mut KvCache,
+        rows: &[(usize, StepToken)],
+        earlier: Option<&LaunchedStep>,
+        pick: Pick<'_>,
+    ) -> Result<Option<LaunchedStep>> {
+        // Where each row reading an earlier choice finds it: (its row in `earlier`'s outputs, the earlier bucket).
+        let mut chained: Vec<(usize, i64)> = Vec::new();
+        for (i, (slot, tok)) in rows.iter().enumerate() {
+            if *tok == StepToken::Chosen {
+                let prev = earlier
+                    .filter(|e| e.chooses_tokens())
+                    .context("a decode row takes the token of an earlier step that chose none")?;
+                let at = prev.slots.iter().position(|s| s == slot).with_context(|| {
+                    format!("slot {slot} takes the token of an earlier step it was not in")
+                })?;
+                chained.push((i, prev.phys[at]));
+            }
+        }
         let sampling = matches!(pick, Pick::Sample(_));
         let want_logits = matches!(pick, Pick::Logits);
         let b = rows.len();
@@ -277,9 +358,12 @@ impl GraphDecoder {
             self.stats.fallbacks += 1;
             return Ok(None);
         };
+        let bad_token = |t: &StepToken| matches!(t, StepToken::Host(t) if *t >= vocab);
         if b == 0
             || longest + 1 > max_len
-            || rows.iter().any(|(s, t)| *s >= cache.slots() || *t >= vocab)
+            || rows
+                .iter()
+                .any(|(s, t)| *s >= cache.slots() || bad_token(t))
         {
             // Let the eager path produce its precise error (overflow, bad slot or token).
             self.stats.fallbacks += 1;
@@ -301,7 +385,10 @@ impl GraphDecoder {
         for (slot, tok) in rows {
             let p = cache.physical(*slot);
             let len = cache.len(*slot) as i64;
-            host[p] = *tok as i64;
+            host[p] = match tok {
+                StepToken::Host(t) => *t as i64,
+                StepToken::Chosen => 0, // filled on the device below
+            };
             host[r + p] = len;
             host[2 * r + p] = len + 1;
             phys.push(p as i64);
@@ -311,8 +398,37 @@ impl GraphDecoder {
             self.inputs.insert(r, bucket);
         }
         let bucket = &self.inputs[&r];
-        let mut inputs = bucket.inputs.shallow_clone();
-        inputs.f_copy_(&Tensor::from_slice(&host).f_view([3, r as i64])?)?;
+        upload(
+            &bucket.inputs,
+            &Tensor::from_slice(&host).f_view([3, r as i64])?,
+        )?;
+        if let (Some(prev), false) = (earlier, chained.is_empty()) {
+            // Each chained row's token: the earlier step's choice at its graph row there, queued behind that step.
+            let (to, from): (Vec<i64>, Vec<i64>) =
+                chained.iter().map(|(i, at)| (phys[*i], *at)).unzip();
+            let index = Tensor::from_slice(&[to, from].concat()).f_view([2, -1])?;
+            let index = index.f_internal_pin_memory(model.device())?.f_to_device_(
+                model.device(),
+                Kind::Int64,
+                true,
+                false,
+            )?;
+            let earlier_bucket = &self.inputs[&prev.r];
+            let choices = if prev.sampling {
+                &earlier_bucket.sampled
+            } else {
+                &earlier_bucket.greedy
+            };
+            let tokens = choices
+                .f_select(0, 0)?
+                .f_index_select(0, &index.f_select(0, 1)?)?
+                .f_to_kind(Kind::Int64)?;
+            let _ =
+                bucket
+                    .inputs
+                    .f_select(0, 0)?
+                    .f_index_copy_(0, &index.f_select(0, 0)?, &tokens)?;
+        }
 
         if !self.graphs.contains_key(&(r, keys, sampling)) {
             let started = std::time::Instant::now();
@@ -350,8 +466,10 @@ impl GraphDecoder {
                     host[k * r + p as usize] = given[k * b + i];
                 }
             }
-            let mut dst = bucket.sample_params.shallow_clone();
-            dst.f_copy_(&Tensor::from_slice(&host).f_view([PARAMS_ROWS, r as i64])?)?;
+            upload(
+                &bucket.sample_params,
+                &Tensor::from_slice(&host).f_view([PARAMS_ROWS, r as i64])?,
+            )?;
         }
         self.graphs[&(r, keys, sampling)].replay()?;
         self.stats.replays += 1;
@@ -359,11 +477,29 @@ impl GraphDecoder {
             let len = cache.len(*slot);
             cache.set_len(*slot, len + 1);
         }
+        // A step that chose its tokens copies them (and the experts) out behind the replay, before a later
+        // step's replay can overwrite them, and marks the copies with an event.
+        let copied = if want_logits {
+            None
+        } else {
+            let bucket = &self.inputs[&r];
+            let choices = if sampling {
+                &bucket.sampled
+            } else {
+                &bucket.greedy
+            };
+            let to_host = |t: &Tensor| t.f_to_device_(Device::Cpu, t.kind(), true, false);
+            let chosen = to_host(choices)?;
+            let experts = bucket.experts.as_ref().map(to_host).transpose()?;
+            Some((chosen, experts, CudaEvent::record(self.ordinal)?))
+        };
         Ok(Some(LaunchedStep {
             r,
+            slots,
             phys,
             sampling,
             want_logits,
+            copied,
         }))
     }
 
@@ -375,8 +511,27 @@ impl GraphDecoder {
             phys,
             sampling,
             want_logits,
+            copied,
+            ..
         } = step;
         let b = phys.len();
+        if let Some((chosen, experts, done)) = copied {
+            done.synchronize()?;
+            let host = Vec::<f64>::try_from(chosen.f_view([-1])?)?;
+            let picked = phys
+                .iter()
+                .map(|&p| (host[p as usize] as u32, host[r + p as usize] as f32))
+                .collect();
+            let idx = Tensor::from_slice(&phys);
+            let routed_experts = match experts {
+                Some(e) => Some(e.f_index_select(0, &idx)?.f_unsqueeze(1)?),
+                None => None,
+            };
+            return Ok(GraphDecodeOutput {
+                next: NextTokens::Chosen(picked),
+                routed_experts,
+            });
+        }
         let bucket = &self.inputs[&r];
         let in_order = phys.iter().enumerate().all(|(i, p)| *p == i as i64);
         let in_row_order = |t: &Tensor| -> Result<Tensor> {
@@ -671,6 +826,18 @@ fn decode_step(
         Some(Tensor::f_stack(&experts, 1)?)
     };
     Ok((logits, experts))
+}
+
+/// Copies the host tensor `host` into the device tensor `dst` without waiting for the GPU: through pinned memory
+/// (torch's caching host allocator keeps the block until the copy has run) and a device-to-device copy. A plain
+/// `copy_` from pageable memory synchronises the stream, which would wait for a step still running.
+fn upload(dst: &Tensor, host: &Tensor) -> Result<()> {
+    let device = dst.device();
+    let staged =
+        host.f_internal_pin_memory(device)?
+            .f_to_device_(device, dst.kind(), true, false)?;
+    dst.shallow_clone().f_copy_(&staged)?;
+    Ok(())
 }
 
 #[cfg(test)]

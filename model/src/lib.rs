@@ -29,7 +29,7 @@ pub use chat::ChatTemplate;
 pub use config::{ModelType, Qwen3Config, RopeScaling};
 pub use expert_parallel::ExpertExchange;
 pub use graph_decode::{
-    GraphDecodeOutput, GraphDecoder, GraphStats, LaunchedStep, NextTokens, Pick,
+    GraphDecodeOutput, GraphDecoder, GraphStats, LaunchedStep, NextTokens, Pick, StepToken,
 };
 pub use graph_prefill::PrefillGraphStats;
 pub use hf_ranges::{HfRanges, read_safetensors_range, read_safetensors_tensor};

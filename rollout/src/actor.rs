@@ -330,6 +330,7 @@ impl Rollout {
                     batch_invariant: self.cfg.batch_invariant,
                     prefill_wait_steps: self.cfg.prefill_wait_steps,
                     overlap_prefill: false,
+                    async_decode: self.cfg.async_decode,
                 };
                 let (ecfg, lowered) =
                     ecfg.fit_gpu_memory(model, self.cfg.gpu_memory_utilization)?;

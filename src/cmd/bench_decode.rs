@@ -71,6 +71,7 @@ pub fn run(args: Args) -> Result<()> {
         batch_invariant: false,
         prefill_wait_steps: 0,
         overlap_prefill: false,
+        async_decode: true,
     };
     let mut engine = Engine::new(&model, cfg)?;
     let mut salt = 0u64;

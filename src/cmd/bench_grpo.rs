@@ -98,6 +98,7 @@ pub fn run(args: Args) -> Result<()> {
             batch_invariant: false,
             prefill_wait_steps: 0,
             overlap_prefill: false,
+            async_decode: true,
         },
     )?;
     engine.set_cuda_graphs(args.graphs && device.is_cuda());

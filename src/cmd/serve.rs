@@ -110,6 +110,7 @@ impl Args {
             batch_invariant: false,
             prefill_wait_steps: self.prefill_wait_steps,
             overlap_prefill: false,
+            async_decode: true,
         }
     }
 

@@ -73,6 +73,11 @@ impl PlayedRound {
                 "rollout/mean_decode_batch".into(),
                 e.decode_rows as f64 / (e.decode_steps.max(1)) as f64,
             ),
+            (
+                "rollout/decode_steps_ahead".into(),
+                e.decode_steps_ahead as f64,
+            ),
+            ("rollout/decoded_past_end".into(), e.decoded_past_end as f64),
             ("rollout/prefill_forwards".into(), e.prefill_forwards as f64),
             (
                 "rollout/prefill_graph_replays".into(),

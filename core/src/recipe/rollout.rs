@@ -201,6 +201,10 @@ pub struct RolloutSection {
     /// while sequences decode (0: none). On a GPU each prefill forward has a fixed host cost; see
     /// `EngineConfig::prefill_wait_steps`. Ignored with `batch_invariant`.
     pub prefill_wait_steps: usize,
+    /// On a GPU with CUDA graphs, queue each decode step of the built-in engine before reading the previous
+    /// step's tokens (vLLM's async scheduling; `EngineConfig::async_decode`). Same tokens; a sequence that ends
+    /// has one dropped token decoded. Ignored with `batch_invariant` and on the CPU.
+    pub async_decode: bool,
     /// The weight refresh of the external server (`backend = "openai"`).
     pub weight_sync: WeightSyncConfig,
 }
@@ -230,6 +234,7 @@ impl Default for RolloutSection {
             seed: None,
             batch_invariant: false,
             prefill_wait_steps: 0,
+            async_decode: true,
             weight_sync: WeightSyncConfig::default(),
         }
     }

@@ -2,7 +2,9 @@
 
 use crate::common::max_abs_diff;
 use spar_model::temperature_sampling::sample_at_temperature;
-use spar_model::{ForwardInput, GraphDecoder, KvCache, NextTokens, Pick, Qwen3Config, Qwen3Model};
+use spar_model::{
+    ForwardInput, GraphDecoder, KvCache, NextTokens, Pick, Qwen3Config, Qwen3Model, StepToken,
+};
 use tch::{Device, Kind, Tensor};
 
 /// The GPU tests' tiny shapes: dense with 4 query heads a KV head, or MoE with a dense layer among sparse ones.
@@ -176,7 +178,10 @@ fn graph_decode_matches_eager_decode_on_gpu() {
                     }
                 }
                 if moe {
-                    let (ge, ee) = (g.routed_experts.unwrap(), e.routed_experts.unwrap());
+                    // A step that chose its tokens hands its experts back on the host.
+                    let ge = g.routed_experts.unwrap();
+                    assert_eq!(ge.device(), Device::Cpu);
+                    let ee = e.routed_experts.unwrap().to_device(Device::Cpu);
                     if kind == Kind::Float {
                         assert!(ge.equal(&ee), "moe step {step}: graph chose other experts");
                     }
@@ -236,6 +241,146 @@ fn graph_decode_matches_eager_decode_on_gpu() {
         assert!(
             dec.stats.captures >= 3,
             "buckets 4 and 2 and two key windows"
+        );
+    }
+}
+
+/// A step launched before the previous one is read, its tokens taken from that step's choices on the device
+/// (`launch_after` with `StepToken::Chosen`), decodes what host-fed steps decode, bit for bit: the same graphs
+/// see the same inputs. Rows leave (the bucket shrinks from 4 to 2 rows) and join with a host token (back to 4),
+/// greedy and sampled steps alternate (the earlier step's choices come from either output), and MoE experts are
+/// copied out with the tokens.
+#[test]
+fn chained_graph_steps_match_host_fed_steps_on_gpu() {
+    if !tch::Cuda::is_available() || !spar_kernels::cuda_graph::available() {
+        eprintln!("SKIP: graph decode needs a CUDA device and a build with the CUDA-graph shim");
+        return;
+    }
+    let _g = tch::no_grad_guard();
+    for (moe, kind) in [(false, Kind::Float), (true, Kind::BFloat16)] {
+        let m = model(moe, kind);
+        let (slots, max_len) = (8, 160);
+        let mut host_cache = KvCache::new(&m.config, slots, max_len, m.device(), kind);
+        let mut chained_cache = KvCache::new(&m.config, slots, max_len, m.device(), kind);
+        let mut host_dec = GraphDecoder::new(&m, &host_cache, 4).expect("graph decoder on CUDA");
+        let mut chained_dec =
+            GraphDecoder::new(&m, &chained_cache, 4).expect("graph decoder on CUDA");
+        let mut first = Vec::new();
+        for (slot, len) in [(5usize, 40usize), (2, 9), (7, 3), (0, 17)] {
+            let prompt: Vec<i64> = (0..len as i64)
+                .map(|i| (i * 37 + slot as i64) % 128)
+                .collect();
+            let a = prefill(&m, &mut host_cache, slot, &prompt);
+            let b = prefill(&m, &mut chained_cache, slot, &prompt);
+            assert_eq!(a, b);
+            first.push((slot, a as u32));
+        }
+        // Slots decoding at each step: slot 2 leaves after step 4, slot 0 joins at step 7.
+        let active = |step: usize| -> Vec<usize> {
+            [5usize, 2, 7, 0]
+                .into_iter()
+                .filter(|&s| (s != 2 || step <= 4) && (s != 0 || step >= 7))
+                .collect()
+        };
+        let params = |step: usize, b: usize| -> Vec<f32> {
+            let mut p = vec![0f32; 3 * b];
+            for r in 0..b {
+                p[r] = 0.9;
+                p[b + r] = 1.0;
+                p[2 * b + r] = 0.05 + 0.9 * ((step as f32 * 0.61 + r as f32 * 0.29) % 1.0);
+            }
+            p
+        };
+        let pick = |step: usize, b: usize| -> Pick<'static> {
+            if step % 2 == 1 {
+                let p = params(step, b);
+                Pick::Sample(Box::new(move || p))
+            } else {
+                Pick::Greedy
+            }
+        };
+        let steps = 12;
+        // Host-fed: each step read before the next, its tokens fed back from the host.
+        let mut token: std::collections::HashMap<usize, u32> = first.iter().copied().collect();
+        let mut want = Vec::new();
+        for step in 0..steps {
+            let rows: Vec<(usize, u32)> = active(step).iter().map(|s| (*s, token[s])).collect();
+            let out = host_dec
+                .decode(&m, &mut host_cache, &rows, pick(step, rows.len()))
+                .unwrap()
+                .expect("graph path");
+            let NextTokens::Chosen(picked) = out.next else {
+                panic!("chosen tokens when asked for no logits");
+            };
+            for ((s, _), (t, _)) in rows.iter().zip(&picked) {
+                token.insert(*s, *t);
+            }
+            want.push((picked, out.routed_experts));
+        }
+        // Chained: step k+1 is launched before step k is read; rows that were in step k take its choice.
+        let mut got = Vec::new();
+        let mut in_flight: Option<spar_model::LaunchedStep> = None;
+        for step in 0..=steps {
+            let next = if step < steps {
+                let rows: Vec<(usize, StepToken)> = active(step)
+                    .iter()
+                    .map(|s| {
+                        let earlier = in_flight.as_ref().is_some_and(|e| e.slots().contains(s));
+                        let t = if earlier {
+                            StepToken::Chosen
+                        } else {
+                            StepToken::Host(first.iter().find(|f| f.0 == *s).unwrap().1)
+                        };
+                        (*s, t)
+                    })
+                    .collect();
+                let b = rows.len();
+                Some(
+                    chained_dec
+                        .launch_after(
+                            &m,
+                            &mut chained_cache,
+                            &rows,
+                            in_flight.as_ref(),
+                            pick(step, b),
+                        )
+                        .unwrap()
+                        .expect("graph path"),
+                )
+            } else {
+                None
+            };
+            if let Some(prev) = in_flight.take() {
+                let out = chained_dec.finish(&m, prev).unwrap();
+                let NextTokens::Chosen(picked) = out.next else {
+                    panic!("chosen tokens when asked for no logits");
+                };
+                got.push((picked, out.routed_experts));
+            }
+            in_flight = next;
+        }
+        assert_eq!(got.len(), want.len());
+        for (step, ((gp, ge), (wp, we))) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                gp, wp,
+                "moe {moe} {kind:?} step {step}: chained tokens differ"
+            );
+            match (ge, we) {
+                (Some(g), Some(w)) => assert!(g.equal(w), "moe step {step}: experts differ"),
+                (None, None) => {}
+                _ => panic!("experts handed back by one path only"),
+            }
+        }
+        for s in [5usize, 2, 7, 0] {
+            assert_eq!(
+                host_cache.len(s),
+                chained_cache.len(s),
+                "slot {s}: lengths diverged"
+            );
+        }
+        eprintln!(
+            "moe {moe} {kind:?}: {steps} chained steps match; stats {:?}",
+            chained_dec.stats
         );
     }
 }

@@ -63,15 +63,21 @@ impl Engine<'_> {
                 continue;
             }
             let r = self.running.swap_remove(i);
-            self.release_slot(r.slot);
+            self.release_slot(r.slot, r.in_flight);
             dropped += 1;
         }
         self.stats.cancelled += dropped as u64;
     }
 
     /// Marks a finished or cancelled sequence's slot idle, keeping what its cache holds for prefix reuse. The
-    /// last sampled token was never fed: the slot holds everything before it.
-    pub(super) fn release_slot(&mut self, slot: usize) {
+    /// last sampled token was never fed: the slot holds everything before it. `in_flight`: the sequence is in the
+    /// decode step in flight, which feeds that token: the slot gives its position back (the step's write there is
+    /// overwritten by whoever takes it), so that the slot's tokens, keys and expert choices stay the same length.
+    pub(super) fn release_slot(&mut self, slot: usize, in_flight: bool) {
+        if in_flight {
+            let len = self.cache.len(slot);
+            let _ = self.cache.copy_prefix(slot, slot, len.saturating_sub(1));
+        }
         let cached = self.cache.len(slot);
         self.truncate_slot(slot, cached);
         let st: &mut SlotState = &mut self.slots[slot];

@@ -11,10 +11,12 @@
 //!
 //! The engine borrows the model and runs on the caller's thread (tch tensors are not `Sync`); async code talks
 //! to it through [`EngineClient`], whose requests [`Engine::run_until`] drains.
+mod async_decode;
 mod cancel;
 pub mod client;
 pub mod slots;
 
+pub use async_decode::async_decode_override;
 pub use cancel::{EngineLoad, LoadSink};
 pub use client::{EngineClient, EngineInbox, StreamEvent, WeightLoad, channel};
 
@@ -69,6 +71,12 @@ pub struct EngineConfig {
     /// against 6.23 s without (the packed prefill's host time is short, and the later start costs ~3% more
     /// decode steps; docs/benchmarks.md, 2026-12-07 day). `SPAR_PREFILL_OVERLAP=1` / `=0` overrides it.
     pub overlap_prefill: bool,
+    /// On a GPU with CUDA graphs, queue decode step k+1 (its input tokens read from step k's choices on the
+    /// device) before reading step k's tokens, so that the GPU does not wait for the host between steps
+    /// (`async_decode.rs`; vLLM's async scheduling). A sequence that ends at step k has one dropped token decoded
+    /// in step k+1. On by default; `SPAR_ASYNC_DECODE=0` / `=1` overrides it. Ignored when `batch_invariant`, and
+    /// for steps whose rows need logits on the host (top log-probs, top-k / top-p / min-p).
+    pub async_decode: bool,
 }
 
 /// KV-cache slots of `per_slot` bytes that fit while leaving `(1 - utilization)` of the GPU's `total` memory to
@@ -137,6 +145,7 @@ impl Default for EngineConfig {
             batch_invariant: false,
             prefill_wait_steps: 0,
             overlap_prefill: false,
+            async_decode: true,
         }
     }
 }
@@ -180,6 +189,12 @@ pub struct EngineStats {
     /// Prefill forwards replayed from a CUDA graph (short turns; the rest of `prefill_forwards` ran eagerly).
     #[serde(default)]
     pub prefill_graph_replays: u64,
+    /// Decode steps queued before the previous step's tokens were read ([`EngineConfig::async_decode`]), and the
+    /// tokens such steps decoded for sequences that had ended meanwhile (dropped).
+    #[serde(default)]
+    pub decode_steps_ahead: u64,
+    #[serde(default)]
+    pub decoded_past_end: u64,
     /// Torch's CUDA caching allocator during [`Engine::run_until`] (CUDA only): allocations retried after
     /// freeing its whole cache (each synchronizes the device), and `cudaMalloc` calls. Many of either mean the
     /// KV cache left the allocator too little room (see `rollout.gpu_memory_utilization`).
@@ -214,6 +229,11 @@ struct Queued {
 }
 
 struct Running {
+    /// Unique within the engine: names the sequence in a decode step still in flight.
+    id: u64,
+    /// Its next input token is the choice of the decode step in flight, not yet on the host (`pending` is
+    /// empty; its slot's length already counts that token).
+    in_flight: bool,
     slot: usize,
     prompt: Vec<u32>,
     prompt_len: usize,
@@ -252,6 +272,10 @@ pub struct Engine<'m> {
     load_sink: Option<LoadSink>,
     /// A weight load waiting for the running sequences to finish (no new one is admitted meanwhile).
     pending_load: Option<WeightLoad>,
+    /// The decode step queued and not read yet ([`EngineConfig::async_decode`]).
+    ahead: Option<async_decode::Ahead>,
+    /// The next [`Running::id`].
+    next_id: u64,
     pub stats: EngineStats,
 }
 
@@ -308,6 +332,8 @@ impl<'m> Engine<'m> {
             stats: EngineStats::default(),
             load_sink: None,
             pending_load: None,
+            ahead: None,
+            next_id: 0,
             cfg,
         })
     }
@@ -341,6 +367,9 @@ impl<'m> Engine<'m> {
     /// Turns CUDA-graph decode steps on (where the device and build allow, see [`GraphDecoder::new`]) or off.
     /// On by default on CUDA; `SPAR_CUDA_GRAPHS=0` turns it off.
     pub fn set_cuda_graphs(&mut self, on: bool) {
+        if let Err(e) = self.settle_ahead() {
+            tracing::warn!("reading the decode step in flight before switching CUDA graphs: {e:#}");
+        }
         self.graphs = if on && !self.cfg.batch_invariant {
             GraphDecoder::new(self.model, &self.cache, self.cfg.max_batch)
         } else {
@@ -457,6 +486,8 @@ impl<'m> Engine<'m> {
         self.admit();
         let result = self.prefill_and_decode();
         if let Err(e) = &result {
+            // The step in flight (if any) belongs to the sequences failed here.
+            self.ahead = None;
             let msg = format!("{e:#}");
             for r in std::mem::take(&mut self.running) {
                 self.slots[r.slot] = SlotState::default();
@@ -554,7 +585,10 @@ impl<'m> Engine<'m> {
             let seed = req.sampling.seed.unwrap_or_else(|| self.seeds.random());
             let max_new =
                 (req.sampling.max_new_tokens as usize).min(self.cfg.max_seq_len - prompt.len());
+            self.next_id += 1;
             self.running.push(Running {
+                id: self.next_id,
+                in_flight: false,
                 slot,
                 prompt_len: prompt.len(),
                 pending: prompt[reused..].to_vec(),
@@ -585,14 +619,19 @@ impl<'m> Engine<'m> {
         let started = std::time::Instant::now();
         let decoding = |e: &Self| -> Vec<usize> {
             (0..e.running.len())
-                .filter(|&i| e.running[i].prefilled && e.running[i].pending.len() == 1)
+                .filter(|&i| {
+                    let r = &e.running[i];
+                    r.prefilled && (r.pending.len() == 1 || r.in_flight)
+                })
                 .collect()
         };
         // With `overlap_prefill` and CUDA graphs the rows already decoding go first and are not waited for: the
         // GPU runs their step while the host issues the prefill's ops behind it, and the rows the prefill starts
         // decode from the next step. Otherwise the prefill goes first and its rows join this step.
         let mut launched = None;
+        let ahead = self.decodes_ahead();
         if !self.cfg.batch_invariant
+            && !ahead
             && prefill_overlap_override().unwrap_or(self.cfg.overlap_prefill)
             && self.running.iter().any(|r| !r.prefilled)
         {
@@ -645,6 +684,17 @@ impl<'m> Engine<'m> {
                 let _span = range("engine/decode");
                 self.finish_decode(&rows, step)?;
                 rows
+            }
+            None if ahead => {
+                // Decode rows are counted when their step is read (async_decode.rs).
+                let rows = decoding(self);
+                if !rows.is_empty() || self.ahead.is_some() {
+                    let _span = range("engine/decode");
+                    self.decode_ahead(&rows)?;
+                    self.stats.decode_seconds += decode_start.elapsed().as_secs_f64();
+                }
+                self.retire();
+                return self.settle_orphaned_ahead();
             }
             None => {
                 let rows = decoding(self);
@@ -745,27 +795,14 @@ impl<'m> Engine<'m> {
             .iter()
             .map(|&i| (self.running[i].slot, self.running[i].pending[0]))
             .collect();
-        // A batch without top log-probs and without top-k / top-p / min-p takes the graph's own choices:
-        // greedy, or sampled at each row's temperature with the uniforms of the rows' own streams (drawn only
-        // if the graph runs the step, as the eager sampler would draw them).
-        let plain = |i: &usize| {
-            let s = &self.running[*i].sampler;
-            s.top_logprobs == 0 && s.temperature_only()
-        };
-        let pick = if rows
-            .iter()
-            .all(|i| plain(i) && self.running[*i].sampler.greedy())
-        {
-            Pick::Greedy
-        } else if rows.iter().all(plain) && graph_sampling_enabled() {
-            let running = &mut self.running;
-            Pick::Sample(Box::new(move || {
-                temperature_params(&mut samplers_of(running, rows))
-            }))
-        } else {
-            Pick::Logits
-        };
+        let kind = pick_kind_of(&self.running, rows);
+        let pick = pick_of(kind, &mut self.running, rows);
         graphs.launch(self.model, &mut self.cache, &feed, pick)
+    }
+
+    /// What a graph step over `rows` hands back (see [`pick_kind_of`]).
+    fn pick_kind(&self, rows: &[usize]) -> PickKind {
+        pick_kind_of(&self.running, rows)
     }
 
     /// Takes a launched graph step's tokens (waiting for the GPU) and appends them to `rows`.
@@ -949,7 +986,7 @@ impl<'m> Engine<'m> {
                 continue;
             };
             let r = self.running.swap_remove(i);
-            self.release_slot(r.slot);
+            self.release_slot(r.slot, r.in_flight);
             let out = self.output_of(&r, finish);
             self.respond(r.reply, Ok(out));
         }
@@ -976,7 +1013,9 @@ impl<'m> Engine<'m> {
                 return Some(FinishReason::Stop);
             }
         }
-        if r.out.len() >= r.max_new || self.cache.len(r.slot) + 1 >= self.cfg.max_seq_len {
+        // A sequence in the decode step in flight: its slot already counts that step's input token.
+        let cached = self.cache.len(r.slot) - r.in_flight as usize;
+        if r.out.len() >= r.max_new || cached + 1 >= self.cfg.max_seq_len {
             return Some(FinishReason::Length);
         }
         None
@@ -1063,6 +1102,45 @@ pub fn prefill_overlap_override() -> Option<bool> {
 pub fn graph_sampling_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("SPAR_GRAPH_SAMPLING").map_or(true, |v| v != "0"))
+}
+
+/// What a graph decode step hands back for a set of rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PickKind {
+    Greedy,
+    Sample,
+    Logits,
+}
+
+/// A batch without top log-probs and without top-k / top-p / min-p takes the graph's own choices: greedy, or
+/// sampled at each row's temperature with the uniforms of the rows' own streams. Anything else needs the logits.
+fn pick_kind_of(running: &[Running], rows: &[usize]) -> PickKind {
+    let plain = |i: &usize| {
+        let s = &running[*i].sampler;
+        s.top_logprobs == 0 && s.temperature_only()
+    };
+    if rows
+        .iter()
+        .all(|i| plain(i) && running[*i].sampler.greedy())
+    {
+        PickKind::Greedy
+    } else if rows.iter().all(plain) && graph_sampling_enabled() {
+        PickKind::Sample
+    } else {
+        PickKind::Logits
+    }
+}
+
+/// The graph step's [`Pick`] for `kind`; a sampled step draws the rows' uniforms only if the graph runs it, as
+/// the eager sampler would draw them.
+fn pick_of<'a>(kind: PickKind, running: &'a mut [Running], rows: &'a [usize]) -> Pick<'a> {
+    match kind {
+        PickKind::Greedy => Pick::Greedy,
+        PickKind::Sample => Pick::Sample(Box::new(move || {
+            temperature_params(&mut samplers_of(running, rows))
+        })),
+        PickKind::Logits => Pick::Logits,
+    }
 }
 
 /// Disjoint mutable borrows of the samplers of `running[rows[0]]`, `running[rows[1]]`, ... in `rows` order.

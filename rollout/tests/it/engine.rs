@@ -87,6 +87,7 @@ fn seeds_reproduce_whatever_shares_the_batch() {
         batch_invariant: false,
         prefill_wait_steps: 0,
         overlap_prefill: false,
+        async_decode: true,
     };
     let alone = Engine::new(&model, cfg.clone())
         .unwrap()
@@ -116,6 +117,7 @@ fn greedy_stops_on_stop_tokens_and_records_moe_routing() {
         batch_invariant: false,
         prefill_wait_steps: 0,
         overlap_prefill: false,
+        async_decode: true,
     };
     let mut engine = Engine::new(&model, cfg).unwrap();
     let p = prompt(7, 5);
@@ -171,6 +173,7 @@ fn a_long_cached_conversation_and_a_fresh_long_prompt_share_a_prefill_without_ov
         batch_invariant: false,
         prefill_wait_steps: 0,
         overlap_prefill: false,
+        async_decode: true,
     };
     let mut engine = Engine::new(&model, cfg).unwrap();
     let history = prompt(100, 5);
@@ -220,6 +223,7 @@ fn top_logprobs_rank_the_policy_distribution_for_the_rows_that_ask() {
         batch_invariant: false,
         prefill_wait_steps: 0,
         overlap_prefill: false,
+        async_decode: true,
     };
     let mut engine = Engine::new(&model, cfg).unwrap();
     // One greedy row, one sampled row, one that asks for nothing, decoded in the same batches.
@@ -572,4 +576,135 @@ fn overlapped_prefill_and_decode_keep_full_forward_logprobs_on_gpu() {
             "{kind:?}: the engine's log-probs differ from the full forward's by {mean} on average"
         );
     }
+}
+
+/// On a GPU, asynchronous decode (step k+1 queued before step k's tokens are read, its input tokens taken from
+/// step k's choices on the device) generates what the synchronous engine generates: sequences that stop on a
+/// stop token while the next step is in flight, end at their length limit or at `max_seq_len`, arrive while
+/// others decode, and one that asks for top log-probs (its steps run synchronously). fp32: the same tokens, and
+/// log-probs of one plain full forward of each sequence's own tokens.
+#[test]
+fn async_decode_generates_what_synchronous_decode_does_on_gpu() {
+    use spar_rollout::engine::Reply;
+    use tch::{Device, Kind, Tensor};
+    use tokio::sync::oneshot;
+    if !tch::Cuda::is_available() {
+        eprintln!("SKIP: asynchronous decode needs a CUDA device");
+        return;
+    }
+    let vocab = spar_rollout::testing::CharCodec::vocab_size();
+    let json = format!(
+        r#"{{"model_type":"qwen3","vocab_size":{vocab},"hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,
+        "num_attention_heads":4,"num_key_value_heads":2,"head_dim":32,"max_position_embeddings":4096}}"#
+    );
+    let config = spar_model::Qwen3Config::from_json_str(&json, "test").unwrap();
+    let model = spar_model::Qwen3Model::random(config, Device::Cuda(0), Kind::Float, 5).unwrap();
+    tch::no_grad(|| {
+        for (_, mut v) in model.vs.variables() {
+            let _ = v.f_mul_scalar_(4.0).unwrap();
+        }
+    });
+    // About one token in nine stops a sequence: most end on a stop token at a step nobody can foresee.
+    let stops: Vec<u32> = (0..vocab as u32).filter(|t| t % 9 == 4).collect();
+    let stopping = |mut r: GenerateRequest| {
+        r.sampling.stop_token_ids = stops.clone();
+        r
+    };
+    let mut top = req(prompt(5, 6), 12, 1.0, 6);
+    top.sampling.top_logprobs = 2;
+    let reqs = [
+        stopping(req(prompt(6, 1), 40, 1.0, 1)),
+        stopping(req(prompt(9, 2), 40, 0.0, 2)),
+        req(prompt(17, 3), 25, 1.0, 3),
+        // Ends at max_seq_len (96) before its 60 new tokens.
+        req(prompt(70, 4), 60, 0.0, 4),
+        stopping(req(prompt(12, 5), 40, 0.7, 5)),
+        top,
+        req(prompt(8, 7), 9, 1.0, 7),
+        stopping(req(prompt(30, 8), 40, 1.0, 8)),
+    ];
+    let run = |async_decode: bool| {
+        let cfg = EngineConfig {
+            max_batch: 4,
+            kv_slots: 6,
+            max_seq_len: 96,
+            prefill_tokens: 256,
+            seed: 1,
+            async_decode,
+            ..Default::default()
+        };
+        let mut engine = Engine::new(&model, cfg).unwrap();
+        assert!(
+            engine.graph_stats().is_some(),
+            "a GPU engine has a graph decoder (a build without the CUDA-graph shim cannot run this test)"
+        );
+        let mut replies = Vec::new();
+        for (i, r) in reqs.iter().enumerate() {
+            let (tx, rx) = oneshot::channel();
+            engine.submit(r.clone(), Reply::Once(tx));
+            replies.push(rx);
+            // Later requests arrive while earlier ones decode.
+            for _ in 0..i % 3 {
+                engine.step().unwrap();
+            }
+        }
+        while engine.has_work() {
+            engine.step().unwrap();
+        }
+        let outs: Vec<_> = replies
+            .into_iter()
+            .map(|mut rx| rx.try_recv().unwrap().unwrap().output)
+            .collect();
+        (outs, engine.stats)
+    };
+    let (sync, sync_stats) = run(false);
+    let (ahead, stats) = run(true);
+    eprintln!("synchronous: {sync_stats:?}\nasynchronous: {stats:?}");
+    assert_eq!(sync_stats.decode_steps_ahead, 0);
+    assert!(
+        stats.decode_steps_ahead > 0,
+        "no step was queued ahead: {stats:?}"
+    );
+    assert!(
+        stats.decoded_past_end > 0,
+        "no sequence ended while its next step was in flight: {stats:?}"
+    );
+    let mut stopped = 0;
+    for (i, (s, a)) in sync.iter().zip(&ahead).enumerate() {
+        assert_eq!(a.token_ids, s.token_ids, "request {i}: tokens differ");
+        assert_eq!(a.finish, s.finish, "request {i}: finish reason differs");
+        assert_eq!(a.top_logprobs.len(), s.top_logprobs.len());
+        for (x, y) in a.logprobs.iter().zip(&s.logprobs) {
+            assert!((x - y).abs() < 1e-4, "request {i}: log-prob {x} vs {y}");
+        }
+        stopped += (a.finish == FinishReason::Stop) as usize;
+        // The tokens are the model's own: a full forward gives the same log-probs.
+        let mut all: Vec<i64> = reqs[i].prompt_ids.iter().map(|&x| x as i64).collect();
+        all.extend(a.token_ids.iter().map(|&x| x as i64));
+        let _g = tch::no_grad_guard();
+        let ids = Tensor::from_slice(&all)
+            .unsqueeze(0)
+            .to_device(Device::Cuda(0));
+        let n = all.len() as i64;
+        let logits = model
+            .forward(spar_model::ForwardInput::new(&ids))
+            .unwrap()
+            .logits
+            .to_kind(Kind::Float);
+        let lp = spar_model::token_logprobs(&logits.narrow(1, 0, n - 1), &ids.narrow(1, 1, n - 1));
+        let want = Vec::<f32>::try_from(lp.reshape([-1]).to_device(Device::Cpu)).unwrap();
+        for (t, got) in a.logprobs.iter().enumerate() {
+            let w = want[reqs[i].prompt_ids.len() - 1 + t];
+            assert!(
+                (got - w).abs() < 1e-3,
+                "request {i}, token {t}: engine {got} vs full forward {w}"
+            );
+        }
+    }
+    assert!(
+        stopped >= 2,
+        "too few sequences ended on a stop token ({stopped})"
+    );
+    assert_eq!(ahead[3].finish, FinishReason::Length);
+    assert_eq!(ahead[3].token_ids.len(), 96 - 70);
 }

@@ -25,6 +25,7 @@ pub fn engine_config() -> EngineConfig {
         batch_invariant: false,
         prefill_wait_steps: 0,
         overlap_prefill: false,
+        async_decode: true,
     }
 }
 

@@ -21,6 +21,7 @@ fn long_engine() -> EngineConfig {
         batch_invariant: false,
         prefill_wait_steps: 0,
         overlap_prefill: false,
+        async_decode: true,
     }
 }
 

@@ -46,6 +46,7 @@ fn engine_sample(model: &Qwen3Model) -> Sample {
             batch_invariant: false,
             prefill_wait_steps: 0,
             overlap_prefill: false,
+            async_decode: true,
         },
     )
     .unwrap();
