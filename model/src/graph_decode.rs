@@ -403,31 +403,43 @@ impl GraphDecoder {
             &Tensor::from_slice(&host).f_view([3, r as i64])?,
         )?;
         if let (Some(prev), false) = (earlier, chained.is_empty()) {
-            // Each chained row's token: the earlier step's choice at its graph row there, queued behind that step.
-            let (to, from): (Vec<i64>, Vec<i64>) =
-                chained.iter().map(|(i, at)| (phys[*i], *at)).unzip();
-            let index = Tensor::from_slice(&[to, from].concat()).f_view([2, -1])?;
-            let index = index.f_internal_pin_memory(model.device())?.f_to_device_(
-                model.device(),
-                Kind::Int64,
-                true,
-                false,
-            )?;
             let earlier_bucket = &self.inputs[&prev.r];
             let choices = if prev.sampling {
                 &earlier_bucket.sampled
             } else {
                 &earlier_bucket.greedy
             };
-            let tokens = choices
-                .f_select(0, 0)?
-                .f_index_select(0, &index.f_select(0, 1)?)?
-                .f_to_kind(Kind::Int64)?;
-            let _ =
+            // The steady state of a decode: the same rows at the same graph rows as the step before, every one
+            // taking its choice. One copy (with the cast) of the whole row: padding rows take whatever token the
+            // earlier step chose there, a valid id they decode into the scratch column like any other.
+            let same_rows =
+                prev.r == r && chained.len() == b && chained.iter().all(|(i, at)| phys[*i] == *at);
+            if same_rows {
                 bucket
                     .inputs
                     .f_select(0, 0)?
-                    .f_index_copy_(0, &index.f_select(0, 0)?, &tokens)?;
+                    .f_copy_(&choices.f_select(0, 0)?)?;
+            } else {
+                // Each chained row's token: the earlier step's choice at its graph row there.
+                let (to, from): (Vec<i64>, Vec<i64>) =
+                    chained.iter().map(|(i, at)| (phys[*i], *at)).unzip();
+                let index = Tensor::from_slice(&[to, from].concat()).f_view([2, -1])?;
+                let index = index.f_internal_pin_memory(model.device())?.f_to_device_(
+                    model.device(),
+                    Kind::Int64,
+                    true,
+                    false,
+                )?;
+                let tokens = choices
+                    .f_select(0, 0)?
+                    .f_index_select(0, &index.f_select(0, 1)?)?
+                    .f_to_kind(Kind::Int64)?;
+                let _ = bucket.inputs.f_select(0, 0)?.f_index_copy_(
+                    0,
+                    &index.f_select(0, 0)?,
+                    &tokens,
+                )?;
+            }
         }
 
         if !self.graphs.contains_key(&(r, keys, sampling)) {
