@@ -306,8 +306,8 @@ impl GraphDecoder {
     /// not finished yet ([`StepToken::Chosen`]: the token it chose for the same slot, copied on the device). The
     /// host can so queue step k+1 while the GPU runs step k and read step k's tokens afterwards: the GPU does not
     /// wait for the host between steps (vLLM's async scheduling). A row whose sequence turns out to have ended at
-    /// step k has decoded one token too many: drop it, and set its slot's length back
-    /// ([`KvCache::set_len`]). Finish `earlier` before launching the step after this one: that one's replay
+    /// step k has decoded one token too many: drop it, and give its slot's last position back
+    /// ([`KvCache::copy_prefix`] onto itself). Finish `earlier` before launching the step after this one: that one's replay
     /// overwrites `earlier`'s outputs.
     pub fn launch_after(
         &mut self,

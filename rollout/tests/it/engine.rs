@@ -473,6 +473,24 @@ fn queued_turns_wait_for_batch_mates_while_others_decode() {
     }
 }
 
+/// A tiny random model over the test codec's vocabulary on the GPU, its weights x4 so that logits spread and
+/// greedy choices are not near-ties.
+fn gpu_char_model(kind: tch::Kind, seed: i64) -> spar_model::Qwen3Model {
+    let vocab = spar_rollout::testing::CharCodec::vocab_size();
+    let json = format!(
+        r#"{{"model_type":"qwen3","vocab_size":{vocab},"hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,
+        "num_attention_heads":4,"num_key_value_heads":2,"head_dim":32,"max_position_embeddings":4096}}"#
+    );
+    let config = spar_model::Qwen3Config::from_json_str(&json, "test").unwrap();
+    let model = spar_model::Qwen3Model::random(config, tch::Device::Cuda(0), kind, seed).unwrap();
+    tch::no_grad(|| {
+        for (_, mut v) in model.vs.variables() {
+            let _ = v.f_mul_scalar_(4.0).unwrap();
+        }
+    });
+    model
+}
+
 /// On a GPU with `overlap_prefill` the graph decoder's step is queued ahead of a prefill and read after it, and
 /// new turns go packed through flash attention (bf16): requests arriving while others decode, greedy and sampled,
 /// still carry the log-probs of one plain full forward of their own tokens, and the graph path took the steps.
@@ -485,24 +503,12 @@ fn overlapped_prefill_and_decode_keep_full_forward_logprobs_on_gpu() {
         eprintln!("SKIP: needs a CUDA device (the graph decoder and flash attention run there)");
         return;
     }
-    let vocab = spar_rollout::testing::CharCodec::vocab_size();
-    let json = format!(
-        r#"{{"model_type":"qwen3","vocab_size":{vocab},"hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,
-        "num_attention_heads":4,"num_key_value_heads":2,"head_dim":32,"max_position_embeddings":4096}}"#
-    );
-    let config = spar_model::Qwen3Config::from_json_str(&json, "test").unwrap();
     // (dtype, bound on each token's difference, on their mean). fp32: the kernels' summation order only. bf16
     // (weights x4, logits of tens): the engine's kernels and the full forward's each round differently; on an H100
     // one sampled token of 36 differed by 0.335 nats (the first 15 by under 0.15). A misplaced key or value moves
     // every later token by nats.
     for (kind, tol, mean_tol) in [(Kind::Float, 1e-3f32, 1e-3f32), (Kind::BFloat16, 1.0, 0.1)] {
-        let model =
-            spar_model::Qwen3Model::random(config.clone(), Device::Cuda(0), kind, 3).unwrap();
-        tch::no_grad(|| {
-            for (_, mut v) in model.vs.variables() {
-                let _ = v.f_mul_scalar_(4.0).unwrap();
-            }
-        });
+        let model = gpu_char_model(kind, 3);
         let cfg = EngineConfig {
             max_batch: 4,
             kv_slots: 4,
@@ -593,17 +599,7 @@ fn async_decode_generates_what_synchronous_decode_does_on_gpu() {
         return;
     }
     let vocab = spar_rollout::testing::CharCodec::vocab_size();
-    let json = format!(
-        r#"{{"model_type":"qwen3","vocab_size":{vocab},"hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,
-        "num_attention_heads":4,"num_key_value_heads":2,"head_dim":32,"max_position_embeddings":4096}}"#
-    );
-    let config = spar_model::Qwen3Config::from_json_str(&json, "test").unwrap();
-    let model = spar_model::Qwen3Model::random(config, Device::Cuda(0), Kind::Float, 5).unwrap();
-    tch::no_grad(|| {
-        for (_, mut v) in model.vs.variables() {
-            let _ = v.f_mul_scalar_(4.0).unwrap();
-        }
-    });
+    let model = gpu_char_model(Kind::Float, 5);
     // About one token in nine stops a sequence: most end on a stop token at a step nobody can foresee.
     let stops: Vec<u32> = (0..vocab as u32).filter(|t| t % 9 == 4).collect();
     let stopping = |mut r: GenerateRequest| {
