@@ -18,7 +18,6 @@
 
 #include <cstring>
 #include <exception>
-#include <memory>
 #include <stdexcept>
 #include <string>
 
@@ -135,8 +134,6 @@ int spar_cuda_graph_capture_end(void* gp, char* err, size_t len) {
   return rc;
 }
 
-// The raw cudaStream_t torch issues work on for `device` right now (null: the legacy default stream). Kernels
-// launched outside torch (NVRTC) go there so that they are ordered with torch's work and can be captured.
 // A CUDA event recorded on torch's current stream of `device` now (timing off: a fence, not a clock). The host
 // waits on it for the work queued before it without waiting for work queued after it (stream synchronisation
 // would wait for both). The runtime's entry points are looked up at run time, as in force_end_capture. Null,
@@ -181,6 +178,8 @@ void spar_cuda_event_drop(void* ev) {
   if (destroy != nullptr && ev != nullptr) destroy(static_cast<cudaEvent_t>(ev));
 }
 
+// The raw cudaStream_t torch issues work on for `device` right now (null: the legacy default stream). Kernels
+// launched outside torch (NVRTC) go there so that they are ordered with torch's work and can be captured.
 void* spar_cuda_current_stream(int device) {
   try {
     return static_cast<void*>(c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream());

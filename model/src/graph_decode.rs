@@ -121,10 +121,9 @@ pub struct LaunchedStep {
     slots: Vec<usize>,
     phys: Vec<i64>,
     sampling: bool,
-    want_logits: bool,
     /// A step that chooses its tokens: `[2, R]` choices and the `[R, n_moe, k]` experts, copied into pinned host
     /// memory behind the replay, and the event after those copies. [`GraphDecoder::finish`] waits on the event
-    /// only, not on steps queued after this one.
+    /// only, not on steps queued after this one. None: the step hands back its logits (on the device).
     copied: Option<(Tensor, Option<Tensor>, CudaEvent)>,
 }
 
@@ -137,7 +136,7 @@ impl LaunchedStep {
     /// Whether the step chooses its tokens inside the graph, so that a later step can take them as its input
     /// on the device ([`StepToken::Chosen`]).
     pub fn chooses_tokens(&self) -> bool {
-        !self.want_logits
+        self.copied.is_some()
     }
 }
 
@@ -162,6 +161,17 @@ struct Bucket {
     /// `[2, R]` float64: sampled token id and its log-prob per row (graphs captured for sampling only).
     sampled: Tensor,
     experts: Option<Tensor>,
+}
+
+impl Bucket {
+    /// The `[2, R]` tokens and log-probs the graph chose: sampled, or greedy.
+    fn choices(&self, sampling: bool) -> &Tensor {
+        if sampling {
+            &self.sampled
+        } else {
+            &self.greedy
+        }
+    }
 }
 
 /// Captured decode graphs over one model and one KV cache. See the module documentation.
@@ -403,12 +413,7 @@ impl GraphDecoder {
             &Tensor::from_slice(&host).f_view([3, r as i64])?,
         )?;
         if let (Some(prev), false) = (earlier, chained.is_empty()) {
-            let earlier_bucket = &self.inputs[&prev.r];
-            let choices = if prev.sampling {
-                &earlier_bucket.sampled
-            } else {
-                &earlier_bucket.greedy
-            };
+            let choices = self.inputs[&prev.r].choices(prev.sampling);
             // The steady state of a decode: the same rows at the same graph rows as the step before, every one
             // taking its choice. One copy (with the cast) of the whole row: padding rows take whatever token the
             // earlier step chose there, a valid id they decode into the scratch column like any other.
@@ -495,13 +500,8 @@ impl GraphDecoder {
             None
         } else {
             let bucket = &self.inputs[&r];
-            let choices = if sampling {
-                &bucket.sampled
-            } else {
-                &bucket.greedy
-            };
             let to_host = |t: &Tensor| t.f_to_device_(Device::Cpu, t.kind(), true, false);
-            let chosen = to_host(choices)?;
+            let chosen = to_host(bucket.choices(sampling))?;
             let experts = bucket.experts.as_ref().map(to_host).transpose()?;
             Some((chosen, experts, CudaEvent::record(self.ordinal)?))
         };
@@ -510,7 +510,6 @@ impl GraphDecoder {
             slots,
             phys,
             sampling,
-            want_logits,
             copied,
         }))
     }
@@ -519,14 +518,8 @@ impl GraphDecoder {
     /// whatever was queued behind it.
     pub fn finish(&self, model: &Qwen3Model, step: LaunchedStep) -> Result<GraphDecodeOutput> {
         let LaunchedStep {
-            r,
-            phys,
-            sampling,
-            want_logits,
-            copied,
-            ..
+            r, phys, copied, ..
         } = step;
-        let b = phys.len();
         if let Some((chosen, experts, done)) = copied {
             done.synchronize()?;
             let host = Vec::<f64>::try_from(chosen.f_view([-1])?)?;
@@ -544,6 +537,8 @@ impl GraphDecoder {
                 routed_experts,
             });
         }
+        // A step that asked for the logits: they (and the experts) stay on the device, in the rows' order.
+        let b = phys.len();
         let bucket = &self.inputs[&r];
         let in_order = phys.iter().enumerate().all(|(i, p)| *p == i as i64);
         let in_row_order = |t: &Tensor| -> Result<Tensor> {
@@ -555,26 +550,12 @@ impl GraphDecoder {
                 Ok(t.f_index_select(0, &idx)?)
             }
         };
-        let chosen = |t: &Tensor| -> Result<NextTokens> {
-            // One host copy of the [2, R] choices; rows picked on the host.
-            let host = Vec::<f64>::try_from(t.f_to_device(Device::Cpu)?.f_view([-1])?)?;
-            let picked = phys
-                .iter()
-                .map(|&p| (host[p as usize] as u32, host[r + p as usize] as f32))
-                .collect();
-            Ok(NextTokens::Chosen(picked))
-        };
-        let next = match (sampling, want_logits) {
-            (true, _) => chosen(&bucket.sampled)?,
-            (false, true) => NextTokens::Logits(in_row_order(&bucket.logits)?),
-            (false, false) => chosen(&bucket.greedy)?,
-        };
         let routed_experts = match &bucket.experts {
             Some(e) => Some(in_row_order(e)?.f_unsqueeze(1)?),
             None => None,
         };
         Ok(GraphDecodeOutput {
-            next,
+            next: NextTokens::Logits(in_row_order(&bucket.logits)?),
             routed_experts,
         })
     }
