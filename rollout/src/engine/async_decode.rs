@@ -102,9 +102,8 @@ impl Engine<'_> {
     fn decode_after_settling(&mut self) -> Result<()> {
         self.settle_ahead()?;
         self.retire();
-        let rows: Vec<usize> = (0..self.running.len())
-            .filter(|&i| self.running[i].prefilled && self.running[i].pending.len() == 1)
-            .collect();
+        // Nothing is in flight now: every row's token is on the host.
+        let rows = self.decoding_rows();
         if rows.is_empty() {
             return Ok(());
         }
@@ -137,9 +136,9 @@ impl Engine<'_> {
     /// Whether `r`, in the step in flight, ends when that step's token arrives (its length limit): it is not
     /// queued into the next step.
     fn ends_with_step_in_flight(&self, r: &Running) -> bool {
-        // The slot already counts the in-flight step's input token; its output token is the next one.
-        r.in_flight
-            && (r.out.len() + 1 >= r.max_new || self.cache.len(r.slot) + 1 >= self.cfg.max_seq_len)
+        // Once that step's token arrives: one more generated, and the slot holds what it counts now (that step
+        // fed the token before it).
+        r.in_flight && self.at_length_limit(r, r.out.len() + 1, self.cache.len(r.slot))
     }
 
     /// Waits for `prev`'s tokens and appends them to its sequences that still run (the others ended or were

@@ -617,14 +617,6 @@ impl<'m> Engine<'m> {
 
     fn prefill_and_decode(&mut self) -> Result<()> {
         let started = std::time::Instant::now();
-        let decoding = |e: &Self| -> Vec<usize> {
-            (0..e.running.len())
-                .filter(|&i| {
-                    let r = &e.running[i];
-                    r.prefilled && (r.pending.len() == 1 || r.in_flight)
-                })
-                .collect()
-        };
         // With `overlap_prefill` and CUDA graphs the rows already decoding go first and are not waited for: the
         // GPU runs their step while the host issues the prefill's ops behind it, and the rows the prefill starts
         // decode from the next step. Otherwise the prefill goes first and its rows join this step.
@@ -635,7 +627,7 @@ impl<'m> Engine<'m> {
             && prefill_overlap_override().unwrap_or(self.cfg.overlap_prefill)
             && self.running.iter().any(|r| !r.prefilled)
         {
-            let rows = decoding(self);
+            let rows = self.decoding_rows();
             if !rows.is_empty()
                 && let Some(step) = self.launch_decode(&rows)?
             {
@@ -687,7 +679,7 @@ impl<'m> Engine<'m> {
             }
             None if ahead => {
                 // Decode rows are counted when their step is read (async_decode.rs).
-                let rows = decoding(self);
+                let rows = self.decoding_rows();
                 if !rows.is_empty() || self.ahead.is_some() {
                     let _span = range("engine/decode");
                     self.decode_ahead(&rows)?;
@@ -697,7 +689,7 @@ impl<'m> Engine<'m> {
                 return self.settle_orphaned_ahead();
             }
             None => {
-                let rows = decoding(self);
+                let rows = self.decoding_rows();
                 if !rows.is_empty() {
                     let _span = range("engine/decode");
                     self.decode(&rows)?;
@@ -1015,10 +1007,25 @@ impl<'m> Engine<'m> {
         }
         // A sequence in the decode step in flight: its slot already counts that step's input token.
         let cached = self.cache.len(r.slot) - r.in_flight as usize;
-        if r.out.len() >= r.max_new || cached + 1 >= self.cfg.max_seq_len {
-            return Some(FinishReason::Length);
-        }
-        None
+        self.at_length_limit(r, r.out.len(), cached)
+            .then_some(FinishReason::Length)
+    }
+
+    /// Whether `r` ends by length once it has generated `generated` tokens and its slot holds `cached` (the last
+    /// generated token not fed yet): its `max_new`, or no room in `max_seq_len` to feed that token.
+    fn at_length_limit(&self, r: &Running, generated: usize, cached: usize) -> bool {
+        generated >= r.max_new || cached + 1 >= self.cfg.max_seq_len
+    }
+
+    /// The running sequences a decode step feeds: prefilled, with their next token on the host or in the decode
+    /// step in flight.
+    fn decoding_rows(&self) -> Vec<usize> {
+        (0..self.running.len())
+            .filter(|&i| {
+                let r = &self.running[i];
+                r.prefilled && (r.pending.len() == 1 || r.in_flight)
+            })
+            .collect()
     }
 
     fn output_of(&self, r: &Running, finish: FinishReason) -> EngineOutput {

@@ -51,14 +51,21 @@ pub fn tiny_model(moe: bool) -> Qwen3Model {
 
 /// Log-probs of `ids[1..]` from one full forward of `ids` (what `spar logprobs` computes): entry t is the
 /// log-prob of token t (entry 0 is 0).
+/// On the model's device; the logits go to fp32 first (a bf16 model's log-probs are taken at full precision).
 pub fn full_forward_logprobs(model: &Qwen3Model, ids: &[u32]) -> Vec<f32> {
     let _g = tch::no_grad_guard();
-    let t = Tensor::from_slice(&ids.iter().map(|&x| x as i64).collect::<Vec<_>>()).unsqueeze(0);
-    let out = model.forward(ForwardInput::new(&t)).unwrap();
+    let t = Tensor::from_slice(&ids.iter().map(|&x| x as i64).collect::<Vec<_>>())
+        .unsqueeze(0)
+        .to_device(model.device());
+    let logits = model
+        .forward(ForwardInput::new(&t))
+        .unwrap()
+        .logits
+        .to_kind(Kind::Float);
     let n = ids.len() as i64;
-    let lp = spar_model::token_logprobs(&out.logits.narrow(1, 0, n - 1), &t.narrow(1, 1, n - 1));
+    let lp = spar_model::token_logprobs(&logits.narrow(1, 0, n - 1), &t.narrow(1, 1, n - 1));
     let mut v = vec![0.0f32];
-    v.extend(Vec::<f32>::try_from(lp.reshape([-1])).unwrap());
+    v.extend(Vec::<f32>::try_from(lp.reshape([-1]).to_device(Device::Cpu)).unwrap());
     v
 }
 

@@ -497,7 +497,7 @@ fn gpu_char_model(kind: tch::Kind, seed: i64) -> spar_model::Qwen3Model {
 #[test]
 fn overlapped_prefill_and_decode_keep_full_forward_logprobs_on_gpu() {
     use spar_rollout::engine::Reply;
-    use tch::{Device, Kind, Tensor};
+    use tch::Kind;
     use tokio::sync::oneshot;
     if !tch::Cuda::is_available() {
         eprintln!("SKIP: needs a CUDA device (the graph decoder and flash attention run there)");
@@ -550,23 +550,10 @@ fn overlapped_prefill_and_decode_keep_full_forward_logprobs_on_gpu() {
             let out: anyhow::Result<spar_rollout::engine::EngineOutput> = rx.try_recv().unwrap();
             let o = out.unwrap().output;
             assert_eq!(o.token_ids.len(), r.sampling.max_new_tokens as usize);
-            let mut all: Vec<i64> = r.prompt_ids.iter().map(|&x| x as i64).collect();
-            all.extend(o.token_ids.iter().map(|&x| x as i64));
-            let _g = tch::no_grad_guard();
-            let ids = Tensor::from_slice(&all)
-                .unsqueeze(0)
-                .to_device(Device::Cuda(0));
-            let n = all.len() as i64;
-            let logits = model
-                .forward(spar_model::ForwardInput::new(&ids))
-                .unwrap()
-                .logits
-                .to_kind(Kind::Float);
-            let lp =
-                spar_model::token_logprobs(&logits.narrow(1, 0, n - 1), &ids.narrow(1, 1, n - 1));
-            let want = Vec::<f32>::try_from(lp.reshape([-1]).to_device(Device::Cpu)).unwrap();
+            let all: Vec<u32> = r.prompt_ids.iter().chain(&o.token_ids).copied().collect();
+            let want = full_forward_logprobs(&model, &all);
             for (i, got) in o.logprobs.iter().enumerate() {
-                let w = want[r.prompt_ids.len() - 1 + i];
+                let w = want[r.prompt_ids.len() + i];
                 assert!(
                     (got - w).abs() < tol,
                     "{kind:?}, a {}-token prompt, token {i}: engine {got} vs full forward {w}",
@@ -592,7 +579,7 @@ fn overlapped_prefill_and_decode_keep_full_forward_logprobs_on_gpu() {
 #[test]
 fn async_decode_generates_what_synchronous_decode_does_on_gpu() {
     use spar_rollout::engine::Reply;
-    use tch::{Device, Kind, Tensor};
+    use tch::Kind;
     use tokio::sync::oneshot;
     if !tch::Cuda::is_available() {
         eprintln!("SKIP: asynchronous decode needs a CUDA device");
@@ -675,22 +662,15 @@ fn async_decode_generates_what_synchronous_decode_does_on_gpu() {
         }
         stopped += (a.finish == FinishReason::Stop) as usize;
         // The tokens are the model's own: a full forward gives the same log-probs.
-        let mut all: Vec<i64> = reqs[i].prompt_ids.iter().map(|&x| x as i64).collect();
-        all.extend(a.token_ids.iter().map(|&x| x as i64));
-        let _g = tch::no_grad_guard();
-        let ids = Tensor::from_slice(&all)
-            .unsqueeze(0)
-            .to_device(Device::Cuda(0));
-        let n = all.len() as i64;
-        let logits = model
-            .forward(spar_model::ForwardInput::new(&ids))
-            .unwrap()
-            .logits
-            .to_kind(Kind::Float);
-        let lp = spar_model::token_logprobs(&logits.narrow(1, 0, n - 1), &ids.narrow(1, 1, n - 1));
-        let want = Vec::<f32>::try_from(lp.reshape([-1]).to_device(Device::Cpu)).unwrap();
+        let all: Vec<u32> = reqs[i]
+            .prompt_ids
+            .iter()
+            .chain(&a.token_ids)
+            .copied()
+            .collect();
+        let want = full_forward_logprobs(&model, &all);
         for (t, got) in a.logprobs.iter().enumerate() {
-            let w = want[reqs[i].prompt_ids.len() - 1 + t];
+            let w = want[reqs[i].prompt_ids.len() + t];
             assert!(
                 (got - w).abs() < 1e-3,
                 "request {i}, token {t}: engine {got} vs full forward {w}"
