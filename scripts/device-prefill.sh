@@ -33,7 +33,8 @@ export EXTRA="--set rollout.max_batch=64 --set rollout.gpu_memory_utilization=0.
 # (SPAR_FUSED_SAMPLING=0: temperature sampling through the torch composition instead of one kernel), graphs (the
 # defaults with trainer.learner_cuda_graphs = true), gp0
 # (SPAR_GRAPH_PREFILL_TOKENS=0: every prefill eager, none replayed from a CUDA graph, as before 2026-12-07 evening),
-# async0 (SPAR_ASYNC_DECODE=0: each decode step's tokens read before the next is queued, as before 2026-12-07 night), micro-graphs (micro's learner with the graphs), base (the
+# async0 (SPAR_ASYNC_DECODE=0: each decode step's tokens read before the next is queued, as before 2026-12-07 night),
+# keep0 (SPAR_KEEP_GRAPHS=0: the engine's graphs captured anew each round, as before 2026-12-07 late night), micro-graphs (micro's learner with the graphs), base (the
 # defaults of the build in dist/spar-base.gz: an A/B against another commit).
 for r in ${RUNS:-fused plain}; do
   case $r in
@@ -50,6 +51,7 @@ for r in ${RUNS:-fused plain}; do
              --set model.activation_checkpointing=false" scripts/device-consult.sh ;;
     gp0) NAME=prefill-gp0 SPAR_GRAPH_PREFILL_TOKENS=0 scripts/device-consult.sh ;;
     async0) NAME=prefill-async0 SPAR_ASYNC_DECODE=0 scripts/device-consult.sh ;;
+    keep0) NAME=prefill-keep0 SPAR_KEEP_GRAPHS=0 scripts/device-consult.sh ;;
     sampling0) NAME=prefill-sampling0 SPAR_FUSED_SAMPLING=0 scripts/device-consult.sh ;;
     graphs) NAME=prefill-graphs EXTRA="$EXTRA --set trainer.learner_cuda_graphs=true" scripts/device-consult.sh ;;
     micro-graphs) NAME=prefill-micro-graphs EXTRA="$EXTRA --set trainer.micro_batch=16 --set trainer.token_budget=24576 \

@@ -9,6 +9,7 @@ pub mod cuda;
 pub mod cuda_graph;
 pub mod cuda_memory;
 pub mod decode_ops;
+pub mod fixed_address;
 pub mod fused_logprob;
 pub mod optimizer_ops;
 pub mod rms_norm;

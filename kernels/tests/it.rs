@@ -1085,3 +1085,55 @@ fn assert_sums_agree(sums: &Tensor, before: &Tensor, delta: &Tensor, what: &str)
         );
     }
 }
+
+/// A fixed address range maps new physical memory at the same addresses every time, torch kernels read and
+/// write it through `from_blob`, a second mapping at once is refused, and unmapping gives the memory back to
+/// the driver.
+#[test]
+fn fixed_address_range_maps_again_at_the_same_addresses_on_gpu() {
+    use spar_kernels::cuda_memory::memory_now;
+    use spar_kernels::fixed_address::FixedAddressRange;
+    let Some(_gpu) = gpu_or_skip("CUDA virtual memory management") else {
+        return;
+    };
+    let bytes = 64 << 20;
+    let range = FixedAddressRange::reserve(0, bytes).unwrap();
+    assert!(range.bytes() >= bytes);
+    let view = |base: u64| unsafe {
+        Tensor::from_blob(
+            base as *const u8,
+            &[(bytes / 4) as i64],
+            &[],
+            Kind::Float,
+            Device::Cuda(0),
+        )
+    };
+    let free_before = memory_now(0).unwrap().free;
+    let backing = range.map().unwrap();
+    assert!(range.map().is_err(), "a second mapping at once");
+    let mapped_free = memory_now(0).unwrap().free;
+    assert!(
+        free_before - mapped_free >= bytes as u64,
+        "mapping took {} bytes from the driver",
+        free_before - mapped_free
+    );
+    let mut t = view(range.base());
+    let _ = t.fill_(2.5);
+    assert_eq!(
+        t.sum(Kind::Double).double_value(&[]),
+        2.5 * (bytes / 4) as f64
+    );
+    drop(t);
+    let free_mapped = memory_now(0).unwrap().free;
+    drop(backing);
+    assert!(!range.is_mapped());
+    let given_back = memory_now(0).unwrap().free - free_mapped;
+    assert!(
+        given_back >= bytes as u64,
+        "unmapping gave {given_back} bytes back to the driver"
+    );
+    let _again = range.map().unwrap();
+    let mut t = view(range.base());
+    let _ = t.fill_(1.0);
+    assert_eq!(t.sum(Kind::Double).double_value(&[]), (bytes / 4) as f64);
+}

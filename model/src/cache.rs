@@ -11,6 +11,8 @@
 
 use crate::config::Qwen3Config;
 use anyhow::{Result, bail};
+use spar_kernels::fixed_address::{Backing, FixedAddressRange};
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 /// Per-layer keys and values of up to `slots` sequences of up to `max_len` tokens each.
@@ -26,6 +28,12 @@ pub struct KvCache {
     /// Row i of the next forward's batch reads and appends slot `selected[i]`; None = rows map to 0..B.
     selected: Option<Vec<usize>>,
     device: Device,
+    /// Every layer's key and value addresses, and the shape: graphs captured over this cache are valid for a
+    /// cache with the same id ([`KvCache::try_new_at`] gives one across allocations).
+    storage_id: u64,
+    /// The physical memory under `k` and `v` when they live in a [`FixedAddressRange`] (declared after them:
+    /// the views go first, then the memory).
+    backing: Option<Backing>,
 }
 
 impl KvCache {
@@ -79,7 +87,23 @@ impl KvCache {
             k.push(Tensor::f_zeros(shape, (kind, device))?);
             v.push(Tensor::f_zeros(shape, (kind, device))?);
         }
-        Ok(KvCache {
+        Ok(Self::over(k, v, slots, max_len, device, None))
+    }
+
+    fn over(
+        k: Vec<Tensor>,
+        v: Vec<Tensor>,
+        slots: usize,
+        max_len: usize,
+        device: Device,
+        backing: Option<Backing>,
+    ) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for t in k.iter().chain(&v) {
+            (t.data_ptr() as usize, t.size(), format!("{:?}", t.kind())).hash(&mut h);
+        }
+        KvCache {
             k,
             v,
             lens: vec![0; slots],
@@ -88,7 +112,76 @@ impl KvCache {
             max_len,
             selected: None,
             device,
-        })
+            storage_id: h.finish(),
+            backing,
+        }
+    }
+
+    /// Bytes [`KvCache::try_new_at`] lays the cache out in: every layer's keys and values, each starting on
+    /// a 256-byte boundary.
+    pub fn bytes_at_fixed_address(
+        config: &Qwen3Config,
+        slots: usize,
+        max_len: usize,
+        kind: Kind,
+    ) -> usize {
+        2 * config.num_hidden_layers * Self::aligned_layer_bytes(config, slots, max_len, kind)
+    }
+
+    fn aligned_layer_bytes(
+        config: &Qwen3Config,
+        slots: usize,
+        max_len: usize,
+        kind: Kind,
+    ) -> usize {
+        let elems: i64 = Self::layer_shape(config, slots, max_len).iter().product();
+        (elems as usize * kind.elt_size_in_bytes()).div_ceil(256) * 256
+    }
+
+    /// Allocates the cache in `range`'s addresses, which it maps for as long as the cache lives (then gives
+    /// the memory back to the driver). Caches of the same shape in the same range have the same
+    /// storage id, so CUDA graphs captured over one replay over the next ([`crate::GraphDecoder`]).
+    pub fn try_new_at(
+        config: &Qwen3Config,
+        slots: usize,
+        max_len: usize,
+        kind: Kind,
+        range: &Arc<FixedAddressRange>,
+    ) -> Result<Self> {
+        if slots == 0 || max_len == 0 {
+            bail!(
+                "KV cache needs at least one slot and max_len > 0 (got {slots} slots, max_len {max_len})"
+            );
+        }
+        let need = Self::bytes_at_fixed_address(config, slots, max_len, kind);
+        if need > range.bytes() {
+            bail!(
+                "KV cache of {slots} slots x {max_len} tokens needs {need} bytes; the fixed address range holds {}",
+                range.bytes()
+            );
+        }
+        let backing = range.map()?;
+        let device = Device::Cuda(range.ordinal());
+        let shape = Self::layer_shape(config, slots, max_len);
+        let layer_bytes = Self::aligned_layer_bytes(config, slots, max_len, kind) as u64;
+        let _g = tch::no_grad_guard();
+        let mut views = Vec::with_capacity(2 * config.num_hidden_layers);
+        for i in 0..2 * config.num_hidden_layers as u64 {
+            let at = (range.base() + i * layer_bytes) as *const u8;
+            // SAFETY: `at` lies inside the mapped range with `layer_bytes` after it (checked above), and the
+            // cache keeps the mapping (`backing`) alive as long as these views.
+            let mut t = unsafe { Tensor::f_from_blob(at, &shape, &[], kind, device)? };
+            // Fresh physical pages hold anything: the same zeros as a torch allocation.
+            let _ = t.f_zero_()?;
+            views.push(t);
+        }
+        let v = views.split_off(config.num_hidden_layers);
+        Ok(Self::over(views, v, slots, max_len, device, Some(backing)))
+    }
+
+    /// The fixed address range the cache lives in ([`KvCache::try_new_at`]), if any.
+    pub fn fixed_range(&self) -> Option<&Arc<FixedAddressRange>> {
+        self.backing.as_ref().map(|b| b.range())
     }
 
     /// Number of slots.
@@ -233,8 +326,8 @@ impl KvCache {
     }
 
     /// Identity of the storage (graphs captured over this cache are only valid for it).
-    pub(crate) fn storage_id(&self) -> usize {
-        self.k.first().map(|t| t.data_ptr() as usize).unwrap_or(0)
+    pub(crate) fn storage_id(&self) -> u64 {
+        self.storage_id
     }
 
     pub(crate) fn set_len(&mut self, slot: usize, len: usize) {

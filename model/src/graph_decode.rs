@@ -183,7 +183,7 @@ pub struct GraphDecoder {
     /// By (rows, keys, sampling inside the graph).
     graphs: HashMap<(usize, usize, bool), CudaGraph>,
     pool: Option<GraphPool>,
-    cache_id: usize,
+    cache_id: u64,
     /// Set when a capture failed: the path then stays off (the error is logged once).
     broken: bool,
     /// MoE experts through `_grouped_mm` (cleared when it cannot be captured).
@@ -254,6 +254,18 @@ impl GraphDecoder {
     /// The prefill graphs' counters.
     pub fn prefill_stats(&self) -> PrefillGraphStats {
         self.prefills.stats
+    }
+
+    /// Zeroes the decode and prefill counters (the graphs stay): a decoder kept for another engine counts
+    /// that engine's captures and replays only.
+    pub fn reset_stats(&mut self) {
+        self.stats = GraphStats::default();
+        self.prefills.stats = PrefillGraphStats::default();
+    }
+
+    /// Graphs captured and held now (decode and prefill).
+    pub fn graphs_held(&self) -> usize {
+        self.graphs.len() + self.prefills.len()
     }
 
     /// Drops every graph when the cache's storage or the model's parameters were replaced since they were

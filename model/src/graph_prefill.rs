@@ -93,6 +93,11 @@ impl PrefillGraphs {
         self.shapes.clear();
     }
 
+    /// Shapes captured.
+    pub(crate) fn len(&self) -> usize {
+        self.shapes.len()
+    }
+
     /// Prefills `rows` by replaying the graph of their shape (capturing it first if new), or None where the
     /// graphs do not take this prefill (nothing changed then): too many tokens, flash attention not applicable,
     /// or graphs broken. `pool`: the decode graphs' pool, set by the first capture of either.

@@ -44,6 +44,7 @@ pub use spar_kernels::cuda_memory::{
     AllocatorEvents, DeviceMemory, allocator_events as cuda_allocator_events,
     empty_cache as cuda_empty_cache, memory_now as cuda_memory_now,
 };
+pub use spar_kernels::fixed_address;
 /// The fused AdamW step, re-exported for the trainer's optimizer.
 pub use spar_kernels::optimizer_ops;
 /// The torch profiler (Kineto) and its named spans, re-exported for the same reason: the engine and the

@@ -3,7 +3,7 @@
 //! segments into the next stage's pool, and hands every finished sample to an optional sink the moment it ends
 //! (so reward scoring overlaps generation).
 use crate::codec::TextCodec;
-use crate::engine::{self, Engine, EngineConfig, EngineStats};
+use crate::engine::{self, Engine, EngineConfig, EngineStats, KeptGraphs, keep_graphs_override};
 use crate::env::{
     BackendTurns, ChatTurns, Consultation, Env, EnvConfig, ScriptedDoctor, ScriptedTurns, StageEnd,
     TurnGenerator, mix_seed, stage_replies,
@@ -99,6 +99,8 @@ pub struct Rollout {
     runtime: tokio::runtime::Runtime,
     keep_policy_failures: bool,
     last: RoundStats,
+    /// The built-in engine's CUDA graphs, kept for the next round (`rollout.keep_graphs`).
+    kept_graphs: Option<KeptGraphs>,
 }
 
 impl Rollout {
@@ -155,6 +157,7 @@ impl Rollout {
             runtime,
             keep_policy_failures: false,
             last: RoundStats::default(),
+            kept_graphs: None,
         })
     }
 
@@ -332,12 +335,32 @@ impl Rollout {
                     overlap_prefill: false,
                     async_decode: self.cfg.async_decode,
                 };
-                let (ecfg, lowered) =
+                let (mut ecfg, lowered) =
                     ecfg.fit_gpu_memory(model, self.cfg.gpu_memory_utilization)?;
+                let keep = keep_graphs_override().unwrap_or(self.cfg.keep_graphs);
+                let kept = self.kept_graphs.take().filter(|_| keep);
                 if let Some(line) = lowered {
-                    tracing::warn!("{line}");
+                    match &kept {
+                        // The kept graphs' memory pool was taken after the last round sized its cache, so this
+                        // round's share for the cache comes out smaller by about the pool: the kept slots, while
+                        // the GPU can still map them, make the same footprint as the last round and replay its
+                        // graphs instead of capturing new ones for fewer slots.
+                        Some(k)
+                            if k.kv_slots() <= self.cfg.kv_slot_count()
+                                && kept_cache_fits(model, k)? =>
+                        {
+                            ecfg.kv_slots = k.kv_slots();
+                            ecfg.max_batch = self.cfg.max_batch.min(k.kv_slots());
+                        }
+                        _ => tracing::warn!("{line}"),
+                    }
                 }
-                let mut engine = Engine::new(model, ecfg)?.with_codec(self.codec.clone());
+                let engine = if keep {
+                    Engine::new_keeping(model, ecfg, kept)?
+                } else {
+                    Engine::new(model, ecfg)?
+                };
+                let mut engine = engine.with_codec(self.codec.clone());
                 let generator: Arc<dyn TurnGenerator> = Arc::new(client.clone());
                 let env = self.env(
                     generator,
@@ -350,7 +373,11 @@ impl Rollout {
                 let stats = engine.stats_with_graphs();
                 // On an engine failure, dropping the engine and its inbox fails every waiting request, so the
                 // episodes finish (with that error) instead of waiting forever.
-                drop(engine);
+                if keep && served.is_ok() {
+                    self.kept_graphs = engine.into_kept();
+                } else {
+                    drop(engine);
+                }
                 drop(inbox);
                 let results = self
                     .runtime
@@ -754,4 +781,14 @@ fn gate_score(ctx: &SampleCtx, case: &Case, c: &Consultation, stage: Stage) -> f
     ctx.scorer
         .score(case, stage, &stage_replies(&c.turns, stage), &c.turns)
         .score
+}
+
+/// Whether the GPU can map the KV cache of `kept` now (its free memory and torch's cache).
+fn kept_cache_fits(model: &spar_model::Qwen3Model, kept: &KeptGraphs) -> Result<bool> {
+    match model.device() {
+        tch::Device::Cuda(d) => {
+            Ok(spar_model::cuda_memory_now(d)?.available() >= kept.bytes() as u64)
+        }
+        _ => Ok(false),
+    }
 }

@@ -205,6 +205,11 @@ pub struct RolloutSection {
     /// step's tokens (vLLM's async scheduling; `EngineConfig::async_decode`). Same tokens; a sequence that ends
     /// has one dropped token decoded. Ignored with `batch_invariant` and on the CPU.
     pub async_decode: bool,
+    /// On a GPU with CUDA graphs, keep the built-in engine's graphs from one round to the next: its KV cache
+    /// lives at fixed virtual addresses whose memory goes back to the driver while the learner runs (CUDA
+    /// virtual memory management, as vLLM's sleep mode), so a round replays the graphs the last one captured
+    /// instead of capturing ~24 again. Ignored with `batch_invariant` and on the CPU.
+    pub keep_graphs: bool,
     /// The weight refresh of the external server (`backend = "openai"`).
     pub weight_sync: WeightSyncConfig,
 }
@@ -235,6 +240,7 @@ impl Default for RolloutSection {
             batch_invariant: false,
             prefill_wait_steps: 0,
             async_decode: true,
+            keep_graphs: true,
             weight_sync: WeightSyncConfig::default(),
         }
     }

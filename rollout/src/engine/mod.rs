@@ -14,11 +14,13 @@
 mod async_decode;
 mod cancel;
 pub mod client;
+mod kept_graphs;
 pub mod slots;
 
 pub use async_decode::async_decode_override;
 pub use cancel::{EngineLoad, LoadSink};
 pub use client::{EngineClient, EngineInbox, StreamEvent, WeightLoad, channel};
+pub use kept_graphs::{KeptGraphs, keep_graphs_override};
 
 use crate::codec::TextCodec;
 use crate::sampling::{RowSampler, Sampled, sample, temperature_params};
@@ -279,17 +281,35 @@ pub struct Engine<'m> {
     pub stats: EngineStats,
 }
 
+fn check_sizes(cfg: &EngineConfig) -> Result<()> {
+    if cfg.max_batch == 0 || cfg.kv_slots < cfg.max_batch {
+        bail!(
+            "engine: max_batch must be >= 1 and kv_slots >= max_batch (got {} and {})",
+            cfg.max_batch,
+            cfg.kv_slots
+        );
+    }
+    Ok(())
+}
+
+/// What a failed KV-cache allocation says.
+fn cache_context(model: &Qwen3Model, cfg: &EngineConfig) -> String {
+    let gb = KvCache::bytes_per_slot(&model.config, cfg.max_seq_len, model.kind()) as f64
+        * cfg.kv_slots as f64
+        / 1e9;
+    format!(
+        "allocating the engine's KV cache ({} slots x {} tokens, {gb:.1} GB; set \
+         rollout.gpu_memory_utilization (spar serve: --gpu-memory-utilization) to take the slots that \
+         fit, or lower rollout.max_batch or rollout.max_seq_len)",
+        cfg.kv_slots, cfg.max_seq_len
+    )
+}
+
 impl<'m> Engine<'m> {
     /// Allocates the KV cache (`kv_slots x max_seq_len`) in the model's dtype on the model's device (see
     /// [`EngineConfig::fit_gpu_memory`] to size it from the GPU's memory instead).
     pub fn new(model: &'m Qwen3Model, cfg: EngineConfig) -> Result<Self> {
-        if cfg.max_batch == 0 || cfg.kv_slots < cfg.max_batch {
-            bail!(
-                "engine: max_batch must be >= 1 and kv_slots >= max_batch (got {} and {})",
-                cfg.max_batch,
-                cfg.kv_slots
-            );
-        }
+        check_sizes(&cfg)?;
         let cache = KvCache::try_new(
             &model.config,
             cfg.kv_slots,
@@ -297,27 +317,27 @@ impl<'m> Engine<'m> {
             model.device(),
             model.kind(),
         )
-        .with_context(|| {
-            let gb = KvCache::bytes_per_slot(&model.config, cfg.max_seq_len, model.kind()) as f64
-                * cfg.kv_slots as f64
-                / 1e9;
-            format!(
-                "allocating the engine's KV cache ({} slots x {} tokens, {gb:.1} GB; set \
-                 rollout.gpu_memory_utilization (spar serve: --gpu-memory-utilization) to take the slots that \
-                 fit, or lower rollout.max_batch or rollout.max_seq_len)",
-                cfg.kv_slots, cfg.max_seq_len
-            )
-        })?;
-        let n_moe = model.config.moe_layers().len();
-        let routing_shape =
-            (cfg.record_routing && n_moe > 0).then_some((n_moe, model.config.num_experts_per_tok));
+        .with_context(|| cache_context(model, &cfg))?;
         // A graph replays a fixed batch shape: not one sequence per forward.
         let graphs = if cfg.batch_invariant {
             None
         } else {
             GraphDecoder::new(model, &cache, cfg.max_batch)
         };
-        Ok(Engine {
+        Ok(Self::over(model, cfg, cache, graphs))
+    }
+
+    /// An engine over an allocated cache and, where graphs run, their decoder.
+    fn over(
+        model: &'m Qwen3Model,
+        cfg: EngineConfig,
+        cache: KvCache,
+        graphs: Option<GraphDecoder>,
+    ) -> Self {
+        let n_moe = model.config.moe_layers().len();
+        let routing_shape =
+            (cfg.record_routing && n_moe > 0).then_some((n_moe, model.config.num_experts_per_tok));
+        Engine {
             model,
             graphs,
             cache,
@@ -335,7 +355,7 @@ impl<'m> Engine<'m> {
             ahead: None,
             next_id: 0,
             cfg,
-        })
+        }
     }
 
     /// Copies the weights of the transformers folder `dir` into the model in place

@@ -684,3 +684,114 @@ fn async_decode_generates_what_synchronous_decode_does_on_gpu() {
     assert_eq!(ahead[3].finish, FinishReason::Length);
     assert_eq!(ahead[3].token_ids.len(), 96 - 70);
 }
+
+/// On a GPU, an engine's CUDA graphs replay in the next engine over the same model ([`Engine::into_kept`],
+/// [`Engine::new_keeping`]): the second engine captures nothing, its KV cache sits at the first one's addresses,
+/// the memory went back to the driver in between, and after an in-place weight update (what the learner does
+/// between rounds) it generates what a fresh engine with freshly captured graphs generates, not what the old
+/// weights gave. fp32, greedy and sampled rows, requests arriving while others decode.
+#[test]
+fn kept_graphs_replay_new_weights_in_the_next_engine_on_gpu() {
+    use spar_rollout::engine::{KeptGraphs, Reply};
+    use tch::Kind;
+    use tokio::sync::oneshot;
+    if !tch::Cuda::is_available() {
+        eprintln!("SKIP: kept CUDA graphs need a CUDA device");
+        return;
+    }
+    let model = gpu_char_model(Kind::Float, 9);
+    let reqs = [
+        req(prompt(6, 1), 30, 1.0, 1),
+        req(prompt(9, 2), 30, 0.0, 2),
+        req(prompt(17, 3), 25, 0.8, 3),
+        req(prompt(40, 4), 20, 0.0, 4),
+        req(prompt(12, 5), 30, 1.0, 5),
+    ];
+    let cfg = EngineConfig {
+        max_batch: 4,
+        kv_slots: 6,
+        max_seq_len: 96,
+        prefill_tokens: 256,
+        seed: 3,
+        ..Default::default()
+    };
+    let generate = |engine: &mut Engine<'_>| {
+        let mut replies = Vec::new();
+        for (i, r) in reqs.iter().enumerate() {
+            let (tx, rx) = oneshot::channel();
+            engine.submit(r.clone(), Reply::Once(tx));
+            replies.push(rx);
+            for _ in 0..i % 2 {
+                engine.step().unwrap();
+            }
+        }
+        while engine.has_work() {
+            engine.step().unwrap();
+        }
+        let outs: Vec<_> = replies
+            .into_iter()
+            .map(|mut rx| rx.try_recv().unwrap().unwrap().output)
+            .collect();
+        (outs, engine.stats_with_graphs())
+    };
+    let free = || spar_model::cuda_memory_now(0).unwrap().free;
+
+    let mut first = Engine::new_keeping(&model, cfg.clone(), None).unwrap();
+    let (old, first_stats) = generate(&mut first);
+    assert!(first_stats.graph_captures > 0, "{first_stats:?}");
+    let free_during = free();
+    let kept: KeptGraphs = first
+        .into_kept()
+        .expect("a GPU engine at fixed addresses keeps its graphs");
+    assert!(kept.graphs_held() > 0);
+    let freed = free().saturating_sub(free_during);
+    assert!(
+        freed as usize >= kept.bytes(),
+        "the KV cache's {} bytes went back to the driver: {freed} freed",
+        kept.bytes()
+    );
+
+    // The learner's step: the same parameters, new values.
+    tch::no_grad(|| {
+        for (_, mut v) in model.vs.variables() {
+            let _ = v.f_mul_scalar_(1.05).unwrap();
+        }
+    });
+    let (kept_out, kept_stats) =
+        generate(&mut Engine::new_keeping(&model, cfg.clone(), Some(kept)).unwrap());
+    let (fresh, fresh_stats) = generate(&mut Engine::new(&model, cfg).unwrap());
+    eprintln!("first: {first_stats:?}\nkept: {kept_stats:?}\nfresh: {fresh_stats:?}");
+    assert_eq!(
+        kept_stats.graph_captures, 0,
+        "the kept graphs were captured again"
+    );
+    assert!(fresh_stats.graph_captures > 0);
+    let mut moved = 0.0f32;
+    for (i, ((k, f), o)) in kept_out.iter().zip(&fresh).zip(&old).enumerate() {
+        assert_eq!(k.token_ids, f.token_ids, "request {i}: tokens differ");
+        for (x, y) in k.logprobs.iter().zip(&f.logprobs) {
+            assert!((x - y).abs() < 1e-5, "request {i}: log-prob {x} vs {y}");
+        }
+        for (x, y) in k.logprobs.iter().zip(&o.logprobs) {
+            moved = moved.max((x - y).abs());
+        }
+        let all: Vec<u32> = reqs[i]
+            .prompt_ids
+            .iter()
+            .chain(&k.token_ids)
+            .copied()
+            .collect();
+        let want = full_forward_logprobs(&model, &all);
+        for (t, got) in k.logprobs.iter().enumerate() {
+            let w = want[reqs[i].prompt_ids.len() + t];
+            assert!(
+                (got - w).abs() < 1e-3,
+                "request {i}, token {t}: kept graphs {got} vs full forward {w}"
+            );
+        }
+    }
+    assert!(
+        moved > 1e-3,
+        "the kept graphs gave the old weights' log-probs (largest change {moved})"
+    );
+}
