@@ -571,6 +571,57 @@ fn overlapped_prefill_and_decode_keep_full_forward_logprobs_on_gpu() {
     }
 }
 
+/// Each of `out`'s log-probs is within `tol` of one plain full forward's over `req`'s prompt and `out`'s tokens.
+fn assert_full_forward_logprobs(
+    model: &spar_model::Qwen3Model,
+    req: &GenerateRequest,
+    out: &spar_core::traits::GenerateOutput,
+    tol: f32,
+    i: usize,
+) {
+    let all: Vec<u32> = req
+        .prompt_ids
+        .iter()
+        .chain(&out.token_ids)
+        .copied()
+        .collect();
+    let want = full_forward_logprobs(model, &all);
+    for (t, got) in out.logprobs.iter().enumerate() {
+        let w = want[req.prompt_ids.len() + t];
+        assert!(
+            (got - w).abs() < tol,
+            "request {i}, token {t}: engine {got} vs full forward {w}"
+        );
+    }
+}
+
+/// Runs `reqs` to the end, request i submitted after `i % spread` steps of the ones before it (later requests
+/// arrive while earlier ones decode), and returns their outputs in order.
+fn staggered(
+    engine: &mut Engine<'_>,
+    reqs: &[GenerateRequest],
+    spread: usize,
+) -> Vec<spar_core::traits::GenerateOutput> {
+    use spar_rollout::engine::Reply;
+    use tokio::sync::oneshot;
+    let mut replies = Vec::new();
+    for (i, r) in reqs.iter().enumerate() {
+        let (tx, rx) = oneshot::channel();
+        engine.submit(r.clone(), Reply::Once(tx));
+        replies.push(rx);
+        for _ in 0..i % spread {
+            engine.step().unwrap();
+        }
+    }
+    while engine.has_work() {
+        engine.step().unwrap();
+    }
+    replies
+        .into_iter()
+        .map(|mut rx| rx.try_recv().unwrap().unwrap().output)
+        .collect()
+}
+
 /// On a GPU, asynchronous decode (step k+1 queued before step k's tokens are read, its input tokens taken from
 /// step k's choices on the device) generates what the synchronous engine generates: sequences that stop on a
 /// stop token while the next step is in flight, end at their length limit or at `max_seq_len`, arrive while
@@ -578,9 +629,7 @@ fn overlapped_prefill_and_decode_keep_full_forward_logprobs_on_gpu() {
 /// log-probs of one plain full forward of each sequence's own tokens.
 #[test]
 fn async_decode_generates_what_synchronous_decode_does_on_gpu() {
-    use spar_rollout::engine::Reply;
     use tch::Kind;
-    use tokio::sync::oneshot;
     if !tch::Cuda::is_available() {
         eprintln!("SKIP: asynchronous decode needs a CUDA device");
         return;
@@ -621,24 +670,7 @@ fn async_decode_generates_what_synchronous_decode_does_on_gpu() {
             engine.graph_stats().is_some(),
             "a GPU engine has a graph decoder (a build without the CUDA-graph shim cannot run this test)"
         );
-        let mut replies = Vec::new();
-        for (i, r) in reqs.iter().enumerate() {
-            let (tx, rx) = oneshot::channel();
-            engine.submit(r.clone(), Reply::Once(tx));
-            replies.push(rx);
-            // Later requests arrive while earlier ones decode.
-            for _ in 0..i % 3 {
-                engine.step().unwrap();
-            }
-        }
-        while engine.has_work() {
-            engine.step().unwrap();
-        }
-        let outs: Vec<_> = replies
-            .into_iter()
-            .map(|mut rx| rx.try_recv().unwrap().unwrap().output)
-            .collect();
-        (outs, engine.stats)
+        (staggered(&mut engine, &reqs, 3), engine.stats)
     };
     let (sync, sync_stats) = run(false);
     let (ahead, stats) = run(true);
@@ -662,20 +694,7 @@ fn async_decode_generates_what_synchronous_decode_does_on_gpu() {
         }
         stopped += (a.finish == FinishReason::Stop) as usize;
         // The tokens are the model's own: a full forward gives the same log-probs.
-        let all: Vec<u32> = reqs[i]
-            .prompt_ids
-            .iter()
-            .chain(&a.token_ids)
-            .copied()
-            .collect();
-        let want = full_forward_logprobs(&model, &all);
-        for (t, got) in a.logprobs.iter().enumerate() {
-            let w = want[reqs[i].prompt_ids.len() + t];
-            assert!(
-                (got - w).abs() < 1e-3,
-                "request {i}, token {t}: engine {got} vs full forward {w}"
-            );
-        }
+        assert_full_forward_logprobs(&model, &reqs[i], a, 1e-3, i);
     }
     assert!(
         stopped >= 2,
@@ -692,9 +711,8 @@ fn async_decode_generates_what_synchronous_decode_does_on_gpu() {
 /// weights gave. fp32, greedy and sampled rows, requests arriving while others decode.
 #[test]
 fn kept_graphs_replay_new_weights_in_the_next_engine_on_gpu() {
-    use spar_rollout::engine::{KeptGraphs, Reply};
+    use spar_rollout::engine::KeptGraphs;
     use tch::Kind;
-    use tokio::sync::oneshot;
     if !tch::Cuda::is_available() {
         eprintln!("SKIP: kept CUDA graphs need a CUDA device");
         return;
@@ -715,25 +733,8 @@ fn kept_graphs_replay_new_weights_in_the_next_engine_on_gpu() {
         seed: 3,
         ..Default::default()
     };
-    let generate = |engine: &mut Engine<'_>| {
-        let mut replies = Vec::new();
-        for (i, r) in reqs.iter().enumerate() {
-            let (tx, rx) = oneshot::channel();
-            engine.submit(r.clone(), Reply::Once(tx));
-            replies.push(rx);
-            for _ in 0..i % 2 {
-                engine.step().unwrap();
-            }
-        }
-        while engine.has_work() {
-            engine.step().unwrap();
-        }
-        let outs: Vec<_> = replies
-            .into_iter()
-            .map(|mut rx| rx.try_recv().unwrap().unwrap().output)
-            .collect();
-        (outs, engine.stats_with_graphs())
-    };
+    let generate =
+        |engine: &mut Engine<'_>| (staggered(engine, &reqs, 2), engine.stats_with_graphs());
     let free = || spar_model::cuda_memory_now(0).unwrap().free;
 
     let mut first = Engine::new_keeping(&model, cfg.clone(), None).unwrap();
@@ -775,20 +776,7 @@ fn kept_graphs_replay_new_weights_in_the_next_engine_on_gpu() {
         for (x, y) in k.logprobs.iter().zip(&o.logprobs) {
             moved = moved.max((x - y).abs());
         }
-        let all: Vec<u32> = reqs[i]
-            .prompt_ids
-            .iter()
-            .chain(&k.token_ids)
-            .copied()
-            .collect();
-        let want = full_forward_logprobs(&model, &all);
-        for (t, got) in k.logprobs.iter().enumerate() {
-            let w = want[reqs[i].prompt_ids.len() + t];
-            assert!(
-                (got - w).abs() < 1e-3,
-                "request {i}, token {t}: kept graphs {got} vs full forward {w}"
-            );
-        }
+        assert_full_forward_logprobs(&model, &reqs[i], k, 1e-3, i);
     }
     assert!(
         moved > 1e-3,
