@@ -8,6 +8,7 @@
 #      recorded by the torch profiler in both: where each prefill's time goes (host ops, CUDA runtime calls, GPU
 #      kernels) and the round's time line.
 # Expects dist/spar.gz, dist/lib/, dist/tokenizer/ carried (and dist/tests-model.gz for step 1). Knobs: NGROUPS (8),
+# ROUND_STEPS (2 RL rounds after the SFT steps; the second is profiled),
 # SFT (2), NEW (128), LIMIT (240 s per run), EXTRA (more --set arguments), RUNS (below), SKIP_TESTS (no step 1).
 # Writes to $OUT: gpu-tests.txt, prefill-RUN.{jsonl,txt} and prefill-RUN-profile.md for each run (the .txt ends with
 # scripts/gpu_busy.py's table: nvidia-smi's GPU busy share of each round's generation, scoring and learning).
@@ -20,7 +21,7 @@ if [ -f dist/tests-model.gz ] && [ -z "${SKIP_TESTS:-}" ]; then
   (cd model && timeout 120 /tmp/tests-model fused_prefill graph_decode --test-threads 1) > "$OUT/gpu-tests.txt" 2>&1
   echo "rc=$?" >> "$OUT/gpu-tests.txt"
 fi
-export NGROUPS=${NGROUPS:-8} STEPS=2 EVAL=1 SFT=${SFT:-2} NEW=${NEW:-128} PROFILE=2 LIMIT=${LIMIT:-240}
+export NGROUPS=${NGROUPS:-8} STEPS=${ROUND_STEPS:-2} EVAL=1 SFT=${SFT:-2} NEW=${NEW:-128} PROFILE=2 LIMIT=${LIMIT:-240}
 export EXTRA="--set rollout.max_batch=64 --set rollout.gpu_memory_utilization=0.85 --set eval.max_new_tokens=16 ${EXTRA:-}"
 # RUNS picks the rounds (default "fused plain"): fused (the defaults), plain (SPAR_FUSED_PREFILL=0), padded
 # (SPAR_VARLEN_PREFILL=0: the fused prefill's turns right-padded through SDPA, not packed through flash), overlap
@@ -33,6 +34,7 @@ export EXTRA="--set rollout.max_batch=64 --set rollout.gpu_memory_utilization=0.
 # (SPAR_FUSED_SAMPLING=0: temperature sampling through the torch composition instead of one kernel), graphs (the
 # defaults with trainer.learner_cuda_graphs = true), gp0
 # (SPAR_GRAPH_PREFILL_TOKENS=0: every prefill eager, none replayed from a CUDA graph, as before 2026-12-07 evening),
+# gp2048 (SPAR_GRAPH_PREFILL_TOKENS=2048: prefills of up to 2,048 new tokens replayed from graphs, not 512),
 # async0 (SPAR_ASYNC_DECODE=0: each decode step's tokens read before the next is queued, as before 2026-12-07 night),
 # keep0 (SPAR_KEEP_GRAPHS=0: the engine's graphs captured anew each round, as before 2026-12-07 late night), micro-graphs (micro's learner with the graphs), base (the
 # defaults of the build in dist/spar-base.gz: an A/B against another commit).
@@ -50,6 +52,7 @@ for r in ${RUNS:-fused plain}; do
     micro) NAME=prefill-micro EXTRA="$EXTRA --set trainer.micro_batch=16 --set trainer.token_budget=24576 \
              --set model.activation_checkpointing=false" scripts/device-consult.sh ;;
     gp0) NAME=prefill-gp0 SPAR_GRAPH_PREFILL_TOKENS=0 scripts/device-consult.sh ;;
+    gp2048) NAME=prefill-gp2048 SPAR_GRAPH_PREFILL_TOKENS=2048 scripts/device-consult.sh ;;
     async0) NAME=prefill-async0 SPAR_ASYNC_DECODE=0 scripts/device-consult.sh ;;
     keep0) NAME=prefill-keep0 SPAR_KEEP_GRAPHS=0 scripts/device-consult.sh ;;
     sampling0) NAME=prefill-sampling0 SPAR_FUSED_SAMPLING=0 scripts/device-consult.sh ;;

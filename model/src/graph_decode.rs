@@ -836,7 +836,7 @@ fn decode_step(
 /// Copies the host tensor `host` into the device tensor `dst` without waiting for the GPU: through pinned memory
 /// (torch's caching host allocator keeps the block until the copy has run) and a device-to-device copy. A plain
 /// `copy_` from pageable memory synchronises the stream, which would wait for a step still running.
-fn upload(dst: &Tensor, host: &Tensor) -> Result<()> {
+pub(crate) fn upload(dst: &Tensor, host: &Tensor) -> Result<()> {
     let device = dst.device();
     let staged =
         host.f_internal_pin_memory(device)?

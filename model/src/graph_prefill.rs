@@ -25,7 +25,7 @@
 use crate::cache::KvCache;
 use crate::fused_layers::FusedLayers;
 use crate::fused_prefill::{self, PrefillOutput, Turns};
-use crate::graph_decode::warm_up_and_capture;
+use crate::graph_decode::{upload, warm_up_and_capture};
 use crate::qwen3::Qwen3Model;
 use anyhow::{Context, Result};
 use spar_kernels::cuda_graph::{CudaGraph, GraphPool};
@@ -143,14 +143,10 @@ impl PrefillGraphs {
             }
         }
         let shape = &self.shapes[&(t, r)];
-        shape
-            .long
-            .shallow_clone()
-            .f_copy_(&Tensor::from_slice(&layout.long))?;
-        shape
-            .int
-            .shallow_clone()
-            .f_copy_(&Tensor::from_slice(&layout.int))?;
+        // Through pinned memory: a decode step may still run ahead of this prefill (asynchronous decode), and a
+        // pageable copy would wait for it.
+        upload(&shape.long, &Tensor::from_slice(&layout.long))?;
+        upload(&shape.int, &Tensor::from_slice(&layout.int))?;
         shape.graph.replay()?;
         self.stats.replays += 1;
         for ((slot, _), u) in rows.iter().zip(&layout.used) {
