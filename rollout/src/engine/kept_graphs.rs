@@ -9,8 +9,8 @@
 //! weights are the model's own parameters (updated in place by the optimizer), so the graphs read the new
 //! weights; when anything re-pointed the parameters since, the decoder notices and captures again.
 
-use super::{Engine, EngineConfig, cache_context, check_sizes};
-use anyhow::{Context, Result};
+use super::{Engine, EngineConfig, check_sizes};
+use anyhow::Result;
 use spar_model::fixed_address::FixedAddressRange;
 use spar_model::{GraphDecoder, KvCache, Qwen3Model};
 use std::sync::Arc;
@@ -108,10 +108,18 @@ impl<'m> Engine<'m> {
                 return Self::new(model, cfg);
             }
         };
-        let cache = KvCache::try_new_at(config, cfg.kv_slots, cfg.max_seq_len, kind, &range)
-            .with_context(|| cache_context(model, &cfg))?;
-        let graphs = GraphDecoder::new(model, &cache, cfg.max_batch);
-        Ok(Self::over(model, cfg, cache, graphs))
+        match KvCache::try_new_at(config, cfg.kv_slots, cfg.max_seq_len, kind, &range) {
+            Ok(cache) => {
+                let graphs = GraphDecoder::new(model, &cache, cfg.max_batch);
+                Ok(Self::over(model, cfg, cache, graphs))
+            }
+            Err(e) => {
+                // A torch allocation says what is short, in the words the recipe's knobs use.
+                tracing::warn!("KV cache at fixed addresses: {e:#}; allocating it through torch");
+                drop(range);
+                Self::new(model, cfg)
+            }
+        }
     }
 
     /// Ends the engine, keeping its CUDA graphs for the next engine over the same model
