@@ -71,7 +71,8 @@ impl<'m> Engine<'m> {
     /// to the next engine. `kept`: what an earlier engine over the same model left; when it fits `cfg`
     /// ([`KeptGraphs::fits`]) its graphs replay over this engine's cache without a capture, otherwise it is
     /// dropped (its graphs' memory with it) before the cache is allocated. A CPU model, a batch-invariant
-    /// engine or a driver without virtual memory management gets [`Engine::new`].
+    /// engine, a driver without virtual memory management or a fixed-address cache the GPU cannot map gets
+    /// [`Engine::new`].
     pub fn new_keeping(
         model: &'m Qwen3Model,
         cfg: EngineConfig,
