@@ -208,7 +208,8 @@ pub struct RolloutSection {
     /// On a GPU with CUDA graphs, keep the built-in engine's graphs from one round to the next: its KV cache
     /// lives at fixed virtual addresses whose memory goes back to the driver while the learner runs (CUDA
     /// virtual memory management, as vLLM's sleep mode), so a round replays the graphs the last one captured
-    /// instead of capturing ~24 again. Ignored with `batch_invariant` and on the CPU.
+    /// instead of capturing ~24 again. Ignored with `batch_invariant` and on the CPU. Off by default until its
+    /// GPU tests and a round A/B have run on the GPU machine (none could be had when it was written).
     pub keep_graphs: bool,
     /// The weight refresh of the external server (`backend = "openai"`).
     pub weight_sync: WeightSyncConfig,
@@ -240,7 +241,7 @@ impl Default for RolloutSection {
             batch_invariant: false,
             prefill_wait_steps: 0,
             async_decode: true,
-            keep_graphs: true,
+            keep_graphs: false,
             weight_sync: WeightSyncConfig::default(),
         }
     }
