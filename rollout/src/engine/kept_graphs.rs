@@ -30,10 +30,13 @@ pub struct KeptGraphs {
     kv_slots: usize,
     max_seq_len: usize,
     max_batch: usize,
+    /// The cache's dtype and laid-out bytes (the model's shape as the cache sees it).
+    kind: tch::Kind,
+    cache_bytes: usize,
 }
 
 impl KeptGraphs {
-    /// Whether an engine of `cfg` over `model` can replay these graphs: the same cache and batch shape on the
+    /// Whether an engine of `cfg` over `model` can replay these graphs: the same cache layout, dtype and batch on the
     /// same device.
     pub fn fits(&self, model: &Qwen3Model, cfg: &EngineConfig) -> bool {
         self.kv_slots == cfg.kv_slots
@@ -41,8 +44,9 @@ impl KeptGraphs {
             && self.max_batch == cfg.max_batch
             && !cfg.batch_invariant
             && model.device() == Device::Cuda(self.range.ordinal())
-            && self.range.bytes()
-                >= KvCache::bytes_at_fixed_address(
+            && model.kind() == self.kind
+            && self.cache_bytes
+                == KvCache::bytes_at_fixed_address(
                     &model.config,
                     cfg.kv_slots,
                     cfg.max_seq_len,
@@ -135,6 +139,9 @@ impl<'m> Engine<'m> {
         let range = self.cache.fixed_range()?.clone();
         let (kv_slots, max_seq_len, max_batch) =
             (self.cfg.kv_slots, self.cfg.max_seq_len, self.cfg.max_batch);
+        let kind = self.model.kind();
+        let cache_bytes =
+            KvCache::bytes_at_fixed_address(&self.model.config, kv_slots, max_seq_len, kind);
         // The cache's views go with the engine, then its memory.
         drop(self);
         Some(KeptGraphs {
@@ -143,6 +150,8 @@ impl<'m> Engine<'m> {
             kv_slots,
             max_seq_len,
             max_batch,
+            kind,
+            cache_bytes,
         })
     }
 }
