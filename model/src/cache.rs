@@ -75,11 +75,7 @@ impl KvCache {
         device: Device,
         kind: Kind,
     ) -> Result<Self> {
-        if slots == 0 || max_len == 0 {
-            bail!(
-                "KV cache needs at least one slot and max_len > 0 (got {slots} slots, max_len {max_len})"
-            );
-        }
+        check_size(slots, max_len)?;
         let shape = Self::layer_shape(config, slots, max_len);
         let mut k = Vec::with_capacity(config.num_hidden_layers);
         let mut v = Vec::with_capacity(config.num_hidden_layers);
@@ -148,11 +144,7 @@ impl KvCache {
         kind: Kind,
         range: &Arc<FixedAddressRange>,
     ) -> Result<Self> {
-        if slots == 0 || max_len == 0 {
-            bail!(
-                "KV cache needs at least one slot and max_len > 0 (got {slots} slots, max_len {max_len})"
-            );
-        }
+        check_size(slots, max_len)?;
         let need = Self::bytes_at_fixed_address(config, slots, max_len, kind);
         if need > range.bytes() {
             bail!(
@@ -337,4 +329,13 @@ impl KvCache {
     pub(crate) fn device(&self) -> Device {
         self.device
     }
+}
+
+fn check_size(slots: usize, max_len: usize) -> Result<()> {
+    if slots == 0 || max_len == 0 {
+        bail!(
+            "KV cache needs at least one slot and max_len > 0 (got {slots} slots, max_len {max_len})"
+        );
+    }
+    Ok(())
 }
