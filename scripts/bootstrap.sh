@@ -47,5 +47,9 @@ export LIBTORCH_BYPASS_VERSION_CHECK=1
 TORCH_LIB="$("$VENV/bin/python" -c 'import torch,os;print(os.path.join(os.path.dirname(torch.__file__),"lib"))')"
 export SPAR_TORCH_LIB="$TORCH_LIB"
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# NVRTC ships in the CUDA wheel's nvidia/cu13/lib, which torch finds by its own rpath but cudarc by the loader's path:
+# appended, so that spar-kernels' test compiles the kernel module on machines without a GPU too (it skipped before).
+CUDA_WHEEL_LIB="$(dirname "$(dirname "$TORCH_LIB")")/nvidia/cu13/lib"
+[ -d "$CUDA_WHEEL_LIB" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$CUDA_WHEEL_LIB"
 export SPAR_PYTHON="$VENV/bin/python"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
