@@ -16,6 +16,7 @@
 #   sample1     the same with SPAR_TEMPERATURE_PICK_PARTS=1 (a block a row for the sampling kernel at every batch);
 #   kernelmerge SPAR_DECODE_ATTENTION_MERGE=kernel (split decode attention merged by a second kernel, not by the
 #               last split to finish);
+#   halves      SPAR_DECODE_ATTENTION=halves (decode attention folding two keys at a time, a half-warp each);
 #   sync        SPAR_ASYNC_DECODE=0 (each step's tokens read before the next step is queued: the engine before
 #               2026-12-07 night; the default queues step k+1 behind step k, rollout/src/engine/async_decode.rs);
 #   base        the defaults of another build, dist/spar-base.gz (e.g. the commit before a kernel change: its
@@ -50,6 +51,7 @@ variant() {
     pdl) e=(SPAR_PDL=1) ;;
     pdl-plain) e=(SPAR_PDL=1 SPAR_SKINNY_EARLY=0) ;;
     nopdl) e=(SPAR_PDL=0) ;;
+    halves) e=(SPAR_DECODE_ATTENTION=halves) ;;
     nosplit) e=(SPAR_DECODE_ATTENTION_BLOCKS=8) ;;
     *) echo "unknown variant $1" >&2; return 1 ;;
   esac

@@ -37,7 +37,8 @@ export EXTRA="--set rollout.max_batch=64 --set rollout.gpu_memory_utilization=0.
 # gp2048 (SPAR_GRAPH_PREFILL_TOKENS=2048: prefills of up to 2,048 new tokens replayed from graphs, not 512),
 # async0 (SPAR_ASYNC_DECODE=0: each decode step's tokens read before the next is queued, as before 2026-12-07 night),
 # keep0 / keep1 (SPAR_KEEP_GRAPHS=0 / 1: the engine's graphs captured anew each round, or kept from the last round
-# with the KV cache at fixed addresses, rollout/src/engine/kept_graphs.rs), micro-graphs (micro's learner with the graphs), base (the
+# with the KV cache at fixed addresses, rollout/src/engine/kept_graphs.rs), gp2048-keep1 (both), halves
+# (SPAR_DECODE_ATTENTION=halves: decode attention two keys at a time, a half-warp each), micro-graphs (micro's learner with the graphs), base (the
 # defaults of the build in dist/spar-base.gz: an A/B against another commit).
 for r in ${RUNS:-fused plain}; do
   case $r in
@@ -57,6 +58,8 @@ for r in ${RUNS:-fused plain}; do
     async0) NAME=prefill-async0 SPAR_ASYNC_DECODE=0 scripts/device-consult.sh ;;
     keep0) NAME=prefill-keep0 SPAR_KEEP_GRAPHS=0 scripts/device-consult.sh ;;
     keep1) NAME=prefill-keep1 SPAR_KEEP_GRAPHS=1 scripts/device-consult.sh ;;
+    halves) NAME=prefill-halves SPAR_DECODE_ATTENTION=halves scripts/device-consult.sh ;;
+    gp2048-keep1) NAME=prefill-gp2048-keep1 SPAR_GRAPH_PREFILL_TOKENS=2048 SPAR_KEEP_GRAPHS=1 scripts/device-consult.sh ;;
     sampling0) NAME=prefill-sampling0 SPAR_FUSED_SAMPLING=0 scripts/device-consult.sh ;;
     graphs) NAME=prefill-graphs EXTRA="$EXTRA --set trainer.learner_cuda_graphs=true" scripts/device-consult.sh ;;
     micro-graphs) NAME=prefill-micro-graphs EXTRA="$EXTRA --set trainer.micro_batch=16 --set trainer.token_budget=24576 \

@@ -389,6 +389,96 @@ __device__ __forceinline__ void attend_run(const float (&qv)[H][E], Key key, Val
     }
 }
 
+// attend_run for a warp that takes two keys at once: half-warp `half` (lane / 16, its lanes owning E elements
+// each of a head of D = 16 E) folds keys u = half, half + 2, .. of the run (U2 of them) into its own online
+// softmax state. A key's dot product then reduces over 16 lanes (four shuffles, each carrying two keys, where
+// attend_run spends five shuffles and five adds a key and head on a whole warp): in the batch-64 step the warp's
+// shuffles, adds and per-key bookkeeping, not the cache's bytes, bound the kernel (sm_90 SASS: 386 instructions
+// for a run of 4 keys x 2 heads). n: keys in the warp's run (warp-uniform, >= 1); a half may have none. FULL: n is
+// 2 U2 (every run but a split's last), compiled without the per-key checks and their branches.
+template <int E, int H, int U2, bool FULL, typename Key, typename Value>
+__device__ __forceinline__ void attend_run_halves(const float (&qv)[H][E], Key key, Value value, int n, int half,
+                                                  float (&m)[H], float (&l)[H], float (&acc)[H][E]) {
+    float sc[H][U2];
+    auto has = [&](int j) { return FULL || 2 * j + half < n; };
+#pragma unroll
+    for (int j = 0; j < U2; ++j) {
+        bool ok = has(j);
+        float kv[E];
+        if (ok) {
+            key(2 * j + half, kv);
+        } else {
+#pragma unroll
+            for (int e = 0; e < E; ++e) kv[e] = 0.0f;
+        }
+#pragma unroll
+        for (int h = 0; h < H; ++h) {
+            float d = 0.0f;
+#pragma unroll
+            for (int e = 0; e < E; ++e) d = fmaf(qv[h][e], kv[e], d);
+            sc[h][j] = d;
+        }
+    }
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) {
+#pragma unroll
+        for (int h = 0; h < H; ++h) {
+#pragma unroll
+            for (int j = 0; j < U2; ++j) sc[h][j] += __shfl_xor_sync(0xffffffffu, sc[h][j], o);
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+        float mx = m[h];
+#pragma unroll
+        for (int j = 0; j < U2; ++j) if (has(j)) mx = fmaxf(mx, sc[h][j]);
+        // mx stays -inf only where this half has had no key yet: its acc and l are 0 whatever corr is.
+        float corr = !FULL && mx == DA_NEG_INF ? 0.0f : expf(m[h] - mx);
+        l[h] *= corr;
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[h][e] *= corr;
+#pragma unroll
+        for (int j = 0; j < U2; ++j) {
+            float p = has(j) ? expf(sc[h][j] - mx) : 0.0f;
+            l[h] += p;
+            sc[h][j] = p;
+        }
+        m[h] = mx;
+    }
+#pragma unroll
+    for (int j = 0; j < U2; ++j) {
+        if (has(j)) {
+            float vv[E];
+            value(2 * j + half, vv);
+#pragma unroll
+            for (int h = 0; h < H; ++h) {
+#pragma unroll
+                for (int e = 0; e < E; ++e) acc[h][e] = fmaf(sc[h][j], vv[e], acc[h][e]);
+            }
+        }
+    }
+}
+
+// Merges the two half-warps' online-softmax states (attend_run_halves): afterwards both halves hold the warp's.
+template <int E, int H>
+__device__ __forceinline__ void merge_halves(float (&m)[H], float (&l)[H], float (&acc)[H][E]) {
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+        float mo = __shfl_xor_sync(0xffffffffu, m[h], 16);
+        float lo = __shfl_xor_sync(0xffffffffu, l[h], 16);
+        float mx = fmaxf(m[h], mo);
+        float w = m[h] == DA_NEG_INF ? 0.0f : expf(m[h] - mx);
+        float wo = mo == DA_NEG_INF ? 0.0f : expf(mo - mx);
+        l[h] = l[h] * w + lo * wo;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            float ao = __shfl_xor_sync(0xffffffffu, acc[h][e], 16);
+            acc[h][e] = acc[h][e] * w + ao * wo;
+        }
+        m[h] = mx;
+    }
+}
+
 // Where a block's work lies: (row, KV head g, first query head h0, split) from blockIdx.x; keys [begin, end).
 struct DaBlock {
     int row, g, h0, begin, end, split;
@@ -411,15 +501,16 @@ struct DaBlock {
     }
 };
 
-// Loads the block's H query rows (pre-scaled) and clears the softmax state.
-template <typename T, int E, int H>
+// Loads the block's H query rows (pre-scaled) and clears the softmax state. A head spans LANES lanes (D = LANES
+// E): with 16, both half-warps hold the whole query.
+template <typename T, int E, int H, int LANES = 32>
 __device__ __forceinline__ void attend_begin(const T* q, const DaBlock& b, int nh, float scale, int lane,
                                              float (&qv)[H][E], float (&m)[H], float (&l)[H],
                                              float (&acc)[H][E]) {
     typedef Lane<T, E, (E % 4) == 0> L;
 #pragma unroll
     for (int h = 0; h < H; ++h) {
-        L::ld(q + ((size_t)b.row * nh + b.h0 + h) * (32 * E) + lane * E, qv[h]);
+        L::ld(q + ((size_t)b.row * nh + b.h0 + h) * (LANES * E) + (lane % LANES) * E, qv[h]);
 #pragma unroll
         for (int e = 0; e < E; ++e) {
             qv[h][e] *= scale;
@@ -453,19 +544,23 @@ __device__ __forceinline__ void merge_splits(const float* ws_acc, const float* w
 // split) or the split's unnormalised partial (several). With several splits and `arrivals` (zeroed, one counter
 // per (row, KV head, head group), used once), the block that arrives last merges the splits and writes the
 // output, as decode_attention_combine would, so that no second kernel is launched (a decode step at batch 1
-// launches ~10 kernels a layer; each costs ~2.5 us of launch and ramp whatever its work).
-template <typename T, int E, int H>
+// launches ~10 kernels a layer; each costs ~2.5 us of launch and ramp whatever its work). A head spans LANES
+// lanes (D = LANES E); with 16 the warp's two halves hold the same merged state (merge_halves) and the first
+// writes it.
+template <typename T, int E, int H, int LANES = 32>
 __device__ __forceinline__ void attend_end(const DaBlock& b, int nh, int splits, T* out, float* ws_acc,
                                            float* ws_ml, unsigned int* arrivals, float* s_acc,
                                            const float (&m)[H], const float (&l)[H], const float (&acc)[H][E]) {
-    constexpr int D = 32 * E;
+    constexpr int D = LANES * E;
     __shared__ float s_m[DA_WARPS][H];
     __shared__ float s_l[DA_WARPS][H];
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
     for (int h = 0; h < H; ++h) {
+        if (lane < LANES) {
 #pragma unroll
-        for (int e = 0; e < E; ++e) s_acc[(warp * H + h) * D + lane * E + e] = acc[h][e];
+            for (int e = 0; e < E; ++e) s_acc[(warp * H + h) * D + lane * E + e] = acc[h][e];
+        }
         if (lane == 0) { s_m[warp][h] = m[h]; s_l[warp][h] = l[h]; }
     }
     __syncthreads();
@@ -572,14 +667,33 @@ template <int E> __device__ __forceinline__ void lds_bf16(const unsigned short* 
         o[2 * e + 1] = bf16_to_f32((unsigned short)(w >> 16));
     }
 }
+// The same for 16-byte aligned runs of E = 8 k values: 16-byte loads.
+template <int E> __device__ __forceinline__ void lds_bf16_16(const unsigned short* p, float* o) {
+#pragma unroll
+    for (int e = 0; e < E / 8; ++e) {
+        uint4 w = reinterpret_cast<const uint4*>(p)[e];
+        unsigned int ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            o[8 * e + 2 * i] = bf16_to_f32((unsigned short)(ws[i] & 0xffffu));
+            o[8 * e + 2 * i + 1] = bf16_to_f32((unsigned short)(ws[i] >> 16));
+        }
+    }
+}
+template <int E> __device__ __forceinline__ void lds_bf16_vec(const unsigned short* p, float* o) {
+    if constexpr (E % 8 == 0) lds_bf16_16<E>(p, o); else lds_bf16<E>(p, o);
+}
 
-template <int E, int H>
+// HALVES: each warp takes two keys at once, a half-warp each (attend_run_halves; E = D / 16), instead of one
+// key on all 32 lanes (attend_run; E = D / 32).
+template <int E, int H, bool HALVES>
 __device__ void decode_attention_async(const unsigned short* q, const unsigned short* kc,
                                        const unsigned short* vc, const long long* key_len, unsigned short* out,
                                        int nh, int nkv, int width, float scale, int splits, int span,
                                        float* ws_acc, float* ws_ml, unsigned int* arrivals) {
     pdl_prologue();
-    constexpr int D = 32 * E;
+    constexpr int LANES = HALVES ? 16 : 32;
+    constexpr int D = LANES * E;
     constexpr int U = DA_TILE / DA_WARPS;
     constexpr int ROW_CHUNKS = D / 8;  // 16-byte pieces of one key's row
     // Two stages of (K, V) tiles; reused for the warps' merge once the keys are done.
@@ -588,17 +702,28 @@ __device__ void decode_attention_async(const unsigned short* q, const unsigned s
     DaBlock b(key_len, nh, nkv, splits, span, H);
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float qv[H][E], acc[H][E], m[H], l[H];
-    attend_begin<unsigned short, E, H>(q, b, nh, scale, lane, qv, m, l, acc);
+    attend_begin<unsigned short, E, H, LANES>(q, b, nh, scale, lane, qv, m, l, acc);
     size_t base = (size_t)b.row * width;
     int ntiles = b.end > b.begin ? (b.end - b.begin + DA_TILE - 1) / DA_TILE : 0;
+    // Each thread copies the same 16-byte piece `part` of keys key0, key0 + PASS_KEYS, .. of every tile, from K
+    // and from V: the addresses are computed once, and a pass adds a constant stride (the loop over the tile's
+    // pieces with a division and a 64-bit product per piece took ~45 instructions a piece: more than a quarter of
+    // the warps' instructions a tile at batch 64).
+    constexpr int PASS_KEYS = DA_WARPS * 32 / ROW_CHUNKS;
+    static_assert((DA_WARPS * 32) % ROW_CHUNKS == 0 && DA_TILE % PASS_KEYS == 0, "whole passes a tile");
+    int key0 = threadIdx.x / ROW_CHUNKS, part = threadIdx.x % ROW_CHUNKS;
+    size_t key_stride = (size_t)nkv * D;
+    size_t first_piece = ((base + b.begin + key0) * nkv + b.g) * D + part * 8;
     auto issue = [&](int tile, int stage) {
         int t0 = b.begin + tile * DA_TILE;
-        for (int c = threadIdx.x; c < 2 * DA_TILE * ROW_CHUNKS; c += blockDim.x) {
-            int which = c / (DA_TILE * ROW_CHUNKS), rem = c % (DA_TILE * ROW_CHUNKS);
-            int key = rem / ROW_CHUNKS, part = rem % ROW_CHUNKS;
+        size_t at = first_piece + (size_t)tile * DA_TILE * key_stride;
+#pragma unroll
+        for (int p = 0; p < DA_TILE / PASS_KEYS; ++p) {
+            int key = key0 + p * PASS_KEYS;
             if (t0 + key < b.end) {
-                const unsigned short* src = (which ? vc : kc) + ((base + t0 + key) * nkv + b.g) * D + part * 8;
-                cp_async16(&tiles[stage][which][key][part * 8], src);
+                size_t o = at + (size_t)p * PASS_KEYS * key_stride;
+                cp_async16(&tiles[stage][0][key][part * 8], kc + o);
+                cp_async16(&tiles[stage][1][key][part * 8], vc + o);
             }
         }
         cp_async_commit();
@@ -616,14 +741,26 @@ __device__ void decode_attention_async(const unsigned short* q, const unsigned s
         int first = warp * U;
         int n = min(U, b.end - (b.begin + i * DA_TILE + first));  // warp-uniform, may be <= 0
         if (n > 0) {
-            attend_run<E, H, U>(
-                qv, [&](int u, float* o) { lds_bf16<E>(&tiles[stage][0][first + u][lane * E], o); },
-                [&](int u, float* o) { lds_bf16<E>(&tiles[stage][1][first + u][lane * E], o); }, n, m, l, acc);
+            if constexpr (HALVES) {
+                int sl = lane % 16;
+                auto key = [&](int u, float* o) { lds_bf16_vec<E>(&tiles[stage][0][first + u][sl * E], o); };
+                auto value = [&](int u, float* o) { lds_bf16_vec<E>(&tiles[stage][1][first + u][sl * E], o); };
+                if (n == U)
+                    attend_run_halves<E, H, U / 2, true>(qv, key, value, n, lane / 16, m, l, acc);
+                else
+                    attend_run_halves<E, H, U / 2, false>(qv, key, value, n, lane / 16, m, l, acc);
+            } else {
+                attend_run<E, H, U>(
+                    qv, [&](int u, float* o) { lds_bf16<E>(&tiles[stage][0][first + u][lane * E], o); },
+                    [&](int u, float* o) { lds_bf16<E>(&tiles[stage][1][first + u][lane * E], o); }, n, m, l,
+                    acc);
+            }
         }
         __syncthreads();  // the next issue overwrites this stage
     }
-    attend_end<unsigned short, E, H>(b, nh, splits, out, ws_acc, ws_ml, arrivals, reinterpret_cast<float*>(tiles),
-                                     m, l, acc);
+    if constexpr (HALVES) merge_halves<E, H>(m, l, acc);
+    attend_end<unsigned short, E, H, LANES>(b, nh, splits, out, ws_acc, ws_ml, arrivals,
+                                            reinterpret_cast<float*>(tiles), m, l, acc);
 }
 
 // Merges the splits of decode_attention: one block per (row, head), one thread per element.
@@ -654,19 +791,26 @@ DECODE_ATTENTION_HEADS(unsigned short, bf16, 1, 32)
 DECODE_ATTENTION_HEADS(unsigned short, bf16, 2, 64)
 DECODE_ATTENTION_HEADS(unsigned short, bf16, 4, 128)
 DECODE_ATTENTION_HEADS(unsigned short, bf16, 8, 256)
-#define DECODE_ATTENTION_ASYNC(NAME, E, H) \
+#define DECODE_ATTENTION_ASYNC(NAME, E, H, HALVES) \
     extern "C" __global__ void __launch_bounds__(DA_WARPS * 32, DA_MIN_BLOCKS(H)) \
         NAME(const unsigned short* q, const unsigned short* kc, const unsigned short* vc, const long long* kl, \
              unsigned short* o, int nh, int nkv, int width, float scale, int splits, int span, float* wa, \
              float* wm, unsigned int* arr) { \
-        decode_attention_async<E, H>(q, kc, vc, kl, o, nh, nkv, width, scale, splits, span, wa, wm, arr); \
+        decode_attention_async<E, H, HALVES>(q, kc, vc, kl, o, nh, nkv, width, scale, splits, span, wa, wm, \
+                                             arr); \
     }
-DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d64_h1, 2, 1)
-DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d64_h2, 2, 2)
-DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d64_h4, 2, 4)
-DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d128_h1, 4, 1)
-DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d128_h2, 4, 2)
-DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d128_h4, 4, 4)
+DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d64_h1, 2, 1, false)
+DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d64_h2, 2, 2, false)
+DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d64_h4, 2, 4, false)
+DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d128_h1, 4, 1, false)
+DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d128_h2, 4, 2, false)
+DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d128_h4, 4, 4, false)
+DECODE_ATTENTION_ASYNC(decode_attention_halves_bf16_d64_h1, 4, 1, true)
+DECODE_ATTENTION_ASYNC(decode_attention_halves_bf16_d64_h2, 4, 2, true)
+DECODE_ATTENTION_ASYNC(decode_attention_halves_bf16_d64_h4, 4, 4, true)
+DECODE_ATTENTION_ASYNC(decode_attention_halves_bf16_d128_h1, 8, 1, true)
+DECODE_ATTENTION_ASYNC(decode_attention_halves_bf16_d128_h2, 8, 2, true)
+DECODE_ATTENTION_ASYNC(decode_attention_halves_bf16_d128_h4, 8, 4, true)
 extern "C" __global__ void decode_attention_combine_f32(const float* wa, const float* wm, float* o, int splits,
                                                         int d) {
     decode_attention_combine<float>(wa, wm, o, splits, d);

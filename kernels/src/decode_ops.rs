@@ -339,7 +339,8 @@ pub fn skinny_linear_max_rows() -> i64 {
 /// where the kernel does not apply (not CUDA / fp32 / bf16, `d` not 32, 64, 128 or 256, `nh` not a multiple of
 /// `nkv`, or `SPAR_DECODE_ATTENTION=sdpa`); the caller then runs SDPA with a key mask, which computes the same.
 /// bf16 caches with heads of 64 or 128 stream through shared memory with asynchronous copies; other shapes,
-/// and every shape under `SPAR_DECODE_ATTENTION=registers`, through registers.
+/// and every shape under `SPAR_DECODE_ATTENTION=registers`, through registers. `SPAR_DECODE_ATTENTION=halves`
+/// picks [`DecodeAttentionKernel::Halves`] where it applies.
 /// Few rows over many keys split the keys over several blocks (split-K) so that the whole GPU streams the cache
 /// ([`pick_splits`]: about 256 blocks, or the least wave-time where that overflows the device's resident blocks).
 ///
@@ -356,7 +357,11 @@ pub fn decode_attention(
     max_keys: i64,
     arrivals: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
-    let prefer_async = attention_mode() == AttentionMode::Auto;
+    let kernel = match attention_mode() {
+        AttentionMode::Registers => DecodeAttentionKernel::Registers,
+        AttentionMode::Halves => DecodeAttentionKernel::Halves,
+        AttentionMode::Auto | AttentionMode::Sdpa => DecodeAttentionKernel::Async,
+    };
     attention(
         q,
         k_cache,
@@ -365,7 +370,7 @@ pub fn decode_attention(
         nkv,
         max_keys,
         None,
-        prefer_async,
+        kernel,
         arrivals.filter(|_| merge_in_kernel()),
     )
 }
@@ -386,9 +391,24 @@ fn merge_in_kernel() -> bool {
     *ON.get_or_init(|| std::env::var("SPAR_DECODE_ATTENTION_MERGE").as_deref() != Ok("kernel"))
 }
 
+/// Which of the decode attention kernels to prefer; each falls back to the next simpler one where it does not
+/// apply (Halves to Async, Async to Registers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeAttentionKernel {
+    /// Each warp streams its keys straight into registers (every dtype and head size).
+    Registers,
+    /// The block copies tiles of keys and values into shared memory with `cp.async`, two tiles in flight, and
+    /// each warp folds one key at a time over its 32 lanes (bf16, head size 64 or 128).
+    Async,
+    /// Async's copies, with each warp folding two keys at a time, a half-warp each, in two online softmaxes
+    /// merged at the end: ~40% fewer instructions a key where those bound the kernel (many rows over short
+    /// histories). Not for four query heads a block at head size 128 (it would spill registers).
+    Halves,
+}
+
 /// [`decode_attention`] with the keys split over exactly `splits` blocks per (row, KV head, head group), through
-/// the asynchronous-copy kernel where it applies and `prefer_async`, else the register kernel; the splits merge
-/// in the attention kernel with `arrivals` (as in [`decode_attention`]), else in a second kernel.
+/// `kernel` where it applies (else the simpler one); the splits merge in the attention kernel with `arrivals`
+/// (as in [`decode_attention`]), else in a second kernel.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_attention_split(
     q: &Tensor,
@@ -398,7 +418,7 @@ pub fn decode_attention_split(
     nkv: i64,
     max_keys: i64,
     splits: i64,
-    prefer_async: bool,
+    kernel: DecodeAttentionKernel,
     arrivals: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
     if splits < 1 {
@@ -412,7 +432,7 @@ pub fn decode_attention_split(
         nkv,
         max_keys,
         Some(splits),
-        prefer_async,
+        kernel,
         arrivals,
     )
 }
@@ -427,7 +447,7 @@ fn attention(
     nkv: i64,
     max_keys: i64,
     splits: Option<i64>,
-    prefer_async: bool,
+    kernel: DecodeAttentionKernel,
     arrivals: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
     let Some((ordinal, suffix)) = fused_target(&[q, k_cache, v_cache])? else {
@@ -466,7 +486,13 @@ fn attention(
     let aligned = [k_cache, v_cache]
         .iter()
         .all(|t| (t.data_ptr() as usize).is_multiple_of(16));
-    let name = if prefer_async && suffix == "bf16" && (d == 64 || d == 128) && aligned {
+    let copies = kernel != DecodeAttentionKernel::Registers
+        && suffix == "bf16"
+        && (d == 64 || d == 128)
+        && aligned;
+    let name = if copies && kernel == DecodeAttentionKernel::Halves && !(d == 128 && heads == 4) {
+        format!("decode_attention_halves_bf16_d{d}_h{heads}")
+    } else if copies {
         format!("decode_attention_async_bf16_d{d}_h{heads}")
     } else {
         format!("decode_attention_{suffix}_d{d}_h{heads}")
@@ -779,12 +805,14 @@ pub fn fused_sampling_enabled() -> bool {
 }
 
 /// Which decode attention runs (`SPAR_DECODE_ATTENTION`): `sdpa` (torch, the caller's fallback), `registers`
-/// (the register-streaming kernel everywhere), or by default the asynchronous-copy kernel where it applies (bf16,
-/// head size 64 or 128) and the register kernel elsewhere.
+/// (the register-streaming kernel everywhere), `halves` ([`DecodeAttentionKernel::Halves`] where it applies), or
+/// by default the asynchronous-copy kernel where it applies (bf16, head size 64 or 128) and the register kernel
+/// elsewhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum AttentionMode {
     Sdpa,
     Registers,
+    Halves,
     Auto,
 }
 
@@ -793,6 +821,7 @@ fn attention_mode() -> AttentionMode {
     *MODE.get_or_init(|| match std::env::var("SPAR_DECODE_ATTENTION").as_deref() {
         Ok("sdpa") => AttentionMode::Sdpa,
         Ok("registers") => AttentionMode::Registers,
+        Ok("halves") => AttentionMode::Halves,
         _ => AttentionMode::Auto,
     })
 }

@@ -1,5 +1,6 @@
 //! Parity of the fused kernels with their torch fallbacks (GPU tests skip with a reason on CPU-only machines).
 
+use spar_kernels::decode_ops::DecodeAttentionKernel;
 use spar_kernels::rms_norm::rms_norm_aten;
 use spar_kernels::{rms_norm, rms_norm_torch};
 use tch::{Device, Kind, Tensor};
@@ -211,31 +212,31 @@ fn decode_attention_matches_masked_sdpa_on_gpu() {
             let key_len = Tensor::from_slice(&lens).to_device(dev);
             // One block per head group (the output written directly), and the keys split over 2 and 3 blocks.
             // Heads per block: 2 (16/8; 12/2 in three groups), 4 (32/4; 64/4 in four groups), 1 (4/4; 6/2 in three).
-            // Both kernels: asynchronous copies (bf16, d 64 / 128; the register kernel elsewhere) and registers.
-            let got: Vec<(i64, bool, Tensor)> = [1, 2, 3]
+            // Every kernel: registers, asynchronous copies (bf16, d 64 / 128; the register kernel elsewhere), and
+            // those copies folded two keys at a time (the same shapes but four heads of 128).
+            let got: Vec<(i64, DecodeAttentionKernel, Tensor)> = [1, 2, 3]
                 .iter()
-                .flat_map(|&splits| [(splits, true), (splits, false)])
-                .map(|(splits, prefer_async)| {
+                .flat_map(|&splits| {
+                    [
+                        DecodeAttentionKernel::Registers,
+                        DecodeAttentionKernel::Async,
+                        DecodeAttentionKernel::Halves,
+                    ]
+                    .map(|kernel| (splits, kernel))
+                })
+                .map(|(splits, kernel)| {
                     let out = spar_kernels::decode_ops::decode_attention_split(
-                        &q,
-                        &kc,
-                        &vc,
-                        &key_len,
-                        nkv,
-                        width,
-                        splits,
-                        prefer_async,
-                        None,
+                        &q, &kc, &vc, &key_len, nkv, width, splits, kernel, None,
                     )
                     .unwrap()
                     .expect("the kernel applies on CUDA under no_grad");
-                    (splits, prefer_async, out)
+                    (splits, kernel, out)
                 })
                 .collect();
             // The splits merged by the last block to finish (arrival counters) equal the merge kernel's output
             // bit for bit (the same sums), and the counters were used.
             let arrivals_len = spar_kernels::decode_ops::decode_attention_arrivals(r, nh, nkv);
-            for (splits, prefer_async, by_kernel) in got.iter().filter(|g| g.0 > 1) {
+            for (splits, kernel, by_kernel) in got.iter().filter(|g| g.0 > 1) {
                 let arrivals = Tensor::zeros([arrivals_len], (Kind::Int, dev));
                 let merged = spar_kernels::decode_ops::decode_attention_split(
                     &q,
@@ -245,14 +246,12 @@ fn decode_attention_matches_masked_sdpa_on_gpu() {
                     nkv,
                     width,
                     *splits,
-                    *prefer_async,
+                    *kernel,
                     Some(&arrivals),
                 )
                 .unwrap()
                 .expect("the kernel applies");
-                let what = format!(
-                    "{kind:?} nh={nh} nkv={nkv} d={d} splits={splits} async={prefer_async}"
-                );
+                let what = format!("{kind:?} nh={nh} nkv={nkv} d={d} splits={splits} {kernel:?}");
                 assert!(
                     merged.equal(by_kernel),
                     "{what}: the in-kernel merge differs from the merge kernel"
@@ -281,32 +280,32 @@ fn decode_attention_matches_masked_sdpa_on_gpu() {
                 false,
             )
             .reshape([r, nh, d]);
-            for (splits, prefer_async, got) in &got {
+            for (splits, kernel, got) in &got {
                 let diff = (got.to_kind(Kind::Float) - want.to_kind(Kind::Float))
                     .abs()
                     .max()
                     .double_value(&[]);
-                let what = format!(
-                    "{kind:?} nh={nh} nkv={nkv} d={d} splits={splits} async={prefer_async}"
-                );
+                let what = format!("{kind:?} nh={nh} nkv={nkv} d={d} splits={splits} {kernel:?}");
                 eprintln!("{what}: max abs diff {diff:.2e}");
                 assert!(diff <= tol, "{what}: kernel differs from SDPA by {diff}");
             }
             // A key window padded past the longest row (CUDA graphs capture windows by octaves) splits each
             // row's own keys the same way: the same result, bit for bit, as the tightest window.
             let short = Tensor::from_slice(&[1i64, 130, 67, 129, 2]).to_device(dev);
-            let at = |window: i64| {
-                spar_kernels::decode_ops::decode_attention_split(
-                    &q, &kc, &vc, &short, nkv, window, 2, true, None,
-                )
-                .unwrap()
-                .expect("the kernel applies")
-            };
-            let (tight, padded) = (at(160), at(width));
-            assert!(
-                tight.equal(&padded),
-                "{kind:?} nh={nh} nkv={nkv} d={d}: a padded key window changed the result"
-            );
+            for kernel in [DecodeAttentionKernel::Async, DecodeAttentionKernel::Halves] {
+                let at = |window: i64| {
+                    spar_kernels::decode_ops::decode_attention_split(
+                        &q, &kc, &vc, &short, nkv, window, 2, kernel, None,
+                    )
+                    .unwrap()
+                    .expect("the kernel applies")
+                };
+                let (tight, padded) = (at(160), at(width));
+                assert!(
+                    tight.equal(&padded),
+                    "{kind:?} nh={nh} nkv={nkv} d={d} {kernel:?}: a padded key window changed the result"
+                );
+            }
         }
     }
 }
