@@ -326,130 +326,72 @@ template <int E> __device__ __forceinline__ void copy_lane(const float (&from)[E
     for (int e = 0; e < E; ++e) to[e] = from[e];
 }
 
-// Folds a run of n <= U keys into the warp's online softmax state (m, l, acc) for H query heads: the U dot
+// Folds a run of n <= U keys into the warp's online softmax state (m, l, acc) for H query heads: the dot
 // products reduce across the warp together (independent shuffles overlap) and the running max rescales once per
 // run, not once per key. key(u, k) and value(u, v) fill key u's and value u's E elements of this lane: the
 // register kernel copies values it loaded ahead, the shared-memory kernel reads each just before its use, so that
 // no more than one key or value is live in registers (64 registers a thread: four blocks an SM).
-template <int E, int H, int U, typename Key, typename Value>
-__device__ __forceinline__ void attend_run(const float (&qv)[H][E], Key key, Value value, int n, float (&m)[H],
-                                           float (&l)[H], float (&acc)[H][E]) {
-    float sc[H][U];
+// G key groups: with G = 1 the whole warp takes one key at a time (lane l owns elements [l E, (l + 1) E) of a head
+// of D = 32 E); with G = 2 each half-warp `group` (lane / 16, owning E elements of a head of D = 16 E) takes keys
+// group, group + 2, .. into its own state (merge_halves joins them). A key's dot product then reduces over 16 lanes
+// in four shuffles that each carry two keys, where one group spends five shuffles and five adds a key and head:
+// in the batch-64 step the warps' instructions, not the cache's bytes, bound the kernel (sm_90 SASS,
+// scripts/kernel-sass.py: ~380 instructions a run of 4 keys x 2 heads with G = 1, ~233 with G = 2). n: keys in the
+// warp's run (warp-uniform, >= 1; with G = 2 a group may have none). FULL: n == U (every run but a split's last),
+// compiled without the per-key checks and their branches.
+template <int E, int H, int U, int G, bool FULL, typename Key, typename Value>
+__device__ __forceinline__ void attend_run(const float (&qv)[H][E], Key key, Value value, int n, int group,
+                                           float (&m)[H], float (&l)[H], float (&acc)[H][E]) {
+    constexpr int J = U / G;
+    static_assert(U % G == 0, "whole keys a group");
+    float sc[H][J];
+    auto has = [&](int j) { return FULL || G * j + group < n; };
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int j = 0; j < J; ++j) {
         float kv[E];
-        if (u < n) key(u, kv);
+        if (has(j)) key(G * j + group, kv);
 #pragma unroll
         for (int h = 0; h < H; ++h) {
             float d = 0.0f;
-            if (u < n) {
+            if (has(j)) {
 #pragma unroll
                 for (int e = 0; e < E; ++e) d = fmaf(qv[h][e], kv[e], d);
             }
-            sc[h][u] = d;
+            sc[h][j] = d;
         }
     }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
+    for (int o = 16 / G; o > 0; o >>= 1) {
 #pragma unroll
         for (int h = 0; h < H; ++h) {
 #pragma unroll
-            for (int u = 0; u < U; ++u) sc[h][u] += __shfl_xor_sync(0xffffffffu, sc[h][u], o);
+            for (int j = 0; j < J; ++j) sc[h][j] += __shfl_xor_sync(0xffffffffu, sc[h][j], o);
         }
     }
 #pragma unroll
     for (int h = 0; h < H; ++h) {
         float mx = m[h];
 #pragma unroll
-        for (int u = 0; u < U; ++u) if (u < n) mx = fmaxf(mx, sc[h][u]);
-        float corr = expf(m[h] - mx);
+        for (int j = 0; j < J; ++j) if (has(j)) mx = fmaxf(mx, sc[h][j]);
+        // With G = 2, mx stays -inf only in a group that has had no key yet: its acc and l are 0 whatever corr is.
+        float corr = G > 1 && !FULL && mx == DA_NEG_INF ? 0.0f : expf(m[h] - mx);
         l[h] *= corr;
 #pragma unroll
         for (int e = 0; e < E; ++e) acc[h][e] *= corr;
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            float p = u < n ? expf(sc[h][u] - mx) : 0.0f;
-            if (u < n) l[h] += p;
-            sc[h][u] = p;
+        for (int j = 0; j < J; ++j) {
+            float p = has(j) ? expf(sc[h][j] - mx) : 0.0f;
+            if (has(j)) l[h] += p;
+            sc[h][j] = p;
         }
         m[h] = mx;
     }
     // Per (head, element) the values add in key order, as before the accessors: the same sums bit for bit.
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-        if (u < n) {
-            float vv[E];
-            value(u, vv);
-#pragma unroll
-            for (int h = 0; h < H; ++h) {
-#pragma unroll
-                for (int e = 0; e < E; ++e) acc[h][e] = fmaf(sc[h][u], vv[e], acc[h][e]);
-            }
-        }
-    }
-}
-
-// attend_run for a warp that takes two keys at once: half-warp `half` (lane / 16, its lanes owning E elements
-// each of a head of D = 16 E) folds keys u = half, half + 2, .. of the run (U2 of them) into its own online
-// softmax state. A key's dot product then reduces over 16 lanes (four shuffles, each carrying two keys, where
-// attend_run spends five shuffles and five adds a key and head on a whole warp): in the batch-64 step the warp's
-// shuffles, adds and per-key bookkeeping, not the cache's bytes, bound the kernel (sm_90 SASS: 386 instructions
-// for a run of 4 keys x 2 heads). n: keys in the warp's run (warp-uniform, >= 1); a half may have none. FULL: n is
-// 2 U2 (every run but a split's last), compiled without the per-key checks and their branches.
-template <int E, int H, int U2, bool FULL, typename Key, typename Value>
-__device__ __forceinline__ void attend_run_halves(const float (&qv)[H][E], Key key, Value value, int n, int half,
-                                                  float (&m)[H], float (&l)[H], float (&acc)[H][E]) {
-    float sc[H][U2];
-    auto has = [&](int j) { return FULL || 2 * j + half < n; };
-#pragma unroll
-    for (int j = 0; j < U2; ++j) {
-        bool ok = has(j);
-        float kv[E];
-        if (ok) {
-            key(2 * j + half, kv);
-        } else {
-#pragma unroll
-            for (int e = 0; e < E; ++e) kv[e] = 0.0f;
-        }
-#pragma unroll
-        for (int h = 0; h < H; ++h) {
-            float d = 0.0f;
-#pragma unroll
-            for (int e = 0; e < E; ++e) d = fmaf(qv[h][e], kv[e], d);
-            sc[h][j] = d;
-        }
-    }
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) {
-#pragma unroll
-        for (int h = 0; h < H; ++h) {
-#pragma unroll
-            for (int j = 0; j < U2; ++j) sc[h][j] += __shfl_xor_sync(0xffffffffu, sc[h][j], o);
-        }
-    }
-#pragma unroll
-    for (int h = 0; h < H; ++h) {
-        float mx = m[h];
-#pragma unroll
-        for (int j = 0; j < U2; ++j) if (has(j)) mx = fmaxf(mx, sc[h][j]);
-        // mx stays -inf only where this half has had no key yet: its acc and l are 0 whatever corr is.
-        float corr = !FULL && mx == DA_NEG_INF ? 0.0f : expf(m[h] - mx);
-        l[h] *= corr;
-#pragma unroll
-        for (int e = 0; e < E; ++e) acc[h][e] *= corr;
-#pragma unroll
-        for (int j = 0; j < U2; ++j) {
-            float p = has(j) ? expf(sc[h][j] - mx) : 0.0f;
-            l[h] += p;
-            sc[h][j] = p;
-        }
-        m[h] = mx;
-    }
-#pragma unroll
-    for (int j = 0; j < U2; ++j) {
+    for (int j = 0; j < J; ++j) {
         if (has(j)) {
             float vv[E];
-            value(2 * j + half, vv);
+            value(G * j + group, vv);
 #pragma unroll
             for (int h = 0; h < H; ++h) {
 #pragma unroll
@@ -459,7 +401,7 @@ __device__ __forceinline__ void attend_run_halves(const float (&qv)[H][E], Key k
     }
 }
 
-// Merges the two half-warps' online-softmax states (attend_run_halves): afterwards both halves hold the warp's.
+// Merges the two half-warps' online-softmax states (attend_run with G = 2): afterwards both halves hold the warp's.
 template <int E, int H>
 __device__ __forceinline__ void merge_halves(float (&m)[H], float (&l)[H], float (&acc)[H][E]) {
 #pragma unroll
@@ -622,9 +564,9 @@ __device__ void decode_attention(const T* q, const T* kc, const T* vc, const lon
                 L::ld(vc + at, vv[u]);
             }
         }
-        attend_run<E, H, U>(
+        attend_run<E, H, U, 1, false>(
             qv, [&](int u, float* o) { copy_lane<E>(kv[u], o); }, [&](int u, float* o) { copy_lane<E>(vv[u], o); },
-            n, m, l, acc);
+            n, 0, m, l, acc);
     }
     attend_end<T, E, H>(b, nh, splits, out, ws_acc, ws_ml, arrivals, s_acc, m, l, acc);
 }
@@ -684,8 +626,8 @@ template <int E> __device__ __forceinline__ void lds_bf16_vec(const unsigned sho
     if constexpr (E % 8 == 0) lds_bf16_16<E>(p, o); else lds_bf16<E>(p, o);
 }
 
-// HALVES: each warp takes two keys at once, a half-warp each (attend_run_halves; E = D / 16), instead of one
-// key on all 32 lanes (attend_run; E = D / 32).
+// HALVES: each warp takes two keys at once, a half-warp each (attend_run with G = 2; E = D / 16), instead of one
+// key on all 32 lanes (G = 1; E = D / 32).
 template <int E, int H, bool HALVES>
 __device__ void decode_attention_async(const unsigned short* q, const unsigned short* kc,
                                        const unsigned short* vc, const long long* key_len, unsigned short* out,
@@ -746,13 +688,13 @@ __device__ void decode_attention_async(const unsigned short* q, const unsigned s
                 auto key = [&](int u, float* o) { lds_bf16_vec<E>(&tiles[stage][0][first + u][sl * E], o); };
                 auto value = [&](int u, float* o) { lds_bf16_vec<E>(&tiles[stage][1][first + u][sl * E], o); };
                 if (n == U)
-                    attend_run_halves<E, H, U / 2, true>(qv, key, value, n, lane / 16, m, l, acc);
+                    attend_run<E, H, U, 2, true>(qv, key, value, n, lane / 16, m, l, acc);
                 else
-                    attend_run_halves<E, H, U / 2, false>(qv, key, value, n, lane / 16, m, l, acc);
+                    attend_run<E, H, U, 2, false>(qv, key, value, n, lane / 16, m, l, acc);
             } else {
-                attend_run<E, H, U>(
+                attend_run<E, H, U, 1, false>(
                     qv, [&](int u, float* o) { lds_bf16<E>(&tiles[stage][0][first + u][lane * E], o); },
-                    [&](int u, float* o) { lds_bf16<E>(&tiles[stage][1][first + u][lane * E], o); }, n, m, l,
+                    [&](int u, float* o) { lds_bf16<E>(&tiles[stage][1][first + u][lane * E], o); }, n, 0, m, l,
                     acc);
             }
         }
