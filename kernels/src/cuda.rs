@@ -504,7 +504,16 @@ mod tests {
             ..Default::default()
         };
         match std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx_with_opts(&source, opts)) {
-            Ok(Ok(ptx)) => every_pdl_kernel_waits_first(&ptx.to_src()),
+            Ok(Ok(ptx)) => {
+                let ptx = ptx.to_src();
+                every_pdl_kernel_waits_first(&ptx);
+                for name in crate::decode_ops::attention_kernel_names() {
+                    assert!(
+                        ptx.contains(&format!(".entry {name}(")),
+                        "decode_ops picks {name}, which the module does not define"
+                    );
+                }
+            }
             Ok(Err(e)) => panic!("NVRTC rejects the kernel module: {e:?}"),
             Err(_) => eprintln!("SKIP: NVRTC is not loadable here"),
         }

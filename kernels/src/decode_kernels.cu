@@ -741,18 +741,17 @@ DECODE_ATTENTION_HEADS(unsigned short, bf16, 8, 256)
         decode_attention_async<E, H, HALVES>(q, kc, vc, kl, o, nh, nkv, width, scale, splits, span, wa, wm, \
                                              arr); \
     }
-DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d64_h1, 2, 1, false)
-DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d64_h2, 2, 2, false)
-DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d64_h4, 2, 4, false)
-DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d128_h1, 4, 1, false)
-DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d128_h2, 4, 2, false)
-DECODE_ATTENTION_ASYNC(decode_attention_async_bf16_d128_h4, 4, 4, false)
-DECODE_ATTENTION_ASYNC(decode_attention_halves_bf16_d64_h1, 4, 1, true)
-DECODE_ATTENTION_ASYNC(decode_attention_halves_bf16_d64_h2, 4, 2, true)
-DECODE_ATTENTION_ASYNC(decode_attention_halves_bf16_d64_h4, 4, 4, true)
+#define DECODE_ATTENTION_ASYNC_HEADS(KIND, E, D, HALVES) \
+    DECODE_ATTENTION_ASYNC(decode_attention_##KIND##_bf16_d##D##_h1, E, 1, HALVES) \
+    DECODE_ATTENTION_ASYNC(decode_attention_##KIND##_bf16_d##D##_h2, E, 2, HALVES) \
+    DECODE_ATTENTION_ASYNC(decode_attention_##KIND##_bf16_d##D##_h4, E, 4, HALVES)
+DECODE_ATTENTION_ASYNC_HEADS(async, 2, 64, false)
+DECODE_ATTENTION_ASYNC_HEADS(async, 4, 128, false)
+DECODE_ATTENTION_ASYNC_HEADS(halves, 4, 64, true)
+// No halves kernel for four heads of 128: its 32 floats each of queries and accumulators a lane spill at 80
+// registers; decode_ops.rs runs the async kernel there.
 DECODE_ATTENTION_ASYNC(decode_attention_halves_bf16_d128_h1, 8, 1, true)
 DECODE_ATTENTION_ASYNC(decode_attention_halves_bf16_d128_h2, 8, 2, true)
-DECODE_ATTENTION_ASYNC(decode_attention_halves_bf16_d128_h4, 8, 4, true)
 extern "C" __global__ void decode_attention_combine_f32(const float* wa, const float* wm, float* o, int splits,
                                                         int d) {
     decode_attention_combine<float>(wa, wm, o, splits, d);

@@ -486,17 +486,7 @@ fn attention(
     let aligned = [k_cache, v_cache]
         .iter()
         .all(|t| (t.data_ptr() as usize).is_multiple_of(16));
-    let copies = kernel != DecodeAttentionKernel::Registers
-        && suffix == "bf16"
-        && (d == 64 || d == 128)
-        && aligned;
-    let name = if copies && kernel == DecodeAttentionKernel::Halves && !(d == 128 && heads == 4) {
-        format!("decode_attention_halves_bf16_d{d}_h{heads}")
-    } else if copies {
-        format!("decode_attention_async_bf16_d{d}_h{heads}")
-    } else {
-        format!("decode_attention_{suffix}_d{d}_h{heads}")
-    };
+    let name = attention_kernel_name(kernel, suffix, d, heads, aligned);
     let splits = match splits {
         Some(n) => n,
         None => auto_splits(&kern, &name, r * nkv * chunks, max_keys),
@@ -558,6 +548,52 @@ fn attention(
         )?;
     }
     Ok(Some(out))
+}
+
+/// The kernel of the module that runs `kernel` for caches of dtype `suffix` (`f32` / `bf16`), heads of `d` and
+/// `heads` query heads a block; `aligned`: both caches 16-byte aligned (cp.async copies 16-byte pieces).
+fn attention_kernel_name(
+    kernel: DecodeAttentionKernel,
+    suffix: &str,
+    d: i64,
+    heads: i64,
+    aligned: bool,
+) -> String {
+    let copies = kernel != DecodeAttentionKernel::Registers
+        && suffix == "bf16"
+        && (d == 64 || d == 128)
+        && aligned;
+    if copies && kernel == DecodeAttentionKernel::Halves && !(d == 128 && heads == 4) {
+        format!("decode_attention_halves_bf16_d{d}_h{heads}")
+    } else if copies {
+        format!("decode_attention_async_bf16_d{d}_h{heads}")
+    } else {
+        format!("decode_attention_{suffix}_d{d}_h{heads}")
+    }
+}
+
+/// Every kernel name [`attention_kernel_name`] can return (the module must define each).
+#[cfg(test)]
+pub(crate) fn attention_kernel_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for kernel in [
+        DecodeAttentionKernel::Registers,
+        DecodeAttentionKernel::Async,
+        DecodeAttentionKernel::Halves,
+    ] {
+        for suffix in ["f32", "bf16"] {
+            for d in [32, 64, 128, 256] {
+                for heads in [1, 2, 4] {
+                    for aligned in [true, false] {
+                        names.push(attention_kernel_name(kernel, suffix, d, heads, aligned));
+                    }
+                }
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Key splits of a decode attention of `blocks` blocks a split (rows x KV heads x head groups) over at most
