@@ -692,10 +692,12 @@ __device__ void decode_attention_async(const unsigned short* q, const unsigned s
                 else
                     attend_run<E, H, U, 2, false>(qv, key, value, n, lane / 16, m, l, acc);
             } else {
-                attend_run<E, H, U, 1, false>(
-                    qv, [&](int u, float* o) { lds_bf16<E>(&tiles[stage][0][first + u][lane * E], o); },
-                    [&](int u, float* o) { lds_bf16<E>(&tiles[stage][1][first + u][lane * E], o); }, n, 0, m, l,
-                    acc);
+                auto key = [&](int u, float* o) { lds_bf16<E>(&tiles[stage][0][first + u][lane * E], o); };
+                auto value = [&](int u, float* o) { lds_bf16<E>(&tiles[stage][1][first + u][lane * E], o); };
+                if (n == U)
+                    attend_run<E, H, U, 1, true>(qv, key, value, n, 0, m, l, acc);
+                else
+                    attend_run<E, H, U, 1, false>(qv, key, value, n, 0, m, l, acc);
             }
         }
         __syncthreads();  // the next issue overwrites this stage
