@@ -336,9 +336,9 @@ template <int E> __device__ __forceinline__ void copy_lane(const float (&from)[E
 // group, group + 2, .. into its own state (merge_halves joins them). A key's dot product then reduces over 16 lanes
 // in four shuffles that each carry two keys, where one group spends five shuffles and five adds a key and head:
 // in the batch-64 step the warps' instructions, not the cache's bytes, bound the kernel (sm_90 SASS,
-// scripts/kernel-sass.py: ~380 instructions a run of 4 keys x 2 heads with G = 1, ~233 with G = 2). n: keys in the
-// warp's run (warp-uniform, >= 1; with G = 2 a group may have none). FULL: n == U (every run but a split's last),
-// compiled without the per-key checks and their branches.
+// scripts/kernel-sass.py, a run of 4 keys x 2 heads: ~380 instructions with G = 1 and the per-key checks, 309
+// without them, 230 with G = 2). n: keys in the warp's run (warp-uniform, >= 1; with G = 2 a group may have none).
+// FULL: n == U (every run but a split's last), compiled without the per-key checks and their branches.
 template <int E, int H, int U, int G, bool FULL, typename Key, typename Value>
 __device__ __forceinline__ void attend_run(const float (&qv)[H][E], Key key, Value value, int n, int group,
                                            float (&m)[H], float (&l)[H], float (&acc)[H][E]) {
@@ -609,7 +609,7 @@ template <int E> __device__ __forceinline__ void lds_bf16(const unsigned short* 
         o[2 * e + 1] = bf16_to_f32((unsigned short)(w >> 16));
     }
 }
-// The same for 16-byte aligned runs of E = 8 k values: 16-byte loads.
+// The same for 16-byte aligned runs of E values, E a multiple of 8: 16-byte loads.
 template <int E> __device__ __forceinline__ void lds_bf16_16(const unsigned short* p, float* o) {
 #pragma unroll
     for (int e = 0; e < E / 8; ++e) {
