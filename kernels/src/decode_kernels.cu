@@ -609,21 +609,14 @@ template <int E> __device__ __forceinline__ void lds_bf16(const unsigned short* 
         o[2 * e + 1] = bf16_to_f32((unsigned short)(w >> 16));
     }
 }
-// The same for 16-byte aligned runs of E values, E a multiple of 8: 16-byte loads.
-template <int E> __device__ __forceinline__ void lds_bf16_16(const unsigned short* p, float* o) {
-#pragma unroll
-    for (int e = 0; e < E / 8; ++e) {
-        uint4 w = reinterpret_cast<const uint4*>(p)[e];
-        unsigned int ws[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            o[8 * e + 2 * i] = bf16_to_f32((unsigned short)(ws[i] & 0xffffu));
-            o[8 * e + 2 * i + 1] = bf16_to_f32((unsigned short)(ws[i] >> 16));
-        }
-    }
-}
+// The same with 16-byte loads where E is a multiple of 8 (the run 16-byte aligned).
 template <int E> __device__ __forceinline__ void lds_bf16_vec(const unsigned short* p, float* o) {
-    if constexpr (E % 8 == 0) lds_bf16_16<E>(p, o); else lds_bf16<E>(p, o);
+    if constexpr (E % 8 == 0) {
+#pragma unroll
+        for (int e = 0; e < E / 8; ++e) Vec16<unsigned short>::ld(p + 8 * e, o + 8 * e);
+    } else {
+        lds_bf16<E>(p, o);
+    }
 }
 
 // HALVES: each warp takes two keys at once, a half-warp each (attend_run with G = 2; E = D / 16), instead of one
