@@ -38,8 +38,8 @@ export EXTRA="--set rollout.max_batch=64 --set rollout.gpu_memory_utilization=0.
 # async0 (SPAR_ASYNC_DECODE=0: each decode step's tokens read before the next is queued, as before 2026-12-07 night),
 # keep0 / keep1 (SPAR_KEEP_GRAPHS=0 / 1: the engine's graphs captured anew each round, or kept from the last round
 # with the KV cache at fixed addresses, rollout/src/engine/kept_graphs.rs), gp2048-keep1 (both), halves
-# (SPAR_DECODE_ATTENTION=halves: decode attention two keys at a time, a half-warp each), micro-graphs (micro's learner with the graphs), base (the
-# defaults of the build in dist/spar-base.gz: an A/B against another commit).
+# (SPAR_DECODE_ATTENTION=halves: decode attention two keys at a time, a half-warp each), micro-graphs (micro's
+# learner with the graphs), base (the defaults of the build in dist/spar-base.gz: an A/B against another commit).
 for r in ${RUNS:-fused plain}; do
   case $r in
     fused) NAME=prefill-fused scripts/device-consult.sh ;;

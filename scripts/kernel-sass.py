@@ -26,7 +26,11 @@ def module_source():
     src_dir = os.path.join(ROOT, "kernels/src")
     rs = open(os.path.join(src_dir, "cuda.rs")).read()
     head = rs.split('const SOURCE: &str = r#"', 1)[1].split('"#;', 1)[0]
-    files = ["decode_kernels.cu", "logprob_kernels.cu", "optimizer_kernels.cu"]  # cuda.rs's module_source()
+    # The files cuda.rs's module_source() appends, read from it so that the two cannot drift apart.
+    body = rs.split("pub fn module_source()", 1)[1].split("\n}\n", 1)[0]
+    files = re.findall(r'include_str!\("([^"]+)"\)', body)
+    if not files:
+        sys.exit("kernel-sass: no include_str! in kernels/src/cuda.rs's module_source()")
     return head + "\n" + "\n".join(open(os.path.join(src_dir, f)).read() for f in files)
 
 
